@@ -1,0 +1,386 @@
+"""The configuration file (``conf/vsftpd.conf``): parse, validate, freeze.
+
+The format is the old cos-ftp-server-V5's INI file, unchanged: ``[COS_ACCOUNT_*]`` sections,
+``[NETWORK]``, ``[FILE_OPTION]`` and ``[OPTIONAL]``. Every setting is declared once in
+``SETTINGS`` (section, name, parser, default, help); parsing, defaults, validation and the
+unknown-option warnings are all driven from that table. An empty value or the word
+``default`` means the default. ``${NAME}`` is replaced from the environment so secrets need
+not live in the file. Nothing else in the package reads the file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError
+
+KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
+MIN_PART_SIZE = 1 * MIB
+MAX_PART_SIZE = 5 * GIB
+MAX_PARTS = 10000
+ACCOUNT_PREFIX = "COS_ACCOUNT"
+SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
+
+
+def part_size_for(min_part_size: int, max_file_size: int) -> int:
+    """Return the part size: ``min_part_size``, raised to a whole MiB so that a file of
+    ``max_file_size`` fits in ``MAX_PARTS`` parts, never above ``MAX_PART_SIZE``."""
+    needed = -(-max_file_size // MAX_PARTS)
+    if needed <= min_part_size:
+        return min_part_size
+    return min(MAX_PART_SIZE, -(-needed // MIB) * MIB)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """One ``[COS_ACCOUNT_*]`` section: an FTP login bound to one bucket."""
+
+    section: str
+    secret_id: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    bucket: str
+    region: Optional[str]
+    protocol: str
+    endpoint: Optional[str]
+    cos_ip: Optional[str]
+    cos_port: Optional[int]
+    home_dir: str
+    user: str
+    password: str = field(repr=False)
+    authority: str
+    delete_enable: bool
+
+    @property
+    def can_read(self) -> bool:
+        return "R" in self.authority
+
+    @property
+    def can_write(self) -> bool:
+        return "W" in self.authority
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    listen_address: str = "0.0.0.0"
+    listen_port: int = 2121
+    masquerade_address: Optional[str] = None
+    passive_ports: tuple[int, int] = (60000, 65535)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    single_file_max_size: int
+    min_part_size: int
+    upload_thread_num: int
+
+    @property
+    def part_size(self) -> int:
+        return part_size_for(self.min_part_size, self.single_file_max_size)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_connection_num: int
+    max_connections_per_ip: int
+    max_list_file: int
+    log_level: str
+    log_dir: str
+    worker_processes: int
+    pid_file: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    accounts: tuple[AccountConfig, ...]
+    network: NetworkConfig
+    transfer: TransferConfig
+    server: ServerConfig
+    warnings: tuple[str, ...] = ()
+
+    def account_for_user(self, user: str) -> Optional[AccountConfig]:
+        return next((a for a in self.accounts if a.user == user), None)
+
+
+# --- value parsers: each takes the raw string and returns a value or raises ValueError
+
+
+def _integer(low: int, high: Optional[int] = None, unit: str = "") -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer{unit}, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            upper = f" and {high}" if high is not None else ""
+            raise ValueError(f"must be between {low}{upper}, got {value}" if upper
+                             else f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.upper()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+    return parse
+
+
+def _protocol(raw: str) -> str:
+    value = raw.lower()
+    if value not in ("http", "https"):
+        raise ValueError(f"must be http or https, got {raw!r}")
+    return value
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*-\d+$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                      r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+
+
+def _bucket(raw: str) -> str:
+    if not _BUCKET_RE.match(raw):
+        raise ValueError(f"must be <name>-<appid> such as examplebucket-1250000000, got {raw!r}")
+    return raw
+
+
+def _ip_address(raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError(f"must be an IP address, got {raw!r}") from None
+
+
+def _host(raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        if _HOST_RE.match(raw) and not raw.replace(".", "").isdigit():
+            return raw
+    raise ValueError(f"must be an IP address or host name, got {raw!r}")
+
+
+def _home_dir(raw: str) -> str:
+    return "/" + raw.strip("/")
+
+
+def _port_range(raw: str) -> tuple[int, int]:
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"must be low,high such as 60000,65535, got {raw!r}")
+    low = int(parts[0])
+    high = int(parts[1]) if len(parts) == 2 else 65535
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"must satisfy 1 <= low <= high <= 65535, got {raw!r}")
+    return low, high
+
+
+_BYTES = " number of bytes"
+_CPUS = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One option: where it lives, how to parse it, its default (``REQUIRED`` = none)."""
+
+    section: str
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+REQUIRED = object()
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(ACCOUNT_PREFIX, "cos_secretid", _text, REQUIRED, "API SecretId"),
+    Setting(ACCOUNT_PREFIX, "cos_secretkey", _text, REQUIRED, "API SecretKey"),
+    Setting(ACCOUNT_PREFIX, "cos_bucket", _bucket, REQUIRED, "bucket as <name>-<appid>"),
+    Setting(ACCOUNT_PREFIX, "cos_region", _text, None, "region, e.g. ap-guangzhou"),
+    Setting(ACCOUNT_PREFIX, "cos_protocol", _protocol, "https", "http or https"),
+    Setting(ACCOUNT_PREFIX, "cos_endpoint", _host, None, "endpoint; wins over cos_region"),
+    Setting(ACCOUNT_PREFIX, "cos_ip", _ip_address, None, "send COS requests to this IP"),
+    Setting(ACCOUNT_PREFIX, "cos_port", _integer(1, 65535), None, "port for cos_ip"),
+    Setting(ACCOUNT_PREFIX, "home_dir", _home_dir, REQUIRED, "the user's key; not on disk"),
+    Setting(ACCOUNT_PREFIX, "ftp_login_user_name", _text, REQUIRED, "FTP login name"),
+    Setting(ACCOUNT_PREFIX, "ftp_login_user_password", _text, REQUIRED, "FTP password"),
+    Setting(ACCOUNT_PREFIX, "authority", _choice("R", "W", "RW"), REQUIRED, "R, W or RW"),
+    Setting(ACCOUNT_PREFIX, "delete_enable", _boolean, True, "allow DELE and RMD"),
+    Setting("NETWORK", "masquerade_address", _host, None, "address announced in PASV"),
+    Setting("NETWORK", "listen_address", _ip_address, "0.0.0.0", "address to listen on"),
+    Setting("NETWORK", "listen_port", _integer(0, 65535), 2121, "FTP control port"),
+    Setting("NETWORK", "passive_port", _port_range, (60000, 65535), "passive data ports"),
+    Setting("FILE_OPTION", "single_file_max_size", _integer(1, MAX_PARTS * MAX_PART_SIZE, _BYTES),
+            200 * GIB, "largest file accepted, in bytes"),
+    Setting("OPTIONAL", "min_part_size", _integer(MIN_PART_SIZE, MAX_PART_SIZE, _BYTES),
+            2 * MIB, "multipart part size, in bytes"),
+    Setting("OPTIONAL", "upload_thread_num", _integer(1, 256), min(32, _CPUS * 4),
+            "parallel part uploads per upload"),
+    Setting("OPTIONAL", "max_connection_num", _integer(0), 512, "connections; 0 = unlimited"),
+    Setting("OPTIONAL", "max_connections_per_ip", _integer(0), 0, "per IP; 0 = unlimited"),
+    Setting("OPTIONAL", "max_list_file", _integer(1), 10000, "entries one LIST returns"),
+    Setting("OPTIONAL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            "INFO", "log level"),
+    Setting("OPTIONAL", "log_dir", _text, "log", "log directory"),
+    Setting("OPTIONAL", "worker_processes", _integer(1, 256), _CPUS, "worker processes"),
+    Setting("OPTIONAL", "pid_file", _text, None, "pid file; default <log_dir>/cosftp.pid"),
+)
+
+_BY_SECTION: dict[str, dict[str, Setting]] = {}
+for _setting in SETTINGS:
+    _BY_SECTION.setdefault(_setting.section, {})[_setting.name] = _setting
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Reader:
+    """Reads the settings of one file, collecting warnings; raises ``ConfigError``."""
+
+    def __init__(self, parser: configparser.RawConfigParser, path: str,
+                 environ: Mapping[str, str]) -> None:
+        self.parser, self.path, self.environ = parser, path, environ
+        self.warnings: list[str] = []
+
+    def error(self, problem: str, section: str, option: Optional[str] = None) -> ConfigError:
+        return ConfigError(problem, self.path, section, option)
+
+    def section(self, section: str, kind: str) -> dict[str, Any]:
+        """Return ``{option: value}`` for every setting of ``kind`` in ``section``."""
+        known = _BY_SECTION[kind]
+        present = self.parser.has_section(section)
+        if present:
+            for option in self.parser.options(section):
+                if option not in known:
+                    self.warnings.append(f"{self.path} [{section}] {option}: unknown option, "
+                                         "ignored")
+        return {name: self._value(section, setting, present) for name, setting in known.items()}
+
+    def _value(self, section: str, setting: Setting, present: bool) -> Any:
+        raw = self.parser.get(section, setting.name, fallback="") if present else ""
+        raw = self._substitute(raw.strip(), section, setting.name)
+        if raw == "" or raw.lower() == "default":
+            if setting.default is REQUIRED:
+                raise self.error("is required", section, setting.name)
+            return setting.default
+        try:
+            return setting.parse(raw)
+        except ValueError as exc:
+            problem = str(exc)
+            if setting.name in SECRET_OPTIONS:
+                problem = "has an invalid value"
+            raise self.error(problem, section, setting.name) from None
+
+    def _substitute(self, raw: str, section: str, option: str) -> str:
+        def replace(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in self.environ:
+                raise self.error(f"environment variable {name} is not set", section, option)
+            return self.environ[name]
+        return _ENV_RE.sub(replace, raw)
+
+
+def _account(reader: _Reader, section: str) -> AccountConfig:
+    values = reader.section(section, ACCOUNT_PREFIX)
+    if not values["cos_region"] and not values["cos_endpoint"]:
+        raise reader.error("is required (or set cos_endpoint)", section, "cos_region")
+    if values["cos_port"] is not None and values["cos_ip"] is None:
+        raise reader.error("needs cos_ip", section, "cos_port")
+    return AccountConfig(
+        section=section, secret_id=values["cos_secretid"], secret_key=values["cos_secretkey"],
+        bucket=values["cos_bucket"], region=values["cos_region"],
+        protocol=values["cos_protocol"], endpoint=values["cos_endpoint"],
+        cos_ip=values["cos_ip"], cos_port=values["cos_port"], home_dir=values["home_dir"],
+        user=values["ftp_login_user_name"], password=values["ftp_login_user_password"],
+        authority=values["authority"], delete_enable=values["delete_enable"],
+    )
+
+
+def _check_unique(reader: _Reader, accounts: list[AccountConfig], attr: str, option: str) -> None:
+    seen: dict[str, str] = {}
+    for account in accounts:
+        value = getattr(account, attr)
+        if value in seen:
+            raise reader.error(f"{value!r} is already used in [{seen[value]}]",
+                               account.section, option)
+        seen[value] = account.section
+
+
+def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
+    log_dir = os.path.abspath(optional["log_dir"])
+    pid_file = optional["pid_file"] or os.path.join(log_dir, "cosftp.pid")
+    return ServerConfig(
+        max_connection_num=optional["max_connection_num"],
+        max_connections_per_ip=optional["max_connections_per_ip"],
+        max_list_file=optional["max_list_file"], log_level=optional["log_level"],
+        log_dir=log_dir, pid_file=os.path.abspath(pid_file),
+        worker_processes=optional["worker_processes"],
+    )
+
+
+def _build(reader: _Reader) -> Config:
+    sections = reader.parser.sections()
+    for section in sections:
+        if not section.startswith(ACCOUNT_PREFIX) and section not in _BY_SECTION:
+            reader.warnings.append(f"{reader.path} [{section}]: unknown section, ignored")
+    accounts = [_account(reader, s) for s in sections if s.startswith(ACCOUNT_PREFIX)]
+    if not accounts:
+        raise ConfigError(f"no [{ACCOUNT_PREFIX}_N] section: at least one account is needed",
+                          reader.path)
+    _check_unique(reader, accounts, "user", "ftp_login_user_name")
+    _check_unique(reader, accounts, "home_dir", "home_dir")
+    net = reader.section("NETWORK", "NETWORK")
+    files = reader.section("FILE_OPTION", "FILE_OPTION")
+    optional = reader.section("OPTIONAL", "OPTIONAL")
+    return Config(
+        path=reader.path,
+        accounts=tuple(accounts),
+        network=NetworkConfig(net["listen_address"], net["listen_port"],
+                              net["masquerade_address"], net["passive_port"]),
+        transfer=TransferConfig(files["single_file_max_size"], optional["min_part_size"],
+                                optional["upload_thread_num"]),
+        server=_server(reader, optional),
+        warnings=tuple(reader.warnings),
+    )
+
+
+def parse_config(text: str, path: str = "<string>",
+                 environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Parse config ``text``; ``path`` names it in messages. Raises ``ConfigError``."""
+    parser = configparser.RawConfigParser(inline_comment_prefixes=("#",), strict=True)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise ConfigError(f"not a valid INI file: {exc.message}", path) from None
+    return _build(_Reader(parser, path, os.environ if environ is None else environ))
+
+
+def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Read and validate the file at ``path``. Raises ``ConfigError``."""
+    absolute = os.path.abspath(path)
+    try:
+        with open(absolute, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file: {exc}", absolute) from None
+    return parse_config(text, absolute, environ)

@@ -1,0 +1,92 @@
+"""Exceptions shared by every layer.
+
+Storage errors subclass ``OSError`` with a real errno so that pyftpdlib, which turns
+``OSError`` into FTP replies, tells the client what actually happened (ENOENT -> "No such
+file or directory", EACCES -> "Permission denied").
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Optional
+
+
+class ConfigError(Exception):
+    """The configuration file is unusable; the message names file, section and option."""
+
+    def __init__(
+        self,
+        problem: str,
+        path: Optional[str] = None,
+        section: Optional[str] = None,
+        option: Optional[str] = None,
+    ) -> None:
+        self.problem = problem
+        self.path = path
+        self.section = section
+        self.option = option
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = []
+        if self.path:
+            where.append(str(self.path))
+        if self.section:
+            where.append(f"[{self.section}]")
+        if self.option:
+            where.append(self.option)
+        prefix = " ".join(where)
+        return f"{prefix}: {self.problem}" if prefix else self.problem
+
+
+class StorageError(OSError):
+    """A COS request failed.
+
+    ``code`` is the COS error code (e.g. ``SlowDown``) or a short local reason, and
+    ``request_id`` the ``x-cos-request-id`` to quote to Tencent Cloud support.
+    """
+
+    default_errno = errno.EIO
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "",
+        request_id: str = "",
+        status: int = 0,
+    ) -> None:
+        super().__init__(self.default_errno, message)
+        self.code = code
+        self.request_id = request_id
+        self.status = status
+
+    def __str__(self) -> str:
+        details = [part for part in (self.code, self.request_id and f"request id {self.request_id}")
+                   if part]
+        suffix = f" ({', '.join(details)})" if details else ""
+        return f"{self.strerror}{suffix}"
+
+
+class NotFound(StorageError):
+    """The object or directory does not exist."""
+
+    default_errno = errno.ENOENT
+
+
+class PermissionDenied(StorageError):
+    """COS refused the credentials or the operation (AccessDenied, SignatureDoesNotMatch)."""
+
+    default_errno = errno.EACCES
+
+
+class FileTooLarge(StorageError):
+    """An upload exceeded single_file_max_size or the COS part-count limit."""
+
+    default_errno = errno.EFBIG
+
+
+class InvalidPath(OSError):
+    """A client-supplied path cannot be mapped to a COS key (too long, NUL byte, ...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EINVAL, message)

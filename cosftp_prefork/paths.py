@@ -1,0 +1,64 @@
+"""Pure mapping between FTP paths and COS object keys.
+
+The FTP view of a bucket: the bucket root is ``/``; ``/a/b.txt`` is the key ``a/b.txt``; a
+directory ``/a`` is the key prefix ``a/`` and may be backed by a zero-byte marker object named
+exactly ``a/``. FTP paths reaching these functions are already normalised by
+``AbstractedFS.ftpnorm`` (absolute, no ``.``/``..``, no ``//``), which is what keeps a user inside
+the bucket.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from .errors import InvalidPath
+
+# COS rejects object keys longer than 850 bytes (UTF-8).
+MAX_KEY_BYTES = 850
+
+
+def object_key(ftp_path: str) -> str:
+    """Return the object key for a normalised FTP file path.
+
+    Raises ``InvalidPath`` for the root, NUL or CR/LF characters and keys over the COS limit.
+    """
+    key = ftp_path.lstrip("/")
+    if not key:
+        raise InvalidPath("the root directory is not a file")
+    _check_key(key)
+    return key
+
+
+def dir_prefix(ftp_path: str) -> str:
+    """Return the key prefix (``a/b/``) for a directory path; ``""`` for the root."""
+    stripped = ftp_path.strip("/")
+    if not stripped:
+        return ""
+    prefix = stripped + "/"
+    _check_key(prefix)
+    return prefix
+
+
+def ftp_path_for_key(key: str) -> str:
+    """Return the FTP path of an object key or prefix (``a/b/`` -> ``/a/b``)."""
+    return "/" + key.rstrip("/")
+
+
+def child_name(prefix: str, key: str) -> str:
+    """Return the name of ``key`` (or common prefix) relative to the listed ``prefix``."""
+    return key[len(prefix):].rstrip("/")
+
+
+def parent_dir(ftp_path: str) -> str:
+    """Return the FTP path of the directory holding ``ftp_path``."""
+    return posixpath.dirname(ftp_path.rstrip("/")) or "/"
+
+
+def _check_key(key: str) -> None:
+    if "\x00" in key or "\r" in key or "\n" in key:
+        raise InvalidPath("file names may not contain NUL, CR or LF characters")
+    if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+        raise InvalidPath(f"path is longer than the COS limit of {MAX_KEY_BYTES} bytes")
+    if any(part in ("", ".", "..") for part in key.rstrip("/").split("/")):
+        # ftpnorm removes these; refusing here keeps a key like "a//b" from ever being written.
+        raise InvalidPath("empty, '.' or '..' path components are not allowed")
