@@ -1,0 +1,60 @@
+"""Directory listings: one paginated, delimited listing per directory, no per-entry requests."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .paths import child_name
+from .storage import Bucket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in a directory listing."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+
+
+def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
+    """Return the entries directly under ``prefix`` (``""`` = bucket root), at most ``limit``.
+
+    Sub-directories come from common prefixes; the directory's own marker object
+    (``prefix`` itself) is not an entry. Raises ``StorageError``.
+    """
+    entries: dict[str, Entry] = {}
+    marker = ""
+    while len(entries) < limit:
+        page = bucket.list_page(prefix, marker=marker)
+        for obj in page.objects:
+            name = child_name(prefix, obj.key)
+            if name and not obj.key.endswith("/"):
+                entries.setdefault(name, Entry(name, False, obj.size, obj.mtime))
+        for sub in page.prefixes:
+            name = child_name(prefix, sub)
+            if name:
+                # A directory wins over a same-named file only if no file was seen.
+                entries.setdefault(name, Entry(name, True))
+        if page.next_marker is None:
+            break
+        marker = page.next_marker
+    if len(entries) > limit:
+        log.warning("listing of %r truncated to max_list_file=%d entries", prefix or "/", limit)
+    return list(entries.values())[:limit]
+
+
+def directory_exists(bucket: Bucket, prefix: str) -> bool:
+    """Return True if any key (a marker or a file) lives under ``prefix``."""
+    page = bucket.list_page(prefix, max_keys=1, delimiter="")
+    return bool(page.objects)
+
+
+def directory_is_empty(bucket: Bucket, prefix: str) -> bool:
+    """Return True if nothing but the directory's own marker lives under ``prefix``."""
+    page = bucket.list_page(prefix, max_keys=2, delimiter="")
+    return all(obj.key == prefix for obj in page.objects)

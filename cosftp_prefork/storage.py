@@ -1,0 +1,264 @@
+"""Typed access to one COS bucket; the only module that imports ``qcloud_cos``.
+
+Every SDK exception is translated here, once, into :mod:`cosftp_prefork.errors` so the layers
+above see ``OSError`` subclasses with a real errno, the COS error code and the request id.
+
+Clients are created lazily by the process that uses them (a worker, after fork) and each
+:class:`BucketRegistry` owns its own ``requests`` session: the SDK otherwise shares one session
+at class level between every client of the process.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+import requests
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
+
+from .config import AccountConfig
+from .errors import NotFound, PermissionDenied, StorageError
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchResource", "NoSuchUpload", "NoSuchBucket"}
+_DENIED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
+LIST_PAGE_MAX = 1000
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD or a listing says about one object."""
+
+    key: str
+    size: int
+    mtime: float
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page of a delimited listing."""
+
+    objects: tuple[ObjectInfo, ...]
+    prefixes: tuple[str, ...]
+    next_marker: Optional[str]
+
+
+class ObjectStream:
+    """The body of a GET, read in chunks; ``close()`` releases the connection."""
+
+    def __init__(self, raw: Any, length: int) -> None:
+        self._raw = raw
+        self.length = length
+
+    def read(self, size: int) -> bytes:
+        """Return up to ``size`` bytes, ``b""`` at the end; raises ``StorageError`` on a reset."""
+        try:
+            return self._raw.read(size)
+        except Exception as exc:  # urllib3 raises several unrelated types on a broken stream
+            raise StorageError(f"COS download stream broke: {exc}", code="StreamError") from exc
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _translate(exc: Exception, action: str) -> StorageError:
+    if isinstance(exc, CosServiceError):
+        digest = exc.get_digest_msg()
+        info = digest if isinstance(digest, dict) else {}
+        code = str(info.get("code") or f"HTTP{exc.get_status_code()}")
+        request_id = str(info.get("requestid") or "")
+        message = str(info.get("message") or "")
+        status = exc.get_status_code()
+        cls = StorageError
+        if code in _NOT_FOUND_CODES or status == 404:
+            cls = NotFound
+        elif code in _DENIED_CODES or status == 403:
+            cls = PermissionDenied
+        text = f"COS {action} failed: {message}" if message else f"COS {action} failed"
+        return cls(text, code=code, request_id=request_id, status=status)
+    return StorageError(f"COS {action} failed: {exc}", code="ClientError")
+
+
+@contextmanager
+def _cos_call(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (CosServiceError, CosClientError, requests.RequestException) as exc:
+        raise _translate(exc, action) from exc
+
+
+def _parse_http_date(value: str) -> float:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _parse_iso_date(value: str) -> float:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class Bucket:
+    """Operations on one bucket with one account's credentials.
+
+    Methods raise ``NotFound``, ``PermissionDenied`` or ``StorageError``; they are safe to call
+    from several threads at once.
+    """
+
+    def __init__(self, client: CosS3Client, name: str, region: Optional[str]) -> None:
+        self._client = client
+        self.name = name
+        self.region = region
+
+    def head(self, key: str) -> ObjectInfo:
+        """Return size, mtime and ETag of ``key``; raises ``NotFound`` if there is no such key."""
+        with _cos_call(f"HEAD {key}"):
+            response = self._client.head_object(Bucket=self.name, Key=key)
+        headers = {name.lower(): value for name, value in response.items()}
+        return ObjectInfo(
+            key=key,
+            size=int(headers.get("content-length", 0)),
+            mtime=_parse_http_date(headers.get("last-modified", "")),
+            etag=headers.get("etag", "").strip('"'),
+        )
+
+    def list_page(
+        self, prefix: str, marker: str = "", max_keys: int = LIST_PAGE_MAX, delimiter: str = "/"
+    ) -> ListPage:
+        """Return one page of keys and common prefixes under ``prefix`` after ``marker``.
+
+        ``next_marker`` is None when the listing is complete. COS sends NextMarker only when
+        truncated, and some implementations omit it, so fall back on the last key or prefix.
+        """
+        with _cos_call(f"LIST {prefix or '/'}"):
+            result = self._client.list_objects(
+                Bucket=self.name, Prefix=prefix, Delimiter=delimiter, Marker=marker,
+                MaxKeys=max_keys,
+            )
+        objects = tuple(
+            ObjectInfo(
+                key=item["Key"], size=int(item.get("Size", 0)),
+                mtime=_parse_iso_date(item.get("LastModified", "")),
+                etag=str(item.get("ETag", "")).strip('"'),
+            )
+            for item in result.get("Contents", [])
+        )
+        prefixes = tuple(item["Prefix"] for item in result.get("CommonPrefixes", []))
+        next_marker = None
+        if str(result.get("IsTruncated", "false")).lower() == "true":
+            last = max([o.key for o in objects] + list(prefixes), default=None)
+            next_marker = result.get("NextMarker") or last
+        return ListPage(objects=objects, prefixes=prefixes, next_marker=next_marker)
+
+    def open_read(self, key: str, offset: int = 0) -> ObjectStream:
+        """Start a GET of ``key`` from byte ``offset``; raises ``NotFound``."""
+        extra = {"Range": f"bytes={offset}-"} if offset else {}
+        with _cos_call(f"GET {key}"):
+            response = self._client.get_object(Bucket=self.name, Key=key, **extra)
+        length = int(response.get("Content-Length", 0))
+        return ObjectStream(response["Body"].get_raw_stream(), length)
+
+    def put(self, key: str, data: bytes) -> str:
+        """Store ``data`` as ``key`` in one request; return the ETag."""
+        with _cos_call(f"PUT {key}"):
+            result = self._client.put_object(Bucket=self.name, Key=key, Body=data, EnableMD5=True)
+        return str(result.get("ETag", "")).strip('"')
+
+    def create_multipart(self, key: str) -> str:
+        """Start a multipart upload; return its upload id."""
+        with _cos_call(f"InitiateMultipartUpload {key}"):
+            result = self._client.create_multipart_upload(Bucket=self.name, Key=key)
+        return str(result["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number`` (1-based) with Content-MD5; return its ETag."""
+        with _cos_call(f"UploadPart {key} #{number}"):
+            result = self._client.upload_part(
+                Bucket=self.name, Key=key, Body=data, PartNumber=number, UploadId=upload_id,
+                EnableMD5=True,
+            )
+        return str(result["ETag"])
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
+        """Commit the parts, given as ``(number, etag)`` in ascending order."""
+        parts = [{"PartNumber": number, "ETag": etag} for number, etag in etags]
+        with _cos_call(f"CompleteMultipartUpload {key}"):
+            self._client.complete_multipart_upload(
+                Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Part": parts},
+            )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload, freeing its parts."""
+        with _cos_call(f"AbortMultipartUpload {key}"):
+            self._client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Server-side copy of ``src_key`` to ``dst_key`` within this bucket (≤ 5 GB)."""
+        source = {"Bucket": self.name, "Key": src_key, "Region": self.region or ""}
+        with _cos_call(f"COPY {src_key} -> {dst_key}"):
+            self._client.copy_object(Bucket=self.name, Key=dst_key, CopySource=source)
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key succeeds, as in COS."""
+        with _cos_call(f"DELETE {key}"):
+            self._client.delete_object(Bucket=self.name, Key=key)
+
+
+class BucketRegistry:
+    """Per-process cache of :class:`Bucket` objects, one per account, created on first use."""
+
+    def __init__(self, pool_size: int = 32, timeout: int = 60) -> None:
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._session: Optional[requests.Session] = None
+        self._buckets: dict[str, Bucket] = {}
+        self._lock = threading.Lock()
+
+    def bucket(self, account: AccountConfig) -> Bucket:
+        """Return the :class:`Bucket` for ``account``, creating its client on first use."""
+        with self._lock:
+            found = self._buckets.get(account.section)
+            if found is None:
+                found = Bucket(self._make_client(account), account.bucket, account.region)
+                self._buckets[account.section] = found
+            return found
+
+    def _make_client(self, account: AccountConfig) -> CosS3Client:
+        if self._session is None:
+            self._session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(
+                pool_connections=4, pool_maxsize=self._pool_size
+            )
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
+        options: dict[str, Any] = {
+            "SecretId": account.secret_id,
+            "SecretKey": account.secret_key,
+            "Scheme": account.protocol,
+            "Timeout": self._timeout,
+        }
+        if account.endpoint:
+            options["Endpoint"] = account.endpoint
+        else:
+            options["Region"] = account.region
+        if account.cos_ip:
+            options["IP"] = account.cos_ip
+            options["Port"] = account.cos_port
+        return CosS3Client(CosConfig(**options), retry=3, session=self._session)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        if self._session is not None:
+            self._session.close()

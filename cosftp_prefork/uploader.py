@@ -1,0 +1,165 @@
+"""Streaming upload of one object: single PUT when small, parallel multipart when large.
+
+The writer follows one rule that pyftpdlib forces on us: **``close()`` without a prior
+``commit()`` aborts**. pyftpdlib closes the upload file on every path out of a transfer
+(client ABOR, disconnect, timeout, server shutdown) and only afterwards reports whether the
+transfer finished, so the data channel calls :meth:`MultipartWriter.commit` explicitly when the
+client finished sending, and every other ``close()`` throws the upload away. Nothing becomes a
+visible object unless all of its bytes arrived.
+
+Memory bound: at most ``max_in_flight`` parts are queued or uploading per upload plus the one
+being filled, i.e. ``(max_in_flight + 1) * part_size`` bytes. ``write`` blocks (back-pressure on
+the data channel) while that many parts are outstanding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Executor, Future, wait
+from typing import Optional
+
+from .errors import FileTooLarge, StorageError
+from .storage import Bucket
+
+log = logging.getLogger(__name__)
+
+
+class MultipartWriter:
+    """A write-only file object that streams to ``key`` in ``bucket``.
+
+    ``write`` raises ``StorageError`` once any part has failed and ``FileTooLarge`` past
+    ``max_size``; ``commit`` raises ``StorageError`` and leaves nothing behind on failure.
+    """
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        key: str,
+        *,
+        name: str,
+        part_size: int,
+        max_size: int,
+        executor: Executor,
+        max_in_flight: int,
+        log_context: str = "",
+    ) -> None:
+        self.name = name
+        self._bucket = bucket
+        self._key = key
+        self._part_size = part_size
+        self._max_size = max_size
+        self._executor = executor
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._ctx = log_context or key
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: Optional[str] = None
+        self._futures: list[Future] = []
+        self._etags: dict[int, str] = {}
+        self._failure: Optional[BaseException] = None
+        self._state = "open"  # open -> committed | aborted
+
+    @property
+    def closed(self) -> bool:
+        return self._state != "open"
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        """Buffer ``data``, shipping every full part; return ``len(data)``."""
+        self._check_open()
+        self._raise_part_failure()
+        if self._size + len(data) > self._max_size:
+            raise FileTooLarge(
+                f"upload exceeds single_file_max_size ({self._max_size} bytes)", code="TooLarge"
+            )
+        self._size += len(data)
+        self._buffer += data
+        while len(self._buffer) >= self._part_size:
+            part = bytes(self._buffer[: self._part_size])
+            del self._buffer[: self._part_size]
+            self._submit_part(part)
+        return len(data)
+
+    def commit(self) -> None:
+        """Make the object visible: one PUT if no part was shipped, else complete the upload.
+
+        On any failure the multipart upload is aborted and ``StorageError`` is raised.
+        """
+        self._check_open()
+        try:
+            if self._upload_id is None:
+                self._bucket.put(self._key, bytes(self._buffer))
+            else:
+                self._finish_multipart()
+        except BaseException:
+            self._abort()
+            raise
+        self._buffer = bytearray()
+        self._state = "committed"
+        log.info("%s: stored %d bytes", self._ctx, self._size)
+
+    def close(self) -> None:
+        """Abort unless :meth:`commit` succeeded; idempotent."""
+        if self._state == "open":
+            log.warning("%s: upload aborted after %d bytes; nothing stored", self._ctx, self._size)
+            self._abort()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ValueError("I/O operation on closed upload")
+
+    def _raise_part_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _submit_part(self, data: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._bucket.create_multipart(self._key)
+        number = len(self._futures) + 1
+        self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        future = self._executor.submit(self._upload_part, number, data)
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._futures.append(future)
+
+    def _upload_part(self, number: int, data: bytes) -> None:
+        try:
+            self._etags[number] = self._bucket.upload_part(
+                self._key, self._upload_id or "", number, data
+            )
+        except BaseException as exc:
+            self._failure = self._failure or exc
+            raise
+
+    def _finish_multipart(self) -> None:
+        if self._buffer or not self._futures:
+            self._submit_part(bytes(self._buffer))
+        wait(self._futures)
+        self._raise_part_failure()
+        parts = sorted(self._etags.items())
+        self._bucket.complete_multipart(self._key, self._upload_id or "", parts)
+
+    def _abort(self) -> None:
+        self._state = "aborted"
+        self._buffer = bytearray()
+        for future in self._futures:
+            future.cancel()
+        # Parts still uploading would survive an abort issued before they finish.
+        wait(self._futures)
+        if self._upload_id is None:
+            return
+        try:
+            self._bucket.abort_multipart(self._key, self._upload_id)
+        except StorageError as exc:
+            log.error("%s: could not abort multipart upload %s: %s", self._ctx,
+                      self._upload_id, exc)
