@@ -1,0 +1,247 @@
+"""pyftpdlib ``AbstractedFS`` over one COS bucket.
+
+FTP paths are virtual: ``/`` is the bucket root and the "real" path pyftpdlib hands back to us
+is the normalised FTP path itself, so ``ftpnorm`` (which resolves ``..`` against ``/``) is the
+jail. Every method raises ``OSError`` (storage errors carry the COS code and request id), which
+pyftpdlib turns into 550 replies.
+
+Within a session, what HEAD and LIST learned is kept for a couple of seconds so that the
+``SIZE`` + ``MDTM`` + ``RETR`` and ``LIST`` + per-entry ``stat`` sequences cost one request;
+the session's own writes drop what they touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Optional
+
+from pyftpdlib.filesystems import AbstractedFS
+
+from .config import AccountConfig, TransferConfig
+from .downloader import RangedReader
+from .errors import InvalidPath, NotFound
+from .listing import Entry, directory_exists, directory_is_empty, list_directory
+from .paths import dir_prefix, object_key, parent_dir
+from .storage import Bucket
+from .uploader import MultipartWriter
+
+CACHE_SECONDS = 2.0
+_DIR_MODE = stat.S_IFDIR | 0o755
+_FILE_MODE = stat.S_IFREG | 0o644
+
+
+@dataclass(frozen=True)
+class FsContext:
+    """What a session's filesystem needs from its worker."""
+
+    account: AccountConfig
+    bucket: Bucket
+    transfer: TransferConfig
+    executor: Executor
+    max_list_file: int
+    log_context: str
+
+
+def _error(code: int, message: str) -> OSError:
+    return OSError(code, message)
+
+
+class CosFS(AbstractedFS):
+    """The FTP view of one bucket for one logged-in session."""
+
+    def __init__(self, root: str, cmd_channel) -> None:
+        super().__init__("/", cmd_channel)
+        self._ctx: FsContext = cmd_channel.fs_context()
+        self._bucket = self._ctx.bucket
+        self._cache: dict[str, tuple[float, Optional[Entry]]] = {}
+
+    # --- path conversion: the FTP path is the "real" path
+
+    def ftp2fs(self, ftppath: str) -> str:
+        return self.ftpnorm(ftppath)
+
+    def fs2ftp(self, fspath: str) -> str:
+        return fspath
+
+    def validpath(self, path: str) -> bool:
+        return path.startswith("/")
+
+    def realpath(self, path: str) -> str:
+        return path
+
+    # --- lookups
+
+    def lookup(self, path: str) -> Optional[Entry]:
+        """Return what ``path`` is (file or directory) or None; raises ``StorageError``."""
+        if path == "/":
+            return Entry("/", True)
+        cached = self._cache.get(path)
+        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        entry = self._fetch_entry(path)
+        self._remember(path, entry)
+        return entry
+
+    def _fetch_entry(self, path: str) -> Optional[Entry]:
+        name = os.path.basename(path)
+        try:
+            info = self._bucket.head(object_key(path))
+            return Entry(name, False, info.size, info.mtime)
+        except NotFound:
+            pass
+        except InvalidPath:
+            return None
+        if directory_exists(self._bucket, dir_prefix(path)):
+            return Entry(name, True)
+        return None
+
+    def _remember(self, path: str, entry: Optional[Entry]) -> None:
+        self._cache[path] = (time.monotonic(), entry)
+
+    def _forget(self, *paths: str) -> None:
+        for path in paths:
+            self._cache.pop(path, None)
+
+    def _require(self, path: str, want_dir: Optional[bool] = None) -> Entry:
+        entry = self.lookup(path)
+        if entry is None:
+            raise _error(errno.ENOENT, "No such file or directory")
+        if want_dir is True and not entry.is_dir:
+            raise _error(errno.ENOTDIR, "Not a directory")
+        if want_dir is False and entry.is_dir:
+            raise _error(errno.EISDIR, "Is a directory")
+        return entry
+
+    def isfile(self, path: str) -> bool:
+        entry = self.lookup(path)
+        return entry is not None and not entry.is_dir
+
+    def isdir(self, path: str) -> bool:
+        entry = self.lookup(path)
+        return entry is not None and entry.is_dir
+
+    def islink(self, path: str) -> bool:
+        return False
+
+    def lexists(self, path: str) -> bool:
+        return self.lookup(path) is not None
+
+    def stat(self, path: str) -> os.stat_result:
+        """Return an ``os.stat_result`` built from COS metadata; raises ``OSError(ENOENT)``."""
+        entry = self._require(path)
+        mode = _DIR_MODE if entry.is_dir else _FILE_MODE
+        mtime = int(entry.mtime)
+        return os.stat_result((mode, 0, 0, 1, 0, 0, entry.size, mtime, mtime, mtime))
+
+    lstat = stat
+
+    def getsize(self, path: str) -> int:
+        return self._require(path, want_dir=False).size
+
+    def getmtime(self, path: str) -> float:
+        return self._require(path).mtime
+
+    def get_user_by_uid(self, uid: int) -> str:
+        return "owner"
+
+    def get_group_by_gid(self, gid: int) -> str:
+        return "group"
+
+    # --- directories
+
+    def chdir(self, path: str) -> None:
+        """Make ``path`` the working directory; raises ``OSError`` unless it is a directory."""
+        self._require(path, want_dir=True)
+        self.cwd = path
+
+    def listdir(self, path: str) -> list[str]:
+        """Return the names in directory ``path``; one paginated listing, entries cached."""
+        self._require(path, want_dir=True)
+        entries = list_directory(self._bucket, dir_prefix(path), self._ctx.max_list_file)
+        now = time.monotonic()
+        for entry in entries:
+            self._cache[os.path.join(path, entry.name)] = (now, entry)
+        return [entry.name for entry in entries]
+
+    def mkdir(self, path: str) -> None:
+        """Create the zero-byte marker ``path/``; raises ``OSError(EEXIST)`` if taken."""
+        if self.lookup(path) is not None:
+            raise _error(errno.EEXIST, "File exists")
+        self._bucket.put(dir_prefix(path), b"")
+        self._remember(path, Entry(os.path.basename(path), True))
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory (its marker); raises ENOTEMPTY if anything is under it."""
+        self._require(path, want_dir=True)
+        prefix = dir_prefix(path)
+        if not directory_is_empty(self._bucket, prefix):
+            raise _error(errno.ENOTEMPTY, "Directory not empty")
+        self._bucket.delete(prefix)
+        self._forget(path)
+
+    # --- files
+
+    def remove(self, path: str) -> None:
+        """Delete the object at ``path``; raises ENOENT / EISDIR."""
+        self._require(path, want_dir=False)
+        self._bucket.delete(object_key(path))
+        self._forget(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Server-side copy then delete of one object.
+
+        Overwriting an existing file needs ``delete_enable``; directories cannot be renamed yet.
+        """
+        if self._require(src).is_dir:
+            raise _error(errno.EOPNOTSUPP, "Renaming directories is not supported")
+        target = self.lookup(dst)
+        if target is not None and target.is_dir:
+            raise _error(errno.EISDIR, "Target is a directory")
+        if target is not None and not self._ctx.account.delete_enable:
+            raise _error(errno.EACCES, "Overwriting by rename needs delete permission")
+        self._bucket.copy(object_key(src), object_key(dst))
+        self._bucket.delete(object_key(src))
+        self._forget(src, dst)
+
+    def open(self, filename: str, mode: str):
+        """Return a ``RangedReader`` for ``"rb"`` or a ``MultipartWriter`` for ``"wb"``."""
+        if mode == "rb":
+            entry = self._require(filename, want_dir=False)
+            return RangedReader(self._bucket, object_key(filename), name=filename,
+                                size=entry.size, log_context=self._log(filename))
+        if mode == "wb":
+            return self._open_write(filename)
+        raise _error(errno.EOPNOTSUPP, "Appending to or resuming uploads is not supported")
+
+    def _open_write(self, filename: str) -> MultipartWriter:
+        key = object_key(filename)
+        if self.isdir(filename):
+            raise _error(errno.EISDIR, "Is a directory")
+        self._forget(filename, parent_dir(filename))
+        transfer = self._ctx.transfer
+        return MultipartWriter(
+            self._bucket, key, name=filename, part_size=transfer.part_size,
+            max_size=transfer.single_file_max_size, executor=self._ctx.executor,
+            max_in_flight=transfer.upload_thread_num, log_context=self._log(filename),
+        )
+
+    def upload_finished(self, filename: str) -> None:
+        """Drop cached facts about ``filename`` after an upload ended (either way)."""
+        self._forget(filename)
+
+    def mkstemp(self, suffix="", prefix="", dir=None, mode="wb"):
+        raise _error(errno.EOPNOTSUPP, "STOU is not supported")
+
+    def chmod(self, path: str, mode: int) -> None:
+        raise _error(errno.EOPNOTSUPP, "Object storage has no permissions to change")
+
+    def utime(self, path: str, timeval: float) -> None:
+        raise _error(errno.EOPNOTSUPP, "Setting modification times is not supported")
+
+    def _log(self, path: str) -> str:
+        return f"{self._ctx.log_context} path={path}"

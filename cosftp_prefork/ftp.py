@@ -1,0 +1,203 @@
+"""pyftpdlib handler, data-channel handler and authorizer for COS-backed sessions."""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import logging
+from typing import Optional
+
+from pyftpdlib.exceptions import AuthenticationFailed
+from pyftpdlib.handlers import DTPHandler, FTPHandler
+
+from .config import AccountConfig, Config
+from .errors import NotFound, StorageError
+from .fs import CosFS, FsContext
+from .storage import BucketRegistry
+
+log = logging.getLogger(__name__)
+
+READ_PERMS = "elr"
+WRITE_PERMS = "amwf"
+DELETE_PERMS = "d"
+
+
+def perms_for(account: AccountConfig) -> str:
+    """Map ``authority`` and ``delete_enable`` onto pyftpdlib permission letters.
+
+    Everyone may ``cd`` and list (``e``, ``l``) so upload-only clients can find their way;
+    ``r`` (download) needs R, ``a m w f`` (upload, mkdir, rename) need W, ``d`` needs W and
+    ``delete_enable``.
+    """
+    perms = "el"
+    if account.can_read:
+        perms += "r"
+    if account.can_write:
+        perms += WRITE_PERMS
+        if account.delete_enable:
+            perms += DELETE_PERMS
+    return perms
+
+
+class CosAuthorizer:
+    """Authenticates the accounts of one config; the pyftpdlib authorizer interface."""
+
+    def __init__(self, config: Config) -> None:
+        self._accounts = {account.user: account for account in config.accounts}
+
+    def account(self, username: str) -> AccountConfig:
+        return self._accounts[username]
+
+    def validate_authentication(self, username: str, password: str, handler) -> None:
+        """Raise ``AuthenticationFailed`` unless the pair matches (constant-time compare)."""
+        account = self._accounts.get(username)
+        expected = account.password if account else "\0invalid"
+        ok = hmac.compare_digest(password.encode("utf-8", "surrogateescape"),
+                                 expected.encode("utf-8", "surrogateescape"))
+        if account is None or not ok:
+            raise AuthenticationFailed("Authentication failed.")
+
+    def get_home_dir(self, username: str) -> str:
+        return "/"
+
+    def impersonate_user(self, username: str, password: str) -> None:
+        pass
+
+    def terminate_impersonation(self, username: str) -> None:
+        pass
+
+    def has_user(self, username: str) -> bool:
+        return username in self._accounts
+
+    def has_perm(self, username: str, perm: str, path: Optional[str] = None) -> bool:
+        account = self._accounts.get(username)
+        return account is not None and perm in perms_for(account)
+
+    def get_perms(self, username: str) -> str:
+        account = self._accounts.get(username)
+        return perms_for(account) if account else ""
+
+    def get_msg_login(self, username: str) -> str:
+        return "Login successful."
+
+    def get_msg_quit(self, username: str) -> str:
+        return "Goodbye."
+
+
+def _reply_for(exc: OSError) -> str:
+    if exc.errno == errno.EFBIG:
+        return f"552 {exc.strerror}; transfer aborted, nothing stored."
+    return f"451 {exc}; transfer aborted, nothing stored."
+
+
+class CosDTPHandler(DTPHandler):
+    """Data channel that commits an upload only when the client finished sending.
+
+    pyftpdlib closes the file object on every way out of a transfer; our upload file aborts
+    on ``close()`` unless ``commit()`` ran first, so the only place that commits is here,
+    and 226 is sent only after COS confirmed the object.
+    """
+
+    def close(self) -> None:
+        if not self._closed and self.receive and self.transfer_finished:
+            self._commit_upload()
+        super().close()
+
+    def _commit_upload(self) -> None:
+        upload = self.file_obj
+        if upload is None or upload.closed:
+            return
+        try:
+            upload.commit()
+        except OSError as exc:
+            self.transfer_finished = False
+            self._resp = (_reply_for(exc), logging.getLogger("pyftpdlib").warning)
+            log.error("%s: upload failed: %s", upload.name, exc)
+        finally:
+            self.cmd_channel.fs.upload_finished(upload.name)
+
+    def handle_error(self) -> None:
+        """Reply 552/451 for storage failures instead of pyftpdlib's generic 426."""
+        try:
+            raise
+        except OSError as exc:
+            original = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            if isinstance(original, StorageError) or original.errno == errno.EFBIG:
+                log.error("%s: transfer failed: %s", self.cmd_channel.log_prefix_ctx(), original)
+                self._resp = (_reply_for(original), logging.getLogger("pyftpdlib").warning)
+                self.close()
+                return
+            super().handle_error()
+        except Exception:
+            super().handle_error()
+
+
+class CosFTPHandler(FTPHandler):
+    """Control channel: wires sessions to their bucket and turns COS errors into replies."""
+
+    dtp_handler = CosDTPHandler
+    abstracted_fs = CosFS
+    use_sendfile = False
+    banner = "cosftp-prefork ready."
+    permit_foreign_addresses = False
+
+    # Set per worker by ``configure_handler``.
+    config: Config
+    buckets: BucketRegistry
+    executor = None
+
+    def fs_context(self) -> FsContext:
+        """Return what this session's ``CosFS`` needs (called once, at login)."""
+        account = self.authorizer.account(self.username)
+        return FsContext(
+            account=account,
+            bucket=self.buckets.bucket(account),
+            transfer=self.config.transfer,
+            executor=self.executor,
+            max_list_file=self.config.server.max_list_file,
+            log_context=self.log_prefix_ctx(),
+        )
+
+    def log_prefix_ctx(self) -> str:
+        """``session=… user=… ip=…`` for log lines written outside pyftpdlib."""
+        return f"session={id(self):x} user={self.username or '-'} ip={self.remote_ip}"
+
+    def process_command(self, cmd: str, *args, **kwargs) -> None:
+        """Run one command; a COS failure becomes a 451 reply, not a dropped connection."""
+        try:
+            super().process_command(cmd, *args, **kwargs)
+        except StorageError as exc:
+            if isinstance(exc, NotFound):
+                self.respond("550 No such file or directory.")
+                return
+            log.error("%s: %s %s failed: %s", self.log_prefix_ctx(), cmd,
+                      args[0] if args else "", exc)
+            self.respond(f"451 Requested action aborted: storage error ({exc.code or 'COS'}).")
+
+    def ftp_STOR(self, file: str, mode: str = "w"):
+        if self._restart_position:
+            self._restart_position = 0
+            self.respond("554 Resuming uploads is not supported; send the whole file.")
+            return None
+        return super().ftp_STOR(file, mode)
+
+    def ftp_APPE(self, file: str):
+        self.respond("502 APPE is not supported by this server.")
+
+    def ftp_STOU(self, line: str):
+        self.respond("502 STOU is not supported by this server.")
+
+
+def configure_handler(config: Config, buckets: BucketRegistry, executor) -> type:
+    """Return a handler class bound to this worker's config, COS clients and thread pool."""
+    network = config.network
+    low, high = network.passive_ports
+    attrs = {
+        "config": config,
+        "buckets": buckets,
+        "executor": executor,
+        "authorizer": CosAuthorizer(config),
+        "masquerade_address": network.masquerade_address,
+        "passive_ports": range(low, high + 1),
+    }
+    return type("BoundCosFTPHandler", (CosFTPHandler,), attrs)

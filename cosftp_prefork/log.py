@@ -1,0 +1,50 @@
+"""Per-process logging set-up: one file in ``log_dir`` shared by master and workers."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+LOG_FILE_NAME = "cosftp.log"
+_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(role)s] %(name)s: %(message)s"
+
+
+class _RoleFilter(logging.Filter):
+    """Stamp each record with the process role (``master``, ``worker 2``)."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.role = self.role
+        return True
+
+
+def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) -> None:
+    """Send this process's log records to ``log_dir/cosftp.log`` (and stderr if asked).
+
+    ``WatchedFileHandler`` reopens the file when logrotate moves it away, so no process has to
+    be signalled after a rotation.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(_FORMAT)
+    os.makedirs(log_dir, exist_ok=True)
+    handlers: list[logging.Handler] = [
+        logging.handlers.WatchedFileHandler(os.path.join(log_dir, LOG_FILE_NAME), encoding="utf-8")
+    ]
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_RoleFilter(process_name))
+        root.addHandler(handler)
+    root.setLevel(level)
+    # The SDK logs every request URL and header set at INFO.
+    logging.getLogger("qcloud_cos").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
