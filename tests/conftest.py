@@ -1,0 +1,66 @@
+"""Shared fixtures: one COS emulator process and one standard server for the session."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from .emulator_proc import EmulatorProcess
+from .server_proc import Account, ServerProcess
+
+ALPHA = "alpha-1250000000"
+BETA = "beta-1250000000"
+
+STANDARD_ACCOUNTS = [
+    Account("alice", "alice-pw", ALPHA, "RW"),
+    Account("reader", "reader-pw", ALPHA, "R"),
+    Account("writer", "writer-pw", ALPHA, "W"),
+    Account("keeper", "keeper-pw", ALPHA, "RW", delete_enable=False),
+    Account("bob", "bob-pw", BETA, "RW"),
+]
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    emu = EmulatorProcess(buckets=[ALPHA, BETA, "gamma-1250000000"])
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def cos(emulator):
+    """A real SDK client on the emulator, to check what the server really stored."""
+    return emulator.client()
+
+
+@pytest.fixture(scope="session")
+def server(emulator, tmp_path_factory):
+    proc = ServerProcess(str(tmp_path_factory.mktemp("server")), emulator.port,
+                         STANDARD_ACCOUNTS)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def area(request) -> str:
+    """A directory name unique to this test, so tests sharing a bucket never collide."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", request.node.name)[:60]
+    return f"{name}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def alice(server):
+    ftp = server.login("alice", "alice-pw")
+    yield ftp
+    _close(ftp)
+
+
+def _close(ftp) -> None:
+    try:
+        ftp.quit()
+    except Exception:
+        ftp.close()

@@ -1,0 +1,52 @@
+"""Run the COS emulator as a subprocess and hand out real SDK clients for it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Optional
+
+from qcloud_cos import CosConfig, CosS3Client
+
+from .server_proc import wait_until
+
+
+class EmulatorProcess:
+    """``python -m cosftp_prefork.emulator`` on a free loopback port."""
+
+    def __init__(self, buckets: Sequence[str], region: str = "ap-guangzhou") -> None:
+        self.buckets = list(buckets)
+        self.region = region
+        self.port = 0
+        self.proc: Optional[subprocess.Popen] = None
+        self._dir = tempfile.mkdtemp(prefix="cos-emulator-")
+
+    def start(self) -> EmulatorProcess:
+        ready = os.path.join(self._dir, "port")
+        args = [sys.executable, "-m", "cosftp_prefork.emulator", "--port", "0",
+                "--region", self.region, "--ready-file", ready]
+        for bucket in self.buckets:
+            args += ["--bucket", bucket]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        wait_until(lambda: os.path.exists(ready) or self.proc.poll() is not None,
+                   timeout=30, what="emulator ready file")
+        assert self.proc.poll() is None, f"emulator exited with {self.proc.returncode}"
+        with open(ready, encoding="ascii") as handle:
+            self.port = int(handle.read())
+        return self
+
+    def client(self) -> CosS3Client:
+        config = CosConfig(Region=self.region, SecretId="test-id", SecretKey="test-key",
+                           IP="127.0.0.1", Port=self.port, Scheme="http")
+        return CosS3Client(config, retry=1)
+
+    def stop(self) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        return self.proc.returncode

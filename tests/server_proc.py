@@ -1,0 +1,157 @@
+"""Start the real server (``cosftpctl run``) as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> None:
+    """Poll ``predicate`` until it returns truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+@dataclass
+class Account:
+    user: str
+    password: str
+    bucket: str
+    authority: str = "RW"
+    delete_enable: bool = True
+
+    def section(self, index: int, cos_port: int) -> str:
+        return f"""
+[COS_ACCOUNT_{index}]
+cos_secretid = test-id
+cos_secretkey = test-key
+cos_bucket = {self.bucket}
+cos_region = ap-guangzhou
+cos_protocol = http
+cos_ip = 127.0.0.1
+cos_port = {cos_port}
+home_dir = /home/{self.user}
+ftp_login_user_name = {self.user}
+ftp_login_user_password = {self.password}
+authority = {self.authority}
+delete_enable = {"true" if self.delete_enable else "false"}
+"""
+
+
+@dataclass
+class ServerProcess:
+    """A ``cosftpctl run`` process with a generated config in ``workdir``."""
+
+    workdir: str
+    cos_port: int
+    accounts: list[Account]
+    optional: dict[str, str] = field(default_factory=dict)
+    file_option: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: Optional[subprocess.Popen] = None
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.workdir, "vsftpd.conf")
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.workdir, "log")
+
+    def write_config(self) -> None:
+        self.port = self.port or free_port()
+        optional = {"worker_processes": "2", "min_part_size": str(1024 * 1024),
+                    "upload_thread_num": "4", "log_level": "DEBUG", "log_dir": self.log_dir}
+        optional.update(self.optional)
+        text = "".join(a.section(i, self.cos_port) for i, a in enumerate(self.accounts))
+        text += f"""
+[NETWORK]
+listen_address = 127.0.0.1
+listen_port = {self.port}
+passive_port = 30000,60000
+"""
+        if self.file_option:
+            text += "\n[FILE_OPTION]\n" + "".join(f"{k} = {v}\n" for k, v in
+                                                 self.file_option.items())
+        text += "\n[OPTIONAL]\n" + "".join(f"{k} = {v}\n" for k, v in optional.items())
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run ``cosftpctl -c CONFIG ARGS`` and return the completed process."""
+        return subprocess.run(
+            [sys.executable, "-m", "cosftp_prefork.cli", "-c", self.config_path, *args],
+            capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
+        )
+
+    def start(self) -> ServerProcess:
+        self.write_config()
+        out = open(os.path.join(self.workdir, "server.out"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cosftp_prefork.cli", "-c", self.config_path, "run"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        out.close()
+        wait_until(self._serving, what=f"server on port {self.port} ({self.output()})")
+        return self
+
+    def _serving(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"server exited early: {self.output()}")
+        try:
+            with ftplib.FTP() as ftp:
+                ftp.connect("127.0.0.1", self.port, timeout=2)
+            return True
+        except (OSError, EOFError, ftplib.Error):
+            return False
+
+    def output(self) -> str:
+        try:
+            with open(os.path.join(self.workdir, "server.out"), encoding="utf-8",
+                      errors="replace") as handle:
+                return handle.read()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30) -> Optional[int]:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def login(self, user: str, password: str, timeout: float = 30) -> ftplib.FTP:
+        ftp = ftplib.FTP(encoding="utf-8")
+        ftp.connect("127.0.0.1", self.port, timeout=timeout)
+        ftp.login(user, password)
+        return ftp
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

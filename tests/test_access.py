@@ -1,0 +1,117 @@
+"""Permissions (R / W / RW, delete_enable), bucket isolation and the path jail."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .conftest import ALPHA, BETA, _close
+from .test_commands import get, put
+
+
+@pytest.fixture
+def login(server):
+    sessions = []
+
+    def _login(user: str) -> ftplib.FTP:
+        ftp = server.login(user, f"{user}-pw")
+        sessions.append(ftp)
+        return ftp
+
+    yield _login
+    for ftp in sessions:
+        _close(ftp)
+
+
+def test_read_only_user_cannot_write(login, alice, area):
+    put(alice, f"{area}.txt", b"data")
+    reader = login("reader")
+    assert get(reader, f"{area}.txt") == b"data"
+    reader.retrlines("LIST")
+    for cmd in (lambda: put(reader, f"{area}-new", b"x"),
+                lambda: reader.mkd(f"{area}-dir"),
+                lambda: reader.delete(f"{area}.txt"),
+                lambda: reader.rename(f"{area}.txt", f"{area}-moved")):
+        with pytest.raises(ftplib.error_perm, match="550"):
+            cmd()
+
+
+def test_write_only_user_cannot_download(login, cos, area):
+    writer = login("writer")
+    put(writer, f"{area}.txt", b"drop box")
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}.txt")["Body"].get_raw_stream().read() \
+        == b"drop box"
+    with pytest.raises(ftplib.error_perm, match="550"):
+        get(writer, f"{area}.txt")
+    writer.retrlines("LIST")  # listing is allowed so upload-only clients can navigate
+
+
+def test_delete_disabled_refuses_dele_rmd_and_overwriting_rename(login, cos, area):
+    keeper = login("keeper")
+    put(keeper, f"{area}-a", b"a")
+    put(keeper, f"{area}-b", b"b")
+    keeper.mkd(f"{area}-dir")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        keeper.delete(f"{area}-a")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        keeper.rmd(f"{area}-dir")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        keeper.rename(f"{area}-a", f"{area}-b")
+    assert get(keeper, f"{area}-b") == b"b"
+    keeper.rename(f"{area}-a", f"{area}-c")  # a rename to a free name is allowed
+    assert get(keeper, f"{area}-c") == b"a"
+
+
+def test_users_on_different_buckets_are_isolated(login, alice, cos, area):
+    put(alice, f"{area}.txt", b"alpha data")
+    bob = login("bob")
+    assert f"{area}.txt" not in bob.nlst()
+    with pytest.raises(ftplib.error_perm, match="550"):
+        get(bob, f"{area}.txt")
+    put(bob, f"{area}.txt", b"beta data")
+    assert get(alice, f"{area}.txt") == b"alpha data"
+    assert cos.get_object(Bucket=BETA, Key=f"{area}.txt")["Body"].get_raw_stream().read() \
+        == b"beta data"
+
+
+@pytest.mark.parametrize("name", ["with space.txt", "ünïcødé 文件.txt", " lead and trail .txt"])
+def test_unusual_names_round_trip(alice, cos, area, name):
+    alice.mkd(area)
+    put(alice, f"{area}/{name}", name.encode())
+    assert get(alice, f"{area}/{name}") == name.encode()
+    assert alice.nlst(area) == [name]
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/{name}")
+
+
+@pytest.mark.parametrize("escape", ["../../etc/passwd", "/../../x", "a/../../../y", "//double"])
+def test_dotdot_and_slashes_stay_inside_bucket(alice, cos, area, escape):
+    alice.mkd(area)
+    alice.cwd(area)
+    put(alice, escape, b"jailed")
+    expected = {"../../etc/passwd": "etc/passwd", "/../../x": "x", "a/../../../y": "y",
+                "//double": "double"}[escape]
+    assert cos.get_object(Bucket=ALPHA, Key=expected)["Body"].get_raw_stream().read() \
+        == b"jailed"
+    alice.cwd("../../..")
+    assert alice.pwd() == "/"
+
+
+def test_listing_paginates_past_one_page(alice, cos, area):
+    keys = [f"{area}/k{i:05d}" for i in range(2500)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: cos.put_object(Bucket=ALPHA, Key=key, Body=b""), keys))
+    names = alice.nlst(area)
+    assert sorted(names) == sorted(k.rsplit("/", 1)[1] for k in keys)
+    lines = []
+    alice.retrlines(f"LIST {area}", lines.append)
+    assert len(lines) == 2500
+
+
+def test_storbinary_into_missing_parent_creates_prefix(alice, area):
+    put(alice, f"{area}/new/dir/file", b"x")
+    assert alice.nlst(f"{area}/new") == ["dir"]
+    with pytest.raises(ftplib.error_perm):
+        alice.storbinary(f"STOR {area}/new", io.BytesIO(b"onto a dir"))

@@ -1,0 +1,89 @@
+"""Real command-line FTP clients: lftp, curl and the classic ftp (tnftp)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import ALPHA
+
+MIB = 1024 * 1024
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("COSFTP_REQUIRE_CLIENTS"):
+            pytest.fail(f"{tool} is not installed (scripts/bootstrap --clients installs it)")
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
+def run(args: list[str], stdin: str = "", timeout: float = 60) -> str:
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args[0]} failed ({done.returncode}): {done.stderr}"
+    return done.stdout
+
+
+def lftp(server, script: str) -> str:
+    lftp_bin = require("lftp")
+    settings = "set cmd:fail-exit true; set net:max-retries 1; set ftp:passive-mode true;"
+    return run([lftp_bin, "-u", "alice,alice-pw", "-p", str(server.port), "-e",
+                f"{settings} {script}; bye", "127.0.0.1"])
+
+
+def test_lftp_put_get_ls_mv_rm(server, tmp_path, area, cos):
+    src = tmp_path / "big file.bin"
+    src.write_bytes(os.urandom(3 * MIB + 7))
+    out = tmp_path / "copy.bin"
+    lftp(server, f'mkdir {area}; cd {area}; put "{src}" -o "big file.bin"; '
+                 f'mv "big file.bin" moved.bin; get moved.bin -o "{out}"; cls -1')
+    assert out.read_bytes() == src.read_bytes()
+    listing = lftp(server, f"cls -1 {area}/")
+    assert "moved.bin" in listing and "big file.bin" not in listing
+    lftp(server, f"rm {area}/moved.bin; rmdir {area}")
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/moved.bin") is False
+
+
+def test_lftp_mirror_upload(server, tmp_path, area):
+    tree = tmp_path / "tree"
+    for rel in ("a.txt", "sub/b.txt", "sub/deeper/c.txt"):
+        path = tree / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+    lftp(server, f'mirror -R "{tree}" {area}')
+    back = tmp_path / "back"
+    lftp(server, f'mirror {area} "{back}"')
+    for rel in ("a.txt", "sub/b.txt", "sub/deeper/c.txt"):
+        assert (back / rel).read_text() == rel
+
+
+def test_curl_upload_download_and_list(server, tmp_path, area):
+    curl = require("curl")
+    src = tmp_path / "upload.bin"
+    src.write_bytes(os.urandom(MIB + 99))
+    base = f"ftp://127.0.0.1:{server.port}/{area}/"
+    auth = ["--user", "alice:alice-pw", "--silent", "--show-error"]
+    run([curl, *auth, "--ftp-create-dirs", "-T", str(src), base + "upload.bin"])
+    out = tmp_path / "download.bin"
+    run([curl, *auth, "-o", str(out), base + "upload.bin"])
+    assert out.read_bytes() == src.read_bytes()
+    assert run([curl, *auth, "--list-only", base]).split() == ["upload.bin"]
+    tail = tmp_path / "tail.bin"
+    run([curl, *auth, "-r", "1000-", "-o", str(tail), base + "upload.bin"])  # REST + RETR
+    assert tail.read_bytes() == src.read_bytes()[1000:]
+
+
+def test_classic_ftp_client_script(server, tmp_path, area):
+    ftp_bin = require("tnftp")
+    src = tmp_path / "classic.txt"
+    src.write_text("from the classic client\n")
+    script = (f"user alice alice-pw\nbinary\nmkdir {area}\ncd {area}\n"
+              f"put {src} classic.txt\nsize classic.txt\nls\nget classic.txt "
+              f"{tmp_path / 'back.txt'}\nbye\n")
+    output = run([ftp_bin, "-n", "-p", "127.0.0.1", str(server.port)], stdin=script)
+    assert "classic.txt" in output
+    assert (tmp_path / "back.txt").read_text() == "from the classic client\n"

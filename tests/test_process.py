@@ -1,0 +1,106 @@
+"""cosftpctl start/stop/status/check, the pid file, process titles and worker clean-up."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, wait_until
+
+
+@pytest.fixture
+def daemon(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+    proc.write_config()
+    yield proc
+    proc.ctl("stop")
+
+
+def pid_file(proc: ServerProcess) -> str:
+    return os.path.join(proc.log_dir, "cosftp.pid")
+
+
+def master_process(proc: ServerProcess) -> psutil.Process:
+    with open(pid_file(proc), encoding="ascii") as handle:
+        return psutil.Process(int(handle.read()))
+
+
+def test_start_status_stop(daemon):
+    assert daemon.ctl("status").returncode == 3
+    started = daemon.ctl("start")
+    assert started.returncode == 0, started.stderr
+    status = daemon.ctl("status")
+    assert status.returncode == 0 and "running" in status.stdout
+    master = master_process(daemon)
+    workers = master.children()
+    assert len(workers) == 2
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", daemon.port, timeout=10)
+        ftp.login("ops", "ops-pw")
+    again = daemon.ctl("start")
+    assert again.returncode == 1 and "already running" in again.stderr
+    assert daemon.ctl("stop").returncode == 0
+    assert daemon.ctl("status").returncode == 3
+    assert not os.path.exists(pid_file(daemon))
+    for proc in [master, *workers]:
+        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+def test_stale_pid_file_does_not_block_start(daemon):
+    os.makedirs(daemon.log_dir, exist_ok=True)
+    dead = psutil.Popen(["true"])
+    dead.wait()
+    with open(pid_file(daemon), "w") as handle:
+        handle.write(f"{dead.pid}\n")
+    assert daemon.ctl("start").returncode == 0
+    assert daemon.ctl("status").returncode == 0
+
+
+def test_process_titles(daemon):
+    daemon.ctl("start")
+    master = master_process(daemon)
+    assert " ".join(master.cmdline()).startswith("cosftp: master [")
+    titles = sorted(" ".join(child.cmdline()).strip() for child in master.children())
+    assert titles == ["cosftp: worker 1", "cosftp: worker 2"]
+
+
+def test_killed_worker_is_replaced_and_master_death_stops_workers(daemon):
+    daemon.ctl("start")
+    master = master_process(daemon)
+    victim = master.children()[0]
+    victim.send_signal(signal.SIGKILL)
+    wait_until(lambda: len([c for c in master.children() if c.pid != victim.pid
+                            and c.status() != psutil.STATUS_ZOMBIE]) == 2,
+               what="replacement worker")
+    workers = master.children()
+    master.send_signal(signal.SIGKILL)
+    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+                               for w in workers), what="workers to exit after master died")
+
+
+def test_bad_config_is_refused_with_section_and_option(daemon):
+    with open(daemon.config_path, "a", encoding="utf-8") as handle:
+        handle.write("\n[COS_ACCOUNT_9]\ncos_secretid = a\ncos_secretkey = b\n"
+                     "cos_bucket = nobucketform\ncos_region = ap-guangzhou\nhome_dir = /h9\n"
+                     "ftp_login_user_name = u9\nftp_login_user_password = p\nauthority = RW\n")
+    for command in ("check", "start", "run"):
+        done = daemon.ctl(command)
+        assert done.returncode == 2
+        assert "[COS_ACCOUNT_9]" in done.stderr and "cos_bucket" in done.stderr
+
+
+def test_check_accepts_the_shipped_example():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-m", "cosftp_prefork.cli", "-c",
+         os.path.join(root, "conf", "vsftpd.conf.example"), "check"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,125 @@
+"""Uploads and downloads byte for byte; aborted uploads leave nothing behind."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import random
+
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, wait_until
+from .test_commands import get, put
+
+MIB = 1024 * 1024
+PART = MIB  # the test server's min_part_size
+
+
+def pending_uploads(cos, key: str) -> list:
+    result = cos.list_multipart_uploads(Bucket=ALPHA, Prefix=key)
+    return [u for u in result.get("Upload", []) if u["Key"] == key]
+
+
+@pytest.mark.parametrize("size", [0, 1, PART - 1, PART, PART + 1, 3 * PART + PART // 2])
+def test_round_trip_exact_sizes(alice, area, cos, size):
+    data = os.urandom(size)
+    assert put(alice, area, data).startswith("226")
+    assert get(alice, area) == data
+    head = cos.head_object(Bucket=ALPHA, Key=area)
+    assert int(head["Content-Length"]) == size
+    assert pending_uploads(cos, area) == []
+
+
+def test_round_trip_random_size(alice, area):
+    size = random.randrange(1, 5 * PART)
+    data = os.urandom(size)
+    put(alice, area, data)
+    assert hashlib.sha256(get(alice, area)).digest() == hashlib.sha256(data).digest()
+
+
+def test_overwrite_replaces_content(alice, area):
+    put(alice, area, b"first version")
+    put(alice, area, b"second")
+    assert get(alice, area) == b"second"
+    assert alice.size(area) == 6
+
+
+def test_rest_resumes_download(alice, area):
+    data = os.urandom(2 * PART + 123)
+    put(alice, area, data)
+    offset = PART + 17
+    assert get(alice, area, rest=offset) == data[offset:]
+    assert get(alice, area, rest=len(data)) == b""
+
+
+def test_rest_past_end_is_refused(alice, area):
+    put(alice, area, b"short")
+    with pytest.raises(ftplib.error_perm, match="554"):
+        get(alice, area, rest=100)
+
+
+def test_rest_then_stor_is_refused(alice, area):
+    alice.sendcmd("TYPE I")
+    alice.sendcmd("REST 10")
+    with pytest.raises(ftplib.error_perm, match="554"):
+        alice.storbinary(f"STOR {area}", io.BytesIO(b"x"))
+
+
+def _start_upload(ftp: ftplib.FTP, path: str, nbytes: int):
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {path}")
+    conn.sendall(os.urandom(nbytes))
+    return conn
+
+
+def test_abor_mid_upload_leaves_no_object(alice, area, cos):
+    conn = _start_upload(alice, area, 3 * PART)
+    alice.sock.sendall(b"ABOR\r\n")
+    replies = [alice.getline()]
+    while not replies[-1].startswith(("225", "226")):
+        replies.append(alice.getline())
+    conn.close()
+    assert any(r.startswith("426") for r in replies) or replies[-1].startswith("225")
+    wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert alice.voidcmd("NOOP").startswith("200")
+
+
+def test_disconnect_mid_upload_leaves_no_object(server, area, cos):
+    ftp = server.login("alice", "alice-pw")
+    conn = _start_upload(ftp, area, 3 * PART)
+    ftp.sock.close()  # the control connection drops while data is still flowing
+    ftp.close()
+    wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
+    conn.close()
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+
+
+def test_failed_upload_keeps_previous_version(alice, area, cos):
+    put(alice, area, b"precious")
+    conn = _start_upload(alice, area, 2 * PART + 5)
+    alice.sock.sendall(b"ABOR\r\n")
+    reply = alice.getline()
+    while not reply.startswith(("225", "226")):
+        reply = alice.getline()
+    conn.close()
+    wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
+    assert get(alice, area) == b"precious"
+
+
+def test_file_over_single_file_max_size_is_refused(emulator, tmp_path, cos):
+    limit = 2 * PART
+    account = Account("small", "small-pw", ALPHA)
+    with ServerProcess(str(tmp_path), emulator.port, [account],
+                       file_option={"single_file_max_size": str(limit)}) as srv:
+        ftp = srv.login("small", "small-pw")
+        key = f"too_big_{os.getpid()}"
+        with pytest.raises(ftplib.error_perm, match="552"):
+            put(ftp, key, os.urandom(limit + 1))
+        put(ftp, "fits", os.urandom(limit))
+        ftp.quit()
+    assert cos.object_exists(Bucket=ALPHA, Key=key) is False
+    assert pending_uploads(cos, key) == []
