@@ -135,7 +135,8 @@ class CosFS(AbstractedFS):
         """Return an ``os.stat_result`` built from COS metadata; raises ``OSError(ENOENT)``."""
         entry = self._require(path)
         mode = _DIR_MODE if entry.is_dir else _FILE_MODE
-        mtime = int(entry.mtime)
+        # Prefixes have no time of their own; "now" reads better than 1970 in listings.
+        mtime = int(entry.mtime or time.time())
         return os.stat_result((mode, 0, 0, 1, 0, 0, entry.size, mtime, mtime, mtime))
 
     lstat = stat

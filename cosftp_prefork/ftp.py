@@ -181,6 +181,18 @@ class CosFTPHandler(FTPHandler):
             return None
         return super().ftp_STOR(file, mode)
 
+    def ftp_SIZE(self, path: str):
+        """Report the stored size in ASCII mode too, as the old server's ``size`` did.
+
+        pyftpdlib refuses SIZE in ASCII mode because the converted size differs; the classic
+        ``ftp`` client sends SIZE in ASCII mode by default, and its users expect a number.
+        """
+        saved, self._current_type = self._current_type, "i"
+        try:
+            return super().ftp_SIZE(path)
+        finally:
+            self._current_type = saved
+
     def ftp_APPE(self, file: str):
         self.respond("502 APPE is not supported by this server.")
 

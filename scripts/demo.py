@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
     args = parser.parse_args()
+    # Ctrl-C reaches the whole process group; a plain SIGTERM must also stop the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     os.makedirs(DEMO_DIR, exist_ok=True)
     ready = os.path.join(DEMO_DIR, "emulator.port")
     if os.path.exists(ready):

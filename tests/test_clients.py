@@ -82,8 +82,8 @@ def test_classic_ftp_client_script(server, tmp_path, area):
     src = tmp_path / "classic.txt"
     src.write_text("from the classic client\n")
     script = (f"user alice alice-pw\nbinary\nmkdir {area}\ncd {area}\n"
-              f"put {src} classic.txt\nsize classic.txt\nls\nget classic.txt "
+              f"put {src} classic.txt\nascii\nsize classic.txt\nbinary\nls\nget classic.txt "
               f"{tmp_path / 'back.txt'}\nbye\n")
     output = run([ftp_bin, "-n", "-p", "127.0.0.1", str(server.port)], stdin=script)
-    assert "classic.txt" in output
+    assert "classic.txt\t24" in output  # SIZE answered in ASCII mode, the client's default
     assert (tmp_path / "back.txt").read_text() == "from the classic client\n"

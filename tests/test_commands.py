@@ -61,6 +61,7 @@ def test_list_shows_sizes_and_dirs(alice, area):
     assert set(by_name) == {"a.txt", "sub"}
     assert by_name["a.txt"].startswith("-") and " 5 " in by_name["a.txt"]
     assert by_name["sub"].startswith("d")
+    assert "1970" not in by_name["sub"]
 
 
 def test_mlsd_and_mlst(alice, area):
