@@ -90,13 +90,15 @@ class CosFS(AbstractedFS):
     def _fetch_entry(self, path: str) -> Optional[Entry]:
         name = os.path.basename(path)
         try:
-            info = self._bucket.head(object_key(path))
+            key, prefix = object_key(path), dir_prefix(path)
+        except InvalidPath:
+            return None
+        try:
+            info = self._bucket.head(key)
             return Entry(name, False, info.size, info.mtime)
         except NotFound:
             pass
-        except InvalidPath:
-            return None
-        if directory_exists(self._bucket, dir_prefix(path)):
+        if directory_exists(self._bucket, prefix):
             return Entry(name, True)
         return None
 

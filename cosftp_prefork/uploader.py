@@ -8,7 +8,8 @@ client finished sending, and every other ``close()`` throws the upload away. Not
 visible object unless all of its bytes arrived.
 
 Memory bound: at most ``max_in_flight`` parts are queued or uploading per upload plus the one
-being filled, i.e. ``(max_in_flight + 1) * part_size`` bytes. ``write`` blocks (back-pressure on
+being filled, i.e. ``(max_in_flight + 1) * part_size`` bytes plus one data-channel read.
+``write`` blocks (back-pressure on
 the data channel) while that many parts are outstanding.
 """
 
@@ -82,7 +83,8 @@ class MultipartWriter:
             )
         self._size += len(data)
         self._buffer += data
-        while len(self._buffer) >= self._part_size:
+        # Strictly more than a part: a file of exactly one part stays a single PUT.
+        while len(self._buffer) > self._part_size:
             part = bytes(self._buffer[: self._part_size])
             del self._buffer[: self._part_size]
             self._submit_part(part)

@@ -89,9 +89,9 @@ listen_address = 127.0.0.1
 listen_port = {self.port}
 passive_port = 30000,60000
 """
-        if self.file_option:
-            text += "\n[FILE_OPTION]\n" + "".join(f"{k} = {v}\n" for k, v in
-                                                 self.file_option.items())
+        # 1 GiB keeps the part size at min_part_size (1 MiB): 1 GiB fits in 10,000 parts.
+        file_option = {"single_file_max_size": str(1024 ** 3), **self.file_option}
+        text += "\n[FILE_OPTION]\n" + "".join(f"{k} = {v}\n" for k, v in file_option.items())
         text += "\n[OPTIONAL]\n" + "".join(f"{k} = {v}\n" for k, v in optional.items())
         os.makedirs(self.workdir, exist_ok=True)
         with open(self.config_path, "w", encoding="utf-8") as handle:

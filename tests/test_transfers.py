@@ -28,8 +28,11 @@ def test_round_trip_exact_sizes(alice, area, cos, size):
     data = os.urandom(size)
     assert put(alice, area, data).startswith("226")
     assert get(alice, area) == data
-    head = cos.head_object(Bucket=ALPHA, Key=area)
-    assert int(head["Content-Length"]) == size
+    head = {k.lower(): v for k, v in cos.head_object(Bucket=ALPHA, Key=area).items()}
+    assert int(head["content-length"]) == size
+    parts = -(-size // PART)
+    multipart_suffix = f'-{parts}"'
+    assert head["etag"].endswith(multipart_suffix) == (size > PART)
     assert pending_uploads(cos, area) == []
 
 
@@ -68,15 +71,17 @@ def test_rest_then_stor_is_refused(alice, area):
         alice.storbinary(f"STOR {area}", io.BytesIO(b"x"))
 
 
-def _start_upload(ftp: ftplib.FTP, path: str, nbytes: int):
+def _start_upload(ftp: ftplib.FTP, cos, path: str, nbytes: int):
+    """Start a STOR, send ``nbytes`` and return once COS holds a multipart upload for it."""
     ftp.voidcmd("TYPE I")
     conn = ftp.transfercmd(f"STOR {path}")
     conn.sendall(os.urandom(nbytes))
+    wait_until(lambda: pending_uploads(cos, path), what="multipart upload to start")
     return conn
 
 
 def test_abor_mid_upload_leaves_no_object(alice, area, cos):
-    conn = _start_upload(alice, area, 3 * PART)
+    conn = _start_upload(alice, cos, area, 3 * PART)
     alice.sock.sendall(b"ABOR\r\n")
     replies = [alice.getline()]
     while not replies[-1].startswith(("225", "226")):
@@ -90,7 +95,7 @@ def test_abor_mid_upload_leaves_no_object(alice, area, cos):
 
 def test_disconnect_mid_upload_leaves_no_object(server, area, cos):
     ftp = server.login("alice", "alice-pw")
-    conn = _start_upload(ftp, area, 3 * PART)
+    conn = _start_upload(ftp, cos, area, 3 * PART)
     ftp.sock.close()  # the control connection drops while data is still flowing
     ftp.close()
     wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
@@ -100,7 +105,7 @@ def test_disconnect_mid_upload_leaves_no_object(server, area, cos):
 
 def test_failed_upload_keeps_previous_version(alice, area, cos):
     put(alice, area, b"precious")
-    conn = _start_upload(alice, area, 2 * PART + 5)
+    conn = _start_upload(alice, cos, area, 2 * PART + 5)
     alice.sock.sendall(b"ABOR\r\n")
     reply = alice.getline()
     while not reply.startswith(("225", "226")):
