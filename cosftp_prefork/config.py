@@ -11,6 +11,7 @@ not live in the file. Nothing else in the package reads the file.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import ipaddress
 import os
 import re
@@ -93,6 +94,15 @@ class ServerConfig:
     log_dir: str
     worker_processes: int
     pid_file: str
+    graceful_timeout: int = 600
+    worker_timeout: int = 60
+    worker_max_rss: int = 2048
+    health_check_interval: int = 5
+
+    @property
+    def state_file(self) -> str:
+        """Shared status file the master creates beside the pid file."""
+        return self.pid_file + ".state"
 
 
 @dataclass(frozen=True)
@@ -245,6 +255,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "log_dir", _text, "log", "log directory"),
     Setting("OPTIONAL", "worker_processes", _integer(1, 256), _CPUS, "worker processes"),
     Setting("OPTIONAL", "pid_file", _text, None, "pid file; default <log_dir>/cosftp.pid"),
+    Setting("OPTIONAL", "graceful_timeout", _integer(0), 600,
+            "seconds a stopping worker waits for sessions"),
+    Setting("OPTIONAL", "worker_timeout", _integer(0), 60,
+            "seconds without heartbeat before a worker is killed; 0 = never"),
+    Setting("OPTIONAL", "worker_max_rss", _integer(0), 2048,
+            "MiB of RSS that triggers a graceful worker recycle; 0 = never"),
+    Setting("OPTIONAL", "health_check_interval", _integer(1, 3600), 5,
+            "seconds between worker health checks"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -335,6 +353,10 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_list_file=optional["max_list_file"], log_level=optional["log_level"],
         log_dir=log_dir, pid_file=os.path.abspath(pid_file),
         worker_processes=optional["worker_processes"],
+        graceful_timeout=optional["graceful_timeout"],
+        worker_timeout=optional["worker_timeout"],
+        worker_max_rss=optional["worker_max_rss"],
+        health_check_interval=optional["health_check_interval"],
     )
 
 
@@ -373,6 +395,20 @@ def parse_config(text: str, path: str = "<string>",
     except configparser.Error as exc:
         raise ConfigError(f"not a valid INI file: {exc.message}", path) from None
     return _build(_Reader(parser, path, os.environ if environ is None else environ))
+
+
+def locate_pid_file(path: str) -> str:
+    """Best-effort pid file location of a file that may not validate (for stop/status)."""
+    parser = configparser.RawConfigParser(inline_comment_prefixes=("#",), strict=False)
+    with contextlib.suppress(configparser.Error, OSError, UnicodeDecodeError):
+        parser.read(path, encoding="utf-8")
+
+    def option(name: str) -> str:
+        value = parser.get("OPTIONAL", name, fallback="").strip()
+        return "" if value.lower() == "default" else value
+
+    log_dir = option("log_dir") or "log"
+    return os.path.abspath(option("pid_file") or os.path.join(log_dir, "cosftp.pid"))
 
 
 def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
