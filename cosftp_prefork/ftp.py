@@ -98,9 +98,26 @@ class CosDTPHandler(DTPHandler):
     and 226 is sent only after COS confirmed the object.
     """
 
+    _counted = False
+
+    def enable_receiving(self, type: str, cmd: str) -> None:
+        super().enable_receiving(type, cmd)
+        self._count_transfer()
+
+    def push_with_producer(self, producer) -> None:
+        super().push_with_producer(producer)
+        self._count_transfer()
+
+    def _count_transfer(self) -> None:
+        if self.cmd in ("STOR", "RETR") and not self._counted:
+            self._counted = True
+            self.cmd_channel.stats.transfer_started(self.receive)
+
     def close(self) -> None:
         if not self._closed and self.receive and self.transfer_finished:
             self._commit_upload()
+        if self._counted and not self._closed:
+            self.cmd_channel.stats.transfer_ended(self.receive, self.get_transmitted_bytes())
         super().close()
 
     def _commit_upload(self) -> None:
@@ -145,6 +162,25 @@ class CosFTPHandler(FTPHandler):
     config: Config
     buckets: BucketRegistry
     executor = None
+    stats = None  # the worker's WorkerStats: admission and counters
+    _admitted = False
+
+    def handle(self) -> None:
+        """Admit the session against the server-wide limits before the 220 greeting."""
+        reason = self.stats.admit(self.remote_ip)
+        if reason is not None:
+            log.warning("refused %s: %s", self.remote_ip, reason)
+            self.respond(f"421 {reason}")
+            self.close_when_done()
+            return
+        self._admitted = True
+        super().handle()
+
+    def close(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.stats.release(self.remote_ip)
+        super().close()
 
     def fs_context(self) -> FsContext:
         """Return what this session's ``CosFS`` needs (called once, at login)."""
@@ -200,16 +236,18 @@ class CosFTPHandler(FTPHandler):
         self.respond("502 STOU is not supported by this server.")
 
 
-def configure_handler(config: Config, buckets: BucketRegistry, executor) -> type:
-    """Return a handler class bound to this worker's config, COS clients and thread pool."""
-    network = config.network
-    low, high = network.passive_ports
+def configure_handler(config: Config, buckets: BucketRegistry, executor, stats,
+                      masquerade_ip: Optional[str]) -> type:
+    """Return a handler class bound to this worker's config, COS clients, thread pool and
+    counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
+    low, high = config.network.passive_ports
     attrs = {
         "config": config,
         "buckets": buckets,
         "executor": executor,
+        "stats": stats,
         "authorizer": CosAuthorizer(config),
-        "masquerade_address": network.masquerade_address,
+        "masquerade_address": masquerade_ip,
         "passive_ports": range(low, high + 1),
     }
     return type("BoundCosFTPHandler", (CosFTPHandler,), attrs)

@@ -3,6 +3,10 @@
 Everything per-process is built here, after fork: logging, COS clients (with their own HTTP
 session), the part-upload thread pool and pyftpdlib's IOLoop. Each session runs in its own
 thread (``ThreadedFTPServer``) so a slow COS call stalls only that session.
+
+Signals only set flags; the worker's loop acts on them within a second:
+TERM/INT stop now (transfers in flight are aborted, never half-written), QUIT drains (stop
+accepting, let sessions finish, at most ``graceful_timeout``), USR1 reopens the log file.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import logging
 import os
 import signal
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
@@ -20,73 +27,225 @@ from setproctitle import setproctitle
 from .config import Config
 from .ftp import configure_handler
 from .log import setup_logging
+from .shared import DRAINING, SERVING, STARTING, SharedState
 from .storage import BucketRegistry
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-PARENT_CHECK_SECONDS = 1.0
+TICK_SECONDS = 1.0
+BALANCE_SECONDS = 0.1
+# Exit status for "this worker cannot start with this config": not a crash to retry blindly.
+EXIT_BOOT_FAILURE = 3
 
 
-def _die_with_parent(master_pid: int) -> None:
-    """Ask Linux to SIGTERM us when the master dies; the ppid poll covers other systems."""
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the master dies; the ppid check covers the rest."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
-    if os.getppid() != master_pid:
-        raise SystemExit(0)
 
 
-def _stop(signum: int, frame) -> None:
-    raise SystemExit(0)
+class WorkerStats:
+    """Counters of one worker, published to its shared slot; used by the FTP handlers.
+
+    Thread-safe: sessions run in their own threads.
+    """
+
+    def __init__(self, state: SharedState, slot: int, index: int, generation: int,
+                 config: Config) -> None:
+        self.state, self.slot, self.index, self.generation = state, slot, index, generation
+        self.pid = os.getpid()
+        self.started = time.time()
+        self._max_total = config.server.max_connection_num
+        self._max_per_ip = config.server.max_connections_per_ip
+        self._lock = threading.Lock()
+        self.sessions = self.uploads = self.downloads = 0
+        self.bytes_up = self.bytes_down = 0
+        self.status = STARTING
+
+    def admit(self, ip: str) -> Optional[str]:
+        """Count a new session; return why it must be refused (server-wide limits) or None."""
+        reason = self.state.admit(self.pid, ip, self._max_total, self._max_per_ip)
+        if reason is None:
+            with self._lock:
+                self.sessions += 1
+        return reason
+
+    def release(self, ip: str) -> None:
+        self.state.release(self.pid, ip)
+        with self._lock:
+            self.sessions -= 1
+
+    def transfer_started(self, upload: bool) -> None:
+        with self._lock:
+            if upload:
+                self.uploads += 1
+            else:
+                self.downloads += 1
+
+    def transfer_ended(self, upload: bool, nbytes: int) -> None:
+        with self._lock:
+            if upload:
+                self.uploads -= 1
+                self.bytes_up += nbytes
+            else:
+                self.downloads -= 1
+                self.bytes_down += nbytes
+
+    def publish(self) -> str:
+        """Write the heartbeat and counters to the shared slot; return the process title."""
+        with self._lock:
+            counters = (self.sessions, self.uploads, self.downloads, self.bytes_up,
+                        self.bytes_down)
+        self.state.write_slot(self.slot, self.pid, self.index, self.generation, self.status,
+                              self.started, time.time(), counters)
+        title = (f"cosftp: worker {self.index} gen={self.generation} sessions={counters[0]} "
+                 f"up={counters[1]} down={counters[2]}")
+        return title + " draining" if self.status == DRAINING else title
+
+
+class BalancedFTPServer(ThreadedFTPServer):
+    """Stops polling the shared listener while this worker is clearly busier than a peer.
+
+    Every worker waits on the same socket and the kernel tends to wake the same one, so
+    without this one worker would take every session. A worker holding more than one
+    session above its least busy serving peer steps aside until that changes.
+    """
+
+    state: SharedState
+    _paused = False
+
+    def handle_accepted(self, sock, addr):
+        handler = super().handle_accepted(sock, addr)
+        self.rebalance()
+        return handler
+
+    def rebalance(self) -> None:
+        """Pause or resume accepting, depending on the load of the other workers."""
+        if self._fileno is None:
+            return
+        counts = self.state.sessions_by_pid()
+        me = os.getpid()
+        peers = [counts.get(w.pid, 0) for w in self.state.workers()
+                 if w.pid != me and w.state == "serving"]
+        busy = bool(peers) and counts.get(me, 0) > min(peers) + 1
+        if busy and not self._paused:
+            self.ioloop.unregister(self._fileno)
+        elif self._paused and not busy:
+            self.ioloop.register(self._fileno, self, self.ioloop.READ)
+        self._paused = busy
 
 
 class Worker:
-    """A worker's state: its index, config and the server it runs."""
+    """A worker's life: boot, serve, drain or stop."""
 
-    def __init__(self, index: int, config: Config, sock: socket.socket, master_pid: int,
+    def __init__(self, index: int, generation: int, slot: int, config: Config,
+                 sock: socket.socket, state: SharedState, master_pid: int,
                  foreground: bool) -> None:
-        self.index = index
-        self.config = config
-        self.sock = sock
-        self.master_pid = master_pid
-        self.foreground = foreground
+        self.index, self.generation, self.slot = index, generation, slot
+        self.config, self.sock, self.state = config, sock, state
+        self.master_pid, self.foreground = master_pid, foreground
+        self._stop = self._drain = self._reopen = False
+        self._title = ""
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT or until the master is gone; return the exit status."""
-        setproctitle(f"cosftp: worker {self.index}")
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(signum, _stop)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _die_with_parent(self.master_pid)
+        """Serve until told to stop or drained; return the exit status."""
+        self._install_signals()
+        _die_with_parent()
         server_cfg = self.config.server
         setup_logging(server_cfg.log_level, server_cfg.log_dir, f"worker {self.index}",
                       self.foreground)
+        stats = WorkerStats(self.state, self.slot, self.index, self.generation, self.config)
+        self._set_title(stats.publish())
+        masquerade = self._resolve_masquerade()
+        if masquerade is False:
+            return EXIT_BOOT_FAILURE
         threads = self.config.transfer.upload_thread_num
         buckets = BucketRegistry(pool_size=threads + 16)
         executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cos-part")
         try:
-            server = self._make_server(buckets, executor)
-            log.info("worker %d serving on %s", self.index, self.sock.getsockname())
-            server.serve_forever(timeout=1.0)
+            handler = configure_handler(self.config, buckets, executor, stats, masquerade)
+            server = BalancedFTPServer(self.sock, handler)
+            server.state = self.state
+            server.max_cons = server.max_cons_per_ip = 0  # enforced server-wide by stats
+            stats.status = SERVING
+            log.info("worker %d gen %d serving on %s", self.index, self.generation,
+                     self.sock.getsockname()[:2])
+            self._serve(server, stats)
         finally:
             executor.shutdown(wait=True)
             buckets.close()
-            log.info("worker %d stopped", self.index)
+            log.info("worker %d gen %d stopped", self.index, self.generation)
         return 0
 
-    def _make_server(self, buckets: BucketRegistry, executor) -> ThreadedFTPServer:
-        handler = configure_handler(self.config, buckets, executor)
-        server = ThreadedFTPServer(self.sock, handler)
-        server.max_cons = self.config.server.max_connection_num
-        server.max_cons_per_ip = self.config.server.max_connections_per_ip
-        server.ioloop.call_every(PARENT_CHECK_SECONDS, self._check_parent)
-        return server
+    def _install_signals(self) -> None:
+        handlers = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",
+                    signal.SIGUSR1: "_reopen"}
+        for signum, flag in handlers.items():
+            signal.signal(signum, lambda _s, _f, flag=flag: setattr(self, flag, True))
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
-    def _check_parent(self) -> None:
+    def _resolve_masquerade(self):
+        """Return the PASV address as an IP (None if unset), or False if it cannot resolve."""
+        name = self.config.network.masquerade_address
+        if name is None:
+            return None
+        try:
+            return socket.gethostbyname(name)
+        except OSError as exc:
+            log.error("worker %d cannot start: [NETWORK] masquerade_address %r does not "
+                      "resolve: %s", self.index, name, exc)
+            return False
+
+    def _serve(self, server: BalancedFTPServer, stats: WorkerStats) -> None:
+        ioloop = server.ioloop
+        drain_deadline: Optional[float] = None
+        next_tick = 0.0
+        while not self._stop:
+            now = time.monotonic()
+            if self._drain and drain_deadline is None:
+                drain_deadline = now + self.config.server.graceful_timeout
+                self._start_draining(server, stats)
+            if drain_deadline is not None and (stats.sessions <= 0 or now > drain_deadline):
+                break
+            if now >= next_tick:
+                next_tick = now + TICK_SECONDS
+                self._tick(stats)
+            if drain_deadline is None:
+                server.rebalance()
+            if ioloop.socket_map:
+                ioloop.poll(BALANCE_SECONDS if server._paused else TICK_SECONDS)
+            else:
+                time.sleep(BALANCE_SECONDS)
+            ioloop.sched.poll()
+        if stats.sessions > 0:
+            log.warning("worker %d closing %d sessions", self.index, stats.sessions)
+        server.close_all()
+
+    def _start_draining(self, server: BalancedFTPServer, stats: WorkerStats) -> None:
+        log.info("worker %d gen %d draining: %d sessions left, up to %ds", self.index,
+                 self.generation, stats.sessions, self.config.server.graceful_timeout)
+        server.close()  # stop accepting; the listening socket stays open in the others
+        stats.status = DRAINING
+        self._set_title(stats.publish())  # the master waits for this before reporting a reload
+
+    def _tick(self, stats: WorkerStats) -> None:
         if os.getppid() != self.master_pid:
             log.warning("worker %d: master %d is gone, exiting", self.index, self.master_pid)
-            raise SystemExit(0)
+            self._stop = True
+        if self._reopen:
+            self._reopen = False
+            server_cfg = self.config.server
+            setup_logging(server_cfg.log_level, server_cfg.log_dir, f"worker {self.index}",
+                          self.foreground)
+        self._set_title(stats.publish())
+
+    def _set_title(self, title: str) -> None:
+        if title != self._title:
+            setproctitle(title)
+            self._title = title
