@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,8 +11,9 @@ import sys
 import time
 from typing import Optional
 
-from .config import Config, load_config
+from .config import Config, load_config, locate_pid_file
 from .errors import ConfigError
+from .shared import RELOAD_FAILED, RELOAD_OK, SharedState, heartbeat_age
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
 START_TIMEOUT = 15.0
@@ -20,8 +22,13 @@ EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 
 SIGNAL_HELP = """signals understood by the master:
   TERM, INT  fast stop: close the listener, abort transfers (nothing half-written), exit
-  QUIT       stop (same as TERM for now)
+  QUIT       graceful stop: stop accepting, let sessions finish (graceful_timeout), exit
+  HUP        reload the config file (an invalid file is refused, old config kept)
+  USR1       reopen log files (logrotate)
+  TTIN/TTOU  one worker more / less
+exit status of status: 0 running, 3 not running
 """
+RELOAD_TIMEOUT = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run in the foreground (systemd, containers)")
     sub.add_parser("start", help="start in the background and return once it serves")
     sub.add_parser("stop", help="stop the running server")
-    sub.add_parser("status", help="say whether the server runs (exit 0) or not (exit 3)")
+    sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
+    sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("check", help="validate the configuration file and exit")
     return parser
 
@@ -90,14 +98,19 @@ def cmd_start(config: Config) -> int:
 
 
 def cmd_stop(config: Config) -> int:
-    pid = read_pid(config.server.pid_file)
+    return stop(config.server.pid_file)
+
+
+def stop(pid_file: str) -> int:
+    """SIGTERM the master named in ``pid_file`` and wait until it is gone."""
+    pid = read_pid(pid_file)
     if pid is None:
         print("cosftpctl: not running")
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
-        if read_pid(config.server.pid_file) is None:
+        if read_pid(pid_file) is None:
             print(f"cosftpctl: stopped pid {pid}")
             return 0
         time.sleep(0.05)
@@ -105,13 +118,81 @@ def cmd_stop(config: Config) -> int:
     return 1
 
 
-def cmd_status(config: Config) -> int:
+def cmd_reload(config: Config) -> int:
     pid = read_pid(config.server.pid_file)
-    if pid is None:
+    state = SharedState.open(config.server.state_file) if pid else None
+    if pid is None or state is None:
+        print("cosftpctl: not running", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    before = state.master().reloads
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    while time.monotonic() < deadline:
+        master = state.master()
+        if master.reloads > before and master.reload_result in (RELOAD_OK, RELOAD_FAILED):
+            if master.reload_result == RELOAD_OK:
+                print(f"cosftpctl: reloaded, generation {master.generation}")
+                return 0
+            print("cosftpctl: reload failed, still serving the previous configuration; see "
+                  f"{config.server.log_dir}/cosftp.log", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"cosftpctl: no reload result within {RELOAD_TIMEOUT:.0f}s", file=sys.stderr)
+    return 1
+
+
+def cmd_status(config: Config) -> int:
+    return status(config.server.pid_file)
+
+
+def status(pid_file: str) -> int:
+    """Print master and worker status; return 0 if running, 3 if not."""
+    pid = read_pid(pid_file)
+    state = SharedState.open(pid_file + ".state") if pid else None
+    if pid is None or state is None:
         print("cosftpctl: not running")
         return EXIT_NOT_RUNNING
-    print(f"cosftpctl: running, master pid {pid}, config {config.path}")
+    print(format_status(state))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def format_status(state: SharedState) -> str:
+    """Return the master line and one row per worker, with psutil figures."""
+    import psutil
+
+    master = state.master()
+    now = time.time()
+    lines = [f"master pid {master.pid}  up {_duration(now - master.started)}  "
+             f"generation {master.generation}  workers {master.worker_count}  "
+             f"config {master.config_path}",
+             f"{'PID':>7} {'GEN':>4} {'WORKER':>6} {'STATE':<9} {'SESS':>5} {'UP':>3} "
+             f"{'DOWN':>4} {'BYTES_UP':>12} {'BYTES_DOWN':>12} {'RSS_MIB':>8} {'CPU%':>5} "
+             f"{'FDS':>4} {'BEAT':>5}"]
+    procs = {}
+    for worker in state.workers():
+        with contextlib.suppress(psutil.Error):
+            procs[worker.pid] = psutil.Process(worker.pid)
+            procs[worker.pid].cpu_percent(None)
+    time.sleep(0.2)
+    for worker in state.workers():
+        rss = cpu = fds = "-"
+        with contextlib.suppress(psutil.Error, KeyError):
+            proc = procs[worker.pid]
+            rss = f"{proc.memory_info().rss / 2**20:.1f}"
+            cpu, fds = f"{proc.cpu_percent(None):.1f}", str(proc.num_fds())
+        beat = heartbeat_age(worker, now)
+        lines.append(
+            f"{worker.pid:>7} {worker.generation:>4} {worker.index:>6} {worker.state:<9} "
+            f"{worker.sessions:>5} {worker.uploads:>3} {worker.downloads:>4} "
+            f"{worker.bytes_up:>12} {worker.bytes_down:>12} {rss:>8} {cpu:>5} {fds:>4} "
+            f"{'-' if beat is None else f'{beat:.1f}s':>5}")
+    return "\n".join(lines)
 
 
 def cmd_check(config: Config) -> int:
@@ -122,7 +203,8 @@ def cmd_check(config: Config) -> int:
 
 
 COMMANDS = {"run": cmd_run, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
-            "check": cmd_check}
+            "reload": cmd_reload, "check": cmd_check}
+PID_ONLY_COMMANDS = {"stop": stop, "status": status}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -131,6 +213,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+        if args.command in PID_ONLY_COMMANDS:
+            # Stopping or inspecting a running server must not depend on the file being valid.
+            return PID_ONLY_COMMANDS[args.command](locate_pid_file(args.config))
         return 2
     return COMMANDS[args.command](config)
 

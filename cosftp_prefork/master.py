@@ -1,8 +1,15 @@
 """The master process: binds the listening socket, forks workers and supervises them.
 
-Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake the loop through
-a pipe; the loop dispatches to ``handle_<signal>`` methods. The master never serves FTP and
-never talks to COS.
+Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake the loop
+through a pipe; the loop dispatches to ``handle_<signal>`` methods, reaps and respawns
+workers, finishes reloads and runs health checks. The master never serves FTP and never
+talks to COS.
+
+Reload (HUP) is nginx-like: the new file is validated first and an invalid one leaves
+everything as it was. A valid one starts a new generation of workers on the same socket
+(or a new one if the address changed); the old generation is told to drain only once every
+new worker serves, and if the new generation cannot start the master rolls back to the
+old configuration, whose workers never stopped serving.
 """
 
 from __future__ import annotations
@@ -11,25 +18,41 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import select
 import signal
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass, replace
 from typing import Optional
 
+import psutil
 from setproctitle import setproctitle
 
-from .config import Config
+from .config import Config, load_config
+from .errors import ConfigError
 from .log import setup_logging
-from .worker import Worker
+from .shared import (
+    RELOAD_FAILED,
+    RELOAD_OK,
+    RELOAD_RUNNING,
+    STARTING,
+    MasterStatus,
+    SharedState,
+)
+from .worker import EXIT_BOOT_FAILURE, Worker
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT = 10.0
+FAST_STOP_TIMEOUT = 30.0
 LOOP_SECONDS = 1.0
-FAST_FAILURE_SECONDS = 2.0
+FAST_FAILURE_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
+MAX_FAST_FAILURES = 5
+RELOAD_READY_TIMEOUT = 30.0
+FD_WARNING_RATIO = 0.8
+EXIT_CRASH_LOOP = 1
 
 
 def bind_listener(address: str, port: int, backlog: int = 128) -> socket.socket:
@@ -37,9 +60,12 @@ def bind_listener(address: str, port: int, backlog: int = 128) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(backlog)
-    sock.set_inheritable(True)
+    try:
+        sock.bind((address, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -52,79 +78,124 @@ def write_pid_file(path: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
-class WorkerSlot:
-    """Book-keeping for one worker position: who runs it and how it has been failing."""
+@dataclass
+class WorkerProc:
+    """What the master knows about one forked worker."""
 
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.pid: Optional[int] = None
-        self.started = 0.0
-        self.fast_failures = 0
-        self.next_start = 0.0
+    pid: int
+    index: int
+    generation: int
+    slot: int
+    started: float
+    draining: bool = False
 
-    def record_exit(self, now: float) -> float:
-        """Note that the worker exited; return the back-off delay before the next start."""
-        self.pid = None
-        if now - self.started < FAST_FAILURE_SECONDS:
-            self.fast_failures += 1
-        else:
-            self.fast_failures = 0
-        delay = 0.0
-        if self.fast_failures:
-            delay = min(MAX_BACKOFF_SECONDS, 0.5 * (2 ** self.fast_failures))
+
+@dataclass
+class Backoff:
+    """Fast-failure book-keeping for one worker position."""
+
+    fast_failures: int = 0
+    next_start: float = 0.0
+
+    def record_exit(self, lived: float, now: float) -> float:
+        """Note an unexpected exit after ``lived`` seconds; return the delay before restart."""
+        self.fast_failures = self.fast_failures + 1 if lived < FAST_FAILURE_SECONDS else 0
+        delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** self.fast_failures) if self.fast_failures \
+            else 0.0
         self.next_start = now + delay
         return delay
 
 
-class Master:
-    """Supervises ``worker_processes`` workers serving one config on one socket."""
+@dataclass
+class PendingReload:
+    """A new generation that must prove itself before the old one drains."""
 
-    SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGCHLD", "SIGHUP")
+    old_config: Config
+    old_generation: int
+    old_sock: Optional[socket.socket]
+    deadline: float
+    draining: Optional[list[int]] = None  # old pids told to drain, once the new ones serve
+
+
+class Master:
+    """Supervises the workers serving one config on one socket."""
+
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU",
+               "SIGCHLD")
 
     def __init__(self, config: Config, foreground: bool = True) -> None:
         self.config = config
         self.foreground = foreground
         self.pid = os.getpid()
-        self.slots = [WorkerSlot(i) for i in range(1, config.server.worker_processes + 1)]
+        self.started = time.time()
+        self.generation = 1
+        self.num_workers = config.server.worker_processes
+        self.workers: dict[int, WorkerProc] = {}
+        self.backoff: dict[int, Backoff] = {}
+        self.reload: Optional[PendingReload] = None
+        self.reloads = 0
+        self.reload_result = 0
         self.stopping = False
+        self.exit_status = 0
+        self.sock: Optional[socket.socket] = None
+        self.state: Optional[SharedState] = None
+        self._stop_deadline = 0.0
+        self._next_health_check = 0.0
         self._queue: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
-        self.sock: Optional[socket.socket] = None
-        self._stop_deadline = 0.0
+
+    # --- life cycle
 
     def run(self) -> int:
         """Serve until told to stop; return the process exit status."""
-        server = self.config.server
-        setup_logging(server.log_level, server.log_dir, "master", self.foreground)
+        self._setup_logging()
         for warning in self.config.warnings:
             log.warning("config: %s", warning)
         network = self.config.network
         self.sock = bind_listener(network.listen_address, network.listen_port)
-        write_pid_file(server.pid_file, self.pid)
-        setproctitle(f"cosftp: master [{self.config.path}]")
+        self.state = SharedState.create(self.config.server.state_file)
+        write_pid_file(self.config.server.pid_file, self.pid)
         self._install_signals()
+        self._publish()
         log.info("master %d listening on %s:%d with %d workers", self.pid,
-                 *self.sock.getsockname()[:2], len(self.slots))
+                 *self.sock.getsockname()[:2], self.num_workers)
         try:
             self._loop()
         finally:
             self._cleanup()
-        return 0
+        return self.exit_status
 
     def _loop(self) -> None:
-        while not (self.stopping and not self._running()):
+        while not (self.stopping and not self.workers):
             self._spawn_missing()
             signum = self._wait_for_signal()
             if signum is not None:
-                handler = getattr(self, f"handle_{signal.Signals(signum).name[3:].lower()}")
-                handler()
+                name = signal.Signals(signum).name[3:].lower()
+                getattr(self, f"handle_{name}")()
+            self._reap()
+            self._advance_reload()
+            self._health_check()
             if self.stopping and time.monotonic() > self._stop_deadline:
-                self._kill_workers(signal.SIGKILL)
+                self._signal_workers(signal.SIGKILL, self.workers.values())
+
+    def _setup_logging(self) -> None:
+        server = self.config.server
+        setup_logging(server.log_level, server.log_dir, "master", self.foreground)
+
+    def _publish(self) -> None:
+        """Refresh the shared header and the process title."""
+        assert self.state is not None
+        self.state.write_header(MasterStatus(
+            self.pid, self.generation, self.started, self.num_workers, self.config.path,
+            self.reloads, self.reload_result))
+        setproctitle(f"cosftp: master [{self.config.path}] gen={self.generation} "
+                     f"workers={len(self._current())}")
 
     # --- signals
 
     def _install_signals(self) -> None:
         os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w)
         for name in self.SIGNALS:
             signal.signal(getattr(signal, name), self._queue_signal)
@@ -136,71 +207,122 @@ class Master:
         if not self._queue:
             with contextlib.suppress(InterruptedError):
                 select.select([self._wake_r], [], [], LOOP_SECONDS)
-            self._drain_wakeup_pipe()
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
         return self._queue.popleft() if self._queue else None
-
-    def _drain_wakeup_pipe(self) -> None:
-        os.set_blocking(self._wake_r, False)
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def handle_term(self) -> None:
         """Fast stop: workers abort their transfers (no partial objects) and exit."""
-        self._begin_stop("SIGTERM")
+        self._begin_stop(signal.SIGTERM, FAST_STOP_TIMEOUT)
 
     handle_int = handle_term
 
     def handle_quit(self) -> None:
-        self._begin_stop("SIGQUIT")
+        """Graceful stop: stop accepting, let sessions finish up to graceful_timeout."""
+        self._begin_stop(signal.SIGQUIT, self.config.server.graceful_timeout + 10.0)
 
     def handle_hup(self) -> None:
-        log.warning("SIGHUP: configuration reload is not implemented yet; ignoring")
+        """Reload the configuration file; keep the old one if the new one is unusable."""
+        self.reloads += 1
+        try:
+            self._start_reload()
+        except (ConfigError, OSError) as exc:
+            log.error("reload failed, still serving the previous configuration: %s", exc)
+            self.reload_result = RELOAD_FAILED
+        self._publish()
+
+    def handle_usr1(self) -> None:
+        """Reopen log files (after logrotate) here and in every worker."""
+        self._setup_logging()
+        log.info("log files reopened")
+        self._signal_workers(signal.SIGUSR1, self.workers.values())
+
+    def handle_ttin(self) -> None:
+        self.num_workers += 1
+        log.info("SIGTTIN: %d workers", self.num_workers)
+        self._publish()
+
+    def handle_ttou(self) -> None:
+        if self.num_workers <= 1:
+            return
+        self.num_workers -= 1
+        log.info("SIGTTOU: %d workers", self.num_workers)
+        self._drain([w for w in self._current() if w.index > self.num_workers])
+        self._publish()
 
     def handle_chld(self) -> None:
-        self._reap()
+        """Reaping happens on every loop turn; the signal only wakes the loop."""
+
+    # --- stopping
+
+    def _begin_stop(self, signum: int, timeout: float) -> None:
+        if self.stopping:
+            return
+        log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
+        self.stopping = True
+        self._stop_deadline = time.monotonic() + timeout
+        self._close_listeners()
+        self._signal_workers(signum, self.workers.values())
+
+    def _close_listeners(self) -> None:
+        for sock in (self.sock, self.reload.old_sock if self.reload else None):
+            if sock is not None:
+                sock.close()
+        self.sock = None
+
+    def _cleanup(self) -> None:
+        self._close_listeners()
+        server = self.config.server
+        try:
+            with open(server.pid_file, encoding="ascii") as handle:
+                if handle.read().strip() == str(self.pid):
+                    os.unlink(server.pid_file)
+                    os.unlink(server.state_file)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("could not remove pid file: %s", exc)
+        log.info("master %d stopped", self.pid)
 
     # --- workers
 
-    def _begin_stop(self, why: str) -> None:
-        if self.stopping:
-            return
-        log.info("%s: stopping %d workers", why, self._running())
-        self.stopping = True
-        self._stop_deadline = time.monotonic() + STOP_TIMEOUT
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        self._kill_workers(signal.SIGTERM)
-
-    def _running(self) -> int:
-        return sum(1 for slot in self.slots if slot.pid is not None)
+    def _current(self) -> list[WorkerProc]:
+        return [w for w in self.workers.values()
+                if w.generation == self.generation and not w.draining]
 
     def _spawn_missing(self) -> None:
         if self.stopping:
             return
+        running = {w.index for w in self._current()}
         now = time.monotonic()
-        for slot in self.slots:
-            if slot.pid is None and now >= slot.next_start:
-                self._spawn(slot)
+        for index in range(1, self.num_workers + 1):
+            backoff = self.backoff.setdefault(index, Backoff())
+            if index not in running and now >= backoff.next_start:
+                self._spawn(index)
 
-    def _spawn(self, slot: WorkerSlot) -> None:
-        assert self.sock is not None
+    def _spawn(self, index: int) -> None:
+        assert self.sock is not None and self.state is not None
+        slot = self.state.free_slot()
         pid = os.fork()
-        if pid:
-            slot.pid, slot.started = pid, time.monotonic()
-            log.info("started worker %d (pid %d)", slot.index, pid)
-            return
-        os._exit(self._run_worker(slot.index))
+        if pid == 0:
+            os._exit(self._run_worker(index, slot))
+        now = time.monotonic()
+        self.workers[pid] = WorkerProc(pid, index, self.generation, slot, now)
+        self.state.write_slot(slot, pid, index, self.generation, STARTING, time.time(), 0.0,
+                              (0, 0, 0, 0, 0))
+        log.info("started worker %d gen %d (pid %d)", index, self.generation, pid)
+        self._publish()
 
-    def _run_worker(self, index: int) -> int:
+    def _run_worker(self, index: int, slot: int) -> int:
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self.reload is not None and self.reload.old_sock is not None:
+            self.reload.old_sock.close()  # a new worker must not keep the old port open
+        assert self.sock is not None and self.state is not None
         try:
-            return Worker(index, self.config, self.sock, self.pid, self.foreground).run()
+            return Worker(index, self.generation, slot, self.config, self.sock, self.state,
+                          self.pid, self.foreground).run()
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 0
         except BaseException:
@@ -215,37 +337,162 @@ class Master:
                 return
             if not pid:
                 return
-            self._worker_exited(pid, status)
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self._worker_exited(worker, status)
 
-    def _worker_exited(self, pid: int, status: int) -> None:
-        slot = next((s for s in self.slots if s.pid == pid), None)
-        if slot is None:
+    def _worker_exited(self, worker: WorkerProc, status: int) -> None:
+        assert self.state is not None
+        self.state.clear_slot(worker.slot)
+        self.state.release_all(worker.pid)
+        self._publish()
+        how = _describe_status(status)
+        if self.stopping or worker.draining or worker.generation != self.generation:
+            log.info("worker %d gen %d (pid %d) exited (%s)", worker.index, worker.generation,
+                     worker.pid, how)
             return
-        delay = slot.record_exit(time.monotonic())
-        if self.stopping:
-            log.info("worker %d (pid %d) stopped", slot.index, pid)
+        boot_failure = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_FAILURE
+        if boot_failure and self.reload is not None:
+            self._roll_back("a worker of the new generation could not start")
             return
+        backoff = self.backoff.setdefault(worker.index, Backoff())
+        delay = backoff.record_exit(time.monotonic() - worker.started, time.monotonic())
         log.error("worker %d (pid %d) exited unexpectedly (%s); restarting in %.1fs",
-                  slot.index, pid, _describe_status(status), delay)
+                  worker.index, worker.pid, how, delay)
+        if backoff.fast_failures >= MAX_FAST_FAILURES:
+            log.critical("worker %d failed %d times in a row right after starting; stopping "
+                         "the server (see the worker errors above)", worker.index,
+                         backoff.fast_failures)
+            self.exit_status = EXIT_CRASH_LOOP
+            self.handle_term()
 
-    def _kill_workers(self, signum: int) -> None:
-        for slot in self.slots:
-            if slot.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signum)
+    def _drain(self, workers: list[WorkerProc]) -> None:
+        """Replace ``workers`` (if still wanted) first, then tell them to drain and exit."""
+        for worker in workers:
+            worker.draining = True
+        self._spawn_missing()
+        self._signal_workers(signal.SIGQUIT, workers)
 
-    def _cleanup(self) -> None:
+    def _signal_workers(self, signum: int, workers) -> None:
+        for worker in list(workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signum)
+
+    # --- reload
+
+    def _start_reload(self) -> None:
+        if self.reload is not None:
+            raise ConfigError("a reload is already in progress", self.config.path)
+        new = load_config(self.config.path)
+        old_sock = None
+        old_net, new_net = self.config.network, new.network
+        if (old_net.listen_address, old_net.listen_port) != (new_net.listen_address,
+                                                             new_net.listen_port):
+            old_sock = self.sock
+            self.sock = bind_listener(new_net.listen_address, new_net.listen_port)
+            log.info("reload: now listening on %s:%d", *self.sock.getsockname()[:2])
+        for warning in new.warnings:
+            log.warning("config: %s", warning)
+        self.reload = PendingReload(self.config, self.generation, old_sock,
+                                    time.monotonic() + RELOAD_READY_TIMEOUT)
+        # The pid and state files stay where cosftpctl found them at start.
+        self.config = replace(new, server=replace(new.server,
+                                                  pid_file=self.config.server.pid_file))
+        self.generation += 1
+        self.num_workers = new.server.worker_processes
+        self.backoff = {}
+        self.reload_result = RELOAD_RUNNING
+        log.info("reload: starting generation %d with %d workers", self.generation,
+                 self.num_workers)
+
+    def _advance_reload(self) -> None:
+        """Drain the old generation once every new worker serves, and call the reload done
+        once the old workers stopped accepting; roll back if the new ones never serve."""
+        pending = self.reload
+        if pending is None or self.stopping:
+            return
+        assert self.state is not None
+        states = {s.pid: s.state for s in self.state.workers() if s.heartbeat}
+        if pending.draining is not None:
+            if all(states.get(pid, "draining") == "draining" for pid in pending.draining):
+                self.reload = None
+                self.reload_result = RELOAD_OK
+                log.info("reload: generation %d done", self.generation)
+                self._publish()
+            return
+        current = self._current()
+        if len(current) >= self.num_workers and all(states.get(w.pid) == "serving"
+                                                     for w in current):
+            old = [w for w in self.workers.values()
+                   if w.generation != self.generation and not w.draining]
+            log.info("reload: generation %d serving; draining %d old workers", self.generation,
+                     len(old))
+            self._drain(old)
+            pending.draining = [w.pid for w in old]
+            if pending.old_sock is not None:
+                pending.old_sock.close()
+                pending.old_sock = None
+        elif time.monotonic() > pending.deadline:
+            self._roll_back(f"generation {self.generation} not serving after "
+                            f"{RELOAD_READY_TIMEOUT:.0f}s")
+
+    def _roll_back(self, why: str) -> None:
+        pending = self.reload
+        assert pending is not None
+        log.error("reload failed (%s); rolling back to generation %d", why,
+                  pending.old_generation)
+        failed = [w for w in self.workers.values() if w.generation == self.generation]
+        self._signal_workers(signal.SIGTERM, failed)
+        if pending.old_sock is not None:
+            assert self.sock is not None
+            self.sock.close()
+            self.sock = pending.old_sock
+        self.config, self.generation = pending.old_config, pending.old_generation
+        self.num_workers = self.config.server.worker_processes
+        self.reload = None
+        self.reload_result = RELOAD_FAILED
+        self._publish()
+
+    # --- health
+
+    def _health_check(self) -> None:
+        now = time.monotonic()
+        if now < self._next_health_check or self.stopping:
+            return
+        self._next_health_check = now + self.config.server.health_check_interval
+        assert self.state is not None
+        slots = {s.pid: s for s in self.state.workers()}
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        for worker in list(self.workers.values()):
+            status = slots.get(worker.pid)
+            if status is not None:
+                self._check_worker(worker, status.heartbeat, fd_limit)
+
+    def _check_worker(self, worker: WorkerProc, heartbeat: float, fd_limit: int) -> None:
+        server = self.config.server
+        age = time.time() - heartbeat if heartbeat else 0.0
+        if server.worker_timeout and age > server.worker_timeout:
+            log.error("worker %d (pid %d) sent no heartbeat for %.0fs (worker_timeout=%d); "
+                      "killing it", worker.index, worker.pid, age, server.worker_timeout)
+            self._signal_workers(signal.SIGKILL, [worker])
+            return
         try:
-            with open(self.config.server.pid_file, encoding="ascii") as handle:
-                if handle.read().strip() == str(self.pid):
-                    os.unlink(self.config.server.pid_file)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                log.warning("could not remove pid file: %s", exc)
-        log.info("master %d stopped", self.pid)
+            proc = psutil.Process(worker.pid)
+            rss_mib = proc.memory_info().rss / 2**20
+            fds = proc.num_fds()
+        except psutil.Error:
+            return
+        if server.worker_max_rss and rss_mib > server.worker_max_rss and not worker.draining:
+            log.warning("worker %d (pid %d) uses %.0f MiB RSS (worker_max_rss=%d); recycling "
+                        "it gracefully", worker.index, worker.pid, rss_mib, server.worker_max_rss)
+            self._drain([worker])
+        if fds > FD_WARNING_RATIO * fd_limit:
+            log.warning("worker %d (pid %d) has %d open files of a limit of %d", worker.index,
+                        worker.pid, fds, fd_limit)
 
 
 def _describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exit status {os.WEXITSTATUS(status)}"
+

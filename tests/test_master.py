@@ -1,0 +1,294 @@
+"""Supervision, reload, signals, health and server-wide limits, with real processes."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import re
+import signal
+import socket
+
+import psutil
+import pytest
+
+from cosftp_prefork.shared import SharedState
+
+from .conftest import ALPHA, _close
+from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_commands import get, put
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def daemon(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+    proc.write_config()
+    started = proc.ctl("start")
+    assert started.returncode == 0, started.stderr
+    yield proc
+    proc.ctl("stop")
+    wait_until(lambda: not os.path.exists(pid_file(proc)), what="server to stop")
+
+
+def pid_file(proc: ServerProcess) -> str:
+    return os.path.join(proc.log_dir, "cosftp.pid")
+
+
+def master_of(proc: ServerProcess) -> psutil.Process:
+    with open(pid_file(proc), encoding="ascii") as handle:
+        return psutil.Process(int(handle.read()))
+
+
+def live_children(master: psutil.Process) -> list[psutil.Process]:
+    alive = []
+    for child in master.children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def state_of(proc: ServerProcess) -> SharedState:
+    state = SharedState.open(pid_file(proc) + ".state")
+    assert state is not None
+    return state
+
+
+def serving(proc: ServerProcess, generation: int, count: int) -> bool:
+    workers = [w for w in state_of(proc).workers()
+               if w.generation == generation and w.state == "serving"]
+    return len(workers) == count
+
+
+def rewrite_config(proc: ServerProcess, **changes: str) -> None:
+    with open(proc.config_path, encoding="utf-8") as handle:
+        text = handle.read()
+    for option, value in changes.items():
+        text, count = re.subn(rf"(?m)^{option} = .*$", f"{option} = {value}", text)
+        assert count, option
+    with open(proc.config_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def add_unresolvable_masquerade(proc: ServerProcess) -> None:
+    """A config the master accepts but whose workers cannot start (the name never resolves)."""
+    with open(proc.config_path, encoding="utf-8") as handle:
+        text = handle.read()
+    text = text.replace("[NETWORK]\n", "[NETWORK]\nmasquerade_address = nowhere.invalid\n")
+    with open(proc.config_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def log_text(proc: ServerProcess) -> str:
+    with open(os.path.join(proc.log_dir, "cosftp.log"), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def login(proc: ServerProcess, password: str = "ops-pw") -> ftplib.FTP:
+    return proc.login("ops", password)
+
+
+def test_titles_show_generation_and_sessions(daemon):
+    master = master_of(daemon)
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    assert " ".join(master.cmdline()).strip() == \
+        f"cosftp: master [{daemon.config_path}] gen=1 workers=2"
+    ftp = login(daemon)
+    titles = lambda: sorted(" ".join(c.cmdline()).strip() for c in live_children(master))  # noqa: E731
+    wait_until(lambda: any("sessions=1" in t for t in titles()), what="session in a title")
+    assert all(re.fullmatch(r"cosftp: worker [12] gen=1 sessions=[01] up=0 down=0", t)
+               for t in titles()), titles()
+    _close(ftp)
+
+
+def test_status_matches_reality(daemon):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    sessions = [login(daemon) for _ in range(3)]
+    wait_until(lambda: sum(w.sessions for w in state_of(daemon).workers()) == 3,
+               what="3 sessions counted")
+    out = daemon.ctl("status")
+    assert out.returncode == 0
+    master = master_of(daemon)
+    assert f"master pid {master.pid}" in out.stdout and "generation 1" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert sorted(int(r[0]) for r in rows) == sorted(c.pid for c in live_children(master))
+    assert sum(int(r[4]) for r in rows) == 3
+    assert all(r[3] == "serving" for r in rows)
+    for ftp in sessions:
+        _close(ftp)
+
+
+def test_kill_worker_mid_session_others_continue(daemon):
+    master = master_of(daemon)
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    sessions = [login(daemon) for _ in range(6)]
+    by_pid = state_of(daemon).sessions_by_pid()
+    assert len(by_pid) == 2 and min(by_pid.values()) >= 2, f"unbalanced: {by_pid}"
+    victim = min(by_pid)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len([c for c in live_children(master) if c.pid != victim]) == 2,
+               timeout=2, what="replacement worker within 2 s")
+    alive = 0
+    for ftp in sessions:
+        try:
+            ftp.voidcmd("NOOP")
+            alive += 1
+        except (OSError, EOFError, ftplib.Error):
+            pass
+    survivor = next(pid for pid in by_pid if pid != victim)
+    assert alive == by_pid[survivor]
+    for ftp in sessions:
+        _close(ftp)
+
+
+def test_sighup_password_change_keeps_sessions(daemon, area):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    old = login(daemon)
+    rewrite_config(daemon, ftp_login_user_password="new-pw")
+    done = daemon.ctl("reload")
+    assert done.returncode == 0, done.stderr
+    assert "generation 2" in done.stdout
+    put(old, area, b"still works")
+    assert get(old, area) == b"still works"
+    with pytest.raises(ftplib.error_perm, match="530"):
+        login(daemon, "ops-pw")
+    fresh = login(daemon, "new-pw")
+    assert get(fresh, area) == b"still works"
+    wait_until(lambda: [w.generation for w in state_of(daemon).workers()
+                        if w.state != "draining"] == [2, 2], what="generation 2 serving")
+    _close(old)
+    _close(fresh)
+    wait_until(lambda: all(w.generation == 2 for w in state_of(daemon).workers()),
+               what="old generation gone once its session ended")
+
+
+def test_reload_with_broken_config_keeps_serving(daemon):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    rewrite_config(daemon, authority="XYZ")
+    done = daemon.ctl("reload")
+    assert done.returncode != 0
+    assert "authority" in done.stderr and "[COS_ACCOUNT_0]" in done.stderr
+    os.kill(master_of(daemon).pid, signal.SIGHUP)  # straight to the master, too
+    wait_until(lambda: "reload failed" in log_text(daemon), what="reload failure logged")
+    assert state_of(daemon).master().generation == 1
+    _close(login(daemon))
+
+
+def test_reload_rolls_back_when_new_workers_cannot_start(daemon):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    add_unresolvable_masquerade(daemon)
+    done = daemon.ctl("reload")
+    assert done.returncode == 1 and "reload failed" in done.stderr
+    assert state_of(daemon).master().generation == 1
+    assert serving(daemon, 1, 2)
+    _close(login(daemon))
+
+
+def test_upload_in_flight_survives_reload(daemon, cos, area):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    ftp = login(daemon)
+    ftp.voidcmd("TYPE I")
+    data = os.urandom(6 * MIB + 3)
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(data[: 2 * MIB])
+    rewrite_config(daemon, upload_thread_num="2")
+    assert daemon.ctl("reload").returncode == 0
+    conn.sendall(data[2 * MIB:])
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert get(ftp, area) == data
+    _close(ftp)
+
+
+def test_quit_waits_for_running_transfer(daemon, area):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master = master_of(daemon)
+    ftp = login(daemon)
+    ftp.voidcmd("TYPE I")
+    data = os.urandom(3 * MIB)
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(data[:MIB])
+    master.send_signal(signal.SIGQUIT)
+    wait_until(lambda: _refused(daemon.port), what="listener closed")
+    conn.sendall(data[MIB:])
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    _close(ftp)
+    master.wait(30)
+    fresh = ServerProcess(daemon.workdir, daemon.cos_port, daemon.accounts, port=daemon.port)
+    with fresh:
+        check = login(fresh)
+        assert get(check, area) == data
+        _close(check)
+
+
+def _refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def test_ttin_ttou_change_worker_count(daemon):
+    master = master_of(daemon)
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master.send_signal(signal.SIGTTIN)
+    wait_until(lambda: len(live_children(master)) == 3 and serving(daemon, 1, 3),
+               what="3 workers")
+    master.send_signal(signal.SIGTTOU)
+    wait_until(lambda: len(live_children(master)) == 2, what="2 workers")
+    master.send_signal(signal.SIGTTOU)  # one at a time: identical pending signals merge
+    wait_until(lambda: len(live_children(master)) == 1, what="1 worker")
+    _close(login(daemon))
+
+
+def test_reload_rebinds_when_port_changes(daemon):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    old_port, new_port = daemon.port, free_port()
+    rewrite_config(daemon, listen_port=str(new_port))
+    assert daemon.ctl("reload").returncode == 0
+    daemon.port = new_port
+    _close(login(daemon))
+    wait_until(lambda: _refused(old_port), what="old port closed")
+
+
+def test_connection_limits_hold_across_workers(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"max_connection_num": "3", "worker_processes": "3"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 3), what="workers serving")
+        sessions = [login(proc) for _ in range(3)]
+        with pytest.raises(ftplib.error_temp, match="421"):
+            login(proc)
+        _close(sessions.pop())
+        wait_until(lambda: sum(w.sessions for w in state_of(proc).workers()) == 2,
+                   what="session released")
+        sessions.append(login(proc))
+        for ftp in sessions:
+            _close(ftp)
+
+
+def test_per_ip_limit(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"max_connections_per_ip": "2"})
+    with proc:
+        sessions = [login(proc) for _ in range(2)]
+        with pytest.raises(ftplib.error_temp, match=r"421.*same IP"):
+            login(proc)
+        for ftp in sessions:
+            _close(ftp)
+
+
+def test_crash_looping_workers_back_off_then_master_stops(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+    proc.write_config()
+    add_unresolvable_masquerade(proc)
+    assert proc.ctl("run", timeout=120).returncode == 1
+    log = log_text(proc)
+    assert "does not resolve" in log and "failed 5 times in a row" in log
+    assert log.count("started worker") <= 2 * 5 + 2  # backed off instead of spinning
+    assert re.search(r"restarting in [1-9]", log)
