@@ -292,3 +292,50 @@ def test_crash_looping_workers_back_off_then_master_stops(emulator, tmp_path):
     assert "does not resolve" in log and "failed 5 times in a row" in log
     assert log.count("started worker") <= 2 * 5 + 2  # backed off instead of spinning
     assert re.search(r"restarting in [1-9]", log)
+
+
+@pytest.fixture
+def strict_health(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_timeout": "2", "health_check_interval": "1"})
+    with proc:
+        yield proc
+
+
+def test_stuck_worker_is_killed_and_replaced(strict_health):
+    proc = strict_health
+    wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+    master = psutil.Process(proc.proc.pid)
+    stuck = live_children(master)[0]
+    stuck.suspend()  # SIGSTOP: alive, but its heartbeat stops
+    wait_until(lambda: not stuck.is_running() or stuck.status() == psutil.STATUS_ZOMBIE,
+               what="stuck worker killed")
+    wait_until(lambda: len(live_children(master)) == 2, what="replacement")
+    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s", log_text(proc))
+    _close(login(proc))
+
+
+def test_worker_over_rss_limit_is_recycled_gracefully(emulator, tmp_path, area):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_max_rss": "1", "health_check_interval": "1",
+                                   "worker_processes": "1"})
+    with proc:
+        ftp = login(proc)
+        first = state_of(proc).workers()[0].pid
+        wait_until(lambda: f"(pid {first}) uses" in log_text(proc), what="recycle logged")
+        assert re.search(rf"pid {first}\) uses \d+ MiB RSS \(worker_max_rss=1\)",
+                         log_text(proc))
+        put(ftp, area, b"the draining worker still serves its session")
+        assert get(ftp, area) == b"the draining worker still serves its session"
+        _close(ftp)
+        fresh = login(proc)
+        assert get(fresh, area) == b"the draining worker still serves its session"
+        _close(fresh)
+
+
+def test_usr1_reopens_log_file(daemon):
+    log_path = os.path.join(daemon.log_dir, "cosftp.log")
+    os.rename(log_path, log_path + ".1")
+    master_of(daemon).send_signal(signal.SIGUSR1)
+    wait_until(lambda: os.path.exists(log_path) and "log files reopened" in log_text(daemon),
+               what="new log file")
