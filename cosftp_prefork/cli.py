@@ -13,7 +13,7 @@ from typing import Optional
 
 from .config import Config, load_config, locate_pid_file
 from .errors import ConfigError
-from .shared import RELOAD_FAILED, RELOAD_OK, SharedState, heartbeat_age
+from .shared import RELOAD_FAILED, RELOAD_OK, SharedState, heartbeat_age, state_path
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
 START_TIMEOUT = 15.0
@@ -120,7 +120,7 @@ def stop(pid_file: str) -> int:
 
 def cmd_reload(config: Config) -> int:
     pid = read_pid(config.server.pid_file)
-    state = SharedState.open(config.server.state_file) if pid else None
+    state = SharedState.open(state_path(config.server.pid_file)) if pid else None
     if pid is None or state is None:
         print("cosftpctl: not running", file=sys.stderr)
         return EXIT_NOT_RUNNING
@@ -148,7 +148,7 @@ def cmd_status(config: Config) -> int:
 def status(pid_file: str) -> int:
     """Print master and worker status; return 0 if running, 3 if not."""
     pid = read_pid(pid_file)
-    state = SharedState.open(pid_file + ".state") if pid else None
+    state = SharedState.open(state_path(pid_file)) if pid else None
     if pid is None or state is None:
         print("cosftpctl: not running")
         return EXIT_NOT_RUNNING

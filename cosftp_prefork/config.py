@@ -99,11 +99,6 @@ class ServerConfig:
     worker_max_rss: int = 2048
     health_check_interval: int = 5
 
-    @property
-    def state_file(self) -> str:
-        """Shared status file the master creates beside the pid file."""
-        return self.pid_file + ".state"
-
 
 @dataclass(frozen=True)
 class Config:

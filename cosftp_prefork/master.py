@@ -40,6 +40,7 @@ from .shared import (
     STARTING,
     MasterStatus,
     SharedState,
+    state_path,
 )
 from .worker import EXIT_BOOT_FAILURE, Worker
 
@@ -153,7 +154,7 @@ class Master:
             log.warning("config: %s", warning)
         network = self.config.network
         self.sock = bind_listener(network.listen_address, network.listen_port)
-        self.state = SharedState.create(self.config.server.state_file)
+        self.state = SharedState.create(state_path(self.config.server.pid_file))
         write_pid_file(self.config.server.pid_file, self.pid)
         self._install_signals()
         self._publish()
@@ -278,7 +279,7 @@ class Master:
             with open(server.pid_file, encoding="ascii") as handle:
                 if handle.read().strip() == str(self.pid):
                     os.unlink(server.pid_file)
-                    os.unlink(server.state_file)
+                    os.unlink(state_path(server.pid_file))
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("could not remove pid file: %s", exc)

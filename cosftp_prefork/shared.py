@@ -75,6 +75,11 @@ class MasterStatus:
     reload_result: int = RELOAD_NONE
 
 
+def state_path(pid_file: str) -> str:
+    """The state file lives beside the pid file, so whoever finds one finds the other."""
+    return pid_file + ".state"
+
+
 def ip_hash(ip: str) -> int:
     """A non-zero 32-bit hash of a client address (0 marks a free row)."""
     return zlib.crc32(ip.encode()) | 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import psutil
 import pytest
 
 from .emulator_proc import EmulatorProcess
@@ -20,6 +21,20 @@ STANDARD_ACCOUNTS = [
     Account("keeper", "keeper-pw", ALPHA, "RW", delete_enable=False),
     Account("bob", "bob-pw", BETA, "RW"),
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_servers(tmp_path_factory):
+    """Fail the run if any server process started by a test outlives the tests."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    leaked = []
+    for proc in psutil.process_iter(["cmdline"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if title.startswith("cosftp: master") and base in title:
+            leaked.append(title.strip())
+            proc.kill()
+    assert not leaked, f"tests left servers running: {leaked}"
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import os
 import signal
@@ -143,6 +144,21 @@ passive_port = 30000,60000
             self.proc.kill()
             self.proc.wait()
             raise
+
+    def ensure_stopped(self, master_pid: Optional[int]) -> None:
+        """Stop a daemonised master via cosftpctl, killing it if that does not work."""
+        self.ctl("stop")
+        if master_pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(master_pid, signal.SIGKILL)  # its workers follow it (PDEATHSIG)
+
+    def daemon_pid(self) -> Optional[int]:
+        try:
+            with open(os.path.join(self.log_dir, "cosftp.pid"), encoding="ascii") as handle:
+                return int(handle.read())
+        except (OSError, ValueError):
+            return None
 
     def login(self, user: str, password: str, timeout: float = 30) -> ftplib.FTP:
         ftp = ftplib.FTP(encoding="utf-8")

@@ -11,7 +11,7 @@ import socket
 import psutil
 import pytest
 
-from cosftp_prefork.shared import SharedState
+from cosftp_prefork.shared import SharedState, state_path
 
 from .conftest import ALPHA, _close
 from .server_proc import Account, ServerProcess, free_port, wait_until
@@ -26,9 +26,9 @@ def daemon(emulator, tmp_path):
     proc.write_config()
     started = proc.ctl("start")
     assert started.returncode == 0, started.stderr
+    master_pid = proc.daemon_pid()
     yield proc
-    proc.ctl("stop")
-    wait_until(lambda: not os.path.exists(pid_file(proc)), what="server to stop")
+    proc.ensure_stopped(master_pid)
 
 
 def pid_file(proc: ServerProcess) -> str:
@@ -52,7 +52,7 @@ def live_children(master: psutil.Process) -> list[psutil.Process]:
 
 
 def state_of(proc: ServerProcess) -> SharedState:
-    state = SharedState.open(pid_file(proc) + ".state")
+    state = SharedState.open(state_path(pid_file(proc)))
     assert state is not None
     return state
 

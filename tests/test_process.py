@@ -20,7 +20,7 @@ def daemon(emulator, tmp_path):
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
     proc.write_config()
     yield proc
-    proc.ctl("stop")
+    proc.ensure_stopped(proc.daemon_pid())
 
 
 def pid_file(proc: ServerProcess) -> str:
