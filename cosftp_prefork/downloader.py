@@ -1,35 +1,89 @@
 """Ranged, streaming reader of one object for RETR.
 
 The GET starts lazily at the first ``read`` so that pyftpdlib's ``open`` + ``seek(REST)`` costs
-one request, not two. A stream that ends before the announced length raises instead of
-returning a short file: the client must see 426, never a silently truncated download.
+one request, not two. A thread reads ahead (at most ``READ_AHEAD`` chunks, so memory per
+download stays bounded) so the data channel does not wait on COS between chunks. A stream
+that breaks is reopened from the current offset a couple of times; one that still cannot
+deliver raises instead of returning a short file: the client sees 426/451, never a silently
+truncated download.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from typing import Optional
+import queue
+import threading
+from typing import Optional, Union
 
 from .errors import StorageError
 from .storage import Bucket, ObjectStream
 
 log = logging.getLogger(__name__)
 
+CHUNK_SIZE = 1024 * 1024
+READ_AHEAD = 2
+REOPEN_ATTEMPTS = 2
+
+
+class _ReadAhead:
+    """Reads ``stream`` on a thread into a queue of at most ``READ_AHEAD`` chunks."""
+
+    def __init__(self, stream: ObjectStream, chunk_size: int) -> None:
+        self._stream = stream
+        self._chunk_size = chunk_size
+        self._queue: queue.Queue[Union[bytes, BaseException]] = queue.Queue(READ_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cos-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._stream.read(self._chunk_size)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:
+            self._put(exc)
+
+    def _put(self, item: Union[bytes, BaseException]) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next_chunk(self) -> bytes:
+        """Return the next chunk (``b""`` at the end); raises what the reader thread hit."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._stream.close()
+        self._thread.join()
+
 
 class RangedReader(io.RawIOBase):
     """A read-only, seekable file object over ``key``; raises ``StorageError`` on COS faults."""
 
     def __init__(self, bucket: Bucket, key: str, *, name: str, size: int,
-                 log_context: str = "") -> None:
+                 log_context: str = "", chunk_size: int = CHUNK_SIZE) -> None:
         super().__init__()
         self.name = name
         self._bucket = bucket
         self._key = key
         self._size = size
         self._ctx = log_context or key
+        self._chunk_size = chunk_size
         self._pos = 0
-        self._stream: Optional[ObjectStream] = None
+        self._ahead: Optional[_ReadAhead] = None
+        self._pending = memoryview(b"")
+        self._reopens_left = REOPEN_ATTEMPTS
 
     def readable(self) -> bool:
         return True
@@ -55,16 +109,35 @@ class RangedReader(io.RawIOBase):
             return b""
         if size is None or size < 0:
             size = self._size - self._pos
-        if self._stream is None:
-            self._stream = self._bucket.open_read(self._key, self._pos)
-        data = self._stream.read(size)
-        if not data:
-            raise StorageError(
-                f"COS download of {self._key} ended at byte {self._pos} of {self._size}",
-                code="ShortRead",
-            )
+        if not self._pending:
+            chunk = self._next_chunk()
+            if size >= len(chunk):  # the usual case: the producer asks for whole chunks
+                self._pos += len(chunk)
+                return chunk
+            self._pending = memoryview(chunk)
+        data = bytes(self._pending[:size])
+        self._pending = self._pending[size:]
         self._pos += len(data)
         return data
+
+    def _next_chunk(self) -> bytes:
+        while True:
+            if self._ahead is None:
+                stream = self._bucket.open_read(self._key, self._pos)
+                self._ahead = _ReadAhead(stream, self._chunk_size)
+            try:
+                data = self._ahead.next_chunk()
+                if not data:
+                    raise StorageError(f"COS download of {self._key} ended at byte "
+                                       f"{self._pos} of {self._size}", code="ShortRead")
+                return data
+            except StorageError as exc:
+                self._drop_stream()
+                if self._reopens_left <= 0:
+                    raise
+                self._reopens_left -= 1
+                log.warning("%s: COS stream broke at byte %d (%s); reopening", self._ctx,
+                            self._pos, exc)
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         data = self.read(len(buffer))
@@ -74,11 +147,13 @@ class RangedReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             if self._pos < self._size:
-                log.info("%s: download stopped at byte %d of %d", self._ctx, self._pos, self._size)
+                log.info("%s: download stopped at byte %d of %d", self._ctx, self._pos,
+                         self._size)
             self._drop_stream()
         super().close()
 
     def _drop_stream(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        self._pending = memoryview(b"")
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None

@@ -13,6 +13,10 @@ The shim translates what differs between COS and S3 on the wire:
 * error bodies are rewritten to the COS form (Code, Message, Resource, RequestId, TraceId)
   that the SDK's ``CosServiceError`` parses.
 
+Faults can be injected (latency, 503 SlowDown, downloads cut off half-way, everything
+down) from the command line or at run time with ``PUT /__emulator__/faults`` and a JSON body
+such as ``{"down": true}``; ``GET`` on the same path shows the current settings.
+
 moto takes the bucket from the first label of the ``Host`` header, which the SDK sets to
 ``<bucket>.cos.<region>.myqcloud.com`` when it is pointed at an IP and port.
 """
@@ -20,14 +24,18 @@ moto takes the bucket from the first label of the ``Host`` header, which the SDK
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import random
 import signal
 import sys
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from xml.sax.saxutils import escape
 
@@ -87,13 +95,104 @@ def _cos_error_body(body: bytes, resource: str, request_id: str) -> bytes:
     ).encode()
 
 
-class CosShim:
-    """WSGI middleware that makes moto's S3 app speak COS."""
+CONTROL_PATH = "/__emulator__/faults"
 
-    def __init__(self, app: WSGIApp) -> None:
+
+@dataclass
+class Faults:
+    """What the emulator does wrong on purpose, changeable at run time.
+
+    ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
+    503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way;
+    ``down`` fails every request with 503.
+    """
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    reset_rate: float = 0.0
+    down: bool = False
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+
+    def update(self, changes: dict) -> None:
+        for name in ("latency_ms", "error_rate", "reset_rate", "down"):
+            if name in changes:
+                setattr(self, name, type(getattr(self, name))(changes[name]))
+
+    def as_dict(self) -> dict:
+        return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
+                "reset_rate": self.reset_rate, "down": self.down}
+
+
+def _error_response(start_response: Callable, status: str, code: str, resource: str,
+                    request_id: str) -> list[bytes]:
+    body = _cos_error_body(f"<Error><Code>{code}</Code><Message>injected fault"
+                           "</Message></Error>".encode(), resource, request_id)
+    start_response(status, [("Content-Type", "application/xml"),
+                            ("Content-Length", str(len(body))),
+                            ("x-cos-request-id", request_id)])
+    return [body]
+
+
+def _cut_short(body: bytes) -> Iterator[bytes]:
+    yield body[: len(body) // 2]
+    raise ConnectionResetError("injected reset")
+
+
+class CosShim:
+    """WSGI middleware that makes moto's S3 app speak COS, with optional injected faults."""
+
+    def __init__(self, app: WSGIApp, faults: Optional[Faults] = None) -> None:
         self.app = app
+        self.faults = faults or Faults()
+        self._lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == CONTROL_PATH:
+            return self._control(environ, start_response)
+        request_id = uuid.uuid4().hex
+        injected = self._inject(environ, start_response, request_id)
+        if injected is not None:
+            return injected
+        body, start = self._forward(environ, request_id)
+        start(start_response)
+        if environ["REQUEST_METHOD"] == "HEAD":
+            return []
+        if environ["REQUEST_METHOD"] == "GET" and len(body) > 1 and self._roll("reset_rate"):
+            return _cut_short(body)
+        return [body]
+
+    def _roll(self, name: str) -> bool:
+        rate = getattr(self.faults, name)
+        with self._lock:
+            return rate > 0 and self.faults.random.random() < rate
+
+    def _inject(self, environ: dict, start_response: Callable,
+                request_id: str) -> Optional[list[bytes]]:
+        if self.faults.latency_ms:
+            time.sleep(self.faults.latency_ms / 1000)
+        resource = environ.get("PATH_INFO", "")
+        if self.faults.down:
+            return _error_response(start_response, "503 Service Unavailable",
+                                   "ServiceUnavailable", resource, request_id)
+        if self._roll("error_rate"):
+            return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
+                                   request_id)
+        return None
+
+    def _control(self, environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["REQUEST_METHOD"] in ("PUT", "POST"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            self.faults.update(json.loads(environ["wsgi.input"].read(length) or b"{}"))
+        body = json.dumps(self.faults.as_dict()).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _forward(self, environ: dict, request_id: str):
+        """Run moto; return the COS-form body and a function that starts the response."""
         _translate_request(environ)
         request_id = uuid.uuid4().hex
         captured: dict[str, Any] = {}
@@ -112,14 +211,13 @@ class CosShim:
             headers.append(("Content-Length", str(len(body))))
         else:
             headers += [(n, v) for n, v in captured["headers"] if n.lower() == "content-length"]
-        start_response(status, headers)
-        return [body] if environ["REQUEST_METHOD"] != "HEAD" else []
+        return body, lambda start_response: start_response(status, headers)
 
 
-def make_app() -> WSGIApp:
+def make_app(faults: Optional[Faults] = None) -> CosShim:
     """Return the COS-speaking WSGI app (moto's S3 backend behind :class:`CosShim`)."""
     moto.s3.models.S3_UPLOAD_PART_MIN_SIZE = COS_MIN_PART_SIZE
-    return CosShim(create_backend_app("s3"))
+    return CosShim(create_backend_app("s3"), faults)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -136,10 +234,11 @@ class Emulator:
     """The emulator served from a background thread (``start``/``stop`` or ``with``)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, buckets: Sequence[str] = (),
-                 region: str = DEFAULT_REGION, verbose: bool = False) -> None:
+                 region: str = DEFAULT_REGION, verbose: bool = False,
+                 faults: Optional[Faults] = None) -> None:
         self.host, self.port, self.region = host, port, region
         self.buckets = list(buckets)
-        self.app = make_app()
+        self.app = make_app(faults)
         self._verbose = verbose
         self._server: Optional[BaseWSGIServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -161,8 +260,8 @@ class Emulator:
         return self
 
     def create_bucket(self, bucket: str) -> None:
-        """Create ``bucket`` through the same HTTP path the SDK uses."""
-        response = Client(self.app).put(
+        """Create ``bucket`` through moto (bypassing injected faults)."""
+        response = Client(self.app.app).put(
             "/", headers={"Host": cos_host(bucket, self.region),
                           "Authorization": "q-sign-algorithm=sha1&q-ak=emulator"})
         if response.status_code >= 300 and b"BucketAlreadyOwnedByYou" not in response.data:
@@ -196,12 +295,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--region", default=DEFAULT_REGION)
     parser.add_argument("--ready-file", help="write the port here once serving")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay every request")
+    parser.add_argument("--error-rate", type=float, default=0.0,
+                        help="share of requests answered 503 SlowDown")
+    parser.add_argument("--reset-rate", type=float, default=0.0,
+                        help="share of downloads cut off half-way")
+    parser.add_argument("--seed", type=int, help="random seed for injected faults")
     args = parser.parse_args(argv)
+    faults = Faults(args.latency_ms, args.error_rate, args.reset_rate, seed=args.seed)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with Emulator(args.host, args.port, args.bucket, args.region, args.verbose) as emulator:
+    with Emulator(args.host, args.port, args.bucket, args.region, args.verbose,
+                  faults) as emulator:
         print(f"cos-emulator listening on {emulator.url} buckets={','.join(args.bucket)}",
               flush=True)
         if args.ready_file:

@@ -5,7 +5,7 @@ is the normalised FTP path itself, so ``ftpnorm`` (which resolves ``..`` against
 jail. Every method raises ``OSError`` (storage errors carry the COS code and request id), which
 pyftpdlib turns into 550 replies.
 
-Within a session, what HEAD and LIST learned is kept for a couple of seconds so that the
+Within a session, what look-ups and listings learned is kept for a couple of seconds so that the
 ``SIZE`` + ``MDTM`` + ``RETR`` and ``LIST`` + per-entry ``stat`` sequences cost one request;
 the session's own writes drop what they touched.
 """
@@ -24,8 +24,8 @@ from pyftpdlib.filesystems import AbstractedFS
 
 from .config import AccountConfig, TransferConfig
 from .downloader import RangedReader
-from .errors import InvalidPath, NotFound
-from .listing import Entry, directory_exists, directory_is_empty, list_directory
+from .errors import InvalidPath
+from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
 from .paths import dir_prefix, object_key, parent_dir
 from .storage import Bucket
 from .uploader import MultipartWriter
@@ -93,12 +93,13 @@ class CosFS(AbstractedFS):
             key, prefix = object_key(path), dir_prefix(path)
         except InvalidPath:
             return None
-        try:
-            info = self._bucket.head(key)
-            return Entry(name, False, info.size, info.mtime)
-        except NotFound:
-            pass
-        if directory_exists(self._bucket, prefix):
+        first = first_key_from(self._bucket, key)
+        if first is not None and first.key == key:
+            return Entry(name, False, first.size, first.mtime)
+        if first is not None and first.key.startswith(prefix):
+            return Entry(name, True)
+        if first is not None and directory_exists(self._bucket, prefix):
+            # A sibling such as "name-2" sorts before "name/": ask about the prefix itself.
             return Entry(name, True)
         return None
 
@@ -222,8 +223,15 @@ class CosFS(AbstractedFS):
         raise _error(errno.EOPNOTSUPP, "Appending to or resuming uploads is not supported")
 
     def _open_write(self, filename: str) -> MultipartWriter:
+        """Start an upload without asking COS anything first.
+
+        A blind PUT is what object storage does, and each request saved matters: a look-up
+        before every small upload tripled its cost under COS latency. Only what this session
+        already knows to be a directory is refused.
+        """
         key = object_key(filename)
-        if self.isdir(filename):
+        cached = self._cache.get(filename)
+        if cached is not None and cached[1] is not None and cached[1].is_dir:
             raise _error(errno.EISDIR, "Is a directory")
         self._forget(filename, parent_dir(filename))
         transfer = self._ctx.transfer

@@ -9,8 +9,10 @@ from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers.ftp.producers import FileProducer
 
 from .config import AccountConfig, Config
+from .downloader import CHUNK_SIZE
 from .errors import NotFound, StorageError
 from .fs import CosFS, FsContext
 from .storage import BucketRegistry
@@ -99,12 +101,18 @@ class CosDTPHandler(DTPHandler):
     """
 
     _counted = False
+    # 1 MiB instead of pyftpdlib's 64 KiB: measured in docs/performance.md, STOR went from
+    # 0.67x to ~1x the direct SDK and RETR from 0.58x to 0.8x.
+    ac_in_buffer_size = CHUNK_SIZE
+    ac_out_buffer_size = CHUNK_SIZE
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
         self._count_transfer()
 
     def push_with_producer(self, producer) -> None:
+        if isinstance(producer, FileProducer):
+            producer.buffer_size = CHUNK_SIZE
         super().push_with_producer(producer)
         self._count_transfer()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 from .paths import child_name
-from .storage import Bucket
+from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,16 @@ def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
     if len(entries) > limit:
         log.warning("listing of %r truncated to max_list_file=%d entries", prefix or "/", limit)
     return list(entries.values())[:limit]
+
+
+def first_key_from(bucket: Bucket, key: str) -> Optional[ObjectInfo]:
+    """Return the first object whose key starts with ``key`` (``key`` itself sorts first).
+
+    One request tells a file (``key``), a directory (``key/...``) and nothing apart in the
+    common cases, where HEAD then LIST would take two.
+    """
+    page = bucket.list_page(key, max_keys=1, delimiter="")
+    return page.objects[0] if page.objects else None
 
 
 def directory_exists(bucket: Bucket, prefix: str) -> bool:

@@ -85,7 +85,10 @@ class MultipartWriter:
         self._buffer += data
         # Strictly more than a part: a file of exactly one part stays a single PUT.
         while len(self._buffer) > self._part_size:
-            part = bytes(self._buffer[: self._part_size])
+            # One copy into the bytes the SDK needs (it only computes Content-MD5 for bytes);
+            # deleting from the front of a bytearray does not move the rest.
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self._part_size])
             del self._buffer[: self._part_size]
             self._submit_part(part)
         return len(data)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Sequence
 from typing import Optional
 
@@ -17,9 +19,11 @@ from .server_proc import wait_until
 class EmulatorProcess:
     """``python -m cosftp_prefork.emulator`` on a free loopback port."""
 
-    def __init__(self, buckets: Sequence[str], region: str = "ap-guangzhou") -> None:
+    def __init__(self, buckets: Sequence[str], region: str = "ap-guangzhou",
+                 extra_args: Sequence[str] = ()) -> None:
         self.buckets = list(buckets)
         self.region = region
+        self.extra_args = list(extra_args)
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
         self._dir = tempfile.mkdtemp(prefix="cos-emulator-")
@@ -30,6 +34,7 @@ class EmulatorProcess:
                 "--region", self.region, "--ready-file", ready]
         for bucket in self.buckets:
             args += ["--bucket", bucket]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         wait_until(lambda: os.path.exists(ready) or self.proc.poll() is not None,
                    timeout=30, what="emulator ready file")
@@ -42,6 +47,14 @@ class EmulatorProcess:
         config = CosConfig(Region=self.region, SecretId="test-id", SecretKey="test-key",
                            IP="127.0.0.1", Port=self.port, Scheme="http")
         return CosS3Client(config, retry=1)
+
+    def set_faults(self, **faults) -> dict:
+        """Change injected faults (latency_ms, error_rate, reset_rate, down); return them all."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/__emulator__/faults", method="PUT",
+            data=json.dumps(faults).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
 
     def stop(self) -> Optional[int]:
         if self.proc is None:

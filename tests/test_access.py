@@ -113,5 +113,6 @@ def test_listing_paginates_past_one_page(alice, cos, area):
 def test_storbinary_into_missing_parent_creates_prefix(alice, area):
     put(alice, f"{area}/new/dir/file", b"x")
     assert alice.nlst(f"{area}/new") == ["dir"]
-    with pytest.raises(ftplib.error_perm):
-        alice.storbinary(f"STOR {area}/new", io.BytesIO(b"onto a dir"))
+    alice.cwd(f"{area}/new")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.storbinary("STOR dir", io.BytesIO(b"onto a directory this session just saw"))
