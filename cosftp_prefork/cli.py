@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Optional
 
 from .config import Config, load_config, locate_pid_file
 from .errors import ConfigError
+from .passwords import hash_password
 from .shared import RELOAD_FAILED, RELOAD_OK, SharedState, heartbeat_age, state_path
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
@@ -45,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("check", help="validate the configuration file and exit")
+    sub.add_parser("hash-password",
+                   help="read a password (prompt or stdin) and print its scrypt form")
     return parser
 
 
@@ -207,8 +211,26 @@ COMMANDS = {"run": cmd_run, "start": cmd_start, "stop": cmd_stop, "status": cmd_
 PID_ONLY_COMMANDS = {"stop": stop, "status": status}
 
 
+def cmd_hash_password() -> int:
+    """Print the scrypt form of a password read from the terminal or standard input."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("cosftpctl: passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("cosftpctl: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-password":
+        return cmd_hash_password()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

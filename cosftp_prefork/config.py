@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .errors import ConfigError
+from .passwords import check_stored_form
 
 KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
 MIN_PART_SIZE = 1 * MIB
@@ -56,6 +57,7 @@ class AccountConfig:
     password: str = field(repr=False)
     authority: str
     delete_enable: bool
+    anonymous_enable: bool = False
 
     @property
     def can_read(self) -> bool:
@@ -94,6 +96,9 @@ class ServerConfig:
     log_dir: str
     worker_processes: int
     pid_file: str
+    max_login_failures: int = 5
+    login_failure_window: int = 60
+    ban_time: int = 300
     graceful_timeout: int = 600
     worker_timeout: int = 60
     worker_max_rss: int = 2048
@@ -186,6 +191,11 @@ def _host(raw: str) -> str:
     raise ValueError(f"must be an IP address or host name, got {raw!r}")
 
 
+def _password(raw: str) -> str:
+    check_stored_form(raw)
+    return raw
+
+
 def _home_dir(raw: str) -> str:
     return "/" + raw.strip("/")
 
@@ -229,9 +239,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(ACCOUNT_PREFIX, "cos_port", _integer(1, 65535), None, "port for cos_ip"),
     Setting(ACCOUNT_PREFIX, "home_dir", _home_dir, REQUIRED, "the user's key; not on disk"),
     Setting(ACCOUNT_PREFIX, "ftp_login_user_name", _text, REQUIRED, "FTP login name"),
-    Setting(ACCOUNT_PREFIX, "ftp_login_user_password", _text, REQUIRED, "FTP password"),
+    Setting(ACCOUNT_PREFIX, "ftp_login_user_password", _password, REQUIRED,
+            "FTP password, plain or scrypt$... from cosftpctl hash-password"),
     Setting(ACCOUNT_PREFIX, "authority", _choice("R", "W", "RW"), REQUIRED, "R, W or RW"),
     Setting(ACCOUNT_PREFIX, "delete_enable", _boolean, True, "allow DELE and RMD"),
+    Setting(ACCOUNT_PREFIX, "anonymous_enable", _boolean, False,
+            "let user 'anonymous' in with any password, read-only"),
     Setting("NETWORK", "masquerade_address", _host, None, "address announced in PASV"),
     Setting("NETWORK", "listen_address", _ip_address, "0.0.0.0", "address to listen on"),
     Setting("NETWORK", "listen_port", _integer(0, 65535), 2121, "FTP control port"),
@@ -250,6 +263,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "log_dir", _text, "log", "log directory"),
     Setting("OPTIONAL", "worker_processes", _integer(1, 256), _CPUS, "worker processes"),
     Setting("OPTIONAL", "pid_file", _text, None, "pid file; default <log_dir>/cosftp.pid"),
+    Setting("OPTIONAL", "max_login_failures", _integer(0), 5,
+            "failed logins from one IP before it is banned; 0 = never"),
+    Setting("OPTIONAL", "login_failure_window", _integer(1), 60,
+            "seconds over which failed logins are counted"),
+    Setting("OPTIONAL", "ban_time", _integer(1), 300, "seconds a banned IP is refused"),
     Setting("OPTIONAL", "graceful_timeout", _integer(0), 600,
             "seconds a stopping worker waits for sessions"),
     Setting("OPTIONAL", "worker_timeout", _integer(0), 60,
@@ -319,6 +337,11 @@ def _account(reader: _Reader, section: str) -> AccountConfig:
         raise reader.error("is required (or set cos_endpoint)", section, "cos_region")
     if values["cos_port"] is not None and values["cos_ip"] is None:
         raise reader.error("needs cos_ip", section, "cos_port")
+    if values["anonymous_enable"] and values["ftp_login_user_name"] != "anonymous":
+        raise reader.error("needs ftp_login_user_name = anonymous", section, "anonymous_enable")
+    if values["anonymous_enable"] and values["authority"] != "R":
+        raise reader.error("anonymous access is read-only: set authority = R", section,
+                           "authority")
     return AccountConfig(
         section=section, secret_id=values["cos_secretid"], secret_key=values["cos_secretkey"],
         bucket=values["cos_bucket"], region=values["cos_region"],
@@ -326,6 +349,7 @@ def _account(reader: _Reader, section: str) -> AccountConfig:
         cos_ip=values["cos_ip"], cos_port=values["cos_port"], home_dir=values["home_dir"],
         user=values["ftp_login_user_name"], password=values["ftp_login_user_password"],
         authority=values["authority"], delete_enable=values["delete_enable"],
+        anonymous_enable=values["anonymous_enable"],
     )
 
 
@@ -348,6 +372,9 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_list_file=optional["max_list_file"], log_level=optional["log_level"],
         log_dir=log_dir, pid_file=os.path.abspath(pid_file),
         worker_processes=optional["worker_processes"],
+        max_login_failures=optional["max_login_failures"],
+        login_failure_window=optional["login_failure_window"],
+        ban_time=optional["ban_time"],
         graceful_timeout=optional["graceful_timeout"],
         worker_timeout=optional["worker_timeout"],
         worker_max_rss=optional["worker_max_rss"],

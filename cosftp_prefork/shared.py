@@ -7,9 +7,10 @@ mapping. It holds:
 * one slot per worker, written only by that worker (heartbeat, sessions, transfers, bytes)
   and cleared by the master when it reaps the worker;
 * a session table, so ``max_connection_num`` and ``max_connections_per_ip`` hold for the
-  whole server rather than per worker. It is changed under a POSIX record lock on the file,
-  which the kernel releases if the holder dies, so a killed worker cannot wedge admissions;
-  the master frees a dead worker's rows when it reaps it.
+  whole server rather than per worker, and a table of failed logins and bans per client IP.
+  Both are changed under POSIX record locks on the file, which the kernel releases if the
+  holder dies, so a killed worker cannot wedge admissions; the master frees a dead worker's
+  session rows when it reaps it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import struct
 import threading
 import time
 import zlib
+from array import array
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,9 +39,13 @@ MAX_WORKER_SLOTS = 512
 SESSION_ROWS = 8192
 _ROW_SIZE = 8  # pid (int32), hash of the client IP (uint32, never 0)
 
+BAN_ROWS = 1024
+_BAN_FIELDS = 4  # hash of the client IP, failures, window start, banned until (seconds)
+
 _SLOTS_AT = _HEADER_SIZE + _PATH_SIZE
 _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
-FILE_SIZE = _SESSIONS_AT + SESSION_ROWS * _ROW_SIZE
+_BANS_AT = _SESSIONS_AT + SESSION_ROWS * _ROW_SIZE
+FILE_SIZE = _BANS_AT + BAN_ROWS * _BAN_FIELDS * 4
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining"}
 STARTING, SERVING, DRAINING = 1, 2, 3
@@ -176,17 +182,57 @@ class SharedState:
     # --- session table
 
     @contextmanager
-    def _sessions_locked(self):
+    def _locked(self, start: int, end: int):
+        """Lock bytes ``start:end`` of the file (threads and processes); yield them as uint32s."""
         with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, SESSION_ROWS * _ROW_SIZE, _SESSIONS_AT)
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, end - start, start)
             whole = memoryview(self._map)
-            rows = whole[_SESSIONS_AT:FILE_SIZE].cast("I")
+            rows = whole[start:end].cast("I")
             try:
                 yield rows
             finally:
                 rows.release()
                 whole.release()
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, SESSION_ROWS * _ROW_SIZE, _SESSIONS_AT)
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, end - start, start)
+
+    def _sessions_locked(self):
+        return self._locked(_SESSIONS_AT, _BANS_AT)
+
+    # --- failed logins and bans
+
+    def is_banned(self, ip: str, now: float) -> bool:
+        """True while ``ip`` is serving a ban."""
+        wanted = ip_hash(ip)
+        with self._locked(_BANS_AT, FILE_SIZE) as rows:
+            flat = rows.tolist()
+            return any(flat[i] == wanted and flat[i + 3] > now
+                       for i in range(0, len(flat), _BAN_FIELDS))
+
+    def record_failure(self, ip: str, now: float, limit: int, window: int, ban: int) -> bool:
+        """Count a failed login from ``ip``; return True if that earns it a ban."""
+        wanted, stamp = ip_hash(ip), int(now)
+        with self._locked(_BANS_AT, FILE_SIZE) as rows:
+            flat = rows.tolist()
+            row = self._ban_row(flat, wanted, stamp)
+            at = row * _BAN_FIELDS
+            failures, started = flat[at + 1], flat[at + 2]
+            if flat[at] != wanted or stamp - started > window:
+                failures, started = 0, stamp
+            failures += 1
+            previous_ban = flat[at + 3] if flat[at] == wanted else 0
+            banned_until = stamp + ban if failures >= limit else previous_ban
+            rows[at:at + _BAN_FIELDS] = array("I", [wanted, failures, started, banned_until])
+            return failures >= limit
+
+    @staticmethod
+    def _ban_row(flat: list[int], wanted: int, now: int) -> int:
+        """The row of ``wanted``, else a free or expired row, else the oldest one."""
+        rows = range(len(flat) // _BAN_FIELDS)
+        for row in rows:
+            if flat[row * _BAN_FIELDS] == wanted:
+                return row
+        return min(rows, key=lambda r: max(flat[r * _BAN_FIELDS + 2],
+                                           flat[r * _BAN_FIELDS + 3]))
 
     def admit(self, pid: int, ip: str, max_total: int, max_per_ip: int) -> Optional[str]:
         """Record a session from ``ip``; return None, or why it must be refused."""
