@@ -103,13 +103,14 @@ class Faults:
     """What the emulator does wrong on purpose, changeable at run time.
 
     ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
-    503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way;
-    ``down`` fails every request with 503.
+    503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
+    ``reset_next`` the next that many downloads; ``down`` fails every request with 503.
     """
 
     latency_ms: float = 0.0
     error_rate: float = 0.0
     reset_rate: float = 0.0
+    reset_next: int = 0
     down: bool = False
     seed: Optional[int] = None
 
@@ -117,13 +118,14 @@ class Faults:
         self.random = random.Random(self.seed)
 
     def update(self, changes: dict) -> None:
-        for name in ("latency_ms", "error_rate", "reset_rate", "down"):
+        for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "down"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
-                "reset_rate": self.reset_rate, "down": self.down}
+                "reset_rate": self.reset_rate, "reset_next": self.reset_next,
+                "down": self.down}
 
 
 def _error_response(start_response: Callable, status: str, code: str, resource: str,
@@ -160,9 +162,18 @@ class CosShim:
         start(start_response)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
-        if environ["REQUEST_METHOD"] == "GET" and len(body) > 1 and self._roll("reset_rate"):
+        is_object = environ.get("PATH_INFO", "/") not in ("", "/")
+        if environ["REQUEST_METHOD"] == "GET" and is_object and len(body) > 1 \
+                and self._reset_download():
             return _cut_short(body)
         return [body]
+
+    def _reset_download(self) -> bool:
+        with self._lock:
+            if self.faults.reset_next > 0:
+                self.faults.reset_next -= 1
+                return True
+        return self._roll("reset_rate")
 
     def _roll(self, name: str) -> bool:
         rate = getattr(self.faults, name)

@@ -28,7 +28,7 @@ from .errors import InvalidPath
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
 from .paths import dir_prefix, object_key, parent_dir
 from .storage import Bucket
-from .uploader import MultipartWriter
+from .uploader import AbortRetrier, MultipartWriter
 
 CACHE_SECONDS = 2.0
 _DIR_MODE = stat.S_IFDIR | 0o755
@@ -45,6 +45,7 @@ class FsContext:
     executor: Executor
     max_list_file: int
     log_context: str
+    retrier: Optional[AbortRetrier] = None
 
 
 def _error(code: int, message: str) -> OSError:
@@ -239,6 +240,7 @@ class CosFS(AbstractedFS):
             self._bucket, key, name=filename, part_size=transfer.part_size,
             max_size=transfer.single_file_max_size, executor=self._ctx.executor,
             max_in_flight=transfer.upload_thread_num, log_context=self._log(filename),
+            retrier=self._ctx.retrier,
         )
 
     def upload_finished(self, filename: str) -> None:

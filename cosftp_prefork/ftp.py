@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hmac
 import logging
 from typing import Optional
 
@@ -13,13 +12,15 @@ from pyftpdlib.handlers.ftp.producers import FileProducer
 
 from .config import AccountConfig, Config
 from .downloader import CHUNK_SIZE
-from .errors import NotFound, StorageError
+from .errors import InvalidPath, NotFound, StorageError
 from .fs import CosFS, FsContext
+from .passwords import verify_password
+from .paths import object_key
 from .storage import BucketRegistry
 
 log = logging.getLogger(__name__)
 
-READ_PERMS = "elr"
+NAMING_COMMANDS = ("STOR", "APPE", "MKD", "XMKD", "RNTO")
 WRITE_PERMS = "amwf"
 DELETE_PERMS = "d"
 
@@ -51,11 +52,12 @@ class CosAuthorizer:
         return self._accounts[username]
 
     def validate_authentication(self, username: str, password: str, handler) -> None:
-        """Raise ``AuthenticationFailed`` unless the pair matches (constant-time compare)."""
+        """Raise ``AuthenticationFailed`` unless the pair matches (constant-time compare;
+        an ``anonymous_enable`` account takes any password)."""
         account = self._accounts.get(username)
-        expected = account.password if account else "\0invalid"
-        ok = hmac.compare_digest(password.encode("utf-8", "surrogateescape"),
-                                 expected.encode("utf-8", "surrogateescape"))
+        if account is not None and account.anonymous_enable:
+            return
+        ok = verify_password(account.password if account else "\0invalid", password)
         if account is None or not ok:
             raise AuthenticationFailed("Authentication failed.")
 
@@ -137,7 +139,8 @@ class CosDTPHandler(DTPHandler):
         except OSError as exc:
             self.transfer_finished = False
             self._resp = (_reply_for(exc), logging.getLogger("pyftpdlib").warning)
-            log.error("%s: upload failed: %s", upload.name, exc)
+            log.error("%s path=%s: upload failed: %s", self.cmd_channel.log_prefix_ctx(),
+                      upload.name, exc)
         finally:
             self.cmd_channel.fs.upload_finished(upload.name)
 
@@ -148,7 +151,8 @@ class CosDTPHandler(DTPHandler):
         except OSError as exc:
             original = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
             if isinstance(original, StorageError) or original.errno == errno.EFBIG:
-                log.error("%s: transfer failed: %s", self.cmd_channel.log_prefix_ctx(), original)
+                log.error("%s path=%s: %s failed: %s", self.cmd_channel.log_prefix_ctx(),
+                          getattr(self.file_obj, "name", "-"), self.cmd, original)
                 self._resp = (_reply_for(original), logging.getLogger("pyftpdlib").warning)
                 self.close()
                 return
@@ -170,6 +174,7 @@ class CosFTPHandler(FTPHandler):
     config: Config
     buckets: BucketRegistry
     executor = None
+    retrier = None  # the worker's AbortRetrier
     stats = None  # the worker's WorkerStats: admission and counters
     _admitted = False
 
@@ -190,6 +195,15 @@ class CosFTPHandler(FTPHandler):
             self.stats.release(self.remote_ip)
         super().close()
 
+    def on_login_failed(self, username: str, password: str) -> None:
+        """Count the failure server-wide; ban the address once it failed too often."""
+        log.warning("%s: failed login as %r", self.log_prefix_ctx(), username)
+        if self.stats.login_failed(self.remote_ip):
+            log.warning("%s: banning %s after repeated failed logins", self.log_prefix_ctx(),
+                        self.remote_ip)
+            self.respond("421 Too many failed logins; try again later.")
+            self.close_when_done()
+
     def fs_context(self) -> FsContext:
         """Return what this session's ``CosFS`` needs (called once, at login)."""
         account = self.authorizer.account(self.username)
@@ -200,14 +214,34 @@ class CosFTPHandler(FTPHandler):
             executor=self.executor,
             max_list_file=self.config.server.max_list_file,
             log_context=self.log_prefix_ctx(),
+            retrier=self.retrier,
         )
 
     def log_prefix_ctx(self) -> str:
         """``session=… user=… ip=…`` for log lines written outside pyftpdlib."""
         return f"session={id(self):x} user={self.username or '-'} ip={self.remote_ip}"
 
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        """Ignore commands still buffered after the session closed.
+
+        asynchat keeps handing over pipelined lines that arrived with the one that closed
+        the session; pyftpdlib would run them against a filesystem it already dropped.
+        """
+        if self._closed or self._closing:
+            return
+        super().pre_process_command(line, cmd, arg)
+
     def process_command(self, cmd: str, *args, **kwargs) -> None:
-        """Run one command; a COS failure becomes a 451 reply, not a dropped connection."""
+        """Run one command; a COS failure becomes a 451 reply, not a dropped connection.
+
+        A name COS cannot store (too long, control characters) gets 553 before anything runs.
+        """
+        if cmd in NAMING_COMMANDS and args:
+            try:
+                object_key(args[0])
+            except InvalidPath as exc:
+                self.respond(f"553 {exc.strerror}.")
+                return
         try:
             super().process_command(cmd, *args, **kwargs)
         except StorageError as exc:
@@ -244,15 +278,16 @@ class CosFTPHandler(FTPHandler):
         self.respond("502 STOU is not supported by this server.")
 
 
-def configure_handler(config: Config, buckets: BucketRegistry, executor, stats,
+def configure_handler(config: Config, buckets: BucketRegistry, executor, retrier, stats,
                       masquerade_ip: Optional[str]) -> type:
-    """Return a handler class bound to this worker's config, COS clients, thread pool and
-    counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
+    """Return a handler class bound to this worker's config, COS clients, thread pool, abort
+    retrier and counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
     low, high = config.network.passive_ports
     attrs = {
         "config": config,
         "buckets": buckets,
         "executor": executor,
+        "retrier": retrier,
         "stats": stats,
         "authorizer": CosAuthorizer(config),
         "masquerade_address": masquerade_ip,

@@ -20,10 +20,57 @@ import threading
 from concurrent.futures import Executor, Future, wait
 from typing import Optional
 
-from .errors import FileTooLarge, StorageError
+from .errors import FileTooLarge, NotFound, StorageError
 from .storage import Bucket
 
 log = logging.getLogger(__name__)
+
+
+class AbortRetrier:
+    """Retries multipart-upload aborts that failed (COS unreachable) until they succeed, so
+    an interrupted upload never stays behind costing storage. One thread per worker."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self._interval = interval
+        self._pending: dict[tuple[str, str], Bucket] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="abort-retrier", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, bucket: Bucket, key: str, upload_id: str) -> None:
+        with self._lock:
+            self._pending[(key, upload_id)] = bucket
+
+    def stop(self) -> None:
+        """Stop retrying; log what is still pending so an operator can clean it up."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for key, upload_id in self._pending:
+            log.error("multipart upload %s of %r is still pending in COS; abort it by hand",
+                      upload_id, key)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                pending = list(self._pending.items())
+            for (key, upload_id), bucket in pending:
+                self._retry(bucket, key, upload_id)
+
+    def _retry(self, bucket: Bucket, key: str, upload_id: str) -> None:
+        try:
+            bucket.abort_multipart(key, upload_id)
+        except NotFound:
+            pass
+        except StorageError as exc:
+            log.debug("abort of %s still failing: %s", upload_id, exc)
+            return
+        log.info("aborted multipart upload %s of %r on retry", upload_id, key)
+        with self._lock:
+            self._pending.pop((key, upload_id), None)
 
 
 class MultipartWriter:
@@ -44,6 +91,7 @@ class MultipartWriter:
         executor: Executor,
         max_in_flight: int,
         log_context: str = "",
+        retrier: Optional[AbortRetrier] = None,
     ) -> None:
         self.name = name
         self._bucket = bucket
@@ -53,6 +101,7 @@ class MultipartWriter:
         self._executor = executor
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._ctx = log_context or key
+        self._retrier = retrier
         self._buffer = bytearray()
         self._size = 0
         self._upload_id: Optional[str] = None
@@ -165,6 +214,10 @@ class MultipartWriter:
             return
         try:
             self._bucket.abort_multipart(self._key, self._upload_id)
+        except NotFound:
+            pass
         except StorageError as exc:
-            log.error("%s: could not abort multipart upload %s: %s", self._ctx,
+            log.error("%s: could not abort multipart upload %s: %s; will retry", self._ctx,
                       self._upload_id, exc)
+            if self._retrier is not None:
+                self._retrier.add(self._bucket, self._key, self._upload_id)

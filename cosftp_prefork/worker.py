@@ -29,6 +29,7 @@ from .ftp import configure_handler
 from .log import setup_logging
 from .shared import DRAINING, SERVING, STARTING, SharedState
 from .storage import BucketRegistry
+from .uploader import AbortRetrier
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +60,31 @@ class WorkerStats:
         self.state, self.slot, self.index, self.generation = state, slot, index, generation
         self.pid = os.getpid()
         self.started = time.time()
-        self._max_total = config.server.max_connection_num
-        self._max_per_ip = config.server.max_connections_per_ip
+        self._server_cfg = config.server
         self._lock = threading.Lock()
         self.sessions = self.uploads = self.downloads = 0
         self.bytes_up = self.bytes_down = 0
         self.status = STARTING
 
     def admit(self, ip: str) -> Optional[str]:
-        """Count a new session; return why it must be refused (server-wide limits) or None."""
-        reason = self.state.admit(self.pid, ip, self._max_total, self._max_per_ip)
+        """Count a new session; return why it must be refused (ban, server-wide limits)."""
+        cfg = self._server_cfg
+        if cfg.max_login_failures and self.state.is_banned(ip, time.time()):
+            return "Too many failed logins from your address; try again later."
+        reason = self.state.admit(self.pid, ip, cfg.max_connection_num,
+                                  cfg.max_connections_per_ip)
         if reason is None:
             with self._lock:
                 self.sessions += 1
         return reason
+
+    def login_failed(self, ip: str) -> bool:
+        """Record a failed login from ``ip``; return True if the address is now banned."""
+        cfg = self._server_cfg
+        if not cfg.max_login_failures:
+            return False
+        return self.state.record_failure(ip, time.time(), cfg.max_login_failures,
+                                         cfg.login_failure_window, cfg.ban_time)
 
     def release(self, ip: str) -> None:
         self.state.release(self.pid, ip)
@@ -166,8 +178,11 @@ class Worker:
         threads = self.config.transfer.upload_thread_num
         buckets = BucketRegistry(pool_size=threads + 16)
         executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cos-part")
+        retrier = AbortRetrier()
+        retrier.start()
         try:
-            handler = configure_handler(self.config, buckets, executor, stats, masquerade)
+            handler = configure_handler(self.config, buckets, executor, retrier, stats,
+                                        masquerade)
             server = BalancedFTPServer(self.sock, handler)
             server.state = self.state
             server.max_cons = server.max_cons_per_ip = 0  # enforced server-wide by stats
@@ -177,6 +192,7 @@ class Worker:
             self._serve(server, stats)
         finally:
             executor.shutdown(wait=True)
+            retrier.stop()
             buckets.close()
             log.info("worker %d gen %d stopped", self.index, self.generation)
         return 0

@@ -39,6 +39,7 @@ class Account:
     bucket: str
     authority: str = "RW"
     delete_enable: bool = True
+    extra: str = ""  # more "option = value" lines for the section
 
     def section(self, index: int, cos_port: int) -> str:
         return f"""
@@ -55,6 +56,7 @@ ftp_login_user_name = {self.user}
 ftp_login_user_password = {self.password}
 authority = {self.authority}
 delete_enable = {"true" if self.delete_enable else "false"}
+{self.extra}
 """
 
 

@@ -1,0 +1,202 @@
+"""COS faults, hostile input and access control, end to end with injected emulator faults."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cosftp_prefork.shared import SharedState, state_path
+
+from .conftest import ALPHA, _close
+from .server_proc import Account, ServerProcess, wait_until
+from .test_commands import get, put
+from .test_transfers import PART, pending_uploads
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def faults(emulator):
+    """Set emulator faults for one test; always switched off afterwards."""
+    yield emulator.set_faults
+    emulator.set_faults(latency_ms=0, error_rate=0, reset_rate=0, reset_next=0, down=False)
+
+
+def server_log(server: ServerProcess) -> str:
+    with open(os.path.join(server.log_dir, "cosftp.log"), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_transient_503s_lose_nothing(server, alice, area, faults):
+    rng = random.Random(5)
+    payloads = {f"{area}/{i}": os.urandom(rng.choice([0, 1, 777, 40_000, PART + 5,
+                                                      2 * PART + 9])) for i in range(50)}
+    faults(error_rate=0.05)
+    for path, data in payloads.items():
+        assert put(alice, path, data).startswith("226")
+    for path, data in payloads.items():
+        assert get(alice, path) == data
+
+
+def test_cos_down_gives_a_reply_and_leaves_nothing(server, area, cos, faults):
+    ftp = server.login("alice", "alice-pw", timeout=120)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(os.urandom(2 * PART + 1))
+    wait_until(lambda: pending_uploads(cos, area), what="multipart upload to start")
+    faults(down=True)
+    started = time.monotonic()
+    with pytest.raises(ftplib.error_temp, match="451"):
+        try:
+            while True:
+                conn.sendall(os.urandom(PART))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        ftp.voidresp()
+    assert time.monotonic() - started < 60
+    faults(down=False)
+    wait_until(lambda: not pending_uploads(cos, area), timeout=30,
+               what="the abort to be retried once COS is back")
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    failure = [line for line in server_log(server).splitlines()
+               if f"path=/{area}" in line and "failed" in line]
+    assert failure, "no log line for the failed upload"
+    assert re.search(r"user=alice .*ServiceUnavailable, request id [0-9a-f]{32}", failure[0])
+    _close(ftp)
+
+
+def test_failed_overwrite_keeps_the_old_object(alice, area, cos, faults):
+    put(alice, area, b"old and precious")
+    faults(down=True)
+    with pytest.raises(ftplib.error_temp, match="451"):
+        put(alice, area, b"new")
+    faults(down=False)
+    assert get(alice, area) == b"old and precious"
+
+
+def test_download_survives_a_broken_stream(alice, area, faults):
+    data = os.urandom(3 * MIB)
+    put(alice, area, data)
+    faults(reset_next=2)  # two cut-offs, then the third GET goes through
+    assert get(alice, area) == data
+
+
+def test_download_that_keeps_breaking_is_reported(alice, area, faults):
+    put(alice, area, os.urandom(3 * MIB))
+    faults(reset_rate=1.0)
+    received = bytearray()
+    with pytest.raises((ftplib.error_temp, ftplib.error_perm), match=r"45|42"):
+        alice.retrbinary(f"RETR {area}", received.extend)
+    assert len(received) < 3 * MIB
+
+
+@pytest.mark.parametrize("name", ["x" * 900, "ctrl\x01ok" + "y" * 850])
+def test_names_cos_cannot_store_get_553(alice, name):
+    with pytest.raises(ftplib.error_perm, match="553"):
+        alice.mkd(name)
+
+
+def test_escapes_stay_literal(alice, cos, area):
+    alice.mkd(area)
+    for name in ("%2e%2e", "..\\..\\win", "a\\b"):
+        put(alice, f"{area}/{name}", b"x")
+        assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/{name}")
+
+
+def test_command_fuzzing_does_not_hurt_anyone(server, area):
+    log_start = len(server_log(server))
+    workers = sorted(w.pid for w in SharedState.open(state_path(
+        os.path.join(server.log_dir, "cosftp.pid"))).workers())
+    bystander = server.login("alice", "alice-pw")
+    rng = random.Random(1234)
+    verbs = ["USER", "PASS", "STOR", "RETR", "LIST", "CWD", "PORT", "EPRT", "REST", "RNTO",
+             "RNFR", "SIZE", "MDTM", "MKD", "DELE", "PASV", "EPSV", "TYPE", "MODE", "STRU",
+             "SITE", "MLST", "ABOR", "FEAT", "OPTS", "XYZZY", ""]
+    junk = [b"\x00", b"\xff\xfe", b"%s" * 50, b"../" * 300, b"A" * 10_000, b"|1|1.2.3.4|21|",
+            b"8,8,8,8,0,21", b"-1", b"99999999999999999999", "ä".encode()]
+    for _ in range(6):
+        ftp = server.login("alice", "alice-pw", timeout=10)
+        for _ in range(500):
+            line = rng.choice(verbs).encode() + b" " + rng.choice(junk)[: rng.randrange(1, 3000)]
+            try:
+                ftp.sock.sendall(line.replace(b"\r", b"").replace(b"\n", b"") + b"\r\n")
+            except OSError:
+                break
+        _close(ftp)
+    assert bystander.voidcmd("NOOP").startswith("200")
+    put(bystander, area, b"still fine")
+    assert get(bystander, area) == b"still fine"
+    assert "unhandled exception" not in server_log(server)[log_start:]
+    assert sorted(w.pid for w in SharedState.open(state_path(
+        os.path.join(server.log_dir, "cosftp.pid"))).workers()) == workers  # none crashed
+    _close(bystander)
+
+
+def test_port_to_a_foreign_host_is_refused(alice):
+    with pytest.raises(ftplib.error_perm, match=r"501|504|500"):
+        alice.sendcmd("PORT 8,8,8,8,0,21")
+
+
+def test_secrets_stay_out_of_logs_and_titles(server, alice, area):
+    put(alice, area, b"x")
+    with pytest.raises(ftplib.error_perm):
+        server.login("alice", "a-wrong-guess-pw")
+    text = server_log(server)
+    for secret in ("alice-pw", "test-key", "a-wrong-guess-pw"):
+        assert secret not in text
+    titles = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "alice-pw" not in titles and "test-key" not in titles
+
+
+@pytest.fixture
+def guarded(emulator, tmp_path):
+    hashed = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "hash-password"],
+                            input="s3cret hashed\n", capture_output=True, text=True, check=True)
+    accounts = [Account("hashy", hashed.stdout.strip(), ALPHA),
+                Account("anonymous", "unused", ALPHA, "R", extra="anonymous_enable = true")]
+    proc = ServerProcess(str(tmp_path), emulator.port, accounts,
+                         optional={"max_login_failures": "3", "ban_time": "60"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_hashed_password_and_anonymous_read_only(guarded, area):
+    ftp = guarded.login("hashy", "s3cret hashed")
+    put(ftp, area, b"hello")
+    _close(ftp)
+    anon = guarded.login("anonymous", "guest@example.com")
+    assert get(anon, area) == b"hello"
+    with pytest.raises(ftplib.error_perm, match="550"):
+        put(anon, area + "-anon", b"no")
+    _close(anon)
+
+
+def test_brute_force_is_banned_across_workers(guarded):
+    replies: list[str] = []
+
+    def fail() -> None:  # in parallel: each failed login is answered only after a delay
+        try:
+            guarded.login("hashy", "wrong")
+        except ftplib.Error as exc:
+            replies.append(str(exc))
+
+    threads = [threading.Thread(target=fail) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(replies) == 3 and all(r.startswith("530") for r in replies), replies
+    for _ in range(4):  # whichever worker takes the connection knows the ban
+        with pytest.raises(ftplib.error_temp, match=r"421.*failed logins"):
+            guarded.login("hashy", "s3cret hashed")
