@@ -8,6 +8,7 @@ from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.handlers.ftp.producers import FileProducer
 
 from .config import AccountConfig, Config
@@ -161,10 +162,29 @@ class CosDTPHandler(DTPHandler):
             super().handle_error()
 
 
+class PassiveRangeExhausted(OSError):
+    """Every port of passive_port is taken."""
+
+
+class CosPassiveDTP(PassiveDTP):
+    """Passive listener that stays inside ``passive_port``.
+
+    pyftpdlib falls back to a kernel-chosen port when the range is exhausted; behind a
+    firewall that opens only the range, the client would then hang. Refuse instead.
+    """
+
+    def bind(self, addr) -> None:
+        if addr[1] == 0 and self.cmd_channel.passive_ports is not None:
+            self.close()
+            raise PassiveRangeExhausted(errno.EADDRINUSE, "no free passive port")
+        super().bind(addr)
+
+
 class CosFTPHandler(FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
+    passive_dtp = CosPassiveDTP
     abstracted_fs = CosFS
     use_sendfile = False
     banner = "cosftp-prefork ready."
@@ -251,6 +271,14 @@ class CosFTPHandler(FTPHandler):
             log.error("%s: %s %s failed: %s", self.log_prefix_ctx(), cmd,
                       args[0] if args else "", exc)
             self.respond(f"451 Requested action aborted: storage error ({exc.code or 'COS'}).")
+
+    def _make_epasv(self, extmode: bool = False) -> None:
+        try:
+            super()._make_epasv(extmode)
+        except PassiveRangeExhausted:
+            self._dtp_acceptor = None
+            log.warning("%s: all passive ports in use", self.log_prefix_ctx())
+            self.respond("425 No free passive port; try again shortly.")
 
     def ftp_STOR(self, file: str, mode: str = "w"):
         if self._restart_position:

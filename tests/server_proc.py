@@ -69,6 +69,7 @@ class ServerProcess:
     accounts: list[Account]
     optional: dict[str, str] = field(default_factory=dict)
     file_option: dict[str, str] = field(default_factory=dict)
+    network: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: Optional[subprocess.Popen] = None
 
@@ -86,12 +87,9 @@ class ServerProcess:
                     "upload_thread_num": "4", "log_level": "DEBUG", "log_dir": self.log_dir}
         optional.update(self.optional)
         text = "".join(a.section(i, self.cos_port) for i, a in enumerate(self.accounts))
-        text += f"""
-[NETWORK]
-listen_address = 127.0.0.1
-listen_port = {self.port}
-passive_port = 30000,60000
-"""
+        network = {"listen_address": "127.0.0.1", "listen_port": str(self.port),
+                   "passive_port": "30000,60000", **self.network}
+        text += "\n[NETWORK]\n" + "".join(f"{k} = {v}\n" for k, v in network.items())
         # 1 GiB keeps the part size at min_part_size (1 MiB): 1 GiB fits in 10,000 parts.
         file_option = {"single_file_max_size": str(1024 ** 3), **self.file_option}
         text += "\n[FILE_OPTION]\n" + "".join(f"{k} = {v}\n" for k, v in file_option.items())

@@ -6,6 +6,7 @@ import ftplib
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 from cosftp_prefork.shared import SharedState, state_path
 
 from .conftest import ALPHA, _close
-from .server_proc import Account, ServerProcess, wait_until
+from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_commands import get, put
 from .test_transfers import PART, pending_uploads
 
@@ -200,3 +201,42 @@ def test_brute_force_is_banned_across_workers(guarded):
     for _ in range(4):  # whichever worker takes the connection knows the ban
         with pytest.raises(ftplib.error_temp, match=r"421.*failed logins"):
             guarded.login("hashy", "s3cret hashed")
+
+
+def two_free_ports() -> int:
+    """The lower of two adjacent free ports."""
+    for _ in range(50):
+        low = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", low + 1))
+                return low
+            except OSError:
+                continue
+    raise AssertionError("no two adjacent free ports")
+
+
+def test_passive_port_exhaustion_gives_425_and_recovers(emulator, tmp_path):
+    low = two_free_ports()
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_processes": "1"},
+                         network={"passive_port": f"{low},{low + 1}"})
+    with proc:
+        holders = [proc.login("ops", "ops-pw") for _ in range(2)]
+        for ftp in holders:
+            assert ftp.sendcmd("PASV").startswith("227")
+        third = proc.login("ops", "ops-pw")
+        with pytest.raises(ftplib.error_temp, match="425"):
+            third.sendcmd("PASV")
+        _close(holders.pop())
+        wait_until(lambda: _pasv_ok(third), what="a passive port to free up")
+        assert third.nlst() is not None
+        for ftp in [*holders, third]:
+            _close(ftp)
+
+
+def _pasv_ok(ftp: ftplib.FTP) -> bool:
+    try:
+        return ftp.sendcmd("PASV").startswith("227")
+    except ftplib.error_temp:
+        return False
