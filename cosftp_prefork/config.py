@@ -114,9 +114,6 @@ class Config:
     server: ServerConfig
     warnings: tuple[str, ...] = ()
 
-    def account_for_user(self, user: str) -> Optional[AccountConfig]:
-        return next((a for a in self.accounts if a.user == user), None)
-
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError
 

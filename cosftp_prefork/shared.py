@@ -269,10 +269,6 @@ class SharedState:
                     freed += 1
             return freed
 
-    def session_count(self) -> int:
-        with self._sessions_locked() as rows:
-            return SESSION_ROWS - rows[0::2].tolist().count(0)
-
     def sessions_by_pid(self) -> Counter:
         """Sessions per worker pid, read without the lock (a snapshot is enough)."""
         with memoryview(self._map) as whole, whole[_SESSIONS_AT:FILE_SIZE].cast("I") as rows:

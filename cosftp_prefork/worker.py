@@ -128,7 +128,7 @@ class BalancedFTPServer(ThreadedFTPServer):
     """
 
     state: SharedState
-    _paused = False
+    paused = False  # True while this worker leaves new connections to its peers
 
     def handle_accepted(self, sock, addr):
         handler = super().handle_accepted(sock, addr)
@@ -144,11 +144,11 @@ class BalancedFTPServer(ThreadedFTPServer):
         peers = [counts.get(w.pid, 0) for w in self.state.workers()
                  if w.pid != me and w.state == "serving"]
         busy = bool(peers) and counts.get(me, 0) > min(peers) + 1
-        if busy and not self._paused:
+        if busy and not self.paused:
             self.ioloop.unregister(self._fileno)
-        elif self._paused and not busy:
+        elif self.paused and not busy:
             self.ioloop.register(self._fileno, self, self.ioloop.READ)
-        self._paused = busy
+        self.paused = busy
 
 
 class Worker:
@@ -235,7 +235,7 @@ class Worker:
             if drain_deadline is None:
                 server.rebalance()
             if ioloop.socket_map:
-                ioloop.poll(BALANCE_SECONDS if server._paused else TICK_SECONDS)
+                ioloop.poll(BALANCE_SECONDS if server.paused else TICK_SECONDS)
             else:
                 time.sleep(BALANCE_SECONDS)
             ioloop.sched.poll()
