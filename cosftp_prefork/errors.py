@@ -85,6 +85,19 @@ class FileTooLarge(StorageError):
     default_errno = errno.EFBIG
 
 
+class StorageUnavailable(Exception):
+    """A transient COS failure on the way out of the filesystem layer.
+
+    Deliberately not an ``OSError``: pyftpdlib answers every ``OSError`` from a filesystem
+    call with a permanent ``550``, while a COS outage deserves ``451`` (try again). ``cause``
+    is the original :class:`StorageError`.
+    """
+
+    def __init__(self, cause: StorageError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class InvalidPath(OSError):
     """A client-supplied path cannot be mapped to a COS key (too long, NUL byte, ...)."""
 

@@ -13,20 +13,22 @@ the session's own writes drop what they touched.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from pyftpdlib.filesystems import AbstractedFS
 
 from .config import AccountConfig, TransferConfig
 from .downloader import RangedReader
-from .errors import InvalidPath
+from .errors import InvalidPath, NotFound, PermissionDenied, StorageError, StorageUnavailable
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
 from .paths import dir_prefix, object_key, parent_dir
+from .renamer import rename_directory
 from .storage import Bucket
 from .uploader import AbortRetrier, MultipartWriter
 
@@ -50,6 +52,22 @@ class FsContext:
 
 def _error(code: int, message: str) -> OSError:
     return OSError(code, message)
+
+
+def _transient_escapes(method: Callable) -> Callable:
+    """Let transient COS failures out as ``StorageUnavailable`` (451), not ``OSError`` (550).
+
+    Missing objects and refused permissions stay ``OSError``: those are permanent answers.
+    """
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (NotFound, PermissionDenied):
+            raise
+        except StorageError as exc:
+            raise StorageUnavailable(exc) from exc
+    return wrapper
 
 
 class CosFS(AbstractedFS):
@@ -77,6 +95,7 @@ class CosFS(AbstractedFS):
 
     # --- lookups
 
+    @_transient_escapes
     def lookup(self, path: str) -> Optional[Entry]:
         """Return what ``path`` is (file or directory) or None; raises ``StorageError``."""
         if path == "/":
@@ -164,6 +183,7 @@ class CosFS(AbstractedFS):
         self._require(path, want_dir=True)
         self.cwd = path
 
+    @_transient_escapes
     def listdir(self, path: str) -> list[str]:
         """Return the names in directory ``path``; one paginated listing, entries cached."""
         self._require(path, want_dir=True)
@@ -173,6 +193,7 @@ class CosFS(AbstractedFS):
             self._cache[os.path.join(path, entry.name)] = (now, entry)
         return [entry.name for entry in entries]
 
+    @_transient_escapes
     def mkdir(self, path: str) -> None:
         """Create the zero-byte marker ``path/``; raises ``OSError(EEXIST)`` if taken."""
         if self.lookup(path) is not None:
@@ -180,6 +201,7 @@ class CosFS(AbstractedFS):
         self._bucket.put(dir_prefix(path), b"")
         self._remember(path, Entry(os.path.basename(path), True))
 
+    @_transient_escapes
     def rmdir(self, path: str) -> None:
         """Remove an empty directory (its marker); raises ENOTEMPTY if anything is under it."""
         self._require(path, want_dir=True)
@@ -191,19 +213,23 @@ class CosFS(AbstractedFS):
 
     # --- files
 
+    @_transient_escapes
     def remove(self, path: str) -> None:
         """Delete the object at ``path``; raises ENOENT / EISDIR."""
         self._require(path, want_dir=False)
         self._bucket.delete(object_key(path))
         self._forget(path)
 
+    @_transient_escapes
     def rename(self, src: str, dst: str) -> None:
-        """Server-side copy then delete of one object.
+        """Server-side copy then delete of one object, or of every object of a directory.
 
-        Overwriting an existing file needs ``delete_enable``; directories cannot be renamed yet.
+        Overwriting an existing file needs ``delete_enable``, and so does renaming a
+        directory (its old keys are deleted). Raises ``OSError``.
         """
         if self._require(src).is_dir:
-            raise _error(errno.EOPNOTSUPP, "Renaming directories is not supported")
+            self._rename_directory(src, dst)
+            return
         target = self.lookup(dst)
         if target is not None and target.is_dir:
             raise _error(errno.EISDIR, "Target is a directory")
@@ -213,6 +239,19 @@ class CosFS(AbstractedFS):
         self._bucket.delete(object_key(src))
         self._forget(src, dst)
 
+    def _rename_directory(self, src: str, dst: str) -> None:
+        if not self._ctx.account.delete_enable:
+            raise _error(errno.EACCES, "Renaming a directory deletes its old name: needs "
+                                       "delete permission")
+        if dst == src or dst.startswith(src.rstrip("/") + "/"):
+            raise _error(errno.EINVAL, "Cannot move a directory into itself")
+        if self.lookup(dst) is not None:
+            raise _error(errno.EEXIST, "Target exists")
+        rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst), self._ctx.executor,
+                         self._log(src))
+        self._cache.clear()
+
+    @_transient_escapes
     def open(self, filename: str, mode: str):
         """Return a ``RangedReader`` for ``"rb"`` or a ``MultipartWriter`` for ``"wb"``."""
         if mode == "rb":

@@ -13,7 +13,7 @@ from pyftpdlib.handlers.ftp.producers import FileProducer
 
 from .config import AccountConfig, Config
 from .downloader import CHUNK_SIZE
-from .errors import InvalidPath, NotFound, StorageError
+from .errors import InvalidPath, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext
 from .passwords import verify_password
 from .paths import object_key
@@ -264,13 +264,11 @@ class CosFTPHandler(FTPHandler):
                 return
         try:
             super().process_command(cmd, *args, **kwargs)
-        except StorageError as exc:
-            if isinstance(exc, NotFound):
-                self.respond("550 No such file or directory.")
-                return
-            log.error("%s: %s %s failed: %s", self.log_prefix_ctx(), cmd,
-                      args[0] if args else "", exc)
-            self.respond(f"451 Requested action aborted: storage error ({exc.code or 'COS'}).")
+        except StorageUnavailable as exc:
+            log.error("%s path=%s: %s failed: %s", self.log_prefix_ctx(),
+                      args[0] if args else "-", cmd, exc.cause)
+            self.respond("451 Requested action aborted: storage error "
+                         f"({exc.cause.code or 'COS'}); try again.")
 
     def _make_epasv(self, extmode: bool = False) -> None:
         try:

@@ -28,7 +28,8 @@ MIB = 1024 * 1024
 def faults(emulator):
     """Set emulator faults for one test; always switched off afterwards."""
     yield emulator.set_faults
-    emulator.set_faults(latency_ms=0, error_rate=0, reset_rate=0, reset_next=0, down=False)
+    emulator.set_faults(latency_ms=0, error_rate=0, reset_rate=0, reset_next=0,
+                        fail_copies_of="", down=False)
 
 
 def server_log(server: ServerProcess) -> str:
@@ -74,6 +75,15 @@ def test_cos_down_gives_a_reply_and_leaves_nothing(server, area, cos, faults):
     assert failure, "no log line for the failed upload"
     assert re.search(r"user=alice .*ServiceUnavailable, request id [0-9a-f]{32}", failure[0])
     _close(ftp)
+
+
+def test_cos_outage_on_a_command_is_temporary_451_not_550(alice, area, faults):
+    put(alice, area, b"x")
+    faults(down=True)
+    with pytest.raises(ftplib.error_temp, match=r"451 .*ServiceUnavailable.*try again"):
+        alice.delete(area)
+    faults(down=False)
+    assert get(alice, area) == b"x"
 
 
 def test_failed_overwrite_keeps_the_old_object(alice, area, cos, faults):
