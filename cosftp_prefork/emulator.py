@@ -104,13 +104,15 @@ class Faults:
 
     ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
     503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
-    ``reset_next`` the next that many downloads; ``down`` fails every request with 503.
+    ``reset_next`` the next that many downloads; copies whose source contains
+    ``fail_copies_of`` get 503; ``down`` fails every request with 503.
     """
 
     latency_ms: float = 0.0
     error_rate: float = 0.0
     reset_rate: float = 0.0
     reset_next: int = 0
+    fail_copies_of: str = ""
     down: bool = False
     seed: Optional[int] = None
 
@@ -118,14 +120,15 @@ class Faults:
         self.random = random.Random(self.seed)
 
     def update(self, changes: dict) -> None:
-        for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "down"):
+        for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
+                     "down"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
                 "reset_rate": self.reset_rate, "reset_next": self.reset_next,
-                "down": self.down}
+                "fail_copies_of": self.fail_copies_of, "down": self.down}
 
 
 def _error_response(start_response: Callable, status: str, code: str, resource: str,
@@ -188,6 +191,10 @@ class CosShim:
         if self.faults.down:
             return _error_response(start_response, "503 Service Unavailable",
                                    "ServiceUnavailable", resource, request_id)
+        copy_source = environ.get("HTTP_X_COS_COPY_SOURCE", "")
+        if self.faults.fail_copies_of and self.faults.fail_copies_of in copy_source:
+            return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
+                                   request_id)
         if self._roll("error_rate"):
             return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)

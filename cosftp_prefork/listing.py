@@ -49,6 +49,18 @@ def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
     return list(entries.values())[:limit]
 
 
+def all_keys(bucket: Bucket, prefix: str) -> list[str]:
+    """Every key under ``prefix`` at any depth (markers included), in key order."""
+    keys: list[str] = []
+    marker = ""
+    while True:
+        page = bucket.list_page(prefix, marker=marker, delimiter="")
+        keys.extend(obj.key for obj in page.objects)
+        if page.next_marker is None:
+            return keys
+        marker = page.next_marker
+
+
 def first_key_from(bucket: Bucket, key: str) -> Optional[ObjectInfo]:
     """Return the first object whose key starts with ``key`` (``key`` itself sorts first).
 

@@ -210,6 +210,18 @@ class Bucket:
         with _cos_call(f"COPY {src_key} -> {dst_key}"):
             self._client.copy_object(Bucket=self.name, Key=dst_key, CopySource=source)
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete up to 1,000 keys in one request; raises ``StorageError`` naming a failure."""
+        objects = [{"Key": key} for key in keys]
+        with _cos_call(f"DELETE {len(keys)} keys"):
+            result = self._client.delete_objects(
+                Bucket=self.name, Delete={"Object": objects, "Quiet": "true"})
+        errors = result.get("Error") or []
+        if errors:
+            first = errors[0]
+            raise StorageError(f"COS could not delete {first.get('Key')}: "
+                               f"{first.get('Message', '')}", code=str(first.get("Code", "")))
+
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key succeeds, as in COS."""
         with _cos_call(f"DELETE {key}"):

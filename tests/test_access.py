@@ -116,3 +116,46 @@ def test_storbinary_into_missing_parent_creates_prefix(alice, area):
     alice.cwd(f"{area}/new")
     with pytest.raises(ftplib.error_perm, match="550"):
         alice.storbinary("STOR dir", io.BytesIO(b"onto a directory this session just saw"))
+
+
+def test_rename_directory_moves_every_key(alice, cos, area):
+    files = {"a.txt": b"a", "sub/b.txt": b"bb", "sub/deep/c.txt": b"ccc"}
+    alice.mkd(area)
+    alice.mkd(f"{area}/src")
+    for rel, data in files.items():
+        put(alice, f"{area}/src/{rel}", data)
+    alice.rename(f"{area}/src", f"{area}/dst")
+    for rel, data in files.items():
+        assert get(alice, f"{area}/dst/{rel}") == data
+    assert alice.nlst(area) == ["dst"]
+    remaining = cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/src").get("Contents", [])
+    assert remaining == []
+
+
+def test_rename_directory_needs_delete_permission_and_a_free_target(login, alice, area):
+    keeper = login("keeper")
+    keeper.mkd(f"{area}-k")
+    put(keeper, f"{area}-k/f", b"1")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        keeper.rename(f"{area}-k", f"{area}-moved")
+    assert get(keeper, f"{area}-k/f") == b"1"
+    alice.mkd(f"{area}-other")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.rename(f"{area}-k", f"{area}-other")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.rename(f"{area}-k", f"{area}-k/inside")
+
+
+def test_rename_directory_failing_copy_deletes_nothing(alice, cos, area, emulator):
+    alice.mkd(area)
+    for name in ("one", "poison", "three"):
+        put(alice, f"{area}/{name}", name.encode())
+    emulator.set_faults(fail_copies_of="poison")
+    try:
+        with pytest.raises(ftplib.error_temp, match="451"):
+            alice.rename(area, f"{area}-new")
+    finally:
+        emulator.set_faults(fail_copies_of="")
+    for name in ("one", "poison", "three"):
+        assert get(alice, f"{area}/{name}") == name.encode()
+    assert cos.list_objects(Bucket=ALPHA, Prefix=f"{area}-new/").get("Contents", []) == []
