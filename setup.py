@@ -11,6 +11,7 @@ setup(
         "cos-python-sdk-v5>=1.9.30",
         "psutil>=5.9",
         "setproctitle>=1.3",
+        "fastcrc>=0.3",
     ],
     extras_require={
         # The local COS emulator used by the demo and the test suite.
