@@ -10,6 +10,7 @@ The shim translates what differs between COS and S3 on the wire:
   ``x-cos-request-id``;
 * the COS copy source ``<bucket>.cos.<region>.myqcloud.com/<key>`` becomes ``<bucket>/<key>``;
 * parts may be as small as COS allows (1 MiB), not S3's 5 MiB;
+* object PUTs and completed multipart uploads report ``x-cos-hash-crc64ecma`` like COS;
 * error bodies are rewritten to the COS form (Code, Message, Resource, RequestId, TraceId)
   that the SDK's ``CosServiceError`` parses.
 
@@ -24,6 +25,7 @@ moto takes the bucket from the first label of the ``Host`` header, which the SDK
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -43,6 +45,8 @@ import moto.s3.models
 from moto.server import create_backend_app
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client
+
+from .checksum import crc64
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 DEFAULT_REGION = "ap-guangzhou"
@@ -105,7 +109,8 @@ class Faults:
     ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
     503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
     ``reset_next`` the next that many downloads; copies whose source contains
-    ``fail_copies_of`` get 503; ``down`` fails every request with 503.
+    ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects;
+    ``down`` fails every request with 503.
     """
 
     latency_ms: float = 0.0
@@ -113,6 +118,7 @@ class Faults:
     reset_rate: float = 0.0
     reset_next: int = 0
     fail_copies_of: str = ""
+    corrupt_crc: bool = False
     down: bool = False
     seed: Optional[int] = None
 
@@ -121,14 +127,15 @@ class Faults:
 
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
-                     "down"):
+                     "corrupt_crc", "down"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
                 "reset_rate": self.reset_rate, "reset_next": self.reset_next,
-                "fail_copies_of": self.fail_copies_of, "down": self.down}
+                "fail_copies_of": self.fail_copies_of, "corrupt_crc": self.corrupt_crc,
+                "down": self.down}
 
 
 def _error_response(start_response: Callable, status: str, code: str, resource: str,
@@ -161,8 +168,11 @@ class CosShim:
         injected = self._inject(environ, start_response, request_id)
         if injected is not None:
             return injected
-        body, start = self._forward(environ, request_id)
-        start(start_response)
+        crc = self._crc_of_upload(environ)
+        body, status, headers = self._forward(environ, request_id)
+        if crc is not None and status.startswith("2"):
+            headers.append(("x-cos-hash-crc64ecma", crc()))
+        start_response(status, headers)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
         is_object = environ.get("PATH_INFO", "/") not in ("", "/")
@@ -209,10 +219,29 @@ class CosShim:
                                   ("Content-Length", str(len(body)))])
         return [body]
 
-    def _forward(self, environ: dict, request_id: str):
-        """Run moto; return the COS-form body and a function that starts the response."""
+    def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], str]]:
+        """For an object PUT or a CompleteMultipartUpload, return what computes the CRC64
+        COS reports for the stored object (``x-cos-hash-crc64ecma``); else None."""
+        method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
+        if method == "PUT" and "partNumber" not in query \
+                and "HTTP_X_COS_COPY_SOURCE" not in environ:
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            return lambda: self._reported_crc(body)
+        if method == "POST" and "uploadId" in query:
+            headers = {"Host": environ.get("HTTP_HOST", ""),
+                       "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
+            path = environ.get("PATH_INFO", "/")
+            return lambda: self._reported_crc(Client(self.app).get(path, headers=headers).data)
+        return None
+
+    def _reported_crc(self, data: bytes) -> str:
+        value = crc64(data)
+        return str(value ^ 1 if self.faults.corrupt_crc else value)
+
+    def _forward(self, environ: dict, request_id: str) -> tuple[bytes, str, list]:
+        """Run moto; return the COS-form body, status and headers."""
         _translate_request(environ)
-        request_id = uuid.uuid4().hex
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
@@ -229,7 +258,7 @@ class CosShim:
             headers.append(("Content-Length", str(len(body))))
         else:
             headers += [(n, v) for n, v in captured["headers"] if n.lower() == "content-length"]
-        return body, lambda start_response: start_response(status, headers)
+        return body, status, headers
 
 
 def make_app(faults: Optional[Faults] = None) -> CosShim:

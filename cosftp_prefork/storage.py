@@ -96,6 +96,13 @@ def _cos_call(action: str) -> Iterator[None]:
         raise _translate(exc, action) from exc
 
 
+def _reported_crc64(headers: dict) -> Optional[int]:
+    for name, value in headers.items():
+        if name.lower() == "x-cos-hash-crc64ecma" and str(value).isdigit():
+            return int(value)
+    return None
+
+
 def _parse_http_date(value: str) -> float:
     try:
         return email.utils.parsedate_to_datetime(value).timestamp()
@@ -170,11 +177,11 @@ class Bucket:
         length = int(response.get("Content-Length", 0))
         return ObjectStream(response["Body"].get_raw_stream(), length)
 
-    def put(self, key: str, data: bytes) -> str:
-        """Store ``data`` as ``key`` in one request; return the ETag."""
+    def put(self, key: str, data: bytes) -> Optional[int]:
+        """Store ``data`` as ``key`` in one request; return the CRC64 COS reports, if any."""
         with _cos_call(f"PUT {key}"):
             result = self._client.put_object(Bucket=self.name, Key=key, Body=data, EnableMD5=True)
-        return str(result.get("ETag", "")).strip('"')
+        return _reported_crc64(result)
 
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload; return its upload id."""
@@ -191,13 +198,16 @@ class Bucket:
             )
         return str(result["ETag"])
 
-    def complete_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
-        """Commit the parts, given as ``(number, etag)`` in ascending order."""
+    def complete_multipart(self, key: str, upload_id: str,
+                           etags: list[tuple[int, str]]) -> Optional[int]:
+        """Commit the parts, given as ``(number, etag)`` in ascending order; return the CRC64
+        COS reports for the whole object, if any."""
         parts = [{"PartNumber": number, "ETag": etag} for number, etag in etags]
         with _cos_call(f"CompleteMultipartUpload {key}"):
-            self._client.complete_multipart_upload(
+            result = self._client.complete_multipart_upload(
                 Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Part": parts},
             )
+        return _reported_crc64(result)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload, freeing its parts."""

@@ -20,6 +20,7 @@ import threading
 from concurrent.futures import Executor, Future, wait
 from typing import Optional
 
+from .checksum import Crc64
 from .errors import FileTooLarge, NotFound, StorageError
 from .storage import Bucket
 
@@ -103,6 +104,7 @@ class MultipartWriter:
         self._ctx = log_context or key
         self._retrier = retrier
         self._buffer = bytearray()
+        self._crc = Crc64()
         self._size = 0
         self._upload_id: Optional[str] = None
         self._futures: list[Future] = []
@@ -131,6 +133,7 @@ class MultipartWriter:
                 f"upload exceeds single_file_max_size ({self._max_size} bytes)", code="TooLarge"
             )
         self._size += len(data)
+        self._crc.update(data)
         self._buffer += data
         # Strictly more than a part: a file of exactly one part stays a single PUT.
         while len(self._buffer) > self._part_size:
@@ -150,15 +153,31 @@ class MultipartWriter:
         self._check_open()
         try:
             if self._upload_id is None:
-                self._bucket.put(self._key, bytes(self._buffer))
+                reported = self._bucket.put(self._key, bytes(self._buffer))
             else:
-                self._finish_multipart()
+                reported = self._finish_multipart()
         except BaseException:
             self._abort()
             raise
+        self._verify(reported)
         self._buffer = bytearray()
         self._state = "committed"
         log.info("%s: stored %d bytes", self._ctx, self._size)
+
+    def _verify(self, reported: Optional[int]) -> None:
+        """Compare the CRC64 of what the client sent with what COS stored.
+
+        A mismatch means COS holds other bytes than the client sent: delete the object
+        rather than serve it, and fail the transfer.
+        """
+        if reported is None or reported == self._crc.value:
+            return
+        self._state = "aborted"
+        log.error("%s: CRC64 mismatch: sent %d, COS reports %d; deleting the object",
+                  self._ctx, self._crc.value, reported)
+        self._bucket.delete(self._key)
+        raise StorageError(f"integrity check failed for {self.name}: CRC64 of the data "
+                           "received differs from the stored object's", code="CRC64Mismatch")
 
     def close(self) -> None:
         """Abort unless :meth:`commit` succeeded; idempotent."""
@@ -195,13 +214,13 @@ class MultipartWriter:
             self._failure = self._failure or exc
             raise
 
-    def _finish_multipart(self) -> None:
+    def _finish_multipart(self) -> Optional[int]:
         if self._buffer or not self._futures:
             self._submit_part(bytes(self._buffer))
         wait(self._futures)
         self._raise_part_failure()
         parts = sorted(self._etags.items())
-        self._bucket.complete_multipart(self._key, self._upload_id or "", parts)
+        return self._bucket.complete_multipart(self._key, self._upload_id or "", parts)
 
     def _abort(self) -> None:
         self._state = "aborted"

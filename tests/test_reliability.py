@@ -29,7 +29,7 @@ def faults(emulator):
     """Set emulator faults for one test; always switched off afterwards."""
     yield emulator.set_faults
     emulator.set_faults(latency_ms=0, error_rate=0, reset_rate=0, reset_next=0,
-                        fail_copies_of="", down=False)
+                        fail_copies_of="", corrupt_crc=False, down=False)
 
 
 def server_log(server: ServerProcess) -> str:
@@ -84,6 +84,19 @@ def test_cos_outage_on_a_command_is_temporary_451_not_550(alice, area, faults):
         alice.delete(area)
     faults(down=False)
     assert get(alice, area) == b"x"
+
+
+@pytest.mark.parametrize("size", [1000, 2 * PART + 3])
+def test_crc64_mismatch_fails_the_upload_and_removes_the_object(alice, area, cos, faults,
+                                                                size):
+    faults(corrupt_crc=True)
+    with pytest.raises(ftplib.error_temp, match=r"451 .*CRC64"):
+        put(alice, area, os.urandom(size))
+    faults(corrupt_crc=False)
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    data = os.urandom(size)
+    put(alice, area, data)  # an honest CRC64 from COS passes the same check
+    assert get(alice, area) == data
 
 
 def test_failed_overwrite_keeps_the_old_object(alice, area, cos, faults):
