@@ -20,8 +20,9 @@ def crc64(data: bytes) -> int:
 class Crc64:
     """Running CRC64 of the bytes fed to :meth:`update`."""
 
-    def __init__(self) -> None:
-        self._value: Optional[int] = None
+    def __init__(self, initial: Optional[int] = None) -> None:
+        """``initial``: the CRC64 of bytes that come before, to continue from (APPE)."""
+        self._value = initial
 
     def update(self, data: bytes) -> None:
         self._value = _crc64.xz(data) if self._value is None else _crc64.xz(data, self._value)

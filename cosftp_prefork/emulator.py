@@ -220,15 +220,16 @@ class CosShim:
         return [body]
 
     def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], str]]:
-        """For an object PUT or a CompleteMultipartUpload, return what computes the CRC64
-        COS reports for the stored object (``x-cos-hash-crc64ecma``); else None."""
+        """For an object PUT, a CompleteMultipartUpload or a HEAD, return what computes the
+        CRC64 COS reports for the object (``x-cos-hash-crc64ecma``); else None."""
         method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
         if method == "PUT" and "partNumber" not in query \
                 and "HTTP_X_COS_COPY_SOURCE" not in environ:
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             environ["wsgi.input"] = io.BytesIO(body)
             return lambda: self._reported_crc(body)
-        if method == "POST" and "uploadId" in query:
+        is_object = environ.get("PATH_INFO", "/") not in ("", "/")
+        if (method == "POST" and "uploadId" in query) or (method == "HEAD" and is_object):
             headers = {"Host": environ.get("HTTP_HOST", ""),
                        "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
             path = environ.get("PATH_INFO", "/")

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from pyftpdlib.filesystems import AbstractedFS
 
-from .config import AccountConfig, TransferConfig
+from .config import MIN_PART_SIZE, AccountConfig, TransferConfig
 from .downloader import RangedReader
 from .errors import InvalidPath, NotFound, PermissionDenied, StorageError, StorageUnavailable
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
@@ -253,14 +253,43 @@ class CosFS(AbstractedFS):
 
     @_transient_escapes
     def open(self, filename: str, mode: str):
-        """Return a ``RangedReader`` for ``"rb"`` or a ``MultipartWriter`` for ``"wb"``."""
+        """Return a ``RangedReader`` for ``"rb"``, a ``MultipartWriter`` for ``"wb"`` and, for
+        ``"ab"`` (APPE), a writer that starts with the existing object's bytes."""
         if mode == "rb":
             entry = self._require(filename, want_dir=False)
-            return RangedReader(self._bucket, object_key(filename), name=filename,
-                                size=entry.size, log_context=self._log(filename))
+            return self._reader(filename, entry.size)
         if mode == "wb":
             return self._open_write(filename)
-        raise _error(errno.EOPNOTSUPP, "Appending to or resuming uploads is not supported")
+        if mode == "ab":
+            return self._open_append(filename)
+        raise _error(errno.EOPNOTSUPP, "Resuming uploads is not supported")
+
+    def _reader(self, filename: str, size: int) -> RangedReader:
+        return RangedReader(self._bucket, object_key(filename), name=filename, size=size,
+                            log_context=self._log(filename))
+
+    def _open_append(self, filename: str) -> MultipartWriter:
+        """APPE: copy the existing object inside COS, then take the client's bytes after it.
+
+        The old object stays as it is until the new one commits. One under 1 MiB cannot be
+        a copied part (COS's smallest non-last part), so its few bytes are read and resent.
+        """
+        existing = self.lookup(filename)
+        writer = self._open_write(filename)
+        if existing is None or existing.size == 0:
+            return writer
+        if existing.is_dir:
+            raise _error(errno.EISDIR, "Is a directory")
+        try:
+            if existing.size >= MIN_PART_SIZE:
+                writer.begin_with_copy(self._bucket.head(object_key(filename)))
+            else:
+                with self._reader(filename, existing.size) as reader:
+                    writer.write(reader.read())
+        except BaseException:
+            writer.close()
+            raise
+        return writer
 
     def _open_write(self, filename: str) -> MultipartWriter:
         """Start an upload without asking COS anything first.

@@ -297,9 +297,6 @@ class CosFTPHandler(FTPHandler):
         finally:
             self._current_type = saved
 
-    def ftp_APPE(self, file: str):
-        self.respond("502 APPE is not supported by this server.")
-
     def ftp_STOU(self, line: str):
         self.respond("502 STOU is not supported by this server.")
 

@@ -41,6 +41,7 @@ class ObjectInfo:
     size: int
     mtime: float
     etag: str = ""
+    crc64: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Bucket:
             size=int(headers.get("content-length", 0)),
             mtime=_parse_http_date(headers.get("last-modified", "")),
             etag=headers.get("etag", "").strip('"'),
+            crc64=_reported_crc64(headers),
         )
 
     def list_page(
@@ -196,6 +198,16 @@ class Bucket:
                 Bucket=self.name, Key=key, Body=data, PartNumber=number, UploadId=upload_id,
                 EnableMD5=True,
             )
+        return str(result["ETag"])
+
+    def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
+                         first: int, last: int) -> str:
+        """Make part ``number`` from bytes ``first..last`` of ``source`` inside COS; ETag."""
+        copy_source = {"Bucket": self.name, "Key": source, "Region": self.region or ""}
+        with _cos_call(f"UploadPartCopy {source} -> {key} #{number}"):
+            result = self._client.upload_part_copy(
+                Bucket=self.name, Key=key, PartNumber=number, UploadId=upload_id,
+                CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}")
         return str(result["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str,

@@ -22,9 +22,11 @@ from typing import Optional
 
 from .checksum import Crc64
 from .errors import FileTooLarge, NotFound, StorageError
-from .storage import Bucket
+from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
+
+MAX_COPY_PART = 5 * 1024 ** 3  # COS's largest part
 
 
 class AbortRetrier:
@@ -104,9 +106,10 @@ class MultipartWriter:
         self._ctx = log_context or key
         self._retrier = retrier
         self._buffer = bytearray()
-        self._crc = Crc64()
+        self._crc: Optional[Crc64] = Crc64()
         self._size = 0
         self._upload_id: Optional[str] = None
+        self._next_part = 1
         self._futures: list[Future] = []
         self._etags: dict[int, str] = {}
         self._failure: Optional[BaseException] = None
@@ -133,7 +136,8 @@ class MultipartWriter:
                 f"upload exceeds single_file_max_size ({self._max_size} bytes)", code="TooLarge"
             )
         self._size += len(data)
-        self._crc.update(data)
+        if self._crc is not None:
+            self._crc.update(data)
         self._buffer += data
         # Strictly more than a part: a file of exactly one part stays a single PUT.
         while len(self._buffer) > self._part_size:
@@ -144,6 +148,22 @@ class MultipartWriter:
             del self._buffer[: self._part_size]
             self._submit_part(part)
         return len(data)
+
+    def begin_with_copy(self, source: ObjectInfo) -> None:
+        """Start the object with the bytes of ``source`` copied inside COS (for APPE).
+
+        ``source`` must be at least 1 MiB (COS's smallest non-last part). Without its CRC64
+        the integrity check cannot cover the copied bytes and is skipped for this upload.
+        """
+        self._upload_id = self._bucket.create_multipart(self._key)
+        for first in range(0, source.size, MAX_COPY_PART):
+            last = min(source.size, first + MAX_COPY_PART) - 1
+            number = self._next_part
+            self._next_part += 1
+            self._etags[number] = self._bucket.upload_part_copy(
+                self._key, self._upload_id, number, source.key, first, last)
+        self._size = source.size
+        self._crc = Crc64(source.crc64) if source.crc64 is not None else None
 
     def commit(self) -> None:
         """Make the object visible: one PUT if no part was shipped, else complete the upload.
@@ -170,7 +190,7 @@ class MultipartWriter:
         A mismatch means COS holds other bytes than the client sent: delete the object
         rather than serve it, and fail the transfer.
         """
-        if reported is None or reported == self._crc.value:
+        if reported is None or self._crc is None or reported == self._crc.value:
             return
         self._state = "aborted"
         log.error("%s: CRC64 mismatch: sent %d, COS reports %d; deleting the object",
@@ -196,7 +216,8 @@ class MultipartWriter:
     def _submit_part(self, data: bytes) -> None:
         if self._upload_id is None:
             self._upload_id = self._bucket.create_multipart(self._key)
-        number = len(self._futures) + 1
+        number = self._next_part
+        self._next_part += 1
         self._slots.acquire()
         if self._failure is not None:
             self._slots.release()
@@ -215,7 +236,7 @@ class MultipartWriter:
             raise
 
     def _finish_multipart(self) -> Optional[int]:
-        if self._buffer or not self._futures:
+        if self._buffer or (not self._etags and not self._futures):
             self._submit_part(bytes(self._buffer))
         wait(self._futures)
         self._raise_part_failure()

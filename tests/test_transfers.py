@@ -128,3 +128,37 @@ def test_file_over_single_file_max_size_is_refused(emulator, tmp_path, cos):
         ftp.quit()
     assert cos.object_exists(Bucket=ALPHA, Key=key) is False
     assert pending_uploads(cos, key) == []
+
+
+def appe(ftp: ftplib.FTP, path: str, data: bytes) -> str:
+    return ftp.storbinary(f"APPE {path}", io.BytesIO(data))
+
+
+@pytest.mark.parametrize("old_size", [0, 10, PART, 2 * PART + 7])
+def test_appe_appends(alice, area, old_size):
+    old, tail = os.urandom(old_size), os.urandom(PART + 3)
+    put(alice, area, old)
+    assert appe(alice, area, tail).startswith("226")
+    assert get(alice, area) == old + tail
+    assert alice.size(area) == old_size + len(tail)
+
+
+def test_appe_to_missing_file_is_stor(alice, area):
+    appe(alice, area, b"fresh")
+    assert get(alice, area) == b"fresh"
+
+
+def test_aborted_appe_leaves_the_original(alice, area, cos):
+    old = os.urandom(2 * PART)
+    put(alice, area, old)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"APPE {area}")
+    conn.sendall(os.urandom(2 * PART + 1))
+    wait_until(lambda: pending_uploads(cos, area), what="append upload to start")
+    alice.sock.sendall(b"ABOR\r\n")
+    reply = alice.getline()
+    while not reply.startswith(("225", "226")):
+        reply = alice.getline()
+    conn.close()
+    wait_until(lambda: not pending_uploads(cos, area), what="append aborted")
+    assert get(alice, area) == old
