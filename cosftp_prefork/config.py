@@ -81,6 +81,7 @@ class TransferConfig:
     single_file_max_size: int
     min_part_size: int
     upload_thread_num: int
+    multipart_copy_threshold: int = 5 * GIB
 
     @property
     def part_size(self) -> int:
@@ -161,7 +162,8 @@ def _protocol(raw: str) -> str:
     return value
 
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*-\d+$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*-[0-9]+$")
+_ACCOUNT_RE = re.compile(r"^COS_ACCOUNT(_.*)?$")
 _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 
@@ -199,7 +201,7 @@ def _home_dir(raw: str) -> str:
 
 def _port_range(raw: str) -> tuple[int, int]:
     parts = [p.strip() for p in raw.split(",")]
-    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+    if len(parts) > 2 or not all(re.fullmatch(r"[0-9]+", p) for p in parts):
         raise ValueError(f"must be low,high such as 60000,65535, got {raw!r}")
     low = int(parts[0])
     high = int(parts[1]) if len(parts) == 2 else 65535
@@ -260,6 +262,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "log_dir", _text, "log", "log directory"),
     Setting("OPTIONAL", "worker_processes", _integer(1, 256), _CPUS, "worker processes"),
     Setting("OPTIONAL", "pid_file", _text, None, "pid file; default <log_dir>/cosftp.pid"),
+    Setting("OPTIONAL", "multipart_copy_threshold", _integer(MIN_PART_SIZE, 5 * GIB, _BYTES),
+            5 * GIB, "objects larger than this are copied (renamed) in parts"),
     Setting("OPTIONAL", "max_login_failures", _integer(0), 5,
             "failed logins from one IP before it is banned; 0 = never"),
     Setting("OPTIONAL", "login_failure_window", _integer(1), 60,
@@ -382,9 +386,9 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
 def _build(reader: _Reader) -> Config:
     sections = reader.parser.sections()
     for section in sections:
-        if not section.startswith(ACCOUNT_PREFIX) and section not in _BY_SECTION:
+        if not _ACCOUNT_RE.match(section) and section not in _BY_SECTION:
             reader.warnings.append(f"{reader.path} [{section}]: unknown section, ignored")
-    accounts = [_account(reader, s) for s in sections if s.startswith(ACCOUNT_PREFIX)]
+    accounts = [_account(reader, s) for s in sections if _ACCOUNT_RE.match(s)]
     if not accounts:
         raise ConfigError(f"no [{ACCOUNT_PREFIX}_N] section: at least one account is needed",
                           reader.path)
@@ -399,7 +403,8 @@ def _build(reader: _Reader) -> Config:
         network=NetworkConfig(net["listen_address"], net["listen_port"],
                               net["masquerade_address"], net["passive_port"]),
         transfer=TransferConfig(files["single_file_max_size"], optional["min_part_size"],
-                                optional["upload_thread_num"]),
+                                optional["upload_thread_num"],
+                                optional["multipart_copy_threshold"]),
         server=_server(reader, optional),
         warnings=tuple(reader.warnings),
     )
@@ -412,7 +417,10 @@ def parse_config(text: str, path: str = "<string>",
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:
-        raise ConfigError(f"not a valid INI file: {exc.message}", path) from None
+        # configparser's message quotes the offending line, which may hold a secret.
+        line = getattr(exc, "lineno", None)
+        where = f" at line {line}" if line else ""
+        raise ConfigError(f"not a valid INI file{where} ({type(exc).__name__})", path) from None
     return _build(_Reader(parser, path, os.environ if environ is None else environ))
 
 

@@ -28,8 +28,8 @@ from .downloader import RangedReader
 from .errors import InvalidPath, NotFound, PermissionDenied, StorageError, StorageUnavailable
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
 from .paths import dir_prefix, object_key, parent_dir
-from .renamer import rename_directory
-from .storage import Bucket
+from .renamer import copy_object, rename_directory
+from .storage import Bucket, ObjectInfo
 from .uploader import AbortRetrier, MultipartWriter
 
 CACHE_SECONDS = 2.0
@@ -227,7 +227,8 @@ class CosFS(AbstractedFS):
         Overwriting an existing file needs ``delete_enable``, and so does renaming a
         directory (its old keys are deleted). Raises ``OSError``.
         """
-        if self._require(src).is_dir:
+        source = self._require(src)
+        if source.is_dir:
             self._rename_directory(src, dst)
             return
         target = self.lookup(dst)
@@ -235,7 +236,8 @@ class CosFS(AbstractedFS):
             raise _error(errno.EISDIR, "Target is a directory")
         if target is not None and not self._ctx.account.delete_enable:
             raise _error(errno.EACCES, "Overwriting by rename needs delete permission")
-        self._bucket.copy(object_key(src), object_key(dst))
+        info = ObjectInfo(object_key(src), source.size, source.mtime)
+        copy_object(self._bucket, info, object_key(dst), self._ctx.transfer, self._ctx.executor)
         self._bucket.delete(object_key(src))
         self._forget(src, dst)
 
@@ -247,8 +249,8 @@ class CosFS(AbstractedFS):
             raise _error(errno.EINVAL, "Cannot move a directory into itself")
         if self.lookup(dst) is not None:
             raise _error(errno.EEXIST, "Target exists")
-        rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst), self._ctx.executor,
-                         self._log(src))
+        rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst), self._ctx.transfer,
+                         self._ctx.executor, self._log(src))
         self._cache.clear()
 
     @_transient_escapes

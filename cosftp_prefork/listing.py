@@ -49,15 +49,15 @@ def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
     return list(entries.values())[:limit]
 
 
-def all_keys(bucket: Bucket, prefix: str) -> list[str]:
-    """Every key under ``prefix`` at any depth (markers included), in key order."""
-    keys: list[str] = []
+def all_objects(bucket: Bucket, prefix: str) -> list[ObjectInfo]:
+    """Every object under ``prefix`` at any depth (markers included), in key order."""
+    found: list[ObjectInfo] = []
     marker = ""
     while True:
         page = bucket.list_page(prefix, marker=marker, delimiter="")
-        keys.extend(obj.key for obj in page.objects)
+        found.extend(page.objects)
         if page.next_marker is None:
-            return keys
+            return found
         marker = page.next_marker
 
 

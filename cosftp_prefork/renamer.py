@@ -1,42 +1,88 @@
-"""Renaming a directory. COS has no rename: copy every key, then delete the originals.
+"""Renaming. COS has no rename: copy, then delete the originals.
 
-The originals are deleted only after every copy succeeded; if any copy fails, the copies
-already made are removed again and the directory stays where it was.
+Objects up to ``multipart_copy_threshold`` (CopyObject's limit is 5 GB) are copied in one
+request, larger ones with a multipart copy (UploadPartCopy, parts in parallel). For a
+directory the originals are deleted only after every copy succeeded; if any copy fails, the
+copies already made are removed again and the directory stays where it was.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor, wait
+from concurrent.futures import Executor, Future, wait
 
-from .listing import all_keys
-from .storage import Bucket
+from .config import MAX_PARTS, TransferConfig, part_size_for
+from .errors import StorageError
+from .listing import all_objects
+from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
 
 DELETE_BATCH = 1000  # the most keys COS deletes in one request
 
 
-def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str, executor: Executor,
-                     log_context: str) -> int:
+def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
+                executor: Executor) -> None:
+    """Copy ``source`` to ``target`` inside COS, in parts above the threshold.
+
+    Part copies run on ``executor``; call this from a thread that is not one of its own.
+    Raises ``StorageError``; a failed multipart copy is aborted.
+    """
+    if source.size <= transfer.multipart_copy_threshold:
+        bucket.copy(source.key, target)
+        return
+    part = max(part_size_for(transfer.min_part_size, source.size), -(-source.size // MAX_PARTS))
+    ranges = [(number, first, min(source.size, first + part) - 1)
+              for number, first in enumerate(range(0, source.size, part), start=1)]
+    upload_id = bucket.create_multipart(target)
+    futures = [executor.submit(bucket.upload_part_copy, target, upload_id, number, source.key,
+                               first, last) for number, first, last in ranges]
+    try:
+        etags = [(number, future.result()) for (number, _, _), future in zip(ranges, futures)]
+        bucket.complete_multipart(target, upload_id, etags)
+    except StorageError:
+        wait(futures)
+        bucket.abort_multipart(target, upload_id)
+        raise
+
+
+def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
+                     transfer: TransferConfig, executor: Executor, log_context: str) -> int:
     """Move every key under ``src_prefix`` to ``dst_prefix``; return how many moved.
 
     Raises ``StorageError`` (the first failure) with the source untouched if a copy fails.
     """
-    keys = all_keys(bucket, src_prefix)
-    targets = [dst_prefix + key[len(src_prefix):] for key in keys]
-    futures = [executor.submit(bucket.copy, key, target) for key, target in zip(keys, targets)]
-    wait(futures)
-    failures = [future.exception() for future in futures if future.exception() is not None]
+    objects = all_objects(bucket, src_prefix)
+    targets = {obj.key: dst_prefix + obj.key[len(src_prefix):] for obj in objects}
+    small = [obj for obj in objects if obj.size <= transfer.multipart_copy_threshold]
+    futures: dict[str, Future] = {obj.key: executor.submit(bucket.copy, obj.key, targets[obj.key])
+                                  for obj in small}
+    failures: list[BaseException] = []
+    copied: list[str] = []
+    for obj in objects:
+        if obj.key in futures:
+            continue
+        try:  # large objects from this thread: their parts need the executor's threads
+            copy_object(bucket, obj, targets[obj.key], transfer, executor)
+            copied.append(targets[obj.key])
+        except StorageError as exc:
+            failures.append(exc)
+            break
+    wait(futures.values())
+    for key, future in futures.items():
+        if future.exception() is None:
+            copied.append(targets[key])
+        else:
+            failures.append(future.exception())
     if failures:
-        copied = [t for future, t in zip(futures, targets) if future.exception() is None]
         log.error("%s: renaming %s failed after %d of %d copies; removing the copies: %s",
-                  log_context, src_prefix, len(copied), len(keys), failures[0])
+                  log_context, src_prefix, len(copied), len(objects), failures[0])
         delete_keys(bucket, copied)
         raise failures[0]
-    delete_keys(bucket, keys)
-    log.info("%s: renamed %s to %s (%d keys)", log_context, src_prefix, dst_prefix, len(keys))
-    return len(keys)
+    delete_keys(bucket, [obj.key for obj in objects])
+    log.info("%s: renamed %s to %s (%d keys)", log_context, src_prefix, dst_prefix,
+             len(objects))
+    return len(objects)
 
 
 def delete_keys(bucket: Bucket, keys: list[str]) -> None:

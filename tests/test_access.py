@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ftplib
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from .conftest import ALPHA, BETA, _close
+from .server_proc import Account, ServerProcess
 from .test_commands import get, put
 
 
@@ -159,3 +161,22 @@ def test_rename_directory_failing_copy_deletes_nothing(alice, cos, area, emulato
     for name in ("one", "poison", "three"):
         assert get(alice, f"{area}/{name}") == name.encode()
     assert cos.list_objects(Bucket=ALPHA, Prefix=f"{area}-new/").get("Contents", []) == []
+
+
+def test_rename_above_copy_threshold_uses_multipart_copy(emulator, cos, tmp_path, area):
+    account = Account("mover", "mover-pw", ALPHA)
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with ServerProcess(str(tmp_path), emulator.port, [account],
+                       optional={"multipart_copy_threshold": str(1024 * 1024)}) as srv:
+        ftp = srv.login("mover", "mover-pw")
+        ftp.mkd(area)
+        put(ftp, f"{area}/big.bin", data)
+        ftp.rename(f"{area}/big.bin", f"{area}/moved.bin")
+        assert get(ftp, f"{area}/moved.bin") == data
+        put(ftp, f"{area}/d/inner.bin", data)
+        ftp.rename(f"{area}/d", f"{area}/e")
+        assert get(ftp, f"{area}/e/inner.bin") == data
+        _close(ftp)
+    head = {k.lower(): v for k, v in cos.head_object(Bucket=ALPHA, Key=f"{area}/moved.bin").items()}
+    assert head["etag"].endswith('-4"')  # 4 copied parts, not one CopyObject
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/big.bin") is False
