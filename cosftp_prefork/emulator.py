@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Iterator, Sequence
@@ -225,14 +226,17 @@ class CosShim:
         method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
         if method == "PUT" and "partNumber" not in query \
                 and "HTTP_X_COS_COPY_SOURCE" not in environ:
-            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            length = environ.get("CONTENT_LENGTH")
+            # Without a length (chunked), the server marks the input terminated: read to EOF.
+            body = environ["wsgi.input"].read(int(length) if length else -1)
             environ["wsgi.input"] = io.BytesIO(body)
             return lambda: self._reported_crc(body)
         is_object = environ.get("PATH_INFO", "/") not in ("", "/")
         if (method == "POST" and "uploadId" in query) or (method == "HEAD" and is_object):
             headers = {"Host": environ.get("HTTP_HOST", ""),
                        "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
-            path = environ.get("PATH_INFO", "/")
+            # PATH_INFO is decoded (as latin-1 per WSGI); quote it again for the inner request.
+            path = urllib.parse.quote(environ.get("PATH_INFO", "/").encode("latin-1"))
             return lambda: self._reported_crc(Client(self.app).get(path, headers=headers).data)
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ class EmulatorProcess:
             return json.loads(response.read())
 
     def stop(self) -> Optional[int]:
+        shutil.rmtree(self._dir, ignore_errors=True)
         if self.proc is None:
             return None
         if self.proc.poll() is None:

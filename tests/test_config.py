@@ -1,9 +1,11 @@
-"""Unit tests for config parsing and validation (pure logic, no processes)."""
+"""Unit tests for config parsing and validation (pure logic: no processes, no network)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from typing import Optional
 
 import pytest
 
@@ -12,31 +14,41 @@ from cosftp_prefork.config import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIB,
+    AccountConfig,
+    Config,
+    NetworkConfig,
+    ServerConfig,
+    TransferConfig,
     load_config,
     locate_pid_file,
     parse_config,
     part_size_for,
 )
 from cosftp_prefork.errors import ConfigError
+from cosftp_prefork.ftp import CosAuthorizer
 from cosftp_prefork.passwords import hash_password
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The example shipped with cos-ftp-server-V5, values filled in as a user would: no spaces
+# around "=" in the login lines, Chinese inline comments, "default" for tuning options.
 OLD_EXAMPLE = """\
 [COS_ACCOUNT_0]
-cos_secretid = XXXXXX
-cos_secretkey = YYYYYY
+cos_secretid = AKIDsecretid0
+cos_secretkey = secretkey0value
 cos_bucket = photos-1250000000
 cos_region = ap-guangzhou
+cos_protocol = https
+#cos_endpoint = ap-guangzhou.myqcloud.com
 home_dir = /home/user0
 ftp_login_user_name=user0
 ftp_login_user_password=pass0
 authority=RW
-delete_enable=true
+delete_enable=true                  # true为允许该ftp用户进行删除操作(默认)
 
 [COS_ACCOUNT_1]
-cos_secretid = XXXX
-cos_secretkey = YYYY
+cos_secretid = AKIDsecretid1
+cos_secretkey = secretkey1value
 cos_bucket = photos-1250000000
 cos_region = ap-guangzhou
 home_dir = /home/user1
@@ -45,193 +57,554 @@ ftp_login_user_password=pass1
 authority=R
 delete_enable=false
 
+[COS_ACCOUNT_2]
+cos_secretid = AKIDsecretid2
+cos_secretkey = secretkey2value
+cos_bucket = backup-1250000001
+cos_region = ap-shanghai
+home_dir = /home/user2
+ftp_login_user_name=user2
+ftp_login_user_password=pass2
+authority=W
+delete_enable=false
+
 [NETWORK]
-masquerade_address = 203.0.113.7
-listen_port = 2121
-passive_port = 60000,65535
+masquerade_address = 203.0.113.7            # 如果FTP SERVER处于某个网关或NAT后
+listen_port = 2121                          # Ftp Server的监听端口, 默认为2121
+
+passive_port = 60000,65535                  # passive模式下端口的选择范围
 
 [FILE_OPTION]
+# 默认单文件大小最大支持到200G, 不建议设置太大
 single_file_max_size = 214748364800
 
 [OPTIONAL]
+# 以下设置, 如无特殊需要, 建议保留default设置
 min_part_size       = default
 upload_thread_num   = default
 max_connection_num  = 100
-max_list_file       = 10000
-log_level           = DEBUG
-log_dir             = log
+max_list_file       = 10000                # ls命令最大可列出的文件数目
+log_level           = DEBUG                # 设置日志输出的级别
+log_dir             = log                  # 设置日志的存放目录
 """
 
-MINIMAL = """\
+SECRET_ID, SECRET_KEY, PASSWORD = "SID-sentinel-7f3a", "SKEY-sentinel-91c2", "PW-sentinel-5d0e"
+
+MINIMAL = f"""\
 [COS_ACCOUNT_0]
-cos_secretid = sid
-cos_secretkey = skey
+cos_secretid = {SECRET_ID}
+cos_secretkey = {SECRET_KEY}
 cos_bucket = b-1
 cos_region = ap-guangzhou
 home_dir = /h
 ftp_login_user_name = u
-ftp_login_user_password = p
+ftp_login_user_password = {PASSWORD}
 authority = RW
 """
 
 
-def with_option(text: str, section: str, line: str) -> str:
-    header = f"[{section}]\n"
-    return text.replace(header, header + line + "\n") if header in text \
-        else text + f"\n{header}{line}\n"
+def set_option(text: str, section: str, option: str, value: Optional[str]) -> str:
+    """Return ``text`` with ``option`` of ``section`` set to ``value`` (None: removed); the
+    line is replaced in place, else added under the header, else a new section is appended."""
+    lines = text.splitlines()
+    current, where, header_at = None, None, None
+    for number, line in enumerate(lines):
+        header = re.match(r"^\[(.+)\]\s*$", line)
+        if header:
+            current = header.group(1)
+            if current == section:
+                header_at = number
+        elif current == section and re.match(rf"^{re.escape(option)}\s*[=:]", line):
+            where = number
+    new = [] if value is None else [f"{option} = {value}"]
+    if where is not None:
+        lines[where:where + 1] = new
+    elif header_at is not None:
+        lines[header_at + 1:header_at + 1] = new
+    elif value is not None:
+        lines += ["", f"[{section}]", *new]
+    return "\n".join(lines) + "\n"
 
 
-def error_for(text: str, environ=None) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "test.conf", environ or {})
-    return str(info.value)
+def second_account(user: str = "v", home: str = "/h2") -> str:
+    return (MINIMAL.replace("COS_ACCOUNT_0", "COS_ACCOUNT_1")
+            .replace("ftp_login_user_name = u", f"ftp_login_user_name = {user}")
+            .replace("home_dir = /h", f"home_dir = {home}"))
 
 
-def test_old_example_parses_with_defaults():
+@pytest.fixture
+def write(tmp_path):
+    """Write config text to a file; return its absolute path."""
+    def write(text: str, name: str = "vsftpd.conf") -> str:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+    return write
+
+
+@pytest.fixture
+def load_error(write):
+    """Load ``text`` from a real file; return (path, message) of the ConfigError."""
+    def load_error(text: str, environ: Optional[dict] = None) -> tuple[str, str]:
+        path = write(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(path, environ or {})
+        assert info.value.path == path
+        return path, str(info.value)
+    return load_error
+
+
+def assert_names(message: str, path: str, section: str, option: str) -> None:
+    assert message.startswith(f"{path} [{section}] {option}: "), message
+
+
+# --- the old format
+
+
+def test_old_v5_example_parses(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = parse_config(OLD_EXAMPLE, "old.conf", {})
-    first, second = config.accounts
-    assert (first.user, first.bucket, first.authority, first.delete_enable) == \
-        ("user0", "photos-1250000000", "RW", True)
-    assert (second.can_read, second.can_write, second.delete_enable) == (True, False, False)
-    assert config.network.masquerade_address == "203.0.113.7"
-    assert config.network.passive_ports == (60000, 65535)
+    assert config.path == "old.conf"
+    assert config.warnings == ()
+    assert [a.section for a in config.accounts] == [
+        "COS_ACCOUNT_0", "COS_ACCOUNT_1", "COS_ACCOUNT_2"]
+    first, second, third = config.accounts
+    assert (first.user, first.password, first.home_dir) == ("user0", "pass0", "/home/user0")
+    assert (first.secret_id, first.secret_key) == ("AKIDsecretid0", "secretkey0value")
+    assert (first.bucket, first.region, first.protocol, first.endpoint) == \
+        ("photos-1250000000", "ap-guangzhou", "https", None)
+    assert (first.authority, first.can_read, first.can_write, first.delete_enable) == \
+        ("RW", True, True, True)
+    assert (second.user, second.authority, second.can_read, second.can_write,
+            second.delete_enable) == ("user1", "R", True, False, False)
+    assert (third.user, third.bucket, third.region, third.can_read, third.can_write) == \
+        ("user2", "backup-1250000001", "ap-shanghai", False, True)
+    assert config.network == NetworkConfig("0.0.0.0", 2121, "203.0.113.7", (60000, 65535))
+    assert config.transfer.single_file_max_size == 214748364800
     assert config.transfer.min_part_size == 2 * MIB
+    assert config.transfer.upload_thread_num >= 1
     assert config.server.max_connection_num == 100
+    assert config.server.max_list_file == 10000
     assert config.server.log_level == "DEBUG"
-    assert config.server.log_dir == os.path.abspath("log")
+    assert config.server.log_dir == str(tmp_path / "log")
 
 
-def test_defaults_for_missing_options():
+def test_inline_comments_are_stripped_but_hash_inside_a_value_is_kept():
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "authority", "R    # read only")
+    text = set_option(text, "COS_ACCOUNT_0", "cos_secretkey", "abc#def")
+    text = set_option(text, "NETWORK", "listen_port", "2200 # FTP 控制端口")
+    text = set_option(text, "OPTIONAL", "max_list_file", "default  # keep it")
+    config = parse_config(text, "c.conf", {})
+    assert config.accounts[0].authority == "R"
+    assert config.accounts[0].secret_key == "abc#def"
+    assert config.network.listen_port == 2200
+    assert config.server.max_list_file == 10000
+
+
+def test_defaults_for_every_missing_option(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = parse_config(MINIMAL, "m.conf", {})
     account = config.accounts[0]
-    assert (account.protocol, account.delete_enable, account.endpoint) == ("https", True, None)
-    assert config.network.listen_address == "0.0.0.0"
-    assert config.network.listen_port == 2121
+    assert (account.protocol, account.endpoint, account.cos_ip, account.cos_port) == \
+        ("https", None, None, None)
+    assert (account.delete_enable, account.anonymous_enable) == (True, False)
+    assert config.network == NetworkConfig("0.0.0.0", 2121, None, (60000, 65535))
     assert config.transfer.single_file_max_size == 200 * GIB
-    assert config.server.max_list_file == 10000
-    assert config.server.pid_file == os.path.join(os.path.abspath("log"), "cosftp.pid")
-    assert config.server.worker_processes >= 1
+    assert config.transfer.min_part_size == 2 * MIB
+    assert 1 <= config.transfer.upload_thread_num <= 32
+    assert config.transfer.multipart_copy_threshold == 5 * GIB
+    server = config.server
+    assert (server.max_connection_num, server.max_connections_per_ip, server.max_list_file) == \
+        (512, 0, 10000)
+    assert server.log_level == "INFO"
+    assert server.log_dir == str(tmp_path / "log")
+    assert server.pid_file == str(tmp_path / "log" / "cosftp.pid")
+    assert server.worker_processes >= 1
+    assert (server.max_login_failures, server.login_failure_window, server.ban_time) == \
+        (5, 60, 300)
 
 
-def test_inline_comments_and_default_word():
-    text = MINIMAL.replace("authority = RW", "authority = RW    # read and write")
-    text = with_option(text, "OPTIONAL", "max_list_file = default  # keep it")
-    config = parse_config(text, "c.conf", {})
-    assert config.accounts[0].authority == "RW"
-    assert config.server.max_list_file == 10000
+@pytest.mark.parametrize("empty", ["", "default", "DEFAULT", "  default  # comment"])
+def test_empty_value_or_the_word_default_means_the_default(empty):
+    text = set_option(MINIMAL, "NETWORK", "passive_port", empty)
+    text = set_option(text, "OPTIONAL", "max_connection_num", empty)
+    text = set_option(text, "COS_ACCOUNT_0", "delete_enable", empty)
+    config = parse_config(text, "d.conf", {})
+    assert config.network.passive_ports == (60000, 65535)
+    assert config.server.max_connection_num == 512
+    assert config.accounts[0].delete_enable is True
 
 
-def test_environment_substitution():
-    text = MINIMAL.replace("cos_secretkey = skey", "cos_secretkey = ${MY_KEY}")
-    assert parse_config(text, "e.conf", {"MY_KEY": "from-env"}).accounts[0].secret_key == \
-        "from-env"
-    message = error_for(text)
-    assert "[COS_ACCOUNT_0]" in message and "cos_secretkey" in message and "MY_KEY" in message
+def test_relative_log_dir_and_pid_file_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = set_option(MINIMAL, "OPTIONAL", "log_dir", "var/logs")
+    config = parse_config(text, "l.conf", {})
+    assert config.server.log_dir == str(tmp_path / "var" / "logs")
+    assert config.server.pid_file == str(tmp_path / "var" / "logs" / "cosftp.pid")
+    config = parse_config(set_option(text, "OPTIONAL", "pid_file", "run/x.pid"), "l.conf", {})
+    assert config.server.pid_file == str(tmp_path / "run" / "x.pid")
 
 
-@pytest.mark.parametrize(("section", "line", "option"), [
-    ("COS_ACCOUNT_0", "authority = X", "authority"),
-    ("COS_ACCOUNT_0", "cos_protocol = ftp", "cos_protocol"),
-    ("COS_ACCOUNT_0", "delete_enable = maybe", "delete_enable"),
-    ("COS_ACCOUNT_0", "cos_port = 80", "cos_port"),
-    ("NETWORK", "passive_port = 70000,80000", "passive_port"),
-    ("NETWORK", "passive_port = 5000,4000", "passive_port"),
-    ("NETWORK", "passive_port = a,b", "passive_port"),
-    ("NETWORK", "listen_port = 70000", "listen_port"),
-    ("NETWORK", "listen_address = not-an-ip", "listen_address"),
-    ("FILE_OPTION", "single_file_max_size = big", "single_file_max_size"),
-    ("FILE_OPTION", f"single_file_max_size = {MAX_PARTS * MAX_PART_SIZE + 1}",
-     "single_file_max_size"),
-    ("OPTIONAL", "min_part_size = 1000", "min_part_size"),
-    ("OPTIONAL", f"min_part_size = {6 * GIB}", "min_part_size"),
-    ("OPTIONAL", "log_level = LOUD", "log_level"),
-    ("OPTIONAL", "worker_processes = 0", "worker_processes"),
+def test_explicit_values_override_defaults():
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "cos_protocol", "HTTP")
+    text = set_option(text, "COS_ACCOUNT_0", "cos_ip", "10.0.0.1")
+    text = set_option(text, "COS_ACCOUNT_0", "cos_port", "8080")
+    text = set_option(text, "NETWORK", "listen_address", "127.0.0.1")
+    text = set_option(text, "NETWORK", "passive_port", "30000, 30010")
+    text = set_option(text, "NETWORK", "masquerade_address", "ftp.example.com")
+    text = set_option(text, "OPTIONAL", "min_part_size", str(8 * MIB))
+    text = set_option(text, "OPTIONAL", "log_level", "warning")
+    config = parse_config(text, "x.conf", {})
+    account = config.accounts[0]
+    assert (account.protocol, account.cos_ip, account.cos_port) == ("http", "10.0.0.1", 8080)
+    assert config.network == NetworkConfig("127.0.0.1", 2121, "ftp.example.com", (30000, 30010))
+    assert config.transfer.min_part_size == 8 * MIB
+    assert config.server.log_level == "WARNING"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("true", True), ("TRUE", True), ("yes", True), ("on", True), ("1", True),
+    ("false", False), ("False", False), ("no", False), ("off", False), ("0", False),
 ])
-def test_bad_values_name_file_section_and_option(section, line, option):
-    text = MINIMAL
-    if section == "COS_ACCOUNT_0":
-        key = line.split(" = ")[0]
-        text = "\n".join(existing for existing in MINIMAL.splitlines()
-                         if not existing.startswith(key + " "))
-    message = error_for(with_option(text, section, line))
-    assert message.startswith(f"test.conf [{section}] {option}:"), message
+def test_boolean_spellings(raw, expected):
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "delete_enable", raw)
+    assert parse_config(text, "b.conf", {}).accounts[0].delete_enable is expected
 
 
-@pytest.mark.parametrize("bucket", ["nobucket", "Bucket-123", "b-abc", "-1"])
-def test_bad_bucket_forms(bucket):
-    message = error_for(MINIMAL.replace("cos_bucket = b-1", f"cos_bucket = {bucket}"))
-    assert "[COS_ACCOUNT_0] cos_bucket" in message and "<name>-<appid>" in message
-
-
-def test_missing_required_option_and_region_or_endpoint():
-    assert "ftp_login_user_name: is required" in error_for(
-        MINIMAL.replace("ftp_login_user_name = u\n", ""))
-    no_region = MINIMAL.replace("cos_region = ap-guangzhou\n", "")
-    assert "cos_region" in error_for(no_region)
-    endpoint = with_option(no_region, "COS_ACCOUNT_0", "cos_endpoint = cos.ap-x.myqcloud.com")
-    assert parse_config(endpoint, "x", {}).accounts[0].endpoint == "cos.ap-x.myqcloud.com"
-
-
-def test_duplicate_users_and_home_dirs_name_both_sections():
-    second = MINIMAL.replace("COS_ACCOUNT_0", "COS_ACCOUNT_1")
-    message = error_for(MINIMAL + "\n" + second)
-    assert "[COS_ACCOUNT_1] ftp_login_user_name" in message and "[COS_ACCOUNT_0]" in message
-    second = second.replace("ftp_login_user_name = u", "ftp_login_user_name = v")
-    assert "home_dir" in error_for(MINIMAL + "\n" + second)
-
-
-def test_file_level_errors(tmp_path):
-    assert "at least one account" in error_for("[NETWORK]\nlisten_port = 21\n")
-    assert "not a valid INI file" in error_for("this is not ini")
-    with pytest.raises(ConfigError, match="cannot read"):
-        load_config(str(tmp_path / "missing.conf"))
-
-
-def test_secrets_stay_out_of_repr_and_errors():
-    config = parse_config(MINIMAL, "s.conf", {})
-    assert "skey" not in repr(config) and "sid" not in repr(config.accounts[0])
-    bad = MINIMAL.replace("ftp_login_user_password = p",
-                          "ftp_login_user_password = scrypt$not-a-hash")
-    message = error_for(bad)
-    assert "ftp_login_user_password" in message and "not-a-hash" not in message
+def test_home_dir_is_normalised():
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "home_dir", "home/user0/")
+    assert parse_config(text, "h.conf", {}).accounts[0].home_dir == "/home/user0"
 
 
 def test_hashed_password_accepted():
-    text = MINIMAL.replace("ftp_login_user_password = p",
-                           f"ftp_login_user_password = {hash_password('pw')}")
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "ftp_login_user_password", hash_password("pw"))
     assert parse_config(text, "h.conf", {}).accounts[0].password.startswith("scrypt$")
 
 
-def test_anonymous_must_be_read_only_and_named_anonymous():
-    text = with_option(MINIMAL, "COS_ACCOUNT_0", "anonymous_enable = true")
-    assert "ftp_login_user_name = anonymous" in error_for(text)
-    text = text.replace("ftp_login_user_name = u", "ftp_login_user_name = anonymous")
-    assert "authority" in error_for(text)
+# --- ${VAR} substitution
 
 
-def test_unknown_sections_and_options_warn():
-    text = with_option(MINIMAL, "OPTIONAL", "frobnicate = 1") + "\n[EXTRA]\nx = 1\n"
-    warnings = parse_config(text, "w.conf", {}).warnings
-    assert any("[OPTIONAL] frobnicate" in w for w in warnings)
-    assert any("[EXTRA]" in w for w in warnings)
+def test_environment_substitution_replaces_set_variables():
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "cos_secretkey", "${MY_KEY}")
+    text = set_option(text, "COS_ACCOUNT_0", "cos_bucket", "${BUCKET_NAME}-1250000000")
+    environ = {"MY_KEY": "from-env", "BUCKET_NAME": "media"}
+    account = parse_config(text, "e.conf", environ).accounts[0]
+    assert (account.secret_key, account.bucket) == ("from-env", "media-1250000000")
 
 
-def test_config_is_frozen():
-    config = parse_config(MINIMAL, "f.conf", {})
+def test_environment_substitution_is_validated_like_a_literal():
+    text = set_option(MINIMAL, "NETWORK", "listen_port", "${PORT}")
+    assert parse_config(text, "e.conf", {"PORT": "2200"}).network.listen_port == 2200
+    with pytest.raises(ConfigError, match=r"\[NETWORK\] listen_port"):
+        parse_config(text, "e.conf", {"PORT": "not-a-port"})
+
+
+def test_environment_defaults_to_os_environ(monkeypatch):
+    monkeypatch.setenv("COSFTP_TEST_SECRET", "process-env")
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "cos_secretid", "${COSFTP_TEST_SECRET}")
+    assert parse_config(text, "e.conf").accounts[0].secret_id == "process-env"
+
+
+def test_unset_environment_variable_names_section_option_and_variable(load_error):
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "cos_secretkey", "${MY_UNSET_KEY}")
+    path, message = load_error(text, {"OTHER": "x"})
+    assert_names(message, path, "COS_ACCOUNT_0", "cos_secretkey")
+    assert "MY_UNSET_KEY" in message and "not set" in message
+
+
+# --- validation errors: each names the file, the [SECTION] and the option
+
+
+def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
+    return pytest.param(section, option, value, fragment, id=f"{option}={value}")
+
+
+@pytest.mark.parametrize(("section", "option", "value", "fragment"), [
+    _bad("COS_ACCOUNT_0", "cos_secretid", None, "is required"),
+    _bad("COS_ACCOUNT_0", "cos_secretkey", None, "is required"),
+    _bad("COS_ACCOUNT_0", "cos_bucket", None, "is required"),
+    _bad("COS_ACCOUNT_0", "home_dir", None, "is required"),
+    _bad("COS_ACCOUNT_0", "ftp_login_user_name", None, "is required"),
+    _bad("COS_ACCOUNT_0", "ftp_login_user_password", None, "is required"),
+    _bad("COS_ACCOUNT_0", "authority", None, "is required"),
+    _bad("COS_ACCOUNT_0", "authority", "X", "R, W, RW"),
+    _bad("COS_ACCOUNT_0", "authority", "RWX", "R, W, RW"),
+    _bad("COS_ACCOUNT_0", "cos_bucket", "nobucket", "<name>-<appid>"),
+    _bad("COS_ACCOUNT_0", "cos_bucket", "Bucket-123", "<name>-<appid>"),
+    _bad("COS_ACCOUNT_0", "cos_bucket", "b-abc", "<name>-<appid>"),
+    _bad("COS_ACCOUNT_0", "cos_bucket", "-1", "<name>-<appid>"),
+    _bad("COS_ACCOUNT_0", "cos_region", None, "cos_endpoint"),
+    _bad("COS_ACCOUNT_0", "cos_protocol", "ftp", "http or https"),
+    _bad("COS_ACCOUNT_0", "cos_endpoint", "bad host!", "host name"),
+    _bad("COS_ACCOUNT_0", "cos_ip", "10.0.0.300", "IP address"),
+    _bad("COS_ACCOUNT_0", "cos_port", "80", "needs cos_ip"),
+    _bad("COS_ACCOUNT_0", "delete_enable", "maybe", "true or false"),
+    _bad("COS_ACCOUNT_0", "delete_enable", "2", "true or false"),
+    _bad("NETWORK", "passive_port", "70000,80000", "65535"),
+    _bad("NETWORK", "passive_port", "5,4", "low <= high"),
+    _bad("NETWORK", "passive_port", "a,b", "low,high"),
+    _bad("NETWORK", "passive_port", "1,2,3", "low,high"),
+    _bad("NETWORK", "listen_port", "70000", "between 0 and 65535"),
+    _bad("NETWORK", "listen_port", "-1", "between 0 and 65535"),
+    _bad("NETWORK", "listen_port", "ftp", "integer"),
+    _bad("NETWORK", "listen_address", "not-an-ip", "IP address"),
+    _bad("NETWORK", "masquerade_address", "999.1.1.1", "IP address or host name"),
+    _bad("FILE_OPTION", "single_file_max_size", "big", "integer"),
+    _bad("FILE_OPTION", "single_file_max_size", "200G", "integer"),
+    _bad("FILE_OPTION", "single_file_max_size", "0", "between"),
+    _bad("FILE_OPTION", "single_file_max_size", str(MAX_PARTS * MAX_PART_SIZE + 1), "between"),
+    _bad("OPTIONAL", "min_part_size", "2MB", "integer"),
+    _bad("OPTIONAL", "min_part_size", str(MIB - 1), "between"),
+    _bad("OPTIONAL", "min_part_size", str(5 * GIB + 1), "between"),
+    _bad("OPTIONAL", "min_part_size", str(6 * GIB), "between"),
+    _bad("OPTIONAL", "upload_thread_num", "0", "between"),
+    _bad("OPTIONAL", "max_connection_num", "-1", "at least 0"),
+    _bad("OPTIONAL", "max_list_file", "0", "at least 1"),
+    _bad("OPTIONAL", "log_level", "LOUD", "DEBUG"),
+    _bad("OPTIONAL", "worker_processes", "0", "between"),
+])
+def test_bad_values_name_file_section_and_option(load_error, section, option, value,
+                                                  fragment):
+    path, message = load_error(set_option(MINIMAL, section, option, value))
+    assert_names(message, path, section, option)
+    assert fragment in message, message
+    for secret in (SECRET_ID, SECRET_KEY, PASSWORD):
+        assert secret not in message
+
+
+@pytest.mark.parametrize(("section", "option", "value"), [
+    ("FILE_OPTION", "single_file_max_size", str(MAX_PARTS * MAX_PART_SIZE)),
+    ("FILE_OPTION", "single_file_max_size", "1"),
+    ("OPTIONAL", "min_part_size", str(MIB)),
+    ("OPTIONAL", "min_part_size", str(5 * GIB)),
+    ("NETWORK", "listen_port", "0"),
+    ("NETWORK", "listen_port", "65535"),
+    ("NETWORK", "passive_port", "1,1"),
+    ("NETWORK", "passive_port", "65535,65535"),
+])
+def test_boundary_values_are_accepted(section, option, value):
+    parse_config(set_option(MINIMAL, section, option, value), "ok.conf", {})
+
+
+@pytest.mark.parametrize("bucket", ["examplebucket-1250000000", "a-b-c-1", "0ab-9"])
+def test_good_bucket_forms(bucket):
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "cos_bucket", bucket)
+    assert parse_config(text, "b.conf", {}).accounts[0].bucket == bucket
+
+
+def test_endpoint_replaces_region():
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "cos_region", None)
+    text = set_option(text, "COS_ACCOUNT_0", "cos_endpoint", "cos.ap-x.myqcloud.com")
+    account = parse_config(text, "x.conf", {}).accounts[0]
+    assert (account.region, account.endpoint) == (None, "cos.ap-x.myqcloud.com")
+
+
+def test_duplicate_user_names_both_sections(load_error):
+    path, message = load_error(MINIMAL + "\n" + second_account(user="u"))
+    assert_names(message, path, "COS_ACCOUNT_1", "ftp_login_user_name")
+    assert "[COS_ACCOUNT_0]" in message and "'u'" in message
+
+
+@pytest.mark.parametrize("home", ["/h", "h", "/h/"])
+def test_duplicate_home_dir_names_both_sections(load_error, home):
+    path, message = load_error(MINIMAL + "\n" + second_account(home=home))
+    assert_names(message, path, "COS_ACCOUNT_1", "home_dir")
+    assert "[COS_ACCOUNT_0]" in message
+
+
+def test_anonymous_must_be_read_only_and_named_anonymous(load_error):
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "anonymous_enable", "true")
+    path, message = load_error(text)
+    assert_names(message, path, "COS_ACCOUNT_0", "anonymous_enable")
+    text = set_option(text, "COS_ACCOUNT_0", "ftp_login_user_name", "anonymous")
+    path, message = load_error(text)
+    assert_names(message, path, "COS_ACCOUNT_0", "authority")
+    account = parse_config(set_option(text, "COS_ACCOUNT_0", "authority", "R"), "a", {}
+                           ).accounts[0]
+    assert account.anonymous_enable and not account.can_write
+
+
+def test_no_account_section(load_error):
+    path, message = load_error("[NETWORK]\nlisten_port = 21\n")
+    assert message.startswith(f"{path}: ") and "COS_ACCOUNT" in message
+
+
+@pytest.mark.parametrize("text", [
+    "this is not ini\n",
+    "[COS_ACCOUNT_0\ncos_bucket = b-1\n",
+    MINIMAL + "authority = R\n",
+    MINIMAL + "\n" + MINIMAL,
+], ids=["no-header", "unclosed-header", "duplicate-option", "duplicate-section"])
+def test_ini_syntax_error(load_error, text):
+    path, message = load_error(text)
+    assert message.startswith(f"{path}: not a valid INI file"), message
+
+
+def test_unreadable_file(tmp_path):
+    missing = tmp_path / "missing.conf"
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        load_config(str(missing), {})
+    assert str(missing) in str(info.value)
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        load_config(str(tmp_path), {})
+    assert str(tmp_path) in str(info.value)
+    binary = tmp_path / "latin1.conf"
+    binary.write_bytes(MINIMAL.encode() + "# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        load_config(str(binary), {})
+    assert str(binary) in str(info.value)
+
+
+def test_load_config_reports_the_absolute_path(tmp_path, monkeypatch):
+    (tmp_path / "rel.conf").write_text(MINIMAL, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("rel.conf", {}).path == str(tmp_path / "rel.conf")
+
+
+# --- secrets
+
+
+def test_secrets_stay_out_of_repr():
+    config = parse_config(MINIMAL, "s.conf", {})
+    for text in (repr(config), str(config), repr(config.accounts[0])):
+        for secret in (SECRET_ID, SECRET_KEY, PASSWORD):
+            assert secret not in text
+    assert "b-1" in repr(config.accounts[0])  # the repr is still useful
+
+
+def test_bad_password_hash_does_not_echo_the_value(load_error):
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "ftp_login_user_password",
+                      "scrypt$PW-sentinel-hash")
+    path, message = load_error(text)
+    assert_names(message, path, "COS_ACCOUNT_0", "ftp_login_user_password")
+    assert "sentinel" not in message
+
+
+def test_bad_password_from_environment_does_not_echo_the_value(load_error):
+    text = set_option(MINIMAL, "COS_ACCOUNT_0", "ftp_login_user_password", "${PW}")
+    path, message = load_error(text, {"PW": "scrypt$PW-sentinel-env"})
+    assert_names(message, path, "COS_ACCOUNT_0", "ftp_login_user_password")
+    assert "sentinel" not in message
+
+
+@pytest.mark.parametrize("text", [
+    MINIMAL.replace(f"cos_secretkey = {SECRET_KEY}", f"cos_secretkey {SECRET_KEY}"),
+    MINIMAL.replace(f"ftp_login_user_password = {PASSWORD}", f"ftp_login_user_password {PASSWORD}"),
+    f"cos_secretkey = {SECRET_KEY}\n" + MINIMAL,
+], ids=["missing-equals-secretkey", "missing-equals-password", "before-any-section"])
+def test_syntax_error_on_a_secret_line_does_not_echo_the_secret(load_error, text):
+    _, message = load_error(text)
+    assert "not a valid INI file" in message
+    assert SECRET_KEY not in message and PASSWORD not in message
+
+
+# --- warnings
+
+
+def test_unknown_options_and_sections_warn_but_do_not_fail():
+    text = set_option(MINIMAL, "OPTIONAL", "frobnicate", "1")
+    text = set_option(text, "COS_ACCOUNT_0", "cos_secret_key", "typo")
+    text += "\n[EXTRA]\nx = 1\n"
+    config = parse_config(text, "w.conf", {})
+    assert len(config.accounts) == 1
+    assert len(config.warnings) == 3, config.warnings
+    assert any("w.conf [OPTIONAL] frobnicate" in w and "unknown option" in w
+               for w in config.warnings)
+    assert any("w.conf [COS_ACCOUNT_0] cos_secret_key" in w for w in config.warnings)
+    assert any("w.conf [EXTRA]" in w and "unknown section" in w for w in config.warnings)
+    assert not any("typo" in w for w in config.warnings)
+
+
+def test_known_file_has_no_warnings():
+    assert parse_config(MINIMAL, "w.conf", {}).warnings == ()
+
+
+# --- immutability
+
+
+@pytest.mark.parametrize(("attribute", "pick"), [
+    ("path", lambda c: c),
+    ("user", lambda c: c.accounts[0]),
+    ("listen_port", lambda c: c.network),
+    ("min_part_size", lambda c: c.transfer),
+    ("log_dir", lambda c: c.server),
+])
+def test_config_is_frozen(attribute, pick):
+    target = pick(parse_config(MINIMAL, "f.conf", {}))
+    assert isinstance(target, (Config, AccountConfig, NetworkConfig, TransferConfig,
+                               ServerConfig))
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.accounts[0].user = "x"  # type: ignore[misc]
+        setattr(target, attribute, "x")
 
 
-def test_part_size_rules():
+def test_accounts_and_warnings_are_tuples():
+    config = parse_config(MINIMAL, "f.conf", {})
+    assert isinstance(config.accounts, tuple) and isinstance(config.warnings, tuple)
+
+
+# --- part size
+
+
+def test_part_size_raised_to_a_whole_mib_for_200_gib():
+    size = part_size_for(2 * MIB, 200 * GIB)
+    assert size % MIB == 0
+    assert size >= -(-200 * GIB // MAX_PARTS) and size >= 2 * MIB
+    assert size - MIB < -(-200 * GIB // MAX_PARTS)  # the smallest whole MiB that fits
+    assert size == 21 * MIB
+
+
+def test_part_size_unchanged_when_parts_suffice():
     assert part_size_for(2 * MIB, GIB) == 2 * MIB
-    raised = part_size_for(2 * MIB, 200 * GIB)
-    assert raised % MIB == 0 and raised * MAX_PARTS >= 200 * GIB and raised >= 2 * MIB
-    assert part_size_for(MIB, MAX_PARTS * MAX_PART_SIZE) == MAX_PART_SIZE
+    assert part_size_for(2 * MIB, MAX_PARTS * 2 * MIB) == 2 * MIB
+    assert part_size_for(2 * MIB, MAX_PARTS * 2 * MIB + 1) == 3 * MIB
 
 
-def test_shipped_example_loads_and_pid_file_is_found_even_when_broken(tmp_path):
-    example = os.path.join(ROOT, "conf", "vsftpd.conf.example")
-    assert len(load_config(example, {}).accounts) == 2
+@pytest.mark.parametrize(("min_size", "max_size"), [
+    (MIB, MAX_PARTS * MAX_PART_SIZE),
+    (5 * GIB, MAX_PARTS * MAX_PART_SIZE),
+    (MIB, MAX_PARTS * MAX_PART_SIZE * 3),
+    (MIB, MAX_PARTS * MAX_PART_SIZE - 1),
+])
+def test_part_size_never_above_5_gib(min_size, max_size):
+    size = part_size_for(min_size, max_size)
+    assert size <= MAX_PART_SIZE
+    assert size * MAX_PARTS >= min(max_size, MAX_PARTS * MAX_PART_SIZE)
+
+
+def test_transfer_part_size_follows_the_config():
+    assert parse_config(MINIMAL, "p.conf", {}).transfer.part_size == 21 * MIB
+    text = set_option(MINIMAL, "FILE_OPTION", "single_file_max_size", str(GIB))
+    assert parse_config(text, "p.conf", {}).transfer.part_size == 2 * MIB
+
+
+# --- the shipped example and user lookup
+
+
+def test_shipped_example_loads(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = load_config("conf/vsftpd.conf.example", {})
+    assert config.path == os.path.join(ROOT, "conf", "vsftpd.conf.example")
+    assert [a.user for a in config.accounts] == ["user0", "user1"]
+    assert config.warnings == ()
+    assert config.server.log_dir == os.path.join(ROOT, "log")
+
+
+def test_pid_file_is_found_even_when_the_file_is_broken(tmp_path):
     broken = tmp_path / "broken.conf"
     broken.write_text("[OPTIONAL]\npid_file = /run/x.pid\n[COS_ACCOUNT_0]\nauthority = ?\n")
     assert locate_pid_file(str(broken)) == "/run/x.pid"
+    with pytest.raises(ConfigError):
+        load_config(str(broken), {})
+
+
+def test_account_for_user():
+    """``config.py`` has no ``account_for_user``; the lookup the server uses is the
+    authorizer's, built from ``Config.accounts``."""
+    config = parse_config(OLD_EXAMPLE, "u.conf", {})
+    authorizer = CosAuthorizer(config)
+    for account in config.accounts:
+        assert authorizer.account(account.user) is account
+        assert authorizer.has_user(account.user)
+    assert not authorizer.has_user("User0") and not authorizer.has_user("nobody")
+    with pytest.raises(KeyError):
+        authorizer.account("nobody")

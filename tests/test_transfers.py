@@ -162,3 +162,11 @@ def test_aborted_appe_leaves_the_original(alice, area, cos):
     conn.close()
     wait_until(lambda: not pending_uploads(cos, area), what="append aborted")
     assert get(alice, area) == old
+
+
+@pytest.mark.parametrize("name", ["ünïcødé 大.bin", "per%41cent%25.bin"])
+def test_multipart_upload_with_unusual_name_passes_crc_check(alice, area, name):
+    data = os.urandom(2 * PART + 1)
+    alice.mkd(area)
+    assert put(alice, f"{area}/{name}", data).startswith("226")
+    assert get(alice, f"{area}/{name}") == data

@@ -1,0 +1,250 @@
+"""The COS emulator, driven with the real qcloud_cos SDK: what the other tests rely on."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from qcloud_cos.cos_exception import CosServiceError
+
+from cosftp_prefork.checksum import crc64
+from cosftp_prefork.emulator import COS_MIN_PART_SIZE, cos_host
+
+from .conftest import ALPHA, BETA
+from .emulator_proc import EmulatorProcess
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix unique to this test, so tests sharing the session emulator never meet."""
+    return f"emu-{uuid.uuid4().hex}/"
+
+
+def read(cos, bucket: str, key: str, **kwargs) -> bytes:
+    return cos.get_object(Bucket=bucket, Key=key, **kwargs)["Body"].get_raw_stream().read()
+
+
+def service_error(call, **kwargs) -> CosServiceError:
+    with pytest.raises(CosServiceError) as info:
+        call(**kwargs)
+    return info.value
+
+
+def header(response: dict, name: str):
+    """A response header, whatever case the SDK left it in."""
+    return {k.lower(): v for k, v in response.items()}.get(name.lower())
+
+
+# --- objects
+
+
+def test_ranged_get_returns_exactly_the_range(cos, prefix):
+    key = prefix + "range.bin"
+    cos.put_object(Bucket=ALPHA, Key=key, Body=b"0123456789abcdef")
+    response = cos.get_object(Bucket=ALPHA, Key=key, Range="bytes=5-9")
+    assert response["Body"].get_raw_stream().read() == b"56789"
+    assert header(response, "Content-Range") == "bytes 5-9/16"
+    assert read(cos, ALPHA, key, Range="bytes=10-") == b"abcdef"
+
+
+def test_missing_key_is_a_cos_no_such_key(cos, prefix):
+    error = service_error(cos.get_object, Bucket=ALPHA, Key=prefix + "missing")
+    assert error.get_error_code() == "NoSuchKey"
+    assert error.get_status_code() == 404
+    assert error.get_request_id()
+    assert error.get_resource_location().endswith(prefix + "missing")
+    error = service_error(cos.head_object, Bucket=ALPHA, Key=prefix + "missing")
+    assert error.get_status_code() == 404
+
+
+def test_missing_bucket_is_a_cos_no_such_bucket(cos, prefix):
+    error = service_error(cos.get_object, Bucket="nosuch-1250000000", Key=prefix + "x")
+    assert (error.get_error_code(), error.get_status_code()) == ("NoSuchBucket", 404)
+    assert error.get_request_id()
+
+
+def test_put_reports_crc64_and_head_carries_a_request_id(cos, prefix):
+    data = os.urandom(4096)
+    put = cos.put_object(Bucket=ALPHA, Key=prefix + "crc.bin", Body=data)
+    assert header(put, "x-cos-hash-crc64ecma") == str(crc64(data))
+    first = cos.head_object(Bucket=ALPHA, Key=prefix + "crc.bin")
+    second = cos.head_object(Bucket=ALPHA, Key=prefix + "crc.bin")
+    assert header(first, "x-cos-request-id") and header(second, "x-cos-request-id")
+    assert header(first, "x-cos-request-id") != header(second, "x-cos-request-id")
+    assert header(first, "Content-Length") == "4096"
+    assert header(first, "x-cos-hash-crc64ecma") == str(crc64(data))
+    assert not any(name.lower().startswith("x-amz-") for name in first)
+
+
+def test_error_responses_carry_the_request_id_header(emulator, prefix):
+    conn = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10)
+    try:
+        conn.request("GET", f"/{prefix}missing",
+                     headers={"Host": cos_host(ALPHA), "Authorization": "q-sign-algorithm=x"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 404
+    request_id = response.getheader("x-cos-request-id")
+    assert request_id and f"<RequestId>{request_id}</RequestId>".encode() in body
+    assert b"<Code>NoSuchKey</Code>" in body
+
+
+@pytest.mark.parametrize("name", ["plain.bin", "with some spaces.bin", "目录/ünïcødé файл.bin"])
+@pytest.mark.parametrize("target_bucket", [ALPHA, BETA])
+def test_copy_object_with_cos_copy_source(cos, prefix, name, target_bucket):
+    source, target = prefix + name, prefix + "copy of " + name
+    data = os.urandom(100_000)
+    cos.put_object(Bucket=ALPHA, Key=source, Body=data)
+    cos.copy_object(Bucket=target_bucket, Key=target,
+                    CopySource={"Bucket": ALPHA, "Key": source, "Region": "ap-guangzhou"})
+    assert read(cos, target_bucket, target) == data
+    assert read(cos, ALPHA, source) == data
+
+
+def test_copy_of_missing_source_fails(cos, prefix):
+    error = service_error(cos.copy_object, Bucket=ALPHA, Key=prefix + "to",
+                          CopySource={"Bucket": ALPHA, "Key": prefix + "absent",
+                                      "Region": "ap-guangzhou"})
+    assert error.get_status_code() == 404
+    assert service_error(cos.head_object, Bucket=ALPHA, Key=prefix + "to").get_status_code() \
+        == 404
+
+
+# --- listing
+
+
+def test_list_objects_paginates_over_1200_keys(emulator, cos, prefix):
+    keys = [f"{prefix}k{number:05d}" for number in range(1200)]
+    clients = [emulator.client() for _ in range(8)]
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(lambda item: clients[item[0] % len(clients)].put_object(
+            Bucket=ALPHA, Key=item[1], Body=b"x"), enumerate(keys)))
+    listed, pages, marker = [], [], ""
+    while True:
+        page = cos.list_objects(Bucket=ALPHA, Prefix=prefix, MaxKeys=500, Marker=marker)
+        contents = page.get("Contents", [])
+        pages.append(len(contents))
+        listed += [entry["Key"] for entry in contents]
+        if page["IsTruncated"] != "true":
+            break
+        assert page.get("NextMarker"), "a truncated page must say where to go on"
+        marker = page["NextMarker"]
+        assert len(pages) < 10, "pagination does not end"
+    assert pages == [500, 500, 200]
+    assert len(listed) == len(set(listed)) == 1200
+    assert listed == keys
+
+
+def test_delimiter_gives_common_prefixes(cos, prefix):
+    for key in ("a/1", "a/2", "b/c/1", "top.txt", "zz"):
+        cos.put_object(Bucket=ALPHA, Key=prefix + key, Body=b"x")
+    page = cos.list_objects(Bucket=ALPHA, Prefix=prefix, Delimiter="/")
+    assert [p["Prefix"] for p in page.get("CommonPrefixes", [])] == [prefix + "a/", prefix + "b/"]
+    assert [c["Key"] for c in page.get("Contents", [])] == [prefix + "top.txt", prefix + "zz"]
+    inner = cos.list_objects(Bucket=ALPHA, Prefix=prefix + "b/", Delimiter="/")
+    assert [p["Prefix"] for p in inner.get("CommonPrefixes", [])] == [prefix + "b/c/"]
+    assert "Contents" not in inner or inner["Contents"] == []
+
+
+# --- multipart
+
+
+def _multipart(cos, key: str, parts: list[bytes]) -> dict:
+    upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=key)["UploadId"]
+    etags = []
+    for number, data in enumerate(parts, 1):
+        result = cos.upload_part(Bucket=ALPHA, Key=key, Body=data, PartNumber=number,
+                                 UploadId=upload_id)
+        etags.append({"PartNumber": number, "ETag": result["ETag"]})
+    return cos.complete_multipart_upload(Bucket=ALPHA, Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Part": etags})
+
+
+def test_multipart_with_1_mib_parts_completes(cos, prefix):
+    assert COS_MIN_PART_SIZE == MIB
+    parts = [os.urandom(MIB), os.urandom(MIB), os.urandom(MIB), b"tail"]
+    result = _multipart(cos, prefix + "mp.bin", parts)
+    data = b"".join(parts)
+    assert read(cos, ALPHA, prefix + "mp.bin") == data
+    assert header(result, "x-cos-hash-crc64ecma") == str(crc64(data))
+    assert header(cos.head_object(Bucket=ALPHA, Key=prefix + "mp.bin"),
+                  "x-cos-hash-crc64ecma") == str(crc64(data))
+
+
+def test_multipart_part_below_1_mib_is_refused(cos, prefix):
+    with pytest.raises(CosServiceError) as info:
+        _multipart(cos, prefix + "small.bin", [b"a" * (MIB - 1), b"tail"])
+    assert info.value.get_error_code() == "EntityTooSmall"
+    assert service_error(cos.head_object, Bucket=ALPHA, Key=prefix + "small.bin"
+                         ).get_status_code() == 404
+
+
+def test_abort_leaves_no_upload(cos, prefix):
+    key = prefix + "aborted.bin"
+    upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=key)["UploadId"]
+    cos.upload_part(Bucket=ALPHA, Key=key, Body=b"x" * MIB, PartNumber=1, UploadId=upload_id)
+    listed = cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix).get("Upload", [])
+    assert [(u["Key"], u["UploadId"]) for u in listed] == [(key, upload_id)]
+    cos.abort_multipart_upload(Bucket=ALPHA, Key=key, UploadId=upload_id)
+    assert cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix).get("Upload", []) == []
+    assert service_error(cos.head_object, Bucket=ALPHA, Key=key).get_status_code() == 404
+
+
+# --- CRC64 of unusual keys and chunked bodies (bugs found and fixed)
+
+
+@pytest.mark.parametrize("name", ["ünïcødé.bin", "discount%41%25.bin"])
+def test_reported_crc_of_non_ascii_or_percent_keys(cos, prefix, name):
+    data = b"some content"
+    cos.put_object(Bucket=ALPHA, Key=prefix + name, Body=data)
+    assert header(cos.head_object(Bucket=ALPHA, Key=prefix + name),
+                  "x-cos-hash-crc64ecma") == str(crc64(data))
+
+
+def test_chunked_put_stores_the_body(emulator, cos, prefix):
+    conn = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10)
+    try:
+        conn.request("PUT", f"/{prefix}chunked", body=iter([b"hello ", b"world"]),
+                     headers={"Host": cos_host(ALPHA), "Authorization": "q-sign-algorithm=x"},
+                     encode_chunked=True)
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 200
+    assert read(cos, ALPHA, f"{prefix}chunked") == b"hello world"
+
+
+# --- the command line
+
+
+def test_cli_exits_0_on_sigterm():
+    emulator = EmulatorProcess(buckets=["cli-1250000000"])
+    try:
+        emulator.start()
+        client = emulator.client()
+        client.put_object(Bucket="cli-1250000000", Key="k", Body=b"alive")
+        assert read(client, "cli-1250000000", "k") == b"alive"
+        assert emulator.proc is not None and emulator.proc.poll() is None
+    finally:
+        code = emulator.stop()
+    assert code == 0
+
+
+def test_cli_exits_0_on_sigint():
+    emulator = EmulatorProcess(buckets=[])
+    try:
+        emulator.start()
+        assert emulator.proc is not None
+        emulator.proc.send_signal(signal.SIGINT)
+        assert emulator.proc.wait(timeout=30) == 0
+    finally:
+        emulator.stop()
