@@ -215,12 +215,21 @@ class CosFTPHandler(FTPHandler):
             self.stats.release(self.remote_ip)
         super().close()
 
-    def on_login_failed(self, username: str, password: str) -> None:
-        """Count the failure server-wide; ban the address once it failed too often."""
-        log.warning("%s: failed login as %r", self.log_prefix_ctx(), username)
-        if self.stats.login_failed(self.remote_ip):
+    _banned_now = False
+
+    def handle_auth_failed(self, msg: str, password: str) -> None:
+        """Count the failure server-wide at once, not after the delayed 530: a client that
+        reconnects as soon as it reads the 530 must already find its address banned."""
+        log.warning("%s: failed login as %r", self.log_prefix_ctx(), self.username)
+        self._banned_now = self.stats.login_failed(self.remote_ip)
+        if self._banned_now:
             log.warning("%s: banning %s after repeated failed logins", self.log_prefix_ctx(),
                         self.remote_ip)
+        super().handle_auth_failed(msg, password)
+
+    def on_login_failed(self, username: str, password: str) -> None:
+        """Called after the delayed 530; a banned address is also disconnected."""
+        if self._banned_now:
             self.respond("421 Too many failed logins; try again later.")
             self.close_when_done()
 
