@@ -80,13 +80,20 @@ def _start_upload(ftp: ftplib.FTP, cos, path: str, nbytes: int):
     return conn
 
 
+def abort_transfer(ftp: ftplib.FTP, conn) -> list[str]:
+    """Send ABOR while data flows, read the replies up to the final 225/226, close the data
+    connection only then (closing it first would be an end of file, i.e. a commit)."""
+    ftp.sock.sendall(b"ABOR\r\n")
+    replies = [ftp.getline()]
+    while not replies[-1].startswith(("225", "226")):
+        replies.append(ftp.getline())
+    conn.close()
+    return replies
+
+
 def test_abor_mid_upload_leaves_no_object(alice, area, cos):
     conn = _start_upload(alice, cos, area, 3 * PART)
-    alice.sock.sendall(b"ABOR\r\n")
-    replies = [alice.getline()]
-    while not replies[-1].startswith(("225", "226")):
-        replies.append(alice.getline())
-    conn.close()
+    replies = abort_transfer(alice, conn)
     assert any(r.startswith("426") for r in replies) or replies[-1].startswith("225")
     wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
@@ -106,11 +113,7 @@ def test_disconnect_mid_upload_leaves_no_object(server, area, cos):
 def test_failed_upload_keeps_previous_version(alice, area, cos):
     put(alice, area, b"precious")
     conn = _start_upload(alice, cos, area, 2 * PART + 5)
-    alice.sock.sendall(b"ABOR\r\n")
-    reply = alice.getline()
-    while not reply.startswith(("225", "226")):
-        reply = alice.getline()
-    conn.close()
+    abort_transfer(alice, conn)
     wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
     assert get(alice, area) == b"precious"
 
@@ -155,11 +158,7 @@ def test_aborted_appe_leaves_the_original(alice, area, cos):
     conn = alice.transfercmd(f"APPE {area}")
     conn.sendall(os.urandom(2 * PART + 1))
     wait_until(lambda: pending_uploads(cos, area), what="append upload to start")
-    alice.sock.sendall(b"ABOR\r\n")
-    reply = alice.getline()
-    while not reply.startswith(("225", "226")):
-        reply = alice.getline()
-    conn.close()
+    abort_transfer(alice, conn)
     wait_until(lambda: not pending_uploads(cos, area), what="append aborted")
     assert get(alice, area) == old
 
