@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import random
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import requests
 from qcloud_cos import CosConfig, CosS3Client
@@ -89,12 +89,33 @@ def _translate(exc: Exception, action: str) -> StorageError:
     return StorageError(f"COS {action} failed: {exc}", code="ClientError")
 
 
-@contextmanager
-def _cos_call(action: str) -> Iterator[None]:
-    try:
-        yield
-    except (CosServiceError, CosClientError, requests.RequestException) as exc:
-        raise _translate(exc, action) from exc
+RETRY_ATTEMPTS = 4
+RETRY_BASE_SECONDS = 0.2
+RETRY_CAP_SECONDS = 3.0
+
+
+def _retryable(error: StorageError) -> bool:
+    """Server errors, throttling and broken connections; never a 4xx answer."""
+    return error.status >= 500 or error.code in ("SlowDown", "ClientError")
+
+
+def _call(action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one SDK call, translating its errors; retry transient ones with exponential
+    back-off and full jitter (the SDK's own retries, linear and without jitter, are off).
+
+    Request bodies here are always ``bytes``, so sending one again is safe.
+    """
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            return method(*args, **kwargs)
+        except (CosServiceError, CosClientError, requests.RequestException) as exc:
+            error = _translate(exc, action)
+            if attempt == RETRY_ATTEMPTS - 1 or not _retryable(error):
+                raise error from exc
+            delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt))
+            log.info("%s: %s; retry %d in %.2fs", action, error, attempt + 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _reported_crc64(headers: dict) -> Optional[int]:
@@ -132,8 +153,7 @@ class Bucket:
 
     def head(self, key: str) -> ObjectInfo:
         """Return size, mtime and ETag of ``key``; raises ``NotFound`` if there is no such key."""
-        with _cos_call(f"HEAD {key}"):
-            response = self._client.head_object(Bucket=self.name, Key=key)
+        response = _call(f"HEAD {key}", self._client.head_object, Bucket=self.name, Key=key)
         headers = {name.lower(): value for name, value in response.items()}
         return ObjectInfo(
             key=key,
@@ -151,11 +171,8 @@ class Bucket:
         ``next_marker`` is None when the listing is complete. COS sends NextMarker only when
         truncated, and some implementations omit it, so fall back on the last key or prefix.
         """
-        with _cos_call(f"LIST {prefix or '/'}"):
-            result = self._client.list_objects(
-                Bucket=self.name, Prefix=prefix, Delimiter=delimiter, Marker=marker,
-                MaxKeys=max_keys,
-            )
+        result = _call(f"LIST {prefix or '/'}", self._client.list_objects,
+              Bucket=self.name, Prefix=prefix, Delimiter=delimiter, Marker=marker, MaxKeys=max_keys)
         objects = tuple(
             ObjectInfo(
                 key=item["Key"], size=int(item.get("Size", 0)),
@@ -174,40 +191,36 @@ class Bucket:
     def open_read(self, key: str, offset: int = 0) -> ObjectStream:
         """Start a GET of ``key`` from byte ``offset``; raises ``NotFound``."""
         extra = {"Range": f"bytes={offset}-"} if offset else {}
-        with _cos_call(f"GET {key}"):
-            response = self._client.get_object(Bucket=self.name, Key=key, **extra)
+        response = _call(f"GET {key}", self._client.get_object, Bucket=self.name, Key=key, **extra)
         length = int(response.get("Content-Length", 0))
         return ObjectStream(response["Body"].get_raw_stream(), length)
 
     def put(self, key: str, data: bytes) -> Optional[int]:
         """Store ``data`` as ``key`` in one request; return the CRC64 COS reports, if any."""
-        with _cos_call(f"PUT {key}"):
-            result = self._client.put_object(Bucket=self.name, Key=key, Body=data, EnableMD5=True)
+        result = _call(f"PUT {key}", self._client.put_object,
+              Bucket=self.name, Key=key, Body=data, EnableMD5=True)
         return _reported_crc64(result)
 
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload; return its upload id."""
-        with _cos_call(f"InitiateMultipartUpload {key}"):
-            result = self._client.create_multipart_upload(Bucket=self.name, Key=key)
+        result = _call(f"InitiateMultipartUpload {key}", self._client.create_multipart_upload,
+              Bucket=self.name, Key=key)
         return str(result["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         """Upload part ``number`` (1-based) with Content-MD5; return its ETag."""
-        with _cos_call(f"UploadPart {key} #{number}"):
-            result = self._client.upload_part(
-                Bucket=self.name, Key=key, Body=data, PartNumber=number, UploadId=upload_id,
-                EnableMD5=True,
-            )
+        result = _call(f"UploadPart {key} #{number}", self._client.upload_part,
+              Bucket=self.name, Key=key, Body=data, PartNumber=number, UploadId=upload_id,
+              EnableMD5=True)
         return str(result["ETag"])
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                          first: int, last: int) -> str:
         """Make part ``number`` from bytes ``first..last`` of ``source`` inside COS; ETag."""
         copy_source = {"Bucket": self.name, "Key": source, "Region": self.region or ""}
-        with _cos_call(f"UploadPartCopy {source} -> {key} #{number}"):
-            result = self._client.upload_part_copy(
-                Bucket=self.name, Key=key, PartNumber=number, UploadId=upload_id,
-                CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}")
+        result = _call(f"UploadPartCopy {source} -> {key} #{number}", self._client.upload_part_copy,
+              Bucket=self.name, Key=key, PartNumber=number, UploadId=upload_id,
+              CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}")
         return str(result["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str,
@@ -215,29 +228,26 @@ class Bucket:
         """Commit the parts, given as ``(number, etag)`` in ascending order; return the CRC64
         COS reports for the whole object, if any."""
         parts = [{"PartNumber": number, "ETag": etag} for number, etag in etags]
-        with _cos_call(f"CompleteMultipartUpload {key}"):
-            result = self._client.complete_multipart_upload(
-                Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Part": parts},
-            )
+        result = _call(f"CompleteMultipartUpload {key}", self._client.complete_multipart_upload,
+              Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Part": parts})
         return _reported_crc64(result)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload, freeing its parts."""
-        with _cos_call(f"AbortMultipartUpload {key}"):
-            self._client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+        _call(f"AbortMultipartUpload {key}", self._client.abort_multipart_upload,
+              Bucket=self.name, Key=key, UploadId=upload_id)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         """Server-side copy of ``src_key`` to ``dst_key`` within this bucket (≤ 5 GB)."""
         source = {"Bucket": self.name, "Key": src_key, "Region": self.region or ""}
-        with _cos_call(f"COPY {src_key} -> {dst_key}"):
-            self._client.copy_object(Bucket=self.name, Key=dst_key, CopySource=source)
+        _call(f"COPY {src_key} -> {dst_key}", self._client.copy_object,
+              Bucket=self.name, Key=dst_key, CopySource=source)
 
     def delete_many(self, keys: list[str]) -> None:
         """Delete up to 1,000 keys in one request; raises ``StorageError`` naming a failure."""
         objects = [{"Key": key} for key in keys]
-        with _cos_call(f"DELETE {len(keys)} keys"):
-            result = self._client.delete_objects(
-                Bucket=self.name, Delete={"Object": objects, "Quiet": "true"})
+        result = _call(f"DELETE {len(keys)} keys", self._client.delete_objects,
+              Bucket=self.name, Delete={"Object": objects, "Quiet": "true"})
         errors = result.get("Error") or []
         if errors:
             first = errors[0]
@@ -246,8 +256,7 @@ class Bucket:
 
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key succeeds, as in COS."""
-        with _cos_call(f"DELETE {key}"):
-            self._client.delete_object(Bucket=self.name, Key=key)
+        _call(f"DELETE {key}", self._client.delete_object, Bucket=self.name, Key=key)
 
 
 class BucketRegistry:
@@ -290,7 +299,7 @@ class BucketRegistry:
         if account.cos_ip:
             options["IP"] = account.cos_ip
             options["Port"] = account.cos_port
-        return CosS3Client(CosConfig(**options), retry=3, session=self._session)
+        return CosS3Client(CosConfig(**options), retry=0, session=self._session)
 
     def close(self) -> None:
         """Release pooled connections."""
