@@ -63,6 +63,11 @@ def serving(proc: ServerProcess, generation: int, count: int) -> bool:
     return len(workers) == count
 
 
+def no_sessions_left(proc: ServerProcess) -> None:
+    """The start-up probe's connection counts against the limits until it is released."""
+    wait_until(lambda: not state_of(proc).sessions_by_pid(), what="probe session released")
+
+
 def rewrite_config(proc: ServerProcess, **changes: str) -> None:
     with open(proc.config_path, encoding="utf-8") as handle:
         text = handle.read()
@@ -261,6 +266,7 @@ def test_connection_limits_hold_across_workers(emulator, tmp_path):
                          optional={"max_connection_num": "3", "worker_processes": "3"})
     with proc:
         wait_until(lambda: serving(proc, 1, 3), what="workers serving")
+        no_sessions_left(proc)
         sessions = [login(proc) for _ in range(3)]
         with pytest.raises(ftplib.error_temp, match="421"):
             login(proc)
@@ -276,6 +282,7 @@ def test_per_ip_limit(emulator, tmp_path):
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
                          optional={"max_connections_per_ip": "2"})
     with proc:
+        no_sessions_left(proc)
         sessions = [login(proc) for _ in range(2)]
         with pytest.raises(ftplib.error_temp, match=r"421.*same IP"):
             login(proc)
