@@ -40,6 +40,10 @@ BALANCE_SECONDS = 0.1
 EXIT_BOOT_FAILURE = 3
 
 
+class BootFailure(Exception):
+    """This worker cannot start with this configuration (retrying will not help)."""
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM us when the master dies; the ppid check covers the rest."""
     try:
@@ -172,8 +176,10 @@ class Worker:
                       self.foreground)
         stats = WorkerStats(self.state, self.slot, self.index, self.generation, self.config)
         self._set_title(stats.publish())
-        masquerade = self._resolve_masquerade()
-        if masquerade is False:
+        try:
+            masquerade = self._resolve_masquerade()
+        except BootFailure as exc:
+            log.error("worker %d cannot start: %s", self.index, exc)
             return EXIT_BOOT_FAILURE
         threads = self.config.transfer.upload_thread_num
         buckets = BucketRegistry(pool_size=threads + 16)
@@ -206,17 +212,16 @@ class Worker:
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
-    def _resolve_masquerade(self):
-        """Return the PASV address as an IP (None if unset), or False if it cannot resolve."""
+    def _resolve_masquerade(self) -> Optional[str]:
+        """Return the PASV address as an IP (None if unset); raises ``BootFailure``."""
         name = self.config.network.masquerade_address
         if name is None:
             return None
         try:
             return socket.gethostbyname(name)
         except OSError as exc:
-            log.error("worker %d cannot start: [NETWORK] masquerade_address %r does not "
-                      "resolve: %s", self.index, name, exc)
-            return False
+            raise BootFailure(f"[NETWORK] masquerade_address {name!r} does not resolve: "
+                              f"{exc}") from exc
 
     def _serve(self, server: BalancedFTPServer, stats: WorkerStats) -> None:
         ioloop = server.ioloop
