@@ -26,14 +26,16 @@ KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
 MIN_PART_SIZE = 1 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
+# Part 10,000 marks a parked upload (see resume.py), so data uses at most 9,999.
+MAX_DATA_PARTS = MAX_PARTS - 1
 ACCOUNT_PREFIX = "COS_ACCOUNT"
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
 
 
 def part_size_for(min_part_size: int, max_file_size: int) -> int:
     """Return the part size: ``min_part_size``, raised to a whole MiB so that a file of
-    ``max_file_size`` fits in ``MAX_PARTS`` parts, never above ``MAX_PART_SIZE``."""
-    needed = -(-max_file_size // MAX_PARTS)
+    ``max_file_size`` fits in ``MAX_DATA_PARTS`` parts, never above ``MAX_PART_SIZE``."""
+    needed = -(-max_file_size // MAX_DATA_PARTS)
     if needed <= min_part_size:
         return min_part_size
     return min(MAX_PART_SIZE, -(-needed // MIB) * MIB)
@@ -82,6 +84,7 @@ class TransferConfig:
     min_part_size: int
     upload_thread_num: int
     multipart_copy_threshold: int = 5 * GIB
+    resume_ttl: int = 86400
 
     @property
     def part_size(self) -> int:
@@ -248,7 +251,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETWORK", "listen_address", _ip_address, "0.0.0.0", "address to listen on"),
     Setting("NETWORK", "listen_port", _integer(0, 65535), 2121, "FTP control port"),
     Setting("NETWORK", "passive_port", _port_range, (60000, 65535), "passive data ports"),
-    Setting("FILE_OPTION", "single_file_max_size", _integer(1, MAX_PARTS * MAX_PART_SIZE, _BYTES),
+    Setting("FILE_OPTION", "single_file_max_size",
+            _integer(1, MAX_DATA_PARTS * MAX_PART_SIZE, _BYTES),
             200 * GIB, "largest file accepted, in bytes"),
     Setting("OPTIONAL", "min_part_size", _integer(MIN_PART_SIZE, MAX_PART_SIZE, _BYTES),
             2 * MIB, "multipart part size, in bytes"),
@@ -264,6 +268,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "pid_file", _text, None, "pid file; default <log_dir>/cosftp.pid"),
     Setting("OPTIONAL", "multipart_copy_threshold", _integer(MIN_PART_SIZE, 5 * GIB, _BYTES),
             5 * GIB, "objects larger than this are copied (renamed) in parts"),
+    Setting("OPTIONAL", "resume_ttl", _integer(0), 86400,
+            "seconds an interrupted upload stays resumable; 0 = never park"),
     Setting("OPTIONAL", "max_login_failures", _integer(0), 5,
             "failed logins from one IP before it is banned; 0 = never"),
     Setting("OPTIONAL", "login_failure_window", _integer(1), 60,
@@ -404,7 +410,8 @@ def _build(reader: _Reader) -> Config:
                               net["masquerade_address"], net["passive_port"]),
         transfer=TransferConfig(files["single_file_max_size"], optional["min_part_size"],
                                 optional["upload_thread_num"],
-                                optional["multipart_copy_threshold"]),
+                                optional["multipart_copy_threshold"],
+                                optional["resume_ttl"]),
         server=_server(reader, optional),
         warnings=tuple(reader.warnings),
     )

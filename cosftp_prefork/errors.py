@@ -98,6 +98,13 @@ class StorageUnavailable(Exception):
         self.cause = cause
 
 
+class ResumeRefused(OSError):
+    """REST + STOR at an offset where no stored part of the file ends."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ESPIPE, message)
+
+
 class InvalidPath(OSError):
     """A client-supplied path cannot be mapped to a COS key (too long, NUL byte, ...)."""
 

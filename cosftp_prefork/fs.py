@@ -23,12 +23,20 @@ from typing import Callable, Optional
 
 from pyftpdlib.filesystems import AbstractedFS
 
-from .config import MIN_PART_SIZE, AccountConfig, TransferConfig
+from .config import AccountConfig, TransferConfig
 from .downloader import RangedReader
-from .errors import InvalidPath, NotFound, PermissionDenied, StorageError, StorageUnavailable
+from .errors import (
+    InvalidPath,
+    NotFound,
+    PermissionDenied,
+    ResumeRefused,
+    StorageError,
+    StorageUnavailable,
+)
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
 from .paths import dir_prefix, object_key, parent_dir
 from .renamer import copy_object, rename_directory
+from .resume import ParkedUpload, find_parked
 from .storage import Bucket, ObjectInfo
 from .uploader import AbortRetrier, MultipartWriter
 
@@ -164,8 +172,28 @@ class CosFS(AbstractedFS):
 
     lstat = stat
 
+    @_transient_escapes
     def getsize(self, path: str) -> int:
-        return self._require(path, want_dir=False).size
+        """Return the size of the file at ``path`` or, when an upload to it was interrupted
+        and parked after the file was last written, the bytes REST + STOR can resume from
+        (what ``lftp put -c`` asks with SIZE). Raises ``OSError``."""
+        source = self._resume_source(path)
+        if source is None:
+            raise _error(errno.ENOENT, "No such file or directory")
+        return source.size
+
+    def _resume_source(self, path: str) -> Optional[Entry | ParkedUpload]:
+        """What an upload to ``path`` would continue: the parked upload if it is newer than
+        the file, else the file, else None; raises ``OSError(EISDIR)`` for a directory."""
+        entry = self.lookup(path)
+        if entry is not None and entry.is_dir:
+            raise _error(errno.EISDIR, "Is a directory")
+        ttl = self._ctx.transfer.resume_ttl
+        parked = find_parked(self._bucket, object_key(path), ttl) if ttl else None
+        # COS times have whole seconds: in a tie, the file is what the client last saw.
+        if parked is not None and (entry is None or parked.parked_at > entry.mtime):
+            return parked
+        return entry
 
     def getmtime(self, path: str) -> float:
         return self._require(path).mtime
@@ -264,31 +292,50 @@ class CosFS(AbstractedFS):
             return self._open_write(filename)
         if mode == "ab":
             return self._open_append(filename)
-        raise _error(errno.EOPNOTSUPP, "Resuming uploads is not supported")
+        raise _error(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
 
     def _reader(self, filename: str, size: int) -> RangedReader:
         return RangedReader(self._bucket, object_key(filename), name=filename, size=size,
                             log_context=self._log(filename))
 
     def _open_append(self, filename: str) -> MultipartWriter:
-        """APPE: copy the existing object inside COS, then take the client's bytes after it.
+        """APPE: the existing object's bytes (copied inside COS), then the client's.
 
-        The old object stays as it is until the new one commits. One under 1 MiB cannot be
-        a copied part (COS's smallest non-last part), so its few bytes are read and resent.
+        The old object stays as it is until the new one commits.
         """
         existing = self.lookup(filename)
-        writer = self._open_write(filename)
-        if existing is None or existing.size == 0:
-            return writer
-        if existing.is_dir:
+        if existing is not None and existing.is_dir:
             raise _error(errno.EISDIR, "Is a directory")
+        if existing is None or existing.size == 0:
+            return self._open_write(filename)
+        return self._continue(filename)
+
+    @_transient_escapes
+    def open_resume(self, filename: str, offset: int) -> MultipartWriter:
+        """REST ``offset`` + STOR: a writer that continues the parked upload or the file
+        ending at ``offset`` (see :meth:`getsize`); raises ``ResumeRefused`` otherwise."""
+        source = self._resume_source(filename)
+        stored = source.size if source is not None else 0
+        if source is None or stored != offset:
+            raise ResumeRefused(f"Cannot resume at byte {offset}: the stored part of this "
+                                f"file ends at byte {stored}")
+        if isinstance(source, ParkedUpload):
+            writer = self._open_write(filename)
+            writer.resume(source)
+            return writer
+        return self._continue(filename, offset)
+
+    def _continue(self, filename: str, size: Optional[int] = None) -> MultipartWriter:
+        """A writer that starts with the bytes of the stored file ``filename``, which must
+        be ``size`` bytes long if given."""
+        writer = self._open_write(filename)
         try:
-            if existing.size >= MIN_PART_SIZE:
-                writer.begin_with_copy(self._bucket.head(object_key(filename)))
-            else:
-                with self._reader(filename, existing.size) as reader:
-                    writer.write(reader.read())
+            existing = self._bucket.head(object_key(filename))
+            if size is not None and existing.size != size:
+                raise ResumeRefused(f"{filename} changed while resuming; try again")
+            writer.continue_object(existing)
         except BaseException:
+            writer.cancel()
             writer.close()
             raise
         return writer
@@ -310,7 +357,7 @@ class CosFS(AbstractedFS):
             self._bucket, key, name=filename, part_size=transfer.part_size,
             max_size=transfer.single_file_max_size, executor=self._ctx.executor,
             max_in_flight=transfer.upload_thread_num, log_context=self._log(filename),
-            retrier=self._ctx.retrier,
+            retrier=self._ctx.retrier, resume_ttl=transfer.resume_ttl,
         )
 
     def upload_finished(self, filename: str) -> None:

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
+import socket
 from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.handlers.ftp.producers import FileProducer
+from pyftpdlib.utils import strerror
 
 from .config import AccountConfig, Config
 from .downloader import CHUNK_SIZE
-from .errors import InvalidPath, StorageError, StorageUnavailable
+from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext
 from .passwords import verify_password
 from .paths import object_key
 from .storage import BucketRegistry
+from .uploader import UploadInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +140,13 @@ class CosDTPHandler(DTPHandler):
         if upload is None or upload.closed:
             return
         try:
-            upload.commit()
+            upload.commit(still_wanted=lambda wait: not self.cmd_channel.peer_gone(wait))
+        except UploadInterrupted:
+            self.transfer_finished = False
+            self._resp = ("426 Connection closed; transfer aborted.", log.debug)
+            log.warning("%s path=%s: the client vanished with its data connection; the "
+                        "upload is not complete", self.cmd_channel.log_prefix_ctx(),
+                        upload.name)
         except OSError as exc:
             self.transfer_finished = False
             self._resp = (_reply_for(exc), logging.getLogger("pyftpdlib").warning)
@@ -288,23 +298,72 @@ class CosFTPHandler(FTPHandler):
             self.respond("425 No free passive port; try again shortly.")
 
     def ftp_STOR(self, file: str, mode: str = "w"):
-        if self._restart_position:
-            self._restart_position = 0
-            self.respond("554 Resuming uploads is not supported; send the whole file.")
+        """STOR and APPE; after ``REST n``, continue the parked upload or the stored file
+        that ends at byte n (``CosFS.open_resume``), or refuse with 554."""
+        offset, self._restart_position = self._restart_position, 0
+        if not offset or "a" in mode:
+            return super().ftp_STOR(file, mode)
+        try:
+            upload = self.run_as_current_user(self.fs.open_resume, file, offset)
+        except ResumeRefused as exc:
+            self.respond(f"554 {exc.strerror}.")
             return None
-        return super().ftp_STOR(file, mode)
+        except OSError as exc:
+            self.respond(f"550 {strerror(exc)}.")
+            return None
+        # What pyftpdlib's ftp_STOR does once its file is open.
+        if self.data_channel is not None:
+            self.respond("125 Data connection already open. Transfer starting.")
+            self.data_channel.file_obj = upload
+            self.data_channel.enable_receiving(self._current_type, "STOR")
+        else:
+            self.respond("150 File status okay. About to open data connection.")
+            self._in_dtp_queue = (upload, "STOR")
+        return file
 
-    def ftp_SIZE(self, path: str):
-        """Report the stored size in ASCII mode too, as the old server's ``size`` did.
+    def ftp_ABOR(self, line: str) -> None:
+        """An upload the client aborts is discarded; only a broken one is parked."""
+        upload = getattr(self.data_channel, "file_obj", None)
+        if self.data_channel is not None and self.data_channel.receive and upload is not None:
+            upload.cancel()
+        super().ftp_ABOR(line)
+
+    def peer_gone(self, wait: float = 0.0) -> bool:
+        """True if the client closes or resets the control connection within ``wait``
+        seconds (nothing is read from it).
+
+        A client that is killed closes its data connection too, which in FTP's stream mode
+        looks exactly like the end of the file; its control connection closing at the same
+        moment is the only sign that the upload was cut short.
+        """
+        fileno = self.socket.fileno()
+        poller = select.poll()
+        poller.register(fileno, select.POLLIN | select.POLLRDHUP)
+        if not poller.poll(wait * 1000):
+            return False
+        raw = socket.socket(fileno=fileno)
+        try:
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            raw.detach()
+
+    def ftp_SIZE(self, path: str) -> None:
+        """Reply 213 with the stored size, or with the bytes a parked upload can resume from
+        (see ``CosFS.getsize``), in ASCII mode too.
 
         pyftpdlib refuses SIZE in ASCII mode because the converted size differs; the classic
         ``ftp`` client sends SIZE in ASCII mode by default, and its users expect a number.
         """
-        saved, self._current_type = self._current_type, "i"
         try:
-            return super().ftp_SIZE(path)
-        finally:
-            self._current_type = saved
+            size = self.run_as_current_user(self.fs.getsize, path)
+        except OSError as exc:
+            self.respond(f"550 {strerror(exc)}.")
+            return
+        self.respond(f"213 {size}")
 
     def ftp_STOU(self, line: str):
         self.respond("502 STOU is not supported by this server.")

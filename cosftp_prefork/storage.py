@@ -45,6 +45,25 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class UploadInfo:
+    """One multipart upload in progress (or parked) in a bucket."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded part of a multipart upload."""
+
+    number: int
+    etag: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
 class ListPage:
     """One page of a delimited listing."""
 
@@ -195,6 +214,23 @@ class Bucket:
         length = int(response.get("Content-Length", 0))
         return ObjectStream(response["Body"].get_raw_stream(), length)
 
+    def read_small(self, key: str, size: int) -> bytes:
+        """Return the first ``size`` bytes of ``key`` (meant for small objects); raises
+        ``StorageError`` if fewer arrive."""
+        stream = self.open_read(key)
+        try:
+            chunks, got = [], 0
+            while got < size:
+                chunk = stream.read(size - got)
+                if not chunk:
+                    raise StorageError(f"COS GET {key} ended after {got} of {size} bytes",
+                                       code="ShortRead")
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
+        finally:
+            stream.close()
+
     def put(self, key: str, data: bytes) -> Optional[int]:
         """Store ``data`` as ``key`` in one request; return the CRC64 COS reports, if any."""
         result = _call(f"PUT {key}", self._client.put_object,
@@ -231,6 +267,40 @@ class Bucket:
         result = _call(f"CompleteMultipartUpload {key}", self._client.complete_multipart_upload,
               Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Part": parts})
         return _reported_crc64(result)
+
+    def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        """Return every multipart upload not yet completed or aborted under ``prefix``."""
+        uploads: list[UploadInfo] = []
+        key_marker = id_marker = ""
+        while True:
+            result = _call(f"ListMultipartUploads {prefix or '/'}",
+                           self._client.list_multipart_uploads, Bucket=self.name, Prefix=prefix,
+                           KeyMarker=key_marker, UploadIdMarker=id_marker)
+            uploads.extend(
+                UploadInfo(str(item["Key"]), str(item["UploadId"]),
+                           _parse_iso_date(str(item.get("Initiated", ""))))
+                for item in result.get("Upload", []))
+            if str(result.get("IsTruncated", "false")).lower() != "true":
+                return uploads
+            key_marker = str(result.get("NextKeyMarker") or uploads[-1].key)
+            id_marker = str(result.get("NextUploadIdMarker") or uploads[-1].upload_id)
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """Return the parts uploaded so far to ``upload_id``, by ascending number; raises
+        ``NotFound`` once the upload is gone."""
+        parts: list[PartInfo] = []
+        marker = 0
+        while True:
+            result = _call(f"ListParts {key}", self._client.list_parts, Bucket=self.name,
+                           Key=key, UploadId=upload_id, PartNumberMarker=marker)
+            parts.extend(
+                PartInfo(int(item["PartNumber"]), str(item.get("ETag", "")),
+                         int(item.get("Size", 0)),
+                         _parse_iso_date(str(item.get("LastModified", ""))))
+                for item in result.get("Part", []))
+            if str(result.get("IsTruncated", "false")).lower() != "true" or not parts:
+                return parts
+            marker = int(result.get("NextPartNumberMarker") or parts[-1].number)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload, freeing its parts."""

@@ -7,6 +7,11 @@ transfer finished, so the data channel calls :meth:`MultipartWriter.commit` expl
 client finished sending, and every other ``close()`` throws the upload away. Nothing becomes a
 visible object unless all of its bytes arrived.
 
+An upload that breaks (disconnect, reset, timeout, shutdown) after at least one part reached COS
+is *parked* rather than thrown away when ``resume_ttl`` allows it (see :mod:`.resume`), and
+:meth:`MultipartWriter.resume` continues it (REST n + STOR). A client's ABOR
+and an oversized upload are still discarded.
+
 Memory bound: at most ``max_in_flight`` parts are queued or uploading per upload plus the one
 being filled, i.e. ``(max_in_flight + 1) * part_size`` bytes plus one data-channel read.
 ``write`` blocks (back-pressure on
@@ -17,16 +22,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Executor, Future, wait
-from typing import Optional
+from typing import Callable, Optional
 
 from .checksum import Crc64
+from .config import MIN_PART_SIZE
 from .errors import FileTooLarge, NotFound, StorageError
-from .storage import Bucket, ObjectInfo
+from .resume import ParkedUpload, leading_parts, park
+from .storage import Bucket, ObjectInfo, PartInfo
 
 log = logging.getLogger(__name__)
 
 MAX_COPY_PART = 5 * 1024 ** 3  # COS's largest part
+CLIENT_GONE_GRACE = 0.05  # seconds; see _finish_multipart
 
 
 class AbortRetrier:
@@ -76,6 +85,10 @@ class AbortRetrier:
             self._pending.pop((key, upload_id), None)
 
 
+class UploadInterrupted(Exception):
+    """The client vanished before the upload could be committed."""
+
+
 class MultipartWriter:
     """A write-only file object that streams to ``key`` in ``bucket``.
 
@@ -95,6 +108,7 @@ class MultipartWriter:
         max_in_flight: int,
         log_context: str = "",
         retrier: Optional[AbortRetrier] = None,
+        resume_ttl: float = 0,
     ) -> None:
         self.name = name
         self._bucket = bucket
@@ -105,6 +119,8 @@ class MultipartWriter:
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._ctx = log_context or key
         self._retrier = retrier
+        self._resume_ttl = resume_ttl
+        self._discard = False  # True: never park (ABOR, oversized)
         self._buffer = bytearray()
         self._crc: Optional[Crc64] = Crc64()
         self._size = 0
@@ -112,8 +128,9 @@ class MultipartWriter:
         self._next_part = 1
         self._futures: list[Future] = []
         self._etags: dict[int, str] = {}
+        self._part_sizes: dict[int, int] = {}
         self._failure: Optional[BaseException] = None
-        self._state = "open"  # open -> committed | aborted
+        self._state = "open"  # open -> committed | aborted | parked
 
     @property
     def closed(self) -> bool:
@@ -132,6 +149,7 @@ class MultipartWriter:
         self._check_open()
         self._raise_part_failure()
         if self._size + len(data) > self._max_size:
+            self._discard = True
             raise FileTooLarge(
                 f"upload exceeds single_file_max_size ({self._max_size} bytes)", code="TooLarge"
             )
@@ -162,20 +180,54 @@ class MultipartWriter:
             self._next_part += 1
             self._etags[number] = self._bucket.upload_part_copy(
                 self._key, self._upload_id, number, source.key, first, last)
+            self._part_sizes[number] = last - first + 1
         self._size = source.size
         self._crc = Crc64(source.crc64) if source.crc64 is not None else None
 
-    def commit(self) -> None:
+    def continue_object(self, source: ObjectInfo) -> None:
+        """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
+        end). From 1 MiB on they are copied inside COS; a smaller one cannot be a copied part
+        (COS's smallest non-last part), so its few bytes are read and sent again."""
+        if source.size >= MIN_PART_SIZE:
+            self.begin_with_copy(source)
+        elif source.size:
+            self.write(self._bucket.read_small(source.key, source.size))
+
+    def resume(self, parked: ParkedUpload) -> None:
+        """Continue ``parked``: its parts stay, the bytes written next follow them."""
+        self._upload_id = parked.upload_id
+        for part in parked.parts:
+            self._etags[part.number] = part.etag
+            self._part_sizes[part.number] = part.size
+        self._next_part = len(parked.parts) + 1
+        self._size = parked.size
+        # The CRC64 of the parked bytes is unknown here; each part was checked by Content-MD5.
+        self._crc = None
+        log.info("%s: resuming parked upload %s at byte %d", self._ctx, parked.upload_id,
+                 parked.size)
+
+    def cancel(self) -> None:
+        """The client gave up on this upload (ABOR): discard it on close, never park it."""
+        self._discard = True
+
+    def commit(self, still_wanted: Callable[[float], bool] = lambda _wait: True) -> None:
         """Make the object visible: one PUT if no part was shipped, else complete the upload.
 
-        On any failure the multipart upload is aborted and ``StorageError`` is raised.
+        ``still_wanted(seconds)`` is asked just before the object would become visible, with
+        how long it may wait for a sign that the client is gone; if it says no,
+        ``UploadInterrupted`` is raised and the writer stays open, for ``close()`` to park
+        or abort. On any other failure the upload is aborted and ``StorageError`` raised.
         """
         self._check_open()
         try:
             if self._upload_id is None:
+                if not still_wanted(0.0):
+                    raise UploadInterrupted(self.name)
                 reported = self._bucket.put(self._key, bytes(self._buffer))
             else:
-                reported = self._finish_multipart()
+                reported = self._finish_multipart(still_wanted)
+        except UploadInterrupted:
+            raise
         except BaseException:
             self._abort()
             raise
@@ -200,10 +252,34 @@ class MultipartWriter:
                            "received differs from the stored object's", code="CRC64Mismatch")
 
     def close(self) -> None:
-        """Abort unless :meth:`commit` succeeded; idempotent."""
-        if self._state == "open":
-            log.warning("%s: upload aborted after %d bytes; nothing stored", self._ctx, self._size)
-            self._abort()
+        """Park or abort unless :meth:`commit` succeeded; idempotent."""
+        if self._state != "open":
+            return
+        if self._resume_ttl and not self._discard and self._upload_id and self._park():
+            return
+        log.warning("%s: upload aborted after %d bytes; nothing stored", self._ctx, self._size)
+        self._abort()
+
+    def _park(self) -> bool:
+        """Keep the parts that reached COS for a later REST + STOR; False if none did or the
+        marker cannot be written (the caller then aborts)."""
+        self._settle()
+        stored = leading_parts(PartInfo(number, etag, self._part_sizes[number], 0.0)
+                               for number, etag in self._etags.items())
+        if not stored:
+            return False
+        try:
+            park(self._bucket, self._key, self._upload_id or "")
+        except StorageError as exc:
+            log.error("%s: cannot park upload %s: %s", self._ctx, self._upload_id, exc)
+            return False
+        self._state = "parked"
+        self._buffer = bytearray()
+        resumable = sum(part.size for part in stored)
+        log.warning("%s: upload interrupted after %d bytes; parked %d bytes as upload %s for "
+                    "%ds: REST %d + STOR continues it", self._ctx, self._size, resumable,
+                    self._upload_id, self._resume_ttl, resumable)
+        return True
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -222,6 +298,7 @@ class MultipartWriter:
         if self._failure is not None:
             self._slots.release()
             raise self._failure
+        self._part_sizes[number] = len(data)
         future = self._executor.submit(self._upload_part, number, data)
         future.add_done_callback(lambda _f: self._slots.release())
         self._futures.append(future)
@@ -235,21 +312,34 @@ class MultipartWriter:
             self._failure = self._failure or exc
             raise
 
-    def _finish_multipart(self) -> Optional[int]:
-        if self._buffer or (not self._etags and not self._futures):
-            self._submit_part(bytes(self._buffer))
+    def _finish_multipart(self, still_wanted: Callable[[float], bool]) -> Optional[int]:
+        # A killed client closes its data and control connections a moment apart, in either
+        # order; the last parts' upload time is spent waiting for the control one to close.
+        grace_ends = time.monotonic() + CLIENT_GONE_GRACE
+        if self._buffer or not self._etags:
+            self._submit_tail()
         wait(self._futures)
         self._raise_part_failure()
+        if not still_wanted(max(0.0, grace_ends - time.monotonic())):
+            raise UploadInterrupted(self.name)
         parts = sorted(self._etags.items())
         return self._bucket.complete_multipart(self._key, self._upload_id or "", parts)
+
+    def _submit_tail(self) -> None:
+        tail, self._buffer = bytes(self._buffer), bytearray()
+        self._submit_part(tail)
+
+    def _settle(self) -> None:
+        """Cancel parts not started; wait for those uploading (an abort issued before they
+        finish would not remove them, and a park wants them stored)."""
+        for future in self._futures:
+            future.cancel()
+        wait(self._futures)
 
     def _abort(self) -> None:
         self._state = "aborted"
         self._buffer = bytearray()
-        for future in self._futures:
-            future.cancel()
-        # Parts still uploading would survive an abort issued before they finish.
-        wait(self._futures)
+        self._settle()
         if self._upload_id is None:
             return
         try:

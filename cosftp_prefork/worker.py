@@ -27,6 +27,7 @@ from setproctitle import setproctitle
 from .config import Config
 from .ftp import configure_handler
 from .log import setup_logging
+from .resume import Janitor
 from .shared import DRAINING, SERVING, STARTING, SharedState
 from .storage import BucketRegistry
 from .uploader import AbortRetrier
@@ -186,6 +187,7 @@ class Worker:
         executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cos-part")
         retrier = AbortRetrier()
         retrier.start()
+        janitor = self._start_janitor(buckets)
         try:
             handler = configure_handler(self.config, buckets, executor, retrier, stats,
                                         masquerade)
@@ -199,9 +201,21 @@ class Worker:
         finally:
             executor.shutdown(wait=True)
             retrier.stop()
+            if janitor is not None:
+                janitor.stop()
             buckets.close()
             log.info("worker %d gen %d stopped", self.index, self.generation)
         return 0
+
+    def _start_janitor(self, buckets: BucketRegistry) -> Optional[Janitor]:
+        """Worker 1 sweeps stale multipart uploads out of every bucket, once per bucket."""
+        ttl = self.config.transfer.resume_ttl
+        if self.index != 1 or not ttl:
+            return None
+        by_name = {account.bucket: account for account in self.config.accounts}
+        janitor = Janitor([buckets.bucket(account) for account in by_name.values()], ttl)
+        janitor.start()
+        return janitor
 
     def _install_signals(self) -> None:
         handlers = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",

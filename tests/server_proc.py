@@ -126,6 +126,12 @@ class ServerProcess:
         except (OSError, EOFError, ftplib.Error):
             return False
 
+    def log_text(self) -> str:
+        """The whole server log (master and workers)."""
+        with open(os.path.join(self.log_dir, "cosftp.log"), encoding="utf-8",
+                  errors="replace") as handle:
+            return handle.read()
+
     def output(self) -> str:
         try:
             with open(os.path.join(self.workdir, "server.out"), encoding="utf-8",

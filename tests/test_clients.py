@@ -28,11 +28,15 @@ def run(args: list[str], stdin: str = "", timeout: float = 60) -> str:
     return done.stdout
 
 
-def lftp(server, script: str) -> str:
-    lftp_bin = require("lftp")
+def lftp_command(server, script: str) -> list[str]:
+    """The lftp command line that runs ``script`` as alice on ``server``."""
     settings = "set cmd:fail-exit true; set net:max-retries 1; set ftp:passive-mode true;"
-    return run([lftp_bin, "-u", "alice,alice-pw", "-p", str(server.port), "-e",
-                f"{settings} {script}; bye", "127.0.0.1"])
+    return [require("lftp"), "-u", "alice,alice-pw", "-p", str(server.port), "-e",
+            f"{settings} {script}; bye", "127.0.0.1"]
+
+
+def lftp(server, script: str) -> str:
+    return run(lftp_command(server, script))
 
 
 def test_lftp_put_get_ls_mv_rm(server, tmp_path, area, cos):

@@ -87,11 +87,6 @@ def add_unresolvable_masquerade(proc: ServerProcess) -> None:
         handle.write(text)
 
 
-def log_text(proc: ServerProcess) -> str:
-    with open(os.path.join(proc.log_dir, "cosftp.log"), encoding="utf-8") as handle:
-        return handle.read()
-
-
 def login(proc: ServerProcess, password: str = "ops-pw") -> ftplib.FTP:
     return proc.login("ops", password)
 
@@ -177,7 +172,7 @@ def test_reload_with_broken_config_keeps_serving(daemon):
     assert done.returncode != 0
     assert "authority" in done.stderr and "[COS_ACCOUNT_0]" in done.stderr
     os.kill(master_of(daemon).pid, signal.SIGHUP)  # straight to the master, too
-    wait_until(lambda: "reload failed" in log_text(daemon), what="reload failure logged")
+    wait_until(lambda: "reload failed" in daemon.log_text(), what="reload failure logged")
     assert state_of(daemon).master().generation == 1
     _close(login(daemon))
 
@@ -295,7 +290,7 @@ def test_crash_looping_workers_back_off_then_master_stops(emulator, tmp_path):
     proc.write_config()
     add_unresolvable_masquerade(proc)
     assert proc.ctl("run", timeout=120).returncode == 1
-    log = log_text(proc)
+    log = proc.log_text()
     assert "does not resolve" in log and "failed 5 times in a row" in log
     assert log.count("started worker") <= 2 * 5 + 2  # backed off instead of spinning
     assert re.search(r"restarting in [1-9]", log)
@@ -318,7 +313,7 @@ def test_stuck_worker_is_killed_and_replaced(strict_health):
     wait_until(lambda: not stuck.is_running() or stuck.status() == psutil.STATUS_ZOMBIE,
                what="stuck worker killed")
     wait_until(lambda: len(live_children(master)) == 2, what="replacement")
-    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s", log_text(proc))
+    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s", proc.log_text())
     _close(login(proc))
 
 
@@ -329,9 +324,9 @@ def test_worker_over_rss_limit_is_recycled_gracefully(emulator, tmp_path, area):
     with proc:
         ftp = login(proc)
         first = state_of(proc).workers()[0].pid
-        wait_until(lambda: f"(pid {first}) uses" in log_text(proc), what="recycle logged")
+        wait_until(lambda: f"(pid {first}) uses" in proc.log_text(), what="recycle logged")
         assert re.search(rf"pid {first}\) uses \d+ MiB RSS \(worker_max_rss=1\)",
-                         log_text(proc))
+                         proc.log_text())
         put(ftp, area, b"the draining worker still serves its session")
         assert get(ftp, area) == b"the draining worker still serves its session"
         _close(ftp)
@@ -344,5 +339,5 @@ def test_usr1_reopens_log_file(daemon):
     log_path = os.path.join(daemon.log_dir, "cosftp.log")
     os.rename(log_path, log_path + ".1")
     master_of(daemon).send_signal(signal.SIGUSR1)
-    wait_until(lambda: os.path.exists(log_path) and "log files reopened" in log_text(daemon),
+    wait_until(lambda: os.path.exists(log_path) and "log files reopened" in daemon.log_text(),
                what="new log file")

@@ -1,0 +1,179 @@
+"""Upload resume: a broken STOR is parked in COS and REST + STOR continues it."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import signal
+import subprocess
+
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, wait_until
+from .test_clients import lftp_command
+from .test_commands import get, put
+from .test_transfers import abort_transfer, pending_uploads
+
+MIB = 1024 * 1024
+MARKER_PART = 10000
+
+
+def parts_of(cos, key: str) -> list[int]:
+    """Part numbers of the one pending upload of ``key`` ([] if there is none)."""
+    uploads = pending_uploads(cos, key)
+    if not uploads:
+        return []
+    assert len(uploads) == 1, uploads
+    listing = cos.list_parts(Bucket=ALPHA, Key=key, UploadId=uploads[0]["UploadId"])
+    return [int(part["PartNumber"]) for part in listing.get("Part", [])]
+
+
+def break_upload(ftp: ftplib.FTP, cos, key: str, data: bytes, parts: int) -> None:
+    """Send ``data`` in a STOR until COS holds ``parts`` parts, then drop both connections
+    the way a killed client does (control first, then data) and wait for the park."""
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {key}")
+    conn.sendall(data)
+    wait_until(lambda: len(parts_of(cos, key)) >= parts, what=f"{parts} parts in COS")
+    ftp.sock.close()
+    ftp.close()
+    conn.close()
+    wait_until(lambda: MARKER_PART in parts_of(cos, key), what="the upload to be parked")
+
+
+def rest_stor(ftp: ftplib.FTP, key: str, offset: int, data: bytes) -> str:
+    return ftp.storbinary(f"STOR {key}", io.BytesIO(data), rest=offset)
+
+
+@pytest.fixture
+def resumable(emulator, tmp_path):
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)]) as srv:
+        yield srv
+
+
+def test_broken_upload_is_parked_and_rest_stor_resumes_it(resumable, area, cos):
+    data = os.urandom(6 * MIB + 12345)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:3 * MIB + 5], 2)
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False  # nothing visible meanwhile
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    assert offset in (2 * MIB, 3 * MIB)  # whole parts only; the rest is sent again
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    assert pending_uploads(cos, area) == []
+    assert ftp.size(area) == len(data)
+    ftp.quit()
+    assert "resuming parked upload" in resumable.log_text()
+
+
+def test_rest_at_another_offset_is_refused_and_keeps_the_parked_upload(resumable, area, cos):
+    data = os.urandom(4 * MIB)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    for wrong in (offset - 1, MIB):
+        with pytest.raises(ftplib.error_perm, match=f"554 Cannot resume at byte {wrong}: .* "
+                                                    f"ends at byte {offset}"):
+            rest_stor(ftp, area, wrong, data[wrong:])
+    with pytest.raises(ftplib.error_perm, match="554"):
+        rest_stor(ftp, area, offset + 1, data[offset + 1:])
+    assert MARKER_PART in parts_of(cos, area)
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    ftp.quit()
+
+
+def test_a_new_stor_wins_over_a_parked_upload(resumable, area, cos):
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
+    ftp = resumable.login("alice", "alice-pw")
+    assert put(ftp, area, b"fresh").startswith("226")
+    assert ftp.size(area) == 5  # the object is newer than what was parked
+    with pytest.raises(ftplib.error_perm, match="554"):
+        rest_stor(ftp, area, 2 * MIB, b"x")
+    ftp.quit()
+
+
+def test_parked_upload_survives_a_server_restart(emulator, tmp_path, area, cos):
+    data = os.urandom(5 * MIB + 1)
+    account = [Account("alice", "alice-pw", ALPHA)]
+    with ServerProcess(str(tmp_path / "first"), emulator.port, account) as first:
+        break_upload(first.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)
+    with ServerProcess(str(tmp_path / "second"), emulator.port, account) as second:
+        ftp = second.login("alice", "alice-pw")
+        offset = ftp.size(area)
+        assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+        assert get(ftp, area) == data
+        ftp.quit()
+
+
+def test_abor_discards_instead_of_parking(resumable, area, cos):
+    ftp = resumable.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(os.urandom(3 * MIB))
+    wait_until(lambda: len(parts_of(cos, area)) >= 2, what="parts in COS")
+    abort_transfer(ftp, conn)
+    wait_until(lambda: not pending_uploads(cos, area), what="the upload to be aborted")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        ftp.size(area)
+    ftp.quit()
+
+
+def test_rest_stor_at_the_end_of_a_stored_file_appends(resumable, area):
+    data = os.urandom(2 * MIB + 3)
+    ftp = resumable.login("alice", "alice-pw")
+    for cut in (100, MIB + 1):  # re-sent bytes, then a copied part
+        put(ftp, area, data[:cut])
+        assert rest_stor(ftp, area, cut, data[cut:]).startswith("226")
+        assert get(ftp, area) == data
+    ftp.quit()
+
+
+def test_resume_ttl_zero_aborts_at_once(emulator, tmp_path, area, cos):
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                       optional={"resume_ttl": "0"}) as srv:
+        ftp = srv.login("alice", "alice-pw")
+        ftp.voidcmd("TYPE I")
+        conn = ftp.transfercmd(f"STOR {area}")
+        conn.sendall(os.urandom(3 * MIB))
+        wait_until(lambda: len(parts_of(cos, area)) >= 2, what="parts in COS")
+        ftp.sock.close()
+        ftp.close()
+        conn.close()
+        wait_until(lambda: not pending_uploads(cos, area), what="the upload to be aborted")
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+
+
+def test_janitor_aborts_parked_and_orphaned_uploads_past_the_ttl(emulator, tmp_path, area,
+                                                                  cos):
+    orphan = f"{area}-orphan"  # as a crashed worker leaves it: no marker, no activity
+    cos.create_multipart_upload(Bucket=ALPHA, Key=orphan)
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                       optional={"resume_ttl": "2"}) as srv:
+        break_upload(srv.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
+        wait_until(lambda: not pending_uploads(cos, area) and not pending_uploads(cos, orphan),
+                   timeout=30, what="the janitor to abort both uploads")
+        assert "janitor: aborted multipart upload" in srv.log_text()
+
+
+def test_lftp_put_continue_resumes_a_killed_upload(resumable, tmp_path, area, cos):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(8 * MIB + 321))
+    args = lftp_command(resumable, f"set net:limit-rate 1M; put {src} -o {area}")
+    killed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(parts_of(cos, area)) >= 2, timeout=30, what="parts in COS")
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    wait_until(lambda: MARKER_PART in parts_of(cos, area), what="the upload to be parked")
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False  # the kill was not an EOF
+    done = subprocess.run(lftp_command(resumable, f"put -c {src} -o {area}"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    back = tmp_path / "back.bin"
+    subprocess.run(lftp_command(resumable, f"get {area} -o {back}"), check=True, timeout=60)
+    assert back.read_bytes() == src.read_bytes()
+    assert "resuming parked upload" in resumable.log_text()
