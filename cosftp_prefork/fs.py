@@ -24,6 +24,7 @@ from typing import Callable, Optional
 from pyftpdlib.filesystems import AbstractedFS
 
 from .config import AccountConfig, TransferConfig
+from .digests import digest
 from .downloader import RangedReader
 from .errors import (
     InvalidPath,
@@ -194,6 +195,14 @@ class CosFS(AbstractedFS):
         if parked is not None and (entry is None or parked.parked_at > entry.mtime):
             return parked
         return entry
+
+    @_transient_escapes
+    def checksum(self, path: str, algorithm: str) -> tuple[int, str]:
+        """Return the size and lowercase hex ``algorithm`` digest (one of
+        ``digests.ALGORITHMS``) of the file at ``path``; raises ``OSError``."""
+        self._require(path, want_dir=False)
+        info = self._bucket.head(object_key(path))
+        return info.size, digest(self._bucket, info, algorithm, self._log(path))
 
     def getmtime(self, path: str) -> float:
         return self._require(path).mtime
