@@ -5,7 +5,8 @@ imports this module.
 
 The shim translates what differs between COS and S3 on the wire:
 
-* request headers ``x-cos-*`` become ``x-amz-*`` (copy source, metadata directive, meta-*),
+* request headers ``x-cos-*`` become ``x-amz-*`` (copy source, metadata directive and its
+  ``Copy``/``Replaced`` values, meta-*),
   and response headers ``x-amz-*`` become ``x-cos-*``; every response carries
   ``x-cos-request-id``;
 * the COS copy source ``<bucket>.cos.<region>.myqcloud.com/<key>`` becomes ``<bucket>/<key>``;
@@ -64,12 +65,18 @@ def _cos_copy_source_to_s3(value: str) -> str:
     return value
 
 
+_METADATA_DIRECTIVES = {"Copy": "COPY", "Replaced": "REPLACE"}
+
+
 def _translate_request(environ: dict) -> None:
     for name in [n for n in environ if n.startswith("HTTP_X_COS_")]:
         environ["HTTP_X_AMZ_" + name[len("HTTP_X_COS_"):]] = environ.pop(name)
     if "HTTP_X_AMZ_COPY_SOURCE" in environ:
         environ["HTTP_X_AMZ_COPY_SOURCE"] = _cos_copy_source_to_s3(
             environ["HTTP_X_AMZ_COPY_SOURCE"])
+    directive = environ.get("HTTP_X_AMZ_METADATA_DIRECTIVE")
+    if directive is not None:  # COS says Copy / Replaced, S3 COPY / REPLACE
+        environ["HTTP_X_AMZ_METADATA_DIRECTIVE"] = _METADATA_DIRECTIVES.get(directive, directive)
 
 
 def _translate_headers(headers: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:

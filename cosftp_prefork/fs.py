@@ -35,6 +35,7 @@ from .errors import (
     StorageUnavailable,
 )
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
+from .mtimes import apply_mtimes, listed_mtimes, set_client_mtime
 from .paths import dir_prefix, object_key, parent_dir
 from .renamer import copy_object, rename_directory
 from .resume import ParkedUpload, find_parked
@@ -204,8 +205,15 @@ class CosFS(AbstractedFS):
         info = self._bucket.head(object_key(path))
         return info.size, digest(self._bucket, info, algorithm, self._log(path))
 
+    @_transient_escapes
     def getmtime(self, path: str) -> float:
-        return self._require(path).mtime
+        """Return the modification time of ``path``: the one MFMT set, else COS's
+        LastModified (one HEAD for a file); raises ``OSError``."""
+        entry = self._require(path)
+        if entry.is_dir:
+            return entry.mtime
+        info = self._bucket.head(object_key(path))
+        return info.client_mtime if info.client_mtime is not None else info.mtime
 
     def get_user_by_uid(self, uid: int) -> str:
         return "owner"
@@ -224,7 +232,9 @@ class CosFS(AbstractedFS):
     def listdir(self, path: str) -> list[str]:
         """Return the names in directory ``path``; one paginated listing, entries cached."""
         self._require(path, want_dir=True)
-        entries = list_directory(self._bucket, dir_prefix(path), self._ctx.max_list_file)
+        prefix = dir_prefix(path)
+        entries = apply_mtimes(list_directory(self._bucket, prefix, self._ctx.max_list_file),
+                               listed_mtimes(self._bucket, prefix))
         now = time.monotonic()
         for entry in entries:
             self._cache[os.path.join(path, entry.name)] = (now, entry)
@@ -379,8 +389,14 @@ class CosFS(AbstractedFS):
     def chmod(self, path: str, mode: int) -> None:
         raise _error(errno.EOPNOTSUPP, "Object storage has no permissions to change")
 
+    @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
-        raise _error(errno.EOPNOTSUPP, "Setting modification times is not supported")
+        """MFMT: record ``timeval`` as the file's modification time (see :mod:`.mtimes`);
+        raises ``OSError``."""
+        self._require(path, want_dir=False)
+        info = self._bucket.head(object_key(path))
+        set_client_mtime(self._bucket, info, timeval, self._ctx.transfer, self._ctx.executor)
+        self._forget(path)
 
     def _log(self, path: str) -> str:
         return f"{self._ctx.log_context} path={path}"

@@ -30,7 +30,7 @@ NAMING_COMMANDS = ("STOR", "APPE", "MKD", "XMKD", "RNTO")
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
-WRITE_PERMS = "amwf"
+WRITE_PERMS = "amwfT"
 DELETE_PERMS = "d"
 
 
@@ -38,8 +38,8 @@ def perms_for(account: AccountConfig) -> str:
     """Map ``authority`` and ``delete_enable`` onto pyftpdlib permission letters.
 
     Everyone may ``cd`` and list (``e``, ``l``) so upload-only clients can find their way;
-    ``r`` (download) needs R, ``a m w f`` (upload, mkdir, rename) need W, ``d`` needs W and
-    ``delete_enable``.
+    ``r`` (download) needs R, ``a m w f T`` (upload, mkdir, rename, MFMT) need W, ``d`` needs
+    W and ``delete_enable``.
     """
     perms = "el"
     if account.can_read:

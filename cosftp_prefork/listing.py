@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-from .paths import child_name
+from .paths import RESERVED_NAME, child_name
 from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ class Entry:
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
+    etag: str = ""
 
 
 def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
@@ -35,10 +36,10 @@ def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
         for obj in page.objects:
             name = child_name(prefix, obj.key)
             if name and not obj.key.endswith("/"):
-                entries.setdefault(name, Entry(name, False, obj.size, obj.mtime))
+                entries.setdefault(name, Entry(name, False, obj.size, obj.mtime, obj.etag))
         for sub in page.prefixes:
             name = child_name(prefix, sub)
-            if name:
+            if name and not (prefix == "" and name == RESERVED_NAME):
                 # A directory wins over a same-named file only if no file was seen.
                 entries.setdefault(name, Entry(name, True))
         if page.next_marker is None:

@@ -15,12 +15,15 @@ from .errors import InvalidPath
 
 # COS rejects object keys longer than 850 bytes (UTF-8).
 MAX_KEY_BYTES = 850
+# The server keeps its own data (MFMT times) under this top-level name; FTP cannot reach it.
+RESERVED_NAME = ".cosftp"
 
 
 def object_key(ftp_path: str) -> str:
     """Return the object key for a normalised FTP file path.
 
-    Raises ``InvalidPath`` for the root, NUL or CR/LF characters and keys over the COS limit.
+    Raises ``InvalidPath`` for the root, NUL or CR/LF characters, keys over the COS limit and
+    anything under ``/.cosftp``.
     """
     key = ftp_path.lstrip("/")
     if not key:
@@ -55,6 +58,8 @@ def parent_dir(ftp_path: str) -> str:
 
 
 def _check_key(key: str) -> None:
+    if key.split("/", 1)[0] == RESERVED_NAME:
+        raise InvalidPath(f"the name {RESERVED_NAME} is reserved for the server's own data")
     if "\x00" in key or "\r" in key or "\n" in key:
         raise InvalidPath("file names may not contain NUL, CR or LF characters")
     if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:

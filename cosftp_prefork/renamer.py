@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Executor, Future, wait
+from typing import Optional
 
 from .config import MAX_PARTS, TransferConfig, part_size_for
 from .errors import StorageError
@@ -22,19 +23,20 @@ DELETE_BATCH = 1000  # the most keys COS deletes in one request
 
 
 def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
-                executor: Executor) -> None:
-    """Copy ``source`` to ``target`` inside COS, in parts above the threshold.
+                executor: Executor, client_mtime: Optional[float] = None) -> None:
+    """Copy ``source`` to ``target`` inside COS, in parts above the threshold; with
+    ``client_mtime`` as its metadata if given (``target`` may then be ``source.key``).
 
     Part copies run on ``executor``; call this from a thread that is not one of its own.
     Raises ``StorageError``; a failed multipart copy is aborted.
     """
     if source.size <= transfer.multipart_copy_threshold:
-        bucket.copy(source.key, target)
+        bucket.copy(source.key, target, client_mtime)
         return
     part = max(part_size_for(transfer.min_part_size, source.size), -(-source.size // MAX_PARTS))
     ranges = [(number, first, min(source.size, first + part) - 1)
               for number, first in enumerate(range(0, source.size, part), start=1)]
-    upload_id = bucket.create_multipart(target)
+    upload_id = bucket.create_multipart(target, client_mtime)
     futures = [executor.submit(bucket.upload_part_copy, target, upload_id, number, source.key,
                                first, last) for number, first, last in ranges]
     try:

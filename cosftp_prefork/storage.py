@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchResource", "NoSuchUpload", "NoSuchBucket"}
 _DENIED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
 LIST_PAGE_MAX = 1000
+# The modification time a client set with MFMT, in seconds since the epoch; the name rclone
+# uses too, so both tools see the same time.
+MTIME_HEADER = "x-cos-meta-mtime"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class ObjectInfo:
     mtime: float
     etag: str = ""
     crc64: Optional[int] = None
+    client_mtime: Optional[float] = None  # what MFMT stored in x-cos-meta-mtime (HEAD only)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,18 @@ def _reported_crc64(headers: dict) -> Optional[int]:
     return None
 
 
+def _float_or_none(value: str) -> Optional[float]:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _metadata(client_mtime: Optional[float]) -> dict[str, Any]:
+    return {"Metadata": {MTIME_HEADER: str(int(client_mtime))}} if client_mtime is not None \
+        else {}
+
+
 def _parse_http_date(value: str) -> float:
     try:
         return email.utils.parsedate_to_datetime(value).timestamp()
@@ -180,6 +196,7 @@ class Bucket:
             mtime=_parse_http_date(headers.get("last-modified", "")),
             etag=headers.get("etag", "").strip('"'),
             crc64=_reported_crc64(headers),
+            client_mtime=_float_or_none(headers.get(MTIME_HEADER, "")),
         )
 
     def list_page(
@@ -237,10 +254,11 @@ class Bucket:
               Bucket=self.name, Key=key, Body=data, EnableMD5=True)
         return _reported_crc64(result)
 
-    def create_multipart(self, key: str) -> str:
-        """Start a multipart upload; return its upload id."""
+    def create_multipart(self, key: str, client_mtime: Optional[float] = None) -> str:
+        """Start a multipart upload (of an object with ``client_mtime`` metadata if given);
+        return its upload id."""
         result = _call(f"InitiateMultipartUpload {key}", self._client.create_multipart_upload,
-              Bucket=self.name, Key=key)
+              Bucket=self.name, Key=key, **_metadata(client_mtime))
         return str(result["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
@@ -307,11 +325,14 @@ class Bucket:
         _call(f"AbortMultipartUpload {key}", self._client.abort_multipart_upload,
               Bucket=self.name, Key=key, UploadId=upload_id)
 
-    def copy(self, src_key: str, dst_key: str) -> None:
-        """Server-side copy of ``src_key`` to ``dst_key`` within this bucket (≤ 5 GB)."""
+    def copy(self, src_key: str, dst_key: str, client_mtime: Optional[float] = None) -> None:
+        """Server-side copy of ``src_key`` to ``dst_key`` within this bucket (≤ 5 GB), with
+        the source's metadata, or with ``client_mtime`` as the only metadata if given."""
         source = {"Bucket": self.name, "Key": src_key, "Region": self.region or ""}
+        directive = "Copy" if client_mtime is None else "Replaced"
         _call(f"COPY {src_key} -> {dst_key}", self._client.copy_object,
-              Bucket=self.name, Key=dst_key, CopySource=source)
+              Bucket=self.name, Key=dst_key, CopySource=source, CopyStatus=directive,
+              **_metadata(client_mtime))
 
     def delete_many(self, keys: list[str]) -> None:
         """Delete up to 1,000 keys in one request; raises ``StorageError`` naming a failure."""

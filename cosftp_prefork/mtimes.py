@@ -1,0 +1,86 @@
+"""Modification times set by MFMT, which COS cannot set on an object itself.
+
+The time is stored twice:
+
+- as the object's ``x-cos-meta-mtime`` metadata (a copy of the object onto itself), where
+  MDTM reads it with a HEAD and where other tools (rclone) look for it;
+- as an empty *marker* object ``.cosftp/mtime/<key>#<seconds>#<etag>``, because a listing
+  carries no metadata: one extra listing of ``.cosftp/mtime/<directory>/`` gives LIST and MLSD
+  the times of a whole directory, where a HEAD per file would cost a request per entry.
+
+A marker counts only while the object still has the ETag it names: an overwrite with other
+bytes makes it stale without anyone having to delete it. (Times cannot tell: COS's have whole
+seconds, and a client often overwrites or sets the time within the same second.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from concurrent.futures import Executor
+
+from .config import TransferConfig
+from .listing import Entry, all_objects
+from .paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
+from .renamer import copy_object, delete_keys
+from .storage import Bucket, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+MTIME_ROOT = f"{RESERVED_NAME}/mtime/"
+_SEPARATOR = "#"
+
+
+def marker_key(key: str, mtime: float, etag: str) -> str:
+    """The marker recording ``mtime`` for the object ``key`` while its ETag is ``etag``."""
+    return f"{MTIME_ROOT}{key}{_SEPARATOR}{int(mtime)}{_SEPARATOR}{etag}"
+
+
+def _parse(name: str) -> tuple[str, int, str]:
+    """Split a marker's name into file name, time and ETag; ("", 0, "") if it is none."""
+    parts = name.rsplit(_SEPARATOR, 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return "", 0, ""
+    return parts[0], int(parts[1]), parts[2]
+
+
+def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
+                     transfer: TransferConfig, executor: Executor) -> None:
+    """Record ``mtime`` for the object ``info``; raises ``StorageError``."""
+    copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime)
+    marker = marker_key(info.key, mtime, bucket.head(info.key).etag)
+    if len(marker.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+        log.info("%s: name too long for a listing marker; only MDTM will show the time",
+                 info.key)
+        return
+    directory, _, name = info.key.rpartition("/")
+    prefix = f"{MTIME_ROOT}{directory}/" if directory else MTIME_ROOT
+    stale = [obj.key for obj in all_objects(bucket, f"{MTIME_ROOT}{info.key}{_SEPARATOR}")
+             if obj.key != marker and _parse(child_name(prefix, obj.key))[0] == name]
+    bucket.put(marker, b"")
+    delete_keys(bucket, stale)
+
+
+def listed_mtimes(bucket: Bucket, prefix: str) -> dict[tuple[str, str], int]:
+    """Return ``(name, etag) -> MFMT time`` for the files directly in the directory
+    ``prefix`` (``""`` = root); raises ``StorageError``."""
+    found: dict[tuple[str, str], int] = {}
+    marker = ""
+    while True:
+        page = bucket.list_page(MTIME_ROOT + prefix, marker=marker)
+        for obj in page.objects:
+            name, stamp, etag = _parse(child_name(MTIME_ROOT + prefix, obj.key))
+            if name:
+                found[(name, etag)] = stamp
+        if page.next_marker is None:
+            return found
+        marker = page.next_marker
+
+
+def apply_mtimes(entries: list[Entry], mtimes: dict[tuple[str, str], int]) -> list[Entry]:
+    """Return ``entries`` with the MFMT time of every file whose marker is still current."""
+    return [
+        dataclasses.replace(entry, mtime=float(mtimes[(entry.name, entry.etag)]))
+        if not entry.is_dir and (entry.name, entry.etag) in mtimes else entry
+        for entry in entries
+    ]
