@@ -24,7 +24,7 @@ from cosftp_prefork.config import parse_config
 from cosftp_prefork.errors import ConfigError
 
 from .conftest import ALPHA, _close
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_clients import require, run
 from .test_commands import get, put
 from .test_master import _refused, log_text, master_of, state_of
@@ -415,6 +415,21 @@ def test_out_of_date_certificate_is_a_warning(tmp_path, valid_from, expected):
     config = parse_config(config_text(f"tls_certfile = {cert}\ntls_keyfile = {key}"))
     assert config.network.tls is not None
     assert len(config.warnings) == 1 and expected in config.warnings[0]
+
+
+def test_tls_lines_of_the_shipped_example_load(certs, monkeypatch):
+    """Uncommented, with real files, the example's FTPS lines make a valid configuration."""
+    monkeypatch.chdir(ROOT)
+    with open("conf/vsftpd.conf.example", encoding="utf-8") as handle:
+        text = handle.read()
+    values = {"tls_certfile": certs[0], "tls_keyfile": certs[1], "tls_required": "true"}
+    for option, value in values.items():
+        text, count = re.subn(rf"(?m)^# {option} = \S+", f"{option} = {value}", text)
+        assert count == 1, option
+    text = re.sub(r"(?m)^# (implicit_tls_port = )", r"\1", text)
+    config = parse_config(text, "example", {})
+    assert config.network.tls is not None and config.network.implicit_tls_port == 990
+    assert config.accounts[0].tls_required and not config.accounts[1].tls_required
 
 
 def test_cosftpctl_check_names_the_bad_certificate(emulator, tmp_path):
