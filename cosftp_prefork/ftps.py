@@ -12,11 +12,15 @@ the policy is enforced here once the account is known: from USER on.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+from OpenSSL import SSL
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
 
+from .config import Config
 from .ftp import CosDTPHandler, CosFTPHandler, configure_handler
+from .storage import BucketRegistry
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     proto_cmds = {**TLS_FTPHandler.proto_cmds, **CosFTPHandler.proto_cmds}
 
     @classmethod
-    def get_ssl_context(cls):
+    def get_ssl_context(cls) -> SSL.Context:
         """Return the context loaded (and validated) with the configuration."""
         return cls.config.network.tls.context
 
@@ -102,6 +106,7 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         super().process_command(cmd, *args, **kwargs)
 
     def _tls_refusal(self, cmd: str, arg: str) -> Optional[str]:
+        """Return the reply refusing ``cmd`` under ``tls_required``, or None to run it."""
         user = arg if cmd == "USER" else self.username
         if not (self.authorizer.has_user(user) and self.authorizer.account(user).tls_required):
             return None
@@ -132,7 +137,8 @@ class ImplicitTLS:
         self.initiate_send()
 
 
-def configure_tls_handlers(config, buckets, executor, retrier, stats,
+def configure_tls_handlers(config: Config, buckets: BucketRegistry,
+                           executor: ThreadPoolExecutor, retrier, stats,
                            masquerade_ip: Optional[str]) -> tuple[type, type]:
     """Return the handler classes for the FTP port (plain and AUTH TLS) and for the implicit
     FTPS port; the arguments are ``configure_handler``'s and ``config.network.tls`` is set."""

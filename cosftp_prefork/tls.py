@@ -19,6 +19,7 @@ from typing import Optional
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 
 
@@ -97,7 +98,7 @@ def _certificates(path: str) -> list[x509.Certificate]:
                            f"{path} holds no valid PEM certificate") from None
 
 
-def _private_key(path: str, option: str):
+def _private_key(path: str, option: str) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(_read(path, option), password=None)
     except TypeError:
