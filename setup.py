@@ -12,6 +12,10 @@ setup(
         "psutil>=5.9",
         "setproctitle>=1.3",
         "fastcrc>=0.3",
+        # FTPS: pyftpdlib defines TLS_FTPHandler only when pyOpenSSL imports; 24.3 takes
+        # cryptography's certificate and key objects, which tls.py loads for clear errors.
+        "pyOpenSSL>=24.3",
+        "cryptography>=42",
     ],
     extras_require={
         # The local COS emulator used by the demo and the test suite.

@@ -15,7 +15,14 @@ from typing import Optional
 from .config import Config, load_config, locate_pid_file
 from .errors import ConfigError
 from .passwords import hash_password
-from .shared import RELOAD_FAILED, RELOAD_OK, SharedState, heartbeat_age, state_path
+from .shared import (
+    RELOAD_FAILED,
+    RELOAD_OK,
+    MasterStatus,
+    SharedState,
+    heartbeat_age,
+    state_path,
+)
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
 START_TIMEOUT = 15.0
@@ -166,6 +173,13 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def _ports(master: MasterStatus) -> str:
+    ports = f"port {master.ftp_port}" + (" (AUTH TLS)" if master.auth_tls else "")
+    if master.implicit_tls_port:
+        ports += f"  implicit FTPS port {master.implicit_tls_port}"
+    return ports
+
+
 def format_status(state: SharedState) -> str:
     """Return the master line and one row per worker, with psutil figures."""
     import psutil
@@ -174,7 +188,7 @@ def format_status(state: SharedState) -> str:
     now = time.time()
     lines = [f"master pid {master.pid}  up {_duration(now - master.started)}  "
              f"generation {master.generation}  workers {master.worker_count}  "
-             f"config {master.config_path}",
+             f"config {master.config_path}  {_ports(master)}",
              f"{'PID':>7} {'GEN':>4} {'WORKER':>6} {'STATE':<9} {'SESS':>5} {'UP':>3} "
              f"{'DOWN':>4} {'BYTES_UP':>12} {'BYTES_DOWN':>12} {'RSS_MIB':>8} {'CPU%':>5} "
              f"{'FDS':>4} {'BEAT':>5}"]
@@ -202,7 +216,8 @@ def format_status(state: SharedState) -> str:
 def cmd_check(config: Config) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{config.path}: OK, {len(config.accounts)} account(s)")
+    tls = f", FTPS with {config.network.tls.certfile}" if config.network.tls else ""
+    print(f"{config.path}: OK, {len(config.accounts)} account(s){tls}")
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 from .passwords import check_stored_form
+from .tls import ServerTLS, TLSFileError, load_server_tls
 
 KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
 MIN_PART_SIZE = 1 * MIB
@@ -60,6 +61,7 @@ class AccountConfig:
     authority: str
     delete_enable: bool
     anonymous_enable: bool = False
+    tls_required: bool = False
 
     @property
     def can_read(self) -> bool:
@@ -76,6 +78,8 @@ class NetworkConfig:
     listen_port: int = 2121
     masquerade_address: Optional[str] = None
     passive_ports: tuple[int, int] = (60000, 65535)
+    implicit_tls_port: int = 0  # 0: no implicit FTPS listener
+    tls: Optional[ServerTLS] = None  # None: TLS off (no AUTH TLS, no implicit listener)
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,10 @@ def _password(raw: str) -> str:
     return raw
 
 
+def _path(raw: str) -> str:
+    return os.path.abspath(raw)
+
+
 def _home_dir(raw: str) -> str:
     return "/" + raw.strip("/")
 
@@ -247,10 +255,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(ACCOUNT_PREFIX, "delete_enable", _boolean, True, "allow DELE and RMD"),
     Setting(ACCOUNT_PREFIX, "anonymous_enable", _boolean, False,
             "let user 'anonymous' in with any password, read-only"),
+    Setting(ACCOUNT_PREFIX, "tls_required", _boolean, False,
+            "refuse this login unless control and data connections use TLS"),
     Setting("NETWORK", "masquerade_address", _host, None, "address announced in PASV"),
     Setting("NETWORK", "listen_address", _ip_address, "0.0.0.0", "address to listen on"),
     Setting("NETWORK", "listen_port", _integer(0, 65535), 2121, "FTP control port"),
     Setting("NETWORK", "passive_port", _port_range, (60000, 65535), "passive data ports"),
+    Setting("NETWORK", "tls_certfile", _path, None,
+            "PEM certificate chain (and key, unless tls_keyfile); enables FTPS"),
+    Setting("NETWORK", "tls_keyfile", _path, None, "PEM private key; default: tls_certfile"),
+    Setting("NETWORK", "implicit_tls_port", _integer(0, 65535), 0,
+            "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("FILE_OPTION", "single_file_max_size",
             _integer(1, MAX_DATA_PARTS * MAX_PART_SIZE, _BYTES),
             200 * GIB, "largest file accepted, in bytes"),
@@ -356,7 +371,7 @@ def _account(reader: _Reader, section: str) -> AccountConfig:
         cos_ip=values["cos_ip"], cos_port=values["cos_port"], home_dir=values["home_dir"],
         user=values["ftp_login_user_name"], password=values["ftp_login_user_password"],
         authority=values["authority"], delete_enable=values["delete_enable"],
-        anonymous_enable=values["anonymous_enable"],
+        anonymous_enable=values["anonymous_enable"], tls_required=values["tls_required"],
     )
 
 
@@ -389,6 +404,41 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
     )
 
 
+def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]) -> NetworkConfig:
+    """Build ``[NETWORK]``, loading the TLS certificate and key when they are configured;
+    TLS options that need a certificate raise ``ConfigError`` without one."""
+    tls = _server_tls(reader, net["tls_certfile"], net["tls_keyfile"])
+    implicit_port = net["implicit_tls_port"]
+    if tls is None:
+        needing = next((a.section for a in accounts if a.tls_required), None)
+        if needing is not None:
+            raise reader.error("needs [NETWORK] tls_certfile", needing, "tls_required")
+        if implicit_port:
+            raise reader.error("needs tls_certfile", "NETWORK", "implicit_tls_port")
+    elif implicit_port and implicit_port == net["listen_port"]:
+        raise reader.error(f"{implicit_port} is already listen_port", "NETWORK",
+                           "implicit_tls_port")
+    return NetworkConfig(net["listen_address"], net["listen_port"], net["masquerade_address"],
+                         net["passive_port"], implicit_port, tls)
+
+
+def _server_tls(reader: _Reader, certfile: Optional[str],
+                keyfile: Optional[str]) -> Optional[ServerTLS]:
+    """Return the loaded certificate and key (None: TLS off); raises ``ConfigError``."""
+    if certfile is None:
+        if keyfile is not None:
+            raise reader.error("needs tls_certfile", "NETWORK", "tls_keyfile")
+        return None
+    try:
+        tls = load_server_tls(certfile, keyfile)
+    except TLSFileError as exc:
+        raise reader.error(exc.problem, "NETWORK", exc.option) from None
+    warning = tls.validity_warning()
+    if warning:
+        reader.warnings.append(f"{reader.path} [NETWORK] tls_certfile: {warning}")
+    return tls
+
+
 def _build(reader: _Reader) -> Config:
     sections = reader.parser.sections()
     for section in sections:
@@ -406,8 +456,7 @@ def _build(reader: _Reader) -> Config:
     return Config(
         path=reader.path,
         accounts=tuple(accounts),
-        network=NetworkConfig(net["listen_address"], net["listen_port"],
-                              net["masquerade_address"], net["passive_port"]),
+        network=_network(reader, net, accounts),
         transfer=TransferConfig(files["single_file_max_size"], optional["min_part_size"],
                                 optional["upload_thread_num"],
                                 optional["multipart_copy_threshold"],

@@ -442,9 +442,9 @@ class CosFTPHandler(FTPHandler):
 
 
 def configure_handler(config: Config, buckets: BucketRegistry, executor, retrier, stats,
-                      masquerade_ip: Optional[str]) -> type:
-    """Return a handler class bound to this worker's config, COS clients, thread pool, abort
-    retrier and counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
+                      masquerade_ip: Optional[str], base: type = CosFTPHandler) -> type:
+    """Return a subclass of ``base`` bound to this worker's config, COS clients, thread pool,
+    abort retrier and counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
     low, high = config.network.passive_ports
     attrs = {
         "config": config,
@@ -456,4 +456,4 @@ def configure_handler(config: Config, buckets: BucketRegistry, executor, retrier
         "masquerade_address": masquerade_ip,
         "passive_ports": range(low, high + 1),
     }
-    return type("BoundCosFTPHandler", (CosFTPHandler,), attrs)
+    return type(f"Bound{base.__name__}", (base,), attrs)

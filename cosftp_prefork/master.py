@@ -1,4 +1,4 @@
-"""The master process: binds the listening socket, forks workers and supervises them.
+"""The master process: binds the listening sockets, forks workers and supervises them.
 
 Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake the loop
 through a pipe; the loop dispatches to ``handle_<signal>`` methods, reaps and respawns
@@ -6,8 +6,8 @@ workers, finishes reloads and runs health checks. The master never serves FTP an
 talks to COS.
 
 Reload (HUP) is nginx-like: the new file is validated first and an invalid one leaves
-everything as it was. A valid one starts a new generation of workers on the same socket
-(or a new one if the address changed); the old generation is told to drain only once every
+everything as it was. A valid one starts a new generation of workers on the same sockets
+(new ones for an address that changed); the old generation is told to drain only once every
 new worker serves, and if the new generation cannot start the master rolls back to the
 old configuration, whose workers never stopped serving.
 """
@@ -30,7 +30,7 @@ from typing import Optional
 import psutil
 from setproctitle import setproctitle
 
-from .config import Config, load_config
+from .config import Config, NetworkConfig, load_config
 from .errors import ConfigError
 from .log import setup_logging
 from .shared import (
@@ -68,6 +68,68 @@ def bind_listener(address: str, port: int, backlog: int = 128) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+@dataclass
+class Listeners:
+    """The listening sockets of one configuration: the FTP port (plain, and AUTH TLS when
+    TLS is configured) and the implicit FTPS port."""
+
+    ftp: socket.socket
+    implicit_tls: Optional[socket.socket] = None
+
+    def sockets(self) -> list[socket.socket]:
+        return [sock for sock in (self.ftp, self.implicit_tls) if sock is not None]
+
+    def close(self, keep: Optional[Listeners] = None) -> None:
+        """Close every socket that ``keep`` does not also use."""
+        kept = keep.sockets() if keep is not None else []
+        for sock in self.sockets():
+            if not any(sock is other for other in kept):
+                sock.close()
+
+    def ports(self) -> tuple[int, int]:
+        """Return the FTP port and the implicit FTPS port (0: none)."""
+        implicit = self.implicit_tls.getsockname()[1] if self.implicit_tls else 0
+        return self.ftp.getsockname()[1], implicit
+
+    def describe(self) -> str:
+        """``address:port`` of each listener, the implicit FTPS one marked."""
+        parts = [_address(self.ftp)]
+        if self.implicit_tls is not None:
+            parts.append(f"{_address(self.implicit_tls)} (implicit FTPS)")
+        return ", ".join(parts)
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def bind_listeners(network: NetworkConfig, current: Optional[Listeners] = None) -> Listeners:
+    """Return the listeners ``network`` asks for, reusing those of ``current`` that already
+    listen where wanted. Raises ``OSError`` (having closed what it bound) if one cannot bind."""
+    ftp = _reuse_or_bind(network.listen_address, network.listen_port,
+                         current.ftp if current else None)
+    implicit = None
+    if network.implicit_tls_port:
+        try:
+            implicit = _reuse_or_bind(network.listen_address, network.implicit_tls_port,
+                                      current.implicit_tls if current else None)
+        except OSError:
+            if current is None or ftp is not current.ftp:
+                ftp.close()
+            raise
+    return Listeners(ftp, implicit)
+
+
+def _reuse_or_bind(address: str, port: int, sock: Optional[socket.socket]) -> socket.socket:
+    """Return ``sock`` if it listens on ``address:port`` (port 0: any), else a new listener."""
+    if sock is not None:
+        host, actual = sock.getsockname()[:2]
+        if host == address and port in (0, actual):
+            return sock
+    return bind_listener(address, port)
 
 
 def write_pid_file(path: str, pid: int) -> None:
@@ -113,13 +175,13 @@ class PendingReload:
 
     old_config: Config
     old_generation: int
-    old_sock: Optional[socket.socket]
+    old_listeners: Optional[Listeners]  # set if the new generation listens elsewhere
     deadline: float
     draining: Optional[list[int]] = None  # old pids told to drain, once the new ones serve
 
 
 class Master:
-    """Supervises the workers serving one config on one socket."""
+    """Supervises the workers serving one config on its listening sockets."""
 
     SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU",
                "SIGCHLD")
@@ -138,7 +200,7 @@ class Master:
         self.reload_result = 0
         self.stopping = False
         self.exit_status = 0
-        self.sock: Optional[socket.socket] = None
+        self.listeners: Optional[Listeners] = None
         self.state: Optional[SharedState] = None
         self._stop_deadline = 0.0
         self._next_health_check = 0.0
@@ -152,14 +214,14 @@ class Master:
         self._setup_logging()
         for warning in self.config.warnings:
             log.warning("config: %s", warning)
-        network = self.config.network
-        self.sock = bind_listener(network.listen_address, network.listen_port)
+        self.listeners = bind_listeners(self.config.network)
         self.state = SharedState.create(state_path(self.config.server.pid_file))
         write_pid_file(self.config.server.pid_file, self.pid)
         self._install_signals()
         self._publish()
-        log.info("master %d listening on %s:%d with %d workers", self.pid,
-                 *self.sock.getsockname()[:2], self.num_workers)
+        log.info("master %d listening on %s with %d workers", self.pid,
+                 self.listeners.describe(), self.num_workers)
+        log.info("%s", tls_summary(self.config))
         try:
             self._loop()
         finally:
@@ -186,9 +248,11 @@ class Master:
     def _publish(self) -> None:
         """Refresh the shared header and the process title."""
         assert self.state is not None
+        ftp_port, implicit_port = self.listeners.ports() if self.listeners else (0, 0)
         self.state.write_header(MasterStatus(
             self.pid, self.generation, self.started, self.num_workers, self.config.path,
-            self.reloads, self.reload_result))
+            self.reloads, self.reload_result, ftp_port, implicit_port,
+            self.config.network.tls is not None))
         setproctitle(f"cosftp: master [{self.config.path}] gen={self.generation} "
                      f"workers={len(self._current())}")
 
@@ -267,10 +331,10 @@ class Master:
         self._signal_workers(signum, self.workers.values())
 
     def _close_listeners(self) -> None:
-        for sock in (self.sock, self.reload.old_sock if self.reload else None):
-            if sock is not None:
-                sock.close()
-        self.sock = None
+        for listeners in (self.listeners, self.reload.old_listeners if self.reload else None):
+            if listeners is not None:
+                listeners.close()
+        self.listeners = None
 
     def _cleanup(self) -> None:
         self._close_listeners()
@@ -302,7 +366,7 @@ class Master:
                 self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        assert self.sock is not None and self.state is not None
+        assert self.listeners is not None and self.state is not None
         slot = self.state.free_slot()
         pid = os.fork()
         if pid == 0:
@@ -318,12 +382,14 @@ class Master:
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
-        if self.reload is not None and self.reload.old_sock is not None:
-            self.reload.old_sock.close()  # a new worker must not keep the old port open
-        assert self.sock is not None and self.state is not None
+        assert self.listeners is not None and self.state is not None
+        if self.reload is not None and self.reload.old_listeners is not None:
+            # A new worker must not keep the old ports open.
+            self.reload.old_listeners.close(keep=self.listeners)
         try:
-            return Worker(index, self.generation, slot, self.config, self.sock, self.state,
-                          self.pid, self.foreground).run()
+            return Worker(index, self.generation, slot, self.config, self.listeners.ftp,
+                          self.state, self.pid, self.foreground,
+                          self.listeners.implicit_tls).run()
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 0
         except BaseException:
@@ -385,16 +451,16 @@ class Master:
         if self.reload is not None:
             raise ConfigError("a reload is already in progress", self.config.path)
         new = load_config(self.config.path)
-        old_sock = None
-        old_net, new_net = self.config.network, new.network
-        if (old_net.listen_address, old_net.listen_port) != (new_net.listen_address,
-                                                             new_net.listen_port):
-            old_sock = self.sock
-            self.sock = bind_listener(new_net.listen_address, new_net.listen_port)
-            log.info("reload: now listening on %s:%d", *self.sock.getsockname()[:2])
+        assert self.listeners is not None
+        old_listeners = None
+        listeners = bind_listeners(new.network, self.listeners)
+        if listeners != self.listeners:
+            old_listeners, self.listeners = self.listeners, listeners
+            log.info("reload: now listening on %s", listeners.describe())
         for warning in new.warnings:
             log.warning("config: %s", warning)
-        self.reload = PendingReload(self.config, self.generation, old_sock,
+        log.info("reload: %s", tls_summary(new))
+        self.reload = PendingReload(self.config, self.generation, old_listeners,
                                     time.monotonic() + RELOAD_READY_TIMEOUT)
         # The pid and state files stay where cosftpctl found them at start.
         self.config = replace(new, server=replace(new.server,
@@ -430,9 +496,9 @@ class Master:
                      len(old))
             self._drain(old)
             pending.draining = [w.pid for w in old]
-            if pending.old_sock is not None:
-                pending.old_sock.close()
-                pending.old_sock = None
+            if pending.old_listeners is not None:
+                pending.old_listeners.close(keep=self.listeners)
+                pending.old_listeners = None
         elif time.monotonic() > pending.deadline:
             self._roll_back(f"generation {self.generation} not serving after "
                             f"{RELOAD_READY_TIMEOUT:.0f}s")
@@ -444,10 +510,10 @@ class Master:
                   pending.old_generation)
         failed = [w for w in self.workers.values() if w.generation == self.generation]
         self._signal_workers(signal.SIGTERM, failed)
-        if pending.old_sock is not None:
-            assert self.sock is not None
-            self.sock.close()
-            self.sock = pending.old_sock
+        if pending.old_listeners is not None:
+            assert self.listeners is not None
+            self.listeners.close(keep=pending.old_listeners)
+            self.listeners = pending.old_listeners
         self.config, self.generation = pending.old_config, pending.old_generation
         self.num_workers = self.config.server.worker_processes
         self.reload = None
@@ -490,6 +556,19 @@ class Master:
         if fds > FD_WARNING_RATIO * fd_limit:
             log.warning("worker %d (pid %d) has %d open files of a limit of %d", worker.index,
                         worker.pid, fds, fd_limit)
+
+
+def tls_summary(config: Config) -> str:
+    """One line on FTPS for the log: off, or the certificate and who must use TLS."""
+    network = config.network
+    if network.tls is None:
+        return "TLS: off (no [NETWORK] tls_certfile)"
+    implicit = (f"implicit FTPS on port {network.implicit_tls_port}"
+                if network.implicit_tls_port else "no implicit FTPS port")
+    required = [a.user for a in config.accounts if a.tls_required]
+    return (f"TLS: AUTH TLS on port {network.listen_port}, {implicit}; certificate "
+            f"{network.tls.certfile} ({network.tls.subject}); TLS required for: "
+            f"{', '.join(required) or 'nobody'}")
 
 
 def _describe_status(status: int) -> str:

@@ -3,7 +3,7 @@
 The master creates the file (beside the pid file) before forking; workers inherit the
 mapping. It holds:
 
-* a header: master pid, generation, start time, config path;
+* a header: master pid, generation, start time, config path, listening ports;
 * one slot per worker, written only by that worker (heartbeat, sessions, transfers, bytes)
   and cleared by the master when it reaps the worker;
 * a session table, so ``max_connection_num`` and ``max_connections_per_ip`` hold for the
@@ -31,6 +31,8 @@ from typing import Optional
 MAGIC = b"CFTP"
 # magic, version, master pid, generation, started, workers, reload count, last reload result
 _HEADER = struct.Struct("<4sIiIdIII")
+# after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1)
+_PORTS = struct.Struct("<HHB")
 _HEADER_SIZE = 64
 _PATH_SIZE = 512
 _SLOT = struct.Struct("<iiIIddIIIIQQ")
@@ -79,6 +81,9 @@ class MasterStatus:
     config_path: str
     reloads: int = 0
     reload_result: int = RELOAD_NONE
+    ftp_port: int = 0
+    implicit_tls_port: int = 0
+    auth_tls: bool = False
 
 
 def state_path(pid_file: str) -> str:
@@ -135,6 +140,8 @@ class SharedState:
         self._map[:_HEADER.size] = _HEADER.pack(
             MAGIC, 1, status.pid, status.generation, status.started, status.worker_count,
             status.reloads, status.reload_result)
+        _PORTS.pack_into(self._map, _HEADER.size, status.ftp_port, status.implicit_tls_port,
+                         status.auth_tls)
         path = status.config_path.encode("utf-8")[: _PATH_SIZE - 1]
         self._map[_HEADER_SIZE:_SLOTS_AT] = path.ljust(_PATH_SIZE, b"\0")
 
@@ -142,7 +149,9 @@ class SharedState:
         _, _, pid, generation, started, workers, reloads, result = _HEADER.unpack_from(
             self._map, 0)
         path = bytes(self._map[_HEADER_SIZE:_SLOTS_AT]).split(b"\0", 1)[0].decode("utf-8")
-        return MasterStatus(pid, generation, started, workers, path, reloads, result)
+        ftp_port, implicit_port, auth_tls = _PORTS.unpack_from(self._map, _HEADER.size)
+        return MasterStatus(pid, generation, started, workers, path, reloads, result, ftp_port,
+                            implicit_port, bool(auth_tls))
 
     # --- worker slots
 

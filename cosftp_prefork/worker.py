@@ -21,11 +21,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
 from .config import Config
 from .ftp import configure_handler
+from .ftps import configure_tls_handlers
 from .log import setup_logging
 from .resume import Janitor
 from .shared import DRAINING, SERVING, STARTING, SharedState
@@ -133,7 +135,13 @@ class BalancedFTPServer(ThreadedFTPServer):
     """
 
     state: SharedState
+    kind = "FTP"  # what the listener serves, for the log
     paused = False  # True while this worker leaves new connections to its peers
+
+    def describe(self) -> str:
+        """``address:port (kind)``, for the log."""
+        host, port = self.address
+        return f"{host}:{port} ({self.kind})"
 
     def handle_accepted(self, sock, addr):
         handler = super().handle_accepted(sock, addr)
@@ -161,9 +169,10 @@ class Worker:
 
     def __init__(self, index: int, generation: int, slot: int, config: Config,
                  sock: socket.socket, state: SharedState, master_pid: int,
-                 foreground: bool) -> None:
+                 foreground: bool, implicit_tls_sock: Optional[socket.socket] = None) -> None:
         self.index, self.generation, self.slot = index, generation, slot
         self.config, self.sock, self.state = config, sock, state
+        self.implicit_tls_sock = implicit_tls_sock
         self.master_pid, self.foreground = master_pid, foreground
         self._stop = self._drain = self._reopen = False
         self._title = ""
@@ -189,15 +198,11 @@ class Worker:
         retrier.start()
         janitor = self._start_janitor(buckets)
         try:
-            handler = configure_handler(self.config, buckets, executor, retrier, stats,
-                                        masquerade)
-            server = BalancedFTPServer(self.sock, handler)
-            server.state = self.state
-            server.max_cons = server.max_cons_per_ip = 0  # enforced server-wide by stats
+            servers = self._servers(buckets, executor, retrier, stats, masquerade)
             stats.status = SERVING
             log.info("worker %d gen %d serving on %s", self.index, self.generation,
-                     self.sock.getsockname()[:2])
-            self._serve(server, stats)
+                     ", ".join(server.describe() for server in servers))
+            self._serve(servers, stats)
         finally:
             executor.shutdown(wait=True)
             retrier.stop()
@@ -237,35 +242,61 @@ class Worker:
             raise BootFailure(f"[NETWORK] masquerade_address {name!r} does not resolve: "
                               f"{exc}") from exc
 
-    def _serve(self, server: BalancedFTPServer, stats: WorkerStats) -> None:
-        ioloop = server.ioloop
+    def _servers(self, buckets: BucketRegistry, executor: ThreadPoolExecutor,
+                 retrier: AbortRetrier, stats: WorkerStats,
+                 masquerade: Optional[str]) -> list[BalancedFTPServer]:
+        """Return one server per listening socket, all on one IOLoop: the FTP port (also
+        taking AUTH TLS when TLS is configured) and the implicit FTPS port, if any."""
+        args = (self.config, buckets, executor, retrier, stats, masquerade)
+        if self.config.network.tls is None:
+            listeners = [(self.sock, configure_handler(*args), "FTP")]
+        else:
+            explicit, implicit = configure_tls_handlers(*args)
+            listeners = [(self.sock, explicit, "FTP, AUTH TLS")]
+            if self.implicit_tls_sock is not None:
+                listeners.append((self.implicit_tls_sock, implicit, "implicit FTPS"))
+        ioloop = IOLoop.instance()
+        servers = []
+        for sock, handler, kind in listeners:
+            server = BalancedFTPServer(sock, handler, ioloop=ioloop)
+            server.state, server.kind = self.state, kind
+            server.max_cons = server.max_cons_per_ip = 0  # enforced server-wide by stats
+            servers.append(server)
+        return servers
+
+    def _serve(self, servers: list[BalancedFTPServer], stats: WorkerStats) -> None:
+        ioloop = servers[0].ioloop
         drain_deadline: Optional[float] = None
         next_tick = 0.0
         while not self._stop:
             now = time.monotonic()
             if self._drain and drain_deadline is None:
                 drain_deadline = now + self.config.server.graceful_timeout
-                self._start_draining(server, stats)
+                self._start_draining(servers, stats)
             if drain_deadline is not None and (stats.sessions <= 0 or now > drain_deadline):
                 break
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
                 self._tick(stats)
             if drain_deadline is None:
-                server.rebalance()
+                for server in servers:
+                    server.rebalance()
             if ioloop.socket_map:
-                ioloop.poll(BALANCE_SECONDS if server.paused else TICK_SECONDS)
+                paused = any(server.paused for server in servers)
+                ioloop.poll(BALANCE_SECONDS if paused else TICK_SECONDS)
             else:
                 time.sleep(BALANCE_SECONDS)
             ioloop.sched.poll()
         if stats.sessions > 0:
             log.warning("worker %d closing %d sessions", self.index, stats.sessions)
-        server.close_all()
+        for server in servers:
+            server.close_all()  # each joins its own session threads
 
-    def _start_draining(self, server: BalancedFTPServer, stats: WorkerStats) -> None:
+    def _start_draining(self, servers: list[BalancedFTPServer], stats: WorkerStats) -> None:
         log.info("worker %d gen %d draining: %d sessions left, up to %ds", self.index,
                  self.generation, stats.sessions, self.config.server.graceful_timeout)
-        server.close()  # stop accepting; the listening socket stays open in the others
+        for server in servers:
+            server.close()  # stop accepting; the listening socket stays open in the others
         stats.status = DRAINING
         self._set_title(stats.publish())  # the master waits for this before reporting a reload
 

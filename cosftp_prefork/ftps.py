@@ -1,0 +1,148 @@
+"""FTPS: the TLS variants of the COS control and data handlers, explicit and implicit.
+
+pyftpdlib's ``TLS_FTPHandler`` / ``TLS_DTPHandler`` bring AUTH, PBSZ, PROT and the TLS
+plumbing, ours bring COS. Ours come first in the MRO, so their ``super()`` calls go through
+pyftpdlib's TLS classes on their way to ``FTPHandler`` / ``DTPHandler``.
+
+pyftpdlib's ``tls_control_required`` / ``tls_data_required`` hold for every user of a
+handler class and are checked before anyone logged in; ``tls_required`` is per account, so
+the policy is enforced here once the account is known: from USER on.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+from OpenSSL import SSL
+from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
+
+from .config import Config
+from .ftp import CosDTPHandler, CosFTPHandler, configure_handler
+from .storage import BucketRegistry
+
+log = logging.getLogger(__name__)
+
+DATA_SETUP_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
+REFUSE_PLAIN_LOGIN = "530 This account requires TLS: send AUTH TLS before USER."
+REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send PROT P first."
+REFUSE_PROT_C = "534 This account may not use clear data connections."
+
+
+class _TLSData(TLS_DTPHandler):
+    """pyftpdlib's TLS data channel with two fixes for transfers that fail."""
+
+    def handle_error(self) -> None:
+        """Reply 426 and close through every ``close()`` of the class.
+
+        pyftpdlib's TLS mixin logs the error and calls ``DTPHandler.close`` directly: no
+        reply, and the subclasses' ``close()`` (our counters) never runs.
+        """
+        self._error = True  # a connection that failed gets no TLS shutdown
+        DTPHandler.handle_error(self)
+
+    def close(self) -> None:
+        # A transfer that did not finish is closed at once, without a TLS shutdown that
+        # could take more IO turns: during those, a hang-up would make pyftpdlib's
+        # handle_close() declare the transfer finished and send a second reply.
+        if not self.transfer_finished:
+            self._error = True
+        super().close()
+
+
+class CosTLSDTPHandler(CosDTPHandler, _TLSData):
+    """Data channel of a TLS session: encrypted once the client sent PROT P, and committing
+    uploads exactly as ``CosDTPHandler`` does."""
+
+    _close_started = False
+
+    def close(self) -> None:
+        """Decide commit or abort and count the transfer once, at the first call.
+
+        After a finished transfer the TLS shutdown may still be under way when close() is
+        called again (the session ends, the client hangs up): just release the connection.
+        """
+        if self._close_started:
+            DTPHandler.close(self)
+            return
+        self._close_started = True
+        super().close()
+
+
+class _TLSControl(TLS_FTPHandler):
+    def handle_error(self) -> None:
+        """Log and close through every ``close()`` of the class.
+
+        pyftpdlib's TLS mixin calls ``FTPHandler.close`` directly, so the subclasses'
+        ``close()`` (ours releases the session's place in the server-wide limits) never runs.
+        """
+        self._error = True  # a connection that failed gets no TLS shutdown
+        FTPHandler.handle_error(self)
+
+
+class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
+    """Control channel accepting AUTH TLS, enforcing each account's ``tls_required``."""
+
+    dtp_handler = CosTLSDTPHandler
+    # Merged, not inherited: CosFTPHandler's own table (if it has one) would hide AUTH,
+    # PBSZ and PROT, which only pyftpdlib's TLS handler lists.
+    proto_cmds = {**TLS_FTPHandler.proto_cmds, **CosFTPHandler.proto_cmds}
+
+    @classmethod
+    def get_ssl_context(cls) -> SSL.Context:
+        """Return the context loaded (and validated) with the configuration."""
+        return cls.config.network.tls.context
+
+    def process_command(self, cmd: str, *args, **kwargs) -> None:
+        """Refuse what the account's ``tls_required`` forbids, else run the command."""
+        arg = args[0] if args else ""
+        refusal = self._tls_refusal(cmd, arg)
+        if refusal is not None:
+            log.warning("%s: %s %s refused: %s", self.log_prefix_ctx(), cmd,
+                        arg if cmd in ("USER", "PROT") else "", refusal[4:])
+            self.respond(refusal)
+            return
+        super().process_command(cmd, *args, **kwargs)
+
+    def _tls_refusal(self, cmd: str, arg: str) -> Optional[str]:
+        """Return the reply refusing ``cmd`` under ``tls_required``, or None to run it."""
+        user = arg if cmd == "USER" else self.username
+        if not (self.authorizer.has_user(user) and self.authorizer.account(user).tls_required):
+            return None
+        if cmd == "USER" and not self._ssl_established:
+            return REFUSE_PLAIN_LOGIN
+        if cmd in DATA_SETUP_COMMANDS and not self._prot:
+            return REFUSE_CLEAR_DATA
+        if cmd == "PROT" and arg.upper() == "C":
+            return REFUSE_PROT_C
+        return None
+
+
+class ImplicitTLS:
+    """Implicit FTPS: the client starts TLS on connecting; there is no AUTH command."""
+
+    def handle(self) -> None:
+        """Start the TLS handshake before the greeting, which is then sent encrypted."""
+        self.secure_connection(self.ssl_context)
+        if not self._closed:  # secure_connection() closes if the client is already gone
+            super().handle()
+
+    def handle_ssl_established(self) -> None:
+        """Send the greeting queued before the handshake.
+
+        pyftpdlib only sends queued output when more is queued: the session thread watches
+        the socket for reading alone once the handshake is done, so nothing else would.
+        """
+        self.initiate_send()
+
+
+def configure_tls_handlers(config: Config, buckets: BucketRegistry,
+                           executor: ThreadPoolExecutor, retrier, stats,
+                           masquerade_ip: Optional[str]) -> tuple[type, type]:
+    """Return the handler classes for the FTP port (plain and AUTH TLS) and for the implicit
+    FTPS port; the arguments are ``configure_handler``'s and ``config.network.tls`` is set."""
+    explicit = configure_handler(config, buckets, executor, retrier, stats, masquerade_ip,
+                                 base=CosTLSFTPHandler)
+    implicit = type("BoundCosImplicitTLSFTPHandler", (ImplicitTLS, explicit), {})
+    return explicit, implicit

@@ -1,0 +1,108 @@
+"""The server's TLS context for FTPS, built from ``[NETWORK] tls_certfile`` / ``tls_keyfile``.
+
+Configuration validation builds the context, so ``cosftpctl check``, start and reload all
+refuse an unusable certificate with a message naming the option, and the workers inherit the
+very context that was validated: a certificate renewed on disk takes effect at the next
+reload, and a broken one never reaches a worker. This module knows nothing of FTP.
+
+The files are read here and parsed with ``cryptography`` rather than handed to OpenSSL by
+name: OpenSSL reports a missing file as "system lib" and would prompt on the terminal for
+the passphrase of an encrypted key.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Optional
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from OpenSSL import SSL
+
+
+class TLSFileError(Exception):
+    """A certificate or key file is unusable; ``option`` names the setting to fix."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(problem)
+        self.option = option
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """A loaded certificate and key: the context to serve with and what to log about it."""
+
+    certfile: str
+    context: SSL.Context = field(compare=False)
+    certificate: x509.Certificate = field(compare=False)
+
+    @property
+    def subject(self) -> str:
+        return self.certificate.subject.rfc4514_string()
+
+    def validity_warning(self, now: Optional[datetime.datetime] = None) -> Optional[str]:
+        """Return a warning if the certificate is expired or not yet valid, else None."""
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        cert = self.certificate
+        if now > cert.not_valid_after_utc:
+            return (f"the certificate in {self.certfile} expired on "
+                    f"{cert.not_valid_after_utc:%Y-%m-%d}")
+        if now < cert.not_valid_before_utc:
+            return (f"the certificate in {self.certfile} is not valid before "
+                    f"{cert.not_valid_before_utc:%Y-%m-%d}")
+        return None
+
+
+def load_server_tls(certfile: str, keyfile: Optional[str] = None) -> ServerTLS:
+    """Return a TLS 1.2+ server context holding the certificate chain in ``certfile`` and the
+    private key in ``keyfile`` (default: ``certfile``, which may hold both).
+
+    Raises ``TLSFileError`` if a file cannot be read, holds no PEM certificate or unencrypted
+    PEM key, or the key does not belong to the certificate.
+    """
+    key_option = "tls_keyfile" if keyfile else "tls_certfile"
+    chain = _certificates(certfile)
+    key = _private_key(keyfile or certfile, key_option)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION)
+    context.use_certificate(chain[0])
+    for intermediate in chain[1:]:
+        context.add_extra_chain_cert(intermediate)
+    try:
+        context.use_privatekey(key)
+        context.check_privatekey()
+    except SSL.Error:
+        raise TLSFileError(key_option, f"the private key in {keyfile or certfile} does not "
+                           f"belong to the certificate in {certfile}") from None
+    return ServerTLS(certfile, context, chain[0])
+
+
+def _read(path: str, option: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise TLSFileError(option, f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _certificates(path: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(_read(path, "tls_certfile"))
+    except ValueError:
+        raise TLSFileError("tls_certfile",
+                           f"{path} holds no valid PEM certificate") from None
+
+
+def _private_key(path: str, option: str) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(_read(path, option), password=None)
+    except TypeError:
+        raise TLSFileError(option, f"the private key in {path} is encrypted; store it "
+                           "without a passphrase (and readable by the server only)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSFileError(option, f"{path} holds no valid PEM private key") from None

@@ -1,0 +1,488 @@
+"""FTPS: explicit (AUTH TLS) and implicit TLS with real clients, per-account tls_required,
+certificate validation at check, start and reload. The certificates are made here."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ftplib
+import os
+import pathlib
+import re
+import signal
+import socket
+import ssl
+from typing import Optional
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cosftp_prefork.config import parse_config
+from cosftp_prefork.errors import ConfigError
+
+from .conftest import ALPHA, _close
+from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .test_clients import require, run
+from .test_commands import get, put
+from .test_master import _refused, master_of, state_of
+from .test_resume import MARKER_PART, parts_of
+from .test_transfers import abort_transfer, pending_uploads
+
+MIB = 1024 * 1024
+DAY = datetime.timedelta(days=1)
+
+PLAIN = Account("plainuser", "plain-pw", ALPHA)
+SECURE = Account("secureuser", "secure-pw", ALPHA, extra="tls_required = true")
+
+
+# --- certificates
+
+
+def write_certificate(directory, name: str = "server", valid_from: int = -1,
+                      valid_days: int = 30, encrypt: bool = False) -> tuple[str, str]:
+    """Write a self-signed certificate for 127.0.0.1 and its key; return both paths.
+
+    ``valid_from`` and ``valid_days`` are in days relative to now.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    start = datetime.datetime.now(datetime.timezone.utc) + valid_from * DAY
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + valid_days * DAY)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = str(directory / f"{name}.crt"), str(directory / f"{name}.key")
+    with open(cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    encryption = (serialization.BestAvailableEncryption(b"secret") if encrypt
+                  else serialization.NoEncryption())
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8, encryption))
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> tuple[str, str]:
+    return write_certificate(tmp_path_factory.mktemp("certs"))
+
+
+def tls_network(cert: str, key: str, implicit_port: Optional[int] = None) -> dict[str, str]:
+    network = {"tls_certfile": cert, "tls_keyfile": key}
+    if implicit_port:
+        network["implicit_tls_port"] = str(implicit_port)
+    return network
+
+
+@pytest.fixture(scope="module")
+def tls_server(emulator, tmp_path_factory, certs):
+    proc = ServerProcess(str(tmp_path_factory.mktemp("tls")), emulator.port, [PLAIN, SECURE],
+                         network=tls_network(*certs, implicit_port=free_port()))
+    with proc:
+        yield proc
+
+
+def implicit_port(server: ServerProcess) -> int:
+    return int(server.network["implicit_tls_port"])
+
+
+# --- clients
+
+
+def client_context() -> ssl.SSLContext:
+    """The test certificate is self-signed: encrypt, but do not verify."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def tls_login(server: ServerProcess, account: Account, prot_p: bool = True) -> ftplib.FTP_TLS:
+    """Log in with AUTH TLS on the FTP port; PROT P unless ``prot_p`` is False."""
+    ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.connect("127.0.0.1", server.port, timeout=30)
+    ftp.login(account.user, account.password)
+    if prot_p:
+        ftp.prot_p()
+    return ftp
+
+
+class ImplicitFTP_TLS(ftplib.FTP_TLS):
+    """ftplib speaks explicit FTPS only: wrap the socket in TLS before reading the greeting."""
+
+    def connect(self, host: str = "", port: int = 0, timeout: float = 30,
+                source_address=None) -> str:
+        self.host, self.port, self.timeout = host, port, timeout
+        sock = socket.create_connection((host, port), timeout)
+        self.af = sock.family
+        self.sock = self.context.wrap_socket(sock, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+def implicit_login(server: ServerProcess, account: Account) -> ftplib.FTP_TLS:
+    ftp = ImplicitFTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.connect("127.0.0.1", implicit_port(server))
+    ftp.login(account.user, account.password)
+    ftp.prot_p()
+    return ftp
+
+
+def curl(server: ServerProcess, url_path: str, *args: str, scheme: str = "ftp",
+         port: Optional[int] = None) -> str:
+    """Run curl as SECURE over TLS (``ftp``: AUTH TLS, required; ``ftps``: implicit)."""
+    url = f"{scheme}://127.0.0.1:{port or server.port}/{url_path}"
+    return run([require("curl"), "--user", f"{SECURE.user}:{SECURE.password}", "--silent",
+                "--show-error", "--ssl-reqd", "--insecure", "--ftp-pasv", *args, url])
+
+
+# --- explicit TLS (AUTH TLS) with three clients
+
+
+def test_ftplib_explicit_round_trip(tls_server, area):
+    ftp = tls_login(tls_server, SECURE)
+    assert "AUTH TLS" in ftp.sendcmd("FEAT")
+    data = os.urandom(2 * MIB + MIB // 2 + 3)  # multipart, and not a whole number of parts
+    ftp.mkd(area)
+    assert put(ftp, f"{area}/a.bin", data).startswith("226")
+    assert put(ftp, f"{area}/empty", b"").startswith("226")
+    assert get(ftp, f"{area}/a.bin") == data
+    assert get(ftp, f"{area}/empty") == b""
+    assert sorted(ftp.nlst(area)) == ["a.bin", "empty"]
+    lines: list[str] = []
+    ftp.retrlines(f"LIST {area}", lines.append)
+    assert any(line.split()[4] == str(len(data)) for line in lines)
+    _close(ftp)
+
+
+def test_curl_explicit_upload_download(tls_server, tmp_path, area):
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(MIB + 77))
+    curl(tls_server, f"{area}/up.bin", "--ftp-create-dirs", "-T", str(src))
+    out = tmp_path / "down.bin"
+    curl(tls_server, f"{area}/up.bin", "-o", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    assert curl(tls_server, f"{area}/", "--list-only").split() == ["up.bin"]
+
+
+def test_lftp_ssl_force_put_get(tls_server, tmp_path, area):
+    lftp = require("lftp")
+    src = tmp_path / "lftp src.bin"
+    src.write_bytes(os.urandom(3 * MIB + 1))
+    back = tmp_path / "back.bin"
+    settings = ("set cmd:fail-exit true; set net:max-retries 1; set ftp:passive-mode true; "
+                "set ftp:ssl-force true; set ftp:ssl-protect-data true; "
+                "set ssl:verify-certificate no;")
+    run([lftp, "-u", f"{SECURE.user},{SECURE.password}", "-p", str(tls_server.port), "-e",
+         f'{settings} mkdir {area}; cd {area}; put "{src}" -o l.bin; get l.bin -o "{back}"; '
+         "bye", "127.0.0.1"])
+    assert back.read_bytes() == src.read_bytes()
+
+
+# --- implicit TLS
+
+
+def test_ftplib_implicit_round_trip(tls_server, area):
+    ftp = implicit_login(tls_server, SECURE)
+    assert ftp.welcome.startswith("220")
+    data = os.urandom(MIB + 5)
+    assert put(ftp, area, data).startswith("226")
+    assert get(ftp, area) == data
+    _close(ftp)
+
+
+def test_curl_implicit_ftps(tls_server, tmp_path, area):
+    src = tmp_path / "implicit.bin"
+    src.write_bytes(os.urandom(MIB // 2 + 11))
+    port = implicit_port(tls_server)
+    curl(tls_server, f"{area}/i.bin", "--ftp-create-dirs", "-T", str(src), scheme="ftps",
+         port=port)
+    out = tmp_path / "out.bin"
+    curl(tls_server, f"{area}/i.bin", "-o", str(out), scheme="ftps", port=port)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_plain_ftp_on_implicit_port_is_dropped(tls_server):
+    received = b""
+    with socket.create_connection(("127.0.0.1", implicit_port(tls_server)), timeout=10) as sock:
+        sock.sendall(b"USER plainuser\r\n")  # not a TLS ClientHello: the handshake fails
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                received += chunk
+    assert b"220" not in received and b"331" not in received
+    wait_until(lambda: not state_of(tls_server).sessions_by_pid(), what="session released")
+
+
+# --- tls_required
+
+
+def test_tls_required_account_refused_on_plain_control(tls_server):
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", tls_server.port, timeout=30)
+    with pytest.raises(ftplib.error_perm, match="530 This account requires TLS"):
+        ftp.sendcmd(f"USER {SECURE.user}")
+    with pytest.raises(ftplib.error_perm, match="503"):  # the password never counts
+        ftp.sendcmd(f"PASS {SECURE.password}")
+    _close(ftp)
+
+
+def test_tls_required_account_needs_prot_p(tls_server, area):
+    ftp = tls_login(tls_server, SECURE, prot_p=False)
+    with pytest.raises(ftplib.error_perm, match="522"):
+        ftp.nlst()
+    with pytest.raises(ftplib.error_perm, match="522"):
+        ftp.sendcmd("EPSV")
+    ftp.sendcmd("PBSZ 0")
+    with pytest.raises(ftplib.error_perm, match="534"):
+        ftp.sendcmd("PROT C")
+    ftp.prot_p()
+    assert put(ftp, area, b"protected").startswith("226")
+    assert get(ftp, area) == b"protected"
+    _close(ftp)
+
+
+def test_other_accounts_keep_plain_ftp_on_the_same_port(tls_server, area):
+    ftp = tls_server.login(PLAIN.user, PLAIN.password)
+    assert put(ftp, area, b"in the clear").startswith("226")
+    _close(ftp)
+    secured = tls_login(tls_server, PLAIN, prot_p=False)  # TLS control, clear data: allowed
+    assert get(secured, area) == b"in the clear"
+    _close(secured)
+
+
+def test_aborted_tls_upload_leaves_no_object(tls_server, area, cos):
+    ftp = tls_login(tls_server, SECURE)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(os.urandom(3 * MIB))
+    wait_until(lambda: pending_uploads(cos, area), what="multipart upload to start")
+    replies = abort_transfer(ftp, conn)
+    assert replies[-1].startswith(("225", "226"))
+    wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert ftp.voidcmd("NOOP").startswith("200")
+    _close(ftp)
+
+
+def inject_garbage(tls_sock: ssl.SSLSocket) -> None:
+    """Write bytes that are no TLS record under the TLS layer: the server's next read fails."""
+    with socket.socket(fileno=os.dup(tls_sock.fileno())) as raw:
+        raw.sendall(b"\x17\x03\x03\x00\x10" + b"not a tls record")
+
+
+def test_broken_tls_control_connection_releases_the_session(tls_server):
+    ftp = tls_login(tls_server, PLAIN)
+    wait_until(lambda: state_of(tls_server).sessions_by_pid(), what="session counted")
+    inject_garbage(ftp.sock)
+    wait_until(lambda: not state_of(tls_server).sessions_by_pid(), what="session released")
+    ftp.close()
+
+
+def test_broken_tls_upload_is_answered_and_parked(tls_server, area, cos):
+    ftp = tls_login(tls_server, SECURE)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(os.urandom(2 * MIB))
+    wait_until(lambda: pending_uploads(cos, area), what="multipart upload to start")
+    inject_garbage(conn)
+    with pytest.raises(ftplib.error_temp, match="426"):
+        ftp.voidresp()
+    conn.close()
+    # A broken connection is not a cancel: the part that arrived is kept for REST + STOR.
+    wait_until(lambda: MARKER_PART in parts_of(cos, area), what="the upload to be parked")
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert ftp.voidcmd("NOOP").startswith("200")
+    _close(ftp)
+
+
+def test_status_and_log_name_the_tls_listeners(tls_server):
+    out = tls_server.ctl("status")
+    assert out.returncode == 0, out.stderr
+    assert f"port {tls_server.port} (AUTH TLS)" in out.stdout
+    assert f"implicit FTPS port {implicit_port(tls_server)}" in out.stdout
+    log = tls_server.log_text()
+    assert f"implicit FTPS on port {implicit_port(tls_server)}" in log
+    assert f"TLS required for: {SECURE.user}" in log
+
+
+# --- configuration
+
+
+def config_text(network: str = "", account: str = "") -> str:
+    return f"""
+[COS_ACCOUNT_0]
+cos_secretid = id
+cos_secretkey = key
+cos_bucket = alpha-1250000000
+cos_region = ap-guangzhou
+home_dir = /
+ftp_login_user_name = user
+ftp_login_user_password = pw
+authority = RW
+{account}
+
+[NETWORK]
+listen_port = 2121
+{network}
+"""
+
+
+def config_error(network: str = "", account: str = "") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_text(network, account), "test.conf")
+    return str(info.value)
+
+
+def test_tls_is_off_by_default():
+    config = parse_config(config_text(), "test.conf")
+    assert config.network.tls is None and config.network.implicit_tls_port == 0
+    assert config.accounts[0].tls_required is False
+
+
+def test_tls_settings_load(certs):
+    cert, key = certs
+    config = parse_config(config_text(f"tls_certfile = {cert}\ntls_keyfile = {key}\n"
+                                      "implicit_tls_port = 990", "tls_required = yes"))
+    assert config.network.tls.certfile == cert and config.network.implicit_tls_port == 990
+    assert config.network.tls.subject == "CN=127.0.0.1"
+    assert config.accounts[0].tls_required is True
+    assert config.warnings == ()
+
+
+def test_one_file_may_hold_certificate_and_key(certs, tmp_path):
+    both = tmp_path / "both.pem"
+    both.write_bytes(pathlib.Path(certs[0]).read_bytes() + pathlib.Path(certs[1]).read_bytes())
+    assert parse_config(config_text(f"tls_certfile = {both}")).network.tls is not None
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "cannot read .*: No such file or directory"),
+    (b"not a certificate", "holds no valid PEM certificate"),
+])
+def test_unusable_certificate_file_is_refused(tmp_path, certs, content, problem):
+    path = tmp_path / "cert.pem"
+    if content is not None:
+        path.write_bytes(content)
+    message = config_error(f"tls_certfile = {path}\ntls_keyfile = {certs[1]}")
+    assert message.startswith("test.conf [NETWORK] tls_certfile: ")
+    assert re.search(problem, message), message
+
+
+def test_unreadable_certificate_path_is_refused(tmp_path):
+    message = config_error(f"tls_certfile = {tmp_path}")  # a directory cannot be read
+    assert "[NETWORK] tls_certfile: cannot read" in message
+
+
+def test_key_of_another_certificate_is_refused(tmp_path, certs):
+    _, other_key = write_certificate(tmp_path, "other")
+    message = config_error(f"tls_certfile = {certs[0]}\ntls_keyfile = {other_key}")
+    assert "[NETWORK] tls_keyfile: the private key in" in message
+    assert f"does not belong to the certificate in {certs[0]}" in message
+
+
+def test_encrypted_key_is_refused(tmp_path):
+    cert, key = write_certificate(tmp_path, "locked", encrypt=True)
+    message = config_error(f"tls_certfile = {cert}\ntls_keyfile = {key}")
+    assert "[NETWORK] tls_keyfile: the private key in" in message and "encrypted" in message
+
+
+def test_file_without_key_is_refused(certs):
+    message = config_error(f"tls_certfile = {certs[0]}")  # no tls_keyfile: key expected here
+    assert "[NETWORK] tls_certfile: " in message and "no valid PEM private key" in message
+
+
+@pytest.mark.parametrize(("network", "account", "where"), [
+    ("", "tls_required = true", "[COS_ACCOUNT_0] tls_required: needs [NETWORK] tls_certfile"),
+    ("implicit_tls_port = 990", "", "[NETWORK] implicit_tls_port: needs tls_certfile"),
+    ("tls_keyfile = /k.pem", "", "[NETWORK] tls_keyfile: needs tls_certfile"),
+])
+def test_tls_options_need_a_certificate(network, account, where):
+    assert where in config_error(network, account)
+
+
+def test_implicit_port_must_differ_from_listen_port(certs):
+    message = config_error(f"tls_certfile = {certs[0]}\ntls_keyfile = {certs[1]}\n"
+                           "implicit_tls_port = 2121")
+    assert "[NETWORK] implicit_tls_port: 2121 is already listen_port" in message
+
+
+@pytest.mark.parametrize(("valid_from", "expected"), [(-40, "expired on"),
+                                                      (2, "is not valid before")])
+def test_out_of_date_certificate_is_a_warning(tmp_path, valid_from, expected):
+    cert, key = write_certificate(tmp_path, valid_from=valid_from)
+    config = parse_config(config_text(f"tls_certfile = {cert}\ntls_keyfile = {key}"))
+    assert config.network.tls is not None
+    assert len(config.warnings) == 1 and expected in config.warnings[0]
+
+
+def test_tls_lines_of_the_shipped_example_load(certs, monkeypatch):
+    """Uncommented, with real files, the example's FTPS lines make a valid configuration."""
+    monkeypatch.chdir(ROOT)
+    with open("conf/vsftpd.conf.example", encoding="utf-8") as handle:
+        text = handle.read()
+    values = {"tls_certfile": certs[0], "tls_keyfile": certs[1], "tls_required": "true"}
+    for option, value in values.items():
+        text, count = re.subn(rf"(?m)^# {option} = \S+", f"{option} = {value}", text)
+        assert count == 1, option
+    text = re.sub(r"(?m)^# (implicit_tls_port = )", r"\1", text)
+    config = parse_config(text, "example", {})
+    assert config.network.tls is not None and config.network.implicit_tls_port == 990
+    assert config.accounts[0].tls_required and not config.accounts[1].tls_required
+
+
+def test_cosftpctl_check_names_the_bad_certificate(emulator, tmp_path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    proc = ServerProcess(str(tmp_path), emulator.port, [SECURE],
+                         network={"tls_certfile": str(garbage)})
+    proc.write_config()
+    done = proc.ctl("check")
+    assert done.returncode == 2
+    assert f"[NETWORK] tls_certfile: {garbage} holds no valid PEM certificate" in done.stderr
+
+
+def test_cosftpctl_check_reports_tls(emulator, tmp_path, certs):
+    proc = ServerProcess(str(tmp_path), emulator.port, [SECURE], network=tls_network(*certs))
+    proc.write_config()
+    done = proc.ctl("check")
+    assert done.returncode == 0, done.stderr
+    assert f"FTPS with {certs[0]}" in done.stdout
+
+
+# --- reload
+
+
+def test_reload_with_broken_certificate_keeps_serving_tls(emulator, tmp_path, area):
+    cert, key = write_certificate(tmp_path, "renewed")
+    with ServerProcess(str(tmp_path), emulator.port, [SECURE],
+                       network=tls_network(cert, key)) as proc:
+        with open(cert, "w", encoding="ascii") as handle:
+            handle.write("truncated by a botched renewal\n")
+        done = proc.ctl("reload")
+        assert done.returncode != 0 and "[NETWORK] tls_certfile" in done.stderr
+        os.kill(master_of(proc).pid, signal.SIGHUP)  # straight to the master, too
+        wait_until(lambda: "reload failed" in proc.log_text(), what="reload failure logged")
+        assert "holds no valid PEM certificate" in proc.log_text()
+        assert state_of(proc).master().generation == 1
+        ftp = tls_login(proc, SECURE)  # the certificate loaded at start still serves
+        assert put(ftp, area, b"still secure").startswith("226")
+        _close(ftp)
+
+
+def test_reload_moves_the_implicit_port(emulator, tmp_path, certs):
+    old_port, new_port = free_port(), free_port()
+    with ServerProcess(str(tmp_path), emulator.port, [SECURE],
+                       network=tls_network(*certs, implicit_port=old_port)) as proc:
+        _close(implicit_login(proc, SECURE))
+        proc.network["implicit_tls_port"] = str(new_port)
+        proc.write_config()
+        done = proc.ctl("reload")
+        assert done.returncode == 0, done.stderr
+        _close(implicit_login(proc, SECURE))
+        wait_until(lambda: _refused(old_port), what="old implicit port closed")
+        assert f"implicit FTPS port {new_port}" in proc.ctl("status").stdout
+
