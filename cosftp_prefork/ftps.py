@@ -85,7 +85,7 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     """Control channel accepting AUTH TLS, enforcing each account's ``tls_required``."""
 
     dtp_handler = CosTLSDTPHandler
-    # Merged, not inherited: CosFTPHandler's own table (if it has one) would hide AUTH,
+    # Merged, not inherited: CosFTPHandler's own table (HASH, XCRC…) would hide AUTH,
     # PBSZ and PROT, which only pyftpdlib's TLS handler lists.
     proto_cmds = {**TLS_FTPHandler.proto_cmds, **CosFTPHandler.proto_cmds}
 
