@@ -84,6 +84,7 @@ class RangedReader(io.RawIOBase):
         self._ahead: Optional[_ReadAhead] = None
         self._pending = memoryview(b"")
         self._reopens_left = REOPEN_ATTEMPTS
+        self._etag = ""  # of the version being sent; every reopen asks for that one
 
     def readable(self) -> bool:
         return True
@@ -123,7 +124,7 @@ class RangedReader(io.RawIOBase):
     def _next_chunk(self) -> bytes:
         while True:
             if self._ahead is None:
-                stream = self._bucket.open_read(self._key, self._pos)
+                stream = self._open_stream()
                 self._ahead = _ReadAhead(stream, self._chunk_size)
             try:
                 data = self._ahead.next_chunk()
@@ -138,6 +139,20 @@ class RangedReader(io.RawIOBase):
                 self._reopens_left -= 1
                 log.warning("%s: COS stream broke at byte %d (%s); reopening", self._ctx,
                             self._pos, exc)
+
+    def _open_stream(self) -> ObjectStream:
+        """GET from the current offset, pinned to the version the download started with:
+        an overwrite meanwhile must fail the download, not splice two versions."""
+        try:
+            stream = self._bucket.open_read(self._key, self._pos, self._etag)
+        except StorageError as exc:
+            if exc.code == "PreconditionFailed":
+                raise StorageError(f"{self.name} was replaced during the download; stopped "
+                                   f"at byte {self._pos} rather than mix two versions",
+                                   code="ObjectChanged") from exc
+            raise
+        self._etag = self._etag or stream.etag
+        return stream
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         data = self.read(len(buffer))

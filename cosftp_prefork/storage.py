@@ -79,9 +79,10 @@ class ListPage:
 class ObjectStream:
     """The body of a GET, read in chunks; ``close()`` releases the connection."""
 
-    def __init__(self, raw: Any, length: int) -> None:
+    def __init__(self, raw: Any, length: int, etag: str = "") -> None:
         self._raw = raw
         self.length = length
+        self.etag = etag
 
     def read(self, size: int) -> bytes:
         """Return up to ``size`` bytes, ``b""`` at the end; raises ``StorageError`` on a reset."""
@@ -224,12 +225,17 @@ class Bucket:
             next_marker = result.get("NextMarker") or last
         return ListPage(objects=objects, prefixes=prefixes, next_marker=next_marker)
 
-    def open_read(self, key: str, offset: int = 0) -> ObjectStream:
-        """Start a GET of ``key`` from byte ``offset``; raises ``NotFound``."""
-        extra = {"Range": f"bytes={offset}-"} if offset else {}
+    def open_read(self, key: str, offset: int = 0, etag: str = "") -> ObjectStream:
+        """Start a GET of ``key`` from byte ``offset``, of the version with ``etag`` if
+        given; raises ``NotFound``, and ``StorageError`` with code ``PreconditionFailed``
+        once the object has another ETag."""
+        extra: dict[str, str] = {"Range": f"bytes={offset}-"} if offset else {}
+        if etag:
+            extra["IfMatch"] = f'"{etag}"'
         response = _call(f"GET {key}", self._client.get_object, Bucket=self.name, Key=key, **extra)
         length = int(response.get("Content-Length", 0))
-        return ObjectStream(response["Body"].get_raw_stream(), length)
+        return ObjectStream(response["Body"].get_raw_stream(), length,
+                            str(response.get("ETag", "")).strip('"'))
 
     def read_small(self, key: str, size: int) -> bytes:
         """Return the first ``size`` bytes of ``key`` (meant for small objects); raises

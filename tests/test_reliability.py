@@ -32,11 +32,6 @@ def faults(emulator):
                         fail_copies_of="", corrupt_crc=False, down=False)
 
 
-def server_log(server: ServerProcess) -> str:
-    with open(os.path.join(server.log_dir, "cosftp.log"), encoding="utf-8") as handle:
-        return handle.read()
-
-
 def test_transient_503s_lose_nothing(server, alice, area, faults):
     rng = random.Random(5)
     payloads = {f"{area}/{i}": os.urandom(rng.choice([0, 1, 777, 40_000, PART + 5,
@@ -70,7 +65,7 @@ def test_cos_down_gives_a_reply_and_leaves_nothing(server, area, cos, faults):
     wait_until(lambda: not pending_uploads(cos, area), timeout=30,
                what="the abort to be retried once COS is back")
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
-    failure = [line for line in server_log(server).splitlines()
+    failure = [line for line in server.log_text().splitlines()
                if f"path=/{area}" in line and "failed" in line]
     assert failure, "no log line for the failed upload"
     assert re.search(r"user=alice .*ServiceUnavailable, request id [0-9a-f]{32}", failure[0])
@@ -115,6 +110,25 @@ def test_download_survives_a_broken_stream(alice, area, faults):
     assert get(alice, area) == data
 
 
+def test_download_is_not_spliced_when_the_object_is_replaced(server, alice, area, cos, faults):
+    """The stream breaks half-way (32 MiB) after the object was overwritten: the reopen must
+    not fetch the rest of the new version and pass it off as the file."""
+    old, new = os.urandom(64 * MIB), os.urandom(64 * MIB)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=old)
+    faults(reset_next=1)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"RETR {area}")
+    received = bytearray(conn.recv(MIB))
+    cos.put_object(Bucket=ALPHA, Key=area, Body=new)
+    while chunk := conn.recv(MIB):
+        received += chunk
+    conn.close()
+    with pytest.raises((ftplib.error_temp, ftplib.error_perm), match=r"45|42"):
+        alice.voidresp()
+    assert old.startswith(bytes(received)) and len(received) < len(old)
+    assert "was replaced during the download" in server.log_text()
+
+
 def test_download_that_keeps_breaking_is_reported(alice, area, faults):
     put(alice, area, os.urandom(3 * MIB))
     faults(reset_rate=1.0)
@@ -138,7 +152,7 @@ def test_escapes_stay_literal(alice, cos, area):
 
 
 def test_command_fuzzing_does_not_hurt_anyone(server, area):
-    log_start = len(server_log(server))
+    log_start = len(server.log_text())
     workers = sorted(w.pid for w in SharedState.open(state_path(
         os.path.join(server.log_dir, "cosftp.pid"))).workers())
     bystander = server.login("alice", "alice-pw")
@@ -160,7 +174,7 @@ def test_command_fuzzing_does_not_hurt_anyone(server, area):
     assert bystander.voidcmd("NOOP").startswith("200")
     put(bystander, area, b"still fine")
     assert get(bystander, area) == b"still fine"
-    assert "unhandled exception" not in server_log(server)[log_start:]
+    assert "unhandled exception" not in server.log_text()[log_start:]
     assert sorted(w.pid for w in SharedState.open(state_path(
         os.path.join(server.log_dir, "cosftp.pid"))).workers()) == workers  # none crashed
     _close(bystander)
@@ -175,7 +189,7 @@ def test_secrets_stay_out_of_logs_and_titles(server, alice, area):
     put(alice, area, b"x")
     with pytest.raises(ftplib.error_perm):
         server.login("alice", "a-wrong-guess-pw")
-    text = server_log(server)
+    text = server.log_text()
     for secret in ("alice-pw", "test-key", "a-wrong-guess-pw"):
         assert secret not in text
     titles = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
