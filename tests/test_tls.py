@@ -29,7 +29,7 @@ from .test_clients import require, run
 from .test_commands import get, put
 from .test_master import _refused, master_of, state_of
 from .test_resume import MARKER_PART, parts_of
-from .test_transfers import abort_transfer, pending_uploads
+from .test_transfers import abort_transfer, pending_uploads, start_upload
 
 MIB = 1024 * 1024
 DAY = datetime.timedelta(days=1)
@@ -256,10 +256,7 @@ def test_other_accounts_keep_plain_ftp_on_the_same_port(tls_server, area):
 
 def test_aborted_tls_upload_leaves_no_object(tls_server, area, cos):
     ftp = tls_login(tls_server, SECURE)
-    ftp.voidcmd("TYPE I")
-    conn = ftp.transfercmd(f"STOR {area}")
-    conn.sendall(os.urandom(3 * MIB))
-    wait_until(lambda: pending_uploads(cos, area), what="multipart upload to start")
+    conn = start_upload(ftp, cos, area, 3 * MIB)
     replies = abort_transfer(ftp, conn)
     assert replies[-1].startswith(("225", "226"))
     wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
@@ -284,10 +281,7 @@ def test_broken_tls_control_connection_releases_the_session(tls_server):
 
 def test_broken_tls_upload_is_answered_and_parked(tls_server, area, cos):
     ftp = tls_login(tls_server, SECURE)
-    ftp.voidcmd("TYPE I")
-    conn = ftp.transfercmd(f"STOR {area}")
-    conn.sendall(os.urandom(2 * MIB))
-    wait_until(lambda: pending_uploads(cos, area), what="multipart upload to start")
+    conn = start_upload(ftp, cos, area, 2 * MIB)
     inject_garbage(conn)
     with pytest.raises(ftplib.error_temp, match="426"):
         ftp.voidresp()

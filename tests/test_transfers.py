@@ -71,7 +71,7 @@ def test_rest_then_stor_of_a_missing_file_is_refused(alice, area):
         alice.storbinary(f"STOR {area}", io.BytesIO(b"x"))
 
 
-def _start_upload(ftp: ftplib.FTP, cos, path: str, nbytes: int):
+def start_upload(ftp: ftplib.FTP, cos, path: str, nbytes: int):
     """Start a STOR, send ``nbytes`` and return once COS holds a multipart upload for it."""
     ftp.voidcmd("TYPE I")
     conn = ftp.transfercmd(f"STOR {path}")
@@ -92,7 +92,7 @@ def abort_transfer(ftp: ftplib.FTP, conn) -> list[str]:
 
 
 def test_abor_mid_upload_leaves_no_object(alice, area, cos):
-    conn = _start_upload(alice, cos, area, 3 * PART)
+    conn = start_upload(alice, cos, area, 3 * PART)
     replies = abort_transfer(alice, conn)
     assert any(r.startswith("426") for r in replies) or replies[-1].startswith("225")
     wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
@@ -102,7 +102,7 @@ def test_abor_mid_upload_leaves_no_object(alice, area, cos):
 
 def test_failed_upload_keeps_previous_version(alice, area, cos):
     put(alice, area, b"precious")
-    conn = _start_upload(alice, cos, area, 2 * PART + 5)
+    conn = start_upload(alice, cos, area, 2 * PART + 5)
     abort_transfer(alice, conn)
     wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
     assert get(alice, area) == b"precious"
