@@ -27,16 +27,14 @@ KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
 MIN_PART_SIZE = 1 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
-# Part 10,000 marks a parked upload (see resume.py), so data uses at most 9,999.
-MAX_DATA_PARTS = MAX_PARTS - 1
 ACCOUNT_PREFIX = "COS_ACCOUNT"
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
 
 
 def part_size_for(min_part_size: int, max_file_size: int) -> int:
     """Return the part size: ``min_part_size``, raised to a whole MiB so that a file of
-    ``max_file_size`` fits in ``MAX_DATA_PARTS`` parts, never above ``MAX_PART_SIZE``."""
-    needed = -(-max_file_size // MAX_DATA_PARTS)
+    ``max_file_size`` fits in ``MAX_PARTS`` parts, never above ``MAX_PART_SIZE``."""
+    needed = -(-max_file_size // MAX_PARTS)
     if needed <= min_part_size:
         return min_part_size
     return min(MAX_PART_SIZE, -(-needed // MIB) * MIB)
@@ -267,7 +265,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETWORK", "implicit_tls_port", _integer(0, 65535), 0,
             "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("FILE_OPTION", "single_file_max_size",
-            _integer(1, MAX_DATA_PARTS * MAX_PART_SIZE, _BYTES),
+            _integer(1, MAX_PARTS * MAX_PART_SIZE, _BYTES),
             200 * GIB, "largest file accepted, in bytes"),
     Setting("OPTIONAL", "min_part_size", _integer(MIN_PART_SIZE, MAX_PART_SIZE, _BYTES),
             2 * MIB, "multipart part size, in bytes"),

@@ -38,7 +38,7 @@ from .listing import Entry, directory_exists, directory_is_empty, first_key_from
 from .mtimes import apply_mtimes, listed_mtimes, set_client_mtime
 from .paths import dir_prefix, object_key, parent_dir
 from .renamer import copy_object, rename_directory
-from .resume import ParkedUpload, find_parked
+from .resume import ParkedUpload, claim, find_parked
 from .storage import Bucket, ObjectInfo
 from .uploader import AbortRetrier, MultipartWriter
 
@@ -191,7 +191,8 @@ class CosFS(AbstractedFS):
         if entry is not None and entry.is_dir:
             raise _error(errno.EISDIR, "Is a directory")
         ttl = self._ctx.transfer.resume_ttl
-        parked = find_parked(self._bucket, object_key(path), ttl) if ttl else None
+        user = self._ctx.account.user
+        parked = find_parked(self._bucket, object_key(path), ttl, user) if ttl else None
         # COS times have whole seconds: in a tie, the file is what the client last saw.
         if parked is not None and (entry is None or parked.parked_at > entry.mtime):
             return parked
@@ -339,6 +340,7 @@ class CosFS(AbstractedFS):
             raise ResumeRefused(f"Cannot resume at byte {offset}: the stored part of this "
                                 f"file ends at byte {stored}")
         if isinstance(source, ParkedUpload):
+            claim(self._bucket, source)
             writer = self._open_write(filename)
             writer.resume(source)
             return writer
@@ -377,6 +379,7 @@ class CosFS(AbstractedFS):
             max_size=transfer.single_file_max_size, executor=self._ctx.executor,
             max_in_flight=transfer.upload_thread_num, log_context=self._log(filename),
             retrier=self._ctx.retrier, resume_ttl=transfer.resume_ttl,
+            owner=self._ctx.account.user,
         )
 
     def upload_finished(self, filename: str) -> None:

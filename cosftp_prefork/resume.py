@@ -1,47 +1,81 @@
 """Parked uploads: interrupted multipart uploads kept in COS so that REST + STOR continues them.
 
-The state lives in COS itself, so a parked upload survives worker restarts, reloads and a move
-to another worker. A parked upload is an ordinary multipart upload plus one tiny part numbered
-10,000, the *marker*: no completed object ever includes it (at most 9,999 parts carry data), it
-tells a parked upload from one that some session is still writing, and its LastModified is the
-time it was parked. What can be resumed is the run of parts 1..k without a gap.
+A parked upload is an ordinary multipart upload plus a small JSON *record*,
+``.cosftp/parked/<key>/<upload id>``, naming the user, the FTP path, the bytes stored in parts
+1..k (the run without a gap) and their CRC64, so the resumed object is checked end to end like
+any other. The state lives in COS only: a parked upload survives worker restarts, reloads and
+a move to another worker. An upload without a record is one some session is still writing (or
+one a crash left behind) and is never adopted. A session that resumes an upload deletes its
+record first, so two sessions do not continue the same one; if it breaks again, it is parked
+again with a new record.
 
-The :class:`Janitor` aborts multipart uploads (parked or left behind by a crash) once nothing
-has happened to them for ``resume_ttl`` seconds, so that none keeps costing storage.
+The :class:`Janitor` aborts multipart uploads idle for more than ``resume_ttl`` seconds (parked
+or left behind by a crash) and deletes records as old, so nothing keeps costing storage.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 from .config import MIN_PART_SIZE
 from .errors import NotFound, StorageError
-from .storage import Bucket, PartInfo, UploadInfo
+from .listing import all_objects
+from .paths import RESERVED_NAME
+from .storage import Bucket, ObjectInfo, PartInfo, UploadInfo
 
 log = logging.getLogger(__name__)
 
-MARKER_PART = 10000
-MARKER_BODY = b"cosftp-prefork: parked upload; continue it with REST + STOR\n"
+RECORD_ROOT = f"{RESERVED_NAME}/parked/"
+
+
+@dataclass(frozen=True)
+class ParkRecord:
+    """What is known of a parked upload: who, where, and what part of the file COS holds."""
+
+    user: str
+    path: str
+    key: str
+    upload_id: str
+    size: int
+    parts: int
+    crc64: Optional[int]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ParkRecord:
+        """Raises ``ValueError`` for anything but a record this module wrote."""
+        try:
+            return cls(**json.loads(data))
+        except (TypeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a park record: {exc}") from exc
+
+
+def record_key(key: str, upload_id: str) -> str:
+    """Where the record of ``upload_id`` of ``key`` lives."""
+    return f"{RECORD_ROOT}{key}/{upload_id}"
 
 
 @dataclass(frozen=True)
 class ParkedUpload:
-    """A parked multipart upload: its data parts 1..k and when it was parked."""
+    """A parked upload as found in COS: its record, data parts 1..k, and when it was parked
+    (the record's LastModified, on COS's clock like the objects it is compared with)."""
 
-    key: str
-    upload_id: str
+    record: ParkRecord
     parts: tuple[PartInfo, ...]
     parked_at: float
 
     @property
     def size(self) -> int:
         """Bytes that a resumed upload does not need to send again."""
-        return sum(part.size for part in self.parts)
+        return self.record.size
 
 
 def leading_parts(parts: Iterable[PartInfo]) -> list[PartInfo]:
@@ -54,30 +88,45 @@ def leading_parts(parts: Iterable[PartInfo]) -> list[PartInfo]:
     return run
 
 
-def park(bucket: Bucket, key: str, upload_id: str) -> None:
-    """Mark ``upload_id`` as parked (uploads the marker part); raises ``StorageError``."""
-    bucket.upload_part(key, upload_id, MARKER_PART, MARKER_BODY)
+def park(bucket: Bucket, record: ParkRecord) -> None:
+    """Write ``record``, which makes its upload resumable; raises ``StorageError``."""
+    bucket.put(record_key(record.key, record.upload_id), record.to_json())
 
 
-def find_parked(bucket: Bucket, key: str, ttl: float) -> Optional[ParkedUpload]:
-    """Return the most recently parked upload of exactly ``key`` parked less than ``ttl``
-    seconds ago, or None; raises ``StorageError``."""
-    best: Optional[ParkedUpload] = None
+def claim(bucket: Bucket, parked: ParkedUpload) -> None:
+    """Take ``parked`` for this session: no other session will find it; raises
+    ``StorageError``."""
+    bucket.delete(record_key(parked.record.key, parked.record.upload_id))
+
+
+def find_parked(bucket: Bucket, key: str, ttl: float, user: str) -> Optional[ParkedUpload]:
+    """Return the most recently parked upload of exactly ``key`` by ``user``, parked less
+    than ``ttl`` seconds ago and still holding the parts its record names, or None; raises
+    ``StorageError``."""
     now = time.time()
-    for upload in bucket.list_uploads(key):
-        if upload.key != key:
+    records = sorted(all_objects(bucket, f"{RECORD_ROOT}{key}/"), key=lambda o: -o.mtime)
+    for stored in records:
+        if now - stored.mtime > ttl or "/" in stored.key[len(RECORD_ROOT) + len(key) + 1:]:
             continue
-        try:
-            parts = bucket.list_parts(key, upload.upload_id)
-        except NotFound:  # completed or aborted since the listing
-            continue
-        marker = next((part for part in parts if part.number == MARKER_PART), None)
-        data = leading_parts(parts)
-        if marker is None or not data or now - marker.mtime > ttl:
-            continue
-        if best is None or marker.mtime > best.parked_at:
-            best = ParkedUpload(key, upload.upload_id, tuple(data), marker.mtime)
-    return best
+        found = _check(bucket, stored)
+        if found is not None and found.record.user == user:
+            return found
+    return None
+
+
+def _check(bucket: Bucket, stored: ObjectInfo) -> Optional[ParkedUpload]:
+    """The parked upload ``stored`` records, if its record reads and its parts are there."""
+    try:
+        record = ParkRecord.from_json(bucket.read_small(stored.key, stored.size))
+        parts = leading_parts(bucket.list_parts(record.key, record.upload_id))[:record.parts]
+    except (ValueError, NotFound) as exc:
+        log.info("ignoring park record %s: %s", stored.key, exc)
+        return None
+    if len(parts) != record.parts or sum(part.size for part in parts) != record.size:
+        log.warning("ignoring park record %s: COS holds other parts than it names",
+                    stored.key)
+        return None
+    return ParkedUpload(record, tuple(parts), stored.mtime)
 
 
 def last_activity(upload: UploadInfo, parts: Iterable[PartInfo]) -> float:
@@ -86,7 +135,8 @@ def last_activity(upload: UploadInfo, parts: Iterable[PartInfo]) -> float:
 
 
 class Janitor:
-    """Aborts multipart uploads idle for more than ``ttl`` seconds in ``buckets``.
+    """Aborts multipart uploads idle for more than ``ttl`` seconds in ``buckets`` and deletes
+    park records as old.
 
     One runs per server (in worker 1); a second one during a reload only repeats aborts that
     COS then answers with NoSuchUpload.
@@ -116,7 +166,8 @@ class Janitor:
                     log.warning("janitor: cannot sweep bucket %s: %s", bucket.name, exc)
 
     def sweep(self, bucket: Bucket) -> int:
-        """Abort every upload of ``bucket`` idle past the TTL; return how many."""
+        """Abort every upload of ``bucket`` idle past the TTL and delete expired records;
+        return how many uploads were aborted."""
         aborted = 0
         now = time.time()
         for upload in bucket.list_uploads():
@@ -131,4 +182,7 @@ class Janitor:
             aborted += 1
             log.info("janitor: aborted multipart upload %s of %r in %s, idle for %ds",
                      upload.upload_id, upload.key, bucket.name, idle)
+        for record in all_objects(bucket, RECORD_ROOT):
+            if now - record.mtime > self._ttl:
+                bucket.delete(record.key)
         return aborted

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 from .checksum import Crc64
 from .config import MIN_PART_SIZE
 from .errors import FileTooLarge, NotFound, StorageError
-from .resume import ParkedUpload, leading_parts, park
+from .resume import ParkedUpload, ParkRecord, leading_parts, park
 from .storage import Bucket, ObjectInfo, PartInfo
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class MultipartWriter:
         log_context: str = "",
         retrier: Optional[AbortRetrier] = None,
         resume_ttl: float = 0,
+        owner: str = "",
     ) -> None:
         self.name = name
         self._bucket = bucket
@@ -120,9 +121,13 @@ class MultipartWriter:
         self._ctx = log_context or key
         self._retrier = retrier
         self._resume_ttl = resume_ttl
+        self._owner = owner  # the FTP user, recorded when the upload is parked
         self._discard = False  # True: never park (ABOR, oversized)
         self._buffer = bytearray()
+        # CRC64 of the bytes shipped so far, and its value after each part: a parked
+        # upload records the one at the end of the parts it keeps.
         self._crc: Optional[Crc64] = Crc64()
+        self._crc_after: dict[int, int] = {}
         self._size = 0
         self._upload_id: Optional[str] = None
         self._next_part = 1
@@ -154,8 +159,6 @@ class MultipartWriter:
                 f"upload exceeds single_file_max_size ({self._max_size} bytes)", code="TooLarge"
             )
         self._size += len(data)
-        if self._crc is not None:
-            self._crc.update(data)
         self._buffer += data
         # Strictly more than a part: a file of exactly one part stays a single PUT.
         while len(self._buffer) > self._part_size:
@@ -182,7 +185,7 @@ class MultipartWriter:
                 self._key, self._upload_id, number, source.key, first, last)
             self._part_sizes[number] = last - first + 1
         self._size = source.size
-        self._crc = Crc64(source.crc64) if source.crc64 is not None else None
+        self._continue_crc(source.crc64)
 
     def continue_object(self, source: ObjectInfo) -> None:
         """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
@@ -195,16 +198,22 @@ class MultipartWriter:
 
     def resume(self, parked: ParkedUpload) -> None:
         """Continue ``parked``: its parts stay, the bytes written next follow them."""
-        self._upload_id = parked.upload_id
+        self._upload_id = parked.record.upload_id
         for part in parked.parts:
             self._etags[part.number] = part.etag
             self._part_sizes[part.number] = part.size
         self._next_part = len(parked.parts) + 1
         self._size = parked.size
-        # The CRC64 of the parked bytes is unknown here; each part was checked by Content-MD5.
-        self._crc = None
-        log.info("%s: resuming parked upload %s at byte %d", self._ctx, parked.upload_id,
-                 parked.size)
+        self._continue_crc(parked.record.crc64)
+        log.info("%s: resuming parked upload %s of %s at byte %d", self._ctx,
+                 parked.record.upload_id, parked.record.user, parked.size)
+
+    def _continue_crc(self, crc64: Optional[int]) -> None:
+        """Go on from the CRC64 of the bytes already in place; without it (an object stored
+        by something that reports none) the integrity check is skipped for this upload."""
+        self._crc = Crc64(crc64) if crc64 is not None else None
+        if crc64 is not None:
+            self._crc_after[self._next_part - 1] = crc64
 
     def cancel(self) -> None:
         """The client gave up on this upload (ABOR): discard it on close, never park it."""
@@ -223,7 +232,9 @@ class MultipartWriter:
             if self._upload_id is None:
                 if not still_wanted(0.0):
                     raise UploadInterrupted(self.name)
-                reported = self._bucket.put(self._key, bytes(self._buffer))
+                body = bytes(self._buffer)
+                self._checksum(body)
+                reported = self._bucket.put(self._key, body)
             else:
                 reported = self._finish_multipart(still_wanted)
         except UploadInterrupted:
@@ -262,24 +273,34 @@ class MultipartWriter:
 
     def _park(self) -> bool:
         """Keep the parts that reached COS for a later REST + STOR; False if none did or the
-        marker cannot be written (the caller then aborts)."""
+        record cannot be written (the caller then aborts)."""
         self._settle()
         stored = leading_parts(PartInfo(number, etag, self._part_sizes[number], 0.0)
                                for number, etag in self._etags.items())
         if not stored:
             return False
+        resumable = sum(part.size for part in stored)
+        record = ParkRecord(user=self._owner, path=self.name, key=self._key,
+                            upload_id=self._upload_id or "", size=resumable,
+                            parts=len(stored), crc64=self._crc_after.get(len(stored)))
         try:
-            park(self._bucket, self._key, self._upload_id or "")
+            park(self._bucket, record)
         except StorageError as exc:
             log.error("%s: cannot park upload %s: %s", self._ctx, self._upload_id, exc)
             return False
         self._state = "parked"
         self._buffer = bytearray()
-        resumable = sum(part.size for part in stored)
         log.warning("%s: upload interrupted after %d bytes; parked %d bytes as upload %s for "
                     "%ds: REST %d + STOR continues it", self._ctx, self._size, resumable,
                     self._upload_id, self._resume_ttl, resumable)
         return True
+
+    def _checksum(self, data: bytes, number: Optional[int] = None) -> None:
+        """Fold ``data`` into the CRC64; remember the value after part ``number``."""
+        if self._crc is not None:
+            self._crc.update(data)
+            if number is not None:
+                self._crc_after[number] = self._crc.value
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -299,6 +320,7 @@ class MultipartWriter:
             self._slots.release()
             raise self._failure
         self._part_sizes[number] = len(data)
+        self._checksum(data, number)
         future = self._executor.submit(self._upload_part, number, data)
         future.add_done_callback(lambda _f: self._slots.release())
         self._futures.append(future)

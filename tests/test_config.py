@@ -11,8 +11,8 @@ import pytest
 
 from cosftp_prefork.config import (
     GIB,
-    MAX_DATA_PARTS,
     MAX_PART_SIZE,
+    MAX_PARTS,
     MIB,
     AccountConfig,
     Config,
@@ -352,7 +352,7 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("FILE_OPTION", "single_file_max_size", "big", "integer"),
     _bad("FILE_OPTION", "single_file_max_size", "200G", "integer"),
     _bad("FILE_OPTION", "single_file_max_size", "0", "between"),
-    _bad("FILE_OPTION", "single_file_max_size", str(MAX_DATA_PARTS * MAX_PART_SIZE + 1), "between"),
+    _bad("FILE_OPTION", "single_file_max_size", str(MAX_PARTS * MAX_PART_SIZE + 1), "between"),
     _bad("OPTIONAL", "min_part_size", "2MB", "integer"),
     _bad("OPTIONAL", "min_part_size", str(MIB - 1), "between"),
     _bad("OPTIONAL", "min_part_size", str(5 * GIB + 1), "between"),
@@ -373,7 +373,7 @@ def test_bad_values_name_file_section_and_option(load_error, section, option, va
 
 
 @pytest.mark.parametrize(("section", "option", "value"), [
-    ("FILE_OPTION", "single_file_max_size", str(MAX_DATA_PARTS * MAX_PART_SIZE)),
+    ("FILE_OPTION", "single_file_max_size", str(MAX_PARTS * MAX_PART_SIZE)),
     ("FILE_OPTION", "single_file_max_size", "1"),
     ("OPTIONAL", "min_part_size", str(MIB)),
     ("OPTIONAL", "min_part_size", str(5 * GIB)),
@@ -548,27 +548,27 @@ def test_accounts_and_warnings_are_tuples():
 def test_part_size_raised_to_a_whole_mib_for_200_gib():
     size = part_size_for(2 * MIB, 200 * GIB)
     assert size % MIB == 0
-    assert size >= -(-200 * GIB // MAX_DATA_PARTS) and size >= 2 * MIB
-    assert size - MIB < -(-200 * GIB // MAX_DATA_PARTS)  # the smallest whole MiB that fits
+    assert size >= -(-200 * GIB // MAX_PARTS) and size >= 2 * MIB
+    assert size - MIB < -(-200 * GIB // MAX_PARTS)  # the smallest whole MiB that fits
     assert size == 21 * MIB
 
 
 def test_part_size_unchanged_when_parts_suffice():
     assert part_size_for(2 * MIB, GIB) == 2 * MIB
-    assert part_size_for(2 * MIB, MAX_DATA_PARTS * 2 * MIB) == 2 * MIB
-    assert part_size_for(2 * MIB, MAX_DATA_PARTS * 2 * MIB + 1) == 3 * MIB
+    assert part_size_for(2 * MIB, MAX_PARTS * 2 * MIB) == 2 * MIB
+    assert part_size_for(2 * MIB, MAX_PARTS * 2 * MIB + 1) == 3 * MIB
 
 
 @pytest.mark.parametrize(("min_size", "max_size"), [
-    (MIB, MAX_DATA_PARTS * MAX_PART_SIZE),
-    (5 * GIB, MAX_DATA_PARTS * MAX_PART_SIZE),
-    (MIB, MAX_DATA_PARTS * MAX_PART_SIZE * 3),
-    (MIB, MAX_DATA_PARTS * MAX_PART_SIZE - 1),
+    (MIB, MAX_PARTS * MAX_PART_SIZE),
+    (5 * GIB, MAX_PARTS * MAX_PART_SIZE),
+    (MIB, MAX_PARTS * MAX_PART_SIZE * 3),
+    (MIB, MAX_PARTS * MAX_PART_SIZE - 1),
 ])
 def test_part_size_never_above_5_gib(min_size, max_size):
     size = part_size_for(min_size, max_size)
     assert size <= MAX_PART_SIZE
-    assert size * MAX_DATA_PARTS >= min(max_size, MAX_DATA_PARTS * MAX_PART_SIZE)
+    assert size * MAX_PARTS >= min(max_size, MAX_PARTS * MAX_PART_SIZE)
 
 
 def test_transfer_part_size_follows_the_config():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ftplib
 import io
+import json
 import os
 import signal
 import subprocess
 
 import pytest
+from fastcrc import crc64
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
@@ -17,7 +19,7 @@ from .test_commands import get, put
 from .test_transfers import abort_transfer, pending_uploads
 
 MIB = 1024 * 1024
-MARKER_PART = 10000
+RECORDS = ".cosftp/parked/"
 
 
 def parts_of(cos, key: str) -> list[int]:
@@ -30,6 +32,17 @@ def parts_of(cos, key: str) -> list[int]:
     return [int(part["PartNumber"]) for part in listing.get("Part", [])]
 
 
+def park_records(cos, key: str) -> list[dict]:
+    """The park records of ``key`` (what the server wrote when it parked an upload)."""
+    listing = cos.list_objects(Bucket=ALPHA, Prefix=f"{RECORDS}{key}/")
+    return [json.loads(cos.get_object(Bucket=ALPHA, Key=item["Key"])["Body"].get_raw_stream()
+                       .read()) for item in listing.get("Contents", [])]
+
+
+def is_parked(cos, key: str) -> bool:
+    return bool(park_records(cos, key))
+
+
 def break_upload(ftp: ftplib.FTP, cos, key: str, data: bytes, parts: int) -> None:
     """Send ``data`` in a STOR until COS holds ``parts`` parts, then drop both connections
     the way a killed client does (control first, then data) and wait for the park."""
@@ -40,7 +53,7 @@ def break_upload(ftp: ftplib.FTP, cos, key: str, data: bytes, parts: int) -> Non
     ftp.sock.close()
     ftp.close()
     conn.close()
-    wait_until(lambda: MARKER_PART in parts_of(cos, key), what="the upload to be parked")
+    wait_until(lambda: is_parked(cos, key), what="the upload to be parked")
 
 
 def rest_stor(ftp: ftplib.FTP, key: str, offset: int, data: bytes) -> str:
@@ -49,7 +62,8 @@ def rest_stor(ftp: ftplib.FTP, key: str, offset: int, data: bytes) -> str:
 
 @pytest.fixture
 def resumable(emulator, tmp_path):
-    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)]) as srv:
+    accounts = [Account("alice", "alice-pw", ALPHA), Account("carol", "carol-pw", ALPHA)]
+    with ServerProcess(str(tmp_path), emulator.port, accounts) as srv:
         yield srv
 
 
@@ -79,7 +93,7 @@ def test_rest_at_another_offset_is_refused_and_keeps_the_parked_upload(resumable
             rest_stor(ftp, area, wrong, data[wrong:])
     with pytest.raises(ftplib.error_perm, match="554"):
         rest_stor(ftp, area, offset + 1, data[offset + 1:])
-    assert MARKER_PART in parts_of(cos, area)
+    assert is_parked(cos, area)
     assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
     assert get(ftp, area) == data
     ftp.quit()
@@ -168,7 +182,7 @@ def test_lftp_put_continue_resumes_a_killed_upload(resumable, tmp_path, area, co
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-    wait_until(lambda: MARKER_PART in parts_of(cos, area), what="the upload to be parked")
+    wait_until(lambda: is_parked(cos, area), what="the upload to be parked")
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False  # the kill was not an EOF
     done = subprocess.run(lftp_command(resumable, f"put -c {src} -o {area}"),
                           capture_output=True, text=True, timeout=60)
@@ -177,3 +191,42 @@ def test_lftp_put_continue_resumes_a_killed_upload(resumable, tmp_path, area, co
     subprocess.run(lftp_command(resumable, f"get {area} -o {back}"), check=True, timeout=60)
     assert back.read_bytes() == src.read_bytes()
     assert "resuming parked upload" in resumable.log_text()
+
+
+def test_the_park_record_names_user_path_bytes_and_their_crc(resumable, area, cos):
+    data = os.urandom(3 * MIB)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data, 2)
+    [record] = park_records(cos, area)
+    ftp = resumable.login("alice", "alice-pw")
+    assert ftp.size(area) == record["size"]
+    ftp.quit()
+    assert (record["user"], record["path"], record["key"]) == ("alice", f"/{area}", area)
+    assert record["size"] == record["parts"] * MIB
+    assert record["crc64"] == crc64.xz(data[:record["size"]])
+
+
+def test_only_the_user_who_parked_an_upload_can_resume_it(resumable, area, cos):
+    data = os.urandom(3 * MIB)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data, 2)
+    carol = resumable.login("carol", "carol-pw")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        carol.size(area)
+    with pytest.raises(ftplib.error_perm, match="554"):
+        rest_stor(carol, area, 2 * MIB, data[2 * MIB:])
+    carol.quit()
+    assert is_parked(cos, area)
+
+
+def test_a_resumed_upload_is_checked_end_to_end(resumable, emulator, area, cos):
+    data = os.urandom(3 * MIB + 1)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    emulator.set_faults(corrupt_crc=True)
+    try:
+        with pytest.raises(ftplib.error_temp, match=r"451 .*integrity"):
+            rest_stor(ftp, area, offset, data[offset:])
+    finally:
+        emulator.set_faults(corrupt_crc=False)
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    ftp.quit()
