@@ -57,6 +57,10 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
 
     _close_started = False
 
+    def secure_connection(self, ssl_context: SSL.Context) -> None:
+        """Use the data connections' context (TLS 1.2, see ``tls.ServerTLS``)."""
+        super().secure_connection(self.cmd_channel.config.network.tls.data_context)
+
     def close(self) -> None:
         """Decide commit or abort and count the transfer once, at the first call.
 

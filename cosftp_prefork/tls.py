@@ -34,10 +34,19 @@ class TLSFileError(Exception):
 
 @dataclass(frozen=True)
 class ServerTLS:
-    """A loaded certificate and key: the context to serve with and what to log about it."""
+    """A loaded certificate and key: the contexts to serve with and what to log about it.
+
+    ``context`` (TLS 1.2 and up) is for control connections, ``data_context`` (TLS 1.2
+    only) for data connections: a TLS 1.3 server sends session tickets *after* the
+    handshake, which an uploading client never reads; closing its socket with them unread
+    makes the kernel send a reset instead of a FIN, and a reset throws away the end of the
+    upload still in the server's receive buffer (lftp issue 666, curl issue 6149). TLS 1.2
+    tickets are part of the handshake.
+    """
 
     certfile: str
     context: SSL.Context = field(compare=False)
+    data_context: SSL.Context = field(compare=False)
     certificate: x509.Certificate = field(compare=False)
 
     @property
@@ -58,7 +67,7 @@ class ServerTLS:
 
 
 def load_server_tls(certfile: str, keyfile: Optional[str] = None) -> ServerTLS:
-    """Return a TLS 1.2+ server context holding the certificate chain in ``certfile`` and the
+    """Return the server contexts holding the certificate chain in ``certfile`` and the
     private key in ``keyfile`` (default: ``certfile``, which may hold both).
 
     Raises ``TLSFileError`` if a file cannot be read, holds no PEM certificate or unencrypted
@@ -67,19 +76,28 @@ def load_server_tls(certfile: str, keyfile: Optional[str] = None) -> ServerTLS:
     key_option = "tls_keyfile" if keyfile else "tls_certfile"
     chain = _certificates(certfile)
     key = _private_key(keyfile or certfile, key_option)
+    try:
+        control = _context(chain, key)
+        data = _context(chain, key)
+    except SSL.Error:
+        raise TLSFileError(key_option, f"the private key in {keyfile or certfile} does not "
+                           f"belong to the certificate in {certfile}") from None
+    data.set_max_proto_version(SSL.TLS1_2_VERSION)
+    return ServerTLS(certfile, control, data, chain[0])
+
+
+def _context(chain: list[x509.Certificate], key: PrivateKeyTypes) -> SSL.Context:
+    """A TLS 1.2+ server context with ``chain`` and ``key``; raises ``SSL.Error`` if the
+    key does not belong to the certificate."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION)
     context.use_certificate(chain[0])
     for intermediate in chain[1:]:
         context.add_extra_chain_cert(intermediate)
-    try:
-        context.use_privatekey(key)
-        context.check_privatekey()
-    except SSL.Error:
-        raise TLSFileError(key_option, f"the private key in {keyfile or certfile} does not "
-                           f"belong to the certificate in {certfile}") from None
-    return ServerTLS(certfile, context, chain[0])
+    context.use_privatekey(key)
+    context.check_privatekey()
+    return context
 
 
 def _read(path: str, option: str) -> bytes:

@@ -28,7 +28,7 @@ from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_clients import require, run
 from .test_commands import get, put
 from .test_master import _refused, master_of, state_of
-from .test_resume import MARKER_PART, parts_of
+from .test_resume import is_parked
 from .test_transfers import abort_transfer, pending_uploads, start_upload
 
 MIB = 1024 * 1024
@@ -169,6 +169,20 @@ def test_curl_explicit_upload_download(tls_server, tmp_path, area):
     assert curl(tls_server, f"{area}/", "--list-only").split() == ["up.bin"]
 
 
+def test_data_connections_use_tls_1_2(tls_server, area):
+    """TLS 1.3 session tickets sent after the handshake make uploading clients reset the
+    data connection (see tls.ServerTLS); control connections keep TLS 1.3."""
+    ftp = tls_login(tls_server, SECURE)
+    assert ftp.sock.version() == "TLSv1.3"
+    ftp.voidcmd("TYPE I")
+    with ftp.transfercmd(f"STOR {area}") as conn:
+        assert conn.version() == "TLSv1.2"
+        conn.sendall(b"x")
+        conn.unwrap()
+    ftp.voidresp()
+    _close(ftp)
+
+
 def test_lftp_ssl_force_put_get(tls_server, tmp_path, area):
     lftp = require("lftp")
     src = tmp_path / "lftp src.bin"
@@ -287,7 +301,7 @@ def test_broken_tls_upload_is_answered_and_parked(tls_server, area, cos):
         ftp.voidresp()
     conn.close()
     # A broken connection is not a cancel: the part that arrived is kept for REST + STOR.
-    wait_until(lambda: MARKER_PART in parts_of(cos, area), what="the upload to be parked")
+    wait_until(lambda: is_parked(cos, area), what="the upload to be parked")
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
     assert ftp.voidcmd("NOOP").startswith("200")
     _close(ftp)
