@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import select
 import socket
+from collections.abc import Iterator
 from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
@@ -97,6 +99,20 @@ class CosAuthorizer:
         return "Goodbye."
 
 
+_TCP_CLOSE = 7  # tcpi_state after a reset (linux/tcp_states.h)
+
+
+@contextlib.contextmanager
+def _raw_socket(sock) -> Iterator[socket.socket]:
+    """The kernel socket under ``sock`` (which may be a TLS connection), borrowed for socket
+    options and peeking: it is not closed afterwards."""
+    raw = socket.socket(fileno=sock.fileno())
+    try:
+        yield raw
+    finally:
+        raw.detach()
+
+
 def _reply_for(exc: OSError) -> str:
     if exc.errno == errno.EFBIG:
         return f"552 {exc.strerror}; transfer aborted, nothing stored."
@@ -133,11 +149,30 @@ class CosDTPHandler(DTPHandler):
             self.cmd_channel.stats.transfer_started(self.receive)
 
     def close(self) -> None:
+        if not self._closed and self.receive and self.transfer_finished and self._was_reset():
+            # pyftpdlib (plain and TLS alike) takes a reset for the end of the data; but
+            # the kernel drops what it had received and not yet read when a reset arrives.
+            self.transfer_finished = False
+            self._resp = ("426 Data connection reset by the client; transfer aborted.",
+                          log.debug)
+            log.warning("%s path=%s: the data connection was reset; the upload is not "
+                        "complete", self.cmd_channel.log_prefix_ctx(),
+                        getattr(self.file_obj, "name", "-"))
         if not self._closed and self.receive and self.transfer_finished:
             self._commit_upload()
         if self._counted and not self._closed:
             self.cmd_channel.stats.transfer_ended(self.receive, self.get_transmitted_bytes())
         super().close()
+
+    def _was_reset(self) -> bool:
+        """True if the client reset the data connection rather than closing it (a FIN
+        leaves the socket in CLOSE_WAIT, a reset in CLOSE)."""
+        with _raw_socket(self.socket) as raw:
+            try:
+                info = raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+            except OSError:
+                return False
+        return info[0] == _TCP_CLOSE
 
     def _commit_upload(self) -> None:
         upload = self.file_obj
@@ -352,20 +387,17 @@ class CosFTPHandler(FTPHandler):
         looks exactly like the end of the file; its control connection closing at the same
         moment is the only sign that the upload was cut short.
         """
-        fileno = self.socket.fileno()
         poller = select.poll()
-        poller.register(fileno, select.POLLIN | select.POLLRDHUP)
+        poller.register(self.socket.fileno(), select.POLLIN | select.POLLRDHUP)
         if not poller.poll(wait * 1000):
             return False
-        raw = socket.socket(fileno=fileno)
-        try:
-            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            raw.detach()
+        with _raw_socket(self.socket) as raw:
+            try:
+                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
 
     def ftp_SIZE(self, path: str) -> None:
         """Reply 213 with the stored size, or with the bytes a parked upload can resume from

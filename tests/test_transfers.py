@@ -7,6 +7,8 @@ import hashlib
 import io
 import os
 import random
+import socket
+import struct
 
 import pytest
 
@@ -96,6 +98,19 @@ def test_abor_mid_upload_leaves_no_object(alice, area, cos):
     replies = abort_transfer(alice, conn)
     assert any(r.startswith("426") for r in replies) or replies[-1].startswith("225")
     wait_until(lambda: not pending_uploads(cos, area), what="multipart upload aborted")
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert alice.voidcmd("NOOP").startswith("200")
+
+
+def test_reset_data_connection_is_not_a_complete_upload(alice, area, cos):
+    """A reset is no end of file: the kernel drops what it received and nobody read yet."""
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"STOR {area}")
+    conn.sendall(os.urandom(300 * 1024))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # linger 0: the kernel sends RST, not FIN
+    with pytest.raises(ftplib.error_temp, match="426"):
+        alice.voidresp()
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
     assert alice.voidcmd("NOOP").startswith("200")
 
