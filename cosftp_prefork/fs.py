@@ -2,8 +2,9 @@
 
 FTP paths are virtual: ``/`` is the bucket root and the "real" path pyftpdlib hands back to us
 is the normalised FTP path itself, so ``ftpnorm`` (which resolves ``..`` against ``/``) is the
-jail. Every method raises ``OSError`` (storage errors carry the COS code and request id), which
-pyftpdlib turns into 550 replies.
+jail. Every method raises ``Refusal`` (a pyftpdlib ``FilesystemError`` with a message for the
+client) or ``OSError`` (storage errors, with the COS code and request id), which pyftpdlib
+turns into 550 replies.
 
 Within a session, what look-ups and listings learned is kept for a couple of seconds so that the
 ``SIZE`` + ``MDTM`` + ``RETR`` and ``LIST`` + per-entry ``stat`` sequences cost one request;
@@ -21,7 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from pyftpdlib.filesystems import AbstractedFS
+from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from .config import AccountConfig, TransferConfig
 from .digests import digest
@@ -60,8 +61,22 @@ class FsContext:
     retrier: Optional[AbortRetrier] = None
 
 
-def _error(code: int, message: str) -> OSError:
-    return OSError(code, message)
+class Refusal(FilesystemError):
+    """A request this filesystem refuses, with a message for the client.
+
+    Not an ``OSError`` on purpose: pyftpdlib replies to an ``OSError`` with the errno's
+    generic text ("Permission denied"), to a ``FilesystemError`` with its message ("Renaming
+    a directory deletes its old name: needs delete permission").
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+        self.strerror = message
+
+
+def _error(code: int, message: str) -> Refusal:
+    return Refusal(code, message)
 
 
 def _transient_escapes(method: Callable) -> Callable:
@@ -165,7 +180,7 @@ class CosFS(AbstractedFS):
         return self.lookup(path) is not None
 
     def stat(self, path: str) -> os.stat_result:
-        """Return an ``os.stat_result`` built from COS metadata; raises ``OSError(ENOENT)``."""
+        """Return an ``os.stat_result`` built from COS metadata; raises ``Refusal`` (ENOENT)."""
         entry = self._require(path)
         mode = _DIR_MODE if entry.is_dir else _FILE_MODE
         # Prefixes have no time of their own; "now" reads better than 1970 in listings.
@@ -178,7 +193,7 @@ class CosFS(AbstractedFS):
     def getsize(self, path: str) -> int:
         """Return the size of the file at ``path`` or, when an upload to it was interrupted
         and parked after the file was last written, the bytes REST + STOR can resume from
-        (what ``lftp put -c`` asks with SIZE). Raises ``OSError``."""
+        (what ``lftp put -c`` asks with SIZE). Raises ``Refusal`` or ``OSError``."""
         source = self._resume_source(path)
         if source is None:
             raise _error(errno.ENOENT, "No such file or directory")
@@ -186,7 +201,7 @@ class CosFS(AbstractedFS):
 
     def _resume_source(self, path: str) -> Optional[Entry | ParkedUpload]:
         """What an upload to ``path`` would continue: the parked upload if it is newer than
-        the file, else the file, else None; raises ``OSError(EISDIR)`` for a directory."""
+        the file, else the file, else None; raises ``Refusal`` (EISDIR) for a directory."""
         entry = self.lookup(path)
         if entry is not None and entry.is_dir:
             raise _error(errno.EISDIR, "Is a directory")
@@ -201,7 +216,7 @@ class CosFS(AbstractedFS):
     @_transient_escapes
     def checksum(self, path: str, algorithm: str) -> tuple[int, str]:
         """Return the size and lowercase hex ``algorithm`` digest (one of
-        ``digests.ALGORITHMS``) of the file at ``path``; raises ``OSError``."""
+        ``digests.ALGORITHMS``) of the file at ``path``; raises ``Refusal`` or ``OSError``."""
         self._require(path, want_dir=False)
         info = self._bucket.head(object_key(path))
         return info.size, digest(self._bucket, info, algorithm, self._log(path))
@@ -209,7 +224,7 @@ class CosFS(AbstractedFS):
     @_transient_escapes
     def getmtime(self, path: str) -> float:
         """Return the modification time of ``path``: the one MFMT set, else COS's
-        LastModified (one HEAD for a file); raises ``OSError``."""
+        LastModified (one HEAD for a file); raises ``Refusal`` or ``OSError``."""
         entry = self._require(path)
         if entry.is_dir:
             return entry.mtime
@@ -225,7 +240,7 @@ class CosFS(AbstractedFS):
     # --- directories
 
     def chdir(self, path: str) -> None:
-        """Make ``path`` the working directory; raises ``OSError`` unless it is a directory."""
+        """Make ``path`` the working directory; raises ``Refusal`` unless it is a directory."""
         self._require(path, want_dir=True)
         self.cwd = path
 
@@ -243,7 +258,7 @@ class CosFS(AbstractedFS):
 
     @_transient_escapes
     def mkdir(self, path: str) -> None:
-        """Create the zero-byte marker ``path/``; raises ``OSError(EEXIST)`` if taken."""
+        """Create the zero-byte marker ``path/``; raises ``Refusal`` (EEXIST) if taken."""
         if self.lookup(path) is not None:
             raise _error(errno.EEXIST, "File exists")
         self._bucket.put(dir_prefix(path), b"")
@@ -273,7 +288,7 @@ class CosFS(AbstractedFS):
         """Server-side copy then delete of one object, or of every object of a directory.
 
         Overwriting an existing file needs ``delete_enable``, and so does renaming a
-        directory (its old keys are deleted). Raises ``OSError``.
+        directory (its old keys are deleted). Raises ``Refusal`` or ``OSError``.
         """
         source = self._require(src)
         if source.is_dir:
@@ -395,7 +410,7 @@ class CosFS(AbstractedFS):
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
         """MFMT: record ``timeval`` as the file's modification time (see :mod:`.mtimes`);
-        raises ``OSError``."""
+        raises ``Refusal`` or ``OSError``."""
         self._require(path, want_dir=False)
         info = self._bucket.head(object_key(path))
         set_client_mtime(self._bucket, info, timeval, self._ctx.transfer, self._ctx.executor)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
+from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.handlers.ftp.producers import FileProducer
@@ -359,7 +360,7 @@ class CosFTPHandler(FTPHandler):
         except ResumeRefused as exc:
             self.respond(f"554 {exc.strerror}.")
             return None
-        except OSError as exc:
+        except (OSError, FilesystemError) as exc:
             self.respond(f"550 {strerror(exc)}.")
             return None
         # What pyftpdlib's ftp_STOR does once its file is open.
@@ -408,7 +409,7 @@ class CosFTPHandler(FTPHandler):
         """
         try:
             size = self.run_as_current_user(self.fs.getsize, path)
-        except OSError as exc:
+        except (OSError, FilesystemError) as exc:
             self.respond(f"550 {strerror(exc)}.")
             return
         self.respond(f"213 {size}")
@@ -465,7 +466,7 @@ class CosFTPHandler(FTPHandler):
     def _checksum(self, path: str, algorithm: str) -> Optional[tuple[int, str]]:
         try:
             return self.run_as_current_user(self.fs.checksum, path, algorithm)
-        except OSError as exc:
+        except (OSError, FilesystemError) as exc:
             self.respond(f"550 {strerror(exc)}.")
             return None
 

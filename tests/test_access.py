@@ -60,7 +60,8 @@ def test_delete_disabled_refuses_dele_rmd_and_overwriting_rename(login, cos, are
         keeper.delete(f"{area}-a")
     with pytest.raises(ftplib.error_perm, match="550"):
         keeper.rmd(f"{area}-dir")
-    with pytest.raises(ftplib.error_perm, match="550"):
+    with pytest.raises(ftplib.error_perm,
+                       match="550 Overwriting by rename needs delete permission"):
         keeper.rename(f"{area}-a", f"{area}-b")
     assert get(keeper, f"{area}-b") == b"b"
     keeper.rename(f"{area}-a", f"{area}-c")  # a rename to a free name is allowed
@@ -138,13 +139,13 @@ def test_rename_directory_needs_delete_permission_and_a_free_target(login, alice
     keeper = login("keeper")
     keeper.mkd(f"{area}-k")
     put(keeper, f"{area}-k/f", b"1")
-    with pytest.raises(ftplib.error_perm, match="550"):
+    with pytest.raises(ftplib.error_perm, match="550 Renaming a directory deletes its old"):
         keeper.rename(f"{area}-k", f"{area}-moved")
     assert get(keeper, f"{area}-k/f") == b"1"
     alice.mkd(f"{area}-other")
-    with pytest.raises(ftplib.error_perm, match="550"):
+    with pytest.raises(ftplib.error_perm, match="550 Target exists"):
         alice.rename(f"{area}-k", f"{area}-other")
-    with pytest.raises(ftplib.error_perm, match="550"):
+    with pytest.raises(ftplib.error_perm, match="550 Cannot move a directory into itself"):
         alice.rename(f"{area}-k", f"{area}-k/inside")
 
 
