@@ -75,10 +75,6 @@ class Refusal(FilesystemError):
         self.strerror = message
 
 
-def _error(code: int, message: str) -> Refusal:
-    return Refusal(code, message)
-
-
 def _transient_escapes(method: Callable) -> Callable:
     """Let transient COS failures out as ``StorageUnavailable`` (451), not ``OSError`` (550).
 
@@ -158,11 +154,11 @@ class CosFS(AbstractedFS):
     def _require(self, path: str, want_dir: Optional[bool] = None) -> Entry:
         entry = self.lookup(path)
         if entry is None:
-            raise _error(errno.ENOENT, "No such file or directory")
+            raise Refusal(errno.ENOENT, "No such file or directory")
         if want_dir is True and not entry.is_dir:
-            raise _error(errno.ENOTDIR, "Not a directory")
+            raise Refusal(errno.ENOTDIR, "Not a directory")
         if want_dir is False and entry.is_dir:
-            raise _error(errno.EISDIR, "Is a directory")
+            raise Refusal(errno.EISDIR, "Is a directory")
         return entry
 
     def isfile(self, path: str) -> bool:
@@ -196,7 +192,7 @@ class CosFS(AbstractedFS):
         (what ``lftp put -c`` asks with SIZE). Raises ``Refusal`` or ``OSError``."""
         source = self._resume_source(path)
         if source is None:
-            raise _error(errno.ENOENT, "No such file or directory")
+            raise Refusal(errno.ENOENT, "No such file or directory")
         return source.size
 
     def _resume_source(self, path: str) -> Optional[Entry | ParkedUpload]:
@@ -204,7 +200,7 @@ class CosFS(AbstractedFS):
         the file, else the file, else None; raises ``Refusal`` (EISDIR) for a directory."""
         entry = self.lookup(path)
         if entry is not None and entry.is_dir:
-            raise _error(errno.EISDIR, "Is a directory")
+            raise Refusal(errno.EISDIR, "Is a directory")
         ttl = self._ctx.transfer.resume_ttl
         user = self._ctx.account.user
         parked = find_parked(self._bucket, object_key(path), ttl, user) if ttl else None
@@ -260,7 +256,7 @@ class CosFS(AbstractedFS):
     def mkdir(self, path: str) -> None:
         """Create the zero-byte marker ``path/``; raises ``Refusal`` (EEXIST) if taken."""
         if self.lookup(path) is not None:
-            raise _error(errno.EEXIST, "File exists")
+            raise Refusal(errno.EEXIST, "File exists")
         self._bucket.put(dir_prefix(path), b"")
         self._remember(path, Entry(os.path.basename(path), True))
 
@@ -270,7 +266,7 @@ class CosFS(AbstractedFS):
         self._require(path, want_dir=True)
         prefix = dir_prefix(path)
         if not directory_is_empty(self._bucket, prefix):
-            raise _error(errno.ENOTEMPTY, "Directory not empty")
+            raise Refusal(errno.ENOTEMPTY, "Directory not empty")
         self._bucket.delete(prefix)
         self._forget(path)
 
@@ -296,9 +292,9 @@ class CosFS(AbstractedFS):
             return
         target = self.lookup(dst)
         if target is not None and target.is_dir:
-            raise _error(errno.EISDIR, "Target is a directory")
+            raise Refusal(errno.EISDIR, "Target is a directory")
         if target is not None and not self._ctx.account.delete_enable:
-            raise _error(errno.EACCES, "Overwriting by rename needs delete permission")
+            raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
         info = ObjectInfo(object_key(src), source.size, source.mtime)
         copy_object(self._bucket, info, object_key(dst), self._ctx.transfer, self._ctx.executor)
         self._bucket.delete(object_key(src))
@@ -306,12 +302,12 @@ class CosFS(AbstractedFS):
 
     def _rename_directory(self, src: str, dst: str) -> None:
         if not self._ctx.account.delete_enable:
-            raise _error(errno.EACCES, "Renaming a directory deletes its old name: needs "
+            raise Refusal(errno.EACCES, "Renaming a directory deletes its old name: needs "
                                        "delete permission")
         if dst == src or dst.startswith(src.rstrip("/") + "/"):
-            raise _error(errno.EINVAL, "Cannot move a directory into itself")
+            raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
         if self.lookup(dst) is not None:
-            raise _error(errno.EEXIST, "Target exists")
+            raise Refusal(errno.EEXIST, "Target exists")
         rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst), self._ctx.transfer,
                          self._ctx.executor, self._log(src))
         self._cache.clear()
@@ -327,7 +323,7 @@ class CosFS(AbstractedFS):
             return self._open_write(filename)
         if mode == "ab":
             return self._open_append(filename)
-        raise _error(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
+        raise Refusal(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
 
     def _reader(self, filename: str, size: int) -> RangedReader:
         return RangedReader(self._bucket, object_key(filename), name=filename, size=size,
@@ -340,7 +336,7 @@ class CosFS(AbstractedFS):
         """
         existing = self.lookup(filename)
         if existing is not None and existing.is_dir:
-            raise _error(errno.EISDIR, "Is a directory")
+            raise Refusal(errno.EISDIR, "Is a directory")
         if existing is None or existing.size == 0:
             return self._open_write(filename)
         return self._continue(filename)
@@ -386,7 +382,7 @@ class CosFS(AbstractedFS):
         key = object_key(filename)
         cached = self._cache.get(filename)
         if cached is not None and cached[1] is not None and cached[1].is_dir:
-            raise _error(errno.EISDIR, "Is a directory")
+            raise Refusal(errno.EISDIR, "Is a directory")
         self._forget(filename, parent_dir(filename))
         transfer = self._ctx.transfer
         return MultipartWriter(
@@ -402,10 +398,10 @@ class CosFS(AbstractedFS):
         self._forget(filename)
 
     def mkstemp(self, suffix="", prefix="", dir=None, mode="wb"):
-        raise _error(errno.EOPNOTSUPP, "STOU is not supported")
+        raise Refusal(errno.EOPNOTSUPP, "STOU is not supported")
 
     def chmod(self, path: str, mode: int) -> None:
-        raise _error(errno.EOPNOTSUPP, "Object storage has no permissions to change")
+        raise Refusal(errno.EOPNOTSUPP, "Object storage has no permissions to change")
 
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
