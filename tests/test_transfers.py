@@ -104,9 +104,7 @@ def test_abor_mid_upload_leaves_no_object(alice, area, cos):
 
 def test_reset_data_connection_is_not_a_complete_upload(alice, area, cos):
     """A reset is no end of file: the kernel drops what it received and nobody read yet."""
-    alice.voidcmd("TYPE I")
-    conn = alice.transfercmd(f"STOR {area}")
-    conn.sendall(os.urandom(300 * 1024))
+    conn = start_upload(alice, cos, area, 3 * PART)  # the server is reading: it has begun
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()  # linger 0: the kernel sends RST, not FIN
     with pytest.raises(ftplib.error_temp, match="426"):
