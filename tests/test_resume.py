@@ -122,6 +122,18 @@ def test_parked_upload_survives_a_server_restart(emulator, tmp_path, area, cos):
         ftp.quit()
 
 
+def test_parked_upload_survives_a_reload(resumable, area, cos):
+    data = os.urandom(4 * MIB + 3)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)
+    done = resumable.ctl("reload")
+    assert done.returncode == 0, done.stderr
+    ftp = resumable.login("alice", "alice-pw")  # served by the new generation's workers
+    offset = ftp.size(area)
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    ftp.quit()
+
+
 def test_abor_discards_instead_of_parking(resumable, area, cos):
     ftp = resumable.login("alice", "alice-pw")
     ftp.voidcmd("TYPE I")
