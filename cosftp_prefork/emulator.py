@@ -12,6 +12,7 @@ The shim translates what differs between COS and S3 on the wire:
 * the COS copy source ``<bucket>.cos.<region>.myqcloud.com/<key>`` becomes ``<bucket>/<key>``;
 * parts may be as small as COS allows (1 MiB), not S3's 5 MiB;
 * object PUTs and completed multipart uploads report ``x-cos-hash-crc64ecma`` like COS;
+* ListMultipartUploads gives each upload's real ``Initiated`` time (moto says 2010);
 * error bodies are rewritten to the COS form (Code, Message, Resource, RequestId, TraceId)
   that the SDK's ``CosServiceError`` parses.
 
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -161,6 +163,42 @@ def _cut_short(body: bytes) -> Iterator[bytes]:
     raise ConnectionResetError("injected reset")
 
 
+class _UploadTimes:
+    """Real ``Initiated`` times in ListMultipartUploads.
+
+    moto answers with one fixed date (2010) for every upload; COS gives the real one, and
+    the janitor goes by it. The shim notes when each upload was initiated and puts that
+    time in the listing (same length, so Content-Length holds).
+    """
+
+    _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
+
+    def __init__(self) -> None:
+        self._started: dict[bytes, float] = {}
+
+    def rewrite(self, environ: dict, body: bytes) -> bytes:
+        """Return ``body`` with real times in an upload listing; note initiations."""
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if "uploads" not in query:
+            return body
+        if environ["REQUEST_METHOD"] == "POST":
+            found = self._UPLOAD_ID.search(body)
+            if found:
+                self._started[found.group(1)] = time.time()
+            return body
+        return re.sub(rb"<Upload>.*?</Upload>", self._real_time, body, flags=re.S)
+
+    def _real_time(self, match: re.Match) -> bytes:
+        upload = match.group(0)
+        found = self._UPLOAD_ID.search(upload)
+        started = self._started.get(found.group(1)) if found else None
+        if started is None:
+            return upload
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(started)).encode()
+        return re.sub(rb"<Initiated>[^<]*</Initiated>",
+                      b"<Initiated>" + stamp + b"</Initiated>", upload)
+
+
 class CosShim:
     """WSGI middleware that makes moto's S3 app speak COS, with optional injected faults."""
 
@@ -168,6 +206,7 @@ class CosShim:
         self.app = app
         self.faults = faults or Faults()
         self._lock = threading.Lock()
+        self._upload_times = _UploadTimes()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == CONTROL_PATH:
@@ -260,7 +299,7 @@ class CosShim:
             captured["status"], captured["headers"] = status, headers
             return lambda data: None
 
-        body = b"".join(self.app(environ, capture))
+        body = self._upload_times.rewrite(environ, b"".join(self.app(environ, capture)))
         status: str = captured["status"]
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
             body = _cos_error_body(body, environ.get("PATH_INFO", ""), request_id)

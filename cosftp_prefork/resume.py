@@ -32,6 +32,10 @@ from .storage import Bucket, ObjectInfo, PartInfo, UploadInfo
 log = logging.getLogger(__name__)
 
 RECORD_ROOT = f"{RESERVED_NAME}/parked/"
+# An upload without a record may still be in flight (a slow client can take long over one
+# part), so it is only taken for abandoned after this long without a new part, whatever
+# resume_ttl says.
+ORPHAN_IDLE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -135,16 +139,18 @@ def last_activity(upload: UploadInfo, parts: Iterable[PartInfo]) -> float:
 
 
 class Janitor:
-    """Aborts multipart uploads idle for more than ``ttl`` seconds in ``buckets`` and deletes
-    park records as old.
+    """Aborts, in ``buckets``, parked uploads parked more than ``ttl`` seconds ago and other
+    multipart uploads idle for more than ``max(ttl, orphan_idle)``; deletes expired records.
 
     One runs per server (in worker 1); a second one during a reload only repeats aborts that
     COS then answers with NoSuchUpload.
     """
 
-    def __init__(self, buckets: list[Bucket], ttl: float) -> None:
+    def __init__(self, buckets: list[Bucket], ttl: float,
+                 orphan_idle: float = ORPHAN_IDLE_SECONDS) -> None:
         self._buckets = buckets
         self._ttl = ttl
+        self._orphan_idle = max(ttl, orphan_idle)
         self._interval = max(1.0, min(600.0, ttl / 4))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
@@ -166,15 +172,18 @@ class Janitor:
                     log.warning("janitor: cannot sweep bucket %s: %s", bucket.name, exc)
 
     def sweep(self, bucket: Bucket) -> int:
-        """Abort every upload of ``bucket`` idle past the TTL and delete expired records;
-        return how many uploads were aborted."""
-        aborted = 0
+        """Abort what has expired in ``bucket`` and delete expired records; return how many
+        uploads were aborted."""
         now = time.time()
+        records = all_objects(bucket, RECORD_ROOT)
+        parked = {record.key.rsplit("/", 1)[-1] for record in records}
+        aborted = 0
         for upload in bucket.list_uploads():
+            limit = self._ttl if upload.upload_id in parked else self._orphan_idle
             try:
                 idle = now - last_activity(upload, bucket.list_parts(upload.key,
                                                                      upload.upload_id))
-                if idle <= self._ttl:
+                if idle <= limit:
                     continue
                 bucket.abort_multipart(upload.key, upload.upload_id)
             except NotFound:
@@ -182,7 +191,7 @@ class Janitor:
             aborted += 1
             log.info("janitor: aborted multipart upload %s of %r in %s, idle for %ds",
                      upload.upload_id, upload.key, bucket.name, idle)
-        for record in all_objects(bucket, RECORD_ROOT):
+        for record in records:
             if now - record.mtime > self._ttl:
                 bucket.delete(record.key)
         return aborted

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import os
 import signal
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -196,6 +198,15 @@ def test_abort_leaves_no_upload(cos, prefix):
     cos.abort_multipart_upload(Bucket=ALPHA, Key=key, UploadId=upload_id)
     assert cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix).get("Upload", []) == []
     assert service_error(cos.head_object, Bucket=ALPHA, Key=key).get_status_code() == 404
+
+
+def test_upload_listing_gives_the_real_initiation_time(cos, prefix):
+    """moto says 2010 for every upload; COS, and so the emulator, says when it started."""
+    before = time.time()
+    cos.create_multipart_upload(Bucket=ALPHA, Key=prefix + "started.bin")
+    [upload] = cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix)["Upload"]
+    started = datetime.datetime.fromisoformat(upload["Initiated"].replace("Z", "+00:00"))
+    assert before - 1 <= started.timestamp() <= time.time()
 
 
 # --- CRC64 of unusual keys and chunked bodies (bugs found and fixed)
