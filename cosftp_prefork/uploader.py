@@ -1,21 +1,19 @@
 """Streaming upload of one object: single PUT when small, parallel multipart when large.
 
 The writer follows one rule that pyftpdlib forces on us: **``close()`` without a prior
-``commit()`` aborts**. pyftpdlib closes the upload file on every path out of a transfer
-(client ABOR, disconnect, timeout, server shutdown) and only afterwards reports whether the
-transfer finished, so the data channel calls :meth:`MultipartWriter.commit` explicitly when the
-client finished sending, and every other ``close()`` throws the upload away. Nothing becomes a
+``commit()`` never makes an object visible**. pyftpdlib closes the upload file on every path
+out of a transfer (client ABOR, disconnect, timeout, server shutdown) and only afterwards
+reports whether the transfer finished, so the data channel calls
+:meth:`MultipartWriter.commit` explicitly when the client finished sending. Nothing becomes a
 visible object unless all of its bytes arrived.
 
-An upload that breaks (disconnect, reset, timeout, shutdown) after at least one part reached COS
-is *parked* rather than thrown away when ``resume_ttl`` allows it (see :mod:`.resume`), and
-:meth:`MultipartWriter.resume` continues it (REST n + STOR). A client's ABOR
-and an oversized upload are still discarded.
+Any other ``close()`` parks the upload when ``resume_ttl`` allows it and at least one part
+reached COS (see :mod:`.resume`; :meth:`MultipartWriter.resume` continues it for REST n +
+STOR), and aborts it otherwise. A client's ABOR and an oversized upload are always aborted.
 
 Memory bound: at most ``max_in_flight`` parts are queued or uploading per upload plus the one
 being filled, i.e. ``(max_in_flight + 1) * part_size`` bytes plus one data-channel read.
-``write`` blocks (back-pressure on
-the data channel) while that many parts are outstanding.
+``write`` blocks (back-pressure on the data channel) while that many parts are outstanding.
 """
 
 from __future__ import annotations
