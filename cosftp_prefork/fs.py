@@ -13,6 +13,7 @@ the session's own writes drop what they touched.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -225,7 +226,10 @@ class CosFS(AbstractedFS):
         if entry.is_dir:
             return entry.mtime
         info = self._bucket.head(object_key(path))
-        return info.client_mtime if info.client_mtime is not None else info.mtime
+        mtime = info.client_mtime if info.client_mtime is not None else info.mtime
+        # What stat() answers next (MLST) shows the same time.
+        self._remember(path, dataclasses.replace(entry, mtime=mtime))
+        return mtime
 
     def get_user_by_uid(self, uid: int) -> str:
         return "owner"

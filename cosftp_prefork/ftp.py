@@ -400,6 +400,12 @@ class CosFTPHandler(FTPHandler):
             except OSError:
                 return True
 
+    def ftp_MLST(self, path: str):
+        """MLST with the time MFMT set: a look-up alone cannot see it (one HEAD more)."""
+        with contextlib.suppress(OSError, FilesystemError):
+            self.run_as_current_user(self.fs.getmtime, path)
+        return super().ftp_MLST(path)
+
     def ftp_SIZE(self, path: str) -> None:
         """Reply 213 with the stored size, or with the bytes a parked upload can resume from
         (see ``CosFS.getsize``), in ASCII mode too.

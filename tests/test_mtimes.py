@@ -28,7 +28,7 @@ def markers(cos, directory: str) -> list[str]:
 
 
 @pytest.mark.parametrize("size", [10, 2 * MIB + 1])
-def test_mfmt_is_honoured_by_mdtm_mlsd_and_list(alice, area, cos, size):
+def test_mfmt_is_honoured_by_mdtm_mlsd_list_and_mlst(server, alice, area, cos, size):
     data = os.urandom(size)
     alice.mkd(area)
     put(alice, f"{area}/f.bin", data)
@@ -41,6 +41,9 @@ def test_mfmt_is_honoured_by_mdtm_mlsd_and_list(alice, area, cos, size):
     head = cos.head_object(Bucket=ALPHA, Key=f"{area}/f.bin")
     assert head["x-cos-meta-mtime"] == "1577934245"
     assert get(alice, f"{area}/f.bin") == data  # the copy onto itself kept the bytes
+    fresh = server.login("alice", "alice-pw")  # nothing cached from the commands above
+    assert f"modify={STAMP};" in fresh.sendcmd(f"MLST {area}/f.bin")
+    fresh.quit()
 
 
 def test_mfmt_again_replaces_the_time_and_an_overwrite_drops_it(alice, area, cos):
