@@ -175,23 +175,32 @@ class Janitor:
         """Abort what has expired in ``bucket`` and delete expired records; return how many
         uploads were aborted."""
         now = time.time()
-        records = all_objects(bucket, RECORD_ROOT)
-        parked = {record.key.rsplit("/", 1)[-1] for record in records}
+        records = {record.key.rsplit("/", 1)[-1]: record for record in
+                   all_objects(bucket, RECORD_ROOT)}
         aborted = 0
         for upload in bucket.list_uploads():
-            limit = self._ttl if upload.upload_id in parked else self._orphan_idle
-            try:
-                idle = now - last_activity(upload, bucket.list_parts(upload.key,
-                                                                     upload.upload_id))
-                if idle <= limit:
-                    continue
-                bucket.abort_multipart(upload.key, upload.upload_id)
-            except NotFound:
-                continue
-            aborted += 1
-            log.info("janitor: aborted multipart upload %s of %r in %s, idle for %ds",
-                     upload.upload_id, upload.key, bucket.name, idle)
-        for record in records:
+            record = records.get(upload.upload_id)
+            if self._abort_if_idle(bucket, upload, now, record is not None):
+                aborted += 1
+                if record is not None:
+                    # At once, so that no client is offered an upload that is gone.
+                    bucket.delete(records.pop(upload.upload_id).key)
+        for record in records.values():
             if now - record.mtime > self._ttl:
                 bucket.delete(record.key)
         return aborted
+
+    def _abort_if_idle(self, bucket: Bucket, upload: UploadInfo, now: float,
+                       parked: bool) -> bool:
+        """Abort ``upload`` if idle past its limit; return whether it was aborted."""
+        limit = self._ttl if parked else self._orphan_idle
+        try:
+            idle = now - last_activity(upload, bucket.list_parts(upload.key, upload.upload_id))
+            if idle <= limit:
+                return False
+            bucket.abort_multipart(upload.key, upload.upload_id)
+        except NotFound:
+            return False
+        log.info("janitor: aborted multipart upload %s of %r in %s, idle for %ds",
+                 upload.upload_id, upload.key, bucket.name, idle)
+        return True

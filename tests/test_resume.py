@@ -190,10 +190,9 @@ def test_janitor_aborts_parked_uploads_past_the_ttl(emulator, tmp_path, area, co
     with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
                        optional={"resume_ttl": "2"}) as srv:
         break_upload(srv.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
-        wait_until(lambda: not pending_uploads(cos, area), timeout=30,
-                   what="the janitor to abort the parked upload")
-        assert "janitor: aborted multipart upload" in srv.log_text()
-        assert not park_records(cos, area)
+        wait_until(lambda: not pending_uploads(cos, area) and not park_records(cos, area)
+                   and "janitor: aborted multipart upload" in srv.log_text(), timeout=30,
+                   what="the janitor to abort the parked upload and delete its record")
     assert pending_uploads(cos, orphan)
 
 
