@@ -120,7 +120,8 @@ class Faults:
     503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
     ``reset_next`` the next that many downloads; copies whose source contains
     ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects;
-    ``down`` fails every request with 503.
+    ``down`` fails every request with 503; requests for keys, or listings of prefixes, that
+    start with ``deny_prefix`` get 403 AccessDenied (credentials limited to some prefixes).
     """
 
     latency_ms: float = 0.0
@@ -130,6 +131,7 @@ class Faults:
     fail_copies_of: str = ""
     corrupt_crc: bool = False
     down: bool = False
+    deny_prefix: str = ""
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -137,7 +139,7 @@ class Faults:
 
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
-                     "corrupt_crc", "down"):
+                     "corrupt_crc", "down", "deny_prefix"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
@@ -145,7 +147,7 @@ class Faults:
         return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
                 "reset_rate": self.reset_rate, "reset_next": self.reset_next,
                 "fail_copies_of": self.fail_copies_of, "corrupt_crc": self.corrupt_crc,
-                "down": self.down}
+                "down": self.down, "deny_prefix": self.deny_prefix}
 
 
 def _error_response(start_response: Callable, status: str, code: str, resource: str,
@@ -156,6 +158,14 @@ def _error_response(start_response: Callable, status: str, code: str, resource: 
                             ("Content-Length", str(len(body))),
                             ("x-cos-request-id", request_id)])
     return [body]
+
+
+def _touches(environ: dict, prefix: str) -> bool:
+    """Whether a request names a key, or lists a prefix, that starts with ``prefix``."""
+    key = urllib.parse.unquote(environ.get("PATH_INFO", "").lstrip("/"))
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    listed = query.get("prefix", [""])[0]
+    return key.startswith(prefix) or (bool(listed) and listed.startswith(prefix))
 
 
 def _cut_short(body: bytes) -> Iterator[bytes]:
@@ -248,6 +258,9 @@ class CosShim:
         if self.faults.down:
             return _error_response(start_response, "503 Service Unavailable",
                                    "ServiceUnavailable", resource, request_id)
+        if self.faults.deny_prefix and _touches(environ, self.faults.deny_prefix):
+            return _error_response(start_response, "403 Forbidden", "AccessDenied", resource,
+                                   request_id)
         copy_source = environ.get("HTTP_X_COS_COPY_SOURCE", "")
         if self.faults.fail_copies_of and self.faults.fail_copies_of in copy_source:
             return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
