@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import logging
 import os
 import stat
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
@@ -38,11 +39,14 @@ from .errors import (
 )
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
 from .mtimes import apply_mtimes, listed_mtimes, set_client_mtime
-from .paths import dir_prefix, object_key, parent_dir
+from .paths import RESERVED_NAME, dir_prefix, object_key, parent_dir
 from .renamer import copy_object, rename_directory
-from .resume import ParkedUpload, claim, find_parked
+from .resume import ParkedUpload, claim, discard, find_parked
 from .storage import Bucket, ObjectInfo
 from .uploader import AbortRetrier, MultipartWriter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CACHE_SECONDS = 2.0
 _DIR_MODE = stat.S_IFDIR | 0o755
@@ -181,16 +185,23 @@ class CosFS(AbstractedFS):
         entry = self._require(path)
         mode = _DIR_MODE if entry.is_dir else _FILE_MODE
         # Prefixes have no time of their own; "now" reads better than 1970 in listings.
-        mtime = int(entry.mtime or time.time())
+        mtime = int(entry.shown_mtime or time.time())
         return os.stat_result((mode, 0, 0, 1, 0, 0, entry.size, mtime, mtime, mtime))
 
     lstat = stat
 
     @_transient_escapes
     def getsize(self, path: str) -> int:
+        """Return the size of the file at ``path`` (what RETR after REST checks against);
+        raises ``Refusal`` or ``OSError``."""
+        return self._require(path, want_dir=False).size
+
+    @_transient_escapes
+    def resumable_size(self, path: str) -> int:
         """Return the size of the file at ``path`` or, when an upload to it was interrupted
-        and parked after the file was last written, the bytes REST + STOR can resume from
-        (what ``lftp put -c`` asks with SIZE). Raises ``Refusal`` or ``OSError``."""
+        and parked after the file was last written, the bytes REST + STOR or APPE continue
+        from (what ``lftp put -c`` and ``curl -C -`` ask with SIZE). Raises ``Refusal`` or
+        ``OSError``."""
         source = self._resume_source(path)
         if source is None:
             raise Refusal(errno.ENOENT, "No such file or directory")
@@ -198,16 +209,22 @@ class CosFS(AbstractedFS):
 
     def _resume_source(self, path: str) -> Optional[Entry | ParkedUpload]:
         """What an upload to ``path`` would continue: the parked upload if it is newer than
-        the file, else the file, else None; raises ``Refusal`` (EISDIR) for a directory."""
+        the file, else the file, else None; raises ``Refusal`` (EISDIR) for a directory.
+
+        A parked upload not newer than the file is discarded: the file was written since.
+        """
         entry = self.lookup(path)
         if entry is not None and entry.is_dir:
             raise Refusal(errno.EISDIR, "Is a directory")
         ttl = self._ctx.transfer.resume_ttl
         user = self._ctx.account.user
-        parked = find_parked(self._bucket, object_key(path), ttl, user) if ttl else None
-        # COS times have whole seconds: in a tie, the file is what the client last saw.
-        if parked is not None and (entry is None or parked.parked_at > entry.mtime):
-            return parked
+        parked = self._reserved(None, find_parked, self._bucket, object_key(path), ttl,
+                                user) if ttl else None
+        if parked is None or entry is None or parked.parked_at > entry.mtime:
+            return parked or entry
+        # COS times have whole seconds: in a tie, the file is what the client last saw, and
+        # the parked upload can no longer be reached either way.
+        discard(self._bucket, parked, self._log(path))
         return entry
 
     @_transient_escapes
@@ -226,10 +243,10 @@ class CosFS(AbstractedFS):
         if entry.is_dir:
             return entry.mtime
         info = self._bucket.head(object_key(path))
-        mtime = info.client_mtime if info.client_mtime is not None else info.mtime
+        entry = dataclasses.replace(entry, mtime=info.mtime, client_mtime=info.client_mtime)
         # What stat() answers next (MLST) shows the same time.
-        self._remember(path, dataclasses.replace(entry, mtime=mtime))
-        return mtime
+        self._remember(path, entry)
+        return entry.shown_mtime
 
     def get_user_by_uid(self, uid: int) -> str:
         return "owner"
@@ -250,7 +267,7 @@ class CosFS(AbstractedFS):
         self._require(path, want_dir=True)
         prefix = dir_prefix(path)
         entries = apply_mtimes(list_directory(self._bucket, prefix, self._ctx.max_list_file),
-                               listed_mtimes(self._bucket, prefix))
+                               self._reserved({}, listed_mtimes, self._bucket, prefix))
         now = time.monotonic()
         for entry in entries:
             self._cache[os.path.join(path, entry.name)] = (now, entry)
@@ -319,7 +336,8 @@ class CosFS(AbstractedFS):
     @_transient_escapes
     def open(self, filename: str, mode: str):
         """Return a ``RangedReader`` for ``"rb"``, a ``MultipartWriter`` for ``"wb"`` and, for
-        ``"ab"`` (APPE), a writer that starts with the existing object's bytes."""
+        ``"ab"`` (APPE), a writer that continues what SIZE reports: the parked upload or the
+        existing object's bytes."""
         if mode == "rb":
             entry = self._require(filename, want_dir=False)
             return self._reader(filename, entry.size)
@@ -334,14 +352,14 @@ class CosFS(AbstractedFS):
                             log_context=self._log(filename))
 
     def _open_append(self, filename: str) -> MultipartWriter:
-        """APPE: the existing object's bytes (copied inside COS), then the client's.
-
-        The old object stays as it is until the new one commits.
-        """
-        existing = self.lookup(filename)
-        if existing is not None and existing.is_dir:
-            raise Refusal(errno.EISDIR, "Is a directory")
-        if existing is None or existing.size == 0:
+        """APPE: the parked upload SIZE reports, or the existing object's bytes (copied
+        inside COS), then the client's. The old object stays as it is until the new one
+        commits."""
+        source = self._resume_source(filename)
+        if isinstance(source, ParkedUpload):
+            # curl -C - resumes an upload with SIZE, then APPE of what follows.
+            return self._resume_parked(filename, source)
+        if source is None or source.size == 0:
             return self._open_write(filename)
         return self._continue(filename)
 
@@ -355,11 +373,15 @@ class CosFS(AbstractedFS):
             raise ResumeRefused(f"Cannot resume at byte {offset}: the stored part of this "
                                 f"file ends at byte {stored}")
         if isinstance(source, ParkedUpload):
-            claim(self._bucket, source)
-            writer = self._open_write(filename)
-            writer.resume(source)
-            return writer
+            return self._resume_parked(filename, source)
         return self._continue(filename, offset)
+
+    def _resume_parked(self, filename: str, parked: ParkedUpload) -> MultipartWriter:
+        """A writer that continues ``parked``, taken away from other sessions first."""
+        writer = self._open_write(filename)
+        claim(self._bucket, parked, self._log(filename))
+        writer.resume(parked)
+        return writer
 
     def _continue(self, filename: str, size: Optional[int] = None) -> MultipartWriter:
         """A writer that starts with the bytes of the stored file ``filename``, which must
@@ -415,6 +437,17 @@ class CosFS(AbstractedFS):
         info = self._bucket.head(object_key(path))
         set_client_mtime(self._bucket, info, timeval, self._ctx.transfer, self._ctx.executor)
         self._forget(path)
+
+    def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
+        """What ``read(*args)`` finds under ``.cosftp/``, or ``default`` when the credentials
+        may not read there (keys limited to some prefixes): the files themselves still list,
+        only parked uploads and MFMT times are not shown."""
+        try:
+            return read(*args)
+        except PermissionDenied as exc:
+            log.info("%s: cannot read %s (%s); going on without it", self._ctx.log_context,
+                     RESERVED_NAME, exc)
+            return default
 
     def _log(self, path: str) -> str:
         return f"{self._ctx.log_context} path={path}"

@@ -342,6 +342,7 @@ class CosFTPHandler(FTPHandler):
                          f"({exc.cause.code or 'COS'}); try again.")
 
     def _make_epasv(self, extmode: bool = False) -> None:
+        self._drop_queued_upload()
         try:
             super()._make_epasv(extmode)
         except PassiveRangeExhausted:
@@ -378,7 +379,31 @@ class CosFTPHandler(FTPHandler):
         upload = getattr(self.data_channel, "file_obj", None)
         if self.data_channel is not None and self.data_channel.receive and upload is not None:
             upload.cancel()
+        self._drop_queued_upload()
         super().ftp_ABOR(line)
+
+    def _make_eport(self, ip: str, port: int) -> None:
+        self._drop_queued_upload()
+        super()._make_eport(ip, port)
+
+    def flush_account(self) -> None:
+        """REIN and a new USER: also give up an upload still waiting for its data
+        connection."""
+        self._drop_queued_upload()
+        super().flush_account()
+
+    def _drop_queued_upload(self) -> None:
+        """Close the upload a STOR/APPE left waiting for a data connection that never came,
+        before the client's next data connection or ABOR makes it unreachable.
+
+        pyftpdlib only closes a queued file when the session ends; replacing it would leak
+        its multipart upload, or lose a claimed parked one.
+        """
+        queued, self._in_dtp_queue = self._in_dtp_queue, None
+        if queued is not None:
+            log.info("%s path=%s: upload given up before its data connection opened",
+                     self.log_prefix_ctx(), queued[0].name)
+            queued[0].abandon()
 
     def peer_gone(self, wait: float = 0.0) -> bool:
         """True if the client closes or resets the control connection within ``wait``
@@ -408,13 +433,13 @@ class CosFTPHandler(FTPHandler):
 
     def ftp_SIZE(self, path: str) -> None:
         """Reply 213 with the stored size, or with the bytes a parked upload can resume from
-        (see ``CosFS.getsize``), in ASCII mode too.
+        (see ``CosFS.resumable_size``), in ASCII mode too.
 
         pyftpdlib refuses SIZE in ASCII mode because the converted size differs; the classic
         ``ftp`` client sends SIZE in ASCII mode by default, and its users expect a number.
         """
         try:
-            size = self.run_as_current_user(self.fs.getsize, path)
+            size = self.run_as_current_user(self.fs.resumable_size, path)
         except (OSError, FilesystemError) as exc:
             self.respond(f"550 {strerror(exc)}.")
             return

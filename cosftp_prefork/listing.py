@@ -14,13 +14,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Entry:
-    """One name in a directory listing."""
+    """One name in a directory listing. ``mtime`` is when COS stored the object;
+    ``client_mtime`` the time MFMT set, which clients are shown instead."""
 
     name: str
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
     etag: str = ""
+    client_mtime: Optional[float] = None
+
+    @property
+    def shown_mtime(self) -> float:
+        """The modification time to show a client."""
+        return self.client_mtime if self.client_mtime is not None else self.mtime
 
 
 def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:

@@ -80,7 +80,7 @@ def listed_mtimes(bucket: Bucket, prefix: str) -> dict[tuple[str, str], int]:
 def apply_mtimes(entries: list[Entry], mtimes: dict[tuple[str, str], int]) -> list[Entry]:
     """Return ``entries`` with the MFMT time of every file whose marker is still current."""
     return [
-        dataclasses.replace(entry, mtime=float(mtimes[(entry.name, entry.etag)]))
+        dataclasses.replace(entry, client_mtime=float(mtimes[(entry.name, entry.etag)]))
         if not entry.is_dir and (entry.name, entry.etag) in mtimes else entry
         for entry in entries
     ]

@@ -4,17 +4,22 @@ A parked upload is an ordinary multipart upload plus a small JSON *record*,
 ``.cosftp/parked/<key>/<upload id>``, naming the user, the FTP path, the bytes stored in parts
 1..k (the run without a gap) and their CRC64, so the resumed object is checked end to end like
 any other. The state lives in COS only: a parked upload survives worker restarts, reloads and
-a move to another worker. An upload without a record is one some session is still writing (or
-one a crash left behind) and is never adopted. A session that resumes an upload deletes its
-record first, so two sessions do not continue the same one; if it breaks again, it is parked
-again with a new record.
+a move to another worker.
 
-The :class:`Janitor` aborts multipart uploads idle for more than ``resume_ttl`` seconds (parked
-or left behind by a crash) and deletes records as old, so nothing keeps costing storage.
+Every multipart upload this server starts while parking is on also has a *live marker*,
+``.cosftp/live/<key>/<upload id>``, from its start until it completes, is aborted or is parked.
+A session that resumes an upload swaps its record for a live marker first (a *claim*), so
+other sessions no longer find it; if it breaks again, it is parked again with a new record.
+
+The :class:`Janitor` aborts parked uploads whose record is older than ``resume_ttl`` and
+uploads whose live marker shows no activity for longer than ``max(resume_ttl, 1 h)`` (a crash
+left them behind), so nothing keeps costing storage. Multipart uploads with neither record nor
+marker belong to another tool sharing the bucket and are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -32,10 +37,13 @@ from .storage import Bucket, ObjectInfo, PartInfo, UploadInfo
 log = logging.getLogger(__name__)
 
 RECORD_ROOT = f"{RESERVED_NAME}/parked/"
-# An upload without a record may still be in flight (a slow client can take long over one
-# part), so it is only taken for abandoned after this long without a new part, whatever
-# resume_ttl says.
+LIVE_ROOT = f"{RESERVED_NAME}/live/"
+# A live upload may be slow (a client can take long over one part), so it is only taken for
+# abandoned after this long without a new part, whatever resume_ttl says.
 ORPHAN_IDLE_SECONDS = 3600.0
+# A record or marker whose upload is gone is deleted after this long: its owner deletes it
+# itself right after the upload ends, unless COS failed it then.
+STALE_MARK_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,34 @@ def record_key(key: str, upload_id: str) -> str:
     return f"{RECORD_ROOT}{key}/{upload_id}"
 
 
+def live_key(key: str, upload_id: str) -> str:
+    """Where the live marker of ``upload_id`` of ``key`` lives."""
+    return f"{LIVE_ROOT}{key}/{upload_id}"
+
+
+def mark_live(bucket: Bucket, key: str, upload_id: str, user: str, path: str,
+              log_context: str) -> None:
+    """Record that this server is writing ``upload_id`` (for ``user``'s ``path``), so the
+    janitor may abort it if it is left behind. A failure (say, credentials that may not
+    write ``.cosftp/``) is only logged: the upload matters more than its bookkeeping."""
+    body = json.dumps({"user": user, "path": path}, ensure_ascii=False).encode()
+    try:
+        bucket.put(live_key(key, upload_id), body)
+    except StorageError as exc:
+        log.warning("%s: cannot mark upload %s as live (%s): the janitor will not clean it "
+                    "up if this server loses it", log_context, upload_id, exc)
+
+
+def unmark_live(bucket: Bucket, key: str, upload_id: str, log_context: str) -> None:
+    """Delete the live marker of an upload that ended; a failure is only logged (the
+    janitor deletes markers whose upload is gone)."""
+    try:
+        bucket.delete(live_key(key, upload_id))
+    except StorageError as exc:
+        log.warning("%s: cannot delete the live marker of upload %s: %s", log_context,
+                    upload_id, exc)
+
+
 @dataclass(frozen=True)
 class ParkedUpload:
     """A parked upload as found in COS: its record, data parts 1..k, and when it was parked
@@ -92,15 +128,39 @@ def leading_parts(parts: Iterable[PartInfo]) -> list[PartInfo]:
     return run
 
 
-def park(bucket: Bucket, record: ParkRecord) -> None:
-    """Write ``record``, which makes its upload resumable; raises ``StorageError``."""
+def park(bucket: Bucket, record: ParkRecord, log_context: str) -> None:
+    """Write ``record``, which makes its upload resumable, in place of its live marker;
+    raises ``StorageError`` if the record cannot be written."""
     bucket.put(record_key(record.key, record.upload_id), record.to_json())
+    unmark_live(bucket, record.key, record.upload_id, log_context)
 
 
-def claim(bucket: Bucket, parked: ParkedUpload) -> None:
-    """Take ``parked`` for this session: no other session will find it; raises
-    ``StorageError``."""
-    bucket.delete(record_key(parked.record.key, parked.record.upload_id))
+def claim(bucket: Bucket, parked: ParkedUpload, log_context: str) -> None:
+    """Take ``parked`` for this session: a live marker replaces its record, so no other
+    session finds it and the janitor counts its idle time from now; raises ``StorageError``.
+
+    Two sessions claiming the same upload at the same moment both succeed (COS has no
+    conditional delete); completing with the parts' ETags then fails for one of them.
+    """
+    record = parked.record
+    mark_live(bucket, record.key, record.upload_id, record.user, record.path, log_context)
+    bucket.delete(record_key(record.key, record.upload_id))
+
+
+def discard(bucket: Bucket, parked: ParkedUpload, log_context: str) -> None:
+    """Abort ``parked``, which the file written since has made obsolete; a failure is only
+    logged (the janitor aborts it when it expires)."""
+    record = parked.record
+    try:
+        with contextlib.suppress(NotFound):
+            bucket.abort_multipart(record.key, record.upload_id)
+        bucket.delete(record_key(record.key, record.upload_id))
+    except StorageError as exc:
+        log.warning("%s: cannot discard parked upload %s: %s", log_context, record.upload_id,
+                    exc)
+        return
+    log.info("%s: discarded parked upload %s of %s: the file was written since",
+             log_context, record.upload_id, record.user)
 
 
 def find_parked(bucket: Bucket, key: str, ttl: float, user: str) -> Optional[ParkedUpload]:
@@ -138,9 +198,15 @@ def last_activity(upload: UploadInfo, parts: Iterable[PartInfo]) -> float:
     return max([upload.initiated, *(part.mtime for part in parts)])
 
 
+def _marks_by_upload(bucket: Bucket, root: str) -> dict[str, ObjectInfo]:
+    """The records or live markers under ``root``, by the upload id that ends their key."""
+    return {mark.key.rsplit("/", 1)[-1]: mark for mark in all_objects(bucket, root)}
+
+
 class Janitor:
-    """Aborts, in ``buckets``, parked uploads parked more than ``ttl`` seconds ago and other
-    multipart uploads idle for more than ``max(ttl, orphan_idle)``; deletes expired records.
+    """Aborts, in ``buckets``, parked uploads parked more than ``ttl`` seconds ago and live
+    uploads idle for more than ``max(ttl, orphan_idle)``; deletes records and markers whose
+    upload is gone. Uploads with neither are another tool's and left alone.
 
     One runs per server (in worker 1); a second one during a reload only repeats aborts that
     COS then answers with NoSuchUpload.
@@ -172,30 +238,40 @@ class Janitor:
                     log.warning("janitor: cannot sweep bucket %s: %s", bucket.name, exc)
 
     def sweep(self, bucket: Bucket) -> int:
-        """Abort what has expired in ``bucket`` and delete expired records; return how many
-        uploads were aborted."""
+        """Abort what has expired in ``bucket`` and delete records and markers whose upload
+        is gone; return how many uploads were aborted."""
         now = time.time()
-        records = {record.key.rsplit("/", 1)[-1]: record for record in
-                   all_objects(bucket, RECORD_ROOT)}
+        records = _marks_by_upload(bucket, RECORD_ROOT)
+        markers = _marks_by_upload(bucket, LIVE_ROOT)
         aborted = 0
         for upload in bucket.list_uploads():
-            record = records.get(upload.upload_id)
-            if self._abort_if_idle(bucket, upload, now, record is not None):
+            marks = [mark for mark in (records.pop(upload.upload_id, None),
+                                       markers.pop(upload.upload_id, None)) if mark]
+            if marks and self._abort_if_idle(bucket, upload, now, marks):
                 aborted += 1
-                if record is not None:
-                    # At once, so that no client is offered an upload that is gone.
-                    bucket.delete(records.pop(upload.upload_id).key)
-        for record in records.values():
-            if now - record.mtime > self._ttl:
-                bucket.delete(record.key)
+                # At once, so that no client is offered an upload that is gone.
+                for mark in marks:
+                    bucket.delete(mark.key)
+        for mark in [*records.values(), *markers.values()]:
+            if now - mark.mtime > STALE_MARK_SECONDS:
+                bucket.delete(mark.key)
         return aborted
 
     def _abort_if_idle(self, bucket: Bucket, upload: UploadInfo, now: float,
-                       parked: bool) -> bool:
-        """Abort ``upload`` if idle past its limit; return whether it was aborted."""
-        limit = self._ttl if parked else self._orphan_idle
+                       marks: list[ObjectInfo]) -> bool:
+        """Abort ``upload`` if idle past its limit; return whether it was aborted.
+
+        The newer of its record and live marker says what it is: parking writes the record
+        after the marker, a claim the marker after the record.
+        """
+        newest = max(marks, key=lambda mark: mark.mtime)
         try:
-            idle = now - last_activity(upload, bucket.list_parts(upload.key, upload.upload_id))
+            if newest.key.startswith(RECORD_ROOT):
+                idle, limit = now - newest.mtime, self._ttl
+            else:
+                parts = bucket.list_parts(upload.key, upload.upload_id)
+                idle = now - max(last_activity(upload, parts), newest.mtime)
+                limit = self._orphan_idle
             if idle <= limit:
                 return False
             bucket.abort_multipart(upload.key, upload.upload_id)

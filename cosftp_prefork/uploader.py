@@ -10,6 +10,8 @@ visible object unless all of its bytes arrived.
 Any other ``close()`` parks the upload when ``resume_ttl`` allows it and at least one part
 reached COS (see :mod:`.resume`; :meth:`MultipartWriter.resume` continues it for REST n +
 STOR), and aborts it otherwise. A client's ABOR and an oversized upload are always aborted.
+While parking is on, a multipart upload has a live marker from its start to its end, so the
+janitor can tell it from another tool's.
 
 Memory bound: at most ``max_in_flight`` parts are queued or uploading per upload plus the one
 being filled, i.e. ``(max_in_flight + 1) * part_size`` bytes plus one data-channel read.
@@ -27,7 +29,7 @@ from typing import Callable, Optional
 from .checksum import Crc64
 from .config import MIN_PART_SIZE
 from .errors import FileTooLarge, NotFound, StorageError
-from .resume import ParkedUpload, ParkRecord, leading_parts, park
+from .resume import ParkedUpload, ParkRecord, leading_parts, mark_live, park, unmark_live
 from .storage import Bucket, ObjectInfo, PartInfo
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,7 @@ class MultipartWriter:
         self._resume_ttl = resume_ttl
         self._owner = owner  # the FTP user, recorded when the upload is parked
         self._discard = False  # True: never park (ABOR, oversized)
+        self._resumed = False  # continues a parked upload
         self._buffer = bytearray()
         # CRC64 of the bytes shipped so far, and its value after each part: a parked
         # upload records the one at the end of the parts it keeps.
@@ -174,7 +177,7 @@ class MultipartWriter:
         ``source`` must be at least 1 MiB (COS's smallest non-last part). Without its CRC64
         the integrity check cannot cover the copied bytes and is skipped for this upload.
         """
-        self._upload_id = self._bucket.create_multipart(self._key)
+        self._start_multipart()
         for first in range(0, source.size, MAX_COPY_PART):
             last = min(source.size, first + MAX_COPY_PART) - 1
             number = self._next_part
@@ -197,6 +200,7 @@ class MultipartWriter:
     def resume(self, parked: ParkedUpload) -> None:
         """Continue ``parked``: its parts stay, the bytes written next follow them."""
         self._upload_id = parked.record.upload_id
+        self._resumed = True
         for part in parked.parts:
             self._etags[part.number] = part.etag
             self._part_sizes[part.number] = part.size
@@ -216,6 +220,14 @@ class MultipartWriter:
     def cancel(self) -> None:
         """The client gave up on this upload (ABOR): discard it on close, never park it."""
         self._discard = True
+
+    def abandon(self) -> None:
+        """Close an upload whose transfer never started (the client gave up on the data
+        connection): a resumed parked upload is parked again as it was, anything else is
+        discarded."""
+        if not self._resumed:
+            self._discard = True
+        self.close()
 
     def commit(self, still_wanted: Callable[[float], bool] = lambda _wait: True) -> None:
         """Make the object visible: one PUT if no part was shipped, else complete the upload.
@@ -240,6 +252,7 @@ class MultipartWriter:
         except BaseException:
             self._abort()
             raise
+        self._unmark()
         self._verify(reported)
         self._buffer = bytearray()
         self._state = "committed"
@@ -282,7 +295,7 @@ class MultipartWriter:
                             upload_id=self._upload_id or "", size=resumable,
                             parts=len(stored), crc64=self._crc_after.get(len(stored)))
         try:
-            park(self._bucket, record)
+            park(self._bucket, record, self._ctx)
         except StorageError as exc:
             log.error("%s: cannot park upload %s: %s", self._ctx, self._upload_id, exc)
             return False
@@ -308,9 +321,20 @@ class MultipartWriter:
         if self._failure is not None:
             raise self._failure
 
+    def _start_multipart(self) -> None:
+        self._upload_id = self._bucket.create_multipart(self._key)
+        if self._resume_ttl:
+            mark_live(self._bucket, self._key, self._upload_id, self._owner, self.name,
+                      self._ctx)
+
+    def _unmark(self) -> None:
+        """The multipart upload ended: drop its live marker (see :mod:`.resume`)."""
+        if self._resume_ttl and self._upload_id:
+            unmark_live(self._bucket, self._key, self._upload_id, self._ctx)
+
     def _submit_part(self, data: bytes) -> None:
         if self._upload_id is None:
-            self._upload_id = self._bucket.create_multipart(self._key)
+            self._start_multipart()
         number = self._next_part
         self._next_part += 1
         self._slots.acquire()
@@ -371,3 +395,5 @@ class MultipartWriter:
                       self._upload_id, exc)
             if self._retrier is not None:
                 self._retrier.add(self._bucket, self._key, self._upload_id)
+            return  # the live marker stays, for the janitor should the retries not succeed
+        self._unmark()

@@ -8,17 +8,19 @@ import json
 import os
 import signal
 import subprocess
+import time
+from email.utils import parsedate_to_datetime
 
 import pytest
 from fastcrc import crc64
 
 from cosftp_prefork.config import AccountConfig
-from cosftp_prefork.resume import Janitor
+from cosftp_prefork.resume import Janitor, live_key
 from cosftp_prefork.storage import BucketRegistry
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
-from .test_clients import lftp_command
+from .test_clients import lftp_command, require, run
 from .test_commands import get, put
 from .test_transfers import abort_transfer, pending_uploads
 
@@ -68,6 +70,15 @@ def break_upload(ftp: ftplib.FTP, cos, key: str, data: bytes, parts: int) -> Non
     wait_until(lambda: is_parked(cos, key), what="the upload to be parked")
 
 
+def after_stored_second(cos, key: str) -> None:
+    """Wait for the clock to pass the second COS stored ``key`` in (COS times have whole
+    seconds), so what happens next is newer."""
+    headers = {name.lower(): value for name, value in
+               cos.head_object(Bucket=ALPHA, Key=key).items()}
+    stored = parsedate_to_datetime(headers["last-modified"])
+    wait_until(lambda: time.time() >= stored.timestamp() + 1, what="the next second")
+
+
 def rest_stor(ftp: ftplib.FTP, key: str, offset: int, data: bytes) -> str:
     return ftp.storbinary(f"STOR {key}", io.BytesIO(data), rest=offset)
 
@@ -111,14 +122,121 @@ def test_rest_at_another_offset_is_refused_and_keeps_the_parked_upload(resumable
     ftp.quit()
 
 
-def test_a_new_stor_wins_over_a_parked_upload(resumable, area, cos):
+def test_a_new_stor_wins_over_a_parked_upload_and_discards_it(resumable, area, cos):
     break_upload(resumable.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
     ftp = resumable.login("alice", "alice-pw")
     assert put(ftp, area, b"fresh").startswith("226")
-    assert ftp.size(area) == 5  # the object is newer than what was parked
+    wait_until(lambda: ftp.size(area) == 5, what="SIZE to see the newer object")
+    assert not is_parked(cos, area) and pending_uploads(cos, area) == []
     with pytest.raises(ftplib.error_perm, match="554"):
         rest_stor(ftp, area, 2 * MIB, b"x")
     ftp.quit()
+
+
+def test_the_time_mfmt_sets_does_not_make_a_parked_upload_look_newer(resumable, area, cos):
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
+    ftp = resumable.login("alice", "alice-pw")
+    assert put(ftp, area, b"complete").startswith("226")
+    assert ftp.sendcmd(f"MFMT 20010203040506 {area}").startswith("213")
+    ftp.retrlines("LIST")  # the listing shows (and caches) the 2001 time
+    wait_until(lambda: ftp.size(area) == 8, what="SIZE to see the newer object")
+    ftp.quit()
+
+
+def test_appe_after_size_continues_the_parked_upload(resumable, area, cos):
+    """What ``curl -C - -T`` does: SIZE, then APPE of the bytes after that."""
+    data = os.urandom(4 * MIB + 77)
+    put(resumable.login("alice", "alice-pw"), area, b"an older version")
+    after_stored_second(cos, area)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    assert offset >= 2 * MIB
+    assert ftp.storbinary(f"APPE {area}", io.BytesIO(data[offset:])).startswith("226")
+    assert get(ftp, area) == data
+    assert pending_uploads(cos, area) == [] and not is_parked(cos, area)
+    ftp.quit()
+
+
+def test_curl_continue_resumes_a_broken_upload(resumable, tmp_path, area, cos):
+    curl = require("curl")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(5 * MIB + 9))
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, src.read_bytes()[:3 * MIB], 2)
+    run([curl, "--user", "alice:alice-pw", "--silent", "--show-error", "-C", "-", "-T",
+         str(src), f"ftp://127.0.0.1:{resumable.port}/{area}"])
+    ftp = resumable.login("alice", "alice-pw")
+    assert get(ftp, area) == src.read_bytes()
+    ftp.quit()
+    assert "resuming parked upload" in resumable.log_text()
+
+
+def test_rest_retr_reads_the_stored_file_while_a_smaller_upload_is_parked(resumable, area,
+                                                                         cos):
+    stored = os.urandom(5 * MIB)
+    put(resumable.login("alice", "alice-pw"), area, stored)
+    after_stored_second(cos, area)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
+    ftp = resumable.login("alice", "alice-pw")
+    assert ftp.size(area) < 4 * MIB  # SIZE is what an upload continues from
+    ftp.voidcmd("TYPE I")
+    tail = bytearray()
+    ftp.retrbinary(f"RETR {area}", tail.extend, rest=4 * MIB)
+    assert bytes(tail) == stored[4 * MIB:]
+    ftp.quit()
+
+
+def test_a_resume_given_up_before_its_data_connection_stays_parked(resumable, area, cos):
+    data = os.urandom(4 * MIB + 5)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    ftp.voidcmd("TYPE I")
+    for give_up in ("ABOR", "PASV", "REIN"):
+        ftp.sendcmd("PASV")
+        ftp.sendcmd(f"REST {offset}")
+        assert ftp.sendcmd(f"STOR {area}").startswith("150")  # waits for a connection
+        ftp.sendcmd(give_up)
+        if give_up == "REIN":
+            ftp.login("alice", "alice-pw")
+            ftp.voidcmd("TYPE I")
+        wait_until(lambda: is_parked(cos, area), what=f"the upload to be parked after {give_up}")
+        assert len(pending_uploads(cos, area)) == 1
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    ftp.quit()
+
+
+def test_an_appe_given_up_before_its_data_connection_leaves_no_upload(resumable, area, cos):
+    put(resumable.login("alice", "alice-pw"), area, os.urandom(2 * MIB))
+    ftp = resumable.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PASV")
+    assert ftp.sendcmd(f"APPE {area}").startswith("150")  # copies the old bytes first
+    assert len(pending_uploads(cos, area)) == 1
+    ftp.sendcmd("ABOR")
+    wait_until(lambda: not pending_uploads(cos, area), what="the upload to be aborted")
+    assert not is_parked(cos, area)
+    ftp.quit()
+
+
+def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulator, area,
+                                                                cos):
+    """Credentials limited to some prefixes may not read .cosftp/: no parking, no MFMT
+    times, but everything else works."""
+    data = os.urandom(3 * MIB)
+    emulator.set_faults(deny_prefix=".cosftp/")
+    try:
+        ftp = resumable.login("alice", "alice-pw")
+        assert put(ftp, area, data).startswith("226")
+        assert ftp.nlst() and area in ftp.nlst()
+        assert ftp.size(area) == len(data)
+        assert get(ftp, area) == data
+        ftp.quit()
+        assert "cannot mark upload" in resumable.log_text()
+    finally:
+        emulator.set_faults(deny_prefix="")
+    assert pending_uploads(cos, area) == []
 
 
 def test_parked_upload_survives_a_server_restart(emulator, tmp_path, area, cos):
@@ -185,8 +303,8 @@ def test_resume_ttl_zero_aborts_at_once(emulator, tmp_path, area, cos):
 
 
 def test_janitor_aborts_parked_uploads_past_the_ttl(emulator, tmp_path, area, cos):
-    orphan = f"{area}-orphan"  # no record: maybe still in flight, so kept for an hour
-    cos.create_multipart_upload(Bucket=ALPHA, Key=orphan)
+    orphan = f"{area}-orphan"  # a marker but no record: maybe still in flight, kept an hour
+    leave_behind(cos, orphan)
     with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
                        optional={"resume_ttl": "2"}) as srv:
         break_upload(srv.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
@@ -196,16 +314,34 @@ def test_janitor_aborts_parked_uploads_past_the_ttl(emulator, tmp_path, area, co
     assert pending_uploads(cos, orphan)
 
 
-def test_janitor_aborts_orphaned_uploads_only_after_their_idle_time(emulator, area, cos):
-    """What a crashed worker leaves behind: an upload with neither record nor activity."""
+def leave_behind(cos, key: str) -> str:
+    """What a crashed worker leaves: an upload with its live marker and no activity."""
+    upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=key)["UploadId"]
+    cos.put_object(Bucket=ALPHA, Key=live_key(key, upload_id), Body=b"{}")
+    return upload_id
+
+
+def test_janitor_aborts_left_behind_uploads_only_after_their_idle_time(emulator, area, cos):
     orphan = f"{area}-orphan"
-    cos.create_multipart_upload(Bucket=ALPHA, Key=orphan)
+    upload_id = leave_behind(cos, orphan)
     bucket = BucketRegistry().bucket(emulator_account(emulator))
     Janitor([bucket], ttl=2).sweep(bucket)  # the default: an hour without a part
     assert pending_uploads(cos, orphan)
     eager = Janitor([bucket], ttl=2, orphan_idle=0)
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, orphan),
                what="the orphan to be aborted")
+    assert cos.object_exists(Bucket=ALPHA, Key=live_key(orphan, upload_id)) is False
+
+
+def test_janitor_leaves_other_tools_uploads_alone(emulator, area, cos):
+    foreign = f"{area}-foreign"  # say, a paused coscli upload: no marker of ours
+    cos.create_multipart_upload(Bucket=ALPHA, Key=foreign)
+    bucket = BucketRegistry().bucket(emulator_account(emulator))
+    leave_behind(cos, f"{area}-ours")
+    eager = Janitor([bucket], ttl=2, orphan_idle=0)
+    wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, f"{area}-ours"),
+               what="our own orphan to be aborted")
+    assert pending_uploads(cos, foreign)
 
 
 def test_lftp_put_continue_resumes_a_killed_upload(resumable, tmp_path, area, cos):
