@@ -225,6 +225,10 @@ class CosShim:
         injected = self._inject(environ, start_response, request_id)
         if injected is not None:
             return injected
+        if self._copy_source_changed(environ):
+            return _error_response(start_response, "412 Precondition Failed",
+                                   "PreconditionFailed", environ.get("PATH_INFO", ""),
+                                   request_id)
         crc = self._crc_of_upload(environ)
         body, status, headers = self._forward(environ, request_id)
         if crc is not None and status.startswith("2"):
@@ -278,6 +282,18 @@ class CosShim:
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])
         return [body]
+
+    def _copy_source_changed(self, environ: dict) -> bool:
+        """Whether a copy's source no longer has the ETag ``x-cos-copy-source-If-Match``
+        names, which COS answers with 412 (moto ignores the header on part copies)."""
+        wanted = environ.get("HTTP_X_COS_COPY_SOURCE_IF_MATCH", "")
+        source = environ.get("HTTP_X_COS_COPY_SOURCE", "")
+        if not wanted or not source:
+            return False
+        host, _, path = source.lstrip("/").partition("/")
+        headers = {"Host": host, "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
+        etag = Client(self.app).head("/" + path, headers=headers).headers.get("ETag", "")
+        return etag.strip('"') != wanted.strip('"')
 
     def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], str]]:
         """For an object PUT, a CompleteMultipartUpload or a HEAD, return what computes the

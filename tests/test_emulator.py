@@ -181,6 +181,20 @@ def test_multipart_with_1_mib_parts_completes(cos, prefix):
                   "x-cos-hash-crc64ecma") == str(crc64(data))
 
 
+def test_part_copy_is_refused_once_the_source_has_another_etag(cos, prefix):
+    source, target = prefix + "source.bin", prefix + "target.bin"
+    first = cos.put_object(Bucket=ALPHA, Key=source, Body=os.urandom(MIB))["ETag"]
+    upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=target)["UploadId"]
+    copy = {"Bucket": ALPHA, "Key": target, "PartNumber": 1, "UploadId": upload_id,
+            "CopySource": {"Bucket": ALPHA, "Key": source, "Region": "ap-guangzhou"},
+            "CopySourceRange": f"bytes=0-{MIB - 1}"}
+    assert cos.upload_part_copy(CopySourceIfMatch=first, **copy)["ETag"]
+    cos.put_object(Bucket=ALPHA, Key=source, Body=os.urandom(MIB))
+    error = service_error(cos.upload_part_copy, CopySourceIfMatch=first, **copy)
+    assert (error.get_status_code(), error.get_error_code()) == (412, "PreconditionFailed")
+    cos.abort_multipart_upload(Bucket=ALPHA, Key=target, UploadId=upload_id)
+
+
 def test_multipart_part_below_1_mib_is_refused(cos, prefix):
     with pytest.raises(CosServiceError) as info:
         _multipart(cos, prefix + "small.bin", [b"a" * (MIB - 1), b"tail"])
