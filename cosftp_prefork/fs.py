@@ -42,7 +42,7 @@ from .mtimes import apply_mtimes, listed_mtimes, set_client_mtime
 from .paths import RESERVED_NAME, dir_prefix, object_key, parent_dir
 from .renamer import copy_object, rename_directory
 from .resume import ParkedUpload, claim, discard, find_parked
-from .storage import Bucket, ObjectInfo
+from .storage import Bucket
 from .uploader import AbortRetrier, MultipartWriter
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,8 @@ class CosFS(AbstractedFS):
             raise Refusal(errno.EISDIR, "Target is a directory")
         if target is not None and not self._ctx.account.delete_enable:
             raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
-        info = ObjectInfo(object_key(src), source.size, source.mtime)
+        # A HEAD, for the storage class the copy must keep.
+        info = self._bucket.head(object_key(src))
         copy_object(self._bucket, info, object_key(dst), self._ctx.transfer, self._ctx.executor)
         self._bucket.delete(object_key(src))
         self._forget(src, dst)

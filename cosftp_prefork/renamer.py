@@ -24,20 +24,24 @@ DELETE_BATCH = 1000  # the most keys COS deletes in one request
 
 def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
                 executor: Executor, client_mtime: Optional[float] = None) -> None:
-    """Copy ``source`` to ``target`` inside COS, in parts above the threshold; with
-    ``client_mtime`` as its metadata if given (``target`` may then be ``source.key``).
+    """Copy ``source`` to ``target`` inside COS, in parts above the threshold, keeping its
+    storage class and metadata; with ``client_mtime`` as its MFMT time if given (``target``
+    may then be ``source.key``, and ``source`` must come from a HEAD).
 
     Part copies run on ``executor``; call this from a thread that is not one of its own.
     Raises ``StorageError``; a failed multipart copy is aborted.
     """
     if source.size <= transfer.multipart_copy_threshold:
-        bucket.copy(source.key, target, client_mtime)
+        bucket.copy(source, target, client_mtime)
         return
+    # A listing carries no metadata to give the new object, and every part must come from
+    # the version this HEAD sees (each part copy is pinned to its ETag).
+    source = bucket.head(source.key)
     part = max(part_size_for(transfer.min_part_size, source.size), -(-source.size // MAX_PARTS))
     ranges = [(number, first, min(source.size, first + part) - 1)
               for number, first in enumerate(range(0, source.size, part), start=1)]
-    upload_id = bucket.create_multipart(target, client_mtime)
-    futures = [executor.submit(bucket.upload_part_copy, target, upload_id, number, source.key,
+    upload_id = bucket.create_multipart(target, source, client_mtime)
+    futures = [executor.submit(bucket.upload_part_copy, target, upload_id, number, source,
                                first, last) for number, first, last in ranges]
     try:
         etags = [(number, future.result()) for (number, _, _), future in zip(ranges, futures)]
@@ -57,7 +61,7 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
     objects = all_objects(bucket, src_prefix)
     targets = {obj.key: dst_prefix + obj.key[len(src_prefix):] for obj in objects}
     small = [obj for obj in objects if obj.size <= transfer.multipart_copy_threshold]
-    futures: dict[str, Future] = {obj.key: executor.submit(bucket.copy, obj.key, targets[obj.key])
+    futures: dict[str, Future] = {obj.key: executor.submit(bucket.copy, obj, targets[obj.key])
                                   for obj in small}
     failures: list[BaseException] = []
     copied: list[str] = []

@@ -34,6 +34,12 @@ LIST_PAGE_MAX = 1000
 # The modification time a client set with MFMT, in seconds since the epoch; the name rclone
 # uses too, so both tools see the same time.
 MTIME_HEADER = "x-cos-meta-mtime"
+_USER_METADATA = "x-cos-meta-"
+# The headers an object keeps across a copy that replaces its metadata, by SDK argument.
+_CONTENT_HEADERS = {"content-type": "ContentType", "cache-control": "CacheControl",
+                    "content-disposition": "ContentDisposition",
+                    "content-encoding": "ContentEncoding",
+                    "content-language": "ContentLanguage", "expires": "Expires"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,9 @@ class ObjectInfo:
     etag: str = ""
     crc64: Optional[int] = None
     client_mtime: Optional[float] = None  # what MFMT stored in x-cos-meta-mtime (HEAD only)
+    # Content headers and user metadata, as (lower-case name, value) (HEAD only).
+    attributes: tuple[tuple[str, str], ...] = ()
+    storage_class: str = ""  # "" when COS does not say (STANDARD)
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,26 @@ def _float_or_none(value: str) -> Optional[float]:
         return None
 
 
-def _metadata(client_mtime: Optional[float]) -> dict[str, Any]:
-    return {"Metadata": {MTIME_HEADER: str(int(client_mtime))}} if client_mtime is not None \
-        else {}
+def _object_headers(source: Optional[ObjectInfo],
+                    client_mtime: Optional[float]) -> dict[str, Any]:
+    """SDK arguments that give a new object the storage class, content headers and user
+    metadata of ``source`` (if given), with ``client_mtime`` as its MFMT time (if given)."""
+    attributes = source.attributes if source is not None else ()
+    headers: dict[str, Any] = {_CONTENT_HEADERS[name]: value for name, value in attributes
+                               if name in _CONTENT_HEADERS}
+    metadata = {name: value for name, value in attributes if name.startswith(_USER_METADATA)}
+    if client_mtime is not None:
+        metadata[MTIME_HEADER] = str(int(client_mtime))
+    if metadata:
+        headers["Metadata"] = metadata
+    if source is not None and source.storage_class:
+        headers["StorageClass"] = source.storage_class
+    return headers
+
+
+def _kept_attributes(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((name, value) for name, value in headers.items()
+                        if name in _CONTENT_HEADERS or name.startswith(_USER_METADATA)))
 
 
 def _parse_http_date(value: str) -> float:
@@ -188,7 +214,8 @@ class Bucket:
         self.region = region
 
     def head(self, key: str) -> ObjectInfo:
-        """Return size, mtime and ETag of ``key``; raises ``NotFound`` if there is no such key."""
+        """Return size, mtime, ETag, checksum and the attributes a copy keeps of ``key``;
+        raises ``NotFound`` if there is no such key."""
         response = _call(f"HEAD {key}", self._client.head_object, Bucket=self.name, Key=key)
         headers = {name.lower(): value for name, value in response.items()}
         return ObjectInfo(
@@ -198,6 +225,8 @@ class Bucket:
             etag=headers.get("etag", "").strip('"'),
             crc64=_reported_crc64(headers),
             client_mtime=_float_or_none(headers.get(MTIME_HEADER, "")),
+            attributes=_kept_attributes(headers),
+            storage_class=headers.get("x-cos-storage-class", ""),
         )
 
     def list_page(
@@ -215,6 +244,7 @@ class Bucket:
                 key=item["Key"], size=int(item.get("Size", 0)),
                 mtime=_parse_iso_date(item.get("LastModified", "")),
                 etag=str(item.get("ETag", "")).strip('"'),
+                storage_class=str(item.get("StorageClass", "")),
             )
             for item in result.get("Contents", [])
         )
@@ -260,11 +290,13 @@ class Bucket:
               Bucket=self.name, Key=key, Body=data, EnableMD5=True)
         return _reported_crc64(result)
 
-    def create_multipart(self, key: str, client_mtime: Optional[float] = None) -> str:
-        """Start a multipart upload (of an object with ``client_mtime`` metadata if given);
-        return its upload id."""
+    def create_multipart(self, key: str, like: Optional[ObjectInfo] = None,
+                         client_mtime: Optional[float] = None) -> str:
+        """Start a multipart upload of an object with the storage class, content headers and
+        metadata of ``like`` and ``client_mtime`` as its MFMT time, where given; return its
+        upload id."""
         result = _call(f"InitiateMultipartUpload {key}", self._client.create_multipart_upload,
-              Bucket=self.name, Key=key, **_metadata(client_mtime))
+              Bucket=self.name, Key=key, **_object_headers(like, client_mtime))
         return str(result["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
@@ -274,13 +306,23 @@ class Bucket:
               EnableMD5=True)
         return str(result["ETag"])
 
-    def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
+    def upload_part_copy(self, key: str, upload_id: str, number: int, source: ObjectInfo,
                          first: int, last: int) -> str:
-        """Make part ``number`` from bytes ``first..last`` of ``source`` inside COS; ETag."""
-        copy_source = {"Bucket": self.name, "Key": source, "Region": self.region or ""}
-        result = _call(f"UploadPartCopy {source} -> {key} #{number}", self._client.upload_part_copy,
-              Bucket=self.name, Key=key, PartNumber=number, UploadId=upload_id,
-              CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}")
+        """Make part ``number`` from bytes ``first..last`` of ``source`` inside COS; return
+        its ETag. Raises ``StorageError`` with code ``ObjectChanged`` once ``source`` has
+        another ETag than the one given, so that parts of two versions never mix."""
+        copy_source = {"Bucket": self.name, "Key": source.key, "Region": self.region or ""}
+        extra = {"CopySourceIfMatch": f'"{source.etag}"'} if source.etag else {}
+        try:
+            result = _call(f"UploadPartCopy {source.key} -> {key} #{number}",
+                  self._client.upload_part_copy, Bucket=self.name, Key=key, PartNumber=number,
+                  UploadId=upload_id, CopySource=copy_source,
+                  CopySourceRange=f"bytes={first}-{last}", **extra)
+        except StorageError as exc:
+            if exc.code != "PreconditionFailed":
+                raise
+            raise StorageError(f"{source.key} was replaced while it was being copied; "
+                               f"nothing was changed, try again", code="ObjectChanged") from exc
         return str(result["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str,
@@ -331,14 +373,20 @@ class Bucket:
         _call(f"AbortMultipartUpload {key}", self._client.abort_multipart_upload,
               Bucket=self.name, Key=key, UploadId=upload_id)
 
-    def copy(self, src_key: str, dst_key: str, client_mtime: Optional[float] = None) -> None:
-        """Server-side copy of ``src_key`` to ``dst_key`` within this bucket (≤ 5 GB), with
-        the source's metadata, or with ``client_mtime`` as the only metadata if given."""
-        source = {"Bucket": self.name, "Key": src_key, "Region": self.region or ""}
-        directive = "Copy" if client_mtime is None else "Replaced"
-        _call(f"COPY {src_key} -> {dst_key}", self._client.copy_object,
-              Bucket=self.name, Key=dst_key, CopySource=source, CopyStatus=directive,
-              **_metadata(client_mtime))
+    def copy(self, source: ObjectInfo, dst_key: str,
+             client_mtime: Optional[float] = None) -> None:
+        """Server-side copy of ``source`` to ``dst_key`` within this bucket (≤ 5 GB) in its
+        storage class, with its metadata; with ``client_mtime`` as the MFMT time if given,
+        when ``source`` must come from a HEAD (its metadata is then sent anew)."""
+        copy_source = {"Bucket": self.name, "Key": source.key, "Region": self.region or ""}
+        if client_mtime is None:
+            extra = {"StorageClass": source.storage_class} if source.storage_class else {}
+            directive = "Copy"
+        else:
+            extra, directive = _object_headers(source, client_mtime), "Replaced"
+        _call(f"COPY {source.key} -> {dst_key}", self._client.copy_object,
+              Bucket=self.name, Key=dst_key, CopySource=copy_source, CopyStatus=directive,
+              **extra)
 
     def delete_many(self, keys: list[str]) -> None:
         """Delete up to 1,000 keys in one request; raises ``StorageError`` naming a failure."""

@@ -183,7 +183,7 @@ class MultipartWriter:
             number = self._next_part
             self._next_part += 1
             self._etags[number] = self._bucket.upload_part_copy(
-                self._key, self._upload_id, number, source.key, first, last)
+                self._key, self._upload_id, number, source, first, last)
             self._part_sizes[number] = last - first + 1
         self._size = source.size
         self._continue_crc(source.crc64)

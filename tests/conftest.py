@@ -79,3 +79,23 @@ def _close(ftp) -> None:
         ftp.quit()
     except Exception:
         ftp.close()
+
+
+# What another tool (the COS console, a camera's own uploader) may have given an object, and
+# what a copy inside COS (rename, MFMT) must keep.
+ATTRIBUTES = {"ContentType": "text/plain; charset=utf-8", "CacheControl": "max-age=60",
+              "ContentDisposition": 'attachment; filename="scan.txt"',
+              "Metadata": {"x-cos-meta-scanner": "lobby-7"}, "StorageClass": "STANDARD_IA"}
+KEPT = {"content-type": "text/plain; charset=utf-8", "cache-control": "max-age=60",
+        "content-disposition": 'attachment; filename="scan.txt"',
+        "x-cos-meta-scanner": "lobby-7", "x-cos-storage-class": "STANDARD_IA"}
+
+
+def put_with_attributes(cos, key: str, data: bytes) -> None:
+    cos.put_object(Bucket=ALPHA, Key=key, Body=data, **ATTRIBUTES)
+
+
+def kept_attributes(cos, key: str) -> dict:
+    """The headers of ``key`` named in ``KEPT``, as COS answers them now."""
+    head = {name.lower(): value for name, value in cos.head_object(Bucket=ALPHA, Key=key).items()}
+    return {name: head.get(name) for name in KEPT}

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import ALPHA, BETA, _close
+from .conftest import ALPHA, BETA, KEPT, _close, kept_attributes, put_with_attributes
 from .server_proc import Account, ServerProcess
 from .test_commands import get, put
 
@@ -164,20 +164,29 @@ def test_rename_directory_failing_copy_deletes_nothing(alice, cos, area, emulato
     assert cos.list_objects(Bucket=ALPHA, Prefix=f"{area}-new/").get("Contents", []) == []
 
 
+def test_rename_keeps_content_headers_metadata_and_storage_class(alice, area, cos):
+    put_with_attributes(cos, f"{area}/scan.txt", b"scanned")
+    alice.rename(f"{area}/scan.txt", f"{area}/kept.txt")
+    assert kept_attributes(cos, f"{area}/kept.txt") == KEPT
+    alice.rename(area, f"{area}-moved")
+    assert kept_attributes(cos, f"{area}-moved/kept.txt") == KEPT
+
+
 def test_rename_above_copy_threshold_uses_multipart_copy(emulator, cos, tmp_path, area):
     account = Account("mover", "mover-pw", ALPHA)
     data = os.urandom(3 * 1024 * 1024 + 17)
     with ServerProcess(str(tmp_path), emulator.port, [account],
                        optional={"multipart_copy_threshold": str(1024 * 1024)}) as srv:
         ftp = srv.login("mover", "mover-pw")
-        ftp.mkd(area)
-        put(ftp, f"{area}/big.bin", data)
+        put_with_attributes(cos, f"{area}/big.bin", data)
         ftp.rename(f"{area}/big.bin", f"{area}/moved.bin")
         assert get(ftp, f"{area}/moved.bin") == data
-        put(ftp, f"{area}/d/inner.bin", data)
+        put_with_attributes(cos, f"{area}/d/inner.bin", data)
         ftp.rename(f"{area}/d", f"{area}/e")
         assert get(ftp, f"{area}/e/inner.bin") == data
         _close(ftp)
     head = {k.lower(): v for k, v in cos.head_object(Bucket=ALPHA, Key=f"{area}/moved.bin").items()}
     assert head["etag"].endswith('-4"')  # 4 copied parts, not one CopyObject
+    assert kept_attributes(cos, f"{area}/moved.bin") == KEPT
+    assert kept_attributes(cos, f"{area}/e/inner.bin") == KEPT
     assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/big.bin") is False

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import ALPHA
+from .conftest import ALPHA, KEPT, kept_attributes, put_with_attributes
 from .server_proc import Account, ServerProcess
 from .test_clients import lftp
 from .test_commands import get, put
@@ -60,16 +60,25 @@ def test_mfmt_again_replaces_the_time_and_an_overwrite_drops_it(alice, area, cos
     assert alice.sendcmd(f"MDTM {area}/f").startswith(f"213 {this_year}")
 
 
-def test_mfmt_of_a_large_object_uses_a_multipart_copy(emulator, tmp_path, area):
+def test_mfmt_keeps_content_headers_metadata_and_storage_class(alice, area, cos):
+    put_with_attributes(cos, area, b"scanned")
+    alice.sendcmd(f"MFMT {STAMP} {area}")
+    assert alice.sendcmd(f"MDTM {area}") == f"213 {STAMP}"
+    assert kept_attributes(cos, area) == KEPT
+
+
+def test_mfmt_of_a_large_object_uses_a_multipart_copy(emulator, tmp_path, area, cos):
     data = os.urandom(2 * MIB + 5)
+    put_with_attributes(cos, area, data)
     with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
                        optional={"multipart_copy_threshold": str(MIB)}) as srv:
         ftp = srv.login("alice", "alice-pw")
-        put(ftp, area, data)
         ftp.sendcmd(f"MFMT {STAMP} {area}")
         assert ftp.sendcmd(f"MDTM {area}") == f"213 {STAMP}"
         assert get(ftp, area) == data
         ftp.quit()
+    assert cos.head_object(Bucket=ALPHA, Key=area)["ETag"].endswith('-3"')  # copied in parts
+    assert kept_attributes(cos, area) == KEPT
 
 
 def test_mfmt_refusals(server, alice, area):
