@@ -272,9 +272,13 @@ class CosFTPHandler(FTPHandler):
         super().handle()
 
     def close(self) -> None:
+        """End the session; an upload still waiting for its data connection is given up
+        like on ABOR (pyftpdlib would close it as broken and park what it copied)."""
         if self._admitted:
             self._admitted = False
             self.stats.release(self.remote_ip)
+        if not self._closed:
+            self._drop_queued_upload()
         super().close()
 
     _banned_now = False

@@ -207,17 +207,23 @@ def test_a_resume_given_up_before_its_data_connection_stays_parked(resumable, ar
     ftp.quit()
 
 
-def test_an_appe_given_up_before_its_data_connection_leaves_no_upload(resumable, area, cos):
+@pytest.mark.parametrize("give_up", ["ABOR", "QUIT", "disconnect"])
+def test_an_appe_given_up_before_its_data_connection_leaves_no_upload(resumable, area, cos,
+                                                                      give_up):
     put(resumable.login("alice", "alice-pw"), area, os.urandom(2 * MIB))
     ftp = resumable.login("alice", "alice-pw")
     ftp.voidcmd("TYPE I")
     ftp.sendcmd("PASV")
     assert ftp.sendcmd(f"APPE {area}").startswith("150")  # copies the old bytes first
     assert len(pending_uploads(cos, area)) == 1
-    ftp.sendcmd("ABOR")
-    wait_until(lambda: not pending_uploads(cos, area), what="the upload to be aborted")
+    if give_up == "disconnect":
+        ftp.close()
+    else:
+        ftp.sendcmd(give_up)
+    wait_until(lambda: not pending_uploads(cos, area), what=f"the upload to be aborted "
+                                                            f"after {give_up}")
     assert not is_parked(cos, area)
-    ftp.quit()
+    ftp.close()
 
 
 def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulator, area,
