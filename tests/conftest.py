@@ -53,8 +53,10 @@ def cos(emulator):
 
 @pytest.fixture(scope="session")
 def server(emulator, tmp_path_factory):
+    # No ban on failed logins: tests that send bad logins or garbage commands would ban the
+    # one address every test connects from (the ban has its own tests and server).
     proc = ServerProcess(str(tmp_path_factory.mktemp("server")), emulator.port,
-                         STANDARD_ACCOUNTS)
+                         STANDARD_ACCOUNTS, optional={"max_login_failures": "0"})
     proc.start()
     yield proc
     proc.stop()
