@@ -38,9 +38,9 @@ from .errors import (
     StorageUnavailable,
 )
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
-from .mtimes import apply_mtimes, listed_mtimes, set_client_mtime
+from .mtimes import apply_mtimes, carry_markers, listed_mtimes, set_client_mtime
 from .paths import RESERVED_NAME, dir_prefix, object_key, parent_dir
-from .renamer import copy_object, rename_directory
+from .renamer import Moved, copy_object, rename_directory
 from .resume import ParkedUpload, claim, discard, find_parked
 from .storage import Bucket
 from .uploader import AbortRetrier, MultipartWriter
@@ -316,11 +316,14 @@ class CosFS(AbstractedFS):
             raise Refusal(errno.EISDIR, "Target is a directory")
         if target is not None and not self._ctx.account.delete_enable:
             raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
-        # A HEAD, for the storage class the copy must keep.
+        # A HEAD, for the storage class the copy must keep and the MFMT time.
         info = self._bucket.head(object_key(src))
-        copy_object(self._bucket, info, object_key(dst), self._ctx.transfer, self._ctx.executor)
+        etag = copy_object(self._bucket, info, object_key(dst), self._ctx.transfer,
+                           self._ctx.executor)
         self._bucket.delete(object_key(src))
         self._forget(src, dst)
+        if info.client_mtime is not None:
+            self._carry_mtimes(src, [Moved(info, object_key(dst), etag)])
 
     def _rename_directory(self, src: str, dst: str) -> None:
         if not self._ctx.account.delete_enable:
@@ -330,9 +333,21 @@ class CosFS(AbstractedFS):
             raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
         if self.lookup(dst) is not None:
             raise Refusal(errno.EEXIST, "Target exists")
-        rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst), self._ctx.transfer,
-                         self._ctx.executor, self._log(src))
+        moved = rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst),
+                                 self._ctx.transfer, self._ctx.executor, self._log(src))
         self._cache.clear()
+        if moved:
+            self._carry_mtimes(src, moved, dir_prefix(src))
+
+    def _carry_mtimes(self, path: str, moved: list[Moved], directory: str = "") -> None:
+        """Move the MFMT times' listing markers along with a rename. The rename is done by
+        then: a failure is only logged (LIST then shows COS's time, MDTM still the MFMT
+        one)."""
+        try:
+            carry_markers(self._bucket, moved, directory)
+        except StorageError as exc:
+            log.warning("%s: renamed, but its MFMT times stay behind: %s", self._log(path),
+                        exc)
 
     @_transient_escapes
     def open(self, filename: str, mode: str):

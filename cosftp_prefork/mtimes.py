@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 from .config import TransferConfig
 from .listing import Entry, all_objects
 from .paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
-from .renamer import copy_object, delete_keys
+from .renamer import Moved, copy_object, delete_keys
 from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,27 @@ def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
              if obj.key != marker and _parse(child_name(prefix, obj.key))[0] == name]
     bucket.put(marker, b"")
     delete_keys(bucket, stale)
+
+
+def carry_markers(bucket: Bucket, moved: list[Moved], directory: str = "") -> None:
+    """After a rename, give every moved file's marker to its new key (naming the copy's
+    ETag) and delete the old one; raises ``StorageError``.
+
+    ``directory`` is the prefix of the renamed directory, or "" when ``moved`` is the one
+    file renamed.
+    """
+    by_key = {item.source.key: item for item in moved}
+    listed = MTIME_ROOT + (directory or moved[0].source.key + _SEPARATOR)
+    old = []
+    for marker in all_objects(bucket, listed):
+        key, stamp, etag = _parse(marker.key[len(MTIME_ROOT):])
+        item = by_key.get(key)
+        if item is None:
+            continue
+        old.append(marker.key)
+        if etag == item.source.etag:  # else it was stale already
+            bucket.put(marker_key(item.target, stamp, item.etag), b"")
+    delete_keys(bucket, old)
 
 
 def listed_mtimes(bucket: Bucket, prefix: str) -> dict[tuple[str, str], int]:

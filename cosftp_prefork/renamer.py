@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass
 from typing import Optional
 
 from .config import MAX_PARTS, TransferConfig, part_size_for
@@ -22,18 +23,26 @@ log = logging.getLogger(__name__)
 DELETE_BATCH = 1000  # the most keys COS deletes in one request
 
 
+@dataclass(frozen=True)
+class Moved:
+    """One object a rename copied: what it was, where it went, the copy's ETag."""
+
+    source: ObjectInfo
+    target: str
+    etag: str
+
+
 def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
-                executor: Executor, client_mtime: Optional[float] = None) -> None:
+                executor: Executor, client_mtime: Optional[float] = None) -> str:
     """Copy ``source`` to ``target`` inside COS, in parts above the threshold, keeping its
     storage class and metadata; with ``client_mtime`` as its MFMT time if given (``target``
     may then be ``source.key``, and ``source`` must come from a HEAD).
 
     Part copies run on ``executor``; call this from a thread that is not one of its own.
-    Raises ``StorageError``; a failed multipart copy is aborted.
+    Return the copy's ETag. Raises ``StorageError``; a failed multipart copy is aborted.
     """
     if source.size <= transfer.multipart_copy_threshold:
-        bucket.copy(source, target, client_mtime)
-        return
+        return bucket.copy(source, target, client_mtime)
     # A listing carries no metadata to give the new object, and every part must come from
     # the version this HEAD sees (each part copy is pinned to its ETag).
     source = bucket.head(source.key)
@@ -50,11 +59,13 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
         wait(futures)
         bucket.abort_multipart(target, upload_id)
         raise
+    return bucket.head(target).etag
 
 
 def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
-                     transfer: TransferConfig, executor: Executor, log_context: str) -> int:
-    """Move every key under ``src_prefix`` to ``dst_prefix``; return how many moved.
+                     transfer: TransferConfig, executor: Executor,
+                     log_context: str) -> list[Moved]:
+    """Move every key under ``src_prefix`` to ``dst_prefix``; return what moved.
 
     Raises ``StorageError`` (the first failure) with the source untouched if a copy fails.
     """
@@ -64,31 +75,32 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
     futures: dict[str, Future] = {obj.key: executor.submit(bucket.copy, obj, targets[obj.key])
                                   for obj in small}
     failures: list[BaseException] = []
-    copied: list[str] = []
+    copied: list[Moved] = []
     for obj in objects:
         if obj.key in futures:
             continue
         try:  # large objects from this thread: their parts need the executor's threads
-            copy_object(bucket, obj, targets[obj.key], transfer, executor)
-            copied.append(targets[obj.key])
+            etag = copy_object(bucket, obj, targets[obj.key], transfer, executor)
+            copied.append(Moved(obj, targets[obj.key], etag))
         except StorageError as exc:
             failures.append(exc)
             break
     wait(futures.values())
-    for key, future in futures.items():
+    for obj in small:
+        future = futures[obj.key]
         if future.exception() is None:
-            copied.append(targets[key])
+            copied.append(Moved(obj, targets[obj.key], future.result()))
         else:
             failures.append(future.exception())
     if failures:
         log.error("%s: renaming %s failed after %d of %d copies; removing the copies: %s",
                   log_context, src_prefix, len(copied), len(objects), failures[0])
-        delete_keys(bucket, copied)
+        delete_keys(bucket, [moved.target for moved in copied])
         raise failures[0]
     delete_keys(bucket, [obj.key for obj in objects])
     log.info("%s: renamed %s to %s (%d keys)", log_context, src_prefix, dst_prefix,
              len(objects))
-    return len(objects)
+    return copied
 
 
 def delete_keys(bucket: Bucket, keys: list[str]) -> None:

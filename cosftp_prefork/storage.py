@@ -374,19 +374,21 @@ class Bucket:
               Bucket=self.name, Key=key, UploadId=upload_id)
 
     def copy(self, source: ObjectInfo, dst_key: str,
-             client_mtime: Optional[float] = None) -> None:
+             client_mtime: Optional[float] = None) -> str:
         """Server-side copy of ``source`` to ``dst_key`` within this bucket (≤ 5 GB) in its
         storage class, with its metadata; with ``client_mtime`` as the MFMT time if given,
-        when ``source`` must come from a HEAD (its metadata is then sent anew)."""
+        when ``source`` must come from a HEAD (its metadata is then sent anew). Return the
+        copy's ETag."""
         copy_source = {"Bucket": self.name, "Key": source.key, "Region": self.region or ""}
         if client_mtime is None:
             extra = {"StorageClass": source.storage_class} if source.storage_class else {}
             directive = "Copy"
         else:
             extra, directive = _object_headers(source, client_mtime), "Replaced"
-        _call(f"COPY {source.key} -> {dst_key}", self._client.copy_object,
+        result = _call(f"COPY {source.key} -> {dst_key}", self._client.copy_object,
               Bucket=self.name, Key=dst_key, CopySource=copy_source, CopyStatus=directive,
               **extra)
+        return str(result.get("ETag", "")).strip('"')
 
     def delete_many(self, keys: list[str]) -> None:
         """Delete up to 1,000 keys in one request; raises ``StorageError`` naming a failure."""

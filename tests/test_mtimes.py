@@ -76,9 +76,30 @@ def test_mfmt_of_a_large_object_uses_a_multipart_copy(emulator, tmp_path, area, 
         ftp.sendcmd(f"MFMT {STAMP} {area}")
         assert ftp.sendcmd(f"MDTM {area}") == f"213 {STAMP}"
         assert get(ftp, area) == data
+        assert cos.head_object(Bucket=ALPHA, Key=area)["ETag"].endswith('-3"')  # in parts
+        assert kept_attributes(cos, area) == KEPT
+        ftp.rename(area, f"{area}-moved")  # a multipart copy again
+        assert mlsd_modify(ftp, "/")[f"{area}-moved"] == STAMP
         ftp.quit()
-    assert cos.head_object(Bucket=ALPHA, Key=area)["ETag"].endswith('-3"')  # copied in parts
-    assert kept_attributes(cos, area) == KEPT
+
+
+def test_renamed_files_and_directories_keep_their_mfmt_time_in_listings(server, alice, area,
+                                                                       cos):
+    alice.mkd(area)
+    put(alice, f"{area}/f", b"one")
+    put(alice, f"{area}/sub/g", b"two")
+    alice.sendcmd(f"MFMT {STAMP} {area}/f")
+    alice.sendcmd(f"MFMT 20210101000000 {area}/sub/g")
+    alice.rename(f"{area}/f", f"{area}/f2")
+    alice.rename(f"{area}/sub", f"{area}/sub2")
+    fresh = server.login("alice", "alice-pw")
+    assert mlsd_modify(fresh, area) == {"f2": STAMP}
+    assert mlsd_modify(fresh, f"{area}/sub2") == {"g": "20210101000000"}
+    fresh.quit()
+    assert [key.rsplit("#", 2)[0] for key in markers(cos, area)] == [
+        f".cosftp/mtime/{area}/f2", f".cosftp/mtime/{area}/sub2/g"]  # the old ones are gone
+    put(alice, f"{area}/f", b"one")  # the same bytes again under the old name: its own time
+    assert not mlsd_modify(alice, area)["f"].startswith("2020")
 
 
 def test_mfmt_refusals(server, alice, area):
