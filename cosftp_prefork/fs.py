@@ -319,7 +319,7 @@ class CosFS(AbstractedFS):
         # A HEAD, for the storage class the copy must keep and the MFMT time.
         info = self._bucket.head(object_key(src))
         etag = copy_object(self._bucket, info, object_key(dst), self._ctx.transfer,
-                           self._ctx.executor)
+                           self._ctx.executor, log_context=self._log(src))
         self._bucket.delete(object_key(src))
         self._forget(src, dst)
         if info.client_mtime is not None:

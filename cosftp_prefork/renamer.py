@@ -16,6 +16,7 @@ from typing import Optional
 from .config import MAX_PARTS, TransferConfig, part_size_for
 from .errors import StorageError
 from .listing import all_objects
+from .resume import mark_live, unmark_live
 from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class Moved:
 
 
 def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
-                executor: Executor, client_mtime: Optional[float] = None) -> str:
+                executor: Executor, client_mtime: Optional[float] = None,
+                log_context: str = "") -> str:
     """Copy ``source`` to ``target`` inside COS, in parts above the threshold, keeping its
     storage class and metadata; with ``client_mtime`` as its MFMT time if given (``target``
     may then be ``source.key``, and ``source`` must come from a HEAD).
@@ -46,10 +48,26 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
     # A listing carries no metadata to give the new object, and every part must come from
     # the version this HEAD sees (each part copy is pinned to its ETag).
     source = bucket.head(source.key)
+    upload_id = bucket.create_multipart(target, source, client_mtime)
+    context = log_context or target
+    # Like an upload, marked live so the janitor aborts it should this process die.
+    tracked = transfer.resume_ttl > 0
+    if tracked:
+        mark_live(bucket, target, upload_id, "", f"copy of {source.key}", context)
+    _copy_parts(bucket, source, target, upload_id, transfer, executor, context)
+    if tracked:
+        unmark_live(bucket, target, upload_id, context)
+    return bucket.head(target).etag
+
+
+def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
+                transfer: TransferConfig, executor: Executor, log_context: str) -> None:
+    """Copy ``source`` into the multipart upload ``upload_id`` in parallel and complete it;
+    raises ``StorageError`` once the upload is aborted (if the abort fails too, the upload
+    and its live marker stay for the janitor)."""
     part = max(part_size_for(transfer.min_part_size, source.size), -(-source.size // MAX_PARTS))
     ranges = [(number, first, min(source.size, first + part) - 1)
               for number, first in enumerate(range(0, source.size, part), start=1)]
-    upload_id = bucket.create_multipart(target, source, client_mtime)
     futures = [executor.submit(bucket.upload_part_copy, target, upload_id, number, source,
                                first, last) for number, first, last in ranges]
     try:
@@ -58,8 +76,9 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
     except StorageError:
         wait(futures)
         bucket.abort_multipart(target, upload_id)
+        if transfer.resume_ttl > 0:
+            unmark_live(bucket, target, upload_id, log_context)
         raise
-    return bucket.head(target).etag
 
 
 def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
@@ -80,7 +99,8 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
         if obj.key in futures:
             continue
         try:  # large objects from this thread: their parts need the executor's threads
-            etag = copy_object(bucket, obj, targets[obj.key], transfer, executor)
+            etag = copy_object(bucket, obj, targets[obj.key], transfer, executor,
+                               log_context=log_context)
             copied.append(Moved(obj, targets[obj.key], etag))
         except StorageError as exc:
             failures.append(exc)

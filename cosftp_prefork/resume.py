@@ -6,8 +6,9 @@ A parked upload is an ordinary multipart upload plus a small JSON *record*,
 any other. The state lives in COS only: a parked upload survives worker restarts, reloads and
 a move to another worker.
 
-Every multipart upload this server starts while parking is on also has a *live marker*,
-``.cosftp/live/<key>/<upload id>``, from its start until it completes, is aborted or is parked.
+Every multipart upload this server starts (uploads, and copies in parts) while parking is on
+has a *live marker*, ``.cosftp/live/<key>/<upload id>``, from its start until it completes, is
+aborted or is parked.
 A session that resumes an upload swaps its record for a live marker first (a *claim*), so
 other sessions no longer find it; if it breaks again, it is parked again with a new record.
 

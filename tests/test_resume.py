@@ -11,6 +11,7 @@ import subprocess
 import time
 from email.utils import parsedate_to_datetime
 
+import psutil
 import pytest
 from fastcrc import crc64
 
@@ -337,6 +338,42 @@ def test_janitor_aborts_left_behind_uploads_only_after_their_idle_time(emulator,
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, orphan),
                what="the orphan to be aborted")
     assert cos.object_exists(Bucket=ALPHA, Key=live_key(orphan, upload_id)) is False
+
+
+def test_a_big_rename_cut_short_by_a_crash_is_cleaned_up_by_the_janitor(emulator, tmp_path,
+                                                                        area, cos):
+    """A multipart copy has a live marker, like an upload: what a crash in the middle of
+    one leaves behind, the janitor knows as its own and aborts."""
+    source, target = f"{area}/big.bin", f"{area}/moved.bin"
+    cos.put_object(Bucket=ALPHA, Key=source, Body=os.urandom(3 * MIB))
+
+    def markers() -> list:
+        return cos.list_objects(Bucket=ALPHA, Prefix=f".cosftp/live/{target}/").get(
+            "Contents", [])
+
+    with ServerProcess(str(tmp_path), emulator.port, [Account("mover", "mover-pw", ALPHA)],
+                       optional={"multipart_copy_threshold": str(MIB)}) as srv:
+        ftp = srv.login("mover", "mover-pw")
+        ftp.sendcmd(f"RNFR {source}")
+        emulator.set_faults(latency_ms=1000)  # every COS request takes a second
+        try:
+            ftp.putcmd(f"RNTO {target}")
+            wait_until(markers, timeout=30, what="the multipart copy to start")
+            master = psutil.Process(srv.proc.pid)
+            for process in [*master.children(), master]:  # a crash, not a graceful stop
+                process.kill()
+            srv.proc.wait()
+        finally:
+            emulator.set_faults(latency_ms=0)
+        ftp.close()
+    [upload] = pending_uploads(cos, target)
+    assert [item["Key"] for item in markers()] == [live_key(target, upload["UploadId"])]
+    bucket = BucketRegistry().bucket(emulator_account(emulator))
+    eager = Janitor([bucket], ttl=2, orphan_idle=0)
+    wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, target),
+               what="the janitor to abort the copy")
+    assert markers() == []
+    assert cos.object_exists(Bucket=ALPHA, Key=source)
 
 
 def test_janitor_leaves_other_tools_uploads_alone(emulator, area, cos):
