@@ -45,6 +45,11 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
         handler.addFilter(_RoleFilter(process_name))
         root.addHandler(handler)
     root.setLevel(level)
-    # The SDK logs every request URL and header set at INFO.
-    logging.getLogger("qcloud_cos").setLevel(max(logging.WARNING, root.level))
+    # The SDK logs every request URL and header set at INFO, a 404 HEAD at WARNING and every
+    # failed request (retried ones too) as raw XML at ERROR, without the session. The storage
+    # layer logs each retry and failure with its context, so the SDK's own lines are only
+    # kept for debugging.
+    sdk_level = logging.WARNING if root.level <= logging.DEBUG else logging.CRITICAL
+    logging.getLogger("qcloud_cos").setLevel(sdk_level)
     logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("charset_normalizer").setLevel(logging.WARNING)  # per response, at DEBUG

@@ -185,6 +185,22 @@ def test_port_to_a_foreign_host_is_refused(alice):
         alice.sendcmd("PORT 8,8,8,8,0,21")
 
 
+def test_cos_errors_are_logged_once_with_their_session_not_by_the_sdk(emulator, tmp_path,
+                                                                      area, faults):
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                       optional={"log_level": "INFO"}) as srv:
+        ftp = srv.login("alice", "alice-pw")
+        put(ftp, f"{area}-poison", b"x")
+        faults(fail_copies_of="poison")
+        with pytest.raises(ftplib.error_temp, match="451"):
+            ftp.rename(f"{area}-poison", f"{area}-moved")
+        ftp.quit()
+        text = srv.log_text()
+    assert re.search(rf"user=alice .*path=/{area}-moved: RNTO failed: .*SlowDown", text)
+    assert text.count(f"COPY {area}-poison -> {area}-moved: ") == 3  # each retry, at INFO
+    assert "qcloud_cos" not in text and "charset_normalizer" not in text
+
+
 def test_secrets_stay_out_of_logs_and_titles(server, alice, area):
     put(alice, area, b"x")
     with pytest.raises(ftplib.error_perm):
