@@ -308,6 +308,8 @@ class CosFS(AbstractedFS):
         directory (its old keys are deleted). Raises ``Refusal`` or ``OSError``.
         """
         source = self._require(src)
+        if object_key(src) == object_key(dst):
+            return  # as rename(2) does; a copy onto itself, then a delete, would lose it
         if source.is_dir:
             self._rename_directory(src, dst)
             return
@@ -329,7 +331,7 @@ class CosFS(AbstractedFS):
         if not self._ctx.account.delete_enable:
             raise Refusal(errno.EACCES, "Renaming a directory deletes its old name: needs "
                                        "delete permission")
-        if dst == src or dst.startswith(src.rstrip("/") + "/"):
+        if dst.startswith(src.rstrip("/") + "/"):
             raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
         if self.lookup(dst) is not None:
             raise Refusal(errno.EEXIST, "Target exists")

@@ -164,6 +164,16 @@ def test_rename_directory_failing_copy_deletes_nothing(alice, cos, area, emulato
     assert cos.list_objects(Bucket=ALPHA, Prefix=f"{area}-new/").get("Contents", []) == []
 
 
+def test_rename_onto_itself_changes_nothing(alice, area, cos):
+    put_with_attributes(cos, f"{area}/scan.txt", b"scanned")
+    alice.mkd(f"{area}/d")
+    for name in ("scan.txt", "d"):
+        assert alice.rename(f"{area}/{name}", f"{area}/{name}").startswith("250")
+    assert get(alice, f"{area}/scan.txt") == b"scanned"
+    assert kept_attributes(cos, f"{area}/scan.txt") == KEPT
+    assert "d" in alice.nlst(area)
+
+
 def test_rename_keeps_content_headers_metadata_and_storage_class(alice, area, cos):
     put_with_attributes(cos, f"{area}/scan.txt", b"scanned")
     alice.rename(f"{area}/scan.txt", f"{area}/kept.txt")
@@ -181,6 +191,8 @@ def test_rename_above_copy_threshold_uses_multipart_copy(emulator, cos, tmp_path
         put_with_attributes(cos, f"{area}/big.bin", data)
         ftp.rename(f"{area}/big.bin", f"{area}/moved.bin")
         assert get(ftp, f"{area}/moved.bin") == data
+        assert ftp.rename(f"{area}/moved.bin", f"/{area}/./moved.bin").startswith("250")
+        assert get(ftp, f"{area}/moved.bin") == data  # a rename onto itself changes nothing
         put_with_attributes(cos, f"{area}/d/inner.bin", data)
         ftp.rename(f"{area}/d", f"{area}/e")
         assert get(ftp, f"{area}/e/inner.bin") == data
