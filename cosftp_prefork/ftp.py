@@ -356,7 +356,9 @@ class CosFTPHandler(FTPHandler):
 
     def ftp_STOR(self, file: str, mode: str = "w"):
         """STOR and APPE; after ``REST n``, continue the parked upload or the stored file
-        that ends at byte n (``CosFS.open_resume``), or refuse with 554."""
+        that ends at byte n (``CosFS.open_resume``), or refuse with 554. An upload still
+        waiting for its data connection is given up first: pyftpdlib would drop it."""
+        self._drop_queued_upload()
         offset, self._restart_position = self._restart_position, 0
         if not offset or "a" in mode:
             return super().ftp_STOR(file, mode)

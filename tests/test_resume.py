@@ -54,6 +54,10 @@ def park_records(cos, key: str) -> list[dict]:
                        .read()) for item in listing.get("Contents", [])]
 
 
+def upload_ids(cos, key: str) -> list[str]:
+    return [upload["UploadId"] for upload in pending_uploads(cos, key)]
+
+
 def is_parked(cos, key: str) -> bool:
     return bool(park_records(cos, key))
 
@@ -225,6 +229,21 @@ def test_an_appe_given_up_before_its_data_connection_leaves_no_upload(resumable,
                                                             f"after {give_up}")
     assert not is_parked(cos, area)
     ftp.close()
+
+
+def test_a_second_upload_queued_behind_a_first_gives_the_first_up(resumable, area, cos):
+    put(resumable.login("alice", "alice-pw"), area, os.urandom(2 * MIB))
+    ftp = resumable.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PASV")
+    assert ftp.sendcmd(f"APPE {area}").startswith("150")  # copies the old bytes first
+    [first] = upload_ids(cos, area)
+    assert ftp.sendcmd(f"APPE {area}").startswith("150")  # the first one is dropped
+    wait_until(lambda: len(upload_ids(cos, area)) == 1 and first not in upload_ids(cos, area),
+               what="the first APPE to be aborted, the second to wait")
+    ftp.close()
+    wait_until(lambda: not pending_uploads(cos, area), what="the second APPE to be aborted")
+    assert not is_parked(cos, area)
 
 
 def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulator, area,
