@@ -54,17 +54,17 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
     tracked = transfer.resume_ttl > 0
     if tracked:
         mark_live(bucket, target, upload_id, "", f"copy of {source.key}", context)
-    _copy_parts(bucket, source, target, upload_id, transfer, executor, context)
+    etag = _copy_parts(bucket, source, target, upload_id, transfer, executor, context)
     if tracked:
         unmark_live(bucket, target, upload_id, context)
-    return bucket.head(target).etag
+    return etag
 
 
 def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
-                transfer: TransferConfig, executor: Executor, log_context: str) -> None:
+                transfer: TransferConfig, executor: Executor, log_context: str) -> str:
     """Copy ``source`` into the multipart upload ``upload_id`` in parallel and complete it;
-    raises ``StorageError`` once the upload is aborted (if the abort fails too, the upload
-    and its live marker stay for the janitor)."""
+    return the new object's ETag. Raises ``StorageError`` once the upload is aborted (if the
+    abort fails too, the upload and its live marker stay for the janitor)."""
     part = max(part_size_for(transfer.min_part_size, source.size), -(-source.size // MAX_PARTS))
     ranges = [(number, first, min(source.size, first + part) - 1)
               for number, first in enumerate(range(0, source.size, part), start=1)]
@@ -72,7 +72,7 @@ def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
                                first, last) for number, first, last in ranges]
     try:
         etags = [(number, future.result()) for (number, _, _), future in zip(ranges, futures)]
-        bucket.complete_multipart(target, upload_id, etags)
+        return bucket.complete_multipart(target, upload_id, etags).etag
     except StorageError:
         wait(futures)
         bucket.abort_multipart(target, upload_id)

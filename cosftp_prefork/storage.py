@@ -58,6 +58,14 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class Completed:
+    """What COS answers to a completed multipart upload."""
+
+    etag: str
+    crc64: Optional[int]
+
+
+@dataclass(frozen=True)
 class UploadInfo:
     """One multipart upload in progress (or parked) in a bucket."""
 
@@ -326,13 +334,13 @@ class Bucket:
         return str(result["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str,
-                           etags: list[tuple[int, str]]) -> Optional[int]:
-        """Commit the parts, given as ``(number, etag)`` in ascending order; return the CRC64
-        COS reports for the whole object, if any."""
+                           etags: list[tuple[int, str]]) -> Completed:
+        """Commit the parts, given as ``(number, etag)`` in ascending order; return the new
+        object's ETag and the CRC64 COS reports for it, if any."""
         parts = [{"PartNumber": number, "ETag": etag} for number, etag in etags]
         result = _call(f"CompleteMultipartUpload {key}", self._client.complete_multipart_upload,
               Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Part": parts})
-        return _reported_crc64(result)
+        return Completed(str(result.get("ETag", "")).strip('"'), _reported_crc64(result))
 
     def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
         """Return every multipart upload not yet completed or aborted under ``prefix``."""

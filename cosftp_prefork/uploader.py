@@ -367,7 +367,7 @@ class MultipartWriter:
         if not still_wanted(max(0.0, grace_ends - time.monotonic())):
             raise UploadInterrupted(self.name)
         parts = sorted(self._etags.items())
-        return self._bucket.complete_multipart(self._key, self._upload_id or "", parts)
+        return self._bucket.complete_multipart(self._key, self._upload_id or "", parts).crc64
 
     def _submit_tail(self) -> None:
         tail, self._buffer = bytes(self._buffer), bytearray()
