@@ -104,6 +104,9 @@ class CosFS(AbstractedFS):
         self._ctx: FsContext = cmd_channel.fs_context()
         self._bucket = self._ctx.bucket
         self._cache: dict[str, tuple[float, Optional[Entry]]] = {}
+        # (path, upload id) of the parked upload this session's SIZE last reported: only
+        # then does APPE continue it (curl -C -), else APPE appends to the file.
+        self._offered: Optional[tuple[str, str]] = None
 
     # --- path conversion: the FTP path is the "real" path
 
@@ -205,6 +208,8 @@ class CosFS(AbstractedFS):
         source = self._resume_source(path)
         if source is None:
             raise Refusal(errno.ENOENT, "No such file or directory")
+        if isinstance(source, ParkedUpload):
+            self._offered = (path, source.record.upload_id)
         return source.size
 
     def _resume_source(self, path: str) -> Optional[Entry | ParkedUpload]:
@@ -370,13 +375,16 @@ class CosFS(AbstractedFS):
                             log_context=self._log(filename))
 
     def _open_append(self, filename: str) -> MultipartWriter:
-        """APPE: the parked upload SIZE reports, or the existing object's bytes (copied
-        inside COS), then the client's. The old object stays as it is until the new one
+        """APPE: the existing object's bytes (copied inside COS), then the client's; or,
+        right after SIZE reported a parked upload, that upload (curl -C - resumes with SIZE,
+        then APPE of what follows). The old object stays as it is until the new one
         commits."""
         source = self._resume_source(filename)
         if isinstance(source, ParkedUpload):
-            # curl -C - resumes an upload with SIZE, then APPE of what follows.
-            return self._resume_parked(filename, source)
+            if self._offered == (filename, source.record.upload_id):
+                return self._resume_parked(filename, source)
+            # A plain append goes to the file the client sees; the parked upload stays.
+            source = self.lookup(filename)
         if source is None or source.size == 0:
             return self._open_write(filename)
         return self._continue(filename)

@@ -163,6 +163,18 @@ def test_appe_after_size_continues_the_parked_upload(resumable, area, cos):
     ftp.quit()
 
 
+def test_appe_without_size_appends_to_the_file_and_leaves_the_parked_upload(resumable, area,
+                                                                            cos):
+    put(resumable.login("alice", "alice-pw"), area, b"line 1\n")
+    after_stored_second(cos, area)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, os.urandom(3 * MIB), 2)
+    ftp = resumable.login("alice", "alice-pw")
+    assert ftp.storbinary(f"APPE {area}", io.BytesIO(b"line 2\n")).startswith("226")
+    assert get(ftp, area) == b"line 1\nline 2\n"
+    assert is_parked(cos, area)
+    ftp.quit()
+
+
 def test_curl_continue_resumes_a_broken_upload(resumable, tmp_path, area, cos):
     curl = require("curl")
     src = tmp_path / "big.bin"
