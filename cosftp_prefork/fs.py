@@ -13,6 +13,7 @@ the session's own writes drop what they touched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -20,6 +21,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
@@ -94,6 +96,17 @@ def _transient_escapes(method: Callable) -> Callable:
         except StorageError as exc:
             raise StorageUnavailable(exc) from exc
     return wrapper
+
+
+@contextlib.contextmanager
+def _given_up_on_failure(writer: MultipartWriter) -> Iterator[MultipartWriter]:
+    """Discard ``writer`` (nothing is parked) if setting it up fails."""
+    try:
+        yield writer
+    except BaseException:
+        writer.cancel()
+        writer.close()
+        raise
 
 
 class CosFS(AbstractedFS):
@@ -405,7 +418,8 @@ class CosFS(AbstractedFS):
     def _resume_parked(self, filename: str, parked: ParkedUpload) -> MultipartWriter:
         """A writer that continues ``parked``, taken away from other sessions first."""
         writer = self._open_write(filename)
-        claim(self._bucket, parked, self._log(filename))
+        with _given_up_on_failure(writer):
+            claim(self._bucket, parked)
         writer.resume(parked)
         return writer
 
@@ -413,15 +427,11 @@ class CosFS(AbstractedFS):
         """A writer that starts with the bytes of the stored file ``filename``, which must
         be ``size`` bytes long if given."""
         writer = self._open_write(filename)
-        try:
+        with _given_up_on_failure(writer):
             existing = self._bucket.head(object_key(filename))
             if size is not None and existing.size != size:
                 raise ResumeRefused(f"{filename} changed while resuming; try again")
             writer.continue_object(existing)
-        except BaseException:
-            writer.cancel()
-            writer.close()
-            raise
         return writer
 
     def _open_write(self, filename: str) -> MultipartWriter:

@@ -86,12 +86,16 @@ def mark_live(bucket: Bucket, key: str, upload_id: str, user: str, path: str,
     """Record that this server is writing ``upload_id`` (for ``user``'s ``path``), so the
     janitor may abort it if it is left behind. A failure (say, credentials that may not
     write ``.cosftp/``) is only logged: the upload matters more than its bookkeeping."""
-    body = json.dumps({"user": user, "path": path}, ensure_ascii=False).encode()
     try:
-        bucket.put(live_key(key, upload_id), body)
+        _write_live_marker(bucket, key, upload_id, user, path)
     except StorageError as exc:
         log.warning("%s: cannot mark upload %s as live (%s): the janitor will not clean it "
                     "up if this server loses it", log_context, upload_id, exc)
+
+
+def _write_live_marker(bucket: Bucket, key: str, upload_id: str, user: str, path: str) -> None:
+    body = json.dumps({"user": user, "path": path}, ensure_ascii=False).encode()
+    bucket.put(live_key(key, upload_id), body)
 
 
 def unmark_live(bucket: Bucket, key: str, upload_id: str, log_context: str) -> None:
@@ -136,15 +140,17 @@ def park(bucket: Bucket, record: ParkRecord, log_context: str) -> None:
     unmark_live(bucket, record.key, record.upload_id, log_context)
 
 
-def claim(bucket: Bucket, parked: ParkedUpload, log_context: str) -> None:
+def claim(bucket: Bucket, parked: ParkedUpload) -> None:
     """Take ``parked`` for this session: a live marker replaces its record, so no other
     session finds it and the janitor counts its idle time from now; raises ``StorageError``.
 
     Two sessions claiming the same upload at the same moment both succeed (COS has no
-    conditional delete); completing with the parts' ETags then fails for one of them.
+    conditional delete); completing with the parts' ETags then fails for one of them. If
+    the marker cannot be written, the upload stays parked: without record or marker, a
+    crash would leave it where the janitor never looks.
     """
     record = parked.record
-    mark_live(bucket, record.key, record.upload_id, record.user, record.path, log_context)
+    _write_live_marker(bucket, record.key, record.upload_id, record.user, record.path)
     bucket.delete(record_key(record.key, record.upload_id))
 
 

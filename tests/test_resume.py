@@ -258,6 +258,25 @@ def test_a_second_upload_queued_behind_a_first_gives_the_first_up(resumable, are
     assert not is_parked(cos, area)
 
 
+def test_a_resume_that_cannot_mark_its_upload_leaves_it_parked(resumable, emulator, area,
+                                                                cos):
+    """Without its live marker a claimed upload would be out of the janitor's sight."""
+    data = os.urandom(3 * MIB + 5)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:2 * MIB + 9], 2)
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    emulator.set_faults(deny_prefix=".cosftp/live/")
+    try:
+        with pytest.raises(ftplib.error_perm, match="550"):
+            rest_stor(ftp, area, offset, data[offset:])
+    finally:
+        emulator.set_faults(deny_prefix="")
+    assert is_parked(cos, area)
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    ftp.quit()
+
+
 def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulator, area,
                                                                 cos):
     """Credentials limited to some prefixes may not read .cosftp/: no parking, no MFMT
