@@ -81,6 +81,12 @@ def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
         raise
 
 
+def _copy_as_stored(bucket: Bucket, listed: ObjectInfo, target: str) -> str:
+    """One CopyObject of ``listed`` keeping its encryption, which only a HEAD tells (a
+    listing does not); return the copy's ETag."""
+    return bucket.copy(bucket.head(listed.key), target)
+
+
 def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
                      transfer: TransferConfig, executor: Executor,
                      log_context: str) -> list[Moved]:
@@ -91,8 +97,8 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
     objects = all_objects(bucket, src_prefix)
     targets = {obj.key: dst_prefix + obj.key[len(src_prefix):] for obj in objects}
     small = [obj for obj in objects if obj.size <= transfer.multipart_copy_threshold]
-    futures: dict[str, Future] = {obj.key: executor.submit(bucket.copy, obj, targets[obj.key])
-                                  for obj in small}
+    futures: dict[str, Future] = {obj.key: executor.submit(_copy_as_stored, bucket, obj,
+                                                           targets[obj.key]) for obj in small}
     failures: list[BaseException] = []
     copied: list[Moved] = []
     for obj in objects:

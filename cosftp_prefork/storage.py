@@ -10,6 +10,7 @@ at class level between every client of the process.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import random
@@ -40,6 +41,9 @@ _CONTENT_HEADERS = {"content-type": "ContentType", "cache-control": "CacheContro
                     "content-disposition": "ContentDisposition",
                     "content-encoding": "ContentEncoding",
                     "content-language": "ContentLanguage", "expires": "Expires"}
+# A copy is stored unencrypted unless it asks again, whatever its metadata directive.
+_ENCRYPTION_HEADERS = {"x-cos-server-side-encryption": "ServerSideEncryption",
+                       "x-cos-server-side-encryption-cos-kms-key-id": "SSEKMSKeyId"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,15 @@ class ObjectInfo:
     etag: str = ""
     crc64: Optional[int] = None
     client_mtime: Optional[float] = None  # what MFMT stored in x-cos-meta-mtime (HEAD only)
-    # Content headers and user metadata, as (lower-case name, value) (HEAD only).
+    # Content headers, encryption and user metadata, as (lower-case name, value), and the
+    # storage class ("" when COS does not say: STANDARD); HEAD only.
     attributes: tuple[tuple[str, str], ...] = ()
-    storage_class: str = ""  # "" when COS does not say (STANDARD)
+    storage_class: str = ""
+
+    def for_new_bytes(self) -> ObjectInfo:
+        """What a new version of this object's bytes (APPE) keeps: all but the MFMT time."""
+        return dataclasses.replace(self, client_mtime=None, attributes=tuple(
+            item for item in self.attributes if item[0] != MTIME_HEADER))
 
 
 @dataclass(frozen=True)
@@ -173,18 +183,20 @@ def _float_or_none(value: str) -> Optional[float]:
         return None
 
 
-def _object_headers(source: Optional[ObjectInfo],
-                    client_mtime: Optional[float]) -> dict[str, Any]:
-    """SDK arguments that give a new object the storage class, content headers and user
-    metadata of ``source`` (if given), with ``client_mtime`` as its MFMT time (if given)."""
+def _object_headers(source: Optional[ObjectInfo], client_mtime: Optional[float],
+                    metadata: bool = True) -> dict[str, Any]:
+    """SDK arguments that give a new object the storage class, encryption and (with
+    ``metadata``) the content headers and user metadata of ``source`` if given, with
+    ``client_mtime`` as its MFMT time if given."""
     attributes = source.attributes if source is not None else ()
-    headers: dict[str, Any] = {_CONTENT_HEADERS[name]: value for name, value in attributes
-                               if name in _CONTENT_HEADERS}
-    metadata = {name: value for name, value in attributes if name.startswith(_USER_METADATA)}
+    names = {**_ENCRYPTION_HEADERS, **_CONTENT_HEADERS} if metadata else _ENCRYPTION_HEADERS
+    headers: dict[str, Any] = {names[name]: value for name, value in attributes
+                               if name in names}
+    user = {name: value for name, value in attributes if name.startswith(_USER_METADATA)}
     if client_mtime is not None:
-        metadata[MTIME_HEADER] = str(int(client_mtime))
-    if metadata:
-        headers["Metadata"] = metadata
+        user[MTIME_HEADER] = str(int(client_mtime))
+    if metadata and user:
+        headers["Metadata"] = user
     if source is not None and source.storage_class:
         headers["StorageClass"] = source.storage_class
     return headers
@@ -192,7 +204,8 @@ def _object_headers(source: Optional[ObjectInfo],
 
 def _kept_attributes(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((name, value) for name, value in headers.items()
-                        if name in _CONTENT_HEADERS or name.startswith(_USER_METADATA)))
+                        if name in _CONTENT_HEADERS or name in _ENCRYPTION_HEADERS
+                        or name.startswith(_USER_METADATA)))
 
 
 def _parse_http_date(value: str) -> float:
@@ -252,7 +265,6 @@ class Bucket:
                 key=item["Key"], size=int(item.get("Size", 0)),
                 mtime=_parse_iso_date(item.get("LastModified", "")),
                 etag=str(item.get("ETag", "")).strip('"'),
-                storage_class=str(item.get("StorageClass", "")),
             )
             for item in result.get("Contents", [])
         )
@@ -292,10 +304,12 @@ class Bucket:
         finally:
             stream.close()
 
-    def put(self, key: str, data: bytes) -> Optional[int]:
-        """Store ``data`` as ``key`` in one request; return the CRC64 COS reports, if any."""
-        result = _call(f"PUT {key}", self._client.put_object,
-              Bucket=self.name, Key=key, Body=data, EnableMD5=True)
+    def put(self, key: str, data: bytes, like: Optional[ObjectInfo] = None) -> Optional[int]:
+        """Store ``data`` as ``key`` in one request, with the storage class, encryption,
+        content headers and metadata of ``like`` if given; return the CRC64 COS reports, if
+        any."""
+        result = _call(f"PUT {key}", self._client.put_object, Bucket=self.name, Key=key,
+              Body=data, EnableMD5=True, **_object_headers(like, None))
         return _reported_crc64(result)
 
     def create_multipart(self, key: str, like: Optional[ObjectInfo] = None,
@@ -389,8 +403,7 @@ class Bucket:
         copy's ETag."""
         copy_source = {"Bucket": self.name, "Key": source.key, "Region": self.region or ""}
         if client_mtime is None:
-            extra = {"StorageClass": source.storage_class} if source.storage_class else {}
-            directive = "Copy"
+            extra, directive = _object_headers(source, None, metadata=False), "Copy"
         else:
             extra, directive = _object_headers(source, client_mtime), "Replaced"
         result = _call(f"COPY {source.key} -> {dst_key}", self._client.copy_object,

@@ -122,6 +122,7 @@ class MultipartWriter:
         self._retrier = retrier
         self._resume_ttl = resume_ttl
         self._owner = owner  # the FTP user, recorded when the upload is parked
+        self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
         self._discard = False  # True: never park (ABOR, oversized)
         self._resumed = False  # continues a parked upload
         self._buffer = bytearray()
@@ -191,7 +192,9 @@ class MultipartWriter:
     def continue_object(self, source: ObjectInfo) -> None:
         """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
         end). From 1 MiB on they are copied inside COS; a smaller one cannot be a copied part
-        (COS's smallest non-last part), so its few bytes are read and sent again."""
+        (COS's smallest non-last part), so its few bytes are read and sent again. The new
+        object keeps the storage class, encryption, headers and metadata of ``source``."""
+        self._like = source.for_new_bytes()
         if source.size >= MIN_PART_SIZE:
             self.begin_with_copy(source)
         elif source.size:
@@ -244,7 +247,7 @@ class MultipartWriter:
                     raise UploadInterrupted(self.name)
                 body = bytes(self._buffer)
                 self._checksum(body)
-                reported = self._bucket.put(self._key, body)
+                reported = self._bucket.put(self._key, body, self._like)
             else:
                 reported = self._finish_multipart(still_wanted)
         except UploadInterrupted:
@@ -322,7 +325,7 @@ class MultipartWriter:
             raise self._failure
 
     def _start_multipart(self) -> None:
-        self._upload_id = self._bucket.create_multipart(self._key)
+        self._upload_id = self._bucket.create_multipart(self._key, self._like)
         if self._resume_ttl:
             mark_live(self._bucket, self._key, self._upload_id, self._owner, self.name,
                       self._ctx)

@@ -87,10 +87,12 @@ def _close(ftp) -> None:
 # what a copy inside COS (rename, MFMT) must keep.
 ATTRIBUTES = {"ContentType": "text/plain; charset=utf-8", "CacheControl": "max-age=60",
               "ContentDisposition": 'attachment; filename="scan.txt"',
-              "Metadata": {"x-cos-meta-scanner": "lobby-7"}, "StorageClass": "STANDARD_IA"}
+              "Metadata": {"x-cos-meta-scanner": "lobby-7"}, "StorageClass": "STANDARD_IA",
+              "ServerSideEncryption": "AES256"}
 KEPT = {"content-type": "text/plain; charset=utf-8", "cache-control": "max-age=60",
         "content-disposition": 'attachment; filename="scan.txt"',
-        "x-cos-meta-scanner": "lobby-7", "x-cos-storage-class": "STANDARD_IA"}
+        "x-cos-meta-scanner": "lobby-7", "x-cos-storage-class": "STANDARD_IA",
+        "x-cos-server-side-encryption": "AES256"}
 
 
 def put_with_attributes(cos, key: str, data: bytes) -> None:

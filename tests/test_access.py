@@ -174,6 +174,20 @@ def test_rename_onto_itself_changes_nothing(alice, area, cos):
     assert "d" in alice.nlst(area)
 
 
+@pytest.mark.parametrize("size", [7, 2 * 1024 * 1024])  # bytes sent again, copied in COS
+def test_appe_keeps_headers_metadata_and_storage_class_but_not_the_mfmt_time(alice, area,
+                                                                             cos, size):
+    data = os.urandom(size)
+    put_with_attributes(cos, area, data)
+    alice.sendcmd(f"MFMT 20200102030405 {area}")
+    assert alice.storbinary(f"APPE {area}", io.BytesIO(b"tail")).startswith("226")
+    assert get(alice, area) == data + b"tail"
+    assert kept_attributes(cos, area) == KEPT
+    assert "x-cos-meta-mtime" not in {name.lower() for name in
+                                      cos.head_object(Bucket=ALPHA, Key=area)}
+    assert not alice.sendcmd(f"MDTM {area}").startswith("213 2020")
+
+
 def test_rename_keeps_content_headers_metadata_and_storage_class(alice, area, cos):
     put_with_attributes(cos, f"{area}/scan.txt", b"scanned")
     alice.rename(f"{area}/scan.txt", f"{area}/kept.txt")
