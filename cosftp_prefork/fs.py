@@ -392,15 +392,25 @@ class CosFS(AbstractedFS):
         right after SIZE reported a parked upload, that upload (curl -C - resumes with SIZE,
         then APPE of what follows). The old object stays as it is until the new one
         commits."""
-        source = self._resume_source(filename)
-        if isinstance(source, ParkedUpload):
-            if self._offered == (filename, source.record.upload_id):
-                return self._resume_parked(filename, source)
-            # A plain append goes to the file the client sees; the parked upload stays.
-            source = self.lookup(filename)
-        if source is None or source.size == 0:
+        parked = self._offered_parked(filename)
+        if parked is not None:
+            return self._resume_parked(filename, parked)
+        existing = self.lookup(filename)
+        if existing is not None and existing.is_dir:
+            raise Refusal(errno.EISDIR, "Is a directory")
+        if existing is None or existing.size == 0:
             return self._open_write(filename)
         return self._continue(filename)
+
+    def _offered_parked(self, filename: str) -> Optional[ParkedUpload]:
+        """The parked upload this session's SIZE reported for ``filename``, if it is still
+        what an upload would continue; else None (a plain APPE asks COS nothing more)."""
+        if self._offered is None or self._offered[0] != filename:
+            return None
+        source = self._resume_source(filename)
+        if isinstance(source, ParkedUpload) and source.record.upload_id == self._offered[1]:
+            return source
+        return None
 
     @_transient_escapes
     def open_resume(self, filename: str, offset: int) -> MultipartWriter:
