@@ -36,18 +36,16 @@ class Moved:
 def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
                 executor: Executor, client_mtime: Optional[float] = None,
                 log_context: str = "") -> str:
-    """Copy ``source`` to ``target`` inside COS, in parts above the threshold, keeping its
-    storage class and metadata; with ``client_mtime`` as its MFMT time if given (``target``
-    may then be ``source.key``, and ``source`` must come from a HEAD).
+    """Copy ``source`` (as a HEAD found it: a listing does not say its encryption, class or
+    metadata) to ``target`` inside COS, in parts above the threshold, keeping all of them;
+    with ``client_mtime`` as its MFMT time if given (``target`` may then be ``source.key``).
+    The parts are pinned to the ETag of ``source``.
 
     Part copies run on ``executor``; call this from a thread that is not one of its own.
     Return the copy's ETag. Raises ``StorageError``; a failed multipart copy is aborted.
     """
     if source.size <= transfer.multipart_copy_threshold:
         return bucket.copy(source, target, client_mtime)
-    # A listing carries no metadata to give the new object, and every part must come from
-    # the version this HEAD sees (each part copy is pinned to its ETag).
-    source = bucket.head(source.key)
     upload_id = bucket.create_multipart(target, source, client_mtime)
     context = log_context or target
     # Like an upload, marked live so the janitor aborts it should this process die.
@@ -105,8 +103,8 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
         if obj.key in futures:
             continue
         try:  # large objects from this thread: their parts need the executor's threads
-            etag = copy_object(bucket, obj, targets[obj.key], transfer, executor,
-                               log_context=log_context)
+            etag = copy_object(bucket, bucket.head(obj.key), targets[obj.key], transfer,
+                               executor, log_context=log_context)
             copied.append(Moved(obj, targets[obj.key], etag))
         except StorageError as exc:
             failures.append(exc)

@@ -44,6 +44,7 @@ _CONTENT_HEADERS = {"content-type": "ContentType", "cache-control": "CacheContro
 # A copy is stored unencrypted unless it asks again, whatever its metadata directive.
 _ENCRYPTION_HEADERS = {"x-cos-server-side-encryption": "ServerSideEncryption",
                        "x-cos-server-side-encryption-cos-kms-key-id": "SSEKMSKeyId"}
+_KEPT_HEADERS = {**_ENCRYPTION_HEADERS, **_CONTENT_HEADERS}
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _object_headers(source: Optional[ObjectInfo], client_mtime: Optional[float],
     ``metadata``) the content headers and user metadata of ``source`` if given, with
     ``client_mtime`` as its MFMT time if given."""
     attributes = source.attributes if source is not None else ()
-    names = {**_ENCRYPTION_HEADERS, **_CONTENT_HEADERS} if metadata else _ENCRYPTION_HEADERS
+    names = _KEPT_HEADERS if metadata else _ENCRYPTION_HEADERS
     headers: dict[str, Any] = {names[name]: value for name, value in attributes
                                if name in names}
     user = {name: value for name, value in attributes if name.startswith(_USER_METADATA)}
@@ -204,8 +205,7 @@ def _object_headers(source: Optional[ObjectInfo], client_mtime: Optional[float],
 
 def _kept_attributes(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((name, value) for name, value in headers.items()
-                        if name in _CONTENT_HEADERS or name in _ENCRYPTION_HEADERS
-                        or name.startswith(_USER_METADATA)))
+                        if name in _KEPT_HEADERS or name.startswith(_USER_METADATA)))
 
 
 def _parse_http_date(value: str) -> float:
