@@ -141,6 +141,9 @@ class CosDTPHandler(DTPHandler):
     def push_with_producer(self, producer) -> None:
         if isinstance(producer, FileProducer):
             producer.buffer_size = CHUNK_SIZE
+            # Only RETR sends a file. pyftpdlib sets ``cmd`` after this call when the data
+            # connection opened before RETR, which is what clients do.
+            self.cmd = "RETR"
         super().push_with_producer(producer)
         self._count_transfer()
 

@@ -121,6 +121,40 @@ def test_status_matches_reality(daemon):
         _close(ftp)
 
 
+def status_rows(proc: ServerProcess) -> list[list[str]]:
+    out = proc.ctl("status")
+    assert out.returncode == 0, out.stderr
+    return [line.split() for line in out.stdout.splitlines()[2:]]
+
+
+def test_status_counts_a_download_whose_data_connection_came_first(daemon, area):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    ftp = login(daemon)
+    data = os.urandom(8 * MIB)
+    put(ftp, area, data)
+    ftp.voidcmd("TYPE I")
+    # Clients connect to the passive port before they send RETR. The NOOP's reply proves
+    # the server saw the connection (already queued when NOOP was read) before the RETR.
+    conn = socket.create_connection(ftp.makepasv(), timeout=30)
+    ftp.voidcmd("NOOP")
+    assert ftp.sendcmd(f"RETR {area}").startswith("125")  # not read yet: still in progress
+    wait_until(lambda: sum(int(r[6]) for r in status_rows(daemon)) == 1,
+               what="download in status")
+    master = master_of(daemon)
+    assert any(" down=1" in " ".join(c.cmdline()) for c in live_children(master))
+    received = bytearray()
+    while chunk := conn.recv(MIB):
+        received.extend(chunk)
+    conn.close()
+    ftp.voidresp()
+    assert bytes(received) == data
+    wait_until(lambda: sum(int(r[6]) for r in status_rows(daemon)) == 0, what="download ended")
+    rows = status_rows(daemon)
+    assert sum(int(r[8]) for r in rows) >= len(data)  # BYTES_DOWN
+    assert sum(int(r[7]) for r in rows) >= len(data)  # BYTES_UP
+    _close(ftp)
+
+
 def test_kill_worker_mid_session_others_continue(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
