@@ -12,8 +12,9 @@ import sys
 import time
 from typing import Optional
 
-from .config import Config, load_config, locate_pid_file
+from .config import Config, load_config, locate_pid_file, resolve_masquerade
 from .errors import ConfigError
+from .log import LOG_FILE_NAME
 from .passwords import hash_password
 from .shared import (
     RELOAD_FAILED,
@@ -25,7 +26,7 @@ from .shared import (
 )
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0  # the server stops itself sooner when its workers cannot start
 STOP_TIMEOUT = 30.0
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 
@@ -48,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help=f"configuration file (default: {DEFAULT_CONFIG})")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run in the foreground (systemd, containers)")
+    run = sub.add_parser("run", help="run in the foreground (systemd, containers)")
+    run.add_argument("--log-file-only", action="store_true",
+                     help="log to log_dir/cosftp.log only, not to stderr too (what start uses)")
     sub.add_parser("start", help="start in the background and return once it serves")
     sub.add_parser("stop", help="stop the running server")
     sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
@@ -70,7 +73,7 @@ def read_pid(pid_file: str) -> Optional[int]:
     return pid
 
 
-def cmd_run(config: Config) -> int:
+def cmd_run(config: Config, log_file_only: bool = False) -> int:
     from .master import Master
 
     running = read_pid(config.server.pid_file)
@@ -78,34 +81,92 @@ def cmd_run(config: Config) -> int:
         print(f"cosftpctl: already running as pid {running} ({config.server.pid_file})",
               file=sys.stderr)
         return 1
-    return Master(config, foreground=True).run()
+    return Master(config, foreground=not log_file_only).run()
 
 
 def cmd_start(config: Config) -> int:
+    """Start ``run`` in the background; return 0 once every worker serves, else stop it
+    and print why."""
     running = read_pid(config.server.pid_file)
     if running:
         print(f"cosftpctl: already running as pid {running}", file=sys.stderr)
         return 1
-    os.makedirs(config.server.log_dir, exist_ok=True)
-    out_path = os.path.join(config.server.log_dir, "cosftp.out")
+    log_dir = config.server.log_dir
+    os.makedirs(log_dir, exist_ok=True)
+    # The server logs to cosftp.log itself; its stderr file keeps only what comes before
+    # logging is set up, and crashes.
+    out_path = os.path.join(log_dir, "cosftp.out")
+    news = {path: _size(path) for path in (os.path.join(log_dir, LOG_FILE_NAME), out_path)}
     with open(out_path, "ab") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "cosftp_prefork.cli", "-c", config.path, "run"],
+            [sys.executable, "-m", "cosftp_prefork.cli", "-c", config.path, "run",
+             "--log-file-only"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )
+    problem = _wait_until_serving(config.server.pid_file, child)
+    if problem is None:
+        print(f"cosftpctl: started, pid {child.pid}, log in {log_dir}")
+        return 0
+    print(f"cosftpctl: {problem}", file=sys.stderr)
+    for line in _failure_lines(news):
+        print(f"  {line}", file=sys.stderr)
+    print(f"cosftpctl: see {', '.join(news)}", file=sys.stderr)
+    return 1
+
+
+def _wait_until_serving(pid_file: str, child: subprocess.Popen) -> Optional[str]:
+    """Wait until every worker of ``child`` serves; return what went wrong, or None."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if read_pid(config.server.pid_file) == child.pid:
-            print(f"cosftpctl: started, pid {child.pid}, log in {config.server.log_dir}")
-            return 0
         if child.poll() is not None:
-            print(f"cosftpctl: server exited with status {child.returncode}; see {out_path}",
-                  file=sys.stderr)
-            return 1
+            return f"server exited with status {child.returncode}"
+        if _all_serving(pid_file, child.pid):
+            return None
         time.sleep(0.05)
-    print(f"cosftpctl: server did not report ready within {START_TIMEOUT:.0f}s; see {out_path}",
-          file=sys.stderr)
-    return 1
+    child.terminate()
+    try:
+        child.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    return f"workers not serving within {START_TIMEOUT:.0f}s; server stopped"
+
+
+def _all_serving(pid_file: str, pid: int) -> bool:
+    if read_pid(pid_file) != pid:
+        return False
+    state = SharedState.open(state_path(pid_file))
+    if state is None:
+        return False
+    try:
+        master = state.master()
+        serving = [w for w in state.workers()
+                   if w.generation == master.generation and w.state == "serving"]
+        return master.pid == pid and len(serving) >= master.worker_count
+    finally:
+        state.close()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _failure_lines(news: dict[str, int], limit: int = 10) -> list[str]:
+    """The errors the server logged, and anything it wrote to stderr, since ``news``
+    (path: size before start)."""
+    lines = []
+    for path, offset in news.items():
+        with contextlib.suppress(OSError), open(path, encoding="utf-8",
+                                                errors="replace") as handle:
+            handle.seek(offset)
+            text = handle.read().splitlines()
+        if path.endswith(LOG_FILE_NAME):
+            text = [line for line in text if " ERROR " in line or " CRITICAL " in line]
+        lines += text
+    return lines[-limit:]
 
 
 def cmd_stop(config: Config) -> int:
@@ -216,12 +277,17 @@ def format_status(state: SharedState) -> str:
 def cmd_check(config: Config) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    try:
+        resolve_masquerade(config)
+    except ConfigError as exc:
+        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+        return 2
     tls = f", FTPS with {config.network.tls.certfile}" if config.network.tls else ""
     print(f"{config.path}: OK, {len(config.accounts)} account(s){tls}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
+COMMANDS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
             "reload": cmd_reload, "check": cmd_check}
 PID_ONLY_COMMANDS = {"stop": stop, "status": status}
 
@@ -254,6 +320,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             # Stopping or inspecting a running server must not depend on the file being valid.
             return PID_ONLY_COMMANDS[args.command](locate_pid_file(args.config))
         return 2
+    if args.command == "run":
+        return cmd_run(config, args.log_file_only)
     return COMMANDS[args.command](config)
 
 

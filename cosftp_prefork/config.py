@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -501,3 +502,19 @@ def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Confi
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read configuration file: {exc}", absolute) from None
     return parse_config(text, absolute, environ)
+
+
+def resolve_masquerade(config: Config) -> Optional[str]:
+    """Return the PASV address as an IP (None if unset). Raises ``ConfigError``.
+
+    Called by each worker as it starts and by ``cosftpctl check``, never while parsing:
+    a reload must not make the master wait on DNS.
+    """
+    name = config.network.masquerade_address
+    if name is None:
+        return None
+    try:
+        return socket.gethostbyname(name)
+    except OSError as exc:
+        raise ConfigError(f"{name!r} does not resolve: {exc}", config.path, "NETWORK",
+                          "masquerade_address") from exc

@@ -54,6 +54,7 @@ MAX_FAST_FAILURES = 5
 RELOAD_READY_TIMEOUT = 30.0
 FD_WARNING_RATIO = 0.8
 EXIT_CRASH_LOOP = 1
+EXIT_CANNOT_START = 1
 
 
 def bind_listener(address: str, port: int, backlog: int = 128) -> socket.socket:
@@ -199,6 +200,7 @@ class Master:
         self.reloads = 0
         self.reload_result = 0
         self.stopping = False
+        self.served = False  # a worker has served since the master started
         self.exit_status = 0
         self.listeners: Optional[Listeners] = None
         self.state: Optional[SharedState] = None
@@ -235,6 +237,7 @@ class Master:
             if signum is not None:
                 name = signal.Signals(signum).name[3:].lower()
                 getattr(self, f"handle_{name}")()
+            self._note_serving()
             self._reap()
             self._advance_reload()
             self._health_check()
@@ -396,6 +399,13 @@ class Master:
             log.exception("worker %d crashed", index)
             return 1
 
+    def _note_serving(self) -> None:
+        if not self.served:
+            assert self.state is not None
+            self.served = any(w.state == "serving" for w in self.state.workers())
+            if self.served:
+                log.info("master %d: workers serving", self.pid)
+
     def _reap(self) -> None:
         while True:
             try:
@@ -421,6 +431,14 @@ class Master:
         boot_failure = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_FAILURE
         if boot_failure and self.reload is not None:
             self._roll_back("a worker of the new generation could not start")
+            return
+        if boot_failure and not self.served:
+            # Nothing serves yet and retrying will not help: fail now, with the worker's
+            # reason just above in the log, rather than after a crash loop.
+            log.critical("worker %d cannot start with this configuration; stopping the server",
+                         worker.index)
+            self.exit_status = EXIT_CANNOT_START
+            self.handle_term()
             return
         backoff = self.backoff.setdefault(worker.index, Backoff())
         delay = backoff.record_exit(time.monotonic() - worker.started, time.monotonic())

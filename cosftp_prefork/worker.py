@@ -25,7 +25,8 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
-from .config import Config
+from .config import Config, resolve_masquerade
+from .errors import ConfigError
 from .ftp import configure_handler
 from .ftps import configure_tls_handlers
 from .log import setup_logging
@@ -41,10 +42,6 @@ TICK_SECONDS = 1.0
 BALANCE_SECONDS = 0.1
 # Exit status for "this worker cannot start with this config": not a crash to retry blindly.
 EXIT_BOOT_FAILURE = 3
-
-
-class BootFailure(Exception):
-    """This worker cannot start with this configuration (retrying will not help)."""
 
 
 def _die_with_parent() -> None:
@@ -187,8 +184,8 @@ class Worker:
         stats = WorkerStats(self.state, self.slot, self.index, self.generation, self.config)
         self._set_title(stats.publish())
         try:
-            masquerade = self._resolve_masquerade()
-        except BootFailure as exc:
+            masquerade = resolve_masquerade(self.config)
+        except ConfigError as exc:
             log.error("worker %d cannot start: %s", self.index, exc)
             return EXIT_BOOT_FAILURE
         threads = self.config.transfer.upload_thread_num
@@ -230,17 +227,6 @@ class Worker:
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-
-    def _resolve_masquerade(self) -> Optional[str]:
-        """Return the PASV address as an IP (None if unset); raises ``BootFailure``."""
-        name = self.config.network.masquerade_address
-        if name is None:
-            return None
-        try:
-            return socket.gethostbyname(name)
-        except OSError as exc:
-            raise BootFailure(f"[NETWORK] masquerade_address {name!r} does not resolve: "
-                              f"{exc}") from exc
 
     def _servers(self, buckets: BucketRegistry, executor: ThreadPoolExecutor,
                  retrier: AbortRetrier, stats: WorkerStats,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import os
 import re
@@ -320,14 +321,36 @@ def test_per_ip_limit(emulator, tmp_path):
 
 
 def test_crash_looping_workers_back_off_then_master_stops(emulator, tmp_path):
+    """Here every worker is killed as soon as it appears."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+    with proc:
+        master = psutil.Process(proc.proc.pid)
+
+        def kill_workers() -> bool:
+            if proc.proc.poll() is not None:
+                return True
+            for child in live_children(master):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            return False
+
+        wait_until(kill_workers, timeout=120, what="the master to give up")
+    assert proc.proc.returncode == 1
+    log = proc.log_text()
+    assert "failed 5 times in a row" in log
+    assert log.count("started worker") <= 2 * 5 + 2  # backed off instead of spinning
+    assert re.search(r"restarting in [1-9]", log)
+
+
+def test_worker_that_cannot_start_stops_the_master_at_once(emulator, tmp_path):
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
     proc.write_config()
     add_unresolvable_masquerade(proc)
     assert proc.ctl("run", timeout=120).returncode == 1
     log = proc.log_text()
-    assert "does not resolve" in log and "failed 5 times in a row" in log
-    assert log.count("started worker") <= 2 * 5 + 2  # backed off instead of spinning
-    assert re.search(r"restarting in [1-9]", log)
+    assert "'nowhere.invalid' does not resolve" in log
+    assert "cannot start with this configuration; stopping the server" in log
+    assert "restarting in" not in log
 
 
 @pytest.fixture

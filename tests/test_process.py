@@ -11,8 +11,11 @@ import sys
 import psutil
 import pytest
 
+from cosftp_prefork.shared import SharedState, state_path
+
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
+from .test_master import add_unresolvable_masquerade
 
 
 @pytest.fixture
@@ -51,6 +54,44 @@ def test_start_status_stop(daemon):
     assert not os.path.exists(pid_file(daemon))
     for proc in [master, *workers]:
         assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+def test_start_returns_once_every_worker_serves(daemon):
+    assert daemon.ctl("start").returncode == 0
+    state = SharedState.open(state_path(pid_file(daemon)))
+    assert state is not None
+    assert [w.state for w in state.workers()] == ["serving", "serving"]
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", daemon.port, timeout=10)
+        ftp.login("ops", "ops-pw")
+
+
+def test_start_fails_with_the_reason_when_workers_cannot_start(daemon):
+    add_unresolvable_masquerade(daemon)
+    started = daemon.ctl("start")
+    assert started.returncode == 1, started.stdout
+    assert "started" not in started.stdout
+    assert "server exited with status 1" in started.stderr
+    assert "'nowhere.invalid' does not resolve" in started.stderr
+    assert daemon.ctl("status").returncode == 3
+    assert "failed 5 times" not in daemon.log_text()  # stopped at once, not after a crash loop
+    checked = daemon.ctl("check")
+    assert checked.returncode == 2
+    assert "[NETWORK] masquerade_address: 'nowhere.invalid' does not resolve" in checked.stderr
+
+
+def test_start_logs_each_line_once(daemon):
+    assert daemon.ctl("start").returncode == 0
+    master = master_process(daemon)
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", daemon.port, timeout=10)
+        ftp.login("ops", "ops-pw")
+    assert daemon.ctl("stop").returncode == 0
+    log = daemon.log_text()
+    assert f"master {master.pid} listening on" in log and f"master {master.pid} stopped" in log
+    with open(os.path.join(daemon.log_dir, "cosftp.out"), encoding="utf-8") as handle:
+        out = handle.read()
+    assert out == "", out  # stderr holds only what comes before logging, and crashes
 
 
 def test_stale_pid_file_does_not_block_start(daemon):
