@@ -1,4 +1,13 @@
+import sys
+
 from setuptools import find_packages, setup
+
+# ``setup.py install`` (the old server's documented install) hands the dependencies to
+# easy_install, which cannot build pyftpdlib 2.2 and installs a cosftpctl that cannot start.
+# pip builds through pyproject.toml and never runs these commands.
+if sys.argv[1:2] in (["install"], ["develop"]):
+    sys.exit(f"setup.py {sys.argv[1]} is not supported: run 'pip install .' (or "
+             "'pip install -e .' for development) in this directory instead.")
 
 setup(
     name="cosftp-prefork",
@@ -7,7 +16,9 @@ setup(
     packages=find_packages(include=["cosftp_prefork", "cosftp_prefork.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "pyftpdlib>=2.0",
+        # The handlers subclass pyftpdlib's internals and import modules that 2.2 introduced
+        # (pyftpdlib.exceptions, pyftpdlib.handlers.ftp.*): the range the tests ran on.
+        "pyftpdlib>=2.2,<2.3",
         "cos-python-sdk-v5>=1.9.30",
         "psutil>=5.9",
         "setproctitle>=1.3",
@@ -20,7 +31,8 @@ setup(
     extras_require={
         # The local COS emulator used by the demo and the test suite.
         "emulator": ["moto[server]>=5.0"],
-        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5"],
+        # wheel: tests/test_install.py builds the package with the venv's own setuptools.
+        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel"],
     },
     entry_points={"console_scripts": ["cosftpctl=cosftp_prefork.cli:main"]},
 )
