@@ -96,7 +96,7 @@ def cmd_start(config: Config) -> int:
     # The server logs to cosftp.log itself; its stderr file keeps only what comes before
     # logging is set up, and crashes.
     out_path = os.path.join(log_dir, "cosftp.out")
-    news = {path: _size(path) for path in (os.path.join(log_dir, LOG_FILE_NAME), out_path)}
+    offsets = {path: _size(path) for path in (os.path.join(log_dir, LOG_FILE_NAME), out_path)}
     with open(out_path, "ab") as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "cosftp_prefork.cli", "-c", config.path, "run",
@@ -108,9 +108,9 @@ def cmd_start(config: Config) -> int:
         print(f"cosftpctl: started, pid {child.pid}, log in {log_dir}")
         return 0
     print(f"cosftpctl: {problem}", file=sys.stderr)
-    for line in _failure_lines(news):
+    for line in _failure_lines(offsets):
         print(f"  {line}", file=sys.stderr)
-    print(f"cosftpctl: see {', '.join(news)}", file=sys.stderr)
+    print(f"cosftpctl: see {', '.join(offsets)}", file=sys.stderr)
     return 1
 
 
@@ -154,19 +154,25 @@ def _size(path: str) -> int:
         return 0
 
 
-def _failure_lines(news: dict[str, int], limit: int = 10) -> list[str]:
-    """The errors the server logged, and anything it wrote to stderr, since ``news``
-    (path: size before start)."""
+def _failure_lines(offsets: dict[str, int], limit: int = 10) -> list[str]:
+    """The errors the server logged, and anything it wrote to stderr, since ``offsets``
+    (path: its size before the start)."""
     lines = []
-    for path, offset in news.items():
-        with contextlib.suppress(OSError), open(path, encoding="utf-8",
-                                                errors="replace") as handle:
-            handle.seek(offset)
-            text = handle.read().splitlines()
+    for path, offset in offsets.items():
+        text = _read_from(path, offset)
         if path.endswith(LOG_FILE_NAME):
             text = [line for line in text if " ERROR " in line or " CRITICAL " in line]
         lines += text
     return lines[-limit:]
+
+
+def _read_from(path: str, offset: int) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
 
 
 def cmd_stop(config: Config) -> int:

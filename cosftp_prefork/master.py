@@ -216,7 +216,14 @@ class Master:
         self._setup_logging()
         for warning in self.config.warnings:
             log.warning("config: %s", warning)
-        self.listeners = bind_listeners(self.config.network)
+        try:
+            self.listeners = bind_listeners(self.config.network)
+        except OSError as exc:
+            network = self.config.network
+            log.critical("cannot listen on %s port %d%s: %s", network.listen_address,
+                         network.listen_port, f" or {network.implicit_tls_port}"
+                         if network.implicit_tls_port else "", exc)
+            return EXIT_CANNOT_START
         self.state = SharedState.create(state_path(self.config.server.pid_file))
         write_pid_file(self.config.server.pid_file, self.pid)
         self._install_signals()

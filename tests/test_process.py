@@ -5,6 +5,7 @@ from __future__ import annotations
 import ftplib
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -78,6 +79,16 @@ def test_start_fails_with_the_reason_when_workers_cannot_start(daemon):
     checked = daemon.ctl("check")
     assert checked.returncode == 2
     assert "[NETWORK] masquerade_address: 'nowhere.invalid' does not resolve" in checked.stderr
+
+
+def test_start_on_a_port_in_use_fails_with_the_reason(daemon):
+    with socket.create_server(("127.0.0.1", daemon.port)):
+        started = daemon.ctl("start")
+    assert started.returncode == 1
+    assert f"cannot listen on 127.0.0.1 port {daemon.port}" in started.stderr
+    assert "Address already in use" in started.stderr
+    assert "Traceback" not in started.stderr
+    assert daemon.ctl("status").returncode == 3
 
 
 def test_start_logs_each_line_once(daemon):
