@@ -136,19 +136,20 @@ class CosDTPHandler(DTPHandler):
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
-        self._count_transfer()
+        self._count_transfer()  # STOR, APPE
 
     def push_with_producer(self, producer) -> None:
-        if isinstance(producer, FileProducer):
+        # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
+        # the data connection opened first, as clients do, pyftpdlib sets it after this.)
+        download = isinstance(producer, FileProducer)
+        if download:
             producer.buffer_size = CHUNK_SIZE
-            # Only RETR sends a file. pyftpdlib sets ``cmd`` after this call when the data
-            # connection opened before RETR, which is what clients do.
-            self.cmd = "RETR"
         super().push_with_producer(producer)
-        self._count_transfer()
+        if download:
+            self._count_transfer()
 
     def _count_transfer(self) -> None:
-        if self.cmd in ("STOR", "RETR") and not self._counted:
+        if not self._counted:
             self._counted = True
             self.cmd_channel.stats.transfer_started(self.receive)
 

@@ -156,6 +156,24 @@ def test_status_counts_a_download_whose_data_connection_came_first(daemon, area)
     _close(ftp)
 
 
+def test_status_counts_an_append(daemon, area):
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    ftp = login(daemon)
+    put(ftp, area, b"head-")
+    ftp.voidcmd("TYPE I")
+    conn = socket.create_connection(ftp.makepasv(), timeout=30)
+    ftp.voidcmd("NOOP")
+    assert ftp.sendcmd(f"APPE {area}").startswith("125")
+    conn.sendall(b"tail")
+    wait_until(lambda: sum(int(r[5]) for r in status_rows(daemon)) == 1,
+               what="upload in status")
+    conn.close()
+    ftp.voidresp()
+    wait_until(lambda: sum(int(r[5]) for r in status_rows(daemon)) == 0, what="upload ended")
+    assert get(ftp, area) == b"head-tail"
+    _close(ftp)
+
+
 def test_kill_worker_mid_session_others_continue(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
