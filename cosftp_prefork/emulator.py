@@ -14,7 +14,16 @@ The shim translates what differs between COS and S3 on the wire:
 * object PUTs and completed multipart uploads report ``x-cos-hash-crc64ecma`` like COS;
 * ListMultipartUploads gives each upload's real ``Initiated`` time (moto says 2010);
 * error bodies are rewritten to the COS form (Code, Message, Resource, RequestId, TraceId)
-  that the SDK's ``CosServiceError`` parses.
+  that the SDK's ``CosServiceError`` parses;
+* a copy source may name a private endpoint (``<bucket>.<endpoint>/<key>``), as the SDK
+  writes it for accounts configured with ``cos_endpoint`` only;
+* listings asked for with ``encoding-type=url`` have their prefixes, markers and common
+  prefixes URL-encoded like COS does (moto encodes only the keys), so keys holding control
+  bytes never reach the XML raw.
+
+Every request is counted by kind (``GET /__emulator__/requests`` shows the counts, ``DELETE``
+resets them; ``?contains=TEXT`` counts only requests whose key or listed prefix holds TEXT),
+so tests and the bench can tell how many COS round-trips an FTP command costs.
 
 Faults can be injected (latency, 503 SlowDown, downloads cut off half-way, everything
 down) from the command line or at run time with ``PUT /__emulator__/faults`` and a JSON body
@@ -40,10 +49,11 @@ import time
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ElementTree
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, unescape
 
 import moto.s3.models
 from moto.server import create_backend_app
@@ -59,10 +69,11 @@ COS_MIN_PART_SIZE = 1024 * 1024
 
 
 def _cos_copy_source_to_s3(value: str) -> str:
-    """``b-1.cos.ap-x.myqcloud.com/k`` -> ``b-1/k``; an S3-form value passes unchanged."""
+    """``b-1.cos.ap-x.myqcloud.com/k`` (or ``b-1.<any endpoint>/k``) -> ``b-1/k``; an
+    S3-form value passes unchanged (COS bucket names hold no dots)."""
     value = value.lstrip("/")
     host, _, key = value.partition("/")
-    if ".myqcloud.com" in host or ".tencentcos.cn" in host:
+    if "." in host:
         return f"{host.split('.', 1)[0]}/{key}"
     return value
 
@@ -110,6 +121,36 @@ def _cos_error_body(body: bytes, resource: str, request_id: str) -> bytes:
 
 
 CONTROL_PATH = "/__emulator__/faults"
+REQUESTS_PATH = "/__emulator__/requests"
+
+
+def request_kind(environ: dict) -> str:
+    """What COS operation a request is, as counted: ``HEAD``, ``GET``, ``PUT``, ``LIST``,
+    ``COPY``, ``DELETE``, ``POST`` (multipart and batch operations) and so on."""
+    method = environ["REQUEST_METHOD"]
+    if method == "GET" and environ.get("PATH_INFO", "/") in ("", "/"):
+        return "LIST"
+    if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" in environ:
+        return "COPY"
+    return method
+
+
+_ENCODED_LIST_FIELDS = re.compile(rb"<(Prefix|Marker|NextMarker|Delimiter)>([^<]*)</\1>")
+
+
+def _url_encode_listing(environ: dict, body: bytes) -> bytes:
+    """URL-encode what moto leaves raw in a listing asked for with ``encoding-type=url``
+    (COS encodes every key, prefix and marker there; moto only the keys)."""
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    if environ["REQUEST_METHOD"] != "GET" or query.get("encoding-type") != ["url"]:
+        return body
+
+    def encode(match: re.Match) -> bytes:
+        raw = unescape(match.group(2).decode("utf-8"))
+        value = urllib.parse.quote(raw, safe="/")
+        return b"<%s>%s</%s>" % (match.group(1), value.encode(), match.group(1))
+
+    return _ENCODED_LIST_FIELDS.sub(encode, body)
 
 
 @dataclass
@@ -160,11 +201,16 @@ def _error_response(start_response: Callable, status: str, code: str, resource: 
     return [body]
 
 
-def _touches(environ: dict, prefix: str) -> bool:
-    """Whether a request names a key, or lists a prefix, that starts with ``prefix``."""
+def _targets(environ: dict) -> tuple[str, str]:
+    """The key a request names and the prefix it lists (either may be "")."""
     key = urllib.parse.unquote(environ.get("PATH_INFO", "").lstrip("/"))
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-    listed = query.get("prefix", [""])[0]
+    return key, query.get("prefix", [""])[0]
+
+
+def _touches(environ: dict, prefix: str) -> bool:
+    """Whether a request names a key, or lists a prefix, that starts with ``prefix``."""
+    key, listed = _targets(environ)
     return key.startswith(prefix) or (bool(listed) and listed.startswith(prefix))
 
 
@@ -217,10 +263,17 @@ class CosShim:
         self.faults = faults or Faults()
         self._lock = threading.Lock()
         self._upload_times = _UploadTimes()
+        # (kind, key or listed prefix) of each request since the last reset; bounded.
+        self.requests: deque[tuple[str, str]] = deque(maxlen=100_000)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == CONTROL_PATH:
             return self._control(environ, start_response)
+        if environ.get("PATH_INFO") == REQUESTS_PATH:
+            return self._request_counts(environ, start_response)
+        with self._lock:
+            key, listed = _targets(environ)
+            self.requests.append((request_kind(environ), key or listed))
         request_id = uuid.uuid4().hex
         injected = self._inject(environ, start_response, request_id)
         if injected is not None:
@@ -283,6 +336,18 @@ class CosShim:
                                   ("Content-Length", str(len(body)))])
         return [body]
 
+    def _request_counts(self, environ: dict, start_response: Callable) -> list[bytes]:
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        contains = query.get("contains", [""])[0]
+        with self._lock:
+            counts = Counter(kind for kind, target in self.requests if contains in target)
+            body = json.dumps(dict(counts)).encode()
+            if environ["REQUEST_METHOD"] == "DELETE":
+                self.requests.clear()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
     def _copy_source_changed(self, environ: dict) -> bool:
         """Whether a copy's source no longer has the ETag ``x-cos-copy-source-If-Match``
         names, which COS answers with 412 (moto ignores the header on part copies)."""
@@ -329,6 +394,7 @@ class CosShim:
             return lambda data: None
 
         body = self._upload_times.rewrite(environ, b"".join(self.app(environ, capture)))
+        body = _url_encode_listing(environ, body)
         status: str = captured["status"]
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
             body = _cos_error_body(body, environ.get("PATH_INFO", ""), request_id)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Optional
@@ -54,6 +55,17 @@ class EmulatorProcess:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/__emulator__/faults", method="PUT",
             data=json.dumps(faults).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def requests(self, reset: bool = False, contains: str = "") -> dict:
+        """COS requests served so far, by kind (``HEAD``, ``GET``, ``LIST``, ``PUT``…), of
+        those whose key or listed prefix holds ``contains`` (other tests' servers and
+        janitors share the emulator); ``reset`` starts the count again after reading it."""
+        query = urllib.parse.urlencode({"contains": contains})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/__emulator__/requests?{query}",
+            method="DELETE" if reset else "GET")
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 

@@ -7,10 +7,12 @@ import http.client
 import os
 import signal
 import time
+import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
 
 from cosftp_prefork.checksum import crc64
@@ -273,3 +275,34 @@ def test_cli_exits_0_on_sigint():
         assert emulator.proc.wait(timeout=30) == 0
     finally:
         emulator.stop()
+
+
+def test_url_encoded_listing_encodes_prefixes_too(cos, prefix):
+    """COS URL-encodes every key, prefix and marker with encoding-type=url; moto only the
+    keys, which left control bytes raw in the XML (the SDK could not parse it)."""
+    odd = f"{prefix}ctl\x01dir/"
+    cos.put_object(Bucket=ALPHA, Key=odd + "f", Body=b"x")
+    listed = cos.list_objects(Bucket=ALPHA, Prefix=prefix, Delimiter="/", EncodingType="url")
+    assert [item["Prefix"] for item in listed["CommonPrefixes"]] == [
+        urllib.parse.quote(odd, safe="/")]
+    inside = cos.list_objects(Bucket=ALPHA, Prefix=odd, EncodingType="url")
+    assert inside["Prefix"] == urllib.parse.quote(odd, safe="/")
+
+
+def test_copy_source_may_name_a_private_endpoint(emulator, cos, prefix):
+    private = CosS3Client(CosConfig(Endpoint="cos.private.example", SecretId="test-id",
+                                    SecretKey="test-key", IP="127.0.0.1", Port=emulator.port,
+                                    Scheme="http"), retry=1)
+    cos.put_object(Bucket=ALPHA, Key=prefix + "src", Body=b"copied")
+    private.copy_object(Bucket=ALPHA, Key=prefix + "dst", CopySource={
+        "Bucket": ALPHA, "Key": prefix + "src", "Endpoint": "cos.private.example"})
+    assert read(cos, ALPHA, prefix + "dst") == b"copied"
+
+
+def test_requests_are_counted_by_kind(emulator, cos, prefix):
+    emulator.requests(reset=True)
+    cos.put_object(Bucket=ALPHA, Key=prefix + "k", Body=b"x")
+    cos.head_object(Bucket=ALPHA, Key=prefix + "k")
+    cos.list_objects(Bucket=ALPHA, Prefix=prefix)
+    assert emulator.requests(reset=True, contains=prefix) == {"PUT": 1, "HEAD": 1, "LIST": 1}
+    assert emulator.requests(contains=prefix) == {}
