@@ -16,6 +16,8 @@ import logging
 import random
 import threading
 import time
+import urllib.parse
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
@@ -155,11 +157,16 @@ def _call(action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) ->
     """Run one SDK call, translating its errors; retry transient ones with exponential
     back-off and full jitter (the SDK's own retries, linear and without jitter, are off).
 
-    Request bodies here are always ``bytes``, so sending one again is safe.
+    Request bodies here are always ``bytes``, so sending one again is safe. An answer the
+    SDK cannot parse (XML holding raw control bytes) is an error like any other, never an
+    exception that ends the session.
     """
     for attempt in range(RETRY_ATTEMPTS):
         try:
             return method(*args, **kwargs)
+        except ElementTree.ParseError as exc:
+            raise StorageError(f"COS {action} failed: unreadable answer ({exc})",
+                               code="MalformedXML") from exc
         except (CosServiceError, CosClientError, requests.RequestException) as exc:
             error = _translate(exc, action)
             if attempt == RETRY_ATTEMPTS - 1 or not _retryable(error):
@@ -215,6 +222,11 @@ def _parse_http_date(value: str) -> float:
         return 0.0
 
 
+def _decoded(value: str) -> str:
+    """A key or prefix from a listing asked for with ``EncodingType=url``."""
+    return urllib.parse.unquote(str(value), errors="surrogateescape")
+
+
 def _parse_iso_date(value: str) -> float:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -229,10 +241,19 @@ class Bucket:
     from several threads at once.
     """
 
-    def __init__(self, client: CosS3Client, name: str, region: Optional[str]) -> None:
+    def __init__(self, client: CosS3Client, name: str, region: Optional[str],
+                 endpoint: Optional[str] = None) -> None:
         self._client = client
         self.name = name
         self.region = region
+        self.endpoint = endpoint
+
+    def _copy_source(self, key: str) -> dict[str, str]:
+        """The SDK's copy source for ``key`` of this bucket: by endpoint when the account
+        names one (private deployments configure no region), else by region."""
+        if self.endpoint:
+            return {"Bucket": self.name, "Key": key, "Endpoint": self.endpoint}
+        return {"Bucket": self.name, "Key": key, "Region": self.region or ""}
 
     def head(self, key: str) -> ObjectInfo:
         """Return size, mtime, ETag, checksum and the attributes a copy keeps of ``key``;
@@ -257,22 +278,25 @@ class Bucket:
 
         ``next_marker`` is None when the listing is complete. COS sends NextMarker only when
         truncated, and some implementations omit it, so fall back on the last key or prefix.
+        Keys come URL-encoded (``EncodingType=url``) and are decoded here, so a key holding
+        control bytes, written by another tool, lists like any other.
         """
         result = _call(f"LIST {prefix or '/'}", self._client.list_objects,
-              Bucket=self.name, Prefix=prefix, Delimiter=delimiter, Marker=marker, MaxKeys=max_keys)
+              Bucket=self.name, Prefix=prefix, Delimiter=delimiter, Marker=marker,
+              MaxKeys=max_keys, EncodingType="url")
         objects = tuple(
             ObjectInfo(
-                key=item["Key"], size=int(item.get("Size", 0)),
+                key=_decoded(item["Key"]), size=int(item.get("Size", 0)),
                 mtime=_parse_iso_date(item.get("LastModified", "")),
                 etag=str(item.get("ETag", "")).strip('"'),
             )
             for item in result.get("Contents", [])
         )
-        prefixes = tuple(item["Prefix"] for item in result.get("CommonPrefixes", []))
+        prefixes = tuple(_decoded(item["Prefix"]) for item in result.get("CommonPrefixes", []))
         next_marker = None
         if str(result.get("IsTruncated", "false")).lower() == "true":
             last = max([o.key for o in objects] + list(prefixes), default=None)
-            next_marker = result.get("NextMarker") or last
+            next_marker = _decoded(result.get("NextMarker") or "") or last
         return ListPage(objects=objects, prefixes=prefixes, next_marker=next_marker)
 
     def open_read(self, key: str, offset: int = 0, etag: str = "") -> ObjectStream:
@@ -333,7 +357,7 @@ class Bucket:
         """Make part ``number`` from bytes ``first..last`` of ``source`` inside COS; return
         its ETag. Raises ``StorageError`` with code ``ObjectChanged`` once ``source`` has
         another ETag than the one given, so that parts of two versions never mix."""
-        copy_source = {"Bucket": self.name, "Key": source.key, "Region": self.region or ""}
+        copy_source = self._copy_source(source.key)
         extra = {"CopySourceIfMatch": f'"{source.etag}"'} if source.etag else {}
         try:
             result = _call(f"UploadPartCopy {source.key} -> {key} #{number}",
@@ -401,7 +425,7 @@ class Bucket:
         storage class, with its metadata; with ``client_mtime`` as the MFMT time if given,
         when ``source`` must come from a HEAD (its metadata is then sent anew). Return the
         copy's ETag."""
-        copy_source = {"Bucket": self.name, "Key": source.key, "Region": self.region or ""}
+        copy_source = self._copy_source(source.key)
         if client_mtime is None:
             extra, directive = _object_headers(source, None, metadata=False), "Copy"
         else:
@@ -442,7 +466,8 @@ class BucketRegistry:
         with self._lock:
             found = self._buckets.get(account.section)
             if found is None:
-                found = Bucket(self._make_client(account), account.bucket, account.region)
+                found = Bucket(self._make_client(account), account.bucket, account.region,
+                               account.endpoint)
                 self._buckets[account.section] = found
             return found
 

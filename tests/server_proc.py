@@ -40,6 +40,7 @@ class Account:
     authority: str = "RW"
     delete_enable: bool = True
     extra: str = ""  # more "option = value" lines for the section
+    region: str = "ap-guangzhou"  # "" leaves cos_region out (say, for cos_endpoint in extra)
 
     def section(self, index: int, cos_port: int) -> str:
         return f"""
@@ -47,7 +48,7 @@ class Account:
 cos_secretid = test-id
 cos_secretkey = test-key
 cos_bucket = {self.bucket}
-cos_region = ap-guangzhou
+{f"cos_region = {self.region}" if self.region else ""}
 cos_protocol = http
 cos_ip = 127.0.0.1
 cos_port = {cos_port}
