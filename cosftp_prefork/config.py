@@ -61,6 +61,7 @@ class AccountConfig:
     delete_enable: bool
     anonymous_enable: bool = False
     tls_required: bool = False
+    require_existing_dir: bool = False
 
     @property
     def can_read(self) -> bool:
@@ -256,6 +257,8 @@ SETTINGS: tuple[Setting, ...] = (
             "let user 'anonymous' in with any password, read-only"),
     Setting(ACCOUNT_PREFIX, "tls_required", _boolean, False,
             "refuse this login unless control and data connections use TLS"),
+    Setting(ACCOUNT_PREFIX, "require_existing_dir", _boolean, False,
+            "refuse (550) STOR, APPE and RNTO into a directory that does not exist"),
     Setting("NETWORK", "masquerade_address", _host, None, "address announced in PASV"),
     Setting("NETWORK", "listen_address", _ip_address, "0.0.0.0", "address to listen on"),
     Setting("NETWORK", "listen_port", _integer(0, 65535), 2121, "FTP control port"),
@@ -371,6 +374,7 @@ def _account(reader: _Reader, section: str) -> AccountConfig:
         user=values["ftp_login_user_name"], password=values["ftp_login_user_password"],
         authority=values["authority"], delete_enable=values["delete_enable"],
         anonymous_enable=values["anonymous_enable"], tls_required=values["tls_required"],
+        require_existing_dir=values["require_existing_dir"],
     )
 
 

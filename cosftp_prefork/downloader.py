@@ -71,7 +71,7 @@ class _ReadAhead:
 class RangedReader(io.RawIOBase):
     """A read-only, seekable file object over ``key``; raises ``StorageError`` on COS faults."""
 
-    def __init__(self, bucket: Bucket, key: str, *, name: str, size: int,
+    def __init__(self, bucket: Bucket, key: str, *, name: str, size: int, etag: str = "",
                  log_context: str = "", chunk_size: int = CHUNK_SIZE) -> None:
         super().__init__()
         self.name = name
@@ -84,7 +84,9 @@ class RangedReader(io.RawIOBase):
         self._ahead: Optional[_ReadAhead] = None
         self._pending = memoryview(b"")
         self._reopens_left = REOPEN_ATTEMPTS
-        self._etag = ""  # of the version being sent; every reopen asks for that one
+        # Of the version being sent (the one ``size`` belongs to, if given, else the one the
+        # first GET finds); every GET asks for that one.
+        self._etag = etag
 
     def readable(self) -> bool:
         return True

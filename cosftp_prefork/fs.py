@@ -6,22 +6,27 @@ jail. Every method raises ``Refusal`` (a pyftpdlib ``FilesystemError`` with a me
 client) or ``OSError`` (storage errors, with the COS code and request id), which pyftpdlib
 turns into 550 replies.
 
-Within a session, what look-ups and listings learned is kept for a couple of seconds so that the
-``SIZE`` + ``MDTM`` + ``RETR`` and ``LIST`` + per-entry ``stat`` sequences cost one request;
-the session's own writes drop what they touched.
+Nothing COS said is kept from one command to the next: another session, another worker or
+another tool may have changed the bucket since, and COS itself is strongly consistent. What
+one command learned (a look-up, or the listing that LIST and MLSD then format entry by entry)
+serves that command only; :meth:`CosFS.begin_command` forgets it.
+
+Names behave as on a disk: a file cannot be created where a directory is or under a file,
+MKD needs its parent, and a directory that exists only through its files gets a marker when
+DELE, RNFR or RMD takes its last entry away. STOR into a missing directory is accepted (the
+old server did, and devices depend on it) unless the account sets ``require_existing_dir``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
@@ -41,7 +46,7 @@ from .errors import (
 )
 from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
 from .mtimes import apply_mtimes, carry_markers, listed_mtimes, set_client_mtime
-from .paths import RESERVED_NAME, dir_prefix, object_key, parent_dir
+from .paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
 from .renamer import Moved, copy_object, rename_directory
 from .resume import ParkedUpload, claim, discard, find_parked
 from .storage import Bucket
@@ -50,7 +55,6 @@ from .uploader import AbortRetrier, MultipartWriter
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CACHE_SECONDS = 2.0
 _DIR_MODE = stat.S_IFDIR | 0o755
 _FILE_MODE = stat.S_IFREG | 0o644
 
@@ -80,6 +84,11 @@ class Refusal(FilesystemError):
         super().__init__(message)
         self.errno = code
         self.strerror = message
+
+
+class Unstorable(Exception):
+    """A name COS cannot store, found out only while a command runs (the keys a directory
+    rename would make): the handler answers 553, as for names refused up front."""
 
 
 def _transient_escapes(method: Callable) -> Callable:
@@ -116,7 +125,8 @@ class CosFS(AbstractedFS):
         super().__init__("/", cmd_channel)
         self._ctx: FsContext = cmd_channel.fs_context()
         self._bucket = self._ctx.bucket
-        self._cache: dict[str, tuple[float, Optional[Entry]]] = {}
+        # What the current command learned, by path (None: nothing there); see begin_command.
+        self._scope: dict[str, Optional[Entry]] = {}
         # (path, upload id) of the parked upload this session's SIZE last reported: only
         # then does APPE continue it (curl -C -), else APPE appends to the file.
         self._offered: Optional[tuple[str, str]] = None
@@ -137,40 +147,111 @@ class CosFS(AbstractedFS):
 
     # --- lookups
 
+    def begin_command(self) -> None:
+        """Forget what earlier commands learned: from now on, only what COS answers."""
+        self._scope = {}
+
     @_transient_escapes
     def lookup(self, path: str) -> Optional[Entry]:
-        """Return what ``path`` is (file or directory) or None; raises ``StorageError``."""
+        """Return what ``path`` is (file or directory) or None; raises ``StorageError``.
+        One ``LIST prefix=<key> max-keys=1`` in the common cases."""
         if path == "/":
             return Entry("/", True)
-        cached = self._cache.get(path)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-            return cached[1]
+        if path in self._scope:
+            return self._scope[path]
         entry = self._fetch_entry(path)
-        self._remember(path, entry)
+        self._scope[path] = entry
+        return entry
+
+    @_transient_escapes
+    def lookup_file(self, path: str) -> Optional[Entry]:
+        """Like :meth:`lookup`, for commands that expect a file (SIZE, MDTM, RETR): one HEAD
+        answers for a file, with the time MFMT set; a directory or nothing costs a LIST
+        more."""
+        if path in self._scope or path == "/":
+            return self.lookup(path)
+        try:
+            info = self._bucket.head(object_key(path))
+        except (NotFound, InvalidPath):
+            return self.lookup(path)
+        entry = Entry(os.path.basename(path), False, info.size, info.mtime, info.etag,
+                      info.client_mtime)
+        self._scope[path] = entry
         return entry
 
     def _fetch_entry(self, path: str) -> Optional[Entry]:
         name = os.path.basename(path)
         try:
-            key, prefix = object_key(path), dir_prefix(path)
+            key = object_key(path)
         except InvalidPath:
             return None
         first = first_key_from(self._bucket, key)
-        if first is not None and first.key == key:
-            return Entry(name, False, first.size, first.mtime)
-        if first is not None and first.key.startswith(prefix):
-            return Entry(name, True)
-        if first is not None and directory_exists(self._bucket, prefix):
-            # A sibling such as "name-2" sorts before "name/": ask about the prefix itself.
+        if first is None:
+            return None
+        # Whatever was found lies under the parent: it is a directory.
+        self._scope.setdefault(parent_dir(path), Entry(os.path.basename(parent_dir(path)),
+                                                       True))
+        if first.key == key:
+            return Entry(name, False, first.size, first.mtime, first.etag)
+        if not fits_as_directory(path):
+            return None  # "key/" would be longer than COS allows: never a directory
+        prefix = dir_prefix(path)
+        if first.key.startswith(prefix) or directory_exists(self._bucket, prefix):
+            # A sibling such as "name-2" sorts before "name/": then ask about the prefix.
             return Entry(name, True)
         return None
 
-    def _remember(self, path: str, entry: Optional[Entry]) -> None:
-        self._cache[path] = (time.monotonic(), entry)
-
     def _forget(self, *paths: str) -> None:
         for path in paths:
-            self._cache.pop(path, None)
+            self._scope.pop(path, None)
+
+    def _check_creatable(self, path: str) -> None:
+        """Refuse (``Refusal``) a new file at ``path`` where a directory is, under a file, or,
+        with ``require_existing_dir``, in a directory that does not exist."""
+        entry = self.lookup(path)
+        if entry is not None and entry.is_dir:
+            raise Refusal(errno.EISDIR, "Is a directory")
+        if entry is None:
+            self._check_parents(path)
+
+    def _check_parents(self, path: str) -> None:
+        """Walk up from ``path`` to the first directory that exists; none of the missing
+        ones on the way may be a file."""
+        parent = parent_dir(path)
+        while parent != "/":
+            entry = self.lookup(parent)
+            if entry is not None and not entry.is_dir:
+                raise Refusal(errno.ENOTDIR, "Not a directory: a file has the name of a "
+                                             "directory in that path")
+            if entry is not None:
+                return
+            if self._ctx.account.require_existing_dir:
+                raise Refusal(errno.ENOENT, "No such directory")
+            parent = parent_dir(parent)
+
+    def _keep_directory(self, directory: str) -> None:
+        """Write the marker of ``directory`` if nothing is left in it, so that it stays
+        after DELE, RNFR or RMD took its last entry away, as on a disk. Done after the
+        removal, so two sessions removing the last two entries at once keep it too; a
+        failure is only logged."""
+        if directory == "/":
+            return
+        prefix = dir_prefix(directory)
+        try:
+            if not directory_exists(self._bucket, prefix):
+                self._bucket.put(prefix, b"")
+        except StorageError as exc:
+            log.warning("%s: its last entry is gone, and its marker could not be written "
+                        "(%s): it no longer lists", self._log(directory), exc)
+
+    def _require_file(self, path: str) -> Entry:
+        """The file at ``path``, found with one HEAD; raises ``Refusal`` for anything else."""
+        entry = self.lookup_file(path)
+        if entry is None:
+            raise Refusal(errno.ENOENT, "No such file or directory")
+        if entry.is_dir:
+            raise Refusal(errno.EISDIR, "Is a directory")
+        return entry
 
     def _require(self, path: str, want_dir: Optional[bool] = None) -> Entry:
         entry = self.lookup(path)
@@ -183,7 +264,7 @@ class CosFS(AbstractedFS):
         return entry
 
     def isfile(self, path: str) -> bool:
-        entry = self.lookup(path)
+        entry = self.lookup_file(path)
         return entry is not None and not entry.is_dir
 
     def isdir(self, path: str) -> bool:
@@ -210,7 +291,7 @@ class CosFS(AbstractedFS):
     def getsize(self, path: str) -> int:
         """Return the size of the file at ``path`` (what RETR after REST checks against);
         raises ``Refusal`` or ``OSError``."""
-        return self._require(path, want_dir=False).size
+        return self._require_file(path).size
 
     @_transient_escapes
     def resumable_size(self, path: str) -> int:
@@ -257,13 +338,10 @@ class CosFS(AbstractedFS):
     def getmtime(self, path: str) -> float:
         """Return the modification time of ``path``: the one MFMT set, else COS's
         LastModified (one HEAD for a file); raises ``Refusal`` or ``OSError``."""
-        entry = self._require(path)
-        if entry.is_dir:
-            return entry.mtime
-        info = self._bucket.head(object_key(path))
-        entry = dataclasses.replace(entry, mtime=info.mtime, client_mtime=info.client_mtime)
-        # What stat() answers next (MLST) shows the same time.
-        self._remember(path, entry)
+        entry = self.lookup_file(path)
+        if entry is None:
+            raise Refusal(errno.ENOENT, "No such file or directory")
+        # What stat() answers next in this command (MLST) shows the same time.
         return entry.shown_mtime
 
     def get_user_by_uid(self, uid: int) -> str:
@@ -286,18 +364,50 @@ class CosFS(AbstractedFS):
         prefix = dir_prefix(path)
         entries = apply_mtimes(list_directory(self._bucket, prefix, self._ctx.max_list_file),
                                self._reserved({}, listed_mtimes, self._bucket, prefix))
-        now = time.monotonic()
         for entry in entries:
-            self._cache[os.path.join(path, entry.name)] = (now, entry)
+            self._scope[os.path.join(path, entry.name)] = entry
         return [entry.name for entry in entries]
+
+    def format_list(self, basedir: str, listing: list[str], ignore_err: bool = True):
+        return self._with_this_listing(super().format_list(basedir, listing, ignore_err))
+
+    def format_mlsx(self, basedir: str, listing: list[str], perms: str, facts: str,
+                    ignore_err: bool = True):
+        return self._with_this_listing(super().format_mlsx(basedir, listing, perms, facts,
+                                                           ignore_err))
+
+    def _with_this_listing(self, lines: Iterable[bytes]) -> Iterator[bytes]:
+        """Format the lines of a listing with what the listing itself found.
+
+        pyftpdlib formats a listing lazily, while the data connection sends it, and stats
+        every entry; by then the client may have sent another command. Each line is made
+        with the entries of the command that listed them, never with later ones, and never
+        with a request per entry.
+        """
+        found, iterator = self._scope, iter(lines)
+        while True:
+            current, self._scope = self._scope, found
+            try:
+                line = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self._scope = current
+            yield line
 
     @_transient_escapes
     def mkdir(self, path: str) -> None:
-        """Create the zero-byte marker ``path/``; raises ``Refusal`` (EEXIST) if taken."""
+        """Create the zero-byte marker ``path/``; raises ``Refusal`` if the name is taken
+        (EEXIST) or its parent is no directory (ENOENT, ENOTDIR), as mkdir(2) does."""
         if self.lookup(path) is not None:
             raise Refusal(errno.EEXIST, "File exists")
+        parent = self.lookup(parent_dir(path))
+        if parent is None:
+            raise Refusal(errno.ENOENT, "No such directory: create the parent first")
+        if not parent.is_dir:
+            raise Refusal(errno.ENOTDIR, "Not a directory")
         self._bucket.put(dir_prefix(path), b"")
-        self._remember(path, Entry(os.path.basename(path), True))
+        self._scope[path] = Entry(os.path.basename(path), True)
 
     @_transient_escapes
     def rmdir(self, path: str) -> None:
@@ -308,6 +418,7 @@ class CosFS(AbstractedFS):
             raise Refusal(errno.ENOTEMPTY, "Directory not empty")
         self._bucket.delete(prefix)
         self._forget(path)
+        self._keep_directory(parent_dir(path))
 
     # --- files
 
@@ -317,6 +428,7 @@ class CosFS(AbstractedFS):
         self._require(path, want_dir=False)
         self._bucket.delete(object_key(path))
         self._forget(path)
+        self._keep_directory(parent_dir(path))
 
     @_transient_escapes
     def rename(self, src: str, dst: str) -> None:
@@ -336,6 +448,8 @@ class CosFS(AbstractedFS):
             raise Refusal(errno.EISDIR, "Target is a directory")
         if target is not None and not self._ctx.account.delete_enable:
             raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
+        if target is None:
+            self._check_parents(dst)
         # A HEAD, for the storage class the copy must keep and the MFMT time.
         info = self._bucket.head(object_key(src))
         etag = copy_object(self._bucket, info, object_key(dst), self._ctx.transfer,
@@ -344,6 +458,7 @@ class CosFS(AbstractedFS):
         self._forget(src, dst)
         if info.client_mtime is not None:
             self._carry_mtimes(src, [Moved(info, object_key(dst), etag)])
+        self._keep_directory(parent_dir(src))
 
     def _rename_directory(self, src: str, dst: str) -> None:
         if not self._ctx.account.delete_enable:
@@ -353,11 +468,16 @@ class CosFS(AbstractedFS):
             raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
         if self.lookup(dst) is not None:
             raise Refusal(errno.EEXIST, "Target exists")
-        moved = rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst),
-                                 self._ctx.transfer, self._ctx.executor, self._log(src))
-        self._cache.clear()
+        self._check_parents(dst)
+        try:
+            moved = rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst),
+                                     self._ctx.transfer, self._ctx.executor, self._log(src))
+        except InvalidPath as exc:
+            raise Unstorable(exc.strerror) from exc
+        self._scope.clear()
         if moved:
             self._carry_mtimes(src, moved, dir_prefix(src))
+        self._keep_directory(parent_dir(src))
 
     def _carry_mtimes(self, path: str, moved: list[Moved], directory: str = "") -> None:
         """Move the MFMT times' listing markers along with a rename. The rename is done by
@@ -375,16 +495,20 @@ class CosFS(AbstractedFS):
         ``"ab"`` (APPE), a writer that continues what SIZE reports: the parked upload or the
         existing object's bytes."""
         if mode == "rb":
-            entry = self._require(filename, want_dir=False)
-            return self._reader(filename, entry.size)
+            entry = self._require_file(filename)
+            return self._reader(filename, entry)
         if mode == "wb":
+            self._check_creatable(filename)
             return self._open_write(filename)
         if mode == "ab":
             return self._open_append(filename)
         raise Refusal(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
 
-    def _reader(self, filename: str, size: int) -> RangedReader:
-        return RangedReader(self._bucket, object_key(filename), name=filename, size=size,
+    def _reader(self, filename: str, entry: Entry) -> RangedReader:
+        """A reader of the version ``entry`` describes: the size SIZE answered is the size
+        RETR sends, or the download fails (the object changed in between)."""
+        return RangedReader(self._bucket, object_key(filename), name=filename,
+                            size=entry.size, etag=entry.etag,
                             log_context=self._log(filename))
 
     def _open_append(self, filename: str) -> MultipartWriter:
@@ -398,6 +522,8 @@ class CosFS(AbstractedFS):
         existing = self.lookup(filename)
         if existing is not None and existing.is_dir:
             raise Refusal(errno.EISDIR, "Is a directory")
+        if existing is None:
+            self._check_parents(filename)
         if existing is None or existing.size == 0:
             return self._open_write(filename)
         return self._continue(filename)
@@ -445,17 +571,9 @@ class CosFS(AbstractedFS):
         return writer
 
     def _open_write(self, filename: str) -> MultipartWriter:
-        """Start an upload without asking COS anything first.
-
-        A blind PUT is what object storage does, and each request saved matters: a look-up
-        before every small upload tripled its cost under COS latency. Only what this session
-        already knows to be a directory is refused.
-        """
+        """Start an upload of ``filename``, which the caller checked may be written."""
         key = object_key(filename)
-        cached = self._cache.get(filename)
-        if cached is not None and cached[1] is not None and cached[1].is_dir:
-            raise Refusal(errno.EISDIR, "Is a directory")
-        self._forget(filename, parent_dir(filename))
+        self._forget(filename)
         transfer = self._ctx.transfer
         return MultipartWriter(
             self._bucket, key, name=filename, part_size=transfer.part_size,

@@ -21,9 +21,9 @@ from .config import AccountConfig, Config
 from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
-from .fs import CosFS, FsContext
+from .fs import CosFS, FsContext, Unstorable
 from .passwords import verify_password
-from .paths import object_key
+from .paths import new_name_key
 from .storage import BucketRegistry
 from .uploader import UploadInterrupted
 
@@ -328,6 +328,8 @@ class CosFTPHandler(FTPHandler):
         """
         if self._closed or self._closing:
             return
+        if self.fs is not None:
+            self.fs.begin_command()
         super().pre_process_command(line, cmd, arg)
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:
@@ -337,12 +339,14 @@ class CosFTPHandler(FTPHandler):
         """
         if cmd in NAMING_COMMANDS and args:
             try:
-                object_key(args[0])
+                new_name_key(args[0], directory=cmd in ("MKD", "XMKD"))
             except InvalidPath as exc:
                 self.respond(f"553 {exc.strerror}.")
                 return
         try:
             super().process_command(cmd, *args, **kwargs)
+        except Unstorable as exc:
+            self.respond(f"553 {exc}.")
         except StorageUnavailable as exc:
             log.error("%s path=%s: %s failed: %s", self.log_prefix_ctx(),
                       args[0] if args else "-", cmd, exc.cause)

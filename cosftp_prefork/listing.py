@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -10,6 +11,7 @@ from .paths import RESERVED_NAME, child_name
 from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
+UNNAMEABLE = re.compile("[\x00\r\n]")
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,11 @@ def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
         page = bucket.list_page(prefix, marker=marker)
         for obj in page.objects:
             name = child_name(prefix, obj.key)
-            if name and not obj.key.endswith("/"):
+            if name and not obj.key.endswith("/") and _nameable(prefix, name):
                 entries.setdefault(name, Entry(name, False, obj.size, obj.mtime, obj.etag))
         for sub in page.prefixes:
             name = child_name(prefix, sub)
-            if name and not (prefix == "" and name == RESERVED_NAME):
+            if name and not (prefix == "" and name == RESERVED_NAME) and _nameable(prefix, name):
                 # A directory wins over a same-named file only if no file was seen.
                 entries.setdefault(name, Entry(name, True))
         if page.next_marker is None:
@@ -55,6 +57,16 @@ def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
     if len(entries) > limit:
         log.warning("listing of %r truncated to max_list_file=%d entries", prefix or "/", limit)
     return list(entries.values())[:limit]
+
+
+def _nameable(prefix: str, name: str) -> bool:
+    """Whether an FTP command can name ``name``: not with NUL, CR or LF (another tool may
+    have written such a key). Those are left out, or every line-based listing would break."""
+    if UNNAMEABLE.search(name) is None:
+        return True
+    log.warning("listing of %r: leaving out %r, which no FTP command can name", prefix or "/",
+                name)
+    return False
 
 
 def all_objects(bucket: Bucket, prefix: str) -> list[ObjectInfo]:

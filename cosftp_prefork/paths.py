@@ -10,11 +10,15 @@ the bucket.
 from __future__ import annotations
 
 import posixpath
+import re
 
 from .errors import InvalidPath
 
 # COS rejects object keys longer than 850 bytes (UTF-8).
 MAX_KEY_BYTES = 850
+# What no new name may hold: C0 controls and DEL. Existing keys with them (written by other
+# tools) stay reachable, except with NUL, CR or LF, which no FTP command line can carry.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 # The server keeps its own data (MFMT times) under this top-level name; FTP cannot reach it.
 RESERVED_NAME = ".cosftp"
 
@@ -42,6 +46,21 @@ def dir_prefix(ftp_path: str) -> str:
     return prefix
 
 
+def new_name_key(ftp_path: str, directory: bool = False) -> str:
+    """Return the key a new file (or, with ``directory``, the marker a new directory) at
+    ``ftp_path`` gets; raises ``InvalidPath`` for what ``object_key`` refuses, for control
+    characters, and for keys over the COS limit."""
+    key = dir_prefix(ftp_path) if directory else object_key(ftp_path)
+    if _CONTROL.search(key):
+        raise InvalidPath("file names may not contain control characters")
+    return key
+
+
+def fits_as_directory(ftp_path: str) -> bool:
+    """Whether ``ftp_path`` can name a directory: its marker ``key/`` must fit in COS."""
+    return key_bytes(ftp_path.strip("/") + "/") <= MAX_KEY_BYTES
+
+
 def ftp_path_for_key(key: str) -> str:
     """Return the FTP path of an object key or prefix (``a/b/`` -> ``/a/b``)."""
     return "/" + key.rstrip("/")
@@ -62,8 +81,13 @@ def _check_key(key: str) -> None:
         raise InvalidPath(f"the name {RESERVED_NAME} is reserved for the server's own data")
     if "\x00" in key or "\r" in key or "\n" in key:
         raise InvalidPath("file names may not contain NUL, CR or LF characters")
-    if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+    if key_bytes(key) > MAX_KEY_BYTES:
         raise InvalidPath(f"path is longer than the COS limit of {MAX_KEY_BYTES} bytes")
     if any(part in ("", ".", "..") for part in key.rstrip("/").split("/")):
         # ftpnorm removes these; refusing here keeps a key like "a//b" from ever being written.
         raise InvalidPath("empty, '.' or '..' path components are not allowed")
+
+
+def key_bytes(key: str) -> int:
+    """The length of ``key`` as COS counts it (UTF-8 bytes)."""
+    return len(key.encode("utf-8", "surrogateescape"))

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import MAX_PARTS, TransferConfig, part_size_for
-from .errors import StorageError
+from .errors import InvalidPath, StorageError
 from .listing import all_objects
+from .paths import MAX_KEY_BYTES, key_bytes
 from .resume import mark_live, unmark_live
 from .storage import Bucket, ObjectInfo
 
@@ -90,10 +91,15 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
                      log_context: str) -> list[Moved]:
     """Move every key under ``src_prefix`` to ``dst_prefix``; return what moved.
 
-    Raises ``StorageError`` (the first failure) with the source untouched if a copy fails.
+    Raises ``StorageError`` (the first failure) with the source untouched if a copy fails,
+    and ``InvalidPath``, before copying anything, if a new key would be over the COS limit.
     """
     objects = all_objects(bucket, src_prefix)
     targets = {obj.key: dst_prefix + obj.key[len(src_prefix):] for obj in objects}
+    longest = max((key_bytes(target) for target in targets.values()), default=0)
+    if longest > MAX_KEY_BYTES:
+        raise InvalidPath(f"a name in that directory would be {longest} bytes long there, "
+                          f"over the COS limit of {MAX_KEY_BYTES}")
     small = [obj for obj in objects if obj.size <= transfer.multipart_copy_threshold]
     futures: dict[str, Future] = {obj.key: executor.submit(_copy_as_stored, bucket, obj,
                                                            targets[obj.key]) for obj in small}

@@ -91,3 +91,21 @@ def test_classic_ftp_client_script(server, tmp_path, area):
     output = run([ftp_bin, "-n", "-p", "127.0.0.1", str(server.port)], stdin=script)
     assert "classic.txt\t24" in output  # SIZE answered in ASCII mode, the client's default
     assert (tmp_path / "back.txt").read_text() == "from the classic client\n"
+
+
+def test_curl_and_lftp_create_nested_directories_level_by_level(server, tmp_path, area, cos):
+    """MKD needs its parent (issue 13); clients that create trees one level at a time still
+    work: curl --ftp-create-dirs, lftp mkdir -p and mirror -R into a new directory."""
+    curl = require("curl")
+    src = tmp_path / "deep.txt"
+    src.write_text("deep")
+    auth = ["--user", "alice:alice-pw", "--silent", "--show-error"]
+    run([curl, *auth, "--ftp-create-dirs", "-T", str(src),
+         f"ftp://127.0.0.1:{server.port}/{area}/c1/c2/c3/deep.txt"])
+    for prefix in (f"{area}/", f"{area}/c1/", f"{area}/c1/c2/", f"{area}/c1/c2/c3/"):
+        assert cos.object_exists(Bucket=ALPHA, Key=prefix), prefix
+    tree = tmp_path / "tree"
+    (tree / "x y" / "ünï").mkdir(parents=True)
+    (tree / "x y" / "ünï" / "f.txt").write_text("f")
+    lftp(server, f'mkdir -p {area}/l1/l2; mirror -R "{tree}" {area}/l1/l2/new')
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/l1/l2/new/x y/ünï/f.txt")

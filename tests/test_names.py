@@ -1,4 +1,5 @@
-"""One consistent, disk-like namespace (issue 13)."""
+"""One consistent, disk-like namespace: every session sees what any other wrote, names behave
+as on a disk, every stored name stays reachable (issue 13)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 
 import pytest
 
-from .conftest import ALPHA, _close
+from .conftest import ALPHA, STANDARD_ACCOUNTS, _close
 from .server_proc import Account, ServerProcess
 
 
@@ -23,6 +24,264 @@ def get(ftp: ftplib.FTP, path: str) -> bytes:
 
 def exists(cos, key: str) -> bool:
     return cos.object_exists(Bucket=ALPHA, Key=key)
+
+
+@pytest.fixture
+def second(server):
+    """Another session of alice's, as libraries open one connection per file."""
+    ftp = server.login("alice", "alice-pw")
+    yield ftp
+    _close(ftp)
+
+
+# --- consistency across sessions
+
+
+def test_a_file_written_by_another_session_is_visible_at_once(alice, second, area):
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.size(f"{area}/new.txt")  # the "not there" answer must not be kept
+    put(second, f"{area}/new.txt", b"12345")
+    assert alice.size(f"{area}/new.txt") == 5
+    assert get(alice, f"{area}/new.txt") == b"12345"
+
+
+def test_after_another_session_deletes_size_and_retr_answer_550(alice, second, area):
+    put(alice, f"{area}/gone.txt", b"abc")
+    assert alice.size(f"{area}/gone.txt") == 3
+    second.delete(f"{area}/gone.txt")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.size(f"{area}/gone.txt")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        get(alice, f"{area}/gone.txt")
+
+
+def test_after_another_session_overwrites_size_and_retr_agree(alice, second, area):
+    put(alice, f"{area}/v.txt", b"old")
+    assert alice.size(f"{area}/v.txt") == 3
+    alice.sendcmd(f"MDTM {area}/v.txt")
+    put(second, f"{area}/v.txt", b"the new version")
+    size = alice.size(f"{area}/v.txt")
+    data = get(alice, f"{area}/v.txt")
+    assert size == len(data) == len(b"the new version")
+    assert data == b"the new version"
+
+
+def test_rename_that_must_not_overwrite_sees_a_file_written_a_moment_ago(server, alice, area,
+                                                                         cos):
+    keeper = server.login("keeper", "keeper-pw")  # may not delete: RNTO must not overwrite
+    try:
+        put(keeper, f"{area}/src.txt", b"keeper's")
+        with pytest.raises(ftplib.error_perm, match="550"):
+            keeper.size(f"{area}/dst.txt")
+        put(alice, f"{area}/dst.txt", b"alice's")
+        keeper.sendcmd(f"RNFR {area}/src.txt")
+        with pytest.raises(ftplib.error_perm, match="550"):
+            keeper.sendcmd(f"RNTO {area}/dst.txt")
+    finally:
+        _close(keeper)
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/dst.txt")["Body"].get_raw_stream() \
+        .read() == b"alice's"
+
+
+def test_size_mdtm_retr_request_budget(alice, emulator, area):
+    """The sequence download tools send, counted at the emulator (docs/performance.md)."""
+    put(alice, f"{area}/f.bin", b"x" * 1000)
+    emulator.requests(reset=True)
+    assert alice.size(f"{area}/f.bin") == 1000
+    alice.sendcmd(f"MDTM {area}/f.bin")
+    assert len(get(alice, f"{area}/f.bin")) == 1000
+    counts = emulator.requests(contains=area)
+    # SIZE: a look-up LIST + the parked-uploads LIST; MDTM: HEAD; RETR: HEAD + GET (was 4:
+    # the same without RETR's HEAD, whose answer came from a 2 s per-session cache).
+    assert counts == {"LIST": 2, "HEAD": 2, "GET": 1}, counts
+
+
+# --- names that behave like a file system
+
+
+def test_stor_onto_a_directory_is_refused_and_the_directory_stays(alice, area, cos):
+    alice.mkd(area)
+    alice.mkd(f"{area}/dir")
+    put(alice, f"{area}/dir/child.txt", b"child")
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/implicit/inner.txt", Body=b"i")  # no marker
+    for name in ("dir", "implicit"):
+        with pytest.raises(ftplib.error_perm, match=r"55[03]"):
+            put(alice, f"{area}/{name}", b"would hide the directory")
+        assert not exists(cos, f"{area}/{name}")
+    alice.cwd(f"{area}/dir")
+    assert alice.nlst() == ["child.txt"]
+
+
+def test_stor_under_a_file_is_refused(alice, area, cos):
+    put(alice, f"{area}/file", b"a file")
+    for path in ("file/x", "file/deeper/x"):
+        with pytest.raises(ftplib.error_perm, match=r"55[03]"):
+            put(alice, f"{area}/{path}", b"lost")
+        assert not exists(cos, f"{area}/{path}")
+    with pytest.raises(ftplib.error_perm, match=r"55[03]"):
+        alice.mkd(f"{area}/file/sub")
+    put(alice, f"{area}/other", b"o")
+    alice.sendcmd(f"RNFR {area}/other")
+    with pytest.raises(ftplib.error_perm, match=r"55[03]"):
+        alice.sendcmd(f"RNTO {area}/file/other")
+    assert exists(cos, f"{area}/other")
+
+
+def test_mkd_needs_its_parent(alice, area, cos):
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.mkd(f"{area}/deeper")
+    assert not exists(cos, f"{area}/deeper/")
+    alice.mkd(area)
+    alice.mkd(f"{area}/deeper")
+    assert exists(cos, f"{area}/deeper/")
+
+
+def test_stor_into_a_missing_directory_is_accepted_by_default(alice, area, cos):
+    put(alice, f"{area}/not/made/yet.txt", b"camera")
+    assert exists(cos, f"{area}/not/made/yet.txt")
+
+
+def test_dele_of_the_last_file_keeps_its_directory(alice, area, cos):
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/only/one.txt", Body=b"1")  # no marker
+    alice.delete(f"{area}/only/one.txt")
+    assert alice.nlst(area) == ["only"]
+    alice.cwd(f"{area}/only")
+    assert alice.nlst() == []
+
+
+def test_rename_of_the_last_file_keeps_its_directory(alice, area, cos):
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/from/f.txt", Body=b"1")
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/dirs/d/g.txt", Body=b"2")
+    alice.rename(f"{area}/from/f.txt", f"{area}/f.txt")
+    alice.rename(f"{area}/dirs/d", f"{area}/d")
+    assert sorted(alice.nlst(area)) == ["d", "dirs", "f.txt", "from"]
+    alice.cwd(f"{area}/from")
+    alice.cwd(f"/{area}/dirs")
+
+
+def test_rmd_of_the_last_subdirectory_keeps_its_parent(alice, area, cos):
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/p/c/", Body=b"")
+    alice.rmd(f"{area}/p/c")
+    assert alice.nlst(area) == ["p"]
+
+
+@pytest.fixture(scope="module")
+def strict_server(emulator, tmp_path_factory):
+    proc = ServerProcess(str(tmp_path_factory.mktemp("strict")), emulator.port,
+                         [Account("strict", "strict-pw", ALPHA, "RW",
+                                  extra="require_existing_dir = true"),
+                          *STANDARD_ACCOUNTS[:1]],
+                         optional={"max_login_failures": "0", "worker_processes": "1"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_require_existing_dir_refuses_uploads_into_missing_directories(strict_server, area,
+                                                                       cos):
+    ftp = strict_server.login("strict", "strict-pw")
+    try:
+        for command in ("STOR", "APPE"):
+            with pytest.raises(ftplib.error_perm, match="550"):
+                ftp.storbinary(f"{command} {area}/missing/x.txt", io.BytesIO(b"x"))
+        assert not exists(cos, f"{area}/missing/x.txt")
+        ftp.mkd(area)
+        put(ftp, f"{area}/x.txt", b"x")
+        ftp.sendcmd(f"RNFR {area}/x.txt")
+        with pytest.raises(ftplib.error_perm, match="550"):
+            ftp.sendcmd(f"RNTO {area}/missing/x.txt")
+        assert exists(cos, f"{area}/x.txt")
+    finally:
+        _close(ftp)
+    other = strict_server.login("alice", "alice-pw")  # the option is per account
+    try:
+        put(other, f"{area}/elsewhere/y.txt", b"y")
+    finally:
+        _close(other)
+
+
+# --- key length
+
+
+def _name_for_key_bytes(area: str, total: int) -> str:
+    return f"{area}/" + "n" * (total - len(area) - 1)
+
+
+def test_a_name_of_exactly_850_bytes_is_reachable_by_every_command(alice, area, cos):
+    alice.mkd(area)
+    longest = _name_for_key_bytes(area, 850)
+    put(alice, longest, b"long")
+    assert alice.size(longest) == 4
+    alice.sendcmd(f"MDTM {longest}")
+    assert get(alice, longest) == b"long"
+    assert alice.nlst(area) == [longest.split("/")[1]]
+    renamed = _name_for_key_bytes(area, 849) + "r"
+    alice.rename(longest, renamed)
+    assert get(alice, renamed) == b"long"
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.rmd(area)  # not empty: the file is there
+    alice.delete(renamed)
+    alice.rmd(area)
+    assert not exists(cos, renamed.lstrip("/"))
+
+
+def test_names_over_the_limit_are_refused_up_front(alice, area):
+    alice.mkd(area)
+    put(alice, f"{area}/src", b"s")
+    too_long = _name_for_key_bytes(area, 851)
+    for command in ("STOR", "APPE"):
+        with pytest.raises(ftplib.error_perm, match="553"):
+            alice.storbinary(f"{command} {too_long}", io.BytesIO(b"x"))
+    alice.sendcmd(f"RNFR {area}/src")
+    with pytest.raises(ftplib.error_perm, match="553"):
+        alice.sendcmd(f"RNTO {too_long}")
+    with pytest.raises(ftplib.error_perm, match="553"):
+        alice.mkd(_name_for_key_bytes(area, 850))  # its marker "name/" would be 851 bytes
+    alice.mkd(_name_for_key_bytes(area, 849))
+
+
+def test_directory_rename_that_would_make_a_key_too_long_gets_553(alice, area, cos):
+    inner = "i" * (850 - len(f"{area}/d/") - 30)  # 30 bytes to spare
+    put(alice, f"{area}/d/{inner}", b"kept")
+    longer = f"{area}/" + "d" * 60
+    with pytest.raises(ftplib.error_perm, match="553"):
+        alice.rename(f"{area}/d", longer)
+    assert get(alice, f"{area}/d/{inner}") == b"kept"
+    assert alice.nlst(area) == ["d"]
+
+
+# --- control characters
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x09", "\x1b", "\x1f", "\x7f"])
+def test_control_characters_in_new_names_get_553(alice, area, cos, char):
+    alice.mkd(area)
+    put(alice, f"{area}/src", b"s")
+    name = f"{area}/bad{char}name"
+    for command in ("STOR", "APPE"):
+        with pytest.raises(ftplib.error_perm, match="553"):
+            alice.storbinary(f"{command} {name}", io.BytesIO(b"x"))
+    with pytest.raises(ftplib.error_perm, match="553"):
+        alice.mkd(name)
+    alice.sendcmd(f"RNFR {area}/src")
+    with pytest.raises(ftplib.error_perm, match="553"):
+        alice.sendcmd(f"RNTO {name}")
+    assert not exists(cos, name)
+
+
+def test_keys_with_control_bytes_from_other_tools_list_and_stay_reachable(alice, area, cos):
+    for key in (f"{area}/tab\tand\x01", f"{area}/esc\x1b[1m/inner", f"{area}/plain"):
+        cos.put_object(Bucket=ALPHA, Key=key, Body=b"other tool")
+    names = sorted(alice.nlst(area))
+    assert names == ["esc\x1b[1m", "plain", "tab\tand\x01"]
+    lines: list[str] = []
+    alice.retrlines(f"LIST {area}", lines.append)
+    assert len(lines) == 3
+    assert sorted(name for name, _ in alice.mlsd(area)) == names
+    assert alice.nlst(f"{area}/esc\x1b[1m") == ["inner"]
+    assert get(alice, f"{area}/tab\tand\x01") == b"other tool"
+    alice.delete(f"{area}/tab\tand\x01")
+    assert alice.pwd() == "/"
 
 
 # --- accounts with an endpoint and no region

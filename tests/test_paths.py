@@ -9,7 +9,9 @@ from cosftp_prefork.paths import (
     MAX_KEY_BYTES,
     child_name,
     dir_prefix,
+    fits_as_directory,
     ftp_path_for_key,
+    new_name_key,
     object_key,
     parent_dir,
 )
@@ -51,3 +53,27 @@ def test_names_and_parents():
     assert ftp_path_for_key("a/b/") == "/a/b"
     assert parent_dir("/a/b") == "/a"
     assert parent_dir("/a") == "/"
+
+
+@pytest.mark.parametrize("char", [chr(code) for code in (*range(1, 32), 127)])
+def test_new_names_refuse_every_control_character(char):
+    with pytest.raises(InvalidPath, match=r"control|CR or LF"):
+        new_name_key(f"/a{char}b")
+    with pytest.raises(InvalidPath, match=r"control|CR or LF"):
+        new_name_key(f"/d{char}/x")
+    with pytest.raises(InvalidPath, match=r"control|CR or LF"):
+        new_name_key(f"/d{char}", directory=True)
+
+
+def test_existing_names_with_control_characters_stay_addressable():
+    assert object_key("/a\x01b") == "a\x01b"
+
+
+def test_a_directory_marker_counts_its_slash():
+    name = "/" + "d" * (MAX_KEY_BYTES - 1)
+    assert new_name_key(name, directory=True) == name[1:] + "/"
+    assert fits_as_directory(name)
+    assert not fits_as_directory(name + "d")
+    assert new_name_key(name + "d") == name[1:] + "d"  # as a file it fits
+    with pytest.raises(InvalidPath, match="850"):
+        new_name_key(name + "d", directory=True)
