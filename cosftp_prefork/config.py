@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .errors import ConfigError
-from .passwords import check_stored_form
+from .passwords import HashFormatError, check_stored_form, scrypt_parameters
 from .tls import ServerTLS, TLSFileError, load_server_tls
 
 KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
@@ -342,7 +342,7 @@ class _Reader:
             return setting.parse(raw)
         except ValueError as exc:
             problem = str(exc)
-            if setting.name in SECRET_OPTIONS:
+            if setting.name in SECRET_OPTIONS and not isinstance(exc, HashFormatError):
                 problem = "has an invalid value"
             raise self.error(problem, section, setting.name) from None
 
@@ -386,6 +386,17 @@ def _check_unique(reader: _Reader, accounts: list[AccountConfig], attr: str, opt
             raise reader.error(f"{value!r} is already used in [{seen[value]}]",
                                account.section, option)
         seen[value] = account.section
+
+
+def _check_hash_parameters(reader: _Reader, accounts: list[AccountConfig]) -> None:
+    """Warn when hashes differ in cost: a failed login is as slow as the costliest, so a
+    wrong password for a cheaper one is faster and tells that the user exists."""
+    kinds = {scrypt_parameters(a.password) for a in accounts} - {None}
+    if len(kinds) > 1:
+        listed = ", ".join(f"N={n} r={r} p={p}" for n, r, p in sorted(kinds))
+        reader.warnings.append(f"{reader.path}: the password hashes use different scrypt "
+                               f"parameters ({listed}); failed logins then take different "
+                               "times: hash them all with cosftpctl hash-password")
 
 
 def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
@@ -453,6 +464,7 @@ def _build(reader: _Reader) -> Config:
                           reader.path)
     _check_unique(reader, accounts, "user", "ftp_login_user_name")
     _check_unique(reader, accounts, "home_dir", "home_dir")
+    _check_hash_parameters(reader, accounts)
     net = reader.section("NETWORK", "NETWORK")
     files = reader.section("FILE_OPTION", "FILE_OPTION")
     optional = reader.section("OPTIONAL", "OPTIONAL")

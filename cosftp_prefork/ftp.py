@@ -22,7 +22,7 @@ from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext, Unstorable
-from .passwords import verify_password
+from .passwords import PasswordChecker
 from .paths import new_name_key
 from .storage import BucketRegistry
 from .uploader import UploadInterrupted
@@ -59,18 +59,29 @@ class CosAuthorizer:
 
     def __init__(self, config: Config) -> None:
         self._accounts = {account.user: account for account in config.accounts}
+        self._checker = PasswordChecker(account.password for account in config.accounts)
 
     def account(self, username: str) -> AccountConfig:
         return self._accounts[username]
 
     def validate_authentication(self, username: str, password: str, handler) -> None:
-        """Raise ``AuthenticationFailed`` unless the pair matches (constant-time compare;
-        an ``anonymous_enable`` account takes any password)."""
+        """Raise ``AuthenticationFailed`` unless the pair matches (constant-time compare,
+        the same cost for unknown users and plain-text accounts; an ``anonymous_enable``
+        account takes any password).
+
+        If scrypt fails (no memory), the login fails like a wrong password: it gets 530 and
+        counts towards the ban instead of dropping the session.
+        """
         account = self._accounts.get(username)
         if account is not None and account.anonymous_enable:
             return
-        ok = verify_password(account.password if account else "\0invalid", password)
-        if account is None or not ok:
+        try:
+            ok = self._checker.verify(account.password if account else None, password)
+        except (ValueError, MemoryError) as exc:
+            log.error("%s: password check of [%s] failed: %s", handler.log_prefix_ctx(),
+                      account.section if account else "-", exc)
+            ok = False
+        if not ok:
             raise AuthenticationFailed("Authentication failed.")
 
     def get_home_dir(self, username: str) -> str:

@@ -1,0 +1,179 @@
+"""Authentication end to end: failed logins cost the same, unusable hashes are refused."""
+
+from __future__ import annotations
+
+import base64
+import ftplib
+import hashlib
+import statistics
+import threading
+import time
+
+import psutil
+import pytest
+
+from .conftest import ALPHA, _close
+from .server_proc import Account, ServerProcess, wait_until
+
+MAXMEM = 64 * 1024 * 1024
+
+
+def scrypt_value(password: str, n: int, r: int, p: int, salt: bytes = b"s" * 16,
+                 dklen: int = 64) -> str:
+    """A ``scrypt$`` value built independently of the server's code."""
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=MAXMEM,
+                            dklen=dklen)
+    return raw_value(n, r, p, salt, digest)
+
+
+def raw_value(n: int, r: int, p: int, salt: bytes, digest: bytes) -> str:
+    b64 = [base64.b64encode(part).decode() for part in (salt, digest)]
+    return f"scrypt${n}${r}${p}${b64[0]}${b64[1]}"
+
+
+# Costly on purpose (about a second of one core here): before the fix, a wrong password on
+# this account took that much longer than one on an unknown user or a plain-text account.
+HEAVY = scrypt_value("right-pw", 2 ** 15, 8, 16)
+
+
+@pytest.fixture(scope="module")
+def timed(emulator, tmp_path_factory):
+    accounts = [Account("hashed", HEAVY, ALPHA), Account("plain", "plain-pw", ALPHA)]
+    proc = ServerProcess(str(tmp_path_factory.mktemp("timed")), emulator.port, accounts,
+                         optional={"max_login_failures": "0"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def pass_seconds(server: ServerProcess, user: str, password: str, delay: float = 0) -> float:
+    """Seconds from PASS to its reply (the connection and USER are not counted), after
+    waiting ``delay`` seconds."""
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", server.port, timeout=60)
+        ftp.sendcmd(f"USER {user}")
+        time.sleep(delay)
+        started = time.monotonic()
+        try:
+            ftp.sendcmd(f"PASS {password}")
+        except ftplib.error_perm as exc:
+            assert str(exc).startswith("530"), exc
+        return time.monotonic() - started
+
+
+def test_failed_logins_take_the_same_time_whoever_the_user(timed):
+    # What one verification of the hash costs now, on this machine, as it is loaded.
+    cost = min(pass_seconds(timed, "hashed", "right-pw") for _ in range(2))
+    kinds = ["hashed", "plain", "nobody-such"]
+    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+
+    def measure(kind: str, delay: float) -> None:
+        samples[kind].append(pass_seconds(timed, kind, "a-wrong-guess", delay))
+
+    for turn in range(3):
+        # One round: the three failures run side by side (each spends most of its time in
+        # the 3 s delay before 530), their password checks spaced out so that none slows
+        # another down; each round starts with another kind.
+        order = kinds[turn:] + kinds[:turn]
+        threads = [threading.Thread(target=measure, args=(kind, i * 1.5 * cost))
+                   for i, kind in enumerate(order)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert all(len(values) == 3 for values in samples.values()), samples
+    medians = {kind: statistics.median(values) for kind, values in samples.items()}
+    for kind in ("plain", "nobody-such"):
+        # Before: the hashed account's failures took ``cost`` longer than the others.
+        assert abs(medians[kind] - medians["hashed"]) < cost / 2, (cost, samples)
+        assert min(samples[kind]) <= max(samples["hashed"]), (cost, samples)
+        assert min(samples["hashed"]) <= max(samples[kind]), (cost, samples)
+
+
+BAD_HASHES = {
+    "n-not-power-of-two": raw_value(1000, 8, 1, b"s" * 16, b"d" * 64),
+    "empty-digest": raw_value(2 ** 14, 8, 1, b"s" * 16, b""),
+    "short-digest": raw_value(2 ** 14, 8, 1, b"s" * 16, b"d" * 8),
+    "empty-salt": raw_value(2 ** 14, 8, 1, b"", b"d" * 64),
+    "short-salt": raw_value(2 ** 14, 8, 1, b"s" * 4, b"d" * 64),
+    "over-64-mib": raw_value(2 ** 16, 8, 1, b"s" * 16, b"d" * 64),  # OpenSSL refuses it
+    "too-slow": raw_value(2 ** 17, 3, 16, b"s" * 16, b"d" * 64),
+}
+
+
+@pytest.mark.parametrize("value", BAD_HASHES.values(), ids=BAD_HASHES.keys())
+def test_check_refuses_unusable_hashes(tmp_path, value):
+    proc = ServerProcess(str(tmp_path), 9, [Account("u", value, ALPHA)])
+    proc.write_config()
+    checked = proc.ctl("check")
+    assert checked.returncode != 0, checked.stdout
+    assert "[COS_ACCOUNT_0] ftp_login_user_password: is not a" in checked.stderr
+    assert "power of two from 2^10 to 2^20" in checked.stderr  # the bounds are stated
+    salt_and_digest = [part for part in value.split("$")[4:] if part]
+    assert not any(part in checked.stderr for part in salt_and_digest)
+
+
+def test_check_accepts_hashes_inside_the_bounds(tmp_path):
+    accounts = [Account("a", scrypt_value("pw", 2 ** 10, 1, 1, salt=b"s" * 8, dklen=16),
+                        ALPHA),
+                Account("b", HEAVY, "beta-1250000000")]
+    proc = ServerProcess(str(tmp_path), 9, accounts)
+    proc.write_config()
+    checked = proc.ctl("check")
+    assert checked.returncode == 0, checked.stderr
+    assert "different scrypt parameters" in checked.stdout + checked.stderr
+
+
+@pytest.fixture
+def daemon(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_processes": "1", "max_login_failures": "1"})
+    proc.write_config()
+    started = proc.ctl("start")
+    assert started.returncode == 0, started.stderr
+    master_pid = proc.daemon_pid()
+    yield proc
+    proc.ensure_stopped(master_pid)
+
+
+def test_reload_refuses_unusable_hashes_and_keeps_the_old_password(daemon):
+    for name in ("n-not-power-of-two", "over-64-mib"):
+        with open(daemon.config_path, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(daemon.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text.replace("ftp_login_user_password = ops-pw",
+                                      f"ftp_login_user_password = {BAD_HASHES[name]}"))
+        done = daemon.ctl("reload")
+        assert done.returncode != 0, name
+        assert "[COS_ACCOUNT_0] ftp_login_user_password: is not a usable scrypt" in done.stderr
+        with open(daemon.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    _close(daemon.login("ops", "ops-pw"))
+
+
+def test_a_failure_inside_scrypt_is_a_530_that_counts(emulator, tmp_path):
+    """scrypt cannot allocate its 16 MiB (the worker's address space is capped): the login
+    still gets 530, is logged, and bans the address (max_login_failures = 1)."""
+    value = scrypt_value("pw", 2 ** 14, 8, 1)
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("capped", value, ALPHA)],
+                         optional={"worker_processes": "1", "max_login_failures": "1"})
+    with proc:
+        master = psutil.Process(proc.proc.pid)
+        wait_until(lambda: master.children(), what="worker started")
+        worker = master.children()[0]
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", proc.port, timeout=30)
+        ftp.sendcmd("USER capped")
+        limits = worker.rlimit(psutil.RLIMIT_DATA)
+        # Room for a few MiB of ordinary allocations, not for scrypt's 16 MiB.
+        worker.rlimit(psutil.RLIMIT_DATA, (worker.memory_info().data + 4 * 1024 * 1024,
+                                           limits[1]))
+        try:
+            with pytest.raises(ftplib.error_perm, match="530"):
+                ftp.sendcmd("PASS pw")
+        finally:
+            worker.rlimit(psutil.RLIMIT_DATA, limits)
+            ftp.close()
+        assert "password check of [COS_ACCOUNT_0] failed" in proc.log_text()
+        with pytest.raises(ftplib.error_temp, match=r"421.*failed logins"):
+            proc.login("capped", "pw")
