@@ -14,7 +14,7 @@ from typing import Optional
 
 from .config import Config, load_config, locate_pid_file, resolve_masquerade
 from .errors import ConfigError
-from .log import LOG_FILE_NAME
+from .log import LOG_FILE_MODE, LOG_FILE_NAME
 from .passwords import hash_password
 from .shared import (
     RELOAD_FAILED,
@@ -94,10 +94,12 @@ def cmd_start(config: Config) -> int:
     log_dir = config.server.log_dir
     os.makedirs(log_dir, exist_ok=True)
     # The server logs to cosftp.log itself; its stderr file keeps only what comes before
-    # logging is set up, and crashes.
+    # logging is set up, and crashes (which may quote what a client sent): as private as
+    # the log.
     out_path = os.path.join(log_dir, "cosftp.out")
     offsets = {path: _size(path) for path in (os.path.join(log_dir, LOG_FILE_NAME), out_path)}
-    with open(out_path, "ab") as out:
+    with open(os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE),
+              "ab") as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "cosftp_prefork.cli", "-c", config.path, "run",
              "--log-file-only"],

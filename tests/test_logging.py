@@ -1,0 +1,99 @@
+"""The log is evidence: what clients send cannot forge lines or reach a terminal raw, and
+the files holding it are not world-readable."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import socket
+import stat
+
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, wait_until
+
+FORGED = "2026-01-01 00:00:00,000 WARNING [1 worker 1] cosftp_prefork.ftp: FORGED-LINE"
+
+
+@pytest.fixture(scope="module", params=["DEBUG", "INFO"])
+def logged(request, emulator, tmp_path_factory):
+    """A server at each log level: at DEBUG pyftpdlib logs every command line, at INFO
+    its one-line summaries of file commands."""
+    proc = ServerProcess(str(tmp_path_factory.mktemp("logged")), emulator.port,
+                         [Account("reader", "reader-pw", ALPHA, "R")],
+                         optional={"max_login_failures": "0", "log_level": request.param})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def raw_session(server: ServerProcess, lines: list[bytes]) -> list[bytes]:
+    """Send ``lines`` (each ended by CRLF) one after the other; return the replies."""
+    replies = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        replies.append(reader.readline())
+        for line in lines:
+            sock.sendall(line + b"\r\n")
+            replies.append(reader.readline())
+    return replies
+
+
+def log_bytes(server: ServerProcess) -> bytes:
+    with open(os.path.join(server.log_dir, "cosftp.log"), "rb") as handle:
+        return handle.read()
+
+
+def test_a_bare_lf_in_user_cannot_forge_a_log_line(logged):
+    replies = raw_session(logged, [b"USER mallory\n" + FORGED.encode(), b"PASS guess"])
+    assert replies[-1].startswith(b"530"), replies
+    wait_until(lambda: b"FORGED-LINE" in log_bytes(logged), what="the failed login logged")
+    text = log_bytes(logged).decode("utf-8")
+    assert not [line for line in text.splitlines() if line.startswith(FORGED)]
+    assert "mallory\\n" + FORGED in text  # the attempt is still there, escaped
+
+
+def test_ansi_escapes_in_names_are_escaped(logged):
+    replies = raw_session(logged, [b"USER \x1b[31mred\x1b[0m", b"PASS guess"])
+    assert replies[-1].startswith(b"530"), replies
+    # Refused for want of permission (the account is read-only), logged with the path.
+    replies = raw_session(logged, [b"USER reader", b"PASS reader-pw",
+                                   b"DELE \x1b]0;owned\x07\x1b[2Jname", b"RNFR \x1b[5mblink",
+                                   "DELE \u009b31mc1".encode(), b"QUIT"])
+    assert replies[2].startswith(b"230") and replies[3].startswith(b"550"), replies
+    wait_until(lambda: b"blink" in log_bytes(logged) and b"2Jname" in log_bytes(logged),
+               what="the commands logged")
+    data = log_bytes(logged)
+    assert b"\x1b" not in data and b"\x07" not in data and "\x9b".encode() not in data
+    text = data.decode("utf-8")
+    assert "\\x1b[31mred" in text and "\\x1b]0;owned\\x07\\x1b[2Jname" in text
+    assert "\\x9b31mc1" in text
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_log_files_are_not_world_readable(emulator, tmp_path):
+    old_umask = os.umask(0o022)  # what most systems use: files would be 0644
+    try:
+        proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+        proc.write_config()
+        started = proc.ctl("start")
+    finally:
+        os.umask(old_umask)
+    master_pid = proc.daemon_pid()
+    try:
+        assert started.returncode == 0, started.stderr
+        log_file = os.path.join(proc.log_dir, "cosftp.log")
+        assert mode(log_file) == 0o640
+        assert mode(os.path.join(proc.log_dir, "cosftp.out")) == 0o640
+        os.rename(log_file, log_file + ".1")  # what logrotate does (without copytruncate)
+        with ftplib.FTP() as ftp:
+            ftp.connect("127.0.0.1", proc.port, timeout=30)
+            ftp.login("ops", "ops-pw")
+        wait_until(lambda: os.path.exists(log_file), what="the log file created again")
+        assert mode(log_file) == 0o640
+    finally:
+        proc.ensure_stopped(master_pid)
