@@ -174,6 +174,9 @@ class CosDTPHandler(DTPHandler):
             log.warning("%s path=%s: the data connection was reset; the upload is not "
                         "complete", self.cmd_channel.log_prefix_ctx(),
                         getattr(self.file_obj, "name", "-"))
+        if not self._closed and self.cmd is not None and not self.transfer_finished and \
+                self.cmd_channel.stats.stopping.is_set():
+            self._resp = ("426 Server shutting down; transfer aborted.", log.info)
         if not self._closed and self.receive and self.transfer_finished:
             self._commit_upload()
         if self._counted and not self._closed:
@@ -294,7 +297,17 @@ class CosFTPHandler(FTPHandler):
             self.stats.release(self.remote_ip)
         if not self._closed:
             self._drop_queued_upload()
+            if self.stats.stopping.is_set() and not self._closing:
+                self._say_goodbye()
         super().close()
+
+    def _say_goodbye(self) -> None:
+        """The worker is stopping: end a transfer in flight first (426; an upload is
+        parked) while this connection can still carry the reply, then send 421. Sent
+        without waiting: a client that does not read gets what fits in the socket."""
+        if self.data_channel is not None:
+            self.data_channel.close()
+        self.respond("421 Server shutting down; closing control connection.", logfun=log.info)
 
     _banned_now = False
 

@@ -5,8 +5,9 @@ session), the part-upload thread pool and pyftpdlib's IOLoop. Each session runs 
 thread (``ThreadedFTPServer``) so a slow COS call stalls only that session.
 
 Signals only set flags; the worker's loop acts on them within a second:
-TERM/INT stop now (transfers in flight are aborted, never half-written), QUIT drains (stop
-accepting, let sessions finish, at most ``graceful_timeout``), USR1 reopens the log file.
+TERM/INT stop now, QUIT drains (stop accepting, let sessions finish, at most
+``graceful_timeout``), USR1 reopens the log file. Sessions still open when the worker stops
+get ``426`` for a transfer in flight (an upload is parked, never half-written) and ``421``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class WorkerStats:
         self.started = time.time()
         self._server_cfg = config.server
         self._lock = threading.Lock()
+        # Set when the worker closes its remaining sessions: each then tells its client.
+        self.stopping = threading.Event()
         self.sessions = self.uploads = self.downloads = 0
         self.bytes_up = self.bytes_down = 0
         self.status = STARTING
@@ -275,6 +278,7 @@ class Worker:
             ioloop.sched.poll()
         if stats.sessions > 0:
             log.warning("worker %d closing %d sessions", self.index, stats.sessions)
+        stats.stopping.set()
         for server in servers:
             server.close_all()  # each joins its own session threads
 

@@ -6,8 +6,10 @@ import contextlib
 import ftplib
 import os
 import re
+import select
 import signal
 import socket
+import sys
 
 import psutil
 import pytest
@@ -416,3 +418,71 @@ def test_usr1_reopens_log_file(daemon):
     master_of(daemon).send_signal(signal.SIGUSR1)
     wait_until(lambda: os.path.exists(log_path) and "log files reopened" in daemon.log_text(),
                what="new log file")
+
+
+def _replies_after_data_closed(ftp: ftplib.FTP) -> list[str]:
+    """The replies the server sent on the control connection until it closed it."""
+    replies = []
+    try:
+        while True:
+            line = ftp.getline()
+            if not line:
+                return replies
+            replies.append(line)
+    except (EOFError, OSError):
+        return replies
+
+
+def _drain(conn: socket.socket) -> None:
+    """Read (a download) until the server closes the data connection."""
+    try:
+        while conn.recv(1024 * 1024):
+            pass
+    except OSError:
+        pass
+    conn.close()
+
+
+def _send_until_closed(conn: socket.socket) -> None:
+    """Keep uploading until the server closes the data connection."""
+    try:
+        while True:
+            conn.sendall(os.urandom(256 * 1024))
+    except OSError:
+        pass
+    conn.close()
+
+
+def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area):
+    """TERM (cosftpctl stop) parks the upload in flight, ends the download in flight with
+    426 and closes every control connection with 421, logged in or not."""
+    from .test_resume import is_parked
+    from .test_transfers import start_upload
+
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-big", Body=os.urandom(48 * MIB))
+    idle, fresh = login(daemon), ftplib.FTP()
+    fresh.connect("127.0.0.1", daemon.port, timeout=30)
+    downloader, uploader = login(daemon), login(daemon)
+    downloader.voidcmd("TYPE I")
+    download = downloader.transfercmd(f"RETR {area}-big")
+    assert download.recv(65536)  # then stops reading: the server's send buffer fills
+    upload = start_upload(uploader, cos, area, 3 * MIB)
+    stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+                             daemon.config_path, "stop"], cwd=daemon.workdir)
+    # The download's reply comes once the server gave up on it; only then read its data.
+    assert select.select([downloader.sock], [], [], 60)[0], "no reply to the download"
+    _drain(download)
+    _send_until_closed(upload)
+    replies = {name: _replies_after_data_closed(ftp) for name, ftp in
+               (("idle", idle), ("fresh", fresh), ("download", downloader),
+                ("upload", uploader))}
+    assert stopping.wait(60) == 0
+    for name in ("idle", "fresh"):
+        assert [r[:4] for r in replies[name]] == ["421 "], replies
+    for name in ("download", "upload"):
+        assert [r[:4] for r in replies[name]] == ["426 ", "421 "], replies
+    assert "shutting down" in replies["upload"][0]
+    assert is_parked(cos, area)
+    for ftp in (idle, fresh, downloader, uploader):
+        ftp.close()
