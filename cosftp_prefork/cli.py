@@ -31,8 +31,10 @@ STOP_TIMEOUT = 30.0
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 
 SIGNAL_HELP = """signals understood by the master:
-  TERM, INT  fast stop: close the listener, abort transfers (nothing half-written), exit
-  QUIT       graceful stop: stop accepting, let sessions finish (graceful_timeout), exit
+  TERM, INT  fast stop: close the listener; a transfer in flight ends with 426 (an upload
+             is parked for resume, nothing half-written), every client gets 421; exit
+  QUIT       graceful stop: stop accepting, let sessions finish (graceful_timeout, then
+             as TERM), exit
   HUP        reload the config file (an invalid file is refused, old config kept)
   USR1       reopen log files (logrotate)
   TTIN/TTOU  one worker more / less

@@ -288,7 +288,8 @@ class Master:
         return self._queue.popleft() if self._queue else None
 
     def handle_term(self) -> None:
-        """Fast stop: workers abort their transfers (no partial objects) and exit."""
+        """Fast stop: workers end their transfers (426; uploads are parked, no partial
+        objects), tell every client 421 and exit."""
         self._begin_stop(signal.SIGTERM, FAST_STOP_TIMEOUT)
 
     handle_int = handle_term

@@ -9,6 +9,7 @@ import re
 import select
 import signal
 import socket
+import subprocess
 import sys
 
 import psutil
@@ -17,7 +18,7 @@ import pytest
 from cosftp_prefork.shared import SharedState, state_path
 
 from .conftest import ALPHA, _close
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_commands import get, put
 
 MIB = 1024 * 1024
@@ -453,9 +454,22 @@ def _send_until_closed(conn: socket.socket) -> None:
     conn.close()
 
 
-def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area):
-    """TERM (cosftpctl stop) parks the upload in flight, ends the download in flight with
-    426 and closes every control connection with 421, logged in or not."""
+def test_help_and_readme_say_what_term_does():
+    """TERM parks uploads (as the guarantees say), it does not abort them."""
+    shown = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    term = next(line for line in shown.splitlines() if line.strip().startswith("TERM"))
+    assert "426" in term and "parked" in shown and "abort" not in term
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        row = next(line for line in handle if line.startswith("| TERM"))
+    assert "parked" in row and "`426`" in row and "`421`" in row and "abort" not in row
+
+
+@pytest.mark.parametrize("how", ["stop", "kill -9 master"])
+def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area, how):
+    """TERM (cosftpctl stop), and a master killed with -9 (its workers get TERM), park the
+    upload in flight, end the download in flight with 426 and close every control
+    connection with 421, logged in or not."""
     from .test_resume import is_parked
     from .test_transfers import start_upload
 
@@ -468,8 +482,13 @@ def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area):
     download = downloader.transfercmd(f"RETR {area}-big")
     assert download.recv(65536)  # then stops reading: the server's send buffer fills
     upload = start_upload(uploader, cos, area, 3 * MIB)
-    stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
-                             daemon.config_path, "stop"], cwd=daemon.workdir)
+    master = master_of(daemon)
+    workers = live_children(master)
+    if how == "stop":
+        stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+                                 daemon.config_path, "stop"], cwd=daemon.workdir)
+    else:
+        master.kill()
     # The download's reply comes once the server gave up on it; only then read its data.
     assert select.select([downloader.sock], [], [], 60)[0], "no reply to the download"
     _drain(download)
@@ -477,7 +496,9 @@ def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area):
     replies = {name: _replies_after_data_closed(ftp) for name, ftp in
                (("idle", idle), ("fresh", fresh), ("download", downloader),
                 ("upload", uploader))}
-    assert stopping.wait(60) == 0
+    if how == "stop":
+        assert stopping.wait(60) == 0
+    assert not psutil.wait_procs(workers, timeout=60)[1], "workers still running"
     for name in ("idle", "fresh"):
         assert [r[:4] for r in replies[name]] == ["421 "], replies
     for name in ("download", "upload"):
