@@ -7,6 +7,7 @@ import ftplib
 import os
 import socket
 import stat
+import sys
 
 import pytest
 
@@ -97,3 +98,22 @@ def test_log_files_are_not_world_readable(emulator, tmp_path):
         assert mode(log_file) == 0o640
     finally:
         proc.ensure_stopped(master_pid)
+
+
+def test_tracebacks_keep_their_lines_but_cannot_forge_one():
+    """Pure logic: an exception message (which may quote a path) inside a traceback."""
+    import logging
+
+    from cosftp_prefork.log import EscapingFormatter
+
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    try:
+        raise ValueError("bad path /a\n" + FORGED + "\x1b[2J")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed: %s", ("x\ry",),
+                                   exc_info=sys.exc_info())
+    lines = formatter.format(record).split("\n")
+    assert lines[0] == "ERROR failed: x\\ry"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert all(line.startswith("\t") for line in lines[2:]), lines
+    assert lines[-2:] == ["\tValueError: bad path /a", f"\t{FORGED}\\x1b[2J"]
