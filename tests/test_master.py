@@ -19,6 +19,7 @@ from cosftp_prefork.shared import SharedState, state_path
 
 from .conftest import ALPHA, _close
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .test_auth import BAD_HASHES
 from .test_commands import get, put
 
 MIB = 1024 * 1024
@@ -231,6 +232,21 @@ def test_reload_with_broken_config_keeps_serving(daemon):
     wait_until(lambda: "reload failed" in daemon.log_text(), what="reload failure logged")
     assert state_of(daemon).master().generation == 1
     _close(login(daemon))
+
+
+def test_reload_refuses_unusable_hashes_and_keeps_the_old_password(daemon):
+    for name in ("n-not-power-of-two", "over-64-mib"):
+        with open(daemon.config_path, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(daemon.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text.replace("ftp_login_user_password = ops-pw",
+                                      f"ftp_login_user_password = {BAD_HASHES[name]}"))
+        done = daemon.ctl("reload")
+        assert done.returncode != 0, name
+        assert "[COS_ACCOUNT_0] ftp_login_user_password: is not a usable scrypt" in done.stderr
+        with open(daemon.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    _close(daemon.login("ops", "ops-pw"))
 
 
 def test_reload_rolls_back_when_new_workers_cannot_start(daemon):
