@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import select
 import socket
@@ -13,7 +14,6 @@ from typing import Optional
 from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
-from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.utils import strerror
 
@@ -22,6 +22,7 @@ from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext, Unstorable
+from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .passwords import PasswordChecker
 from .paths import new_name_key
 from .storage import BucketRegistry
@@ -30,6 +31,8 @@ from .uploader import UploadInterrupted
 log = logging.getLogger(__name__)
 
 NAMING_COMMANDS = ("STOR", "APPE", "MKD", "XMKD", "RNTO")
+TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
+NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
@@ -230,24 +233,6 @@ class CosDTPHandler(DTPHandler):
             super().handle_error()
 
 
-class PassiveRangeExhausted(OSError):
-    """Every port of passive_port is taken."""
-
-
-class CosPassiveDTP(PassiveDTP):
-    """Passive listener that stays inside ``passive_port``.
-
-    pyftpdlib falls back to a kernel-chosen port when the range is exhausted; behind a
-    firewall that opens only the range, the client would then hang. Refuse instead.
-    """
-
-    def bind(self, addr) -> None:
-        if addr[1] == 0 and self.cmd_channel.passive_ports is not None:
-            self.close()
-            raise PassiveRangeExhausted(errno.EADDRINUSE, "no free passive port")
-        super().bind(addr)
-
-
 def _reading_command(syntax: str) -> dict:
     """A pyftpdlib command table entry for a command on a file that needs read permission."""
     return {"perm": "r", "auth": True, "arg": True, "help": f"Syntax: {syntax}."}
@@ -367,6 +352,11 @@ class CosFTPHandler(FTPHandler):
             except InvalidPath as exc:
                 self.respond(f"553 {exc.strerror}.")
                 return
+        if cmd in TRANSFER_COMMANDS:
+            refusal = self._claim_data_connection()
+            if refusal is not None:
+                self.respond(refusal)
+                return
         try:
             super().process_command(cmd, *args, **kwargs)
         except Unstorable as exc:
@@ -377,8 +367,21 @@ class CosFTPHandler(FTPHandler):
             self.respond("451 Requested action aborted: storage error "
                          f"({exc.cause.code or 'COS'}); try again.")
 
+    def _claim_data_connection(self) -> Optional[str]:
+        """Return the reply refusing a transfer command for want of a trustworthy data
+        connection (see ``passive``), or None to go on."""
+        if isinstance(self._dtp_acceptor, CosPassiveDTP):
+            return self._dtp_acceptor.claim()
+        if self.data_channel is None and self._dtp_connector is None:
+            return NO_DATA_CONNECTION
+        return None
+
     def _make_epasv(self, extmode: bool = False) -> None:
         self._drop_queued_upload()
+        local_ip = self.socket.getsockname()[0]
+        if not extmode and ":" in local_ip and not local_ip.startswith("::ffff:"):
+            self.respond("425 PASV can only announce an IPv4 address; use EPSV.")
+            return
         try:
             super()._make_epasv(extmode)
         except PassiveRangeExhausted:
@@ -421,7 +424,12 @@ class CosFTPHandler(FTPHandler):
         super().ftp_ABOR(line)
 
     def _make_eport(self, ip: str, port: int) -> None:
+        """EPRT may spell an IPv6 address in any of its forms: compare the canonical one."""
         self._drop_queued_upload()
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(ip)
+            if address.version == 6 and address.ipv4_mapped is None:
+                ip = str(address)
         super()._make_eport(ip, port)
 
     def flush_account(self) -> None:
