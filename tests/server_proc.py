@@ -117,12 +117,19 @@ class ServerProcess:
         wait_until(self._serving, what=f"server on port {self.port} ({self.output()})")
         return self
 
+    @property
+    def host(self) -> str:
+        """The address to reach the server at: the first ``listen_address`` (loopback for
+        a wildcard)."""
+        first = self.network.get("listen_address", "127.0.0.1").split(",")[0].strip()
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(first, first)
+
     def _serving(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"server exited early: {self.output()}")
         try:
             with ftplib.FTP() as ftp:
-                ftp.connect("127.0.0.1", self.port, timeout=2)
+                ftp.connect(self.host, self.port, timeout=2)
             return True
         except (OSError, EOFError, ftplib.Error):
             return False
@@ -167,9 +174,10 @@ class ServerProcess:
         except (OSError, ValueError):
             return None
 
-    def login(self, user: str, password: str, timeout: float = 30) -> ftplib.FTP:
+    def login(self, user: str, password: str, timeout: float = 30,
+              host: Optional[str] = None) -> ftplib.FTP:
         ftp = ftplib.FTP(encoding="utf-8")
-        ftp.connect("127.0.0.1", self.port, timeout=timeout)
+        ftp.connect(host or self.host, self.port, timeout=timeout)
         ftp.login(user, password)
         return ftp
 
