@@ -74,7 +74,7 @@ class AccountConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    listen_address: str = "0.0.0.0"
+    listen_addresses: tuple[str, ...] = ("0.0.0.0",)
     listen_port: int = 2121
     masquerade_address: Optional[str] = None
     passive_ports: tuple[int, int] = (60000, 65535)
@@ -188,6 +188,21 @@ def _ip_address(raw: str) -> str:
         raise ValueError(f"must be an IP address, got {raw!r}") from None
 
 
+def _ip_addresses(raw: str) -> tuple[str, ...]:
+    """One address or several, comma-separated (``0.0.0.0, ::`` for dual stack). A wildcard
+    already covers every address of its family, so it cannot be listed with one of them;
+    ``::`` alone also serves IPv4, listed with IPv4 addresses it serves IPv6 only."""
+    addresses = tuple(_ip_address(part.strip()) for part in raw.split(","))
+    for address in addresses:
+        if addresses.count(address) > 1:
+            raise ValueError(f"lists {address} twice")
+        family = ipaddress.ip_address(address).version
+        wildcard = "0.0.0.0" if family == 4 else "::"
+        if address != wildcard and wildcard in addresses:
+            raise ValueError(f"{wildcard} already covers {address}; list one of them")
+    return addresses
+
+
 def _host(raw: str) -> str:
     try:
         return str(ipaddress.ip_address(raw))
@@ -260,7 +275,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(ACCOUNT_PREFIX, "require_existing_dir", _boolean, False,
             "refuse (550) STOR, APPE and RNTO into a directory that does not exist"),
     Setting("NETWORK", "masquerade_address", _host, None, "address announced in PASV"),
-    Setting("NETWORK", "listen_address", _ip_address, "0.0.0.0", "address to listen on"),
+    Setting("NETWORK", "listen_address", _ip_addresses, ("0.0.0.0",),
+            "address(es) to listen on, comma-separated; :: = IPv6 and IPv4"),
     Setting("NETWORK", "listen_port", _integer(0, 65535), 2121, "FTP control port"),
     Setting("NETWORK", "passive_port", _port_range, (60000, 65535), "passive data ports"),
     Setting("NETWORK", "tls_certfile", _path, None,

@@ -57,11 +57,15 @@ EXIT_CRASH_LOOP = 1
 EXIT_CANNOT_START = 1
 
 
-def bind_listener(address: str, port: int, backlog: int = 128) -> socket.socket:
-    """Return a listening TCP socket on ``address:port`` (IPv4 or IPv6)."""
+def bind_listener(address: str, port: int, backlog: int = 128,
+                  v6only: bool = False) -> socket.socket:
+    """Return a listening TCP socket on ``address:port`` (IPv4 or IPv6; an IPv6 one also
+    takes IPv4 connections unless ``v6only``, whatever the system default)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
     try:
         sock.bind((address, port))
         sock.listen(backlog)
@@ -73,14 +77,14 @@ def bind_listener(address: str, port: int, backlog: int = 128) -> socket.socket:
 
 @dataclass
 class Listeners:
-    """The listening sockets of one configuration: the FTP port (plain, and AUTH TLS when
-    TLS is configured) and the implicit FTPS port."""
+    """The listening sockets of one configuration, one per ``listen_address``: the FTP
+    port (plain, and AUTH TLS when TLS is configured) and the implicit FTPS port."""
 
-    ftp: socket.socket
-    implicit_tls: Optional[socket.socket] = None
+    ftp: tuple[socket.socket, ...]
+    implicit_tls: tuple[socket.socket, ...] = ()
 
     def sockets(self) -> list[socket.socket]:
-        return [sock for sock in (self.ftp, self.implicit_tls) if sock is not None]
+        return [*self.ftp, *self.implicit_tls]
 
     def close(self, keep: Optional[Listeners] = None) -> None:
         """Close every socket that ``keep`` does not also use."""
@@ -91,46 +95,62 @@ class Listeners:
 
     def ports(self) -> tuple[int, int]:
         """Return the FTP port and the implicit FTPS port (0: none)."""
-        implicit = self.implicit_tls.getsockname()[1] if self.implicit_tls else 0
-        return self.ftp.getsockname()[1], implicit
+        implicit = self.implicit_tls[0].getsockname()[1] if self.implicit_tls else 0
+        return self.ftp[0].getsockname()[1], implicit
 
     def describe(self) -> str:
-        """``address:port`` of each listener, the implicit FTPS one marked."""
-        parts = [_address(self.ftp)]
-        if self.implicit_tls is not None:
-            parts.append(f"{_address(self.implicit_tls)} (implicit FTPS)")
+        """``address:port`` of each listener, the implicit FTPS ones marked."""
+        parts = [_address(sock) for sock in self.ftp]
+        parts += [f"{_address(sock)} (implicit FTPS)" for sock in self.implicit_tls]
         return ", ".join(parts)
 
 
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def bind_listeners(network: NetworkConfig, current: Optional[Listeners] = None) -> Listeners:
     """Return the listeners ``network`` asks for, reusing those of ``current`` that already
     listen where wanted. Raises ``OSError`` (having closed what it bound) if one cannot bind."""
-    ftp = _reuse_or_bind(network.listen_address, network.listen_port,
-                         current.ftp if current else None)
-    implicit = None
-    if network.implicit_tls_port:
-        try:
-            implicit = _reuse_or_bind(network.listen_address, network.implicit_tls_port,
-                                      current.implicit_tls if current else None)
-        except OSError:
-            if current is None or ftp is not current.ftp:
-                ftp.close()
-            raise
+    # "::" listed with IPv4 addresses must leave IPv4 to them.
+    v6only = any(":" not in address for address in network.listen_addresses)
+    kept = current.sockets() if current else []
+    bound: list[socket.socket] = []
+    try:
+        ftp = _bind_all(network.listen_addresses, network.listen_port,
+                        current.ftp if current else (), v6only, bound)
+        implicit = _bind_all(network.listen_addresses, network.implicit_tls_port,
+                             current.implicit_tls if current else (), v6only, bound) \
+            if network.implicit_tls_port else ()
+    except OSError:
+        for sock in bound:
+            if not any(sock is other for other in kept):
+                sock.close()
+        raise
     return Listeners(ftp, implicit)
 
 
-def _reuse_or_bind(address: str, port: int, sock: Optional[socket.socket]) -> socket.socket:
-    """Return ``sock`` if it listens on ``address:port`` (port 0: any), else a new listener."""
-    if sock is not None:
+def _bind_all(addresses: tuple[str, ...], port: int, current: tuple[socket.socket, ...],
+              v6only: bool, bound: list[socket.socket]) -> tuple[socket.socket, ...]:
+    """One listener per address on ``port`` (0: the port the first one gets), appended to
+    ``bound`` as they are made."""
+    for address in addresses:
+        sock = _reuse_or_bind(address, port, current, v6only)
+        bound.append(sock)
+        port = port or sock.getsockname()[1]
+    return tuple(bound[-len(addresses):])
+
+
+def _reuse_or_bind(address: str, port: int, current: tuple[socket.socket, ...],
+                   v6only: bool) -> socket.socket:
+    """Return the socket of ``current`` that listens on ``address:port`` (port 0: any),
+    else a new listener."""
+    for sock in current:
         host, actual = sock.getsockname()[:2]
         if host == address and port in (0, actual):
             return sock
-    return bind_listener(address, port)
+    return bind_listener(address, port, v6only=v6only)
 
 
 def write_pid_file(path: str, pid: int) -> None:

@@ -140,8 +140,8 @@ class BalancedFTPServer(ThreadedFTPServer):
 
     def describe(self) -> str:
         """``address:port (kind)``, for the log."""
-        host, port = self.address
-        return f"{host}:{port} ({self.kind})"
+        host, port = self.address[:2]
+        return f"[{host}]:{port} ({self.kind})" if ":" in host else f"{host}:{port} ({self.kind})"
 
     def handle_accepted(self, sock, addr):
         handler = super().handle_accepted(sock, addr)
@@ -168,11 +168,11 @@ class Worker:
     """A worker's life: boot, serve, drain or stop."""
 
     def __init__(self, index: int, generation: int, slot: int, config: Config,
-                 sock: socket.socket, state: SharedState, master_pid: int,
-                 foreground: bool, implicit_tls_sock: Optional[socket.socket] = None) -> None:
+                 socks: tuple[socket.socket, ...], state: SharedState, master_pid: int,
+                 foreground: bool, implicit_tls_socks: tuple[socket.socket, ...] = ()) -> None:
         self.index, self.generation, self.slot = index, generation, slot
-        self.config, self.sock, self.state = config, sock, state
-        self.implicit_tls_sock = implicit_tls_sock
+        self.config, self.socks, self.state = config, socks, state
+        self.implicit_tls_socks = implicit_tls_socks
         self.master_pid, self.foreground = master_pid, foreground
         self._stop = self._drain = self._reopen = False
         self._title = ""
@@ -235,15 +235,15 @@ class Worker:
                  retrier: AbortRetrier, stats: WorkerStats,
                  masquerade: Optional[str]) -> list[BalancedFTPServer]:
         """Return one server per listening socket, all on one IOLoop: the FTP port (also
-        taking AUTH TLS when TLS is configured) and the implicit FTPS port, if any."""
+        taking AUTH TLS when TLS is configured) and the implicit FTPS port, if any, on each
+        listen address."""
         args = (self.config, buckets, executor, retrier, stats, masquerade)
         if self.config.network.tls is None:
-            listeners = [(self.sock, configure_handler(*args), "FTP")]
+            listeners = [(sock, configure_handler(*args), "FTP") for sock in self.socks]
         else:
             explicit, implicit = configure_tls_handlers(*args)
-            listeners = [(self.sock, explicit, "FTP, AUTH TLS")]
-            if self.implicit_tls_sock is not None:
-                listeners.append((self.implicit_tls_sock, implicit, "implicit FTPS"))
+            listeners = [(sock, explicit, "FTP, AUTH TLS") for sock in self.socks]
+            listeners += [(sock, implicit, "implicit FTPS") for sock in self.implicit_tls_socks]
         ioloop = IOLoop.instance()
         servers = []
         for sock, handler, kind in listeners:

@@ -179,7 +179,7 @@ def test_old_v5_example_parses(tmp_path, monkeypatch):
             second.delete_enable) == ("user1", "R", True, False, False)
     assert (third.user, third.bucket, third.region, third.can_read, third.can_write) == \
         ("user2", "backup-1250000001", "ap-shanghai", False, True)
-    assert config.network == NetworkConfig("0.0.0.0", 2121, "203.0.113.7", (60000, 65535))
+    assert config.network == NetworkConfig(("0.0.0.0",), 2121, "203.0.113.7", (60000, 65535))
     assert config.transfer.single_file_max_size == 214748364800
     assert config.transfer.min_part_size == 2 * MIB
     assert config.transfer.upload_thread_num >= 1
@@ -208,7 +208,7 @@ def test_defaults_for_every_missing_option(tmp_path, monkeypatch):
     assert (account.protocol, account.endpoint, account.cos_ip, account.cos_port) == \
         ("https", None, None, None)
     assert (account.delete_enable, account.anonymous_enable) == (True, False)
-    assert config.network == NetworkConfig("0.0.0.0", 2121, None, (60000, 65535))
+    assert config.network == NetworkConfig(("0.0.0.0",), 2121, None, (60000, 65535))
     assert config.transfer.single_file_max_size == 200 * GIB
     assert config.transfer.min_part_size == 2 * MIB
     assert 1 <= config.transfer.upload_thread_num <= 32
@@ -257,7 +257,8 @@ def test_explicit_values_override_defaults():
     config = parse_config(text, "x.conf", {})
     account = config.accounts[0]
     assert (account.protocol, account.cos_ip, account.cos_port) == ("http", "10.0.0.1", 8080)
-    assert config.network == NetworkConfig("127.0.0.1", 2121, "ftp.example.com", (30000, 30010))
+    assert config.network == NetworkConfig(("127.0.0.1",), 2121, "ftp.example.com",
+                                           (30000, 30010))
     assert config.transfer.min_part_size == 8 * MIB
     assert config.server.log_level == "WARNING"
 
@@ -348,6 +349,10 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("NETWORK", "listen_port", "-1", "between 0 and 65535"),
     _bad("NETWORK", "listen_port", "ftp", "integer"),
     _bad("NETWORK", "listen_address", "not-an-ip", "IP address"),
+    _bad("NETWORK", "listen_address", "127.0.0.1, ", "IP address"),
+    _bad("NETWORK", "listen_address", "::1, ::1", "lists ::1 twice"),
+    _bad("NETWORK", "listen_address", "0.0.0.0, 127.0.0.1", "0.0.0.0 already covers 127.0.0.1"),
+    _bad("NETWORK", "listen_address", ":: , ::1", ":: already covers ::1"),
     _bad("NETWORK", "masquerade_address", "999.1.1.1", "IP address or host name"),
     _bad("FILE_OPTION", "single_file_max_size", "big", "integer"),
     _bad("FILE_OPTION", "single_file_max_size", "200G", "integer"),
@@ -390,6 +395,17 @@ def test_boundary_values_are_accepted(section, option, value):
 def test_good_bucket_forms(bucket):
     text = set_option(MINIMAL, "COS_ACCOUNT_0", "cos_bucket", bucket)
     assert parse_config(text, "b.conf", {}).accounts[0].bucket == bucket
+
+
+@pytest.mark.parametrize(("value", "addresses"), [
+    ("::", ("::",)),
+    ("0.0.0.0, ::", ("0.0.0.0", "::")),
+    ("127.0.0.1,::1", ("127.0.0.1", "::1")),
+    ("0:0:0:0:0:0:0:1", ("::1",)),
+])
+def test_listen_address_takes_one_or_more_addresses(value, addresses):
+    text = set_option(MINIMAL, "NETWORK", "listen_address", value)
+    assert parse_config(text, "l.conf", {}).network.listen_addresses == addresses
 
 
 def test_endpoint_replaces_region():

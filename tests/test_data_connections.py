@@ -243,7 +243,7 @@ def _round_trips(ftp: ftplib.FTP, area: str, passive: bool) -> None:
 
 
 @needs_ipv6
-@pytest.mark.parametrize("listen", ["::1", "::", "127.0.0.1, ::1"])
+@pytest.mark.parametrize("listen", ["::1", "::", "127.0.0.1, ::1", "0.0.0.0, ::"])
 def test_ipv6_and_dual_stack_listeners_serve_transfers(emulator, tmp_path, area, listen):
     proc = ServerProcess(str(tmp_path), emulator.port, [ACCOUNT],
                          optional={"worker_processes": "1"},
