@@ -284,6 +284,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETWORK", "tls_keyfile", _path, None, "PEM private key; default: tls_certfile"),
     Setting("NETWORK", "implicit_tls_port", _integer(0, 65535), 0,
             "implicit FTPS port (TLS from the first byte); 0 = none"),
+    Setting("NETWORK", "require_ssl_reuse", _boolean, False,
+            "TLS data connections must resume the control connection's TLS session"),
     Setting("FILE_OPTION", "single_file_max_size",
             _integer(1, MAX_PARTS * MAX_PART_SIZE, _BYTES),
             200 * GIB, "largest file accepted, in bytes"),
@@ -437,9 +439,12 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
 def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]) -> NetworkConfig:
     """Build ``[NETWORK]``, loading the TLS certificate and key when they are configured;
     TLS options that need a certificate raise ``ConfigError`` without one."""
-    tls = _server_tls(reader, net["tls_certfile"], net["tls_keyfile"])
+    tls = _server_tls(reader, net["tls_certfile"], net["tls_keyfile"],
+                      net["require_ssl_reuse"])
     implicit_port = net["implicit_tls_port"]
     if tls is None:
+        if net["require_ssl_reuse"]:
+            raise reader.error("needs tls_certfile", "NETWORK", "require_ssl_reuse")
         needing = next((a.section for a in accounts if a.tls_required), None)
         if needing is not None:
             raise reader.error("needs [NETWORK] tls_certfile", needing, "tls_required")
@@ -452,15 +457,15 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
                          net["passive_port"], implicit_port, tls)
 
 
-def _server_tls(reader: _Reader, certfile: Optional[str],
-                keyfile: Optional[str]) -> Optional[ServerTLS]:
+def _server_tls(reader: _Reader, certfile: Optional[str], keyfile: Optional[str],
+                require_reuse: bool) -> Optional[ServerTLS]:
     """Return the loaded certificate and key (None: TLS off); raises ``ConfigError``."""
     if certfile is None:
         if keyfile is not None:
             raise reader.error("needs tls_certfile", "NETWORK", "tls_keyfile")
         return None
     try:
-        tls = load_server_tls(certfile, keyfile)
+        tls = load_server_tls(certfile, keyfile, require_reuse)
     except TLSFileError as exc:
         raise reader.error(exc.problem, "NETWORK", exc.option) from None
     warning = tls.validity_warning()

@@ -28,6 +28,8 @@ DATA_SETUP_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
 REFUSE_PLAIN_LOGIN = "530 This account requires TLS: send AUTH TLS before USER."
 REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send PROT P first."
 REFUSE_PROT_C = "534 This account may not use clear data connections."
+REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
+                        "connection (require_ssl_reuse); transfer aborted.")
 
 
 class _TLSData(TLS_DTPHandler):
@@ -60,6 +62,23 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
     def secure_connection(self, ssl_context: SSL.Context) -> None:
         """Use the data connections' context (TLS 1.2, see ``tls.ServerTLS``)."""
         super().secure_connection(self.cmd_channel.config.network.tls.data_context)
+
+    def handle_ssl_established(self) -> None:
+        """Under ``require_ssl_reuse``, end a data connection that did not resume the
+        control connection's session: another program on the client's address (or a
+        client that cannot reuse sessions) made it. A resumed TLS 1.2 session keeps its
+        master secret; a full handshake makes a fresh one."""
+        super().handle_ssl_established()
+        if not self.cmd_channel.config.network.tls.require_reuse:
+            return
+        if self.socket.master_key() == self.cmd_channel.socket.master_key():
+            return
+        log.warning("%s: refused a TLS data connection that does not resume the control "
+                    "connection's session (require_ssl_reuse)",
+                    self.cmd_channel.log_prefix_ctx())
+        self.transfer_finished = False
+        self._resp = (REFUSE_FRESH_SESSION, log.debug)
+        self.close()
 
     def close(self) -> None:
         """Decide commit or abort and count the transfer once, at the first call.

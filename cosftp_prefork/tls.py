@@ -48,6 +48,7 @@ class ServerTLS:
     context: SSL.Context = field(compare=False)
     data_context: SSL.Context = field(compare=False)
     certificate: x509.Certificate = field(compare=False)
+    require_reuse: bool = False
 
     @property
     def subject(self) -> str:
@@ -66,9 +67,11 @@ class ServerTLS:
         return None
 
 
-def load_server_tls(certfile: str, keyfile: Optional[str] = None) -> ServerTLS:
+def load_server_tls(certfile: str, keyfile: Optional[str] = None,
+                    require_reuse: bool = False) -> ServerTLS:
     """Return the server contexts holding the certificate chain in ``certfile`` and the
-    private key in ``keyfile`` (default: ``certfile``, which may hold both).
+    private key in ``keyfile`` (default: ``certfile``, which may hold both); see
+    ``ServerTLS`` for ``require_reuse``.
 
     Raises ``TLSFileError`` if a file cannot be read, holds no PEM certificate or unencrypted
     PEM key, or the key does not belong to the certificate.
@@ -83,7 +86,10 @@ def load_server_tls(certfile: str, keyfile: Optional[str] = None) -> ServerTLS:
         raise TLSFileError(key_option, f"the private key in {keyfile or certfile} does not "
                            f"belong to the certificate in {certfile}") from None
     data.set_max_proto_version(SSL.TLS1_2_VERSION)
-    return ServerTLS(certfile, control, data, chain[0])
+    if require_reuse:
+        data.set_session_id(b"cosftp-prefork")
+        control = data
+    return ServerTLS(certfile, control, data, chain[0], require_reuse)
 
 
 def _context(chain: list[x509.Certificate], key: PrivateKeyTypes) -> SSL.Context:

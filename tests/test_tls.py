@@ -407,6 +407,7 @@ def test_file_without_key_is_refused(certs):
     ("", "tls_required = true", "[COS_ACCOUNT_0] tls_required: needs [NETWORK] tls_certfile"),
     ("implicit_tls_port = 990", "", "[NETWORK] implicit_tls_port: needs tls_certfile"),
     ("tls_keyfile = /k.pem", "", "[NETWORK] tls_keyfile: needs tls_certfile"),
+    ("require_ssl_reuse = true", "", "[NETWORK] require_ssl_reuse: needs tls_certfile"),
 ])
 def test_tls_options_need_a_certificate(network, account, where):
     assert where in config_error(network, account)
@@ -494,3 +495,111 @@ def test_reload_moves_the_implicit_port(emulator, tmp_path, certs):
         wait_until(lambda: _refused(old_port), what="old implicit port closed")
         assert f"implicit FTPS port {new_port}" in proc.ctl("status").stdout
 
+
+
+# --- require_ssl_reuse: a data connection must resume the control connection's session
+
+
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    """ftplib starts every data connection with a fresh TLS session; curl, lftp and
+    FileZilla resume the control connection's session, as this subclass does."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+
+
+@pytest.fixture(scope="module")
+def reuse_server(emulator, tmp_path_factory, certs):
+    proc = ServerProcess(str(tmp_path_factory.mktemp("reuse")), emulator.port, [PLAIN, SECURE],
+                         network={**tls_network(*certs), "require_ssl_reuse": "true"})
+    with proc:
+        yield proc
+
+
+def reuse_login(server: ServerProcess, account: Account = SECURE,
+                cls: type = ReusingFTP_TLS) -> ftplib.FTP_TLS:
+    ftp = cls(context=client_context(), encoding="utf-8")
+    ftp.connect("127.0.0.1", server.port, timeout=30)
+    ftp.login(account.user, account.password)
+    ftp.prot_p()
+    return ftp
+
+
+def test_reuse_required_refuses_a_fresh_tls_session(reuse_server, area, cos):
+    """Python's ftplib starts each data connection with a fresh session: refused with 522,
+    and nothing is stored, sent or listed."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}_r", Body=b"secret")
+    ftp = reuse_login(reuse_server, cls=ftplib.FTP_TLS)
+    ftp.voidcmd("TYPE I")
+    for command in (f"STOR {area}", f"RETR {area}_r", "NLST"):
+        received = b""
+        with contextlib.suppress(OSError, ssl.SSLError), ftp.transfercmd(command) as conn:
+            if command.startswith("STOR"):
+                conn.sendall(b"fresh session")
+            while chunk := conn.recv(65536):
+                received += chunk
+        assert received == b""
+        with pytest.raises(ftplib.error_perm, match=r"522 .*require_ssl_reuse"):
+            ftp.voidresp()
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert ftp.voidcmd("NOOP").startswith("200")
+    _close(ftp)
+
+
+def test_reuse_required_serves_a_client_that_resumes(reuse_server, area):
+    ftp = reuse_login(reuse_server)
+    assert ftp.sock.version() == "TLSv1.2"  # a TLS 1.3 session cannot be resumed by 1.2
+    data = os.urandom(MIB + 9)
+    assert put(ftp, area, data).startswith("226")
+    assert get(ftp, area) == data
+    assert area in ftp.nlst()
+    _close(ftp)
+
+
+def test_reuse_required_refuses_another_sessions_tls_session(reuse_server, area, cos):
+    """An attacker on the victim's address who connects first to the victim's passive
+    port (the victim sent STOR before connecting) brings its own TLS session: refused."""
+    victim = reuse_login(reuse_server)
+    attacker = reuse_login(reuse_server)
+    victim.voidcmd("TYPE I")
+    host, port = victim.makepasv()
+    victim.putcmd(f"STOR {area}")
+    assert victim.getline().startswith("150")
+    raw = socket.create_connection((host, port), timeout=10)
+    with contextlib.suppress(OSError, ssl.SSLError):
+        conn = attacker.context.wrap_socket(raw, server_hostname="127.0.0.1",
+                                            session=attacker.sock.session)
+        conn.sendall(b"EVIL")
+        conn.close()
+    reply = victim.getline()
+    assert reply.startswith("522"), reply
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert victim.voidcmd("NOOP").startswith("200")
+    for ftp in (victim, attacker):
+        _close(ftp)
+
+
+def test_reuse_required_with_curl_and_lftp(reuse_server, tmp_path, area):
+    """curl (OpenSSL) and lftp (GnuTLS) resume the control session on data connections."""
+    refusals = reuse_server.log_text().count("refused a TLS data connection")
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(MIB + 77))
+    curl(reuse_server, f"{area}/c.bin", "--ftp-create-dirs", "-T", str(src))
+    out = tmp_path / "down.bin"
+    curl(reuse_server, f"{area}/c.bin", "-o", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    assert curl(reuse_server, f"{area}/", "--list-only").split() == ["c.bin"]
+    back = tmp_path / "back.bin"
+    settings = ("set cmd:fail-exit true; set net:max-retries 1; set ftp:passive-mode true; "
+                "set ftp:ssl-force true; set ftp:ssl-protect-data true; "
+                "set ssl:verify-certificate no;")
+    run([require("lftp"), "-u", f"{SECURE.user},{SECURE.password}", "-p",
+         str(reuse_server.port), "-e",
+         f'{settings} cd {area}; put "{src}" -o l.bin; get l.bin -o "{back}"; ls; bye',
+         "127.0.0.1"])
+    assert back.read_bytes() == src.read_bytes()
+    assert reuse_server.log_text().count("refused a TLS data connection") == refusals
