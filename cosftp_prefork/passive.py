@@ -11,7 +11,8 @@ transfer is refused with 425, nothing is read or sent). Connections from other a
 closed quietly. Once the transfer takes its connection the port is closed.
 
 What remains: a client that sends the transfer command before connecting gives an attacker
-on its own address the window between the 150 reply and its connect.
+on its own address the window between the 150 reply and its connect (``require_ssl_reuse``
+closes it for TLS data connections, see ``ftps``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class CosPassiveDTP(PassiveDTP):
 
     state = Passive.CLOSED
     port = 0
+    foreign = 0  # connections from other addresses, closed (logged once per listener)
 
     def __init__(self, cmd_channel, extmode: bool = False) -> None:
         # pyftpdlib's constructor binds port 0 to learn the family on an IPv6 listener and
@@ -118,7 +120,9 @@ class CosPassiveDTP(PassiveDTP):
             self.close()
         elif addr[0] != self.cmd_channel.remote_ip:
             sock.close()
-            self._warn("closed a data connection from the foreign address %s", addr[0])
+            self.foreign += 1
+            if self.foreign == 1:
+                self._warn("closed a data connection from the foreign address %s", addr[0])
         elif self.state is Passive.HOLDING:
             sock.close()
             self._contest()
@@ -137,6 +141,8 @@ class CosPassiveDTP(PassiveDTP):
         """Called by a transfer command: return the reply refusing it, or None once the
         held connection is the session's data channel (or the next one will be)."""
         self._accept_pending()
+        log.debug("%s port=%d: transfer command while %s", self.cmd_channel.log_prefix_ctx(),
+                  self.port, self.state.name)
         if self.state is Passive.CONTESTED:
             self.cmd_channel._dtp_acceptor = None
             return CONTESTED_REPLY
@@ -172,6 +178,9 @@ class CosPassiveDTP(PassiveDTP):
             super().handle_timeout()
 
     def close(self) -> None:
+        if self.foreign > 1 and self.state is not Passive.CLOSED:
+            self._warn("closed %d data connections from foreign addresses in all",
+                       self.foreign)
         if self._held is not None:
             self._held.close()
             self._held = None

@@ -173,6 +173,8 @@ def test_foreign_scanner_neither_steals_nor_breaks_the_transfer(scanned, cos, ar
     port = _pasv_port(victim.sendcmd("PASV"))
     foreign = scan(source="127.0.0.2")
     assert foreign, "the scanner from 127.0.0.2 could not connect"
+    for _ in range(5):  # and again: the log says so once
+        foreign += scan(source="127.0.0.2")
     wait_until(lambda: "foreign address" in scanned.log_text(), what="the foreign connection")
     data = try_connect(port)
     assert data is not None
@@ -181,6 +183,9 @@ def test_foreign_scanner_neither_steals_nor_breaks_the_transfer(scanned, cos, ar
         sock.close()
     assert reply.startswith("226"), reply
     assert stored(cos, key) == GOOD
+    lines = [line for line in scanned.log_text().splitlines()
+             if f"port={port}: closed a data connection from the foreign" in line]
+    assert len(lines) == 1, lines
     victim.quit()
 
 
