@@ -297,9 +297,9 @@ def test_quit_waits_for_running_transfer(daemon, area):
         _close(check)
 
 
-def _refused(port: int) -> bool:
+def _refused(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return False
     except OSError:
         return True
@@ -326,6 +326,21 @@ def test_reload_rebinds_when_port_changes(daemon):
     daemon.port = new_port
     _close(login(daemon))
     wait_until(lambda: _refused(old_port), what="old port closed")
+
+
+def test_reload_adds_and_drops_listen_addresses(daemon):
+    """The IPv4 listener is kept (its session too); ::1 is opened, then closed again."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    kept = login(daemon)
+    rewrite_config(daemon, listen_address="127.0.0.1, ::1")
+    assert daemon.ctl("reload").returncode == 0
+    _close(daemon.login("ops", "ops-pw", host="::1"))
+    assert kept.voidcmd("NOOP").startswith("200")
+    rewrite_config(daemon, listen_address="127.0.0.1")
+    assert daemon.ctl("reload").returncode == 0
+    wait_until(lambda: _refused(daemon.port, "::1"), what="::1 closed")
+    _close(login(daemon))
+    _close(kept)
 
 
 def test_connection_limits_hold_across_workers(emulator, tmp_path):
