@@ -63,6 +63,14 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
         """Use the data connections' context (TLS 1.2, see ``tls.ServerTLS``)."""
         super().secure_connection(self.cmd_channel.config.network.tls.data_context)
 
+    def send(self, data) -> int:
+        """Write nothing before ``handle_ssl_established`` has seen the handshake: OpenSSL
+        finishes a pending handshake inside SSL_write and sends the data right after, so a
+        RETR could leave before the session was checked."""
+        if self._ssl_accepting:
+            return 0
+        return super().send(data)
+
     def handle_ssl_established(self) -> None:
         """Under ``require_ssl_reuse``, end a data connection that did not resume the
         control connection's session: another program on the client's address (or a

@@ -159,14 +159,27 @@ def test_ftplib_explicit_round_trip(tls_server, area):
     _close(ftp)
 
 
-def test_curl_explicit_upload_download(tls_server, tmp_path, area):
+REUSE_REFUSAL = "refused a TLS data connection"
+
+
+@pytest.fixture(params=["tls_server", "reuse_server"])
+def ftps_server(request):
+    """Both TLS servers: curl (OpenSSL) and lftp (GnuTLS) resume the control connection's
+    session on data connections, so ``require_ssl_reuse`` must change nothing for them."""
+    server = request.getfixturevalue(request.param)
+    refusals = server.log_text().count(REUSE_REFUSAL)
+    yield server
+    assert server.log_text().count(REUSE_REFUSAL) == refusals
+
+
+def test_curl_explicit_upload_download(ftps_server, tmp_path, area):
     src = tmp_path / "up.bin"
     src.write_bytes(os.urandom(MIB + 77))
-    curl(tls_server, f"{area}/up.bin", "--ftp-create-dirs", "-T", str(src))
+    curl(ftps_server, f"{area}/up.bin", "--ftp-create-dirs", "-T", str(src))
     out = tmp_path / "down.bin"
-    curl(tls_server, f"{area}/up.bin", "-o", str(out))
+    curl(ftps_server, f"{area}/up.bin", "-o", str(out))
     assert out.read_bytes() == src.read_bytes()
-    assert curl(tls_server, f"{area}/", "--list-only").split() == ["up.bin"]
+    assert curl(ftps_server, f"{area}/", "--list-only").split() == ["up.bin"]
 
 
 def test_data_connections_use_tls_1_2(tls_server, area):
@@ -183,7 +196,7 @@ def test_data_connections_use_tls_1_2(tls_server, area):
     _close(ftp)
 
 
-def test_lftp_ssl_force_put_get(tls_server, tmp_path, area):
+def test_lftp_ssl_force_put_get(ftps_server, tmp_path, area):
     lftp = require("lftp")
     src = tmp_path / "lftp src.bin"
     src.write_bytes(os.urandom(3 * MIB + 1))
@@ -191,9 +204,9 @@ def test_lftp_ssl_force_put_get(tls_server, tmp_path, area):
     settings = ("set cmd:fail-exit true; set net:max-retries 1; set ftp:passive-mode true; "
                 "set ftp:ssl-force true; set ftp:ssl-protect-data true; "
                 "set ssl:verify-certificate no;")
-    run([lftp, "-u", f"{SECURE.user},{SECURE.password}", "-p", str(tls_server.port), "-e",
+    run([lftp, "-u", f"{SECURE.user},{SECURE.password}", "-p", str(ftps_server.port), "-e",
          f'{settings} mkdir {area}; cd {area}; put "{src}" -o l.bin; get l.bin -o "{back}"; '
-         "bye", "127.0.0.1"])
+         "ls; bye", "127.0.0.1"])
     assert back.read_bytes() == src.read_bytes()
 
 
@@ -581,25 +594,3 @@ def test_reuse_required_refuses_another_sessions_tls_session(reuse_server, area,
     assert victim.voidcmd("NOOP").startswith("200")
     for ftp in (victim, attacker):
         _close(ftp)
-
-
-def test_reuse_required_with_curl_and_lftp(reuse_server, tmp_path, area):
-    """curl (OpenSSL) and lftp (GnuTLS) resume the control session on data connections."""
-    refusals = reuse_server.log_text().count("refused a TLS data connection")
-    src = tmp_path / "up.bin"
-    src.write_bytes(os.urandom(MIB + 77))
-    curl(reuse_server, f"{area}/c.bin", "--ftp-create-dirs", "-T", str(src))
-    out = tmp_path / "down.bin"
-    curl(reuse_server, f"{area}/c.bin", "-o", str(out))
-    assert out.read_bytes() == src.read_bytes()
-    assert curl(reuse_server, f"{area}/", "--list-only").split() == ["c.bin"]
-    back = tmp_path / "back.bin"
-    settings = ("set cmd:fail-exit true; set net:max-retries 1; set ftp:passive-mode true; "
-                "set ftp:ssl-force true; set ftp:ssl-protect-data true; "
-                "set ssl:verify-certificate no;")
-    run([require("lftp"), "-u", f"{SECURE.user},{SECURE.password}", "-p",
-         str(reuse_server.port), "-e",
-         f'{settings} cd {area}; put "{src}" -o l.bin; get l.bin -o "{back}"; ls; bye',
-         "127.0.0.1"])
-    assert back.read_bytes() == src.read_bytes()
-    assert reuse_server.log_text().count("refused a TLS data connection") == refusals
