@@ -240,7 +240,7 @@ class Master:
             self.listeners = bind_listeners(self.config.network)
         except OSError as exc:
             network = self.config.network
-            log.critical("cannot listen on %s port %d%s: %s", network.listen_address,
+            log.critical("cannot listen on %s port %d%s: %s", ", ".join(network.listen_addresses),
                          network.listen_port, f" or {network.implicit_tls_port}"
                          if network.implicit_tls_port else "", exc)
             return EXIT_CANNOT_START

@@ -96,8 +96,10 @@ def wait_for_file(path: str, proc: subprocess.Popen, timeout: float = 20.0) -> s
 
 
 def connect_host(listen_address: str) -> str:
-    """Where a local client reaches a server listening on ``listen_address``."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen_address, listen_address)
+    """Where a local client reaches a server listening on ``listen_address`` (its first
+    address, if it lists several)."""
+    first = listen_address.split(",")[0].strip()
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(first, first)
 
 
 def wait_until_serving(host: str, port: int, proc: subprocess.Popen, log: str) -> None:
