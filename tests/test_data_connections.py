@@ -15,8 +15,10 @@ from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import get, put
 
-# Outside the kernel's ephemeral range and the other tests' passive range (30000-60000):
-# the scanner below must only ever reach this test server's ports.
+# The scanner below must only ever reach this test server's ports: it listens on an address
+# of its own (passive ports are bound to the address the client reached), in a range
+# outside the kernel's ephemeral ports and the other tests' passive range (30000-60000).
+HOST = "127.0.0.3"
 SCAN_LOW, SCAN_HIGH = 61000, 61127
 EVIL, GOOD = b"EVIL bytes from the attacker", b"the victim's own upload"
 ACCOUNT = Account("victim", "victim-pw", ALPHA)
@@ -26,7 +28,8 @@ ACCOUNT = Account("victim", "victim-pw", ALPHA)
 def scanned(emulator, tmp_path_factory):
     proc = ServerProcess(str(tmp_path_factory.mktemp("scanned")), emulator.port, [ACCOUNT],
                          optional={"worker_processes": "1", "max_login_failures": "0"},
-                         network={"passive_port": f"{SCAN_LOW},{SCAN_HIGH}"})
+                         network={"passive_port": f"{SCAN_LOW},{SCAN_HIGH}",
+                                  "listen_address": HOST})
     with proc:
         yield proc
 
@@ -36,7 +39,7 @@ def _pasv_port(reply: str) -> int:
     return int(high) * 256 + int(low)
 
 
-def scan(host: str = "127.0.0.1", source: str = "") -> list[socket.socket]:
+def scan(source: str = "") -> list[socket.socket]:
     """Connect to every port of the passive range, as a port scanner does; return the
     connections that were accepted."""
     found = []
@@ -45,7 +48,7 @@ def scan(host: str = "127.0.0.1", source: str = "") -> list[socket.socket]:
         if source:
             sock.bind((source, 0))
         try:
-            sock.connect((host, port))
+            sock.connect((HOST, port))
         except OSError:
             sock.close()
             continue
@@ -55,7 +58,7 @@ def scan(host: str = "127.0.0.1", source: str = "") -> list[socket.socket]:
 
 def try_connect(port: int) -> socket.socket | None:
     try:
-        return socket.create_connection(("127.0.0.1", port), timeout=10)
+        return socket.create_connection((HOST, port), timeout=10)
     except OSError:
         return None
 
