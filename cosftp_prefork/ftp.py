@@ -371,7 +371,10 @@ class CosFTPHandler(FTPHandler):
         """Return the reply refusing a transfer command for want of a trustworthy data
         connection (see ``passive``), or None to go on."""
         if isinstance(self._dtp_acceptor, CosPassiveDTP):
-            return self._dtp_acceptor.claim()
+            refusal = self._dtp_acceptor.claim()
+            if refusal is not None:
+                self._dtp_acceptor = None
+            return refusal
         if self.data_channel is None and self._dtp_connector is None:
             return NO_DATA_CONNECTION
         return None

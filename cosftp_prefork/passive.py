@@ -144,7 +144,6 @@ class CosPassiveDTP(PassiveDTP):
         log.debug("%s port=%d: transfer command while %s", self.cmd_channel.log_prefix_ctx(),
                   self.port, self.state.name)
         if self.state is Passive.CONTESTED:
-            self.cmd_channel._dtp_acceptor = None
             return CONTESTED_REPLY
         if self.state is Passive.HOLDING:
             sock, self._held = self._held, None
@@ -178,9 +177,10 @@ class CosPassiveDTP(PassiveDTP):
             super().handle_timeout()
 
     def close(self) -> None:
-        if self.foreign > 1 and self.state is not Passive.CLOSED:
+        if self.foreign > 1:
             self._warn("closed %d data connections from foreign addresses in all",
                        self.foreign)
+        self.foreign = 0
         if self._held is not None:
             self._held.close()
             self._held = None

@@ -209,6 +209,21 @@ def test_transfer_command_before_connecting_still_works(scanned, cos, area):
     victim.quit()
 
 
+@pytest.mark.parametrize("give_up", ["PASV", "ABOR"])
+def test_held_connection_is_closed_when_the_client_moves_on(scanned, area, give_up):
+    victim = scanned.login("victim", "victim-pw")
+    port = _pasv_port(victim.sendcmd("PASV"))
+    held = try_connect(port)
+    victim.sendcmd(give_up)
+    held.settimeout(10)
+    # Closed by the server, never used (reset if it was still in the backlog).
+    with contextlib.suppress(ConnectionResetError):
+        assert held.recv(1) == b""
+    held.close()
+    assert put(victim, area, GOOD).startswith("226")
+    victim.quit()
+
+
 def test_passive_ports_are_spread_over_the_whole_range(scanned):
     ftp = scanned.login("victim", "victim-pw")
     ports = [_pasv_port(ftp.sendcmd("PASV")) for _ in range(200)]
