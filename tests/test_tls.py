@@ -210,6 +210,17 @@ def test_lftp_ssl_force_put_get(ftps_server, tmp_path, area):
     assert back.read_bytes() == src.read_bytes()
 
 
+def test_wget_explicit_download(ftps_server, tmp_path, area, cos):
+    """wget resumes the control session on data connections (``--ftps-resume-ssl``, on
+    by default)."""
+    data = os.urandom(MIB + 3)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/w.bin", Body=data)
+    out = tmp_path / "w.bin"
+    run([require("wget"), "-q", "--no-check-certificate", "-O", str(out),
+         f"ftps://{SECURE.user}:{SECURE.password}@127.0.0.1:{ftps_server.port}/{area}/w.bin"])
+    assert out.read_bytes() == data
+
+
 # --- implicit TLS
 
 
