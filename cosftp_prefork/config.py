@@ -111,6 +111,9 @@ class ServerConfig:
     worker_timeout: int = 60
     worker_max_rss: int = 2048
     health_check_interval: int = 5
+    login_timeout: int = 30
+    max_prelogin_connections: int = 128
+    max_prelogin_connections_per_ip: int = 16
 
 
 @dataclass(frozen=True)
@@ -293,8 +296,10 @@ SETTINGS: tuple[Setting, ...] = (
             2 * MIB, "multipart part size, in bytes"),
     Setting("OPTIONAL", "upload_thread_num", _integer(1, 256), min(32, _CPUS * 4),
             "parallel part uploads per upload"),
-    Setting("OPTIONAL", "max_connection_num", _integer(0), 512, "connections; 0 = unlimited"),
-    Setting("OPTIONAL", "max_connections_per_ip", _integer(0), 0, "per IP; 0 = unlimited"),
+    Setting("OPTIONAL", "max_connection_num", _integer(0), 512,
+            "logged-in sessions, server-wide; 0 = unlimited"),
+    Setting("OPTIONAL", "max_connections_per_ip", _integer(0), 64,
+            "connections from one client address, logged in or not; 0 = unlimited"),
     Setting("OPTIONAL", "max_list_file", _integer(1), 10000, "entries one LIST returns"),
     Setting("OPTIONAL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             "INFO", "log level"),
@@ -318,6 +323,13 @@ SETTINGS: tuple[Setting, ...] = (
             "MiB of RSS that triggers a graceful worker recycle; 0 = never"),
     Setting("OPTIONAL", "health_check_interval", _integer(1, 3600), 5,
             "seconds between worker health checks"),
+    # Connection governance before login (see README, Security).
+    Setting("OPTIONAL", "login_timeout", _integer(1, 3600), 30,
+            "seconds from connect to a successful login; no command resets it"),
+    Setting("OPTIONAL", "max_prelogin_connections", _integer(0), 128,
+            "connections not logged in yet, server-wide; 0 = unlimited"),
+    Setting("OPTIONAL", "max_prelogin_connections_per_ip", _integer(0), 16,
+            "connections not logged in yet from one client address; 0 = unlimited"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -433,6 +445,9 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         worker_timeout=optional["worker_timeout"],
         worker_max_rss=optional["worker_max_rss"],
         health_check_interval=optional["health_check_interval"],
+        login_timeout=optional["login_timeout"],
+        max_prelogin_connections=optional["max_prelogin_connections"],
+        max_prelogin_connections_per_ip=optional["max_prelogin_connections_per_ip"],
     )
 
 

@@ -22,6 +22,7 @@ from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext, Unstorable
+from .gate import BANNED
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .passwords import PasswordChecker
 from .paths import new_name_key
@@ -261,25 +262,25 @@ class CosFTPHandler(FTPHandler):
     executor = None
     retrier = None  # the worker's AbortRetrier
     stats = None  # the worker's WorkerStats: admission and counters
-    _admitted = False
+    _ticket = None  # our place in the server-wide limits (gate.Ticket), while admitted
+    _kicked: Optional[str] = None  # why the worker's main thread told us to go
 
     def handle(self) -> None:
-        """Admit the session against the server-wide limits before the 220 greeting."""
-        reason = self.stats.admit(self.remote_ip)
+        """Admit the session against the bans and server-wide limits before the 220
+        greeting (the gate logs refusals, once per burst)."""
+        self._ticket, reason = self.stats.admit(self.remote_ip, self._kick)
         if reason is not None:
-            log.warning("refused %s: %s", self.remote_ip, reason)
             self.respond(f"421 {reason}")
             self.close_when_done()
             return
-        self._admitted = True
         super().handle()
 
     def close(self) -> None:
         """End the session; an upload still waiting for its data connection is given up
         like on ABOR (pyftpdlib would close it as broken and park what it copied)."""
-        if self._admitted:
-            self._admitted = False
-            self.stats.release(self.remote_ip)
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            self.stats.release(ticket)  # before the socket closes: no kick after this
         if not self._closed:
             self._drop_queued_upload()
             if self.stats.stopping.is_set() and not self._closing:
@@ -294,13 +295,56 @@ class CosFTPHandler(FTPHandler):
             self.data_channel.close()
         self.respond("421 Server shutting down; closing control connection.", logfun=log.info)
 
+    def _kick(self, reason: str) -> None:
+        """Called by the gate from the worker's main thread: wake this session's thread
+        (its socket reads end of file) and have it reply 421 and close there."""
+        self._kicked = reason
+        with contextlib.suppress(OSError), _raw_socket(self.socket) as raw:
+            raw.shutdown(socket.SHUT_RD)
+
+    def handle_read(self) -> None:
+        if self._kicked is not None and not self._closed:
+            self.respond(f"421 {self._kicked}")
+            self.close()
+            return
+        super().handle_read()
+
+    def _refused_before_login(self) -> bool:
+        """Close the session with 421 if its address is banned (checked at USER and PASS:
+        connections opened before the ban must not go on guessing)."""
+        if self.authenticated or not self.stats.gate.is_banned(self.remote_ip):
+            return False
+        self.stats.gate.refusals.note(self.remote_ip, "login refused: the address is banned")
+        self.respond(f"421 {BANNED}")
+        self.close_when_done()
+        return True
+
+    def ftp_USER(self, line: str) -> None:
+        if not self._refused_before_login():
+            super().ftp_USER(line)
+
+    def ftp_PASS(self, line: str) -> None:
+        if not self._refused_before_login():
+            super().ftp_PASS(line)
+
+    def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
+        """Log in only if the gate agrees: not banned or timed out meanwhile, and a free
+        place among the logged-in sessions."""
+        reason = self.stats.gate.log_in(self._ticket)
+        if reason is not None:
+            log.warning("%s: login refused: %s", self.log_prefix_ctx(), reason)
+            self.respond(f"421 {reason}")
+            self.close_when_done()
+            return
+        super().handle_auth_success(home, password, msg_login)
+
     _banned_now = False
 
     def handle_auth_failed(self, msg: str, password: str) -> None:
         """Count the failure server-wide at once, not after the delayed 530: a client that
         reconnects as soon as it reads the 530 must already find its address banned."""
         log.warning("%s: failed login as %r", self.log_prefix_ctx(), self.username)
-        self._banned_now = self.stats.login_failed(self.remote_ip)
+        self._banned_now = self.stats.gate.login_failed(self.remote_ip)
         if self._banned_now:
             log.warning("%s: banning %s after repeated failed logins", self.log_prefix_ctx(),
                         self.remote_ip)

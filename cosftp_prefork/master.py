@@ -40,6 +40,9 @@ from .shared import (
     STARTING,
     MasterStatus,
     SharedState,
+    bans_path,
+    load_bans,
+    save_bans,
     state_path,
 )
 from .worker import EXIT_BOOT_FAILURE, Worker
@@ -226,6 +229,7 @@ class Master:
         self.state: Optional[SharedState] = None
         self._stop_deadline = 0.0
         self._next_health_check = 0.0
+        self._saved_ban_epoch = 0
         self._queue: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
 
@@ -245,6 +249,7 @@ class Master:
                          if network.implicit_tls_port else "", exc)
             return EXIT_CANNOT_START
         self.state = SharedState.create(state_path(self.config.server.pid_file))
+        self._restore_bans()
         write_pid_file(self.config.server.pid_file, self.pid)
         self._install_signals()
         self._publish()
@@ -268,6 +273,7 @@ class Master:
             self._reap()
             self._advance_reload()
             self._health_check()
+            self._save_bans()
             if self.stopping and time.monotonic() > self._stop_deadline:
                 self._signal_workers(signal.SIGKILL, self.workers.values())
 
@@ -369,6 +375,7 @@ class Master:
 
     def _cleanup(self) -> None:
         self._close_listeners()
+        self._save_bans(force=True)
         server = self.config.server
         try:
             with open(server.pid_file, encoding="ascii") as handle:
@@ -379,6 +386,31 @@ class Master:
             if exc.errno != errno.ENOENT:
                 log.warning("could not remove pid file: %s", exc)
         log.info("master %d stopped", self.pid)
+
+    # --- bans: kept across stop/start in <pid file>.bans
+
+    def _restore_bans(self) -> None:
+        assert self.state is not None
+        path = bans_path(self.config.server.pid_file)
+        try:
+            restored = self.state.restore_bans(load_bans(path), time.time())
+        except ValueError as exc:
+            log.error("ignoring the saved bans in %s: %s", path, exc)
+            return
+        self._saved_ban_epoch = self.state.ban_epoch()
+        if restored:
+            log.info("restored %d bans from %s", restored, path)
+
+    def _save_bans(self, force: bool = False) -> None:
+        """Save the running bans when a worker started a new one (or at exit)."""
+        if self.state is None or not (force or self.state.ban_epoch() != self._saved_ban_epoch):
+            return
+        self._saved_ban_epoch = self.state.ban_epoch()
+        path = bans_path(self.config.server.pid_file)
+        try:
+            save_bans(path, self.state.bans(time.time()))
+        except OSError as exc:
+            log.error("could not save the bans to %s: %s", path, exc)
 
     # --- workers
 

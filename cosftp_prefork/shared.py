@@ -6,24 +6,33 @@ mapping. It holds:
 * a header: master pid, generation, start time, config path, listening ports;
 * one slot per worker, written only by that worker (heartbeat, sessions, transfers, bytes)
   and cleared by the master when it reaps the worker;
-* a session table, so ``max_connection_num`` and ``max_connections_per_ip`` hold for the
-  whole server rather than per worker, and a table of failed logins and bans per client IP.
-  Both are changed under POSIX record locks on the file, which the kernel releases if the
-  holder dies, so a killed worker cannot wedge admissions; the master frees a dead worker's
-  session rows when it reaps it.
+* a session table (worker pid, logged in or not, client address), so every connection limit
+  holds for the whole server rather than per worker, and a table of failed logins and bans
+  per client address, with a counter of the bans started so far. Both are changed under
+  POSIX record locks on the file, which the kernel releases if the holder dies, so a killed
+  worker cannot wedge admissions; the master frees a dead worker's session rows when it
+  reaps it.
+
+Client addresses are stored whole (16 bytes, IPv4 as IPv4-mapped IPv6): never a hash two
+addresses could share.
+
+Bans outlive the state file: the master saves them to ``<pid file>.bans`` whenever one starts
+and at exit, and loads the ones not yet expired at start.
 """
 
 from __future__ import annotations
 
 import fcntl
+import ipaddress
+import json
 import mmap
 import os
 import struct
 import threading
 import time
-import zlib
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
@@ -39,15 +48,17 @@ _SLOT = struct.Struct("<iiIIddIIIIQQ")
 _SLOT_SIZE = 64
 MAX_WORKER_SLOTS = 512
 SESSION_ROWS = 8192
-_ROW_SIZE = 8  # pid (int32), hash of the client IP (uint32, never 0)
+_SESSION_WORDS = 6  # uint32s: pid (0: free row), PENDING or LOGGED_IN, client address (4)
+PENDING, LOGGED_IN = 1, 2
 
 BAN_ROWS = 1024
-_BAN_FIELDS = 4  # hash of the client IP, failures, window start, banned until (seconds)
+_BAN_WORDS = 8  # in use (1/0), client address (4), failures, window start, banned until
+_BAN_HEADER_WORDS = 4  # bans started so far, then unused
 
 _SLOTS_AT = _HEADER_SIZE + _PATH_SIZE
 _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
-_BANS_AT = _SESSIONS_AT + SESSION_ROWS * _ROW_SIZE
-FILE_SIZE = _BANS_AT + BAN_ROWS * _BAN_FIELDS * 4
+_BANS_AT = _SESSIONS_AT + SESSION_ROWS * _SESSION_WORDS * 4
+FILE_SIZE = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining"}
 STARTING, SERVING, DRAINING = 1, 2, 3
@@ -91,9 +102,44 @@ def state_path(pid_file: str) -> str:
     return pid_file + ".state"
 
 
-def ip_hash(ip: str) -> int:
-    """A non-zero 32-bit hash of a client address (0 marks a free row)."""
-    return zlib.crc32(ip.encode()) | 1
+def bans_path(pid_file: str) -> str:
+    """Bans are saved beside the pid file, so ``stop``/``start`` keeps them."""
+    return pid_file + ".bans"
+
+
+Address = tuple[int, int, int, int]
+
+
+def address_key(ip: str) -> Address:
+    """The exact client address as four uint32s: IPv6 as is, IPv4 as IPv4-mapped IPv6 (so
+    ``1.2.3.4`` and ``::ffff:1.2.3.4`` from a dual-stack socket are one client)."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv4Address):
+        address = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
+    return tuple(array("I", address.packed))  # type: ignore[return-value]
+
+
+def address_text(key: Address) -> str:
+    """The address ``key`` stands for, IPv4 written as IPv4."""
+    address = ipaddress.IPv6Address(array("I", key).tobytes())
+    return str(address.ipv4_mapped or address)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Connection limits, each 0 for none; all hold for the whole server."""
+
+    logged_in: int = 0  # max_connection_num: sessions that logged in
+    per_ip: int = 0  # max_connections_per_ip: every connection of one address
+    prelogin: int = 0  # max_prelogin_connections: connections not logged in yet
+    prelogin_per_ip: int = 0  # max_prelogin_connections_per_ip
+
+
+TOO_MANY = "Too many connections. Service temporarily unavailable."
+TOO_MANY_PER_IP = "Too many connections from the same IP address."
+TOO_MANY_PRELOGIN = "Too many connections waiting to log in; try again later."
+TOO_MANY_PRELOGIN_PER_IP = "Too many connections from your address waiting to log in."
+TOO_MANY_LOGGED_IN = "Too many users logged in; try again later."
 
 
 class SharedState:
@@ -204,87 +250,184 @@ class SharedState:
                 whole.release()
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, end - start, start)
 
-    def _sessions_locked(self):
-        return self._locked(_SESSIONS_AT, _BANS_AT)
-
     # --- failed logins and bans
+
+    def _bans_locked(self):
+        return self._locked(_BANS_AT, FILE_SIZE)
+
+    def ban_epoch(self) -> int:
+        """How many bans started so far (read without the lock: a change is what counts)."""
+        return struct.unpack_from("<I", self._map, _BANS_AT)[0]
 
     def is_banned(self, ip: str, now: float) -> bool:
         """True while ``ip`` is serving a ban."""
-        wanted = ip_hash(ip)
-        with self._locked(_BANS_AT, FILE_SIZE) as rows:
-            flat = rows.tolist()
-            return any(flat[i] == wanted and flat[i + 3] > now
-                       for i in range(0, len(flat), _BAN_FIELDS))
+        wanted = address_key(ip)
+        return any(key == wanted for key, _ in self._active_bans(now))
+
+    def bans(self, now: float) -> list[tuple[str, int]]:
+        """``(address, banned until)`` of every ban still running."""
+        return [(address_text(key), until) for key, until in self._active_bans(now)]
+
+    def banned_keys(self, now: float) -> set[Address]:
+        return {key for key, _ in self._active_bans(now)}
+
+    def _active_bans(self, now: float) -> list[tuple[Address, int]]:
+        with self._bans_locked() as words:
+            flat = words[_BAN_HEADER_WORDS:].tolist()
+        return [(tuple(flat[at + 1:at + 5]), flat[at + 7])
+                for at in range(0, len(flat), _BAN_WORDS)
+                if flat[at] and flat[at + 7] > now]
 
     def record_failure(self, ip: str, now: float, limit: int, window: int, ban: int) -> bool:
         """Count a failed login from ``ip``; return True if that earns it a ban."""
-        wanted, stamp = ip_hash(ip), int(now)
-        with self._locked(_BANS_AT, FILE_SIZE) as rows:
-            flat = rows.tolist()
-            row = self._ban_row(flat, wanted, stamp)
-            at = row * _BAN_FIELDS
-            failures, started = flat[at + 1], flat[at + 2]
-            if flat[at] != wanted or stamp - started > window:
+        wanted, stamp = address_key(ip), int(now)
+        with self._bans_locked() as words:
+            flat = words[_BAN_HEADER_WORDS:].tolist()
+            at = self._ban_row(flat, wanted) * _BAN_WORDS
+            ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == wanted
+            failures, started, previous_ban = flat[at + 5:at + 8] if ours else (0, stamp, 0)
+            if stamp - started > window:
                 failures, started = 0, stamp
             failures += 1
-            previous_ban = flat[at + 3] if flat[at] == wanted else 0
-            banned_until = stamp + ban if failures >= limit else previous_ban
-            rows[at:at + _BAN_FIELDS] = array("I", [wanted, failures, started, banned_until])
-            return failures >= limit
+            banned = failures >= limit
+            until = stamp + ban if banned else previous_ban
+            self._write_ban(words, at, wanted, failures, started, until)
+            if banned and previous_ban <= stamp:
+                words[0] += 1
+            return banned
+
+    def restore_bans(self, bans: Iterable[tuple[str, int]], now: float) -> int:
+        """Put saved bans back (master, at start); return how many still run."""
+        restored = 0
+        with self._bans_locked() as words:
+            for ip, until in bans:
+                if until <= now:
+                    continue
+                flat = words[_BAN_HEADER_WORDS:].tolist()
+                key = address_key(ip)
+                self._write_ban(words, self._ban_row(flat, key) * _BAN_WORDS, key, 0,
+                                int(now), int(until))
+                restored += 1
+            words[0] += 1 if restored else 0
+        return restored
 
     @staticmethod
-    def _ban_row(flat: list[int], wanted: int, now: int) -> int:
-        """The row of ``wanted``, else a free or expired row, else the oldest one."""
-        rows = range(len(flat) // _BAN_FIELDS)
+    def _write_ban(words, at: int, key: Address, failures: int, started: int,
+                   until: int) -> None:
+        at += _BAN_HEADER_WORDS
+        words[at:at + _BAN_WORDS] = array("I", [1, *key, failures, started, until])
+
+    @staticmethod
+    def _ban_row(flat: list[int], wanted: Address) -> int:
+        """The row of ``wanted``, else a free row, else the one with the oldest news."""
+        rows = range(len(flat) // _BAN_WORDS)
         for row in rows:
-            if flat[row * _BAN_FIELDS] == wanted:
+            at = row * _BAN_WORDS
+            if flat[at] and tuple(flat[at + 1:at + 5]) == wanted:
                 return row
-        return min(rows, key=lambda r: max(flat[r * _BAN_FIELDS + 2],
-                                           flat[r * _BAN_FIELDS + 3]))
+        return min(rows, key=lambda r: flat[r * _BAN_WORDS] and
+                   max(flat[r * _BAN_WORDS + 6], flat[r * _BAN_WORDS + 7]))
 
-    def admit(self, pid: int, ip: str, max_total: int, max_per_ip: int) -> Optional[str]:
-        """Record a session from ``ip``; return None, or why it must be refused."""
-        wanted = ip_hash(ip)
-        with self._sessions_locked() as rows:
-            pids, hashes = rows[0::2].tolist(), rows[1::2].tolist()
-            if max_total and SESSION_ROWS - pids.count(0) >= max_total:
-                return "Too many connections. Service temporarily unavailable."
-            if max_per_ip and hashes.count(wanted) >= max_per_ip:
-                return "Too many connections from the same IP address."
-            if 0 in pids:
-                row = pids.index(0)
-                rows[2 * row], rows[2 * row + 1] = pid, wanted
-            return None
+    # --- session table
 
-    def release(self, pid: int, ip: str) -> None:
-        """Forget one session of ``pid`` from ``ip``."""
-        wanted = ip_hash(ip)
+    def _sessions_locked(self):
+        return self._locked(_SESSIONS_AT, _BANS_AT)
+
+    def admit(self, pid: int, ip: str, limits: Limits) -> tuple[Optional[int], Optional[str]]:
+        """Record a connection from ``ip`` not logged in yet: return its row, or why it must
+        be refused."""
+        wanted = address_key(ip)
         with self._sessions_locked() as rows:
             flat = rows.tolist()
-            for row in range(SESSION_ROWS):
-                if flat[2 * row] == pid and flat[2 * row + 1] == wanted:
-                    rows[2 * row] = rows[2 * row + 1] = 0
-                    return
+            kinds = flat[1::_SESSION_WORDS]
+            addresses = zip(*(flat[i::_SESSION_WORDS] for i in range(2, _SESSION_WORDS)))
+            mine = [kind for kind, key in zip(kinds, addresses) if kind and key == wanted]
+            reason = _refusal(limits, kinds, mine)
+            if reason is not None:
+                return None, reason
+            row = kinds.index(0)
+            at = row * _SESSION_WORDS
+            rows[at:at + _SESSION_WORDS] = array("I", [pid, PENDING, *wanted])
+            return row, None
+
+    def log_in(self, row: int, pid: int, max_logged_in: int) -> Optional[str]:
+        """Mark the connection of ``row`` logged in; return why not if the server is full."""
+        with self._sessions_locked() as rows:
+            kinds = rows[1::_SESSION_WORDS].tolist()
+            if max_logged_in and kinds.count(LOGGED_IN) >= max_logged_in:
+                return TOO_MANY_LOGGED_IN
+            if rows[row * _SESSION_WORDS] == pid:
+                rows[row * _SESSION_WORDS + 1] = LOGGED_IN
+            return None
+
+    def release(self, row: int, pid: int) -> None:
+        """Forget the connection of ``row`` (if ``pid`` still owns it)."""
+        at = row * _SESSION_WORDS
+        with self._sessions_locked() as rows:
+            if rows[at] == pid:
+                rows[at:at + _SESSION_WORDS] = array("I", bytes(_SESSION_WORDS * 4))
 
     def release_all(self, pid: int) -> int:
         """Forget every session of a dead worker; return how many there were."""
         with self._sessions_locked() as rows:
-            pids = rows[0::2].tolist()
+            pids = rows[0::_SESSION_WORDS].tolist()
             freed = 0
             for row, owner in enumerate(pids):
                 if owner == pid:
-                    rows[2 * row] = rows[2 * row + 1] = 0
+                    at = row * _SESSION_WORDS
+                    rows[at:at + _SESSION_WORDS] = array("I", bytes(_SESSION_WORDS * 4))
                     freed += 1
             return freed
 
     def sessions_by_pid(self) -> Counter:
         """Sessions per worker pid, read without the lock (a snapshot is enough)."""
-        with memoryview(self._map) as whole, whole[_SESSIONS_AT:FILE_SIZE].cast("I") as rows:
-            pids = rows[0::2].tolist()
+        with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
+            pids = rows[0::_SESSION_WORDS].tolist()
         counts = Counter(pids)
         del counts[0]
         return counts
+
+
+def _refusal(limits: Limits, kinds: list[int], mine: list[int]) -> Optional[str]:
+    """Why a new connection must be refused, given the kinds of every row and of the rows
+    of its address, or None."""
+    if 0 not in kinds or (limits.logged_in and kinds.count(LOGGED_IN) >= limits.logged_in):
+        return TOO_MANY
+    if limits.per_ip and len(mine) >= limits.per_ip:
+        return TOO_MANY_PER_IP
+    if limits.prelogin and kinds.count(PENDING) >= limits.prelogin:
+        return TOO_MANY_PRELOGIN
+    if limits.prelogin_per_ip and mine.count(PENDING) >= limits.prelogin_per_ip:
+        return TOO_MANY_PRELOGIN_PER_IP
+    return None
+
+
+def save_bans(path: str, bans: list[tuple[str, int]]) -> None:
+    """Write ``bans`` to ``path`` atomically, readable by the owner only."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        json.dump({"bans": [{"address": ip, "until": until} for ip, until in bans]}, handle)
+    os.replace(tmp, path)
+
+
+def load_bans(path: str) -> list[tuple[str, int]]:
+    """The bans saved at ``path`` (none if it is absent); raises ``ValueError`` if the file
+    is not one ``save_bans`` wrote."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        bans = [(str(ban["address"]), int(ban["until"])) for ban in json.loads(text)["bans"]]
+        for ip, _ in bans:
+            address_key(ip)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a bans file ({type(exc).__name__})") from None
+    return bans
 
 
 def heartbeat_age(status: WorkerStatus, now: Optional[float] = None) -> Optional[float]:

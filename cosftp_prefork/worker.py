@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Callable, Optional
 
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
@@ -30,6 +30,7 @@ from .config import Config, resolve_masquerade
 from .errors import ConfigError
 from .ftp import configure_handler
 from .ftps import configure_tls_handlers
+from .gate import Gate, Ticket
 from .log import setup_logging
 from .resume import Janitor
 from .shared import DRAINING, SERVING, STARTING, SharedState
@@ -65,7 +66,7 @@ class WorkerStats:
         self.state, self.slot, self.index, self.generation = state, slot, index, generation
         self.pid = os.getpid()
         self.started = time.time()
-        self._server_cfg = config.server
+        self.gate = Gate(state, config.server, self.pid)
         self._lock = threading.Lock()
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
@@ -73,28 +74,17 @@ class WorkerStats:
         self.bytes_up = self.bytes_down = 0
         self.status = STARTING
 
-    def admit(self, ip: str) -> Optional[str]:
-        """Count a new session; return why it must be refused (ban, server-wide limits)."""
-        cfg = self._server_cfg
-        if cfg.max_login_failures and self.state.is_banned(ip, time.time()):
-            return "Too many failed logins from your address; try again later."
-        reason = self.state.admit(self.pid, ip, cfg.max_connection_num,
-                                  cfg.max_connections_per_ip)
-        if reason is None:
+    def admit(self, ip: str, kick: Callable[[str], None]) -> tuple[Optional[Ticket],
+                                                                   Optional[str]]:
+        """Count a new session (see ``Gate.admit``)."""
+        ticket, reason = self.gate.admit(ip, kick)
+        if ticket is not None:
             with self._lock:
                 self.sessions += 1
-        return reason
+        return ticket, reason
 
-    def login_failed(self, ip: str) -> bool:
-        """Record a failed login from ``ip``; return True if the address is now banned."""
-        cfg = self._server_cfg
-        if not cfg.max_login_failures:
-            return False
-        return self.state.record_failure(ip, time.time(), cfg.max_login_failures,
-                                         cfg.login_failure_window, cfg.ban_time)
-
-    def release(self, ip: str) -> None:
-        self.state.release(self.pid, ip)
+    def release(self, ticket: Ticket) -> None:
+        self.gate.close(ticket)
         with self._lock:
             self.sessions -= 1
 
@@ -294,6 +284,7 @@ class Worker:
         if os.getppid() != self.master_pid:
             log.warning("worker %d: master %d is gone, exiting", self.index, self.master_pid)
             self._stop = True
+        stats.gate.police()
         if self._reopen:
             self._reopen = False
             server_cfg = self.config.server

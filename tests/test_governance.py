@@ -1,0 +1,232 @@
+"""Connection governance before login, end to end: limits on connections that have not logged
+in, the login timeout, bans checked at USER/PASS and closing what a banned address holds open,
+exact address keys, bans that outlive a restart.
+
+Attackers connect from other loopback addresses (127.0.0.0/8 is all loopback on Linux), so
+the per-address limits tell them apart from the 127.0.0.1 the legitimate clients use.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import json
+import os
+import re
+import threading
+import time
+import zlib
+from contextlib import suppress
+
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, wait_until
+from .test_master import no_sessions_left
+
+OPS = [Account("ops", "ops-pw", ALPHA)]
+
+
+def connect(proc: ServerProcess, source: str = "127.0.0.1", timeout: float = 20) -> ftplib.FTP:
+    """A control connection from ``source`` that read the greeting; raises ``error_temp``
+    on a 421 instead of the greeting."""
+    ftp = ftplib.FTP(encoding="utf-8")
+    ftp.connect("127.0.0.1", proc.port, timeout=timeout, source_address=(source, 0))
+    return ftp
+
+
+def try_connect(proc: ServerProcess, source: str) -> tuple[ftplib.FTP | None, str]:
+    """``(connection, greeting)``, or ``(None, the refusal)``."""
+    try:
+        ftp = connect(proc, source)
+    except ftplib.error_temp as exc:
+        return None, str(exc)
+    return ftp, ftp.welcome
+
+
+def log_in(proc: ServerProcess, source: str = "127.0.0.1", password: str = "ops-pw"):
+    ftp = connect(proc, source)
+    ftp.login("ops", password)
+    return ftp
+
+
+def next_reply(ftp: ftplib.FTP) -> str:
+    """The next reply the server sends unasked (a 421 ends the session), or '' at EOF."""
+    try:
+        return ftp.getresp()
+    except ftplib.Error as exc:
+        return str(exc)
+    except EOFError:
+        return ""
+
+
+def close_all(connections) -> None:
+    for ftp in connections:
+        if ftp is not None:
+            with suppress(OSError, EOFError):
+                ftp.close()
+
+
+def server(emulator, tmp_path, **optional: str) -> ServerProcess:
+    settings = {"log_level": "INFO", **optional}
+    return ServerProcess(str(tmp_path), emulator.port, OPS, optional=settings)
+
+
+def test_idle_connections_of_one_address_cannot_lock_users_out(emulator, tmp_path):
+    """Before: every connection counted against max_connection_num from connect, and one
+    address holding that many idle sockets made everyone else's login answer 421."""
+    with server(emulator, tmp_path, max_connection_num="4") as proc:
+        attempts = [try_connect(proc, "127.0.0.2") for _ in range(30)]
+        held = [ftp for ftp, _ in attempts if ftp is not None]
+        refusals = [reply for ftp, reply in attempts if ftp is None]
+        try:
+            # the default per-address cap on connections not logged in yet, on both workers
+            assert len(held) == 16
+            assert all(re.match(r"421 Too many connections from your address waiting to log"
+                                r" in", reply) for reply in refusals), refusals
+            users = [log_in(proc) for _ in range(4)]  # every logged-in place is still free
+            with pytest.raises(ftplib.error_temp, match="421 Too many"):
+                log_in(proc)
+            close_all(users)
+        finally:
+            close_all(held)
+        lines = [line for line in proc.log_text().splitlines()
+                 if "127.0.0.2: connection refused" in line]
+        assert 1 <= len(lines) <= 2, lines  # once per burst and worker, not once per socket
+
+
+def test_connections_not_logged_in_are_capped_server_wide(emulator, tmp_path):
+    with server(emulator, tmp_path, max_prelogin_connections="5",
+                max_prelogin_connections_per_ip="3") as proc:
+        no_sessions_left(proc)  # the start-up probe's connection is not counted any more
+        user = log_in(proc)
+        first = [try_connect(proc, "127.0.0.2") for _ in range(4)]
+        second = [try_connect(proc, "127.0.0.3") for _ in range(3)]
+        try:
+            assert [ftp is not None for ftp, _ in first] == [True, True, True, False]
+            assert "from your address" in first[3][1]
+            assert [ftp is not None for ftp, _ in second] == [True, True, False]
+            assert "421 Too many connections waiting to log in" in second[2][1]
+            assert user.voidcmd("NOOP").startswith("200")  # logged-in sessions go on
+            with pytest.raises(ftplib.error_temp, match="waiting to log in"):
+                connect(proc)
+        finally:
+            close_all(ftp for ftp, _ in first + second)
+        wait_until(lambda: try_connect(proc, "127.0.0.3")[0] is not None,
+                   what="a place freed once the idle connections closed")
+        user.quit()
+
+
+def test_login_timeout_is_not_reset_by_commands_before_login(emulator, tmp_path):
+    """Before: the idle timeout was 300 s and every NOOP/USER/FEAT before login reset it."""
+    with server(emulator, tmp_path, login_timeout="3") as proc:
+        user = log_in(proc)
+        ftp = connect(proc)
+        started = time.monotonic()
+        reply = ""
+        while not reply.startswith("421") and time.monotonic() - started < 30:
+            for command in ("NOOP", "USER ops", "FEAT"):
+                try:
+                    ftp.sendcmd(command)
+                except ftplib.error_temp as exc:
+                    reply = str(exc)
+                    break
+                except ftplib.Error:
+                    pass
+                except (OSError, EOFError):
+                    reply = reply or "connection closed without 421"
+                    break
+        assert reply == "421 Login timed out.", reply
+        assert time.monotonic() - started > 2
+        assert user.voidcmd("NOOP").startswith("200")  # a logged-in session is left alone
+        wait_until(lambda: "no login within login_timeout=3s" in proc.log_text(),
+                   what="the timeout logged")
+        user.quit()
+        ftp.close()
+
+
+def test_a_ban_closes_open_connections_and_is_checked_at_user_and_pass(emulator, tmp_path):
+    """Before: only accept checked the ban; connections opened earlier went on guessing,
+    and one of them logged in with 230 while banned."""
+    with server(emulator, tmp_path, max_login_failures="3", ban_time="300") as proc:
+        idle = [connect(proc, "127.0.0.2") for _ in range(6)]
+        waiting = connect(proc, "127.0.0.2")
+        waiting.sendcmd("USER ops")
+        guessers = [connect(proc, "127.0.0.2") for _ in range(3)]
+        replies: list[str] = []
+
+        def guess(ftp: ftplib.FTP) -> None:
+            ftp.sendcmd("USER ops")
+            try:
+                ftp.sendcmd("PASS wrong")
+            except ftplib.Error as exc:
+                replies.append(str(exc))
+
+        threads = [threading.Thread(target=guess, args=(ftp,)) for ftp in guessers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(r[:3] for r in replies) == ["530"] * 3, replies
+        try:
+            answer = waiting.sendcmd("PASS ops-pw")
+        except (ftplib.Error, EOFError, OSError) as exc:
+            answer = str(exc)
+        assert answer.startswith("421"), answer  # refused at PASS or already closed: no 230
+        for ftp in idle:  # on both workers
+            assert next_reply(ftp) == ("421 Too many failed logins from your address; try "
+                                       "again later.")
+        with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
+            connect(proc, "127.0.0.2")
+        log_in(proc).quit()  # other addresses are not affected
+        close_all([*idle, waiting, *guessers])
+        assert "127.0.0.2: closed: its address was banned" in proc.log_text()
+
+
+# Two loopback addresses with the same crc32(ip) | 1, the key bans and per-IP counts had.
+COLLIDING = [("127.5.212.6", "127.20.88.150"), ("127.5.212.7", "127.20.88.151")]
+
+
+def test_bans_and_per_address_counts_are_keyed_by_the_exact_address(emulator, tmp_path):
+    for first, second in COLLIDING:
+        assert zlib.crc32(first.encode()) | 1 == zlib.crc32(second.encode()) | 1
+    with server(emulator, tmp_path, max_login_failures="1", max_connections_per_ip="1") as proc:
+        banned, neighbour = COLLIDING[0]
+        with pytest.raises(ftplib.error_perm, match="530"):
+            log_in(proc, banned, "wrong")
+        with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
+            connect(proc, banned)
+        log_in(proc, neighbour).quit()
+        holder, other = COLLIDING[1]
+        held = log_in(proc, holder)
+        log_in(proc, other).quit()
+        with pytest.raises(ftplib.error_temp, match="same IP"):
+            connect(proc, holder)
+        held.quit()
+
+
+def test_bans_survive_stop_and_start(emulator, tmp_path):
+    proc = server(emulator, tmp_path, max_login_failures="1", ban_time="600")
+    proc.write_config()
+    assert proc.ctl("start").returncode == 0
+    master = proc.daemon_pid()
+    try:
+        with pytest.raises(ftplib.error_perm, match="530"):
+            log_in(proc, "127.0.0.2", "wrong")
+        assert proc.ctl("stop").returncode == 0
+        bans_file = os.path.join(proc.log_dir, "cosftp.pid.bans")
+        assert os.stat(bans_file).st_mode & 0o777 == 0o600
+        with open(bans_file, encoding="ascii") as handle:
+            saved = json.load(handle)["bans"]
+        assert [ban["address"] for ban in saved] == ["127.0.0.2"]
+        assert 500 < saved[0]["until"] - time.time() <= 600
+        saved.append({"address": "127.0.0.3", "until": int(time.time()) - 1})  # expired
+        with open(bans_file, "w", encoding="ascii") as handle:
+            json.dump({"bans": saved}, handle)
+        assert proc.ctl("start").returncode == 0
+        master = proc.daemon_pid()
+        with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
+            connect(proc, "127.0.0.2")
+        log_in(proc, "127.0.0.3").quit()
+        assert "restored 1 bans" in proc.log_text()
+    finally:
+        proc.ensure_stopped(master)
