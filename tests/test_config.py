@@ -215,7 +215,9 @@ def test_defaults_for_every_missing_option(tmp_path, monkeypatch):
     assert config.transfer.multipart_copy_threshold == 5 * GIB
     server = config.server
     assert (server.max_connection_num, server.max_connections_per_ip, server.max_list_file) == \
-        (512, 0, 10000)
+        (512, 64, 10000)
+    assert (server.login_timeout, server.max_prelogin_connections,
+            server.max_prelogin_connections_per_ip) == (30, 128, 16)
     assert server.log_level == "INFO"
     assert server.log_dir == str(tmp_path / "log")
     assert server.pid_file == str(tmp_path / "log" / "cosftp.pid")
@@ -363,6 +365,8 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("OPTIONAL", "min_part_size", str(5 * GIB + 1), "between"),
     _bad("OPTIONAL", "min_part_size", str(6 * GIB), "between"),
     _bad("OPTIONAL", "upload_thread_num", "0", "between"),
+    _bad("OPTIONAL", "login_timeout", "0", "between 1 and 3600"),
+    _bad("OPTIONAL", "max_prelogin_connections_per_ip", "-1", "at least 0"),
     _bad("OPTIONAL", "max_connection_num", "-1", "at least 0"),
     _bad("OPTIONAL", "max_list_file", "0", "at least 1"),
     _bad("OPTIONAL", "log_level", "LOUD", "DEBUG"),
