@@ -138,6 +138,12 @@ class BalancedFTPServer(ThreadedFTPServer):
         self.rebalance()
         return handler
 
+    def _loop(self, handler) -> None:
+        """Serve one session in its thread; one refused at accept (421 sent, closed) has
+        nothing left to serve, and pyftpdlib would fail registering its closed socket."""
+        if not handler._closed:
+            super()._loop(handler)
+
     def rebalance(self) -> None:
         """Pause or resume accepting, depending on the load of the other workers."""
         if self._fileno is None:
