@@ -138,8 +138,11 @@ class Gate:
 
     def log_in(self, ticket: Ticket) -> Optional[str]:
         """Called on a correct password: return None if the session may go on, else why not
-        (it was banned or timed out meanwhile, or the server is full of logged-in users)."""
+        (it was banned or timed out meanwhile, or the server is full of logged-in users).
+        A session logging in again (USER after login, REIN) keeps its place."""
         with ticket.lock:
+            if ticket.state is SessionState.LOGGED_IN:
+                return None
             if ticket.state is not SessionState.PENDING:
                 return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
             reason = self.state.log_in(ticket.row, self.pid, self.limits.logged_in)

@@ -138,6 +138,7 @@ def test_login_timeout_is_not_reset_by_commands_before_login(emulator, tmp_path)
         assert reply == "421 Login timed out.", reply
         assert time.monotonic() - started > 2
         assert user.voidcmd("NOOP").startswith("200")  # a logged-in session is left alone
+        assert user.login("ops", "ops-pw").startswith("230")  # and may log in again
         wait_until(lambda: "no login within login_timeout=3s" in proc.log_text(),
                    what="the timeout logged")
         user.quit()
