@@ -4,6 +4,15 @@ Starts its own emulator and a server with ``--workers`` workers, runs ``--sessio
 sessions for ``--seconds``, and prints sessions/s, bytes/s, errors, p99 command latency and
 the largest worker RSS. Exits 1 if any command failed or any download differed from what was
 uploaded. The test suite runs a small version; the full one is run by hand.
+
+``--hostile`` runs the workload twice on the same server: once alone, then with attackers
+beside it (``bench/attackers.py``): ``--flood`` idle sockets that never log in, a password
+guesser and slow-drip clients, each from its own loopback address. It prints both runs and
+how fast each attacker was cut off; it exits 1 also if an attacker ever logged in.
+
+The legitimate sessions all come from 127.0.0.1 and log in at most ``LOGINS_AT_ONCE`` at a
+time, below the server's per-address limit on connections not logged in yet (in the field
+they come from many addresses); the server allows one address all of them logged in.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import io
 import json
 import os
 import random
+import resource
 import sys
 import tempfile
 import threading
@@ -27,10 +37,13 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.attackers import Guesser, IdleFlood, SlowDrip  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.server_proc import Account, ServerProcess  # noqa: E402
 
 BUCKET = "load-1250000000"
+LOGINS_AT_ONCE = 8
+FLOOD_FROM, GUESSER_FROM, DRIP_FROM = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
 
 @dataclass
@@ -54,16 +67,18 @@ class Client:
     """One session's loop: its own directory, its own record of what it stored."""
 
     def __init__(self, server: ServerProcess, number: int, tally: Tally, deadline: float,
-                 max_size: int) -> None:
+                 max_size: int, prefix: str, logins: threading.Semaphore) -> None:
         self.server, self.tally, self.deadline = server, tally, deadline
-        self.dir = f"c{number:04d}"
+        self.logins = logins
+        self.dir = f"{prefix}{number:04d}"
         self.rng = random.Random(number)
         self.max_size = max_size
         self.stored: dict[str, str] = {}
 
     def run(self) -> None:
         try:
-            ftp = self.server.login("load", "load-pw", timeout=120)
+            with self.logins:
+                ftp = self.server.login("load", "load-pw", timeout=120)
         except (OSError, EOFError, ftplib.Error) as exc:
             self._error(f"login: {exc}")
             return
@@ -134,27 +149,52 @@ def run(args: argparse.Namespace) -> dict:
     workdir = tempfile.mkdtemp(prefix="cosftp-load-")
     server = ServerProcess(workdir, emulator.port, [Account("load", "load-pw", BUCKET)],
                            optional={"worker_processes": str(args.workers),
-                                     "max_connection_num": "0", "log_level": "WARNING"})
-    tally, peak, stop = Tally(), [0], threading.Event()
+                                     "max_connection_num": "0",
+                                     "max_connections_per_ip": str(args.sessions + 16),
+                                     "log_level": "WARNING"})
     try:
         server.start()
-        sampler = threading.Thread(target=sample_rss,
-                                   args=(psutil.Process(server.proc.pid), stop, peak))
-        sampler.start()
-        started = time.monotonic()
-        deadline = started + args.seconds
-        clients = [threading.Thread(target=Client(server, n, tally, deadline, args.max_size).run)
-                   for n in range(args.sessions)]
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.join()
-        elapsed = time.monotonic() - started
-        stop.set()
-        sampler.join()
+        quiet = workload(server, args, "q")
+        if not args.hostile:
+            return quiet
+        attackers = [IdleFlood(server.port, FLOOD_FROM, args.flood),
+                     Guesser(server.port, GUESSER_FROM, "load", args.guessers),
+                     SlowDrip(server.port, DRIP_FROM, args.drippers)]
+        threads = [threading.Thread(target=attacker.run) for attacker in attackers]
+        for thread in threads:
+            thread.start()
+        hostile = workload(server, args, "h")
+        for attacker in attackers:
+            attacker.stop.set()
+        for thread in threads:
+            thread.join()
+        return {"quiet": quiet, "hostile": hostile,
+                "idle_flood": attackers[0].report(), "guesser": attackers[1].report(),
+                "slow_drip": attackers[2].report()}
     finally:
         server.stop()
         emulator.stop()
+
+
+def workload(server: ServerProcess, args: argparse.Namespace, prefix: str) -> dict:
+    """Run ``args.sessions`` sessions for ``args.seconds`` against ``server``."""
+    tally, peak, stop = Tally(), [0], threading.Event()
+    sampler = threading.Thread(target=sample_rss,
+                               args=(psutil.Process(server.proc.pid), stop, peak))
+    sampler.start()
+    started = time.monotonic()
+    deadline = started + args.seconds
+    logins = threading.Semaphore(LOGINS_AT_ONCE)
+    clients = [threading.Thread(target=Client(server, n, tally, deadline, args.max_size,
+                                              prefix, logins).run)
+               for n in range(args.sessions)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    elapsed = time.monotonic() - started
+    stop.set()
+    sampler.join()
     latencies = sorted(tally.latencies) or [0.0]
     return {
         "sessions": tally.sessions, "seconds": round(elapsed, 1),
@@ -167,16 +207,35 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _raise_open_files(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+
+
+def _passed(result: dict) -> bool:
+    runs = [result["quiet"], result["hostile"]] if "quiet" in result else [result]
+    clean = all(run["errors"] == 0 and run["mismatches"] == 0 for run in runs)
+    return clean and result.get("guesser", {}).get("logins_230", 0) == 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--max-size", type=int, default=512 * 1024)
+    parser.add_argument("--hostile", action="store_true",
+                        help="run again with attackers beside the sessions")
+    parser.add_argument("--flood", type=int, default=1000, help="idle attacker sockets")
+    parser.add_argument("--guessers", type=int, default=10,
+                        help="password-guessing connections")
+    parser.add_argument("--drippers", type=int, default=10, help="slow-drip connections")
     args = parser.parse_args(argv)
+    _raise_open_files(4 * (args.sessions + args.flood + args.guessers + args.drippers) + 256)
     result = run(args)
     print(json.dumps(result, indent=2))
-    return 0 if result["errors"] == 0 and result["mismatches"] == 0 else 1
+    return 0 if _passed(result) else 1
 
 
 if __name__ == "__main__":
