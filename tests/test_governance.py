@@ -19,6 +19,9 @@ from contextlib import suppress
 
 import pytest
 
+from cosftp_prefork.gate import BurstLog
+from cosftp_prefork.shared import SharedState, address_key, address_text, load_bans, save_bans
+
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
 from .test_master import no_sessions_left
@@ -231,3 +234,47 @@ def test_bans_survive_stop_and_start(emulator, tmp_path):
         assert "restored 1 bans" in proc.log_text()
     finally:
         proc.ensure_stopped(master)
+
+
+# --- pure logic
+
+
+def test_address_keys_are_whole_addresses():
+    assert address_key("::ffff:192.0.2.7") == address_key("192.0.2.7")
+    assert address_key("fe80::1%eth0") == address_key("fe80::1")
+    assert address_key("2001:db8::1") != address_key("2001:db8::1:0")
+    assert address_text(address_key("192.0.2.7")) == "192.0.2.7"
+    assert address_text(address_key("2001:db8::1")) == "2001:db8::1"
+
+
+def test_ipv6_bans_are_per_address_and_saved_with_their_expiry(tmp_path):
+    state = SharedState.create(str(tmp_path / "state"))
+    now = time.time()
+    assert state.record_failure("2001:db8::1", now, 1, 60, 300)
+    assert state.is_banned("2001:db8::1", now) and not state.is_banned("2001:db8::2", now)
+    assert not state.is_banned("2001:db8::1", now + 301)
+    save_bans(str(tmp_path / "bans"), state.bans(now))
+    fresh = SharedState.create(str(tmp_path / "state2"))
+    expired = ("2001:db8::3", int(now) - 1)
+    assert fresh.restore_bans([*load_bans(str(tmp_path / "bans")), expired], now) == 1
+    assert fresh.bans(now) == [("2001:db8::1", int(now) + 300)]
+    (tmp_path / "bad").write_text("{not json")
+    with pytest.raises(ValueError, match="not a bans file"):
+        load_bans(str(tmp_path / "bad"))
+
+
+def test_burst_log_writes_the_first_event_then_a_count(caplog):
+    burst = BurstLog(interval=10.0, max_keys=2)
+    with caplog.at_level("WARNING", logger="cosftp_prefork.gate"):
+        for _ in range(500):
+            burst.note("192.0.2.1", "connection refused: full", now=100.0)
+        burst.note("192.0.2.2", "connection refused: full", now=100.0)
+        burst.note("192.0.2.3", "connection refused: full", now=100.0)  # over max_keys
+        burst.flush(now=105.0)
+        assert len(caplog.records) == 3
+        burst.flush(now=111.0)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[:3] == ["192.0.2.1: connection refused: full",
+                         "192.0.2.2: connection refused: full",
+                         "other addresses: connection refused: full"]
+    assert lines[3:] == ["192.0.2.1: connection refused: full (499 more times in 11s)"]
