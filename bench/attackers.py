@@ -26,6 +26,15 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[int(share * (len(ordered) - 1))]
 
 
+def _in_threads(target, arguments: list[tuple]) -> None:
+    """Run ``target(*args)`` for each of ``arguments`` in its own thread; wait for all."""
+    threads = [threading.Thread(target=target, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 @dataclass
 class _Conn:
     sock: socket.socket
@@ -116,12 +125,7 @@ class Guesser:
 
     def run(self) -> None:
         self.started = time.monotonic()
-        threads = [threading.Thread(target=self._one, args=(n,))
-                   for n in range(self.connections)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_threads(self._one, [(n,) for n in range(self.connections)])
 
     def _one(self, number: int) -> None:
         attempt = 0
@@ -174,12 +178,7 @@ class SlowDrip:
     replies: list[str] = field(default_factory=list)
 
     def run(self) -> None:
-        threads = [threading.Thread(target=self._one, args=(n % 2 == 0,))
-                   for n in range(self.connections)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_threads(self._one, [(n % 2 == 0,) for n in range(self.connections)])
 
     def _one(self, drip_bytes: bool) -> None:
         started = time.monotonic()
