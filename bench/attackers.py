@@ -8,14 +8,22 @@ other attackers, and each reports how fast the server cut it off.
 * ``Guesser``: ``connections`` parallel connections, each guessing passwords until cut off.
 * ``SlowDrip``: connections that send one byte of an endless command line, or a ``NOOP``,
   every few seconds, so that no idle timeout a command resets would ever fire.
+
+Run as a script (``bench/load.py --hostile`` does), it attacks a server for ``--seconds`` in a
+process of its own (not sharing the legitimate clients' interpreter lock) and prints what
+each attacker saw as JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ftplib
+import json
+import select
 import selectors
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -183,7 +191,7 @@ class SlowDrip:
     def _one(self, drip_bytes: bool) -> None:
         started = time.monotonic()
         try:
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.interval,
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=60,
                                             source_address=(self.source, 0))
         except OSError:
             return
@@ -212,11 +220,8 @@ class SlowDrip:
 
     def _poll(self, sock: socket.socket) -> bytes:
         """Wait ``interval`` for the server to say anything; b"" when it closed."""
-        try:
-            data = sock.recv(4096)
-        except TimeoutError:
-            return b"(nothing)"
-        return data
+        readable, _, _ = select.select([sock], [], [], self.interval)
+        return sock.recv(4096) if readable else b"(nothing)"
 
     def report(self) -> dict:
         return {"connections": self.connections,
@@ -224,3 +229,34 @@ class SlowDrip:
                 "cut_off_after_s_min": round(min(self.cut_after, default=0), 1),
                 "cut_off_after_s_max": round(max(self.cut_after, default=0), 1),
                 "last_replies": sorted(set(self.replies))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--user", default="load", help="the login the guesser attacks")
+    parser.add_argument("--flood", type=int, default=1000)
+    parser.add_argument("--guessers", type=int, default=10)
+    parser.add_argument("--drippers", type=int, default=10)
+    parser.add_argument("--sources", default="127.0.0.2,127.0.0.3,127.0.0.4",
+                        help="source addresses of the flood, the guesser, the drippers")
+    args = parser.parse_args(argv)
+    flood_from, guesser_from, drip_from = args.sources.split(",")
+    attackers = {"idle_flood": IdleFlood(args.port, flood_from, args.flood),
+                 "guesser": Guesser(args.port, guesser_from, args.user, args.guessers),
+                 "slow_drip": SlowDrip(args.port, drip_from, args.drippers)}
+    threads = [threading.Thread(target=attacker.run) for attacker in attackers.values()]
+    for thread in threads:
+        thread.start()
+    time.sleep(args.seconds)
+    for attacker in attackers.values():
+        attacker.stop.set()
+    for thread in threads:
+        thread.join()
+    print(json.dumps({name: attacker.report() for name, attacker in attackers.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,9 +6,10 @@ the largest worker RSS. Exits 1 if any command failed or any download differed f
 uploaded. The test suite runs a small version; the full one is run by hand.
 
 ``--hostile`` runs the workload twice on the same server: once alone, then with attackers
-beside it (``bench/attackers.py``): ``--flood`` idle sockets that never log in, a password
-guesser and slow-drip clients, each from its own loopback address. It prints both runs and
-how fast each attacker was cut off; it exits 1 also if an attacker ever logged in.
+beside it (``bench/attackers.py``, in a process of its own): ``--flood`` idle sockets that
+never log in, a password guesser and slow-drip clients, each from its own loopback address.
+It prints both runs and how fast each attacker was cut off; it exits 1 also if an attacker
+ever logged in.
 
 The legitimate sessions all come from 127.0.0.1 and log in at most ``LOGINS_AT_ONCE`` at a
 time, below the server's per-address limit on connections not logged in yet (in the field
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,13 +39,13 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.attackers import Guesser, IdleFlood, SlowDrip  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.server_proc import Account, ServerProcess  # noqa: E402
 
 BUCKET = "load-1250000000"
 LOGINS_AT_ONCE = 8
-FLOOD_FROM, GUESSER_FROM, DRIP_FROM = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+# the idle flood's, the password guesser's and the slow-drip clients' source addresses
+ATTACKERS_FROM = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
 @dataclass
@@ -157,20 +159,14 @@ def run(args: argparse.Namespace) -> dict:
         quiet = workload(server, args, "q")
         if not args.hostile:
             return quiet
-        attackers = [IdleFlood(server.port, FLOOD_FROM, args.flood),
-                     Guesser(server.port, GUESSER_FROM, "load", args.guessers),
-                     SlowDrip(server.port, DRIP_FROM, args.drippers)]
-        threads = [threading.Thread(target=attacker.run) for attacker in attackers]
-        for thread in threads:
-            thread.start()
+        attackers = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "bench", "attackers.py"), "--port",
+             str(server.port), "--seconds", str(args.seconds), "--flood", str(args.flood),
+             "--guessers", str(args.guessers), "--drippers", str(args.drippers),
+             "--sources", ",".join(ATTACKERS_FROM)], stdout=subprocess.PIPE, text=True)
         hostile = workload(server, args, "h")
-        for attacker in attackers:
-            attacker.stop.set()
-        for thread in threads:
-            thread.join()
-        return {"quiet": quiet, "hostile": hostile,
-                "idle_flood": attackers[0].report(), "guesser": attackers[1].report(),
-                "slow_drip": attackers[2].report()}
+        out, _ = attackers.communicate(timeout=args.seconds + 300)
+        return {"quiet": quiet, "hostile": hostile, **json.loads(out)}
     finally:
         server.stop()
         emulator.stop()

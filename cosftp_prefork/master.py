@@ -45,7 +45,7 @@ from .shared import (
     save_bans,
     state_path,
 )
-from .worker import EXIT_BOOT_FAILURE, Worker
+from .worker import EXIT_BOOT_FAILURE, LISTEN_BACKLOG, Worker
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ EXIT_CRASH_LOOP = 1
 EXIT_CANNOT_START = 1
 
 
-def bind_listener(address: str, port: int, backlog: int = 128,
+def bind_listener(address: str, port: int, backlog: int = LISTEN_BACKLOG,
                   v6only: bool = False) -> socket.socket:
     """Return a listening TCP socket on ``address:port`` (IPv4 or IPv6; an IPv6 one also
     takes IPv4 connections unless ``v6only``, whatever the system default)."""

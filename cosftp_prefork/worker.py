@@ -44,6 +44,11 @@ TICK_SECONDS = 1.0
 BALANCE_SECONDS = 0.1
 # Exit status for "this worker cannot start with this config": not a crash to retry blindly.
 EXIT_BOOT_FAILURE = 3
+# Connections the kernel queues until a worker accepts them (capped by net.core.somaxconn);
+# pyftpdlib listens again on the inherited socket, so the workers set it too. pyftpdlib's 100
+# was too few for a burst: of 1,000 sockets one address opened at once, 635 were dropped by
+# the kernel and never answered.
+LISTEN_BACKLOG = 1024
 
 
 def _die_with_parent() -> None:
@@ -243,7 +248,7 @@ class Worker:
         ioloop = IOLoop.instance()
         servers = []
         for sock, handler, kind in listeners:
-            server = BalancedFTPServer(sock, handler, ioloop=ioloop)
+            server = BalancedFTPServer(sock, handler, ioloop=ioloop, backlog=LISTEN_BACKLOG)
             server.state, server.kind = self.state, kind
             server.max_cons = server.max_cons_per_ip = 0  # enforced server-wide by stats
             servers.append(server)
