@@ -13,6 +13,9 @@ import json
 import mmap
 import os
 import re
+import resource
+import select
+import socket
 import struct
 import threading
 import time
@@ -107,6 +110,44 @@ def test_idle_connections_of_one_address_cannot_lock_users_out(emulator, tmp_pat
                  if "127.0.0.2: connection refused" in line]
         # once per burst and worker (then a count), not once per socket
         assert 1 <= len(lines) <= 4, lines
+
+
+def _flood(port: int, source: str, count: int, timeout: float) -> list[bytes]:
+    """Open ``count`` sockets from ``source`` at once; return each one's first line (b"" if
+    none came within ``timeout``)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        with suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        socks.append(sock)
+    firsts = dict.fromkeys(socks, b"")
+    deadline = time.monotonic() + timeout
+    waiting = set(socks)
+    while waiting and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(waiting), [], [], 0.5)
+        for sock in readable:
+            with suppress(OSError):
+                firsts[sock] = sock.recv(200).split(b"\r\n", 1)[0]
+            waiting.discard(sock)
+    close_all(socks)
+    return list(firsts.values())
+
+
+def test_a_burst_of_connects_is_answered_not_dropped(emulator, tmp_path):
+    """Before: pyftpdlib listened again with a backlog of 100; of a burst of connects the
+    kernel dropped many (syncookies), and an idle client never heard anything."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4096:
+        pytest.skip("needs 4096 open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    with server(emulator, tmp_path) as proc:
+        firsts = _flood(proc.port, "127.0.0.5", 800, timeout=60)
+        assert firsts.count(b"220 cosftp-prefork ready.") == 16
+        refused = b"421 Too many connections from your address waiting to log in."
+        assert firsts.count(refused) == 800 - 16, sorted(set(firsts))
 
 
 def test_connections_not_logged_in_are_capped_server_wide(emulator, tmp_path):
