@@ -54,9 +54,11 @@ def cos(emulator):
 @pytest.fixture(scope="session")
 def server(emulator, tmp_path_factory):
     # No ban on failed logins: tests that send bad logins or garbage commands would ban the
-    # one address every test connects from (the ban has its own tests and server).
+    # one address every test connects from (the ban has its own tests and server). For the
+    # same reason no per-address limit on connections (test_governance.py tests those).
     proc = ServerProcess(str(tmp_path_factory.mktemp("server")), emulator.port,
-                         STANDARD_ACCOUNTS, optional={"max_login_failures": "0"})
+                         STANDARD_ACCOUNTS, optional={"max_login_failures": "0",
+                                                      "max_connections_per_ip": "0"})
     proc.start()
     yield proc
     proc.stop()
