@@ -204,7 +204,7 @@ class SlowDrip:
                 try:
                     sock.sendall(b"U" if drip_bytes else b"NOOP\r\n")
                     line = reader.readline() if not drip_bytes else self._poll(sock)
-                except TimeoutError:
+                except socket.timeout:  # TimeoutError from Python 3.10 on
                     continue
                 except OSError:
                     line = b""
