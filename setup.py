@@ -27,6 +27,10 @@ setup(
         # cryptography's certificate and key objects, which tls.py loads for clear errors.
         "pyOpenSSL>=24.3",
         "cryptography>=42",
+        # Metrics: its multiprocess mode is the documented way to add up the counters of
+        # prefork workers (one mmap file per process) and it writes the exposition format;
+        # both would otherwise be code of our own.
+        "prometheus_client>=0.20",
     ],
     extras_require={
         # The local COS emulator used by the demo and the test suite.

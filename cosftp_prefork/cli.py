@@ -15,6 +15,7 @@ from typing import Optional
 from .config import Config, load_config, locate_pid_file, resolve_masquerade
 from .errors import ConfigError
 from .log import LOG_FILE_MODE, LOG_FILE_NAME
+from .metrics_dir import use_metrics_dir
 from .passwords import hash_password
 from .shared import (
     RELOAD_FAILED,
@@ -76,13 +77,18 @@ def read_pid(pid_file: str) -> Optional[int]:
 
 
 def cmd_run(config: Config, log_file_only: bool = False) -> int:
-    from .master import Master
-
     running = read_pid(config.server.pid_file)
     if running:
         print(f"cosftpctl: already running as pid {running} ({config.server.pid_file})",
               file=sys.stderr)
         return 1
+    try:
+        use_metrics_dir(config)  # before anything imports prometheus_client
+    except OSError as exc:
+        print(f"cosftpctl: cannot prepare the metrics directory: {exc}", file=sys.stderr)
+        return 1
+    from .master import Master
+
     return Master(config, foreground=not log_file_only).run()
 
 

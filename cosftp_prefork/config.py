@@ -117,6 +117,16 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class OperatorConfig:
+    """What operators watch: the Prometheus endpoint and the vsftpd-style log files."""
+
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no metrics endpoint
+    xferlog_file: Optional[str] = None  # None: no transfer log
+    vsftpd_log_file: Optional[str] = None  # None: no vsftpd-format login/transfer log
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     accounts: tuple[AccountConfig, ...]
@@ -124,6 +134,7 @@ class Config:
     transfer: TransferConfig
     server: ServerConfig
     warnings: tuple[str, ...] = ()
+    operator: OperatorConfig = OperatorConfig()
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError
@@ -330,6 +341,17 @@ SETTINGS: tuple[Setting, ...] = (
             "connections not logged in yet, server-wide; 0 = unlimited"),
     Setting("OPTIONAL", "max_prelogin_connections_per_ip", _integer(0), 16,
             "connections not logged in yet from one client address; 0 = unlimited"),
+    # For operators: Prometheus metrics and the log files of vsftpd's format.
+    Setting("NETWORK", "metrics_address", _ip_address, "127.0.0.1",
+            "address of the Prometheus endpoint"),
+    Setting("NETWORK", "metrics_port", _integer(0, 65535), 0,
+            "port of the Prometheus endpoint (GET /metrics); 0 = off"),
+    Setting("OPTIONAL", "xferlog_enable", _boolean, False,
+            "write one xferlog line per finished or failed transfer"),
+    Setting("OPTIONAL", "xferlog_file", _path, None, "transfer log; default <log_dir>/xferlog"),
+    Setting("OPTIONAL", "vsftpd_log_file", _path, None,
+            "vsftpd-format log of logins and transfers (for fail2ban's vsftpd filter); "
+            "default: none"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -472,6 +494,17 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
                          net["passive_port"], implicit_port, tls)
 
 
+def _operator(reader: _Reader, net: dict[str, Any], optional: dict[str, Any]) -> OperatorConfig:
+    port = net["metrics_port"]
+    if port and port in (net["listen_port"], net["implicit_tls_port"]):
+        raise reader.error(f"{port} is already an FTP port", "NETWORK", "metrics_port")
+    xferlog = None
+    if optional["xferlog_enable"]:
+        xferlog = optional["xferlog_file"] or os.path.join(os.path.abspath(optional["log_dir"]),
+                                                           "xferlog")
+    return OperatorConfig(net["metrics_address"], port, xferlog, optional["vsftpd_log_file"])
+
+
 def _server_tls(reader: _Reader, certfile: Optional[str], keyfile: Optional[str],
                 require_reuse: bool) -> Optional[ServerTLS]:
     """Return the loaded certificate and key (None: TLS off); raises ``ConfigError``."""
@@ -514,6 +547,7 @@ def _build(reader: _Reader) -> Config:
                                 optional["resume_ttl"]),
         server=_server(reader, optional),
         warnings=tuple(reader.warnings),
+        operator=_operator(reader, net, optional),
     )
 
 

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import select
 import socket
+import time
 from collections.abc import Iterator
 from typing import Optional
 
@@ -17,12 +18,14 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.utils import strerror
 
+from . import metrics
 from .config import AccountConfig, Config
 from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext, Unstorable
 from .gate import BANNED
+from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .passwords import PasswordChecker
 from .paths import new_name_key
@@ -264,6 +267,7 @@ class CosFTPHandler(FTPHandler):
     stats = None  # the worker's WorkerStats: admission and counters
     _ticket = None  # our place in the server-wide limits (gate.Ticket), while admitted
     _kicked: Optional[str] = None  # why the worker's main thread told us to go
+    oplogs: OperatorLogs  # the worker's xferlog and vsftpd.log
 
     def handle(self) -> None:
         """Admit the session against the bans and server-wide limits before the 220
@@ -315,6 +319,7 @@ class CosFTPHandler(FTPHandler):
         if self.authenticated or not self.stats.gate.is_banned(self.remote_ip):
             return False
         self.stats.gate.refusals.note(self.remote_ip, "login refused: the address is banned")
+        metrics.LOGINS.labels("banned").inc()
         self.respond(f"421 {BANNED}")
         self.close_when_done()
         return True
@@ -344,11 +349,33 @@ class CosFTPHandler(FTPHandler):
         """Count the failure server-wide at once, not after the delayed 530: a client that
         reconnects as soon as it reads the 530 must already find its address banned."""
         log.warning("%s: failed login as %r", self.log_prefix_ctx(), self.username)
+        self._report_login(ok=False)
         self._banned_now = self.stats.gate.login_failed(self.remote_ip)
         if self._banned_now:
             log.warning("%s: banning %s after repeated failed logins", self.log_prefix_ctx(),
                         self.remote_ip)
         super().handle_auth_failed(msg, password)
+
+    def on_login(self, username: str) -> None:
+        self._report_login(ok=True)
+
+    def _report_login(self, ok: bool) -> None:
+        metrics.LOGINS.labels("ok" if ok else "failed").inc()
+        self.oplogs.login(self.username, ok, self.remote_ip)
+
+    def log_transfer(self, cmd: str, filename: str, receive: bool, completed: bool,
+                     elapsed: float, bytes: int) -> None:
+        """pyftpdlib's hook for every file transfer that ended: also count it and write it to
+        the transfer logs."""
+        super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
+        metrics.transfer_done(receive, completed, bytes)
+        now = time.time()
+        account = self.authorizer.account(self.username) if self.username else None
+        self.oplogs.transfer(Transfer(
+            started=now - elapsed, ended=now, client_ip=self.remote_ip, nbytes=bytes,
+            path=filename, upload=receive, ascii=self._current_type == "a",
+            user=self.username, anonymous=bool(account and account.anonymous_enable),
+            ok=completed))
 
     def on_login_failed(self, username: str, password: str) -> None:
         """Called after the delayed 530; a banned address is also disconnected."""
@@ -610,6 +637,7 @@ def configure_handler(config: Config, buckets: BucketRegistry, executor, retrier
         "retrier": retrier,
         "stats": stats,
         "authorizer": CosAuthorizer(config),
+        "oplogs": OperatorLogs(config.operator),
         "masquerade_address": masquerade_ip,
         "passive_ports": range(low, high + 1),
     }

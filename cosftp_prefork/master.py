@@ -30,9 +30,12 @@ from typing import Optional
 import psutil
 from setproctitle import setproctitle
 
+from . import metrics
 from .config import Config, NetworkConfig, load_config
 from .errors import ConfigError
+from .exporter import ExporterProcess, serve
 from .log import setup_logging
+from .metrics_dir import metrics_dir
 from .shared import (
     RELOAD_FAILED,
     RELOAD_OK,
@@ -227,6 +230,7 @@ class Master:
         self.exit_status = 0
         self.listeners: Optional[Listeners] = None
         self.state: Optional[SharedState] = None
+        self.exporter: Optional[ExporterProcess] = None
         self._stop_deadline = 0.0
         self._next_health_check = 0.0
         self._saved_ban_epoch = 0
@@ -248,6 +252,9 @@ class Master:
                          network.listen_port, f" or {network.implicit_tls_port}"
                          if network.implicit_tls_port else "", exc)
             return EXIT_CANNOT_START
+        if not self._bind_exporter():
+            self._close_listeners()
+            return EXIT_CANNOT_START
         self.state = SharedState.create(state_path(self.config.server.pid_file))
         self._restore_bans()
         write_pid_file(self.config.server.pid_file, self.pid)
@@ -265,6 +272,7 @@ class Master:
     def _loop(self) -> None:
         while not (self.stopping and not self.workers):
             self._spawn_missing()
+            self._spawn_exporter()
             signum = self._wait_for_signal()
             if signum is not None:
                 name = signal.Signals(signum).name[3:].lower()
@@ -276,6 +284,49 @@ class Master:
             self._save_bans()
             if self.stopping and time.monotonic() > self._stop_deadline:
                 self._signal_workers(signal.SIGKILL, self.workers.values())
+
+    def _bind_exporter(self) -> bool:
+        """Bind the metrics port if one is configured; False (logged) if it cannot."""
+        operator = self.config.operator
+        if not operator.metrics_port:
+            return True
+        try:
+            sock = bind_listener(operator.metrics_address, operator.metrics_port)
+        except OSError as exc:
+            log.critical("cannot listen for metrics on %s port %d: %s",
+                         operator.metrics_address, operator.metrics_port, exc)
+            return False
+        self.exporter = ExporterProcess(sock, metrics_dir(self.config.server.pid_file))
+        return True
+
+    def _spawn_exporter(self) -> None:
+        if self.exporter is None or self.stopping or not self.exporter.due():
+            return
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self._run_exporter())
+        self.exporter.started(pid)
+
+    def _run_exporter(self) -> int:
+        self._leave_master()
+        for listeners in (self.listeners, self.reload.old_listeners if self.reload else None):
+            if listeners is not None:
+                listeners.close()
+        assert self.exporter is not None
+        setup_logging(self.config.server.log_level, self.config.server.log_dir, "metrics",
+                      self.foreground)
+        setproctitle(f"cosftp: metrics exporter [{self.config.path}]")
+        try:
+            return serve(self.exporter.sock, self.exporter.path, self.pid)
+        except BaseException:
+            log.exception("metrics exporter crashed")
+            return 1
+
+    def _leave_master(self) -> None:
+        """In a child just forked: drop the master's signal wake-up pipe."""
+        signal.set_wakeup_fd(-1)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def _setup_logging(self) -> None:
         server = self.config.server
@@ -332,6 +383,7 @@ class Master:
         except (ConfigError, OSError) as exc:
             log.error("reload failed, still serving the previous configuration: %s", exc)
             self.reload_result = RELOAD_FAILED
+            metrics.RELOADS.labels("failed").inc()
         self._publish()
 
     def handle_usr1(self) -> None:
@@ -376,6 +428,9 @@ class Master:
     def _cleanup(self) -> None:
         self._close_listeners()
         self._save_bans(force=True)
+        if self.exporter is not None:
+            self.exporter.stop()
+            self.exporter.sock.close()
         server = self.config.server
         try:
             with open(server.pid_file, encoding="ascii") as handle:
@@ -442,9 +497,9 @@ class Master:
         self._publish()
 
     def _run_worker(self, index: int, slot: int) -> int:
-        signal.set_wakeup_fd(-1)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._leave_master()
+        if self.exporter is not None:
+            self.exporter.sock.close()
         assert self.listeners is not None and self.state is not None
         if self.reload is not None and self.reload.old_listeners is not None:
             # A new worker must not keep the old ports open.
@@ -477,11 +532,15 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self._worker_exited(worker, status)
+            elif self.exporter is not None:
+                self.exporter.reaped(pid, _describe_status(status))
 
     def _worker_exited(self, worker: WorkerProc, status: int) -> None:
         assert self.state is not None
         self.state.clear_slot(worker.slot)
         self.state.release_all(worker.pid)
+        if self.exporter is not None:
+            self.exporter.worker_exited(worker.pid)
         self._publish()
         how = _describe_status(status)
         if self.stopping or worker.draining or worker.generation != self.generation:
@@ -504,6 +563,7 @@ class Master:
         delay = backoff.record_exit(time.monotonic() - worker.started, time.monotonic())
         log.error("worker %d (pid %d) exited unexpectedly (%s); restarting in %.1fs",
                   worker.index, worker.pid, how, delay)
+        metrics.WORKER_RESTARTS.labels("exited").inc()
         if backoff.fast_failures >= MAX_FAST_FAILURES:
             log.critical("worker %d failed %d times in a row right after starting; stopping "
                          "the server (see the worker errors above)", worker.index,
@@ -537,6 +597,10 @@ class Master:
             log.info("reload: now listening on %s", listeners.describe())
         for warning in new.warnings:
             log.warning("config: %s", warning)
+        if (new.operator.metrics_address, new.operator.metrics_port) != \
+                (self.config.operator.metrics_address, self.config.operator.metrics_port):
+            log.warning("reload: metrics_address and metrics_port take effect at the next "
+                        "start; the metrics endpoint stays as it was")
         log.info("reload: %s", tls_summary(new))
         self.reload = PendingReload(self.config, self.generation, old_listeners,
                                     time.monotonic() + RELOAD_READY_TIMEOUT)
@@ -563,6 +627,7 @@ class Master:
                 self.reload = None
                 self.reload_result = RELOAD_OK
                 log.info("reload: generation %d done", self.generation)
+                metrics.RELOADS.labels("ok").inc()
                 self._publish()
             return
         current = self._current()
@@ -596,6 +661,7 @@ class Master:
         self.num_workers = self.config.server.worker_processes
         self.reload = None
         self.reload_result = RELOAD_FAILED
+        metrics.RELOADS.labels("failed").inc()
         self._publish()
 
     # --- health
@@ -630,6 +696,7 @@ class Master:
         if server.worker_max_rss and rss_mib > server.worker_max_rss and not worker.draining:
             log.warning("worker %d (pid %d) uses %.0f MiB RSS (worker_max_rss=%d); recycling "
                         "it gracefully", worker.index, worker.pid, rss_mib, server.worker_max_rss)
+            metrics.WORKER_RESTARTS.labels("recycled").inc()
             self._drain([worker])
         if fds > FD_WARNING_RATIO * fd_limit:
             log.warning("worker %d (pid %d) has %d open files of a limit of %d", worker.index,

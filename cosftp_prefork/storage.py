@@ -26,6 +26,7 @@ import requests
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
+from . import metrics
 from .config import AccountConfig
 from .errors import NotFound, PermissionDenied, StorageError
 
@@ -159,21 +160,31 @@ def _call(action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
     Request bodies here are always ``bytes``, so sending one again is safe. An answer the
     SDK cannot parse (XML holding raw control bytes) is an error like any other, never an
-    exception that ends the session.
+    exception that ends the session. Each attempt is counted and timed by operation: the
+    first word of ``action``, always a literal here.
     """
+    operation = action.split(" ", 1)[0]
     for attempt in range(RETRY_ATTEMPTS):
+        started = time.monotonic()
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
         except ElementTree.ParseError as exc:
+            metrics.cos_request(operation, "error", time.monotonic() - started)
             raise StorageError(f"COS {action} failed: unreadable answer ({exc})",
                                code="MalformedXML") from exc
         except (CosServiceError, CosClientError, requests.RequestException) as exc:
             error = _translate(exc, action)
+            metrics.cos_request(operation, str(error.status or "error"),
+                                time.monotonic() - started)
             if attempt == RETRY_ATTEMPTS - 1 or not _retryable(error):
                 raise error from exc
             delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt))
             log.info("%s: %s; retry %d in %.2fs", action, error, attempt + 1, delay)
+            metrics.COS_RETRIES.labels(operation).inc()
             time.sleep(delay)
+        else:
+            metrics.cos_request(operation, "ok", time.monotonic() - started)
+            return result
     raise AssertionError("unreachable")
 
 

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import Executor, Future, wait
 from typing import Callable, Optional
 
+from . import metrics
 from .checksum import Crc64
 from .config import MIN_PART_SIZE
 from .errors import FileTooLarge, NotFound, StorageError
@@ -210,6 +211,7 @@ class MultipartWriter:
         self._next_part = len(parked.parts) + 1
         self._size = parked.size
         self._continue_crc(parked.record.crc64)
+        metrics.UPLOADS_RESUMED.inc()
         log.info("%s: resuming parked upload %s of %s at byte %d", self._ctx,
                  parked.record.upload_id, parked.record.user, parked.size)
 
@@ -304,6 +306,7 @@ class MultipartWriter:
             return False
         self._state = "parked"
         self._buffer = bytearray()
+        metrics.UPLOADS_PARKED.inc()
         log.warning("%s: upload interrupted after %d bytes; parked %d bytes as upload %s for "
                     "%ds: REST %d + STOR continues it", self._ctx, self._size, resumable,
                     self._upload_id, self._resume_ttl, resumable)

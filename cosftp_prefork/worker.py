@@ -26,11 +26,12 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
+from . import metrics
 from .config import Config, resolve_masquerade
 from .errors import ConfigError
 from .ftp import configure_handler
 from .ftps import configure_tls_handlers
-from .gate import Gate, Ticket
+from .gate import BANNED, Gate, Ticket
 from .log import setup_logging
 from .resume import Janitor
 from .shared import DRAINING, SERVING, STARTING, SharedState
@@ -83,13 +84,17 @@ class WorkerStats:
                                                                    Optional[str]]:
         """Count a new session (see ``Gate.admit``)."""
         ticket, reason = self.gate.admit(ip, kick)
+        if reason == BANNED:
+            metrics.LOGINS.labels("banned").inc()
         if ticket is not None:
+            metrics.session_opened()
             with self._lock:
                 self.sessions += 1
         return ticket, reason
 
     def release(self, ticket: Ticket) -> None:
         self.gate.close(ticket)
+        metrics.SESSIONS.dec()
         with self._lock:
             self.sessions -= 1
 

@@ -1,0 +1,62 @@
+"""The Prometheus metrics every process of the server updates.
+
+prometheus_client's multiprocess mode keeps each process's values in memory-mapped files in
+``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`cosftp_prefork.metrics_dir`); the metrics exporter
+process adds them up when scraped. The variable is read when prometheus_client is first
+imported, so ``cosftpctl run`` sets it before importing anything that imports this module;
+without it (metrics off) the values stay in each process's memory and nobody reads them.
+
+The metrics are not registered in prometheus_client's default registry: the exporter
+collects them from the files, never from its own memory. Every label takes its values from
+a small fixed set (no user names, paths or addresses), so the number of series is bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS = Gauge("cosftp_sessions", "FTP sessions open now", registry=None,
+                 multiprocess_mode="livesum")
+SESSIONS_TOTAL = Counter("cosftp_sessions_accepted", "FTP sessions accepted", registry=None)
+LOGINS = Counter("cosftp_logins", "Logins by result: ok, failed (bad user or password), "
+                 "banned (address refused after repeated failures)", ["result"], registry=None)
+TRANSFERS = Counter("cosftp_transfers", "Finished transfers by direction (upload, download) "
+                    "and result (ok, failed)", ["direction", "result"], registry=None)
+TRANSFER_BYTES = Counter("cosftp_transfer_bytes", "Bytes moved over data connections by "
+                         "direction and result of the transfer", ["direction", "result"],
+                         registry=None)
+UPLOADS_PARKED = Counter("cosftp_uploads_parked", "Interrupted uploads kept for a resume",
+                         registry=None)
+UPLOADS_RESUMED = Counter("cosftp_uploads_resumed", "Parked uploads continued", registry=None)
+COS_REQUESTS = Counter("cosftp_cos_requests", "COS requests (each attempt) by operation and "
+                       "status (ok, an HTTP status, or error: no answer)",
+                       ["operation", "status"], registry=None)
+COS_LATENCY = Histogram("cosftp_cos_request_duration_seconds", "Duration of each COS request "
+                        "attempt (to the response headers) by operation", ["operation"],
+                        registry=None,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+COS_RETRIES = Counter("cosftp_cos_retries", "COS requests sent again after a transient error",
+                      ["operation"], registry=None)
+WORKER_RESTARTS = Counter("cosftp_worker_restarts", "Workers replaced by the master, by reason "
+                          "(exited: died or was killed unexpectedly; recycled: too much memory)",
+                          ["reason"], registry=None)
+RELOADS = Counter("cosftp_reloads", "Configuration reloads by result (ok, failed)", ["result"],
+                  registry=None)
+
+
+def session_opened() -> None:
+    SESSIONS.inc()
+    SESSIONS_TOTAL.inc()
+
+
+def transfer_done(upload: bool, ok: bool, nbytes: int) -> None:
+    """Count one finished (``ok``) or failed transfer of ``nbytes``."""
+    labels = ("upload" if upload else "download", "ok" if ok else "failed")
+    TRANSFERS.labels(*labels).inc()
+    TRANSFER_BYTES.labels(*labels).inc(nbytes)
+
+
+def cos_request(operation: str, status: str, seconds: float) -> None:
+    """Count one COS request attempt that ended with ``status`` after ``seconds``."""
+    COS_REQUESTS.labels(operation, status).inc()
+    COS_LATENCY.labels(operation).observe(seconds)

@@ -1,0 +1,45 @@
+"""The private directory of the Prometheus multiprocess files, chosen before any metric exists.
+
+prometheus_client decides when it is first imported whether values go to files
+(``PROMETHEUS_MULTIPROC_DIR`` set) or stay in memory, and creates the files of the metrics
+without labels at that import. So ``cosftpctl run`` prepares the directory and sets the
+variable before importing the server: this module must not import prometheus_client.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Optional
+
+from .config import Config
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir(pid_file: str) -> str:
+    """Beside the pid file, like the state file: private to this server."""
+    return pid_file + ".metrics"
+
+
+def use_metrics_dir(config: Config) -> Optional[str]:
+    """Wipe and select the metrics directory of ``config`` for this process and its
+    children, or make sure none is used when the endpoint is off; return it (None: off).
+
+    Call only once no server of this pid file runs: the files of a running one would go.
+    Raises ``OSError`` if the directory cannot be made or is not this user's own.
+    """
+    if not config.operator.metrics_port:
+        os.environ.pop(ENV, None)
+        return None
+    path = metrics_dir(config.server.pid_file)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OSError(f"{path} is not a directory owned by this user")
+    os.chmod(path, 0o700)
+    for name in os.listdir(path):
+        if name.endswith((".db", ".tmp")):
+            os.unlink(os.path.join(path, name))
+    os.environ[ENV] = path
+    return path

@@ -1,0 +1,312 @@
+"""What operators watch: the Prometheus endpoint, xferlog and the fail2ban-readable log."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cosftp_prefork.config import parse_config
+from cosftp_prefork.errors import ConfigError
+
+from .conftest import ALPHA, STANDARD_ACCOUNTS, _close
+from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .test_clients import require
+from .test_commands import get, put
+from .test_master import serving, state_of
+
+MIB = 1024 * 1024
+F2B_VSFTPD_FILTER = "/etc/fail2ban/filter.d/vsftpd.conf"
+
+
+def _operated(workdir: str, cos_port: int, accounts: list[Account], **optional: str):
+    metrics_port = free_port()
+    proc = ServerProcess(workdir, cos_port, accounts,
+                         network={"metrics_port": str(metrics_port)},
+                         optional={"xferlog_enable": "true",
+                                   "vsftpd_log_file": os.path.join(workdir, "log", "vsftpd.log"),
+                                   **optional})
+    proc.metrics_port = metrics_port
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ops(emulator, tmp_path_factory):
+    proc = _operated(str(tmp_path_factory.mktemp("ops")), emulator.port, STANDARD_ACCOUNTS,
+                     max_login_failures="0")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def scrape(proc: ServerProcess) -> dict[tuple[str, frozenset], float]:
+    """GET /metrics over HTTP: ``{(sample name, labels): value}``."""
+    url = f"http://127.0.0.1:{proc.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def metrics_files(proc: ServerProcess) -> list[str]:
+    return sorted(os.listdir(os.path.join(proc.log_dir, "cosftp.pid.metrics")))
+
+
+def log_lines(proc: ServerProcess, name: str) -> list[str]:
+    with open(os.path.join(proc.log_dir, name), encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+# --- Prometheus
+
+
+def test_metrics_move_during_a_transfer(ops, area):
+    before = scrape(ops)
+    ftp = ops.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    data = os.urandom(3 * MIB + 5)
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(data[:2 * MIB + 1])
+    parts = ("cosftp_cos_requests_total", {"operation": "UploadPart", "status": "ok"})
+    wait_until(lambda: value(scrape(ops), parts[0], **parts[1]) > value(before, parts[0],
+                                                                        **parts[1]),
+               what="parts counted while the upload runs")
+    during = scrape(ops)
+    assert value(during, "cosftp_sessions") >= 1
+    assert value(during, "cosftp_logins_total", result="ok") > value(
+        before, "cosftp_logins_total", result="ok")
+    latency = ("cosftp_cos_request_duration_seconds_count", {"operation": "UploadPart"})
+    assert value(during, latency[0], **latency[1]) > value(before, latency[0], **latency[1])
+    assert value(during, "cosftp_transfers_total", direction="upload", result="ok") == value(
+        before, "cosftp_transfers_total", direction="upload", result="ok")
+    conn.sendall(data[2 * MIB + 1:])
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert get(ftp, area) == data
+    after = scrape(ops)
+    for direction in ("upload", "download"):
+        assert value(after, "cosftp_transfers_total", direction=direction, result="ok") == \
+            value(before, "cosftp_transfers_total", direction=direction, result="ok") + 1
+        assert value(after, "cosftp_transfer_bytes_total", direction=direction, result="ok") \
+            == value(before, "cosftp_transfer_bytes_total", direction=direction,
+                     result="ok") + len(data)
+    assert value(after, "cosftp_cos_requests_total", operation="CompleteMultipartUpload",
+                 status="ok") > 0
+    _close(ftp)
+
+
+def test_metrics_count_failures_retries_parks_and_resumes(ops, area, emulator):
+    before = scrape(ops)
+    with pytest.raises(ftplib.error_perm, match="530"):
+        ops.login("alice", "wrong")
+    ftp = ops.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    put(ftp, f"{area}/doomed", b"d")
+    emulator.set_faults(fail_copies_of=f"{area}/doomed")
+    try:
+        with pytest.raises(ftplib.error_temp, match="451"):
+            ftp.rename(f"{area}/doomed", f"{area}/renamed")
+    finally:
+        emulator.set_faults(fail_copies_of="")
+    data = os.urandom(2 * MIB + 7)
+    conn = ftp.transfercmd(f"STOR {area}/parked")
+    conn.sendall(data[:MIB + MIB // 2])
+    wait_until(lambda: value(scrape(ops), "cosftp_cos_requests_total", operation="UploadPart",
+                             status="ok")
+               > value(before, "cosftp_cos_requests_total", operation="UploadPart",
+                       status="ok"), what="a part stored")
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    conn.close()  # a reset: the upload is interrupted, and parked
+    with pytest.raises(ftplib.error_temp, match="426"):
+        ftp.voidresp()
+    wait_until(lambda: value(scrape(ops), "cosftp_uploads_parked_total")
+               > value(before, "cosftp_uploads_parked_total"), what="the upload parked")
+    offset = ftp.size(f"{area}/parked")
+    ftp.sendcmd(f"REST {offset}")
+    conn = ftp.transfercmd(f"STOR {area}/parked")
+    conn.sendall(data[offset:])
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    after = scrape(ops)
+    assert value(after, "cosftp_logins_total", result="failed") == value(
+        before, "cosftp_logins_total", result="failed") + 1
+    for name, labels, more in (("cosftp_cos_requests_total", {"status": "503"}, 4),
+                               ("cosftp_cos_retries_total", {}, 3)):
+        assert value(after, name, operation="COPY", **labels) == value(
+            before, name, operation="COPY", **labels) + more
+    assert value(after, "cosftp_transfers_total", direction="upload", result="failed") == \
+        value(before, "cosftp_transfers_total", direction="upload", result="failed") + 1
+    assert value(after, "cosftp_uploads_resumed_total") == value(
+        before, "cosftp_uploads_resumed_total") + 1
+    assert get(ftp, f"{area}/parked") == data
+    _close(ftp)
+
+
+def test_metrics_endpoint_answers_only_metrics(ops):
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"http://127.0.0.1:{ops.metrics_port}/other", timeout=10)
+    assert raised.value.code == 404
+    with socket.create_connection(("127.0.0.1", ops.metrics_port), timeout=10) as sock:
+        sock.sendall(b"\x00\x01garbage\r\n\r\n")
+        sock.recv(4096)
+    assert value(scrape(ops), "cosftp_sessions") >= 0  # still serving
+
+
+def test_worker_restarts_keep_counters_and_fold_their_files(ops, area):
+    ftp = ops.login("alice", "alice-pw")
+    put(ftp, area, b"x" * 1000)
+    _close(ftp)
+    before = scrape(ops)
+    for index in (1, 2):
+        wait_until(lambda: serving(ops, 1, 2), what="both workers serving")
+        victim = next(w.pid for w in state_of(ops).workers() if w.index == index)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda victim=victim: victim not in {w.pid for w in state_of(ops).workers()}
+                   and serving(ops, 1, 2), timeout=30, what="the worker replaced")
+    after = scrape(ops)
+    assert value(after, "cosftp_worker_restarts_total", reason="exited") == value(
+        before, "cosftp_worker_restarts_total", reason="exited") + 2
+    for key, number in before.items():
+        if key[0].endswith("_total"):
+            assert after.get(key, 0.0) >= number, f"{key} went down: {number} -> {after.get(key)}"
+    live = {str(w.pid) for w in state_of(ops).workers()} | {str(ops.proc.pid)}
+    files = metrics_files(ops)
+    for name in files:
+        owner = re.search(r"_(\d+)\.db$", name)
+        assert owner is None or owner.group(1) in live, f"{name} of a dead process: {files}"
+    assert "counter_archive.db" in files
+
+
+def test_a_killed_exporter_is_started_again(ops):
+    master = psutil.Process(ops.proc.pid)
+
+    def exporters() -> list[int]:
+        found = []
+        for child in master.children():
+            try:
+                if "metrics exporter" in " ".join(child.cmdline()):
+                    found.append(child.pid)
+            except psutil.Error:  # a zombie, or gone
+                pass
+        return found
+
+    wait_until(lambda: len(exporters()) == 1, what="one exporter")
+    first = exporters()[0]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: exporters() and exporters()[0] != first, timeout=30,
+               what="a new exporter")
+    wait_until(lambda: _scrapes(ops), timeout=30, what="the endpoint back")
+
+
+def _scrapes(proc: ServerProcess) -> bool:
+    try:
+        return "cosftp_sessions" in {key[0] for key in scrape(proc)}
+    except OSError:
+        return False
+
+
+# --- xferlog and vsftpd.log
+
+
+def test_xferlog_lines_after_stor_retr_and_an_abort(ops, area):
+    ftp = ops.login("alice", "alice-pw")
+    name = f"/{area}/my report.txt"
+    assert put(ftp, name, b"r" * 1000).startswith("226")
+    assert get(ftp, name) == b"r" * 1000
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR /{area}/aborted")
+    conn.sendall(b"a" * 70_000)
+    ftp.abort()
+    conn.close()
+    _close(ftp)
+    flat = name.replace(" ", "_")
+    wait_until(lambda: any(f"/{area}/aborted" in line for line in log_lines(ops, "xferlog")),
+               what="the aborted upload in xferlog")
+    mine = [line.split() for line in log_lines(ops, "xferlog") if f"/{area}/" in line]
+    assert len(mine) == 3, mine
+    for fields in mine:
+        assert len(fields) == 18, fields  # a 5-word date, then 13 fields
+        assert re.fullmatch(r"\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}", " ".join(fields[:5]))
+        assert int(fields[5]) >= 1 and fields[6] == "127.0.0.1"
+        assert fields[10] == "_" and fields[12:17] == ["r", "alice", "ftp", "0", "*"]
+    stor, retr, aborted = mine
+    assert stor[7:13] == ["1000", flat, "b", "_", "i", "r"] and stor[17] == "c"
+    assert retr[7:13] == ["1000", flat, "b", "_", "o", "r"] and retr[17] == "c"
+    assert aborted[8] == f"/{area}/aborted" and aborted[11] == "i" and aborted[17] == "i"
+    assert 0 < int(aborted[7]) <= 70_000
+    vsftpd = [line for line in log_lines(ops, "vsftpd.log") if f"/{area}/" in line]
+    assert re.search(rf'\[pid \d+\] \[alice\] OK UPLOAD: Client "127.0.0.1", "{name}", '
+                     r"1000 bytes, [\d.]+Kbyte/sec$", vsftpd[0])
+    assert "OK DOWNLOAD" in vsftpd[1] and "FAIL UPLOAD" in vsftpd[2]
+
+
+def test_logs_and_metrics_off_by_default(server):
+    assert not os.path.exists(os.path.join(server.log_dir, "cosftp.pid.metrics"))
+    assert not os.path.exists(os.path.join(server.log_dir, "xferlog"))
+
+
+def test_metrics_port_cannot_be_an_ftp_port():
+    text = "".join(a.section(i, 9000) for i, a in enumerate(STANDARD_ACCOUNTS[:1]))
+    with pytest.raises(ConfigError, match=r"\[NETWORK\] metrics_port.*already an FTP port"):
+        parse_config(text + "[NETWORK]\nlisten_port = 2121\nmetrics_port = 2121\n")
+
+
+# --- fail2ban
+
+
+def test_stock_fail2ban_vsftpd_filter_matches_failed_logins_only(emulator, tmp_path):
+    f2b = require("fail2ban-regex")
+    proc = _operated(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                     max_login_failures="3", ban_time="300")
+    with proc:
+        _close(proc.login("alice", "alice-pw"))
+        forged = 'x] FAIL LOGIN: Client "10.9.9.9",'  # would ban someone else, if written raw
+        for user in ("alice", "nobody", forged):
+            with pytest.raises(ftplib.error_perm, match="530"):
+                proc.login(user, "wrong")
+        with pytest.raises(ftplib.error_temp, match="421"):
+            proc.login("alice", "alice-pw")
+        counts = scrape(proc)
+        log = os.path.join(proc.log_dir, "vsftpd.log")
+        done = subprocess.run([f2b, "--out", "ip", log, F2B_VSFTPD_FILTER],
+                              capture_output=True, text=True, timeout=60)
+    with open(log, encoding="utf-8") as handle:
+        text = handle.read()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["127.0.0.1"] * 3, (done.stdout, text)
+    assert value(counts, "cosftp_logins_total", result="failed") == 3
+    assert value(counts, "cosftp_logins_total", result="ok") == 1
+    assert value(counts, "cosftp_logins_total", result="banned") >= 1
+    assert text.count("OK LOGIN") == 1 and text.count("] FAIL LOGIN") == 3
+    _check_shipped_jail(tmp_path, log)
+
+
+def _check_shipped_jail(tmp_path, log: str) -> None:
+    """fail2ban accepts conf/fail2ban's jail pointed at the log (Debian's default sshd jail,
+    whose log this machine may lack, left out)."""
+    etc = tmp_path / "fail2ban"
+    shutil.copytree("/etc/fail2ban", etc)
+    for name in os.listdir(etc / "jail.d"):
+        os.unlink(etc / "jail.d" / name)
+    with open(os.path.join(ROOT, "conf", "fail2ban", "jail.d", "cosftp-prefork.conf"),
+              encoding="utf-8") as handle:
+        jail = re.sub(r"(?m)^logpath\s*=.*$", f"logpath = {log}", handle.read())
+    (etc / "jail.d" / "cosftp-prefork.conf").write_text(jail, encoding="utf-8")
+    done = subprocess.run([require("fail2ban-client"), "-c", str(etc), "-t"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
