@@ -255,6 +255,39 @@ def test_xferlog_lines_after_stor_retr_and_an_abort(ops, area):
     assert "OK DOWNLOAD" in vsftpd[1] and "FAIL UPLOAD" in vsftpd[2]
 
 
+def test_reloads_are_counted(ops):
+    before = scrape(ops)
+    with open(ops.config_path, encoding="utf-8") as handle:
+        good = handle.read()
+    try:
+        with open(ops.config_path, "w", encoding="utf-8") as handle:
+            handle.write(good.replace("worker_processes = 2", "worker_processes = many"))
+        os.kill(ops.proc.pid, signal.SIGHUP)
+        wait_until(lambda: value(scrape(ops), "cosftp_reloads_total", result="failed")
+                   == value(before, "cosftp_reloads_total", result="failed") + 1,
+                   what="the failed reload counted")
+    finally:
+        with open(ops.config_path, "w", encoding="utf-8") as handle:
+            handle.write(good)
+    assert ops.ctl("reload").returncode == 0
+    wait_until(lambda: value(scrape(ops), "cosftp_reloads_total", result="ok")
+               == value(before, "cosftp_reloads_total", result="ok") + 1, timeout=60,
+               what="the reload counted")
+
+
+def test_a_metrics_port_in_use_stops_the_start(emulator, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                             network={"metrics_port": str(taken.getsockname()[1])})
+        proc.write_config()
+        done = proc.ctl("run")
+    assert done.returncode == 1
+    assert re.search(r"CRITICAL .*cannot listen for metrics on 127\.0\.0\.1 port \d+: .*in use",
+                     proc.log_text())
+
+
 def test_logs_and_metrics_off_by_default(server):
     assert not os.path.exists(os.path.join(server.log_dir, "cosftp.pid.metrics"))
     assert not os.path.exists(os.path.join(server.log_dir, "xferlog"))
