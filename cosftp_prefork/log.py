@@ -56,7 +56,7 @@ def _indented(block: str) -> str:
     return "\n\t".join(escape_controls(line) for line in block.split("\n"))
 
 
-class _PrivateFileHandler(logging.handlers.WatchedFileHandler):
+class PrivateFileHandler(logging.handlers.WatchedFileHandler):
     """Creates the log file (again, after logrotate moved it) readable by owner and group
     only; an existing file keeps the mode it has."""
 
@@ -90,7 +90,7 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
     formatter = EscapingFormatter(_FORMAT)
     os.makedirs(log_dir, exist_ok=True)
     handlers: list[logging.Handler] = [
-        _PrivateFileHandler(os.path.join(log_dir, LOG_FILE_NAME), encoding="utf-8")
+        PrivateFileHandler(os.path.join(log_dir, LOG_FILE_NAME), encoding="utf-8")
     ]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))

@@ -18,13 +18,13 @@ lines of several workers never mix; the files are reopened when logrotate moves 
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 from .config import OperatorConfig
+from .log import PrivateFileHandler
 
 MAX_FIELD = 512
 _UNSAFE = '"[]'
@@ -93,13 +93,11 @@ def _file_logger(name: str, path: Optional[str]) -> Optional[logging.Logger]:
     if path is None:
         return None
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    # Created 0640 like the main log: it names users and their files.
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
     logger = logging.getLogger(f"cosftp_prefork.oplog.{name}")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    handler = PrivateFileHandler(path, encoding="utf-8")  # 0640: it names users and files
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
