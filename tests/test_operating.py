@@ -170,15 +170,17 @@ def test_metrics_endpoint_answers_only_metrics(ops):
 def test_worker_restarts_keep_counters_and_fold_their_files(ops, area):
     ftp = ops.login("alice", "alice-pw")
     put(ftp, area, b"x" * 1000)
-    _close(ftp)
     before = scrape(ops)
-    for index in (1, 2):
+    assert value(before, "cosftp_sessions") >= 1
+    for index in (1, 2):  # the session held open dies with its worker
         wait_until(lambda: serving(ops, 1, 2), what="both workers serving")
         victim = next(w.pid for w in state_of(ops).workers() if w.index == index)
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda victim=victim: victim not in {w.pid for w in state_of(ops).workers()}
                    and serving(ops, 1, 2), timeout=30, what="the worker replaced")
+    ftp.close()
     after = scrape(ops)
+    assert value(after, "cosftp_sessions") == 0, "a dead worker's sessions are still counted"
     assert value(after, "cosftp_worker_restarts_total", reason="exited") == value(
         before, "cosftp_worker_restarts_total", reason="exited") + 2
     for key, number in before.items():
