@@ -370,12 +370,12 @@ class CosFTPHandler(FTPHandler):
         super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
         metrics.transfer_done(receive, completed, bytes)
         now = time.time()
-        account = self.authorizer.account(self.username) if self.username else None
+        anonymous = self.authorizer.has_user(self.username) and \
+            self.authorizer.account(self.username).anonymous_enable
         self.oplogs.transfer(Transfer(
             started=now - elapsed, ended=now, client_ip=self.remote_ip, nbytes=bytes,
             path=filename, upload=receive, ascii=self._current_type == "a",
-            user=self.username, anonymous=bool(account and account.anonymous_enable),
-            ok=completed))
+            user=self.username, anonymous=anonymous, ok=completed))
 
     def on_login_failed(self, username: str, password: str) -> None:
         """Called after the delayed 530; a banned address is also disconnected."""

@@ -3,7 +3,8 @@
 Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake the loop
 through a pipe; the loop dispatches to ``handle_<signal>`` methods, reaps and respawns
 workers, finishes reloads and runs health checks. The master never serves FTP and never
-talks to COS.
+talks to COS; with ``metrics_port`` set it also forks and supervises the metrics exporter
+(:mod:`cosftp_prefork.exporter`).
 
 Reload (HUP) is nginx-like: the new file is validated first and an invalid one leaves
 everything as it was. A valid one starts a new generation of workers on the same sockets
@@ -309,9 +310,7 @@ class Master:
 
     def _run_exporter(self) -> int:
         self._leave_master()
-        for listeners in (self.listeners, self.reload.old_listeners if self.reload else None):
-            if listeners is not None:
-                listeners.close()
+        self._close_listeners()  # the exporter serves no FTP
         assert self.exporter is not None
         setup_logging(self.config.server.log_level, self.config.server.log_dir, "metrics",
                       self.foreground)
