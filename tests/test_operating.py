@@ -14,6 +14,7 @@ import urllib.request
 
 import psutil
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from cosftp_prefork.config import parse_config
@@ -275,6 +276,22 @@ def test_reloads_are_counted(ops):
     wait_until(lambda: value(scrape(ops), "cosftp_reloads_total", result="ok")
                == value(before, "cosftp_reloads_total", result="ok") + 1, timeout=60,
                what="the reload counted")
+
+
+def test_metrics_files_of_a_previous_run_are_wiped_at_start(emulator, tmp_path):
+    proc = _operated(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)])
+    stale_dir = os.path.join(proc.log_dir, "cosftp.pid.metrics")
+    os.makedirs(stale_dir, mode=0o755)
+    # pid 1 never dies: only the wipe at start can drop these values.
+    stale = MmapedDict(os.path.join(stale_dir, "counter_1.db"))
+    stale.write_value(mmap_key("cosftp_reloads", "cosftp_reloads_total", ["result"], ["ok"],
+                               "stale"), 1000.0, 0.0)
+    stale.close()
+    with proc:
+        counts = scrape(proc)
+        assert value(counts, "cosftp_reloads_total", result="ok") == 0
+        assert "counter_1.db" not in metrics_files(proc)
+        assert os.stat(stale_dir).st_mode & 0o777 == 0o700
 
 
 def test_a_metrics_port_in_use_stops_the_start(emulator, tmp_path):
