@@ -226,36 +226,47 @@ def _scrapes(proc: ServerProcess) -> bool:
 # --- xferlog and vsftpd.log
 
 
-def test_xferlog_lines_after_stor_retr_and_an_abort(ops, area):
+def test_xferlog_lines_after_stor_retr_and_cut_off_transfers(ops, area):
     ftp = ops.login("alice", "alice-pw")
     name = f"/{area}/my report.txt"
     assert put(ftp, name, b"r" * 1000).startswith("226")
     assert get(ftp, name) == b"r" * 1000
+    put(ftp, f"/{area}/big", os.urandom(8 * MIB))
     ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"RETR /{area}/big")
+    conn.recv(65536)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    conn.close()  # the client cuts the download off
+    with pytest.raises(ftplib.error_temp, match="426"):
+        ftp.voidresp()
     conn = ftp.transfercmd(f"STOR /{area}/aborted")
     conn.sendall(b"a" * 70_000)
     ftp.abort()
     conn.close()
     _close(ftp)
-    flat = name.replace(" ", "_")
     wait_until(lambda: any(f"/{area}/aborted" in line for line in log_lines(ops, "xferlog")),
                what="the aborted upload in xferlog")
     mine = [line.split() for line in log_lines(ops, "xferlog") if f"/{area}/" in line]
-    assert len(mine) == 3, mine
+    assert len(mine) == 5, mine
     for fields in mine:
         assert len(fields) == 18, fields  # a 5-word date, then 13 fields
         assert re.fullmatch(r"\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}", " ".join(fields[:5]))
         assert int(fields[5]) >= 1 and fields[6] == "127.0.0.1"
-        assert fields[10] == "_" and fields[12:17] == ["r", "alice", "ftp", "0", "*"]
-    stor, retr, aborted = mine
-    assert stor[7:13] == ["1000", flat, "b", "_", "i", "r"] and stor[17] == "c"
-    assert retr[7:13] == ["1000", flat, "b", "_", "o", "r"] and retr[17] == "c"
-    assert aborted[8] == f"/{area}/aborted" and aborted[11] == "i" and aborted[17] == "i"
-    assert 0 < int(aborted[7]) <= 70_000
+        assert fields[9:11] == ["b", "_"] and fields[12:17] == ["r", "alice", "ftp", "0", "*"]
+    # (path, direction) -> (bytes, completion)
+    seen = {(fields[8], fields[11]): (int(fields[7]), fields[17]) for fields in mine}
+    flat = name.replace(" ", "_")
+    assert seen[(flat, "i")] == (1000, "c") and seen[(flat, "o")] == (1000, "c")
+    assert seen[(f"/{area}/big", "i")] == (8 * MIB, "c")
+    cut, status = seen[(f"/{area}/big", "o")]
+    assert status == "i" and 0 < cut < 8 * MIB
+    got, status = seen[(f"/{area}/aborted", "i")]
+    assert status == "i" and 0 < got <= 70_000
     vsftpd = [line for line in log_lines(ops, "vsftpd.log") if f"/{area}/" in line]
     assert re.search(rf'\[pid \d+\] \[alice\] OK UPLOAD: Client "127.0.0.1", "{name}", '
                      r"1000 bytes, [\d.]+Kbyte/sec$", vsftpd[0])
-    assert "OK DOWNLOAD" in vsftpd[1] and "FAIL UPLOAD" in vsftpd[2]
+    assert ["OK DOWNLOAD" in vsftpd[1], "FAIL DOWNLOAD" in vsftpd[3],
+            "FAIL UPLOAD" in vsftpd[4]] == [True] * 3
 
 
 def test_reloads_are_counted(ops):
