@@ -49,7 +49,7 @@ from .mtimes import apply_mtimes, carry_markers, listed_mtimes, set_client_mtime
 from .paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
 from .renamer import Moved, copy_object, rename_directory
 from .resume import ParkedUpload, claim, discard, find_parked
-from .storage import Bucket
+from .storage import Bucket, ObjectInfo
 from .uploader import AbortRetrier, MultipartWriter
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class CosFS(AbstractedFS):
         self._bucket = self._ctx.bucket
         # What the current command learned, by path (None: nothing there); see begin_command.
         self._scope: dict[str, Optional[Entry]] = {}
+        # What the current command's HEADs said, by path: MFMT's copy keeps those attributes.
+        self._heads: dict[str, ObjectInfo] = {}
         # (path, upload id) of the parked upload this session's SIZE last reported: only
         # then does APPE continue it (curl -C -), else APPE appends to the file.
         self._offered: Optional[tuple[str, str]] = None
@@ -150,6 +152,7 @@ class CosFS(AbstractedFS):
     def begin_command(self) -> None:
         """Forget what earlier commands learned: from now on, only what COS answers."""
         self._scope = {}
+        self._heads = {}
 
     @_transient_escapes
     def lookup(self, path: str) -> Optional[Entry]:
@@ -174,10 +177,22 @@ class CosFS(AbstractedFS):
             info = self._bucket.head(object_key(path))
         except (NotFound, InvalidPath):
             return self.lookup(path)
-        entry = Entry(os.path.basename(path), False, info.size, info.mtime, info.etag,
-                      info.client_mtime)
-        self._scope[path] = entry
-        return entry
+        self._learn_file(path, info)
+        return self._scope[path]
+
+    def _learn_file(self, path: str, info: ObjectInfo) -> None:
+        """Keep what a HEAD (or a copy that made ``info``) said, for this command only."""
+        self._heads[path] = info
+        self._scope[path] = Entry(os.path.basename(path), False, info.size, info.mtime,
+                                  info.etag, info.client_mtime)
+
+    def _head(self, path: str) -> ObjectInfo:
+        """What a HEAD of the file ``path`` says, asked once per command."""
+        info = self._heads.get(path)
+        if info is None:
+            info = self._bucket.head(object_key(path))
+            self._learn_file(path, info)
+        return info
 
     def _fetch_entry(self, path: str) -> Optional[Entry]:
         name = os.path.basename(path)
@@ -204,6 +219,7 @@ class CosFS(AbstractedFS):
     def _forget(self, *paths: str) -> None:
         for path in paths:
             self._scope.pop(path, None)
+            self._heads.pop(path, None)
 
     def _check_creatable(self, path: str) -> None:
         """Refuse (``Refusal``) a new file at ``path`` where a directory is, under a file, or,
@@ -475,6 +491,7 @@ class CosFS(AbstractedFS):
         except InvalidPath as exc:
             raise Unstorable(exc.strerror) from exc
         self._scope.clear()
+        self._heads.clear()
         if moved:
             self._carry_mtimes(src, moved, dir_prefix(src))
         self._keep_directory(parent_dir(src))
@@ -597,10 +614,11 @@ class CosFS(AbstractedFS):
     def utime(self, path: str, timeval: float) -> None:
         """MFMT: record ``timeval`` as the file's modification time (see :mod:`.mtimes`);
         raises ``Refusal`` or ``OSError``."""
-        self._require(path, want_dir=False)
-        info = self._bucket.head(object_key(path))
-        set_client_mtime(self._bucket, info, timeval, self._ctx.transfer, self._ctx.executor)
-        self._forget(path)
+        self._require_file(path)
+        info = set_client_mtime(self._bucket, self._head(path), timeval, self._ctx.transfer,
+                                self._ctx.executor)
+        # MFMT's 213 reports the time from what the copy made, without another HEAD.
+        self._learn_file(path, info)
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
         """What ``read(*args)`` finds under ``.cosftp/``, or ``default`` when the credentials

@@ -23,7 +23,7 @@ from .config import TransferConfig
 from .listing import Entry, all_objects
 from .paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
 from .renamer import Moved, copy_object, delete_keys
-from .storage import Bucket, ObjectInfo
+from .storage import MTIME_HEADER, Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,32 @@ def _parse(name: str) -> tuple[str, int, str]:
 
 
 def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
-                     transfer: TransferConfig, executor: Executor) -> None:
-    """Record ``mtime`` for the object ``info``; raises ``StorageError``."""
-    copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime)
-    marker = marker_key(info.key, mtime, bucket.head(info.key).etag)
+                     transfer: TransferConfig, executor: Executor) -> ObjectInfo:
+    """Record ``mtime`` for the object ``info`` (as a HEAD found it); return what the object
+    is now. Raises ``StorageError``.
+
+    Three requests: the self-copy, the listing of this file's older markers and the new
+    marker; a fourth deletes older markers if there are any. The copy's answer names its
+    ETag: no HEAD afterwards.
+    """
+    etag = copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime)
+    stamp = int(mtime)
+    attributes = [item for item in info.attributes if item[0] != MTIME_HEADER]
+    attributes.append((MTIME_HEADER, str(stamp)))
+    now = dataclasses.replace(info, etag=etag, client_mtime=float(stamp),
+                              attributes=tuple(sorted(attributes)))
+    marker = marker_key(info.key, mtime, etag)
     if len(marker.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
         log.info("%s: name too long for a listing marker; only MDTM will show the time",
                  info.key)
-        return
+        return now
     directory, _, name = info.key.rpartition("/")
     prefix = f"{MTIME_ROOT}{directory}/" if directory else MTIME_ROOT
     stale = [obj.key for obj in all_objects(bucket, f"{MTIME_ROOT}{info.key}{_SEPARATOR}")
              if obj.key != marker and _parse(child_name(prefix, obj.key))[0] == name]
     bucket.put(marker, b"")
     delete_keys(bucket, stale)
+    return now
 
 
 def carry_markers(bucket: Bucket, moved: list[Moved], directory: str = "") -> None:

@@ -1,0 +1,96 @@
+"""COS requests per FTP command, counted at the emulator: the budgets in
+docs/performance.md. A change that adds a request to a command fails here."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_commands import get, put
+
+STAMP = "20200102030405"
+DATA = b"x" * 1000
+
+
+def count(emulator, area: str, action) -> dict:
+    emulator.requests(reset=True)
+    action()
+    return emulator.requests(contains=area)
+
+
+def listed(ftp, command: str) -> list[str]:
+    lines: list[str] = []
+    ftp.retrlines(command, lines.append)
+    return lines
+
+
+def test_stor_of_a_new_small_file(alice, emulator, area):
+    alice.mkd(area)
+    # Is the name a directory? Is its parent a file? Then the PUT.
+    assert count(emulator, area, lambda: put(alice, f"{area}/new", DATA)) == \
+        {"LIST": 2, "PUT": 1}
+
+
+def test_stor_over_an_existing_small_file(alice, emulator, area):
+    put(alice, f"{area}/old", DATA)
+    # The look-up of the name finds the file itself, which proves the parent.
+    assert count(emulator, area, lambda: put(alice, f"{area}/old", DATA)) == \
+        {"LIST": 1, "PUT": 1}
+
+
+def test_mfmt_after_stor(alice, emulator, area):
+    put(alice, f"{area}/f", DATA)
+    # HEAD (is it a file, and what the self-copy keeps), the self-copy, the listing of
+    # this file's older markers, the new marker; the 213 answers from the copy.
+    counts = count(emulator, area, lambda: alice.sendcmd(f"MFMT {STAMP} {area}/f"))
+    assert counts == {"HEAD": 1, "COPY": 1, "LIST": 1, "PUT": 1}, counts
+    assert alice.sendcmd(f"MDTM {area}/f") == f"213 {STAMP}"
+
+
+def test_stor_then_mfmt_as_lftp_mirror_sends_them(alice, emulator, area):
+    alice.mkd(area)
+
+    def stor_and_mfmt() -> None:
+        put(alice, f"{area}/f", DATA)
+        alice.sendcmd(f"MFMT {STAMP} {area}/f")
+    assert count(emulator, area, stor_and_mfmt) == \
+        {"LIST": 3, "PUT": 2, "HEAD": 1, "COPY": 1}
+
+
+@pytest.mark.parametrize("command, expected", [
+    # A look-up LIST and the parked-uploads LIST (SIZE also answers what REST can resume).
+    ("SIZE", {"LIST": 2}),
+    # One HEAD, which carries the MFMT time too.
+    ("MDTM", {"HEAD": 1}),
+])
+def test_size_and_mdtm(alice, emulator, area, command, expected):
+    put(alice, f"{area}/f", DATA)
+    assert count(emulator, area, lambda: alice.sendcmd(f"{command} {area}/f")) == expected
+
+
+def test_retr(alice, emulator, area):
+    put(alice, f"{area}/f", DATA)
+    # HEAD, then the GET pinned to the ETag the HEAD saw.
+    assert count(emulator, area, lambda: get(alice, f"{area}/f")) == {"HEAD": 1, "GET": 1}
+
+
+def test_list_of_a_directory(alice, emulator, area):
+    for i in range(20):
+        put(alice, f"{area}/{i}", DATA)
+    # The directory's look-up, its listing, the listing of its MFMT markers.
+    counts = count(emulator, area, lambda: listed(alice, f"LIST {area}"))
+    assert counts == {"LIST": 3}, counts
+
+
+def test_dele(alice, emulator, area):
+    put(alice, f"{area}/a", DATA)
+    put(alice, f"{area}/b", DATA)
+    # The look-up, the DELETE, and whether the directory still holds something.
+    assert count(emulator, area, lambda: alice.delete(f"{area}/a")) == \
+        {"LIST": 2, "DELETE": 1}
+
+
+def test_rnfr_rnto_of_a_file(alice, emulator, area):
+    put(alice, f"{area}/a", DATA)
+    put(alice, f"{area}/b", DATA)
+    counts = count(emulator, area, lambda: alice.rename(f"{area}/a", f"{area}/c"))
+    assert counts == {"LIST": 4, "HEAD": 1, "COPY": 1, "DELETE": 1}, counts
