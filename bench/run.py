@@ -13,6 +13,7 @@ import ftplib
 import io
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
-from tests.server_proc import Account, ServerProcess  # noqa: E402
+from tests.server_proc import Account, ServerProcess, free_port, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 BUCKET = "bench-1250000000"
@@ -179,6 +180,46 @@ class Bench:
         return rate_row(f"{count} files x {size // 1024} KiB up, 4 sessions", "files/s", count,
                         paired(self.args.runs, gateway, baseline), target)
 
+    def mirror(self, count: int) -> list[Row]:
+        """``lftp mirror -R`` of small files with their times kept (STOR, MFMT, SITE CHMOD
+        per file, 4 in parallel) against an ftplib STOR loop of the same files (4 sessions)
+        and against lftp on ``rclone serve ftp`` of the same emulator."""
+        source = tempfile.mkdtemp(prefix="cosftp-mirror-")
+        for i in range(count):
+            path = os.path.join(source, f"m{i:05d}")
+            with open(path, "wb") as handle:
+                handle.write(os.urandom(4096))
+            os.utime(path, (1_600_000_000 + i, 1_600_000_000 + i))
+        runs = iter(range(10 ** 6))
+
+        def mirror(port: int, user: str) -> float:
+            return timed(lambda: lftp_mirror(port, user, source, f"mirror/r{next(runs)}"))
+
+        def loop() -> float:
+            names = sorted(os.listdir(source))
+            target = f"mirror/loop{next(runs)}"
+            with self.ftp() as ftp:
+                ftp.mkd(target)
+
+            def session(chunk: list[str]) -> None:
+                with self.ftp() as ftp:
+                    for name in chunk:
+                        with open(os.path.join(source, name), "rb") as handle:
+                            ftp.storbinary(f"STOR {target}/{name}", handle)
+            return timed(lambda: list(ThreadPoolExecutor(4).map(
+                session, [names[i::4] for i in range(4)])))
+
+        work = f"lftp mirror -R of {count} x 4 KiB, times kept, 4 parallel"
+        gateway = (self.server.port, "bench,bench-pw")
+        with RcloneFtp(self.emulator.port, BUCKET) as rclone:
+            ours, theirs = paired(self.args.runs, lambda: mirror(*gateway),
+                                  lambda: mirror(rclone.port, "u,p"))
+        ours_again, plain = paired(self.args.runs, lambda: mirror(*gateway), loop)
+        return [rate_row(f"{work} (vs ftplib STOR loop)", "files/s", count, (ours_again, plain),
+                         0.80),
+                rate_row(f"{work} (vs rclone serve ftp)", "files/s", count, (ours, theirs),
+                         1.00)]
+
     def listing(self) -> Row:
         keys = [f"list/k{i:06d}" for i in range(self.args.keys)]
         with ThreadPoolExecutor(8) as pool:
@@ -237,7 +278,44 @@ class Bench:
                    False)
 
 
-ROWS = ("stor", "retr", "small", "list", "rss", "latency")
+def lftp_mirror(port: int, user: str, source: str, target: str) -> None:
+    """Run ``lftp mirror -R`` as its users do; raise unless it exits 0."""
+    script = (f"set cmd:fail-exit true; set net:max-retries 1; "
+              f"mirror -R --parallel=4 --no-perms {source} {target}; bye")
+    subprocess.run(["lftp", "-u", user, "-p", str(port), "-e", script, "127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL, timeout=600)
+
+
+class RcloneFtp:
+    """``rclone serve ftp`` of one bucket of the emulator (user ``u``, password ``p``)."""
+
+    def __init__(self, cos_port: int, bucket: str) -> None:
+        self.port = free_port()
+        rclone = os.path.join(os.path.dirname(sys.executable), "rclone")
+        first = 30000 + self.port % 20000
+        self.proc = subprocess.Popen(
+            [rclone, "serve", "ftp", f":s3:{bucket}", "--s3-provider", "Other",
+             "--s3-endpoint", f"http://127.0.0.1:{cos_port}", "--s3-access-key-id", "x",
+             "--s3-secret-access-key", "y", "--addr", f"127.0.0.1:{self.port}",
+             "--user", "u", "--pass", "p", "--passive-port", f"{first}-{first + 200}"],
+            env={**os.environ, "RCLONE_CONFIG": os.devnull},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> RcloneFtp:
+        def answers() -> bool:
+            with contextlib.suppress(OSError), ftplib.FTP() as ftp:
+                ftp.connect("127.0.0.1", self.port, timeout=2)
+                return True
+            return False
+        wait_until(answers, timeout=30, what="rclone serve ftp")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+ROWS = ("stor", "retr", "small", "mirror", "list", "rss", "latency")
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -247,9 +325,13 @@ def run(args: argparse.Namespace) -> list[Row]:
         bench = Bench(args, os.path.join(workdir, "plain"))
         measures = {"stor": bench.stor, "retr": bench.retr,
                     "small": lambda: bench.small_files(args.files, 4096, 0.70, "small"),
+                    "mirror": lambda: bench.mirror(args.files),
                     "list": bench.listing, "rss": bench.peak_rss}
         try:
-            rows += [measure() for name, measure in measures.items() if name in wanted]
+            for name, measure in measures.items():
+                if name in wanted:
+                    found = measure()
+                    rows += found if isinstance(found, list) else [found]
         finally:
             bench.close()
         if "latency" not in wanted:
