@@ -44,8 +44,8 @@ from .errors import (
     StorageError,
     StorageUnavailable,
 )
-from .listing import Entry, directory_exists, directory_is_empty, first_key_from, list_directory
-from .mtimes import apply_mtimes, carry_markers, listed_mtimes, set_client_mtime
+from .listing import Entry, directory_exists, directory_is_empty, first_key_from, iter_directory
+from .mtimes import ListedMtimes, carry_markers, set_client_mtime
 from .paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
 from .renamer import Moved, copy_object, rename_directory
 from .resume import ParkedUpload, claim, discard, find_parked
@@ -84,6 +84,30 @@ class Refusal(FilesystemError):
         super().__init__(message)
         self.errno = code
         self.strerror = message
+
+
+class StreamedListing:
+    """The names of one directory, fetched from COS while the data connection sends them
+    (pyftpdlib iterates them lazily). Each name's entry is in ``scope`` while that name is
+    formatted, and only then: memory stays flat in the size of the directory."""
+
+    def __init__(self, path: str, entries: Iterator[Entry], mtimes: ListedMtimes,
+                 scope: dict[str, Optional[Entry]]) -> None:
+        self._path = path
+        self._entries = entries
+        self._mtimes = mtimes
+        self.scope = scope
+
+    def sort(self) -> None:
+        """Already sorted: COS lists in key order (pyftpdlib sorts LIST's names)."""
+
+    def __iter__(self) -> Iterator[str]:
+        previous = None
+        for entry in self._entries:
+            self.scope.pop(previous, None)
+            previous = os.path.join(self._path, entry.name)
+            self.scope[previous] = self._mtimes.apply(entry)
+            yield entry.name
 
 
 class Unstorable(Exception):
@@ -374,25 +398,25 @@ class CosFS(AbstractedFS):
         self.cwd = path
 
     @_transient_escapes
-    def listdir(self, path: str) -> list[str]:
-        """Return the names in directory ``path``; one paginated listing, entries cached."""
+    def listdir(self, path: str) -> StreamedListing:
+        """Return the names in directory ``path`` as they arrive from COS, page by page."""
         self._require(path, want_dir=True)
         prefix = dir_prefix(path)
-        entries = apply_mtimes(list_directory(self._bucket, prefix, self._ctx.max_list_file),
-                               self._reserved({}, listed_mtimes, self._bucket, prefix))
-        for entry in entries:
-            self._scope[os.path.join(path, entry.name)] = entry
-        return [entry.name for entry in entries]
+        return StreamedListing(path, iter_directory(self._bucket, prefix,
+                                                    self._ctx.max_list_file),
+                               ListedMtimes(self._bucket, prefix), self._scope)
 
-    def format_list(self, basedir: str, listing: list[str], ignore_err: bool = True):
-        return self._with_this_listing(super().format_list(basedir, listing, ignore_err))
+    def format_list(self, basedir: str, listing: Iterable[str], ignore_err: bool = True):
+        return self._with_this_listing(listing, super().format_list(basedir, listing,
+                                                                    ignore_err))
 
-    def format_mlsx(self, basedir: str, listing: list[str], perms: str, facts: str,
+    def format_mlsx(self, basedir: str, listing: Iterable[str], perms: str, facts: str,
                     ignore_err: bool = True):
-        return self._with_this_listing(super().format_mlsx(basedir, listing, perms, facts,
-                                                           ignore_err))
+        return self._with_this_listing(listing, super().format_mlsx(basedir, listing, perms,
+                                                                    facts, ignore_err))
 
-    def _with_this_listing(self, lines: Iterable[bytes]) -> Iterator[bytes]:
+    def _with_this_listing(self, listing: Iterable[str],
+                           lines: Iterable[bytes]) -> Iterator[bytes]:
         """Format the lines of a listing with what the listing itself found.
 
         pyftpdlib formats a listing lazily, while the data connection sends it, and stats
@@ -400,13 +424,16 @@ class CosFS(AbstractedFS):
         with the entries of the command that listed them, never with later ones, and never
         with a request per entry.
         """
-        found, iterator = self._scope, iter(lines)
+        found = listing.scope if isinstance(listing, StreamedListing) else self._scope
+        iterator = iter(lines)
         while True:
             current, self._scope = self._scope, found
             try:
                 line = next(iterator)
             except StopIteration:
                 return
+            except StorageError as exc:
+                raise StorageUnavailable(exc) from exc
             finally:
                 self._scope = current
             yield line

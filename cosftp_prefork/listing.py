@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
 from .paths import RESERVED_NAME, child_name
-from .storage import Bucket, ObjectInfo
+from .storage import Bucket, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
 UNNAMEABLE = re.compile("[\x00\r\n]")
@@ -32,31 +33,62 @@ class Entry:
         return self.client_mtime if self.client_mtime is not None else self.mtime
 
 
-def list_directory(bucket: Bucket, prefix: str, limit: int) -> list[Entry]:
-    """Return the entries directly under ``prefix`` (``""`` = bucket root), at most ``limit``.
+def iter_directory(bucket: Bucket, prefix: str, limit: int) -> Iterator[Entry]:
+    """Yield the entries directly under ``prefix`` (``""`` = bucket root), at most ``limit``,
+    in key order, each page as soon as COS answers it.
 
     Sub-directories come from common prefixes; the directory's own marker object
-    (``prefix`` itself) is not an entry. Raises ``StorageError``.
+    (``prefix`` itself) is not an entry. A directory is left out where a file has its name.
+    Memory stays flat in the size of the directory. Raises ``StorageError``.
     """
-    entries: dict[str, Entry] = {}
-    marker = ""
-    while len(entries) < limit:
+    files: set[str] = set()  # names of files whose "name/" may still come
+    held: list[tuple[str, Entry]] = []  # see _in_order
+    marker, last, count = "", "", 0
+    while True:
         page = bucket.list_page(prefix, marker=marker)
-        for obj in page.objects:
-            name = child_name(prefix, obj.key)
-            if name and not obj.key.endswith("/") and _nameable(prefix, name):
-                entries.setdefault(name, Entry(name, False, obj.size, obj.mtime, obj.etag))
-        for sub in page.prefixes:
-            name = child_name(prefix, sub)
-            if name and not (prefix == "" and name == RESERVED_NAME) and _nameable(prefix, name):
-                # A directory wins over a same-named file only if no file was seen.
-                entries.setdefault(name, Entry(name, True))
+        ready, held = _in_order(page, _page_entries(prefix, page) + held)
+        for key, entry in ready:
+            if key <= last or (entry.is_dir and entry.name in files):
+                continue  # a repeat, or a directory where a file has its name
+            if count == limit:
+                log.warning("listing of %r truncated to max_list_file=%d entries",
+                            prefix or "/", limit)
+                return
+            if not entry.is_dir:
+                files.add(entry.name)
+            last, count = key, count + 1
+            yield entry
         if page.next_marker is None:
-            break
+            return
         marker = page.next_marker
-    if len(entries) > limit:
-        log.warning("listing of %r truncated to max_list_file=%d entries", prefix or "/", limit)
-    return list(entries.values())[:limit]
+        # Once the listing has passed "name/", no directory of that name can come.
+        files = {name for name in files if prefix + name + "/" > last}
+
+
+def _in_order(page: ListPage, found: list[tuple[str, Entry]]
+              ) -> tuple[list[tuple[str, Entry]], list[tuple[str, Entry]]]:
+    """Split ``found`` (this page's entries and those held from earlier pages) into those
+    that can go out now, in key order, and the directories to hold for the next page.
+
+    COS returns the common prefixes within a page's range of keys; moto returns every
+    common prefix on every page. A prefix past the last file of a truncated page is held
+    until the listing reaches it, and a repeat is then dropped.
+    """
+    found.sort(key=lambda item: item[0])
+    if page.next_marker is None or not page.objects:
+        return found, []
+    end = max(obj.key for obj in page.objects)
+    return ([item for item in found if item[0] <= end],
+            [item for item in found if item[0] > end])
+
+
+def _page_entries(prefix: str, page: ListPage) -> list[tuple[str, Entry]]:
+    """The nameable entries of one page, files and directories."""
+    found = [(obj.key, Entry(child_name(prefix, obj.key), False, obj.size, obj.mtime,
+                             obj.etag)) for obj in page.objects if not obj.key.endswith("/")]
+    found += [(sub, Entry(child_name(prefix, sub), True)) for sub in page.prefixes
+              if not (prefix == "" and child_name(prefix, sub) == RESERVED_NAME)]
+    return [item for item in found if item[1].name and _nameable(prefix, item[1].name)]
 
 
 def _nameable(prefix: str, name: str) -> bool:

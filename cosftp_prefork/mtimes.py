@@ -18,8 +18,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from concurrent.futures import Executor
+from typing import Optional
 
 from .config import TransferConfig
+from .errors import PermissionDenied
 from .listing import Entry, all_objects
 from .paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
 from .renamer import Moved, copy_object, delete_keys
@@ -94,26 +96,51 @@ def carry_markers(bucket: Bucket, moved: list[Moved], directory: str = "") -> No
     delete_keys(bucket, old)
 
 
-def listed_mtimes(bucket: Bucket, prefix: str) -> dict[tuple[str, str], int]:
-    """Return ``(name, etag) -> MFMT time`` for the files directly in the directory
-    ``prefix`` (``""`` = root); raises ``StorageError``."""
-    found: dict[tuple[str, str], int] = {}
-    marker = ""
-    while True:
-        page = bucket.list_page(MTIME_ROOT + prefix, marker=marker)
-        for obj in page.objects:
-            name, stamp, etag = _parse(child_name(MTIME_ROOT + prefix, obj.key))
-            if name:
-                found[(name, etag)] = stamp
-        if page.next_marker is None:
-            return found
-        marker = page.next_marker
+class ListedMtimes:
+    """The MFMT times of the files directly in the directory ``prefix`` (``""`` = root),
+    read from the markers' listing as far as a directory listing in key order needs them:
+    the first entries go out after one page of each, and memory stays flat.
 
+    A marker counts for the file with its name and ETag if it was written after the file
+    (a copy onto itself, then the marker): an overwrite with the same bytes, later, makes
+    it stale too. Of several, the one written last counts.
+    """
 
-def apply_mtimes(entries: list[Entry], mtimes: dict[tuple[str, str], int]) -> list[Entry]:
-    """Return ``entries`` with the MFMT time of every file whose marker is still current."""
-    return [
-        dataclasses.replace(entry, client_mtime=float(mtimes[(entry.name, entry.etag)]))
-        if not entry.is_dir and (entry.name, entry.etag) in mtimes else entry
-        for entry in entries
-    ]
+    def __init__(self, bucket: Bucket, prefix: str) -> None:
+        self._bucket = bucket
+        self._root = MTIME_ROOT + prefix
+        self._marker: Optional[str] = ""  # None: every marker has been read
+        self._last = ""  # the last marker read (NextMarker need not be a key)
+        self._found: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def apply(self, entry: Entry) -> Entry:
+        """``entry`` with its MFMT time if a current marker names it; raises
+        ``StorageError`` (but not ``PermissionDenied``, which shows COS's times)."""
+        if entry.is_dir:
+            return entry
+        self._read_past(entry.name)
+        stamp, written = self._found.pop((entry.name, entry.etag), (None, 0.0))
+        if stamp is None or written < entry.mtime:
+            return entry
+        return dataclasses.replace(entry, client_mtime=float(stamp))
+
+    def _read_past(self, name: str) -> None:
+        """Read marker pages until those of ``name`` (``name#...``) are all in."""
+        end = self._root + name + chr(ord(_SEPARATOR) + 1)
+        while self._marker is not None and (not self._marker or self._last < end):
+            try:
+                page = self._bucket.list_page(self._root, marker=self._marker)
+            except PermissionDenied as exc:
+                log.info("cannot read %s (%s); listing COS's times", MTIME_ROOT, exc)
+                self._marker = None
+                return
+            # Files come in name order: markers of names before this one are stale.
+            self._found = {item: value for item, value in self._found.items()
+                           if item[0] >= name}
+            for obj in page.objects:
+                self._last = max(self._last, obj.key)
+                marked, stamp, etag = _parse(child_name(self._root, obj.key))
+                if marked and obj.mtime >= self._found.get((marked, etag), (0, 0.0))[1]:
+                    self._found[(marked, etag)] = (stamp, obj.mtime)
+            self._last = max([self._last, *page.prefixes])
+            self._marker = page.next_marker

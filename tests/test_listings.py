@@ -1,0 +1,65 @@
+"""Listings of large directories: streamed page by page, times from MFMT markers, and
+``max_list_file``."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess
+
+STAMP = "20200102030405"
+
+
+def fill(cos, keys: list[str]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: cos.put_object(Bucket=ALPHA, Key=key, Body=b""), keys))
+
+
+def test_list_sends_its_first_lines_before_the_last_page_is_fetched(alice, emulator, cos,
+                                                                       area):
+    keys = [f"{area}/k{i:05d}" for i in range(3100)]  # four pages of 1,000
+    fill(cos, keys)
+    alice.voidcmd("TYPE A")
+    emulator.set_faults(latency_ms=300)
+    try:
+        emulator.requests(reset=True)
+        with alice.transfercmd(f"LIST {area}") as data, data.makefile("rb") as lines:
+            first = lines.readline()
+            at_first_line = emulator.requests(contains=area).get("LIST", 0)
+            rest = lines.readlines()
+        alice.voidresp()
+    finally:
+        emulator.set_faults(latency_ms=0)
+    assert first.rstrip().endswith(b"k00000")
+    assert len(rest) == len(keys) - 1 and rest[-1].rstrip().endswith(b"k03099")
+    # The look-up, the first page of files and of MFMT markers; then three pages more.
+    assert at_first_line < emulator.requests(contains=area)["LIST"], at_first_line
+
+
+def test_mfmt_times_list_across_marker_pages(alice, cos, area):
+    names = [f"f{i:04d}" for i in range(1200)]
+    fill(cos, [f"{area}/{name}" for name in names])
+    # Markers written by another worker look the same: more than one page of them.
+    fill(cos, [f".cosftp/mtime/{area}/{name}#1500000000#d41d8cd98f00b204e9800998ecf8427e"
+               for name in names[:1100]])
+    alice.sendcmd(f"MFMT {STAMP} {area}/{names[-1]}")
+    facts = {name: facts["modify"] for name, facts in alice.mlsd(area, ["modify"])}
+    assert len(facts) == len(names)
+    wrong = {name: facts[name] for name in names[:1100] if facts[name] != "20170714024000"}
+    assert not wrong, wrong
+    assert facts[names[-1]] == STAMP
+    assert not any(facts[name].startswith("2017") for name in names[1100:-1])
+
+
+def test_max_list_file_cuts_long_listings(emulator, cos, tmp_path, area):
+    fill(cos, [f"{area}/k{i:04d}" for i in range(1500)] + [f"{area}/sub/x"])
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                       optional={"max_list_file": "1200"}) as server:
+        ftp = server.login("alice", "alice-pw")
+        lines: list[str] = []
+        ftp.retrlines(f"LIST {area}", lines.append)
+        assert len(lines) == 1200, lines[:3]
+        assert lines[-1].endswith("k1199"), lines[-1]
+        assert len(list(ftp.mlsd(area))) == 1200
+        ftp.quit()
