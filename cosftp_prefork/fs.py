@@ -422,7 +422,8 @@ class CosFS(AbstractedFS):
         pyftpdlib formats a listing lazily, while the data connection sends it, and stats
         every entry; by then the client may have sent another command. Each line is made
         with the entries of the command that listed them, never with later ones, and never
-        with a request per entry.
+        with a request per entry. A COS failure on a later page leaves as ``StorageError``,
+        which the data channel answers with 451.
         """
         found = listing.scope if isinstance(listing, StreamedListing) else self._scope
         iterator = iter(lines)
@@ -432,8 +433,6 @@ class CosFS(AbstractedFS):
                 line = next(iterator)
             except StopIteration:
                 return
-            except StorageError as exc:
-                raise StorageUnavailable(exc) from exc
             finally:
                 self._scope = current
             yield line

@@ -132,9 +132,11 @@ def _raw_socket(sock) -> Iterator[socket.socket]:
         raw.detach()
 
 
-def _reply_for(exc: OSError) -> str:
+def _reply_for(exc: OSError, command: str = "STOR") -> str:
     if exc.errno == errno.EFBIG:
         return f"552 {exc.strerror}; transfer aborted, nothing stored."
+    if command in ("LIST", "MLSD", "NLST"):
+        return f"451 {exc}; listing aborted."
     return f"451 {exc}; transfer aborted, nothing stored."
 
 
@@ -229,7 +231,8 @@ class CosDTPHandler(DTPHandler):
             if isinstance(original, StorageError) or original.errno == errno.EFBIG:
                 log.error("%s path=%s: %s failed: %s", self.cmd_channel.log_prefix_ctx(),
                           getattr(self.file_obj, "name", "-"), self.cmd, original)
-                self._resp = (_reply_for(original), logging.getLogger("pyftpdlib").warning)
+                self._resp = (_reply_for(original, self.cmd),
+                              logging.getLogger("pyftpdlib").warning)
                 self.close()
                 return
             super().handle_error()

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import ftplib
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess
@@ -63,3 +66,20 @@ def test_max_list_file_cuts_long_listings(emulator, cos, tmp_path, area):
         assert lines[-1].endswith("k1199"), lines[-1]
         assert len(list(ftp.mlsd(area))) == 1200
         ftp.quit()
+
+
+def test_a_listing_that_cos_fails_half_way_ends_with_451(alice, emulator, cos, area):
+    fill(cos, [f"{area}/k{i:05d}" for i in range(3100)])
+    alice.voidcmd("TYPE A")
+    emulator.set_faults(latency_ms=300)
+    try:
+        with alice.transfercmd(f"LIST {area}") as data, data.makefile("rb") as lines:
+            assert lines.readline()
+            emulator.set_faults(error_rate=1.0)
+            received = 1 + len(lines.readlines())
+        with pytest.raises(ftplib.error_temp, match=r"^451"):
+            alice.voidresp()
+    finally:
+        emulator.set_faults(latency_ms=0, error_rate=0)
+    assert received < 3100
+    assert alice.pwd() == "/"  # the session goes on
