@@ -119,12 +119,15 @@ class Gate:
         self._lock = threading.Lock()
         self._pending: set[Ticket] = set()
         self._ban_epoch = state.ban_epoch()
+        self._bans: dict = {}  # address key -> banned until, as of epoch _bans_read
+        self._bans_read = -1
+        self._bans_lock = threading.Lock()
 
     def admit(self, ip: str, kick: Callable[[str], None]) -> tuple[Optional[Ticket],
                                                                    Optional[str]]:
         """Admit a new connection from ``ip``: return its ticket, or why it is refused (the
         refusal is logged here, once per burst)."""
-        reason = BANNED if self.is_banned(ip) else None
+        reason = BANNED if self._banned_at_accept(ip) else None
         row = None
         if reason is None:
             row, reason = self.state.admit(self.pid, ip, self.limits)
@@ -162,6 +165,22 @@ class Gate:
 
     def is_banned(self, ip: str) -> bool:
         return self._bans_on and self.state.is_banned(ip, time.time())
+
+    def _banned_at_accept(self, ip: str) -> bool:
+        """:meth:`is_banned` from this worker's copy of the ban table, read again only when
+        a ban started (the epoch moved) or one the copy holds ran out (it may have been
+        extended): an accept costs no scan of the table. USER and PASS still read it."""
+        if not self._bans_on:
+            return False
+        now, key = time.time(), address_key(ip)
+        with self._bans_lock:
+            epoch = self.state.ban_epoch()
+            until = self._bans.get(key, 0) if epoch == self._bans_read else None
+            if until is None or 0 < until <= now:
+                self._bans = dict(self.state.banned(now))
+                self._bans_read = epoch
+                until = self._bans.get(key, 0)
+        return until > now
 
     def login_failed(self, ip: str) -> bool:
         """Record a failed login from ``ip``; return True if the address is now banned."""

@@ -58,7 +58,16 @@ _BAN_HEADER_WORDS = 4  # bans started so far, then unused
 _SLOTS_AT = _HEADER_SIZE + _PATH_SIZE
 _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
 _BANS_AT = _SESSIONS_AT + SESSION_ROWS * _SESSION_WORDS * 4
-FILE_SIZE = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
+_INDEX_AT = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
+# The session table's index, so that admitting a connection costs the same whatever the
+# table's size: counts (rows in use, logged in, pending; rows ever used; free rows on the
+# stack), the stack of freed rows, and an open-addressing table of the addresses that have
+# rows (in use (1/0), address (4), its rows, its pending rows), at most half full.
+_COUNT_WORDS = 5
+_ADDRESS_SLOTS = 2 * SESSION_ROWS
+_ADDRESS_WORDS = 7
+_INDEX_WORDS = _COUNT_WORDS + SESSION_ROWS + _ADDRESS_SLOTS * _ADDRESS_WORDS
+FILE_SIZE = _INDEX_AT + _INDEX_WORDS * 4
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining"}
 STARTING, SERVING, DRAINING = 1, 2, 3
@@ -253,7 +262,7 @@ class SharedState:
     # --- failed logins and bans
 
     def _bans_locked(self):
-        return self._locked(_BANS_AT, FILE_SIZE)
+        return self._locked(_BANS_AT, _INDEX_AT)
 
     def ban_epoch(self) -> int:
         """How many bans started so far (read without the lock: a change is what counts)."""
@@ -270,6 +279,10 @@ class SharedState:
 
     def banned_keys(self, now: float) -> set[Address]:
         return {key for key, _ in self._active_bans(now)}
+
+    def banned(self, now: float) -> list[tuple[Address, int]]:
+        """``(address key, banned until)`` of every ban still running."""
+        return self._active_bans(now)
 
     def _active_bans(self, now: float) -> list[tuple[Address, int]]:
         with self._bans_locked() as words:
@@ -333,49 +346,52 @@ class SharedState:
     def _sessions_locked(self):
         return self._locked(_SESSIONS_AT, _BANS_AT)
 
+    @contextmanager
+    def _sessions_and_index(self):
+        """The session rows and their index, both under the session table's lock."""
+        with self._sessions_locked() as rows, memoryview(self._map) as whole, \
+                whole[_INDEX_AT:FILE_SIZE].cast("I") as index:
+            yield rows, _SessionIndex(index)
+
     def admit(self, pid: int, ip: str, limits: Limits) -> tuple[Optional[int], Optional[str]]:
         """Record a connection from ``ip`` not logged in yet: return its row, or why it must
-        be refused."""
+        be refused. Costs the same however many rows the table has."""
         wanted = address_key(ip)
-        with self._sessions_locked() as rows:
-            flat = rows.tolist()
-            kinds = flat[1::_SESSION_WORDS]
-            addresses = zip(*(flat[i::_SESSION_WORDS] for i in range(2, _SESSION_WORDS)))
-            mine = [kind for kind, key in zip(kinds, addresses) if kind and key == wanted]
-            reason = _refusal(limits, kinds, mine)
+        with self._sessions_and_index() as (rows, index):
+            reason = _refusal(limits, index, index.counts_of(wanted))
             if reason is not None:
                 return None, reason
-            row = kinds.index(0)
+            row = index.take_row()
             at = row * _SESSION_WORDS
             rows[at:at + _SESSION_WORDS] = array("I", [pid, PENDING, *wanted])
+            index.add(wanted, PENDING)
             return row, None
 
     def log_in(self, row: int, pid: int, max_logged_in: int) -> Optional[str]:
         """Mark the connection of ``row`` logged in; return why not if the server is full."""
-        with self._sessions_locked() as rows:
-            kinds = rows[1::_SESSION_WORDS].tolist()
-            if max_logged_in and kinds.count(LOGGED_IN) >= max_logged_in:
+        with self._sessions_and_index() as (rows, index):
+            if max_logged_in and index.logged_in >= max_logged_in:
                 return TOO_MANY_LOGGED_IN
-            if rows[row * _SESSION_WORDS] == pid:
-                rows[row * _SESSION_WORDS + 1] = LOGGED_IN
+            at = row * _SESSION_WORDS
+            if rows[at] == pid and rows[at + 1] == PENDING:
+                rows[at + 1] = LOGGED_IN
+                index.logged_in_now(tuple(rows[at + 2:at + _SESSION_WORDS]))
             return None
 
     def release(self, row: int, pid: int) -> None:
         """Forget the connection of ``row`` (if ``pid`` still owns it)."""
-        at = row * _SESSION_WORDS
-        with self._sessions_locked() as rows:
-            if rows[at] == pid:
-                rows[at:at + _SESSION_WORDS] = array("I", bytes(_SESSION_WORDS * 4))
+        with self._sessions_and_index() as (rows, index):
+            if rows[row * _SESSION_WORDS] == pid:
+                _free_row(rows, index, row)
 
     def release_all(self, pid: int) -> int:
         """Forget every session of a dead worker; return how many there were."""
-        with self._sessions_locked() as rows:
+        with self._sessions_and_index() as (rows, index):
             pids = rows[0::_SESSION_WORDS].tolist()
             freed = 0
             for row, owner in enumerate(pids):
                 if owner == pid:
-                    at = row * _SESSION_WORDS
-                    rows[at:at + _SESSION_WORDS] = array("I", bytes(_SESSION_WORDS * 4))
+                    _free_row(rows, index, row)
                     freed += 1
             return freed
 
@@ -388,16 +404,131 @@ class SharedState:
         return counts
 
 
-def _refusal(limits: Limits, kinds: list[int], mine: list[int]) -> Optional[str]:
-    """Why a new connection must be refused, given the kinds of every row and of the rows
-    of its address, or None."""
-    if 0 not in kinds or (limits.logged_in and kinds.count(LOGGED_IN) >= limits.logged_in):
+def _free_row(rows, index: _SessionIndex, row: int) -> None:
+    at = row * _SESSION_WORDS
+    kind, key = rows[at + 1], tuple(rows[at + 2:at + _SESSION_WORDS])
+    rows[at:at + _SESSION_WORDS] = array("I", bytes(_SESSION_WORDS * 4))
+    index.remove(key, kind)
+    index.give_row(row)
+
+
+class _SessionIndex:
+    """Counts, free rows and rows per address of the session table (see ``_INDEX_AT``);
+    used under the table's lock only."""
+
+    _USED, _LOGGED_IN, _PENDING, _EVER, _FREE = range(_COUNT_WORDS)
+
+    def __init__(self, words) -> None:
+        self._words = words
+
+    @property
+    def full(self) -> bool:
+        return self._words[self._USED] >= SESSION_ROWS
+
+    @property
+    def logged_in(self) -> int:
+        return self._words[self._LOGGED_IN]
+
+    @property
+    def pending(self) -> int:
+        return self._words[self._PENDING]
+
+    def take_row(self) -> int:
+        """A free row: the last freed, else one never used."""
+        words = self._words
+        if words[self._FREE]:
+            words[self._FREE] -= 1
+            return words[_COUNT_WORDS + words[self._FREE]]
+        words[self._EVER] += 1
+        return words[self._EVER] - 1
+
+    def give_row(self, row: int) -> None:
+        self._words[_COUNT_WORDS + self._words[self._FREE]] = row
+        self._words[self._FREE] += 1
+
+    def counts_of(self, key: Address) -> tuple[int, int]:
+        """Rows, and pending rows, of the address ``key``."""
+        at = self._slot(key)
+        return (self._words[at + 5], self._words[at + 6]) if self._words[at] else (0, 0)
+
+    def add(self, key: Address, kind: int) -> None:
+        at = self._slot(key)
+        words = self._words
+        if not words[at]:
+            words[at:at + _ADDRESS_WORDS] = array("I", [1, *key, 0, 0])
+        words[at + 5] += 1
+        words[self._USED] += 1
+        self._count(at, kind, 1)
+
+    def logged_in_now(self, key: Address) -> None:
+        at = self._slot(key)
+        self._count(at, PENDING, -1)
+        self._count(at, LOGGED_IN, 1)
+
+    def remove(self, key: Address, kind: int) -> None:
+        at = self._slot(key)
+        words = self._words
+        if not words[at]:
+            return
+        words[self._USED] -= 1
+        self._count(at, kind, -1)
+        words[at + 5] -= 1
+        if not words[at + 5]:
+            self._delete((at - _ADDRESS_BASE) // _ADDRESS_WORDS)
+
+    def _count(self, at: int, kind: int, step: int) -> None:
+        if kind == PENDING:
+            self._words[self._PENDING] += step
+            self._words[at + 6] += step
+        elif kind == LOGGED_IN:
+            self._words[self._LOGGED_IN] += step
+
+    @staticmethod
+    def _home(key: Address) -> int:
+        return hash(key) % _ADDRESS_SLOTS  # ints hash alike in every process
+
+    def _slot(self, key: Address) -> int:
+        """The word offset of ``key``'s slot, or of the empty slot where it would go."""
+        words, slot = self._words, self._home(key)
+        while True:
+            at = _ADDRESS_BASE + slot * _ADDRESS_WORDS
+            if not words[at] or tuple(words[at + 1:at + 5]) == key:
+                return at
+            slot = (slot + 1) % _ADDRESS_SLOTS
+
+    def _delete(self, hole: int) -> None:
+        """Empty slot ``hole``, moving later slots of its run back (linear probing keeps no
+        tombstones this way)."""
+        words, slot = self._words, hole
+        while True:
+            slot = (slot + 1) % _ADDRESS_SLOTS
+            at = _ADDRESS_BASE + slot * _ADDRESS_WORDS
+            if not words[at]:
+                break
+            home = self._home(tuple(words[at + 1:at + 5]))
+            if (hole < slot and hole < home <= slot) or (hole > slot and not
+                                                         slot < home <= hole):
+                continue  # it sits at or after its home, with no gap in between
+            gap = _ADDRESS_BASE + hole * _ADDRESS_WORDS
+            words[gap:gap + _ADDRESS_WORDS] = words[at:at + _ADDRESS_WORDS]
+            hole = slot
+        gap = _ADDRESS_BASE + hole * _ADDRESS_WORDS
+        words[gap:gap + _ADDRESS_WORDS] = array("I", bytes(_ADDRESS_WORDS * 4))
+
+
+_ADDRESS_BASE = _COUNT_WORDS + SESSION_ROWS
+
+
+def _refusal(limits: Limits, index: _SessionIndex, mine: tuple[int, int]) -> Optional[str]:
+    """Why a new connection must be refused, given the table's counts and the rows (and
+    pending rows) of its address, or None."""
+    if index.full or (limits.logged_in and index.logged_in >= limits.logged_in):
         return TOO_MANY
-    if limits.per_ip and len(mine) >= limits.per_ip:
+    if limits.per_ip and mine[0] >= limits.per_ip:
         return TOO_MANY_PER_IP
-    if limits.prelogin and kinds.count(PENDING) >= limits.prelogin:
+    if limits.prelogin and index.pending >= limits.prelogin:
         return TOO_MANY_PRELOGIN
-    if limits.prelogin_per_ip and mine.count(PENDING) >= limits.prelogin_per_ip:
+    if limits.prelogin_per_ip and mine[1] >= limits.prelogin_per_ip:
         return TOO_MANY_PRELOGIN_PER_IP
     return None
 
