@@ -121,14 +121,15 @@ def timed(action: Callable[[], object]) -> float:
 class Bench:
     """One emulator, one server, one SDK client, and the measurements between them."""
 
-    def __init__(self, args: argparse.Namespace, workdir: str, latency_ms: float = 0) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: str, latency_ms: float = 0,
+                 **options: str) -> None:
         self.args = args
         extra = ["--latency-ms", str(latency_ms)] if latency_ms else []
         self.emulator = EmulatorProcess([BUCKET], extra_args=extra).start()
         self.cos = self.emulator.client()
         optional = {"min_part_size": str(args.part_mib * MIB),
                     "upload_thread_num": str(args.threads), "log_level": "WARNING",
-                    "worker_processes": str(args.workers)}
+                    "worker_processes": str(args.workers), **options}
         self.server = ServerProcess(workdir, self.emulator.port,
                                     [Account("bench", "bench-pw", BUCKET)], optional=optional,
                                     file_option={"single_file_max_size": str(8 * 1024 ** 3)})
@@ -411,7 +412,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                     rows += found if isinstance(found, list) else [found]
         if "list" in wanted:
             # A bucket of its own: moto answers every listing by scanning the whole bucket.
-            with _closing(Bench(args, os.path.join(workdir, "list"))) as big:
+            with _closing(Bench(args, os.path.join(workdir, "list"),
+                                max_list_file=str(args.keys))) as big:
                 rows += big.listing()
         if "latency" in wanted:
             with _closing(Bench(args, os.path.join(workdir, "latency"),
