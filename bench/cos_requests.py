@@ -42,6 +42,12 @@ SEQUENCES: dict[str, tuple[Callable[[ftplib.FTP, str], None],
         lambda ftp, d: ftp.mkd(d), lambda ftp, d: _put(ftp, f"{d}/new")),
     "STOR over an existing small file": (
         lambda ftp, d: _put(ftp, f"{d}/old"), lambda ftp, d: _put(ftp, f"{d}/old")),
+    "MFMT of a file": (
+        lambda ftp, d: _put(ftp, f"{d}/f"),
+        lambda ftp, d: ftp.sendcmd(f"MFMT 20200102030405 {d}/f")),
+    "STOR + MFMT of a new file (lftp mirror -R)": (
+        lambda ftp, d: ftp.mkd(d),
+        lambda ftp, d: (_put(ftp, f"{d}/f"), ftp.sendcmd(f"MFMT 20200102030405 {d}/f"))),
     "DELE": (lambda ftp, d: (_put(ftp, f"{d}/a"), _put(ftp, f"{d}/b")),
              lambda ftp, d: ftp.delete(f"{d}/a")),
     "MKD": (lambda ftp, d: ftp.mkd(d), lambda ftp, d: ftp.mkd(f"{d}/sub")),
