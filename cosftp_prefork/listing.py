@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,9 +45,8 @@ def iter_directory(bucket: Bucket, prefix: str, limit: int) -> Iterator[Entry]:
     """
     files: set[str] = set()  # names of files whose "name/" may still come
     held: list[tuple[str, Entry]] = []  # see _in_order
-    marker, last, count = "", "", 0
-    while True:
-        page = bucket.list_page(prefix, marker=marker)
+    last, count = "", 0
+    for page in pages(bucket, prefix):
         ready, held = _in_order(page, _page_entries(prefix, page) + held)
         for key, entry in ready:
             if key <= last or (entry.is_dir and entry.name in files):
@@ -58,11 +59,35 @@ def iter_directory(bucket: Bucket, prefix: str, limit: int) -> Iterator[Entry]:
                 files.add(entry.name)
             last, count = key, count + 1
             yield entry
-        if page.next_marker is None:
-            return
-        marker = page.next_marker
         # Once the listing has passed "name/", no directory of that name can come.
         files = {name for name in files if prefix + name + "/" > last}
+
+
+def pages(bucket: Bucket, prefix: str) -> Iterator[ListPage]:
+    """The pages of the delimited listing of ``prefix``, each requested as soon as the one
+    before it arrived, while the caller works on that one (two pages in memory at most)."""
+    pending = _fetch(bucket, prefix, "")
+    while True:
+        page = pending.result()
+        if page.next_marker is None:
+            yield page
+            return
+        pending = _fetch(bucket, prefix, page.next_marker)
+        yield page
+
+
+def _fetch(bucket: Bucket, prefix: str, marker: str) -> Future:
+    """``bucket.list_page(prefix, marker)`` on a thread of its own: the session's threads
+    are not shared with anyone, so no other session can hold up this listing."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(bucket.list_page(prefix, marker=marker))
+        except BaseException as exc:
+            future.set_exception(exc)
+    threading.Thread(target=run, name="cos-list-ahead", daemon=True).start()
+    return future
 
 
 def _in_order(page: ListPage, found: list[tuple[str, Entry]]

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Optional
 
 from .config import TransferConfig
 from .errors import PermissionDenied
-from .listing import Entry, all_objects
+from .listing import Entry, all_objects, pages
 from .paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
 from .renamer import Moved, copy_object, delete_keys
-from .storage import MTIME_HEADER, Bucket, ObjectInfo
+from .storage import MTIME_HEADER, Bucket, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,9 @@ class ListedMtimes:
     """
 
     def __init__(self, bucket: Bucket, prefix: str) -> None:
-        self._bucket = bucket
         self._root = MTIME_ROOT + prefix
-        self._marker: Optional[str] = ""  # None: every marker has been read
+        # Requested now, while the directory's own first page is on its way.
+        self._pages: Optional[Iterator[ListPage]] = pages(bucket, self._root)
         self._last = ""  # the last marker read (NextMarker need not be a key)
         self._found: dict[tuple[str, str], tuple[int, float]] = {}
 
@@ -127,12 +128,15 @@ class ListedMtimes:
     def _read_past(self, name: str) -> None:
         """Read marker pages until those of ``name`` (``name#...``) are all in."""
         end = self._root + name + chr(ord(_SEPARATOR) + 1)
-        while self._marker is not None and (not self._marker or self._last < end):
+        while self._pages is not None and self._last < end:
             try:
-                page = self._bucket.list_page(self._root, marker=self._marker)
+                page = next(self._pages)
+            except StopIteration:
+                self._pages = None
+                return
             except PermissionDenied as exc:
                 log.info("cannot read %s (%s); listing COS's times", MTIME_ROOT, exc)
-                self._marker = None
+                self._pages = None
                 return
             # Files come in name order: markers of names before this one are stale.
             self._found = {item: value for item, value in self._found.items()
@@ -143,4 +147,3 @@ class ListedMtimes:
                 if marked and obj.mtime >= self._found.get((marked, etag), (0, 0.0))[1]:
                     self._found[(marked, etag)] = (stamp, obj.mtime)
             self._last = max([self._last, *page.prefixes])
-            self._marker = page.next_marker
