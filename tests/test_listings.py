@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import email.utils
 import ftplib
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess
+from .test_commands import put
 
 STAMP = "20200102030405"
 
@@ -83,3 +87,24 @@ def test_a_listing_that_cos_fails_half_way_ends_with_451(alice, emulator, cos, a
         emulator.set_faults(latency_ms=0, error_rate=0)
     assert received < 3100
     assert alice.pwd() == "/"  # the session goes on
+
+
+def test_an_overwrite_with_the_same_bytes_drops_the_listed_mfmt_time(alice, cos, area):
+    """Before: the marker named the same ETag, so LIST kept showing the old MFMT time
+    while MDTM showed the new upload's."""
+    alice.mkd(area)
+    put(alice, f"{area}/f", b"same bytes")
+    alice.sendcmd(f"MFMT {STAMP} {area}/f")
+    marker = cos.list_objects(Bucket=ALPHA, Prefix=f".cosftp/mtime/{area}/")["Contents"][0]
+    deadline = time.monotonic() + 30
+    while True:  # COS times have whole seconds: overwrite until the upload is later
+        put(alice, f"{area}/f", b"same bytes")
+        head = cos.head_object(Bucket=ALPHA, Key=f"{area}/f")
+        modified = {name.lower(): value for name, value in head.items()}["last-modified"]
+        if email.utils.parsedate_to_datetime(modified) > \
+                datetime.fromisoformat(marker["LastModified"].replace("Z", "+00:00")):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert not alice.sendcmd(f"MDTM {area}/f").endswith(STAMP)
+    assert dict(alice.mlsd(area, ["modify"]))["f"]["modify"] != STAMP
