@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import os
 import stat
@@ -44,7 +45,14 @@ from .errors import (
     StorageError,
     StorageUnavailable,
 )
-from .listing import Entry, directory_exists, directory_is_empty, first_key_from, iter_directory
+from .listing import (
+    Entry,
+    directory_exists,
+    directory_is_empty,
+    first_key_from,
+    iter_directory,
+    pages,
+)
 from .mtimes import ListedMtimes, carry_markers, set_client_mtime
 from .paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
 from .renamer import Moved, copy_object, rename_directory
@@ -399,12 +407,28 @@ class CosFS(AbstractedFS):
 
     @_transient_escapes
     def listdir(self, path: str) -> StreamedListing:
-        """Return the names in directory ``path`` as they arrive from COS, page by page."""
-        self._require(path, want_dir=True)
+        """Return the names in directory ``path`` as they arrive from COS, page by page;
+        raises ``Refusal`` if ``path`` is no directory."""
+        listing = self.listdir_if_dir(path)
+        if listing is None:
+            self._require(path, want_dir=True)
+            raise Refusal(errno.ENOTDIR, "Not a directory")  # it went away meanwhile
+        return listing
+
+    @_transient_escapes
+    def listdir_if_dir(self, path: str) -> Optional[StreamedListing]:
+        """:meth:`listdir`, or None if ``path`` is no directory: the listing's first page
+        is the directory's look-up (a directory has a marker or keys under it)."""
         prefix = dir_prefix(path)
-        return StreamedListing(path, iter_directory(self._bucket, prefix,
+        listed = pages(self._bucket, prefix)
+        first = next(listed)
+        if path != "/" and not (first.objects or first.prefixes):
+            return None
+        mtimes = ListedMtimes(self._bucket, prefix)
+        self._scope.setdefault(path, Entry(os.path.basename(path), True))
+        return StreamedListing(path, iter_directory(prefix, itertools.chain([first], listed),
                                                     self._ctx.max_list_file),
-                               ListedMtimes(self._bucket, prefix), self._scope)
+                               mtimes, self._scope)
 
     def format_list(self, basedir: str, listing: Iterable[str], ignore_err: bool = True):
         return self._with_this_listing(listing, super().format_list(basedir, listing,

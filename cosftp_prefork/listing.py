@@ -35,9 +35,10 @@ class Entry:
         return self.client_mtime if self.client_mtime is not None else self.mtime
 
 
-def iter_directory(bucket: Bucket, prefix: str, limit: int) -> Iterator[Entry]:
-    """Yield the entries directly under ``prefix`` (``""`` = bucket root), at most ``limit``,
-    in key order, each page as soon as COS answers it.
+def iter_directory(prefix: str, listed: Iterator[ListPage], limit: int) -> Iterator[Entry]:
+    """Yield the entries directly under ``prefix`` (``""`` = bucket root) from the pages
+    of its listing (:func:`pages`), at most ``limit``, in key order, each page as soon as
+    COS answers it.
 
     Sub-directories come from common prefixes; the directory's own marker object
     (``prefix`` itself) is not an entry. A directory is left out where a file has its name.
@@ -46,7 +47,7 @@ def iter_directory(bucket: Bucket, prefix: str, limit: int) -> Iterator[Entry]:
     files: set[str] = set()  # names of files whose "name/" may still come
     held: list[tuple[str, Entry]] = []  # see _in_order
     last, count = "", 0
-    for page in pages(bucket, prefix):
+    for page in listed:
         ready, held = _in_order(page, _page_entries(prefix, page) + held)
         for key, entry in ready:
             if key <= last or (entry.is_dir and entry.name in files):

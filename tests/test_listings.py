@@ -108,3 +108,22 @@ def test_an_overwrite_with_the_same_bytes_drops_the_listed_mfmt_time(alice, cos,
         time.sleep(0.2)
     assert not alice.sendcmd(f"MDTM {area}/f").endswith(STAMP)
     assert dict(alice.mlsd(area, ["modify"]))["f"]["modify"] != STAMP
+
+
+def test_list_and_mlsd_of_a_file_an_empty_directory_and_nothing(alice, area):
+    alice.mkd(area)
+    alice.mkd(f"{area}/empty")
+    put(alice, f"{area}/f.txt", b"12345")
+    file_line = []
+    alice.retrlines(f"LIST {area}/f.txt", file_line.append)
+    assert len(file_line) == 1 and file_line[0].endswith(" f.txt") and " 5 " in file_line[0]
+    empty: list[str] = []
+    alice.retrlines(f"LIST {area}/empty", empty.append)
+    assert empty == [] and list(alice.mlsd(f"{area}/empty")) == []
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        alice.retrlines(f"LIST {area}/missing", empty.append)
+    with pytest.raises(ftplib.error_perm, match=r"^501"):
+        list(alice.mlsd(f"{area}/missing"))
+    with pytest.raises(ftplib.error_perm, match=r"^501"):
+        list(alice.mlsd(f"{area}/f.txt"))
+    assert sorted(alice.nlst(area)) == ["empty", "f.txt"]
