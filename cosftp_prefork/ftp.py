@@ -141,18 +141,6 @@ def _reply_for(exc: OSError, command: str = "STOR") -> str:
     return f"451 {exc}; transfer aborted, nothing stored."
 
 
-class _Views:
-    """A producer whose chunks are memoryviews: asynchat keeps what a partial send left
-    as ``chunk[sent:]``, a copy of the rest of a bytes chunk on every send, a view of it
-    here."""
-
-    def __init__(self, producer: FileProducer) -> None:
-        self._producer = producer
-
-    def more(self) -> memoryview:
-        return memoryview(self._producer.more())
-
-
 class CosDTPHandler(DTPHandler):
     """Data channel that commits an upload only when the client finished sending.
 
@@ -177,7 +165,6 @@ class CosDTPHandler(DTPHandler):
         download = isinstance(producer, FileProducer)
         if download:
             producer.buffer_size = CHUNK_SIZE
-            producer = _Views(producer)
         super().push_with_producer(producer)
         if download:
             self._count_transfer()
