@@ -392,7 +392,7 @@ class RcloneFtp:
         self.proc.wait(timeout=30)
 
 
-ROWS = ("stor", "retr", "small", "many", "mirror", "rss", "list", "latency")
+ROWS = ("stor", "retr", "small", "rss", "many", "mirror", "list", "latency")
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -402,9 +402,10 @@ def run(args: argparse.Namespace) -> list[Row]:
         bench = Bench(args, os.path.join(workdir, "plain"))
         measures = {"stor": bench.stor, "retr": bench.retr,
                     "small": lambda: bench.small_files(args.files, 4096, 0.70, "small"),
+                    "rss": bench.peak_rss,
                     "many": lambda: bench.small_files(args.many_files, 1024, 0.95, "many",
                                                       sessions=8),
-                    "mirror": lambda: bench.mirror(args.files), "rss": bench.peak_rss}
+                    "mirror": lambda: bench.mirror(args.files)}
         with _closing(bench):
             for name, measure in measures.items():
                 if name in wanted:
