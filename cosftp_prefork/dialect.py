@@ -171,10 +171,14 @@ class ClientDialect:
         return type(self).encoding
 
     def ftp_OPTS(self, line: str) -> None:
-        """``OPTS UTF8 ON|OFF`` (FileZilla sends it after FEAT lists UTF8)."""
+        """``OPTS UTF8 ON|OFF`` (FileZilla sends it after FEAT lists UTF8), also before
+        login; other options need a login."""
         command, _, argument = line.strip().partition(" ")
         if command.upper() not in ("UTF8", "UTF-8"):
-            super().ftp_OPTS(line)
+            if self.authenticated:
+                super().ftp_OPTS(line)
+            else:
+                self.respond("530 Log in with USER and PASS first.")
             return
         choice = argument.strip().upper() or "ON"
         if choice not in ("ON", "OFF"):
@@ -193,7 +197,7 @@ class ClientDialect:
     # --- listings
 
     def ftp_LIST(self, path: str):
-        listing = self._listing(path, files_too=True)
+        listing = self._listing(path, "LIST")
         if listing is None:
             return None
         lines = self.fs.format_list(listing.directory, listing.names)
@@ -203,7 +207,7 @@ class ClientDialect:
     def ftp_NLST(self, path: str):
         """Names only; those a wildcard matched keep the directory the client wrote
         (``NLST sub/g*`` -> ``sub/g1.txt``), so that a RETR of each one works."""
-        listing = self._listing(path, files_too=True)
+        listing = self._listing(path, "NLST")
         if listing is None:
             return None
         written = posixpath.dirname(self._raw_arg) if listing.expanded else ""
@@ -214,7 +218,7 @@ class ClientDialect:
     def ftp_MLSD(self, path: str):
         """A missing directory answers 550 as LIST and CWD do (pyftpdlib's 501 makes
         rclone retry a whole sync)."""
-        listing = self._listing(path, files_too=False)
+        listing = self._listing(path, "MLSD")
         if listing is None:
             return None
         perms = self.authorizer.get_perms(self.username)
@@ -223,28 +227,29 @@ class ClientDialect:
         self.push_dtp_data(BufferedIteratorProducer(facts), isproducer=True, cmd="MLSD")
         return path
 
-    def _listing(self, path: str, files_too: bool) -> Optional[Listing]:
-        """What a listing command shows for ``path``, or None after replying 550."""
+    def _listing(self, path: str, cmd: str) -> Optional[Listing]:
+        """What listing command ``cmd`` shows for ``path``, or None after replying 550."""
         try:
-            return self._find_listing(path, files_too)
+            return self._find_listing(path, cmd)
         except (OSError, FilesystemError) as exc:
             self.respond(f"550 {strerror(exc)}.")
         except NothingToList as exc:
             self.respond(f"550 {exc}.")
         return None
 
-    def _find_listing(self, path: str, files_too: bool) -> Listing:
-        """A directory's entries; a file by itself (``files_too``), with the time MFMT set
-        (one HEAD more, as for MLST); or, when no such name exists, the entries a wildcard
-        in the last component matches. Raises ``NothingToList``, ``OSError`` or
+    def _find_listing(self, path: str, cmd: str) -> Listing:
+        """A directory's entries; a file by itself (not for MLSD), for LIST with the time
+        MFMT set (one HEAD more, as for MLST); or, when no such name exists, the entries a
+        wildcard in the last component matches. Raises ``NothingToList``, ``OSError`` or
         ``FilesystemError``."""
         entry = self.fs.lookup(path)
         if entry is not None and entry.is_dir:
             return Listing(path, sorted(self.run_as_current_user(self.fs.listdir, path)))
         if entry is not None:
-            if not files_too:
+            if cmd == "MLSD":
                 raise NothingToList("Not a directory")
-            self.run_as_current_user(self.fs.getmtime, path)
+            if cmd == "LIST":
+                self.run_as_current_user(self.fs.getmtime, path)
             directory, name = posixpath.split(path)
             return Listing(directory, [name])
         pattern = split_pattern(path)

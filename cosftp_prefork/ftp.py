@@ -259,6 +259,8 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         "HASH": _reading_command("HASH <SP> file-name (checksum; OPTS HASH picks the kind)"),
         **{name: _reading_command(f"{name} <SP> file-name ({algorithm} of the file)")
            for name, algorithm in X_DIGEST_COMMANDS.items()},
+        # Some clients send OPTS UTF8 ON before USER; ClientDialect refuses the rest then.
+        "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
     }
     hash_algorithm = ALGORITHMS[0]  # per session, set by OPTS HASH
 

@@ -628,3 +628,28 @@ def test_account_for_user():
     assert not authorizer.has_user("User0") and not authorizer.has_user("nobody")
     with pytest.raises(KeyError):
         authorizer.account("nobody")
+
+
+# --- ftp_encoding
+
+
+def test_ftp_encoding_defaults_to_utf8_and_accounts_inherit_the_servers():
+    default = parse_config(MINIMAL, "e.conf", {})
+    assert default.server.ftp_encoding == default.accounts[0].ftp_encoding == "utf-8"
+    server_wide = parse_config(set_option(MINIMAL, "OPTIONAL", "ftp_encoding", "GBK"),
+                               "e.conf", {})
+    assert server_wide.server.ftp_encoding == server_wide.accounts[0].ftp_encoding == "gbk"
+    text = set_option(MINIMAL, "OPTIONAL", "ftp_encoding", "latin-1")
+    own = parse_config(set_option(text, "COS_ACCOUNT_0", "ftp_encoding", "gb18030"),
+                       "e.conf", {})
+    assert (own.server.ftp_encoding, own.accounts[0].ftp_encoding) == ("iso8859-1", "gb18030")
+
+
+@pytest.mark.parametrize(("section", "value"), [
+    ("OPTIONAL", "klingon"), ("COS_ACCOUNT_0", "utf-16"), ("OPTIONAL", "rot13"),
+    ("COS_ACCOUNT_0", "cp037"),
+])
+def test_bad_ftp_encoding_names_section_and_option(load_error, section, value):
+    path, message = load_error(set_option(MINIMAL, section, "ftp_encoding", value))
+    assert_names(message, path, section, "ftp_encoding")
+    assert "extends ASCII" in message and repr(value) in message

@@ -296,6 +296,13 @@ def test_gbk_account_and_opts_utf8(legacy, area, cos):
     assert sorted(ftp.nlst(area)) == sorted(["报告.txt", "数据.txt"])
     _close(ftp)
     assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/数据.txt")
+    # Chosen before login, UTF-8 stays: the account's encoding does not override it.
+    early = ftplib.FTP(encoding="utf-8")
+    early.connect("127.0.0.1", legacy.port, timeout=30)
+    assert early.sendcmd("OPTS UTF8 ON").startswith("200")
+    early.login("gbuser", "gb-pw")
+    assert sorted(early.nlst(area)) == sorted(["报告.txt", "数据.txt"])
+    _close(early)
 
 
 def test_a_key_the_session_encoding_lacks_is_listed_with_a_placeholder(legacy, area, cos):
