@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 UTF8 = "utf-8"
 # pyftpdlib's limit on one command line (its collect_incoming_data).
 MAX_LINE = 2048
-LISTING_COMMANDS = ("LIST", "NLST", "MLSD")
 # Commands whose argument is a path: an undecodable one is a bad file name (553).
 PATH_COMMANDS = frozenset({
     "CWD", "XCWD", "LIST", "NLST", "MLSD", "MLST", "STAT", "RETR", "STOR", "APPE", "DELE",
@@ -141,7 +140,7 @@ class ClientDialect:
         return self._closed or self._closing or self._quit_pending
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
-        if cmd in ("LIST", "NLST", "STAT") and arg.startswith("-"):
+        if cmd in ("LIST", "NLST") and arg.startswith("-"):
             arg = strip_ls_options(arg)
         self._raw_arg = arg
         super().pre_process_command(line, cmd, arg)

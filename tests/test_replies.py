@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from .conftest import ALPHA, _close
-from .server_proc import Account, ServerProcess
+from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import put
 
 STAMP = "20200102030405"
@@ -234,7 +234,7 @@ def test_pipelined_command_mixes_leave_no_traceback(server, area):
 # --- names in other encodings
 
 
-def test_undecodable_names_are_refused_with_553_not_merged(alice, area, cos):
+def test_undecodable_names_are_refused_with_553_not_merged(server, alice, area, cos):
     alice.mkd(area)
     alice.encoding = "latin-1"  # sends e-acute as 0xE9 and u-umlaut as 0xFC: not UTF-8
     try:
@@ -246,6 +246,8 @@ def test_undecodable_names_are_refused_with_553_not_merged(alice, area, cos):
         alice.encoding = "utf-8"
     listing = cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/")["Contents"]
     assert [item["Key"] for item in listing] == [f"{area}/"]
+    wait_until(lambda: "STOR refused: its argument is not valid utf-8" in server.log_text(),
+               what="the refusal in the log")
 
 
 @pytest.fixture(scope="module")
