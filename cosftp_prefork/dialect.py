@@ -248,6 +248,9 @@ class ClientDialect:
             if cmd == "MLSD":
                 raise NothingToList("Not a directory")
             if cmd == "LIST":
+                # The look-up listed the key, which does not tell the MFMT time: start
+                # this command over with the HEAD that does.
+                self.fs.begin_command()
                 self.run_as_current_user(self.fs.getmtime, path)
             directory, name = posixpath.split(path)
             return Listing(directory, [name])
