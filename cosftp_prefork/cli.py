@@ -230,17 +230,17 @@ def cmd_reload(config: Config) -> int:
 
 
 def cmd_status(config: Config) -> int:
-    return status(config.server.pid_file)
+    return status(config.server.pid_file, os.path.join(config.server.log_dir, LOG_FILE_NAME))
 
 
-def status(pid_file: str) -> int:
+def status(pid_file: str, log_file: str = f"the server's {LOG_FILE_NAME}") -> int:
     """Print master and worker status; return 0 if running, 3 if not."""
     pid = read_pid(pid_file)
     state = SharedState.open(state_path(pid_file)) if pid else None
     if pid is None or state is None:
         print("cosftpctl: not running")
         return EXIT_NOT_RUNNING
-    print(format_status(state))
+    print(format_status(state, log_file))
     return 0
 
 
@@ -257,8 +257,9 @@ def _ports(master: MasterStatus) -> str:
     return ports
 
 
-def format_status(state: SharedState) -> str:
-    """Return the master line and one row per worker, with psutil figures."""
+def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
+    """Return the master line and one row per worker, with psutil figures, and a note on
+    where the stack dump of a worker being aborted goes."""
     import psutil
 
     master = state.master()
@@ -275,6 +276,7 @@ def format_status(state: SharedState) -> str:
             procs[worker.pid] = psutil.Process(worker.pid)
             procs[worker.pid].cpu_percent(None)
     time.sleep(0.2)
+    aborting = []
     for worker in state.workers():
         rss = cpu = fds = "-"
         with contextlib.suppress(psutil.Error, KeyError):
@@ -287,6 +289,11 @@ def format_status(state: SharedState) -> str:
             f"{worker.sessions:>5} {worker.uploads:>3} {worker.downloads:>4} "
             f"{worker.bytes_up:>12} {worker.bytes_down:>12} {rss:>8} {cpu:>5} {fds:>4} "
             f"{'-' if beat is None else f'{beat:.1f}s':>5}")
+        if worker.state == "aborting":
+            aborting.append(str(worker.pid))
+    if aborting:
+        lines.append(f"aborting: hung worker(s) {', '.join(aborting)} sent SIGABRT; the stacks "
+                     f"of their threads go to {log_file}, then SIGKILL")
     return "\n".join(lines)
 
 

@@ -111,6 +111,7 @@ class ServerConfig:
     ban_time: int = 300
     graceful_timeout: int = 600
     worker_timeout: int = 60
+    worker_boot_timeout: int = 60
     worker_max_rss: int = 2048
     health_check_interval: int = 5
     login_timeout: int = 30
@@ -347,6 +348,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a stopping worker waits for sessions"),
     Setting("OPTIONAL", "worker_timeout", _integer(0), 60,
             "seconds without heartbeat before a worker is killed; 0 = never"),
+    Setting("OPTIONAL", "worker_boot_timeout", _integer(0), 60,
+            "seconds a new worker may take to serve before it is killed; 0 = never"),
     Setting("OPTIONAL", "worker_max_rss", _integer(0), 2048,
             "MiB of RSS that triggers a graceful worker recycle; 0 = never"),
     Setting("OPTIONAL", "health_check_interval", _integer(1, 3600), 5,
@@ -488,6 +491,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         ban_time=optional["ban_time"],
         graceful_timeout=optional["graceful_timeout"],
         worker_timeout=optional["worker_timeout"],
+        worker_boot_timeout=optional["worker_boot_timeout"],
         worker_max_rss=optional["worker_max_rss"],
         health_check_interval=optional["health_check_interval"],
         login_timeout=optional["login_timeout"],

@@ -107,3 +107,11 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
     logging.getLogger("qcloud_cos").setLevel(sdk_level)
     logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("charset_normalizer").setLevel(logging.WARNING)  # per response, at DEBUG
+
+
+def log_block(logger: logging.Logger, level: int, block: str, msg: str, *args) -> None:
+    """Log ``msg % args`` followed by ``block`` (say, a stack dump), each of its lines
+    escaped and indented like a traceback's."""
+    if logger.isEnabledFor(level):
+        logger.handle(logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args,
+                                        None, sinfo=block))

@@ -60,8 +60,9 @@ _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
 _BANS_AT = _SESSIONS_AT + SESSION_ROWS * _SESSION_WORDS * 4
 FILE_SIZE = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
 
-STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining"}
-STARTING, SERVING, DRAINING = 1, 2, 3
+STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
+STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
+_STATE_AT = 12  # offset of the state in a slot
 RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
 
 
@@ -214,6 +215,10 @@ class SharedState:
         sessions, uploads, downloads, up, down = counters
         _SLOT.pack_into(self._map, self._slot_at(slot), pid, index, generation, state, started,
                         heartbeat, sessions, uploads, downloads, 0, up, down)
+
+    def set_state(self, slot: int, state: int) -> None:
+        """Change a slot's state only: the master marks a hung worker it is aborting."""
+        struct.pack_into("<I", self._map, self._slot_at(slot) + _STATE_AT, state)
 
     def clear_slot(self, slot: int) -> None:
         at = self._slot_at(slot)

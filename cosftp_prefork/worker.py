@@ -13,6 +13,7 @@ get ``426`` for a transfer in flight (an upload is parked, never half-written) a
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import os
 import signal
@@ -175,16 +176,22 @@ class Worker:
 
     def __init__(self, index: int, generation: int, slot: int, config: Config,
                  socks: tuple[socket.socket, ...], state: SharedState, master_pid: int,
-                 foreground: bool, implicit_tls_socks: tuple[socket.socket, ...] = ()) -> None:
+                 foreground: bool, implicit_tls_socks: tuple[socket.socket, ...] = (),
+                 stack_fd: Optional[int] = None) -> None:
         self.index, self.generation, self.slot = index, generation, slot
         self.config, self.socks, self.state = config, socks, state
         self.implicit_tls_socks = implicit_tls_socks
         self.master_pid, self.foreground = master_pid, foreground
+        self.stack_fd = stack_fd
         self._stop = self._drain = self._reopen = False
         self._title = ""
 
     def run(self) -> int:
         """Serve until told to stop or drained; return the exit status."""
+        if self.stack_fd is not None:
+            # First, so that even a worker hung in its set-up leaves its stacks: the master
+            # SIGABRTs a hung worker and logs what this wrote (a crash's SIGSEGV too).
+            faulthandler.enable(file=self.stack_fd, all_threads=True)
         self._install_signals()
         _die_with_parent()
         server_cfg = self.config.server
