@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ftplib
 import os
 import re
@@ -413,17 +414,141 @@ def strict_health(emulator, tmp_path):
         yield proc
 
 
-def test_stuck_worker_is_killed_and_replaced(strict_health):
+def test_stopped_worker_is_sigkilled_after_the_abort_grace(strict_health):
+    """A SIGSTOPped worker cannot run its SIGABRT handler: SIGKILL follows, and the log says
+    why there is no stack dump."""
     proc = strict_health
     wait_until(lambda: serving(proc, 1, 2), what="workers serving")
     master = psutil.Process(proc.proc.pid)
     stuck = live_children(master)[0]
     stuck.suspend()  # SIGSTOP: alive, but its heartbeat stops
     wait_until(lambda: not stuck.is_running() or stuck.status() == psutil.STATUS_ZOMBIE,
-               what="stuck worker killed")
+               timeout=30, what="stuck worker killed")
     wait_until(lambda: len(live_children(master)) == 2, what="replacement")
-    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s", proc.log_text())
+    log = proc.log_text()
+    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s \(worker_timeout=2\); "
+                     "sent SIGABRT", log)
+    assert f"(pid {stuck.pid}) still running 5s after SIGABRT; sending SIGKILL" in log
+    assert f"(pid {stuck.pid}) killed by SIGKILL without a stack dump" in log
     _close(login(proc))
+
+
+def worker_of(proc: ServerProcess, ftp: ftplib.FTP) -> int:
+    """The pid of the worker serving ``ftp``'s control connection."""
+    client_port = ftp.sock.getsockname()[1]
+    for worker in state_of(proc).workers():
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(worker.pid).net_connections("tcp"):
+                if conn.raddr and conn.raddr.port == client_port:
+                    return worker.pid
+    raise AssertionError(f"no worker serves client port {client_port}")
+
+
+def one_session_per_worker(proc: ServerProcess) -> dict[int, ftplib.FTP]:
+    """Log in until every worker serves a session (the workers balance new ones); return one
+    session per worker pid, the others closed."""
+    sessions: dict[int, ftplib.FTP] = {}
+    extra = []
+    for _ in range(8):
+        ftp = login(proc)
+        pid = worker_of(proc, ftp)
+        (extra if pid in sessions else []).append(ftp)
+        sessions.setdefault(pid, ftp)
+        if len(sessions) == 2:
+            break
+    for ftp in extra:
+        _close(ftp)
+    assert len(sessions) == 2, sessions
+    return sessions
+
+
+def stack_dump(log: str, pid: int) -> str:
+    """The stack dump the master logged for worker ``pid`` (its first line, then the
+    tab-indented rest)."""
+    match = re.search(rf"\(pid {pid}\) killed by SIGABRT; the stacks of its threads when it "
+                      r"died:\n(.*\n(?:\t.*\n)+)", log)
+    assert match, f"no stack dump of pid {pid} in the log"
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def state_file_locked(proc: ServerProcess):
+    """Hold a POSIX lock on the whole state file, as a process hung while holding it would:
+    a worker admitting a new connection then blocks in the kernel, for real."""
+    fd = os.open(state_path(pid_file(proc)), os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def test_hung_worker_dumps_its_stacks_and_is_replaced(strict_health, area):
+    """A worker blocked for real (its main thread waits on a lock someone else holds) is
+    sent SIGABRT: its faulthandler stack dump lands in the log, it is replaced, and the
+    client on the other worker never notices."""
+    proc = strict_health
+    wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+    sessions = one_session_per_worker(proc)
+    with state_file_locked(proc):
+        # The worker that accepts this connection blocks admitting it, before the 220.
+        victim = socket.create_connection((proc.host, proc.port), timeout=30)
+        wait_until(lambda: re.search(r"\(pid (\d+)\) sent no heartbeat for \d+s "
+                                     r"\(worker_timeout=2\); sent SIGABRT", proc.log_text()),
+                   timeout=30, what="hung worker aborted")
+        hung = int(re.search(r"\(pid (\d+)\) sent no heartbeat", proc.log_text()).group(1))
+        survivor_pid = next(pid for pid in sessions if pid != hung)
+        survivor = sessions[survivor_pid]
+        assert survivor.voidcmd("NOOP").startswith("200")
+    # Logged right after the dump, so the dump is whole.
+    wait_until(lambda: f"(pid {hung}) exited unexpectedly" in proc.log_text(),
+               what="hung worker reaped")
+    dump = stack_dump(proc.log_text(), hung)
+    assert "Current thread" in dump and dump.count("Thread 0x") >= 1  # every thread
+    assert "in handle_accepted" in dump and "in lockf" not in dump  # Python frames only
+    master = psutil.Process(proc.proc.pid)
+    wait_until(lambda: len(live_children(master)) == 2 and hung not in
+               {c.pid for c in live_children(master)}, what="replacement")
+    assert survivor_pid in {c.pid for c in live_children(master)}
+    put(survivor, area, b"the other worker never noticed")
+    assert get(survivor, area) == b"the other worker never noticed"
+    _close(survivor)
+    victim.close()
+    fresh = login(proc)
+    assert get(fresh, area) == b"the other worker never noticed"
+    _close(fresh)
+
+
+def test_worker_hung_before_its_first_heartbeat_is_timed_out(emulator, tmp_path, area):
+    """A reload whose new workers block before their first heartbeat (their new log_dir's
+    log file is a FIFO nobody reads, like a hung mount): each is aborted with a stack dump
+    after worker_boot_timeout, the reload rolls back and the old workers serve on."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_boot_timeout": "3", "health_check_interval": "1"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        master = psutil.Process(proc.proc.pid)
+        old = {c.pid for c in live_children(master)}
+        client = login(proc)
+        hung_dir = os.path.join(str(tmp_path), "hung-log")
+        os.makedirs(hung_dir)
+        os.mkfifo(os.path.join(hung_dir, "cosftp.log"))
+        rewrite_config(proc, log_dir=hung_dir)
+        master.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(re.findall(r"not serving \d+s after its start "
+                                          r"\(worker_boot_timeout=3\); sent SIGABRT",
+                                          proc.log_text())) == 2,
+                   timeout=30, what="both new workers aborted")
+        wait_until(lambda: {c.pid for c in live_children(master)} == old, timeout=30,
+                   what="only the old workers left")
+        log = proc.log_text()
+        assert "new generation could not start); rolling back to generation 1" in log
+        new = {int(pid) for pid in re.findall(r"\(pid (\d+)\) not serving", log)}
+        for pid in new:
+            assert "in setup_logging" in stack_dump(log, pid)
+        put(client, area, b"old generation serving")
+        assert get(client, area) == b"old generation serving"
+        _close(client)
 
 
 def test_worker_over_rss_limit_is_recycled_gracefully(emulator, tmp_path, area):
