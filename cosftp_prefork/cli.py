@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional
 
-from .config import Config, load_config, locate_pid_file, resolve_masquerade
+from .config import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
 from .errors import ConfigError
 from .log import LOG_FILE_MODE, LOG_FILE_NAME
 from .metrics_dir import use_metrics_dir
@@ -28,14 +28,18 @@ from .shared import (
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
 START_TIMEOUT = 60.0  # the server stops itself sooner when its workers cannot start
-STOP_TIMEOUT = 30.0
+# The master gives workers 30s after TERM (graceful_timeout + 10s after QUIT), then SIGABRT
+# and, 5s later, SIGKILL.
+STOP_TIMEOUT = 45.0
+GRACEFUL_STOP_MARGIN = 25.0
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 
 SIGNAL_HELP = """signals understood by the master:
-  TERM, INT  fast stop: close the listener; a transfer in flight ends with 426 (an upload
-             is parked for resume, nothing half-written), every client gets 421; exit
-  QUIT       graceful stop: stop accepting, let sessions finish (graceful_timeout, then
-             as TERM), exit
+  TERM, INT  fast stop (stop): close the listener; a transfer in flight ends with 426 (an
+             upload is parked for resume, nothing half-written), every client gets 421; exit
+  QUIT       graceful stop (stop --graceful): close the listener (new connections are
+             refused), let sessions finish: transfers in flight end with 226, sessions are
+             served until they quit; after graceful_timeout the rest as TERM; exit
   HUP        reload the config file (an invalid file is refused, old config kept)
   USR1       reopen log files (logrotate)
   TTIN/TTOU  one worker more / less
@@ -56,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-file-only", action="store_true",
                      help="log to log_dir/cosftp.log only, not to stderr too (what start uses)")
     sub.add_parser("start", help="start in the background and return once it serves")
-    sub.add_parser("stop", help="stop the running server")
+    stop_cmd = sub.add_parser("stop", help="stop the running server (fast: TERM)")
+    stop_cmd.add_argument("--graceful", action="store_true",
+                          help="QUIT: refuse new connections, let sessions finish (at most "
+                               "graceful_timeout), then stop")
     sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("check", help="validate the configuration file and exit")
@@ -185,24 +192,30 @@ def _read_from(path: str, offset: int) -> list[str]:
         return []
 
 
-def cmd_stop(config: Config) -> int:
-    return stop(config.server.pid_file)
+def cmd_stop(config: Config, graceful: bool = False) -> int:
+    return stop(config.server.pid_file, graceful, config.server.graceful_timeout)
 
 
-def stop(pid_file: str) -> int:
-    """SIGTERM the master named in ``pid_file`` and wait until it is gone."""
+def stop(pid_file: str, graceful: bool = False,
+         graceful_timeout: int = ServerConfig.graceful_timeout) -> int:
+    """Signal the master named in ``pid_file`` to stop (TERM, or QUIT if ``graceful``) and
+    wait until it is gone."""
     pid = read_pid(pid_file)
     if pid is None:
         print("cosftpctl: not running")
         return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
+    os.kill(pid, signal.SIGQUIT if graceful else signal.SIGTERM)
+    timeout = graceful_timeout + GRACEFUL_STOP_MARGIN if graceful else STOP_TIMEOUT
+    if graceful:
+        print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, sessions "
+              f"have up to {graceful_timeout}s to finish", flush=True)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if read_pid(pid_file) is None:
             print(f"cosftpctl: stopped pid {pid}")
             return 0
         time.sleep(0.05)
-    print(f"cosftpctl: pid {pid} did not stop within {STOP_TIMEOUT:.0f}s", file=sys.stderr)
+    print(f"cosftpctl: pid {pid} did not stop within {timeout:.0f}s", file=sys.stderr)
     return 1
 
 
@@ -310,9 +323,9 @@ def cmd_check(config: Config) -> int:
     return 0
 
 
-COMMANDS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
+COMMANDS = {"start": cmd_start, "status": cmd_status,
             "reload": cmd_reload, "check": cmd_check}
-PID_ONLY_COMMANDS = {"stop": stop, "status": status}
+PID_ONLY_COMMANDS = ("stop", "status")
 
 
 def cmd_hash_password() -> int:
@@ -341,10 +354,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         if args.command in PID_ONLY_COMMANDS:
             # Stopping or inspecting a running server must not depend on the file being valid.
-            return PID_ONLY_COMMANDS[args.command](locate_pid_file(args.config))
+            pid_file = locate_pid_file(args.config)
+            return stop(pid_file, args.graceful) if args.command == "stop" else status(pid_file)
         return 2
     if args.command == "run":
         return cmd_run(config, args.log_file_only)
+    if args.command == "stop":
+        return cmd_stop(config, args.graceful)
     return COMMANDS[args.command](config)
 
 

@@ -276,26 +276,42 @@ def test_upload_in_flight_survives_reload(daemon, cos, area):
     _close(ftp)
 
 
-def test_quit_waits_for_running_transfer(daemon, area):
+def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon, cos, area):
+    """``cosftpctl stop --graceful`` (QUIT): the listener closes at once, an upload and a
+    download in flight both end with 226 and whole, sessions are served until they quit,
+    then the server exits."""
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     master = master_of(daemon)
-    ftp = login(daemon)
-    ftp.voidcmd("TYPE I")
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-big", Body=os.urandom(8 * MIB))
+    uploader, downloader = login(daemon), login(daemon)
+    uploader.voidcmd("TYPE I")
+    downloader.voidcmd("TYPE I")
     data = os.urandom(3 * MIB)
-    conn = ftp.transfercmd(f"STOR {area}")
-    conn.sendall(data[:MIB])
-    master.send_signal(signal.SIGQUIT)
+    upload = uploader.transfercmd(f"STOR {area}")
+    upload.sendall(data[:MIB])
+    download = downloader.transfercmd(f"RETR {area}-big")
+    received = download.recv(65536)
+    stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+                             daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
+                            stdout=subprocess.PIPE, text=True)
     wait_until(lambda: _refused(daemon.port), what="listener closed")
-    conn.sendall(data[MIB:])
-    conn.close()
-    assert ftp.voidresp().startswith("226")
-    _close(ftp)
+    upload.sendall(data[MIB:])
+    upload.close()
+    assert uploader.voidresp().startswith("226")
+    while chunk := download.recv(MIB):
+        received += chunk
+    download.close()
+    assert downloader.voidresp().startswith("226")
+    assert len(received) == 8 * MIB
+    assert uploader.voidcmd("NOOP").startswith("200")  # still served until it quits
+    assert stopping.poll() is None and master.is_running()
+    assert _refused(daemon.port)
+    for ftp in (uploader, downloader):
+        ftp.quit()
+    out, _ = stopping.communicate(timeout=60)
+    assert stopping.returncode == 0 and f"stopped pid {master.pid}" in out
     master.wait(30)
-    fresh = ServerProcess(daemon.workdir, daemon.cos_port, daemon.accounts, port=daemon.port)
-    with fresh:
-        check = login(fresh)
-        assert get(check, area) == data
-        _close(check)
+    assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
 
 
 def _refused(port: int, host: str = "127.0.0.1") -> bool:
@@ -610,15 +626,22 @@ def _send_until_closed(conn: socket.socket) -> None:
     conn.close()
 
 
-def test_help_and_readme_say_what_term_does():
-    """TERM parks uploads (as the guarantees say), it does not abort them."""
+def test_help_and_readme_say_what_term_and_quit_do():
+    """TERM parks uploads (as the guarantees say), it does not abort them; QUIT lets
+    transfers finish and is what stop --graceful sends."""
     shown = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "--help"],
                            capture_output=True, text=True, check=True).stdout
     term = next(line for line in shown.splitlines() if line.strip().startswith("TERM"))
     assert "426" in term and "parked" in shown and "abort" not in term
+    quit_help = shown[shown.index("  QUIT"):shown.index("  HUP")]
+    assert "stop --graceful" in quit_help and "226" in quit_help and "refused" in quit_help
+    stop_help = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "stop", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "--graceful" in stop_help
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
-        row = next(line for line in handle if line.startswith("| TERM"))
-    assert "parked" in row and "`426`" in row and "`421`" in row and "abort" not in row
+        rows = [line for line in handle if line.startswith(("| TERM", "| QUIT"))]
+    assert "parked" in rows[0] and "`426`" in rows[0] and "`421`" in rows[0]
+    assert "abort" not in rows[0] and "stop --graceful" in rows[1] and "`226`" in rows[1]
 
 
 @pytest.mark.parametrize("how", ["stop", "kill -9 master"])
