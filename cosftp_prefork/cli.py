@@ -305,8 +305,8 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
         if worker.state == "aborting":
             aborting.append(str(worker.pid))
     if aborting:
-        lines.append(f"aborting: hung worker(s) {', '.join(aborting)} sent SIGABRT; the stacks "
-                     f"of their threads go to {log_file}, then SIGKILL")
+        lines.append(f"aborting: sent SIGABRT to hung worker(s) {', '.join(aborting)}; the "
+                     f"stacks of their threads go to {log_file}, then SIGKILL")
     return "\n".join(lines)
 
 

@@ -449,6 +449,23 @@ def test_stopped_worker_is_sigkilled_after_the_abort_grace(strict_health):
     _close(login(proc))
 
 
+def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
+    """The master marks a worker it sent SIGABRT as ``aborting``; status names the log."""
+    from cosftp_prefork.cli import format_status
+    from cosftp_prefork.shared import ABORTING, SERVING, MasterStatus
+
+    state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
+    state.write_header(MasterStatus(os.getpid(), 1, 0.0, 2, "vsftpd.conf"))
+    for slot, state_now in enumerate((SERVING, SERVING)):
+        state.write_slot(slot, 1000 + slot, slot + 1, 1, state_now, 0.0, 1.0, (0, 0, 0, 0, 0))
+    state.set_state(1, ABORTING)
+    shown = format_status(state, "/var/log/cosftp/cosftp.log").splitlines()
+    assert re.match(r"\s*1001\s+1\s+2\s+aborting\s", shown[3])
+    assert shown[4] == ("aborting: sent SIGABRT to hung worker(s) 1001; the stacks of their "
+                        "threads go to /var/log/cosftp/cosftp.log, then SIGKILL")
+    state.close()
+
+
 def worker_of(proc: ServerProcess, ftp: ftplib.FTP) -> int:
     """The pid of the worker serving ``ftp``'s control connection."""
     client_port = ftp.sock.getsockname()[1]
