@@ -11,6 +11,11 @@ everything as it was. A valid one starts a new generation of workers on the same
 (new ones for an address that changed); the old generation is told to drain only once every
 new worker serves, and if the new generation cannot start the master rolls back to the
 old configuration, whose workers never stopped serving.
+
+A worker that hangs (no heartbeat for worker_timeout, or not serving worker_boot_timeout
+after its fork) is aborted as gunicorn does: SIGABRT, on which its faulthandler dumps every
+thread's stack into a memfd the master made for it, then SIGKILL if it is still alive after
+a grace period. The master logs the dump when it reaps the worker.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Signals only set flags; the worker's loop acts on them within a second:
 TERM/INT stop now, QUIT drains (stop accepting, let sessions finish, at most
 ``graceful_timeout``), USR1 reopens the log file. Sessions still open when the worker stops
 get ``426`` for a transfer in flight (an upload is parked, never half-written) and ``421``.
+The master SIGABRTs a worker that hangs: ``faulthandler``, enabled before anything else, then
+writes every thread's stack to the file the master gave the worker, and the master logs it.
 """
 
 from __future__ import annotations
