@@ -38,8 +38,9 @@ SIGNAL_HELP = """signals understood by the master:
   TERM, INT  fast stop (stop): close the listener; a transfer in flight ends with 426 (an
              upload is parked for resume, nothing half-written), every client gets 421; exit
   QUIT       graceful stop (stop --graceful): close the listener (new connections are
-             refused), let sessions finish: transfers in flight end with 226, sessions are
-             served until they quit; after graceful_timeout the rest as TERM; exit
+             refused), let the transfers in flight end with 226; each worker then tells
+             its sessions 421 and exits (after graceful_timeout: as TERM); a TERM (stop)
+             cuts it short; exit
   HUP        reload the config file (an invalid file is refused, old config kept)
   USR1       reopen log files (logrotate)
   TTIN/TTOU  one worker more / less
@@ -62,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("start", help="start in the background and return once it serves")
     stop_cmd = sub.add_parser("stop", help="stop the running server (fast: TERM)")
     stop_cmd.add_argument("--graceful", action="store_true",
-                          help="QUIT: refuse new connections, let sessions finish (at most "
-                               "graceful_timeout), then stop")
+                          help="QUIT: refuse new connections, let the transfers in flight "
+                               "finish (at most graceful_timeout), then stop")
     sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("check", help="validate the configuration file and exit")
@@ -207,8 +208,8 @@ def stop(pid_file: str, graceful: bool = False,
     os.kill(pid, signal.SIGQUIT if graceful else signal.SIGTERM)
     timeout = graceful_timeout + GRACEFUL_STOP_MARGIN if graceful else STOP_TIMEOUT
     if graceful:
-        print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, sessions "
-              f"have up to {graceful_timeout}s to finish", flush=True)
+        print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, transfers "
+              f"in flight have up to {graceful_timeout}s to finish", flush=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if read_pid(pid_file) is None:

@@ -254,6 +254,7 @@ class Master:
         self.state: Optional[SharedState] = None
         self.exporter: Optional[ExporterProcess] = None
         self._stop_deadline = 0.0
+        self._graceful = False  # stopping on QUIT: a TERM may still cut it short
         self._next_health_check = 0.0
         self._saved_ban_epoch = 0
         self._queue: deque[int] = deque()
@@ -398,8 +399,10 @@ class Master:
     handle_int = handle_term
 
     def handle_quit(self) -> None:
-        """Graceful stop: stop accepting, let sessions finish up to graceful_timeout."""
-        self._begin_stop(signal.SIGQUIT, self.config.server.graceful_timeout + 10.0)
+        """Graceful stop: stop accepting, let transfers in flight finish (each worker stops
+        once it has none, at most graceful_timeout), tell idle sessions 421."""
+        self._begin_stop(signal.SIGQUIT, self.config.server.graceful_timeout + 10.0,
+                         graceful=True)
 
     def handle_hup(self) -> None:
         """Reload the configuration file; keep the old one if the new one is unusable."""
@@ -436,14 +439,17 @@ class Master:
 
     # --- stopping
 
-    def _begin_stop(self, signum: int, timeout: float) -> None:
-        if self.stopping:
+    def _begin_stop(self, signum: int, timeout: float, graceful: bool = False) -> None:
+        """Stop on ``signum``: close the listeners and tell every worker (USR2 for a graceful
+        stop: finish the transfers in flight). A fast stop also cuts a graceful one short."""
+        if self.stopping and (graceful or not self._graceful):
             return
         log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
-        self.stopping = True
-        self._stop_deadline = time.monotonic() + timeout
+        self.stopping, self._graceful = True, graceful
+        now = time.monotonic()
+        self._stop_deadline = min(self._stop_deadline or now + timeout, now + timeout)
         self._close_listeners()
-        self._signal_workers(signum, self.workers.values())
+        self._signal_workers(signal.SIGUSR2 if graceful else signum, self.workers.values())
 
     def _close_listeners(self) -> None:
         for listeners in (self.listeners, self.reload.old_listeners if self.reload else None):

@@ -6,7 +6,8 @@ thread (``ThreadedFTPServer``) so a slow COS call stalls only that session.
 
 Signals only set flags; the worker's loop acts on them within a second:
 TERM/INT stop now, QUIT drains (stop accepting, let sessions finish, at most
-``graceful_timeout``), USR1 reopens the log file. Sessions still open when the worker stops
+``graceful_timeout``), USR2 (the master's graceful stop) drains until no transfer is in
+flight rather than no session, USR1 reopens the log file. Sessions still open when the worker stops
 get ``426`` for a transfer in flight (an upload is parked, never half-written) and ``421``.
 The master SIGABRTs a worker that hangs: ``faulthandler``, enabled before anything else, then
 writes every thread's stack to the file the master gave the worker, and the master logs it.
@@ -185,7 +186,7 @@ class Worker:
         self.implicit_tls_socks = implicit_tls_socks
         self.master_pid, self.foreground = master_pid, foreground
         self.stack_fd = stack_fd
-        self._stop = self._drain = self._reopen = False
+        self._stop = self._drain = self._finish = self._reopen = False
         self._title = ""
 
     def run(self) -> int:
@@ -239,6 +240,7 @@ class Worker:
 
     def _install_signals(self) -> None:
         handlers = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",
+                    signal.SIGUSR2: "_finish",
                     signal.SIGUSR1: "_reopen"}
         for signum, flag in handlers.items():
             signal.signal(signum, lambda _s, _f, flag=flag: setattr(self, flag, True))
@@ -274,10 +276,10 @@ class Worker:
         next_tick = 0.0
         while not self._stop:
             now = time.monotonic()
-            if self._drain and drain_deadline is None:
+            if (self._drain or self._finish) and drain_deadline is None:
                 drain_deadline = now + self.config.server.graceful_timeout
                 self._start_draining(servers, stats)
-            if drain_deadline is not None and (stats.sessions <= 0 or now > drain_deadline):
+            if drain_deadline is not None and (self._drained(stats) or now > drain_deadline):
                 break
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
@@ -296,6 +298,14 @@ class Worker:
         stats.stopping.set()
         for server in servers:
             server.close_all()  # each joins its own session threads
+
+    def _drained(self, stats: WorkerStats) -> bool:
+        """Draining for a reload ends with the last session (it keeps its old config to the
+        end); a graceful stop ends with the last transfer in flight (the 226 is sent before
+        the count drops), and the idle sessions then get 421."""
+        if self._finish:
+            return stats.uploads + stats.downloads <= 0
+        return stats.sessions <= 0
 
     def _start_draining(self, servers: list[BalancedFTPServer], stats: WorkerStats) -> None:
         log.info("worker %d gen %d draining: %d sessions left, up to %ds", self.index,

@@ -278,12 +278,12 @@ def test_upload_in_flight_survives_reload(daemon, cos, area):
 
 def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon, cos, area):
     """``cosftpctl stop --graceful`` (QUIT): the listener closes at once, an upload and a
-    download in flight both end with 226 and whole, sessions are served until they quit,
-    then the server exits."""
+    download in flight both end with 226 and whole, then every session gets 421 (an idle
+    one does not hold the stop up) and the server exits."""
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     master = master_of(daemon)
     cos.put_object(Bucket=ALPHA, Key=f"{area}-big", Body=os.urandom(8 * MIB))
-    uploader, downloader = login(daemon), login(daemon)
+    idle, uploader, downloader = login(daemon), login(daemon), login(daemon)
     uploader.voidcmd("TYPE I")
     downloader.voidcmd("TYPE I")
     data = os.urandom(3 * MIB)
@@ -298,20 +298,44 @@ def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon,
     upload.sendall(data[MIB:])
     upload.close()
     assert uploader.voidresp().startswith("226")
+    assert master.is_running() and _refused(daemon.port)
     while chunk := download.recv(MIB):
         received += chunk
     download.close()
     assert downloader.voidresp().startswith("226")
     assert len(received) == 8 * MIB
-    assert uploader.voidcmd("NOOP").startswith("200")  # still served until it quits
-    assert stopping.poll() is None and master.is_running()
-    assert _refused(daemon.port)
-    for ftp in (uploader, downloader):
-        ftp.quit()
+    replies = {name: _replies_after_data_closed(ftp) for name, ftp in
+               (("idle", idle), ("upload", uploader), ("download", downloader))}
+    assert all([r[:4] for r in got] == ["421 "] for got in replies.values()), replies
     out, _ = stopping.communicate(timeout=60)
     assert stopping.returncode == 0 and f"stopped pid {master.pid}" in out
     master.wait(30)
     assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
+    for ftp in (idle, uploader, downloader):
+        ftp.close()
+
+
+def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
+    """``stop`` during a ``stop --graceful`` that waits for an upload: the upload is parked
+    (426, then 421) and the server exits at once."""
+    from .test_resume import is_parked
+    from .test_transfers import start_upload
+
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master = master_of(daemon)
+    uploader = login(daemon)
+    upload = start_upload(uploader, cos, area, 3 * MIB)
+    graceful = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+                             daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
+                            stdout=subprocess.DEVNULL)
+    wait_until(lambda: _refused(daemon.port), what="listener closed")
+    assert daemon.ctl("stop").returncode == 0
+    _send_until_closed(upload)
+    assert [r[:4] for r in _replies_after_data_closed(uploader)] == ["426 ", "421 "]
+    assert graceful.wait(60) == 0
+    master.wait(30)
+    assert is_parked(cos, area)
+    uploader.close()
 
 
 def _refused(port: int, host: str = "127.0.0.1") -> bool:
