@@ -62,7 +62,7 @@ FILE_SIZE = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
-_STATE_AT = 12  # offset of the state in a slot
+_STATE_AT = struct.calcsize("<iiI")  # a slot's state follows its pid, index and generation
 RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
 
 

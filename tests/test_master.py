@@ -495,7 +495,10 @@ def worker_of(proc: ServerProcess, ftp: ftplib.FTP) -> int:
     client_port = ftp.sock.getsockname()[1]
     for worker in state_of(proc).workers():
         with contextlib.suppress(psutil.Error):
-            for conn in psutil.Process(worker.pid).net_connections("tcp"):
+            process = psutil.Process(worker.pid)
+            # net_connections since psutil 6.0, connections before (setup.py allows 5.9).
+            listing = getattr(process, "net_connections", None) or process.connections
+            for conn in listing("tcp"):
                 if conn.raddr and conn.raddr.port == client_port:
                     return worker.pid
     raise AssertionError(f"no worker serves client port {client_port}")
