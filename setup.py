@@ -31,6 +31,12 @@ setup(
         # prefork workers (one mmap file per process) and it writes the exposition format;
         # both would otherwise be code of our own.
         "prometheus_client>=0.20",
+        # PROXY protocol v1 and v2 (HAProxy's spec) parsed by a package with both versions
+        # and the v2 checksum, rather than a binary parser of our own.
+        "proxy-protocol>=0.11",
+        # [CLUSTER] redis_url: the reference Python client of Redis (and Valkey); no other
+        # maintained client speaks the protocol synchronously with timeouts and pooling.
+        "redis>=5.0",
     ],
     extras_require={
         # The local COS emulator used by the demo and the test suite.

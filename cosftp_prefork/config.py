@@ -75,6 +75,40 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """PROXY protocol (HAProxy's header carrying the client's address) on the FTP ports.
+
+    ``optional``: connections from ``allowed`` must start with a header, others are direct
+    clients; ``required``: only connections from ``allowed`` (with a header) are served."""
+
+    mode: str = "off"  # off | optional | required
+    allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def expects_header(self, peer_ip: str) -> bool:
+        """True if a connection from ``peer_ip`` must begin with a PROXY header."""
+        if self.mode == "off":
+            return False
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allowed)
+
+    def refuses_direct(self) -> bool:
+        """True if a connection without a header (not from ``allowed``) is refused."""
+        return self.mode == "required"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[CLUSTER]``: state shared by every node of a cluster, in Redis (or Valkey)."""
+
+    redis_url: Optional[str] = None  # None: this node keeps its state to itself
+    redis_down: str = "open"  # Redis unreachable: "open" serves on local state, "closed" refuses
+    redis_timeout: float = 0.5  # seconds one Redis call may take
+    node_id: str = ""  # this node's name in Redis; default host name and listen port
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     listen_addresses: tuple[str, ...] = ("0.0.0.0",)
     listen_port: int = 2121
@@ -82,6 +116,7 @@ class NetworkConfig:
     passive_ports: tuple[int, int] = (60000, 65535)
     implicit_tls_port: int = 0  # 0: no implicit FTPS listener
     tls: Optional[ServerTLS] = None  # None: TLS off (no AUTH TLS, no implicit listener)
+    proxy: ProxyConfig = ProxyConfig()
 
 
 @dataclass(frozen=True)
@@ -139,6 +174,7 @@ class Config:
     server: ServerConfig
     warnings: tuple[str, ...] = ()
     operator: OperatorConfig = OperatorConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError
@@ -180,6 +216,11 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _lower_choice(*choices: str) -> Callable[[str], str]:
+    upper = _choice(*(choice.upper() for choice in choices))
+    return lambda raw: upper(raw).lower()
+
+
 def _protocol(raw: str) -> str:
     value = raw.lower()
     if value not in ("http", "https"):
@@ -219,6 +260,24 @@ def _ip_addresses(raw: str) -> tuple[str, ...]:
         if address != wildcard and wildcard in addresses:
             raise ValueError(f"{wildcard} already covers {address}; list one of them")
     return addresses
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A comma-separated list of CIDR blocks or single addresses."""
+    networks = []
+    for part in (p.strip() for p in raw.split(",")):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"must be a comma-separated list of addresses or CIDR blocks "
+                             f"(like 10.0.0.0/8), got {part!r}") from None
+    return tuple(networks)
+
+
+def _redis_url(raw: str) -> str:
+    if not re.match(r"^(redis|rediss|unix)://", raw):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {raw!r}")
+    return raw
 
 
 def _host(raw: str) -> str:
@@ -318,6 +377,18 @@ SETTINGS: tuple[Setting, ...] = (
             "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("NETWORK", "require_ssl_reuse", _boolean, False,
             "TLS data connections must resume the control connection's TLS session"),
+    # Behind a load balancer (see README, Operating a cluster).
+    Setting("NETWORK", "proxy_protocol", _lower_choice("off", "optional", "required"), "off",
+            "PROXY protocol v1/v2 header from proxy_allowed: off, optional, required"),
+    Setting("NETWORK", "proxy_allowed", _networks, (),
+            "addresses/CIDR blocks of the balancers allowed to send a PROXY header"),
+    Setting("CLUSTER", "redis_url", _redis_url, None,
+            "Redis/Valkey shared by every node for bans and connection counts; default none"),
+    Setting("CLUSTER", "redis_down", _lower_choice("open", "closed"), "open",
+            "Redis unreachable: open = serve on this node's own state, closed = refuse"),
+    Setting("CLUSTER", "redis_timeout", _integer(1, 10000), 500,
+            "milliseconds one Redis call may take"),
+    Setting("CLUSTER", "node_id", _text, "", "this node's name in Redis; default host:port"),
     Setting("FILE_OPTION", "single_file_max_size",
             _integer(1, MAX_PARTS * MAX_PART_SIZE, _BYTES),
             200 * GIB, "largest file accepted, in bytes"),
@@ -518,8 +589,18 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
     elif implicit_port and implicit_port == net["listen_port"]:
         raise reader.error(f"{implicit_port} is already listen_port", "NETWORK",
                            "implicit_tls_port")
+    if net["proxy_protocol"] != "off" and not net["proxy_allowed"]:
+        raise reader.error("needs proxy_allowed (the balancers' addresses)", "NETWORK",
+                           "proxy_protocol")
+    proxy = ProxyConfig(net["proxy_protocol"], net["proxy_allowed"])
     return NetworkConfig(net["listen_address"], net["listen_port"], net["masquerade_address"],
-                         net["passive_port"], implicit_port, tls)
+                         net["passive_port"], implicit_port, tls, proxy)
+
+
+def _cluster(values: dict[str, Any], port: int) -> ClusterConfig:
+    node = values["node_id"] or f"{socket.gethostname()}:{port}"
+    return ClusterConfig(values["redis_url"], values["redis_down"],
+                         values["redis_timeout"] / 1000, node)
 
 
 def _operator(reader: _Reader, net: dict[str, Any], optional: dict[str, Any]) -> OperatorConfig:
@@ -577,6 +658,7 @@ def _build(reader: _Reader) -> Config:
         server=_server(reader, optional),
         warnings=tuple(reader.warnings),
         operator=_operator(reader, net, optional),
+        cluster=_cluster(reader.section("CLUSTER", "CLUSTER"), net["listen_port"]),
     )
 
 

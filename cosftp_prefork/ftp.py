@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import ipaddress
 import logging
@@ -30,6 +31,7 @@ from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .passwords import PasswordChecker
 from .paths import new_name_key
+from .proxy import ProxyHeaderError, read_header
 from .storage import BucketRegistry
 from .uploader import UploadInterrupted
 
@@ -245,6 +247,15 @@ def _reading_command(syntax: str) -> dict:
     return {"perm": "r", "auth": True, "arg": True, "help": f"Syntax: {syntax}."}
 
 
+class ProxyStep(enum.Enum):
+    """Where a connection is with the PROXY protocol (``[NETWORK] proxy_protocol``)."""
+
+    ARRIVED = "accepted; the policy has not looked at it yet"
+    AWAITING = "from a balancer: its header is read in the session thread before anything"
+    READ = "header read: admit and greet once the session thread runs the connection"
+    DONE = "admitted or greeted under the client's real address"
+
+
 class CosFTPHandler(ClientDialect, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
@@ -273,16 +284,69 @@ class CosFTPHandler(ClientDialect, FTPHandler):
     _ticket = None  # our place in the server-wide limits (gate.Ticket), while admitted
     _kicked: Optional[str] = None  # why the worker's main thread told us to go
     oplogs: OperatorLogs  # the worker's xferlog and vsftpd.log
+    proxy_step = ProxyStep.ARRIVED
 
     def handle(self) -> None:
         """Admit the session against the bans and server-wide limits before the 220
-        greeting (the gate logs refusals, once per burst)."""
+        greeting (the gate logs refusals, once per burst); a connection from a balancer
+        first has its PROXY header read, in its own thread."""
+        if self.awaits_proxy_header():
+            return
         self._ticket, reason = self.stats.admit(self.remote_ip, self._kick)
         if reason is not None:
             self.respond(f"421 {reason}")
             self.close_when_done()
             return
         super().handle()
+
+    def awaits_proxy_header(self) -> bool:
+        """Apply ``proxy_protocol`` to a new connection: True if nothing may be sent yet,
+        because its header is still to be read or the connection was refused (and closed,
+        with a log line)."""
+        if self.proxy_step is not ProxyStep.ARRIVED:
+            return False
+        proxy = self.config.network.proxy
+        if proxy.expects_header(self.remote_ip):
+            self.proxy_step = ProxyStep.AWAITING
+            return True
+        self.proxy_step = ProxyStep.DONE
+        if proxy.refuses_direct():
+            self.stats.gate.refusals.note(self.remote_ip, "connection refused: not from "
+                                          "proxy_allowed (proxy_protocol = required)")
+            self.close()
+            return True
+        return False
+
+    def read_proxy_header(self) -> bool:
+        """Read the balancer's PROXY header (blocking this session's thread only): the
+        session is then the client's, under the client's address. False if there was no
+        valid header: the connection is closed and the reason logged."""
+        peer = (self.remote_ip, self.remote_port)
+        try:
+            origin = read_header(self.socket, peer)
+        except ProxyHeaderError as exc:
+            self.stats.gate.refusals.note(self.remote_ip, f"connection closed: {exc}")
+            self.close()
+            return False
+        with contextlib.suppress(ValueError):
+            self.server.ip_map.remove(self.remote_ip)  # close() removes the new one
+        self.server.ip_map.append(origin.ip)
+        log.debug("session=%x: PROXY header from %s:%s: client %s:%s", id(self), *peer,
+                  origin.ip, origin.port)
+        self.remote_ip, self.remote_port = origin.ip, origin.port
+        self.proxy_step = ProxyStep.READ
+        return True
+
+    def add_channel(self, *args, **kwargs) -> None:
+        """The session thread registers the connection: greet one whose PROXY header was
+        read (pyftpdlib greets in ``handle``, run at accept)."""
+        super().add_channel(*args, **kwargs)
+        if self.proxy_step is ProxyStep.READ:
+            self.proxy_step = ProxyStep.DONE
+            try:
+                self.handle()
+            except Exception:
+                self.handle_error()
 
     def close(self) -> None:
         """End the session; an upload still waiting for its data connection is given up
@@ -412,11 +476,22 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         the session; pyftpdlib would run them against a filesystem it already dropped, and
         those after a QUIT that waits for a transfer to end.
         """
-        if self._quitting():
+        if self._quitting() or self._refused_proxy_header(line, cmd):
             return
         if self.fs is not None:
             self.fs.begin_command()
         super().pre_process_command(line, cmd, arg)
+
+    def _refused_proxy_header(self, line: str, cmd: str) -> bool:
+        """Close a direct connection (not from proxy_allowed) that sends a PROXY header:
+        the v1 line, or the NUL line inside the v2 signature, before login."""
+        if self.authenticated or self.config.network.proxy.mode == "off" or \
+                (cmd != "PROXY" and line != "\0"):
+            return False
+        self.stats.gate.refusals.note(self.remote_ip, "connection closed: PROXY header "
+                                      "from an address not in proxy_allowed")
+        self.close()
+        return True
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:
         """Run one command; a COS failure becomes a 451 reply, not a dropped connection.

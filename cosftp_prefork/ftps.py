@@ -154,7 +154,10 @@ class ImplicitTLS:
     """Implicit FTPS: the client starts TLS on connecting; there is no AUTH command."""
 
     def handle(self) -> None:
-        """Start the TLS handshake before the greeting, which is then sent encrypted."""
+        """Start the TLS handshake before the greeting, which is then sent encrypted (after
+        the PROXY header, if one is expected)."""
+        if self.awaits_proxy_header():
+            return
         self.secure_connection(self.ssl_context)
         if not self._closed:  # secure_connection() closes if the client is already gone
             super().handle()

@@ -33,7 +33,7 @@ from setproctitle import setproctitle
 from . import metrics
 from .config import Config, resolve_masquerade
 from .errors import ConfigError
-from .ftp import configure_handler
+from .ftp import ProxyStep, configure_handler
 from .ftps import configure_tls_handlers
 from .gate import BANNED, Gate, Ticket
 from .log import setup_logging
@@ -154,7 +154,10 @@ class BalancedFTPServer(ThreadedFTPServer):
 
     def _loop(self, handler) -> None:
         """Serve one session in its thread; one refused at accept (421 sent, closed) has
-        nothing left to serve, and pyftpdlib would fail registering its closed socket."""
+        nothing left to serve, and pyftpdlib would fail registering its closed socket.
+        A connection from a balancer has its PROXY header read here, off the accept loop."""
+        if handler.proxy_step is ProxyStep.AWAITING and not handler.read_proxy_header():
+            return
         if not handler._closed:
             super()._loop(handler)
 
