@@ -14,7 +14,8 @@ import struct
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, wait_until
+from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_tls import client_context, implicit_port, tls_network, write_certificate
 
 BALANCER = "127.0.0.5"  # the address the test's "load balancer" connects from
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -235,3 +236,24 @@ def test_proxy_protocol_needs_proxy_allowed(emulator, tmp_path):
     assert result.returncode != 0
     assert "[NETWORK] proxy_protocol" in result.stderr + result.stdout
     assert "proxy_allowed" in result.stderr + result.stdout
+
+
+def test_implicit_tls_port_reads_the_header_before_the_handshake(emulator, tmp_path):
+    """On the implicit-FTPS port the header comes before the TLS ClientHello."""
+    cert, key = write_certificate(tmp_path)
+    proc = ServerProcess(str(tmp_path / "srv"), emulator.port, [Account("alice", "pw", ALPHA)],
+                         network={**tls_network(cert, key, implicit_port=free_port()),
+                                  "proxy_protocol": "optional", "proxy_allowed": BALANCER})
+    with proc:
+        sock = socket.create_connection((proc.host, implicit_port(proc)), timeout=15,
+                                        source_address=(BALANCER, 0))
+        sock.sendall(v2_header("127.0.0.28"))
+        with client_context().wrap_socket(sock) as tls:
+            reader = tls.makefile("rb")
+            assert reader.readline().startswith(b"220")
+            tls.sendall(b"USER alice\r\nPASS pw\r\n")
+            assert reader.readline().startswith(b"331")
+            assert reader.readline().startswith(b"230")
+        wait_until(lambda: "user=alice ip=127.0.0.28" in proc.log_text() or
+                   "127.0.0.28:40000-[alice]" in proc.log_text(),
+                   what="the proxied address in the log")
