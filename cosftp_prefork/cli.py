@@ -18,10 +18,14 @@ from .log import LOG_FILE_MODE, LOG_FILE_NAME
 from .metrics_dir import use_metrics_dir
 from .passwords import hash_password
 from .shared import (
+    CLUSTER_DOWN_CLOSED,
+    CLUSTER_DOWN_OPEN,
+    CLUSTER_NONE,
     RELOAD_FAILED,
     RELOAD_OK,
     MasterStatus,
     SharedState,
+    WorkerStatus,
     heartbeat_age,
     state_path,
 )
@@ -271,6 +275,20 @@ def _ports(master: MasterStatus) -> str:
     return ports
 
 
+def _cluster_line(workers: list[WorkerStatus]) -> list[str]:
+    """``cluster: ...`` when [CLUSTER] redis_url is set: can the workers reach Redis?"""
+    views = {worker.cluster for worker in workers} - {CLUSTER_NONE}
+    if not views:
+        return []
+    down = sorted(str(w.index) for w in workers
+                  if w.cluster in (CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED))
+    if not down:
+        return ["cluster: Redis reachable; bans and connection counts shared"]
+    mode = ("refusing new connections" if CLUSTER_DOWN_CLOSED in views else
+            "serving on the local scoreboard")
+    return [f"cluster: Redis UNREACHABLE from worker(s) {', '.join(down)}: {mode}"]
+
+
 def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
     """Return the master line and one row per worker, with psutil figures, and a note on
     where the stack dump of a worker being aborted goes."""
@@ -281,6 +299,7 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
     lines = [f"master pid {master.pid}  up {_duration(now - master.started)}  "
              f"generation {master.generation}  workers {master.worker_count}  "
              f"config {master.config_path}  {_ports(master)}",
+             *_cluster_line(state.workers()),
              f"{'PID':>7} {'GEN':>4} {'WORKER':>6} {'STATE':<9} {'SESS':>5} {'UP':>3} "
              f"{'DOWN':>4} {'BYTES_UP':>12} {'BYTES_DOWN':>12} {'RSS_MIB':>8} {'CPU%':>5} "
              f"{'FDS':>4} {'BEAT':>5}"]

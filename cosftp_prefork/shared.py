@@ -64,6 +64,9 @@ STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
 _STATE_AT = struct.calcsize("<iiI")  # a slot's state follows its pid, index and generation
 RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
+# A worker's view of [CLUSTER] redis_url: none configured, reachable, unreachable and
+# serving on the local scoreboard, unreachable and refusing new connections.
+CLUSTER_NONE, CLUSTER_UP, CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class WorkerStatus:
     downloads: int
     bytes_up: int
     bytes_down: int
+    cluster: int = CLUSTER_NONE  # CLUSTER_*: how this worker reaches the shared Redis
 
 
 @dataclass(frozen=True)
@@ -210,11 +214,12 @@ class SharedState:
         raise RuntimeError("no free worker slot")
 
     def write_slot(self, slot: int, pid: int, index: int, generation: int, state: int,
-                   started: float, heartbeat: float, counters: tuple[int, ...]) -> None:
+                   started: float, heartbeat: float, counters: tuple[int, ...],
+                   cluster: int = CLUSTER_NONE) -> None:
         """Write a whole slot; ``counters`` = sessions, uploads, downloads, bytes up, down."""
         sessions, uploads, downloads, up, down = counters
         _SLOT.pack_into(self._map, self._slot_at(slot), pid, index, generation, state, started,
-                        heartbeat, sessions, uploads, downloads, 0, up, down)
+                        heartbeat, sessions, uploads, downloads, cluster, up, down)
 
     def set_state(self, slot: int, state: int) -> None:
         """Change a slot's state only: the master marks a hung worker it is aborting."""
@@ -230,9 +235,11 @@ class SharedState:
         for slot in range(MAX_WORKER_SLOTS):
             values = _SLOT.unpack_from(self._map, self._slot_at(slot))
             if values[0]:
-                pid, index, gen, state, started, beat, sess, up_n, down_n, _, up, down = values
+                pid, index, gen, state, started, beat, sess, up_n, down_n, cluster, up, \
+                    down = values
                 found.append(WorkerStatus(slot, pid, index, gen, STATES.get(state, "?"),
-                                          started, beat, sess, up_n, down_n, up, down))
+                                          started, beat, sess, up_n, down_n, up, down,
+                                          cluster))
         return found
 
     @staticmethod
@@ -383,6 +390,16 @@ class SharedState:
                     rows[at:at + _SESSION_WORDS] = array("I", bytes(_SESSION_WORDS * 4))
                     freed += 1
             return freed
+
+    def node_counts(self) -> tuple[Counter, int]:
+        """Connections per client address and logged-in sessions of this server, read
+        without the lock (a snapshot is enough)."""
+        with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
+            flat = rows.tolist()
+        kinds = flat[1::_SESSION_WORDS]
+        addresses = zip(*(flat[i::_SESSION_WORDS] for i in range(2, _SESSION_WORDS)))
+        per_ip = Counter(address_text(key) for kind, key in zip(kinds, addresses) if kind)
+        return per_ip, kinds.count(LOGGED_IN)
 
     def sessions_by_pid(self) -> Counter:
         """Sessions per worker pid, read without the lock (a snapshot is enough)."""

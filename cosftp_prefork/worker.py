@@ -31,6 +31,7 @@ from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
 from . import metrics
+from .cluster import ClusterState
 from .config import Config, resolve_masquerade
 from .errors import ConfigError
 from .ftp import ProxyStep, configure_handler
@@ -76,7 +77,8 @@ class WorkerStats:
         self.state, self.slot, self.index, self.generation = state, slot, index, generation
         self.pid = os.getpid()
         self.started = time.time()
-        self.gate = Gate(state, config.server, self.pid)
+        cluster = ClusterState(config.cluster) if config.cluster.redis_url else None
+        self.gate = Gate(state, config.server, self.pid, cluster)
         self._lock = threading.Lock()
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
@@ -124,7 +126,7 @@ class WorkerStats:
             counters = (self.sessions, self.uploads, self.downloads, self.bytes_up,
                         self.bytes_down)
         self.state.write_slot(self.slot, self.pid, self.index, self.generation, self.status,
-                              self.started, time.time(), counters)
+                              self.started, time.time(), counters, self.gate.cluster_status())
         title = (f"cosftp: worker {self.index} gen={self.generation} sessions={counters[0]} "
                  f"up={counters[1]} down={counters[2]}")
         return title + " draining" if self.status == DRAINING else title
