@@ -85,11 +85,12 @@ class ClusterState:
         self._url = config.redis_url.split("@")[-1]  # no password in the log
 
     @property
-    def up(self) -> bool:
-        return time.monotonic() >= self._down_until
+    def reachable(self) -> bool:
+        """False from a failed call until one succeeds."""
+        return not self._down_logged
 
     def _call(self, what: str, function, *args):
-        if not self.up:
+        if time.monotonic() < self._down_until:
             return None
         try:
             result = function(*args)

@@ -177,7 +177,7 @@ class Gate:
         """``shared.CLUSTER_*``: how this worker reaches the cluster's Redis now."""
         if self.cluster is None:
             return CLUSTER_NONE
-        if self.cluster.up:
+        if self.cluster.reachable:
             return CLUSTER_UP
         return CLUSTER_DOWN_CLOSED if self.cluster.fail_closed else CLUSTER_DOWN_OPEN
 

@@ -283,3 +283,59 @@ def test_upload_parked_on_one_node_resumes_on_the_other_and_a_stop_loses_nothing
     assert "resuming parked upload" in b.log_text()
     quit_all([ftp, bystander])
     a.start()
+
+
+class LoneNode(ClusterNode):
+    """One node, direct clients (no PROXY protocol), Redis possibly absent."""
+
+    redis_down = "open"
+
+    def write_config(self) -> None:
+        super().write_config()
+        with open(self.config_path, "a", encoding="utf-8") as handle:
+            handle.write(f"redis_down = {self.redis_down}\nredis_timeout = 200\n")
+
+    def _serving(self) -> bool:
+        """Answering at all, a refusal (redis_down = closed) too."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"server exited early: {self.output()}")
+        try:
+            with socket.create_connection((self.host, self.port), timeout=2) as sock:
+                return sock.recv(3) in (b"220", b"421")
+        except OSError:
+            return False
+
+
+def lone_node(emulator, tmp_path, redis_port: int, redis_down: str) -> LoneNode:
+    proc = LoneNode(str(tmp_path / redis_down), emulator.port, [ACCOUNT])
+    proc.redis_port, proc.name, proc.redis_down = redis_port, "lone", redis_down
+    return proc
+
+
+def test_redis_unreachable_fail_open_serves_and_says_so(emulator, tmp_path):
+    redis_port = free_port()  # nothing listens there yet
+    with lone_node(emulator, tmp_path, redis_port, "open") as proc:
+        ftp = proc.login(ACCOUNT.user, ACCOUNT.password)
+        outage = f"Redis at redis://127.0.0.1:{redis_port}/0 unreachable"
+        wait_until(lambda: outage in proc.log_text(), what="the outage in the log")
+        assert "serving on this node's own scoreboard" in proc.log_text()
+        wait_until(lambda: "Redis UNREACHABLE" in proc.ctl("status").stdout,
+                   what="the outage in status")
+        assert "serving on the local scoreboard" in proc.ctl("status").stdout
+        redis = start_redis(tmp_path, redis_port)
+        try:
+            wait_until(lambda: "Redis reachable" in proc.ctl("status").stdout, timeout=30,
+                       what="status to see Redis back")
+            assert "reachable again" in proc.log_text()
+            assert ftp.pwd() == "/"  # the session lived through it
+        finally:
+            ftp.close()
+            redis.stop()
+
+
+def test_redis_unreachable_fail_closed_refuses_new_connections(emulator, tmp_path):
+    with lone_node(emulator, tmp_path, free_port(), "closed") as proc:
+        with pytest.raises(ftplib.error_temp, match="shared state unreachable"):
+            proc.login(ACCOUNT.user, ACCOUNT.password)
+        assert "refusing new connections (redis_down = closed)" in proc.log_text()
+        assert "refusing new connections" in proc.ctl("status").stdout
