@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 NAMING_COMMANDS = ("STOR", "APPE", "MKD", "XMKD", "RNTO")
 TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
+# Commands ``cosftpctl sessions`` shows with their argument (a path).
+SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
+                   "NLST", "MLSD", "MLST", "SIZE", "MDTM")
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
@@ -292,7 +295,8 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         first has its PROXY header read, in its own thread."""
         if self.awaits_proxy_header():
             return
-        self._ticket, reason = self.stats.admit(self.remote_ip, self._kick)
+        self._last_active = time.time()
+        self._ticket, reason = self.stats.admit(self.remote_ip, self._kick, self)
         if reason is not None:
             self.respond(f"421 {reason}")
             self.close_when_done()
@@ -437,6 +441,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         """pyftpdlib's hook for every file transfer that ended: also count it and write it to
         the transfer logs."""
         super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
+        self._last_bytes = bytes
         metrics.transfer_done(receive, completed, bytes)
         now = time.time()
         anonymous = self.authorizer.has_user(self.username) and \
@@ -478,9 +483,31 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         """
         if self._quitting() or self._refused_proxy_header(line, cmd):
             return
+        self._note_command(cmd, arg)
         if self.fs is not None:
             self.fs.begin_command()
         super().pre_process_command(line, cmd, arg)
+
+    _last_command = ""
+    _last_active = 0.0
+    _last_bytes = 0
+
+    def _note_command(self, cmd: str, arg: str) -> None:
+        """Remember the command for ``cosftpctl sessions``: the verb if pyftpdlib knows it,
+        with the path for the commands on a file (never a password)."""
+        self._last_active = time.time()
+        if cmd not in self.proto_cmds:
+            self._last_command = "?"
+        else:
+            self._last_command = f"{cmd} {arg}" if cmd in SHOWN_ARGUMENTS else cmd
+
+    def session_detail(self) -> tuple[str, str, int, float]:
+        """User (once logged in), last command, bytes of the transfer in flight (or of the
+        last one), time of the last command: what ``cosftpctl sessions`` shows."""
+        channel = self.data_channel
+        nbytes = channel.get_transmitted_bytes() if channel is not None else self._last_bytes
+        return (self.username if self.authenticated else "", self._last_command, nbytes,
+                self._last_active)
 
     def _refused_proxy_header(self, line: str, cmd: str) -> bool:
         """Close a direct connection (not from proxy_allowed) that sends a PROXY header:

@@ -58,7 +58,13 @@ _BAN_HEADER_WORDS = 4  # bans started so far, then unused
 _SLOTS_AT = _HEADER_SIZE + _PATH_SIZE
 _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
 _BANS_AT = _SESSIONS_AT + SESSION_ROWS * _SESSION_WORDS * 4
-FILE_SIZE = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
+_DETAILS_AT = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
+# Per session row, for ``cosftpctl sessions``: user, last command, bytes of the current (or
+# last) transfer, its rate (bytes/s), time of the last command. Written by the session's
+# worker (at admission and once a second), read without a lock: a display.
+_DETAIL = struct.Struct("<32s48sQdd")
+_USER_SIZE, _COMMAND_SIZE = 32, 48
+FILE_SIZE = _DETAILS_AT + SESSION_ROWS * _DETAIL.size
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
@@ -86,6 +92,21 @@ class WorkerStatus:
     bytes_up: int
     bytes_down: int
     cluster: int = CLUSTER_NONE  # CLUSTER_*: how this worker reaches the shared Redis
+
+
+@dataclass(frozen=True)
+class SessionDetail:
+    """One live session, as ``cosftpctl sessions`` shows it. ``user`` and ``command`` are
+    what the client sent (truncated): escape them before printing."""
+
+    pid: int
+    logged_in: bool
+    client: str
+    user: str
+    command: str
+    nbytes: int
+    rate: float
+    last_active: float
 
 
 @dataclass(frozen=True)
@@ -265,7 +286,7 @@ class SharedState:
     # --- failed logins and bans
 
     def _bans_locked(self):
-        return self._locked(_BANS_AT, FILE_SIZE)
+        return self._locked(_BANS_AT, _DETAILS_AT)
 
     def ban_epoch(self) -> int:
         """How many bans started so far (read without the lock: a change is what counts)."""
@@ -401,6 +422,29 @@ class SharedState:
         per_ip = Counter(address_text(key) for kind, key in zip(kinds, addresses) if kind)
         return per_ip, kinds.count(LOGGED_IN)
 
+    def write_detail(self, row: int, user: str, command: str, nbytes: int, rate: float,
+                     last_active: float) -> None:
+        """Describe the session of ``row`` (its worker only)."""
+        _DETAIL.pack_into(self._map, _DETAILS_AT + row * _DETAIL.size,
+                          _clip(user, _USER_SIZE), _clip(command, _COMMAND_SIZE), nbytes, rate,
+                          last_active)
+
+    def session_details(self) -> list[SessionDetail]:
+        """Every live session of the server, in row order (read without the lock)."""
+        with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
+            flat = rows.tolist()
+        found = []
+        for row in range(SESSION_ROWS):
+            at = row * _SESSION_WORDS
+            if not flat[at]:
+                continue
+            user, command, nbytes, rate, active = _DETAIL.unpack_from(
+                self._map, _DETAILS_AT + row * _DETAIL.size)
+            found.append(SessionDetail(
+                flat[at], flat[at + 1] == LOGGED_IN, address_text(tuple(flat[at + 2:at + 6])),
+                _unclip(user), _unclip(command), nbytes, rate, active))
+        return found
+
     def sessions_by_pid(self) -> Counter:
         """Sessions per worker pid, read without the lock (a snapshot is enough)."""
         with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
@@ -408,6 +452,15 @@ class SharedState:
         counts = Counter(pids)
         del counts[0]
         return counts
+
+
+def _clip(text: str, size: int) -> bytes:
+    """``text`` as UTF-8 in at most ``size`` bytes, cut on a character boundary."""
+    return text.encode("utf-8", "replace")[:size].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _unclip(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
 
 
 def _refusal(limits: Limits, kinds: list[int], mine: list[int]) -> Optional[str]:

@@ -84,18 +84,24 @@ class WorkerStats:
         self.stopping = threading.Event()
         self.sessions = self.uploads = self.downloads = 0
         self.bytes_up = self.bytes_down = 0
+        self._described: dict[int, list] = {}  # session row -> [handler, bytes, at]
         self.status = STARTING
 
-    def admit(self, ip: str, kick: Callable[[str], None]) -> tuple[Optional[Ticket],
-                                                                   Optional[str]]:
-        """Count a new session (see ``Gate.admit``)."""
+    def admit(self, ip: str, kick: Callable[[str], None],
+              session=None) -> tuple[Optional[Ticket], Optional[str]]:
+        """Count a new session (see ``Gate.admit``); ``session`` (its handler) is described
+        in the shared state for ``cosftpctl sessions``."""
         ticket, reason = self.gate.admit(ip, kick)
         if reason == BANNED:
             metrics.LOGINS.labels("banned").inc()
         if ticket is not None:
             metrics.session_opened()
+            now = time.time()
+            self.state.write_detail(ticket.row, "", "", 0, 0.0, now)
             with self._lock:
                 self.sessions += 1
+                if session is not None:
+                    self._described[ticket.row] = [session, 0, now]
         return ticket, reason
 
     def release(self, ticket: Ticket) -> None:
@@ -103,6 +109,21 @@ class WorkerStats:
         metrics.SESSIONS.dec()
         with self._lock:
             self.sessions -= 1
+            self._described.pop(ticket.row, None)
+
+    def describe_sessions(self) -> None:
+        """Write each session's user, command, bytes, rate and idle time to the shared
+        state (the worker's tick, once a second)."""
+        with self._lock:
+            described = list(self._described.items())
+        now = time.time()
+        for row, entry in described:
+            session, before, then = entry
+            user, command, nbytes, active = session.session_detail()
+            moved = nbytes - before if nbytes >= before else nbytes  # a new transfer
+            rate = moved / (now - then) if now > then else 0.0
+            entry[1:] = [nbytes, now]
+            self.state.write_detail(row, user, command, nbytes, rate, active)
 
     def transfer_started(self, upload: bool) -> None:
         with self._lock:
@@ -325,6 +346,7 @@ class Worker:
             log.warning("worker %d: master %d is gone, exiting", self.index, self.master_pid)
             self._stop = True
         stats.gate.police()
+        stats.describe_sessions()
         if self._reopen:
             self._reopen = False
             server_cfg = self.config.server
