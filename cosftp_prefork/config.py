@@ -217,8 +217,12 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 
 def _lower_choice(*choices: str) -> Callable[[str], str]:
-    upper = _choice(*(choice.upper() for choice in choices))
-    return lambda raw: upper(raw).lower()
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+    return parse
 
 
 def _protocol(raw: str) -> str:
