@@ -207,18 +207,9 @@ def _boolean(raw: str) -> bool:
     raise ValueError(f"must be true or false, got {raw!r}")
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
+def _choice(*choices: str, fold: Callable[[str], str] = str.upper) -> Callable[[str], str]:
     def parse(raw: str) -> str:
-        value = raw.upper()
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
-        return value
-    return parse
-
-
-def _lower_choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.lower()
+        value = fold(raw)
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
         return value
@@ -382,13 +373,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETWORK", "require_ssl_reuse", _boolean, False,
             "TLS data connections must resume the control connection's TLS session"),
     # Behind a load balancer (see README, Operating a cluster).
-    Setting("NETWORK", "proxy_protocol", _lower_choice("off", "optional", "required"), "off",
+    Setting("NETWORK", "proxy_protocol",
+            _choice("off", "optional", "required", fold=str.lower), "off",
             "PROXY protocol v1/v2 header from proxy_allowed: off, optional, required"),
     Setting("NETWORK", "proxy_allowed", _networks, (),
             "addresses/CIDR blocks of the balancers allowed to send a PROXY header"),
     Setting("CLUSTER", "redis_url", _redis_url, None,
             "Redis/Valkey shared by every node for bans and connection counts; default none"),
-    Setting("CLUSTER", "redis_down", _lower_choice("open", "closed"), "open",
+    Setting("CLUSTER", "redis_down", _choice("open", "closed", fold=str.lower), "open",
             "Redis unreachable: open = serve on this node's own state, closed = refuse"),
     Setting("CLUSTER", "redis_timeout", _integer(1, 10000), 500,
             "milliseconds one Redis call may take"),
