@@ -142,6 +142,23 @@ def test_data_connection_through_the_balancer_carries_a_header(proxied, cos, are
     ftp.close()
 
 
+def test_port_check_uses_the_client_address(proxied):
+    """PORT may name the proxied client's address, not the balancer's (the real peer)."""
+    ftp = proxied_ftp(proxied, v2_header("127.0.0.29"), "127.0.0.29")
+    ftp.login("alice", "alice-pw")
+    with socket.create_server(("127.0.0.29", 0)) as listener:
+        assert ftp.sendport("127.0.0.29", listener.getsockname()[1]).startswith("200")
+        assert ftp.sendcmd("LIST")[:3] in ("125", "150")  # the server connected to the client
+        conn, peer = listener.accept()
+        with conn:
+            while conn.recv(4096):
+                pass
+        assert ftp.voidresp().startswith("226")
+    with pytest.raises(ftplib.error_perm, match="501"):
+        ftp.sendport(BALANCER, 40000)
+    ftp.quit()
+
+
 def test_bans_and_per_ip_limit_use_the_client_address(proxied):
     """Two failed logins ban the proxied client, not the balancer: another client through
     the same balancer still logs in. The per-IP limit counts the client, not the balancer."""
