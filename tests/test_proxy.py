@@ -149,7 +149,7 @@ def test_port_check_uses_the_client_address(proxied):
     with socket.create_server(("127.0.0.29", 0)) as listener:
         assert ftp.sendport("127.0.0.29", listener.getsockname()[1]).startswith("200")
         assert ftp.sendcmd("LIST")[:3] in ("125", "150")  # the server connected to the client
-        conn, peer = listener.accept()
+        conn, _ = listener.accept()
         with conn:
             while conn.recv(4096):
                 pass
