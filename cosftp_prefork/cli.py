@@ -24,6 +24,7 @@ from .shared import (
     RELOAD_FAILED,
     RELOAD_OK,
     MasterStatus,
+    SessionDetail,
     SharedState,
     WorkerStatus,
     heartbeat_age,
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                                "finish (at most graceful_timeout), then stop")
     sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
+    sub.add_parser("sessions", help="one line per live session (like ftpwho): user, client, "
+                   "command, bytes, rate, idle time")
     sub.add_parser("check", help="validate the configuration file and exit")
     sub.add_parser("hash-password",
                    help="read a password (prompt or stdin) and print its scrypt form")
@@ -262,6 +265,39 @@ def status(pid_file: str, log_file: str = f"the server's {LOG_FILE_NAME}") -> in
     return 0
 
 
+def cmd_sessions(config: Config) -> int:
+    return sessions(config.server.pid_file)
+
+
+def sessions(pid_file: str) -> int:
+    """Print the live sessions of every worker; return 0 if running, 3 if not."""
+    pid = read_pid(pid_file)
+    state = SharedState.open(state_path(pid_file)) if pid else None
+    if pid is None or state is None:
+        print("cosftpctl: not running")
+        return EXIT_NOT_RUNNING
+    print(format_sessions(state.session_details(), time.time()))
+    return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable (control bytes, bidi marks)
+    escaped: a client-supplied name must not write to the operator's terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def format_sessions(details: list[SessionDetail], now: float) -> str:
+    lines = [f"{'PID':>7} {'USER':<16} {'CLIENT':<39} {'STATE':<9} {'BYTES':>12} "
+             f"{'RATE/S':>10} {'IDLE':>8}  COMMAND"]
+    for d in details:
+        lines.append(
+            f"{d.pid:>7} {_printable(d.user) or '-':<16} {d.client:<39} "
+            f"{'logged in' if d.logged_in else 'login':<9} {d.nbytes:>12} {d.rate:>10.0f} "
+            f"{_duration(max(0.0, now - d.last_active)):>8}  {_printable(d.command) or '-'}")
+    lines.append(f"{len(details)} session(s)")
+    return "\n".join(lines)
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -343,9 +379,9 @@ def cmd_check(config: Config) -> int:
     return 0
 
 
-COMMANDS = {"start": cmd_start, "status": cmd_status,
+COMMANDS = {"start": cmd_start, "status": cmd_status, "sessions": cmd_sessions,
             "reload": cmd_reload, "check": cmd_check}
-PID_ONLY_COMMANDS = ("stop", "status")
+PID_ONLY_COMMANDS = {"status": status, "sessions": sessions}  # and stop
 
 
 def cmd_hash_password() -> int:
@@ -372,10 +408,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
-        if args.command in PID_ONLY_COMMANDS:
+        if args.command == "stop" or args.command in PID_ONLY_COMMANDS:
             # Stopping or inspecting a running server must not depend on the file being valid.
             pid_file = locate_pid_file(args.config)
-            return stop(pid_file, args.graceful) if args.command == "stop" else status(pid_file)
+            if args.command == "stop":
+                return stop(pid_file, args.graceful)
+            return PID_ONLY_COMMANDS[args.command](pid_file)
         return 2
     if args.command == "run":
         return cmd_run(config, args.log_file_only)
