@@ -125,6 +125,13 @@ class ClusterState:
     def is_banned(self, ip: str) -> bool:
         return bool(self._call("ban check", self._redis.exists, PREFIX + "ban:" + client_key(ip)))
 
+    def banned(self, ips: set[str]) -> set[str]:
+        """Those of ``ips`` serving a ban (none while Redis is unreachable)."""
+        wanted = sorted(ips)
+        found = self._call("ban check", self._redis.mget,
+                           [PREFIX + "ban:" + client_key(ip) for ip in wanted])
+        return {ip for ip, until in zip(wanted, found or ()) if until is not None}
+
     def record_failure(self, ip: str, limit: int, window: int, ban: int) -> bool:
         """Count a failed login from ``ip`` cluster-wide; True if that earns it a ban."""
         key = client_key(ip)

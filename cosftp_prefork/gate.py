@@ -242,11 +242,7 @@ class Gate:
         now = time.monotonic()
         with self._lock:
             pending = list(self._pending)
-        epoch = self.state.ban_epoch()
-        banned = set()
-        if epoch != self._ban_epoch:
-            self._ban_epoch = epoch
-            banned = self.state.banned_keys(time.time())
+        banned = self._new_bans(pending)
         for ticket in pending:
             if banned and address_key(ticket.ip) in banned:
                 self._kick(ticket, BANNED, "closed: its address was banned")
@@ -254,6 +250,18 @@ class Gate:
                 self._kick(ticket, LOGIN_TIMED_OUT,
                            f"closed: no login within login_timeout={self.login_timeout}s")
         self.refusals.flush(now)
+
+    def _new_bans(self, pending: list[Ticket]) -> set:
+        """The addresses banned since the last look (here or, for the pending ones, by
+        another node of the cluster: one Redis round trip)."""
+        epoch = self.state.ban_epoch()
+        banned = set()
+        if epoch != self._ban_epoch:
+            self._ban_epoch = epoch
+            banned = self.state.banned_keys(time.time())
+        if self._bans_on and self.cluster is not None and pending:
+            banned |= {address_key(ip) for ip in self.cluster.banned({t.ip for t in pending})}
+        return banned
 
     def _kick(self, ticket: Ticket, reason: str, what: str) -> None:
         with ticket.lock:
