@@ -185,15 +185,15 @@ class Gate:
         """Called on a correct password: return None if the session may go on, else why not
         (it was banned or timed out meanwhile, or the server is full of logged-in users).
         A session logging in again (USER after login, REIN) keeps its place."""
+        limit = self.limits.logged_in
+        if limit and self.cluster is not None and ticket.state is SessionState.PENDING:
+            found = self.cluster.elsewhere(ticket.ip)  # not under the lock the tick takes
+            limit = _left(limit, found.logged_in if found else 0)
         with ticket.lock:
             if ticket.state is SessionState.LOGGED_IN:
                 return None
             if ticket.state is not SessionState.PENDING:
                 return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
-            limit = self.limits.logged_in
-            if limit and self.cluster is not None:
-                found = self.cluster.elsewhere(ticket.ip)
-                limit = _left(limit, found.logged_in if found else 0)
             reason = TOO_MANY_LOGGED_IN if limit is None else \
                 self.state.log_in(ticket.row, self.pid, limit)
             if reason is None:
