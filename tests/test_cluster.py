@@ -345,3 +345,34 @@ def test_redis_unreachable_fail_closed_refuses_new_connections(emulator, tmp_pat
             proc.login(ACCOUNT.user, ACCOUNT.password)
         assert "refusing new connections (redis_down = closed)" in proc.log_text()
         assert "refusing new connections" in proc.ctl("status").stdout
+
+
+def test_logged_in_limit_counts_across_nodes(emulator, tmp_path):
+    """max_connection_num = 1 on each of two nodes sharing Redis: one user logged in on
+    the first leaves no place on the second until they leave."""
+    redis_port = free_port()
+    redis = start_redis(tmp_path, redis_port)
+    nodes = []
+    try:
+        for name in ("one", "two"):
+            proc = LoneNode(str(tmp_path / name), emulator.port, [ACCOUNT],
+                            optional={"max_connection_num": "1"})
+            proc.redis_port, proc.name = redis_port, name
+            nodes.append(proc.start())
+        first = nodes[0].login(ACCOUNT.user, ACCOUNT.password)
+        with pytest.raises(ftplib.error_temp, match="421"):
+            nodes[1].login(ACCOUNT.user, ACCOUNT.password)
+        first.quit()
+        wait_until(lambda: _logs_in(nodes[1]), what="the place to be free again")
+    finally:
+        for proc in nodes:
+            proc.stop()
+        redis.stop()
+
+
+def _logs_in(proc: ServerProcess) -> bool:
+    try:
+        proc.login(ACCOUNT.user, ACCOUNT.password).quit()
+        return True
+    except ftplib.error_temp:
+        return False
