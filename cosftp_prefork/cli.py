@@ -14,7 +14,8 @@ from typing import Optional
 
 from .config import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
 from .errors import ConfigError
-from .log import LOG_FILE_MODE, LOG_FILE_NAME
+from .log import LOG_FILE_NAME
+from .logfiles import LOG_FILE_MODE
 from .metrics_dir import use_metrics_dir
 from .passwords import hash_password
 from .shared import (
