@@ -33,6 +33,16 @@ ACCOUNT_PREFIX = "COS_ACCOUNT"
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
 
 
+def default_memory_limit(workers: int) -> int:
+    """``upload_memory_limit`` when not set, in MiB: a quarter of the machine's memory
+    shared by the workers, between 64 MiB and 1 GiB per worker."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        total = 4 * GIB
+    return max(64, min(1024, total // 4 // max(1, workers) // MIB))
+
+
 def part_size_for(min_part_size: int, max_file_size: int) -> int:
     """Return the part size: ``min_part_size``, raised to a whole MiB so that a file of
     ``max_file_size`` fits in ``MAX_PARTS`` parts, never above ``MAX_PART_SIZE``."""
@@ -126,10 +136,18 @@ class TransferConfig:
     upload_thread_num: int
     multipart_copy_threshold: int = 5 * GIB
     resume_ttl: int = 86400
+    memory_limit: int = 256 * MIB  # upload_memory_limit, in bytes
+    copy_thread_num: int = 8
 
     @property
     def part_size(self) -> int:
         return part_size_for(self.min_part_size, self.single_file_max_size)
+
+    @property
+    def max_part_size(self) -> int:
+        """The largest part an upload may use: half the memory budget, so that the
+        buffers of two uploads always fit at once."""
+        return min(MAX_PART_SIZE, self.memory_limit // 2)
 
 
 @dataclass(frozen=True)
@@ -444,6 +462,11 @@ SETTINGS: tuple[Setting, ...] = (
             "encoding of file names on the wire: utf-8, gbk, gb18030, latin-1..."),
     Setting(ACCOUNT_PREFIX, "ftp_encoding", _encoding, None,
             "this account's encoding of file names; default: [OPTIONAL] ftp_encoding"),
+    # The transfer engine of each worker (see README "Memory and scheduling").
+    Setting("OPTIONAL", "upload_memory_limit", _integer(4, 1024 * 1024), None,
+            "MiB of part buffers per worker; default: a quarter of RAM over the workers"),
+    Setting("OPTIONAL", "copy_thread_num", _integer(1, 256), min(16, _CPUS * 4),
+            "threads per worker for server-side copies (renames, MFMT, APPE)"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -627,6 +650,25 @@ def _server_tls(reader: _Reader, certfile: Optional[str], keyfile: Optional[str]
     return tls
 
 
+def _transfer(reader: _Reader, files: dict[str, Any], optional: dict[str, Any]) -> TransferConfig:
+    """Build the transfer settings; the memory budget must hold two parts of the size that
+    lets ``single_file_max_size`` fit in 10,000 parts."""
+    needed = 2 * max(optional["min_part_size"], part_size_for(MIN_PART_SIZE,
+                                                             files["single_file_max_size"]))
+    limit_mib = optional["upload_memory_limit"]
+    if limit_mib is None:  # existing files with huge parts keep working
+        limit_mib = max(default_memory_limit(optional["worker_processes"]), -(-needed // MIB))
+    transfer = TransferConfig(files["single_file_max_size"], optional["min_part_size"],
+                              optional["upload_thread_num"],
+                              optional["multipart_copy_threshold"], optional["resume_ttl"],
+                              limit_mib * MIB, optional["copy_thread_num"])
+    if transfer.memory_limit < needed:
+        raise reader.error(f"{limit_mib} MiB cannot hold two parts of {needed // 2} bytes "
+                           f"(min_part_size, and what single_file_max_size needs); set at "
+                           f"least {-(-needed // MIB)}", "OPTIONAL", "upload_memory_limit")
+    return transfer
+
+
 def _build(reader: _Reader) -> Config:
     sections = reader.parser.sections()
     for section in sections:
@@ -647,10 +689,7 @@ def _build(reader: _Reader) -> Config:
         path=reader.path,
         accounts=tuple(accounts),
         network=_network(reader, net, accounts),
-        transfer=TransferConfig(files["single_file_max_size"], optional["min_part_size"],
-                                optional["upload_thread_num"],
-                                optional["multipart_copy_threshold"],
-                                optional["resume_ttl"]),
+        transfer=_transfer(reader, files, optional),
         server=_server(reader, optional),
         warnings=tuple(reader.warnings),
         operator=_operator(reader, net, optional),

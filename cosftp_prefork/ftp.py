@@ -24,6 +24,7 @@ from .config import AccountConfig, Config
 from .dialect import ClientDialect
 from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
+from .engine import Engine
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext, Unstorable
 from .gate import BANNED
@@ -33,7 +34,7 @@ from .passwords import PasswordChecker
 from .paths import new_name_key
 from .proxy import ProxyHeaderError, read_header
 from .storage import BucketRegistry
-from .uploader import UploadInterrupted
+from .uploads import UploadInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256"
 # `lftp mirror -R` exits 0.
 WRITE_PERMS = "amwfTM"
 DELETE_PERMS = "d"
+# Seconds between checks, while an upload waits for a buffer, of whether it got one.
+BACK_PRESSURE_POLL = 0.01
 
 
 def perms_for(account: AccountConfig) -> str:
@@ -163,6 +166,44 @@ class CosDTPHandler(DTPHandler):
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
         self._count_transfer()  # STOR, APPE
+
+    def handle_read_event(self) -> None:
+        """Read only what the upload can take now: while it waits for a part buffer from
+        the worker's memory budget, stop reading the socket, so that the client is slowed
+        down by TCP itself and nothing is buffered around the budget. (The event, not
+        ``handle_read``: the TLS layer handles it first.)"""
+        room = self._upload_room()
+        if room:
+            self.ac_in_buffer_size = min(CHUNK_SIZE, room)
+            super().handle_read_event()
+            return
+        self.modify_ioloop_events(0)
+        self.call_later(BACK_PRESSURE_POLL, self._resume_reading)
+
+    def _upload_room(self) -> int:
+        upload = self.file_obj
+        if not self.receive or not hasattr(upload, "room"):
+            return CHUNK_SIZE
+        return upload.room(self._more_coming)
+
+    def _more_coming(self) -> bool:
+        """True unless the client has closed the data connection with nothing left unread
+        (a TLS connection's closing alert counts as more)."""
+        with _raw_socket(self.socket) as raw:
+            try:
+                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+
+    def _resume_reading(self) -> None:
+        if self._closed:
+            return
+        if self._upload_room():
+            self.modify_ioloop_events(self.ioloop.READ)
+        else:
+            self.call_later(BACK_PRESSURE_POLL, self._resume_reading)
 
     def push_with_producer(self, producer) -> None:
         # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
@@ -281,7 +322,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
     # Set per worker by ``configure_handler``.
     config: Config
     buckets: BucketRegistry
-    executor = None
+    engine: Engine  # the worker's transfer engine
     retrier = None  # the worker's AbortRetrier
     stats = None  # the worker's WorkerStats: admission and counters
     _ticket = None  # our place in the server-wide limits (gate.Ticket), while admitted
@@ -464,7 +505,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             account=account,
             bucket=self.buckets.bucket(account),
             transfer=self.config.transfer,
-            executor=self.executor,
+            engine=self.engine,
             max_list_file=self.config.server.max_list_file,
             log_context=self.log_prefix_ctx(),
             retrier=self.retrier,
@@ -729,19 +770,33 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             self.respond(f"550 {strerror(exc)}.")
             return None
 
+    def ftp_ALLO(self, line: str) -> None:
+        """``ALLO size``: the next upload's parts are sized for ``size`` bytes; a size over
+        ``single_file_max_size`` is refused at once (552) rather than after the transfer."""
+        size = line.split()[0] if line.split() else ""
+        if not size.isdigit():
+            self.respond("501 Syntax: ALLO <SP> bytes.")
+            return
+        limit = self.config.transfer.single_file_max_size
+        if int(size) > limit:
+            self.respond(f"552 Files are limited to {limit} bytes (single_file_max_size).")
+            return
+        self.fs.announce(int(size))
+        self.respond("200 ALLO accepted: uploads stream, no storage to allocate.")
+
     def ftp_STOU(self, line: str):
         self.respond("502 STOU is not supported by this server.")
 
 
-def configure_handler(config: Config, buckets: BucketRegistry, executor, retrier, stats,
+def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, retrier, stats,
                       masquerade_ip: Optional[str], base: type = CosFTPHandler) -> type:
-    """Return a subclass of ``base`` bound to this worker's config, COS clients, thread pool,
+    """Return a subclass of ``base`` bound to this worker's config, COS clients, engine,
     abort retrier and counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
     low, high = config.network.passive_ports
     attrs = {
         "config": config,
         "buckets": buckets,
-        "executor": executor,
+        "engine": engine,
         "retrier": retrier,
         "stats": stats,
         "authorizer": CosAuthorizer(config),

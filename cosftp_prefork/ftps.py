@@ -12,13 +12,13 @@ the policy is enforced here once the account is known: from USER on.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from OpenSSL import SSL
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
 
 from .config import Config
+from .engine import Engine
 from .ftp import CosDTPHandler, CosFTPHandler, configure_handler
 from .storage import BucketRegistry
 from .tls import ServerTLS
@@ -177,11 +177,11 @@ class ImplicitTLS:
 
 
 def configure_tls_handlers(config: Config, buckets: BucketRegistry,
-                           executor: ThreadPoolExecutor, retrier, stats,
+                           engine: Engine, retrier, stats,
                            masquerade_ip: Optional[str]) -> tuple[type, type]:
     """Return the handler classes for the FTP port (plain and AUTH TLS) and for the implicit
     FTPS port; the arguments are ``configure_handler``'s and ``config.network.tls`` is set."""
-    explicit = configure_handler(config, buckets, executor, retrier, stats, masquerade_ip,
+    explicit = configure_handler(config, buckets, engine, retrier, stats, masquerade_ip,
                                  base=CosTLSFTPHandler)
     explicit.ssl_context, explicit.data_ssl_context = server_contexts(config.network.tls)
     implicit = type("BoundCosImplicitTLSFTPHandler", (ImplicitTLS, explicit), {})
