@@ -86,14 +86,15 @@ def timed(action: Callable[[], object]) -> float:
 class Bench:
     """One emulator, one server, one SDK client, and the measurements between them."""
 
-    def __init__(self, args: argparse.Namespace, workdir: str, latency_ms: float = 0) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: str, latency_ms: float = 0,
+                 **options: str) -> None:
         self.args = args
         extra = ["--latency-ms", str(latency_ms)] if latency_ms else []
         self.emulator = EmulatorProcess([BUCKET], extra_args=extra).start()
         self.cos = self.emulator.client()
         optional = {"min_part_size": str(args.part_mib * MIB),
                     "upload_thread_num": str(args.threads), "log_level": "WARNING",
-                    "worker_processes": str(args.workers)}
+                    "worker_processes": str(args.workers), **options}
         self.server = ServerProcess(workdir, self.emulator.port,
                                     [Account("bench", "bench-pw", BUCKET)], optional=optional,
                                     file_option={"single_file_max_size": str(8 * 1024 ** 3)})
@@ -236,8 +237,59 @@ class Bench:
         return Row("peak worker RSS, 4 concurrent STORs", "MiB", peak[0] / MIB, bound, 1.0,
                    False)
 
+    def sessions(self, count: int) -> Row:
+        """``count`` sessions uploading at once, against as many direct SDK multipart
+        uploads at once (each with ``--threads`` part threads)."""
+        data = self.data[:self.args.engine_mib * MIB]
 
-ROWS = ("stor", "retr", "small", "list", "rss", "latency")
+        def gateway() -> float:
+            def upload(i: int) -> None:
+                with self.ftp() as ftp:
+                    ftp.storbinary(f"STOR s{count}-{i}.bin", io.BytesIO(data), blocksize=MIB)
+            return timed(lambda: list(ThreadPoolExecutor(count).map(upload, range(count))))
+
+        def baseline() -> float:
+            return timed(lambda: list(ThreadPoolExecutor(count).map(
+                lambda i: self.sdk_multipart(f"s{count}-{i}.sdk", data), range(count))))
+
+        mib = count * len(data) / MIB
+        return rate_row(f"STOR {count} x {len(data) // MIB} MiB at once", "MiB/s", mib,
+                        paired(self.args.runs, gateway, baseline), 0.80)
+
+    def budget_rss(self, sessions: int = 16) -> Row:
+        """Peak RSS of the one worker while ``sessions`` uploads go to slow COS, against
+        the README's bound: RSS_idle + upload_memory_limit + largest part + 2 MiB per
+        transfer (RSS_idle measured after one upload)."""
+        data = self.data[:self.args.engine_mib * MIB]
+        with self.ftp() as ftp:
+            ftp.storbinary("STOR warm.bin", io.BytesIO(data), blocksize=MIB)
+        (worker,) = psutil.Process(self.server.proc.pid).children()
+        idle = worker.memory_info().rss
+        peak, done = [idle], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                with contextlib.suppress(psutil.Error):
+                    peak[0] = max(peak[0], worker.memory_info().rss)
+
+        def upload(i: int) -> None:
+            with self.ftp() as ftp:
+                ftp.storbinary(f"STOR budget-{i}.bin", io.BytesIO(data), blocksize=MIB)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            list(ThreadPoolExecutor(sessions).map(upload, range(sessions)))
+        finally:
+            done.set()
+            sampler.join()
+        bound = idle / MIB + self.args.budget_mib + self.args.part_mib + 2 * sessions
+        return Row(f"peak RSS, 1 worker, {sessions} STORs at {self.args.budget_latency_ms:.0f} "
+                   f"ms COS latency, vs the README bound ({self.args.budget_mib} MiB budget)",
+                   "MiB", peak[0] / MIB, bound, 1.0, False)
+
+
+ROWS = ("stor", "retr", "small", "list", "rss", "sessions", "latency", "budget")
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -250,18 +302,31 @@ def run(args: argparse.Namespace) -> list[Row]:
                     "list": bench.listing, "rss": bench.peak_rss}
         try:
             rows += [measure() for name, measure in measures.items() if name in wanted]
+            if "sessions" in wanted:
+                rows += [bench.sessions(count) for count in (1, 4, 16)]
         finally:
             bench.close()
-        if "latency" not in wanted:
-            return rows
-        slow = Bench(args, os.path.join(workdir, "latency"), latency_ms=args.latency_ms)
-        try:
-            rows.append(slow.small_files(args.latency_files, MIB, 0.80,
-                                         f"latency{args.latency_ms:.0f}ms"))
-            rows[-1].work += f" at {args.latency_ms:.0f} ms COS latency"
-        finally:
-            slow.close()
+        if "latency" in wanted:
+            rows.append(_latency_row(args, os.path.join(workdir, "latency")))
+        if "budget" in wanted:
+            slow = Bench(args, os.path.join(workdir, "budget"),
+                         latency_ms=args.budget_latency_ms, worker_processes="1",
+                         upload_memory_limit=str(args.budget_mib))
+            try:
+                rows.append(slow.budget_rss())
+            finally:
+                slow.close()
     return rows
+
+
+def _latency_row(args: argparse.Namespace, workdir: str) -> Row:
+    slow = Bench(args, workdir, latency_ms=args.latency_ms)
+    try:
+        row = slow.small_files(args.latency_files, MIB, 0.80, f"latency{args.latency_ms:.0f}ms")
+    finally:
+        slow.close()
+    row.work += f" at {args.latency_ms:.0f} ms COS latency"
+    return row
 
 
 def main(argv=None) -> int:
@@ -275,6 +340,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keys", type=int, default=5000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--latency-files", type=int, default=32)
+    parser.add_argument("--engine-mib", type=int, default=32,
+                        help="file size of the sessions and budget rows")
+    parser.add_argument("--budget-mib", type=int, default=64,
+                        help="upload_memory_limit of the budget row")
+    parser.add_argument("--budget-latency-ms", type=float, default=200)
     parser.add_argument("--only", nargs="*", choices=ROWS, help="run only these rows")
     args = parser.parse_args(argv)
     rows = run(args)
