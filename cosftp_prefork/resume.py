@@ -313,7 +313,7 @@ class ResumeStore:
     def park(self, record: ParkRecord, log_context: str) -> None:
         park(self.bucket, record, log_context)
 
-    def find(self, key: str) -> Optional[ParkedUpload]:
+    def find(self, key: str, log_context: str) -> Optional[ParkedUpload]:
         """This user's newest resumable parked upload of ``key``, or None; also None when
         the credentials may not read ``.cosftp/`` (keys limited to some prefixes)."""
         if not self.enabled:
@@ -321,7 +321,8 @@ class ResumeStore:
         try:
             return find_parked(self.bucket, key, self.ttl, self.user)
         except PermissionDenied as exc:
-            log.info("cannot read %s (%s); going on without parked uploads", RECORD_ROOT, exc)
+            log.info("%s: cannot read %s (%s); going on without parked uploads", log_context,
+                     RECORD_ROOT, exc)
             return None
 
     def claim(self, parked: ParkedUpload) -> None:

@@ -576,7 +576,7 @@ class SessionUploads:
         """What an upload to ``path`` would continue: the parked upload if it is newer than
         the file ``entry``, else the file, else None. A parked upload not newer than the
         file is discarded: the file was written since."""
-        parked = self._store.find(key)
+        parked = self._store.find(key, log_context)
         if parked is None or entry is None or parked.parked_at > entry.mtime:
             return parked or entry
         # COS times have whole seconds: in a tie, the file is what the client last saw, and
