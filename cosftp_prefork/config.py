@@ -10,6 +10,7 @@ not live in the file. Nothing else in the package reads the file.
 
 from __future__ import annotations
 
+import codecs
 import configparser
 import contextlib
 import ipaddress
@@ -30,6 +31,16 @@ MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
 ACCOUNT_PREFIX = "COS_ACCOUNT"
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
+
+
+def default_memory_limit(workers: int) -> int:
+    """``upload_memory_limit`` when not set, in MiB: a quarter of the machine's memory
+    shared by the workers, between 64 MiB and 1 GiB per worker."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        total = 4 * GIB
+    return max(64, min(1024, total // 4 // max(1, workers) // MIB))
 
 
 def part_size_for(min_part_size: int, max_file_size: int) -> int:
@@ -62,6 +73,7 @@ class AccountConfig:
     anonymous_enable: bool = False
     tls_required: bool = False
     require_existing_dir: bool = False
+    ftp_encoding: str = "utf-8"  # this account's, else [OPTIONAL] ftp_encoding
 
     @property
     def can_read(self) -> bool:
@@ -73,6 +85,40 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """PROXY protocol (HAProxy's header carrying the client's address) on the FTP ports.
+
+    ``optional``: connections from ``allowed`` must start with a header, others are direct
+    clients; ``required``: only connections from ``allowed`` (with a header) are served."""
+
+    mode: str = "off"  # off | optional | required
+    allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def expects_header(self, peer_ip: str) -> bool:
+        """True if a connection from ``peer_ip`` must begin with a PROXY header."""
+        if self.mode == "off":
+            return False
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allowed)
+
+    def refuses_direct(self) -> bool:
+        """True if a connection without a header (not from ``allowed``) is refused."""
+        return self.mode == "required"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[CLUSTER]``: state shared by every node of a cluster, in Redis (or Valkey)."""
+
+    redis_url: Optional[str] = None  # None: this node keeps its state to itself
+    redis_down: str = "open"  # Redis unreachable: "open" serves on local state, "closed" refuses
+    redis_timeout: float = 0.5  # seconds one Redis call may take
+    node_id: str = ""  # this node's name in Redis; default host name and listen port
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     listen_addresses: tuple[str, ...] = ("0.0.0.0",)
     listen_port: int = 2121
@@ -80,6 +126,7 @@ class NetworkConfig:
     passive_ports: tuple[int, int] = (60000, 65535)
     implicit_tls_port: int = 0  # 0: no implicit FTPS listener
     tls: Optional[ServerTLS] = None  # None: TLS off (no AUTH TLS, no implicit listener)
+    proxy: ProxyConfig = ProxyConfig()
 
 
 @dataclass(frozen=True)
@@ -89,10 +136,18 @@ class TransferConfig:
     upload_thread_num: int
     multipart_copy_threshold: int = 5 * GIB
     resume_ttl: int = 86400
+    memory_limit: int = 256 * MIB  # upload_memory_limit, in bytes
+    copy_thread_num: int = 8
 
     @property
     def part_size(self) -> int:
         return part_size_for(self.min_part_size, self.single_file_max_size)
+
+    @property
+    def max_part_size(self) -> int:
+        """The largest part an upload may use: half the memory budget, so that the
+        buffers of two uploads always fit at once."""
+        return min(MAX_PART_SIZE, self.memory_limit // 2)
 
 
 @dataclass(frozen=True)
@@ -109,11 +164,13 @@ class ServerConfig:
     ban_time: int = 300
     graceful_timeout: int = 600
     worker_timeout: int = 60
+    worker_boot_timeout: int = 60
     worker_max_rss: int = 2048
     health_check_interval: int = 5
     login_timeout: int = 30
     max_prelogin_connections: int = 128
     max_prelogin_connections_per_ip: int = 16
+    ftp_encoding: str = "utf-8"
 
 
 @dataclass(frozen=True)
@@ -135,6 +192,7 @@ class Config:
     server: ServerConfig
     warnings: tuple[str, ...] = ()
     operator: OperatorConfig = OperatorConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError
@@ -167,9 +225,9 @@ def _boolean(raw: str) -> bool:
     raise ValueError(f"must be true or false, got {raw!r}")
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
+def _choice(*choices: str, fold: Callable[[str], str] = str.upper) -> Callable[[str], str]:
     def parse(raw: str) -> str:
-        value = raw.upper()
+        value = fold(raw)
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
         return value
@@ -217,6 +275,24 @@ def _ip_addresses(raw: str) -> tuple[str, ...]:
     return addresses
 
 
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A comma-separated list of CIDR blocks or single addresses."""
+    networks = []
+    for part in (p.strip() for p in raw.split(",")):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"must be a comma-separated list of addresses or CIDR blocks "
+                             f"(like 10.0.0.0/8), got {part!r}") from None
+    return tuple(networks)
+
+
+def _redis_url(raw: str) -> str:
+    if not re.match(r"^(redis|rediss|unix)://", raw):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {raw!r}")
+    return raw
+
+
 def _host(raw: str) -> str:
     try:
         return str(ipaddress.ip_address(raw))
@@ -224,6 +300,20 @@ def _host(raw: str) -> str:
         if _HOST_RE.match(raw) and not raw.replace(".", "").isdigit():
             return raw
     raise ValueError(f"must be an IP address or host name, got {raw!r}")
+
+
+def _encoding(raw: str) -> str:
+    """A text encoding that keeps ASCII as it is (FTP commands are ASCII): utf-16 or an
+    EBCDIC code page would turn every command into garbage."""
+    try:
+        name = codecs.lookup(raw).name
+        ascii_safe = "USER a\r\n".encode(name) == b"USER a\r\n"
+    except LookupError:
+        ascii_safe, name = False, ""
+    if not name or not ascii_safe:
+        raise ValueError("must be a text encoding that extends ASCII, such as utf-8, gbk, "
+                         f"gb18030 or latin-1, got {raw!r}")
+    return name
 
 
 def _password(raw: str) -> str:
@@ -300,6 +390,19 @@ SETTINGS: tuple[Setting, ...] = (
             "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("NETWORK", "require_ssl_reuse", _boolean, False,
             "TLS data connections must resume the control connection's TLS session"),
+    # Behind a load balancer (see README, Operating a cluster).
+    Setting("NETWORK", "proxy_protocol",
+            _choice("off", "optional", "required", fold=str.lower), "off",
+            "PROXY protocol v1/v2 header from proxy_allowed: off, optional, required"),
+    Setting("NETWORK", "proxy_allowed", _networks, (),
+            "addresses/CIDR blocks of the balancers allowed to send a PROXY header"),
+    Setting("CLUSTER", "redis_url", _redis_url, None,
+            "Redis/Valkey shared by every node for bans and connection counts; default none"),
+    Setting("CLUSTER", "redis_down", _choice("open", "closed", fold=str.lower), "open",
+            "Redis unreachable: open = serve on this node's own state, closed = refuse"),
+    Setting("CLUSTER", "redis_timeout", _integer(1, 10000), 500,
+            "milliseconds one Redis call may take"),
+    Setting("CLUSTER", "node_id", _text, "", "this node's name in Redis; default host:port"),
     Setting("FILE_OPTION", "single_file_max_size",
             _integer(1, MAX_PARTS * MAX_PART_SIZE, _BYTES),
             200 * GIB, "largest file accepted, in bytes"),
@@ -330,6 +433,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a stopping worker waits for sessions"),
     Setting("OPTIONAL", "worker_timeout", _integer(0), 60,
             "seconds without heartbeat before a worker is killed; 0 = never"),
+    Setting("OPTIONAL", "worker_boot_timeout", _integer(0), 60,
+            "seconds a new worker may take to serve before it is killed; 0 = never"),
     Setting("OPTIONAL", "worker_max_rss", _integer(0), 2048,
             "MiB of RSS that triggers a graceful worker recycle; 0 = never"),
     Setting("OPTIONAL", "health_check_interval", _integer(1, 3600), 5,
@@ -352,6 +457,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "vsftpd_log_file", _path, None,
             "vsftpd-format log of logins and transfers (for fail2ban's vsftpd filter); "
             "default: none"),
+    # How clients' names are decoded and listings encoded; keys stay UTF-8 in COS.
+    Setting("OPTIONAL", "ftp_encoding", _encoding, "utf-8",
+            "encoding of file names on the wire: utf-8, gbk, gb18030, latin-1..."),
+    Setting(ACCOUNT_PREFIX, "ftp_encoding", _encoding, None,
+            "this account's encoding of file names; default: [OPTIONAL] ftp_encoding"),
+    # The transfer engine of each worker (see README "Memory and scheduling").
+    Setting("OPTIONAL", "upload_memory_limit", _integer(4, 1024 * 1024), None,
+            "MiB of part buffers per worker; default: a quarter of RAM over the workers"),
+    Setting("OPTIONAL", "copy_thread_num", _integer(1, 256), min(16, _CPUS * 4),
+            "threads per worker for server-side copies (renames, MFMT, APPE)"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -407,7 +522,7 @@ class _Reader:
         return _ENV_RE.sub(replace, raw)
 
 
-def _account(reader: _Reader, section: str) -> AccountConfig:
+def _account(reader: _Reader, section: str, default_encoding: str) -> AccountConfig:
     values = reader.section(section, ACCOUNT_PREFIX)
     if not values["cos_region"] and not values["cos_endpoint"]:
         raise reader.error("is required (or set cos_endpoint)", section, "cos_region")
@@ -427,6 +542,7 @@ def _account(reader: _Reader, section: str) -> AccountConfig:
         authority=values["authority"], delete_enable=values["delete_enable"],
         anonymous_enable=values["anonymous_enable"], tls_required=values["tls_required"],
         require_existing_dir=values["require_existing_dir"],
+        ftp_encoding=values["ftp_encoding"] or default_encoding,
     )
 
 
@@ -465,11 +581,13 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         ban_time=optional["ban_time"],
         graceful_timeout=optional["graceful_timeout"],
         worker_timeout=optional["worker_timeout"],
+        worker_boot_timeout=optional["worker_boot_timeout"],
         worker_max_rss=optional["worker_max_rss"],
         health_check_interval=optional["health_check_interval"],
         login_timeout=optional["login_timeout"],
         max_prelogin_connections=optional["max_prelogin_connections"],
         max_prelogin_connections_per_ip=optional["max_prelogin_connections_per_ip"],
+        ftp_encoding=optional["ftp_encoding"],
     )
 
 
@@ -490,8 +608,18 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
     elif implicit_port and implicit_port == net["listen_port"]:
         raise reader.error(f"{implicit_port} is already listen_port", "NETWORK",
                            "implicit_tls_port")
+    if net["proxy_protocol"] != "off" and not net["proxy_allowed"]:
+        raise reader.error("needs proxy_allowed (the balancers' addresses)", "NETWORK",
+                           "proxy_protocol")
+    proxy = ProxyConfig(net["proxy_protocol"], net["proxy_allowed"])
     return NetworkConfig(net["listen_address"], net["listen_port"], net["masquerade_address"],
-                         net["passive_port"], implicit_port, tls)
+                         net["passive_port"], implicit_port, tls, proxy)
+
+
+def _cluster(values: dict[str, Any], port: int) -> ClusterConfig:
+    node = values["node_id"] or f"{socket.gethostname()}:{port}"
+    return ClusterConfig(values["redis_url"], values["redis_down"],
+                         values["redis_timeout"] / 1000, node)
 
 
 def _operator(reader: _Reader, net: dict[str, Any], optional: dict[str, Any]) -> OperatorConfig:
@@ -522,12 +650,33 @@ def _server_tls(reader: _Reader, certfile: Optional[str], keyfile: Optional[str]
     return tls
 
 
+def _transfer(reader: _Reader, files: dict[str, Any], optional: dict[str, Any]) -> TransferConfig:
+    """Build the transfer settings; the memory budget must hold two parts of the size that
+    lets ``single_file_max_size`` fit in 10,000 parts."""
+    needed = 2 * max(optional["min_part_size"], part_size_for(MIN_PART_SIZE,
+                                                             files["single_file_max_size"]))
+    limit_mib = optional["upload_memory_limit"]
+    if limit_mib is None:  # existing files with huge parts keep working
+        limit_mib = max(default_memory_limit(optional["worker_processes"]), -(-needed // MIB))
+    transfer = TransferConfig(files["single_file_max_size"], optional["min_part_size"],
+                              optional["upload_thread_num"],
+                              optional["multipart_copy_threshold"], optional["resume_ttl"],
+                              limit_mib * MIB, optional["copy_thread_num"])
+    if transfer.memory_limit < needed:
+        raise reader.error(f"{limit_mib} MiB cannot hold two parts of {needed // 2} bytes "
+                           f"(min_part_size, and what single_file_max_size needs); set at "
+                           f"least {-(-needed // MIB)}", "OPTIONAL", "upload_memory_limit")
+    return transfer
+
+
 def _build(reader: _Reader) -> Config:
     sections = reader.parser.sections()
     for section in sections:
         if not _ACCOUNT_RE.match(section) and section not in _BY_SECTION:
             reader.warnings.append(f"{reader.path} [{section}]: unknown section, ignored")
-    accounts = [_account(reader, s) for s in sections if _ACCOUNT_RE.match(s)]
+    optional = reader.section("OPTIONAL", "OPTIONAL")
+    accounts = [_account(reader, s, optional["ftp_encoding"])
+                for s in sections if _ACCOUNT_RE.match(s)]
     if not accounts:
         raise ConfigError(f"no [{ACCOUNT_PREFIX}_N] section: at least one account is needed",
                           reader.path)
@@ -536,18 +685,15 @@ def _build(reader: _Reader) -> Config:
     _check_hash_parameters(reader, accounts)
     net = reader.section("NETWORK", "NETWORK")
     files = reader.section("FILE_OPTION", "FILE_OPTION")
-    optional = reader.section("OPTIONAL", "OPTIONAL")
     return Config(
         path=reader.path,
         accounts=tuple(accounts),
         network=_network(reader, net, accounts),
-        transfer=TransferConfig(files["single_file_max_size"], optional["min_part_size"],
-                                optional["upload_thread_num"],
-                                optional["multipart_copy_threshold"],
-                                optional["resume_ttl"]),
+        transfer=_transfer(reader, files, optional),
         server=_server(reader, optional),
         warnings=tuple(reader.warnings),
         operator=_operator(reader, net, optional),
+        cluster=_cluster(reader.section("CLUSTER", "CLUSTER"), net["listen_port"]),
     )
 
 

@@ -19,16 +19,15 @@ old server did, and devices depend on it) unless the account sets ``require_exis
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
+import hashlib
 import itertools
 import logging
 import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
@@ -37,11 +36,11 @@ from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 from .config import AccountConfig, TransferConfig
 from .digests import digest
 from .downloader import RangedReader
+from .engine import Engine
 from .errors import (
     InvalidPath,
     NotFound,
     PermissionDenied,
-    ResumeRefused,
     StorageError,
     StorageUnavailable,
 )
@@ -56,15 +55,16 @@ from .listing import (
 from .mtimes import ListedMtimes, carry_markers, set_client_mtime
 from .paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
 from .renamer import Moved, copy_object, rename_directory
-from .resume import ParkedUpload, claim, discard, find_parked
+from .resume import ResumeStore
 from .storage import Bucket, ObjectInfo
-from .uploader import AbortRetrier, MultipartWriter
+from .uploads import AbortRetrier, SessionUploads, UploadSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DIR_MODE = stat.S_IFDIR | 0o755
 _FILE_MODE = stat.S_IFREG | 0o644
+_MLSX_PERMS = "adeflmrw"  # pyftpdlib's permission letters that mean the same in RFC 3659
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class FsContext:
     account: AccountConfig
     bucket: Bucket
     transfer: TransferConfig
-    executor: Executor
+    engine: Engine
     max_list_file: int
     log_context: str
     retrier: Optional[AbortRetrier] = None
@@ -118,6 +118,19 @@ class StreamedListing:
             yield entry.name
 
 
+def _plain_octal_mode(line: bytes) -> bytes:
+    """An MLSx line with ``unix.mode=0o644`` written ``unix.mode=0644`` (facts come before
+    the first space, the name after it)."""
+    found, space, name = line.partition(b" ")
+    return found.replace(b"unix.mode=0o", b"unix.mode=0") + space + name
+
+
+def _inode(path: str) -> int:
+    """A stable number per path: MLSD's ``unique`` fact is built from it."""
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "big")
+
+
 class Unstorable(Exception):
     """A name COS cannot store, found out only while a command runs (the keys a directory
     rename would make): the handler answers 553, as for names refused up front."""
@@ -139,17 +152,6 @@ def _transient_escapes(method: Callable) -> Callable:
     return wrapper
 
 
-@contextlib.contextmanager
-def _given_up_on_failure(writer: MultipartWriter) -> Iterator[MultipartWriter]:
-    """Discard ``writer`` (nothing is parked) if setting it up fails."""
-    try:
-        yield writer
-    except BaseException:
-        writer.cancel()
-        writer.close()
-        raise
-
-
 class CosFS(AbstractedFS):
     """The FTP view of one bucket for one logged-in session."""
 
@@ -161,9 +163,11 @@ class CosFS(AbstractedFS):
         self._scope: dict[str, Optional[Entry]] = {}
         # What the current command's HEADs said, by path: MFMT's copy keeps those attributes.
         self._heads: dict[str, ObjectInfo] = {}
-        # (path, upload id) of the parked upload this session's SIZE last reported: only
-        # then does APPE continue it (curl -C -), else APPE appends to the file.
-        self._offered: Optional[tuple[str, str]] = None
+        ctx = self._ctx
+        self._uploads = SessionUploads(
+            self._bucket, ctx.transfer, ctx.engine,
+            ResumeStore(self._bucket, ctx.transfer.resume_ttl, ctx.account.user), ctx.retrier)
+        self._announced: Optional[int] = None  # ALLO: the size of the next upload
 
     # --- path conversion: the FTP path is the "real" path
 
@@ -331,7 +335,8 @@ class CosFS(AbstractedFS):
         mode = _DIR_MODE if entry.is_dir else _FILE_MODE
         # Prefixes have no time of their own; "now" reads better than 1970 in listings.
         mtime = int(entry.shown_mtime or time.time())
-        return os.stat_result((mode, 0, 0, 1, 0, 0, entry.size, mtime, mtime, mtime))
+        return os.stat_result((mode, _inode(path), 0, 1, 0, 0, entry.size, mtime, mtime,
+                               mtime))
 
     lstat = stat
 
@@ -347,31 +352,19 @@ class CosFS(AbstractedFS):
         and parked after the file was last written, the bytes REST + STOR or APPE continue
         from (what ``lftp put -c`` and ``curl -C -`` ask with SIZE). Raises ``Refusal`` or
         ``OSError``."""
-        source = self._resume_source(path)
+        source = self._uploads.source(path, object_key(path), self._upload_target(path),
+                                      self._log(path))
         if source is None:
             raise Refusal(errno.ENOENT, "No such file or directory")
-        if isinstance(source, ParkedUpload):
-            self._offered = (path, source.record.upload_id)
+        self._uploads.offer(path, source)
         return source.size
 
-    def _resume_source(self, path: str) -> Optional[Entry | ParkedUpload]:
-        """What an upload to ``path`` would continue: the parked upload if it is newer than
-        the file, else the file, else None; raises ``Refusal`` (EISDIR) for a directory.
-
-        A parked upload not newer than the file is discarded: the file was written since.
-        """
+    def _upload_target(self, path: str) -> Optional[Entry]:
+        """The file an upload to ``path`` replaces or continues, or None; raises
+        ``Refusal`` (EISDIR) for a directory."""
         entry = self.lookup(path)
         if entry is not None and entry.is_dir:
             raise Refusal(errno.EISDIR, "Is a directory")
-        ttl = self._ctx.transfer.resume_ttl
-        user = self._ctx.account.user
-        parked = self._reserved(None, find_parked, self._bucket, object_key(path), ttl,
-                                user) if ttl else None
-        if parked is None or entry is None or parked.parked_at > entry.mtime:
-            return parked or entry
-        # COS times have whole seconds: in a tie, the file is what the client last saw, and
-        # the parked upload can no longer be reached either way.
-        discard(self._bucket, parked, self._log(path))
         return entry
 
     @_transient_escapes
@@ -436,8 +429,12 @@ class CosFS(AbstractedFS):
 
     def format_mlsx(self, basedir: str, listing: Iterable[str], perms: str, facts: str,
                     ignore_err: bool = True):
-        return self._with_this_listing(listing, super().format_mlsx(basedir, listing, perms,
-                                                                    facts, ignore_err))
+        """pyftpdlib's MLSD/MLST lines, with ``unix.mode`` in plain octal (``0644``, as
+        vsftpd and proftpd write it: its ``0o644`` reads as mode 0 to lftp) and a ``perm``
+        fact of RFC 3659's letters only (pyftpdlib's ``T`` and ``M`` are not among them)."""
+        perms = "".join(letter for letter in perms if letter in _MLSX_PERMS)
+        lines = super().format_mlsx(basedir, listing, perms, facts, ignore_err)
+        return self._with_this_listing(listing, (_plain_octal_mode(line) for line in lines))
 
     def _with_this_listing(self, listing: Iterable[str],
                            lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -519,7 +516,7 @@ class CosFS(AbstractedFS):
         # A HEAD, for the storage class the copy must keep and the MFMT time.
         info = self._bucket.head(object_key(src))
         etag = copy_object(self._bucket, info, object_key(dst), self._ctx.transfer,
-                           self._ctx.executor, log_context=self._log(src))
+                           self._ctx.engine.copier(), log_context=self._log(src))
         self._bucket.delete(object_key(src))
         self._forget(src, dst)
         if info.client_mtime is not None:
@@ -537,7 +534,8 @@ class CosFS(AbstractedFS):
         self._check_parents(dst)
         try:
             moved = rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst),
-                                     self._ctx.transfer, self._ctx.executor, self._log(src))
+                                     self._ctx.transfer, self._ctx.engine.copier(),
+                                     self._log(src))
         except InvalidPath as exc:
             raise Unstorable(exc.strerror) from exc
         self._scope.clear()
@@ -558,17 +556,25 @@ class CosFS(AbstractedFS):
 
     @_transient_escapes
     def open(self, filename: str, mode: str):
-        """Return a ``RangedReader`` for ``"rb"``, a ``MultipartWriter`` for ``"wb"`` and, for
-        ``"ab"`` (APPE), a writer that continues what SIZE reports: the parked upload or the
-        existing object's bytes."""
+        """Return a ``RangedReader`` for ``"rb"``, an ``UploadSession`` for ``"wb"`` and, for
+        ``"ab"`` (APPE), one that continues what SIZE reports: the parked upload or the
+        existing object's bytes (see :class:`.uploads.SessionUploads`)."""
         if mode == "rb":
             entry = self._require_file(filename)
             return self._reader(filename, entry)
         if mode == "wb":
             self._check_creatable(filename)
-            return self._open_write(filename)
+            existing = self.lookup(filename)
+            self._forget(filename)
+            return self._uploads.new(filename, object_key(filename), self._log(filename),
+                                     existing is not None, self._take_announced())
         if mode == "ab":
-            return self._open_append(filename)
+            existing = self._upload_target(filename)
+            if existing is None:
+                self._check_parents(filename)
+            self._forget(filename)
+            return self._uploads.append(filename, object_key(filename), existing,
+                                        self._log(filename), self._take_announced())
         raise Refusal(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
 
     def _reader(self, filename: str, entry: Entry) -> RangedReader:
@@ -578,77 +584,23 @@ class CosFS(AbstractedFS):
                             size=entry.size, etag=entry.etag,
                             log_context=self._log(filename))
 
-    def _open_append(self, filename: str) -> MultipartWriter:
-        """APPE: the existing object's bytes (copied inside COS), then the client's; or,
-        right after SIZE reported a parked upload, that upload (curl -C - resumes with SIZE,
-        then APPE of what follows). The old object stays as it is until the new one
-        commits."""
-        parked = self._offered_parked(filename)
-        if parked is not None:
-            return self._resume_parked(filename, parked)
-        existing = self.lookup(filename)
-        if existing is not None and existing.is_dir:
-            raise Refusal(errno.EISDIR, "Is a directory")
-        if existing is None:
-            self._check_parents(filename)
-        if existing is None or existing.size == 0:
-            return self._open_write(filename)
-        return self._continue(filename)
-
-    def _offered_parked(self, filename: str) -> Optional[ParkedUpload]:
-        """The parked upload this session's SIZE reported for ``filename``, if it is still
-        what an upload would continue; else None (a plain APPE asks COS nothing more)."""
-        if self._offered is None or self._offered[0] != filename:
-            return None
-        source = self._resume_source(filename)
-        if isinstance(source, ParkedUpload) and source.record.upload_id == self._offered[1]:
-            return source
-        return None
-
     @_transient_escapes
-    def open_resume(self, filename: str, offset: int) -> MultipartWriter:
-        """REST ``offset`` + STOR: a writer that continues the parked upload or the file
-        ending at ``offset`` (see :meth:`getsize`); raises ``ResumeRefused`` otherwise."""
-        source = self._resume_source(filename)
-        stored = source.size if source is not None else 0
-        if source is None or stored != offset:
-            raise ResumeRefused(f"Cannot resume at byte {offset}: the stored part of this "
-                                f"file ends at byte {stored}")
-        if isinstance(source, ParkedUpload):
-            return self._resume_parked(filename, source)
-        return self._continue(filename, offset)
-
-    def _resume_parked(self, filename: str, parked: ParkedUpload) -> MultipartWriter:
-        """A writer that continues ``parked``, taken away from other sessions first."""
-        writer = self._open_write(filename)
-        with _given_up_on_failure(writer):
-            claim(self._bucket, parked)
-        writer.resume(parked)
-        return writer
-
-    def _continue(self, filename: str, size: Optional[int] = None) -> MultipartWriter:
-        """A writer that starts with the bytes of the stored file ``filename``, which must
-        be ``size`` bytes long if given."""
-        writer = self._open_write(filename)
-        with _given_up_on_failure(writer):
-            existing = self._bucket.head(object_key(filename))
-            if size is not None and existing.size != size:
-                raise ResumeRefused(f"{filename} changed while resuming; try again")
-            writer.continue_object(existing)
-        return writer
-
-    def _open_write(self, filename: str) -> MultipartWriter:
-        """Start an upload of ``filename``, which the caller checked may be written."""
-        key = object_key(filename)
+    def open_resume(self, filename: str, offset: int) -> UploadSession:
+        """REST ``offset`` + STOR: an upload that continues the parked upload or the file
+        ending at ``offset`` (see :meth:`resumable_size`); raises ``ResumeRefused``
+        otherwise."""
+        entry = self._upload_target(filename)
         self._forget(filename)
-        transfer = self._ctx.transfer
-        return MultipartWriter(
-            self._bucket, key, name=filename, part_size=transfer.part_size,
-            max_size=transfer.single_file_max_size, executor=self._ctx.executor,
-            max_in_flight=transfer.upload_thread_num, log_context=self._log(filename),
-            retrier=self._ctx.retrier, resume_ttl=transfer.resume_ttl,
-            owner=self._ctx.account.user,
-        )
+        return self._uploads.at_offset(filename, object_key(filename), entry, offset,
+                                       self._log(filename), self._take_announced())
+
+    def announce(self, size: int) -> None:
+        """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow)."""
+        self._announced = size
+
+    def _take_announced(self) -> Optional[int]:
+        announced, self._announced = self._announced, None
+        return announced
 
     def upload_finished(self, filename: str) -> None:
         """Drop cached facts about ``filename`` after an upload ended (either way)."""
@@ -658,7 +610,9 @@ class CosFS(AbstractedFS):
         raise Refusal(errno.EOPNOTSUPP, "STOU is not supported")
 
     def chmod(self, path: str, mode: int) -> None:
-        raise Refusal(errno.EOPNOTSUPP, "Object storage has no permissions to change")
+        """SITE CHMOD: accepted and ignored, as object storage keeps no modes (``lftp
+        mirror -R`` sends one per file and fails the run on an error); ENOENT if missing."""
+        self._require(path)
 
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
@@ -666,7 +620,7 @@ class CosFS(AbstractedFS):
         raises ``Refusal`` or ``OSError``."""
         self._require_file(path)
         info = set_client_mtime(self._bucket, self._head(path), timeval, self._ctx.transfer,
-                                self._ctx.executor)
+                                self._ctx.engine.copier())
         # MFMT's 213 reports the time from what the copy made, without another HEAD.
         self._learn_file(path, info)
 

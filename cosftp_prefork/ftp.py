@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import ipaddress
 import logging
-import os
 import select
 import socket
 import time
@@ -16,13 +16,15 @@ from typing import Optional
 from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
-from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer, FileProducer
+from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.utils import strerror
 
 from . import metrics
 from .config import AccountConfig, Config
+from .dialect import ClientDialect
 from .digests import ALGORITHMS
 from .downloader import CHUNK_SIZE
+from .engine import Engine
 from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext, Unstorable
 from .gate import BANNED
@@ -30,27 +32,35 @@ from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .passwords import PasswordChecker
 from .paths import new_name_key
+from .proxy import ProxyHeaderError, read_header
 from .storage import BucketRegistry
-from .uploader import UploadInterrupted
+from .uploads import UploadInterrupted
 
 log = logging.getLogger(__name__)
 
 NAMING_COMMANDS = ("STOR", "APPE", "MKD", "XMKD", "RNTO")
 TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
+# Commands ``cosftpctl sessions`` shows with their argument (a path).
+SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
+                   "NLST", "MLSD", "MLST", "SIZE", "MDTM")
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
-WRITE_PERMS = "amwfT"
+# M: SITE CHMOD, accepted as a no-op (object storage keeps no modes) so that
+# `lftp mirror -R` exits 0.
+WRITE_PERMS = "amwfTM"
 DELETE_PERMS = "d"
+# Seconds between checks, while an upload waits for a buffer, of whether it got one.
+BACK_PRESSURE_POLL = 0.01
 
 
 def perms_for(account: AccountConfig) -> str:
     """Map ``authority`` and ``delete_enable`` onto pyftpdlib permission letters.
 
     Everyone may ``cd`` and list (``e``, ``l``) so upload-only clients can find their way;
-    ``r`` (download) needs R, ``a m w f T`` (upload, mkdir, rename, MFMT) need W, ``d`` needs
-    W and ``delete_enable``.
+    ``r`` (download) needs R, ``a m w f T M`` (upload, mkdir, rename, MFMT, SITE CHMOD) need
+    W, ``d`` needs W and ``delete_enable``.
     """
     perms = "el"
     if account.can_read:
@@ -159,6 +169,44 @@ class CosDTPHandler(DTPHandler):
         super().enable_receiving(type, cmd)
         self._count_transfer()  # STOR, APPE
 
+    def handle_read_event(self) -> None:
+        """Read only what the upload can take now: while it waits for a part buffer from
+        the worker's memory budget, stop reading the socket, so that the client is slowed
+        down by TCP itself and nothing is buffered around the budget. (The event, not
+        ``handle_read``: the TLS layer handles it first.)"""
+        room = self._upload_room()
+        if room:
+            self.ac_in_buffer_size = min(CHUNK_SIZE, room)
+            super().handle_read_event()
+            return
+        self.modify_ioloop_events(0)
+        self.call_later(BACK_PRESSURE_POLL, self._resume_reading)
+
+    def _upload_room(self) -> int:
+        upload = self.file_obj
+        if not self.receive or not hasattr(upload, "room"):
+            return CHUNK_SIZE
+        return upload.room(self._more_coming)
+
+    def _more_coming(self) -> bool:
+        """True unless the client has closed the data connection with nothing left unread
+        (a TLS connection's closing alert counts as more)."""
+        with _raw_socket(self.socket) as raw:
+            try:
+                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+
+    def _resume_reading(self) -> None:
+        if self._closed:
+            return
+        if self._upload_room():
+            self.modify_ioloop_events(self.ioloop.READ)
+        else:
+            self.call_later(BACK_PRESSURE_POLL, self._resume_reading)
+
     def push_with_producer(self, producer) -> None:
         # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
         # the data connection opened first, as clients do, pyftpdlib sets it after this.)
@@ -246,7 +294,16 @@ def _reading_command(syntax: str) -> dict:
     return {"perm": "r", "auth": True, "arg": True, "help": f"Syntax: {syntax}."}
 
 
-class CosFTPHandler(FTPHandler):
+class ProxyStep(enum.Enum):
+    """Where a connection is with the PROXY protocol (``[NETWORK] proxy_protocol``)."""
+
+    ARRIVED = "accepted; the policy has not looked at it yet"
+    AWAITING = "from a balancer: its header is read in the session thread before anything"
+    READ = "header read: admit and greet once the session thread runs the connection"
+    DONE = "admitted or greeted under the client's real address"
+
+
+class CosFTPHandler(ClientDialect, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
@@ -260,28 +317,84 @@ class CosFTPHandler(FTPHandler):
         "HASH": _reading_command("HASH <SP> file-name (checksum; OPTS HASH picks the kind)"),
         **{name: _reading_command(f"{name} <SP> file-name ({algorithm} of the file)")
            for name, algorithm in X_DIGEST_COMMANDS.items()},
+        # Some clients send OPTS UTF8 ON before USER; ClientDialect refuses the rest then.
+        "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
     }
     hash_algorithm = ALGORITHMS[0]  # per session, set by OPTS HASH
 
     # Set per worker by ``configure_handler``.
     config: Config
     buckets: BucketRegistry
-    executor = None
+    engine: Engine  # the worker's transfer engine
     retrier = None  # the worker's AbortRetrier
     stats = None  # the worker's WorkerStats: admission and counters
     _ticket = None  # our place in the server-wide limits (gate.Ticket), while admitted
     _kicked: Optional[str] = None  # why the worker's main thread told us to go
     oplogs: OperatorLogs  # the worker's xferlog and vsftpd.log
+    proxy_step = ProxyStep.ARRIVED
 
     def handle(self) -> None:
         """Admit the session against the bans and server-wide limits before the 220
-        greeting (the gate logs refusals, once per burst)."""
-        self._ticket, reason = self.stats.admit(self.remote_ip, self._kick)
+        greeting (the gate logs refusals, once per burst); a connection from a balancer
+        first has its PROXY header read, in its own thread."""
+        if self.awaits_proxy_header():
+            return
+        self._last_active = time.time()
+        self._ticket, reason = self.stats.admit(self.remote_ip, self._kick, self)
         if reason is not None:
             self.respond(f"421 {reason}")
             self.close_when_done()
             return
         super().handle()
+
+    def awaits_proxy_header(self) -> bool:
+        """Apply ``proxy_protocol`` to a new connection: True if nothing may be sent yet,
+        because its header is still to be read or the connection was refused (and closed,
+        with a log line)."""
+        if self.proxy_step is not ProxyStep.ARRIVED:
+            return False
+        proxy = self.config.network.proxy
+        if proxy.expects_header(self.remote_ip):
+            self.proxy_step = ProxyStep.AWAITING
+            return True
+        self.proxy_step = ProxyStep.DONE
+        if proxy.refuses_direct():
+            self.stats.gate.refusals.note(self.remote_ip, "connection refused: not from "
+                                          "proxy_allowed (proxy_protocol = required)")
+            self.close()
+            return True
+        return False
+
+    def read_proxy_header(self) -> bool:
+        """Read the balancer's PROXY header (blocking this session's thread only): the
+        session is then the client's, under the client's address. False if there was no
+        valid header: the connection is closed and the reason logged."""
+        peer = (self.remote_ip, self.remote_port)
+        try:
+            origin = read_header(self.socket, peer)
+        except ProxyHeaderError as exc:
+            self.stats.gate.refusals.note(self.remote_ip, f"connection closed: {exc}")
+            self.close()
+            return False
+        with contextlib.suppress(ValueError):
+            self.server.ip_map.remove(self.remote_ip)  # close() removes the new one
+        self.server.ip_map.append(origin.ip)
+        log.debug("session=%x: PROXY header from %s:%s: client %s:%s", id(self), *peer,
+                  origin.ip, origin.port)
+        self.remote_ip, self.remote_port = origin.ip, origin.port
+        self.proxy_step = ProxyStep.READ
+        return True
+
+    def add_channel(self, *args, **kwargs) -> None:
+        """The session thread registers the connection: greet one whose PROXY header was
+        read (pyftpdlib greets in ``handle``, run at accept)."""
+        super().add_channel(*args, **kwargs)
+        if self.proxy_step is ProxyStep.READ:
+            self.proxy_step = ProxyStep.DONE
+            try:
+                self.handle()
+            except Exception:
+                self.handle_error()
 
     def close(self) -> None:
         """End the session; an upload still waiting for its data connection is given up
@@ -372,6 +485,7 @@ class CosFTPHandler(FTPHandler):
         """pyftpdlib's hook for every file transfer that ended: also count it and write it to
         the transfer logs."""
         super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
+        self._last_bytes = bytes
         metrics.transfer_done(receive, completed, bytes)
         now = time.time()
         anonymous = self.authorizer.has_user(self.username) and \
@@ -394,7 +508,7 @@ class CosFTPHandler(FTPHandler):
             account=account,
             bucket=self.buckets.bucket(account),
             transfer=self.config.transfer,
-            executor=self.executor,
+            engine=self.engine,
             max_list_file=self.config.server.max_list_file,
             log_context=self.log_prefix_ctx(),
             retrier=self.retrier,
@@ -408,13 +522,47 @@ class CosFTPHandler(FTPHandler):
         """Ignore commands still buffered after the session closed.
 
         asynchat keeps handing over pipelined lines that arrived with the one that closed
-        the session; pyftpdlib would run them against a filesystem it already dropped.
+        the session; pyftpdlib would run them against a filesystem it already dropped, and
+        those after a QUIT that waits for a transfer to end.
         """
-        if self._closed or self._closing:
+        if self._quitting() or self._refused_proxy_header(line, cmd):
             return
+        self._note_command(cmd, arg)
         if self.fs is not None:
             self.fs.begin_command()
         super().pre_process_command(line, cmd, arg)
+
+    _last_command = ""
+    _last_active = 0.0
+    _last_bytes = 0
+
+    def _note_command(self, cmd: str, arg: str) -> None:
+        """Remember the command for ``cosftpctl sessions``: the verb if pyftpdlib knows it,
+        with the path for the commands on a file (never a password)."""
+        self._last_active = time.time()
+        if cmd not in self.proto_cmds:
+            self._last_command = "?"
+        else:
+            self._last_command = f"{cmd} {arg}" if cmd in SHOWN_ARGUMENTS else cmd
+
+    def session_detail(self) -> tuple[str, str, int, float]:
+        """User (once logged in), last command, bytes of the transfer in flight (or of the
+        last one), time of the last command: what ``cosftpctl sessions`` shows."""
+        channel = self.data_channel
+        nbytes = channel.get_transmitted_bytes() if channel is not None else self._last_bytes
+        return (self.username if self.authenticated else "", self._last_command, nbytes,
+                self._last_active)
+
+    def _refused_proxy_header(self, line: str, cmd: str) -> bool:
+        """Close a direct connection (not from proxy_allowed) that sends a PROXY header:
+        the v1 line, or the NUL line inside the v2 signature, before login."""
+        if self.authenticated or self.config.network.proxy.mode == "off" or \
+                (cmd != "PROXY" and line != "\0"):
+            return False
+        self.stats.gate.refusals.note(self.remote_ip, "connection closed: PROXY header "
+                                      "from an address not in proxy_allowed")
+        self.close()
+        return True
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:
         """Run one command; a COS failure becomes a 451 reply, not a dropped connection.
@@ -549,38 +697,6 @@ class CosFTPHandler(FTPHandler):
             except OSError:
                 return True
 
-    def ftp_LIST(self, path: str):
-        """LIST as pyftpdlib's, with the listing's first page as the directory's look-up
-        (pyftpdlib asks ``isdir`` first: one COS request more)."""
-        try:
-            listing = self.run_as_current_user(self.fs.listdir_if_dir, path)
-            if listing is not None:
-                iterator = self.fs.format_list(path, listing)
-            else:
-                self.fs.lstat(path)  # 550 for what is neither directory nor file
-                basedir, filename = os.path.split(path)
-                iterator = self.fs.format_list(basedir, [filename])
-        except (OSError, FilesystemError) as exc:
-            self.respond(f"550 {strerror(exc)}.")
-            return None
-        self.push_dtp_data(BufferedIteratorProducer(iterator), isproducer=True, cmd="LIST")
-        return path
-
-    def ftp_MLSD(self, path: str):
-        """MLSD as pyftpdlib's, with the listing's first page as the directory's look-up."""
-        try:
-            listing = self.run_as_current_user(self.fs.listdir_if_dir, path)
-        except (OSError, FilesystemError) as exc:
-            self.respond(f"550 {strerror(exc)}.")
-            return None
-        if listing is None:
-            self.respond("501 No such directory.")  # RFC 3659, as pyftpdlib answers
-            return None
-        perms = self.authorizer.get_perms(self.username)
-        iterator = self.fs.format_mlsx(path, listing, perms, self._current_facts)
-        self.push_dtp_data(BufferedIteratorProducer(iterator), isproducer=True, cmd="MLSD")
-        return path
-
     def ftp_MLST(self, path: str):
         """MLST with the time MFMT set: a look-up alone cannot see it (one HEAD more)."""
         with contextlib.suppress(OSError, FilesystemError):
@@ -657,24 +773,39 @@ class CosFTPHandler(FTPHandler):
             self.respond(f"550 {strerror(exc)}.")
             return None
 
+    def ftp_ALLO(self, line: str) -> None:
+        """``ALLO size``: the next upload's parts are sized for ``size`` bytes; a size over
+        ``single_file_max_size`` is refused at once (552) rather than after the transfer."""
+        size = line.split()[0] if line.split() else ""
+        if not size.isdigit():
+            self.respond("501 Syntax: ALLO <SP> bytes.")
+            return
+        limit = self.config.transfer.single_file_max_size
+        if int(size) > limit:
+            self.respond(f"552 Files are limited to {limit} bytes (single_file_max_size).")
+            return
+        self.fs.announce(int(size))
+        self.respond("200 ALLO accepted: uploads stream, no storage to allocate.")
+
     def ftp_STOU(self, line: str):
         self.respond("502 STOU is not supported by this server.")
 
 
-def configure_handler(config: Config, buckets: BucketRegistry, executor, retrier, stats,
+def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, retrier, stats,
                       masquerade_ip: Optional[str], base: type = CosFTPHandler) -> type:
-    """Return a subclass of ``base`` bound to this worker's config, COS clients, thread pool,
+    """Return a subclass of ``base`` bound to this worker's config, COS clients, engine,
     abort retrier and counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
     low, high = config.network.passive_ports
     attrs = {
         "config": config,
         "buckets": buckets,
-        "executor": executor,
+        "engine": engine,
         "retrier": retrier,
         "stats": stats,
         "authorizer": CosAuthorizer(config),
         "oplogs": OperatorLogs(config.operator),
         "masquerade_address": masquerade_ip,
+        "encoding": config.server.ftp_encoding,
         "passive_ports": range(low, high + 1),
     }
     return type(f"Bound{base.__name__}", (base,), attrs)

@@ -12,15 +12,16 @@ the policy is enforced here once the account is known: from USER on.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from OpenSSL import SSL
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
 
 from .config import Config
+from .engine import Engine
 from .ftp import CosDTPHandler, CosFTPHandler, configure_handler
 from .storage import BucketRegistry
+from .tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
     _close_started = False
 
     def secure_connection(self, ssl_context: SSL.Context) -> None:
-        """Use the data connections' context (TLS 1.2, see ``tls.ServerTLS``)."""
-        super().secure_connection(self.cmd_channel.config.network.tls.data_context)
+        """Use the data connections' context (TLS 1.2, see ``server_contexts``)."""
+        super().secure_connection(self.cmd_channel.data_ssl_context)
 
     def send(self, data) -> int:
         """Write nothing before ``handle_ssl_established`` has seen the handshake: OpenSSL
@@ -120,10 +121,14 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     # PBSZ and PROT, which only pyftpdlib's TLS handler lists.
     proto_cmds = {**TLS_FTPHandler.proto_cmds, **CosFTPHandler.proto_cmds}
 
+    # Set per worker by ``configure_tls_handlers``: see ``server_contexts``.
+    ssl_context: SSL.Context
+    data_ssl_context: SSL.Context
+
     @classmethod
     def get_ssl_context(cls) -> SSL.Context:
-        """Return the context loaded (and validated) with the configuration."""
-        return cls.config.network.tls.context
+        """Return the control connections' context, built when the worker started."""
+        return cls.ssl_context
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:
         """Refuse what the account's ``tls_required`` forbids, else run the command."""
@@ -154,7 +159,10 @@ class ImplicitTLS:
     """Implicit FTPS: the client starts TLS on connecting; there is no AUTH command."""
 
     def handle(self) -> None:
-        """Start the TLS handshake before the greeting, which is then sent encrypted."""
+        """Start the TLS handshake before the greeting, which is then sent encrypted (after
+        the PROXY header, if one is expected)."""
+        if self.awaits_proxy_header():
+            return
         self.secure_connection(self.ssl_context)
         if not self._closed:  # secure_connection() closes if the client is already gone
             super().handle()
@@ -169,11 +177,44 @@ class ImplicitTLS:
 
 
 def configure_tls_handlers(config: Config, buckets: BucketRegistry,
-                           executor: ThreadPoolExecutor, retrier, stats,
+                           engine: Engine, retrier, stats,
                            masquerade_ip: Optional[str]) -> tuple[type, type]:
     """Return the handler classes for the FTP port (plain and AUTH TLS) and for the implicit
     FTPS port; the arguments are ``configure_handler``'s and ``config.network.tls`` is set."""
-    explicit = configure_handler(config, buckets, executor, retrier, stats, masquerade_ip,
+    explicit = configure_handler(config, buckets, engine, retrier, stats, masquerade_ip,
                                  base=CosTLSFTPHandler)
+    explicit.ssl_context, explicit.data_ssl_context = server_contexts(config.network.tls)
     implicit = type("BoundCosImplicitTLSFTPHandler", (ImplicitTLS, explicit), {})
     return explicit, implicit
+
+
+def server_contexts(tls: ServerTLS) -> tuple[SSL.Context, SSL.Context]:
+    """Return the OpenSSL contexts of control and data connections for ``tls`` (checked
+    when the configuration was loaded); built in each worker, after fork.
+
+    Control connections take TLS 1.2 and up; data connections TLS 1.2 only: a TLS 1.3 server
+    sends session tickets *after* the handshake, which an uploading client never reads;
+    closing its socket with them unread makes the kernel send a reset instead of a FIN, and a
+    reset throws away the end of the upload still in the server's receive buffer (lftp issue
+    666, curl issue 6149). TLS 1.2 tickets are part of the handshake. With ``require_reuse``
+    both share one TLS 1.2 context, so that a data connection can resume the control
+    connection's session.
+    """
+    data = _context(tls)
+    data.set_max_proto_version(SSL.TLS1_2_VERSION)
+    if tls.require_reuse:
+        data.set_session_id(b"cosftp-prefork")
+        return data, data
+    return _context(tls), data
+
+
+def _context(tls: ServerTLS) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION)
+    context.use_certificate(tls.certificate)
+    for intermediate in tls.chain[1:]:
+        context.add_extra_chain_cert(intermediate)
+    context.use_privatekey(tls.key)
+    context.check_privatekey()
+    return context

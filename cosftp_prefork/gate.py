@@ -9,6 +9,10 @@ in the shared state and hold across every worker; the worker's main thread calls
 ``login_timeout`` and those of an address banned meanwhile (by any worker), through the
 ``kick`` callback the FTP layer gave with the connection.
 
+With ``[CLUSTER] redis_url`` the bans, failed logins, per-address and logged-in counts are
+also those of the other nodes (``cluster``): what they hold is taken off the limits before
+the local admission, and this node's counts are published on every change and tick.
+
 Refusals come in bursts (one address opening a thousand sockets): ``BurstLog`` writes the
 first of a burst at once and then one line per address and interval with the count.
 """
@@ -18,12 +22,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Optional
 
+from .cluster import UNAVAILABLE, ClusterState
 from .config import ServerConfig
-from .shared import Limits, SharedState, address_key
+from .shared import (
+    CLUSTER_DOWN_CLOSED,
+    CLUSTER_DOWN_OPEN,
+    CLUSTER_NONE,
+    CLUSTER_UP,
+    TOO_MANY,
+    TOO_MANY_LOGGED_IN,
+    TOO_MANY_PER_IP,
+    Limits,
+    SharedState,
+    address_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +122,9 @@ class BurstLog:
 class Gate:
     """Admission, login and pre-login policing for the sessions of one worker."""
 
-    def __init__(self, state: SharedState, server: ServerConfig, pid: int) -> None:
-        self.state, self.pid = state, pid
+    def __init__(self, state: SharedState, server: ServerConfig, pid: int,
+                 cluster: Optional[ClusterState] = None) -> None:
+        self.state, self.pid, self.cluster = state, pid, cluster
         self.limits = Limits(server.max_connection_num, server.max_connections_per_ip,
                              server.max_prelogin_connections,
                              server.max_prelogin_connections_per_ip)
@@ -128,29 +145,64 @@ class Gate:
         """Admit a new connection from ``ip``: return its ticket, or why it is refused (the
         refusal is logged here, once per burst)."""
         reason = BANNED if self._banned_at_accept(ip) else None
-        row = None
+        row, limits = None, self.limits
+        if reason is None and self.cluster is not None:
+            limits, reason = self._cluster_limits(ip)
         if reason is None:
-            row, reason = self.state.admit(self.pid, ip, self.limits)
+            row, reason = self.state.admit(self.pid, ip, limits)
         if row is None:
             self.refusals.note(ip, f"connection refused: {reason}")
             return None, reason
         ticket = Ticket(ip, row, time.monotonic() + self.login_timeout, kick)
         with self._lock:
             self._pending.add(ticket)
+        if self.cluster is not None:
+            self.cluster.counted(ip, 1)
         return ticket, None
+
+    def _cluster_limits(self, ip: str) -> tuple[Limits, Optional[str]]:
+        """The limits left for this node once the other nodes' connections are counted,
+        or why ``ip`` is refused cluster-wide."""
+        found = self.cluster.elsewhere(ip)
+        if found is None:
+            return self.limits, UNAVAILABLE if self.cluster.fail_closed else None
+        if self._bans_on and found.banned:
+            return self.limits, BANNED
+        per_ip, logged_in = (_left(self.limits.per_ip, found.per_ip),
+                             _left(self.limits.logged_in, found.logged_in))
+        if per_ip is None:
+            return self.limits, TOO_MANY_PER_IP
+        if logged_in is None:
+            return self.limits, TOO_MANY
+        return replace(self.limits, per_ip=per_ip, logged_in=logged_in), None
+
+    def cluster_status(self) -> int:
+        """``shared.CLUSTER_*``: how this worker reaches the cluster's Redis now."""
+        if self.cluster is None:
+            return CLUSTER_NONE
+        if self.cluster.reachable:
+            return CLUSTER_UP
+        return CLUSTER_DOWN_CLOSED if self.cluster.fail_closed else CLUSTER_DOWN_OPEN
 
     def log_in(self, ticket: Ticket) -> Optional[str]:
         """Called on a correct password: return None if the session may go on, else why not
         (it was banned or timed out meanwhile, or the server is full of logged-in users).
         A session logging in again (USER after login, REIN) keeps its place."""
+        limit = self.limits.logged_in
+        if limit and self.cluster is not None and ticket.state is SessionState.PENDING:
+            found = self.cluster.elsewhere(ticket.ip)  # not under the lock the tick takes
+            limit = _left(limit, found.logged_in if found else 0)
         with ticket.lock:
             if ticket.state is SessionState.LOGGED_IN:
                 return None
             if ticket.state is not SessionState.PENDING:
                 return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
-            reason = self.state.log_in(ticket.row, self.pid, self.limits.logged_in)
+            reason = TOO_MANY_LOGGED_IN if limit is None else \
+                self.state.log_in(ticket.row, self.pid, limit)
             if reason is None:
                 ticket.move(SessionState.LOGGED_IN)
+                if self.cluster is not None:
+                    self.cluster.counted(ticket.ip, 0, 1)
         with self._lock:
             self._pending.discard(ticket)
         return reason
@@ -158,16 +210,24 @@ class Gate:
     def close(self, ticket: Ticket) -> None:
         """The connection ends: free its place. After this, ``kick`` is never called."""
         with ticket.lock:
+            was_logged_in = ticket.state is SessionState.LOGGED_IN
             ticket.move(SessionState.CLOSED)
         with self._lock:
             self._pending.discard(ticket)
         self.state.release(ticket.row, self.pid)
+        if self.cluster is not None:
+            self.cluster.counted(ticket.ip, -1, -1 if was_logged_in else 0)
 
-    def is_banned(self, ip: str) -> bool:
+    def _banned_here(self, ip: str) -> bool:
         return self._bans_on and self.state.is_banned(ip, time.time())
 
+    def is_banned(self, ip: str) -> bool:
+        """True while ``ip`` serves a ban made by this node or (cluster) any other."""
+        return self._banned_here(ip) or (self._bans_on and self.cluster is not None and
+                                         self.cluster.is_banned(ip))
+
     def _banned_at_accept(self, ip: str) -> bool:
-        """:meth:`is_banned` from this worker's copy of the ban table, read again only when
+        """:meth:`_banned_here` from this worker's copy of the ban table, read again only when
         a ban started (the epoch moved) or one the copy holds ran out (it may have been
         extended): an accept costs no scan of the table. USER and PASS still read it."""
         if not self._bans_on:
@@ -183,22 +243,25 @@ class Gate:
         return until > now
 
     def login_failed(self, ip: str) -> bool:
-        """Record a failed login from ``ip``; return True if the address is now banned."""
+        """Record a failed login from ``ip`` (here and cluster-wide); return True if the
+        address is now banned."""
         if not self._bans_on:
             return False
-        return self.state.record_failure(ip, time.time(), *self._failures)
+        banned = self.state.record_failure(ip, time.time(), *self._failures)
+        if self.cluster is not None:
+            banned = self.cluster.record_failure(ip, *self._failures) or banned
+        return banned
 
     def police(self) -> None:
         """Close pending connections past their login deadline or of a banned address, and
-        write the counts of refusal bursts. Runs in the worker's main thread, once a second."""
+        write the counts of refusal bursts, publish this node's counts to the cluster. Runs
+        in the worker's main thread, once a second."""
+        if self.cluster is not None:
+            self.cluster.publish(*self.state.node_counts())
         now = time.monotonic()
         with self._lock:
             pending = list(self._pending)
-        epoch = self.state.ban_epoch()
-        banned = set()
-        if epoch != self._ban_epoch:
-            self._ban_epoch = epoch
-            banned = self.state.banned_keys(time.time())
+        banned = self._new_bans(pending)
         for ticket in pending:
             if banned and address_key(ticket.ip) in banned:
                 self._kick(ticket, BANNED, "closed: its address was banned")
@@ -206,6 +269,18 @@ class Gate:
                 self._kick(ticket, LOGIN_TIMED_OUT,
                            f"closed: no login within login_timeout={self.login_timeout}s")
         self.refusals.flush(now)
+
+    def _new_bans(self, pending: list[Ticket]) -> set:
+        """The addresses banned since the last look (here or, for the pending ones, by
+        another node of the cluster: one Redis round trip)."""
+        epoch = self.state.ban_epoch()
+        banned = set()
+        if epoch != self._ban_epoch:
+            self._ban_epoch = epoch
+            banned = self.state.banned_keys(time.time())
+        if self._bans_on and self.cluster is not None and pending:
+            banned |= {address_key(ip) for ip in self.cluster.banned({t.ip for t in pending})}
+        return banned
 
     def _kick(self, ticket: Ticket, reason: str, what: str) -> None:
         with ticket.lock:
@@ -215,3 +290,10 @@ class Gate:
         with self._lock:
             self._pending.discard(ticket)
         self.refusals.note(ticket.ip, what)
+
+
+def _left(limit: int, used_elsewhere: int) -> Optional[int]:
+    """What remains of ``limit`` (0: none) for this node; None if nothing does."""
+    if not limit:
+        return 0
+    return limit - used_elsewhere if used_elsewhere < limit else None

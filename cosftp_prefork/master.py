@@ -11,6 +11,11 @@ everything as it was. A valid one starts a new generation of workers on the same
 (new ones for an address that changed); the old generation is told to drain only once every
 new worker serves, and if the new generation cannot start the master rolls back to the
 old configuration, whose workers never stopped serving.
+
+A worker that hangs (no heartbeat for worker_timeout, or not serving worker_boot_timeout
+after its fork) is aborted as gunicorn does: SIGABRT, on which its faulthandler dumps every
+thread's stack into a memfd the master made for it, then SIGKILL if it is still alive after
+a grace period. The master logs the dump when it reaps the worker.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from . import metrics
 from .config import Config, NetworkConfig, load_config
 from .errors import ConfigError
 from .exporter import ExporterProcess, serve
-from .log import setup_logging
+from .log import log_block, setup_logging
 from .metrics_dir import metrics_dir
 from .shared import (
+    ABORTING,
     RELOAD_FAILED,
     RELOAD_OK,
     RELOAD_RUNNING,
@@ -60,6 +66,8 @@ MAX_BACKOFF_SECONDS = 30.0
 MAX_FAST_FAILURES = 5
 RELOAD_READY_TIMEOUT = 30.0
 FD_WARNING_RATIO = 0.8
+ABORT_GRACE_SECONDS = 5.0  # from SIGABRT (faulthandler dumps the stacks) to SIGKILL
+STACK_DUMP_LIMIT = 2**20
 EXIT_CRASH_LOOP = 1
 EXIT_CANNOT_START = 1
 
@@ -170,6 +178,17 @@ def write_pid_file(path: str, pid: int) -> None:
 
 
 @dataclass
+class Abort:
+    """A worker being aborted: sent SIGABRT (its faulthandler dumps every thread's stack),
+    to be sent SIGKILL at ``kill_at`` if still alive."""
+
+    why: str
+    boot: bool  # it never served: a failure to start, not a crash
+    kill_at: float
+    killed: bool = False
+
+
+@dataclass
 class WorkerProc:
     """What the master knows about one forked worker."""
 
@@ -178,7 +197,9 @@ class WorkerProc:
     generation: int
     slot: int
     started: float
+    stack_fd: int  # a memfd the worker's faulthandler writes to; read back when it exits
     draining: bool = False
+    abort: Optional[Abort] = None
 
 
 @dataclass
@@ -233,6 +254,7 @@ class Master:
         self.state: Optional[SharedState] = None
         self.exporter: Optional[ExporterProcess] = None
         self._stop_deadline = 0.0
+        self._graceful = False  # stopping on QUIT: a TERM may still cut it short
         self._next_health_check = 0.0
         self._saved_ban_epoch = 0
         self._queue: deque[int] = deque()
@@ -284,7 +306,10 @@ class Master:
             self._health_check()
             self._save_bans()
             if self.stopping and time.monotonic() > self._stop_deadline:
-                self._signal_workers(signal.SIGKILL, self.workers.values())
+                for worker in list(self.workers.values()):
+                    if worker.abort is None:
+                        self._abort(worker, "did not stop in time")
+            self._kill_overdue()
 
     def _bind_exporter(self) -> bool:
         """Bind the metrics port if one is configured; False (logged) if it cannot."""
@@ -322,10 +347,13 @@ class Master:
             return 1
 
     def _leave_master(self) -> None:
-        """In a child just forked: drop the master's signal wake-up pipe."""
+        """In a child just forked: drop the master's signal wake-up pipe and the workers'
+        stack dump files."""
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        for worker in self.workers.values():
+            os.close(worker.stack_fd)
 
     def _setup_logging(self) -> None:
         server = self.config.server
@@ -371,8 +399,10 @@ class Master:
     handle_int = handle_term
 
     def handle_quit(self) -> None:
-        """Graceful stop: stop accepting, let sessions finish up to graceful_timeout."""
-        self._begin_stop(signal.SIGQUIT, self.config.server.graceful_timeout + 10.0)
+        """Graceful stop: stop accepting, let transfers in flight finish (each worker stops
+        once it has none, at most graceful_timeout), tell idle sessions 421."""
+        self._begin_stop(signal.SIGQUIT, self.config.server.graceful_timeout + 10.0,
+                         graceful=True)
 
     def handle_hup(self) -> None:
         """Reload the configuration file; keep the old one if the new one is unusable."""
@@ -409,14 +439,17 @@ class Master:
 
     # --- stopping
 
-    def _begin_stop(self, signum: int, timeout: float) -> None:
-        if self.stopping:
+    def _begin_stop(self, signum: int, timeout: float, graceful: bool = False) -> None:
+        """Stop on ``signum``: close the listeners and tell every worker (USR2 for a graceful
+        stop: finish the transfers in flight). A fast stop also cuts a graceful one short."""
+        if self.stopping and (graceful or not self._graceful):
             return
         log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
-        self.stopping = True
-        self._stop_deadline = time.monotonic() + timeout
+        self.stopping, self._graceful = True, graceful
+        now = time.monotonic()
+        self._stop_deadline = min(self._stop_deadline or now + timeout, now + timeout)
         self._close_listeners()
-        self._signal_workers(signum, self.workers.values())
+        self._signal_workers(signal.SIGUSR2 if graceful else signum, self.workers.values())
 
     def _close_listeners(self) -> None:
         for listeners in (self.listeners, self.reload.old_listeners if self.reload else None):
@@ -485,17 +518,22 @@ class Master:
     def _spawn(self, index: int) -> None:
         assert self.listeners is not None and self.state is not None
         slot = self.state.free_slot()
-        pid = os.fork()
+        stack_fd = os.memfd_create(f"cosftp-worker-{index}-stacks")
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(stack_fd)
+            raise
         if pid == 0:
-            os._exit(self._run_worker(index, slot))
+            os._exit(self._run_worker(index, slot, stack_fd))
         now = time.monotonic()
-        self.workers[pid] = WorkerProc(pid, index, self.generation, slot, now)
+        self.workers[pid] = WorkerProc(pid, index, self.generation, slot, now, stack_fd)
         self.state.write_slot(slot, pid, index, self.generation, STARTING, time.time(), 0.0,
                               (0, 0, 0, 0, 0))
         log.info("started worker %d gen %d (pid %d)", index, self.generation, pid)
         self._publish()
 
-    def _run_worker(self, index: int, slot: int) -> int:
+    def _run_worker(self, index: int, slot: int, stack_fd: int) -> int:
         self._leave_master()
         if self.exporter is not None:
             self.exporter.sock.close()
@@ -506,7 +544,7 @@ class Master:
         try:
             return Worker(index, self.generation, slot, self.config, self.listeners.ftp,
                           self.state, self.pid, self.foreground,
-                          self.listeners.implicit_tls).run()
+                          self.listeners.implicit_tls, stack_fd).run()
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 0
         except BaseException:
@@ -542,12 +580,14 @@ class Master:
             self.exporter.worker_exited(worker.pid)
         self._publish()
         how = _describe_status(status)
+        self._report_stacks(worker, how)
         if self.stopping or worker.draining or worker.generation != self.generation:
             log.info("worker %d gen %d (pid %d) exited (%s)", worker.index, worker.generation,
                      worker.pid, how)
             return
         boot_failure = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_FAILURE
-        if boot_failure and self.reload is not None:
+        boot_hang = worker.abort is not None and worker.abort.boot
+        if (boot_failure or boot_hang) and self.reload is not None:
             self._roll_back("a worker of the new generation could not start")
             return
         if boot_failure and not self.served:
@@ -559,7 +599,9 @@ class Master:
             self.handle_term()
             return
         backoff = self.backoff.setdefault(worker.index, Backoff())
-        delay = backoff.record_exit(time.monotonic() - worker.started, time.monotonic())
+        # A worker that hung before serving failed to start, however long it hung.
+        lived = 0.0 if boot_hang else time.monotonic() - worker.started
+        delay = backoff.record_exit(lived, time.monotonic())
         log.error("worker %d (pid %d) exited unexpectedly (%s); restarting in %.1fs",
                   worker.index, worker.pid, how, delay)
         metrics.WORKER_RESTARTS.labels("exited").inc()
@@ -569,6 +611,45 @@ class Master:
                          backoff.fast_failures)
             self.exit_status = EXIT_CRASH_LOOP
             self.handle_term()
+
+    def _report_stacks(self, worker: WorkerProc, how: str) -> None:
+        """Log the stack dump the worker's faulthandler left (on SIGABRT, or a crash such as
+        SIGSEGV), or that an aborted worker left none."""
+        try:
+            size = os.fstat(worker.stack_fd).st_size
+            dump = os.pread(worker.stack_fd, min(size, STACK_DUMP_LIMIT), 0)
+        finally:
+            os.close(worker.stack_fd)
+        text = dump.decode("utf-8", "replace").strip()
+        if text:
+            log_block(log, logging.ERROR, text,
+                      "worker %d (pid %d) %s; the stacks of its threads when it died:",
+                      worker.index, worker.pid, how)
+        elif worker.abort is not None:
+            log.error("worker %d (pid %d) %s without a stack dump: it could not run its "
+                      "SIGABRT handler (stopped, or stuck in the kernel)", worker.index,
+                      worker.pid, how)
+
+    def _abort(self, worker: WorkerProc, why: str, boot: bool = False) -> None:
+        """SIGABRT a hung worker (its faulthandler dumps its stacks), SIGKILL it later."""
+        assert self.state is not None
+        self._signal_workers(signal.SIGABRT, [worker])
+        worker.abort = Abort(why, boot, time.monotonic() + ABORT_GRACE_SECONDS)
+        self.state.set_state(worker.slot, ABORTING)
+        log.error("worker %d (pid %d) %s; sent SIGABRT: the stacks of its threads follow in "
+                  "this log once it exits (SIGKILL in %.0fs)", worker.index, worker.pid, why,
+                  ABORT_GRACE_SECONDS)
+
+    def _kill_overdue(self) -> None:
+        """SIGKILL aborted workers that outlived their grace period."""
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            abort = worker.abort
+            if abort is not None and not abort.killed and now > abort.kill_at:
+                abort.killed = True
+                log.error("worker %d (pid %d) still running %.0fs after SIGABRT; sending "
+                          "SIGKILL", worker.index, worker.pid, ABORT_GRACE_SECONDS)
+                self._signal_workers(signal.SIGKILL, [worker])
 
     def _drain(self, workers: list[WorkerProc]) -> None:
         """Replace ``workers`` (if still wanted) first, then tell them to drain and exit."""
@@ -675,17 +756,34 @@ class Master:
         fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         for worker in list(self.workers.values()):
             status = slots.get(worker.pid)
-            if status is not None:
-                self._check_worker(worker, status.heartbeat, fd_limit)
+            if status is None or worker.abort is not None:
+                continue
+            if status.state == "starting":
+                self._check_boot(worker)
+            elif self._check_heartbeat(worker, status.heartbeat):
+                self._check_resources(worker, fd_limit)
 
-    def _check_worker(self, worker: WorkerProc, heartbeat: float, fd_limit: int) -> None:
-        server = self.config.server
+    def _check_boot(self, worker: WorkerProc) -> None:
+        """Abort a worker not serving within worker_boot_timeout of its start (it may hang
+        before it ever writes a heartbeat)."""
+        timeout = self.config.server.worker_boot_timeout
+        booting = time.monotonic() - worker.started
+        if timeout and booting > timeout:
+            self._abort(worker, f"not serving {booting:.0f}s after its start "
+                        f"(worker_boot_timeout={timeout})", boot=True)
+
+    def _check_heartbeat(self, worker: WorkerProc, heartbeat: float) -> bool:
+        """Abort a worker whose heartbeat is older than worker_timeout; return whether it
+        is alive."""
+        timeout = self.config.server.worker_timeout
         age = time.time() - heartbeat if heartbeat else 0.0
-        if server.worker_timeout and age > server.worker_timeout:
-            log.error("worker %d (pid %d) sent no heartbeat for %.0fs (worker_timeout=%d); "
-                      "killing it", worker.index, worker.pid, age, server.worker_timeout)
-            self._signal_workers(signal.SIGKILL, [worker])
-            return
+        if timeout and age > timeout:
+            self._abort(worker, f"sent no heartbeat for {age:.0f}s (worker_timeout={timeout})")
+            return False
+        return True
+
+    def _check_resources(self, worker: WorkerProc, fd_limit: int) -> None:
+        server = self.config.server
         try:
             proc = psutil.Process(worker.pid)
             rss_mib = proc.memory_info().rss / 2**20

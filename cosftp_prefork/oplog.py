@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import OperatorConfig
-from .log import PrivateFileHandler
+from .logfiles import PrivateFileHandler
 
 MAX_FIELD = 512
 _UNSAFE = '"[]'

@@ -28,6 +28,8 @@ from typing import Optional
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.ioloop import Acceptor
 
+from .proxy import ProxyHeaderError, read_header
+
 log = logging.getLogger(__name__)
 
 # Random picks before a sweep: a nearly full range is swept from a random start.
@@ -115,10 +117,13 @@ class CosPassiveDTP(PassiveDTP):
     def handle_accepted(self, sock: socket.socket, addr) -> None:
         """Refuse a foreign address quietly, hold or hand over the client's connection,
         and distrust everything once a second one comes from the client's address."""
-        if not self.cmd_channel.connected:
+        source = self._source(sock, addr)
+        if source is None:
+            sock.close()
+        elif not self.cmd_channel.connected:
             sock.close()
             self.close()
-        elif addr[0] != self.cmd_channel.remote_ip:
+        elif source != self.cmd_channel.remote_ip:
             sock.close()
             self.foreign += 1
             if self.foreign == 1:
@@ -130,6 +135,17 @@ class CosPassiveDTP(PassiveDTP):
             self._hand_over(sock)
         else:
             self._held, self.state = sock, Passive.HOLDING
+
+    def _source(self, sock: socket.socket, addr) -> Optional[str]:
+        """The client address of a data connection: a balancer forwarding the passive range
+        (proxy_protocol) says it in a PROXY header; None if its header is bad (logged)."""
+        if not self.cmd_channel.config.network.proxy.expects_header(addr[0]):
+            return addr[0]
+        try:
+            return read_header(sock, addr).ip
+        except ProxyHeaderError as exc:
+            self._warn("closed a data connection from the balancer %s: %s", addr[0], exc)
+            return None
 
     def _contest(self) -> None:
         self._warn("a second data connection came from the client's address (another "

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from .config import MIN_PART_SIZE
-from .errors import NotFound, StorageError
+from .errors import NotFound, PermissionDenied, StorageError
 from .listing import all_objects
 from .paths import RESERVED_NAME
 from .storage import Bucket, ObjectInfo, PartInfo, UploadInfo
@@ -287,3 +287,46 @@ class Janitor:
         log.info("janitor: aborted multipart upload %s of %r in %s, idle for %ds",
                  upload.upload_id, upload.key, bucket.name, idle)
         return True
+
+
+class ResumeStore:
+    """The park records and live markers of one user's uploads in one bucket: what the
+    upload lifecycle asks about them. With ``ttl`` 0 nothing is parked or marked."""
+
+    def __init__(self, bucket: Bucket, ttl: float, user: str) -> None:
+        self.bucket, self.ttl, self.user = bucket, ttl, user
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0
+
+    def started(self, key: str, upload_id: str, path: str, log_context: str) -> None:
+        """A multipart upload of ``key`` began: mark it live (raises ``StorageError``)."""
+        if self.enabled:
+            mark_live(self.bucket, key, upload_id, self.user, path, log_context)
+
+    def ended(self, key: str, upload_id: str, log_context: str) -> None:
+        """The multipart upload completed or was aborted: drop its live marker."""
+        if self.enabled:
+            unmark_live(self.bucket, key, upload_id, log_context)
+
+    def park(self, record: ParkRecord, log_context: str) -> None:
+        park(self.bucket, record, log_context)
+
+    def find(self, key: str, log_context: str) -> Optional[ParkedUpload]:
+        """This user's newest resumable parked upload of ``key``, or None; also None when
+        the credentials may not read ``.cosftp/`` (keys limited to some prefixes)."""
+        if not self.enabled:
+            return None
+        try:
+            return find_parked(self.bucket, key, self.ttl, self.user)
+        except PermissionDenied as exc:
+            log.info("%s: cannot read %s (%s); going on without parked uploads", log_context,
+                     RECORD_ROOT, exc)
+            return None
+
+    def claim(self, parked: ParkedUpload) -> None:
+        claim(self.bucket, parked)
+
+    def discard(self, parked: ParkedUpload, log_context: str) -> None:
+        discard(self.bucket, parked, log_context)

@@ -58,7 +58,13 @@ _BAN_HEADER_WORDS = 4  # bans started so far, then unused
 _SLOTS_AT = _HEADER_SIZE + _PATH_SIZE
 _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
 _BANS_AT = _SESSIONS_AT + SESSION_ROWS * _SESSION_WORDS * 4
-_INDEX_AT = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
+_DETAILS_AT = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
+# Per session row, for ``cosftpctl sessions``: user, last command, bytes of the current (or
+# last) transfer, its rate (bytes/s), time of the last command. Written by the session's
+# worker (at admission and once a second), read without a lock: a display.
+_DETAIL = struct.Struct("<32s48sQdd")
+_USER_SIZE, _COMMAND_SIZE = 32, 48
+_INDEX_AT = _DETAILS_AT + SESSION_ROWS * _DETAIL.size
 # The session table's index, so that admitting a connection costs the same whatever the
 # table's size: counts (rows in use, logged in, pending; rows ever used; free rows on the
 # stack), the stack of freed rows, and an open-addressing table of the addresses that have
@@ -69,9 +75,13 @@ _ADDRESS_WORDS = 7
 _INDEX_WORDS = _COUNT_WORDS + SESSION_ROWS + _ADDRESS_SLOTS * _ADDRESS_WORDS
 FILE_SIZE = _INDEX_AT + _INDEX_WORDS * 4
 
-STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining"}
-STARTING, SERVING, DRAINING = 1, 2, 3
+STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
+STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
+_STATE_AT = struct.calcsize("<iiI")  # a slot's state follows its pid, index and generation
 RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
+# A worker's view of [CLUSTER] redis_url: none configured, reachable, unreachable and
+# serving on the local scoreboard, unreachable and refusing new connections.
+CLUSTER_NONE, CLUSTER_UP, CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,22 @@ class WorkerStatus:
     downloads: int
     bytes_up: int
     bytes_down: int
+    cluster: int = CLUSTER_NONE  # CLUSTER_*: how this worker reaches the shared Redis
+
+
+@dataclass(frozen=True)
+class SessionDetail:
+    """One live session, as ``cosftpctl sessions`` shows it. ``user`` and ``command`` are
+    what the client sent (truncated): escape them before printing."""
+
+    pid: int
+    logged_in: bool
+    client: str
+    user: str
+    command: str
+    nbytes: int
+    rate: float
+    last_active: float
 
 
 @dataclass(frozen=True)
@@ -218,11 +244,16 @@ class SharedState:
         raise RuntimeError("no free worker slot")
 
     def write_slot(self, slot: int, pid: int, index: int, generation: int, state: int,
-                   started: float, heartbeat: float, counters: tuple[int, ...]) -> None:
+                   started: float, heartbeat: float, counters: tuple[int, ...],
+                   cluster: int = CLUSTER_NONE) -> None:
         """Write a whole slot; ``counters`` = sessions, uploads, downloads, bytes up, down."""
         sessions, uploads, downloads, up, down = counters
         _SLOT.pack_into(self._map, self._slot_at(slot), pid, index, generation, state, started,
-                        heartbeat, sessions, uploads, downloads, 0, up, down)
+                        heartbeat, sessions, uploads, downloads, cluster, up, down)
+
+    def set_state(self, slot: int, state: int) -> None:
+        """Change a slot's state only: the master marks a hung worker it is aborting."""
+        struct.pack_into("<I", self._map, self._slot_at(slot) + _STATE_AT, state)
 
     def clear_slot(self, slot: int) -> None:
         at = self._slot_at(slot)
@@ -234,9 +265,11 @@ class SharedState:
         for slot in range(MAX_WORKER_SLOTS):
             values = _SLOT.unpack_from(self._map, self._slot_at(slot))
             if values[0]:
-                pid, index, gen, state, started, beat, sess, up_n, down_n, _, up, down = values
+                pid, index, gen, state, started, beat, sess, up_n, down_n, cluster, up, \
+                    down = values
                 found.append(WorkerStatus(slot, pid, index, gen, STATES.get(state, "?"),
-                                          started, beat, sess, up_n, down_n, up, down))
+                                          started, beat, sess, up_n, down_n, up, down,
+                                          cluster))
         return found
 
     @staticmethod
@@ -262,7 +295,7 @@ class SharedState:
     # --- failed logins and bans
 
     def _bans_locked(self):
-        return self._locked(_BANS_AT, _INDEX_AT)
+        return self._locked(_BANS_AT, _DETAILS_AT)
 
     def ban_epoch(self) -> int:
         """How many bans started so far (read without the lock: a change is what counts)."""
@@ -395,6 +428,39 @@ class SharedState:
                     freed += 1
             return freed
 
+    def node_counts(self) -> tuple[Counter, int]:
+        """Connections per client address and logged-in sessions of this server, read
+        without the lock (a snapshot is enough)."""
+        with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
+            flat = rows.tolist()
+        kinds = flat[1::_SESSION_WORDS]
+        addresses = zip(*(flat[i::_SESSION_WORDS] for i in range(2, _SESSION_WORDS)))
+        per_ip = Counter(address_text(key) for kind, key in zip(kinds, addresses) if kind)
+        return per_ip, kinds.count(LOGGED_IN)
+
+    def write_detail(self, row: int, user: str, command: str, nbytes: int, rate: float,
+                     last_active: float) -> None:
+        """Describe the session of ``row`` (its worker only)."""
+        _DETAIL.pack_into(self._map, _DETAILS_AT + row * _DETAIL.size,
+                          _clip(user, _USER_SIZE), _clip(command, _COMMAND_SIZE), nbytes, rate,
+                          last_active)
+
+    def session_details(self) -> list[SessionDetail]:
+        """Every live session of the server, in row order (read without the lock)."""
+        with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
+            flat = rows.tolist()
+        found = []
+        for row in range(SESSION_ROWS):
+            at = row * _SESSION_WORDS
+            if not flat[at]:
+                continue
+            user, command, nbytes, rate, active = _DETAIL.unpack_from(
+                self._map, _DETAILS_AT + row * _DETAIL.size)
+            found.append(SessionDetail(
+                flat[at], flat[at + 1] == LOGGED_IN, address_text(tuple(flat[at + 2:at + 6])),
+                _unclip(user), _unclip(command), nbytes, rate, active))
+        return found
+
     def sessions_by_pid(self) -> Counter:
         """Sessions per worker pid, read without the lock (a snapshot is enough)."""
         with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
@@ -517,6 +583,15 @@ class _SessionIndex:
 
 
 _ADDRESS_BASE = _COUNT_WORDS + SESSION_ROWS
+
+
+def _clip(text: str, size: int) -> bytes:
+    """``text`` as UTF-8 in at most ``size`` bytes, cut on a character boundary."""
+    return text.encode("utf-8", "replace")[:size].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _unclip(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
 
 
 def _refusal(limits: Limits, index: _SessionIndex, mine: tuple[int, int]) -> Optional[str]:

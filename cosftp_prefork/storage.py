@@ -10,14 +10,20 @@ at class level between every client of the process.
 
 from __future__ import annotations
 
+import base64
+import bisect
 import dataclasses
 import email.utils
+import hashlib
+import io
+import itertools
 import logging
 import random
 import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
@@ -159,10 +165,10 @@ def _call(action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) ->
     """Run one SDK call, translating its errors; retry transient ones with exponential
     back-off and full jitter (the SDK's own retries, linear and without jitter, are off).
 
-    Request bodies here are always ``bytes``, so sending one again is safe. An answer the
-    SDK cannot parse (XML holding raw control bytes) is an error like any other, never an
-    exception that ends the session. Each attempt is counted and timed by operation: the
-    first word of ``action``, always a literal here.
+    Request bodies here are ``bytes`` or made anew by ``method``, so sending one again is
+    safe. An answer the SDK cannot parse (XML holding raw control bytes) is an error like
+    any other, never an exception that ends the session. Each attempt is counted and timed
+    by operation: the first word of ``action``, always a literal here.
     """
     operation = action.split(" ", 1)[0]
     for attempt in range(RETRY_ATTEMPTS):
@@ -375,11 +381,21 @@ class Bucket:
               Bucket=self.name, Key=key, **_object_headers(like, client_mtime))
         return str(result["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        """Upload part ``number`` (1-based) with Content-MD5; return its ETag."""
-        result = _call(f"UploadPart {key} #{number}", self._client.upload_part,
-              Bucket=self.name, Key=key, Body=data, PartNumber=number, UploadId=upload_id,
-              EnableMD5=True)
+    def upload_part(self, key: str, upload_id: str, number: int,
+                    chunks: Sequence[bytes]) -> str:
+        """Upload part ``number`` (1-based), the bytes of ``chunks`` one after the other,
+        with Content-MD5; return its ETag. The chunks are sent as they are: no copy of the
+        part is made."""
+        md5 = hashlib.md5()
+        for chunk in chunks:
+            md5.update(chunk)
+
+        def send(**kwargs: Any) -> Any:  # a retry sends the body from its start again
+            return self._client.upload_part(Body=ChunkedBody(chunks), **kwargs)
+
+        result = _call(f"UploadPart {key} #{number}", send, Bucket=self.name, Key=key,
+                       PartNumber=number, UploadId=upload_id,
+                       ContentMD5=base64.b64encode(md5.digest()).decode())
         return str(result["ETag"])
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source: ObjectInfo,
@@ -479,6 +495,38 @@ class Bucket:
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key succeeds, as in COS."""
         _call(f"DELETE {key}", self._client.delete_object, Bucket=self.name, Key=key)
+
+
+class ChunkedBody:
+    """A read-only file over a list of byte strings, for a request body: the SDK and
+    ``requests`` take the length, read it in blocks and may rewind it."""
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        self._chunks = list(chunks)
+        self._starts = list(itertools.accumulate((len(c) for c in self._chunks), initial=0))
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self)}[whence]
+        self._position = max(0, min(len(self), base + offset))
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self) if size is None or size < 0 else min(len(self), self._position + size)
+        pieces = []
+        while self._position < end:
+            index = bisect.bisect_right(self._starts, self._position) - 1
+            start = self._position - self._starts[index]
+            piece = self._chunks[index][start:start + end - self._position]
+            pieces.append(piece)
+            self._position += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 class BucketRegistry:

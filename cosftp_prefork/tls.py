@@ -1,9 +1,11 @@
-"""The server's TLS context for FTPS, built from ``[NETWORK] tls_certfile`` / ``tls_keyfile``.
+"""The server's certificate and key for FTPS, from ``[NETWORK] tls_certfile`` / ``tls_keyfile``.
 
-Configuration validation builds the context, so ``cosftpctl check``, start and reload all
-refuse an unusable certificate with a message naming the option, and the workers inherit the
-very context that was validated: a certificate renewed on disk takes effect at the next
-reload, and a broken one never reaches a worker. This module knows nothing of FTP.
+Configuration validation loads and checks them, so ``cosftpctl check``, start and reload all
+refuse an unusable certificate with a message naming the option; the workers build their
+OpenSSL contexts from the very objects that were checked (``ftps.server_contexts``): a
+certificate renewed on disk takes effect at the next reload, and a broken one never reaches a
+worker. This module knows nothing of FTP and does not load OpenSSL (pyOpenSSL): the master
+process never does.
 
 The files are read here and parsed with ``cryptography`` rather than handed to OpenSSL by
 name: OpenSSL reports a missing file as "system lib" and would prompt on the terminal for
@@ -20,7 +22,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from OpenSSL import SSL
+
+_PUBLIC_DER = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class TLSFileError(Exception):
@@ -34,21 +37,20 @@ class TLSFileError(Exception):
 
 @dataclass(frozen=True)
 class ServerTLS:
-    """A loaded certificate and key: the contexts to serve with and what to log about it.
+    """A loaded certificate chain and its private key, and what to log about them.
 
-    ``context`` (TLS 1.2 and up) is for control connections, ``data_context`` (TLS 1.2
-    only) for data connections: a TLS 1.3 server sends session tickets *after* the
-    handshake, which an uploading client never reads; closing its socket with them unread
-    makes the kernel send a reset instead of a FIN, and a reset throws away the end of the
-    upload still in the server's receive buffer (lftp issue 666, curl issue 6149). TLS 1.2
-    tickets are part of the handshake.
+    ``require_reuse``: data connections must resume the control connection's TLS session
+    (``[NETWORK] require_ssl_reuse``).
     """
 
     certfile: str
-    context: SSL.Context = field(compare=False)
-    data_context: SSL.Context = field(compare=False)
-    certificate: x509.Certificate = field(compare=False)
+    chain: tuple[x509.Certificate, ...] = field(compare=False)
+    key: PrivateKeyTypes = field(compare=False, repr=False)
     require_reuse: bool = False
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.chain[0]
 
     @property
     def subject(self) -> str:
@@ -69,9 +71,8 @@ class ServerTLS:
 
 def load_server_tls(certfile: str, keyfile: Optional[str] = None,
                     require_reuse: bool = False) -> ServerTLS:
-    """Return the server contexts holding the certificate chain in ``certfile`` and the
-    private key in ``keyfile`` (default: ``certfile``, which may hold both); see
-    ``ServerTLS`` for ``require_reuse``.
+    """Return the certificate chain in ``certfile`` and the private key in ``keyfile``
+    (default: ``certfile``, which may hold both); see ``ServerTLS`` for ``require_reuse``.
 
     Raises ``TLSFileError`` if a file cannot be read, holds no PEM certificate or unencrypted
     PEM key, or the key does not belong to the certificate.
@@ -79,31 +80,11 @@ def load_server_tls(certfile: str, keyfile: Optional[str] = None,
     key_option = "tls_keyfile" if keyfile else "tls_certfile"
     chain = _certificates(certfile)
     key = _private_key(keyfile or certfile, key_option)
-    try:
-        control = _context(chain, key)
-        data = _context(chain, key)
-    except SSL.Error:
+    if key.public_key().public_bytes(*_PUBLIC_DER) != \
+            chain[0].public_key().public_bytes(*_PUBLIC_DER):
         raise TLSFileError(key_option, f"the private key in {keyfile or certfile} does not "
-                           f"belong to the certificate in {certfile}") from None
-    data.set_max_proto_version(SSL.TLS1_2_VERSION)
-    if require_reuse:
-        data.set_session_id(b"cosftp-prefork")
-        control = data
-    return ServerTLS(certfile, control, data, chain[0], require_reuse)
-
-
-def _context(chain: list[x509.Certificate], key: PrivateKeyTypes) -> SSL.Context:
-    """A TLS 1.2+ server context with ``chain`` and ``key``; raises ``SSL.Error`` if the
-    key does not belong to the certificate."""
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_options(SSL.OP_NO_COMPRESSION)
-    context.use_certificate(chain[0])
-    for intermediate in chain[1:]:
-        context.add_extra_chain_cert(intermediate)
-    context.use_privatekey(key)
-    context.check_privatekey()
-    return context
+                           f"belong to the certificate in {certfile}")
+    return ServerTLS(certfile, tuple(chain), key, require_reuse)
 
 
 def _read(path: str, option: str) -> bytes:

@@ -1,25 +1,30 @@
 """One worker process: serves FTP sessions on the listening socket it inherited.
 
 Everything per-process is built here, after fork: logging, COS clients (with their own HTTP
-session), the part-upload thread pool and pyftpdlib's IOLoop. Each session runs in its own
-thread (``ThreadedFTPServer``) so a slow COS call stalls only that session.
+session), the transfer engine (part-buffer budget, part and copy pools) and pyftpdlib's
+IOLoop. Each session runs in its own thread (``ThreadedFTPServer``) so a slow COS call
+stalls only that session.
 
 Signals only set flags; the worker's loop acts on them within a second:
 TERM/INT stop now, QUIT drains (stop accepting, let sessions finish, at most
-``graceful_timeout``), USR1 reopens the log file. Sessions still open when the worker stops
+``graceful_timeout``), USR2 (the master's graceful stop) drains until no transfer is in
+flight rather than no session, USR1 reopens the log file. Sessions still open when the worker stops
 get ``426`` for a transfer in flight (an upload is parked, never half-written) and ``421``.
+The master SIGABRTs a worker that hangs: ``faulthandler``, enabled before anything else, then
+writes every thread's stack to the file the master gave the worker, and the master logs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import faulthandler
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from pyftpdlib.ioloop import IOLoop
@@ -27,16 +32,18 @@ from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
 from . import metrics
+from .cluster import ClusterState
 from .config import Config, resolve_masquerade
+from .engine import Engine
 from .errors import ConfigError
-from .ftp import configure_handler
+from .ftp import ProxyStep, configure_handler
 from .ftps import configure_tls_handlers
 from .gate import BANNED, Gate, Ticket
 from .log import setup_logging
 from .resume import Janitor
 from .shared import DRAINING, SERVING, STARTING, SharedState
 from .storage import BucketRegistry
-from .uploader import AbortRetrier
+from .uploads import AbortRetrier
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,35 @@ def _die_with_parent() -> None:
         pass
 
 
+_M_ARENA_MAX = -8  # mallopt(3)
+MALLOC_ARENAS = 2
+
+
+def _malloc_call(name: str, *args: int) -> None:
+    """Call glibc's ``name`` if the C library has it (musl has neither function)."""
+    with contextlib.suppress(OSError, AttributeError):
+        getattr(ctypes.CDLL(None), name)(*args)
+
+
+def _share_malloc_arenas() -> None:
+    """Let all threads allocate from ``MALLOC_ARENAS`` glibc arenas.
+
+    Part buffers and data-channel reads are megabytes, allocated by one session's thread and
+    freed by a part thread. With glibc's default of one arena per thread (up to 8 per CPU),
+    each arena keeps the peak its sessions reached, and the worker's RSS grows well past
+    what it holds (16 uploads: 75 MiB for 16 MiB of budget). A fixed mmap threshold instead
+    (every buffer its own mapping) kept RSS at 34-42 MiB but cost 30 % more CPU per GiB in
+    page faults; two shared arenas and a trim every tick keep it at ~40 MiB for the CPU of
+    before (docs/performance.md).
+    """
+    _malloc_call("mallopt", _M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def _trim_malloc() -> None:
+    """Give the memory glibc holds free back to the kernel (after bursts of uploads)."""
+    _malloc_call("malloc_trim", 0)
+
+
 class WorkerStats:
     """Counters of one worker, published to its shared slot; used by the FTP handlers.
 
@@ -72,24 +108,31 @@ class WorkerStats:
         self.state, self.slot, self.index, self.generation = state, slot, index, generation
         self.pid = os.getpid()
         self.started = time.time()
-        self.gate = Gate(state, config.server, self.pid)
+        cluster = ClusterState(config.cluster) if config.cluster.redis_url else None
+        self.gate = Gate(state, config.server, self.pid, cluster)
         self._lock = threading.Lock()
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
         self.sessions = self.uploads = self.downloads = 0
         self.bytes_up = self.bytes_down = 0
+        self._described: dict[int, list] = {}  # session row -> [handler, bytes, at]
         self.status = STARTING
 
-    def admit(self, ip: str, kick: Callable[[str], None]) -> tuple[Optional[Ticket],
-                                                                   Optional[str]]:
-        """Count a new session (see ``Gate.admit``)."""
+    def admit(self, ip: str, kick: Callable[[str], None],
+              session=None) -> tuple[Optional[Ticket], Optional[str]]:
+        """Count a new session (see ``Gate.admit``); ``session`` (its handler) is described
+        in the shared state for ``cosftpctl sessions``."""
         ticket, reason = self.gate.admit(ip, kick)
         if reason == BANNED:
             metrics.LOGINS.labels("banned").inc()
         if ticket is not None:
             metrics.session_opened()
+            now = time.time()
+            self.state.write_detail(ticket.row, "", "", 0, 0.0, now)
             with self._lock:
                 self.sessions += 1
+                if session is not None:
+                    self._described[ticket.row] = [session, 0, now]
         return ticket, reason
 
     def release(self, ticket: Ticket) -> None:
@@ -97,6 +140,21 @@ class WorkerStats:
         metrics.SESSIONS.dec()
         with self._lock:
             self.sessions -= 1
+            self._described.pop(ticket.row, None)
+
+    def describe_sessions(self) -> None:
+        """Write each session's user, command, bytes, rate and idle time to the shared
+        state (the worker's tick, once a second)."""
+        with self._lock:
+            described = list(self._described.items())
+        now = time.time()
+        for row, entry in described:
+            session, before, then = entry
+            user, command, nbytes, active = session.session_detail()
+            moved = nbytes - before if nbytes >= before else nbytes  # a new transfer
+            rate = moved / (now - then) if now > then else 0.0
+            entry[1:] = [nbytes, now]
+            self.state.write_detail(row, user, command, nbytes, rate, active)
 
     def transfer_started(self, upload: bool) -> None:
         with self._lock:
@@ -120,7 +178,7 @@ class WorkerStats:
             counters = (self.sessions, self.uploads, self.downloads, self.bytes_up,
                         self.bytes_down)
         self.state.write_slot(self.slot, self.pid, self.index, self.generation, self.status,
-                              self.started, time.time(), counters)
+                              self.started, time.time(), counters, self.gate.cluster_status())
         title = (f"cosftp: worker {self.index} gen={self.generation} sessions={counters[0]} "
                  f"up={counters[1]} down={counters[2]}")
         return title + " draining" if self.status == DRAINING else title
@@ -150,7 +208,10 @@ class BalancedFTPServer(ThreadedFTPServer):
 
     def _loop(self, handler) -> None:
         """Serve one session in its thread; one refused at accept (421 sent, closed) has
-        nothing left to serve, and pyftpdlib would fail registering its closed socket."""
+        nothing left to serve, and pyftpdlib would fail registering its closed socket.
+        A connection from a balancer has its PROXY header read here, off the accept loop."""
+        if handler.proxy_step is ProxyStep.AWAITING and not handler.read_proxy_header():
+            return
         if not handler._closed:
             super()._loop(handler)
 
@@ -175,18 +236,25 @@ class Worker:
 
     def __init__(self, index: int, generation: int, slot: int, config: Config,
                  socks: tuple[socket.socket, ...], state: SharedState, master_pid: int,
-                 foreground: bool, implicit_tls_socks: tuple[socket.socket, ...] = ()) -> None:
+                 foreground: bool, implicit_tls_socks: tuple[socket.socket, ...] = (),
+                 stack_fd: Optional[int] = None) -> None:
         self.index, self.generation, self.slot = index, generation, slot
         self.config, self.socks, self.state = config, socks, state
         self.implicit_tls_socks = implicit_tls_socks
         self.master_pid, self.foreground = master_pid, foreground
-        self._stop = self._drain = self._reopen = False
+        self.stack_fd = stack_fd
+        self._stop = self._drain = self._finish = self._reopen = False
         self._title = ""
 
     def run(self) -> int:
         """Serve until told to stop or drained; return the exit status."""
+        if self.stack_fd is not None:
+            # First, so that even a worker hung in its set-up leaves its stacks: the master
+            # SIGABRTs a hung worker and logs what this wrote (a crash's SIGSEGV too).
+            faulthandler.enable(file=self.stack_fd, all_threads=True)
         self._install_signals()
         _die_with_parent()
+        _share_malloc_arenas()
         server_cfg = self.config.server
         setup_logging(server_cfg.log_level, server_cfg.log_dir, f"worker {self.index}",
                       self.foreground)
@@ -197,20 +265,22 @@ class Worker:
         except ConfigError as exc:
             log.error("worker %d cannot start: %s", self.index, exc)
             return EXIT_BOOT_FAILURE
-        threads = self.config.transfer.upload_thread_num
-        buckets = BucketRegistry(pool_size=threads + 16)
-        executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cos-part")
+        transfer = self.config.transfer
+        buckets = BucketRegistry(
+            pool_size=transfer.upload_thread_num + transfer.copy_thread_num + 16)
+        engine = Engine(transfer.memory_limit, transfer.upload_thread_num,
+                        transfer.copy_thread_num)
         retrier = AbortRetrier()
         retrier.start()
         janitor = self._start_janitor(buckets)
         try:
-            servers = self._servers(buckets, executor, retrier, stats, masquerade)
+            servers = self._servers(buckets, engine, retrier, stats, masquerade)
             stats.status = SERVING
             log.info("worker %d gen %d serving on %s", self.index, self.generation,
                      ", ".join(server.describe() for server in servers))
             self._serve(servers, stats)
         finally:
-            executor.shutdown(wait=True)
+            engine.shutdown()
             retrier.stop()
             if janitor is not None:
                 janitor.stop()
@@ -230,6 +300,7 @@ class Worker:
 
     def _install_signals(self) -> None:
         handlers = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",
+                    signal.SIGUSR2: "_finish",
                     signal.SIGUSR1: "_reopen"}
         for signum, flag in handlers.items():
             signal.signal(signum, lambda _s, _f, flag=flag: setattr(self, flag, True))
@@ -237,13 +308,13 @@ class Worker:
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
-    def _servers(self, buckets: BucketRegistry, executor: ThreadPoolExecutor,
+    def _servers(self, buckets: BucketRegistry, engine: Engine,
                  retrier: AbortRetrier, stats: WorkerStats,
                  masquerade: Optional[str]) -> list[BalancedFTPServer]:
         """Return one server per listening socket, all on one IOLoop: the FTP port (also
         taking AUTH TLS when TLS is configured) and the implicit FTPS port, if any, on each
         listen address."""
-        args = (self.config, buckets, executor, retrier, stats, masquerade)
+        args = (self.config, buckets, engine, retrier, stats, masquerade)
         if self.config.network.tls is None:
             listeners = [(sock, configure_handler(*args), "FTP") for sock in self.socks]
         else:
@@ -265,10 +336,10 @@ class Worker:
         next_tick = 0.0
         while not self._stop:
             now = time.monotonic()
-            if self._drain and drain_deadline is None:
+            if (self._drain or self._finish) and drain_deadline is None:
                 drain_deadline = now + self.config.server.graceful_timeout
                 self._start_draining(servers, stats)
-            if drain_deadline is not None and (stats.sessions <= 0 or now > drain_deadline):
+            if drain_deadline is not None and (self._drained(stats) or now > drain_deadline):
                 break
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
@@ -288,6 +359,14 @@ class Worker:
         for server in servers:
             server.close_all()  # each joins its own session threads
 
+    def _drained(self, stats: WorkerStats) -> bool:
+        """Draining for a reload ends with the last session (it keeps its old config to the
+        end); a graceful stop ends with the last transfer in flight (the 226 is sent before
+        the count drops), and the idle sessions then get 421."""
+        if self._finish:
+            return stats.uploads + stats.downloads <= 0
+        return stats.sessions <= 0
+
     def _start_draining(self, servers: list[BalancedFTPServer], stats: WorkerStats) -> None:
         log.info("worker %d gen %d draining: %d sessions left, up to %ds", self.index,
                  self.generation, stats.sessions, self.config.server.graceful_timeout)
@@ -297,10 +376,12 @@ class Worker:
         self._set_title(stats.publish())  # the master waits for this before reporting a reload
 
     def _tick(self, stats: WorkerStats) -> None:
+        _trim_malloc()
         if os.getppid() != self.master_pid:
             log.warning("worker %d: master %d is gone, exiting", self.index, self.master_pid)
             self._stop = True
         stats.gate.police()
+        stats.describe_sessions()
         if self._reopen:
             self._reopen = False
             server_cfg = self.config.server

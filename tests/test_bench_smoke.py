@@ -13,11 +13,12 @@ def test_bench_runs_every_row_on_tiny_sizes():
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--size-mib", "2",
          "--part-mib", "1", "--runs", "1", "--files", "8", "--keys", "120",
-         "--latency-files", "4", "--latency-ms", "5", "--many-files", "16"],
+         "--latency-files", "4", "--latency-ms", "5", "--many-files", "16", "--engine-mib",
+         "2", "--budget-mib", "4", "--budget-latency-ms", "5"],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].split()[0] for row in rows] == \
-        ["STOR", "STOR", "RETR", "RETR", "8", "peak", "16", "lftp", "lftp", "LIST", "LIST",
-         "LIST", "4"]
+        ["STOR", "STOR", "RETR", "RETR", "8", "peak", "16", "lftp", "lftp", "STOR", "STOR",
+         "STOR", "LIST", "LIST", "LIST", "4", "peak"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -22,8 +24,9 @@ def require(tool: str) -> str:
     return path
 
 
-def run(args: list[str], stdin: str = "", timeout: float = 60) -> str:
-    done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout)
+def run(args: list[str], stdin: str = "", timeout: float = 60, **kwargs) -> str:
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
     assert done.returncode == 0, f"{args[0]} failed ({done.returncode}): {done.stderr}"
     return done.stdout
 
@@ -35,8 +38,12 @@ def lftp_command(server, script: str) -> list[str]:
             f"{settings} {script}; bye", "127.0.0.1"]
 
 
+# lftp converts names from the locale's charset: a C locale would turn unicode into "?".
+UTF8_LOCALE = {**os.environ, "LC_ALL": "C.UTF-8"}
+
+
 def lftp(server, script: str) -> str:
-    return run(lftp_command(server, script))
+    return run(lftp_command(server, script), env=UTF8_LOCALE)
 
 
 def test_lftp_put_get_ls_mv_rm(server, tmp_path, area, cos):
@@ -63,6 +70,75 @@ def test_lftp_mirror_upload(server, tmp_path, area):
     lftp(server, f'mirror {area} "{back}"')
     for rel in ("a.txt", "sub/b.txt", "sub/deeper/c.txt"):
         assert (back / rel).read_text() == rel
+
+
+TREE = ("a.txt", "with space/b c.txt", "sub/deeper/c.txt", "中文目录/报告 一.txt",
+        "caf\u00e9/na\u00efve.txt")
+
+
+def make_tree(root) -> None:
+    for rel in TREE:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+        path.chmod(0o640)
+
+
+def test_lftp_mirror_both_ways_keeps_names_and_modes(server, tmp_path, area):
+    """``mirror -R`` sends SITE CHMOD per file and fails the run if it is refused;
+    ``mirror`` applies MLSD's unix.mode, which pyftpdlib wrote as 0o644 (mode 0)."""
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    lftp(server, f'mirror -R "{tree}" {area}')  # exit 0 asserted by run()
+    back = tmp_path / "back"
+    lftp(server, f'mirror {area} "{back}"')
+    for rel in TREE:
+        assert (back / rel).read_text() == rel
+        assert stat.S_IMODE((back / rel).stat().st_mode) == 0o644  # object storage's mode
+        assert stat.S_IMODE((back / rel).parent.stat().st_mode) & 0o700 == 0o700
+    lftp(server, f'mirror -R "{tree}" {area}')  # a second run, nothing to send, exit 0
+
+
+def rclone_env(server, tmp_path) -> dict:
+    """rclone's ``:ftp:`` backend configured through its environment variables."""
+    rclone = shutil.which("rclone", path=os.path.dirname(sys.executable)) or require("rclone")
+    obscured = run([rclone, "obscure", "alice-pw"]).strip()
+    return {**os.environ, "RCLONE_CONFIG": str(tmp_path / "rclone.conf"),
+            "RCLONE_FTP_HOST": "127.0.0.1", "RCLONE_FTP_PORT": str(server.port),
+            "RCLONE_FTP_USER": "alice", "RCLONE_FTP_PASS": obscured, "RCLONE_BIN": rclone}
+
+
+def test_rclone_sync_into_a_new_directory_succeeds_first_time(server, tmp_path, area):
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    env = rclone_env(server, tmp_path)
+    done = subprocess.run([env["RCLONE_BIN"], "sync", str(tree), f":ftp:{area}/new/deeper",
+                           "-v", "--retries", "3", "--low-level-retries", "1"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Attempt 1/3 failed" not in done.stderr, done.stderr
+    back = tmp_path / "back"
+    run([env["RCLONE_BIN"], "copy", f":ftp:{area}/new/deeper", str(back)], env=env,
+        timeout=120)
+    for rel in TREE:
+        assert (back / rel).read_text() == rel
+
+
+def test_tnftp_mget_expands_wildcards_on_the_server(server, tmp_path, area):
+    ftp_bin = require("tnftp")
+    put_script = "".join(f"put {tmp_path / name} {name}\n" for name in ("g1.txt", "g2.txt",
+                                                                       "h.txt"))
+    for name in ("g1.txt", "g2.txt", "h.txt"):
+        (tmp_path / name).write_text(name)
+    run([ftp_bin, "-n", "-p", "127.0.0.1", str(server.port)],
+        stdin=f"user alice alice-pw\nbinary\nmkdir {area}\ncd {area}\n{put_script}bye\n")
+    down = tmp_path / "down"
+    down.mkdir()
+    output = run([ftp_bin, "-n", "-i", "-p", "127.0.0.1", str(server.port)],
+                 stdin=f"user alice alice-pw\nbinary\ncd {area}\nmget g*.txt\nbye\n",
+                 cwd=down)
+    assert sorted(os.listdir(down)) == ["g1.txt", "g2.txt"], output
+    assert (down / "g2.txt").read_text() == "g2.txt"
 
 
 def test_curl_upload_download_and_list(server, tmp_path, area):

@@ -371,6 +371,12 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("OPTIONAL", "max_list_file", "0", "at least 1"),
     _bad("OPTIONAL", "log_level", "LOUD", "DEBUG"),
     _bad("OPTIONAL", "worker_processes", "0", "between"),
+    _bad("NETWORK", "proxy_protocol", "on", "off, optional, required"),
+    _bad("NETWORK", "proxy_allowed", "10.0.0.0/33", "CIDR"),
+    _bad("NETWORK", "proxy_protocol", "required", "needs proxy_allowed"),
+    _bad("CLUSTER", "redis_url", "10.0.0.20:6379", "redis://"),
+    _bad("CLUSTER", "redis_down", "maybe", "open, closed"),
+    _bad("CLUSTER", "redis_timeout", "0", "between 1 and 10000"),
 ])
 def test_bad_values_name_file_section_and_option(load_error, section, option, value,
                                                   fragment):
@@ -617,6 +623,24 @@ def test_pid_file_is_found_even_when_the_file_is_broken(tmp_path):
         load_config(str(broken), {})
 
 
+def test_proxy_and_cluster_settings():
+    text = set_option(MINIMAL, "NETWORK", "proxy_protocol", "Optional")
+    text = set_option(text, "NETWORK", "proxy_allowed", "10.0.0.5, 10.1.0.0/16, ::1")
+    text = set_option(text, "CLUSTER", "redis_url", "redis://:secret@10.0.0.20:6379/0")
+    text = set_option(text, "CLUSTER", "redis_down", "closed")
+    config = parse_config(text, "c.conf", {})
+    proxy = config.network.proxy
+    assert proxy.mode == "optional" and not proxy.refuses_direct()
+    assert proxy.expects_header("10.1.2.3") and proxy.expects_header("::ffff:10.0.0.5")
+    assert proxy.expects_header("::1") and not proxy.expects_header("10.0.0.6")
+    assert config.cluster.redis_url == "redis://:secret@10.0.0.20:6379/0"
+    assert config.cluster.redis_down == "closed" and config.cluster.redis_timeout == 0.5
+    assert config.cluster.node_id.endswith(":2121")
+    default = parse_config(MINIMAL, "m.conf", {})
+    assert default.network.proxy.mode == "off" and default.cluster.redis_url is None
+    assert not default.network.proxy.expects_header("10.0.0.5")
+
+
 def test_account_for_user():
     """``config.py`` has no ``account_for_user``; the lookup the server uses is the
     authorizer's, built from ``Config.accounts``."""
@@ -628,3 +652,28 @@ def test_account_for_user():
     assert not authorizer.has_user("User0") and not authorizer.has_user("nobody")
     with pytest.raises(KeyError):
         authorizer.account("nobody")
+
+
+# --- ftp_encoding
+
+
+def test_ftp_encoding_defaults_to_utf8_and_accounts_inherit_the_servers():
+    default = parse_config(MINIMAL, "e.conf", {})
+    assert default.server.ftp_encoding == default.accounts[0].ftp_encoding == "utf-8"
+    server_wide = parse_config(set_option(MINIMAL, "OPTIONAL", "ftp_encoding", "GBK"),
+                               "e.conf", {})
+    assert server_wide.server.ftp_encoding == server_wide.accounts[0].ftp_encoding == "gbk"
+    text = set_option(MINIMAL, "OPTIONAL", "ftp_encoding", "latin-1")
+    own = parse_config(set_option(text, "COS_ACCOUNT_0", "ftp_encoding", "gb18030"),
+                       "e.conf", {})
+    assert (own.server.ftp_encoding, own.accounts[0].ftp_encoding) == ("iso8859-1", "gb18030")
+
+
+@pytest.mark.parametrize(("section", "value"), [
+    ("OPTIONAL", "klingon"), ("COS_ACCOUNT_0", "utf-16"), ("OPTIONAL", "rot13"),
+    ("COS_ACCOUNT_0", "cp037"),
+])
+def test_bad_ftp_encoding_names_section_and_option(load_error, section, value):
+    path, message = load_error(set_option(MINIMAL, section, "ftp_encoding", value))
+    assert_names(message, path, section, "ftp_encoding")
+    assert "extends ASCII" in message and repr(value) in message

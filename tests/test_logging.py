@@ -109,7 +109,7 @@ def test_tracebacks_keep_their_lines_but_cannot_forge_one():
     """Pure logic: an exception message (which may quote a path) inside a traceback."""
     import logging
 
-    from cosftp_prefork.log import EscapingFormatter
+    from cosftp_prefork.logfiles import EscapingFormatter
 
     formatter = EscapingFormatter("%(levelname)s %(message)s")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ftplib
 import os
 import re
@@ -275,26 +276,66 @@ def test_upload_in_flight_survives_reload(daemon, cos, area):
     _close(ftp)
 
 
-def test_quit_waits_for_running_transfer(daemon, area):
+def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon, cos, area):
+    """``cosftpctl stop --graceful`` (QUIT): the listener closes at once, an upload and a
+    download in flight both end with 226 and whole, then every session gets 421 (an idle
+    one does not hold the stop up) and the server exits."""
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     master = master_of(daemon)
-    ftp = login(daemon)
-    ftp.voidcmd("TYPE I")
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-big", Body=os.urandom(8 * MIB))
+    idle, uploader, downloader = login(daemon), login(daemon), login(daemon)
+    uploader.voidcmd("TYPE I")
+    downloader.voidcmd("TYPE I")
     data = os.urandom(3 * MIB)
-    conn = ftp.transfercmd(f"STOR {area}")
-    conn.sendall(data[:MIB])
-    master.send_signal(signal.SIGQUIT)
+    upload = uploader.transfercmd(f"STOR {area}")
+    upload.sendall(data[:MIB])
+    download = downloader.transfercmd(f"RETR {area}-big")
+    received = download.recv(65536)
+    stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+                             daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
+                            stdout=subprocess.PIPE, text=True)
     wait_until(lambda: _refused(daemon.port), what="listener closed")
-    conn.sendall(data[MIB:])
-    conn.close()
-    assert ftp.voidresp().startswith("226")
-    _close(ftp)
+    upload.sendall(data[MIB:])
+    upload.close()
+    assert uploader.voidresp().startswith("226")
+    assert master.is_running() and _refused(daemon.port)
+    while chunk := download.recv(MIB):
+        received += chunk
+    download.close()
+    assert downloader.voidresp().startswith("226")
+    assert len(received) == 8 * MIB
+    replies = {name: _replies_after_data_closed(ftp) for name, ftp in
+               (("idle", idle), ("upload", uploader), ("download", downloader))}
+    assert all([r[:4] for r in got] == ["421 "] for got in replies.values()), replies
+    out, _ = stopping.communicate(timeout=60)
+    assert stopping.returncode == 0 and f"stopped pid {master.pid}" in out
     master.wait(30)
-    fresh = ServerProcess(daemon.workdir, daemon.cos_port, daemon.accounts, port=daemon.port)
-    with fresh:
-        check = login(fresh)
-        assert get(check, area) == data
-        _close(check)
+    assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
+    for ftp in (idle, uploader, downloader):
+        ftp.close()
+
+
+def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
+    """``stop`` during a ``stop --graceful`` that waits for an upload: the upload is parked
+    (426, then 421) and the server exits at once."""
+    from .test_resume import is_parked
+    from .test_transfers import start_upload
+
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master = master_of(daemon)
+    uploader = login(daemon)
+    upload = start_upload(uploader, cos, area, 3 * MIB)
+    graceful = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+                             daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
+                            stdout=subprocess.DEVNULL)
+    wait_until(lambda: _refused(daemon.port), what="listener closed")
+    assert daemon.ctl("stop").returncode == 0
+    _send_until_closed(upload)
+    assert [r[:4] for r in _replies_after_data_closed(uploader)] == ["426 ", "421 "]
+    assert graceful.wait(60) == 0
+    master.wait(30)
+    assert is_parked(cos, area)
+    uploader.close()
 
 
 def _refused(port: int, host: str = "127.0.0.1") -> bool:
@@ -413,17 +454,161 @@ def strict_health(emulator, tmp_path):
         yield proc
 
 
-def test_stuck_worker_is_killed_and_replaced(strict_health):
+def test_stopped_worker_is_sigkilled_after_the_abort_grace(strict_health):
+    """A SIGSTOPped worker cannot run its SIGABRT handler: SIGKILL follows, and the log says
+    why there is no stack dump."""
     proc = strict_health
     wait_until(lambda: serving(proc, 1, 2), what="workers serving")
     master = psutil.Process(proc.proc.pid)
     stuck = live_children(master)[0]
     stuck.suspend()  # SIGSTOP: alive, but its heartbeat stops
     wait_until(lambda: not stuck.is_running() or stuck.status() == psutil.STATUS_ZOMBIE,
-               what="stuck worker killed")
+               timeout=30, what="stuck worker killed")
     wait_until(lambda: len(live_children(master)) == 2, what="replacement")
-    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s", proc.log_text())
+    log = proc.log_text()
+    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s \(worker_timeout=2\); "
+                     "sent SIGABRT", log)
+    assert f"(pid {stuck.pid}) still running 5s after SIGABRT; sending SIGKILL" in log
+    assert f"(pid {stuck.pid}) killed by SIGKILL without a stack dump" in log
     _close(login(proc))
+
+
+def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
+    """The master marks a worker it sent SIGABRT as ``aborting``; status names the log."""
+    from cosftp_prefork.cli import format_status
+    from cosftp_prefork.shared import ABORTING, SERVING, MasterStatus
+
+    state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
+    state.write_header(MasterStatus(os.getpid(), 1, 0.0, 2, "vsftpd.conf"))
+    for slot, state_now in enumerate((SERVING, SERVING)):
+        state.write_slot(slot, 1000 + slot, slot + 1, 1, state_now, 0.0, 1.0, (0, 0, 0, 0, 0))
+    state.set_state(1, ABORTING)
+    shown = format_status(state, "/var/log/cosftp/cosftp.log").splitlines()
+    assert re.match(r"\s*1001\s+1\s+2\s+aborting\s", shown[3])
+    assert shown[4] == ("aborting: sent SIGABRT to hung worker(s) 1001; the stacks of their "
+                        "threads go to /var/log/cosftp/cosftp.log, then SIGKILL")
+    state.close()
+
+
+def worker_of(proc: ServerProcess, ftp: ftplib.FTP) -> int:
+    """The pid of the worker serving ``ftp``'s control connection."""
+    client_port = ftp.sock.getsockname()[1]
+    for worker in state_of(proc).workers():
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(worker.pid)
+            # net_connections since psutil 6.0, connections before (setup.py allows 5.9).
+            listing = getattr(process, "net_connections", None) or process.connections
+            for conn in listing("tcp"):
+                if conn.raddr and conn.raddr.port == client_port:
+                    return worker.pid
+    raise AssertionError(f"no worker serves client port {client_port}")
+
+
+def one_session_per_worker(proc: ServerProcess) -> dict[int, ftplib.FTP]:
+    """Log in until every worker serves a session (the workers balance new ones); return one
+    session per worker pid, the others closed."""
+    sessions: dict[int, ftplib.FTP] = {}
+    extra = []
+    for _ in range(8):
+        ftp = login(proc)
+        pid = worker_of(proc, ftp)
+        (extra if pid in sessions else []).append(ftp)
+        sessions.setdefault(pid, ftp)
+        if len(sessions) == 2:
+            break
+    for ftp in extra:
+        _close(ftp)
+    assert len(sessions) == 2, sessions
+    return sessions
+
+
+def stack_dump(log: str, pid: int) -> str:
+    """The stack dump the master logged for worker ``pid`` (its first line, then the
+    tab-indented rest)."""
+    match = re.search(rf"\(pid {pid}\) killed by SIGABRT; the stacks of its threads when it "
+                      r"died:\n(.*\n(?:\t.*\n)+)", log)
+    assert match, f"no stack dump of pid {pid} in the log"
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def state_file_locked(proc: ServerProcess):
+    """Hold a POSIX lock on the whole state file, as a process hung while holding it would:
+    a worker admitting a new connection then blocks in the kernel, for real."""
+    fd = os.open(state_path(pid_file(proc)), os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def test_hung_worker_dumps_its_stacks_and_is_replaced(strict_health, area):
+    """A worker blocked for real (its main thread waits on a lock someone else holds) is
+    sent SIGABRT: its faulthandler stack dump lands in the log, it is replaced, and the
+    client on the other worker never notices."""
+    proc = strict_health
+    wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+    sessions = one_session_per_worker(proc)
+    with state_file_locked(proc):
+        # The worker that accepts this connection blocks admitting it, before the 220.
+        victim = socket.create_connection((proc.host, proc.port), timeout=30)
+        wait_until(lambda: re.search(r"\(pid (\d+)\) sent no heartbeat for \d+s "
+                                     r"\(worker_timeout=2\); sent SIGABRT", proc.log_text()),
+                   timeout=30, what="hung worker aborted")
+        hung = int(re.search(r"\(pid (\d+)\) sent no heartbeat", proc.log_text()).group(1))
+        survivor_pid = next(pid for pid in sessions if pid != hung)
+        survivor = sessions[survivor_pid]
+        assert survivor.voidcmd("NOOP").startswith("200")
+    # Logged right after the dump, so the dump is whole.
+    wait_until(lambda: f"(pid {hung}) exited unexpectedly" in proc.log_text(),
+               what="hung worker reaped")
+    dump = stack_dump(proc.log_text(), hung)
+    assert "Current thread" in dump and dump.count("Thread 0x") >= 1  # every thread
+    assert "in handle_accepted" in dump and "in lockf" not in dump  # Python frames only
+    master = psutil.Process(proc.proc.pid)
+    wait_until(lambda: len(live_children(master)) == 2 and hung not in
+               {c.pid for c in live_children(master)}, what="replacement")
+    assert survivor_pid in {c.pid for c in live_children(master)}
+    put(survivor, area, b"the other worker never noticed")
+    assert get(survivor, area) == b"the other worker never noticed"
+    _close(survivor)
+    victim.close()
+    fresh = login(proc)
+    assert get(fresh, area) == b"the other worker never noticed"
+    _close(fresh)
+
+
+def test_worker_hung_before_its_first_heartbeat_is_timed_out(emulator, tmp_path, area):
+    """A reload whose new workers block before their first heartbeat (their new log_dir's
+    log file is a FIFO nobody reads, like a hung mount): each is aborted with a stack dump
+    after worker_boot_timeout, the reload rolls back and the old workers serve on."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_boot_timeout": "3", "health_check_interval": "1"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        master = psutil.Process(proc.proc.pid)
+        old = {c.pid for c in live_children(master)}
+        client = login(proc)
+        hung_dir = os.path.join(str(tmp_path), "hung-log")
+        os.makedirs(hung_dir)
+        os.mkfifo(os.path.join(hung_dir, "cosftp.log"))
+        rewrite_config(proc, log_dir=hung_dir)
+        master.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(re.findall(r"not serving \d+s after its start "
+                                          r"\(worker_boot_timeout=3\); sent SIGABRT",
+                                          proc.log_text())) == 2,
+                   timeout=30, what="both new workers aborted")
+        wait_until(lambda: {c.pid for c in live_children(master)} == old, timeout=30,
+                   what="only the old workers left")
+        log = proc.log_text()
+        assert "new generation could not start); rolling back to generation 1" in log
+        new = {int(pid) for pid in re.findall(r"\(pid (\d+)\) not serving", log)}
+        for pid in new:
+            assert "in setup_logging" in stack_dump(log, pid)
+        put(client, area, b"old generation serving")
+        assert get(client, area) == b"old generation serving"
+        _close(client)
 
 
 def test_worker_over_rss_limit_is_recycled_gracefully(emulator, tmp_path, area):
@@ -485,15 +670,22 @@ def _send_until_closed(conn: socket.socket) -> None:
     conn.close()
 
 
-def test_help_and_readme_say_what_term_does():
-    """TERM parks uploads (as the guarantees say), it does not abort them."""
+def test_help_and_readme_say_what_term_and_quit_do():
+    """TERM parks uploads (as the guarantees say), it does not abort them; QUIT lets
+    transfers finish and is what stop --graceful sends."""
     shown = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "--help"],
                            capture_output=True, text=True, check=True).stdout
     term = next(line for line in shown.splitlines() if line.strip().startswith("TERM"))
     assert "426" in term and "parked" in shown and "abort" not in term
+    quit_help = shown[shown.index("  QUIT"):shown.index("  HUP")]
+    assert "stop --graceful" in quit_help and "226" in quit_help and "refused" in quit_help
+    stop_help = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "stop", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "--graceful" in stop_help
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
-        row = next(line for line in handle if line.startswith("| TERM"))
-    assert "parked" in row and "`426`" in row and "`421`" in row and "abort" not in row
+        rows = [line for line in handle if line.startswith(("| TERM", "| QUIT"))]
+    assert "parked" in rows[0] and "`426`" in rows[0] and "`421`" in rows[0]
+    assert "abort" not in rows[0] and "stop --graceful" in rows[1] and "`226`" in rows[1]
 
 
 @pytest.mark.parametrize("how", ["stop", "kill -9 master"])

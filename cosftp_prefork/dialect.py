@@ -1,0 +1,268 @@
+"""What real FTP clients send and expect, beyond RFC 959: a mixin for the control handler.
+
+- Names in a legacy encoding (``ftp_encoding``: GBK cameras, latin-1 scanners) decoded
+  strictly, so two different byte strings never become one key; ``OPTS UTF8 ON/OFF``.
+- ls-style options before a path (``LIST -la /dir``), skipped as vsftpd and proftpd do.
+- Wildcards in the last component of LIST/NLST/MLSD (tnftp's ``mget g*.txt`` sends
+  ``NLST g*.txt``), over one directory listing.
+- Pipelined input: an overlong line is one ``500`` and is discarded up to its end, and
+  nothing sent after ``QUIT`` runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import logging
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Optional
+
+from pyftpdlib.filesystems import FilesystemError
+from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
+from pyftpdlib.utils import strerror
+
+log = logging.getLogger(__name__)
+
+UTF8 = "utf-8"
+# pyftpdlib's limit on one command line (its collect_incoming_data).
+MAX_LINE = 2048
+# Commands whose argument is a path: an undecodable one is a bad file name (553).
+PATH_COMMANDS = frozenset({
+    "CWD", "XCWD", "LIST", "NLST", "MLSD", "MLST", "STAT", "RETR", "STOR", "APPE", "DELE",
+    "RMD", "XRMD", "MKD", "XMKD", "RNFR", "RNTO", "SIZE", "MDTM", "MFMT", "SITE", "HASH",
+    "XCRC", "XMD5", "XSHA1", "XSHA256", "XSHA512",
+})
+_LS_OPTIONS = re.compile(r"^(?:-[A-Za-z0-9]+(?:\s+|$))+")
+
+
+def strip_ls_options(arg: str) -> str:
+    """Return ``arg`` without leading ls-style options (``-la /dir`` -> ``/dir``)."""
+    return _LS_OPTIONS.sub("", arg, count=1)
+
+
+class NothingToList(Exception):
+    """A listing command has nothing to show; the message is for the client."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a listing command shows: ``names`` in ``directory``; ``expanded`` if a
+    wildcard found them."""
+
+    directory: str
+    names: Iterable[str]  # a directory's names stream in key order (fs.StreamedListing)
+    expanded: bool = False
+
+
+def split_pattern(path: str) -> Optional[tuple[str, str]]:
+    """Return ``(directory, pattern)`` when the last component of the normalised ``path``
+    holds a wildcard (``*``, ``?``, ``[...]``), else None. Raises ``NothingToList`` for a
+    wildcard in a directory component: only one directory level is expanded."""
+    directory, pattern = posixpath.split(path)
+    if glob.has_magic(directory):
+        raise NothingToList("Wildcards are only supported in the last path component")
+    return (directory, pattern) if glob.has_magic(pattern) else None
+
+
+def matching(names: list[str], pattern: str) -> list[str]:
+    """The ``names`` that ``pattern`` matches (case-sensitive, as on a Unix disk), sorted."""
+    return sorted(name for name in names if fnmatch.fnmatchcase(name, pattern))
+
+
+class ClientDialect:
+    """Mixin for ``FTPHandler``: see the module docstring.
+
+    The session's encoding is ``ftp_encoding`` of ``[OPTIONAL]`` until USER names an
+    account, then that account's (set per account, else the server's); ``OPTS UTF8 ON``
+    switches the session to UTF-8 whatever the account says, ``OFF`` back.
+    """
+
+    encoding = UTF8  # set per worker by configure_handler, per session by USER and OPTS
+    _utf8_chosen: Optional[bool] = None  # what OPTS UTF8 said, None: nothing yet
+    _overlong = False  # the current line passed MAX_LINE: discard it up to its end
+    _raw_arg = ""  # the argument as the client wrote it (options stripped)
+
+    # --- reading commands
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        """Buffer a command line; past ``MAX_LINE`` reply 500 once and drop the rest of it.
+
+        pyftpdlib replies and then takes the line's remainder for a new command; a long
+        line could then smuggle a command in its tail.
+        """
+        if self._overlong:
+            return
+        if self._in_buffer_len + len(data) <= MAX_LINE:
+            super().collect_incoming_data(data)
+            return
+        self._overlong = True
+        self._in_buffer, self._in_buffer_len = [], 0
+        if not self._quitting():
+            self.respond_w_warning("500 Command too long.")
+
+    def found_terminator(self) -> None:
+        line = b"".join(self._in_buffer)
+        if self._overlong:
+            self._overlong = False
+        elif self._decodable(line):
+            super().found_terminator()
+            return
+        self._in_buffer, self._in_buffer_len = [], 0
+
+    def decode(self, data: bytes) -> str:
+        """Strict: ``errors="replace"`` would store two different names as one key."""
+        return data.decode(self.encoding)
+
+    def _decodable(self, line: bytes) -> bool:
+        """True if ``line`` is text in the session's encoding, else reply 553 (a name) or
+        501 and log what was refused, without the bytes themselves."""
+        try:
+            line.decode(self.encoding)
+        except UnicodeDecodeError:
+            pass
+        else:
+            return True
+        if self._quitting():
+            return False
+        cmd = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
+        log.warning("%s: %s refused: its argument is not valid %s", self.log_prefix_ctx(),
+                    cmd if cmd.isalpha() else "a command", self.encoding)
+        if self.authenticated and cmd in PATH_COMMANDS:
+            self.respond(f"553 File name is not valid {self.encoding}; nothing done.")
+        else:
+            self.respond(f"501 Command is not valid {self.encoding}.")
+        return False
+
+    def _quitting(self) -> bool:
+        """True once QUIT was answered or the session is closing: nothing more runs."""
+        return self._closed or self._closing or self._quit_pending
+
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if cmd in ("LIST", "NLST") and arg.startswith("-"):
+            arg = strip_ls_options(arg)
+        self._raw_arg = arg
+        super().pre_process_command(line, cmd, arg)
+
+    def push(self, data: str) -> None:
+        """Send ``data`` in the session's encoding; a character it lacks becomes ``?``
+        (a key written by another tool may hold one)."""
+        super().push(data.encode(self.encoding, "replace").decode(self.encoding))
+
+    # --- the session's encoding
+
+    def ftp_USER(self, line: str) -> None:
+        super().ftp_USER(line)
+        self.encoding = self._session_encoding()
+
+    def flush_account(self) -> None:
+        """REIN and a new USER start over with the server's encoding."""
+        super().flush_account()
+        self._utf8_chosen = None
+        self.encoding = type(self).encoding
+
+    def _session_encoding(self) -> str:
+        if self._utf8_chosen:
+            return UTF8
+        if self.authorizer.has_user(self.username):
+            return self.authorizer.account(self.username).ftp_encoding
+        return type(self).encoding
+
+    def ftp_OPTS(self, line: str) -> None:
+        """``OPTS UTF8 ON|OFF`` (FileZilla sends it after FEAT lists UTF8), also before
+        login; other options need a login."""
+        command, _, argument = line.strip().partition(" ")
+        if command.upper() not in ("UTF8", "UTF-8"):
+            if self.authenticated:
+                super().ftp_OPTS(line)
+            else:
+                self.respond("530 Log in with USER and PASS first.")
+            return
+        choice = argument.strip().upper() or "ON"
+        if choice not in ("ON", "OFF"):
+            self.respond("501 Syntax: OPTS UTF8 ON|OFF.")
+            return
+        self._utf8_chosen = choice == "ON"
+        self.encoding = self._session_encoding()
+        self.respond(f"200 UTF8 mode {choice.lower()}; names are {self.encoding}.")
+
+    def ftp_FEAT(self, line: str) -> None:
+        """List UTF8 whatever the configured encoding: ``OPTS UTF8 ON`` selects it."""
+        if "UTF8" not in self._extra_feats:
+            self._extra_feats = [*self._extra_feats, "UTF8"]
+        super().ftp_FEAT(line)
+
+    # --- listings
+
+    def ftp_LIST(self, path: str):
+        listing = self._listing(path, "LIST")
+        if listing is None:
+            return None
+        lines = self.fs.format_list(listing.directory, listing.names)
+        self.push_dtp_data(BufferedIteratorProducer(lines), isproducer=True, cmd="LIST")
+        return path
+
+    def ftp_NLST(self, path: str):
+        """Names only; those a wildcard matched keep the directory the client wrote
+        (``NLST sub/g*`` -> ``sub/g1.txt``), so that a RETR of each one works."""
+        listing = self._listing(path, "NLST")
+        if listing is None:
+            return None
+        written = posixpath.dirname(self._raw_arg) if listing.expanded else ""
+        data = "".join(posixpath.join(written, name) + "\r\n" for name in listing.names)
+        self.push_dtp_data(data.encode(self.encoding, "replace"), cmd="NLST")
+        return path
+
+    def ftp_MLSD(self, path: str):
+        """A missing directory answers 550 as LIST and CWD do (pyftpdlib's 501 makes
+        rclone retry a whole sync)."""
+        listing = self._listing(path, "MLSD")
+        if listing is None:
+            return None
+        perms = self.authorizer.get_perms(self.username)
+        facts = self.fs.format_mlsx(listing.directory, listing.names, perms,
+                                    self._current_facts)
+        self.push_dtp_data(BufferedIteratorProducer(facts), isproducer=True, cmd="MLSD")
+        return path
+
+    def _listing(self, path: str, cmd: str) -> Optional[Listing]:
+        """What listing command ``cmd`` shows for ``path``, or None after replying 550."""
+        try:
+            return self._find_listing(path, cmd)
+        except (OSError, FilesystemError) as exc:
+            self.respond(f"550 {strerror(exc)}.")
+        except NothingToList as exc:
+            self.respond(f"550 {exc}.")
+        return None
+
+    def _find_listing(self, path: str, cmd: str) -> Listing:
+        """A directory's entries; a file by itself (not for MLSD), for LIST with the time
+        MFMT set (one HEAD more, as for MLST); or, when no such name exists, the entries a
+        wildcard in the last component matches. Raises ``NothingToList``, ``OSError`` or
+        ``FilesystemError``."""
+        streamed = self.run_as_current_user(self.fs.listdir_if_dir, path)
+        if streamed is not None:  # its first page told it is a directory: no look-up first
+            return Listing(path, streamed)
+        entry = self.fs.lookup(path)
+        if entry is not None and entry.is_dir:  # made since the listing's first page
+            return Listing(path, sorted(self.run_as_current_user(self.fs.listdir, path)))
+        if entry is not None:
+            if cmd == "MLSD":
+                raise NothingToList("Not a directory")
+            if cmd == "LIST":
+                # The look-up listed the key, which does not tell the MFMT time: start
+                # this command over with the HEAD that does.
+                self.fs.begin_command()
+                self.run_as_current_user(self.fs.getmtime, path)
+            directory, name = posixpath.split(path)
+            return Listing(directory, [name])
+        pattern = split_pattern(path)
+        if pattern is None:
+            raise NothingToList("No such file or directory")
+        directory, wildcard = pattern
+        names = matching(self.run_as_current_user(self.fs.listdir, directory), wildcard)
+        if not names:
+            raise NothingToList(f"No files match {wildcard}")
+        return Listing(directory, names, expanded=True)

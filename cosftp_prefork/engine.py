@@ -1,0 +1,281 @@
+"""The transfer engine of one worker: a memory budget for part buffers, part sizes that fit
+the file, and fair thread pools for part uploads and server-side copies.
+
+Nothing here knows FTP or pyftpdlib; the upload lifecycle (:mod:`.uploads`) takes buffers
+from the :class:`TransferBudget` and ships parts through an :class:`Engine`'s pools.
+
+Why fair pools: every session of a worker shares the same threads. A plain FIFO pool lets
+one upload queue dozens of parts, or one directory rename hundreds of copies, in front of
+everyone else's work. :class:`FairPool` keeps one queue per *owner* (an upload, a rename)
+and serves the owners in turn, with at most ``per_owner`` tasks of one owner running at once.
+Copies run on a pool of their own, so no copy storm delays a part upload.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .config import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
+
+log = logging.getLogger(__name__)
+
+
+class Claim:
+    """A request for ``size`` bytes of a :class:`TransferBudget`, granted in arrival order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._granted = threading.Event()
+
+    @property
+    def granted(self) -> bool:
+        return self._granted.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._granted.wait(timeout)
+
+
+class TransferBudget:
+    """The bytes a worker may hold in part buffers, ``limit`` in all.
+
+    Claims are granted first come, first served: once a claim waits, later ones wait behind
+    it even if they are smaller, so a session with many uploads in flight cannot starve one
+    that asks for its first buffer. A claim is never refused; the caller waits (back-pressure).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = limit
+        self._waiting: deque[Claim] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        with self._lock:
+            return self.limit - self._free
+
+    def claim(self, size: int) -> Claim:
+        """Ask for ``size`` bytes (at most ``limit``); the claim is granted now or later."""
+        if size > self.limit:
+            raise ValueError(f"a buffer of {size} bytes exceeds the budget of {self.limit}")
+        claim = Claim(size)
+        with self._lock:
+            self._waiting.append(claim)
+            self._grant()
+        return claim
+
+    def release(self, claim: Claim) -> None:
+        """Give back a granted claim, or withdraw one still waiting."""
+        with self._lock:
+            if claim.granted:
+                self._free += claim.size
+                claim.size = 0
+            elif claim in self._waiting:
+                self._waiting.remove(claim)
+            self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self._waiting[0].size <= self._free:
+            claim = self._waiting.popleft()
+            self._free -= claim.size
+            claim._granted.set()
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """Part sizes of one upload: ``flat`` parts of ``base`` bytes, then sizes doubling every
+    ``step`` parts up to ``cap``, so that the largest file allowed still fits in 10,000
+    parts while small files get small parts (as rclone and s3transfer size their chunks)."""
+
+    base: int
+    flat: int
+    step: int
+    cap: int
+
+    def size(self, number: int) -> int:
+        """The size of part ``number`` (1-based)."""
+        if number <= self.flat:
+            return self.base
+        return min(self.cap, self.base << min(40, 1 + (number - self.flat - 1) // self.step))
+
+    def capacity(self, first: int = 1) -> int:
+        """How many bytes parts ``first``..10,000 hold together."""
+        total, number = 0, first
+        while number <= MAX_PARTS:
+            size = self.size(number)
+            if size >= self.cap:
+                return total + (MAX_PARTS - number + 1) * self.cap
+            run_end = self.flat if number <= self.flat else (
+                self.flat + ((number - self.flat - 1) // self.step + 1) * self.step)
+            run_end = min(run_end, MAX_PARTS)
+            total += (run_end - number + 1) * size
+            number = run_end + 1
+        return total
+
+    @classmethod
+    def for_upload(cls, min_part: int, max_size: int, cap: int,
+                   announced: Optional[int] = None) -> PartPlan:
+        """The plan for an upload of at most ``max_size`` bytes with parts of at most
+        ``cap`` bytes; ``announced`` (ALLO) makes the parts up to that size uniform and as
+        few as allowed, and bytes beyond it still fit."""
+        cap = max(min_part, min(cap, MAX_PART_SIZE))
+        if announced:
+            base = min(cap, max(min_part, _whole_mib(-(-announced // (MAX_PARTS * 9 // 10)))))
+            flat = -(-announced // base)
+            plan = _growing(base, flat, cap, max_size)
+            if plan is not None:
+                return plan
+        uniform = min(cap, part_size_for(min_part, max_size))
+        return _growing(min_part, 0, cap, max_size) or cls(uniform, MAX_PARTS, MAX_PARTS, cap)
+
+
+def _whole_mib(size: int) -> int:
+    return -(-size // MIB) * MIB
+
+
+def _growing(base: int, flat: int, cap: int, max_size: int) -> Optional[PartPlan]:
+    """The plan with ``flat`` parts of ``base`` and the longest steps that still hold
+    ``max_size``; None if even the shortest cannot. Without flat parts, the first step is
+    of ``base`` too."""
+    def plan(step: int) -> PartPlan:
+        return PartPlan(base, flat or step, step, cap)
+    if plan(1).capacity() < max_size:
+        return None
+    low, high = 1, MAX_PARTS
+    while low < high:  # the largest step whose plan holds max_size
+        middle = (low + high + 1) // 2
+        if plan(middle).capacity() >= max_size:
+            low = middle
+        else:
+            high = middle - 1
+    return plan(low)
+
+
+class _Task:
+    __slots__ = ("args", "fn", "future")
+
+    def __init__(self, fn: Callable, args: tuple) -> None:
+        self.future: Future = Future()
+        self.fn, self.args = fn, args
+
+
+class FairPool:
+    """``threads`` threads serving one FIFO queue per owner, the owners in turn, with at
+    most ``per_owner`` tasks of one owner running at once."""
+
+    def __init__(self, threads: int, name: str, per_owner: Optional[int] = None) -> None:
+        self._per_owner = per_owner or threads
+        self._queues: dict[Hashable, deque[_Task]] = {}
+        self._running: dict[Hashable, int] = {}
+        self._turns: deque[Hashable] = deque()  # owners with queued tasks, next first
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
+                         for n in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, owner: Hashable, fn: Callable, *args: Any) -> Future:
+        """Queue ``fn(*args)`` for ``owner``; return its future."""
+        task = _Task(fn, args)
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the pool is shut down")
+            queue = self._queues.setdefault(owner, deque())
+            if not queue:
+                self._turns.append(owner)
+            queue.append(task)
+            self._lock.notify()
+        return task.future
+
+    def for_owner(self, owner: Hashable) -> OwnerExecutor:
+        """An executor-like view that submits every task for ``owner``."""
+        return OwnerExecutor(self, owner)
+
+    def queued(self) -> int:
+        with self._lock:
+            return sum(len(queue) for queue in self._queues.values())
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the threads."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _next(self) -> Optional[tuple[Hashable, _Task]]:
+        """The first task of the first owner in turn that may run one more; moves that
+        owner to the back of the line. Called with the lock held."""
+        for _ in range(len(self._turns)):
+            owner = self._turns.popleft()
+            if self._running.get(owner, 0) >= self._per_owner:
+                self._turns.append(owner)
+                continue
+            queue = self._queues[owner]
+            task = queue.popleft()
+            if queue:
+                self._turns.append(owner)
+            else:
+                del self._queues[owner]
+            self._running[owner] = self._running.get(owner, 0) + 1
+            return owner, task
+        return None
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                found = self._next()
+                while found is None:
+                    if self._stopping and not self._queues:
+                        return
+                    self._lock.wait()
+                    found = self._next()
+            owner, task = found
+            try:
+                if task.future.set_running_or_notify_cancel():
+                    try:
+                        task.future.set_result(task.fn(*task.args))
+                    except BaseException as exc:  # handed to whoever waits on the future
+                        task.future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._running[owner] -= 1
+                    if not self._running[owner]:
+                        del self._running[owner]
+                    self._lock.notify_all()
+
+
+class OwnerExecutor:
+    """The ``submit`` of a :class:`FairPool` for one owner (what copy code expects of an
+    ``Executor``)."""
+
+    def __init__(self, pool: FairPool, owner: Hashable) -> None:
+        self._pool, self._owner = pool, owner
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        return self._pool.submit(self._owner, fn, *args)
+
+
+class Engine:
+    """What a worker's uploads and copies share: the budget and the two pools."""
+
+    def __init__(self, memory_limit: int, part_threads: int, copy_threads: int) -> None:
+        self.budget = TransferBudget(memory_limit)
+        self.parts = FairPool(part_threads, "cos-part")
+        # Half the copy threads at most for one rename: a second one starts at once.
+        self.copies = FairPool(copy_threads, "cos-copy", per_owner=max(1, copy_threads // 2))
+
+    def copier(self, owner: Optional[Hashable] = None) -> OwnerExecutor:
+        """An executor for the copies of one job (a rename, an MFMT, an APPE)."""
+        return self.copies.for_owner(owner if owner is not None else object())
+
+    def shutdown(self) -> None:
+        self.parts.shutdown()
+        self.copies.shutdown()

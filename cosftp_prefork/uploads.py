@@ -1,0 +1,671 @@
+"""The upload lifecycle: one :class:`UploadSession` per STOR/APPE, streaming to COS.
+
+An upload is a single PUT when it ends within its first part, else a multipart upload whose
+parts stream through the worker's :class:`~.engine.Engine` (a :class:`PartStream`: bounded
+buffers from the memory budget, explicit part bookkeeping, abort on failure). It never
+touches local disk.
+
+pyftpdlib closes the upload file on every way out of a transfer (ABOR, disconnect, timeout,
+shutdown) and only afterwards says whether it finished, so the rule is: **``close()``
+without a prior successful ``commit()`` never makes an object visible.** The data channel
+calls :meth:`UploadSession.commit` when the client finished sending.
+
+States and the transitions the FTP commands cause:
+
+=============  =================================================  ==============
+from           event                                              to
+=============  =================================================  ==============
+(opened)       STOR of a new name                                 NEW
+(opened)       STOR over a file                                   OVERWRITE
+(opened)       APPE to a file, REST n + STOR at its end           APPEND
+(opened)       REST n + STOR / SIZE + APPE of a parked upload     RESUME
+NEW..RESUME    first data bytes                                   STREAMING
+any open       data connection closed cleanly (``commit``)        COMMITTING
+COMMITTING     COS stored it, CRC64 matches                       COMMITTED
+COMMITTING     client gone meanwhile (``UploadInterrupted``)      STREAMING
+COMMITTING     COS failed, or CRC64 mismatch (object deleted)     ABORTED
+any open       ABOR, oversized, then ``close``                    ABORTED
+any open       broken transfer ``close``, parking on, a part      PARKED
+               stored
+any open       broken transfer ``close`` otherwise                ABORTED
+RESUME         data connection never came (``abandon``)           PARKED (again)
+other open     data connection never came (``abandon``)           ABORTED
+=============  =================================================  ==============
+
+Parking (see :mod:`.resume`) keeps the parts that reached COS for a later REST + STOR; while
+parking is on, a multipart upload has a live marker from its start to its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections.abc import Hashable, Iterator
+from concurrent.futures import Future, wait
+from typing import Callable, Optional, Union
+
+from . import metrics
+from .checksum import Crc64
+from .config import MIN_PART_SIZE, TransferConfig
+from .engine import Claim, Engine, PartPlan
+from .errors import FileTooLarge, NotFound, ResumeRefused, StorageError
+from .listing import Entry
+from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
+from .storage import Bucket, ObjectInfo, PartInfo
+
+log = logging.getLogger(__name__)
+
+MAX_COPY_PART = 5 * 1024 ** 3  # COS's largest part
+CLIENT_GONE_GRACE = 0.05  # seconds; see UploadSession._finish_multipart
+WAIT_SLICE = 0.05  # seconds between checks while write() waits for a buffer
+
+
+class UploadState(enum.Enum):
+    NEW = "new"
+    OVERWRITE = "overwrite"
+    APPEND = "append"
+    RESUME = "resume"
+    STREAMING = "streaming"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    PARKED = "parked"
+
+
+_OPENED = {UploadState.NEW, UploadState.OVERWRITE, UploadState.APPEND, UploadState.RESUME}
+_OPEN = _OPENED | {UploadState.STREAMING}
+_ENDED = {UploadState.COMMITTED, UploadState.ABORTED, UploadState.PARKED}
+TRANSITIONS: dict[UploadState, set[UploadState]] = {
+    **{state: {UploadState.STREAMING, UploadState.COMMITTING, UploadState.ABORTED,
+               UploadState.PARKED} for state in _OPEN},
+    UploadState.COMMITTING: {UploadState.COMMITTED, UploadState.STREAMING,
+                             UploadState.ABORTED},
+    **{state: set() for state in _ENDED},
+}
+
+
+class UploadInterrupted(Exception):
+    """The client vanished before the upload could be committed."""
+
+
+class AbortRetrier:
+    """Retries multipart-upload aborts that failed (COS unreachable) until they succeed, so
+    an interrupted upload never stays behind costing storage. One thread per worker."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self._interval = interval
+        self._pending: dict[tuple[str, str], Bucket] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="abort-retrier", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, bucket: Bucket, key: str, upload_id: str) -> None:
+        with self._lock:
+            self._pending[(key, upload_id)] = bucket
+
+    def stop(self) -> None:
+        """Stop retrying; log what is still pending so an operator can clean it up."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for key, upload_id in self._pending:
+            log.error("multipart upload %s of %r is still pending in COS; abort it by hand",
+                      upload_id, key)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                pending = list(self._pending.items())
+            for (key, upload_id), bucket in pending:
+                self._retry(bucket, key, upload_id)
+
+    def _retry(self, bucket: Bucket, key: str, upload_id: str) -> None:
+        try:
+            bucket.abort_multipart(key, upload_id)
+        except NotFound:
+            pass
+        except StorageError as exc:
+            log.debug("abort of %s still failing: %s", upload_id, exc)
+            return
+        log.info("aborted multipart upload %s of %r on retry", upload_id, key)
+        with self._lock:
+            self._pending.pop((key, upload_id), None)
+
+
+class PartStream:
+    """The bytes of one upload on their way to COS, part by part.
+
+    A part is the list of data-channel reads that filled it, sent as they are (no copy).
+
+    The part being filled is held in a buffer claimed from the worker's budget before its
+    first byte is taken; a full part is shipped to the engine's part pool when more bytes
+    follow, and its claim is given back once COS acknowledged it (or it failed). At most
+    ``max_in_flight`` parts of one upload are queued or uploading at once.
+
+    No upload ever waits for a claim while it holds a buffer (a full one is shipped first):
+    with every waiter holding nothing, the parts in flight always free the budget again.
+
+    :meth:`room` says, without blocking, how many bytes can be taken now (the data channel
+    stops reading its socket while it is 0); :meth:`write` waits instead.
+    """
+
+    def __init__(self, bucket: Bucket, key: str, plan: PartPlan, engine: Engine,
+                 max_in_flight: int, start: Callable[[], str]) -> None:
+        self._bucket, self._key, self._plan, self._engine = bucket, key, plan, engine
+        self._max_in_flight = max_in_flight
+        self._start = start  # begins the multipart upload, returns its id
+        self.upload_id: Optional[str] = None
+        self.next_part = 1  # the number the part being filled will have
+        self.etags: dict[int, str] = {}
+        self.part_sizes: dict[int, int] = {}
+        self.crc: Optional[Crc64] = Crc64()
+        self.crc_after: dict[int, int] = {}  # the CRC64 after each part, for parking
+        self.size = 0
+        self._chunks: list[bytes] = []
+        self._filled = 0
+        self._claim: Optional[Claim] = None  # the buffer of the part being filled
+        self._futures: list[Future] = []
+        self._in_flight = 0
+        self._changed = threading.Condition()
+        self.failure: Optional[BaseException] = None
+
+    @property
+    def owner(self) -> Hashable:
+        """Whose turn the engine's pools serve: this upload."""
+        return self
+
+    def room(self, more_coming: Callable[[], bool]) -> int:
+        """How many bytes :meth:`write` takes now without waiting (0: wait for a buffer).
+        ``more_coming()`` tells a full part from the last one: only when bytes follow it
+        is it shipped, so that a file of exactly one part stays a single PUT."""
+        if self.failure is not None:
+            return 1  # write() raises it
+        claim = self._claim
+        if claim is not None and claim.granted:
+            if claim.size > self._filled:
+                return claim.size - self._filled
+            if not more_coming():
+                return 1  # the end of the file
+            with self._changed:
+                if self._in_flight >= self._max_in_flight:
+                    return 0
+            self._ship()
+        if self._claim is None:
+            self._claim = self._engine.budget.claim(self._plan.size(self.next_part))
+        return self._claim.size - self._filled if self._claim.granted else 0
+
+    def write(self, data: bytes) -> None:
+        """Take ``data``, shipping each part once bytes follow it; waits for buffers."""
+        view, taken = memoryview(data), 0
+        while taken < len(data):
+            self.raise_failure()
+            claim = self._buffer_claim()
+            room = claim.size - self._filled
+            if room == 0:
+                self._ship()
+                continue
+            whole = taken == 0 and len(data) <= room and isinstance(data, bytes)
+            piece = data if whole else bytes(view[taken:taken + room])
+            self._chunks.append(piece)
+            self._filled += len(piece)
+            self.size += len(piece)
+            taken += len(piece)
+
+    def adopt(self, parts: tuple[PartInfo, ...], size: int, crc64: Optional[int]) -> None:
+        """Continue after ``parts`` already in COS (a parked upload)."""
+        for part in parts:
+            self.etags[part.number] = part.etag
+            self.part_sizes[part.number] = part.size
+        self.next_part = len(parts) + 1
+        self.size = size
+        self.continue_crc(crc64)
+
+    def copy_first(self, source: ObjectInfo, copier) -> None:
+        """Start with the bytes of ``source`` as parts copied inside COS, on ``copier``."""
+        self._ensure_started()
+        ranges = []
+        for first in range(0, source.size, MAX_COPY_PART):
+            ranges.append((self.next_part, first, min(source.size, first + MAX_COPY_PART) - 1))
+            self.next_part += 1
+        futures = [copier.submit(self._bucket.upload_part_copy, self._key, self.upload_id,
+                                 number, source, first, last) for number, first, last in ranges]
+        for (number, first, last), future in zip(ranges, futures):
+            self.etags[number] = future.result()
+            self.part_sizes[number] = last - first + 1
+        self.size = source.size
+        self.continue_crc(source.crc64)
+
+    def continue_crc(self, crc64: Optional[int]) -> None:
+        """Go on from the CRC64 of the bytes already in place; without it (an object stored
+        by something that reports none) the integrity check is skipped for this upload."""
+        self.crc = Crc64(crc64) if crc64 is not None else None
+        if crc64 is not None:
+            self.crc_after[self.next_part - 1] = crc64
+
+    def take_body(self) -> bytes:
+        """The buffered bytes as one body (for a single PUT), folded into the CRC64."""
+        chunks, self._chunks, self._filled = self._chunks, [], 0
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._fold([body])
+        return body
+
+    def finish(self) -> None:
+        """Ship what is buffered as the last part and wait for every part; raises the
+        first part failure."""
+        if self._filled or not self.etags:
+            self._ship()
+        wait(self._futures)
+        self.raise_failure()
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def settle(self) -> None:
+        """Cancel parts not started, wait for those uploading (an abort issued before they
+        finish would not remove them, and a park wants them stored), free the buffers."""
+        for future in self._futures:
+            future.cancel()
+        wait(self._futures)
+        self.drop_buffer()
+
+    def drop_buffer(self) -> None:
+        self._chunks, self._filled = [], 0
+        if self._claim is not None:
+            self._engine.budget.release(self._claim)
+        self._claim = None
+
+    def stored_parts(self) -> list[PartInfo]:
+        return leading_parts(PartInfo(number, etag, self.part_sizes[number], 0.0)
+                             for number, etag in self.etags.items())
+
+    def _buffer_claim(self) -> Claim:
+        """The granted claim of the part being filled, waiting for it if need be."""
+        if self._claim is None:
+            self._claim = self._engine.budget.claim(self._plan.size(self.next_part))
+        while not self._claim.wait(WAIT_SLICE):
+            self.raise_failure()
+        return self._claim
+
+    def _fold(self, chunks: list[bytes], number: Optional[int] = None) -> None:
+        """Fold ``chunks`` into the CRC64; remember the value after part ``number``."""
+        if self.crc is not None:
+            for chunk in chunks:
+                self.crc.update(chunk)
+            if number is not None:
+                self.crc_after[number] = self.crc.value
+
+    def _ensure_started(self) -> None:
+        if self.upload_id is None:
+            self.upload_id = self._start()
+
+    def _ship(self) -> None:
+        """Hand the buffered part to the part pool; its claim goes with it."""
+        self._ensure_started()
+        with self._changed:
+            while self._in_flight >= self._max_in_flight and self.failure is None:
+                self._changed.wait(WAIT_SLICE)
+            self.raise_failure()
+            self._in_flight += 1
+        number, claim = self.next_part, self._claim
+        self.next_part += 1
+        self._claim = None
+        chunks, self._chunks, self._filled = self._chunks, [], 0
+        self.part_sizes[number] = sum(len(chunk) for chunk in chunks)
+        self._fold(chunks, number)
+        future = self._engine.parts.submit(self.owner, self._upload_part, number, chunks)
+        future.add_done_callback(lambda _f: self._part_done(claim))
+        self._futures.append(future)
+
+    def _upload_part(self, number: int, chunks: list[bytes]) -> None:
+        try:
+            self.etags[number] = self._bucket.upload_part(self._key, self.upload_id or "",
+                                                          number, chunks)
+        except BaseException as exc:
+            self.failure = self.failure or exc
+            raise
+
+    def _part_done(self, claim: Optional[Claim]) -> None:
+        if claim is not None:
+            self._engine.budget.release(claim)
+        with self._changed:
+            self._in_flight -= 1
+            self._changed.notify_all()
+
+
+Source = Union[Entry, ParkedUpload]
+
+
+class UploadSession:
+    """A write-only file object that streams to ``key`` in ``bucket`` (see the module doc).
+
+    ``write`` raises ``StorageError`` once any part has failed and ``FileTooLarge`` past
+    ``max_size``; ``commit`` raises ``StorageError`` and leaves nothing behind on failure.
+    """
+
+    def __init__(self, bucket: Bucket, key: str, *, name: str, state: UploadState,
+                 transfer: TransferConfig, engine: Engine, store: ResumeStore,
+                 log_context: str = "", retrier: Optional[AbortRetrier] = None,
+                 announced: Optional[int] = None) -> None:
+        self.name = name
+        self.state = state
+        self._bucket, self._key, self._store = bucket, key, store
+        self._max_size = transfer.single_file_max_size
+        self._engine = engine
+        self._ctx = log_context or key
+        self._retrier = retrier
+        self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
+        self._discard = False  # the client gave up on it (ABOR, oversized): never park
+        plan = PartPlan.for_upload(transfer.min_part_size, transfer.single_file_max_size,
+                                   transfer.max_part_size, announced)
+        self._parts = PartStream(bucket, key, plan, engine, transfer.upload_thread_num,
+                                 self._start_multipart)
+
+    @property
+    def closed(self) -> bool:
+        return self.state not in _OPEN
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._parts.size
+
+    def writable(self) -> bool:
+        return True
+
+    def _move(self, state: UploadState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise ValueError(f"upload {self.name}: no transition from {self.state.value} to "
+                             f"{state.value}")
+        self.state = state
+
+    def room(self, more_coming: Callable[[], bool] = lambda: True) -> int:
+        """How many bytes ``write`` takes now without waiting for a buffer (back-pressure:
+        while it is 0 the data channel leaves the bytes in its socket); see
+        :meth:`PartStream.room`."""
+        return 1 if self.closed else self._parts.room(more_coming)
+
+    def write(self, data: bytes) -> int:
+        """Stream ``data``; return ``len(data)``."""
+        self._check_open()
+        self._parts.raise_failure()
+        if self._parts.size + len(data) > self._max_size:
+            self._discard = True
+            raise FileTooLarge(
+                f"upload exceeds single_file_max_size ({self._max_size} bytes)", code="TooLarge"
+            )
+        if self.state is not UploadState.STREAMING:
+            self._move(UploadState.STREAMING)
+        self._parts.write(data)
+        return len(data)
+
+    def continue_object(self, source: ObjectInfo) -> None:
+        """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
+        end). From 1 MiB on they are copied inside COS; a smaller one cannot be a copied part
+        (COS's smallest non-last part), so its few bytes are read and sent again. The new
+        object keeps the storage class, encryption, headers and metadata of ``source``."""
+        self._like = source.for_new_bytes()
+        if source.size >= MIN_PART_SIZE:
+            self._parts.copy_first(source, self._engine.copier(self._parts.owner))
+        elif source.size:
+            self._parts.write(self._bucket.read_small(source.key, source.size))
+
+    def resume(self, parked: ParkedUpload) -> None:
+        """Continue ``parked``: its parts stay, the bytes written next follow them."""
+        self._parts.upload_id = parked.record.upload_id
+        self._parts.adopt(parked.parts, parked.size, parked.record.crc64)
+        metrics.UPLOADS_RESUMED.inc()
+        log.info("%s: resuming parked upload %s of %s at byte %d", self._ctx,
+                 parked.record.upload_id, parked.record.user, parked.size)
+
+    def cancel(self) -> None:
+        """The client gave up on this upload (ABOR): discard it on close, never park it."""
+        self._discard = True
+
+    def abandon(self) -> None:
+        """Close an upload whose transfer never started (the client gave up on the data
+        connection): a resumed parked upload is parked again as it was, anything else is
+        discarded."""
+        if self.state is not UploadState.RESUME:
+            self._discard = True
+        self.close()
+
+    def commit(self, still_wanted: Callable[[float], bool] = lambda _wait: True) -> None:
+        """Make the object visible: one PUT if no part was shipped, else complete the upload.
+
+        ``still_wanted(seconds)`` is asked just before the object would become visible, with
+        how long it may wait for a sign that the client is gone; if it says no,
+        ``UploadInterrupted`` is raised and the upload stays open, for ``close()`` to park
+        or abort. On any other failure the upload is aborted and ``StorageError`` raised.
+        """
+        self._check_open()
+        self._move(UploadState.COMMITTING)
+        try:
+            if self._parts.upload_id is None:
+                if not still_wanted(0.0):
+                    raise UploadInterrupted(self.name)
+                reported = self._bucket.put(self._key, self._parts.take_body(), self._like)
+                self._parts.drop_buffer()
+            else:
+                reported = self._finish_multipart(still_wanted)
+        except UploadInterrupted:
+            self._move(UploadState.STREAMING)
+            raise
+        except BaseException:
+            self._abort()
+            raise
+        self._unmark()
+        self._verify(reported)
+        self._move(UploadState.COMMITTED)
+        log.info("%s: stored %d bytes", self._ctx, self._parts.size)
+
+    def _verify(self, reported: Optional[int]) -> None:
+        """Compare the CRC64 of what the client sent with what COS stored.
+
+        A mismatch means COS holds other bytes than the client sent: delete the object
+        rather than serve it, and fail the transfer.
+        """
+        crc = self._parts.crc
+        if reported is None or crc is None or reported == crc.value:
+            return
+        self._move(UploadState.ABORTED)
+        log.error("%s: CRC64 mismatch: sent %d, COS reports %d; deleting the object",
+                  self._ctx, crc.value, reported)
+        self._bucket.delete(self._key)
+        raise StorageError(f"integrity check failed for {self.name}: CRC64 of the data "
+                           "received differs from the stored object's", code="CRC64Mismatch")
+
+    def close(self) -> None:
+        """Park or abort unless :meth:`commit` succeeded; idempotent."""
+        if self.closed:
+            return
+        if self._store.enabled and not self._discard and self._parts.upload_id and self._park():
+            return
+        log.warning("%s: upload aborted after %d bytes; nothing stored", self._ctx,
+                    self._parts.size)
+        self._abort()
+
+    def _park(self) -> bool:
+        """Keep the parts that reached COS for a later REST + STOR; False if none did or the
+        record cannot be written (the caller then aborts)."""
+        self._parts.settle()
+        stored = self._parts.stored_parts()
+        if not stored:
+            return False
+        resumable = sum(part.size for part in stored)
+        upload_id = self._parts.upload_id or ""
+        record = ParkRecord(user=self._store.user, path=self.name, key=self._key,
+                            upload_id=upload_id, size=resumable, parts=len(stored),
+                            crc64=self._parts.crc_after.get(len(stored)))
+        try:
+            self._store.park(record, self._ctx)
+        except StorageError as exc:
+            log.error("%s: cannot park upload %s: %s", self._ctx, upload_id, exc)
+            return False
+        self._move(UploadState.PARKED)
+        metrics.UPLOADS_PARKED.inc()
+        log.warning("%s: upload interrupted after %d bytes; parked %d bytes as upload %s for "
+                    "%ds: REST %d + STOR continues it", self._ctx, self._parts.size, resumable,
+                    upload_id, self._store.ttl, resumable)
+        return True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed upload")
+
+    def _start_multipart(self) -> str:
+        upload_id = self._bucket.create_multipart(self._key, self._like)
+        self._store.started(self._key, upload_id, self.name, self._ctx)
+        return upload_id
+
+    def _unmark(self) -> None:
+        """The multipart upload ended: drop its live marker (see :mod:`.resume`)."""
+        if self._parts.upload_id:
+            self._store.ended(self._key, self._parts.upload_id, self._ctx)
+
+    def _finish_multipart(self, still_wanted: Callable[[float], bool]) -> Optional[int]:
+        # A killed client closes its data and control connections a moment apart, in either
+        # order; the last parts' upload time is spent waiting for the control one to close.
+        grace_ends = time.monotonic() + CLIENT_GONE_GRACE
+        self._parts.finish()
+        if not still_wanted(max(0.0, grace_ends - time.monotonic())):
+            raise UploadInterrupted(self.name)
+        parts = sorted(self._parts.etags.items())
+        return self._bucket.complete_multipart(self._key, self._parts.upload_id or "",
+                                               parts).crc64
+
+    def _abort(self) -> None:
+        if self.state is not UploadState.ABORTED:
+            self._move(UploadState.ABORTED)
+        self._parts.settle()
+        upload_id = self._parts.upload_id
+        if upload_id is None:
+            return
+        try:
+            self._bucket.abort_multipart(self._key, upload_id)
+        except NotFound:
+            pass
+        except StorageError as exc:
+            log.error("%s: could not abort multipart upload %s: %s; will retry", self._ctx,
+                      upload_id, exc)
+            if self._retrier is not None:
+                self._retrier.add(self._bucket, self._key, upload_id)
+            return  # the live marker stays, for the janitor should the retries not succeed
+        self._unmark()
+
+
+class SessionUploads:
+    """Opens the uploads of one FTP session and decides what each continues: nothing, the
+    stored file, or a parked upload. Holds the one fact that links two commands: the parked
+    upload a SIZE reported, which a following APPE continues (``curl -C -``)."""
+
+    def __init__(self, bucket: Bucket, transfer: TransferConfig, engine: Engine,
+                 store: ResumeStore, retrier: Optional[AbortRetrier] = None) -> None:
+        self._bucket, self._transfer, self._engine = bucket, transfer, engine
+        self._store, self._retrier = store, retrier
+        self._offered: Optional[tuple[str, str]] = None  # (path, upload id) SIZE reported
+
+    def source(self, path: str, key: str, entry: Optional[Entry],
+               log_context: str) -> Optional[Source]:
+        """What an upload to ``path`` would continue: the parked upload if it is newer than
+        the file ``entry``, else the file, else None. A parked upload not newer than the
+        file is discarded: the file was written since."""
+        parked = self._store.find(key, log_context)
+        if parked is None or entry is None or parked.parked_at > entry.mtime:
+            return parked or entry
+        # COS times have whole seconds: in a tie, the file is what the client last saw, and
+        # the parked upload can no longer be reached either way.
+        self._store.discard(parked, log_context)
+        return entry
+
+    def offer(self, path: str, source: Optional[Source]) -> None:
+        """SIZE reported ``source``: an APPE next continues it if it is a parked upload."""
+        if isinstance(source, ParkedUpload):
+            self._offered = (path, source.record.upload_id)
+
+    def new(self, path: str, key: str, log_context: str, overwrite: bool = False,
+            announced: Optional[int] = None) -> UploadSession:
+        """An upload that starts from nothing (STOR)."""
+        return self._session(path, key, UploadState.OVERWRITE if overwrite else UploadState.NEW,
+                             log_context, announced)
+
+    def append(self, path: str, key: str, existing: Optional[Entry], log_context: str,
+               announced: Optional[int] = None) -> UploadSession:
+        """APPE: the existing object's bytes (copied inside COS), then the client's; or,
+        right after SIZE reported a parked upload, that upload. The old object stays as it
+        is until the new one commits."""
+        parked = self._offered_parked(path, key, existing, log_context)
+        if parked is not None:
+            return self._resumed(path, key, parked, log_context, announced)
+        if existing is None or existing.size == 0:
+            return self.new(path, key, log_context, existing is not None, announced)
+        return self._continued(path, key, log_context, None, announced)
+
+    def at_offset(self, path: str, key: str, entry: Optional[Entry], offset: int,
+                  log_context: str, announced: Optional[int] = None) -> UploadSession:
+        """REST ``offset`` + STOR: continue the parked upload or the file ending at
+        ``offset``; raises ``ResumeRefused`` otherwise."""
+        source = self.source(path, key, entry, log_context)
+        stored = source.size if source is not None else 0
+        if source is None or stored != offset:
+            raise ResumeRefused(f"Cannot resume at byte {offset}: the stored part of this "
+                                f"file ends at byte {stored}")
+        if isinstance(source, ParkedUpload):
+            return self._resumed(path, key, source, log_context, announced)
+        return self._continued(path, key, log_context, offset, announced)
+
+    def _offered_parked(self, path: str, key: str, existing: Optional[Entry],
+                        log_context: str) -> Optional[ParkedUpload]:
+        """The parked upload this session's SIZE reported for ``path``, if it is still what
+        an upload would continue; else None (a plain APPE asks COS nothing more)."""
+        if self._offered is None or self._offered[0] != path:
+            return None
+        source = self.source(path, key, existing, log_context)
+        if isinstance(source, ParkedUpload) and source.record.upload_id == self._offered[1]:
+            return source
+        return None
+
+    def _session(self, path: str, key: str, state: UploadState, log_context: str,
+                 announced: Optional[int]) -> UploadSession:
+        return UploadSession(self._bucket, key, name=path, state=state,
+                             transfer=self._transfer, engine=self._engine, store=self._store,
+                             log_context=log_context, retrier=self._retrier,
+                             announced=announced)
+
+    def _resumed(self, path: str, key: str, parked: ParkedUpload, log_context: str,
+                 announced: Optional[int]) -> UploadSession:
+        """An upload that continues ``parked``, taken away from other sessions first."""
+        upload = self._session(path, key, UploadState.RESUME, log_context, announced)
+        with _given_up_on_failure(upload):
+            self._store.claim(parked)
+        upload.resume(parked)
+        return upload
+
+    def _continued(self, path: str, key: str, log_context: str, size: Optional[int],
+                   announced: Optional[int]) -> UploadSession:
+        """An upload that starts with the bytes of the stored file ``key``, which must be
+        ``size`` bytes long if given."""
+        upload = self._session(path, key, UploadState.APPEND, log_context, announced)
+        with _given_up_on_failure(upload):
+            existing = self._bucket.head(key)
+            if size is not None and existing.size != size:
+                raise ResumeRefused(f"{path} changed while resuming; try again")
+            upload.continue_object(existing)
+        return upload
+
+
+@contextlib.contextmanager
+def _given_up_on_failure(upload: UploadSession) -> Iterator[UploadSession]:
+    """Discard ``upload`` (nothing is parked) if setting it up fails."""
+    try:
+        yield upload
+    except BaseException:
+        upload.cancel()
+        upload.close()
+        raise

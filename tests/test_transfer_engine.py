@@ -1,0 +1,168 @@
+"""The worker's transfer engine end to end: fair pools, the memory budget and part sizes,
+seen through a real server, real FTP clients and the emulator."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from .conftest import ALPHA, BETA
+from .emulator_proc import EmulatorProcess
+from .server_proc import Account, ServerProcess, wait_until
+from .test_commands import get, put
+
+MIB = 1024 * 1024
+ACCOUNTS = [Account("alice", "alice-pw", ALPHA), Account("bob", "bob-pw", BETA)]
+
+
+@pytest.fixture
+def slow_emulator():
+    """An emulator of its own: latency applies to every request it serves."""
+    emu = EmulatorProcess(buckets=[ALPHA, BETA])
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def timed_put(server: ServerProcess, user: str, path: str, data: bytes) -> float:
+    ftp = server.login(user, f"{user}-pw")
+    try:
+        started = time.monotonic()
+        assert put(ftp, path, data).startswith("226")
+        return time.monotonic() - started
+    finally:
+        ftp.quit()
+
+
+def test_a_directory_rename_does_not_starve_another_users_upload(slow_emulator, tmp_path,
+                                                                 area):
+    cos = slow_emulator.client()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: cos.put_object(Bucket=ALPHA, Key=f"{area}/d/{n:04}", Body=b"k"),
+                      range(600)))
+    data = os.urandom(3 * MIB)
+    with ServerProcess(str(tmp_path), slow_emulator.port, ACCOUNTS,
+                       optional={"copy_thread_num": "32"}) as server:
+        slow_emulator.set_faults(latency_ms=100)
+        alone = timed_put(server, "bob", f"{area}-alone", data)
+        renamer = server.login("alice", "alice-pw", timeout=300)
+        replies: list[str] = []
+        rename = threading.Thread(
+            target=lambda: replies.append(renamer.rename(f"{area}/d", f"{area}/e")))
+        rename.start()
+        wait_until(lambda: slow_emulator.requests(contains=f"{area}/").get("COPY", 0) > 20,
+                   timeout=60, what="the rename copying")
+        during = timed_put(server, "bob", f"{area}-during", data)
+        still_copying = rename.is_alive()
+        rename.join(timeout=300)
+        renamer.quit()
+        slow_emulator.set_faults(latency_ms=0)
+    assert replies and replies[0].startswith("250")
+    assert still_copying, "the rename ended before the upload: nothing was measured"
+    assert during <= 2 * alone, f"upload took {during:.2f}s during the rename, {alone:.2f}s alone"
+    keys = cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/e/", MaxKeys=1000).get("Contents", [])
+    assert len(keys) == 600
+
+
+def worker_rss(server: ServerProcess) -> int:
+    master = psutil.Process(server.proc.pid)
+    return sum(child.memory_info().rss for child in master.children())
+
+
+def settled_rss(server: ServerProcess) -> int:
+    """The workers' RSS once it stops falling (each worker trims malloc once a second)."""
+    lowest, since = worker_rss(server), time.monotonic()
+    deadline = since + 15
+    while time.monotonic() < deadline and time.monotonic() - since < 2.5:
+        time.sleep(0.2)  # sampling, not synchronisation
+        now = worker_rss(server)
+        if now < lowest - MIB:
+            lowest, since = now, time.monotonic()
+    return min(lowest, worker_rss(server))
+
+
+def test_sixteen_uploads_to_slow_cos_stay_inside_the_budget(slow_emulator, tmp_path, area):
+    """16 uploads of 16 MiB in 2 MiB parts at 400 ms per request: without a budget each
+    upload holds (upload_thread_num + 1) parts, 160 MiB over the two workers. With 8 MiB per
+    worker, the README's bound holds. The sessions log in one by one first: each login's
+    scrypt check takes 16 MiB for a moment, which glibc may keep."""
+    optional = {"upload_memory_limit": "8", "min_part_size": str(2 * MIB),
+                "upload_thread_num": "4", "log_level": "INFO"}
+    with ServerProcess(str(tmp_path), slow_emulator.port, ACCOUNTS, optional=optional) as server:
+        for n in range(2):  # one upload per worker first: what every process allocates once
+            assert _put_as(server, "alice", f"{area}/warm-{n}", os.urandom(5 * MIB))[:3] == "226"
+        idle = settled_rss(server)
+        sessions = [server.login("alice", "alice-pw", timeout=120) for _ in range(16)]
+        settled_rss(server)  # the logins' scrypt memory is given back (or kept) first
+        slow_emulator.set_faults(latency_ms=400)
+        data = os.urandom(16 * MIB)
+        peak, done = [idle], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], worker_rss(server))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                replies = list(pool.map(lambda n: put(sessions[n], f"{area}/{n}", data),
+                                        range(16)))
+        finally:
+            done.set()
+            sampler.join()
+            slow_emulator.set_faults(latency_ms=0)
+        assert all(reply.startswith("226") for reply in replies), replies
+        assert get(sessions[7], f"{area}/7") == data
+        for ftp in sessions:
+            ftp.quit()
+    # Per worker: budget, one part, the 16 MiB of one login's scrypt; 2 MiB per transfer.
+    growth, bound = (peak[0] - idle) / MIB, 2 * (8 + 2 + 16) + 16 * 2
+    assert growth < bound, f"workers grew by {growth:.0f} MiB for 16 uploads (bound {bound})"
+
+
+def _put_as(server: ServerProcess, user: str, path: str, data: bytes) -> str:
+    ftp = server.login(user, f"{user}-pw", timeout=120)
+    try:
+        return put(ftp, path, data)
+    finally:
+        ftp.quit()
+
+
+def test_parts_start_at_min_part_size_whatever_the_largest_file(emulator, tmp_path, area):
+    """With the default single_file_max_size of 200 GiB, a 3.5 MiB file goes up in 1 MiB
+    parts, not as one PUT of a part sized for 200 GiB."""
+    cos = emulator.client()
+    with ServerProcess(str(tmp_path), emulator.port, ACCOUNTS,
+                       file_option={"single_file_max_size": str(200 * 1024 ** 3)}) as server:
+        ftp = server.login("alice", "alice-pw")
+        emulator.requests(reset=True, contains=area)
+        assert put(ftp, f"{area}/f", os.urandom(3 * MIB + MIB // 2)).startswith("226")
+        ftp.quit()
+    # Initiate and complete (UploadPart is counted with the PUTs, and so is a live marker).
+    assert emulator.requests(contains=area).get("POST", 0) == 2
+    head = cos.head_object(Bucket=ALPHA, Key=f"{area}/f")
+    assert head["ETag"].endswith('-4"')
+
+
+def test_allo_announces_the_size_and_refuses_what_cannot_be_stored(server, area):
+    ftp = server.login("alice", "alice-pw")
+    try:
+        limit = 1024 ** 3  # the test server's single_file_max_size
+        with pytest.raises(ftplib.error_perm, match=r"^552"):
+            ftp.sendcmd(f"ALLO {limit + 1}")
+        with pytest.raises(ftplib.error_perm, match=r"^501"):
+            ftp.sendcmd("ALLO lots")
+        data = os.urandom(2 * MIB + 3)
+        assert ftp.sendcmd(f"ALLO {len(data)}").startswith("200")
+        assert ftp.storbinary(f"STOR {area}", io.BytesIO(data)).startswith("226")
+        assert get(ftp, area) == data
+    finally:
+        ftp.quit()
