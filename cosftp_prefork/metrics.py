@@ -1,7 +1,7 @@
 """The Prometheus metrics every process of the server updates.
 
 prometheus_client's multiprocess mode keeps each process's values in memory-mapped files in
-``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`cosftp_prefork.metrics_dir`); the metrics exporter
+``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`cosftp_prefork.server.metrics_dir`); the metrics exporter
 process adds them up when scraped. The variable is read when prometheus_client is first
 imported, so ``cosftpctl run`` sets it before importing anything that imports this module;
 without it (metrics off) the values stay in each process's memory and nobody reads them.

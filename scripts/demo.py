@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from cosftp_prefork.config import load_config
+from cosftp_prefork.config.settings import load_config
 from cosftp_prefork.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,14 +155,14 @@ def main() -> int:
     ready = os.path.join(args.dir, "emulator.port")
     if os.path.exists(ready):
         os.unlink(ready)
-    emulator = subprocess.Popen([sys.executable, "-m", "cosftp_prefork.emulator", "--port", "0",
+    emulator = subprocess.Popen([sys.executable, "-m", "cosftp_prefork.emulator.app", "--port", "0",
                                  "--bucket", BUCKET, "--ready-file", ready], cwd=ROOT)
     server = None
     try:
         cos_port = wait_for_file(ready, emulator)
         config_path = write_config(args, cos_port)
         log = os.path.join(args.dir, "cosftp.log")
-        server = subprocess.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c", config_path,
+        server = subprocess.Popen([sys.executable, "-m", "cosftp_prefork", "-c", config_path,
                                    "run", "--log-file-only"], cwd=ROOT)
         wait_until_serving(connect_host(args.listen_address), args.port, server, log)
         print(banner(args, cos_port, config_path), flush=True)

@@ -19,7 +19,7 @@ from .server_proc import wait_until
 
 
 class EmulatorProcess:
-    """``python -m cosftp_prefork.emulator`` on a free loopback port."""
+    """``python -m cosftp_prefork.emulator.app`` on a free loopback port."""
 
     def __init__(self, buckets: Sequence[str], region: str = "ap-guangzhou",
                  extra_args: Sequence[str] = ()) -> None:
@@ -32,7 +32,7 @@ class EmulatorProcess:
 
     def start(self) -> EmulatorProcess:
         ready = os.path.join(self._dir, "port")
-        args = [sys.executable, "-m", "cosftp_prefork.emulator", "--port", "0",
+        args = [sys.executable, "-m", "cosftp_prefork.emulator.app", "--port", "0",
                 "--region", self.region, "--ready-file", ready]
         for bucket in self.buckets:
             args += ["--bucket", bucket]

@@ -102,7 +102,7 @@ class ServerProcess:
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run ``cosftpctl -c CONFIG ARGS`` and return the completed process."""
         return subprocess.run(
-            [sys.executable, "-m", "cosftp_prefork.cli", "-c", self.config_path, *args],
+            [sys.executable, "-m", "cosftp_prefork", "-c", self.config_path, *args],
             capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
         )
 
@@ -110,7 +110,7 @@ class ServerProcess:
         self.write_config()
         out = open(os.path.join(self.workdir, "server.out"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cosftp_prefork.cli", "-c", self.config_path, "run"],
+            [sys.executable, "-m", "cosftp_prefork", "-c", self.config_path, "run"],
             stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
         out.close()

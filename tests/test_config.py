@@ -9,7 +9,8 @@ from typing import Optional
 
 import pytest
 
-from cosftp_prefork.config import (
+from cosftp_prefork.config.passwords import hash_password
+from cosftp_prefork.config.settings import (
     GIB,
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -25,8 +26,7 @@ from cosftp_prefork.config import (
     part_size_for,
 )
 from cosftp_prefork.errors import ConfigError
-from cosftp_prefork.ftp import CosAuthorizer
-from cosftp_prefork.passwords import hash_password
+from cosftp_prefork.ftp.handler import CosAuthorizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,8 @@ import zlib
 import pytest
 from fastcrc import crc64
 
-from cosftp_prefork.digests import stored_digest
-from cosftp_prefork.storage import ObjectInfo
+from cosftp_prefork.cos.bucket import ObjectInfo
+from cosftp_prefork.cos.digests import stored_digest
 
 from .test_commands import put
 

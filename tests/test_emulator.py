@@ -15,8 +15,8 @@ import pytest
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
 
-from cosftp_prefork.checksum import crc64
-from cosftp_prefork.emulator import COS_MIN_PART_SIZE, cos_host
+from cosftp_prefork.cos.checksum import crc64
+from cosftp_prefork.emulator.app import COS_MIN_PART_SIZE, cos_host
 
 from .conftest import ALPHA, BETA
 from .emulator_proc import EmulatorProcess

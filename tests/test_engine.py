@@ -12,13 +12,13 @@ import time
 import pytest
 from qcloud_cos import CosConfig, CosS3Client
 
-from cosftp_prefork.config import GIB, MAX_PARTS, MIB, TransferConfig
-from cosftp_prefork.emulator import Emulator
-from cosftp_prefork.engine import Engine, FairPool, PartPlan, TransferBudget
+from cosftp_prefork.config.settings import GIB, MAX_PARTS, MIB, TransferConfig
+from cosftp_prefork.cos.bucket import Bucket, ChunkedBody
+from cosftp_prefork.cos.engine import Engine, FairPool, PartPlan, TransferBudget
+from cosftp_prefork.cos.resume import ResumeStore, find_parked
+from cosftp_prefork.cos.uploads import SessionUploads, UploadSession, UploadState
+from cosftp_prefork.emulator.app import Emulator
 from cosftp_prefork.errors import StorageError
-from cosftp_prefork.resume import ResumeStore, find_parked
-from cosftp_prefork.storage import Bucket, ChunkedBody
-from cosftp_prefork.uploads import SessionUploads, UploadSession, UploadState
 
 from .server_proc import wait_until
 

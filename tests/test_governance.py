@@ -24,8 +24,8 @@ from contextlib import suppress
 
 import pytest
 
-from cosftp_prefork.gate import BurstLog
-from cosftp_prefork.shared import (
+from cosftp_prefork.server.gate import BurstLog
+from cosftp_prefork.server.scoreboard import (
     _BANS_AT,
     FILE_SIZE,
     SharedState,
@@ -349,7 +349,7 @@ def test_ipv6_bans_are_per_address_and_saved_with_their_expiry(tmp_path):
 
 def test_burst_log_writes_the_first_event_then_a_count(caplog):
     burst = BurstLog(interval=10.0, max_keys=2)
-    with caplog.at_level("WARNING", logger="cosftp_prefork.gate"):
+    with caplog.at_level("WARNING", logger="cosftp_prefork.server.gate"):
         for _ in range(500):
             burst.note("192.0.2.1", "connection refused: full", now=100.0)
         burst.note("192.0.2.2", "connection refused: full", now=100.0)

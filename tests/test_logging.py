@@ -14,7 +14,7 @@ import pytest
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
 
-FORGED = "2026-01-01 00:00:00,000 WARNING [1 worker 1] cosftp_prefork.ftp: FORGED-LINE"
+FORGED = "2026-01-01 00:00:00,000 WARNING [1 worker 1] cosftp_prefork.ftp.handler: FORGED-LINE"
 
 
 @pytest.fixture(scope="module", params=["DEBUG", "INFO"])

@@ -16,7 +16,7 @@ import sys
 import psutil
 import pytest
 
-from cosftp_prefork.shared import SharedState, state_path
+from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA, _close
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
@@ -291,7 +291,7 @@ def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon,
     upload.sendall(data[:MIB])
     download = downloader.transfercmd(f"RETR {area}-big")
     received = download.recv(65536)
-    stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+    stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c",
                              daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
                             stdout=subprocess.PIPE, text=True)
     wait_until(lambda: _refused(daemon.port), what="listener closed")
@@ -325,7 +325,7 @@ def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
     master = master_of(daemon)
     uploader = login(daemon)
     upload = start_upload(uploader, cos, area, 3 * MIB)
-    graceful = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+    graceful = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c",
                              daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
                             stdout=subprocess.DEVNULL)
     wait_until(lambda: _refused(daemon.port), what="listener closed")
@@ -475,8 +475,8 @@ def test_stopped_worker_is_sigkilled_after_the_abort_grace(strict_health):
 
 def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
     """The master marks a worker it sent SIGABRT as ``aborting``; status names the log."""
-    from cosftp_prefork.cli import format_status
-    from cosftp_prefork.shared import ABORTING, SERVING, MasterStatus
+    from cosftp_prefork.server.cli import format_status
+    from cosftp_prefork.server.scoreboard import ABORTING, SERVING, MasterStatus
 
     state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
     state.write_header(MasterStatus(os.getpid(), 1, 0.0, 2, "vsftpd.conf"))
@@ -673,13 +673,13 @@ def _send_until_closed(conn: socket.socket) -> None:
 def test_help_and_readme_say_what_term_and_quit_do():
     """TERM parks uploads (as the guarantees say), it does not abort them; QUIT lets
     transfers finish and is what stop --graceful sends."""
-    shown = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "--help"],
+    shown = subprocess.run([sys.executable, "-m", "cosftp_prefork", "--help"],
                            capture_output=True, text=True, check=True).stdout
     term = next(line for line in shown.splitlines() if line.strip().startswith("TERM"))
     assert "426" in term and "parked" in shown and "abort" not in term
     quit_help = shown[shown.index("  QUIT"):shown.index("  HUP")]
     assert "stop --graceful" in quit_help and "226" in quit_help and "refused" in quit_help
-    stop_help = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "stop", "--help"],
+    stop_help = subprocess.run([sys.executable, "-m", "cosftp_prefork", "stop", "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert "--graceful" in stop_help
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
@@ -708,7 +708,7 @@ def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area, how):
     master = master_of(daemon)
     workers = live_children(master)
     if how == "stop":
-        stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork.cli", "-c",
+        stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c",
                                  daemon.config_path, "stop"], cwd=daemon.workdir)
     else:
         master.kill()

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from cosftp_prefork.config import parse_config
+from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS, _close

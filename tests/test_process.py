@@ -12,7 +12,7 @@ import sys
 import psutil
 import pytest
 
-from cosftp_prefork.shared import SharedState, state_path
+from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
@@ -143,7 +143,7 @@ def test_bad_config_is_refused_with_section_and_option(daemon):
 def test_check_accepts_the_shipped_example():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
-        [sys.executable, "-m", "cosftp_prefork.cli", "-c",
+        [sys.executable, "-m", "cosftp_prefork", "-c",
          os.path.join(root, "conf", "vsftpd.conf.example"), "check"],
         capture_output=True, text=True, timeout=60,
     )

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from cosftp_prefork.shared import SharedState, state_path
+from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA, _close
 from .server_proc import Account, ServerProcess, free_port, wait_until
@@ -214,7 +214,7 @@ def test_secrets_stay_out_of_logs_and_titles(server, alice, area):
 
 @pytest.fixture
 def guarded(emulator, tmp_path):
-    hashed = subprocess.run([sys.executable, "-m", "cosftp_prefork.cli", "hash-password"],
+    hashed = subprocess.run([sys.executable, "-m", "cosftp_prefork", "hash-password"],
                             input="s3cret hashed\n", capture_output=True, text=True, check=True)
     accounts = [Account("hashy", hashed.stdout.strip(), ALPHA),
                 Account("anonymous", "unused", ALPHA, "R", extra="anonymous_enable = true")]

@@ -15,9 +15,9 @@ import psutil
 import pytest
 from fastcrc import crc64
 
-from cosftp_prefork.config import AccountConfig
-from cosftp_prefork.resume import Janitor, live_key
-from cosftp_prefork.storage import BucketRegistry
+from cosftp_prefork.config.settings import AccountConfig
+from cosftp_prefork.cos.bucket import BucketRegistry
+from cosftp_prefork.cos.resume import Janitor, live_key
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until

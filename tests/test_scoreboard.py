@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from cosftp_prefork.shared import (
+from cosftp_prefork.server.scoreboard import (
     PENDING,
     TOO_MANY_PER_IP,
     TOO_MANY_PRELOGIN_PER_IP,

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from cosftp_prefork.cos.bucket import Bucket
 from cosftp_prefork.errors import StorageError
-from cosftp_prefork.storage import Bucket
 
 from .conftest import ALPHA
 

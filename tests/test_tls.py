@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cosftp_prefork.config import parse_config
+from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
 from .conftest import ALPHA, _close

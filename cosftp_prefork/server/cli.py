@@ -12,13 +12,13 @@ import sys
 import time
 from typing import Optional
 
-from .config import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
-from .errors import ConfigError
-from .log import LOG_FILE_NAME
-from .logfiles import LOG_FILE_MODE
+from ..config.passwords import hash_password
+from ..config.settings import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
+from ..errors import ConfigError
+from ..logfiles import LOG_FILE_MODE
+from .logs import LOG_FILE_NAME
 from .metrics_dir import use_metrics_dir
-from .passwords import hash_password
-from .shared import (
+from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
     CLUSTER_NONE,
@@ -125,7 +125,7 @@ def cmd_start(config: Config) -> int:
     with open(os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE),
               "ab") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "cosftp_prefork.cli", "-c", config.path, "run",
+            [sys.executable, "-m", "cosftp_prefork", "-c", config.path, "run",
              "--log-file-only"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )

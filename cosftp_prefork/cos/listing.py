@@ -10,8 +10,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
 
-from .paths import RESERVED_NAME, child_name
-from .storage import Bucket, ListPage, ObjectInfo
+from ..paths import RESERVED_NAME, child_name
+from .bucket import Bucket, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
 UNNAMEABLE = re.compile("[\x00\r\n]")

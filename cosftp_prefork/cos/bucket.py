@@ -33,9 +33,9 @@ from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from . import metrics
-from .config import AccountConfig
-from .errors import NotFound, PermissionDenied, StorageError
+from .. import metrics
+from ..config.settings import AccountConfig
+from ..errors import NotFound, PermissionDenied, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .logfiles import EscapingFormatter, PrivateFileHandler
+from ..logfiles import EscapingFormatter, PrivateFileHandler
 
 LOG_FILE_NAME = "cosftp.log"
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d %(role)s] %(name)s: %(message)s"

@@ -60,7 +60,7 @@ from moto.server import create_backend_app
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
-from .checksum import crc64
+from ..cos.checksum import crc64
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 DEFAULT_REGION = "ap-guangzhou"

@@ -28,8 +28,8 @@ from typing import Optional
 
 import redis
 
-from .config import ClusterConfig
-from .shared import address_key, address_text
+from ..config.settings import ClusterConfig
+from .scoreboard import address_key, address_text
 
 log = logging.getLogger(__name__)
 

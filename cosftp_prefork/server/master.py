@@ -4,7 +4,7 @@ Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake t
 through a pipe; the loop dispatches to ``handle_<signal>`` methods, reaps and respawns
 workers, finishes reloads and runs health checks. The master never serves FTP and never
 talks to COS; with ``metrics_port`` set it also forks and supervises the metrics exporter
-(:mod:`cosftp_prefork.exporter`).
+(:mod:`cosftp_prefork.server.exporter`).
 
 Reload (HUP) is nginx-like: the new file is validated first and an invalid one leaves
 everything as it was. A valid one starts a new generation of workers on the same sockets
@@ -36,14 +36,16 @@ from typing import Optional
 import psutil
 from setproctitle import setproctitle
 
-from . import metrics
-from .config import Config, NetworkConfig, load_config
-from .errors import ConfigError
+from .. import metrics
+from ..config.settings import Config, NetworkConfig, load_config
+from ..errors import ConfigError
 from .exporter import ExporterProcess, serve
-from .log import log_block, setup_logging
+from .logs import log_block, setup_logging
 from .metrics_dir import metrics_dir
-from .shared import (
+from .scoreboard import (
     ABORTING,
+    EXIT_BOOT_FAILURE,
+    LISTEN_BACKLOG,
     RELOAD_FAILED,
     RELOAD_OK,
     RELOAD_RUNNING,
@@ -55,7 +57,6 @@ from .shared import (
     save_bans,
     state_path,
 )
-from .worker import EXIT_BOOT_FAILURE, LISTEN_BACKLOG, Worker
 
 log = logging.getLogger(__name__)
 
@@ -541,6 +542,10 @@ class Master:
         if self.reload is not None and self.reload.old_listeners is not None:
             # A new worker must not keep the old ports open.
             self.reload.old_listeners.close(keep=self.listeners)
+        # Imported here, in the forked child: the master never loads pyftpdlib or the COS
+        # SDK, so the workers of a reload run the code installed at that time.
+        from .worker import Worker
+
         try:
             return Worker(index, self.generation, slot, self.config, self.listeners.ftp,
                           self.state, self.pid, self.foreground,

@@ -12,7 +12,7 @@ import os
 import stat
 from typing import Optional
 
-from .config import Config
+from ..config.settings import Config
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 

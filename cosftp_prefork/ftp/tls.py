@@ -17,11 +17,11 @@ from typing import Optional
 from OpenSSL import SSL
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
 
-from .config import Config
-from .engine import Engine
-from .ftp import CosDTPHandler, CosFTPHandler, configure_handler
-from .storage import BucketRegistry
-from .tls import ServerTLS
+from ..config.settings import Config
+from ..config.tls import ServerTLS
+from ..cos.bucket import BucketRegistry
+from ..cos.engine import Engine
+from .handler import CosDTPHandler, CosFTPHandler, configure_handler
 
 log = logging.getLogger(__name__)
 

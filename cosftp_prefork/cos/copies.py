@@ -13,12 +13,12 @@ from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import MAX_PARTS, TransferConfig, part_size_for
-from .errors import InvalidPath, StorageError
+from ..config.settings import MAX_PARTS, TransferConfig, part_size_for
+from ..errors import InvalidPath, StorageError
+from ..paths import MAX_KEY_BYTES, key_bytes
+from .bucket import Bucket, ObjectInfo
 from .listing import all_objects
-from .paths import MAX_KEY_BYTES, key_bytes
 from .resume import mark_live, unmark_live
-from .storage import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)
 

@@ -47,14 +47,14 @@ from collections.abc import Hashable, Iterator
 from concurrent.futures import Future, wait
 from typing import Callable, Optional, Union
 
-from . import metrics
+from .. import metrics
+from ..config.settings import MIN_PART_SIZE, TransferConfig
+from ..errors import FileTooLarge, NotFound, ResumeRefused, StorageError
+from .bucket import Bucket, ObjectInfo, PartInfo
 from .checksum import Crc64
-from .config import MIN_PART_SIZE, TransferConfig
 from .engine import Claim, Engine, PartPlan
-from .errors import FileTooLarge, NotFound, ResumeRefused, StorageError
 from .listing import Entry
 from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
-from .storage import Bucket, ObjectInfo, PartInfo
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import queue
 import threading
 from typing import Optional, Union
 
-from .errors import StorageError
-from .storage import Bucket, ObjectStream
+from ..errors import StorageError
+from .bucket import Bucket, ObjectStream
 
 log = logging.getLogger(__name__)
 

@@ -31,32 +31,25 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
-from . import metrics
+from .. import metrics
+from ..config.settings import Config, resolve_masquerade
+from ..cos.bucket import BucketRegistry
+from ..cos.engine import Engine
+from ..cos.resume import Janitor
+from ..cos.uploads import AbortRetrier
+from ..errors import ConfigError
+from ..ftp.handler import ProxyStep, configure_handler
+from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
-from .config import Config, resolve_masquerade
-from .engine import Engine
-from .errors import ConfigError
-from .ftp import ProxyStep, configure_handler
-from .ftps import configure_tls_handlers
 from .gate import BANNED, Gate, Ticket
-from .log import setup_logging
-from .resume import Janitor
-from .shared import DRAINING, SERVING, STARTING, SharedState
-from .storage import BucketRegistry
-from .uploads import AbortRetrier
+from .logs import setup_logging
+from .scoreboard import DRAINING, EXIT_BOOT_FAILURE, LISTEN_BACKLOG, SERVING, STARTING, SharedState
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 TICK_SECONDS = 1.0
 BALANCE_SECONDS = 0.1
-# Exit status for "this worker cannot start with this config": not a crash to retry blindly.
-EXIT_BOOT_FAILURE = 3
-# Connections the kernel queues until a worker accepts them (capped by net.core.somaxconn);
-# pyftpdlib listens again on the inherited socket, so the workers set it too. pyftpdlib's 100
-# was too few for a burst: of 1,000 sockets one address opened at once, 635 were dropped by
-# the kernel and never answered.
-LISTEN_BACKLOG = 1024
 
 
 def _die_with_parent() -> None:

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Optional
 
-from .config import TransferConfig
-from .errors import PermissionDenied
+from ..config.settings import TransferConfig
+from ..errors import PermissionDenied
+from ..paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
+from .bucket import MTIME_HEADER, Bucket, ListPage, ObjectInfo
+from .copies import Moved, copy_object, delete_keys
 from .listing import Entry, all_objects, pages
-from .paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
-from .renamer import Moved, copy_object, delete_keys
-from .storage import MTIME_HEADER, Bucket, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .config import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
+from ..config.settings import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
 
 log = logging.getLogger(__name__)
 

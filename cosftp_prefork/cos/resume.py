@@ -29,11 +29,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .config import MIN_PART_SIZE
-from .errors import NotFound, PermissionDenied, StorageError
+from ..config.settings import MIN_PART_SIZE
+from ..errors import NotFound, PermissionDenied, StorageError
+from ..paths import RESERVED_NAME
+from .bucket import Bucket, ObjectInfo, PartInfo, UploadInfo
 from .listing import all_objects
-from .paths import RESERVED_NAME
-from .storage import Bucket, ObjectInfo, PartInfo, UploadInfo
 
 log = logging.getLogger(__name__)
 

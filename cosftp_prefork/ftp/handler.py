@@ -19,22 +19,21 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.utils import strerror
 
-from . import metrics
-from .config import AccountConfig, Config
+from .. import metrics
+from ..config.passwords import PasswordChecker
+from ..config.settings import AccountConfig, Config
+from ..cos.bucket import BucketRegistry
+from ..cos.digests import ALGORITHMS
+from ..cos.downloads import CHUNK_SIZE
+from ..cos.engine import Engine
+from ..cos.uploads import UploadInterrupted
+from ..errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
+from ..paths import new_name_key
 from .dialect import ClientDialect
-from .digests import ALGORITHMS
-from .downloader import CHUNK_SIZE
-from .engine import Engine
-from .errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from .fs import CosFS, FsContext, Unstorable
-from .gate import BANNED
 from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
-from .passwords import PasswordChecker
-from .paths import new_name_key
 from .proxy import ProxyHeaderError, read_header
-from .storage import BucketRegistry
-from .uploads import UploadInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +436,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             return False
         self.stats.gate.refusals.note(self.remote_ip, "login refused: the address is banned")
         metrics.LOGINS.labels("banned").inc()
-        self.respond(f"421 {BANNED}")
+        self.respond(f"421 {self.stats.gate.BANNED}")
         self.close_when_done()
         return True
 

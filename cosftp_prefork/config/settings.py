@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .passwords import HashFormatError, check_stored_form, scrypt_parameters
 from .tls import ServerTLS, TLSFileError, load_server_tls
 

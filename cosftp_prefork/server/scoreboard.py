@@ -37,6 +37,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
+# Exit status for "this worker cannot start with this config": not a crash to retry blindly.
+EXIT_BOOT_FAILURE = 3
+# Connections the kernel queues until a worker accepts them (capped by net.core.somaxconn);
+# pyftpdlib listens again on the inherited socket, so the workers set it too. pyftpdlib's 100
+# was too few for a burst: of 1,000 sockets one address opened at once, 635 were dropped by
+# the kernel and never answered.
+LISTEN_BACKLOG = 1024
+
 MAGIC = b"CFTP"
 # magic, version, master pid, generation, started, workers, reload count, last reload result
 _HEADER = struct.Struct("<4sIiIdIII")

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Optional
 
+from ..config.settings import ServerConfig
 from .cluster import UNAVAILABLE, ClusterState
-from .config import ServerConfig
-from .shared import (
+from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
     CLUSTER_NONE,
@@ -121,6 +121,8 @@ class BurstLog:
 
 class Gate:
     """Admission, login and pre-login policing for the sessions of one worker."""
+
+    BANNED = BANNED  # for the FTP handler, which knows the gate only as the one it is given
 
     def __init__(self, state: SharedState, server: ServerConfig, pid: int,
                  cluster: Optional[ClusterState] = None) -> None:

@@ -33,18 +33,13 @@ from typing import Callable, Optional, TypeVar
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
-from .config import AccountConfig, TransferConfig
-from .digests import digest
-from .downloader import RangedReader
-from .engine import Engine
-from .errors import (
-    InvalidPath,
-    NotFound,
-    PermissionDenied,
-    StorageError,
-    StorageUnavailable,
-)
-from .listing import (
+from ..config.settings import AccountConfig, TransferConfig
+from ..cos.bucket import Bucket, ObjectInfo
+from ..cos.copies import Moved, copy_object, rename_directory
+from ..cos.digests import digest
+from ..cos.downloads import RangedReader
+from ..cos.engine import Engine
+from ..cos.listing import (
     Entry,
     directory_exists,
     directory_is_empty,
@@ -52,12 +47,17 @@ from .listing import (
     iter_directory,
     pages,
 )
-from .mtimes import ListedMtimes, carry_markers, set_client_mtime
-from .paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
-from .renamer import Moved, copy_object, rename_directory
-from .resume import ResumeStore
-from .storage import Bucket, ObjectInfo
-from .uploads import AbortRetrier, SessionUploads, UploadSession
+from ..cos.mtimes import ListedMtimes, carry_markers, set_client_mtime
+from ..cos.resume import ResumeStore
+from ..cos.uploads import AbortRetrier, SessionUploads, UploadSession
+from ..errors import (
+    InvalidPath,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+    StorageUnavailable,
+)
+from ..paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

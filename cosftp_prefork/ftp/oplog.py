@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import OperatorConfig
-from .logfiles import PrivateFileHandler
+from ..config.settings import OperatorConfig
+from ..logfiles import PrivateFileHandler
 
 MAX_FIELD = 512
 _UNSAFE = '"[]'
@@ -93,7 +93,7 @@ def _file_logger(name: str, path: Optional[str]) -> Optional[logging.Logger]:
     if path is None:
         return None
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    logger = logging.getLogger(f"cosftp_prefork.oplog.{name}")
+    logger = logging.getLogger(f"cosftp_prefork.ftp.oplog.{name}")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
