@@ -34,6 +34,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from .signals import release_signals
+
 log = logging.getLogger(__name__)
 
 SCRAPE_TIMEOUT = 10.0  # seconds a client may take to send its request
@@ -164,6 +166,7 @@ def serve(sock: socket.socket, path: str, master_pid: int) -> int:
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    release_signals()
     registry = CollectorRegistry()
     registry.register(FoldingCollector(path))
     server = _Server(sock, registry)

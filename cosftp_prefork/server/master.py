@@ -57,6 +57,7 @@ from .scoreboard import (
     save_bans,
     state_path,
 )
+from .signals import fork_holding_signals
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ class Master:
     def _spawn_exporter(self) -> None:
         if self.exporter is None or self.stopping or not self.exporter.due():
             return
-        pid = os.fork()
+        pid = fork_holding_signals()
         if pid == 0:
             os._exit(self._run_exporter())
         self.exporter.started(pid)
@@ -521,7 +522,7 @@ class Master:
         slot = self.state.free_slot()
         stack_fd = os.memfd_create(f"cosftp-worker-{index}-stacks")
         try:
-            pid = os.fork()
+            pid = fork_holding_signals()
         except OSError:
             os.close(stack_fd)
             raise

@@ -44,6 +44,7 @@ from .cluster import ClusterState
 from .gate import BANNED, Gate, Ticket
 from .logs import setup_logging
 from .scoreboard import DRAINING, EXIT_BOOT_FAILURE, LISTEN_BACKLOG, SERVING, STARTING, SharedState
+from .signals import release_signals
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +301,7 @@ class Worker:
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        release_signals()
 
     def _servers(self, buckets: BucketRegistry, engine: Engine,
                  retrier: AbortRetrier, stats: WorkerStats,
