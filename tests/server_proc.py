@@ -73,6 +73,10 @@ class ServerProcess:
     network: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: Optional[subprocess.Popen] = None
+    # How to run cosftpctl (default: this interpreter's ``-m cosftp_prefork``) and with
+    # which environment (default: this process's).
+    launcher: Optional[list[str]] = None
+    env: Optional[dict[str, str]] = None
 
     @property
     def config_path(self) -> str:
@@ -109,9 +113,10 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.write_config()
         out = open(os.path.join(self.workdir, "server.out"), "wb")  # noqa: SIM115
+        launcher = self.launcher or [sys.executable, "-m", "cosftp_prefork"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cosftp_prefork", "-c", self.config_path, "run"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
+            [*launcher, "-c", self.config_path, "run"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env,
         )
         out.close()
         wait_until(self._serving, what=f"server on port {self.port} ({self.output()})")

@@ -1,0 +1,98 @@
+"""The process model's import rule, end to end: the master never loads the worker stack.
+
+The master parses config, binds and supervises; pyftpdlib, the COS SDK and OpenSSL are
+imported by each forked worker. The import-linter contract (pyproject.toml) holds this for
+the source; these tests hold it for the running processes, and show what it buys: a reload
+after an upgrade of the installed package starts workers running the new code.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import ROOT, Account, ServerProcess, wait_until
+from .test_tls import tls_network, write_certificate
+
+FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "cosftp_prefork.ftp", "cosftp_prefork.cos")
+
+# Runs cosftpctl in this interpreter and, when the master exits (workers leave through
+# os._exit and never run atexit), writes the names of the modules it had loaded.
+LAUNCHER = """
+import atexit, json, os, runpy, sys
+out, master = sys.argv.pop(1), os.getpid()
+def dump():
+    if os.getpid() == master:
+        with open(out, "w") as handle:
+            json.dump(sorted(sys.modules), handle)
+atexit.register(dump)
+sys.argv[0] = "cosftpctl"
+runpy.run_module("cosftp_prefork", run_name="__main__", alter_sys=True)
+"""
+
+
+def _banner(server: ServerProcess) -> str:
+    with ftplib.FTP() as ftp:
+        return ftp.connect(server.host, server.port, timeout=10)
+
+
+def test_the_master_never_loads_pyftpdlib_the_cos_sdk_or_openssl(emulator, tmp_path):
+    """A master that served FTPS sessions, a transfer and a reload exits without ever having
+    imported the worker stack."""
+    cert, key = write_certificate(tmp_path)
+    modules = tmp_path / "master-modules.json"
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LAUNCHER)
+    server = ServerProcess(str(tmp_path / "server"), emulator.port,
+                           [Account("mods", "mods-pw", ALPHA)], network=tls_network(cert, key),
+                           launcher=[sys.executable, str(launcher), str(modules)])
+    with server:
+        ftp = server.login("mods", "mods-pw")
+        ftp.storbinary("STOR layers-probe.txt", io.BytesIO(b"probe"))
+        ftp.quit()
+        reload = server.ctl("reload")
+        assert reload.returncode == 0, reload.stderr
+        assert _banner(server).startswith("220")
+    loaded = json.loads(modules.read_text())
+    assert "cosftp_prefork.server.master" in loaded  # the dump is the master's
+    assert [name for name in loaded if name.split(".")[0] in FORBIDDEN
+            or name.startswith(FORBIDDEN)] == []
+
+
+@pytest.fixture
+def installed_copy(tmp_path) -> str:
+    """A copy of the package in a folder of its own, as an upgrade would replace it."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(ROOT, "cosftp_prefork"), site / "cosftp_prefork",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return str(site)
+
+
+def test_a_reload_after_an_upgrade_starts_workers_on_the_new_code(emulator, tmp_path,
+                                                                   installed_copy):
+    env = {**os.environ, "PYTHONPATH": installed_copy}
+    server = ServerProcess(str(tmp_path / "server"), emulator.port,
+                           [Account("upg", "upg-pw", ALPHA)], env=env)
+    handler = os.path.join(installed_copy, "cosftp_prefork", "ftp", "handler.py")
+    with server:
+        old = _banner(server)
+        assert "cosftp-prefork ready." in old
+        with open(handler, encoding="utf-8") as source:
+            text = source.read()
+        assert 'banner = "cosftp-prefork ready."' in text
+        with open(handler, "w", encoding="utf-8") as source:
+            source.write(text.replace('banner = "cosftp-prefork ready."',
+                                      'banner = "cosftp-prefork ready (upgraded)."'))
+        reload = server.ctl("reload")
+        assert reload.returncode == 0, reload.stderr
+        # Every worker of the new generation greets with the new banner (the old ones have
+        # stopped accepting once reload returned).
+        wait_until(lambda: all("(upgraded)" in _banner(server) for _ in range(4)),
+                   what="the new code's banner")
