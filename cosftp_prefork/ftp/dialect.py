@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from pyftpdlib.filesystems import FilesystemError
-from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
 from pyftpdlib.utils import strerror
+
+from . import compat
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +96,22 @@ class ClientDialect:
         """
         if self._overlong:
             return
-        if self._in_buffer_len + len(data) <= MAX_LINE:
+        if compat.buffered_input_len(self) + len(data) <= MAX_LINE:
             super().collect_incoming_data(data)
             return
         self._overlong = True
-        self._in_buffer, self._in_buffer_len = [], 0
+        compat.discard_input(self)
         if not self._quitting():
             self.respond_w_warning("500 Command too long.")
 
     def found_terminator(self) -> None:
-        line = b"".join(self._in_buffer)
+        line = compat.buffered_input(self)
         if self._overlong:
             self._overlong = False
         elif self._decodable(line):
             super().found_terminator()
             return
-        self._in_buffer, self._in_buffer_len = [], 0
+        compat.discard_input(self)
 
     def decode(self, data: bytes) -> str:
         """Strict: ``errors="replace"`` would store two different names as one key."""
@@ -138,7 +139,7 @@ class ClientDialect:
 
     def _quitting(self) -> bool:
         """True once QUIT was answered or the session is closing: nothing more runs."""
-        return self._closed or self._closing or self._quit_pending
+        return compat.is_quitting(self)
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if cmd in ("LIST", "NLST") and arg.startswith("-"):
@@ -190,8 +191,7 @@ class ClientDialect:
 
     def ftp_FEAT(self, line: str) -> None:
         """List UTF8 whatever the configured encoding: ``OPTS UTF8 ON`` selects it."""
-        if "UTF8" not in self._extra_feats:
-            self._extra_feats = [*self._extra_feats, "UTF8"]
+        compat.set_feature(self, "UTF8")
         super().ftp_FEAT(line)
 
     # --- listings
@@ -201,7 +201,7 @@ class ClientDialect:
         if listing is None:
             return None
         lines = self.fs.format_list(listing.directory, listing.names)
-        self.push_dtp_data(BufferedIteratorProducer(lines), isproducer=True, cmd="LIST")
+        self.push_dtp_data(compat.BufferedIteratorProducer(lines), isproducer=True, cmd="LIST")
         return path
 
     def ftp_NLST(self, path: str):
@@ -223,8 +223,8 @@ class ClientDialect:
             return None
         perms = self.authorizer.get_perms(self.username)
         facts = self.fs.format_mlsx(listing.directory, listing.names, perms,
-                                    self._current_facts)
-        self.push_dtp_data(BufferedIteratorProducer(facts), isproducer=True, cmd="MLSD")
+                                    compat.mlst_facts(self))
+        self.push_dtp_data(compat.BufferedIteratorProducer(facts), isproducer=True, cmd="MLSD")
         return path
 
     def _listing(self, path: str, cmd: str) -> Optional[Listing]:

@@ -16,7 +16,6 @@ from typing import Optional
 from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
-from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.utils import strerror
 
 from .. import metrics
@@ -29,6 +28,7 @@ from ..cos.engine import Engine
 from ..cos.uploads import UploadInterrupted
 from ..errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from ..paths import new_name_key
+from . import compat
 from .dialect import ClientDialect
 from .fs import CosFS, FsContext, Unstorable
 from .oplog import OperatorLogs, Transfer
@@ -199,7 +199,7 @@ class CosDTPHandler(DTPHandler):
                 return False
 
     def _resume_reading(self) -> None:
-        if self._closed:
+        if compat.is_closed(self):
             return
         if self._upload_room():
             self.modify_ioloop_events(self.ioloop.READ)
@@ -209,7 +209,7 @@ class CosDTPHandler(DTPHandler):
     def push_with_producer(self, producer) -> None:
         # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
         # the data connection opened first, as clients do, pyftpdlib sets it after this.)
-        download = isinstance(producer, FileProducer)
+        download = isinstance(producer, compat.FileProducer)
         if download:
             producer.buffer_size = CHUNK_SIZE
         super().push_with_producer(producer)
@@ -222,21 +222,22 @@ class CosDTPHandler(DTPHandler):
             self.cmd_channel.stats.transfer_started(self.receive)
 
     def close(self) -> None:
-        if not self._closed and self.receive and self.transfer_finished and self._was_reset():
+        if not compat.is_closed(self) and self.receive and self.transfer_finished and \
+                self._was_reset():
             # pyftpdlib (plain and TLS alike) takes a reset for the end of the data; but
             # the kernel drops what it had received and not yet read when a reset arrives.
             self.transfer_finished = False
-            self._resp = ("426 Data connection reset by the client; transfer aborted.",
-                          log.debug)
+            compat.set_close_reply(
+                self, "426 Data connection reset by the client; transfer aborted.", log.debug)
             log.warning("%s path=%s: the data connection was reset; the upload is not "
                         "complete", self.cmd_channel.log_prefix_ctx(),
                         getattr(self.file_obj, "name", "-"))
-        if not self._closed and self.cmd is not None and not self.transfer_finished and \
-                self.cmd_channel.stats.stopping.is_set():
-            self._resp = ("426 Server shutting down; transfer aborted.", log.info)
-        if not self._closed and self.receive and self.transfer_finished:
+        if not compat.is_closed(self) and self.cmd is not None and \
+                not self.transfer_finished and self.cmd_channel.stats.stopping.is_set():
+            compat.set_close_reply(self, "426 Server shutting down; transfer aborted.", log.info)
+        if not compat.is_closed(self) and self.receive and self.transfer_finished:
             self._commit_upload()
-        if self._counted and not self._closed:
+        if self._counted and not compat.is_closed(self):
             self.cmd_channel.stats.transfer_ended(self.receive, self.get_transmitted_bytes())
         super().close()
 
@@ -258,13 +259,13 @@ class CosDTPHandler(DTPHandler):
             upload.commit(still_wanted=lambda wait: not self.cmd_channel.peer_gone(wait))
         except UploadInterrupted:
             self.transfer_finished = False
-            self._resp = ("426 Connection closed; transfer aborted.", log.debug)
+            compat.set_close_reply(self, "426 Connection closed; transfer aborted.", log.debug)
             log.warning("%s path=%s: the client vanished with its data connection; the "
                         "upload is not complete", self.cmd_channel.log_prefix_ctx(),
                         upload.name)
         except OSError as exc:
             self.transfer_finished = False
-            self._resp = (_reply_for(exc), logging.getLogger("pyftpdlib").warning)
+            compat.set_close_reply(self, _reply_for(exc), logging.getLogger("pyftpdlib").warning)
             log.error("%s path=%s: upload failed: %s", self.cmd_channel.log_prefix_ctx(),
                       upload.name, exc)
         finally:
@@ -279,8 +280,8 @@ class CosDTPHandler(DTPHandler):
             if isinstance(original, StorageError) or original.errno == errno.EFBIG:
                 log.error("%s path=%s: %s failed: %s", self.cmd_channel.log_prefix_ctx(),
                           getattr(self.file_obj, "name", "-"), self.cmd, original)
-                self._resp = (_reply_for(original, self.cmd),
-                              logging.getLogger("pyftpdlib").warning)
+                compat.set_close_reply(self, _reply_for(original, self.cmd),
+                                       logging.getLogger("pyftpdlib").warning)
                 self.close()
                 return
             super().handle_error()
@@ -401,9 +402,9 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         ticket, self._ticket = self._ticket, None
         if ticket is not None:
             self.stats.release(ticket)  # before the socket closes: no kick after this
-        if not self._closed:
+        if not compat.is_closed(self):
             self._drop_queued_upload()
-            if self.stats.stopping.is_set() and not self._closing:
+            if self.stats.stopping.is_set() and not compat.is_closing(self):
                 self._say_goodbye()
         super().close()
 
@@ -423,7 +424,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             raw.shutdown(socket.SHUT_RD)
 
     def handle_read(self) -> None:
-        if self._kicked is not None and not self._closed:
+        if self._kicked is not None and not compat.is_closed(self):
             self.respond(f"421 {self._kicked}")
             self.close()
             return
@@ -491,7 +492,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             self.authorizer.account(self.username).anonymous_enable
         self.oplogs.transfer(Transfer(
             started=now - elapsed, ended=now, client_ip=self.remote_ip, nbytes=bytes,
-            path=filename, upload=receive, ascii=self._current_type == "a",
+            path=filename, upload=receive, ascii=compat.transfer_type(self) == "a",
             user=self.username, anonymous=anonymous, ok=completed))
 
     def on_login_failed(self, username: str, password: str) -> None:
@@ -592,12 +593,13 @@ class CosFTPHandler(ClientDialect, FTPHandler):
     def _claim_data_connection(self) -> Optional[str]:
         """Return the reply refusing a transfer command for want of a trustworthy data
         connection (see ``passive``), or None to go on."""
-        if isinstance(self._dtp_acceptor, CosPassiveDTP):
-            refusal = self._dtp_acceptor.claim()
+        listener = compat.passive_listener(self)
+        if isinstance(listener, CosPassiveDTP):
+            refusal = listener.claim()
             if refusal is not None:
-                self._dtp_acceptor = None
+                compat.forget_passive_listener(self)
             return refusal
-        if self.data_channel is None and self._dtp_connector is None:
+        if self.data_channel is None and not compat.connecting_actively(self):
             return NO_DATA_CONNECTION
         return None
 
@@ -610,7 +612,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         try:
             super()._make_epasv(extmode)
         except PassiveRangeExhausted:
-            self._dtp_acceptor = None
+            compat.forget_passive_listener(self)
             log.warning("%s: all passive ports in use", self.log_prefix_ctx())
             self.respond("425 No free passive port; try again shortly.")
 
@@ -619,7 +621,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         that ends at byte n (``CosFS.open_resume``), or refuse with 554. An upload still
         waiting for its data connection is given up first: pyftpdlib would drop it."""
         self._drop_queued_upload()
-        offset, self._restart_position = self._restart_position, 0
+        offset = compat.take_restart_position(self)
         if not offset or "a" in mode:
             return super().ftp_STOR(file, mode)
         try:
@@ -634,10 +636,10 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         if self.data_channel is not None:
             self.respond("125 Data connection already open. Transfer starting.")
             self.data_channel.file_obj = upload
-            self.data_channel.enable_receiving(self._current_type, "STOR")
+            self.data_channel.enable_receiving(compat.transfer_type(self), "STOR")
         else:
             self.respond("150 File status okay. About to open data connection.")
-            self._in_dtp_queue = (upload, "STOR")
+            compat.queue_transfer(self, upload, "STOR")
         return file
 
     def ftp_ABOR(self, line: str) -> None:
@@ -670,7 +672,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         pyftpdlib only closes a queued file when the session ends; replacing it would leak
         its multipart upload, or lose a claimed parked one.
         """
-        queued, self._in_dtp_queue = self._in_dtp_queue, None
+        queued = compat.take_queued_transfer(self)
         if queued is not None:
             log.info("%s path=%s: upload given up before its data connection opened",
                      self.log_prefix_ctx(), queued[0].name)
@@ -720,8 +722,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         """Add the HASH line (draft-bryan-ftpext-hash), marking this session's algorithm."""
         kinds = ";".join(name + ("*" if name == self.hash_algorithm else "")
                          for name in ALGORITHMS)
-        others = [feat for feat in self._extra_feats if not feat.startswith("HASH ")]
-        self._extra_feats = [*others, f"HASH {kinds}"]
+        compat.set_feature(self, f"HASH {kinds}", replacing="HASH ")
         super().ftp_FEAT(line)
 
     def ftp_OPTS(self, line: str) -> None:

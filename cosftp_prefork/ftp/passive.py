@@ -25,9 +25,9 @@ import socket
 from collections.abc import Iterator
 from typing import Optional
 
-from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.ioloop import Acceptor
 
+from . import compat
 from .proxy import ProxyHeaderError, read_header
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _candidates(ports: range) -> Iterator[int]:
         yield ports[(start + i) % len(ports)]
 
 
-class CosPassiveDTP(PassiveDTP):
+class CosPassiveDTP(compat.PassiveDTP):
     """A passive listener in ``passive_port``, of the control connection's address family
     (IPv4, IPv6 or IPv4-mapped IPv6), with the life described by ``Passive``."""
 
@@ -184,7 +184,7 @@ class CosPassiveDTP(PassiveDTP):
         handler = channel.dtp_handler(sock, channel)
         if handler.connected:
             channel.data_channel = handler
-            channel._on_dtp_connection()
+            compat.data_channel_opened(channel)
 
     def handle_timeout(self) -> None:
         """A held connection waits for its transfer command as long as the session lives

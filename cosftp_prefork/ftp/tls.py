@@ -21,6 +21,7 @@ from ..config.settings import Config
 from ..config.tls import ServerTLS
 from ..cos.bucket import BucketRegistry
 from ..cos.engine import Engine
+from . import compat
 from .handler import CosDTPHandler, CosFTPHandler, configure_handler
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class _TLSData(TLS_DTPHandler):
         pyftpdlib's TLS mixin logs the error and calls ``DTPHandler.close`` directly: no
         reply, and the subclasses' ``close()`` (our counters) never runs.
         """
-        self._error = True  # a connection that failed gets no TLS shutdown
+        compat.skip_tls_shutdown(self)  # a connection that failed gets no TLS shutdown
         DTPHandler.handle_error(self)
 
     def close(self) -> None:
@@ -50,7 +51,7 @@ class _TLSData(TLS_DTPHandler):
         # could take more IO turns: during those, a hang-up would make pyftpdlib's
         # handle_close() declare the transfer finished and send a second reply.
         if not self.transfer_finished:
-            self._error = True
+            compat.skip_tls_shutdown(self)
         super().close()
 
 
@@ -68,7 +69,7 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
         """Write nothing before ``handle_ssl_established`` has seen the handshake: OpenSSL
         finishes a pending handshake inside SSL_write and sends the data right after, so a
         RETR could leave before the session was checked."""
-        if self._ssl_accepting:
+        if compat.tls_handshake_pending(self):
             return 0
         return super().send(data)
 
@@ -86,7 +87,7 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
                     "connection's session (require_ssl_reuse)",
                     self.cmd_channel.log_prefix_ctx())
         self.transfer_finished = False
-        self._resp = (REFUSE_FRESH_SESSION, log.debug)
+        compat.set_close_reply(self, REFUSE_FRESH_SESSION, log.debug)
         self.close()
 
     def close(self) -> None:
@@ -109,7 +110,7 @@ class _TLSControl(TLS_FTPHandler):
         pyftpdlib's TLS mixin calls ``FTPHandler.close`` directly, so the subclasses'
         ``close()`` (ours releases the session's place in the server-wide limits) never runs.
         """
-        self._error = True  # a connection that failed gets no TLS shutdown
+        compat.skip_tls_shutdown(self)  # a connection that failed gets no TLS shutdown
         FTPHandler.handle_error(self)
 
 
@@ -146,9 +147,9 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         user = arg if cmd == "USER" else self.username
         if not (self.authorizer.has_user(user) and self.authorizer.account(user).tls_required):
             return None
-        if cmd == "USER" and not self._ssl_established:
+        if cmd == "USER" and not compat.tls_established(self):
             return REFUSE_PLAIN_LOGIN
-        if cmd in DATA_SETUP_COMMANDS and not self._prot:
+        if cmd in DATA_SETUP_COMMANDS and not compat.data_protected(self):
             return REFUSE_CLEAR_DATA
         if cmd == "PROT" and arg.upper() == "C":
             return REFUSE_PROT_C
@@ -164,7 +165,7 @@ class ImplicitTLS:
         if self.awaits_proxy_header():
             return
         self.secure_connection(self.ssl_context)
-        if not self._closed:  # secure_connection() closes if the client is already gone
+        if not compat.is_closed(self):  # secure_connection() closes if the client is already gone
             super().handle()
 
     def handle_ssl_established(self) -> None:

@@ -38,6 +38,7 @@ from ..cos.engine import Engine
 from ..cos.resume import Janitor
 from ..cos.uploads import AbortRetrier
 from ..errors import ConfigError
+from ..ftp import compat
 from ..ftp.handler import ProxyStep, configure_handler
 from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
@@ -206,12 +207,12 @@ class BalancedFTPServer(ThreadedFTPServer):
         A connection from a balancer has its PROXY header read here, off the accept loop."""
         if handler.proxy_step is ProxyStep.AWAITING and not handler.read_proxy_header():
             return
-        if not handler._closed:
+        if not compat.is_closed(handler):
             super()._loop(handler)
 
     def rebalance(self) -> None:
         """Pause or resume accepting, depending on the load of the other workers."""
-        if self._fileno is None:
+        if compat.listen_fileno(self) is None:
             return
         counts = self.state.sessions_by_pid()
         me = os.getpid()
@@ -219,9 +220,9 @@ class BalancedFTPServer(ThreadedFTPServer):
                  if w.pid != me and w.state == "serving"]
         busy = bool(peers) and counts.get(me, 0) > min(peers) + 1
         if busy and not self.paused:
-            self.ioloop.unregister(self._fileno)
+            self.ioloop.unregister(compat.listen_fileno(self))
         elif self.paused and not busy:
-            self.ioloop.register(self._fileno, self, self.ioloop.READ)
+            self.ioloop.register(compat.listen_fileno(self), self, self.ioloop.READ)
         self.paused = busy
 
 

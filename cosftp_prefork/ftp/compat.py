@@ -1,0 +1,170 @@
+"""Every contact with pyftpdlib's internals, in one place.
+
+pyftpdlib keeps much of a session's state in private attributes and has no public hook
+for what the handlers need (a queued upload, the reply a data channel sends when it
+closes, the raw input buffer...). Everything else reads and writes them only through the
+helpers here, so that an upgrade of the pinned version is checked in one module:
+``tests/test_compat.py`` asserts that every name in ``RELIED_ON`` still exists on real
+pyftpdlib instances.
+
+Private methods our subclasses override stay in the subclass; ``OVERRIDDEN`` lists them
+with the names those overrides rely on.
+"""
+
+from typing import Any, Callable, Optional
+
+# Re-exported: these live in pyftpdlib's internal modules, not in ``pyftpdlib.handlers``.
+from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
+from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer, FileProducer
+
+__all__ = ["BufferedIteratorProducer", "FileProducer", "PassiveDTP"]
+
+# pyftpdlib class -> the private attributes and methods the helpers below use.
+RELIED_ON: dict[str, tuple[str, ...]] = {
+    # ioloop.AsyncChat, the base of the control and data channels
+    "AsyncChat": ("_closed", "_closing", "_in_buffer", "_in_buffer_len"),
+    "FTPHandler": ("_quit_pending", "_restart_position", "_in_dtp_queue", "_current_type",
+                   "_current_facts", "_extra_feats", "_dtp_acceptor", "_dtp_connector",
+                   "_on_dtp_connection"),
+    "DTPHandler": ("_resp",),
+    # handlers.ftps.ssl.SSLConnection, mixed into both TLS channels
+    "SSLConnection": ("_error", "_ssl_accepting", "_ssl_established"),
+    "TLS_FTPHandler": ("_prot",),
+    "Acceptor": ("_fileno",),  # the listening server
+}
+
+# pyftpdlib class -> private methods our subclasses override (and call through super()).
+OVERRIDDEN: dict[str, tuple[str, ...]] = {
+    "FTPHandler": ("_make_epasv", "_make_eport"),  # ftp/handler.py CosFTPHandler
+    "ThreadedFTPServer": ("_loop",),  # server/worker.py: serves one session in its thread
+}
+
+
+# --- any channel (control or data)
+
+def is_closed(channel: Any) -> bool:
+    """True once the channel's socket was closed."""
+    return channel._closed
+
+
+def is_closing(channel: Any) -> bool:
+    """True while a graceful close (``close_when_done``) is under way."""
+    return channel._closing
+
+
+# --- control channel: the command line being read
+
+def buffered_input_len(handler: Any) -> int:
+    """Bytes of the command line received so far."""
+    return handler._in_buffer_len
+
+
+def buffered_input(handler: Any) -> bytes:
+    """The command line received so far."""
+    return b"".join(handler._in_buffer)
+
+
+def discard_input(handler: Any) -> None:
+    """Forget the command line received so far."""
+    handler._in_buffer, handler._in_buffer_len = [], 0
+
+
+# --- control channel: session state
+
+def is_quitting(handler: Any) -> bool:
+    """True once QUIT was answered or the session is closing: nothing more runs."""
+    return handler._closed or handler._closing or handler._quit_pending
+
+
+def take_restart_position(handler: Any) -> int:
+    """Return the offset the last REST set and reset it, as a transfer command does."""
+    offset, handler._restart_position = handler._restart_position, 0
+    return offset
+
+
+def queue_transfer(handler: Any, file_obj: Any, cmd: str) -> None:
+    """Have the data connection, once it opens, run ``cmd`` on ``file_obj``."""
+    handler._in_dtp_queue = (file_obj, cmd)
+
+
+def take_queued_transfer(handler: Any) -> Optional[tuple[Any, str]]:
+    """Remove and return the ``(file, cmd)`` waiting for a data connection, if any."""
+    queued, handler._in_dtp_queue = handler._in_dtp_queue, None
+    return queued
+
+
+def transfer_type(handler: Any) -> str:
+    """``"a"`` (TYPE A) or ``"i"`` (TYPE I)."""
+    return handler._current_type
+
+
+def mlst_facts(handler: Any) -> list:
+    """The MLST facts the session chose with ``OPTS MLST``."""
+    return handler._current_facts
+
+
+def set_feature(handler: Any, feature: str, replacing: Optional[str] = None) -> None:
+    """Have this session's FEAT list ``feature``, instead of any line starting with
+    ``replacing``. Assigned, not appended: pyftpdlib's list may be shared by the class."""
+    prefix = feature if replacing is None else replacing
+    others = [feat for feat in handler._extra_feats if not feat.startswith(prefix)]
+    handler._extra_feats = [*others, feature]
+
+
+# --- control channel: the data connection being set up
+
+def passive_listener(handler: Any) -> Any:
+    """The passive data listener (PASV/EPSV) of the session, or None."""
+    return handler._dtp_acceptor
+
+
+def forget_passive_listener(handler: Any) -> None:
+    """Drop the session's reference to its passive listener (closed or never made)."""
+    handler._dtp_acceptor = None
+
+
+def connecting_actively(handler: Any) -> bool:
+    """True while an active (PORT/EPRT) data connection is being made."""
+    return handler._dtp_connector is not None
+
+
+def data_channel_opened(handler: Any) -> None:
+    """Tell the session its ``data_channel`` was just set: runs a queued transfer."""
+    handler._on_dtp_connection()
+
+
+# --- data channel
+
+def set_close_reply(dtp: Any, text: str, logfun: Callable[[str], Any]) -> None:
+    """Make ``text`` the reply the data channel sends on the control channel when it
+    closes (pyftpdlib's own is 226 or 426), logged with ``logfun``."""
+    dtp._resp = (text, logfun)
+
+
+# --- TLS (both channels)
+
+def skip_tls_shutdown(channel: Any) -> None:
+    """Close without the TLS closing handshake: the connection failed."""
+    channel._error = True
+
+
+def tls_handshake_pending(channel: Any) -> bool:
+    """True while the TLS handshake of the connection is under way."""
+    return channel._ssl_accepting
+
+
+def tls_established(handler: Any) -> bool:
+    """True once the control connection is encrypted (AUTH TLS done)."""
+    return handler._ssl_established
+
+
+def data_protected(handler: Any) -> bool:
+    """True after PROT P: data connections are encrypted."""
+    return handler._prot
+
+
+# --- the listening server
+
+def listen_fileno(server: Any) -> Optional[int]:
+    """File number of the listening socket, None once it is closed."""
+    return server._fileno
