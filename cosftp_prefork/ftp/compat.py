@@ -22,13 +22,13 @@ __all__ = ["BufferedIteratorProducer", "FileProducer", "PassiveDTP"]
 # pyftpdlib class -> the private attributes and methods the helpers below use.
 RELIED_ON: dict[str, tuple[str, ...]] = {
     # ioloop.AsyncChat, the base of the control and data channels
-    "AsyncChat": ("_closed", "_closing", "_in_buffer", "_in_buffer_len"),
-    "FTPHandler": ("_quit_pending", "_restart_position", "_in_dtp_queue", "_current_type",
-                   "_current_facts", "_extra_feats", "_dtp_acceptor", "_dtp_connector",
-                   "_on_dtp_connection"),
+    "AsyncChat": ("_closed", "_closing"),
+    "FTPHandler": ("_in_buffer", "_in_buffer_len", "_quit_pending", "_restart_position",
+                   "_in_dtp_queue", "_current_type", "_current_facts", "_extra_feats",
+                   "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection"),
     "DTPHandler": ("_resp",),
-    # handlers.ftps.ssl.SSLConnection, mixed into both TLS channels
-    "SSLConnection": ("_error", "_ssl_accepting", "_ssl_established"),
+    # handlers.ftps.ssl.SSLConnectionMixin, mixed into both TLS channels
+    "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established"),
     "TLS_FTPHandler": ("_prot",),
     "Acceptor": ("_fileno",),  # the listening server
 }

@@ -1,0 +1,145 @@
+"""The pyftpdlib internals ``cosftp_prefork.ftp.compat`` relies on still exist in the
+installed (pinned) pyftpdlib, checked on real handler instances over real sockets; and no
+module but compat touches them."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import socket
+from importlib.metadata import version
+
+import pytest
+from OpenSSL import SSL
+from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
+from pyftpdlib.handlers.ftps.ssl import SSLConnectionMixin
+from pyftpdlib.ioloop import Acceptor, AsyncChat, IOLoop
+from pyftpdlib.servers import FTPServer, ThreadedFTPServer
+
+from cosftp_prefork.ftp import compat
+from cosftp_prefork.ftp.fs import CosFS
+from cosftp_prefork.ftp.handler import CosDTPHandler, CosFTPHandler
+from cosftp_prefork.ftp.passive import CosPassiveDTP
+from cosftp_prefork.ftp.tls import CosTLSDTPHandler, CosTLSFTPHandler
+from cosftp_prefork.server.worker import BalancedFTPServer
+
+PYFTPDLIB = version("pyftpdlib")
+CLASSES = {cls.__name__: cls for cls in (
+    AsyncChat, FTPHandler, DTPHandler, SSLConnectionMixin, TLS_FTPHandler, Acceptor,
+    ThreadedFTPServer)}
+# Our subclasses of pyftpdlib classes, whose private overrides must be listed in compat.
+OURS = (CosFTPHandler, CosDTPHandler, CosTLSFTPHandler, CosTLSDTPHandler, CosPassiveDTP,
+        BalancedFTPServer, CosFS)
+PACKAGE = pathlib.Path(compat.__file__).resolve().parent.parent
+
+
+class _TLSProbe(TLS_FTPHandler):
+    """pyftpdlib's TLS control channel, with a context so that it needs no certificate."""
+
+    ssl_context = SSL.Context(SSL.TLS_SERVER_METHOD)
+
+
+@pytest.fixture
+def channels():
+    """Real pyftpdlib channels on connected loopback sockets: a listening server, plain
+    and TLS control channels, and a data channel of each."""
+    ioloop = IOLoop()
+    server = FTPServer(("127.0.0.1", 0), FTPHandler, ioloop=ioloop)
+    made, sockets = [], []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def connected() -> socket.socket:
+            client = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+            sockets.extend((client, accepted))
+            return accepted
+
+        try:
+            control = FTPHandler(connected(), server, ioloop)
+            tls_control = _TLSProbe(connected(), server, ioloop)
+            made = [control, tls_control, DTPHandler(connected(), control),
+                    TLS_DTPHandler(connected(), tls_control)]
+            yield [server, *made]
+        finally:
+            for channel in made:
+                channel.close()
+            server.close()
+            for sock in sockets:
+                sock.close()
+            ioloop.close()
+
+
+def test_every_relied_on_attribute_exists(channels):
+    for class_name, names in compat.RELIED_ON.items():
+        cls = CLASSES[class_name]
+        instances = [channel for channel in channels if isinstance(channel, cls)]
+        assert instances, f"no real {class_name} instance to check"
+        for instance in instances:
+            missing = [name for name in names if not hasattr(instance, name)]
+            assert not missing, f"pyftpdlib {PYFTPDLIB} {type(instance).__name__}: {missing}"
+
+
+def test_every_overridden_method_exists_and_is_listed():
+    for class_name, names in compat.OVERRIDDEN.items():
+        for name in names:
+            assert callable(getattr(CLASSES[class_name], name, None)), \
+                f"pyftpdlib {PYFTPDLIB} {class_name} has no method {name}"
+    listed = {name for names in compat.OVERRIDDEN.values() for name in names}
+    for ours in OURS:
+        theirs = [cls for cls in ours.__mro__ if cls.__module__.startswith("pyftpdlib")]
+        own = [cls for cls in ours.__mro__ if cls.__module__.startswith("cosftp_prefork")]
+        overridden = {name for cls in own for name, value in vars(cls).items()
+                      if name.startswith("_") and not name.startswith("__") and callable(value)
+                      and any(name in vars(base) for base in theirs)}
+        assert overridden <= listed, f"{ours.__name__} overrides unlisted {overridden - listed}"
+
+
+def test_helpers_read_and_write_real_state(channels):
+    server, control, tls_control, dtp, tls_dtp = channels
+    assert compat.listen_fileno(server) == server.socket.fileno()
+    assert not compat.is_closed(control) and not compat.is_closing(control)
+    assert not compat.is_quitting(control)
+    assert compat.transfer_type(control) == "a"
+    assert compat.take_restart_position(control) == 0
+    assert compat.take_queued_transfer(control) is None
+    compat.queue_transfer(control, "upload", "STOR")
+    assert compat.take_queued_transfer(control) == ("upload", "STOR")
+    assert compat.take_queued_transfer(control) is None
+    assert compat.passive_listener(control) is None
+    assert not compat.connecting_actively(control)
+    assert compat.buffered_input_len(control) == 0 and compat.buffered_input(control) == b""
+    compat.set_feature(tls_control, "HASH SHA-1*", replacing="HASH ")
+    compat.set_feature(tls_control, "HASH MD5*", replacing="HASH ")
+    feats = tls_control._extra_feats
+    assert "HASH MD5*" in feats and "HASH SHA-1*" not in feats and "AUTH TLS" in feats
+    assert compat.mlst_facts(control) == control._current_facts
+    assert not compat.tls_established(tls_control) and not compat.data_protected(tls_control)
+    assert not compat.tls_handshake_pending(tls_dtp)
+    compat.set_close_reply(dtp, "426 Test reply.", print)
+    assert dtp._resp == ("426 Test reply.", print)
+    compat.skip_tls_shutdown(tls_dtp)
+    tls_dtp.close()
+    assert compat.is_closed(tls_dtp)
+
+
+def _touches(text: str, names: set[str]) -> list[str]:
+    found = re.findall(r"\.(_[A-Za-z]\w*)\b", text)
+    return sorted({name for name in found if name in names})
+
+
+def test_no_module_but_compat_touches_pyftpdlib_internals():
+    private = {name for names in compat.RELIED_ON.values() for name in names}
+    overridden = {name for names in compat.OVERRIDDEN.values() for name in names}
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "compat.py" and path.parent.name == "ftp":
+            continue
+        text = path.read_text(encoding="utf-8")
+        touched = _touches(text, private)
+        # An override may call pyftpdlib's version of itself through super(), nothing else
+        # (a module that imports no pyftpdlib class may have a method of the same name).
+        if re.search(r"^from pyftpdlib|^import pyftpdlib|import compat$", text, re.M):
+            touched += [name for name in sorted(overridden)
+                        if re.search(rf"(?<!super\(\))\.{name}\b", text)]
+        if touched:
+            offenders[str(path.relative_to(PACKAGE))] = touched
+    assert not offenders, f"touch pyftpdlib internals outside ftp/compat.py: {offenders}"
