@@ -35,8 +35,7 @@ class Moved:
 
 
 def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
-                executor: Executor, client_mtime: Optional[float] = None,
-                log_context: str = "") -> str:
+                executor: Executor, client_mtime: Optional[float] = None) -> str:
     """Copy ``source`` (as a HEAD found it: a listing does not say its encryption, class or
     metadata) to ``target`` inside COS, in parts above the threshold, keeping all of them;
     with ``client_mtime`` as its MFMT time if given (``target`` may then be ``source.key``).
@@ -48,19 +47,18 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
     if source.size <= transfer.multipart_copy_threshold:
         return bucket.copy(source, target, client_mtime)
     upload_id = bucket.create_multipart(target, source, client_mtime)
-    context = log_context or target
     # Like an upload, marked live so the janitor aborts it should this process die.
     tracked = transfer.resume_ttl > 0
     if tracked:
-        mark_live(bucket, target, upload_id, "", f"copy of {source.key}", context)
-    etag = _copy_parts(bucket, source, target, upload_id, transfer, executor, context)
+        mark_live(bucket, target, upload_id, "", f"copy of {source.key}")
+    etag = _copy_parts(bucket, source, target, upload_id, transfer, executor)
     if tracked:
-        unmark_live(bucket, target, upload_id, context)
+        unmark_live(bucket, target, upload_id)
     return etag
 
 
 def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
-                transfer: TransferConfig, executor: Executor, log_context: str) -> str:
+                transfer: TransferConfig, executor: Executor) -> str:
     """Copy ``source`` into the multipart upload ``upload_id`` in parallel and complete it;
     return the new object's ETag. Raises ``StorageError`` once the upload is aborted (if the
     abort fails too, the upload and its live marker stay for the janitor)."""
@@ -76,7 +74,7 @@ def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
         wait(futures)
         bucket.abort_multipart(target, upload_id)
         if transfer.resume_ttl > 0:
-            unmark_live(bucket, target, upload_id, log_context)
+            unmark_live(bucket, target, upload_id)
         raise
 
 
@@ -87,8 +85,7 @@ def _copy_as_stored(bucket: Bucket, listed: ObjectInfo, target: str) -> str:
 
 
 def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
-                     transfer: TransferConfig, executor: Executor,
-                     log_context: str) -> list[Moved]:
+                     transfer: TransferConfig, executor: Executor) -> list[Moved]:
     """Move every key under ``src_prefix`` to ``dst_prefix``; return what moved.
 
     Raises ``StorageError`` (the first failure) with the source untouched if a copy fails,
@@ -110,7 +107,7 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
             continue
         try:  # large objects from this thread: their parts need the executor's threads
             etag = copy_object(bucket, bucket.head(obj.key), targets[obj.key], transfer,
-                               executor, log_context=log_context)
+                               executor)
             copied.append(Moved(obj, targets[obj.key], etag))
         except StorageError as exc:
             failures.append(exc)
@@ -123,13 +120,12 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
         else:
             failures.append(future.exception())
     if failures:
-        log.error("%s: renaming %s failed after %d of %d copies; removing the copies: %s",
-                  log_context, src_prefix, len(copied), len(objects), failures[0])
+        log.error("renaming %s failed after %d of %d copies; removing the copies: %s",
+                  src_prefix, len(copied), len(objects), failures[0])
         delete_keys(bucket, [moved.target for moved in copied])
         raise failures[0]
     delete_keys(bucket, [obj.key for obj in objects])
-    log.info("%s: renamed %s to %s (%d keys)", log_context, src_prefix, dst_prefix,
-             len(objects))
+    log.info("renamed %s to %s (%d keys)", src_prefix, dst_prefix, len(objects))
     return copied
 
 

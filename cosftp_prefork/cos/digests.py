@@ -67,15 +67,14 @@ def stored_digest(info: ObjectInfo, algorithm: str) -> str:
     return ""
 
 
-def digest(bucket: Bucket, info: ObjectInfo, algorithm: str, log_context: str = "") -> str:
+def digest(bucket: Bucket, info: ObjectInfo, algorithm: str) -> str:
     """Return the lowercase hex ``algorithm`` digest of the object ``info``: from what COS
     stored if it can, else by reading the object. Raises ``StorageError``."""
     known = stored_digest(info, algorithm)
     if known:
         return known
     hasher = _hasher(algorithm)
-    with RangedReader(bucket, info.key, name=info.key, size=info.size,
-                      log_context=log_context) as reader:
+    with RangedReader(bucket, info.key, name=info.key, size=info.size) as reader:
         while chunk := reader.read(CHUNK_SIZE):
             hasher.update(chunk)
     return hasher.hexdigest()

@@ -16,6 +16,7 @@ import queue
 import threading
 from typing import Optional, Union
 
+from .. import logcontext
 from ..errors import StorageError
 from .bucket import Bucket, ObjectStream
 
@@ -34,7 +35,8 @@ class _ReadAhead:
         self._chunk_size = chunk_size
         self._queue: queue.Queue[Union[bytes, BaseException]] = queue.Queue(READ_AHEAD)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cos-read-ahead", daemon=True)
+        self._thread = threading.Thread(target=logcontext.carried(self._run), name="cos-read-ahead",
+                                        daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -72,13 +74,12 @@ class RangedReader(io.RawIOBase):
     """A read-only, seekable file object over ``key``; raises ``StorageError`` on COS faults."""
 
     def __init__(self, bucket: Bucket, key: str, *, name: str, size: int, etag: str = "",
-                 log_context: str = "", chunk_size: int = CHUNK_SIZE) -> None:
+                 chunk_size: int = CHUNK_SIZE) -> None:
         super().__init__()
         self.name = name
         self._bucket = bucket
         self._key = key
         self._size = size
-        self._ctx = log_context or key
         self._chunk_size = chunk_size
         self._pos = 0
         self._ahead: Optional[_ReadAhead] = None
@@ -139,7 +140,7 @@ class RangedReader(io.RawIOBase):
                 if self._reopens_left <= 0:
                     raise
                 self._reopens_left -= 1
-                log.warning("%s: COS stream broke at byte %d (%s); reopening", self._ctx,
+                log.warning("path=%s: COS stream broke at byte %d (%s); reopening", self.name,
                             self._pos, exc)
 
     def _open_stream(self) -> ObjectStream:
@@ -164,7 +165,7 @@ class RangedReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             if self._pos < self._size:
-                log.info("%s: download stopped at byte %d of %d", self._ctx, self._pos,
+                log.info("path=%s: download stopped at byte %d of %d", self.name, self._pos,
                          self._size)
             self._drop_stream()
         super().close()

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .. import logcontext
 from ..config.settings import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,9 @@ class FairPool:
             thread.start()
 
     def submit(self, owner: Hashable, fn: Callable, *args: Any) -> Future:
-        """Queue ``fn(*args)`` for ``owner``; return its future."""
-        task = _Task(fn, args)
+        """Queue ``fn(*args)`` for ``owner``; return its future. It runs in the log context
+        of the caller: its lines name the session that asked for it."""
+        task = _Task(logcontext.carried(fn), args)
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the pool is shut down")

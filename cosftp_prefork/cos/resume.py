@@ -81,16 +81,15 @@ def live_key(key: str, upload_id: str) -> str:
     return f"{LIVE_ROOT}{key}/{upload_id}"
 
 
-def mark_live(bucket: Bucket, key: str, upload_id: str, user: str, path: str,
-              log_context: str) -> None:
+def mark_live(bucket: Bucket, key: str, upload_id: str, user: str, path: str) -> None:
     """Record that this server is writing ``upload_id`` (for ``user``'s ``path``), so the
     janitor may abort it if it is left behind. A failure (say, credentials that may not
     write ``.cosftp/``) is only logged: the upload matters more than its bookkeeping."""
     try:
         _write_live_marker(bucket, key, upload_id, user, path)
     except StorageError as exc:
-        log.warning("%s: cannot mark upload %s as live (%s): the janitor will not clean it "
-                    "up if this server loses it", log_context, upload_id, exc)
+        log.warning("key=%s: cannot mark upload %s as live (%s): the janitor will not clean "
+                    "it up if this server loses it", key, upload_id, exc)
 
 
 def _write_live_marker(bucket: Bucket, key: str, upload_id: str, user: str, path: str) -> None:
@@ -98,14 +97,14 @@ def _write_live_marker(bucket: Bucket, key: str, upload_id: str, user: str, path
     bucket.put(live_key(key, upload_id), body)
 
 
-def unmark_live(bucket: Bucket, key: str, upload_id: str, log_context: str) -> None:
+def unmark_live(bucket: Bucket, key: str, upload_id: str) -> None:
     """Delete the live marker of an upload that ended; a failure is only logged (the
     janitor deletes markers whose upload is gone)."""
     try:
         bucket.delete(live_key(key, upload_id))
     except StorageError as exc:
-        log.warning("%s: cannot delete the live marker of upload %s: %s", log_context,
-                    upload_id, exc)
+        log.warning("key=%s: cannot delete the live marker of upload %s: %s", key, upload_id,
+                    exc)
 
 
 @dataclass(frozen=True)
@@ -133,11 +132,11 @@ def leading_parts(parts: Iterable[PartInfo]) -> list[PartInfo]:
     return run
 
 
-def park(bucket: Bucket, record: ParkRecord, log_context: str) -> None:
+def park(bucket: Bucket, record: ParkRecord) -> None:
     """Write ``record``, which makes its upload resumable, in place of its live marker;
     raises ``StorageError`` if the record cannot be written."""
     bucket.put(record_key(record.key, record.upload_id), record.to_json())
-    unmark_live(bucket, record.key, record.upload_id, log_context)
+    unmark_live(bucket, record.key, record.upload_id)
 
 
 def claim(bucket: Bucket, parked: ParkedUpload) -> None:
@@ -154,7 +153,7 @@ def claim(bucket: Bucket, parked: ParkedUpload) -> None:
     bucket.delete(record_key(record.key, record.upload_id))
 
 
-def discard(bucket: Bucket, parked: ParkedUpload, log_context: str) -> None:
+def discard(bucket: Bucket, parked: ParkedUpload) -> None:
     """Abort ``parked``, which the file written since has made obsolete; a failure is only
     logged (the janitor aborts it when it expires)."""
     record = parked.record
@@ -163,11 +162,11 @@ def discard(bucket: Bucket, parked: ParkedUpload, log_context: str) -> None:
             bucket.abort_multipart(record.key, record.upload_id)
         bucket.delete(record_key(record.key, record.upload_id))
     except StorageError as exc:
-        log.warning("%s: cannot discard parked upload %s: %s", log_context, record.upload_id,
+        log.warning("key=%s: cannot discard parked upload %s: %s", record.key, record.upload_id,
                     exc)
         return
-    log.info("%s: discarded parked upload %s of %s: the file was written since",
-             log_context, record.upload_id, record.user)
+    log.info("key=%s: discarded parked upload %s of %s: the file was written since",
+             record.key, record.upload_id, record.user)
 
 
 def find_parked(bucket: Bucket, key: str, ttl: float, user: str) -> Optional[ParkedUpload]:
@@ -300,20 +299,20 @@ class ResumeStore:
     def enabled(self) -> bool:
         return self.ttl > 0
 
-    def started(self, key: str, upload_id: str, path: str, log_context: str) -> None:
+    def started(self, key: str, upload_id: str, path: str) -> None:
         """A multipart upload of ``key`` began: mark it live (raises ``StorageError``)."""
         if self.enabled:
-            mark_live(self.bucket, key, upload_id, self.user, path, log_context)
+            mark_live(self.bucket, key, upload_id, self.user, path)
 
-    def ended(self, key: str, upload_id: str, log_context: str) -> None:
+    def ended(self, key: str, upload_id: str) -> None:
         """The multipart upload completed or was aborted: drop its live marker."""
         if self.enabled:
-            unmark_live(self.bucket, key, upload_id, log_context)
+            unmark_live(self.bucket, key, upload_id)
 
-    def park(self, record: ParkRecord, log_context: str) -> None:
-        park(self.bucket, record, log_context)
+    def park(self, record: ParkRecord) -> None:
+        park(self.bucket, record)
 
-    def find(self, key: str, log_context: str) -> Optional[ParkedUpload]:
+    def find(self, key: str) -> Optional[ParkedUpload]:
         """This user's newest resumable parked upload of ``key``, or None; also None when
         the credentials may not read ``.cosftp/`` (keys limited to some prefixes)."""
         if not self.enabled:
@@ -321,12 +320,12 @@ class ResumeStore:
         try:
             return find_parked(self.bucket, key, self.ttl, self.user)
         except PermissionDenied as exc:
-            log.info("%s: cannot read %s (%s); going on without parked uploads", log_context,
+            log.info("key=%s: cannot read %s (%s); going on without parked uploads", key,
                      RECORD_ROOT, exc)
             return None
 
     def claim(self, parked: ParkedUpload) -> None:
         claim(self.bucket, parked)
 
-    def discard(self, parked: ParkedUpload, log_context: str) -> None:
-        discard(self.bucket, parked, log_context)
+    def discard(self, parked: ParkedUpload) -> None:
+        discard(self.bucket, parked)

@@ -351,14 +351,13 @@ class UploadSession:
 
     def __init__(self, bucket: Bucket, key: str, *, name: str, state: UploadState,
                  transfer: TransferConfig, engine: Engine, store: ResumeStore,
-                 log_context: str = "", retrier: Optional[AbortRetrier] = None,
+                 retrier: Optional[AbortRetrier] = None,
                  announced: Optional[int] = None) -> None:
         self.name = name
         self.state = state
         self._bucket, self._key, self._store = bucket, key, store
         self._max_size = transfer.single_file_max_size
         self._engine = engine
-        self._ctx = log_context or key
         self._retrier = retrier
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
         self._discard = False  # the client gave up on it (ABOR, oversized): never park
@@ -421,7 +420,7 @@ class UploadSession:
         self._parts.upload_id = parked.record.upload_id
         self._parts.adopt(parked.parts, parked.size, parked.record.crc64)
         metrics.UPLOADS_RESUMED.inc()
-        log.info("%s: resuming parked upload %s of %s at byte %d", self._ctx,
+        log.info("path=%s: resuming parked upload %s of %s at byte %d", self.name,
                  parked.record.upload_id, parked.record.user, parked.size)
 
     def cancel(self) -> None:
@@ -463,7 +462,7 @@ class UploadSession:
         self._unmark()
         self._verify(reported)
         self._move(UploadState.COMMITTED)
-        log.info("%s: stored %d bytes", self._ctx, self._parts.size)
+        log.info("path=%s: stored %d bytes", self.name, self._parts.size)
 
     def _verify(self, reported: Optional[int]) -> None:
         """Compare the CRC64 of what the client sent with what COS stored.
@@ -475,8 +474,8 @@ class UploadSession:
         if reported is None or crc is None or reported == crc.value:
             return
         self._move(UploadState.ABORTED)
-        log.error("%s: CRC64 mismatch: sent %d, COS reports %d; deleting the object",
-                  self._ctx, crc.value, reported)
+        log.error("path=%s: CRC64 mismatch: sent %d, COS reports %d; deleting the object",
+                  self.name, crc.value, reported)
         self._bucket.delete(self._key)
         raise StorageError(f"integrity check failed for {self.name}: CRC64 of the data "
                            "received differs from the stored object's", code="CRC64Mismatch")
@@ -487,7 +486,7 @@ class UploadSession:
             return
         if self._store.enabled and not self._discard and self._parts.upload_id and self._park():
             return
-        log.warning("%s: upload aborted after %d bytes; nothing stored", self._ctx,
+        log.warning("path=%s: upload aborted after %d bytes; nothing stored", self.name,
                     self._parts.size)
         self._abort()
 
@@ -504,14 +503,14 @@ class UploadSession:
                             upload_id=upload_id, size=resumable, parts=len(stored),
                             crc64=self._parts.crc_after.get(len(stored)))
         try:
-            self._store.park(record, self._ctx)
+            self._store.park(record)
         except StorageError as exc:
-            log.error("%s: cannot park upload %s: %s", self._ctx, upload_id, exc)
+            log.error("path=%s: cannot park upload %s: %s", self.name, upload_id, exc)
             return False
         self._move(UploadState.PARKED)
         metrics.UPLOADS_PARKED.inc()
-        log.warning("%s: upload interrupted after %d bytes; parked %d bytes as upload %s for "
-                    "%ds: REST %d + STOR continues it", self._ctx, self._parts.size, resumable,
+        log.warning("path=%s: upload interrupted after %d bytes; parked %d bytes as upload %s for "
+                    "%ds: REST %d + STOR continues it", self.name, self._parts.size, resumable,
                     upload_id, self._store.ttl, resumable)
         return True
 
@@ -521,13 +520,13 @@ class UploadSession:
 
     def _start_multipart(self) -> str:
         upload_id = self._bucket.create_multipart(self._key, self._like)
-        self._store.started(self._key, upload_id, self.name, self._ctx)
+        self._store.started(self._key, upload_id, self.name)
         return upload_id
 
     def _unmark(self) -> None:
         """The multipart upload ended: drop its live marker (see :mod:`.resume`)."""
         if self._parts.upload_id:
-            self._store.ended(self._key, self._parts.upload_id, self._ctx)
+            self._store.ended(self._key, self._parts.upload_id)
 
     def _finish_multipart(self, still_wanted: Callable[[float], bool]) -> Optional[int]:
         # A killed client closes its data and control connections a moment apart, in either
@@ -552,7 +551,7 @@ class UploadSession:
         except NotFound:
             pass
         except StorageError as exc:
-            log.error("%s: could not abort multipart upload %s: %s; will retry", self._ctx,
+            log.error("path=%s: could not abort multipart upload %s: %s; will retry", self.name,
                       upload_id, exc)
             if self._retrier is not None:
                 self._retrier.add(self._bucket, self._key, upload_id)
@@ -571,17 +570,16 @@ class SessionUploads:
         self._store, self._retrier = store, retrier
         self._offered: Optional[tuple[str, str]] = None  # (path, upload id) SIZE reported
 
-    def source(self, path: str, key: str, entry: Optional[Entry],
-               log_context: str) -> Optional[Source]:
+    def source(self, path: str, key: str, entry: Optional[Entry]) -> Optional[Source]:
         """What an upload to ``path`` would continue: the parked upload if it is newer than
         the file ``entry``, else the file, else None. A parked upload not newer than the
         file is discarded: the file was written since."""
-        parked = self._store.find(key, log_context)
+        parked = self._store.find(key)
         if parked is None or entry is None or parked.parked_at > entry.mtime:
             return parked or entry
         # COS times have whole seconds: in a tie, the file is what the client last saw, and
         # the parked upload can no longer be reached either way.
-        self._store.discard(parked, log_context)
+        self._store.discard(parked)
         return entry
 
     def offer(self, path: str, source: Optional[Source]) -> None:
@@ -589,69 +587,69 @@ class SessionUploads:
         if isinstance(source, ParkedUpload):
             self._offered = (path, source.record.upload_id)
 
-    def new(self, path: str, key: str, log_context: str, overwrite: bool = False,
+    def new(self, path: str, key: str, overwrite: bool = False,
             announced: Optional[int] = None) -> UploadSession:
         """An upload that starts from nothing (STOR)."""
         return self._session(path, key, UploadState.OVERWRITE if overwrite else UploadState.NEW,
-                             log_context, announced)
+                             announced)
 
-    def append(self, path: str, key: str, existing: Optional[Entry], log_context: str,
+    def append(self, path: str, key: str, existing: Optional[Entry],
                announced: Optional[int] = None) -> UploadSession:
         """APPE: the existing object's bytes (copied inside COS), then the client's; or,
         right after SIZE reported a parked upload, that upload. The old object stays as it
         is until the new one commits."""
-        parked = self._offered_parked(path, key, existing, log_context)
+        parked = self._offered_parked(path, key, existing)
         if parked is not None:
-            return self._resumed(path, key, parked, log_context, announced)
+            return self._resumed(path, key, parked, announced)
         if existing is None or existing.size == 0:
-            return self.new(path, key, log_context, existing is not None, announced)
-        return self._continued(path, key, log_context, None, announced)
+            return self.new(path, key, existing is not None, announced)
+        return self._continued(path, key, None, announced)
 
     def at_offset(self, path: str, key: str, entry: Optional[Entry], offset: int,
-                  log_context: str, announced: Optional[int] = None) -> UploadSession:
+                  announced: Optional[int] = None) -> UploadSession:
         """REST ``offset`` + STOR: continue the parked upload or the file ending at
         ``offset``; raises ``ResumeRefused`` otherwise."""
-        source = self.source(path, key, entry, log_context)
+        source = self.source(path, key, entry)
         stored = source.size if source is not None else 0
         if source is None or stored != offset:
             raise ResumeRefused(f"Cannot resume at byte {offset}: the stored part of this "
                                 f"file ends at byte {stored}")
         if isinstance(source, ParkedUpload):
-            return self._resumed(path, key, source, log_context, announced)
-        return self._continued(path, key, log_context, offset, announced)
+            return self._resumed(path, key, source, announced)
+        return self._continued(path, key, offset, announced)
 
-    def _offered_parked(self, path: str, key: str, existing: Optional[Entry],
-                        log_context: str) -> Optional[ParkedUpload]:
+    def _offered_parked(self, path: str, key: str,
+                        existing: Optional[Entry]) -> Optional[ParkedUpload]:
         """The parked upload this session's SIZE reported for ``path``, if it is still what
         an upload would continue; else None (a plain APPE asks COS nothing more)."""
         if self._offered is None or self._offered[0] != path:
             return None
-        source = self.source(path, key, existing, log_context)
+        source = self.source(path, key, existing)
         if isinstance(source, ParkedUpload) and source.record.upload_id == self._offered[1]:
             return source
         return None
 
-    def _session(self, path: str, key: str, state: UploadState, log_context: str,
+    def _session(self, path: str, key: str, state: UploadState,
                  announced: Optional[int]) -> UploadSession:
         return UploadSession(self._bucket, key, name=path, state=state,
                              transfer=self._transfer, engine=self._engine, store=self._store,
-                             log_context=log_context, retrier=self._retrier,
+                             retrier=self._retrier,
                              announced=announced)
 
-    def _resumed(self, path: str, key: str, parked: ParkedUpload, log_context: str,
+    def _resumed(self, path: str, key: str, parked: ParkedUpload,
                  announced: Optional[int]) -> UploadSession:
         """An upload that continues ``parked``, taken away from other sessions first."""
-        upload = self._session(path, key, UploadState.RESUME, log_context, announced)
+        upload = self._session(path, key, UploadState.RESUME, announced)
         with _given_up_on_failure(upload):
             self._store.claim(parked)
         upload.resume(parked)
         return upload
 
-    def _continued(self, path: str, key: str, log_context: str, size: Optional[int],
+    def _continued(self, path: str, key: str, size: Optional[int],
                    announced: Optional[int]) -> UploadSession:
         """An upload that starts with the bytes of the stored file ``key``, which must be
         ``size`` bytes long if given."""
-        upload = self._session(path, key, UploadState.APPEND, log_context, announced)
+        upload = self._session(path, key, UploadState.APPEND, announced)
         with _given_up_on_failure(upload):
             existing = self._bucket.head(key)
             if size is not None and existing.size != size:

@@ -129,7 +129,7 @@ class ClientDialect:
         if self._quitting():
             return False
         cmd = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
-        log.warning("%s: %s refused: its argument is not valid %s", self.log_prefix_ctx(),
+        log.warning("%s refused: its argument is not valid %s",
                     cmd if cmd.isalpha() else "a command", self.encoding)
         if self.authenticated and cmd in PATH_COMMANDS:
             self.respond(f"553 File name is not valid {self.encoding}; nothing done.")

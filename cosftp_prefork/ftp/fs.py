@@ -76,7 +76,6 @@ class FsContext:
     transfer: TransferConfig
     engine: Engine
     max_list_file: int
-    log_context: str
     retrier: Optional[AbortRetrier] = None
 
 
@@ -293,8 +292,8 @@ class CosFS(AbstractedFS):
             if not directory_exists(self._bucket, prefix):
                 self._bucket.put(prefix, b"")
         except StorageError as exc:
-            log.warning("%s: its last entry is gone, and its marker could not be written "
-                        "(%s): it no longer lists", self._log(directory), exc)
+            log.warning("path=%s: its last entry is gone, and its marker could not be written "
+                        "(%s): it no longer lists", directory, exc)
 
     def _require_file(self, path: str) -> Entry:
         """The file at ``path``, found with one HEAD; raises ``Refusal`` for anything else."""
@@ -352,8 +351,7 @@ class CosFS(AbstractedFS):
         and parked after the file was last written, the bytes REST + STOR or APPE continue
         from (what ``lftp put -c`` and ``curl -C -`` ask with SIZE). Raises ``Refusal`` or
         ``OSError``."""
-        source = self._uploads.source(path, object_key(path), self._upload_target(path),
-                                      self._log(path))
+        source = self._uploads.source(path, object_key(path), self._upload_target(path))
         if source is None:
             raise Refusal(errno.ENOENT, "No such file or directory")
         self._uploads.offer(path, source)
@@ -373,7 +371,7 @@ class CosFS(AbstractedFS):
         ``digests.ALGORITHMS``) of the file at ``path``; raises ``Refusal`` or ``OSError``."""
         self._require(path, want_dir=False)
         info = self._bucket.head(object_key(path))
-        return info.size, digest(self._bucket, info, algorithm, self._log(path))
+        return info.size, digest(self._bucket, info, algorithm)
 
     @_transient_escapes
     def getmtime(self, path: str) -> float:
@@ -516,7 +514,7 @@ class CosFS(AbstractedFS):
         # A HEAD, for the storage class the copy must keep and the MFMT time.
         info = self._bucket.head(object_key(src))
         etag = copy_object(self._bucket, info, object_key(dst), self._ctx.transfer,
-                           self._ctx.engine.copier(), log_context=self._log(src))
+                           self._ctx.engine.copier())
         self._bucket.delete(object_key(src))
         self._forget(src, dst)
         if info.client_mtime is not None:
@@ -534,8 +532,7 @@ class CosFS(AbstractedFS):
         self._check_parents(dst)
         try:
             moved = rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst),
-                                     self._ctx.transfer, self._ctx.engine.copier(),
-                                     self._log(src))
+                                     self._ctx.transfer, self._ctx.engine.copier())
         except InvalidPath as exc:
             raise Unstorable(exc.strerror) from exc
         self._scope.clear()
@@ -551,8 +548,7 @@ class CosFS(AbstractedFS):
         try:
             carry_markers(self._bucket, moved, directory)
         except StorageError as exc:
-            log.warning("%s: renamed, but its MFMT times stay behind: %s", self._log(path),
-                        exc)
+            log.warning("path=%s: renamed, but its MFMT times stay behind: %s", path, exc)
 
     @_transient_escapes
     def open(self, filename: str, mode: str):
@@ -566,23 +562,22 @@ class CosFS(AbstractedFS):
             self._check_creatable(filename)
             existing = self.lookup(filename)
             self._forget(filename)
-            return self._uploads.new(filename, object_key(filename), self._log(filename),
-                                     existing is not None, self._take_announced())
+            return self._uploads.new(filename, object_key(filename), existing is not None,
+                                     self._take_announced())
         if mode == "ab":
             existing = self._upload_target(filename)
             if existing is None:
                 self._check_parents(filename)
             self._forget(filename)
             return self._uploads.append(filename, object_key(filename), existing,
-                                        self._log(filename), self._take_announced())
+                                        self._take_announced())
         raise Refusal(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
 
     def _reader(self, filename: str, entry: Entry) -> RangedReader:
         """A reader of the version ``entry`` describes: the size SIZE answered is the size
         RETR sends, or the download fails (the object changed in between)."""
         return RangedReader(self._bucket, object_key(filename), name=filename,
-                            size=entry.size, etag=entry.etag,
-                            log_context=self._log(filename))
+                            size=entry.size, etag=entry.etag)
 
     @_transient_escapes
     def open_resume(self, filename: str, offset: int) -> UploadSession:
@@ -592,7 +587,7 @@ class CosFS(AbstractedFS):
         entry = self._upload_target(filename)
         self._forget(filename)
         return self._uploads.at_offset(filename, object_key(filename), entry, offset,
-                                       self._log(filename), self._take_announced())
+                                       self._take_announced())
 
     def announce(self, size: int) -> None:
         """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow)."""
@@ -631,9 +626,5 @@ class CosFS(AbstractedFS):
         try:
             return read(*args)
         except PermissionDenied as exc:
-            log.info("%s: cannot read %s (%s); going on without it", self._ctx.log_context,
-                     RESERVED_NAME, exc)
+            log.info("cannot read %s (%s); going on without it", RESERVED_NAME, exc)
             return default
-
-    def _log(self, path: str) -> str:
-        return f"{self._ctx.log_context} path={path}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import ipaddress
 import logging
 import select
@@ -18,7 +19,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.utils import strerror
 
-from .. import metrics
+from .. import logcontext, metrics
 from ..config.passwords import PasswordChecker
 from ..config.settings import AccountConfig, Config
 from ..cos.bucket import BucketRegistry
@@ -95,8 +96,7 @@ class CosAuthorizer:
         try:
             ok = self._checker.verify(account.password if account else None, password)
         except (ValueError, MemoryError) as exc:
-            log.error("%s: password check of [%s] failed: %s", handler.log_prefix_ctx(),
-                      account.section if account else "-", exc)
+            log.error("password check of [%s] failed: %s", account.section if account else "-", exc)
             ok = False
         if not ok:
             raise AuthenticationFailed("Authentication failed.")
@@ -229,9 +229,8 @@ class CosDTPHandler(DTPHandler):
             self.transfer_finished = False
             compat.set_close_reply(
                 self, "426 Data connection reset by the client; transfer aborted.", log.debug)
-            log.warning("%s path=%s: the data connection was reset; the upload is not "
-                        "complete", self.cmd_channel.log_prefix_ctx(),
-                        getattr(self.file_obj, "name", "-"))
+            log.warning("path=%s: the data connection was reset; the upload is not "
+                        "complete", getattr(self.file_obj, "name", "-"))
         if not compat.is_closed(self) and self.cmd is not None and \
                 not self.transfer_finished and self.cmd_channel.stats.stopping.is_set():
             compat.set_close_reply(self, "426 Server shutting down; transfer aborted.", log.info)
@@ -260,14 +259,12 @@ class CosDTPHandler(DTPHandler):
         except UploadInterrupted:
             self.transfer_finished = False
             compat.set_close_reply(self, "426 Connection closed; transfer aborted.", log.debug)
-            log.warning("%s path=%s: the client vanished with its data connection; the "
-                        "upload is not complete", self.cmd_channel.log_prefix_ctx(),
-                        upload.name)
+            log.warning("path=%s: the client vanished with its data connection; the "
+                        "upload is not complete", upload.name)
         except OSError as exc:
             self.transfer_finished = False
             compat.set_close_reply(self, _reply_for(exc), logging.getLogger("pyftpdlib").warning)
-            log.error("%s path=%s: upload failed: %s", self.cmd_channel.log_prefix_ctx(),
-                      upload.name, exc)
+            log.error("path=%s: upload failed: %s", upload.name, exc)
         finally:
             self.cmd_channel.fs.upload_finished(upload.name)
 
@@ -278,8 +275,8 @@ class CosDTPHandler(DTPHandler):
         except OSError as exc:
             original = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
             if isinstance(original, StorageError) or original.errno == errno.EFBIG:
-                log.error("%s path=%s: %s failed: %s", self.cmd_channel.log_prefix_ctx(),
-                          getattr(self.file_obj, "name", "-"), self.cmd, original)
+                log.error("path=%s: %s failed: %s", getattr(self.file_obj, "name", "-"), self.cmd,
+                          original)
                 compat.set_close_reply(self, _reply_for(original, self.cmd),
                                        logging.getLogger("pyftpdlib").warning)
                 self.close()
@@ -292,6 +289,20 @@ class CosDTPHandler(DTPHandler):
 def _reading_command(syntax: str) -> dict:
     """A pyftpdlib command table entry for a command on a file that needs read permission."""
     return {"perm": "r", "auth": True, "arg": True, "help": f"Syntax: {syntax}."}
+
+
+class SessionLabel:
+    """``session=… user=… ip=…`` of a session, read when a line is written: the user is
+    known from USER on, the client's address from its PROXY header."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: FTPHandler) -> None:
+        self._handler = handler
+
+    def __str__(self) -> str:
+        handler = self._handler
+        return f"session={id(handler):x} user={handler.username or '-'} ip={handler.remote_ip}"
 
 
 class ProxyStep(enum.Enum):
@@ -337,6 +348,10 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         """Admit the session against the bans and server-wide limits before the 220
         greeting (the gate logs refusals, once per burst); a connection from a balancer
         first has its PROXY header read, in its own thread."""
+        with logcontext.bound(self.log_label):  # run at accept, in the server's thread
+            self._admit()
+
+    def _admit(self) -> None:
         if self.awaits_proxy_header():
             return
         self._last_active = time.time()
@@ -379,8 +394,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         with contextlib.suppress(ValueError):
             self.server.ip_map.remove(self.remote_ip)  # close() removes the new one
         self.server.ip_map.append(origin.ip)
-        log.debug("session=%x: PROXY header from %s:%s: client %s:%s", id(self), *peer,
-                  origin.ip, origin.port)
+        log.debug("PROXY header from %s:%s: client %s:%s", *peer, origin.ip, origin.port)
         self.remote_ip, self.remote_port = origin.ip, origin.port
         self.proxy_step = ProxyStep.READ
         return True
@@ -454,7 +468,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         place among the logged-in sessions."""
         reason = self.stats.gate.log_in(self._ticket)
         if reason is not None:
-            log.warning("%s: login refused: %s", self.log_prefix_ctx(), reason)
+            log.warning("login refused: %s", reason)
             self.respond(f"421 {reason}")
             self.close_when_done()
             return
@@ -465,12 +479,11 @@ class CosFTPHandler(ClientDialect, FTPHandler):
     def handle_auth_failed(self, msg: str, password: str) -> None:
         """Count the failure server-wide at once, not after the delayed 530: a client that
         reconnects as soon as it reads the 530 must already find its address banned."""
-        log.warning("%s: failed login as %r", self.log_prefix_ctx(), self.username)
+        log.warning("failed login as %r", self.username)
         self._report_login(ok=False)
         self._banned_now = self.stats.gate.login_failed(self.remote_ip)
         if self._banned_now:
-            log.warning("%s: banning %s after repeated failed logins", self.log_prefix_ctx(),
-                        self.remote_ip)
+            log.warning("banning %s after repeated failed logins", self.remote_ip)
         super().handle_auth_failed(msg, password)
 
     def on_login(self, username: str) -> None:
@@ -510,13 +523,13 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             transfer=self.config.transfer,
             engine=self.engine,
             max_list_file=self.config.server.max_list_file,
-            log_context=self.log_prefix_ctx(),
             retrier=self.retrier,
         )
 
-    def log_prefix_ctx(self) -> str:
-        """``session=… user=… ip=…`` for log lines written outside pyftpdlib."""
-        return f"session={id(self):x} user={self.username or '-'} ip={self.remote_ip}"
+    @functools.cached_property
+    def log_label(self) -> SessionLabel:
+        """What the lines this session writes are stamped with (see ``logcontext``)."""
+        return SessionLabel(self)
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         """Ignore commands still buffered after the session closed.
@@ -585,8 +598,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         except Unstorable as exc:
             self.respond(f"553 {exc}.")
         except StorageUnavailable as exc:
-            log.error("%s path=%s: %s failed: %s", self.log_prefix_ctx(),
-                      args[0] if args else "-", cmd, exc.cause)
+            log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
                          f"({exc.cause.code or 'COS'}); try again.")
 
@@ -613,7 +625,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             super()._make_epasv(extmode)
         except PassiveRangeExhausted:
             compat.forget_passive_listener(self)
-            log.warning("%s: all passive ports in use", self.log_prefix_ctx())
+            log.warning("all passive ports in use")
             self.respond("425 No free passive port; try again shortly.")
 
     def ftp_STOR(self, file: str, mode: str = "w"):
@@ -674,8 +686,8 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         """
         queued = compat.take_queued_transfer(self)
         if queued is not None:
-            log.info("%s path=%s: upload given up before its data connection opened",
-                     self.log_prefix_ctx(), queued[0].name)
+            log.info("path=%s: upload given up before its data connection opened",
+                     queued[0].name)
             queued[0].abandon()
 
     def peer_gone(self, wait: float = 0.0) -> bool:

@@ -157,8 +157,7 @@ class CosPassiveDTP(compat.PassiveDTP):
         """Called by a transfer command: return the reply refusing it, or None once the
         held connection is the session's data channel (or the next one will be)."""
         self._accept_pending()
-        log.debug("%s port=%d: transfer command while %s", self.cmd_channel.log_prefix_ctx(),
-                  self.port, self.state.name)
+        log.debug("port=%d: transfer command while %s", self.port, self.state.name)
         if self.state is Passive.CONTESTED:
             return CONTESTED_REPLY
         if self.state is Passive.HOLDING:
@@ -204,5 +203,5 @@ class CosPassiveDTP(compat.PassiveDTP):
         super().close()
 
     def _warn(self, message: str, *args) -> None:
-        log.warning("%s port=%d: " + message, self.cmd_channel.log_prefix_ctx(), self.port,
+        log.warning("port=%d: " + message, self.port,
                     *args)

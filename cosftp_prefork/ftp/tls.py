@@ -83,9 +83,8 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
             return
         if self.socket.master_key() == self.cmd_channel.socket.master_key():
             return
-        log.warning("%s: refused a TLS data connection that does not resume the control "
-                    "connection's session (require_ssl_reuse)",
-                    self.cmd_channel.log_prefix_ctx())
+        log.warning("refused a TLS data connection that does not resume the control "
+                    "connection's session (require_ssl_reuse)")
         self.transfer_finished = False
         compat.set_close_reply(self, REFUSE_FRESH_SESSION, log.debug)
         self.close()
@@ -136,7 +135,7 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         arg = args[0] if args else ""
         refusal = self._tls_refusal(cmd, arg)
         if refusal is not None:
-            log.warning("%s: %s %s refused: %s", self.log_prefix_ctx(), cmd,
+            log.warning("%s %s refused: %s", cmd,
                         arg if cmd in ("USER", "PROT") else "", refusal[4:])
             self.respond(refusal)
             return

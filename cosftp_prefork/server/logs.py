@@ -1,5 +1,6 @@
 """Per-process logging set-up: one file in ``log_dir`` shared by master and workers, each
-line stamped with the process role and escaped (``logfiles.EscapingFormatter``)."""
+line stamped with the process role, the FTP session it belongs to (``logcontext``) and
+escaped (``logfiles.EscapingFormatter``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import logging
 import os
 import sys
 
+from ..logcontext import SessionFilter
 from ..logfiles import EscapingFormatter, PrivateFileHandler
 
 LOG_FILE_NAME = "cosftp.log"
-_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(role)s] %(name)s: %(message)s"
+_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(role)s%(session)s] %(name)s: %(message)s"
 
 
 class _RoleFilter(logging.Filter):
@@ -45,6 +47,7 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_RoleFilter(process_name))
+        handler.addFilter(SessionFilter())
         root.addHandler(handler)
     root.setLevel(level)
     # The SDK logs every request URL and header set at INFO, a 404 HEAD at WARNING and every

@@ -31,7 +31,7 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
-from .. import metrics
+from .. import logcontext, metrics
 from ..config.settings import Config, resolve_masquerade
 from ..cos.bucket import BucketRegistry
 from ..cos.engine import Engine
@@ -204,7 +204,11 @@ class BalancedFTPServer(ThreadedFTPServer):
     def _loop(self, handler) -> None:
         """Serve one session in its thread; one refused at accept (421 sent, closed) has
         nothing left to serve, and pyftpdlib would fail registering its closed socket.
-        A connection from a balancer has its PROXY header read here, off the accept loop."""
+        A connection from a balancer has its PROXY header read here, off the accept loop.
+
+        The thread is the session's alone, its data channel's events included: every line
+        it writes, and those of the pool tasks it submits, names the session."""
+        logcontext.bind(handler.log_label)
         if handler.proxy_step is ProxyStep.AWAITING and not handler.read_proxy_header():
             return
         if not compat.is_closed(handler):
