@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ftplib
 import os
+import re
 import socket
 import stat
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
+from .test_commands import put
 
 FORGED = "2026-01-01 00:00:00,000 WARNING [1 worker 1] cosftp_prefork.ftp.handler: FORGED-LINE"
 
@@ -75,6 +77,27 @@ def test_ansi_escapes_in_names_are_escaped(logged):
     text = data.decode("utf-8")
     assert "\\x1b[31mred" in text and "\\x1b]0;owned\\x07\\x1b[2Jname" in text
     assert "\\x9b31mc1" in text and "\\x1b[1mbold" in text
+
+
+def test_pool_threads_log_the_session_they_work_for(logged, area, emulator):
+    """A directory rename copies its keys on the worker's copy pool; the COS retries logged
+    there name the session, user and address like the lines of the session's own thread."""
+    ftp = logged.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    put(ftp, f"{area}/dir/doomed", b"d")
+    emulator.set_faults(fail_copies_of=f"{area}/dir/doomed")
+    try:
+        with pytest.raises(ftplib.error_temp, match="451"):
+            ftp.rename(f"{area}/dir", f"{area}/moved")
+    finally:
+        emulator.set_faults(fail_copies_of="")
+    ftp.quit()
+    text = log_bytes(logged).decode("utf-8")
+    retries = [line for line in text.splitlines()
+               if f"COPY {area}/dir/doomed" in line and "; retry 1 in" in line]
+    assert retries, "no retry of the failing copy logged"
+    assert all(re.search(r"\[\d+ worker \d+ session=[0-9a-f]+ user=alice ip=127\.0\.0\.1\] ",
+                         line) for line in retries), retries
 
 
 def mode(path: str) -> int:
