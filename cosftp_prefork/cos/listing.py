@@ -10,6 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import logcontext
 from ..paths import RESERVED_NAME, child_name
 from .bucket import Bucket, ListPage, ObjectInfo
 
@@ -87,7 +88,7 @@ def _fetch(bucket: Bucket, prefix: str, marker: str) -> Future:
             future.set_result(bucket.list_page(prefix, marker=marker))
         except BaseException as exc:
             future.set_exception(exc)
-    threading.Thread(target=run, name="cos-list-ahead", daemon=True).start()
+    threading.Thread(target=logcontext.carried(run), name="cos-list-ahead", daemon=True).start()
     return future
 
 
