@@ -54,7 +54,7 @@ def transfer(**changes) -> TransferConfig:
 def session(bucket, engine, key, ttl=0, **changes) -> UploadSession:
     config = transfer(resume_ttl=ttl, **changes)
     return SessionUploads(bucket, config, engine, ResumeStore(bucket, ttl, "u")).new(
-        f"/{key}", key, "test")
+        f"/{key}", key)
 
 
 def pending(bucket, key) -> list:
@@ -237,7 +237,7 @@ def test_resumed_upload_continues_the_parked_parts(bucket, engine):
     uploads = SessionUploads(bucket, transfer(resume_ttl=3600), engine,
                              ResumeStore(bucket, 3600, "u"))
     parked = find_parked(bucket, "resumed.bin", 3600, "u")
-    second = uploads.at_offset("/resumed.bin", "resumed.bin", None, parked.size, "test")
+    second = uploads.at_offset("/resumed.bin", "resumed.bin", None, parked.size)
     assert second.state is UploadState.RESUME
     second.write(data[parked.size:])
     second.commit()
