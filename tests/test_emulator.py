@@ -172,6 +172,16 @@ def _multipart(cos, key: str, parts: list[bytes]) -> dict:
                                          MultipartUpload={"Part": etags})
 
 
+def test_every_uploaded_part_reports_its_crc64(cos, prefix):
+    key = prefix + "parts.bin"
+    upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=key)["UploadId"]
+    for number, data in enumerate([os.urandom(MIB), b"tail"], 1):
+        result = cos.upload_part(Bucket=ALPHA, Key=key, Body=data, PartNumber=number,
+                                 UploadId=upload_id)
+        assert header(result, "x-cos-hash-crc64ecma") == str(crc64(data))
+    cos.abort_multipart_upload(Bucket=ALPHA, Key=key, UploadId=upload_id)
+
+
 def test_multipart_with_1_mib_parts_completes(cos, prefix):
     assert COS_MIN_PART_SIZE == MIB
     parts = [os.urandom(MIB), os.urandom(MIB), os.urandom(MIB), b"tail"]

@@ -94,6 +94,23 @@ def test_crc64_mismatch_fails_the_upload_and_removes_the_object(alice, area, cos
     assert get(alice, area) == data
 
 
+def test_a_corrupted_part_is_caught_before_the_object_exists(alice, area, cos, emulator,
+                                                            faults):
+    """COS's CRC64 of each part is checked as it arrives: a part COS stored wrong stops the
+    upload before CompleteMultipartUpload, so an overwrite keeps the old object whole."""
+    old = os.urandom(1000)
+    put(alice, area, old)
+    emulator.requests(reset=True)
+    faults(corrupt_crc=True)
+    with pytest.raises(ftplib.error_temp, match=r"451 .*integrity check failed for part"):
+        put(alice, area, os.urandom(3 * PART + 1))
+    faults(corrupt_crc=False)
+    assert get(alice, area) == old
+    assert not pending_uploads(cos, area)
+    sent = emulator.requests(contains=area)
+    assert sent.get("POST", 0) == 1  # InitiateMultipartUpload only: nothing was completed
+
+
 def test_failed_overwrite_keeps_the_old_object(alice, area, cos, faults):
     put(alice, area, b"old and precious")
     faults(down=True)

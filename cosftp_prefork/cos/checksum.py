@@ -7,14 +7,62 @@ for crcmod's C extension, which on the upload path cost a quarter of a core.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Optional
 
 from fastcrc import crc64 as _crc64
+
+_POLY = 0xC96C5795D7870F42  # ECMA-182, reflected
+_TOP = 1 << 63  # x^0 in the reflected representation
 
 
 def crc64(data: bytes) -> int:
     """CRC64 of ``data``."""
     return _crc64.xz(data)
+
+
+def crc64_of(chunks: Iterable[bytes]) -> int:
+    """CRC64 of the bytes of ``chunks`` one after the other (no copy is made)."""
+    crc = Crc64()
+    for chunk in chunks:
+        crc.update(chunk)
+    return crc.value
+
+
+def _multiply(a: int, b: int) -> int:
+    """a(x) * b(x) modulo the polynomial, both reflected (zlib's ``multmodp``)."""
+    product, mask = 0, _TOP
+    while a:
+        if a & mask:
+            product ^= b
+            a ^= mask
+        mask >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
+
+
+def _powers() -> list[int]:
+    """x^(2^k) modulo the polynomial, for k = 0..63."""
+    powers, power = [], _TOP >> 1  # x^1
+    for _ in range(64):
+        powers.append(power)
+        power = _multiply(power, power)
+    return powers
+
+
+_X2N = _powers()
+
+
+def crc64_combine(first: int, second: int, second_length: int) -> int:
+    """CRC64 of A + B from ``first`` = CRC64(A), ``second`` = CRC64(B) and len(B), without
+    the bytes (zlib's ``crc32_combine`` method: shift CRC64(A) by 8 * len(B) bits)."""
+    shift, k, n = _TOP, 3, second_length  # x^(8n): start at x^(2^3)
+    while n:
+        if n & 1:
+            shift = _multiply(_X2N[k % 64], shift)
+        n >>= 1
+        k += 1
+    return _multiply(shift, first) ^ second
 
 
 class Crc64:

@@ -51,7 +51,7 @@ from .. import metrics
 from ..config.settings import MIN_PART_SIZE, TransferConfig
 from ..errors import FileTooLarge, NotFound, ResumeRefused, StorageError
 from .bucket import Bucket, ObjectInfo, PartInfo
-from .checksum import Crc64
+from .checksum import crc64, crc64_combine
 from .engine import Claim, Engine, PartPlan
 from .listing import Entry
 from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
@@ -164,8 +164,11 @@ class PartStream:
         self.next_part = 1  # the number the part being filled will have
         self.etags: dict[int, str] = {}
         self.part_sizes: dict[int, int] = {}
-        self.crc: Optional[Crc64] = Crc64()
-        self.crc_after: dict[int, int] = {}  # the CRC64 after each part, for parking
+        # The CRC64 of the bytes up to and including part ``_base_part`` (None: unknown, no
+        # integrity check), then each later part's own CRC64, checked against COS's.
+        self._base_crc: Optional[int] = 0
+        self._base_part = 0
+        self.part_crcs: dict[int, int] = {}
         self.size = 0
         self._chunks: list[bytes] = []
         self._filled = 0
@@ -244,16 +247,25 @@ class PartStream:
     def continue_crc(self, crc64: Optional[int]) -> None:
         """Go on from the CRC64 of the bytes already in place; without it (an object stored
         by something that reports none) the integrity check is skipped for this upload."""
-        self.crc = Crc64(crc64) if crc64 is not None else None
-        if crc64 is not None:
-            self.crc_after[self.next_part - 1] = crc64
+        self._base_crc, self._base_part = crc64, self.next_part - 1
 
-    def take_body(self) -> bytes:
-        """The buffered bytes as one body (for a single PUT), folded into the CRC64."""
+    def crc_through(self, last_part: int) -> Optional[int]:
+        """The CRC64 of the bytes up to and including part ``last_part``, combined from the
+        parts' own CRC64s; None if the bytes before this upload's parts have none."""
+        value = self._base_crc
+        for number in range(self._base_part + 1, last_part + 1):
+            if value is None:
+                return None
+            value = crc64_combine(value, self.part_crcs[number], self.part_sizes[number])
+        return value
+
+    def take_body(self) -> tuple[bytes, Optional[int]]:
+        """The buffered bytes as one body (for a single PUT) and their CRC64 (None: no
+        integrity check)."""
         chunks, self._chunks, self._filled = self._chunks, [], 0
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._fold([body])
-        return body
+        base = self._base_crc
+        return body, None if base is None else crc64_combine(base, crc64(body), len(body))
 
     def finish(self) -> None:
         """Ship what is buffered as the last part and wait for every part; raises the
@@ -293,14 +305,6 @@ class PartStream:
             self.raise_failure()
         return self._claim
 
-    def _fold(self, chunks: list[bytes], number: Optional[int] = None) -> None:
-        """Fold ``chunks`` into the CRC64; remember the value after part ``number``."""
-        if self.crc is not None:
-            for chunk in chunks:
-                self.crc.update(chunk)
-            if number is not None:
-                self.crc_after[number] = self.crc.value
-
     def _ensure_started(self) -> None:
         if self.upload_id is None:
             self.upload_id = self._start()
@@ -318,15 +322,15 @@ class PartStream:
         self._claim = None
         chunks, self._chunks, self._filled = self._chunks, [], 0
         self.part_sizes[number] = sum(len(chunk) for chunk in chunks)
-        self._fold(chunks, number)
         future = self._engine.parts.submit(self.owner, self._upload_part, number, chunks)
         future.add_done_callback(lambda _f: self._part_done(claim))
         self._futures.append(future)
 
     def _upload_part(self, number: int, chunks: list[bytes]) -> None:
         try:
-            self.etags[number] = self._bucket.upload_part(self._key, self.upload_id or "",
-                                                          number, chunks)
+            part = self._bucket.upload_part(self._key, self.upload_id or "", number, chunks)
+            self.part_crcs[number] = part.crc64
+            self.etags[number] = part.etag
         except BaseException as exc:
             self.failure = self.failure or exc
             raise
@@ -449,10 +453,12 @@ class UploadSession:
             if self._parts.upload_id is None:
                 if not still_wanted(0.0):
                     raise UploadInterrupted(self.name)
-                reported = self._bucket.put(self._key, self._parts.take_body(), self._like)
+                body, sent = self._parts.take_body()
+                reported = self._bucket.put(self._key, body, self._like)
                 self._parts.drop_buffer()
             else:
                 reported = self._finish_multipart(still_wanted)
+                sent = self._parts.crc_through(self._parts.next_part - 1)
         except UploadInterrupted:
             self._move(UploadState.STREAMING)
             raise
@@ -460,22 +466,22 @@ class UploadSession:
             self._abort()
             raise
         self._unmark()
-        self._verify(reported)
+        self._verify(sent, reported)
         self._move(UploadState.COMMITTED)
         log.info("path=%s: stored %d bytes", self.name, self._parts.size)
 
-    def _verify(self, reported: Optional[int]) -> None:
-        """Compare the CRC64 of what the client sent with what COS stored.
+    def _verify(self, sent: Optional[int], reported: Optional[int]) -> None:
+        """Compare the CRC64 of what the client sent with what COS stored (each part was
+        checked already; this catches parts mixed up or missing in the object).
 
         A mismatch means COS holds other bytes than the client sent: delete the object
         rather than serve it, and fail the transfer.
         """
-        crc = self._parts.crc
-        if reported is None or crc is None or reported == crc.value:
+        if reported is None or sent is None or reported == sent:
             return
         self._move(UploadState.ABORTED)
         log.error("path=%s: CRC64 mismatch: sent %d, COS reports %d; deleting the object",
-                  self.name, crc.value, reported)
+                  self.name, sent, reported)
         self._bucket.delete(self._key)
         raise StorageError(f"integrity check failed for {self.name}: CRC64 of the data "
                            "received differs from the stored object's", code="CRC64Mismatch")
@@ -501,7 +507,7 @@ class UploadSession:
         upload_id = self._parts.upload_id or ""
         record = ParkRecord(user=self._store.user, path=self.name, key=self._key,
                             upload_id=upload_id, size=resumable, parts=len(stored),
-                            crc64=self._parts.crc_after.get(len(stored)))
+                            crc64=self._parts.crc_through(len(stored)))
         try:
             self._store.park(record)
         except StorageError as exc:

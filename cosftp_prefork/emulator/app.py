@@ -11,7 +11,8 @@ The shim translates what differs between COS and S3 on the wire:
   ``x-cos-request-id``;
 * the COS copy source ``<bucket>.cos.<region>.myqcloud.com/<key>`` becomes ``<bucket>/<key>``;
 * parts may be as small as COS allows (1 MiB), not S3's 5 MiB;
-* object PUTs and completed multipart uploads report ``x-cos-hash-crc64ecma`` like COS;
+* object PUTs, uploaded parts and completed multipart uploads report
+  ``x-cos-hash-crc64ecma`` like COS;
 * ListMultipartUploads gives each upload's real ``Initiated`` time (moto says 2010);
 * error bodies are rewritten to the COS form (Code, Message, Resource, RequestId, TraceId)
   that the SDK's ``CosServiceError`` parses;
@@ -160,7 +161,7 @@ class Faults:
     ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
     503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
     ``reset_next`` the next that many downloads; copies whose source contains
-    ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects;
+    ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects and parts;
     ``down`` fails every request with 503; requests for keys, or listings of prefixes, that
     start with ``deny_prefix`` get 403 AccessDenied (credentials limited to some prefixes).
     """
@@ -361,11 +362,11 @@ class CosShim:
         return etag.strip('"') != wanted.strip('"')
 
     def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], str]]:
-        """For an object PUT, a CompleteMultipartUpload or a HEAD, return what computes the
-        CRC64 COS reports for the object (``x-cos-hash-crc64ecma``); else None."""
+        """For an object PUT, an UploadPart, a CompleteMultipartUpload or a HEAD, return what
+        computes the CRC64 COS reports for the object or part (``x-cos-hash-crc64ecma``);
+        else None."""
         method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
-        if method == "PUT" and "partNumber" not in query \
-                and "HTTP_X_COS_COPY_SOURCE" not in environ:
+        if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" not in environ:
             length = environ.get("CONTENT_LENGTH")
             # Without a length (chunked), the server marks the input terminated: read to EOF.
             body = environ["wsgi.input"].read(int(length) if length else -1)
