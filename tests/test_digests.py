@@ -11,6 +11,7 @@ import pytest
 from fastcrc import crc64
 
 from cosftp_prefork.cos.bucket import ObjectInfo
+from cosftp_prefork.cos.checksum import crc64_combine
 from cosftp_prefork.cos.digests import stored_digest
 
 from .test_commands import put
@@ -96,3 +97,10 @@ def test_stored_digests_need_no_read():
     assert stored_digest(ObjectInfo("k", 3, 0.0, crc64=255), "CRC64") == "00000000000000ff"
     assert stored_digest(ObjectInfo("k", 3, 0.0), "CRC64") == ""
     assert stored_digest(ObjectInfo("k", 3, 0.0, etag=md5), "SHA-1") == ""
+
+
+@pytest.mark.parametrize("first, second", [(0, 0), (0, 7), (7, 0), (1, 1), (1000, 3 * 2**20 + 5)])
+def test_crc64_combine_equals_the_crc64_of_the_joined_bytes(first, second):
+    """Uploads combine their parts' CRC64s into the object's: the same value as hashing it."""
+    a, b = os.urandom(first), os.urandom(second)
+    assert crc64_combine(crc64.xz(a), crc64.xz(b), second) == crc64.xz(a + b)
