@@ -29,7 +29,7 @@ def faults(emulator):
     """Set emulator faults for one test; always switched off afterwards."""
     yield emulator.set_faults
     emulator.set_faults(latency_ms=0, error_rate=0, reset_rate=0, reset_next=0,
-                        fail_copies_of="", corrupt_crc=False, down=False)
+                        fail_copies_of="", corrupt_crc=False, corrupt_next_parts=0, down=False)
 
 
 def test_transient_503s_lose_nothing(server, alice, area, faults):
@@ -94,17 +94,19 @@ def test_crc64_mismatch_fails_the_upload_and_removes_the_object(alice, area, cos
     assert get(alice, area) == data
 
 
+@pytest.mark.parametrize("fault", [{"corrupt_next_parts": 1}, {"corrupt_crc": True}],
+                         ids=["bytes damaged on the way", "wrong CRC64 reported"])
 def test_a_corrupted_part_is_caught_before_the_object_exists(alice, area, cos, emulator,
-                                                            faults):
+                                                            faults, fault):
     """COS's CRC64 of each part is checked as it arrives: a part COS stored wrong stops the
     upload before CompleteMultipartUpload, so an overwrite keeps the old object whole."""
     old = os.urandom(1000)
     put(alice, area, old)
     emulator.requests(reset=True)
-    faults(corrupt_crc=True)
+    faults(**fault)
     with pytest.raises(ftplib.error_temp, match=r"451 .*integrity check failed"):
         put(alice, area, os.urandom(3 * PART + 1))
-    faults(corrupt_crc=False)
+    faults(corrupt_crc=False, corrupt_next_parts=0)
     assert get(alice, area) == old
     assert not pending_uploads(cos, area)
     sent = emulator.requests(contains=area)

@@ -162,6 +162,8 @@ class Faults:
     503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
     ``reset_next`` the next that many downloads; copies whose source contains
     ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects and parts;
+    ``corrupt_next_parts`` flips a byte in each of the next that many uploaded parts before they
+    are stored (bytes damaged on the way: COS then reports the CRC64 of what it stored);
     ``down`` fails every request with 503; requests for keys, or listings of prefixes, that
     start with ``deny_prefix`` get 403 AccessDenied (credentials limited to some prefixes).
     """
@@ -172,6 +174,7 @@ class Faults:
     reset_next: int = 0
     fail_copies_of: str = ""
     corrupt_crc: bool = False
+    corrupt_next_parts: int = 0
     down: bool = False
     deny_prefix: str = ""
     seed: Optional[int] = None
@@ -181,7 +184,7 @@ class Faults:
 
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
-                     "corrupt_crc", "down", "deny_prefix"):
+                     "corrupt_crc", "corrupt_next_parts", "down", "deny_prefix"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
@@ -189,6 +192,7 @@ class Faults:
         return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
                 "reset_rate": self.reset_rate, "reset_next": self.reset_next,
                 "fail_copies_of": self.fail_copies_of, "corrupt_crc": self.corrupt_crc,
+                "corrupt_next_parts": self.corrupt_next_parts,
                 "down": self.down, "deny_prefix": self.deny_prefix}
 
 
@@ -297,11 +301,15 @@ class CosShim:
         return [body]
 
     def _reset_download(self) -> bool:
+        return self._count_down("reset_next") or self._roll("reset_rate")
+
+    def _count_down(self, name: str) -> bool:
+        """Whether the fault counter ``name`` is still above 0; take one from it if so."""
         with self._lock:
-            if self.faults.reset_next > 0:
-                self.faults.reset_next -= 1
-                return True
-        return self._roll("reset_rate")
+            left = getattr(self.faults, name)
+            if left > 0:
+                setattr(self.faults, name, left - 1)
+            return left > 0
 
     def _roll(self, name: str) -> bool:
         rate = getattr(self.faults, name)
@@ -370,6 +378,8 @@ class CosShim:
             length = environ.get("CONTENT_LENGTH")
             # Without a length (chunked), the server marks the input terminated: read to EOF.
             body = environ["wsgi.input"].read(int(length) if length else -1)
+            if "partNumber" in query and body and self._count_down("corrupt_next_parts"):
+                body = bytes([body[0] ^ 1]) + body[1:]
             environ["wsgi.input"] = io.BytesIO(body)
             return lambda: self._reported_crc(body)
         is_object = environ.get("PATH_INFO", "/") not in ("", "/")
