@@ -35,6 +35,7 @@ from .. import metrics
 from ..config.settings import AccountConfig
 from ..errors import NotFound, PermissionDenied, StorageError
 from .checksum import crc64_of
+from .pagination import marker_after, paginate
 
 log = logging.getLogger(__name__)
 
@@ -267,11 +268,16 @@ def _parse_list_page(content: bytes) -> ListPage:
             prefixes.extend(_decoded(child.text or "") for child in element)
         else:
             fields[tag] = element.text or ""
-    next_marker = None
-    if fields.get("IsTruncated", "false").lower() == "true":
-        last = max([o.key for o in objects] + prefixes, default=None)
-        next_marker = _decoded(fields.get("NextMarker", "")) or last
+    last = max([o.key for o in objects] + prefixes, default=None)
+    next_marker = marker_after(fields.get("IsTruncated"), _decoded(fields.get("NextMarker", "")),
+                               last)
     return ListPage(objects=tuple(objects), prefixes=tuple(prefixes), next_marker=next_marker)
+
+
+def _following(page: tuple[list[Any], Optional[Any]]) -> Optional[Any]:
+    """The next marker of a page as the ``fetch`` of :meth:`Bucket.list_uploads` and
+    :meth:`Bucket.list_parts` return it."""
+    return page[1]
 
 
 def _parse_iso_date(value: str) -> float:
@@ -438,37 +444,35 @@ class Bucket:
 
     def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
         """Return every multipart upload not yet completed or aborted under ``prefix``."""
-        uploads: list[UploadInfo] = []
-        key_marker = id_marker = ""
-        while True:
+        def fetch(markers: tuple[str, str]) -> tuple[list[UploadInfo], Optional[tuple[str, str]]]:
             result = _call(f"ListMultipartUploads {prefix or '/'}",
                            self._client.list_multipart_uploads, Bucket=self.name, Prefix=prefix,
-                           KeyMarker=key_marker, UploadIdMarker=id_marker)
-            uploads.extend(
-                UploadInfo(str(item["Key"]), str(item["UploadId"]),
-                           _parse_iso_date(str(item.get("Initiated", ""))))
-                for item in result.get("Upload", []))
-            if str(result.get("IsTruncated", "false")).lower() != "true":
-                return uploads
-            key_marker = str(result.get("NextKeyMarker") or uploads[-1].key)
-            id_marker = str(result.get("NextUploadIdMarker") or uploads[-1].upload_id)
+                           KeyMarker=markers[0], UploadIdMarker=markers[1])
+            uploads = [UploadInfo(str(item["Key"]), str(item["UploadId"]),
+                                  _parse_iso_date(str(item.get("Initiated", ""))))
+                       for item in result.get("Upload", [])]
+            given = (str(result.get("NextKeyMarker") or ""),
+                     str(result.get("NextUploadIdMarker") or ""))
+            last = (uploads[-1].key, uploads[-1].upload_id) if uploads else None
+            return uploads, marker_after(result.get("IsTruncated"), given if given[0] else None,
+                                         last)
+        return [upload for uploads, _ in paginate(fetch, _following, ("", ""))
+                for upload in uploads]
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
         """Return the parts uploaded so far to ``upload_id``, by ascending number; raises
         ``NotFound`` once the upload is gone."""
-        parts: list[PartInfo] = []
-        marker = 0
-        while True:
+        def fetch(marker: int) -> tuple[list[PartInfo], Optional[int]]:
             result = _call(f"ListParts {key}", self._client.list_parts, Bucket=self.name,
                            Key=key, UploadId=upload_id, PartNumberMarker=marker)
-            parts.extend(
-                PartInfo(int(item["PartNumber"]), str(item.get("ETag", "")),
-                         int(item.get("Size", 0)),
-                         _parse_iso_date(str(item.get("LastModified", ""))))
-                for item in result.get("Part", []))
-            if str(result.get("IsTruncated", "false")).lower() != "true" or not parts:
-                return parts
-            marker = int(result.get("NextPartNumberMarker") or parts[-1].number)
+            parts = [PartInfo(int(item["PartNumber"]), str(item.get("ETag", "")),
+                              int(item.get("Size", 0)),
+                              _parse_iso_date(str(item.get("LastModified", ""))))
+                     for item in result.get("Part", [])]
+            return parts, marker_after(result.get("IsTruncated"),
+                                       int(result.get("NextPartNumberMarker") or 0),
+                                       parts[-1].number if parts else None)
+        return [part for parts, _ in paginate(fetch, _following, 0) for part in parts]
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload, freeing its parts."""

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import logcontext
 from ..paths import RESERVED_NAME, child_name
 from .bucket import Bucket, ListPage, ObjectInfo
+from .pagination import paginate
 
 log = logging.getLogger(__name__)
 UNNAMEABLE = re.compile("[\x00\r\n]")
@@ -68,28 +66,12 @@ def iter_directory(prefix: str, listed: Iterator[ListPage], limit: int) -> Itera
 def pages(bucket: Bucket, prefix: str) -> Iterator[ListPage]:
     """The pages of the delimited listing of ``prefix``, each requested as soon as the one
     before it arrived, while the caller works on that one (two pages in memory at most)."""
-    pending = _fetch(bucket, prefix, "")
-    while True:
-        page = pending.result()
-        if page.next_marker is None:
-            yield page
-            return
-        pending = _fetch(bucket, prefix, page.next_marker)
-        yield page
+    return paginate(lambda marker: bucket.list_page(prefix, marker=marker),
+                    _next_marker, "", ahead=True)
 
 
-def _fetch(bucket: Bucket, prefix: str, marker: str) -> Future:
-    """``bucket.list_page(prefix, marker)`` on a thread of its own: the session's threads
-    are not shared with anyone, so no other session can hold up this listing."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(bucket.list_page(prefix, marker=marker))
-        except BaseException as exc:
-            future.set_exception(exc)
-    threading.Thread(target=logcontext.carried(run), name="cos-list-ahead", daemon=True).start()
-    return future
+def _next_marker(page: ListPage) -> Optional[str]:
+    return page.next_marker
 
 
 def _in_order(page: ListPage, found: list[tuple[str, Entry]]
@@ -130,14 +112,9 @@ def _nameable(prefix: str, name: str) -> bool:
 
 def all_objects(bucket: Bucket, prefix: str) -> list[ObjectInfo]:
     """Every object under ``prefix`` at any depth (markers included), in key order."""
-    found: list[ObjectInfo] = []
-    marker = ""
-    while True:
-        page = bucket.list_page(prefix, marker=marker, delimiter="")
-        found.extend(page.objects)
-        if page.next_marker is None:
-            return found
-        marker = page.next_marker
+    listed = paginate(lambda marker: bucket.list_page(prefix, marker=marker, delimiter=""),
+                      _next_marker, "")
+    return [obj for page in listed for obj in page.objects]
 
 
 def first_key_from(bucket: Bucket, key: str) -> Optional[ObjectInfo]:
