@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from ..errors import NotFound, PermissionDenied, StorageError
 from ..paths import RESERVED_NAME
 from .bucket import Bucket, ObjectInfo, PartInfo, UploadInfo
 from .listing import all_objects
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -223,25 +223,20 @@ class Janitor:
         self._buckets = buckets
         self._ttl = ttl
         self._orphan_idle = max(ttl, orphan_idle)
-        self._interval = max(1.0, min(600.0, ttl / 4))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
+        self._periodic = Periodic("janitor", max(1.0, min(600.0, ttl / 4)), self._sweep_all)
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._periodic.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            for bucket in self._buckets:
-                try:
-                    self.sweep(bucket)
-                except StorageError as exc:
-                    log.warning("janitor: cannot sweep bucket %s: %s", bucket.name, exc)
+    def _sweep_all(self) -> None:
+        for bucket in self._buckets:
+            try:
+                self.sweep(bucket)
+            except StorageError as exc:
+                log.warning("janitor: cannot sweep bucket %s: %s", bucket.name, exc)
 
     def sweep(self, bucket: Bucket) -> int:
         """Abort what has expired in ``bucket`` and delete records and markers whose upload

@@ -54,6 +54,7 @@ from .bucket import Bucket, ObjectInfo, PartInfo
 from .checksum import crc64, crc64_combine
 from .engine import Claim, Engine, PartPlan
 from .listing import Entry
+from .periodic import Periodic
 from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,12 @@ class AbortRetrier:
     an interrupted upload never stays behind costing storage. One thread per worker."""
 
     def __init__(self, interval: float = 5.0) -> None:
-        self._interval = interval
         self._pending: dict[tuple[str, str], Bucket] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="abort-retrier", daemon=True)
+        self._periodic = Periodic("abort-retrier", interval, self._retry_all)
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
     def add(self, bucket: Bucket, key: str, upload_id: str) -> None:
         with self._lock:
@@ -111,19 +110,16 @@ class AbortRetrier:
 
     def stop(self) -> None:
         """Stop retrying; log what is still pending so an operator can clean it up."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._periodic.stop()
         for key, upload_id in self._pending:
             log.error("multipart upload %s of %r is still pending in COS; abort it by hand",
                       upload_id, key)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            with self._lock:
-                pending = list(self._pending.items())
-            for (key, upload_id), bucket in pending:
-                self._retry(bucket, key, upload_id)
+    def _retry_all(self) -> None:
+        with self._lock:
+            pending = list(self._pending.items())
+        for (key, upload_id), bucket in pending:
+            self._retry(bucket, key, upload_id)
 
     def _retry(self, bucket: Bucket, key: str, upload_id: str) -> None:
         try:
