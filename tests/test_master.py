@@ -179,6 +179,22 @@ def test_status_counts_an_append(daemon, area):
     _close(ftp)
 
 
+def test_worker_slots_count_sessions_as_they_start(daemon):
+    """The workers balance their load by the session counts of their slots, which each
+    worker writes as a session starts or ends (not a scan of the whole session table per
+    accept): right after the greeting, before any heartbeat, they agree with the table."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    state, sessions = state_of(daemon), []
+    for _ in range(4):
+        sessions.append(ftplib.FTP())
+        sessions[-1].connect(daemon.host, daemon.port, timeout=10)  # the 220 is read
+        slots = {w.pid: w.sessions for w in state.workers() if w.sessions}
+        assert slots == dict(state.sessions_by_pid())
+    for ftp in sessions:
+        _close(ftp)
+    wait_until(lambda: not any(w.sessions for w in state.workers()), what="sessions ended")
+
+
 def test_kill_worker_mid_session_others_continue(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")

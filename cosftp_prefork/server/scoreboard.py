@@ -86,6 +86,7 @@ FILE_SIZE = _INDEX_AT + _INDEX_WORDS * 4
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
 _STATE_AT = struct.calcsize("<iiI")  # a slot's state follows its pid, index and generation
+_SESSIONS_COUNT_AT = struct.calcsize("<iiIIdd")  # then started and heartbeat, then sessions
 RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
 # A worker's view of [CLUSTER] redis_url: none configured, reachable, unreachable and
 # serving on the local scoreboard, unreachable and refusing new connections.
@@ -262,6 +263,11 @@ class SharedState:
     def set_state(self, slot: int, state: int) -> None:
         """Change a slot's state only: the master marks a hung worker it is aborting."""
         struct.pack_into("<I", self._map, self._slot_at(slot) + _STATE_AT, state)
+
+    def set_sessions(self, slot: int, sessions: int) -> None:
+        """Change a slot's session count only: its worker, as each session starts or ends,
+        so that the workers balancing their load read it fresh and at no scan's cost."""
+        struct.pack_into("<I", self._map, self._slot_at(slot) + _SESSIONS_COUNT_AT, sessions)
 
     def clear_slot(self, slot: int) -> None:
         at = self._slot_at(slot)

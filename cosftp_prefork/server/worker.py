@@ -126,6 +126,7 @@ class WorkerStats:
             self.state.write_detail(ticket.row, "", "", 0, 0.0, now)
             with self._lock:
                 self.sessions += 1
+                self.state.set_sessions(self.slot, self.sessions)
                 if session is not None:
                     self._described[ticket.row] = [session, 0, now]
         return ticket, reason
@@ -135,6 +136,7 @@ class WorkerStats:
         metrics.SESSIONS.dec()
         with self._lock:
             self.sessions -= 1
+            self.state.set_sessions(self.slot, self.sessions)
             self._described.pop(ticket.row, None)
 
     def describe_sessions(self) -> None:
@@ -169,11 +171,12 @@ class WorkerStats:
 
     def publish(self) -> str:
         """Write the heartbeat and counters to the shared slot; return the process title."""
-        with self._lock:
+        cluster = self.gate.cluster_status()
+        with self._lock:  # so that no older session count overwrites one set_sessions wrote
             counters = (self.sessions, self.uploads, self.downloads, self.bytes_up,
                         self.bytes_down)
-        self.state.write_slot(self.slot, self.pid, self.index, self.generation, self.status,
-                              self.started, time.time(), counters, self.gate.cluster_status())
+            self.state.write_slot(self.slot, self.pid, self.index, self.generation,
+                                  self.status, self.started, time.time(), counters, cluster)
         title = (f"cosftp: worker {self.index} gen={self.generation} sessions={counters[0]} "
                  f"up={counters[1]} down={counters[2]}")
         return title + " draining" if self.status == DRAINING else title
@@ -218,11 +221,13 @@ class BalancedFTPServer(ThreadedFTPServer):
         """Pause or resume accepting, depending on the load of the other workers."""
         if compat.listen_fileno(self) is None:
             return
-        counts = self.state.sessions_by_pid()
-        me = os.getpid()
-        peers = [counts.get(w.pid, 0) for w in self.state.workers()
-                 if w.pid != me and w.state == "serving"]
-        busy = bool(peers) and counts.get(me, 0) > min(peers) + 1
+        me, mine, peers = os.getpid(), 0, []
+        for worker in self.state.workers():
+            if worker.pid == me:
+                mine = worker.sessions
+            elif worker.state == "serving":
+                peers.append(worker.sessions)
+        busy = bool(peers) and mine > min(peers) + 1
         if busy and not self.paused:
             self.ioloop.unregister(compat.listen_fileno(self))
         elif self.paused and not busy:
