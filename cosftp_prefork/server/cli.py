@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from ..config.passwords import hash_password
 from ..config.settings import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
@@ -53,6 +53,7 @@ SIGNAL_HELP = """signals understood by the master:
 exit status of status: 0 running, 3 not running
 """
 RELOAD_TIMEOUT = 60.0
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,13 +143,10 @@ def cmd_start(config: Config) -> int:
 
 def _wait_until_serving(pid_file: str, child: subprocess.Popen) -> Optional[str]:
     """Wait until every worker of ``child`` serves; return what went wrong, or None."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            return f"server exited with status {child.returncode}"
-        if _all_serving(pid_file, child.pid):
-            return None
-        time.sleep(0.05)
+    if _poll(lambda: child.poll() is not None or _all_serving(pid_file, child.pid),
+             START_TIMEOUT):
+        return None if child.returncode is None else \
+            f"server exited with status {child.returncode}"
     child.terminate()
     try:
         child.wait(STOP_TIMEOUT)
@@ -218,12 +216,9 @@ def stop(pid_file: str, graceful: bool = False,
     if graceful:
         print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, transfers "
               f"in flight have up to {graceful_timeout}s to finish", flush=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if read_pid(pid_file) is None:
-            print(f"cosftpctl: stopped pid {pid}")
-            return 0
-        time.sleep(0.05)
+    if _poll(lambda: read_pid(pid_file) is None, timeout):
+        print(f"cosftpctl: stopped pid {pid}")
+        return 0
     print(f"cosftpctl: pid {pid} did not stop within {timeout:.0f}s", file=sys.stderr)
     return 1
 
@@ -236,19 +231,33 @@ def cmd_reload(config: Config) -> int:
         return EXIT_NOT_RUNNING
     before = state.master().reloads
     os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + RELOAD_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def reloaded() -> Optional[MasterStatus]:
         master = state.master()
-        if master.reloads > before and master.reload_result in (RELOAD_OK, RELOAD_FAILED):
-            if master.reload_result == RELOAD_OK:
-                print(f"cosftpctl: reloaded, generation {master.generation}")
-                return 0
-            print("cosftpctl: reload failed, still serving the previous configuration; see "
-                  f"{config.server.log_dir}/cosftp.log", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
-    print(f"cosftpctl: no reload result within {RELOAD_TIMEOUT:.0f}s", file=sys.stderr)
+        done = master.reloads > before and master.reload_result in (RELOAD_OK, RELOAD_FAILED)
+        return master if done else None
+    master = _poll(reloaded, RELOAD_TIMEOUT)
+    if master is None:
+        print(f"cosftpctl: no reload result within {RELOAD_TIMEOUT:.0f}s", file=sys.stderr)
+        return 1
+    if master.reload_result == RELOAD_OK:
+        print(f"cosftpctl: reloaded, generation {master.generation}")
+        return 0
+    print("cosftpctl: reload failed, still serving the previous configuration; see "
+          f"{config.server.log_dir}/cosftp.log", file=sys.stderr)
     return 1
+
+
+def _poll(check: Callable[[], T], timeout: float) -> Optional[T]:
+    """The first true answer of ``check``, asked every 50 ms; None after ``timeout``
+    seconds without one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    return None
 
 
 def cmd_status(config: Config) -> int:
