@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import Counter
 
 import psutil
 import pytest
@@ -63,6 +64,11 @@ def state_of(proc: ServerProcess) -> SharedState:
     return state
 
 
+def sessions_by_pid(proc: ServerProcess) -> Counter:
+    """Sessions per worker pid, from the shared session table."""
+    return Counter(session.pid for session in state_of(proc).session_details())
+
+
 def serving(proc: ServerProcess, generation: int, count: int) -> bool:
     workers = [w for w in state_of(proc).workers()
                if w.generation == generation and w.state == "serving"]
@@ -71,7 +77,7 @@ def serving(proc: ServerProcess, generation: int, count: int) -> bool:
 
 def no_sessions_left(proc: ServerProcess) -> None:
     """The start-up probe's connection counts against the limits until it is released."""
-    wait_until(lambda: not state_of(proc).sessions_by_pid(), what="probe session released")
+    wait_until(lambda: not sessions_by_pid(proc), what="probe session released")
 
 
 def rewrite_config(proc: ServerProcess, **changes: str) -> None:
@@ -189,7 +195,7 @@ def test_worker_slots_count_sessions_as_they_start(daemon):
         sessions.append(ftplib.FTP())
         sessions[-1].connect(daemon.host, daemon.port, timeout=10)  # the 220 is read
         slots = {w.pid: w.sessions for w in state.workers() if w.sessions}
-        assert slots == dict(state.sessions_by_pid())
+        assert slots == dict(sessions_by_pid(daemon))
     for ftp in sessions:
         _close(ftp)
     wait_until(lambda: not any(w.sessions for w in state.workers()), what="sessions ended")
@@ -199,7 +205,7 @@ def test_kill_worker_mid_session_others_continue(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     sessions = [login(daemon) for _ in range(6)]
-    by_pid = state_of(daemon).sessions_by_pid()
+    by_pid = sessions_by_pid(daemon)
     assert len(by_pid) == 2 and min(by_pid.values()) >= 2, f"unbalanced: {by_pid}"
     victim = min(by_pid)
     os.kill(victim, signal.SIGKILL)

@@ -27,7 +27,7 @@ from .conftest import ALPHA, _close
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_clients import require, run
 from .test_commands import get, put
-from .test_master import _refused, master_of, state_of
+from .test_master import _refused, master_of, sessions_by_pid, state_of
 from .test_resume import is_parked
 from .test_transfers import abort_transfer, pending_uploads, start_upload
 
@@ -252,7 +252,7 @@ def test_plain_ftp_on_implicit_port_is_dropped(tls_server):
             while chunk := sock.recv(4096):
                 received += chunk
     assert b"220" not in received and b"331" not in received
-    wait_until(lambda: not state_of(tls_server).sessions_by_pid(), what="session released")
+    wait_until(lambda: not sessions_by_pid(tls_server), what="session released")
 
 
 # --- tls_required
@@ -311,9 +311,9 @@ def inject_garbage(tls_sock: ssl.SSLSocket) -> None:
 
 def test_broken_tls_control_connection_releases_the_session(tls_server):
     ftp = tls_login(tls_server, PLAIN)
-    wait_until(lambda: state_of(tls_server).sessions_by_pid(), what="session counted")
+    wait_until(lambda: sessions_by_pid(tls_server), what="session counted")
     inject_garbage(ftp.sock)
-    wait_until(lambda: not state_of(tls_server).sessions_by_pid(), what="session released")
+    wait_until(lambda: not sessions_by_pid(tls_server), what="session released")
     ftp.close()
 
 

@@ -475,14 +475,6 @@ class SharedState:
                 _unclip(user), _unclip(command), nbytes, rate, active))
         return found
 
-    def sessions_by_pid(self) -> Counter:
-        """Sessions per worker pid, read without the lock (a snapshot is enough)."""
-        with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
-            pids = rows[0::_SESSION_WORDS].tolist()
-        counts = Counter(pids)
-        del counts[0]
-        return counts
-
 
 def _free_row(rows, index: _SessionIndex, row: int) -> None:
     at = row * _SESSION_WORDS
