@@ -40,6 +40,11 @@ COS_RETRIES = Counter("cosftp_cos_retries", "COS requests sent again after a tra
 WORKER_RESTARTS = Counter("cosftp_worker_restarts", "Workers replaced by the master, by reason "
                           "(exited: died or was killed unexpectedly; recycled: too much memory)",
                           ["reason"], registry=None)
+UPLOAD_BUFFERS = Gauge("cosftp_upload_buffer_bytes", "Bytes of the upload memory budget "
+                       "(upload_memory_limit) that part buffers hold now, summed over workers",
+                       registry=None, multiprocess_mode="livesum")
+UPLOAD_BUFFER_LIMIT = Gauge("cosftp_upload_buffer_limit_bytes", "The upload memory budget, "
+                            "summed over workers", registry=None, multiprocess_mode="livesum")
 RELOADS = Counter("cosftp_reloads", "Configuration reloads by result (ok, failed)", ["result"],
                   registry=None)
 

@@ -89,6 +89,10 @@ def test_metrics_move_during_a_transfer(ops, area):
                what="parts counted while the upload runs")
     during = scrape(ops)
     assert value(during, "cosftp_sessions") >= 1
+    # Two parts went out; the third holds its buffer, taken from the worker's budget.
+    assert value(during, "cosftp_upload_buffer_bytes") >= MIB
+    assert value(during, "cosftp_upload_buffer_limit_bytes") >= value(
+        during, "cosftp_upload_buffer_bytes")
     assert value(during, "cosftp_logins_total", result="ok") > value(
         before, "cosftp_logins_total", result="ok")
     latency = ("cosftp_cos_request_duration_seconds_count", {"operation": "UploadPart"})
@@ -108,6 +112,7 @@ def test_metrics_move_during_a_transfer(ops, area):
                      result="ok") + len(data)
     assert value(after, "cosftp_cos_requests_total", operation="CompleteMultipartUpload",
                  status="ok") > 0
+    assert value(after, "cosftp_upload_buffer_bytes") == 0  # every buffer given back
     _close(ftp)
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .. import logcontext
+from .. import logcontext, metrics
 from ..config.settings import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class TransferBudget:
         self._free = limit
         self._waiting: deque[Claim] = deque()
         self._lock = threading.Lock()
+        metrics.UPLOAD_BUFFER_LIMIT.set(limit)
 
     @property
     def in_use(self) -> int:
@@ -69,6 +70,7 @@ class TransferBudget:
         with self._lock:
             self._waiting.append(claim)
             self._grant()
+            metrics.UPLOAD_BUFFERS.set(self.limit - self._free)
         return claim
 
     def release(self, claim: Claim) -> None:
@@ -80,6 +82,7 @@ class TransferBudget:
             elif claim in self._waiting:
                 self._waiting.remove(claim)
             self._grant()
+            metrics.UPLOAD_BUFFERS.set(self.limit - self._free)
 
     def _grant(self) -> None:
         while self._waiting and self._waiting[0].size <= self._free:
