@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from .passwords import HashFormatError, check_stored_form, scrypt_parameters
 from .tls import ServerTLS, TLSFileError, load_server_tls
 
-KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
+MIB, GIB = 1024 ** 2, 1024 ** 3
 MIN_PART_SIZE = 1 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
@@ -138,10 +138,6 @@ class TransferConfig:
     resume_ttl: int = 86400
     memory_limit: int = 256 * MIB  # upload_memory_limit, in bytes
     copy_thread_num: int = 8
-
-    @property
-    def part_size(self) -> int:
-        return part_size_for(self.min_part_size, self.single_file_max_size)
 
     @property
     def max_part_size(self) -> int:
@@ -294,11 +290,10 @@ def _redis_url(raw: str) -> str:
 
 
 def _host(raw: str) -> str:
-    try:
-        return str(ipaddress.ip_address(raw))
-    except ValueError:
-        if _HOST_RE.match(raw) and not raw.replace(".", "").isdigit():
-            return raw
+    with contextlib.suppress(ValueError):
+        return _ip_address(raw)
+    if _HOST_RE.match(raw) and not raw.replace(".", "").isdigit():
+        return raw
     raise ValueError(f"must be an IP address or host name, got {raw!r}")
 
 
