@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ftplib
+import io
 import os
 import time
 
@@ -126,15 +127,120 @@ def test_the_servers_own_data_is_out_of_reach(alice, area):
         put(alice, "/.cosftp/planted", b"x")
 
 
-def test_lftp_mirror_keeps_timestamps(server, tmp_path, area):
+def test_lftp_mirror_keeps_timestamps(server, tmp_path, area, emulator):
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     times = {"a.txt": 1_500_000_000, "sub/b.txt": 1_600_000_000}
     for rel, mtime in times.items():
         (tree / rel).write_text(rel)
         os.utime(tree / rel, (mtime, mtime))
+    emulator.requests(reset=True)
     lftp(server, f'mirror -R "{tree}" {area}')
+    sent = emulator.requests(contains=area)
+    # lftp sends MFMT right after each STOR: one pinned self-copy each, no HEAD.
+    assert sent["COPY"] == len(times) and "HEAD" not in sent, sent
     back = tmp_path / "back"
     lftp(server, f'mirror {area} "{back}"')
     for rel, mtime in times.items():
         assert int((back / rel).stat().st_mtime) == mtime, rel
+
+
+def mfmt_requests(emulator, ftp: ftplib.FTP, path: str) -> dict:
+    """The COS requests of ``MFMT STAMP path``, which must succeed."""
+    emulator.requests(reset=True)
+    assert ftp.sendcmd(f"MFMT {STAMP} {path}") == f"213 Modify={STAMP}; /{path}."
+    return emulator.requests(contains=path)
+
+
+GENERAL_MFMT = {"HEAD": 1, "COPY": 1, "LIST": 1, "PUT": 1}  # see test_request_budget
+
+
+def shown_times(ftp: ftplib.FTP, directory: str, name: str) -> tuple[str, str, str]:
+    """What MDTM, MLSD and LIST show as the time of ``directory/name``."""
+    listing: list[str] = []
+    ftp.retrlines(f"LIST {directory}", listing.append)
+    line = next(line for line in listing if line.endswith(f" {name}"))
+    return (ftp.sendcmd(f"MDTM {directory}/{name}"), mlsd_modify(ftp, directory)[name],
+            " ".join(line.split()[5:8]))
+
+
+@pytest.mark.parametrize("size", [10, 2 * MIB + 1])
+def test_mfmt_right_after_the_sessions_own_stor_is_one_pinned_copy(server, alice, area, cos,
+                                                                   emulator, size):
+    data = os.urandom(size)
+    alice.mkd(area)
+    put(alice, f"{area}/f", data)
+    before = kept_attributes(cos, f"{area}/f")
+    assert mfmt_requests(emulator, alice, f"{area}/f") == {"COPY": 1, "PUT": 1}
+    assert shown_times(alice, area, "f") == (f"213 {STAMP}", STAMP, "Jan 02 2020")
+    fresh = server.login("alice", "alice-pw")
+    assert shown_times(fresh, area, "f") == (f"213 {STAMP}", STAMP, "Jan 02 2020")
+    assert get(fresh, f"{area}/f") == data
+    fresh.quit()
+    # The copy named no attributes, as the STOR did not: COS's defaults, as before.
+    assert kept_attributes(cos, f"{area}/f") == before
+    assert len(markers(cos, area)) == 1
+
+
+@pytest.mark.parametrize("writer", ["ftp", "tool"])
+def test_a_file_overwritten_between_stor_and_mfmt_gets_the_time_the_general_way(
+        server, alice, area, cos, emulator, writer):
+    """The pinned copy is refused (412): the time goes to the other session's bytes, which
+    keep what that writer gave them, after a HEAD."""
+    alice.mkd(area)
+    put(alice, f"{area}/f", b"mine")
+    theirs = b"theirs, written in between"
+    if writer == "ftp":
+        other = server.login("alice", "alice-pw")
+        put(other, f"{area}/f", theirs)
+        other.quit()
+    else:
+        put_with_attributes(cos, f"{area}/f", theirs)
+    expected = kept_attributes(cos, f"{area}/f")
+    sent = mfmt_requests(emulator, alice, f"{area}/f")
+    assert sent == {**GENERAL_MFMT, "COPY": 2}, sent  # the refused copy, then HEAD first
+    assert get(alice, f"{area}/f") == theirs
+    assert shown_times(alice, area, "f") == (f"213 {STAMP}", STAMP, "Jan 02 2020")
+    assert kept_attributes(cos, f"{area}/f") == expected
+    if writer == "tool":
+        assert expected == KEPT
+
+
+@pytest.mark.parametrize("failed", ["", "-other"], ids=["same file", "another file"])
+def test_mfmt_after_a_failed_stor_takes_the_general_path(alice, area, emulator, failed):
+    """Only the session's last upload counts, and only once it committed."""
+    put(alice, area, b"old")
+    emulator.set_faults(corrupt_next_parts=1)  # the next upload's first part arrives damaged
+    try:
+        with pytest.raises(ftplib.error_temp, match="451"):
+            put(alice, area + failed, os.urandom(2 * MIB + 1))
+    finally:
+        emulator.set_faults(corrupt_next_parts=0)
+    assert mfmt_requests(emulator, alice, area) == GENERAL_MFMT
+    assert get(alice, area) == b"old"
+    assert alice.sendcmd(f"MDTM {area}") == f"213 {STAMP}"
+
+
+def write_again(server, ftp: ftplib.FTP, path: str, write: str) -> None:
+    """Another write of ``path`` by the session of ``ftp`` (or of another file)."""
+    if write == "DELE":  # and the same bytes stored again by another session: same ETag
+        ftp.delete(path)
+        other = server.login("alice", "alice-pw")
+        put(other, path, b"mine")
+        other.quit()
+    elif write == "RNFR/RNTO":
+        ftp.rename(path, f"{path}-2")
+        ftp.rename(f"{path}-2", path)
+    elif write == "APPE":
+        ftp.storbinary(f"APPE {path}", io.BytesIO(b" and more"))
+    else:
+        put(ftp, f"{path}-other", b"x")
+
+
+@pytest.mark.parametrize("write", ["DELE", "RNFR/RNTO", "APPE", "STOR of another file"])
+def test_another_write_by_the_session_makes_mfmt_ask_cos_first(server, alice, area, emulator,
+                                                              write):
+    put(alice, area, b"mine")
+    write_again(server, alice, area, write)
+    assert mfmt_requests(emulator, alice, area) == GENERAL_MFMT
+    assert alice.sendcmd(f"MDTM {area}") == f"213 {STAMP}"

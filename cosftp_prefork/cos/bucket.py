@@ -11,6 +11,7 @@ at class level between every client of the process.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import email.utils
 import io
@@ -21,7 +22,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
@@ -80,7 +81,7 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class Completed:
-    """What COS answers to a completed multipart upload."""
+    """What COS answers when it stored an object (a PUT or a completed multipart upload)."""
 
     etag: str
     crc64: Optional[int]
@@ -236,6 +237,24 @@ def _object_headers(source: Optional[ObjectInfo], client_mtime: Optional[float],
     return headers
 
 
+def _pin(source: ObjectInfo) -> dict[str, str]:
+    """SDK arguments that make a copy of ``source`` fail unless it still has its ETag."""
+    return {"CopySourceIfMatch": f'"{source.etag}"'} if source.etag else {}
+
+
+@contextlib.contextmanager
+def _source_unchanged(source: ObjectInfo) -> Iterator[None]:
+    """Turn COS's answer to a copy pinned with :func:`_pin` whose source has another ETag
+    now (412) into ``StorageError`` with code ``ObjectChanged``."""
+    try:
+        yield
+    except StorageError as exc:
+        if exc.code != "PreconditionFailed":
+            raise
+        raise StorageError(f"{source.key} was replaced while it was being copied; "
+                           f"nothing was changed, try again", code="ObjectChanged") from exc
+
+
 def _kept_attributes(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((name, value) for name, value in headers.items()
                         if name in _KEPT_HEADERS or name.startswith(_USER_METADATA)))
@@ -377,13 +396,13 @@ class Bucket:
         finally:
             stream.close()
 
-    def put(self, key: str, data: bytes, like: Optional[ObjectInfo] = None) -> Optional[int]:
+    def put(self, key: str, data: bytes, like: Optional[ObjectInfo] = None) -> Completed:
         """Store ``data`` as ``key`` in one request, with the storage class, encryption,
-        content headers and metadata of ``like`` if given; return the CRC64 COS reports, if
-        any."""
+        content headers and metadata of ``like`` if given; return the new object's ETag and
+        the CRC64 COS reports, if any."""
         result = _call(f"PUT {key}", self._client.put_object, Bucket=self.name, Key=key,
               Body=data, EnableMD5=True, **_object_headers(like, None))
-        return _reported_crc64(result)
+        return Completed(str(result.get("ETag", "")).strip('"'), _reported_crc64(result))
 
     def create_multipart(self, key: str, like: Optional[ObjectInfo] = None,
                          client_mtime: Optional[float] = None) -> str:
@@ -420,17 +439,11 @@ class Bucket:
         its ETag. Raises ``StorageError`` with code ``ObjectChanged`` once ``source`` has
         another ETag than the one given, so that parts of two versions never mix."""
         copy_source = self._copy_source(source.key)
-        extra = {"CopySourceIfMatch": f'"{source.etag}"'} if source.etag else {}
-        try:
+        with _source_unchanged(source):
             result = _call(f"UploadPartCopy {source.key} -> {key} #{number}",
                   self._client.upload_part_copy, Bucket=self.name, Key=key, PartNumber=number,
                   UploadId=upload_id, CopySource=copy_source,
-                  CopySourceRange=f"bytes={first}-{last}", **extra)
-        except StorageError as exc:
-            if exc.code != "PreconditionFailed":
-                raise
-            raise StorageError(f"{source.key} was replaced while it was being copied; "
-                               f"nothing was changed, try again", code="ObjectChanged") from exc
+                  CopySourceRange=f"bytes={first}-{last}", **_pin(source))
         return str(result["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str,
@@ -480,19 +493,24 @@ class Bucket:
               Bucket=self.name, Key=key, UploadId=upload_id)
 
     def copy(self, source: ObjectInfo, dst_key: str,
-             client_mtime: Optional[float] = None) -> str:
+             client_mtime: Optional[float] = None, pinned: bool = False) -> str:
         """Server-side copy of ``source`` to ``dst_key`` within this bucket (≤ 5 GB) in its
         storage class, with its metadata; with ``client_mtime`` as the MFMT time if given,
-        when ``source`` must come from a HEAD (its metadata is then sent anew). Return the
-        copy's ETag."""
+        when ``source`` must come from a HEAD or tell all its attributes otherwise (its
+        metadata is then sent anew). With ``pinned``, only while ``source`` still has its
+        ETag: ``StorageError`` with code ``ObjectChanged`` otherwise. Return the copy's
+        ETag."""
         copy_source = self._copy_source(source.key)
         if client_mtime is None:
             extra, directive = _object_headers(source, None, metadata=False), "Copy"
         else:
             extra, directive = _object_headers(source, client_mtime), "Replaced"
-        result = _call(f"COPY {source.key} -> {dst_key}", self._client.copy_object,
-              Bucket=self.name, Key=dst_key, CopySource=copy_source, CopyStatus=directive,
-              **extra)
+        if pinned:
+            extra.update(_pin(source))
+        with _source_unchanged(source):
+            result = _call(f"COPY {source.key} -> {dst_key}", self._client.copy_object,
+                  Bucket=self.name, Key=dst_key, CopySource=copy_source, CopyStatus=directive,
+                  **extra)
         return str(result.get("ETag", "")).strip('"')
 
     def delete_many(self, keys: list[str]) -> None:

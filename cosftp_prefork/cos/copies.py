@@ -35,17 +35,19 @@ class Moved:
 
 
 def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: TransferConfig,
-                executor: Executor, client_mtime: Optional[float] = None) -> str:
+                executor: Executor, client_mtime: Optional[float] = None,
+                pinned: bool = False) -> str:
     """Copy ``source`` (as a HEAD found it: a listing does not say its encryption, class or
     metadata) to ``target`` inside COS, in parts above the threshold, keeping all of them;
     with ``client_mtime`` as its MFMT time if given (``target`` may then be ``source.key``).
-    The parts are pinned to the ETag of ``source``.
+    The parts are pinned to the ETag of ``source``, and so is a single copy if ``pinned``
+    (``StorageError`` with code ``ObjectChanged`` once ``source`` has another ETag).
 
     Part copies run on ``executor``; call this from a thread that is not one of its own.
     Return the copy's ETag. Raises ``StorageError``; a failed multipart copy is aborted.
     """
     if source.size <= transfer.multipart_copy_threshold:
-        return bucket.copy(source, target, client_mtime)
+        return bucket.copy(source, target, client_mtime, pinned)
     upload_id = bucket.create_multipart(target, source, client_mtime)
     # Like an upload, marked live so the janitor aborts it should this process die.
     tracked = transfer.resume_ttl > 0

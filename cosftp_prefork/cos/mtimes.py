@@ -48,15 +48,38 @@ def _parse(name: str) -> tuple[str, int, str]:
 
 
 def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
-                     transfer: TransferConfig, executor: Executor) -> ObjectInfo:
+                     transfer: TransferConfig, executor: Executor,
+                     own_upload: bool = False) -> ObjectInfo:
     """Record ``mtime`` for the object ``info`` (as a HEAD found it); return what the object
     is now. Raises ``StorageError``.
 
     Three requests: the self-copy, the listing of this file's older markers and the new
     marker; a fourth deletes older markers if there are any. The copy's answer names its
     ETag: no HEAD afterwards.
+
+    With ``own_upload``, ``info`` is what this session's own STOR just committed
+    (``UploadSession.stored``: its ETag, and no attributes but COS's defaults, which a copy
+    that names none gets again) and two requests do: the self-copy, pinned to that ETag, so
+    that no other bytes ever get this time or lose their attributes (``StorageError`` with
+    code ``ObjectChanged`` when someone replaced them meanwhile: then take the general path,
+    HEAD first), and the new marker. The older markers are not listed, because none of them
+    can win over the new one in :class:`ListedMtimes`, which takes a marker only if it
+    names the object's ETag and was written no earlier than the object (the self-copy's
+    LastModified), and of several the one written last:
+
+    - markers of other versions name other ETags;
+    - markers of earlier uploads of the same bytes (same ETag) were written before this
+      upload, so before the self-copy;
+    - COS's LastModified has whole seconds, and there lies the one case left: a marker of
+      the same bytes written *in the same second* as the self-copy ties with it, and of
+      tied markers the one listed last (the larger time, as the names sort) wins. That
+      takes the same file, with the same bytes, given a time, stored again and given
+      another (earlier) time, all within one second, by this session or by another
+      at the same moment. LIST and MLSD then show the earlier time, MDTM (the object's own
+      ``x-cos-meta-mtime``) the right one, until the file is next written or given a time.
     """
-    etag = copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime)
+    etag = copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime,
+                       pinned=own_upload)
     stamp = int(mtime)
     attributes = [item for item in info.attributes if item[0] != MTIME_HEADER]
     attributes.append((MTIME_HEADER, str(stamp)))
@@ -67,13 +90,18 @@ def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
         log.info("%s: name too long for a listing marker; only MDTM will show the time",
                  info.key)
         return now
-    directory, _, name = info.key.rpartition("/")
-    prefix = f"{MTIME_ROOT}{directory}/" if directory else MTIME_ROOT
-    stale = [obj.key for obj in all_objects(bucket, f"{MTIME_ROOT}{info.key}{_SEPARATOR}")
-             if obj.key != marker and _parse(child_name(prefix, obj.key))[0] == name]
+    stale = [] if own_upload else _older_markers(bucket, info.key, marker)
     bucket.put(marker, b"")
     delete_keys(bucket, stale)
     return now
+
+
+def _older_markers(bucket: Bucket, key: str, marker: str) -> list[str]:
+    """The markers of ``key`` other than ``marker`` (one listing)."""
+    directory, _, name = key.rpartition("/")
+    prefix = f"{MTIME_ROOT}{directory}/" if directory else MTIME_ROOT
+    return [obj.key for obj in all_objects(bucket, f"{MTIME_ROOT}{key}{_SEPARATOR}")
+            if obj.key != marker and _parse(child_name(prefix, obj.key))[0] == name]
 
 
 def carry_markers(bucket: Bucket, moved: list[Moved], directory: str = "") -> None:

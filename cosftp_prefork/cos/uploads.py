@@ -50,7 +50,7 @@ from typing import Callable, Optional, Union
 from .. import metrics
 from ..config.settings import MIN_PART_SIZE, TransferConfig
 from ..errors import FileTooLarge, NotFound, ResumeRefused, StorageError
-from .bucket import Bucket, ObjectInfo, PartInfo
+from .bucket import Bucket, Completed, ObjectInfo, PartInfo
 from .checksum import crc64, crc64_combine
 from .engine import Claim, Engine, PartPlan
 from .listing import Entry
@@ -360,6 +360,9 @@ class UploadSession:
         self._engine = engine
         self._retrier = retrier
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
+        # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
+        self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
+        self.stored: Optional[ObjectInfo] = None
         self._discard = False  # the client gave up on it (ABOR, oversized): never park
         plan = PartPlan.for_upload(transfer.min_part_size, transfer.single_file_max_size,
                                    transfer.max_part_size, announced)
@@ -442,6 +445,11 @@ class UploadSession:
         how long it may wait for a sign that the client is gone; if it says no,
         ``UploadInterrupted`` is raised and the upload stays open, for ``close()`` to park
         or abort. On any other failure the upload is aborted and ``StorageError`` raised.
+
+        A STOR that commits sets :attr:`stored` from COS's answer: the key, size and ETag of
+        the new object, and the attributes the upload gave it (none: COS's defaults), all
+        that a copy of it must keep (see ``mtimes.set_client_mtime``). Its time is not
+        known (COS answers a PUT with none): ``mtime`` is 0.
         """
         self._check_open()
         self._move(UploadState.COMMITTING)
@@ -462,8 +470,11 @@ class UploadSession:
             self._abort()
             raise
         self._unmark()
-        self._verify(sent, reported)
+        self._verify(sent, reported.crc64)
         self._move(UploadState.COMMITTED)
+        if self._from_nothing:
+            self.stored = ObjectInfo(self._key, self._parts.size, 0.0, reported.etag,
+                                     reported.crc64)
         log.info("path=%s: stored %d bytes", self.name, self._parts.size)
 
     def _verify(self, sent: Optional[int], reported: Optional[int]) -> None:
@@ -530,7 +541,7 @@ class UploadSession:
         if self._parts.upload_id:
             self._store.ended(self._key, self._parts.upload_id)
 
-    def _finish_multipart(self, still_wanted: Callable[[float], bool]) -> Optional[int]:
+    def _finish_multipart(self, still_wanted: Callable[[float], bool]) -> Completed:
         # A killed client closes its data and control connections a moment apart, in either
         # order; the last parts' upload time is spent waiting for the control one to close.
         grace_ends = time.monotonic() + CLIENT_GONE_GRACE
@@ -539,7 +550,7 @@ class UploadSession:
             raise UploadInterrupted(self.name)
         parts = sorted(self._parts.etags.items())
         return self._bucket.complete_multipart(self._key, self._parts.upload_id or "",
-                                               parts).crc64
+                                               parts)
 
     def _abort(self) -> None:
         if self.state is not UploadState.ABORTED:

@@ -9,7 +9,10 @@ turns into 550 replies.
 Nothing COS said is kept from one command to the next: another session, another worker or
 another tool may have changed the bucket since, and COS itself is strongly consistent. What
 one command learned (a look-up, or the listing that LIST and MLSD then format entry by entry)
-serves that command only; :meth:`CosFS.begin_command` forgets it.
+serves that command only; :meth:`CosFS.begin_command` forgets it. The one exception is what
+COS answered to this session's own last STOR (key, size, ETag): MFMT right after it copies
+exactly that version (the copy is pinned to its ETag) without asking COS first; any other
+write of the session to that path forgets it.
 
 Names behave as on a disk: a file cannot be created where a directory is or under a file,
 MKD needs its parent, and a directory that exists only through its files gets a marker when
@@ -167,6 +170,8 @@ class CosFS(AbstractedFS):
             self._bucket, ctx.transfer, ctx.engine,
             ResumeStore(self._bucket, ctx.transfer.resume_ttl, ctx.account.user), ctx.retrier)
         self._announced: Optional[int] = None  # ALLO: the size of the next upload
+        # The path and object of this session's last STOR, for an MFMT right after it.
+        self._own_upload: Optional[tuple[str, ObjectInfo]] = None
 
     # --- path conversion: the FTP path is the "real" path
 
@@ -252,9 +257,12 @@ class CosFS(AbstractedFS):
         return None
 
     def _forget(self, *paths: str) -> None:
+        """Forget what is known of ``paths``, which this session is about to write."""
         for path in paths:
             self._scope.pop(path, None)
             self._heads.pop(path, None)
+        if self._own_upload is not None and self._own_upload[0] in paths:
+            self._own_upload = None
 
     def _check_creatable(self, path: str) -> None:
         """Refuse (``Refusal``) a new file at ``path`` where a directory is, under a file, or,
@@ -315,6 +323,11 @@ class CosFS(AbstractedFS):
         return entry
 
     def isfile(self, path: str) -> bool:
+        """Whether ``path`` is a file: one HEAD, or none for the file this session's last
+        STOR made (pyftpdlib asks before MFMT and MDTM; what they do next asks COS: MFMT's
+        pinned copy, MDTM's HEAD)."""
+        if self._own_upload is not None and self._own_upload[0] == path:
+            return True
         entry = self.lookup_file(path)
         return entry is not None and not entry.is_dir
 
@@ -537,6 +550,7 @@ class CosFS(AbstractedFS):
             raise Unstorable(exc.strerror) from exc
         self._scope.clear()
         self._heads.clear()
+        self._own_upload = None
         if moved:
             self._carry_mtimes(src, moved, dir_prefix(src))
         self._keep_directory(parent_dir(src))
@@ -558,6 +572,7 @@ class CosFS(AbstractedFS):
         if mode == "rb":
             entry = self._require_file(filename)
             return self._reader(filename, entry)
+        self._own_upload = None  # only the last upload counts, and only once it committed
         if mode == "wb":
             self._check_creatable(filename)
             existing = self.lookup(filename)
@@ -584,6 +599,7 @@ class CosFS(AbstractedFS):
         """REST ``offset`` + STOR: an upload that continues the parked upload or the file
         ending at ``offset`` (see :meth:`resumable_size`); raises ``ResumeRefused``
         otherwise."""
+        self._own_upload = None
         entry = self._upload_target(filename)
         self._forget(filename)
         return self._uploads.at_offset(filename, object_key(filename), entry, offset,
@@ -597,9 +613,12 @@ class CosFS(AbstractedFS):
         announced, self._announced = self._announced, None
         return announced
 
-    def upload_finished(self, filename: str) -> None:
-        """Drop cached facts about ``filename`` after an upload ended (either way)."""
-        self._forget(filename)
+    def upload_finished(self, upload: UploadSession) -> None:
+        """Drop cached facts about the file of ``upload`` after it ended (either way); keep
+        what COS answered if it was a STOR that committed."""
+        self._forget(upload.name)
+        if upload.stored is not None:
+            self._own_upload = (upload.name, upload.stored)
 
     def mkstemp(self, suffix="", prefix="", dir=None, mode="wb"):
         raise Refusal(errno.EOPNOTSUPP, "STOU is not supported")
@@ -612,12 +631,36 @@ class CosFS(AbstractedFS):
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
         """MFMT: record ``timeval`` as the file's modification time (see :mod:`.mtimes`);
-        raises ``Refusal`` or ``OSError``."""
-        self._require_file(path)
-        info = set_client_mtime(self._bucket, self._head(path), timeval, self._ctx.transfer,
-                                self._ctx.engine.copier())
+        raises ``Refusal`` or ``OSError``.
+
+        Right after this session's own STOR of ``path``, the copy is pinned to what that
+        STOR stored (two requests). If someone replaced or deleted the file since, the time
+        goes the general way (HEAD first) to the file that is there now, as utime(2) sets
+        the time of whatever file has the name, or the answer is 550 if there is none.
+        """
+        info = self._utime_own_upload(path, timeval)
+        if info is None:
+            self._require_file(path)
+            info = set_client_mtime(self._bucket, self._head(path), timeval,
+                                    self._ctx.transfer, self._ctx.engine.copier())
         # MFMT's 213 reports the time from what the copy made, without another HEAD.
         self._learn_file(path, info)
+
+    def _utime_own_upload(self, path: str, timeval: float) -> Optional[ObjectInfo]:
+        """What MFMT made of the file this session's last STOR stored at ``path``, or None
+        if that STOR was of another path or the file changed since (the general path then)."""
+        own, self._own_upload = self._own_upload, None
+        if own is None or own[0] != path:
+            return None
+        try:
+            return set_client_mtime(self._bucket, own[1], timeval, self._ctx.transfer,
+                                    self._ctx.engine.copier(), own_upload=True)
+        except StorageError as exc:
+            if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":
+                raise
+            log.info("path=%s: changed since this session stored it (%s); MFMT asks COS "
+                     "what is there now", path, exc.code)
+            return None
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
         """What ``read(*args)`` finds under ``.cosftp/``, or ``default`` when the credentials

@@ -266,7 +266,7 @@ class CosDTPHandler(DTPHandler):
             compat.set_close_reply(self, _reply_for(exc), logging.getLogger("pyftpdlib").warning)
             log.error("path=%s: upload failed: %s", upload.name, exc)
         finally:
-            self.cmd_channel.fs.upload_finished(upload.name)
+            self.cmd_channel.fs.upload_finished(upload)
 
     def handle_error(self) -> None:
         """Reply 552/451 for storage failures instead of pyftpdlib's generic 426."""
