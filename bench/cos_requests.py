@@ -42,11 +42,14 @@ SEQUENCES: dict[str, tuple[Callable[[ftplib.FTP, str], None],
         lambda ftp, d: ftp.mkd(d), lambda ftp, d: _put(ftp, f"{d}/new")),
     "STOR over an existing small file": (
         lambda ftp, d: _put(ftp, f"{d}/old"), lambda ftp, d: _put(ftp, f"{d}/old")),
-    "MFMT of a file": (
-        lambda ftp, d: _put(ftp, f"{d}/f"),
+    "MFMT of a file (not the session's last STOR)": (
+        lambda ftp, d: (_put(ftp, f"{d}/f"), _put(ftp, f"{d}/g")),
         lambda ftp, d: ftp.sendcmd(f"MFMT 20200102030405 {d}/f")),
     "STOR + MFMT of a new file (lftp mirror -R)": (
         lambda ftp, d: ftp.mkd(d),
+        lambda ftp, d: (_put(ftp, f"{d}/f"), ftp.sendcmd(f"MFMT 20200102030405 {d}/f"))),
+    "STOR + MFMT over an existing file": (
+        lambda ftp, d: _put(ftp, f"{d}/f"),
         lambda ftp, d: (_put(ftp, f"{d}/f"), ftp.sendcmd(f"MFMT 20200102030405 {d}/f"))),
     "DELE": (lambda ftp, d: (_put(ftp, f"{d}/a"), _put(ftp, f"{d}/b")),
              lambda ftp, d: ftp.delete(f"{d}/a")),
