@@ -68,15 +68,20 @@ def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
     LastModified), and of several the one written last:
 
     - markers of other versions name other ETags;
-    - markers of earlier uploads of the same bytes (same ETag) were written before this
-      upload, so before the self-copy;
+    - markers of the same bytes (same ETag: an earlier upload of them, or another
+      session's MFMT since this upload) were written before the self-copy;
     - COS's LastModified has whole seconds, and there lies the one case left: a marker of
-      the same bytes written *in the same second* as the self-copy ties with it, and of
-      tied markers the one listed last (the larger time, as the names sort) wins. That
-      takes the same file, with the same bytes, given a time, stored again and given
-      another (earlier) time, all within one second, by this session or by another
-      at the same moment. LIST and MLSD then show the earlier time, MDTM (the object's own
-      ``x-cos-meta-mtime``) the right one, until the file is next written or given a time.
+      the same bytes written *in the same second* as the self-copy ties with the new one,
+      and of tied markers the one listed last counts (key order: ``name#<seconds>#<etag>``
+      sorts by the digits of the time). So the old time shows only if the same file, with
+      the same bytes, was given a time, stored again and given a time whose digits sort
+      first, all within one second (by this session, or by another at the same moment);
+      LIST and MLSD then show the old time and MDTM (the object's own
+      ``x-cos-meta-mtime``) the new one, until the file is next written or given a time.
+
+    The pin tells bytes, not attributes: identical bytes stored again by another tool with
+    other headers between the STOR and the MFMT lose those headers, as they would between
+    the general path's HEAD and its copy.
     """
     etag = copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime,
                        pinned=own_upload)

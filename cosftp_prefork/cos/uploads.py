@@ -472,7 +472,7 @@ class UploadSession:
         self._unmark()
         self._verify(sent, reported.crc64)
         self._move(UploadState.COMMITTED)
-        if self._from_nothing:
+        if self._from_nothing and reported.etag:  # no ETag: nothing to pin a copy to
             self.stored = ObjectInfo(self._key, self._parts.size, 0.0, reported.etag,
                                      reported.crc64)
         log.info("path=%s: stored %d bytes", self.name, self._parts.size)
