@@ -206,6 +206,15 @@ def test_a_file_overwritten_between_stor_and_mfmt_gets_the_time_the_general_way(
         assert expected == KEPT
 
 
+def test_mfmt_of_a_file_deleted_since_the_sessions_stor_is_550(server, alice, area):
+    put(alice, area, b"mine")
+    other = server.login("alice", "alice-pw")
+    other.delete(area)
+    other.quit()
+    with pytest.raises(ftplib.error_perm, match="550 No such file"):
+        alice.sendcmd(f"MFMT {STAMP} {area}")
+
+
 @pytest.mark.parametrize("failed", ["", "-other"], ids=["same file", "another file"])
 def test_mfmt_after_a_failed_stor_takes_the_general_path(alice, area, emulator, failed):
     """Only the session's last upload counts, and only once it committed."""

@@ -323,11 +323,6 @@ class CosFS(AbstractedFS):
         return entry
 
     def isfile(self, path: str) -> bool:
-        """Whether ``path`` is a file: one HEAD, or none for the file this session's last
-        STOR made (pyftpdlib asks before MFMT and MDTM; what they do next asks COS: MFMT's
-        pinned copy, MDTM's HEAD)."""
-        if self._own_upload is not None and self._own_upload[0] == path:
-            return True
         entry = self.lookup_file(path)
         return entry is not None and not entry.is_dir
 
@@ -628,6 +623,15 @@ class CosFS(AbstractedFS):
         mirror -R`` sends one per file and fails the run on an error); ENOENT if missing."""
         self._require(path)
 
+    def expect_own_upload(self, path: str) -> None:
+        """MFMT of ``path``: if this session's last STOR made it, take what COS answered to
+        that STOR as this command's look-up (pyftpdlib's ``isfile`` then asks no HEAD);
+        :meth:`utime` pins its copy to it and asks COS anew if the file changed."""
+        if self._own_upload is not None and self._own_upload[0] == path:
+            info = self._own_upload[1]
+            self._scope[path] = Entry(os.path.basename(path), False, info.size, info.mtime,
+                                      info.etag)
+
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
         """MFMT: record ``timeval`` as the file's modification time (see :mod:`.mtimes`);
@@ -660,6 +664,7 @@ class CosFS(AbstractedFS):
                 raise
             log.info("path=%s: changed since this session stored it (%s); MFMT asks COS "
                      "what is there now", path, exc.code)
+            self._forget(path)
             return None
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:

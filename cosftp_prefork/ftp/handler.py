@@ -710,6 +710,12 @@ class CosFTPHandler(ClientDialect, FTPHandler):
             except OSError:
                 return True
 
+    def ftp_MFMT(self, path: str, timeval: str):
+        """MFMT right after the session's own STOR of ``path`` asks COS nothing before its
+        copy, which is pinned to what that STOR stored (``CosFS.utime``)."""
+        self.fs.expect_own_upload(path)
+        return super().ftp_MFMT(path, timeval)
+
     def ftp_MLST(self, path: str):
         """MLST with the time MFMT set: a look-up alone cannot see it (one HEAD more)."""
         with contextlib.suppress(OSError, FilesystemError):
