@@ -11,8 +11,8 @@ another tool may have changed the bucket since, and COS itself is strongly consi
 one command learned (a look-up, or the listing that LIST and MLSD then format entry by entry)
 serves that command only; :meth:`CosFS.begin_command` forgets it. The one exception is what
 COS answered to this session's own last STOR (key, size, ETag): MFMT right after it copies
-exactly that version (the copy is pinned to its ETag) without asking COS first; any other
-write of the session to that path forgets it.
+exactly that version (the copy is pinned to its ETag) without asking COS first. The next
+upload the session starts, its next MFMT, and its DELE or RNFR/RNTO of that path forget it.
 
 Names behave as on a disk: a file cannot be created where a directory is or under a file,
 MKD needs its parent, and a directory that exists only through its files gets a marker when
