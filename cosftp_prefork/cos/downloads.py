@@ -2,7 +2,8 @@
 
 The GET starts lazily at the first ``read`` so that pyftpdlib's ``open`` + ``seek(REST)`` costs
 one request, not two. A thread reads ahead (at most ``READ_AHEAD`` chunks, so memory per
-download stays bounded) so the data channel does not wait on COS between chunks. A stream
+download stays bounded) so the data channel does not wait on COS between chunks; a caller
+that already reads on a thread of its own (the download pump) turns that off. A stream
 that breaks is reopened from the current offset a couple of times; one that still cannot
 deliver raises instead of returning a short file: the client sees 426/451, never a silently
 truncated download.
@@ -70,8 +71,28 @@ class _ReadAhead:
         self._thread.join()
 
 
+class _Direct:
+    """Reads ``stream`` in the caller's thread, with the interface of ``_ReadAhead``."""
+
+    def __init__(self, stream: ObjectStream, chunk_size: int) -> None:
+        self._stream = stream
+        self._chunk_size = chunk_size
+
+    def next_chunk(self) -> bytes:
+        return self._stream.read(self._chunk_size)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 class RangedReader(io.RawIOBase):
-    """A read-only, seekable file object over ``key``; raises ``StorageError`` on COS faults."""
+    """A read-only, seekable file object over ``key``; raises ``StorageError`` on COS faults.
+
+    ``read_ahead`` (on by default) reads COS on a thread of the reader's own; set it to False
+    before the first ``read`` when the caller is such a thread already.
+    """
+
+    read_ahead = True
 
     def __init__(self, bucket: Bucket, key: str, *, name: str, size: int, etag: str = "",
                  chunk_size: int = CHUNK_SIZE) -> None:
@@ -82,7 +103,7 @@ class RangedReader(io.RawIOBase):
         self._size = size
         self._chunk_size = chunk_size
         self._pos = 0
-        self._ahead: Optional[_ReadAhead] = None
+        self._ahead: Optional[Union[_ReadAhead, _Direct]] = None
         self._pending = memoryview(b"")
         self._reopens_left = REOPEN_ATTEMPTS
         # Of the version being sent (the one ``size`` belongs to, if given, else the one the
@@ -127,8 +148,8 @@ class RangedReader(io.RawIOBase):
     def _next_chunk(self) -> bytes:
         while True:
             if self._ahead is None:
-                stream = self._open_stream()
-                self._ahead = _ReadAhead(stream, self._chunk_size)
+                source = _ReadAhead if self.read_ahead else _Direct
+                self._ahead = source(self._open_stream(), self._chunk_size)
             try:
                 data = self._ahead.next_chunk()
                 if not data:

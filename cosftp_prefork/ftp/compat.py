@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional
 # Re-exported: these live in pyftpdlib's internal modules, not in ``pyftpdlib.handlers``.
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer, FileProducer
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED as DISCONNECTED
 
-__all__ = ["BufferedIteratorProducer", "FileProducer", "PassiveDTP"]
+__all__ = ["DISCONNECTED", "BufferedIteratorProducer", "FileProducer", "PassiveDTP"]
 
 # pyftpdlib class -> the private attributes and methods the helpers below use.
 RELIED_ON: dict[str, tuple[str, ...]] = {
@@ -26,7 +27,7 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
     "FTPHandler": ("_in_buffer", "_in_buffer_len", "_quit_pending", "_restart_position",
                    "_in_dtp_queue", "_current_type", "_current_facts", "_extra_feats",
                    "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection"),
-    "DTPHandler": ("_resp",),
+    "DTPHandler": ("_resp", "_initialized", "_wanted_io_events"),
     # handlers.ftps.ssl.SSLConnectionMixin, mixed into both TLS channels
     "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established"),
     "TLS_FTPHandler": ("_prot",),
@@ -134,6 +135,13 @@ def data_channel_opened(handler: Any) -> None:
 
 
 # --- data channel
+
+def start_transfer(dtp: Any) -> None:
+    """What ``DTPHandler.push_with_producer`` notes before sending: the channel is in use
+    (pyftpdlib closes an unused one when it turns readable) and does not wait to read."""
+    dtp._initialized = True
+    dtp._wanted_io_events = 0
+
 
 def set_close_reply(dtp: Any, text: str, logfun: Callable[[str], Any]) -> None:
     """Make ``text`` the reply the data channel sends on the control channel when it
