@@ -240,6 +240,11 @@ class CosDTPHandler(DTPHandler):
                           self.timeout or DTPHandler.timeout, on_sent=self._sent,
                           on_done=self._pump_done)
 
+    def transfer_in_progress(self) -> bool:
+        """A pumped download is under way from its start: the pump's count of bytes sent may
+        lag behind what the client already has (ABOR must then answer 426, not 225)."""
+        return self._pump is not None or super().transfer_in_progress()
+
     def _sent(self, count: int) -> None:
         self.tot_bytes_sent += count  # read by the IO loop's data-channel timeout
 
