@@ -151,6 +151,12 @@ def _reply_for(exc: OSError, command: str = "STOR") -> str:
     return f"451 {exc}; transfer aborted, nothing stored."
 
 
+def _client_gone(error: BaseException) -> bool:
+    """The data connection broke, or the client took nothing for a whole timeout."""
+    return isinstance(error, TimeoutError) or \
+        (isinstance(error, OSError) and error.errno in compat.DISCONNECTED)
+
+
 class CosDTPHandler(DTPHandler):
     """Data channel that commits an upload only when the client finished sending.
 
@@ -254,16 +260,18 @@ class CosDTPHandler(DTPHandler):
         self.modify_ioloop_events(self.ioloop.WRITE)
 
     def initiate_send(self) -> None:
+        """asynchat's sending, or, for a pumped download, the end the pump reported."""
         pump = self._pump
         if pump is None:
             super().initiate_send()
         elif not pump.done:
-            self.modify_ioloop_events(0)
+            self.modify_ioloop_events(0)  # not from on_done: keep waiting for it
         elif pump.error is None:
             self.discard_buffers()  # all sent: the end of the data, 226
             self.handle_close()
-        elif isinstance(pump.error, OSError) and pump.error.errno in compat.DISCONNECTED:
-            self.handle_close()  # the client went away: 426
+        elif _client_gone(pump.error):
+            log.info("path=%s: the download stopped: %s", self.file_obj.name, pump.error)
+            self.handle_close()  # 426
         else:
             raise pump.error
 
