@@ -15,29 +15,34 @@ import termios
 import psutil
 import pytest
 
-from .conftest import ALPHA
-from .server_proc import wait_until
+from .conftest import ALPHA, STANDARD_ACCOUNTS
+from .server_proc import ServerProcess, wait_until
 from .test_reliability import faults  # noqa: F401  (the fixture)
-from .test_transfers import abort_transfer
 
 MIB = 1024 * 1024
 
 
-def _workers(server) -> list[psutil.Process]:
-    return psutil.Process(server.proc.pid).children()
-
-
-def _threads(server) -> int:
-    return sum(worker.num_threads() for worker in _workers(server))
-
-
-def _fds(server) -> int:
-    return sum(worker.num_fds() for worker in _workers(server))
+def _worker_of(server, ftp: ftplib.FTP) -> psutil.Process:
+    """The worker process serving ``ftp``'s session."""
+    client = ftp.sock.getsockname()
+    for worker in psutil.Process(server.proc.pid).children():
+        if any(conn.raddr and tuple(conn.raddr) == client for conn in worker.net_connections()):
+            return worker
+    raise AssertionError("no worker serves the session")
 
 
 def _unread(conn: socket.socket) -> int:
     """Bytes the kernel holds for ``conn`` that the client has not read."""
     return struct.unpack("i", fcntl.ioctl(conn, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _drained(conn: socket.socket) -> int:
+    """Read ``conn`` to its end and close it; the bytes read."""
+    total = 0
+    while chunk := conn.recv(MIB):
+        total += len(chunk)
+    conn.close()
+    return total
 
 
 def test_the_session_answers_while_the_download_waits_for_cos(alice, area, cos,
@@ -66,7 +71,8 @@ def test_a_download_cut_short_frees_its_thread_and_sockets(server, alice, area, 
     the socket buffers are full): the session goes on, and nothing stays behind."""
     cos.put_object(Bucket=ALPHA, Key=area, Body=os.urandom(64 * MIB))
     alice.voidcmd("TYPE I")
-    threads, fds = _threads(server), _fds(server)
+    worker = _worker_of(server, alice)
+    threads, fds = worker.num_threads(), worker.num_fds()
     for _ in range(3):
         conn = alice.transfercmd(f"RETR {area}")
         if end == "ABOR while the client reads nothing":
@@ -79,13 +85,15 @@ def test_a_download_cut_short_frees_its_thread_and_sockets(server, alice, area, 
             with pytest.raises(ftplib.error_temp, match="426"):
                 alice.voidresp()
         else:
-            replies = abort_transfer(alice, conn)
+            alice.sock.sendall(b"ABOR\r\n")
+            replies = [alice.getline(), alice.getline()]
             assert replies[0].startswith("426") and replies[-1].startswith("226"), replies
+            assert _drained(conn) < 64 * MIB  # the server closed its end: no more came
         assert alice.voidcmd("NOOP").startswith("200")
-    wait_until(lambda: _threads(server) <= threads, what=f"threads back to {threads}")
+    wait_until(lambda: worker.num_threads() <= threads, what=f"threads back to {threads}")
     # The COS connection of a download cut short is dropped, not pooled: at most the one
     # the next request opens is new.
-    wait_until(lambda: _fds(server) <= fds + 1, what=f"descriptors back to {fds}")
+    wait_until(lambda: worker.num_fds() <= fds + 1, what=f"descriptors back to {fds}")
 
 
 def test_ascii_download_converts_line_ends(alice, area, cos):
@@ -98,3 +106,24 @@ def test_ascii_download_converts_line_ends(alice, area, cos):
             received += chunk
     assert alice.voidresp().startswith("226")
     assert bytes(received) == b"one\r\ntwo\r\nthree\r\n" * 100_000
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_data_connection_timeout(
+        emulator, tmp_path, cos, area):
+    """The pump waits in a send that the client never lets through: after
+    ``data_connection_timeout`` the session gets 421 and ends, and the pump's thread is gone
+    (before: no such option; the 300 s of pyftpdlib)."""
+    cos.put_object(Bucket=ALPHA, Key=area, Body=os.urandom(64 * MIB))
+    with ServerProcess(str(tmp_path), emulator.port, STANDARD_ACCOUNTS,
+                       optional={"data_connection_timeout": "2"}) as server:
+        ftp = server.login("alice", "alice-pw")
+        ftp.voidcmd("TYPE I")
+        conn = ftp.transfercmd(f"RETR {area}")
+        wait_until(lambda: _unread(conn) >= 64 * 1024, what="data to pile up")
+        worker = _worker_of(server, ftp)
+        threads = worker.num_threads()  # the session's and the pump's among them
+        assert ftp.getline() == "421 Data connection timed out."
+        assert ftp.sock.recv(1) == b""  # the session ended too
+        wait_until(lambda: worker.num_threads() <= threads - 2, what="both threads gone")
+        conn.close()
+        ftp.close()

@@ -167,6 +167,7 @@ class ServerConfig:
     max_prelogin_connections: int = 128
     max_prelogin_connections_per_ip: int = 16
     ftp_encoding: str = "utf-8"
+    data_connection_timeout: int = 300
 
 
 @dataclass(frozen=True)
@@ -441,6 +442,9 @@ SETTINGS: tuple[Setting, ...] = (
             "connections not logged in yet, server-wide; 0 = unlimited"),
     Setting("OPTIONAL", "max_prelogin_connections_per_ip", _integer(0), 16,
             "connections not logged in yet from one client address; 0 = unlimited"),
+    # Data connections (slice "retr").
+    Setting("OPTIONAL", "data_connection_timeout", _integer(1, 86400), 300,
+            "seconds a transfer may go without moving a byte before it is cut off (421)"),
     # For operators: Prometheus metrics and the log files of vsftpd's format.
     Setting("NETWORK", "metrics_address", _ip_address, "127.0.0.1",
             "address of the Prometheus endpoint"),
@@ -583,6 +587,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_prelogin_connections=optional["max_prelogin_connections"],
         max_prelogin_connections_per_ip=optional["max_prelogin_connections_per_ip"],
         ftp_encoding=optional["ftp_encoding"],
+        data_connection_timeout=optional["data_connection_timeout"],
     )
 
 

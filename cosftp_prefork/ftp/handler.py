@@ -885,7 +885,10 @@ def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, r
     """Return a subclass of ``base`` bound to this worker's config, COS clients, engine,
     abort retrier and counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
     low, high = config.network.passive_ports
+    dtp_handler = type(f"Bound{base.dtp_handler.__name__}", (base.dtp_handler,),
+                       {"timeout": config.server.data_connection_timeout})
     attrs = {
+        "dtp_handler": dtp_handler,
         "config": config,
         "buckets": buckets,
         "engine": engine,
