@@ -242,9 +242,8 @@ class CosDTPHandler(DTPHandler):
         self.producer_fifo.append(producer)
         self.modify_ioloop_events(0)
         producer.file.read_ahead = False  # the pump reads on its own thread already
-        self._pump = Pump(producer.file, self.socket, CHUNK_SIZE,
-                          self.timeout or DTPHandler.timeout, on_sent=self._sent,
-                          on_done=self._pump_done)
+        self._pump = Pump(producer.file, self.socket, CHUNK_SIZE, self.timeout,
+                          on_sent=self._sent, on_done=self._pump_done)
 
     def transfer_in_progress(self) -> bool:
         """A pumped download is under way from its start: the pump's count of bytes sent may
