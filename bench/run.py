@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import psutil
 
@@ -107,6 +107,42 @@ class CpuMeter:
                    statistics.median(self.client) / gib, target, False)
 
 
+class ProcessCpu:
+    """CPU seconds per file of every process taking part in a small-file row: the emulator,
+    the server's master and each worker, and this process (the bench client), measured
+    around the gateway's and the baseline's runs (medians)."""
+
+    def __init__(self, bench: Bench) -> None:
+        master = psutil.Process(bench.server.proc.pid)
+        self._procs = {"emulator": [psutil.Process(bench.emulator.proc.pid)],
+                       "master": [master], "workers": master.children(),
+                       "client": [psutil.Process()]}
+        self.runs: dict[str, list[dict[str, float]]] = {"gateway": [], "baseline": []}
+
+    def _cpu(self) -> dict[str, float]:
+        return {name: sum(sum(proc.cpu_times()[:2]) for proc in procs)
+                for name, procs in self._procs.items()}
+
+    def around(self, side: str, action: Callable[[], float]) -> Callable[[], float]:
+        def run() -> float:
+            before = self._cpu()
+            seconds = action()
+            after = self._cpu()
+            self.runs[side].append({name: after[name] - before[name] for name in after})
+            return seconds
+        return run
+
+    def summary(self, work: str, files: int) -> str:
+        """One line: milliseconds of CPU per file by process, gateway then baseline."""
+        parts = []
+        for side, runs in self.runs.items():
+            each = ", ".join(
+                f"{name} {statistics.median(run[name] for run in runs) * 1000 / files:.2f}"
+                for name in self._procs)
+            parts.append(f"{side}: {each}")
+        return f"{work}: CPU ms per file: " + "; ".join(parts)
+
+
 def rate_row(work: str, unit: str, amount: float, seconds: tuple[float, float],
              target: float) -> Row:
     return Row(work, unit, amount / seconds[0], amount / seconds[1], target, True)
@@ -135,6 +171,7 @@ class Bench:
                                     file_option={"single_file_max_size": str(8 * 1024 ** 3)})
         self.server.start()
         self.data = os.urandom(args.size_mib * MIB)
+        self.notes: list[str] = []  # printed after the table
 
     def close(self) -> None:
         self.server.stop()
@@ -223,8 +260,12 @@ class Bench:
             return timed(lambda: list(ThreadPoolExecutor(sessions).map(put, names)))
 
         size_text = f"{size // 1024} KiB" if size < MIB else f"{size // MIB} MiB"
-        return rate_row(f"{count} files x {size_text} up, {sessions} sessions", "files/s",
-                        count, paired(self.args.runs, gateway, baseline), target)
+        work = f"{count} files x {size_text} up, {sessions} sessions"
+        cpu = ProcessCpu(self)
+        seconds = paired(self.args.runs, cpu.around("gateway", gateway),
+                         cpu.around("baseline", baseline))
+        self.notes.append(cpu.summary(work, count))
+        return rate_row(work, "files/s", count, seconds, target)
 
     def mirror(self, count: int) -> list[Row]:
         """``lftp mirror -R`` of small files with their times kept (STOR, MFMT, SITE CHMOD
@@ -452,7 +493,8 @@ ROWS = ("stor", "retr", "small", "rss", "many", "mirror", "sessions", "list", "l
         "budget")
 
 
-def run(args: argparse.Namespace) -> list[Row]:
+def run(args: argparse.Namespace, notes: list[str]) -> list[Row]:
+    """The rows asked for; lines that have no verdict (CPU per file) go to ``notes``."""
     rows: list[Row] = []
     wanted = set(args.only or ROWS)
     with tempfile.TemporaryDirectory(prefix="cosftp-bench-") as workdir:
@@ -463,7 +505,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                     "many": lambda: bench.small_files(args.many_files, 1024, 0.95, "many",
                                                       sessions=8),
                     "mirror": lambda: bench.mirror(args.files)}
-        with _closing(bench):
+        with _closing(bench, notes):
             for name, measure in measures.items():
                 if name in wanted:
                     found = measure()
@@ -477,7 +519,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 rows += big.listing()
         if "latency" in wanted:
             with _closing(Bench(args, os.path.join(workdir, "latency"),
-                                latency_ms=args.latency_ms)) as slow:
+                                latency_ms=args.latency_ms), notes) as slow:
                 rows.append(slow.small_files(args.latency_files, MIB, 0.80,
                                              f"latency{args.latency_ms:.0f}ms"))
                 rows[-1].work += f" at {args.latency_ms:.0f} ms COS latency"
@@ -490,11 +532,13 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 @contextlib.contextmanager
-def _closing(bench: Bench):
+def _closing(bench: Bench, notes: Optional[list[str]] = None):
     try:
         yield bench
     finally:
         bench.close()
+        if notes is not None:
+            notes += bench.notes
 
 
 def main(argv=None) -> int:
@@ -516,11 +560,14 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-latency-ms", type=float, default=200)
     parser.add_argument("--only", nargs="*", choices=ROWS, help="run only these rows")
     args = parser.parse_args(argv)
-    rows = run(args)
+    notes: list[str] = []
+    rows = run(args, notes)
     print("| work | gateway | baseline | ratio | target | verdict |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(row.line())
+    for note in notes:
+        print(f"\n{note}")
     return 0
 
 

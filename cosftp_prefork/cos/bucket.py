@@ -561,6 +561,34 @@ class ChunkedBody:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
+class WorkerSession(requests.Session):
+    """A ``requests`` session that reads the environment once per COS host, not per request.
+
+    For every request, ``requests`` looks up the proxy variables (``HTTP(S)_PROXY``,
+    ``NO_PROXY``: all of ``os.environ`` scanned twice) and the CA bundle variables: a
+    tenth of the worker's CPU for a small STOR's three requests (``docs/performance.md``).
+    A worker's environment and this session's settings do not change once it serves, so
+    the answer for a host (and the request's own ``stream``/``verify``/``cert``) is kept;
+    requests that name their own proxies are merged as ``requests`` does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settings: dict[tuple, dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url: str, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> dict[str, Any]:
+        if proxies:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        origin = urllib.parse.urlsplit(url)[:2]
+        key = (origin, stream, verify, cert)
+        settings = self._settings.get(key)
+        if settings is None:
+            settings = super().merge_environment_settings(url, {}, stream, verify, cert)
+            self._settings[key] = settings
+        return {**settings, "proxies": dict(settings["proxies"])}
+
+
 class BucketRegistry:
     """Per-process cache of :class:`Bucket` objects, one per account, created on first use."""
 
@@ -583,7 +611,7 @@ class BucketRegistry:
 
     def _make_client(self, account: AccountConfig) -> CosS3Client:
         if self._session is None:
-            self._session = requests.Session()
+            self._session = WorkerSession()
             adapter = requests.adapters.HTTPAdapter(
                 pool_connections=4, pool_maxsize=self._pool_size
             )
