@@ -30,3 +30,32 @@ def test_a_part_copy_of_a_replaced_object_says_so(emulator, cos):
         assert info.value.code == "ObjectChanged"
     finally:
         bucket.abort_multipart(target, upload_id)
+
+
+def test_the_worker_session_reads_the_proxy_environment_once_per_host(monkeypatch):
+    """requests reads HTTP(S)_PROXY / NO_PROXY for every request; the worker's session asks
+    once per host and answers what requests would (NO_PROXY included)."""
+    import requests
+
+    from cosftp_prefork.cos.bucket import WorkerSession
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    asked: list[str] = []
+    real = requests.sessions.get_environ_proxies
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies",
+                        lambda url, no_proxy=None: asked.append(url) or real(url, no_proxy))
+    urls = ["http://b-1.cos.example/a?max-keys=1", "http://b-1.cos.example/b",
+            "http://direct.example/c", "http://direct.example/d"]
+    plain = requests.Session()
+    expected = [plain.merge_environment_settings(url, {}, None, None, None) for url in urls]
+    assert expected[0]["proxies"]["http"] == "http://proxy.example:3128"
+    assert "http" not in expected[2]["proxies"]
+    asked.clear()
+    session = WorkerSession()
+    assert [session.merge_environment_settings(url, None, None, None, None)
+            for url in urls] == expected
+    assert session.merge_environment_settings(urls[0], None, True, None, None)["stream"] is True
+    assert len(asked) == 3  # b-1, direct.example, and b-1 for a streamed request
+    own = session.merge_environment_settings(urls[1], {"http": "http://own:1"}, None, None, None)
+    assert own["proxies"]["http"] == "http://own:1"
