@@ -22,3 +22,9 @@ def test_bench_runs_every_row_on_tiny_sizes():
     assert [row.split("|")[1].split()[0] for row in rows] == \
         ["STOR", "STOR", "RETR", "RETR", "8", "peak", "16", "lftp", "lftp", "STOR", "STOR",
          "STOR", "LIST", "LIST", "LIST", "4", "peak"]
+    # Each small-file row says what every process spent per file, gateway and baseline.
+    cpu = [line for line in done.stdout.splitlines() if "CPU ms per file" in line]
+    assert [line.split(" files")[0] for line in cpu] == ["8", "16", "4"]
+    for line in cpu:
+        for side in ("gateway: emulator", "baseline: emulator"):
+            assert side in line and "workers" in line and "client" in line
