@@ -20,7 +20,9 @@ The shim translates what differs between COS and S3 on the wire:
   writes it for accounts configured with ``cos_endpoint`` only;
 * listings asked for with ``encoding-type=url`` have their prefixes, markers and common
   prefixes URL-encoded like COS does (moto encodes only the keys), so keys holding control
-  bytes never reach the XML raw.
+  bytes never reach the XML raw;
+* listings come from a sorted index of the bucket's keys (``listing.py``), not from a scan
+  of the whole bucket, so like COS their cost does not grow with the bucket.
 
 Every request is counted by kind (``GET /__emulator__/requests`` shows the counts, ``DELETE``
 resets them; ``?contains=TEXT`` counts only requests whose key or listed prefix holds TEXT),
@@ -62,6 +64,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
 from ..cos.checksum import crc64
+from . import listing
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 DEFAULT_REGION = "ap-guangzhou"
@@ -421,6 +424,7 @@ class CosShim:
 def make_app(faults: Optional[Faults] = None) -> CosShim:
     """Return the COS-speaking WSGI app (moto's S3 backend behind :class:`CosShim`)."""
     moto.s3.models.S3_UPLOAD_PART_MIN_SIZE = COS_MIN_PART_SIZE
+    listing.install()
     return CosShim(create_backend_app("s3"), faults)
 
 
