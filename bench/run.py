@@ -513,7 +513,7 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Row]:
             if "sessions" in wanted:
                 rows += [bench.sessions(count) for count in (1, 4, 16)]
         if "list" in wanted:
-            # A bucket of its own: moto answers every listing by scanning the whole bucket.
+            # A bucket of its own: the other rows' keys stay out of its listing.
             with _closing(Bench(args, os.path.join(workdir, "list"),
                                 max_list_file=str(args.keys))) as big:
                 rows += big.listing()

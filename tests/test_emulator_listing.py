@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 import random
 import uuid
+from unittest import mock
 
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.s3.models import s3_backends
+from moto.s3.models import S3Backend, s3_backends
 from moto.s3.utils import _VersionedKeyStore
 from qcloud_cos import CosConfig, CosS3Client
 
@@ -57,6 +58,15 @@ def assert_same_answers(bucket, prefix, delimiter, marker, max_keys) -> tuple:
     theirs = listing.MOTO_LIST_OBJECTS(backend(), bucket, *query)
     assert ours == theirs, query
     return ours
+
+
+def assert_same_v2_answers(bucket, prefix, delimiter, start_after, max_keys) -> None:
+    """ListObjectsV2, which moto builds on ``list_objects``, answers as before too."""
+    query = (prefix, delimiter, None, start_after, 1000 if max_keys is None else max_keys)
+    ours = backend().list_objects_v2(bucket, *query)
+    with mock.patch.object(S3Backend, "list_objects", listing.MOTO_LIST_OBJECTS):
+        theirs = backend().list_objects_v2(bucket, *query)
+    assert ours == theirs, query
 
 
 def assert_same_pages(bucket, prefix, delimiter, max_keys) -> None:
@@ -113,6 +123,7 @@ def test_indexed_answers_equal_moto_over_random_buckets(emu, versioned):
             assert_indexed(bucket)
             for query in random_queries(rng, names):
                 assert_same_answers(bucket, *query)
+                assert_same_v2_answers(bucket, *query)
             for delimiter in (None, "/"):
                 assert_same_pages(bucket, "", delimiter, rng.choice([1, 2, 5]))
 
