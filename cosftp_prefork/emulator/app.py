@@ -12,7 +12,9 @@ The shim translates what differs between COS and S3 on the wire:
 * the COS copy source ``<bucket>.cos.<region>.myqcloud.com/<key>`` becomes ``<bucket>/<key>``;
 * parts may be as small as COS allows (1 MiB), not S3's 5 MiB;
 * object PUTs, uploaded parts and completed multipart uploads report
-  ``x-cos-hash-crc64ecma`` like COS;
+  ``x-cos-hash-crc64ecma`` like COS, and so do HEADs; an object's CRC64 is computed once
+  per version (its ETag), as COS keeps it with the object, so a HEAD does not cost a read
+  of the whole object;
 * ListMultipartUploads gives each upload's real ``Initiated`` time (moto says 2010);
 * error bodies are rewritten to the COS form (Code, Message, Resource, RequestId, TraceId)
   that the SDK's ``CosServiceError`` parses;
@@ -52,7 +54,7 @@ import time
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ElementTree
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -227,6 +229,31 @@ def _cut_short(body: bytes) -> Iterator[bytes]:
     raise ConnectionResetError("injected reset")
 
 
+class _ObjectCrcs:
+    """The CRC64 of each object version, by place (host, path) and ETag: computed from the
+    bytes once, like COS keeps it with the object. Bounded: the oldest places go first."""
+
+    LIMIT = 65_536
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
+
+    def get(self, place: tuple[str, str], etag: str, compute: Callable[[], int]) -> int:
+        """The CRC64 of ``place`` while its ETag is ``etag``; ``compute()`` if not known."""
+        with self._lock:
+            known = self._known.get(place)
+        if known is not None and known[0] == etag:
+            return known[1]
+        value = compute()
+        with self._lock:
+            self._known[place] = (etag, value)
+            self._known.move_to_end(place)
+            while len(self._known) > self.LIMIT:
+                self._known.popitem(last=False)
+        return value
+
+
 class _UploadTimes:
     """Real ``Initiated`` times in ListMultipartUploads.
 
@@ -271,6 +298,7 @@ class CosShim:
         self.faults = faults or Faults()
         self._lock = threading.Lock()
         self._upload_times = _UploadTimes()
+        self._crcs = _ObjectCrcs()
         # (kind, key or listed prefix) of each request since the last reset; bounded.
         self.requests: deque[tuple[str, str]] = deque(maxlen=100_000)
 
@@ -293,7 +321,8 @@ class CosShim:
         crc = self._crc_of_upload(environ)
         body, status, headers = self._forward(environ, request_id)
         if crc is not None and status.startswith("2"):
-            headers.append(("x-cos-hash-crc64ecma", crc()))
+            headers.append(("x-cos-hash-crc64ecma", self._reported_crc(
+                self._object_crc(environ, headers, crc))))
         start_response(status, headers)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
@@ -372,7 +401,18 @@ class CosShim:
         etag = Client(self.app).head("/" + path, headers=headers).headers.get("ETag", "")
         return etag.strip('"') != wanted.strip('"')
 
-    def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], str]]:
+    def _object_crc(self, environ: dict, headers: list[tuple[str, str]],
+                    compute: Callable[[], int]) -> int:
+        """The CRC64 a PUT or HEAD reports, remembered for the version its ETag names; a
+        part's and a completed upload's are computed each time (their answers carry no ETag
+        header to remember them by)."""
+        etag = next((value for name, value in headers if name.lower() == "etag"), "")
+        if not etag or "partNumber" in environ.get("QUERY_STRING", ""):
+            return compute()
+        place = (environ.get("HTTP_HOST", ""), environ.get("PATH_INFO", ""))
+        return self._crcs.get(place, etag.strip('"'), compute)
+
+    def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], int]]:
         """For an object PUT, an UploadPart, a CompleteMultipartUpload or a HEAD, return what
         computes the CRC64 COS reports for the object or part (``x-cos-hash-crc64ecma``);
         else None."""
@@ -384,18 +424,17 @@ class CosShim:
             if "partNumber" in query and body and self._count_down("corrupt_next_parts"):
                 body = bytes([body[0] ^ 1]) + body[1:]
             environ["wsgi.input"] = io.BytesIO(body)
-            return lambda: self._reported_crc(body)
+            return lambda: crc64(body)
         is_object = environ.get("PATH_INFO", "/") not in ("", "/")
         if (method == "POST" and "uploadId" in query) or (method == "HEAD" and is_object):
             headers = {"Host": environ.get("HTTP_HOST", ""),
                        "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
             # PATH_INFO is decoded (as latin-1 per WSGI); quote it again for the inner request.
             path = urllib.parse.quote(environ.get("PATH_INFO", "/").encode("latin-1"))
-            return lambda: self._reported_crc(Client(self.app).get(path, headers=headers).data)
+            return lambda: crc64(Client(self.app).get(path, headers=headers).data)
         return None
 
-    def _reported_crc(self, data: bytes) -> str:
-        value = crc64(data)
+    def _reported_crc(self, value: int) -> str:
         return str(value ^ 1 if self.faults.corrupt_crc else value)
 
     def _forward(self, environ: dict, request_id: str) -> tuple[bytes, str, list]:
