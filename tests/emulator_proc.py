@@ -46,9 +46,7 @@ class EmulatorProcess:
         return self
 
     def client(self) -> CosS3Client:
-        config = CosConfig(Region=self.region, SecretId="test-id", SecretKey="test-key",
-                           IP="127.0.0.1", Port=self.port, Scheme="http")
-        return CosS3Client(config, retry=1)
+        return sdk_client(self, retry=1)
 
     def set_faults(self, **faults) -> dict:
         """Change injected faults (latency_ms, error_rate, reset_rate, down); return them all."""
@@ -77,3 +75,12 @@ class EmulatorProcess:
             self.proc.terminate()
             self.proc.wait(timeout=30)
         return self.proc.returncode
+
+
+def sdk_client(emulator, retry: int = 0) -> CosS3Client:
+    """The real SDK pointed at ``emulator`` (an ``EmulatorProcess`` or an in-process
+    ``Emulator``: anything with ``region``, ``port`` and, optionally, ``host``)."""
+    config = CosConfig(Region=emulator.region, SecretId="test-id", SecretKey="test-key",
+                       IP=getattr(emulator, "host", "127.0.0.1"), Port=emulator.port,
+                       Scheme="http")
+    return CosS3Client(config, retry=retry)

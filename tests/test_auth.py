@@ -69,11 +69,13 @@ def test_failed_logins_take_the_same_time_whoever_the_user(timed):
     def measure(kind: str, into: dict[str, float]) -> None:
         into[kind] = pass_seconds(timed, kind, "a-wrong-guess")
 
-    for _ in range(3):
+    for turn in range(3):
         # The three failures of a round run at once, so that whatever else loads the
-        # machine slows them alike; they are compared within their round.
+        # machine slows them alike; they are compared within their round. Each kind starts
+        # first once: the one sent first tends to be served first.
         found: dict[str, float] = {}
-        threads = [threading.Thread(target=measure, args=(kind, found)) for kind in kinds]
+        order = kinds[turn:] + kinds[:turn]
+        threads = [threading.Thread(target=measure, args=(kind, found)) for kind in order]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -83,9 +85,9 @@ def test_failed_logins_take_the_same_time_whoever_the_user(timed):
     for kind in ("plain", "nobody-such"):
         # Before: the hashed account's failures took about ``cost`` longer than the others.
         gap = statistics.median(r["hashed"] - r[kind] for r in rounds)
+        # (Whether one kind was slower in all three rounds is chance: ~1 run in 10 per pair
+        # even with equal costs, as measured; the gap is what the fix changed.)
         assert abs(gap) < cost / 2, (cost, rounds)
-        assert min(r[kind] for r in rounds) <= max(r["hashed"] for r in rounds), rounds
-        assert min(r["hashed"] for r in rounds) <= max(r[kind] for r in rounds), rounds
 
 
 BAD_HASHES = {

@@ -21,7 +21,7 @@ from cosftp_prefork.emulator import app as emulator_app
 from cosftp_prefork.emulator.app import COS_MIN_PART_SIZE, Emulator, cos_host
 
 from .conftest import ALPHA, BETA
-from .emulator_proc import EmulatorProcess
+from .emulator_proc import EmulatorProcess, sdk_client
 
 MIB = 1024 * 1024
 
@@ -96,8 +96,7 @@ def test_an_objects_crc64_is_computed_once_per_version():
         return header(cos.head_object(Bucket=ALPHA, Key=key), "x-cos-hash-crc64ecma")
 
     with Emulator(buckets=[ALPHA]) as emu:
-        cos = CosS3Client(CosConfig(Region=emu.region, SecretId="id", SecretKey="key",
-                                    IP=emu.host, Port=emu.port, Scheme="http"), retry=0)
+        cos = sdk_client(emu)
         first, second = os.urandom(4096), os.urandom(4096)
         cos.put_object(Bucket=ALPHA, Key="a", Body=first)
         with mock.patch.object(emulator_app, "crc64", wraps=crc64) as computed:

@@ -12,11 +12,12 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import S3Backend, s3_backends
 from moto.s3.utils import _VersionedKeyStore
-from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos import CosS3Client
 
 from cosftp_prefork.emulator import listing
 from cosftp_prefork.emulator.app import COS_MIN_PART_SIZE, Emulator
 
+from .emulator_proc import sdk_client
 from .server_proc import Account, ServerProcess
 
 BUCKET = "listing-1250000000"
@@ -33,9 +34,7 @@ def emu():
 
 @pytest.fixture(scope="module")
 def cos(emu) -> CosS3Client:
-    config = CosConfig(Region=emu.region, SecretId="id", SecretKey="key", IP=emu.host,
-                       Port=emu.port, Scheme="http")
-    return CosS3Client(config, retry=0)
+    return sdk_client(emu)
 
 
 def backend():

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-from qcloud_cos import CosConfig, CosS3Client
 
 from cosftp_prefork.config.settings import GIB, MAX_PARTS, MIB, TransferConfig
 from cosftp_prefork.cos.bucket import Bucket, ChunkedBody
@@ -20,6 +19,7 @@ from cosftp_prefork.cos.uploads import SessionUploads, UploadSession, UploadStat
 from cosftp_prefork.emulator.app import Emulator
 from cosftp_prefork.errors import StorageError
 
+from .emulator_proc import sdk_client
 from .server_proc import wait_until
 
 BUCKET = "engine-1250000000"
@@ -33,9 +33,7 @@ def emu():
 
 @pytest.fixture(scope="module")
 def bucket(emu) -> Bucket:
-    config = CosConfig(Region=emu.region, SecretId="id", SecretKey="key", IP=emu.host,
-                       Port=emu.port, Scheme="http")
-    return Bucket(CosS3Client(config, retry=0), BUCKET, emu.region)
+    return Bucket(sdk_client(emu), BUCKET, emu.region)
 
 
 @pytest.fixture
