@@ -442,7 +442,7 @@ SETTINGS: tuple[Setting, ...] = (
             "connections not logged in yet, server-wide; 0 = unlimited"),
     Setting("OPTIONAL", "max_prelogin_connections_per_ip", _integer(0), 16,
             "connections not logged in yet from one client address; 0 = unlimited"),
-    # Data connections (slice "retr").
+    # Data connections: how long one may stall before it is cut off (421).
     Setting("OPTIONAL", "data_connection_timeout", _integer(1, 86400), 300,
             "seconds a transfer may go without moving a byte before it is cut off (421)"),
     # For operators: Prometheus metrics and the log files of vsftpd's format.

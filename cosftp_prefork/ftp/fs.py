@@ -133,6 +133,12 @@ def _inode(path: str) -> int:
                                           digest_size=8).digest(), "big")
 
 
+def _file_entry(path: str, info: ObjectInfo) -> Entry:
+    """The entry of the file ``path`` as COS described it in ``info``."""
+    return Entry(os.path.basename(path), False, info.size, info.mtime, info.etag,
+                 info.client_mtime)
+
+
 class Unstorable(Exception):
     """A name COS cannot store, found out only while a command runs (the keys a directory
     rename would make): the handler answers 553, as for names refused up front."""
@@ -223,8 +229,7 @@ class CosFS(AbstractedFS):
     def _learn_file(self, path: str, info: ObjectInfo) -> None:
         """Keep what a HEAD (or a copy that made ``info``) said, for this command only."""
         self._heads[path] = info
-        self._scope[path] = Entry(os.path.basename(path), False, info.size, info.mtime,
-                                  info.etag, info.client_mtime)
+        self._scope[path] = _file_entry(path, info)
 
     def _head(self, path: str) -> ObjectInfo:
         """What a HEAD of the file ``path`` says, asked once per command."""
@@ -628,9 +633,7 @@ class CosFS(AbstractedFS):
         that STOR as this command's look-up (pyftpdlib's ``isfile`` then asks no HEAD);
         :meth:`utime` pins its copy to it and asks COS anew if the file changed."""
         if self._own_upload is not None and self._own_upload[0] == path:
-            info = self._own_upload[1]
-            self._scope[path] = Entry(os.path.basename(path), False, info.size, info.mtime,
-                                      info.etag)
+            self._scope[path] = _file_entry(path, self._own_upload[1])
 
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
