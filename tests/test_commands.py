@@ -14,6 +14,19 @@ def put(ftp: ftplib.FTP, path: str, data: bytes) -> str:
     return ftp.storbinary(f"STOR {path}", io.BytesIO(data))
 
 
+def rename_whose_copy_fails(ftp: ftplib.FTP, emulator, doomed: str, src: str,
+                            dst: str) -> None:
+    """Store ``doomed``, make the emulator fail every copy of it, and rename ``src`` (which
+    is ``doomed`` or holds it) to ``dst``: the rename must answer 451."""
+    put(ftp, doomed, b"d")
+    emulator.set_faults(fail_copies_of=doomed)
+    try:
+        with pytest.raises(ftplib.error_temp, match="451"):
+            ftp.rename(src, dst)
+    finally:
+        emulator.set_faults(fail_copies_of="")
+
+
 def get(ftp: ftplib.FTP, path: str, rest=None) -> bytes:
     out = bytearray()
     ftp.retrbinary(f"RETR {path}", out.extend, rest=rest)

@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
-from .test_commands import put
+from .test_commands import rename_whose_copy_fails
 
 FORGED = "2026-01-01 00:00:00,000 WARNING [1 worker 1] cosftp_prefork.ftp.handler: FORGED-LINE"
 
@@ -84,13 +84,7 @@ def test_pool_threads_log_the_session_they_work_for(logged, area, emulator):
     there name the session, user and address like the lines of the session's own thread."""
     ftp = logged.login("alice", "alice-pw")
     ftp.voidcmd("TYPE I")
-    put(ftp, f"{area}/dir/doomed", b"d")
-    emulator.set_faults(fail_copies_of=f"{area}/dir/doomed")
-    try:
-        with pytest.raises(ftplib.error_temp, match="451"):
-            ftp.rename(f"{area}/dir", f"{area}/moved")
-    finally:
-        emulator.set_faults(fail_copies_of="")
+    rename_whose_copy_fails(ftp, emulator, f"{area}/dir/doomed", f"{area}/dir", f"{area}/moved")
     ftp.quit()
     text = log_bytes(logged).decode("utf-8")
     retries = [line for line in text.splitlines()

@@ -23,7 +23,7 @@ from cosftp_prefork.errors import ConfigError
 from .conftest import ALPHA, STANDARD_ACCOUNTS, _close
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_clients import require
-from .test_commands import get, put
+from .test_commands import get, put, rename_whose_copy_fails
 from .test_master import serving, state_of
 
 MIB = 1024 * 1024
@@ -122,13 +122,8 @@ def test_metrics_count_failures_retries_parks_and_resumes(ops, area, emulator):
         ops.login("alice", "wrong")
     ftp = ops.login("alice", "alice-pw")
     ftp.voidcmd("TYPE I")
-    put(ftp, f"{area}/doomed", b"d")
-    emulator.set_faults(fail_copies_of=f"{area}/doomed")
-    try:
-        with pytest.raises(ftplib.error_temp, match="451"):
-            ftp.rename(f"{area}/doomed", f"{area}/renamed")
-    finally:
-        emulator.set_faults(fail_copies_of="")
+    rename_whose_copy_fails(ftp, emulator, f"{area}/doomed", f"{area}/doomed",
+                            f"{area}/renamed")
     data = os.urandom(2 * MIB + 7)
     conn = ftp.transfercmd(f"STOR {area}/parked")
     conn.sendall(data[:MIB + MIB // 2])
