@@ -453,13 +453,21 @@ class CosFTPHandler(ClientDialect, FTPHandler):
     def read_proxy_header(self) -> bool:
         """Read the balancer's PROXY header (blocking this session's thread only): the
         session is then the client's, under the client's address. False if there was no
-        valid header: the connection is closed and the reason logged."""
+        valid header: the connection is closed and the reason logged (once per burst).
+
+        Any failure closes: the thread ends after this, and a connection it left open
+        would hold its descriptor for good.
+        """
         peer = (self.remote_ip, self.remote_port)
         try:
             origin = read_header(self.socket, peer)
         except ProxyHeaderError as exc:
-            self.stats.gate.refusals.note(self.remote_ip, f"connection closed: {exc}")
-            self.close()
+            self._header_refused(exc.reason, exc.detail)
+            return False
+        except Exception as exc:
+            log.debug("reading the PROXY header failed", exc_info=True)
+            self._header_refused("error reading its PROXY header",
+                                 f"{type(exc).__name__}: {exc}")
             return False
         with contextlib.suppress(ValueError):
             self.server.ip_map.remove(self.remote_ip)  # close() removes the new one
@@ -468,6 +476,10 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         self.remote_ip, self.remote_port = origin.ip, origin.port
         self.proxy_step = ProxyStep.READ
         return True
+
+    def _header_refused(self, reason: str, detail: str) -> None:
+        self.stats.gate.refusals.note(self.remote_ip, f"connection closed: {reason}", detail)
+        self.close()
 
     def add_channel(self, *args, **kwargs) -> None:
         """The session thread registers the connection: greet one whose PROXY header was

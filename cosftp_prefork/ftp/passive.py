@@ -138,14 +138,20 @@ class CosPassiveDTP(compat.PassiveDTP):
 
     def _source(self, sock: socket.socket, addr) -> Optional[str]:
         """The client address of a data connection: a balancer forwarding the passive range
-        (proxy_protocol) says it in a PROXY header; None if its header is bad (logged)."""
+        (proxy_protocol) says it in a PROXY header; None if its header is bad, or reading it
+        failed in any way (logged once per burst; the caller closes the connection)."""
         if not self.cmd_channel.config.network.proxy.expects_header(addr[0]):
             return addr[0]
         try:
             return read_header(sock, addr).ip
         except ProxyHeaderError as exc:
-            self._warn("closed a data connection from the balancer %s: %s", addr[0], exc)
-            return None
+            reason, detail = exc.reason, exc.detail
+        except Exception as exc:
+            log.debug("reading the PROXY header failed", exc_info=True)
+            reason, detail = "error reading its PROXY header", f"{type(exc).__name__}: {exc}"
+        self.cmd_channel.stats.gate.refusals.note(addr[0], f"data connection closed: {reason}",
+                                                  detail)
+        return None
 
     def _contest(self) -> None:
         self._warn("a second data connection came from the client's address (another "

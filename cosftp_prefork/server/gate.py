@@ -92,8 +92,9 @@ class BurstLog:
         self._lock = threading.Lock()
         self._bursts: dict[tuple[str, str], list[float]] = {}  # -> [first seen, count after]
 
-    def note(self, ip: str, what: str, now: Optional[float] = None) -> None:
-        """Record that ``what`` happened to a connection from ``ip``."""
+    def note(self, ip: str, what: str, detail: str = "", now: Optional[float] = None) -> None:
+        """Record that ``what`` happened to a connection from ``ip``; ``detail`` (what
+        exactly, which may differ each time) goes into the burst's first line only."""
         now = time.monotonic() if now is None else now
         with self._lock:
             key = (ip, what)
@@ -104,7 +105,7 @@ class BurstLog:
                 burst[1] += 1
                 return
             self._bursts[key] = [now, 0]
-        log.warning("%s: %s", key[0], what)
+        log.warning("%s: %s%s", key[0], what, f" ({detail})" if detail else "")
 
     def flush(self, now: Optional[float] = None) -> None:
         """Log the counts of bursts older than the interval, and forget them."""
