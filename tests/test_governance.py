@@ -22,6 +22,7 @@ import time
 import zlib
 from contextlib import suppress
 
+import psutil
 import pytest
 
 from cosftp_prefork.server.gate import BurstLog
@@ -36,8 +37,10 @@ from cosftp_prefork.server.scoreboard import (
 )
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, wait_until
+from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_master import no_sessions_left
+from .test_proxy import closed_by_server
+from .test_tls import tls_network, write_certificate
 
 OPS = [Account("ops", "ops-pw", ALPHA)]
 
@@ -205,6 +208,70 @@ def test_login_timeout_is_not_reset_by_commands_before_login(emulator, tmp_path)
                    what="the timeout logged")
         user.quit()
         ftp.close()
+
+
+# The start of a ClientHello (a record of 512 bytes announced), then nothing more.
+STALLED_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+
+
+def stall_handshakes(port: int, source: str, count: int, auth_tls: bool) -> list[socket.socket]:
+    """Open ``count`` connections from ``source`` that each begin a TLS handshake and stall
+    it: on the implicit FTPS port at once; with ``auth_tls``, on the FTP port after AUTH TLS
+    (a connection refused with 421 before that is left as it is)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=20,
+                                        source_address=(source, 0))
+        socks.append(sock)
+        if auth_tls:
+            reader = sock.makefile("rb")
+            if not reader.readline().startswith(b"220"):
+                continue
+            sock.sendall(b"AUTH TLS\r\n")
+            assert reader.readline().startswith(b"234")
+        sock.sendall(STALLED_HELLO)
+    return socks
+
+
+@pytest.mark.parametrize("auth_tls", [False, True], ids=["implicit port", "AUTH TLS"])
+def test_stalled_tls_handshakes_are_capped_and_cut_at_login_timeout(emulator, tmp_path,
+                                                                    auth_tls):
+    """Before, on the implicit FTPS port: a connection over the pre-login caps waited for its
+    handshake to be told 421, and a stalled one waited for the 300 s idle timeout (400 of
+    them: 384 open, 788 descriptors and 413 threads in the worker). Now every connection is
+    counted at accept: over the cap it is closed at once (nothing can be said in clear
+    text), within the cap its handshake is cut at login_timeout. After AUTH TLS on the FTP
+    port the same holds (the over-cap ones get their 421 in clear text)."""
+    cert, key = write_certificate(tmp_path)
+    proc = ServerProcess(str(tmp_path / "srv"), emulator.port, OPS,
+                         network=tls_network(cert, key, implicit_port=free_port()),
+                         optional={"log_level": "INFO", "worker_processes": "1",
+                                   "login_timeout": "10"})
+    with proc:
+        no_sessions_left(proc)
+        worker = psutil.Process(proc.proc.pid).children()[0]
+        threads, fds = worker.num_threads(), worker.num_fds()
+        port = proc.port if auth_tls else int(proc.network["implicit_tls_port"])
+        socks = stall_handshakes(port, "127.0.0.9", 200, auth_tls)
+        try:
+            # the default max_prelogin_connections_per_ip (16) stay, the others are closed
+            wait_until(lambda: sum(map(closed_by_server, socks)) >= 200 - 16, timeout=8,
+                       what="the connections over the cap closed")
+            assert sum(map(closed_by_server, socks)) == 200 - 16  # not cut by the deadline yet
+            wait_until(lambda: all(map(closed_by_server, socks)), timeout=30,
+                       what="the stalled handshakes cut at login_timeout")
+        finally:
+            close_all(socks)
+        wait_until(lambda: worker.num_threads() <= threads, what=f"threads back to {threads}")
+        wait_until(lambda: worker.num_fds() <= fds, what=f"descriptors back to {fds}")
+        no_sessions_left(proc)
+        text = proc.log_text()
+        assert "127.0.0.9: closed: no login within login_timeout=10s" in text
+        refusals = [line for line in text.splitlines()
+                    if "127.0.0.9: connection refused: Too many connections from your "
+                       "address waiting to log in" in line]
+        assert 1 <= len(refusals) <= 2, refusals  # once per burst (then a count), not 184
+        assert log_in(proc).voidcmd("NOOP").startswith("200")
 
 
 def test_a_ban_closes_every_open_connection_of_the_address(emulator, tmp_path):

@@ -20,7 +20,7 @@ from cosftp_prefork.ftp.proxy import Origin, ProxyHeaderError, read_header
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
-from .test_master import no_sessions_left
+from .test_master import no_sessions_left, state_of
 from .test_tls import client_context, implicit_port, tls_network, write_certificate
 
 BALANCER = "127.0.0.5"  # the address the test's "load balancer" connects from
@@ -473,3 +473,32 @@ def test_malformed_headers_leave_nothing_behind(emulator, tmp_path, cos, area):
         assert 1 <= len(log_lines(proc, f"{BALANCER}: data connection closed: malformed "
                                         "PROXY header")) <= 4
         ftp.quit()
+
+
+def test_balancer_connections_are_counted_before_their_header(emulator, tmp_path):
+    """A balancer's connection takes a place among those not logged in from accept, not
+    once its header came: over max_prelogin_connections it is answered 421 at once.
+    Before: every one held a session thread, uncounted, until its header or 5 s."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                         network={"proxy_protocol": "optional", "proxy_allowed": BALANCER},
+                         optional={"worker_processes": "1", "log_level": "INFO",
+                                   "max_prelogin_connections": "4"})
+    with proc:
+        no_sessions_left(proc)
+        waiting = [raw_connect(proc, BALANCER) for _ in range(4)]
+        try:
+            for _ in range(3):
+                with raw_connect(proc, BALANCER) as over:
+                    assert over.makefile("rb").readline() == \
+                        b"421 Too many connections waiting to log in; try again later.\r\n"
+            for i, sock in enumerate(waiting):  # their headers come: each is the client's now
+                sock.sendall(v1_header(f"127.0.0.{60 + i}"))
+                assert sock.makefile("rb").readline().startswith(b"220")
+            wait_until(lambda: sorted(s.client for s in state_of(proc).session_details()) ==
+                       [f"127.0.0.{60 + i}" for i in range(4)],
+                       what="the sessions counted under the clients' addresses")
+        finally:
+            for sock in waiting:
+                sock.close()
+        assert f"{BALANCER}: connection refused: Too many connections waiting to log in" \
+            in proc.log_text()

@@ -46,9 +46,12 @@ def test_the_index_agrees_with_the_rows_through_random_traffic(tmp_path):
             row, reason = state.admit(pid, chooser.choice(addresses), Limits())
             assert reason is None and row not in live
             live[row] = pid
-        elif action < 0.7:
+        elif action < 0.65:
             row = chooser.choice(list(live))
             assert state.log_in(row, live[row], 0) is None
+        elif action < 0.75:  # a balancer's connection, once its PROXY header came
+            row = chooser.choice(list(live))
+            assert state.move(row, live[row], chooser.choice(addresses), Limits()) is None
         else:
             row = chooser.choice(list(live))
             state.release(row, live.pop(row))
@@ -75,4 +78,22 @@ def test_per_address_limits_count_only_that_address(tmp_path):
     state.log_in(first, 1, 0)
     assert state.admit(1, "192.0.2.1", limits)[1] is None
     assert state.admit(1, "192.0.2.1", limits) == (None, TOO_MANY_PER_IP)
+    state.close()
+
+
+def test_a_moved_row_counts_under_its_new_address_only(tmp_path):
+    """A balancer's connection, counted under the balancer's address until its PROXY header
+    named the client, is then held to the client's per-address limits."""
+    state = SharedState.create(str(tmp_path / "state"))
+    limits = Limits(prelogin_per_ip=2)
+    rows = [state.admit(1, "192.0.2.5", Limits())[0] for _ in range(3)]
+    assert state.move(rows[0], 1, "198.51.100.1", limits) is None
+    assert state.move(rows[1], 1, "198.51.100.1", limits) is None
+    assert state.move(rows[2], 1, "198.51.100.1", limits) == TOO_MANY_PRELOGIN_PER_IP
+    total, pending = brute_counts(state)
+    with state._sessions_and_index() as (_rows, index):
+        assert index.pending == 3
+        for key in total:
+            assert index.counts_of(key) == (total[key], pending[key])
+    assert sorted(state.node_counts()[0].items()) == [("192.0.2.5", 1), ("198.51.100.1", 2)]
     state.close()

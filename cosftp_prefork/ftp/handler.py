@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import functools
 import ipaddress
@@ -11,7 +10,6 @@ import logging
 import select
 import socket
 import time
-from collections.abc import Iterator
 from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
@@ -19,7 +17,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.utils import strerror
 
-from .. import logcontext, metrics
+from .. import metrics
 from ..config.passwords import PasswordChecker
 from ..config.settings import AccountConfig, Config
 from ..cos.bucket import BucketRegistry
@@ -30,11 +28,11 @@ from ..cos.uploads import UploadInterrupted
 from ..errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
 from ..paths import new_name_key
 from . import compat
+from .admission import Admission, raw_socket
 from .dialect import ClientDialect
 from .fs import CosFS, FsContext, Unstorable
 from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
-from .proxy import ProxyHeaderError, read_header
 from .pump import Pump
 
 log = logging.getLogger(__name__)
@@ -132,17 +130,6 @@ class CosAuthorizer:
 _TCP_CLOSE = 7  # tcpi_state after a reset (linux/tcp_states.h)
 
 
-@contextlib.contextmanager
-def _raw_socket(sock) -> Iterator[socket.socket]:
-    """The kernel socket under ``sock`` (which may be a TLS connection), borrowed for socket
-    options and peeking: it is not closed afterwards."""
-    raw = socket.socket(fileno=sock.fileno())
-    try:
-        yield raw
-    finally:
-        raw.detach()
-
-
 def _reply_for(exc: OSError, command: str = "STOR") -> str:
     if exc.errno == errno.EFBIG:
         return f"552 {exc.strerror}; transfer aborted, nothing stored."
@@ -198,7 +185,7 @@ class CosDTPHandler(DTPHandler):
     def _more_coming(self) -> bool:
         """True unless the client has closed the data connection with nothing left unread
         (a TLS connection's closing alert counts as more)."""
-        with _raw_socket(self.socket) as raw:
+        with raw_socket(self.socket) as raw:
             try:
                 return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
             except BlockingIOError:
@@ -311,7 +298,7 @@ class CosDTPHandler(DTPHandler):
     def _was_reset(self) -> bool:
         """True if the client reset the data connection rather than closing it (a FIN
         leaves the socket in CLOSE_WAIT, a reset in CLOSE)."""
-        with _raw_socket(self.socket) as raw:
+        with raw_socket(self.socket) as raw:
             try:
                 info = raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
             except OSError:
@@ -375,16 +362,7 @@ class SessionLabel:
         return f"session={id(handler):x} user={handler.username or '-'} ip={handler.remote_ip}"
 
 
-class ProxyStep(enum.Enum):
-    """Where a connection is with the PROXY protocol (``[NETWORK] proxy_protocol``)."""
-
-    ARRIVED = "accepted; the policy has not looked at it yet"
-    AWAITING = "from a balancer: its header is read in the session thread before anything"
-    READ = "header read: admit and greet once the session thread runs the connection"
-    DONE = "admitted or greeted under the client's real address"
-
-
-class CosFTPHandler(ClientDialect, FTPHandler):
+class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
@@ -409,95 +387,11 @@ class CosFTPHandler(ClientDialect, FTPHandler):
     engine: Engine  # the worker's transfer engine
     retrier = None  # the worker's AbortRetrier
     stats = None  # the worker's WorkerStats: admission and counters
-    _ticket = None  # our place in the server-wide limits (gate.Ticket), while admitted
-    _kicked: Optional[str] = None  # why the worker's main thread told us to go
     oplogs: OperatorLogs  # the worker's xferlog and vsftpd.log
-    proxy_step = ProxyStep.ARRIVED
-
-    def handle(self) -> None:
-        """Admit the session against the bans and server-wide limits before the 220
-        greeting (the gate logs refusals, once per burst); a connection from a balancer
-        first has its PROXY header read, in its own thread."""
-        with logcontext.bound(self.log_label):  # run at accept, in the server's thread
-            self._admit()
-
-    def _admit(self) -> None:
-        if self.awaits_proxy_header():
-            return
-        self._last_active = time.time()
-        self._ticket, reason = self.stats.admit(self.remote_ip, self._kick, self)
-        if reason is not None:
-            self.respond(f"421 {reason}")
-            self.close_when_done()
-            return
-        super().handle()
-
-    def awaits_proxy_header(self) -> bool:
-        """Apply ``proxy_protocol`` to a new connection: True if nothing may be sent yet,
-        because its header is still to be read or the connection was refused (and closed,
-        with a log line)."""
-        if self.proxy_step is not ProxyStep.ARRIVED:
-            return False
-        proxy = self.config.network.proxy
-        if proxy.expects_header(self.remote_ip):
-            self.proxy_step = ProxyStep.AWAITING
-            return True
-        self.proxy_step = ProxyStep.DONE
-        if proxy.refuses_direct():
-            self.stats.gate.refusals.note(self.remote_ip, "connection refused: not from "
-                                          "proxy_allowed (proxy_protocol = required)")
-            self.close()
-            return True
-        return False
-
-    def read_proxy_header(self) -> bool:
-        """Read the balancer's PROXY header (blocking this session's thread only): the
-        session is then the client's, under the client's address. False if there was no
-        valid header: the connection is closed and the reason logged (once per burst).
-
-        Any failure closes: the thread ends after this, and a connection it left open
-        would hold its descriptor for good.
-        """
-        peer = (self.remote_ip, self.remote_port)
-        try:
-            origin = read_header(self.socket, peer)
-        except ProxyHeaderError as exc:
-            self._header_refused(exc.reason, exc.detail)
-            return False
-        except Exception as exc:
-            log.debug("reading the PROXY header failed", exc_info=True)
-            self._header_refused("error reading its PROXY header",
-                                 f"{type(exc).__name__}: {exc}")
-            return False
-        with contextlib.suppress(ValueError):
-            self.server.ip_map.remove(self.remote_ip)  # close() removes the new one
-        self.server.ip_map.append(origin.ip)
-        log.debug("PROXY header from %s:%s: client %s:%s", *peer, origin.ip, origin.port)
-        self.remote_ip, self.remote_port = origin.ip, origin.port
-        self.proxy_step = ProxyStep.READ
-        return True
-
-    def _header_refused(self, reason: str, detail: str) -> None:
-        self.stats.gate.refusals.note(self.remote_ip, f"connection closed: {reason}", detail)
-        self.close()
-
-    def add_channel(self, *args, **kwargs) -> None:
-        """The session thread registers the connection: greet one whose PROXY header was
-        read (pyftpdlib greets in ``handle``, run at accept)."""
-        super().add_channel(*args, **kwargs)
-        if self.proxy_step is ProxyStep.READ:
-            self.proxy_step = ProxyStep.DONE
-            try:
-                self.handle()
-            except Exception:
-                self.handle_error()
 
     def close(self) -> None:
         """End the session; an upload still waiting for its data connection is given up
         like on ABOR (pyftpdlib would close it as broken and park what it copied)."""
-        ticket, self._ticket = self._ticket, None
-        if ticket is not None:
-            self.stats.release(ticket)  # before the socket closes: no kick after this
         if not compat.is_closed(self):
             self._drop_queued_upload()
             if self.stats.stopping.is_set() and not compat.is_closing(self):
@@ -511,20 +405,6 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         if self.data_channel is not None:
             self.data_channel.close()
         self.respond("421 Server shutting down; closing control connection.", logfun=log.info)
-
-    def _kick(self, reason: str) -> None:
-        """Called by the gate from the worker's main thread: wake this session's thread
-        (its socket reads end of file) and have it reply 421 and close there."""
-        self._kicked = reason
-        with contextlib.suppress(OSError), _raw_socket(self.socket) as raw:
-            raw.shutdown(socket.SHUT_RD)
-
-    def handle_read(self) -> None:
-        if self._kicked is not None and not compat.is_closed(self):
-            self.respond(f"421 {self._kicked}")
-            self.close()
-            return
-        super().handle_read()
 
     def _refused_before_login(self) -> bool:
         """Close the session with 421 if its address is banned (checked at USER and PASS:
@@ -620,7 +500,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         the session; pyftpdlib would run them against a filesystem it already dropped, and
         those after a QUIT that waits for a transfer to end.
         """
-        if self._quitting() or self._refused_proxy_header(line, cmd):
+        if self._quitting() or self.refused_proxy_header(line, cmd):
             return
         self._note_command(cmd, arg)
         if self.fs is not None:
@@ -647,17 +527,6 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         nbytes = channel.get_transmitted_bytes() if channel is not None else self._last_bytes
         return (self.username if self.authenticated else "", self._last_command, nbytes,
                 self._last_active)
-
-    def _refused_proxy_header(self, line: str, cmd: str) -> bool:
-        """Close a direct connection (not from proxy_allowed) that sends a PROXY header:
-        the v1 line, or the NUL line inside the v2 signature, before login."""
-        if self.authenticated or self.config.network.proxy.mode == "off" or \
-                (cmd != "PROXY" and line != "\0"):
-            return False
-        self.stats.gate.refusals.note(self.remote_ip, "connection closed: PROXY header "
-                                      "from an address not in proxy_allowed")
-        self.close()
-        return True
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:
         """Run one command; a COS failure becomes a 451 reply, not a dropped connection.
@@ -784,7 +653,7 @@ class CosFTPHandler(ClientDialect, FTPHandler):
         poller.register(self.socket.fileno(), select.POLLIN | select.POLLRDHUP)
         if not poller.poll(wait * 1000):
             return False
-        with _raw_socket(self.socket) as raw:
+        with raw_socket(self.socket) as raw:
             try:
                 return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
             except BlockingIOError:

@@ -156,16 +156,24 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
 
 
 class ImplicitTLS:
-    """Implicit FTPS: the client starts TLS on connecting; there is no AUTH command."""
+    """Implicit FTPS: the client starts TLS on connecting; there is no AUTH command.
 
-    def handle(self) -> None:
+    The connection is counted (``admission``) before its handshake starts, and its login
+    deadline covers the handshake: a stalled ClientHello is cut at ``login_timeout``.
+    """
+
+    def greet(self) -> None:
         """Start the TLS handshake before the greeting, which is then sent encrypted (after
         the PROXY header, if one is expected)."""
-        if self.awaits_proxy_header():
-            return
         self.secure_connection(self.ssl_context)
         if not compat.is_closed(self):  # secure_connection() closes if the client is already gone
-            super().handle()
+            super().greet()
+
+    def refuse(self, reason: str) -> None:
+        """Close at once: a 421 could only be sent after a TLS handshake, which the client
+        could stall for as long as the idle timeout, and nothing may be said in clear text
+        on this port (the gate logged the refusal, once per burst)."""
+        self.close()
 
     def handle_ssl_established(self) -> None:
         """Send the greeting queued before the handshake.

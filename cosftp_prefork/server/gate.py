@@ -143,14 +143,21 @@ class Gate:
         self._bans_read = -1
         self._bans_lock = threading.Lock()
 
-    def admit(self, ip: str, kick: Callable[[str], None]) -> tuple[Optional[Ticket],
-                                                                   Optional[str]]:
+    def admit(self, ip: str, kick: Callable[[str], None],
+              per_address: bool = True) -> tuple[Optional[Ticket], Optional[str]]:
         """Admit a new connection from ``ip``: return its ticket, or why it is refused (the
-        refusal is logged here, once per burst)."""
-        reason = BANNED if self._banned_at_accept(ip) else None
-        row, limits = None, self.limits
-        if reason is None and self.cluster is not None:
-            limits, reason = self._cluster_limits(ip)
+        refusal is logged here, once per burst). Its login deadline starts now.
+
+        ``per_address`` False admits a balancer's connection before its PROXY header said
+        whose it is, against the server-wide limits only: no bans, per-address caps (the
+        balancer's address is every client's) or cluster look-up; ``recount`` then applies
+        them to the client's address.
+        """
+        row = None
+        if per_address:
+            limits, reason = self._address_limits(ip)
+        else:
+            limits, reason = replace(self.limits, per_ip=0, prelogin_per_ip=0), None
         if reason is None:
             row, reason = self.state.admit(self.pid, ip, limits)
         if row is None:
@@ -162,6 +169,36 @@ class Gate:
         if self.cluster is not None:
             self.cluster.counted(ip, 1)
         return ticket, None
+
+    def recount(self, ticket: Ticket, ip: str) -> Optional[str]:
+        """Count the connection of ``ticket`` (admitted without ``per_address``) under the
+        client address ``ip`` its PROXY header named, against the bans and per-address
+        limits; it keeps its place server-wide and its login deadline. Return why it may
+        not stay (a refusal is logged here, once per burst)."""
+        limits, reason = self._address_limits(ip)
+        with ticket.lock:
+            if ticket.state is not SessionState.PENDING:  # kicked meanwhile: logged then
+                return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
+            if reason is None:
+                reason = self.state.move(ticket.row, self.pid, ip, limits)
+            if reason is None:
+                balancer, ticket.ip = ticket.ip, ip
+        if reason is not None:
+            self.refusals.note(ip, f"connection refused: {reason}")
+            return reason
+        if self.cluster is not None:
+            self.cluster.counted(balancer, -1)
+            self.cluster.counted(ip, 1)
+        return None
+
+    def _address_limits(self, ip: str) -> tuple[Limits, Optional[str]]:
+        """The limits for a connection from ``ip``, or why it is refused (banned here or,
+        with a cluster, anywhere)."""
+        if self._banned_at_accept(ip):
+            return self.limits, BANNED
+        if self.cluster is not None:
+            return self._cluster_limits(ip)
+        return self.limits, None
 
     def _cluster_limits(self, ip: str) -> tuple[Limits, Optional[str]]:
         """The limits left for this node once the other nodes' connections are counted,

@@ -414,6 +414,23 @@ class SharedState:
             index.add(wanted, PENDING)
             return row, None
 
+    def move(self, row: int, pid: int, ip: str, limits: Limits) -> Optional[str]:
+        """Count the pending connection of ``row`` under ``ip`` instead of its address now
+        (a balancer's, until its PROXY header named the client); return why not if ``ip`` is
+        over its per-address limits (the row stays as it was). The server-wide counts do
+        not change: it is the same connection. A row no longer pending is left alone."""
+        wanted = address_key(ip)
+        with self._sessions_and_index() as (rows, index):
+            at = row * _SESSION_WORDS
+            if rows[at] != pid or rows[at + 1] != PENDING:
+                return None
+            reason = _address_refusal(limits, index.counts_of(wanted))
+            if reason is None:
+                index.remove(tuple(rows[at + 2:at + _SESSION_WORDS]), PENDING)
+                rows[at + 2:at + _SESSION_WORDS] = array("I", wanted)
+                index.add(wanted, PENDING)
+            return reason
+
     def log_in(self, row: int, pid: int, max_logged_in: int) -> Optional[str]:
         """Mark the connection of ``row`` logged in; return why not if the server is full."""
         with self._sessions_and_index() as (rows, index):
@@ -609,6 +626,14 @@ def _refusal(limits: Limits, index: _SessionIndex, mine: tuple[int, int]) -> Opt
         return TOO_MANY_PER_IP
     if limits.prelogin and index.pending >= limits.prelogin:
         return TOO_MANY_PRELOGIN
+    return _address_refusal(limits, mine)
+
+
+def _address_refusal(limits: Limits, mine: tuple[int, int]) -> Optional[str]:
+    """Why one more connection of an address with ``mine`` rows (and pending rows) is over
+    the per-address limits, or None."""
+    if limits.per_ip and mine[0] >= limits.per_ip:
+        return TOO_MANY_PER_IP
     if limits.prelogin_per_ip and mine[1] >= limits.prelogin_per_ip:
         return TOO_MANY_PRELOGIN_PER_IP
     return None

@@ -39,7 +39,8 @@ from ..cos.resume import Janitor
 from ..cos.uploads import AbortRetrier
 from ..errors import ConfigError
 from ..ftp import compat
-from ..ftp.handler import ProxyStep, configure_handler
+from ..ftp.admission import Arrival
+from ..ftp.handler import configure_handler
 from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
 from .gate import BANNED, Gate, Ticket
@@ -113,11 +114,11 @@ class WorkerStats:
         self._described: dict[int, list] = {}  # session row -> [handler, bytes, at]
         self.status = STARTING
 
-    def admit(self, ip: str, kick: Callable[[str], None],
-              session=None) -> tuple[Optional[Ticket], Optional[str]]:
+    def admit(self, ip: str, kick: Callable[[str], None], session=None,
+              per_address: bool = True) -> tuple[Optional[Ticket], Optional[str]]:
         """Count a new session (see ``Gate.admit``); ``session`` (its handler) is described
         in the shared state for ``cosftpctl sessions``."""
-        ticket, reason = self.gate.admit(ip, kick)
+        ticket, reason = self.gate.admit(ip, kick, per_address)
         if reason == BANNED:
             metrics.LOGINS.labels("banned").inc()
         if ticket is not None:
@@ -130,6 +131,13 @@ class WorkerStats:
                 if session is not None:
                     self._described[ticket.row] = [session, 0, now]
         return ticket, reason
+
+    def recount(self, ticket: Ticket, ip: str) -> Optional[str]:
+        """Count a balancer's session under its client's address (see ``Gate.recount``)."""
+        reason = self.gate.recount(ticket, ip)
+        if reason == BANNED:
+            metrics.LOGINS.labels("banned").inc()
+        return reason
 
     def release(self, ticket: Ticket) -> None:
         self.gate.close(ticket)
@@ -205,14 +213,15 @@ class BalancedFTPServer(ThreadedFTPServer):
         return handler
 
     def _loop(self, handler) -> None:
-        """Serve one session in its thread; one refused at accept (421 sent, closed) has
-        nothing left to serve, and pyftpdlib would fail registering its closed socket.
-        A connection from a balancer has its PROXY header read here, off the accept loop.
+        """Serve one session in its thread; one refused at accept (closed, after a 421 where
+        one can be sent) has nothing left to serve, and pyftpdlib would fail registering its
+        closed socket. A connection from a balancer has its PROXY header read here, off the
+        accept loop (it was counted at accept: such threads are bounded by the limits).
 
         The thread is the session's alone, its data channel's events included: every line
         it writes, and those of the pool tasks it submits, names the session."""
         logcontext.bind(handler.log_label)
-        if handler.proxy_step is ProxyStep.AWAITING and not handler.read_proxy_header():
+        if handler.arrival is Arrival.AWAITING_HEADER and not handler.read_proxy_header():
             return
         if not compat.is_closed(handler):
             super()._loop(handler)

@@ -1,0 +1,202 @@
+"""Admission of a control connection, from accept to its greeting, and its login deadline.
+
+Every TCP connection is counted against the bans and limits (``server.gate``) the moment it
+is accepted, and its ``login_timeout`` runs from then: before anything is read from it or
+sent to it, a PROXY header or a TLS handshake included. A connection that may not stay is
+closed at once. Counting only once a connection could be answered made an implicit-FTPS
+connection over the caps wait for its TLS handshake to say ``421``: 400 stalled ClientHellos
+from one address kept 384 refused connections (810 descriptors, 415 threads in one worker)
+for pyftpdlib's 300 s idle timeout (docs/reliability.md). Where nothing can be said in
+clear text (the implicit port) a refused connection is closed without a reply; the gate logs
+it once per burst.
+
+A connection from a balancer (``proxy_protocol``) is counted twice: at accept under the
+balancer's address, against the server-wide limits only (that address is every client's),
+then, once its header named the client, under the client's address against all of them
+(bans, per-address caps), keeping the deadline it got at accept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Optional
+
+from .. import logcontext
+from . import compat
+from .proxy import ProxyHeaderError, read_header
+
+log = logging.getLogger(__name__)
+
+
+class Arrival(enum.Enum):
+    """Where a control connection is between accept and its greeting."""
+
+    ACCEPTED = "accepted: not counted yet"
+    AWAITING_HEADER = ("from a balancer: counted server-wide; its PROXY header is read in the "
+                       "session thread")
+    HEADER_READ = "header read: counted under the client's address once the session thread runs it"
+    ADMITTED = "counted under the client's address; greeted (after the TLS handshake if implicit)"
+    REFUSED = "refused or closed before it was admitted"
+
+
+@contextlib.contextmanager
+def raw_socket(sock) -> Iterator[socket.socket]:
+    """The kernel socket under ``sock`` (which may be a TLS connection), borrowed for socket
+    options and peeking: it is not closed afterwards."""
+    raw = socket.socket(fileno=sock.fileno())
+    try:
+        yield raw
+    finally:
+        raw.detach()
+
+
+class Admission:
+    """The part of the control handler that admits a connection and polices its login
+    deadline. Mixed in before pyftpdlib's ``FTPHandler``, whose ``handle`` sends the 220.
+
+    ``greet`` and ``refuse`` are what the implicit-FTPS handler changes (``ftp.tls``).
+    """
+
+    arrival = Arrival.ACCEPTED
+    _ticket = None  # our place in the server-wide limits (gate.Ticket), while counted
+    _kicked: Optional[str] = None  # why the worker's main thread told us to go
+
+    def handle(self) -> None:
+        """Count the connection: called by pyftpdlib at accept (in the server's thread),
+        and by ``add_channel`` once a balancer's header was read (in the session's)."""
+        with logcontext.bound(self.log_label):
+            if self.arrival is Arrival.ACCEPTED:
+                self._accepted()
+            elif self.arrival is Arrival.HEADER_READ:
+                self._proxied()
+
+    def _accepted(self) -> None:
+        self._last_active = time.time()  # what cosftpctl sessions shows as idle until a command
+        proxy = self.config.network.proxy
+        if proxy.expects_header(self.remote_ip):
+            if self._count(per_address=False):
+                self.arrival = Arrival.AWAITING_HEADER
+            return
+        if proxy.refuses_direct():
+            self.arrival = Arrival.REFUSED
+            self.stats.gate.refusals.note(self.remote_ip, "connection refused: not from "
+                                          "proxy_allowed (proxy_protocol = required)")
+            self.close()
+            return
+        if self._count():
+            self._admitted()
+
+    def _proxied(self) -> None:
+        """The header named the client: count the connection under the client's address
+        instead of the balancer's (it keeps its place server-wide and its deadline)."""
+        reason = self.stats.recount(self._ticket, self.remote_ip)
+        if reason is None:
+            self._admitted()
+        else:
+            self._refused(reason)
+
+    def _count(self, per_address: bool = True) -> bool:
+        """Take a place in the limits; False if refused (then the connection is closing)."""
+        self._ticket, reason = self.stats.admit(self.remote_ip, self._kick, self,
+                                                per_address=per_address)
+        if reason is not None:
+            self._refused(reason)
+        return reason is None
+
+    def _refused(self, reason: str) -> None:
+        self.arrival = Arrival.REFUSED
+        self.refuse(reason)
+
+    def _admitted(self) -> None:
+        self.arrival = Arrival.ADMITTED
+        self.greet()
+
+    def greet(self) -> None:
+        """Send the 220 greeting (pyftpdlib's ``handle``)."""
+        super().handle()
+
+    def refuse(self, reason: str) -> None:
+        """Tell a connection the gate refused why (421), then close it."""
+        self.respond(f"421 {reason}")
+        self.close_when_done()
+
+    def read_proxy_header(self) -> bool:
+        """Read the balancer's PROXY header (blocking this session's thread only): the
+        session is then the client's, under the client's address. False if there was no
+        valid header: the connection is closed and the reason logged (once per burst).
+
+        Any failure closes: the thread ends after this, and a connection it left open
+        would hold its descriptor and place in the limits for good.
+        """
+        peer = (self.remote_ip, self.remote_port)
+        try:
+            origin = read_header(self.socket, peer)
+        except ProxyHeaderError as exc:
+            self._header_refused(exc.reason, exc.detail)
+            return False
+        except Exception as exc:
+            log.debug("reading the PROXY header failed", exc_info=True)
+            self._header_refused("error reading its PROXY header",
+                                 f"{type(exc).__name__}: {exc}")
+            return False
+        with contextlib.suppress(ValueError):
+            self.server.ip_map.remove(self.remote_ip)  # close() removes the new one
+        self.server.ip_map.append(origin.ip)
+        log.debug("PROXY header from %s:%s: client %s:%s", *peer, origin.ip, origin.port)
+        self.remote_ip, self.remote_port = origin.ip, origin.port
+        self.arrival = Arrival.HEADER_READ
+        return True
+
+    def _header_refused(self, reason: str, detail: str) -> None:
+        self.arrival = Arrival.REFUSED
+        self.stats.gate.refusals.note(self.remote_ip, f"connection closed: {reason}", detail)
+        self.close()
+
+    def add_channel(self, *args, **kwargs) -> None:
+        """The session thread registers the connection: count and greet one whose PROXY
+        header was read (pyftpdlib greets in ``handle``, run at accept)."""
+        super().add_channel(*args, **kwargs)
+        if self.arrival is Arrival.HEADER_READ:
+            try:
+                self.handle()
+            except Exception:
+                self.handle_error()
+
+    def refused_proxy_header(self, line: str, cmd: str) -> bool:
+        """Close a direct connection (not from proxy_allowed) that sends a PROXY header:
+        the v1 line, or the NUL line inside the v2 signature, before login."""
+        if self.authenticated or self.config.network.proxy.mode == "off" or \
+                (cmd != "PROXY" and line != "\0"):
+            return False
+        self.stats.gate.refusals.note(self.remote_ip, "connection closed: PROXY header "
+                                      "from an address not in proxy_allowed")
+        self.close()
+        return True
+
+    def _kick(self, reason: str) -> None:
+        """Called by the gate from the worker's main thread: wake this session's thread
+        (its socket reads end of file) and have it reply 421 and close there. A TLS
+        handshake under way fails on that end of file and closes without a reply."""
+        self._kicked = reason
+        with contextlib.suppress(OSError), raw_socket(self.socket) as raw:
+            raw.shutdown(socket.SHUT_RD)
+
+    def handle_read(self) -> None:
+        if self._kicked is not None and not compat.is_closed(self):
+            self.respond(f"421 {self._kicked}")
+            self.close()
+            return
+        super().handle_read()
+
+    def close(self) -> None:
+        """Free the connection's place in the limits before its socket closes: no kick
+        comes after this."""
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            self.stats.release(ticket)
+        super().close()
