@@ -13,8 +13,11 @@ import logging
 import logging.handlers
 import os
 import re
+from typing import Optional
 
-LOG_FILE_MODE = 0o640  # the log names users and addresses of failed logins
+from .safefiles import open_append
+
+_log = logging.getLogger(__name__)
 # C0 and C1 controls, DEL, line/paragraph separators, bidirectional overrides and lone
 # surrogates (undecodable bytes): nothing a log line needs raw.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
@@ -56,8 +59,39 @@ def _indented(block: str) -> str:
 
 class PrivateFileHandler(logging.handlers.WatchedFileHandler):
     """Creates the log file (again, after logrotate moved it) readable by owner and group
-    only; an existing file keeps the mode it has."""
+    only, never through a link planted at its name (``safefiles``); an existing file keeps
+    the mode it has.
+
+    If the file cannot be opened again after a rotation (a link planted at the name), the
+    handler goes on writing to the file it had and says so once in the server's log; the
+    stdlib's handler would drop its file and raise into whatever code was logging.
+    """
+
+    def __init__(self, filename: str, encoding: str = "utf-8") -> None:
+        self._refused: Optional[tuple] = None  # (the (dev, ino) at the name,) last refused
+        super().__init__(filename, encoding=encoding)
 
     def _open(self):
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
-        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+        return open(open_append(self.baseFilename), self.mode,
+                    encoding=self.encoding, errors=self.errors)
+
+    def reopenIfNeeded(self) -> None:
+        try:
+            info = os.lstat(self.baseFilename)  # a link at the name is a change too
+            found = (info.st_dev, info.st_ino)
+        except FileNotFoundError:
+            found = None
+        if self.stream is None or found == (self.dev, self.ino):
+            return
+        try:
+            stream = self._open()
+        except OSError as exc:
+            if (found,) != self._refused:
+                self._refused = (found,)
+                _log.error("cannot open %s again (%s); still writing to the file it was",
+                           self.baseFilename, exc)
+            return
+        self.stream.flush()
+        self.stream.close()
+        self.stream, self._refused = stream, None
+        self._statstream()

@@ -25,6 +25,7 @@ from typing import Optional
 
 from ..config.settings import OperatorConfig
 from ..logfiles import PrivateFileHandler
+from ..safefiles import check_directory
 
 MAX_FIELD = 512
 _UNSAFE = '"[]'
@@ -92,12 +93,12 @@ def _file_logger(name: str, path: Optional[str]) -> Optional[logging.Logger]:
     """A logger writing bare lines to ``path`` (None: no file), not to the main log."""
     if path is None:
         return None
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    check_directory(os.path.dirname(path) or ".")
+    handler = PrivateFileHandler(path)  # 0640: it names users and files
     logger = logging.getLogger(f"cosftp_prefork.ftp.oplog.{name}")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    handler = PrivateFileHandler(path, encoding="utf-8")  # 0640: it names users and files
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

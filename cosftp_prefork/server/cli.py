@@ -15,8 +15,9 @@ from typing import Callable, Optional, TypeVar
 from ..config.passwords import hash_password
 from ..config.settings import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
 from ..errors import ConfigError
-from ..logfiles import LOG_FILE_MODE
-from .logs import LOG_FILE_NAME
+from ..safefiles import check_directory, open_append, open_fd
+from .files import check_files
+from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .metrics_dir import use_metrics_dir
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
@@ -85,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 def read_pid(pid_file: str) -> Optional[int]:
     """Return the pid in ``pid_file`` if that process is alive, else None (stale or absent)."""
     try:
-        with open(pid_file, encoding="ascii") as handle:
-            pid = int(handle.read().strip())
+        with open(open_fd(pid_file, os.O_RDONLY), encoding="ascii") as handle:
+            pid = int(handle.read().strip())  # through no link: stop signals that pid
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
@@ -98,6 +99,11 @@ def cmd_run(config: Config, log_file_only: bool = False) -> int:
     if running:
         print(f"cosftpctl: already running as pid {running} ({config.server.pid_file})",
               file=sys.stderr)
+        return 1
+    try:
+        check_files(config)
+    except OSError as exc:
+        print(f"cosftpctl: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
         use_metrics_dir(config)  # before anything imports prometheus_client
@@ -117,14 +123,18 @@ def cmd_start(config: Config) -> int:
         print(f"cosftpctl: already running as pid {running}", file=sys.stderr)
         return 1
     log_dir = config.server.log_dir
-    os.makedirs(log_dir, exist_ok=True)
     # The server logs to cosftp.log itself; its stderr file keeps only what comes before
     # logging is set up, and crashes (which may quote what a client sent): as private as
-    # the log.
-    out_path = os.path.join(log_dir, "cosftp.out")
+    # the log, and never written through a link planted at its name.
+    out_path = os.path.join(log_dir, OUT_FILE_NAME)
+    try:
+        check_directory(log_dir)
+        out_fd = open_append(out_path)
+    except OSError as exc:
+        print(f"cosftpctl: cannot start: {exc}", file=sys.stderr)
+        return 1
     offsets = {path: _size(path) for path in (os.path.join(log_dir, LOG_FILE_NAME), out_path)}
-    with open(os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE),
-              "ab") as out:
+    with open(out_fd, "ab") as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "cosftp_prefork", "-c", config.path, "run",
              "--log-file-only"],

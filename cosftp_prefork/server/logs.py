@@ -10,8 +10,13 @@ import sys
 
 from ..logcontext import SessionFilter
 from ..logfiles import EscapingFormatter, PrivateFileHandler
+from ..safefiles import check_directory
 
+log = logging.getLogger(__name__)
 LOG_FILE_NAME = "cosftp.log"
+# What `cosftpctl start` sends the server's stdout and stderr to: what comes before logging
+# is set up, and crashes.
+OUT_FILE_NAME = "cosftp.out"
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d %(role)s%(session)s] %(name)s: %(message)s"
 
 
@@ -31,19 +36,19 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
     """Send this process's log records to ``log_dir/cosftp.log`` (and stderr if asked).
 
     ``WatchedFileHandler`` reopens the file when logrotate moves it away, so no process has to
-    be signalled after a rotation.
+    be signalled after a rotation. Raises ``OSError`` (``UnsafeFileError`` for a link at the
+    file's name or a ``log_dir`` every user may write) before changing anything, so a
+    failed reopen leaves the handlers as they were.
     """
+    check_directory(log_dir)
+    handlers: list[logging.Handler] = [PrivateFileHandler(os.path.join(log_dir, LOG_FILE_NAME))]
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     formatter = EscapingFormatter(_FORMAT)
-    os.makedirs(log_dir, exist_ok=True)
-    handlers: list[logging.Handler] = [
-        PrivateFileHandler(os.path.join(log_dir, LOG_FILE_NAME), encoding="utf-8")
-    ]
-    if to_stderr:
-        handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_RoleFilter(process_name))
@@ -58,6 +63,17 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
     logging.getLogger("qcloud_cos").setLevel(sdk_level)
     logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("charset_normalizer").setLevel(logging.WARNING)  # per response, at DEBUG
+
+
+def reopen_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) -> None:
+    """``setup_logging`` again (SIGUSR1, after logrotate); if the file cannot be opened, go on
+    with the old one and say why."""
+    try:
+        setup_logging(level, log_dir, process_name, to_stderr)
+    except OSError as exc:
+        log.error("could not reopen the log file, still writing to the old one: %s", exc)
+    else:
+        log.info("log files reopened")
 
 
 def log_block(logger: logging.Logger, level: int, block: str, msg: str, *args) -> None:

@@ -39,8 +39,10 @@ from setproctitle import setproctitle
 from .. import metrics
 from ..config.settings import Config, NetworkConfig, load_config
 from ..errors import ConfigError
+from ..safefiles import replace_file
 from .exporter import ExporterProcess, serve
-from .logs import log_block, setup_logging
+from .files import check_files
+from .logs import log_block, reopen_logging, setup_logging
 from .metrics_dir import metrics_dir
 from .scoreboard import (
     ABORTING,
@@ -171,12 +173,9 @@ def _reuse_or_bind(address: str, port: int, current: tuple[socket.socket, ...],
 
 
 def write_pid_file(path: str, pid: int) -> None:
-    """Write ``pid`` to ``path`` atomically (temp file + rename)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{pid}.tmp"
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(f"{pid}\n")
-    os.replace(tmp, path)
+    """Write ``pid`` to ``path`` atomically (a new file renamed over it: a link there is
+    replaced, not followed)."""
+    replace_file(path, f"{pid}\n".encode("ascii"), 0o644)
 
 
 @dataclass
@@ -277,12 +276,9 @@ class Master:
                          network.listen_port, f" or {network.implicit_tls_port}"
                          if network.implicit_tls_port else "", exc)
             return EXIT_CANNOT_START
-        if not self._bind_exporter():
+        if not (self._bind_exporter() and self._write_own_files()):
             self._close_listeners()
             return EXIT_CANNOT_START
-        self.state = SharedState.create(state_path(self.config.server.pid_file))
-        self._restore_bans()
-        write_pid_file(self.config.server.pid_file, self.pid)
         self._install_signals()
         self._publish()
         log.info("master %d listening on %s with %d workers", self.pid,
@@ -325,6 +321,19 @@ class Master:
                          operator.metrics_address, operator.metrics_port, exc)
             return False
         self.exporter = ExporterProcess(sock, metrics_dir(self.config.server.pid_file))
+        return True
+
+    def _write_own_files(self) -> bool:
+        """Create the state file, put the saved bans back, write the pid file; False (logged)
+        if one cannot be written (``cosftpctl run`` checked them, but that was before)."""
+        pid_file = self.config.server.pid_file
+        try:
+            self.state = SharedState.create(state_path(pid_file))
+            self._restore_bans()
+            write_pid_file(pid_file, self.pid)
+        except OSError as exc:
+            log.critical("cannot start: %s", exc)
+            return False
         return True
 
     def _spawn_exporter(self) -> None:
@@ -419,8 +428,8 @@ class Master:
 
     def handle_usr1(self) -> None:
         """Reopen log files (after logrotate) here and in every worker."""
-        self._setup_logging()
-        log.info("log files reopened")
+        server = self.config.server
+        reopen_logging(server.log_level, server.log_dir, "master", self.foreground)
         self._signal_workers(signal.SIGUSR1, self.workers.values())
 
     def handle_ttin(self) -> None:
@@ -675,6 +684,9 @@ class Master:
         if self.reload is not None:
             raise ConfigError("a reload is already in progress", self.config.path)
         new = load_config(self.config.path)
+        # The pid and state files stay where cosftpctl found them at start.
+        new = replace(new, server=replace(new.server, pid_file=self.config.server.pid_file))
+        check_files(new)  # a link planted at a new log file's name: refused, nothing changed
         assert self.listeners is not None
         old_listeners = None
         listeners = bind_listeners(new.network, self.listeners)
@@ -690,9 +702,7 @@ class Master:
         log.info("reload: %s", tls_summary(new))
         self.reload = PendingReload(self.config, self.generation, old_listeners,
                                     time.monotonic() + RELOAD_READY_TIMEOUT)
-        # The pid and state files stay where cosftpctl found them at start.
-        self.config = replace(new, server=replace(new.server,
-                                                  pid_file=self.config.server.pid_file))
+        self.config = new
         self.generation += 1
         self.num_workers = new.server.worker_processes
         self.backoff = {}

@@ -13,6 +13,7 @@ import stat
 from typing import Optional
 
 from ..config.settings import Config
+from ..safefiles import refuse_link
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -33,6 +34,7 @@ def use_metrics_dir(config: Config) -> Optional[str]:
         os.environ.pop(ENV, None)
         return None
     path = metrics_dir(config.server.pid_file)
+    refuse_link(path)  # its files are written by prometheus_client, which follows links
     os.makedirs(path, mode=0o700, exist_ok=True)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():

@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
+from ..safefiles import PRIVATE_MODE, open_fd, replace_file
+
 # Exit status for "this worker cannot start with this config": not a crash to retry blindly.
 EXIT_BOOT_FAILURE = 3
 # Connections the kernel queues until a worker accepts them (capped by net.core.somaxconn);
@@ -197,16 +199,24 @@ class SharedState:
 
     @classmethod
     def create(cls, path: str) -> SharedState:
-        """Create (or reset) the state file at ``path`` and map it shared."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.ftruncate(fd, FILE_SIZE)
-        return cls(path, fd, mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED))
+        """Create (or reset) the state file at ``path``, owner and group only (it names users
+        and client addresses), and map it shared. Raises ``UnsafeFileError`` for a link at
+        ``path``."""
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+        try:
+            os.fchmod(fd, PRIVATE_MODE)  # a file left by an older version may be 0644
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, FILE_SIZE)
+            return cls(path, fd, mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED))
+        except BaseException:
+            os.close(fd)
+            raise
 
     @classmethod
     def open(cls, path: str) -> Optional[SharedState]:
         """Map an existing state file read-only; None if it is absent or not ours."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = open_fd(path, os.O_RDONLY)
         except OSError:
             return None
         try:
@@ -641,22 +651,21 @@ def _address_refusal(limits: Limits, mine: tuple[int, int]) -> Optional[str]:
 
 def save_bans(path: str, bans: list[tuple[str, int]]) -> None:
     """Write ``bans`` to ``path`` atomically, readable by the owner only."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        json.dump({"bans": [{"address": ip, "until": until} for ip, until in bans]}, handle)
-    os.replace(tmp, path)
+    entries = [{"address": ip, "until": until} for ip, until in bans]
+    replace_file(path, json.dumps({"bans": entries}).encode("ascii"), 0o600)
 
 
 def load_bans(path: str) -> list[tuple[str, int]]:
     """The bans saved at ``path`` (none if it is absent); raises ``ValueError`` if the file
-    is not one ``save_bans`` wrote."""
+    is not one ``save_bans`` wrote, ``UnsafeFileError`` for a link at ``path``."""
     try:
-        with open(path, encoding="ascii") as handle:
-            text = handle.read()
+        fd = open_fd(path, os.O_RDONLY)
     except FileNotFoundError:
         return []
-    except (OSError, UnicodeDecodeError) as exc:
+    try:
+        with open(fd, encoding="ascii") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as exc:
         raise ValueError(str(exc)) from None
     try:
         bans = [(str(ban["address"]), int(ban["until"])) for ban in json.loads(text)["bans"]]

@@ -44,7 +44,7 @@ from ..ftp.handler import configure_handler
 from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
 from .gate import BANNED, Gate, Ticket
-from .logs import setup_logging
+from .logs import reopen_logging, setup_logging
 from .scoreboard import DRAINING, EXIT_BOOT_FAILURE, LISTEN_BACKLOG, SERVING, STARTING, SharedState
 from .signals import release_signals
 
@@ -399,8 +399,8 @@ class Worker:
         if self._reopen:
             self._reopen = False
             server_cfg = self.config.server
-            setup_logging(server_cfg.log_level, server_cfg.log_dir, f"worker {self.index}",
-                          self.foreground)
+            reopen_logging(server_cfg.log_level, server_cfg.log_dir, f"worker {self.index}",
+                           self.foreground)
         self._set_title(stats.publish())
 
     def _set_title(self, title: str) -> None:
