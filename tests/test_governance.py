@@ -387,6 +387,47 @@ def test_bans_survive_stop_and_start(emulator, tmp_path):
         proc.ensure_stopped(master)
 
 
+def test_a_bad_entry_in_the_bans_file_costs_only_itself(emulator, tmp_path):
+    """Before: one malformed entry made the server drop every saved ban ("not a bans
+    file"). Now the valid bans hold after the restart, and each bad entry is logged, quoted
+    with its control characters escaped."""
+    proc = server(emulator, tmp_path, max_login_failures="3", ban_time="600")
+    os.makedirs(proc.log_dir)
+    until = int(time.time()) + 600
+    entries = [
+        {"address": "127.0.0.2", "until": until},
+        {"address": "127.0.0.9\x1b[2J\nFORGED", "until": until},
+        {"address": "127.0.0.4"},
+        "127.0.0.5",
+        {"address": "127.0.0.6", "until": "tomorrow"},
+        {"address": "::ffff:127.0.0.7", "until": until},
+    ]
+    with open(os.path.join(proc.log_dir, "cosftp.pid.bans"), "w", encoding="ascii") as handle:
+        json.dump({"bans": entries}, handle)
+    with proc:
+        for banned in ("127.0.0.2", "127.0.0.7"):
+            with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
+                connect(proc, banned)
+        log_in(proc, "127.0.0.4").quit()  # its entry had no expiry: not banned
+        log = proc.log_text()
+    assert "restored 2 bans" in log
+    ignored = re.findall(r"bans file \S+: ignored entry (\d) (.*)", log)
+    assert [number for number, _ in ignored] == ["2", "3", "4", "5"], ignored
+    assert "the address is not an IP address" in ignored[0][1]
+    assert "\\u001b[2J\\nFORGED" in ignored[0][1]  # escaped, as JSON writes it
+    assert "\x1b" not in log and "\nFORGED" not in log
+    assert "the expiry ('until') is not a whole number" in ignored[1][1]
+    assert ignored[2][1].startswith('"127.0.0.5": not an object')
+    bans_file = os.path.join(proc.log_dir, "cosftp.pid.bans")
+    with open(bans_file, "w", encoding="ascii") as handle:
+        handle.write('{"bans": [{"address": "127.0.0.2", "until": ')  # cut short
+    with proc:  # a file that is no bans file at all: kept aside for a look, not overwritten
+        assert f"ignoring the saved bans in {bans_file}: not a bans file (JSONDecodeError); " \
+               f"moved it to {bans_file}.invalid" in proc.log_text()
+    with open(bans_file + ".invalid", encoding="ascii") as handle:
+        assert handle.read().startswith('{"bans": [{"address": "127.0.0.2"')
+
+
 # --- pure logic
 
 
@@ -407,7 +448,7 @@ def test_ipv6_bans_are_per_address_and_saved_with_their_expiry(tmp_path):
     save_bans(str(tmp_path / "bans"), state.bans(now))
     fresh = SharedState.create(str(tmp_path / "state2"))
     expired = ("2001:db8::3", int(now) - 1)
-    assert fresh.restore_bans([*load_bans(str(tmp_path / "bans")), expired], now) == 1
+    assert fresh.restore_bans([*load_bans(str(tmp_path / "bans")).bans, expired], now) == 1
     assert fresh.bans(now) == [("2001:db8::1", int(now) + 300)]
     (tmp_path / "bad").write_text("{not json")
     with pytest.raises(ValueError, match="not a bans file"):

@@ -74,6 +74,7 @@ ABORT_GRACE_SECONDS = 5.0  # from SIGABRT (faulthandler dumps the stacks) to SIG
 STACK_DUMP_LIMIT = 2**20
 EXIT_CRASH_LOOP = 1
 EXIT_CANNOT_START = 1
+MAX_LOGGED_REJECTS = 10  # bad entries of a bans file logged one by one; then a count
 
 
 def bind_listener(address: str, port: int, backlog: int = LISTEN_BACKLOG,
@@ -488,13 +489,26 @@ class Master:
     # --- bans: kept across stop/start in <pid file>.bans
 
     def _restore_bans(self) -> None:
+        """Put back the bans saved at the last stop: every valid entry, each bad one logged
+        (a file that is no bans file at all is kept aside as ``.invalid``, for a look)."""
         assert self.state is not None
         path = bans_path(self.config.server.pid_file)
         try:
-            restored = self.state.restore_bans(load_bans(path), time.time())
+            saved = load_bans(path)
         except ValueError as exc:
-            log.error("ignoring the saved bans in %s: %s", path, exc)
+            try:
+                os.replace(path, f"{path}.invalid")
+                kept = f"moved it to {path}.invalid"
+            except OSError as move:
+                kept = f"could not move it aside: {move}"
+            log.error("ignoring the saved bans in %s: %s; %s", path, exc, kept)
             return
+        for problem in saved.rejected[:MAX_LOGGED_REJECTS]:
+            log.error("bans file %s: ignored %s", path, problem)
+        if len(saved.rejected) > MAX_LOGGED_REJECTS:
+            log.error("bans file %s: ignored %d more bad entries", path,
+                      len(saved.rejected) - MAX_LOGGED_REJECTS)
+        restored = self.state.restore_bans(saved.bans, time.time())
         self._saved_ban_epoch = self.state.ban_epoch()
         if restored:
             log.info("restored %d bans from %s", restored, path)

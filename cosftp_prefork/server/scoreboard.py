@@ -655,25 +655,60 @@ def save_bans(path: str, bans: list[tuple[str, int]]) -> None:
     replace_file(path, json.dumps({"bans": entries}).encode("ascii"), 0o600)
 
 
-def load_bans(path: str) -> list[tuple[str, int]]:
-    """The bans saved at ``path`` (none if it is absent); raises ``ValueError`` if the file
-    is not one ``save_bans`` wrote, ``UnsafeFileError`` for a link at ``path``."""
+@dataclass(frozen=True)
+class SavedBans:
+    """What a bans file held: the valid bans, and a description of each entry that was not
+    one (its position and why, the value quoted and cut short)."""
+
+    bans: list[tuple[str, int]]
+    rejected: list[str]
+
+
+def load_bans(path: str) -> SavedBans:
+    """The bans saved at ``path`` (none if it is absent). A malformed entry is skipped and
+    described, the others kept; raises ``ValueError`` if the file is not one ``save_bans``
+    wrote at all, ``UnsafeFileError`` for a link at ``path``."""
     try:
         fd = open_fd(path, os.O_RDONLY)
     except FileNotFoundError:
-        return []
+        return SavedBans([], [])
     try:
         with open(fd, encoding="ascii") as handle:
-            text = handle.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(str(exc)) from None
-    try:
-        bans = [(str(ban["address"]), int(ban["until"])) for ban in json.loads(text)["bans"]]
-        for ip, _ in bans:
-            address_key(ip)
+            entries = json.load(handle)["bans"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not a bans file ({type(exc).__name__})") from None
-    return bans
+    if not isinstance(entries, list):
+        raise ValueError("not a bans file (no list of bans)")
+    saved = SavedBans([], [])
+    for number, entry in enumerate(entries, 1):
+        try:
+            saved.bans.append(_saved_ban(entry))
+        except ValueError as exc:
+            saved.rejected.append(f"entry {number} {_quoted(entry)}: {exc}")
+    return saved
+
+
+def _saved_ban(entry: object) -> tuple[str, int]:
+    """``(address, until)`` from one entry of a bans file; ``ValueError`` saying what is
+    wrong with it."""
+    if not isinstance(entry, dict):
+        raise ValueError("not an object with an address and an expiry")
+    address, until = entry.get("address"), entry.get("until")
+    if not isinstance(address, str):
+        raise ValueError("no address")
+    try:
+        address_key(address)
+    except ValueError:
+        raise ValueError("the address is not an IP address") from None
+    if not isinstance(until, int) or isinstance(until, bool):
+        raise ValueError("the expiry ('until') is not a whole number of seconds")
+    return address, until
+
+
+def _quoted(value: object, limit: int = 80) -> str:
+    """``value`` as JSON, ASCII only (every control character escaped), cut to ``limit``."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def heartbeat_age(status: WorkerStatus, now: Optional[float] = None) -> Optional[float]:
