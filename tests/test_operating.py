@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 
@@ -166,6 +169,50 @@ def test_metrics_endpoint_answers_only_metrics(ops):
         sock.sendall(b"\x00\x01garbage\r\n\r\n")
         sock.recv(4096)
     assert value(scrape(ops), "cosftp_sessions") >= 0  # still serving
+
+
+def _cut_off(sock: socket.socket) -> bool:
+    """True once the server closed (or reset) ``sock``."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(4096) == b""
+    except OSError:
+        return True
+
+
+def test_slow_clients_cannot_take_every_scrape_slot(ops):
+    """Before: 8 connections dripping their request a byte at a time held every place of the
+    exporter for as long as they dripped (the timeout was per recv), and every scrape was
+    closed unanswered. Now each request head has one deadline from the accept, and one
+    source holds at most a few places."""
+    drippers = [socket.create_connection(("127.0.0.1", ops.metrics_port), timeout=10,
+                                         source_address=(f"127.0.0.{2 + n % 4}", 0))
+                for n in range(24)]
+    stop = threading.Event()
+
+    def drip() -> None:
+        while not stop.wait(0.5):
+            for sock in drippers:
+                with contextlib.suppress(OSError):
+                    sock.send(b"G")
+
+    dripping = threading.Thread(target=drip, daemon=True)
+    dripping.start()
+    try:
+        for _ in range(3):
+            assert value(scrape(ops), "cosftp_sessions") >= 0
+        wait_until(lambda: all(_cut_off(sock) for sock in drippers), timeout=30,
+                   what="every dripping connection cut off")
+    finally:
+        stop.set()
+        dripping.join()
+        for sock in drippers:
+            sock.close()
+    log = ops.log_text()
+    assert "metrics connection closed: request head not complete within 5s" in log
+    assert re.search(r"127\.0\.0\.[2-5]: metrics connection refused: 4 connections from "
+                     r"127\.0\.0\.[2-5] served at once", log)
 
 
 def test_worker_restarts_keep_counters_and_fold_their_files(ops, area):

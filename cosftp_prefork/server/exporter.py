@@ -12,12 +12,18 @@ histogram files of every process that ever ran (a Counter must never go down), s
 worker restart would add files and make every scrape slower. Before each scrape, the
 values of processes that are gone are added into one archive file per type and their files
 deleted; the scrape lock makes that atomic for the only reader, this process.
+
+Clients that connect and send nothing, or drip their request a byte at a time, must not take
+every place from the scraper: the whole request head has a deadline from the accept (not per
+``recv``), and the connections served at once are capped in total and per source.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import io
+import ipaddress
 import logging
 import os
 import re
@@ -25,7 +31,7 @@ import signal
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 from urllib.parse import urlsplit
@@ -34,12 +40,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from .burst import BurstLog
 from .signals import release_signals
 
 log = logging.getLogger(__name__)
 
-SCRAPE_TIMEOUT = 10.0  # seconds a client may take to send its request
-MAX_SCRAPERS = 8  # connections served at once; more are closed at once
+# Seconds from taking a connection until its request head (line and headers) is in, the
+# whole of it (Go's ReadHeaderTimeout); then the connection is closed. Prometheus sends its
+# request at once.
+REQUEST_DEADLINE = 5.0
+MAX_HEAD_BYTES = 8192  # Prometheus sends a few hundred
+RESPONSE_TIMEOUT = 10.0  # seconds to send the whole answer (a sendall's timeout is total)
+MAX_CONNECTIONS = 64  # connections served at once, a thread each; more are closed at once
+MAX_PER_SOURCE = 4  # of them from one address (IPv6: one /64)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 POLL_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 STOP_TIMEOUT = 5.0
@@ -110,9 +124,56 @@ class FoldingCollector:
             return list(MultiProcessCollector.merge(files, accumulate=True))
 
 
+class _Refused(Exception):
+    """Why a connection is closed without an answer."""
+
+
+def _read_head(sock: socket.socket, deadline: float) -> bytes:
+    """The request head (line and headers) from ``sock``, whole by ``deadline``
+    (``time.monotonic()``) and at most ``MAX_HEAD_BYTES``, else ``_Refused``.
+
+    A socket timeout alone is per ``recv``: a client sending a byte every few seconds would
+    hold its thread for ever. This is Go's ``ReadHeaderTimeout``: one deadline for it all.
+    """
+    head = b""
+    while not _HEAD_END.search(head):
+        if len(head) > MAX_HEAD_BYTES:
+            raise _Refused(f"request head over {MAX_HEAD_BYTES} bytes")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Refused(f"request head not complete within {REQUEST_DEADLINE:.0f}s")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue  # the deadline check above says so
+        if not chunk:
+            raise _Refused("")  # gone before the end of its request: nothing to log
+        head += chunk
+    return head
+
+
 class _Handler(BaseHTTPRequestHandler):
-    timeout = SCRAPE_TIMEOUT
     server: _Server
+
+    def handle(self) -> None:
+        """One request (HTTP/1.0: no keep-alive) whose head must arrive by
+        ``REQUEST_DEADLINE`` after the connection was taken; the answer is sent within
+        ``RESPONSE_TIMEOUT``."""
+        try:
+            head = _read_head(self.connection, time.monotonic() + REQUEST_DEADLINE)
+        except _Refused as exc:
+            if str(exc):
+                self.server.refusals.note(self.client_address[0],
+                                          f"metrics connection closed: {exc}")
+            return
+        except OSError as exc:
+            log.debug("metrics: %s: %s", self.client_address[0], exc)
+            return
+        self.rfile.close()
+        self.rfile = io.BytesIO(head)
+        self.connection.settimeout(RESPONSE_TIMEOUT)
+        self.handle_one_request()
 
     def do_GET(self) -> None:
         if urlsplit(self.path).path != "/metrics":
@@ -130,8 +191,21 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("metrics: %s %r", self.address_string(), format % args)
 
 
+def source_of(ip: str) -> str:
+    """What the per-source cap counts: the address, or an IPv6 address's /64 (one client
+    usually holds a whole /64)."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        address = address.ipv4_mapped
+    return str(address)
+
+
 class _Server(ThreadingHTTPServer):
-    """HTTP on a socket the master bound, with at most ``MAX_SCRAPERS`` requests at once."""
+    """HTTP on a socket the master bound, a thread per connection: at most
+    ``MAX_CONNECTIONS`` at once, ``MAX_PER_SOURCE`` of them from one source, so that clients
+    that send nothing cannot take every place from the scraper."""
 
     daemon_threads = True
 
@@ -141,12 +215,24 @@ class _Server(ThreadingHTTPServer):
         self.socket = sock
         self.registry = registry
         self.timeout = POLL_SECONDS
-        self._slots = threading.BoundedSemaphore(MAX_SCRAPERS)
+        self.refusals = BurstLog(log)
+        self._lock = threading.Lock()
+        self._serving: Counter[str] = Counter()  # connections being served, per source
+        self._total = 0
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("metrics: %d scrapes in progress; closed a connection from %s",
-                        MAX_SCRAPERS, client_address[0])
+        source = source_of(client_address[0])
+        with self._lock:
+            if self._total >= MAX_CONNECTIONS:
+                why = f"{MAX_CONNECTIONS} connections served at once"
+            elif self._serving[source] >= MAX_PER_SOURCE:
+                why = f"{MAX_PER_SOURCE} connections from {source} served at once"
+            else:
+                why = ""
+                self._serving[source] += 1
+                self._total += 1
+        if why:
+            self.refusals.note(client_address[0], f"metrics connection refused: {why}")
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -155,7 +241,12 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            source = source_of(client_address[0])
+            with self._lock:
+                self._total -= 1
+                self._serving[source] -= 1
+                if not self._serving[source]:
+                    del self._serving[source]
 
 
 def serve(sock: socket.socket, path: str, master_pid: int) -> int:
@@ -174,6 +265,7 @@ def serve(sock: socket.socket, path: str, master_pid: int) -> int:
     log.info("metrics exporter %d serving http://%s:%d/metrics", os.getpid(), host, port)
     while not stop and os.getppid() == master_pid:
         server.handle_request()
+        server.refusals.flush()
     server.server_close()
     return 0
 

@@ -27,6 +27,7 @@ from enum import Enum
 from typing import Callable, Optional
 
 from ..config.settings import ServerConfig
+from .burst import BurstLog
 from .cluster import UNAVAILABLE, ClusterState
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
@@ -43,8 +44,6 @@ from .scoreboard import (
 
 log = logging.getLogger(__name__)
 
-BURST_SECONDS = 10.0
-BURST_KEYS = 1024  # addresses tracked by one BurstLog; more are counted together
 BANNED = "Too many failed logins from your address; try again later."
 LOGIN_TIMED_OUT = "Login timed out."
 
@@ -83,43 +82,6 @@ class Ticket:
         return True
 
 
-class BurstLog:
-    """Logs like events of one address at most twice per ``interval``: the first at once,
-    then how many more came. Thread-safe; ``flush`` runs from the worker's tick."""
-
-    def __init__(self, interval: float = BURST_SECONDS, max_keys: int = BURST_KEYS) -> None:
-        self.interval, self.max_keys = interval, max_keys
-        self._lock = threading.Lock()
-        self._bursts: dict[tuple[str, str], list[float]] = {}  # -> [first seen, count after]
-
-    def note(self, ip: str, what: str, detail: str = "", now: Optional[float] = None) -> None:
-        """Record that ``what`` happened to a connection from ``ip``; ``detail`` (what
-        exactly, which may differ each time) goes into the burst's first line only."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            key = (ip, what)
-            if key not in self._bursts and len(self._bursts) >= self.max_keys:
-                key = ("other addresses", what)
-            burst = self._bursts.get(key)
-            if burst is not None:
-                burst[1] += 1
-                return
-            self._bursts[key] = [now, 0]
-        log.warning("%s: %s%s", key[0], what, f" ({detail})" if detail else "")
-
-    def flush(self, now: Optional[float] = None) -> None:
-        """Log the counts of bursts older than the interval, and forget them."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            ended = [(key, burst) for key, burst in self._bursts.items()
-                     if now - burst[0] >= self.interval]
-            for key, _ in ended:
-                del self._bursts[key]
-        for (ip, what), (first, count) in ended:
-            if count:
-                log.warning("%s: %s (%d more times in %.0fs)", ip, what, count, now - first)
-
-
 class Gate:
     """Admission, login and pre-login policing for the sessions of one worker."""
 
@@ -135,7 +97,7 @@ class Gate:
         self._bans_on = bool(server.max_login_failures)
         self._failures = (server.max_login_failures, server.login_failure_window,
                           server.ban_time)
-        self.refusals = BurstLog()
+        self.refusals = BurstLog(log)
         self._lock = threading.Lock()
         self._pending: set[Ticket] = set()
         self._ban_epoch = state.ban_epoch()
