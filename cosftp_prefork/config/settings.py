@@ -108,6 +108,11 @@ class ProxyConfig:
         return self.mode == "required"
 
 
+# The oldest Redis the cluster state supports (server/cluster.py): what Debian 11 and Ubuntu
+# 22.04 ship, and what tests/redis6.py answers as.
+REDIS_MINIMUM = (6, 0)
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """``[CLUSTER]``: state shared by every node of a cluster, in Redis (or Valkey)."""

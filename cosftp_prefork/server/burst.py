@@ -1,6 +1,7 @@
 """Refusals come in bursts (one address opening a thousand sockets): ``BurstLog`` writes the
 first of a burst at once and then one line per address and interval with the count, so an
-attacker cannot fill the log. Used by the workers' gate and by the metrics exporter.
+attacker cannot fill the log. Used by the workers' gate, by their cluster state (errors Redis
+answers, keys it repairs) and by the metrics exporter.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class BurstLog:
     tick, the exporter's accept loop)."""
 
     def __init__(self, logger: logging.Logger = log, interval: float = BURST_SECONDS,
-                 max_keys: int = BURST_KEYS) -> None:
-        self.interval, self.max_keys, self._log = interval, max_keys, logger
+                 max_keys: int = BURST_KEYS, level: int = logging.WARNING) -> None:
+        self.interval, self.max_keys, self._log, self._level = interval, max_keys, logger, level
         self._lock = threading.Lock()
         self._bursts: dict[tuple[str, str], list[float]] = {}  # -> [first seen, count after]
 
@@ -40,7 +41,7 @@ class BurstLog:
                 burst[1] += 1
                 return
             self._bursts[key] = [now, 0]
-        self._log.warning("%s: %s%s", key[0], what, f" ({detail})" if detail else "")
+        self._log.log(self._level, "%s: %s%s", key[0], what, f" ({detail})" if detail else "")
 
     def flush(self, now: Optional[float] = None) -> None:
         """Log the counts of bursts older than the interval, and forget them."""
@@ -52,4 +53,5 @@ class BurstLog:
                 del self._bursts[key]
         for (ip, what), (first, count) in ended:
             if count:
-                self._log.warning("%s: %s (%d more times in %.0fs)", ip, what, count, now - first)
+                self._log.log(self._level, "%s: %s (%d more times in %.0fs)", ip, what, count,
+                              now - first)

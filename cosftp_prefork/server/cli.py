@@ -13,7 +13,14 @@ import time
 from typing import Callable, Optional, TypeVar
 
 from ..config.passwords import hash_password
-from ..config.settings import Config, ServerConfig, load_config, locate_pid_file, resolve_masquerade
+from ..config.settings import (
+    REDIS_MINIMUM,
+    Config,
+    ServerConfig,
+    load_config,
+    locate_pid_file,
+    resolve_masquerade,
+)
 from ..errors import ConfigError
 from ..safefiles import check_directory, open_append, open_fd
 from .files import check_files
@@ -22,7 +29,10 @@ from .metrics_dir import use_metrics_dir
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
+    CLUSTER_ERRORS,
     CLUSTER_NONE,
+    CLUSTER_UNSUPPORTED_CLOSED,
+    CLUSTER_UNSUPPORTED_OPEN,
     RELOAD_FAILED,
     RELOAD_OK,
     MasterStatus,
@@ -331,18 +341,30 @@ def _ports(master: MasterStatus) -> str:
     return ports
 
 
+_UNSUPPORTED = (f"Redis NOT SUPPORTED (older than {'.'.join(map(str, REDIS_MINIMUM))}, or "
+                f"will not tell its version; see the log) by")
+# A worker view that is not "reachable": what the status line says of it, and what the
+# node does meanwhile.
+_CLUSTER_TROUBLE = {
+    CLUSTER_DOWN_OPEN: ("Redis UNREACHABLE from", "serving on the local scoreboard"),
+    CLUSTER_DOWN_CLOSED: ("Redis UNREACHABLE from", "refusing new connections"),
+    CLUSTER_UNSUPPORTED_OPEN: (_UNSUPPORTED, "serving on the local scoreboard"),
+    CLUSTER_UNSUPPORTED_CLOSED: (_UNSUPPORTED, "refusing new connections"),
+    CLUSTER_ERRORS: ("Redis ANSWERING ERRORS (see the log) to",
+                     "those calls use the node's own figures; the others are shared"),
+}
+
+
 def _cluster_line(workers: list[WorkerStatus]) -> list[str]:
-    """``cluster: ...`` when [CLUSTER] redis_url is set: can the workers reach Redis?"""
-    views = {worker.cluster for worker in workers} - {CLUSTER_NONE}
-    if not views:
+    """``cluster: ...`` when [CLUSTER] redis_url is set: can the workers use Redis?"""
+    if not {worker.cluster for worker in workers} - {CLUSTER_NONE}:
         return []
-    down = sorted(str(w.index) for w in workers
-                  if w.cluster in (CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED))
-    if not down:
-        return ["cluster: Redis reachable; bans and connection counts shared"]
-    mode = ("refusing new connections" if CLUSTER_DOWN_CLOSED in views else
-            "serving on the local scoreboard")
-    return [f"cluster: Redis UNREACHABLE from worker(s) {', '.join(down)}: {mode}"]
+    lines = []
+    for view, (what, meanwhile) in _CLUSTER_TROUBLE.items():
+        workers_seeing = [str(w.index) for w in workers if w.cluster == view]
+        if workers_seeing:
+            lines.append(f"cluster: {what} worker(s) {', '.join(workers_seeing)}: {meanwhile}")
+    return lines or ["cluster: Redis reachable; bans and connection counts shared"]
 
 
 def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
@@ -391,12 +413,28 @@ def cmd_check(config: Config) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     try:
         resolve_masquerade(config)
+        cluster = _check_cluster(config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         return 2
     tls = f", FTPS with {config.network.tls.certfile}" if config.network.tls else ""
     print(f"{config.path}: OK, {len(config.accounts)} account(s){tls}")
+    if cluster:
+        print(cluster, file=sys.stderr if cluster.startswith("warning") else sys.stdout)
     return 0
+
+
+def _check_cluster(config: Config) -> Optional[str]:
+    """Ask the [CLUSTER] Redis its version, as a worker does when it starts (raises
+    ``ConfigError`` if it is too old); the line to print, if Redis is configured."""
+    if not config.cluster.redis_url:
+        return None
+    from .cluster import check_config  # redis-py is loaded only when it is needed
+
+    try:
+        return check_config(config.cluster)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, config.path, exc.section, exc.option) from exc
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "sessions": cmd_sessions,

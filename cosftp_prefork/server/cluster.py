@@ -4,55 +4,203 @@ client on every node and the per-address and logged-in limits hold for the whole
 
 Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
 
-* ``ban:<ip>`` — the ban, expiring with it; ``fail:<ip>`` — failed logins in the window;
+* ``ban:<ip>`` — the ban (a string, the time it ends), expiring with it; ``fail:<ip>`` —
+  failed logins in the window (a count, expiring at the end of the window);
 * ``conn:<node>`` — a hash of this node's connections per client address, and ``@in`` its
   logged-in sessions. Every worker rewrites it once a second from the node's own session
   table (``shared``) with a short expiry, so the counts of a node that dies vanish, and
   those of a dead worker are gone at the next rewrite;
 * ``nodes`` — node names scored by their last rewrite; admission sums the live ones.
 
-Redis unreachable: each call gives up after ``redis_timeout`` and the node stops asking
-for ``RETRY_SECONDS``; meanwhile it serves on its own scoreboard (``redis_down = open``)
-or refuses new connections (``closed``). Either is logged once per outage and shown by
-``cosftpctl status``.
+Every call is one Lua script run with ``EVALSHA`` (redis-py loads it again when Redis
+answers ``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``): one round trip, atomic, and
+only commands and arguments that every Redis since 2.6 accepts (no ``EXPIRE ... NX``, which
+Redis 6 refuses). The minimum is ``REDIS_MINIMUM`` (6.0, what Debian 11 and Ubuntu 22.04
+ship and the oldest the tests run as), checked with ``INFO server`` when a worker starts
+(below it, or ``INFO`` refused, the worker does not start: ``cosftpctl start`` fails and
+says why, a reload keeps the old workers) and whenever Redis answers again after an
+outage (below it: treated as unreachable, and said so).
+
+Three kinds of trouble, kept apart:
+
+* Redis unreachable (refused, closed, no answer within ``redis_timeout``): the call gives
+  up (one retry on a fresh connection if the one it had was broken, never on a timeout)
+  and the node stops asking for ``RETRY_SECONDS``; meanwhile it serves on its own
+  scoreboard (``redis_down = open``) or refuses new connections (``closed``). Logged once
+  per outage and shown by ``cosftpctl status``.
+* Redis answers with an error (out of memory, a read-only replica, an ACL refusal, a
+  script error): not an outage, whatever ``redis_down`` says. That call is answered from
+  this node's own figures, the next one asks again; logged (the first at once, then a
+  count a minute) and shown by ``status`` for a minute after the last one.
+* A key under ``cosftp:`` holding what this server does not write there (another type, a
+  count that is not a number, a ban without expiry): the scripts delete it, carry on, and
+  say which key class they repaired (``cosftp:fail:*``), never the key or its content.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from enum import Enum
+from typing import Any, Optional
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from ..config.settings import ClusterConfig
-from .scoreboard import address_key, address_text
+from ..config.settings import REDIS_MINIMUM, ClusterConfig
+from ..errors import ConfigError
+from .burst import BurstLog
+from .scoreboard import (
+    CLUSTER_DOWN_CLOSED,
+    CLUSTER_DOWN_OPEN,
+    CLUSTER_ERRORS,
+    CLUSTER_NONE,
+    CLUSTER_UNSUPPORTED_CLOSED,
+    CLUSTER_UNSUPPORTED_OPEN,
+    CLUSTER_UP,
+    address_key,
+    address_text,
+)
 
 log = logging.getLogger(__name__)
 
 PREFIX = "cosftp:"
 NODE_TTL = 10  # seconds a node's counts live without a rewrite
 RETRY_SECONDS = 5.0  # after a failed call, Redis is not asked again for this long
+ERROR_SECONDS = 60.0  # a reply error shows in status this long; repeats are logged this often
 LOGGED_IN_FIELD = "@in"
 UNAVAILABLE = "Service temporarily unavailable (shared state unreachable); try again later."
 
-# One round trip per admission: is the address banned, and how many connections of it and
-# logged-in sessions do the other live nodes hold.
-_ELSEWHERE = """
-local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
-local per_ip, logged_in = 0, 0
-for _, node in ipairs(nodes) do
-  if node ~= ARGV[2] then
-    local counts = redis.call('HMGET', ARGV[4] .. 'conn:' .. node, ARGV[3], ARGV[5])
-    per_ip = per_ip + (tonumber(counts[1]) or 0)
-    logged_in = logged_in + (tonumber(counts[2]) or 0)
+# Helpers every script starts with. A count is an integer of at most 15 digits (what
+# INCR/HINCRBY accept without overflow); a ban is a string with an expiry: anything else
+# under a ban's name is not ours and is deleted.
+_LIBRARY = """
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local function integer(value)
+  if value and #value < 16 and string.match(value, '^%-?%d+$') then
+    return tonumber(value)
   end
 end
-return {redis.call('EXISTS', ARGV[4] .. 'ban:' .. ARGV[3]), per_ip, logged_in}
+local function ban_of(key)
+  local found = kind(key)
+  if found == 'none' then return 0, false end
+  if found == 'string' and redis.call('PTTL', key) > 0 then return 1, false end
+  redis.call('DEL', key)
+  return 0, true
+end
 """
+
+# Admission: is the address banned, and how many connections of it and logged-in sessions
+# do the other live nodes hold. KEYS: nodes, the ban; ARGV: live since, this node, the
+# address, the prefix of the nodes' hashes, the logged-in field.
+_ADMIT = """
+local banned, repaired = ban_of(KEYS[2])
+local per_ip, logged_in = 0, 0
+if kind(KEYS[1]) == 'zset' then
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+    local key = ARGV[4] .. node
+    if node ~= ARGV[2] and kind(key) == 'hash' then
+      local counts = redis.call('HMGET', key, ARGV[3], ARGV[5])
+      per_ip = per_ip + math.max(0, integer(counts[1]) or 0)
+      logged_in = logged_in + math.max(0, integer(counts[2]) or 0)
+    end
+  end
+end
+return {{banned, per_ip, logged_in}, repaired and {'ban:*'} or {}}
+"""
+
+# Which of the bans KEYS exist.
+_BANS = """
+local found, repaired = {}, {}
+for i, key in ipairs(KEYS) do
+  local banned, bad = ban_of(key)
+  found[i] = banned
+  if bad then repaired = {'ban:*'} end
+end
+return {found, repaired}
+"""
+
+# A failed login: count it in the window that began with the first (INCR, then EXPIRE
+# only if the count has none: what EXPIRE ... NX does on Redis 7); at the limit, ban.
+# KEYS: the failures, the ban; ARGV: limit, window, ban seconds, when the ban ends.
+_FAIL = """
+local repaired = {}
+local found = kind(KEYS[1])
+if found ~= 'none' then
+  local failures = found == 'string' and integer(redis.call('GET', KEYS[1]))
+  if not failures or failures < 0 then
+    redis.call('DEL', KEYS[1])
+    repaired = {'fail:*'}
+  end
+end
+local failures = redis.call('INCR', KEYS[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if failures < tonumber(ARGV[1]) then return {0, repaired} end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
+redis.call('DEL', KEYS[1])
+return {1, repaired}
+"""
+
+# This node gained or lost connections. KEYS: its hash; ARGV: expiry, then field, change.
+_COUNTED = """
+local repaired = {}
+local found = kind(KEYS[1])
+if found ~= 'none' and found ~= 'hash' then
+  redis.call('DEL', KEYS[1])
+  repaired = {'conn:*'}
+end
+for i = 2, #ARGV, 2 do
+  local count = redis.call('HGET', KEYS[1], ARGV[i])
+  if count and not integer(count) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    repaired = {'conn:*'}
+  end
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {0, repaired}
+"""
+
+# The heartbeat: rewrite this node's hash whole and mark it alive. KEYS: its hash, nodes;
+# ARGV: node, now, expiry, forget nodes silent since, then field, count pairs.
+_HEARTBEAT = """
+local repaired = {}
+local found = kind(KEYS[1])
+if found ~= 'none' and found ~= 'hash' then repaired = {'conn:*'} end
+found = kind(KEYS[2])
+if found ~= 'none' and found ~= 'zset' then
+  redis.call('DEL', KEYS[2])
+  table.insert(repaired, 'nodes')
+end
+redis.call('DEL', KEYS[1])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
+return {0, repaired}
+"""
+
+
+class Link(Enum):
+    """What this worker knows of Redis."""
+
+    UNCHECKED = "not asked yet"  # until the version check at worker start
+    UP = "reachable"
+    DOWN = "unreachable"  # not asked again before the retry time
+    UNSUPPORTED = "unsupported"  # answers, but too old (or will not say): as DOWN
+
+
+_MOVES = {
+    Link.UNCHECKED: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
+    Link.UP: {Link.DOWN},
+    Link.DOWN: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
+    Link.UNSUPPORTED: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
+}
 
 
 @dataclass(frozen=True)
@@ -69,110 +217,232 @@ def client_key(ip: str) -> str:
     return address_text(address_key(ip))
 
 
+def public_url(url: str) -> str:
+    """The URL without its password, for the log."""
+    return url.split("@")[-1]
+
+
+def connect(config: ClusterConfig) -> redis.Redis:
+    """A client whose every call gives up after ``redis_timeout``: one retry on a fresh
+    connection if the one it had broke (Redis restarted under it), none after a timeout, no
+    back-off. Said here rather than left to redis-py, whose defaults differ between its
+    versions and constructors (``redis.Redis()`` of 6.x and later retries ten times with
+    back-off: a slow Redis would hold each call ~5 s)."""
+    return redis.Redis.from_url(
+        config.redis_url, socket_timeout=config.redis_timeout,
+        socket_connect_timeout=config.redis_timeout, decode_responses=True,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+
+
+def server_version(client: redis.Redis, url: str) -> str:
+    """Redis's version (``INFO server``). Raises ``ConfigError`` if it is older than
+    ``REDIS_MINIMUM`` or Redis will not say; redis-py's ConnectionError or TimeoutError if
+    it cannot be reached."""
+    minimum = ".".join(map(str, REDIS_MINIMUM))
+    where = f"Redis at {public_url(url)}"
+    try:
+        version = str(client.info("server").get("redis_version", ""))
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise
+    except redis.RedisError as exc:
+        raise ConfigError(f"{where} will not tell its version ({describe(exc)}); this "
+                          f"server needs INFO to check it is {minimum} or newer",
+                          section="CLUSTER", option="redis_url") from exc
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None or tuple(map(int, found.groups())) < REDIS_MINIMUM:
+        raise ConfigError(f"{where} is version {version or 'unknown'}; this server needs "
+                          f"Redis {minimum} or newer (bans and connection counts would not "
+                          f"be shared)", section="CLUSTER", option="redis_url")
+    return version
+
+
+def describe(exc: Exception) -> str:
+    """An error for the log: its class and the start of its message."""
+    return f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
 class ClusterState:
-    """This node's view of the shared state; every method is safe from any thread and
-    returns None (or False) while Redis is unreachable."""
+    """This node's view of the shared state. Every public method is safe from any thread;
+    while Redis is unreachable (or unsupported) each returns None (or False, or nothing)
+    without asking it."""
 
     def __init__(self, config: ClusterConfig) -> None:
         self.node, self.fail_closed = config.node_id, config.redis_down == "closed"
-        self._redis = redis.Redis.from_url(
-            config.redis_url, socket_timeout=config.redis_timeout,
-            socket_connect_timeout=config.redis_timeout, decode_responses=True)
-        self._elsewhere = self._redis.register_script(_ELSEWHERE)
+        self._redis = connect(config)
+        self._scripts = {name: self._redis.register_script(_LIBRARY + body) for name, body in
+                         (("admit", _ADMIT), ("bans", _BANS), ("fail", _FAIL),
+                          ("counted", _COUNTED), ("heartbeat", _HEARTBEAT))}
+        self._url = public_url(config.redis_url)
         self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._down_logged = False
-        self._url = config.redis_url.split("@")[-1]  # no password in the log
+        self._link = Link.UNCHECKED
+        self._retry_at = 0.0  # time.monotonic() from which a DOWN or UNSUPPORTED link is tried
+        self._errors_until = 0.0  # status reports reply errors until then
+        self._errors = BurstLog(log, ERROR_SECONDS, level=logging.ERROR)
+        self._repairs = BurstLog(log, ERROR_SECONDS)
 
-    @property
-    def reachable(self) -> bool:
-        """False from a failed call until one succeeds."""
-        return not self._down_logged
+    def verify(self) -> None:
+        """At worker start: raise ``ConfigError`` if Redis answers but cannot be used. An
+        unreachable Redis is an outage (logged, asked again later), as ``redis_down``
+        says."""
+        problem = self._check()
+        if problem is not None:
+            raise problem
 
-    def _call(self, what: str, function, *args):
-        if time.monotonic() < self._down_until:
-            return None
+    def view(self) -> int:
+        """``scoreboard.CLUSTER_*``: this worker's view, for ``cosftpctl status``."""
+        with self._lock:
+            link, errors = self._link, time.monotonic() < self._errors_until
+        if link is Link.DOWN:
+            return CLUSTER_DOWN_CLOSED if self.fail_closed else CLUSTER_DOWN_OPEN
+        if link is Link.UNSUPPORTED:
+            return CLUSTER_UNSUPPORTED_CLOSED if self.fail_closed else CLUSTER_UNSUPPORTED_OPEN
+        if link is Link.UNCHECKED:
+            return CLUSTER_NONE
+        return CLUSTER_ERRORS if errors else CLUSTER_UP
+
+    def _move(self, to: Link) -> Link:
+        """Go to ``to`` (caller holds ``_lock``); return the state left."""
+        was = self._link
+        if to not in _MOVES[was]:
+            raise RuntimeError(f"cluster link cannot go from {was.value} to {to.value}")
+        self._link = to
+        if to is not Link.UP:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+        return was
+
+    def _check(self) -> Optional[ConfigError]:
+        """Ask Redis its version and move to UP, UNSUPPORTED (returned) or DOWN."""
         try:
-            result = function(*args)
-        except redis.RedisError as exc:
-            self._went_down(what, exc)
+            version = server_version(self._redis, self._url)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._went_down("version check", exc)
             return None
-        if self._down_logged:
+        except ConfigError as exc:
             with self._lock:
-                self._down_logged = False
-            log.warning("cluster: Redis at %s reachable again; bans and connection counts "
-                        "are shared again", self._url)
-        return result
+                was = self._move(Link.UNSUPPORTED)
+            if was not in (Link.UNCHECKED, Link.UNSUPPORTED):  # at start, the worker says it
+                log.error("cluster: %s; %s", exc.problem, self._mode())
+            return exc
+        with self._lock:
+            was = self._move(Link.UP)
+        if was is Link.UNCHECKED:
+            log.info("cluster: Redis %s at %s; bans and connection counts shared", version,
+                     self._url)
+        else:
+            log.warning("cluster: Redis %s at %s reachable again; bans and connection "
+                        "counts are shared again", version, self._url)
+        return None
+
+    def _usable(self) -> bool:
+        """True if Redis may be asked now: up, or due for another try and found fit (one
+        thread tries; the others go on without Redis until it has)."""
+        with self._lock:
+            if self._link is Link.UP:
+                return True
+            if time.monotonic() < self._retry_at:
+                return False
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+        self._check()
+        with self._lock:
+            return self._link is Link.UP
+
+    def _mode(self) -> str:
+        return ("refusing new connections (redis_down = closed)" if self.fail_closed else
+                "serving on this node's own scoreboard (redis_down = open)")
 
     def _went_down(self, what: str, exc: Exception) -> None:
         with self._lock:
-            self._down_until = time.monotonic() + RETRY_SECONDS
-            first, self._down_logged = not self._down_logged, True
-        if first:
-            mode = ("refusing new connections (redis_down = closed)" if self.fail_closed else
-                    "serving on this node's own scoreboard (redis_down = open)")
-            log.error("cluster: Redis at %s unreachable (%s: %s); %s", self._url, what, exc,
-                      mode)
+            was = self._move(Link.DOWN)
+        if was is not Link.DOWN:
+            log.error("cluster: Redis at %s unreachable (%s: %s); %s", self._url, what,
+                      describe(exc), self._mode())
+
+    def _run(self, what: str, script: str, keys: list, args: list, failed: Any = None):
+        """Run one of the scripts; return its answer, None if Redis is unreachable, or
+        ``failed`` if Redis answered with an error (logged, shown by status)."""
+        if not self._usable():
+            return None
+        try:
+            answer, repaired = self._scripts[script](keys, args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._went_down(what, exc)
+            return None
+        except redis.RedisError as exc:
+            with self._lock:
+                self._errors_until = time.monotonic() + ERROR_SECONDS
+            self._errors.note("cluster", f"Redis at {self._url} answered the {what} with an "
+                              f"error ({describe(exc)}); this node went on with its own "
+                              f"figures for it")
+            return failed
+        for key_class in repaired:
+            self._repairs.note("cluster", f"{PREFIX}{key_class} held what this server does "
+                               f"not write there (another type, a bad count, a ban without "
+                               f"expiry); deleted and written anew")
+        return answer
 
     def elsewhere(self, ip: str) -> Optional[Elsewhere]:
         """The other live nodes' figures for ``ip``, or None if Redis is unreachable."""
-        since = time.time() - NODE_TTL
-        found = self._call("admission", self._elsewhere, [PREFIX + "nodes"],
-                           [since, self.node, client_key(ip), PREFIX, LOGGED_IN_FIELD])
+        found = self._run("admission", "admit", [PREFIX + "nodes", _ban(ip)],
+                          [time.time() - NODE_TTL, self.node, client_key(ip),
+                           PREFIX + "conn:", LOGGED_IN_FIELD], failed=[0, 0, 0])
         return None if found is None else Elsewhere(bool(found[0]), int(found[1]),
                                                       int(found[2]))
 
     def is_banned(self, ip: str) -> bool:
-        return bool(self._call("ban check", self._redis.exists, PREFIX + "ban:" + client_key(ip)))
+        return bool(self.banned({ip}))
 
     def banned(self, ips: set[str]) -> set[str]:
         """Those of ``ips`` serving a ban (none while Redis is unreachable)."""
         wanted = sorted(ips)
-        found = self._call("ban check", self._redis.mget,
-                           [PREFIX + "ban:" + client_key(ip) for ip in wanted])
-        return {ip for ip, until in zip(wanted, found or ()) if until is not None}
+        found = self._run("ban check", "bans", [_ban(ip) for ip in wanted], [])
+        return {ip for ip, banned in zip(wanted, found or ()) if banned}
 
     def record_failure(self, ip: str, limit: int, window: int, ban: int) -> bool:
         """Count a failed login from ``ip`` cluster-wide; True if that earns it a ban."""
         key = client_key(ip)
-
-        def count() -> bool:
-            pipe = self._redis.pipeline()
-            pipe.incr(PREFIX + "fail:" + key)
-            pipe.expire(PREFIX + "fail:" + key, window, nx=True)
-            failures = pipe.execute()[0]
-            if failures < limit:
-                return False
-            self._redis.set(PREFIX + "ban:" + key, int(time.time()) + ban, ex=ban)
-            self._redis.delete(PREFIX + "fail:" + key)
-            return True
-        return bool(self._call("failed login", count))
+        return bool(self._run("failed-login count", "fail", [PREFIX + "fail:" + key, _ban(ip)],
+                              [limit, window, ban, int(time.time()) + ban]))
 
     def counted(self, ip: str, connections: int, logged_in: int = 0) -> None:
         """This node gained (or lost, negative) connections of ``ip`` and logged-in
         sessions: tell the others now rather than at the next rewrite."""
-        def add() -> None:
-            pipe = self._redis.pipeline(transaction=False)
-            hash_key = PREFIX + "conn:" + self.node
-            pipe.hincrby(hash_key, client_key(ip), connections)
-            if logged_in:
-                pipe.hincrby(hash_key, LOGGED_IN_FIELD, logged_in)
-            pipe.execute()
-        self._call("connection count", add)
+        changes = [client_key(ip), connections]
+        if logged_in:
+            changes += [LOGGED_IN_FIELD, logged_in]
+        self._run("connection count", "counted", [PREFIX + "conn:" + self.node],
+                  [NODE_TTL, *changes])
 
     def publish(self, per_ip: Counter, logged_in: int) -> None:
-        """Rewrite this node's counts (from its session table) and mark it alive."""
-        def rewrite() -> None:
-            hash_key = PREFIX + "conn:" + self.node
-            pipe = self._redis.pipeline()
-            pipe.delete(hash_key)
-            pipe.hset(hash_key, mapping={LOGGED_IN_FIELD: logged_in,
-                                         **{client_key(ip): n for ip, n in per_ip.items()}})
-            pipe.expire(hash_key, NODE_TTL)
-            pipe.zadd(PREFIX + "nodes", {self.node: time.time()})
-            pipe.zremrangebyscore(PREFIX + "nodes", 0, time.time() - 10 * NODE_TTL)
-            pipe.execute()
-        self._call("heartbeat", rewrite)
+        """Rewrite this node's counts (from its session table) and mark it alive; log the
+        counts of repeated errors. Runs from the worker's tick."""
+        now = time.time()
+        counts = [LOGGED_IN_FIELD, logged_in]
+        for ip, n in per_ip.items():
+            counts += [client_key(ip), n]
+        self._run("heartbeat", "heartbeat", [PREFIX + "conn:" + self.node, PREFIX + "nodes"],
+                  [self.node, now, NODE_TTL, now - 10 * NODE_TTL, *counts])
+        self._errors.flush()
+        self._repairs.flush()
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _ban(ip: str) -> str:
+    return PREFIX + "ban:" + client_key(ip)
+
+
+def check_config(config: ClusterConfig) -> str:
+    """For ``cosftpctl check``: what Redis says of itself. Raises ``ConfigError`` if it
+    answers but cannot be used; reports (does not raise) if it is unreachable."""
+    client = connect(config)
+    try:
+        version = server_version(client, config.redis_url)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        return (f"warning: [CLUSTER] Redis at {public_url(config.redis_url)} unreachable "
+                f"({describe(exc)}): its version is checked when it answers; until then "
+                f"the node runs as redis_down = {config.redis_down} says")
+    finally:
+        client.close()
+    return f"cluster: Redis {version} at {public_url(config.redis_url)}"
+

@@ -30,10 +30,7 @@ from ..config.settings import ServerConfig
 from .burst import BurstLog
 from .cluster import UNAVAILABLE, ClusterState
 from .scoreboard import (
-    CLUSTER_DOWN_CLOSED,
-    CLUSTER_DOWN_OPEN,
     CLUSTER_NONE,
-    CLUSTER_UP,
     TOO_MANY,
     TOO_MANY_LOGGED_IN,
     TOO_MANY_PER_IP,
@@ -180,11 +177,7 @@ class Gate:
 
     def cluster_status(self) -> int:
         """``shared.CLUSTER_*``: how this worker reaches the cluster's Redis now."""
-        if self.cluster is None:
-            return CLUSTER_NONE
-        if self.cluster.reachable:
-            return CLUSTER_UP
-        return CLUSTER_DOWN_CLOSED if self.cluster.fail_closed else CLUSTER_DOWN_OPEN
+        return CLUSTER_NONE if self.cluster is None else self.cluster.view()
 
     def log_in(self, ticket: Ticket) -> Optional[str]:
         """Called on a correct password: return None if the session may go on, else why not

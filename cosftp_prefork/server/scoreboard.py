@@ -90,9 +90,12 @@ STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
 _STATE_AT = struct.calcsize("<iiI")  # a slot's state follows its pid, index and generation
 _SESSIONS_COUNT_AT = struct.calcsize("<iiIIdd")  # then started and heartbeat, then sessions
 RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
-# A worker's view of [CLUSTER] redis_url: none configured, reachable, unreachable and
-# serving on the local scoreboard, unreachable and refusing new connections.
+# A worker's view of [CLUSTER] redis_url: none configured (or not asked yet), reachable,
+# unreachable and serving on the local scoreboard, unreachable and refusing new connections,
+# reachable but answering errors lately, too old (or its version unreadable) and serving on
+# the local scoreboard or refusing new connections.
 CLUSTER_NONE, CLUSTER_UP, CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED = 0, 1, 2, 3
+CLUSTER_ERRORS, CLUSTER_UNSUPPORTED_OPEN, CLUSTER_UNSUPPORTED_CLOSED = 4, 5, 6
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,8 @@ class Worker:
         self._set_title(stats.publish())
         try:
             masquerade = resolve_masquerade(self.config)
+            if stats.gate.cluster is not None:
+                stats.gate.cluster.verify()  # a Redis too old to share state with: no start
         except ConfigError as exc:
             log.error("worker %d cannot start: %s", self.index, exc)
             return EXIT_BOOT_FAILURE

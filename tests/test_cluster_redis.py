@@ -1,0 +1,369 @@
+"""The cluster's shared state on every Redis it supports (6.0 and newer) and through what
+Redis does to it: nodes on a real ``redis-server`` (7.x here) seen through
+``tests/redis6.py``, which answers as Redis 6.0.16 does (Debian 11, Ubuntu 22.04); a Redis
+that is restarted, slow, older than supported, or holds garbage in our keys. Clients
+connect straight to the nodes, each from an address of its own (127.0.0.x)."""
+
+from __future__ import annotations
+
+import ftplib
+import threading
+
+import pytest
+import redis
+
+from .redis6 import Redis6Proxy
+from .server_proc import free_port, wait_until
+from .test_cluster import ACCOUNT, Daemon, LoneNode, start_redis
+
+BANS = {"max_login_failures": "2", "ban_time": "600"}
+LOGIN_ERRORS = (ftplib.error_perm, ftplib.error_temp, ConnectionResetError, EOFError)
+
+
+class RedisUnderTest:
+    """A real redis-server, the Redis 6 proxy in front of it, and the test's own client
+    straight to the server (to see and plant what the nodes find)."""
+
+    def __init__(self, tmp_path, version: str = "6.0.16") -> None:
+        self.tmp_path, self.port, self.runs = tmp_path, free_port(), 0
+        self.server = self._start()
+        self.proxy = Redis6Proxy(self.port, version)
+        self.direct = redis.Redis(port=self.port, decode_responses=True)
+
+    def _start(self) -> Daemon:
+        self.runs += 1  # each run logs to a file of its own: readiness is read from it
+        run_dir = self.tmp_path / f"run-{self.runs}"
+        run_dir.mkdir()
+        return start_redis(run_dir, self.port)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: every key and script is gone."""
+        self.server.stop()
+        self.server = self._start()
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.direct.close()
+        self.server.stop()
+
+
+def as_redis_6(proxy: Redis6Proxy) -> None:
+    """The fake refuses what Redis 6.0 refuses (else the tests below prove nothing)."""
+    client = redis.Redis(port=proxy.port, decode_responses=True)
+    try:
+        assert client.info("server")["redis_version"] == proxy.version
+        with pytest.raises(redis.ResponseError, match="wrong number of arguments for 'expire'"):
+            client.expire("cosftp:probe", 10, nx=True)
+        pipe = client.pipeline()
+        pipe.incr("cosftp:probe")
+        pipe.expire("cosftp:probe", 10, nx=True)
+        with pytest.raises(redis.ResponseError):
+            pipe.execute()
+        with pytest.raises(redis.ResponseError, match="syntax error"):
+            client.set("cosftp:probe", "1", nx=True, get=True)
+        with pytest.raises(redis.ResponseError, match="Wrong number of args"):
+            client.eval("return redis.call('EXPIRE', KEYS[1], 10, 'NX')", 1, "cosftp:probe")
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def redis6(tmp_path_factory):
+    server = RedisUnderTest(tmp_path_factory.mktemp("redis6"))
+    try:
+        as_redis_6(server.proxy)
+        yield server
+    finally:
+        server.stop()
+
+
+def node(emulator, tmp, name: str, redis_port: int, redis_down: str = "open",
+         redis_timeout: int = LoneNode.redis_timeout, **optional: str) -> LoneNode:
+    proc = LoneNode(str(tmp / name), emulator.port, [ACCOUNT], optional=optional)
+    proc.redis_port, proc.name = redis_port, name
+    proc.redis_down, proc.redis_timeout = redis_down, redis_timeout
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pair(emulator, redis6, tmp_path_factory):
+    """Two nodes sharing the Redis 6, two failed logins earning a ban."""
+    tmp = tmp_path_factory.mktemp("pair")
+    nodes = {}
+    try:
+        for name in ("a", "b"):
+            nodes[name] = node(emulator, tmp, name, redis6.proxy.port, **BANS).start()
+        yield nodes
+    finally:
+        for proc in nodes.values():
+            proc.stop()
+
+
+def connect(proc: LoneNode, client: str) -> ftplib.FTP:
+    """A session from ``client``; a refusal at connect raises ``error_temp`` (421)."""
+    ftp = ftplib.FTP(encoding="utf-8", source_address=(client, 0), timeout=30)
+    ftp.connect(proc.host, proc.port)
+    return ftp
+
+
+def logs_in(proc: LoneNode, client: str) -> str:
+    """Log in from ``client`` and out; the reply to PASS (or the refusal)."""
+    try:
+        ftp = connect(proc, client)
+        reply = ftp.login(ACCOUNT.user, ACCOUNT.password)
+        ftp.quit()
+        return reply
+    except ftplib.Error as exc:
+        return str(exc)
+
+
+def earn_ban(proc: LoneNode, client: str, failures: int = 2) -> None:
+    for _ in range(failures):
+        ftp = connect(proc, client)
+        # The failure that earns the ban may see the session closed (421, or a reset)
+        # before its delayed 530.
+        with pytest.raises(LOGIN_ERRORS):
+            ftp.login(ACCOUNT.user, "wrong")
+        ftp.close()
+
+
+def refused_as_banned(proc: LoneNode, client: str) -> bool:
+    try:
+        connect(proc, client).close()
+    except ftplib.error_temp as exc:
+        return "failed logins" in str(exc)
+    return False
+
+
+def status(proc: LoneNode) -> str:
+    return proc.ctl("status").stdout
+
+
+def nothing_crashed(proc: LoneNode) -> None:
+    log = proc.log_text()
+    assert "Traceback" not in log and "exited unexpectedly" not in log
+
+
+def test_a_ban_earned_through_one_node_is_enforced_by_the_other_on_redis_6(pair):
+    """Found: the failed login's EXPIRE ... NX failed the whole MULTI on Redis 6, the worker
+    took it for an outage, and no cluster ban was ever made."""
+    a, b = pair["a"], pair["b"]
+    waiting = connect(b, "127.0.0.61")  # connected to b before the ban, not logged in
+    earn_ban(a, "127.0.0.61")
+    assert refused_as_banned(b, "127.0.0.61")
+    assert waiting.getline().startswith("421")  # b's tick closed it: no more guessing
+    waiting.close()
+    assert logs_in(b, "127.0.0.62").startswith("230")
+    for proc in (a, b):
+        assert "Redis reachable" in status(proc)
+        assert "unreachable" not in proc.log_text()
+        nothing_crashed(proc)
+
+
+def test_wrong_passwords_do_not_refuse_legitimate_logins_with_redis_down_closed(
+        emulator, redis6, tmp_path):
+    """The issue's measurement: one wrong password a second from an attacker with no account
+    made 99 of 112 legitimate logins answer 421 (each failure read as an outage, and
+    redis_down = closed refused everyone for 5 s). Now: no legitimate login is refused, and
+    the failures are counted in Redis."""
+    attackers = [f"127.0.0.{100 + i}" for i in range(12)]  # one address per guess: no ban
+    attacked = threading.Event()
+    with node(emulator, tmp_path, "closed", redis6.proxy.port, "closed") as proc:
+        def guess(addresses: list[str]) -> None:
+            for address in addresses:
+                try:
+                    connect(proc, address).login("mallory", "guess")
+                except (*LOGIN_ERRORS, OSError):
+                    pass
+
+        def attack() -> None:  # three guessers, each waiting for its 530: ~1 guess a second
+            guessers = [threading.Thread(target=guess, args=(attackers[i::3],))
+                        for i in range(3)]
+            for thread in guessers:
+                thread.start()
+            for thread in guessers:
+                thread.join()
+            attacked.set()
+        attacker = threading.Thread(target=attack)
+        attacker.start()
+        replies = []
+        while not attacked.is_set() or len(replies) < 10:
+            replies.append(logs_in(proc, "127.0.0.21"))
+        attacker.join()
+        refused = [reply for reply in replies if not reply.startswith("230")]
+        assert not refused, f"{len(refused)} of {len(replies)} logins refused: {refused[:3]}"
+        counted = [ip for ip in attackers if redis6.direct.get(f"cosftp:fail:{ip}") == "1"]
+        assert len(counted) == len(attackers)
+        assert "Redis reachable" in status(proc)
+        nothing_crashed(proc)
+
+
+def test_garbage_in_our_keys_is_replaced_and_sharing_goes_on(pair, redis6):
+    """Keys under cosftp: of another type or holding no count: logins go on, the key is
+    deleted and written anew (the log names its class), bans are shared."""
+    a, b = pair["a"], pair["b"]
+    direct = redis6.direct
+    direct.delete("cosftp:nodes", "cosftp:conn:node-a")
+    direct.set("cosftp:nodes", "not a sorted set")
+    direct.rpush("cosftp:conn:node-a", "not a hash")
+    direct.hset("cosftp:fail:127.0.0.63", "not", "a count")
+    direct.sadd("cosftp:ban:127.0.0.63", "not a ban")
+    direct.set("cosftp:ban:127.0.0.64", "a ban without expiry")
+    direct.set("cosftp:fail:127.0.0.65", "many")
+    assert logs_in(b, "127.0.0.64").startswith("230")  # no ban: the key was not ours
+    earn_ban(a, "127.0.0.63")
+    assert refused_as_banned(b, "127.0.0.63")
+    earn_ban(b, "127.0.0.65")
+    assert refused_as_banned(a, "127.0.0.65")
+    wait_until(lambda: direct.type("cosftp:nodes") == "zset", what="the nodes rewritten")
+    for proc in (a, b):
+        wait_until(lambda proc=proc: "Redis reachable" in status(proc), what="status")
+        assert "unreachable" not in proc.log_text()
+        nothing_crashed(proc)
+    log = a.log_text() + b.log_text()
+    for key_class in ("cosftp:nodes", "cosftp:conn:*", "cosftp:fail:*", "cosftp:ban:*"):
+        assert f"{key_class} held what this server does not write there" in log
+    assert "cosftp:ban:127.0.0.64" not in log and "not a hash" not in log
+
+
+def test_redis_restarted_mid_session(pair, redis6):
+    """Scripts flushed (NOSCRIPT), then Redis restarted (keys and scripts gone): sessions
+    go on, bans are made and shared again, status says reachable."""
+    a, b = pair["a"], pair["b"]
+    session = connect(a, "127.0.0.66")
+    session.login(ACCOUNT.user, ACCOUNT.password)
+    redis6.direct.script_flush()
+    earn_ban(a, "127.0.0.67")
+    assert refused_as_banned(b, "127.0.0.67")
+    redis6.restart()
+    assert redis6.direct.dbsize() == 0
+    assert session.pwd() == "/"
+    for proc in (a, b):
+        wait_until(lambda proc=proc: logs_in(proc, "127.0.0.68").startswith("230") and
+                   "Redis reachable" in status(proc), timeout=30, what="Redis back")
+    earn_ban(b, "127.0.0.69")
+    assert refused_as_banned(a, "127.0.0.69")
+    assert session.pwd() == "/"
+    session.quit()
+    for proc in (a, b):
+        nothing_crashed(proc)
+
+
+def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, redis6,
+                                                                     tmp_path):
+    """Redis answering each command after 1 s: with redis_timeout = 200 ms every call gives
+    up once (found: redis-py's default retried each ten times, with back-off) and the node
+    serves on its own (redis_down = open), saying so; with 5000 ms it is slow, not down:
+    failures are counted and bans shared, and status says reachable."""
+    strict_proxy, patient_proxy = Redis6Proxy(redis6.port), Redis6Proxy(redis6.port)
+    strict = node(emulator, tmp_path, "strict", strict_proxy.port, redis_timeout=200)
+    patient = node(emulator, tmp_path, "patient", patient_proxy.port, redis_timeout=5000,
+                   worker_processes="1", **BANS)
+    try:
+        strict.start()  # Redis fast: each worker connects, then it turns slow
+        wait_until(lambda: "Redis reachable" in status(strict), what="status")
+        strict_proxy.delay, strict_proxy.commands = 1.0, 0
+        assert logs_in(strict, "127.0.0.71").startswith("230")  # served on its own
+        wait_until(lambda: strict.log_text().count("unreachable") >= 2,
+                   what="both workers to give up on Redis")
+        # One command per call (two calls of a worker at most at once), then none for 5 s:
+        # no retry after a timeout (redis-py's Redis() of 6.x+ retries ten times, 5.6 s).
+        assert strict_proxy.commands <= 2 * 2
+        assert "Timeout" in strict.log_text()
+        wait_until(lambda: "Redis UNREACHABLE" in status(strict), what="status")
+        strict_proxy.delay = 0.0
+        wait_until(lambda: "Redis reachable" in status(strict), timeout=30,
+                   what="the strict node to find Redis back")
+        patient.start()  # then Redis turns slow: 1 s a command, under its 5 s
+        patient_proxy.delay = 1.0
+        assert logs_in(patient, "127.0.0.72").startswith("230")
+        earn_ban(patient, "127.0.0.73")
+        assert redis6.direct.pttl("cosftp:ban:127.0.0.73") > 0
+        assert refused_as_banned(strict, "127.0.0.73")
+        assert "Redis reachable" in status(patient)
+        assert "unreachable" not in patient.log_text()
+        for proc in (strict, patient):
+            nothing_crashed(proc)
+    finally:
+        strict.stop()
+        patient.stop()
+        strict_proxy.stop()
+        patient_proxy.stop()
+
+
+def test_a_redis_older_than_6_is_refused_by_check_and_start(emulator, redis6, tmp_path):
+    old = Redis6Proxy(redis6.port, version="5.0.14")
+    try:
+        proc = node(emulator, tmp_path, "old", old.port)
+        proc.write_config()
+        checked = proc.ctl("check")
+        assert checked.returncode == 2
+        assert "is version 5.0.14; this server needs Redis 6.0 or newer" in checked.stderr
+        started = proc.ctl("start")
+        assert started.returncode == 1
+        assert "is version 5.0.14; this server needs Redis 6.0 or newer" in started.stderr
+        assert proc.ctl("status").returncode != 0  # nothing left running
+        current = Redis6Proxy(redis6.port, version="7.0.15")
+        try:
+            fine = node(emulator, tmp_path, "fine", current.port)
+            fine.write_config()
+            checked = fine.ctl("check")
+            assert checked.returncode == 0, checked.stderr
+            assert "cluster: Redis 7.0.15 at" in checked.stdout
+        finally:
+            current.stop()
+    finally:
+        proc.ensure_stopped(proc.daemon_pid())
+        old.stop()
+
+
+def test_a_redis_found_too_old_after_start_is_not_used_and_status_says_so(emulator,
+                                                                          tmp_path):
+    """Redis down when the node starts (redis_down = closed: it refuses), then up but
+    5.0: still refused, with status and log saying why; 6.0 then: served."""
+    port = free_port()
+    proxy = Redis6Proxy(port, version="5.0.14")
+    server = None
+    try:
+        with node(emulator, tmp_path, "late", proxy.port, "closed") as proc:
+            wait_until(lambda: "Redis UNREACHABLE" in status(proc), what="the outage")
+            server = start_redis(tmp_path, port)
+            wait_until(lambda: "Redis NOT SUPPORTED" in status(proc), timeout=30,
+                       what="the old version in status")
+            assert "refusing new connections" in status(proc)
+            assert "is version 5.0.14; this server needs Redis 6.0 or newer" in \
+                proc.log_text()
+            assert "shared state unreachable" in logs_in(proc, "127.0.0.74")
+            proxy.version = "6.0.16"
+            wait_until(lambda: "Redis reachable" in status(proc), timeout=30,
+                       what="both workers to use Redis 6.0")
+            assert logs_in(proc, "127.0.0.74").startswith("230")
+            nothing_crashed(proc)
+    finally:
+        proxy.stop()
+        if server is not None:
+            server.stop()
+
+
+def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path):
+    """Redis out of memory (maxmemory reached, noeviction) refuses every write with OOM: not
+    an outage, even with redis_down = closed. Logins are served on the node's own figures
+    (its own ban still holds), log and status say Redis answers errors; with memory again,
+    bans are shared again."""
+    with node(emulator, tmp_path, "oom", redis6.proxy.port, "closed", **BANS) as proc:
+        redis6.direct.config_set("maxmemory-policy", "noeviction")
+        redis6.direct.config_set("maxmemory", "1")
+        try:
+            assert logs_in(proc, "127.0.0.75").startswith("230")  # its count was refused
+            wait_until(lambda: "Redis ANSWERING ERRORS" in status(proc), what="status")
+            earn_ban(proc, "127.0.0.76")
+            assert refused_as_banned(proc, "127.0.0.76")  # this node's own ban
+            assert not redis6.direct.exists("cosftp:ban:127.0.0.76")
+        finally:
+            redis6.direct.config_set("maxmemory", "0")
+        log = proc.log_text()
+        assert "answered the failed-login count with an error (OutOfMemoryError" in log
+        assert "unreachable" not in log
+        earn_ban(proc, "127.0.0.77")  # (status says ERRORS for a minute after the last)
+        assert redis6.direct.pttl("cosftp:ban:127.0.0.77") > 0
+        nothing_crashed(proc)
