@@ -251,12 +251,12 @@ def test_redis_restarted_mid_session(pair, redis6):
 
 def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, redis6,
                                                                      tmp_path):
-    """Redis answering each command after 1 s: with redis_timeout = 200 ms every call gives
+    """Redis answering each command after 1 s: with redis_timeout = 500 ms every call gives
     up once (found: redis-py's default retried each ten times, with back-off) and the node
     serves on its own (redis_down = open), saying so; with 5000 ms it is slow, not down:
     failures are counted and bans shared, and status says reachable."""
     strict_proxy, patient_proxy = Redis6Proxy(redis6.port), Redis6Proxy(redis6.port)
-    strict = node(emulator, tmp_path, "strict", strict_proxy.port, redis_timeout=200)
+    strict = node(emulator, tmp_path, "strict", strict_proxy.port, redis_timeout=500)
     patient = node(emulator, tmp_path, "patient", patient_proxy.port, redis_timeout=5000,
                    worker_processes="1", **BANS)
     try:
