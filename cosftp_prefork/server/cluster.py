@@ -371,8 +371,8 @@ class ClusterState:
             with self._lock:
                 self._errors_until = time.monotonic() + ERROR_SECONDS
             self._errors.note("cluster", f"Redis at {self._url} answered the {what} with an "
-                              f"error ({describe(exc)}); this node went on with its own "
-                              f"figures for it")
+                              f"error; this node went on with its own figures for it",
+                              describe(exc))
             return failed
         for key_class in repaired:
             self._repairs.note("cluster", f"{PREFIX}{key_class} held what this server does "
