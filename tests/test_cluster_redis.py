@@ -261,7 +261,7 @@ def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, r
                    worker_processes="1", **BANS)
     try:
         strict.start()  # Redis fast: each worker connects, then it turns slow
-        wait_until(lambda: "Redis reachable" in status(strict), what="status")
+        wait_until(lambda: "Redis reachable" in status(strict), timeout=30, what="status")
         strict_proxy.delay, strict_proxy.commands = 1.0, 0
         assert logs_in(strict, "127.0.0.71").startswith("230")  # served on its own
         wait_until(lambda: strict.log_text().count("unreachable") >= 2,
