@@ -16,7 +16,8 @@ MIB = 1024 * 1024
 
 
 def require(tool: str) -> str:
-    path = shutil.which(tool)
+    # Debian puts haproxy in /usr/sbin, which a non-root user's PATH lacks.
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
     if path is None:
         if os.environ.get("COSFTP_REQUIRE_CLIENTS"):
             pytest.fail(f"{tool} is not installed (scripts/bootstrap --clients installs it)")
