@@ -70,3 +70,32 @@ def test_setup_py_install_is_refused_with_what_to_run(tmp_path):
     assert done.returncode != 0
     assert "run 'pip install .'" in done.stderr
     assert not prefix.exists() and not os.path.exists(os.path.join(src, "build"))
+
+
+@pytest.mark.timeout(900)
+def test_first_bootstrap_shows_build_errors_but_not_setuptools_editable_notice(tmp_path):
+    """What the first ``scripts/demo`` prints while ``scripts/bootstrap`` creates the venv:
+    a build error in full, and after a good build no setuptools "Editable installation"
+    notice (the flat layout's cosftp_prefork/ in the working directory *is* the package)."""
+    src = source_copy(tmp_path)
+    os.mkdir(os.path.join(src, "scripts"))
+    shutil.copy(os.path.join(ROOT, "scripts", "bootstrap"), os.path.join(src, "scripts"))
+    setup_py = pathlib.Path(src, "setup.py")
+    good = setup_py.read_text()
+    env = {**os.environ, "PIP_NO_DEPS": "1"}  # the build is what is looked at, not the deps
+
+    def bootstrap() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", os.path.join(src, "scripts", "bootstrap")], env=env,
+                              capture_output=True, text=True, timeout=400)
+
+    setup_py.write_text('raise ValueError("broken on purpose")\n')
+    broken = bootstrap()
+    assert broken.returncode != 0 and "ValueError: broken on purpose" in broken.stderr
+    setup_py.write_text(good)
+    done = bootstrap()
+    assert done.returncode == 0, done.stderr
+    assert "Editable installation" not in done.stdout + done.stderr, done.stderr
+    where = subprocess.run([os.path.join(src, ".venv", "bin", "python"), "-c",
+                            "import cosftp_prefork; print(cosftp_prefork.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip() == os.path.join(src, "cosftp_prefork", "__init__.py"), where
