@@ -59,7 +59,7 @@ BANNER = """
   password:  {password}
   connect:   ftp -p {host} {port}
         or:  lftp -u {user},{password} -p {port} {host}
-  passive:   ports {passive_ports}
+  passive:   {passive_ports} (passive_port, low,high)
   config:    {config}
   logs:      {log}
 
@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="[NETWORK] listen_address (default 127.0.0.1)")
     parser.add_argument("--passive-ports", default="60000,60100",
                         help="[NETWORK] passive_port, low,high (default 60000,60100)")
+    parser.add_argument("--cos-port", type=int, default=0,
+                        help="the emulator's port (default: a free port, another each run)")
     parser.add_argument("--masquerade-address",
                         help="[NETWORK] masquerade_address, announced in PASV replies")
     parser.add_argument("--dir", default=DEMO_DIR,
@@ -102,12 +104,29 @@ def connect_host(listen_address: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(first, first)
 
 
-def wait_until_serving(host: str, port: int, proc: subprocess.Popen, log: str) -> None:
-    """Return once the server at ``host`` answers with its FTP banner; exit if it does not."""
+def log_errors(log: str, offset: int, count: int = 5) -> str:
+    """The last ``count`` ERROR/CRITICAL lines written to ``log`` after ``offset`` (the last
+    lines, if none): why the server stopped, which the server logs to its file only."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    # "2026-12-06 06:59:34,659 CRITICAL [pid role] logger: message"
+    errors = [line for line in lines if line.split(" ")[2:3] in (["ERROR"], ["CRITICAL"])]
+    return "\n".join((errors or lines)[-count:])
+
+
+def wait_until_serving(host: str, port: int, proc: subprocess.Popen, log: str,
+                       log_offset: int) -> None:
+    """Return once the server at ``host`` answers with its FTP banner; exit with the
+    reason it logged if it does not."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"demo: the server exited with status {proc.returncode}; see {log}")
+            sys.exit(f"demo: the server exited with status {proc.returncode}:\n"
+                     f"{log_errors(log, log_offset)}\n(whole log: {log})")
         try:
             with ftplib.FTP() as ftp:
                 ftp.connect(host, port, timeout=2)
@@ -141,7 +160,7 @@ def banner(args: argparse.Namespace, cos_port: str, config_path: str) -> str:
     text = BANNER.format(rule="=" * 76, host=connect_host(args.listen_address),
                          port=args.port, bucket=BUCKET,
                          cos_port=cos_port, user=USER, password=PASSWORD,
-                         passive_ports=args.passive_ports.replace(",", "-"),
+                         passive_ports=args.passive_ports,
                          config=config_path, log=os.path.join(args.dir, "cosftp.log"))
     return f"\033[1m{text}\033[0m" if sys.stdout.isatty() else text
 
@@ -155,16 +174,19 @@ def main() -> int:
     ready = os.path.join(args.dir, "emulator.port")
     if os.path.exists(ready):
         os.unlink(ready)
-    emulator = subprocess.Popen([sys.executable, "-m", "cosftp_prefork.emulator.app", "--port", "0",
-                                 "--bucket", BUCKET, "--ready-file", ready], cwd=ROOT)
+    emulator = subprocess.Popen([sys.executable, "-m", "cosftp_prefork.emulator.app",
+                                 "--port", str(args.cos_port), "--bucket", BUCKET,
+                                 "--ready-file", ready], cwd=ROOT)
     server = None
     try:
         cos_port = wait_for_file(ready, emulator)
         config_path = write_config(args, cos_port)
         log = os.path.join(args.dir, "cosftp.log")
+        log_offset = os.path.getsize(log) if os.path.exists(log) else 0  # earlier runs'
         server = subprocess.Popen([sys.executable, "-m", "cosftp_prefork", "-c", config_path,
                                    "run", "--log-file-only"], cwd=ROOT)
-        wait_until_serving(connect_host(args.listen_address), args.port, server, log)
+        wait_until_serving(connect_host(args.listen_address), args.port, server, log,
+                           log_offset)
         print(banner(args, cos_port, config_path), flush=True)
         return server.wait()
     except KeyboardInterrupt:

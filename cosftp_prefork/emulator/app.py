@@ -534,11 +534,23 @@ def _write_ready_file(path: str, port: int) -> None:
     os.replace(tmp, path)
 
 
+_CLI_EPILOG = """\
+example (README "Run the emulator alone"):
+  .venv/bin/python -m cosftp_prefork.emulator.app --port 9000 --bucket demo-1250000000
+then point an account at it: cos_protocol = http, cos_ip = 127.0.0.1, cos_port = 9000,
+cos_bucket = demo-1250000000, cos_region = ap-guangzhou, any cos_secretid/cos_secretkey.
+Everything is kept in memory and lost when it stops (Ctrl-C or SIGTERM)."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Local COS emulator (moto S3 + COS shim).")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--bucket", action="append", default=[], help="name-appid; repeatable")
+    parser = argparse.ArgumentParser(
+        prog="python -m cosftp_prefork.emulator.app", epilog=_CLI_EPILOG,
+        description="Local COS emulator (moto S3 + COS shim), for the demo and the tests.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="0 (default) picks a free port")
+    parser.add_argument("--bucket", action="append", default=[],
+                        help="bucket to create, name-appid as in cos_bucket; repeatable")
     parser.add_argument("--region", default=DEFAULT_REGION)
     parser.add_argument("--ready-file", help="write the port here once serving")
     parser.add_argument("--verbose", action="store_true", help="log every request")
