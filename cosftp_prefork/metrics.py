@@ -45,6 +45,18 @@ UPLOAD_BUFFERS = Gauge("cosftp_upload_buffer_bytes", "Bytes of the upload memory
                        registry=None, multiprocess_mode="livesum")
 UPLOAD_BUFFER_LIMIT = Gauge("cosftp_upload_buffer_limit_bytes", "The upload memory budget, "
                             "summed over workers", registry=None, multiprocess_mode="livesum")
+# How a password check got its turn (max_password_checks at once per worker).
+CHECK_AT_ONCE, CHECK_WAITED, CHECK_TIMED_OUT = "at_once", "waited", "timed_out"
+PASSWORD_CHECKS = Counter("cosftp_password_checks", "Password checks (scrypt) by how they got "
+                          "their turn: at_once, waited (max_password_checks were running), "
+                          "timed_out (the login deadline came first: 421)", ["turn"],
+                          registry=None)
+PASSWORD_CHECKS_RUNNING = Gauge("cosftp_password_checks_running", "Password checks running "
+                                "now, summed over workers", registry=None,
+                                multiprocess_mode="livesum")
+PASSWORD_CHECKS_WAITING = Gauge("cosftp_password_checks_waiting", "Password checks waiting "
+                                "for their turn now, summed over workers", registry=None,
+                                multiprocess_mode="livesum")
 RELOADS = Counter("cosftp_reloads", "Configuration reloads by result (ok, failed)", ["result"],
                   registry=None)
 

@@ -40,8 +40,9 @@ def heavy_value() -> str:
 @pytest.fixture(scope="module")
 def timed(emulator, tmp_path_factory):
     accounts = [Account("hashed", heavy_value(), ALPHA), Account("plain", "plain-pw", ALPHA)]
+    # Three checks at once (max_password_checks), as the three failures of a round are sent.
     proc = ServerProcess(str(tmp_path_factory.mktemp("timed")), emulator.port, accounts,
-                         optional={"max_login_failures": "0"})
+                         optional={"max_login_failures": "0", "max_password_checks": "3"})
     proc.start()
     yield proc
     proc.stop()

@@ -226,6 +226,16 @@ def test_defaults_for_every_missing_option(tmp_path, monkeypatch):
         (5, 60, 300)
 
 
+@pytest.mark.parametrize(("workers", "checks"), [("1", None), ("256", None), ("2", "3")])
+def test_max_password_checks_defaults_to_the_cpus_shared_by_the_workers(workers, checks):
+    text = set_option(MINIMAL, "OPTIONAL", "worker_processes", workers)
+    if checks is not None:
+        text = set_option(text, "OPTIONAL", "max_password_checks", checks)
+    cpus = os.cpu_count() or 1
+    expected = int(checks) if checks else max(1, -(-cpus // int(workers)))
+    assert parse_config(text, "p.conf", {}).server.max_password_checks == expected
+
+
 @pytest.mark.parametrize("empty", ["", "default", "DEFAULT", "  default  # comment"])
 def test_empty_value_or_the_word_default_means_the_default(empty):
     text = set_option(MINIMAL, "NETWORK", "passive_port", empty)
@@ -366,6 +376,7 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("OPTIONAL", "min_part_size", str(6 * GIB), "between"),
     _bad("OPTIONAL", "upload_thread_num", "0", "between"),
     _bad("OPTIONAL", "login_timeout", "0", "between 1 and 3600"),
+    _bad("OPTIONAL", "max_password_checks", "0", "between 1 and 256"),
     _bad("OPTIONAL", "max_prelogin_connections_per_ip", "-1", "at least 0"),
     _bad("OPTIONAL", "max_connection_num", "-1", "at least 0"),
     _bad("OPTIONAL", "max_list_file", "0", "at least 1"),

@@ -13,6 +13,7 @@ import pytest
 from .conftest import ALPHA, _close
 from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import put
+from .test_master import state_of
 
 STAMP = "20200102030405"
 
@@ -200,6 +201,14 @@ def test_nothing_runs_after_quit(server, area, cos):
     assert not cos.object_exists(Bucket=ALPHA, Key=f"{area}-late/")
 
 
+def nobody_waits_to_log_in(proc: ServerProcess) -> bool:
+    state = state_of(proc)
+    try:
+        return all(session.logged_in for session in state.session_details())
+    finally:
+        state.close()
+
+
 def test_pipelined_command_mixes_leave_no_traceback(server, area):
     log_start = len(server.log_text())
     rng = random.Random(13)
@@ -217,6 +226,9 @@ def test_pipelined_command_mixes_leave_no_traceback(server, area):
             sock.sendall(payload)
             if rng.random() < 0.5:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # Those logins wait their turn to be checked (max_password_checks), each holding one of
+    # the address's places not logged in, which a REIN below needs too: let them finish.
+    wait_until(lambda: nobody_waits_to_log_in(server), what="the fuzzed logins answered")
     # A sane sequence: after 221 only the end of a transfer may follow.
     for _ in range(10):
         sequence = [rng.choice(commands) for _ in range(rng.randint(1, 10))] + [b"QUIT"]

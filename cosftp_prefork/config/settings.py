@@ -43,6 +43,14 @@ def default_memory_limit(workers: int) -> int:
     return max(64, min(1024, total // 4 // max(1, workers) // MIB))
 
 
+def default_password_checks(workers: int) -> int:
+    """``max_password_checks`` when not set: the CPUs shared by the workers, at least one
+    each. A check is CPU-bound (scrypt leaves the interpreter lock), so the workers together
+    then keep every CPU busy when logins pile up; more at once would not finish them sooner,
+    only hold 16 MiB more each."""
+    return max(1, -(-(os.cpu_count() or 1) // max(1, workers)))
+
+
 def part_size_for(min_part_size: int, max_file_size: int) -> int:
     """Return the part size: ``min_part_size``, raised to a whole MiB so that a file of
     ``max_file_size`` fits in ``MAX_PARTS`` parts, never above ``MAX_PART_SIZE``."""
@@ -173,6 +181,7 @@ class ServerConfig:
     max_prelogin_connections_per_ip: int = 16
     ftp_encoding: str = "utf-8"
     data_connection_timeout: int = 300
+    max_password_checks: int = 1
 
 
 @dataclass(frozen=True)
@@ -447,6 +456,9 @@ SETTINGS: tuple[Setting, ...] = (
             "connections not logged in yet, server-wide; 0 = unlimited"),
     Setting("OPTIONAL", "max_prelogin_connections_per_ip", _integer(0), 16,
             "connections not logged in yet from one client address; 0 = unlimited"),
+    Setting("OPTIONAL", "max_password_checks", _integer(1, 256), None,
+            "password checks (scrypt, 16 MiB each) one worker runs at once, the others wait "
+            "their turn within login_timeout; default: CPUs / worker_processes, at least 1"),
     # Data connections: how long one may stall before it is cut off (421).
     Setting("OPTIONAL", "data_connection_timeout", _integer(1, 86400), 300,
             "seconds a transfer may go without moving a byte before it is cut off (421)"),
@@ -593,6 +605,8 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_prelogin_connections_per_ip=optional["max_prelogin_connections_per_ip"],
         ftp_encoding=optional["ftp_encoding"],
         data_connection_timeout=optional["data_connection_timeout"],
+        max_password_checks=optional["max_password_checks"] or
+        default_password_checks(optional["worker_processes"]),
     )
 
 

@@ -10,6 +10,7 @@ import logging
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
@@ -31,6 +32,7 @@ from . import compat
 from .admission import Admission, raw_socket
 from .dialect import ClientDialect
 from .fs import CosFS, FsContext, Unstorable
+from .logins import LoginExpired
 from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .pump import Pump
@@ -86,19 +88,23 @@ class CosAuthorizer:
         the same cost for unknown users and plain-text accounts; an ``anonymous_enable``
         account takes any password).
 
-        If scrypt fails (no memory), the login fails like a wrong password: it gets 530 and
-        counts towards the ban instead of dropping the session.
+        The check runs on the worker's password-check threads (``handler.check_password``);
+        ``LoginExpired`` if the session's login deadline came before its turn.
         """
         account = self._accounts.get(username)
         if account is not None and account.anonymous_enable:
             return
+        if not handler.check_password(functools.partial(self._verify, account, password)):
+            raise AuthenticationFailed("Authentication failed.")
+
+    def _verify(self, account: Optional[AccountConfig], password: str) -> bool:
+        """If scrypt fails (no memory), the login fails like a wrong password: it gets 530
+        and counts towards the ban instead of dropping the session."""
         try:
-            ok = self._checker.verify(account.password if account else None, password)
+            return self._checker.verify(account.password if account else None, password)
         except (ValueError, MemoryError) as exc:
             log.error("password check of [%s] failed: %s", account.section if account else "-", exc)
-            ok = False
-        if not ok:
-            raise AuthenticationFailed("Authentication failed.")
+            return False
 
     def get_home_dir(self, username: str) -> str:
         return "/"
@@ -422,8 +428,17 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             super().ftp_USER(line)
 
     def ftp_PASS(self, line: str) -> None:
-        if not self._refused_before_login():
+        if self._refused_before_login():
+            return
+        try:
             super().ftp_PASS(line)
+        except LoginExpired:
+            self.stats.gate.expire(self._ticket)  # 421 from handle_read, as any kick
+
+    def check_password(self, check: Callable[[], bool]) -> bool:
+        """``check()`` on the worker's password-check threads, waited for until this
+        session's login deadline at most (then ``LoginExpired``)."""
+        return self.stats.password_checks.run(self.remote_ip, self._ticket.deadline, check)
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
         """Log in only if the gate agrees: not banned or timed out meanwhile, and a free

@@ -202,6 +202,12 @@ class Gate:
             self._pending.discard(ticket)
         return reason
 
+    def expire(self, ticket: Ticket) -> None:
+        """The session's login deadline passed while it waited for its password to be
+        checked: close it as :meth:`police` would (421, logged)."""
+        self._kick(ticket, LOGIN_TIMED_OUT, f"closed: no login within login_timeout="
+                   f"{self.login_timeout}s (its password waited for its turn to be checked)")
+
     def close(self, ticket: Ticket) -> None:
         """The connection ends: free its place. After this, ``kick`` is never called."""
         with ticket.lock:

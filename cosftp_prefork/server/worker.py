@@ -41,6 +41,7 @@ from ..errors import ConfigError
 from ..ftp import compat
 from ..ftp.admission import Arrival
 from ..ftp.handler import configure_handler
+from ..ftp.logins import PasswordChecks
 from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
 from .gate import BANNED, Gate, Ticket
@@ -106,6 +107,7 @@ class WorkerStats:
         self.started = time.time()
         cluster = ClusterState(config.cluster) if config.cluster.redis_url else None
         self.gate = Gate(state, config.server, self.pid, cluster)
+        self.password_checks = PasswordChecks(config.server.max_password_checks)
         self._lock = threading.Lock()
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
