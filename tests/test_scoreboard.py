@@ -46,10 +46,13 @@ def test_the_index_agrees_with_the_rows_through_random_traffic(tmp_path):
             row, reason = state.admit(pid, chooser.choice(addresses), Limits())
             assert reason is None and row not in live
             live[row] = pid
-        elif action < 0.65:
+        elif action < 0.6:
             row = chooser.choice(list(live))
             assert state.log_in(row, live[row], 0) is None
-        elif action < 0.75:  # a balancer's connection, once its PROXY header came
+        elif action < 0.7:  # a new login in a logged-in session (USER, REIN)
+            row = chooser.choice(list(live))
+            assert state.log_out(row, live[row], Limits()) is None
+        elif action < 0.8:  # a balancer's connection, once its PROXY header came
             row = chooser.choice(list(live))
             assert state.move(row, live[row], chooser.choice(addresses), Limits()) is None
         else:
@@ -78,6 +81,8 @@ def test_per_address_limits_count_only_that_address(tmp_path):
     state.log_in(first, 1, 0)
     assert state.admit(1, "192.0.2.1", limits)[1] is None
     assert state.admit(1, "192.0.2.1", limits) == (None, TOO_MANY_PER_IP)
+    # Logging in again needs one of the address's places not logged in, all taken now.
+    assert state.log_out(first, 1, limits) == TOO_MANY_PRELOGIN_PER_IP
     state.close()
 
 

@@ -424,8 +424,26 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         return True
 
     def ftp_USER(self, line: str) -> None:
-        if not self._refused_before_login():
+        if self._may_log_in_anew() and not self._refused_before_login():
             super().ftp_USER(line)
+
+    def ftp_REIN(self, line: str) -> None:
+        if self._may_log_in_anew():
+            super().ftp_REIN(line)
+
+    def _may_log_in_anew(self) -> bool:
+        """A logged-in session that starts a new login (USER, REIN; RFC 959 allows both,
+        vsftpd and proftpd refuse them) is a connection not logged in from here on, as a
+        new connection would be (``Gate.log_out``): so it gains nothing over one. True if it
+        may go on, else it is told why with 421 and closed."""
+        if not self.authenticated:
+            return True
+        reason = self.stats.gate.log_out(self._ticket)
+        if reason is None:
+            return True
+        self.respond(f"421 {reason}")
+        self.close_when_done()
+        return False
 
     def ftp_PASS(self, line: str) -> None:
         if self._refused_before_login():

@@ -2,12 +2,13 @@
 and who is thrown out when their address gets banned.
 
 Every connection gets a ``Ticket`` when it is admitted; its life is one state machine
-(``PENDING`` → ``LOGGED_IN`` or ``KICKED``, then ``CLOSED``), changed under the ticket's lock,
-so a session cannot be thrown out in the very moment it logs in. The limits and the bans live
-in the shared state and hold across every worker; the worker's main thread calls
-``Gate.police`` once a second, which closes the connections not logged in within
-``login_timeout`` and those of an address banned meanwhile (by any worker), through the
-``kick`` callback the FTP layer gave with the connection.
+(``PENDING`` → ``LOGGED_IN`` or ``KICKED``, then ``CLOSED``; a logged-in session that starts a
+new login with ``USER`` or ``REIN`` goes back to ``PENDING``, as a new connection would come),
+changed under the ticket's lock, so a session cannot be thrown out in the very moment it logs
+in. The limits and the bans live in the shared state and hold across every worker; the
+worker's main thread calls ``Gate.police`` once a second, which closes the connections not
+logged in within ``login_timeout`` and those of an address banned meanwhile (by any worker),
+through the ``kick`` callback the FTP layer gave with the connection.
 
 With ``[CLUSTER] redis_url`` the bans, failed logins, per-address and logged-in counts are
 also those of the other nodes (``cluster``): what they hold is taken off the limits before
@@ -54,7 +55,7 @@ class SessionState(Enum):
 
 _MOVES = {
     SessionState.PENDING: {SessionState.LOGGED_IN, SessionState.KICKED, SessionState.CLOSED},
-    SessionState.LOGGED_IN: {SessionState.CLOSED},
+    SessionState.LOGGED_IN: {SessionState.PENDING, SessionState.CLOSED},
     SessionState.KICKED: {SessionState.CLOSED},
     SessionState.CLOSED: set(),
 }
@@ -66,7 +67,7 @@ class Ticket:
 
     ip: str
     row: int
-    deadline: float  # time.monotonic() by which it must have logged in
+    deadline: float  # time.monotonic() by which it must have logged in (again)
     kick: Callable[[str], None]  # asks the session to reply 421 and close (any thread)
     state: SessionState = SessionState.PENDING
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -181,15 +182,12 @@ class Gate:
 
     def log_in(self, ticket: Ticket) -> Optional[str]:
         """Called on a correct password: return None if the session may go on, else why not
-        (it was banned or timed out meanwhile, or the server is full of logged-in users).
-        A session logging in again (USER after login, REIN) keeps its place."""
+        (it was banned or timed out meanwhile, or the server is full of logged-in users)."""
         limit = self.limits.logged_in
-        if limit and self.cluster is not None and ticket.state is SessionState.PENDING:
+        if limit and self.cluster is not None:
             found = self.cluster.elsewhere(ticket.ip)  # not under the lock the tick takes
             limit = _left(limit, found.logged_in if found else 0)
         with ticket.lock:
-            if ticket.state is SessionState.LOGGED_IN:
-                return None
             if ticket.state is not SessionState.PENDING:
                 return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
             reason = TOO_MANY_LOGGED_IN if limit is None else \
@@ -201,6 +199,33 @@ class Gate:
         with self._lock:
             self._pending.discard(ticket)
         return reason
+
+    def log_out(self, ticket: Ticket) -> Optional[str]:
+        """A logged-in session starts a new login (``USER``, ``REIN``): it is a connection
+        not logged in again, under the pre-login limits, with a new ``login_timeout``, and
+        refused if its address is banned, as a new connection from there would be. Return
+        why it is refused (logged here; the caller closes it), else None.
+
+        Without this, a logged-in session could send passwords for ever, none of them
+        counted against the pre-login limits or timed: 256 of them re-sending USER and PASS
+        at once ran 256 password checks at once (docs/reliability.md, "Login cost")."""
+        reason = BANNED if self.is_banned(ticket.ip) else None
+        with ticket.lock:
+            if ticket.state is not SessionState.LOGGED_IN:
+                return None
+            if reason is None:
+                reason = self.state.log_out(ticket.row, self.pid, self.limits)
+            if reason is None:
+                ticket.move(SessionState.PENDING)
+                ticket.deadline = time.monotonic() + self.login_timeout
+        if reason is not None:
+            self.refusals.note(ticket.ip, f"new login refused: {reason}")
+            return reason
+        with self._lock:
+            self._pending.add(ticket)
+        if self.cluster is not None:
+            self.cluster.counted(ticket.ip, 0, -1)
+        return None
 
     def expire(self, ticket: Ticket) -> None:
         """The session's login deadline passed while it waited for its password to be

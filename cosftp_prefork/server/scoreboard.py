@@ -34,7 +34,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from ..safefiles import PRIVATE_MODE, open_fd, replace_file
@@ -452,8 +452,23 @@ class SharedState:
             at = row * _SESSION_WORDS
             if rows[at] == pid and rows[at + 1] == PENDING:
                 rows[at + 1] = LOGGED_IN
-                index.logged_in_now(tuple(rows[at + 2:at + _SESSION_WORDS]))
+                index.moved(tuple(rows[at + 2:at + _SESSION_WORDS]), PENDING, LOGGED_IN)
             return None
+
+    def log_out(self, row: int, pid: int, limits: Limits) -> Optional[str]:
+        """Mark the logged-in connection of ``row`` not logged in (it starts a new login),
+        unless the limits on connections not logged in are reached: then return why."""
+        with self._sessions_and_index() as (rows, index):
+            at = row * _SESSION_WORDS
+            if rows[at] != pid or rows[at + 1] != LOGGED_IN:
+                return None
+            key = tuple(rows[at + 2:at + _SESSION_WORDS])
+            # Its row is counted already: only the limits on pending rows can refuse it.
+            reason = _prelogin_refusal(replace(limits, per_ip=0), index, index.counts_of(key))
+            if reason is None:
+                rows[at + 1] = PENDING
+                index.moved(key, LOGGED_IN, PENDING)
+            return reason
 
     def release(self, row: int, pid: int) -> None:
         """Forget the connection of ``row`` (if ``pid`` still owns it)."""
@@ -562,10 +577,11 @@ class _SessionIndex:
         words[self._USED] += 1
         self._count(at, kind, 1)
 
-    def logged_in_now(self, key: Address) -> None:
+    def moved(self, key: Address, was: int, now: int) -> None:
+        """A row of ``key`` went from kind ``was`` to ``now`` (PENDING, LOGGED_IN)."""
         at = self._slot(key)
-        self._count(at, PENDING, -1)
-        self._count(at, LOGGED_IN, 1)
+        self._count(at, was, -1)
+        self._count(at, now, 1)
 
     def remove(self, key: Address, kind: int) -> None:
         at = self._slot(key)
@@ -637,6 +653,13 @@ def _refusal(limits: Limits, index: _SessionIndex, mine: tuple[int, int]) -> Opt
         return TOO_MANY
     if limits.per_ip and mine[0] >= limits.per_ip:
         return TOO_MANY_PER_IP
+    return _prelogin_refusal(limits, index, mine)
+
+
+def _prelogin_refusal(limits: Limits, index: _SessionIndex,
+                      mine: tuple[int, int]) -> Optional[str]:
+    """Why one more connection not logged in must be refused, server-wide or for its
+    address (with ``mine`` rows and pending rows), or None."""
     if limits.prelogin and index.pending >= limits.prelogin:
         return TOO_MANY_PRELOGIN
     return _address_refusal(limits, mine)
