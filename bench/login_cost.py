@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ftplib
 import json
 import os
 import sys
@@ -33,22 +32,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cosftp_prefork.config.passwords import hash_password  # noqa: E402
-from tests.crowds import Crowd, peak_rss, reset_peak_rss, sources, workers_of  # noqa: E402
+from tests.crowds import (  # noqa: E402
+    Crowd,
+    legitimate_login,
+    peak_rss,
+    reset_peak_rss,
+    sources,
+    workers_of,
+)
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.server_proc import Account, ServerProcess  # noqa: E402
 
 BUCKET = "logins-1250000000"
 MIB = 2 ** 20
-
-
-def legitimate_login(server: ServerProcess) -> str:
-    """Log in as ``legit`` from 127.0.0.1; return the reply (or the error)."""
-    try:
-        with ftplib.FTP() as ftp:
-            ftp.connect("127.0.0.1", server.port, timeout=120)
-            return ftp.login("legit", "legit-pw")
-    except (ftplib.Error, OSError, EOFError) as exc:
-        return f"{type(exc).__name__}: {exc}"
 
 
 def workers_cpu(workers: list[psutil.Process]) -> float:
@@ -74,7 +70,8 @@ def attack(server: ServerProcess, args: argparse.Namespace) -> dict:
         for worker in workers:
             reset_peak_rss(worker.pid)
         cpu, started = workers_cpu(workers), time.monotonic()
-        replies, legit = crowd.send_all(lines, lambda: legitimate_login(server))
+        replies, legit = crowd.send_all(
+            lines, lambda: legitimate_login(server.port, "legit", "legit-pw"))
         seconds = time.monotonic() - started
         cpu = workers_cpu(workers) - cpu
         peaks = {}

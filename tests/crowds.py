@@ -9,6 +9,7 @@ client on 127.0.0.1 is none of them.
 from __future__ import annotations
 
 import contextlib
+import ftplib
 import socket
 import threading
 from collections import Counter
@@ -49,6 +50,16 @@ def workers_of(master_pid: int) -> list[psutil.Process]:
 def sources(count: int, first: int = 20) -> list[str]:
     """``count`` loopback addresses other than 127.0.0.1."""
     return [f"127.0.0.{first + n}" for n in range(count)]
+
+
+def legitimate_login(port: int, user: str, password: str) -> str:
+    """Log in from 127.0.0.1 (no crowd's address): the reply, or the error."""
+    try:
+        with ftplib.FTP() as ftp:
+            ftp.connect("127.0.0.1", port, timeout=REPLY_TIMEOUT)
+            return ftp.login(user, password)
+    except (ftplib.Error, OSError, EOFError) as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 class Member:

@@ -11,9 +11,10 @@ one check never ran more than ``max_password_checks`` at once.
 from __future__ import annotations
 
 import ftplib
+from collections import Counter
 
 from .conftest import ALPHA
-from .crowds import Crowd, peak_rss, reset_peak_rss, sources, workers_of
+from .crowds import Crowd, legitimate_login, peak_rss, reset_peak_rss, sources, workers_of
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_auth import heavy_value, scrypt_value
 from .test_governance import connect, log_in, next_reply, server
@@ -58,14 +59,22 @@ class Peaks:
         return {pid: peak_rss(pid) - rss for pid, rss in self.before.items()}
 
 
-def legit_login(proc: ServerProcess) -> str:
-    """Log in as ``legit`` from 127.0.0.1 (no attacker's address): the reply or the error."""
+def attack(proc: ServerProcess, crowd: Crowd, lines: list[str]) -> tuple[Counter, str, dict]:
+    """``crowd`` sends ``lines`` at the same moment while ``legit`` logs in from 127.0.0.1:
+    the crowd's replies, the legitimate login's, and how far each worker's RSS went above
+    what it was just before. The crowd is closed."""
     try:
-        with ftplib.FTP() as ftp:
-            ftp.connect("127.0.0.1", proc.port, timeout=120)
-            return ftp.login("legit", "legit-pw")
-    except (ftplib.Error, OSError, EOFError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+        peaks = Peaks(proc)
+        replies, legit = crowd.send_all(
+            lines, lambda: legitimate_login(proc.port, "legit", "legit-pw"))
+    finally:
+        crowd.close()
+    return replies, legit, peaks.growth()
+
+
+def assert_at_most_checks_at_once(growth: dict[int, int], checks: int, each: int) -> None:
+    assert max(growth.values()) < checks * each + SLACK, \
+        {pid: grown // MIB for pid, grown in growth.items()}
 
 
 def checks_settled(proc: ServerProcess) -> bool:
@@ -80,18 +89,11 @@ def test_wrong_passwords_sent_at_once_are_checked_a_few_at_a_time(emulator, tmp_
     peaked ~800 MiB above its RSS."""
     with logins_server(emulator, tmp_path) as proc:
         no_sessions_left(proc)
-        crowd = Crowd(proc.port, sources(8), 15)
-        try:
-            peaks = Peaks(proc)
-            replies, legit = crowd.send_all(["USER victim", "PASS a-wrong-guess"],
-                                            lambda: legit_login(proc))
-        finally:
-            crowd.close()
-        growth = peaks.growth()
+        replies, legit, growth = attack(proc, Crowd(proc.port, sources(8), 15),
+                                        ["USER victim", "PASS a-wrong-guess"])
         assert legit.startswith("230"), legit  # while the crowd's checks were queued
         assert replies["331"] == 120 and replies["530"] + replies["421"] == 120, replies
-        assert max(growth.values()) < CHECKS * CHECK + SLACK, \
-            {pid: grown // MIB for pid, grown in growth.items()}
+        assert_at_most_checks_at_once(growth, CHECKS, CHECK)
         assert value(scrape(proc), "cosftp_password_checks_total", turn="waited") > 0
         wait_until(lambda: checks_settled(proc), what="no check running or waiting")
 
@@ -104,18 +106,11 @@ def test_logged_in_sessions_logging_in_again_are_checked_a_few_at_a_time(emulato
     with logins_server(emulator, tmp_path) as proc:
         no_sessions_left(proc)
         crowd = Crowd(proc.port, sources(6), 24, login=("victim", "victim-pw"))
-        try:
-            peaks = Peaks(proc)
-            replies, legit = crowd.send_all(["USER victim", "PASS victim-pw"],
-                                            lambda: legit_login(proc))
-        finally:
-            crowd.close()
-        growth = peaks.growth()
+        replies, legit, growth = attack(proc, crowd, ["USER victim", "PASS victim-pw"])
         assert legit.startswith("230"), legit
         assert set(replies) <= {"331", "230", "421"}, replies
         assert replies["421"] > 0, replies
-        assert max(growth.values()) < CHECKS * CHECK + SLACK, \
-            {pid: grown // MIB for pid, grown in growth.items()}
+        assert_at_most_checks_at_once(growth, CHECKS, CHECK)
         assert "new login refused: Too many connections from your address waiting to log " \
             "in." in proc.log_text()
 
@@ -139,7 +134,7 @@ def test_a_login_whose_turn_comes_after_its_deadline_gets_421(emulator, tmp_path
         assert replies["331"] == 24 and replies["530"] + replies["421"] == 24, replies
         assert replies["421"] > 0, replies
         assert "(its password waited for its turn to be checked)" in proc.log_text()
-        assert max(peaks.growth().values()) < HEAVY_CHECK + SLACK
+        assert_at_most_checks_at_once(peaks.growth(), 1, HEAVY_CHECK)
         wait_until(lambda: worker.num_threads() == threads, what="the sessions' threads gone")
         wait_until(lambda: checks_settled(proc), what="no check running or waiting")
         assert value(scrape(proc), "cosftp_password_checks_total", turn="timed_out") > 0
