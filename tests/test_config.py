@@ -9,19 +9,20 @@ from typing import Optional
 
 import pytest
 
+from cosftp_prefork.config.locations import locate_server, parse_path
 from cosftp_prefork.config.passwords import hash_password
 from cosftp_prefork.config.settings import (
     GIB,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIB,
+    SETTINGS,
     AccountConfig,
     Config,
     NetworkConfig,
     ServerConfig,
     TransferConfig,
     load_config,
-    locate_pid_file,
     parse_config,
     part_size_for,
 )
@@ -255,6 +256,54 @@ def test_relative_log_dir_and_pid_file_become_absolute(tmp_path, monkeypatch):
     assert config.server.pid_file == str(tmp_path / "var" / "logs" / "cosftp.pid")
     config = parse_config(set_option(text, "OPTIONAL", "pid_file", "run/x.pid"), "l.conf", {})
     assert config.server.pid_file == str(tmp_path / "run" / "x.pid")
+
+
+PATH_OPTIONS = (("OPTIONAL", "log_dir"), ("OPTIONAL", "pid_file"),
+                ("OPTIONAL", "xferlog_file"), ("OPTIONAL", "vsftpd_log_file"))
+
+
+def _with_relative_paths() -> str:
+    text = MINIMAL
+    for section, option in PATH_OPTIONS:
+        text = set_option(text, section, option, f"rel/{option}")
+    return set_option(text, "OPTIONAL", "xferlog_enable", "true")
+
+
+def test_relative_paths_follow_the_config_file_not_the_working_directory(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")
+    config = parse_config(_with_relative_paths(), str(tmp_path / "etc" / "cosftp.conf"), {})
+    base = tmp_path / "etc" / "rel"
+    assert (config.server.log_dir, config.server.pid_file) == \
+        (str(base / "log_dir"), str(base / "pid_file"))
+    assert (config.operator.xferlog_file, config.operator.vsftpd_log_file) == \
+        (str(base / "xferlog_file"), str(base / "vsftpd_log_file"))
+    defaults = parse_config(MINIMAL, str(tmp_path / "etc" / "cosftp.conf"), {})
+    assert defaults.server.pid_file == str(tmp_path / "etc" / "log" / "cosftp.pid")
+    text = set_option(MINIMAL, "OPTIONAL", "pid_file", "/run/cosftp/../cosftp.pid")
+    assert parse_config(text, "/etc/x.conf", {}).server.pid_file == "/run/cosftp.pid"
+
+
+def test_relative_paths_of_a_file_in_conf_follow_the_directory_above(tmp_path, monkeypatch):
+    """The layout of the systemd unit as shipped (WorkingDirectory=/opt/cosftp-prefork,
+    -c conf/vsftpd.conf), of a source checkout and of cos-ftp-server-V5: log_dir = log
+    stays <root>/log, where it was when relative paths followed the working directory."""
+    monkeypatch.chdir("/")
+    config = parse_config(_with_relative_paths(), str(tmp_path / "conf" / "vsftpd.conf"), {})
+    assert config.server.log_dir == str(tmp_path / "rel" / "log_dir")
+    assert config.operator.vsftpd_log_file == str(tmp_path / "rel" / "vsftpd_log_file")
+    config = parse_config(MINIMAL, str(tmp_path / "conf" / "vsftpd.conf"), {})
+    assert config.server.log_dir == str(tmp_path / "log")
+
+
+def test_every_file_option_is_resolved_as_a_path():
+    """An option naming a file or directory on this host must use parse_path, or it would
+    follow the working directory again (home_dir is a key prefix in the bucket)."""
+    not_files = {"home_dir", "require_existing_dir", "max_list_file"}
+    named_like_files = [s for s in SETTINGS if re.search(r"(_file|_dir|certfile|keyfile)$",
+                                                         s.name) and s.name not in not_files]
+    assert len(named_like_files) == 6
+    assert all(s.parse is parse_path for s in named_like_files), named_like_files
 
 
 def test_explicit_values_override_defaults():
@@ -626,18 +675,25 @@ def test_transfer_part_size_follows_the_config():
 def test_shipped_example_loads(monkeypatch):
     monkeypatch.chdir(ROOT)
     config = load_config("conf/vsftpd.conf.example", {})
+    monkeypatch.chdir("/")
+    assert load_config(os.path.join(ROOT, "conf", "vsftpd.conf.example"), {}) == config
     assert config.path == os.path.join(ROOT, "conf", "vsftpd.conf.example")
     assert [a.user for a in config.accounts] == ["user0", "user1"]
     assert config.warnings == ()
     assert config.server.log_dir == os.path.join(ROOT, "log")
 
 
-def test_pid_file_is_found_even_when_the_file_is_broken(tmp_path):
+def test_pid_file_is_found_even_when_the_file_is_broken(tmp_path, monkeypatch):
     broken = tmp_path / "broken.conf"
     broken.write_text("[OPTIONAL]\npid_file = /run/x.pid\n[COS_ACCOUNT_0]\nauthority = ?\n")
-    assert locate_pid_file(str(broken)) == "/run/x.pid"
+    assert locate_server(str(broken)) == ("/run/x.pid", 2121)
     with pytest.raises(ConfigError):
         load_config(str(broken), {})
+    (tmp_path / "conf").mkdir()
+    in_conf = tmp_path / "conf" / "broken.conf"
+    in_conf.write_text("[NETWORK]\nlisten_port = 2200\n[OPTIONAL]\nlog_dir = var\n")
+    monkeypatch.chdir("/")
+    assert locate_server(str(in_conf)) == (str(tmp_path / "var" / "cosftp.pid"), 2200)
 
 
 def test_proxy_and_cluster_settings():

@@ -385,6 +385,16 @@ def test_tls_settings_load(certs):
     assert config.warnings == ()
 
 
+def test_relative_certificate_paths_follow_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "etc" / "certs").mkdir(parents=True)
+    cert, _ = write_certificate(tmp_path / "etc" / "certs")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    text = config_text("tls_certfile = certs/server.crt\ntls_keyfile = certs/server.key")
+    tls = parse_config(text, str(tmp_path / "etc" / "vsftpd.conf")).network.tls
+    assert tls.certfile == cert  # and certs/server.key was read, or parsing would have failed
+
+
 def test_one_file_may_hold_certificate_and_key(certs, tmp_path):
     both = tmp_path / "both.pem"
     both.write_bytes(pathlib.Path(certs[0]).read_bytes() + pathlib.Path(certs[1]).read_bytes())

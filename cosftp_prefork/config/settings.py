@@ -5,7 +5,8 @@ The format is the old cos-ftp-server-V5's INI file, unchanged: ``[COS_ACCOUNT_*]
 ``SETTINGS`` (section, name, parser, default, help); parsing, defaults, validation and the
 unknown-option warnings are all driven from that table. An empty value or the word
 ``default`` means the default. ``${NAME}`` is replaced from the environment so secrets need
-not live in the file. Nothing else in the package reads the file.
+not live in the file; relative paths are resolved against the file's base directory
+(``config.locations``). Nothing else in the package reads the file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..errors import ConfigError
+from .locations import (
+    DEFAULT_LISTEN_PORT,
+    DEFAULT_LOG_DIR,
+    base_dir,
+    default_pid_file,
+    parse_path,
+    resolve,
+)
 from .passwords import HashFormatError, check_stored_form, scrypt_parameters
 from .tls import ServerTLS, TLSFileError, load_server_tls
 
@@ -331,10 +340,6 @@ def _password(raw: str) -> str:
     return raw
 
 
-def _path(raw: str) -> str:
-    return os.path.abspath(raw)
-
-
 def _home_dir(raw: str) -> str:
     return "/" + raw.strip("/")
 
@@ -391,11 +396,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETWORK", "masquerade_address", _host, None, "address announced in PASV"),
     Setting("NETWORK", "listen_address", _ip_addresses, ("0.0.0.0",),
             "address(es) to listen on, comma-separated; :: = IPv6 and IPv4"),
-    Setting("NETWORK", "listen_port", _integer(0, 65535), 2121, "FTP control port"),
+    Setting("NETWORK", "listen_port", _integer(0, 65535), DEFAULT_LISTEN_PORT,
+            "FTP control port"),
     Setting("NETWORK", "passive_port", _port_range, (60000, 65535), "passive data ports"),
-    Setting("NETWORK", "tls_certfile", _path, None,
+    Setting("NETWORK", "tls_certfile", parse_path, None,
             "PEM certificate chain (and key, unless tls_keyfile); enables FTPS"),
-    Setting("NETWORK", "tls_keyfile", _path, None, "PEM private key; default: tls_certfile"),
+    Setting("NETWORK", "tls_keyfile", parse_path, None, "PEM private key; default: tls_certfile"),
     Setting("NETWORK", "implicit_tls_port", _integer(0, 65535), 0,
             "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("NETWORK", "require_ssl_reuse", _boolean, False,
@@ -427,9 +433,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "max_list_file", _integer(1), 10000, "entries one LIST returns"),
     Setting("OPTIONAL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             "INFO", "log level"),
-    Setting("OPTIONAL", "log_dir", _text, "log", "log directory"),
+    # Paths (parse_path) are resolved against the file's base directory (config.locations).
+    Setting("OPTIONAL", "log_dir", parse_path, DEFAULT_LOG_DIR,
+            "log directory; relative: to the config file's directory (its parent for conf/)"),
     Setting("OPTIONAL", "worker_processes", _integer(1, 256), _CPUS, "worker processes"),
-    Setting("OPTIONAL", "pid_file", _text, None, "pid file; default <log_dir>/cosftp.pid"),
+    Setting("OPTIONAL", "pid_file", parse_path, None, "pid file; default <log_dir>/cosftp.pid"),
     Setting("OPTIONAL", "multipart_copy_threshold", _integer(MIN_PART_SIZE, 5 * GIB, _BYTES),
             5 * GIB, "objects larger than this are copied (renamed) in parts"),
     Setting("OPTIONAL", "resume_ttl", _integer(0), 86400,
@@ -469,8 +477,9 @@ SETTINGS: tuple[Setting, ...] = (
             "port of the Prometheus endpoint (GET /metrics); 0 = off"),
     Setting("OPTIONAL", "xferlog_enable", _boolean, False,
             "write one xferlog line per finished or failed transfer"),
-    Setting("OPTIONAL", "xferlog_file", _path, None, "transfer log; default <log_dir>/xferlog"),
-    Setting("OPTIONAL", "vsftpd_log_file", _path, None,
+    Setting("OPTIONAL", "xferlog_file", parse_path, None,
+            "transfer log; default <log_dir>/xferlog"),
+    Setting("OPTIONAL", "vsftpd_log_file", parse_path, None,
             "vsftpd-format log of logins and transfers (for fail2ban's vsftpd filter); "
             "default: none"),
     # How clients' names are decoded and listings encoded; keys stay UTF-8 in COS.
@@ -498,6 +507,7 @@ class _Reader:
     def __init__(self, parser: configparser.RawConfigParser, path: str,
                  environ: Mapping[str, str]) -> None:
         self.parser, self.path, self.environ = parser, path, environ
+        self.base = base_dir(path)
         self.warnings: list[str] = []
 
     def error(self, problem: str, section: str, option: Optional[str] = None) -> ConfigError:
@@ -515,6 +525,12 @@ class _Reader:
         return {name: self._value(section, setting, present) for name, setting in known.items()}
 
     def _value(self, section: str, setting: Setting, present: bool) -> Any:
+        value = self._parsed(section, setting, present)
+        if setting.parse is parse_path and value is not None:
+            return resolve(value, self.base)  # never the working directory's
+        return value
+
+    def _parsed(self, section: str, setting: Setting, present: bool) -> Any:
         raw = self.parser.get(section, setting.name, fallback="") if present else ""
         raw = self._substitute(raw.strip(), section, setting.name)
         if raw == "" or raw.lower() == "default":
@@ -584,13 +600,12 @@ def _check_hash_parameters(reader: _Reader, accounts: list[AccountConfig]) -> No
 
 
 def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
-    log_dir = os.path.abspath(optional["log_dir"])
-    pid_file = optional["pid_file"] or os.path.join(log_dir, "cosftp.pid")
+    log_dir = optional["log_dir"]
     return ServerConfig(
         max_connection_num=optional["max_connection_num"],
         max_connections_per_ip=optional["max_connections_per_ip"],
         max_list_file=optional["max_list_file"], log_level=optional["log_level"],
-        log_dir=log_dir, pid_file=os.path.abspath(pid_file),
+        log_dir=log_dir, pid_file=optional["pid_file"] or default_pid_file(log_dir),
         worker_processes=optional["worker_processes"],
         max_login_failures=optional["max_login_failures"],
         login_failure_window=optional["login_failure_window"],
@@ -647,8 +662,7 @@ def _operator(reader: _Reader, net: dict[str, Any], optional: dict[str, Any]) ->
         raise reader.error(f"{port} is already an FTP port", "NETWORK", "metrics_port")
     xferlog = None
     if optional["xferlog_enable"]:
-        xferlog = optional["xferlog_file"] or os.path.join(os.path.abspath(optional["log_dir"]),
-                                                           "xferlog")
+        xferlog = optional["xferlog_file"] or os.path.join(optional["log_dir"], "xferlog")
     return OperatorConfig(net["metrics_address"], port, xferlog, optional["vsftpd_log_file"])
 
 
@@ -728,20 +742,6 @@ def parse_config(text: str, path: str = "<string>",
         where = f" at line {line}" if line else ""
         raise ConfigError(f"not a valid INI file{where} ({type(exc).__name__})", path) from None
     return _build(_Reader(parser, path, os.environ if environ is None else environ))
-
-
-def locate_pid_file(path: str) -> str:
-    """Best-effort pid file location of a file that may not validate (for stop/status)."""
-    parser = configparser.RawConfigParser(inline_comment_prefixes=("#",), strict=False)
-    with contextlib.suppress(configparser.Error, OSError, UnicodeDecodeError):
-        parser.read(path, encoding="utf-8")
-
-    def option(name: str) -> str:
-        value = parser.get("OPTIONAL", name, fallback="").strip()
-        return "" if value.lower() == "default" else value
-
-    log_dir = option("log_dir") or "log"
-    return os.path.abspath(option("pid_file") or os.path.join(log_dir, "cosftp.pid"))
 
 
 def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:

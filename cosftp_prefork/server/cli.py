@@ -12,13 +12,13 @@ import sys
 import time
 from typing import Callable, Optional, TypeVar
 
+from ..config.locations import base_dir, locate_server
 from ..config.passwords import hash_password
 from ..config.settings import (
     REDIS_MINIMUM,
     Config,
     ServerConfig,
     load_config,
-    locate_pid_file,
     resolve_masquerade,
 )
 from ..errors import ConfigError
@@ -419,6 +419,8 @@ def cmd_check(config: Config) -> int:
         return 2
     tls = f", FTPS with {config.network.tls.certfile}" if config.network.tls else ""
     print(f"{config.path}: OK, {len(config.accounts)} account(s){tls}")
+    print(f"relative paths from {base_dir(config.path)}: log_dir {config.server.log_dir}, "
+          f"pid_file {config.server.pid_file}")
     if cluster:
         print(cluster, file=sys.stderr if cluster.startswith("warning") else sys.stdout)
     return 0
@@ -468,7 +470,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         if args.command == "stop" or args.command in PID_ONLY_COMMANDS:
             # Stopping or inspecting a running server must not depend on the file being valid.
-            pid_file = locate_pid_file(args.config)
+            pid_file, _ = locate_server(args.config)
             if args.command == "stop":
                 return stop(pid_file, args.graceful)
             return PID_ONLY_COMMANDS[args.command](pid_file)
