@@ -103,11 +103,13 @@ class ServerProcess:
         with open(self.config_path, "w", encoding="utf-8") as handle:
             handle.write(text)
 
-    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run ``cosftpctl -c CONFIG ARGS`` and return the completed process."""
+    def ctl(self, *args: str, timeout: float = 60,
+            cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+        """Run ``cosftpctl -c CONFIG ARGS`` (from ``cwd``, default ``workdir``) and return the
+        completed process."""
         return subprocess.run(
             [sys.executable, "-m", "cosftp_prefork", "-c", self.config_path, *args],
-            capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
+            capture_output=True, text=True, timeout=timeout, cwd=cwd or self.workdir,
         )
 
     def start(self) -> ServerProcess:

@@ -22,10 +22,18 @@ from ..config.settings import (
     resolve_masquerade,
 )
 from ..errors import ConfigError
-from ..safefiles import check_directory, open_append, open_fd
+from ..safefiles import check_directory, open_append
 from .files import check_files
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .metrics_dir import use_metrics_dir
+from .pidfile import (
+    Target,
+    describe_pid_file,
+    find_master,
+    is_alive,
+    port_holders,
+    whereabouts,
+)
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
@@ -50,6 +58,7 @@ START_TIMEOUT = 60.0  # the server stops itself sooner when its workers cannot s
 STOP_TIMEOUT = 45.0
 GRACEFUL_STOP_MARGIN = 25.0
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
+EXIT_UNKNOWN = 4  # LSB status code for "program status is unknown"
 
 SIGNAL_HELP = """signals understood by the master:
   TERM, INT  fast stop (stop): close the listener; a transfer in flight ends with 426 (an
@@ -61,7 +70,9 @@ SIGNAL_HELP = """signals understood by the master:
   HUP        reload the config file (an invalid file is refused, old config kept)
   USR1       reopen log files (logrotate)
   TTIN/TTOU  one worker more / less
-exit status of status: 0 running, 3 not running
+exit status of status: 0 running, 3 not running, 4 a master of this file holds the port
+but its pid file is elsewhere; of stop: 0 stopped or not running, 1 the configured port is
+held by something stop did not find (it says what)
 """
 RELOAD_TIMEOUT = 60.0
 T = TypeVar("T")
@@ -93,19 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_pid(pid_file: str) -> Optional[int]:
-    """Return the pid in ``pid_file`` if that process is alive, else None (stale or absent)."""
-    try:
-        with open(open_fd(pid_file, os.O_RDONLY), encoding="ascii") as handle:
-            pid = int(handle.read().strip())  # through no link: stop signals that pid
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+def target_of(config: Config) -> Target:
+    """Where the server of ``config`` is found: its pid file and port."""
+    return Target(config.path, config.server.pid_file, config.network.listen_port,
+                  config.network.listen_addresses)
 
 
 def cmd_run(config: Config, log_file_only: bool = False) -> int:
-    running = read_pid(config.server.pid_file)
+    running = find_master(target_of(config))
     if running:
         print(f"cosftpctl: already running as pid {running} ({config.server.pid_file})",
               file=sys.stderr)
@@ -128,7 +134,7 @@ def cmd_run(config: Config, log_file_only: bool = False) -> int:
 def cmd_start(config: Config) -> int:
     """Start ``run`` in the background; return 0 once every worker serves, else stop it
     and print why."""
-    running = read_pid(config.server.pid_file)
+    running = find_master(target_of(config))
     if running:
         print(f"cosftpctl: already running as pid {running}", file=sys.stderr)
         return 1
@@ -150,7 +156,7 @@ def cmd_start(config: Config) -> int:
              "--log-file-only"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )
-    problem = _wait_until_serving(config.server.pid_file, child)
+    problem = _wait_until_serving(target_of(config), child)
     if problem is None:
         print(f"cosftpctl: started, pid {child.pid}, log in {log_dir}")
         return 0
@@ -161,9 +167,9 @@ def cmd_start(config: Config) -> int:
     return 1
 
 
-def _wait_until_serving(pid_file: str, child: subprocess.Popen) -> Optional[str]:
+def _wait_until_serving(target: Target, child: subprocess.Popen) -> Optional[str]:
     """Wait until every worker of ``child`` serves; return what went wrong, or None."""
-    if _poll(lambda: child.poll() is not None or _all_serving(pid_file, child.pid),
+    if _poll(lambda: child.poll() is not None or _all_serving(target, child.pid),
              START_TIMEOUT):
         return None if child.returncode is None else \
             f"server exited with status {child.returncode}"
@@ -176,10 +182,10 @@ def _wait_until_serving(pid_file: str, child: subprocess.Popen) -> Optional[str]
     return f"workers not serving within {START_TIMEOUT:.0f}s; server stopped"
 
 
-def _all_serving(pid_file: str, pid: int) -> bool:
-    if read_pid(pid_file) != pid:
+def _all_serving(target: Target, pid: int) -> bool:
+    if find_master(target) != pid:
         return False
-    state = SharedState.open(state_path(pid_file))
+    state = SharedState.open(state_path(target.pid_file))
     if state is None:
         return False
     try:
@@ -220,23 +226,30 @@ def _read_from(path: str, offset: int) -> list[str]:
 
 
 def cmd_stop(config: Config, graceful: bool = False) -> int:
-    return stop(config.server.pid_file, graceful, config.server.graceful_timeout)
+    return stop(target_of(config), graceful, config.server.graceful_timeout)
 
 
-def stop(pid_file: str, graceful: bool = False,
+def stop(target: Target, graceful: bool = False,
          graceful_timeout: int = ServerConfig.graceful_timeout) -> int:
-    """Signal the master named in ``pid_file`` to stop (TERM, or QUIT if ``graceful``) and
-    wait until it is gone."""
-    pid = read_pid(pid_file)
+    """Signal the master of ``target`` to stop (TERM, or QUIT if ``graceful``) and wait until
+    it is gone. It is the one in the pid file, else a master of this file holding the port
+    (one whose pid file is elsewhere); 1 if something else holds the port."""
+    pid = find_master(target)
     if pid is None:
-        print("cosftpctl: not running")
-        return 0
+        holders = port_holders(target)
+        pid = next((holder.pid for holder in holders if holder.ours), None)
+        if pid is None:
+            print(f"cosftpctl: not running ({whereabouts(target, holders)})",
+                  file=sys.stderr if holders else sys.stdout)
+            return 1 if holders else 0
+        print(f"cosftpctl: {describe_pid_file(target)}; stopping pid {pid}, the master of "
+              f"{target.config_path} listening on port {target.port}", flush=True)
     os.kill(pid, signal.SIGQUIT if graceful else signal.SIGTERM)
     timeout = graceful_timeout + GRACEFUL_STOP_MARGIN if graceful else STOP_TIMEOUT
     if graceful:
         print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, transfers "
               f"in flight have up to {graceful_timeout}s to finish", flush=True)
-    if _poll(lambda: read_pid(pid_file) is None, timeout):
+    if _poll(lambda: not is_alive(pid), timeout):
         print(f"cosftpctl: stopped pid {pid}")
         return 0
     print(f"cosftpctl: pid {pid} did not stop within {timeout:.0f}s", file=sys.stderr)
@@ -244,7 +257,7 @@ def stop(pid_file: str, graceful: bool = False,
 
 
 def cmd_reload(config: Config) -> int:
-    pid = read_pid(config.server.pid_file)
+    pid = find_master(target_of(config))
     state = SharedState.open(state_path(config.server.pid_file)) if pid else None
     if pid is None or state is None:
         print("cosftpctl: not running", file=sys.stderr)
@@ -281,31 +294,46 @@ def _poll(check: Callable[[], T], timeout: float) -> Optional[T]:
 
 
 def cmd_status(config: Config) -> int:
-    return status(config.server.pid_file, os.path.join(config.server.log_dir, LOG_FILE_NAME))
+    return status(target_of(config), os.path.join(config.server.log_dir, LOG_FILE_NAME))
 
 
-def status(pid_file: str, log_file: str = f"the server's {LOG_FILE_NAME}") -> int:
-    """Print master and worker status; return 0 if running, 3 if not."""
-    pid = read_pid(pid_file)
-    state = SharedState.open(state_path(pid_file)) if pid else None
-    if pid is None or state is None:
-        print("cosftpctl: not running")
+def _state_of(target: Target) -> Optional[SharedState]:
+    """The shared state of the running master of ``target``; None if none was found."""
+    pid = find_master(target)
+    return SharedState.open(state_path(target.pid_file)) if pid else None
+
+
+def _not_running(target: Target) -> int:
+    """Say why no server was found; return 4 if a master of this file holds the port (its
+    pid file is elsewhere), else 3."""
+    holders = port_holders(target)
+    print(f"cosftpctl: not running ({whereabouts(target, holders)})")
+    if not any(holder.ours for holder in holders):
         return EXIT_NOT_RUNNING
+    print("cosftpctl: that master's pid file is not where this file puts it (started before "
+          "relative paths followed the config file?): stop it with cosftpctl stop, then start "
+          "it again")
+    return EXIT_UNKNOWN
+
+
+def status(target: Target, log_file: str = f"the server's {LOG_FILE_NAME}") -> int:
+    """Print master and worker status; return 0 if running, 3 (or 4) if not."""
+    state = _state_of(target)
+    if state is None:
+        return _not_running(target)
     print(format_status(state, log_file))
     return 0
 
 
 def cmd_sessions(config: Config) -> int:
-    return sessions(config.server.pid_file)
+    return sessions(target_of(config))
 
 
-def sessions(pid_file: str) -> int:
-    """Print the live sessions of every worker; return 0 if running, 3 if not."""
-    pid = read_pid(pid_file)
-    state = SharedState.open(state_path(pid_file)) if pid else None
-    if pid is None or state is None:
-        print("cosftpctl: not running")
-        return EXIT_NOT_RUNNING
+def sessions(target: Target) -> int:
+    """Print the live sessions of every worker; return 0 if running, 3 (or 4) if not."""
+    state = _state_of(target)
+    if state is None:
+        return _not_running(target)
     print(format_sessions(state.session_details(), time.time()))
     return 0
 
@@ -470,10 +498,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         if args.command == "stop" or args.command in PID_ONLY_COMMANDS:
             # Stopping or inspecting a running server must not depend on the file being valid.
-            pid_file, _ = locate_server(args.config)
+            target = Target(os.path.abspath(args.config), *locate_server(args.config))
             if args.command == "stop":
-                return stop(pid_file, args.graceful)
-            return PID_ONLY_COMMANDS[args.command](pid_file)
+                return stop(target, args.graceful)
+            return PID_ONLY_COMMANDS[args.command](target)
         return 2
     if args.command == "run":
         return cmd_run(config, args.log_file_only)

@@ -44,6 +44,7 @@ from .exporter import ExporterProcess, serve
 from .files import check_files
 from .logs import log_block, reopen_logging, setup_logging
 from .metrics_dir import metrics_dir
+from .pidfile import master_title
 from .scoreboard import (
     ABORTING,
     EXIT_BOOT_FAILURE,
@@ -281,7 +282,6 @@ class Master:
             self._close_listeners()
             return EXIT_CANNOT_START
         self._install_signals()
-        self._publish()
         log.info("master %d listening on %s with %d workers", self.pid,
                  self.listeners.describe(), self.num_workers)
         log.info("%s", tls_summary(self.config))
@@ -331,6 +331,7 @@ class Master:
         try:
             self.state = SharedState.create(state_path(pid_file))
             self._restore_bans()
+            self._publish()  # cosftpctl knows its master by the title: set before the pid file
             write_pid_file(pid_file, self.pid)
         except OSError as exc:
             log.critical("cannot start: %s", exc)
@@ -379,7 +380,7 @@ class Master:
             self.pid, self.generation, self.started, self.num_workers, self.config.path,
             self.reloads, self.reload_result, ftp_port, implicit_port,
             self.config.network.tls is not None))
-        setproctitle(f"cosftp: master [{self.config.path}] gen={self.generation} "
+        setproctitle(f"{master_title(self.config.path)} gen={self.generation} "
                      f"workers={len(self._current())}")
 
     # --- signals
