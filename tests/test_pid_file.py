@@ -110,7 +110,7 @@ def test_paths_follow_the_config_file_from_any_working_directory(relative, tmp_p
     assert _gone(master)
     assert relative.ctl("status", cwd="/").returncode == 3
     idle = relative.ctl("stop", cwd=_directory(tmp_path, "b"))
-    assert idle.returncode == 0 and f"nothing listens on port {relative.port}" in idle.stdout
+    assert idle.returncode == 3 and f"nothing listens on port {relative.port}" in idle.stderr
 
 
 def _shipped_unit() -> tuple[str, list[str]]:
@@ -216,7 +216,7 @@ def test_a_pid_file_naming_another_program_is_not_a_running_server(absolute, tmp
             assert status.returncode == 3
             assert f"names pid {sleeper.pid}, not its master but 'sleep 600'" in status.stdout
             stopped = absolute.ctl("stop", cwd="/")
-            assert stopped.returncode == 0 and "not running" in stopped.stdout
+            assert stopped.returncode == 3 and "not running" in stopped.stderr
             assert sleeper.poll() is None  # not signalled
         finally:
             sleeper.kill()

@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-file-only", action="store_true",
                      help="log to log_dir/cosftp.log only, not to stderr too (what start uses)")
     sub.add_parser("start", help="start in the background and return once it serves")
-    stop_cmd = sub.add_parser("stop", help="stop the running server (fast: TERM)")
+    stop_cmd = sub.add_parser("stop", help="stop the running server (fast: TERM); exit 3 if "
+                              "none runs, 1 if another program holds the port")
     stop_cmd.add_argument("--graceful", action="store_true",
                           help="QUIT: refuse new connections, let the transfers in flight "
                                "finish (at most graceful_timeout), then stop")
@@ -233,15 +234,15 @@ def stop(target: Target, graceful: bool = False,
          graceful_timeout: int = ServerConfig.graceful_timeout) -> int:
     """Signal the master of ``target`` to stop (TERM, or QUIT if ``graceful``) and wait until
     it is gone. It is the one in the pid file, else a master of this file holding the port
-    (one whose pid file is elsewhere); 1 if something else holds the port."""
+    (one whose pid file is elsewhere). No server found: 3 (not running, as ``status``), or
+    1 if something else holds the port."""
     pid = find_master(target)
     if pid is None:
         holders = port_holders(target)
         pid = next((holder.pid for holder in holders if holder.ours), None)
         if pid is None:
-            print(f"cosftpctl: not running ({whereabouts(target, holders)})",
-                  file=sys.stderr if holders else sys.stdout)
-            return 1 if holders else 0
+            print(f"cosftpctl: not running ({whereabouts(target, holders)})", file=sys.stderr)
+            return 1 if holders else EXIT_NOT_RUNNING
         print(f"cosftpctl: {describe_pid_file(target)}; stopping pid {pid}, the master of "
               f"{target.config_path} listening on port {target.port}", flush=True)
     os.kill(pid, signal.SIGQUIT if graceful else signal.SIGTERM)
