@@ -67,6 +67,15 @@ class EmulatorProcess:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def rendezvous(self, **arm) -> dict:
+        """Arm the rendezvous (``contains``, ``parties``, ``timeout``) if given; return its
+        state (``armed``, ``passed``, ``broken``)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/__emulator__/rendezvous",
+            method="PUT" if arm else "GET", data=json.dumps(arm).encode() if arm else None)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
     def stop(self) -> Optional[int]:
         shutil.rmtree(self._dir, ignore_errors=True)
         if self.proc is None:

@@ -350,3 +350,57 @@ def test_requests_are_counted_by_kind(emulator, cos, prefix):
     cos.list_objects(Bucket=ALPHA, Prefix=prefix)
     assert emulator.requests(reset=True, contains=prefix) == {"PUT": 1, "HEAD": 1, "LIST": 1}
     assert emulator.requests(contains=prefix) == {}
+
+
+# --- conditional writes (x-cos-forbid-overwrite) and the rendezvous
+
+NO_OVERWRITE = {"Metadata": {"x-cos-forbid-overwrite": "true"}}
+
+
+def test_a_put_that_forbids_overwriting_refuses_an_existing_object(cos, prefix):
+    cos.put_object(Bucket=ALPHA, Key=prefix + "there", Body=b"first")
+    error = service_error(cos.put_object, Bucket=ALPHA, Key=prefix + "there", Body=b"second",
+                          **NO_OVERWRITE)
+    assert (error.get_status_code(), error.get_error_code()) == (409, "FileAlreadyExists")
+    assert read(cos, ALPHA, prefix + "there") == b"first"
+    cos.put_object(Bucket=ALPHA, Key=prefix + "new", Body=b"stored", **NO_OVERWRITE)
+    assert read(cos, ALPHA, prefix + "new") == b"stored"
+
+
+@pytest.mark.parametrize("status", ["Enabled", "Suspended"])
+def test_forbidding_overwrites_is_ignored_once_versioning_was_enabled(cos, status):
+    """COS: the header has no effect in a bucket whose versioning was ever enabled."""
+    bucket = f"vers{uuid.uuid4().hex[:8]}-1250000000"
+    cos.create_bucket(Bucket=bucket)
+    cos.put_bucket_versioning(Bucket=bucket, Status="Enabled")
+    if status == "Suspended":
+        cos.put_bucket_versioning(Bucket=bucket, Status="Suspended")
+    cos.put_object(Bucket=bucket, Key="k", Body=b"first")
+    cos.put_object(Bucket=bucket, Key="k", Body=b"second", **NO_OVERWRITE)
+    assert read(cos, bucket, "k") == b"second"
+
+
+def test_of_two_puts_that_forbid_overwriting_one_name_one_stores(emulator, cos, prefix):
+    """Checked and stored as one step: both requests in flight at once (the rendezvous
+    holds the first until the second arrives), exactly one gets 409."""
+    emulator.rendezvous(contains=prefix + "race", parties=2, timeout=30)
+
+    def put(body: bytes) -> str:
+        try:
+            cos.put_object(Bucket=ALPHA, Key=prefix + "race", Body=body, **NO_OVERWRITE)
+        except CosServiceError as exc:
+            return exc.get_error_code()
+        return "stored"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(put, [b"one", b"two"]))
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+    assert outcomes == ["FileAlreadyExists", "stored"]
+
+
+def test_the_rendezvous_breaks_when_requests_come_one_after_another(emulator, cos, prefix):
+    emulator.rendezvous(contains=prefix, parties=2, timeout=0.5)
+    cos.put_object(Bucket=ALPHA, Key=prefix + "a", Body=b"a")  # waits in vain, then goes
+    cos.put_object(Bucket=ALPHA, Key=prefix + "b", Body=b"b")  # nothing armed any more
+    assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
+    assert read(cos, ALPHA, prefix + "a") == b"a"

@@ -24,11 +24,17 @@ The shim translates what differs between COS and S3 on the wire:
   prefixes URL-encoded like COS does (moto encodes only the keys), so keys holding control
   bytes never reach the XML raw;
 * listings come from a sorted index of the bucket's keys (``listing.py``), not from a scan
-  of the whole bucket, so like COS their cost does not grow with the bucket.
+  of the whole bucket, so like COS their cost does not grow with the bucket;
+* a PUT Object with ``x-cos-forbid-overwrite: true`` onto an existing object gets 409
+  FileAlreadyExists, checked and stored as one step, unless the bucket's versioning was
+  ever enabled (COS ignores the header there too).
 
 Every request is counted by kind (``GET /__emulator__/requests`` shows the counts, ``DELETE``
 resets them; ``?contains=TEXT`` counts only requests whose key or listed prefix holds TEXT),
 so tests and the bench can tell how many COS round-trips an FTP command costs.
+
+A rendezvous (``/__emulator__/rendezvous``, see :class:`Rendezvous`) holds chosen requests
+until a given number of them are in flight at once: tests prove concurrency with it.
 
 Faults can be injected (latency, 503 SlowDown, downloads cut off half-way, everything
 down) from the command line or at run time with ``PUT /__emulator__/faults`` and a JSON body
@@ -41,6 +47,7 @@ moto takes the bucket from the first label of the ``Host`` header, which the SDK
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -128,6 +135,7 @@ def _cos_error_body(body: bytes, resource: str, request_id: str) -> bytes:
 
 CONTROL_PATH = "/__emulator__/faults"
 REQUESTS_PATH = "/__emulator__/requests"
+RENDEZVOUS_PATH = "/__emulator__/rendezvous"
 
 
 def request_kind(environ: dict) -> str:
@@ -290,6 +298,76 @@ class _UploadTimes:
                       b"<Initiated>" + stamp + b"</Initiated>", upload)
 
 
+class _KeyLocks:
+    """One lock per object (striped): a write with a condition on the object (PUT with
+    ``x-cos-forbid-overwrite``) is checked and done as one step against every other write
+    of that object, as COS does."""
+
+    STRIPES = 64
+
+    def __init__(self) -> None:
+        self._locks = [threading.Lock() for _ in range(self.STRIPES)]
+
+    @contextlib.contextmanager
+    def holding(self, environ: dict) -> Iterator[None]:
+        if environ["REQUEST_METHOD"] not in ("PUT", "POST", "DELETE") or \
+                environ.get("PATH_INFO", "/") in ("", "/"):
+            yield
+            return
+        place = (environ.get("HTTP_HOST", ""), environ.get("PATH_INFO", ""))
+        with self._locks[hash(place) % self.STRIPES]:
+            yield
+
+
+class Rendezvous:
+    """Holds the requests whose key or listed prefix holds a text until ``parties`` of them
+    are in flight at once, then lets them all go: a test proves that the gateway sends them
+    concurrently without measuring time (sent one after another, the first waits for the
+    others in vain and the rendezvous breaks after ``timeout`` seconds). One use per arming;
+    ``PUT /__emulator__/rendezvous`` with ``{"contains", "parties", "timeout"}`` arms it,
+    ``GET`` tells how many requests met (``passed``) and how many waited in vain
+    (``broken``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._barrier: Optional[threading.Barrier] = None
+        self._contains = ""
+        self._left = 0  # requests the armed rendezvous still takes
+        self.passed = 0
+        self.broken = 0
+
+    def arm(self, contains: str, parties: int, timeout: float) -> None:
+        with self._lock:
+            self._barrier = threading.Barrier(parties, timeout=timeout)
+            self._contains, self._left = contains, parties
+            self.passed = self.broken = 0
+
+    def meet(self, target: str) -> None:
+        """Wait, if ``target`` is one of the requests the rendezvous is armed for."""
+        with self._lock:
+            barrier = self._barrier
+            if barrier is None or self._contains not in target:
+                return
+            self._left -= 1
+            if self._left == 0:
+                self._barrier = None  # later requests go their way
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            with self._lock:
+                self.broken += 1
+                if self._barrier is barrier:
+                    self._barrier = None
+            return
+        with self._lock:
+            self.passed += 1
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {"armed": self._barrier is not None, "passed": self.passed,
+                    "broken": self.broken}
+
+
 class CosShim:
     """WSGI middleware that makes moto's S3 app speak COS, with optional injected faults."""
 
@@ -299,6 +377,8 @@ class CosShim:
         self._lock = threading.Lock()
         self._upload_times = _UploadTimes()
         self._crcs = _ObjectCrcs()
+        self._writes = _KeyLocks()
+        self.rendezvous = Rendezvous()
         # (kind, key or listed prefix) of each request since the last reset; bounded.
         self.requests: deque[tuple[str, str]] = deque(maxlen=100_000)
 
@@ -307,10 +387,13 @@ class CosShim:
             return self._control(environ, start_response)
         if environ.get("PATH_INFO") == REQUESTS_PATH:
             return self._request_counts(environ, start_response)
+        if environ.get("PATH_INFO") == RENDEZVOUS_PATH:
+            return self._rendezvous_control(environ, start_response)
         with self._lock:
             key, listed = _targets(environ)
             self.requests.append((request_kind(environ), key or listed))
         request_id = uuid.uuid4().hex
+        self.rendezvous.meet(key or listed)
         injected = self._inject(environ, start_response, request_id)
         if injected is not None:
             return injected
@@ -319,7 +402,11 @@ class CosShim:
                                    "PreconditionFailed", environ.get("PATH_INFO", ""),
                                    request_id)
         crc = self._crc_of_upload(environ)
-        body, status, headers = self._forward(environ, request_id)
+        with self._writes.holding(environ):
+            if self._overwrite_forbidden(environ):
+                return _error_response(start_response, "409 Conflict", "FileAlreadyExists",
+                                       environ.get("PATH_INFO", ""), request_id)
+            body, status, headers = self._forward(environ, request_id)
         if crc is not None and status.startswith("2"):
             headers.append(("x-cos-hash-crc64ecma", self._reported_crc(
                 self._object_crc(environ, headers, crc))))
@@ -388,6 +475,38 @@ class CosShim:
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])
         return [body]
+
+    def _rendezvous_control(self, environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["REQUEST_METHOD"] in ("PUT", "POST"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            wanted = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            self.rendezvous.arm(str(wanted["contains"]), int(wanted["parties"]),
+                                float(wanted.get("timeout", 10.0)))
+        body = json.dumps(self.rendezvous.as_dict()).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _inner(self, method: str, path: str, environ: dict) -> Any:
+        """A request to moto itself, on the bucket and with the credentials of ``environ``."""
+        headers = {"Host": environ.get("HTTP_HOST", ""),
+                   "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
+        return Client(self.app).open(path, method=method, headers=headers)
+
+    def _overwrite_forbidden(self, environ: dict) -> bool:
+        """Whether a PUT Object with ``x-cos-forbid-overwrite: true`` would replace an object,
+        which COS refuses with 409 FileAlreadyExists. COS ignores the header in a bucket
+        whose versioning was ever enabled (Enabled or Suspended), and so does this."""
+        query = environ.get("QUERY_STRING", "")
+        if environ["REQUEST_METHOD"] != "PUT" or "HTTP_X_COS_COPY_SOURCE" in environ or \
+                "partNumber" in query or \
+                environ.get("HTTP_X_COS_FORBID_OVERWRITE", "").lower() != "true":
+            return False
+        versioning = self._inner("GET", "/?versioning", environ).data
+        if b"<Status>" in versioning:
+            return False
+        path = urllib.parse.quote(environ.get("PATH_INFO", "/").encode("latin-1"))
+        return self._inner("HEAD", path, environ).status_code == 200
 
     def _copy_source_changed(self, environ: dict) -> bool:
         """Whether a copy's source no longer has the ETag ``x-cos-copy-source-If-Match``
