@@ -99,7 +99,8 @@ class StorageUnavailable(Exception):
 
 
 class ResumeRefused(OSError):
-    """REST + STOR at an offset where no stored part of the file ends."""
+    """REST + STOR at an offset where no stored part of the file ends, or REST + RETR past
+    the end of the file."""
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.ESPIPE, message)

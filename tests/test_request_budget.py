@@ -3,6 +3,8 @@ docs/performance.md. A change that adds a request to a command fails here."""
 
 from __future__ import annotations
 
+import ftplib
+
 import pytest
 
 from .test_commands import get, put
@@ -82,8 +84,20 @@ def test_size_and_mdtm(alice, emulator, area, command, expected):
 
 def test_retr(alice, emulator, area):
     put(alice, f"{area}/f", DATA)
-    # HEAD, then the GET pinned to the ETag the HEAD saw.
-    assert count(emulator, area, lambda: get(alice, f"{area}/f")) == {"HEAD": 1, "GET": 1}
+    # One GET, whose answer carries the size and the ETag a reopened stream is pinned to
+    # (was HEAD, then the GET).
+    assert count(emulator, area, lambda: get(alice, f"{area}/f")) == {"GET": 1}
+    assert count(emulator, area, lambda: get(alice, f"{area}/f", rest=10)) == {"GET": 1}
+
+
+def test_retr_of_a_directory_or_of_nothing(alice, emulator, area):
+    alice.mkd(area)
+    alice.mkd(f"{area}/d")
+    # The GET finds no object; one LIST tells a directory (550 Is a directory) from nothing.
+    for name, why in (("d", "Is a directory"), ("none", "No such file")):
+        with pytest.raises(ftplib.error_perm, match=f"550 {why}"):
+            count(emulator, area, lambda n=name: get(alice, f"{area}/{n}"))
+        assert emulator.requests(contains=area) == {"GET": 1, "LIST": 1}
 
 
 def test_list_of_a_directory(alice, emulator, area):

@@ -124,12 +124,14 @@ class ListPage:
 
 
 class ObjectStream:
-    """The body of a GET, read in chunks; ``close()`` releases the connection."""
+    """The body of a GET, read in chunks; ``close()`` releases the connection. ``size`` is
+    the whole object's (a ranged GET says it in Content-Range), ``length`` this body's."""
 
-    def __init__(self, raw: Any, length: int, etag: str = "") -> None:
+    def __init__(self, raw: Any, length: int, etag: str = "", size: Optional[int] = None) -> None:
         self._raw = raw
         self.length = length
         self.etag = etag
+        self.size = length if size is None else size
 
     def read(self, size: int) -> bytes:
         """Return up to ``size`` bytes, ``b""`` at the end; raises ``StorageError`` on a reset."""
@@ -209,6 +211,20 @@ def _reported_crc64(headers: dict) -> Optional[int]:
         if name.lower() == "x-cos-hash-crc64ecma" and str(value).isdigit():
             return int(value)
     return None
+
+
+def _header(headers: dict, wanted: str) -> str:
+    """The value of the header ``wanted`` (lower case) in ``headers``, "" if absent."""
+    for name, value in headers.items():
+        if name.lower() == wanted:
+            return str(value)
+    return ""
+
+
+def _whole_size(content_range: str, fallback: int) -> int:
+    """The object's size from a ranged GET's ``Content-Range: bytes a-b/size``."""
+    total = content_range.rpartition("/")[2]
+    return int(total) if total.isdigit() else fallback
 
 
 def _float_or_none(value: str) -> Optional[float]:
@@ -377,7 +393,8 @@ class Bucket:
         response = _call(f"GET {key}", self._client.get_object, Bucket=self.name, Key=key, **extra)
         length = int(response.get("Content-Length", 0))
         return ObjectStream(response["Body"].get_raw_stream(), length,
-                            str(response.get("ETag", "")).strip('"'))
+                            str(response.get("ETag", "")).strip('"'),
+                            _whole_size(_header(response, "content-range"), offset + length))
 
     def read_small(self, key: str, size: int) -> bytes:
         """Return the first ``size`` bytes of ``key`` (meant for small objects); raises

@@ -1,12 +1,13 @@
 """Ranged, streaming reader of one object for RETR.
 
-The GET starts lazily at the first ``read`` so that pyftpdlib's ``open`` + ``seek(REST)`` costs
-one request, not two. A thread reads ahead (at most ``READ_AHEAD`` chunks, so memory per
-download stays bounded) so the data channel does not wait on COS between chunks; a caller
-that already reads on a thread of its own (the download pump) turns that off. A stream
-that breaks is reopened from the current offset a couple of times; one that still cannot
-deliver raises instead of returning a short file: the client sees 426/451, never a silently
-truncated download.
+RETR opens a download with :func:`open_download`: one GET from the REST offset, whose
+answer says the size and the ETag (a missing object fails right there, before any reply).
+Every later GET of the download (a reopened stream, a seek) is pinned to that ETag. A thread
+reads ahead (at most ``READ_AHEAD`` chunks, so memory per download stays bounded) so the data
+channel does not wait on COS between chunks; a caller that already reads on a thread of its
+own (the download pump) turns that off. A stream that breaks is reopened from the current
+offset a couple of times; one that still cannot deliver raises instead of returning a short
+file: the client sees 426/451, never a silently truncated download.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 from typing import Optional, Union
 
 from .. import logcontext
-from ..errors import StorageError
+from ..errors import ResumeRefused, StorageError
 from .bucket import Bucket, ObjectStream
 
 log = logging.getLogger(__name__)
@@ -95,14 +96,17 @@ class RangedReader(io.RawIOBase):
     read_ahead = True
 
     def __init__(self, bucket: Bucket, key: str, *, name: str, size: int, etag: str = "",
-                 chunk_size: int = CHUNK_SIZE) -> None:
+                 chunk_size: int = CHUNK_SIZE, offset: int = 0,
+                 opened: Optional[ObjectStream] = None) -> None:
         super().__init__()
         self.name = name
         self._bucket = bucket
         self._key = key
         self._size = size
         self._chunk_size = chunk_size
-        self._pos = 0
+        self._pos = offset
+        # The GET that found the object, from ``offset``: read first, no request more.
+        self._opened = opened
         self._ahead: Optional[Union[_ReadAhead, _Direct]] = None
         self._pending = memoryview(b"")
         self._reopens_left = REOPEN_ATTEMPTS
@@ -128,6 +132,11 @@ class RangedReader(io.RawIOBase):
             self._pos = offset
         return self._pos
 
+    @property
+    def size(self) -> int:
+        """The size of the version being sent."""
+        return self._size
+
     def read(self, size: int = -1) -> bytes:
         """Return up to ``size`` bytes (all that is left for -1); ``b""`` at end of object."""
         if self._pos >= self._size:
@@ -149,7 +158,8 @@ class RangedReader(io.RawIOBase):
         while True:
             if self._ahead is None:
                 source = _ReadAhead if self.read_ahead else _Direct
-                self._ahead = source(self._open_stream(), self._chunk_size)
+                stream, self._opened = self._opened or self._open_stream(), None
+                self._ahead = source(stream, self._chunk_size)
             try:
                 data = self._ahead.next_chunk()
                 if not data:
@@ -193,6 +203,30 @@ class RangedReader(io.RawIOBase):
 
     def _drop_stream(self) -> None:
         self._pending = memoryview(b"")
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
         if self._ahead is not None:
             self._ahead.close()
             self._ahead = None
+
+
+def open_download(bucket: Bucket, key: str, *, name: str, offset: int = 0) -> RangedReader:
+    """A download of ``key`` from byte ``offset`` in one GET, whose answer gives the size and
+    the ETag the rest of the download is pinned to. Raises ``NotFound`` for a missing key and
+    ``ResumeRefused`` when ``offset`` lies past the end.
+
+    A GET from the very end of an object (or past it) is refused by COS (416): a HEAD then
+    tells the size, and a download from exactly the end sends nothing."""
+    try:
+        stream = bucket.open_read(key, offset)
+    except StorageError as exc:
+        if exc.status != 416 or not offset:
+            raise
+        info = bucket.head(key)
+        if offset > info.size:
+            raise ResumeRefused(f"REST position ({offset}) > file size ({info.size})") from exc
+        return RangedReader(bucket, key, name=name, size=info.size, etag=info.etag,
+                            offset=offset)
+    return RangedReader(bucket, key, name=name, size=stream.size, etag=stream.etag,
+                        offset=offset, opened=stream)

@@ -40,7 +40,7 @@ from ..config.settings import AccountConfig, TransferConfig
 from ..cos.bucket import Bucket, ObjectInfo
 from ..cos.copies import Moved, copy_object, rename_directory
 from ..cos.digests import digest
-from ..cos.downloads import RangedReader
+from ..cos.downloads import RangedReader, open_download
 from ..cos.engine import Engine
 from ..cos.listing import (
     Entry,
@@ -570,8 +570,7 @@ class CosFS(AbstractedFS):
         ``"ab"`` (APPE), one that continues what SIZE reports: the parked upload or the
         existing object's bytes (see :class:`.uploads.SessionUploads`)."""
         if mode == "rb":
-            entry = self._require_file(filename)
-            return self._reader(filename, entry)
+            return self.open_download(filename)
         self._own_upload = None  # only the last upload counts, and only once it committed
         if mode == "wb":
             self._check_creatable(filename)
@@ -588,11 +587,18 @@ class CosFS(AbstractedFS):
                                         self._take_announced())
         raise Refusal(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
 
-    def _reader(self, filename: str, entry: Entry) -> RangedReader:
-        """A reader of the version ``entry`` describes: the size SIZE answered is the size
-        RETR sends, or the download fails (the object changed in between)."""
-        return RangedReader(self._bucket, object_key(filename), name=filename,
-                            size=entry.size, etag=entry.etag)
+    @_transient_escapes
+    def open_download(self, path: str, offset: int = 0) -> RangedReader:
+        """RETR (after ``REST offset``): one GET from ``offset``, whose answer gives the size
+        sent and the ETag every later GET of this download is pinned to (an overwrite
+        meanwhile fails the download rather than mixing versions). Raises ``Refusal`` for a
+        directory or nothing there (a LIST tells which, after the GET found no object) and
+        ``ResumeRefused`` for an offset past the end."""
+        try:
+            return open_download(self._bucket, object_key(path), name=path, offset=offset)
+        except (NotFound, InvalidPath):
+            self._require(path, want_dir=False)
+            raise Refusal(errno.ENOENT, "No such file or directory") from None
 
     @_transient_escapes
     def open_resume(self, filename: str, offset: int) -> UploadSession:

@@ -638,6 +638,23 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             compat.queue_transfer(self, upload, "STOR")
         return file
 
+    def ftp_RETR(self, file: str):
+        """RETR in one GET, from the offset REST set (``CosFS.open_download``): its answer
+        carries what a HEAD would have told (size, ETag). 554 for an offset past the end, as
+        pyftpdlib answers; 550 for a directory or nothing there."""
+        offset = compat.take_restart_position(self)
+        try:
+            reader = self.run_as_current_user(self.fs.open_download, file, offset)
+        except ResumeRefused as exc:
+            self.respond(f"554 {exc.strerror}")
+            return None
+        except (OSError, FilesystemError) as exc:
+            self.respond(f"550 {strerror(exc)}.")
+            return None
+        producer = compat.FileProducer(reader, compat.transfer_type(self))
+        self.push_dtp_data(producer, isproducer=True, file=reader, cmd="RETR")
+        return file
+
     def ftp_ABOR(self, line: str) -> None:
         """An upload the client aborts is discarded; only a broken one is parked."""
         upload = getattr(self.data_channel, "file_obj", None)
