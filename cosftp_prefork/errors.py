@@ -73,6 +73,12 @@ class NotFound(StorageError):
     default_errno = errno.ENOENT
 
 
+class AlreadyExists(StorageError):
+    """A write that may not replace an object found one (``x-cos-forbid-overwrite``: 409)."""
+
+    default_errno = errno.EEXIST
+
+
 class PermissionDenied(StorageError):
     """COS refused the credentials or the operation (AccessDenied, SignatureDoesNotMatch)."""
 
@@ -96,6 +102,15 @@ class StorageUnavailable(Exception):
     def __init__(self, cause: StorageError) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class NotStorable(OSError):
+    """A name the namespace's rules refuse to give a file (a directory has it, a file is in
+    its path, its directory does not exist), found while the upload was under way: the
+    data channel answers 550 with ``strerror`` and nothing stays stored."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
 
 
 class ResumeRefused(OSError):

@@ -58,7 +58,12 @@ def new_name_key(ftp_path: str, directory: bool = False) -> str:
 
 def fits_as_directory(ftp_path: str) -> bool:
     """Whether ``ftp_path`` can name a directory: its marker ``key/`` must fit in COS."""
-    return key_bytes(ftp_path.strip("/") + "/") <= MAX_KEY_BYTES
+    return fits_as_key(ftp_path.strip("/") + "/")
+
+
+def fits_as_key(key: str) -> bool:
+    """Whether ``key`` is within the COS limit on key length."""
+    return key_bytes(key) <= MAX_KEY_BYTES
 
 
 def ftp_path_for_key(key: str) -> str:

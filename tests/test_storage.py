@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from cosftp_prefork.cos.bucket import Bucket
-from cosftp_prefork.errors import StorageError
+from cosftp_prefork.cos.listing import DIRECTORY, FILE, name_kind
+from cosftp_prefork.errors import AlreadyExists, StorageError
 
 from .conftest import ALPHA
 
@@ -59,3 +60,33 @@ def test_the_worker_session_reads_the_proxy_environment_once_per_host(monkeypatc
     assert len(asked) == 3  # b-1, direct.example, and b-1 for a streamed request
     own = session.merge_environment_settings(urls[1], {"http": "http://own:1"}, None, None, None)
     assert own["proxies"]["http"] == "http://own:1"
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ([], None),
+    (["k/own"], None),  # only the upload's own object: no evidence of a directory
+    (["k/own", "k/other"], DIRECTORY),
+    (["k", "k/own"], FILE),  # a file at the name wins, as in listings
+    (["k/", "k.txt"], DIRECTORY),  # the marker sorts after the sibling "k.txt"
+    (["k!a", "k-b", "k/c", "k/own"], DIRECTORY),  # siblings fill the first page
+    (["k!a", "k-b", "k/own"], None),
+    (["k-1", "k-2", "k-3"], None),
+    (["k/own", "k0"], None),  # the listing went past every key under k/
+])
+def test_what_a_name_is_counts_nothing_of_the_uploads_own_key(emulator, cos, keys, expected):
+    bucket = Bucket(cos, ALPHA, emulator.region)
+    base = f"kind-{uuid.uuid4().hex}/"
+    for key in keys:
+        bucket.put(base + key, b"")
+    assert name_kind(bucket, base + "k", ignore=base + "k/own") == expected
+
+
+def test_a_put_that_may_not_replace_says_so_and_changes_nothing(emulator, cos):
+    bucket = Bucket(cos, ALPHA, emulator.region)
+    key = f"absent-{uuid.uuid4().hex}"
+    first = bucket.put(key, b"first", if_absent=True)
+    with pytest.raises(AlreadyExists) as info:
+        bucket.put(key, b"second", if_absent=True)
+    assert info.value.status == 409 and info.value.code == "FileAlreadyExists"
+    assert bucket.head(key).etag == first.etag and first.version_id == ""
+    assert bucket.versioning() == ""

@@ -34,7 +34,7 @@ from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from .. import metrics
 from ..config.settings import AccountConfig
-from ..errors import NotFound, PermissionDenied, StorageError
+from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 from .checksum import crc64_of
 from .pagination import marker_after, paginate
 
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchResource", "NoSuchUpload", "NoSuchBucket"}
 _DENIED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
+# What COS answers (409) to a write with ``x-cos-forbid-overwrite: true`` onto an object.
+_EXISTS_CODES = {"FileAlreadyExists"}
+FORBID_OVERWRITE = "x-cos-forbid-overwrite"
 LIST_PAGE_MAX = 1000
 # The modification time a client set with MFMT, in seconds since the epoch; the name rclone
 # uses too, so both tools see the same time.
@@ -81,10 +84,12 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class Completed:
-    """What COS answers when it stored an object (a PUT or a completed multipart upload)."""
+    """What COS answers when it stored an object (a PUT or a completed multipart upload);
+    ``version_id`` only where the bucket keeps versions."""
 
     etag: str
     crc64: Optional[int]
+    version_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,8 @@ def _translate(exc: Exception, action: str) -> StorageError:
         cls = StorageError
         if code in _NOT_FOUND_CODES or status == 404:
             cls = NotFound
+        elif code in _EXISTS_CODES:
+            cls = AlreadyExists
         elif code in _DENIED_CODES or status == 403:
             cls = PermissionDenied
         text = f"COS {action} failed: {message}" if message else f"COS {action} failed"
@@ -413,13 +420,27 @@ class Bucket:
         finally:
             stream.close()
 
-    def put(self, key: str, data: bytes, like: Optional[ObjectInfo] = None) -> Completed:
+    def put(self, key: str, data: bytes, like: Optional[ObjectInfo] = None,
+            if_absent: bool = False) -> Completed:
         """Store ``data`` as ``key`` in one request, with the storage class, encryption,
-        content headers and metadata of ``like`` if given; return the new object's ETag and
-        the CRC64 COS reports, if any."""
+        content headers and metadata of ``like`` if given; return the new object's ETag, the
+        CRC64 COS reports, if any, and its version id where the bucket keeps versions.
+
+        With ``if_absent`` (``x-cos-forbid-overwrite``), COS refuses to replace an object
+        already there: ``AlreadyExists``. COS honours that header only in a bucket whose
+        versioning was never enabled (see :meth:`versioning`)."""
+        headers = _object_headers(like, None)
+        if if_absent:  # the SDK sends what Metadata holds as headers, as they are
+            headers["Metadata"] = {**headers.get("Metadata", {}), FORBID_OVERWRITE: "true"}
         result = _call(f"PUT {key}", self._client.put_object, Bucket=self.name, Key=key,
-              Body=data, EnableMD5=True, **_object_headers(like, None))
-        return Completed(str(result.get("ETag", "")).strip('"'), _reported_crc64(result))
+              Body=data, EnableMD5=True, **headers)
+        return Completed(str(result.get("ETag", "")).strip('"'), _reported_crc64(result),
+                         _header(result, "x-cos-version-id"))
+
+    def versioning(self) -> str:
+        """The bucket's versioning status: "Enabled", "Suspended", or "" if never enabled."""
+        result = _call("GET versioning", self._client.get_bucket_versioning, Bucket=self.name)
+        return str((result or {}).get("Status") or "")
 
     def create_multipart(self, key: str, like: Optional[ObjectInfo] = None,
                          client_mtime: Optional[float] = None) -> str:
@@ -541,9 +562,11 @@ class Bucket:
             raise StorageError(f"COS could not delete {first.get('Key')}: "
                                f"{first.get('Message', '')}", code=str(first.get("Code", "")))
 
-    def delete(self, key: str) -> None:
-        """Delete ``key``; deleting a missing key succeeds, as in COS."""
-        _call(f"DELETE {key}", self._client.delete_object, Bucket=self.name, Key=key)
+    def delete(self, key: str, version_id: str = "") -> None:
+        """Delete ``key`` (only its version ``version_id`` if given); deleting a missing key
+        succeeds, as in COS."""
+        extra = {"VersionId": version_id} if version_id else {}
+        _call(f"DELETE {key}", self._client.delete_object, Bucket=self.name, Key=key, **extra)
 
 
 class ChunkedBody:

@@ -269,13 +269,23 @@ class OwnerExecutor:
 
 
 class Engine:
-    """What a worker's uploads and copies share: the budget and the two pools."""
+    """What a worker's uploads and copies share: the budget and the pools.
+
+    ``lookups`` serves the short requests a command sends beside its main one (a new file's
+    look-ups while its bytes arrive, MFMT's marker beside its copy, a rename's delete after
+    its reply), as many threads as ``copies``, a few per session at once: neither part
+    uploads nor copy storms delay them."""
+
+    LOOKUPS_PER_OWNER = 4
 
     def __init__(self, memory_limit: int, part_threads: int, copy_threads: int) -> None:
         self.budget = TransferBudget(memory_limit)
         self.parts = FairPool(part_threads, "cos-part")
         # Half the copy threads at most for one rename: a second one starts at once.
         self.copies = FairPool(copy_threads, "cos-copy", per_owner=max(1, copy_threads // 2))
+        self.lookup_threads = max(self.LOOKUPS_PER_OWNER, copy_threads)
+        self.lookups = FairPool(self.lookup_threads, "cos-lookup",
+                                per_owner=self.LOOKUPS_PER_OWNER)
 
     def copier(self, owner: Optional[Hashable] = None) -> OwnerExecutor:
         """An executor for the copies of one job (a rename, an MFMT, an APPE)."""
@@ -284,3 +294,4 @@ class Engine:
     def shutdown(self) -> None:
         self.parts.shutdown()
         self.copies.shutdown()
+        self.lookups.shutdown()

@@ -127,10 +127,33 @@ def first_key_from(bucket: Bucket, key: str) -> Optional[ObjectInfo]:
     return page.objects[0] if page.objects else None
 
 
-def directory_exists(bucket: Bucket, prefix: str) -> bool:
-    """Return True if any key (a marker or a file) lives under ``prefix``."""
-    page = bucket.list_page(prefix, max_keys=1, delimiter="")
-    return bool(page.objects)
+FILE = "file"
+DIRECTORY = "directory"
+
+
+def name_kind(bucket: Bucket, key: str, ignore: str = "") -> Optional[str]:
+    """What ``key`` names now: ``FILE`` (the object ``key``, which wins over keys under it, as
+    in listings), ``DIRECTORY`` (keys under ``key/``) or None; the object ``ignore`` (an
+    upload's own, which may be stored already) counts for nothing. One LIST in the common
+    cases; a second when siblings such as ``key-2`` (which sort before ``key/``) fill the
+    first."""
+    page = bucket.list_page(key, max_keys=2, delimiter="")
+    found = [obj.key for obj in page.objects if obj.key != ignore]
+    prefix = key + "/"
+    if key in found:
+        return FILE
+    if any(found_key.startswith(prefix) for found_key in found):
+        return DIRECTORY
+    last = page.objects[-1].key if page.objects else ""
+    if page.next_marker is None or not (last < prefix or last.startswith(prefix)):
+        return None  # the listing is complete, or went past every key under key/
+    return DIRECTORY if directory_exists(bucket, prefix, ignore) else None
+
+
+def directory_exists(bucket: Bucket, prefix: str, ignore: str = "") -> bool:
+    """Return True if any key (a marker or a file) but ``ignore`` lives under ``prefix``."""
+    page = bucket.list_page(prefix, max_keys=2 if ignore else 1, delimiter="")
+    return any(obj.key != ignore for obj in page.objects)
 
 
 def directory_is_empty(bucket: Bucket, prefix: str) -> bool:

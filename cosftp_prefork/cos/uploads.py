@@ -49,11 +49,12 @@ from typing import Callable, Optional, Union
 
 from .. import metrics
 from ..config.settings import MIN_PART_SIZE, TransferConfig
-from ..errors import FileTooLarge, NotFound, ResumeRefused, StorageError
+from ..errors import FileTooLarge, NotFound, NotStorable, ResumeRefused, StorageError
 from .bucket import Bucket, Completed, ObjectInfo, PartInfo
 from .checksum import crc64, crc64_combine
 from .engine import Claim, Engine, PartPlan
 from .listing import Entry
+from .naming import NameChecks
 from .periodic import Periodic
 from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
 
@@ -352,9 +353,11 @@ class UploadSession:
     def __init__(self, bucket: Bucket, key: str, *, name: str, state: UploadState,
                  transfer: TransferConfig, engine: Engine, store: ResumeStore,
                  retrier: Optional[AbortRetrier] = None,
-                 announced: Optional[int] = None) -> None:
+                 announced: Optional[int] = None, checks: Optional[NameChecks] = None) -> None:
         self.name = name
         self.state = state
+        # A new name's look-ups, running while the bytes arrive (see naming).
+        self._checks = checks
         self._bucket, self._key, self._store = bucket, key, store
         self._max_size = transfer.single_file_max_size
         self._engine = engine
@@ -404,8 +407,18 @@ class UploadSession:
             )
         if self.state is not UploadState.STREAMING:
             self._move(UploadState.STREAMING)
+        if self._checks is not None and self._checks.settled():
+            self._name_allowed()  # a refused name stops the transfer at once
         self._parts.write(data)
         return len(data)
+
+    def _name_allowed(self) -> None:
+        """Wait for the verdict on a new name; ``NotStorable`` if refused (never parked)."""
+        try:
+            self._checks.allow()
+        except NotStorable:
+            self._discard = True
+            raise
 
     def continue_object(self, source: ObjectInfo) -> None:
         """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
@@ -458,7 +471,10 @@ class UploadSession:
                 if not still_wanted(0.0):
                     raise UploadInterrupted(self.name)
                 body, sent = self._parts.take_body()
-                reported = self._bucket.put(self._key, body, self._like)
+                if self._checks is None:
+                    reported = self._bucket.put(self._key, body, self._like)
+                else:
+                    reported = self._checks.put(self._bucket, self._key, body, self._like)
                 self._parts.drop_buffer()
             else:
                 reported = self._finish_multipart(still_wanted)
@@ -548,6 +564,8 @@ class UploadSession:
         self._parts.finish()
         if not still_wanted(max(0.0, grace_ends - time.monotonic())):
             raise UploadInterrupted(self.name)
+        if self._checks is not None:
+            self._name_allowed()
         parts = sorted(self._parts.etags.items())
         return self._bucket.complete_multipart(self._key, self._parts.upload_id or "",
                                                parts)
@@ -555,6 +573,8 @@ class UploadSession:
     def _abort(self) -> None:
         if self.state is not UploadState.ABORTED:
             self._move(UploadState.ABORTED)
+        if self._checks is not None:
+            self._checks.cancel()
         self._parts.settle()
         upload_id = self._parts.upload_id
         if upload_id is None:
@@ -601,10 +621,12 @@ class SessionUploads:
             self._offered = (path, source.record.upload_id)
 
     def new(self, path: str, key: str, overwrite: bool = False,
-            announced: Optional[int] = None) -> UploadSession:
-        """An upload that starts from nothing (STOR)."""
+            announced: Optional[int] = None,
+            checks: Optional[NameChecks] = None) -> UploadSession:
+        """An upload that starts from nothing (STOR); with ``checks``, of a name whose
+        look-ups run while its bytes arrive (whether a file has it is not known yet)."""
         return self._session(path, key, UploadState.OVERWRITE if overwrite else UploadState.NEW,
-                             announced)
+                             announced, checks)
 
     def append(self, path: str, key: str, existing: Optional[Entry],
                announced: Optional[int] = None) -> UploadSession:
@@ -643,11 +665,11 @@ class SessionUploads:
         return None
 
     def _session(self, path: str, key: str, state: UploadState,
-                 announced: Optional[int]) -> UploadSession:
+                 announced: Optional[int],
+                 checks: Optional[NameChecks] = None) -> UploadSession:
         return UploadSession(self._bucket, key, name=path, state=state,
                              transfer=self._transfer, engine=self._engine, store=self._store,
-                             retrier=self._retrier,
-                             announced=announced)
+                             retrier=self._retrier, announced=announced, checks=checks)
 
     def _resumed(self, path: str, key: str, parked: ParkedUpload,
                  announced: Optional[int]) -> UploadSession:

@@ -51,6 +51,7 @@ from ..cos.listing import (
     pages,
 )
 from ..cos.mtimes import ListedMtimes, carry_markers, set_client_mtime
+from ..cos.naming import start_checks
 from ..cos.resume import ResumeStore
 from ..cos.uploads import AbortRetrier, SessionUploads, UploadSession
 from ..errors import (
@@ -268,15 +269,6 @@ class CosFS(AbstractedFS):
             self._heads.pop(path, None)
         if self._own_upload is not None and self._own_upload[0] in paths:
             self._own_upload = None
-
-    def _check_creatable(self, path: str) -> None:
-        """Refuse (``Refusal``) a new file at ``path`` where a directory is, under a file, or,
-        with ``require_existing_dir``, in a directory that does not exist."""
-        entry = self.lookup(path)
-        if entry is not None and entry.is_dir:
-            raise Refusal(errno.EISDIR, "Is a directory")
-        if entry is None:
-            self._check_parents(path)
 
     def _check_parents(self, path: str) -> None:
         """Walk up from ``path`` to the first directory that exists; none of the missing
@@ -573,11 +565,7 @@ class CosFS(AbstractedFS):
             return self.open_download(filename)
         self._own_upload = None  # only the last upload counts, and only once it committed
         if mode == "wb":
-            self._check_creatable(filename)
-            existing = self.lookup(filename)
-            self._forget(filename)
-            return self._uploads.new(filename, object_key(filename), existing is not None,
-                                     self._take_announced())
+            return self._new_upload(filename)
         if mode == "ab":
             existing = self._upload_target(filename)
             if existing is None:
@@ -599,6 +587,16 @@ class CosFS(AbstractedFS):
         except (NotFound, InvalidPath):
             self._require(path, want_dir=False)
             raise Refusal(errno.ENOENT, "No such file or directory") from None
+
+    def _new_upload(self, path: str) -> UploadSession:
+        """STOR: the name's look-ups start now, on the worker's look-up pool, and run while
+        the client sends the bytes; the upload asks for their verdict when it would make the
+        object visible (see ``cos.naming``: the 550 of a refused name comes then)."""
+        key = object_key(path)
+        checks = start_checks(self._ctx.engine, self, self._bucket, key,
+                              self._ctx.account.require_existing_dir)
+        self._forget(path)
+        return self._uploads.new(path, key, announced=self._take_announced(), checks=checks)
 
     @_transient_escapes
     def open_resume(self, filename: str, offset: int) -> UploadSession:

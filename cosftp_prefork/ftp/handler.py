@@ -26,7 +26,13 @@ from ..cos.digests import ALGORITHMS
 from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine
 from ..cos.uploads import UploadInterrupted
-from ..errors import InvalidPath, ResumeRefused, StorageError, StorageUnavailable
+from ..errors import (
+    InvalidPath,
+    NotStorable,
+    ResumeRefused,
+    StorageError,
+    StorageUnavailable,
+)
 from ..paths import new_name_key
 from . import compat
 from .admission import Admission, raw_socket
@@ -137,6 +143,8 @@ _TCP_CLOSE = 7  # tcpi_state after a reset (linux/tcp_states.h)
 
 
 def _reply_for(exc: OSError, command: str = "STOR") -> str:
+    if isinstance(exc, NotStorable):
+        return f"550 {exc.strerror}; nothing stored."
     if exc.errno == errno.EFBIG:
         return f"552 {exc.strerror}; transfer aborted, nothing stored."
     if command in ("LIST", "MLSD", "NLST"):
@@ -337,7 +345,8 @@ class CosDTPHandler(DTPHandler):
             # pyftpdlib wraps file errors; the download pump hands ours over as they are
             original = exc.__cause__ if isinstance(exc.__cause__, OSError) and \
                 not isinstance(exc, StorageError) else exc
-            if isinstance(original, StorageError) or original.errno == errno.EFBIG:
+            if isinstance(original, (StorageError, NotStorable)) or \
+                    original.errno == errno.EFBIG:
                 log.error("path=%s: %s failed: %s", getattr(self.file_obj, "name", "-"), self.cmd,
                           original)
                 compat.set_close_reply(self, _reply_for(original, self.cmd),

@@ -283,10 +283,10 @@ class Worker:
             log.error("worker %d cannot start: %s", self.index, exc)
             return EXIT_BOOT_FAILURE
         transfer = self.config.transfer
-        buckets = BucketRegistry(
-            pool_size=transfer.upload_thread_num + transfer.copy_thread_num + 16)
         engine = Engine(transfer.memory_limit, transfer.upload_thread_num,
                         transfer.copy_thread_num)
+        buckets = BucketRegistry(pool_size=transfer.upload_thread_num +
+                                 transfer.copy_thread_num + engine.lookup_threads + 16)
         retrier = AbortRetrier()
         retrier.start()
         janitor = self._start_janitor(buckets)

@@ -1,0 +1,196 @@
+"""A new file's name, decided while its bytes arrive (issue 21).
+
+STOR of a new name must be refused where a directory has the name, under a file, and (with
+``require_existing_dir``) in a directory that does not exist. Those look-ups used to run
+before the ``150``, one after the other, and the PUT after them: three COS round trips in
+sequence per small file. Now the FTP layer starts them on the engine's look-up pool when
+STOR arrives (:class:`NameChecks` holds them), they run while the client sends the bytes,
+and the upload asks for their verdict only when it would make the object visible.
+
+For a small file the client's last byte usually comes before the look-ups' answers. The
+PUT is then sent at once, beside them, *speculatively*, with ``x-cos-forbid-overwrite``
+(:meth:`NameChecks.put`): one round trip after the last byte instead of two. What keeps
+every rule:
+
+- **An existing file is never replaced by a speculative PUT.** COS refuses it (409): a file
+  has the name, and once the look-ups allow the name (they count no file at the name
+  itself), the PUT is sent again without the header, as any overwrite. The look-ups are
+  waited for even then: the file may be another session's speculative one, about to be
+  undone with whatever replaced it.
+- **The undo removes only what the PUT created.** If COS took the speculative PUT, the key
+  was free; if the look-ups then refuse the name, that object is deleted before the reply
+  (``550``), so a refused STOR leaves nothing behind. COS has no conditional DELETE (DELETE
+  Object takes only the common request headers), so the one write the undo could take away
+  is another writer's PUT of the same key landing between this PUT and its undo (a round
+  trip or so) onto a name that the look-ups found unstorable: a directory's, or one under
+  a file. Another session of this server stores there only if its own look-ups, a moment
+  later, found the name storable, i.e. if that directory or file went away in between.
+- **No speculation where COS would not honour the header.** COS ignores
+  ``x-cos-forbid-overwrite`` in a bucket whose versioning was ever enabled: its status is
+  read once per worker (:func:`may_speculate`), and a PUT that answers with a version id
+  turns speculation off for good and is undone by that version only (which restores
+  whatever version it covered).
+- **Look-ups blind to the upload's own object**: every look-up ignores the key being
+  stored, which the speculative PUT may have made before a look-up ran
+  (``listing.name_kind``).
+- A speculative object is visible for that round trip like any stored one. Where it is then
+  undone, a look-up of another session in that moment may take it for what it seemed: a
+  file (its STOR of that name is an overwrite, its MKD refused), or the evidence that its
+  directory exists (a STOR into the same missing directory under a file, at the same
+  moment, is then accepted). Accounts with ``require_existing_dir`` never speculate: a
+  missing directory is their refusal, and a speculative object would make it exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import weakref
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, wait
+from typing import Optional
+
+from ..errors import AlreadyExists, NotStorable, StorageError
+from ..paths import fits_as_key
+from .bucket import Bucket, Completed, ObjectInfo
+from .engine import Engine
+from .listing import DIRECTORY, FILE, directory_exists, name_kind
+
+log = logging.getLogger(__name__)
+
+_UNVERSIONED: weakref.WeakKeyDictionary[Bucket, bool] = weakref.WeakKeyDictionary()
+_UNVERSIONED_LOCK = threading.Lock()
+
+
+def may_speculate(bucket: Bucket) -> bool:
+    """Whether COS honours ``x-cos-forbid-overwrite`` in ``bucket``: its versioning was
+    never enabled. Asked once per bucket and worker (a status never goes back to "never
+    enabled"); not known (the credentials may not ask): no."""
+    with _UNVERSIONED_LOCK:
+        known = _UNVERSIONED.get(bucket)
+    if known is not None:
+        return known
+    try:
+        status = bucket.versioning()
+    except StorageError as exc:
+        log.info("bucket %s: versioning status unknown (%s): new files wait for their "
+                 "look-ups before they are stored", bucket.name, exc)
+        return False
+    _keeps_versions(bucket, status != "")
+    return status == ""
+
+
+def _keeps_versions(bucket: Bucket, versions: bool) -> None:
+    with _UNVERSIONED_LOCK:
+        _UNVERSIONED[bucket] = not versions
+
+
+class NameChecks:
+    """The look-ups that decide whether a new file may take its name, running while its
+    bytes arrive; each future returns None or raises ``NotStorable`` (or ``StorageError``).
+
+    ``speculate``: whether :meth:`put` may store before the verdict is in."""
+
+    def __init__(self, futures: Sequence[Future], speculate: bool = True) -> None:
+        self._futures = list(futures)
+        self._speculate = speculate
+        self._allowed = False
+
+    def settled(self) -> bool:
+        """Whether every look-up has answered."""
+        return all(future.done() for future in self._futures)
+
+    def cancel(self) -> None:
+        """The upload ended without a commit: look-ups not started yet are not needed."""
+        for future in self._futures:
+            future.cancel()
+
+    def allow(self) -> None:
+        """Wait for the look-ups; raise ``NotStorable`` if they refuse the name,
+        ``StorageError`` if one failed."""
+        if not self._allowed:
+            self._verdict()
+            self._allowed = True
+
+    def put(self, bucket: Bucket, key: str, body: bytes,
+            like: Optional[ObjectInfo] = None) -> Completed:
+        """Store ``body`` as ``key`` if the name may take it (see the module doc); raises
+        ``NotStorable`` (nothing stored) or ``StorageError``."""
+        if self._allowed or self.settled() or not self._speculate or \
+                not may_speculate(bucket):
+            self.allow()
+            return bucket.put(key, body, like)
+        try:
+            created = bucket.put(key, body, like, if_absent=True)
+        except AlreadyExists:  # a file has the name: an overwrite, if the look-ups allow it
+            self.allow()
+            return bucket.put(key, body, like)
+        if created.version_id:
+            log.warning("bucket %s keeps versions now: no more stores before the look-ups",
+                        bucket.name)
+            _keeps_versions(bucket, True)
+        try:
+            self._verdict()
+        except BaseException:
+            _undo(bucket, key, created)
+            raise
+        self._allowed = True
+        return created
+
+    def _verdict(self) -> None:
+        """Wait for every look-up; a refusal wins over a failure."""
+        wait(self._futures)
+        errors = [future.exception() for future in self._futures if not future.cancelled()]
+        refusals = [error for error in errors if isinstance(error, NotStorable)]
+        failures = [error for error in errors if error is not None]
+        if refusals or failures:
+            raise (refusals or failures)[0]
+
+
+def _undo(bucket: Bucket, key: str, created: Completed) -> None:
+    """Delete the object a speculative PUT created, as its name was refused (or could not be
+    checked); only its version where the bucket keeps versions. Raises ``StorageError`` if
+    it stays (the operator is told which key)."""
+    try:
+        bucket.delete(key, created.version_id)
+    except StorageError as exc:
+        log.error("%s: stored before its name was refused, and the delete failed (%s): "
+                  "delete it by hand if its ETag is still %s", key, exc, created.etag)
+        raise
+    log.info("%s: stored before its name was refused; deleted again", key)
+
+
+def start_checks(engine: Engine, owner: Hashable, bucket: Bucket, key: str,
+                 require_existing_dir: bool) -> NameChecks:
+    """Start the look-ups of a new file ``key`` on the engine's look-up pool, as ``owner``
+    (a session): is ``key`` a directory; is its parent one, or, walking up past missing
+    ones, is a file in the way (or, with ``require_existing_dir``, is the parent missing).
+    One LIST each in the common cases, both at once."""
+    return NameChecks([engine.lookups.submit(owner, _not_a_directory, bucket, key),
+                       engine.lookups.submit(owner, _parents_allow, bucket, key,
+                                             require_existing_dir)],
+                      speculate=not require_existing_dir)
+
+
+def _not_a_directory(bucket: Bucket, key: str) -> None:
+    """Raise ``NotStorable`` if keys live under ``key/`` (blind to ``key`` itself)."""
+    if fits_as_key(key + "/") and directory_exists(bucket, key + "/"):
+        raise NotStorable(errno.EISDIR, "Is a directory")
+
+
+def _parents_allow(bucket: Bucket, key: str, require_existing_dir: bool) -> None:
+    """Raise ``NotStorable`` if a file has the name of a directory on the way up to the
+    first one that exists (what ``key``'s own object shows counts for nothing), or, with
+    ``require_existing_dir``, if the parent does not exist."""
+    parent = key.rpartition("/")[0]
+    while parent:
+        kind = name_kind(bucket, parent, ignore=key)
+        if kind == FILE:
+            raise NotStorable(errno.ENOTDIR, "Not a directory: a file has the name of a "
+                                             "directory in that path")
+        if kind == DIRECTORY:
+            return
+        if require_existing_dir:
+            raise NotStorable(errno.ENOENT, "No such directory")
+        parent = parent.rpartition("/")[0]
