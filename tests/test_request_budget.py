@@ -54,6 +54,17 @@ def test_stor_over_an_existing_small_file(alice, emulator, area):
         emulator, area, 3, lambda: put(alice, f"{area}/old", DATA))) == {"LIST": 2, "PUT": 2}
 
 
+def test_mfmt_right_after_stor_is_one_round_trip(alice, emulator, area):
+    alice.mkd(area)
+    put(alice, f"{area}/f", DATA)
+    # The self-copy pinned to the STOR's ETag, and the new marker beside it (was one after
+    # the other).
+    assert count(emulator, area, lambda: at_once(
+        emulator, area, 2, lambda: alice.sendcmd(f"MFMT {STAMP} {area}/f"))) == \
+        {"COPY": 1, "PUT": 1}
+    assert alice.sendcmd(f"MDTM {area}/f") == f"213 {STAMP}"
+
+
 def test_mfmt_alone(server, alice, emulator, area):
     other = server.login("alice", "alice-pw")
     put(other, f"{area}/f", DATA)  # stored by another session: nothing to go by

@@ -11,19 +11,24 @@ The time is stored twice:
 A marker counts only while the object still has the ETag it names: an overwrite with other
 bytes makes it stale without anyone having to delete it. (Times cannot tell: COS's have whole
 seconds, and a client often overwrites or sets the time within the same second.)
+
+MFMT right after the session's own STOR writes the marker *beside* the self-copy (one round
+trip): the marker may then be stored just before the copy, so a marker counts if it was
+written no more than ``MARKER_SLACK`` before the object (see :func:`set_client_mtime`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
-from typing import Optional
+from typing import Callable, Optional
 
 from ..config.settings import TransferConfig
-from ..errors import PermissionDenied
-from ..paths import MAX_KEY_BYTES, RESERVED_NAME, child_name
+from ..errors import PermissionDenied, StorageError
+from ..paths import RESERVED_NAME, child_name, fits_as_key
 from .bucket import MTIME_HEADER, Bucket, ListPage, ObjectInfo
 from .copies import Moved, copy_object, delete_keys
 from .listing import Entry, all_objects, pages
@@ -32,6 +37,13 @@ log = logging.getLogger(__name__)
 
 MTIME_ROOT = f"{RESERVED_NAME}/mtime/"
 _SEPARATOR = "#"
+# Seconds a marker may be older than the object it names and still count: the marker of an
+# MFMT right after its STOR is written at the same moment as the self-copy (one of them
+# first), and COS's times have whole seconds.
+MARKER_SLACK = 1.0
+# A self-copy that took longer than this may have been stored more than MARKER_SLACK after
+# the marker written beside it: the marker is written again after it.
+_SLOW_COPY = 0.5
 
 
 def marker_key(key: str, mtime: float, etag: str) -> str:
@@ -49,7 +61,7 @@ def _parse(name: str) -> tuple[str, int, str]:
 
 def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
                      transfer: TransferConfig, executor: Executor,
-                     own_upload: bool = False) -> ObjectInfo:
+                     own_upload: Optional[Executor] = None) -> ObjectInfo:
     """Record ``mtime`` for the object ``info`` (as a HEAD found it); return what the object
     is now. Raises ``StorageError``.
 
@@ -57,48 +69,106 @@ def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
     marker; a fourth deletes older markers if there are any. The copy's answer names its
     ETag: no HEAD afterwards.
 
-    With ``own_upload``, ``info`` is what this session's own STOR just committed
-    (``UploadSession.stored``: its ETag, and no attributes but COS's defaults, which a copy
-    that names none gets again) and two requests do: the self-copy, pinned to that ETag, so
-    that no other bytes ever get this time or lose their attributes (``StorageError`` with
-    code ``ObjectChanged`` when someone replaced them meanwhile: then take the general path,
-    HEAD first), and the new marker. The older markers are not listed, because none of them
-    can win over the new one in :class:`ListedMtimes`, which takes a marker only if it
-    names the object's ETag and was written no earlier than the object (the self-copy's
+    With ``own_upload`` (an executor for the marker), ``info`` is what this session's own
+    STOR just committed (``UploadSession.stored``: its ETag, and no attributes but COS's
+    defaults, which a copy that names none gets again) and two requests do, at the same
+    time: the self-copy, pinned to that ETag, so that no other bytes ever get this time or
+    lose their attributes (``StorageError`` with code ``ObjectChanged`` when someone
+    replaced them meanwhile: then take the general path, HEAD first), and the new marker,
+    on ``own_upload``, naming the ETag the copy is expected to keep (the source's: the same
+    bytes). Should the copy answer another ETag, or take long enough that the marker may be
+    more than ``MARKER_SLACK`` older than the copy, the marker is written again after it.
+    The older markers are not listed, because none of them can win over the new one in
+    :class:`ListedMtimes`, which takes a marker only if it names the object's ETag and was
+    written no earlier than ``MARKER_SLACK`` before the object (the self-copy's
     LastModified), and of several the one written last:
 
     - markers of other versions name other ETags;
     - markers of the same bytes (same ETag: an earlier upload of them, or another
       session's MFMT since this upload) were written before the self-copy;
     - COS's LastModified has whole seconds, and there lies the one case left: a marker of
-      the same bytes written *in the same second* as the self-copy ties with the new one,
-      and of tied markers the one listed last counts (key order: ``name#<seconds>#<etag>``
-      sorts by the digits of the time). So the old time shows only if the same file, with
-      the same bytes, was given a time, stored again and given a time whose digits sort
-      first, all within one second (by this session, or by another at the same moment);
-      LIST and MLSD then show the old time and MDTM (the object's own
-      ``x-cos-meta-mtime``) the new one, until the file is next written or given a time.
+      the same bytes written *within a second or so* of the self-copy may tie with the new
+      one, and of tied markers the one listed last counts (key order:
+      ``name#<seconds>#<etag>`` sorts by the digits of the time). So the old time shows
+      only if the same file, with the same bytes, was given a time, stored again and given
+      a time whose digits sort first, all within about a second (by this session, or by
+      another at the same moment); LIST and MLSD then show the old time and MDTM (the
+      object's own ``x-cos-meta-mtime``) the new one, until the file is next written or
+      given a time. For the same reason the same bytes stored again within a second of an
+      MFMT still list with its time (MDTM shows COS's).
 
     The pin tells bytes, not attributes: identical bytes stored again by another tool with
     other headers between the STOR and the MFMT lose those headers, as they would between
     the general path's HEAD and its copy.
     """
-    etag = copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime,
-                       pinned=own_upload)
+    if own_upload is not None:
+        etag = copy_beside_marker(
+            bucket, info, info.key, [mtime], own_upload,
+            lambda: copy_object(bucket, info, info.key, transfer, executor,
+                                client_mtime=mtime, pinned=True))
+    else:
+        etag = copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime)
+        marker = marker_key(info.key, mtime, etag)
+        if _fits(marker):
+            stale = _older_markers(bucket, info.key, marker)
+            bucket.put(marker, b"")
+            delete_keys(bucket, stale)
     stamp = int(mtime)
     attributes = [item for item in info.attributes if item[0] != MTIME_HEADER]
     attributes.append((MTIME_HEADER, str(stamp)))
-    now = dataclasses.replace(info, etag=etag, client_mtime=float(stamp),
-                              attributes=tuple(sorted(attributes)))
-    marker = marker_key(info.key, mtime, etag)
-    if len(marker.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
-        log.info("%s: name too long for a listing marker; only MDTM will show the time",
-                 info.key)
-        return now
-    stale = [] if own_upload else _older_markers(bucket, info.key, marker)
-    bucket.put(marker, b"")
-    delete_keys(bucket, stale)
-    return now
+    return dataclasses.replace(info, etag=etag, client_mtime=float(stamp),
+                               attributes=tuple(sorted(attributes)))
+
+
+def _fits(marker: str) -> bool:
+    """Whether ``marker`` fits in a COS key; if not, only MDTM shows that time (logged)."""
+    if fits_as_key(marker):
+        return True
+    log.info("%s: name too long for a listing marker; only MDTM will show the time", marker)
+    return False
+
+
+def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
+                       stamps: Sequence[float], side: Executor, copy: Callable[[], str]) -> str:
+    """Run ``copy()``, a copy of ``source``'s bytes to ``target`` pinned to its ETag, with
+    the markers of the times ``stamps`` for ``target`` written at the same time on ``side``;
+    return the copy's ETag (see :func:`set_client_mtime`). The markers name the ETag the
+    copy is expected to keep, the source's; should the copy answer another one, or take long
+    enough that a marker may be more than ``MARKER_SLACK`` older than the copy, they are
+    written again after it. Raises ``StorageError`` (markers already written for a copy that
+    failed are deleted again)."""
+    guessed = [marker for marker in (marker_key(target, stamp, source.etag) for stamp in stamps)
+               if _fits(marker)]
+    # A copy keeps the ETag of the bytes it copies in one piece; a multipart ETag ("-N") may
+    # not survive CopyObject (the copy's is then its MD5): those markers wait for the copy.
+    beside = "-" not in source.etag
+    written = [side.submit(bucket.put, marker, b"") for marker in guessed] if beside else []
+    started = time.monotonic()
+    try:
+        etag = copy()
+    except StorageError:
+        for marker, work in zip(guessed, written):
+            if work.exception() is None:
+                _forget_marker(bucket, marker)  # it names bytes that did not get the time
+        raise
+    for work in written:
+        work.result()
+    if guessed and (not beside or etag != source.etag or
+                    time.monotonic() - started > _SLOW_COPY):
+        for stamp in stamps:
+            bucket.put(marker_key(target, stamp, etag), b"")
+        if beside and etag != source.etag:
+            delete_keys(bucket, guessed)
+    return etag
+
+
+def _forget_marker(bucket: Bucket, marker: str) -> None:
+    """Delete a marker written for a copy that failed; a failure is only logged (it names an
+    ETag that got no time: the next MFMT of that file lists it as an older marker)."""
+    try:
+        bucket.delete(marker)
+    except StorageError as exc:
+        log.warning("%s: could not delete this marker of a failed MFMT: %s", marker, exc)
 
 
 def _older_markers(bucket: Bucket, key: str, marker: str) -> list[str]:
@@ -154,7 +224,7 @@ class ListedMtimes:
             return entry
         self._read_past(entry.name)
         stamp, written = self._found.pop((entry.name, entry.etag), (None, 0.0))
-        if stamp is None or written < entry.mtime:
+        if stamp is None or written < entry.mtime - MARKER_SLACK:
             return entry
         return dataclasses.replace(entry, client_mtime=float(stamp))
 

@@ -665,7 +665,8 @@ class CosFS(AbstractedFS):
             return None
         try:
             return set_client_mtime(self._bucket, own[1], timeval, self._ctx.transfer,
-                                    self._ctx.engine.copier(), own_upload=True)
+                                    self._ctx.engine.copier(),
+                                    own_upload=self._ctx.engine.lookups.for_owner(self))
         except StorageError as exc:
             if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":
                 raise
