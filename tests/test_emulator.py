@@ -404,3 +404,11 @@ def test_the_rendezvous_breaks_when_requests_come_one_after_another(emulator, co
     cos.put_object(Bucket=ALPHA, Key=prefix + "b", Body=b"b")  # nothing armed any more
     assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
     assert read(cos, ALPHA, prefix + "a") == b"a"
+
+
+def test_a_rendezvous_of_one_kind_lets_the_other_kinds_through(emulator, cos, prefix):
+    emulator.rendezvous(contains=prefix, kind="DELETE", parties=2, timeout=0.5)
+    cos.put_object(Bucket=ALPHA, Key=prefix + "k", Body=b"k")  # not held
+    assert emulator.rendezvous() == {"armed": True, "passed": 0, "broken": 0}
+    cos.delete_object(Bucket=ALPHA, Key=prefix + "k")  # held in vain
+    assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}

@@ -320,33 +320,35 @@ class _KeyLocks:
 
 
 class Rendezvous:
-    """Holds the requests whose key or listed prefix holds a text until ``parties`` of them
-    are in flight at once, then lets them all go: a test proves that the gateway sends them
-    concurrently without measuring time (sent one after another, the first waits for the
-    others in vain and the rendezvous breaks after ``timeout`` seconds). One use per arming;
-    ``PUT /__emulator__/rendezvous`` with ``{"contains", "parties", "timeout"}`` arms it,
-    ``GET`` tells how many requests met (``passed``) and how many waited in vain
-    (``broken``)."""
+    """Holds the requests whose key or listed prefix holds a text (and, if given, of one
+    kind: ``DELETE``, ``LIST``...) until ``parties`` of them are in flight at once, then lets
+    them all go: a test proves that the gateway sends them concurrently without measuring
+    time (sent one after another, the first waits for the others in vain and the rendezvous
+    breaks after ``timeout`` seconds), or holds one request for that long. One use per
+    arming; ``PUT /__emulator__/rendezvous`` with ``{"contains", "parties", "timeout",
+    "kind"}`` arms it, ``GET`` tells how many requests met (``passed``) and how many waited
+    in vain (``broken``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._barrier: Optional[threading.Barrier] = None
-        self._contains = ""
+        self._contains = self._kind = ""
         self._left = 0  # requests the armed rendezvous still takes
         self.passed = 0
         self.broken = 0
 
-    def arm(self, contains: str, parties: int, timeout: float) -> None:
+    def arm(self, contains: str, parties: int, timeout: float, kind: str = "") -> None:
         with self._lock:
             self._barrier = threading.Barrier(parties, timeout=timeout)
-            self._contains, self._left = contains, parties
+            self._contains, self._kind, self._left = contains, kind, parties
             self.passed = self.broken = 0
 
-    def meet(self, target: str) -> None:
-        """Wait, if ``target`` is one of the requests the rendezvous is armed for."""
+    def meet(self, kind: str, target: str) -> None:
+        """Wait, if the request (``kind``, ``target``) is one the rendezvous is armed for."""
         with self._lock:
             barrier = self._barrier
-            if barrier is None or self._contains not in target:
+            if barrier is None or self._contains not in target or \
+                    self._kind not in ("", kind):
                 return
             self._left -= 1
             if self._left == 0:
@@ -393,7 +395,7 @@ class CosShim:
             key, listed = _targets(environ)
             self.requests.append((request_kind(environ), key or listed))
         request_id = uuid.uuid4().hex
-        self.rendezvous.meet(key or listed)
+        self.rendezvous.meet(request_kind(environ), key or listed)
         injected = self._inject(environ, start_response, request_id)
         if injected is not None:
             return injected
@@ -481,7 +483,7 @@ class CosShim:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             wanted = json.loads(environ["wsgi.input"].read(length) or b"{}")
             self.rendezvous.arm(str(wanted["contains"]), int(wanted["parties"]),
-                                float(wanted.get("timeout", 10.0)))
+                                float(wanted.get("timeout", 10.0)), str(wanted.get("kind", "")))
         body = json.dumps(self.rendezvous.as_dict()).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])
