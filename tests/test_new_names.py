@@ -14,8 +14,10 @@ import pytest
 
 from .conftest import ALPHA, _close
 from .server_proc import Account, ServerProcess
-from .test_commands import put
+from .test_commands import get, put
 from .test_transfers import PART, pending_uploads
+
+STAMP = "20200102030405"
 
 
 def exists(cos, key: str, bucket: str = ALPHA) -> bool:
@@ -262,3 +264,103 @@ def test_require_existing_dir_never_stores_before_the_look_ups(strict, area, cos
     finally:
         _close(ftp)
     assert not exists(cos, f"{area}/missing/x")
+
+
+# --- renames right after the session's own STOR (rclone, WinSCP)
+
+
+def stor_and_rename(ftp: ftplib.FTP, temporary: str, final: str, data: bytes,
+                    mfmt: bool = False) -> None:
+    put(ftp, temporary, data)
+    if mfmt:
+        ftp.sendcmd(f"MFMT {STAMP} {temporary}")
+    ftp.sendcmd(f"RNFR {temporary}")
+    ftp.sendcmd(f"RNTO {final}")
+
+
+@pytest.mark.parametrize("mfmt", [False, True])
+def test_a_temporary_upload_renamed_into_place(alice, area, cos, mfmt):
+    alice.mkd(area)
+    put(alice, f"{area}/x", b"the old version")
+    stor_and_rename(alice, f"{area}/x.1a2b.partial", f"{area}/x", b"the new version", mfmt)
+    assert alice.nlst(area) == ["x"]
+    assert get(alice, f"{area}/x") == b"the new version"
+    assert not exists(cos, f"{area}/x.1a2b.partial")
+    if mfmt:
+        assert alice.sendcmd(f"MDTM {area}/x") == f"213 {STAMP}"
+        assert {name: facts["modify"] for name, facts in alice.mlsd(area, ["modify"])} == \
+            {"x": STAMP}
+        markers = cos.list_objects(Bucket=ALPHA, Prefix=f".cosftp/mtime/{area}/")
+        assert [m["Key"].split("#")[0] for m in markers["Contents"]] == \
+            [f".cosftp/mtime/{area}/x"]
+
+
+def test_the_sessions_next_listing_waits_for_the_old_name_to_go(alice, area, emulator):
+    """The source is deleted after the reply; the rendezvous holds that DELETE (in vain,
+    for a few seconds): the NLST sent right after RNTO must still not show the old name."""
+    alice.mkd(area)
+    put(alice, f"{area}/x.filepart", b"data")
+    alice.sendcmd(f"RNFR {area}/x.filepart")
+    emulator.rendezvous(contains=f"{area}/x.filepart", kind="DELETE", parties=2, timeout=3)
+    alice.sendcmd(f"RNTO {area}/x")
+    assert alice.nlst(area) == ["x"]
+    assert emulator.rendezvous()["broken"] == 1  # the DELETE was held while NLST waited
+
+
+def test_a_source_replaced_before_the_rename_is_renamed_as_it_is_now(alice, other, area, cos,
+                                                                    emulator):
+    """The copy is pinned to what the STOR stored: another session's version of the source
+    makes it fail (412) and the rename goes the general way, with what is there now."""
+    alice.mkd(area)
+    put(alice, f"{area}/x.partial", b"mine")
+    put(other, f"{area}/x.partial", b"the other session's")
+    alice.sendcmd(f"RNFR {area}/x.partial")
+    emulator.requests(reset=True)
+    alice.sendcmd(f"RNTO {area}/x")
+    assert emulator.requests(contains=f"{area}/x")["COPY"] == 2  # the refused one, then
+    assert content(cos, f"{area}/x") == b"the other session's"
+    assert not exists(cos, f"{area}/x.partial")
+
+
+def test_a_source_deleted_before_the_rename_gets_550(alice, other, area, cos):
+    """RNFR of the session's own upload asks COS nothing (350); RNTO's pinned copy finds
+    nothing, and the general way says so."""
+    alice.mkd(area)
+    put(alice, f"{area}/x.partial", b"mine")
+    other.delete(f"{area}/x.partial")
+    alice.sendcmd(f"RNFR {area}/x.partial")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.sendcmd(f"RNTO {area}/x")
+    assert not exists(cos, f"{area}/x")
+
+
+def test_a_rename_into_another_directory_keeps_the_one_it_left(alice, area, cos):
+    """The upload made its directory exist (no marker); once the file moved away, the
+    directory it left still lists, as on a disk."""
+    put(alice, f"{area}/incoming/x.partial", b"data")
+    alice.sendcmd(f"RNFR {area}/incoming/x.partial")
+    alice.sendcmd(f"RNTO {area}/x")
+    assert alice.nlst(area) == ["incoming", "x"]
+    alice.cwd(f"{area}/incoming")
+    assert alice.nlst() == []
+
+
+def test_a_rename_of_the_own_upload_still_refuses_what_the_rules_refuse(server, alice, area,
+                                                                       cos):
+    alice.mkd(area)
+    alice.mkd(f"{area}/dir")
+    put(alice, f"{area}/x.partial", b"data")
+    alice.sendcmd(f"RNFR {area}/x.partial")
+    with pytest.raises(ftplib.error_perm, match="550 Target is a directory"):
+        alice.sendcmd(f"RNTO {area}/dir")
+    keeper = server.login("keeper", "keeper-pw")  # may not delete: no overwrite by rename
+    try:
+        put(keeper, f"{area}/y.partial", b"keeper's")
+        keeper.sendcmd(f"RNFR {area}/y.partial")
+        with pytest.raises(ftplib.error_perm, match="550 Overwriting by rename"):
+            keeper.sendcmd(f"RNTO {area}/x.partial")
+    finally:
+        _close(keeper)
+    assert content(cos, f"{area}/x.partial") == b"data"
+    assert content(cos, f"{area}/y.partial") == b"keeper's"
+

@@ -9,6 +9,7 @@ import ftplib
 
 import pytest
 
+from .server_proc import wait_until
 from .test_commands import get, put
 
 STAMP = "20200102030405"
@@ -142,6 +143,24 @@ def test_dele(alice, emulator, area):
     # The look-up, the DELETE, and whether the directory still holds something.
     assert count(emulator, area, lambda: alice.delete(f"{area}/a")) == \
         {"LIST": 2, "DELETE": 1}
+
+
+def test_rename_of_the_sessions_own_upload(alice, emulator, area):
+    """rclone's and WinSCP's temporary uploads (``x.partial`` -> ``x``): RNFR asks COS
+    nothing; RNTO looks up the new name while it lists the source's MFMT markers (another
+    session may have given it a time), then copies, pinned to the STOR's ETag, and deletes
+    the source after the reply (was 4 LISTs, HEAD, COPY, DELETE in sequence)."""
+    alice.mkd(area)
+    put(alice, f"{area}/x", DATA)
+    put(alice, f"{area}/x.1a2b.partial", DATA)
+    assert count(emulator, area, lambda: alice.sendcmd(
+        f"RNFR {area}/x.1a2b.partial")) == {}
+    emulator.requests(reset=True)
+    at_once(emulator, area, 2, lambda: alice.sendcmd(f"RNTO {area}/x"))
+    wait_until(lambda: emulator.requests(contains=area).get("DELETE"),
+               what="the source deleted after the reply")
+    assert emulator.requests(contains=area) == {"LIST": 2, "COPY": 1, "DELETE": 1}
+    assert alice.nlst(area) == ["x"]
 
 
 def test_rnfr_rnto_of_a_file(alice, emulator, area):

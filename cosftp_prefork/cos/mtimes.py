@@ -162,6 +162,19 @@ def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
     return etag
 
 
+def markers_of(bucket: Bucket, info: ObjectInfo) -> tuple[list[float], list[str]]:
+    """The MFMT times recorded for the object ``info`` (markers naming its ETag), and the
+    keys of all markers of its name (all of them go when the name does): one listing."""
+    stamps, keys = [], []
+    for marker in all_objects(bucket, f"{MTIME_ROOT}{info.key}{_SEPARATOR}"):
+        name, stamp, etag = _parse(marker.key[len(MTIME_ROOT):])
+        if name == info.key:
+            keys.append(marker.key)
+            if etag == info.etag:
+                stamps.append(float(stamp))
+    return stamps, keys
+
+
 def _forget_marker(bucket: Bucket, marker: str) -> None:
     """Delete a marker written for a copy that failed; a failure is only logged (it names an
     ETag that got no time: the next MFMT of that file lists it as an older marker)."""

@@ -38,19 +38,28 @@ from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from ..config.settings import AccountConfig, TransferConfig
 from ..cos.bucket import Bucket, ObjectInfo
-from ..cos.copies import Moved, copy_object, rename_directory
+from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
 from ..cos.digests import digest
 from ..cos.downloads import RangedReader, open_download
 from ..cos.engine import Engine
 from ..cos.listing import (
+    DIRECTORY,
+    FILE,
     Entry,
     directory_exists,
     directory_is_empty,
     first_key_from,
     iter_directory,
+    name_kind,
     pages,
 )
-from ..cos.mtimes import ListedMtimes, carry_markers, set_client_mtime
+from ..cos.mtimes import (
+    ListedMtimes,
+    carry_markers,
+    copy_beside_marker,
+    markers_of,
+    set_client_mtime,
+)
 from ..cos.naming import start_checks
 from ..cos.resume import ResumeStore
 from ..cos.uploads import AbortRetrier, SessionUploads, UploadSession
@@ -61,7 +70,15 @@ from ..errors import (
     StorageError,
     StorageUnavailable,
 )
-from ..paths import RESERVED_NAME, dir_prefix, fits_as_directory, object_key, parent_dir
+from ..paths import (
+    RESERVED_NAME,
+    dir_prefix,
+    fits_as_directory,
+    ftp_path_for_key,
+    object_key,
+    parent_dir,
+)
+from .background import AfterReply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,8 +194,10 @@ class CosFS(AbstractedFS):
             self._bucket, ctx.transfer, ctx.engine,
             ResumeStore(self._bucket, ctx.transfer.resume_ttl, ctx.account.user), ctx.retrier)
         self._announced: Optional[int] = None  # ALLO: the size of the next upload
-        # The path and object of this session's last STOR, for an MFMT right after it.
+        # The path and object of this session's last STOR (and of its MFMT), for an MFMT or
+        # a rename right after it.
         self._own_upload: Optional[tuple[str, ObjectInfo]] = None
+        self._after_reply = AfterReply(functools.partial(ctx.engine.lookups.submit, self))
 
     # --- path conversion: the FTP path is the "real" path
 
@@ -196,10 +215,14 @@ class CosFS(AbstractedFS):
 
     # --- lookups
 
-    def begin_command(self) -> None:
-        """Forget what earlier commands learned: from now on, only what COS answers."""
+    def begin_command(self, command: str = "", arg: str = "") -> None:
+        """Forget what earlier commands learned: from now on, only what COS answers. First
+        wait for what an earlier command still does after its reply, if ``command`` (with
+        ``arg``) could see it (see :mod:`.background`)."""
         self._scope = {}
         self._heads = {}
+        self._after_reply.before(command, lambda: self.ftpnorm(
+            arg.partition(" ")[2] if command == "MFMT" else arg))
 
     @_transient_escapes
     def lookup(self, path: str) -> Optional[Entry]:
@@ -503,19 +526,16 @@ class CosFS(AbstractedFS):
         Overwriting an existing file needs ``delete_enable``, and so does renaming a
         directory (its old keys are deleted). Raises ``Refusal`` or ``OSError``.
         """
+        own = self._own_upload
+        if own is not None and own[0] == src and self._rename_own_upload(src, dst, own[1]):
+            return
         source = self._require(src)
         if object_key(src) == object_key(dst):
             return  # as rename(2) does; a copy onto itself, then a delete, would lose it
         if source.is_dir:
             self._rename_directory(src, dst)
             return
-        target = self.lookup(dst)
-        if target is not None and target.is_dir:
-            raise Refusal(errno.EISDIR, "Target is a directory")
-        if target is not None and not self._ctx.account.delete_enable:
-            raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
-        if target is None:
-            self._check_parents(dst)
+        self._check_rename_target(dst)
         # A HEAD, for the storage class the copy must keep and the MFMT time.
         info = self._bucket.head(object_key(src))
         etag = copy_object(self._bucket, info, object_key(dst), self._ctx.transfer,
@@ -525,6 +545,67 @@ class CosFS(AbstractedFS):
         if info.client_mtime is not None:
             self._carry_mtimes(src, [Moved(info, object_key(dst), etag)])
         self._keep_directory(parent_dir(src))
+
+    def _check_rename_target(self, dst: str, source: Optional[ObjectInfo] = None) -> None:
+        """Refuse a file rename onto a directory, or onto a file without ``delete_enable``;
+        look up the new name's parents if nothing has it. With ``source`` (the session's own
+        upload), the look-up counts no key of the source (``x.partial`` lists right after
+        ``x``: one LIST instead of two), and a source in the same directory proves it."""
+        if source is None:
+            entry = self.lookup(dst)
+            kind = None if entry is None else DIRECTORY if entry.is_dir else FILE
+        else:
+            kind = name_kind(self._bucket, object_key(dst), ignore=source.key)
+        if kind == DIRECTORY:
+            raise Refusal(errno.EISDIR, "Target is a directory")
+        if kind == FILE and not self._ctx.account.delete_enable:
+            raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
+        if kind is None and (source is None or
+                             parent_dir(dst) != parent_dir(ftp_path_for_key(source.key))):
+            self._check_parents(dst)
+
+    def _rename_own_upload(self, src: str, dst: str, stored: ObjectInfo) -> bool:
+        """RNTO right after this session's STOR (and MFMT) of ``src``, as rclone and WinSCP
+        rename their temporary uploads. No look-up of the source: the copy is pinned to what
+        the STOR stored (if anyone replaced or deleted it since, the copy fails and False
+        sends the rename the general way). The new name is looked up (and its parents, in
+        another directory: in the same one, the source proves it) while the source's MFMT
+        markers are listed (another session may have set its time), then the copy is made
+        with the new name's markers written beside it, and the reply goes out; the source
+        and its markers are deleted after it (:mod:`.background`)."""
+        dst_key = object_key(dst)
+        if dst_key == stored.key:
+            return True
+        side = self._ctx.engine.lookups.for_owner(self)
+        listed = side.submit(self._reserved, ([], []), markers_of, self._bucket, stored)
+        self._check_rename_target(dst, stored)
+        stamps, markers = listed.result()
+        try:
+            copy_beside_marker(self._bucket, stored, dst_key, stamps, side,
+                               lambda: copy_object(self._bucket, stored, dst_key,
+                                                   self._ctx.transfer,
+                                                   self._ctx.engine.copier(), pinned=True))
+        except StorageError as exc:
+            if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":
+                raise
+            log.info("path=%s: changed since this session stored it (%s); renaming what is "
+                     "there now", src, exc.code)
+            self._forget(src)
+            return False
+        self._forget(src, dst)
+        self._after_reply.start(src, self._remove_renamed, src, [stored.key, *markers],
+                                parent_dir(dst) != parent_dir(src))
+        return True
+
+    def _remove_renamed(self, src: str, keys: list[str], moving: bool) -> None:
+        """After a rename's reply: delete its source and the source's MFMT markers, and keep
+        the directory it left if it moved to another."""
+        if len(keys) == 1:
+            self._bucket.delete(keys[0])
+        else:
+            delete_keys(self._bucket, keys)
+        if moving:
+            self._keep_directory(parent_dir(src))
 
     def _rename_directory(self, src: str, dst: str) -> None:
         if not self._ctx.account.delete_enable:
@@ -659,12 +740,14 @@ class CosFS(AbstractedFS):
 
     def _utime_own_upload(self, path: str, timeval: float) -> Optional[ObjectInfo]:
         """What MFMT made of the file this session's last STOR stored at ``path``, or None
-        if that STOR was of another path or the file changed since (the general path then)."""
+        if that STOR was of another path, was given a time already (a second marker of the
+        same bytes would compete with the first: the general path lists and deletes it),
+        or the file changed since (the general path then)."""
         own, self._own_upload = self._own_upload, None
-        if own is None or own[0] != path:
+        if own is None or own[0] != path or own[1].client_mtime is not None:
             return None
         try:
-            return set_client_mtime(self._bucket, own[1], timeval, self._ctx.transfer,
+            info = set_client_mtime(self._bucket, own[1], timeval, self._ctx.transfer,
                                     self._ctx.engine.copier(),
                                     own_upload=self._ctx.engine.lookups.for_owner(self))
         except StorageError as exc:
@@ -674,6 +757,8 @@ class CosFS(AbstractedFS):
                      "what is there now", path, exc.code)
             self._forget(path)
             return None
+        self._own_upload = (path, info)  # what the copy made: a rename may follow
+        return info
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
         """What ``read(*args)`` finds under ``.cosftp/``, or ``default`` when the credentials

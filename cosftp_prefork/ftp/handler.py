@@ -546,7 +546,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             return
         self._note_command(cmd, arg)
         if self.fs is not None:
-            self.fs.begin_command()
+            self.fs.begin_command(cmd, arg)
         super().pre_process_command(line, cmd, arg)
 
     _last_command = ""
@@ -719,6 +719,13 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
                 return False
             except OSError:
                 return True
+
+    def ftp_RNFR(self, path: str):
+        """RNFR of the file this session's last STOR made (rclone's and WinSCP's temporary
+        uploads) asks COS nothing: RNTO's copy is pinned to what that STOR stored, and a
+        file replaced or deleted since is renamed the general way, or 550."""
+        self.fs.expect_own_upload(path)
+        return super().ftp_RNFR(path)
 
     def ftp_MFMT(self, path: str, timeval: str):
         """MFMT right after the session's own STOR of ``path`` asks COS nothing before its
