@@ -241,6 +241,7 @@ def write_again(server, ftp: ftplib.FTP, path: str, write: str) -> None:
     elif write == "RNFR/RNTO":
         ftp.rename(path, f"{path}-2")
         ftp.rename(f"{path}-2", path)
+        assert f"{path}-2" not in ftp.nlst()  # a listing waits for the rename's delete
     elif write == "APPE":
         ftp.storbinary(f"APPE {path}", io.BytesIO(b" and more"))
     else:

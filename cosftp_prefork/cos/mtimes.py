@@ -60,25 +60,26 @@ def _parse(name: str) -> tuple[str, int, str]:
 
 
 def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
-                     transfer: TransferConfig, executor: Executor,
-                     own_upload: Optional[Executor] = None) -> ObjectInfo:
+                     transfer: TransferConfig, executor: Executor, side: Executor,
+                     own_upload: bool = False) -> ObjectInfo:
     """Record ``mtime`` for the object ``info`` (as a HEAD found it); return what the object
     is now. Raises ``StorageError``.
 
-    Three requests: the self-copy, the listing of this file's older markers and the new
-    marker; a fourth deletes older markers if there are any. The copy's answer names its
-    ETag: no HEAD afterwards.
+    Two requests at the same time: the self-copy, and on ``side`` the new marker, naming
+    the ETag the copy is expected to keep (the source's: the same bytes). Should the copy
+    answer another ETag (someone replaced the file since the HEAD), or take long enough that
+    the marker may be more than ``MARKER_SLACK`` older than the copy, the marker is written
+    again after it. The copy's answer names its ETag: no HEAD afterwards. The caller lists
+    and deletes this file's older markers (:func:`markers_of`), so that none is left to
+    contradict the new one.
 
-    With ``own_upload`` (an executor for the marker), ``info`` is what this session's own
-    STOR just committed (``UploadSession.stored``: its ETag, and no attributes but COS's
-    defaults, which a copy that names none gets again) and two requests do, at the same
-    time: the self-copy, pinned to that ETag, so that no other bytes ever get this time or
-    lose their attributes (``StorageError`` with code ``ObjectChanged`` when someone
-    replaced them meanwhile: then take the general path, HEAD first), and the new marker,
-    on ``own_upload``, naming the ETag the copy is expected to keep (the source's: the same
-    bytes). Should the copy answer another ETag, or take long enough that the marker may be
-    more than ``MARKER_SLACK`` older than the copy, the marker is written again after it.
-    The older markers are not listed, because none of them can win over the new one in
+    With ``own_upload``, ``info`` is what this session's own STOR just committed
+    (``UploadSession.stored``: its ETag, and no attributes but COS's defaults, which a copy
+    that names none gets again): the self-copy is pinned to that ETag, so that no other
+    bytes ever get this time or lose their attributes (``StorageError`` with code
+    ``ObjectChanged`` when someone replaced them meanwhile: then take the general path, HEAD
+    first). The older markers need not be listed, because none of them can win over the new
+    one in
     :class:`ListedMtimes`, which takes a marker only if it names the object's ETag and was
     written no earlier than ``MARKER_SLACK`` before the object (the self-copy's
     LastModified), and of several the one written last:
@@ -101,18 +102,10 @@ def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
     other headers between the STOR and the MFMT lose those headers, as they would between
     the general path's HEAD and its copy.
     """
-    if own_upload is not None:
-        etag = copy_beside_marker(
-            bucket, info, info.key, [mtime], own_upload,
-            lambda: copy_object(bucket, info, info.key, transfer, executor,
-                                client_mtime=mtime, pinned=True))
-    else:
-        etag = copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime)
-        marker = marker_key(info.key, mtime, etag)
-        if _fits(marker):
-            stale = _older_markers(bucket, info.key, marker)
-            bucket.put(marker, b"")
-            delete_keys(bucket, stale)
+    etag = copy_beside_marker(
+        bucket, info, info.key, [mtime], side,
+        lambda: copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime,
+                            pinned=own_upload))
     stamp = int(mtime)
     attributes = [item for item in info.attributes if item[0] != MTIME_HEADER]
     attributes.append((MTIME_HEADER, str(stamp)))
@@ -162,17 +155,15 @@ def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
     return etag
 
 
-def markers_of(bucket: Bucket, info: ObjectInfo) -> tuple[list[float], list[str]]:
-    """The MFMT times recorded for the object ``info`` (markers naming its ETag), and the
-    keys of all markers of its name (all of them go when the name does): one listing."""
-    stamps, keys = [], []
-    for marker in all_objects(bucket, f"{MTIME_ROOT}{info.key}{_SEPARATOR}"):
+def markers_of(bucket: Bucket, key: str) -> list[tuple[float, str, str]]:
+    """Every marker of the object ``key``: its time, the ETag it names and its own key (one
+    listing; a rename carries those naming the ETag it copies, and deletes them all)."""
+    found = []
+    for marker in all_objects(bucket, f"{MTIME_ROOT}{key}{_SEPARATOR}"):
         name, stamp, etag = _parse(marker.key[len(MTIME_ROOT):])
-        if name == info.key:
-            keys.append(marker.key)
-            if etag == info.etag:
-                stamps.append(float(stamp))
-    return stamps, keys
+        if name == key:
+            found.append((float(stamp), etag, marker.key))
+    return found
 
 
 def _forget_marker(bucket: Bucket, marker: str) -> None:
@@ -182,14 +173,6 @@ def _forget_marker(bucket: Bucket, marker: str) -> None:
         bucket.delete(marker)
     except StorageError as exc:
         log.warning("%s: could not delete this marker of a failed MFMT: %s", marker, exc)
-
-
-def _older_markers(bucket: Bucket, key: str, marker: str) -> list[str]:
-    """The markers of ``key`` other than ``marker`` (one listing)."""
-    directory, _, name = key.rpartition("/")
-    prefix = f"{MTIME_ROOT}{directory}/" if directory else MTIME_ROOT
-    return [obj.key for obj in all_objects(bucket, f"{MTIME_ROOT}{key}{_SEPARATOR}")
-            if obj.key != marker and _parse(child_name(prefix, obj.key))[0] == name]
 
 
 def carry_markers(bucket: Bucket, moved: list[Moved], directory: str = "") -> None:

@@ -22,6 +22,7 @@ old server did, and devices depend on it) unless the account sets ``require_exis
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -31,6 +32,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
@@ -57,6 +59,7 @@ from ..cos.mtimes import (
     ListedMtimes,
     carry_markers,
     copy_beside_marker,
+    marker_key,
     markers_of,
     set_client_mtime,
 )
@@ -74,7 +77,6 @@ from ..paths import (
     RESERVED_NAME,
     dir_prefix,
     fits_as_directory,
-    ftp_path_for_key,
     object_key,
     parent_dir,
 )
@@ -198,6 +200,8 @@ class CosFS(AbstractedFS):
         # a rename right after it.
         self._own_upload: Optional[tuple[str, ObjectInfo]] = None
         self._after_reply = AfterReply(functools.partial(ctx.engine.lookups.submit, self))
+        # MFMT's listing of a file's markers, started before pyftpdlib's look-up of it.
+        self._markers_listed: tuple[str, Optional[Future]] = ("", None)
 
     # --- path conversion: the FTP path is the "real" path
 
@@ -221,6 +225,7 @@ class CosFS(AbstractedFS):
         ``arg``) could see it (see :mod:`.background`)."""
         self._scope = {}
         self._heads = {}
+        self._markers_listed = ("", None)
         self._after_reply.before(command, lambda: self.ftpnorm(
             arg.partition(" ")[2] if command == "MFMT" else arg))
 
@@ -521,81 +526,80 @@ class CosFS(AbstractedFS):
 
     @_transient_escapes
     def rename(self, src: str, dst: str) -> None:
-        """Server-side copy then delete of one object, or of every object of a directory.
+        """Server-side copy then delete of one object (see :meth:`_rename_file`), or of
+        every object of a directory.
 
         Overwriting an existing file needs ``delete_enable``, and so does renaming a
         directory (its old keys are deleted). Raises ``Refusal`` or ``OSError``.
         """
         own = self._own_upload
-        if own is not None and own[0] == src and self._rename_own_upload(src, dst, own[1]):
+        if own is not None and own[0] == src and self._rename_file(src, dst, own[1], own=True):
             return
-        source = self._require(src)
-        if object_key(src) == object_key(dst):
-            return  # as rename(2) does; a copy onto itself, then a delete, would lose it
-        if source.is_dir:
-            self._rename_directory(src, dst)
-            return
-        self._check_rename_target(dst)
-        # A HEAD, for the storage class the copy must keep and the MFMT time.
-        info = self._bucket.head(object_key(src))
-        etag = copy_object(self._bucket, info, object_key(dst), self._ctx.transfer,
-                           self._ctx.engine.copier())
-        self._bucket.delete(object_key(src))
-        self._forget(src, dst)
-        if info.client_mtime is not None:
-            self._carry_mtimes(src, [Moved(info, object_key(dst), etag)])
-        self._keep_directory(parent_dir(src))
-
-    def _check_rename_target(self, dst: str, source: Optional[ObjectInfo] = None) -> None:
-        """Refuse a file rename onto a directory, or onto a file without ``delete_enable``;
-        look up the new name's parents if nothing has it. With ``source`` (the session's own
-        upload), the look-up counts no key of the source (``x.partial`` lists right after
-        ``x``: one LIST instead of two), and a source in the same directory proves it."""
-        if source is None:
-            entry = self.lookup(dst)
-            kind = None if entry is None else DIRECTORY if entry.is_dir else FILE
-        else:
-            kind = name_kind(self._bucket, object_key(dst), ignore=source.key)
-        if kind == DIRECTORY:
-            raise Refusal(errno.EISDIR, "Target is a directory")
-        if kind == FILE and not self._ctx.account.delete_enable:
-            raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
-        if kind is None and (source is None or
-                             parent_dir(dst) != parent_dir(ftp_path_for_key(source.key))):
-            self._check_parents(dst)
-
-    def _rename_own_upload(self, src: str, dst: str, stored: ObjectInfo) -> bool:
-        """RNTO right after this session's STOR (and MFMT) of ``src``, as rclone and WinSCP
-        rename their temporary uploads. No look-up of the source: the copy is pinned to what
-        the STOR stored (if anyone replaced or deleted it since, the copy fails and False
-        sends the rename the general way). The new name is looked up (and its parents, in
-        another directory: in the same one, the source proves it) while the source's MFMT
-        markers are listed (another session may have set its time), then the copy is made
-        with the new name's markers written beside it, and the reply goes out; the source
-        and its markers are deleted after it (:mod:`.background`)."""
-        dst_key = object_key(dst)
-        if dst_key == stored.key:
-            return True
         side = self._ctx.engine.lookups.for_owner(self)
-        listed = side.submit(self._reserved, ([], []), markers_of, self._bucket, stored)
-        self._check_rename_target(dst, stored)
-        stamps, markers = listed.result()
+        src_key, dst_key = object_key(src), object_key(dst)
+        looked_up = (side.submit(name_kind, self._bucket, dst_key, src_key),
+                     side.submit(self._reserved, [], markers_of, self._bucket, src_key))
+        try:  # a file, and what its copy keeps (storage class, MFMT time)
+            source = self._bucket.head(src_key)
+        except NotFound:
+            if not self._require(src).is_dir:
+                raise Refusal(errno.ENOENT, "No such file or directory") from None
+            if src_key != dst_key:
+                self._rename_directory(src, dst)
+            return
+        self._rename_file(src, dst, source, looked_up=looked_up)
+
+    def _rename_file(self, src: str, dst: str, source: ObjectInfo, own: bool = False,
+                     looked_up: Optional[tuple[Future, Future]] = None) -> bool:
+        """Rename the file ``source`` (as a HEAD, or this session's own STOR, found it): the
+        new name is looked up (blind to the source's key: ``x.partial`` lists right after
+        ``x``) while the source's MFMT markers are listed, then the copy is made, pinned to
+        the source's ETag, with the new name's markers written beside it; the reply goes
+        out, and the source and its markers are deleted after it (:mod:`.background`).
+
+        With ``own`` (``source`` is what this session's last STOR stored: rclone's and
+        WinSCP's temporary uploads), nothing asks about the source first; if anyone replaced
+        or deleted it since, the pinned copy fails and False sends the rename the general
+        way. Otherwise a source replaced between the HEAD and the copy fails it (451)."""
+        dst_key = object_key(dst)
+        if dst_key == source.key:
+            return True  # as rename(2) does; a copy onto itself, then a delete, would lose it
+        side = self._ctx.engine.lookups.for_owner(self)
+        target, listed = looked_up or (
+            side.submit(name_kind, self._bucket, dst_key, source.key),
+            side.submit(self._reserved, [], markers_of, self._bucket, source.key))
+        moving = parent_dir(dst) != parent_dir(src)
+        self._check_rename_target(dst, target.result(), moving)
+        markers = listed.result()
         try:
-            copy_beside_marker(self._bucket, stored, dst_key, stamps, side,
-                               lambda: copy_object(self._bucket, stored, dst_key,
-                                                   self._ctx.transfer,
-                                                   self._ctx.engine.copier(), pinned=True))
+            copy_beside_marker(self._bucket, source, dst_key,
+                               [stamp for stamp, etag, _ in markers if etag == source.etag],
+                               side, lambda: copy_object(self._bucket, source, dst_key,
+                                                         self._ctx.transfer,
+                                                         self._ctx.engine.copier(),
+                                                         pinned=True))
         except StorageError as exc:
-            if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":
+            if not own or (not isinstance(exc, NotFound) and exc.code != "ObjectChanged"):
                 raise
             log.info("path=%s: changed since this session stored it (%s); renaming what is "
                      "there now", src, exc.code)
             self._forget(src)
             return False
         self._forget(src, dst)
-        self._after_reply.start(src, self._remove_renamed, src, [stored.key, *markers],
-                                parent_dir(dst) != parent_dir(src))
+        self._after_reply.start(src, self._remove_renamed, src,
+                                [source.key, *(key for _, _, key in markers)], moving)
         return True
+
+    def _check_rename_target(self, dst: str, kind: Optional[str], moving: bool) -> None:
+        """Refuse a file rename onto a directory, or onto a file without ``delete_enable``;
+        look up the new name's parents if nothing has it and it is in another directory (in
+        the same one, the source proves them)."""
+        if kind == DIRECTORY:
+            raise Refusal(errno.EISDIR, "Target is a directory")
+        if kind == FILE and not self._ctx.account.delete_enable:
+            raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
+        if kind is None and moving:
+            self._check_parents(dst)
 
     def _remove_renamed(self, src: str, keys: list[str], moving: bool) -> None:
         """After a rename's reply: delete its source and the source's MFMT markers, and keep
@@ -714,11 +718,22 @@ class CosFS(AbstractedFS):
         self._require(path)
 
     def expect_own_upload(self, path: str) -> None:
-        """MFMT of ``path``: if this session's last STOR made it, take what COS answered to
-        that STOR as this command's look-up (pyftpdlib's ``isfile`` then asks no HEAD);
-        :meth:`utime` pins its copy to it and asks COS anew if the file changed."""
+        """MFMT or RNFR of ``path``: if this session's last STOR made it, take what COS
+        answered to that STOR as this command's look-up (pyftpdlib's ``isfile`` or
+        ``lexists`` then asks nothing); :meth:`utime` and :meth:`rename` pin their copy to
+        it and ask COS anew if the file changed."""
         if self._own_upload is not None and self._own_upload[0] == path:
             self._scope[path] = _file_entry(path, self._own_upload[1])
+
+    def begin_mfmt(self, path: str) -> None:
+        """MFMT of ``path``: the session's own upload (see :meth:`expect_own_upload`), or
+        else the listing of the file's older markers, started now, while pyftpdlib's
+        ``isfile`` asks the HEAD that :meth:`utime` needs too."""
+        self.expect_own_upload(path)
+        if path not in self._scope:
+            with contextlib.suppress(InvalidPath):
+                self._markers_listed = (path, self._ctx.engine.lookups.submit(
+                    self, self._reserved, [], markers_of, self._bucket, object_key(path)))
 
     @_transient_escapes
     def utime(self, path: str, timeval: float) -> None:
@@ -732,9 +747,16 @@ class CosFS(AbstractedFS):
         """
         info = self._utime_own_upload(path, timeval)
         if info is None:
+            side = self._ctx.engine.lookups.for_owner(self)
+            listed = self._markers_listed[1] if self._markers_listed[0] == path else \
+                side.submit(self._reserved, [], markers_of, self._bucket, object_key(path))
             self._require_file(path)
             info = set_client_mtime(self._bucket, self._head(path), timeval,
-                                    self._ctx.transfer, self._ctx.engine.copier())
+                                    self._ctx.transfer, self._ctx.engine.copier(), side)
+            new = marker_key(info.key, timeval, info.etag)
+            stale = [key for _, _, key in listed.result() if key != new]
+            if stale:  # the new marker, written last, wins until they are gone
+                self._after_reply.start(path, delete_keys, self._bucket, stale)
         # MFMT's 213 reports the time from what the copy made, without another HEAD.
         self._learn_file(path, info)
 
@@ -749,7 +771,7 @@ class CosFS(AbstractedFS):
         try:
             info = set_client_mtime(self._bucket, own[1], timeval, self._ctx.transfer,
                                     self._ctx.engine.copier(),
-                                    own_upload=self._ctx.engine.lookups.for_owner(self))
+                                    self._ctx.engine.lookups.for_owner(self), own_upload=True)
         except StorageError as exc:
             if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":
                 raise

@@ -729,8 +729,9 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def ftp_MFMT(self, path: str, timeval: str):
         """MFMT right after the session's own STOR of ``path`` asks COS nothing before its
-        copy, which is pinned to what that STOR stored (``CosFS.utime``)."""
-        self.fs.expect_own_upload(path)
+        copy, which is pinned to what that STOR stored (``CosFS.utime``); any other starts
+        the listing of the file's markers beside pyftpdlib's look-up (``CosFS.begin_mfmt``)."""
+        self.fs.begin_mfmt(path)
         return super().ftp_MFMT(path, timeval)
 
     def ftp_MLST(self, path: str):
