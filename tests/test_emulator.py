@@ -357,12 +357,13 @@ def test_requests_are_counted_by_kind(emulator, cos, prefix):
 NO_OVERWRITE = {"Metadata": {"x-cos-forbid-overwrite": "true"}}
 
 
-def test_a_put_that_forbids_overwriting_refuses_an_existing_object(cos, prefix):
-    cos.put_object(Bucket=ALPHA, Key=prefix + "there", Body=b"first")
-    error = service_error(cos.put_object, Bucket=ALPHA, Key=prefix + "there", Body=b"second",
+@pytest.mark.parametrize("name", ["there", "ünï/cødé", "a%41b c"])
+def test_a_put_that_forbids_overwriting_refuses_an_existing_object(cos, prefix, name):
+    cos.put_object(Bucket=ALPHA, Key=prefix + name, Body=b"first")
+    error = service_error(cos.put_object, Bucket=ALPHA, Key=prefix + name, Body=b"second",
                           **NO_OVERWRITE)
     assert (error.get_status_code(), error.get_error_code()) == (409, "FileAlreadyExists")
-    assert read(cos, ALPHA, prefix + "there") == b"first"
+    assert read(cos, ALPHA, prefix + name) == b"first"
     cos.put_object(Bucket=ALPHA, Key=prefix + "new", Body=b"stored", **NO_OVERWRITE)
     assert read(cos, ALPHA, prefix + "new") == b"stored"
 
