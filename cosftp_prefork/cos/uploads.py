@@ -15,8 +15,8 @@ States and the transitions the FTP commands cause:
 =============  =================================================  ==============
 from           event                                              to
 =============  =================================================  ==============
-(opened)       STOR of a new name                                 NEW
-(opened)       STOR over a file                                   OVERWRITE
+(opened)       STOR (its name's look-ups run beside, see naming)  NEW
+(opened)       APPE to an empty file                              OVERWRITE
 (opened)       APPE to a file, REST n + STOR at its end           APPEND
 (opened)       REST n + STOR / SIZE + APPE of a parked upload     RESUME
 NEW..RESUME    first data bytes                                   STREAMING
@@ -24,7 +24,9 @@ any open       data connection closed cleanly (``commit``)        COMMITTING
 COMMITTING     COS stored it, CRC64 matches                       COMMITTED
 COMMITTING     client gone meanwhile (``UploadInterrupted``)      STREAMING
 COMMITTING     COS failed, or CRC64 mismatch (object deleted)     ABORTED
-any open       ABOR, oversized, then ``close``                    ABORTED
+COMMITTING     the look-ups refuse the name (a speculative PUT    ABORTED
+               undone)
+any open       ABOR, oversized, refused name, then ``close``      ABORTED
 any open       broken transfer ``close``, parking on, a part      PARKED
                stored
 any open       broken transfer ``close`` otherwise                ABORTED

@@ -629,13 +629,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         offset = compat.take_restart_position(self)
         if not offset or "a" in mode:
             return super().ftp_STOR(file, mode)
-        try:
-            upload = self.run_as_current_user(self.fs.open_resume, file, offset)
-        except ResumeRefused as exc:
-            self.respond(f"554 {exc.strerror}.")
-            return None
-        except (OSError, FilesystemError) as exc:
-            self.respond(f"550 {strerror(exc)}.")
+        upload = self._open_at(self.fs.open_resume, file, offset)
+        if upload is None:
             return None
         # What pyftpdlib's ftp_STOR does once its file is open.
         if self.data_channel is not None:
@@ -651,18 +646,24 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         """RETR in one GET, from the offset REST set (``CosFS.open_download``): its answer
         carries what a HEAD would have told (size, ETag). 554 for an offset past the end, as
         pyftpdlib answers; 550 for a directory or nothing there."""
-        offset = compat.take_restart_position(self)
-        try:
-            reader = self.run_as_current_user(self.fs.open_download, file, offset)
-        except ResumeRefused as exc:
-            self.respond(f"554 {exc.strerror}")
-            return None
-        except (OSError, FilesystemError) as exc:
-            self.respond(f"550 {strerror(exc)}.")
+        reader = self._open_at(self.fs.open_download, file,
+                               compat.take_restart_position(self))
+        if reader is None:
             return None
         producer = compat.FileProducer(reader, compat.transfer_type(self))
         self.push_dtp_data(producer, isproducer=True, file=reader, cmd="RETR")
         return file
+
+    def _open_at(self, open_file, file: str, offset: int):
+        """``open_file(file, offset)``, or None once the refusal is answered: 554 for an
+        offset REST cannot go to, 550 otherwise."""
+        try:
+            return self.run_as_current_user(open_file, file, offset)
+        except ResumeRefused as exc:
+            self.respond(f"554 {exc.strerror}.")
+        except (OSError, FilesystemError) as exc:
+            self.respond(f"550 {strerror(exc)}.")
+        return None
 
     def ftp_ABOR(self, line: str) -> None:
         """An upload the client aborts is discarded; only a broken one is parked."""
