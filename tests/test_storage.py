@@ -9,7 +9,8 @@ import pytest
 
 from cosftp_prefork.cos.bucket import Bucket
 from cosftp_prefork.cos.listing import DIRECTORY, FILE, name_kind
-from cosftp_prefork.errors import AlreadyExists, StorageError
+from cosftp_prefork.cos.naming import may_speculate
+from cosftp_prefork.errors import AlreadyExists, PermissionDenied, StorageError
 
 from .conftest import ALPHA
 
@@ -90,3 +91,18 @@ def test_a_put_that_may_not_replace_says_so_and_changes_nothing(emulator, cos):
     assert info.value.status == 409 and info.value.code == "FileAlreadyExists"
     assert bucket.head(key).etag == first.etag and first.version_id == ""
     assert bucket.versioning() == ""
+
+
+def test_credentials_that_may_not_read_the_versioning_status_are_asked_once(emulator, cos,
+                                                                            monkeypatch):
+    """Without the status, new files wait for their look-ups; COS's AccessDenied is not
+    asked again with every STOR (a request and a log line each)."""
+    bucket = Bucket(cos, ALPHA, emulator.region)
+    asked: list[str] = []
+
+    def denied() -> str:
+        asked.append(bucket.name)
+        raise PermissionDenied("COS GET versioning failed", code="AccessDenied", status=403)
+    monkeypatch.setattr(bucket, "versioning", denied)
+    assert [may_speculate(bucket) for _ in range(3)] == [False] * 3
+    assert asked == [ALPHA]

@@ -51,7 +51,7 @@ from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, wait
 from typing import Optional
 
-from ..errors import AlreadyExists, NotStorable, StorageError
+from ..errors import AlreadyExists, NotStorable, PermissionDenied, StorageError
 from ..paths import fits_as_key
 from .bucket import Bucket, Completed, ObjectInfo
 from .engine import Engine
@@ -66,7 +66,7 @@ _UNVERSIONED_LOCK = threading.Lock()
 def may_speculate(bucket: Bucket) -> bool:
     """Whether COS honours ``x-cos-forbid-overwrite`` in ``bucket``: its versioning was
     never enabled. Asked once per bucket and worker (a status never goes back to "never
-    enabled"); not known (the credentials may not ask): no."""
+    enabled"); not known: no (asked again next time, unless the credentials may not ask)."""
     with _UNVERSIONED_LOCK:
         known = _UNVERSIONED.get(bucket)
     if known is not None:
@@ -76,6 +76,8 @@ def may_speculate(bucket: Bucket) -> bool:
     except StorageError as exc:
         log.info("bucket %s: versioning status unknown (%s): new files wait for their "
                  "look-ups before they are stored", bucket.name, exc)
+        if isinstance(exc, PermissionDenied):  # the credentials may not ask: not again
+            _keeps_versions(bucket, True)
         return False
     _keeps_versions(bucket, status != "")
     return status == ""
