@@ -12,7 +12,10 @@ import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
+from .slow_client import SlowReader
+from .test_commands import put
 from .test_proxy import BALANCER, proxied_ftp, raw_connect, v2_header
+from .test_tls import tls_login, tls_network, write_certificate
 
 MIB = 1024 * 1024
 EVIL = "x\x1b[2J\u202ey"  # clears the terminal, then reverses the text after it
@@ -32,6 +35,13 @@ def session_lines(server: ServerProcess) -> list[str]:
     return result.stdout.splitlines()
 
 
+def rows_of(server: ServerProcess, command: str, least: int = 0) -> list[list[str]]:
+    """The fields of the sessions whose last command is ``command`` (as far as the column
+    shows it) and whose BYTES are at least ``least``."""
+    rows = [line.split() for line in session_lines(server) if command[:40] in line]
+    return [row for row in rows if int(row[5]) >= least]
+
+
 def test_sessions_lists_every_live_session_across_workers(watched, area):
     uploader = proxied_ftp(watched, v2_header("127.0.0.21"), "127.0.0.21")
     uploader.login("alice", "alice-pw")
@@ -46,11 +56,8 @@ def test_sessions_lists_every_live_session_across_workers(watched, area):
     stranger.sendall(f"USER {EVIL}\r\n".encode())
     assert stranger.recv(100).startswith(b"331")
 
-    def uploading() -> list[str]:
-        lines = session_lines(watched)
-        return [line for line in lines if f"STOR {area}"[:40] in line and
-                int(line.split()[5]) >= 2 * MIB]
-    wait_until(uploading, what="the upload's bytes in cosftpctl sessions")
+    wait_until(lambda: rows_of(watched, f"STOR {area}", 2 * MIB),
+               what="the upload's bytes in cosftpctl sessions")
     lines = session_lines(watched)
     assert lines[-1] == "3 session(s)"
     rows = lines[1:-1]
@@ -74,6 +81,59 @@ def test_sessions_lists_every_live_session_across_workers(watched, area):
     stranger.close()
     wait_until(lambda: session_lines(watched)[-1] == "0 session(s)",
                what="closed sessions to leave the list")
+
+
+def session_row(server: ServerProcess, command: str) -> tuple[int, float]:
+    """BYTES and RATE/S of the session whose last command is ``command``."""
+    fields = rows_of(server, command)[0]
+    return int(fields[5]), float(fields[6])
+
+
+SLOW_RATE = 128 * 1024  # bytes/s, once the client read its first BURST
+BURST = 2 * MIB
+RATE_WINDOW = 5  # seconds: ``cosftpctl sessions`` gives the rate over the last ones
+
+
+@pytest.fixture(params=["plain", "TLS"])
+def downloads(request, emulator, tmp_path):
+    """A server, and how to log in to it: in the clear (the download is sent by a pump
+    thread) or with TLS (sent by the IO loop, through OpenSSL)."""
+    alice = Account("alice", "alice-pw", ALPHA)
+    tls = request.param == "TLS"
+    network = tls_network(*write_certificate(tmp_path)) if tls else {}
+    with ServerProcess(str(tmp_path / "server"), emulator.port, [alice],
+                       network=network) as srv:
+        yield srv, (lambda: tls_login(srv, alice)) if tls else (
+            lambda: srv.login("alice", "alice-pw"))
+
+
+def test_sessions_count_what_a_slow_client_read_at_the_rate_it_reads(downloads, area):
+    """A download to a slow client: BYTES is what the client had read when ``sessions``
+    answered (not what the server handed to its socket buffers, megabytes ahead), RATE/S is
+    how fast it reads now (not 0 once the whole file sits in buffers, nor an average since
+    the start). The figure is from the worker's last tick, at most a second old: the client
+    reads slowly enough that a second is a few percent of what it read."""
+    watched, login = downloads
+    ftp = login()
+    data = os.urandom(BURST + 3 * MIB)  # all of it fits in the server's socket buffers
+    assert put(ftp, f"{area}.bin", data).startswith("226")
+    wrap = getattr(ftp, "context", None) and (lambda sock: ftp.context.wrap_socket(
+        sock, server_hostname=ftp.host, session=ftp.sock.session))
+    reader = SlowReader(ftp, f"{area}.bin", SLOW_RATE, burst=BURST, wrap=wrap)
+    # The whole rate window within the slow phase, and a tick more: a count, not a time.
+    wait_until(lambda: reader.count >= BURST + (RATE_WINDOW + 2) * SLOW_RATE, timeout=60,
+               what="the slow client to read past its burst and a rate window")
+    before = reader.count
+    nbytes, rate = session_row(watched, f"RETR {area}.bin")
+    after = reader.count
+    assert 0.9 * before <= nbytes <= 1.1 * after, (before, nbytes, after)
+    measured = reader.rate(RATE_WINDOW)
+    assert 0.75 * measured <= rate <= 1.25 * measured, (rate, measured)
+    assert reader.finish() == len(data)
+    assert ftp.voidresp().startswith("226")
+    wait_until(lambda: session_row(watched, f"RETR {area}.bin") == (len(data), 0.0),
+               what="the whole download and no rate once it ended")
+    ftp.quit()
 
 
 def test_sessions_when_not_running(emulator, tmp_path):

@@ -41,6 +41,7 @@ from .fs import CosFS, FsContext, Unstorable
 from .logins import LoginExpired
 from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
+from .progress import TransferMeter
 from .pump import Pump
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class CosDTPHandler(DTPHandler):
 
     _counted = False
     _pump: Optional[Pump] = None  # sending a plain binary download, off the IO loop
+    _meter: Optional[TransferMeter] = None  # the figures of the transfer, from its start
     # 1 MiB instead of pyftpdlib's 64 KiB: measured in docs/performance.md, STOR went from
     # 0.67x to ~1x the direct SDK and RETR from 0.58x to 0.8x.
     ac_in_buffer_size = CHUNK_SIZE
@@ -175,6 +177,7 @@ class CosDTPHandler(DTPHandler):
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
+        self._start_meter(upload=True)
         self._count_transfer()  # STOR, APPE
 
     def handle_read_event(self) -> None:
@@ -219,6 +222,7 @@ class CosDTPHandler(DTPHandler):
         # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
         # the data connection opened first, as clients do, pyftpdlib sets it after this.)
         download = isinstance(producer, compat.FileProducer)
+        self._start_meter(upload=False)
         if download:
             producer.buffer_size = CHUNK_SIZE
         if download and self._pumpable(producer):
@@ -284,9 +288,29 @@ class CosDTPHandler(DTPHandler):
                 self.socket.shutdown(socket.SHUT_RDWR)
         pump.stop()
 
+    def _start_meter(self, upload: bool) -> None:
+        """Measure this data connection's transfer (a listing's too), and show it as the
+        session's in ``cosftpctl sessions``."""
+        if self._meter is None:
+            self._meter = TransferMeter(upload, self._handed_over, self.socket,
+                                        time.monotonic())
+            self.cmd_channel.meter = self._meter
+
+    def _handed_over(self) -> int:
+        return self.tot_bytes_sent + self.tot_bytes_received
+
+    def get_transmitted_bytes(self) -> int:
+        """pyftpdlib's count (handed to or read from the socket) while the transfer runs,
+        for its idle timeout and ABOR; once it ended, the bytes the client had (see
+        ``progress``), for xferlog, vsftpd.log and the metrics."""
+        if self._meter is not None and self._meter.result is not None:
+            return self._meter.result
+        return self._handed_over()
+
     def _count_transfer(self) -> None:
         if not self._counted:
             self._counted = True
+            self._meter.counted = True
             self.cmd_channel.stats.transfer_started(self.receive)
 
     def close(self) -> None:
@@ -305,8 +329,10 @@ class CosDTPHandler(DTPHandler):
             compat.set_close_reply(self, "426 Server shutting down; transfer aborted.", log.info)
         if not compat.is_closed(self) and self.receive and self.transfer_finished:
             self._commit_upload()
+        if self._meter is not None and not compat.is_closed(self):
+            self._meter.finish(complete=self.transfer_finished)  # while the socket is open
         if self._counted and not compat.is_closed(self):
-            self.cmd_channel.stats.transfer_ended(self.receive, self.get_transmitted_bytes())
+            self.cmd_channel.stats.transfer_ended(self._meter)
         super().close()
 
     def _was_reset(self) -> bool:
@@ -502,7 +528,6 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         """pyftpdlib's hook for every file transfer that ended: also count it and write it to
         the transfer logs."""
         super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
-        self._last_bytes = bytes
         metrics.transfer_done(receive, completed, bytes)
         now = time.time()
         anonymous = self.authorizer.has_user(self.username) and \
@@ -551,7 +576,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     _last_command = ""
     _last_active = 0.0
-    _last_bytes = 0
+    meter: Optional[TransferMeter] = None  # of the transfer in flight, or of the last one
 
     def _note_command(self, cmd: str, arg: str) -> None:
         """Remember the command for ``cosftpctl sessions``: the verb if pyftpdlib knows it,
@@ -562,12 +587,10 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         else:
             self._last_command = f"{cmd} {arg}" if cmd in SHOWN_ARGUMENTS else cmd
 
-    def session_detail(self) -> tuple[str, str, int, float]:
-        """User (once logged in), last command, bytes of the transfer in flight (or of the
-        last one), time of the last command: what ``cosftpctl sessions`` shows."""
-        channel = self.data_channel
-        nbytes = channel.get_transmitted_bytes() if channel is not None else self._last_bytes
-        return (self.username if self.authenticated else "", self._last_command, nbytes,
+    def session_detail(self) -> tuple[str, str, Optional[TransferMeter], float]:
+        """User (once logged in), last command, the meter of the transfer in flight (or of
+        the last one), time of the last command: what ``cosftpctl sessions`` shows."""
+        return (self.username if self.authenticated else "", self._last_command, self.meter,
                 self._last_active)
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:

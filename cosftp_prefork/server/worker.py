@@ -42,6 +42,7 @@ from ..ftp import compat
 from ..ftp.admission import Arrival
 from ..ftp.handler import configure_handler
 from ..ftp.logins import PasswordChecks
+from ..ftp.progress import TransferMeter
 from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
 from .gate import BANNED, Gate, Ticket
@@ -112,8 +113,9 @@ class WorkerStats:
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
         self.sessions = self.uploads = self.downloads = 0
+        # File transfers' bytes, those in flight included (see ``credit``).
         self.bytes_up = self.bytes_down = 0
-        self._described: dict[int, list] = {}  # session row -> [handler, bytes, at]
+        self._described: dict = {}  # session row -> its handler
         self.status = STARTING
 
     def admit(self, ip: str, kick: Callable[[str], None], session=None,
@@ -131,7 +133,7 @@ class WorkerStats:
                 self.sessions += 1
                 self.state.set_sessions(self.slot, self.sessions)
                 if session is not None:
-                    self._described[ticket.row] = [session, 0, now]
+                    self._described[ticket.row] = session
         return ticket, reason
 
     def recount(self, ticket: Ticket, ip: str) -> Optional[str]:
@@ -151,17 +153,33 @@ class WorkerStats:
 
     def describe_sessions(self) -> None:
         """Write each session's user, command, bytes, rate and idle time to the shared
-        state (the worker's tick, once a second)."""
+        state, and add its transfer's progress to the worker's bytes (the worker's tick,
+        once a second)."""
         with self._lock:
             described = list(self._described.items())
-        now = time.time()
-        for row, entry in described:
-            session, before, then = entry
-            user, command, nbytes, active = session.session_detail()
-            moved = nbytes - before if nbytes >= before else nbytes  # a new transfer
-            rate = moved / (now - then) if now > then else 0.0
-            entry[1:] = [nbytes, now]
+        now = time.monotonic()
+        for row, session in described:
+            user, command, meter, active = session.session_detail()
+            nbytes, rate = 0, 0.0
+            if meter is not None:
+                nbytes, rate = meter.sample(now), meter.rate
+                self.credit(meter)
             self.state.write_detail(row, user, command, nbytes, rate, active)
+
+    def credit(self, meter: TransferMeter) -> None:
+        """Add to the worker's bytes up or down what a file transfer moved since they last
+        did (each tick, and when it ends): ``status`` shows a transfer as it runs, and once
+        it ended, its figure in the logs."""
+        if not meter.counted:
+            return
+        with self._lock:
+            nbytes = meter.result if meter.result is not None else meter.nbytes
+            moved = max(0, nbytes - meter.credited)
+            meter.credited += moved
+            if meter.upload:
+                self.bytes_up += moved
+            else:
+                self.bytes_down += moved
 
     def transfer_started(self, upload: bool) -> None:
         with self._lock:
@@ -170,14 +188,14 @@ class WorkerStats:
             else:
                 self.downloads += 1
 
-    def transfer_ended(self, upload: bool, nbytes: int) -> None:
+    def transfer_ended(self, meter: TransferMeter) -> None:
+        """A file transfer ended; ``meter`` holds its last figure."""
         with self._lock:
-            if upload:
+            if meter.upload:
                 self.uploads -= 1
-                self.bytes_up += nbytes
             else:
                 self.downloads -= 1
-                self.bytes_down += nbytes
+        self.credit(meter)
 
     def publish(self) -> str:
         """Write the heartbeat and counters to the shared slot; return the process title."""
