@@ -28,8 +28,8 @@ from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .slow_client import SlowReader
 from .test_clients import require
 from .test_commands import get, put, rename_whose_copy_fails
-from .test_master import serving, state_of
-from .test_sessions import SLOW_RATE
+from .test_master import serving, state_of, status_rows
+from .test_sessions import SLOW_RATE, rows_of
 
 MIB = 1024 * 1024
 F2B_VSFTPD_FILTER = "/etc/fail2ban/filter.d/vsftpd.conf"
@@ -317,6 +317,30 @@ def test_xferlog_lines_after_stor_retr_and_cut_off_transfers(ops, area):
     assert ["OK DOWNLOAD" in vsftpd[1], "FAIL DOWNLOAD" in vsftpd[3],
             "FAIL UPLOAD" in vsftpd[4]] == [True] * 3
     assert f", {cut} bytes, " in vsftpd[3]
+
+
+def test_status_counts_an_upload_while_it_runs_and_no_heartbeat_age_is_negative(ops, area):
+    """BYTES_UP grows with an upload in flight, not only when it ends; BEAT, the age of each
+    worker's last heartbeat, is never negative (``status`` reads the heartbeats after its
+    0.2 s CPU sample: a beat written meanwhile must not come out from the future)."""
+    bytes_up = {int(row[0]): int(row[7]) for row in status_rows(ops)}
+    ftp = ops.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(os.urandom(2 * MIB))
+    wait_until(lambda: rows_of(ops, f"STOR {area}", 2 * MIB),
+               what="the upload's bytes in cosftpctl sessions")
+    worker = int(rows_of(ops, f"STOR {area}")[0][0])
+    beats = []
+    for _ in range(8):  # a beat falls within the 0.2 s sample about once in five calls
+        rows = status_rows(ops)
+        beats += [float(row[12].rstrip("s")) for row in rows if row[12] != "-"]
+        mine = next(row for row in rows if int(row[0]) == worker)
+        assert int(mine[7]) >= bytes_up[worker] + 2 * MIB, mine  # BYTES_UP, mid-upload
+    assert beats and min(beats) >= 0, beats
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    _close(ftp)
 
 
 def test_reloads_are_counted(ops):

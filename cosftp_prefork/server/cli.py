@@ -423,7 +423,7 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
             proc = procs[worker.pid]
             rss = f"{proc.memory_info().rss / 2**20:.1f}"
             cpu, fds = f"{proc.cpu_percent(None):.1f}", str(proc.num_fds())
-        beat = heartbeat_age(worker, now)
+        beat = heartbeat_age(worker)
         lines.append(
             f"{worker.pid:>7} {worker.generation:>4} {worker.index:>6} {worker.state:<9} "
             f"{worker.sessions:>5} {worker.uploads:>3} {worker.downloads:>4} "

@@ -108,7 +108,7 @@ class WorkerStatus:
     generation: int
     state: str
     started: float
-    heartbeat: float
+    heartbeat: float  # time.time() of the worker's last tick; 0.0 before the first
     sessions: int
     uploads: int
     downloads: int
@@ -737,8 +737,11 @@ def _quoted(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def heartbeat_age(status: WorkerStatus, now: Optional[float] = None) -> Optional[float]:
-    """Seconds since the worker's last heartbeat, None before its first one."""
+def heartbeat_age(status: WorkerStatus) -> Optional[float]:
+    """Seconds since the worker's last heartbeat, None before its first one. The clock is
+    read here, after the slot: one read before may be older than a beat written meanwhile
+    (``status`` took its time 0.2 s before it read the slots, and showed beats from the
+    future). Never negative, even across a step of the system time."""
     if not status.heartbeat:
         return None
-    return (now or time.time()) - status.heartbeat
+    return max(0.0, time.time() - status.heartbeat)
