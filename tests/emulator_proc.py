@@ -45,14 +45,28 @@ class EmulatorProcess:
             self.port = int(handle.read())
         return self
 
+    def __enter__(self) -> EmulatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def client(self) -> CosS3Client:
         return sdk_client(self, retry=1)
 
     def set_faults(self, **faults) -> dict:
         """Change injected faults (latency_ms, error_rate, reset_rate, down); return them all."""
+        return self._put("faults", faults)
+
+    def set_accounts(self, **accounts) -> dict:
+        """Register keys, their denied actions, bucket regions, ``strict``, ``clock_offset``
+        (see ``cosftp_prefork/emulator/accounts.py``); return what is registered."""
+        return self._put("accounts", accounts)
+
+    def _put(self, what: str, body: dict) -> dict:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/__emulator__/faults", method="PUT",
-            data=json.dumps(faults).encode())
+            f"http://127.0.0.1:{self.port}/__emulator__/{what}", method="PUT",
+            data=json.dumps(body).encode())
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
@@ -86,10 +100,12 @@ class EmulatorProcess:
         return self.proc.returncode
 
 
-def sdk_client(emulator, retry: int = 0) -> CosS3Client:
+def sdk_client(emulator, retry: int = 0, secret_id: str = "test-id",
+               secret_key: str = "test-key", region: str = "") -> CosS3Client:
     """The real SDK pointed at ``emulator`` (an ``EmulatorProcess`` or an in-process
-    ``Emulator``: anything with ``region``, ``port`` and, optionally, ``host``)."""
-    config = CosConfig(Region=emulator.region, SecretId="test-id", SecretKey="test-key",
-                       IP=getattr(emulator, "host", "127.0.0.1"), Port=emulator.port,
-                       Scheme="http")
+    ``Emulator``: anything with ``region``, ``port`` and, optionally, ``host``), signing
+    with the given key, for ``region`` (default: the emulator's)."""
+    config = CosConfig(Region=region or emulator.region, SecretId=secret_id,
+                       SecretKey=secret_key, IP=getattr(emulator, "host", "127.0.0.1"),
+                       Port=emulator.port, Scheme="http")
     return CosS3Client(config, retry=retry)

@@ -36,6 +36,11 @@ so tests and the bench can tell how many COS round-trips an FTP command costs.
 A rendezvous (``/__emulator__/rendezvous``, see :class:`Rendezvous`) holds chosen requests
 until a given number of them are in flight at once: tests prove concurrency with it.
 
+Credentials, what each key may do and the region of each bucket can be registered
+(``PUT /__emulator__/accounts``, see ``accounts.py``): requests are then checked as COS
+checks them (signature, unknown SecretId, actions a key is denied, a bucket asked for at
+another region's endpoint), and GetService lists the buckets with their regions.
+
 Faults can be injected (latency, 503 SlowDown, downloads cut off half-way, everything
 down) from the command line or at run time with ``PUT /__emulator__/faults`` and a JSON body
 such as ``{"down": true}``; ``GET`` on the same path shows the current settings.
@@ -76,6 +81,7 @@ from werkzeug.test import Client
 
 from ..cos.checksum import crc64
 from . import listing
+from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 DEFAULT_REGION = "ap-guangzhou"
@@ -212,8 +218,8 @@ class Faults:
 
 
 def _error_response(start_response: Callable, status: str, code: str, resource: str,
-                    request_id: str) -> list[bytes]:
-    body = _cos_error_body(f"<Error><Code>{code}</Code><Message>injected fault"
+                    request_id: str, message: str = "injected fault") -> list[bytes]:
+    body = _cos_error_body(f"<Error><Code>{code}</Code><Message>{escape(message)}"
                            "</Message></Error>".encode(), resource, request_id)
     start_response(status, [("Content-Type", "application/xml"),
                             ("Content-Length", str(len(body))),
@@ -378,6 +384,7 @@ class CosShim:
     def __init__(self, app: WSGIApp, faults: Optional[Faults] = None) -> None:
         self.app = app
         self.faults = faults or Faults()
+        self.accounts = Accounts(DEFAULT_REGION)
         self._lock = threading.Lock()
         self._upload_times = _UploadTimes()
         self._crcs = _ObjectCrcs()
@@ -388,7 +395,9 @@ class CosShim:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == CONTROL_PATH:
-            return self._control(environ, start_response)
+            return self._control(environ, start_response, self.faults)
+        if environ.get("PATH_INFO") == ACCOUNTS_PATH:
+            return self._control(environ, start_response, self.accounts)
         if environ.get("PATH_INFO") == REQUESTS_PATH:
             return self._request_counts(environ, start_response)
         if environ.get("PATH_INFO") == RENDEZVOUS_PATH:
@@ -398,6 +407,9 @@ class CosShim:
             self.requests.append((request_kind(environ), key or listed))
         request_id = uuid.uuid4().hex
         self.rendezvous.meet(request_kind(environ), key or listed)
+        answered = self._as_account(environ, start_response, request_id)
+        if answered is not None:
+            return answered
         injected = self._inject(environ, start_response, request_id)
         if injected is not None:
             return injected
@@ -411,6 +423,7 @@ class CosShim:
                 return _error_response(start_response, "409 Conflict", "FileAlreadyExists",
                                        environ.get("PATH_INFO", ""), request_id)
             body, status, headers = self._forward(environ, request_id)
+        headers = self.accounts.with_region(environ, headers)
         if crc is not None and status.startswith("2"):
             headers.append(("x-cos-hash-crc64ecma", self._reported_crc(
                 self._object_crc(environ, headers, crc))))
@@ -459,11 +472,28 @@ class CosShim:
                                    request_id)
         return None
 
-    def _control(self, environ: dict, start_response: Callable) -> list[bytes]:
+    def _as_account(self, environ: dict, start_response: Callable,
+                    request_id: str) -> Optional[list[bytes]]:
+        """What COS answers from what it knows of accounts (``accounts.py``): a refusal of
+        the credentials or of a bucket of another region, or GetService; else None."""
+        refusal = self.accounts.refuse(environ)
+        if refusal is not None:
+            return _error_response(start_response, refusal.status, refusal.code,
+                                   environ.get("PATH_INFO", ""), request_id, refusal.message)
+        if environ.get("HTTP_HOST") not in SERVICE_HOSTS:
+            return None
+        body = self.accounts.list_buckets(self.app)
+        start_response("200 OK", [("Content-Type", "application/xml"),
+                                  ("Content-Length", str(len(body))),
+                                  ("x-cos-request-id", request_id)])
+        return [body]
+
+    def _control(self, environ: dict, start_response: Callable, target: Any) -> list[bytes]:
+        """Show ``target``'s settings (``Faults`` or ``Accounts``); a PUT changes them."""
         if environ["REQUEST_METHOD"] in ("PUT", "POST"):
             length = int(environ.get("CONTENT_LENGTH") or 0)
-            self.faults.update(json.loads(environ["wsgi.input"].read(length) or b"{}"))
-        body = json.dumps(self.faults.as_dict()).encode()
+            target.update(json.loads(environ["wsgi.input"].read(length) or b"{}"))
+        body = json.dumps(target.as_dict()).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])
         return [body]
@@ -606,6 +636,7 @@ class Emulator:
         self.host, self.port, self.region = host, port, region
         self.buckets = list(buckets)
         self.app = make_app(faults)
+        self.app.accounts.default_region = region
         self._verbose = verbose
         self._server: Optional[BaseWSGIServer] = None
         self._thread: Optional[threading.Thread] = None
