@@ -11,11 +11,13 @@ import pytest
 
 from cosftp_prefork.config.locations import locate_server, parse_path
 from cosftp_prefork.config.passwords import hash_password
+from cosftp_prefork.config.placeholders import find_placeholders
 from cosftp_prefork.config.settings import (
     GIB,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIB,
+    SECRET_OPTIONS,
     SETTINGS,
     AccountConfig,
     Config,
@@ -681,6 +683,47 @@ def test_shipped_example_loads(monkeypatch):
     assert [a.user for a in config.accounts] == ["user0", "user1"]
     assert config.warnings == ()
     assert config.server.log_dir == os.path.join(ROOT, "log")
+
+
+def test_the_shipped_example_is_all_placeholders(monkeypatch):
+    """Its credentials can never work (fatal); its bucket and passwords are warnings."""
+    monkeypatch.chdir(ROOT)
+    config = load_config("conf/vsftpd.conf.example", {})
+    found = {(p.section, p.option, p.fatal) for p in find_placeholders(config)}
+    assert found == {(section, option, option.startswith("cos_secret"))
+                     for section in ("COS_ACCOUNT_0", "COS_ACCOUNT_1")
+                     for option in ("cos_secretid", "cos_secretkey", "cos_bucket",
+                                    "ftp_login_user_password")}
+    described = [p.describe(config.path) for p in find_placeholders(config)]
+    assert all(line.startswith(f"{config.path} [COS_ACCOUNT_") for line in described)
+    assert not any("pass0" in line or "pass1" in line for line in described)
+
+
+@pytest.mark.parametrize(("section", "option", "value", "fatal"), [
+    ("COS_ACCOUNT_0", "cos_secretid", "xxxxxxxx", True),
+    ("COS_ACCOUNT_0", "cos_secretkey", "XXXXXX", True),
+    ("COS_ACCOUNT_0", "cos_bucket", "examplebucket-1250000001", False),
+    ("COS_ACCOUNT_0", "ftp_login_user_password", "pass1", False),
+    ("NETWORK", "masquerade_address", "203.0.113.10", False),
+    ("NETWORK", "masquerade_address", "2001:db8::1", False),
+])
+def test_each_placeholder_is_found(section, option, value, fatal):
+    found = find_placeholders(parse_config(set_option(MINIMAL, section, option, value),
+                                           "p.conf", {}))
+    assert [(p.section, p.option, p.fatal) for p in found] == [(section, option, fatal)]
+    if option in SECRET_OPTIONS:
+        assert value not in found[0].problem
+
+
+@pytest.mark.parametrize(("section", "option", "value"), [
+    ("COS_ACCOUNT_0", "cos_secretid", "AKIDXXXXXX"),
+    ("COS_ACCOUNT_0", "cos_bucket", "myexamplebucket-1250000000"),
+    ("COS_ACCOUNT_0", "ftp_login_user_password", "pass2"),
+    ("NETWORK", "masquerade_address", "198.51.99.1"),
+])
+def test_values_that_only_look_like_placeholders_are_not(section, option, value):
+    assert find_placeholders(parse_config(set_option(MINIMAL, section, option, value),
+                                          "p.conf", {})) == []
 
 
 def test_pid_file_is_found_even_when_the_file_is_broken(tmp_path, monkeypatch):

@@ -45,7 +45,10 @@ def test_pip_install_gives_a_working_cosftpctl(installed, tmp_path):
                             "print(cosftp_prefork.__file__)"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=60)
     assert where.stdout.startswith(installed), where  # the installed copy, not the checkout
-    example = os.path.join(ROOT, "conf", "vsftpd.conf.example")
+    with open(os.path.join(ROOT, "conf", "vsftpd.conf.example"), encoding="utf-8") as handle:
+        text = handle.read()
+    example = tmp_path / "vsftpd.conf"  # with credentials: check refuses the placeholders
+    example.write_text(text.replace("= XXXXXX", "= filled-in"))
     check = subprocess.run([os.path.join(installed, "bin", "cosftpctl"), "-c", example, "check"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr

@@ -15,7 +15,7 @@ import pytest
 from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, wait_until
+from .server_proc import ROOT, Account, ServerProcess, wait_until
 from .test_master import add_unresolvable_masquerade
 
 
@@ -140,11 +140,39 @@ def test_bad_config_is_refused_with_section_and_option(daemon):
         assert "[COS_ACCOUNT_9]" in done.stderr and "cos_bucket" in done.stderr
 
 
-def test_check_accepts_the_shipped_example():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-m", "cosftp_prefork", "-c",
-         os.path.join(root, "conf", "vsftpd.conf.example"), "check"],
-        capture_output=True, text=True, timeout=60,
-    )
+EXAMPLE = os.path.join(ROOT, "conf", "vsftpd.conf.example")
+
+
+def check(path: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cosftp_prefork", "-c", path, "check"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_refuses_the_untouched_example_naming_each_placeholder():
+    result = check(EXAMPLE)
+    assert result.returncode == 2, result.stdout
+    assert ": OK," not in result.stdout
+    for section in ("COS_ACCOUNT_0", "COS_ACCOUNT_1"):
+        for option in ("cos_secretid", "cos_secretkey"):
+            assert f"configuration error: {EXAMPLE} [{section}] {option}: is a placeholder" \
+                in result.stderr
+        assert f"warning: {EXAMPLE} [{section}] cos_bucket: examplebucket-1250000000 is " \
+            "the example's bucket" in result.stderr
+        assert f"warning: {EXAMPLE} [{section}] ftp_login_user_password: is the " \
+            "example's password" in result.stderr
+
+
+def test_check_accepts_the_example_with_its_credentials_filled_in(tmp_path):
+    """The other placeholders are warnings: check still exits 0."""
+    with open(EXAMPLE, encoding="utf-8") as handle:
+        text = handle.read()
+    filled = tmp_path / "vsftpd.conf"
+    filled.write_text(text.replace("cos_secretid = XXXXXX", "cos_secretid = AKIDfilled")
+                      .replace("cos_secretkey = XXXXXX", "cos_secretkey = filled-key"))
+    result = check(str(filled))
     assert result.returncode == 0, result.stderr
+    assert f"{filled}: OK, 2 account(s)" in result.stdout
+    for section in ("COS_ACCOUNT_0", "COS_ACCOUNT_1"):
+        for option in ("cos_bucket", "ftp_login_user_password"):
+            assert f"warning: {filled} [{section}] {option}: " in result.stderr
+    assert "cos_secret" not in result.stderr

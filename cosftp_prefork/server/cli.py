@@ -14,6 +14,7 @@ from typing import Callable, Optional, TypeVar
 
 from ..config.locations import base_dir, locate_server
 from ..config.passwords import hash_password
+from ..config.placeholders import find_placeholders
 from ..config.settings import (
     REDIS_MINIMUM,
     Config,
@@ -99,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("sessions", help="one line per live session (like ftpwho): user, client, "
                    "command, bytes, rate, idle time")
-    sub.add_parser("check", help="validate the configuration file and exit")
+    sub.add_parser("check", help="validate the configuration file and exit (2: invalid, "
+                   "or the example's placeholder credentials)")
     sub.add_parser("hash-password",
                    help="read a password (prompt or stdin) and print its scrypt form")
     return parser
@@ -438,13 +440,25 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
 
 
 def cmd_check(config: Config) -> int:
+    """Validate the file: 2 if it cannot work (options, placeholder credentials, masquerade
+    name, Redis), warnings on stderr."""
+    placeholders = find_placeholders(config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for found in placeholders:
+        if not found.fatal:
+            print(f"warning: {found.describe(config.path)}", file=sys.stderr)
     try:
         resolve_masquerade(config)
         cluster = _check_cluster(config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    fatal = [found for found in placeholders if found.fatal]
+    for found in fatal:
+        print(f"cosftpctl: configuration error: {found.describe(config.path)}",
+              file=sys.stderr)
+    if fatal:
         return 2
     tls = f", FTPS with {config.network.tls.certfile}" if config.network.tls else ""
     print(f"{config.path}: OK, {len(config.accounts)} account(s){tls}")
