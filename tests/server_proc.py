@@ -41,17 +41,20 @@ class Account:
     delete_enable: bool = True
     extra: str = ""  # more "option = value" lines for the section
     region: str = "ap-guangzhou"  # "" leaves cos_region out (say, for cos_endpoint in extra)
+    secret_id: str = "test-id"
+    secret_key: str = "test-key"
+    cos_port: int = 0  # 0: the emulator's
 
     def section(self, index: int, cos_port: int) -> str:
         return f"""
 [COS_ACCOUNT_{index}]
-cos_secretid = test-id
-cos_secretkey = test-key
+cos_secretid = {self.secret_id}
+cos_secretkey = {self.secret_key}
 cos_bucket = {self.bucket}
 {f"cos_region = {self.region}" if self.region else ""}
 cos_protocol = http
 cos_ip = 127.0.0.1
-cos_port = {cos_port}
+cos_port = {self.cos_port or cos_port}
 home_dir = /home/{self.user}
 ftp_login_user_name = {self.user}
 ftp_login_user_password = {self.password}

@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
@@ -46,6 +46,8 @@ _DENIED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
 _EXISTS_CODES = {"FileAlreadyExists"}
 FORBID_OVERWRITE = "x-cos-forbid-overwrite"
 LIST_PAGE_MAX = 1000
+# Where GetService lists an account's buckets (with a cos_ip, sent there with this Host).
+SERVICE_HOST = "service.cos.myqcloud.com"
 # The modification time a client set with MFMT, in seconds since the epoch; the name rclone
 # uses too, so both tools see the same time.
 MTIME_HEADER = "x-cos-meta-mtime"
@@ -152,9 +154,10 @@ class ObjectStream:
 def _translate(exc: Exception, action: str) -> StorageError:
     if isinstance(exc, CosServiceError):
         digest = exc.get_digest_msg()
-        info = digest if isinstance(digest, dict) else {}
+        # An error without a body (a HEAD's) leaves the SDK the response headers only.
+        info = digest if isinstance(digest, Mapping) else {}
         code = str(info.get("code") or f"HTTP{exc.get_status_code()}")
-        request_id = str(info.get("requestid") or "")
+        request_id = str(info.get("requestid") or info.get("x-cos-request-id") or "")
         message = str(info.get("message") or "")
         status = exc.get_status_code()
         cls = StorageError
@@ -365,6 +368,29 @@ class Bucket:
             attributes=_kept_attributes(headers),
             storage_class=headers.get("x-cos-storage-class", ""),
         )
+
+    def head_bucket(self) -> None:
+        """Check that the bucket answers these credentials at this endpoint: raises
+        ``NotFound`` (no such bucket here), ``PermissionDenied`` or ``StorageError``. COS
+        answers a HEAD without a body, so without an error code."""
+        _call("HeadBucket", self._client.head_bucket, Bucket=self.name)
+
+    def listed_region(self) -> Optional[str]:
+        """The region GetService (the list of the account's buckets, at
+        ``service.cos.myqcloud.com``) gives for this bucket; None if it is not listed."""
+        return _call("GetService", self._list_buckets).get(self.name)
+
+    def _list_buckets(self) -> dict[str, str]:
+        conf = self._client._conf
+        url = conf.uri() if conf._ip else f"{conf._scheme}://{SERVICE_HOST}/"
+        response = self._client.send_request(
+            method="GET", url=url, headers={"Host": SERVICE_HOST}, auth=CosS3Auth(conf))
+        regions = {}
+        for element in ElementTree.fromstring(response.content).iter():
+            if element.tag.rpartition("}")[2] == "Bucket":
+                fields = {child.tag.rpartition("}")[2]: child.text or "" for child in element}
+                regions[fields.get("Name", "")] = fields.get("Location", "")
+        return regions
 
     def list_page(
         self, prefix: str, marker: str = "", max_keys: int = LIST_PAGE_MAX, delimiter: str = "/"
@@ -632,7 +658,7 @@ class WorkerSession(requests.Session):
 class BucketRegistry:
     """Per-process cache of :class:`Bucket` objects, one per account, created on first use."""
 
-    def __init__(self, pool_size: int = 32, timeout: int = 60) -> None:
+    def __init__(self, pool_size: int = 32, timeout: float = 60) -> None:
         self._pool_size = pool_size
         self._timeout = timeout
         self._session: Optional[requests.Session] = None

@@ -76,7 +76,21 @@ but its pid file is elsewhere; of stop: 0 stopped or not running, 1 the configur
 held by something stop did not find (it says what)
 """
 RELOAD_TIMEOUT = 60.0
+ONLINE_TIMEOUT = 10.0
+ONLINE_THREADS = 32  # accounts tried at once by check --online
+ONLINE_START_MARGIN = 60.0  # for the probe process to start (it imports the SDK)
 T = TypeVar("T")
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"must be seconds between 0 and 3600, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,8 +114,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("sessions", help="one line per live session (like ftpwho): user, client, "
                    "command, bytes, rate, idle time")
-    sub.add_parser("check", help="validate the configuration file and exit (2: invalid, "
-                   "or the example's placeholder credentials)")
+    check = sub.add_parser(
+        "check", help="validate the configuration file and exit (2: invalid, or the "
+        "example's placeholder credentials); --online: also try each account on COS")
+    check.add_argument("--online", action="store_true",
+                       help="with each account's credentials, HEAD its bucket, list one key "
+                            "and (write authority) start and abort an upload under "
+                            ".cosftp/check/; one line per account; exit 1 if one fails")
+    check.add_argument("--timeout", type=_seconds, default=ONLINE_TIMEOUT,
+                       help="seconds each account may take online (default %(default)s)")
     sub.add_parser("hash-password",
                    help="read a password (prompt or stdin) and print its scrypt form")
     return parser
@@ -439,9 +460,10 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
     return "\n".join(lines)
 
 
-def cmd_check(config: Config) -> int:
+def cmd_check(config: Config, online: bool = False,
+              timeout: float = ONLINE_TIMEOUT) -> int:
     """Validate the file: 2 if it cannot work (options, placeholder credentials, masquerade
-    name, Redis), warnings on stderr."""
+    name, Redis), warnings on stderr; then, with ``online``, the probe's verdicts."""
     placeholders = find_placeholders(config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -466,7 +488,23 @@ def cmd_check(config: Config) -> int:
           f"pid_file {config.server.pid_file}")
     if cluster:
         print(cluster, file=sys.stderr if cluster.startswith("warning") else sys.stdout)
-    return 0
+    return _check_online(config, timeout) if online else 0
+
+
+def _check_online(config: Config, timeout: float) -> int:
+    """Run ``cos/probe.py`` in a child process (this process becomes the master on
+    ``run``, which never loads the COS SDK); its lines go to our stdout. The child bounds
+    each account by ``timeout``; this bounds the child, whatever happens to it."""
+    rounds = -(-len(config.accounts) // ONLINE_THREADS)
+    limit = ONLINE_START_MARGIN + timeout * (rounds + 1)
+    command = [sys.executable, "-m", "cosftp_prefork.cos.probe", "--timeout", str(timeout),
+               "--threads", str(ONLINE_THREADS), config.path]
+    sys.stdout.flush()  # our lines first: the child writes to the same stdout
+    try:
+        return subprocess.run(command, timeout=limit, check=False).returncode
+    except subprocess.TimeoutExpired:
+        print(f"cosftpctl: the online check did not end within {limit:g} s", file=sys.stderr)
+        return 1
 
 
 def _check_cluster(config: Config) -> Optional[str]:
@@ -483,7 +521,7 @@ def _check_cluster(config: Config) -> Optional[str]:
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "sessions": cmd_sessions,
-            "reload": cmd_reload, "check": cmd_check}
+            "reload": cmd_reload}
 PID_ONLY_COMMANDS = {"status": status, "sessions": sessions}  # and stop
 
 
@@ -522,6 +560,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return cmd_run(config, args.log_file_only)
     if args.command == "stop":
         return cmd_stop(config, args.graceful)
+    if args.command == "check":
+        return cmd_check(config, args.online, args.timeout)
     return COMMANDS[args.command](config)
 
 
