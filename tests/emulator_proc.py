@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import sys
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 from qcloud_cos import CosConfig, CosS3Client
@@ -98,6 +99,17 @@ class EmulatorProcess:
             self.proc.terminate()
             self.proc.wait(timeout=30)
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def strict_emulator(buckets: Sequence[str], keys: dict,
+                    regions: dict[str, str]) -> Iterator[EmulatorProcess]:
+    """An emulator of its own that checks requests as COS does: it knows ``keys`` (SecretId
+    -> ``{"secret", "deny"/"allow"}``) and no other SecretId, and the buckets of ``regions``
+    live in those regions."""
+    with EmulatorProcess(buckets) as emu:
+        emu.set_accounts(strict=True, keys=keys, buckets=regions)
+        yield emu
 
 
 def sdk_client(emulator, retry: int = 0, secret_id: str = "test-id",

@@ -11,7 +11,7 @@ from qcloud_cos import CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
 from qcloud_cos.cos_exception import CosServiceError
 
-from .emulator_proc import EmulatorProcess, sdk_client
+from .emulator_proc import EmulatorProcess, sdk_client, strict_emulator
 
 HOME = "home-1250000000"
 SHANGHAI = "east-1250000000"  # registered in ap-shanghai
@@ -24,10 +24,8 @@ KEYS = {"AKIDowner": {"secret": "owner-key"},
 @pytest.fixture(scope="module")
 def registered():
     """An emulator of its own that knows three keys and refuses any other SecretId."""
-    emu = EmulatorProcess(buckets=[HOME, SHANGHAI]).start()
-    emu.set_accounts(strict=True, keys=KEYS, buckets={SHANGHAI: "ap-shanghai"})
-    yield emu
-    emu.stop()
+    with strict_emulator([HOME, SHANGHAI], KEYS, {SHANGHAI: "ap-shanghai"}) as emu:
+        yield emu
 
 
 def client(emu, secret_id: str, secret_key: str, region: str = "") -> CosS3Client:

@@ -12,7 +12,7 @@ import pytest
 
 from cosftp_prefork.server.cli import ONLINE_THREADS
 
-from .emulator_proc import EmulatorProcess, sdk_client
+from .emulator_proc import EmulatorProcess, sdk_client, strict_emulator
 from .server_proc import Account, ServerProcess, free_port
 
 HOME = "home-1250000000"
@@ -31,10 +31,8 @@ SECRETS = [spec["secret"] for spec in KEYS.values()] + ["wrong-key", "stranger-k
 @pytest.fixture(scope="module")
 def cos_accounts():
     """An emulator of its own that knows the keys above and no other."""
-    emu = EmulatorProcess(buckets=[HOME, EAST]).start()
-    emu.set_accounts(strict=True, keys=KEYS, buckets={EAST: "ap-shanghai"})
-    yield emu
-    emu.stop()
+    with strict_emulator([HOME, EAST], KEYS, {EAST: "ap-shanghai"}) as emu:
+        yield emu
 
 
 def account(user: str, key: str, bucket: str = HOME, authority: str = "RW", **kw) -> Account:
