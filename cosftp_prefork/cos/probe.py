@@ -50,7 +50,7 @@ from ..paths import RESERVED_NAME
 from .bucket import Bucket, BucketRegistry
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_THREADS = 32
+DEFAULT_THREADS = 64
 PROBE_PREFIX = f"{RESERVED_NAME}/check/"
 
 OK = "OK"

@@ -77,7 +77,7 @@ held by something stop did not find (it says what)
 """
 RELOAD_TIMEOUT = 60.0
 ONLINE_TIMEOUT = 10.0
-ONLINE_THREADS = 32  # accounts tried at once by check --online
+ONLINE_THREADS = 64  # accounts tried at once by check --online
 ONLINE_START_MARGIN = 60.0  # for the probe process to start (it imports the SDK)
 T = TypeVar("T")
 
