@@ -16,6 +16,8 @@ from typing import Optional
 
 from qcloud_cos import CosConfig, CosS3Client
 
+from cosftp_prefork.config.settings import AccountConfig
+
 from .server_proc import wait_until
 
 
@@ -91,6 +93,10 @@ class EmulatorProcess:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def connections(self) -> dict:
+        """TCP connections the emulator has accepted so far (``accepted``)."""
+        return connections(self.port)
+
     def stop(self) -> Optional[int]:
         shutil.rmtree(self._dir, ignore_errors=True)
         if self.proc is None:
@@ -110,6 +116,32 @@ def strict_emulator(buckets: Sequence[str], keys: dict,
     with EmulatorProcess(buckets) as emu:
         emu.set_accounts(strict=True, keys=keys, buckets=regions)
         yield emu
+
+
+def connections(port: int) -> dict:
+    """What ``GET /__emulator__/connections`` says of the emulator on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/__emulator__/connections",
+                                timeout=10) as response:
+        return json.loads(response.read())
+
+
+def request_log(port: int, contains: str = "") -> list[dict]:
+    """The emulator's log of requests (``kind``, ``target``, ``start``, ``end``: seconds of
+    ``time.monotonic()``, which every process on the machine shares) whose key or listed
+    prefix holds ``contains``, oldest first."""
+    query = urllib.parse.urlencode({"contains": contains})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/__emulator__/log?{query}",
+                                timeout=10) as response:
+        return json.loads(response.read())
+
+
+def emulator_account(emulator, bucket: str) -> AccountConfig:
+    """An account of ``bucket`` whose COS requests go to ``emulator``, as the server's
+    configuration makes it."""
+    return AccountConfig(section="COS_ACCOUNT_0", secret_id="test-id", secret_key="test-key",
+                         bucket=bucket, region=emulator.region, protocol="http", endpoint=None,
+                         cos_ip="127.0.0.1", cos_port=emulator.port, home_dir="/", user="t",
+                         password="t", authority="RW", delete_enable=True)
 
 
 def sdk_client(emulator, retry: int = 0, secret_id: str = "test-id",

@@ -19,9 +19,11 @@ from qcloud_cos.cos_exception import CosServiceError
 from cosftp_prefork.cos.checksum import crc64
 from cosftp_prefork.emulator import app as emulator_app
 from cosftp_prefork.emulator.app import COS_MIN_PART_SIZE, Emulator, cos_host
+from cosftp_prefork.emulator.serving import Limits
 
 from .conftest import ALPHA, BETA
-from .emulator_proc import EmulatorProcess, sdk_client
+from .emulator_proc import EmulatorProcess, connections, request_log, sdk_client
+from .server_proc import wait_until
 
 MIB = 1024 * 1024
 
@@ -413,3 +415,62 @@ def test_a_rendezvous_of_one_kind_lets_the_other_kinds_through(emulator, cos, pr
     assert emulator.rendezvous() == {"armed": True, "passed": 0, "broken": 0}
     cos.delete_object(Bucket=ALPHA, Key=prefix + "k")  # held in vain
     assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
+# --- connections
+
+
+def test_sequential_sdk_requests_share_one_kept_alive_connection():
+    """COS answers HTTP/1.1 with keep-alive; so does the emulator: a client's requests in
+    sequence (a PUT, HEADs, GETs, a listing, a copy, a DELETE) travel on one TCP connection,
+    not one connection each."""
+    with Emulator(buckets=[ALPHA]) as emu:
+        cos = sdk_client(emu)
+        accepted = connections(emu.port)["accepted"]
+        cos.put_object(Bucket=ALPHA, Key="k", Body=b"kept")
+        for _ in range(3):
+            cos.head_object(Bucket=ALPHA, Key="k")
+            assert read(cos, ALPHA, "k") == b"kept"
+        cos.list_objects(Bucket=ALPHA, Prefix="")
+        cos.copy_object(Bucket=ALPHA, Key="k2", CopySource={
+            "Bucket": ALPHA, "Key": "k", "Region": emu.region})
+        cos.delete_object(Bucket=ALPHA, Key="k2")
+        error = service_error(cos.head_object, Bucket=ALPHA, Key="missing")
+        assert error.get_status_code() == 404
+        assert read(cos, ALPHA, "k") == b"kept"  # after an error answer too
+        # The control API's own request is the one other connection.
+        assert connections(emu.port)["accepted"] - accepted == 1 + 1
+
+
+def test_idle_connections_are_closed_and_kept_ones_are_bounded():
+    """An idle connection is closed after the idle timeout (so the descriptors a crowd of
+    clients leaves behind are freed), and past the limit of connections kept alive the
+    answer says ``Connection: close``."""
+    with Emulator(buckets=[ALPHA], limits=Limits(keep_alive_limit=2, idle_timeout=1)) as emu:
+        kept = []
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=10)
+            conn.request("HEAD", "/", headers={"Host": cos_host(ALPHA),
+                                               "Authorization": "q-sign-algorithm=x"})
+            response = conn.getresponse()
+            response.read()
+            kept.append((conn, response.getheader("Connection")))
+        assert [said for _, said in kept] == ["keep-alive", "keep-alive", "close"]
+        idle = kept[0][0].sock
+        idle.settimeout(10)
+        wait_until(lambda: idle.recv(1) == b"", timeout=30, what="the idle connection closed")
+        for conn, _ in kept:
+            conn.close()
+
+
+def test_latency_is_per_request_on_a_kept_connection():
+    """``latency_ms`` delays every request, not every connection: each request the log
+    shows on one kept connection took at least that long inside the emulator."""
+    with Emulator(buckets=[ALPHA], faults=emulator_app.Faults(latency_ms=50)) as emu:
+        cos = sdk_client(emu)
+        cos.put_object(Bucket=ALPHA, Key="slow", Body=b"x")
+        for _ in range(3):
+            cos.head_object(Bucket=ALPHA, Key="slow")
+        logged = request_log(emu.port, contains="slow")
+        assert [entry["kind"] for entry in logged] == ["PUT", "HEAD", "HEAD", "HEAD"]
+        assert all(entry["end"] - entry["start"] >= 0.05 for entry in logged), logged
+        # The SDK's connection, and one each for this test's two requests to the control API.
+        assert connections(emu.port)["accepted"] == 3

@@ -15,11 +15,11 @@ import psutil
 import pytest
 from fastcrc import crc64
 
-from cosftp_prefork.config.settings import AccountConfig
 from cosftp_prefork.cos.bucket import BucketRegistry
 from cosftp_prefork.cos.resume import Janitor, live_key
 
 from .conftest import ALPHA
+from .emulator_proc import emulator_account
 from .server_proc import Account, ServerProcess, wait_until
 from .test_clients import lftp_command, require, run
 from .test_commands import get, put
@@ -37,14 +37,6 @@ def parts_of(cos, key: str) -> list[int]:
     assert len(uploads) == 1, uploads
     listing = cos.list_parts(Bucket=ALPHA, Key=key, UploadId=uploads[0]["UploadId"])
     return [int(part["PartNumber"]) for part in listing.get("Part", [])]
-
-
-def emulator_account(emulator) -> AccountConfig:
-    """An account whose COS requests go to the test emulator."""
-    return AccountConfig(section="COS_ACCOUNT_0", secret_id="test-id", secret_key="test-key",
-                         bucket=ALPHA, region=emulator.region, protocol="http", endpoint=None,
-                         cos_ip="127.0.0.1", cos_port=emulator.port, home_dir="/", user="t",
-                         password="t", authority="RW", delete_enable=True)
 
 
 def park_records(cos, key: str) -> list[dict]:
@@ -381,7 +373,7 @@ def leave_behind(cos, key: str) -> str:
 def test_janitor_aborts_left_behind_uploads_only_after_their_idle_time(emulator, area, cos):
     orphan = f"{area}-orphan"
     upload_id = leave_behind(cos, orphan)
-    bucket = BucketRegistry().bucket(emulator_account(emulator))
+    bucket = BucketRegistry().bucket(emulator_account(emulator, ALPHA))
     Janitor([bucket], ttl=2).sweep(bucket)  # the default: an hour without a part
     assert pending_uploads(cos, orphan)
     eager = Janitor([bucket], ttl=2, orphan_idle=0)
@@ -418,7 +410,7 @@ def test_a_big_rename_cut_short_by_a_crash_is_cleaned_up_by_the_janitor(emulator
         ftp.close()
     [upload] = pending_uploads(cos, target)
     assert [item["Key"] for item in markers()] == [live_key(target, upload["UploadId"])]
-    bucket = BucketRegistry().bucket(emulator_account(emulator))
+    bucket = BucketRegistry().bucket(emulator_account(emulator, ALPHA))
     eager = Janitor([bucket], ttl=2, orphan_idle=0)
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, target),
                what="the janitor to abort the copy")
@@ -429,7 +421,7 @@ def test_a_big_rename_cut_short_by_a_crash_is_cleaned_up_by_the_janitor(emulator
 def test_janitor_leaves_other_tools_uploads_alone(emulator, area, cos):
     foreign = f"{area}-foreign"  # say, a paused coscli upload: no marker of ours
     cos.create_multipart_upload(Bucket=ALPHA, Key=foreign)
-    bucket = BucketRegistry().bucket(emulator_account(emulator))
+    bucket = BucketRegistry().bucket(emulator_account(emulator, ALPHA))
     leave_behind(cos, f"{area}-ours")
     eager = Janitor([bucket], ttl=2, orphan_idle=0)
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, f"{area}-ours"),

@@ -7,12 +7,14 @@ import uuid
 
 import pytest
 
-from cosftp_prefork.cos.bucket import Bucket
+from cosftp_prefork.cos.bucket import Bucket, BucketRegistry
 from cosftp_prefork.cos.listing import DIRECTORY, FILE, name_kind
 from cosftp_prefork.cos.naming import may_speculate
-from cosftp_prefork.errors import AlreadyExists, PermissionDenied, StorageError
+from cosftp_prefork.emulator.app import Emulator
+from cosftp_prefork.errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 
 from .conftest import ALPHA
+from .emulator_proc import connections, emulator_account
 
 MIB = 1024 * 1024
 
@@ -106,3 +108,27 @@ def test_credentials_that_may_not_read_the_versioning_status_are_asked_once(emul
     monkeypatch.setattr(bucket, "versioning", denied)
     assert [may_speculate(bucket) for _ in range(3)] == [False] * 3
     assert asked == [ALPHA]
+def test_the_workers_requests_in_sequence_share_one_connection():
+    """The worker's COS session (BucketRegistry: WorkerSession and its pool) keeps its
+    connection to COS alive across requests: a STOR's look-ups and PUT, a RETR's HEAD and
+    GET, a small read, a copy and a DELETE in sequence open one TCP connection."""
+    with Emulator(buckets=[ALPHA]) as emu:
+        registry = BucketRegistry()
+        bucket = registry.bucket(emulator_account(emu, ALPHA))
+        accepted = connections(emu.port)["accepted"]
+        bucket.list_page("d/", max_keys=1)
+        put = bucket.put("d/f", b"kept alive")
+        seen = bucket.head("d/f")
+        assert seen.etag == put.etag
+        stream = bucket.open_read("d/f", etag=seen.etag)
+        assert stream.read(100) == b"kept alive" and stream.read(100) == b""
+        stream.close()
+        assert bucket.read_small("d/f", 10) == b"kept alive"
+        bucket.copy(seen, "d/g", client_mtime=1_600_000_000, pinned=True)
+        bucket.delete("d/g")
+        with pytest.raises(NotFound):
+            bucket.head("d/g")
+        bucket.delete("d/f")
+        registry.close()
+        # The worker's one connection, and the second of this test's control requests.
+        assert connections(emu.port)["accepted"] - accepted == 1 + 1

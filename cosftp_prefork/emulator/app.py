@@ -68,7 +68,7 @@ import uuid
 import xml.etree.ElementTree as ElementTree
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 from xml.sax.saxutils import escape, unescape
 
@@ -76,12 +76,12 @@ import moto.s3.models
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.exceptions import MissingBucket
 from moto.server import create_backend_app
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
 from ..cos.checksum import crc64
 from . import listing
 from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts
+from .serving import DEFAULT_LIMITS, KeepAliveServer, Limits
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 DEFAULT_REGION = "ap-guangzhou"
@@ -144,6 +144,32 @@ def _cos_error_body(body: bytes, resource: str, request_id: str) -> bytes:
 CONTROL_PATH = "/__emulator__/faults"
 REQUESTS_PATH = "/__emulator__/requests"
 RENDEZVOUS_PATH = "/__emulator__/rendezvous"
+LOG_PATH = "/__emulator__/log"
+CONNECTIONS_PATH = "/__emulator__/connections"
+
+
+@dataclass
+class _Logged:
+    """One request as the log shows it: its kind, the key it names or the prefix it lists,
+    and when the emulator started and finished it (``time.monotonic()``, the clock every
+    process on the machine shares, so a client can compare its own times)."""
+
+    kind: str
+    target: str
+    start: float
+    end: Optional[float] = None
+
+
+def _contains(environ: dict) -> str:
+    """The ``contains`` filter of a request to the control API ("" for all)."""
+    return urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("contains", [""])[0]
+
+
+def _json_response(start_response: Callable, value: Any) -> list[bytes]:
+    body = json.dumps(value).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def request_kind(environ: dict) -> str:
@@ -390,8 +416,14 @@ class CosShim:
         self._crcs = _ObjectCrcs()
         self._writes = _KeyLocks()
         self.rendezvous = Rendezvous()
-        # (kind, key or listed prefix) of each request since the last reset; bounded.
-        self.requests: deque[tuple[str, str]] = deque(maxlen=100_000)
+        # Each request since the last reset (kind, key or listed prefix, times); bounded.
+        self.requests: deque[_Logged] = deque(maxlen=100_000)
+        self.connections_accepted = 0
+
+    def connection_accepted(self) -> None:
+        """Count one TCP connection the server accepted (``/__emulator__/connections``)."""
+        with self._lock:
+            self.connections_accepted += 1
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == CONTROL_PATH:
@@ -402,11 +434,23 @@ class CosShim:
             return self._request_counts(environ, start_response)
         if environ.get("PATH_INFO") == RENDEZVOUS_PATH:
             return self._rendezvous_control(environ, start_response)
+        if environ.get("PATH_INFO") == LOG_PATH:
+            return self._request_log(environ, start_response)
+        if environ.get("PATH_INFO") == CONNECTIONS_PATH:
+            return _json_response(start_response, {"accepted": self.connections_accepted})
+        key, listed = _targets(environ)
+        logged = _Logged(request_kind(environ), key or listed, time.monotonic())
         with self._lock:
-            key, listed = _targets(environ)
-            self.requests.append((request_kind(environ), key or listed))
+            self.requests.append(logged)
+        try:
+            return self._serve(environ, start_response, logged)
+        finally:
+            logged.end = time.monotonic()
+
+    def _serve(self, environ: dict, start_response: Callable,
+               logged: _Logged) -> Iterable[bytes]:
         request_id = uuid.uuid4().hex
-        self.rendezvous.meet(request_kind(environ), key or listed)
+        self.rendezvous.meet(logged.kind, logged.target)
         answered = self._as_account(environ, start_response, request_id)
         if answered is not None:
             return answered
@@ -493,22 +537,22 @@ class CosShim:
         if environ["REQUEST_METHOD"] in ("PUT", "POST"):
             length = int(environ.get("CONTENT_LENGTH") or 0)
             target.update(json.loads(environ["wsgi.input"].read(length) or b"{}"))
-        body = json.dumps(target.as_dict()).encode()
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(body)))])
-        return [body]
+        return _json_response(start_response, target.as_dict())
 
     def _request_counts(self, environ: dict, start_response: Callable) -> list[bytes]:
-        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-        contains = query.get("contains", [""])[0]
+        contains = _contains(environ)
         with self._lock:
-            counts = Counter(kind for kind, target in self.requests if contains in target)
-            body = json.dumps(dict(counts)).encode()
+            counts = Counter(entry.kind for entry in self.requests if contains in entry.target)
             if environ["REQUEST_METHOD"] == "DELETE":
                 self.requests.clear()
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(body)))])
-        return [body]
+        return _json_response(start_response, dict(counts))
+
+    def _request_log(self, environ: dict, start_response: Callable) -> list[bytes]:
+        contains = _contains(environ)
+        with self._lock:
+            entries = [asdict(entry) for entry in self.requests
+                       if contains in entry.target]
+        return _json_response(start_response, entries)
 
     def _rendezvous_control(self, environ: dict, start_response: Callable) -> list[bytes]:
         if environ["REQUEST_METHOD"] in ("PUT", "POST"):
@@ -617,11 +661,6 @@ def make_app(faults: Optional[Faults] = None) -> CosShim:
     return CosShim(create_backend_app("s3"), faults)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 def cos_host(bucket: str, region: str = DEFAULT_REGION) -> str:
     """The virtual-host name the SDK sends for ``bucket``."""
     return f"{bucket}.cos.{region}.myqcloud.com"
@@ -631,14 +670,14 @@ class Emulator:
     """The emulator served from a background thread (``start``/``stop`` or ``with``)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, buckets: Sequence[str] = (),
-                 region: str = DEFAULT_REGION, verbose: bool = False,
-                 faults: Optional[Faults] = None) -> None:
+                 region: str = DEFAULT_REGION, faults: Optional[Faults] = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.host, self.port, self.region = host, port, region
         self.buckets = list(buckets)
         self.app = make_app(faults)
         self.app.accounts.default_region = region
-        self._verbose = verbose
-        self._server: Optional[BaseWSGIServer] = None
+        self.limits = limits
+        self._server: Optional[KeepAliveServer] = None
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -646,10 +685,9 @@ class Emulator:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> Emulator:
-        handler = WSGIRequestHandler if self._verbose else _QuietHandler
-        self._server = make_server(self.host, self.port, self.app, threaded=True,
-                                   request_handler=handler)
-        self.port = self._server.server_port
+        self._server = KeepAliveServer((self.host, self.port), self.app, self.limits,
+                                       accepted=self.app.connection_accepted)
+        self.port = self._server.port
         for bucket in self.buckets:
             self.create_bucket(bucket)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
@@ -669,6 +707,7 @@ class Emulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
 
     def __enter__(self) -> Emulator:
@@ -711,14 +750,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--reset-rate", type=float, default=0.0,
                         help="share of downloads cut off half-way")
     parser.add_argument("--seed", type=int, help="random seed for injected faults")
+    parser.add_argument("--max-connections", type=int, default=Limits.max_connections,
+                        help="connections served at once, a thread each (more wait)")
+    parser.add_argument("--keep-alive-limit", type=int, default=Limits.keep_alive_limit,
+                        help="open connections past which answers say Connection: close")
+    parser.add_argument("--idle-timeout", type=float, default=Limits.idle_timeout,
+                        help="seconds a kept-alive connection may wait for its next request")
     args = parser.parse_args(argv)
     faults = Faults(args.latency_ms, args.error_rate, args.reset_rate, seed=args.seed)
+    limits = Limits(args.max_connections, args.keep_alive_limit, args.idle_timeout)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with Emulator(args.host, args.port, args.bucket, args.region, args.verbose,
-                  faults) as emulator:
+    with Emulator(args.host, args.port, args.bucket, args.region, faults,
+                  limits) as emulator:
         print(f"cos-emulator listening on {emulator.url} buckets={','.join(args.bucket)}",
               flush=True)
         if args.ready_file:
