@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 
@@ -15,6 +16,7 @@ from cosftp_prefork.errors import AlreadyExists, NotFound, PermissionDenied, Sto
 
 from .conftest import ALPHA
 from .emulator_proc import connections, emulator_account
+from .server_proc import free_port
 
 MIB = 1024 * 1024
 
@@ -132,3 +134,48 @@ def test_the_workers_requests_in_sequence_share_one_connection():
         registry.close()
         # The worker's one connection, and the second of this test's control requests.
         assert connections(emu.port)["accepted"] - accepted == 1 + 1
+
+
+def test_the_hot_calls_are_signed_and_sent_without_requests_session(monkeypatch):
+    """A small file's COS requests (look-up, PUT, HEAD, GET, copy, DELETE) are signed by the
+    SDK and sent through the session's pool without ``requests`` building a Session
+    request and a PreparedRequest for each (most of the worker's CPU per small file)."""
+    import requests
+
+    built: list[str] = []
+    real_request, real_prepare = requests.Session.request, requests.PreparedRequest.prepare
+    monkeypatch.setattr(requests.Session, "request", lambda self, method, url, *args, **kw:
+                        built.append(method) or real_request(self, method, url, *args, **kw))
+    monkeypatch.setattr(requests.PreparedRequest, "prepare", lambda self, *args, **kw:
+                        built.append("prepare") or real_prepare(self, *args, **kw))
+    with Emulator(buckets=[ALPHA]) as emu:
+        bucket = BucketRegistry().bucket(emulator_account(emu, ALPHA))
+        bucket.list_page("d/", max_keys=1)
+        put = bucket.put("d/f", b"signed")
+        seen = bucket.head("d/f")
+        assert (seen.size, seen.etag) == (6, put.etag)
+        assert bucket.read_small("d/f", 6) == b"signed"
+        assert bucket.copy(seen, "d/g", pinned=True) == put.etag
+        bucket.delete("d/g")
+        assert [page.key for page in bucket.list_page("d/").objects] == ["d/f"]
+    assert built == []
+
+
+def test_the_workers_requests_take_the_proxy_the_environment_names(monkeypatch):
+    """The worker's COS requests go through the proxy that ``HTTP_PROXY`` names, as the SDK's
+    do (``requests`` reads it; ``WorkerSession`` once per host): with COS's own address
+    unreachable, only the proxy (here the emulator, which serves absolute-form requests)
+    can answer them; a host in ``NO_PROXY`` is reached directly."""
+    with Emulator(buckets=[ALPHA]) as emu:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{emu.port}")
+        monkeypatch.setenv("NO_PROXY", "")
+        unreachable = dataclasses.replace(emulator_account(emu, ALPHA), cos_port=free_port())
+        bucket = BucketRegistry().bucket(unreachable)
+        bucket.put("p/f", b"through the proxy")
+        assert bucket.head("p/f").size == 17
+        assert bucket.read_small("p/f", 17) == b"through the proxy"
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = BucketRegistry().bucket(unreachable)
+        with pytest.raises(StorageError) as info:
+            direct.head("p/f")
+        assert info.value.code == "ClientError"

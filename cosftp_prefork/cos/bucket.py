@@ -1,4 +1,5 @@
-"""Typed access to one COS bucket; the only module that imports ``qcloud_cos``.
+"""Typed access to one COS bucket; with ``signed.py``, the only modules that import
+``qcloud_cos``.
 
 Every SDK exception is translated here, once, into :mod:`cosftp_prefork.errors` so the layers
 above see ``OSError`` subclasses with a real errno, the COS error code and the request id.
@@ -30,6 +31,13 @@ from typing import Any, Callable, Optional
 import requests
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
+from qcloud_cos.cos_comm import (
+    check_object_content_length,
+    gen_copy_source_url,
+    get_content_md5,
+    mapped,
+    path_simplify_check,
+)
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from .. import metrics
@@ -37,6 +45,7 @@ from ..config.settings import AccountConfig
 from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 from .checksum import crc64_of
 from .pagination import marker_after, paginate
+from .signed import Sender, copy_etag
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +351,7 @@ class Bucket:
     def __init__(self, client: CosS3Client, name: str, region: Optional[str],
                  endpoint: Optional[str] = None) -> None:
         self._client = client
+        self._sender = Sender(client)
         self.name = name
         self.region = region
         self.endpoint = endpoint
@@ -356,8 +366,8 @@ class Bucket:
     def head(self, key: str) -> ObjectInfo:
         """Return size, mtime, ETag, checksum and the attributes a copy keeps of ``key``;
         raises ``NotFound`` if there is no such key."""
-        response = _call(f"HEAD {key}", self._client.head_object, Bucket=self.name, Key=key)
-        headers = {name.lower(): value for name, value in response.items()}
+        answer = _call(f"HEAD {key}", self._sender.send, "HEAD", self.name, key)
+        headers = {name.lower(): value for name, value in answer.headers.items()}
         return ObjectInfo(
             key=key,
             size=int(headers.get("content-length", 0)),
@@ -407,14 +417,10 @@ class Bucket:
         return _call(f"LIST {prefix or '/'}", self._list, params)
 
     def _list(self, params: dict[str, str]) -> ListPage:
-        """One ListObjects request: the SDK signs and sends it (as its ``list_objects``
-        does), but its XML-to-dict conversion, most of a listing's CPU, is replaced by
+        """One ListObjects request, signed as the SDK's ``list_objects`` signs it; the SDK's
+        XML-to-dict conversion, most of a listing's CPU, is replaced by
         :func:`_parse_list_page`."""
-        conf = self._client._conf
-        response = self._client.send_request(
-            method="GET", url=conf.uri(bucket=self.name), bucket=self.name, params=params,
-            headers={}, auth=CosS3Auth(conf, params=params))
-        return _parse_list_page(response.content)
+        return _parse_list_page(self._sender.send("GET", self.name, params=params).data)
 
     def open_read(self, key: str, offset: int = 0, etag: str = "") -> ObjectStream:
         """Start a GET of ``key`` from byte ``offset``, of the version with ``etag`` if
@@ -423,11 +429,13 @@ class Bucket:
         extra: dict[str, str] = {"Range": f"bytes={offset}-"} if offset else {}
         if etag:
             extra["IfMatch"] = f'"{etag}"'
-        response = _call(f"GET {key}", self._client.get_object, Bucket=self.name, Key=key, **extra)
-        length = int(response.get("Content-Length", 0))
-        return ObjectStream(response["Body"].get_raw_stream(), length,
-                            str(response.get("ETag", "")).strip('"'),
-                            _whole_size(_header(response, "content-range"), offset + length))
+        path_simplify_check(path=key)  # as the SDK's get_object: "a/.." would list the bucket
+        answer = _call(f"GET {key}", self._sender.send, "GET", self.name, key,
+                       headers=mapped(extra), stream=True)
+        length = int(answer.headers.get("Content-Length", 0))
+        return ObjectStream(answer.raw, length, str(answer.headers.get("ETag", "")).strip('"'),
+                            _whole_size(_header(answer.headers, "content-range"),
+                                        offset + length))
 
     def read_small(self, key: str, size: int) -> bytes:
         """Return the first ``size`` bytes of ``key`` (meant for small objects); raises
@@ -455,13 +463,16 @@ class Bucket:
         With ``if_absent`` (``x-cos-forbid-overwrite``), COS refuses to replace an object
         already there: ``AlreadyExists``. COS honours that header only in a bucket whose
         versioning was never enabled (see :meth:`versioning`)."""
-        headers = _object_headers(like, None)
-        if if_absent:  # the SDK sends what Metadata holds as headers, as they are
-            headers["Metadata"] = {**headers.get("Metadata", {}), FORBID_OVERWRITE: "true"}
-        result = _call(f"PUT {key}", self._client.put_object, Bucket=self.name, Key=key,
-              Body=data, EnableMD5=True, **headers)
-        return Completed(str(result.get("ETag", "")).strip('"'), _reported_crc64(result),
-                         _header(result, "x-cos-version-id"))
+        check_object_content_length(data)
+        headers = mapped(_object_headers(like, None))
+        if if_absent:
+            headers[FORBID_OVERWRITE] = "true"
+        headers["Content-MD5"] = get_content_md5(data)
+        answer = _call(f"PUT {key}", self._sender.send, "PUT", self.name, key, headers=headers,
+                       body=data)
+        return Completed(str(answer.headers.get("ETag", "")).strip('"'),
+                         _reported_crc64(answer.headers),
+                         _header(answer.headers, "x-cos-version-id"))
 
     def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended", or "" if never enabled."""
@@ -564,18 +575,21 @@ class Bucket:
         metadata is then sent anew). With ``pinned``, only while ``source`` still has its
         ETag: ``StorageError`` with code ``ObjectChanged`` otherwise. Return the copy's
         ETag."""
-        copy_source = self._copy_source(source.key)
+        conf = self._client._conf
         if client_mtime is None:
             extra, directive = _object_headers(source, None, metadata=False), "Copy"
         else:
             extra, directive = _object_headers(source, client_mtime), "Replaced"
         if pinned:
             extra.update(_pin(source))
+        headers = mapped(extra)
+        headers["x-cos-copy-source"] = gen_copy_source_url(
+            self._copy_source(source.key), conf._enable_old_domain, conf._enable_internal_domain)
+        headers["x-cos-metadata-directive"] = directive
         with _source_unchanged(source):
-            result = _call(f"COPY {source.key} -> {dst_key}", self._client.copy_object,
-                  Bucket=self.name, Key=dst_key, CopySource=copy_source, CopyStatus=directive,
-                  **extra)
-        return str(result.get("ETag", "")).strip('"')
+            answer = _call(f"COPY {source.key} -> {dst_key}", self._sender.send, "PUT",
+                           self.name, dst_key, headers=headers)
+        return copy_etag(answer)
 
     def delete_many(self, keys: list[str]) -> None:
         """Delete up to 1,000 keys in one request; raises ``StorageError`` naming a failure."""
@@ -591,8 +605,8 @@ class Bucket:
     def delete(self, key: str, version_id: str = "") -> None:
         """Delete ``key`` (only its version ``version_id`` if given); deleting a missing key
         succeeds, as in COS."""
-        extra = {"VersionId": version_id} if version_id else {}
-        _call(f"DELETE {key}", self._client.delete_object, Bucket=self.name, Key=key, **extra)
+        params = {"versionId": version_id} if version_id else None
+        _call(f"DELETE {key}", self._sender.send, "DELETE", self.name, key, params=params)
 
 
 class ChunkedBody:
