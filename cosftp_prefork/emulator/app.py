@@ -705,6 +705,8 @@ class Emulator:
 
     def stop(self) -> None:
         if self._server is not None:
+            # Connections first: with every slot taken, the accept loop waits for one.
+            self._server.close_connections()
             self._server.shutdown()
             self._server.server_close()
             self._server.close_connections()

@@ -121,6 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
     """One connection: its requests one after the other, each answered by the app."""
 
     protocol_version = "HTTP/1.1"
+    # An answer's head and body are two writes when the body is large: without TCP_NODELAY
+    # the body's last segment could wait for the client's delayed ACK of the head.
+    disable_nagle_algorithm = True
     server: KeepAliveServer
 
     def setup(self) -> None:
