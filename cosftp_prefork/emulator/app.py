@@ -31,7 +31,11 @@ The shim translates what differs between COS and S3 on the wire:
 
 Every request is counted by kind (``GET /__emulator__/requests`` shows the counts, ``DELETE``
 resets them; ``?contains=TEXT`` counts only requests whose key or listed prefix holds TEXT),
-so tests and the bench can tell how many COS round-trips an FTP command costs.
+so tests and the bench can tell how many COS round-trips an FTP command costs;
+``GET /__emulator__/log`` (same filter) lists each request with its start and end
+(``time.monotonic()``, shared by the machine's processes), and ``GET
+/__emulator__/connections`` counts the TCP connections accepted (``serving.py`` keeps them
+alive between requests, as COS does).
 
 A rendezvous (``/__emulator__/rendezvous``, see :class:`Rendezvous`) holds chosen requests
 until a given number of them are in flight at once: tests prove concurrency with it.
