@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from cosftp_prefork.cos.bucket import Bucket, BucketRegistry
+from cosftp_prefork.cos.bucket import Bucket, BucketRegistry, ObjectInfo
 from cosftp_prefork.cos.listing import DIRECTORY, FILE, name_kind
 from cosftp_prefork.cos.naming import may_speculate
 from cosftp_prefork.emulator.app import Emulator
@@ -179,3 +179,16 @@ def test_the_workers_requests_take_the_proxy_the_environment_names(monkeypatch):
         with pytest.raises(StorageError) as info:
             direct.head("p/f")
         assert info.value.code == "ClientError"
+
+
+def test_a_request_the_http_layer_refuses_is_a_storage_error(emulator, cos):
+    """Whatever fails while a request is made or sent (here http.client refusing a header
+    value with a line break, which a stored attribute could carry) is a StorageError, as
+    the SDK's send_request made every such failure a CosClientError: never an exception
+    that escapes the storage layer and ends the session."""
+    bucket = Bucket(cos, ALPHA, emulator.region)
+    odd = ObjectInfo(key="x", size=0, mtime=0.0,
+                     attributes=(("content-type", "text/plain\r\nX-Injected: 1"),))
+    with pytest.raises(StorageError) as info:
+        bucket.put(f"storage-{uuid.uuid4().hex}", b"data", like=odd)
+    assert info.value.code == "ClientError"

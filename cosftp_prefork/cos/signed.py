@@ -10,8 +10,9 @@ stays the SDK's: its argument-to-header mapping (``mapped``), its copy source, i
 ``requests`` adapter the SDK would use, with the same connection pool, TLS settings, proxy
 (the environment's, read as the session reads it: ``WorkerSession``), timeout and urllib3
 retry setting. An answer of 400 or more raises the SDK's ``CosServiceError`` as
-``send_request`` makes it, a transport failure ``CosClientError``: ``bucket._call`` retries,
-counts and translates them as before.
+``send_request`` makes it, and any other failure ``CosClientError`` (``send_request`` turns
+every exception of ``requests`` into one): ``bucket._call`` retries, counts and translates
+them as before.
 """
 
 from __future__ import annotations
@@ -60,30 +61,41 @@ class Sender:
              stream: bool = False) -> Answer:
         """Send one request for ``key`` of ``bucket`` (the bucket itself when ``key`` is
         ""); raise ``CosServiceError`` for an answer of 400 or more."""
-        # Read each time: the SDK replaces its built-in session in a forked child.
-        session = self._client._session
-        request = self._signed(session, method, bucket, key, params or {}, headers or {}, body)
-        settings = session.merge_environment_settings(
-            request.url, self._conf._proxies or {}, stream, self._verify(), self._cert())
-        adapter = session.get_adapter(request.url)
         try:
-            pool = adapter.get_connection_with_tls_context(
-                request, settings["verify"], proxies=settings["proxies"], cert=settings["cert"])
-            adapter.cert_verify(pool, request.url, settings["verify"], settings["cert"])
-            response = pool.urlopen(
-                method, adapter.request_url(request, settings["proxies"]), body=body,
-                headers=request.headers, redirect=False, assert_same_host=False,
-                preload_content=False, decode_content=False, retries=adapter.max_retries,
-                timeout=self._timeout, chunked=False)
+            response, url = self._exchange(method, bucket, key, params or {}, headers or {},
+                                           body, stream)
             if stream and response.status < 400:
                 return Answer(response.status, response.headers, b"", response)
             data = response.read()
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except CosClientError:
+            raise
+        except Exception as exc:  # send_request turns every exception into this one
             raise CosClientError(str(exc)) from exc
         answer = Answer(response.status, response.headers, data)
         if answer.status >= 400:
-            raise _service_error(method, request.url, answer)
+            raise _service_error(method, url, answer)
         return answer
+
+    def _exchange(self, method: str, bucket: str, key: str, params: dict, headers: dict,
+                  body: Optional[bytes], stream: bool) -> tuple[urllib3.BaseHTTPResponse, str]:
+        """Sign the request and send it as the ``requests`` adapter would: its pool for
+        the URL, TLS settings and proxy, urllib3's retry setting; return the answer, its
+        body not read, and the URL."""
+        # Read each time: the SDK replaces its built-in session in a forked child.
+        session = self._client._session
+        request = self._signed(session, method, bucket, key, params, headers, body)
+        settings = session.merge_environment_settings(
+            request.url, self._conf._proxies or {}, stream, self._verify(), self._cert())
+        adapter = session.get_adapter(request.url)
+        pool = adapter.get_connection_with_tls_context(
+            request, settings["verify"], proxies=settings["proxies"], cert=settings["cert"])
+        adapter.cert_verify(pool, request.url, settings["verify"], settings["cert"])
+        response = pool.urlopen(
+            method, adapter.request_url(request, settings["proxies"]), body=body,
+            headers=request.headers, redirect=False, assert_same_host=False,
+            preload_content=False, decode_content=False, retries=adapter.max_retries,
+            timeout=self._timeout, chunked=False)
+        return response, request.url
 
     def _signed(self, session: Session, method: str, bucket: str, key: str, params: dict,
                 headers: dict, body: Optional[bytes]) -> PreparedRequest:
