@@ -6,6 +6,9 @@ import datetime
 import http.client
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
@@ -321,6 +324,19 @@ def test_cli_exits_0_on_sigint():
         assert emulator.proc.wait(timeout=30) == 0
     finally:
         emulator.stop()
+
+
+def test_cli_says_when_its_port_is_taken():
+    """A port in use is one clear line and exit status 1, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "cosftp_prefork.emulator.app", "--port",
+                               str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"cos-emulator: cannot listen on 127.0.0.1:{port}: "
+                                   "Address already in use")
 
 
 def test_url_encoded_listing_encodes_prefixes_too(cos, prefix):

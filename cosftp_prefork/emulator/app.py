@@ -769,13 +769,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with Emulator(args.host, args.port, args.bucket, args.region, faults,
-                  limits) as emulator:
+    emulator = Emulator(args.host, args.port, args.bucket, args.region, faults, limits)
+    try:
+        emulator.start()
+    except OSError as exc:  # a port in use, an address not of this machine: say so, briefly
+        print(f"cos-emulator: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    try:
         print(f"cos-emulator listening on {emulator.url} buckets={','.join(args.bucket)}",
               flush=True)
         if args.ready_file:
             _write_ready_file(args.ready_file, emulator.port)
         stop.wait()
+    finally:
+        emulator.stop()
     return 0
 
 
