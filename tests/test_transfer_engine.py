@@ -31,18 +31,19 @@ def slow_emulator():
     emu.stop()
 
 
-def timed_put(server: ServerProcess, user: str, path: str, data: bytes) -> float:
+def stored(server: ServerProcess, user: str, path: str, data: bytes) -> None:
     ftp = server.login(user, f"{user}-pw")
     try:
-        started = time.monotonic()
         assert put(ftp, path, data).startswith("226")
-        return time.monotonic() - started
     finally:
         ftp.quit()
 
 
 def test_a_directory_rename_does_not_starve_another_users_upload(slow_emulator, tmp_path,
                                                                  area):
+    """Another user's upload that starts while a rename of 600 keys copies is stored before
+    the rename ends: its parts do not queue behind the rename's copies (at 100 ms a request
+    the copies take seconds, the upload's few parts a fraction of that)."""
     cos = slow_emulator.client()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda n: cos.put_object(Bucket=ALPHA, Key=f"{area}/d/{n:04}", Body=b"k"),
@@ -51,7 +52,6 @@ def test_a_directory_rename_does_not_starve_another_users_upload(slow_emulator, 
     with ServerProcess(str(tmp_path), slow_emulator.port, ACCOUNTS,
                        optional={"copy_thread_num": "32"}) as server:
         slow_emulator.set_faults(latency_ms=100)
-        alone = timed_put(server, "bob", f"{area}-alone", data)
         renamer = server.login("alice", "alice-pw", timeout=300)
         replies: list[str] = []
         rename = threading.Thread(
@@ -59,14 +59,13 @@ def test_a_directory_rename_does_not_starve_another_users_upload(slow_emulator, 
         rename.start()
         wait_until(lambda: slow_emulator.requests(contains=f"{area}/").get("COPY", 0) > 20,
                    timeout=60, what="the rename copying")
-        during = timed_put(server, "bob", f"{area}-during", data)
+        stored(server, "bob", f"{area}-during", data)
         still_copying = rename.is_alive()
         rename.join(timeout=300)
         renamer.quit()
         slow_emulator.set_faults(latency_ms=0)
     assert replies and replies[0].startswith("250")
-    assert still_copying, "the rename ended before the upload: nothing was measured"
-    assert during <= 2 * alone, f"upload took {during:.2f}s during the rename, {alone:.2f}s alone"
+    assert still_copying, "the upload waited for the whole rename"
     keys = cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/e/", MaxKeys=1000).get("Contents", [])
     assert len(keys) == 600
 
