@@ -7,6 +7,7 @@ connect straight to the nodes, each from an address of its own (127.0.0.x)."""
 from __future__ import annotations
 
 import ftplib
+import re
 import threading
 
 import pytest
@@ -160,6 +161,40 @@ def test_a_ban_earned_through_one_node_is_enforced_by_the_other_on_redis_6(pair)
         nothing_crashed(proc)
 
 
+def test_unban_on_one_node_lets_the_address_into_the_other(pair, redis6):
+    """A ban node b made by itself (its own table and Redis): `cosftpctl unban` on node a
+    lifts it on a at once and on b within its workers' next heartbeat; `--all` too."""
+    a, b = pair["a"], pair["b"]
+    earn_ban(b, "127.0.0.81")
+    assert refused_as_banned(a, "127.0.0.81") and refused_as_banned(b, "127.0.0.81")
+    listed = a.ctl("bans").stdout
+    # (Redis drops the failure count when the ban starts.)
+    assert re.search(r"^127\.0\.0\.81 +0 .* cluster$", listed, re.M), listed
+    result = a.ctl("unban", "127.0.0.81")
+    assert (result.returncode, result.stdout) == (0, "cosftpctl: 127.0.0.81: ban lifted in "
+                                                     "the cluster\n"), result.stderr
+    assert logs_in(a, "127.0.0.81").startswith("230")
+    wait_until(lambda: logs_in(b, "127.0.0.81").startswith("230"), timeout=10,
+               what="node b to forget its own ban")
+    assert "cluster: 127.0.0.81 unbanned (cosftpctl unban on a node): this node forgot its " \
+           "ban" in b.log_text()
+    assert not redis6.direct.exists("cosftp:ban:127.0.0.81", "cosftp:fail:127.0.0.81")
+    earn_ban(a, "127.0.0.82")
+    earn_ban(b, "127.0.0.83")
+    in_redis = len(redis6.direct.keys("cosftp:ban:*"))  # the module's earlier tests' too
+    result = b.ctl("unban", "--all")
+    assert result.returncode == 0, result.stderr
+    assert f"lifted 1 ban(s) on this node, {in_redis} ban(s) in the cluster" in result.stdout
+    assert not redis6.direct.keys("cosftp:ban:*")
+    for proc in (a, b):
+        for client in ("127.0.0.82", "127.0.0.83"):
+            wait_until(lambda proc=proc, client=client: logs_in(proc, client).startswith("230"),
+                       timeout=10, what=f"{client} let into {proc.name}")
+    assert "127.0.0.8" not in a.ctl("bans").stdout
+    for proc in (a, b):
+        nothing_crashed(proc)
+
+
 def test_wrong_passwords_do_not_refuse_legitimate_logins_with_redis_down_closed(
         emulator, redis6, tmp_path):
     """The issue's measurement: one wrong password a second from an attacker with no account
@@ -210,6 +245,8 @@ def test_garbage_in_our_keys_is_replaced_and_sharing_goes_on(pair, redis6):
     direct.sadd("cosftp:ban:127.0.0.63", "not a ban")
     direct.set("cosftp:ban:127.0.0.64", "a ban without expiry")
     direct.set("cosftp:fail:127.0.0.65", "many")
+    direct.set("cosftp:unbans", "not a sorted set")
+    direct.set("cosftp:unban-count", "not a count")
     assert logs_in(b, "127.0.0.64").startswith("230")  # no ban: the key was not ours
     earn_ban(a, "127.0.0.63")
     assert refused_as_banned(b, "127.0.0.63")
@@ -221,7 +258,8 @@ def test_garbage_in_our_keys_is_replaced_and_sharing_goes_on(pair, redis6):
         assert "unreachable" not in proc.log_text()
         nothing_crashed(proc)
     log = a.log_text() + b.log_text()
-    for key_class in ("cosftp:nodes", "cosftp:conn:*", "cosftp:fail:*", "cosftp:ban:*"):
+    for key_class in ("cosftp:nodes", "cosftp:conn:*", "cosftp:fail:*", "cosftp:ban:*",
+                      "cosftp:unbans", "cosftp:unban-count"):
         assert f"{key_class} held what this server does not write there" in log
     assert "cosftp:ban:127.0.0.64" not in log and "not a hash" not in log
 

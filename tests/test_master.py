@@ -125,7 +125,7 @@ def test_status_matches_reality(daemon):
     assert out.returncode == 0
     master = master_of(daemon)
     assert f"master pid {master.pid}" in out.stdout and "generation 1" in out.stdout
-    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    rows = worker_rows(out.stdout)
     assert sorted(int(r[0]) for r in rows) == sorted(c.pid for c in live_children(master))
     assert sum(int(r[4]) for r in rows) == 3
     assert all(r[3] == "serving" for r in rows)
@@ -133,10 +133,15 @@ def test_status_matches_reality(daemon):
         _close(ftp)
 
 
+def worker_rows(status: str) -> list[list[str]]:
+    """The columns of each worker's row of ``status`` (the lines that start with a pid)."""
+    return [line.split() for line in status.splitlines() if re.match(r"\s*\d+\s", line)]
+
+
 def status_rows(proc: ServerProcess) -> list[list[str]]:
     out = proc.ctl("status")
     assert out.returncode == 0, out.stderr
-    return [line.split() for line in out.stdout.splitlines()[2:]]
+    return worker_rows(out.stdout)
 
 
 def test_status_counts_a_download_whose_data_connection_came_first(daemon, area):
@@ -507,7 +512,7 @@ def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
     state.set_state(1, ABORTING)
     shown = format_status(state, "/var/log/cosftp/cosftp.log").splitlines()
     assert re.match(r"\s*1001\s+1\s+2\s+aborting\s", shown[3])
-    assert shown[4] == ("aborting: sent SIGABRT to hung worker(s) 1001; the stacks of their "
+    assert shown[-1] == ("aborting: sent SIGABRT to hung worker(s) 1001; the stacks of their "
                         "threads go to /var/log/cosftp/cosftp.log, then SIGKILL")
     state.close()
 

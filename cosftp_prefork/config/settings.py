@@ -180,6 +180,9 @@ class ServerConfig:
     max_login_failures: int = 5
     login_failure_window: int = 60
     ban_time: int = 300
+    # Client addresses never banned: their failed logins are not counted (connection limits
+    # and login_timeout still hold).
+    ban_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     graceful_timeout: int = 600
     worker_timeout: int = 60
     worker_boot_timeout: int = 60
@@ -447,6 +450,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "login_failure_window", _integer(1), 60,
             "seconds over which failed logins are counted"),
     Setting("OPTIONAL", "ban_time", _integer(1), 300, "seconds a banned IP is refused"),
+    Setting("OPTIONAL", "ban_allowlist", _networks, (),
+            "client addresses/CIDR blocks never banned (their failed logins are not "
+            "counted); connection limits still apply"),
     Setting("OPTIONAL", "graceful_timeout", _integer(0), 600,
             "seconds a stopping worker waits for sessions"),
     Setting("OPTIONAL", "worker_timeout", _integer(0), 60,
@@ -610,6 +616,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_login_failures=optional["max_login_failures"],
         login_failure_window=optional["login_failure_window"],
         ban_time=optional["ban_time"],
+        ban_allowlist=_allowlist(reader, optional["ban_allowlist"]),
         graceful_timeout=optional["graceful_timeout"],
         worker_timeout=optional["worker_timeout"],
         worker_boot_timeout=optional["worker_boot_timeout"],
@@ -623,6 +630,17 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_password_checks=optional["max_password_checks"] or
         default_password_checks(optional["worker_processes"]),
     )
+
+
+def _allowlist(reader: _Reader, networks: tuple) -> tuple:
+    """``ban_allowlist``, with a warning for a block that holds every address of its family
+    (the office's ``/24`` written ``/0``): nobody of that family would ever be banned."""
+    for network in networks:
+        if network.prefixlen == 0:
+            reader.warnings.append(f"{reader.path} [OPTIONAL] ban_allowlist: {network} is every "
+                                   f"IPv{network.version} address: no such client is ever "
+                                   "banned")
+    return networks
 
 
 def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]) -> NetworkConfig:

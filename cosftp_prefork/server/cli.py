@@ -24,6 +24,7 @@ from ..config.settings import (
 )
 from ..errors import ConfigError
 from ..safefiles import check_directory, open_append
+from .banctl import cmd_bans, cmd_unban
 from .files import check_files
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .metrics_dir import use_metrics_dir
@@ -114,6 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("sessions", help="one line per live session (like ftpwho): user, client, "
                    "command, bytes, rate, idle time")
+    sub.add_parser("bans", help="addresses banned, or with failed logins in the window: "
+                   "failures, end of the ban, where (this node, saved, the cluster)")
+    unban = sub.add_parser(
+        "unban", help="lift the ban of an address at once on every worker (and, with "
+        "[CLUSTER], every node) and forget its failed logins; exit 0 also if it was not "
+        "banned (as fail2ban-client's unbanip)")
+    which = unban.add_mutually_exclusive_group(required=True)
+    which.add_argument("address", nargs="?", help="one IPv4 or IPv6 address")
+    which.add_argument("--all", action="store_true", help="every address")
     check = sub.add_parser(
         "check", help="validate the configuration file and exit (2: invalid, or the "
         "example's placeholder credentials); --online: also try each account on COS")
@@ -419,6 +429,18 @@ def _cluster_line(workers: list[WorkerStatus]) -> list[str]:
     return lines or ["cluster: Redis reachable; bans and connection counts shared"]
 
 
+def _logins_line(state: SharedState, now: float) -> str:
+    """Sessions logged in, connections waiting to log in (per worker) and addresses banned
+    on this node."""
+    counts = state.login_counts()
+    workers = sorted(state.workers(), key=lambda w: (w.generation, w.index))
+    waiting = ", ".join(f"worker {w.index}: {counts.get(w.pid, (0, 0))[1]}" for w in workers)
+    banned = sum(1 for row in state.ban_rows() if row.until > now)
+    return (f"logins: {sum(c[0] for c in counts.values())} logged in, "
+            f"{sum(c[1] for c in counts.values())} waiting to log in ({waiting}); "
+            f"{banned} address(es) banned on this node (cosftpctl bans lists them)")
+
+
 def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
     """Return the master line and one row per worker, with psutil figures, and a note on
     where the stack dump of a worker being aborted goes."""
@@ -454,6 +476,7 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
             f"{'-' if beat is None else f'{beat:.1f}s':>5}")
         if worker.state == "aborting":
             aborting.append(str(worker.pid))
+    lines.append(_logins_line(state, now))
     if aborting:
         lines.append(f"aborting: sent SIGABRT to hung worker(s) {', '.join(aborting)}; the "
                      f"stacks of their threads go to {log_file}, then SIGKILL")
@@ -562,6 +585,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return cmd_stop(config, args.graceful)
     if args.command == "check":
         return cmd_check(config, args.online, args.timeout)
+    if args.command in ("bans", "unban"):
+        def master_pid() -> Optional[int]:
+            return find_master(target_of(config))
+        if args.command == "bans":
+            return cmd_bans(config, master_pid)
+        return cmd_unban(config, None if args.all else args.address, master_pid)
     return COMMANDS[args.command](config)
 
 

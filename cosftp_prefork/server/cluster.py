@@ -10,16 +10,23 @@ Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
   logged-in sessions. Every worker rewrites it once a second from the node's own session
   table (``shared``) with a short expiry, so the counts of a node that dies vanish, and
   those of a dead worker are gone at the next rewrite;
-* ``nodes`` — node names scored by their last rewrite; admission sums the live ones.
+* ``nodes`` — node names scored by their last rewrite; admission sums the live ones;
+* ``unbans`` — the last ``UNBANS_KEPT`` unbans (``cosftpctl unban`` on any node), each
+  ``<number>:<time>:<address or *>`` scored by its number from the counter ``unban-count``;
+  both expire ``UNBANS_SECONDS`` after the last unban. Every worker's heartbeat brings the
+  ones it has not seen, and its node forgets those addresses in its own table too: a ban a
+  node made by itself (its own failed-login count) is lifted on every node, within a second.
 
-Every call is one Lua script run with ``EVALSHA`` (redis-py loads it again when Redis
+Every call of a worker is one Lua script run with ``EVALSHA`` (redis-py loads it again when Redis
 answers ``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``): one round trip, atomic, and
 only commands and arguments that every Redis since 2.6 accepts (no ``EXPIRE ... NX``, which
 Redis 6 refuses). The minimum is ``REDIS_MINIMUM`` (6.0, what Debian 11 and Ubuntu 22.04
 ship and the oldest the tests run as), checked with ``INFO server`` when a worker starts
 (below it, or ``INFO`` refused, the worker does not start: ``cosftpctl start`` fails and
 says why, a reload keeps the old workers) and whenever Redis answers again after an
-outage (below it: treated as unreachable, and said so).
+outage (below it: treated as unreachable, and said so). ``cosftpctl bans`` and ``unban
+--all`` (``ClusterAdmin``) find the ban and failure keys with ``SCAN`` (a page at a time,
+so Redis is never held by the walk), then read or delete each page with one script.
 
 Three kinds of trouble, kept apart:
 
@@ -39,14 +46,16 @@ Three kinds of trouble, kept apart:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -68,12 +77,17 @@ from .scoreboard import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX = "cosftp:"
 NODE_TTL = 10  # seconds a node's counts live without a rewrite
 RETRY_SECONDS = 5.0  # after a failed call, Redis is not asked again for this long
 ERROR_SECONDS = 60.0  # a reply error shows in status this long; repeats are logged this often
 LOGGED_IN_FIELD = "@in"
+UNBANS_KEPT = 1000  # the last unbans kept for the workers to read
+UNBANS_SECONDS = 7 * 86400  # and for how long after the last one
+UNBANS_PER_TICK = 100  # the most one heartbeat brings (the script's LIMIT)
+SCAN_PAGE = 500  # keys per SCAN page, each page read or deleted by one script
 UNAVAILABLE = "Service temporarily unavailable (shared state unreachable); try again later."
 
 # Helpers every script starts with. A count is an integer of at most 15 digits (what
@@ -85,6 +99,14 @@ local function integer(value)
   if value and #value < 16 and string.match(value, '^%-?%d+$') then
     return tonumber(value)
   end
+end
+local function counter_of(key)
+  local found = kind(key)
+  if found == 'none' then return 0, false end
+  local value = found == 'string' and integer(redis.call('GET', key))
+  if value and value >= 0 then return value, false end
+  redis.call('DEL', key)
+  return 0, true
 end
 local function ban_of(key)
   local found = kind(key)
@@ -166,23 +188,86 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) en
 return {0, repaired}
 """
 
-# The heartbeat: rewrite this node's hash whole and mark it alive. KEYS: its hash, nodes;
-# ARGV: node, now, expiry, forget nodes silent since, then field, count pairs.
+# The heartbeat: rewrite this node's hash whole and mark it alive; bring the unbans after the
+# last one this worker saw (all of them if the counter started again: Redis restarted, or the
+# keys expired), and the number of the last one brought. KEYS: its hash, nodes, unbans, the
+# unban counter; ARGV: node, now, expiry, forget nodes silent since, the last unban seen,
+# then field, count pairs.
 _HEARTBEAT = """
 local repaired = {}
-local found = kind(KEYS[1])
-if found ~= 'none' and found ~= 'hash' then repaired = {'conn:*'} end
+local counter, bad = counter_of(KEYS[4])
+if bad then table.insert(repaired, 'unban-count') end
+local seen = tonumber(ARGV[5])
+if counter < seen then seen = 0 end
+local unbans = {}
+local found = kind(KEYS[3])
+if found == 'zset' then
+  unbans = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. seen, '+inf', 'LIMIT', 0, 100)
+  if #unbans > 0 then seen = tonumber(redis.call('ZSCORE', KEYS[3], unbans[#unbans])) end
+elseif found ~= 'none' then
+  redis.call('DEL', KEYS[3])
+  table.insert(repaired, 'unbans')
+end
+found = kind(KEYS[1])
+if found ~= 'none' and found ~= 'hash' then table.insert(repaired, 'conn:*') end
 found = kind(KEYS[2])
 if found ~= 'none' and found ~= 'zset' then
   redis.call('DEL', KEYS[2])
   table.insert(repaired, 'nodes')
 end
 redis.call('DEL', KEYS[1])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
-return {0, repaired}
+return {{seen, unbans}, repaired}
+"""
+
+# cosftpctl unban: delete KEYS[3..] (bans and failure counts; return how many bans ran and
+# the failed logins counted) and, unless ARGV[2] is empty, note the unban of ARGV[2] (an
+# address, or * for every one) made at ARGV[1] for the nodes' workers. KEYS: unbans, the
+# unban counter, then the keys; ARGV: when, what, unbans kept, their expiry, the bans' prefix.
+_UNBAN = """
+local repaired, bans, failures = {}, 0, 0
+for i = 3, #KEYS do
+  local key = KEYS[i]
+  if string.sub(key, 1, #ARGV[5]) == ARGV[5] then
+    local banned, bad = ban_of(key)
+    bans = bans + banned
+    if bad then repaired = {'ban:*'} end
+  elseif kind(key) == 'string' then
+    failures = failures + math.max(0, integer(redis.call('GET', key)) or 0)
+  end
+  redis.call('DEL', key)
+end
+if ARGV[2] ~= '' then
+  local found = kind(KEYS[1])
+  if found ~= 'none' and found ~= 'zset' then
+    redis.call('DEL', KEYS[1])
+    table.insert(repaired, 'unbans')
+  end
+  local _, bad = counter_of(KEYS[2])
+  if bad then table.insert(repaired, 'unban-count') end
+  local number = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[1], number, number .. ':' .. ARGV[1] .. ':' .. ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[3]))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return {{bans, failures}, repaired}
+"""
+
+# cosftpctl bans: the value and milliseconds left of each of KEYS that holds a string.
+_READ = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  if kind(key) == 'string' then
+    found[i] = {redis.call('GET', key), redis.call('PTTL', key)}
+  else
+    found[i] = false
+  end
+end
+return {found, {}}
 """
 
 
@@ -201,6 +286,28 @@ _MOVES = {
     Link.DOWN: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
     Link.UNSUPPORTED: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
 }
+
+
+@dataclass(frozen=True)
+class Unban:
+    """An unban made on some node: ``address`` (None: every address) at ``when``."""
+
+    address: Optional[str]
+    when: int
+
+
+def _unbans(members: list) -> list[Unban]:
+    """The unbans noted in Redis (``<number>:<time>:<address or *>``); what is not one is
+    skipped (nothing of it is logged)."""
+    found = []
+    for member in members:
+        _, _, rest = str(member).partition(":")
+        when, _, address = rest.partition(":")
+        try:
+            found.append(Unban(None if address == "*" else client_key(address), int(when)))
+        except ValueError:
+            continue
+    return found
 
 
 @dataclass(frozen=True)
@@ -272,6 +379,7 @@ class ClusterState:
         self._scripts = {name: self._redis.register_script(_LIBRARY + body) for name, body in
                          (("admit", _ADMIT), ("bans", _BANS), ("fail", _FAIL),
                           ("counted", _COUNTED), ("heartbeat", _HEARTBEAT))}
+        self._unbans_seen = 0  # the number of the last unban the heartbeat brought
         self._url = public_url(config.redis_url)
         self._lock = threading.Lock()
         self._link = Link.UNCHECKED
@@ -412,17 +520,25 @@ class ClusterState:
         self._run("connection count", "counted", [PREFIX + "conn:" + self.node],
                   [NODE_TTL, *changes])
 
-    def publish(self, per_ip: Counter, logged_in: int) -> None:
+    def publish(self, per_ip: Counter, logged_in: int) -> list[Unban]:
         """Rewrite this node's counts (from its session table) and mark it alive; log the
-        counts of repeated errors. Runs from the worker's tick."""
+        counts of repeated errors; return the unbans made since the last call (on any node).
+        Runs from the worker's tick."""
         now = time.time()
         counts = [LOGGED_IN_FIELD, logged_in]
         for ip, n in per_ip.items():
             counts += [client_key(ip), n]
-        self._run("heartbeat", "heartbeat", [PREFIX + "conn:" + self.node, PREFIX + "nodes"],
-                  [self.node, now, NODE_TTL, now - 10 * NODE_TTL, *counts])
+        answer = self._run("heartbeat", "heartbeat",
+                           [PREFIX + "conn:" + self.node, PREFIX + "nodes", PREFIX + "unbans",
+                            PREFIX + "unban-count"],
+                           [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,
+                            *counts])
         self._errors.flush()
         self._repairs.flush()
+        if not answer:
+            return []
+        self._unbans_seen, members = int(answer[0]), answer[1]
+        return _unbans(members)
 
     def close(self) -> None:
         self._redis.close()
@@ -430,6 +546,120 @@ class ClusterState:
 
 def _ban(ip: str) -> str:
     return PREFIX + "ban:" + client_key(ip)
+
+
+class ClusterTrouble(Exception):
+    """Redis could not do what ``cosftpctl`` asked (unreachable, too old, or it answered
+    with an error); the message says which."""
+
+
+@dataclass(frozen=True)
+class ClusterEntry:
+    """One address the cluster's Redis holds a ban or failed logins for."""
+
+    address: str
+    failures: int  # failed logins counted in the window, cluster-wide
+    until: float  # when its ban ends; 0: not banned
+
+
+class ClusterAdmin:
+    """What ``cosftpctl bans`` and ``unban`` ask of the cluster's Redis (not a worker's
+    view: no link state, no fallback). Every method raises ``ClusterTrouble``."""
+
+    MAX_LISTED = 10000  # addresses listed per kind (bans, failure counts)
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self._url = config.redis_url
+        self._redis = connect(config)
+        self._scripts = {name: self._redis.register_script(_LIBRARY + body)
+                         for name, body in (("unban", _UNBAN), ("read", _READ))}
+        self._checked = False
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def entries(self) -> tuple[list[ClusterEntry], bool]:
+        """Every address banned or with failed logins in the cluster, and whether the list
+        was cut at ``MAX_LISTED``."""
+        def read() -> tuple[list[ClusterEntry], bool]:
+            bans, cut_bans = self._values(PREFIX + "ban:")
+            failures, cut_failures = self._values(PREFIX + "fail:")
+            now = time.time()
+            found = []
+            for address in sorted(set(bans) | set(failures)):
+                left = bans.get(address, (None, 0))[1]
+                count = _count(failures.get(address, ("0", 0))[0])
+                found.append(ClusterEntry(address, count, now + left / 1000 if left > 0 else 0))
+            return found, cut_bans or cut_failures
+        return self._call("ban listing", read)
+
+    def unban(self, ip: Optional[str], when: int) -> tuple[int, int]:
+        """Delete the ban and failure count of ``ip`` (every address: None) and note the
+        unban for the nodes' workers; return how many bans ran and the failed logins that
+        were counted."""
+        def lift() -> tuple[int, int]:
+            if ip is not None:
+                return self._unban([_ban(ip), PREFIX + "fail:" + client_key(ip)],
+                                   client_key(ip), when)
+            bans = failures = 0
+            for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
+                for page in self._pages(prefix):
+                    counted = self._unban(page, "", when)
+                    bans, failures = bans + counted[0], failures + counted[1]
+            self._unban([], "*", when)
+            return bans, failures
+        return self._call("unban", lift)
+
+    def _unban(self, keys: list[str], what: str, when: int) -> tuple[int, int]:
+        answer, _ = self._scripts["unban"](
+            [PREFIX + "unbans", PREFIX + "unban-count", *keys],
+            [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:"])
+        return int(answer[0]), int(answer[1])
+
+    def _values(self, prefix: str) -> tuple[dict[str, tuple[str, int]], bool]:
+        """``{address: (value, milliseconds left)}`` of the string keys under ``prefix``
+        (others, and names that are no address, skipped); True if cut at ``MAX_LISTED``."""
+        found: dict[str, tuple[str, int]] = {}
+        for page in self._pages(prefix):
+            answer, _ = self._scripts["read"](page, [])
+            for key, value in zip(page, answer):
+                with contextlib.suppress(ValueError):
+                    if value:
+                        found[client_key(key[len(prefix):])] = (value[0], int(value[1]))
+            if len(found) >= self.MAX_LISTED:
+                return found, True
+        return found, False
+
+    def _pages(self, prefix: str) -> Iterator[list[str]]:
+        """The keys under ``prefix``, a ``SCAN`` page at a time."""
+        page: list[str] = []
+        for key in self._redis.scan_iter(match=prefix + "*", count=SCAN_PAGE):
+            page.append(key)
+            if len(page) >= SCAN_PAGE:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        where = f"Redis at {public_url(self._url)}"
+        try:
+            if not self._checked:
+                server_version(self._redis, self._url)
+                self._checked = True
+            return call()
+        except ConfigError as exc:
+            raise ClusterTrouble(exc.problem) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ClusterTrouble(f"{where} unreachable ({describe(exc)})") from exc
+        except redis.RedisError as exc:
+            raise ClusterTrouble(f"{where} answered the {what} with an error "
+                                 f"({describe(exc)})") from exc
+
+
+def _count(value: str) -> int:
+    """A failure count as Redis holds it; 0 for what is not one."""
+    return int(value) if value.isdigit() and len(value) < 16 else 0
 
 
 def check_config(config: ClusterConfig) -> str:

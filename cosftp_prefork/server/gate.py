@@ -12,7 +12,13 @@ through the ``kick`` callback the FTP layer gave with the connection.
 
 With ``[CLUSTER] redis_url`` the bans, failed logins, per-address and logged-in counts are
 also those of the other nodes (``cluster``): what they hold is taken off the limits before
-the local admission, and this node's counts are published on every change and tick.
+the local admission, and this node's counts are published on every change and tick; the tick
+also brings the unbans made on any node (``cosftpctl unban``), which this node's own table
+then forgets too (what it learnt after the unban stays).
+
+Addresses in ``ban_allowlist`` are never banned, here or by the cluster: their failed logins
+are not counted, and a ban they hold (made before they were listed, or by a node without the
+list) is not enforced. Every connection limit and ``login_timeout`` still hold for them.
 
 Refusals come in bursts (one address opening a thousand sockets): ``BurstLog`` writes the
 first of a burst at once and then one line per address and interval with the count.
@@ -20,6 +26,7 @@ first of a burst at once and then one line per address and interval with the cou
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -29,15 +36,17 @@ from typing import Callable, Optional
 
 from ..config.settings import ServerConfig
 from .burst import BurstLog
-from .cluster import UNAVAILABLE, ClusterState
+from .cluster import UNAVAILABLE, ClusterState, Unban
 from .scoreboard import (
     CLUSTER_NONE,
     TOO_MANY,
     TOO_MANY_LOGGED_IN,
     TOO_MANY_PER_IP,
+    BanRow,
     Limits,
     SharedState,
     address_key,
+    address_text,
 )
 
 log = logging.getLogger(__name__)
@@ -93,6 +102,7 @@ class Gate:
                              server.max_prelogin_connections_per_ip)
         self.login_timeout = server.login_timeout
         self._bans_on = bool(server.max_login_failures)
+        self._allowlist = server.ban_allowlist
         self._failures = (server.max_login_failures, server.login_failure_window,
                           server.ban_time)
         self.refusals = BurstLog(log)
@@ -166,7 +176,7 @@ class Gate:
         found = self.cluster.elsewhere(ip)
         if found is None:
             return self.limits, UNAVAILABLE if self.cluster.fail_closed else None
-        if self._bans_on and found.banned:
+        if found.banned and self._may_ban(ip):
             return self.limits, BANNED
         per_ip, logged_in = (_left(self.limits.per_ip, found.per_ip),
                              _left(self.limits.logged_in, found.logged_in))
@@ -244,19 +254,28 @@ class Gate:
         if self.cluster is not None:
             self.cluster.counted(ticket.ip, -1, -1 if was_logged_in else 0)
 
-    def _banned_here(self, ip: str) -> bool:
-        return self._bans_on and self.state.is_banned(ip, time.time())
+    def _may_ban(self, ip: str) -> bool:
+        """False if bans are off or ``ip`` is in ``ban_allowlist``."""
+        if not self._bans_on:
+            return False
+        if not self._allowlist:
+            return True
+        address = ipaddress.ip_address(address_text(address_key(ip)))  # IPv4-mapped as IPv4
+        return not any(address in network for network in self._allowlist)
 
     def is_banned(self, ip: str) -> bool:
         """True while ``ip`` serves a ban made by this node or (cluster) any other."""
-        return self._banned_here(ip) or (self._bans_on and self.cluster is not None and
-                                         self.cluster.is_banned(ip))
+        if not self._may_ban(ip):
+            return False
+        return self.state.is_banned(ip, time.time()) or (self.cluster is not None and
+                                                         self.cluster.is_banned(ip))
 
     def _banned_at_accept(self, ip: str) -> bool:
-        """:meth:`_banned_here` from this worker's copy of the ban table, read again only when
-        a ban started (the epoch moved) or one the copy holds ran out (it may have been
-        extended): an accept costs no scan of the table. USER and PASS still read it."""
-        if not self._bans_on:
+        """:meth:`is_banned` by this node's table, from this worker's copy of it, read again
+        only when the table changed (the epoch moved: a ban started, or ``cosftpctl unban``
+        lifted one) or a ban the copy holds ran out (it may have been extended): an accept
+        costs no scan of the table. USER and PASS still read it."""
+        if not self._may_ban(ip):
             return False
         now, key = time.time(), address_key(ip)
         with self._bans_lock:
@@ -270,8 +289,11 @@ class Gate:
 
     def login_failed(self, ip: str) -> bool:
         """Record a failed login from ``ip`` (here and cluster-wide); return True if the
-        address is now banned."""
-        if not self._bans_on:
+        address is now banned. One of ``ban_allowlist`` is not counted."""
+        if not self._may_ban(ip):
+            if self._bans_on:
+                self.refusals.note(ip, "failed login not counted: the address is in "
+                                   "ban_allowlist")
             return False
         banned = self.state.record_failure(ip, time.time(), *self._failures)
         if self.cluster is not None:
@@ -283,13 +305,13 @@ class Gate:
         write the counts of refusal bursts, publish this node's counts to the cluster. Runs
         in the worker's main thread, once a second."""
         if self.cluster is not None:
-            self.cluster.publish(*self.state.node_counts())
+            self._forget_unbanned(self.cluster.publish(*self.state.node_counts()))
         now = time.monotonic()
         with self._lock:
             pending = list(self._pending)
         banned = self._new_bans(pending)
         for ticket in pending:
-            if banned and address_key(ticket.ip) in banned:
+            if banned and address_key(ticket.ip) in banned and self._may_ban(ticket.ip):
                 self._kick(ticket, BANNED, "closed: its address was banned")
             elif now >= ticket.deadline:
                 self._kick(ticket, LOGIN_TIMED_OUT,
@@ -307,6 +329,28 @@ class Gate:
         if self._bans_on and self.cluster is not None and pending:
             banned |= {address_key(ip) for ip in self.cluster.banned({t.ip for t in pending})}
         return banned
+
+    def _forget_unbanned(self, unbans: list[Unban]) -> None:
+        """Forget in this node's table the addresses unbanned on any node of the cluster
+        (all of them for an ``unban --all``), unless what the row holds is newer than the
+        unban: a ban that started after it, failures counted since."""
+        if not unbans:
+            return
+        everyone = max((u.when for u in unbans if u.address is None), default=0)
+        latest: dict[str, int] = {}
+        for unban in unbans:
+            if unban.address is not None:
+                latest[unban.address] = max(latest.get(unban.address, 0), unban.when)
+        ban_time = self._failures[2]
+
+        def older(row: BanRow) -> bool:
+            unbanned = max(everyone, latest.get(row.address, 0))
+            newest = max(row.since if row.failures else 0,
+                         row.until - ban_time if row.until else 0)
+            return unbanned > 0 and newest <= unbanned
+        for row in self.state.lift(older):
+            log.info("cluster: %s unbanned (cosftpctl unban on a node): this node forgot its "
+                     "%s", row.address, "ban" if row.until > time.time() else "failed logins")
 
     def _kick(self, ticket: Ticket, reason: str, what: str) -> None:
         with ticket.lock:

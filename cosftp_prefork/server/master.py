@@ -511,19 +511,27 @@ class Master:
                       len(saved.rejected) - MAX_LOGGED_REJECTS)
         restored = self.state.restore_bans(saved.bans, time.time())
         self._saved_ban_epoch = self.state.ban_epoch()
+        self.state.note_bans_saved(self._saved_ban_epoch)
         if restored:
             log.info("restored %d bans from %s", restored, path)
 
     def _save_bans(self, force: bool = False) -> None:
-        """Save the running bans when a worker started a new one (or at exit)."""
-        if self.state is None or not (force or self.state.ban_epoch() != self._saved_ban_epoch):
+        """Save the running bans when the table changed (a worker started a ban, ``cosftpctl
+        unban`` lifted one) or at exit, and say which change is saved: ``unban`` waits for
+        it, so that a stop right after cannot bring a lifted ban back."""
+        if self.state is None:
             return
-        self._saved_ban_epoch = self.state.ban_epoch()
+        epoch = self.state.ban_epoch()  # read before the table: a change after it saves again
+        if not force and epoch == self._saved_ban_epoch:
+            return
+        self._saved_ban_epoch = epoch
         path = bans_path(self.config.server.pid_file)
         try:
             save_bans(path, self.state.bans(time.time()))
         except OSError as exc:
             log.error("could not save the bans to %s: %s", path, exc)
+            return
+        self.state.note_bans_saved(epoch)
 
     # --- workers
 

@@ -8,7 +8,8 @@ mapping. It holds:
   and cleared by the master when it reaps the worker;
 * a session table (worker pid, logged in or not, client address), so every connection limit
   holds for the whole server rather than per worker, and a table of failed logins and bans
-  per client address, with a counter of the bans started so far. Both are changed under
+  per client address, with a counter of its changes (a ban started, or lifted by
+  ``cosftpctl unban``) and the change last saved to the bans file. Both are changed under
   POSIX record locks on the file, which the kernel releases if the holder dies, so a killed
   worker cannot wedge admissions; the master frees a dead worker's session rows when it
   reaps it.
@@ -16,8 +17,9 @@ mapping. It holds:
 Client addresses are stored whole (16 bytes, IPv4 as IPv4-mapped IPv6): never a hash two
 addresses could share.
 
-Bans outlive the state file: the master saves them to ``<pid file>.bans`` whenever one starts
-and at exit, and loads the ones not yet expired at start.
+Bans outlive the state file: the master saves them to ``<pid file>.bans`` whenever the ban
+table changed (a ban started or was lifted) and at exit, and loads the ones not yet expired at
+start.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -63,7 +65,9 @@ PENDING, LOGGED_IN = 1, 2
 
 BAN_ROWS = 1024
 _BAN_WORDS = 8  # in use (1/0), client address (4), failures, window start, banned until
-_BAN_HEADER_WORDS = 4  # bans started so far, then unused
+# Changes of the table (bans started or lifted) so far, the change last saved to the bans file
+# (the master), then unused.
+_BAN_HEADER_WORDS = 4
 
 _SLOTS_AT = _HEADER_SIZE + _PATH_SIZE
 _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
@@ -130,6 +134,17 @@ class SessionDetail:
     nbytes: int
     rate: float
     last_active: float
+
+
+@dataclass(frozen=True)
+class BanRow:
+    """One address of the ban table: its failed logins in the window that began at ``since``,
+    and the end of its ban (0: none yet; in the past: ran out). Times in whole seconds."""
+
+    address: str
+    failures: int
+    since: int
+    until: int
 
 
 @dataclass(frozen=True)
@@ -216,17 +231,24 @@ class SharedState:
             raise
 
     @classmethod
-    def open(cls, path: str) -> Optional[SharedState]:
-        """Map an existing state file read-only; None if it is absent or not ours."""
+    def open(cls, path: str, writable: bool = False) -> Optional[SharedState]:
+        """Map an existing state file, read-only unless ``writable`` (``cosftpctl unban``);
+        None if it is absent or not ours. ``writable`` raises ``PermissionError`` if this
+        user may not write it."""
         try:
-            fd = open_fd(path, os.O_RDONLY)
+            fd = open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
+        except PermissionError:
+            if writable:
+                raise
+            return None
         except OSError:
             return None
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
             if os.fstat(fd).st_size < FILE_SIZE:
                 os.close(fd)
                 return None
-            mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot=prot)
         except OSError:
             os.close(fd)
             return None
@@ -325,8 +347,41 @@ class SharedState:
         return self._locked(_BANS_AT, _DETAILS_AT)
 
     def ban_epoch(self) -> int:
-        """How many bans started so far (read without the lock: a change is what counts)."""
+        """How many times the ban table changed so far: bans started and lifted (read
+        without the lock: a change is what counts)."""
         return struct.unpack_from("<I", self._map, _BANS_AT)[0]
+
+    def saved_ban_epoch(self) -> int:
+        """The :meth:`ban_epoch` the master last saved to the bans file."""
+        return struct.unpack_from("<I", self._map, _BANS_AT + 4)[0]
+
+    def note_bans_saved(self, epoch: int) -> None:
+        """The master saved the bans of ``epoch`` (it alone writes this word)."""
+        struct.pack_into("<I", self._map, _BANS_AT + 4, epoch)
+
+    def ban_rows(self) -> list[BanRow]:
+        """Every address the ban table holds (read without the lock: a display)."""
+        with memoryview(self._map) as whole, \
+                whole[_BANS_AT:_DETAILS_AT].cast("I") as words:
+            flat = words[_BAN_HEADER_WORDS:].tolist()
+        return [_ban_row_of(flat, at) for at in range(0, len(flat), _BAN_WORDS) if flat[at]]
+
+    def lift(self, which: Callable[[BanRow], bool]) -> list[BanRow]:
+        """Forget the ban and the failed logins of every address for which ``which`` is
+        true; return what was forgotten. Moves the epoch, so each worker reads its copy of
+        the table again (at its next accept) and the master saves the bans file."""
+        lifted = []
+        with self._bans_locked() as words:
+            flat = words[_BAN_HEADER_WORDS:].tolist()
+            for at in range(0, len(flat), _BAN_WORDS):
+                row = _ban_row_of(flat, at) if flat[at] else None
+                if row is not None and which(row):
+                    start = _BAN_HEADER_WORDS + at
+                    words[start:start + _BAN_WORDS] = array("I", bytes(_BAN_WORDS * 4))
+                    lifted.append(row)
+            if lifted:
+                words[0] += 1
+        return lifted
 
     def is_banned(self, ip: str, now: float) -> bool:
         """True while ``ip`` is serving a ban."""
@@ -370,7 +425,9 @@ class SharedState:
             return banned
 
     def restore_bans(self, bans: Iterable[tuple[str, int]], now: float) -> int:
-        """Put saved bans back (master, at start); return how many still run."""
+        """Put saved bans back (master, at start); return how many still run. They carry
+        no failure window: what a row holds that is newer than an unban made elsewhere
+        in the cluster meanwhile is its ban only (``Gate``)."""
         restored = 0
         with self._bans_locked() as words:
             for ip, until in bans:
@@ -378,8 +435,8 @@ class SharedState:
                     continue
                 flat = words[_BAN_HEADER_WORDS:].tolist()
                 key = address_key(ip)
-                self._write_ban(words, self._ban_row(flat, key) * _BAN_WORDS, key, 0,
-                                int(now), int(until))
+                self._write_ban(words, self._ban_row(flat, key) * _BAN_WORDS, key, 0, 0,
+                                int(until))
                 restored += 1
             words[0] += 1 if restored else 0
         return restored
@@ -487,6 +544,18 @@ class SharedState:
                     freed += 1
             return freed
 
+    def login_counts(self) -> dict[int, tuple[int, int]]:
+        """Per worker pid: its sessions logged in and its connections waiting to log in
+        (read without the lock: a display)."""
+        with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
+            flat = rows.tolist()
+        counts: dict[int, tuple[int, int]] = {}
+        for pid, kind in zip(flat[0::_SESSION_WORDS], flat[1::_SESSION_WORDS]):
+            if pid:
+                logged_in, pending = counts.get(pid, (0, 0))
+                counts[pid] = (logged_in + (kind == LOGGED_IN), pending + (kind == PENDING))
+        return counts
+
     def node_counts(self) -> tuple[Counter, int]:
         """Connections per client address and logged-in sessions of this server, read
         without the lock (a snapshot is enough)."""
@@ -519,6 +588,10 @@ class SharedState:
                 flat[at], flat[at + 1] == LOGGED_IN, address_text(tuple(flat[at + 2:at + 6])),
                 _unclip(user), _unclip(command), nbytes, rate, active))
         return found
+
+
+def _ban_row_of(flat: list[int], at: int) -> BanRow:
+    return BanRow(address_text(tuple(flat[at + 1:at + 5])), *flat[at + 5:at + 8])
 
 
 def _free_row(rows, index: _SessionIndex, row: int) -> None:

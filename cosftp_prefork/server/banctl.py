@@ -1,0 +1,329 @@
+"""``cosftpctl bans`` and ``cosftpctl unban``: the bans of a running server (its shared state
+file), those a stopped one saved (``<pid_file>.bans``) and, with ``[CLUSTER] redis_url``,
+the cluster's (Redis).
+
+An unban forgets the address's ban and its failed logins (``--all``: every address's):
+
+* in the running server's ban table, under its lock, moving the ban epoch: every worker
+  reads its copy of the table again at its next accept, so the address gets in at once on
+  every worker. The master saves the bans file at its next turn (within a second), and the
+  command waits for that save: a stop right after cannot bring the ban back. If the master
+  exits before it saved, the command edits the file itself;
+* in a stopped server's bans file;
+* in Redis: the ban and failure keys, and a note of the unban that every node's workers read
+  at their next heartbeat, to forget the address in their own tables too.
+
+Like ``fail2ban-client set <jail> unbanip``, an address that is not banned is not an error:
+the command says so and exits 0. An argument that is not one IP address is refused (exit
+2) before anything changes, and shown escaped. Every call writes one line to the server's
+log (``cosftp.log``): who ran it (uid, and the sudo caller), what, and what came of it; if
+that line cannot be written, nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import pwd
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable, Optional
+
+from ..config.settings import Config
+from ..logfiles import escape_controls
+from .logs import LOG_FILE_NAME, setup_logging
+from .scoreboard import (
+    BanRow,
+    SharedState,
+    address_key,
+    address_text,
+    bans_path,
+    load_bans,
+    save_bans,
+    state_path,
+)
+
+log = logging.getLogger(__name__)
+
+SAVE_TIMEOUT = 10.0  # the master saves the bans file within a second of a change
+EXIT_NOT_RUNNING = 3
+EXIT_USAGE = 2
+
+# Asks whether the server of the config runs: its master's pid, or None.
+MasterPid = Callable[[], Optional[int]]
+
+
+def parse_address(text: str) -> str:
+    """The address ``text`` names, as the ban table writes it (IPv4-mapped IPv6 as IPv4);
+    ``ValueError`` saying what is wrong, the text shown escaped and cut short."""
+    shown = f"'{escape_controls(text[:64])}'" + ("..." if len(text) > 64 else "")
+    if "/" in text:
+        raise ValueError(f"{shown} is a network; unban takes one address (or --all)")
+    try:
+        return address_text(address_key(str(ipaddress.ip_address(text))))
+    except ValueError:
+        raise ValueError(f"{shown} is not an IP address (like 192.0.2.7 or "
+                         f"2001:db8::7)") from None
+
+
+# --- bans
+
+
+@dataclass
+class Listed:
+    """One address as ``bans`` shows it: what this node and the cluster hold."""
+
+    failures: int = 0
+    until: float = 0.0
+    where: set[str] = field(default_factory=set)
+
+    def add(self, failures: int, until: float, where: str) -> None:
+        self.failures, self.until = max(self.failures, failures), max(self.until, until)
+        self.where.add(where)
+
+
+def cmd_bans(config: Config, master_pid: MasterPid) -> int:
+    """Print every address banned, or with failed logins in the window, on this node (the
+    running server's table, else the bans a stopped one saved) and in the cluster; return
+    0, 3 if the server is not running, 1 if Redis could not be asked."""
+    now, server = time.time(), config.server
+    listed: dict[str, Listed] = {}
+    state = SharedState.open(state_path(server.pid_file)) if master_pid() else None
+    status = 0
+    if state is not None:
+        try:
+            rows = state.ban_rows()
+        finally:
+            state.close()
+        for row in rows:
+            failures = row.failures if now - row.since <= server.login_failure_window else 0
+            if failures or row.until > now:
+                listed.setdefault(row.address, Listed()).add(failures, row.until, "node")
+    else:
+        status = EXIT_NOT_RUNNING
+        path = bans_path(server.pid_file)
+        print(f"cosftpctl: not running; the bans saved in {path} (restored at start):")
+        try:
+            saved = load_bans(path).bans
+        except (OSError, ValueError) as exc:
+            print(f"cosftpctl: cannot read {path}: {exc}", file=sys.stderr)
+            saved = []
+        for address, until in saved:
+            if until > now:
+                listed.setdefault(_spelt(address), Listed()).add(0, until, "saved")
+    if config.cluster.redis_url and not _add_cluster(config, listed):
+        status = status or 1
+    print(format_bans(listed, now, config))
+    return status
+
+
+def _spelt(address: str) -> str:
+    return address_text(address_key(address))
+
+
+def _add_cluster(config: Config, listed: dict[str, Listed]) -> bool:
+    """Add what Redis holds to ``listed``; False (said on stderr) if it could not be asked."""
+    from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
+
+    admin = ClusterAdmin(config.cluster)
+    try:
+        entries, cut = admin.entries()
+    except ClusterTrouble as exc:
+        print(f"cosftpctl: the cluster's bans are not listed: {exc}", file=sys.stderr)
+        return False
+    finally:
+        admin.close()
+    for entry in entries:
+        listed.setdefault(entry.address, Listed()).add(entry.failures, entry.until, "cluster")
+    if cut:
+        print(f"cosftpctl: the cluster holds more than {ClusterAdmin.MAX_LISTED} addresses; "
+              f"only those are listed", file=sys.stderr)
+    return True
+
+
+def format_bans(listed: dict[str, Listed], now: float, config: Config) -> str:
+    server = config.server
+    lines = [f"{'ADDRESS':<39} {'FAILURES':>8} {'BANNED UNTIL':<19} {'LEFT':>8}  WHERE"]
+    for address in sorted(listed, key=lambda a: ipaddress.ip_address(a).packed):
+        entry = listed[address]
+        banned = entry.until > now
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.until)) \
+            if banned else "-"
+        left = str(timedelta(seconds=int(entry.until - now))) if banned else "-"
+        where = ",".join(sorted(entry.where))
+        if banned and _allowlisted(address, config):
+            where += " (in ban_allowlist: not enforced)"
+        lines.append(f"{address:<39} {entry.failures:>8} {until:<19} {left:>8}  {where}")
+    banned = sum(1 for entry in listed.values() if entry.until > now)
+    lines.append(f"{banned} banned, {len(listed) - banned} with failed logins in the last "
+                 f"{server.login_failure_window}s (max_login_failures = "
+                 f"{server.max_login_failures} make a ban of {server.ban_time}s)")
+    return "\n".join(lines)
+
+
+def _allowlisted(address: str, config: Config) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in network for network in config.server.ban_allowlist)
+
+
+# --- unban
+
+
+@dataclass
+class Outcome:
+    """What one ``unban`` did, and what it could not do."""
+
+    node: list[BanRow] = field(default_factory=list)  # forgotten by the running server
+    saved: list[tuple[str, int]] = field(default_factory=list)  # dropped from the bans file
+    cluster: Optional[tuple[int, int]] = None  # bans and failed logins deleted in Redis
+    problems: list[str] = field(default_factory=list)
+
+    def lifted(self, now: float) -> dict[str, int]:
+        """Bans lifted per place (``on this node``, ``from the saved bans``, ``in the
+        cluster``), the places that had some."""
+        counts = {"on this node": sum(1 for row in self.node if row.until > now),
+                  "from the saved bans": sum(1 for _, until in self.saved if until > now),
+                  "in the cluster": self.cluster[0] if self.cluster else 0}
+        return {where: count for where, count in counts.items() if count}
+
+    def failures(self) -> int:
+        return sum(row.failures for row in self.node) + (self.cluster[1] if self.cluster
+                                                          else 0)
+
+
+def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> int:
+    """Lift the ban of ``address`` (every address: None) everywhere it is held; return 0,
+    2 for an argument that is not an address, 1 if some place could not be changed."""
+    if address is not None:
+        try:
+            address = parse_address(address)
+        except ValueError as exc:
+            print(f"cosftpctl: unban: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        setup_logging("INFO", config.server.log_dir, "cosftpctl", to_stderr=False)
+    except OSError as exc:
+        print(f"cosftpctl: cannot write the audit line to "
+              f"{os.path.join(config.server.log_dir, LOG_FILE_NAME)} ({exc}); nothing "
+              f"changed", file=sys.stderr)
+        return 1
+    now = time.time()
+    outcome = Outcome()
+    _lift_here(config, address, master_pid, outcome)
+    if config.cluster.redis_url:
+        _lift_in_cluster(config, address, int(now), outcome)
+    report = describe(address, outcome, now, bool(config.cluster.redis_url))
+    log.info("unban %s by %s: %s", address or "--all", _who(), report)
+    print(f"cosftpctl: {address or 'every address'}: {report}",
+          file=sys.stderr if outcome.problems else sys.stdout)
+    return 1 if outcome.problems else 0
+
+
+def _lift_here(config: Config, address: Optional[str], master_pid: MasterPid,
+               outcome: Outcome) -> None:
+    """Forget ``address`` in the running server's table (and wait until its master saved
+    the bans file), else in the bans file."""
+    pid_file = config.server.pid_file
+    pid = master_pid()
+    if pid is not None:
+        try:
+            state = SharedState.open(state_path(pid_file), writable=True)
+        except PermissionError as exc:
+            outcome.problems.append(f"cannot change the running server's ban table ({exc}): "
+                                    f"run cosftpctl as the user the server runs as")
+            return
+        if state is None:
+            outcome.problems.append(f"the server runs (pid {pid}) but its state file "
+                                    f"{state_path(pid_file)} is missing or not its own")
+            return
+        try:
+            outcome.node = state.lift(lambda row: address in (None, row.address))
+            if _saved(state, master_pid):
+                return
+        finally:
+            state.close()
+        if master_pid():
+            outcome.problems.append(f"the server did not save {bans_path(pid_file)} within "
+                                    f"{SAVE_TIMEOUT:.0f}s (see its log): a stop now could "
+                                    f"bring the ban back")
+            return
+    try:
+        outcome.saved = _lift_saved(bans_path(pid_file), address)
+    except (OSError, ValueError) as exc:
+        outcome.problems.append(f"cannot change {bans_path(pid_file)}: {exc}")
+
+
+def _saved(state: SharedState, master_pid: MasterPid) -> bool:
+    """Wait until the master saved the table as it is now; False if it exited first, or
+    did not within ``SAVE_TIMEOUT``."""
+    epoch = state.ban_epoch()
+    deadline = time.monotonic() + SAVE_TIMEOUT
+    while time.monotonic() < deadline:
+        if state.saved_ban_epoch() >= epoch:
+            return True
+        if master_pid() is None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _lift_saved(path: str, address: Optional[str]) -> list[tuple[str, int]]:
+    """Drop ``address`` (every one: None) from the bans file; return the entries dropped.
+    The file keeps its owner: root editing it must not lock out a server that runs as
+    another user."""
+    saved = load_bans(path)
+    dropped = [(a, u) for a, u in saved.bans if address in (None, _spelt(a))]
+    if dropped:
+        owner = os.lstat(path)
+        save_bans(path, [entry for entry in saved.bans if entry not in dropped])
+        if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+    return dropped
+
+
+def _lift_in_cluster(config: Config, address: Optional[str], now: int,
+                     outcome: Outcome) -> None:
+    from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
+
+    admin = ClusterAdmin(config.cluster)
+    try:
+        outcome.cluster = admin.unban(address, now)
+    except ClusterTrouble as exc:
+        outcome.problems.append(f"{exc}: the other nodes still hold the ban until it expires "
+                                f"or unban is run again")
+    finally:
+        admin.close()
+
+
+def describe(address: Optional[str], outcome: Outcome, now: float, cluster: bool) -> str:
+    """What an unban did, in one line."""
+    lifted, failures = outcome.lifted(now), outcome.failures()
+    if address is None:
+        what = "lifted " + (", ".join(f"{count} ban(s) {where}" for where, count in
+                                      lifted.items()) or "no ban")
+    elif lifted:
+        what = f"ban lifted {' and '.join(lifted)}"
+    else:
+        what = "was not banned" + (" on this node or in the cluster" if cluster else "")
+    if failures:
+        what += f"; {failures} failed login(s) forgotten"
+    return "; ".join([what, *outcome.problems])
+
+
+def _who() -> str:
+    """The user running cosftpctl: uid and name, and the one sudo ran it for."""
+    who = _user(os.getuid())
+    caller = os.environ.get("SUDO_UID", "")
+    if caller.isdigit() and int(caller) != os.getuid():
+        who += f" (sudo from {_user(int(caller))})"
+    return who
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
