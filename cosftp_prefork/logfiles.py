@@ -60,19 +60,22 @@ def _indented(block: str) -> str:
 class PrivateFileHandler(logging.handlers.WatchedFileHandler):
     """Creates the log file (again, after logrotate moved it) readable by owner and group
     only, never through a link planted at its name (``safefiles``); an existing file keeps
-    the mode it has.
+    the mode it has. With ``owner`` (the master running as root), the file it opens or
+    creates is given to that uid: the workers, running as it, open it by name too.
 
     If the file cannot be opened again after a rotation (a link planted at the name), the
     handler goes on writing to the file it had and says so once in the server's log; the
     stdlib's handler would drop its file and raise into whatever code was logging.
     """
 
-    def __init__(self, filename: str, encoding: str = "utf-8") -> None:
+    def __init__(self, filename: str, encoding: str = "utf-8",
+                 owner: Optional[int] = None) -> None:
         self._refused: Optional[tuple] = None  # (the (dev, ino) at the name,) last refused
+        self._owner = owner  # see safefiles.open_append
         super().__init__(filename, encoding=encoding)
 
     def _open(self):
-        return open(open_append(self.baseFilename), self.mode,
+        return open(open_append(self.baseFilename, owner=self._owner), self.mode,
                     encoding=self.encoding, errors=self.errors)
 
     def reopenIfNeeded(self) -> None:

@@ -61,6 +61,13 @@ RELOADS = Counter("cosftp_reloads", "Configuration reloads by result (ok, failed
                   registry=None)
 
 
+def forked() -> None:
+    """In a worker just forked: make prometheus_client notice its new pid now rather than
+    at the first value it changes. It then closes the master's files, which the worker
+    must not keep open, and opens the worker's own (as the worker's user)."""
+    SESSIONS_TOTAL.inc(0)
+
+
 def session_opened() -> None:
     SESSIONS.inc()
     SESSIONS_TOTAL.inc()

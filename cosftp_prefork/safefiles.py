@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import stat
+from typing import Optional
 
 # Files that name users and client addresses: owner and group only.
 PRIVATE_MODE = 0o640
@@ -78,10 +79,22 @@ def open_fd(path: str, flags: int, mode: int = PRIVATE_MODE) -> int:
     return fd
 
 
-def open_append(path: str, mode: int = PRIVATE_MODE) -> int:
+def open_append(path: str, mode: int = PRIVATE_MODE, owner: Optional[int] = None) -> int:
     """A descriptor appending to ``path``, created with ``mode`` if absent (an existing file
-    keeps its mode: an operator may have chosen another)."""
-    return open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    keeps its mode: an operator may have chosen another).
+
+    ``owner``: the uid the file must belong to (its group is kept). A master running as root
+    gives the files its workers append to to the workers' user, which opens them again by
+    name after a rotation.
+    """
+    fd = open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        if owner is not None and os.fstat(fd).st_uid != owner:
+            os.fchown(fd, owner, -1)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def replace_file(path: str, data: bytes, mode: int) -> None:
@@ -100,9 +113,15 @@ def replace_file(path: str, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def check_directory(path: str) -> None:
-    """Create ``path`` (owner and group only) if absent; raise ``UnsafeFileError`` if every
-    user may write in it (sticky bit or not: another user could create the names first)."""
+def check_directory(path: str, group: Optional[int] = None) -> None:
+    """Create ``path`` (owner and group only; with ``group`` as its group, if given, so that
+    the workers' group may reach the files in it) if absent; raise ``UnsafeFileError`` if
+    every user may write in it (sticky bit or not: another user could create the names
+    first). An existing directory keeps its owner, group and mode."""
+    if group is not None and not os.path.lexists(path):
+        os.makedirs(path, DIRECTORY_MODE)
+        os.chown(path, -1, group, follow_symlinks=False)
+        os.chmod(path, DIRECTORY_MODE, follow_symlinks=False)  # whatever the umask
     os.makedirs(path, DIRECTORY_MODE, exist_ok=True)
     info = os.stat(path)
     if info.st_mode & stat.S_IWOTH:

@@ -48,7 +48,11 @@ passive_port = {passive_ports}
 [OPTIONAL]
 worker_processes = 2
 log_dir = {log_dir}
-"""
+{run_as}"""
+# As root, the workers would become nobody, who may not read a checkout in a private home
+# (root's is 0700): the demo keeps them root. A real installation should not (README,
+# docs/security.md).
+RUN_AS_ROOT = "run_as_root = true  # the demo only: see docs/security.md\n"
 
 BANNER = """
 {rule}
@@ -147,7 +151,8 @@ def write_config(args: argparse.Namespace, cos_port: str) -> str:
         handle.write(CONFIG.format(
             bucket=BUCKET, cos_port=cos_port, user=USER, password=PASSWORD,
             listen_address=args.listen_address, port=args.port,
-            passive_ports=args.passive_ports, masquerade=masquerade, log_dir=args.dir))
+            passive_ports=args.passive_ports, masquerade=masquerade, log_dir=args.dir,
+            run_as=RUN_AS_ROOT if os.geteuid() == 0 else ""))
     try:
         load_config(path)
     except ConfigError as exc:

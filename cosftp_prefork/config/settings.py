@@ -207,6 +207,16 @@ class OperatorConfig:
 
 
 @dataclass(frozen=True)
+class RunAsConfig:
+    """Who the workers and the metrics exporter run as when the master starts as root
+    (it binds the ports first); a master started as another user keeps its own."""
+
+    user: str = "nobody"
+    group: Optional[str] = None  # None: the user's primary group
+    as_root: bool = False  # run_as_root: the workers stay root (run_as_user = root allowed)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     accounts: tuple[AccountConfig, ...]
@@ -216,6 +226,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     operator: OperatorConfig = OperatorConfig()
     cluster: ClusterConfig = ClusterConfig()
+    run_as: RunAsConfig = RunAsConfig()
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError
@@ -340,6 +351,18 @@ def _encoding(raw: str) -> str:
 
 def _password(raw: str) -> str:
     check_stored_form(raw)
+    return raw
+
+
+_SYSTEM_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]+)$")
+
+
+def _system_name(raw: str) -> str:
+    """A user or group name of this system (or a numeric id); whether it exists is checked
+    when the server starts as root (``server.privileges``)."""
+    if not _SYSTEM_NAME_RE.match(raw):
+        raise ValueError(f"must be a user or group name such as cosftp (or a number), "
+                         f"got {raw!r}")
     return raw
 
 
@@ -498,6 +521,14 @@ SETTINGS: tuple[Setting, ...] = (
             "MiB of part buffers per worker; default: a quarter of RAM over the workers"),
     Setting("OPTIONAL", "copy_thread_num", _integer(1, 256), min(16, _CPUS * 4),
             "threads per worker for server-side copies (renames, MFMT, APPE)"),
+    # Who parses what clients send, when started as root (see docs/security.md).
+    Setting("OPTIONAL", "run_as_user", _system_name, None,
+            "user the workers and the metrics exporter run as when the server starts as "
+            "root; default nobody (better: a user of its own, such as cosftp)"),
+    Setting("OPTIONAL", "run_as_group", _system_name, None,
+            "their group; default: run_as_user's primary group"),
+    Setting("OPTIONAL", "run_as_root", _boolean, False,
+            "let the workers and the exporter run as root (not recommended)"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -684,6 +715,28 @@ def _operator(reader: _Reader, net: dict[str, Any], optional: dict[str, Any]) ->
     return OperatorConfig(net["metrics_address"], port, xferlog, optional["vsftpd_log_file"])
 
 
+_ROOT_NAMES = ("root", "0")
+
+
+def _run_as(reader: _Reader, optional: dict[str, Any]) -> RunAsConfig:
+    """Build the run_as_* settings: root only with run_as_root, and run_as_root with no
+    other user or group (it would be ignored: the file would not say what runs)."""
+    user, group, as_root = (optional["run_as_user"], optional["run_as_group"],
+                            optional["run_as_root"])
+    if as_root:
+        for option, value in (("run_as_user", user), ("run_as_group", group)):
+            if value is not None and value not in _ROOT_NAMES:
+                raise reader.error(f"{value!r} contradicts run_as_root = true (the workers "
+                                   "stay root): remove one of them", "OPTIONAL", option)
+        return RunAsConfig("root", "root", True)
+    for option, value in (("run_as_user", user), ("run_as_group", group)):
+        if value in _ROOT_NAMES:
+            raise reader.error("root would let the workers, which parse what clients send, "
+                               "run as root: choose an unprivileged user (one of its own, "
+                               "such as cosftp) or set run_as_root = true", "OPTIONAL", option)
+    return RunAsConfig(user or RunAsConfig.user, group)
+
+
 def _server_tls(reader: _Reader, certfile: Optional[str], keyfile: Optional[str],
                 require_reuse: bool) -> Optional[ServerTLS]:
     """Return the loaded certificate and key (None: TLS off); raises ``ConfigError``."""
@@ -745,6 +798,7 @@ def _build(reader: _Reader) -> Config:
         warnings=tuple(reader.warnings),
         operator=_operator(reader, net, optional),
         cluster=_cluster(reader.section("CLUSTER", "CLUSTER"), net["listen_port"]),
+        run_as=_run_as(reader, optional),
     )
 
 

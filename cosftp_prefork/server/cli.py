@@ -25,7 +25,7 @@ from ..config.settings import (
 from ..errors import ConfigError
 from ..safefiles import check_directory, open_append
 from .banctl import cmd_bans, cmd_unban
-from .files import check_files
+from .files import check_files, hand_over_files
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .metrics_dir import use_metrics_dir
 from .pidfile import (
@@ -36,6 +36,7 @@ from .pidfile import (
     port_holders,
     whereabouts,
 )
+from .privileges import Identity, describe, probe, workers_identity
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
@@ -151,18 +152,24 @@ def cmd_run(config: Config, log_file_only: bool = False) -> int:
               file=sys.stderr)
         return 1
     try:
-        check_files(config)
+        identity = workers_identity(config)
+    except ConfigError as exc:
+        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_files(config, identity.gid if identity else None)
+        hand_over_files(config, identity.uid if identity else None)
     except OSError as exc:
         print(f"cosftpctl: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
-        use_metrics_dir(config)  # before anything imports prometheus_client
+        use_metrics_dir(config, identity)  # before anything imports prometheus_client
     except OSError as exc:
         print(f"cosftpctl: cannot prepare the metrics directory: {exc}", file=sys.stderr)
         return 1
     from .master import Master
 
-    return Master(config, foreground=not log_file_only).run()
+    return Master(config, foreground=not log_file_only, identity=identity).run()
 
 
 def cmd_start(config: Config) -> int:
@@ -178,7 +185,12 @@ def cmd_start(config: Config) -> int:
     # the log, and never written through a link planted at its name.
     out_path = os.path.join(log_dir, OUT_FILE_NAME)
     try:
-        check_directory(log_dir)
+        identity = workers_identity(config)
+    except ConfigError as exc:
+        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_directory(log_dir, identity.gid if identity else None)
         out_fd = open_append(out_path)
     except OSError as exc:
         print(f"cosftpctl: cannot start: {exc}", file=sys.stderr)
@@ -496,6 +508,7 @@ def cmd_check(config: Config, online: bool = False,
     try:
         resolve_masquerade(config)
         cluster = _check_cluster(config)
+        identity = workers_identity(config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -509,6 +522,7 @@ def cmd_check(config: Config, online: bool = False,
     print(f"{config.path}: OK, {len(config.accounts)} account(s){tls}")
     print(f"relative paths from {base_dir(config.path)}: log_dir {config.server.log_dir}, "
           f"pid_file {config.server.pid_file}")
+    _check_identity(config, identity)
     if cluster:
         print(cluster, file=sys.stderr if cluster.startswith("warning") else sys.stdout)
     return _check_online(config, timeout) if online else 0
@@ -528,6 +542,18 @@ def _check_online(config: Config, timeout: float) -> int:
     except subprocess.TimeoutExpired:
         print(f"cosftpctl: the online check did not end within {limit:g} s", file=sys.stderr)
         return 1
+
+
+def _check_identity(config: Config, identity: Optional[Identity]) -> None:
+    """Print who the workers run as and, if they drop privileges, warn when they could not
+    import the server's code (the installation, not the file: start refuses then)."""
+    print(describe(config, identity))
+    if identity is not None:
+        from .master import load_worker
+
+        problem = probe(identity, (), (), load_worker)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
 
 
 def _check_cluster(config: Config) -> Optional[str]:

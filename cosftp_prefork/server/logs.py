@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Optional
 
 from ..logcontext import SessionFilter
 from ..logfiles import EscapingFormatter, PrivateFileHandler
@@ -32,8 +33,10 @@ class _RoleFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) -> None:
-    """Send this process's log records to ``log_dir/cosftp.log`` (and stderr if asked).
+def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool,
+                  owner: Optional[int] = None) -> None:
+    """Send this process's log records to ``log_dir/cosftp.log`` (and stderr if asked);
+    ``owner``: the workers' uid, for a master running as root (``PrivateFileHandler``).
 
     ``WatchedFileHandler`` reopens the file when logrotate moves it away, so no process has to
     be signalled after a rotation. Raises ``OSError`` (``UnsafeFileError`` for a link at the
@@ -41,7 +44,8 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
     failed reopen leaves the handlers as they were.
     """
     check_directory(log_dir)
-    handlers: list[logging.Handler] = [PrivateFileHandler(os.path.join(log_dir, LOG_FILE_NAME))]
+    handlers: list[logging.Handler] = [
+        PrivateFileHandler(os.path.join(log_dir, LOG_FILE_NAME), owner=owner)]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     root = logging.getLogger()
@@ -65,11 +69,12 @@ def setup_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) 
     logging.getLogger("charset_normalizer").setLevel(logging.WARNING)  # per response, at DEBUG
 
 
-def reopen_logging(level: str, log_dir: str, process_name: str, to_stderr: bool) -> None:
+def reopen_logging(level: str, log_dir: str, process_name: str, to_stderr: bool,
+                   owner: Optional[int] = None) -> None:
     """``setup_logging`` again (SIGUSR1, after logrotate); if the file cannot be opened, go on
     with the old one and say why."""
     try:
-        setup_logging(level, log_dir, process_name, to_stderr)
+        setup_logging(level, log_dir, process_name, to_stderr, owner)
     except OSError as exc:
         log.error("could not reopen the log file, still writing to the old one: %s", exc)
     else:

@@ -41,10 +41,11 @@ from ..config.settings import Config, NetworkConfig, load_config
 from ..errors import ConfigError
 from ..safefiles import replace_file
 from .exporter import ExporterProcess, serve
-from .files import check_files
+from .files import check_files, hand_over_files, worker_files
 from .logs import log_block, reopen_logging, setup_logging
-from .metrics_dir import metrics_dir
+from .metrics_dir import hand_over_own_files, metrics_dir
 from .pidfile import master_title
+from .privileges import Identity, describe, drop_privileges, probe
 from .scoreboard import (
     ABORTING,
     EXIT_BOOT_FAILURE,
@@ -238,9 +239,14 @@ class Master:
     SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU",
                "SIGCHLD")
 
-    def __init__(self, config: Config, foreground: bool = True) -> None:
+    def __init__(self, config: Config, foreground: bool = True,
+                 identity: Optional[Identity] = None) -> None:
         self.config = config
         self.foreground = foreground
+        # Who the workers and the exporter become (None: the master's user); set at start,
+        # kept across reloads (the files and the metrics directory are that user's).
+        self.identity = identity
+        self.owner = identity.uid if identity is not None else None
         self.pid = os.getpid()
         self.started = time.time()
         self.generation = 1
@@ -270,6 +276,12 @@ class Master:
         self._setup_logging()
         for warning in self.config.warnings:
             log.warning("config: %s", warning)
+        log.log(logging.WARNING if self.identity is None and os.geteuid() == 0 else logging.INFO,
+                "%s", describe(self.config, self.identity))
+        problem = self._probe_workers(self.config)
+        if problem:
+            log.critical("cannot start: %s", problem)
+            return EXIT_CANNOT_START
         try:
             self.listeners = bind_listeners(self.config.network)
         except OSError as exc:
@@ -322,7 +334,18 @@ class Master:
                          operator.metrics_address, operator.metrics_port, exc)
             return False
         self.exporter = ExporterProcess(sock, metrics_dir(self.config.server.pid_file))
+        hand_over_own_files(self.exporter.path, self.identity)
         return True
+
+    def _probe_workers(self, config: Config) -> Optional[str]:
+        """What keeps the workers of ``config`` from running as their user, if anything
+        (``privileges.probe``: run once before the first worker and at each reload)."""
+        if self.identity is None:
+            return None
+        server = self.config.server  # metrics settings and pid file: those of the start
+        directories = [metrics_dir(server.pid_file)] if self.config.operator.metrics_port \
+            else []
+        return probe(self.identity, worker_files(config), directories, load_worker)
 
     def _write_own_files(self) -> bool:
         """Create the state file, put the saved bans back, write the pid file; False (logged)
@@ -350,6 +373,11 @@ class Master:
         self._leave_master()
         self._close_listeners()  # the exporter serves no FTP
         assert self.exporter is not None
+        try:
+            drop_privileges(self.identity)  # before it reads a request
+        except OSError as exc:
+            log.critical("metrics exporter cannot drop privileges: %s", exc)
+            return 1
         setup_logging(self.config.server.log_level, self.config.server.log_dir, "metrics",
                       self.foreground)
         setproctitle(f"cosftp: metrics exporter [{self.config.path}]")
@@ -370,7 +398,7 @@ class Master:
 
     def _setup_logging(self) -> None:
         server = self.config.server
-        setup_logging(server.log_level, server.log_dir, "master", self.foreground)
+        setup_logging(server.log_level, server.log_dir, "master", self.foreground, self.owner)
 
     def _publish(self) -> None:
         """Refresh the shared header and the process title."""
@@ -431,7 +459,11 @@ class Master:
     def handle_usr1(self) -> None:
         """Reopen log files (after logrotate) here and in every worker."""
         server = self.config.server
-        reopen_logging(server.log_level, server.log_dir, "master", self.foreground)
+        reopen_logging(server.log_level, server.log_dir, "master", self.foreground, self.owner)
+        try:
+            hand_over_files(self.config, self.owner)  # made again, the workers' own
+        except OSError as exc:
+            log.error("could not prepare the log files for the workers: %s", exc)
         self._signal_workers(signal.SIGUSR1, self.workers.values())
 
     def handle_ttin(self) -> None:
@@ -575,14 +607,22 @@ class Master:
         if self.reload is not None and self.reload.old_listeners is not None:
             # A new worker must not keep the old ports open.
             self.reload.old_listeners.close(keep=self.listeners)
-        # Imported here, in the forked child: the master never loads pyftpdlib or the COS
-        # SDK, so the workers of a reload run the code installed at that time.
-        from .worker import Worker
-
         try:
-            return Worker(index, self.generation, slot, self.config, self.listeners.ftp,
-                          self.state, self.pid, self.foreground,
-                          self.listeners.implicit_tls, stack_fd).run()
+            # First: nothing a client sends is read with the master's privileges.
+            drop_privileges(self.identity)
+        except OSError as exc:
+            log.critical("worker %d cannot drop privileges: %s", index, exc)
+            return EXIT_BOOT_FAILURE
+        metrics.forked()
+        try:
+            worker = load_worker()(index, self.generation, slot, self.config,
+                                   self.listeners.ftp, self.state, self.pid, self.foreground,
+                                   self.listeners.implicit_tls, stack_fd)
+        except ImportError as exc:
+            log.critical("worker %d cannot import the server's code: %r", index, exc)
+            return EXIT_BOOT_FAILURE
+        try:
+            return worker.run()
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 0
         except BaseException:
@@ -706,10 +746,7 @@ class Master:
     def _start_reload(self) -> None:
         if self.reload is not None:
             raise ConfigError("a reload is already in progress", self.config.path)
-        new = load_config(self.config.path)
-        # The pid and state files stay where cosftpctl found them at start.
-        new = replace(new, server=replace(new.server, pid_file=self.config.server.pid_file))
-        check_files(new)  # a link planted at a new log file's name: refused, nothing changed
+        new = self._load_new_config()
         assert self.listeners is not None
         old_listeners = None
         listeners = bind_listeners(new.network, self.listeners)
@@ -732,6 +769,24 @@ class Master:
         self.reload_result = RELOAD_RUNNING
         log.info("reload: starting generation %d with %d workers", self.generation,
                  self.num_workers)
+
+    def _load_new_config(self) -> Config:
+        """The configuration file as a reload uses it, its files ready for the workers;
+        raises ``ConfigError`` or ``OSError`` (nothing changed) if it cannot be used."""
+        new = load_config(self.config.path)
+        if new.run_as != self.config.run_as:
+            log.warning("reload: run_as_user, run_as_group and run_as_root take effect at the "
+                        "next start; still: %s", describe(self.config, self.identity))
+        # The pid and state files stay where cosftpctl found them at start, and the
+        # workers' user stays the one their files and metrics directory were given to.
+        new = replace(new, server=replace(new.server, pid_file=self.config.server.pid_file),
+                      run_as=self.config.run_as)
+        check_files(new, self.identity.gid if self.identity else None)  # a planted link:
+        hand_over_files(new, self.owner)  # refused, nothing changed
+        problem = self._probe_workers(new)
+        if problem:
+            raise ConfigError(problem, new.path)
+        return new
 
     def _advance_reload(self) -> None:
         """Drain the old generation once every new worker serves, and call the reload done
@@ -837,6 +892,15 @@ class Master:
         if fds > FD_WARNING_RATIO * fd_limit:
             log.warning("worker %d (pid %d) has %d open files of a limit of %d", worker.index,
                         worker.pid, fds, fd_limit)
+
+
+def load_worker() -> type:
+    """Import the worker's stack, in a forked child only (a worker, or the probe of
+    ``privileges``): the master never loads pyftpdlib or the COS SDK, so the workers of a
+    reload run the code installed at that time."""
+    from .worker import Worker
+
+    return Worker
 
 
 def tls_summary(config: Config) -> str:

@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..config.settings import Config
 from ..safefiles import refuse_link
+from .privileges import Identity
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -23,12 +24,14 @@ def metrics_dir(pid_file: str) -> str:
     return pid_file + ".metrics"
 
 
-def use_metrics_dir(config: Config) -> Optional[str]:
+def use_metrics_dir(config: Config, owner: Optional[Identity] = None) -> Optional[str]:
     """Wipe and select the metrics directory of ``config`` for this process and its
     children, or make sure none is used when the endpoint is off; return it (None: off).
 
+    ``owner``: the workers' user and group when the master runs as root; the directory is
+    theirs (they and the exporter create files in it), mode 0700.
     Call only once no server of this pid file runs: the files of a running one would go.
-    Raises ``OSError`` if the directory cannot be made or is not this user's own.
+    Raises ``OSError`` if the directory cannot be made or is not the server's own.
     """
     if not config.operator.metrics_port:
         os.environ.pop(ENV, None)
@@ -37,11 +40,24 @@ def use_metrics_dir(config: Config) -> Optional[str]:
     refuse_link(path)  # its files are written by prometheus_client, which follows links
     os.makedirs(path, mode=0o700, exist_ok=True)
     info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise OSError(f"{path} is not a directory owned by this user")
-    os.chmod(path, 0o700)
+    users = {os.geteuid(), owner.uid if owner else os.geteuid()}
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in users:
+        raise OSError(f"{path} is not a directory owned by the server's user")
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
+    os.chmod(path, 0o700, follow_symlinks=False)
     for name in os.listdir(path):
         if name.endswith((".db", ".tmp")):
             os.unlink(os.path.join(path, name))
     os.environ[ENV] = path
     return path
+
+
+def hand_over_own_files(path: str, owner: Optional[Identity]) -> None:
+    """Give this process's metric files (made when prometheus_client was imported, with
+    whatever umask it had) to ``owner``: the exporter, running as it, must read them."""
+    if owner is None:
+        return
+    for name in os.listdir(path):
+        if name.endswith(f"_{os.getpid()}.db"):
+            os.chown(os.path.join(path, name), owner.uid, owner.gid, follow_symlinks=False)

@@ -58,7 +58,10 @@ BALANCE_SECONDS = 0.1
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the master dies; the ppid check covers the rest."""
+    """Ask Linux to SIGTERM us when the master dies; the ppid check covers the rest.
+
+    Called after the privilege drop (``Master._run_worker``): changing the process's user
+    or group clears this setting."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,0 +1,394 @@
+"""Workers that do not run as root: started as root (they become run_as_user), and a master
+that is not root at all but may bind port < 1024 (the unprivileged systemd unit).
+
+Both need an interpreter and the server's code that ``nobody`` can read. The tests' own may
+not be (pyenv keeps its interpreters in ~/.pyenv, and root's home is 0700), so
+``nobody_python`` checks, and if ``nobody`` cannot import the worker with the tests'
+interpreter it copies that interpreter's binary, shared library and standard library (not its
+site-packages nor its test suite: ~110 MB, a second) into a world-readable directory under
+/var/tmp, and points it at the tests' site-packages and checkout with a ``.pth`` file, like
+installing the server under /opt. The server's directories are made under /var/tmp too
+(pytest's are under /tmp/pytest-of-root, 0700).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import io
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import urllib.request
+
+import psutil
+import pytest
+
+from cosftp_prefork.config.settings import parse_config
+from cosftp_prefork.errors import ConfigError
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_config import MINIMAL, set_option
+from .test_master import rewrite_config
+
+NOBODY = pwd.getpwnam("nobody") if "nobody" in {p.pw_name for p in pwd.getpwall()} else None
+CAP_NET_BIND_SERVICE = 1 << 10
+SETPRIV = shutil.which("setpriv")
+as_root = pytest.mark.skipif(os.geteuid() != 0 or NOBODY is None,
+                             reason="starts the server as root and needs a nobody user")
+ACCOUNT = Account("ops", "ops-pw", ALPHA)
+
+
+def as_nobody(*command: str) -> list[str]:
+    assert SETPRIV is not None
+    return [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *command]
+
+
+def nobody_imports(python: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(as_nobody(python, "-c", "import cosftp_prefork.server.worker"),
+                          env=env, capture_output=True, text=True, timeout=120, cwd="/")
+
+
+def public_dir(prefix: str) -> str:
+    """A new directory under /var/tmp that every user may enter (not write)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    os.chmod(path, 0o755)
+    return path
+
+
+def copy_interpreter(base: str) -> tuple[str, dict[str, str]]:
+    """The running interpreter, copied under ``base`` without its site-packages, that
+    imports the tests' site-packages (and through it the checkout); its path and the
+    environment to run it with."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    stdlib = sysconfig.get_paths()["stdlib"]
+    shutil.copytree(stdlib, os.path.join(base, "lib", version), symlinks=True,
+                    ignore=shutil.ignore_patterns("test", "site-packages", "idlelib",
+                                                  "tkinter", "turtledemo"))
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    for name in os.listdir(libdir) if os.path.isdir(libdir) else []:
+        if name.startswith(f"lib{version}.so"):
+            shutil.copy2(os.path.join(libdir, name), os.path.join(base, "lib", name))
+    os.makedirs(os.path.join(base, "bin"))
+    python = os.path.join(base, "bin", version)
+    shutil.copy2(os.path.realpath(sys._base_executable), python)
+    site = os.path.join(base, "lib", version, "site-packages")
+    os.makedirs(site)
+    with open(os.path.join(site, "cosftp-tests.pth"), "w", encoding="utf-8") as handle:
+        handle.write(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    # The binary may find its shared library by an absolute RUNPATH into the original.
+    return python, {**os.environ, "LD_LIBRARY_PATH": os.path.join(base, "lib")}
+
+
+@pytest.fixture(scope="module")
+def nobody_python():
+    """``(python, env)``: an interpreter with which ``nobody`` imports the whole worker."""
+    if SETPRIV is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    env = {**os.environ}
+    if nobody_imports(sys.executable, env).returncode == 0:
+        yield sys.executable, env
+        return
+    base = public_dir("cosftp-python-")
+    try:
+        python, env = copy_interpreter(base)
+        tried = nobody_imports(python, env)
+        if tried.returncode != 0:
+            pytest.skip(f"nobody cannot import the server even from a copy of the "
+                        f"interpreter (the checkout or its venv is private?): {tried.stderr}")
+        yield python, env
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir():
+    path = public_dir("cosftp-server-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def dropping_server(workdir: str, cos_port: int, python_env, **optional: str) -> ServerProcess:
+    python, env = python_env
+    return ServerProcess(workdir, cos_port, [ACCOUNT],
+                         optional={"run_as_root": "false", "xferlog_enable": "true",
+                                   **optional},
+                         network={"metrics_port": str(free_port())},
+                         launcher=[python, "-m", "cosftp_prefork"], env=env)
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
+
+
+def children(master_pid: int) -> dict[str, psutil.Process]:
+    """The master's live children by title: ``worker 1``, ``worker 2``, ``metrics``."""
+    found = {}
+    for child in psutil.Process(master_pid).children():
+        with contextlib.suppress(psutil.Error):
+            title = " ".join(child.cmdline())
+            if child.status() != psutil.STATUS_ZOMBIE:
+                match = re.match(r"cosftp: (worker \d+|metrics)", title)
+                if match:
+                    found[match.group(1)] = child
+    return found
+
+
+def assert_unprivileged(proc: psutil.Process, uid: int, gid: int) -> None:
+    """``proc`` is ``uid``/``gid`` alone (real, effective, saved; no other group), holds no
+    capability and cannot gain any (no_new_privs)."""
+    assert tuple(proc.uids()) == (uid,) * 3 and tuple(proc.gids()) == (gid,) * 3
+    fields = status_fields(proc.pid)
+    assert fields["Groups"].split() == []
+    for name in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(fields[name], 16) == 0, (name, fields[name])
+    assert fields["NoNewPrivs"].strip() == "1"
+
+
+def open_files(pid: int) -> set[str]:
+    """What the descriptors of ``pid`` point to that are files on disk."""
+    targets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("/") and not target.startswith(("/dev/", "/memfd:")):
+                targets.add(target)
+    return targets
+
+
+def transfer(proc: ServerProcess, name: str, password: str = "ops-pw") -> bytes:
+    data = os.urandom(300_000)
+    with proc.login("ops", password) as ftp:
+        ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+        got = io.BytesIO()
+        ftp.retrbinary(f"RETR {name}", got.write)
+    assert got.getvalue() == data
+    return data
+
+
+def read(path: str) -> str:
+    """The text of ``path``; "" while it does not exist."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return ""
+
+
+@as_root
+def test_started_as_root_workers_and_exporter_run_as_nobody(emulator, workdir, nobody_python):
+    proc = dropping_server(workdir, emulator.port, nobody_python).start()
+    try:
+        _check_dropped(proc)
+        _check_log_reopen(proc)
+        _check_reload(proc)
+        assert proc.stop() == 0
+        assert not os.path.exists(os.path.join(proc.log_dir, "cosftp.pid"))
+    finally:
+        proc.stop()
+
+
+def _check_dropped(proc: ServerProcess) -> None:
+    assert psutil.Process(proc.proc.pid).uids().effective == 0
+    wait_until(lambda: len(children(proc.proc.pid)) == 3, what="two workers and the exporter")
+    for child in children(proc.proc.pid).values():
+        assert_unprivileged(child, NOBODY.pw_uid, NOBODY.pw_gid)
+    log = os.path.join(proc.log_dir, "cosftp.log")
+    xferlog = os.path.join(proc.log_dir, "xferlog")
+    state = os.path.join(proc.log_dir, "cosftp.pid.state")
+    for index in (1, 2):
+        # What a worker has open: its output, the logs it appends to, the shared state and
+        # its own metrics files (none of the master's, nor its pid or bans file).
+        worker = children(proc.proc.pid)[f"worker {index}"]
+        own = {name for name in open_files(worker.pid)
+               if re.search(rf"/cosftp\.pid\.metrics/[a-z_]+_{worker.pid}\.db$", name)}
+        assert open_files(worker.pid) - own <= {log, xferlog, state,
+                                                os.path.join(proc.workdir, "server.out")}
+    transfer(proc, "dropped.bin")
+    for path in (log, xferlog):
+        assert os.stat(path).st_uid == NOBODY.pw_uid
+    assert os.stat(os.path.join(proc.log_dir, "cosftp.pid")).st_uid == 0
+    wait_until(lambda: "dropped.bin" in read(xferlog), what="the worker's xferlog line")
+    metrics = f"http://127.0.0.1:{proc.network['metrics_port']}/metrics"
+    with urllib.request.urlopen(metrics, timeout=10) as answer:
+        assert b"cosftp_transfers_total" in answer.read()
+    assert "workers and metrics exporter run as nobody:nogroup" in proc.log_text()
+
+
+def _check_log_reopen(proc: ServerProcess) -> None:
+    """logrotate without ``create``: the files moved away, then USR1. The master (root)
+    makes them again, the workers' own, and the workers write to them."""
+    log = os.path.join(proc.log_dir, "cosftp.log")
+    xferlog = os.path.join(proc.log_dir, "xferlog")
+    for path in (log, xferlog):
+        os.rename(path, path + ".1")
+    proc.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: read(log).count("log files reopened") >= 3, what="every process reopened")
+    transfer(proc, "after-rotation.bin")
+    wait_until(lambda: "after-rotation.bin" in read(xferlog), what="xferlog line in the new file")
+    assert re.search(r"\[\d+ worker \d\b.*after-rotation\.bin", read(log))
+    assert "after-rotation.bin" not in read(xferlog + ".1")
+    for path in (log, xferlog):
+        assert os.stat(path).st_uid == NOBODY.pw_uid
+
+
+def _check_reload(proc: ServerProcess) -> None:
+    old = {child.pid for child in children(proc.proc.pid).values()}
+    rewrite_config(proc, ftp_login_user_password="new-pw")
+    done = proc.ctl("reload")
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: not old & {w.pid for n, w in children(proc.proc.pid).items()
+                                  if n.startswith("worker")}, what="the old workers gone")
+    for name, child in children(proc.proc.pid).items():
+        assert_unprivileged(child, NOBODY.pw_uid, NOBODY.pw_gid), name
+    transfer(proc, "reloaded.bin", password="new-pw")
+
+
+@as_root
+def test_run_as_user_and_group_are_those_configured(emulator, workdir, nobody_python):
+    other = next((g for g in grp.getgrall() if g.gr_gid not in (0, NOBODY.pw_gid)), None)
+    if other is None:
+        pytest.skip("no group other than root's and nobody's")
+    proc = dropping_server(workdir, emulator.port, nobody_python, run_as_user="nobody",
+                           run_as_group=other.gr_name).start()
+    try:
+        gid = other.gr_gid
+        wait_until(lambda: len(children(proc.proc.pid)) == 3, what="workers and exporter")
+        for child in children(proc.proc.pid).values():
+            assert_unprivileged(child, NOBODY.pw_uid, gid)
+        transfer(proc, "grouped.bin")
+    finally:
+        proc.stop()
+
+
+@as_root
+def test_code_that_run_as_user_cannot_read_stops_the_start(emulator, workdir, nobody_python):
+    """The package under a 0700 directory (a venv in root's home): the server says which
+    directory keeps nobody out, before forking a worker."""
+    private = os.path.join(workdir, "private")
+    shutil.copytree(os.path.dirname(os.path.dirname(__import__("cosftp_prefork").__file__))
+                    + "/cosftp_prefork", os.path.join(private, "cosftp_prefork"))
+    os.chmod(private, 0o700)
+    python, env = nobody_python
+    proc = dropping_server(workdir, emulator.port, (python, {**env, "PYTHONPATH": private}))
+    proc.write_config()
+    done = subprocess.run([python, "-m", "cosftp_prefork", "-c", proc.config_path, "run"],
+                          env={**env, "PYTHONPATH": private}, capture_output=True, text=True,
+                          timeout=120, cwd="/")
+    assert done.returncode == 1
+    assert (f"the workers, running as nobody:nogroup (uid {NOBODY.pw_uid}, gid "
+            f"{NOBODY.pw_gid}), cannot read {private}/cosftp_prefork: {private} (mode "
+            "drwx------, owner root, group root) does not let it in. Install the server where "
+            "that user can read it") in done.stderr
+    assert "started worker" not in done.stderr
+    check = subprocess.run([python, "-m", "cosftp_prefork", "-c", proc.config_path, "check"],
+                           env={**env, "PYTHONPATH": private}, capture_output=True, text=True,
+                           timeout=120, cwd="/")
+    assert check.returncode == 0 and f"cannot read {private}/cosftp_prefork" in check.stderr
+
+
+@as_root
+def test_log_dir_that_run_as_user_cannot_reach_stops_the_start(emulator, workdir,
+                                                               nobody_python):
+    hidden = os.path.join(workdir, "hidden")
+    os.makedirs(os.path.join(hidden, "log"))
+    os.chmod(hidden, 0o700)
+    proc = dropping_server(workdir, emulator.port, nobody_python,
+                           log_dir=os.path.join(hidden, "log"))
+    proc.write_config()
+    python, env = nobody_python
+    done = subprocess.run([python, "-m", "cosftp_prefork", "-c", proc.config_path, "run"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 1
+    assert (f"cannot append to {hidden}/log/cosftp.log: Permission denied; {hidden} (mode "
+            "drwx------, owner root, group root) does not let it in") in done.stderr
+
+
+@as_root
+def test_unknown_run_as_user_is_a_configuration_error(emulator, workdir, nobody_python):
+    proc = dropping_server(workdir, emulator.port, nobody_python,
+                           run_as_user="no-such-user-here")
+    proc.write_config()
+    for command in ("check", "run"):
+        done = proc.ctl(command)
+        assert done.returncode == 2
+        assert "[OPTIONAL] run_as_user: no user 'no-such-user-here' on this system" in done.stderr
+
+
+@pytest.mark.parametrize(("lines", "problem"), [
+    ({"run_as_user": "root"}, "run_as_user: root would let the workers"),
+    ({"run_as_group": "0"}, "run_as_group: root would let the workers"),
+    ({"run_as_root": "true", "run_as_user": "cosftp"},
+     "run_as_user: 'cosftp' contradicts run_as_root = true"),
+    ({"run_as_user": "bad name"}, "run_as_user: must be a user or group name"),
+])
+def test_root_workers_only_with_run_as_root(lines, problem):
+    text = MINIMAL
+    for option, value in lines.items():
+        text = set_option(text, "OPTIONAL", option, value)
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        parse_config(text, "r.conf", {})
+    allowed = set_option(set_option(MINIMAL, "OPTIONAL", "run_as_root", "true"), "OPTIONAL",
+                         "run_as_user", "root")
+    assert parse_config(allowed, "r.conf", {}).run_as.as_root
+    assert parse_config(MINIMAL, "r.conf", {}).run_as.user == "nobody"
+
+
+def free_privileged_port() -> int:
+    """A port below 1024 free on loopback (found as root)."""
+    for port in range(990, 600, -1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+@as_root
+@pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
+def test_master_without_root_binds_a_privileged_port_with_the_capability(emulator, workdir,
+                                                                         nobody_python):
+    """The unprivileged unit: User=, AmbientCapabilities=CAP_NET_BIND_SERVICE. The master
+    keeps the capability (a reload may bind another port); its children drop it."""
+    python, env = nobody_python
+    os.chown(workdir, NOBODY.pw_uid, NOBODY.pw_gid)
+    port = free_privileged_port()
+    proc = ServerProcess(workdir, emulator.port, [ACCOUNT], port=port,
+                         optional={"run_as_root": "false"},
+                         network={"metrics_port": str(free_port())}, env=env)
+    proc.launcher = [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                     "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--",
+                     python, "-m", "cosftp_prefork"]
+    proc.start()
+    try:
+        master = psutil.Process(proc.proc.pid)
+        assert tuple(master.uids()) == (NOBODY.pw_uid,) * 3
+        assert int(status_fields(master.pid)["CapEff"], 16) == CAP_NET_BIND_SERVICE
+        wait_until(lambda: len(children(master.pid)) == 3, what="workers and exporter")
+        for child in children(master.pid).values():
+            assert_unprivileged(child, NOBODY.pw_uid, NOBODY.pw_gid)
+        transfer(proc, "unprivileged.bin")
+        assert len(re.findall(r"the server runs as nobody \(uid \d+\), not root: its workers "
+                              r"keep that user, no privilege drop", proc.log_text())) == 1
+        assert os.stat(os.path.join(proc.log_dir, "cosftp.pid")).st_uid == NOBODY.pw_uid
+        assert proc.stop() == 0
+    finally:
+        proc.stop()
+    # Without the capability, nobody cannot listen there: what the test relies on.
+    without = subprocess.run(as_nobody(python, "-m", "cosftp_prefork", "-c", proc.config_path,
+                                       "run"), env=env, capture_output=True, text=True,
+                             timeout=120, cwd=workdir)
+    assert without.returncode == 1
+    assert f"cannot listen on 127.0.0.1 port {port}: [Errno 13] Permission denied" \
+        in without.stderr
