@@ -213,6 +213,10 @@ def _check_dropped(proc: ServerProcess) -> None:
                if re.search(rf"/cosftp\.pid\.metrics/[a-z_]+_{worker.pid}\.db$", name)}
         assert open_files(worker.pid) - own <= {log, xferlog, state,
                                                 os.path.join(proc.workdir, "server.out")}
+        # Not dumpable since it changed user: another process of nobody cannot read it.
+        peek = subprocess.run(as_nobody("cat", f"/proc/{worker.pid}/environ"),
+                              capture_output=True, text=True, timeout=60)
+        assert peek.returncode != 0 and "Permission denied" in peek.stderr
     transfer(proc, "dropped.bin")
     for path in (log, xferlog):
         assert os.stat(path).st_uid == NOBODY.pw_uid
@@ -343,6 +347,18 @@ def test_root_workers_only_with_run_as_root(lines, problem):
     assert parse_config(MINIMAL, "r.conf", {}).run_as.user == "nobody"
 
 
+UNPRIVILEGED_UNIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "conf", "cosftp-prefork-unprivileged.service")
+
+
+def unit_service(path: str) -> dict[str, str]:
+    """The ``Key=value`` lines of a systemd unit's ``[Service]`` section."""
+    with open(path, encoding="utf-8") as handle:
+        section = handle.read().split("[Service]", 1)[1].split("\n[", 1)[0]
+    return dict(line.split("=", 1) for line in section.splitlines()
+                if "=" in line and not line.startswith("#"))
+
+
 def free_privileged_port() -> int:
     """A port below 1024 free on loopback (found as root)."""
     for port in range(990, 600, -1):
@@ -359,16 +375,23 @@ def free_privileged_port() -> int:
 @pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
 def test_master_without_root_binds_a_privileged_port_with_the_capability(emulator, workdir,
                                                                          nobody_python):
-    """The unprivileged unit: User=, AmbientCapabilities=CAP_NET_BIND_SERVICE. The master
-    keeps the capability (a reload may bind another port); its children drop it."""
+    """conf/cosftp-prefork-unprivileged.service: User=cosftp,
+    AmbientCapabilities=CAP_NET_BIND_SERVICE, NoNewPrivileges. The master keeps the
+    capability (a reload may bind another port); its children drop it."""
     python, env = nobody_python
+    service = unit_service(UNPRIVILEGED_UNIT)
+    assert service["User"] == service["Group"] == "cosftp"
+    assert service["NoNewPrivileges"] == "yes"
+    caps = ",".join("+" + cap.lower().removeprefix("cap_")
+                    for cap in service["AmbientCapabilities"].split())
     os.chown(workdir, NOBODY.pw_uid, NOBODY.pw_gid)
     port = free_privileged_port()
     proc = ServerProcess(workdir, emulator.port, [ACCOUNT], port=port,
                          optional={"run_as_root": "false"},
                          network={"metrics_port": str(free_port())}, env=env)
+    # What the unit does, with nobody standing in for cosftp.
     proc.launcher = [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                     "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--",
+                     f"--inh-caps={caps}", f"--ambient-caps={caps}", "--no-new-privs", "--",
                      python, "-m", "cosftp_prefork"]
     proc.start()
     try:
