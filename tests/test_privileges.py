@@ -322,7 +322,7 @@ def test_unknown_run_as_user_is_a_configuration_error(emulator, workdir, nobody_
     proc = dropping_server(workdir, emulator.port, nobody_python,
                            run_as_user="no-such-user-here")
     proc.write_config()
-    for command in ("check", "run"):
+    for command in ("check", "start", "run"):
         done = proc.ctl(command)
         assert done.returncode == 2
         assert "[OPTIONAL] run_as_user: no user 'no-such-user-here' on this system" in done.stderr

@@ -36,7 +36,7 @@ from .pidfile import (
     port_holders,
     whereabouts,
 )
-from .privileges import Identity, describe, probe, workers_identity
+from .privileges import Identity, describe_workers, probe, workers_identity
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
@@ -151,11 +151,7 @@ def cmd_run(config: Config, log_file_only: bool = False) -> int:
         print(f"cosftpctl: already running as pid {running} ({config.server.pid_file})",
               file=sys.stderr)
         return 1
-    try:
-        identity = workers_identity(config)
-    except ConfigError as exc:
-        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
-        return 2
+    identity = _identity(config)
     try:
         check_files(config, identity.gid if identity else None)
         hand_over_files(config, identity.uid if identity else None)
@@ -172,6 +168,16 @@ def cmd_run(config: Config, log_file_only: bool = False) -> int:
     return Master(config, foreground=not log_file_only, identity=identity).run()
 
 
+def _identity(config: Config) -> Optional[Identity]:
+    """Who the workers of ``config`` run as (``workers_identity``); exits with status 2, as
+    for any configuration error, if that user or group cannot be used."""
+    try:
+        return workers_identity(config)
+    except ConfigError as exc:
+        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def cmd_start(config: Config) -> int:
     """Start ``run`` in the background; return 0 once every worker serves, else stop it
     and print why."""
@@ -184,11 +190,7 @@ def cmd_start(config: Config) -> int:
     # logging is set up, and crashes (which may quote what a client sent): as private as
     # the log, and never written through a link planted at its name.
     out_path = os.path.join(log_dir, OUT_FILE_NAME)
-    try:
-        identity = workers_identity(config)
-    except ConfigError as exc:
-        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
-        return 2
+    identity = _identity(config)
     try:
         check_directory(log_dir, identity.gid if identity else None)
         out_fd = open_append(out_path)
@@ -547,7 +549,7 @@ def _check_online(config: Config, timeout: float) -> int:
 def _check_identity(config: Config, identity: Optional[Identity]) -> None:
     """Print who the workers run as and, if they drop privileges, warn when they could not
     import the server's code (the installation, not the file: start refuses then)."""
-    print(describe(config, identity))
+    print(describe_workers(identity))
     if identity is not None:
         from .master import load_worker
 

@@ -45,7 +45,7 @@ from .files import check_files, hand_over_files, worker_files
 from .logs import log_block, reopen_logging, setup_logging
 from .metrics_dir import hand_over_own_files, metrics_dir
 from .pidfile import master_title
-from .privileges import Identity, describe, drop_privileges, probe
+from .privileges import Identity, describe_workers, drop_privileges, probe
 from .scoreboard import (
     ABORTING,
     EXIT_BOOT_FAILURE,
@@ -276,8 +276,9 @@ class Master:
         self._setup_logging()
         for warning in self.config.warnings:
             log.warning("config: %s", warning)
-        log.log(logging.WARNING if self.identity is None and os.geteuid() == 0 else logging.INFO,
-                "%s", describe(self.config, self.identity))
+        workers_root = self.identity is None and os.geteuid() == 0  # run_as_root
+        log.log(logging.WARNING if workers_root else logging.INFO, "%s",
+                describe_workers(self.identity))
         problem = self._probe_workers(self.config)
         if problem:
             log.critical("cannot start: %s", problem)
@@ -776,7 +777,7 @@ class Master:
         new = load_config(self.config.path)
         if new.run_as != self.config.run_as:
             log.warning("reload: run_as_user, run_as_group and run_as_root take effect at the "
-                        "next start; still: %s", describe(self.config, self.identity))
+                        "next start; still: %s", describe_workers(self.identity))
         # The pid and state files stay where cosftpctl found them at start, and the
         # workers' user stays the one their files and metrics directory were given to.
         new = replace(new, server=replace(new.server, pid_file=self.config.server.pid_file),

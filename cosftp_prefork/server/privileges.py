@@ -70,8 +70,8 @@ def workers_identity(config: Config) -> Optional[Identity]:
             else pwd.getpwnam(run_as.user)
     except KeyError:
         raise ConfigError(f"no user {run_as.user!r} on this system: create it (useradd "
-                          "--system --no-create-home --shell /usr/sbin/nologin cosftp; see "
-                          "docs/security.md) or name another", config.path, "OPTIONAL",
+                          "--system --user-group --no-create-home --shell /usr/sbin/nologin "
+                          "cosftp; see docs/security.md) or name another", config.path, "OPTIONAL",
                           "run_as_user") from None
     gid = user.pw_gid
     if run_as.group is not None:
@@ -96,7 +96,7 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def describe(config: Config, identity: Optional[Identity]) -> str:
+def describe_workers(identity: Optional[Identity]) -> str:
     """One line for the log and ``cosftpctl check``: who serves the clients."""
     if identity is not None:
         return (f"workers and metrics exporter run as {identity.describe()}; the master "
@@ -104,17 +104,16 @@ def describe(config: Config, identity: Optional[Identity]) -> str:
     if os.geteuid() == 0:
         return ("run_as_root = true: the workers and the metrics exporter run as root and "
                 "parse what clients send as root")
-    user = pwd.getpwuid(os.geteuid()).pw_name if _known_uid(os.geteuid()) else os.geteuid()
-    return (f"the server runs as {user} (uid {os.geteuid()}), not root: its workers keep "
+    uid = os.geteuid()
+    return (f"the server runs as {_user_name(uid)} (uid {uid}), not root: its workers keep "
             "that user, no privilege drop (run_as_user applies when started as root)")
 
 
-def _known_uid(uid: int) -> bool:
+def _user_name(uid: int) -> str:
     try:
-        pwd.getpwuid(uid)
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return False
-    return True
+        return str(uid)
 
 
 # --- dropping
@@ -297,8 +296,7 @@ def _mode_and_owner(path: str) -> str:
         info = os.stat(path)
     except OSError as exc:
         return f"{path} ({exc.strerror})"
-    owner = pwd.getpwuid(info.st_uid).pw_name if _known_uid(info.st_uid) else info.st_uid
-    return (f"{path} (mode {stat.filemode(info.st_mode)}, owner {owner}, group "
+    return (f"{path} (mode {stat.filemode(info.st_mode)}, owner {_user_name(info.st_uid)}, group "
             f"{_group_name(info.st_gid)})")
 
 
