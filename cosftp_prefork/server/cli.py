@@ -524,7 +524,7 @@ def cmd_check(config: Config, online: bool = False,
     print(f"{config.path}: OK, {len(config.accounts)} account(s){tls}")
     print(f"relative paths from {base_dir(config.path)}: log_dir {config.server.log_dir}, "
           f"pid_file {config.server.pid_file}")
-    _check_identity(config, identity)
+    _check_identity(identity)
     if cluster:
         print(cluster, file=sys.stderr if cluster.startswith("warning") else sys.stdout)
     return _check_online(config, timeout) if online else 0
@@ -546,7 +546,7 @@ def _check_online(config: Config, timeout: float) -> int:
         return 1
 
 
-def _check_identity(config: Config, identity: Optional[Identity]) -> None:
+def _check_identity(identity: Optional[Identity]) -> None:
     """Print who the workers run as and, if they drop privileges, warn when they could not
     import the server's code (the installation, not the file: start refuses then)."""
     print(describe_workers(identity))
