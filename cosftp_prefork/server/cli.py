@@ -74,7 +74,7 @@ SIGNAL_HELP = """signals understood by the master:
   USR1       reopen log files (logrotate)
   TTIN/TTOU  one worker more / less
 exit status of status: 0 running, 3 not running, 4 a master of this file holds the port
-but its pid file is elsewhere; of stop: 0 stopped or not running, 1 the configured port is
+but its pid file is elsewhere; of stop: 0 stopped, 3 not running, 1 the configured port is
 held by something stop did not find (it says what)
 """
 RELOAD_TIMEOUT = 60.0
