@@ -20,7 +20,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from ..errors import ConfigError
 from .locations import (
@@ -229,7 +229,27 @@ class Config:
     run_as: RunAsConfig = RunAsConfig()
 
 
-# --- value parsers: each takes the raw string and returns a value or raises ValueError
+# --- value parsers: each takes the raw string and returns a value or raises ValueError,
+# and says in words what it accepts (docs/configuration.md is generated from that).
+
+_Parser = TypeVar("_Parser", bound=Callable[[str], Any])
+_ACCEPTS: dict[Callable[[str], Any], str] = {}
+
+
+def _accepts(words: str) -> Callable[[_Parser], _Parser]:
+    """Record what a value parser accepts, as the generated reference shows it."""
+    def record(parse: _Parser) -> _Parser:
+        _ACCEPTS[parse] = words
+        return parse
+    return record
+
+
+def size_in_words(nbytes: int) -> str:
+    """``nbytes`` in the largest binary unit that divides it: 2097152 is ``2 MiB``."""
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if nbytes % size == 0:
+            return f"{nbytes // size} {unit}"
+    return f"{nbytes} byte{'' if nbytes == 1 else 's'}"
 
 
 def _integer(low: int, high: Optional[int] = None, unit: str = "") -> Callable[[str], int]:
@@ -243,13 +263,19 @@ def _integer(low: int, high: Optional[int] = None, unit: str = "") -> Callable[[
             raise ValueError(f"must be between {low}{upper}, got {value}" if upper
                              else f"must be at least {low}, got {value}")
         return value
-    return parse
+    if unit == _BYTES and high is not None:
+        words = f"bytes, {size_in_words(low)} to {size_in_words(high)}"
+    else:
+        words = f"integer, {low} or more" if high is None else f"integer, {low} to {high}"
+    return _accepts(words)(parse)
 
 
+@_accepts("text")
 def _text(raw: str) -> str:
     return raw
 
 
+@_accepts("true or false (also yes/no, on/off, 1/0)")
 def _boolean(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("true", "yes", "on", "1"):
@@ -265,9 +291,10 @@ def _choice(*choices: str, fold: Callable[[str], str] = str.upper) -> Callable[[
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
         return value
-    return parse
+    return _accepts(f"one of {', '.join(choices)}")(parse)
 
 
+@_accepts("http or https")
 def _protocol(raw: str) -> str:
     value = raw.lower()
     if value not in ("http", "https"):
@@ -281,12 +308,14 @@ _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 
 
+@_accepts("<name>-<appid>, as the COS console shows it")
 def _bucket(raw: str) -> str:
     if not _BUCKET_RE.match(raw):
         raise ValueError(f"must be <name>-<appid> such as examplebucket-1250000000, got {raw!r}")
     return raw
 
 
+@_accepts("an IPv4 or IPv6 address")
 def _ip_address(raw: str) -> str:
     try:
         return str(ipaddress.ip_address(raw))
@@ -294,6 +323,7 @@ def _ip_address(raw: str) -> str:
         raise ValueError(f"must be an IP address, got {raw!r}") from None
 
 
+@_accepts("IP addresses, comma-separated")
 def _ip_addresses(raw: str) -> tuple[str, ...]:
     """One address or several, comma-separated (``0.0.0.0, ::`` for dual stack). A wildcard
     already covers every address of its family, so it cannot be listed with one of them;
@@ -309,6 +339,7 @@ def _ip_addresses(raw: str) -> tuple[str, ...]:
     return addresses
 
 
+@_accepts("addresses or CIDR blocks, comma-separated")
 def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """A comma-separated list of CIDR blocks or single addresses."""
     networks = []
@@ -321,12 +352,14 @@ def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
     return tuple(networks)
 
 
+@_accepts("a redis://, rediss:// or unix:// URL")
 def _redis_url(raw: str) -> str:
     if not re.match(r"^(redis|rediss|unix)://", raw):
         raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {raw!r}")
     return raw
 
 
+@_accepts("an IP address or a host name")
 def _host(raw: str) -> str:
     with contextlib.suppress(ValueError):
         return _ip_address(raw)
@@ -335,6 +368,7 @@ def _host(raw: str) -> str:
     raise ValueError(f"must be an IP address or host name, got {raw!r}")
 
 
+@_accepts("a text encoding that extends ASCII (utf-8, gbk, gb18030, latin-1...)")
 def _encoding(raw: str) -> str:
     """A text encoding that keeps ASCII as it is (FTP commands are ASCII): utf-16 or an
     EBCDIC code page would turn every command into garbage."""
@@ -349,6 +383,7 @@ def _encoding(raw: str) -> str:
     return name
 
 
+@_accepts("a password, or its scrypt$... hash")
 def _password(raw: str) -> str:
     check_stored_form(raw)
     return raw
@@ -357,6 +392,7 @@ def _password(raw: str) -> str:
 _SYSTEM_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]+)$")
 
 
+@_accepts("a user or group name of this system, or a number")
 def _system_name(raw: str) -> str:
     """A user or group name of this system (or a numeric id); whether it exists is checked
     when the server starts as root (``server.privileges``)."""
@@ -366,10 +402,12 @@ def _system_name(raw: str) -> str:
     return raw
 
 
+@_accepts("a path such as /home/user0 (only a name: nothing is written there)")
 def _home_dir(raw: str) -> str:
     return "/" + raw.strip("/")
 
 
+@_accepts("low,high")
 def _port_range(raw: str) -> tuple[int, int]:
     parts = [p.strip() for p in raw.split(",")]
     if len(parts) > 2 or not all(re.fullmatch(r"[0-9]+", p) for p in parts):
@@ -383,17 +421,28 @@ def _port_range(raw: str) -> tuple[int, int]:
 
 _BYTES = " number of bytes"
 _CPUS = os.cpu_count() or 1
+# Relative paths are resolved against the file's base directory (config.locations).
+_accepts("a path; relative: to the config file's directory (its parent for conf/)")(parse_path)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One option: where it lives, how to parse it, its default (``REQUIRED`` = none)."""
+    """One option: where it lives, how to parse it, its default (``REQUIRED`` = none).
+
+    ``shown_default`` says the default in words where its value depends on the machine or
+    on other options, so the generated reference is the same on every machine."""
 
     section: str
     name: str
     parse: Callable[[str], Any]
     default: Any
     help: str
+    shown_default: Optional[str] = None
+
+    @property
+    def accepts(self) -> str:
+        """What the option accepts, in words ('' if its parser does not say)."""
+        return _ACCEPTS.get(self.parse, "")
 
 
 REQUIRED = object()
@@ -402,32 +451,44 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(ACCOUNT_PREFIX, "cos_secretid", _text, REQUIRED, "API SecretId"),
     Setting(ACCOUNT_PREFIX, "cos_secretkey", _text, REQUIRED, "API SecretKey"),
     Setting(ACCOUNT_PREFIX, "cos_bucket", _bucket, REQUIRED, "bucket as <name>-<appid>"),
-    Setting(ACCOUNT_PREFIX, "cos_region", _text, None, "region, e.g. ap-guangzhou"),
-    Setting(ACCOUNT_PREFIX, "cos_protocol", _protocol, "https", "http or https"),
-    Setting(ACCOUNT_PREFIX, "cos_endpoint", _host, None, "endpoint; wins over cos_region"),
-    Setting(ACCOUNT_PREFIX, "cos_ip", _ip_address, None, "send COS requests to this IP"),
-    Setting(ACCOUNT_PREFIX, "cos_port", _integer(1, 65535), None, "port for cos_ip"),
-    Setting(ACCOUNT_PREFIX, "home_dir", _home_dir, REQUIRED, "the user's key; not on disk"),
+    Setting(ACCOUNT_PREFIX, "cos_region", _text, None, "region, e.g. ap-guangzhou",
+            "none: required unless cos_endpoint is set"),
+    Setting(ACCOUNT_PREFIX, "cos_protocol", _protocol, "https",
+            "how to reach COS: http or https"),
+    Setting(ACCOUNT_PREFIX, "cos_endpoint", _host, None,
+            "endpoint, e.g. cos.ap-guangzhou.myqcloud.com; wins over cos_region"),
+    Setting(ACCOUNT_PREFIX, "cos_ip", _ip_address, None,
+            "send COS requests to this IP (private line, VPC, the emulator); Host still "
+            "names the bucket"),
+    Setting(ACCOUNT_PREFIX, "cos_port", _integer(1, 65535), None, "port for cos_ip (needs it)"),
+    Setting(ACCOUNT_PREFIX, "home_dir", _home_dir, REQUIRED,
+            "identifies the account (unique); nothing is written locally"),
     Setting(ACCOUNT_PREFIX, "ftp_login_user_name", _text, REQUIRED, "FTP login name"),
     Setting(ACCOUNT_PREFIX, "ftp_login_user_password", _password, REQUIRED,
             "FTP password, plain or scrypt$... from cosftpctl hash-password"),
-    Setting(ACCOUNT_PREFIX, "authority", _choice("R", "W", "RW"), REQUIRED, "R, W or RW"),
-    Setting(ACCOUNT_PREFIX, "delete_enable", _boolean, True, "allow DELE and RMD"),
+    Setting(ACCOUNT_PREFIX, "authority", _choice("R", "W", "RW"), REQUIRED,
+            "R = download only, W = upload only, RW = both"),
+    Setting(ACCOUNT_PREFIX, "delete_enable", _boolean, True,
+            "allow DELE, RMD and overwriting by rename"),
     Setting(ACCOUNT_PREFIX, "anonymous_enable", _boolean, False,
             "let user 'anonymous' in with any password, read-only"),
     Setting(ACCOUNT_PREFIX, "tls_required", _boolean, False,
             "refuse this login unless control and data connections use TLS"),
     Setting(ACCOUNT_PREFIX, "require_existing_dir", _boolean, False,
             "refuse (550) STOR, APPE and RNTO into a directory that does not exist"),
-    Setting("NETWORK", "masquerade_address", _host, None, "address announced in PASV"),
+    Setting("NETWORK", "masquerade_address", _host, None,
+            "address announced in PASV replies (behind NAT); a name is resolved when a "
+            "worker starts"),
     Setting("NETWORK", "listen_address", _ip_addresses, ("0.0.0.0",),
             "address(es) to listen on, comma-separated; :: = IPv6 and IPv4"),
     Setting("NETWORK", "listen_port", _integer(0, 65535), DEFAULT_LISTEN_PORT,
             "FTP control port"),
-    Setting("NETWORK", "passive_port", _port_range, (60000, 65535), "passive data ports"),
+    Setting("NETWORK", "passive_port", _port_range, (60000, 65535),
+            "passive data port range, low,high"),
     Setting("NETWORK", "tls_certfile", parse_path, None,
             "PEM certificate chain (and key, unless tls_keyfile); enables FTPS"),
-    Setting("NETWORK", "tls_keyfile", parse_path, None, "PEM private key; default: tls_certfile"),
+    Setting("NETWORK", "tls_keyfile", parse_path, None, "PEM private key",
+            "read from tls_certfile"),
     Setting("NETWORK", "implicit_tls_port", _integer(0, 65535), 0,
             "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("NETWORK", "require_ssl_reuse", _boolean, False,
@@ -439,31 +500,38 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETWORK", "proxy_allowed", _networks, (),
             "addresses/CIDR blocks of the balancers allowed to send a PROXY header"),
     Setting("CLUSTER", "redis_url", _redis_url, None,
-            "Redis/Valkey shared by every node for bans and connection counts; default none"),
+            "Redis/Valkey shared by every node for bans and connection counts"),
     Setting("CLUSTER", "redis_down", _choice("open", "closed", fold=str.lower), "open",
             "Redis unreachable: open = serve on this node's own state, closed = refuse"),
     Setting("CLUSTER", "redis_timeout", _integer(1, 10000), 500,
             "milliseconds one Redis call may take"),
-    Setting("CLUSTER", "node_id", _text, "", "this node's name in Redis; default host:port"),
+    Setting("CLUSTER", "node_id", _text, "", "this node's name in Redis",
+            "<host name>:<listen_port>"),
     Setting("FILE_OPTION", "single_file_max_size",
             _integer(1, MAX_PARTS * MAX_PART_SIZE, _BYTES),
             200 * GIB, "largest file accepted, in bytes"),
     Setting("OPTIONAL", "min_part_size", _integer(MIN_PART_SIZE, MAX_PART_SIZE, _BYTES),
-            2 * MIB, "multipart part size, in bytes"),
+            2 * MIB, "first part size of multipart uploads, in bytes; later parts grow so that "
+            "single_file_max_size fits in 10,000 parts"),
     Setting("OPTIONAL", "upload_thread_num", _integer(1, 256), min(32, _CPUS * 4),
-            "parallel part uploads per upload"),
+            "parallel part uploads per upload", "4 x CPUs, at most 32"),
     Setting("OPTIONAL", "max_connection_num", _integer(0), 512,
             "logged-in sessions, server-wide; 0 = unlimited"),
     Setting("OPTIONAL", "max_connections_per_ip", _integer(0), 64,
             "connections from one client address, logged in or not; 0 = unlimited"),
-    Setting("OPTIONAL", "max_list_file", _integer(1), 10000, "entries one LIST returns"),
+    Setting("OPTIONAL", "max_list_file", _integer(1), 10000,
+            "most entries one LIST, NLST or MLSD returns"),
     Setting("OPTIONAL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-            "INFO", "log level"),
+            "INFO", "level of cosftp.log"),
     # Paths (parse_path) are resolved against the file's base directory (config.locations).
     Setting("OPTIONAL", "log_dir", parse_path, DEFAULT_LOG_DIR,
             "log directory; relative: to the config file's directory (its parent for conf/)"),
-    Setting("OPTIONAL", "worker_processes", _integer(1, 256), _CPUS, "worker processes"),
-    Setting("OPTIONAL", "pid_file", parse_path, None, "pid file; default <log_dir>/cosftp.pid"),
+    Setting("OPTIONAL", "worker_processes", _integer(1, 256), _CPUS,
+            "worker processes (forked by the master; each serves many sessions)",
+            "the number of CPUs"),
+    Setting("OPTIONAL", "pid_file", parse_path, None,
+            "pid file of the master (the state and bans files go beside it)",
+            "<log_dir>/cosftp.pid"),
     Setting("OPTIONAL", "multipart_copy_threshold", _integer(MIN_PART_SIZE, 5 * GIB, _BYTES),
             5 * GIB, "objects larger than this are copied (renamed) in parts"),
     Setting("OPTIONAL", "resume_ttl", _integer(0), 86400,
@@ -495,7 +563,7 @@ SETTINGS: tuple[Setting, ...] = (
             "connections not logged in yet from one client address; 0 = unlimited"),
     Setting("OPTIONAL", "max_password_checks", _integer(1, 256), None,
             "password checks (scrypt, 16 MiB each) one worker runs at once, the others wait "
-            "their turn within login_timeout; default: CPUs / worker_processes, at least 1"),
+            "their turn within login_timeout", "CPUs / worker_processes, at least 1"),
     # Data connections: how long one may stall before it is cut off (421).
     Setting("OPTIONAL", "data_connection_timeout", _integer(1, 86400), 300,
             "seconds a transfer may go without moving a byte before it is cut off (421)"),
@@ -506,27 +574,29 @@ SETTINGS: tuple[Setting, ...] = (
             "port of the Prometheus endpoint (GET /metrics); 0 = off"),
     Setting("OPTIONAL", "xferlog_enable", _boolean, False,
             "write one xferlog line per finished or failed transfer"),
-    Setting("OPTIONAL", "xferlog_file", parse_path, None,
-            "transfer log; default <log_dir>/xferlog"),
+    Setting("OPTIONAL", "xferlog_file", parse_path, None, "transfer log (xferlog_enable)",
+            "<log_dir>/xferlog"),
     Setting("OPTIONAL", "vsftpd_log_file", parse_path, None,
-            "vsftpd-format log of logins and transfers (for fail2ban's vsftpd filter); "
-            "default: none"),
+            "vsftpd-format log of logins and transfers (for fail2ban's vsftpd filter)",
+            "none: not written"),
     # How clients' names are decoded and listings encoded; keys stay UTF-8 in COS.
     Setting("OPTIONAL", "ftp_encoding", _encoding, "utf-8",
             "encoding of file names on the wire: utf-8, gbk, gb18030, latin-1..."),
     Setting(ACCOUNT_PREFIX, "ftp_encoding", _encoding, None,
-            "this account's encoding of file names; default: [OPTIONAL] ftp_encoding"),
+            "this account's encoding of file names", "[OPTIONAL] ftp_encoding"),
     # The transfer engine of each worker (see README "Memory and scheduling").
     Setting("OPTIONAL", "upload_memory_limit", _integer(4, 1024 * 1024), None,
-            "MiB of part buffers per worker; default: a quarter of RAM over the workers"),
+            "MiB of part buffers per worker, for all its uploads together",
+            "RAM / 4 / worker_processes, 64 to 1024, at least two of the largest parts"),
     Setting("OPTIONAL", "copy_thread_num", _integer(1, 256), min(16, _CPUS * 4),
-            "threads per worker for server-side copies (renames, MFMT, APPE)"),
+            "threads per worker for server-side copies (renames, MFMT, APPE)",
+            "4 x CPUs, at most 16"),
     # Who parses what clients send, when started as root (see docs/security.md).
     Setting("OPTIONAL", "run_as_user", _system_name, None,
             "user the workers and the metrics exporter run as when the server starts as "
-            "root; default nobody (better: a user of its own, such as cosftp)"),
-    Setting("OPTIONAL", "run_as_group", _system_name, None,
-            "their group; default: run_as_user's primary group"),
+            "root (better than nobody: a user of its own, such as cosftp)", "nobody"),
+    Setting("OPTIONAL", "run_as_group", _system_name, None, "their group",
+            "run_as_user's primary group"),
     Setting("OPTIONAL", "run_as_root", _boolean, False,
             "let the workers and the exporter run as root (not recommended)"),
 )

@@ -1,0 +1,72 @@
+"""The docs cannot drift from the code: docs/configuration.md is what the settings table
+generates, and every option is in conf/vsftpd.conf.example."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from cosftp_prefork.config.docs import DEFAULT_FILE, regenerate, render_section
+from cosftp_prefork.config.settings import SETTINGS
+
+from .docs_text import options, read, unknown_options
+from .server_proc import ROOT
+
+GENERATOR = [sys.executable, "-m", "cosftp_prefork.config.docs"]
+
+
+def test_the_configuration_reference_is_what_the_settings_table_generates():
+    text = read(DEFAULT_FILE)
+    assert regenerate(text) == text, (
+        f"{DEFAULT_FILE} differs from the settings table: run "
+        "python -m cosftp_prefork.config.docs (scripts/gen-docs) and commit the result")
+
+
+def test_every_option_is_in_the_reference_with_what_it_accepts_and_its_default():
+    text = read(DEFAULT_FILE)
+    for setting in SETTINGS:
+        assert setting.accepts, f"{setting.name}: its parser does not say what it accepts " \
+                                "(config/settings.py, _accepts)"
+        entry = f"- **`{setting.name}`**: {setting.help}"
+        section = render_section(setting.section)
+        assert entry in section and section in text, setting.name
+
+
+def test_the_generator_rewrites_a_stale_reference_and_check_says_so(tmp_path):
+    stale = tmp_path / "configuration.md"
+    shutil.copy(os.path.join(ROOT, DEFAULT_FILE), stale)
+    text = stale.read_text()
+    fresh_port = "- **`listen_port`**: FTP control port.\n  Default `2121`"
+    assert fresh_port in text
+    stale.write_text(text.replace(fresh_port, "- **`listen_port`**: FTP port.\n  Default `21`"))
+    checked = subprocess.run([*GENERATOR, "--check", str(stale)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 1
+    assert "differs from the settings table" in checked.stderr
+    assert "python -m cosftp_prefork.config.docs" in checked.stderr
+    rewritten = subprocess.run([*GENERATOR, str(stale)], capture_output=True, text=True,
+                               timeout=60)
+    assert rewritten.returncode == 0, rewritten.stderr
+    assert stale.read_text() == text
+    assert subprocess.run([*GENERATOR, "--check", str(stale)], timeout=60).returncode == 0
+
+
+def test_the_generator_refuses_a_reference_that_lost_a_section(tmp_path):
+    broken = tmp_path / "configuration.md"
+    text = read(DEFAULT_FILE)
+    start = text.index("<!-- BEGIN GENERATED: [CLUSTER] -->")
+    broken.write_text(text[:start])
+    done = subprocess.run([*GENERATOR, "--check", str(broken)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "missing ['CLUSTER']" in done.stderr
+
+
+def test_every_option_is_in_the_example_config_and_nothing_else():
+    example = read(os.path.join("conf", "vsftpd.conf.example"))
+    assert unknown_options(example) == []
+    documented = set(options(example))
+    assert [s.name for s in SETTINGS if (s.section, s.name) not in documented] == [], \
+        "options missing from conf/vsftpd.conf.example"
