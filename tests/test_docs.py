@@ -1,17 +1,22 @@
 """The docs cannot drift from the code: docs/configuration.md is what the settings table
-generates, and every option is in conf/vsftpd.conf.example."""
+generates, every option is in conf/vsftpd.conf.example, and every subcommand's ``--help`` is
+a manual page with examples that parse."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 
+import pytest
+
 from cosftp_prefork.config.docs import DEFAULT_FILE, regenerate, render_section
 from cosftp_prefork.config.settings import SETTINGS
+from cosftp_prefork.server.cli import build_parser
 
-from .docs_text import options, read, unknown_options
+from .docs_text import cosftpctl_commands, options, parse_problem, read, unknown_options
 from .server_proc import ROOT
 
 GENERATOR = [sys.executable, "-m", "cosftp_prefork.config.docs"]
@@ -70,3 +75,30 @@ def test_every_option_is_in_the_example_config_and_nothing_else():
     documented = set(options(example))
     assert [s.name for s in SETTINGS if (s.section, s.name) not in documented] == [], \
         "options missing from conf/vsftpd.conf.example"
+
+
+def _subcommands() -> list[str]:
+    """The subcommands, as ``cosftpctl --help`` lists them."""
+    usage = build_parser().format_usage()
+    return re.search(r"\{([a-z,-]+)\}", usage).group(1).split(",")
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_help_is_a_manual_page_with_examples_that_parse(command):
+    done = subprocess.run([os.path.join(ROOT, "scripts", "cosftpctl"), command, "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: cosftpctl {command} ")
+    assert "\nexamples:\n" in done.stdout, f"cosftpctl {command} --help shows no example " \
+                                           "(server/manual.py PAGES)"
+    examples = cosftpctl_commands(done.stdout.split("\nexamples:\n", 1)[1])
+    assert any(command in line.split() for line in examples), examples
+    for line in examples:
+        assert parse_problem(line) == "", f"cosftpctl {line}: {parse_problem(line)}"
+
+
+def test_the_top_level_help_points_to_the_subcommands_pages():
+    done = subprocess.run([os.path.join(ROOT, "scripts", "cosftpctl"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "each command's exit status and examples: cosftpctl COMMAND --help" in done.stdout

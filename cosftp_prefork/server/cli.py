@@ -27,6 +27,7 @@ from ..safefiles import check_directory, open_append
 from .banctl import cmd_bans, cmd_unban
 from .files import check_files, hand_over_files
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
+from .manual import describe
 from .metrics_dir import use_metrics_dir
 from .pidfile import (
     Target,
@@ -73,9 +74,7 @@ SIGNAL_HELP = """signals understood by the master:
   HUP        reload the config file (an invalid file is refused, old config kept)
   USR1       reopen log files (logrotate)
   TTIN/TTOU  one worker more / less
-exit status of status: 0 running, 3 not running, 4 a master of this file holds the port
-but its pid file is elsewhere; of stop: 0 stopped, 3 not running, 1 the configured port is
-held by something stop did not find (it says what)
+each command's exit status and examples: cosftpctl COMMAND --help
 """
 RELOAD_TIMEOUT = 60.0
 ONLINE_TIMEOUT = 10.0
@@ -95,7 +94,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cosftpctl", description="FTP server for Tencent Cloud COS buckets.",
         epilog=SIGNAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -136,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds each account may take online (default %(default)s)")
     sub.add_parser("hash-password",
                    help="read a password (prompt or stdin) and print its scrypt form")
+    for name, command in sub.choices.items():
+        describe(name, command)
     return parser
 
 
@@ -593,7 +594,7 @@ def cmd_hash_password() -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         return cmd_hash_password()
     try:

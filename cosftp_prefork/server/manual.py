@@ -1,0 +1,154 @@
+"""``cosftpctl COMMAND --help``: one manual page per subcommand, as cosftpctl(8) would have.
+
+Each page says what the command does, its exit status and examples; ``cli.build_parser``
+gives every subcommand its page, and ``tests/test_docs.py`` runs ``--help`` of each and
+parses every example with the real parser, so a page cannot name an option that is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+CONF = "/opt/cosftp-prefork/conf/vsftpd.conf"
+
+
+@dataclass(frozen=True)
+class Page:
+    description: str
+    examples: tuple[tuple[str, str], ...]  # (command line, what it does)
+    exit_status: str = ""
+
+    def epilog(self) -> str:
+        lines = []
+        if self.exit_status:
+            lines += ["exit status:", *(f"  {line}" for line in self.exit_status.splitlines()),
+                      ""]
+        lines.append("examples:")
+        for command, what in self.examples:
+            lines += [f"  {command}", f"      {what}"]
+        return "\n".join(lines)
+
+
+PAGES = {
+    "run": Page(
+        """Run the server in the foreground: the master binds the ports, forks
+worker_processes workers and supervises them until TERM or INT (fast stop) or
+QUIT (graceful stop). Every log line goes to <log_dir>/cosftp.log and, unless
+--log-file-only, to stderr too (the journal under systemd). This is what the
+systemd unit runs (conf/cosftp-prefork.service); start runs it in the background.""",
+        ((f"cosftpctl -c {CONF} run", "serve in the foreground; Ctrl-C stops it"),
+         (f"cosftpctl -c {CONF} run --log-file-only", "the same, logging to the file only")),
+        """0  stopped by a signal
+1  already running, or could not start or keep its workers (the reason is logged)
+2  the configuration file is invalid"""),
+    "start": Page(
+        """Start the server in the background and return once every worker serves. If
+it cannot serve (a port in use, a masquerade_address that does not resolve),
+print the errors the server logged, make sure nothing is left running and exit 1.
+The server logs to <log_dir>/cosftp.log; <log_dir>/cosftp.out keeps what is
+written before logging is set up, and crash tracebacks. Relative paths in the
+file follow the file, so the directory you run it from does not matter.""",
+        ((f"cosftpctl -c {CONF} start", "start the server of that file"),
+         (f"cd / && cosftpctl -c {CONF} start", "the same, from any directory")),
+        """0  every worker serves
+1  already running, or it did not start (the errors it logged are printed)
+2  the configuration file is invalid"""),
+    "stop": Page(
+        """Stop the server of this configuration file and wait until it is gone. Fast
+stop (TERM): transfers in flight end with 426 (an upload is parked for resume,
+nothing half-written), every client gets 421. --graceful (QUIT): new connections
+are refused and transfers in flight end normally, for at most graceful_timeout
+seconds. Works from any directory, and while the file does not validate. When
+the pid file leads to no server, it stops a master of this file found listening
+on listen_port, and names any other program holding that port.""",
+        ((f"cosftpctl -c {CONF} stop", "fast stop"),
+         (f"cosftpctl -c {CONF} stop --graceful", "let the transfers in flight finish first")),
+        """0  stopped
+1  the port is held by a program that is not this file's server (named), or
+   the server did not stop in time
+3  not running"""),
+    "reload": Page(
+        """Validate the configuration file, then have the master reload it (HUP): a new
+generation of workers starts on the same sockets and the old ones drain, so
+sessions in flight, even a long upload, finish untouched on the old
+configuration. An invalid file changes nothing. If the new workers cannot
+start, the master keeps the old ones serving.""",
+        ((f"cosftpctl -c {CONF} reload", "apply an edited file to new sessions"),
+         ("systemctl reload cosftp-prefork", "the same through the unit's ExecReload")),
+        """0  reloaded
+1  the reload failed (still serving the previous configuration; see cosftp.log),
+   or no answer within 60 s
+2  the configuration file is invalid (nothing was sent)
+3  not running"""),
+    "status": Page(
+        """Show the master (pid, uptime, generation, configuration file, ports) and one
+row per worker: pid, generation, state, sessions, uploads and downloads in
+flight, bytes up and down, RSS, CPU %, open files and heartbeat age; with
+[CLUSTER], whether the workers reach Redis. Works from any directory, and while
+the file does not validate.""",
+        ((f"cosftpctl -c {CONF} status", "is it running, and how are its workers"),
+         (f"cosftpctl -c {CONF} status >/dev/null || echo down", "for scripts: exit 0 "
+          "only when running")),
+        """0  running
+3  not running
+4  a master of this file holds the port but its pid file is elsewhere (started
+   before relative paths followed the file?): stop it, then start it again"""),
+    "sessions": Page(
+        """One line per live session of every worker, like ftpwho: the worker's pid, the
+user once logged in, the client's address (the real one behind a balancer),
+the state, the bytes and rate of the transfer in flight or of the last one, the
+time since the last command, and that command (never a password). Updated once
+a second.""",
+        ((f"cosftpctl -c {CONF} sessions", "who is connected, doing what"),
+         (f"watch -n 1 cosftpctl -c {CONF} sessions", "follow transfers as they run")),
+        """0  running
+3  not running
+4  as for status"""),
+    "check": Page(
+        """Validate the configuration file without starting anything: every option, the
+TLS certificate and key, that masquerade_address resolves, and the version of
+the [CLUSTER] Redis. Credentials left as the example's XXXXXX are an error; the
+example's bucket and passwords are warnings, as are unknown options and an
+expired certificate (all on stderr). It prints where log_dir and pid_file are.
+--online then tries every account on COS with its own credentials (HEAD Bucket,
+a listing of one key, and for write authority an upload started and aborted
+under .cosftp/check/, so nothing is stored) and prints one verdict per account:
+OK, wrong credentials, clock skew, no such bucket, wrong region, unreachable, no
+permission to read, list or write.""",
+        (("cosftpctl -c conf/vsftpd.conf check", "validate the file before start or reload"),
+         ("cosftpctl -c conf/vsftpd.conf check --online", "and try each account on COS"),
+         ("cosftpctl -c conf/vsftpd.conf check --online --timeout 30",
+          "the same, for a slow link to COS")),
+        """0  the file is valid (and, with --online, every account works)
+1  --online: an account failed (its line says why), or the check did not end
+2  the file is invalid, or holds the example's placeholder credentials: the
+   message names the file, section, option and problem"""),
+    "hash-password": Page(
+        """Read a password and print its scrypt form (scrypt$N$r$p$salt$hash), for
+ftp_login_user_password: on a terminal it asks twice, otherwise it reads one
+line of standard input.""",
+        (("cosftpctl hash-password", "prompt for a password, print its hash"),
+         ("printf '%s\\n' \"$PASSWORD\" | cosftpctl hash-password", "hash one from a script")),
+        """0  printed the hash
+1  the two passwords differ, or the password is empty"""),
+    "bans": Page(
+        """List the client addresses that are banned, or have failed logins within
+login_failure_window: the failures, and when the ban ends.""",
+        ((f"cosftpctl -c {CONF} bans", "who is banned, until when"),)),
+    "unban": Page(
+        """Lift the ban of one address, or of every address with --all, at once on
+every worker and, with [CLUSTER], on every node.""",
+        ((f"cosftpctl -c {CONF} unban 203.0.113.9", "let that address log in again"),
+         (f"cosftpctl -c {CONF} unban --all", "lift every ban"))),
+}
+
+
+def describe(name: str, command: argparse.ArgumentParser) -> None:
+    """Give subcommand ``name`` its manual page (description, exit status, examples)."""
+    page = PAGES.get(name)
+    if page is None:
+        return  # tests/test_docs.py fails for a subcommand without a page
+    command.description = page.description
+    command.epilog = page.epilog()
+    command.formatter_class = argparse.RawDescriptionHelpFormatter
