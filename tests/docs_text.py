@@ -1,5 +1,5 @@
-"""Reading the project's docs the way a reader does: the options a configuration text
-names and the cosftpctl commands a text shows, so tests can hold the docs to the code."""
+"""Reading the project's Markdown the way a reader does: its code blocks, the commands and
+options they name, and its links, so tests can hold the docs to the code."""
 
 from __future__ import annotations
 
@@ -8,21 +8,54 @@ import io
 import os
 import re
 import shlex
+from dataclasses import dataclass
 
 from cosftp_prefork.config.settings import ACCOUNT_PREFIX, SETTINGS
 from cosftp_prefork.server.cli import build_parser
 
 from .server_proc import ROOT
 
+_FENCE_RE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_INLINE_RE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 _OPTION_LINE_RE = re.compile(r"^\s*#?\s*([a-z][a-z0-9_]*)\s*=(?!=)")
 _SECTION_RE = re.compile(r"^\s*#?\s*\[([A-Za-z0-9_]+)\]\s*$")
+_LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
+_FILE_RE = re.compile(r"(?<![\w/.-])(?:\./)?((?:scripts|conf|docs)/[\w.-]*\w)")
+# Files a reader creates: named in the docs, not in the repository.
+READERS_FILES = {"conf/vsftpd.conf"}
 # Where a shell command ends: another command, a pipe, a redirection, a comment.
 _SHELL_END_RE = re.compile(r"\s*(?:&&|\|\||\||;|2?>|\s#)")
+
+
+@dataclass(frozen=True)
+class Block:
+    language: str
+    text: str
 
 
 def read(name: str) -> str:
     with open(os.path.join(ROOT, name), encoding="utf-8") as handle:
         return handle.read()
+
+
+def blocks(markdown: str) -> list[Block]:
+    """The fenced code blocks of ``markdown``, with their info string's language."""
+    return [Block(m.group(1), m.group(2)) for m in _FENCE_RE.finditer(markdown)]
+
+
+def block_after(markdown: str, marker: str) -> Block:
+    """The first fenced block after the line holding ``marker``."""
+    start = markdown.index(marker)
+    return blocks(markdown[start:])[0]
+
+
+def code(markdown: str, languages: tuple[str, ...] = ()) -> list[str]:
+    """Every piece of code a reader might copy: inline code spans and fenced blocks (only
+    those of ``languages``, if given)."""
+    fenced = [block.text for block in blocks(markdown)
+              if not languages or block.language in languages]
+    prose = _FENCE_RE.sub("", markdown)
+    return fenced + _INLINE_RE.findall(prose)
 
 
 def section_kind(section: str) -> str:
@@ -54,6 +87,14 @@ def unknown_options(ini_text: str) -> list[str]:
             if (section, name) not in known]
 
 
+SHELL = ("sh", "bash", "console", "")
+
+
+def cosftpctl_lines(markdown: str) -> list[str]:
+    """Every ``cosftpctl ...`` command in the shell code of ``markdown``."""
+    return [line for piece in code(markdown, SHELL) for line in cosftpctl_commands(piece)]
+
+
 def cosftpctl_commands(text: str) -> list[str]:
     """What follows each ``cosftpctl`` of ``text``, up to the end of that shell command;
     a synopsis's optional part (``[-c FILE]``) is taken as given."""
@@ -75,6 +116,51 @@ def parse_problem(arguments: str) -> str:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
             build_parser().parse_args(shlex.split(arguments))
     except SystemExit as exc:
-        if exc.code:
-            return stderr.getvalue().strip().splitlines()[-1]
+        said = stderr.getvalue().strip().splitlines()[-1] if exc.code else ""
+        # Naming a command without its arguments (`cosftpctl unban`) is prose, not a typo.
+        return "" if said.endswith(" required") else said
     return ""
+
+
+def missing_files(markdown: str) -> list[str]:
+    """``scripts/x``, ``conf/x`` and ``docs/x`` named in the code of ``markdown`` that the
+    repository does not have (``conf/vsftpd.conf`` is the reader's)."""
+    named = {m.group(1) for piece in code(markdown) for m in _FILE_RE.finditer(piece)}
+    return sorted(path for path in named - READERS_FILES
+                  if not os.path.exists(os.path.join(ROOT, path)))
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(markdown: str) -> set[str]:
+    headings = re.findall(r"^#{1,6}\s+(.+)$", _FENCE_RE.sub("", markdown), re.MULTILINE)
+    found: set[str] = set()
+    for heading in headings:
+        base = anchor(heading)
+        name, n = base, 0
+        while name in found:
+            n += 1
+            name = f"{base}-{n}"
+        found.add(name)
+    return found
+
+
+def broken_links(name: str) -> list[str]:
+    """Relative links of the file ``name`` (from the repository root) whose file or
+    heading does not exist."""
+    markdown = read(name)
+    broken = []
+    for target in _LINK_RE.findall(_FENCE_RE.sub("", markdown)):
+        if re.match(r"^[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, fragment = target.partition("#")
+        resolved = os.path.normpath(os.path.join(os.path.dirname(name), path)) if path else name
+        exists = os.path.exists(os.path.join(ROOT, resolved))
+        if not exists or (fragment and resolved.endswith(".md")
+                          and fragment not in anchors(read(resolved))):
+            broken.append(target)
+    return broken

@@ -1,6 +1,7 @@
 """The docs cannot drift from the code: docs/configuration.md is what the settings table
 generates, every option is in conf/vsftpd.conf.example, and every subcommand's ``--help`` is
-a manual page with examples that parse."""
+a manual page with examples that parse, and what the READMEs tell readers to type
+(commands, options, scripts, links) exists."""
 
 from __future__ import annotations
 
@@ -13,12 +14,26 @@ import sys
 import pytest
 
 from cosftp_prefork.config.docs import DEFAULT_FILE, regenerate, render_section
-from cosftp_prefork.config.settings import SETTINGS
+from cosftp_prefork.config.settings import SETTINGS, parse_config
 from cosftp_prefork.server.cli import build_parser
 
-from .docs_text import cosftpctl_commands, options, parse_problem, read, unknown_options
+from .docs_text import (
+    blocks,
+    broken_links,
+    cosftpctl_commands,
+    cosftpctl_lines,
+    missing_files,
+    options,
+    parse_problem,
+    read,
+    unknown_options,
+)
 from .server_proc import ROOT
 
+READMES = ["README.md", "README.zh-CN.md"]
+# Until the README is rewritten for newcomers, the minimal configuration and the newcomer's
+# commands are in the Chinese one only.
+NEWCOMER_READMES = ["README.zh-CN.md"]
 GENERATOR = [sys.executable, "-m", "cosftp_prefork.config.docs"]
 
 
@@ -102,3 +117,32 @@ def test_the_top_level_help_points_to_the_subcommands_pages():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "each command's exit status and examples: cosftpctl COMMAND --help" in done.stdout
+
+
+@pytest.mark.parametrize("readme", NEWCOMER_READMES)
+def test_the_readme_names_only_options_the_settings_table_has(readme):
+    markdown = read(readme)
+    ini = [block.text for block in blocks(markdown) if block.language == "ini"]
+    assert ini, f"{readme} has no ```ini block (the minimal configuration)"
+    assert [problem for text in ini for problem in unknown_options(text)] == []
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_the_readme_commands_and_files_exist(readme):
+    markdown = read(readme)
+    commands = cosftpctl_lines(markdown)
+    assert commands, f"{readme} names no cosftpctl command"
+    problems = {line: parse_problem(line) for line in commands}
+    assert {line: problem for line, problem in problems.items() if problem} == {}
+    assert missing_files(markdown) == []
+    assert broken_links(readme) == []
+
+
+@pytest.mark.parametrize("readme", NEWCOMER_READMES)
+def test_the_readme_minimal_configuration_is_accepted(readme):
+    """The first ``ini`` block is the minimal configuration a reader copies: valid as it is
+    (given the environment variable it names)."""
+    ini = next(block.text for block in blocks(read(readme)) if block.language == "ini")
+    config = parse_config(ini, f"{readme}.conf", {"COS_SECRETKEY_0": "from-the-environment"})
+    assert [a.user for a in config.accounts] == ["user0"]
+    assert config.accounts[0].secret_key == "from-the-environment"
