@@ -87,7 +87,7 @@ def unknown_options(ini_text: str) -> list[str]:
             if (section, name) not in known]
 
 
-SHELL = ("sh", "bash", "console", "")
+SHELL = ("sh", "bash", "console")
 
 
 def cosftpctl_lines(markdown: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The docs cannot drift from the code: docs/configuration.md is what the settings table
-generates, every option is in conf/vsftpd.conf.example, and every subcommand's ``--help`` is
-a manual page with examples that parse, and what the READMEs tell readers to type
+generates, every option is in conf/vsftpd.conf.example, every subcommand's ``--help`` is a
+manual page with examples that parse, and what the READMEs and the docs tell readers to type
 (commands, options, scripts, links) exists."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cosftp_prefork.config.settings import SETTINGS, parse_config
 from cosftp_prefork.server.cli import build_parser
 
 from .docs_text import (
+    block_after,
     blocks,
     broken_links,
     cosftpctl_commands,
@@ -31,9 +32,10 @@ from .docs_text import (
 from .server_proc import ROOT
 
 READMES = ["README.md", "README.zh-CN.md"]
-# Until the README is rewritten for newcomers, the minimal configuration and the newcomer's
-# commands are in the Chinese one only.
-NEWCOMER_READMES = ["README.zh-CN.md"]
+# The docs README.md sends readers to: every file and link they name must exist.
+DOCS = [os.path.join("docs", name) for name in ("configuration.md", "operations.md",
+                                                 "security.md", "clients.md", "cluster.md",
+                                                 "features.md", "architecture.md")]
 GENERATOR = [sys.executable, "-m", "cosftp_prefork.config.docs"]
 
 
@@ -44,7 +46,7 @@ def test_the_configuration_reference_is_what_the_settings_table_generates():
         "python -m cosftp_prefork.config.docs (scripts/gen-docs) and commit the result")
 
 
-def test_every_option_is_in_the_reference_with_what_it_accepts_and_its_default():
+def test_every_option_is_in_the_reference_with_what_it_accepts():
     text = read(DEFAULT_FILE)
     for setting in SETTINGS:
         assert setting.accepts, f"{setting.name}: its parser does not say what it accepts " \
@@ -119,7 +121,7 @@ def test_the_top_level_help_points_to_the_subcommands_pages():
     assert "each command's exit status and examples: cosftpctl COMMAND --help" in done.stdout
 
 
-@pytest.mark.parametrize("readme", NEWCOMER_READMES)
+@pytest.mark.parametrize("readme", READMES)
 def test_the_readme_names_only_options_the_settings_table_has(readme):
     markdown = read(readme)
     ini = [block.text for block in blocks(markdown) if block.language == "ini"]
@@ -138,7 +140,7 @@ def test_the_readme_commands_and_files_exist(readme):
     assert broken_links(readme) == []
 
 
-@pytest.mark.parametrize("readme", NEWCOMER_READMES)
+@pytest.mark.parametrize("readme", READMES)
 def test_the_readme_minimal_configuration_is_accepted(readme):
     """The first ``ini`` block is the minimal configuration a reader copies: valid as it is
     (given the environment variable it names)."""
@@ -146,3 +148,24 @@ def test_the_readme_minimal_configuration_is_accepted(readme):
     config = parse_config(ini, f"{readme}.conf", {"COS_SECRETKEY_0": "from-the-environment"})
     assert [a.user for a in config.accounts] == ["user0"]
     assert config.accounts[0].secret_key == "from-the-environment"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_the_docs_commands_files_and_links_exist(doc):
+    markdown = read(doc)
+    problems = {line: parse_problem(line) for line in cosftpctl_lines(markdown)}
+    assert {line: problem for line, problem in problems.items() if problem} == {}
+    assert missing_files(markdown) == []
+    assert broken_links(doc) == []
+
+
+def test_both_readmes_give_the_same_newcomer_commands():
+    def commands(readme: str) -> list[str]:
+        block = block_after(read(readme), "<!-- newcomer-path:")
+        return [line.split("  #")[0].rstrip() for line in block.text.splitlines()]
+    assert commands("README.md") == commands("README.zh-CN.md")
+
+
+def test_the_readmes_link_to_each_other():
+    assert "(README.zh-CN.md)" in read("README.md")
+    assert "(README.md)" in read("README.zh-CN.md")

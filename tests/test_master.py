@@ -709,7 +709,7 @@ def test_help_and_readme_say_what_term_and_quit_do():
     stop_help = subprocess.run([sys.executable, "-m", "cosftp_prefork", "stop", "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert "--graceful" in stop_help
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+    with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as handle:
         rows = [line for line in handle if line.startswith(("| TERM", "| QUIT"))]
     assert "parked" in rows[0] and "`426`" in rows[0] and "`421`" in rows[0]
     assert "abort" not in rows[0] and "stop --graceful" in rows[1] and "`226`" in rows[1]

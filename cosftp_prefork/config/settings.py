@@ -493,7 +493,7 @@ SETTINGS: tuple[Setting, ...] = (
             "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("NETWORK", "require_ssl_reuse", _boolean, False,
             "TLS data connections must resume the control connection's TLS session"),
-    # Behind a load balancer (see README, Operating a cluster).
+    # Behind a load balancer (see docs/cluster.md).
     Setting("NETWORK", "proxy_protocol",
             _choice("off", "optional", "required", fold=str.lower), "off",
             "PROXY protocol v1/v2 header from proxy_allowed: off, optional, required"),
@@ -554,7 +554,7 @@ SETTINGS: tuple[Setting, ...] = (
             "MiB of RSS that triggers a graceful worker recycle; 0 = never"),
     Setting("OPTIONAL", "health_check_interval", _integer(1, 3600), 5,
             "seconds between worker health checks"),
-    # Connection governance before login (see README, Security).
+    # Connection governance before login (see docs/security.md).
     Setting("OPTIONAL", "login_timeout", _integer(1, 3600), 30,
             "seconds from connect to a successful login; no command resets it"),
     Setting("OPTIONAL", "max_prelogin_connections", _integer(0), 128,
@@ -584,7 +584,7 @@ SETTINGS: tuple[Setting, ...] = (
             "encoding of file names on the wire: utf-8, gbk, gb18030, latin-1..."),
     Setting(ACCOUNT_PREFIX, "ftp_encoding", _encoding, None,
             "this account's encoding of file names", "[OPTIONAL] ftp_encoding"),
-    # The transfer engine of each worker (see README "Memory and scheduling").
+    # The transfer engine of each worker (see docs/operations.md, "Memory and scheduling").
     Setting("OPTIONAL", "upload_memory_limit", _integer(4, 1024 * 1024), None,
             "MiB of part buffers per worker, for all its uploads together",
             "RAM / 4 / worker_processes, 64 to 1024, at least two of the largest parts"),
