@@ -23,6 +23,7 @@ PREFIX = "/opt/cosftp-prefork"
 MARKER = "<!-- newcomer-path:"
 BUCKET = "examplebucket-1250000000"  # the example's: the emulator serves it
 LEFT_TO_OTHER_TESTS = {"./scripts/demo": "tests/test_demo.py"}
+BANNED_IN_README = "203.0.113.9"  # unban's example address; here the test's own client
 
 
 def newcomer_commands(readme: str = "README.zh-CN.md") -> list[str]:
@@ -63,6 +64,7 @@ def edit_example(path: str, cos_port: int, ftp_port: int) -> None:
         # The tests' interpreter is root's (pyenv under /root, 0700): workers that dropped to
         # nobody could not import it (an installation under /opt can, docs/security.md).
         text = set_option(text, "OPTIONAL", "run_as_root", "true")
+    text = set_option(text, "OPTIONAL", "max_login_failures", "1")  # one wrong password bans
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
 
@@ -71,9 +73,7 @@ class Uploading:
     """An upload by the example's user0, held open while ``sessions`` looks at it."""
 
     def __init__(self, port: int) -> None:
-        self.ftp = ftplib.FTP()
-        self.ftp.connect("127.0.0.1", port, timeout=30)
-        self.ftp.login("user0", "pass0")
+        self.ftp = login(port)
         self.ftp.voidcmd("TYPE I")
         self.data = self.ftp.transfercmd("STOR newcomer.bin")
         self.data.sendall(b"x" * 65536)
@@ -83,6 +83,27 @@ class Uploading:
         reply = self.ftp.voidresp()
         _close(self.ftp)
         return reply
+
+
+def login(port: int, password: str = "pass0") -> ftplib.FTP:
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", port, timeout=30)
+    ftp.login("user0", password)
+    return ftp
+
+
+def get_banned(port: int) -> None:
+    """A wrong password from this client's address: banned (max_login_failures = 1)."""
+    with pytest.raises(ftplib.error_perm, match="530"):
+        login(port, "wrong")
+
+    def refused() -> bool:
+        try:
+            _close(login(port))
+        except ftplib.error_temp as exc:
+            return str(exc).startswith("421")
+        return False
+    wait_until(refused, what="the address to be banned")
 
 
 def run(line: str, cwd: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -124,6 +145,10 @@ def test_the_newcomer_path_works_as_the_readme_says(tmp_path):
                 cwd = os.path.join(cwd, line[3:].strip())
                 continue
             words = line.split()
+            if "bans" in words:
+                get_banned(ftp_port)
+            if "unban" in words:
+                line = line.replace(BANNED_IN_README, "127.0.0.1")
             if "sessions" in words:
                 upload = Uploading(ftp_port)
 
@@ -141,6 +166,10 @@ def test_the_newcomer_path_works_as_the_readme_says(tmp_path):
                 assert upload.finish().startswith("226")
                 stored = emulator.client().head_object(Bucket=BUCKET, Key="newcomer.bin")
                 assert int(stored["Content-Length"]) == 65536
+            if "bans" in words:
+                assert any(r.split()[:2] == ["127.0.0.1", "1"] for r in done.stdout.splitlines())
+            if "unban" in words:
+                _close(login(ftp_port))  # gets in again at once
         assert os.path.exists(os.path.join(prefix, "log", "cosftp.log"))  # beside conf/
         status = [line for line in commands if "status" in line.split()][-1]
         after = run(status.replace(PREFIX, prefix), "/", env)

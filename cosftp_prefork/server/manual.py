@@ -133,14 +133,27 @@ line of standard input.""",
         """0  printed the hash
 1  the two passwords differ, or the password is empty"""),
     "bans": Page(
-        """List the client addresses that are banned, or have failed logins within
-login_failure_window: the failures, and when the ban ends.""",
-        ((f"cosftpctl -c {CONF} bans", "who is banned, until when"),)),
+        """List every address banned, or with failed logins within login_failure_window
+(not banned yet): its failures, when the ban ends, and where it is held (this
+node, the cluster with [CLUSTER] redis_url). For a stopped server, the bans it
+saved in <pid_file>.bans, restored at start.""",
+        ((f"cosftpctl -c {CONF} bans", "who is banned, until when"),),
+        """0  listed
+1  Redis could not be asked (this node's bans are listed)
+3  not running (the saved bans are listed)"""),
     "unban": Page(
-        """Lift the ban of one address, or of every address with --all, at once on
-every worker and, with [CLUSTER], on every node.""",
+        """Lift the ban of one address, or of every address with --all, and forget its
+failed logins: at once on every worker and, with [CLUSTER], on every node. The
+saved <pid_file>.bans is updated before it returns, so a stop and start right
+after does not bring the ban back; on a stopped server it edits that file. An
+address that is not banned is no error (as fail2ban-client's unbanip). Each
+unban is logged in cosftp.log with who ran it. Run it as the user that can
+write the state file (the server's, or root).""",
         ((f"cosftpctl -c {CONF} unban 203.0.113.9", "let that address log in again"),
-         (f"cosftpctl -c {CONF} unban --all", "lift every ban"))),
+         (f"cosftpctl -c {CONF} unban --all", "lift every ban")),
+        """0  lifted, or it was not banned
+1  a place could not be changed (Redis unreachable, the bans file not saved)
+2  not one IPv4 or IPv6 address (a network is refused too)"""),
 }
 
 
