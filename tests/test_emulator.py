@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
 
 import pytest
+from moto.s3.models import FakeKey, S3Backend
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
 
@@ -244,6 +245,72 @@ def test_part_copy_is_refused_once_the_source_has_another_etag(cos, prefix):
     error = service_error(cos.upload_part_copy, CopySourceIfMatch=first, **copy)
     assert (error.get_status_code(), error.get_error_code()) == (412, "PreconditionFailed")
     cos.abort_multipart_upload(Bucket=ALPHA, Key=target, UploadId=upload_id)
+
+
+def test_an_object_replaced_while_it_is_read_is_still_read_whole():
+    """COS serves a GET or a part copy the version it started with, even if the object is
+    replaced meanwhile (moto closed the old object's buffer under the reader: 500, found
+    with concurrent APPEs of one file)."""
+    old = os.urandom(2 * MIB)  # larger than what moto keeps in memory: a spooled file
+    find, value = S3Backend.get_object, FakeKey.value
+    found: dict[int, tuple] = {}  # id(object) -> (backend, bucket) of the objects read
+    replaced: list[str] = []
+
+    def remember(backend, bucket_name, key_name, *args, **kwargs):
+        key = find(backend, bucket_name, key_name, *args, **kwargs)
+        if key is not None and key_name == "k":
+            found[id(key)] = (backend, bucket_name)
+        return key
+
+    def replaced_first(key):
+        if id(key) in found:  # about to be read: replace it first
+            backend, bucket_name = found.pop(id(key))
+            backend.put_object(bucket_name, "k", b"new %d" % len(replaced))
+            replaced.append(key.name)
+        return value.fget(key)
+
+    with Emulator(buckets=[ALPHA]) as emu:
+        cos = sdk_client(emu)
+        cos.put_object(Bucket=ALPHA, Key="k", Body=old)
+        upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key="t")["UploadId"]
+        with mock.patch.object(S3Backend, "get_object", remember), \
+                mock.patch.object(FakeKey, "value", property(replaced_first, value.fset)):
+            assert read(cos, ALPHA, "k") == old
+            cos.put_object(Bucket=ALPHA, Key="k", Body=old)
+            found.clear()
+            cos.upload_part_copy(Bucket=ALPHA, Key="t", PartNumber=1, UploadId=upload_id,
+                                 CopySource={"Bucket": ALPHA, "Key": "k",
+                                             "Region": emu.region})
+        parts = cos.list_parts(Bucket=ALPHA, Key="t", UploadId=upload_id)["Part"]
+        assert [int(part["Size"]) for part in parts] == [len(old)]
+        assert replaced == ["k", "k"]
+        assert read(cos, ALPHA, "k") == b"new 1"
+
+
+def test_a_completed_upload_reports_the_crc64_of_what_it_made():
+    """The CRC64 CompleteMultipartUpload reports is that of the object it made, even if
+    another request replaces it at once (it was read back afterwards, so two APPEs of one
+    file completing together got each other's CRC64, and the server deleted a good file)."""
+    complete = S3Backend.complete_multipart_upload
+    part = os.urandom(MIB)
+
+    def replaced_at_once(backend, bucket_name, multipart_id, body):
+        made = complete(backend, bucket_name, multipart_id, body)
+        backend.put_object(bucket_name, made.name, b"another object")
+        return made
+
+    with Emulator(buckets=[ALPHA]) as emu:
+        cos = sdk_client(emu)
+        upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key="m")["UploadId"]
+        etag = cos.upload_part(Bucket=ALPHA, Key="m", Body=part, PartNumber=1,
+                               UploadId=upload_id)["ETag"]
+        with mock.patch.object(S3Backend, "complete_multipart_upload", replaced_at_once):
+            result = cos.complete_multipart_upload(
+                Bucket=ALPHA, Key="m", UploadId=upload_id,
+                MultipartUpload={"Part": [{"PartNumber": 1, "ETag": etag}]})
+        assert header(result, "x-cos-hash-crc64ecma") == str(crc64(part))
+        assert header(cos.head_object(Bucket=ALPHA, Key="m"),
+                      "x-cos-hash-crc64ecma") == str(crc64(b"another object"))
 
 
 def test_multipart_part_below_1_mib_is_refused(cos, prefix):

@@ -27,7 +27,11 @@ The shim translates what differs between COS and S3 on the wire:
   of the whole bucket, so like COS their cost does not grow with the bucket;
 * a PUT Object with ``x-cos-forbid-overwrite: true`` onto an existing object gets 409
   FileAlreadyExists, checked and stored as one step, unless the bucket's versioning was
-  ever enabled (COS ignores the header there too).
+  ever enabled (COS ignores the header there too);
+* an object replaced or deleted while a GET or a copy reads it is still read whole (moto
+  closes its buffer under the reader, which then fails with 500; COS serves the version the
+  read started with), and the CRC64 a CompleteMultipartUpload or a HEAD reports is that of
+  the very object it made or found, even if another request replaced it a moment later.
 
 Every request is counted by kind (``GET /__emulator__/requests`` shows the counts, ``DELETE``
 resets them; ``?contains=TEXT`` counts only requests whose key or listed prefix holds TEXT),
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -625,11 +630,8 @@ class CosShim:
             return lambda: crc64(body)
         is_object = environ.get("PATH_INFO", "/") not in ("", "/")
         if (method == "POST" and "uploadId" in query) or (method == "HEAD" and is_object):
-            headers = {"Host": environ.get("HTTP_HOST", ""),
-                       "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
-            # PATH_INFO is decoded (as latin-1 per WSGI); quote it again for the inner request.
-            path = urllib.parse.quote(environ.get("PATH_INFO", "/").encode("latin-1"))
-            return lambda: crc64(Client(self.app).get(path, headers=headers).data)
+            _served.key = None
+            return lambda: crc64(_served_bytes())
         return None
 
     def _reported_crc(self, value: int) -> str:
@@ -658,10 +660,60 @@ class CosShim:
         return body, status, headers
 
 
+_served = threading.local()  # .key: the object moto made or found for this thread's request
+
+
+def _remembering(method: Callable) -> Callable:
+    """Wrap a moto backend method that returns an object: keep it in ``_served``."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        found = method(*args, **kwargs)
+        _served.key = found
+        return found
+    wrapper.remembers = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _served_bytes() -> bytes:
+    """The bytes of the object this thread's request made or found (see ``_remembering``)."""
+    key, _served.key = _served.key, None
+    return key.value
+
+
+def _install_object_lifetimes() -> None:
+    """Objects live as long as something reads them, as in COS.
+
+    moto closes an object's buffer as soon as another object replaces it or it is deleted,
+    so a GET or a part copy reading it at that moment fails with 500; here the buffer is
+    closed once nothing refers to the object any more. Parts are still freed when their
+    upload completes or is aborted. The object a CompleteMultipartUpload made and the one a
+    HEAD found are remembered, so that the CRC64 reported is theirs.
+    """
+    models = moto.s3.models
+    if getattr(models.S3Backend.head_object, "remembers", False):
+        return
+    close = models.FakeKey.dispose
+
+    def dispose(key: Any, garbage: bool = False) -> None:
+        if garbage:  # from __del__: nothing refers to it any more
+            close(key)
+
+    def dispose_parts(multipart: Any) -> None:
+        for part in multipart.parts.values():
+            close(part)
+
+    models.FakeKey.dispose = dispose
+    models.FakeMultipart.dispose = dispose_parts
+    models.S3Backend.complete_multipart_upload = _remembering(
+        models.S3Backend.complete_multipart_upload)
+    models.S3Backend.head_object = _remembering(models.S3Backend.head_object)
+
+
 def make_app(faults: Optional[Faults] = None) -> CosShim:
     """Return the COS-speaking WSGI app (moto's S3 backend behind :class:`CosShim`)."""
     moto.s3.models.S3_UPLOAD_PART_MIN_SIZE = COS_MIN_PART_SIZE
     listing.install()
+    _install_object_lifetimes()
     return CosShim(create_backend_app("s3"), faults)
 
 
