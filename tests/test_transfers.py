@@ -149,6 +149,30 @@ def test_appe_appends(alice, area, old_size):
     assert alice.size(area) == old_size + len(tail)
 
 
+@pytest.mark.parametrize("old_size", [10, 2 * PART + 7])  # bytes sent again, copied parts
+def test_an_appe_does_not_commit_over_a_file_changed_since_it_began(server, alice, area, cos,
+                                                                     old_size):
+    """Two APPEs of one file at once: the one finishing second would replace the first's
+    result with the old file plus its own bytes, and both got 226 (found: 4 APPEs onto one
+    1 GiB file, all 226, the file kept one). The second is refused with 451 instead."""
+    old, mine, theirs = os.urandom(old_size), os.urandom(PART + 3), os.urandom(PART + 5)
+    put(alice, area, old)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"APPE {area}")  # the old bytes are taken now
+    conn.sendall(mine[:100])
+    other = server.login("alice", "alice-pw")
+    try:
+        assert appe(other, area, theirs).startswith("226")
+    finally:
+        other.quit()
+    conn.sendall(mine[100:])
+    conn.close()
+    with pytest.raises(ftplib.error_temp, match=r"^451 .*changed by another session"):
+        alice.voidresp()
+    assert get(alice, area) == old + theirs
+    assert pending_uploads(cos, area) == []
+
+
 def test_appe_to_missing_file_is_stor(alice, area):
     appe(alice, area, b"fresh")
     assert get(alice, area) == b"fresh"

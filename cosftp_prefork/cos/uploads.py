@@ -365,6 +365,7 @@ class UploadSession:
         self._engine = engine
         self._retrier = retrier
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
+        self._continues: Optional[ObjectInfo] = None  # APPE: the version its bytes came from
         # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
         self.stored: Optional[ObjectInfo] = None
@@ -428,6 +429,7 @@ class UploadSession:
         (COS's smallest non-last part), so its few bytes are read and sent again. The new
         object keeps the storage class, encryption, headers and metadata of ``source``."""
         self._like = source.for_new_bytes()
+        self._continues = source
         if source.size >= MIN_PART_SIZE:
             self._parts.copy_first(source, self._engine.copier(self._parts.owner))
         elif source.size:
@@ -472,6 +474,7 @@ class UploadSession:
             if self._parts.upload_id is None:
                 if not still_wanted(0.0):
                     raise UploadInterrupted(self.name)
+                self._check_unchanged()
                 body, sent = self._parts.take_body()
                 if self._checks is None:
                     reported = self._bucket.put(self._key, body, self._like)
@@ -568,9 +571,27 @@ class UploadSession:
             raise UploadInterrupted(self.name)
         if self._checks is not None:
             self._name_allowed()
+        self._check_unchanged()
         parts = sorted(self._parts.etags.items())
         return self._bucket.complete_multipart(self._key, self._parts.upload_id or "",
                                                parts)
+
+    def _check_unchanged(self) -> None:
+        """Before an upload that continues a stored object (APPE) replaces it: raise
+        ``StorageError`` (``ObjectChanged``) if the object is no longer the version whose
+        bytes it took. Two APPEs of one file at once would otherwise both succeed, and the
+        file keep only the last one's bytes. COS has no conditional completion: a write in
+        the moment between this HEAD and the completion still goes unnoticed."""
+        source = self._continues
+        if source is None or not source.etag:
+            return
+        try:
+            now = self._bucket.head(self._key).etag
+        except NotFound:
+            now = ""
+        if now != source.etag:
+            raise StorageError(f"{self.name} was changed by another session while this append "
+                               "ran; nothing was appended, try again", code="ObjectChanged")
 
     def _abort(self) -> None:
         if self.state is not UploadState.ABORTED:
