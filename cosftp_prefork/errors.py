@@ -113,6 +113,12 @@ class NotStorable(OSError):
         super().__init__(code, message)
 
 
+class Conflict(Exception):
+    """Another session is changing the same files right now (a rename of an overlapping
+    directory, a file replaced under a rename); the message is for the client, who may try
+    again (450). Not an ``OSError``, for the reason given at ``StorageUnavailable``."""
+
+
 class ResumeRefused(OSError):
     """REST + STOR at an offset where no stored part of the file ends, or REST + RETR past
     the end of the file."""

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config.settings import MAX_PARTS, TransferConfig, part_size_for
-from ..errors import InvalidPath, StorageError
-from ..paths import MAX_KEY_BYTES, key_bytes
+from ..errors import Conflict, InvalidPath, NotFound, StorageError
+from ..paths import MAX_KEY_BYTES, ftp_path_for_key, key_bytes
 from .bucket import Bucket, ObjectInfo
 from .listing import all_objects
 from .resume import mark_live, unmark_live
@@ -91,9 +91,14 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
     """Move every key under ``src_prefix`` to ``dst_prefix``; return what moved.
 
     Raises ``StorageError`` (the first failure) with the source untouched if a copy fails,
-    and ``InvalidPath``, before copying anything, if a new key would be over the COS limit.
+    ``Conflict`` if a key went away meanwhile (another session moved or deleted it),
+    ``NotFound`` if nothing is left to move, and ``InvalidPath``, before copying anything,
+    if a new key would be over the COS limit. Run it announced (``intents.announced``).
     """
     objects = all_objects(bucket, src_prefix)
+    if not objects:
+        raise NotFound(f"No such file or directory: {ftp_path_for_key(src_prefix)} was renamed "
+                       "or deleted meanwhile", code="NoSuchKey")
     targets = {obj.key: dst_prefix + obj.key[len(src_prefix):] for obj in objects}
     longest = max((key_bytes(target) for target in targets.values()), default=0)
     if longest > MAX_KEY_BYTES:
@@ -125,6 +130,10 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
         log.error("renaming %s failed after %d of %d copies; removing the copies: %s",
                   src_prefix, len(copied), len(objects), failures[0])
         delete_keys(bucket, [moved.target for moved in copied])
+        if isinstance(failures[0], NotFound):
+            raise Conflict(f"{ftp_path_for_key(src_prefix)} changed while it was being renamed "
+                           "(another session moved or deleted a file in it); nothing was "
+                           "moved, try again") from failures[0]
         raise failures[0]
     delete_keys(bucket, [obj.key for obj in objects])
     log.info("renamed %s to %s (%d keys)", src_prefix, dst_prefix, len(objects))

@@ -44,6 +44,7 @@ from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
 from ..cos.digests import digest
 from ..cos.downloads import RangedReader, open_download
 from ..cos.engine import Engine
+from ..cos.intents import announced
 from ..cos.listing import (
     DIRECTORY,
     FILE,
@@ -617,19 +618,21 @@ class CosFS(AbstractedFS):
                                        "delete permission")
         if dst.startswith(src.rstrip("/") + "/"):
             raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
-        if self.lookup(dst) is not None:
-            raise Refusal(errno.EEXIST, "Target exists")
-        self._check_parents(dst)
-        try:
-            moved = rename_directory(self._bucket, dir_prefix(src), dir_prefix(dst),
-                                     self._ctx.transfer, self._ctx.engine.copier())
-        except InvalidPath as exc:
-            raise Unstorable(exc.strerror) from exc
+        source, target = dir_prefix(src), dir_prefix(dst)
+        with announced(self._bucket, source, target):  # Conflict: an overlapping rename runs
+            if self.lookup(dst) is not None:
+                raise Refusal(errno.EEXIST, "Target exists")
+            self._check_parents(dst)
+            try:
+                moved = rename_directory(self._bucket, source, target, self._ctx.transfer,
+                                         self._ctx.engine.copier())
+            except InvalidPath as exc:
+                raise Unstorable(exc.strerror) from exc
         self._scope.clear()
         self._heads.clear()
         self._own_upload = None
         if moved:
-            self._carry_mtimes(src, moved, dir_prefix(src))
+            self._carry_mtimes(src, moved, source)
         self._keep_directory(parent_dir(src))
 
     def _carry_mtimes(self, path: str, moved: list[Moved], directory: str = "") -> None:

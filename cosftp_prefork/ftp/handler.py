@@ -27,6 +27,7 @@ from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine
 from ..cos.uploads import UploadInterrupted
 from ..errors import (
+    Conflict,
     InvalidPath,
     NotStorable,
     ResumeRefused,
@@ -613,6 +614,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             super().process_command(cmd, *args, **kwargs)
         except Unstorable as exc:
             self.respond(f"553 {exc}.")
+        except Conflict as exc:
+            self.respond(f"450 {exc}.")
         except StorageUnavailable as exc:
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
