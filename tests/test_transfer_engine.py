@@ -6,6 +6,8 @@ from __future__ import annotations
 import ftplib
 import io
 import os
+import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -165,3 +167,69 @@ def test_allo_announces_the_size_and_refuses_what_cannot_be_stored(server, area)
         assert get(ftp, area) == data
     finally:
         ftp.quit()
+
+
+class Dripper:
+    """An upload that sends ``head`` bytes, then one byte every 0.2 s until it is cut off
+    or ``stop`` is called (then it resets its data connection: nothing may be stored); what
+    the server answered."""
+
+    def __init__(self, server: ServerProcess, path: str, head: int) -> None:
+        self.ftp = server.login("alice", "alice-pw", timeout=120)
+        self.ftp.voidcmd("TYPE I")
+        self.conn = self.ftp.transfercmd(f"STOR {path}")
+        self.conn.sendall(b"d" * head)
+        self.reply = ""
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._drip)
+        self.thread.start()
+
+    def _drip(self) -> None:
+        try:
+            while not self._stop.wait(0.2):  # the dripping itself
+                self.conn.sendall(b"d")
+        except OSError:
+            pass
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
+        try:
+            self.reply = self.ftp.getresp()
+        except (OSError, EOFError, ftplib.Error) as exc:
+            self.reply = str(exc)
+        self.ftp.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
+@pytest.mark.parametrize("head", [100, 64 * 1024], ids=["a few bytes", "64 KiB"])
+def test_dripping_uploads_do_not_starve_the_others(emulator, cos, tmp_path, area, head):
+    """Uploads that send a little, then one byte at a time, each held a part buffer from
+    the worker's budget: 64 of them kept two 64 MiB budgets, and every other upload waited
+    until data_connection_timeout cut it off. Now a few bytes claim no buffer (and, never
+    read, are cut off as stalled), and a buffer held unfilled for data_connection_timeout
+    while others wait is taken back with 426."""
+    optional = {"worker_processes": "1", "upload_memory_limit": "4",
+                "data_connection_timeout": "2"}
+    with ServerProcess(str(tmp_path), emulator.port, ACCOUNTS, optional=optional) as server:
+        drippers = [Dripper(server, f"{area}/drip{n}", head) for n in range(8)]
+        data = os.urandom(3 * MIB)
+        try:
+            assert _put_as(server, "alice", f"{area}/legit", data)[:3] == "226"
+            if head < 32 * 1024:  # never read: all cut off as stalled transfers
+                wait_until(lambda: not any(d.thread.is_alive() for d in drippers), timeout=60,
+                           what="the drippers cut off")
+        finally:
+            for dripper in drippers:
+                dripper.stop()
+        log = server.log_text()
+    replies = [dripper.reply[:3] for dripper in drippers]
+    if head < 32 * 1024:
+        assert replies == ["421"] * 8
+    else:  # four held the four buffers while the legitimate upload waited
+        assert replies.count("426") >= 4, replies
+        assert "part buffer was not filled in 2s while other uploads waited" in log
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/legit")["Body"].get_raw_stream().read() \
+        == data
+    assert not any(cos.object_exists(Bucket=ALPHA, Key=f"{area}/drip{n}") for n in range(8))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Future
@@ -32,6 +33,7 @@ class Claim:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.granted_at = 0.0  # time.monotonic() of the grant
         self._granted = threading.Event()
 
     @property
@@ -62,6 +64,12 @@ class TransferBudget:
         with self._lock:
             return self.limit - self._free
 
+    @property
+    def contended(self) -> bool:
+        """Whether a claim is waiting for bytes to be given back."""
+        with self._lock:
+            return bool(self._waiting)
+
     def claim(self, size: int) -> Claim:
         """Ask for ``size`` bytes (at most ``limit``); the claim is granted now or later."""
         if size > self.limit:
@@ -88,6 +96,7 @@ class TransferBudget:
         while self._waiting and self._waiting[0].size <= self._free:
             claim = self._waiting.popleft()
             self._free -= claim.size
+            claim.granted_at = time.monotonic()
             claim._granted.set()
 
 

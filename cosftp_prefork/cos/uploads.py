@@ -182,10 +182,13 @@ class PartStream:
         """Whose turn the engine's pools serve: this upload."""
         return self
 
-    def room(self, more_coming: Callable[[], bool]) -> int:
+    def room(self, more_coming: Callable[[], bool],
+             ready: Callable[[int], bool] = lambda _size: True) -> int:
         """How many bytes :meth:`write` takes now without waiting (0: wait for a buffer).
         ``more_coming()`` tells a full part from the last one: only when bytes follow it
-        is it shipped, so that a file of exactly one part stays a single PUT."""
+        is it shipped, so that a file of exactly one part stays a single PUT. ``ready(size)``
+        says whether the bytes that would claim a buffer of ``size`` for the next part are
+        there; if not, nothing is claimed yet (0)."""
         if self.failure is not None:
             return 1  # write() raises it
         claim = self._claim
@@ -199,8 +202,18 @@ class PartStream:
                     return 0
             self._ship()
         if self._claim is None:
-            self._claim = self._engine.budget.claim(self._plan.size(self.next_part))
+            size = self._plan.size(self.next_part)
+            if not ready(size):
+                return 0
+            self._claim = self._engine.budget.claim(size)
         return self._claim.size - self._filled if self._claim.granted else 0
+
+    def hoarding(self, limit: float) -> bool:
+        """Whether the buffer of the part being filled has been held, not yet full, for
+        more than ``limit`` seconds while other uploads wait for one."""
+        claim = self._claim
+        return claim is not None and claim.granted and self._filled < claim.size and \
+            time.monotonic() - claim.granted_at > limit and self._engine.budget.contended
 
     def write(self, data: bytes) -> None:
         """Take ``data``, shipping each part once bytes follow it; waits for buffers."""
@@ -393,11 +406,16 @@ class UploadSession:
                              f"{state.value}")
         self.state = state
 
-    def room(self, more_coming: Callable[[], bool] = lambda: True) -> int:
+    def room(self, more_coming: Callable[[], bool] = lambda: True,
+             ready: Callable[[int], bool] = lambda _size: True) -> int:
         """How many bytes ``write`` takes now without waiting for a buffer (back-pressure:
         while it is 0 the data channel leaves the bytes in its socket); see
         :meth:`PartStream.room`."""
-        return 1 if self.closed else self._parts.room(more_coming)
+        return 1 if self.closed else self._parts.room(more_coming, ready)
+
+    def hoarding(self, limit: float) -> bool:
+        """See :meth:`PartStream.hoarding`."""
+        return not self.closed and self._parts.hoarding(limit)
 
     def write(self, data: bytes) -> int:
         """Stream ``data``; return ``len(data)``."""

@@ -41,6 +41,7 @@ from .dialect import ClientDialect
 from .fs import CosFS, FsContext, Unstorable
 from .logins import LoginExpired
 from .oplog import OperatorLogs, Transfer
+from .pacing import TCP_CLOSE, UploadPacing, tcp_state
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .progress import TransferMeter
 from .pump import Pump
@@ -60,8 +61,6 @@ X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256"
 # `lftp mirror -R` exits 0.
 WRITE_PERMS = "amwfTM"
 DELETE_PERMS = "d"
-# Seconds between checks, while an upload waits for a buffer, of whether it got one.
-BACK_PRESSURE_POLL = 0.01
 
 
 def perms_for(account: AccountConfig) -> str:
@@ -141,9 +140,6 @@ class CosAuthorizer:
         return "Goodbye."
 
 
-_TCP_CLOSE = 7  # tcpi_state after a reset (linux/tcp_states.h)
-
-
 def _reply_for(exc: OSError, command: str = "STOR") -> str:
     if isinstance(exc, NotStorable):
         return f"550 {exc.strerror}; nothing stored."
@@ -160,7 +156,7 @@ def _client_gone(error: BaseException) -> bool:
         (isinstance(error, OSError) and error.errno in compat.DISCONNECTED)
 
 
-class CosDTPHandler(DTPHandler):
+class CosDTPHandler(UploadPacing, DTPHandler):
     """Data channel that commits an upload only when the client finished sending.
 
     pyftpdlib closes the file object on every way out of a transfer; our upload file aborts
@@ -180,44 +176,6 @@ class CosDTPHandler(DTPHandler):
         super().enable_receiving(type, cmd)
         self._start_meter(upload=True)
         self._count_transfer()  # STOR, APPE
-
-    def handle_read_event(self) -> None:
-        """Read only what the upload can take now: while it waits for a part buffer from
-        the worker's memory budget, stop reading the socket, so that the client is slowed
-        down by TCP itself and nothing is buffered around the budget. (The event, not
-        ``handle_read``: the TLS layer handles it first.)"""
-        room = self._upload_room()
-        if room:
-            self.ac_in_buffer_size = min(CHUNK_SIZE, room)
-            super().handle_read_event()
-            return
-        self.modify_ioloop_events(0)
-        self.call_later(BACK_PRESSURE_POLL, self._resume_reading)
-
-    def _upload_room(self) -> int:
-        upload = self.file_obj
-        if not self.receive or not hasattr(upload, "room"):
-            return CHUNK_SIZE
-        return upload.room(self._more_coming)
-
-    def _more_coming(self) -> bool:
-        """True unless the client has closed the data connection with nothing left unread
-        (a TLS connection's closing alert counts as more)."""
-        with raw_socket(self.socket) as raw:
-            try:
-                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-
-    def _resume_reading(self) -> None:
-        if compat.is_closed(self):
-            return
-        if self._upload_room():
-            self.modify_ioloop_events(self.ioloop.READ)
-        else:
-            self.call_later(BACK_PRESSURE_POLL, self._resume_reading)
 
     def push_with_producer(self, producer) -> None:
         # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
@@ -339,12 +297,7 @@ class CosDTPHandler(DTPHandler):
     def _was_reset(self) -> bool:
         """True if the client reset the data connection rather than closing it (a FIN
         leaves the socket in CLOSE_WAIT, a reset in CLOSE)."""
-        with raw_socket(self.socket) as raw:
-            try:
-                info = raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
-            except OSError:
-                return False
-        return info[0] == _TCP_CLOSE
+        return tcp_state(self.socket) == TCP_CLOSE
 
     def _commit_upload(self) -> None:
         upload = self.file_obj

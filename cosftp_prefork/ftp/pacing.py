@@ -1,0 +1,159 @@
+"""How an upload's data channel reads under the worker's memory budget (README "Memory and
+scheduling"; the budget and the part buffers are in ``cos.engine`` and ``cos.uploads``).
+
+* **Back-pressure.** While the upload cannot take bytes (its part buffer is not granted yet,
+  or as many of its parts are on their way to COS as it may have), the channel stops
+  reading its socket, so that TCP slows the client down and nothing is buffered around the
+  budget; it looks again every ``BACK_PRESSURE_POLL`` seconds.
+* **Bytes before buffers.** A part buffer is claimed only once the client has sent the
+  first ``READY_BYTES`` of that part, or has finished sending; until then the bytes wait in
+  the socket, and ``SO_RCVLOWAT`` wakes the IO loop when they are there. A client that
+  sends a few bytes and then one a second holds no buffer, and since nothing is read from
+  it, ``data_connection_timeout`` cuts it off like any stalled transfer. (Plain data
+  connections only: a TLS layer may hold decrypted bytes the socket no longer shows.)
+* **Waiting is not stalling.** A transfer the server holds back is not timed out.
+* **Buffers are lent.** While other uploads wait for memory, an upload that has held a part
+  buffer for ``data_connection_timeout`` seconds without filling it is cut off (426; what
+  reached COS is parked for REST + STOR), so clients trickling bytes cannot keep the budget
+  from everyone else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import socket
+import struct
+import termios
+
+from ..cos.downloads import CHUNK_SIZE
+from . import compat
+from .admission import raw_socket
+
+log = logging.getLogger(__name__)
+
+BACK_PRESSURE_POLL = 0.01  # seconds between looks at whether a held-back upload may go on
+READY_BYTES = 32 * 1024  # at most; and a quarter of the socket's receive buffer
+# tcpi_state (linux/tcp_states.h): the peer sent its FIN, or reset the connection
+TCP_CLOSE_WAIT, TCP_CLOSE = 8, 7
+
+
+def tcp_state(sock) -> int:
+    """The kernel's TCP state of ``sock`` (0 if it cannot tell)."""
+    with raw_socket(sock) as raw:
+        try:
+            return raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except OSError:
+            return 0
+
+
+def _queued(sock: socket.socket) -> int:
+    """Bytes received and not read yet."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+class UploadPacing:
+    """Mixin for the data channel (before pyftpdlib's ``DTPHandler`` in the bases): see
+    the module docstring. Downloads and listings read nothing and pass through."""
+
+    _held_back = False  # the server keeps the upload from reading: no stall timeout
+    _awaiting_bytes = False  # the next part's first bytes are not there yet
+    _low_water = 1  # the socket's SO_RCVLOWAT
+    _resume_call = None
+    _hold_check = None
+
+    def enable_receiving(self, type: str, cmd: str) -> None:
+        super().enable_receiving(type, cmd)
+        if self.timeout:
+            self._hold_check = self.ioloop.call_every(
+                max(1.0, self.timeout / 4), self._check_hold, _errback=self.handle_error)
+
+    def handle_read_event(self) -> None:
+        """Read only what the upload can take now. (The event, not ``handle_read``: the
+        TLS layer handles it first.)"""
+        room = self._upload_room()
+        if room:
+            self.ac_in_buffer_size = min(CHUNK_SIZE, room)
+            super().handle_read_event()
+        elif not self._awaiting_bytes:  # (else SO_RCVLOWAT wakes the loop)
+            self._held_back = True
+            self.modify_ioloop_events(0)
+            self._resume_later()
+
+    def handle_timeout(self) -> None:
+        """pyftpdlib's stall check, every ``data_connection_timeout``: not while the server
+        itself holds the transfer back."""
+        if not self._held_back:
+            super().handle_timeout()
+
+    def close(self) -> None:
+        for call in (self._hold_check, self._resume_call):
+            if call is not None and not call.cancelled:
+                call.cancel()
+        super().close()
+
+    def _receiving_upload(self) -> bool:
+        return self.receive and hasattr(self.file_obj, "room")
+
+    def _upload_room(self) -> int:
+        if not self._receiving_upload():
+            return CHUNK_SIZE
+        self._awaiting_bytes = False
+        return self.file_obj.room(self._more_coming, self._part_bytes_there)
+
+    def _more_coming(self) -> bool:
+        """True unless the client has closed the data connection with nothing left unread
+        (a TLS connection's closing alert counts as more)."""
+        with raw_socket(self.socket) as raw:
+            try:
+                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+
+    def _part_bytes_there(self, size: int) -> bool:
+        """Whether the bytes that would claim a part buffer of ``size`` have arrived (or the
+        client finished sending); if not, ask the kernel to wake the loop when they have."""
+        if type(self.socket) is not socket.socket:
+            return True
+        wanted = min(size, READY_BYTES,
+                     self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4)
+        there = _queued(self.socket) >= wanted or \
+            tcp_state(self.socket) in (TCP_CLOSE_WAIT, TCP_CLOSE)
+        self._set_low_water(1 if there else wanted)
+        self._awaiting_bytes = not there
+        return there
+
+    def _set_low_water(self, size: int) -> None:
+        if size != self._low_water:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+            self._low_water = size
+
+    def _resume_later(self) -> None:
+        # The loop's own timer: the channel's ``call_later`` keeps every call it ever made
+        # in a list until the channel closes (100 a second while an upload waits).
+        self._resume_call = self.ioloop.call_later(BACK_PRESSURE_POLL, self._resume_reading,
+                                                   _errback=self.handle_error)
+
+    def _resume_reading(self) -> None:
+        if compat.is_closed(self):
+            return
+        if self._upload_room() or self._awaiting_bytes:
+            self._held_back = False
+            self.modify_ioloop_events(self.ioloop.READ)
+        else:
+            self._resume_later()
+
+    def _check_hold(self) -> None:
+        """Cut the upload off if it keeps a part buffer it does not fill while others wait."""
+        upload = self.file_obj
+        if compat.is_closed(self) or not self._receiving_upload() or \
+                not upload.hoarding(self.timeout):
+            return
+        log.warning("path=%s: upload cut off: its part buffer was not filled in %ds while "
+                    "other uploads waited for memory", upload.name, self.timeout)
+        compat.set_close_reply(
+            self, f"426 Upload too slow: its buffer was not filled in {self.timeout} s while "
+                  "other uploads waited for memory; transfer aborted.", log.info)
+        self.close()
