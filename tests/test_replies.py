@@ -147,6 +147,28 @@ def test_wildcards_stop_at_max_list_file(emulator, tmp_path, area):
         _close(ftp)
 
 
+def test_a_wildcard_counts_matches_and_lists_from_one_listing(emulator, cos, tmp_path, area):
+    """``max_list_file`` stopped the scan, not the matches: NLST *.txt of 100,000 keys
+    answered 550 No files match when the .txt names came after the first 10,000; and LIST *
+    asked COS once per name it showed (40,059 requests for 4 listings, 225 s). Now the
+    directory's pages are read until max_list_file names match, and every line comes from
+    them."""
+    for name in [f"a{n:02}.log" for n in range(12)] + [f"b{n:02}.txt" for n in range(8)]:
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}", Body=b"x")
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "pw", ALPHA)],
+                       optional={"max_list_file": "5", "worker_processes": "1"}) as srv:
+        ftp = srv.login("alice", "pw")
+        assert lines_of(ftp, f"NLST {area}/*.txt") == [f"{area}/b{n:02}.txt" for n in range(5)]
+        emulator.requests(reset=True)
+        assert names_in(lines_of(ftp, f"LIST {area}/*.log")) == [f"a{n:02}.log"
+                                                                 for n in range(5)]
+        requests = emulator.requests(contains=area)
+        _close(ftp)
+    # Whether the name exists as written (a directory, a file), the directory's page and
+    # its MFMT markers' page: none per name listed.
+    assert requests == {"LIST": 4}, requests
+
+
 # --- pipelining
 
 

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..paths import RESERVED_NAME, child_name
 from .bucket import Bucket, ListPage, ObjectInfo
@@ -34,10 +34,11 @@ class Entry:
         return self.client_mtime if self.client_mtime is not None else self.mtime
 
 
-def iter_directory(prefix: str, listed: Iterator[ListPage], limit: int) -> Iterator[Entry]:
+def iter_directory(prefix: str, listed: Iterator[ListPage], limit: int,
+                   wanted: Callable[[str], bool] = lambda _name: True) -> Iterator[Entry]:
     """Yield the entries directly under ``prefix`` (``""`` = bucket root) from the pages
-    of its listing (:func:`pages`), at most ``limit``, in key order, each page as soon as
-    COS answers it.
+    of its listing (:func:`pages`) whose names are ``wanted``, at most ``limit``, in key
+    order, each page as soon as COS answers it.
 
     Sub-directories come from common prefixes; the directory's own marker object
     (``prefix`` itself) is not an entry. A directory is left out where a file has its name.
@@ -51,13 +52,16 @@ def iter_directory(prefix: str, listed: Iterator[ListPage], limit: int) -> Itera
         for key, entry in ready:
             if key <= last or (entry.is_dir and entry.name in files):
                 continue  # a repeat, or a directory where a file has its name
+            if not entry.is_dir:
+                files.add(entry.name)
+            last = key
+            if not wanted(entry.name):
+                continue
             if count == limit:
                 log.warning("listing of %r truncated to max_list_file=%d entries",
                             prefix or "/", limit)
                 return
-            if not entry.is_dir:
-                files.add(entry.name)
-            last, count = key, count + 1
+            count += 1
             yield entry
         # Once the listing has passed "name/", no directory of that name can come.
         files = {name for name in files if prefix + name + "/" > last}

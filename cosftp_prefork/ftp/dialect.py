@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import logging
 import posixpath
@@ -66,11 +65,6 @@ def split_pattern(path: str) -> Optional[tuple[str, str]]:
     if glob.has_magic(directory):
         raise NothingToList("Wildcards are only supported in the last path component")
     return (directory, pattern) if glob.has_magic(pattern) else None
-
-
-def matching(names: list[str], pattern: str) -> list[str]:
-    """The ``names`` that ``pattern`` matches (case-sensitive, as on a Unix disk), sorted."""
-    return sorted(name for name in names if fnmatch.fnmatchcase(name, pattern))
 
 
 class ClientDialect:
@@ -262,7 +256,5 @@ class ClientDialect:
         if pattern is None:
             raise NothingToList("No such file or directory")
         directory, wildcard = pattern
-        names = matching(self.run_as_current_user(self.fs.listdir, directory), wildcard)
-        if not names:
-            raise NothingToList(f"No files match {wildcard}")
+        names = self.run_as_current_user(self.fs.listdir_matching, directory, wildcard)
         return Listing(directory, names, expanded=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import functools
 import hashlib
 import itertools
@@ -454,6 +455,22 @@ class CosFS(AbstractedFS):
         return StreamedListing(path, iter_directory(prefix, itertools.chain([first], listed),
                                                     self._ctx.max_list_file),
                                mtimes, self._scope)
+
+    @_transient_escapes
+    def listdir_matching(self, path: str, pattern: str) -> StreamedListing:
+        """The names in directory ``path`` that the wildcard ``pattern`` matches (as on a
+        Unix disk: case-sensitive), as they arrive from COS, at most ``max_list_file`` of
+        them; raises ``Refusal`` if ``path`` is no directory or nothing matches. Reads the
+        directory's pages until enough names match (all of them if fewer do)."""
+        prefix = dir_prefix(path)
+        entries = iter_directory(prefix, pages(self._bucket, prefix), self._ctx.max_list_file,
+                                 lambda name: fnmatch.fnmatchcase(name, pattern))
+        first = next(entries, None)
+        if first is None:
+            self._require(path, want_dir=True)
+            raise Refusal(errno.ENOENT, f"No files match {pattern}")
+        return StreamedListing(path, itertools.chain([first], entries),
+                               ListedMtimes(self._bucket, prefix), self._scope)
 
     def format_list(self, basedir: str, listing: Iterable[str], ignore_err: bool = True):
         return self._with_this_listing(listing, super().format_list(basedir, listing,
