@@ -153,3 +153,15 @@ def sdk_client(emulator, retry: int = 0, secret_id: str = "test-id",
                        SecretKey=secret_key, IP=getattr(emulator, "host", "127.0.0.1"),
                        Port=emulator.port, Scheme="http")
     return CosS3Client(config, retry=retry)
+
+
+def all_keys(cos: CosS3Client, bucket: str, prefix: str) -> list[str]:
+    """Every key of ``bucket`` under ``prefix``, page by page, in key order."""
+    keys: list[str] = []
+    marker = ""
+    while True:
+        page = cos.list_objects(Bucket=bucket, Prefix=prefix, Marker=marker, MaxKeys=1000)
+        keys += [item["Key"] for item in page.get("Contents", [])]
+        if page.get("IsTruncated") != "true":
+            return keys
+        marker = page.get("NextMarker") or keys[-1]

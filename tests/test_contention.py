@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import ALPHA
-from .emulator_proc import EmulatorProcess
+from .emulator_proc import EmulatorProcess, all_keys
 from .server_proc import Account, ServerProcess, wait_until
 
 ACCOUNTS = [Account("alice", "alice-pw", ALPHA), Account("carol", "carol-pw", ALPHA)]
@@ -24,16 +24,6 @@ def slow_emulator():
     emu.start()
     yield emu
     emu.stop()
-
-
-def all_keys(cos, prefix: str) -> list[str]:
-    keys, marker = [], ""
-    while True:
-        page = cos.list_objects(Bucket=ALPHA, Prefix=prefix, Marker=marker, MaxKeys=1000)
-        keys += [item["Key"] for item in page.get("Contents", [])]
-        if page.get("IsTruncated") != "true":
-            return keys
-        marker = keys[-1]
 
 
 # What the second session renames while the first moves {a}/d to {a}/e.
@@ -82,6 +72,6 @@ def test_a_directory_rename_overlapping_a_running_one_gets_450(slow_emulator, tm
         second.quit()
     assert still_renaming, "the first rename ended too soon: nothing overlapped"
     assert replies and replies[0].startswith("250")
-    found = Counter(all_keys(cos, area))
+    found = Counter(all_keys(cos, ALPHA, area))
     assert found == Counter([key.replace(f"{area}/d/", f"{area}/e/") for key in moved] +
                             [key.replace("/free/", "/freed/") for key in free])

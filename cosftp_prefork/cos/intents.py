@@ -7,9 +7,10 @@ inside or around a running one would copy its half-moved keys; two into one new 
 mix them. COS has no locks and no conditional delete, so before copying, a rename writes an
 *intent* ``.cosftp/renames/<random id>`` naming its source and target, then lists the
 intents: if another one overlaps (the same directory, or one inside the other, on either
-side), it deletes its own and the rename is refused (``Conflict``). Each writes before it
-lists, so of two overlapping renames the later lister sees the other: both never go ahead
-(both may step back). This relies on COS listing an object as soon as it was written.
+side), it deletes its own and, after two more tries, the rename is refused (``Conflict``).
+Each writes before it lists, so of two overlapping renames the later lister sees the other:
+both never go ahead (both may step back). This relies on COS listing an object as soon as
+it was written.
 
 An intent is written again every ``REFRESH_SECONDS`` while its rename runs; one not
 rewritten for ``STALE_SECONDS`` (its worker died) no longer counts and is deleted by the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 INTENT_ROOT = f"{RESERVED_NAME}/renames/"
 REFRESH_SECONDS = 30.0
 STALE_SECONDS = 300.0
+ATTEMPTS = 3
+_RANDOM = random.SystemRandom()
 
 
 @dataclass(frozen=True)
@@ -69,34 +73,47 @@ class Intent:
 @contextlib.contextmanager
 def announced(bucket: Bucket, source: str, target: str) -> Iterator[None]:
     """Run the rename of the directory ``source`` to ``target`` (key prefixes) announced
-    by its intent; raises ``Conflict`` at once if an overlapping rename is under way.
+    by its intent; raises ``Conflict`` if an overlapping rename is under way.
 
+    Two renames that start in the same moment both see the other and both step back; each
+    then tries again after a random pause, so that one of them usually goes ahead.
     If the intent cannot be written (credentials that may not write ``.cosftp/``), the
     rename goes ahead unguarded, with a warning: the rename matters more than the guard.
     """
     intent = Intent(source, target)
     key = f"{INTENT_ROOT}{uuid.uuid4().hex}"
     try:
-        bucket.put(key, intent.to_json())
+        _claim(bucket, key, intent)
     except PermissionDenied as exc:
         log.warning("cannot write the rename intent %s (%s): renaming %s unguarded against "
                     "other renames", key, exc, ftp_path_for_key(source))
         yield
         return
     refresher = Periodic("rename-intent", REFRESH_SECONDS, lambda: _refresh(bucket, key, intent))
+    refresher.start()
     try:
-        rival = _overlapping(bucket, key, intent)
-        if rival is not None:
-            log.warning("renaming %s to %s refused: %s is being renamed to %s meanwhile",
-                        ftp_path_for_key(source), ftp_path_for_key(target),
-                        ftp_path_for_key(rival.source), ftp_path_for_key(rival.target))
-            raise Conflict(f"{ftp_path_for_key(rival.source)} is being renamed by another "
-                           "session, and that overlaps this rename; try again when it is done")
-        refresher.start()
         yield
     finally:
         refresher.stop()
         _delete(bucket, key)
+
+
+def _claim(bucket: Bucket, key: str, intent: Intent) -> None:
+    """Write ``intent`` as ``key`` once no overlapping one is found beside it; raises
+    ``Conflict`` (its own intent deleted again) after ``ATTEMPTS`` tries."""
+    for attempt in range(ATTEMPTS):
+        bucket.put(key, intent.to_json())
+        rival = _overlapping(bucket, key, intent)
+        if rival is None:
+            return
+        _delete(bucket, key)
+        if attempt + 1 < ATTEMPTS:
+            time.sleep(_RANDOM.uniform(0.05, 1.0))  # a back-off, as on a shared bus
+    log.warning("renaming %s to %s refused: %s is being renamed to %s", ftp_path_for_key(
+        intent.source), ftp_path_for_key(intent.target), ftp_path_for_key(rival.source),
+        ftp_path_for_key(rival.target))
+    raise Conflict(f"{ftp_path_for_key(rival.source)} is being renamed by another session, "
+                   "and that overlaps this rename; try again when it is done")
 
 
 def _overlapping(bucket: Bucket, own: str, intent: Intent) -> Optional[Intent]:
