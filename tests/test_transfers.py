@@ -149,12 +149,34 @@ def test_appe_appends(alice, area, old_size):
     assert alice.size(area) == old_size + len(tail)
 
 
+def test_a_second_appe_of_a_file_gets_450_until_the_first_is_done(server, alice, area, cos):
+    """Two APPEs of one file at once: the one finishing second replaced the first's result
+    with the old file plus its own bytes, and both got 226 (found: 4 APPEs onto one 1 GiB
+    file, three answered 226, the file kept one). Now the second is refused at once."""
+    old, mine, theirs = os.urandom(2 * PART + 7), os.urandom(PART + 3), os.urandom(PART + 5)
+    put(alice, area, old)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"APPE {area}")
+    conn.sendall(mine[:100])
+    other = server.login("alice", "alice-pw")
+    try:
+        with pytest.raises(ftplib.error_temp, match=r"^450 .* is being appended to by another"):
+            appe(other, area, theirs)
+        conn.sendall(mine[100:])
+        conn.close()
+        assert alice.voidresp().startswith("226")
+        assert appe(other, area, theirs).startswith("226")
+    finally:
+        other.quit()
+    assert get(alice, area) == old + mine + theirs
+    assert pending_uploads(cos, area) == []
+
+
 @pytest.mark.parametrize("old_size", [10, 2 * PART + 7])  # bytes sent again, copied parts
-def test_an_appe_does_not_commit_over_a_file_changed_since_it_began(server, alice, area, cos,
-                                                                     old_size):
-    """Two APPEs of one file at once: the one finishing second would replace the first's
-    result with the old file plus its own bytes, and both got 226 (found: 4 APPEs onto one
-    1 GiB file, all 226, the file kept one). The second is refused with 451 instead."""
+def test_an_appe_does_not_commit_over_a_file_replaced_since_it_began(server, alice, area, cos,
+                                                                      old_size):
+    """A STOR replacing the file while an APPE ran was lost: the APPE completed the old
+    bytes plus its own over it, with 226. It gets 451 instead, and the file is the STOR's."""
     old, mine, theirs = os.urandom(old_size), os.urandom(PART + 3), os.urandom(PART + 5)
     put(alice, area, old)
     alice.voidcmd("TYPE I")
@@ -162,14 +184,14 @@ def test_an_appe_does_not_commit_over_a_file_changed_since_it_began(server, alic
     conn.sendall(mine[:100])
     other = server.login("alice", "alice-pw")
     try:
-        assert appe(other, area, theirs).startswith("226")
+        assert put(other, area, theirs).startswith("226")
     finally:
         other.quit()
     conn.sendall(mine[100:])
     conn.close()
     with pytest.raises(ftplib.error_temp, match=r"^451 .*changed by another session"):
         alice.voidresp()
-    assert get(alice, area) == old + theirs
+    assert get(alice, area) == theirs
     assert pending_uploads(cos, area) == []
 
 

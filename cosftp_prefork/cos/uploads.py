@@ -55,6 +55,7 @@ from ..errors import FileTooLarge, NotFound, NotStorable, ResumeRefused, Storage
 from .bucket import Bucket, Completed, ObjectInfo, PartInfo
 from .checksum import crc64, crc64_combine
 from .engine import Claim, Engine, PartPlan
+from .intents import Announcement, announce
 from .listing import Entry
 from .naming import NameChecks
 from .periodic import Periodic
@@ -379,6 +380,7 @@ class UploadSession:
         self._retrier = retrier
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
         self._continues: Optional[ObjectInfo] = None  # APPE: the version its bytes came from
+        self._announcement: Optional[Announcement] = None  # APPE: no other one meanwhile
         # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
         self.stored: Optional[ObjectInfo] = None
@@ -405,6 +407,8 @@ class UploadSession:
             raise ValueError(f"upload {self.name}: no transition from {self.state.value} to "
                              f"{state.value}")
         self.state = state
+        if state in _ENDED and self._announcement is not None:
+            self._announcement.release()
 
     def room(self, more_coming: Callable[[], bool] = lambda: True,
              ready: Callable[[int], bool] = lambda _size: True) -> int:
@@ -440,6 +444,11 @@ class UploadSession:
         except NotStorable:
             self._discard = True
             raise
+
+    def announce(self) -> None:
+        """Hold an intent on this file until the upload ends, so that no other APPE (or
+        directory rename around it) runs meanwhile; raises ``Conflict`` if one does."""
+        self._announcement = announce(self._bucket, "append", self._key)
 
     def continue_object(self, source: ObjectInfo) -> None:
         """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
@@ -727,6 +736,7 @@ class SessionUploads:
         ``size`` bytes long if given."""
         upload = self._session(path, key, UploadState.APPEND, announced)
         with _given_up_on_failure(upload):
+            upload.announce()
             existing = self._bucket.head(key)
             if size is not None and existing.size != size:
                 raise ResumeRefused(f"{path} changed while resuming; try again")

@@ -636,7 +636,7 @@ class CosFS(AbstractedFS):
         if dst.startswith(src.rstrip("/") + "/"):
             raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
         source, target = dir_prefix(src), dir_prefix(dst)
-        with announced(self._bucket, source, target):  # Conflict: an overlapping rename runs
+        with announced(self._bucket, "rename", source, target):  # or Conflict
             if self.lookup(dst) is not None:
                 raise Refusal(errno.EEXIST, "Target exists")
             self._check_parents(dst)
