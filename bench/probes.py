@@ -48,6 +48,7 @@ USERS = ("alice", "bob", "carol", "dave")
 DEFAULTS = {"min_part_size": str(2 * MIB), "upload_thread_num": "8", "log_level": "INFO"}
 FILE_DEFAULTS = {"single_file_max_size": str(200 * GIB)}
 NETWORK_DEFAULTS = {"passive_port": "60000,65535"}
+NETWORK_OPTIONS = ("passive_port",)  # what a probe may set in [NETWORK]
 
 
 class Watch:
@@ -99,10 +100,12 @@ class Rig:
         self.emulator = EmulatorProcess([BUCKET]).start()
         self.cos = self.emulator.client()
         accounts = [Account(user, f"{user}-pw", BUCKET) for user in USERS]
+        network = {**NETWORK_DEFAULTS,
+                   **{name: optional.pop(name) for name in NETWORK_OPTIONS if name in optional}}
         self.server = ServerProcess(
             tempfile.mkdtemp(prefix="cosftp-probe-"), self.emulator.port, accounts,
             optional={"worker_processes": str(args.workers), **DEFAULTS, **optional},
-            file_option=dict(FILE_DEFAULTS), network=dict(NETWORK_DEFAULTS))
+            file_option=dict(FILE_DEFAULTS), network=network)
         try:
             self.server.start()
         except BaseException:
@@ -173,8 +176,9 @@ def probe_pasv(args: argparse.Namespace) -> dict:
     """One session sends PASV ``--repeat`` times; then ``--sessions`` sessions (from
     several addresses: 64 connections per address by default) send ``--each`` each and
     keep their last port; a legitimate session then lists."""
-    rig = Rig(args)
-    ports = range(60000, 65536)
+    rig = Rig(args, passive_port=args.passive)
+    low, high = (int(port) for port in args.passive.split(","))
+    ports = range(low, high + 1)
     result: dict = {}
     try:
         with Watch(rig.server) as watch:
@@ -227,32 +231,45 @@ def _legitimate_list(rig: Rig) -> str:
 
 
 def probe_appe(args: argparse.Namespace) -> dict:
-    """``--appenders`` sessions APPE ``--tail`` bytes each (their own bytes) onto one
-    file of ``--size`` bytes at once; what COS ends with must be the file plus exactly one
-    appender's bytes."""
+    """``--appenders`` sessions APPE ``--tail`` bytes each (a letter of their own) onto one
+    file of ``--size`` bytes at once; with ``--retry`` each tries again after a refusal
+    (450) until its APPE is done. What COS ends with must be the file plus the bytes of
+    every APPE that got 226, each once, whole."""
     rig = Rig(args)
     try:
         original = _big_object(rig, "big.bin", args.size)
-        tails = [bytes([65 + n % 26]) * args.tail for n in range(args.appenders)]
         with Watch(rig.server) as watch:
             started = time.monotonic()
-            outcomes = in_threads(args.appenders, lambda n: _append(rig, n, tails[n]))
+            outcomes = in_threads(args.appenders, lambda n: _append(rig, n, args))
             seconds = time.monotonic() - started
-        head = rig.cos.head_object(Bucket=BUCKET, Key="big.bin")
-        final_size = int(head["Content-Length"])
-        final_crc = int(head["x-cos-hash-crc64ecma"])
-        whose = [n for n, tail in enumerate(tails)
-                 if crc64_combine(original, crc64(tail), len(tail)) == final_crc]
+        size = int(rig.cos.head_object(Bucket=BUCKET, Key="big.bin")["Content-Length"])
+        added = rig.cos.get_object(Bucket=BUCKET, Key="big.bin", Range=f"bytes={args.size}-"
+                                   )["Body"].get_raw_stream().read() if size > args.size else b""
+        blocks = [added[first:first + args.tail] for first in range(0, len(added), args.tail)]
         return {"size": args.size, "appenders": args.appenders, "tail": args.tail,
-                "replies": dict(Counter(reply_of(o) for o in outcomes)),
+                "replies": dict(Counter(reply for outcome in outcomes
+                                        for reply in outcome)),
                 "seconds": round(seconds, 1),
-                "final_size_minus_original": final_size - args.size,
-                "final_is_original_plus_tail_of": whose,
+                "appended_blocks": ["".join(sorted(set(block.decode()))) if len(block) ==
+                                    args.tail else f"partial {len(block)}" for block in blocks],
+                "file_starts_as_before": _starts_as(rig, args.size, original),
                 "emulator_rss_mib": round(psutil.Process(rig.emulator.proc.pid)
                                           .memory_info().rss / MIB),
                 "peak": dict(watch.peak)}
     finally:
         rig.close()
+
+
+def _starts_as(rig: Rig, size: int, crc: int) -> bool:
+    """Whether the first ``size`` bytes of big.bin still have the CRC64 ``crc``."""
+    stream = rig.cos.get_object(Bucket=BUCKET, Key="big.bin", Range=f"bytes=0-{size - 1}"
+                                )["Body"].get_raw_stream()
+    value = 0
+    while True:
+        chunk = stream.read(16 * MIB)
+        if not chunk:
+            return value == crc
+        value = crc64_combine(value, crc64(chunk), len(chunk))
 
 
 def _big_object(rig: Rig, key: str, size: int) -> int:
@@ -273,10 +290,23 @@ def _big_object(rig: Rig, key: str, size: int) -> int:
     return int(rig.cos.head_object(Bucket=BUCKET, Key=key)["x-cos-hash-crc64ecma"])
 
 
-def _append(rig: Rig, number: int, tail: bytes) -> str:
+def _append(rig: Rig, number: int, args: argparse.Namespace) -> list[str]:
+    """One appender's replies: its APPE's, and with ``--retry`` those of its tries again."""
+    tail = bytes([65 + number % 26]) * args.tail
+    replies: list[str] = []
     ftp = rig.login(USERS[number % len(USERS)])
     try:
-        return ftp.storbinary("APPE big.bin", io.BytesIO(tail))
+        while True:
+            try:
+                replies.append(ftp.storbinary("APPE big.bin", io.BytesIO(tail))[:3])
+                return replies
+            except ftplib.error_temp as exc:
+                replies.append(reply_of(exc))
+                if not args.retry or not str(exc).startswith("450"):
+                    return replies
+            time.sleep(1)  # the client's pause before it tries again
+    except (OSError, EOFError, ftplib.Error) as exc:
+        return [*replies, reply_of(exc)]
     finally:
         with contextlib.suppress(OSError, EOFError, ftplib.Error):
             ftp.quit()
@@ -388,9 +418,10 @@ def _list(ftp: ftplib.FTP, command: str) -> int:
 def probe_drip(args: argparse.Namespace) -> dict:
     """``--drippers`` sessions each start a STOR (after ``ALLO --allo``, if given: an
     announced size makes the parts larger), send ``--head`` bytes and then one byte a
-    second; meanwhile ``--uploads`` legitimate sessions each STOR ``--size`` bytes."""
-    rig = Rig(args, upload_memory_limit=str(args.budget),
-              data_connection_timeout=str(args.timeout))
+    second; meanwhile ``--uploads`` legitimate sessions each STOR ``--size`` bytes, and
+    the drippers go on for ``--linger`` seconds after them."""
+    budget = {"upload_memory_limit": str(args.budget)} if args.budget else {}
+    rig = Rig(args, data_connection_timeout=str(args.timeout), **budget)
     stop = threading.Event()
     fates: list[str] = []
     try:
@@ -405,6 +436,7 @@ def probe_drip(args: argparse.Namespace) -> dict:
             started = time.monotonic()
             outcomes = in_threads(args.uploads, lambda n: _upload(rig, n, args))
             seconds = time.monotonic() - started
+            time.sleep(args.linger)  # the drippers go on
             stop.set()
             for thread in drippers:
                 thread.join()
@@ -466,19 +498,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=1000, help="pasv: PASV of one session")
     parser.add_argument("--sessions", type=int, default=400, help="pasv: sessions")
     parser.add_argument("--each", type=int, default=3, help="pasv: PASV per session")
+    parser.add_argument("--passive", default="60000,65535", help="pasv: passive_port")
     parser.add_argument("--size", type=int, default=GIB, help="appe: the file; drip: uploads")
     parser.add_argument("--appenders", type=int, default=4, help="appe: sessions")
     parser.add_argument("--tail", type=int, default=3 * MIB, help="appe: bytes each appends")
+    parser.add_argument("--retry", action="store_true", help="appe: try again after 450")
     parser.add_argument("--keys", type=int, default=3000, help="rename, listing: keys")
     parser.add_argument("--renamers", type=int, default=3, help="rename: users at once")
     parser.add_argument("--listers", type=int, default=4, help="listing: sessions at once")
-    parser.add_argument("--budget", type=int, default=64, help="drip: upload_memory_limit MiB")
+    parser.add_argument("--budget", type=int, default=64,
+                        help="drip: upload_memory_limit MiB (0: the default)")
     parser.add_argument("--drippers", type=int, default=40, help="drip: dripping sessions")
     parser.add_argument("--head", type=int, default=1, help="drip: bytes sent at once first")
     parser.add_argument("--uploads", type=int, default=4, help="drip: legitimate uploads")
     parser.add_argument("--settle", type=float, default=5, help="drip: seconds before uploads")
     parser.add_argument("--timeout", type=int, default=300, help="drip: data_connection_timeout")
     parser.add_argument("--allo", type=int, default=0, help="drip: ALLO before each STOR")
+    parser.add_argument("--linger", type=float, default=0,
+                        help="drip: seconds the drippers go on after the uploads")
     args = parser.parse_args(argv)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
