@@ -87,7 +87,8 @@ def test_metrics_move_during_a_transfer(ops, area):
     ftp.voidcmd("TYPE I")
     data = os.urandom(3 * MIB + 5)
     conn = ftp.transfercmd(f"STOR {area}")
-    conn.sendall(data[:2 * MIB + 1])
+    first = 2 * MIB + 64 * 1024  # the third part's buffer is claimed once 32 KiB of it are in
+    conn.sendall(data[:first])
     parts = ("cosftp_cos_requests_total", {"operation": "UploadPart", "status": "ok"})
     wait_until(lambda: value(scrape(ops), parts[0], **parts[1]) > value(before, parts[0],
                                                                         **parts[1]),
@@ -104,7 +105,7 @@ def test_metrics_move_during_a_transfer(ops, area):
     assert value(during, latency[0], **latency[1]) > value(before, latency[0], **latency[1])
     assert value(during, "cosftp_transfers_total", direction="upload", result="ok") == value(
         before, "cosftp_transfers_total", direction="upload", result="ok")
-    conn.sendall(data[2 * MIB + 1:])
+    conn.sendall(data[first:])
     conn.close()
     assert ftp.voidresp().startswith("226")
     assert get(ftp, area) == data
