@@ -142,8 +142,9 @@ def announce(bucket: Bucket, what: str, *places: str) -> Announcement:
     try:
         _claim(bucket, key, intent)
     except PermissionDenied as exc:
-        log.warning("cannot write the intent %s (%s): %s goes ahead unguarded", key, exc,
-                    intent.describe())
+        log.warning("cannot write or list the intent %s (%s): %s goes ahead unguarded", key,
+                    exc, intent.describe())
+        _delete(bucket, key)  # if only the listing was refused
         return Announcement(bucket, None)
     _REFRESHER.add(key, bucket, intent)
     return Announcement(bucket, key)
