@@ -144,7 +144,6 @@ def announce(bucket: Bucket, what: str, *places: str) -> Announcement:
     except PermissionDenied as exc:
         log.warning("cannot write or list the intent %s (%s): %s goes ahead unguarded", key,
                     exc, intent.describe())
-        _delete(bucket, key)  # if only the listing was refused
         return Announcement(bucket, None)
     _REFRESHER.add(key, bucket, intent)
     return Announcement(bucket, key)
@@ -163,7 +162,11 @@ def announced(bucket: Bucket, what: str, *places: str) -> Iterator[None]:
 def _claim(bucket: Bucket, key: str, intent: Intent) -> None:
     for attempt in range(ATTEMPTS):
         bucket.put(key, intent.to_json())
-        rival = _overlapping(bucket, key, intent)
+        try:
+            rival = _overlapping(bucket, key, intent)
+        except PermissionDenied:  # may write .cosftp/ but not list it
+            _delete(bucket, key)
+            raise
         if rival is None:
             return
         _delete(bucket, key)
