@@ -272,7 +272,7 @@ def test_a_resume_that_cannot_mark_its_upload_leaves_it_parked(resumable, emulat
 def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulator, area,
                                                                 cos):
     """Credentials limited to some prefixes may not read .cosftp/: no parking, no MFMT
-    times, but everything else works."""
+    times, no intents guarding APPE and directory renames, but everything else works."""
     data = os.urandom(3 * MIB)
     emulator.set_faults(deny_prefix=".cosftp/")
     try:
@@ -281,8 +281,15 @@ def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulato
         assert ftp.nlst() and area in ftp.nlst()
         assert ftp.size(area) == len(data)
         assert get(ftp, area) == data
+        assert ftp.storbinary(f"APPE {area}", io.BytesIO(b"tail")).startswith("226")
+        assert get(ftp, area) == data + b"tail"
+        ftp.mkd(f"{area}-d")
+        put(ftp, f"{area}-d/f", b"x")
+        assert ftp.rename(f"{area}-d", f"{area}-e").startswith("250")
+        assert get(ftp, f"{area}-e/f") == b"x"
         ftp.quit()
         assert "cannot mark upload" in resumable.log_text()
+        assert "goes ahead unguarded" in resumable.log_text()
     finally:
         emulator.set_faults(deny_prefix="")
     assert pending_uploads(cos, area) == []
