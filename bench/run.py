@@ -594,7 +594,8 @@ class Bench:
             sampler.join()
         bound = idle / MIB + self.args.budget_mib + self.args.part_mib + 2 * sessions + 16
         return Row(f"peak RSS, 1 worker, {sessions} STORs at {self.args.budget_latency_ms:.0f} "
-                   f"ms COS latency, vs the memory bound of docs/operations.md ({self.args.budget_mib} MiB budget)",
+                   f"ms COS latency, vs the memory bound of docs/operations.md "
+                   f"({self.args.budget_mib} MiB budget)",
                    "MiB", [peak[0] / MIB], [bound], 1.0, False)
 
 
