@@ -1,10 +1,10 @@
 """FTPS: explicit (AUTH TLS) and implicit TLS with real clients, per-account tls_required,
-certificate validation at check, start and reload. The certificates are made here."""
+certificate validation at check, start and reload. The certificates are made by
+``tls_clients.write_certificate``."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ftplib
 import os
 import pathlib
@@ -15,10 +15,6 @@ import ssl
 from typing import Optional
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
@@ -30,39 +26,15 @@ from .test_commands import get, put
 from .test_master import _refused, master_of, sessions_by_pid, state_of
 from .test_resume import is_parked
 from .test_transfers import abort_transfer, pending_uploads, start_upload
+from .tls_clients import ImplicitFTP_TLS, client_context, write_certificate
 
 MIB = 1024 * 1024
-DAY = datetime.timedelta(days=1)
 
 PLAIN = Account("plainuser", "plain-pw", ALPHA)
 SECURE = Account("secureuser", "secure-pw", ALPHA, extra="tls_required = true")
 
 
 # --- certificates
-
-
-def write_certificate(directory, name: str = "server", valid_from: int = -1,
-                      valid_days: int = 30, encrypt: bool = False) -> tuple[str, str]:
-    """Write a self-signed certificate for 127.0.0.1 and its key; return both paths.
-
-    ``valid_from`` and ``valid_days`` are in days relative to now.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    start = datetime.datetime.now(datetime.timezone.utc) + valid_from * DAY
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + valid_days * DAY)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = str(directory / f"{name}.crt"), str(directory / f"{name}.key")
-    with open(cert_path, "wb") as handle:
-        handle.write(cert.public_bytes(serialization.Encoding.PEM))
-    encryption = (serialization.BestAvailableEncryption(b"secret") if encrypt
-                  else serialization.NoEncryption())
-    with open(key_path, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8, encryption))
-    return cert_path, key_path
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +64,6 @@ def implicit_port(server: ServerProcess) -> int:
 # --- clients
 
 
-def client_context() -> ssl.SSLContext:
-    """The test certificate is self-signed: encrypt, but do not verify."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def tls_login(server: ServerProcess, account: Account, prot_p: bool = True) -> ftplib.FTP_TLS:
     """Log in with AUTH TLS on the FTP port; PROT P unless ``prot_p`` is False."""
     ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
@@ -108,20 +72,6 @@ def tls_login(server: ServerProcess, account: Account, prot_p: bool = True) -> f
     if prot_p:
         ftp.prot_p()
     return ftp
-
-
-class ImplicitFTP_TLS(ftplib.FTP_TLS):
-    """ftplib speaks explicit FTPS only: wrap the socket in TLS before reading the greeting."""
-
-    def connect(self, host: str = "", port: int = 0, timeout: float = 30,
-                source_address=None) -> str:
-        self.host, self.port, self.timeout = host, port, timeout
-        sock = socket.create_connection((host, port), timeout)
-        self.af = sock.family
-        self.sock = self.context.wrap_socket(sock, server_hostname=host)
-        self.file = self.sock.makefile("r", encoding=self.encoding)
-        self.welcome = self.getresp()
-        return self.welcome
 
 
 def implicit_login(server: ServerProcess, account: Account) -> ftplib.FTP_TLS:
