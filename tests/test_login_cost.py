@@ -191,3 +191,23 @@ def test_a_ban_reaches_new_logins_in_logged_in_sessions(emulator, tmp_path):
             ftp.close()
         with connect(proc) as ftp:  # from 127.0.0.1
             assert ftp.login("ops", "ops-pw").startswith("230")
+
+
+def test_passwords_queued_when_their_address_gets_banned_are_not_answered(emulator, tmp_path):
+    """16 connections from one address (its pre-login cap) send a wrong password at the same
+    moment to a worker that checks one at a time, with a ban after 3 failures. Before: every
+    queued password was checked and answered 530 (16 of 16), so an address got as many
+    guesses answered as it could queue, not ``max_login_failures`` (bench/load.py --hostile
+    on 4 workers: 8 guesses answered from an address banned after 5). Now a failure is
+    counted before the next check starts, and a password whose address was banned before
+    its turn, or while it was checked, gets the ban's 421 without an answer (nor a check)."""
+    with logins_server(emulator, tmp_path, worker_processes="1", max_password_checks="1",
+                       max_login_failures="3") as proc:
+        no_sessions_left(proc)
+        crowd = Crowd(proc.port, sources(1), 16)
+        try:
+            replies, _ = crowd.send_all(["USER victim", "PASS a-wrong-guess"])
+        finally:
+            crowd.close()
+        assert replies["530"] == 3 and replies["421"] == 13, replies
+        wait_until(lambda: checks_settled(proc), what="no check running or waiting")

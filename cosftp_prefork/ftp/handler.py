@@ -39,7 +39,7 @@ from . import compat
 from .admission import Admission, raw_socket
 from .dialect import ClientDialect
 from .fs import CosFS, FsContext, Unstorable
-from .logins import LoginExpired
+from .logins import AddressBanned, LoginExpired
 from .oplog import OperatorLogs, Transfer
 from .pacing import TCP_CLOSE, UploadPacing, tcp_state
 from .passive import CosPassiveDTP, PassiveRangeExhausted
@@ -406,11 +406,14 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         connections opened before the ban must not go on guessing)."""
         if self.authenticated or not self.stats.gate.is_banned(self.remote_ip):
             return False
+        self._refuse_banned()
+        return True
+
+    def _refuse_banned(self) -> None:
         self.stats.gate.refusals.note(self.remote_ip, "login refused: the address is banned")
         metrics.LOGINS.labels("banned").inc()
         self.respond(f"421 {self.stats.gate.BANNED}")
         self.close_when_done()
-        return True
 
     def ftp_USER(self, line: str) -> None:
         if self._may_log_in_anew() and not self._refused_before_login():
@@ -441,11 +444,35 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             super().ftp_PASS(line)
         except LoginExpired:
             self.stats.gate.expire(self._ticket)  # 421 from handle_read, as any kick
+        except AddressBanned:
+            self._refuse_banned()
 
     def check_password(self, check: Callable[[], bool]) -> bool:
         """``check()`` on the worker's password-check threads, waited for until this
         session's login deadline at most (then ``LoginExpired``)."""
-        return self.stats.password_checks.run(self.remote_ip, self._ticket.deadline, check)
+        return self.stats.password_checks.run(self.remote_ip, self._ticket.deadline,
+                                              functools.partial(self._checked, check))
+
+    _banned_now = False  # this session's failed login got its address banned
+
+    def _checked(self, check: Callable[[], bool]) -> bool:
+        """Run on a check thread: ``check()``, and a failure counted at once, before the
+        thread takes the next check. ``AddressBanned`` (the ban's 421, no answer) if the
+        address was banned before this password's turn (not checked then) or while it was
+        checked, right or wrong. Answering every password queued when the ban came gave an
+        address as many guesses as it could queue (16 of 16 answered 530, ban after 3) instead
+        of ``max_login_failures``; counted by the session thread after the answer, the next
+        check started before the failure was counted. Across threads and workers, the checks
+        already running when a ban comes still get their answer."""
+        gate = self.stats.gate
+        if gate.is_banned(self.remote_ip):
+            raise AddressBanned
+        matched = check()
+        if gate.is_banned(self.remote_ip):
+            raise AddressBanned
+        if not matched:
+            self._banned_now = gate.login_failed(self.remote_ip)
+        return matched
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
         """Log in only if the gate agrees: not banned or timed out meanwhile, and a free
@@ -458,14 +485,12 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             return
         super().handle_auth_success(home, password, msg_login)
 
-    _banned_now = False
-
     def handle_auth_failed(self, msg: str, password: str) -> None:
-        """Count the failure server-wide at once, not after the delayed 530: a client that
-        reconnects as soon as it reads the 530 must already find its address banned."""
+        """The failure was counted server-wide already (``_checked``), not after the delayed
+        530: a client that reconnects as soon as it reads the 530 must already find its
+        address banned."""
         log.warning("failed login as %r", self.username)
         self._report_login(ok=False)
-        self._banned_now = self.stats.gate.login_failed(self.remote_ip)
         if self._banned_now:
             log.warning("banning %s after repeated failed logins", self.remote_ip)
         super().handle_auth_failed(msg, password)

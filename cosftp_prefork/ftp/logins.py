@@ -29,6 +29,11 @@ class LoginExpired(Exception):
     """The login's deadline passed while its password waited for its turn to be checked."""
 
 
+class AddressBanned(Exception):
+    """The client's address was banned before its password's turn came or while it was
+    checked: the login gets the ban's 421, not the answer."""
+
+
 class PasswordChecks:
     """Runs password checks on ``threads`` threads, the client addresses in turn."""
 
