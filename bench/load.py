@@ -274,6 +274,28 @@ def rss_bound_mib(server: ServerProcess, idle: dict[int, dict], sessions: int) -
                  16 * config.server.max_password_checks, 1)
 
 
+def cpu_of(server: ServerProcess, emulator: EmulatorProcess) -> dict[str, float]:
+    """CPU seconds used so far by the workers (those running now), the emulator and this
+    process (the legitimate clients)."""
+    groups = {"workers": workers_of(server.proc.pid),
+              "emulator": [psutil.Process(emulator.proc.pid)], "clients": [psutil.Process()]}
+    used: dict[str, float] = {}
+    for name, processes in groups.items():
+        used[name] = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                used[name] += times.user + times.system
+    return used
+
+
+def cpu_since(before: dict[str, float], server: ServerProcess,
+              emulator: EmulatorProcess) -> tuple[dict[str, float], dict[str, float]]:
+    """The CPU seconds each group of ``cpu_of`` used since ``before``, and the new totals."""
+    now = cpu_of(server, emulator)
+    return {name: round(now[name] - before[name], 1) for name in now}, now
+
+
 # --- the runs
 
 
@@ -296,7 +318,9 @@ def run(args: argparse.Namespace) -> dict:
         idle = settle(server, args.workers)["workers"]
         result: dict = {"rss_bound_mib": rss_bound_mib(server, idle, args.sessions),
                         "workers_idle": idle}
+        cpu = cpu_of(server, emulator)
         result["quiet"] = workload(server, args, "load")
+        result["quiet"]["cpu_s"], cpu = cpu_since(cpu, server, emulator)
         after_quiet = settle(server, args.workers)
         result["workers_after"] = after_quiet
         if not args.hostile:
@@ -312,8 +336,10 @@ def run(args: argparse.Namespace) -> dict:
              *(f"--{name}-from={source}" for name, source in ATTACKERS_FROM.items())],
             stdout=subprocess.PIPE, text=True)
         result["hostile"] = workload(server, args, "hostile")
+        result["hostile"]["cpu_s"], _ = cpu_since(cpu, server, emulator)
         out, _ = attackers.communicate(timeout=args.seconds + 300)
         result["attackers"] = json.loads(out)
+        result["hostile"]["cpu_s"]["attackers"] = result["attackers"].pop("attackers_cpu_s")
         # back to what they held once the quiet run's sessions had gone
         result["workers_after_hostile"] = settle(server, args.workers, after_quiet["workers"])
         return result
