@@ -84,6 +84,12 @@ class EmulatorProcess:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def requests_signed_by(self, secret_id: str) -> list[tuple[str, str, str]]:
+        """Every request signed with ``secret_id`` since the last reset, in order: kind, key
+        or listed prefix, copy source."""
+        return [(entry["kind"], entry["target"], entry["source"])
+                for entry in request_log(self.port, signed_by=secret_id)]
+
     def rendezvous(self, **arm) -> dict:
         """Arm the rendezvous (``contains``, ``parties``, ``timeout``, optionally ``kind``) if
         given; return its state (``armed``, ``passed``, ``broken``)."""
@@ -125,11 +131,13 @@ def connections(port: int) -> dict:
         return json.loads(response.read())
 
 
-def request_log(port: int, contains: str = "") -> list[dict]:
+def request_log(port: int, contains: str = "", signed_by: Optional[str] = None) -> list[dict]:
     """The emulator's log of requests (``kind``, ``target``, ``start``, ``end``: seconds of
-    ``time.monotonic()``, which every process on the machine shares) whose key or listed
-    prefix holds ``contains``, oldest first."""
-    query = urllib.parse.urlencode({"contains": contains})
+    ``time.monotonic()``, which every process on the machine shares; ``source``, a COPY's;
+    ``signer``, the SecretId) whose key or listed prefix holds ``contains`` and, if given,
+    that ``signed_by`` signed, oldest first."""
+    filters = {"contains": contains, **({"signed_by": signed_by} if signed_by else {})}
+    query = urllib.parse.urlencode(filters)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/__emulator__/log?{query}",
                                 timeout=10) as response:
         return json.loads(response.read())

@@ -437,6 +437,20 @@ def test_requests_are_counted_by_kind(emulator, cos, prefix):
     assert emulator.requests(contains=prefix) == {}
 
 
+def test_requests_are_listed_by_the_key_that_signed_them(emulator, cos, prefix):
+    """What test_prefixes.py asks of a hostile tenant's credentials: every key they named."""
+    other = sdk_client(emulator, secret_id=f"emu-{uuid.uuid4().hex}")
+    cos.put_object(Bucket=ALPHA, Key=prefix + "src", Body=b"x")
+    other.head_object(Bucket=ALPHA, Key=prefix + "src")
+    other.copy_object(Bucket=ALPHA, Key=prefix + "dst", CopySource={
+        "Bucket": ALPHA, "Key": prefix + "src", "Region": emulator.region})
+    other.list_objects(Bucket=ALPHA, Prefix=prefix + "d")
+    source = f"{cos_host(ALPHA)}/{prefix}src"
+    assert emulator.requests_signed_by(other._conf._secret_id) == [
+        ("HEAD", prefix + "src", ""), ("COPY", prefix + "dst", source),
+        ("LIST", prefix + "d", "")]
+
+
 # --- conditional writes (x-cos-forbid-overwrite) and the rendezvous
 
 NO_OVERWRITE = {"Metadata": {"x-cos-forbid-overwrite": "true"}}

@@ -137,6 +137,11 @@ def _authorization_fields(environ: dict) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(value, keep_blank_values=True))
 
 
+def signer(environ: dict) -> str:
+    """The SecretId a request says it is signed with (``q-ak``), "" for none."""
+    return _authorization_fields(environ).get("q-ak", "")
+
+
 def _signed_headers(environ: dict, names: Iterable[str]) -> Optional[dict[str, str]]:
     """The request's values of the headers the signature covers; None if one is missing."""
     headers = {}

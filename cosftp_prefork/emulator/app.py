@@ -36,8 +36,10 @@ The shim translates what differs between COS and S3 on the wire:
 Every request is counted by kind (``GET /__emulator__/requests`` shows the counts, ``DELETE``
 resets them; ``?contains=TEXT`` counts only requests whose key or listed prefix holds TEXT),
 so tests and the bench can tell how many COS round-trips an FTP command costs;
-``GET /__emulator__/log`` (same filter) lists each request with its start and end
-(``time.monotonic()``, shared by the machine's processes), and ``GET
+``GET /__emulator__/log`` (same filter; ``?signed_by=SECRETID`` only the requests signed with
+that key) lists each request with its start and end (``time.monotonic()``, shared by the
+machine's processes), a COPY's source and the SecretId it was signed with, so a test can tell
+every key a client of the emulator named; and ``GET
 /__emulator__/connections`` counts the TCP connections accepted (``serving.py`` keeps them
 alive between requests, as COS does).
 
@@ -89,7 +91,7 @@ from werkzeug.test import Client
 
 from ..cos.checksum import crc64
 from . import listing
-from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts
+from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts, signer
 from .serving import DEFAULT_LIMITS, KeepAliveServer, Limits
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -167,6 +169,8 @@ class _Logged:
     target: str
     start: float
     end: Optional[float] = None
+    source: str = ""  # a COPY's x-cos-copy-source, as sent
+    signer: str = ""  # the SecretId it says it is signed with
 
 
 def _contains(environ: dict) -> str:
@@ -448,7 +452,9 @@ class CosShim:
         if environ.get("PATH_INFO") == CONNECTIONS_PATH:
             return _json_response(start_response, {"accepted": self.connections_accepted})
         key, listed = _targets(environ)
-        logged = _Logged(request_kind(environ), key or listed, time.monotonic())
+        logged = _Logged(request_kind(environ), key or listed, time.monotonic(),
+                         source=urllib.parse.unquote(environ.get("HTTP_X_COS_COPY_SOURCE", "")),
+                         signer=signer(environ))
         with self._lock:
             self.requests.append(logged)
         try:
@@ -558,9 +564,10 @@ class CosShim:
 
     def _request_log(self, environ: dict, start_response: Callable) -> list[bytes]:
         contains = _contains(environ)
+        signed_by = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("signed_by")
         with self._lock:
-            entries = [asdict(entry) for entry in self.requests
-                       if contains in entry.target]
+            entries = [asdict(entry) for entry in self.requests if contains in entry.target
+                       and (signed_by is None or entry.signer == signed_by[0])]
         return _json_response(start_response, entries)
 
     def _rendezvous_control(self, environ: dict, start_response: Callable) -> list[bytes]:
