@@ -14,12 +14,17 @@ from .server_proc import Account, ServerProcess
 ALPHA = "alpha-1250000000"
 BETA = "beta-1250000000"
 
+# The home of the standard server's account rooted at a prefix of ALPHA (test_clients.py runs
+# the peer suites both as alice, at the bucket's root, and as it).
+TENANT_PREFIX = "tenants/peer/"
+
 STANDARD_ACCOUNTS = [
     Account("alice", "alice-pw", ALPHA, "RW"),
     Account("reader", "reader-pw", ALPHA, "R"),
     Account("writer", "writer-pw", ALPHA, "W"),
     Account("keeper", "keeper-pw", ALPHA, "RW", delete_enable=False),
     Account("bob", "bob-pw", BETA, "RW"),
+    Account("tenant", "tenant-pw", ALPHA, "RW", extra=f"cos_prefix = {TENANT_PREFIX}"),
 ]
 
 

@@ -64,6 +64,23 @@ delete_enable = {"true" if self.delete_enable else "false"}
 """
 
 
+def many_accounts(count: int, bucket: str, prefix: str, shared: str) -> list[Account]:
+    """``count`` accounts ``u<i>`` (password ``u<i>-pw``), as a shared-bucket service has
+    them: every third rooted at ``<prefix>u<i>/`` of ``bucket`` (signing with one of seven
+    keys), every third at the root of ``shared``, the others each in a bucket of its own
+    (``own<i>-1250000000``, which the emulator does not have)."""
+    accounts = []
+    for i in range(count):
+        if i % 3 == 0:
+            accounts.append(Account(f"u{i}", f"u{i}-pw", bucket, secret_id=f"key-{i % 7}",
+                                    extra=f"cos_prefix = {prefix}u{i}/"))
+        elif i % 3 == 1:
+            accounts.append(Account(f"u{i}", f"u{i}-pw", shared))
+        else:
+            accounts.append(Account(f"u{i}", f"u{i}-pw", f"own{i}-1250000000"))
+    return accounts
+
+
 @dataclass
 class ServerProcess:
     """A ``cosftpctl run`` process with a generated config in ``workdir``."""

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from fastcrc import crc64
 
-from cosftp_prefork.cos.bucket import BucketRegistry
+from cosftp_prefork.cos.registry import BucketRegistry
 from cosftp_prefork.cos.resume import Janitor, live_key
 
 from .conftest import ALPHA

@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
-from cosftp_prefork.cos.bucket import Bucket, BucketRegistry, ObjectInfo
+from cosftp_prefork.cos.bucket import Bucket, ObjectInfo
 from cosftp_prefork.cos.listing import DIRECTORY, FILE, name_kind
 from cosftp_prefork.cos.naming import may_speculate
+from cosftp_prefork.cos.registry import BucketRegistry
 from cosftp_prefork.emulator.app import Emulator
 from cosftp_prefork.errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
 
 from ..errors import ConfigError
+from ..paths import MAX_KEY_BYTES, NAME_ROOM, home_prefix
 from .locations import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_LOG_DIR,
@@ -91,6 +92,8 @@ class AccountConfig:
     tls_required: bool = False
     require_existing_dir: bool = False
     ftp_encoding: str = "utf-8"  # this account's, else [OPTIONAL] ftp_encoding
+    # cos_prefix: the account's "/" is this key prefix of the bucket ("" = its root).
+    prefix: str = ""
 
     @property
     def can_read(self) -> bool:
@@ -423,6 +426,9 @@ _BYTES = " number of bytes"
 _CPUS = os.cpu_count() or 1
 # Relative paths are resolved against the file's base directory (config.locations).
 _accepts("a path; relative: to the config file's directory (its parent for conf/)")(parse_path)
+_accepts("a key prefix such as tenants/alice (a leading / dropped, a trailing / added); no "
+         f"empty, . or .. component, no .cosftp, at most {MAX_KEY_BYTES - NAME_ROOM} "
+         "bytes")(home_prefix)
 
 
 @dataclass(frozen=True)
@@ -476,6 +482,10 @@ SETTINGS: tuple[Setting, ...] = (
             "refuse this login unless control and data connections use TLS"),
     Setting(ACCOUNT_PREFIX, "require_existing_dir", _boolean, False,
             "refuse (550) STOR, APPE and RNTO into a directory that does not exist"),
+    Setting(ACCOUNT_PREFIX, "cos_prefix", home_prefix, "",
+            "the account's / is this key prefix of its bucket: nothing outside it can be "
+            "reached, and the server's data of the account (.cosftp/) lives under it",
+            "none: the bucket's root"),
     Setting("NETWORK", "masquerade_address", _host, None,
             "address announced in PASV replies (behind NAT); a name is resolved when a "
             "worker starts"),
@@ -681,7 +691,7 @@ def _account(reader: _Reader, section: str, default_encoding: str) -> AccountCon
         authority=values["authority"], delete_enable=values["delete_enable"],
         anonymous_enable=values["anonymous_enable"], tls_required=values["tls_required"],
         require_existing_dir=values["require_existing_dir"],
-        ftp_encoding=values["ftp_encoding"] or default_encoding,
+        ftp_encoding=values["ftp_encoding"] or default_encoding, prefix=values["cos_prefix"],
     )
 
 

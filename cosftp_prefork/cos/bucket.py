@@ -5,8 +5,8 @@ Every SDK exception is translated here, once, into :mod:`cosftp_prefork.errors` 
 above see ``OSError`` subclasses with a real errno, the COS error code and the request id.
 
 Clients are created lazily by the process that uses them (a worker, after fork) and each
-:class:`BucketRegistry` owns its own ``requests`` session: the SDK otherwise shares one session
-at class level between every client of the process.
+registry (``cos.registry``) owns its own ``requests`` session: the SDK otherwise shares one
+session at class level between every client of the process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import io
 import itertools
 import logging
 import random
-import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
@@ -43,6 +42,7 @@ from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from .. import metrics
 from ..config.settings import AccountConfig
 from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
+from ..paths import MAX_KEY_BYTES
 from .checksum import crc64_of
 from .pagination import marker_after, paginate
 from .signed import Sender, copy_etag
@@ -347,6 +347,9 @@ class Bucket:
     Methods raise ``NotFound``, ``PermissionDenied`` or ``StorageError``; they are safe to call
     from several threads at once.
     """
+
+    # The bytes a key may have: COS's limit, less the prefix of an area (``cos.area``).
+    key_room = MAX_KEY_BYTES
 
     def __init__(self, client: CosS3Client, name: str, region: Optional[str],
                  endpoint: Optional[str] = None) -> None:
@@ -669,50 +672,31 @@ class WorkerSession(requests.Session):
         return {**settings, "proxies": dict(settings["proxies"])}
 
 
-class BucketRegistry:
-    """Per-process cache of :class:`Bucket` objects, one per account, created on first use."""
+def new_session(pool_size: int) -> requests.Session:
+    """A :class:`WorkerSession` keeping up to ``pool_size`` connections per COS host: the
+    clients of one registry (``cos.registry``) share it, and no one else's."""
+    session = WorkerSession()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
-    def __init__(self, pool_size: int = 32, timeout: float = 60) -> None:
-        self._pool_size = pool_size
-        self._timeout = timeout
-        self._session: Optional[requests.Session] = None
-        self._buckets: dict[str, Bucket] = {}
-        self._lock = threading.Lock()
 
-    def bucket(self, account: AccountConfig) -> Bucket:
-        """Return the :class:`Bucket` for ``account``, creating its client on first use."""
-        with self._lock:
-            found = self._buckets.get(account.section)
-            if found is None:
-                found = Bucket(self._make_client(account), account.bucket, account.region,
-                               account.endpoint)
-                self._buckets[account.section] = found
-            return found
-
-    def _make_client(self, account: AccountConfig) -> CosS3Client:
-        if self._session is None:
-            self._session = WorkerSession()
-            adapter = requests.adapters.HTTPAdapter(
-                pool_connections=4, pool_maxsize=self._pool_size
-            )
-            self._session.mount("http://", adapter)
-            self._session.mount("https://", adapter)
-        options: dict[str, Any] = {
-            "SecretId": account.secret_id,
-            "SecretKey": account.secret_key,
-            "Scheme": account.protocol,
-            "Timeout": self._timeout,
-        }
-        if account.endpoint:
-            options["Endpoint"] = account.endpoint
-        else:
-            options["Region"] = account.region
-        if account.cos_ip:
-            options["IP"] = account.cos_ip
-            options["Port"] = account.cos_port
-        return CosS3Client(CosConfig(**options), retry=0, session=self._session)
-
-    def close(self) -> None:
-        """Release pooled connections."""
-        if self._session is not None:
-            self._session.close()
+def make_bucket(account: AccountConfig, session: requests.Session, timeout: float) -> Bucket:
+    """The bucket of ``account`` with its credentials and endpoint, its client on
+    ``session``."""
+    options: dict[str, Any] = {
+        "SecretId": account.secret_id,
+        "SecretKey": account.secret_key,
+        "Scheme": account.protocol,
+        "Timeout": timeout,
+    }
+    if account.endpoint:
+        options["Endpoint"] = account.endpoint
+    else:
+        options["Region"] = account.region
+    if account.cos_ip:
+        options["IP"] = account.cos_ip
+        options["Port"] = account.cos_port
+    client = CosS3Client(CosConfig(**options), retry=0, session=session)
+    return Bucket(client, account.bucket, account.region, account.endpoint)

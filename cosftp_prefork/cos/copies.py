@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..config.settings import MAX_PARTS, TransferConfig, part_size_for
 from ..errors import Conflict, InvalidPath, NotFound, StorageError
-from ..paths import MAX_KEY_BYTES, ftp_path_for_key, key_bytes
+from ..paths import RESERVED_NAME, ftp_path_for_key, is_reserved, key_bytes
 from .bucket import Bucket, ObjectInfo
 from .listing import all_objects
 from .resume import mark_live, unmark_live
@@ -93,17 +93,22 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
     Raises ``StorageError`` (the first failure) with the source untouched if a copy fails,
     ``Conflict`` if a key went away meanwhile (another session moved or deleted it),
     ``NotFound`` if nothing is left to move, and ``InvalidPath``, before copying anything,
-    if a new key would be over the COS limit. Run it announced (``intents.announced``).
+    if a new key would be over the COS limit or the directory holds a ``.cosftp``: another
+    account is rooted in it (``cos_prefix``), and its parked uploads and MFMT times are its
+    own, not this account's to move. Run it announced (``intents.announced``).
     """
     objects = all_objects(bucket, src_prefix)
     if not objects:
         raise NotFound(f"No such file or directory: {ftp_path_for_key(src_prefix)} was renamed "
                        "or deleted meanwhile", code="NoSuchKey")
+    if any(is_reserved(obj.key[len(src_prefix):]) for obj in objects):
+        raise InvalidPath(f"that directory holds another account's home (its {RESERVED_NAME} "
+                          f"data): it cannot be renamed")
     targets = {obj.key: dst_prefix + obj.key[len(src_prefix):] for obj in objects}
     longest = max((key_bytes(target) for target in targets.values()), default=0)
-    if longest > MAX_KEY_BYTES:
+    if longest > bucket.key_room:
         raise InvalidPath(f"a name in that directory would be {longest} bytes long there, "
-                          f"over the COS limit of {MAX_KEY_BYTES}")
+                          f"over the {bucket.key_room} bytes COS allows")
     small = [obj for obj in objects if obj.size <= transfer.multipart_copy_threshold]
     futures: dict[str, Future] = {obj.key: executor.submit(_copy_as_stored, bucket, obj,
                                                            targets[obj.key]) for obj in small}

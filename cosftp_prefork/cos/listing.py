@@ -96,12 +96,14 @@ def _in_order(page: ListPage, found: list[tuple[str, Entry]]
 
 
 def _page_entries(prefix: str, page: ListPage) -> list[tuple[str, Entry]]:
-    """The nameable entries of one page, files and directories."""
+    """The nameable entries of one page, files and directories. ``.cosftp`` is left out at
+    any depth: the server's data of this account, or of another rooted in a directory here
+    (``paths.RESERVED_NAME``)."""
     found = [(obj.key, Entry(child_name(prefix, obj.key), False, obj.size, obj.mtime,
                              obj.etag)) for obj in page.objects if not obj.key.endswith("/")]
-    found += [(sub, Entry(child_name(prefix, sub), True)) for sub in page.prefixes
-              if not (prefix == "" and child_name(prefix, sub) == RESERVED_NAME)]
-    return [item for item in found if item[1].name and _nameable(prefix, item[1].name)]
+    found += [(sub, Entry(child_name(prefix, sub), True)) for sub in page.prefixes]
+    return [item for item in found if item[1].name not in ("", RESERVED_NAME) and
+            _nameable(prefix, item[1].name)]
 
 
 def _nameable(prefix: str, name: str) -> bool:

@@ -113,9 +113,9 @@ def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
                                attributes=tuple(sorted(attributes)))
 
 
-def _fits(marker: str) -> bool:
+def _fits(bucket: Bucket, marker: str) -> bool:
     """Whether ``marker`` fits in a COS key; if not, only MDTM shows that time (logged)."""
-    if fits_as_key(marker):
+    if fits_as_key(marker, bucket.key_room):
         return True
     log.info("%s: name too long for a listing marker; only MDTM will show the time", marker)
     return False
@@ -131,7 +131,7 @@ def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
     written again after it. Raises ``StorageError`` (markers already written for a copy that
     failed are deleted again)."""
     guessed = [marker for marker in (marker_key(target, stamp, source.etag) for stamp in stamps)
-               if _fits(marker)]
+               if _fits(bucket, marker)]
     # A copy keeps the ETag of the bytes it copies in one piece; a multipart ETag ("-N") may
     # not survive CopyObject (the copy's is then its MD5): those markers wait for the copy.
     beside = "-" not in source.etag

@@ -47,7 +47,8 @@ from typing import Optional
 from ..config.settings import AccountConfig, load_config
 from ..errors import ConfigError, NotFound, PermissionDenied, StorageError
 from ..paths import RESERVED_NAME
-from .bucket import Bucket, BucketRegistry
+from .bucket import Bucket
+from .registry import BucketRegistry
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_THREADS = 64
@@ -196,7 +197,7 @@ def probe(bucket: Bucket, account: AccountConfig) -> Finding:
 
 def _probe_account(registry: BucketRegistry, account: AccountConfig) -> Finding:
     try:
-        return probe(registry.bucket(account), account)
+        return probe(registry.home(account), account)
     except Exception as exc:  # one account's surprise must not hide the others' findings
         return Finding(FAILED, f"{type(exc).__name__}: {_safe(str(exc), 160)}")
 

@@ -204,6 +204,13 @@ def last_activity(upload: UploadInfo, parts: Iterable[PartInfo]) -> float:
     return max([upload.initiated, *(part.mtime for part in parts)])
 
 
+def _keeps_uploads(bucket: Bucket) -> bool:
+    """Whether ``bucket`` has records or live markers: one delimited listing of
+    ``.cosftp/``, whose sub-directories tell."""
+    kinds = bucket.list_page(f"{RESERVED_NAME}/").prefixes
+    return RECORD_ROOT in kinds or LIVE_ROOT in kinds
+
+
 def _marks_by_upload(bucket: Bucket, root: str) -> dict[str, ObjectInfo]:
     """The records or live markers under ``root``, by the upload id that ends their key."""
     return {mark.key.rsplit("/", 1)[-1]: mark for mark in all_objects(bucket, root)}
@@ -214,11 +221,16 @@ class Janitor:
     uploads idle for more than ``max(ttl, orphan_idle)``; deletes records and markers whose
     upload is gone. Uploads with neither are another tool's and left alone.
 
+    Each of ``buckets`` is a home (a bucket, or the ``Area`` of a ``cos_prefix``) with its own
+    records and markers; uploads under a home that another home's records name (an account
+    rooted in a directory of another) are that one's. ``buckets`` is gone through anew at
+    each sweep, so it may make each home when it gets to it (``BucketRegistry.homes``).
+
     One runs per server (in worker 1); a second one during a reload only repeats aborts that
     COS then answers with NoSuchUpload.
     """
 
-    def __init__(self, buckets: list[Bucket], ttl: float,
+    def __init__(self, buckets: Iterable[Bucket], ttl: float,
                  orphan_idle: float = ORPHAN_IDLE_SECONDS) -> None:
         self._buckets = buckets
         self._ttl = ttl
@@ -240,7 +252,10 @@ class Janitor:
 
     def sweep(self, bucket: Bucket) -> int:
         """Abort what has expired in ``bucket`` and delete records and markers whose upload
-        is gone; return how many uploads were aborted."""
+        is gone; return how many uploads were aborted. A home without records or markers
+        costs one request (a configuration may have thousands)."""
+        if not _keeps_uploads(bucket):
+            return 0
         now = time.time()
         records = _marks_by_upload(bucket, RECORD_ROOT)
         markers = _marks_by_upload(bucket, LIVE_ROOT)

@@ -1,10 +1,11 @@
 """pyftpdlib ``AbstractedFS`` over one COS bucket.
 
-FTP paths are virtual: ``/`` is the bucket root and the "real" path pyftpdlib hands back to us
-is the normalised FTP path itself, so ``ftpnorm`` (which resolves ``..`` against ``/``) is the
-jail. Every method raises ``Refusal`` (a pyftpdlib ``FilesystemError`` with a message for the
-client) or ``OSError`` (storage errors, with the COS code and request id), which pyftpdlib
-turns into 550 replies.
+FTP paths are virtual: ``/`` is the bucket root (or, for an account with a ``cos_prefix``, the
+root of the ``cos.area.Area`` it works on) and the "real" path pyftpdlib hands back to us is the
+normalised FTP path itself, so ``ftpnorm`` (which resolves ``..`` against ``/``) is the jail.
+Every method raises ``Refusal`` (a pyftpdlib ``FilesystemError`` with a message for the client)
+or ``OSError`` (storage errors, with the COS code and request id), which pyftpdlib turns into
+550 replies.
 
 Nothing COS said is kept from one command to the next: another session, another worker or
 another tool may have changed the bucket since, and COS itself is strongly consistent. What
@@ -204,6 +205,12 @@ class CosFS(AbstractedFS):
         self._after_reply = AfterReply(functools.partial(ctx.engine.lookups.submit, self))
         # MFMT's listing of a file's markers, started before pyftpdlib's look-up of it.
         self._markers_listed: tuple[str, Optional[Future]] = ("", None)
+
+    @property
+    def key_room(self) -> int:
+        """The bytes a key of this account may have (less than COS's limit under a
+        ``cos_prefix``)."""
+        return self._bucket.key_room
 
     # --- path conversion: the FTP path is the "real" path
 

@@ -21,10 +21,10 @@ from pyftpdlib.utils import strerror
 from .. import metrics
 from ..config.passwords import PasswordChecker
 from ..config.settings import AccountConfig, Config
-from ..cos.bucket import BucketRegistry
 from ..cos.digests import ALGORITHMS
 from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine
+from ..cos.registry import BucketRegistry
 from ..cos.uploads import UploadInterrupted
 from ..errors import (
     Conflict,
@@ -527,7 +527,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         account = self.authorizer.account(self.username)
         return FsContext(
             account=account,
-            bucket=self.buckets.bucket(account),
+            bucket=self.buckets.home(account),
             transfer=self.config.transfer,
             engine=self.engine,
             max_list_file=self.config.server.max_list_file,
@@ -579,7 +579,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         """
         if cmd in NAMING_COMMANDS and args:
             try:
-                new_name_key(args[0], directory=cmd in ("MKD", "XMKD"))
+                new_name_key(args[0], directory=cmd in ("MKD", "XMKD"),
+                             room=self.fs.key_room)
             except InvalidPath as exc:
                 self.respond(f"553 {exc.strerror}.")
                 return

@@ -19,8 +19,8 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHa
 
 from ..config.settings import Config
 from ..config.tls import ServerTLS
-from ..cos.bucket import BucketRegistry
 from ..cos.engine import Engine
+from ..cos.registry import BucketRegistry
 from . import compat
 from .handler import CosDTPHandler, CosFTPHandler, configure_handler
 

@@ -33,8 +33,8 @@ from setproctitle import setproctitle
 
 from .. import logcontext, metrics
 from ..config.settings import Config, resolve_masquerade
-from ..cos.bucket import BucketRegistry
 from ..cos.engine import Engine
+from ..cos.registry import BucketRegistry
 from ..cos.resume import Janitor
 from ..cos.uploads import AbortRetrier
 from ..errors import ConfigError
@@ -327,12 +327,12 @@ class Worker:
         return 0
 
     def _start_janitor(self, buckets: BucketRegistry) -> Optional[Janitor]:
-        """Worker 1 sweeps stale multipart uploads out of every bucket, once per bucket."""
+        """Worker 1 sweeps stale multipart uploads out of every home (a bucket, or the keys
+        under a cos_prefix), once per home; a home's client is made at the first sweep."""
         ttl = self.config.transfer.resume_ttl
         if self.index != 1 or not ttl:
             return None
-        by_name = {account.bucket: account for account in self.config.accounts}
-        janitor = Janitor([buckets.bucket(account) for account in by_name.values()], ttl)
+        janitor = Janitor(buckets.homes(self.config.accounts), ttl)
         janitor.start()
         return janitor
 
