@@ -132,3 +132,10 @@ class InvalidPath(OSError):
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EINVAL, message)
+
+
+class QuotaExceeded(Exception):
+    """An upload or rename would pass a home's ``quota_size`` or ``quota_files``: refused
+    before its bytes (``552``, nothing stored), or stopped and undone once they pass it. Not
+    an ``OSError``, for the reason given at ``StorageUnavailable``: the reply is ``552``,
+    not pyftpdlib's ``550``."""

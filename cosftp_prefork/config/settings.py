@@ -94,6 +94,13 @@ class AccountConfig:
     ftp_encoding: str = "utf-8"  # this account's, else [OPTIONAL] ftp_encoding
     # cos_prefix: the account's "/" is this key prefix of the bucket ("" = its root).
     prefix: str = ""
+    # quota_size (bytes) and quota_files of the account's home; 0: no limit.
+    quota_size: int = 0
+    quota_files: int = 0
+
+    @property
+    def has_quota(self) -> bool:
+        return bool(self.quota_size or self.quota_files)
 
     @property
     def can_read(self) -> bool:
@@ -197,6 +204,7 @@ class ServerConfig:
     ftp_encoding: str = "utf-8"
     data_connection_timeout: int = 300
     max_password_checks: int = 1
+    quota_scan_interval: int = 3600  # seconds between scans of a home with a quota; 0: never
 
 
 @dataclass(frozen=True)
@@ -422,6 +430,20 @@ def _port_range(raw: str) -> tuple[int, int]:
     return low, high
 
 
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+@_accepts("bytes, with an optional K, M, G or T (1024-based: 10G is 10 x 1024^3); 0: none")
+def parse_size(raw: str) -> int:
+    """A size such as ``500M``: bytes, or K, M, G or T times 1024, 1024^2... (``KB``, ``MiB``
+    and lower case are taken too)."""
+    match = re.fullmatch(r"([0-9]+)\s*([KMGT]?)(I?B)?", raw.strip().upper())
+    if match is None or (match.group(3) and not match.group(2)):
+        raise ValueError(f"must be a number of bytes with an optional K, M, G or T (1024-based), "
+                         f"such as 500M or 10G, got {raw!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
 _BYTES = " number of bytes"
 _CPUS = os.cpu_count() or 1
 # Relative paths are resolved against the file's base directory (config.locations).
@@ -486,6 +508,11 @@ SETTINGS: tuple[Setting, ...] = (
             "the account's / is this key prefix of its bucket: nothing outside it can be "
             "reached, and the server's data of the account (.cosftp/) lives under it",
             "none: the bucket's root"),
+    Setting(ACCOUNT_PREFIX, "quota_size", parse_size, 0,
+            "most bytes the account's home may hold (its files, the server's data not "
+            "counted); an upload that would pass it is refused or stopped with 552", "none"),
+    Setting(ACCOUNT_PREFIX, "quota_files", _integer(0), 0,
+            "most files the account's home may hold; 0 = none"),
     Setting("NETWORK", "masquerade_address", _host, None,
             "address announced in PASV replies (behind NAT); a name is resolved when a "
             "worker starts"),
@@ -577,6 +604,11 @@ SETTINGS: tuple[Setting, ...] = (
     # Data connections: how long one may stall before it is cut off (421).
     Setting("OPTIONAL", "data_connection_timeout", _integer(1, 86400), 300,
             "seconds a transfer may go without moving a byte before it is cut off (421)"),
+    # Quotas (quota_size, quota_files): what the server keeps as it writes is caught up with
+    # what other tools wrote by scanning the home again.
+    Setting("OPTIONAL", "quota_scan_interval", _integer(0, 30 * 86400), 3600,
+            "seconds between scans of a home with a quota (files written by other tools "
+            "counted); 0 = only at first use and on cosftpctl quota-scan"),
     # For operators: Prometheus metrics and the log files of vsftpd's format.
     Setting("NETWORK", "metrics_address", _ip_address, "127.0.0.1",
             "address of the Prometheus endpoint"),
@@ -692,6 +724,7 @@ def _account(reader: _Reader, section: str, default_encoding: str) -> AccountCon
         anonymous_enable=values["anonymous_enable"], tls_required=values["tls_required"],
         require_existing_dir=values["require_existing_dir"],
         ftp_encoding=values["ftp_encoding"] or default_encoding, prefix=values["cos_prefix"],
+        quota_size=values["quota_size"], quota_files=values["quota_files"],
     )
 
 
@@ -740,6 +773,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         data_connection_timeout=optional["data_connection_timeout"],
         max_password_checks=optional["max_password_checks"] or
         default_password_checks(optional["worker_processes"]),
+        quota_scan_interval=optional["quota_scan_interval"],
     )
 
 

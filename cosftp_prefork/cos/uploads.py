@@ -41,6 +41,7 @@ parking is on, a multipart upload has a live marker from its start to its end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import threading
@@ -51,7 +52,14 @@ from typing import Callable, Optional, Union
 
 from .. import metrics
 from ..config.settings import MIN_PART_SIZE, TransferConfig
-from ..errors import FileTooLarge, NotFound, NotStorable, ResumeRefused, StorageError
+from ..errors import (
+    FileTooLarge,
+    NotFound,
+    NotStorable,
+    QuotaExceeded,
+    ResumeRefused,
+    StorageError,
+)
 from .bucket import Bucket, Completed, ObjectInfo, PartInfo
 from .checksum import crc64, crc64_combine
 from .engine import Claim, Engine, PartPlan
@@ -59,6 +67,7 @@ from .intents import Announcement, announce
 from .listing import Entry
 from .naming import NameChecks
 from .periodic import Periodic
+from .quota import AccountQuota, UploadQuota, replaced_size
 from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
 
 log = logging.getLogger(__name__)
@@ -369,7 +378,8 @@ class UploadSession:
     def __init__(self, bucket: Bucket, key: str, *, name: str, state: UploadState,
                  transfer: TransferConfig, engine: Engine, store: ResumeStore,
                  retrier: Optional[AbortRetrier] = None,
-                 announced: Optional[int] = None, checks: Optional[NameChecks] = None) -> None:
+                 announced: Optional[int] = None, checks: Optional[NameChecks] = None,
+                 quota: Optional[UploadQuota] = None) -> None:
         self.name = name
         self.state = state
         # A new name's look-ups, running while the bytes arrive (see naming).
@@ -378,6 +388,7 @@ class UploadSession:
         self._max_size = transfer.single_file_max_size
         self._engine = engine
         self._retrier = retrier
+        self._quota = quota  # the bytes reserved in the quotas that count this file
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
         self._continues: Optional[ObjectInfo] = None  # APPE: the version its bytes came from
         self._announcement: Optional[Announcement] = None  # APPE: no other one meanwhile
@@ -409,6 +420,11 @@ class UploadSession:
         self.state = state
         if state in _ENDED and self._announcement is not None:
             self._announcement.release()
+        if state in _ENDED and self._quota is not None:
+            if state is UploadState.COMMITTED:
+                self._quota.finish(self._parts.size)
+            else:
+                self._quota.cancel()
 
     def room(self, more_coming: Callable[[], bool] = lambda: True,
              ready: Callable[[int], bool] = lambda _size: True) -> int:
@@ -434,6 +450,12 @@ class UploadSession:
             self._move(UploadState.STREAMING)
         if self._checks is not None and self._checks.settled():
             self._name_allowed()  # a refused name stops the transfer at once
+        if self._quota is not None:
+            try:
+                self._quota.take(len(data))
+            except QuotaExceeded:
+                self._discard = True  # undone, never parked
+                raise
         self._parts.write(data)
         return len(data)
 
@@ -648,9 +670,10 @@ class SessionUploads:
     upload a SIZE reported, which a following APPE continues (``curl -C -``)."""
 
     def __init__(self, bucket: Bucket, transfer: TransferConfig, engine: Engine,
-                 store: ResumeStore, retrier: Optional[AbortRetrier] = None) -> None:
+                 store: ResumeStore, retrier: Optional[AbortRetrier] = None,
+                 quota: Optional[AccountQuota] = None) -> None:
         self._bucket, self._transfer, self._engine = bucket, transfer, engine
-        self._store, self._retrier = store, retrier
+        self._store, self._retrier, self._quota = store, retrier, quota
         self._offered: Optional[tuple[str, str]] = None  # (path, upload id) SIZE reported
 
     def source(self, path: str, key: str, entry: Optional[Entry]) -> Optional[Source]:
@@ -675,8 +698,11 @@ class SessionUploads:
             checks: Optional[NameChecks] = None) -> UploadSession:
         """An upload that starts from nothing (STOR); with ``checks``, of a name whose
         look-ups run while its bytes arrive (whether a file has it is not known yet)."""
-        return self._session(path, key, UploadState.OVERWRITE if overwrite else UploadState.NEW,
-                             announced, checks)
+        if overwrite:  # APPE to an empty file: it stays one file
+            return self._session(path, key, UploadState.OVERWRITE, announced, checks,
+                                 Counted(new_file=False, replaced=lambda: 0))
+        return self._session(path, key, UploadState.NEW, announced, checks,
+                             Counted(new_file=True))
 
     def append(self, path: str, key: str, existing: Optional[Entry],
                announced: Optional[int] = None) -> UploadSession:
@@ -688,7 +714,7 @@ class SessionUploads:
             return self._resumed(path, key, parked, announced)
         if existing is None or existing.size == 0:
             return self.new(path, key, existing is not None, announced)
-        return self._continued(path, key, None, announced)
+        return self._continued(path, key, existing.size, announced, checked=False)
 
     def at_offset(self, path: str, key: str, entry: Optional[Entry], offset: int,
                   announced: Optional[int] = None) -> UploadSession:
@@ -715,33 +741,57 @@ class SessionUploads:
         return None
 
     def _session(self, path: str, key: str, state: UploadState,
-                 announced: Optional[int],
-                 checks: Optional[NameChecks] = None) -> UploadSession:
+                 announced: Optional[int], checks: Optional[NameChecks],
+                 counted: Counted) -> UploadSession:
+        """The upload, its first bytes reserved in the quotas that count it (raises
+        ``QuotaExceeded`` before anything is stored or claimed)."""
+        quota = None
+        if self._quota is not None:
+            replaced = counted.replaced
+            if replaced is None:  # what the file replaces, asked beside its bytes
+                replaced = replaced_size(self._engine.lookups.for_owner(self).submit(
+                    self._bucket.head, key))
+            quota = self._quota.upload(key, counted.new_file, counted.base, announced,
+                                       replaced)
         return UploadSession(self._bucket, key, name=path, state=state,
                              transfer=self._transfer, engine=self._engine, store=self._store,
-                             retrier=self._retrier, announced=announced, checks=checks)
+                             retrier=self._retrier, announced=announced, checks=checks,
+                             quota=quota)
 
     def _resumed(self, path: str, key: str, parked: ParkedUpload,
                  announced: Optional[int]) -> UploadSession:
         """An upload that continues ``parked``, taken away from other sessions first."""
-        upload = self._session(path, key, UploadState.RESUME, announced)
+        upload = self._session(path, key, UploadState.RESUME, announced, None,
+                               Counted(new_file=True, base=parked.size))
         with _given_up_on_failure(upload):
             self._store.claim(parked)
         upload.resume(parked)
         return upload
 
-    def _continued(self, path: str, key: str, size: Optional[int],
-                   announced: Optional[int]) -> UploadSession:
+    def _continued(self, path: str, key: str, size: int, announced: Optional[int],
+                   checked: bool = True) -> UploadSession:
         """An upload that starts with the bytes of the stored file ``key``, which must be
-        ``size`` bytes long if given."""
-        upload = self._session(path, key, UploadState.APPEND, announced)
+        ``size`` bytes long if ``checked`` (REST + STOR at its end)."""
+        upload = self._session(path, key, UploadState.APPEND, announced, None,
+                               Counted(new_file=False, replaced=lambda: size))
         with _given_up_on_failure(upload):
             upload.announce()
             existing = self._bucket.head(key)
-            if size is not None and existing.size != size:
+            if checked and existing.size != size:
                 raise ResumeRefused(f"{path} changed while resuming; try again")
             upload.continue_object(existing)
         return upload
+
+
+@dataclasses.dataclass(frozen=True)
+class Counted:
+    """How the quotas count an upload: whether it makes a file more (unless one of its name
+    is there), the bytes of it already in COS but not counted (a parked upload's), and the
+    size of the file it replaces (None: asked of COS beside the bytes)."""
+
+    new_file: bool
+    base: int = 0
+    replaced: Optional[Callable[[], Optional[int]]] = None
 
 
 @contextlib.contextmanager

@@ -67,12 +67,14 @@ from ..cos.mtimes import (
     set_client_mtime,
 )
 from ..cos.naming import start_checks
+from ..cos.quota import AccountQuota
 from ..cos.resume import ResumeStore
 from ..cos.uploads import AbortRetrier, SessionUploads, UploadSession
 from ..errors import (
     InvalidPath,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     StorageError,
     StorageUnavailable,
 )
@@ -103,6 +105,7 @@ class FsContext:
     engine: Engine
     max_list_file: int
     retrier: Optional[AbortRetrier] = None
+    quota: Optional[AccountQuota] = None  # the quotas this account's writes count against
 
 
 class Refusal(FilesystemError):
@@ -197,7 +200,9 @@ class CosFS(AbstractedFS):
         ctx = self._ctx
         self._uploads = SessionUploads(
             self._bucket, ctx.transfer, ctx.engine,
-            ResumeStore(self._bucket, ctx.transfer.resume_ttl, ctx.account.user), ctx.retrier)
+            ResumeStore(self._bucket, ctx.transfer.resume_ttl, ctx.account.user), ctx.retrier,
+            ctx.quota)
+        self.quota = ctx.quota
         self._announced: Optional[int] = None  # ALLO: the size of the next upload
         # The path and object of this session's last STOR (and of its MFMT), for an MFMT or
         # a rename right after it.
@@ -544,8 +549,10 @@ class CosFS(AbstractedFS):
     @_transient_escapes
     def remove(self, path: str) -> None:
         """Delete the object at ``path``; raises ENOENT / EISDIR."""
-        self._require(path, want_dir=False)
+        entry = self._require(path, want_dir=False)
         self._bucket.delete(object_key(path))
+        if self.quota is not None:
+            self.quota.removed(object_key(path), entry.size)
         self._forget(path)
         self._keep_directory(parent_dir(path))
 
@@ -596,6 +603,8 @@ class CosFS(AbstractedFS):
         moving = parent_dir(dst) != parent_dir(src)
         self._check_rename_target(dst, target.result(), moving)
         markers = listed.result()
+        counted = None if self.quota is None else self.quota.moving(source.key, dst_key,
+                                                                     source.size)
         try:
             copy_beside_marker(self._bucket, source, dst_key,
                                [stamp for stamp, etag, _ in markers if etag == source.etag],
@@ -604,12 +613,16 @@ class CosFS(AbstractedFS):
                                                          self._ctx.engine.copier(),
                                                          pinned=True))
         except StorageError as exc:
+            if counted is not None:
+                counted(False)
             if not own or (not isinstance(exc, NotFound) and exc.code != "ObjectChanged"):
                 raise
             log.info("path=%s: changed since this session stored it (%s); renaming what is "
                      "there now", src, exc.code)
             self._forget(src)
             return False
+        if counted is not None:
+            counted(True)
         self._forget(src, dst)
         self._after_reply.start(src, self._remove_renamed, src,
                                 [source.key, *(key for _, _, key in markers)], moving)
@@ -652,6 +665,8 @@ class CosFS(AbstractedFS):
                                          self._ctx.engine.copier())
             except InvalidPath as exc:
                 raise Unstorable(exc.strerror) from exc
+        if self.quota is not None:
+            self.quota.rescan(source, target)
         self._scope.clear()
         self._heads.clear()
         self._own_upload = None
@@ -708,7 +723,13 @@ class CosFS(AbstractedFS):
         checks = start_checks(self._ctx.engine, self, self._bucket, key,
                               self._ctx.account.require_existing_dir)
         self._forget(path)
-        return self._uploads.new(path, key, announced=self._take_announced(), checks=checks)
+        try:
+            return self._uploads.new(path, key, announced=self._take_announced(),
+                                     checks=checks)
+        except QuotaExceeded:
+            if checks is not None:
+                checks.cancel()
+            raise
 
     @_transient_escapes
     def open_resume(self, filename: str, offset: int) -> UploadSession:
@@ -722,7 +743,11 @@ class CosFS(AbstractedFS):
                                        self._take_announced())
 
     def announce(self, size: int) -> None:
-        """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow)."""
+        """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow);
+        raises ``QuotaExceeded`` if the account's quota has no room for them now (the STOR
+        reserves them)."""
+        if self.quota is not None:
+            self.quota.check_room(size)
         self._announced = size
 
     def _take_announced(self) -> Optional[int]:

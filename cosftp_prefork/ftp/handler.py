@@ -24,12 +24,14 @@ from ..config.settings import AccountConfig, Config
 from ..cos.digests import ALGORITHMS
 from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine
+from ..cos.quota import describe
 from ..cos.registry import BucketRegistry
 from ..cos.uploads import UploadInterrupted
 from ..errors import (
     Conflict,
     InvalidPath,
     NotStorable,
+    QuotaExceeded,
     ResumeRefused,
     StorageError,
     StorageUnavailable,
@@ -334,6 +336,12 @@ class CosDTPHandler(UploadPacing, DTPHandler):
                 self.close()
                 return
             super().handle_error()
+        except QuotaExceeded as exc:
+            log.warning("path=%s: %s stopped: %s", getattr(self.file_obj, "name", "-"),
+                        self.cmd, exc)
+            compat.set_close_reply(self, f"552 {exc}; transfer aborted, nothing stored.",
+                                   logging.getLogger("pyftpdlib").warning)
+            self.close()
         except Exception:
             super().handle_error()
 
@@ -373,6 +381,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
            for name, algorithm in X_DIGEST_COMMANDS.items()},
         # Some clients send OPTS UTF8 ON before USER; ClientDialect refuses the rest then.
         "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
+        "SITE QUOTA": {"perm": None, "auth": True, "arg": False,
+                       "help": "Syntax: SITE QUOTA (usage and limits of this account)."},
     }
     hash_algorithm = ALGORITHMS[0]  # per session, set by OPTS HASH
 
@@ -532,6 +542,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             engine=self.engine,
             max_list_file=self.config.server.max_list_file,
             retrier=self.retrier,
+            quota=self.stats.quotas.for_account(account) if self.stats.quotas else None,
         )
 
     @functools.cached_property
@@ -595,6 +606,9 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             self.respond(f"553 {exc}.")
         except Conflict as exc:
             self.respond(f"450 {exc}.")
+        except QuotaExceeded as exc:
+            log.warning("path=%s: %s refused: %s", args[0] if args else "-", cmd, exc)
+            self.respond(f"552 {exc}; nothing stored.")
         except StorageUnavailable as exc:
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
@@ -828,6 +842,14 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             return
         self.fs.announce(int(size))
         self.respond("200 ALLO accepted: uploads stream, no storage to allocate.")
+
+    def ftp_SITE_QUOTA(self, line: str) -> None:
+        """The usage and limits of the quotas this account's writes count against."""
+        try:
+            lines = describe(self.fs.quota)
+        except StorageError as exc:
+            raise StorageUnavailable(exc) from exc
+        self.respond("\r\n".join(["200-Quota:", *(f" {line}" for line in lines), "200 End."]))
 
     def ftp_STOU(self, line: str):
         self.respond("502 STOU is not supported by this server.")

@@ -38,6 +38,7 @@ from .pidfile import (
     whereabouts,
 )
 from .privileges import Identity, describe_workers, probe, workers_identity
+from .quotactl import cmd_quota, cmd_quota_scan
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                             ".cosftp/check/; one line per account; exit 1 if one fails")
     check.add_argument("--timeout", type=_seconds, default=ONLINE_TIMEOUT,
                        help="seconds each account may take online (default %(default)s)")
+    quota = sub.add_parser("quota", help="usage and limits of each account's quota "
+                           "(quota_size, quota_files) in the running server")
+    quota.add_argument("user", nargs="?", help="this account only")
+    quota_scan = sub.add_parser("quota-scan", help="scan the homes with a quota now (files "
+                                "other tools wrote are counted) and show their usage")
+    quota_scan.add_argument("user", nargs="?", help="this account's home only")
     sub.add_parser("hash-password",
                    help="read a password (prompt or stdin) and print its scrypt form")
     for name, command in sub.choices.items():
@@ -614,6 +621,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return cmd_stop(config, args.graceful)
     if args.command == "check":
         return cmd_check(config, args.online, args.timeout)
+    if args.command == "quota":
+        return cmd_quota(config, args.user)
+    if args.command == "quota-scan":
+        return cmd_quota_scan(config, args.user)
     if args.command in ("bans", "unban"):
         def master_pid() -> Optional[int]:
             return find_master(target_of(config))

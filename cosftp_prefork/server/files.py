@@ -15,6 +15,7 @@ from ..config.settings import Config
 from ..safefiles import check_directory, open_append, refuse_link
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .scoreboard import bans_path, state_path
+from .usage import usage_path
 
 
 def worker_files(config: Config) -> list[str]:
@@ -30,7 +31,8 @@ def written_files(config: Config) -> list[str]:
     checked, and kept private, by ``metrics_dir``)."""
     server = config.server
     return [*worker_files(config), os.path.join(server.log_dir, OUT_FILE_NAME),
-            server.pid_file, state_path(server.pid_file), bans_path(server.pid_file)]
+            server.pid_file, state_path(server.pid_file), bans_path(server.pid_file),
+            usage_path(state_path(server.pid_file))]
 
 
 def check_files(config: Config, group: Optional[int] = None) -> None:

@@ -154,6 +154,30 @@ write the state file (the server's, or root).""",
         """0  lifted, or it was not banned
 1  a place could not be changed (Redis unreachable, the bans file not saved)
 2  not one IPv4 or IPv6 address (a network is refused too)"""),
+    "quota": Page(
+        """Show each account's quota (quota_size, quota_files of its home) and what the
+running server counts in it: bytes and files stored, bytes reserved by uploads
+under way, and when the home was last scanned. A home nobody has used since the
+master started shows ? (its first session scans it). Accounts sharing a home
+share its usage; the smallest limit of theirs holds.""",
+        ((f"cosftpctl -c {CONF} quota", "every account's usage and limits"),
+         (f"cosftpctl -c {CONF} quota alice", "alice's only")),
+        """0  shown
+2  no such account
+3  not running"""),
+    "quota-scan": Page(
+        """Scan the homes with a quota again now (of one account, or every one), as the
+server does every quota_scan_interval: their usage becomes what COS holds under
+each prefix (the server's .cosftp/ data and directory markers not counted), so
+that files other tools wrote or deleted are counted. Worker 1 scans; this waits
+until it did and shows the usage. Run it as the user that can write the state
+file (the server's, or root).""",
+        ((f"cosftpctl -c {CONF} quota-scan", "count every home with a quota again"),
+         (f"cosftpctl -c {CONF} quota-scan alice", "alice's home only")),
+        """0  scanned
+1  not scanned within 300 s (see cosftp.log), or the state file not writable
+2  no such account, or it has no quota
+3  not running"""),
 }
 
 

@@ -62,6 +62,7 @@ from .scoreboard import (
     state_path,
 )
 from .signals import fork_holding_signals
+from .usage import usage_path
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +516,7 @@ class Master:
                 if handle.read().strip() == str(self.pid):
                     os.unlink(server.pid_file)
                     os.unlink(state_path(server.pid_file))
+                    os.unlink(usage_path(state_path(server.pid_file)))
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("could not remove pid file: %s", exc)

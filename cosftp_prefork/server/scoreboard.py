@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from ..safefiles import PRIVATE_MODE, open_fd, replace_file
+from .usage import UsageTable, usage_path
 
 # Exit status for "this worker cannot start with this config": not a crash to retry blindly.
 EXIT_BOOT_FAILURE = 3
@@ -207,7 +208,12 @@ TOO_MANY_LOGGED_IN = "Too many users logged in; try again later."
 
 
 class SharedState:
-    """The mapped state file. Create it with :meth:`create`, read it with :meth:`open`."""
+    """The mapped state file. Create it with :meth:`create`, read it with :meth:`open`.
+
+    ``usage``: the quotas' usage (``server.usage``), a second mapped file made with this one
+    (None in a state opened by ``cosftpctl``, which opens it itself when it needs it)."""
+
+    usage: Optional[UsageTable] = None
 
     def __init__(self, path: str, fd: int, mapping: mmap.mmap) -> None:
         self.path = path
@@ -225,7 +231,9 @@ class SharedState:
             os.fchmod(fd, PRIVATE_MODE)  # a file left by an older version may be 0644
             os.ftruncate(fd, 0)
             os.ftruncate(fd, FILE_SIZE)
-            return cls(path, fd, mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED))
+            state = cls(path, fd, mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED))
+            state.usage = UsageTable.create(usage_path(path))
+            return state
         except BaseException:
             os.close(fd)
             raise

@@ -32,8 +32,11 @@ from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
 from .. import logcontext, metrics
+from ..config.quotas import QuotaRules
 from ..config.settings import Config, resolve_masquerade
 from ..cos.engine import Engine
+from ..cos.periodic import Periodic
+from ..cos.quota import Quotas
 from ..cos.registry import BucketRegistry
 from ..cos.resume import Janitor
 from ..cos.uploads import AbortRetrier
@@ -112,6 +115,7 @@ class WorkerStats:
         cluster = ClusterState(config.cluster) if config.cluster.redis_url else None
         self.gate = Gate(state, config.server, self.pid, cluster)
         self.password_checks = PasswordChecks(config.server.max_password_checks)
+        self.quotas: Optional[Quotas] = None  # set once the worker has its COS clients
         self._lock = threading.Lock()
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
@@ -311,6 +315,7 @@ class Worker:
         retrier = AbortRetrier()
         retrier.start()
         janitor = self._start_janitor(buckets)
+        scans = self._start_quotas(stats, buckets)
         try:
             servers = self._servers(buckets, engine, retrier, stats, masquerade)
             stats.status = SERVING
@@ -322,6 +327,8 @@ class Worker:
             retrier.stop()
             if janitor is not None:
                 janitor.stop()
+            if scans is not None:
+                scans.stop()
             buckets.close()
             log.info("worker %d gen %d stopped", self.index, self.generation)
         return 0
@@ -335,6 +342,21 @@ class Worker:
         janitor = Janitor(buckets.homes(self.config.accounts), ttl)
         janitor.start()
         return janitor
+
+    def _start_quotas(self, stats: WorkerStats, buckets: BucketRegistry) -> Optional[Periodic]:
+        """Keep the quotas (if any account has one) in the usage table the master shares;
+        worker 1 scans the homes again when due (``quota_scan_interval``, ``cosftpctl
+        quota-scan``)."""
+        rules = QuotaRules(self.config.accounts)
+        if not rules.homes or self.state.usage is None:
+            return None
+        stats.quotas = Quotas(rules, self.state.usage, buckets.bucket,
+                              self.config.server.quota_scan_interval)
+        if self.index != 1:
+            return None
+        scans = Periodic("quota-scans", 1.0, stats.quotas.scan_due)
+        scans.start()
+        return scans
 
     def _install_signals(self) -> None:
         handlers = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",

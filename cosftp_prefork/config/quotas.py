@@ -1,0 +1,124 @@
+"""What a configuration's quotas are (``quota_size``, ``quota_files``), and the ledger that
+keeps their usage; the quotas themselves are kept by ``cos.quota``.
+
+A quota belongs to a *home*: a bucket, or a ``cos_prefix`` of one. Every account rooted there
+shares its usage, and the smallest limit of those accounts holds. Homes may nest (an admin
+rooted at ``tenants/`` above a tenant at ``tenants/a/``): a file written under both counts in
+both, and each limit holds. Nothing here talks to COS: ``cosftpctl`` and the admin API read
+the ledger with this alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+from .settings import AccountConfig
+
+
+def home_id(bucket: str, prefix: str) -> bytes:
+    """The name of the home ``prefix`` of ``bucket`` in a ledger: 16 bytes of BLAKE2b, the
+    same in every process and on every node."""
+    return hashlib.blake2b(f"{bucket}\0{prefix}".encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Home:
+    """A home with a quota: its bucket and prefix, and the limits that hold (0: none)."""
+
+    ident: bytes
+    bucket: str
+    prefix: str
+    size: int
+    files: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a ledger holds of one home."""
+
+    used: int
+    files: int
+    reserved: int
+    reserved_files: int
+    scanned_at: float  # time.time() of the last scan; 0: never scanned
+    requested_at: float = 0.0  # a scan asked for (cosftpctl quota-scan) at this time
+
+
+class Ledger(Protocol):
+    """The usage of every home with a quota, shared by the processes that write to them.
+    Each method changes every home of ``homes`` at once, or none."""
+
+    def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
+        """Reserve ``nbytes`` and ``files`` in each of ``homes``, or nothing and return the
+        first one without room."""
+
+    def release(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
+        """Give back a reservation."""
+
+    def settle(self, homes: Sequence[Home], reserved: int, reserved_files: int,
+               nbytes: int, files: int) -> None:
+        """Give back a reservation and add ``nbytes`` and ``files`` (maybe negative) to the
+        usage."""
+
+    def read(self, home: Home) -> Optional[Usage]:
+        """The usage of ``home`` (None: not known here yet)."""
+
+    def claim_scan(self, home: Home, interval: float, now: float, known_only: bool) -> bool:
+        """Take on the scan of ``home`` if it is due (never scanned, asked for, or last
+        scanned ``interval`` seconds ago; ``interval`` 0: never again) and no live process
+        is scanning it; with ``known_only``, not if it was never scanned nor asked to be
+        (a home nobody used yet is scanned at its first use)."""
+
+    def end_scan(self, home: Home, found: Optional[tuple[int, int]], now: float) -> None:
+        """The scan this process claimed ended: ``found`` (bytes, files), or None if it
+        failed."""
+
+    def request_scan(self, home: Home, now: float) -> None:
+        """Ask for a scan of ``home`` (``cosftpctl quota-scan``, a directory renamed)."""
+
+
+class QuotaRules:
+    """The homes with a quota in a configuration, looked up by key."""
+
+    def __init__(self, accounts: Iterable[AccountConfig]) -> None:
+        limits: dict[tuple[str, str], tuple[int, int]] = {}
+        self.accounts: dict[tuple[str, str], AccountConfig] = {}
+        for account in accounts:
+            if not account.has_quota:
+                continue
+            where = (account.bucket, account.prefix)
+            size, files = limits.get(where, (0, 0))
+            limits[where] = (_smaller(size, account.quota_size),
+                             _smaller(files, account.quota_files))
+            self.accounts.setdefault(where, account)
+        self.homes = {where: Home(home_id(*where), *where, *limit)
+                      for where, limit in limits.items()}
+        self._buckets = {bucket for bucket, _ in self.homes}
+
+    def covering(self, bucket: str, key: str) -> list[Home]:
+        """The homes with a quota that ``key`` of ``bucket`` (a whole-bucket key) is in."""
+        if bucket not in self._buckets:
+            return []
+        found = []
+        for end in [0, *(i + 1 for i, char in enumerate(key) if char == "/")]:
+            home = self.homes.get((bucket, key[:end]))
+            if home is not None:
+                found.append(home)
+        return found
+
+    def reaches(self, account: AccountConfig) -> bool:
+        """Whether any quota counts what ``account`` writes (one of its home or above, or of
+        a home nested in it)."""
+        if account.bucket not in self._buckets:
+            return False
+        return bool(self.covering(account.bucket, account.prefix)) or any(
+            prefix.startswith(account.prefix) for bucket, prefix in self.homes
+            if bucket == account.bucket)
+
+
+def _smaller(a: int, b: int) -> int:
+    """The smaller of two limits, 0 meaning none."""
+    return min(a, b) if a and b else a or b

@@ -1,0 +1,305 @@
+"""Quotas (``quota_size``, ``quota_files``): what a home may hold, kept as the server writes.
+
+Which homes have a quota, and the ledger's interface, are ``config.quotas``. The usage lives
+in a ``Ledger`` that every worker of the server shares (the master's
+mapped state file, ``server.usage``), so that two sessions racing for the last bytes of a
+quota cannot both win: an upload *reserves* its bytes before it takes them, under the
+ledger's lock, and turns the reservation into usage when it commits (or gives it back when
+it ends otherwise). The bytes are reserved a slice at a time, so a ledger is asked about once
+per :data:`SLICE` bytes, and a refused slice is retried with exactly what the write needs.
+
+The usage starts from a scan of the home (every object under the prefix, the server's own
+data in ``.cosftp/`` and directory markers not counted), made when a session first needs it
+and again every ``quota_scan_interval`` seconds and on ``cosftpctl quota-scan``, so that what
+other tools wrote (or a rename onto an existing file, whose old size this does not learn) is
+caught up. A write that lands while a scan lists the home may be counted twice or not at all
+until the next scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Callable, Optional
+
+from ..config.quotas import Home, Ledger, QuotaRules, Usage
+from ..config.settings import AccountConfig, size_in_words
+from ..errors import NotFound, QuotaExceeded, StorageError
+from ..paths import RESERVED_NAME
+from .bucket import Bucket
+from .pagination import paginate
+
+log = logging.getLogger(__name__)
+
+SLICE = 4 * 1024 * 1024  # bytes an upload reserves at a time, when the quota has room
+SCAN_WAIT = 0.05  # seconds between looks while another process scans a home
+SCAN_PATIENCE = 600.0  # seconds a session waits for another process's scan of its home
+
+
+def scan_home(bucket: Bucket, prefix: str) -> tuple[int, int]:
+    """Bytes and files under ``prefix`` of ``bucket`` (a whole bucket: its own client),
+    the server's data (``.cosftp/`` at any depth) and directory markers left out. One page
+    of keys in memory at a time."""
+    size = files = 0
+    listed = paginate(lambda marker: bucket.list_page(prefix, marker=marker, delimiter=""),
+                      lambda page: page.next_marker, "")
+    for page in listed:
+        for obj in page.objects:
+            rest = obj.key[len(prefix):]
+            if rest.endswith("/") or RESERVED_NAME in rest.split("/"):
+                continue
+            size += obj.size
+            files += 1
+    return size, files
+
+
+class Quotas:
+    """The quotas of one worker: its configuration's rules, the shared ledger, and the
+    scans (a session's first need of a home, and the periodic ones of :meth:`scan_due`)."""
+
+    def __init__(self, rules: QuotaRules, ledger: Ledger,
+                 bucket_of: Callable[[AccountConfig], Bucket], interval: float) -> None:
+        self.rules, self.ledger, self._bucket_of = rules, ledger, bucket_of
+        self.interval = interval
+
+    def for_account(self, account: AccountConfig) -> Optional[AccountQuota]:
+        """What a session of ``account`` needs to keep the quotas; None if none reaches it."""
+        if not self.rules.reaches(account):
+            return None
+        return AccountQuota(self, account)
+
+    def ready(self, homes: Sequence[Home]) -> None:
+        """Make sure each of ``homes`` was scanned once: scan it here, or wait for the process
+        scanning it. Raises ``StorageError`` if the scan fails."""
+        for home in homes:
+            deadline = time.monotonic() + SCAN_PATIENCE
+            while True:
+                usage = self.ledger.read(home)
+                if usage is not None and usage.scanned_at:
+                    break
+                if self.ledger.claim_scan(home, 0, time.time(), known_only=False):
+                    self.scan(home, raising=True)
+                elif time.monotonic() > deadline:
+                    raise StorageError(f"the usage of a quota is not known yet (scanning "
+                                       f"for {SCAN_PATIENCE:.0f}s); try again",
+                                       code="QuotaScan")
+                else:
+                    time.sleep(SCAN_WAIT)
+
+    def scan(self, home: Home, raising: bool = False) -> None:
+        """Scan ``home`` (claimed) and put what it holds in the ledger."""
+        found = None
+        try:
+            account = self.rules.accounts[(home.bucket, home.prefix)]
+            found = scan_home(self._bucket_of(account), home.prefix)
+            log.info("quota: %s of bucket %s holds %d bytes in %d files", home.prefix or "/",
+                     home.bucket, *found)
+        except StorageError as exc:
+            log.warning("quota: cannot scan %s of bucket %s: %s", home.prefix or "/",
+                        home.bucket, exc)
+            if raising:
+                raise
+        finally:
+            self.ledger.end_scan(home, found, time.time())
+
+    def scan_due(self) -> None:
+        """Scan the homes that are due again (worker 1, every second): those asked for by
+        ``cosftpctl quota-scan`` and, every ``quota_scan_interval``, those in use."""
+        for home in self.rules.homes.values():
+            if self.ledger.claim_scan(home, self.interval, time.time(), known_only=True):
+                self.scan(home)
+
+
+class AccountQuota:
+    """The quotas one session's writes count against (its account's home is ``area``: keys
+    are the session's, the prefix added here)."""
+
+    def __init__(self, quotas: Quotas, account: AccountConfig) -> None:
+        self._quotas, self._account = quotas, account
+        self.prefix = account.prefix
+
+    def homes(self, key: str) -> list[Home]:
+        """The homes with a quota that the session's ``key`` is in, each scanned once."""
+        homes = self._quotas.rules.covering(self._account.bucket, self._account.prefix + key)
+        self._quotas.ready(homes)
+        return homes
+
+    def own(self) -> list[Home]:
+        """The homes with a quota that the account's own home is in (SITE QUOTA)."""
+        return self.homes("")
+
+    def usage(self, home: Home) -> Optional[Usage]:
+        return self._quotas.ledger.read(home)
+
+    def upload(self, key: str, new_file: bool, base: int, announced: Optional[int],
+               replaced: Callable[[], Optional[int]]) -> Optional[UploadQuota]:
+        """The meter of an upload to ``key`` (None if no quota counts it), with its first
+        bytes reserved: ``base`` (a parked upload's, already in COS but not counted) or the
+        size ``ALLO`` announced, and one file if it makes a ``new_file``. ``replaced()``
+        gives the size of the file it replaces (None: none). Raises ``QuotaExceeded``."""
+        homes = self.homes(key)
+        if not homes:
+            return None
+        meter = UploadQuota(self._quotas.ledger, homes, base, replaced, self._account.prefix)
+        meter.open(max(base, announced or 0), new_file)
+        return meter
+
+    def removed(self, key: str, size: int) -> None:
+        """The file ``key`` of ``size`` bytes was deleted."""
+        homes = self._quotas.rules.covering(self._account.bucket, self._account.prefix + key)
+        if homes:
+            self._quotas.ledger.settle(homes, 0, 0, -size, -1)
+
+    def moving(self, src: str, dst: str, size: int) -> Optional[Callable[[bool], None]]:
+        """A file of ``size`` bytes is renamed from ``src`` to ``dst``: reserve it in the
+        homes it enters (``QuotaExceeded`` if one has no room). Returns what to call once the
+        rename is done (True) or failed (False); None if no quota sees it move."""
+        rules, bucket, prefix = self._quotas.rules, self._account.bucket, self._account.prefix
+        before, after = rules.covering(bucket, prefix + src), rules.covering(bucket, prefix + dst)
+        entering = [home for home in after if home not in before]
+        leaving = [home for home in before if home not in after]
+        if not entering and not leaving:
+            return None
+        self._quotas.ready(entering + leaving)
+        ledger = self._quotas.ledger
+        refused = ledger.reserve(entering, size, 1)
+        if refused is not None:
+            raise QuotaExceeded(_refusal(refused, prefix, ledger.read(refused)))
+
+        def done(renamed: bool) -> None:
+            if renamed:
+                ledger.settle(entering, size, 1, size, 1)
+                ledger.settle(leaving, 0, 0, -size, -1)
+            else:
+                ledger.release(entering, size, 1)
+        return done
+
+    def check_room(self, nbytes: int) -> None:
+        """``ALLO nbytes``: raise ``QuotaExceeded`` if a quota over the account's home has
+        no room for them now (nothing is reserved: the upload does that)."""
+        homes = self.own()
+        ledger = self._quotas.ledger
+        refused = ledger.reserve(homes, nbytes, 0)
+        if refused is not None:
+            raise QuotaExceeded(_refusal(refused, self._account.prefix, ledger.read(refused)))
+        ledger.release(homes, nbytes, 0)
+
+    def rescan(self, src: str, dst: str) -> None:
+        """The directory ``src`` was renamed ``dst``: if it left or entered homes with a
+        quota, they are scanned again by worker 1 within a second (what moved is not
+        counted file by file)."""
+        rules, bucket, prefix = self._quotas.rules, self._account.bucket, self._account.prefix
+        before, after = rules.covering(bucket, prefix + src), rules.covering(bucket, prefix + dst)
+        if before != after:
+            for home in {*before, *after}:
+                self._quotas.ledger.request_scan(home, time.time())
+
+
+class UploadQuota:
+    """The reservation of one upload: ``base`` bytes and what :meth:`take` was given, in
+    every home the file is in; settled at the commit (:meth:`finish`), else given back
+    (:meth:`cancel`). Used by the upload's session thread only."""
+
+    def __init__(self, ledger: Ledger, homes: Sequence[Home], base: int,
+                 replaced: Callable[[], Optional[int]], prefix: str) -> None:
+        self._ledger, self._homes, self._replaced = ledger, homes, replaced
+        self._prefix = prefix
+        self._needed = base  # bytes the file will have counted
+        self._reserved = self._files = 0
+        self._open = True
+
+    def open(self, nbytes: int, new_file: bool) -> None:
+        files = 1 if new_file else 0
+        refused = self._ledger.reserve(self._homes, nbytes, files)
+        if refused is not None and files and refused.files and self._replaced() is not None:
+            files = 0  # a file of that name is replaced: no file more
+            refused = self._ledger.reserve(self._homes, nbytes, files)
+        if refused is not None:
+            self._open = False
+            raise QuotaExceeded(_refusal(refused, self._prefix, self._ledger.read(refused)))
+        self._reserved, self._files = nbytes, files
+
+    def take(self, nbytes: int) -> None:
+        """``nbytes`` more arrive: reserve them (a slice ahead when there is room); raises
+        ``QuotaExceeded`` if a home has no room for them."""
+        self._needed += nbytes
+        short = self._needed - self._reserved
+        if short <= 0:
+            return
+        for amount in (max(short, SLICE), short):
+            refused = self._ledger.reserve(self._homes, amount, 0)
+            if refused is None:
+                self._reserved += amount
+                return
+        raise QuotaExceeded(_refusal(refused, self._prefix, self._ledger.read(refused)))
+
+    def finish(self, size: int) -> None:
+        """The upload committed a file of ``size`` bytes."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            old = self._replaced()
+        except StorageError:
+            old = None
+        self._ledger.settle(self._homes, self._reserved, self._files,
+                            size - (old or 0), 0 if old is not None else 1)
+
+    def cancel(self) -> None:
+        """The upload ended without a file (aborted, parked): give the reservation back."""
+        if self._open:
+            self._open = False
+            self._ledger.release(self._homes, self._reserved, self._files)
+
+
+def replaced_size(future: Future) -> Callable[[], Optional[int]]:
+    """``replaced`` for :meth:`AccountQuota.upload` from a HEAD of the key started beside
+    the upload (None: no file there, or the HEAD failed: the next scan corrects that)."""
+    def size() -> Optional[int]:
+        try:
+            return future.result().size
+        except NotFound:
+            return None
+        except StorageError as exc:
+            log.warning("quota: cannot tell the size of the file an upload replaces: %s", exc)
+            return None
+    return size
+
+
+def describe(quota: Optional[AccountQuota]) -> list[str]:
+    """``SITE QUOTA``: the usage and limits of each quota over the account's home."""
+    if quota is None:
+        return ["No quota counts this account's files."]
+    lines = []
+    for home in quota.own():
+        usage = quota.usage(home) or Usage(0, 0, 0, 0, 0.0)
+        size = f"{size_in_words(home.size)} = {home.size} bytes" if home.size else "no limit"
+        files = f"{home.files}" if home.files else "no limit"
+        lines += [f"{_where(home, quota.prefix).capitalize()}:",
+                  f"size: {usage.used} bytes used of {size}; {usage.reserved} reserved by "
+                  "uploads under way",
+                  f"files: {usage.files} used of {files}"]
+    return lines or ["No quota on this account's home (directories of it have theirs)."]
+
+
+def _where(home: Home, prefix: str) -> str:
+    """A home as the account of ``prefix`` may hear of it: never by its key."""
+    if home.prefix == prefix:
+        return "this account's home"
+    if prefix.startswith(home.prefix):
+        return "a home that contains this account's"
+    return f"/{home.prefix[len(prefix):].rstrip('/')}"
+
+
+def _refusal(home: Home, prefix: str, usage: Optional[Usage]) -> str:
+    """Why an upload is refused, naming the home as :func:`_where` does."""
+    where = _where(home, prefix)
+    used = usage.used + usage.reserved if usage else 0
+    files = usage.files + usage.reserved_files if usage else 0
+    if home.files and files >= home.files:
+        return f"Quota exceeded: {where} holds {files} of its {home.files} files (quota_files)"
+    limit = size_in_words(home.size) if home.size else "no limit"
+    return (f"Quota exceeded: {where} holds {used} bytes of its {limit} (quota_size), "
+            "uploads under way included")

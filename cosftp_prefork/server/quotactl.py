@@ -1,0 +1,135 @@
+"""``cosftpctl quota [USER]`` and ``cosftpctl quota-scan [USER]``, and :func:`account_usage`,
+what the admin API's ``quotas`` resource reads (this module loads no COS or FTP code).
+
+The usage is the running server's (``server.usage``): a stopped server has none, and a home
+nobody used since the master started is not known yet (its first session scans it).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config.quotas import QuotaRules, Usage
+from ..config.settings import Config, size_in_words
+from .pidfile import Target, find_master
+from .scoreboard import state_path
+from .usage import UsageTable, usage_path
+
+EXIT_USAGE, EXIT_NOT_RUNNING = 2, 3
+SCAN_TIMEOUT = 300.0  # seconds quota-scan waits for worker 1 to scan what it asked for
+
+
+@dataclass(frozen=True)
+class AccountUsage:
+    """One account's quota: the limits of its home (0: none) and what the server knows of
+    its usage (None: no quota, or not known yet)."""
+
+    user: str
+    size_limit: int
+    files_limit: int
+    usage: Optional[Usage]
+
+
+def account_usage(config: Config, table: Optional[UsageTable]) -> list[AccountUsage]:
+    """Every account of ``config`` with its home's limits and usage in ``table``."""
+    rules = QuotaRules(config.accounts)
+    found = []
+    for account in config.accounts:
+        home = rules.homes.get((account.bucket, account.prefix))
+        usage = table.read(home) if home is not None and table is not None else None
+        found.append(AccountUsage(account.user, home.size if home else 0,
+                                  home.files if home else 0, usage))
+    return found
+
+
+def _table(config: Config, writable: bool = False) -> Optional[UsageTable]:
+    """The running server's usage table; None if no server of ``config`` runs."""
+    server, network = config.server, config.network
+    if not find_master(Target(config.path, server.pid_file, network.listen_port,
+                              network.listen_addresses)):
+        return None
+    return UsageTable.open(usage_path(state_path(config.server.pid_file)), writable)
+
+
+def _users(config: Config, user: Optional[str]) -> Optional[list[AccountUsage]]:
+    table = _table(config)
+    rows = account_usage(config, table)
+    if table is not None:
+        table.close()
+    return [row for row in rows if user is None or row.user == user]
+
+
+def cmd_quota(config: Config, user: Optional[str] = None) -> int:
+    """Print each account's usage and limits; 0, 2 for an unknown user, 3 if not running."""
+    if _table(config) is None:
+        print("cosftpctl: not running: the usage is the running server's", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    rows = _users(config, user)
+    if not rows:
+        print(f"cosftpctl: quota: no account {user!r}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_usage(rows, time.time()))
+    return 0
+
+
+def format_usage(rows: list[AccountUsage], now: float) -> str:
+    lines = [f"{'USER':<16} {'BYTES':>14} {'SIZE LIMIT':>12} {'FILES':>9} {'FILE LIMIT':>10} "
+             f"{'RESERVED':>10} {'SCANNED':>9}"]
+    for row in rows:
+        if not row.size_limit and not row.files_limit:
+            lines.append(f"{row.user:<16} no quota")
+            continue
+        size = size_in_words(row.size_limit) if row.size_limit else "-"
+        files = str(row.files_limit) if row.files_limit else "-"
+        usage = row.usage
+        if usage is None or not usage.scanned_at:
+            lines.append(f"{row.user:<16} {'?':>14} {size:>12} {'?':>9} {files:>10} "
+                         f"{'-':>10} {'not yet':>9}")
+            continue
+        ago = f"{int(now - usage.scanned_at)}s ago"
+        lines.append(f"{row.user:<16} {usage.used:>14} {size:>12} {usage.files:>9} "
+                     f"{files:>10} {usage.reserved:>10} {ago:>9}")
+    return "\n".join(lines)
+
+
+def cmd_quota_scan(config: Config, user: Optional[str] = None) -> int:
+    """Ask worker 1 to scan the homes with a quota (of ``user``'s account only, if given)
+    and wait until it did; print the usage then. 0, 1 if not all were scanned in time, 2
+    for an unknown user or one without a quota, 3 if not running."""
+    rules = QuotaRules(config.accounts)
+    homes = [rules.homes[(a.bucket, a.prefix)] for a in config.accounts
+             if (user is None or a.user == user) and (a.bucket, a.prefix) in rules.homes]
+    if not homes:
+        print(f"cosftpctl: quota-scan: no account {'with a quota' if user is None else user!r}"
+              f"{'' if user is None else ' with a quota'}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        table = _table(config, writable=True)
+    except PermissionError as exc:
+        print(f"cosftpctl: quota-scan: cannot ask the running server ({exc}): run it as the "
+              "user the server runs as", file=sys.stderr)
+        return 1
+    if table is None:
+        print("cosftpctl: not running", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    asked = time.time()
+    for home in set(homes):
+        table.request_scan(home, asked)
+    deadline = time.monotonic() + SCAN_TIMEOUT
+    while not all(_scanned_since(table.read(home), asked) for home in homes):
+        if time.monotonic() > deadline:
+            print(f"cosftpctl: quota-scan: not all scanned within {SCAN_TIMEOUT:.0f}s (see "
+                  "cosftp.log)", file=sys.stderr)
+            table.close()
+            return 1
+        time.sleep(0.05)
+    table.close()
+    print(format_usage(_users(config, user) or [], time.time()))
+    return 0
+
+
+def _scanned_since(usage: Optional[Usage], asked: float) -> bool:
+    return usage is not None and usage.scanned_at >= asked

@@ -1,0 +1,229 @@
+"""The usage of every home with a quota, shared by the master's workers: a mapped file.
+
+The master creates it beside the state file (``<pid file>.usage``) with the scoreboard, and
+the workers inherit the mapping as they inherit the scoreboard's (``SharedState.usage``);
+``cosftpctl quota`` and the admin API read it, ``cosftpctl quota-scan`` asks for scans in it.
+It outlives reloads (the usage of a home does not change with the configuration) and not the
+master: a new master scans each home again at its first use.
+
+One row per home (``cos.quota.home_id``: 16 bytes naming bucket and prefix), in an
+open-addressing table: used bytes and files, reserved bytes and files (uploads under way),
+the time of the last scan, the pid scanning it now and since when, the time a scan was asked
+for. Every change happens under a POSIX record lock on the file (``fcntl.lockf``, released
+by the kernel if its holder dies) and this process's thread lock, so that a reservation is
+one atomic check-and-add across every worker: two sessions cannot both take the last bytes.
+Rows are never freed: a configuration's homes come back after a reload, and the table holds
+:data:`ROWS` of them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Optional
+
+from ..config.quotas import Home, Usage
+from ..safefiles import PRIVATE_MODE, open_fd
+
+MAGIC = b"CFQU"
+_HEADER = struct.Struct("<4sI")  # magic, rows in use
+_HEADER_SIZE = 64
+ROWS = 16384
+# home id, scanner pid (0: none), used bytes, used files, reserved bytes, reserved files,
+# last scan, scan started, scan asked for
+_ROW = struct.Struct("<16siqqqqddd")
+FILE_SIZE = _HEADER_SIZE + ROWS * _ROW.size
+SCAN_STALE = 3600.0  # seconds after which a scan whose process still lives is taken over
+_EMPTY = bytes(16)
+
+
+def usage_path(state_file: str) -> str:
+    return state_file + ".usage"
+
+
+class UsageTable:
+    """The mapped usage file (see the module doc); a ``cos.quota.Ledger``."""
+
+    def __init__(self, fd: int, mapping: mmap.mmap, writable: bool = True) -> None:
+        self._fd, self._map = fd, mapping
+        self._thread_lock = threading.Lock()
+        # A read-only file takes a shared lock (a write lock needs a writable descriptor).
+        self._lock_kind = fcntl.LOCK_EX if writable else fcntl.LOCK_SH
+
+    @classmethod
+    def create(cls, path: str) -> UsageTable:
+        """Create (or reset) the file, owner and group only, mapped shared."""
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+        try:
+            os.fchmod(fd, PRIVATE_MODE)
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, FILE_SIZE)
+            mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED)
+            _HEADER.pack_into(mapping, 0, MAGIC, 0)
+            return cls(fd, mapping)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def open(cls, path: str, writable: bool = False) -> Optional[UsageTable]:
+        """Map an existing file (None if absent or not ours); ``writable`` for
+        ``cosftpctl quota-scan`` (raises ``PermissionError`` if this user may not)."""
+        try:
+            fd = open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
+        except PermissionError:
+            if writable:
+                raise
+            return None
+        except OSError:
+            return None
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        try:
+            if os.fstat(fd).st_size < FILE_SIZE:
+                raise OSError("short")
+            mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot=prot)
+        except OSError:
+            os.close(fd)
+            return None
+        if mapping[:4] != MAGIC:
+            mapping.close()
+            os.close(fd)
+            return None
+        return cls(fd, mapping, writable)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fcntl.lockf(self._fd, self._lock_kind)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    # --- rows
+
+    def _find(self, ident: bytes, make: bool) -> Optional[int]:
+        """The offset of ``ident``'s row (made if ``make`` and the table has room); None if
+        it has none."""
+        start = int.from_bytes(ident[:4], "little") % ROWS
+        for step in range(ROWS):
+            at = _HEADER_SIZE + ((start + step) % ROWS) * _ROW.size
+            found = bytes(self._map[at:at + 16])
+            if found == ident:
+                return at
+            if found == _EMPTY:
+                if not make:
+                    return None
+                _ROW.pack_into(self._map, at, ident, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
+                _, used = _HEADER.unpack_from(self._map, 0)
+                _HEADER.pack_into(self._map, 0, MAGIC, used + 1)
+                return at
+        return None
+
+    def _row(self, at: int) -> list:
+        return list(_ROW.unpack_from(self._map, at))
+
+    def _write(self, at: int, row: list) -> None:
+        _ROW.pack_into(self._map, at, *row)
+
+    def _rows(self, homes: Sequence[Home]) -> list[int]:
+        found = [self._find(home.ident, make=True) for home in homes]
+        if None in found:
+            raise RuntimeError(f"the quota usage table is full ({ROWS} homes)")
+        return found  # type: ignore[return-value]
+
+    # --- cos.quota.Ledger
+
+    def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
+        with self._locked():
+            rows = self._rows(homes)
+            for home, at in zip(homes, rows):
+                row = self._row(at)
+                if (home.size and row[2] + row[4] + nbytes > home.size) or \
+                        (home.files and files and row[3] + row[5] + files > home.files):
+                    return home
+            for at in rows:
+                row = self._row(at)
+                row[4] += nbytes
+                row[5] += files
+                self._write(at, row)
+        return None
+
+    def release(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
+        self.settle(homes, nbytes, files, 0, 0)
+
+    def settle(self, homes: Sequence[Home], reserved: int, reserved_files: int,
+               nbytes: int, files: int) -> None:
+        with self._locked():
+            for at in self._rows(homes):
+                row = self._row(at)
+                row[4], row[5] = max(0, row[4] - reserved), max(0, row[5] - reserved_files)
+                row[2], row[3] = max(0, row[2] + nbytes), max(0, row[3] + files)
+                self._write(at, row)
+
+    def read(self, home: Home) -> Optional[Usage]:
+        return self.read_id(home.ident)
+
+    def read_id(self, ident: bytes) -> Optional[Usage]:
+        with self._locked():
+            at = self._find(ident, make=False)
+            if at is None:
+                return None
+            row = self._row(at)
+        return Usage(row[2], row[3], row[4], row[5], row[6], row[8])
+
+    def claim_scan(self, home: Home, interval: float, now: float, known_only: bool) -> bool:
+        with self._locked():
+            at = self._find(home.ident, make=not known_only)
+            if at is None:
+                return False
+            row = self._row(at)
+            scanner, scanned, started, asked = row[1], row[6], row[7], row[8]
+            due = not scanned or asked > scanned or (interval and now - scanned >= interval)
+            if not due or (scanner and _alive(scanner) and now - started < SCAN_STALE):
+                return False
+            row[1], row[7] = os.getpid(), now
+            self._write(at, row)
+            return True
+
+    def end_scan(self, home: Home, found: Optional[tuple[int, int]], now: float) -> None:
+        with self._locked():
+            [at] = self._rows([home])
+            row = self._row(at)
+            row[1] = 0
+            if found is not None:
+                row[2], row[3], row[6] = found[0], found[1], now
+            self._write(at, row)
+
+    def request_scan(self, home: Home, now: float) -> None:
+        self.request_id(home.ident, now)
+
+    def request_id(self, ident: bytes, now: float) -> None:
+        with self._locked():
+            at = self._find(ident, make=True)
+            if at is None:
+                raise RuntimeError(f"the quota usage table is full ({ROWS} homes)")
+            row = self._row(at)
+            row[8] = max(now, row[6] + 1e-6)  # after the last scan, even within its second
+            self._write(at, row)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a scanner that died leaves its claim)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

@@ -1,0 +1,301 @@
+"""Quotas per account (``quota_size``, ``quota_files``; issue 23): refused before the bytes
+where the size is known, stopped and undone when the running total crosses the limit, one
+winner when two sessions race for the last bytes, usage kept as the server writes and caught
+up by scans (``quota_scan_interval``, ``cosftpctl quota-scan``), shown by ``SITE QUOTA`` and
+``cosftpctl quota``."""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import io
+import re
+import subprocess
+import uuid
+
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, wait_until
+from .test_commands import get, put
+
+MIB = 1024 * 1024
+ROOT = f"quotas-{uuid.uuid4().hex[:8]}/"
+
+
+def quota_account(user: str, size: str = "", files: int = 0, prefix: str = "") -> Account:
+    lines = [f"cos_prefix = {ROOT}{prefix or user}/"]
+    if size:
+        lines.append(f"quota_size = {size}")
+    if files:
+        lines.append(f"quota_files = {files}")
+    return Account(user, f"{user}-pw", ALPHA, extra="\n".join(lines))
+
+
+def keys_under(cos, prefix: str) -> list[str]:
+    page = cos.list_objects(Bucket=ALPHA, Prefix=prefix, MaxKeys=1000)
+    return [item["Key"] for item in page.get("Contents", [])]
+
+
+def pending_uploads(cos, prefix: str) -> list[str]:
+    return [u["Key"] for u in
+            cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix).get("Upload", [])]
+
+
+def stopped(ftp: ftplib.FTP, path: str, data: bytes) -> str:
+    """STOR ``data`` to ``path`` expecting the server to stop it (it then resets the data
+    connection); return its reply."""
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {path}")
+    with contextlib.suppress(OSError):
+        conn.sendall(data)
+    conn.close()
+    with pytest.raises(ftplib.error_perm) as refused:
+        ftp.voidresp()
+    return str(refused.value)
+
+
+def used(ftp: ftplib.FTP) -> tuple[int, int]:
+    """Bytes and files SITE QUOTA says the account's home holds."""
+    reply = ftp.sendcmd("SITE QUOTA")
+    size = re.search(r"size: (\d+) bytes used", reply)
+    files = re.search(r"files: (\d+) used", reply)
+    assert size and files, reply
+    return int(size.group(1)), int(files.group(1))
+
+
+@pytest.fixture(scope="module")
+def quotas(emulator, tmp_path_factory):
+    accounts = [quota_account("qsize", "3M"), quota_account("qfiles", files=2),
+                quota_account("qrace", "2M"), quota_account("qresume", "4m"),
+                quota_account("qcurl", "1536K"), quota_account("qfree")]
+    proc = ServerProcess(str(tmp_path_factory.mktemp("quotas")), emulator.port, accounts,
+                         optional={"quota_scan_interval": "0"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def login(server: ServerProcess, user: str) -> ftplib.FTP:
+    return server.login(user, f"{user}-pw")
+
+
+def test_size_quota_refuses_before_the_bytes_and_stops_an_upload_that_crosses_it(
+        quotas, cos):
+    home = f"{ROOT}qsize/"
+    cos.put_object(Bucket=ALPHA, Key=f"{home}by-another-tool.bin", Body=b"o" * MIB)
+    ftp = login(quotas, "qsize")
+    assert used(ftp) == (MIB, 1)  # the first scan counted what another tool wrote
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: this account's home"):
+        ftp.sendcmd(f"ALLO {3 * MIB}")
+    ftp.sendcmd(f"ALLO {2 * MIB}")
+    assert put(ftp, "fits.bin", b"f" * (3 * MIB // 2)).startswith("226")
+    assert used(ftp) == (5 * MIB // 2, 2)
+
+    # 2.5 + 2 MiB: stopped in the transfer
+    assert stopped(ftp, "crosses.bin", b"c" * (2 * MIB)).startswith("552 Quota exceeded")
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert f"{home}crosses.bin" not in keys_under(cos, home)
+    assert not pending_uploads(cos, f"{home}crosses.bin")
+    assert not keys_under(cos, f"{home}.cosftp/parked/")  # undone, not parked
+    assert used(ftp) == (5 * MIB // 2, 2)  # its reservation given back
+
+    ftp.delete("fits.bin")
+    assert used(ftp) == (MIB, 1)
+    assert put(ftp, "after-delete.bin", b"a" * (2 * MIB)).startswith("226")
+    assert used(ftp) == (3 * MIB, 2)
+    ftp.quit()
+
+
+def test_file_quota_refuses_a_new_file_but_not_an_overwrite(quotas, cos):
+    ftp = login(quotas, "qfiles")
+    put(ftp, "one.txt", b"1")
+    put(ftp, "two.txt", b"2")
+    with pytest.raises(ftplib.error_perm, match=r"^552 .*2 of its 2 files \(quota_files\)"):
+        put(ftp, "three.txt", b"3")
+    assert put(ftp, "two.txt", b"two again").startswith("226")  # replaces: no file more
+    assert get(ftp, "two.txt") == b"two again"
+    ftp.mkd("dir")  # a directory is no file
+    assert sorted(keys_under(cos, f"{ROOT}qfiles/")) == [
+        f"{ROOT}qfiles/dir/", f"{ROOT}qfiles/one.txt", f"{ROOT}qfiles/two.txt"]
+    ftp.sendcmd("RNFR one.txt")
+    ftp.sendcmd("RNTO dir/one.txt")  # a rename within the home counts no file more
+    assert used(ftp) == (len(b"two again") + 1, 2)
+    ftp.quit()
+
+
+def test_two_sessions_racing_for_the_last_bytes_cannot_both_win(quotas, cos):
+    """Both announce 1.5 MiB of the 2 MiB free; both ALLOs pass (nothing is stored yet),
+    only one STOR gets the room. Then both stream 1.5 MiB without ALLO: at most one wins."""
+    first, second = login(quotas, "qrace"), login(quotas, "qrace")
+    for ftp in (first, second):
+        ftp.sendcmd(f"ALLO {3 * MIB // 2}")
+        ftp.voidcmd("TYPE I")
+    winner = first.transfercmd("STOR a.bin")
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+        second.transfercmd("STOR b.bin")
+    winner.sendall(b"a" * (3 * MIB // 2))
+    winner.close()
+    first.voidresp()
+    assert used(first) == (3 * MIB // 2, 1)
+    first.delete("a.bin")
+
+    connections = [ftp.transfercmd(f"STOR {name}") for ftp, name in
+                   ((first, "c.bin"), (second, "d.bin"))]
+    for _ in range(2):  # interleaved: each holds some of the quota when the other asks
+        for conn in connections:
+            with contextlib.suppress(OSError):  # stopped: the server closed the connection
+                conn.sendall(b"r" * (3 * MIB // 4))
+    outcomes = []
+    for ftp, conn in zip((first, second), connections):
+        conn.close()
+        try:
+            outcomes.append(ftp.voidresp())
+        except ftplib.error_perm as exc:
+            outcomes.append(str(exc))
+    wins = sum(reply.startswith("226") for reply in outcomes)
+    assert wins <= 1 and all(reply.startswith(("226", "552")) for reply in outcomes), outcomes
+    assert len(keys_under(cos, f"{ROOT}qrace/")) == wins
+    size, _ = used(first)
+    assert size <= 2 * MIB
+    for ftp in (first, second):
+        ftp.quit()
+
+
+def test_a_resume_is_refused_before_its_bytes_and_the_parked_upload_kept(quotas, cos):
+    ftp = login(quotas, "qresume")
+    home = f"{ROOT}qresume/"
+    data = b"p" * (3 * MIB)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR parked.bin")
+    conn.sendall(data[:2 * MIB + 10])
+    wait_until(lambda: len(_parts(cos, f"{home}parked.bin")) >= 2, what="2 parts in COS")
+    ftp.sock.close()
+    ftp.close()
+    conn.close()
+    wait_until(lambda: keys_under(cos, f"{home}.cosftp/parked/parked.bin/"),
+               what="the upload to be parked")
+    ftp = login(quotas, "qresume")
+    assert used(ftp) == (0, 0)  # parked parts are no file yet
+    put(ftp, "other.bin", b"o" * (3 * MIB))
+    offset = ftp.size("parked.bin")
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+        ftp.storbinary("STOR parked.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert ftp.size("parked.bin") == offset  # still parked, still resumable
+    ftp.delete("other.bin")
+    ftp.storbinary("STOR parked.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert get(ftp, "parked.bin") == data
+    assert used(ftp) == (3 * MIB, 1)
+    ftp.quit()
+
+
+def _parts(cos, key: str) -> list:
+    uploads = [u for u in cos.list_multipart_uploads(Bucket=ALPHA, Prefix=key).get(
+        "Upload", []) if u["Key"] == key]
+    if not uploads:
+        return []
+    return cos.list_parts(Bucket=ALPHA, Key=key, UploadId=uploads[0]["UploadId"]).get(
+        "Part", [])
+
+
+def test_curl_and_lftp_get_552_and_nothing_is_stored(quotas, cos, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"b" * (2 * MIB))
+    url = f"ftp://127.0.0.1:{quotas.port}/big.bin"
+    done = subprocess.run(["curl", "-sS", "-u", "qcurl:qcurl-pw", "-T", str(big), url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 70, done.stderr  # CURLE_REMOTE_DISK_FULL: the 552
+    done = subprocess.run(["lftp", "-u", "qcurl,qcurl-pw", "-p", str(quotas.port),
+                           "-e", f"set net:max-retries 1; put {big} -o lftp.bin; bye",
+                           "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "552" in done.stderr + done.stdout, done
+    assert keys_under(cos, f"{ROOT}qcurl/") == []
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"s" * MIB)
+    done = subprocess.run(["curl", "-sS", "-u", "qcurl:qcurl-pw", "-T", str(small), url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert keys_under(cos, f"{ROOT}qcurl/") == [f"{ROOT}qcurl/big.bin"]
+
+
+def test_site_quota_and_cosftpctl_quota_and_quota_scan(quotas, cos):
+    home = f"{ROOT}qfree/"
+    ftp = login(quotas, "qfree")
+    assert "No quota counts this account's files" in ftp.sendcmd("SITE QUOTA")
+    ftp.quit()
+    ftp = login(quotas, "qsize")
+    before = used(ftp)
+    cos.put_object(Bucket=ALPHA, Key=f"{ROOT}qsize/sneaked-in.bin", Body=b"s" * 1000)
+    assert used(ftp) == before  # quota_scan_interval = 0: not scanned again by itself
+    done = quotas.ctl("quota-scan", "qsize")
+    assert done.returncode == 0, done.stderr
+    assert used(ftp) == (before[0] + 1000, before[1] + 1)
+    shown = quotas.ctl("quota")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("qsize "))
+    assert f"{before[0] + 1000}" in row and "3 MiB" in row, shown.stdout
+    assert re.search(r"^qfree\s.*no quota", shown.stdout, re.MULTILINE), shown.stdout
+    assert not keys_under(cos, home)
+    ftp.quit()
+
+
+def test_an_admin_quota_above_the_tenants_counts_their_files_and_names_no_key(emulator,
+                                                                              tmp_path):
+    """Homes nest: an admin's quota at <root>nest/ counts what tenant t1 (rooted below,
+    without a quota of its own) writes, refuses t1's upload once full, and the refusal
+    tells t1 nothing of the key above its home."""
+    accounts = [quota_account("nadmin", "1M", prefix="nest"),
+                quota_account("t1", prefix="nest/t1")]
+    with ServerProcess(str(tmp_path), emulator.port, accounts) as server:
+        tenant, admin = login(server, "t1"), login(server, "nadmin")
+        put(tenant, "a.bin", b"a" * (MIB // 2))
+        assert used(admin) == (MIB // 2, 1)
+        reply = stopped(tenant, "b.bin", b"b" * MIB)
+        assert reply.startswith("552 Quota exceeded: a home that contains this account's")
+        assert ROOT.rstrip("/") not in reply and "nest" not in reply
+        assert "A home that contains this account's" in tenant.sendcmd("SITE QUOTA")
+        admin.sendcmd("RNFR t1/a.bin")
+        admin.sendcmd("RNTO a.bin")  # out of t1's home, still in the admin's: no change
+        assert used(admin) == (MIB // 2, 1)
+        for ftp in (tenant, admin):
+            ftp.quit()
+
+
+def test_quotas_follow_a_reload_and_the_interval_rescans(emulator, tmp_path, cos):
+    """quota_size changed by a reload holds for new sessions; quota_scan_interval = 1
+    catches up a file another tool wrote without anyone asking."""
+    home = f"{ROOT}reload/"
+    server = ServerProcess(str(tmp_path), emulator.port,
+                           [quota_account("qreload", "1M", prefix="reload")],
+                           optional={"quota_scan_interval": "1"})
+    with server:
+        ftp = login(server, "qreload")
+        assert stopped(ftp, "big.bin", b"x" * (3 * MIB // 2)).startswith("552")
+        server.accounts = [quota_account("qreload", "2M", prefix="reload")]
+        server.write_config()
+        assert server.ctl("reload").returncode == 0
+        again = login(server, "qreload")
+        assert put(again, "big.bin", b"x" * (3 * MIB // 2)).startswith("226")
+        cos.put_object(Bucket=ALPHA, Key=f"{home}other-tool.bin", Body=b"o" * 100)
+        wait_until(lambda: used(again) == (3 * MIB // 2 + 100, 2),
+                   what="the periodic scan to count the other tool's file")
+        for session in (ftp, again):
+            session.quit()
+
+
+@pytest.mark.parametrize(("option", "value", "problem"), [
+    ("quota_size", "10X", "such as 500M or 10G"), ("quota_size", "-1", "such as 500M"),
+    ("quota_files", "many", "must be an integer")])
+def test_check_names_a_bad_quota(emulator, tmp_path, option, value, problem):
+    account = Account("bad", "bad-pw", ALPHA, extra=f"{option} = {value}")
+    server = ServerProcess(str(tmp_path), emulator.port, [account])
+    server.write_config()
+    done = server.ctl("check")
+    assert done.returncode == 2 and f"[COS_ACCOUNT_0] {option}" in done.stderr, done.stderr
+    assert problem in done.stderr, done.stderr
+
+
+def test_sizes_are_1024_based():
+    from cosftp_prefork.config.settings import parse_size
+    assert [parse_size(raw) for raw in ("0", "512", "1K", "10m", "2G", "1T", "5MiB", "3KB")] \
+        == [0, 512, 1024, 10 * MIB, 2 * 1024 * MIB, 1024 ** 4, 5 * MIB, 3072]
