@@ -138,7 +138,8 @@ FILE_PATHS = ["../a/secret.txt", "/../a/secret.txt", "../../a/secret.txt",
 DIR_PATHS = ["..", "../..", "/..", "../a", "../a/docs", "%2e%2e", f"/{ROOT}a", f"/{ROOT}",
              "*", "../*", "../a/*", "/*/*", "../a/.cosftp", "../a/.cosftp/parked", ".cosftp",
              ".cosftp/mtime", "~", "~ta", "../c"]
-READING = ("SIZE", "MDTM", "MLST", "STAT", "HASH", "XCRC", "XMD5", "XSHA1", "XSHA256")
+READING = ("SIZE", "MDTM", "MLST", "STAT", "HASH", "XCRC", "XMD5", "XSHA1", "XSHA256",
+           "XSHA512")
 LISTING = ("LIST", "NLST", "MLSD")
 
 
@@ -206,6 +207,9 @@ def test_a_hostile_tenant_learns_nothing_and_changes_nothing_outside_its_home(
         probe.send(f"CWD {path}")
         probe.send("PWD")
         probe.transfer("LIST")
+        probe.send(f"XCWD {path}")
+        probe.send("XPWD")
+        probe.transfer("NLST")
         probe.send("CWD /")
     for _ in range(3):
         probe.send("CDUP")
@@ -235,6 +239,12 @@ def test_a_hostile_tenant_learns_nothing_and_changes_nothing_outside_its_home(
         probe.send(f"SIZE {path}")
         probe.transfer(f"STOR {path}", b"overwritten by b")
         probe.send(f"MKD {path}")
+        probe.send(f"XMKD {path}/x")
+        probe.send(f"XRMD {path}")
+        probe.send(f"ALLO 10 {path}")
+        probe.transfer(f"STOU {path}", b"unique by b")
+    probe.send("SITE QUOTA")
+    probe.send("SITE HELP")
     probe.send("RNFR /")
     assert probe.send("RNTO /elsewhere").startswith("5")
     for command, reply, data in probe.told():
@@ -270,6 +280,50 @@ def test_error_replies_name_the_path_not_the_key(tenants, emulator):
     assert "/denied.txt" in reply and "AccessDenied" in reply, reply
     assert ROOT.rstrip("/") not in reply, reply
     _close(ftp)
+
+
+def test_curl_and_lftp_cannot_reach_another_tenant(tenants, tmp_path):
+    """The probes as real clients send them: curl with --path-as-is (no client-side ``..``
+    folding) in each of its CWD methods, and lftp's cat, ls, find, glob and get, from tenant
+    b's login, of a file and a directory only tenant a has."""
+    name, folder = f"only-a-{uuid.uuid4().hex[:8]}.txt", f"dir-of-a-{uuid.uuid4().hex[:8]}"
+    owner = login(tenants, "ta")
+    put(owner, name, SECRET)
+    owner.mkd(folder)
+    put(owner, f"{folder}/{name}", INNER)
+    owner.quit()
+    base = f"ftp://127.0.0.1:{tenants.port}"
+    for path in (f"../a/{name}", f"%2e%2e/a/{name}", f"..%2fa%2f{name}",
+                 f"%2f{ROOT}a/{name}", f"../a/{folder}/{name}", f"/../../a/{name}"):
+        for method in ("multicwd", "nocwd", "singlecwd"):
+            done = subprocess.run(["curl", "-sS", "--path-as-is", "--ftp-method", method,
+                                   "-u", "tb:tb-pw", f"{base}/{path}"],
+                                  capture_output=True, timeout=60)
+            assert done.returncode != 0, (path, method)
+            assert SECRET not in done.stdout and INNER not in done.stdout, (path, method)
+            assert ROOT.rstrip("/").encode() not in done.stderr, done.stderr
+    for path in ("../a/", "../", f"../a/{folder}/"):
+        listing = subprocess.run(["curl", "-sS", "--path-as-is", "-u", "tb:tb-pw",
+                                  f"{base}/{path}"], capture_output=True, timeout=60)
+        assert name.encode() not in listing.stdout and folder.encode() not in listing.stdout
+    out = tmp_path / "got"
+
+    def lftp(script: str) -> bytes:
+        done = subprocess.run(["lftp", "-u", "tb,tb-pw", "-p", str(tenants.port), "-e",
+                               f"set cmd:fail-exit no; set net:max-retries 1; {script}; bye",
+                               "127.0.0.1"], capture_output=True, timeout=120)
+        return done.stdout + done.stderr
+    read = lftp(f"cat ../a/{name}; cat /../a/{folder}/{name}; get ../a/{name} -o {out}; "
+                f"mirror ../a {tmp_path / 'mirrored'}")
+    listed = lftp("cls -1 ../a; cls -1 /; cls -1 ../..; find ..; glob echo ../a/*")
+    for told in (read, listed):
+        assert SECRET not in told and INNER not in told, told
+    assert ROOT.rstrip("/").encode() not in read, read  # (tb's own tree may hold the name)
+    assert name.encode() not in listed and folder.encode() not in listed, listed
+    assert not out.exists()
+    mirrored = [p.name for p in (tmp_path / "mirrored").rglob("*")] \
+        if (tmp_path / "mirrored").exists() else []
+    assert name not in mirrored and folder not in mirrored
 
 
 # --- nesting, and the server's own data
