@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import stat
 from typing import Optional
@@ -77,6 +78,33 @@ def open_fd(path: str, flags: int, mode: int = PRIVATE_MODE) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def map_existing(path: str, size: int, magic: bytes,
+                 writable: bool = False) -> Optional[tuple[int, mmap.mmap]]:
+    """Map the first ``size`` bytes of the file at ``path`` shared (read-only unless
+    ``writable``), through no link; its descriptor and mapping, or None if it is absent,
+    shorter, or does not start with ``magic``. ``writable`` raises ``PermissionError`` if
+    this user may not write it."""
+    try:
+        fd = open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
+    except PermissionError:
+        if writable:
+            raise
+        return None
+    except OSError:
+        return None
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    try:
+        if os.fstat(fd).st_size >= size:
+            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, prot=prot)
+            if mapping[:len(magic)] == magic:
+                return fd, mapping
+            mapping.close()
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def open_append(path: str, mode: int = PRIVATE_MODE, owner: Optional[int] = None) -> int:

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from ..safefiles import PRIVATE_MODE, open_fd, replace_file
+from ..safefiles import PRIVATE_MODE, map_existing, open_fd, replace_file
 from .usage import UsageTable, usage_path
 
 # Exit status for "this worker cannot start with this config": not a crash to retry blindly.
@@ -243,25 +243,8 @@ class SharedState:
         """Map an existing state file, read-only unless ``writable`` (``cosftpctl unban``);
         None if it is absent or not ours. ``writable`` raises ``PermissionError`` if this
         user may not write it."""
-        try:
-            fd = open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
-        except PermissionError:
-            if writable:
-                raise
-            return None
-        except OSError:
-            return None
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        try:
-            if os.fstat(fd).st_size < FILE_SIZE:
-                os.close(fd)
-                return None
-            mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot=prot)
-        except OSError:
-            os.close(fd)
-            return None
-        state = cls(path, fd, mapping)
-        return state if mapping[:4] == MAGIC else None
+        found = map_existing(path, FILE_SIZE, MAGIC, writable)
+        return None if found is None else cls(path, *found)
 
     def close(self) -> None:
         self._map.close()

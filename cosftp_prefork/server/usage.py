@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from typing import Optional
 
 from ..config.quotas import Home, Usage
-from ..safefiles import PRIVATE_MODE, open_fd
+from ..safefiles import PRIVATE_MODE, map_existing, open_fd
+from .pidfile import is_alive
 
 MAGIC = b"CFQU"
 _HEADER = struct.Struct("<4sI")  # magic, rows in use
@@ -74,27 +75,8 @@ class UsageTable:
     def open(cls, path: str, writable: bool = False) -> Optional[UsageTable]:
         """Map an existing file (None if absent or not ours); ``writable`` for
         ``cosftpctl quota-scan`` (raises ``PermissionError`` if this user may not)."""
-        try:
-            fd = open_fd(path, os.O_RDWR if writable else os.O_RDONLY)
-        except PermissionError:
-            if writable:
-                raise
-            return None
-        except OSError:
-            return None
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        try:
-            if os.fstat(fd).st_size < FILE_SIZE:
-                raise OSError("short")
-            mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED, prot=prot)
-        except OSError:
-            os.close(fd)
-            return None
-        if mapping[:4] != MAGIC:
-            mapping.close()
-            os.close(fd)
-            return None
-        return cls(fd, mapping, writable)
+        found = map_existing(path, FILE_SIZE, MAGIC, writable)
+        return None if found is None else cls(*found, writable)
 
     def close(self) -> None:
         self._map.close()
@@ -189,7 +171,7 @@ class UsageTable:
             row = self._row(at)
             scanner, scanned, started, asked = row[1], row[6], row[7], row[8]
             due = not scanned or asked > scanned or (interval and now - scanned >= interval)
-            if not due or (scanner and _alive(scanner) and now - started < SCAN_STALE):
+            if not due or (scanner and is_alive(scanner) and now - started < SCAN_STALE):
                 return False
             row[1], row[7] = os.getpid(), now
             self._write(at, row)
@@ -215,15 +197,3 @@ class UsageTable:
             row = self._row(at)
             row[8] = max(now, row[6] + 1e-6)  # after the last scan, even within its second
             self._write(at, row)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a scanner that died leaves its claim)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
