@@ -235,15 +235,19 @@ class UploadQuota:
                 return
         raise QuotaExceeded(_refusal(refused, self._prefix, self._ledger.read(refused)))
 
+    def before_commit(self) -> None:
+        """The file is about to become visible: learn the size of the one it replaces now
+        (the HEAD beside the bytes may not have run yet; afterwards it would find the new
+        file)."""
+        replaced = self._replaced()
+        self._replaced = lambda: replaced
+
     def finish(self, size: int) -> None:
         """The upload committed a file of ``size`` bytes."""
         if not self._open:
             return
         self._open = False
-        try:
-            old = self._replaced()
-        except StorageError:
-            old = None
+        old = self._replaced()
         self._ledger.settle(self._homes, self._reserved, self._files,
                             size - (old or 0), 0 if old is not None else 1)
 

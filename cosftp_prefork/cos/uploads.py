@@ -519,6 +519,8 @@ class UploadSession:
         """
         self._check_open()
         self._move(UploadState.COMMITTING)
+        if self._quota is not None:
+            self._quota.before_commit()
         try:
             if self._parts.upload_id is None:
                 if not still_wanted(0.0):
