@@ -16,7 +16,8 @@ import uuid
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, wait_until
+from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
 
 MIB = 1024 * 1024
@@ -299,3 +300,36 @@ def test_sizes_are_1024_based():
     from cosftp_prefork.config.settings import parse_size
     assert [parse_size(raw) for raw in ("0", "512", "1K", "10m", "2G", "1T", "5MiB", "3KB")] \
         == [0, 512, 1024, 10 * MIB, 2 * 1024 * MIB, 1024 ** 4, 5 * MIB, 3072]
+
+
+def test_a_quota_holds_across_the_nodes_of_a_cluster(emulator, tmp_path):
+    """Two nodes sharing a Redis ([CLUSTER]) and a home with a 2 MiB quota: what one stores
+    counts on the other, and a reservation on one leaves no room for the other."""
+    redis = start_redis(tmp_path, free_port())
+    nodes = []
+    try:
+        for name in ("qa", "qb"):
+            proc = LoneNode(str(tmp_path / name), emulator.port,
+                            [quota_account("qcluster", "2M", prefix="cluster")])
+            proc.redis_port, proc.name = int(redis.args[2]), name
+            nodes.append(proc.start())
+        first, second = (login(proc, "qcluster") for proc in nodes)
+        put(first, "a.bin", b"a" * (3 * MIB // 2))
+        assert used(second) == (3 * MIB // 2, 1)  # the other node's write counts here
+        assert stopped(second, "b.bin", b"b" * MIB).startswith("552 Quota exceeded")
+        for ftp in (first, second):
+            ftp.sendcmd(f"ALLO {2 * MIB // 5}")  # both fit: 0.4 of the 0.5 MiB left
+            ftp.voidcmd("TYPE I")
+        holding = first.transfercmd("STOR c.bin")  # reserves 0.4 MiB on node qa
+        with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+            second.transfercmd("STOR d.bin")  # node qb sees qa's reservation
+        holding.sendall(b"c" * (2 * MIB // 5))
+        holding.close()
+        first.voidresp()
+        assert used(second) == (3 * MIB // 2 + 2 * MIB // 5, 2)
+        for ftp in (first, second):
+            ftp.quit()
+    finally:
+        for proc in nodes:
+            proc.stop()
+        redis.stop()

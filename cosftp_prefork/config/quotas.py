@@ -79,6 +79,9 @@ class Ledger(Protocol):
     def request_scan(self, home: Home, now: float) -> None:
         """Ask for a scan of ``home`` (``cosftpctl quota-scan``, a directory renamed)."""
 
+    def tick(self, homes: Iterable[Home]) -> None:
+        """Once a second in worker 1: publish what this node holds (a cluster's ledger)."""
+
 
 class QuotaRules:
     """The homes with a quota in a configuration, looked up by key."""

@@ -1,12 +1,13 @@
 """Quotas (``quota_size``, ``quota_files``): what a home may hold, kept as the server writes.
 
 Which homes have a quota, and the ledger's interface, are ``config.quotas``. The usage lives
-in a ``Ledger`` that every worker of the server shares (the master's
-mapped state file, ``server.usage``), so that two sessions racing for the last bytes of a
-quota cannot both win: an upload *reserves* its bytes before it takes them, under the
-ledger's lock, and turns the reservation into usage when it commits (or gives it back when
-it ends otherwise). The bytes are reserved a slice at a time, so a ledger is asked about once
-per :data:`SLICE` bytes, and a refused slice is retried with exactly what the write needs.
+in a ``Ledger`` that every worker of the server shares (the master's mapped state file,
+``server.usage``; with ``[CLUSTER]``, Redis: ``server.quotashare``), so that two sessions
+racing for the last bytes of a quota cannot both win: an upload *reserves* its bytes before
+it takes them, under the ledger's lock, and turns the reservation into usage when it commits
+(or gives it back when it ends otherwise). The bytes are reserved a slice at a time, so a
+ledger is asked about once per :data:`SLICE` bytes, and a refused slice is retried with
+exactly what the write needs.
 
 The usage starts from a scan of the home (every object under the prefix, the server's own
 data in ``.cosftp/`` and directory markers not counted), made when a session first needs it
@@ -107,6 +108,7 @@ class Quotas:
     def scan_due(self) -> None:
         """Scan the homes that are due again (worker 1, every second): those asked for by
         ``cosftpctl quota-scan`` and, every ``quota_scan_interval``, those in use."""
+        self.ledger.tick(self.rules.homes.values())
         for home in self.rules.homes.values():
             if self.ledger.claim_scan(home, self.interval, time.time(), known_only=True):
                 self.scan(home)

@@ -488,6 +488,21 @@ class ClusterState:
                                f"expiry); deleted and written anew")
         return answer
 
+    def add_scripts(self, scripts: dict[str, str]) -> None:
+        """Scripts of another module keeping state here (``server.quotashare``), each run
+        with :meth:`run` as this module's own are: same library, same error handling."""
+        for name, body in scripts.items():
+            self._scripts[name] = self._redis.register_script(_LIBRARY + body)
+
+    def run(self, what: str, script: str, keys: list, args: list, failed: Any = None) -> Any:
+        """Run a script added by :meth:`add_scripts`: its answer, None if Redis is
+        unreachable, ``failed`` if it answered with an error."""
+        return self._run(what, script, keys, args, failed)
+
+    def usable(self) -> bool:
+        """Whether Redis may be asked now (see ``_usable``)."""
+        return self._usable()
+
     def elsewhere(self, ip: str) -> Optional[Elsewhere]:
         """The other live nodes' figures for ``ip``, or None if Redis is unreachable."""
         found = self._run("admission", "admit", [PREFIX + "nodes", _ban(ip)],

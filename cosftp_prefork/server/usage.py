@@ -23,7 +23,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Optional
 
@@ -185,6 +185,9 @@ class UsageTable:
             if found is not None:
                 row[2], row[3], row[6] = found[0], found[1], now
             self._write(at, row)
+
+    def tick(self, homes: Iterable[Home]) -> None:
+        """Nothing to publish: this table is the whole server's."""
 
     def request_scan(self, home: Home, now: float) -> None:
         self.request_id(home.ident, now)

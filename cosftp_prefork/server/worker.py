@@ -50,6 +50,7 @@ from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
 from .gate import BANNED, Gate, Ticket
 from .logs import reopen_logging, setup_logging
+from .quotashare import SharedUsage
 from .scoreboard import DRAINING, EXIT_BOOT_FAILURE, LISTEN_BACKLOG, SERVING, STARTING, SharedState
 from .signals import release_signals
 
@@ -344,13 +345,15 @@ class Worker:
         return janitor
 
     def _start_quotas(self, stats: WorkerStats, buckets: BucketRegistry) -> Optional[Periodic]:
-        """Keep the quotas (if any account has one) in the usage table the master shares;
-        worker 1 scans the homes again when due (``quota_scan_interval``, ``cosftpctl
-        quota-scan``)."""
+        """Keep the quotas (if any account has one) in the usage table the master shares
+        (and, with ``[CLUSTER]``, in Redis); worker 1 scans the homes again when due
+        (``quota_scan_interval``, ``cosftpctl quota-scan``)."""
         rules = QuotaRules(self.config.accounts)
         if not rules.homes or self.state.usage is None:
             return None
-        stats.quotas = Quotas(rules, self.state.usage, buckets.bucket,
+        cluster = stats.gate.cluster
+        ledger = self.state.usage if cluster is None else SharedUsage(self.state.usage, cluster)
+        stats.quotas = Quotas(rules, ledger, buckets.bucket,
                               self.config.server.quota_scan_interval)
         if self.index != 1:
             return None
