@@ -122,6 +122,10 @@ class AccountQuota:
         self._quotas, self._account = quotas, account
         self.prefix = account.prefix
 
+    def counts(self, key: str) -> bool:
+        """Whether a quota counts the session's ``key``."""
+        return bool(self._quotas.rules.covering(self._account.bucket, self._account.prefix + key))
+
     def homes(self, key: str) -> list[Home]:
         """The homes with a quota that the session's ``key`` is in, each scanned once."""
         homes = self._quotas.rules.covering(self._account.bucket, self._account.prefix + key)

@@ -748,7 +748,7 @@ class SessionUploads:
         """The upload, its first bytes reserved in the quotas that count it (raises
         ``QuotaExceeded`` before anything is stored or claimed)."""
         quota = None
-        if self._quota is not None:
+        if self._quota is not None and self._quota.counts(key):
             replaced = counted.replaced
             if replaced is None:  # what the file replaces, asked beside its bytes
                 replaced = replaced_size(self._engine.lookups.for_owner(self).submit(
