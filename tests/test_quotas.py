@@ -333,3 +333,35 @@ def test_a_quota_holds_across_the_nodes_of_a_cluster(emulator, tmp_path):
         for proc in nodes:
             proc.stop()
         redis.stop()
+
+
+def test_renames_between_homes_are_counted_and_refused_past_a_quota(emulator, tmp_path):
+    """An admin above two tenants moves files between them: a file too big for mb's quota
+    stays where it was (552), a small one moves and counts in mb, a directory moved into mb
+    gets mb's home scanned again."""
+    accounts = [quota_account("madmin", prefix="moves"),
+                quota_account("ma", prefix="moves/ma"),
+                quota_account("mb", "1M", prefix="moves/mb")]
+    with ServerProcess(str(tmp_path), emulator.port, accounts) as server:
+        admin, tenant = login(server, "madmin"), login(server, "mb")
+        admin.mkd("ma")
+        admin.mkd("mb")
+        put(admin, "ma/big.bin", b"b" * (3 * MIB // 2))
+        put(admin, "ma/small.bin", b"s" * 100)
+        admin.mkd("ma/dir")
+        put(admin, "ma/dir/inner.bin", b"i" * 200)
+        assert used(tenant) == (0, 0)
+        admin.sendcmd("RNFR ma/big.bin")
+        with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: /mb holds"):
+            admin.sendcmd("RNTO mb/big.bin")
+        assert admin.size("ma/big.bin") == 3 * MIB // 2
+        admin.sendcmd("RNFR ma/small.bin")
+        admin.sendcmd("RNTO mb/small.bin")
+        assert used(tenant) == (100, 1)
+        admin.sendcmd("RNFR ma/dir")
+        admin.sendcmd("RNTO mb/dir")
+        wait_until(lambda: used(tenant) == (300, 2), what="mb's home to be scanned again")
+        tenant.delete("small.bin")
+        assert used(tenant) == (200, 1)
+        for ftp in (admin, tenant):
+            ftp.quit()

@@ -49,7 +49,7 @@ def scan_home(bucket: Bucket, prefix: str) -> tuple[int, int]:
     for page in listed:
         for obj in page.objects:
             rest = obj.key[len(prefix):]
-            if rest.endswith("/") or RESERVED_NAME in rest.split("/"):
+            if not rest or rest.endswith("/") or RESERVED_NAME in rest.split("/"):
                 continue
             size += obj.size
             files += 1

@@ -621,6 +621,10 @@ class CosFS(AbstractedFS):
                      "there now", src, exc.code)
             self._forget(src)
             return False
+        except BaseException:
+            if counted is not None:
+                counted(False)
+            raise
         if counted is not None:
             counted(True)
         self._forget(src, dst)
