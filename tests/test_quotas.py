@@ -365,3 +365,32 @@ def test_renames_between_homes_are_counted_and_refused_past_a_quota(emulator, tm
         assert used(tenant) == (200, 1)
         for ftp in (admin, tenant):
             ftp.quit()
+
+
+@pytest.mark.parametrize("redis_down", ["open", "closed"])
+def test_with_redis_gone_a_node_counts_alone_or_refuses(emulator, tmp_path, cos, redis_down):
+    """Redis stops under a logged-in session: with redis_down = open the node reserves
+    against its own table (the quota still holds there), with closed it answers 451 to an
+    upload a quota counts and stores nothing."""
+    redis = start_redis(tmp_path, free_port())
+    home = f"{ROOT}gone-{redis_down}/"
+    proc = LoneNode(str(tmp_path / "node"), emulator.port,
+                    [quota_account("qgone", "1M", prefix=f"gone-{redis_down}")])
+    proc.redis_port, proc.name, proc.redis_down = int(redis.args[2]), "gone", redis_down
+    try:
+        proc.start()
+        ftp = login(proc, "qgone")
+        assert used(ftp) == (0, 0)
+        redis.stop()
+        if redis_down == "open":
+            assert put(ftp, "fits.bin", b"f" * (MIB // 2)).startswith("226")
+            assert stopped(ftp, "passes.bin", b"p" * MIB).startswith("552 Quota exceeded")
+            assert keys_under(cos, home) == [f"{home}fits.bin"]
+        else:
+            with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaUnavailable"):
+                put(ftp, "refused.bin", b"r" * 10)
+            assert keys_under(cos, home) == []
+        ftp.quit()
+    finally:
+        proc.stop()
+        redis.stop()
