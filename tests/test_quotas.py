@@ -70,11 +70,9 @@ def quotas(emulator, tmp_path_factory):
     accounts = [quota_account("qsize", "3M"), quota_account("qfiles", files=2),
                 quota_account("qrace", "2M"), quota_account("qresume", "4m"),
                 quota_account("qcurl", "1536K"), quota_account("qfree")]
-    proc = ServerProcess(str(tmp_path_factory.mktemp("quotas")), emulator.port, accounts,
-                         optional={"quota_scan_interval": "0"})
-    proc.start()
-    yield proc
-    proc.stop()
+    with ServerProcess(str(tmp_path_factory.mktemp("quotas")), emulator.port, accounts,
+                       optional={"quota_scan_interval": "0"}) as proc:
+        yield proc
 
 
 def login(server: ServerProcess, user: str) -> ftplib.FTP:
