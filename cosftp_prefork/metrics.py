@@ -19,6 +19,8 @@ SESSIONS = Gauge("cosftp_sessions", "FTP sessions open now", registry=None,
                  multiprocess_mode="livesum")
 SESSIONS_TOTAL = Counter("cosftp_sessions_accepted", "FTP sessions accepted", registry=None)
 LOGINS = Counter("cosftp_logins", "Logins by result: ok, failed (bad user or password), "
+                 "unavailable (the auth hook had no answer: 421), refused (the auth hook's "
+                 "account unusable), "
                  "banned (address refused after repeated failures)", ["result"], registry=None)
 TRANSFERS = Counter("cosftp_transfers", "Finished transfers by direction (upload, download) "
                     "and result (ok, failed)", ["direction", "result"], registry=None)
@@ -57,6 +59,9 @@ PASSWORD_CHECKS_RUNNING = Gauge("cosftp_password_checks_running", "Password chec
 PASSWORD_CHECKS_WAITING = Gauge("cosftp_password_checks_waiting", "Password checks waiting "
                                 "for their turn now, summed over workers", registry=None,
                                 multiprocess_mode="livesum")
+AUTH_HOOK = Counter("cosftp_auth_hook", "Auth hook verdicts: allow, deny, invalid (an answer "
+                    "or account refused, logged), unavailable (down, slow or busy: 421), "
+                    "cached (a recent yes reused)", ["outcome"], registry=None)
 RELOADS = Counter("cosftp_reloads", "Configuration reloads by result (ok, failed)", ["result"],
                   registry=None)
 

@@ -10,7 +10,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from cosftp_prefork.config.settings import ACCOUNT_PREFIX, SETTINGS
+from cosftp_prefork.config.settings import SETTINGS, section_kind
 from cosftp_prefork.server.cli import build_parser
 
 from .server_proc import ROOT
@@ -56,12 +56,6 @@ def code(markdown: str, languages: tuple[str, ...] = ()) -> list[str]:
               if not languages or block.language in languages]
     prose = _FENCE_RE.sub("", markdown)
     return fenced + _INLINE_RE.findall(prose)
-
-
-def section_kind(section: str) -> str:
-    """The settings table's section for a section of the file (``COS_ACCOUNT_0`` ->
-    ``COS_ACCOUNT``)."""
-    return ACCOUNT_PREFIX if re.match(r"^COS_ACCOUNT(_.*)?$", section) else section
 
 
 def options(ini_text: str) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ from cosftp_prefork.config.settings import (
     NetworkConfig,
     ServerConfig,
     TransferConfig,
+    hook_account,
     load_config,
     parse_config,
     part_size_for,
@@ -439,6 +440,15 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("CLUSTER", "redis_url", "10.0.0.20:6379", "redis://"),
     _bad("CLUSTER", "redis_down", "maybe", "open, closed"),
     _bad("CLUSTER", "redis_timeout", "0", "between 1 and 10000"),
+    _bad("OPTIONAL", "auth_hook_url", "ftp://auth.example.com/", "http:// or https://"),
+    _bad("OPTIONAL", "auth_hook_url", "https:///login", "with a host"),
+    _bad("OPTIONAL", "auth_hook_command", "ftp-auth --check", "absolute path"),
+    _bad("OPTIONAL", "auth_hook_command", "/nonexistent/ftp-auth", "not an executable"),
+    _bad("OPTIONAL", "auth_hook_command", "/bin/true 'unclosed", "cannot be split"),
+    _bad("OPTIONAL", "auth_hook_timeout", "50", "between 100 and 60000"),
+    _bad("OPTIONAL", "auth_hook_order", "random", "file_first, hook_first"),
+    _bad("OPTIONAL", "auth_cache_ttl", "-1", "between 0 and 86400"),
+    _bad("COS_CREDENTIALS_shared", "cos_secretid", "", "is required"),
 ])
 def test_bad_values_name_file_section_and_option(load_error, section, option, value,
                                                   fragment):
@@ -793,3 +803,78 @@ def test_bad_ftp_encoding_names_section_and_option(load_error, section, value):
     path, message = load_error(set_option(MINIMAL, section, "ftp_encoding", value))
     assert_names(message, path, section, "ftp_encoding")
     assert "extends ASCII" in message and repr(value) in message
+
+
+# --- external authentication
+
+HOOKED = set_option(MINIMAL, "OPTIONAL", "auth_hook_url", "https://auth.example.com/ftp")
+SHARED = "\n[COS_CREDENTIALS_shared]\ncos_secretid = shared-id\ncos_secretkey = shared-key\n"
+
+
+def test_the_auth_hook_settings_are_read():
+    config = parse_config(set_option(HOOKED + SHARED, "OPTIONAL", "auth_hook_timeout", "250"))
+    hook = config.auth_hook
+    assert hook.enabled and hook.url == "https://auth.example.com/ftp"
+    assert (hook.timeout, hook.cache_ttl, hook.order) == (0.25, 60, "file_first")
+    assert config.credentials == {"shared": ("shared-id", "shared-key")}
+    assert not parse_config(MINIMAL).auth_hook.enabled
+
+
+def test_a_hook_url_and_a_hook_command_are_not_both_set(load_error):
+    text = set_option(HOOKED, "OPTIONAL", "auth_hook_command", "/bin/true")
+    path, message = load_error(text)
+    assert_names(message, path, "OPTIONAL", "auth_hook_command")
+
+
+def test_a_file_account_may_name_a_credentials_section(load_error):
+    text = set_option(set_option(MINIMAL, "COS_ACCOUNT_0", "cos_secretid", None),
+                      "COS_ACCOUNT_0", "cos_secretkey", None)
+    shared = set_option(text, "COS_ACCOUNT_0", "cos_credentials", "shared") + SHARED
+    account = parse_config(shared).accounts[0]
+    assert (account.secret_id, account.secret_key) == ("shared-id", "shared-key")
+    path, message = load_error(set_option(text, "COS_ACCOUNT_0", "cos_credentials", "other")
+                               + SHARED)
+    assert_names(message, path, "COS_ACCOUNT_0", "cos_credentials")
+    path, message = load_error(set_option(MINIMAL, "COS_ACCOUNT_0", "cos_credentials",
+                                          "shared") + SHARED)
+    assert "cannot come with cos_secretid" in message
+
+
+def test_a_hook_account_is_read_by_the_accounts_table():
+    config = parse_config(HOOKED + SHARED)
+    account = hook_account({"cos_bucket": "b-1", "cos_endpoint": "cos.example.com",
+                            "cos_credentials": "shared", "authority": "R",
+                            "delete_enable": False, "cos_port": 8080, "cos_ip": "10.0.0.1"},
+                           "hooky", config)
+    assert (account.user, account.bucket, account.endpoint, account.authority) == \
+        ("hooky", "b-1", "cos.example.com", "R")
+    assert (account.secret_id, account.secret_key) == ("shared-id", "shared-key")
+    assert (account.cos_port, account.delete_enable, account.from_hook) == (8080, False, True)
+
+
+@pytest.mark.parametrize(("answer", "option", "fragment"), [
+    ({"cos_bucket": "b-1", "authority": "RW"}, "cos_secretid", "is required"),
+    ({"cos_credentials": "other", "cos_bucket": "b-1", "cos_region": "r", "authority": "R"},
+     "cos_credentials", "names no [COS_CREDENTIALS_<name>]"),
+    ({"cos_credentials": "shared", "cos_secretid": "x", "cos_bucket": "b-1",
+      "cos_region": "r", "authority": "R"}, "cos_credentials", "cannot come"),
+    ({"cos_credentials": "shared", "cos_bucket": "b-1", "authority": "RW"}, "cos_region",
+     "is required (or set cos_endpoint)"),
+    ({"cos_credentials": "shared", "cos_bucket": ["b-1"]}, "cos_bucket", "must be text"),
+    ({"anonymous_enable": True}, "anonymous_enable", "is set by the server"),
+    ({"ftp_login_user_name": "root"}, "ftp_login_user_name", "is set by the server"),
+    ({"quota_size": "10G"}, "quota_size", "is set in the file only"),
+    ({"cos_credentials": "shared", "cos_bucket": "b-1", "cos_region": "r",
+      "authority": "RW", "cos_port": 80}, "cos_port", "needs cos_ip"),
+    ({"cos_bucket\nforged log line": "b-1"}, "'cos_bucket\\nforged log line'",
+     "is not an account option"),
+    ({"cos_secretid": "i", "cos_secretkey": "${SECRET}", "cos_bucket": "b-1",
+      "cos_region": "r", "authority": "RW"}, "cos_secretkey", "environment variable SECRET"),
+])
+def test_a_hook_account_is_checked_as_strictly_as_the_file(answer, option, fragment):
+    config = parse_config(HOOKED + SHARED)
+    with pytest.raises(ConfigError) as info:
+        hook_account(answer, "hooky", config)
+    assert info.value.option == option, str(info.value)
+    assert fragment in str(info.value)
+    assert "shared-key" not in str(info.value)

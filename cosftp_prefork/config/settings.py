@@ -14,13 +14,16 @@ from __future__ import annotations
 import codecs
 import configparser
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import re
+import shlex
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..paths import MAX_KEY_BYTES, NAME_ROOM, home_prefix
@@ -40,6 +43,7 @@ MIN_PART_SIZE = 1 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
 ACCOUNT_PREFIX = "COS_ACCOUNT"
+CREDENTIALS_PREFIX = "COS_CREDENTIALS"
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
 
 
@@ -101,6 +105,7 @@ class AccountConfig:
     @property
     def has_quota(self) -> bool:
         return bool(self.quota_size or self.quota_files)
+    from_hook: bool = False  # defined by the auth hook's answer, not by the file
 
     @property
     def can_read(self) -> bool:
@@ -228,6 +233,22 @@ class RunAsConfig:
 
 
 @dataclass(frozen=True)
+class AuthHookConfig:
+    """External authentication (``[OPTIONAL] auth_hook_*``): a service or a command asked with
+    the user, password, client address and TLS, answering deny or an account definition."""
+
+    url: Optional[str] = None
+    command: tuple[str, ...] = ()
+    timeout: float = 5.0  # seconds; also when every failed login is answered (docs/security.md)
+    cache_ttl: int = 60
+    order: str = "file_first"  # or hook_first
+    parallel: int = 8  # hook calls one worker makes at once
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url or self.command)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     accounts: tuple[AccountConfig, ...]
@@ -238,6 +259,10 @@ class Config:
     operator: OperatorConfig = OperatorConfig()
     cluster: ClusterConfig = ClusterConfig()
     run_as: RunAsConfig = RunAsConfig()
+    auth_hook: AuthHookConfig = AuthHookConfig()
+    # [COS_CREDENTIALS_<name>]: {name: (secret_id, secret_key)}, named by an account's
+    # cos_credentials (of the file or of an auth hook's answer: keys need not cross the wire).
+    credentials: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError,
@@ -315,6 +340,15 @@ def _protocol(raw: str) -> str:
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*-[0-9]+$")
 _ACCOUNT_RE = re.compile(r"^COS_ACCOUNT(_.*)?$")
+_CREDENTIALS_RE = re.compile(r"^COS_CREDENTIALS_([A-Za-z0-9_.-]{1,64})$")
+
+
+def section_kind(section: str) -> str:
+    """The settings table's section for a section of a file (``COS_ACCOUNT_0`` ->
+    ``COS_ACCOUNT``, ``COS_CREDENTIALS_shared`` -> ``COS_CREDENTIALS``)."""
+    if _ACCOUNT_RE.match(section):
+        return ACCOUNT_PREFIX
+    return CREDENTIALS_PREFIX if _CREDENTIALS_RE.match(section) else section
 _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 
@@ -400,6 +434,30 @@ def _password(raw: str) -> str:
     return raw
 
 
+@_accepts("an http:// or https:// URL")
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(
+            ch.isspace() for ch in raw):
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {raw!r}")
+    return raw
+
+
+@_accepts("a program's absolute path, then its arguments (run without a shell)")
+def _command(raw: str) -> tuple[str, ...]:
+    """A program and its arguments, split as a shell would (quotes) but run without one; the
+    program must be an absolute path to an executable file (no PATH look-up)."""
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ValueError(f"cannot be split into arguments ({exc}), got {raw!r}") from None
+    if not argv or not os.path.isabs(argv[0]):
+        raise ValueError(f"must start with the absolute path of a program, got {raw!r}")
+    if not (os.path.isfile(argv[0]) and os.access(argv[0], os.X_OK)):
+        raise ValueError(f"{argv[0]} is not an executable file")
+    return argv
+
+
 _SYSTEM_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]+)$")
 
 
@@ -476,8 +534,13 @@ class Setting:
 REQUIRED = object()
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting(ACCOUNT_PREFIX, "cos_secretid", _text, REQUIRED, "API SecretId"),
-    Setting(ACCOUNT_PREFIX, "cos_secretkey", _text, REQUIRED, "API SecretKey"),
+    Setting(ACCOUNT_PREFIX, "cos_secretid", _text, None, "API SecretId",
+            "none: required unless cos_credentials is set"),
+    Setting(ACCOUNT_PREFIX, "cos_secretkey", _text, None, "API SecretKey",
+            "none: required unless cos_credentials is set"),
+    Setting(ACCOUNT_PREFIX, "cos_credentials", _text, None,
+            "the name of a [COS_CREDENTIALS_<name>] section whose keys this account uses "
+            "instead of cos_secretid and cos_secretkey", "none"),
     Setting(ACCOUNT_PREFIX, "cos_bucket", _bucket, REQUIRED, "bucket as <name>-<appid>"),
     Setting(ACCOUNT_PREFIX, "cos_region", _text, None, "region, e.g. ap-guangzhou",
             "none: required unless cos_endpoint is set"),
@@ -598,6 +661,27 @@ SETTINGS: tuple[Setting, ...] = (
             "connections not logged in yet, server-wide; 0 = unlimited"),
     Setting("OPTIONAL", "max_prelogin_connections_per_ip", _integer(0), 16,
             "connections not logged in yet from one client address; 0 = unlimited"),
+    # External authentication (see docs/security.md, "External authentication").
+    Setting("OPTIONAL", "auth_hook_url", _http_url, None,
+            "service asked (POST of JSON) about logins of users not in the file: it answers "
+            "deny or an account definition", "none: only the file's accounts"),
+    Setting("OPTIONAL", "auth_hook_command", _command, None,
+            "program asked instead of a URL (JSON on stdin, answer on stdout), run without a "
+            "shell", "none"),
+    Setting("OPTIONAL", "auth_hook_timeout", _integer(100, 60000), 5000,
+            "milliseconds a hook answer may take (then 421, try later); every failed login "
+            "with a hook is answered this long after PASS, whatever failed"),
+    Setting("OPTIONAL", "auth_cache_ttl", _integer(0, 86400), 60,
+            "seconds a hook's yes is reused for the same user, password, address and TLS; "
+            "a no is never kept; 0 = ask every time"),
+    Setting("OPTIONAL", "auth_hook_order", _choice("file_first", "hook_first", fold=str.lower),
+            "file_first", "file_first: the file's accounts are never sent to the hook; "
+            "hook_first: the hook is asked first, the file's account when it says no"),
+    Setting("OPTIONAL", "auth_hook_parallel", _integer(1, 256), 8,
+            "hook calls one worker makes at once; the others wait their turn within "
+            "auth_hook_timeout"),
+    Setting(CREDENTIALS_PREFIX, "cos_secretid", _text, REQUIRED, "API SecretId"),
+    Setting(CREDENTIALS_PREFIX, "cos_secretkey", _text, REQUIRED, "API SecretKey"),
     Setting("OPTIONAL", "max_password_checks", _integer(1, 256), None,
             "password checks (scrypt, 16 MiB each) one worker runs at once, the others wait "
             "their turn within login_timeout", "CPUs / worker_processes, at least 1"),
@@ -703,8 +787,10 @@ class _Reader:
         return _ENV_RE.sub(replace, raw)
 
 
-def _account(reader: _Reader, section: str, default_encoding: str) -> AccountConfig:
+def _account(reader: _Reader, section: str, default_encoding: str,
+             credentials: Mapping[str, tuple[str, str]]) -> AccountConfig:
     values = reader.section(section, ACCOUNT_PREFIX)
+    secret_id, secret_key = _keys(reader, section, values, credentials)
     if not values["cos_region"] and not values["cos_endpoint"]:
         raise reader.error("is required (or set cos_endpoint)", section, "cos_region")
     if values["cos_port"] is not None and values["cos_ip"] is None:
@@ -715,7 +801,7 @@ def _account(reader: _Reader, section: str, default_encoding: str) -> AccountCon
         raise reader.error("anonymous access is read-only: set authority = R", section,
                            "authority")
     return AccountConfig(
-        section=section, secret_id=values["cos_secretid"], secret_key=values["cos_secretkey"],
+        section=section, secret_id=secret_id, secret_key=secret_key,
         bucket=values["cos_bucket"], region=values["cos_region"],
         protocol=values["cos_protocol"], endpoint=values["cos_endpoint"],
         cos_ip=values["cos_ip"], cos_port=values["cos_port"], home_dir=values["home_dir"],
@@ -726,6 +812,36 @@ def _account(reader: _Reader, section: str, default_encoding: str) -> AccountCon
         ftp_encoding=values["ftp_encoding"] or default_encoding, prefix=values["cos_prefix"],
         quota_size=values["quota_size"], quota_files=values["quota_files"],
     )
+
+
+def _keys(reader: _Reader, section: str, values: dict[str, Any],
+          credentials: Mapping[str, tuple[str, str]]) -> tuple[str, str]:
+    """An account's SecretId and SecretKey: its own, or those of the
+    ``[COS_CREDENTIALS_<name>]`` section its ``cos_credentials`` names."""
+    named = values["cos_credentials"]
+    if named is None:
+        for option in ("cos_secretid", "cos_secretkey"):
+            if values[option] is None:
+                raise reader.error("is required (or set cos_credentials)", section, option)
+        return values["cos_secretid"], values["cos_secretkey"]
+    if values["cos_secretid"] is not None or values["cos_secretkey"] is not None:
+        raise reader.error("cannot come with cos_secretid or cos_secretkey", section,
+                           "cos_credentials")
+    if named not in credentials:
+        raise reader.error(f"names no [{CREDENTIALS_PREFIX}_<name>] section: {named!r}",
+                           section, "cos_credentials")
+    return credentials[named]
+
+
+def _credentials(reader: _Reader, sections: list[str]) -> dict[str, tuple[str, str]]:
+    """The ``[COS_CREDENTIALS_<name>]`` sections, by name."""
+    found = {}
+    for section in sections:
+        match = _CREDENTIALS_RE.match(section)
+        if match:
+            values = reader.section(section, CREDENTIALS_PREFIX)
+            found[match.group(1)] = (values["cos_secretid"], values["cos_secretkey"])
+    return found
 
 
 def _check_unique(reader: _Reader, accounts: list[AccountConfig], attr: str, option: str) -> None:
@@ -890,10 +1006,11 @@ def _transfer(reader: _Reader, files: dict[str, Any], optional: dict[str, Any]) 
 def _build(reader: _Reader) -> Config:
     sections = reader.parser.sections()
     for section in sections:
-        if not _ACCOUNT_RE.match(section) and section not in _BY_SECTION:
+        if section_kind(section) not in _BY_SECTION:
             reader.warnings.append(f"{reader.path} [{section}]: unknown section, ignored")
     optional = reader.section("OPTIONAL", "OPTIONAL")
-    accounts = [_account(reader, s, optional["ftp_encoding"])
+    credentials = _credentials(reader, sections)
+    accounts = [_account(reader, s, optional["ftp_encoding"], credentials)
                 for s in sections if _ACCOUNT_RE.match(s)]
     if not accounts:
         raise ConfigError(f"no [{ACCOUNT_PREFIX}_N] section: at least one account is needed",
@@ -903,6 +1020,7 @@ def _build(reader: _Reader) -> Config:
     _check_hash_parameters(reader, accounts)
     net = reader.section("NETWORK", "NETWORK")
     files = reader.section("FILE_OPTION", "FILE_OPTION")
+    auth_hook = _auth_hook(reader, optional)
     return Config(
         path=reader.path,
         accounts=tuple(accounts),
@@ -913,7 +1031,74 @@ def _build(reader: _Reader) -> Config:
         operator=_operator(reader, net, optional),
         cluster=_cluster(reader.section("CLUSTER", "CLUSTER"), net["listen_port"]),
         run_as=_run_as(reader, optional),
+        auth_hook=auth_hook,
+        credentials=credentials,
     )
+
+
+def _auth_hook(reader: _Reader, optional: dict[str, Any]) -> AuthHookConfig:
+    url, command = optional["auth_hook_url"], optional["auth_hook_command"] or ()
+    if url and command:
+        raise reader.error("cannot be set with auth_hook_url: choose one", "OPTIONAL",
+                           "auth_hook_command")
+    return AuthHookConfig(url, command, optional["auth_hook_timeout"] / 1000,
+                          optional["auth_cache_ttl"], optional["auth_hook_order"],
+                          optional["auth_hook_parallel"])
+
+
+# Account options an auth hook's answer may not give: the server sets them (the user is the
+# one that logged in, the hook checked the password, anonymous logins are the file's).
+HOOK_RESERVED = ("ftp_login_user_name", "ftp_login_user_password", "anonymous_enable")
+# Quotas are the file's: every worker counts a home's usage from the configuration's homes
+# (config.quotas.QuotaRules); a quota of the file covers the hook's accounts under it.
+HOOK_FILE_ONLY = ("quota_size", "quota_files")
+HOOK_ANSWER = "auth hook answer"
+_HOOK_SECTION = "account"
+
+
+def hook_account(definition: Mapping[str, Any], user: str, config: Config) -> AccountConfig:
+    """Return the account an auth hook's answer defines for ``user``: the options of a
+    ``[COS_ACCOUNT_N]`` section, read by the same table and checks as the file. Raises
+    ``ConfigError`` saying what is wrong (never quoting a secret)."""
+    values = dict(definition)
+    values.setdefault("home_dir", f"/auth-hook/{user}")
+    known = _BY_SECTION[ACCOUNT_PREFIX]
+    parser = configparser.RawConfigParser()
+    parser.add_section(_HOOK_SECTION)
+    for option, value in values.items():
+        if option in HOOK_RESERVED:
+            raise _hook_error("is set by the server, not by the hook", option)
+        if option in HOOK_FILE_ONLY:
+            raise _hook_error("is set in the file only: give the home its quota in a "
+                              "[COS_ACCOUNT_N] section of the same bucket and cos_prefix "
+                              "(it counts the hook's accounts there too)", option)
+        if option not in known:
+            shown = option if re.fullmatch(r"[A-Za-z0-9_]{1,64}", option) else \
+                repr(option[:64])  # as the log may show it
+            raise _hook_error("is not an account option", shown)
+        parser.set(_HOOK_SECTION, option, _ini_text(option, value))
+    parser.set(_HOOK_SECTION, "ftp_login_user_name", user)
+    # Never compared: the hook checked the password (AccountConfig requires one).
+    parser.set(_HOOK_SECTION, "ftp_login_user_password", os.urandom(16).hex())
+    # No ${NAME}: the server's environment is not the hook's to read.
+    reader = _Reader(parser, HOOK_ANSWER, environ={})
+    account = _account(reader, _HOOK_SECTION, config.server.ftp_encoding, config.credentials)
+    return dataclasses.replace(account, section=HOOK_ANSWER, from_hook=True)
+
+
+def _hook_error(problem: str, option: str) -> ConfigError:
+    return ConfigError(problem, HOOK_ANSWER, _HOOK_SECTION, option)
+
+
+def _ini_text(option: str, value: Any) -> str:
+    """An answer's JSON value as the file would spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int)):
+        return str(value)
+    if value is None:
+        return ""
+    raise _hook_error("must be text, a whole number or true/false", option)
 
 
 def parse_config(text: str, path: str = "<string>",

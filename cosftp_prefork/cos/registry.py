@@ -4,13 +4,15 @@ A configuration may hold thousands of accounts; a worker makes nothing for one u
 of it logs in (or the janitor sweeps its home). Accounts with the same credentials, endpoint
 and bucket share one :class:`Bucket` (and its client); an account with a ``cos_prefix`` gets
 the :class:`Area` of that prefix, one per bucket and prefix.
-Everything is kept for the life of the process: what a bucket learned (its versioning status,
-``cos.naming``) is learned once.
+Everything of the file's accounts is kept for the life of the process: what a bucket learned
+(its versioning status, ``cos.naming``) is learned once; of the auth hook's accounts, the
+``MAX_HOOK_BUCKETS`` used last.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Callable, Optional
 
@@ -36,17 +38,20 @@ def _home_location(account: AccountConfig) -> tuple:
 class BucketRegistry:
     """The buckets and homes of one process (its own ``requests`` session and pool)."""
 
+    MAX_HOOK_BUCKETS = 64
+
     def __init__(self, pool_size: int = 32, timeout: float = 60) -> None:
         self._pool_size = pool_size
         self._timeout = timeout
         self._session: Optional[requests.Session] = None
         self._buckets: dict[tuple, Bucket] = {}
+        self._hook_buckets: OrderedDict[tuple, Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
     def bucket(self, account: AccountConfig) -> Bucket:
         """The whole bucket of ``account``, with its credentials."""
         return self._kept(_bucket_identity(account), lambda: make_bucket(
-            account, self._client_session(), self._timeout))
+            account, self._client_session(), self._timeout), account.from_hook)
 
     def home(self, account: AccountConfig) -> Bucket:
         """What ``account`` sees as its bucket: the whole bucket, or the :class:`Area` of
@@ -55,7 +60,7 @@ class BucketRegistry:
         if not account.prefix:
             return bucket
         return self._kept((*_bucket_identity(account), account.prefix),
-                          lambda: Area(bucket, account.prefix))
+                          lambda: Area(bucket, account.prefix), account.from_hook)
 
     def homes(self, accounts: Iterable[AccountConfig]) -> Iterable[Bucket]:
         """The homes of ``accounts``, each once (with the credentials of one of the accounts
@@ -63,11 +68,20 @@ class BucketRegistry:
         again."""
         return _EachHome(self, list({_home_location(a): a for a in accounts}.values()))
 
-    def _kept(self, identity: tuple, make: Callable[[], Bucket]) -> Bucket:
+    def _kept(self, identity: tuple, make: Callable[[], Bucket],
+              from_hook: bool = False) -> Bucket:
+        """The bucket or home of ``identity``, made on first use; those of the auth hook's
+        accounts only the ``MAX_HOOK_BUCKETS`` used last (users cycling through the hook
+        must not grow a worker without bound; a session keeps its own)."""
         with self._lock:
-            found = self._buckets.get(identity)
+            kept = self._hook_buckets if from_hook else self._buckets
+            found = kept.get(identity)
             if found is None:
-                found = self._buckets[identity] = make()
+                found = kept[identity] = make()
+            if from_hook:
+                self._hook_buckets.move_to_end(identity)
+                while len(self._hook_buckets) > self.MAX_HOOK_BUCKETS:
+                    self._hook_buckets.popitem(last=False)
             return found
 
     def _client_session(self) -> requests.Session:

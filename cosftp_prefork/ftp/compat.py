@@ -162,8 +162,9 @@ def tls_handshake_pending(channel: Any) -> bool:
 
 
 def tls_established(handler: Any) -> bool:
-    """True once the control connection is encrypted (AUTH TLS done)."""
-    return handler._ssl_established
+    """True once the control connection is encrypted (AUTH TLS done); False on a handler
+    without FTPS (the auth hook asks every session)."""
+    return getattr(handler, "_ssl_established", False)
 
 
 def data_protected(handler: Any) -> bool:

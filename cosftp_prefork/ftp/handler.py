@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import ipaddress
@@ -10,7 +11,8 @@ import logging
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections import ChainMap
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 from pyftpdlib.exceptions import AuthenticationFailed
@@ -39,6 +41,7 @@ from ..errors import (
 from ..paths import new_name_key
 from . import compat
 from .admission import Admission, raw_socket
+from .authhook import ALLOW, DENY, INVALID, AuthHook, HookRequest, Verdict
 from .dialect import ClientDialect
 from .fs import CosFS, FsContext, Unstorable
 from .logins import AddressBanned, LoginExpired
@@ -82,12 +85,32 @@ def perms_for(account: AccountConfig) -> str:
     return perms
 
 
+class LoginUnavailable(Exception):
+    """The auth hook gave no answer in time (down, slow, busy): the client is told to try
+    later (421); not a failed login, so not counted towards a ban."""
+
+
+class LoginRefused(Exception):
+    """The password may be right but the login cannot be served (the auth hook's account is
+    unusable, or needs TLS): 530, logged with the reason, not counted towards a ban."""
+
+
 class CosAuthorizer:
-    """Authenticates the accounts of one config; the pyftpdlib authorizer interface."""
+    """Authenticates the accounts of one config, and through the auth hook the users it
+    knows; the pyftpdlib authorizer interface."""
 
     def __init__(self, config: Config) -> None:
-        self._accounts = {account.user: account for account in config.accounts}
+        self._accounts: Mapping[str, AccountConfig] = {
+            account.user: account for account in config.accounts}
         self._checker = PasswordChecker(account.password for account in config.accounts)
+        self._hook_first = config.auth_hook.order == "hook_first"
+
+    def bound_to(self, account: AccountConfig) -> CosAuthorizer:
+        """This authorizer for one session logged in through the auth hook: ``account``
+        under its user name, the file's accounts under the others."""
+        bound = copy.copy(self)
+        bound._accounts = ChainMap({account.user: account}, self._accounts)
+        return bound
 
     def account(self, username: str) -> AccountConfig:
         return self._accounts[username]
@@ -98,13 +121,42 @@ class CosAuthorizer:
         account takes any password).
 
         The check runs on the worker's password-check threads (``handler.check_password``);
-        ``LoginExpired`` if the session's login deadline came before its turn.
+        ``LoginExpired`` if the session's login deadline came before its turn. With an auth
+        hook, users not in the file (all users first, with ``auth_hook_order = hook_first``)
+        are the hook's to decide: ``LoginUnavailable`` or ``LoginRefused`` when it cannot.
         """
         account = self._accounts.get(username)
         if account is not None and account.anonymous_enable:
             return
+        hook = handler.stats.auth_hook
+        if hook is not None and (account is None or self._hook_first) and \
+                self._hook_lets_in(hook, username, password, handler, account is not None):
+            return
         if not handler.check_password(functools.partial(self._verify, account, password)):
             raise AuthenticationFailed("Authentication failed.")
+
+    def _hook_lets_in(self, hook: AuthHook, username: str, password: str, handler,
+                      in_file: bool) -> bool:
+        """Ask the hook: True if it let the user in (the session is bound to its account),
+        False if the file's account decides (``in_file``, the hook said anything else);
+        otherwise raise why the login fails."""
+        request = HookRequest(username, password, handler.remote_ip,
+                              compat.tls_established(handler))
+        verdict = handler.ask_hook(hook, request, final=not in_file)
+        if verdict.outcome == ALLOW:
+            if verdict.account.tls_required and not request.tls:
+                raise LoginRefused("the auth hook's account requires TLS (tls_required)")
+            handler.authorizer = self.bound_to(verdict.account)
+            return True
+        if in_file:
+            if verdict.outcome != DENY:
+                log.warning("auth hook: %s; the file's account decides", verdict.reason)
+            return False
+        if verdict.outcome == DENY:
+            raise AuthenticationFailed("Authentication failed.")
+        if verdict.outcome == INVALID:
+            raise LoginRefused(f"auth hook: {verdict.reason}")
+        raise LoginUnavailable(f"auth hook: {verdict.reason}")
 
     def _verify(self, account: Optional[AccountConfig], password: str) -> bool:
         """If scrypt fails (no memory), the login fails like a wrong password: it gets 530
@@ -447,15 +499,67 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         self.close_when_done()
         return False
 
+    _pass_started = 0.0  # time.monotonic() of the last PASS
+
     def ftp_PASS(self, line: str) -> None:
         if self._refused_before_login():
             return
+        self._pass_started = time.monotonic()
         try:
             super().ftp_PASS(line)
         except LoginExpired:
             self.stats.gate.expire(self._ticket)  # 421 from handle_read, as any kick
         except AddressBanned:
             self._refuse_banned()
+        except LoginUnavailable as exc:
+            log.warning("login as %r not decided: %s", self.username, exc)
+            metrics.LOGINS.labels("unavailable").inc()
+            self._answer_login_later("421 The login service is unavailable; try again later.",
+                                     close=True)
+        except LoginRefused as exc:
+            log.warning("login as %r refused: %s", self.username, exc)
+            metrics.LOGINS.labels("refused").inc()
+            self._answer_login_later("530 This account cannot be served; ask the "
+                                     "administrator.", close=False)
+
+    def ask_hook(self, hook: AuthHook, request: HookRequest, final: bool) -> Verdict:
+        """The auth hook's verdict on this PASS, given up ``auth_hook_timeout`` after it
+        (within the login deadline). A no that is ``final`` (no file account to try) is
+        counted at once as a wrong password is (``_checked``); ``AddressBanned`` if the
+        address was banned while the hook was asked."""
+        deadline = min(self._pass_started + self.config.auth_hook.timeout,
+                       self._ticket.deadline)
+        verdict = hook.ask(request, deadline)
+        if self.stats.gate.is_banned(self.remote_ip):
+            raise AddressBanned
+        if verdict.outcome == DENY and final:
+            self._banned_now = self.stats.gate.login_failed(self.remote_ip)
+        return verdict
+
+    def _failure_delay(self) -> float:
+        """Seconds before a failed login is answered: pyftpdlib's delay, after the auth
+        hook's timeout if there is a hook, so that no failure tells by its time whether the
+        user is the file's or the hook's, or whether and how the hook failed."""
+        delay = type(self).auth_failed_timeout
+        if self.config.auth_hook.enabled:
+            delay += max(0.0, self._pass_started + self.config.auth_hook.timeout -
+                         time.monotonic())
+        return delay
+
+    def _answer_login_later(self, reply: str, close: bool) -> None:
+        """Answer a login that failed for another reason than its password as late as a
+        wrong password is answered, reading nothing from the client meanwhile (as
+        pyftpdlib's delayed 530)."""
+        def answer() -> None:
+            self.add_channel()
+            if not compat.is_closed(self):
+                self.respond(reply)
+                if close:
+                    self.close_when_done()
+
+        self.del_channel()
+        self.ioloop.call_later(self._failure_delay(), answer, _errback=self.handle_error)
+        self.username = ""
 
     def check_password(self, check: Callable[[], bool]) -> bool:
         """``check()`` on the worker's password-check threads, waited for until this
@@ -503,6 +607,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         self._report_login(ok=False)
         if self._banned_now:
             log.warning("banning %s after repeated failed logins", self.remote_ip)
+        self.auth_failed_timeout = self._failure_delay()  # read by pyftpdlib's delayed 530
         super().handle_auth_failed(msg, password)
 
     def on_login(self, username: str) -> None:
@@ -703,8 +808,9 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def flush_account(self) -> None:
         """REIN and a new USER: also give up an upload still waiting for its data
-        connection."""
+        connection, and an account the auth hook gave."""
         self._drop_queued_upload()
+        vars(self).pop("authorizer", None)
         super().flush_account()
 
     def _drop_queued_upload(self) -> None:

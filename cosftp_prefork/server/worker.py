@@ -43,6 +43,7 @@ from ..cos.uploads import AbortRetrier
 from ..errors import ConfigError
 from ..ftp import compat
 from ..ftp.admission import Arrival
+from ..ftp.authhook import AuthHook
 from ..ftp.handler import configure_handler
 from ..ftp.logins import PasswordChecks
 from ..ftp.progress import TransferMeter
@@ -117,6 +118,7 @@ class WorkerStats:
         self.gate = Gate(state, config.server, self.pid, cluster)
         self.password_checks = PasswordChecks(config.server.max_password_checks)
         self.quotas: Optional[Quotas] = None  # set once the worker has its COS clients
+        self.auth_hook = AuthHook(config) if config.auth_hook.enabled else None
         self._lock = threading.Lock()
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
