@@ -277,3 +277,15 @@ def test_a_quota_of_the_file_counts_the_hook_accounts_under_it(emulator, tmp_pat
         ftp.storbinary("STOR one.txt", io.BytesIO(b"1"))
         with pytest.raises(ftplib.error_perm, match=r"^552"):
             ftp.storbinary("STOR two.txt", io.BytesIO(b"2"))
+
+
+def test_a_hook_accounts_encoding_applies_once_logged_in(server, service, emulator, cos):
+    service.users["camera"] = ("camera-pw", definition(emulator, ftp_encoding="gbk"))
+    name = f"照片-{uuid.uuid4().hex[:8]}.jpg"
+    ftp = ftplib.FTP(encoding="gbk")
+    with ftp:
+        ftp.connect("127.0.0.1", server.port, timeout=30)
+        ftp.login("camera", "camera-pw")
+        ftp.storbinary(f"STOR {name}", io.BytesIO(b"jpeg"))
+        assert name in ftp.nlst()
+    assert cos.head_object(Bucket=ALPHA, Key=name)["Content-Length"] == "4"

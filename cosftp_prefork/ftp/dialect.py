@@ -152,6 +152,11 @@ class ClientDialect:
         super().ftp_USER(line)
         self.encoding = self._session_encoding()
 
+    def on_login(self, username: str) -> None:
+        """An account the auth hook gave is known only now: its encoding applies from here."""
+        self.encoding = self._session_encoding()
+        super().on_login(username)
+
     def flush_account(self) -> None:
         """REIN and a new USER start over with the server's encoding."""
         super().flush_account()

@@ -612,6 +612,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def on_login(self, username: str) -> None:
         self._report_login(ok=True)
+        super().on_login(username)
 
     def _report_login(self, ok: bool) -> None:
         metrics.LOGINS.labels("ok" if ok else "failed").inc()
