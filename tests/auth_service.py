@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
 # How the service answers every request (besides NORMAL: look the user up).
-NORMAL, SLOW, NOT_JSON, ERROR = "normal", "slow", "not_json", "error"
+# HELD: each answer waits for its turn (``let_one_answer``), then answers as NORMAL.
+NORMAL, SLOW, NOT_JSON, ERROR, HELD = "normal", "slow", "not_json", "error", "held"
 
 
 class AuthService:
@@ -20,7 +21,9 @@ class AuthService:
         self.users: dict[str, tuple[str, dict[str, Any]]] = {}
         self.asked: list[dict[str, Any]] = []
         self.mode = NORMAL
+        self.in_flight = self.most_in_flight = 0  # requests being answered now, at most
         self.release = threading.Event()  # ends the SLOW answers still waiting
+        self._turns = threading.Semaphore(0)  # HELD answers allowed to go
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -39,7 +42,13 @@ class AuthService:
                 request = json.loads(self.rfile.read(length))
                 with service._lock:
                     service.asked.append(request)
-                status, body = service.answer(request)
+                    service.in_flight += 1
+                    service.most_in_flight = max(service.most_in_flight, service.in_flight)
+                try:
+                    status, body = service.answer(request)
+                finally:
+                    with service._lock:
+                        service.in_flight -= 1
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -63,6 +72,8 @@ class AuthService:
     def answer(self, request: dict[str, Any]) -> tuple[int, bytes]:
         if self.mode == SLOW:
             self.release.wait(60)  # far longer than the server's auth_hook_timeout
+        if self.mode == HELD:
+            self._turns.acquire(timeout=60)
         if self.mode == ERROR:
             return 503, b'{"error": "database down"}'
         if self.mode == NOT_JSON:
@@ -71,6 +82,9 @@ class AuthService:
         if known is None or known[0] != request["password"]:
             return 200, json.dumps({"allow": False}).encode()
         return 200, json.dumps({"allow": True, "account": known[1]}).encode()
+
+    def let_one_answer(self) -> None:
+        self._turns.release()
 
     def asked_for(self, user: str) -> int:
         with self._lock:

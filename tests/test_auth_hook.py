@@ -7,6 +7,7 @@ import ftplib
 import io
 import stat
 import sys
+import threading
 import uuid
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from cosftp_prefork.config.settings import SETTINGS, hook_account, parse_config
 from cosftp_prefork.cos.registry import BucketRegistry
 
-from .auth_service import ERROR, NORMAL, NOT_JSON, SLOW, AuthService
+from .auth_service import ERROR, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
 from .server_proc import Account, ServerProcess, wait_until
 from .tls_clients import client_context, write_certificate
@@ -289,3 +290,27 @@ def test_a_hook_accounts_encoding_applies_once_logged_in(server, service, emulat
         ftp.storbinary(f"STOR {name}", io.BytesIO(b"jpeg"))
         assert name in ftp.nlst()
     assert cos.head_object(Bucket=ALPHA, Key=name)["Content-Length"] == "4"
+
+
+def test_a_worker_asks_the_hook_auth_hook_parallel_at_a_time(emulator, tmp_path, service):
+    """Six logins at once, two hook calls at a time: each answer the service lets go makes
+    room for the next call, never for more."""
+    service.mode = HELD
+    replies: list[str] = []
+
+    def log_in(number: int) -> None:
+        replies.append(refused(server, f"crowd{number}", "pw")[:3])
+
+    with hooked_server(emulator, tmp_path, service.url, auth_hook_parallel="2",
+                       auth_hook_timeout="8000") as server:
+        crowd = [threading.Thread(target=log_in, args=(n,)) for n in range(6)]
+        for thread in crowd:
+            thread.start()
+        for step in range(6):
+            wait_until(lambda: len(service.asked) >= min(step + 2, 6),  # noqa: B023
+                       what=f"hook call {min(step + 2, 6)}")
+            service.let_one_answer()
+        for thread in crowd:
+            thread.join()
+    assert replies == ["530"] * 6
+    assert service.most_in_flight == 2
