@@ -9,8 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
 # How the service answers every request (besides NORMAL: look the user up).
-# HELD: each answer waits for its turn (``let_one_answer``), then answers as NORMAL.
-NORMAL, SLOW, NOT_JSON, ERROR, HELD = "normal", "slow", "not_json", "error", "held"
+# HELD: each answer waits for its turn (``let_one_answer``), then answers as NORMAL;
+# FORBIDDEN: a no as HTTP 403.
+NORMAL, SLOW, NOT_JSON, ERROR, HELD, FORBIDDEN = ("normal", "slow", "not_json", "error",
+                                                  "held", "forbidden")
 
 
 class AuthService:
@@ -80,6 +82,8 @@ class AuthService:
             return 200, b"<html>welcome</html>"
         known = self.users.get(request["user"])
         if known is None or known[0] != request["password"]:
+            if self.mode == FORBIDDEN:
+                return 403, b'{"error": "wrong password"}'
             return 200, json.dumps({"allow": False}).encode()
         return 200, json.dumps({"allow": True, "account": known[1]}).encode()
 

@@ -15,7 +15,7 @@ import pytest
 from cosftp_prefork.config.settings import SETTINGS, hook_account, parse_config
 from cosftp_prefork.cos.registry import BucketRegistry
 
-from .auth_service import ERROR, HELD, NORMAL, NOT_JSON, SLOW, AuthService
+from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
 from .server_proc import Account, ServerProcess, wait_until
 from .tls_clients import client_context, write_certificate
@@ -84,7 +84,9 @@ def test_the_hooks_authority_holds(server, service, emulator):
         ftp.storbinary("STOR refused.txt", io.BytesIO(b"x"))
 
 
-def test_a_no_is_530_and_never_cached(server, service, emulator):
+@pytest.mark.parametrize("mode", [NORMAL, FORBIDDEN])
+def test_a_no_is_530_and_never_cached(server, service, emulator, mode):
+    service.mode = mode  # {"allow": false}, or HTTP 403
     service.users["denied"] = ("right-pw", definition(emulator))
     assert refused(server, "denied", "wrong-pw").startswith("530")
     assert refused(server, "denied", "wrong-pw").startswith("530")
