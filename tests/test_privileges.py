@@ -206,12 +206,12 @@ def _check_dropped(proc: ServerProcess) -> None:
     xferlog = os.path.join(proc.log_dir, "xferlog")
     state = os.path.join(proc.log_dir, "cosftp.pid.state")
     for index in (1, 2):
-        # What a worker has open: its output, the logs it appends to, the shared state and
-        # its own metrics files (none of the master's, nor its pid or bans file).
+        # What a worker has open: its output, the logs it appends to, the shared state (and
+        # the quotas' usage table beside it) and its own metrics files (none of the master's, nor its pid or bans file).
         worker = children(proc.proc.pid)[f"worker {index}"]
         own = {name for name in open_files(worker.pid)
                if re.search(rf"/cosftp\.pid\.metrics/[a-z_]+_{worker.pid}\.db$", name)}
-        assert open_files(worker.pid) - own <= {log, xferlog, state,
+        assert open_files(worker.pid) - own <= {log, xferlog, state, state + ".usage",
                                                 os.path.join(proc.workdir, "server.out")}
         # Not dumpable since it changed user: another process of nobody cannot read it.
         peek = subprocess.run(as_nobody("cat", f"/proc/{worker.pid}/environ"),
