@@ -1,38 +1,63 @@
-"""COS requests signed by the SDK and sent straight through the session's connection pools.
+"""COS requests signed as the SDK signs them and sent on the session's pooled connections.
 
-Most of the worker's CPU for a small file went into building each COS request: ``requests``
-(its Session, PreparedRequest and Response) and the SDK's ``send_request`` around it, 0.73 to
-1.0 ms of CPU per request against 0.42 to 0.48 ms for the same signed requests sent this way
-(one process, the same emulator, interleaved; docs/performance.md). The calls a file takes
-(HEAD, a small PUT, GET, copy, DELETE, a listing page) are sent here; what makes the request
-stays the SDK's: its argument-to-header mapping (``mapped``), its copy source, its signature
-(``CosS3Auth``), its User-Agent, token and Host headers. The request goes through the same
-``requests`` adapter the SDK would use, with the same connection pool, TLS settings, proxy
-(the environment's, read as the session reads it: ``WorkerSession``), timeout and urllib3
-retry setting. An answer of 400 or more raises the SDK's ``CosServiceError`` as
-``send_request`` makes it, and any other failure ``CosClientError`` (``send_request`` turns
-every exception of ``requests`` into one): ``bucket._call`` retries, counts and translates
-them as before.
+Most of the worker's CPU for a small file went into making each COS request: first
+``requests`` (its Session, PreparedRequest and Response) and the SDK's ``send_request``
+around it, 0.73 to 1.0 ms of CPU per request; then, sent through urllib3's ``urlopen``,
+0.42 to 0.55 ms, most of it urllib3's and http.client's request and response objects (an
+answer's headers parsed by the ``email`` package). A HEAD, a small PUT, a copy, a DELETE or
+a listing page now costs about 0.2 ms (docs/performance.md, "Issue 21: CPU per small file"):
+
+- **Signed** by :class:`Signer`, which writes the ``Authorization`` header the SDK's
+  ``CosS3Auth`` writes (its header filter, quoting and HMAC-SHA1 chain; compared with it in
+  ``tests/test_signed.py``), its signing key derived once per key-time window. What goes
+  in the request stays the SDK's: its argument-to-header mapping (``mapped``), copy source,
+  User-Agent, token and Host headers, and the session's default headers.
+- **Sent** on a connection of the same ``requests`` adapter's urllib3 pool the SDK would
+  use: urllib3 opens it (TLS settings, certificate checks) and keeps it between requests,
+  replacing one found dropped; the request's head and body are written, and the answer
+  (status, headers, a body framed by Content-Length, chunks or the connection's end) read
+  here. Where a proxy stands between (the environment's, read once per origin as
+  ``WorkerSession`` reads it), and for a GET streamed to a client, the request goes
+  through urllib3's ``urlopen`` as before.
+
+An answer of 400 or more raises the SDK's ``CosServiceError`` as ``send_request`` makes it,
+and any other failure ``CosClientError`` (``send_request`` turns every exception of
+``requests`` into one): ``bucket._call`` retries, counts and translates them as before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Optional
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import urllib3
 from qcloud_cos import CosS3Client
-from qcloud_cos.cos_auth import CosS3Auth
-from qcloud_cos.cos_comm import format_values
+from qcloud_cos.cos_auth import filter_headers
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from qcloud_cos.version import __version__ as SDK_VERSION
-from requests import PreparedRequest, Session
+from requests import PreparedRequest
 from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPHeaderDict
 
 # The SDK's timeout when the configuration names none (send_request's default).
 _SDK_TIMEOUT = 30
+# The SDK signs for 10,000 s from 60 s before now (CosS3Auth's ``expire``).
+_SDK_EXPIRE = 10_000
+_SDK_LEAD = 60
+# What an answer's head may hold, as http.client bounds it.
+_MAX_LINE = 65_536
+_MAX_HEADERS = 100
+# Header names as HTTP defines them; a value with a line break could smuggle a header in.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BREAKS = re.compile(r"[\r\n\0]")
+# A request body up to this size goes out in one send with the head.
+_JOINED_BODY_MAX = 64 * 1024
 
 
 @dataclass
@@ -46,6 +71,92 @@ class Answer:
     raw: Optional[urllib3.BaseHTTPResponse] = None
 
 
+class Signer:
+    """The ``Authorization`` header the SDK's ``CosS3Auth`` writes, for the credentials of
+    one SDK configuration.
+
+    COS lets a signing key serve a whole key-time window (``q-key-time``; the SDK signs
+    with ``q-sign-time`` equal to it). ``CosS3Auth`` starts a window at every request (60 s
+    before now, for 10,000 s), so it derives the key anew each time; here one window serves
+    ``WINDOW`` seconds of requests (it still starts at least 60 s before each and ends at
+    least 10,000 - ``WINDOW`` s after) and its key is derived once. Equal to ``CosS3Auth``'s
+    header for the same window (``tests/test_storage.py`` compares them).
+    """
+
+    WINDOW = 600
+
+    def __init__(self, conf: Any) -> None:
+        self._conf = conf
+        self._known: tuple[str, str, str] = ("", "", "")  # secret key, key time, signing key
+
+    def key_time(self, now: float) -> str:
+        """The key-time window that serves a request made at ``now``."""
+        opened = int(now) - int(now) % self.WINDOW
+        return f"{opened - _SDK_LEAD};{opened + _SDK_EXPIRE}"
+
+    def authorization(self, method: str, path: str, params: dict, headers: Any,
+                      key_time: Optional[str] = None) -> str:
+        """Sign a request for ``path`` (the key, not URL-encoded, or "/") with ``params``
+        and ``headers`` (the ones it sends; ``host`` among them when signed)."""
+        conf = self._conf
+        if conf._anonymous:
+            return ""
+        # As CosS3Auth reads them, at each request: a credential provider may refresh them.
+        credential = None if conf._secret_id and conf._secret_key else \
+            getattr(conf, "_credential_inst", None)
+        secret_id = conf._secret_id or (credential.secret_id if credential else None)
+        secret_key = conf._secret_key or (credential.secret_key if credential else None)
+        key_time = key_time or self.key_time(time.time())
+        signed_headers = _encoded(filter_headers(headers))
+        signed_params = _encoded(params if conf._sign_params else {})
+        text = "\n".join((method.lower(), path, _joined(signed_params),
+                          _joined(signed_headers), ""))
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
+        string_to_sign = f"sha1\n{key_time}\n{digest}\n"
+        signature = hmac.new(self._signing_key(secret_key, key_time).encode(),
+                             string_to_sign.encode(), hashlib.sha1).hexdigest()
+        return (f"q-sign-algorithm=sha1&q-ak={secret_id}&q-sign-time={key_time}"
+                f"&q-key-time={key_time}&q-header-list={';'.join(sorted(signed_headers))}"
+                f"&q-url-param-list={';'.join(sorted(signed_params))}&q-signature={signature}")
+
+    def _signing_key(self, secret_key: str, key_time: str) -> str:
+        known_secret, known_time, known_key = self._known
+        if (known_secret, known_time) != (secret_key, key_time):
+            known_key = hmac.new(_utf8(secret_key), key_time.encode(), hashlib.sha1).hexdigest()
+            self._known = (secret_key, key_time, known_key)  # one tuple: safe across threads
+        return known_key
+
+
+def _utf8(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _text(value: Any) -> str:
+    """A header value as sent: the SDK sends them as UTF-8."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _encoded(pairs: Any) -> dict[str, str]:
+    """Names (lower case) and values URL-encoded as ``CosS3Auth`` signs them."""
+    return {quote(_utf8(name), "-_.~").lower(): quote(_utf8(value), "-_.~")
+            for name, value in pairs.items()}
+
+
+def _joined(pairs: dict[str, str]) -> str:
+    return "&".join(f"{name}={value}" for name, value in sorted(pairs.items()))
+
+
+@dataclass
+class _Route:
+    """How requests reach one origin of one ``requests`` session: the adapter's urllib3
+    pool for it, and whether a proxy stands between."""
+
+    session: Any
+    pool: urllib3.HTTPConnectionPool
+    settings: dict
+    proxied: bool
+
+
 class Sender:
     """Signs and sends requests for the buckets of one SDK client (its configuration and
     ``requests`` session)."""
@@ -53,53 +164,39 @@ class Sender:
     def __init__(self, client: CosS3Client) -> None:
         self._client = client
         self._conf = client._conf
-        timeout = self._conf._timeout if self._conf._timeout is not None else _SDK_TIMEOUT
-        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._signer = Signer(self._conf)
+        self._seconds = self._conf._timeout if self._conf._timeout is not None else _SDK_TIMEOUT
+        self._timeout = urllib3.Timeout(connect=self._seconds, read=self._seconds)
+        self._routes: dict[str, _Route] = {}
 
     def send(self, method: str, bucket: str, key: str = "", params: Optional[dict] = None,
              headers: Optional[dict] = None, body: Optional[bytes] = None,
              stream: bool = False) -> Answer:
         """Send one request for ``key`` of ``bucket`` (the bucket itself when ``key`` is
         ""); raise ``CosServiceError`` for an answer of 400 or more."""
+        url = ""
         try:
-            response, url = self._exchange(method, bucket, key, params or {}, headers or {},
-                                           body, stream)
-            if stream and response.status < 400:
-                return Answer(response.status, response.headers, b"", response)
-            data = response.read()
+            url, request_headers = self._signed(method, bucket, key, params or {},
+                                                headers or {}, body)
+            route = self._route(url)
+            if stream or route.proxied:
+                response = self._urlopen(route, method, url, request_headers, body)
+                if stream and response.status < 400:
+                    return Answer(response.status, response.headers, b"", response)
+                answer = Answer(response.status, response.headers, response.read())
+            else:
+                answer = self._exchange(route, method, url, request_headers, body)
         except CosClientError:
             raise
         except Exception as exc:  # send_request turns every exception into this one
             raise CosClientError(str(exc)) from exc
-        answer = Answer(response.status, response.headers, data)
         if answer.status >= 400:
             raise _service_error(method, url, answer)
         return answer
 
-    def _exchange(self, method: str, bucket: str, key: str, params: dict, headers: dict,
-                  body: Optional[bytes], stream: bool) -> tuple[urllib3.BaseHTTPResponse, str]:
-        """Sign the request and send it as the ``requests`` adapter would: its pool for
-        the URL, TLS settings and proxy, urllib3's retry setting; return the answer, its
-        body not read, and the URL."""
-        # Read each time: the SDK replaces its built-in session in a forked child.
-        session = self._client._session
-        request = self._signed(session, method, bucket, key, params, headers, body)
-        settings = session.merge_environment_settings(
-            request.url, self._conf._proxies or {}, stream, self._verify(), self._cert())
-        adapter = session.get_adapter(request.url)
-        pool = adapter.get_connection_with_tls_context(
-            request, settings["verify"], proxies=settings["proxies"], cert=settings["cert"])
-        adapter.cert_verify(pool, request.url, settings["verify"], settings["cert"])
-        response = pool.urlopen(
-            method, adapter.request_url(request, settings["proxies"]), body=body,
-            headers=request.headers, redirect=False, assert_same_host=False,
-            preload_content=False, decode_content=False, retries=adapter.max_retries,
-            timeout=self._timeout, chunked=False)
-        return response, request.url
-
-    def _signed(self, session: Session, method: str, bucket: str, key: str, params: dict,
-                headers: dict, body: Optional[bytes]) -> PreparedRequest:
-        """The request as the SDK's ``send_request`` would send it, signed by the SDK."""
+    def _signed(self, method: str, bucket: str, key: str, params: dict, headers: dict,
+                body: Optional[bytes]) -> tuple[str, CaseInsensitiveDict]:
+        """The URL and headers the SDK's ``send_request`` would send, signed as it signs."""
         conf = self._conf
         url = conf.uri(bucket=bucket, path=key) if key else conf.uri(bucket=bucket)
         own = dict(headers)
@@ -110,23 +207,187 @@ class Sender:
             own["Host"] = conf._domain or conf.get_host(Bucket=bucket)
         if not conf._keep_alive:
             own["Connection"] = "close"
-        merged = CaseInsensitiveDict(session.headers)  # as the session merges them
-        merged.update(format_values(own))  # UTF-8 bytes, as the SDK sends its headers
+        merged = CaseInsensitiveDict(self._client._session.headers)  # as the session merges
+        merged.update(own)
         if body is not None:
             merged["Content-Length"] = str(len(body))
+        signed = merged
+        if conf._sign_host and "host" not in merged:  # CosS3Auth signs the URL's host then
+            signed = CaseInsensitiveDict(merged)
+            signed["host"] = urlsplit(url).hostname or ""
+        path = "/" + key if key and not key.startswith("/") else (key or "/")
+        merged["Authorization"] = self._signer.authorization(method, path, params, signed)
+        return (f"{url}?{urlencode(params)}" if params else url), merged
+
+    def _route(self, url: str) -> _Route:
+        """The adapter's pool for ``url``'s origin, with the environment's proxy and TLS
+        settings (read once per origin; again if the SDK replaced its session, as it does
+        in a forked child, or the pool was closed)."""
+        session = self._client._session
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        route = self._routes.get(origin)
+        if route is None or route.session is not session or route.pool.pool is None:
+            https = parts.scheme == "https"
+            settings = session.merge_environment_settings(
+                url, self._conf._proxies or {}, None,
+                self._conf._verify_ssl if https else None,
+                self._conf._ssl_cert if https else None)
+            request = PreparedRequest()
+            request.url = url
+            adapter = session.get_adapter(url)
+            pool = adapter.get_connection_with_tls_context(
+                request, settings["verify"], proxies=settings["proxies"],
+                cert=settings["cert"])
+            adapter.cert_verify(pool, url, settings["verify"], settings["cert"])
+            proxied = adapter.request_url(request, settings["proxies"]) != request.path_url
+            route = _Route(session, pool, settings, proxied)
+            self._routes[origin] = route
+        return route
+
+    def _urlopen(self, route: _Route, method: str, url: str, headers: CaseInsensitiveDict,
+                 body: Optional[bytes]) -> urllib3.BaseHTTPResponse:
+        """Send through urllib3 as the ``requests`` adapter would (a proxy's absolute URL,
+        urllib3's retry setting); the answer's body is not read."""
         request = PreparedRequest()
-        request.method = method
-        request.url = f"{url}?{urlencode(params)}" if params else url
-        request.headers = merged
-        request.body = body
-        CosS3Auth(conf, key or None, params=params)(request)
-        return request
+        request.url = url
+        adapter = route.session.get_adapter(url)
+        return route.pool.urlopen(
+            method, adapter.request_url(request, route.settings["proxies"]), body=body,
+            headers={name: _utf8(value) for name, value in headers.items()},  # UTF-8, as the SDK
+            redirect=False, assert_same_host=False, preload_content=False,
+            decode_content=False, retries=adapter.max_retries, timeout=self._timeout,
+            chunked=False)
 
-    def _verify(self) -> Any:
-        return self._conf._verify_ssl if self._conf._scheme == "https" else None
+    def _exchange(self, route: _Route, method: str, url: str, headers: CaseInsensitiveDict,
+                  body: Optional[bytes]) -> Answer:
+        """One request and its whole answer on a connection of the route's pool (opened,
+        TLS included, by urllib3 as for any of its requests), read here: urllib3's and
+        http.client's request and response objects around a small request cost more CPU
+        than the rest of it (docs/performance.md, "Issue 21: CPU per small file")."""
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        lines = [f"{method} {target} HTTP/1.1"]
+        if "host" not in headers:  # as http.client writes it
+            lines.append(f"Host: {_host_header(parts)}")
+        lines += [f"{name}: {_text(value)}" for name, value in headers.items()]
+        if body is None and method in ("PUT", "POST", "PATCH"):
+            lines.append("Content-Length: 0")  # as urllib3 sends a request without a body
+        head = _request_head(lines)
+        # urllib3's own pool: a connection found dropped is replaced, at most maxsize kept.
+        conn = route.pool._get_conn()
+        try:
+            if conn.is_closed:
+                conn.timeout = self._seconds  # the connect's, as urlopen sets it
+                conn.connect()  # urllib3's: TLS, certificate checks, as configured
+            conn.sock.settimeout(self._seconds)
+            if body and len(body) > _JOINED_BODY_MAX:
+                conn.sock.sendall(head)
+                conn.sock.sendall(body)
+            else:
+                conn.sock.sendall(head + (body or b""))
+            with conn.sock.makefile("rb") as reader:
+                answer, reusable = _read_answer(reader, method)
+        except BaseException:
+            conn.close()
+            route.pool._put_conn(None)
+            raise
+        if "close" in headers.get("Connection", "").lower():  # asked for (KeepAlive off)
+            reusable = False
+        if not reusable:
+            conn.close()
+        route.pool._put_conn(conn if reusable else None)
+        return answer
 
-    def _cert(self) -> Any:
-        return self._conf._ssl_cert if self._conf._scheme == "https" else None
+
+def _host_header(parts: Any) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return host if parts.port in (None, default) else f"{host}:{parts.port}"
+
+
+def _request_head(lines: list[str]) -> bytes:
+    """The request line and headers, refused if a header could be forged (a name that is
+    no token, a line break anywhere), as http.client refuses them."""
+    for line in lines:
+        if _BREAKS.search(line):
+            raise ValueError(f"Invalid header: it holds a line break: {line[:80]!r}")
+    for line in lines[1:]:
+        name = line.partition(":")[0]
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"Invalid header name {name[:80]!r}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _read_answer(reader: Any, method: str) -> tuple[Answer, bool]:
+    """Read one HTTP/1.1 answer (skipping interim 1xx ones); return it and whether the
+    connection can carry another request."""
+    while True:
+        version, status = _status_line(reader)
+        headers = _header_lines(reader)
+        if not 100 <= status < 200:
+            break
+    tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    reusable = version == "HTTP/1.1" and "close" not in tokens
+    if method == "HEAD" or status in (204, 304):
+        return Answer(status, headers, b""), reusable
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return Answer(status, headers, _chunked(reader)), reusable
+    length = headers.get("content-length")
+    if length is None:  # the body ends with the connection
+        return Answer(status, headers, reader.read()), False
+    size = int(length)
+    data = reader.read(size)
+    if len(data) != size:
+        raise ConnectionError(f"COS answer cut short: {len(data)} of {size} bytes")
+    return Answer(status, headers, data), reusable
+
+
+def _line(reader: Any) -> bytes:
+    line = reader.readline(_MAX_LINE + 1)
+    if len(line) > _MAX_LINE:
+        raise ValueError("COS answered a line longer than 64 KiB")
+    return line
+
+
+def _status_line(reader: Any) -> tuple[str, int]:
+    line = _line(reader)
+    if not line:
+        raise ConnectionError("COS closed the connection before answering")
+    version, _, rest = line.decode("latin-1").partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/") or not code.isdigit():
+        raise ValueError(f"COS answered no HTTP status line: {line[:80]!r}")
+    return version, int(code)
+
+
+def _header_lines(reader: Any) -> HTTPHeaderDict:
+    headers = HTTPHeaderDict()
+    for _ in range(_MAX_HEADERS + 1):
+        line = _line(reader)
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.add(name.strip(), value.strip())
+    raise ValueError(f"COS answered more than {_MAX_HEADERS} headers")
+
+
+def _chunked(reader: Any) -> bytes:
+    chunks = []
+    while True:
+        size = int(_line(reader).split(b";", 1)[0].strip() or b"x", 16)
+        if size == 0:
+            while _line(reader) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        chunk = reader.read(size)
+        if len(chunk) != size or reader.read(2) != b"\r\n":
+            raise ConnectionError("COS answer cut short in a chunk")
+        chunks.append(chunk)
 
 
 def _service_error(method: str, url: str, answer: Answer) -> CosServiceError:

@@ -1,0 +1,210 @@
+"""The worker's lean COS requests (cosftp_prefork/cos/signed.py): the signature the SDK would
+write, and HTTP/1.1 answers read as urllib3 read them, over real loopback connections."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import socket
+import threading
+import types
+from collections.abc import Iterator
+
+import pytest
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_auth import CosS3Auth
+from requests.structures import CaseInsensitiveDict
+
+from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS, Bucket
+from cosftp_prefork.cos.registry import BucketRegistry
+from cosftp_prefork.cos.signed import Signer
+from cosftp_prefork.emulator.app import Emulator
+from cosftp_prefork.errors import NotFound, StorageError
+
+from .emulator_proc import emulator_account
+
+BUCKET = "signed-1250000000"
+# Keys and values with what quoting must get right: unicode, spaces, reserved characters.
+ALPHABET = "aZ09-_.~ /%+&=?#中é\U0001f600"
+
+
+def _text(rng: random.Random, size: int) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, size)))
+
+
+def _random_request(rng: random.Random) -> tuple[str, str, dict, dict]:
+    method = rng.choice(["GET", "HEAD", "PUT", "DELETE", "POST"])
+    path = "/" + _text(rng, 30)
+    params = {_text(rng, 8): _text(rng, 12) for _ in range(rng.randint(0, 4))}
+    headers = {"Host": "b-1250000000.cos.ap-guangzhou.myqcloud.com"}
+    for name in rng.sample(["Content-Type", "Content-MD5", "Content-Length", "x-cos-meta-mtime",
+                            "X-Cos-Forbid-Overwrite", "User-Agent", "Accept", "Range",
+                            "x-cos-copy-source-If-Match", "If-Match"], rng.randint(0, 6)):
+        headers[name] = _text(rng, 20)
+    return method, path, params, headers
+
+
+@pytest.mark.parametrize("sign_params", [True, False])
+def test_the_signature_is_the_sdks_for_the_same_window(sign_params):
+    """For random methods, keys, parameters and headers, the header equals what the SDK's
+    CosS3Auth writes over the same key-time window."""
+    conf = CosConfig(Region="ap-guangzhou", SecretId="AKIDsigned", SecretKey="secret-中",
+                     SignParams=sign_params)
+    signer = Signer(conf)
+    rng = random.Random(21)
+    for _ in range(2000):
+        method, path, params, headers = _random_request(rng)
+        request = types.SimpleNamespace(method=method, url="http://unused/",
+                                        headers=CaseInsensitiveDict(headers))
+        CosS3Auth(conf, path, params=params)(request)
+        theirs = request.headers["Authorization"]
+        key_time = dict(part.split("=", 1) for part in theirs.split("&"))["q-key-time"]
+        ours = signer.authorization(method, path, params, CaseInsensitiveDict(headers),
+                                    key_time=key_time)
+        assert ours == theirs, (method, path, params, headers)
+
+
+def test_one_key_time_window_serves_many_requests_and_covers_each():
+    """A window starts at least 60 s before each request it serves (as the SDK's) and ends
+    at least 10,000 - WINDOW s after it; within one window the key time is the same."""
+    signer = Signer(CosConfig(Region="ap-guangzhou", SecretId="a", SecretKey="b"))
+    for now in range(1_700_000_000, 1_700_000_000 + 3 * Signer.WINDOW, 37):
+        start, end = (int(part) for part in signer.key_time(now + 0.5).split(";"))
+        assert start <= now - 60 and end >= now + 10_000 - Signer.WINDOW
+        assert signer.key_time(start + 60) == signer.key_time(now)
+
+
+class CannedServer:
+    """A loopback HTTP server answering each request with the next of ``answers`` (raw
+    bytes), closing the connection after an answer marked ``close``; it notes each request
+    line and how many connections it accepted."""
+
+    def __init__(self, answers: list[tuple[bytes, bool]]) -> None:
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.accepted = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn, conn.makefile("rb") as reader:
+                while self.answers:
+                    head = self._request(reader)
+                    if head is None:
+                        break
+                    self.requests.append(head)
+                    answer, close = self.answers.pop(0)
+                    conn.sendall(answer)
+                    if close:
+                        break
+
+    @staticmethod
+    def _request(reader) -> bytes | None:
+        line = reader.readline()
+        if not line:
+            return None
+        length = 0
+        while (header := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = header.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        reader.read(length)
+        return line.strip()
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def canned() -> Iterator[callable]:
+    servers: list[CannedServer] = []
+
+    def start(*answers: tuple[bytes, bool]) -> tuple[CannedServer, Bucket]:
+        server = CannedServer(list(answers))
+        servers.append(server)
+        conf = CosConfig(Region="ap-guangzhou", SecretId="a", SecretKey="b", Scheme="http",
+                         IP="127.0.0.1", Port=server.port, Timeout=5)
+        return server, Bucket(CosS3Client(conf, retry=0), BUCKET, "ap-guangzhou")
+    yield start
+    for server in servers:
+        server.close()
+
+
+HEAD_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"abc\"\r\nLast-Modified: " \
+          b"Wed, 01 Jan 2025 00:00:00 GMT\r\n\r\n"
+
+
+def test_answers_framed_every_way_http_allows_are_read_whole(canned):
+    """Chunked, close-delimited and 1xx-preceded answers are read whole; a connection the
+    answer closes is not used again, one kept alive is."""
+    page = (b'<?xml version="1.0"?><ListBucketResult><IsTruncated>false</IsTruncated>'
+            b"<Contents><Key>d/a</Key><Size>3</Size><ETag>\"e\"</ETag>"
+            b"<LastModified>2025-01-01T00:00:00.000Z</LastModified></Contents>"
+            b"</ListBucketResult>")
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x;ext=1\r\n%s\r\n" % (len(piece), piece) for piece in (page[:40], page[40:])) + \
+        b"0\r\nTrailer: x\r\n\r\n"
+    until_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + page
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD_OK
+    server, bucket = canned((chunked, False), (until_close, True), (interim, False),
+                            (HEAD_OK, False))
+    assert [o.key for o in bucket.list_page("d/").objects] == ["d/a"]
+    assert [o.key for o in bucket.list_page("d/").objects] == ["d/a"]
+    assert bucket.head("d/a").etag == "abc"
+    assert bucket.head("d/a").size == 5
+    assert server.accepted == 2  # the close-delimited answer ended the first connection
+    assert [line.split(b" ")[0] for line in server.requests] == [b"GET", b"GET", b"HEAD", b"HEAD"]
+
+
+def test_a_cut_answer_is_a_storage_error_and_its_connection_is_dropped(canned):
+    """An answer shorter than its Content-Length fails the request (retried as any broken
+    connection, each time on a new connection); the connection is not used again."""
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n<ListBucketResult>"
+    missing = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    server, bucket = canned(*[(short, True)] * RETRY_ATTEMPTS, (missing, False))
+    with pytest.raises(StorageError) as info:
+        bucket.list_page("d/")
+    assert info.value.code == "ClientError"
+    with pytest.raises(NotFound):
+        bucket.head("d/a")
+    assert server.accepted == RETRY_ATTEMPTS + 1
+
+
+def test_a_garbled_answer_is_a_storage_error(canned):
+    _, bucket = canned(*[(b"SSH-2.0-OpenSSH\r\n\r\n", True)] * RETRY_ATTEMPTS)
+    with pytest.raises(StorageError) as info:
+        bucket.head("d/a")
+    assert info.value.code == "ClientError"
+
+
+def test_the_emulator_accepts_the_lean_requests_signature():
+    """The emulator checks signatures as COS does (registered keys, strict): every kind of
+    request the lean path sends is accepted; with a wrong secret, none is."""
+    with Emulator(buckets=[BUCKET]) as emu:
+        emu.app.accounts.update({"strict": True, "keys": {"AKIDlean": {"secret": "s-中"}}})
+        account = dataclasses.replace(emulator_account(emu, BUCKET), secret_id="AKIDlean",
+                                      secret_key="s-中")
+        good = BucketRegistry().bucket(account)
+        put = good.put("signed/a b+中", b"lean")
+        seen = good.head("signed/a b+中")
+        assert seen.etag == put.etag
+        assert [o.key for o in good.list_page("signed/").objects] == ["signed/a b+中"]
+        good.copy(seen, "signed/c", client_mtime=1_600_000_000, pinned=True)
+        good.delete("signed/c")
+        good.delete("signed/a b+中")
+        bad = BucketRegistry().bucket(dataclasses.replace(account, secret_key="wrong"))
+        with pytest.raises(StorageError) as info:
+            bad.head("signed/x")
+        assert info.value.status == 403
+        with pytest.raises(StorageError) as info:
+            bad.list_page("signed/")
+        assert info.value.code == "SignatureDoesNotMatch"
