@@ -25,6 +25,9 @@ The shim translates what differs between COS and S3 on the wire:
   bytes never reach the XML raw;
 * listings come from a sorted index of the bucket's keys (``listing.py``), not from a scan
   of the whole bucket, so like COS their cost does not grow with the bucket;
+* HEAD Object and ListObjects are answered as moto answers them, without moto's request
+  dispatch (``fast.py``: the emulator's CPU per request is not COS's, and the gateway sends
+  more of these than its baselines);
 * a PUT Object with ``x-cos-forbid-overwrite: true`` onto an existing object gets 409
   FileAlreadyExists, checked and stored as one step, unless the bucket's versioning was
   ever enabled (COS ignores the header there too);
@@ -90,7 +93,7 @@ from moto.server import create_backend_app
 from werkzeug.test import Client
 
 from ..cos.checksum import crc64
-from . import listing
+from . import fast, listing
 from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts, signer
 from .serving import DEFAULT_LIMITS, KeepAliveServer, Limits
 
@@ -432,6 +435,8 @@ class CosShim:
         # Each request since the last reset (kind, key or listed prefix, times); bounded.
         self.requests: deque[_Logged] = deque(maxlen=100_000)
         self.connections_accepted = 0
+        # HEAD Object and ListObjects answered as moto answers them, without its dispatch.
+        self.fast_answers = True
 
     def connection_accepted(self) -> None:
         """Count one TCP connection the server accepted (``/__emulator__/connections``)."""
@@ -645,26 +650,34 @@ class CosShim:
         return str(value ^ 1 if self.faults.corrupt_crc else value)
 
     def _forward(self, environ: dict, request_id: str) -> tuple[bytes, str, list]:
-        """Run moto; return the COS-form body, status and headers."""
+        """Run moto (or make its answer: ``fast.py``); return the COS-form body, status and
+        headers."""
         _translate_request(environ)
+        made = fast.answer(environ) if self.fast_answers else None
+        if made is None:
+            made = self._run_moto(environ)
+        status, moto_headers, body = made
+        body = _url_encode_listing(environ, self._upload_times.rewrite(environ, body))
+        if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
+            body = _cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
+        headers = _translate_headers(moto_headers, request_id)
+        if environ["REQUEST_METHOD"] != "HEAD" or not any(
+                n.lower() == "content-length" for n, _ in moto_headers):
+            headers.append(("Content-Length", str(len(body))))
+        else:
+            headers += [(n, v) for n, v in moto_headers if n.lower() == "content-length"]
+        return body, status, headers
+
+    def _run_moto(self, environ: dict) -> fast.Answer:
+        """moto's status, headers and body for this request."""
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
             captured["status"], captured["headers"] = status, headers
             return lambda data: None
 
-        body = self._upload_times.rewrite(environ, b"".join(self.app(environ, capture)))
-        body = _url_encode_listing(environ, body)
-        status: str = captured["status"]
-        if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
-            body = _cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
-        headers = _translate_headers(captured["headers"], request_id)
-        if environ["REQUEST_METHOD"] != "HEAD" or not any(
-                n.lower() == "content-length" for n, _ in captured["headers"]):
-            headers.append(("Content-Length", str(len(body))))
-        else:
-            headers += [(n, v) for n, v in captured["headers"] if n.lower() == "content-length"]
-        return body, status, headers
+        body = b"".join(self.app(environ, capture))
+        return captured["status"], captured["headers"], body
 
 
 _served = threading.local()  # .key: the object moto made or found for this thread's request

@@ -1,0 +1,179 @@
+"""The emulator's own answers to HEAD Object and ListObjects (cosftp_prefork/emulator/fast.py)
+equal moto's, over random buckets and requests; the requests they do not cover still go to
+moto, and the shim's checks still come first."""
+
+from __future__ import annotations
+
+import random
+import re
+import urllib.parse
+import uuid
+
+import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+from werkzeug.test import Client
+
+from cosftp_prefork.emulator.app import Emulator, cos_host
+
+from .emulator_proc import sdk_client
+
+BUCKET = "fast-1250000000"
+# "/" often, so keys nest; unicode, XML and URL specials, a space, a plus, a control byte.
+ALPHABET = "//ab.é中 %+&<>\"'\x01"
+AUTH = "q-sign-algorithm=sha1&q-ak=fast"
+# Headers that differ between any two answers: random ids.
+RANDOM_HEADERS = {"x-amzn-requestid", "x-cos-request-id"}
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with Emulator(buckets=[BUCKET]) as running:
+        yield running
+
+
+def backend():
+    return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+
+def both(emu, method: str, bucket: str, path: str, query: str = "",
+         headers: dict | None = None) -> tuple:
+    """The shim's answer made here and moto's, each as (status, headers, body) with the
+    random ids left out (headers, error bodies) and NextMarker tokens resolved to the key
+    they stand for."""
+    answers = []
+    for fast in (True, False):
+        emu.app.fast_answers = fast
+        try:
+            response = Client(emu.app).open(
+                path, method=method, query_string=query,
+                headers={"Host": cos_host(bucket, emu.region), "Authorization": AUTH,
+                         **(headers or {})})
+        finally:
+            emu.app.fast_answers = True
+        kept = sorted((name, value) for name, value in response.headers.items()
+                      if name.lower() not in RANDOM_HEADERS)
+        body = re.sub(rb"<NextMarker>([^<]*)</NextMarker>", _resolved, response.data)
+        body = re.sub(rb"<(RequestId|TraceId)>[^<]*<", rb"<\1><", body)
+        answers.append((response.status, kept, body))
+    return tuple(answers)
+
+
+def _resolved(match: re.Match) -> bytes:
+    token = urllib.parse.unquote(match.group(1).decode())
+    name = backend()._pagination_tokens.get(token, token)
+    return b"<NextMarker>%s</NextMarker>" % name.encode()
+
+
+def random_name(rng: random.Random) -> str:
+    """A key the SDK can name: no leading "/" (it takes it off), no "." or ".." segment
+    (the URL would lose it)."""
+    while True:
+        name = rng.choice(ALPHABET[2:]) + "".join(rng.choice(ALPHABET)
+                                                  for _ in range(rng.randint(0, 6)))
+        if not {".", ".."} & set(name.split("/")):
+            return name
+
+
+def fill(emu, rng: random.Random, bucket: str, names: list[str], versioned: bool) -> None:
+    """Put keys through the emulator (some with metadata, content headers, a storage class,
+    encryption), overwrite and delete some."""
+    cos = sdk_client(emu)
+    for _ in range(rng.randint(5, 20)):
+        name = rng.choice(names) if names and rng.random() < 0.3 else random_name(rng)
+        extra = rng.choice([{}, {"ContentType": "text/plain"}, {"StorageClass": "STANDARD_IA"},
+                            {"Metadata": {"x-cos-meta-mtime": "1600000000"},
+                             "ContentDisposition": "attachment"},
+                            {"ServerSideEncryption": "AES256"}])
+        cos.put_object(Bucket=bucket, Key=name, Body=b"x" * rng.randint(0, 9), **extra)
+        names.append(name)
+    for name in rng.sample(names, k=min(len(names), rng.randint(0, 4))):
+        cos.delete_object(Bucket=bucket, Key=name)
+
+
+def random_list_query(rng: random.Random, names: list[str]) -> str:
+    name = rng.choice(names) if names else random_name(rng)
+    pairs = []
+    for parameter, values in (
+            ("prefix", ["", name[:rng.randint(0, len(name))], random_name(rng)]),
+            ("delimiter", ["", "/", "a", "é"]),
+            ("marker", ["", name, name[:-1], random_name(rng)]),
+            ("max-keys", ["0", "1", "2", "3", "1000", "1001"]),
+            ("encoding-type", ["url"])):
+        if rng.random() < 0.7:
+            pairs.append((parameter, rng.choice(values)))
+    rng.shuffle(pairs)
+    query = urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+    return query.replace("%20", "+") if rng.random() < 0.5 else query
+
+
+@pytest.mark.parametrize("versioned", [False, True], ids=["plain", "versioned"])
+def test_fast_answers_equal_motos_over_random_buckets(emu, versioned):
+    rng = random.Random(21 + versioned)
+    bucket = f"cmp{'v' if versioned else ''}-{uuid.uuid4().hex[:8]}-1250000000"
+    emu.create_bucket(bucket)
+    if versioned:
+        backend().put_bucket_versioning(bucket, "Enabled")
+    names: list[str] = []
+    checked = 0
+    for _ in range(12):
+        fill(emu, rng, bucket, names, versioned)
+        for _ in range(60):
+            query = random_list_query(rng, names)
+            fast, moto = both(emu, "GET", bucket, "/", query)
+            assert fast == moto, query
+            checked += 1
+        for name in [*rng.sample(names, k=min(len(names), 25)), random_name(rng)]:
+            path = "/" + urllib.parse.quote(name.encode("utf-8"), safe="/")
+            fast, moto = both(emu, "HEAD", bucket, path)
+            assert fast == moto, name
+            checked += 1
+    assert checked > 800
+
+
+def test_requests_the_fast_answers_do_not_cover_are_motos(emu):
+    """Each of these goes to moto (its answer differs from what a fast answer would say,
+    or moto alone knows it): the answers with and without fast answers are equal."""
+    cos = sdk_client(emu)
+    cos.put_object(Bucket=BUCKET, Key="cover/a", Body=b"abc")
+    etag = cos.head_object(Bucket=BUCKET, Key="cover/a")["ETag"]
+    cases = [
+        ("GET", BUCKET, "/", "prefix=cover/&versions"),  # another listing
+        ("GET", BUCKET, "/", "prefix=cover/&prefix=x"),  # a parameter twice
+        ("GET", BUCKET, "/", "delimiter=ab"),
+        ("GET", "missing-1250000000", "/", "prefix=x"),  # no such bucket
+        ("HEAD", BUCKET, "/cover/a", "versionId=null"),
+        ("HEAD", BUCKET, "/cover/missing", ""),
+        ("HEAD", "missing-1250000000", "/cover/a", ""),
+    ]
+    for method, bucket, path, query in cases:
+        fast, moto = both(emu, method, bucket, path, query)
+        assert fast == moto, (method, path, query)
+    for headers in ({"If-Match": etag}, {"If-None-Match": etag}, {"Range": "bytes=0-0"},
+                    {"If-Modified-Since": "Wed, 01 Jan 2031 00:00:00 GMT"}):
+        fast, moto = both(emu, "HEAD", BUCKET, "/cover/a", headers=headers)
+        assert fast == moto, headers
+    assert both(emu, "HEAD", BUCKET, "/cover/a",
+                headers={"If-None-Match": etag})[0][0].startswith("304")
+
+
+def test_the_shims_checks_come_before_a_fast_answer(emu):
+    """Faults and accounts apply to the requests answered here as to any."""
+    cos = sdk_client(emu)
+    cos.put_object(Bucket=BUCKET, Key="checked/a", Body=b"abc")
+    emu.app.faults.update({"deny_prefix": "checked/"})
+    try:
+        for method, path, query in (("HEAD", "/checked/a", ""),
+                                    ("GET", "/", "prefix=checked/")):
+            response = Client(emu.app).open(path, method=method, query_string=query, headers={
+                "Host": cos_host(BUCKET, emu.region), "Authorization": AUTH})
+            assert response.status_code == 403
+    finally:
+        emu.app.faults.update({"deny_prefix": ""})
+    emu.app.accounts.update({"strict": True})
+    try:
+        response = Client(emu.app).open("/checked/a", method="HEAD", headers={
+            "Host": cos_host(BUCKET, emu.region), "Authorization": AUTH})
+        assert response.status_code == 403
+    finally:
+        emu.app.accounts.update({"strict": False})
