@@ -195,7 +195,7 @@ class Sender:
         return answer
 
     def _signed(self, method: str, bucket: str, key: str, params: dict, headers: dict,
-                body: Optional[bytes]) -> tuple[str, CaseInsensitiveDict]:
+                body: Optional[bytes]) -> tuple[str, dict[str, str]]:
         """The URL and headers the SDK's ``send_request`` would send, signed as it signs."""
         conf = self._conf
         url = conf.uri(bucket=bucket, path=key) if key else conf.uri(bucket=bucket)
@@ -207,28 +207,28 @@ class Sender:
             own["Host"] = conf._domain or conf.get_host(Bucket=bucket)
         if not conf._keep_alive:
             own["Connection"] = "close"
-        merged = CaseInsensitiveDict(self._client._session.headers)  # as the session merges
-        merged.update(own)
         if body is not None:
-            merged["Content-Length"] = str(len(body))
-        signed = merged
+            own["Content-Length"] = str(len(body))
+        # Merged as the session merges them: any case, the request's name and value last.
+        merged = {name.lower(): (name, value) for name, value in
+                  (*self._client._session.headers.items(), *own.items())}
+        sent = dict(merged.values())
+        signed = sent
         if conf._sign_host and "host" not in merged:  # CosS3Auth signs the URL's host then
-            signed = CaseInsensitiveDict(merged)
-            signed["host"] = urlsplit(url).hostname or ""
+            signed = {**sent, "host": urlsplit(url).hostname or ""}
         path = "/" + key if key and not key.startswith("/") else (key or "/")
-        merged["Authorization"] = self._signer.authorization(method, path, params, signed)
-        return (f"{url}?{urlencode(params)}" if params else url), merged
+        sent["Authorization"] = self._signer.authorization(method, path, params, signed)
+        return (f"{url}?{urlencode(params)}" if params else url), sent
 
     def _route(self, url: str) -> _Route:
         """The adapter's pool for ``url``'s origin, with the environment's proxy and TLS
         settings (read once per origin; again if the SDK replaced its session, as it does
         in a forked child, or the pool was closed)."""
         session = self._client._session
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin = _origin(url)
         route = self._routes.get(origin)
         if route is None or route.session is not session or route.pool.pool is None:
-            https = parts.scheme == "https"
+            https = origin.startswith("https:")
             settings = session.merge_environment_settings(
                 url, self._conf._proxies or {}, None,
                 self._conf._verify_ssl if https else None,
@@ -245,7 +245,7 @@ class Sender:
             self._routes[origin] = route
         return route
 
-    def _urlopen(self, route: _Route, method: str, url: str, headers: CaseInsensitiveDict,
+    def _urlopen(self, route: _Route, method: str, url: str, headers: dict[str, str],
                  body: Optional[bytes]) -> urllib3.BaseHTTPResponse:
         """Send through urllib3 as the ``requests`` adapter would (a proxy's absolute URL,
         urllib3's retry setting); the answer's body is not read."""
@@ -259,19 +259,16 @@ class Sender:
             decode_content=False, retries=adapter.max_retries, timeout=self._timeout,
             chunked=False)
 
-    def _exchange(self, route: _Route, method: str, url: str, headers: CaseInsensitiveDict,
+    def _exchange(self, route: _Route, method: str, url: str, headers: dict[str, str],
                   body: Optional[bytes]) -> Answer:
         """One request and its whole answer on a connection of the route's pool (opened,
         TLS included, by urllib3 as for any of its requests), read here: urllib3's and
         http.client's request and response objects around a small request cost more CPU
         than the rest of it (docs/performance.md, "Issue 21: CPU per small file")."""
-        parts = urlsplit(url)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        lines = [f"{method} {target} HTTP/1.1"]
-        if "host" not in headers:  # as http.client writes it
-            lines.append(f"Host: {_host_header(parts)}")
+        origin = _origin(url)
+        lines = [f"{method} {url[len(origin):] or '/'} HTTP/1.1"]
+        if not any(name.lower() == "host" for name in headers):  # as http.client writes it
+            lines.append(f"Host: {_host_header(urlsplit(origin))}")
         lines += [f"{name}: {_text(value)}" for name, value in headers.items()]
         if body is None and method in ("PUT", "POST", "PATCH"):
             lines.append("Content-Length: 0")  # as urllib3 sends a request without a body
@@ -294,12 +291,18 @@ class Sender:
             conn.close()
             route.pool._put_conn(None)
             raise
-        if "close" in headers.get("Connection", "").lower():  # asked for (KeepAlive off)
+        if not self._conf._keep_alive:  # the request said Connection: close
             reusable = False
         if not reusable:
             conn.close()
         route.pool._put_conn(conn if reusable else None)
         return answer
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of an absolute URL."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}"
 
 
 def _host_header(parts: Any) -> str:

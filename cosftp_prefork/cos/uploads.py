@@ -61,7 +61,7 @@ from ..errors import (
     StorageError,
 )
 from .bucket import Bucket, Completed, ObjectInfo, PartInfo
-from .checksum import crc64, crc64_combine
+from .checksum import Crc64, crc64_combine
 from .engine import Claim, Engine, PartPlan
 from .intents import Announcement, announce
 from .listing import Entry
@@ -287,7 +287,11 @@ class PartStream:
         chunks, self._chunks, self._filled = self._chunks, [], 0
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         base = self._base_crc
-        return body, None if base is None else crc64_combine(base, crc64(body), len(body))
+        if base is None:
+            return body, None
+        crc = Crc64(base)  # continued over the body in C: combining costs 12 us in Python
+        crc.update(body)
+        return body, crc.value
 
     def finish(self) -> None:
         """Ship what is buffered as the last part and wait for every part; raises the
