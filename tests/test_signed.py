@@ -3,12 +3,15 @@ write, and HTTP/1.1 answers read as urllib3 read them, over real loopback connec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import socket
+import ssl
 import threading
 import types
 from collections.abc import Iterator
+from typing import Any, Optional
 
 import pytest
 from qcloud_cos import CosConfig, CosS3Client
@@ -22,6 +25,7 @@ from cosftp_prefork.emulator.app import Emulator
 from cosftp_prefork.errors import NotFound, StorageError
 
 from .emulator_proc import emulator_account
+from .test_tls import write_certificate
 
 BUCKET = "signed-1250000000"
 # Keys and values with what quoting must get right: unicode, spaces, reserved characters.
@@ -79,8 +83,10 @@ class CannedServer:
     bytes), closing the connection after an answer marked ``close``; it notes each request
     line and how many connections it accepted."""
 
-    def __init__(self, answers: list[tuple[bytes, bool]]) -> None:
+    def __init__(self, answers: list[tuple[bytes, bool]],
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.answers = list(answers)
+        self._tls = tls
         self.requests: list[bytes] = []
         self.accepted = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -95,6 +101,12 @@ class CannedServer:
             except OSError:
                 return
             self.accepted += 1
+            if self._tls is not None:
+                try:
+                    conn = self._tls.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError):  # the client refused the certificate
+                    conn.close()
+                    continue
             with conn, conn.makefile("rb") as reader:
                 while self.answers:
                     head = self._request(reader)
@@ -120,19 +132,24 @@ class CannedServer:
         return line.strip()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes a thread waiting in accept
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         self._thread.join(5)
+        assert not self._thread.is_alive()
 
 
 @pytest.fixture
 def canned() -> Iterator[callable]:
     servers: list[CannedServer] = []
 
-    def start(*answers: tuple[bytes, bool]) -> tuple[CannedServer, Bucket]:
-        server = CannedServer(list(answers))
+    def start(*answers: tuple[bytes, bool], tls: Optional[ssl.SSLContext] = None,
+              verify: Any = None) -> tuple[CannedServer, Bucket]:
+        server = CannedServer(list(answers), tls)
         servers.append(server)
-        conf = CosConfig(Region="ap-guangzhou", SecretId="a", SecretKey="b", Scheme="http",
-                         IP="127.0.0.1", Port=server.port, Timeout=5)
+        conf = CosConfig(Region="ap-guangzhou", SecretId="a", SecretKey="b",
+                         Scheme="https" if tls else "http", IP="127.0.0.1", Port=server.port,
+                         Timeout=5, VerifySSL=verify)
         return server, Bucket(CosS3Client(conf, retry=0), BUCKET, "ap-guangzhou")
     yield start
     for server in servers:
@@ -177,6 +194,21 @@ def test_a_cut_answer_is_a_storage_error_and_its_connection_is_dropped(canned):
     with pytest.raises(NotFound):
         bucket.head("d/a")
     assert server.accepted == RETRY_ATTEMPTS + 1
+
+
+def test_https_goes_through_urllib3s_tls_with_the_accounts_verification(canned, tmp_path):
+    """Over HTTPS the connection is urllib3's, opened with the SDK's settings: a
+    certificate no CA vouches for is refused (nothing is sent), and with verification
+    off (VerifySSL=False) the same server's answer is read."""
+    cert, key = write_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server, verified = canned(*[(HEAD_OK, False)] * 2, tls=context)
+    with pytest.raises(StorageError) as info:
+        verified.head("d/a")
+    assert info.value.code == "ClientError" and server.requests == []
+    _, unverified = canned((HEAD_OK, False), tls=context, verify=False)
+    assert unverified.head("d/a").etag == "abc"
 
 
 def test_a_garbled_answer_is_a_storage_error(canned):
