@@ -80,7 +80,7 @@ class Signer:
     before now, for 10,000 s), so it derives the key anew each time; here one window serves
     ``WINDOW`` seconds of requests (it still starts at least 60 s before each and ends at
     least 10,000 - ``WINDOW`` s after) and its key is derived once. Equal to ``CosS3Auth``'s
-    header for the same window (``tests/test_storage.py`` compares them).
+    header for the same window (``tests/test_signed.py`` compares them).
     """
 
     WINDOW = 600
