@@ -92,7 +92,9 @@ def test_stor_then_mfmt_as_lftp_mirror_sends_them(alice, emulator, area, existin
         alice.sendcmd(f"MFMT 20190101000000 {area}/f")
 
     def stor_and_mfmt() -> None:
-        put(alice, f"{area}/f", DATA)
+        # The look-ups held until the PUT is sent beside them: answers that come before the
+        # last byte make the PUT wait for them, and a refused PUT is not sent.
+        at_once(emulator, area, 3, lambda: put(alice, f"{area}/f", DATA))
         alice.sendcmd(f"MFMT {STAMP} {area}/f")
     assert count(emulator, area, stor_and_mfmt) == expected
     assert alice.sendcmd(f"MDTM {area}/f") == f"213 {STAMP}"

@@ -37,6 +37,7 @@ from .bucket import (
     ObjectInfo,
     ObjectStream,
     PartInfo,
+    StartedPage,
     UploadedPart,
     UploadInfo,
 )
@@ -135,6 +136,17 @@ class Area(Bucket):
             return ListPage((), (), None)
         with self._shown():
             page = self._bucket.list_page(self._full(prefix), marker, max_keys, delimiter)
+        return self._own_page(page)
+
+    def start_list_page(self, prefix: str, max_keys: int, delimiter: str = "/") -> StartedPage:
+        """:meth:`Bucket.start_list_page` under the prefix; its page as :meth:`list_page`'s."""
+        if not self._fits(prefix):
+            return _AreaPage(self, None)
+        return _AreaPage(self, self._bucket.start_list_page(self._full(prefix), max_keys,
+                                                            delimiter))
+
+    def _own_page(self, page: ListPage) -> ListPage:
+        """A bucket's page as the area shows it: its own keys, without the prefix."""
         return ListPage(tuple(self._info(obj) for obj in page.objects if self._ours(obj.key)),
                         tuple(self._own(sub) for sub in page.prefixes if self._ours(sub)),
                         page.next_marker)
@@ -200,3 +212,26 @@ class Area(Bucket):
     def delete(self, key: str, version_id: str = "") -> None:
         with self._shown():
             self._bucket.delete(self._full(key), version_id)
+
+
+class _AreaPage(StartedPage):
+    """A page of :meth:`Area.start_list_page`: the bucket's started page (None: a prefix too
+    long to hold a key, an empty page), read as :meth:`Area.list_page` reads it."""
+
+    def __init__(self, area: Area, started: Optional[StartedPage]) -> None:
+        # Not StartedPage.__init__: the bucket's page does the request.
+        self._area, self._started = area, started
+
+    def arrived(self) -> bool:
+        return self._started is None or self._started.arrived()
+
+    def page(self) -> ListPage:
+        if self._started is None:
+            return ListPage((), (), None)
+        with self._area._shown():
+            page = self._started.page()
+        return self._area._own_page(page)
+
+    def drop(self) -> None:
+        if self._started is not None:
+            self._started.drop()

@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import requests
 from qcloud_cos import CosConfig, CosS3Client
@@ -45,7 +45,7 @@ from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 from ..paths import MAX_KEY_BYTES
 from .checksum import crc64_of
 from .pagination import marker_after, paginate
-from .signed import Sender, copy_etag
+from .signed import Sender, Sent, copy_etag
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,16 @@ def _call(action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) ->
     any other, never an exception that ends the session. Each attempt is counted and timed
     by operation: the first word of ``action``, always a literal here.
     """
+    return _call_since(None, action, method, *args, **kwargs)
+
+
+def _call_since(sent_at: Optional[float], action: str, method: Callable[..., Any], *args: Any,
+                **kwargs: Any) -> Any:
+    """:func:`_call`, its first attempt timed from ``sent_at`` if given (``time.monotonic()``
+    when its request went out, before ``method`` reads the answer)."""
     operation = action.split(" ", 1)[0]
     for attempt in range(RETRY_ATTEMPTS):
-        started = time.monotonic()
+        started = sent_at if sent_at is not None and not attempt else time.monotonic()
         try:
             result = method(*args, **kwargs)
         except ElementTree.ParseError as exc:
@@ -341,6 +348,43 @@ def _parse_iso_date(value: str) -> float:
         return 0.0
 
 
+def _list_params(prefix: str, marker: str, max_keys: int, delimiter: str) -> dict[str, str]:
+    return {"prefix": prefix, "delimiter": delimiter, "marker": marker,
+            "max-keys": str(max_keys), "encoding-type": "url"}
+
+
+class StartedPage:
+    """A listing page requested by :meth:`Bucket.start_list_page`. :meth:`page` reads the
+    answer with the errors, retries and counts of any COS call (an attempt that failed is
+    sent again); :meth:`drop` gives it up. One thread at a time."""
+
+    def __init__(self, bucket: Bucket, params: dict[str, str],
+                 sent: Union[Sent, CosClientError], sent_at: float) -> None:
+        self._bucket, self._params, self._sent = bucket, params, sent
+        self._sent_at = sent_at  # the first attempt is timed from its request
+
+    def arrived(self) -> bool:
+        """Whether :meth:`page` would not wait for COS (for the first attempt's answer)."""
+        return not isinstance(self._sent, Sent) or self._sent.arrived()
+
+    def page(self) -> ListPage:
+        first, self._sent = self._sent, None
+        def attempt() -> ListPage:
+            nonlocal first
+            sent, first = first, None
+            if sent is None:
+                return self._bucket._list(self._params)
+            if isinstance(sent, CosClientError):
+                raise sent
+            return _parse_list_page(sent.answer().data)
+        return _call_since(self._sent_at, f"LIST {self._params['prefix'] or '/'}", attempt)
+
+    def drop(self) -> None:
+        if isinstance(self._sent, Sent):
+            self._sent.drop()
+        self._sent = None
+
+
 class Bucket:
     """Operations on one bucket with one account's credentials.
 
@@ -415,9 +459,20 @@ class Bucket:
         Keys come URL-encoded (``EncodingType=url``) and are decoded here, so a key holding
         control bytes, written by another tool, lists like any other.
         """
-        params = {"prefix": prefix, "delimiter": delimiter, "marker": marker,
-                  "max-keys": str(max_keys), "encoding-type": "url"}
-        return _call(f"LIST {prefix or '/'}", self._list, params)
+        return _call(f"LIST {prefix or '/'}", self._list,
+                     _list_params(prefix, marker, max_keys, delimiter))
+
+    def start_list_page(self, prefix: str, max_keys: int, delimiter: str = "/") -> StartedPage:
+        """The first page of :meth:`list_page`, its request sent now and its answer read by
+        :meth:`StartedPage.page`: one thread has several listings in flight at once, without
+        handing them to other threads (issue 21: a new file's look-ups)."""
+        params = _list_params(prefix, "", max_keys, delimiter)
+        sent_at = time.monotonic()
+        try:
+            return StartedPage(self, params, self._sender.start("GET", self.name,
+                                                                 params=params), sent_at)
+        except CosClientError as exc:  # not sent: page() raises it, as a first attempt
+            return StartedPage(self, params, exc, sent_at)
 
     def _list(self, params: dict[str, str]) -> ListPage:
         """One ListObjects request, signed as the SDK's ``list_objects`` signs it; the SDK's

@@ -285,9 +285,9 @@ class Engine:
     """What a worker's uploads and copies share: the budget and the pools.
 
     ``lookups`` serves the short requests a command sends beside its main one (a new file's
-    look-ups while its bytes arrive, MFMT's marker beside its copy, a rename's delete after
-    its reply), as many threads as ``copies``, a few per session at once: neither part
-    uploads nor copy storms delay them."""
+    look-ups while its bytes arrive when ``lookup_slots`` are all taken, MFMT's marker
+    beside its copy, a rename's delete after its reply), as many threads as ``copies``, a
+    few per session at once: neither part uploads nor copy storms delay them."""
 
     LOOKUPS_PER_OWNER = 4
 
@@ -299,6 +299,9 @@ class Engine:
         self.lookup_threads = max(self.LOOKUPS_PER_OWNER, copy_threads)
         self.lookups = FairPool(self.lookup_threads, "cos-lookup",
                                 per_owner=self.LOOKUPS_PER_OWNER)
+        # Look-ups a session's own thread has in flight (``cos.naming``), each on a pooled
+        # COS connection until its thread reads the answer: as many as the pool's threads.
+        self.lookup_slots = threading.BoundedSemaphore(self.lookup_threads)
 
     def copier(self, owner: Optional[Hashable] = None) -> OwnerExecutor:
         """An executor for the copies of one job (a rename, an MFMT, an APPE)."""

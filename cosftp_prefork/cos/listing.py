@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..paths import RESERVED_NAME, child_name
-from .bucket import Bucket, ListPage, ObjectInfo
+from .bucket import Bucket, ListPage, ObjectInfo, StartedPage
 from .pagination import paginate
 
 log = logging.getLogger(__name__)
@@ -137,13 +137,19 @@ FILE = "file"
 DIRECTORY = "directory"
 
 
-def name_kind(bucket: Bucket, key: str, ignore: str = "") -> Optional[str]:
+def start_name_kind(bucket: Bucket, key: str) -> StartedPage:
+    """The first request of :func:`name_kind`, sent now; its page is read later."""
+    return bucket.start_list_page(key, max_keys=2, delimiter="")
+
+
+def name_kind(bucket: Bucket, key: str, ignore: str = "",
+              started: Optional[StartedPage] = None) -> Optional[str]:
     """What ``key`` names now: ``FILE`` (the object ``key``, which wins over keys under it, as
     in listings), ``DIRECTORY`` (keys under ``key/``) or None; the object ``ignore`` (an
     upload's own, which may be stored already) counts for nothing. One LIST in the common
-    cases; a second when siblings such as ``key-2`` (which sort before ``key/``) fill the
-    first."""
-    page = bucket.list_page(key, max_keys=2, delimiter="")
+    cases (``started`` by :func:`start_name_kind`, if given); a second when siblings such
+    as ``key-2`` (which sort before ``key/``) fill the first."""
+    page = (started or start_name_kind(bucket, key)).page()
     found = [obj.key for obj in page.objects if obj.key != ignore]
     prefix = key + "/"
     if key in found:
@@ -156,9 +162,16 @@ def name_kind(bucket: Bucket, key: str, ignore: str = "") -> Optional[str]:
     return DIRECTORY if directory_exists(bucket, prefix, ignore) else None
 
 
-def directory_exists(bucket: Bucket, prefix: str, ignore: str = "") -> bool:
-    """Return True if any key (a marker or a file) but ``ignore`` lives under ``prefix``."""
-    page = bucket.list_page(prefix, max_keys=2 if ignore else 1, delimiter="")
+def start_directory_exists(bucket: Bucket, prefix: str, ignore: str = "") -> StartedPage:
+    """The request of :func:`directory_exists`, sent now; its page is read later."""
+    return bucket.start_list_page(prefix, max_keys=2 if ignore else 1, delimiter="")
+
+
+def directory_exists(bucket: Bucket, prefix: str, ignore: str = "",
+                     started: Optional[StartedPage] = None) -> bool:
+    """Return True if any key (a marker or a file) but ``ignore`` lives under ``prefix``
+    (the listing ``started`` by :func:`start_directory_exists`, if given)."""
+    page = (started or start_directory_exists(bucket, prefix, ignore)).page()
     return any(obj.key != ignore for obj in page.objects)
 
 

@@ -3,9 +3,11 @@
 STOR of a new name must be refused where a directory has the name, under a file, and (with
 ``require_existing_dir``) in a directory that does not exist. Those look-ups used to run
 before the ``150``, one after the other, and the PUT after them: three COS round trips in
-sequence per small file. Now the FTP layer starts them on the engine's look-up pool when
-STOR arrives (:class:`NameChecks` holds them), they run while the client sends the bytes,
-and the upload asks for their verdict only when it would make the object visible.
+sequence per small file. Now the FTP layer starts them when STOR arrives
+(:class:`NameChecks` holds them: :func:`start_checks` sends their first requests from the
+session's thread, which reads the answers as they arrive), they run while the client sends
+the bytes, and the upload asks for their verdict only when it would make the object
+visible.
 
 For a small file the client's last byte usually comes before the look-ups' answers. The
 PUT is then sent at once, beside them, *speculatively*, with ``x-cos-forbid-overwrite``
@@ -44,18 +46,25 @@ every rule:
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import threading
 import weakref
 from collections.abc import Hashable, Sequence
-from concurrent.futures import Future, wait
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from ..errors import AlreadyExists, NotStorable, PermissionDenied, StorageError
 from ..paths import fits_as_key
-from .bucket import Bucket, Completed, ObjectInfo
+from .bucket import Bucket, Completed, ObjectInfo, StartedPage
 from .engine import Engine
-from .listing import DIRECTORY, FILE, directory_exists, name_kind
+from .listing import (
+    DIRECTORY,
+    FILE,
+    directory_exists,
+    name_kind,
+    start_directory_exists,
+    start_name_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +99,21 @@ def _keeps_versions(bucket: Bucket, versions: bool) -> None:
 
 class NameChecks:
     """The look-ups that decide whether a new file may take its name, running while its
-    bytes arrive; each future returns None or raises ``NotStorable`` (or ``StorageError``).
+    bytes arrive; each (a pool's future or an :class:`_InThread`) ends with None or with
+    ``NotStorable`` (or ``StorageError``).
 
     ``speculate``: whether :meth:`put` may store before the verdict is in."""
 
-    def __init__(self, futures: Sequence[Future], speculate: bool = True) -> None:
+    def __init__(self, futures: Sequence[Any], speculate: bool = True) -> None:
         self._futures = list(futures)
         self._speculate = speculate
         self._allowed = False
 
     def settled(self) -> bool:
-        """Whether every look-up has answered."""
-        return all(future.done() for future in self._futures)
+        """Whether every look-up has answered (one run by this thread reads what has
+        arrived and sends its next request)."""
+        answered = [future.done() for future in self._futures]  # each asked: each advances
+        return all(answered)
 
     def cancel(self) -> None:
         """The upload ended without a commit: look-ups not started yet are not needed."""
@@ -142,7 +154,6 @@ class NameChecks:
 
     def _verdict(self) -> None:
         """Wait for every look-up; a refusal wins over a failure."""
-        wait(self._futures)
         errors = [future.exception() for future in self._futures if not future.cancelled()]
         refusals = [error for error in errors if isinstance(error, NotStorable)]
         failures = [error for error in errors if error is not None]
@@ -165,34 +176,127 @@ def _undo(bucket: Bucket, key: str, created: Completed) -> None:
 
 def start_checks(engine: Engine, owner: Hashable, bucket: Bucket, key: str,
                  require_existing_dir: bool) -> NameChecks:
-    """Start the look-ups of a new file ``key`` on the engine's look-up pool, as ``owner``
-    (a session): is ``key`` a directory; is its parent one, or, walking up past missing
-    ones, is a file in the way (or, with ``require_existing_dir``, is the parent missing).
-    One LIST each in the common cases, both at once."""
-    return NameChecks([engine.lookups.submit(owner, _not_a_directory, bucket, key),
-                       engine.lookups.submit(owner, _parents_allow, bucket, key,
-                                             require_existing_dir)],
-                      speculate=not require_existing_dir)
+    """Start the look-ups of a new file ``key``: is ``key`` a directory; is its parent one,
+    or, walking up past missing ones, is a file in the way (or, with
+    ``require_existing_dir``, is the parent missing). One LIST each in the common cases,
+    both at once.
+
+    Each look-up's first LIST is sent now by the calling thread (the session's), and its
+    answer read by that thread when the upload asks (:meth:`NameChecks.settled` at each
+    write, the verdict at the commit): handing them to the engine's look-up pool and back
+    cost a tenth of a new small file's worker CPU (docs/performance.md, issue 21). At most
+    ``engine.lookup_slots`` are in flight that way in a worker (each holds a COS connection
+    until read); beyond, they run on the look-up pool, as ``owner``."""
+    lookups = (functools.partial(_NotADirectory, bucket, key),
+               functools.partial(_ParentsAllow, bucket, key, require_existing_dir))
+    futures: list[Any] = []
+    for lookup in lookups:
+        if engine.lookup_slots.acquire(blocking=False):
+            futures.append(lookup(engine.lookup_slots.release))
+        else:
+            futures.append(engine.lookups.submit(owner, _run, lookup))
+    return NameChecks(futures, speculate=not require_existing_dir)
 
 
-def _not_a_directory(bucket: Bucket, key: str) -> None:
-    """Raise ``NotStorable`` if keys live under ``key/`` (blind to ``key`` itself)."""
-    if fits_as_key(key + "/") and directory_exists(bucket, key + "/"):
-        raise NotStorable(errno.EISDIR, "Is a directory")
+def _run(lookup: Callable[[Callable[[], Any]], _InThread]) -> None:
+    """A look-up run to its verdict by a thread of the pool."""
+    error = lookup(lambda: None).exception()
+    if error is not None:
+        raise error
 
 
-def _parents_allow(bucket: Bucket, key: str, require_existing_dir: bool) -> None:
-    """Raise ``NotStorable`` if a file has the name of a directory on the way up to the
-    first one that exists (what ``key``'s own object shows counts for nothing), or, with
+class _InThread:
+    """A look-up whose LISTs are sent and read by the thread that asks about it, one after
+    the other: what :class:`NameChecks` asks of a future (``done``, ``exception``,
+    ``cancel``, ``cancelled``). ``done()`` reads an answer that has arrived and sends the
+    next LIST at once, so the look-up advances while the bytes arrive. ``release`` is
+    called once no request of it is in flight any more."""
+
+    def __init__(self, first: Optional[StartedPage], release: Callable[[], Any]) -> None:
+        self._started = first  # the LIST in flight; None once the verdict is in
+        self._release = release
+        self._error: Optional[BaseException] = None
+        self._cancelled = False
+        self._lock = threading.Lock()  # the session's thread, or its end from another
+        if first is None:
+            release()
+
+    def done(self) -> bool:
+        with self._lock:
+            while self._started is not None and self._started.arrived():
+                self._advance()
+            return self._started is None
+
+    def exception(self) -> Optional[BaseException]:
+        """Wait for the verdict: None (the name may be stored) or the refusal or failure."""
+        with self._lock:
+            while self._started is not None:
+                self._advance()
+            return self._error
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._started is not None:
+                self._started.drop()
+                self._started = None
+                self._cancelled = True
+                self._release()
+            return self._cancelled
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def _advance(self) -> None:
+        started, self._started = self._started, None
+        try:
+            self._started = self._next(started)
+        except Exception as exc:  # the verdict, for whoever asks (as a pool's future keeps it)
+            self._error = exc
+        finally:
+            if self._started is None:
+                self._release()
+
+    def _next(self, started: StartedPage) -> Optional[StartedPage]:
+        """Read ``started``; return the next LIST to send, None if the name may be stored;
+        raise ``NotStorable`` if not."""
+        raise NotImplementedError
+
+
+class _NotADirectory(_InThread):
+    """``NotStorable`` if keys live under ``key/`` (blind to ``key`` itself)."""
+
+    def __init__(self, bucket: Bucket, key: str, release: Callable[[], Any]) -> None:
+        self._bucket, self._prefix = bucket, key + "/"
+        super().__init__(start_directory_exists(bucket, self._prefix)
+                         if fits_as_key(self._prefix) else None, release)
+
+    def _next(self, started: StartedPage) -> Optional[StartedPage]:
+        if directory_exists(self._bucket, self._prefix, started=started):
+            raise NotStorable(errno.EISDIR, "Is a directory")
+        return None
+
+
+class _ParentsAllow(_InThread):
+    """``NotStorable`` if a file has the name of a directory on the way up to the first one
+    that exists (what ``key``'s own object shows counts for nothing), or, with
     ``require_existing_dir``, if the parent does not exist."""
-    parent = key.rpartition("/")[0]
-    while parent:
-        kind = name_kind(bucket, parent, ignore=key)
+
+    def __init__(self, bucket: Bucket, key: str, require_existing_dir: bool,
+                 release: Callable[[], Any]) -> None:
+        self._bucket, self._key = bucket, key
+        self._require_existing_dir = require_existing_dir
+        self._parent = key.rpartition("/")[0]
+        super().__init__(start_name_kind(bucket, self._parent) if self._parent else None,
+                         release)
+
+    def _next(self, started: StartedPage) -> Optional[StartedPage]:
+        kind = name_kind(self._bucket, self._parent, ignore=self._key, started=started)
         if kind == FILE:
             raise NotStorable(errno.ENOTDIR, "Not a directory: a file has the name of a "
                                              "directory in that path")
         if kind == DIRECTORY:
-            return
-        if require_existing_dir:
+            return None
+        if self._require_existing_dir:
             raise NotStorable(errno.ENOENT, "No such directory")
-        parent = parent.rpartition("/")[0]
+        self._parent = self._parent.rpartition("/")[0]
+        return start_name_kind(self._bucket, self._parent) if self._parent else None

@@ -44,6 +44,7 @@ from qcloud_cos.version import __version__ as SDK_VERSION
 from requests import PreparedRequest
 from requests.structures import CaseInsensitiveDict
 from urllib3 import HTTPHeaderDict
+from urllib3.util.wait import wait_for_read
 
 # The SDK's timeout when the configuration names none (send_request's default).
 _SDK_TIMEOUT = 30
@@ -174,6 +175,14 @@ class Sender:
              stream: bool = False) -> Answer:
         """Send one request for ``key`` of ``bucket`` (the bucket itself when ``key`` is
         ""); raise ``CosServiceError`` for an answer of 400 or more."""
+        return self.start(method, bucket, key, params, headers, body, stream).answer()
+
+    def start(self, method: str, bucket: str, key: str = "", params: Optional[dict] = None,
+              headers: Optional[dict] = None, body: Optional[bytes] = None,
+              stream: bool = False) -> Sent:
+        """Send the request as :meth:`send` does, and return without reading its answer
+        (where it goes through ``urlopen``, it is read here): :meth:`Sent.answer` reads it,
+        so that a thread can have several requests in flight at once."""
         url = ""
         try:
             url, request_headers = self._signed(method, bucket, key, params or {},
@@ -182,17 +191,16 @@ class Sender:
             if stream or route.proxied:
                 response = self._urlopen(route, method, url, request_headers, body)
                 if stream and response.status < 400:
-                    return Answer(response.status, response.headers, b"", response)
-                answer = Answer(response.status, response.headers, response.read())
-            else:
-                answer = self._exchange(route, method, url, request_headers, body)
+                    return Sent(method, url, Answer(response.status, response.headers, b"",
+                                                    response))
+                return Sent(method, url, Answer(response.status, response.headers,
+                                                response.read()))
+            return Sent(method, url, None, self._request(route, method, url, request_headers,
+                                                         body), self._conf._keep_alive)
         except CosClientError:
             raise
         except Exception as exc:  # send_request turns every exception into this one
             raise CosClientError(str(exc)) from exc
-        if answer.status >= 400:
-            raise _service_error(method, url, answer)
-        return answer
 
     def _signed(self, method: str, bucket: str, key: str, params: dict, headers: dict,
                 body: Optional[bytes]) -> tuple[str, dict[str, str]]:
@@ -259,12 +267,13 @@ class Sender:
             decode_content=False, retries=adapter.max_retries, timeout=self._timeout,
             chunked=False)
 
-    def _exchange(self, route: _Route, method: str, url: str, headers: dict[str, str],
-                  body: Optional[bytes]) -> Answer:
-        """One request and its whole answer on a connection of the route's pool (opened,
-        TLS included, by urllib3 as for any of its requests), read here: urllib3's and
-        http.client's request and response objects around a small request cost more CPU
-        than the rest of it (docs/performance.md, "Issue 21: CPU per small file")."""
+    def _request(self, route: _Route, method: str, url: str, headers: dict[str, str],
+                 body: Optional[bytes]) -> _InFlight:
+        """Write one request on a connection of the route's pool (opened, TLS included, by
+        urllib3 as for any of its requests); its answer is read by the returned
+        :class:`_InFlight`, here rather than by urllib3's and http.client's request and
+        response objects, which around a small request cost more CPU than the rest of it
+        (docs/performance.md, "Issue 21: CPU per small file")."""
         origin = _origin(url)
         lines = [f"{method} {url[len(origin):] or '/'} HTTP/1.1"]
         if not any(name.lower() == "host" for name in headers):  # as http.client writes it
@@ -285,19 +294,83 @@ class Sender:
                 conn.sock.sendall(body)
             else:
                 conn.sock.sendall(head + (body or b""))
-            with conn.sock.makefile("rb") as reader:
-                answer, reusable = _read_answer(reader, method)
         except BaseException:
             conn.close()
             route.pool._put_conn(None)
             raise
-        if not self._conf._keep_alive:  # the request said Connection: close
+        return _InFlight(route.pool, conn, method)
+
+
+class _InFlight:
+    """A request written on a pooled connection, its answer not read yet. The connection
+    goes back to the pool once the answer is read (or closed, if it cannot carry another
+    request), and is closed by :meth:`drop`."""
+
+    def __init__(self, pool: urllib3.HTTPConnectionPool, conn: Any, method: str) -> None:
+        self._pool, self._conn, self._method = pool, conn, method
+
+    def arrived(self) -> bool:
+        """Whether bytes of the answer (or the connection's end) are there to read."""
+        return wait_for_read(self._conn.sock, timeout=0)
+
+    def read(self, keep_alive: bool) -> Answer:
+        conn, self._conn = self._conn, None
+        try:
+            with conn.sock.makefile("rb") as reader:
+                answer, reusable = _read_answer(reader, self._method)
+        except BaseException:
+            conn.close()
+            self._pool._put_conn(None)
+            raise
+        if not keep_alive:  # the request said Connection: close
             reusable = False
         if not reusable:
             conn.close()
-        route.pool._put_conn(conn if reusable else None)
+        self._pool._put_conn(conn if reusable else None)
         return answer
 
+    def drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            self._pool._put_conn(None)
+
+
+class Sent:
+    """A request of :meth:`Sender.start`: its answer read by :meth:`answer` (once), or the
+    request given up by :meth:`drop` (its connection closed: the answer is not waited for).
+    One thread at a time."""
+
+    def __init__(self, method: str, url: str, answer: Optional[Answer],
+                 in_flight: Optional[_InFlight] = None, keep_alive: bool = True) -> None:
+        self._method, self._url = method, url
+        self._answer, self._in_flight, self._keep_alive = answer, in_flight, keep_alive
+
+    def arrived(self) -> bool:
+        """Whether :meth:`answer` would return (or raise) without waiting for COS."""
+        return self._in_flight is None or self._in_flight.arrived()
+
+    def answer(self) -> Answer:
+        """The answer; ``CosServiceError`` for one of 400 or more, ``CosClientError`` if it
+        could not be read (or the request was dropped)."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            try:
+                self._answer = in_flight.read(self._keep_alive)
+            except Exception as exc:  # send_request turns every exception into this one
+                raise CosClientError(str(exc)) from exc
+        answer = self._answer
+        if answer is None:
+            raise CosClientError(f"{self._method} {self._url}: the request was given up")
+        if answer.status >= 400:
+            raise _service_error(self._method, self._url, answer)
+        return answer
+
+    def drop(self) -> None:
+        """Give the request up: its connection, if the answer is still unread, is closed."""
+        if self._in_flight is not None:
+            self._in_flight.drop()
+            self._in_flight = None
 
 def _origin(url: str) -> str:
     """``scheme://host[:port]`` of an absolute URL."""

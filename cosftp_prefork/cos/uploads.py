@@ -573,6 +573,8 @@ class UploadSession:
         """Park or abort unless :meth:`commit` succeeded; idempotent."""
         if self.closed:
             return
+        if self._checks is not None:  # a parked upload needs no verdict: its look-ups end
+            self._checks.cancel()
         if self._store.enabled and not self._discard and self._parts.upload_id and self._park():
             return
         log.warning("path=%s: upload aborted after %d bytes; nothing stored", self.name,

@@ -720,9 +720,9 @@ class CosFS(AbstractedFS):
             raise Refusal(errno.ENOENT, "No such file or directory") from None
 
     def _new_upload(self, path: str) -> UploadSession:
-        """STOR: the name's look-ups start now, on the worker's look-up pool, and run while
-        the client sends the bytes; the upload asks for their verdict when it would make the
-        object visible (see ``cos.naming``: the 550 of a refused name comes then)."""
+        """STOR: the name's look-ups start now and run while the client sends the bytes;
+        the upload asks for their verdict when it would make the object visible (see
+        ``cos.naming``: the 550 of a refused name comes then)."""
         key = object_key(path)
         checks = start_checks(self._ctx.engine, self, self._bucket, key,
                               self._ctx.account.require_existing_dir)
