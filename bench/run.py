@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import ftplib
 import io
+import itertools
 import os
 import shutil
 import statistics
@@ -302,7 +303,13 @@ class Bench:
         many SDK threads doing ``put_object``; with ``cpu_target``, also the workers' CPU
         per file against the SDK client's per PUT."""
         payload = os.urandom(size)
-        names = [f"small/{label}-{i:05d}" for i in range(count)]
+        # New names in every run (the second run stored over the first's files, and an
+        # overwrite costs the gateway a request or two more than a new file).
+        runs = itertools.count()
+
+        def new_names() -> list[str]:
+            run = next(runs)
+            return [f"small/{label}-{run}-{i:05d}" for i in range(count)]
 
         cpu = ProcessCpu(self)
 
@@ -316,6 +323,7 @@ class Bench:
                 with ftp:
                     for name in chunk:
                         ftp.storbinary(f"STOR {name}", io.BytesIO(payload))
+            names = new_names()
             chunks = [names[i::sessions] for i in range(sessions)]
             return cpu.around("gateway", lambda: timed(lambda: list(
                 ThreadPoolExecutor(sessions).map(session, ftps, chunks))))()
@@ -323,6 +331,7 @@ class Bench:
         def baseline() -> float:
             def put(name: str) -> None:
                 self.cos.put_object(Bucket=BUCKET, Key=name + ".sdk", Body=payload)
+            names = new_names()
             return timed(lambda: list(ThreadPoolExecutor(sessions).map(put, names)))
 
         size_text = f"{size // 1024} KiB" if size < MIB else f"{size // MIB} MiB"
