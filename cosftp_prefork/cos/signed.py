@@ -310,8 +310,10 @@ class _InFlight:
         self._pool, self._conn, self._method = pool, conn, method
 
     def arrived(self) -> bool:
-        """Whether bytes of the answer (or the connection's end) are there to read."""
-        return wait_for_read(self._conn.sock, timeout=0)
+        """Whether bytes of the answer (or the connection's end) are there to read; a
+        connection closed under it (its pool closed) has nothing more to wait for."""
+        sock = self._conn.sock
+        return sock is None or wait_for_read(sock, timeout=0)
 
     def read(self, keep_alive: bool) -> Answer:
         conn, self._conn = self._conn, None
