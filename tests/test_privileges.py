@@ -207,7 +207,8 @@ def _check_dropped(proc: ServerProcess) -> None:
     state = os.path.join(proc.log_dir, "cosftp.pid.state")
     for index in (1, 2):
         # What a worker has open: its output, the logs it appends to, the shared state (and
-        # the quotas' usage table beside it) and its own metrics files (none of the master's, nor its pid or bans file).
+        # the quotas' usage table beside it) and its own metrics files (none of the
+        # master's, nor its pid or bans file).
         worker = children(proc.proc.pid)[f"worker {index}"]
         own = {name for name in open_files(worker.pid)
                if re.search(rf"/cosftp\.pid\.metrics/[a-z_]+_{worker.pid}\.db$", name)}
