@@ -229,7 +229,12 @@ def test_versioning_enabled_while_serving_is_undone_by_version(emulator, cos, tm
                        optional={"worker_processes": "1"}) as server:
         ftp = server.login("v", "v-pw")
         try:
-            put(ftp, f"{area}/first", b"1")  # reads the status: never enabled
+            # Its look-up held until its speculative PUT is in flight, so that this STOR
+            # reads the status (never enabled): look-ups that answer before the last byte
+            # store without speculating, and without reading it.
+            together(emulator, f"{area}/first", 2)
+            put(ftp, f"{area}/first", b"1")
+            met(emulator, 2)
             cos.put_bucket_versioning(Bucket=bucket, Status="Enabled")
             cos.put_object(Bucket=bucket, Key=f"{area}/f", Body=b"old")
             cos.put_object(Bucket=bucket, Key=f"{area}/f/x", Body=b"under it")
