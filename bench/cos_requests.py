@@ -44,11 +44,14 @@ STAMP = "20200102030405"
 
 
 def _rclone(ftp: ftplib.FTP, directory: str, temporary: bool) -> None:
-    """What ``rclone sync`` sends per file (one session here; rclone spreads them over its
-    connections): STOR, MFMT, MLST, and with its defaults under a temporary name, MLST of
-    the directory and RNFR/RNTO into place; MLST of the file at the end."""
+    """What ``rclone sync`` (v1.75) sends per file, in its order (one session here; rclone
+    may spread one file's commands over its connections): MLST of the directory (making
+    sure it exists), STOR, MFMT, MLST of the file; with its defaults, under a temporary
+    name, then MLST of the directory again (before the move), RNFR/RNTO into place and MLST
+    of the file's final name."""
     name = f"{directory}/f"
     upload = f"{name}.1a2b3c4d.partial" if temporary else name
+    ftp.sendcmd(f"MLST {directory}")
     _put(ftp, upload)
     ftp.sendcmd(f"MFMT {STAMP} {upload}")
     ftp.sendcmd(f"MLST {upload}")
@@ -57,6 +60,12 @@ def _rclone(ftp: ftplib.FTP, directory: str, temporary: bool) -> None:
         ftp.sendcmd(f"RNFR {upload}")
         ftp.sendcmd(f"RNTO {name}")
         ftp.sendcmd(f"MLST {name}")
+
+
+def _previous_file(ftp: ftplib.FTP, directory: str) -> None:
+    """The end of rclone's previous file in ``directory``: its MLST."""
+    _put(ftp, f"{directory}/e")
+    ftp.sendcmd(f"MLST {directory}/e")
 
 
 # name -> (set-up, the sequence measured); both get the session and a fresh directory's
@@ -80,10 +89,10 @@ SEQUENCES: dict[str, tuple[Callable[[ftplib.FTP, str], None],
     "STOR x.partial + RNFR/RNTO x (rclone, WinSCP)": (
         lambda ftp, d: ftp.mkd(d),
         lambda ftp, d: (_put(ftp, f"{d}/x.partial"), ftp.rename(f"{d}/x.partial", f"{d}/x"))),
-    "rclone sync, one file, --inplace: STOR, MFMT, MLST": (
-        lambda ftp, d: ftp.mkd(d), lambda ftp, d: _rclone(ftp, d, temporary=False)),
+    "rclone sync, one file, --inplace: MLST dir, STOR, MFMT, MLST": (
+        _previous_file, lambda ftp, d: _rclone(ftp, d, temporary=False)),
     "rclone sync, one file, defaults: + MLST dir, RNFR/RNTO, MLST": (
-        lambda ftp, d: ftp.mkd(d), lambda ftp, d: _rclone(ftp, d, temporary=True)),
+        _previous_file, lambda ftp, d: _rclone(ftp, d, temporary=True)),
     "STOR + MFMT over an existing file": (
         lambda ftp, d: _put(ftp, f"{d}/f"),
         lambda ftp, d: (_put(ftp, f"{d}/f"), ftp.sendcmd(f"MFMT 20200102030405 {d}/f"))),
@@ -125,6 +134,8 @@ def main(argv=None) -> int:
                         help="emulator latency per request, to count round trips by")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each sequence (the least time counts)")
+    parser.add_argument("--only", default="",
+                        help="only the sequences whose name holds this text")
     args = parser.parse_args(argv)
     emulator = EmulatorProcess(buckets=[BUCKET]).start()
     if args.server_tree:
@@ -137,6 +148,8 @@ def main(argv=None) -> int:
             _put(ftp, "warm-up")  # the worker asks the bucket's versioning status once
             print("| sequence | COS requests | round trips waited for |\n|---|---|---|")
             for number, (name, (setup, measured)) in enumerate(SEQUENCES.items()):
+                if args.only not in name:
+                    continue
                 waited = []
                 for run in range(args.repeat):
                     directory = f"/seq{number}-{run}"

@@ -182,3 +182,23 @@ def test_rnfr_rnto_of_a_file(alice, emulator, area):
                what="the source deleted after the reply")
     assert emulator.requests(contains=area) == {"LIST": 2, "HEAD": 1, "COPY": 1, "DELETE": 1}
     assert alice.nlst(area) == ["b", "c", "other"]
+
+
+def test_mlst_of_a_file_and_of_the_directory_rclone_asks_about(alice, emulator, area):
+    """rclone asks MLST of a file's directory before each upload and each move, right after
+    a command on a file in it: that name is listed first (one LIST, was a HEAD that found
+    nothing, then the LIST); a file's MLST is one HEAD, which carries its MFMT time."""
+    put(alice, f"{area}/sub/f", DATA)
+    alice.sendcmd(f"MFMT {STAMP} {area}/sub/f")
+    assert count(emulator, area, lambda: alice.sendcmd(f"MLST {area}/sub/f")) == {"HEAD": 1}
+    reply = []
+    assert count(emulator, area, lambda: reply.append(alice.sendcmd(f"MLST {area}/sub"))) \
+        == {"LIST": 1}
+    assert "type=dir;" in reply[0]
+    # Only the order is guessed: a file where the guess said directory gets its HEAD too
+    # (the MFMT time), a name that went away meanwhile 550.
+    with pytest.raises(ftplib.error_perm, match="550"):
+        alice.sendcmd(f"MLST {area}/sub/f/g")
+    assert count(emulator, area, lambda: reply.append(alice.sendcmd(f"MLST {area}/sub/f"))) \
+        == {"LIST": 1, "HEAD": 1}
+    assert f"modify={STAMP};" in reply[1] and "type=file;" in reply[1]

@@ -85,7 +85,7 @@ from ..paths import (
     object_key,
     parent_dir,
 )
-from .background import AfterReply
+from .background import ONE_NAME, AfterReply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -210,6 +210,9 @@ class CosFS(AbstractedFS):
         self._after_reply = AfterReply(functools.partial(ctx.engine.lookups.submit, self))
         # MFMT's listing of a file's markers, started before pyftpdlib's look-up of it.
         self._markers_listed: tuple[str, Optional[Future]] = ("", None)
+        # The directory of the path the previous command named, and of this command's: a
+        # guess of what MLST names next (see look_up_for_mlst), never an answer.
+        self._previous_directory = self._named_directory = ""
 
     @property
     def key_room(self) -> int:
@@ -240,8 +243,12 @@ class CosFS(AbstractedFS):
         self._scope = {}
         self._heads = {}
         self._markers_listed = ("", None)
-        self._after_reply.before(command, lambda: self.ftpnorm(
-            arg.partition(" ")[2] if command == "MFMT" else arg))
+        named = functools.partial(self.ftpnorm, arg.partition(" ")[2] if command == "MFMT"
+                                  else arg)
+        self._after_reply.before(command, named)
+        if command:
+            self._previous_directory = self._named_directory
+            self._named_directory = parent_dir(named()) if command in ONE_NAME else ""
 
     @_transient_escapes
     def lookup(self, path: str) -> Optional[Entry]:
@@ -268,6 +275,23 @@ class CosFS(AbstractedFS):
             return self.lookup(path)
         self._learn_file(path, info)
         return self._scope[path]
+
+    @_transient_escapes
+    def look_up_for_mlst(self, path: str) -> None:
+        """MLST: find what ``path`` is for :meth:`stat`, with the time MFMT set for a file.
+
+        A file needs a HEAD (its time is in its metadata), a directory one LIST (a HEAD
+        finds no object there). Which to ask first is guessed from the session's previous
+        command: rclone asks MLST of a file's directory before each upload and each move,
+        right after a command on a file in it; that name is listed first (one request, was a
+        HEAD and then the LIST), any other gets a HEAD first. Only the order is guessed:
+        the answer is what COS says now."""
+        if path == self._previous_directory:
+            entry = self.lookup(path)
+            if entry is None or entry.is_dir:
+                return
+            del self._scope[path]  # a file after all: its HEAD carries the MFMT time
+        self.lookup_file(path)
 
     def _learn_file(self, path: str, info: ObjectInfo) -> None:
         """Keep what a HEAD (or a copy that made ``info``) said, for this command only."""

@@ -862,9 +862,10 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         return super().ftp_MFMT(path, timeval)
 
     def ftp_MLST(self, path: str):
-        """MLST with the time MFMT set: a look-up alone cannot see it (one HEAD more)."""
+        """MLST with the time MFMT set (``CosFS.look_up_for_mlst``: a HEAD for a file, one
+        LIST for a directory); pyftpdlib's ``stat`` then answers from what it found."""
         with contextlib.suppress(OSError, FilesystemError):
-            self.run_as_current_user(self.fs.getmtime, path)
+            self.run_as_current_user(self.fs.look_up_for_mlst, path)
         return super().ftp_MLST(path)
 
     def ftp_SIZE(self, path: str) -> None:
