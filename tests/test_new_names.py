@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from cosftp_prefork.cos.uploads import KEPT_BODY
+
 from .conftest import ALPHA, _close
 from .server_proc import Account, ServerProcess
 from .test_commands import get, put
@@ -314,17 +316,25 @@ def test_the_sessions_next_listing_waits_for_the_old_name_to_go(alice, area, emu
     assert emulator.rendezvous()["broken"] == 1  # the DELETE was held while NLST waited
 
 
+@pytest.mark.parametrize("size, expected", [
+    # Its bytes kept: stored under the new name beside the HEAD that finds the source
+    # changed, then undone; one copy, the general way's.
+    (4, {"PUT": 1, "COPY": 1}),
+    # Too large to keep (KEPT_BODY): the copy pinned to the STOR's ETag fails (412).
+    (KEPT_BODY + 1, {"COPY": 2}),
+])
 def test_a_source_replaced_before_the_rename_is_renamed_as_it_is_now(alice, other, area, cos,
-                                                                    emulator):
-    """The copy is pinned to what the STOR stored: another session's version of the source
-    makes it fail (412) and the rename goes the general way, with what is there now."""
+                                                                    emulator, size, expected):
+    """Another session's version of the source: the rename goes the general way, with what
+    is there now."""
     alice.mkd(area)
-    put(alice, f"{area}/x.partial", b"mine")
+    put(alice, f"{area}/x.partial", b"m" * size)
     put(other, f"{area}/x.partial", b"the other session's")
     alice.sendcmd(f"RNFR {area}/x.partial")
     emulator.requests(reset=True)
     alice.sendcmd(f"RNTO {area}/x")
-    assert emulator.requests(contains=f"{area}/x")["COPY"] == 2  # the refused one, then
+    counts = emulator.requests(contains=f"{area}/x")
+    assert {kind: counts.get(kind, 0) for kind in expected} == expected, counts
     assert content(cos, f"{area}/x") == b"the other session's"
     assert not exists(cos, f"{area}/x.partial")
 
@@ -352,14 +362,96 @@ def test_a_rename_into_another_directory_keeps_the_one_it_left(alice, area, cos)
     assert alice.nlst() == []
 
 
-def test_a_rename_of_the_own_upload_onto_a_directory_is_refused(alice, area, cos):
-    """(Onto a file without delete permission: test_names' rename that must not overwrite,
+def test_a_rename_of_the_own_upload_onto_a_directory_is_refused(alice, area, cos, emulator):
+    """Its bytes were stored under the new name beside the look-ups (the rendezvous holds
+    them until all four are in flight); the refusal undoes that object before the 550.
+    (Onto a file without delete permission: test_names' rename that must not overwrite,
     which renames the session's own upload too.)"""
     alice.mkd(area)
     alice.mkd(f"{area}/dir")
     put(alice, f"{area}/x.partial", b"data")
     alice.sendcmd(f"RNFR {area}/x.partial")
+    emulator.requests(reset=True)
+    together(emulator, area, 4)
     with pytest.raises(ftplib.error_perm, match="550 Target is a directory"):
         alice.sendcmd(f"RNTO {area}/dir")
+    met(emulator, 4)
+    assert emulator.requests(contains=f"{area}/dir") == {"PUT": 1, "LIST": 1, "DELETE": 1}
+    assert not exists(cos, f"{area}/dir")
     assert content(cos, f"{area}/x.partial") == b"data"
+    assert alice.nlst(area) == ["dir", "x.partial"]
 
+
+def test_a_source_given_another_time_before_the_rename_keeps_that_time(alice, other, area):
+    """Another session's MFMT of the source after this session's: the same bytes, another
+    time. The HEAD beside the new name's PUT sees it; that object is undone and the rename
+    goes the general way, which carries the other session's time."""
+    alice.mkd(area)
+    put(alice, f"{area}/x.partial", b"mine")
+    alice.sendcmd(f"MFMT {STAMP} {area}/x.partial")
+    other.sendcmd(f"MFMT 20210102030405 {area}/x.partial")
+    alice.sendcmd(f"RNFR {area}/x.partial")
+    alice.sendcmd(f"RNTO {area}/x")
+    assert alice.sendcmd(f"MDTM {area}/x") == "213 20210102030405"
+    assert {name: facts["modify"] for name, facts in alice.mlsd(area, ["modify"])} == \
+        {"x": "20210102030405"}
+
+
+def test_another_writer_of_the_new_name_during_the_rename(alice, area, cos, emulator):
+    """Another tool stores the new name while the rename's PUT and look-ups are in flight,
+    all released at once, in any order: its object comes first (the rename's PUT is
+    refused, a copy replaces it) or last (it replaces the renamed one). Either way the
+    rename answers 250, the old name is gone and the new one holds one of the two: nothing
+    of the rename is undone, and no write is lost but by a later one."""
+    alice.mkd(area)
+    for attempt in range(3):
+        mine = b"mine %d" % attempt
+        put(alice, f"{area}/x.partial", mine)
+        alice.sendcmd(f"RNFR {area}/x.partial")
+        together(emulator, area, 5)  # the PUT, its look-ups and the other writer's PUT
+        with ThreadPoolExecutor(2) as pool:
+            renamed = pool.submit(alice.sendcmd, f"RNTO {area}/x")
+            pool.submit(cos.put_object, Bucket=ALPHA, Key=f"{area}/x", Body=b"theirs").result()
+            assert renamed.result().startswith("250")
+        assert emulator.rendezvous()["broken"] == 0
+        assert content(cos, f"{area}/x") in (mine, b"theirs")
+        assert alice.nlst(area) == ["x"]
+        cos.delete_object(Bucket=ALPHA, Key=f"{area}/x")
+
+
+def test_no_rename_stores_before_its_look_ups_where_cos_would_not_refuse_it(
+        versioned, strict, area, cos, emulator):
+    """A bucket that keeps versions (COS ignores x-cos-forbid-overwrite there: the PUT
+    could replace a file) and an account that needs existing directories rename their own
+    upload the copy way: look-ups first."""
+    for server, user in ((versioned[0], "v"), (strict, "strict")):
+        ftp = server.login(user, f"{user}-pw")
+        try:
+            ftp.mkd(area)
+            put(ftp, f"{area}/x.partial", b"data")
+            ftp.sendcmd(f"RNFR {area}/x.partial")
+            emulator.requests(reset=True)
+            ftp.sendcmd(f"RNTO {area}/x")
+            counts = emulator.requests(contains=area)
+            assert counts.get("COPY") == 1 and "PUT" not in counts, counts
+            assert ftp.nlst(area) == ["x"]
+        finally:
+            _close(ftp)
+
+
+
+def test_a_rename_whose_new_object_fails_its_crc64_check(alice, area, cos, emulator):
+    """The bytes stored again under the new name are checked as the STOR's were: COS
+    reporting another CRC64 for them answers 451, and neither the new object nor anything
+    of the old name is lost."""
+    alice.mkd(area)
+    put(alice, f"{area}/x.partial", b"data")
+    alice.sendcmd(f"RNFR {area}/x.partial")
+    emulator.set_faults(corrupt_crc=True)
+    try:
+        with pytest.raises(ftplib.error_temp, match="451"):
+            alice.sendcmd(f"RNTO {area}/x")
+    finally:
+        emulator.set_faults(corrupt_crc=False)
+    assert not exists(cos, f"{area}/x")
+    assert content(cos, f"{area}/x.partial") == b"data"

@@ -128,8 +128,8 @@ def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
     return the copy's ETag (see :func:`set_client_mtime`). The markers name the ETag the
     copy is expected to keep, the source's; should the copy answer another one, or take long
     enough that a marker may be more than ``MARKER_SLACK`` older than the copy, they are
-    written again after it. Raises ``StorageError`` (markers already written for a copy that
-    failed are deleted again)."""
+    written again after it. Raises what ``copy()`` raises, or ``StorageError`` (markers
+    already written for a copy that failed are deleted again)."""
     guessed = [marker for marker in (marker_key(target, stamp, source.etag) for stamp in stamps)
                if _fits(bucket, marker)]
     # A copy keeps the ETag of the bytes it copies in one piece; a multipart ETag ("-N") may
@@ -139,7 +139,7 @@ def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
     started = time.monotonic()
     try:
         etag = copy()
-    except StorageError:
+    except BaseException:
         for marker, work in zip(guessed, written):
             if work.exception() is None:
                 _forget_marker(bucket, marker)  # it names bytes that did not get the time

@@ -41,6 +41,17 @@ every rule:
   directory exists (a STOR into the same missing directory under a file, at the same
   moment, is then accepted). Accounts with ``require_existing_dir`` never speculate: a
   missing directory is their refusal, and a speculative object would make it exist.
+
+A rename right after the session's own STOR of a small file (rclone's ``x.partial``,
+WinSCP's ``.filepart``, within one directory) is the same race: a copy cannot go beside the
+look-ups of the new name (COS documents no ``x-cos-forbid-overwrite`` for PUT Object - Copy,
+and a copy onto a name found refused could not be undone without losing the file it
+replaced), but the file's bytes, kept since the STOR, can be PUT with the header
+(:func:`rename_checks`, :meth:`NameChecks.put_first`). A file at the new name refuses it
+(409: the rename then copies over that file, as before); an object it created is undone
+when the new name turns out to be a directory, or the source is not what the session
+stored any more (a HEAD beside: other bytes, another MFMT time, or gone), with the same
+one write at stake as above.
 """
 
 from __future__ import annotations
@@ -131,15 +142,27 @@ class NameChecks:
             like: Optional[ObjectInfo] = None) -> Completed:
         """Store ``body`` as ``key`` if the name may take it (see the module doc); raises
         ``NotStorable`` (nothing stored) or ``StorageError``."""
-        if self._allowed or self.settled() or not self._speculate or \
-                not may_speculate(bucket):
+        if self._allowed or self.settled() or not self.may_store_first(bucket):
             self.allow()
             return bucket.put(key, body, like)
         try:
-            created = bucket.put(key, body, like, if_absent=True)
+            return self.put_first(bucket, key, body, like)
         except AlreadyExists:  # a file has the name: an overwrite, if the look-ups allow it
             self.allow()
             return bucket.put(key, body, like)
+
+    def may_store_first(self, bucket: Bucket) -> bool:
+        """Whether :meth:`put_first` may be used: COS honours ``x-cos-forbid-overwrite``
+        in ``bucket``, and a speculative object cannot make a refusal wrong."""
+        return self._speculate and may_speculate(bucket)
+
+    def put_first(self, bucket: Bucket, key: str, body: bytes,
+                  like: Optional[ObjectInfo] = None) -> Completed:
+        """Store ``body`` as ``key`` now, beside the look-ups, unless an object has the name
+        (``AlreadyExists``: nothing stored); then wait for them, and undo the object if they
+        refuse the name (``NotStorable``) or fail (``StorageError``). Only where
+        :meth:`may_store_first`."""
+        created = bucket.put(key, body, like, if_absent=True)
         if created.version_id:
             log.warning("bucket %s keeps versions now: no more stores before the look-ups",
                         bucket.name)
@@ -203,6 +226,28 @@ def _run(lookup: Callable[[Callable[[], Any]], _InThread]) -> None:
     error = lookup(lambda: None).exception()
     if error is not None:
         raise error
+
+
+def rename_checks(engine: Engine, owner: Hashable, bucket: Bucket, source: ObjectInfo,
+                  target: str) -> NameChecks:
+    """Start the look-ups of a rename of ``source`` onto ``target`` in the same directory
+    (whose parent the source proves), where ``source`` is what this session's own STOR
+    (and MFMT) stored: is ``target`` a directory (blind to ``target`` itself), and is the
+    source still that object (a HEAD: ``StorageError`` ``ObjectChanged``, or ``NotFound``,
+    when another writer replaced, re-timed or deleted it since). Both at once; a PUT of the
+    source's bytes under the new name goes beside them (:meth:`NameChecks.put_first`),
+    where a copy would have to wait for them: see ``ftp.fs.CosFS._rename_by_put``."""
+    return NameChecks([engine.lookups.submit(owner, _run,
+                                             functools.partial(_NotADirectory, bucket, target)),
+                       engine.lookups.submit(owner, _unchanged, bucket, source)])
+
+
+def _unchanged(bucket: Bucket, source: ObjectInfo) -> None:
+    """Raise unless ``source.key`` still holds the bytes and MFMT time ``source`` says."""
+    now = bucket.head(source.key)
+    if (now.etag, now.client_mtime) != (source.etag, source.client_mtime):
+        raise StorageError(f"{source.key} was written since this session stored it",
+                           code="ObjectChanged")
 
 
 class _InThread:

@@ -35,7 +35,7 @@ import stat
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, TypeVar
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
@@ -66,13 +66,15 @@ from ..cos.mtimes import (
     markers_of,
     set_client_mtime,
 )
-from ..cos.naming import start_checks
+from ..cos.naming import may_speculate, rename_checks, start_checks
 from ..cos.quota import AccountQuota
 from ..cos.resume import ResumeStore
 from ..cos.uploads import AbortRetrier, SessionUploads, UploadSession
 from ..errors import (
+    AlreadyExists,
     InvalidPath,
     NotFound,
+    NotStorable,
     PermissionDenied,
     QuotaExceeded,
     StorageError,
@@ -165,6 +167,18 @@ def _file_entry(path: str, info: ObjectInfo) -> Entry:
                  info.client_mtime)
 
 
+@dataclass(frozen=True)
+class OwnUpload:
+    """What COS answered to this session's last STOR of ``path`` (and to its MFMT since):
+    the one fact a session goes by from one command to the next (see the module doc), with
+    the bytes of a small one (``cos.uploads.KEPT_BODY``), which a rename right after it
+    stores again under the new name (:meth:`CosFS._rename_by_put`)."""
+
+    path: str
+    info: ObjectInfo
+    body: Optional[bytes] = None
+
+
 class Unstorable(Exception):
     """A name COS cannot store, found out only while a command runs (the keys a directory
     rename would make): the handler answers 553, as for names refused up front."""
@@ -204,9 +218,8 @@ class CosFS(AbstractedFS):
             ctx.quota)
         self.quota = ctx.quota
         self._announced: Optional[int] = None  # ALLO: the size of the next upload
-        # The path and object of this session's last STOR (and of its MFMT), for an MFMT or
-        # a rename right after it.
-        self._own_upload: Optional[tuple[str, ObjectInfo]] = None
+        # This session's last STOR (and its MFMT), for an MFMT or a rename right after it.
+        self._own_upload: Optional[OwnUpload] = None
         self._after_reply = AfterReply(functools.partial(ctx.engine.lookups.submit, self))
         # MFMT's listing of a file's markers, started before pyftpdlib's look-up of it.
         self._markers_listed: tuple[str, Optional[Future]] = ("", None)
@@ -333,7 +346,7 @@ class CosFS(AbstractedFS):
         for path in paths:
             self._scope.pop(path, None)
             self._heads.pop(path, None)
-        if self._own_upload is not None and self._own_upload[0] in paths:
+        if self._own_upload is not None and self._own_upload.path in paths:
             self._own_upload = None
 
     def _check_parents(self, path: str) -> None:
@@ -589,7 +602,7 @@ class CosFS(AbstractedFS):
         directory (its old keys are deleted). Raises ``Refusal`` or ``OSError``.
         """
         own = self._own_upload
-        if own is not None and own[0] == src and self._rename_file(src, dst, own[1], own=True):
+        if own is not None and own.path == src and self._rename_file(src, dst, own.info, own):
             return
         side = self._ctx.engine.lookups.for_owner(self)
         src_key, dst_key = object_key(src), object_key(dst)
@@ -605,7 +618,8 @@ class CosFS(AbstractedFS):
             return
         self._rename_file(src, dst, source, looked_up=looked_up)
 
-    def _rename_file(self, src: str, dst: str, source: ObjectInfo, own: bool = False,
+    def _rename_file(self, src: str, dst: str, source: ObjectInfo,
+                     own: Optional[OwnUpload] = None,
                      looked_up: Optional[tuple[Future, Future]] = None) -> bool:
         """Rename the file ``source`` (as a HEAD, or this session's own STOR, found it): the
         new name is looked up (blind to the source's key: ``x.partial`` lists right after
@@ -616,16 +630,25 @@ class CosFS(AbstractedFS):
         With ``own`` (``source`` is what this session's last STOR stored: rclone's and
         WinSCP's temporary uploads), nothing asks about the source first; if anyone replaced
         or deleted it since, the pinned copy fails and False sends the rename the general
-        way. Otherwise a source replaced between the HEAD and the copy fails it (451)."""
+        way. A small one renamed within its directory goes in one round trip
+        (:meth:`_rename_by_put`) unless a file has the new name. Otherwise a source replaced
+        between the HEAD and the copy fails it (451)."""
         dst_key = object_key(dst)
         if dst_key == source.key:
             return True  # as rename(2) does; a copy onto itself, then a delete, would lose it
         side = self._ctx.engine.lookups.for_owner(self)
-        target, listed = looked_up or (
-            side.submit(name_kind, self._bucket, dst_key, source.key),
-            side.submit(self._reserved, [], markers_of, self._bucket, source.key))
+        listed = looked_up[1] if looked_up else \
+            side.submit(self._reserved, [], markers_of, self._bucket, source.key)
         moving = parent_dir(dst) != parent_dir(src)
-        self._check_rename_target(dst, target.result(), moving)
+        if own is not None and not moving and self._may_put_renamed(own):
+            try:
+                return self._rename_by_put(src, dst, own, listed)
+            except AlreadyExists:  # a file has the new name: a copy replaces it, as below
+                kind: Optional[str] = FILE
+        else:
+            kind = (looked_up[0] if looked_up else
+                    side.submit(name_kind, self._bucket, dst_key, source.key)).result()
+        self._check_rename_target(dst, kind, moving)
         markers = listed.result()
         counted = None if self.quota is None else self.quota.moving(source.key, dst_key,
                                                                      source.size)
@@ -654,6 +677,58 @@ class CosFS(AbstractedFS):
         self._forget(src, dst)
         self._after_reply.start(src, self._remove_renamed, src,
                                 [source.key, *(key for _, _, key in markers)], moving)
+        return True
+
+    def _may_put_renamed(self, own: OwnUpload) -> bool:
+        """Whether :meth:`_rename_by_put` may store before its look-ups answered: it has the
+        bytes, COS honours ``x-cos-forbid-overwrite`` in this bucket, and the account does
+        not need existing directories (see ``cos.naming``)."""
+        return own.body is not None and not self._ctx.account.require_existing_dir and \
+            may_speculate(self._bucket)
+
+    def _rename_by_put(self, src: str, dst: str, own: OwnUpload, listed: Future) -> bool:
+        """Rename this session's own small upload onto a new name in its directory in one
+        round trip (rclone's ``x.partial``, WinSCP's ``.filepart``): its bytes, kept since
+        the STOR, are stored under the new name with ``x-cos-forbid-overwrite`` (and its
+        MFMT marker, if any) beside the look-ups (``cos.naming.rename_checks``: is the new
+        name a directory; is the source still what the session stored), where a copy would
+        have to wait for them. The same bytes (Content-MD5, and the CRC64 COS reports is the
+        STOR's) and the same MFMT time make the same object.
+
+        ``AlreadyExists`` (nothing stored) when a file has the new name. The new object is
+        undone when the look-ups refuse the name (550) or fail (451), and when the source is
+        not what the session stored any more: False then sends the rename the general way
+        (what COS undoes is only what that PUT created, as for a STOR's: ``cos.naming``).
+        Attributes another tool gave the source since the STOR without writing other bytes
+        or another MFMT time are not carried, as a copy would."""
+        source = own.info
+        dst_key = object_key(dst)
+        checks = rename_checks(self._ctx.engine, self, self._bucket, source, dst_key)
+
+        def store() -> str:
+            created = checks.put_first(self._bucket, dst_key, own.body or b"", source)
+            if None not in (created.crc64, source.crc64) and created.crc64 != source.crc64:
+                self._bucket.delete(dst_key)
+                raise StorageError(f"integrity check failed for {dst}: CRC64 differs from "
+                                   f"{src}'s", code="CRC64Mismatch")
+            return created.etag
+        stamps = [source.client_mtime] if source.client_mtime is not None else []
+        try:
+            copy_beside_marker(self._bucket, source, dst_key, stamps,
+                               self._ctx.engine.lookups.for_owner(self), store)
+        except NotStorable:
+            raise Refusal(errno.EISDIR, "Target is a directory") from None
+        except StorageError as exc:
+            if isinstance(exc, AlreadyExists) or \
+                    (not isinstance(exc, NotFound) and exc.code != "ObjectChanged"):
+                raise
+            log.info("path=%s: changed since this session stored it (%s); renaming what is "
+                     "there now", src, exc.code)
+            self._forget(src)
+            return False
+        self._forget(src, dst)
+        self._after_reply.start(src, self._remove_renamed, src,
+                                [source.key, *(key for _, _, key in listed.result())], False)
         return True
 
     def _check_rename_target(self, dst: str, kind: Optional[str], moving: bool) -> None:
@@ -787,7 +862,7 @@ class CosFS(AbstractedFS):
         what COS answered if it was a STOR that committed."""
         self._forget(upload.name)
         if upload.stored is not None:
-            self._own_upload = (upload.name, upload.stored)
+            self._own_upload = OwnUpload(upload.name, upload.stored, upload.stored_body)
 
     def mkstemp(self, suffix="", prefix="", dir=None, mode="wb"):
         raise Refusal(errno.EOPNOTSUPP, "STOU is not supported")
@@ -802,8 +877,8 @@ class CosFS(AbstractedFS):
         answered to that STOR as this command's look-up (pyftpdlib's ``isfile`` or
         ``lexists`` then asks nothing); :meth:`utime` and :meth:`rename` pin their copy to
         it and ask COS anew if the file changed."""
-        if self._own_upload is not None and self._own_upload[0] == path:
-            self._scope[path] = _file_entry(path, self._own_upload[1])
+        if self._own_upload is not None and self._own_upload.path == path:
+            self._scope[path] = _file_entry(path, self._own_upload.info)
 
     def begin_mfmt(self, path: str) -> None:
         """MFMT of ``path``: the session's own upload (see :meth:`expect_own_upload`), or
@@ -846,10 +921,10 @@ class CosFS(AbstractedFS):
         same bytes would compete with the first: the general path lists and deletes it),
         or the file changed since (the general path then)."""
         own, self._own_upload = self._own_upload, None
-        if own is None or own[0] != path or own[1].client_mtime is not None:
+        if own is None or own.path != path or own.info.client_mtime is not None:
             return None
         try:
-            info = set_client_mtime(self._bucket, own[1], timeval, self._ctx.transfer,
+            info = set_client_mtime(self._bucket, own.info, timeval, self._ctx.transfer,
                                     self._ctx.engine.copier(),
                                     self._ctx.engine.lookups.for_owner(self), own_upload=True)
         except StorageError as exc:
@@ -859,7 +934,8 @@ class CosFS(AbstractedFS):
                      "what is there now", path, exc.code)
             self._forget(path)
             return None
-        self._own_upload = (path, info)  # what the copy made: a rename may follow
+        # What the copy made (the same bytes): a rename may follow.
+        self._own_upload = replace(own, info=info)
         return info
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
