@@ -299,3 +299,18 @@ def test_parts_retried_after_503s_are_sent_whole(emu, bucket):
         emu.app.faults.update({"error_rate": 0.0})
         serial.shutdown()
     assert bucket.read_small("retried.bin", len(data)) == data
+
+
+def test_kept_bodies_are_bounded_and_given_back_when_dropped():
+    """The bytes kept for a rename right after a STOR: a file is kept only while it fits in
+    the worker's limit, and counts until the last reference to it is gone."""
+    kept = Engine(memory_limit=8 * 1024, part_threads=1, copy_threads=1).kept
+    assert kept.limit == 1024
+    first = kept.keep(b"a" * 600)
+    assert first is not None and first.body == b"a" * 600 and kept.in_use == 600
+    assert kept.keep(b"b" * 600) is None  # would pass the limit: not kept
+    second = kept.keep(b"c" * 424)
+    assert second is not None and kept.in_use == 1024
+    del first
+    assert kept.in_use == 424
+    assert kept.keep(b"d" * 600) is not None  # dropped at once: its room is free again

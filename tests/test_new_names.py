@@ -12,8 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cosftp_prefork.cos.uploads import KEPT_BODY
-
 from .conftest import ALPHA, _close
 from .server_proc import Account, ServerProcess
 from .test_commands import get, put
@@ -320,8 +318,9 @@ def test_the_sessions_next_listing_waits_for_the_old_name_to_go(alice, area, emu
     # Its bytes kept: stored under the new name beside the HEAD that finds the source
     # changed, then undone; one copy, the general way's.
     (4, {"PUT": 1, "COPY": 1}),
-    # Too large to keep (KEPT_BODY): the copy pinned to the STOR's ETag fails (412).
-    (KEPT_BODY + 1, {"COPY": 2}),
+    # Stored in parts (its bytes are not kept): the copy pinned to the STOR's ETag fails
+    # (412).
+    (PART + 1, {"COPY": 2}),
 ])
 def test_a_source_replaced_before_the_rename_is_renamed_as_it_is_now(alice, other, area, cos,
                                                                     emulator, size, expected):

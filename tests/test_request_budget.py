@@ -149,26 +149,27 @@ def test_dele(alice, emulator, area):
         {"LIST": 2, "DELETE": 1}
 
 
-@pytest.mark.parametrize("existing, mfmt, parties, expected", [
+@pytest.mark.parametrize("existing, mfmt, size, parties, expected", [
     # A new name: the bytes the STOR kept are stored under it (x-cos-forbid-overwrite)
     # beside the look-ups (is it a directory; is the source still what the STOR stored, a
     # HEAD; the listing of the source's MFMT markers, deleted with it after the reply): one
     # round trip (was two: the look-ups, then the copy).
-    (False, False, 4, {"PUT": 1, "LIST": 2, "HEAD": 1}),
-    (False, True, 5, {"PUT": 2, "LIST": 2, "HEAD": 1}),  # and the new name's MFMT marker
+    (False, False, len(DATA), 4, {"PUT": 1, "LIST": 2, "HEAD": 1}),
+    (False, True, len(DATA), 5, {"PUT": 2, "LIST": 2, "HEAD": 1}),  # and its MFMT marker
+    (False, False, 200_000, 4, {"PUT": 1, "LIST": 2, "HEAD": 1}),  # WinSCP's: over 100 KB
     # A file has the new name: COS refuses that PUT (409), and a copy pinned to the STOR's
     # ETag replaces the file: two round trips, as before.
-    (True, False, 4, {"PUT": 1, "LIST": 2, "HEAD": 1, "COPY": 1}),
+    (True, False, len(DATA), 4, {"PUT": 1, "LIST": 2, "HEAD": 1, "COPY": 1}),
 ])
-def test_rename_of_the_sessions_own_upload(alice, emulator, area, existing, mfmt, parties,
-                                           expected):
+def test_rename_of_the_sessions_own_upload(alice, emulator, area, existing, mfmt, size,
+                                           parties, expected):
     """rclone's and WinSCP's temporary uploads (``x.partial`` -> ``x``): RNFR asks COS
     nothing; RNTO as above; the source is deleted after the reply (was 4 LISTs, HEAD,
     COPY, DELETE in sequence)."""
     alice.mkd(area)
     if existing:
         put(alice, f"{area}/x", DATA)
-    put(alice, f"{area}/x.1a2b.partial", DATA)
+    put(alice, f"{area}/x.1a2b.partial", b"r" * size)
     if mfmt:
         alice.sendcmd(f"MFMT {STAMP} {area}/x.1a2b.partial")
     assert count(emulator, area, lambda: alice.sendcmd(

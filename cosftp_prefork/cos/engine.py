@@ -17,6 +17,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Future
@@ -99,6 +100,47 @@ class TransferBudget:
             self._free -= claim.size
             claim.granted_at = time.monotonic()
             claim._granted.set()
+
+
+class Kept:
+    """The bytes of one new small file, kept after its STOR (see :class:`KeptBodies`)."""
+
+    __slots__ = ("__weakref__", "body")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+class KeptBodies:
+    """The bytes of new small files a worker keeps after their STOR, so that a rename right
+    after it can store them under the new name (``ftp.fs.CosFS._rename_by_put``): at most
+    ``limit`` in all, on top of the part buffers' budget, so that no upload ever waits for
+    them. A file is kept only if it fits now; its bytes count until the last reference to
+    what :meth:`keep` returned is gone (the session's next upload or rename, or its end)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        with self._lock:
+            return self._used
+
+    def keep(self, body: bytes) -> Optional[Kept]:
+        """``body`` held as a :class:`Kept`, or None if it does not fit now."""
+        with self._lock:
+            if self._used + len(body) > self.limit:
+                return None
+            self._used += len(body)
+        kept = Kept(body)
+        weakref.finalize(kept, self._give_back, len(body))
+        return kept
+
+    def _give_back(self, size: int) -> None:
+        with self._lock:
+            self._used -= size
 
 
 @dataclass(frozen=True)
@@ -282,7 +324,8 @@ class OwnerExecutor:
 
 
 class Engine:
-    """What a worker's uploads and copies share: the budget and the pools.
+    """What a worker's uploads and copies share: the budget and the pools, and the bytes of
+    new small files kept for a rename right after their STOR (an eighth of the budget more).
 
     ``lookups`` serves the short requests a command sends beside its main one (a new file's
     look-ups while its bytes arrive when ``lookup_slots`` are all taken, MFMT's marker
@@ -293,6 +336,7 @@ class Engine:
 
     def __init__(self, memory_limit: int, part_threads: int, copy_threads: int) -> None:
         self.budget = TransferBudget(memory_limit)
+        self.kept = KeptBodies(memory_limit // 8)
         self.parts = FairPool(part_threads, "cos-part")
         # Half the copy threads at most for one rename: a second one starts at once.
         self.copies = FairPool(copy_threads, "cos-copy", per_owner=max(1, copy_threads // 2))

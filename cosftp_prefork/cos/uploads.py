@@ -62,7 +62,7 @@ from ..errors import (
 )
 from .bucket import Bucket, Completed, ObjectInfo, PartInfo
 from .checksum import Crc64, crc64_combine
-from .engine import Claim, Engine, PartPlan
+from .engine import Claim, Engine, Kept, PartPlan
 from .intents import Announcement, announce
 from .listing import Entry
 from .naming import NameChecks
@@ -75,11 +75,6 @@ log = logging.getLogger(__name__)
 MAX_COPY_PART = 5 * 1024 ** 3  # COS's largest part
 CLIENT_GONE_GRACE = 0.05  # seconds; see UploadSession._finish_multipart
 WAIT_SLICE = 0.05  # seconds between checks while write() waits for a buffer
-# The largest new file whose bytes a STOR keeps after its commit (``stored_body``), so that
-# a rename right after it (rclone's x.partial, WinSCP's .filepart) can store them under the
-# new name beside its look-ups: one round trip instead of a copy after them. At most this
-# much per session, until its next upload or rename.
-KEPT_BODY = 64 * 1024
 
 
 class UploadState(enum.Enum):
@@ -404,7 +399,7 @@ class UploadSession:
         # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
         self.stored: Optional[ObjectInfo] = None
-        self.stored_body: Optional[bytes] = None  # a small one's bytes, see KEPT_BODY
+        self.stored_body: Optional[Kept] = None  # a single PUT's bytes, see KeptBodies
         self._discard = False  # the client gave up on it (ABOR, oversized): never park
         plan = PartPlan.for_upload(transfer.min_part_size, transfer.single_file_max_size,
                                    transfer.max_part_size, announced)
@@ -525,8 +520,9 @@ class UploadSession:
         A STOR that commits sets :attr:`stored` from COS's answer: the key, size and ETag of
         the new object, and the attributes the upload gave it (none: COS's defaults), all
         that a copy of it must keep (see ``mtimes.set_client_mtime``). Its time is not
-        known (COS answers a PUT with none): ``mtime`` is 0. A small one keeps its bytes in
-        :attr:`stored_body` (see ``KEPT_BODY``).
+        known (COS answers a PUT with none): ``mtime`` is 0. One stored with a single PUT
+        keeps its bytes in :attr:`stored_body` where the worker's
+        :class:`.engine.KeptBodies` has room: a rename right after it stores them again.
         """
         self._check_open()
         self._move(UploadState.COMMITTING)
@@ -543,7 +539,7 @@ class UploadSession:
                 else:
                     reported = self._checks.put(self._bucket, self._key, body, self._like)
                 self._parts.drop_buffer()
-                kept = body if len(body) <= KEPT_BODY else None
+                kept = self._engine.kept.keep(body) if self._from_nothing else None
             else:
                 reported = self._finish_multipart(still_wanted)
                 sent, kept = self._parts.crc_through(self._parts.next_part - 1), None

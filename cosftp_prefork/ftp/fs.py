@@ -45,7 +45,7 @@ from ..cos.bucket import Bucket, ObjectInfo
 from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
 from ..cos.digests import digest
 from ..cos.downloads import RangedReader, open_download
-from ..cos.engine import Engine
+from ..cos.engine import Engine, Kept
 from ..cos.intents import announced
 from ..cos.listing import (
     DIRECTORY,
@@ -171,12 +171,13 @@ def _file_entry(path: str, info: ObjectInfo) -> Entry:
 class OwnUpload:
     """What COS answered to this session's last STOR of ``path`` (and to its MFMT since):
     the one fact a session goes by from one command to the next (see the module doc), with
-    the bytes of a small one (``cos.uploads.KEPT_BODY``), which a rename right after it
-    stores again under the new name (:meth:`CosFS._rename_by_put`)."""
+    the bytes of a single PUT where the worker keeps them (``cos.engine.KeptBodies``),
+    which a rename right after it stores again under the new name
+    (:meth:`CosFS._rename_by_put`)."""
 
     path: str
     info: ObjectInfo
-    body: Optional[bytes] = None
+    kept: Optional[Kept] = None
 
 
 class Unstorable(Exception):
@@ -683,17 +684,18 @@ class CosFS(AbstractedFS):
         """Whether :meth:`_rename_by_put` may store before its look-ups answered: it has the
         bytes, COS honours ``x-cos-forbid-overwrite`` in this bucket, and the account does
         not need existing directories (see ``cos.naming``)."""
-        return own.body is not None and not self._ctx.account.require_existing_dir and \
+        return own.kept is not None and not self._ctx.account.require_existing_dir and \
             may_speculate(self._bucket)
 
     def _rename_by_put(self, src: str, dst: str, own: OwnUpload, listed: Future) -> bool:
         """Rename this session's own small upload onto a new name in its directory in one
         round trip (rclone's ``x.partial``, WinSCP's ``.filepart``): its bytes, kept since
-        the STOR, are stored under the new name with ``x-cos-forbid-overwrite`` (and its
-        MFMT marker, if any) beside the look-ups (``cos.naming.rename_checks``: is the new
-        name a directory; is the source still what the session stored), where a copy would
-        have to wait for them. The same bytes (Content-MD5, and the CRC64 COS reports is the
-        STOR's) and the same MFMT time make the same object.
+        the STOR (``own.kept``), are stored under the new name with
+        ``x-cos-forbid-overwrite`` (and its MFMT marker, if any) beside the look-ups
+        (``cos.naming.rename_checks``: is the new name a directory; is the source still
+        what the session stored), where a copy would have to wait for them. The same bytes
+        (Content-MD5, and the CRC64 COS reports is the STOR's) and the same MFMT time make
+        the same object.
 
         ``AlreadyExists`` (nothing stored) when a file has the new name. The new object is
         undone when the look-ups refuse the name (550) or fail (451), and when the source is
@@ -701,12 +703,12 @@ class CosFS(AbstractedFS):
         (what COS undoes is only what that PUT created, as for a STOR's: ``cos.naming``).
         Attributes another tool gave the source since the STOR without writing other bytes
         or another MFMT time are not carried, as a copy would."""
-        source = own.info
+        source, body = own.info, own.kept.body if own.kept is not None else b""
         dst_key = object_key(dst)
         checks = rename_checks(self._ctx.engine, self, self._bucket, source, dst_key)
 
         def store() -> str:
-            created = checks.put_first(self._bucket, dst_key, own.body or b"", source)
+            created = checks.put_first(self._bucket, dst_key, body, source)
             if None not in (created.crc64, source.crc64) and created.crc64 != source.crc64:
                 self._bucket.delete(dst_key)
                 raise StorageError(f"integrity check failed for {dst}: CRC64 differs from "
