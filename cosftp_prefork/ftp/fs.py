@@ -631,7 +631,7 @@ class CosFS(AbstractedFS):
         With ``own`` (``source`` is what this session's last STOR stored: rclone's and
         WinSCP's temporary uploads), nothing asks about the source first; if anyone replaced
         or deleted it since, the pinned copy fails and False sends the rename the general
-        way. A small one renamed within its directory goes in one round trip
+        way. One stored in one PUT, renamed within its directory, goes in one round trip
         (:meth:`_rename_by_put`) unless a file has the new name. Otherwise a source replaced
         between the HEAD and the copy fails it (451)."""
         dst_key = object_key(dst)
@@ -651,33 +651,43 @@ class CosFS(AbstractedFS):
                     side.submit(name_kind, self._bucket, dst_key, source.key)).result()
         self._check_rename_target(dst, kind, moving)
         markers = listed.result()
-        counted = None if self.quota is None else self.quota.moving(source.key, dst_key,
+        return self._renamed(src, dst, source, lambda: copy_beside_marker(
+            self._bucket, source, dst_key,
+            [stamp for stamp, etag, _ in markers if etag == source.etag], side,
+            lambda: copy_object(self._bucket, source, dst_key, self._ctx.transfer,
+                                self._ctx.engine.copier(), pinned=True)),
+            lambda: markers, moving, own is not None)
+
+    def _renamed(self, src: str, dst: str, source: ObjectInfo, write: Callable[[], object],
+                 markers: Callable[[], list[tuple[float, str, str]]], moving: bool,
+                 own: bool) -> bool:
+        """Make the new name's object with ``write()``; then forget both names, and delete
+        the source and its ``markers()`` after the reply. With ``own``, a source replaced or
+        deleted since this session's STOR makes it False (the rename goes the general
+        way); other failures raise. A quota over a home the file enters or leaves counts it
+        once the write is done (``QuotaExceeded`` first if one has no room)."""
+        counted = None if self.quota is None else self.quota.moving(source.key,
+                                                                     object_key(dst),
                                                                      source.size)
         try:
-            copy_beside_marker(self._bucket, source, dst_key,
-                               [stamp for stamp, etag, _ in markers if etag == source.etag],
-                               side, lambda: copy_object(self._bucket, source, dst_key,
-                                                         self._ctx.transfer,
-                                                         self._ctx.engine.copier(),
-                                                         pinned=True))
-        except StorageError as exc:
+            write()
+        except BaseException as exc:
             if counted is not None:
                 counted(False)
-            if not own or (not isinstance(exc, NotFound) and exc.code != "ObjectChanged"):
+            changed = isinstance(exc, NotFound) or (
+                isinstance(exc, StorageError) and not isinstance(exc, AlreadyExists) and
+                exc.code == "ObjectChanged")
+            if not own or not changed:
                 raise
             log.info("path=%s: changed since this session stored it (%s); renaming what is "
                      "there now", src, exc.code)
             self._forget(src)
             return False
-        except BaseException:
-            if counted is not None:
-                counted(False)
-            raise
         if counted is not None:
             counted(True)
         self._forget(src, dst)
         self._after_reply.start(src, self._remove_renamed, src,
-                                [source.key, *(key for _, _, key in markers)], moving)
+                                [source.key, *(key for _, _, key in markers())], moving)
         return True
 
     def _may_put_renamed(self, own: OwnUpload) -> bool:
@@ -716,22 +726,11 @@ class CosFS(AbstractedFS):
             return created.etag
         stamps = [source.client_mtime] if source.client_mtime is not None else []
         try:
-            copy_beside_marker(self._bucket, source, dst_key, stamps,
-                               self._ctx.engine.lookups.for_owner(self), store)
+            return self._renamed(src, dst, source, lambda: copy_beside_marker(
+                self._bucket, source, dst_key, stamps, self._ctx.engine.lookups.for_owner(self),
+                store), listed.result, False, True)
         except NotStorable:
             raise Refusal(errno.EISDIR, "Target is a directory") from None
-        except StorageError as exc:
-            if isinstance(exc, AlreadyExists) or \
-                    (not isinstance(exc, NotFound) and exc.code != "ObjectChanged"):
-                raise
-            log.info("path=%s: changed since this session stored it (%s); renaming what is "
-                     "there now", src, exc.code)
-            self._forget(src)
-            return False
-        self._forget(src, dst)
-        self._after_reply.start(src, self._remove_renamed, src,
-                                [source.key, *(key for _, _, key in listed.result())], False)
-        return True
 
     def _check_rename_target(self, dst: str, kind: Optional[str], moving: bool) -> None:
         """Refuse a file rename onto a directory, or onto a file without ``delete_enable``;
