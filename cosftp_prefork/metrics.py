@@ -47,6 +47,10 @@ UPLOAD_BUFFERS = Gauge("cosftp_upload_buffer_bytes", "Bytes of the upload memory
                        registry=None, multiprocess_mode="livesum")
 UPLOAD_BUFFER_LIMIT = Gauge("cosftp_upload_buffer_limit_bytes", "The upload memory budget, "
                             "summed over workers", registry=None, multiprocess_mode="livesum")
+KEPT_UPLOADS = Gauge("cosftp_kept_upload_bytes", "Bytes of new files stored in one PUT that "
+                     "sessions keep for a rename right after the STOR (at most an eighth of "
+                     "upload_memory_limit per worker), summed over workers", registry=None,
+                     multiprocess_mode="livesum")
 # How a password check got its turn (max_password_checks at once per worker).
 CHECK_AT_ONCE, CHECK_WAITED, CHECK_TIMED_OUT = "at_once", "waited", "timed_out"
 PASSWORD_CHECKS = Counter("cosftp_password_checks", "Password checks (scrypt) by how they got "

@@ -303,7 +303,8 @@ def test_parts_retried_after_503s_are_sent_whole(emu, bucket):
 
 def test_kept_bodies_are_bounded_and_given_back_when_dropped():
     """The bytes kept for a rename right after a STOR: a file is kept only while it fits in
-    the worker's limit, and counts until the last reference to it is gone."""
+    the worker's limit, and counts until it is released or the last reference to it is
+    gone, whichever comes first."""
     kept = Engine(memory_limit=8 * 1024, part_threads=1, copy_threads=1).kept
     assert kept.limit == 1024
     first = kept.keep(b"a" * 600)
@@ -314,3 +315,8 @@ def test_kept_bodies_are_bounded_and_given_back_when_dropped():
     del first
     assert kept.in_use == 424
     assert kept.keep(b"d" * 600) is not None  # dropped at once: its room is free again
+    second.release()  # given back while something still refers to it
+    assert kept.in_use == 0 and second.body == b""
+    second.release()
+    del second
+    assert kept.in_use == 0  # once only

@@ -122,14 +122,36 @@ def test_metrics_move_during_a_transfer(ops, area):
     _close(ftp)
 
 
+def test_kept_upload_bytes_go_back_with_the_next_rename_or_the_session(ops, area):
+    """A file stored in one PUT keeps its bytes in its session for a rename right after it
+    (rclone's ``.partial``): until that rename, the session's next upload, a new login, or
+    its end."""
+    kept = "cosftp_kept_upload_bytes"
+    before = value(scrape(ops), kept)
+    ftp = ops.login("alice", "alice-pw")
+    put(ftp, f"{area}/a.partial", b"k" * 5000)
+    assert value(scrape(ops), kept) == before + 5000
+    ftp.rename(f"{area}/a.partial", f"{area}/a")
+    assert value(scrape(ops), kept) == before
+    for end in (lambda: ftp.sendcmd("REIN"), ftp.quit):
+        put(ftp, f"{area}/b", b"k" * 3000)
+        put(ftp, f"{area}/c", b"k" * 2000)  # the next upload takes the place of the last
+        assert value(scrape(ops), kept) == before + 2000
+        end()
+        wait_until(lambda: value(scrape(ops), kept) == before, what="the kept bytes back")
+        if end != ftp.quit:
+            ftp.login("alice", "alice-pw")
+
+
 def test_metrics_count_failures_retries_parks_and_resumes(ops, area, emulator):
     before = scrape(ops)
     with pytest.raises(ftplib.error_perm, match="530"):
         ops.login("alice", "wrong")
     ftp = ops.login("alice", "alice-pw")
     ftp.voidcmd("TYPE I")
+    # Into another directory: a copy, also right after the session's own STOR of the file.
     rename_whose_copy_fails(ftp, emulator, f"{area}/doomed", f"{area}/doomed",
-                            f"{area}/renamed")
+                            f"{area}/elsewhere/renamed")
     data = os.urandom(2 * MIB + 7)
     conn = ftp.transfercmd(f"STOR {area}/parked")
     conn.sendall(data[:MIB + MIB // 2])

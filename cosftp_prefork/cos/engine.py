@@ -105,18 +105,26 @@ class TransferBudget:
 class Kept:
     """The bytes of one new small file, kept after its STOR (see :class:`KeptBodies`)."""
 
-    __slots__ = ("__weakref__", "body")
+    __slots__ = ("__weakref__", "_release", "body")
 
     def __init__(self, body: bytes) -> None:
         self.body = body
+        self._release: Callable[[], Any] = lambda: None
+
+    def release(self) -> None:
+        """Give the bytes back to the worker now (at most once): :attr:`body` is empty
+        afterwards, whatever still refers to this object."""
+        self.body = b""
+        self._release()
 
 
 class KeptBodies:
     """The bytes of new small files a worker keeps after their STOR, so that a rename right
     after it can store them under the new name (``ftp.fs.CosFS._rename_by_put``): at most
     ``limit`` in all, on top of the part buffers' budget, so that no upload ever waits for
-    them. A file is kept only if it fits now; its bytes count until the last reference to
-    what :meth:`keep` returned is gone (the session's next upload or rename, or its end)."""
+    them. A file is kept only if it fits now; its bytes count until :meth:`Kept.release`
+    (the session's next upload or rename, or its end) or, failing that, until the last
+    reference to what :meth:`keep` returned is gone."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -134,13 +142,15 @@ class KeptBodies:
             if self._used + len(body) > self.limit:
                 return None
             self._used += len(body)
+            metrics.KEPT_UPLOADS.set(self._used)
         kept = Kept(body)
-        weakref.finalize(kept, self._give_back, len(body))
+        kept._release = weakref.finalize(kept, self._give_back, len(body))
         return kept
 
     def _give_back(self, size: int) -> None:
         with self._lock:
             self._used -= size
+            metrics.KEPT_UPLOADS.set(self._used)
 
 
 @dataclass(frozen=True)

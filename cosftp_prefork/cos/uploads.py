@@ -539,10 +539,11 @@ class UploadSession:
                 else:
                     reported = self._checks.put(self._bucket, self._key, body, self._like)
                 self._parts.drop_buffer()
-                kept = self._engine.kept.keep(body) if self._from_nothing else None
+                if self._from_nothing:  # an attribute, not a local: see KeptBodies
+                    self.stored_body = self._engine.kept.keep(body)
             else:
                 reported = self._finish_multipart(still_wanted)
-                sent, kept = self._parts.crc_through(self._parts.next_part - 1), None
+                sent = self._parts.crc_through(self._parts.next_part - 1)
         except UploadInterrupted:
             self._move(UploadState.STREAMING)
             raise
@@ -555,7 +556,6 @@ class UploadSession:
         if self._from_nothing and reported.etag:  # no ETag: nothing to pin a copy to
             self.stored = ObjectInfo(self._key, self._parts.size, 0.0, reported.etag,
                                      reported.crc64)
-            self.stored_body = kept
         log.info("path=%s: stored %d bytes", self.name, self._parts.size)
 
     def _verify(self, sent: Optional[int], reported: Optional[int]) -> None:

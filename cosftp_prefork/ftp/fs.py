@@ -220,7 +220,7 @@ class CosFS(AbstractedFS):
         self.quota = ctx.quota
         self._announced: Optional[int] = None  # ALLO: the size of the next upload
         # This session's last STOR (and its MFMT), for an MFMT or a rename right after it.
-        self._own_upload: Optional[OwnUpload] = None
+        self._own: Optional[OwnUpload] = None
         self._after_reply = AfterReply(functools.partial(ctx.engine.lookups.submit, self))
         # MFMT's listing of a file's markers, started before pyftpdlib's look-up of it.
         self._markers_listed: tuple[str, Optional[Future]] = ("", None)
@@ -233,6 +233,19 @@ class CosFS(AbstractedFS):
         """The bytes a key of this account may have (less than COS's limit under a
         ``cos_prefix``)."""
         return self._bucket.key_room
+
+    @property
+    def _own_upload(self) -> Optional[OwnUpload]:
+        return self._own
+
+    @_own_upload.setter
+    def _own_upload(self, own: Optional[OwnUpload]) -> None:
+        """The bytes the last one kept go back to the worker as soon as this session lets
+        go of them (a frame that an exception keeps alive may still refer to them)."""
+        last, self._own = self._own, own
+        if last is not None and last.kept is not None and \
+                (own is None or own.kept is not last.kept):
+            last.kept.release()
 
     # --- path conversion: the FTP path is the "real" path
 
@@ -860,10 +873,14 @@ class CosFS(AbstractedFS):
 
     def upload_finished(self, upload: UploadSession) -> None:
         """Drop cached facts about the file of ``upload`` after it ended (either way); keep
-        what COS answered if it was a STOR that committed."""
+        what COS answered if it was a STOR that committed, and take its kept bytes (the
+        upload object may outlive this session's interest in them)."""
         self._forget(upload.name)
+        kept, upload.stored_body = upload.stored_body, None
         if upload.stored is not None:
-            self._own_upload = OwnUpload(upload.name, upload.stored, upload.stored_body)
+            self._own_upload = OwnUpload(upload.name, upload.stored, kept)
+        elif kept is not None:
+            kept.release()
 
     def mkstemp(self, suffix="", prefix="", dir=None, mode="wb"):
         raise Refusal(errno.EOPNOTSUPP, "STOU is not supported")
@@ -872,6 +889,11 @@ class CosFS(AbstractedFS):
         """SITE CHMOD: accepted and ignored, as object storage keeps no modes (``lftp
         mirror -R`` sends one per file and fails the run on an error); ENOENT if missing."""
         self._require(path)
+
+    def end(self) -> None:
+        """The session ends, or logs in anew: its last upload's bytes, kept for a rename
+        right after it, go back to the worker now (``cos.engine.KeptBodies``)."""
+        self._own_upload = None
 
     def expect_own_upload(self, path: str) -> None:
         """MFMT or RNFR of ``path``: if this session's last STOR made it, take what COS
@@ -921,14 +943,16 @@ class CosFS(AbstractedFS):
         if that STOR was of another path, was given a time already (a second marker of the
         same bytes would compete with the first: the general path lists and deletes it),
         or the file changed since (the general path then)."""
-        own, self._own_upload = self._own_upload, None
+        own = self._own_upload
         if own is None or own.path != path or own.info.client_mtime is not None:
+            self._own_upload = None
             return None
         try:
             info = set_client_mtime(self._bucket, own.info, timeval, self._ctx.transfer,
                                     self._ctx.engine.copier(),
                                     self._ctx.engine.lookups.for_owner(self), own_upload=True)
         except StorageError as exc:
+            self._own_upload = None
             if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":
                 raise
             log.info("path=%s: changed since this session stored it (%s); MFMT asks COS "

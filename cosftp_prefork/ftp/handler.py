@@ -448,11 +448,14 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def close(self) -> None:
         """End the session; an upload still waiting for its data connection is given up
-        like on ABOR (pyftpdlib would close it as broken and park what it copied)."""
+        like on ABOR (pyftpdlib would close it as broken and park what it copied), and the
+        bytes its filesystem keeps go back to the worker at once (``CosFS.end``)."""
         if not compat.is_closed(self):
             self._drop_queued_upload()
             if self.stats.stopping.is_set() and not compat.is_closing(self):
                 self._say_goodbye()
+            if self.fs is not None:
+                self.fs.end()
         super().close()
 
     def _say_goodbye(self) -> None:
@@ -809,9 +812,12 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def flush_account(self) -> None:
         """REIN and a new USER: also give up an upload still waiting for its data
-        connection, and an account the auth hook gave."""
+        connection, an account the auth hook gave, and what the old login's filesystem
+        keeps (``CosFS.end``)."""
         self._drop_queued_upload()
         vars(self).pop("authorizer", None)
+        if self.fs is not None:
+            self.fs.end()
         super().flush_account()
 
     def _drop_queued_upload(self) -> None:
