@@ -182,6 +182,30 @@ def test_mfmt_right_after_the_sessions_own_stor_is_one_pinned_copy(server, alice
     assert len(markers(cos, area)) == 1
 
 
+def test_mfmt_answers_once_cos_holds_the_time_another_session_reads_it_at_once(
+        server, alice, area, emulator):
+    """MFMT right after the session's own STOR (lftp mirror -R) answers 213 only once the
+    self-copy is done, not before with the write left running: another session reading the
+    file right after the 213 (rclone spreads one file's commands over its connections) must
+    see that time, and its own MFMT after it must win. The rendezvous holds the copy (in
+    vain, for a moment); a 213 sent before COS holds the time would let the other session
+    read the time from before the MFMT."""
+    alice.mkd(area)
+    put(alice, f"{area}/f", b"mine")
+    emulator.rendezvous(contains=f"{area}/f", kind="COPY", parties=2, timeout=2)
+    assert alice.sendcmd(f"MFMT {STAMP} {area}/f") == f"213 Modify={STAMP}; /{area}/f."
+    other = server.login("alice", "alice-pw")
+    try:
+        assert other.sendcmd(f"MDTM {area}/f") == f"213 {STAMP}"
+        assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
+        other.sendcmd(f"MFMT 20210102030405 {area}/f")
+        assert other.sendcmd(f"MDTM {area}/f") == "213 20210102030405"
+    finally:
+        other.quit()
+    assert shown_times(alice, area, "f") == ("213 20210102030405", "20210102030405",
+                                             "Jan 02 2021")
+
+
 @pytest.mark.parametrize("writer", ["ftp", "tool"])
 def test_a_file_overwritten_between_stor_and_mfmt_gets_the_time_the_general_way(
         server, alice, area, cos, emulator, writer):
