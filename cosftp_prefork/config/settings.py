@@ -36,6 +36,7 @@ from .locations import (
     resolve,
 )
 from .passwords import HashFormatError, check_stored_form, scrypt_parameters
+from .sizes import SIZE_WORDS, parse_size
 from .tls import ServerTLS, TLSFileError, load_server_tls
 
 MIB, GIB = 1024 ** 2, 1024 ** 3
@@ -44,6 +45,8 @@ MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
 ACCOUNT_PREFIX = "COS_ACCOUNT"
 CREDENTIALS_PREFIX = "COS_CREDENTIALS"
+RATE_OPTIONS = ("max_upload_rate", "max_download_rate", "local_max_rate")
+MIN_RATE = 1024  # bytes/s: below it a transfer would be paced a few bytes at a time
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
 
 
@@ -72,6 +75,39 @@ def part_size_for(min_part_size: int, max_file_size: int) -> int:
     if needed <= min_part_size:
         return min_part_size
     return min(MAX_PART_SIZE, -(-needed // MIB) * MIB)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
+    """True if the client address ``ip`` (an IPv4-mapped IPv6 one taken as IPv4, a scope
+    dropped) is in one of ``networks``."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+@dataclass(frozen=True)
+class AccountLimits:
+    """What one account may use and from where (issue 23, "Bandwidth and sessions"); every
+    figure 0 for none. The rates are bytes per second, for all the account's sessions on
+    this node together (``local_max_rate``: each session's own cap, both ways)."""
+
+    max_upload_rate: int = 0
+    max_download_rate: int = 0
+    local_max_rate: int = 0
+    max_sessions: int = 0  # logged-in sessions of the account, every worker and node
+    allowed_ips: tuple[Network, ...] = ()  # none: every address (but denied_ips)
+    denied_ips: tuple[Network, ...] = ()
+    login_message: str = ""  # the 230 reply's text; "": "Login successful."
+
+    def admits(self, ip: str) -> bool:
+        """True if a login from ``ip`` passes ``allowed_ips`` and ``denied_ips``."""
+        if self.denied_ips and in_networks(ip, self.denied_ips):
+            return False
+        return not self.allowed_ips or in_networks(ip, self.allowed_ips)
 
 
 @dataclass(frozen=True)
@@ -106,6 +142,7 @@ class AccountConfig:
     def has_quota(self) -> bool:
         return bool(self.quota_size or self.quota_files)
     from_hook: bool = False  # defined by the auth hook's answer, not by the file
+    limits: AccountLimits = AccountLimits()
 
     @property
     def can_read(self) -> bool:
@@ -124,16 +161,11 @@ class ProxyConfig:
     clients; ``required``: only connections from ``allowed`` (with a header) are served."""
 
     mode: str = "off"  # off | optional | required
-    allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allowed: tuple[Network, ...] = ()
 
     def expects_header(self, peer_ip: str) -> bool:
         """True if a connection from ``peer_ip`` must begin with a PROXY header."""
-        if self.mode == "off":
-            return False
-        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.allowed)
+        return self.mode != "off" and in_networks(peer_ip, self.allowed)
 
     def refuses_direct(self) -> bool:
         """True if a connection without a header (not from ``allowed``) is refused."""
@@ -210,6 +242,7 @@ class ServerConfig:
     data_connection_timeout: int = 300
     max_password_checks: int = 1
     quota_scan_interval: int = 3600  # seconds between scans of a home with a quota; 0: never
+    ftpd_banner: str = "cosftp-prefork ready."  # the 220 greeting's text
 
 
 @dataclass(frozen=True)
@@ -397,6 +430,15 @@ def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
     return tuple(networks)
 
 
+@_accepts("one line of printable text, at most 200 characters")
+def _message(raw: str) -> str:
+    """Text the server sends in a reply: one line (a CR or LF would end the reply and
+    start another), no control characters, short enough for every client's buffer."""
+    if len(raw) > 200 or not raw.isprintable():
+        raise ValueError("must be one line of printable text of at most 200 characters")
+    return raw
+
+
 @_accepts("a redis://, rediss:// or unix:// URL")
 def _redis_url(raw: str) -> str:
     if not re.match(r"^(redis|rediss|unix)://", raw):
@@ -488,20 +530,6 @@ def _port_range(raw: str) -> tuple[int, int]:
     return low, high
 
 
-_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-
-
-@_accepts("bytes, with an optional K, M, G or T (1024-based: 10G is 10 x 1024^3); 0: none")
-def parse_size(raw: str) -> int:
-    """A size such as ``500M``: bytes, or K, M, G or T times 1024, 1024^2... (``KB``, ``MiB``
-    and lower case are taken too)."""
-    match = re.fullmatch(r"([0-9]+)\s*([KMGT]?)(I?B)?", raw.strip().upper())
-    if match is None or (match.group(3) and not match.group(2)):
-        raise ValueError(f"must be a number of bytes with an optional K, M, G or T (1024-based), "
-                         f"such as 500M or 10G, got {raw!r}")
-    return int(match.group(1)) * _UNITS[match.group(2)]
-
-
 _BYTES = " number of bytes"
 _CPUS = os.cpu_count() or 1
 # Relative paths are resolved against the file's base directory (config.locations).
@@ -509,6 +537,7 @@ _accepts("a path; relative: to the config file's directory (its parent for conf/
 _accepts("a key prefix such as tenants/alice (a leading / dropped, a trailing / added); no "
          f"empty, . or .. component, no .cosftp, at most {MAX_KEY_BYTES - NAME_ROOM} "
          "bytes")(home_prefix)
+_accepts(SIZE_WORDS)(parse_size)
 
 
 @dataclass(frozen=True)
@@ -576,6 +605,29 @@ SETTINGS: tuple[Setting, ...] = (
             "counted); an upload that would pass it is refused or stopped with 552", "none"),
     Setting(ACCOUNT_PREFIX, "quota_files", _integer(0), 0,
             "most files the account's home may hold; 0 = none"),
+    # Bandwidth and sessions (docs/configuration.md, "Per-account limits").
+    Setting(ACCOUNT_PREFIX, "max_upload_rate", parse_size, 0,
+            "bytes per second all the account's uploads on this node may take together "
+            "(a burst of one second's worth at most); 0 = no limit", "none"),
+    Setting(ACCOUNT_PREFIX, "max_download_rate", parse_size, 0,
+            "bytes per second all the account's downloads on this node may take together; "
+            "0 = no limit", "none"),
+    Setting(ACCOUNT_PREFIX, "local_max_rate", parse_size, 0,
+            "bytes per second each session of the account may transfer (vsftpd's name); "
+            "0 = no limit", "none"),
+    Setting(ACCOUNT_PREFIX, "max_sessions", _integer(0), 0,
+            "logged-in sessions of the account at once, every worker (and every node with "
+            "[CLUSTER] redis_url); 0 = unlimited"),
+    Setting(ACCOUNT_PREFIX, "allowed_ips", _networks, (),
+            "client addresses/CIDR blocks this account may log in from (IPv4 and IPv6); "
+            "others get the reply of a wrong password", "none: every address"),
+    Setting(ACCOUNT_PREFIX, "denied_ips", _networks, (),
+            "client addresses/CIDR blocks this account may not log in from (wins over "
+            "allowed_ips)"),
+    Setting(ACCOUNT_PREFIX, "login_message", _message, "",
+            "text of the 230 reply to this account's login", "none: Login successful."),
+    Setting("OPTIONAL", "ftpd_banner", _message, "cosftp-prefork ready.",
+            "text of the 220 greeting (vsftpd's name)"),
     Setting("NETWORK", "masquerade_address", _host, None,
             "address announced in PASV replies (behind NAT); a name is resolved when a "
             "worker starts"),
@@ -800,6 +852,10 @@ def _account(reader: _Reader, section: str, default_encoding: str,
     if values["anonymous_enable"] and values["authority"] != "R":
         raise reader.error("anonymous access is read-only: set authority = R", section,
                            "authority")
+    for option in RATE_OPTIONS:
+        if 0 < values[option] < MIN_RATE:
+            raise reader.error(f"{values[option]} bytes/s is too low to pace a transfer: "
+                               f"set at least 1K (or 0: no limit)", section, option)
     return AccountConfig(
         section=section, secret_id=secret_id, secret_key=secret_key,
         bucket=values["cos_bucket"], region=values["cos_region"],
@@ -811,6 +867,10 @@ def _account(reader: _Reader, section: str, default_encoding: str,
         require_existing_dir=values["require_existing_dir"],
         ftp_encoding=values["ftp_encoding"] or default_encoding, prefix=values["cos_prefix"],
         quota_size=values["quota_size"], quota_files=values["quota_files"],
+        limits=AccountLimits(
+            values["max_upload_rate"], values["max_download_rate"], values["local_max_rate"],
+            values["max_sessions"], values["allowed_ips"], values["denied_ips"],
+            values["login_message"]),
     )
 
 
@@ -890,6 +950,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_password_checks=optional["max_password_checks"] or
         default_password_checks(optional["worker_processes"]),
         quota_scan_interval=optional["quota_scan_interval"],
+        ftpd_banner=optional["ftpd_banner"],
     )
 
 

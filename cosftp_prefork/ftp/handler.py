@@ -46,10 +46,11 @@ from .dialect import ClientDialect
 from .fs import CosFS, FsContext, Unstorable
 from .logins import AddressBanned, LoginExpired
 from .oplog import OperatorLogs, Transfer
-from .pacing import TCP_CLOSE, UploadPacing, tcp_state
+from .pacing import TCP_CLOSE, DownloadPacing, UploadPacing, tcp_state
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .progress import TransferMeter
 from .pump import Pump
+from .throttle import SessionRates
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,25 @@ class CosAuthorizer:
         """
         account = self._accounts.get(username)
         if account is not None and account.anonymous_enable:
+            self._from_allowed_address(account, handler)
             return
         hook = handler.stats.auth_hook
         if hook is not None and (account is None or self._hook_first) and \
                 self._hook_lets_in(hook, username, password, handler, account is not None):
+            self._from_allowed_address(handler.authorizer.account(username), handler)
             return
         if not handler.check_password(functools.partial(self._verify, account, password)):
+            raise AuthenticationFailed("Authentication failed.")
+        self._from_allowed_address(account, handler)
+
+    @staticmethod
+    def _from_allowed_address(account: AccountConfig, handler) -> None:
+        """Raise ``AuthenticationFailed`` if the account's ``allowed_ips``/``denied_ips``
+        refuse the client's address: the reply of a wrong password, after the same check,
+        so that the client learns nothing of the account."""
+        if not account.limits.admits(handler.remote_ip):
+            log.warning("login as [%s] refused: the address is not allowed by its "
+                        "allowed_ips/denied_ips", account.section)
             raise AuthenticationFailed("Authentication failed.")
 
     def _hook_lets_in(self, hook: AuthHook, username: str, password: str, handler,
@@ -188,7 +202,9 @@ class CosAuthorizer:
         return perms_for(account) if account else ""
 
     def get_msg_login(self, username: str) -> str:
-        return "Login successful."
+        """The 230 reply's text: the account's ``login_message``."""
+        account = self._accounts.get(username)
+        return (account.limits.login_message if account else "") or "Login successful."
 
     def get_msg_quit(self, username: str) -> str:
         return "Goodbye."
@@ -210,7 +226,7 @@ def _client_gone(error: BaseException) -> bool:
         (isinstance(error, OSError) and error.errno in compat.DISCONNECTED)
 
 
-class CosDTPHandler(UploadPacing, DTPHandler):
+class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     """Data channel that commits an upload only when the client finished sending.
 
     pyftpdlib closes the file object on every way out of a transfer; our upload file aborts
@@ -227,9 +243,16 @@ class CosDTPHandler(UploadPacing, DTPHandler):
     ac_out_buffer_size = CHUNK_SIZE
 
     def enable_receiving(self, type: str, cmd: str) -> None:
+        self._pace(upload=True)
         super().enable_receiving(type, cmd)
         self._start_meter(upload=True)
         self._count_transfer()  # STOR, APPE
+
+    def _pace(self, upload: bool) -> None:
+        """Take the session's rate limit for this file transfer (see ``ftp.throttle``)."""
+        rates = self.cmd_channel.rates
+        if rates is not None and self._throttle is None:
+            self._throttle = rates.throttle(upload)
 
     def push_with_producer(self, producer) -> None:
         # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
@@ -238,6 +261,7 @@ class CosDTPHandler(UploadPacing, DTPHandler):
         self._start_meter(upload=False)
         if download:
             producer.buffer_size = CHUNK_SIZE
+            self._pace(upload=False)
         if download and self._pumpable(producer):
             self._start_pump(producer)
         else:
@@ -261,7 +285,7 @@ class CosDTPHandler(UploadPacing, DTPHandler):
         self.modify_ioloop_events(0)
         producer.file.read_ahead = False  # the pump reads on its own thread already
         self._pump = Pump(producer.file, self.socket, CHUNK_SIZE, self.timeout,
-                          on_sent=self._sent, on_done=self._pump_done)
+                          on_sent=self._sent, on_done=self._pump_done, pace=self._throttle)
 
     def transfer_in_progress(self) -> bool:
         """A pumped download is under way from its start: the pump's count of bytes sent may
@@ -424,7 +448,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     passive_dtp = CosPassiveDTP
     abstracted_fs = CosFS
     use_sendfile = False
-    banner = "cosftp-prefork ready."
+    banner = "cosftp-prefork ready."  # [OPTIONAL] ftpd_banner, set by configure_handler
     permit_foreign_addresses = False
     proto_cmds = {
         **FTPHandler.proto_cmds,
@@ -437,6 +461,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
                        "help": "Syntax: SITE QUOTA (usage and limits of this account)."},
     }
     hash_algorithm = ALGORITHMS[0]  # per session, set by OPTS HASH
+    rates: Optional[SessionRates] = None  # the account's rate limits, from login on
 
     # Set per worker by ``configure_handler``.
     config: Config
@@ -594,12 +619,15 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
         """Log in only if the gate agrees: not banned or timed out meanwhile, and a free
         place among the logged-in sessions."""
-        reason = self.stats.gate.log_in(self._ticket)
+        account = self.authorizer.account(self.username)
+        reason = self.stats.log_in(self._ticket, account)
         if reason is not None:
             log.warning("login refused: %s", reason)
             self.respond(f"421 {reason}")
             self.close_when_done()
             return
+        self.rates = SessionRates(functools.partial(self.stats.account_bucket, account),
+                                  account.limits.local_max_rate)
         super().handle_auth_success(home, password, msg_login)
 
     def handle_auth_failed(self, msg: str, password: str) -> None:
@@ -812,10 +840,11 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def flush_account(self) -> None:
         """REIN and a new USER: also give up an upload still waiting for its data
-        connection, an account the auth hook gave, and what the old login's filesystem
-        keeps (``CosFS.end``)."""
+        connection, an account the auth hook gave, its rates, and what the old login's
+        filesystem keeps (``CosFS.end``)."""
         self._drop_queued_upload()
         vars(self).pop("authorizer", None)
+        self.rates = None
         if self.fs is not None:
             self.fs.end()
         super().flush_account()
@@ -988,5 +1017,6 @@ def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, r
         "masquerade_address": masquerade_ip,
         "encoding": config.server.ftp_encoding,
         "passive_ports": range(low, high + 1),
+        "banner": config.server.ftpd_banner,
     }
     return type(f"Bound{base.__name__}", (base,), attrs)

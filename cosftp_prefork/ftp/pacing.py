@@ -16,6 +16,11 @@ scheduling"; the budget and the part buffers are in ``cos.engine`` and ``cos.upl
   buffer for ``data_connection_timeout`` seconds without filling it is cut off (426; what
   reached COS is parked for REST + STOR), so clients trickling bytes cannot keep the budget
   from everyone else.
+* **Rates before buffers.** An upload with a rate limit (``ftp.throttle``) claims a part
+  buffer only once its throttle let the whole part go (or what the client has left to
+  send), and then reads it at once: it waits for its rate holding no buffer and reading
+  nothing. A download with one (``DownloadPacing``) sends nothing meanwhile; the IO loop
+  wakes it when its bytes may go.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import logging
 import socket
 import struct
 import termios
+from typing import Optional
 
 from ..cos.downloads import CHUNK_SIZE
 from . import compat
 from .admission import raw_socket
+from .throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ class UploadPacing:
     _low_water = 1  # the socket's SO_RCVLOWAT
     _resume_call = None
     _hold_check = None
+    _throttle: Optional[Throttle] = None  # the session's rate limit for this transfer
+    _rate_wait = 0.0  # seconds until the throttle lets bytes go again
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
@@ -74,7 +83,10 @@ class UploadPacing:
         room = self._upload_room()
         if room:
             self.ac_in_buffer_size = min(CHUNK_SIZE, room)
+            before = self.tot_bytes_received
             super().handle_read_event()
+            if self._throttle is not None:
+                self._throttle.used(self.tot_bytes_received - before)
         elif not self._awaiting_bytes:  # (else SO_RCVLOWAT wakes the loop)
             self._held_back = True
             self.modify_ioloop_events(0)
@@ -90,6 +102,8 @@ class UploadPacing:
         for call in (self._hold_check, self._resume_call):
             if call is not None and not call.cancelled:
                 call.cancel()
+        if self._throttle is not None:
+            self._throttle.close()
         super().close()
 
     def _receiving_upload(self) -> bool:
@@ -99,7 +113,27 @@ class UploadPacing:
         if not self._receiving_upload():
             return CHUNK_SIZE
         self._awaiting_bytes = False
-        return self.file_obj.room(self._more_coming, self._part_bytes_there)
+        if self._throttle is None:
+            return self.file_obj.room(self._more_coming, self._part_bytes_there)
+        room = self.file_obj.room(self._more_coming, self._part_paid_for)
+        if not room:
+            return 0
+        allowed, self._rate_wait = self._throttle.allowance(room)
+        return allowed
+
+    def _part_paid_for(self, size: int) -> bool:
+        """Whether the next part's buffer may be claimed under a rate limit: its first bytes
+        are there (``_part_bytes_there``) and its throttle let all of them go, or all the
+        client has left to send (once it finished; a TLS connection: a slice, as its
+        socket cannot tell)."""
+        if not self._part_bytes_there(size):
+            return False
+        if type(self.socket) is not socket.socket:
+            size = 1
+        elif tcp_state(self.socket) in (TCP_CLOSE_WAIT, TCP_CLOSE):
+            size = min(size, max(1, _queued(self.socket)))
+        paid, self._rate_wait = self._throttle.save_up(size)
+        return paid
 
     def _more_coming(self) -> bool:
         """True unless the client has closed the data connection with nothing left unread
@@ -133,7 +167,8 @@ class UploadPacing:
     def _resume_later(self) -> None:
         # The loop's own timer: the channel's ``call_later`` keeps every call it ever made
         # in a list until the channel closes (100 a second while an upload waits).
-        self._resume_call = self.ioloop.call_later(BACK_PRESSURE_POLL, self._resume_reading,
+        self._resume_call = self.ioloop.call_later(max(BACK_PRESSURE_POLL, self._rate_wait),
+                                                   self._resume_reading,
                                                    _errback=self.handle_error)
 
     def _resume_reading(self) -> None:
@@ -157,3 +192,37 @@ class UploadPacing:
             self, f"426 Upload too slow: its buffer was not filled in {self.timeout} s while "
                   "other uploads waited for memory; transfer aborted.", log.info)
         self.close()
+
+
+class DownloadPacing:
+    """Mixin for the data channel: a download with a rate limit, sent by the IO loop (TLS,
+    ASCII; the pump paces its own), sends what its throttle allows, then nothing until the
+    loop's timer says more may go."""
+
+    _throttle: Optional[Throttle] = None
+    _send_call = None
+
+    def initiate_send(self) -> None:
+        throttle = self._throttle
+        if throttle is None or self.receive or not self.producer_fifo:
+            super().initiate_send()
+            return
+        granted, wait = throttle.allowance(CHUNK_SIZE)
+        if not granted:
+            self.modify_ioloop_events(0)
+            self._send_call = self.ioloop.call_later(wait, self._send_again,
+                                                     _errback=self.handle_error)
+            return
+        self.ac_out_buffer_size = granted
+        before = self.tot_bytes_sent
+        super().initiate_send()
+        throttle.used(self.tot_bytes_sent - before)
+
+    def _send_again(self) -> None:
+        if not compat.is_closed(self):
+            self.modify_ioloop_events(self.ioloop.WRITE)
+
+    def close(self) -> None:
+        if self._send_call is not None and not self._send_call.cancelled:
+            self._send_call.cancel()
+        super().close()

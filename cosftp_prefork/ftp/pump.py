@@ -18,25 +18,29 @@ import threading
 from typing import BinaryIO, Callable, Optional
 
 from .. import logcontext
+from .throttle import Throttle
 
 
 class Pump:
     """Copies ``source`` to the connected socket ``sock`` in chunks of ``chunk_size``.
 
-    ``on_sent(n)`` counts progress, ``on_done()`` reports the end (all sent, or ``error``
-    set), both from the pump's thread; a pump stopped by ``stop()`` reports nothing. A send
-    that makes no progress for ``timeout`` seconds fails with ``TimeoutError`` (``timeout``
-    must be positive: the descriptor is shared with the non-blocking data channel).
+    ``on_sent(n)`` counts progress, ``on_done()`` reports the end (all sent, or ``error`` set),
+    both from the pump's thread; ``pace`` (a rate limit) says when bytes may go; a pump
+    stopped by ``stop()`` reports nothing. A send that makes no progress for ``timeout``
+    seconds fails with ``TimeoutError`` (``timeout`` must be positive: the descriptor is
+    shared with the non-blocking data channel).
     """
 
     def __init__(self, source: BinaryIO, sock: socket.socket, chunk_size: int, timeout: float,
-                 on_sent: Callable[[int], None], on_done: Callable[[], None]) -> None:
+                 on_sent: Callable[[int], None], on_done: Callable[[], None],
+                 pace: Optional[Throttle] = None) -> None:
         self.error: Optional[BaseException] = None
         self.done = False
         self._source = source
         self._chunk_size = chunk_size
         self._on_sent = on_sent
         self._on_done = on_done
+        self._pace = pace  # a rate limit: each send waits for what it lets go
         self._stopping = threading.Event()
         # A duplicate of the descriptor, with a timeout of its own (the data channel's socket
         # stays non-blocking), closed by the pump: the data channel may close its own first.
@@ -65,7 +69,11 @@ class Pump:
         # send, not sendall: the timeout is then for each step, a stall; sendall's would be
         # for the whole chunk, which a slow client may well take longer for.
         while data and not self._stopping.is_set():
-            sent = self._out.send(data)
+            allowed = len(data) if self._pace is None else \
+                self._pace.wait_for(len(data), self._stopping)
+            sent = self._out.send(data[:allowed]) if allowed else 0
+            if self._pace is not None:
+                self._pace.used(sent)
             self._on_sent(sent)
             data = data[sent:]
 

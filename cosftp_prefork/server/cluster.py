@@ -6,10 +6,11 @@ Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
 
 * ``ban:<ip>`` — the ban (a string, the time it ends), expiring with it; ``fail:<ip>`` —
   failed logins in the window (a count, expiring at the end of the window);
-* ``conn:<node>`` — a hash of this node's connections per client address, and ``@in`` its
-  logged-in sessions. Every worker rewrites it once a second from the node's own session
-  table (``shared``) with a short expiry, so the counts of a node that dies vanish, and
-  those of a dead worker are gone at the next rewrite;
+* ``conn:<node>`` — a hash of this node's connections per client address, ``@in`` its
+  logged-in sessions, and ``@u:<digest>`` those of each account logged in there. Every
+  worker rewrites it once a second from the node's own session table (``shared``) with a
+  short expiry, so the counts of a node that dies vanish, and those of a dead worker are
+  gone at the next rewrite;
 * ``nodes`` — node names scored by their last rewrite; admission sums the live ones;
 * ``unbans`` — the last ``UNBANS_KEPT`` unbans (``cosftpctl unban`` on any node), each
   ``<number>:<time>:<address or *>`` scored by its number from the counter ``unban-count``;
@@ -72,6 +73,8 @@ from .scoreboard import (
     CLUSTER_UNSUPPORTED_CLOSED,
     CLUSTER_UNSUPPORTED_OPEN,
     CLUSTER_UP,
+    AccountKey,
+    account_text,
     address_key,
     address_text,
 )
@@ -84,6 +87,7 @@ NODE_TTL = 10  # seconds a node's counts live without a rewrite
 RETRY_SECONDS = 5.0  # after a failed call, Redis is not asked again for this long
 ERROR_SECONDS = 60.0  # a reply error shows in status this long; repeats are logged this often
 LOGGED_IN_FIELD = "@in"
+ACCOUNT_FIELD = "@u:"  # then the account's digest (scoreboard.account_text)
 UNBANS_KEPT = 1000  # the last unbans kept for the workers to read
 UNBANS_SECONDS = 7 * 86400  # and for how long after the last one
 UNBANS_PER_TICK = 100  # the most one heartbeat brings (the script's LIMIT)
@@ -117,23 +121,25 @@ local function ban_of(key)
 end
 """
 
-# Admission: is the address banned, and how many connections of it and logged-in sessions
-# do the other live nodes hold. KEYS: nodes, the ban; ARGV: live since, this node, the
-# address, the prefix of the nodes' hashes, the logged-in field.
+# Admission: is the address banned, and how many connections of it, logged-in sessions
+# and sessions of the account do the other live nodes hold. KEYS: nodes, the ban; ARGV: live
+# since, this node, the address, the prefix of the nodes' hashes, the logged-in field, the
+# account's field (or the logged-in field again when there is no account yet).
 _ADMIT = """
 local banned, repaired = ban_of(KEYS[2])
-local per_ip, logged_in = 0, 0
+local per_ip, logged_in, account = 0, 0, 0
 if kind(KEYS[1]) == 'zset' then
   for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
     local key = ARGV[4] .. node
     if node ~= ARGV[2] and kind(key) == 'hash' then
-      local counts = redis.call('HMGET', key, ARGV[3], ARGV[5])
+      local counts = redis.call('HMGET', key, ARGV[3], ARGV[5], ARGV[6])
       per_ip = per_ip + math.max(0, integer(counts[1]) or 0)
       logged_in = logged_in + math.max(0, integer(counts[2]) or 0)
+      account = account + math.max(0, integer(counts[3]) or 0)
     end
   end
 end
-return {{banned, per_ip, logged_in}, repaired and {'ban:*'} or {}}
+return {{banned, per_ip, logged_in, account}, repaired and {'ban:*'} or {}}
 """
 
 # Which of the bans KEYS exist.
@@ -317,6 +323,12 @@ class Elsewhere:
     banned: bool
     per_ip: int
     logged_in: int
+    account: int = 0  # logged-in sessions of the account asked about
+
+
+def account_field(account: AccountKey) -> str:
+    """An account's field in a node's hash (an address never starts with ``@``)."""
+    return ACCOUNT_FIELD + account_text(account)
 
 
 def client_key(ip: str) -> str:
@@ -503,13 +515,17 @@ class ClusterState:
         """Whether Redis may be asked now (see ``_usable``)."""
         return self._usable()
 
-    def elsewhere(self, ip: str) -> Optional[Elsewhere]:
-        """The other live nodes' figures for ``ip``, or None if Redis is unreachable."""
+    def elsewhere(self, ip: str, account: Optional[AccountKey] = None) -> Optional[Elsewhere]:
+        """The other live nodes' figures for ``ip`` (and the sessions of ``account``), or
+        None if Redis is unreachable."""
+        field = LOGGED_IN_FIELD if account is None else account_field(account)
         found = self._run("admission", "admit", [PREFIX + "nodes", _ban(ip)],
                           [time.time() - NODE_TTL, self.node, client_key(ip),
-                           PREFIX + "conn:", LOGGED_IN_FIELD], failed=[0, 0, 0])
-        return None if found is None else Elsewhere(bool(found[0]), int(found[1]),
-                                                      int(found[2]))
+                           PREFIX + "conn:", LOGGED_IN_FIELD, field], failed=[0, 0, 0, 0])
+        if found is None:
+            return None
+        return Elsewhere(bool(found[0]), int(found[1]), int(found[2]),
+                         int(found[3]) if account is not None else 0)
 
     def is_banned(self, ip: str) -> bool:
         return bool(self.banned({ip}))
@@ -526,23 +542,29 @@ class ClusterState:
         return bool(self._run("failed-login count", "fail", [PREFIX + "fail:" + key, _ban(ip)],
                               [limit, window, ban, int(time.time()) + ban]))
 
-    def counted(self, ip: str, connections: int, logged_in: int = 0) -> None:
+    def counted(self, ip: str, connections: int, logged_in: int = 0,
+                account: Optional[AccountKey] = None) -> None:
         """This node gained (or lost, negative) connections of ``ip`` and logged-in
-        sessions: tell the others now rather than at the next rewrite."""
+        sessions (of ``account``): tell the others now rather than at the next rewrite."""
         changes = [client_key(ip), connections]
         if logged_in:
             changes += [LOGGED_IN_FIELD, logged_in]
+        if logged_in and account is not None:
+            changes += [account_field(account), logged_in]
         self._run("connection count", "counted", [PREFIX + "conn:" + self.node],
                   [NODE_TTL, *changes])
 
-    def publish(self, per_ip: Counter, logged_in: int) -> list[Unban]:
-        """Rewrite this node's counts (from its session table) and mark it alive; log the
-        counts of repeated errors; return the unbans made since the last call (on any node).
-        Runs from the worker's tick."""
+    def publish(self, per_ip: Counter, logged_in: int,
+                accounts: Optional[dict[AccountKey, int]] = None) -> list[Unban]:
+        """Rewrite this node's counts (from its session table: per address, logged in, per
+        account) and mark it alive; log the counts of repeated errors; return the unbans
+        made since the last call (on any node). Runs from the worker's tick."""
         now = time.time()
         counts = [LOGGED_IN_FIELD, logged_in]
         for ip, n in per_ip.items():
             counts += [client_key(ip), n]
+        for account, n in (accounts or {}).items():
+            counts += [account_field(account), n]
         answer = self._run("heartbeat", "heartbeat",
                            [PREFIX + "conn:" + self.node, PREFIX + "nodes", PREFIX + "unbans",
                             PREFIX + "unban-count"],

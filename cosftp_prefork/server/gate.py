@@ -42,8 +42,11 @@ from .scoreboard import (
     TOO_MANY,
     TOO_MANY_LOGGED_IN,
     TOO_MANY_PER_IP,
+    TOO_MANY_SESSIONS,
+    AccountKey,
     BanRow,
     Limits,
+    Seat,
     SharedState,
     address_key,
     address_text,
@@ -79,6 +82,7 @@ class Ticket:
     deadline: float  # time.monotonic() by which it must have logged in (again)
     kick: Callable[[str], None]  # asks the session to reply 421 and close (any thread)
     state: SessionState = SessionState.PENDING
+    account: Optional[AccountKey] = None  # logged in as (the scoreboard's key)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def move(self, to: SessionState) -> bool:
@@ -190,22 +194,30 @@ class Gate:
         """``shared.CLUSTER_*``: how this worker reaches the cluster's Redis now."""
         return CLUSTER_NONE if self.cluster is None else self.cluster.view()
 
-    def log_in(self, ticket: Ticket) -> Optional[str]:
-        """Called on a correct password: return None if the session may go on, else why not
-        (it was banned or timed out meanwhile, or the server is full of logged-in users)."""
-        limit = self.limits.logged_in
-        if limit and self.cluster is not None:
-            found = self.cluster.elsewhere(ticket.ip)  # not under the lock the tick takes
+    def log_in(self, ticket: Ticket, account: Optional[AccountKey] = None,
+               max_sessions: int = 0) -> Optional[str]:
+        """Called on a correct password for ``account``: return None if the session may go
+        on, else why not (it was banned or timed out meanwhile, or the server is full of
+        logged-in users, or the account has ``max_sessions`` here and on the other nodes)."""
+        limit, seats = self.limits.logged_in, max_sessions
+        if (limit or seats) and self.cluster is not None:
+            # not under the lock the tick takes
+            found = self.cluster.elsewhere(ticket.ip, account if seats else None)
             limit = _left(limit, found.logged_in if found else 0)
+            seats = _left(seats, found.account if found else 0)
         with ticket.lock:
             if ticket.state is not SessionState.PENDING:
                 return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
-            reason = TOO_MANY_LOGGED_IN if limit is None else \
-                self.state.log_in(ticket.row, self.pid, limit)
+            if limit is None or seats is None:
+                reason = TOO_MANY_LOGGED_IN if limit is None else TOO_MANY_SESSIONS
+            else:
+                seat = None if account is None else Seat(account, seats)
+                reason = self.state.log_in(ticket.row, self.pid, limit, seat)
             if reason is None:
                 ticket.move(SessionState.LOGGED_IN)
+                ticket.account = account
                 if self.cluster is not None:
-                    self.cluster.counted(ticket.ip, 0, 1)
+                    self.cluster.counted(ticket.ip, 0, 1, account)
         with self._lock:
             self._pending.discard(ticket)
         return reason
@@ -228,13 +240,14 @@ class Gate:
             if reason is None:
                 ticket.move(SessionState.PENDING)
                 ticket.deadline = time.monotonic() + self.login_timeout
+                account, ticket.account = ticket.account, None
         if reason is not None:
             self.refusals.note(ticket.ip, f"new login refused: {reason}")
             return reason
         with self._lock:
             self._pending.add(ticket)
         if self.cluster is not None:
-            self.cluster.counted(ticket.ip, 0, -1)
+            self.cluster.counted(ticket.ip, 0, -1, account)
         return None
 
     def expire(self, ticket: Ticket) -> None:
@@ -252,7 +265,7 @@ class Gate:
             self._pending.discard(ticket)
         self.state.release(ticket.row, self.pid)
         if self.cluster is not None:
-            self.cluster.counted(ticket.ip, -1, -1 if was_logged_in else 0)
+            self.cluster.counted(ticket.ip, -1, -1 if was_logged_in else 0, ticket.account)
 
     def _may_ban(self, ip: str) -> bool:
         """False if bans are off or ``ip`` is in ``ban_allowlist``."""
@@ -305,7 +318,8 @@ class Gate:
         write the counts of refusal bursts, publish this node's counts to the cluster. Runs
         in the worker's main thread, once a second."""
         if self.cluster is not None:
-            self._forget_unbanned(self.cluster.publish(*self.state.node_counts()))
+            self._forget_unbanned(self.cluster.publish(*self.state.node_counts(),
+                                                       self.state.account_counts()))
         now = time.monotonic()
         with self._lock:
             pending = list(self._pending)

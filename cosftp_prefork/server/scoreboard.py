@@ -25,6 +25,7 @@ start.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import mmap
@@ -39,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from .. import rates
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd, replace_file
 from .usage import UsageTable, usage_path
 
@@ -87,7 +89,13 @@ _INDEX_AT = _DETAILS_AT + SESSION_ROWS * _DETAIL.size
 _COUNT_WORDS = 5
 _ADDRESS_SLOTS = 2 * SESSION_ROWS
 _ADDRESS_WORDS = 7
-_INDEX_WORDS = _COUNT_WORDS + SESSION_ROWS + _ADDRESS_SLOTS * _ADDRESS_WORDS
+# Then, per session row, the account it logged in as (4 words, 0: none), and an
+# open-addressing table of the accounts logged in here (in use, account (4), logged-in
+# sessions, then the upload and the download rate buckets: level and stamp as int64 each).
+ACCOUNT_SLOTS = 2 * SESSION_ROWS
+_ACCOUNT_WORDS = 14
+_INDEX_WORDS = _COUNT_WORDS + SESSION_ROWS + _ADDRESS_SLOTS * _ADDRESS_WORDS + \
+    SESSION_ROWS * 4 + ACCOUNT_SLOTS * _ACCOUNT_WORDS
 FILE_SIZE = _INDEX_AT + _INDEX_WORDS * 4
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
@@ -173,6 +181,19 @@ def bans_path(pid_file: str) -> str:
 
 
 Address = tuple[int, int, int, int]
+AccountKey = tuple[int, int, int, int]
+
+
+def account_key(user: str) -> AccountKey:
+    """An account (its login name) as four uint32s: a 128-bit BLAKE2b digest, so that names
+    of any length fit a slot and two names never share one in practice."""
+    digest = hashlib.blake2b(user.encode("utf-8", "surrogateescape"), digest_size=16)
+    return tuple(array("I", digest.digest()))  # type: ignore[return-value]
+
+
+def account_text(key: AccountKey) -> str:
+    """The digest as hex: how the nodes of a cluster name the account to each other."""
+    return array("I", key).tobytes().hex()
 
 
 def address_key(ip: str) -> Address:
@@ -205,6 +226,15 @@ TOO_MANY_PER_IP = "Too many connections from the same IP address."
 TOO_MANY_PRELOGIN = "Too many connections waiting to log in; try again later."
 TOO_MANY_PRELOGIN_PER_IP = "Too many connections from your address waiting to log in."
 TOO_MANY_LOGGED_IN = "Too many users logged in; try again later."
+TOO_MANY_SESSIONS = "Too many sessions of this account; try again later."
+
+
+@dataclass(frozen=True)
+class Seat:
+    """A login as ``account``, which may have ``limit`` logged-in sessions here (0: any)."""
+
+    account: AccountKey
+    limit: int = 0
 
 
 class SharedState:
@@ -492,16 +522,34 @@ class SharedState:
                 index.add(wanted, PENDING)
             return reason
 
-    def log_in(self, row: int, pid: int, max_logged_in: int) -> Optional[str]:
-        """Mark the connection of ``row`` logged in; return why not if the server is full."""
+    def log_in(self, row: int, pid: int, max_logged_in: int,
+               seat: Optional[Seat] = None) -> Optional[str]:
+        """Mark the connection of ``row`` logged in (as ``seat``'s account); return why not
+        if the server, or the account, is full."""
         with self._sessions_and_index() as (rows, index):
             if max_logged_in and index.logged_in >= max_logged_in:
                 return TOO_MANY_LOGGED_IN
+            if seat is not None and seat.limit and \
+                    index.account_sessions(seat.account) >= seat.limit:
+                return TOO_MANY_SESSIONS
             at = row * _SESSION_WORDS
             if rows[at] == pid and rows[at + 1] == PENDING:
                 rows[at + 1] = LOGGED_IN
                 index.moved(tuple(rows[at + 2:at + _SESSION_WORDS]), PENDING, LOGGED_IN)
+                if seat is not None:
+                    index.join(row, seat.account)
             return None
+
+    def take(self, account: AccountKey, upload: bool, rate: int, nbytes: int) -> float:
+        """Take ``nbytes`` from the node's upload or download bucket of ``account``, which
+        fills at ``rate`` bytes/s; return the seconds to wait before they may go."""
+        with self._sessions_and_index() as (_, index):
+            return index.take(account, 0 if upload else 1, rate, nbytes)
+
+    def account_counts(self) -> dict[AccountKey, int]:
+        """Logged-in sessions per account on this server."""
+        with self._sessions_and_index() as (_, index):
+            return index.accounts()
 
     def log_out(self, row: int, pid: int, limits: Limits) -> Optional[str]:
         """Mark the logged-in connection of ``row`` not logged in (it starts a new login),
@@ -516,6 +564,7 @@ class SharedState:
             if reason is None:
                 rows[at + 1] = PENDING
                 index.moved(key, LOGGED_IN, PENDING)
+                index.leave(row)
             return reason
 
     def release(self, row: int, pid: int) -> None:
@@ -590,6 +639,7 @@ def _free_row(rows, index: _SessionIndex, row: int) -> None:
     kind, key = rows[at + 1], tuple(rows[at + 2:at + _SESSION_WORDS])
     rows[at:at + _SESSION_WORDS] = array("I", bytes(_SESSION_WORDS * 4))
     index.remove(key, kind)
+    index.leave(row)
     index.give_row(row)
 
 
@@ -601,6 +651,8 @@ class _SessionIndex:
 
     def __init__(self, words) -> None:
         self._words = words
+        self._addresses = _ProbeTable(words, _ADDRESS_BASE, _ADDRESS_SLOTS, _ADDRESS_WORDS)
+        self._accounts = _ProbeTable(words, _ACCOUNT_BASE, ACCOUNT_SLOTS, _ACCOUNT_WORDS)
 
     @property
     def full(self) -> bool:
@@ -629,11 +681,11 @@ class _SessionIndex:
 
     def counts_of(self, key: Address) -> tuple[int, int]:
         """Rows, and pending rows, of the address ``key``."""
-        at = self._slot(key)
+        at = self._addresses.find(key)
         return (self._words[at + 5], self._words[at + 6]) if self._words[at] else (0, 0)
 
     def add(self, key: Address, kind: int) -> None:
-        at = self._slot(key)
+        at = self._addresses.find(key)
         words = self._words
         if not words[at]:
             words[at:at + _ADDRESS_WORDS] = array("I", [1, *key, 0, 0])
@@ -643,12 +695,12 @@ class _SessionIndex:
 
     def moved(self, key: Address, was: int, now: int) -> None:
         """A row of ``key`` went from kind ``was`` to ``now`` (PENDING, LOGGED_IN)."""
-        at = self._slot(key)
+        at = self._addresses.find(key)
         self._count(at, was, -1)
         self._count(at, now, 1)
 
     def remove(self, key: Address, kind: int) -> None:
-        at = self._slot(key)
+        at = self._addresses.find(key)
         words = self._words
         if not words[at]:
             return
@@ -656,7 +708,7 @@ class _SessionIndex:
         self._count(at, kind, -1)
         words[at + 5] -= 1
         if not words[at + 5]:
-            self._delete((at - _ADDRESS_BASE) // _ADDRESS_WORDS)
+            self._addresses.delete(at)
 
     def _count(self, at: int, kind: int, step: int) -> None:
         if kind == PENDING:
@@ -665,40 +717,107 @@ class _SessionIndex:
         elif kind == LOGGED_IN:
             self._words[self._LOGGED_IN] += step
 
-    @staticmethod
-    def _home(key: Address) -> int:
-        return hash(key) % _ADDRESS_SLOTS  # ints hash alike in every process
+    # --- accounts: logged-in sessions and rate buckets, per account with a session here
 
-    def _slot(self, key: Address) -> int:
+    def account_sessions(self, account: AccountKey) -> int:
+        at = self._accounts.find(account)
+        return self._words[at + 5] if self._words[at] else 0
+
+    def join(self, row: int, account: AccountKey) -> None:
+        """The session of ``row`` logged in as ``account``."""
+        at = self._accounts.find(account)
+        words = self._words
+        if not words[at]:
+            words[at:at + _ACCOUNT_WORDS] = array("I", [1, *account, 0, *_BUCKETS_UNUSED])
+        words[at + 5] += 1
+        mark = _ROW_ACCOUNT_BASE + row * 4
+        words[mark:mark + 4] = array("I", account)
+
+    def leave(self, row: int) -> None:
+        """The session of ``row`` is no longer logged in (if it was): the account's slot
+        goes with its last session."""
+        words, mark = self._words, _ROW_ACCOUNT_BASE + row * 4
+        account = tuple(words[mark:mark + 4])
+        if not any(account):
+            return
+        words[mark:mark + 4] = array("I", bytes(16))
+        at = self._accounts.find(account)
+        if words[at]:
+            words[at + 5] -= 1
+            if not words[at + 5]:
+                self._accounts.delete(at)
+
+    def take(self, account: AccountKey, bucket: int, rate: int, nbytes: int) -> float:
+        """Take ``nbytes`` from the account's upload (0) or download (1) bucket; return the
+        seconds to wait before they may go (see ``rates``). An account with no session here
+        (a race with its last logout) waits for nothing."""
+        at = self._accounts.find(account)
+        if not self._words[at]:
+            return 0.0
+        at += 6 + 4 * bucket
+        level, stamp = _INT64.unpack(self._words[at:at + 4].tobytes())
+        now = time.monotonic_ns()
+        level, wait = rates.take(level, stamp, now, rate, nbytes)
+        self._words[at:at + 4] = array("I", _INT64.pack(level, now))
+        return wait
+
+    def accounts(self) -> dict[AccountKey, int]:
+        """Logged-in sessions per account."""
+        words, found = self._words, {}
+        for slot in range(ACCOUNT_SLOTS):
+            at = _ACCOUNT_BASE + slot * _ACCOUNT_WORDS
+            if words[at]:
+                found[tuple(words[at + 1:at + 5])] = words[at + 5]
+        return found
+
+
+class _ProbeTable:
+    """Open addressing with linear probing over ``slots`` slots of ``width`` words from word
+    ``base`` of ``words``: a slot's first word says it is in use, the next four hold its
+    key. Used under the session table's lock only."""
+
+    def __init__(self, words, base: int, slots: int, width: int) -> None:
+        self._words, self._base, self._slots, self._width = words, base, slots, width
+
+    def _home(self, key: tuple[int, ...]) -> int:
+        return hash(key) % self._slots  # ints hash alike in every process
+
+    def find(self, key: tuple[int, ...]) -> int:
         """The word offset of ``key``'s slot, or of the empty slot where it would go."""
         words, slot = self._words, self._home(key)
         while True:
-            at = _ADDRESS_BASE + slot * _ADDRESS_WORDS
+            at = self._base + slot * self._width
             if not words[at] or tuple(words[at + 1:at + 5]) == key:
                 return at
-            slot = (slot + 1) % _ADDRESS_SLOTS
+            slot = (slot + 1) % self._slots
 
-    def _delete(self, hole: int) -> None:
-        """Empty slot ``hole``, moving later slots of its run back (linear probing keeps no
-        tombstones this way)."""
-        words, slot = self._words, hole
+    def delete(self, at: int) -> None:
+        """Empty the slot at word ``at``, moving later slots of its run back (linear
+        probing keeps no tombstones this way)."""
+        words, width = self._words, self._width
+        hole = slot = (at - self._base) // width
         while True:
-            slot = (slot + 1) % _ADDRESS_SLOTS
-            at = _ADDRESS_BASE + slot * _ADDRESS_WORDS
+            slot = (slot + 1) % self._slots
+            at = self._base + slot * width
             if not words[at]:
                 break
             home = self._home(tuple(words[at + 1:at + 5]))
             if (hole < slot and hole < home <= slot) or (hole > slot and not
                                                          slot < home <= hole):
                 continue  # it sits at or after its home, with no gap in between
-            gap = _ADDRESS_BASE + hole * _ADDRESS_WORDS
-            words[gap:gap + _ADDRESS_WORDS] = words[at:at + _ADDRESS_WORDS]
+            gap = self._base + hole * width
+            words[gap:gap + width] = words[at:at + width]
             hole = slot
-        gap = _ADDRESS_BASE + hole * _ADDRESS_WORDS
-        words[gap:gap + _ADDRESS_WORDS] = array("I", bytes(_ADDRESS_WORDS * 4))
+        gap = self._base + hole * width
+        words[gap:gap + width] = array("I", bytes(width * 4))
 
 
 _ADDRESS_BASE = _COUNT_WORDS + SESSION_ROWS
+_ROW_ACCOUNT_BASE = _ADDRESS_BASE + _ADDRESS_SLOTS * _ADDRESS_WORDS
+_ACCOUNT_BASE = _ROW_ACCOUNT_BASE + SESSION_ROWS * 4
+# An account slot's two buckets, upload then download: level, stamp (int64 each).
+_INT64 = struct.Struct("<qq")
+_BUCKETS_UNUSED = array("I", _INT64.pack(rates.EMPTY, 0) * 2)
 
 
 def _clip(text: str, size: int) -> bytes:

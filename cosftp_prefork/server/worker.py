@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from setproctitle import setproctitle
 
 from .. import logcontext, metrics
 from ..config.quotas import QuotaRules
-from ..config.settings import Config, resolve_masquerade
+from ..config.settings import AccountConfig, Config, resolve_masquerade
 from ..cos.engine import Engine
 from ..cos.periodic import Periodic
 from ..cos.quota import Quotas
@@ -52,7 +53,15 @@ from .cluster import ClusterState
 from .gate import BANNED, Gate, Ticket
 from .logs import reopen_logging, setup_logging
 from .quotashare import SharedUsage
-from .scoreboard import DRAINING, EXIT_BOOT_FAILURE, LISTEN_BACKLOG, SERVING, STARTING, SharedState
+from .scoreboard import (
+    DRAINING,
+    EXIT_BOOT_FAILURE,
+    LISTEN_BACKLOG,
+    SERVING,
+    STARTING,
+    SharedState,
+    account_key,
+)
 from .signals import release_signals
 
 log = logging.getLogger(__name__)
@@ -145,6 +154,20 @@ class WorkerStats:
                 if session is not None:
                     self._described[ticket.row] = session
         return ticket, reason
+
+    def log_in(self, ticket: Ticket, account: AccountConfig) -> Optional[str]:
+        """A correct password for ``account``: see ``Gate.log_in`` (its ``max_sessions``)."""
+        return self.gate.log_in(ticket, account_key(account.user), account.limits.max_sessions)
+
+    def account_bucket(self, account: AccountConfig,
+                       upload: bool) -> Optional[tuple[Callable[[int], float], int]]:
+        """The node's upload or download bucket of ``account`` (shared by every worker)
+        and its rate, None if that direction has no limit."""
+        limits = account.limits
+        rate = limits.max_upload_rate if upload else limits.max_download_rate
+        if not rate:
+            return None
+        return functools.partial(self.state.take, account_key(account.user), upload, rate), rate
 
     def recount(self, ticket: Ticket, ip: str) -> Optional[str]:
         """Count a balancer's session under its client's address (see ``Gate.recount``)."""

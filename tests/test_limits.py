@@ -1,0 +1,365 @@
+"""Per-account limits end to end (issue 23, "Bandwidth and sessions"): transfer rates for an
+account's sessions together and per session, logged-in sessions per account (every worker,
+every node through Redis), client addresses per account, the 230 and 220 texts; all from the
+config file, reloaded with SIGHUP.
+
+The rates are asserted as bytes over elapsed time for transfers that last several seconds,
+with the one-second burst the bucket starts with taken off: a correctness bound (the
+server keeps to the rate, within 15 %), not a speed target; the rates are a small fraction
+of what this machine moves when loaded.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from cosftp_prefork.config.settings import parse_config
+from cosftp_prefork.config.sizes import parse_size
+from cosftp_prefork.errors import ConfigError
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_cluster import LoneNode, start_redis
+
+KIB, MIB = 1024, 1024 * 1024
+RATE = 512 * KIB
+WRONG_PASSWORD = "530 Authentication failed."
+
+ACCOUNTS = [
+    Account("alice", "alice-pw", ALPHA),  # no limits: keeps the worker busy
+    Account("paced", "paced-pw", ALPHA,
+            extra=f"max_download_rate = 512K\nmax_upload_rate = {RATE}"),
+    Account("capped", "capped-pw", ALPHA, extra="local_max_rate = 256K"),
+    Account("few", "few-pw", ALPHA,
+            extra="max_sessions = 2\nlogin_message = Welcome, few: two sessions at most."),
+    Account("fenced", "fenced-pw", ALPHA, extra="allowed_ips = 10.0.0.0/8, 2001:db8::/32"),
+    Account("denied", "denied-pw", ALPHA, extra="denied_ips = 192.0.2.1, 127.0.0.0/8"),
+    Account("sixonly", "sixonly-pw", ALPHA, extra="allowed_ips = ::1"),
+]
+
+
+@pytest.fixture(scope="module")
+def limited(emulator, tmp_path_factory):
+    """One worker, so that the paced sessions share it with a busy unlimited one."""
+    proc = ServerProcess(str(tmp_path_factory.mktemp("limits")), emulator.port, ACCOUNTS,
+                         optional={"worker_processes": "1", "max_login_failures": "0",
+                                   "ftpd_banner": "Tenant gateway: authorised use only."},
+                         network={"listen_address": "127.0.0.1, ::1"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _quit(ftp: ftplib.FTP) -> None:
+    try:
+        ftp.quit()
+    except (OSError, EOFError, ftplib.Error):
+        ftp.close()
+
+
+def _login_reply(server: ServerProcess, user: str, password: str, host: str = "127.0.0.1") -> str:
+    ftp = ftplib.FTP()
+    ftp.connect(host, server.port, timeout=30)
+    try:
+        return ftp.login(user, password)
+    except (ftplib.error_perm, ftplib.error_temp) as exc:
+        return str(exc)
+    finally:
+        _quit(ftp)
+
+
+def test_sizes_are_1024_based():
+    assert [parse_size(v) for v in ("0", "512", "512K", "2M", "1G", "1 KiB", "3mb", "1T")] == \
+        [0, 512, 512 * KIB, 2 * MIB, 1024 * MIB, KIB, 3 * MIB, 1024 ** 4]
+    for bad in ("-1", "1.5M", "M", "10X", "12B3"):
+        with pytest.raises(ValueError, match="K, M, G or T"):
+            parse_size(bad)
+
+
+ACCOUNT_TEXT = """
+[COS_ACCOUNT_7]
+cos_secretid = a
+cos_secretkey = b
+cos_bucket = b-1250000000
+cos_region = ap-guangzhou
+home_dir = /h
+ftp_login_user_name = u
+ftp_login_user_password = p
+authority = RW
+"""
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("max_upload_rate = 10X", "max_upload_rate: must be a number of bytes"),
+    ("max_download_rate = 100", "max_download_rate: 100 bytes/s is too low"),
+    ("local_max_rate = -1K", "local_max_rate: must be a number of bytes"),
+    ("max_sessions = many", "max_sessions: must be an integer"),
+    ("allowed_ips = 10.0.0.0/33", "allowed_ips: must be a comma-separated list"),
+    ("denied_ips = fe80::/129", "denied_ips: must be a comma-separated list"),
+    ("login_message = \x07bell", "login_message: must be one line of printable text"),
+])
+def test_check_names_the_section_and_option_of_a_bad_limit(line, problem):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(ACCOUNT_TEXT + line + "\n", "limits.conf")
+    assert "[COS_ACCOUNT_7]" in str(caught.value) and problem in str(caught.value)
+
+
+def test_banner_and_login_message(limited):
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", limited.port, timeout=30)
+    assert ftp.getwelcome() == "220 Tenant gateway: authorised use only."
+    assert ftp.login("few", "few-pw") == "230 Welcome, few: two sessions at most."
+    _quit(ftp)
+    assert _login_reply(limited, "alice", "alice-pw") == "230 Login successful."
+    # a real client shows both (curl -v prints the server's replies)
+    done = subprocess.run(["curl", "-sv", "--max-time", "30", "-l",
+                           f"ftp://few:few-pw@127.0.0.1:{limited.port}/"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "< 220 Tenant gateway: authorised use only." in done.stderr
+    assert "< 230 Welcome, few: two sessions at most." in done.stderr
+
+
+def test_addresses_not_allowed_get_the_reply_of_a_wrong_password(limited):
+    assert _login_reply(limited, "alice", "wrong") == WRONG_PASSWORD
+    for user in ("fenced", "denied", "sixonly"):
+        assert _login_reply(limited, user, f"{user}-pw") == WRONG_PASSWORD, user
+    assert _login_reply(limited, "sixonly", "sixonly-pw", host="::1").startswith("230")
+    assert _login_reply(limited, "denied", "denied-pw", host="::1").startswith("230")
+    assert "login as [COS_ACCOUNT_4] refused: the address is not allowed" in limited.log_text()
+    # lftp too: its login fails as with a wrong password
+    done = subprocess.run(["lftp", "-c", f"set net:max-retries 1; open -u fenced,fenced-pw "
+                           f"ftp://127.0.0.1:{limited.port}; ls"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "530" in done.stderr, done.stderr
+
+
+def test_max_sessions_of_an_account(limited):
+    first, second = limited.login("few", "few-pw"), limited.login("few", "few-pw")
+    try:
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", limited.port, timeout=30)
+        with pytest.raises(ftplib.error_temp, match="421 Too many sessions of this account"):
+            ftp.login("few", "few-pw")
+        ftp.close()
+        assert _login_reply(limited, "alice", "alice-pw").startswith("230")  # others go on
+    finally:
+        _quit(first)
+    wait_until(lambda: _login_reply(limited, "few", "few-pw").startswith("230"),
+               what="a place freed by the session that quit")
+    _quit(second)
+
+
+def _spread(server: ServerProcess, user: str, password: str, count: int) -> list:
+    """``count`` sessions of ``user`` that are not all on one worker (the workers take
+    connections as they come: log in again until they are spread)."""
+    for _ in range(20):
+        sessions = [server.login(user, password) for _ in range(count)]
+        workers = {line.split()[0] for line in server.ctl("sessions").stdout.splitlines()
+                   if "logged in" in line}
+        if len(workers) > 1:
+            return sessions
+        for ftp in sessions:
+            _quit(ftp)
+        wait_until(lambda: "logged in" not in server.ctl("sessions").stdout,
+                   what="the sessions closed")
+    raise AssertionError("the sessions always landed on one worker")
+
+
+def test_max_sessions_holds_across_workers_and_reload(emulator, tmp_path):
+    account = Account("few", "few-pw", ALPHA, extra="max_sessions = 3")
+    with ServerProcess(str(tmp_path), emulator.port, [account],
+                       optional={"worker_processes": "2", "max_login_failures": "0"}) as server:
+        sessions = _spread(server, "few", "few-pw", 3)
+        assert _login_reply(server, "few", "few-pw").startswith("421 Too many sessions")
+        account.extra = "max_sessions = 4\nlogin_message = reloaded"
+        server.write_config()
+        server.proc.send_signal(1)  # SIGHUP
+        wait_until(lambda: _login_reply(server, "few", "few-pw") == "230 reloaded",
+                   timeout=60, what="the reloaded limit and message")
+        for ftp in sessions:
+            _quit(ftp)
+
+
+def test_max_sessions_holds_across_nodes(emulator, tmp_path):
+    redis_port = free_port()
+    redis = start_redis(tmp_path, redis_port)
+    account = Account("few", "few-pw", ALPHA, extra="max_sessions = 2")
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            node = LoneNode(str(tmp_path / name), emulator.port, [account])
+            node.redis_port, node.name = redis_port, name
+            nodes.append(node.start())
+        one, two = nodes[0].login("few", "few-pw"), nodes[1].login("few", "few-pw")
+        assert _login_reply(nodes[0], "few", "few-pw").startswith("421 Too many sessions")
+        assert _login_reply(nodes[1], "few", "few-pw").startswith("421 Too many sessions")
+        _quit(one)
+        wait_until(lambda: _login_reply(nodes[1], "few", "few-pw").startswith("230"),
+                   what="the place freed on the other node")
+        _quit(two)
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
+
+
+def _put(cos, key: str, size: int) -> None:
+    cos.put_object(Bucket=ALPHA, Key=key, Body=os.urandom(size))
+
+
+class Busy:
+    """An unlimited session of another account downloading over and over on the same
+    worker while the paced ones are measured."""
+
+    def __init__(self, server: ServerProcess, path: str) -> None:
+        self.stop = threading.Event()
+        self.rounds = 0
+        self.ftp = server.login("alice", "alice-pw")
+        self.thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self.thread.start()
+
+    def _run(self, path: str) -> None:
+        while not self.stop.is_set():
+            self.ftp.retrbinary(f"RETR {path}", lambda _data: None)
+            self.rounds += 1
+
+    def __enter__(self) -> Busy:
+        wait_until(lambda: self.rounds > 0, what="the busy session's first download")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(120)
+        _quit(self.ftp)
+
+
+def _measured_rate(spans: list[tuple[float, float]], total: int, burst: int) -> float:
+    """Bytes per second the transfers moved together beyond the bucket's initial burst."""
+    elapsed = max(end for _, end in spans) - min(start for start, _ in spans)
+    return (total - burst) / elapsed
+
+
+def _concurrently(jobs) -> list[tuple[float, float]]:
+    spans: list = [None] * len(jobs)
+    errors: list = []
+
+    def run(index, job):
+        try:
+            started = time.monotonic()
+            job()
+            spans[index] = (started, time.monotonic())
+        except Exception as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    return spans
+
+
+def test_download_rate_of_an_account_across_sessions_with_a_busy_worker(limited, cos, area):
+    size = MIB
+    for n in range(3):
+        _put(cos, f"{area}/f{n}", size)
+    _put(cos, f"{area}/big", 16 * MIB)
+    sessions = [limited.login("paced", "paced-pw") for _ in range(3)]
+    got = [bytearray() for _ in sessions]
+    with Busy(limited, f"{area}/big"):
+        spans = _concurrently([
+            (lambda ftp=ftp, into=into, n=n: ftp.retrbinary(f"RETR {area}/f{n}", into.extend))
+            for n, (ftp, into) in enumerate(zip(sessions, got))])
+    for ftp in sessions:
+        _quit(ftp)
+    assert [len(g) for g in got] == [size] * 3
+    rate = _measured_rate(spans, 3 * size, RATE)
+    assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate / KIB:.0f} KiB/s"
+
+
+def test_upload_rate_of_an_account_across_sessions(limited, cos, area):
+    size = MIB + 256 * KIB  # two parts each (1 MiB parts): the second paid for on its own
+    data = os.urandom(size)
+    sessions = [limited.login("paced", "paced-pw") for _ in range(3)]
+    _put(cos, f"{area}/big", 8 * MIB)
+    with Busy(limited, f"{area}/big"):
+        spans = _concurrently([
+            (lambda ftp=ftp, n=n: ftp.storbinary(f"STOR {area}/u{n}", io.BytesIO(data)))
+            for n, ftp in enumerate(sessions)])
+    for ftp in sessions:
+        _quit(ftp)
+    for n in range(3):
+        assert cos.get_object(Bucket=ALPHA, Key=f"{area}/u{n}")["Body"].get_raw_stream().read() \
+            == data
+    rate = _measured_rate(spans, 3 * size, RATE)
+    assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate / KIB:.0f} KiB/s"
+
+
+def test_local_max_rate_caps_each_session(limited, cos, area, tmp_path):
+    cap, size = 256 * KIB, MIB
+    _put(cos, f"{area}/one", size)
+    _put(cos, f"{area}/two", size)
+    target = tmp_path / "one"
+    url = f"ftp://capped:capped-pw@127.0.0.1:{limited.port}/{area}/"
+
+    seconds: dict[str, float] = {}
+
+    def curl(name: str) -> None:
+        """Download ``name``; note how long the transfer took by curl's own clock (from
+        the data connection to the end, the login not counted)."""
+        done = subprocess.run(["curl", "-s", "--max-time", "120", "-o", str(tmp_path / name),
+                               "-w", "%{time_pretransfer} %{time_total}", url + name],
+                              capture_output=True, text=True, timeout=150)
+        assert done.returncode == 0, done.stderr
+        pretransfer, total = map(float, done.stdout.split())
+        seconds[name] = total - pretransfer
+    # Two sessions at once: each keeps to the cap on its own (together twice the cap).
+    _concurrently([lambda: curl("one"), lambda: curl("two")])
+    assert target.stat().st_size == size
+    for name, elapsed in seconds.items():
+        rate = (size - cap) / elapsed
+        assert 0.85 * cap <= rate <= 1.15 * cap, f"{name}: {rate / KIB:.0f} KiB/s"
+
+
+def test_paced_uploads_leave_the_memory_budget_to_the_others(emulator, cos, area, tmp_path):
+    """Four slow paced uploads on a worker whose budget holds four part buffers: none holds
+    a buffer while it waits for its rate, so an unlimited upload goes through while they
+    run, rather than once data_connection_timeout cut them off."""
+    accounts = [Account("alice", "alice-pw", ALPHA),
+                Account("slow", "slow-pw", ALPHA, extra="max_upload_rate = 64K")]
+    optional = {"worker_processes": "1", "upload_memory_limit": "4",
+                "data_connection_timeout": "60"}
+    with ServerProcess(str(tmp_path), emulator.port, accounts, optional=optional) as server:
+        sessions = [server.login("slow", "slow-pw") for _ in range(4)]
+        replies: list = []
+
+        def slow_upload(ftp: ftplib.FTP, n: int) -> None:
+            try:
+                replies.append(ftp.storbinary(f"STOR {area}/slow{n}",
+                                              io.BytesIO(os.urandom(2 * MIB))))
+            except (OSError, EOFError, ftplib.Error) as exc:
+                replies.append(exc)
+        slow = [threading.Thread(target=slow_upload, args=(ftp, n), daemon=True)
+                for n, ftp in enumerate(sessions)]
+        for thread in slow:
+            thread.start()
+        wait_until(lambda: server.ctl("sessions").stdout.count("STOR") == 4,
+                   what="the paced uploads under way")
+        fast = os.urandom(3 * MIB)
+        with server.login("alice", "alice-pw") as ftp:
+            assert ftp.storbinary(f"STOR {area}/fast", io.BytesIO(fast)).startswith("226")
+        assert all(thread.is_alive() for thread in slow), replies  # none was cut off
+        for ftp in sessions:
+            ftp.close()  # their uploads end with the sessions
+        for thread in slow:
+            thread.join(60)
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/fast")["Body"].get_raw_stream().read() \
+        == fast
