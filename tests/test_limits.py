@@ -23,6 +23,13 @@ import pytest
 from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.config.sizes import parse_size
 from cosftp_prefork.errors import ConfigError
+from cosftp_prefork.server.scoreboard import (
+    ACCOUNT_SLOTS,
+    Limits,
+    Seat,
+    SharedState,
+    account_key,
+)
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
@@ -301,6 +308,47 @@ def test_upload_rate_of_an_account_across_sessions(limited, cos, area):
             == data
     rate = _measured_rate(spans, 3 * size, RATE)
     assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate / KIB:.0f} KiB/s"
+
+
+def test_logging_in_again_brings_no_fresh_burst(limited, cos, area):
+    """An account's buckets outlive its last session: a client that logs out and in again
+    to get the one-second burst anew gets no more than the rate over the whole time."""
+    rate, size = 512 * KIB, 2 * MIB
+    _put(cos, f"{area}/a", size)
+    _put(cos, f"{area}/b", size)
+    with limited.login("paced", "paced-pw") as ftp:
+        ftp.retrbinary(f"RETR {area}/a", lambda _data: None)
+    first_ended = time.monotonic()  # the bucket is empty now
+    got = bytearray()
+    with limited.login("paced", "paced-pw") as ftp:
+        ftp.retrbinary(f"RETR {area}/b", got.extend)
+    measured = len(got) / (time.monotonic() - first_ended)
+    assert len(got) == size
+    assert measured <= 1.15 * rate, f"{measured / KIB:.0f} KiB/s"
+
+
+def test_the_account_table_keeps_buckets_for_a_while_and_never_fills(tmp_path):
+    state = SharedState.create(str(tmp_path / "state"))
+    try:
+        def session(user: str) -> int:
+            row, _ = state.admit(1, "192.0.2.1", Limits())
+            assert state.log_in(row, 1, 0, Seat(account_key(user))) is None
+            return row
+        row = session("paced")
+        assert state.take(account_key("paced"), True, 1024, 4096) > 2.5  # in debt
+        state.release(row, 1)
+        assert state.account_counts() == {}
+        state.sweep_accounts()  # used just now: kept
+        assert state.take(account_key("paced"), True, 1024, 0) > 2.5
+        state.sweep_accounts(idle=0)
+        assert state.take(account_key("paced"), True, 1024, 0) == 0.0  # forgotten
+        # Many accounts logging in and out: kept slots are swept before the table fills.
+        for n in range(ACCOUNT_SLOTS):
+            state.release(session(f"user{n}"), 1)
+        row = session("last")
+        assert state.account_counts() == {account_key("last"): 1}
+    finally:
+        state.close()
 
 
 def test_local_max_rate_caps_each_session(limited, cos, area, tmp_path):

@@ -10,11 +10,14 @@ worker's main thread calls ``Gate.police`` once a second, which closes the conne
 logged in within ``login_timeout`` and those of an address banned meanwhile (by any worker),
 through the ``kick`` callback the FTP layer gave with the connection.
 
-With ``[CLUSTER] redis_url`` the bans, failed logins, per-address and logged-in counts are
-also those of the other nodes (``cluster``): what they hold is taken off the limits before
-the local admission, and this node's counts are published on every change and tick; the tick
-also brings the unbans made on any node (``cosftpctl unban``), which this node's own table
-then forgets too (what it learnt after the unban stays).
+A login also takes a seat of its account (``max_sessions``, counted in the scoreboard with
+the rate buckets of the account).
+
+With ``[CLUSTER] redis_url`` the bans, failed logins, per-address, logged-in and per-account
+counts are also those of the other nodes (``cluster``): what they hold is taken off the
+limits before the local admission, and this node's counts are published on every change and
+tick; the tick also brings the unbans made on any node (``cosftpctl unban``), which this
+node's own table then forgets too (what it learnt after the unban stays).
 
 Addresses in ``ban_allowlist`` are never banned, here or by the cluster: their failed logins
 are not counted, and a ban they hold (made before they were listed, or by a node without the
@@ -315,8 +318,10 @@ class Gate:
 
     def police(self) -> None:
         """Close pending connections past their login deadline or of a banned address, and
-        write the counts of refusal bursts, publish this node's counts to the cluster. Runs
-        in the worker's main thread, once a second."""
+        write the counts of refusal bursts, forget the rate buckets of accounts logged out
+        long enough, publish this node's counts to the cluster. Runs in the worker's main
+        thread, once a second."""
+        self.state.sweep_accounts()
         if self.cluster is not None:
             self._forget_unbanned(self.cluster.publish(*self.state.node_counts(),
                                                        self.state.account_counts()))

@@ -7,7 +7,9 @@ mapping. It holds:
 * one slot per worker, written only by that worker (heartbeat, sessions, transfers, bytes)
   and cleared by the master when it reaps the worker;
 * a session table (worker pid, logged in or not, client address), so every connection limit
-  holds for the whole server rather than per worker, and a table of failed logins and bans
+  holds for the whole server rather than per worker, with a table of the accounts logged in
+  (their sessions, for ``max_sessions``, and their upload and download rate buckets, for
+  ``max_*_rate``: every worker takes from the same bucket), and a table of failed logins and bans
   per client address, with a counter of its changes (a ban started, or lifted by
   ``cosftpctl unban``) and the change last saved to the bans file. Both are changed under
   POSIX record locks on the file, which the kernel releases if the holder dies, so a killed
@@ -89,13 +91,15 @@ _INDEX_AT = _DETAILS_AT + SESSION_ROWS * _DETAIL.size
 _COUNT_WORDS = 5
 _ADDRESS_SLOTS = 2 * SESSION_ROWS
 _ADDRESS_WORDS = 7
-# Then, per session row, the account it logged in as (4 words, 0: none), and an
-# open-addressing table of the accounts logged in here (in use, account (4), logged-in
-# sessions, then the upload and the download rate buckets: level and stamp as int64 each).
+# Then, per session row, the account it logged in as (4 words, 0: none), the number of
+# account slots kept with no session, and an open-addressing table of the accounts logged in
+# here (in use, account (4), logged-in sessions, then the upload and the download rate
+# buckets: level and stamp as int64 each).
 ACCOUNT_SLOTS = 2 * SESSION_ROWS
 _ACCOUNT_WORDS = 14
 _INDEX_WORDS = _COUNT_WORDS + SESSION_ROWS + _ADDRESS_SLOTS * _ADDRESS_WORDS + \
-    SESSION_ROWS * 4 + ACCOUNT_SLOTS * _ACCOUNT_WORDS
+    SESSION_ROWS * 4 + 1 + ACCOUNT_SLOTS * _ACCOUNT_WORDS
+KEEP_BUCKETS = 10 * rates.NS  # how long an account's buckets outlive its last session
 FILE_SIZE = _INDEX_AT + _INDEX_WORDS * 4
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
@@ -546,6 +550,12 @@ class SharedState:
         with self._sessions_and_index() as (_, index):
             return index.take(account, 0 if upload else 1, rate, nbytes)
 
+    def sweep_accounts(self, idle: int = KEEP_BUCKETS) -> None:
+        """Forget the buckets of accounts logged out here and unused for ``idle``
+        nanoseconds (a worker's tick)."""
+        with self._sessions_and_index() as (_, index):
+            index.sweep(idle)
+
     def account_counts(self) -> dict[AccountKey, int]:
         """Logged-in sessions per account on this server."""
         with self._sessions_and_index() as (_, index):
@@ -725,17 +735,22 @@ class _SessionIndex:
 
     def join(self, row: int, account: AccountKey) -> None:
         """The session of ``row`` logged in as ``account``."""
-        at = self._accounts.find(account)
         words = self._words
+        if words[_KEPT] > ACCOUNT_SLOTS // 4:  # the table stays at most three quarters full
+            self.sweep(0)
+        at = self._accounts.find(account)
         if not words[at]:
             words[at:at + _ACCOUNT_WORDS] = array("I", [1, *account, 0, *_BUCKETS_UNUSED])
+        elif not words[at + 5]:
+            words[_KEPT] -= 1
         words[at + 5] += 1
         mark = _ROW_ACCOUNT_BASE + row * 4
         words[mark:mark + 4] = array("I", account)
 
     def leave(self, row: int) -> None:
-        """The session of ``row`` is no longer logged in (if it was): the account's slot
-        goes with its last session."""
+        """The session of ``row`` is no longer logged in (if it was). The account's slot
+        outlives its last session by ``KEEP_BUCKETS`` (``sweep``): logging out and in again
+        must not bring a full bucket."""
         words, mark = self._words, _ROW_ACCOUNT_BASE + row * 4
         account = tuple(words[mark:mark + 4])
         if not any(account):
@@ -745,7 +760,27 @@ class _SessionIndex:
         if words[at]:
             words[at + 5] -= 1
             if not words[at + 5]:
+                words[_KEPT] += 1
+
+    def sweep(self, idle: int) -> None:
+        """Forget the slots of accounts with no session whose buckets were last used more
+        than ``idle`` nanoseconds ago."""
+        words = self._words
+        if not words[_KEPT]:
+            return
+        end = _ACCOUNT_BASE + ACCOUNT_SLOTS * _ACCOUNT_WORDS
+        in_use = words[_ACCOUNT_BASE:end:_ACCOUNT_WORDS].tolist()
+        sessions = words[_ACCOUNT_BASE + 5:end:_ACCOUNT_WORDS].tolist()
+        before = time.monotonic_ns() - idle
+        idle_keys = [tuple(words[at + 1:at + 5]) for at in
+                     (_ACCOUNT_BASE + slot * _ACCOUNT_WORDS for slot, used in enumerate(in_use)
+                      if used and not sessions[slot])]
+        for key in idle_keys:  # by key: a deletion moves later slots back
+            at = self._accounts.find(key)
+            up, down = (_INT64.unpack(words[b:b + 4].tobytes())[1] for b in (at + 6, at + 10))
+            if words[at] and not words[at + 5] and max(up, down) < before:
                 self._accounts.delete(at)
+                words[_KEPT] -= 1
 
     def take(self, account: AccountKey, bucket: int, rate: int, nbytes: int) -> float:
         """Take ``nbytes`` from the account's upload (0) or download (1) bucket; return the
@@ -764,10 +799,11 @@ class _SessionIndex:
     def accounts(self) -> dict[AccountKey, int]:
         """Logged-in sessions per account."""
         words, found = self._words, {}
-        for slot in range(ACCOUNT_SLOTS):
+        end = _ACCOUNT_BASE + ACCOUNT_SLOTS * _ACCOUNT_WORDS
+        sessions = words[_ACCOUNT_BASE + 5:end:_ACCOUNT_WORDS].tolist()
+        for slot in (s for s, count in enumerate(sessions) if count):
             at = _ACCOUNT_BASE + slot * _ACCOUNT_WORDS
-            if words[at]:
-                found[tuple(words[at + 1:at + 5])] = words[at + 5]
+            found[tuple(words[at + 1:at + 5])] = sessions[slot]
         return found
 
 
@@ -814,7 +850,8 @@ class _ProbeTable:
 
 _ADDRESS_BASE = _COUNT_WORDS + SESSION_ROWS
 _ROW_ACCOUNT_BASE = _ADDRESS_BASE + _ADDRESS_SLOTS * _ADDRESS_WORDS
-_ACCOUNT_BASE = _ROW_ACCOUNT_BASE + SESSION_ROWS * 4
+_KEPT = _ROW_ACCOUNT_BASE + SESSION_ROWS * 4  # slots of accounts with no session
+_ACCOUNT_BASE = _KEPT + 1
 # An account slot's two buckets, upload then download: level, stamp (int64 each).
 _INT64 = struct.Struct("<qq")
 _BUCKETS_UNUSED = array("I", _INT64.pack(rates.EMPTY, 0) * 2)
