@@ -34,6 +34,7 @@ from cosftp_prefork.server.scoreboard import (
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_cluster import LoneNode, start_redis
+from .tls_clients import client_context, write_certificate
 
 KIB, MIB = 1024, 1024 * 1024
 RATE = 512 * KIB
@@ -41,8 +42,10 @@ WRONG_PASSWORD = "530 Authentication failed."
 
 ACCOUNTS = [
     Account("alice", "alice-pw", ALPHA),  # no limits: keeps the worker busy
-    Account("paced", "paced-pw", ALPHA,
-            extra=f"max_download_rate = 512K\nmax_upload_rate = {RATE}"),
+    # Each rate test has an account of its own: its bucket starts full, as the test assumes.
+    *(Account(user, f"{user}-pw", ALPHA,
+              extra=f"max_download_rate = 512K\nmax_upload_rate = {RATE}")
+      for user in ("paced", "pacedup", "tlsdown", "tlsup", "asciidown", "again")),
     Account("capped", "capped-pw", ALPHA, extra="local_max_rate = 256K"),
     Account("few", "few-pw", ALPHA,
             extra="max_sessions = 2\nlogin_message = Welcome, few: two sessions at most."),
@@ -55,10 +58,12 @@ ACCOUNTS = [
 @pytest.fixture(scope="module")
 def limited(emulator, tmp_path_factory):
     """One worker, so that the paced sessions share it with a busy unlimited one."""
+    cert, key = write_certificate(tmp_path_factory.mktemp("certs"))
     proc = ServerProcess(str(tmp_path_factory.mktemp("limits")), emulator.port, ACCOUNTS,
                          optional={"worker_processes": "1", "max_login_failures": "0",
                                    "ftpd_banner": "Tenant gateway: authorised use only."},
-                         network={"listen_address": "127.0.0.1, ::1"})
+                         network={"listen_address": "127.0.0.1, ::1", "tls_certfile": cert,
+                                  "tls_keyfile": key})
     proc.start()
     yield proc
     proc.stop()
@@ -140,12 +145,18 @@ def test_addresses_not_allowed_get_the_reply_of_a_wrong_password(limited):
         assert _login_reply(limited, user, f"{user}-pw") == WRONG_PASSWORD, user
     assert _login_reply(limited, "sixonly", "sixonly-pw", host="::1").startswith("230")
     assert _login_reply(limited, "denied", "denied-pw", host="::1").startswith("230")
-    assert "login as [COS_ACCOUNT_4] refused: the address is not allowed" in limited.log_text()
+    fenced = [account.user for account in ACCOUNTS].index("fenced")
+    assert f"login as [COS_ACCOUNT_{fenced}] refused: the address is not allowed" in \
+        limited.log_text()
     # lftp too: its login fails as with a wrong password
-    done = subprocess.run(["lftp", "-c", f"set net:max-retries 1; open -u fenced,fenced-pw "
-                           f"ftp://127.0.0.1:{limited.port}; ls"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "530" in done.stderr, done.stderr
+    def lftp(user: str, password: str) -> str:
+        done = subprocess.run(["lftp", "-c", f"set ftp:ssl-allow no; set net:max-retries 1; "
+                               f"open -u {user},{password} ftp://127.0.0.1:{limited.port}; ls"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        return done.stderr
+    assert "Login failed: 530 Authentication failed." in lftp("fenced", "fenced-pw")
+    assert lftp("fenced", "fenced-pw") == lftp("alice", "wrong")
 
 
 def test_max_sessions_of_an_account(limited):
@@ -295,7 +306,7 @@ def test_download_rate_of_an_account_across_sessions_with_a_busy_worker(limited,
 def test_upload_rate_of_an_account_across_sessions(limited, cos, area):
     size = MIB + 256 * KIB  # two parts each (1 MiB parts): the second paid for on its own
     data = os.urandom(size)
-    sessions = [limited.login("paced", "paced-pw") for _ in range(3)]
+    sessions = [limited.login("pacedup", "pacedup-pw") for _ in range(3)]
     _put(cos, f"{area}/big", 8 * MIB)
     with Busy(limited, f"{area}/big"):
         spans = _concurrently([
@@ -310,17 +321,50 @@ def test_upload_rate_of_an_account_across_sessions(limited, cos, area):
     assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate / KIB:.0f} KiB/s"
 
 
+def _tls_login(server: ServerProcess, user: str) -> ftplib.FTP_TLS:
+    ftp = ftplib.FTP_TLS(context=client_context())
+    ftp.connect("127.0.0.1", server.port, timeout=60)
+    ftp.login(user, f"{user}-pw")
+    ftp.prot_p()
+    return ftp
+
+
+def test_rates_over_tls_and_in_ascii_mode(limited, cos, area):
+    """The transfers the IO loop sends (TLS, ASCII) and a TLS upload (paced a slice at a
+    time: its socket cannot tell what the client has left) keep to the rate too."""
+    size = 2 * MIB
+    text = b"".join(b"%07d paced line\r\n" % n for n in range(size // 18 + 1))[:size]
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/text", Body=text)
+    data = os.urandom(size)
+    sessions = {user: _tls_login(limited, user) for user in ("tlsdown", "tlsup")}
+    sessions["asciidown"] = limited.login("asciidown", "asciidown-pw")
+    got, lines = bytearray(), []
+    spans = dict(zip(sessions, _concurrently([
+        lambda: sessions["tlsdown"].retrbinary(f"RETR {area}/text", got.extend),
+        lambda: sessions["tlsup"].storbinary(f"STOR {area}/up", io.BytesIO(data)),
+        lambda: sessions["asciidown"].retrlines(f"RETR {area}/text", lines.append)])))
+    for ftp in sessions.values():
+        _quit(ftp)
+    assert bytes(got) == text
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/up")["Body"].get_raw_stream().read() \
+        == data
+    assert "\r\n".join(lines).encode() == text  # the last line has no line end
+    for user, span in spans.items():
+        rate = _measured_rate([span], size, RATE)
+        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{user}: {rate / KIB:.0f} KiB/s"
+
+
 def test_logging_in_again_brings_no_fresh_burst(limited, cos, area):
     """An account's buckets outlive its last session: a client that logs out and in again
     to get the one-second burst anew gets no more than the rate over the whole time."""
     rate, size = 512 * KIB, 2 * MIB
     _put(cos, f"{area}/a", size)
     _put(cos, f"{area}/b", size)
-    with limited.login("paced", "paced-pw") as ftp:
+    with limited.login("again", "again-pw") as ftp:
         ftp.retrbinary(f"RETR {area}/a", lambda _data: None)
     first_ended = time.monotonic()  # the bucket is empty now
     got = bytearray()
-    with limited.login("paced", "paced-pw") as ftp:
+    with limited.login("again", "again-pw") as ftp:
         ftp.retrbinary(f"RETR {area}/b", got.extend)
     measured = len(got) / (time.monotonic() - first_ended)
     assert len(got) == size
