@@ -124,8 +124,9 @@ class UploadPacing:
     def _part_paid_for(self, size: int) -> bool:
         """Whether the next part's buffer may be claimed under a rate limit: its first bytes
         are there (``_part_bytes_there``) and its throttle let all of them go, or all the
-        client has left to send (once it finished; a TLS connection: a slice, as its
-        socket cannot tell)."""
+        client has left to send (once it finished). Over TLS, a slice: a client may wait
+        for the server's closing alert before it closes, so its socket cannot tell the
+        last bytes of a file from a pause, and a whole part would be waited for in vain."""
         if not self._part_bytes_there(size):
             return False
         if type(self.socket) is not socket.socket:
