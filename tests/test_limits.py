@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+import redis as redis_client
 
 from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.config.sizes import parse_size
@@ -217,6 +218,13 @@ def test_max_sessions_holds_across_nodes(emulator, tmp_path):
             node.redis_port, node.name = redis_port, name
             nodes.append(node.start())
         one, two = nodes[0].login("few", "few-pw"), nodes[1].login("few", "few-pw")
+        # Once every node has rewritten its counts (its heartbeat) since, they still hold.
+        logged_in = time.time()
+        shared = redis_client.Redis(port=redis_port, decode_responses=True)
+        wait_until(lambda: len([node for node, beat in shared.zrange(
+            "cosftp:nodes", 0, -1, withscores=True) if beat > logged_in + 0.1]) == 2,
+            what="both nodes' heartbeats")
+        shared.close()
         assert _login_reply(nodes[0], "few", "few-pw").startswith("421 Too many sessions")
         assert _login_reply(nodes[1], "few", "few-pw").startswith("421 Too many sessions")
         _quit(one)
