@@ -14,6 +14,7 @@ from __future__ import annotations
 import ftplib
 import io
 import os
+import re
 import subprocess
 import threading
 import time
@@ -48,6 +49,7 @@ ACCOUNTS = [
               extra=f"max_download_rate = 512K\nmax_upload_rate = {RATE}")
       for user in ("paced", "pacedup", "tlsdown", "tlsup", "asciidown", "again")),
     Account("capped", "capped-pw", ALPHA, extra="local_max_rate = 256K"),
+    Account("trickle", "trickle-pw", ALPHA, extra="max_upload_rate = 16K"),
     Account("few", "few-pw", ALPHA,
             extra="max_sessions = 2\nlogin_message = Welcome, few: two sessions at most."),
     Account("fenced", "fenced-pw", ALPHA, extra="allowed_ips = 10.0.0.0/8, 2001:db8::/32"),
@@ -429,10 +431,37 @@ def test_local_max_rate_caps_each_session(limited, cos, area, tmp_path):
         assert 0.85 * cap <= rate <= 1.15 * cap, f"{name}: {rate / KIB:.0f} KiB/s"
 
 
+def test_a_client_is_not_kept_waiting_for_a_whole_part_at_a_low_rate(limited, area):
+    """At 16 KiB/s a 1 MiB part takes a minute to pay for; the upload saves up for 10 s at
+    most (clients give up on a data connection that moves nothing for 20 s), then takes what
+    it paid for and goes on at the rate."""
+    ftp = limited.login("trickle", "trickle-pw")
+    outcome: list = []
+
+    def upload() -> None:
+        try:
+            outcome.append(ftp.storbinary(f"STOR {area}/slow", io.BytesIO(os.urandom(2 * MIB))))
+        except (OSError, EOFError, ftplib.Error) as exc:
+            outcome.append(exc)
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+
+    def received() -> int:
+        found = re.search(r" trickle +\S+ +logged in +(\d+) ", limited.ctl("sessions").stdout)
+        return int(found.group(1)) if found else 0
+    try:
+        wait_until(lambda: received() >= 64 * KIB, timeout=40,
+                   what="the first bytes read before the part was paid for")
+    finally:
+        ftp.close()  # the upload ends with its session
+        thread.join(60)
+
+
 def test_paced_uploads_leave_the_memory_budget_to_the_others(emulator, cos, area, tmp_path):
     """Four slow paced uploads on a worker whose budget holds four part buffers: none holds
-    a buffer while it waits for its rate, so an unlimited upload goes through while they
-    run, rather than once data_connection_timeout cut them off."""
+    a buffer while it waits for its rate (for its first 10 s: then it takes one, see the
+    test above), so an unlimited upload goes through while they run, rather than once
+    data_connection_timeout cut them off."""
     accounts = [Account("alice", "alice-pw", ALPHA),
                 Account("slow", "slow-pw", ALPHA, extra="max_upload_rate = 64K")]
     optional = {"worker_processes": "1", "upload_memory_limit": "4",

@@ -5,10 +5,11 @@ A ``Throttle`` paces one direction of one session's file transfers. It reserves 
 its buckets a slice at a time (a sixteenth of the lowest rate, 1 KiB to ``CHUNK_SIZE``)
 and lets them go once every bucket has them; until then the data channel neither reads
 its socket (an upload: TCP slows the client down and nothing is buffered) nor sends (a
-download). An upload over a plain data connection saves up for a whole part before it
-claims the part's buffer (``ftp.pacing``), then reads the part at once: a paced upload holds
-a buffer only while its bytes come in, never while it waits for its rate, so slow tenants
-cannot keep the worker's memory budget from the others. Listings are not paced.
+download). An upload over a plain data connection saves up for a whole part (for
+``SAVE_UP_SECONDS`` at most) before it claims the part's buffer (``ftp.pacing``), then
+reads the part at once: a paced upload holds a buffer only while its bytes come in, not
+while it waits for its rate, so slow tenants cannot keep the worker's memory budget from
+the others. Listings are not paced.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from ..rates import Bucket
 
 BucketTake = Callable[[int], float]  # take n bytes; seconds to wait before they may go
 MIN_SLICE = 1024
+# The longest an upload saves up for a part while its client cannot send: FileZilla gives
+# up on a connection that moved nothing for 20 s by default. At rates too low to pay for a
+# part in this time, the buffer is claimed then and filled at the rate.
+SAVE_UP_SECONDS = 10.0
 
 
 class Throttle:
@@ -34,6 +39,7 @@ class Throttle:
         self._slice = max(MIN_SLICE, min(CHUNK_SIZE, lowest_rate // 16))
         self._credit = 0  # bytes reserved and not sent yet
         self._ready_at = 0.0  # time.monotonic() from which they may go
+        self._saving_since: Optional[float] = None  # saving up for a part since
 
     def allowance(self, want: int) -> tuple[int, float]:
         """Bytes (at most ``want``) that may go now, and if none, the seconds until some
@@ -47,13 +53,19 @@ class Throttle:
 
     def save_up(self, target: int) -> tuple[bool, float]:
         """Reserve slice after slice, each once the one before may go, until ``target``
-        bytes may go at once: True then, else False and the seconds until the next step
-        (an upload pays for a part before it claims the part's buffer)."""
+        bytes may go at once, or for ``SAVE_UP_SECONDS`` at most: True then, else False and
+        the seconds until the next step (an upload pays for a part before it claims the
+        part's buffer, and its client, which cannot send meanwhile, is kept waiting no
+        longer than a client waits for a stalled connection)."""
         now = time.monotonic()
+        if self._saving_since is None:
+            self._saving_since = now
         while self._credit < target and now >= self._ready_at:
             self._reserve(min(self._slice, target - self._credit), now)
-        if now < self._ready_at:
-            return False, self._ready_at - now
+        if now - self._saving_since < SAVE_UP_SECONDS and \
+                (self._credit < target or now < self._ready_at):
+            return False, max(0.0, self._ready_at - now)
+        self._saving_since = None
         return True, 0.0
 
     def _reserve(self, nbytes: int, now: float) -> None:
