@@ -35,6 +35,7 @@ from cosftp_prefork.server.scoreboard import (
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_auth_hook import definition, hooked_server, service  # noqa: F401 (a fixture)
 from .test_cluster import LoneNode, start_redis
 from .tls_clients import client_context, write_certificate
 
@@ -237,6 +238,21 @@ def test_max_sessions_holds_across_nodes(emulator, tmp_path):
         for node in nodes:
             node.stop()
         redis.stop()
+
+
+def test_accounts_from_the_auth_hook_carry_their_limits(emulator, tmp_path, service):  # noqa: F811
+    service.users["roamer"] = ("roamer-pw", definition(emulator, allowed_ips="10.0.0.0/8"))
+    service.users["greeted"] = ("greeted-pw", definition(
+        emulator, max_sessions="1", login_message="Hello from the hook."))
+    with hooked_server(emulator, tmp_path, service.url) as server:
+        assert _login_reply(server, "roamer", "roamer-pw") == WRONG_PASSWORD
+        first = server.login("greeted", "greeted-pw")
+        assert first.lastresp == "230"
+        assert _login_reply(server, "greeted", "greeted-pw").startswith(
+            "421 Too many sessions")
+        first.quit()
+        wait_until(lambda: _login_reply(server, "greeted", "greeted-pw") ==
+                   "230 Hello from the hook.", what="the hook account's place freed")
 
 
 def _put(cos, key: str, size: int) -> None:
