@@ -139,3 +139,24 @@ def test_the_settings_show_no_secret(registered):
     assert shown["keys"]["AKIDreader"]["deny"] == sorted(KEYS["AKIDreader"]["deny"])
     assert "reader-key" not in str(shown) and shown["strict"] is True
 
+
+
+def test_a_key_limited_to_buckets_reaches_no_other_not_even_as_a_copy_source():
+    """A CAM policy's resources: a key given ``buckets`` gets AccessDenied on any other
+    bucket, and for a copy whose source is in one (COS reads a copy's source with the
+    credentials of the request)."""
+    keys = {**KEYS, "AKIDhomeonly": {"secret": "home-only", "buckets": [HOME]}}
+    with strict_emulator([HOME, SHANGHAI], keys, {}) as emu:
+        owner(emu).put_object(Bucket=SHANGHAI, Key="theirs.txt", Body=b"theirs")
+        owner(emu).put_object(Bucket=HOME, Key="mine.txt", Body=b"mine")
+        limited = client(emu, "AKIDhomeonly", "home-only")
+        assert refusal(limited.list_objects, Bucket=SHANGHAI)[:2] == (403, "AccessDenied")
+        source = {"Bucket": SHANGHAI, "Key": "theirs.txt", "Region": "ap-guangzhou"}
+        assert refusal(limited.copy_object, Bucket=HOME, Key="copy.txt",
+                       CopySource=source)[:2] == (403, "AccessDenied")
+        limited.copy_object(Bucket=HOME, Key="copy.txt",
+                            CopySource={**source, "Bucket": HOME, "Key": "mine.txt"})
+        owner(emu).copy_object(Bucket=HOME, Key="copy2.txt", CopySource=source)
+        assert owner(emu).get_object(Bucket=HOME, Key="copy2.txt")["Body"].get_raw_stream() \
+            .read() == b"theirs"
+        assert emu.set_accounts()["keys"]["AKIDhomeonly"]["buckets"] == [HOME]

@@ -13,7 +13,10 @@ sign with any key keep working. Once registered:
   emulator's clock to test both);
 * with ``strict``, a SecretId that is not registered gets 403 ``InvalidAccessKeyId``;
 * a key may be refused COS actions (``deny``, or only ``allow`` some): 403 ``AccessDenied``,
-  like a CAM policy that does not grant the action;
+  like a CAM policy that does not grant the action; and it may be given ``buckets``, the
+  only buckets it reaches (a CAM policy's resources): a request on another bucket, or a copy
+  whose source is in another bucket (COS reads a copy's source with the request's
+  credentials), gets 403 ``AccessDenied``;
 * a bucket given a region answers only at its region's endpoint
   (``<bucket>.cos.<region>.myqcloud.com``): elsewhere it does not exist (404
   ``NoSuchBucket``), which is what a COS region answers for a bucket of another region;
@@ -100,9 +103,22 @@ class Key:
     secret: str
     allow: Optional[frozenset[str]] = None  # None: every action
     deny: frozenset[str] = frozenset()
+    buckets: Optional[frozenset[str]] = None  # None: every bucket
 
     def permits(self, action: str) -> bool:
         return action not in self.deny and (self.allow is None or action in self.allow)
+
+    def reaches(self, environ: dict) -> bool:
+        """Whether the request's bucket, and its copy source's, are among ``buckets``."""
+        if self.buckets is None:
+            return True
+        hosts = [environ.get("HTTP_HOST", "")]
+        source = urllib.parse.unquote(environ.get("HTTP_X_COS_COPY_SOURCE", ""))
+        if source:
+            hosts.append(source.lstrip("/").split("/", 1)[0])
+        # <bucket>.<any endpoint>: COS bucket names hold no dots.
+        return all(host in SERVICE_HOSTS or host.split(".", 1)[0] in self.buckets
+                   for host in hosts)
 
 
 class _SigningClock:
@@ -204,16 +220,19 @@ class Accounts:
             self.strict = bool(changes.get("strict", self.strict))
             self.clock_offset = float(changes.get("clock_offset", self.clock_offset))
             for secret_id, spec in changes.get("keys", {}).items():
-                allow = spec.get("allow")
+                allow, buckets = spec.get("allow"), spec.get("buckets")
                 self.keys[secret_id] = Key(spec["secret"],
                                            None if allow is None else frozenset(allow),
-                                           frozenset(spec.get("deny", ())))
+                                           frozenset(spec.get("deny", ())),
+                                           None if buckets is None else frozenset(buckets))
             self.regions.update(changes.get("buckets", {}))
 
     def as_dict(self) -> dict:
         with self._lock:
             keys = {secret_id: {"allow": None if key.allow is None else sorted(key.allow),
-                                "deny": sorted(key.deny)} for secret_id, key in self.keys.items()}
+                                "deny": sorted(key.deny),
+                                "buckets": None if key.buckets is None else sorted(key.buckets)}
+                    for secret_id, key in self.keys.items()}
             return {"strict": self.strict, "clock_offset": self.clock_offset, "keys": keys,
                     "buckets": dict(self.regions)}
 
@@ -246,7 +265,9 @@ class Accounts:
                            "the request time and the server's time is too large.")
         if now > end:
             return Refusal("403 Forbidden", "AccessDenied", "Request has expired")
-        return None if key.permits(cos_action(environ)) else ACCESS_DENIED
+        if key.permits(cos_action(environ)) and key.reaches(environ):
+            return None
+        return ACCESS_DENIED
 
     def _elsewhere(self, environ: dict) -> bool:
         """Whether the request names a bucket of another region than its endpoint's."""
