@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -64,6 +65,20 @@ delete_enable = {"true" if self.delete_enable else "false"}
 """
 
 
+def check_uncommented_example(directory) -> tuple[str, subprocess.CompletedProcess]:
+    """conf/vsftpd.conf.example with its commented-out sections and options ("#[", "#name")
+    uncommented and its placeholders filled, written into ``directory``: its path and what
+    ``cosftpctl check`` says of it."""
+    with open(os.path.join(ROOT, "conf", "vsftpd.conf.example"), encoding="utf-8") as handle:
+        text = handle.read()
+    text = re.sub(r"^#(?=[\[\w])", "", text, flags=re.MULTILINE).replace("XXXXXX", "filled")
+    path = os.path.join(str(directory), "vsftpd.conf")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path, subprocess.run([sys.executable, "-m", "cosftp_prefork", "-c", path, "check"],
+                                capture_output=True, text=True, timeout=60)
+
+
 def many_accounts(count: int, bucket: str, prefix: str, shared: str) -> list[Account]:
     """``count`` accounts ``u<i>`` (password ``u<i>-pw``), as a shared-bucket service has
     them: every third rooted at ``<prefix>u<i>/`` of ``bucket`` (signing with one of seven
@@ -91,6 +106,7 @@ class ServerProcess:
     optional: dict[str, str] = field(default_factory=dict)
     file_option: dict[str, str] = field(default_factory=dict)
     network: dict[str, str] = field(default_factory=dict)
+    sections: str = ""  # more sections, as they are written in the file ([FOLDER_x]...)
     port: int = 0
     proc: Optional[subprocess.Popen] = None
     # How to run cosftpctl (default: this interpreter's ``-m cosftp_prefork``) and with
@@ -117,6 +133,7 @@ class ServerProcess:
             optional["run_as_root"] = "true"
         optional.update(self.optional)
         text = "".join(a.section(i, self.cos_port) for i, a in enumerate(self.accounts))
+        text += self.sections
         network = {"listen_address": "127.0.0.1", "listen_port": str(self.port),
                    "passive_port": "30000,60000", **self.network}
         text += "\n[NETWORK]\n" + "".join(f"{k} = {v}\n" for k, v in network.items())

@@ -12,9 +12,7 @@ import ftplib
 import io
 import os
 import posixpath
-import re
 import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -25,8 +23,13 @@ from cosftp_prefork.config.settings import load_config
 
 from .conftest import ALPHA, BETA, _close
 from .emulator_proc import EmulatorProcess
-from .server_proc import ROOT as PROJECT
-from .server_proc import Account, ServerProcess, many_accounts, wait_until
+from .server_proc import (
+    Account,
+    ServerProcess,
+    check_uncommented_example,
+    many_accounts,
+    wait_until,
+)
 from .test_commands import get, put
 
 MIB = 1024 * 1024
@@ -445,15 +448,9 @@ def test_check_refuses_a_cos_prefix_that_is_no_directory(emulator, tmp_path, val
 def test_the_examples_shared_bucket_layout_checks(tmp_path):
     """conf/vsftpd.conf.example shows three tenants and their admin in one bucket, commented
     out; uncommented, with credentials, the file checks and roots them where it says."""
-    with open(os.path.join(PROJECT, "conf", "vsftpd.conf.example"), encoding="utf-8") as handle:
-        text = handle.read()
-    text = re.sub(r"^#(?=[\[\w])", "", text, flags=re.MULTILINE).replace("XXXXXX", "filled")
-    path = tmp_path / "vsftpd.conf"
-    path.write_text(text)
-    done = subprocess.run([sys.executable, "-m", "cosftp_prefork", "-c", str(path), "check"],
-                          capture_output=True, text=True, timeout=60)
+    path, done = check_uncommented_example(tmp_path)
     assert done.returncode == 0 and "OK, 6 account(s)" in done.stdout, done.stderr
-    homes = {account.user: account.prefix for account in load_config(str(path)).accounts}
+    homes = {account.user: account.prefix for account in load_config(path).accounts}
     assert homes == {"user0": "", "user1": "", "alice": "tenants/alice/",
                      "bob": "tenants/bob/", "carol": "tenants/carol/",
                      "tenant-admin": "tenants/"}

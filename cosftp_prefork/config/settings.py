@@ -47,6 +47,7 @@ ACCOUNT_PREFIX = "COS_ACCOUNT"
 CREDENTIALS_PREFIX = "COS_CREDENTIALS"
 RATE_OPTIONS = ("max_upload_rate", "max_download_rate", "local_max_rate")
 MIN_RATE = 1024  # bytes/s: below it a transfer would be paced a few bytes at a time
+FOLDER_PREFIX = "FOLDER"  # [FOLDER_<name>]: a virtual folder accounts mount by name
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
 
 
@@ -111,6 +112,28 @@ class AccountLimits:
 
 
 @dataclass(frozen=True)
+class FolderConfig:
+    """One ``[FOLDER_<name>]`` section: a bucket or prefix that accounts mount into their
+    tree (``virtual_folders``). Storage options left unset (None) are the mounting
+    account's: a folder naming only ``cos_prefix`` is another prefix of the account's own
+    bucket, reached with the account's credentials."""
+
+    name: str
+    section: str
+    authority: str
+    delete_enable: bool
+    prefix: str = ""
+    secret_id: Optional[str] = field(default=None, repr=False)
+    secret_key: Optional[str] = field(default=None, repr=False)
+    bucket: Optional[str] = None
+    region: Optional[str] = None
+    endpoint: Optional[str] = None
+    protocol: Optional[str] = None
+    cos_ip: Optional[str] = None
+    cos_port: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     """One ``[COS_ACCOUNT_*]`` section: an FTP login bound to one bucket."""
 
@@ -138,6 +161,9 @@ class AccountConfig:
     quota_size: int = 0
     quota_files: int = 0
 
+    # virtual_folders: (mount path, folder) pairs, in the order the option lists them.
+    folders: tuple[tuple[str, FolderConfig], ...] = ()
+
     @property
     def has_quota(self) -> bool:
         return bool(self.quota_size or self.quota_files)
@@ -151,6 +177,24 @@ class AccountConfig:
     @property
     def can_write(self) -> bool:
         return "W" in self.authority
+
+    def mounted(self, folder: FolderConfig) -> AccountConfig:
+        """What this account is inside ``folder``: the folder's bucket, prefix, authority
+        and ``delete_enable``; its own for what the folder leaves unset (see
+        :class:`FolderConfig`). No folders of its own: folders do not nest; no quota of its
+        own either (the quotas of homes the folder's keys are in count them: ``cos.quota``)."""
+        place = {}
+        if folder.bucket is not None:
+            place = {"bucket": folder.bucket, "region": folder.region,
+                     "endpoint": folder.endpoint}
+        overrides = {"secret_id": folder.secret_id, "secret_key": folder.secret_key,
+                     "protocol": folder.protocol, "cos_ip": folder.cos_ip,
+                     "cos_port": folder.cos_port}
+        return dataclasses.replace(
+            self, section=folder.section, prefix=folder.prefix, authority=folder.authority,
+            delete_enable=folder.delete_enable, folders=(), quota_size=0, quota_files=0,
+            **place,
+            **{name: value for name, value in overrides.items() if value is not None})
 
 
 @dataclass(frozen=True)
@@ -296,6 +340,9 @@ class Config:
     # [COS_CREDENTIALS_<name>]: {name: (secret_id, secret_key)}, named by an account's
     # cos_credentials (of the file or of an auth hook's answer: keys need not cross the wire).
     credentials: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    # [FOLDER_<name>]: {name: folder}, named by an account's virtual_folders (of the file or
+    # of an auth hook's answer).
+    folders: Mapping[str, FolderConfig] = field(default_factory=dict)
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError,
@@ -374,14 +421,21 @@ def _protocol(raw: str) -> str:
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]*-[0-9]+$")
 _ACCOUNT_RE = re.compile(r"^COS_ACCOUNT(_.*)?$")
 _CREDENTIALS_RE = re.compile(r"^COS_CREDENTIALS_([A-Za-z0-9_.-]{1,64})$")
+# A folder's name is what virtual_folders writes after "=": no comma, "=" or space in it.
+_FOLDER_RE = re.compile(r"^FOLDER_[^\s,=]+$")
 
 
 def section_kind(section: str) -> str:
     """The settings table's section for a section of a file (``COS_ACCOUNT_0`` ->
-    ``COS_ACCOUNT``, ``COS_CREDENTIALS_shared`` -> ``COS_CREDENTIALS``)."""
+    ``COS_ACCOUNT``, ``COS_CREDENTIALS_shared`` -> ``COS_CREDENTIALS``, ``FOLDER_team`` ->
+    ``FOLDER``)."""
     if _ACCOUNT_RE.match(section):
         return ACCOUNT_PREFIX
+    if _FOLDER_RE.match(section):
+        return FOLDER_PREFIX
     return CREDENTIALS_PREFIX if _CREDENTIALS_RE.match(section) else section
+
+
 _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 
@@ -518,6 +572,36 @@ def _home_dir(raw: str) -> str:
     return "/" + raw.strip("/")
 
 
+@_accepts("/path=name pairs, comma-separated: each mounts [FOLDER_name] at /path")
+def _mount_list(raw: str) -> tuple[tuple[str, str], ...]:
+    """``/in=incoming, /shared/docs=docs``: where each named folder appears in the
+    account's tree. A path is absolute and names a directory below ``/`` (no empty, ``.``,
+    ``..`` or ``.cosftp`` component); no two paths are the same or one under the other
+    (a folder's tree is the folder's alone)."""
+    mounts: list[tuple[str, str]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        path, equals, name = (side.strip() for side in part.partition("="))
+        if not equals or not path or not name:
+            raise ValueError(f"must be /path=name pairs such as /shared=docs, got {part!r}")
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} is outside /: a mount path starts with /")
+        try:
+            key = home_prefix(path)
+        except ValueError as exc:
+            raise ValueError(f"{path!r} {exc}") from None
+        if not key:
+            raise ValueError(f"{part!r}: / is the account's own; mount a folder below it")
+        path = "/" + key[:-1]
+        for other, _ in mounts:
+            if other == path:
+                raise ValueError(f"mounts two folders at {path}")
+            if path.startswith(other + "/") or other.startswith(path + "/"):
+                raise ValueError(f"{path} and {other} overlap: mount a folder beside another, "
+                                 "not under it")
+        mounts.append((path, name))
+    return tuple(mounts)
+
+
 @_accepts("low,high")
 def _port_range(raw: str) -> tuple[int, int]:
     parts = [p.strip() for p in raw.split(",")]
@@ -628,6 +712,34 @@ SETTINGS: tuple[Setting, ...] = (
             "text of the 230 reply to this account's login", "none: Login successful."),
     Setting("OPTIONAL", "ftpd_banner", _message, "cosftp-prefork ready.",
             "text of the 220 greeting (vsftpd's name)"),
+    Setting(ACCOUNT_PREFIX, "virtual_folders", _mount_list, (),
+            "virtual folders in this account's tree: /path=name mounts [FOLDER_name] at "
+            "/path", "none"),
+    # Virtual folders (see docs/configuration.md, "Virtual folders"): storage options left
+    # out are the mounting account's.
+    Setting(FOLDER_PREFIX, "cos_bucket", _bucket, None, "bucket as <name>-<appid>",
+            "the mounting account's bucket (and its region or endpoint)"),
+    Setting(FOLDER_PREFIX, "cos_region", _text, None, "region of cos_bucket",
+            "none: required with cos_bucket unless cos_endpoint is set"),
+    Setting(FOLDER_PREFIX, "cos_endpoint", _host, None, "endpoint of cos_bucket; wins over "
+            "cos_region", "none"),
+    Setting(FOLDER_PREFIX, "cos_secretid", _text, None, "API SecretId for this folder",
+            "the mounting account's"),
+    Setting(FOLDER_PREFIX, "cos_secretkey", _text, None, "API SecretKey for this folder",
+            "the mounting account's"),
+    Setting(FOLDER_PREFIX, "cos_protocol", _protocol, None, "http or https",
+            "the mounting account's"),
+    Setting(FOLDER_PREFIX, "cos_ip", _ip_address, None, "send this folder's COS requests to "
+            "this IP", "the mounting account's"),
+    Setting(FOLDER_PREFIX, "cos_port", _integer(1, 65535), None, "port for cos_ip",
+            "the mounting account's"),
+    Setting(FOLDER_PREFIX, "cos_prefix", home_prefix, "",
+            "the folder is this key prefix of its bucket (its .cosftp/ lives there too)",
+            "none: the bucket's root"),
+    Setting(FOLDER_PREFIX, "authority", _choice("R", "W", "RW"), REQUIRED,
+            "in the folder: R = download only, W = upload only, RW = both"),
+    Setting(FOLDER_PREFIX, "delete_enable", _boolean, True,
+            "in the folder: allow DELE, RMD and overwriting by rename"),
     Setting("NETWORK", "masquerade_address", _host, None,
             "address announced in PASV replies (behind NAT); a name is resolved when a "
             "worker starts"),
@@ -839,8 +951,42 @@ class _Reader:
         return _ENV_RE.sub(replace, raw)
 
 
+def _folder(reader: _Reader, section: str) -> FolderConfig:
+    values = reader.section(section, FOLDER_PREFIX)
+    if values["cos_bucket"] is None:
+        for option in ("cos_region", "cos_endpoint"):
+            if values[option]:
+                raise reader.error("needs cos_bucket (without it the folder is in the "
+                                   "mounting account's bucket)", section, option)
+    elif not values["cos_region"] and not values["cos_endpoint"]:
+        raise reader.error("is required with cos_bucket (or set cos_endpoint)", section,
+                           "cos_region")
+    if (values["cos_secretid"] is None) != (values["cos_secretkey"] is None):
+        missing = "cos_secretkey" if values["cos_secretkey"] is None else "cos_secretid"
+        raise reader.error("is required when the other key is set", section, missing)
+    return FolderConfig(
+        name=section[len(FOLDER_PREFIX) + 1:], section=section,
+        authority=values["authority"], delete_enable=values["delete_enable"],
+        prefix=values["cos_prefix"], secret_id=values["cos_secretid"],
+        secret_key=values["cos_secretkey"], bucket=values["cos_bucket"],
+        region=values["cos_region"], endpoint=values["cos_endpoint"],
+        protocol=values["cos_protocol"], cos_ip=values["cos_ip"], cos_port=values["cos_port"])
+
+
+def _mounts(reader: _Reader, section: str, listed: tuple[tuple[str, str], ...],
+            folders: Mapping[str, FolderConfig]) -> tuple[tuple[str, FolderConfig], ...]:
+    """The account's ``virtual_folders`` with each name resolved to its section."""
+    for _, name in listed:
+        if name not in folders:
+            known = ", ".join(sorted(folders)) or "none"
+            raise reader.error(f"{name!r} names no [{FOLDER_PREFIX}_{name}] section (folders: "
+                               f"{known})", section, "virtual_folders")
+    return tuple((path, folders[name]) for path, name in listed)
+
+
 def _account(reader: _Reader, section: str, default_encoding: str,
-             credentials: Mapping[str, tuple[str, str]]) -> AccountConfig:
+             credentials: Mapping[str, tuple[str, str]],
+             folders: Mapping[str, FolderConfig]) -> AccountConfig:
     values = reader.section(section, ACCOUNT_PREFIX)
     secret_id, secret_key = _keys(reader, section, values, credentials)
     if not values["cos_region"] and not values["cos_endpoint"]:
@@ -871,6 +1017,7 @@ def _account(reader: _Reader, section: str, default_encoding: str,
             values["max_upload_rate"], values["max_download_rate"], values["local_max_rate"],
             values["max_sessions"], values["allowed_ips"], values["denied_ips"],
             values["login_message"]),
+        folders=_mounts(reader, section, values["virtual_folders"], folders),
     )
 
 
@@ -1071,8 +1218,14 @@ def _build(reader: _Reader) -> Config:
             reader.warnings.append(f"{reader.path} [{section}]: unknown section, ignored")
     optional = reader.section("OPTIONAL", "OPTIONAL")
     credentials = _credentials(reader, sections)
-    accounts = [_account(reader, s, optional["ftp_encoding"], credentials)
+    folders = {folder.name: folder for folder in
+               (_folder(reader, s) for s in sections if _FOLDER_RE.match(s))}
+    accounts = [_account(reader, s, optional["ftp_encoding"], credentials, folders)
                 for s in sections if _ACCOUNT_RE.match(s)]
+    mounted = {folder.name for account in accounts for _, folder in account.folders}
+    for name in sorted(set(folders) - mounted):
+        reader.warnings.append(f"{reader.path} [{FOLDER_PREFIX}_{name}]: no account mounts "
+                               "this folder (virtual_folders)")
     if not accounts:
         raise ConfigError(f"no [{ACCOUNT_PREFIX}_N] section: at least one account is needed",
                           reader.path)
@@ -1094,6 +1247,7 @@ def _build(reader: _Reader) -> Config:
         run_as=_run_as(reader, optional),
         auth_hook=auth_hook,
         credentials=credentials,
+        folders=folders,
     )
 
 
@@ -1143,7 +1297,8 @@ def hook_account(definition: Mapping[str, Any], user: str, config: Config) -> Ac
     parser.set(_HOOK_SECTION, "ftp_login_user_password", os.urandom(16).hex())
     # No ${NAME}: the server's environment is not the hook's to read.
     reader = _Reader(parser, HOOK_ANSWER, environ={})
-    account = _account(reader, _HOOK_SECTION, config.server.ftp_encoding, config.credentials)
+    account = _account(reader, _HOOK_SECTION, config.server.ftp_encoding, config.credentials,
+                       config.folders)
     return dataclasses.replace(account, section=HOOK_ANSWER, from_hook=True)
 
 

@@ -33,6 +33,7 @@ from .bucket import (
     LIST_PAGE_MAX,
     Bucket,
     Completed,
+    ForeignObject,
     ListPage,
     ObjectInfo,
     ObjectStream,
@@ -95,8 +96,14 @@ class Area(Bucket):
         return dataclasses.replace(info, key=self._own(info.key))
 
     def _source(self, source: ObjectInfo) -> ObjectInfo:
-        """A source named by the layers above, as the bucket names it."""
+        """A source named by the layers above, as the bucket names it (one of another
+        home is named whole already)."""
+        if isinstance(source, ForeignObject):
+            return source
         return dataclasses.replace(source, key=self._full(source.key))
+
+    def located(self, key: str) -> tuple[Bucket, str]:
+        return self._bucket.located(self._readable(key))
 
     @contextlib.contextmanager
     def _shown(self) -> Iterator[None]:

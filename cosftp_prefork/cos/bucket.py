@@ -23,7 +23,7 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Optional, Union
 
@@ -91,6 +91,23 @@ class ObjectInfo:
         """What a new version of this object's bytes (APPE) keeps: all but the MFMT time."""
         return dataclasses.replace(self, client_mtime=None, attributes=tuple(
             item for item in self.attributes if item[0] != MTIME_HEADER))
+
+
+@dataclass(frozen=True)
+class ForeignObject(ObjectInfo):
+    """An object of another bucket (or of another prefix: a virtual folder's) to copy into
+    this one: ``key`` is its whole key in ``home``, the bucket holding it. COS reads the
+    source of a copy with the credentials of the request, the destination's."""
+
+    home: Optional[Bucket] = field(default=None, compare=False, repr=False)
+
+
+def foreign(home: Bucket, info: ObjectInfo) -> ForeignObject:
+    """``info``, an object of ``home`` (a bucket or an area), as another bucket's copy
+    names it."""
+    bucket, key = home.located(info.key)
+    values = {item.name: getattr(info, item.name) for item in dataclasses.fields(info)}
+    return ForeignObject(**{**values, "key": key, "home": bucket})
 
 
 @dataclass(frozen=True)
@@ -403,6 +420,16 @@ class Bucket:
         self.region = region
         self.endpoint = endpoint
 
+    def located(self, key: str) -> tuple[Bucket, str]:
+        """The bucket that holds ``key`` and its whole key there (see ``Area``)."""
+        return self, key
+
+    def _source_of(self, source: ObjectInfo) -> dict[str, str]:
+        """The copy source of ``source``: of this bucket, or of another one's."""
+        if isinstance(source, ForeignObject) and source.home is not None:
+            return source.home._copy_source(source.key)
+        return self._copy_source(source.key)
+
     def _copy_source(self, key: str) -> dict[str, str]:
         """The SDK's copy source for ``key`` of this bucket: by endpoint when the account
         names one (private deployments configure no region), else by region."""
@@ -571,7 +598,7 @@ class Bucket:
         """Make part ``number`` from bytes ``first..last`` of ``source`` inside COS; return
         its ETag. Raises ``StorageError`` with code ``ObjectChanged`` once ``source`` has
         another ETag than the one given, so that parts of two versions never mix."""
-        copy_source = self._copy_source(source.key)
+        copy_source = self._source_of(source)
         with _source_unchanged(source):
             result = _call(f"UploadPartCopy {source.key} -> {key} #{number}",
                   self._client.upload_part_copy, Bucket=self.name, Key=key, PartNumber=number,
@@ -642,7 +669,7 @@ class Bucket:
             extra.update(_pin(source))
         headers = mapped(extra)
         headers["x-cos-copy-source"] = gen_copy_source_url(
-            self._copy_source(source.key), conf._enable_old_domain, conf._enable_internal_domain)
+            self._source_of(source), conf._enable_old_domain, conf._enable_internal_domain)
         headers["x-cos-metadata-directive"] = directive
         with _source_unchanged(source):
             answer = _call(f"COPY {source.key} -> {dst_key}", self._sender.send, "PUT",

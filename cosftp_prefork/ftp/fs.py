@@ -201,12 +201,50 @@ def _transient_escapes(method: Callable) -> Callable:
     return wrapper
 
 
-class CosFS(AbstractedFS):
+class VirtualTree(AbstractedFS):
+    """What every filesystem of a session shares: the FTP path is the "real" path, and
+    what a path is comes from ``lookup`` and ``lookup_file``."""
+
+    def lookup(self, path: str) -> Optional[Entry]:
+        raise NotImplementedError
+
+    def lookup_file(self, path: str) -> Optional[Entry]:
+        raise NotImplementedError
+
+    def ftp2fs(self, ftppath: str) -> str:
+        return self.ftpnorm(ftppath)
+
+    def fs2ftp(self, fspath: str) -> str:
+        return fspath
+
+    def validpath(self, path: str) -> bool:
+        return path.startswith("/")
+
+    def realpath(self, path: str) -> str:
+        return path
+
+    def isfile(self, path: str) -> bool:
+        entry = self.lookup_file(path)
+        return entry is not None and not entry.is_dir
+
+    def isdir(self, path: str) -> bool:
+        entry = self.lookup(path)
+        return entry is not None and entry.is_dir
+
+    def islink(self, path: str) -> bool:
+        return False
+
+    def lexists(self, path: str) -> bool:
+        return self.lookup(path) is not None
+
+
+class CosFS(VirtualTree):
     """The FTP view of one bucket for one logged-in session."""
 
-    def __init__(self, root: str, cmd_channel) -> None:
+    def __init__(self, root: str, cmd_channel, context: Optional[FsContext] = None) -> None:
         super().__init__("/", cmd_channel)
-        self._ctx: FsContext = cmd_channel.fs_context()
+        # A virtual folder's (ftp.mounts) is given; the session's home asks the session.
+        self._ctx: FsContext = context or cmd_channel.fs_context()
         self._bucket = self._ctx.bucket
         # What the current command learned, by path (None: nothing there); see begin_command.
         self._scope: dict[str, Optional[Entry]] = {}
@@ -247,19 +285,10 @@ class CosFS(AbstractedFS):
                 (own is None or own.kept is not last.kept):
             last.kept.release()
 
-    # --- path conversion: the FTP path is the "real" path
-
-    def ftp2fs(self, ftppath: str) -> str:
-        return self.ftpnorm(ftppath)
-
-    def fs2ftp(self, fspath: str) -> str:
-        return fspath
-
-    def validpath(self, path: str) -> bool:
-        return path.startswith("/")
-
-    def realpath(self, path: str) -> str:
-        return path
+    def room_for(self, path: str) -> tuple[str, int]:
+        """``path`` as this filesystem stores it, and the bytes its key may have (what the
+        handler checks a new name against; ``ftp.mounts`` answers for its folders)."""
+        return path, self.key_room
 
     # --- lookups
 
@@ -411,20 +440,6 @@ class CosFS(AbstractedFS):
         if want_dir is False and entry.is_dir:
             raise Refusal(errno.EISDIR, "Is a directory")
         return entry
-
-    def isfile(self, path: str) -> bool:
-        entry = self.lookup_file(path)
-        return entry is not None and not entry.is_dir
-
-    def isdir(self, path: str) -> bool:
-        entry = self.lookup(path)
-        return entry is not None and entry.is_dir
-
-    def islink(self, path: str) -> bool:
-        return False
-
-    def lexists(self, path: str) -> bool:
-        return self.lookup(path) is not None
 
     def stat(self, path: str) -> os.stat_result:
         """Return an ``os.stat_result`` built from COS metadata; raises ``Refusal`` (ENOENT)."""
@@ -962,6 +977,47 @@ class CosFS(AbstractedFS):
         # What the copy made (the same bytes): a rename may follow.
         self._own_upload = replace(own, info=info)
         return info
+
+    # --- renames between virtual folders (``ftp.mounts``): a copy from one filesystem's
+    # bucket into another's, then the delete of the source
+
+    def assume_directory(self, path: str) -> None:
+        """Take ``path`` for a directory in this command, whatever the bucket holds: it is
+        on the way to a virtual folder (``ftp.mounts``), so MKD and STOR under it find their
+        parent."""
+        self._scope[path] = Entry(os.path.basename(path), True)
+
+    @_transient_escapes
+    def rename_source(self, path: str) -> tuple[Bucket, ObjectInfo, list[tuple[float, str, str]]]:
+        """The file ``path`` that a rename takes into another folder: this filesystem's
+        bucket, what a HEAD says of it, and its MFMT markers. Raises ``Refusal`` (ENOENT,
+        EISDIR)."""
+        self._require_file(path)
+        info = self._head(path)
+        return self._bucket, info, self._reserved([], markers_of, self._bucket, info.key)
+
+    @_transient_escapes
+    def copy_in(self, dst: str, source: ObjectInfo, stamps: list[float]) -> None:
+        """Make the file ``dst`` a copy of ``source`` (a ``ForeignObject`` of another
+        folder's bucket), pinned to its ETag, with the markers of its MFMT times ``stamps``
+        beside it; the target is checked as a rename's. Raises ``Refusal`` or
+        ``StorageError`` (``PermissionDenied`` when these credentials may not read the
+        source)."""
+        dst_key = object_key(dst)
+        side = self._ctx.engine.lookups.for_owner(self)
+        self._check_rename_target(dst, name_kind(self._bucket, dst_key), moving=True)
+        copy_beside_marker(self._bucket, source, dst_key, stamps, side,
+                           lambda: copy_object(self._bucket, source, dst_key,
+                                               self._ctx.transfer, self._ctx.engine.copier(),
+                                               pinned=True))
+        self._forget(dst)
+
+    @_transient_escapes
+    def remove_renamed(self, path: str, keys: list[str]) -> None:
+        """Delete the file ``path`` renamed into another folder and its markers (``keys``),
+        keeping the directory it left."""
+        self._forget(path)
+        self._remove_renamed(path, keys, moving=True)
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
         """What ``read(*args)`` finds under ``.cosftp/``, or ``default`` when the credentials

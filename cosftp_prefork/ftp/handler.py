@@ -43,8 +43,9 @@ from . import compat
 from .admission import Admission, raw_socket
 from .authhook import ALLOW, DENY, INVALID, AuthHook, HookRequest, Verdict
 from .dialect import ClientDialect
-from .fs import CosFS, FsContext, Unstorable
+from .fs import FsContext, Unstorable
 from .logins import AddressBanned, LoginExpired
+from .mounts import mount_table, perms_for, session_fs
 from .oplog import OperatorLogs, Transfer
 from .pacing import TCP_CLOSE, DownloadPacing, UploadPacing, tcp_state
 from .passive import CosPassiveDTP, PassiveRangeExhausted
@@ -63,29 +64,6 @@ NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
-# M: SITE CHMOD, accepted as a no-op (object storage keeps no modes) so that
-# `lftp mirror -R` exits 0.
-WRITE_PERMS = "amwfTM"
-DELETE_PERMS = "d"
-
-
-def perms_for(account: AccountConfig) -> str:
-    """Map ``authority`` and ``delete_enable`` onto pyftpdlib permission letters.
-
-    Everyone may ``cd`` and list (``e``, ``l``) so upload-only clients can find their way;
-    ``r`` (download) needs R, ``a m w f T M`` (upload, mkdir, rename, MFMT, SITE CHMOD) need
-    W, ``d`` needs W and ``delete_enable``.
-    """
-    perms = "el"
-    if account.can_read:
-        perms += "r"
-    if account.can_write:
-        perms += WRITE_PERMS
-        if account.delete_enable:
-            perms += DELETE_PERMS
-    return perms
-
-
 class LoginUnavailable(Exception):
     """The auth hook gave no answer in time (down, slow, busy): the client is told to try
     later (421); not a failed login, so not counted towards a ban."""
@@ -194,8 +172,14 @@ class CosAuthorizer:
         return username in self._accounts
 
     def has_perm(self, username: str, perm: str, path: Optional[str] = None) -> bool:
+        """Whether ``username`` may do what ``perm`` stands for at ``path``: in a virtual
+        folder, by the folder's ``authority`` and ``delete_enable``."""
         account = self._accounts.get(username)
-        return account is not None and perm in perms_for(account)
+        if account is None:
+            return False
+        if path is not None and account.folders:
+            account = mount_table(account).account_at(path)
+        return perm in perms_for(account)
 
     def get_perms(self, username: str) -> str:
         account = self._accounts.get(username)
@@ -446,7 +430,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     dtp_handler = CosDTPHandler
     passive_dtp = CosPassiveDTP
-    abstracted_fs = CosFS
+    abstracted_fs = staticmethod(session_fs)  # a CosFS, or a MountedFS with folders
     use_sendfile = False
     banner = "cosftp-prefork ready."  # [OPTIONAL] ftpd_banner, set by configure_handler
     permit_foreign_addresses = False
@@ -669,9 +653,11 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             self.respond("421 Too many failed logins; try again later.")
             self.close_when_done()
 
-    def fs_context(self) -> FsContext:
-        """Return what this session's ``CosFS`` needs (called once, at login)."""
-        account = self.authorizer.account(self.username)
+    def fs_context(self, account: Optional[AccountConfig] = None) -> FsContext:
+        """Return what this session's ``CosFS`` needs (called once, at login), or the one
+        of a virtual folder (``account`` as it is in the folder: ``ftp.mounts``), whose
+        bucket is then made, on its first use in this worker."""
+        account = account or self.authorizer.account(self.username)
         return FsContext(
             account=account,
             bucket=self.buckets.home(account),
@@ -727,8 +713,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         """
         if cmd in NAMING_COMMANDS and args:
             try:
-                new_name_key(args[0], directory=cmd in ("MKD", "XMKD"),
-                             room=self.fs.key_room)
+                stored, room = self.fs.room_for(args[0])
+                new_name_key(stored, directory=cmd in ("MKD", "XMKD"), room=room)
             except InvalidPath as exc:
                 self.respond(f"553 {exc.strerror}.")
                 return

@@ -365,7 +365,10 @@ class Worker:
         ttl = self.config.transfer.resume_ttl
         if self.index != 1 or not ttl:
             return None
-        janitor = Janitor(buckets.homes(self.config.accounts), ttl)
+        # Each folder too: parked uploads and live markers are in the folder's .cosftp/.
+        janitor = Janitor(buckets.homes([*self.config.accounts, *(
+            account.mounted(folder) for account in self.config.accounts
+            for _, folder in account.folders)]), ttl)
         janitor.start()
         return janitor
 

@@ -1,0 +1,365 @@
+"""Virtual folders (issue 23): other prefixes and buckets mounted into an account's tree.
+
+``fa`` (rooted at ``<root>home/`` of ALPHA) mounts three folders: ``/shared`` (``<root>team/``
+of ALPHA, read-write, which ``fb`` mounts too, at ``/team``), ``/ro`` (``<root>archive/``,
+read-only) and ``/far/away`` (``<root>beta/`` of BETA, reached with a SecretId of its own that
+the emulator checks and limits to BETA, without delete permission).
+"""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import uuid
+
+import pytest
+
+from cosftp_prefork.config.settings import load_config
+
+from .conftest import ALPHA, BETA
+from .server_proc import Account, ServerProcess, check_uncommented_example, wait_until
+from .test_clients import Peer, lftp, require, run
+from .test_commands import get, put
+from .test_prefixes import keys_under, parts_of
+
+MIB = 1024 * 1024
+ROOT = f"folders-{uuid.uuid4().hex[:8]}/"
+FOLDER_ID = f"folder-key-{uuid.uuid4().hex[:8]}"
+FOLDER_SECRET = "folder secret"
+SECRET = f"beside the folders {uuid.uuid4().hex}".encode()
+
+FOLDERS = f"""
+[FOLDER_team]
+cos_prefix = {ROOT}team
+authority = RW
+
+[FOLDER_archive]
+cos_prefix = {ROOT}archive
+authority = R
+
+[FOLDER_beta]
+cos_bucket = {BETA}
+cos_region = ap-guangzhou
+cos_secretid = {FOLDER_ID}
+cos_secretkey = {FOLDER_SECRET}
+cos_prefix = {ROOT}beta
+authority = RW
+delete_enable = false
+"""
+ACCOUNTS = [
+    Account("fa", "fa-pw", ALPHA, extra=f"cos_prefix = {ROOT}home\n"
+            "virtual_folders = /shared=team, /ro=archive, /far/away=beta"),
+    Account("fb", "fb-pw", ALPHA, extra=f"cos_prefix = {ROOT}fb\nvirtual_folders = /team=team"),
+]
+FA = Peer("fa", "fa-pw")
+
+
+@pytest.fixture(scope="module")
+def folders(emulator, cos, tmp_path_factory):
+    emulator.set_accounts(keys={FOLDER_ID: {"secret": FOLDER_SECRET, "buckets": [BETA]}})
+    cos.put_object(Bucket=ALPHA, Key=f"{ROOT}archive/old.txt", Body=b"archived")
+    cos.put_object(Bucket=BETA, Key=f"{ROOT}outside.txt", Body=SECRET)
+    cos.put_object(Bucket=ALPHA, Key=f"{ROOT}outside.txt", Body=SECRET)
+    proc = ServerProcess(str(tmp_path_factory.mktemp("folders")), emulator.port, ACCOUNTS,
+                         optional={"max_login_failures": "0"}, sections=FOLDERS)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fa(folders):
+    ftp = folders.login("fa", "fa-pw")
+    yield ftp
+    ftp.close()
+
+
+def files_under_root(cos) -> list[str]:
+    """The keys of ``ROOT`` but the server's bookkeeping (MFMT markers of deleted files go
+    when a listing finds them stale)."""
+    return [key for key in keys_under(cos, ROOT) if "/.cosftp/" not in key]
+
+
+def mlsd_types(ftp: ftplib.FTP, path: str) -> dict[str, str]:
+    return {name: facts["type"] for name, facts in ftp.mlsd(path)}
+
+
+# --- the tree
+
+
+def test_listings_show_mount_points_and_the_way_to_them(fa):
+    put(fa, "/mine.txt", b"mine")
+    assert mlsd_types(fa, "/") == {"mine.txt": "file", "shared": "dir", "ro": "dir",
+                                   "far": "dir"}
+    assert sorted(fa.nlst("/")) == ["far", "mine.txt", "ro", "shared"]
+    lines = []
+    fa.retrlines("LIST /", lines.append)
+    assert sorted(line.split()[-1] for line in lines if line.startswith("d")) == \
+        ["far", "ro", "shared"]
+    assert mlsd_types(fa, "/far") == {"away": "dir"}
+    assert "type=dir" in fa.sendcmd("MLST /far/away")
+    assert "type=dir" in fa.sendcmd("MLST /far")
+    fa.cwd("/far/away")
+    assert fa.pwd() == "/far/away"
+    put(fa, "here.txt", b"here")
+    fa.cwd("..")
+    assert fa.pwd() == "/far"
+    assert fa.nlst("a*") == ["away"]  # a wildcard matches mount points too
+    assert mlsd_types(fa, "/ro") == {"old.txt": "file"}
+
+
+def test_files_in_a_folder_are_the_folders_own(fa, folders, cos):
+    """Every command inside a folder works on its prefix, its bookkeeping included; the other
+    account mounting the same folder sees the same files."""
+    fa.mkd("/shared/dir")
+    put(fa, "/shared/dir/a.txt", b"alpha")
+    assert cos.get_object(Bucket=ALPHA, Key=f"{ROOT}team/dir/a.txt")["Body"] \
+        .get_raw_stream().read() == b"alpha"
+    assert fa.size("/shared/dir/a.txt") == 5
+    fa.sendcmd("MFMT 20210304050607 /shared/dir/a.txt")
+    assert fa.sendcmd("MDTM /shared/dir/a.txt") == "213 20210304050607"
+    assert any(key.startswith(f"{ROOT}team/.cosftp/") for key in keys_under(cos, ROOT))
+    assert not any(key.startswith(f"{ROOT}home/.cosftp/") for key in keys_under(cos, ROOT))
+    facts = dict(fa.mlsd("/shared/dir"))["a.txt"]
+    assert facts["modify"] == "20210304050607"
+    assert fa.sendcmd("HASH /shared/dir/a.txt").startswith("213 SHA-256 0-5 ")
+    fb = folders.login("fb", "fb-pw")
+    assert get(fb, "/team/dir/a.txt") == b"alpha"
+    fb.quit()
+    fa.delete("/shared/dir/a.txt")
+    fa.rmd("/shared/dir")
+    assert not keys_under(cos, f"{ROOT}team/dir/")
+
+
+def test_each_folder_has_its_own_authority_and_delete_permission(fa, cos):
+    assert get(fa, "/ro/old.txt") == b"archived"
+    for attempt in (lambda: put(fa, "/ro/new.txt", b"x"), lambda: fa.delete("/ro/old.txt"),
+                    lambda: fa.mkd("/ro/d"), lambda: fa.rename("/ro/old.txt", "/ro/o.txt")):
+        with pytest.raises(ftplib.error_perm, match="550"):
+            attempt()
+    put(fa, "/far/away/kept.txt", b"kept")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        fa.delete("/far/away/kept.txt")
+    put(fa, "/far/away/other.txt", b"other")
+    with pytest.raises(ftplib.error_perm, match="550 Overwriting by rename needs delete"):
+        fa.rename("/far/away/other.txt", "/far/away/kept.txt")
+    assert cos.get_object(Bucket=BETA, Key=f"{ROOT}beta/kept.txt")["Body"] \
+        .get_raw_stream().read() == b"kept"
+    facts = dict(fa.mlsd("/ro"))["old.txt"]
+    assert "r" in facts["perm"] and "w" not in facts["perm"]
+
+
+@pytest.mark.parametrize("path", ["/shared", "/far", "/far/away"])
+def test_mount_points_cannot_be_deleted_renamed_or_written_over(fa, path, cos):
+    before = files_under_root(cos)
+    for command in (f"DELE {path}", f"RMD {path}"):
+        with pytest.raises(ftplib.error_perm, match=r"550 .*cannot be deleted"):
+            fa.sendcmd(command)
+    fa.sendcmd(f"RNFR {path}")
+    with pytest.raises(ftplib.error_perm, match=r"553 .*cannot be renamed"):
+        fa.sendcmd("RNTO /elsewhere")
+    put(fa, "/victim.txt", b"v")
+    fa.sendcmd("RNFR /victim.txt")
+    with pytest.raises(ftplib.error_perm, match=r"553 .*cannot be written over"):
+        fa.sendcmd(f"RNTO {path}")
+    with pytest.raises(ftplib.error_perm, match=r"553 .*cannot be written over"):
+        put(fa, path, b"over")
+    with pytest.raises(ftplib.error_perm, match=r"550 .*exists"):
+        fa.mkd(path)
+    fa.delete("/victim.txt")
+    assert files_under_root(cos) == before
+
+
+# --- renames across folders
+
+
+def test_a_file_renamed_across_folders_is_copied_with_its_time(fa, cos):
+    put(fa, "/move-me.txt", b"moving")
+    fa.sendcmd("MFMT 20190101000000 /move-me.txt")
+    fa.rename("/move-me.txt", "/shared/moved.txt")  # same bucket, another prefix
+    assert get(fa, "/shared/moved.txt") == b"moving"
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{ROOT}team/moved.txt")
+    assert not cos.object_exists(Bucket=ALPHA, Key=f"{ROOT}home/move-me.txt")
+    assert fa.sendcmd("MDTM /shared/moved.txt") == "213 20190101000000"
+    assert dict(fa.mlsd("/shared"))["moved.txt"]["modify"] == "20190101000000"
+    assert "move-me.txt" not in fa.nlst("/")
+    put(fa, "/far/away/from-beta.txt", b"beta bytes")
+    fa.rename("/far/away/from-beta.txt", "/shared/from-beta.txt")  # another bucket
+    assert get(fa, "/shared/from-beta.txt") == b"beta bytes"
+    assert not cos.object_exists(Bucket=BETA, Key=f"{ROOT}beta/from-beta.txt")
+
+
+def test_a_rename_cos_cannot_copy_is_refused_with_the_reason(fa, cos, emulator):
+    """The folder of BETA has credentials that may not read ALPHA: 553 naming why, and
+    nothing changed on either side."""
+    put(fa, "/shared/stay.txt", b"stay")
+    with pytest.raises(ftplib.error_perm, match=r"553 .*may not read /shared/stay.txt"):
+        fa.rename("/shared/stay.txt", "/far/away/stay.txt")
+    assert get(fa, "/shared/stay.txt") == b"stay"
+    assert not cos.object_exists(Bucket=BETA, Key=f"{ROOT}beta/stay.txt")
+
+
+def test_a_directory_rename_across_folders_is_refused_whole(fa, cos):
+    fa.mkd("/tree")
+    put(fa, "/tree/one.txt", b"1")
+    put(fa, "/tree/two.txt", b"2")
+    before = files_under_root(cos)
+    with pytest.raises(ftplib.error_perm, match=r"553 .*directory"):
+        fa.rename("/tree", "/shared/tree")
+    assert files_under_root(cos) == before
+
+
+# --- resume, clients
+
+
+def test_an_interrupted_upload_into_a_folder_resumes_from_its_own_records(folders, cos):
+    ftp = folders.login("fa", "fa-pw")
+    data = os.urandom(3 * MIB + 11)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR /shared/big.bin")
+    conn.sendall(data)
+    wait_until(lambda: parts_of(cos, f"{ROOT}team/big.bin") >= 2, what="2 parts in COS")
+    ftp.sock.close()
+    ftp.close()
+    conn.close()
+    wait_until(lambda: keys_under(cos, f"{ROOT}team/.cosftp/parked/big.bin/"),
+               what="the upload to be parked in the folder's .cosftp")
+    again = folders.login("fa", "fa-pw")
+    offset = again.size("/shared/big.bin")
+    assert offset in (2 * MIB, 3 * MIB)  # the parts COS held when the client vanished
+    again.storbinary("STOR /shared/big.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert get(again, "/shared/big.bin") == data
+    again.quit()
+
+
+def test_lftp_mirrors_into_and_out_of_a_folder_and_curl_uses_one(folders, tmp_path, cos):
+    tree = tmp_path / "tree"
+    for rel in ("a.txt", "sub/b.txt"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(rel)
+    lftp(folders, f'mirror -R "{tree}" /far/away/m', FA)
+    assert cos.get_object(Bucket=BETA, Key=f"{ROOT}beta/m/sub/b.txt")["Body"] \
+        .get_raw_stream().read() == b"sub/b.txt"
+    back = tmp_path / "back"
+    lftp(folders, f'mirror /far/away/m "{back}"', FA)
+    assert (back / "sub" / "b.txt").read_text() == "sub/b.txt"
+    url = f"ftp://127.0.0.1:{folders.port}/shared/curl.txt"
+    source = tmp_path / "curl.txt"
+    source.write_bytes(b"by curl")
+    run([require("curl"), "-sS", "-u", "fa:fa-pw", "-T", str(source), url])
+    assert run([require("curl"), "-sS", "-u", "fa:fa-pw", url]) == "by curl"
+    listing = run([require("curl"), "-sS", "-u", "fa:fa-pw", "--list-only",
+                   f"ftp://127.0.0.1:{folders.port}/far/"])
+    assert listing.split() == ["away"]
+
+
+# --- a hostile user
+
+
+ESCAPES = ["/far/away/../../outside.txt", "/far/away/../../../outside.txt",
+           "/far/away/..%2f..%2foutside.txt", "/far/away/%2e%2e/%2e%2e/outside.txt",
+           "/far/away/..\\..\\outside.txt", f"/far/away/{ROOT}outside.txt",
+           f"/far/away/../{ROOT}outside.txt", "/far/away/.cosftp", "/far/../../outside.txt"]
+
+
+def test_a_hostile_user_cannot_leave_a_folders_prefix(fa, emulator):
+    """Through every command, nothing names a key of BETA outside the folder's prefix with
+    the folder's credentials, and nothing outside is read."""
+    emulator.requests(reset=True)
+    for path in ESCAPES:
+        for command in ("SIZE", "MDTM", "MLST", "DELE", "RMD", "HASH", "CWD", "MKD"):
+            try:
+                reply = fa.sendcmd(f"{command} {path}")
+            except ftplib.error_perm as exc:
+                reply = str(exc)
+            assert SECRET.decode() not in reply
+        with pytest.raises(ftplib.error_perm):
+            get(fa, path)
+        fa.cwd("/")
+    named = emulator.requests_signed_by(FOLDER_ID)
+    assert named  # the paths that stay inside the folder were asked about, with its key
+    for kind, target, source in named:
+        assert target.startswith(f"{ROOT}beta/") or target == "", (kind, target)
+        assert source == "", (kind, source)
+
+
+# --- configuration
+
+
+@pytest.mark.parametrize(("option", "problem"), [
+    ("/x=nosuch", "[COS_ACCOUNT_0] virtual_folders: 'nosuch' names no [FOLDER_nosuch]"),
+    ("/x=team, /x=archive", "mounts two folders at /x"),
+    ("/x=team, /x/y=archive", "/x/y and /x overlap"),
+    ("x=team", "'x' is outside /"),
+    ("/../x=team", ". or .. components"),
+    ("/=team", "/ is the account's own"),
+    ("/x", "must be /path=name pairs"),
+])
+def test_check_names_the_section_and_option_of_a_bad_mount(emulator, tmp_path, option,
+                                                           problem):
+    server = ServerProcess(str(tmp_path), emulator.port, [
+        Account("bad", "bad-pw", ALPHA, extra=f"virtual_folders = {option}")],
+        sections=FOLDERS)
+    server.write_config()
+    done = server.ctl("check")
+    assert done.returncode == 2, done.stdout
+    assert "[COS_ACCOUNT_0] virtual_folders" in done.stderr and problem in done.stderr, \
+        done.stderr
+
+
+def test_check_names_a_folders_bad_option(emulator, tmp_path):
+    server = ServerProcess(str(tmp_path), emulator.port, [
+        Account("bad", "bad-pw", ALPHA, extra="virtual_folders = /x=broken")],
+        sections="\n[FOLDER_broken]\ncos_bucket = beta-1250000000\nauthority = RW\n")
+    server.write_config()
+    done = server.ctl("check")
+    assert done.returncode == 2 and "[FOLDER_broken] cos_region" in done.stderr, done.stderr
+
+
+def test_folders_follow_a_reload(emulator, tmp_path, cos):
+    account = Account("mover", "mover-pw", ALPHA, extra=f"cos_prefix = {ROOT}mover\n"
+                      "virtual_folders = /one=team")
+    server = ServerProcess(str(tmp_path), emulator.port, [account], sections=FOLDERS)
+    with server:
+        old = server.login("mover", "mover-pw")
+        assert "one" in old.nlst("/")
+        server.accounts = [Account("mover", "mover-pw", ALPHA, extra=(
+            f"cos_prefix = {ROOT}mover\nvirtual_folders = /two=archive"))]
+        server.write_config()
+        assert server.ctl("reload").returncode == 0
+        new = server.login("mover", "mover-pw")
+        assert sorted(new.nlst("/")) == ["two"]
+        assert get(new, "/two/old.txt") == b"archived"
+        assert "one" in old.nlst("/")  # a session keeps its tree to its end
+        for ftp in (old, new):
+            ftp.quit()
+
+
+def test_an_upload_to_a_folder_with_wrong_credentials_fails_cleanly(emulator, tmp_path):
+    """The emulator checks the folder's signature: a wrong secret gets 550/451, not a
+    dropped session, and the account's own tree still works."""
+    sections = FOLDERS.replace(f"cos_secretkey = {FOLDER_SECRET}", "cos_secretkey = wrong")
+    server = ServerProcess(str(tmp_path), emulator.port, [Account(
+        "wrong", "wrong-pw", ALPHA, extra=f"cos_prefix = {ROOT}wrong\n"
+        "virtual_folders = /b=beta")], sections=sections)
+    with server:
+        ftp = server.login("wrong", "wrong-pw")
+        with pytest.raises(ftplib.Error, match=r"^(550|451)"):
+            put(ftp, "/b/x.txt", b"x")
+        put(ftp, "/mine.txt", b"mine")
+        assert "mine.txt" in ftp.nlst("/")
+        ftp.quit()
+
+
+def test_the_examples_folders_check(tmp_path):
+    """conf/vsftpd.conf.example shows alice mounting a prefix of her bucket and a partner's
+    bucket, commented out; uncommented, the file checks and mounts them where it says."""
+    path, done = check_uncommented_example(tmp_path)
+    assert done.returncode == 0 and "FOLDER" not in done.stderr, done.stderr
+    alice = next(a for a in load_config(path).accounts if a.user == "alice")
+    mounted = {where: alice.mounted(folder) for where, folder in alice.folders}
+    assert {where: (a.bucket, a.region, a.prefix, a.authority, a.delete_enable)
+            for where, a in mounted.items()} == {
+        "/team": ("sharedbucket-1250000000", "ap-guangzhou", "shared/team/", "RW", True),
+        "/partner/in": ("partnerbucket-1250000000", "ap-shanghai", "from-alice/", "RW", False)}
