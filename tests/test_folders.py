@@ -11,6 +11,7 @@ from __future__ import annotations
 import ftplib
 import io
 import os
+import re
 import uuid
 
 import pytest
@@ -117,6 +118,9 @@ def test_files_in_a_folder_are_the_folders_own(fa, folders, cos):
     assert cos.get_object(Bucket=ALPHA, Key=f"{ROOT}team/dir/a.txt")["Body"] \
         .get_raw_stream().read() == b"alpha"
     assert fa.size("/shared/dir/a.txt") == 5
+    fa.storbinary("APPE /shared/dir/a.txt", io.BytesIO(b"+beta"))
+    assert get(fa, "/shared/dir/a.txt") == b"alpha+beta"
+    put(fa, "/shared/dir/a.txt", b"alpha")
     fa.sendcmd("MFMT 20210304050607 /shared/dir/a.txt")
     assert fa.sendcmd("MDTM /shared/dir/a.txt") == "213 20210304050607"
     assert any(key.startswith(f"{ROOT}team/.cosftp/") for key in keys_under(cos, ROOT))
@@ -363,3 +367,30 @@ def test_the_examples_folders_check(tmp_path):
             for where, a in mounted.items()} == {
         "/team": ("sharedbucket-1250000000", "ap-guangzhou", "shared/team/", "RW", True),
         "/partner/in": ("partnerbucket-1250000000", "ap-shanghai", "from-alice/", "RW", False)}
+
+
+def test_check_online_tries_each_folder_with_its_credentials(folders, emulator, tmp_path):
+    done = folders.ctl("check", "--online", "--timeout", "5", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK   [FOLDER_beta] fa beta-1250000000" in done.stdout, done.stdout
+    assert "5 of 5 (2 account(s), 3 folder mount(s)) passed" in done.stdout, done.stdout
+    wrong = ServerProcess(str(tmp_path), emulator.port, ACCOUNTS, sections=FOLDERS.replace(
+        f"cos_secretkey = {FOLDER_SECRET}", "cos_secretkey = wrong"))
+    wrong.write_config()
+    done = wrong.ctl("check", "--online", "--timeout", "5", timeout=300)
+    assert done.returncode == 1
+    assert re.search(r"FAIL \[FOLDER_beta\] fa .*wrong credentials.*SignatureDoesNotMatch",
+                     done.stdout), done.stdout
+    assert "wrong" not in done.stdout.replace("wrong credentials", "")
+
+
+def test_check_keeps_anonymous_logins_read_only_in_folders(emulator, tmp_path):
+    server = ServerProcess(str(tmp_path), emulator.port, [Account(
+        "anonymous", "x", ALPHA, authority="R",
+        extra="anonymous_enable = true\nvirtual_folders = /pub=archive, /up=team")],
+        sections=FOLDERS)
+    server.write_config()
+    done = server.ctl("check")
+    assert done.returncode == 2
+    assert "[COS_ACCOUNT_0] virtual_folders: anonymous access is read-only: [FOLDER_team] at " \
+        "/up has authority = RW" in done.stderr, done.stderr

@@ -20,7 +20,7 @@ import os
 import re
 import shlex
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import urlsplit
@@ -195,6 +195,19 @@ class AccountConfig:
             delete_enable=folder.delete_enable, folders=(), quota_size=0, quota_files=0,
             **place,
             **{name: value for name, value in overrides.items() if value is not None})
+
+
+def mounted_folders(accounts: Sequence[AccountConfig]) -> list[AccountConfig]:
+    """Each folder as the accounts mounting it reach it (``AccountConfig.mounted``), once
+    for each set of credentials and place: what the janitor sweeps and ``check --online``
+    tries."""
+    views: dict[tuple, AccountConfig] = {}
+    for account in accounts:
+        for _, folder in account.folders:
+            view = account.mounted(folder)
+            views.setdefault((view.section, view.secret_id, view.secret_key, view.bucket,
+                              view.region, view.endpoint, view.cos_ip, view.cos_port), view)
+    return list(views.values())
 
 
 @dataclass(frozen=True)
@@ -1002,6 +1015,12 @@ def _account(reader: _Reader, section: str, default_encoding: str,
         if 0 < values[option] < MIN_RATE:
             raise reader.error(f"{values[option]} bytes/s is too low to pace a transfer: "
                                f"set at least 1K (or 0: no limit)", section, option)
+    mounts = _mounts(reader, section, values["virtual_folders"], folders)
+    for path, folder in mounts if values["anonymous_enable"] else ():
+        if folder.authority != "R":
+            raise reader.error(f"anonymous access is read-only: [{folder.section}] at {path} "
+                               f"has authority = {folder.authority}; mount only folders with "
+                               "authority = R", section, "virtual_folders")
     return AccountConfig(
         section=section, secret_id=secret_id, secret_key=secret_key,
         bucket=values["cos_bucket"], region=values["cos_region"],
@@ -1017,7 +1036,7 @@ def _account(reader: _Reader, section: str, default_encoding: str,
             values["max_upload_rate"], values["max_download_rate"], values["local_max_rate"],
             values["max_sessions"], values["allowed_ips"], values["denied_ips"],
             values["login_message"]),
-        folders=_mounts(reader, section, values["virtual_folders"], folders),
+        folders=mounts,
     )
 
 

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config.settings import AccountConfig, load_config
+from ..config.settings import AccountConfig, load_config, mounted_folders
 from ..errors import ConfigError, NotFound, PermissionDenied, StorageError
 from ..paths import RESERVED_NAME
 from .bucket import Bucket
@@ -260,12 +260,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         return 2
-    findings = probe_all(config.accounts, args.timeout, max(1, args.threads))
-    for account, finding in zip(config.accounts, findings):
+    # Each virtual folder too, with the credentials of each login that mounts it.
+    folders = mounted_folders(config.accounts)
+    targets = [*config.accounts, *folders]
+    findings = probe_all(targets, args.timeout, max(1, args.threads))
+    for account, finding in zip(targets, findings):
         print(report_line(account, finding))
     failed = sum(not finding.ok for finding in findings)
-    print(f"{config.path}: {len(findings) - failed} of {len(findings)} account(s) passed "
-          "the online check")
+    counted = f" ({len(config.accounts)} account(s), {len(folders)} folder mount(s))" \
+        if folders else " account(s)"
+    print(f"{config.path}: {len(findings) - failed} of {len(findings)}{counted} passed the "
+          "online check")
     return 1 if failed else 0
 
 

@@ -34,7 +34,7 @@ from setproctitle import setproctitle
 
 from .. import logcontext, metrics
 from ..config.quotas import QuotaRules
-from ..config.settings import AccountConfig, Config, resolve_masquerade
+from ..config.settings import AccountConfig, Config, mounted_folders, resolve_masquerade
 from ..cos.engine import Engine
 from ..cos.periodic import Periodic
 from ..cos.quota import Quotas
@@ -366,9 +366,8 @@ class Worker:
         if self.index != 1 or not ttl:
             return None
         # Each folder too: parked uploads and live markers are in the folder's .cosftp/.
-        janitor = Janitor(buckets.homes([*self.config.accounts, *(
-            account.mounted(folder) for account in self.config.accounts
-            for _, folder in account.folders)]), ttl)
+        janitor = Janitor(buckets.homes([*self.config.accounts,
+                                         *mounted_folders(self.config.accounts)]), ttl)
         janitor.start()
         return janitor
 
