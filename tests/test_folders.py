@@ -57,8 +57,13 @@ FA = Peer("fa", "fa-pw")
 
 
 @pytest.fixture(scope="module")
-def folders(emulator, cos, tmp_path_factory):
+def folder_key(emulator):
+    """The folder of BETA's key: the emulator checks its signatures and keeps it to BETA."""
     emulator.set_accounts(keys={FOLDER_ID: {"secret": FOLDER_SECRET, "buckets": [BETA]}})
+
+
+@pytest.fixture(scope="module")
+def folders(emulator, cos, tmp_path_factory, folder_key):
     cos.put_object(Bucket=ALPHA, Key=f"{ROOT}archive/old.txt", Body=b"archived")
     cos.put_object(Bucket=BETA, Key=f"{ROOT}outside.txt", Body=SECRET)
     cos.put_object(Bucket=ALPHA, Key=f"{ROOT}outside.txt", Body=SECRET)
@@ -340,7 +345,8 @@ def test_folders_follow_a_reload(emulator, tmp_path, cos):
             ftp.quit()
 
 
-def test_an_upload_to_a_folder_with_wrong_credentials_fails_cleanly(emulator, tmp_path):
+def test_an_upload_to_a_folder_with_wrong_credentials_fails_cleanly(emulator, tmp_path,
+                                                                   folder_key):
     """The emulator checks the folder's signature: a wrong secret gets 550/451, not a
     dropped session, and the account's own tree still works."""
     sections = FOLDERS.replace(f"cos_secretkey = {FOLDER_SECRET}", "cos_secretkey = wrong")
@@ -354,6 +360,9 @@ def test_an_upload_to_a_folder_with_wrong_credentials_fails_cleanly(emulator, tm
         put(ftp, "/mine.txt", b"mine")
         assert "mine.txt" in ftp.nlst("/")
         ftp.quit()
+        # The log says in which folder the path it names is.
+        assert re.search(r"user=wrong ip=\S+ folder=/b\] .*path=/x.txt", server.log_text()), \
+            server.log_text()[-3000:]
 
 
 def test_the_examples_folders_check(tmp_path):
@@ -369,7 +378,8 @@ def test_the_examples_folders_check(tmp_path):
         "/partner/in": ("partnerbucket-1250000000", "ap-shanghai", "from-alice/", "RW", False)}
 
 
-def test_check_online_tries_each_folder_with_its_credentials(folders, emulator, tmp_path):
+def test_check_online_tries_each_folder_with_its_credentials(folders, emulator, tmp_path,
+                                                            folder_key):
     done = folders.ctl("check", "--online", "--timeout", "5", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK   [FOLDER_beta] fa beta-1250000000" in done.stdout, done.stdout

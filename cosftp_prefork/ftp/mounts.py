@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import logcontext
 from ..config.settings import AccountConfig
 from ..cos.bucket import foreign
 from ..cos.listing import Entry
@@ -153,6 +154,19 @@ def session_fs(root: str, cmd_channel) -> VirtualTree:
     return CosFS(root, cmd_channel)
 
 
+class FolderLabel:
+    """What a session's log lines are stamped with while a command works in a folder: the
+    session's label and the mount point (the paths the lines name are the folder's own)."""
+
+    __slots__ = ("_folder", "_session")
+
+    def __init__(self, session: object, folder: str) -> None:
+        self._session, self._folder = session, folder
+
+    def __str__(self) -> str:
+        return f"{self._session} folder={self._folder}"
+
+
 class MountedListing(StreamedListing):
     """A directory's listing with the names ``leading`` (mount points, directories leading
     to them) merged in, as directories; a name of the home's bucket that one of them has is
@@ -233,8 +247,14 @@ class MountedFS(VirtualTree):
 
     def begin_command(self, command: str = "", arg: str = "") -> None:
         """Each filesystem forgets what earlier commands learned; the one the command's
-        path is in waits for its own work after a reply (``CosFS.begin_command``)."""
+        path is in waits for its own work after a reply (``CosFS.begin_command``), and the
+        command's log lines name the folder it works in."""
         when, _, named = arg.partition(" ") if command == "MFMT" else ("", "", arg)
+        mount, _ = self._table.find(self.ftpnorm(named))
+        # The session's thread is its own (server.worker): the label holds until the next
+        # command, for the work this one hands on too (logcontext.carried).
+        label = self._channel.log_label
+        logcontext.bind(label if mount is None else FolderLabel(label, mount.path))
         fs, inner = self._route(self.ftpnorm(named))
         for each in self._filesystems():
             if each is not fs:
