@@ -35,6 +35,10 @@ FOLDERS = f"""
 cos_prefix = {ROOT}team
 authority = RW
 
+[FOLDER_fbsub]
+cos_prefix = {ROOT}fb/sub
+authority = RW
+
 [FOLDER_archive]
 cos_prefix = {ROOT}archive
 authority = R
@@ -51,7 +55,8 @@ delete_enable = false
 ACCOUNTS = [
     Account("fa", "fa-pw", ALPHA, extra=f"cos_prefix = {ROOT}home\n"
             "virtual_folders = /shared=team, /ro=archive, /far/away=beta"),
-    Account("fb", "fb-pw", ALPHA, extra=f"cos_prefix = {ROOT}fb\nvirtual_folders = /team=team"),
+    Account("fb", "fb-pw", ALPHA, extra=f"cos_prefix = {ROOT}fb\n"
+            "virtual_folders = /team=team, /me=fbsub"),
 ]
 FA = Peer("fa", "fa-pw")
 
@@ -197,6 +202,17 @@ def test_a_file_renamed_across_folders_is_copied_with_its_time(fa, cos):
     fa.rename("/far/away/from-beta.txt", "/shared/from-beta.txt")  # another bucket
     assert get(fa, "/shared/from-beta.txt") == b"beta bytes"
     assert not cos.object_exists(Bucket=BETA, Key=f"{ROOT}beta/from-beta.txt")
+
+
+def test_a_rename_onto_the_same_object_through_another_folder_keeps_it(folders, cos):
+    """fb's /me is its own /sub: renaming /sub/f.txt to /me/f.txt names one object twice,
+    and must not copy it onto itself and then delete it."""
+    fb = folders.login("fb", "fb-pw")
+    fb.mkd("/sub")
+    put(fb, "/sub/f.txt", b"one object")
+    fb.rename("/sub/f.txt", "/me/f.txt")
+    assert get(fb, "/me/f.txt") == get(fb, "/sub/f.txt") == b"one object"
+    fb.quit()
 
 
 def test_a_rename_cos_cannot_copy_is_refused_with_the_reason(fa, cos, emulator):
@@ -383,7 +399,7 @@ def test_check_online_tries_each_folder_with_its_credentials(folders, emulator, 
     done = folders.ctl("check", "--online", "--timeout", "5", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK   [FOLDER_beta] fa beta-1250000000" in done.stdout, done.stdout
-    assert "5 of 5 (2 account(s), 3 folder mount(s)) passed" in done.stdout, done.stdout
+    assert "6 of 6 (2 account(s), 4 folder mount(s)) passed" in done.stdout, done.stdout
     wrong = ServerProcess(str(tmp_path), emulator.port, ACCOUNTS, sections=FOLDERS.replace(
         f"cos_secretkey = {FOLDER_SECRET}", "cos_secretkey = wrong"))
     wrong.write_config()

@@ -41,7 +41,7 @@ from typing import Callable, Optional, TypeVar
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from ..config.settings import AccountConfig, TransferConfig
-from ..cos.bucket import Bucket, ObjectInfo
+from ..cos.bucket import Bucket, ForeignObject, ObjectInfo
 from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
 from ..cos.digests import digest
 from ..cos.downloads import RangedReader, open_download
@@ -997,13 +997,17 @@ class CosFS(VirtualTree):
         return self._bucket, info, self._reserved([], markers_of, self._bucket, info.key)
 
     @_transient_escapes
-    def copy_in(self, dst: str, source: ObjectInfo, stamps: list[float]) -> None:
-        """Make the file ``dst`` a copy of ``source`` (a ``ForeignObject`` of another
-        folder's bucket), pinned to its ETag, with the markers of its MFMT times ``stamps``
-        beside it; the target is checked as a rename's. Raises ``Refusal`` or
-        ``StorageError`` (``PermissionDenied`` when these credentials may not read the
-        source)."""
+    def copy_in(self, dst: str, source: ForeignObject, stamps: list[float]) -> bool:
+        """Make the file ``dst`` a copy of ``source`` (an object of another folder's
+        bucket), pinned to its ETag, with the markers of its MFMT times ``stamps`` beside
+        it; the target is checked as a rename's. False if ``dst`` is ``source`` itself (two
+        folders over the same keys): nothing to do, as rename(2) onto itself. Raises
+        ``Refusal`` or ``StorageError`` (``PermissionDenied`` when these credentials may not
+        read the source)."""
         dst_key = object_key(dst)
+        bucket, key = self._bucket.located(dst_key)
+        if source.home is not None and (bucket.name, key) == (source.home.name, source.key):
+            return False
         side = self._ctx.engine.lookups.for_owner(self)
         self._check_rename_target(dst, name_kind(self._bucket, dst_key), moving=True)
         copy_beside_marker(self._bucket, source, dst_key, stamps, side,
@@ -1011,6 +1015,7 @@ class CosFS(VirtualTree):
                                                self._ctx.transfer, self._ctx.engine.copier(),
                                                pinned=True))
         self._forget(dst)
+        return True
 
     @_transient_escapes
     def remove_renamed(self, path: str, keys: list[str]) -> None:

@@ -476,7 +476,8 @@ class MountedFS(VirtualTree):
         bucket, info, markers = src_fs.rename_source(src_in)
         stamps = [stamp for stamp, etag, _ in markers if etag == info.etag]
         try:
-            dst_fs.copy_in(dst_in, foreign(bucket, info), stamps)
+            if not dst_fs.copy_in(dst_in, foreign(bucket, info), stamps):
+                return  # the same object, through two folders
         except PermissionDenied as exc:
             log.warning("path=%s: copy to %s refused: %s", src, dst, exc)
             raise Unstorable(f"COS refused to copy {src} to {dst} ({exc.code or 'AccessDenied'})"
