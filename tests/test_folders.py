@@ -23,6 +23,7 @@ from .server_proc import Account, ServerProcess, check_uncommented_example, wait
 from .test_clients import Peer, lftp, require, run
 from .test_commands import get, put
 from .test_prefixes import keys_under, parts_of
+from .test_quotas import used
 
 MIB = 1024 * 1024
 ROOT = f"folders-{uuid.uuid4().hex[:8]}/"
@@ -420,3 +421,40 @@ def test_check_keeps_anonymous_logins_read_only_in_folders(emulator, tmp_path):
     assert done.returncode == 2
     assert "[COS_ACCOUNT_0] virtual_folders: anonymous access is read-only: [FOLDER_team] at " \
         "/up has authority = RW" in done.stderr, done.stderr
+
+
+def test_a_rename_across_folders_counts_in_the_quotas_it_enters_and_leaves(emulator, tmp_path):
+    """qa (quota 1 MiB) mounts a pool no quota counts, qb mounts qa's own home: a file too
+    big for qa's quota stays in the pool (552), a small one counts in qa when it comes and
+    stops counting when it leaves, through the pool or into qb."""
+    quota_sections = f"""
+[FOLDER_qpool]
+cos_prefix = {ROOT}q/pool
+authority = RW
+
+[FOLDER_qahome]
+cos_prefix = {ROOT}q/a
+authority = RW
+"""
+    accounts = [
+        Account("qa", "qa-pw", ALPHA, extra=f"cos_prefix = {ROOT}q/a\nquota_size = 1M\n"
+                "virtual_folders = /pool=qpool"),
+        Account("qb", "qb-pw", ALPHA, extra=f"cos_prefix = {ROOT}q/b\nquota_size = 1M\n"
+                "virtual_folders = /a=qahome")]
+    with ServerProcess(str(tmp_path), emulator.port, accounts, sections=quota_sections) as server:
+        qa, qb = server.login("qa", "qa-pw"), server.login("qb", "qb-pw")
+        put(qa, "/pool/big.bin", b"b" * (3 * MIB // 2))
+        put(qa, "/pool/small.bin", b"s" * 100)
+        qa.sendcmd("RNFR /pool/big.bin")
+        with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+            qa.sendcmd("RNTO /big.bin")
+        assert qa.size("/pool/big.bin") == 3 * MIB // 2
+        qa.rename("/pool/small.bin", "/small.bin")
+        assert used(qa) == (100, 1)
+        qa.rename("/small.bin", "/pool/small.bin")
+        assert used(qa) == (0, 0)
+        qa.rename("/pool/small.bin", "/small.bin")
+        qb.rename("/a/small.bin", "/small.bin")  # from qa's home into qb's
+        assert used(qb) == (100, 1) and used(qa) == (0, 0)
+        for ftp in (qa, qb):
+            ftp.quit()

@@ -162,8 +162,15 @@ class AccountQuota:
         """A file of ``size`` bytes is renamed from ``src`` to ``dst``: reserve it in the
         homes it enters (``QuotaExceeded`` if one has no room). Returns what to call once the
         rename is done (True) or failed (False); None if no quota sees it move."""
-        rules, bucket, prefix = self._quotas.rules, self._account.bucket, self._account.prefix
-        before, after = rules.covering(bucket, prefix + src), rules.covering(bucket, prefix + dst)
+        return self.arriving(self._account.bucket, self._account.prefix + src, dst, size)
+
+    def arriving(self, bucket: str, whole_key: str, dst: str,
+                 size: int) -> Optional[Callable[[bool], None]]:
+        """:meth:`moving` of a file that is ``whole_key`` of ``bucket``: of this home, or of
+        another one (a virtual folder's: ``ftp.mounts``)."""
+        rules, prefix = self._quotas.rules, self._account.prefix
+        before = rules.covering(bucket, whole_key)
+        after = rules.covering(self._account.bucket, prefix + dst)
         entering = [home for home in after if home not in before]
         leaving = [home for home in before if home not in after]
         if not entering and not leaving:

@@ -679,11 +679,8 @@ class CosFS(VirtualTree):
                     side.submit(name_kind, self._bucket, dst_key, source.key)).result()
         self._check_rename_target(dst, kind, moving)
         markers = listed.result()
-        return self._renamed(src, dst, source, lambda: copy_beside_marker(
-            self._bucket, source, dst_key,
-            [stamp for stamp, etag, _ in markers if etag == source.etag], side,
-            lambda: copy_object(self._bucket, source, dst_key, self._ctx.transfer,
-                                self._ctx.engine.copier(), pinned=True)),
+        return self._renamed(src, dst, source, lambda: self._copy_pinned(
+            source, dst_key, [stamp for stamp, etag, _ in markers if etag == source.etag]),
             lambda: markers, moving, own is not None)
 
     def _renamed(self, src: str, dst: str, source: ObjectInfo, write: Callable[[], object],
@@ -717,6 +714,15 @@ class CosFS(VirtualTree):
         self._after_reply.start(src, self._remove_renamed, src,
                                 [source.key, *(key for _, _, key in markers())], moving)
         return True
+
+    def _copy_pinned(self, source: ObjectInfo, dst_key: str, stamps: list[float]) -> None:
+        """A rename's copy of ``source`` to ``dst_key``, pinned to its ETag, with the markers
+        of the MFMT times ``stamps`` beside it."""
+        copy_beside_marker(self._bucket, source, dst_key, stamps,
+                           self._ctx.engine.lookups.for_owner(self),
+                           lambda: copy_object(self._bucket, source, dst_key,
+                                               self._ctx.transfer,
+                                               self._ctx.engine.copier(), pinned=True))
 
     def _may_put_renamed(self, own: OwnUpload) -> bool:
         """Whether :meth:`_rename_by_put` may store before its look-ups answered: it has the
@@ -997,32 +1003,43 @@ class CosFS(VirtualTree):
         return self._bucket, info, self._reserved([], markers_of, self._bucket, info.key)
 
     @_transient_escapes
-    def copy_in(self, dst: str, source: ForeignObject, stamps: list[float]) -> bool:
+    def copy_in(self, dst: str, source: ForeignObject, stamps: list[float]) -> tuple[bool, bool]:
         """Make the file ``dst`` a copy of ``source`` (an object of another folder's
         bucket), pinned to its ETag, with the markers of its MFMT times ``stamps`` beside
-        it; the target is checked as a rename's. False if ``dst`` is ``source`` itself (two
-        folders over the same keys): nothing to do, as rename(2) onto itself. Raises
-        ``Refusal`` or ``StorageError`` (``PermissionDenied`` when these credentials may not
-        read the source)."""
+        it; the target is checked as a rename's, and the quotas it enters as a rename's
+        (``QuotaExceeded``). Returns whether it copied (not if ``dst`` is ``source`` itself,
+        two folders over the same keys: as rename(2) onto itself) and whether this home's
+        quotas counted the source leaving its homes too (the source's side then does not).
+        Raises ``Refusal`` or ``StorageError`` (``PermissionDenied`` when these credentials
+        may not read the source)."""
         dst_key = object_key(dst)
         bucket, key = self._bucket.located(dst_key)
-        if source.home is not None and (bucket.name, key) == (source.home.name, source.key):
-            return False
-        side = self._ctx.engine.lookups.for_owner(self)
+        if source.home is None or (bucket.name, key) == (source.home.name, source.key):
+            return False, False
         self._check_rename_target(dst, name_kind(self._bucket, dst_key), moving=True)
-        copy_beside_marker(self._bucket, source, dst_key, stamps, side,
-                           lambda: copy_object(self._bucket, source, dst_key,
-                                               self._ctx.transfer, self._ctx.engine.copier(),
-                                               pinned=True))
+        counted = None if self.quota is None else self.quota.arriving(
+            source.home.name, source.key, dst_key, source.size)
+        try:
+            self._copy_pinned(source, dst_key, stamps)
+        except BaseException:
+            if counted is not None:
+                counted(False)
+            raise
+        if counted is not None:
+            counted(True)
         self._forget(dst)
-        return True
+        return True, counted is not None
 
     @_transient_escapes
-    def remove_renamed(self, path: str, keys: list[str]) -> None:
-        """Delete the file ``path`` renamed into another folder and its markers (``keys``),
-        keeping the directory it left."""
+    def remove_renamed(self, path: str, source: ObjectInfo, keys: list[str],
+                       counted: bool) -> None:
+        """Delete the file ``path`` (``source``) renamed into another folder and its
+        markers (``keys``), keeping the directory it left; the quotas it leaves are told,
+        unless the target's ``counted`` it (see :meth:`copy_in`)."""
         self._forget(path)
-        self._remove_renamed(path, keys, moving=True)
+        self._remove_renamed(path, [source.key, *keys], moving=True)
+        if self.quota is not None and not counted:
+            self.quota.removed(source.key, source.size)
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
         """What ``read(*args)`` finds under ``.cosftp/``, or ``default`` when the credentials

@@ -235,6 +235,12 @@ class MountedFS(VirtualTree):
     def _filesystems(self) -> list[CosFS]:
         return [self._home, *self._folders.values()]
 
+    @property
+    def quota(self):
+        """The quotas over the account's home (``SITE QUOTA``): a folder's keys count in
+        the homes they are in, whoever writes them."""
+        return self._home.quota
+
     def room_for(self, path: str) -> tuple[str, int]:
         """A mount point is a name of the home's tree (what may be done to it is answered
         later: nothing)."""
@@ -476,8 +482,7 @@ class MountedFS(VirtualTree):
         bucket, info, markers = src_fs.rename_source(src_in)
         stamps = [stamp for stamp, etag, _ in markers if etag == info.etag]
         try:
-            if not dst_fs.copy_in(dst_in, foreign(bucket, info), stamps):
-                return  # the same object, through two folders
+            copied, counted = dst_fs.copy_in(dst_in, foreign(bucket, info), stamps)
         except PermissionDenied as exc:
             log.warning("path=%s: copy to %s refused: %s", src, dst, exc)
             raise Unstorable(f"COS refused to copy {src} to {dst} ({exc.code or 'AccessDenied'})"
@@ -485,4 +490,5 @@ class MountedFS(VirtualTree):
                              "write there") from None
         except NotFound:
             raise Refusal(errno.ENOENT, "No such file or directory") from None
-        src_fs.remove_renamed(src_in, [info.key, *(key for _, _, key in markers)])
+        if copied:  # else the same object, through two folders
+            src_fs.remove_renamed(src_in, info, [key for _, _, key in markers], counted)
