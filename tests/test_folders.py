@@ -23,7 +23,7 @@ from .server_proc import Account, ServerProcess, check_uncommented_example, wait
 from .test_clients import Peer, lftp, require, run
 from .test_commands import get, put
 from .test_prefixes import keys_under, parts_of
-from .test_quotas import used
+from .test_quotas import stopped, used
 
 MIB = 1024 * 1024
 ROOT = f"folders-{uuid.uuid4().hex[:8]}/"
@@ -456,5 +456,9 @@ authority = RW
         qa.rename("/pool/small.bin", "/small.bin")
         qb.rename("/a/small.bin", "/small.bin")  # from qa's home into qb's
         assert used(qb) == (100, 1) and used(qa) == (0, 0)
+        # An upload through a folder counts in the quota of the home it lands in.
+        assert stopped(qb, "/a/over.bin", b"o" * (3 * MIB // 2)).startswith("552 Quota exceeded")
+        put(qb, "/a/fits.bin", b"f" * 1000)
+        assert used(qa) == (1000, 1)
         for ftp in (qa, qb):
             ftp.quit()
