@@ -462,3 +462,31 @@ authority = RW
         assert used(qa) == (1000, 1)
         for ftp in (qa, qb):
             ftp.quit()
+
+
+def counted(emulator, action) -> dict:
+    """The COS requests ``action`` sends for this module's keys, by kind."""
+    emulator.requests(reset=True)
+    action()
+    return emulator.requests(contains=ROOT)
+
+
+def test_folders_cost_no_cos_request_more(fa, emulator):
+    """Mount points come from the configuration: listing a directory that holds some costs
+    what listing one without does (and one leading only to a mount point, one LIST), a
+    mount point's MLST and CWD cost nothing, and a command inside a folder what it costs in
+    a home (tests/test_request_budget.py)."""
+    fa.mkd("/plain")
+    put(fa, "/plain/f.txt", b"x" * 1000)
+    put(fa, "/f.txt", b"x" * 1000)
+    lines: list[str] = []
+    plain = counted(emulator, lambda: fa.retrlines("LIST /plain", lines.append))
+    assert counted(emulator, lambda: fa.retrlines("LIST /", lines.append)) == plain
+    # /far exists only on the way to /far/away: one LIST finds the home has nothing there.
+    assert counted(emulator, lambda: fa.retrlines("LIST /far", lines.append)) == {"LIST": 1}
+    assert counted(emulator, lambda: (fa.sendcmd("MLST /far/away"), fa.cwd("/far/away"),
+                                      fa.cwd("/"))) == {}
+    fa.mkd("/shared/in")
+    folder = counted(emulator, lambda: put(fa, "/shared/in/budget.txt", b"x" * 1000))
+    home = counted(emulator, lambda: put(fa, "/plain/budget.txt", b"x" * 1000))
+    assert folder == home == {"LIST": 2, "PUT": 1}, (folder, home)
