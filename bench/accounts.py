@@ -20,6 +20,9 @@ emulator, and this prints as JSON:
   listing in a worker makes what every listing shares (thread pools, HTTP session);
 * ``reload_s``: ``cosftpctl reload`` with a session open, and whether the session still
   answers afterwards.
+
+``--folders 0 5`` measures each count twice: as above, and with every fifth account mounting
+one virtual folder (``/common``, a prefix of the first bucket: ``folders_every``).
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ sys.path.insert(0, ROOT)
 
 from tests.crowds import workers_of  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
-from tests.server_proc import ServerProcess, many_accounts  # noqa: E402
+from tests.server_proc import ServerProcess, many_accounts, mounting  # noqa: E402
 
 BUCKET, SHARED = "tenants-1250000000", "shared-1250000000"
+COMMON_FOLDER = (f"\n[FOLDER_common]\ncos_bucket = {BUCKET}\ncos_region = ap-guangzhou\n"
+                 "cos_prefix = common/\nauthority = RW\n")
 WARM_UP = 12  # accounts whose logins and listings come before the homes are measured
 MIB = 2 ** 20
 
@@ -78,11 +83,14 @@ def log_in(server: ServerProcess, user: str, listing: bool = False) -> None:
 class Measured:
     """One configuration's server, started, and what was measured of it."""
 
-    def __init__(self, emulator: EmulatorProcess, count: int, workers: int) -> None:
-        self.accounts = many_accounts(count, BUCKET, "t/", SHARED)
+    def __init__(self, emulator: EmulatorProcess, count: int, workers: int,
+                 folders_every: int = 0) -> None:
+        self.accounts = mounting(many_accounts(count, BUCKET, "t/", SHARED), folders_every,
+                                 "/common=common")
         self.server = ServerProcess(tempfile.mkdtemp(prefix="cosftp-accounts-"), emulator.port,
                                     self.accounts, optional={"worker_processes": str(workers),
-                                                             "log_level": "WARNING"})
+                                                             "log_level": "WARNING"},
+                                    sections=COMMON_FOLDER if folders_every else "")
         self.server.write_config()
         check_s, checked = timed(lambda: self.server.ctl("check"))
         assert checked.returncode == 0, checked.stderr
@@ -90,7 +98,8 @@ class Measured:
         assert started.returncode == 0, started.stderr
         master = psutil.Process(self.server.daemon_pid())
         self.result: dict = {
-            "accounts": count, "check_s": round(check_s, 2), "start_s": round(start_s, 2),
+            "accounts": count, "folders_every": folders_every, "check_s": round(check_s, 2),
+            "start_s": round(start_s, 2),
             "master_rss_mib": round(master.memory_info().rss / MIB, 1),
             "worker_rss_mib": [round(rss / MIB, 1) for rss in workers_rss(self.server)],
             "worker_uss_mib": [round(uss / MIB, 1) for uss in workers_uss(self.server)]}
@@ -143,12 +152,15 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--logins", type=int, default=200)
     parser.add_argument("--homes", type=int, default=1000)
+    parser.add_argument("--folders", type=int, nargs="+", default=[0],
+                        help="every N-th account mounts a folder; 0: none")
     args = parser.parse_args(argv)
     with EmulatorProcess([BUCKET, SHARED]) as emulator, contextlib.ExitStack() as running:
         measured = []
         for count in args.accounts:
-            measured.append(Measured(emulator, count, args.workers))
-            running.callback(measured[-1].stop)
+            for every in args.folders:
+                measured.append(Measured(emulator, count, args.workers, every))
+                running.callback(measured[-1].stop)
         load = os.getloadavg()[0]
         for _ in range(args.logins):  # in turns: what else runs slows every server alike
             for each in measured:

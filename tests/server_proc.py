@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ftplib
 import os
 import re
@@ -94,6 +95,13 @@ def many_accounts(count: int, bucket: str, prefix: str, shared: str) -> list[Acc
         else:
             accounts.append(Account(f"u{i}", f"u{i}-pw", f"own{i}-1250000000"))
     return accounts
+
+
+def mounting(accounts: list[Account], every: int, mount: str) -> list[Account]:
+    """``accounts`` with every ``every``-th one, from the first, mounting ``mount``
+    (``/path=name`` of ``virtual_folders``)."""
+    return [dataclasses.replace(account, extra=f"{account.extra}\nvirtual_folders = {mount}")
+            if every and i % every == 0 else account for i, account in enumerate(accounts)]
 
 
 @dataclass

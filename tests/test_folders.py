@@ -19,7 +19,15 @@ import pytest
 from cosftp_prefork.config.settings import load_config
 
 from .conftest import ALPHA, BETA
-from .server_proc import Account, ServerProcess, check_uncommented_example, wait_until
+from .emulator_proc import EmulatorProcess
+from .server_proc import (
+    Account,
+    ServerProcess,
+    check_uncommented_example,
+    many_accounts,
+    mounting,
+    wait_until,
+)
 from .test_clients import Peer, lftp, require, run
 from .test_commands import get, put
 from .test_prefixes import keys_under, parts_of
@@ -490,3 +498,28 @@ def test_folders_cost_no_cos_request_more(fa, emulator):
     folder = counted(emulator, lambda: put(fa, "/shared/in/budget.txt", b"x" * 1000))
     home = counted(emulator, lambda: put(fa, "/plain/budget.txt", b"x" * 1000))
     assert folder == home == {"LIST": 2, "PUT": 1}, (folder, home)
+
+
+def test_five_thousand_accounts_a_fifth_with_a_folder(tmp_path):
+    """The account table of a shared-bucket service (tests/server_proc.py many_accounts),
+    every fifth account mounting one folder: check, start, logins through the folder of
+    accounts on three kinds of home, a reload that drops no session."""
+    common = f"{ROOT}common/"
+    accounts = mounting(many_accounts(5000, ALPHA, f"{ROOT}many/", BETA), 5, "/common=common")
+    section = (f"\n[FOLDER_common]\ncos_bucket = {ALPHA}\ncos_region = ap-guangzhou\n"
+               f"cos_prefix = {common}\nauthority = RW\n")
+    with EmulatorProcess([ALPHA, BETA]) as emulator:
+        server = ServerProcess(str(tmp_path), emulator.port, accounts, sections=section)
+        server.write_config()
+        done = server.ctl("check")
+        assert done.returncode == 0 and "OK, 5000 account(s)" in done.stdout, done.stderr
+        with server:
+            sessions = {user: server.login(user, f"{user}-pw") for user in ("u0", "u5", "u10")}
+            for user, ftp in sessions.items():
+                put(ftp, f"/common/{user}.txt", user.encode())
+            assert server.ctl("reload").returncode == 0
+            for user, ftp in sessions.items():
+                assert sorted(ftp.nlst("/common")) == ["u0.txt", "u10.txt", "u5.txt"], user
+                ftp.quit()
+        assert sorted(keys_under(emulator.client(), common)) == [
+            f"{common}u0.txt", f"{common}u10.txt", f"{common}u5.txt"]
