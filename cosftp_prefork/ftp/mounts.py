@@ -41,6 +41,7 @@ from .. import logcontext
 from ..config.settings import AccountConfig
 from ..cos.bucket import foreign
 from ..cos.listing import Entry
+from ..cos.quota import AccountQuota
 from ..errors import NotFound, PermissionDenied
 from ..paths import parent_dir
 from .fs import CosFS, Refusal, StreamedListing, Unstorable, VirtualTree
@@ -228,15 +229,18 @@ class MountedFS(VirtualTree):
     def _fixed(self, path: str, what: str) -> None:
         """Refuse to ``what`` a mount point or a directory leading to one (553)."""
         if self._table.is_virtual(path):
-            kind = "a virtual folder's mount point" if self._table.find(path)[1] == "/" \
-                else "a directory holding virtual folders"
-            raise Unstorable(f"{path} is {kind}: it cannot be {what}")
+            raise Unstorable(self._fixed_reason(path, what))
+
+    def _fixed_reason(self, path: str, what: str) -> str:
+        kind = "a virtual folder's mount point" if self._table.find(path)[1] == "/" \
+            else "a directory holding virtual folders"
+        return f"{path} is {kind}: it cannot be {what}"
 
     def _filesystems(self) -> list[CosFS]:
         return [self._home, *self._folders.values()]
 
     @property
-    def quota(self):
+    def quota(self) -> Optional[AccountQuota]:
         """The quotas over the account's home (``SITE QUOTA``): a folder's keys count in
         the homes they are in, whoever writes them."""
         return self._home.quota
@@ -256,19 +260,20 @@ class MountedFS(VirtualTree):
         path is in waits for its own work after a reply (``CosFS.begin_command``), and the
         command's log lines name the folder it works in."""
         when, _, named = arg.partition(" ") if command == "MFMT" else ("", "", arg)
-        mount, _ = self._table.find(self.ftpnorm(named))
+        path = self.ftpnorm(named)
+        mount, _ = self._table.find(path)
         # The session's thread is its own (server.worker): the label holds until the next
         # command, for the work this one hands on too (logcontext.carried).
         label = self._channel.log_label
         logcontext.bind(label if mount is None else FolderLabel(label, mount.path))
-        fs, inner = self._route(self.ftpnorm(named))
+        fs, inner = self._route(path)
         for each in self._filesystems():
             if each is not fs:
                 each.begin_command("NOOP")
         fs.begin_command(command, f"{when} {inner}" if command == "MFMT" else inner)
         # The home's filesystem lists, stats (MLST, LIST of one name) and creates in them.
-        for path in self._table.virtual_paths():
-            self._home.assume_directory(path)
+        for virtual in self._table.virtual_paths():
+            self._home.assume_directory(virtual)
 
     def lookup(self, path: str) -> Optional[Entry]:
         if self._virtual(path):
@@ -405,9 +410,7 @@ class MountedFS(VirtualTree):
     def _not_removable(self, path: str) -> None:
         """550 for DELE or RMD of a mount point or of a directory leading to one."""
         if self._table.is_virtual(path):
-            what = "a virtual folder's mount point" if self._table.find(path)[1] == "/" \
-                else "a directory holding virtual folders"
-            raise Refusal(errno.EPERM, f"{path} is {what}: it cannot be deleted")
+            raise Refusal(errno.EPERM, self._fixed_reason(path, "deleted"))
 
     # --- files
 
