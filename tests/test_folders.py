@@ -453,6 +453,8 @@ authority = RW
         qa, qb = server.login("qa", "qa-pw"), server.login("qb", "qb-pw")
         put(qa, "/pool/big.bin", b"b" * (3 * MIB // 2))
         put(qa, "/pool/small.bin", b"s" * 100)
+        with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+            qa.sendcmd(f"ALLO {2 * MIB}")  # as without folders: the home's quota
         qa.sendcmd("RNFR /pool/big.bin")
         with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
             qa.sendcmd("RNTO /big.bin")

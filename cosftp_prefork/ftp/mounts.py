@@ -439,7 +439,10 @@ class MountedFS(VirtualTree):
         return upload
 
     def announce(self, size: int) -> None:
-        """ALLO: the size of the next upload, wherever it goes."""
+        """ALLO: the size of the next upload, wherever it goes; checked against the home's
+        quotas now, as without folders, and against those of where it goes at its STOR."""
+        if self.quota is not None:
+            self.quota.check_room(size)
         self._announced = size
 
     def upload_finished(self, upload) -> None:
