@@ -18,6 +18,7 @@ import pytest
 
 from cosftp_prefork.config.settings import load_config
 
+from .auth_service import AuthService
 from .conftest import ALPHA, BETA
 from .emulator_proc import EmulatorProcess
 from .server_proc import (
@@ -28,6 +29,7 @@ from .server_proc import (
     mounting,
     wait_until,
 )
+from .test_auth_hook import definition
 from .test_clients import Peer, lftp, require, run
 from .test_commands import get, put
 from .test_prefixes import keys_under, parts_of
@@ -525,3 +527,31 @@ def test_five_thousand_accounts_a_fifth_with_a_folder(tmp_path):
                 ftp.quit()
         assert sorted(keys_under(emulator.client(), common)) == [
             f"{common}u0.txt", f"{common}u10.txt", f"{common}u5.txt"]
+
+
+@pytest.fixture
+def hook():
+    service = AuthService().start()
+    yield service
+    service.stop()
+
+
+def test_an_auth_hook_account_mounts_the_files_folders(emulator, tmp_path, cos, hook):
+    """A hook's answer may name the file's [FOLDER_<name>] sections in virtual_folders, as
+    it names [COS_CREDENTIALS_<name>]; a folder the file does not have refuses the login."""
+    hook.users["hooked"] = ("hooked-pw", definition(
+        emulator, cos_prefix=f"{ROOT}hooked", virtual_folders="/team=team"))
+    hook.users["lost"] = ("lost-pw", definition(emulator, virtual_folders="/x=nosuch"))
+    settings = {"auth_hook_url": hook.url, "auth_hook_timeout": "1000",
+                "worker_processes": "1", "max_login_failures": "0"}
+    with ServerProcess(str(tmp_path), emulator.port, ACCOUNTS, optional=settings,
+                       sections=FOLDERS) as server:
+        ftp = server.login("hooked", "hooked-pw")
+        assert "team" in ftp.nlst("/")
+        put(ftp, "/team/hooked.txt", b"through the hook")
+        ftp.quit()
+        assert cos.get_object(Bucket=ALPHA, Key=f"{ROOT}team/hooked.txt")["Body"] \
+            .get_raw_stream().read() == b"through the hook"
+        with pytest.raises(ftplib.error_perm, match=r"^530"):
+            server.login("lost", "lost-pw")
+        assert "'nosuch' names no [FOLDER_nosuch]" in server.log_text()
