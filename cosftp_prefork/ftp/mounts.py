@@ -287,6 +287,17 @@ class MountedFS(VirtualTree):
         fs, inner = self._route(path)
         return fs.lookup_file(inner)
 
+    def look_up_for_mlst(self, path: str) -> None:
+        if not self._virtual(path):
+            fs, inner = self._route(path)
+            fs.look_up_for_mlst(inner)
+
+    def end(self) -> None:
+        """The session ends or logs in anew: every filesystem of the tree lets go of what
+        it keeps (``CosFS.end``)."""
+        for fs in self._filesystems():
+            fs.end()
+
     def stat(self, path: str) -> os.stat_result:
         if self._virtual(path):
             now = int(time.time())
