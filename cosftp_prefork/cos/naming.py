@@ -260,7 +260,7 @@ class _InThread:
     def __init__(self, first: Optional[StartedPage], release: Callable[[], Any]) -> None:
         self._started = first  # the LIST in flight; None once the verdict is in
         self._release = release
-        self._error: Optional[BaseException] = None
+        self._failure: Optional[BaseException] = None
         self._cancelled = False
         self._lock = threading.Lock()  # the session's thread, or its end from another
         if first is None:
@@ -277,7 +277,7 @@ class _InThread:
         with self._lock:
             while self._started is not None:
                 self._advance()
-            return self._error
+            return self._failure
 
     def cancel(self) -> bool:
         with self._lock:
@@ -296,7 +296,7 @@ class _InThread:
         try:
             self._started = self._next(started)
         except Exception as exc:  # the verdict, for whoever asks (as a pool's future keeps it)
-            self._error = exc
+            self._failure = exc
         finally:
             if self._started is None:
                 self._release()
