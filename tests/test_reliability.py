@@ -210,6 +210,9 @@ def test_cos_errors_are_logged_once_with_their_session_not_by_the_sdk(emulator, 
                        optional={"log_level": "INFO"}) as srv:
         ftp = srv.login("alice", "alice-pw")
         put(ftp, f"{area}-poison", b"x")
+        # Another upload after it: a rename right after the session's own STOR of a small
+        # file PUTs the kept bytes and sends no copy for the fault to fail.
+        put(ftp, f"{area}-other", b"y")
         faults(fail_copies_of="poison")
         with pytest.raises(ftplib.error_temp, match="451"):
             ftp.rename(f"{area}-poison", f"{area}-moved")
