@@ -26,6 +26,7 @@ start.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import ipaddress
@@ -353,10 +354,20 @@ class SharedState:
     # --- session table
 
     @contextmanager
-    def _locked(self, start: int, end: int):
-        """Lock bytes ``start:end`` of the file (threads and processes); yield them as uint32s."""
-        with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, end - start, start)
+    def _locked(self, start: int, end: int, wait: bool = True):
+        """Lock bytes ``start:end`` of the file (threads and processes); yield them as
+        uint32s. Without ``wait``, raise ``BlockingIOError`` at once if they are held."""
+        if not self._thread_lock.acquire(blocking=wait):
+            raise BlockingIOError("the state file is held by another thread")
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB,
+                        end - start, start)
+        except OSError as exc:
+            self._thread_lock.release()
+            if not wait and exc.errno in (errno.EACCES, errno.EAGAIN):  # lockf(3) says either
+                raise BlockingIOError("the state file is held by another process") from exc
+            raise
+        try:
             whole = memoryview(self._map)
             rows = whole[start:end].cast("I")
             try:
@@ -365,6 +376,8 @@ class SharedState:
                 rows.release()
                 whole.release()
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, end - start, start)
+        finally:
+            self._thread_lock.release()
 
     # --- failed logins and bans
 
@@ -485,13 +498,14 @@ class SharedState:
 
     # --- session table
 
-    def _sessions_locked(self):
-        return self._locked(_SESSIONS_AT, _BANS_AT)
+    def _sessions_locked(self, wait: bool = True):
+        return self._locked(_SESSIONS_AT, _BANS_AT, wait)
 
     @contextmanager
-    def _sessions_and_index(self):
-        """The session rows and their index, both under the session table's lock."""
-        with self._sessions_locked() as rows, memoryview(self._map) as whole, \
+    def _sessions_and_index(self, wait: bool = True):
+        """The session rows and their index, both under the session table's lock (without
+        ``wait``: ``BlockingIOError`` if it is held)."""
+        with self._sessions_locked(wait) as rows, memoryview(self._map) as whole, \
                 whole[_INDEX_AT:FILE_SIZE].cast("I") as index:
             yield rows, _SessionIndex(index)
 
@@ -552,9 +566,14 @@ class SharedState:
 
     def sweep_accounts(self, idle: int = KEEP_BUCKETS) -> None:
         """Forget the buckets of accounts logged out here and unused for ``idle``
-        nanoseconds (a worker's tick)."""
-        with self._sessions_and_index() as (_, index):
-            index.sweep(idle)
+        nanoseconds (a worker's tick). Skipped when another thread or process holds the
+        table: the tick that sends the heartbeat must never wait for it, or one worker stuck
+        holding it would stop every worker's heartbeat (the next tick sweeps)."""
+        try:
+            with self._sessions_and_index(wait=False) as (_, index):
+                index.sweep(idle)
+        except BlockingIOError:
+            return
 
     def account_counts(self) -> dict[AccountKey, int]:
         """Logged-in sessions per account on this server."""
