@@ -386,6 +386,7 @@ class UploadSession:
                  quota: Optional[UploadQuota] = None) -> None:
         self.name = name
         self.state = state
+        self.announced = announced  # ALLO's size, if the client sent one
         # A new name's look-ups, running while the bytes arrive (see naming).
         self._checks = checks
         self._bucket, self._key, self._store = bucket, key, store

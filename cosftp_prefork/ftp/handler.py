@@ -210,6 +210,15 @@ def _client_gone(error: BaseException) -> bool:
         (isinstance(error, OSError) and error.errno in compat.DISCONNECTED)
 
 
+def _expected_bytes(file, upload: bool) -> Optional[int]:
+    """The bytes a transfer of ``file`` should move, if known: an upload's size announced
+    by ``ALLO``; what a download has left from where it starts (the ``REST`` offset)."""
+    if upload:
+        return getattr(file, "announced", None)
+    size = getattr(file, "size", None)
+    return None if size is None else max(0, size - file.tell())
+
+
 class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     """Data channel that commits an upload only when the client finished sending.
 
@@ -230,7 +239,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         self._pace(upload=True)
         super().enable_receiving(type, cmd)
         self._start_meter(upload=True)
-        self._count_transfer()  # STOR, APPE
+        self._count_transfer(self.file_obj)  # STOR, APPE
 
     def _pace(self, upload: bool) -> None:
         """Take the session's rate limit for this file transfer (see ``ftp.throttle``)."""
@@ -251,7 +260,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         else:
             super().push_with_producer(producer)
         if download:
-            self._count_transfer()
+            self._count_transfer(producer.file)
 
     def _pumpable(self, producer) -> bool:
         """A binary download of a COS object over a clear (not TLS) data connection: ASCII
@@ -328,10 +337,13 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             return self._meter.result
         return self._handed_over()
 
-    def _count_transfer(self) -> None:
+    def _count_transfer(self, file) -> None:
+        """A file transfer of ``file`` starts: count it, and say what it moves."""
         if not self._counted:
             self._counted = True
             self._meter.counted = True
+            self._meter.name = getattr(file, "name", "")
+            self._meter.expected = _expected_bytes(file, self.receive)
             self.cmd_channel.stats.transfer_started(self.receive)
 
     def close(self) -> None:

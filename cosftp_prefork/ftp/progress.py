@@ -67,6 +67,10 @@ class TransferMeter:
         self.rate = 0.0
         self.result: Optional[int] = None
         self.credited = 0
+        # A file transfer's file (what the client named) and the bytes it should move, if
+        # known (``ALLO``, the object's size less the ``REST`` offset): for its progress bar.
+        self.name = ""
+        self.expected: Optional[int] = None
         # Dropped when the transfer ends: the session keeps its last meter, not the data
         # channel these reach.
         self._handed: Optional[Callable[[], int]] = handed

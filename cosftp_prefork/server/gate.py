@@ -3,7 +3,8 @@ and who is thrown out when their address gets banned.
 
 Every connection gets a ``Ticket`` when it is admitted; its life is one state machine
 (``PENDING`` → ``LOGGED_IN`` or ``KICKED``, then ``CLOSED``; a logged-in session that starts a
-new login with ``USER`` or ``REIN`` goes back to ``PENDING``, as a new connection would come),
+new login with ``USER`` or ``REIN`` goes back to ``PENDING``, as a new connection would come,
+and one the admin API closes is ``KICKED`` too),
 changed under the ticket's lock, so a session cannot be thrown out in the very moment it logs
 in. The limits and the bans live in the shared state and hold across every worker; the
 worker's main thread calls ``Gate.police`` once a second, which closes the connections not
@@ -59,18 +60,19 @@ log = logging.getLogger(__name__)
 
 BANNED = "Too many failed logins from your address; try again later."
 LOGIN_TIMED_OUT = "Login timed out."
+KICKED = "Session closed by the server's administrator."
 
 
 class SessionState(Enum):
     PENDING = "pending"  # connected, not logged in: counts against the pre-login limits
     LOGGED_IN = "logged in"
-    KICKED = "kicked"  # told to go (login timeout, ban); its session thread replies 421
+    KICKED = "kicked"  # told to go (login timeout, ban, admin API); its thread replies 421
     CLOSED = "closed"
 
 
 _MOVES = {
     SessionState.PENDING: {SessionState.LOGGED_IN, SessionState.KICKED, SessionState.CLOSED},
-    SessionState.LOGGED_IN: {SessionState.PENDING, SessionState.CLOSED},
+    SessionState.LOGGED_IN: {SessionState.PENDING, SessionState.KICKED, SessionState.CLOSED},
     SessionState.KICKED: {SessionState.CLOSED},
     SessionState.CLOSED: set(),
 }
@@ -87,11 +89,14 @@ class Ticket:
     state: SessionState = SessionState.PENDING
     account: Optional[AccountKey] = None  # logged in as (the scoreboard's key)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    kicked_logged_in: bool = False  # KICKED from LOGGED_IN: it still counts as logged in
 
     def move(self, to: SessionState) -> bool:
         """Go to state ``to`` if allowed from here (caller holds ``lock``)."""
         if to not in _MOVES[self.state]:
             return False
+        self.kicked_logged_in = to is SessionState.KICKED and \
+            self.state is SessionState.LOGGED_IN
         self.state = to
         return True
 
@@ -256,13 +261,13 @@ class Gate:
     def expire(self, ticket: Ticket) -> None:
         """The session's login deadline passed while it waited for its password to be
         checked: close it as :meth:`police` would (421, logged)."""
-        self._kick(ticket, LOGIN_TIMED_OUT, f"closed: no login within login_timeout="
+        self.kick(ticket, LOGIN_TIMED_OUT, f"closed: no login within login_timeout="
                    f"{self.login_timeout}s (its password waited for its turn to be checked)")
 
     def close(self, ticket: Ticket) -> None:
         """The connection ends: free its place. After this, ``kick`` is never called."""
         with ticket.lock:
-            was_logged_in = ticket.state is SessionState.LOGGED_IN
+            was_logged_in = ticket.state is SessionState.LOGGED_IN or ticket.kicked_logged_in
             ticket.move(SessionState.CLOSED)
         with self._lock:
             self._pending.discard(ticket)
@@ -331,9 +336,9 @@ class Gate:
         banned = self._new_bans(pending)
         for ticket in pending:
             if banned and address_key(ticket.ip) in banned and self._may_ban(ticket.ip):
-                self._kick(ticket, BANNED, "closed: its address was banned")
+                self.kick(ticket, BANNED, "closed: its address was banned")
             elif now >= ticket.deadline:
-                self._kick(ticket, LOGIN_TIMED_OUT,
+                self.kick(ticket, LOGIN_TIMED_OUT,
                            f"closed: no login within login_timeout={self.login_timeout}s")
         self.refusals.flush(now)
 
@@ -371,7 +376,9 @@ class Gate:
             log.info("cluster: %s unbanned (cosftpctl unban on a node): this node forgot its "
                      "%s", row.address, "ban" if row.until > time.time() else "failed logins")
 
-    def _kick(self, ticket: Ticket, reason: str, what: str) -> None:
+    def kick(self, ticket: Ticket, reason: str, what: str) -> None:
+        """Tell the session of ``ticket`` to go (421 ``reason``) unless it is closing
+        already; ``what`` is logged (once per burst)."""
         with ticket.lock:
             if not ticket.move(SessionState.KICKED):
                 return

@@ -6,15 +6,19 @@ mapping. It holds:
 * a header: master pid, generation, start time, config path, listening ports;
 * one slot per worker, written only by that worker (heartbeat, sessions, transfers, bytes)
   and cleared by the master when it reaps the worker;
-* a session table (worker pid, logged in or not, client address), so every connection limit
-  holds for the whole server rather than per worker, with a table of the accounts logged in
-  (their sessions, for ``max_sessions``, and their upload and download rate buckets, for
-  ``max_*_rate``: every worker takes from the same bucket), and a table of failed logins and bans
-  per client address, with a counter of its changes (a ban started, or lifted by
-  ``cosftpctl unban``) and the change last saved to the bans file. Both are changed under
-  POSIX record locks on the file, which the kernel releases if the holder dies, so a killed
-  worker cannot wedge admissions; the master frees a dead worker's session rows when it
-  reaps it.
+* a session table (worker pid, logged in or not, client address, a serial number that names
+  the session), so every connection limit holds for the whole server rather than per
+  worker, with a table of the accounts logged in (their sessions, for ``max_sessions``, and
+  their upload and download rate buckets, for ``max_*_rate``: every worker takes from the
+  same bucket), and a table of failed logins and bans per client address, with a counter of
+  its changes (a ban started, or lifted by ``cosftpctl unban``) and the change last saved to
+  the bans file. Both are changed under POSIX record locks on the file, which the kernel
+  releases if the holder dies, so a killed worker cannot wedge admissions; the master frees
+  a dead worker's session rows when it reaps it;
+* requests to the master and the workers from the admin API (``cosftp_prefork.admin``), which
+  runs as a child of the master and shares the mapping: a session to close (its worker's tick
+  sees the kick epoch move, closes it with 421 and clears the request), a reload to run (the
+  master's loop takes it as a HUP), and the errors of the last reload.
 
 Client addresses are stored whole (16 bytes, IPv4 as IPv4-mapped IPv6): never a hash two
 addresses could share.
@@ -79,17 +83,22 @@ _SLOTS_AT = _HEADER_SIZE + _PATH_SIZE
 _SESSIONS_AT = _SLOTS_AT + MAX_WORKER_SLOTS * _SLOT_SIZE
 _BANS_AT = _SESSIONS_AT + SESSION_ROWS * _SESSION_WORDS * 4
 _DETAILS_AT = _BANS_AT + (_BAN_HEADER_WORDS + BAN_ROWS * _BAN_WORDS) * 4
-# Per session row, for ``cosftpctl sessions``: user, last command, bytes of the current (or
-# last) transfer, its rate (bytes/s), time of the last command. Written by the session's
-# worker (at admission and once a second), read without a lock: a display.
-_DETAIL = struct.Struct("<32s48sQdd")
-_USER_SIZE, _COMMAND_SIZE = 32, 48
+# Per session row, for ``cosftpctl sessions`` and the admin API: user, last command, bytes of
+# the current (or last) transfer, its rate (bytes/s), time of the last command, time of the
+# connection; the file transfer (0 none, else UPLOAD or DOWNLOAD, plus IN_FLIGHT while it
+# runs), the bytes it should move (ALLO, the object's size; -1: not known) and its file name.
+# Written by the session's worker (at admission and once a second), read without a lock: a
+# display.
+_DETAIL = struct.Struct("<32s48sQddqdB128s")
+_USER_SIZE, _COMMAND_SIZE, _NAME_SIZE = 32, 48, 128
+UPLOAD, DOWNLOAD, IN_FLIGHT = 1, 2, 4
 _INDEX_AT = _DETAILS_AT + SESSION_ROWS * _DETAIL.size
 # The session table's index, so that admitting a connection costs the same whatever the
 # table's size: counts (rows in use, logged in, pending; rows ever used; free rows on the
-# stack), the stack of freed rows, and an open-addressing table of the addresses that have
-# rows (in use (1/0), address (4), its rows, its pending rows), at most half full.
-_COUNT_WORDS = 5
+# stack; the last session serial given; kick requests so far), the stack of freed rows, an
+# open-addressing table of the addresses that have rows (in use (1/0), address (4), its rows,
+# its pending rows), at most half full.
+_COUNT_WORDS = 7
 _ADDRESS_SLOTS = 2 * SESSION_ROWS
 _ADDRESS_WORDS = 7
 # Then, per session row, the account it logged in as (4 words, 0: none), the number of
@@ -98,10 +107,17 @@ _ADDRESS_WORDS = 7
 # buckets: level and stamp as int64 each).
 ACCOUNT_SLOTS = 2 * SESSION_ROWS
 _ACCOUNT_WORDS = 14
+# Last, per session row, its session's serial and the serial a kick request names (0:
+# none).
 _INDEX_WORDS = _COUNT_WORDS + SESSION_ROWS + _ADDRESS_SLOTS * _ADDRESS_WORDS + \
-    SESSION_ROWS * 4 + 1 + ACCOUNT_SLOTS * _ACCOUNT_WORDS
+    SESSION_ROWS * 4 + 1 + ACCOUNT_SLOTS * _ACCOUNT_WORDS + SESSION_ROWS * 2
 KEEP_BUCKETS = 10 * rates.NS  # how long an account's buckets outlive its last session
-FILE_SIZE = _INDEX_AT + _INDEX_WORDS * 4
+_CONTROL_AT = _INDEX_AT + _INDEX_WORDS * 4
+# Reloads asked for by the admin API, and the last one the master took; then the errors of
+# the last reload (UTF-8, NUL-padded), written by the master.
+_CONTROL = struct.Struct("<II")
+_RELOAD_ERROR_SIZE = 2048
+FILE_SIZE = _CONTROL_AT + _CONTROL.size + _RELOAD_ERROR_SIZE
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
@@ -136,9 +152,22 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True)
+class TransferFigures:
+    """The file transfer of a session, as its worker describes it: its direction, whether
+    it still runs, its file's name (what the client sent) and the bytes it should move
+    (``ALLO``'s size, what is left of the object from the ``REST`` offset; None: unknown)."""
+
+    upload: bool
+    in_flight: bool
+    name: str
+    expected: Optional[int]
+
+
+@dataclass(frozen=True)
 class SessionDetail:
-    """One live session, as ``cosftpctl sessions`` shows it. ``user`` and ``command`` are
-    what the client sent (truncated): escape them before printing."""
+    """One live session, as ``cosftpctl sessions`` shows it. ``user``, ``command`` and the
+    transfer's name are what the client sent (truncated): escape them before printing.
+    ``serial`` names the session for as long as it lives (the admin API's session id)."""
 
     pid: int
     logged_in: bool
@@ -148,6 +177,9 @@ class SessionDetail:
     nbytes: int
     rate: float
     last_active: float
+    serial: int = 0
+    connected: float = 0.0
+    transfer: Optional[TransferFigures] = None
 
 
 @dataclass(frozen=True)
@@ -462,6 +494,18 @@ class SharedState:
                 words[0] += 1
             return banned
 
+    def ban(self, ip: str, until: int) -> None:
+        """Ban ``ip`` until ``until`` (the admin API), keeping the failed logins its row
+        counts; moves the epoch as a ban earned by failed logins does."""
+        key = address_key(ip)
+        with self._bans_locked() as words:
+            flat = words[_BAN_HEADER_WORDS:].tolist()
+            at = self._ban_row(flat, key) * _BAN_WORDS
+            ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == key
+            failures, since = flat[at + 5:at + 7] if ours else (0, 0)
+            self._write_ban(words, at, key, failures, since, until)
+            words[0] += 1
+
     def restore_bans(self, bans: Iterable[tuple[str, int]], now: float) -> int:
         """Put saved bans back (master, at start); return how many still run. They carry
         no failure window: what a row holds that is newer than an unban made elsewhere
@@ -506,7 +550,7 @@ class SharedState:
         """The session rows and their index, both under the session table's lock (without
         ``wait``: ``BlockingIOError`` if it is held)."""
         with self._sessions_locked(wait) as rows, memoryview(self._map) as whole, \
-                whole[_INDEX_AT:FILE_SIZE].cast("I") as index:
+                whole[_INDEX_AT:_CONTROL_AT].cast("I") as index:
             yield rows, _SessionIndex(index)
 
     def admit(self, pid: int, ip: str, limits: Limits) -> tuple[Optional[int], Optional[str]]:
@@ -521,6 +565,7 @@ class SharedState:
             at = row * _SESSION_WORDS
             rows[at:at + _SESSION_WORDS] = array("I", [pid, PENDING, *wanted])
             index.add(wanted, PENDING)
+            index.give_serial(row)
             return row, None
 
     def move(self, row: int, pid: int, ip: str, limits: Limits) -> Optional[str]:
@@ -636,27 +681,101 @@ class SharedState:
         return per_ip, kinds.count(LOGGED_IN)
 
     def write_detail(self, row: int, user: str, command: str, nbytes: int, rate: float,
-                     last_active: float) -> None:
+                     last_active: float, connected: float = 0.0,
+                     transfer: Optional[TransferFigures] = None) -> None:
         """Describe the session of ``row`` (its worker only)."""
+        kind, expected, name = 0, -1, ""
+        if transfer is not None:
+            kind = (UPLOAD if transfer.upload else DOWNLOAD) | \
+                (IN_FLIGHT if transfer.in_flight else 0)
+            expected = -1 if transfer.expected is None else transfer.expected
+            name = transfer.name
         _DETAIL.pack_into(self._map, _DETAILS_AT + row * _DETAIL.size,
                           _clip(user, _USER_SIZE), _clip(command, _COMMAND_SIZE), nbytes, rate,
-                          last_active)
+                          last_active, expected, connected, kind, _clip(name, _NAME_SIZE))
 
     def session_details(self) -> list[SessionDetail]:
         """Every live session of the server, in row order (read without the lock)."""
         with memoryview(self._map) as whole, whole[_SESSIONS_AT:_BANS_AT].cast("I") as rows:
             flat = rows.tolist()
+        with memoryview(self._map) as whole, whole[_INDEX_AT:_CONTROL_AT].cast("I") as index:
+            serials = index[_SERIALS_BASE:_SERIALS_BASE + SESSION_ROWS].tolist()
         found = []
         for row in range(SESSION_ROWS):
             at = row * _SESSION_WORDS
             if not flat[at]:
                 continue
-            user, command, nbytes, rate, active = _DETAIL.unpack_from(
-                self._map, _DETAILS_AT + row * _DETAIL.size)
+            user, command, nbytes, rate, active, expected, connected, kind, name = \
+                _DETAIL.unpack_from(self._map, _DETAILS_AT + row * _DETAIL.size)
+            transfer = TransferFigures(bool(kind & UPLOAD), bool(kind & IN_FLIGHT),
+                                       _unclip(name), None if expected < 0 else expected) \
+                if kind else None
             found.append(SessionDetail(
                 flat[at], flat[at + 1] == LOGGED_IN, address_text(tuple(flat[at + 2:at + 6])),
-                _unclip(user), _unclip(command), nbytes, rate, active))
+                _unclip(user), _unclip(command), nbytes, rate, active, serials[row], connected,
+                transfer))
         return found
+
+    # --- requests of the admin API
+
+    def kick_epoch(self) -> int:
+        """How many kicks were asked for so far (read without the lock: each worker's tick
+        compares it with the one it last acted on)."""
+        return struct.unpack_from("<I", self._map, _INDEX_AT + 4 * _SessionIndex.KICKS)[0]
+
+    def request_kick(self, serial: int) -> Optional[int]:
+        """Ask the worker holding session ``serial`` to close it (421): return that worker's
+        pid, None if no such session lives."""
+        with self._sessions_and_index() as (rows, index):
+            row = index.row_of(serial)
+            if row is None:
+                return None
+            index.ask_kick(row)
+            return rows[row * _SESSION_WORDS]
+
+    def kick_requested(self, row: int) -> bool:
+        """True if the admin API asked to close the session of ``row`` (its worker's tick,
+        once the kick epoch moved; read without the lock)."""
+        with memoryview(self._map) as whole, whole[_INDEX_AT:_CONTROL_AT].cast("I") as index:
+            serial = index[_SERIALS_BASE + row]
+            return bool(serial) and index[_KICKS_BASE + row] == serial
+
+    def has_session(self, serial: int) -> bool:
+        """True while the session ``serial`` lives (read without the lock)."""
+        with memoryview(self._map) as whole, whole[_INDEX_AT:_CONTROL_AT].cast("I") as index, \
+                index[_SERIALS_BASE:_SERIALS_BASE + SESSION_ROWS] as serials:
+            return bool(serial) and serial in serials.tolist()
+
+    def serial_of(self, row: int) -> int:
+        """The serial of the session of ``row`` (0: none)."""
+        return struct.unpack_from("<I", self._map, _INDEX_AT + 4 * (_SERIALS_BASE + row))[0]
+
+    def request_reload(self) -> int:
+        """Ask the master for a reload (the admin API, one request at a time): return the
+        request's number, which :meth:`reload_taken` reaches once the master ran it."""
+        asked, taken = _CONTROL.unpack_from(self._map, _CONTROL_AT)
+        _CONTROL.pack_into(self._map, _CONTROL_AT, asked + 1, taken)
+        return asked + 1
+
+    def reload_asked(self) -> int:
+        return _CONTROL.unpack_from(self._map, _CONTROL_AT)[0]
+
+    def reload_taken(self) -> int:
+        return _CONTROL.unpack_from(self._map, _CONTROL_AT)[1]
+
+    def note_reload_taken(self, number: int) -> None:
+        """The master ran the reload request ``number`` (it alone writes this word)."""
+        struct.pack_into("<I", self._map, _CONTROL_AT + 4, number)
+
+    def write_reload_error(self, text: str) -> None:
+        """Why the last reload failed ("": it did not), for ``status`` (the master)."""
+        at = _CONTROL_AT + _CONTROL.size
+        self._map[at:at + _RELOAD_ERROR_SIZE] = _clip(text, _RELOAD_ERROR_SIZE - 1).ljust(
+            _RELOAD_ERROR_SIZE, b"\0")
+
+    def reload_error(self) -> str:
+        at = _CONTROL_AT + _CONTROL.size
+        return _unclip(bytes(self._map[at:at + _RELOAD_ERROR_SIZE]))
 
 
 def _ban_row_of(flat: list[int], at: int) -> BanRow:
@@ -670,13 +789,14 @@ def _free_row(rows, index: _SessionIndex, row: int) -> None:
     index.remove(key, kind)
     index.leave(row)
     index.give_row(row)
+    index.forget_serial(row)
 
 
 class _SessionIndex:
     """Counts, free rows and rows per address of the session table (see ``_INDEX_AT``);
     used under the table's lock only."""
 
-    _USED, _LOGGED_IN, _PENDING, _EVER, _FREE = range(_COUNT_WORDS)
+    _USED, _LOGGED_IN, _PENDING, _EVER, _FREE, _SERIAL, KICKS = range(_COUNT_WORDS)
 
     def __init__(self, words) -> None:
         self._words = words
@@ -707,6 +827,28 @@ class _SessionIndex:
     def give_row(self, row: int) -> None:
         self._words[_COUNT_WORDS + self._words[self._FREE]] = row
         self._words[self._FREE] += 1
+
+    def give_serial(self, row: int) -> None:
+        """Name the new session of ``row``: the next serial (never 0, even after it wraps)."""
+        words = self._words
+        words[self._SERIAL] = words[self._SERIAL] % 0xFFFFFFFF + 1
+        words[_SERIALS_BASE + row] = words[self._SERIAL]
+        words[_KICKS_BASE + row] = 0
+
+    def forget_serial(self, row: int) -> None:
+        self._words[_SERIALS_BASE + row] = self._words[_KICKS_BASE + row] = 0
+
+    def row_of(self, serial: int) -> Optional[int]:
+        """The row of the live session ``serial``, None if there is none."""
+        if not serial:
+            return None
+        with self._words[_SERIALS_BASE:_SERIALS_BASE + SESSION_ROWS] as serials:
+            found = serials.tolist()
+        return found.index(serial) if serial in found else None
+
+    def ask_kick(self, row: int) -> None:
+        self._words[_KICKS_BASE + row] = self._words[_SERIALS_BASE + row]
+        self._words[self.KICKS] += 1
 
     def counts_of(self, key: Address) -> tuple[int, int]:
         """Rows, and pending rows, of the address ``key``."""
@@ -874,6 +1016,8 @@ _ACCOUNT_BASE = _KEPT + 1
 # An account slot's two buckets, upload then download: level, stamp (int64 each).
 _INT64 = struct.Struct("<qq")
 _BUCKETS_UNUSED = array("I", _INT64.pack(rates.EMPTY, 0) * 2)
+_SERIALS_BASE = _ACCOUNT_BASE + ACCOUNT_SLOTS * _ACCOUNT_WORDS
+_KICKS_BASE = _SERIALS_BASE + SESSION_ROWS
 
 
 def _clip(text: str, size: int) -> bytes:

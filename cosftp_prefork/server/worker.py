@@ -26,7 +26,8 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
@@ -50,7 +51,7 @@ from ..ftp.logins import PasswordChecks
 from ..ftp.progress import TransferMeter
 from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
-from .gate import BANNED, Gate, Ticket
+from .gate import BANNED, KICKED, Gate, Ticket
 from .logs import reopen_logging, setup_logging
 from .quotashare import SharedUsage
 from .scoreboard import (
@@ -60,6 +61,7 @@ from .scoreboard import (
     SERVING,
     STARTING,
     SharedState,
+    TransferFigures,
     account_key,
 )
 from .signals import release_signals
@@ -112,6 +114,16 @@ def _trim_malloc() -> None:
     _malloc_call("malloc_trim", 0)
 
 
+@dataclass(frozen=True)
+class Described:
+    """A session whose details the worker writes to the shared state: its handler, its
+    place in the limits, and when it connected."""
+
+    session: Any
+    ticket: Ticket
+    connected: float
+
+
 class WorkerStats:
     """Counters of one worker, published to its shared slot; used by the FTP handlers.
 
@@ -134,7 +146,8 @@ class WorkerStats:
         self.sessions = self.uploads = self.downloads = 0
         # File transfers' bytes, those in flight included (see ``credit``).
         self.bytes_up = self.bytes_down = 0
-        self._described: dict = {}  # session row -> its handler
+        self._described: dict[int, Described] = {}  # by session row
+        self._kick_epoch = state.kick_epoch()
         self.status = STARTING
 
     def admit(self, ip: str, kick: Callable[[str], None], session=None,
@@ -147,12 +160,12 @@ class WorkerStats:
         if ticket is not None:
             metrics.session_opened()
             now = time.time()
-            self.state.write_detail(ticket.row, "", "", 0, 0.0, now)
+            self.state.write_detail(ticket.row, "", "", 0, 0.0, now, now)
             with self._lock:
                 self.sessions += 1
                 self.state.set_sessions(self.slot, self.sessions)
                 if session is not None:
-                    self._described[ticket.row] = session
+                    self._described[ticket.row] = Described(session, ticket, now)
         return ticket, reason
 
     def log_in(self, ticket: Ticket, account: AccountConfig) -> Optional[str]:
@@ -191,13 +204,31 @@ class WorkerStats:
         with self._lock:
             described = list(self._described.items())
         now = time.monotonic()
-        for row, session in described:
-            user, command, meter, active = session.session_detail()
-            nbytes, rate = 0, 0.0
+        for row, entry in described:
+            user, command, meter, active = entry.session.session_detail()
+            nbytes, rate, transfer = 0, 0.0, None
             if meter is not None:
                 nbytes, rate = meter.sample(now), meter.rate
                 self.credit(meter)
-            self.state.write_detail(row, user, command, nbytes, rate, active)
+                if meter.counted:
+                    transfer = TransferFigures(meter.upload, not meter.finished, meter.name,
+                                               meter.expected)
+            self.state.write_detail(row, user, command, nbytes, rate, active, entry.connected,
+                                    transfer)
+
+    def apply_kicks(self) -> None:
+        """Close (421) the sessions of this worker the admin API asked to close: read the
+        requests only when the kick epoch moved (the worker's tick)."""
+        epoch = self.state.kick_epoch()
+        if epoch == self._kick_epoch:
+            return
+        self._kick_epoch = epoch
+        with self._lock:
+            described = list(self._described.items())
+        for row, entry in described:
+            if self.state.kick_requested(row):
+                self.gate.kick(entry.ticket, KICKED, "closed: the admin API asked to close "
+                               f"session {self.state.serial_of(row)}")
 
     def credit(self, meter: TransferMeter) -> None:
         """Add to the worker's bytes up or down what a file transfer moved since they last
@@ -472,6 +503,7 @@ class Worker:
             log.warning("worker %d: master %d is gone, exiting", self.index, self.master_pid)
             self._stop = True
         stats.gate.police()
+        stats.apply_kicks()
         stats.describe_sessions()
         if self._reopen:
             self._reopen = False
