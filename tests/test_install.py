@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import zipfile
 from importlib.metadata import PathDistribution, version
 
 import pytest
@@ -63,6 +64,30 @@ def test_pyftpdlib_requirement_is_the_tested_range(installed):
     # 2.0 and 2.1 lack pyftpdlib.exceptions and pyftpdlib.handlers.ftp, which ftp.py imports.
     assert not pyftpdlib.contains("2.1.0") and not pyftpdlib.contains("2.0.1")
     assert not pyftpdlib.contains("3.0.0")
+
+
+CONSOLE_FILES = ("index.html", "console.js", "console.css")
+
+
+def test_the_wheel_carries_the_admin_console(tmp_path, installed):
+    """The console is package data: in the wheel, and served by an installed copy."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(tmp_path / "dist"), source_copy(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    wheel, = (tmp_path / "dist").glob("cosftp_prefork-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [f"cosftp_prefork/admin/console/{name}" in names for name in CONSOLE_FILES] == \
+        [True] * len(CONSOLE_FILES), names
+    served = subprocess.run(
+        [sys.executable, "-c", "from cosftp_prefork.admin.process import public_files; "
+         "print(*sorted((p, len(f().body)) for p, f in public_files().items()))"],
+        env={**os.environ, "PYTHONPATH": installed}, cwd=tmp_path, capture_output=True,
+        text=True, timeout=60)
+    assert served.returncode == 0, served.stderr
+    for path in ("'/'", "'/console.js'", "'/console.css'", "'/api/v1/openapi.json'"):
+        assert path in served.stdout
 
 
 def test_setup_py_install_is_refused_with_what_to_run(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ftplib
+import ipaddress
 import socket
 import ssl
 from typing import Optional
@@ -35,6 +36,8 @@ def write_certificate(directory, name: str = "server", valid_from: int = -1,
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(start).not_valid_after(start + valid_days * DAY)
+            .add_extension(x509.SubjectAlternativeName(  # HTTPS clients check it, not the CN
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .sign(key, hashes.SHA256()))
     cert_path, key_path = str(directory / f"{name}.crt"), str(directory / f"{name}.key")
     with open(cert_path, "wb") as handle:

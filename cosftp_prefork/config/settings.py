@@ -35,7 +35,7 @@ from .locations import (
     parse_path,
     resolve,
 )
-from .passwords import HashFormatError, check_stored_form, scrypt_parameters
+from .passwords import PREFIX, HashFormatError, check_stored_form, parse_hash, scrypt_parameters
 from .sizes import SIZE_WORDS, parse_size
 from .tls import ServerTLS, TLSFileError, load_server_tls
 
@@ -313,6 +313,25 @@ class OperatorConfig:
 
 
 @dataclass(frozen=True)
+class AdminToken:
+    """One bearer token of the admin API: its name (what the audit log says), the scrypt
+    hash of the token itself (never the token), and whether it may change anything."""
+
+    name: str
+    hash: str = field(repr=False)
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin API and web console (``cosftp_prefork.admin``), off while ``port`` is 0."""
+
+    address: str = "127.0.0.1"
+    port: int = 0
+    tokens: tuple[AdminToken, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunAsConfig:
     """Who the workers and the metrics exporter run as when the master starts as root
     (it binds the ports first); a master started as another user keeps its own."""
@@ -356,6 +375,7 @@ class Config:
     # [FOLDER_<name>]: {name: folder}, named by an account's virtual_folders (of the file or
     # of an auth hook's answer).
     folders: Mapping[str, FolderConfig] = field(default_factory=dict)
+    admin: AdminConfig = AdminConfig()
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError,
@@ -578,6 +598,42 @@ def _system_name(raw: str) -> str:
         raise ValueError(f"must be a user or group name such as cosftp (or a number), "
                          f"got {raw!r}")
     return raw
+
+
+MAX_ADMIN_TOKENS = 16  # each failed token costs one scrypt per configured token
+_TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_TOKEN_MODES = {"rw": True, "ro": False}
+
+
+@_accepts("name:hash:rw or name:hash:ro, comma-separated; the hash from cosftpctl "
+          "hash-password")
+def _admin_tokens(raw: str) -> tuple[AdminToken, ...]:
+    """``name:hash:rw, name:hash:ro``: the admin API's tokens, each stored as the scrypt
+    hash ``cosftpctl hash-password`` prints. No message quotes a hash."""
+    tokens: list[AdminToken] = []
+    for number, entry in enumerate((part.strip() for part in raw.split(",")), 1):
+        fields = entry.split(":")
+        if len(fields) != 3:
+            raise ValueError(f"entry {number} is not name:hash:rw or name:hash:ro")
+        name, stored, mode = (field.strip() for field in fields)
+        if not _TOKEN_NAME_RE.match(name):
+            raise ValueError(f"entry {number}: the name must be 1-32 letters, digits, '_', "
+                             "'.' or '-'")
+        if mode not in _TOKEN_MODES:
+            raise ValueError(f"token {name}: the mode must be rw or ro")
+        if not stored.startswith(PREFIX):
+            raise ValueError(f"token {name}: store the token's hash (cosftpctl "
+                             "hash-password), never the token itself")
+        try:
+            parse_hash(stored)
+        except HashFormatError as exc:
+            raise ValueError(f"token {name}: the hash {exc}") from None
+        if any(token.name == name for token in tokens):
+            raise ValueError(f"token {name} is listed twice")
+        tokens.append(AdminToken(name, stored, _TOKEN_MODES[mode]))
+    if len(tokens) > MAX_ADMIN_TOKENS:
+        raise ValueError(f"lists {len(tokens)} tokens; at most {MAX_ADMIN_TOKENS}")
+    return tuple(tokens)
 
 
 @_accepts("a path such as /home/user0 (only a name: nothing is written there)")
@@ -875,6 +931,15 @@ SETTINGS: tuple[Setting, ...] = (
             "address of the Prometheus endpoint"),
     Setting("NETWORK", "metrics_port", _integer(0, 65535), 0,
             "port of the Prometheus endpoint (GET /metrics); 0 = off"),
+    # The admin API and web console (docs/operations.md), off by default.
+    Setting("NETWORK", "admin_address", _ip_address, "127.0.0.1",
+            "address of the admin API and web console (keep it private or firewalled)"),
+    Setting("NETWORK", "admin_port", _integer(0, 65535), 0,
+            "port of the admin API (/api/v1/) and web console (/); HTTPS with tls_certfile; "
+            "0 = off"),
+    Setting("ADMIN", "tokens", _admin_tokens, (),
+            "bearer tokens of the admin API: name:hash:rw, name:hash:ro (hash from cosftpctl "
+            "hash-password; ro tokens read, rw tokens also kick, ban, unban and reload)"),
     Setting("OPTIONAL", "xferlog_enable", _boolean, False,
             "write one xferlog line per finished or failed transfer"),
     Setting("OPTIONAL", "xferlog_file", parse_path, None, "transfer log (xferlog_enable)",
@@ -1156,6 +1221,26 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
                          net["passive_port"], implicit_port, tls, proxy)
 
 
+def _admin(reader: _Reader, net: dict[str, Any], values: dict[str, Any],
+           tls: Optional[ServerTLS]) -> AdminConfig:
+    """Build the admin API's settings: a port of its own, and tokens when it is on."""
+    address, port, tokens = net["admin_address"], net["admin_port"], values["tokens"]
+    if not port:
+        return AdminConfig(address, 0, tokens)
+    taken = {net["listen_port"]: "listen_port", net["implicit_tls_port"]: "implicit_tls_port",
+             net["metrics_port"]: "metrics_port"}
+    if port in taken:
+        raise reader.error(f"{port} is already {taken[port]}", "NETWORK", "admin_port")
+    if not tokens:
+        raise reader.error("needs at least one token in [ADMIN] tokens (name:hash:rw, hash "
+                           "from cosftpctl hash-password)", "NETWORK", "admin_port")
+    if tls is None and not ipaddress.ip_address(address).is_loopback:
+        reader.warnings.append(f"{reader.path} [NETWORK] admin_address: {address} is not "
+                               "loopback and there is no tls_certfile: the admin API's tokens "
+                               "would cross the network in clear text")
+    return AdminConfig(address, port, tokens)
+
+
 def _cluster(values: dict[str, Any], port: int) -> ClusterConfig:
     node = values["node_id"] or f"{socket.gethostname()}:{port}"
     return ClusterConfig(values["redis_url"], values["redis_down"],
@@ -1254,10 +1339,12 @@ def _build(reader: _Reader) -> Config:
     net = reader.section("NETWORK", "NETWORK")
     files = reader.section("FILE_OPTION", "FILE_OPTION")
     auth_hook = _auth_hook(reader, optional)
+    network = _network(reader, net, accounts)
+    admin = _admin(reader, net, reader.section("ADMIN", "ADMIN"), network.tls)  # may warn
     return Config(
         path=reader.path,
         accounts=tuple(accounts),
-        network=_network(reader, net, accounts),
+        network=network,
         transfer=_transfer(reader, files, optional),
         server=_server(reader, optional),
         warnings=tuple(reader.warnings),
@@ -1267,6 +1354,7 @@ def _build(reader: _Reader) -> Config:
         auth_hook=auth_hook,
         credentials=credentials,
         folders=folders,
+        admin=admin,
     )
 
 

@@ -214,7 +214,7 @@ def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> 
     outcome = Outcome()
     _lift_here(config, address, master_pid, outcome)
     if config.cluster.redis_url:
-        _lift_in_cluster(config, address, int(now), outcome)
+        lift_in_cluster(config, address, int(now), outcome)
     report = describe(address, outcome, now, bool(config.cluster.redis_url))
     log.info("unban %s by %s: %s", address or "--all", _who(), report)
     print(f"cosftpctl: {address or 'every address'}: {report}",
@@ -240,15 +240,11 @@ def _lift_here(config: Config, address: Optional[str], master_pid: MasterPid,
                                     f"{state_path(pid_file)} is missing or not its own")
             return
         try:
-            outcome.node = state.lift(lambda row: address in (None, row.address))
-            if _saved(state, master_pid):
+            if lift_running(state, address, master_pid, outcome, pid_file):
                 return
         finally:
             state.close()
         if master_pid():
-            outcome.problems.append(f"the server did not save {bans_path(pid_file)} within "
-                                    f"{SAVE_TIMEOUT:.0f}s (see its log): a stop now could "
-                                    f"bring the ban back")
             return
     try:
         outcome.saved = _lift_saved(bans_path(pid_file), address)
@@ -256,7 +252,22 @@ def _lift_here(config: Config, address: Optional[str], master_pid: MasterPid,
         outcome.problems.append(f"cannot change {bans_path(pid_file)}: {exc}")
 
 
-def _saved(state: SharedState, master_pid: MasterPid) -> bool:
+def lift_running(state: SharedState, address: Optional[str], master_pid: MasterPid,
+                 outcome: Outcome, pid_file: str) -> bool:
+    """Forget ``address`` (every one: None) in the running server's table ``state``, and
+    wait until its master saved the bans file; True if it did. A problem, if the master
+    runs but did not save in time, goes to ``outcome``."""
+    outcome.node = state.lift(lambda row: address in (None, row.address))
+    if wait_saved(state, master_pid):
+        return True
+    if master_pid():
+        outcome.problems.append(f"the server did not save {bans_path(pid_file)} within "
+                                f"{SAVE_TIMEOUT:.0f}s (see its log): a stop now could bring "
+                                f"the ban back")
+    return False
+
+
+def wait_saved(state: SharedState, master_pid: MasterPid) -> bool:
     """Wait until the master saved the table as it is now; False if it exited first, or
     did not within ``SAVE_TIMEOUT``."""
     epoch = state.ban_epoch()
@@ -284,8 +295,10 @@ def _lift_saved(path: str, address: Optional[str]) -> list[tuple[str, int]]:
     return dropped
 
 
-def _lift_in_cluster(config: Config, address: Optional[str], now: int,
-                     outcome: Outcome) -> None:
+def lift_in_cluster(config: Config, address: Optional[str], now: int,
+                    outcome: Outcome) -> None:
+    """Forget ``address`` (every one: None) in the cluster's Redis; a failure goes to
+    ``outcome``."""
     from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
 
     admin = ClusterAdmin(config.cluster)

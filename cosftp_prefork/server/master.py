@@ -4,7 +4,9 @@ Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake t
 through a pipe; the loop dispatches to ``handle_<signal>`` methods, reaps and respawns
 workers, finishes reloads and runs health checks. The master never serves FTP and never
 talks to COS; with ``metrics_port`` set it also forks and supervises the metrics exporter
-(:mod:`cosftp_prefork.server.exporter`).
+(:mod:`cosftp_prefork.server.exporter`), with ``admin_port`` the admin API
+(:mod:`cosftp_prefork.admin`, imported in its forked child only), and runs the reloads the
+admin API asks for through the shared state as it runs a HUP.
 
 Reload (HUP) is nginx-like: the new file is validated first and an invalid one leaves
 everything as it was. A valid one starts a new generation of workers on the same sockets
@@ -40,6 +42,7 @@ from .. import metrics
 from ..config.settings import Config, NetworkConfig, load_config
 from ..errors import ConfigError
 from ..safefiles import replace_file
+from .children import ChildProcess
 from .exporter import ExporterProcess, serve
 from .files import check_files, hand_over_files, worker_files
 from .logs import log_block, reopen_logging, setup_logging
@@ -263,6 +266,8 @@ class Master:
         self.listeners: Optional[Listeners] = None
         self.state: Optional[SharedState] = None
         self.exporter: Optional[ExporterProcess] = None
+        self.admin: Optional[ChildProcess] = None
+        self._reload_taken = 0  # the last reload request of the admin API run
         self._stop_deadline = 0.0
         self._graceful = False  # stopping on QUIT: a TERM may still cut it short
         self._next_health_check = 0.0
@@ -292,7 +297,7 @@ class Master:
                          network.listen_port, f" or {network.implicit_tls_port}"
                          if network.implicit_tls_port else "", exc)
             return EXIT_CANNOT_START
-        if not (self._bind_exporter() and self._write_own_files()):
+        if not (self._bind_exporter() and self._bind_admin() and self._write_own_files()):
             self._close_listeners()
             return EXIT_CANNOT_START
         self._install_signals()
@@ -308,11 +313,12 @@ class Master:
     def _loop(self) -> None:
         while not (self.stopping and not self.workers):
             self._spawn_missing()
-            self._spawn_exporter()
+            self._spawn_children()
             signum = self._wait_for_signal()
             if signum is not None:
                 name = signal.Signals(signum).name[3:].lower()
                 getattr(self, f"handle_{name}")()
+            self._take_reload_request()
             self._note_serving()
             self._reap()
             self._advance_reload()
@@ -339,6 +345,20 @@ class Master:
         hand_over_own_files(self.exporter.path, self.identity)
         return True
 
+    def _bind_admin(self) -> bool:
+        """Bind the admin API's port if one is configured; False (logged) if it cannot."""
+        admin = self.config.admin
+        if not admin.port:
+            return True
+        try:
+            sock = bind_listener(admin.address, admin.port)
+        except OSError as exc:
+            log.critical("cannot listen for the admin API on %s port %d: %s", admin.address,
+                         admin.port, exc)
+            return False
+        self.admin = ChildProcess("admin API", sock)
+        return True
+
     def _probe_workers(self, config: Config) -> Optional[str]:
         """What keeps the workers of ``config`` from running as their user, if anything
         (``privileges.probe``: run once before the first worker and at each reload)."""
@@ -363,40 +383,53 @@ class Master:
             return False
         return True
 
-    def _spawn_exporter(self) -> None:
-        if self.exporter is None or self.stopping or not self.exporter.due():
-            return
-        pid = fork_holding_signals()
-        if pid == 0:
-            os._exit(self._run_exporter())
-        self.exporter.started(pid)
+    def _children(self) -> list[ChildProcess]:
+        return [child for child in (self.exporter, self.admin) if child is not None]
 
-    def _run_exporter(self) -> int:
-        self._leave_master()
-        self._close_listeners()  # the exporter serves no FTP
-        assert self.exporter is not None
+    def _spawn_children(self) -> None:
+        """Fork the metrics exporter and the admin API when one is due (not running)."""
+        for child, role in ((self.exporter, "metrics"), (self.admin, "admin")):
+            if child is None or self.stopping or not child.due():
+                continue
+            pid = fork_holding_signals()
+            if pid == 0:
+                os._exit(self._run_child(child, role))
+            child.started(pid)
+
+    def _run_child(self, child: ChildProcess, role: str) -> int:
+        """In the forked child: become the workers' user, log as ``role``, serve."""
+        self._leave_master(keep=child)
+        self._close_listeners()  # it serves no FTP
         try:
             drop_privileges(self.identity)  # before it reads a request
         except OSError as exc:
-            log.critical("metrics exporter cannot drop privileges: %s", exc)
+            log.critical("%s cannot drop privileges: %s", child.name, exc)
             return 1
-        setup_logging(self.config.server.log_level, self.config.server.log_dir, "metrics",
+        setup_logging(self.config.server.log_level, self.config.server.log_dir, role,
                       self.foreground)
-        setproctitle(f"cosftp: metrics exporter [{self.config.path}]")
+        setproctitle(f"cosftp: {child.name} [{self.config.path}]")
         try:
-            return serve(self.exporter.sock, self.exporter.path, self.pid)
+            if child is self.exporter:
+                return serve(child.sock, self.exporter.path, self.pid)
+            assert self.state is not None
+            from ..admin.process import serve_admin  # in the child only: the master stays small
+
+            return serve_admin(child.sock, self.config, self.state, self.pid)
         except BaseException:
-            log.exception("metrics exporter crashed")
+            log.exception("%s crashed", child.name)
             return 1
 
-    def _leave_master(self) -> None:
-        """In a child just forked: drop the master's signal wake-up pipe and the workers'
-        stack dump files."""
+    def _leave_master(self, keep: Optional[ChildProcess] = None) -> None:
+        """In a child just forked: drop the master's signal wake-up pipe, the workers'
+        stack dump files and the sockets of the helper processes but ``keep``'s."""
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
         for worker in self.workers.values():
             os.close(worker.stack_fd)
+        for child in self._children():
+            if child is not keep:
+                child.sock.close()
 
     def _setup_logging(self) -> None:
         server = self.config.server
@@ -449,14 +482,28 @@ class Master:
 
     def handle_hup(self) -> None:
         """Reload the configuration file; keep the old one if the new one is unusable."""
+        assert self.state is not None
         self.reloads += 1
         try:
             self._start_reload()
+            self.state.write_reload_error("")
         except (ConfigError, OSError) as exc:
             log.error("reload failed, still serving the previous configuration: %s", exc)
             self.reload_result = RELOAD_FAILED
+            self.state.write_reload_error(str(exc))
             metrics.RELOADS.labels("failed").inc()
         self._publish()
+
+    def _take_reload_request(self) -> None:
+        """Run the reload the admin API asked for, if any, as a HUP; then say it was taken
+        (after ``_publish``: the API reads the outcome once it sees that)."""
+        asked = self.state.reload_asked() if self.state is not None else 0
+        if asked == self._reload_taken or self.stopping:
+            return
+        log.info("reload asked for by the admin API")
+        self._reload_taken = asked
+        self.handle_hup()
+        self.state.note_reload_taken(asked)
 
     def handle_usr1(self) -> None:
         """Reopen log files (after logrotate) here and in every worker."""
@@ -507,9 +554,9 @@ class Master:
     def _cleanup(self) -> None:
         self._close_listeners()
         self._save_bans(force=True)
-        if self.exporter is not None:
-            self.exporter.stop()
-            self.exporter.sock.close()
+        for child in self._children():
+            child.stop()
+            child.sock.close()
         server = self.config.server
         try:
             with open(server.pid_file, encoding="ascii") as handle:
@@ -604,8 +651,6 @@ class Master:
 
     def _run_worker(self, index: int, slot: int, stack_fd: int) -> int:
         self._leave_master()
-        if self.exporter is not None:
-            self.exporter.sock.close()
         assert self.listeners is not None and self.state is not None
         if self.reload is not None and self.reload.old_listeners is not None:
             # A new worker must not keep the old ports open.
@@ -650,8 +695,10 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self._worker_exited(worker, status)
-            elif self.exporter is not None:
-                self.exporter.reaped(pid, _describe_status(status))
+                continue
+            for child in self._children():
+                if child.reaped(pid, _describe_status(status)):
+                    break
 
     def _worker_exited(self, worker: WorkerProc, status: int) -> None:
         assert self.state is not None
@@ -762,6 +809,10 @@ class Master:
                 (self.config.operator.metrics_address, self.config.operator.metrics_port):
             log.warning("reload: metrics_address and metrics_port take effect at the next "
                         "start; the metrics endpoint stays as it was")
+        if (new.admin.address, new.admin.port) != (self.config.admin.address,
+                                                   self.config.admin.port):
+            log.warning("reload: admin_address and admin_port take effect at the next start; "
+                        "the admin API stays where it was")
         log.info("reload: %s", tls_summary(new))
         self.reload = PendingReload(self.config, self.generation, old_listeners,
                                     time.monotonic() + RELOAD_READY_TIMEOUT)
@@ -806,6 +857,8 @@ class Master:
                 log.info("reload: generation %d done", self.generation)
                 metrics.RELOADS.labels("ok").inc()
                 self._publish()
+                if self.admin is not None:
+                    self.admin.retire()  # a new one, with the new tokens and accounts
             return
         current = self._current()
         if len(current) >= self.num_workers and all(states.get(w.pid) == "serving"
@@ -838,6 +891,7 @@ class Master:
         self.num_workers = self.config.server.worker_processes
         self.reload = None
         self.reload_result = RELOAD_FAILED
+        self.state.write_reload_error(f"rolled back: {why}")
         metrics.RELOADS.labels("failed").inc()
         self._publish()
 

@@ -1,0 +1,112 @@
+"""``GET /api/v1/bans`` (this node's ban table), ``POST /api/v1/bans`` (ban an address) and
+``DELETE /api/v1/bans/<address>`` (lift a ban: as ``cosftpctl unban``, also in the
+cluster's Redis when ``[CLUSTER]`` is set).
+
+A ban or unban changes the shared ban table and waits, as ``cosftpctl unban`` does, until
+the master saved the bans file, so that a stop right after cannot undo it. Each worker reads
+the table again at its next accept; the workers' tick closes the connections of a newly
+banned address that are not logged in yet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any, Optional
+
+from ..server.banctl import (
+    Outcome,
+    describe,
+    lift_in_cluster,
+    lift_running,
+    parse_address,
+    wait_saved,
+)
+from ..server.scoreboard import BanRow, address_key, address_text
+from .app import ApiError, Context, Response
+
+MAX_BAN_SECONDS = 366 * 86400
+
+
+def bans(context: Context) -> Response:
+    now, server = time.time(), context.config.server
+    rows = [row for row in context.state.ban_rows()
+            if row.until > now or (row.failures and now - row.since <=
+                                   server.login_failure_window)]
+    rows.sort(key=lambda row: ipaddress.ip_address(row.address).packed)
+    return Response(200, {
+        "bans": [_ban(row, now, context) for row in rows],
+        "max_login_failures": server.max_login_failures,
+        "login_failure_window": server.login_failure_window,
+        "ban_time": server.ban_time,
+    })
+
+
+def _ban(row: BanRow, now: float, context: Context) -> dict[str, Any]:
+    banned = row.until > now
+    return {"address": row.address, "banned": banned,
+            "failures": row.failures if now - row.since <=
+            context.config.server.login_failure_window else 0,
+            "banned_until": row.until if banned else None,
+            "seconds_left": max(0, int(row.until - now)) if banned else None,
+            "allowlisted": _allowlisted(row.address, context)}
+
+
+def _allowlisted(address: str, context: Context) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in network for network in context.config.server.ban_allowlist)
+
+
+def _address(text: str) -> str:
+    if "/" in text:
+        raise ApiError(422, "give one address, not a network")
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def add(context: Context) -> Response:
+    body = context.request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("address"), str):
+        raise ApiError(422, 'send {"address": "192.0.2.7"} (and "seconds", if not ban_time)')
+    address = _address(body["address"])
+    seconds = _seconds(body.get("seconds"), context.config.server.ban_time)
+    if not context.config.server.max_login_failures:
+        raise ApiError(409, "bans are off (max_login_failures = 0): a ban would not be "
+                       "enforced")
+    if _allowlisted(address, context):
+        raise ApiError(422, f"{address} is in ban_allowlist: a ban would not be enforced")
+    if address_key(address) == address_key(context.request.client):
+        raise ApiError(422, f"{address} is your own address: the ban would lock you out")
+    until = int(time.time()) + seconds
+    context.state.ban(address, until)
+    saved = wait_saved(context.state, context.master_alive)
+    what = f"banned {address} for {seconds}s" + ("" if saved else
+                                                "; the master did not save the bans file yet")
+    return Response(201, {"address": address, "banned_until": until, "saved": saved},
+                    audit=what)
+
+
+def _seconds(value: Optional[Any], default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or \
+            not 0 < value <= MAX_BAN_SECONDS:
+        raise ApiError(422, f'"seconds" must be a whole number from 1 to {MAX_BAN_SECONDS}')
+    return value
+
+
+def lift(context: Context, address: str) -> Response:
+    wanted = _address(address)
+    outcome, config = Outcome(), context.config
+    lift_running(context.state, wanted, context.master_alive, outcome, config.server.pid_file)
+    if config.cluster.redis_url:
+        lift_in_cluster(config, wanted, int(time.time()), outcome)
+    now = time.time()
+    report = describe(wanted, outcome, now, bool(config.cluster.redis_url))
+    body = {"address": address_text(address_key(wanted)), "lifted": bool(outcome.lifted(now)),
+            "failures_forgotten": outcome.failures(), "message": report}
+    if outcome.problems:
+        raise ApiError(500, report, **{k: v for k, v in body.items() if k != "message"})
+    return Response(200, body, audit=f"unban {wanted}: {report}")

@@ -1,0 +1,247 @@
+// The cosftp-prefork web console: polls the admin API (/api/v1/) and draws what it answers.
+// No build step, no library. Everything that came from a client (user names, file names,
+// commands) is set as text, never as HTML. The token lives in this tab's sessionStorage and
+// goes out only in the Authorization header of requests to this origin.
+"use strict";
+
+(() => {
+  const API = "/api/v1";
+  const TOKEN_KEY = "cosftp-admin-token";
+  const POLL_MS = 1000;
+  const SLOW_EVERY = 5; // accounts, quotas and events: every 5th poll
+  const TIMEOUT_MS = 15000;
+
+  let token = sessionStorage.getItem(TOKEN_KEY);
+  let writable = false;
+  let polls = 0;
+  let timer = null;
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (value !== undefined && value !== null) node[key] = value;
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) {
+        node.append(child instanceof Node ? child : String(child));
+      }
+    }
+    return node;
+  }
+
+  function bytes(n) {
+    if (n === null || n === undefined) return "?";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let unit = 0;
+    while (n >= 1024 && unit < units.length - 1) { n /= 1024; unit += 1; }
+    return `${n.toFixed(unit ? 1 : 0)} ${units[unit]}`;
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "-";
+    const s = Math.floor(seconds);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+    return `${h}:${String(m).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function when(epoch) {
+    return epoch ? new Date(epoch * 1000).toLocaleString() : "-";
+  }
+
+  function bar(value, max, label) {
+    const known = typeof max === "number" && max > 0;
+    const meter = el("progress", known ? { max, value: Math.min(value, max) } : {});
+    return el("span", { className: "bar" }, meter, el("span", { className: "figure" }, label));
+  }
+
+  class SignedOut extends Error {}
+
+  async function api(method, path, body) {
+    const headers = { Authorization: `Bearer ${token}` };
+    const init = { method, headers, cache: "no-store", credentials: "omit",
+                   signal: AbortSignal.timeout(TIMEOUT_MS) };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(API + path, init);
+    const answer = await response.json().catch(() => ({}));
+    if (response.status === 401) throw new SignedOut(answer.error || "signed out");
+    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    return answer;
+  }
+
+  function say(text, bad) {
+    const message = $("message");
+    message.textContent = text;
+    message.className = bad ? "bad" : "";
+  }
+
+  // --- drawing
+
+  function drawServer(status) {
+    const m = status.master, r = status.reload;
+    const facts = [
+      ["Master", `pid ${m.pid}, up ${duration(m.uptime_seconds)}`],
+      ["Generation", `${m.generation} (${m.workers} workers)`],
+      ["FTP port", `${m.ftp_port}${m.auth_tls ? " (AUTH TLS)" : ""}` +
+        (m.implicit_tls_port ? `, implicit FTPS ${m.implicit_tls_port}` : "")],
+      ["Logins", `${status.logins.logged_in} logged in, ${status.logins.waiting} waiting`],
+      ["Reload", `${r.state} (${r.count} so far)`],
+      ["Banned addresses", status.bans],
+    ];
+    $("server").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    $("reload-errors").replaceChildren(...r.errors.map((e) => el("li", {}, e)));
+    $("whoami").textContent = `token ${status.you.token} (${status.you.writable ? "read-write" : "read-only"})`;
+    writable = status.you.writable;
+    document.body.classList.toggle("read-only", !writable);
+  }
+
+  function drawWorkers(workers) {
+    $("workers").tBodies[0].replaceChildren(...workers.map((w) => el("tr",
+      { dataset: { worker: w.pid }, className: `health-${w.health}` },
+      el("td", {}, w.index), el("td", {}, w.pid), el("td", {}, w.generation),
+      el("td", { className: "health" }, w.health), el("td", {}, w.sessions),
+      el("td", {}, `${w.uploads} / ${w.downloads}`),
+      el("td", {}, bar(w.rss_bytes || 0, w.rss_limit_bytes, bytes(w.rss_bytes))),
+      el("td", {}, w.heartbeat_age_seconds === null ? "-" :
+        `${w.heartbeat_age_seconds.toFixed(1)} s`))));
+  }
+
+  function transferCell(t) {
+    if (!t) return el("td", { className: "transfer" }, "-");
+    const arrow = t.direction === "upload" ? "\u2191" : "\u2193";
+    const total = t.expected_bytes === null ? "" : ` of ${bytes(t.expected_bytes)}`;
+    const state = t.in_flight ? `${bytes(t.rate)}/s` : "ended";
+    return el("td", { className: "transfer", dataset: { bytes: t.bytes } },
+      el("span", { className: "file" }, `${arrow} ${t.file}`),
+      bar(t.bytes, t.expected_bytes, `${bytes(t.bytes)}${total}, ${state}`));
+  }
+
+  function drawSessions(sessions) {
+    $("sessions").tBodies[0].replaceChildren(...sessions.map((s) => el("tr",
+      { dataset: { session: s.id } },
+      el("td", {}, s.id), el("td", {}, s.user || "(not logged in)"), el("td", {}, s.client),
+      el("td", { className: "command" }, s.command || "-"),
+      el("td", {}, duration(s.idle_seconds)), transferCell(s.transfer),
+      el("td", {}, writable ? el("button", { type: "button", className: "kick",
+        onclick: () => act(`session ${s.id} closed`, "DELETE", `/sessions/${s.id}`) },
+        "Kick") : null))));
+  }
+
+  function drawBans(answer) {
+    $("bans").tBodies[0].replaceChildren(...answer.bans.map((b) => el("tr",
+      { dataset: { address: b.address } },
+      el("td", {}, b.address + (b.allowlisted ? " (allowlisted)" : "")),
+      el("td", {}, b.failures), el("td", {}, when(b.banned_until)),
+      el("td", {}, duration(b.seconds_left)),
+      el("td", {}, writable ? el("button", { type: "button", className: "lift",
+        onclick: () => act(`${b.address}: ban lifted`, "DELETE",
+          `/bans/${encodeURIComponent(b.address)}`) }, "Lift") : null))));
+  }
+
+  function drawAccounts(accounts, quotas) {
+    const usage = new Map(quotas.quotas.map((q) => [q.user, q]));
+    $("accounts").tBodies[0].replaceChildren(...accounts.accounts.map((a) => {
+      const q = usage.get(a.user);
+      const quota = !quotas.enabled || !q || q.unlimited ? "unlimited" :
+        bar(q.size.used || 0, q.size.limit, `${bytes(q.size.used)} of ${bytes(q.size.limit)}`);
+      return el("tr", { dataset: { user: a.user } }, el("td", {}, a.user),
+        el("td", {}, a.bucket), el("td", {}, a.home_dir),
+        el("td", {}, a.authority + (a.delete_enable ? "" : ", no delete")),
+        el("td", {}, quota));
+    }));
+  }
+
+  function drawEvents(e) {
+    const facts = e.enabled ? [
+      ["Queued", e.queued], ["Spool", `${bytes(e.spool_bytes)}` +
+        (e.spool_limit_bytes ? ` of ${bytes(e.spool_limit_bytes)}` : "")],
+      ["Dead letters", e.dead_letters], ["Oldest waiting", duration(e.oldest_queued_seconds)],
+    ] : [["Events", "not enabled on this server"]];
+    $("events").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  }
+
+  // --- polling and actions
+
+  async function refresh() {
+    const status = await api("GET", "/status");
+    drawServer(status);
+    drawWorkers(status.workers);
+    drawSessions((await api("GET", "/sessions")).sessions);
+    drawBans(await api("GET", "/bans"));
+    if (polls % SLOW_EVERY === 0) {
+      drawAccounts(await api("GET", "/accounts"), await api("GET", "/quotas"));
+      drawEvents(await api("GET", "/events"));
+    }
+    polls += 1;
+  }
+
+  async function poll() {
+    timer = null;
+    try {
+      await refresh();
+      document.body.dataset.polled = String(polls);
+    } catch (error) {
+      if (error instanceof SignedOut) { signOut(error.message); return; }
+      say(`cannot reach the server: ${error.message}`, true);
+    }
+    if (token) timer = setTimeout(poll, POLL_MS);
+  }
+
+  async function act(done, method, path, body) {
+    try {
+      await api(method, path, body);
+      say(done, false);
+    } catch (error) {
+      if (error instanceof SignedOut) { signOut(error.message); return; }
+      say(error.message, true);
+    }
+    polls = 0;
+    if (timer !== null) { clearTimeout(timer); poll(); }
+  }
+
+  function signOut(why) {
+    token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    $("console").hidden = true;
+    $("signout").hidden = true;
+    $("signin").hidden = false;
+    $("whoami").textContent = "";
+    $("signin-error").textContent = why || "";
+  }
+
+  function signIn(newToken) {
+    token = newToken;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("signin").hidden = true;
+    $("console").hidden = false;
+    $("signout").hidden = false;
+    $("signin-error").textContent = "";
+    polls = 0;
+    poll();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("signin-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const given = $("signin-token").value.trim();
+      $("signin-token").value = "";
+      if (given) signIn(given);
+    });
+    $("signout").addEventListener("click", () => signOut("signed out"));
+    $("reload").addEventListener("click", () => act("configuration reloaded", "POST", "/reload"));
+    $("ban-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const address = $("ban-address").value.trim();
+      if (address) act(`${address} banned`, "POST", "/bans", { address });
+    });
+    if (token) signIn(token);
+  });
+})();

@@ -1,0 +1,65 @@
+"""``POST /api/v1/reload``: reload the configuration file, as ``cosftpctl reload`` (HUP) does.
+
+The API runs as the workers' user and may not read the file; the master does. The call asks
+the master through the shared state; the master's loop takes the request (within a second),
+validates the file first, and either refuses it (nothing changes: 422 with its errors) or
+starts a new generation of workers. The call then waits for the reload's end: 200 once the
+new generation serves, 500 if it was rolled back, 202 if it still runs after ``RELOAD_WAIT``.
+A reload that succeeds replaces this process too (new tokens, new accounts): it finishes the
+requests in flight first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from ..server.scoreboard import RELOAD_FAILED, RELOAD_OK, RELOAD_RUNNING
+from .app import ApiError, Context, Response
+
+TAKE_WAIT = 10.0  # the master's loop turns every second
+RELOAD_WAIT = 45.0  # the master rolls a reload back after 30 s
+_one_at_a_time = threading.Lock()
+
+
+def reload(context: Context) -> Response:
+    if context.request.body:
+        context.request.json()  # a body, if any, must be JSON: no form can post here
+    if not _one_at_a_time.acquire(blocking=False):
+        raise ApiError(409, "a reload is already running")
+    try:
+        return _reload(context)
+    finally:
+        _one_at_a_time.release()
+
+
+def _reload(context: Context) -> Response:
+    state = context.state
+    if state.master().reload_result == RELOAD_RUNNING:
+        raise ApiError(409, "a reload is already running")
+    number = state.request_reload()
+    if not _wait(lambda: state.reload_taken() >= number, TAKE_WAIT):
+        raise ApiError(503, "the master did not take the reload (stopping?)")
+    master = state.master()
+    if master.reload_result == RELOAD_FAILED:
+        raise ApiError(422, "the configuration was refused; nothing changed",
+                       errors=[state.reload_error()])
+    _wait(lambda: state.master().reload_result != RELOAD_RUNNING, RELOAD_WAIT)
+    master = state.master()
+    if master.reload_result == RELOAD_OK:
+        return Response(200, {"result": "ok", "generation": master.generation},
+                        audit=f"reloaded: generation {master.generation}")
+    if master.reload_result == RELOAD_FAILED:
+        raise ApiError(500, "the reload was rolled back", errors=[state.reload_error()])
+    return Response(202, {"result": "running", "generation": master.generation},
+                    audit=f"reload of generation {master.generation} still running")
+
+
+def _wait(done: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,417 @@
+"""The admin API end to end: a real server with ``admin_port``, called over HTTP(S) by
+``requests``, every answer validated against the OpenAPI document the server serves
+(``admin_client``), the document itself checked with ``openapi-spec-validator``. FTP clients
+are ftplib sessions from their own loopback addresses (127.0.0.0/8)."""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import json
+import re
+import socket
+import time
+
+import pytest
+import requests
+from openapi_spec_validator import validate
+
+from cosftp_prefork.config.settings import parse_config
+from cosftp_prefork.errors import ConfigError
+
+from .admin_client import (
+    RO_TOKEN,
+    RW_TOKEN,
+    AdminClient,
+    admin_server,
+    admin_url,
+    audit_lines,
+    hash_token,
+)
+from .conftest import ALPHA
+from .server_proc import wait_until
+from .tls_clients import write_certificate
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def admin(emulator, tmp_path_factory):
+    proc = admin_server(str(tmp_path_factory.mktemp("admin")), emulator.port,
+                        max_login_failures="3", ban_time="600")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def api(admin) -> AdminClient:
+    return AdminClient(admin_url(admin))
+
+
+def log_in(proc, source: str = "127.0.0.1", user: str = "alice",
+           password: str = "alice-pw") -> ftplib.FTP:
+    ftp = ftplib.FTP(encoding="utf-8")
+    ftp.connect(proc.host, proc.port, timeout=30, source_address=(source, 0))
+    ftp.login(user, password)
+    return ftp
+
+
+class HeldUpload:
+    """``ALLO size`` and ``STOR path`` whose bytes the test sends when it wants to."""
+
+    def __init__(self, ftp: ftplib.FTP, path: str, size: int) -> None:
+        ftp.voidcmd("TYPE I")
+        ftp.voidcmd(f"ALLO {size}")
+        self.ftp, self.sent = ftp, 0
+        self.conn = ftp.transfercmd(f"STOR {path}")
+
+    def send(self, count: int) -> None:
+        self.conn.sendall(b"u" * count)
+        self.sent += count
+
+    def reply_after_kick(self) -> str:
+        """What the control connection says once the server closed the session."""
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        try:
+            return self.ftp.getresp()
+        except ftplib.Error as exc:
+            return str(exc)
+
+
+def test_the_openapi_document_is_valid_and_public(api):
+    response = api.call("GET", "/openapi.json", token=None)
+    assert response.status_code == 200
+    document = response.json()
+    validate(document)  # openapi-spec-validator: raises on an invalid document
+    assert {"/status", "/sessions", "/sessions/{session_id}", "/bans", "/bans/{address}",
+            "/accounts", "/quotas", "/events", "/reload"} <= set(document["paths"])
+
+
+def test_every_call_needs_a_token(api):
+    for path in ("/status", "/sessions", "/bans", "/accounts", "/quotas", "/events"):
+        response = api.call("GET", path, token=None)
+        assert response.status_code == 401, path
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert api.call("DELETE", "/sessions/1", token=None).status_code == 401
+    assert api.call("POST", "/reload", token=None).status_code == 401
+
+
+def test_status_shows_the_workers_health_and_memory(api, admin):
+    status = api.get("/status")
+    assert status["master"]["pid"] == admin.proc.pid
+    assert status["master"]["ftp_port"] == admin.port
+    assert status["you"] == {"token": "ops", "writable": True}
+    workers = status["workers"]
+    assert len(workers) == 2 and {w["health"] for w in workers} == {"ok"}
+    assert all(w["rss_bytes"] > 10 * MIB and w["rss_limit_bytes"] == 2048 * MIB
+               for w in workers)
+    assert api.get("/status", token=RO_TOKEN)["you"] == {"token": "viewer", "writable": False}
+
+
+def test_sessions_show_an_upload_with_its_size_rate_and_progress(api, admin, area):
+    area = f"progress_{area[-6:]}"
+    ftp = log_in(admin)
+    upload = HeldUpload(ftp, f"{area}.bin", 8 * MIB)
+    try:
+        for step in (1, 2):
+            upload.send(MIB)
+            wait_until(lambda: (api.session_of("alice") or {}).get("transfer") and
+                       api.session_of("alice")["transfer"]["bytes"] == upload.sent,
+                       what=f"{upload.sent} bytes shown after step {step}")
+        session = api.session_of("alice")
+        assert session["transfer"] == {
+            "direction": "upload", "in_flight": True, "file": f"/{area}.bin",
+            "bytes": 2 * MIB, "expected_bytes": 8 * MIB,
+            "rate": session["transfer"]["rate"]}
+        assert session["transfer"]["rate"] > 0
+        assert session["client"] == "127.0.0.1" and session["logged_in"]
+        assert session["command"] == f"STOR {area}.bin"
+        upload.send(6 * MIB)
+        upload.conn.close()
+        assert ftp.voidresp().startswith("226")
+        ftp.voidcmd("TYPE I")
+        with ftp.transfercmd(f"RETR {area}.bin", rest=MIB) as conn:
+            conn.recv(1)  # the download runs; what it should move is the rest of the file
+            wait_until(lambda: api.session_of("alice")["transfer"]["direction"] == "download",
+                       what="the download shown")
+            download = api.session_of("alice")["transfer"]
+            while conn.recv(MIB):
+                pass
+        ftp.voidresp()
+        assert download["expected_bytes"] == 7 * MIB and download["file"] == f"/{area}.bin"
+    finally:
+        ftp.close()
+
+
+def test_kick_closes_the_session_with_421_and_parks_its_upload(api, admin, area):
+    ftp = log_in(admin, "127.0.0.3")
+    upload = HeldUpload(ftp, f"{area}.bin", 4 * MIB)
+    upload.send(3 * MIB)
+    wait_until(lambda: (api.session_of("alice") or {}).get("transfer") and
+               api.session_of("alice")["transfer"]["bytes"] == upload.sent,
+               what="the upload's bytes shown")
+    session_id = api.session_of("alice")["id"]
+    refused = api.call("DELETE", f"/sessions/{session_id}", token=RO_TOKEN)
+    assert (refused.status_code, refused.json()) == (403, {"error": "token viewer is "
+                                                                    "read-only"})
+    assert api.call("DELETE", "/sessions/999999999").status_code == 404
+    assert api.call("DELETE", "/sessions/x%0a1").status_code == 404
+    kicked = api.call("DELETE", f"/sessions/{session_id}")
+    assert (kicked.status_code, kicked.json()) == (200, {"id": session_id, "closed": True})
+    assert upload.reply_after_kick() == "421 Session closed by the server's administrator."
+    assert api.session_of("alice") is None
+    wait_until(lambda: f"path=/{area}.bin: upload interrupted after" in admin.log_text(),
+               what="the upload parked")
+    lines = audit_lines(admin)
+    assert f"INFO [{_admin_pid(lines)} admin] cosftp_prefork.admin.audit: viewer (ro) from " \
+           f"127.0.0.1: DELETE /api/v1/sessions/{session_id}: 403 token viewer is read-only" \
+           in lines
+    assert any(re.fullmatch(rf"INFO \[\d+ admin\] cosftp_prefork\.admin\.audit: ops \(rw\) "
+                            rf"from 127\.0\.0\.1: DELETE /api/v1/sessions/{session_id}: "
+                            rf"session {session_id} \(worker \d+\) closed", line)
+               for line in lines), lines
+
+
+def _admin_pid(lines: list[str]) -> str:
+    return re.search(r"\[(\d+) admin\]", lines[-1]).group(1)
+
+
+def _refused_as_banned(proc, source: str) -> bool:
+    try:
+        log_in(proc, source).close()
+    except ftplib.error_temp as exc:
+        return "421 Too many failed logins" in str(exc)
+    return False
+
+
+def test_ban_list_and_lift(api, admin):
+    banned = api.call("POST", "/bans", json={"address": "127.0.0.6", "seconds": 500})
+    assert banned.status_code == 201 and banned.json()["saved"]
+    assert _refused_as_banned(admin, "127.0.0.6")
+    listed = {b["address"]: b for b in api.get("/bans", token=RO_TOKEN)["bans"]}
+    assert listed["127.0.0.6"]["banned"] and 490 < listed["127.0.0.6"]["seconds_left"] <= 500
+    assert api.call("DELETE", "/bans/127.0.0.6", token=RO_TOKEN).status_code == 403
+    lifted = api.call("DELETE", "/bans/%3A%3Affff%3A127.0.0.6")  # the same address
+    assert (lifted.status_code, lifted.json()) == (200, {
+        "address": "127.0.0.6", "lifted": True, "failures_forgotten": 0,
+        "message": "ban lifted on this node"})
+    log_in(admin, "127.0.0.6").quit()
+    again = api.call("DELETE", "/bans/127.0.0.6")
+    assert again.json()["message"] == "was not banned" and not again.json()["lifted"]
+    lines = audit_lines(admin)
+    assert any(line.endswith("ops (rw) from 127.0.0.1: POST /api/v1/bans: banned 127.0.0.6 "
+                             "for 500s") for line in lines), lines
+    assert any(line.endswith("DELETE /api/v1/bans/%3A%3Affff%3A127.0.0.6: unban 127.0.0.6: "
+                             "ban lifted on this node") for line in lines), lines
+
+
+@pytest.mark.parametrize(("body", "status", "error"), [
+    ({"address": "10.0.0.0/8"}, 422, "give one address, not a network"),
+    ({"address": "127.0.0.1"}, 422, "127.0.0.1 is your own address: the ban would lock "
+                                    "you out"),
+    ({"address": "not-an-ip\x1b[2J"}, 422, "'not-an-ip\\x1b[2J' is not an IP address (like "
+                                           "192.0.2.7 or 2001:db8::7)"),
+    ({"address": "127.0.0.9", "seconds": 0}, 422, '"seconds" must be a whole number from 1 '
+                                                  'to 31622400'),
+    ({"seconds": 5}, 422, 'send {"address": "192.0.2.7"} (and "seconds", if not ban_time)'),
+])
+def test_a_ban_that_cannot_be_made_changes_nothing(api, body, status, error):
+    before = api.get("/bans")["bans"]
+    response = api.call("POST", "/bans", json=body)
+    assert (response.status_code, response.json()) == (status, {"error": error})
+    assert api.get("/bans")["bans"] == before
+
+
+def test_failed_tokens_are_rate_limited_and_ban_the_address(api, admin):
+    stranger = AdminClient(admin_url(admin), token="guessed", source="127.0.0.8")
+    statuses = []
+
+    def failed_three_times() -> bool:
+        statuses.append(stranger.call("GET", "/status").status_code)
+        return statuses.count(401) == 3
+
+    wait_until(failed_three_times, timeout=30, interval=0.2, what="three checked failures")
+    assert 429 in statuses  # tried again within a second of a failure: not even checked
+    assert _refused_as_banned(admin, "127.0.0.8")  # max_login_failures = 3: FTP too
+    right = stranger.call("GET", "/status", token=RW_TOKEN)
+    assert right.status_code == 403 and "banned" in right.json()["error"]
+    listed = {b["address"]: b for b in api.get("/bans")["bans"]}
+    assert listed["127.0.0.8"]["failures"] == 3
+    assert api.call("DELETE", "/bans/127.0.0.8").json()["failures_forgotten"] == 3
+    assert stranger.call("GET", "/status", token=RW_TOKEN).status_code == 200
+    assert "127.0.0.8: admin API: invalid token" in admin.log_text()
+
+
+def test_accounts_never_show_a_secret(api, admin):
+    answer = api.call("GET", "/accounts", token=RO_TOKEN)
+    text = answer.text
+    for secret in ("test-id", "test-key", "alice-pw", "reader-pw", "scrypt"):
+        assert secret not in text
+    accounts = {a["user"]: a for a in answer.json()["accounts"]}
+    assert accounts["reader"] == {
+        "user": "reader", "section": "COS_ACCOUNT_1", "bucket": ALPHA,
+        "region": "ap-guangzhou", "endpoint": None, "home_dir": "/home/reader",
+        "authority": "R", "delete_enable": True, "anonymous": False, "tls_required": False,
+        "ftp_encoding": "utf-8"}
+
+
+def test_quotas_and_events_say_they_are_not_enabled(api):
+    quotas = api.get("/quotas")
+    assert not quotas["enabled"]
+    assert quotas["quotas"][0] == {"user": "alice", "unlimited": True,
+                                   "size": {"used": None, "limit": None},
+                                   "files": {"used": None, "limit": None}}
+    assert api.get("/events") == {"enabled": False, "queued": 0, "spool_bytes": 0,
+                                  "spool_limit_bytes": None, "dead_letters": 0,
+                                  "oldest_queued_seconds": None}
+
+
+def test_a_cross_site_request_changes_nothing(api, admin):
+    """What a browser adds to a request another site's page makes: refused before anything
+    changes, even with a valid token; no answer grants CORS; a form's body is refused."""
+    api.call("POST", "/bans", json={"address": "127.0.0.10"})
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Origin": f"http://127.0.0.1:{admin.admin_port + 1}"}):
+        response = api.call("DELETE", "/bans/127.0.0.10", headers=headers)
+        assert response.status_code == 403 and "cross-" in response.json()["error"]
+        assert "Access-Control-Allow-Origin" not in response.headers
+    form = api.call("POST", "/bans", data={"address": "127.0.0.11"})  # urlencoded, as a form
+    assert form.status_code == 415
+    plain = api.call("POST", "/reload", data="x", headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415
+    preflight = requests.options(f"{admin_url(admin)}/api/v1/bans/127.0.0.10", timeout=30,
+                                 headers={"Origin": "http://evil.example",
+                                          "Access-Control-Request-Method": "DELETE"})
+    assert preflight.status_code == 405
+    assert not [h for h in preflight.headers if h.lower().startswith("access-control")]
+    assert "127.0.0.10" in {b["address"] for b in api.get("/bans")["bans"]}
+    assert "127.0.0.11" not in {b["address"] for b in api.get("/bans")["bans"]}
+    same_origin = api.call("DELETE", "/bans/127.0.0.10",
+                           headers={"Origin": admin_url(admin), "Sec-Fetch-Site": "same-origin"})
+    assert same_origin.status_code == 200 and same_origin.json()["lifted"]
+
+
+def test_the_console_and_document_are_served_with_a_strict_policy(admin):
+    page = requests.get(f"{admin_url(admin)}/", timeout=30)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "<script src=\"/console.js\" defer></script>" in page.text
+    assert "Set-Cookie" not in page.headers
+    script = requests.get(f"{admin_url(admin)}/console.js", timeout=30)
+    assert script.headers["Content-Type"].startswith("text/javascript")
+    assert "sessionStorage" in script.text and "document.cookie" not in script.text
+    assert requests.get(f"{admin_url(admin)}/other", timeout=30).status_code == 404
+
+
+def test_slow_and_oversized_requests_are_cut_off(api, admin):
+    with socket.create_connection(("127.0.0.1", admin.admin_port), timeout=30) as sock:
+        sock.sendall(b"GET /api/v1/status HTTP/1.1\r\n")  # and nothing more
+        assert sock.recv(4096) == b""  # closed at the deadline, unanswered
+    big = api.call("POST", "/bans", data=b"{" + b" " * 8000 + b"}",
+                   headers={"Content-Type": "application/json"})
+    assert big.status_code == 413
+    assert "admin connection closed: request head not complete within 5s" in admin.log_text()
+
+
+def test_reload_refuses_a_bad_file_and_takes_a_good_one(api, admin):
+    generation = api.get("/status")["master"]["generation"]
+    with open(admin.config_path, encoding="utf-8") as handle:
+        good = handle.read()
+    try:
+        with open(admin.config_path, "w", encoding="utf-8") as handle:
+            handle.write(good.replace("worker_processes = 2", "worker_processes = many"))
+        refused = api.call("POST", "/reload")
+        assert (refused.status_code, refused.json()) == (422, {
+            "error": "the configuration was refused; nothing changed",
+            "errors": [f"{admin.config_path} [OPTIONAL] worker_processes: must be an integer, "
+                       "got 'many'"]})
+        assert api.call("POST", "/reload", token=RO_TOKEN).status_code == 403
+        status = api.get("/status")
+        assert status["master"]["generation"] == generation
+        assert status["reload"]["state"] == "failed" and "'many'" in status["reload"]["errors"][0]
+        log_in(admin).quit()  # still serving
+        new_token = "rw-after-reload-7c1d"
+        with open(admin.config_path, "w", encoding="utf-8") as handle:
+            handle.write(re.sub(r"tokens = .*", f"tokens = next:{hash_token(new_token)}:rw",
+                                good))
+        reloaded = api.call("POST", "/reload")
+        assert (reloaded.status_code, reloaded.json()) == (200, {
+            "result": "ok", "generation": generation + 1})
+        # The admin API was replaced with the new file's tokens: the old one is refused.
+        wait_until(lambda: AdminClient(admin_url(admin), token=RW_TOKEN, source="127.0.0.12")
+                   .call("GET", "/status").status_code == 401, what="the old token refused")
+        renewed = AdminClient(admin_url(admin), token=new_token).get("/status")
+        assert renewed["you"]["token"] == "next" and renewed["reload"] == {
+            "state": "ok", "count": renewed["reload"]["count"], "errors": []}
+    finally:
+        with open(admin.config_path, "w", encoding="utf-8") as handle:
+            handle.write(good)
+        AdminClient(admin_url(admin), token="rw-after-reload-7c1d").call("POST", "/reload")
+    assert any(line.endswith(f"POST /api/v1/reload: reloaded: generation {generation + 1}")
+               for line in audit_lines(admin))
+
+
+def test_https_with_the_servers_certificate(emulator, tmp_path):
+    cert, key = write_certificate(tmp_path)
+    proc = admin_server(str(tmp_path / "tls"), emulator.port,
+                        network={"tls_certfile": cert, "tls_keyfile": key})
+    with proc:
+        client = AdminClient(admin_url(proc, "https"), verify=cert)
+        assert client.get("/status")["master"]["auth_tls"]
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{admin_url(proc)}/api/v1/status", timeout=30)  # no plain HTTP
+        with socket.create_connection(("127.0.0.1", proc.admin_port), timeout=30) as sock:
+            sock.sendall(b"\x16\x03\x01")  # a ClientHello's first bytes, then nothing
+            started = time.monotonic()
+            assert sock.recv(4096) == b""
+        assert time.monotonic() - started < 30
+        wait_until(lambda: "admin connection closed: TLS handshake not complete within 5s"
+                   in proc.log_text(), what="the stalled handshake logged")
+
+
+@pytest.mark.parametrize(("tokens", "problem"), [
+    ("ops:plain-token:rw", "token ops: store the token's hash (cosftpctl hash-password), "
+                           "never the token itself"),
+    ("ops:{hash}:admin", "token ops: the mode must be rw or ro"),
+    ("ops:{hash}:rw, ops:{hash}:ro", "token ops is listed twice"),
+    ("o p:{hash}:rw", "entry 1: the name must be 1-32 letters, digits, '_', '.' or '-'"),
+    ("ops:{hash}", "entry 1 is not name:hash:rw or name:hash:ro"),
+])
+def test_check_names_a_bad_token_without_quoting_a_hash(tokens, problem):
+    hashed = "scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 43 + "="
+    text = ("[COS_ACCOUNT_0]\ncos_secretid = a\ncos_secretkey = b\ncos_bucket = x-1250000000\n"
+            "cos_region = ap-guangzhou\nhome_dir = /\nftp_login_user_name = u\n"
+            "ftp_login_user_password = p\nauthority = RW\n[NETWORK]\nadmin_port = 9999\n"
+            f"[ADMIN]\ntokens = {tokens.format(hash=hashed)}\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "t.conf")
+    assert str(raised.value) == f"t.conf [ADMIN] tokens: {problem}"
+    assert "scrypt$" not in str(raised.value)
+
+
+def test_the_admin_port_needs_a_token_and_a_port_of_its_own():
+    base = ("[COS_ACCOUNT_0]\ncos_secretid = a\ncos_secretkey = b\ncos_bucket = x-1250000000\n"
+            "cos_region = ap-guangzhou\nhome_dir = /\nftp_login_user_name = u\n"
+            "ftp_login_user_password = p\nauthority = RW\n[NETWORK]\nlisten_port = 2121\n")
+    for network, problem in (("admin_port = 9999\n", "[NETWORK] admin_port: needs at least "
+                              "one token in [ADMIN] tokens"),
+                             ("admin_port = 2121\n", "[NETWORK] admin_port: 2121 is already "
+                              "listen_port")):
+        with pytest.raises(ConfigError) as raised:
+            parse_config(base + network, "t.conf")
+        assert problem in str(raised.value)
+    assert parse_config(base, "t.conf").admin.port == 0  # off by default
+
+
+def test_bans_saved_by_the_api_survive_a_restart(emulator, tmp_path):
+    proc = admin_server(str(tmp_path), emulator.port, max_login_failures="3")
+    with proc:
+        client = AdminClient(admin_url(proc))
+        assert client.call("POST", "/bans", json={"address": "127.0.0.13"}).status_code == 201
+    with open(f"{proc.log_dir}/cosftp.pid.bans", encoding="ascii") as handle:
+        saved = json.load(handle)["bans"]
+    assert [ban["address"] for ban in saved] == ["127.0.0.13"]
