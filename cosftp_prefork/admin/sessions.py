@@ -19,8 +19,8 @@ KICK_WAIT = 5.0
 
 def sessions(context: Context) -> Response:
     now = time.time()
-    return Response(200, {"sessions": [_session(detail, now) for detail in
-                                       context.state.session_details()]})
+    details = sorted(context.state.session_details(), key=lambda detail: detail.serial)
+    return Response(200, {"sessions": [_session(detail, now) for detail in details]})
 
 
 def _session(detail: SessionDetail, now: float) -> dict[str, Any]:

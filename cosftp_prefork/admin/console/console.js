@@ -58,6 +58,32 @@
     return el("span", { className: "bar" }, meter, el("span", { className: "figure" }, label));
   }
 
+  // Rows are kept across polls, keyed by the item's id, and only their cells change: a
+  // button the operator is about to click stays the same element.
+  function setCell(td, content) {
+    if (content instanceof Node) td.replaceChildren(content);
+    else if (td.children.length || td.textContent !== String(content)) {
+      td.textContent = String(content);
+    }
+  }
+
+  function syncRows(table, items, keyName, key, cells, action) {
+    const body = table.tBodies[0];
+    const old = new Map([...body.rows].map((tr) => [tr.dataset[keyName], tr]));
+    body.replaceChildren(...items.map((item) => {
+      const content = cells(item);
+      let tr = old.get(String(key(item)));
+      if (!tr) {
+        tr = el("tr", { dataset: { [keyName]: String(key(item)) } },
+          ...content.map(() => el("td")),
+          ...(action ? [el("td", { className: "actions rw" }, writable ? action(item) : null)] : []));
+      }
+      content.forEach((c, i) => setCell(tr.cells[i], c));
+      return tr;
+    }));
+    return body;
+  }
+
   class SignedOut extends Error {}
 
   async function api(method, path, body) {
@@ -102,59 +128,49 @@
   }
 
   function drawWorkers(workers) {
-    $("workers").tBodies[0].replaceChildren(...workers.map((w) => el("tr",
-      { dataset: { worker: w.pid }, className: `health-${w.health}` },
-      el("td", {}, w.index), el("td", {}, w.pid), el("td", {}, w.generation),
-      el("td", { className: "health" }, w.health), el("td", {}, w.sessions),
-      el("td", {}, `${w.uploads} / ${w.downloads}`),
-      el("td", {}, bar(w.rss_bytes || 0, w.rss_limit_bytes, bytes(w.rss_bytes))),
-      el("td", {}, w.heartbeat_age_seconds === null ? "-" :
-        `${w.heartbeat_age_seconds.toFixed(1)} s`))));
+    const body = syncRows($("workers"), workers, "worker", (w) => w.pid, (w) => [
+      w.index, w.pid, w.generation, w.health, w.sessions, `${w.uploads} / ${w.downloads}`,
+      bar(w.rss_bytes || 0, w.rss_limit_bytes, bytes(w.rss_bytes)),
+      w.heartbeat_age_seconds === null ? "-" : `${w.heartbeat_age_seconds.toFixed(1)} s`]);
+    workers.forEach((w, i) => { body.rows[i].className = `health-${w.health}`; });
   }
 
-  function transferCell(t) {
-    if (!t) return el("td", { className: "transfer" }, "-");
+  function transfer(t) {
+    if (!t) return "-";
     const arrow = t.direction === "upload" ? "\u2191" : "\u2193";
     const total = t.expected_bytes === null ? "" : ` of ${bytes(t.expected_bytes)}`;
     const state = t.in_flight ? `${bytes(t.rate)}/s` : "ended";
-    return el("td", { className: "transfer", dataset: { bytes: t.bytes } },
+    return el("span", { className: "transfer" },
       el("span", { className: "file" }, `${arrow} ${t.file}`),
       bar(t.bytes, t.expected_bytes, `${bytes(t.bytes)}${total}, ${state}`));
   }
 
   function drawSessions(sessions) {
-    $("sessions").tBodies[0].replaceChildren(...sessions.map((s) => el("tr",
-      { dataset: { session: s.id } },
-      el("td", {}, s.id), el("td", {}, s.user || "(not logged in)"), el("td", {}, s.client),
-      el("td", { className: "command" }, s.command || "-"),
-      el("td", {}, duration(s.idle_seconds)), transferCell(s.transfer),
-      el("td", {}, writable ? el("button", { type: "button", className: "kick",
-        onclick: () => act(`session ${s.id} closed`, "DELETE", `/sessions/${s.id}`) },
-        "Kick") : null))));
+    syncRows($("sessions"), sessions, "session", (s) => s.id, (s) => [
+      s.id, s.user || "(not logged in)", s.client, s.command || "-", duration(s.idle_seconds),
+      transfer(s.transfer)],
+    (s) => el("button", { type: "button", className: "kick",
+      onclick: () => act(`session ${s.id} closed`, "DELETE", `/sessions/${s.id}`) }, "Kick"));
   }
 
   function drawBans(answer) {
-    $("bans").tBodies[0].replaceChildren(...answer.bans.map((b) => el("tr",
-      { dataset: { address: b.address } },
-      el("td", {}, b.address + (b.allowlisted ? " (allowlisted)" : "")),
-      el("td", {}, b.failures), el("td", {}, when(b.banned_until)),
-      el("td", {}, duration(b.seconds_left)),
-      el("td", {}, writable ? el("button", { type: "button", className: "lift",
-        onclick: () => act(`${b.address}: ban lifted`, "DELETE",
-          `/bans/${encodeURIComponent(b.address)}`) }, "Lift") : null))));
+    syncRows($("bans"), answer.bans, "address", (b) => b.address, (b) => [
+      b.address + (b.allowlisted ? " (allowlisted)" : ""), b.failures, when(b.banned_until),
+      duration(b.seconds_left)],
+    (b) => el("button", { type: "button", className: "lift",
+      onclick: () => act(`${b.address}: ban lifted`, "DELETE",
+        `/bans/${encodeURIComponent(b.address)}`) }, "Lift"));
   }
 
   function drawAccounts(accounts, quotas) {
     const usage = new Map(quotas.quotas.map((q) => [q.user, q]));
-    $("accounts").tBodies[0].replaceChildren(...accounts.accounts.map((a) => {
+    syncRows($("accounts"), accounts.accounts, "user", (a) => a.user, (a) => {
       const q = usage.get(a.user);
       const quota = !quotas.enabled || !q || q.unlimited ? "unlimited" :
         bar(q.size.used || 0, q.size.limit, `${bytes(q.size.used)} of ${bytes(q.size.limit)}`);
-      return el("tr", { dataset: { user: a.user } }, el("td", {}, a.user),
-        el("td", {}, a.bucket), el("td", {}, a.home_dir),
-        el("td", {}, a.authority + (a.delete_enable ? "" : ", no delete")),
-        el("td", {}, quota));
-    }));
+      return [a.user, a.bucket, a.home_dir,
+        a.authority + (a.delete_enable ? "" : ", no delete"), quota];
+    });
   }
 
   function drawEvents(e) {
@@ -215,6 +231,7 @@
     $("signin").hidden = false;
     $("whoami").textContent = "";
     $("signin-error").textContent = why || "";
+    for (const table of document.querySelectorAll("main table")) table.tBodies[0].replaceChildren();
   }
 
   function signIn(newToken) {

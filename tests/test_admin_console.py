@@ -1,0 +1,264 @@
+"""The web console in a real headless browser: Debian's chromium driven by selenium
+(chromium-driver). It signs in with a token, watches a real upload's progress move, kicks the
+session (its client gets 421), lifts a ban (the address logs in again), and a read-only token
+can do neither; a page of another site cannot act with the console's token. A failing test
+saves a screenshot of the browser (path printed); with COSFTP_CONSOLE_SCREENSHOT=PATH the
+upload test also saves the console as the README shows it (scripts/console-screenshot)."""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from typing import Callable, Optional
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from .admin_client import RO_TOKEN, RW_TOKEN, AdminClient, admin_server, admin_url
+from .server_proc import free_port, wait_until
+from .test_admin_api import HeldUpload, log_in
+from .test_clients import require
+
+MIB = 1024 * 1024
+# What works here (machine notes): no sandbox as root, no GPU, nothing fetched in the
+# background, a new empty profile per test.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1440,1100")
+WAIT = 20.0  # the console polls every second
+
+
+@pytest.fixture(scope="module")
+def console(emulator, tmp_path_factory):
+    proc = admin_server(str(tmp_path_factory.mktemp("console")), emulator.port,
+                        max_login_failures="2", ban_time="600")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = require("chromium")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(require("chromedriver")))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(driver: WebDriver, tmp_path, name: str) -> Iterator[None]:
+    """Save what the browser shows if the block fails, and print where."""
+    try:
+        yield
+    except BaseException:
+        path = tmp_path / f"{name}-failure.png"
+        driver.save_screenshot(str(path))
+        print(f"screenshot of the browser at the failure: {path}")
+        raise
+
+
+def wait_for(driver: WebDriver, found: Callable[[], object], what: str) -> object:
+    """Poll ``found`` until it is truthy (WAIT seconds at most)."""
+    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(
+        lambda _driver: found(), message=f"waiting for {what}")
+
+
+def sign_in(driver: WebDriver, proc, token: str) -> None:
+    driver.get(f"{admin_url(proc)}/")
+    driver.find_element(By.ID, "signin-token").send_keys(token)
+    driver.find_element(By.ID, "signin-button").click()
+    wait_for(driver, lambda: driver.find_element(By.TAG_NAME, "body")
+             .get_attribute("data-polled"), "the first poll")
+
+
+def session_row(driver: WebDriver, session_id: str) -> Optional[WebElement]:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#sessions tr[data-session="{session_id}"]')
+    return rows[0] if rows else None
+
+
+def ban_row(driver: WebDriver, address: str) -> Optional[WebElement]:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#bans tr[data-address="{address}"]')
+    return rows[0] if rows else None
+
+
+def progress_of(driver: WebDriver, session_id: str) -> Optional[list[float]]:
+    """The session's progress bar, ``[value, max]``, read in one go (the console redraws
+    it every second)."""
+    return driver.execute_script(
+        "const bar = document.querySelector(`#sessions tr[data-session='${arguments[0]}'] "
+        "progress`); return bar && [bar.value, bar.max];", session_id)
+
+
+def logged_in_session(api: AdminClient, user: str = "alice") -> str:
+    """The id of ``user``'s session, once its worker described it (within a second)."""
+    wait_until(lambda: api.session_of(user), what=f"{user}'s session listed")
+    return api.session_of(user)["id"]
+
+
+def no_alert(driver: WebDriver) -> bool:
+    try:
+        return driver.switch_to.alert is None
+    except NoAlertPresentException:
+        return True
+
+
+def test_upload_progress_moves_and_kick_closes_it_with_421(console, browser, tmp_path, area):
+    api = AdminClient(admin_url(console))
+    api.call("POST", "/bans", json={"address": "192.0.2.7", "seconds": 3600})
+    # A file name that is also HTML: the console must show it as text, never run it.
+    name = f"<img src=x onerror=alert(1)>{area[-6:]}.bin"
+    ftp = log_in(console)
+    reader = log_in(console, "127.0.0.2", "reader", "reader-pw")
+    upload = HeldUpload(ftp, name, 8 * MIB)
+    with screenshot_on_failure(browser, tmp_path, "upload"):
+        sign_in(browser, console, RW_TOKEN)
+        session_id = logged_in_session(api)
+        for sent in (MIB, 3 * MIB):
+            upload.send(sent - upload.sent)
+            wait_for(browser, lambda sent=sent: progress_of(browser, session_id) ==
+                     [sent, 8 * MIB], f"the progress bar at {sent} of {8 * MIB} bytes")
+        row = session_row(browser, session_id)
+        assert f"\u2191 /{name}" in row.text and "/s" in row.text
+        assert row.find_elements(By.TAG_NAME, "img") == [] and no_alert(browser)
+        wait_for(browser, lambda: ban_row(browser, "192.0.2.7"), "the ban listed")
+        if os.environ.get("COSFTP_CONSOLE_SCREENSHOT"):
+            browser.save_screenshot(os.environ["COSFTP_CONSOLE_SCREENSHOT"])
+        row.find_element(By.CSS_SELECTOR, "button.kick").click()
+        wait_for(browser, lambda: session_row(browser, session_id) is None,
+                 "the kicked session gone from the table")
+        assert browser.find_element(By.ID, "message").text == f"session {session_id} closed"
+    assert upload.reply_after_kick() == "421 Session closed by the server's administrator."
+    reader.voidcmd("NOOP")  # the other session goes on
+    reader.quit()
+    api.call("DELETE", "/bans/192.0.2.7")
+
+
+def _fail_logins(proc, source: str, count: int) -> None:
+    """``count`` wrong passwords from ``source`` at once (each 530 comes after a delay)."""
+    def once() -> None:
+        with contextlib.suppress(ftplib.Error, OSError, EOFError):
+            log_in(proc, source, "alice", "wrong").close()
+    threads = [threading.Thread(target=once) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_lifting_a_ban_lets_the_address_log_in(console, browser, tmp_path):
+    _fail_logins(console, "127.0.0.21", 2)  # max_login_failures = 2
+    with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
+        log_in(console, "127.0.0.21")
+    with screenshot_on_failure(browser, tmp_path, "lift"):
+        sign_in(browser, console, RW_TOKEN)
+        row = wait_for(browser, lambda: ban_row(browser, "127.0.0.21"), "the ban listed")
+        assert row.find_elements(By.TAG_NAME, "td")[1].text == "2"  # failures
+        row.find_element(By.CSS_SELECTOR, "button.lift").click()
+        wait_for(browser, lambda: ban_row(browser, "127.0.0.21") is None, "the ban gone")
+        assert browser.find_element(By.ID, "message").text == "127.0.0.21: ban lifted"
+    log_in(console, "127.0.0.21").quit()
+
+
+def test_a_read_only_token_can_neither_kick_nor_lift(console, browser, tmp_path):
+    api = AdminClient(admin_url(console))
+    api.call("POST", "/bans", json={"address": "127.0.0.22"})
+    ftp = log_in(console)
+    session_id = logged_in_session(api)
+    with screenshot_on_failure(browser, tmp_path, "read-only"):
+        sign_in(browser, console, RO_TOKEN)
+        wait_for(browser, lambda: session_row(browser, session_id) and
+                 ban_row(browser, "127.0.0.22"), "the session and the ban listed")
+        assert browser.find_element(By.ID, "whoami").text == "token viewer (read-only)"
+        assert browser.find_elements(By.CSS_SELECTOR, "button.kick, button.lift") == []
+        assert not browser.find_element(By.ID, "reload").is_displayed()
+        assert not browser.find_element(By.ID, "ban-form").is_displayed()
+        # A console changed to show the buttons anyway: the API refuses the token.
+        answers = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const token = sessionStorage.getItem("cosftp-admin-token");
+            const headers = {Authorization: "Bearer " + token};
+            Promise.all([`/api/v1/sessions/${arguments[0]}`, "/api/v1/bans/127.0.0.22"].map(
+                (path) => fetch(path, {method: "DELETE", headers}).then((r) => r.status)))
+              .then(done);""", session_id)
+        assert answers == [403, 403]
+    ftp.voidcmd("NOOP")  # not kicked
+    assert "127.0.0.22" in {b["address"] for b in api.get("/bans")["bans"]}
+    ftp.quit()
+    api.call("DELETE", "/bans/127.0.0.22")
+
+
+ATTACK = """<!doctype html><title>cute cats</title>
+<iframe name="sink" style="display:none"></iframe>
+<form id="f" method="POST" action="{admin}/api/v1/bans" target="sink">
+  <input name="address" value="127.0.0.24"></form>
+<p id="out">running</p>
+<script>
+const results = [String(sessionStorage.getItem("cosftp-admin-token"))];
+document.getElementById("f").submit();
+const attempt = (init) => fetch("{admin}/api/v1/bans/127.0.0.23", init)
+  .then((r) => "answered " + r.status, (e) => e.name);
+attempt({{method: "DELETE", credentials: "include"}})
+  .then((r) => {{ results.push(r); return attempt({{method: "DELETE",
+    headers: {{Authorization: "Bearer guessed"}}}}); }})
+  .then((r) => {{ results.push(r); document.getElementById("out").textContent =
+    results.join(" "); }});
+</script>"""
+
+
+@contextlib.contextmanager
+def attacker_site(admin: str) -> Iterator[str]:
+    """Another origin (another port) serving a page that tries to change the server."""
+    page = ATTACK.format(admin=admin).encode("utf-8")
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_cross_site_page_cannot_act_with_the_consoles_token(console, browser, tmp_path):
+    api = AdminClient(admin_url(console))
+    api.call("POST", "/bans", json={"address": "127.0.0.23"})
+    with screenshot_on_failure(browser, tmp_path, "cross-site"), \
+            attacker_site(admin_url(console)) as evil:
+        sign_in(browser, console, RW_TOKEN)  # the token is in the console's sessionStorage
+        assert browser.get_cookies() == []  # and in no cookie
+        browser.get(evil)
+        out = wait_for(browser, lambda: (text := browser.find_element(By.ID, "out").text)
+                       != "running" and text, "the attacking page's attempts")
+        # It cannot read the token; both fetches fail in the browser (no CORS granted).
+        assert out == "null TypeError TypeError"
+        browser.get(f"{admin_url(console)}/")  # the form's answer went to the hidden frame
+    bans = {b["address"] for b in api.get("/bans")["bans"]}
+    assert "127.0.0.23" in bans and "127.0.0.24" not in bans
+    api.call("DELETE", "/bans/127.0.0.23")
