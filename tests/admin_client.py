@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import requests
@@ -45,6 +46,13 @@ def admin_server(workdir: str, cos_port: int, network: Optional[dict[str, str]] 
                          sections=f"\n[ADMIN]\ntokens = {tokens}\n")
     proc.admin_port = port
     return proc
+
+
+def serving_admin(emulator, tmp_path_factory, name: str) -> Iterator[ServerProcess]:
+    """For a module's fixture: ``admin_server`` running, bans after 3 failed logins."""
+    with admin_server(str(tmp_path_factory.mktemp(name)), emulator.port,
+                      max_login_failures="3", ban_time="600") as proc:
+        yield proc
 
 
 class _SourceAdapter(HTTPAdapter):

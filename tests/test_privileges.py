@@ -17,6 +17,7 @@ import contextlib
 import grp
 import io
 import os
+import pathlib
 import pwd
 import re
 import shutil
@@ -34,10 +35,12 @@ import pytest
 from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
+from .admin_client import RW_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_config import MINIMAL, set_option
 from .test_master import rewrite_config
+from .test_tls import write_certificate
 
 NOBODY = pwd.getpwnam("nobody") if "nobody" in {p.pw_name for p in pwd.getpwall()} else None
 CAP_NET_BIND_SERVICE = 1 << 10
@@ -131,13 +134,14 @@ def status_fields(pid: int) -> dict[str, str]:
 
 
 def children(master_pid: int) -> dict[str, psutil.Process]:
-    """The master's live children by title: ``worker 1``, ``worker 2``, ``metrics``."""
+    """The master's live children by title: ``worker 1``, ``worker 2``, ``metrics``,
+    ``admin``."""
     found = {}
     for child in psutil.Process(master_pid).children():
         with contextlib.suppress(psutil.Error):
             title = " ".join(child.cmdline())
             if child.status() != psutil.STATUS_ZOMBIE:
-                match = re.match(r"cosftp: (worker \d+|metrics)", title)
+                match = re.match(r"cosftp: (worker \d+|metrics|admin)", title)
                 if match:
                     found[match.group(1)] = child
     return found
@@ -195,6 +199,23 @@ def test_started_as_root_workers_and_exporter_run_as_nobody(emulator, workdir, n
         assert not os.path.exists(os.path.join(proc.log_dir, "cosftp.pid"))
     finally:
         proc.stop()
+
+
+@as_root
+def test_the_admin_api_runs_as_nobody_and_serves_https(emulator, workdir, nobody_python):
+    """The admin API drops root as the workers do, and still serves HTTPS with a key only
+    root may read: it builds its TLS context from the key the master loaded."""
+    cert, key = write_certificate(pathlib.Path(workdir))
+    os.chmod(key, 0o600)
+    proc = dropping_server(workdir, emulator.port, nobody_python)
+    port = free_port()
+    proc.network.update(admin_port=str(port), tls_certfile=cert, tls_keyfile=key)
+    proc.sections = f"\n[ADMIN]\ntokens = ops:{hash_token(RW_TOKEN)}:rw\n"
+    with proc:
+        wait_until(lambda: "admin" in children(proc.proc.pid), what="the admin API")
+        assert_unprivileged(children(proc.proc.pid)["admin"], NOBODY.pw_uid, NOBODY.pw_gid)
+        status = AdminClient(f"https://127.0.0.1:{port}", verify=cert).get("/status")
+        assert status["master"]["pid"] == proc.proc.pid
 
 
 def _check_dropped(proc: ServerProcess) -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -197,6 +198,17 @@ class AdminApp:
         self.gate.refusals.note(client, "admin API: invalid token")
         if self.gate.login_failed(client):
             log.warning("banning %s after repeated failed logins and admin API tokens", client)
+
+
+def wait_for(done: Callable[[], bool], seconds: float) -> bool:
+    """Ask ``done`` every 50 ms until it is true (True) or ``seconds`` passed (False): what
+    the master or a worker does for a request shows in the shared state within a second."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _same_origin(request: Request) -> None:

@@ -12,11 +12,9 @@ requests in flight first.
 from __future__ import annotations
 
 import threading
-import time
-from typing import Callable
 
 from ..server.scoreboard import RELOAD_FAILED, RELOAD_OK, RELOAD_RUNNING
-from .app import ApiError, Context, Response
+from .app import ApiError, Context, Response, wait_for
 
 TAKE_WAIT = 10.0  # the master's loop turns every second
 RELOAD_WAIT = 45.0  # the master rolls a reload back after 30 s
@@ -39,13 +37,13 @@ def _reload(context: Context) -> Response:
     if state.master().reload_result == RELOAD_RUNNING:
         raise ApiError(409, "a reload is already running")
     number = state.request_reload()
-    if not _wait(lambda: state.reload_taken() >= number, TAKE_WAIT):
+    if not wait_for(lambda: state.reload_taken() >= number, TAKE_WAIT):
         raise ApiError(503, "the master did not take the reload (stopping?)")
     master = state.master()
     if master.reload_result == RELOAD_FAILED:
         raise ApiError(422, "the configuration was refused; nothing changed",
                        errors=[state.reload_error()])
-    _wait(lambda: state.master().reload_result != RELOAD_RUNNING, RELOAD_WAIT)
+    wait_for(lambda: state.master().reload_result != RELOAD_RUNNING, RELOAD_WAIT)
     master = state.master()
     if master.reload_result == RELOAD_OK:
         return Response(200, {"result": "ok", "generation": master.generation},
@@ -54,12 +52,3 @@ def _reload(context: Context) -> Response:
         raise ApiError(500, "the reload was rolled back", errors=[state.reload_error()])
     return Response(202, {"result": "running", "generation": master.generation},
                     audit=f"reload of generation {master.generation} still running")
-
-
-def _wait(done: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ..server.scoreboard import SessionDetail
-from .app import ApiError, Context, Response
+from .app import ApiError, Context, Response, wait_for
 
 KICK_WAIT = 5.0
 
@@ -45,10 +45,7 @@ def kick(context: Context, session_id: str) -> Response:
     worker = context.state.request_kick(serial)
     if worker is None:
         raise ApiError(404, f"no session {serial}: it ended, or never was")
-    deadline = time.monotonic() + KICK_WAIT
-    while context.state.has_session(serial) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    closed = not context.state.has_session(serial)
+    closed = wait_for(lambda: not context.state.has_session(serial), KICK_WAIT)
     what = "closed" if closed else f"asked to close (not yet done after {KICK_WAIT:.0f}s)"
     return Response(200 if closed else 202, {"id": str(serial), "closed": closed},
                     audit=f"session {serial} (worker {worker}) {what}")

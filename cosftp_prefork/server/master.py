@@ -297,7 +297,7 @@ class Master:
                          network.listen_port, f" or {network.implicit_tls_port}"
                          if network.implicit_tls_port else "", exc)
             return EXIT_CANNOT_START
-        if not (self._bind_exporter() and self._bind_admin() and self._write_own_files()):
+        if not (self._bind_helpers() and self._write_own_files()):
             self._close_listeners()
             return EXIT_CANNOT_START
         self._install_signals()
@@ -330,33 +330,29 @@ class Master:
                         self._abort(worker, "did not stop in time")
             self._kill_overdue()
 
-    def _bind_exporter(self) -> bool:
-        """Bind the metrics port if one is configured; False (logged) if it cannot."""
-        operator = self.config.operator
-        if not operator.metrics_port:
-            return True
-        try:
-            sock = bind_listener(operator.metrics_address, operator.metrics_port)
-        except OSError as exc:
-            log.critical("cannot listen for metrics on %s port %d: %s",
-                         operator.metrics_address, operator.metrics_port, exc)
-            return False
-        self.exporter = ExporterProcess(sock, metrics_dir(self.config.server.pid_file))
-        hand_over_own_files(self.exporter.path, self.identity)
-        return True
-
-    def _bind_admin(self) -> bool:
-        """Bind the admin API's port if one is configured; False (logged) if it cannot."""
-        admin = self.config.admin
-        if not admin.port:
-            return True
-        try:
-            sock = bind_listener(admin.address, admin.port)
-        except OSError as exc:
-            log.critical("cannot listen for the admin API on %s port %d: %s", admin.address,
-                         admin.port, exc)
-            return False
-        self.admin = ChildProcess("admin API", sock)
+    def _bind_helpers(self) -> bool:
+        """Bind the ports of the metrics exporter and the admin API, those configured;
+        False (logged, nothing left bound) if one cannot."""
+        operator, admin = self.config.operator, self.config.admin
+        bound: dict[str, socket.socket] = {}
+        for what, address, port in (("metrics", operator.metrics_address,
+                                     operator.metrics_port),
+                                    ("the admin API", admin.address, admin.port)):
+            if not port:
+                continue
+            try:
+                bound[what] = bind_listener(address, port)
+            except OSError as exc:
+                log.critical("cannot listen for %s on %s port %d: %s", what, address, port, exc)
+                for sock in bound.values():
+                    sock.close()
+                return False
+        if "metrics" in bound:
+            self.exporter = ExporterProcess(bound["metrics"],
+                                            metrics_dir(self.config.server.pid_file))
+            hand_over_own_files(self.exporter.path, self.identity)
+        if "the admin API" in bound:
+            self.admin = ChildProcess("admin API", bound["the admin API"])
         return True
 
     def _probe_workers(self, config: Config) -> Optional[str]:
