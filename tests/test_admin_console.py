@@ -176,6 +176,12 @@ def test_a_read_only_token_can_neither_kick_nor_lift(console, browser, tmp_path)
     ftp = log_in(console)
     session_id = logged_in_session(api)
     with screenshot_on_failure(browser, tmp_path, "read-only"):
+        browser.get(f"{admin_url(console)}/")
+        browser.find_element(By.ID, "signin-token").send_keys("not-a-token")
+        browser.find_element(By.ID, "signin-button").click()
+        wait_for(browser, lambda: browser.find_element(By.ID, "signin-error").text ==
+                 "invalid token", "a wrong token refused")
+        assert browser.execute_script("return sessionStorage.length") == 0
         sign_in(browser, console, RO_TOKEN)
         wait_for(browser, lambda: session_row(browser, session_id) and
                  ban_row(browser, "127.0.0.22"), "the session and the ban listed")
