@@ -17,11 +17,13 @@ import sys
 
 import pytest
 
+from .admin_client import RW_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
-from .server_proc import ROOT, Account, ServerProcess, wait_until
+from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_tls import tls_network, write_certificate
 
-FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "cosftp_prefork.ftp", "cosftp_prefork.cos")
+FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "cosftp_prefork.ftp", "cosftp_prefork.cos",
+             "cosftp_prefork.admin")
 
 # Runs cosftpctl in this interpreter and, when the master exits (workers leave through
 # os._exit and never run atexit), writes the names of the modules it had loaded.
@@ -44,14 +46,17 @@ def _banner(server: ServerProcess) -> str:
 
 
 def test_the_master_never_loads_pyftpdlib_the_cos_sdk_or_openssl(emulator, tmp_path):
-    """A master that served FTPS sessions, a transfer and a reload exits without ever having
-    imported the worker stack."""
+    """A master that served FTPS sessions, a transfer, a reload and the admin API (which asked
+    for a second reload) exits without ever having imported the worker stack or the API."""
     cert, key = write_certificate(tmp_path)
     modules = tmp_path / "master-modules.json"
     launcher = tmp_path / "launcher.py"
     launcher.write_text(LAUNCHER)
+    admin_port = free_port()
     server = ServerProcess(str(tmp_path / "server"), emulator.port,
-                           [Account("mods", "mods-pw", ALPHA)], network=tls_network(cert, key),
+                           [Account("mods", "mods-pw", ALPHA)],
+                           network={**tls_network(cert, key), "admin_port": str(admin_port)},
+                           sections=f"\n[ADMIN]\ntokens = ops:{hash_token(RW_TOKEN)}:rw\n",
                            launcher=[sys.executable, str(launcher), str(modules)])
     with server:
         ftp = server.login("mods", "mods-pw")
@@ -59,6 +64,8 @@ def test_the_master_never_loads_pyftpdlib_the_cos_sdk_or_openssl(emulator, tmp_p
         ftp.quit()
         reload = server.ctl("reload")
         assert reload.returncode == 0, reload.stderr
+        api = AdminClient(f"https://127.0.0.1:{admin_port}", verify=cert)
+        assert api.call("POST", "/reload").json()["result"] == "ok"
         assert _banner(server).startswith("220")
     loaded = json.loads(modules.read_text())
     assert "cosftp_prefork.server.master" in loaded  # the dump is the master's
