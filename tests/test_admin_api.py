@@ -10,7 +10,6 @@ import ftplib
 import json
 import re
 import socket
-import time
 
 import pytest
 import requests
@@ -197,7 +196,8 @@ def test_ban_list_and_lift(api, admin):
     assert banned.status_code == 201 and banned.json()["saved"]
     assert _refused_as_banned(admin, "127.0.0.6")
     listed = {b["address"]: b for b in api.get("/bans", token=RO_TOKEN)["bans"]}
-    assert listed["127.0.0.6"]["banned"] and 490 < listed["127.0.0.6"]["seconds_left"] <= 500
+    assert listed["127.0.0.6"]["banned"] and 0 < listed["127.0.0.6"]["seconds_left"] <= 500
+    assert listed["127.0.0.6"]["banned_until"] == banned.json()["banned_until"]
     assert api.call("DELETE", "/bans/127.0.0.6", token=RO_TOKEN).status_code == 403
     lifted = api.call("DELETE", "/bans/%3A%3Affff%3A127.0.0.6")  # the same address
     assert (lifted.status_code, lifted.json()) == (200, {
@@ -374,9 +374,7 @@ def test_https_with_the_servers_certificate(emulator, tmp_path):
             requests.get(f"{admin_url(proc)}/api/v1/status", timeout=30)  # no plain HTTP
         with socket.create_connection(("127.0.0.1", proc.admin_port), timeout=30) as sock:
             sock.sendall(b"\x16\x03\x01")  # a ClientHello's first bytes, then nothing
-            started = time.monotonic()
-            assert sock.recv(4096) == b""
-        assert time.monotonic() - started < 30
+            assert sock.recv(4096) == b""  # closed by the server (the socket's timeout: 30 s)
         wait_until(lambda: "admin connection closed: TLS handshake not complete within 5s"
                    in proc.log_text(), what="the stalled handshake logged")
 
