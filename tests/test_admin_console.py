@@ -140,6 +140,12 @@ def test_upload_progress_moves_and_kick_closes_it_with_421(console, browser, tmp
         assert f"\u2191 /{name}" in row.text and "/s" in row.text
         assert row.find_elements(By.TAG_NAME, "img") == [] and no_alert(browser)
         wait_for(browser, lambda: ban_row(browser, "192.0.2.7"), "the ban listed")
+        # Each worker with its health and memory (its bar against worker_max_rss).
+        cells = {tr.get_attribute("data-worker"): [td.text for td in tr.find_elements(
+            By.TAG_NAME, "td")] for tr in browser.find_elements(By.CSS_SELECTOR, "#workers tr")
+            if tr.get_attribute("data-worker")}
+        assert set(cells) == {str(w["pid"]) for w in api.get("/status")["workers"]}
+        assert all(row[3] == "ok" and row[6].endswith(" MiB") for row in cells.values()), cells
         if os.environ.get("COSFTP_CONSOLE_SCREENSHOT"):
             browser.save_screenshot(os.environ["COSFTP_CONSOLE_SCREENSHOT"])
         row.find_element(By.CSS_SELECTOR, "button.kick").click()
