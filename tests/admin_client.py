@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -21,8 +22,17 @@ from .server_proc import Account, ServerProcess, free_port
 
 RW_TOKEN = "rw-0b7f1c9e6d2a4f3e8c5b"  # what an operator hands out; the config has its hash
 RO_TOKEN = "ro-5e2d8a7c1b9f4e6d3a0c"
-ADMIN_ACCOUNTS = [Account("alice", "alice-pw", ALPHA, "RW"),
-                  Account("reader", "reader-pw", ALPHA, "R")]
+TENANT_QUOTA = (8 * 1024 * 1024, 10)  # quota_size 8M, quota_files 10
+
+
+def admin_accounts() -> list[Account]:
+    """alice (RW) and reader (R) on the bucket's root, without a quota; tenant rooted at a
+    prefix of its own (new for each server: its home starts empty) with ``TENANT_QUOTA``."""
+    prefix = f"admin-{uuid.uuid4().hex[:8]}/"
+    return [Account("alice", "alice-pw", ALPHA, "RW"),
+            Account("reader", "reader-pw", ALPHA, "R"),
+            Account("tenant", "tenant-pw", ALPHA, extra=f"cos_prefix = {prefix}\n"
+                    f"quota_size = {TENANT_QUOTA[0] >> 20}M\nquota_files = {TENANT_QUOTA[1]}")]
 
 
 def hash_token(token: str) -> str:
@@ -40,7 +50,7 @@ def admin_server(workdir: str, cos_port: int, network: Optional[dict[str, str]] 
     port = free_port()
     if tokens is None:
         tokens = f"ops:{hash_token(RW_TOKEN)}:rw, viewer:{hash_token(RO_TOKEN)}:ro"
-    proc = ServerProcess(workdir, cos_port, ADMIN_ACCOUNTS,
+    proc = ServerProcess(workdir, cos_port, admin_accounts(),
                          network={"admin_port": str(port), **(network or {})},
                          optional={"max_connections_per_ip": "0", **optional},
                          sections=f"\n[ADMIN]\ntokens = {tokens}\n")

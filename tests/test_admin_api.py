@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
+import io
 import json
 import re
 import socket
@@ -21,6 +22,7 @@ from cosftp_prefork.errors import ConfigError
 from .admin_client import (
     RO_TOKEN,
     RW_TOKEN,
+    TENANT_QUOTA,
     AdminClient,
     admin_server,
     admin_url,
@@ -255,22 +257,45 @@ def test_failed_tokens_are_rate_limited_and_ban_the_address(api, admin):
 def test_accounts_never_show_a_secret(api, admin):
     answer = api.call("GET", "/accounts", token=RO_TOKEN)
     text = answer.text
-    for secret in ("test-id", "test-key", "alice-pw", "reader-pw", "scrypt"):
+    for secret in ("test-id", "test-key", "alice-pw", "reader-pw", "tenant-pw", "scrypt"):
         assert secret not in text
     accounts = {a["user"]: a for a in answer.json()["accounts"]}
     assert accounts["reader"] == {
-        "user": "reader", "section": "COS_ACCOUNT_1", "bucket": ALPHA,
+        "user": "reader", "section": "COS_ACCOUNT_1", "bucket": ALPHA, "prefix": None,
         "region": "ap-guangzhou", "endpoint": None, "home_dir": "/home/reader",
         "authority": "R", "delete_enable": True, "anonymous": False, "tls_required": False,
         "ftp_encoding": "utf-8"}
+    assert re.fullmatch(r"admin-[0-9a-f]{8}/", accounts["tenant"]["prefix"])
 
 
-def test_quotas_and_events_say_they_are_not_enabled(api):
-    quotas = api.get("/quotas")
-    assert not quotas["enabled"]
-    assert quotas["quotas"][0] == {"user": "alice", "unlimited": True,
-                                   "size": {"used": None, "limit": None},
-                                   "files": {"used": None, "limit": None}}
+def test_quotas_show_a_tenants_usage_against_its_limits(api, admin):
+    quotas = {q["user"]: q for q in api.get("/quotas", token=RO_TOKEN)["quotas"]}
+    assert quotas["alice"] == {"user": "alice", "unlimited": True,
+                               "size": {"used": None, "limit": None},
+                               "files": {"used": None, "limit": None},
+                               "reserved_bytes": None, "scanned": None}
+    size, files = TENANT_QUOTA
+    # Not used since the server started: its home is not scanned yet, its usage unknown.
+    assert quotas["tenant"] == {"user": "tenant", "unlimited": False,
+                                "size": {"used": None, "limit": size},
+                                "files": {"used": None, "limit": files},
+                                "reserved_bytes": None, "scanned": None}
+    ftp = log_in(admin, user="tenant", password="tenant-pw")
+    ftp.storbinary("STOR first.bin", io.BytesIO(b"q" * MIB))
+    ftp.quit()
+    wait_until(lambda: _tenant_usage(api) == ((MIB, size), (1, files)),
+               what="the tenant's upload counted")
+    answer = api.get("/quotas")
+    tenant = next(q for q in answer["quotas"] if q["user"] == "tenant")
+    assert answer["enabled"] and tenant["reserved_bytes"] == 0 and tenant["scanned"] > 0
+
+
+def _tenant_usage(api: AdminClient) -> tuple:
+    tenant = next(q for q in api.get("/quotas")["quotas"] if q["user"] == "tenant")
+    return tuple((tenant[kind]["used"], tenant[kind]["limit"]) for kind in ("size", "files"))
+
+
+def test_events_say_they_are_not_enabled(api):
     assert api.get("/events") == {"enabled": False, "queued": 0, "spool_bytes": 0,
                                   "spool_limit_bytes": None, "dead_letters": 0,
                                   "oldest_queued_seconds": None}

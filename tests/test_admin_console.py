@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import http.server
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -24,7 +25,14 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .admin_client import RO_TOKEN, RW_TOKEN, AdminClient, admin_url, serving_admin
+from .admin_client import (
+    RO_TOKEN,
+    RW_TOKEN,
+    TENANT_QUOTA,
+    AdminClient,
+    admin_url,
+    serving_admin,
+)
 from .server_proc import free_port, wait_until
 from .test_admin_api import HeldUpload, log_in
 from .test_clients import require
@@ -108,6 +116,17 @@ def progress_of(driver: WebDriver, session_id: str) -> Optional[list[float]]:
         "progress`); return bar && [bar.value, bar.max];", session_id)
 
 
+def account_row(driver: WebDriver, user: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, f'#accounts tr[data-user="{user}"]')
+
+
+def quota_bars(driver: WebDriver, user: str) -> list[list[float]]:
+    """The account's quota bars, ``[value, max]`` each (size, then files)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(`#accounts tr[data-user='${arguments[0]}'] "
+        "progress`)].map((bar) => [bar.value, bar.max]);", user)
+
+
 def logged_in_session(api: AdminClient, user: str = "alice") -> str:
     """The id of ``user``'s session, once its worker described it (within a second)."""
     wait_until(lambda: api.session_of(user), what=f"{user}'s session listed")
@@ -131,6 +150,16 @@ def test_upload_progress_moves_and_kick_closes_it_with_421(console, browser, tmp
     upload = HeldUpload(ftp, name, 8 * MIB)
     with screenshot_on_failure(browser, tmp_path, "upload"):
         sign_in(browser, console, RW_TOKEN)
+        # The tenant's quota (8 MiB, 10 files): bars once its home is scanned and counted.
+        tenant = log_in(console, "127.0.0.3", "tenant", "tenant-pw")
+        tenant.storbinary("STOR photo.jpg", io.BytesIO(b"j" * MIB))
+        tenant.quit()
+        size, files = TENANT_QUOTA
+        wait_for(browser, lambda: quota_bars(browser, "tenant") == [[MIB, size], [1, files]],
+                 "the tenant's quota bars")
+        assert "1.0 MiB of 8.0 MiB" in account_row(browser, "tenant").text
+        assert account_row(browser, "alice").find_elements(By.TAG_NAME, "td")[4].text == \
+            "unlimited"
         session_id = logged_in_session(api)
         for sent in (MIB, 3 * MIB):
             upload.send(sent - upload.sent)

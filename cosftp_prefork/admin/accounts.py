@@ -1,17 +1,20 @@
 """``GET /api/v1/accounts``: the configured accounts, never a secret (no SecretId or
-SecretKey, no password or its hash); ``GET /api/v1/quotas``: each account's usage against its
-limits.
+SecretKey, no password or its hash); ``GET /api/v1/quotas``: each account's quota (issue 23:
+``quota_size``, ``quota_files``) and its home's usage, as ``cosftpctl quota`` shows it.
 
-Quotas (issue 23) are not in the server yet: every account is listed as unlimited, its usage
-unknown (``null``), and ``enabled`` is false. The document's schema has the fields the quota
-code fills in once it lands: ``size`` and ``files``, each with ``used`` and ``limit``.
+The usage is what this node's usage table holds (``server.usage``, shared with the workers):
+a home nobody used since the master started is not known yet (its first session scans it),
+and its ``used`` figures are then ``null``. Accounts rooted in one home share its usage, and
+the smallest limit of theirs holds for all of them (``config.quotas``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+from ..config.quotas import Usage
 from ..config.settings import AccountConfig
+from ..server.quotactl import AccountUsage, account_usage
 from .app import Context, Response
 
 
@@ -21,14 +24,25 @@ def accounts(context: Context) -> Response:
 
 def _account(account: AccountConfig) -> dict[str, Any]:
     return {"user": account.user, "section": account.section, "bucket": account.bucket,
-            "region": account.region, "endpoint": account.endpoint,
-            "home_dir": account.home_dir, "authority": account.authority,
-            "delete_enable": account.delete_enable, "anonymous": account.anonymous_enable,
-            "tls_required": account.tls_required, "ftp_encoding": account.ftp_encoding}
+            "prefix": account.prefix or None, "region": account.region,
+            "endpoint": account.endpoint, "home_dir": account.home_dir,
+            "authority": account.authority, "delete_enable": account.delete_enable,
+            "anonymous": account.anonymous_enable, "tls_required": account.tls_required,
+            "ftp_encoding": account.ftp_encoding}
 
 
 def quotas(context: Context) -> Response:
-    unknown = {"used": None, "limit": None}
-    return Response(200, {"enabled": False, "quotas": [
-        {"user": account.user, "unlimited": True, "size": dict(unknown),
-         "files": dict(unknown)} for account in context.config.accounts]})
+    rows = account_usage(context.config, context.state.usage)
+    return Response(200, {"enabled": any(row.size_limit or row.files_limit for row in rows),
+                          "quotas": [_quota(row) for row in rows]})
+
+
+def _quota(row: AccountUsage) -> dict[str, Any]:
+    # A row made by a reservation before its home's first scan holds no usage yet.
+    usage: Optional[Usage] = row.usage if row.usage and row.usage.scanned_at else None
+    return {"user": row.user, "unlimited": not (row.size_limit or row.files_limit),
+            "size": {"used": usage.used if usage else None, "limit": row.size_limit or None},
+            "files": {"used": usage.files if usage else None,
+                      "limit": row.files_limit or None},
+            "reserved_bytes": usage.reserved if usage else None,
+            "scanned": usage.scanned_at if usage else None}

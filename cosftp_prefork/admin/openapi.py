@@ -79,15 +79,23 @@ SCHEMAS: dict[str, Any] = {
     "Unbanned": _object({"address": _STR, "lifted": _BOOL, "failures_forgotten": _INT,
                          "message": _STR}),
     "Account": _object({
-        "user": _STR, "section": _STR, "bucket": _STR, "region": _null("string"),
+        "user": _STR, "section": _STR, "bucket": _STR,
+        "prefix": _null("string", description="cos_prefix: the account's / (null: the "
+                                              "bucket's root)"),
+        "region": _null("string"),
         "endpoint": _null("string"), "home_dir": _STR,
         "authority": {"enum": ["R", "W", "RW"]}, "delete_enable": _BOOL, "anonymous": _BOOL,
         "tls_required": _BOOL, "ftp_encoding": _STR}),
     "Accounts": _object({"accounts": {"type": "array", "items": _ref("Account")}}),
-    "Usage": _object({"used": _null("integer"), "limit": _null("integer",
-                                                               description="null: none")}),
-    "Quotas": _object({"enabled": _BOOL, "quotas": {"type": "array", "items": _object({
-        "user": _STR, "unlimited": _BOOL, "size": _ref("Usage"), "files": _ref("Usage")})}}),
+    "Usage": _object({"used": _null("integer", description="null: no quota, or its home "
+                                                            "not scanned yet"),
+                      "limit": _null("integer", description="null: none")}),
+    "Quotas": _object({
+        "enabled": {"type": "boolean", "description": "some account has a quota"},
+        "quotas": {"type": "array", "items": _object({
+            "user": _STR, "unlimited": _BOOL, "size": _ref("Usage"), "files": _ref("Usage"),
+            "reserved_bytes": _null("integer", description="held by uploads under way"),
+            "scanned": _null("number", description="time of the home's last scan")})}}),
     "Events": _object({
         "enabled": _BOOL, "queued": _INT, "spool_bytes": _INT,
         "spool_limit_bytes": _null("integer"), "dead_letters": _INT,
@@ -178,7 +186,6 @@ def document() -> dict[str, Any]:
                 202: ("Reloaded", "still running")}, (*write, 409, 422, 500))},
         },
     }
-
 
 
 def document_bytes() -> bytes:

@@ -162,15 +162,27 @@
         `/bans/${encodeURIComponent(b.address)}`) }, "Lift"));
   }
 
+  // A bar for each limit an account's quota has; its usage is "?" until its home's first
+  // scan (the first session of one of its accounts since the server started).
+  function quotaBars(q) {
+    if (!q || q.unlimited) return "unlimited";
+    const bars = [];
+    if (q.size.limit !== null) {
+      bars.push(bar(q.size.used || 0, q.size.limit,
+        `${q.size.used === null ? "?" : bytes(q.size.used)} of ${bytes(q.size.limit)}`));
+    }
+    if (q.files.limit !== null) {
+      bars.push(bar(q.files.used || 0, q.files.limit,
+        `${q.files.used === null ? "?" : q.files.used} of ${q.files.limit} files`));
+    }
+    return el("span", { className: "quota" }, ...bars);
+  }
+
   function drawAccounts(accounts, quotas) {
     const usage = new Map(quotas.quotas.map((q) => [q.user, q]));
-    syncRows($("accounts"), accounts.accounts, "user", (a) => a.user, (a) => {
-      const q = usage.get(a.user);
-      const quota = !quotas.enabled || !q || q.unlimited ? "unlimited" :
-        bar(q.size.used || 0, q.size.limit, `${bytes(q.size.used)} of ${bytes(q.size.limit)}`);
-      return [a.user, a.bucket, a.home_dir,
-        a.authority + (a.delete_enable ? "" : ", no delete"), quota];
-    });
+    syncRows($("accounts"), accounts.accounts, "user", (a) => a.user, (a) => [
+      a.user, a.bucket + (a.prefix ? `/${a.prefix}` : ""), a.home_dir,
+      a.authority + (a.delete_enable ? "" : ", no delete"), quotaBars(usage.get(a.user))]);
   }
 
   function drawEvents(e) {
