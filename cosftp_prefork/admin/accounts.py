@@ -1,5 +1,7 @@
-"""``GET /api/v1/accounts``: the configured accounts, never a secret (no SecretId or
-SecretKey, no password or its hash); ``GET /api/v1/quotas``: each account's quota (issue 23:
+"""``GET /api/v1/accounts``: the accounts of the configuration file, never a secret (no
+SecretId or SecretKey, no password or its hash); those an auth hook answers with
+(``auth_hook_url``, ``auth_hook_command``) exist per login and are not listed (their
+sessions are, in ``sessions``); ``GET /api/v1/quotas``: each account's quota (issue 23:
 ``quota_size``, ``quota_files``) and its home's usage, as ``cosftpctl quota`` shows it.
 
 The usage is what this node's usage table holds (``server.usage``, shared with the workers):
