@@ -239,7 +239,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         self._pace(upload=True)
         super().enable_receiving(type, cmd)
         self._start_meter(upload=True)
-        self._count_transfer(self.file_obj)  # STOR, APPE
+        self._count_transfer(self.file_obj, _expected_bytes(self.file_obj, upload=True))
 
     def _pace(self, upload: bool) -> None:
         """Take the session's rate limit for this file transfer (see ``ftp.throttle``)."""
@@ -255,12 +255,14 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         if download:
             producer.buffer_size = CHUNK_SIZE
             self._pace(upload=False)
+            # From where the file stands now (its REST offset), before the pump reads ahead.
+            expected = _expected_bytes(producer.file, upload=False)
         if download and self._pumpable(producer):
             self._start_pump(producer)
         else:
             super().push_with_producer(producer)
         if download:
-            self._count_transfer(producer.file)
+            self._count_transfer(producer.file, expected)
 
     def _pumpable(self, producer) -> bool:
         """A binary download of a COS object over a clear (not TLS) data connection: ASCII
@@ -337,13 +339,14 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             return self._meter.result
         return self._handed_over()
 
-    def _count_transfer(self, file) -> None:
-        """A file transfer of ``file`` starts: count it, and say what it moves."""
+    def _count_transfer(self, file, expected: Optional[int]) -> None:
+        """A file transfer of ``file`` starts (STOR, APPE, RETR): count it, and say what it
+        moves (``expected`` bytes, if known)."""
         if not self._counted:
             self._counted = True
             self._meter.counted = True
             self._meter.name = getattr(file, "name", "")
-            self._meter.expected = _expected_bytes(file, self.receive)
+            self._meter.expected = expected
             self.cmd_channel.stats.transfer_started(self.receive)
 
     def close(self) -> None:
