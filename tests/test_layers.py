@@ -93,10 +93,11 @@ def test_a_reload_after_an_upgrade_starts_workers_on_the_new_code(emulator, tmp_
         assert "cosftp-prefork ready." in old
         with open(handler, encoding="utf-8") as source:
             text = source.read()
-        assert 'banner = "cosftp-prefork ready."' in text
+        # The greeting is the configuration's (ftpd_banner): the new code marks it.
+        given = '"banner": config.server.ftpd_banner,'
+        assert given in text
         with open(handler, "w", encoding="utf-8") as source:
-            source.write(text.replace('banner = "cosftp-prefork ready."',
-                                      'banner = "cosftp-prefork ready (upgraded)."'))
+            source.write(text.replace(given, given.replace(",", ' + " (upgraded)",')))
         reload = server.ctl("reload")
         assert reload.returncode == 0, reload.stderr
         # Every worker of the new generation greets with the new banner (the old ones have
