@@ -305,7 +305,7 @@ def test_every_file_option_is_resolved_as_a_path():
     not_files = {"home_dir", "require_existing_dir", "max_list_file"}
     named_like_files = [s for s in SETTINGS if re.search(r"(_file|_dir|certfile|keyfile)$",
                                                          s.name) and s.name not in not_files]
-    assert len(named_like_files) == 6
+    assert len(named_like_files) == 7
     assert all(s.parse is parse_path for s in named_like_files), named_like_files
 
 
@@ -449,6 +449,19 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("OPTIONAL", "auth_hook_order", "random", "file_first, hook_first"),
     _bad("OPTIONAL", "auth_cache_ttl", "-1", "between 0 and 86400"),
     _bad("COS_CREDENTIALS_shared", "cos_secretid", "", "is required"),
+    _bad("HOOKS", "event_hook_url", "ftp://x.example/", "http:// or https://"),
+    _bad("HOOKS", "event_hook_url", "https:///path", "with a host"),
+    _bad("HOOKS", "event_hook_command", "ingest --now", "absolute path"),
+    _bad("HOOKS", "event_hook_command", "/no/such/program", "not an executable"),
+    _bad("HOOKS", "event_hook_command", "/bin/true 'open", "cannot be split"),
+    _bad("HOOKS", "event_hook_events", "upload, uploaded", "uploaded"),
+    _bad("HOOKS", "event_hook_paths", "incoming/*", "starting with /"),
+    _bad("HOOKS", "event_spool_max_mib", "0", "between 1"),
+    _bad("HOOKS", "event_spool_full", "block", "refuse, drop_oldest"),
+    _bad("HOOKS", "hook_retry_max_age", "0", "at least 1"),
+    _bad("HOOKS", "pre_hook_failure", "ajar", "closed, open"),
+    _bad("HOOKS", "pre_hook_timeout", "0", "between 1 and 300"),
+    _bad("COS_ACCOUNT_0", "pre_upload_hook_url", "http://", "with a host"),
 ])
 def test_bad_values_name_file_section_and_option(load_error, section, option, value,
                                                   fragment):
@@ -864,6 +877,8 @@ def test_a_hook_account_is_read_by_the_accounts_table():
     ({"anonymous_enable": True}, "anonymous_enable", "is set by the server"),
     ({"ftp_login_user_name": "root"}, "ftp_login_user_name", "is set by the server"),
     ({"quota_size": "10G"}, "quota_size", "is set in the file only"),
+    ({"event_hook_url": "https://hooks.example.com/"}, "event_hook_url",
+     "is set in the file only"),
     ({"cos_credentials": "shared", "cos_bucket": "b-1", "cos_region": "r",
       "authority": "RW", "cos_port": 80}, "cos_port", "needs cos_ip"),
     ({"cos_bucket\nforged log line": "b-1"}, "'cos_bucket\\nforged log line'",
@@ -878,3 +893,65 @@ def test_a_hook_account_is_checked_as_strictly_as_the_file(answer, option, fragm
     assert info.value.option == option, str(info.value)
     assert fragment in str(info.value)
     assert "shared-key" not in str(info.value)
+
+
+# --- event hooks ([HOOKS] and per account)
+
+
+def with_hooks(text: str, section: str = "HOOKS", **options: str) -> str:
+    for option, value in options.items():
+        text = set_option(text, section, option, value)
+    return text
+
+
+def test_hooks_of_the_server_and_an_account(tmp_path):
+    text = with_hooks(MINIMAL, event_hook_url="https://hooks.example/cosftp",
+                      event_hook_secret="server-secret", event_hook_command="/bin/true --x 'a b'",
+                      event_hook_paths="/in/*, *.jpg", hook_retry_max_age="3600",
+                      event_spool_max_mib="2", event_spool_full="DROP_OLDEST",
+                      pre_upload_hook_url="http://check.example/up")
+    text = with_hooks(text, "COS_ACCOUNT_0", event_hook_url="http://own.example/e",
+                      event_hook_events="upload, delete", event_hook_timeout="3",
+                      pre_delete_hook_url="http://own.example/pre")
+    config = parse_config(text, str(tmp_path / "h.conf"), {})
+    hooks, own = config.hooks, config.accounts[0].hooks
+    http, command = hooks.server.targets
+    assert (http.kind, http.target, http.secret, http.timeout) == \
+        ("http", "https://hooks.example/cosftp", "server-secret", 10)
+    assert command.argv == ("/bin/true", "--x", "a b") and command.paths == ("/in/*", "*.jpg")
+    assert hooks.spool_dir == str(tmp_path / "log" / "events")
+    assert (hooks.spool_max, hooks.spool_full, hooks.retry_max_age) == \
+        (2 * MIB, "drop_oldest", 3600)
+    (target,) = own.targets
+    assert (target.secret, target.timeout, target.events) == \
+        ("server-secret", 3, frozenset({"upload", "delete"}))
+    assert own.pre_delete.url == "http://own.example/pre" and own.pre_upload is None
+    assert hooks.server.pre_upload.secret == "server-secret"
+    assert config.events_enabled and config.pre_checks_enabled
+    assert "server-secret" not in repr(config)
+    plain = parse_config(MINIMAL, "p.conf", {})
+    assert not plain.events_enabled and not plain.pre_checks_enabled
+
+
+def test_an_accounts_receiver_without_any_secret_is_refused(load_error):
+    """No secret in the account nor in [HOOKS]: its receivers could not verify anything."""
+    text = with_hooks(MINIMAL, "COS_ACCOUNT_0", event_hook_url="http://x.example/")
+    path, message = load_error(text)
+    assert_names(message, path, "COS_ACCOUNT_0", "event_hook_secret")
+    assert "is required with event_hook_url" in message
+
+
+def test_a_hook_secret_never_shows_in_a_message(load_error):
+    text = with_hooks(MINIMAL, event_hook_secret="${HOOK_SECRET}",
+                      event_hook_url="http://x.example/")
+    assert parse_config(text, "s.conf", {"HOOK_SECRET": "s3cr3t-value"}).hooks.server.targets
+    _, message = load_error(set_option(text, "HOOKS", "event_hook_url", "gopher://x"),
+                            {"HOOK_SECRET": "s3cr3t-value"})
+    assert "s3cr3t-value" not in message
+
+
+def test_filters_without_a_destination_warn():
+    config = parse_config(with_hooks(MINIMAL, event_hook_events="upload"), "w.conf", {})
+    assert any("[HOOKS] event_hook_events/event_hook_paths: no event_hook_url" in w
+               for w in config.warnings)
+    assert not config.events_enabled

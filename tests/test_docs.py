@@ -83,7 +83,7 @@ def test_the_generator_refuses_a_reference_that_lost_a_section(tmp_path):
     done = subprocess.run([*GENERATOR, "--check", str(broken)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
-    assert "missing ['CLUSTER']" in done.stderr
+    assert "missing ['CLUSTER', 'HOOKS']" in done.stderr
 
 
 def test_every_option_is_in_the_example_config_and_nothing_else():

@@ -23,10 +23,23 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
-from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..paths import MAX_KEY_BYTES, NAME_ROOM, home_prefix
+from .hooks import (
+    COMMAND,
+    HTTP,
+    PRE_HOOK_FAILURE_CHOICES,
+    SPOOL_FULL_CHOICES,
+    HooksConfig,
+    HookTarget,
+    PreCheck,
+    ScopeHooks,
+    parse_command,
+    parse_event_names,
+    parse_globs,
+    parse_url,
+)
 from .locations import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_LOG_DIR,
@@ -48,7 +61,9 @@ CREDENTIALS_PREFIX = "COS_CREDENTIALS"
 RATE_OPTIONS = ("max_upload_rate", "max_download_rate", "local_max_rate")
 MIN_RATE = 1024  # bytes/s: below it a transfer would be paced a few bytes at a time
 FOLDER_PREFIX = "FOLDER"  # [FOLDER_<name>]: a virtual folder accounts mount by name
-SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password"}
+SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password",
+                  "event_hook_secret"}
+HOOKS_SECTION = "HOOKS"
 
 
 def default_memory_limit(workers: int) -> int:
@@ -160,6 +175,7 @@ class AccountConfig:
     # quota_size (bytes) and quota_files of the account's home; 0: no limit.
     quota_size: int = 0
     quota_files: int = 0
+    hooks: ScopeHooks = field(default_factory=ScopeHooks)  # its event hooks and pre-checks
 
     # virtual_folders: (mount path, folder) pairs, in the order the option lists them.
     folders: tuple[tuple[str, FolderConfig], ...] = ()
@@ -376,6 +392,19 @@ class Config:
     # of an auth hook's answer).
     folders: Mapping[str, FolderConfig] = field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+
+    @property
+    def events_enabled(self) -> bool:
+        """True if any scope sends events somewhere: then workers spool them and the
+        events process delivers them."""
+        return bool(self.hooks.server.targets) or any(a.hooks.targets for a in self.accounts)
+
+    @property
+    def pre_checks_enabled(self) -> bool:
+        """True if any scope asks a service before uploads or deletes."""
+        scopes = [self.hooks.server, *(a.hooks for a in self.accounts)]
+        return any(scope.pre_upload or scope.pre_delete for scope in scopes)
 
 
 # --- value parsers: each takes the raw string and returns a value or raises ValueError,
@@ -417,6 +446,14 @@ def _integer(low: int, high: Optional[int] = None, unit: str = "") -> Callable[[
     else:
         words = f"integer, {low} or more" if high is None else f"integer, {low} to {high}"
     return _accepts(words)(parse)
+
+
+for _parse, _words in ((parse_url, "an http:// or https:// URL"),
+                       (parse_command, "a program's absolute path, then its arguments (run "
+                                       "without a shell)"),
+                       (parse_event_names, "event names, comma-separated, or all"),
+                       (parse_globs, "patterns of FTP paths, comma-separated")):
+    _accepts(_words)(_parse)
 
 
 @_accepts("text")
@@ -563,30 +600,6 @@ def _password(raw: str) -> str:
     return raw
 
 
-@_accepts("an http:// or https:// URL")
-def _http_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(
-            ch.isspace() for ch in raw):
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {raw!r}")
-    return raw
-
-
-@_accepts("a program's absolute path, then its arguments (run without a shell)")
-def _command(raw: str) -> tuple[str, ...]:
-    """A program and its arguments, split as a shell would (quotes) but run without one; the
-    program must be an absolute path to an executable file (no PATH look-up)."""
-    try:
-        argv = tuple(shlex.split(raw))
-    except ValueError as exc:
-        raise ValueError(f"cannot be split into arguments ({exc}), got {raw!r}") from None
-    if not argv or not os.path.isabs(argv[0]):
-        raise ValueError(f"must start with the absolute path of a program, got {raw!r}")
-    if not (os.path.isfile(argv[0]) and os.access(argv[0], os.X_OK)):
-        raise ValueError(f"{argv[0]} is not an executable file")
-    return argv
-
-
 _SYSTEM_NAME_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]+)$")
 
 
@@ -714,6 +727,18 @@ class Setting:
 
 
 REQUIRED = object()
+
+
+def _scoped(name: str, parse: Callable[[str], Any], default: Any, help: str,
+            shown_default: Optional[str] = None,
+            inherited: bool = False) -> tuple[Setting, Setting]:
+    """A hook option of ``[HOOKS]`` and of each account: an account's receiver and command
+    get its events besides the server's; its secret, timeout and pre-checks replace the
+    server's (``inherited``: the server's when the account sets none)."""
+    return (Setting(HOOKS_SECTION, name, parse, default, help, shown_default),
+            Setting(ACCOUNT_PREFIX, name, parse, None, f"this account's {help}",
+                    f"[HOOKS] {name}" if inherited else shown_default))
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(ACCOUNT_PREFIX, "cos_secretid", _text, None, "API SecretId",
@@ -895,10 +920,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "max_prelogin_connections_per_ip", _integer(0), 16,
             "connections not logged in yet from one client address; 0 = unlimited"),
     # External authentication (see docs/security.md, "External authentication").
-    Setting("OPTIONAL", "auth_hook_url", _http_url, None,
+    Setting("OPTIONAL", "auth_hook_url", parse_url, None,
             "service asked (POST of JSON) about logins of users not in the file: it answers "
             "deny or an account definition", "none: only the file's accounts"),
-    Setting("OPTIONAL", "auth_hook_command", _command, None,
+    Setting("OPTIONAL", "auth_hook_command", parse_command, None,
             "program asked instead of a URL (JSON on stdin, answer on stdout), run without a "
             "shell", "none"),
     Setting("OPTIONAL", "auth_hook_timeout", _integer(100, 60000), 5000,
@@ -967,6 +992,44 @@ SETTINGS: tuple[Setting, ...] = (
             "run_as_user's primary group"),
     Setting("OPTIONAL", "run_as_root", _boolean, False,
             "let the workers and the exporter run as root (not recommended)"),
+    # Events and pre-checks (docs/events.md).
+    *_scoped("event_hook_url", parse_url, None,
+             "HTTP(S) receiver of events: a signed JSON POST per event"),
+    *_scoped("event_hook_secret", _text, None,
+             "HMAC-SHA256 key of the X-Cosftp-Signature header (needed with a URL)",
+             inherited=True),
+    *_scoped("event_hook_command", parse_command, None,
+             "program run per event, without a shell: the event on stdin and in COSFTP_* "
+             "environment variables"),
+    *_scoped("event_hook_events", parse_event_names, None,
+             "events sent: upload, upload_failed, download, delete, rename, mkdir, rmdir, "
+             "login, login_failed, ban", "all"),
+    *_scoped("event_hook_paths", parse_globs, None,
+             "FTP paths whose events are sent (events without a path always are)",
+             "every path"),
+    *_scoped("event_hook_timeout", _integer(1, 300), 10,
+             "seconds a receiver or command has per event", inherited=True),
+    *_scoped("pre_upload_hook_url", parse_url, None,
+             "HTTP(S) service asked to allow each STOR and APPE before its 150",
+             inherited=True),
+    *_scoped("pre_delete_hook_url", parse_url, None,
+             "HTTP(S) service asked to allow each DELE, RMD and rename before it runs",
+             inherited=True),
+    Setting(HOOKS_SECTION, "event_spool_dir", parse_path, None,
+            "directory (made 0700) where events wait until delivered", "<log_dir>/events"),
+    Setting(HOOKS_SECTION, "event_spool_max_mib", _integer(1, 1024 * 1024), 256,
+            "MiB of disk the event spool may take"),
+    Setting(HOOKS_SECTION, "event_spool_full",
+            _choice(*SPOOL_FULL_CHOICES, fold=str.lower), "refuse",
+            "a full spool: refuse (451) the commands whose event it cannot keep, or "
+            "drop_oldest (counted and logged)"),
+    Setting(HOOKS_SECTION, "hook_retry_max_age", _integer(1), 86400,
+            "seconds an event is retried before it goes to the dead-letter file"),
+    Setting(HOOKS_SECTION, "pre_hook_timeout", _integer(1, 300), 5,
+            "seconds a pre-check may take"),
+    Setting(HOOKS_SECTION, "pre_hook_failure",
+            _choice(*PRE_HOOK_FAILURE_CHOICES, fold=str.lower), "closed",
+            "a pre-check that fails or times out: closed = refuse (451), open = allow"),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -1064,7 +1127,8 @@ def _mounts(reader: _Reader, section: str, listed: tuple[tuple[str, str], ...],
 
 def _account(reader: _Reader, section: str, default_encoding: str,
              credentials: Mapping[str, tuple[str, str]],
-             folders: Mapping[str, FolderConfig]) -> AccountConfig:
+             folders: Mapping[str, FolderConfig],
+             server_hooks: Mapping[str, Any]) -> AccountConfig:
     values = reader.section(section, ACCOUNT_PREFIX)
     secret_id, secret_key = _keys(reader, section, values, credentials)
     if not values["cos_region"] and not values["cos_endpoint"]:
@@ -1102,6 +1166,7 @@ def _account(reader: _Reader, section: str, default_encoding: str,
             values["max_sessions"], values["allowed_ips"], values["denied_ips"],
             values["login_message"]),
         folders=mounts,
+        hooks=_scope_hooks(reader, values, section, server_hooks),
     )
 
 
@@ -1133,6 +1198,44 @@ def _credentials(reader: _Reader, sections: list[str]) -> dict[str, tuple[str, s
             values = reader.section(section, CREDENTIALS_PREFIX)
             found[match.group(1)] = (values["cos_secretid"], values["cos_secretkey"])
     return found
+
+
+def _scope_hooks(reader: _Reader, values: dict[str, Any], section: str,
+                 server: Optional[Mapping[str, Any]] = None) -> ScopeHooks:
+    """The hooks ``values`` of one section configure; an account's (``server`` given) take
+    the server's secret and timeout unless they set their own."""
+    inherited = server or {}
+    secret = values["event_hook_secret"] or inherited.get("event_hook_secret") or ""
+    timeout = values["event_hook_timeout"] or inherited.get("event_hook_timeout") or 10
+    urls = [name for name in ("event_hook_url", "pre_upload_hook_url", "pre_delete_hook_url")
+            if values[name]]
+    if urls and not secret:
+        raise reader.error(f"is required with {urls[0]}: receivers verify the "
+                           "X-Cosftp-Signature header it makes", section, "event_hook_secret")
+    chosen = {"events": values["event_hook_events"] or HookTarget.events,
+              "paths": values["event_hook_paths"] or (), "timeout": timeout, "scope": section}
+    targets = []
+    if values["event_hook_url"]:
+        targets.append(HookTarget(HTTP, values["event_hook_url"], secret, **chosen))
+    if values["event_hook_command"]:
+        argv = values["event_hook_command"]
+        targets.append(HookTarget(COMMAND, shlex.join(argv), "", argv=argv, **chosen))
+    if not targets and (values["event_hook_events"] or values["event_hook_paths"]):
+        reader.warnings.append(f"{reader.path} [{section}] event_hook_events/event_hook_paths: "
+                               "no event_hook_url or event_hook_command to send to, ignored")
+
+    def check(name: str) -> Optional[PreCheck]:
+        return PreCheck(values[name], secret) if values[name] else None
+    return ScopeHooks(tuple(targets), check("pre_upload_hook_url"), check("pre_delete_hook_url"))
+
+
+def _hooks(reader: _Reader, values: dict[str, Any], log_dir: str) -> HooksConfig:
+    return HooksConfig(
+        server=_scope_hooks(reader, values, HOOKS_SECTION),
+        spool_dir=values["event_spool_dir"] or os.path.join(log_dir, "events"),
+        spool_max=values["event_spool_max_mib"] * MIB, spool_full=values["event_spool_full"],
+        retry_max_age=values["hook_retry_max_age"], pre_hook_timeout=values["pre_hook_timeout"],
+        pre_hook_failure=values["pre_hook_failure"])
 
 
 def _check_unique(reader: _Reader, accounts: list[AccountConfig], attr: str, option: str) -> None:
@@ -1324,7 +1427,8 @@ def _build(reader: _Reader) -> Config:
     credentials = _credentials(reader, sections)
     folders = {folder.name: folder for folder in
                (_folder(reader, s) for s in sections if _FOLDER_RE.match(s))}
-    accounts = [_account(reader, s, optional["ftp_encoding"], credentials, folders)
+    hooks = reader.section(HOOKS_SECTION, HOOKS_SECTION)
+    accounts = [_account(reader, s, optional["ftp_encoding"], credentials, folders, hooks)
                 for s in sections if _ACCOUNT_RE.match(s)]
     mounted = {folder.name for account in accounts for _, folder in account.folders}
     for name in sorted(set(folders) - mounted):
@@ -1341,6 +1445,7 @@ def _build(reader: _Reader) -> Config:
     auth_hook = _auth_hook(reader, optional)
     network = _network(reader, net, accounts)
     admin = _admin(reader, net, reader.section("ADMIN", "ADMIN"), network.tls)  # may warn
+    server_hooks = _hooks(reader, hooks, optional["log_dir"])  # before the warnings are taken
     return Config(
         path=reader.path,
         accounts=tuple(accounts),
@@ -1355,6 +1460,7 @@ def _build(reader: _Reader) -> Config:
         credentials=credentials,
         folders=folders,
         admin=admin,
+        hooks=server_hooks,
     )
 
 
@@ -1374,6 +1480,10 @@ HOOK_RESERVED = ("ftp_login_user_name", "ftp_login_user_password", "anonymous_en
 # Quotas are the file's: every worker counts a home's usage from the configuration's homes
 # (config.quotas.QuotaRules); a quota of the file covers the hook's accounts under it.
 HOOK_FILE_ONLY = ("quota_size", "quota_files")
+# So are an account's event destinations and pre-checks: whether workers spool events and
+# an events process delivers them is decided from the file, before any login.
+HOOK_FILE_EVENTS = tuple(name for name in _BY_SECTION[ACCOUNT_PREFIX]
+                         if name in _BY_SECTION[HOOKS_SECTION])
 HOOK_ANSWER = "auth hook answer"
 _HOOK_SECTION = "account"
 
@@ -1394,6 +1504,9 @@ def hook_account(definition: Mapping[str, Any], user: str, config: Config) -> Ac
             raise _hook_error("is set in the file only: give the home its quota in a "
                               "[COS_ACCOUNT_N] section of the same bucket and cos_prefix "
                               "(it counts the hook's accounts there too)", option)
+        if option in HOOK_FILE_EVENTS:
+            raise _hook_error("is set in the file only: the [HOOKS] destinations get the "
+                              "events of the hook's accounts too", option)
         if option not in known:
             shown = option if re.fullmatch(r"[A-Za-z0-9_]{1,64}", option) else \
                 repr(option[:64])  # as the log may show it
@@ -1405,7 +1518,7 @@ def hook_account(definition: Mapping[str, Any], user: str, config: Config) -> Ac
     # No ${NAME}: the server's environment is not the hook's to read.
     reader = _Reader(parser, HOOK_ANSWER, environ={})
     account = _account(reader, _HOOK_SECTION, config.server.ftp_encoding, config.credentials,
-                       config.folders)
+                       config.folders, {})
     return dataclasses.replace(account, section=HOOK_ANSWER, from_hook=True)
 
 
