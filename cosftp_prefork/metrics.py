@@ -66,6 +66,34 @@ PASSWORD_CHECKS_WAITING = Gauge("cosftp_password_checks_waiting", "Password chec
 AUTH_HOOK = Counter("cosftp_auth_hook", "Auth hook verdicts: allow, deny, invalid (an answer "
                     "or account refused, logged), unavailable (down, slow or busy: 421), "
                     "cached (a recent yes reused)", ["outcome"], registry=None)
+# Events (cosftp_prefork.events): written by workers, delivered by the events process.
+EVENTS_QUEUED = Counter("cosftp_events_queued", "Events written to the spool, by event",
+                        ["event"], registry=None)
+EVENTS_SENT = Counter("cosftp_events_sent", "Events delivered, by destination kind (http, "
+                      "command)", ["kind"], registry=None)
+EVENTS_RETRIED = Counter("cosftp_events_retried", "Deliveries that failed and will be tried "
+                         "again, by destination kind", ["kind"], registry=None)
+EVENTS_DEAD_LETTERED = Counter("cosftp_events_dead_lettered", "Events given up on after "
+                               "hook_retry_max_age (in the dead-letter file), by destination "
+                               "kind", ["kind"], registry=None)
+EVENTS_DROPPED = Counter("cosftp_events_dropped", "Events not kept, by reason: spool_full "
+                         "(event_spool_full), write_failed (the spool could not be written), "
+                         "corrupt (a spool file that could not be read)", ["reason"],
+                         registry=None)
+EVENT_SPOOL_WAIT = Histogram("cosftp_event_spool_write_seconds", "Time a session waited for "
+                             "its event to be on the spool's disk, before the reply that "
+                             "acknowledges the operation", registry=None,
+                             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                      0.25, 0.5, 1, 2.5))
+EVENT_REFUSALS = Counter("cosftp_event_refusals", "Commands refused (451) because the event "
+                         "spool was full", registry=None)
+EVENT_SPOOL_BYTES = Gauge("cosftp_event_spool_bytes", "Bytes on disk of the event spool",
+                          registry=None, multiprocess_mode="livesum")
+EVENT_SPOOL_EVENTS = Gauge("cosftp_event_spool_events", "Events in the spool, waiting for at "
+                           "least one destination", registry=None, multiprocess_mode="livesum")
+PRE_CHECKS = Counter("cosftp_pre_hook_checks", "Pre-upload and pre-delete checks by hook "
+                     "(upload, delete) and result (allowed, denied, failed_open, failed_closed)",
+                     ["hook", "result"], registry=None)
 RELOADS = Counter("cosftp_reloads", "Configuration reloads by result (ok, failed)", ["result"],
                   registry=None)
 

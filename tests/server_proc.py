@@ -115,6 +115,7 @@ class ServerProcess:
     file_option: dict[str, str] = field(default_factory=dict)
     network: dict[str, str] = field(default_factory=dict)
     sections: str = ""  # more sections, as they are written in the file ([FOLDER_x]...)
+    hooks: dict[str, str] = field(default_factory=dict)  # [HOOKS], if any
     port: int = 0
     proc: Optional[subprocess.Popen] = None
     # How to run cosftpctl (default: this interpreter's ``-m cosftp_prefork``) and with
@@ -149,6 +150,8 @@ class ServerProcess:
         file_option = {"single_file_max_size": str(1024 ** 3), **self.file_option}
         text += "\n[FILE_OPTION]\n" + "".join(f"{k} = {v}\n" for k, v in file_option.items())
         text += "\n[OPTIONAL]\n" + "".join(f"{k} = {v}\n" for k, v in optional.items())
+        if self.hooks:
+            text += "\n[HOOKS]\n" + "".join(f"{k} = {v}\n" for k, v in self.hooks.items())
         os.makedirs(self.workdir, exist_ok=True)
         with open(self.config_path, "w", encoding="utf-8") as handle:
             handle.write(text)

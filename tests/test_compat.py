@@ -100,6 +100,11 @@ def test_helpers_read_and_write_real_state(channels):
     assert not compat.is_quitting(control)
     assert compat.transfer_type(control) == "a"
     assert compat.take_restart_position(control) == 0
+    assert compat.rename_source(control) is None
+    control._rnfr = "/renamed"
+    assert compat.rename_source(control) == "/renamed"
+    compat.forget_rename(control)
+    assert compat.rename_source(control) is None
     assert compat.take_queued_transfer(control) is None
     compat.queue_transfer(control, "upload", "STOR")
     assert compat.take_queued_transfer(control) == ("upload", "STOR")

@@ -22,7 +22,8 @@ from .conftest import ALPHA
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_tls import tls_network, write_certificate
 
-FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "cosftp_prefork.ftp", "cosftp_prefork.cos",
+FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "urllib3", "requests", "cosftp_prefork.ftp",
+             "cosftp_prefork.cos", "cosftp_prefork.events.deliver", "cosftp_prefork.events.http",
              "cosftp_prefork.admin")
 
 # Runs cosftpctl in this interpreter and, when the master exits (workers leave through
@@ -46,8 +47,9 @@ def _banner(server: ServerProcess) -> str:
 
 
 def test_the_master_never_loads_pyftpdlib_the_cos_sdk_or_openssl(emulator, tmp_path):
-    """A master that served FTPS sessions, a transfer, a reload and the admin API (which asked
-    for a second reload) exits without ever having imported the worker stack or the API."""
+    """A master that served FTPS sessions, a transfer (whose event its events process
+    delivered), a reload and the admin API (which asked for a second reload) exits without
+    ever having imported the worker stack, an HTTP client or the API."""
     cert, key = write_certificate(tmp_path)
     modules = tmp_path / "master-modules.json"
     launcher = tmp_path / "launcher.py"
@@ -57,11 +59,16 @@ def test_the_master_never_loads_pyftpdlib_the_cos_sdk_or_openssl(emulator, tmp_p
                            [Account("mods", "mods-pw", ALPHA)],
                            network={**tls_network(cert, key), "admin_port": str(admin_port)},
                            sections=f"\n[ADMIN]\ntokens = ops:{hash_token(RW_TOKEN)}:rw\n",
-                           launcher=[sys.executable, str(launcher), str(modules)])
+                           launcher=[sys.executable, str(launcher), str(modules)],
+                           hooks={"event_hook_command": f"{shutil.which('true')}"})
     with server:
         ftp = server.login("mods", "mods-pw")
         ftp.storbinary("STOR layers-probe.txt", io.BytesIO(b"probe"))
         ftp.quit()
+        wait_until(lambda: os.path.isdir(os.path.join(server.log_dir, "events")) and not [
+            name for name in os.listdir(os.path.join(server.log_dir, "events"))
+            if name.endswith(".batch")], what="the events delivered")
+        assert "started events process" in server.log_text()
         reload = server.ctl("reload")
         assert reload.returncode == 0, reload.stderr
         api = AdminClient(f"https://127.0.0.1:{admin_port}", verify=cert)

@@ -437,3 +437,30 @@ def test_master_without_root_binds_a_privileged_port_with_the_capability(emulato
     assert without.returncode == 1
     assert f"cannot listen on 127.0.0.1 port {port}: [Errno 13] Permission denied" \
         in without.stderr
+
+
+@as_root
+def test_the_events_process_and_its_commands_run_as_nobody(emulator, workdir, nobody_python):
+    """Started as root, the events process drops to the workers' user like the exporter:
+    the command it runs per event is nobody's, and so is the spool (0700) workers write."""
+    out = os.path.join(workdir, "events.out")
+    with open(out, "w"):
+        pass
+    os.chown(out, NOBODY.pw_uid, NOBODY.pw_gid)
+    script = os.path.join(workdir, "on-event.sh")
+    with open(script, "w") as handle:
+        handle.write(f"#!/bin/sh\n{{ id -u; cat; echo; }} >> {out}\n")
+    os.chmod(script, 0o755)
+    proc = dropping_server(workdir, emulator.port, nobody_python)
+    proc.hooks = {"event_hook_command": script, "event_hook_events": "upload"}
+    with proc:
+        transfer(proc, "evented.bin")
+        wait_until(lambda: "evented.bin" in read(out), what="the command's output")
+        events = next(child for child in psutil.Process(proc.proc.pid).children()
+                      if "cosftp: events" in " ".join(child.cmdline()))
+        assert_unprivileged(events, NOBODY.pw_uid, NOBODY.pw_gid)
+    assert read(out).splitlines()[0] == str(NOBODY.pw_uid)
+    spool = os.path.join(proc.log_dir, "events")
+    for path in (spool, os.path.join(spool, "state")):
+        assert os.stat(path).st_uid == NOBODY.pw_uid
+    assert os.stat(spool).st_mode & 0o777 == 0o700

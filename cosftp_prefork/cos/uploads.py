@@ -401,6 +401,9 @@ class UploadSession:
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
         self.stored: Optional[ObjectInfo] = None
         self.stored_body: Optional[Kept] = None  # a single PUT's bytes, see KeptBodies
+        # Once committed, whatever the upload was: the key, size, ETag and CRC64 COS has.
+        self.committed: Optional[ObjectInfo] = None
+        self.resumed = False  # it continues a parked upload
         self._discard = False  # the client gave up on it (ABOR, oversized): never park
         plan = PartPlan.for_upload(transfer.min_part_size, transfer.single_file_max_size,
                                    transfer.max_part_size, announced)
@@ -494,6 +497,7 @@ class UploadSession:
         """Continue ``parked``: its parts stay, the bytes written next follow them."""
         self._parts.upload_id = parked.record.upload_id
         self._parts.adopt(parked.parts, parked.size, parked.record.crc64)
+        self.resumed = True
         metrics.UPLOADS_RESUMED.inc()
         log.info("path=%s: resuming parked upload %s of %s at byte %d", self.name,
                  parked.record.upload_id, parked.record.user, parked.size)
@@ -554,9 +558,10 @@ class UploadSession:
         self._unmark()
         self._verify(sent, reported.crc64)
         self._move(UploadState.COMMITTED)
+        self.committed = ObjectInfo(self._key, self._parts.size, 0.0, reported.etag,
+                                    reported.crc64)
         if self._from_nothing and reported.etag:  # no ETag: nothing to pin a copy to
-            self.stored = ObjectInfo(self._key, self._parts.size, 0.0, reported.etag,
-                                     reported.crc64)
+            self.stored = self.committed
         log.info("path=%s: stored %d bytes", self.name, self._parts.size)
 
     def _verify(self, sent: Optional[int], reported: Optional[int]) -> None:

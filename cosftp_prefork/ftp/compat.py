@@ -26,7 +26,7 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
     "AsyncChat": ("_closed", "_closing"),
     "FTPHandler": ("_in_buffer", "_in_buffer_len", "_quit_pending", "_restart_position",
                    "_in_dtp_queue", "_current_type", "_current_facts", "_extra_feats",
-                   "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection"),
+                   "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection", "_rnfr"),
     "DTPHandler": ("_resp", "_initialized", "_wanted_io_events"),
     # handlers.ftps.ssl.SSLConnectionMixin, mixed into both TLS channels
     "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established"),
@@ -81,6 +81,16 @@ def take_restart_position(handler: Any) -> int:
     """Return the offset the last REST set and reset it, as a transfer command does."""
     offset, handler._restart_position = handler._restart_position, 0
     return offset
+
+
+def rename_source(handler: Any) -> Optional[str]:
+    """The path the last RNFR named (None: no rename pending)."""
+    return handler._rnfr
+
+
+def forget_rename(handler: Any) -> None:
+    """Drop the pending RNFR, as a refused RNTO does."""
+    handler._rnfr = None
 
 
 def queue_transfer(handler: Any, file_obj: Any, cmd: str) -> None:

@@ -88,6 +88,7 @@ from ..paths import (
     parent_dir,
 )
 from .background import ONE_NAME, AfterReply
+from .hooks import SessionHooks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,6 +107,7 @@ class FsContext:
     transfer: TransferConfig
     engine: Engine
     max_list_file: int
+    hooks: SessionHooks  # told of every change before its reply (events)
     retrier: Optional[AbortRetrier] = None
     quota: Optional[AccountQuota] = None  # the quotas this account's writes count against
 
@@ -598,6 +600,7 @@ class CosFS(VirtualTree):
             raise Refusal(errno.ENOTDIR, "Not a directory")
         self._bucket.put(dir_prefix(path), b"")
         self._scope[path] = Entry(os.path.basename(path), True)
+        self._ctx.hooks.changed("mkdir", path, directory=True)
 
     @_transient_escapes
     def rmdir(self, path: str) -> None:
@@ -609,6 +612,7 @@ class CosFS(VirtualTree):
         self._bucket.delete(prefix)
         self._forget(path)
         self._keep_directory(parent_dir(path))
+        self._ctx.hooks.changed("rmdir", path, directory=True)
 
     # --- files
 
@@ -621,6 +625,7 @@ class CosFS(VirtualTree):
             self.quota.removed(object_key(path), entry.size)
         self._forget(path)
         self._keep_directory(parent_dir(path))
+        self._ctx.hooks.changed("delete", path)
 
     @_transient_escapes
     def rename(self, src: str, dst: str) -> None:
@@ -630,9 +635,14 @@ class CosFS(VirtualTree):
         Overwriting an existing file needs ``delete_enable``, and so does renaming a
         directory (its old keys are deleted). Raises ``Refusal`` or ``OSError``.
         """
+        directory = self._rename(src, dst)
+        self._ctx.hooks.changed("rename", dst, source=src, directory=directory)
+
+    def _rename(self, src: str, dst: str) -> bool:
+        """Rename ``src`` to ``dst``; return True if it was a directory."""
         own = self._own_upload
         if own is not None and own.path == src and self._rename_file(src, dst, own.info, own):
-            return
+            return False
         side = self._ctx.engine.lookups.for_owner(self)
         src_key, dst_key = object_key(src), object_key(dst)
         looked_up = (side.submit(name_kind, self._bucket, dst_key, src_key),
@@ -644,8 +654,9 @@ class CosFS(VirtualTree):
                 raise Refusal(errno.ENOENT, "No such file or directory") from None
             if src_key != dst_key:
                 self._rename_directory(src, dst)
-            return
+            return True
         self._rename_file(src, dst, source, looked_up=looked_up)
+        return False
 
     def _rename_file(self, src: str, dst: str, source: ObjectInfo,
                      own: Optional[OwnUpload] = None,
@@ -887,6 +898,11 @@ class CosFS(VirtualTree):
         if self.quota is not None:
             self.quota.check_room(size)
         self._announced = size
+
+    @property
+    def announced(self) -> Optional[int]:
+        """The size ALLO announced for the next upload, if any."""
+        return self._announced
 
     def _take_announced(self) -> Optional[int]:
         announced, self._announced = self._announced, None

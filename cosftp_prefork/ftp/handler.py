@@ -28,7 +28,7 @@ from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine
 from ..cos.quota import describe
 from ..cos.registry import BucketRegistry
-from ..cos.uploads import UploadInterrupted
+from ..cos.uploads import UploadInterrupted, UploadSession, UploadState
 from ..errors import (
     Conflict,
     InvalidPath,
@@ -38,12 +38,14 @@ from ..errors import (
     StorageError,
     StorageUnavailable,
 )
+from ..events.spool import SpoolError
 from ..paths import new_name_key
 from . import compat
 from .admission import Admission, raw_socket
 from .authhook import ALLOW, DENY, INVALID, AuthHook, HookRequest, Verdict
 from .dialect import ClientDialect
 from .fs import FsContext, Unstorable
+from .hooks import SessionHooks, WorkerHooks
 from .logins import AddressBanned, LoginExpired
 from .mounts import mount_table, perms_for, session_fs
 from .oplog import OperatorLogs, Transfer
@@ -61,6 +63,7 @@ TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
 SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
                    "NLST", "MLSD", "MLST", "SIZE", "MDTM")
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
+NOT_RECORDED = "451 Done, but the server could not record it (event spool); try again."
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
@@ -350,6 +353,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self.cmd_channel.stats.transfer_started(self.receive)
 
     def close(self) -> None:
+        ending = not compat.is_closed(self)
         self._stop_pump()
         if not compat.is_closed(self) and self.receive and self.transfer_finished and \
                 self._was_reset():
@@ -370,6 +374,19 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         if self._counted and not compat.is_closed(self):
             self.cmd_channel.stats.transfer_ended(self._meter)
         super().close()
+        if ending:
+            self._report_end()
+
+    def _report_end(self) -> None:
+        """After the reply: the event of a failed upload (parked or discarded) or of a
+        download the client had whole."""
+        transfer, hooks = self.file_obj, self.cmd_channel.hooks
+        seconds = self.get_elapsed_time()
+        if isinstance(transfer, UploadSession) and transfer.committed is None:
+            hooks.upload_failed(transfer.name, transfer.size,
+                                transfer.state is UploadState.PARKED, seconds)
+        elif transfer is not None and self.cmd == "RETR" and self.transfer_finished:
+            hooks.downloaded(transfer.name, self.get_transmitted_bytes(), seconds)
 
     def _was_reset(self) -> bool:
         """True if the client reset the data connection rather than closing it (a FIN
@@ -391,8 +408,19 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self.transfer_finished = False
             compat.set_close_reply(self, _reply_for(exc), logging.getLogger("pyftpdlib").warning)
             log.error("path=%s: upload failed: %s", upload.name, exc)
+        else:
+            self._report_upload(upload)
         finally:
             self.cmd_channel.fs.upload_finished(upload)
+
+    def _report_upload(self, upload: UploadSession) -> None:
+        """The upload's event, on disk before its 226; if the spool cannot take it, 451."""
+        assert upload.committed is not None
+        try:
+            self.cmd_channel.hooks.uploaded(upload.name, upload.committed, upload.resumed,
+                                            self.cmd or "STOR", self.get_elapsed_time())
+        except SpoolError:
+            compat.set_close_reply(self, NOT_RECORDED, log.error)
 
     def handle_error(self) -> None:
         """Reply 552/451 for storage failures instead of pyftpdlib's generic 426."""
@@ -469,6 +497,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     retrier = None  # the worker's AbortRetrier
     stats = None  # the worker's WorkerStats: admission and counters
     oplogs: OperatorLogs  # the worker's xferlog and vsftpd.log
+    worker_hooks: WorkerHooks  # the worker's event spool and pre-check client
 
     def close(self) -> None:
         """End the session; an upload still waiting for its data connection is given up
@@ -617,7 +646,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
         """Log in only if the gate agrees: not banned or timed out meanwhile, and a free
-        place among the logged-in sessions."""
+        place among the logged-in sessions. The login's event is written before the 230."""
         account = self.authorizer.account(self.username)
         reason = self.stats.log_in(self._ticket, account)
         if reason is not None:
@@ -627,6 +656,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             return
         self.rates = SessionRates(functools.partial(self.stats.account_bucket, account),
                                   account.limits.local_max_rate)
+        self.hooks.logged_in(account)
         super().handle_auth_success(home, password, msg_login)
 
     def handle_auth_failed(self, msg: str, password: str) -> None:
@@ -635,8 +665,11 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         address banned."""
         log.warning("failed login as %r", self.username)
         self._report_login(ok=False)
+        named = self.username if self.authorizer.has_user(self.username) else None
+        self.hooks.login_failed(self.authorizer.account(named) if named else None)
         if self._banned_now:
             log.warning("banning %s after repeated failed logins", self.remote_ip)
+            self.hooks.banned(self.config.server.ban_time)
         self.auth_failed_timeout = self._failure_delay()  # read by pyftpdlib's delayed 530
         super().handle_auth_failed(msg, password)
 
@@ -679,9 +712,16 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             transfer=self.config.transfer,
             engine=self.engine,
             max_list_file=self.config.server.max_list_file,
+            hooks=self.hooks,
             retrier=self.retrier,
             quota=self.stats.quotas.for_account(account) if self.stats.quotas else None,
         )
+
+    @functools.cached_property
+    def hooks(self) -> SessionHooks:
+        """This session's events and pre-checks."""
+        return self.worker_hooks.session(f"{id(self):x}",
+                                         lambda: (self.username or None, self.remote_ip))
 
     @functools.cached_property
     def log_label(self) -> SessionLabel:
@@ -747,6 +787,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         except QuotaExceeded as exc:
             log.warning("path=%s: %s refused: %s", args[0] if args else "-", cmd, exc)
             self.respond(f"552 {exc}; nothing stored.")
+        except SpoolError:
+            self.respond(NOT_RECORDED)
         except StorageUnavailable as exc:
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
@@ -784,6 +826,10 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         waiting for its data connection is given up first: pyftpdlib would drop it."""
         self._drop_queued_upload()
         offset = compat.take_restart_position(self)
+        refusal = self.hooks.check_upload(file, offset, "a" in mode, self.fs.announced)
+        if refusal is not None:
+            self.respond(refusal)
+            return None
         if not offset or "a" in mode:
             return super().ftp_STOR(file, mode)
         upload = self._open_at(self.fs.open_resume, file, offset)
@@ -882,6 +928,32 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
                 return False
             except OSError:
                 return True
+
+    def ftp_MKD(self, path: str):
+        return None if self._change_refused("mkdir", path) else super().ftp_MKD(path)
+
+    def ftp_RMD(self, path: str):
+        if path != "/" and self._change_refused("rmdir", path):
+            return None
+        return super().ftp_RMD(path)
+
+    def ftp_DELE(self, path: str):
+        return None if self._change_refused("delete", path) else super().ftp_DELE(path)
+
+    def ftp_RNTO(self, path: str):
+        source = compat.rename_source(self)
+        if source is not None and self._change_refused("rename", path, source):
+            compat.forget_rename(self)
+            return None
+        return super().ftp_RNTO(path)
+
+    def _change_refused(self, kind: str, path: str, source: Optional[str] = None) -> bool:
+        """Answer and return True if a full spool or the pre-delete check refuses the
+        change (see ``SessionHooks.check_change``)."""
+        refusal = self.hooks.check_change(kind, path, source)
+        if refusal is not None:
+            self.respond(refusal)
+        return refusal is not None
 
     def ftp_RNFR(self, path: str):
         """RNFR of the file this session's last STOR made (rclone's and WinSCP's temporary
@@ -1000,9 +1072,11 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
 
 def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, retrier, stats,
-                      masquerade_ip: Optional[str], base: type = CosFTPHandler) -> type:
+                      masquerade_ip: Optional[str], worker_hooks: WorkerHooks,
+                      base: type = CosFTPHandler) -> type:
     """Return a subclass of ``base`` bound to this worker's config, COS clients, engine,
-    abort retrier and counters; ``masquerade_ip`` is the resolved ``masquerade_address``."""
+    abort retrier, counters and hooks; ``masquerade_ip`` is the resolved
+    ``masquerade_address``."""
     low, high = config.network.passive_ports
     dtp_handler = type(f"Bound{base.dtp_handler.__name__}", (base.dtp_handler,),
                        {"timeout": config.server.data_connection_timeout})
@@ -1015,6 +1089,7 @@ def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, r
         "stats": stats,
         "authorizer": CosAuthorizer(config),
         "oplogs": OperatorLogs(config.operator),
+        "worker_hooks": worker_hooks,
         "masquerade_address": masquerade_ip,
         "encoding": config.server.ftp_encoding,
         "passive_ports": range(low, high + 1),

@@ -456,6 +456,11 @@ class MountedFS(VirtualTree):
             self.quota.check_room(size)
         self._announced = size
 
+    @property
+    def announced(self) -> Optional[int]:
+        """The size ALLO announced for the next upload, if any (see ``CosFS.announced``)."""
+        return self._announced
+
     def upload_finished(self, upload) -> None:
         fs = self._uploads.pop(upload, None)
         if fs is not None:

@@ -23,6 +23,7 @@ from ..cos.engine import Engine
 from ..cos.registry import BucketRegistry
 from . import compat
 from .handler import CosDTPHandler, CosFTPHandler, configure_handler
+from .hooks import WorkerHooks
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +187,12 @@ class ImplicitTLS:
 
 def configure_tls_handlers(config: Config, buckets: BucketRegistry,
                            engine: Engine, retrier, stats,
-                           masquerade_ip: Optional[str]) -> tuple[type, type]:
+                           masquerade_ip: Optional[str],
+                           worker_hooks: WorkerHooks) -> tuple[type, type]:
     """Return the handler classes for the FTP port (plain and AUTH TLS) and for the implicit
     FTPS port; the arguments are ``configure_handler``'s and ``config.network.tls`` is set."""
     explicit = configure_handler(config, buckets, engine, retrier, stats, masquerade_ip,
-                                 base=CosTLSFTPHandler)
+                                 worker_hooks, base=CosTLSFTPHandler)
     explicit.ssl_context, explicit.data_ssl_context = server_contexts(config.network.tls)
     implicit = type("BoundCosImplicitTLSFTPHandler", (ImplicitTLS, explicit), {})
     return explicit, implicit

@@ -33,7 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from .children import ChildProcess
+from ..config.settings import Config
+from .children import SupervisedChild
 from .httpserve import BoundedHTTPServer, DeadlineHandler
 from .httpserve import serve as serve_http
 
@@ -134,14 +135,22 @@ def serve(sock: socket.socket, path: str, master_pid: int) -> int:
     return serve_http(server, master_pid)
 
 
-class ExporterProcess(ChildProcess):
-    """The master's view of its exporter, which also drops the gauges of dead workers."""
+class ExporterProcess(SupervisedChild):
+    """The master's view of its exporter: the socket, the metrics directory, the child."""
+
+    name = "metrics exporter"
+    title = "cosftp: metrics exporter"
+    log_name = "metrics"
 
     def __init__(self, sock: socket.socket, path: str) -> None:
-        super().__init__("metrics exporter", sock)
+        super().__init__(sock)
         self.path = path
 
     def worker_exited(self, pid: int) -> None:
-        """Drop the gauges of a dead worker at once, before a new process can take its pid:
-        prometheus_client's documented step for each process that exits."""
+        """Drop the gauges of a dead process (a worker, the events process) at once, before
+        a new process can take its pid: prometheus_client's documented step for each
+        process that exits."""
         mark_process_dead(pid, self.path)
+
+    def serve(self, config: Config, master_pid: int) -> int:
+        return serve(self.sock, self.path, master_pid)

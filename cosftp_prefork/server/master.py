@@ -39,11 +39,14 @@ import psutil
 from setproctitle import setproctitle
 
 from .. import metrics
+from ..config.hooks import HooksConfig
 from ..config.settings import Config, NetworkConfig, load_config
 from ..errors import ConfigError
 from ..safefiles import replace_file
-from .children import ChildProcess
-from .exporter import ExporterProcess, serve
+from .adminproc import AdminProcess
+from .children import SupervisedChild
+from .eventsproc import EventsProcess, prepare_spool, spool_holds_events
+from .exporter import ExporterProcess
 from .files import check_files, hand_over_files, worker_files
 from .logs import log_block, reopen_logging, setup_logging
 from .metrics_dir import hand_over_own_files, metrics_dir
@@ -266,8 +269,9 @@ class Master:
         self.listeners: Optional[Listeners] = None
         self.state: Optional[SharedState] = None
         self.exporter: Optional[ExporterProcess] = None
-        self.admin: Optional[ChildProcess] = None
+        self.admin: Optional[AdminProcess] = None
         self._reload_taken = 0  # the last reload request of the admin API run
+        self.events: Optional[EventsProcess] = None
         self._stop_deadline = 0.0
         self._graceful = False  # stopping on QUIT: a TERM may still cut it short
         self._next_health_check = 0.0
@@ -297,7 +301,7 @@ class Master:
                          network.listen_port, f" or {network.implicit_tls_port}"
                          if network.implicit_tls_port else "", exc)
             return EXIT_CANNOT_START
-        if not (self._bind_helpers() and self._write_own_files()):
+        if not (self._bind_helpers() and self._write_own_files() and self._prepare_events()):
             self._close_listeners()
             return EXIT_CANNOT_START
         self._install_signals()
@@ -352,7 +356,7 @@ class Master:
                                             metrics_dir(self.config.server.pid_file))
             hand_over_own_files(self.exporter.path, self.identity)
         if "the admin API" in bound:
-            self.admin = ChildProcess("admin API", bound["the admin API"])
+            self.admin = AdminProcess(bound["the admin API"], lambda: self.state)
         return True
 
     def _probe_workers(self, config: Config) -> Optional[str]:
@@ -379,43 +383,61 @@ class Master:
             return False
         return True
 
-    def _children(self) -> list[ChildProcess]:
-        return [child for child in (self.exporter, self.admin) if child is not None]
+    def _prepare_events(self, config: Optional[Config] = None) -> bool:
+        """Run an events process if ``config`` (default: the running one) sends events or
+        the spool still holds some, with its spool prepared (``eventsproc``); False
+        (logged) if the spool is unusable."""
+        config = config or self.config
+        if self.events is not None or not (config.events_enabled or
+                                           spool_holds_events(config.hooks.spool_dir)):
+            return True
+        try:
+            prepare_spool(config.hooks, self.identity)
+        except OSError as exc:
+            log.critical("cannot use the event spool %s: %s", config.hooks.spool_dir, exc)
+            return False
+        self.events = EventsProcess(self._reopen_child_logging)
+        return True
+
+    def _children(self) -> list[SupervisedChild]:
+        return [child for child in (self.exporter, self.admin, self.events)
+                if child is not None]
 
     def _spawn_children(self) -> None:
-        """Fork the metrics exporter and the admin API when one is due (not running)."""
-        for child, role in ((self.exporter, "metrics"), (self.admin, "admin")):
-            if child is None or self.stopping or not child.due():
+        """Fork the metrics exporter, the admin API and the events process when one is due
+        (not running)."""
+        for child in self._children():
+            if self.stopping or not child.due():
                 continue
             pid = fork_holding_signals()
             if pid == 0:
-                os._exit(self._run_child(child, role))
+                os._exit(self._run_child(child))
             child.started(pid)
 
-    def _run_child(self, child: ChildProcess, role: str) -> int:
-        """In the forked child: become the workers' user, log as ``role``, serve."""
+    def _run_child(self, child: SupervisedChild) -> int:
+        """In the forked child: become the workers' user, log as the child, serve."""
         self._leave_master(keep=child)
-        self._close_listeners()  # it serves no FTP
+        self._close_listeners()  # no helper serves FTP
         try:
-            drop_privileges(self.identity)  # before it reads a request
+            drop_privileges(self.identity)  # before it reads a request or runs a command
         except OSError as exc:
             log.critical("%s cannot drop privileges: %s", child.name, exc)
             return 1
-        setup_logging(self.config.server.log_level, self.config.server.log_dir, role,
+        setup_logging(self.config.server.log_level, self.config.server.log_dir, child.log_name,
                       self.foreground)
-        setproctitle(f"cosftp: {child.name} [{self.config.path}]")
+        setproctitle(f"{child.title} [{self.config.path}]")
         try:
-            if child is self.exporter:
-                return serve(child.sock, self.exporter.path, self.pid)
-            assert self.state is not None
-            from ..admin.process import serve_admin  # in the child only: the master stays small
-
-            return serve_admin(child.sock, self.config, self.state, self.pid)
+            return child.serve(self.config, self.pid)
         except BaseException:
             log.exception("%s crashed", child.name)
             return 1
 
-    def _leave_master(self, keep: Optional[ChildProcess] = None) -> None:
+    def _reopen_child_logging(self) -> None:
+        """In the events process, on USR1: reopen its log file (after logrotate)."""
+        server = self.config.server
+        reopen_logging(server.log_level, server.log_dir, "events", self.foreground)
+
+    def _leave_master(self, keep: Optional[SupervisedChild] = None) -> None:
         """In a child just forked: drop the master's signal wake-up pipe, the workers'
         stack dump files and the sockets of the helper processes but ``keep``'s."""
         signal.set_wakeup_fd(-1)
@@ -425,7 +447,7 @@ class Master:
             os.close(worker.stack_fd)
         for child in self._children():
             if child is not keep:
-                child.sock.close()
+                child.close()
 
     def _setup_logging(self) -> None:
         server = self.config.server
@@ -510,6 +532,8 @@ class Master:
         except OSError as exc:
             log.error("could not prepare the log files for the workers: %s", exc)
         self._signal_workers(signal.SIGUSR1, self.workers.values())
+        if self.events is not None:
+            self.events.signal(signal.SIGUSR1)
 
     def handle_ttin(self) -> None:
         self.num_workers += 1
@@ -552,7 +576,7 @@ class Master:
         self._save_bans(force=True)
         for child in self._children():
             child.stop()
-            child.sock.close()
+            child.close()
         server = self.config.server
         try:
             with open(server.pid_file, encoding="ascii") as handle:
@@ -694,6 +718,8 @@ class Master:
                 continue
             for child in self._children():
                 if child.reaped(pid, _describe_status(status)):
+                    if self.exporter is not None and child is not self.exporter:
+                        self.exporter.worker_exited(pid)
                     break
 
     def _worker_exited(self, worker: WorkerProc, status: int) -> None:
@@ -812,6 +838,7 @@ class Master:
         log.info("reload: %s", tls_summary(new))
         self.reload = PendingReload(self.config, self.generation, old_listeners,
                                     time.monotonic() + RELOAD_READY_TIMEOUT)
+        self._follow_hooks(new.hooks)
         self.config = new
         self.generation += 1
         self.num_workers = new.server.worker_processes
@@ -827,16 +854,31 @@ class Master:
         if new.run_as != self.config.run_as:
             log.warning("reload: run_as_user, run_as_group and run_as_root take effect at the "
                         "next start; still: %s", describe_workers(self.identity))
-        # The pid and state files stay where cosftpctl found them at start, and the
-        # workers' user stays the one their files and metrics directory were given to.
+        spool = self.config.hooks.spool_dir
+        if new.hooks.spool_dir != spool:
+            log.warning("reload: event_spool_dir takes effect at the next start; events still "
+                        "go to %s", spool)
+        # The pid and state files stay where cosftpctl found them at start, the workers'
+        # user stays the one their files and metrics directory were given to, and the spool
+        # stays where the events process reads it.
         new = replace(new, server=replace(new.server, pid_file=self.config.server.pid_file),
-                      run_as=self.config.run_as)
+                      run_as=self.config.run_as, hooks=replace(new.hooks, spool_dir=spool))
         check_files(new, self.identity.gid if self.identity else None)  # a planted link:
         hand_over_files(new, self.owner)  # refused, nothing changed
         problem = self._probe_workers(new)
         if problem:
             raise ConfigError(problem, new.path)
+        if not self._prepare_events(new):
+            raise OSError(f"the event spool {spool} cannot be used")
         return new
+
+    def _follow_hooks(self, hooks: HooksConfig) -> None:
+        """Replace the events process if what it does changes with ``hooks`` (retry age,
+        spool bound, what a full spool does); routes are in the events themselves."""
+        if self.events is not None and replace(hooks, server=self.config.hooks.server) != \
+                self.config.hooks:
+            log.info("reload: [HOOKS] changed; replacing the events process")
+            self.events.replace()
 
     def _advance_reload(self) -> None:
         """Drain the old generation once every new worker serves, and call the reload done
@@ -883,6 +925,7 @@ class Master:
             assert self.listeners is not None
             self.listeners.close(keep=pending.old_listeners)
             self.listeners = pending.old_listeners
+        self._follow_hooks(pending.old_config.hooks)
         self.config, self.generation = pending.old_config, pending.old_generation
         self.num_workers = self.config.server.worker_processes
         self.reload = None

@@ -47,6 +47,7 @@ from ..ftp import compat
 from ..ftp.admission import Arrival
 from ..ftp.authhook import AuthHook
 from ..ftp.handler import configure_handler
+from ..ftp.hooks import WorkerHooks
 from ..ftp.logins import PasswordChecks
 from ..ftp.progress import TransferMeter
 from ..ftp.tls import configure_tls_handlers
@@ -373,13 +374,15 @@ class Worker:
         retrier.start()
         janitor = self._start_janitor(buckets)
         scans = self._start_quotas(stats, buckets)
+        hooks = WorkerHooks.start(self.config)
         try:
-            servers = self._servers(buckets, engine, retrier, stats, masquerade)
+            servers = self._servers(buckets, engine, retrier, stats, masquerade, hooks)
             stats.status = SERVING
             log.info("worker %d gen %d serving on %s", self.index, self.generation,
                      ", ".join(server.describe() for server in servers))
             self._serve(servers, stats)
         finally:
+            hooks.close()
             engine.shutdown()
             retrier.stop()
             if janitor is not None:
@@ -431,12 +434,12 @@ class Worker:
         release_signals()
 
     def _servers(self, buckets: BucketRegistry, engine: Engine,
-                 retrier: AbortRetrier, stats: WorkerStats,
-                 masquerade: Optional[str]) -> list[BalancedFTPServer]:
+                 retrier: AbortRetrier, stats: WorkerStats, masquerade: Optional[str],
+                 hooks: WorkerHooks) -> list[BalancedFTPServer]:
         """Return one server per listening socket, all on one IOLoop: the FTP port (also
         taking AUTH TLS when TLS is configured) and the implicit FTPS port, if any, on each
         listen address."""
-        args = (self.config, buckets, engine, retrier, stats, masquerade)
+        args = (self.config, buckets, engine, retrier, stats, masquerade, hooks)
         if self.config.network.tls is None:
             listeners = [(sock, configure_handler(*args), "FTP") for sock in self.socks]
         else:

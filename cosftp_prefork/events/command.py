@@ -1,0 +1,123 @@
+"""A command destination: the event on its standard input and in its environment.
+
+The program runs without a shell (its arguments as configured), in ``/``, in a session of its
+own, with an environment of only ``PATH`` and one ``COSFTP_<FIELD>`` variable per field of
+the event (``COSFTP_EVENT``, ``COSFTP_EVENT_ID``, ``COSFTP_PATH``…; true/false for booleans,
+empty for none): never the server's own environment, which may hold the secrets the
+configuration file takes from it. Exit status 0 means delivered. A program still running at
+the timeout is killed with its whole process group. What it writes to standard error is kept
+up to ``MAX_STDERR`` bytes for the log; standard output is discarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import time
+from typing import Optional
+
+MAX_STDERR = 2048
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def environment(body: str) -> dict[str, str]:
+    """``PATH`` and ``COSFTP_<FIELD>`` for each field of the event ``body``."""
+    env = {"PATH": SAFE_PATH}
+    for name, value in json.loads(body).items():
+        if isinstance(value, (dict, list)):
+            continue
+        text = "" if value is None else ("true" if value is True else
+                                         "false" if value is False else str(value))
+        env[f"COSFTP_{name.upper()}"] = text.replace("\0", "")
+    return env
+
+
+class CommandResult:
+    """How a run ended: ``status`` (None: killed at the timeout) and the start of stderr."""
+
+    def __init__(self, status: Optional[int], stderr: bytes) -> None:
+        self.status, self.stderr = status, stderr
+
+
+def run(argv: list[str], body: str, timeout: float) -> CommandResult:
+    """Run ``argv`` with the event ``body``; raises ``OSError`` if it cannot be started."""
+    deadline = time.monotonic() + timeout
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=environment(body), cwd="/",
+                            close_fds=True, start_new_session=True)
+    status: Optional[int] = None
+    try:
+        stderr = _exchange(proc, body.encode(), deadline)
+        status = proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        stderr = b""
+    finally:
+        _end(proc, killed=status is None)
+    return CommandResult(status, stderr)
+
+
+def _exchange(proc: subprocess.Popen, data: bytes, deadline: float) -> bytes:
+    """Write ``data`` to the program's stdin and keep the start of its stderr, until it
+    closes stderr; ``subprocess.TimeoutExpired`` at ``deadline``."""
+    assert proc.stdin is not None and proc.stderr is not None
+    kept, pending = bytearray(), memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        os.set_blocking(proc.stdin.fileno(), False)
+        selector.register(proc.stdin, selectors.EVENT_WRITE)
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(proc.args, 0)
+            for key, _ in selector.select(remaining):
+                if key.fileobj is proc.stdin:
+                    pending = _feed(proc, selector, pending)
+                    continue
+                chunk = os.read(proc.stderr.fileno(), 65536)
+                if not chunk:
+                    selector.unregister(proc.stderr)
+                kept += chunk[:MAX_STDERR - len(kept)]
+    return bytes(kept)
+
+
+def _feed(proc: subprocess.Popen, selector: selectors.BaseSelector,
+          pending: memoryview) -> memoryview:
+    """Write what stdin takes now; close it once all is written (or the program closed
+    it: an event it does not read is still delivered if it exits 0)."""
+    assert proc.stdin is not None
+    try:
+        pending = pending[os.write(proc.stdin.fileno(), pending):]
+    except BrokenPipeError:
+        pending = pending[:0]
+    if not pending:
+        selector.unregister(proc.stdin)
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    return pending
+
+
+def _end(proc: subprocess.Popen, killed: bool) -> None:
+    """Close the pipes and reap the program; ``killed``: kill its process group first."""
+    if killed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for stream in (proc.stdin, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    proc.wait()
+
+
+def describe(result: CommandResult, timeout: float) -> str:
+    """Why a run failed, for the log (stderr's first line, escaped by the log)."""
+    if result.status is None:
+        return f"still running after {timeout:g}s: killed"
+    first = result.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
+    how = f"killed by signal {-result.status}" if result.status < 0 else \
+        f"exit status {result.status}"
+    return f"{how}{': ' + first[0][:200] if first else ''}"
+

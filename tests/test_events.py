@@ -1,0 +1,499 @@
+"""Events end to end: every kind to an HTTP receiver and a command, at least once, in order
+per file, through a receiver down, slow or failing, a kill -9 of the whole server, a reload,
+a full spool; pre-upload and pre-delete checks.
+
+The receiver (``hook_receiver``) is a process of its own that records what it accepted on
+disk; "nothing lost" means every operation the client was told succeeded has its event there
+(one event id per operation: duplicates of that id are allowed, other ids are not).
+"""
+
+from __future__ import annotations
+
+import ftplib
+import glob
+import json
+import os
+import re
+import signal
+import stat
+import sys
+import threading
+
+import psutil
+import pytest
+
+from .conftest import ALPHA
+from .hook_receiver import Receiver
+from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_commands import get, put
+from .test_operating import scrape, value
+from .test_transfers import abort_transfer, start_upload
+
+SECRET = "receiver-secret"
+ALL_KINDS = {"upload", "upload_failed", "download", "delete", "rename", "mkdir", "rmdir",
+             "login", "login_failed", "ban"}
+PART = 1024 * 1024
+COMMAND = """#!{python}
+import json, os, sys
+out, failing = sys.argv[1], sys.argv[2]
+body = sys.stdin.read()
+if os.path.exists(failing):
+    sys.stderr.write("refusing this one\\n")
+    sys.exit(3)
+with open(out, "a") as handle:
+    handle.write(json.dumps({{"body": json.loads(body), "env": dict(os.environ)}}) + "\\n")
+"""
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    rec = Receiver(free_port(), str(tmp_path / "received.jsonl"), SECRET)
+    yield rec
+    rec.kill()
+
+
+@pytest.fixture
+def command(tmp_path) -> dict:
+    """A command destination: writes each event to ``out``; exits 3 while ``failing``
+    exists."""
+    script = tmp_path / "on-event.py"
+    script.write_text(COMMAND.format(python=sys.executable))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    out, failing = tmp_path / "command.jsonl", tmp_path / "failing"
+    return {"line": f"{script} {out} {failing}", "out": out, "failing": failing}
+
+
+def lines_of(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def command_events(command: dict) -> list[dict]:
+    if not command["out"].exists():
+        return []
+    return [json.loads(line) for line in command["out"].read_text().splitlines()]
+
+
+def hook_server(tmp_path, emulator, hooks: dict, accounts=None, **kwargs) -> ServerProcess:
+    metrics_port = free_port()
+    server = ServerProcess(str(tmp_path / "server"), emulator.port,
+                           accounts or [Account("ev", "ev-pw", ALPHA)],
+                           hooks={"event_hook_secret": SECRET, **hooks},
+                           network={"metrics_port": str(metrics_port)}, **kwargs)
+    server.metrics_port = metrics_port
+    return server
+
+
+def spool_batches(server: ServerProcess) -> list[str]:
+    return glob.glob(os.path.join(server.log_dir, "events", "*.batch"))
+
+
+def first_index(events: list[dict], kind: str, path: str) -> int:
+    return next(i for i, e in enumerate(events) if e["event"] == kind and e["path"] == path)
+
+
+def ids_of(events: list[dict], kind: str, path: str) -> set[str]:
+    return {e["event_id"] for e in events if e["event"] == kind and e["path"] == path}
+
+
+def bad_login(server: ServerProcess, source: str) -> None:
+    ftp = ftplib.FTP(source_address=(source, 0))
+    try:
+        ftp.connect(server.host, server.port, timeout=10)
+        with pytest.raises(ftplib.error_perm, match="530"):
+            ftp.login("ev", "wrong")
+    finally:
+        ftp.close()
+
+
+def test_every_event_kind_reaches_the_receiver_and_the_command(emulator, cos, tmp_path,
+                                                               receiver, command, area):
+    receiver.start()
+    server = hook_server(tmp_path, emulator,
+                         {"event_hook_url": receiver.url, "event_hook_command": command["line"]},
+                         optional={"max_login_failures": "2", "ban_time": "60"},
+                         env={**os.environ, "SERVER_ONLY_SECRET": "not for commands"})
+    with server:
+        for _ in range(2):  # the second failure bans 127.0.0.2
+            bad_login(server, "127.0.0.2")
+        ftp = server.login("ev", "ev-pw")
+        ftp.voidcmd("TYPE I")
+        ftp.mkd(area)
+        data = os.urandom(1000)
+        assert put(ftp, f"{area}/a.bin", data).startswith("226")
+        head = cos.head_object(Bucket=ALPHA, Key=f"{area}/a.bin")
+        ftp.rename(f"{area}/a.bin", f"{area}/b.bin")
+        assert get(ftp, f"{area}/b.bin") == data
+        ftp.delete(f"{area}/b.bin")
+        abort_transfer(ftp, start_upload(ftp, cos, f"{area}/aborted.bin", 2 * PART))
+        ftp.rmd(area)
+        ftp.quit()
+        wait_until(lambda: {e["event"] for e in receiver.accepted()} >= ALL_KINDS,
+                   timeout=30, what="every kind at the receiver")
+        wait_until(lambda: {e["body"]["event"] for e in command_events(command)} >= ALL_KINDS,
+                   timeout=30, what="every kind at the command")
+        wait_until(lambda: not spool_batches(server), what="the spool emptied")
+        samples = scrape(server)
+    assert all(entry["verified"] for entry in receiver.entries())
+    events = receiver.accepted()
+    upload = next(e for e in events if e["event"] == "upload")
+    assert upload["path"] == f"/{area}/a.bin" and upload["key"] == f"{area}/a.bin"
+    assert (upload["bucket"], upload["size"], upload["user"]) == (ALPHA, 1000, "ev")
+    assert upload["etag"] == head["ETag"].strip('"')
+    assert upload["crc64"] == head["x-cos-hash-crc64ecma"]
+    assert upload["resumed"] is False and upload["client_address"] == "127.0.0.1"
+    rename = next(e for e in events if e["event"] == "rename")
+    assert (rename["from"], rename["to"]) == (f"/{area}/a.bin", f"/{area}/b.bin")
+    failed = next(e for e in events if e["event"] == "upload_failed")
+    assert failed["path"] == f"/{area}/aborted.bin" and failed["parked"] is False
+    ban = next(e for e in events if e["event"] == "ban")
+    assert ban["client_address"] == "127.0.0.2" and ban["ban_seconds"] == 60
+    assert [e["user"] for e in events if e["event"] == "login_failed"] == ["ev", "ev"]
+    # In order per file: the directory, its file's upload, rename, download, delete, rmdir.
+    order = [first_index(events, "mkdir", f"/{area}"),
+             first_index(events, "upload", f"/{area}/a.bin"),
+             first_index(events, "rename", f"/{area}/b.bin"),
+             first_index(events, "download", f"/{area}/b.bin"),
+             first_index(events, "delete", f"/{area}/b.bin"),
+             first_index(events, "rmdir", f"/{area}")]
+    assert order == sorted(order)
+    ran = {entry["body"]["event_id"]: entry for entry in command_events(command)}
+    by_command = ran[upload["event_id"]]
+    assert by_command["body"] == upload
+    env = by_command["env"]
+    assert env["COSFTP_EVENT"] == "upload" and env["COSFTP_PATH"] == f"/{area}/a.bin"
+    assert env["COSFTP_SIZE"] == "1000" and env["COSFTP_RESUMED"] == "false"
+    assert "SERVER_ONLY_SECRET" not in env
+    assert value(samples, "cosftp_events_queued_total", event="upload") == 1
+    assert value(samples, "cosftp_events_sent_total", kind="http") >= len(ALL_KINDS)
+    assert value(samples, "cosftp_events_sent_total", kind="command") >= len(ALL_KINDS)
+
+
+def test_an_accounts_destination_takes_its_events_and_paths_only(emulator, tmp_path,
+                                                                 receiver, area):
+    own = Receiver(free_port(), str(tmp_path / "own.jsonl"), "account-secret").start()
+    try:
+        account = Account("ev", "ev-pw", ALPHA, extra=f"event_hook_url = {own.url}\n"
+                          "event_hook_secret = account-secret\n"
+                          "event_hook_events = upload, delete\n"
+                          f"event_hook_paths = /{area}/in/*")
+        receiver.start()
+        with hook_server(tmp_path, emulator, {"event_hook_url": receiver.url},
+                         accounts=[account]) as server:
+            ftp = server.login("ev", "ev-pw")
+            for path in (f"{area}/in/a", f"{area}/out/b"):
+                put(ftp, path, b"x")
+                ftp.delete(path)
+            ftp.mkd(f"{area}/in/sub")
+            ftp.quit()
+            wait_until(lambda: len({e["event_id"] for e in receiver.accepted()}) >= 6,
+                       what="the server's events")
+            wait_until(lambda: not spool_batches(server), what="the spool emptied")
+        assert sorted((e["event"], e["path"]) for e in own.accepted()) == \
+            [("delete", f"/{area}/in/a"), ("upload", f"/{area}/in/a")]
+        assert all(entry["verified"] for entry in own.entries())
+        assert {e["event"] for e in receiver.accepted()} == {"login", "upload", "delete",
+                                                             "mkdir"}
+    finally:
+        own.kill()
+
+
+def uploads_in_a_stream(server: ServerProcess, area: str, stop: threading.Event,
+                        done: list, sessions: int = 2) -> list[threading.Thread]:
+    """Sessions that upload, and now and then rename and delete, until ``stop``; each
+    operation acknowledged by the server is appended to ``done`` as (event, path)."""
+    def run(number: int) -> None:
+        try:
+            ftp = server.login("ev", "ev-pw", timeout=10)
+            for i in range(10 ** 6):
+                if stop.is_set():
+                    break
+                path = f"/{area}/s{number}-{i}"
+                put(ftp, path, b"%d" % i)
+                done.append(("upload", path))
+                if i % 3 == 0:
+                    ftp.rename(path, path + ".r")
+                    done.append(("rename", path + ".r"))
+                    ftp.delete(path + ".r")
+                    done.append(("delete", path + ".r"))
+        except (OSError, EOFError, ftplib.Error):
+            pass  # the server was killed under it
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(sessions)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def end_stream(server: ServerProcess, stop: threading.Event,
+               threads: list[threading.Thread]) -> str:
+    """Stop the sessions of ``uploads_in_a_stream``, wait until the spool is delivered;
+    return the server's log."""
+    stop.set()
+    for thread in threads:
+        thread.join()
+    wait_until(lambda: not spool_batches(server), timeout=60, what="the spool emptied")
+    return server.log_text()
+
+
+def assert_each_once_and_in_order(receiver: Receiver, done: list) -> None:
+    """Every acknowledged operation has exactly one event id at the receiver, and a file's
+    upload, rename and delete arrived in that order."""
+    events = receiver.accepted()
+    missing = [op for op in done if not ids_of(events, *op)]
+    assert not missing, f"{len(missing)} of {len(done)} events lost, e.g. {missing[:3]}"
+    doubled = [op for op in done if len(ids_of(events, *op)) != 1]
+    assert not doubled, f"operations with several event ids: {doubled[:3]}"
+    for kind, path in done:
+        if kind == "delete":
+            original = path[:-2]
+            assert first_index(events, "upload", original) < \
+                first_index(events, "rename", path) < first_index(events, "delete", path)
+
+
+def kill_everything(server: ServerProcess) -> None:
+    """kill -9 the master, its workers and its helper processes at once."""
+    master = psutil.Process(server.proc.pid)
+    processes = [master, *master.children()]
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(processes, timeout=10)
+    server.proc.wait()
+
+
+def test_receiver_down_failing_slow_and_killed_loses_nothing(emulator, tmp_path, receiver,
+                                                             area):
+    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                              "event_hook_events": "upload, rename, delete",
+                                              "event_hook_timeout": "1"})
+    done: list = []
+    with server:
+        stop = threading.Event()
+        threads = uploads_in_a_stream(server, area, stop, done)
+        wait_until(lambda: len(done) >= 10, what="uploads while the receiver is down")
+        receiver.start()
+        wait_until(lambda: receiver.accepted(), what="deliveries once it is up")
+        receiver.control(status=503)
+        wait_until(lambda: [e for e in receiver.entries() if e["status"] == 503], timeout=30,
+                   what="a 503 answer")
+        receiver.control(status=200, delay=2.0)  # slower than event_hook_timeout
+        wait_until(lambda: "ReadTimeoutError" in server.log_text(), timeout=30,
+                   what="an answer too slow")
+        receiver.control(delay=0.0)
+        count = len(receiver.accepted())
+        wait_until(lambda: len(receiver.accepted()) > count + 1, timeout=30,
+                   what="deliveries going on again")
+        receiver.kill()
+        count = len(done)
+        wait_until(lambda: len(done) >= count + 10, what="uploads while it is dead")
+        receiver.start()
+        log = end_stream(server, stop, threads)
+    assert_each_once_and_in_order(receiver, done)
+    assert "answered 503" in log and "trying again" in log
+
+
+def test_kill_9_of_the_server_mid_stream_loses_nothing(emulator, tmp_path, receiver, area):
+    receiver.start(delay=0.2)  # slow enough that events are still queued at the kill
+    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                              "event_hook_events": "upload, rename, delete"})
+    done: list = []
+    server.start()
+    try:
+        stop = threading.Event()
+        threads = uploads_in_a_stream(server, area, stop, done, sessions=3)
+        wait_until(lambda: len(done) >= 40, what="operations before the kill")
+        kill_everything(server)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert spool_batches(server), "the kill left nothing to deliver: no test"
+        server.start()
+        wait_until(lambda: not spool_batches(server), timeout=60, what="the spool emptied")
+    finally:
+        server.stop()
+    assert_each_once_and_in_order(receiver, done)
+
+
+def test_a_reload_and_a_killed_events_process_lose_nothing(emulator, tmp_path, receiver, area):
+    receiver.start(delay=0.05)
+    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                              "event_hook_events": "upload, rename, delete"})
+    done: list = []
+    with server:
+        stop = threading.Event()
+        threads = uploads_in_a_stream(server, area, stop, done)
+        wait_until(lambda: len(done) >= 15, what="operations before the kill")
+        events_process = next(p for p in psutil.Process(server.proc.pid).children()
+                              if "cosftp: events" in " ".join(p.cmdline()))
+        events_process.send_signal(signal.SIGKILL)
+        count = len(done)
+        wait_until(lambda: len(done) >= count + 15, what="operations after the kill")
+        server.hooks["hook_retry_max_age"] = "7200"
+        server.write_config()
+        assert server.ctl("reload").returncode == 0
+        count = len(done)
+        wait_until(lambda: len(done) >= count + 15, what="operations after the reload")
+        log = end_stream(server, stop, threads)
+    assert_each_once_and_in_order(receiver, done)
+    assert "events process" in log and "killed by SIGKILL" in log
+    assert "replacing the events process" in log
+
+
+def test_a_full_spool_refuses_uploads_until_it_drains(emulator, cos, tmp_path, receiver, area):
+    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                              "event_spool_max_mib": "1",
+                                              "event_spool_full": "refuse"})
+    with server:
+        ftp = server.login("ev", "ev-pw")
+        stored = []
+        for i in range(1000):
+            try:
+                put(ftp, f"{area}/f{i}", b"x")
+            except ftplib.error_temp as exc:
+                refusal = str(exc)
+                break
+            stored.append(f"/{area}/f{i}")
+        else:
+            pytest.fail("1000 uploads and the 1 MiB spool never filled")
+        assert refusal.startswith("451") and "event spool full" in refusal
+        assert not cos.object_exists(Bucket=ALPHA, Key=f"{area}/f{len(stored)}")
+        with pytest.raises(ftplib.error_temp, match=r"451.*event spool full"):
+            ftp.delete(stored[0][1:])
+        assert get(ftp, stored[0][1:]) == b"x"  # a download is not refused
+        receiver.start()
+        wait_until(lambda: not spool_batches(server), timeout=90, what="the spool drained")
+        assert put(ftp, f"{area}/after", b"y").startswith("226")
+        ftp.quit()
+        wait_until(lambda: ids_of(receiver.accepted(), "upload", f"/{area}/after"),
+                   what="the upload after the drain")
+        samples = scrape(server)
+    events = receiver.accepted()
+    assert all(ids_of(events, "upload", path) for path in stored)
+    assert value(samples, "cosftp_event_refusals_total") == 2
+
+
+def test_a_full_spool_drops_the_oldest_under_drop_oldest(emulator, tmp_path, receiver, area):
+    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                              "event_hook_events": "upload",
+                                              "event_spool_max_mib": "1",
+                                              "event_spool_full": "drop_oldest"})
+    with server:
+        ftp = server.login("ev", "ev-pw")
+        paths = [f"/{area}/f{i}" for i in range(400)]
+        for path in paths:
+            assert put(ftp, path, b"x").startswith("226")
+        ftp.quit()
+        wait_until(lambda: "oldest events" in server.log_text(), what="the oldest dropped")
+        receiver.start()
+        wait_until(lambda: not spool_batches(server), timeout=60, what="the spool drained")
+        dropped = sum(int(n) for n in re.findall(r"dropped the (\d+) oldest",
+                                                 server.log_text()))
+        samples = scrape(server)
+    delivered = [path for path in paths if ids_of(receiver.accepted(), "upload", path)]
+    assert dropped > 0 and len(delivered) + dropped == len(paths)
+    assert delivered == paths[dropped:]  # the newest kept, the oldest dropped
+    assert value(samples, "cosftp_events_dropped_total", reason="spool_full") == dropped
+
+
+def test_an_event_never_accepted_goes_to_the_dead_letter_file(emulator, tmp_path, receiver,
+                                                              command, area):
+    command["failing"].write_text("")
+    receiver.start(status=500)
+    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                              "event_hook_command": command["line"],
+                                              "event_hook_events": "upload",
+                                              "hook_retry_max_age": "2"})
+    dead_letters = os.path.join(server.log_dir, "events", "dead-letter.jsonl")
+    with server:
+        ftp = server.login("ev", "ev-pw")
+        put(ftp, f"{area}/doomed", b"x")
+        ftp.quit()
+        wait_until(lambda: len(lines_of(dead_letters)) == 2, timeout=30,
+                   what="both deliveries given up")
+        wait_until(lambda: not spool_batches(server), what="the spool emptied")
+        samples = scrape(server)
+        log = server.log_text()
+    buried = [json.loads(line) for line in lines_of(dead_letters)]
+    assert {entry["destination"] for entry in buried} == {f"http:{receiver.url}",
+                                                          f"command:{command['line']}"}
+    assert all(json.loads(entry["body"])["path"] == f"/{area}/doomed" for entry in buried)
+    assert oct(os.stat(dead_letters).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(os.path.dirname(dead_letters)).st_mode & 0o777) == "0o700"
+    for kind in ("http", "command"):
+        assert value(samples, "cosftp_events_dead_lettered_total", kind=kind) == 1
+        assert value(samples, "cosftp_events_retried_total", kind=kind) >= 1
+    assert "answered 500" in log and "exit status 3: refusing this one" in log
+    assert log.count("given up after") == 2
+    assert not command_events(command) and not receiver.accepted()
+
+
+def pre_check_server(tmp_path, emulator, receiver: Receiver, failure: str) -> ServerProcess:
+    return ServerProcess(str(tmp_path / failure), emulator.port, [Account("ev", "ev-pw", ALPHA)],
+                         hooks={"pre_upload_hook_url": receiver.pre_url,
+                                "pre_delete_hook_url": receiver.pre_url,
+                                "event_hook_secret": SECRET, "pre_hook_timeout": "1",
+                                "pre_hook_failure": failure})
+
+
+def test_pre_checks_allow_deny_and_fail_closed(emulator, cos, tmp_path, receiver, area):
+    receiver.start(reason="No uploads here\r\n226 forged reply " + "x" * 400)
+    with pre_check_server(tmp_path, emulator, receiver, "closed") as server:
+        ftp = server.login("ev", "ev-pw")
+        assert put(ftp, f"{area}/ok", b"fine").startswith("226")
+        with pytest.raises(ftplib.error_perm) as denied:
+            put(ftp, f"{area}/deny-me", b"never")
+        for name in ("slow", "garbage"):
+            with pytest.raises(ftplib.error_temp, match="451 The upload check is unavail"):
+                put(ftp, f"{area}/{name}", b"never")
+        put(ftp, f"{area}/keep", b"kept")
+        with pytest.raises(ftplib.error_perm, match="550 No uploads here 226 forged"):
+            ftp.delete(f"{area}/keep")
+        with pytest.raises(ftplib.error_perm, match="550 No uploads here"):
+            ftp.rename(f"{area}/keep", f"{area}/moved")
+        ftp.mkd(f"{area}/keepdir")
+        with pytest.raises(ftplib.error_perm, match="550 No uploads here"):
+            ftp.rmd(f"{area}/keepdir")
+        ftp.delete(f"{area}/ok")
+        receiver.kill()
+        with pytest.raises(ftplib.error_temp, match="451"):
+            put(ftp, f"{area}/nobody-answers", b"never")
+        ftp.quit()
+    reply = str(denied.value)
+    assert reply.startswith("550 No uploads here 226 forged reply xxx") and len(reply) < 220
+    assert "\r" not in reply and "\n" not in reply
+    for name in ("deny-me", "slow", "garbage", "nobody-answers", "ok"):
+        assert not cos.object_exists(Bucket=ALPHA, Key=f"{area}/{name}")
+    assert get_object(cos, f"{area}/keep") == b"kept"
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/keepdir/")
+    questions = receiver.entries("pre")
+    assert all(q["verified"] for q in questions)
+    upload = next(q["body"] for q in questions if q["body"]["path"] == f"/{area}/ok")
+    assert (upload["event"], upload["bucket"], upload["key"], upload["user"]) == \
+        ("pre_upload", ALPHA, f"{area}/ok", "ev")
+    rename = next(q["body"] for q in questions if q["body"].get("operation") == "rename")
+    assert (rename["event"], rename["path"], rename["to"]) == \
+        ("pre_delete", f"/{area}/keep", f"/{area}/moved")
+
+
+def test_pre_checks_that_fail_open_let_uploads_in(emulator, cos, tmp_path, receiver, area):
+    receiver.start()
+    with pre_check_server(tmp_path, emulator, receiver, "open") as server:
+        ftp = server.login("ev", "ev-pw")
+        for name in ("slow", "garbage"):
+            assert put(ftp, f"{area}/{name}", b"in").startswith("226")
+        with pytest.raises(ftplib.error_perm, match="550"):
+            put(ftp, f"{area}/deny-me", b"never")
+        receiver.kill()
+        assert put(ftp, f"{area}/nobody-answers", b"in").startswith("226")
+        ftp.quit()
+        log = server.log_text()
+    for name in ("slow", "garbage", "nobody-answers"):
+        assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/{name}")
+    assert not cos.object_exists(Bucket=ALPHA, Key=f"{area}/deny-me")
+    assert log.count("allowing (pre_hook_failure)") == 3
+
+
+def get_object(cos, key: str) -> bytes:
+    return cos.get_object(Bucket=ALPHA, Key=key)["Body"].get_raw_stream().read()
