@@ -22,6 +22,14 @@ import threading
 import psutil
 import pytest
 
+from cosftp_prefork.config.hooks import HooksConfig
+from cosftp_prefork.events.deliver import Deliverer
+from cosftp_prefork.events.spool import (
+    batch_name,
+    encode_record,
+    prepare_directory,
+)
+
 from .conftest import ALPHA
 from .hook_receiver import Receiver
 from .server_proc import Account, ServerProcess, free_port, wait_until
@@ -497,3 +505,30 @@ def test_pre_checks_that_fail_open_let_uploads_in(emulator, cos, tmp_path, recei
 
 def get_object(cos, key: str) -> bytes:
     return cos.get_object(Bucket=ALPHA, Key=key)["Body"].get_raw_stream().read()
+
+
+def test_a_batch_a_listing_missed_is_not_overtaken_by_a_later_one(tmp_path):
+    """A directory listing may miss a batch renamed in while it runs yet show a later one
+    (an upload's batch missed, its rename's seen): the later one must wait for the earlier
+    one, or the rename would reach the receiver before the upload."""
+    spool = str(tmp_path / "events")
+    prepare_directory(spool)
+
+    def batch(first: int) -> str:
+        name = batch_name(first, first, os.getpid())
+        with open(os.path.join(spool, name), "wb") as handle:
+            handle.write(encode_record({"event": "rename", "event_id": str(first), "at": 0.0,
+                                        "body": "{}", "to": []}))
+        return name
+
+    deliverer = Deliverer(HooksConfig(spool_dir=spool))
+    try:
+        later = batch(10)
+        deliverer.look()  # sees only the later batch
+        earlier = batch(5)  # the one that listing missed
+        deliverer.look()
+        assert later not in deliverer.schedule.batches or earlier in deliverer.schedule.batches
+        deliverer.look()
+        assert list(deliverer.schedule.batches) == [earlier, later]
+    finally:
+        deliverer.close()

@@ -8,9 +8,11 @@ Its loop: wait for a wake-up (a worker wrote a batch; a delivery ended; a retry 
 second passed), look at the spool, load the oldest batches (``WINDOW`` events at most in
 memory), start the deliveries ``schedule.Schedule`` says are due on a pool of threads,
 record their results, write the given-up ones to the dead-letter file, delete the batches
-that are done. A batch is loaded only once a look at the spool that started after it was
-first seen still finds it: a directory listing may miss a file renamed in while it runs, and
-an earlier batch of the same file must not be overtaken by one listed before it.
+that are done. A directory listing may miss a file renamed in while it runs, yet show one
+renamed in after it, with a higher number (the upload of a file, then its rename): so the
+batches are loaded in number order only up to the first one this look is the first to see.
+Every batch numbered below one an earlier look saw was in place before this look started,
+so none can turn up later below those loaded.
 
 Nothing is lost when it dies: a batch is deleted only once every event in it reached every
 destination (or was given up on), so a new events process sends again what was under way
@@ -20,6 +22,7 @@ destination (or was given up on), so a new events process sends again what was u
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -86,7 +89,7 @@ class Deliverer:
             self._wait(wake_at - time.time())
             self._collect(time.time())
             if time.monotonic() >= self._next_scan:
-                self._look()
+                self.look()
             now = time.time()
             starting, wake_at = self.schedule.due(now)
             for event, delivery in starting:
@@ -158,9 +161,10 @@ class Deliverer:
                   self.hooks.retry_max_age, delivery.last_error or "none (never tried)",
                   dead_letter_path(self.directory))
 
-    def _look(self) -> None:
+    def look(self) -> None:
         """List the spool (recount it now and then), make room under ``drop_oldest``, load
-        the oldest batches seen twice, and give up the deliveries too old to wait."""
+        the batches in number order up to the first this look is the first to see, and
+        give up the deliveries too old to wait."""
         started = time.monotonic()
         if started >= self._next_recount:
             self._next_recount = started + RECOUNT_EVERY
@@ -168,14 +172,14 @@ class Deliverer:
             listed, usage = self.state.recount()
         else:
             listed, usage = scan(self.directory)
-        fresh = [batch for batch in listed if batch.name not in self._seen]
-        self._seen = {batch.name for batch in listed}
-        self._next_scan = started + (SCAN_SOON if fresh else SCAN_EVERY)
+        seen_before, self._seen = self._seen, {batch.name for batch in listed}
         if self.hooks.spool_full == "drop_oldest":
             listed = self._make_room(listed, usage)
         metrics.EVENT_SPOOL_BYTES.set(usage.bytes)
         metrics.EVENT_SPOOL_EVENTS.set(sum(b.last - b.first + 1 for b in listed))
-        self._load([batch for batch in listed if batch not in fresh])
+        settled = list(itertools.takewhile(lambda b: b.name in seen_before, listed))
+        self._next_scan = started + (SCAN_SOON if len(settled) < len(listed) else SCAN_EVERY)
+        self._load(settled)
         now = time.time()
         for event, delivery in self.schedule.expired(now):
             self._bury(event, delivery, now)

@@ -120,10 +120,8 @@ class Receiver:
         return bool(self.failures) and now < self.resume_at
 
     def enqueue(self, event: Event, delivery: Delivery) -> None:
-        late = bool(self.queue) and self.queue[-1][0].seq > event.seq
+        """Add a delivery; batches are loaded in number order (see ``deliver``)."""
         self.queue.append((event, delivery))
-        if late:  # a batch listed after a later one (see deliver): put it in its place
-            self.queue.sort(key=lambda item: item[0].seq)
 
     def one_done(self) -> None:
         self.finished += 1
