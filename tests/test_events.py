@@ -18,16 +18,22 @@ import signal
 import stat
 import sys
 import threading
+import time
 
 import psutil
 import pytest
 
 from cosftp_prefork.config.hooks import HooksConfig
+from cosftp_prefork.events.deadletter import bury
 from cosftp_prefork.events.deliver import Deliverer
+from cosftp_prefork.events.queue import QueueReader, QueueStatus
 from cosftp_prefork.events.spool import (
+    BatchWriter,
+    SpoolState,
     batch_name,
     encode_record,
     prepare_directory,
+    scan,
 )
 
 from .conftest import ALPHA
@@ -423,6 +429,8 @@ def test_an_event_never_accepted_goes_to_the_dead_letter_file(emulator, tmp_path
         wait_until(lambda: not spool_batches(server), what="the spool emptied")
         samples = scrape(server)
         log = server.log_text()
+    queue = QueueReader(HooksConfig(spool_dir=os.path.dirname(dead_letters))).status()
+    assert (queue.queued, queue.oldest_queued_seconds, queue.dead_letters) == (0, None, 2)
     buried = [json.loads(line) for line in lines_of(dead_letters)]
     assert {entry["destination"] for entry in buried} == {f"http:{receiver.url}",
                                                           f"command:{command['line']}"}
@@ -505,6 +513,41 @@ def test_pre_checks_that_fail_open_let_uploads_in(emulator, cos, tmp_path, recei
 
 def get_object(cos, key: str) -> bytes:
     return cos.get_object(Bucket=ALPHA, Key=key)["Body"].get_raw_stream().read()
+
+
+def test_the_queue_reader_counts_the_spool_for_the_admin_api(tmp_path):
+    """What the admin API shows: events waiting, the oldest one's age, the spool's size and
+    bound, and the dead letters, read without a lock and without creating anything."""
+    spool = str(tmp_path / "events")
+    hooks = HooksConfig(spool_dir=spool, spool_max=2 ** 20)
+    reader = QueueReader(hooks)
+    assert reader.status() == QueueStatus(0, 0, 0, 2 ** 20, None, 0)
+    assert not os.path.exists(spool)
+    prepare_directory(spool)
+    state = SpoolState(spool)
+    writer = BatchWriter(state)
+    try:
+        records = [encode_record({"event": "upload", "event_id": str(n), "at": 0.0,
+                                  "body": "{}", "to": []}) for n in range(5)]
+        writer.write(records[:3])
+        writer.write(records[3:])
+        status = reader.status(now=time.time() + 60)
+        assert (status.queued, status.batches, status.dead_letters) == (5, 2, 0)
+        assert status.spool_bytes > 0 and 60 <= status.oldest_queued_seconds < 3600
+        record = {"event_id": "x", "event": "upload", "at": 0.0, "body": "{}"}
+        for _ in range(2):
+            bury(spool, record, {"id": "http:x"}, 3, "answered 500", time.time())
+        assert reader.status().dead_letters == 2
+        bury(spool, record, {"id": "http:x"}, 3, "answered 500", time.time())
+        first = scan(spool)[0][0]
+        state.remove(first.name)
+        status = reader.status()
+        assert (status.queued, status.batches, status.dead_letters) == (2, 1, 3)
+        os.unlink(os.path.join(spool, "dead-letter.jsonl"))  # an operator took them away
+        assert reader.status().dead_letters == 0
+    finally:
+        writer.close()
+        state.close()
 
 
 def test_a_batch_a_listing_missed_is_not_overtaken_by_a_later_one(tmp_path):
