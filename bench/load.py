@@ -20,6 +20,16 @@ and how fast each attacker was cut off; it exits 1 also if an attacker ever logg
 the workers' descriptors and threads did not come back to what they held after the first
 run.
 
+``--webhook`` also runs the workload on a second server, with an emulator of its own (one
+that served a run answers the next more slowly), that sends every event to an HTTP receiver
+(``tests/hook_receiver.py``, a process of its own); with it, both runs have a metrics port, so
+that they differ by the events alone. It prints for that run what the sessions waited for the
+spool (``cosftp_event_spool_write_seconds``: the only part of the hook on the reply's path),
+STOR's median and p99 in both runs, the CPU seconds of the events process and of the
+receiver, whether every operation a client was told succeeded reached the receiver
+(``events_missing``: the run fails unless 0), the events sent twice, and how long after the
+last command the last one came.
+
 The legitimate sessions all come from 127.0.0.1 and log in at most ``LOGINS_AT_ONCE`` at a
 time, below the server's per-address limit on connections not logged in yet (in the field
 they come from many addresses); the server allows one address all of them logged in.
@@ -42,11 +52,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -55,6 +67,7 @@ from cosftp_prefork.config.passwords import hash_password  # noqa: E402
 from cosftp_prefork.config.settings import parse_config, part_size_for  # noqa: E402
 from tests.crowds import peak_rss, reset_peak_rss, workers_of  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
+from tests.hook_receiver import Receiver  # noqa: E402
 from tests.server_proc import Account, ServerProcess, free_port  # noqa: E402
 from tests.tls_clients import ImplicitFTP_TLS, client_context, write_certificate  # noqa: E402
 
@@ -62,6 +75,8 @@ BUCKET = "load-1250000000"
 # The hostile run works in a bucket of its own: moto gets slower as a bucket fills up, and
 # the second run would pay for the first one's files.
 HOSTILE_BUCKET = "hostile-1250000000"
+HOOKED_BUCKET = "hooked-1250000000"  # the --webhook run's, on an emulator of its own
+HOOK_SECRET = "bench-secret"
 LOGINS_AT_ONCE = 8
 # Each attacker's source address(es): ``bench/attackers.py --<name>-from``.
 ATTACKERS_FROM = {"flood": "127.0.0.2", "guess": "127.0.0.3", "drip": "127.0.0.4",
@@ -88,6 +103,8 @@ class Tally:
     bytes_moved: int = 0
     errors: list[str] = field(default_factory=list)
     mismatches: int = 0
+    stors: list[float] = field(default_factory=list)  # STOR to 226, seconds
+    acked: list[tuple[str, str]] = field(default_factory=list)  # (event, path) told done
 
     def command(self, seconds: float, nbytes: int = 0) -> None:
         with self.lock:
@@ -144,6 +161,7 @@ class Client:
         try:
             ftp.voidcmd("TYPE I")
             self._timed(ftp.mkd, self.dir)
+            self._acked("mkdir", "")
             while time.monotonic() < self.deadline:
                 self._one_operation(ftp)
         except (OSError, EOFError, ftplib.Error) as exc:
@@ -166,13 +184,18 @@ class Client:
         else:
             name = self.rng.choice(list(self.stored))
             self._timed(ftp.delete, f"{self.dir}/{name}")
+            self._acked("delete", name)
             del self.stored[name]
 
     def _stor(self, ftp: ftplib.FTP) -> None:
         data = os.urandom(self.rng.randrange(0, self.max_size))
         name = f"f{self.rng.randrange(10**9)}"
+        start = time.perf_counter()
         self._timed(ftp.storbinary, f"STOR {self.dir}/{name}", io.BytesIO(data),
                     nbytes=len(data))
+        with self.tally.lock:
+            self.tally.stors.append(time.perf_counter() - start)
+        self._acked("upload", name)
         self.stored[name] = hashlib.sha256(data).hexdigest()
 
     def _retr(self, ftp: ftplib.FTP) -> None:
@@ -180,6 +203,7 @@ class Client:
         out = bytearray()
         self._timed(ftp.retrbinary, f"RETR {self.dir}/{name}", out.extend)
         self.tally.command(0, len(out))
+        self._acked("download", name)
         if hashlib.sha256(out).hexdigest() != self.stored[name]:
             with self.tally.lock:
                 self.tally.mismatches += 1
@@ -190,9 +214,19 @@ class Client:
         self.tally.command(time.perf_counter() - start, nbytes)
         return result
 
+    def _acked(self, event: str, name: str) -> None:
+        """The server said ``event`` on ``name`` (in this session's directory) succeeded."""
+        with self.tally.lock:
+            self.tally.acked.append((event, f"/{self.dir}/{name}".rstrip("/")))
+
     def _error(self, text: str) -> None:
         with self.tally.lock:
             self.tally.errors.append(f"{self.dir} ({self.kind}): {text}")
+
+
+def _p50_ms(values: list[float]) -> float:
+    ordered = sorted(values) or [0.0]
+    return round(ordered[len(ordered) // 2] * 1000, 1)
 
 
 def _p99_ms(values: list[float]) -> float:
@@ -305,14 +339,7 @@ def run(args: argparse.Namespace) -> dict:
     cert, key = write_certificate(pathlib.Path(workdir))
     accounts = [Account("load", hash_password("load-pw"), BUCKET),
                 Account("hostile", hash_password("hostile-pw"), HOSTILE_BUCKET)]
-    server = ServerProcess(workdir, emulator.port, accounts,
-                           optional={"worker_processes": str(args.workers),
-                                     "max_connection_num": "0",
-                                     "max_connections_per_ip": str(args.sessions + 16),
-                                     "upload_memory_limit": str(UPLOAD_MEMORY_MIB),
-                                     "log_level": "WARNING"},
-                           network={"tls_certfile": cert, "tls_keyfile": key,
-                                    "implicit_tls_port": str(free_port())})
+    server = _server(workdir, emulator, args, accounts, (cert, key))
     try:
         server.start()
         idle = settle(server, args.workers)["workers"]
@@ -323,6 +350,8 @@ def run(args: argparse.Namespace) -> dict:
         result["quiet"]["cpu_s"], cpu = cpu_since(cpu, server, emulator)
         after_quiet = settle(server, args.workers)
         result["workers_after"] = after_quiet
+        if args.webhook:
+            result["webhook"] = hooked(args, os.path.join(workdir, "hooked"), (cert, key))
         if not args.hostile:
             return result
         attackers = subprocess.Popen(
@@ -348,9 +377,94 @@ def run(args: argparse.Namespace) -> dict:
         emulator.stop()
 
 
-def workload(server: ServerProcess, args: argparse.Namespace, user: str) -> dict:
-    """Run ``args.sessions`` sessions of ``user`` for ``args.seconds`` against ``server``."""
+def _server(workdir: str, emulator: EmulatorProcess, args: argparse.Namespace,
+            accounts: list[Account], tls: tuple[str, str],
+            hooks: Optional[dict] = None) -> ServerProcess:
+    network = {"tls_certfile": tls[0], "tls_keyfile": tls[1],
+               "implicit_tls_port": str(free_port())}
+    if args.webhook:  # the spool's wait is read from the metrics: both runs pay for them
+        network["metrics_port"] = str(free_port())
+    return ServerProcess(workdir, emulator.port, accounts,
+                         optional={"worker_processes": str(args.workers),
+                                   "max_connection_num": "0",
+                                   "max_connections_per_ip": str(args.sessions + 16),
+                                   "upload_memory_limit": str(UPLOAD_MEMORY_MIB),
+                                   "log_level": "WARNING"},
+                         network=network, hooks=hooks or {})
+
+
+def hooked(args: argparse.Namespace, workdir: str, tls: tuple[str, str]) -> dict:
+    """The workload on a server (and emulator) of its own that sends every event to a
+    receiver; then wait until the receiver has the event of every operation a client was
+    told succeeded."""
+    emulator = EmulatorProcess([HOOKED_BUCKET]).start()
+    receiver = Receiver(free_port(), os.path.join(os.path.dirname(workdir), "received.jsonl"),
+                        HOOK_SECRET).start()
+    server = _server(workdir, emulator, args,
+                     [Account("hooked", hash_password("hooked-pw"), HOOKED_BUCKET)], tls,
+                     {"event_hook_url": receiver.url, "event_hook_secret": HOOK_SECRET})
     tally = Tally()
+    try:
+        server.start()
+        settle(server, args.workers)
+        cpu = cpu_of(server, emulator)
+        helpers = [psutil.Process(receiver.proc.pid), events_process(server)]
+        helpers_before = [p.cpu_times() for p in helpers]
+        result = workload(server, args, "hooked", tally)
+        result["cpu_s"], _ = cpu_since(cpu, server, emulator)
+        for name, process, before in zip(("receiver", "events_process"), helpers,
+                                         helpers_before):
+            after = process.cpu_times()
+            result["cpu_s"][name] = round(after.user + after.system - before.user -
+                                          before.system, 1)
+        result.update(spool_waits(server))
+        ended = time.monotonic()
+        missing = set(tally.acked)
+        while missing and time.monotonic() < ended + 300:
+            time.sleep(1.0)
+            missing -= {(event["event"], event["path"]) for event in receiver.accepted()}
+        ids = [event["event_id"] for event in receiver.accepted()]
+        result.update(events_expected=len(set(tally.acked)), events_missing=len(missing),
+                      events_received=len(set(ids)), events_sent_twice=len(ids) - len(set(ids)),
+                      events_all_in_after_s=round(time.monotonic() - ended, 1),
+                      signatures_ok=all(e["verified"] for e in receiver.entries()))
+        return result
+    finally:
+        server.stop()
+        receiver.kill()
+        emulator.stop()
+
+
+def events_process(server: ServerProcess) -> psutil.Process:
+    return next(p for p in psutil.Process(server.proc.pid).children()
+                if "cosftp: events" in " ".join(p.cmdline()))
+
+
+def spool_waits(server: ServerProcess) -> dict:
+    """What the sessions waited for their events to reach the spool's disk: mean and the
+    bucket bounds of the median and p99 (``cosftp_event_spool_write_seconds``)."""
+    url = f"http://127.0.0.1:{server.network['metrics_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        text = answer.read().decode()
+    samples = {(s.name, s.labels.get("le")): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name.startswith("cosftp_event_spool_write_seconds")}
+    count = samples[("cosftp_event_spool_write_seconds_count", None)]
+    buckets = sorted((float(le), n) for (name, le), n in samples.items()
+                     if name.endswith("_bucket"))
+
+    def bound(share: float) -> str:
+        return next(f"<= {le * 1000:g} ms" for le, n in buckets if n >= share * count)
+    return {"spool_writes": int(count),
+            "spool_wait_mean_ms": round(samples[("cosftp_event_spool_write_seconds_sum",
+                                                 None)] / max(1, count) * 1000, 2),
+            "spool_wait_p50": bound(0.5), "spool_wait_p99": bound(0.99)}
+
+
+def workload(server: ServerProcess, args: argparse.Namespace, user: str,
+             tally: Optional[Tally] = None) -> dict:
+    """Run ``args.sessions`` sessions of ``user`` for ``args.seconds`` against ``server``."""
+    tally = tally or Tally()
     workers = workers_of(server.proc.pid)
     for worker in workers:
         reset_peak_rss(worker.pid)
@@ -378,6 +492,8 @@ def workload(server: ServerProcess, args: argparse.Namespace, user: str) -> dict
         "mib_per_s": round(tally.bytes_moved / elapsed / MIB, 1),
         "errors": len(tally.errors), "mismatches": tally.mismatches,
         "p99_ms": _p99_ms(tally.latencies), "login_p99_ms": _p99_ms(tally.logins),
+        "stors": len(tally.stors), "stor_p50_ms": _p50_ms(tally.stors),
+        "stor_p99_ms": _p99_ms(tally.stors),
         "worker_peak_rss_mib": peaks, "max_worker_rss_mib": max(peaks.values(), default=0),
         "load_average": [round(x, 1) for x in (*load_before, *os.getloadavg())],
         "first_errors": tally.errors[:5],
@@ -394,7 +510,7 @@ def failures(result: dict) -> list[str]:
     """What makes the run fail: errors, corruption, RSS past the bound, an attacker logged
     in, workers not back to what they held."""
     found = []
-    for name in ("quiet", "hostile"):
+    for name in ("quiet", "hostile", "webhook"):
         run_ = result.get(name)
         if run_ is None:
             continue
@@ -406,6 +522,10 @@ def failures(result: dict) -> list[str]:
     for name, report in result.get("attackers", {}).items():
         if report.get("logins_230"):
             found.append(f"{name}: {report['logins_230']} logins")
+    webhook = result.get("webhook", {})
+    if webhook.get("events_missing") or not webhook.get("signatures_ok", True):
+        found.append(f"webhook: {webhook['events_missing']} events never reached the "
+                     f"receiver; signatures valid: {webhook['signatures_ok']}")
     settled = result.get("workers_after_hostile")
     if settled is not None and not settled["settled"]:
         found.append("the workers did not come back to their descriptors and threads")
@@ -430,6 +550,8 @@ def main(argv=None) -> int:
                         help="password-guessing TLS connections from each of 4 addresses")
     parser.add_argument("--garbage", type=int, default=4,
                         help="connections sending garbage to the implicit port at once")
+    parser.add_argument("--webhook", action="store_true",
+                        help="run again on a server sending every event to a receiver")
     args = parser.parse_args(argv)
     _raise_open_files(4 * (args.sessions + args.flood + args.stalls + args.guessers +
                            args.drippers) + 256)
