@@ -1,10 +1,11 @@
 """A signed JSON POST and its bounded answer: what receivers and pre-check services get.
 
 urllib3 (a dependency of the COS SDK already) pools the connections per host, verifies TLS
-certificates against the system's store (certifi's when it has none), and is imported only by
-the processes that post: the workers (pre-checks) and the events process, never the master.
-No retries here (the caller decides), no redirects followed (a receiver that moved is a
-configuration to fix, and a redirect must not carry the signature elsewhere).
+certificates and host names against the system's store (OpenSSL's default paths, which
+``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` change), and is imported only by the processes that
+post: the workers (pre-checks) and the events process, never the master. No retries here
+(the caller decides), no redirects followed (a receiver that moved is a configuration to
+fix, and a redirect must not carry the signature elsewhere).
 """
 
 from __future__ import annotations
