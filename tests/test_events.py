@@ -16,9 +16,12 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import psutil
 import pytest
@@ -38,7 +41,7 @@ from cosftp_prefork.events.spool import (
 
 from .conftest import ALPHA
 from .hook_receiver import Receiver
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_commands import get, put
 from .test_operating import scrape, value
 from .test_transfers import abort_transfer, start_upload
@@ -575,3 +578,52 @@ def test_a_batch_a_listing_missed_is_not_overtaken_by_a_later_one(tmp_path):
         assert list(deliverer.schedule.batches) == [earlier, later]
     finally:
         deliverer.close()
+
+
+def docs_receiver() -> str:
+    """The example receiver of docs/events.md, as printed there."""
+    with open(os.path.join(ROOT, "docs", "events.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    start = text.index("```python\n", text.index("A receiver that verifies the signature"))
+    return text[start + len("```python\n"):text.index("```", start + 3)]
+
+
+def test_the_example_receiver_in_the_docs_verifies_and_takes_events(emulator, tmp_path, area):
+    script, out = tmp_path / "receiver.py", tmp_path / "receiver.out"
+    script.write_text(docs_receiver())
+    port = free_port()
+    with open(out, "wb") as stdout:
+        example = subprocess.Popen([sys.executable, str(script)], stdout=stdout,
+                                   env={**os.environ, "HOOK_SECRET": SECRET,
+                                        "PORT": str(port)})
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def forged() -> int:
+            request = urllib.request.Request(url, data=b'{"event_id": "x"}', headers={
+                "X-Cosftp-Signature": "sha256=" + "0" * 64}, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+        wait_until(lambda: _answers(forged), what="the example receiver listening")
+        assert forged() == 401
+        with hook_server(tmp_path, emulator, {"event_hook_url": url,
+                                              "event_hook_events": "upload"}) as server:
+            ftp = server.login("ev", "ev-pw")
+            put(ftp, f"{area}/seen-by-example", b"x")
+            ftp.quit()
+            wait_until(lambda: not spool_batches(server), what="the event delivered")
+        assert out.read_text().splitlines() == [f"upload /{area}/seen-by-example"]
+    finally:
+        example.kill()
+        example.wait()
+
+
+def _answers(call) -> bool:
+    try:
+        call()
+    except OSError:
+        return False
+    return True
