@@ -28,7 +28,7 @@ import pytest
 
 from cosftp_prefork.config.hooks import HooksConfig
 from cosftp_prefork.events.deadletter import bury
-from cosftp_prefork.events.deliver import Deliverer
+from cosftp_prefork.events.deliver import SCAN_EVERY, WINDOW, Deliverer
 from cosftp_prefork.events.queue import QueueReader, QueueStatus
 from cosftp_prefork.events.spool import (
     BatchWriter,
@@ -627,3 +627,33 @@ def _answers(call) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_full_window_does_not_list_a_large_spool_again_and_again(tmp_path):
+    """A receiver down for long leaves a spool of many batches; while the events in memory
+    (``WINDOW``) all wait for it, listing the spool again soon would load nothing: the next
+    look comes after ``SCAN_EVERY``, and batches done make it come soon again."""
+    spool = str(tmp_path / "events")
+    prepare_directory(spool)
+    state = SpoolState(spool)
+    writer = BatchWriter(state)
+    unreachable = {"id": "http:x", "kind": "http", "scope": "HOOKS", "timeout": 1,
+                   "url": "http://127.0.0.1:9/", "signature": "sha256=0"}
+    try:
+        for first in range(0, WINDOW + 100, 100):
+            writer.write([encode_record({"event": "upload", "event_id": str(first + n),
+                                         "at": time.time(), "body": "{}",
+                                         "to": [unreachable]}) for n in range(100)])
+    finally:
+        writer.close()
+        state.close()
+    deliverer = Deliverer(HooksConfig(spool_dir=spool))
+    try:
+        for _ in range(2):  # a batch is loaded at its second look
+            deliverer.look()
+        assert deliverer.schedule.loaded == WINDOW
+        looked = time.monotonic()
+        deliverer.look()
+        assert deliverer.next_look >= looked + SCAN_EVERY
+    finally:
+        deliverer.close()

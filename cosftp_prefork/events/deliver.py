@@ -45,9 +45,9 @@ from .spool import (
     Usage,
     bind_wake,
     leftover_temps,
+    list_batches,
     prepare_directory,
     read_batch,
-    scan,
 )
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 THREADS = 16  # deliveries under way at once, all receivers together
 WINDOW = 1000  # events in memory at once
 SCAN_EVERY = 1.0  # seconds between looks at the spool when nothing wakes the process
-SCAN_SOON = 0.05  # after a wake-up, or to see new batches a second time
+SCAN_SOON = 0.05  # after a wake-up, or to see new batches a second time, at the soonest
+LISTING_SHARE = 4  # a look comes at least this many times the last listing's time later:
+# a spool of 100,000 batches (a receiver down for an hour) is listed a few times a second
 RECOUNT_EVERY = 30.0  # seconds between recounts of the spool's size under its lock
 TEMP_GRACE = 60.0  # a .tmp file this old is removed (a batch is written in milliseconds)
 BURY_RETRY = 30.0  # seconds before a dead-letter write that failed is tried again
@@ -80,6 +82,12 @@ class Deliverer:
         self._seen: set[str] = set()  # batches the last look found
         self._listed: list[Batch] = []
         self._next_scan = self._next_recount = 0.0
+        self._soon = SCAN_SOON  # how soon a look may follow another (see LISTING_SHARE)
+
+    @property
+    def next_look(self) -> float:
+        """When (``time.monotonic()``) the spool is listed next."""
+        return self._next_scan
 
     def run(self, running: Callable[[], bool]) -> None:
         """Deliver until ``running()`` says no."""
@@ -94,8 +102,11 @@ class Deliverer:
             starting, wake_at = self.schedule.due(now)
             for event, delivery in starting:
                 self.threads.submit(self._attempt, event, delivery)
-            for name in self.schedule.completed():
+            done = self.schedule.completed()
+            for name in done:
                 self.state.remove(name)
+            if done:  # room in the window: load what waits behind
+                self._next_scan = min(self._next_scan, time.monotonic() + self._soon)
         self.threads.shutdown(wait=False, cancel_futures=True)
 
     def _wait(self, timeout: float) -> None:
@@ -103,8 +114,8 @@ class Deliverer:
         for a look at the spool soon."""
         timeout = min(timeout, self._next_scan - time.monotonic(), SCAN_EVERY)
         readable, _, _ = select.select([self.wake, self._ended_r], [], [], max(0.0, timeout))
-        if self.wake in readable:
-            self._next_scan = min(self._next_scan, time.monotonic() + SCAN_SOON)
+        if self.wake in readable and self.schedule.loaded < WINDOW:
+            self._next_scan = min(self._next_scan, time.monotonic() + self._soon)
         for sock in readable:
             with contextlib.suppress(BlockingIOError):
                 while sock.recv(4096):
@@ -171,24 +182,27 @@ class Deliverer:
             self._remove_leftovers()
             listed, usage = self.state.recount()
         else:
-            listed, usage = scan(self.directory)
+            listed, usage = list_batches(self.directory), self.state.usage()
+        self._soon = max(SCAN_SOON, LISTING_SHARE * (time.monotonic() - started))
         seen_before, self._seen = self._seen, {batch.name for batch in listed}
         if self.hooks.spool_full == "drop_oldest":
             listed = self._make_room(listed, usage)
         metrics.EVENT_SPOOL_BYTES.set(usage.bytes)
         metrics.EVENT_SPOOL_EVENTS.set(sum(b.last - b.first + 1 for b in listed))
         settled = list(itertools.takewhile(lambda b: b.name in seen_before, listed))
-        self._next_scan = started + (SCAN_SOON if len(settled) < len(listed) else SCAN_EVERY)
-        self._load(settled)
+        room = self._load(settled)
+        # New batches are loaded at the next look, if the window has room for them then.
+        soon = room and len(settled) < len(listed)
+        self._next_scan = time.monotonic() + (self._soon if soon else SCAN_EVERY)
         now = time.time()
         for event, delivery in self.schedule.expired(now):
             self._bury(event, delivery, now)
 
-    def _load(self, batches: list[Batch]) -> None:
+    def _load(self, batches: list[Batch]) -> bool:
+        """Load ``batches`` until ``WINDOW`` events are in memory; False if it filled."""
         for batch in batches:
             if self.schedule.loaded >= WINDOW:
-                self._next_scan = time.monotonic() + SCAN_SOON  # look again as they go
-                return
+                return False
             if batch.name in self.schedule.batches:
                 continue
             try:
@@ -199,6 +213,7 @@ class Deliverer:
                 self._set_aside(batch, exc)
                 continue
             self.schedule.add(batch.name, records)
+        return self.schedule.loaded < WINDOW
 
     def _set_aside(self, batch: Batch, problem: Exception) -> None:
         """Move a batch that cannot be read out of the way (``.corrupt``), for a look."""

@@ -202,19 +202,31 @@ def disk_bytes(info: os.stat_result) -> int:
     return info.st_blocks * 512
 
 
+def _batch(name: str) -> Optional[Batch]:
+    match = _BATCH_RE.match(name)
+    if match is None:
+        return None
+    return Batch(int(match.group(1), 16), int(match.group(2), 16), int(match.group(3)), name)
+
+
+def list_batches(directory: str) -> list[Batch]:
+    """The batches in ``directory`` in event order, from their names alone (no ``stat``
+    per file: the events process lists a large spool often)."""
+    return sorted(batch for batch in map(_batch, os.listdir(directory)) if batch)
+
+
 def scan(directory: str) -> tuple[list[Batch], Usage]:
     """The batches in ``directory`` in event order, and what they take."""
     batches, usage = [], Usage()
     with os.scandir(directory) as entries:
         for entry in entries:
-            match = _BATCH_RE.match(entry.name)
-            if match is None:
+            batch = _batch(entry.name)
+            if batch is None:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 usage.bytes += disk_bytes(entry.stat(follow_symlinks=False))
                 usage.batches += 1
-                batches.append(Batch(int(match.group(1), 16), int(match.group(2), 16),
-                                     int(match.group(3)), entry.name))
+                batches.append(batch)
     batches.sort()
     return batches, usage
 
