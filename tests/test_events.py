@@ -657,3 +657,26 @@ def test_a_full_window_does_not_list_a_large_spool_again_and_again(tmp_path):
         assert deliverer.next_look >= looked + SCAN_EVERY
     finally:
         deliverer.close()
+
+
+def test_an_accounts_cos_prefix_is_in_the_keys_of_its_events(emulator, cos, tmp_path,
+                                                              receiver, area):
+    """The event names the object where COS has it (under the account's cos_prefix), the
+    path as the user sees it."""
+    receiver.start()
+    account = Account("ev", "ev-pw", ALPHA, extra=f"cos_prefix = {area}/home/")
+    with hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                          "event_hook_events": "upload, rename"},
+                     accounts=[account]) as server:
+        ftp = server.login("ev", "ev-pw")
+        put(ftp, "in.bin", b"prefixed")
+        ftp.rename("in.bin", "out.bin")
+        ftp.quit()
+        wait_until(lambda: not spool_batches(server), what="the events delivered")
+    events = receiver.accepted()
+    upload = next(e for e in events if e["event"] == "upload")
+    rename = next(e for e in events if e["event"] == "rename")
+    assert (upload["path"], upload["key"]) == ("/in.bin", f"{area}/home/in.bin")
+    assert (rename["from_key"], rename["key"]) == (f"{area}/home/in.bin",
+                                                   f"{area}/home/out.bin")
+    assert get_object(cos, rename["key"]) == b"prefixed"

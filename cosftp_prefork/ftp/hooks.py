@@ -34,11 +34,6 @@ SPOOL_FULL_REPLY = "451 The server cannot record this operation now (event spool
 Who = Callable[[], tuple[Optional[str], str]]
 
 
-def _key(path: str, directory: bool = False) -> str:
-    """The key ``path`` names: a directory's prefix ends with ``/``."""
-    return dir_prefix(path) if directory else object_key(path)
-
-
 class SessionHooks:
     """The events and pre-checks of one session. ``who`` returns the session's user (None
     before USER) and client address when an event is made."""
@@ -81,11 +76,21 @@ class SessionHooks:
             return None
         user, address = self._who()
         question = make_event(f"pre_{hook}", user, address, path, session=self._session,
-                              bucket=self.account.bucket, key=_key(path, directory), **fields)
+                              bucket=self.account.bucket, key=self._key(path, directory),
+                              **fields)
         verdict = self._checker.ask(check, hook, question)
         if verdict.allowed:
             return None
         return f"{451 if verdict.failed else 550} {verdict.reason}."
+
+    def _key(self, path: str, directory: bool = False) -> str:
+        """The COS key ``path`` names for this session's account (a directory's ends with
+        ``/``): under its ``cos_prefix``, where the receiver finds the object."""
+        return self._in_home(dir_prefix(path) if directory else object_key(path))
+
+    def _in_home(self, key: str) -> str:
+        """``key`` (as the account's home sees it) as the bucket knows it."""
+        return (self.account.prefix if self.account else "") + key
 
     def _pre_check(self, hook: str) -> Optional[PreCheck]:
         """The account's check of ``hook`` (upload, delete), else the server's."""
@@ -100,18 +105,18 @@ class SessionHooks:
     def uploaded(self, path: str, stored: ObjectInfo, resumed: bool, command: str,
                  seconds: float) -> None:
         """A STOR/APPE committed (before its 226)."""
-        self._emit("upload", path, [stored.key], True, self.account, command=command,
+        self._emit("upload", path, [self._in_home(stored.key)], True, self.account, command=command,
                    size=stored.size, etag=stored.etag,
                    crc64=None if stored.crc64 is None else str(stored.crc64),
                    duration=round(seconds, 3), resumed=resumed)
 
     def upload_failed(self, path: str, received: int, parked: bool, seconds: float) -> None:
         """A STOR/APPE ended without an object: parked for a resume, or discarded."""
-        self._emit("upload_failed", path, [object_key(path)], False, self.account,
+        self._emit("upload_failed", path, [self._key(path)], False, self.account,
                    size=received, parked=parked, duration=round(seconds, 3))
 
     def downloaded(self, path: str, sent: int, seconds: float) -> None:
-        self._emit("download", path, [object_key(path)], False, self.account, size=sent,
+        self._emit("download", path, [self._key(path)], False, self.account, size=sent,
                    duration=round(seconds, 3))
 
     def changed(self, kind: str, path: str, source: Optional[str] = None,
@@ -119,9 +124,9 @@ class SessionHooks:
         """A delete, mkdir, rmdir or rename (from ``source``) of ``path`` was done (before
         its reply)."""
         if source is None:
-            self._emit(kind, path, [_key(path, directory)], True, self.account)
+            self._emit(kind, path, [self._key(path, directory)], True, self.account)
             return
-        keys = [_key(source, directory), _key(path, directory)]
+        keys = [self._key(source, directory), self._key(path, directory)]
         self._emit(kind, path, keys, True, self.account,
                    **{"from": source, "to": path, "from_key": keys[0], "directory": directory})
 
