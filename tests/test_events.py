@@ -39,7 +39,7 @@ from cosftp_prefork.events.spool import (
     scan,
 )
 
-from .conftest import ALPHA
+from .conftest import ALPHA, BETA
 from .hook_receiver import Receiver
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_commands import get, put
@@ -680,3 +680,36 @@ def test_an_accounts_cos_prefix_is_in_the_keys_of_its_events(emulator, cos, tmp_
     assert (rename["from_key"], rename["key"]) == (f"{area}/home/in.bin",
                                                    f"{area}/home/out.bin")
     assert get_object(cos, rename["key"]) == b"prefixed"
+
+
+def test_events_in_a_virtual_folder_name_the_folders_bucket_and_keys(emulator, cos, tmp_path,
+                                                                     receiver, area):
+    """An operation inside a virtual folder has the event of the object where COS has it
+    (the folder's bucket, under its cos_prefix), the path as the user sees it; a rename out
+    of the folder names both buckets."""
+    receiver.start()
+    account = Account("ev", "ev-pw", ALPHA, extra=f"cos_prefix = {area}/home/\n"
+                      "virtual_folders = /drop=drop")
+    folder = f"\n[FOLDER_drop]\ncos_bucket = {BETA}\ncos_region = ap-guangzhou\n" \
+             f"cos_prefix = {area}/drop\nauthority = RW\n"
+    with hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
+                                          "event_hook_events": "upload, rename, delete"},
+                     accounts=[account], sections=folder) as server:
+        ftp = server.login("ev", "ev-pw")
+        put(ftp, "/drop/in.bin", b"in the folder")
+        ftp.rename("/drop/in.bin", "/drop/kept.bin")
+        ftp.rename("/drop/kept.bin", "/out.bin")
+        ftp.delete("/out.bin")
+        ftp.quit()
+        wait_until(lambda: not spool_batches(server), what="the events delivered")
+    events = {e["event"] + e["path"]: e for e in receiver.accepted()}
+    upload, inside = events["upload/drop/in.bin"], events["rename/drop/kept.bin"]
+    assert (upload["bucket"], upload["key"]) == (BETA, f"{area}/drop/in.bin")
+    assert (inside["bucket"], inside["from_key"], inside["key"]) == (
+        BETA, f"{area}/drop/in.bin", f"{area}/drop/kept.bin")
+    across = events["rename/out.bin"]
+    assert (across["from"], across["from_bucket"], across["from_key"]) == (
+        "/drop/kept.bin", BETA, f"{area}/drop/kept.bin")
+    assert (across["bucket"], across["key"]) == (ALPHA, f"{area}/home/out.bin")
+    assert (events["delete/out.bin"]["bucket"], events["delete/out.bin"]["key"]) == (
+        ALPHA, f"{area}/home/out.bin")

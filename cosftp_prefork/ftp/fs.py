@@ -213,6 +213,15 @@ class VirtualTree(AbstractedFS):
     def lookup_file(self, path: str) -> Optional[Entry]:
         raise NotImplementedError
 
+    def place_of(self, path: str) -> tuple[AccountConfig, str]:
+        """Where ``path`` is: the account as it is there (a virtual folder's bucket and
+        prefix) and the path as that place names it."""
+        raise NotImplementedError
+
+    def path_of(self, transfer) -> str:
+        """The FTP path of a file this tree opened (its ``name`` is its place's)."""
+        raise NotImplementedError
+
     def ftp2fs(self, ftppath: str) -> str:
         return self.ftpnorm(ftppath)
 
@@ -286,6 +295,12 @@ class CosFS(VirtualTree):
         if last is not None and last.kept is not None and \
                 (own is None or own.kept is not last.kept):
             last.kept.release()
+
+    def place_of(self, path: str) -> tuple[AccountConfig, str]:
+        return self._ctx.account, path
+
+    def path_of(self, transfer) -> str:
+        return transfer.name
 
     def room_for(self, path: str) -> tuple[str, int]:
         """``path`` as this filesystem stores it, and the bytes its key may have (what the

@@ -380,13 +380,14 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     def _report_end(self) -> None:
         """After the reply: the event of a failed upload (parked or discarded) or of a
         download the client had whole."""
-        transfer, hooks = self.file_obj, self.cmd_channel.hooks
+        transfer, channel = self.file_obj, self.cmd_channel
         seconds = self.get_elapsed_time()
         if isinstance(transfer, UploadSession) and transfer.committed is None:
-            hooks.upload_failed(transfer.name, transfer.size,
-                                transfer.state is UploadState.PARKED, seconds)
+            channel.hooks.upload_failed(channel.fs.path_of(transfer), transfer.size,
+                                        transfer.state is UploadState.PARKED, seconds)
         elif transfer is not None and self.cmd == "RETR" and self.transfer_finished:
-            hooks.downloaded(transfer.name, self.get_transmitted_bytes(), seconds)
+            channel.hooks.downloaded(channel.fs.path_of(transfer),
+                                     self.get_transmitted_bytes(), seconds)
 
     def _was_reset(self) -> bool:
         """True if the client reset the data connection rather than closing it (a FIN
@@ -417,7 +418,8 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         """The upload's event, on disk before its 226; if the spool cannot take it, 451."""
         assert upload.committed is not None
         try:
-            self.cmd_channel.hooks.uploaded(upload.name, upload.committed, upload.resumed,
+            self.cmd_channel.hooks.uploaded(self.cmd_channel.fs.path_of(upload),
+                                            upload.committed, upload.resumed,
                                             self.cmd or "STOR", self.get_elapsed_time())
         except SpoolError:
             compat.set_close_reply(self, NOT_RECORDED, log.error)
@@ -701,10 +703,11 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             self.respond("421 Too many failed logins; try again later.")
             self.close_when_done()
 
-    def fs_context(self, account: Optional[AccountConfig] = None) -> FsContext:
+    def fs_context(self, account: Optional[AccountConfig] = None,
+                   mount: str = "") -> FsContext:
         """Return what this session's ``CosFS`` needs (called once, at login), or the one
-        of a virtual folder (``account`` as it is in the folder: ``ftp.mounts``), whose
-        bucket is then made, on its first use in this worker."""
+        of a virtual folder (``account`` as it is in the folder at ``mount``:
+        ``ftp.mounts``), whose bucket is then made, on its first use in this worker."""
         account = account or self.authorizer.account(self.username)
         return FsContext(
             account=account,
@@ -712,16 +715,18 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             transfer=self.config.transfer,
             engine=self.engine,
             max_list_file=self.config.server.max_list_file,
-            hooks=self.hooks,
+            hooks=self.hooks.under(mount) if mount else self.hooks,
             retrier=self.retrier,
             quota=self.stats.quotas.for_account(account) if self.stats.quotas else None,
         )
 
     @functools.cached_property
     def hooks(self) -> SessionHooks:
-        """This session's events and pre-checks."""
+        """This session's events and pre-checks; its filesystem places their paths (a
+        virtual folder's are of the folder's bucket)."""
         return self.worker_hooks.session(f"{id(self):x}",
-                                         lambda: (self.username or None, self.remote_ip))
+                                         lambda: (self.username or None, self.remote_ip),
+                                         lambda path: self.fs.place_of(path))
 
     @functools.cached_property
     def log_label(self) -> SessionLabel:

@@ -14,6 +14,7 @@ attempt's event is kept.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -32,17 +33,33 @@ SPOOL_FULL_REPLY = "451 The server cannot record this operation now (event spool
 
 
 Who = Callable[[], tuple[Optional[str], str]]
+# Where an FTP path of the session is: the account as it is there (a virtual folder's view,
+# ``AccountConfig.mounted``: its bucket and cos_prefix) and the path as that place names it.
+Where = Callable[[str], tuple[AccountConfig, str]]
 
 
 class SessionHooks:
     """The events and pre-checks of one session. ``who`` returns the session's user (None
-    before USER) and client address when an event is made."""
+    before USER) and client address when an event is made; ``where`` places an FTP path
+    (the session's filesystem answers: a virtual folder's paths are of its bucket).
+
+    Paths are the session's FTP paths; the filesystem of a virtual folder reports its
+    changes through :meth:`under`, with paths as the folder names them."""
 
     def __init__(self, sink: Optional[EventSink], checker: Optional[PreChecker],
-                 hooks: HooksConfig, session: str, who: Who) -> None:
+                 hooks: HooksConfig, session: str, who: Who, where: Where) -> None:
         self._sink, self._checker, self._hooks = sink, checker, hooks
         self._session, self._who = session, who
+        self._where = where
+        self._mount = ""  # see ``under``
         self.account: Optional[AccountConfig] = None  # set at login
+
+    def under(self, mount: str) -> SessionHooks:
+        """These hooks as the filesystem of the virtual folder at ``mount`` reports to
+        them: :meth:`changed` takes the folder's paths (``/a.txt`` is ``<mount>/a.txt``)."""
+        view = copy.copy(self)
+        view._mount = mount
+        return view
 
     # --- before a command acts
 
@@ -75,22 +92,23 @@ class SessionHooks:
         if check is None or self._checker is None:
             return None
         user, address = self._who()
+        bucket, key = self._located(path, directory)
         question = make_event(f"pre_{hook}", user, address, path, session=self._session,
-                              bucket=self.account.bucket, key=self._key(path, directory),
-                              **fields)
+                              bucket=bucket, key=key, **fields)
         verdict = self._checker.ask(check, hook, question)
         if verdict.allowed:
             return None
         return f"{451 if verdict.failed else 550} {verdict.reason}."
 
-    def _key(self, path: str, directory: bool = False) -> str:
-        """The COS key ``path`` names for this session's account (a directory's ends with
-        ``/``): under its ``cos_prefix``, where the receiver finds the object."""
-        return self._in_home(dir_prefix(path) if directory else object_key(path))
-
-    def _in_home(self, key: str) -> str:
-        """``key`` (as the account's home sees it) as the bucket knows it."""
-        return (self.account.prefix if self.account else "") + key
+    def _located(self, path: str, directory: bool = False,
+                 key: Optional[str] = None) -> tuple[str, str]:
+        """The bucket and the COS key of ``path`` (a directory's ends with ``/``): under the
+        cos_prefix of the place it is in, where the receiver finds the object. ``key``: the
+        key as the place's own tree has it, when known (a committed upload's)."""
+        account, inner = self._where(path)
+        if key is None:
+            key = dir_prefix(inner) if directory else object_key(inner)
+        return account.bucket, account.prefix + key
 
     def _pre_check(self, hook: str) -> Optional[PreCheck]:
         """The account's check of ``hook`` (upload, delete), else the server's."""
@@ -105,30 +123,40 @@ class SessionHooks:
     def uploaded(self, path: str, stored: ObjectInfo, resumed: bool, command: str,
                  seconds: float) -> None:
         """A STOR/APPE committed (before its 226)."""
-        self._emit("upload", path, [self._in_home(stored.key)], True, self.account, command=command,
-                   size=stored.size, etag=stored.etag,
+        self._emit("upload", path, [self._located(path, key=stored.key)], True, self.account,
+                   command=command, size=stored.size, etag=stored.etag,
                    crc64=None if stored.crc64 is None else str(stored.crc64),
                    duration=round(seconds, 3), resumed=resumed)
 
     def upload_failed(self, path: str, received: int, parked: bool, seconds: float) -> None:
         """A STOR/APPE ended without an object: parked for a resume, or discarded."""
-        self._emit("upload_failed", path, [self._key(path)], False, self.account,
+        self._emit("upload_failed", path, [self._located(path)], False, self.account,
                    size=received, parked=parked, duration=round(seconds, 3))
 
     def downloaded(self, path: str, sent: int, seconds: float) -> None:
-        self._emit("download", path, [self._key(path)], False, self.account, size=sent,
+        self._emit("download", path, [self._located(path)], False, self.account, size=sent,
                    duration=round(seconds, 3))
 
     def changed(self, kind: str, path: str, source: Optional[str] = None,
                 directory: bool = False) -> None:
         """A delete, mkdir, rmdir or rename (from ``source``) of ``path`` was done (before
         its reply)."""
+        path = self._in_session(path)
         if source is None:
-            self._emit(kind, path, [self._key(path, directory)], True, self.account)
+            self._emit(kind, path, [self._located(path, directory)], True, self.account)
             return
-        keys = [self._key(source, directory), self._key(path, directory)]
-        self._emit(kind, path, keys, True, self.account,
-                   **{"from": source, "to": path, "from_key": keys[0], "directory": directory})
+        source = self._in_session(source)
+        places = [self._located(source, directory), self._located(path, directory)]
+        from_bucket, from_key = places[0]
+        self._emit(kind, path, places, True, self.account,
+                   **{"from": source, "to": path, "from_bucket": from_bucket,
+                      "from_key": from_key, "directory": directory})
+
+    def _in_session(self, path: str) -> str:
+        """``path`` of this view's folder (see ``under``) as the session names it."""
+        if not self._mount:
+            return path
+        return self._mount if path == "/" else self._mount + path
 
     def logged_in(self, account: AccountConfig) -> None:
         self.account = account
@@ -143,10 +171,10 @@ class SessionHooks:
         """The client's address was banned for ``seconds`` (the server's destinations)."""
         self._emit("ban", None, [], False, None, ban_seconds=seconds)
 
-    def _emit(self, kind: str, path: Optional[str], keys: list[str], admitted: bool,
-              owner: Optional[AccountConfig], **fields: Any) -> None:
-        """Write the event for the server's destinations and ``owner``'s; ``keys`` are the
-        keys it is about (the last one is the body's ``key``)."""
+    def _emit(self, kind: str, path: Optional[str], places: list[tuple[str, str]],
+              admitted: bool, owner: Optional[AccountConfig], **fields: Any) -> None:
+        """Write the event for the server's destinations and ``owner``'s; ``places`` are the
+        (bucket, key) it is about (the last one is the body's ``bucket`` and ``key``)."""
         if self._sink is None:
             return
         paths = [p for p in (fields.get("from"), path) if p]
@@ -154,11 +182,11 @@ class SessionHooks:
         if not targets:
             return
         user, address = self._who()
-        bucket = owner.bucket if owner else None
-        if keys:
-            fields = {"bucket": bucket, "key": keys[-1], **fields}
+        if places:
+            bucket, key = places[-1]
+            fields = {"bucket": bucket, "key": key, **fields}
         event = make_event(kind, user, address, path, session=self._session, **fields)
-        ordered = [f"{bucket}/{key.rstrip('/')}" for key in keys]
+        ordered = [f"{bucket}/{key.rstrip('/')}" for bucket, key in places]
         if admitted:
             self._sink.emit(event, targets, ordered, admitted)
             return
@@ -183,9 +211,9 @@ class WorkerHooks:
             if config.pre_checks_enabled else None
         return cls(hooks, sink, checker)
 
-    def session(self, session: str, who: Who) -> SessionHooks:
+    def session(self, session: str, who: Who, where: Where) -> SessionHooks:
         """The hooks of a new session (``session``: its id in events)."""
-        return SessionHooks(self.sink, self.checker, self.hooks, session, who)
+        return SessionHooks(self.sink, self.checker, self.hooks, session, who, where)
 
     def close(self) -> None:
         """Write the events still queued (the sessions are closed by then)."""

@@ -204,15 +204,16 @@ class MountedFS(VirtualTree):
         self._home = CosFS(root, cmd_channel)
         self._folders: dict[str, CosFS] = {}  # by mount path, made on first use
         self._announced: Optional[int] = None
-        # Which filesystem opened an upload: it is told when the upload ended.
-        self._uploads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Which filesystem opened a transfer, and at which mount point ("": the home): an
+        # upload's is told when it ended, and events name the transfer's path in the tree.
+        self._opened: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # --- routing
 
     def _folder(self, mount: Mount) -> CosFS:
         fs = self._folders.get(mount.path)
         if fs is None:
-            fs = CosFS("/", self._channel, self._channel.fs_context(mount.account))
+            fs = CosFS("/", self._channel, self._channel.fs_context(mount.account, mount.path))
             self._folders[mount.path] = fs
         return fs
 
@@ -235,6 +236,16 @@ class MountedFS(VirtualTree):
         kind = "a virtual folder's mount point" if self._table.find(path)[1] == "/" \
             else "a directory holding virtual folders"
         return f"{path} is {kind}: it cannot be {what}"
+
+    def place_of(self, path: str) -> tuple[AccountConfig, str]:
+        """A folder's path is of the folder's bucket and prefix (events name its key
+        there); any other, a mount point's parents' included, of the home's."""
+        mount, inner = self._table.find(path)
+        return (self._table.account, path) if mount is None else (mount.account, inner)
+
+    def path_of(self, transfer) -> str:
+        _, mount = self._opened.get(transfer, (None, ""))
+        return mount + transfer.name
 
     def _filesystems(self) -> list[CosFS]:
         return [self._home, *self._folders.values()]
@@ -324,7 +335,7 @@ class MountedFS(VirtualTree):
         return self._on_a_file("checksum", path, algorithm)
 
     def open_download(self, path: str, offset: int = 0):
-        return self._on_a_file("open_download", path, offset)
+        return self._opened_by(path, self._on_a_file("open_download", path, offset))
 
     def utime(self, path: str, timeval: float) -> None:
         self._on_a_file("utime", path, timeval)
@@ -430,12 +441,12 @@ class MountedFS(VirtualTree):
             return self.open_download(filename)
         self._fixed(filename, "written over")
         fs, inner = self._to_upload(filename)
-        return self._opened(fs, fs.open(inner, mode))
+        return self._opened_by(filename, fs.open(inner, mode))
 
     def open_resume(self, filename: str, offset: int):
         self._fixed(filename, "written over")
         fs, inner = self._to_upload(filename)
-        return self._opened(fs, fs.open_resume(inner, offset))
+        return self._opened_by(filename, fs.open_resume(inner, offset))
 
     def _to_upload(self, path: str) -> tuple[CosFS, str]:
         """The filesystem an upload to ``path`` goes to, given ALLO's size first."""
@@ -445,9 +456,11 @@ class MountedFS(VirtualTree):
             self._announced = None
         return fs, inner
 
-    def _opened(self, fs: CosFS, upload):
-        self._uploads[upload] = fs
-        return upload
+    def _opened_by(self, path: str, transfer):
+        """``transfer``, of ``path``, noted with the filesystem and mount point of it."""
+        mount, _ = self._table.find(path)
+        self._opened[transfer] = (self._route(path)[0], mount.path if mount else "")
+        return transfer
 
     def announce(self, size: int) -> None:
         """ALLO: the size of the next upload, wherever it goes; checked against the home's
@@ -462,7 +475,7 @@ class MountedFS(VirtualTree):
         return self._announced
 
     def upload_finished(self, upload) -> None:
-        fs = self._uploads.pop(upload, None)
+        fs, _ = self._opened.get(upload, (None, ""))
         if fs is not None:
             fs.upload_finished(upload)
 
@@ -490,6 +503,8 @@ class MountedFS(VirtualTree):
                              "its files one by one")
         self._check_service(src, dst)
         self._copy_across(src_fs, src_in, dst_fs, dst_in, src, dst)
+        # Neither filesystem renamed: the event is the tree's (a key in each bucket).
+        self._channel.hooks.changed("rename", dst, source=src)
 
     def _check_service(self, src: str, dst: str) -> None:
         """553 unless both folders are on one COS service (one copy request can name the
