@@ -39,6 +39,7 @@ from cosftp_prefork.events.spool import (
     scan,
 )
 
+from .admin_client import AdminClient, admin_server, admin_url
 from .conftest import ALPHA, BETA
 from .hook_receiver import Receiver
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
@@ -713,3 +714,19 @@ def test_events_in_a_virtual_folder_name_the_folders_bucket_and_keys(emulator, c
     assert (across["bucket"], across["key"]) == (ALPHA, f"{area}/home/out.bin")
     assert (events["delete/out.bin"]["bucket"], events["delete/out.bin"]["key"]) == (
         ALPHA, f"{area}/home/out.bin")
+
+
+def test_the_admin_api_shows_the_event_queue(emulator, tmp_path, area):
+    """GET /api/v1/events reads the spool (events.queue): the event of an upload waits
+    there while its receiver is down."""
+    proc = admin_server(str(tmp_path / "admin"), emulator.port)
+    proc.hooks = {"event_hook_secret": SECRET, "event_hook_events": "upload",
+                  "event_hook_url": f"http://127.0.0.1:{free_port()}/down"}
+    with proc:
+        ftp = proc.login("alice", "alice-pw")
+        put(ftp, f"{area}.bin", b"waiting")
+        ftp.quit()
+        status = AdminClient(admin_url(proc)).get("/events")
+    assert status["enabled"] and (status["queued"], status["dead_letters"]) == (1, 0)
+    assert status["spool_bytes"] > 0 and status["spool_limit_bytes"] == 256 * PART
+    assert status["oldest_queued_seconds"] is not None
