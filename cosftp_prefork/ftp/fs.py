@@ -207,11 +207,27 @@ class VirtualTree(AbstractedFS):
     """What every filesystem of a session shares: the FTP path is the "real" path, and
     what a path is comes from ``lookup`` and ``lookup_file``."""
 
+    quota: Optional[AccountQuota] = None  # the quotas this session's home writes count in
+    _announced: Optional[int] = None  # ALLO: the size of the next upload
+
     def lookup(self, path: str) -> Optional[Entry]:
         raise NotImplementedError
 
     def lookup_file(self, path: str) -> Optional[Entry]:
         raise NotImplementedError
+
+    def announce(self, size: int) -> None:
+        """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow);
+        raises ``QuotaExceeded`` if the home's quota has no room for them now (the STOR
+        reserves them, in the quotas of wherever it goes)."""
+        if self.quota is not None:
+            self.quota.check_room(size)
+        self._announced = size
+
+    @property
+    def announced(self) -> Optional[int]:
+        """The size ALLO announced for the next upload, if any."""
+        return self._announced
 
     def place_of(self, path: str) -> tuple[AccountConfig, str]:
         """Where ``path`` is: the account as it is there (a virtual folder's bucket and
@@ -267,7 +283,7 @@ class CosFS(VirtualTree):
             ResumeStore(self._bucket, ctx.transfer.resume_ttl, ctx.account.user), ctx.retrier,
             ctx.quota)
         self.quota = ctx.quota
-        self._announced: Optional[int] = None  # ALLO: the size of the next upload
+        self._announced = None
         # This session's last STOR (and its MFMT), for an MFMT or a rename right after it.
         self._own: Optional[OwnUpload] = None
         self._after_reply = AfterReply(functools.partial(ctx.engine.lookups.submit, self))
@@ -905,19 +921,6 @@ class CosFS(VirtualTree):
         self._forget(filename)
         return self._uploads.at_offset(filename, object_key(filename), entry, offset,
                                        self._take_announced())
-
-    def announce(self, size: int) -> None:
-        """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow);
-        raises ``QuotaExceeded`` if the account's quota has no room for them now (the STOR
-        reserves them)."""
-        if self.quota is not None:
-            self.quota.check_room(size)
-        self._announced = size
-
-    @property
-    def announced(self) -> Optional[int]:
-        """The size ALLO announced for the next upload, if any."""
-        return self._announced
 
     def _take_announced(self) -> Optional[int]:
         announced, self._announced = self._announced, None

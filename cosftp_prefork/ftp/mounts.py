@@ -203,7 +203,6 @@ class MountedFS(VirtualTree):
         self._table = mount_table(cmd_channel.authorizer.account(cmd_channel.username))
         self._home = CosFS(root, cmd_channel)
         self._folders: dict[str, CosFS] = {}  # by mount path, made on first use
-        self._announced: Optional[int] = None
         # Which filesystem opened a transfer, and at which mount point ("": the home): an
         # upload's is told when it ended, and events name the transfer's path in the tree.
         self._opened: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -461,18 +460,6 @@ class MountedFS(VirtualTree):
         mount, _ = self._table.find(path)
         self._opened[transfer] = (self._route(path)[0], mount.path if mount else "")
         return transfer
-
-    def announce(self, size: int) -> None:
-        """ALLO: the size of the next upload, wherever it goes; checked against the home's
-        quotas now, as without folders, and against those of where it goes at its STOR."""
-        if self.quota is not None:
-            self.quota.check_room(size)
-        self._announced = size
-
-    @property
-    def announced(self) -> Optional[int]:
-        """The size ALLO announced for the next upload, if any (see ``CosFS.announced``)."""
-        return self._announced
 
     def upload_finished(self, upload) -> None:
         fs, _ = self._opened.get(upload, (None, ""))
