@@ -58,11 +58,21 @@ def admin_server(workdir: str, cos_port: int, network: Optional[dict[str, str]] 
     return proc
 
 
-def serving_admin(emulator, tmp_path_factory, name: str) -> Iterator[ServerProcess]:
-    """For a module's fixture: ``admin_server`` running, bans after 3 failed logins."""
-    with admin_server(str(tmp_path_factory.mktemp(name)), emulator.port,
-                      max_login_failures="3", ban_time="600") as proc:
+def serving_admin(emulator, tmp_path_factory, name: str,
+                  hooks: Optional[dict[str, str]] = None) -> Iterator[ServerProcess]:
+    """For a module's fixture: ``admin_server`` running, bans after 3 failed logins, with
+    ``hooks`` as its [HOOKS] section if given."""
+    proc = admin_server(str(tmp_path_factory.mktemp(name)), emulator.port,
+                        max_login_failures="3", ban_time="600")
+    proc.hooks.update(hooks or {})
+    with proc:
         yield proc
+
+
+def unreachable_receiver() -> dict[str, str]:
+    """[HOOKS] sending upload events to a receiver that is down: they wait in the spool."""
+    return {"event_hook_url": f"http://127.0.0.1:{free_port()}/down",
+            "event_hook_secret": "s3cret", "event_hook_events": "upload"}
 
 
 class _SourceAdapter(HTTPAdapter):

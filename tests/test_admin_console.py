@@ -32,6 +32,7 @@ from .admin_client import (
     AdminClient,
     admin_url,
     serving_admin,
+    unreachable_receiver,
 )
 from .server_proc import free_port, wait_until
 from .test_admin_api import HeldUpload, log_in
@@ -48,7 +49,7 @@ WAIT = 30.0  # the console polls every second; a loaded machine is slower
 
 @pytest.fixture(scope="module")
 def console(emulator, tmp_path_factory):
-    yield from serving_admin(emulator, tmp_path_factory, "console")
+    yield from serving_admin(emulator, tmp_path_factory, "console", unreachable_receiver())
 
 
 @pytest.fixture
@@ -158,6 +159,9 @@ def test_upload_progress_moves_and_kick_closes_it_with_421(console, browser, tmp
         wait_for(browser, lambda: quota_bars(browser, "tenant") == [[MIB, size], [1, files]],
                  "the tenant's quota bars")
         assert "1.0 MiB of 8.0 MiB" in account_row(browser, "tenant").text
+        # Its upload's event waits in the spool (the receiver is down).
+        wait_for(browser, lambda: browser.find_element(By.ID, "events").text.startswith(
+            "Queued\n1 event"), "the upload's event queued")
         assert account_row(browser, "alice").find_elements(By.TAG_NAME, "td")[4].text == \
             "unlimited"
         session_id = logged_in_session(api)

@@ -185,11 +185,15 @@
       a.authority + (a.delete_enable ? "" : ", no delete"), quotaBars(usage.get(a.user))]);
   }
 
+  // The spool is shown while it holds anything, also under a configuration that stopped
+  // sending events (what was spooled before is still delivered).
   function drawEvents(e) {
-    const facts = e.enabled ? [
-      ["Queued", e.queued], ["Spool", `${bytes(e.spool_bytes)}` +
-        (e.spool_limit_bytes ? ` of ${bytes(e.spool_limit_bytes)}` : "")],
-      ["Dead letters", e.dead_letters], ["Oldest waiting", duration(e.oldest_queued_seconds)],
+    const facts = e.enabled || e.queued || e.dead_letters ? [
+      ["Queued", `${e.queued} event${e.queued === 1 ? "" : "s"}`],
+      ["Oldest waiting", duration(e.oldest_queued_seconds)],
+      ["Spool", bar(e.spool_bytes, e.spool_limit_bytes,
+        `${bytes(e.spool_bytes)} of ${bytes(e.spool_limit_bytes)}`)],
+      ["Dead letters", e.dead_letters],
     ] : [["Events", "not enabled on this server"]];
     $("events").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   }
