@@ -9,9 +9,14 @@ from __future__ import annotations
 import ftplib
 import re
 import threading
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import redis
+
+from cosftp_prefork.config.settings import ClusterConfig
+from cosftp_prefork.server.cluster import SKIPS_BEFORE_REWRITE, ClusterState
 
 from .redis6 import Redis6Proxy
 from .server_proc import free_port, wait_until
@@ -406,3 +411,58 @@ def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path)
         earn_ban(proc, "127.0.0.77")  # (status says ERRORS for a minute after the last)
         assert redis6.direct.pttl("cosftp:ban:127.0.0.77") > 0
         nothing_crashed(proc)
+
+
+def test_a_connection_counted_while_another_worker_rewrites_the_node_is_not_lost(redis6):
+    """Worker A reads the node's session table for its heartbeat; worker B admits a
+    connection (its table row, then its count in Redis) before A's rewrite reaches Redis.
+    A's rewrite from the older table must not erase B's count: the other nodes would
+    admit one connection past the per-address cap until the next heartbeat."""
+    config = ClusterConfig(f"redis://127.0.0.1:{redis6.port}/0", node_id="race")
+    publisher, admitter = ClusterState(config), ClusterState(config)
+    ip, key = "127.0.0.31", "cosftp:conn:race"
+    def table(counts: int) -> Callable[[], tuple]:
+        return lambda: (Counter({ip: counts}), 0, {})
+
+    def read_then_admitted() -> tuple:
+        read = table(1)()  # A's read: B's row is not in it yet
+        admitter.counted(ip, 1)  # B's row, then its count
+        return read
+    try:
+        publisher.publish(table(1))  # one connection, counted and published
+        publisher.publish(read_then_admitted)
+        assert redis6.direct.hget(key, ip) == "2"
+        publisher.publish(table(2))  # the next read has B's row
+        assert redis6.direct.hget(key, ip) == "2"
+        admitter.counted(ip, -1)
+        publisher.publish(table(1))
+        assert redis6.direct.hget(key, ip) == "1"
+    finally:
+        redis6.direct.delete(key)
+        publisher.close()
+        admitter.close()
+
+
+def test_a_busy_node_still_drops_the_counts_of_a_dead_worker(redis6):
+    """Every heartbeat of worker A sees a change counted meanwhile (a busy node) and keeps
+    the hash; after SKIPS_BEFORE_REWRITE of them it rewrites anyway, so the connections of
+    a worker that died (counted, never uncounted) do not stay counted for ever."""
+    config = ClusterConfig(f"redis://127.0.0.1:{redis6.port}/0", node_id="busy")
+    publisher, admitter = ClusterState(config), ClusterState(config)
+    ip, key = "127.0.0.32", "cosftp:conn:busy"
+
+    def churned() -> tuple:
+        admitter.counted(ip, 1)  # a connection that comes and goes during the read
+        admitter.counted(ip, -1)
+        return Counter({ip: 1}), 0, {}
+    try:
+        admitter.counted(ip, 3)  # one live connection, two of a worker since killed
+        rewrites = []
+        for _ in range(SKIPS_BEFORE_REWRITE + 1):
+            publisher.publish(churned)
+            rewrites.append(redis6.direct.hget(key, ip))
+        assert rewrites == ["3"] * SKIPS_BEFORE_REWRITE + ["1"]
+    finally:
+        redis6.direct.delete(key)
+        publisher.close()
+        admitter.close()

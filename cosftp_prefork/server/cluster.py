@@ -10,7 +10,8 @@ Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
   logged-in sessions, and ``@u:<digest>`` those of each account logged in there. Every
   worker rewrites it once a second from the node's own session table (``shared``) with a
   short expiry, so the counts of a node that dies vanish, and those of a dead worker are
-  gone at the next rewrite;
+  gone at the next rewrite; ``@seq`` counts the changes workers add between rewrites
+  (HINCRBY), so that a rewrite from a table read before one of them does not erase it;
 * ``nodes`` — node names scored by their last rewrite; admission sums the live ones;
 * ``unbans`` — the last ``UNBANS_KEPT`` unbans (``cosftpctl unban`` on any node), each
   ``<number>:<time>:<address or *>`` scored by its number from the counter ``unban-count``;
@@ -81,6 +82,9 @@ from .scoreboard import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A node's session table as a heartbeat sends it: connections per address, logged-in
+# sessions, logged-in sessions per account.
+NodeCounts = tuple[Counter, int, dict[AccountKey, int]]
 
 PREFIX = "cosftp:"
 NODE_TTL = 10  # seconds a node's counts live without a rewrite
@@ -88,6 +92,11 @@ RETRY_SECONDS = 5.0  # after a failed call, Redis is not asked again for this lo
 ERROR_SECONDS = 60.0  # a reply error shows in status this long; repeats are logged this often
 LOGGED_IN_FIELD = "@in"
 ACCOUNT_FIELD = "@u:"  # then the account's digest (scoreboard.account_text)
+SEQUENCE_FIELD = "@seq"  # counted changes to the node's hash so far (see _HEARTBEAT)
+# Heartbeats of one worker that may skip their rewrite in a row (a counted change landed
+# during each) before one rewrites anyway: a busy node's hash would otherwise never drop the
+# counts of a worker that died; that rewrite may miss a change for a second.
+SKIPS_BEFORE_REWRITE = 5
 UNBANS_KEPT = 1000  # the last unbans kept for the workers to read
 UNBANS_SECONDS = 7 * 86400  # and for how long after the last one
 UNBANS_PER_TICK = 100  # the most one heartbeat brings (the script's LIMIT)
@@ -194,11 +203,21 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) en
 return {0, repaired}
 """
 
-# The heartbeat: rewrite this node's hash whole and mark it alive; bring the unbans after the
-# last one this worker saw (all of them if the counter started again: Redis restarted, or the
-# keys expired), and the number of the last one brought. KEYS: its hash, nodes, unbans, the
-# unban counter; ARGV: node, now, expiry, forget nodes silent since, the last unban seen,
-# then field, count pairs.
+# The sequence of this node's counted changes (empty if none yet), read by a heartbeat
+# before it reads the session table. KEYS: the node's hash; ARGV: the sequence field.
+_SEQUENCE = """
+if kind(KEYS[1]) ~= 'hash' then return {'', {}} end
+return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
+"""
+
+# The heartbeat: rewrite this node's hash whole, unless a counted change landed since the
+# heartbeat read the sequence (its table may predate that change: the rewrite would lose it;
+# the hash keeps the counts HINCRBY made and the next heartbeat rewrites), and mark the node
+# alive; bring the unbans after the last one this worker saw (all of them if the counter
+# started again: Redis restarted, or the keys expired), and the number of the last one
+# brought. KEYS: its hash, nodes, unbans, the unban counter; ARGV: node, now, expiry, forget
+# nodes silent since, the last unban seen, the sequence field, the sequence read ('*':
+# rewrite anyway), then field, count pairs. Answers whether it rewrote.
 _HEARTBEAT = """
 local repaired = {}
 local counter, bad = counter_of(KEYS[4])
@@ -216,17 +235,22 @@ elseif found ~= 'none' then
 end
 found = kind(KEYS[1])
 if found ~= 'none' and found ~= 'hash' then table.insert(repaired, 'conn:*') end
+local sequence = found == 'hash' and redis.call('HGET', KEYS[1], ARGV[6]) or ''
+local rewrite = ARGV[7] == '*' or sequence == ARGV[7]
+if rewrite then
+  redis.call('DEL', KEYS[1])
+  for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if sequence ~= '' then redis.call('HSET', KEYS[1], ARGV[6], sequence) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 found = kind(KEYS[2])
 if found ~= 'none' and found ~= 'zset' then
   redis.call('DEL', KEYS[2])
   table.insert(repaired, 'nodes')
 end
-redis.call('DEL', KEYS[1])
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
-return {{seen, unbans}, repaired}
+return {{seen, unbans, rewrite and 1 or 0}, repaired}
 """
 
 # cosftpctl unban: delete KEYS[3..] (bans and failure counts; return how many bans ran and
@@ -390,8 +414,10 @@ class ClusterState:
         self._redis = connect(config)
         self._scripts = {name: self._redis.register_script(_LIBRARY + body) for name, body in
                          (("admit", _ADMIT), ("bans", _BANS), ("fail", _FAIL),
-                          ("counted", _COUNTED), ("heartbeat", _HEARTBEAT))}
+                          ("counted", _COUNTED), ("sequence", _SEQUENCE),
+                          ("heartbeat", _HEARTBEAT))}
         self._unbans_seen = 0  # the number of the last unban the heartbeat brought
+        self._skipped = 0  # heartbeats in a row that did not rewrite the node's hash
         self._url = public_url(config.redis_url)
         self._lock = threading.Lock()
         self._link = Link.UNCHECKED
@@ -546,7 +572,7 @@ class ClusterState:
                 account: Optional[AccountKey] = None) -> None:
         """This node gained (or lost, negative) connections of ``ip`` and logged-in
         sessions (of ``account``): tell the others now rather than at the next rewrite."""
-        changes = [client_key(ip), connections]
+        changes = [client_key(ip), connections, SEQUENCE_FIELD, 1]
         if logged_in:
             changes += [LOGGED_IN_FIELD, logged_in]
         if logged_in and account is not None:
@@ -554,27 +580,36 @@ class ClusterState:
         self._run("connection count", "counted", [PREFIX + "conn:" + self.node],
                   [NODE_TTL, *changes])
 
-    def publish(self, per_ip: Counter, logged_in: int,
-                accounts: Optional[dict[AccountKey, int]] = None) -> list[Unban]:
-        """Rewrite this node's counts (from its session table: per address, logged in, per
-        account) and mark it alive; log the counts of repeated errors; return the unbans
-        made since the last call (on any node). Runs from the worker's tick."""
+    def publish(self, table: Callable[[], NodeCounts]) -> list[Unban]:
+        """Rewrite this node's counts from ``table()`` (its session table: per address,
+        logged in, per account) and mark it alive; log the counts of repeated errors; return
+        the unbans made since the last call (on any node). Runs from the worker's tick.
+
+        The table is read after the hash's sequence: a change counted between the two
+        (another worker's) may be missing from the table, and the heartbeat then keeps the
+        hash as the changes left it rather than lose it."""
+        key = PREFIX + "conn:" + self.node
+        sequence = "*" if self._skipped >= SKIPS_BEFORE_REWRITE else \
+            self._run("heartbeat", "sequence", [key], [SEQUENCE_FIELD], failed="*")
+        if sequence is None:
+            return []
+        per_ip, logged_in, accounts = table()
         now = time.time()
         counts = [LOGGED_IN_FIELD, logged_in]
         for ip, n in per_ip.items():
             counts += [client_key(ip), n]
-        for account, n in (accounts or {}).items():
+        for account, n in accounts.items():
             counts += [account_field(account), n]
         answer = self._run("heartbeat", "heartbeat",
-                           [PREFIX + "conn:" + self.node, PREFIX + "nodes", PREFIX + "unbans",
-                            PREFIX + "unban-count"],
+                           [key, PREFIX + "nodes", PREFIX + "unbans", PREFIX + "unban-count"],
                            [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,
-                            *counts])
+                            SEQUENCE_FIELD, sequence, *counts])
         self._errors.flush()
         self._repairs.flush()
         if not answer:
             return []
         self._unbans_seen, members = int(answer[0]), answer[1]
+        self._skipped = 0 if int(answer[2]) else self._skipped + 1
         return _unbans(members)
 
     def close(self) -> None:

@@ -40,7 +40,7 @@ from typing import Callable, Optional
 
 from ..config.settings import ServerConfig
 from .burst import BurstLog
-from .cluster import UNAVAILABLE, ClusterState, Unban
+from .cluster import UNAVAILABLE, ClusterState, NodeCounts, Unban
 from .scoreboard import (
     CLUSTER_NONE,
     TOO_MANY,
@@ -321,6 +321,9 @@ class Gate:
             banned = self.cluster.record_failure(ip, *self._failures) or banned
         return banned
 
+    def _node_counts(self) -> NodeCounts:
+        return (*self.state.node_counts(), self.state.account_counts())
+
     def police(self) -> None:
         """Close pending connections past their login deadline or of a banned address, and
         write the counts of refusal bursts, forget the rate buckets of accounts logged out
@@ -328,8 +331,7 @@ class Gate:
         thread, once a second."""
         self.state.sweep_accounts()
         if self.cluster is not None:
-            self._forget_unbanned(self.cluster.publish(*self.state.node_counts(),
-                                                       self.state.account_counts()))
+            self._forget_unbanned(self.cluster.publish(self._node_counts))
         now = time.monotonic()
         with self._lock:
             pending = list(self._pending)
