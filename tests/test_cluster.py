@@ -8,6 +8,7 @@ import ftplib
 import io
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from .conftest import ALPHA
 from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
 from .test_clients import require
+from .test_master import one_session_per_worker, serving, state_file_locked, state_of
 from .test_proxy import BALANCER, RequiredProxyServer, proxied_ftp, v2_header
 from .test_resume import MIB, break_upload, get, rest_stor
 
@@ -380,3 +382,42 @@ def _logs_in(proc: ServerProcess) -> bool:
         return True
     except ftplib.error_temp:
         return False
+
+
+def test_a_worker_hung_holding_the_session_table_stops_no_other_heartbeat(emulator, tmp_path):
+    """As test_master's hung worker, on a cluster node: the other worker's tick, which
+    publishes the node's counts to Redis, must not wait for the held table either, or the
+    master would abort the healthy worker and its client with it."""
+    redis_port = free_port()
+    redis = start_redis(tmp_path, redis_port)
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [ACCOUNT],
+                    optional={"worker_timeout": "2", "health_check_interval": "1"})
+    proc.redis_port, proc.name = redis_port, "held"
+
+    def heartbeat(pid: int) -> float:
+        return next((w.heartbeat for w in state_of(proc).workers() if w.pid == pid), 0.0)
+    try:
+        proc.start()
+        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        sessions = one_session_per_worker(proc, lambda p: p.login(ACCOUNT.user,
+                                                                  ACCOUNT.password))
+        with state_file_locked(proc):
+            # The worker that accepts this connection blocks admitting it, before the 220.
+            victim = socket.create_connection((proc.host, proc.port), timeout=30)
+            aborted = r"\(pid (\d+)\) sent no heartbeat for \d+s \(worker_timeout=2\); sent "
+            wait_until(lambda: re.search(aborted, proc.log_text()), timeout=30,
+                       what="hung worker aborted")
+            hung = int(re.search(aborted, proc.log_text()).group(1))
+            survivor_pid = next(pid for pid in sessions if pid != hung)
+            for _ in range(2):  # two beats while the table is still held
+                beat = heartbeat(survivor_pid)
+                wait_until(lambda since=beat: heartbeat(survivor_pid) > since, timeout=10,
+                           what="the other worker's heartbeat")
+            assert sessions[survivor_pid].voidcmd("NOOP").startswith("200")
+        victim.close()
+        assert sessions[survivor_pid].pwd() == "/"
+        assert f"(pid {survivor_pid}) sent no heartbeat" not in proc.log_text()
+        sessions[survivor_pid].quit()
+    finally:
+        proc.stop()
+        redis.stop()

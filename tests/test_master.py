@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -531,13 +532,14 @@ def worker_of(proc: ServerProcess, ftp: ftplib.FTP) -> int:
     raise AssertionError(f"no worker serves client port {client_port}")
 
 
-def one_session_per_worker(proc: ServerProcess) -> dict[int, ftplib.FTP]:
-    """Log in until every worker serves a session (the workers balance new ones); return one
-    session per worker pid, the others closed."""
+def one_session_per_worker(proc: ServerProcess, log_in: Callable[[ServerProcess], ftplib.FTP]
+                           = login) -> dict[int, ftplib.FTP]:
+    """Log in (with ``log_in``) until every worker serves a session (the workers balance new
+    ones); return one session per worker pid, the others closed."""
     sessions: dict[int, ftplib.FTP] = {}
     extra = []
     for _ in range(8):
-        ftp = login(proc)
+        ftp = log_in(proc)
         pid = worker_of(proc, ftp)
         (extra if pid in sessions else []).append(ftp)
         sessions.setdefault(pid, ftp)

@@ -97,6 +97,7 @@ SEQUENCE_FIELD = "@seq"  # counted changes to the node's hash so far (see _HEART
 # during each) before one rewrites anyway: a busy node's hash would otherwise never drop the
 # counts of a worker that died; that rewrite may miss a change for a second.
 SKIPS_BEFORE_REWRITE = 5
+KEEP_HASH = "-"  # a sequence the hash never holds: the heartbeat keeps the hash
 UNBANS_KEPT = 1000  # the last unbans kept for the workers to read
 UNBANS_SECONDS = 7 * 86400  # and for how long after the last one
 UNBANS_PER_TICK = 100  # the most one heartbeat brings (the script's LIMIT)
@@ -580,26 +581,32 @@ class ClusterState:
         self._run("connection count", "counted", [PREFIX + "conn:" + self.node],
                   [NODE_TTL, *changes])
 
-    def publish(self, table: Callable[[], NodeCounts]) -> list[Unban]:
+    def publish(self, table: Callable[[], Optional[NodeCounts]]) -> list[Unban]:
         """Rewrite this node's counts from ``table()`` (its session table: per address,
-        logged in, per account) and mark it alive; log the counts of repeated errors; return
-        the unbans made since the last call (on any node). Runs from the worker's tick.
+        logged in, per account; None if it cannot be read now) and mark it alive; log the
+        counts of repeated errors; return the unbans made since the last call (on any node).
+        Runs from the worker's tick.
 
         The table is read after the hash's sequence: a change counted between the two
         (another worker's) may be missing from the table, and the heartbeat then keeps the
-        hash as the changes left it rather than lose it."""
+        hash as the changes left it rather than lose it; so it does without a table."""
         key = PREFIX + "conn:" + self.node
         sequence = "*" if self._skipped >= SKIPS_BEFORE_REWRITE else \
             self._run("heartbeat", "sequence", [key], [SEQUENCE_FIELD], failed="*")
         if sequence is None:
             return []
-        per_ip, logged_in, accounts = table()
+        read = table()
+        counts: list = []
+        if read is None:
+            sequence = KEEP_HASH
+        else:
+            per_ip, logged_in, accounts = read
+            counts = [LOGGED_IN_FIELD, logged_in]
+            for ip, n in per_ip.items():
+                counts += [client_key(ip), n]
+            for account, n in accounts.items():
+                counts += [account_field(account), n]
         now = time.time()
-        counts = [LOGGED_IN_FIELD, logged_in]
-        for ip, n in per_ip.items():
-            counts += [client_key(ip), n]
-        for account, n in accounts.items():
-            counts += [account_field(account), n]
         answer = self._run("heartbeat", "heartbeat",
                            [key, PREFIX + "nodes", PREFIX + "unbans", PREFIX + "unban-count"],
                            [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,

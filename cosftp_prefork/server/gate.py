@@ -321,8 +321,14 @@ class Gate:
             banned = self.cluster.record_failure(ip, *self._failures) or banned
         return banned
 
-    def _node_counts(self) -> NodeCounts:
-        return (*self.state.node_counts(), self.state.account_counts())
+    def _node_counts(self) -> Optional[NodeCounts]:
+        """The node's counts for the heartbeat; None while another thread or process holds
+        the session table (the tick must not wait for it: see ``sweep_accounts``)."""
+        try:
+            accounts = self.state.account_counts(wait=False)
+        except BlockingIOError:
+            return None
+        return (*self.state.node_counts(), accounts)
 
     def police(self) -> None:
         """Close pending connections past their login deadline or of a banned address, and

@@ -620,9 +620,10 @@ class SharedState:
         except BlockingIOError:
             return
 
-    def account_counts(self) -> dict[AccountKey, int]:
-        """Logged-in sessions per account on this server."""
-        with self._sessions_and_index() as (_, index):
+    def account_counts(self, wait: bool = True) -> dict[AccountKey, int]:
+        """Logged-in sessions per account on this server. Without ``wait``, raise
+        ``BlockingIOError`` at once if another thread or process holds the table."""
+        with self._sessions_and_index(wait) as (_, index):
             return index.accounts()
 
     def log_out(self, row: int, pid: int, limits: Limits) -> Optional[str]:
