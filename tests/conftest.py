@@ -17,6 +17,19 @@ BETA = "beta-1250000000"
 # The home of the standard server's account rooted at a prefix of ALPHA (test_clients.py runs
 # the peer suites both as alice, at the bucket's root, and as it).
 TENANT_PREFIX = "tenants/peer/"
+# ...and inside a virtual folder: the standard server's account "mounter" (rooted at a prefix
+# of ALPHA) mounts this prefix of BETA at PEER_MOUNT.
+PEER_FOLDER_PREFIX = "peers/folder/"
+PEER_MOUNT = "/mnt/in"
+PEER_FOLDER = f"""
+[FOLDER_peers]
+cos_bucket = {BETA}
+cos_region = ap-guangzhou
+cos_prefix = {PEER_FOLDER_PREFIX}
+authority = RW
+"""
+MOUNTER = Account("mounter", "mounter-pw", ALPHA, "RW",
+                  extra=f"cos_prefix = tenants/mounter/\nvirtual_folders = {PEER_MOUNT}=peers")
 
 STANDARD_ACCOUNTS = [
     Account("alice", "alice-pw", ALPHA, "RW"),
@@ -62,8 +75,8 @@ def server(emulator, tmp_path_factory):
     # one address every test connects from (the ban has its own tests and server). For the
     # same reason no per-address limit on connections (test_governance.py tests those).
     proc = ServerProcess(str(tmp_path_factory.mktemp("server")), emulator.port,
-                         STANDARD_ACCOUNTS, optional={"max_login_failures": "0",
-                                                      "max_connections_per_ip": "0"})
+                         [*STANDARD_ACCOUNTS, MOUNTER], sections=PEER_FOLDER,
+                         optional={"max_login_failures": "0", "max_connections_per_ip": "0"})
     proc.start()
     yield proc
     proc.stop()

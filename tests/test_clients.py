@@ -1,7 +1,9 @@
 """Real command-line FTP clients: lftp, curl, rclone and the classic ftp (tnftp).
 
-Each runs twice: as alice, whose home is the bucket's root, and as an account rooted at a key
-prefix (``cos_prefix``), whose files must land under that prefix and nowhere else."""
+Each runs three times: as alice, whose home is the bucket's root; as an account rooted at a
+key prefix (``cos_prefix``), whose files must land under that prefix and nowhere else; and
+inside a virtual folder (another bucket's prefix mounted two levels down an account's tree),
+whose files must land in the folder's bucket and prefix, not in the account's home."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .conftest import ALPHA, TENANT_PREFIX
+from .conftest import ALPHA, BETA, PEER_FOLDER_PREFIX, PEER_MOUNT, TENANT_PREFIX
 
 MIB = 1024 * 1024
 
@@ -38,24 +40,41 @@ def run(args: list[str], stdin: str = "", timeout: float = 60, **kwargs) -> str:
 
 @dataclass(frozen=True)
 class Peer:
-    """An account of the standard server the peer suites run as."""
+    """An account of the standard server the peer suites run as, and where they work."""
 
     user: str
     password: str
-    prefix: str = ""  # its cos_prefix
+    prefix: str = ""  # the key prefix where they work: the cos_prefix, or a folder's
+    bucket: str = ALPHA  # ... of this bucket
+    mount: str = ""  # where that is in the account's tree ("": its home), relative to /
+    home: str = ""  # the account's own cos_prefix in ALPHA, if it works in a folder
 
     def key(self, path: str) -> str:
         """The COS key of ``path`` (relative to the account's home)."""
-        return self.prefix + path
+        assert path.startswith(self.mount), path
+        return self.prefix + path[len(self.mount):]
+
+    def misplaced(self, path: str) -> list[tuple[str, str]]:
+        """Where (bucket, key) a server mixing up homes and folders would store ``path``."""
+        wrong = {(ALPHA, path), (ALPHA, self.home + path)}
+        return sorted(wrong - {(self.bucket, self.key(path))})
 
 
 ALICE = Peer("alice", "alice-pw")
-PEERS = {"bucket-root": ALICE, "cos-prefix": Peer("tenant", "tenant-pw", TENANT_PREFIX)}
+PEERS = {"bucket-root": ALICE, "cos-prefix": Peer("tenant", "tenant-pw", TENANT_PREFIX),
+         "virtual-folder": Peer("mounter", "mounter-pw", PEER_FOLDER_PREFIX, BETA,
+                                PEER_MOUNT.lstrip("/") + "/", "tenants/mounter/")}
 
 
 @pytest.fixture(params=list(PEERS))
 def peer(request) -> Peer:
     return PEERS[request.param]
+
+
+@pytest.fixture
+def area(area: str, peer: Peer) -> str:
+    """The test's directory, in the folder the peer works in."""
+    return peer.mount + area
 
 
 def lftp_command(server, script: str, peer: Peer = ALICE) -> list[str]:
@@ -74,12 +93,12 @@ def lftp(server, script: str, peer: Peer = ALICE) -> str:
 
 
 def assert_stored(cos, peer: Peer, *paths: str) -> None:
-    """Each of ``paths`` is stored under ``peer``'s home, and not at the bucket's root
-    when that is another place."""
+    """Each of ``paths`` is stored where ``peer`` works, and nowhere a server mixing up
+    homes and folders would put it."""
     for path in paths:
-        assert cos.object_exists(Bucket=ALPHA, Key=peer.key(path)), path
-        if peer.prefix:
-            assert cos.object_exists(Bucket=ALPHA, Key=path) is False, path
+        assert cos.object_exists(Bucket=peer.bucket, Key=peer.key(path)), path
+        for bucket, key in peer.misplaced(path):
+            assert cos.object_exists(Bucket=bucket, Key=key) is False, (bucket, key)
 
 
 def test_lftp_put_get_ls_mv_rm(server, tmp_path, area, cos, peer):
@@ -93,7 +112,7 @@ def test_lftp_put_get_ls_mv_rm(server, tmp_path, area, cos, peer):
     assert "moved.bin" in listing and "big file.bin" not in listing
     assert_stored(cos, peer, f"{area}/moved.bin")
     lftp(server, f"rm {area}/moved.bin; rmdir {area}", peer)
-    assert cos.object_exists(Bucket=ALPHA, Key=peer.key(f"{area}/moved.bin")) is False
+    assert cos.object_exists(Bucket=peer.bucket, Key=peer.key(f"{area}/moved.bin")) is False
 
 
 def test_lftp_mirror_upload(server, tmp_path, area, cos, peer):
