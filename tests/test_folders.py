@@ -175,6 +175,31 @@ def test_each_folder_has_its_own_authority_and_delete_permission(fa, cos):
     assert "r" in facts["perm"] and "w" not in facts["perm"]
 
 
+def mlst_perm(ftp: ftplib.FTP, path: str) -> set[str]:
+    """The letters of the ``perm`` fact MLST gives ``path``."""
+    return set(re.search(r"perm=([a-z]*);", ftp.sendcmd(f"MLST {path}")).group(1))
+
+
+def test_mlsd_and_mlst_show_each_folders_permissions(fa):
+    """The perm fact (RFC 3659 letters) of a mount point and of what is in a folder is the
+    folder's authority and delete_enable, not the home's (RW with delete); a mount point, and
+    a directory leading to one, cannot be deleted or renamed (no d, f)."""
+    put(fa, "/far/away/perm.txt", b"p")
+    put(fa, "/shared/perm.txt", b"p")
+    mount_points = {"ro": set("el"), "shared": set("elcmp"), "far": set("elcmp")}
+    assert {name: set(facts["perm"]) for name, facts in fa.mlsd("/")
+            if name in mount_points} == mount_points
+    assert set(dict(fa.mlsd("/far"))["away"]["perm"]) == set("elcm")  # no delete
+    for path, letters in {"/ro": "el", "/shared": "elcmp", "/far": "elcmp",
+                          "/far/away": "elcm"}.items():
+        assert mlst_perm(fa, path) == set(letters), path
+    assert set(dict(fa.mlsd("/far/away"))["perm.txt"]["perm"]) == set("afrw")
+    assert mlst_perm(fa, "/far/away/perm.txt") == set("afrw")
+    assert set(dict(fa.mlsd("/shared"))["perm.txt"]["perm"]) == set("adfrw")
+    assert set(dict(fa.mlsd("/ro"))["old.txt"]["perm"]) == mlst_perm(fa, "/ro/old.txt") == {"r"}
+    fa.delete("/shared/perm.txt")
+
+
 @pytest.mark.parametrize("path", ["/shared", "/far", "/far/away"])
 def test_mount_points_cannot_be_deleted_renamed_or_written_over(fa, path, cos):
     before = files_under_root(cos)

@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import posixpath
+import re
 import stat
 import time
 import weakref
@@ -70,6 +71,32 @@ def perms_for(account: AccountConfig) -> str:
         if account.delete_enable:
             perms += DELETE_PERMS
     return perms
+
+
+def fixed_dir_perm(account: AccountConfig) -> str:
+    """The RFC 3659 ``perm`` fact of a mount point of ``account`` (as it is in the folder),
+    or of a directory of its home leading to one: enter and list (``el``) always, create
+    files and directories in it (``cm``) with W, delete what is in it (``p``) with W and
+    ``delete_enable``; never delete or rename it (``d``, ``f``), which is refused."""
+    letters = "el"
+    if account.can_write:
+        letters += "cm"
+        if account.delete_enable:
+            letters += "p"
+    return letters
+
+
+_PERM_FACT = re.compile(rb"(?:^|(?<=;))perm=[a-z]*;")
+
+
+def _with_perm_fact(line: bytes, perms: dict[bytes, bytes]) -> bytes:
+    """An MLSx line whose entry is named in ``perms`` with its ``perm`` fact from there
+    (facts come before the first space, the name after it)."""
+    facts, space, name = line.partition(b" ")
+    letters = perms.get(name.removesuffix(b"\r\n"))
+    if letters is None:
+        return line
+    return _PERM_FACT.sub(lambda _: b"perm=" + letters + b";", facts) + space + name
 
 
 @dataclass(frozen=True)
@@ -405,12 +432,22 @@ class MountedFS(VirtualTree):
 
     def format_mlsx(self, basedir: str, listing: Iterable[str], perms: str, facts: str,
                     ignore_err: bool = True):
-        """MLSD's lines, with the ``perm`` fact of the folder listed (the handler passes
-        the account's)."""
+        """MLSD's and MLST's lines, with the ``perm`` fact of where each entry is (the
+        handler passes the home's letters): a folder's inside it, and at a mount point and
+        a directory leading to one, ``fixed_dir_perm`` of the folder it is or leads to."""
         fs, inner = self._route(basedir)
         if fs is not self._home:
-            perms = perms_for(self._table.folder_account(basedir))
-        return fs.format_mlsx(inner, listing, perms, facts, ignore_err)
+            return fs.format_mlsx(inner, listing, perms_for(self._table.folder_account(basedir)),
+                                  facts, ignore_err)
+        lines = fs.format_mlsx(inner, listing, perms, facts, ignore_err)
+        fixed = {self._encoded(name): fixed_dir_perm(self._table.folder_account(
+            posixpath.join(basedir, name))).encode("ascii")
+            for name in self._table.leading(basedir)}
+        return (_with_perm_fact(line, fixed) for line in lines) if fixed else lines
+
+    def _encoded(self, name: str) -> bytes:
+        """``name`` as this session's lines write it (pyftpdlib's ``format_mlsx``)."""
+        return name.encode(self._channel.encoding, self._channel.unicode_errors)
 
     def mkdir(self, path: str) -> None:
         if self._virtual(path):
