@@ -335,8 +335,8 @@ def test_a_quota_holds_across_the_nodes_of_a_cluster(emulator, tmp_path):
 
 def test_renames_between_homes_are_counted_and_refused_past_a_quota(emulator, tmp_path):
     """An admin above two tenants moves files between them: a file too big for mb's quota
-    stays where it was (552), a small one moves and counts in mb, a directory moved into mb
-    gets mb's home scanned again."""
+    stays where it was (552), a small one moves and counts in mb, and so does a directory
+    moved into mb."""
     accounts = [quota_account("madmin", prefix="moves"),
                 quota_account("ma", prefix="moves/ma"),
                 quota_account("mb", "1M", prefix="moves/mb")]
@@ -358,7 +358,7 @@ def test_renames_between_homes_are_counted_and_refused_past_a_quota(emulator, tm
         assert used(tenant) == (100, 1)
         admin.sendcmd("RNFR ma/dir")
         admin.sendcmd("RNTO mb/dir")
-        wait_until(lambda: used(tenant) == (300, 2), what="mb's home to be scanned again")
+        assert used(tenant) == (300, 2)
         tenant.delete("small.bin")
         assert used(tenant) == (200, 1)
         for ftp in (admin, tenant):
@@ -392,3 +392,88 @@ def test_with_redis_gone_a_node_counts_alone_or_refuses(emulator, tmp_path, cos,
     finally:
         proc.stop()
         redis.stop()
+
+
+def home_used(ftp: ftplib.FTP) -> tuple[int, int]:
+    """Bytes and files SITE QUOTA says the account's own home holds (not a home above)."""
+    reply = ftp.sendcmd("SITE QUOTA")
+    found = re.search(r"This account's home:.*?size: (\d+) bytes used.*?files: (\d+) used",
+                      reply, re.DOTALL)
+    assert found, reply
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.fixture(scope="module")
+def movers(emulator, tmp_path_factory):
+    """An admin (quota 8 MiB) rooted above two tenants with quotas of their own; usage is
+    never scanned again by itself (quota_scan_interval = 0), so what the tests see is what
+    the server kept as it wrote."""
+    accounts = [quota_account("cadmin", "8M", prefix="catch"),
+                quota_account("ca", "2M", files=10, prefix="catch/ca"),
+                quota_account("cb", "2M", files=10, prefix="catch/cb")]
+    with ServerProcess(str(tmp_path_factory.mktemp("movers")), emulator.port, accounts,
+                       optional={"quota_scan_interval": "0"}) as proc:
+        yield proc
+
+
+def test_a_directory_renamed_between_homes_is_counted_at_once(movers):
+    """The admin moves ca/dir (three files, one in a subdirectory, and the directories'
+    markers, which count for nothing) into cb: ca's usage drops and cb's rises by exactly
+    that as the rename is answered, the admin's (above both) is unchanged."""
+    admin, ca, cb = (login(movers, user) for user in ("cadmin", "ca", "cb"))
+    put(ca, "stays.bin", b"s" * 50)
+    ca.mkd("dir")
+    ca.mkd("dir/sub")
+    for name, size in (("dir/one.bin", 100), ("dir/two.bin", 200), ("dir/sub/three.bin", 400)):
+        put(ca, name, b"x" * size)
+    put(cb, "own.bin", b"o" * 1000)
+    assert home_used(ca) == (750, 4) and home_used(cb) == (1000, 1)
+    assert home_used(admin) == (1750, 5)
+    admin.rename("ca/dir", "cb/dir")
+    assert home_used(ca) == (50, 1)
+    assert home_used(cb) == (1700, 4)
+    assert home_used(admin) == (1750, 5)
+    cb.rename("dir", "moved")  # within one home: no change
+    assert home_used(cb) == (1700, 4)
+    admin.rename("cb/moved", "ca/back")
+    assert home_used(ca) == (750, 4) and home_used(cb) == (1000, 1)
+    for ftp in (admin, ca, cb):
+        ftp.quit()
+
+
+def test_a_rename_onto_an_existing_file_stops_counting_it(movers):
+    """The file a rename writes over goes: its bytes and its file stop counting, within a
+    home and across homes."""
+    admin, ca, cb = (login(movers, user) for user in ("cadmin", "ca", "cb"))
+    before_a, before_b = home_used(ca), home_used(cb)
+    put(ca, "over-a.bin", b"a" * 100)
+    put(ca, "over-b.bin", b"b" * 300)
+    ca.rename("over-a.bin", "over-b.bin")
+    assert home_used(ca) == (before_a[0] + 100, before_a[1] + 1)
+    put(cb, "target.bin", b"t" * 500)
+    admin.rename("ca/over-b.bin", "cb/target.bin")
+    assert home_used(ca) == before_a
+    assert home_used(cb) == (before_b[0] + 100, before_b[1] + 1)
+    assert get(cb, "target.bin") == b"a" * 100
+    cb.delete("target.bin")
+    assert home_used(cb) == before_b
+    for ftp in (admin, ca, cb):
+        ftp.quit()
+
+
+def test_a_file_renamed_from_a_folder_over_one_in_the_home_stops_counting_it(emulator,
+                                                                               tmp_path):
+    """A rename across folders (a copy, ftp.mounts) onto an existing file: the quota of the
+    home counts the new file and no longer the one it replaced."""
+    pool = f"\n[FOLDER_cpool]\ncos_prefix = {ROOT}cpool\nauthority = RW\n"
+    account = quota_account("cfold", "1M", files=5, prefix="cfold")
+    account.extra += "\nvirtual_folders = /pool=cpool"
+    with ServerProcess(str(tmp_path), emulator.port, [account], sections=pool) as server:
+        ftp = login(server, "cfold")
+        put(ftp, "target.bin", b"t" * 500)
+        put(ftp, "/pool/new.bin", b"n" * 100)
+        assert home_used(ftp) == (500, 1)
+        ftp.rename("/pool/new.bin", "/target.bin")
+        assert home_used(ftp) == (100, 1)
+        assert get(ftp, "/target.bin") == b"n" * 100
+        ftp.quit()

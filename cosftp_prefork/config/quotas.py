@@ -77,7 +77,7 @@ class Ledger(Protocol):
         failed."""
 
     def request_scan(self, home: Home, now: float) -> None:
-        """Ask for a scan of ``home`` (``cosftpctl quota-scan``, a directory renamed)."""
+        """Ask for a scan of ``home`` (``cosftpctl quota-scan``)."""
 
     def tick(self, homes: Iterable[Home]) -> None:
         """Once a second in worker 1: publish what this node holds (a cluster's ledger)."""

@@ -12,16 +12,16 @@ exactly what the write needs.
 The usage starts from a scan of the home (every object under the prefix, the server's own
 data in ``.cosftp/`` and directory markers not counted), made when a session first needs it
 and again every ``quota_scan_interval`` seconds and on ``cosftpctl quota-scan``, so that what
-other tools wrote (or a rename onto an existing file, whose old size this does not learn) is
-caught up. A write that lands while a scan lists the home may be counted twice or not at all
-until the next scan.
+other tools wrote is caught up. What the server itself does is counted as it does it, a
+directory renamed between homes and a file renamed over another included. A write that lands
+while a scan lists the home may be counted twice or not at all until the next scan.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Callable, Optional
 
@@ -30,6 +30,7 @@ from ..config.settings import AccountConfig, size_in_words
 from ..errors import NotFound, QuotaExceeded, StorageError
 from ..paths import RESERVED_NAME
 from .bucket import Bucket
+from .copies import Moved
 from .pagination import paginate
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,17 @@ def scan_home(bucket: Bucket, prefix: str) -> tuple[int, int]:
                       lambda page: page.next_marker, "")
     for page in listed:
         for obj in page.objects:
-            rest = obj.key[len(prefix):]
-            if not rest or rest.endswith("/") or RESERVED_NAME in rest.split("/"):
-                continue
-            size += obj.size
-            files += 1
+            if counted_in(prefix, obj.key):
+                size += obj.size
+                files += 1
     return size, files
+
+
+def counted_in(prefix: str, key: str) -> bool:
+    """Whether the home ``prefix`` counts its ``key``: not a directory marker, nor the
+    server's data (``.cosftp/`` at any depth)."""
+    rest = key[len(prefix):]
+    return bool(rest) and not rest.endswith("/") and RESERVED_NAME not in rest.split("/")
 
 
 class Quotas:
@@ -199,15 +205,26 @@ class AccountQuota:
             raise QuotaExceeded(_refusal(refused, self._account.prefix, ledger.read(refused)))
         ledger.release(homes, nbytes, 0)
 
-    def rescan(self, src: str, dst: str) -> None:
-        """The directory ``src`` was renamed ``dst``: if it left or entered homes with a
-        quota, they are scanned again by worker 1 within a second (what moved is not
-        counted file by file)."""
-        rules, bucket, prefix = self._quotas.rules, self._account.bucket, self._account.prefix
-        before, after = rules.covering(bucket, prefix + src), rules.covering(bucket, prefix + dst)
-        if before != after:
-            for home in {*before, *after}:
-                self._quotas.ledger.request_scan(home, time.time())
+    def moved_directory(self, moved: Iterable[Moved]) -> None:
+        """A directory rename moved these objects (the session's keys): each stops counting
+        in the homes with a quota it left and counts in those it entered, before the reply
+        (homes nested in the directory included; markers count nowhere)."""
+        change: dict[Home, tuple[int, int]] = {}
+        for obj in moved:
+            before, after = self._counting(obj.source.key), self._counting(obj.target)
+            for home, sign in [*((home, -1) for home in before - after),
+                               *((home, 1) for home in after - before)]:
+                nbytes, files = change.get(home, (0, 0))
+                change[home] = (nbytes + sign * obj.source.size, files + sign)
+        for home, (nbytes, files) in change.items():
+            if nbytes or files:
+                self._quotas.ledger.settle([home], 0, 0, nbytes, files)
+
+    def _counting(self, key: str) -> set[Home]:
+        """The homes with a quota that count the session's ``key``."""
+        whole = self._account.prefix + key
+        return {home for home in self._quotas.rules.covering(self._account.bucket, whole)
+                if counted_in(home.prefix, whole)}
 
 
 class UploadQuota:

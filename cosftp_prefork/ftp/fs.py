@@ -720,19 +720,21 @@ class CosFS(VirtualTree):
             kind = (looked_up[0] if looked_up else
                     side.submit(name_kind, self._bucket, dst_key, source.key)).result()
         self._check_rename_target(dst, kind, moving)
+        replaced = self._replaced_size(dst_key, kind)
         markers = listed.result()
         return self._renamed(src, dst, source, lambda: self._copy_pinned(
             source, dst_key, [stamp for stamp, etag, _ in markers if etag == source.etag]),
-            lambda: markers, moving, own is not None)
+            lambda: markers, moving, own is not None, replaced)
 
     def _renamed(self, src: str, dst: str, source: ObjectInfo, write: Callable[[], object],
                  markers: Callable[[], list[tuple[float, str, str]]], moving: bool,
-                 own: bool) -> bool:
+                 own: bool, replaced: Optional[int] = None) -> bool:
         """Make the new name's object with ``write()``; then forget both names, and delete
         the source and its ``markers()`` after the reply. With ``own``, a source replaced or
         deleted since this session's STOR makes it False (the rename goes the general
         way); other failures raise. A quota over a home the file enters or leaves counts it
-        once the write is done (``QuotaExceeded`` first if one has no room)."""
+        once the write is done (``QuotaExceeded`` first if one has no room), and the file of
+        ``replaced`` bytes it wrote over stops counting."""
         counted = None if self.quota is None else self.quota.moving(source.key,
                                                                      object_key(dst),
                                                                      source.size)
@@ -752,10 +754,27 @@ class CosFS(VirtualTree):
             return False
         if counted is not None:
             counted(True)
+        self._replaced(dst, replaced)
         self._forget(src, dst)
         self._after_reply.start(src, self._remove_renamed, src,
                                 [source.key, *(key for _, _, key in markers())], moving)
         return True
+
+    def _replaced_size(self, key: str, kind: Optional[str]) -> Optional[int]:
+        """The size of the file ``key`` a rename is about to write over (``kind``: what the
+        name is now), if a quota counts it; else None. A HEAD, only then."""
+        if kind != FILE or self.quota is None or not self.quota.counts(key):
+            return None
+        try:
+            return self._bucket.head(key).size
+        except NotFound:
+            return None  # gone meanwhile: nothing to stop counting
+
+    def _replaced(self, path: str, size: Optional[int]) -> None:
+        """A rename wrote over the file ``path`` of ``size`` bytes (None: over nothing a
+        quota counts): the quotas stop counting it."""
+        if size is not None and self.quota is not None:
+            self.quota.removed(object_key(path), size)
 
     def _copy_pinned(self, source: ObjectInfo, dst_key: str, stamps: list[float]) -> None:
         """A rename's copy of ``source`` to ``dst_key``, pinned to its ETag, with the markers
@@ -846,7 +865,7 @@ class CosFS(VirtualTree):
             except InvalidPath as exc:
                 raise Unstorable(exc.strerror) from exc
         if self.quota is not None:
-            self.quota.rescan(source, target)
+            self.quota.moved_directory(moved)
         self._scope.clear()
         self._heads.clear()
         self._own_upload = None
@@ -1050,7 +1069,9 @@ class CosFS(VirtualTree):
         bucket, key = self._bucket.located(dst_key)
         if source.home is None or (bucket.name, key) == (source.home.name, source.key):
             return False, False
-        self._check_rename_target(dst, name_kind(self._bucket, dst_key), moving=True)
+        kind = name_kind(self._bucket, dst_key)
+        self._check_rename_target(dst, kind, moving=True)
+        replaced = self._replaced_size(dst_key, kind)
         counted = None if self.quota is None else self.quota.arriving(
             source.home.name, source.key, dst_key, source.size)
         try:
@@ -1061,6 +1082,7 @@ class CosFS(VirtualTree):
             raise
         if counted is not None:
             counted(True)
+        self._replaced(dst, replaced)
         self._forget(dst)
         return True, counted is not None
 
