@@ -63,8 +63,9 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cosftp_prefork.config.model import part_size_for  # noqa: E402
 from cosftp_prefork.config.passwords import hash_password  # noqa: E402
-from cosftp_prefork.config.settings import parse_config, part_size_for  # noqa: E402
+from cosftp_prefork.config.settings import parse_config  # noqa: E402
 from tests.crowds import peak_rss, reset_peak_rss, workers_of  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.hook_receiver import Receiver  # noqa: E402

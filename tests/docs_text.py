@@ -10,7 +10,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from cosftp_prefork.config.settings import SETTINGS, section_kind
+from cosftp_prefork.config.options import SETTINGS
+from cosftp_prefork.config.values import section_kind
 from cosftp_prefork.server.cli import build_parser
 
 from .server_proc import ROOT

@@ -16,7 +16,7 @@ from typing import Optional
 
 from qcloud_cos import CosConfig, CosS3Client
 
-from cosftp_prefork.config.settings import AccountConfig
+from cosftp_prefork.config.model import AccountConfig
 
 from .server_proc import wait_until
 

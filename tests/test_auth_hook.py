@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from cosftp_prefork.config.settings import SETTINGS, hook_account, parse_config
+from cosftp_prefork.config.options import SETTINGS
+from cosftp_prefork.config.settings import hook_account, parse_config
 from cosftp_prefork.cos.registry import BucketRegistry
 
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from cosftp_prefork.config.settings import ClusterConfig
+from cosftp_prefork.config.model import ClusterConfig
 from cosftp_prefork.server.cluster import SKIPS_BEFORE_REWRITE, ClusterState
 
 from .redis6 import Redis6Proxy

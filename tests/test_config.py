@@ -10,25 +10,23 @@ from typing import Optional
 import pytest
 
 from cosftp_prefork.config.locations import locate_server, parse_path
-from cosftp_prefork.config.passwords import hash_password
-from cosftp_prefork.config.placeholders import find_placeholders
-from cosftp_prefork.config.settings import (
+from cosftp_prefork.config.model import (
     GIB,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIB,
     SECRET_OPTIONS,
-    SETTINGS,
     AccountConfig,
     Config,
     NetworkConfig,
     ServerConfig,
     TransferConfig,
-    hook_account,
-    load_config,
-    parse_config,
     part_size_for,
 )
+from cosftp_prefork.config.options import SETTINGS
+from cosftp_prefork.config.passwords import hash_password
+from cosftp_prefork.config.placeholders import find_placeholders
+from cosftp_prefork.config.settings import hook_account, load_config, parse_config
 from cosftp_prefork.errors import ConfigError
 from cosftp_prefork.ftp.handler import CosAuthorizer
 

@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from cosftp_prefork.config.docs import DEFAULT_FILE, regenerate, render_section
-from cosftp_prefork.config.settings import SETTINGS, parse_config
+from cosftp_prefork.config.options import SETTINGS
+from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.server.cli import build_parser
 
 from .docs_text import (
@@ -50,7 +51,7 @@ def test_every_option_is_in_the_reference_with_what_it_accepts():
     text = read(DEFAULT_FILE)
     for setting in SETTINGS:
         assert setting.accepts, f"{setting.name}: its parser does not say what it accepts " \
-                                "(config/settings.py, _accepts)"
+                                "(config/values.py, _accepts)"
         entry = f"- **`{setting.name}`**: {setting.help}"
         section = render_section(setting.section)
         assert entry in section and section in text, setting.name

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cosftp_prefork.config.settings import GIB, MAX_PARTS, MIB, TransferConfig
+from cosftp_prefork.config.model import GIB, MAX_PARTS, MIB, TransferConfig
 from cosftp_prefork.cos.bucket import Bucket, ChunkedBody
 from cosftp_prefork.cos.engine import Engine, FairPool, PartPlan, TransferBudget
 from cosftp_prefork.cos.resume import ResumeStore, find_parked

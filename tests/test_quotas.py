@@ -295,7 +295,7 @@ def test_check_names_a_bad_quota(emulator, tmp_path, option, value, problem):
 
 
 def test_sizes_are_1024_based():
-    from cosftp_prefork.config.settings import parse_size
+    from cosftp_prefork.config.sizes import parse_size
     assert [parse_size(raw) for raw in ("0", "512", "1K", "10m", "2G", "1T", "5MiB", "3KB")] \
         == [0, 512, 1024, 10 * MIB, 2 * 1024 * MIB, 1024 ** 4, 5 * MIB, 3072]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..config.model import AccountConfig
 from ..config.quotas import Usage
-from ..config.settings import AccountConfig
 from ..server.quotactl import AccountUsage, account_usage
 from .app import Context, Response
 

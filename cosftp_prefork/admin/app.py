@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from urllib.parse import unquote, urlsplit
 
-from ..config.settings import Config
+from ..config.model import Config
 from ..server.gate import Gate
 from ..server.scoreboard import SharedState
 from .auth import Caller, TokenRefused, TokenVerifier

@@ -29,8 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
+from ..config.model import AdminToken
 from ..config.passwords import parse_hash
-from ..config.settings import AdminToken
 from ..server.httpserve import source_of
 
 CACHE_SECONDS = 60.0

@@ -12,7 +12,7 @@ import socket
 from importlib import resources
 from typing import Callable
 
-from ..config.settings import Config
+from ..config.model import Config
 from ..server.gate import Gate
 from ..server.httpserve import serve
 from ..server.scoreboard import SharedState

@@ -17,7 +17,8 @@ import re
 import sys
 from typing import Optional
 
-from .settings import REQUIRED, SETTINGS, Setting, size_in_words
+from .options import REQUIRED, SETTINGS, Setting
+from .values import size_in_words
 
 DEFAULT_FILE = os.path.join("docs", "configuration.md")
 BEGIN = "<!-- BEGIN GENERATED: [{}] -->"
@@ -92,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cosftp_prefork.config.docs",
         description="Render the option lists of the configuration reference from the "
-                    "settings table (cosftp_prefork/config/settings.py).")
+                    "settings table (cosftp_prefork/config/options.py).")
     parser.add_argument("file", nargs="?", default=DEFAULT_FILE,
                         help=f"the reference to rewrite (default: {DEFAULT_FILE})")
     parser.add_argument("--check", action="store_true",
@@ -109,7 +110,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.check:
         print(f"{args.file} differs from the settings table in "
-              f"cosftp_prefork/config/settings.py; run {REGENERATE}", file=sys.stderr)
+              f"cosftp_prefork/config/options.py; run {REGENERATE}", file=sys.stderr)
         return 1
     with open(args.file, "w", encoding="utf-8") as handle:
         handle.write(fresh)

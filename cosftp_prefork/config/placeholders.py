@@ -15,7 +15,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from .settings import Config
+from .model import Config
 
 _PLACEHOLDER_SECRET = re.compile(r"[Xx]+")
 EXAMPLE_BUCKET_NAME = "examplebucket"

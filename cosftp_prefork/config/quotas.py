@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
-from .settings import AccountConfig
+from .model import AccountConfig
 
 
 def home_id(bucket: str, prefix: str) -> bytes:

@@ -40,7 +40,7 @@ from qcloud_cos.cos_comm import (
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from .. import metrics
-from ..config.settings import AccountConfig
+from ..config.model import AccountConfig
 from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 from ..paths import MAX_KEY_BYTES
 from .checksum import crc64_of

@@ -13,7 +13,7 @@ from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config.settings import MAX_PARTS, TransferConfig, part_size_for
+from ..config.model import MAX_PARTS, TransferConfig, part_size_for
 from ..errors import Conflict, InvalidPath, NotFound, StorageError
 from ..paths import RESERVED_NAME, ftp_path_for_key, is_reserved, key_bytes
 from .bucket import Bucket, ObjectInfo

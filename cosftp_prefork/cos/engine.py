@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .. import logcontext, metrics
-from ..config.settings import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
+from ..config.model import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
 
 log = logging.getLogger(__name__)
 

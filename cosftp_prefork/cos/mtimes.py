@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Callable, Optional
 
-from ..config.settings import TransferConfig
+from ..config.model import TransferConfig
 from ..errors import PermissionDenied, StorageError
 from ..paths import RESERVED_NAME, child_name, fits_as_key
 from .bucket import MTIME_HEADER, Bucket, ListPage, ObjectInfo

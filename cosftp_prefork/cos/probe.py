@@ -44,7 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config.settings import AccountConfig, load_config, mounted_folders
+from ..config.model import AccountConfig, mounted_folders
+from ..config.settings import load_config
 from ..errors import ConfigError, NotFound, PermissionDenied, StorageError
 from ..paths import RESERVED_NAME
 from .bucket import Bucket

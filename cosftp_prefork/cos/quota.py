@@ -25,8 +25,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Callable, Optional
 
+from ..config.model import AccountConfig
 from ..config.quotas import Home, Ledger, QuotaRules, Usage
-from ..config.settings import AccountConfig, size_in_words
+from ..config.values import size_in_words
 from ..errors import NotFound, QuotaExceeded, StorageError
 from ..paths import RESERVED_NAME
 from .bucket import Bucket

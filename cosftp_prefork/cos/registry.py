@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import requests
 
-from ..config.settings import AccountConfig
+from ..config.model import AccountConfig
 from .area import Area
 from .bucket import Bucket, make_bucket, new_session
 

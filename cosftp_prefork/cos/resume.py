@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from ..config.settings import MIN_PART_SIZE
+from ..config.model import MIN_PART_SIZE
 from ..errors import NotFound, PermissionDenied, StorageError
 from ..paths import RESERVED_NAME
 from .bucket import Bucket, ObjectInfo, PartInfo, UploadInfo

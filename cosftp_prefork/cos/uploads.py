@@ -51,7 +51,7 @@ from concurrent.futures import Future, wait
 from typing import Callable, Optional, Union
 
 from .. import metrics
-from ..config.settings import MIN_PART_SIZE, TransferConfig
+from ..config.model import MIN_PART_SIZE, TransferConfig
 from ..errors import (
     FileTooLarge,
     NotFound,

@@ -40,7 +40,7 @@ from typing import Callable, Optional, TypeVar
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
-from ..config.settings import AccountConfig, TransferConfig
+from ..config.model import AccountConfig, TransferConfig
 from ..cos.bucket import Bucket, ForeignObject, ObjectInfo
 from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
 from ..cos.digests import digest

@@ -21,8 +21,8 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.utils import strerror
 
 from .. import metrics
+from ..config.model import AccountConfig, Config
 from ..config.passwords import PasswordChecker
-from ..config.settings import AccountConfig, Config
 from ..cos.digests import ALGORITHMS
 from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config.hooks import HooksConfig, PreCheck
-from ..config.settings import AccountConfig, Config
+from ..config.model import AccountConfig, Config
 from ..cos.bucket import ObjectInfo
 from ..events.body import make_event
 from ..events.precheck import PreChecker

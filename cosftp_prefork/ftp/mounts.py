@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import logcontext
-from ..config.settings import AccountConfig
+from ..config.model import AccountConfig
 from ..cos.bucket import foreign
 from ..cos.listing import Entry
 from ..cos.quota import AccountQuota

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config.settings import OperatorConfig
+from ..config.model import OperatorConfig
 from ..logfiles import PrivateFileHandler
 from ..safefiles import check_directory
 

@@ -17,7 +17,7 @@ from typing import Optional
 from OpenSSL import SSL
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
 
-from ..config.settings import Config
+from ..config.model import Config
 from ..config.tls import ServerTLS
 from ..cos.engine import Engine
 from ..cos.registry import BucketRegistry

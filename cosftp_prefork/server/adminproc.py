@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Callable, Optional
 
-from ..config.settings import Config
+from ..config.model import Config
 from .children import SupervisedChild
 from .scoreboard import SharedState
 

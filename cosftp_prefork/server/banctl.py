@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable, Optional
 
-from ..config.settings import Config
+from ..config.model import Config
 from ..logfiles import escape_controls
 from .logs import LOG_FILE_NAME, setup_logging
 from .scoreboard import (

@@ -20,7 +20,7 @@ import socket
 import time
 from typing import Optional
 
-from ..config.settings import Config
+from ..config.model import Config
 
 log = logging.getLogger(__name__)
 

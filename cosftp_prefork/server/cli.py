@@ -13,15 +13,10 @@ import time
 from typing import Callable, Optional, TypeVar
 
 from ..config.locations import base_dir, locate_server
+from ..config.model import REDIS_MINIMUM, Config, ServerConfig
 from ..config.passwords import hash_password
 from ..config.placeholders import find_placeholders
-from ..config.settings import (
-    REDIS_MINIMUM,
-    Config,
-    ServerConfig,
-    load_config,
-    resolve_masquerade,
-)
+from ..config.settings import load_config, resolve_masquerade
 from ..errors import ConfigError
 from ..safefiles import check_directory, open_append
 from .banctl import cmd_bans, cmd_unban

@@ -63,7 +63,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..config.settings import REDIS_MINIMUM, ClusterConfig
+from ..config.model import REDIS_MINIMUM, ClusterConfig
 from ..errors import ConfigError
 from .burst import BurstLog
 from .scoreboard import (

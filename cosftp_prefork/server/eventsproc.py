@@ -17,7 +17,7 @@ import signal
 from typing import Callable, Optional
 
 from ..config.hooks import HooksConfig
-from ..config.settings import Config
+from ..config.model import Config
 from ..events.spool import SpoolState, hand_over, prepare_directory, scan
 from .children import SupervisedChild
 from .privileges import Identity

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from ..config.settings import Config
+from ..config.model import Config
 from .children import SupervisedChild
 from .httpserve import BoundedHTTPServer, DeadlineHandler
 from .httpserve import serve as serve_http

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..config.settings import Config
+from ..config.model import Config
 from ..safefiles import check_directory, open_append, refuse_link
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .scoreboard import bans_path, state_path

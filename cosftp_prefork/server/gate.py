@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Optional
 
-from ..config.settings import ServerConfig
+from ..config.model import ServerConfig
 from .burst import BurstLog
 from .cluster import UNAVAILABLE, ClusterState, NodeCounts, Unban
 from .scoreboard import (

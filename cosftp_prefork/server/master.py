@@ -40,7 +40,8 @@ from setproctitle import setproctitle
 
 from .. import metrics
 from ..config.hooks import HooksConfig
-from ..config.settings import Config, NetworkConfig, load_config
+from ..config.model import Config, NetworkConfig
+from ..config.settings import load_config
 from ..errors import ConfigError
 from ..safefiles import replace_file
 from .adminproc import AdminProcess

@@ -12,7 +12,7 @@ import os
 import stat
 from typing import Optional
 
-from ..config.settings import Config
+from ..config.model import Config
 from ..safefiles import refuse_link
 from .privileges import Identity
 

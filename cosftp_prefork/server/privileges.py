@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config.settings import Config
+from ..config.model import Config
 from ..errors import ConfigError
 from ..safefiles import open_append
 from .signals import fork_holding_signals

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from ..config.model import Config
 from ..config.quotas import QuotaRules, Usage
-from ..config.settings import Config, size_in_words
+from ..config.values import size_in_words
 from .pidfile import Target, find_master
 from .scoreboard import state_path
 from .usage import UsageTable, usage_path

@@ -34,8 +34,9 @@ from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
 from .. import logcontext, metrics
+from ..config.model import AccountConfig, Config, mounted_folders
 from ..config.quotas import QuotaRules
-from ..config.settings import AccountConfig, Config, mounted_folders, resolve_masquerade
+from ..config.settings import resolve_masquerade
 from ..cos.engine import Engine
 from ..cos.periodic import Periodic
 from ..cos.quota import Quotas
