@@ -1,7 +1,7 @@
 """README command 1: ``scripts/demo`` serves the demo account, with the network options of
 the config and the emulator on the port asked for, prints a banner that stands out, says why
-the server could not start, and stops everything on Ctrl-C. The README's command that runs
-the emulator alone works."""
+the server could not start, and stops everything on Ctrl-C. The command docs/operations.md
+gives to run the emulator alone works."""
 
 from __future__ import annotations
 
@@ -112,17 +112,17 @@ def test_demo_says_why_the_server_could_not_start(tmp_path):
     assert f"(whole log: {demo_dir / 'cosftp.log'})" in reason
 
 
-def _readme_emulator_command() -> list[str]:
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+def _documented_emulator_command() -> list[str]:
+    with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as handle:
         lines = [line.strip() for line in handle]
     command, = (line for line in lines
                 if line.startswith(".venv/bin/python -m cosftp_prefork.emulator.app "))
     return shlex.split(command)
 
 
-def test_the_readme_command_runs_the_emulator_alone_for_a_server(tmp_path):
-    args = _readme_emulator_command()
-    args[0] = sys.executable  # the README's .venv/bin/python
+def test_the_documented_command_runs_the_emulator_alone_for_a_server(tmp_path):
+    args = _documented_emulator_command()
+    args[0] = sys.executable  # the docs' .venv/bin/python
     cos_port = free_port()
     args[args.index("--port") + 1] = str(cos_port)
     bucket = args[args.index("--bucket") + 1]
@@ -135,7 +135,7 @@ def test_the_readme_command_runs_the_emulator_alone_for_a_server(tmp_path):
                     return True
             except OSError:
                 return emulator.poll() is not None
-        wait_until(answers, timeout=60, what="the emulator the README starts")
+        wait_until(answers, timeout=60, what="the emulator the docs start")
         assert emulator.poll() is None, emulator.returncode
         with ServerProcess(str(tmp_path), cos_port, [Account("demo", "demo", bucket)]) as server:
             ftp = server.login("demo", "demo")

@@ -36,7 +36,8 @@ READMES = ["README.md", "README.zh-CN.md"]
 # The docs README.md sends readers to: every file and link they name must exist.
 DOCS = [os.path.join("docs", name) for name in ("configuration.md", "operations.md",
                                                  "security.md", "clients.md", "cluster.md",
-                                                 "features.md", "architecture.md", "events.md")]
+                                                 "features.md", "architecture.md", "events.md",
+                                                 "migration.md")]
 GENERATOR = [sys.executable, "-m", "cosftp_prefork.config.docs"]
 
 
