@@ -326,6 +326,24 @@ def test_a_cross_site_request_changes_nothing(api, admin):
     assert same_origin.status_code == 200 and same_origin.json()["lifted"]
 
 
+def test_head_answers_as_get_without_a_body_and_405_says_what_is_allowed(api, admin):
+    """HEAD of a resource is its GET's status and headers, no body (what monitoring probes
+    and `curl -I` send); a method a resource does not take is 405 with an Allow header."""
+    url = f"{admin_url(admin)}/api/v1/status"
+    auth = {"Authorization": f"Bearer {api.token}"}
+    head = requests.head(url, headers=auth, timeout=30)
+    get = requests.get(url, headers=auth, timeout=30)
+    assert (head.status_code, head.headers["Content-Type"]) == (200, "application/json")
+    assert head.content == b"" and int(head.headers["Content-Length"]) > 0
+    assert requests.head(url, timeout=30).status_code == 401  # a token still needed
+    assert get.status_code == 200
+    wrong = requests.put(url, headers=auth, timeout=30)
+    assert wrong.status_code == 405
+    assert wrong.headers["Allow"] == "GET, HEAD"
+    bans = requests.patch(f"{admin_url(admin)}/api/v1/bans", headers=auth, timeout=30)
+    assert bans.status_code == 405 and bans.headers["Allow"] == "GET, HEAD, POST"
+
+
 def test_the_console_and_document_are_served_with_a_strict_policy(admin):
     page = requests.get(f"{admin_url(admin)}/", timeout=30)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")

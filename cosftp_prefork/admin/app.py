@@ -114,8 +114,16 @@ class Route:
     writes: bool = False
 
     def match(self, method: str, path: str) -> Optional[dict[str, str]]:
-        if method != self.method:
-            return None
+        """The parameters ``path`` gives if this route serves ``method`` on it, else None."""
+        return self.params(path) if method in self.methods else None
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """What it answers: a GET answers HEAD too (its headers, no body)."""
+        return ("GET", "HEAD") if self.method == "GET" else (self.method,)
+
+    def params(self, path: str) -> Optional[dict[str, str]]:
+        """The parameters of ``path`` if it is this route's resource, else None."""
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.pattern)
         found = re.fullmatch(regex, path)
         return None if found is None else {k: unquote(v) for k, v in found.groupdict().items()}
@@ -141,9 +149,7 @@ class AdminApp:
         matches = [(route, params) for route in self.routes
                    if (params := route.match(request.method, path)) is not None]
         if not matches:
-            known = any(route.match(route.method, path) is not None for route in self.routes)
-            return ApiError(405 if known else 404, "method not allowed" if known
-                            else f"no such resource: see {API}/openapi.json").response()
+            return self._unmatched(path)
         route, params = matches[0]
         try:
             caller = self._caller(request)
@@ -154,6 +160,16 @@ class AdminApp:
             audit.info("%s from %s: %s %s: %s", caller.describe(), request.client,
                        request.method, path, response.audit or response.status)
         return response
+
+    def _unmatched(self, path: str) -> Response:
+        """404 for no such resource; 405 naming what it allows (RFC 9110 asks for Allow)."""
+        allowed = sorted({method for route in self.routes if route.params(path) is not None
+                          for method in route.methods})
+        if not allowed:
+            return ApiError(404, f"no such resource: see {API}/openapi.json").response()
+        error = ApiError(405, "method not allowed")
+        error.headers["Allow"] = ", ".join(allowed)
+        return error.response()
 
     def _run(self, route: Route, params: dict[str, str], caller: Caller,
              request: Request) -> Response:
