@@ -174,7 +174,13 @@ class ServerProcess:
             stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env,
         )
         out.close()
-        wait_until(self._serving, what=f"server on port {self.port} ({self.output()})")
+        try:
+            # A deadline, not a timing: a loaded machine may take long to start a big table.
+            wait_until(self._serving, timeout=60, what=f"server on port {self.port}")
+        except AssertionError as exc:
+            output = self.output()
+            self.stop()  # a server that did not come up is not left running
+            raise AssertionError(f"{exc} ({output})") from None
         return self
 
     @property

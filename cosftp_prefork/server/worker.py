@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 TICK_SECONDS = 1.0
 BALANCE_SECONDS = 0.1
+# What the master's signals ask of a serving worker: the flag its serve loop reads.
+STOP_SIGNALS = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",
+                signal.SIGUSR2: "_finish"}
 
 
 def _die_with_parent() -> None:
@@ -378,6 +381,7 @@ class Worker:
         hooks = WorkerHooks.start(self.config)
         try:
             servers = self._servers(buckets, engine, retrier, stats, masquerade, hooks)
+            self._serving_signals()
             stats.status = SERVING
             log.info("worker %d gen %d serving on %s", self.index, self.generation,
                      ", ".join(server.describe() for server in servers))
@@ -424,15 +428,21 @@ class Worker:
         return scans
 
     def _install_signals(self) -> None:
-        handlers = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",
-                    signal.SIGUSR2: "_finish",
-                    signal.SIGUSR1: "_reopen"}
-        for signum, flag in handlers.items():
-            signal.signal(signum, lambda _s, _f, flag=flag: setattr(self, flag, True))
+        """Until it serves, a worker told to stop (or drain, or finish: the master's stop,
+        a reload rolled back, the master's death) exits at once: it holds no session, and a
+        set-up blocked for good (a log file on a hung mount) would otherwise never see the
+        flag. ``_serving_signals`` then makes those requests flags the serve loop reads."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda _s, _f: os._exit(0))
+        signal.signal(signal.SIGUSR1, lambda _s, _f: setattr(self, "_reopen", True))
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         release_signals()
+
+    def _serving_signals(self) -> None:
+        for signum, flag in STOP_SIGNALS.items():
+            signal.signal(signum, lambda _s, _f, flag=flag: setattr(self, flag, True))
 
     def _servers(self, buckets: BucketRegistry, engine: Engine,
                  retrier: AbortRetrier, stats: WorkerStats, masquerade: Optional[str],
