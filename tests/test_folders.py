@@ -378,6 +378,74 @@ def test_check_names_a_folders_bad_option(emulator, tmp_path):
     assert done.returncode == 2 and "[FOLDER_broken] cos_region" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("options, problem", [
+    ("cos_credentials = nosuch", "[FOLDER_vault] cos_credentials: names no "
+     "[COS_CREDENTIALS_<name>] section: 'nosuch'"),
+    ("cos_credentials = vault\ncos_secretid = x\ncos_secretkey = y",
+     "[FOLDER_vault] cos_credentials: cannot come with cos_secretid or cos_secretkey"),
+])
+def test_check_names_a_folders_bad_credentials(emulator, tmp_path, options, problem):
+    server = ServerProcess(str(tmp_path), emulator.port, [
+        Account("bad", "bad-pw", ALPHA, extra="virtual_folders = /v=vault")],
+        sections=f"\n[FOLDER_vault]\n{options}\nauthority = RW\n"
+                 "[COS_CREDENTIALS_vault]\ncos_secretid = i\ncos_secretkey = k\n")
+    server.write_config()
+    done = server.ctl("check")
+    assert done.returncode == 2 and problem in done.stderr, done.stderr
+
+
+def vault_sections(secret_id: str, secret: str, prefix: str) -> str:
+    """A folder of BETA reached with the keys of [COS_CREDENTIALS_vault]."""
+    return f"""
+[FOLDER_vault]
+cos_bucket = {BETA}
+cos_region = ap-guangzhou
+cos_credentials = vault
+cos_prefix = {prefix}
+authority = RW
+
+[COS_CREDENTIALS_vault]
+cos_secretid = {secret_id}
+cos_secretkey = {secret}
+"""
+
+
+def test_a_folder_uses_a_credentials_section_and_follows_its_reload(emulator, tmp_path, cos):
+    """[FOLDER_vault] names [COS_CREDENTIALS_vault] (keys the emulator checks and keeps to
+    BETA): a session writes and reads the folder with them; once a reload changes the
+    section, new sessions sign with the new keys, a session already in keeps its own."""
+    tag = uuid.uuid4().hex[:8]
+    old_id, new_id = f"vault-old-{tag}", f"vault-new-{tag}"
+    emulator.set_accounts(keys={old_id: {"secret": "old secret", "buckets": [BETA]},
+                                new_id: {"secret": "new secret", "buckets": [BETA]}})
+    prefix = f"{ROOT}vault-{tag}"
+    account = Account("vaulter", "vaulter-pw", ALPHA, extra=f"cos_prefix = {ROOT}vaulter\n"
+                      "virtual_folders = /v=vault")
+    server = ServerProcess(str(tmp_path), emulator.port, [account],
+                           sections=vault_sections(old_id, "old secret", prefix))
+    with server:
+        old = server.login("vaulter", "vaulter-pw")
+        put(old, "/v/before.txt", b"old keys")
+        assert get(old, "/v/before.txt") == b"old keys"
+        assert cos.get_object(Bucket=BETA, Key=f"{prefix}/before.txt")["Body"] \
+            .get_raw_stream().read() == b"old keys"
+        assert any(target == f"{prefix}/before.txt"
+                   for _, target, _ in emulator.requests_signed_by(old_id))
+        server.sections = vault_sections(new_id, "new secret", prefix)
+        server.write_config()
+        assert server.ctl("reload").returncode == 0
+        new = server.login("vaulter", "vaulter-pw")
+        put(new, "/v/after.txt", b"new keys")
+        assert get(new, "/v/before.txt") == b"old keys"
+        signed = [target for _, target, _ in emulator.requests_signed_by(new_id)]
+        assert f"{prefix}/after.txt" in signed and f"{prefix}/before.txt" in signed
+        put(old, "/v/still.txt", b"old session")  # its folder keeps the keys it had
+        assert f"{prefix}/still.txt" in [
+            target for _, target, _ in emulator.requests_signed_by(old_id)]
+        for ftp in (old, new):
+            ftp.quit()
+
+
 def test_folders_follow_a_reload(emulator, tmp_path, cos):
     account = Account("mover", "mover-pw", ALPHA, extra=f"cos_prefix = {ROOT}mover\n"
                       "virtual_folders = /one=team")

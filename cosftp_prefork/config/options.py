@@ -95,14 +95,19 @@ def _scoped(name: str, parse: Callable[[str], Any], default: Any, help: str,
                     f"[HOOKS] {name}" if inherited else shown_default))
 
 
+def _named_credentials(section: str, whose: str) -> Setting:
+    """``cos_credentials`` of an account or a folder."""
+    return Setting(section, "cos_credentials", text, None,
+                   f"the name of a [COS_CREDENTIALS_<name>] section whose keys {whose} uses "
+                   "instead of cos_secretid and cos_secretkey", "none")
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(ACCOUNT_PREFIX, "cos_secretid", text, None, "API SecretId",
             "none: required unless cos_credentials is set"),
     Setting(ACCOUNT_PREFIX, "cos_secretkey", text, None, "API SecretKey",
             "none: required unless cos_credentials is set"),
-    Setting(ACCOUNT_PREFIX, "cos_credentials", text, None,
-            "the name of a [COS_CREDENTIALS_<name>] section whose keys this account uses "
-            "instead of cos_secretid and cos_secretkey", "none"),
+    _named_credentials(ACCOUNT_PREFIX, "this account"),
     Setting(ACCOUNT_PREFIX, "cos_bucket", bucket, REQUIRED, "bucket as <name>-<appid>"),
     Setting(ACCOUNT_PREFIX, "cos_region", text, None, "region, e.g. ap-guangzhou",
             "none: required unless cos_endpoint is set"),
@@ -176,6 +181,7 @@ SETTINGS: tuple[Setting, ...] = (
             "the mounting account's"),
     Setting(FOLDER_PREFIX, "cos_secretkey", text, None, "API SecretKey for this folder",
             "the mounting account's"),
+    _named_credentials(FOLDER_PREFIX, "this folder"),
     Setting(FOLDER_PREFIX, "cos_protocol", protocol, None, "http or https",
             "the mounting account's"),
     Setting(FOLDER_PREFIX, "cos_ip", ip_address, None, "send this folder's COS requests to "

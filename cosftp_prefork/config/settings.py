@@ -133,8 +133,12 @@ class _Reader:
         return _ENV_RE.sub(replace, raw)
 
 
-def _folder(reader: _Reader, section: str) -> FolderConfig:
+def _folder(reader: _Reader, section: str,
+            credentials: Mapping[str, tuple[str, str]]) -> FolderConfig:
     values = reader.section(section, FOLDER_PREFIX)
+    named = _named_keys(reader, section, values, credentials)
+    if named is not None:
+        values["cos_secretid"], values["cos_secretkey"] = named
     if values["cos_bucket"] is None:
         for option in ("cos_region", "cos_endpoint"):
             if values[option]:
@@ -215,12 +219,22 @@ def _keys(reader: _Reader, section: str, values: dict[str, Any],
           credentials: Mapping[str, tuple[str, str]]) -> tuple[str, str]:
     """An account's SecretId and SecretKey: its own, or those of the
     ``[COS_CREDENTIALS_<name>]`` section its ``cos_credentials`` names."""
+    named = _named_keys(reader, section, values, credentials)
+    if named is not None:
+        return named
+    for option in ("cos_secretid", "cos_secretkey"):
+        if values[option] is None:
+            raise reader.error("is required (or set cos_credentials)", section, option)
+    return values["cos_secretid"], values["cos_secretkey"]
+
+
+def _named_keys(reader: _Reader, section: str, values: dict[str, Any],
+                credentials: Mapping[str, tuple[str, str]]) -> Optional[tuple[str, str]]:
+    """The keys of the ``[COS_CREDENTIALS_<name>]`` section an account's or a folder's
+    ``cos_credentials`` names (None: it names none); never beside keys of its own."""
     named = values["cos_credentials"]
     if named is None:
-        for option in ("cos_secretid", "cos_secretkey"):
-            if values[option] is None:
-                raise reader.error("is required (or set cos_credentials)", section, option)
-        return values["cos_secretid"], values["cos_secretkey"]
+        return None
     if values["cos_secretid"] is not None or values["cos_secretkey"] is not None:
         raise reader.error("cannot come with cos_secretid or cos_secretkey", section,
                            "cos_credentials")
@@ -466,8 +480,8 @@ def _build(reader: _Reader) -> Config:
             reader.warnings.append(f"{reader.path} [{section}]: unknown section, ignored")
     optional = reader.section("OPTIONAL", "OPTIONAL")
     credentials = _credentials(reader, sections)
-    folders = {folder.name: folder for folder in
-               (_folder(reader, s) for s in sections if FOLDER_SECTION_RE.match(s))}
+    folders = {folder.name: folder for folder in (_folder(reader, s, credentials)
+                                                  for s in sections if FOLDER_SECTION_RE.match(s))}
     hooks = reader.section(HOOKS_SECTION, HOOKS_SECTION)
     accounts = [_account(reader, s, optional["ftp_encoding"], credentials, folders, hooks)
                 for s in sections if ACCOUNT_SECTION_RE.match(s)]
