@@ -19,7 +19,11 @@ from cosftp_prefork.cos.registry import BucketRegistry
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
 from .server_proc import Account, ServerProcess, wait_until
+from .test_commands import put
+from .test_quotas import keys_under, one_takes_the_last_bytes, park, stopped, used
 from .tls_clients import client_context, write_certificate
+
+MIB = 1024 * 1024
 
 # The keys a hook's answer may name (cos_credentials) rather than send.
 SHARED_KEYS = "\n[COS_CREDENTIALS_shared]\ncos_secretid = shared-id\ncos_secretkey = shared-key\n"
@@ -317,3 +321,122 @@ def test_a_worker_asks_the_hook_auth_hook_parallel_at_a_time(emulator, tmp_path,
             thread.join()
     assert replies == ["530"] * 6
     assert service.most_in_flight == 2
+
+
+# --- quotas given by the hook's answers (issue 23: the hook's accounts' own homes)
+
+
+def quoted(emulator, prefix: str, **quota) -> dict:
+    """An answer rooting its account at ``prefix`` of ALPHA with ``quota``."""
+    return definition(emulator, cos_prefix=prefix, **quota)
+
+
+@pytest.fixture
+def quota_server(emulator, tmp_path, service):
+    # auth_cache_ttl 0: every login brings a new answer (the latest answer's limits hold).
+    with hooked_server(emulator, tmp_path, service.url, auth_cache_ttl="0",
+                       quota_scan_interval="0", auth_hook_quota_homes="3") as proc:
+        yield proc
+
+
+def test_a_hook_answer_gives_its_account_a_quota_kept_like_the_files(quota_server, service,
+                                                                   emulator, cos):
+    """quota_size from the answer: the first use scans what another tool wrote, ALLO and a
+    resume past it get 552 before their bytes, an upload crossing it is stopped and undone,
+    SITE QUOTA shows it."""
+    home = f"hookquota-{uuid.uuid4().hex[:8]}/"
+    service.users["quoted"] = ("quoted-pw", quoted(emulator, home, quota_size="4M"))
+    cos.put_object(Bucket=ALPHA, Key=f"{home}by-another-tool.bin", Body=b"o" * MIB)
+    ftp = quota_server.login("quoted", "quoted-pw")
+    assert used(ftp) == (MIB, 1)
+    assert "4 MiB = 4194304 bytes" in ftp.sendcmd("SITE QUOTA")
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: this account's home"):
+        ftp.sendcmd(f"ALLO {4 * MIB}")
+    assert put(ftp, "fits.bin", b"f" * MIB).startswith("226")
+    assert stopped(ftp, "crosses.bin", b"c" * (3 * MIB)).startswith("552 Quota exceeded")
+    assert f"{home}crosses.bin" not in keys_under(cos, home)
+    assert not keys_under(cos, f"{home}.cosftp/parked/")  # undone, not parked
+    assert used(ftp) == (2 * MIB, 2)
+    # A resume past the quota: refused before its bytes, the parked upload kept.
+    data = b"p" * (3 * MIB)
+    park(ftp, cos, "parked.bin", f"{home}parked.bin", data[:2 * MIB + 10])
+    ftp = quota_server.login("quoted", "quoted-pw")
+    offset = ftp.size("parked.bin")
+    assert offset == 2 * MIB
+    put(ftp, "more.bin", b"m" * MIB)  # 3 MiB used: no room for the 2 MiB parked
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+        ftp.storbinary("STOR parked.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert ftp.size("parked.bin") == offset  # still parked, still resumable
+    ftp.delete("fits.bin")
+    ftp.delete("more.bin")
+    ftp.storbinary("STOR parked.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert used(ftp) == (4 * MIB, 2)
+    ftp.quit()
+
+
+def test_sessions_of_a_hook_quota_racing_for_its_last_bytes_cannot_both_win(quota_server,
+                                                                          service, emulator):
+    home = f"hookrace-{uuid.uuid4().hex[:8]}/"
+    service.users["racer"] = ("racer-pw", quoted(emulator, home, quota_size="2M"))
+    first, second = (quota_server.login("racer", "racer-pw") for _ in range(2))
+    one_takes_the_last_bytes(first, second, 3 * MIB // 2)
+    assert used(second) == (3 * MIB // 2, 1)
+    for ftp in (first, second):
+        ftp.quit()
+
+
+def test_the_files_quota_wins_and_between_answers_the_latest(quota_server, service,
+                                                              emulator, tmp_path):
+    """A home of the file keeps the file's quota whatever an answer says; a home only
+    answers give has the limits of the latest answer, for every session of it."""
+    shared = f"hooklatest-{uuid.uuid4().hex[:8]}/"
+    service.users["early"] = ("early-pw", quoted(emulator, shared, quota_files=1))
+    service.users["late"] = ("late-pw", quoted(emulator, shared, quota_files=3))
+    early = quota_server.login("early", "early-pw")
+    assert "files: 0 used of 1" in early.sendcmd("SITE QUOTA")
+    late = quota_server.login("late", "late-pw")
+    for ftp in (early, late):  # the latest answer holds for the session logged in before
+        assert "files: 0 used of 3" in ftp.sendcmd("SITE QUOTA")
+    put(early, "one.txt", b"1")
+    put(early, "two.txt", b"2")  # past the early answer's 1
+    service.users["early"] = ("early-pw", quoted(emulator, shared, quota_files=2))
+    quota_server.login("early", "early-pw").quit()  # a newer answer: 2 files
+    with pytest.raises(ftplib.error_perm, match=r"^552 .*2 of its 2 files \(quota_files\)"):
+        put(late, "three.txt", b"3")
+    for ftp in (early, late):
+        ftp.quit()
+
+
+def test_a_hook_quota_on_a_home_of_the_file_is_the_files(emulator, tmp_path, service):
+    home = f"hookfile-{uuid.uuid4().hex[:8]}/"
+    boss = Account("boss", "boss-pw", ALPHA, extra=f"cos_prefix = {home}\nquota_files = 1")
+    service.users["same"] = ("same-pw", quoted(emulator, home, quota_files=5))
+    settings = {"auth_hook_url": service.url, "auth_hook_timeout": "1000",
+                "worker_processes": "1", "max_login_failures": "0"}
+    with ServerProcess(str(tmp_path), emulator.port, [*FILE_ACCOUNTS, boss],
+                       optional=settings) as server, server.login("same", "same-pw") as ftp:
+        assert "files: 0 used of 1" in ftp.sendcmd("SITE QUOTA")
+        ftp.storbinary("STOR one.txt", io.BytesIO(b"1"))
+        with pytest.raises(ftplib.error_perm, match=r"^552"):
+            ftp.storbinary("STOR two.txt", io.BytesIO(b"2"))
+        wait_until(lambda: "the file's quota of this home holds" in server.log_text(),
+                   what="the answer's quota said to be overruled")
+
+
+def test_hook_quotas_fill_at_most_auth_hook_quota_homes_then_421(quota_server, service,
+                                                                 emulator):
+    """auth_hook_quota_homes = 3 homes of the usage table for answers' quotas: a fourth
+    home is refused with 421 and a log line; homes already kept and accounts without a
+    quota still log in."""
+    tag = uuid.uuid4().hex[:8]
+    for number in range(4):
+        service.users[f"h{number}"] = ("pw", quoted(emulator, f"hookfull-{tag}/{number}/",
+                                                    quota_files=9))
+    service.users["free"] = ("pw", definition(emulator, cos_prefix=f"hookfull-{tag}/free/"))
+    for number in range(3):
+        quota_server.login(f"h{number}", "pw").quit()
+    assert refused(quota_server, "h3", "pw").startswith("421")
+    wait_until(lambda: "auth_hook_quota_homes" in quota_server.log_text(),
+               what="the full table logged")
+    quota_server.login("h0", "pw").quit()
+    quota_server.login("free", "pw").quit()

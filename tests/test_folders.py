@@ -27,13 +27,12 @@ from .server_proc import (
     check_uncommented_example,
     many_accounts,
     mounting,
-    wait_until,
 )
 from .test_auth_hook import definition
 from .test_clients import Peer, lftp, require, run
 from .test_commands import get, put
-from .test_prefixes import keys_under, parts_of
-from .test_quotas import stopped, used
+from .test_prefixes import keys_under
+from .test_quotas import park, stopped, used
 
 MIB = 1024 * 1024
 ROOT = f"folders-{uuid.uuid4().hex[:8]}/"
@@ -277,15 +276,7 @@ def test_a_directory_rename_across_folders_is_refused_whole(fa, cos):
 def test_an_interrupted_upload_into_a_folder_resumes_from_its_own_records(folders, cos):
     ftp = folders.login("fa", "fa-pw")
     data = os.urandom(3 * MIB + 11)
-    ftp.voidcmd("TYPE I")
-    conn = ftp.transfercmd("STOR /shared/big.bin")
-    conn.sendall(data)
-    wait_until(lambda: parts_of(cos, f"{ROOT}team/big.bin") >= 2, what="2 parts in COS")
-    ftp.sock.close()
-    ftp.close()
-    conn.close()
-    wait_until(lambda: keys_under(cos, f"{ROOT}team/.cosftp/parked/big.bin/"),
-               what="the upload to be parked in the folder's .cosftp")
+    park(ftp, cos, "/shared/big.bin", f"{ROOT}team/big.bin", data)  # in the folder's .cosftp
     again = folders.login("fa", "fa-pw")
     offset = again.size("/shared/big.bin")
     assert offset in (2 * MIB, 3 * MIB)  # the parts COS held when the client vanished

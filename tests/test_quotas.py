@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import io
+import posixpath
 import re
 import subprocess
 import uuid
@@ -19,6 +20,7 @@ from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
+from .test_prefixes import parts_of
 
 MIB = 1024 * 1024
 ROOT = f"quotas-{uuid.uuid4().hex[:8]}/"
@@ -54,6 +56,35 @@ def stopped(ftp: ftplib.FTP, path: str, data: bytes) -> str:
     with pytest.raises(ftplib.error_perm) as refused:
         ftp.voidresp()
     return str(refused.value)
+
+
+def park(ftp: ftplib.FTP, cos, path: str, key: str, sent: bytes) -> None:
+    """Send ``sent`` to ``path`` (``key`` of ALPHA) and vanish once COS holds two parts of
+    it: the server parks the upload (in ``.cosftp/parked/`` beside it)."""
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {path}")
+    conn.sendall(sent)
+    wait_until(lambda: parts_of(cos, key) >= 2, what="2 parts in COS")
+    ftp.sock.close()
+    ftp.close()
+    conn.close()
+    home, name = posixpath.split(key)
+    wait_until(lambda: keys_under(cos, f"{home}/.cosftp/parked/{name}/"),
+               what="the upload to be parked")
+
+
+def one_takes_the_last_bytes(first: ftplib.FTP, second: ftplib.FTP, nbytes: int) -> None:
+    """Both sessions announce ``nbytes`` (both ALLOs pass: nothing is stored yet); only the
+    first one's STOR (a.bin) gets the room, the second's (b.bin) gets 552."""
+    for ftp in (first, second):
+        ftp.sendcmd(f"ALLO {nbytes}")
+        ftp.voidcmd("TYPE I")
+    winner = first.transfercmd("STOR a.bin")
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+        second.transfercmd("STOR b.bin")
+    winner.sendall(b"a" * nbytes)
+    winner.close()
+    first.voidresp()
 
 
 def used(ftp: ftplib.FTP) -> tuple[int, int]:
@@ -127,15 +158,7 @@ def test_two_sessions_racing_for_the_last_bytes_cannot_both_win(quotas, cos):
     """Both announce 1.5 MiB of the 2 MiB free; both ALLOs pass (nothing is stored yet),
     only one STOR gets the room. Then both stream 1.5 MiB without ALLO: at most one wins."""
     first, second = login(quotas, "qrace"), login(quotas, "qrace")
-    for ftp in (first, second):
-        ftp.sendcmd(f"ALLO {3 * MIB // 2}")
-        ftp.voidcmd("TYPE I")
-    winner = first.transfercmd("STOR a.bin")
-    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
-        second.transfercmd("STOR b.bin")
-    winner.sendall(b"a" * (3 * MIB // 2))
-    winner.close()
-    first.voidresp()
+    one_takes_the_last_bytes(first, second, 3 * MIB // 2)
     assert used(first) == (3 * MIB // 2, 1)
     first.delete("a.bin")
 
@@ -165,15 +188,7 @@ def test_a_resume_is_refused_before_its_bytes_and_the_parked_upload_kept(quotas,
     ftp = login(quotas, "qresume")
     home = f"{ROOT}qresume/"
     data = b"p" * (3 * MIB)
-    ftp.voidcmd("TYPE I")
-    conn = ftp.transfercmd("STOR parked.bin")
-    conn.sendall(data[:2 * MIB + 10])
-    wait_until(lambda: len(_parts(cos, f"{home}parked.bin")) >= 2, what="2 parts in COS")
-    ftp.sock.close()
-    ftp.close()
-    conn.close()
-    wait_until(lambda: keys_under(cos, f"{home}.cosftp/parked/parked.bin/"),
-               what="the upload to be parked")
+    park(ftp, cos, "parked.bin", f"{home}parked.bin", data[:2 * MIB + 10])
     ftp = login(quotas, "qresume")
     assert used(ftp) == (0, 0)  # parked parts are no file yet
     put(ftp, "other.bin", b"o" * (3 * MIB))
@@ -186,15 +201,6 @@ def test_a_resume_is_refused_before_its_bytes_and_the_parked_upload_kept(quotas,
     assert get(ftp, "parked.bin") == data
     assert used(ftp) == (3 * MIB, 1)
     ftp.quit()
-
-
-def _parts(cos, key: str) -> list:
-    uploads = [u for u in cos.list_multipart_uploads(Bucket=ALPHA, Prefix=key).get(
-        "Upload", []) if u["Key"] == key]
-    if not uploads:
-        return []
-    return cos.list_parts(Bucket=ALPHA, Key=key, UploadId=uploads[0]["UploadId"]).get(
-        "Part", [])
 
 
 def test_curl_and_lftp_get_552_and_nothing_is_stored(quotas, cos, tmp_path):

@@ -26,6 +26,8 @@ ACCOUNT_PREFIX = "COS_ACCOUNT"
 CREDENTIALS_PREFIX = "COS_CREDENTIALS"
 RATE_OPTIONS = ("max_upload_rate", "max_download_rate", "local_max_rate")
 MIN_RATE = 1024  # bytes/s: below it a transfer would be paced a few bytes at a time
+# Rows of the quota usage table (server.usage HOOK_ROWS) the answers' homes may take.
+MAX_HOOK_QUOTA_HOMES = 8192
 FOLDER_PREFIX = "FOLDER"  # [FOLDER_<name>]: a virtual folder accounts mount by name
 SECRET_OPTIONS = {"cos_secretid", "cos_secretkey", "ftp_login_user_password",
                   "event_hook_secret"}
@@ -150,6 +152,7 @@ class AccountConfig:
     def has_quota(self) -> bool:
         return bool(self.quota_size or self.quota_files)
     from_hook: bool = False  # defined by the auth hook's answer, not by the file
+    answered_at: float = 0.0  # time.time() of that answer (the latest one's quota holds)
     limits: AccountLimits = AccountLimits()
 
     @property
@@ -334,6 +337,7 @@ class AuthHookConfig:
     cache_ttl: int = 60
     order: str = "file_first"  # or hook_first
     parallel: int = 8  # hook calls one worker makes at once
+    quota_homes: int = 1024  # homes of the usage table the answers' quotas may take
     @property
     def enabled(self) -> bool:
         return bool(self.url or self.command)

@@ -28,6 +28,7 @@ from .model import (
     FOLDER_PREFIX,
     GIB,
     HOOKS_SECTION,
+    MAX_HOOK_QUOTA_HOMES,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIB,
@@ -299,6 +300,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "auth_hook_parallel", integer(1, 256), 8,
             "hook calls one worker makes at once; the others wait their turn within "
             "auth_hook_timeout"),
+    Setting("OPTIONAL", "auth_hook_quota_homes", integer(1, MAX_HOOK_QUOTA_HOMES), 1024,
+            "homes (bucket and cos_prefix) the hook's answers may give a quota, kept until "
+            "the master restarts; a login whose answer would add one more gets 421"),
     Setting(CREDENTIALS_PREFIX, "cos_secretid", text, REQUIRED, "API SecretId"),
     Setting(CREDENTIALS_PREFIX, "cos_secretkey", text, REQUIRED, "API SecretKey"),
     Setting("OPTIONAL", "max_password_checks", integer(1, 256), None,

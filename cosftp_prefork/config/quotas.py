@@ -82,6 +82,20 @@ class Ledger(Protocol):
     def tick(self, homes: Iterable[Home]) -> None:
         """Once a second in worker 1: publish what this node holds (a cluster's ledger)."""
 
+    def adopt(self, home: Home, answered_at: float, most: int) -> Home:
+        """An auth hook's answer at ``answered_at`` gives ``home`` its limits: keep them
+        unless a later answer's are kept; return ``home`` with the limits that hold. Raises
+        ``QuotaHomesFull`` if ``home`` is new and ``most`` answers' homes are kept already."""
+
+    def limits(self, home: Home) -> Home:
+        """``home`` with the limits of the latest answer that gave it some (as it is if
+        none did)."""
+
+
+class QuotaHomesFull(Exception):
+    """No room for one more home with a quota from an auth hook's answer: the login is
+    refused (421) until the master restarts (``auth_hook_quota_homes``)."""
+
 
 class QuotaRules:
     """The homes with a quota in a configuration, looked up by key."""

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -526,17 +527,15 @@ def _auth_hook(reader: _Reader, optional: dict[str, Any]) -> AuthHookConfig:
                            "auth_hook_command")
     return AuthHookConfig(url, command, optional["auth_hook_timeout"] / 1000,
                           optional["auth_cache_ttl"], optional["auth_hook_order"],
-                          optional["auth_hook_parallel"])
+                          optional["auth_hook_parallel"], optional["auth_hook_quota_homes"])
 
 
 # Account options an auth hook's answer may not give: the server sets them (the user is the
 # one that logged in, the hook checked the password, anonymous logins are the file's).
 HOOK_RESERVED = ("ftp_login_user_name", "ftp_login_user_password", "anonymous_enable")
-# Quotas are the file's: every worker counts a home's usage from the configuration's homes
-# (config.quotas.QuotaRules); a quota of the file covers the hook's accounts under it.
-HOOK_FILE_ONLY = ("quota_size", "quota_files")
-# So are an account's event destinations and pre-checks: whether workers spool events and
-# an events process delivers them is decided from the file, before any login.
+# An account's event destinations and pre-checks are the file's only: whether workers spool
+# events and an events process delivers them is decided from the file, before any login.
+# (Quotas an answer may give: cos.quota.Quotas.admit keeps them.)
 HOOK_FILE_EVENTS = tuple(name for name in BY_SECTION[ACCOUNT_PREFIX]
                          if name in BY_SECTION[HOOKS_SECTION])
 HOOK_ANSWER = "auth hook answer"
@@ -555,10 +554,6 @@ def hook_account(definition: Mapping[str, Any], user: str, config: Config) -> Ac
     for option, value in values.items():
         if option in HOOK_RESERVED:
             raise _hook_error("is set by the server, not by the hook", option)
-        if option in HOOK_FILE_ONLY:
-            raise _hook_error("is set in the file only: give the home its quota in a "
-                              "[COS_ACCOUNT_N] section of the same bucket and cos_prefix "
-                              "(it counts the hook's accounts there too)", option)
         if option in HOOK_FILE_EVENTS:
             raise _hook_error("is set in the file only: the [HOOKS] destinations get the "
                               "events of the hook's accounts too", option)
@@ -574,7 +569,8 @@ def hook_account(definition: Mapping[str, Any], user: str, config: Config) -> Ac
     reader = _Reader(parser, HOOK_ANSWER, environ={})
     account = _account(reader, _HOOK_SECTION, config.server.ftp_encoding, config.credentials,
                        config.folders, {})
-    return dataclasses.replace(account, section=HOOK_ANSWER, from_hook=True)
+    return dataclasses.replace(account, section=HOOK_ANSWER, from_hook=True,
+                               answered_at=time.time())
 
 
 def _hook_error(problem: str, option: str) -> ConfigError:

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from typing import Callable, Optional
 
 from ..config.model import AccountConfig
-from ..config.quotas import Home, Ledger, QuotaRules, Usage
+from ..config.quotas import Home, Ledger, QuotaHomesFull, QuotaRules, Usage, home_id
 from ..config.values import size_in_words
 from ..errors import NotFound, QuotaExceeded, StorageError
 from ..paths import RESERVED_NAME
@@ -65,22 +65,53 @@ def counted_in(prefix: str, key: str) -> bool:
 
 class Quotas:
     """The quotas of one worker: its configuration's rules, the shared ledger, and the
-    scans (a session's first need of a home, and the periodic ones of :meth:`scan_due`)."""
+    scans (a session's first need of a home, and the periodic ones of :meth:`scan_due`).
+
+    An auth hook's answer may give its account's home a quota too (``hook_homes``: how many
+    such homes the ledger keeps at most). The file's quota of a home wins over an answer's;
+    between answers, the latest one's limits hold for every session of the home (this node's
+    latest, with ``[CLUSTER]``). Such a home is scanned at its first use and again at a
+    login once ``quota_scan_interval`` passed."""
 
     def __init__(self, rules: QuotaRules, ledger: Ledger,
-                 bucket_of: Callable[[AccountConfig], Bucket], interval: float) -> None:
+                 bucket_of: Callable[[AccountConfig], Bucket], interval: float,
+                 hook_homes: int = 0) -> None:
         self.rules, self.ledger, self._bucket_of = rules, ledger, bucket_of
-        self.interval = interval
+        self.interval, self.hook_homes = interval, hook_homes
+
+    def admit(self, account: AccountConfig) -> Optional[str]:
+        """A login of ``account``: keep the quota its auth hook's answer gives its home;
+        None, or why the login is refused (421) when the ledger has no room for the home."""
+        if not (account.from_hook and account.has_quota):
+            return None
+        if (account.bucket, account.prefix) in self.rules.homes:
+            log.info("quota: the file's quota of this home holds; quota_size and quota_files "
+                     "of the auth hook's answer are not used")
+            return None
+        try:
+            self.ledger.adopt(_answered(account), account.answered_at, self.hook_homes)
+        except QuotaHomesFull as exc:
+            log.warning("quota: login refused: no room for the quota the auth hook's answer "
+                        "gives %s of bucket %s: %s", account.prefix or "/", account.bucket, exc)
+            return "Too many homes with a quota now; try again later."
+        return None
 
     def for_account(self, account: AccountConfig) -> Optional[AccountQuota]:
         """What a session of ``account`` needs to keep the quotas; None if none reaches it."""
-        if not self.rules.reaches(account):
+        answered = None
+        if account.from_hook and account.has_quota and \
+                (account.bucket, account.prefix) not in self.rules.homes:
+            answered = _answered(account)
+            if self.ledger.claim_scan(answered, self.interval, time.time(), known_only=True):
+                self.scan(answered, account=account)
+        elif not self.rules.reaches(account):
             return None
-        return AccountQuota(self, account)
+        return AccountQuota(self, account, answered)
 
-    def ready(self, homes: Sequence[Home]) -> None:
-        """Make sure each of ``homes`` was scanned once: scan it here, or wait for the process
-        scanning it. Raises ``StorageError`` if the scan fails."""
+    def ready(self, homes: Sequence[Home], account: Optional[AccountConfig] = None) -> None:
+        """Make sure each of ``homes`` was scanned once: scan it here (a home of no file
+        account with ``account``'s credentials), or wait for the process scanning it.
+        Raises ``StorageError`` if the scan fails."""
         for home in homes:
             deadline = time.monotonic() + SCAN_PATIENCE
             while True:
@@ -88,7 +119,7 @@ class Quotas:
                 if usage is not None and usage.scanned_at:
                     break
                 if self.ledger.claim_scan(home, 0, time.time(), known_only=False):
-                    self.scan(home, raising=True)
+                    self.scan(home, raising=True, account=account)
                 elif time.monotonic() > deadline:
                     raise StorageError(f"the usage of a quota is not known yet (scanning "
                                        f"for {SCAN_PATIENCE:.0f}s); try again",
@@ -96,12 +127,14 @@ class Quotas:
                 else:
                     time.sleep(SCAN_WAIT)
 
-    def scan(self, home: Home, raising: bool = False) -> None:
-        """Scan ``home`` (claimed) and put what it holds in the ledger."""
+    def scan(self, home: Home, raising: bool = False,
+             account: Optional[AccountConfig] = None) -> None:
+        """Scan ``home`` (claimed) and put what it holds in the ledger (with the credentials
+        of a file account of the home, else ``account``'s)."""
         found = None
         try:
-            account = self.rules.accounts[(home.bucket, home.prefix)]
-            found = scan_home(self._bucket_of(account), home.prefix)
+            owner = self.rules.accounts.get((home.bucket, home.prefix)) or account
+            found = scan_home(self._bucket_of(owner), home.prefix)
             log.info("quota: %s of bucket %s holds %d bytes in %d files", home.prefix or "/",
                      home.bucket, *found)
         except StorageError as exc:
@@ -121,22 +154,40 @@ class Quotas:
                 self.scan(home)
 
 
+def _answered(account: AccountConfig) -> Home:
+    """The home of a hook's ``account`` with the quota its answer gives."""
+    return Home(home_id(account.bucket, account.prefix), account.bucket, account.prefix,
+                account.quota_size, account.quota_files)
+
+
 class AccountQuota:
     """The quotas one session's writes count against (its account's home is ``area``: keys
     are the session's, the prefix added here)."""
 
-    def __init__(self, quotas: Quotas, account: AccountConfig) -> None:
+    def __init__(self, quotas: Quotas, account: AccountConfig,
+                 answered: Optional[Home] = None) -> None:
         self._quotas, self._account = quotas, account
+        self._answered = answered  # the home whose quota the account's hook answer gives
         self.prefix = account.prefix
+
+    def _covering(self, bucket: str, whole_key: str) -> list[Home]:
+        """The homes with a quota that ``whole_key`` of ``bucket`` is in: the file's, and
+        the one the answer gave, with the latest answer's limits."""
+        homes = self._quotas.rules.covering(bucket, whole_key)
+        answered = self._answered
+        if answered is not None and bucket == answered.bucket and \
+                whole_key.startswith(answered.prefix):
+            homes.append(self._quotas.ledger.limits(answered))
+        return homes
 
     def counts(self, key: str) -> bool:
         """Whether a quota counts the session's ``key``."""
-        return bool(self._quotas.rules.covering(self._account.bucket, self._account.prefix + key))
+        return bool(self._covering(self._account.bucket, self._account.prefix + key))
 
     def homes(self, key: str) -> list[Home]:
         """The homes with a quota that the session's ``key`` is in, each scanned once."""
-        homes = self._quotas.rules.covering(self._account.bucket, self._account.prefix + key)
-        self._quotas.ready(homes)
+        homes = self._covering(self._account.bucket, self._account.prefix + key)
+        self._quotas.ready(homes, self._account)
         return homes
 
     def own(self) -> list[Home]:
@@ -161,7 +212,7 @@ class AccountQuota:
 
     def removed(self, key: str, size: int) -> None:
         """The file ``key`` of ``size`` bytes was deleted."""
-        homes = self._quotas.rules.covering(self._account.bucket, self._account.prefix + key)
+        homes = self._covering(self._account.bucket, self._account.prefix + key)
         if homes:
             self._quotas.ledger.settle(homes, 0, 0, -size, -1)
 
@@ -175,14 +226,14 @@ class AccountQuota:
                  size: int) -> Optional[Callable[[bool], None]]:
         """:meth:`moving` of a file that is ``whole_key`` of ``bucket``: of this home, or of
         another one (a virtual folder's: ``ftp.mounts``)."""
-        rules, prefix = self._quotas.rules, self._account.prefix
-        before = rules.covering(bucket, whole_key)
-        after = rules.covering(self._account.bucket, prefix + dst)
+        prefix = self._account.prefix
+        before = self._covering(bucket, whole_key)
+        after = self._covering(self._account.bucket, prefix + dst)
         entering = [home for home in after if home not in before]
         leaving = [home for home in before if home not in after]
         if not entering and not leaving:
             return None
-        self._quotas.ready(entering + leaving)
+        self._quotas.ready(entering + leaving, self._account)
         ledger = self._quotas.ledger
         refused = ledger.reserve(entering, size, 1)
         if refused is not None:
@@ -224,7 +275,7 @@ class AccountQuota:
     def _counting(self, key: str) -> set[Home]:
         """The homes with a quota that count the session's ``key``."""
         whole = self._account.prefix + key
-        return {home for home in self._quotas.rules.covering(self._account.bucket, whole)
+        return {home for home in self._covering(self._account.bucket, whole)
                 if counted_in(home.prefix, whole)}
 
 

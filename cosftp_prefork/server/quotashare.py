@@ -209,6 +209,13 @@ class SharedUsage:
     def request_scan(self, home: Home, now: float) -> None:
         self._table.request_scan(home, now)
 
+    def adopt(self, home: Home, answered_at: float, most: int) -> Home:
+        """The answers' limits are this node's: each node holds the latest answer it got."""
+        return self._table.adopt(home, answered_at, most)
+
+    def limits(self, home: Home) -> Home:
+        return self._table.limits(home)
+
     def tick(self, homes: Iterable[Home]) -> None:
         """Rewrite this node's reservations in Redis from its own table (worker 1, every
         second)."""

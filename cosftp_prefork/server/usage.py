@@ -9,15 +9,21 @@ master: a new master scans each home again at its first use.
 One row per home (``cos.quota.home_id``: 16 bytes naming bucket and prefix), in an
 open-addressing table: used bytes and files, reserved bytes and files (uploads under way),
 the time of the last scan, the pid scanning it now and since when, the time a scan was asked
-for. Every change happens under a POSIX record lock on the file (``fcntl.lockf``, released
-by the kernel if its holder dies) and this process's thread lock, so that a reservation is
-one atomic check-and-add across every worker: two sessions cannot both take the last bytes.
+for, and for a home whose quota an auth hook's answer gave, the limits of the latest answer
+and when it came (every worker then holds the same limits). Every change happens under a
+POSIX record lock on the file (``fcntl.lockf``, released by the kernel if its holder dies)
+and this process's thread lock, so that a reservation is one atomic check-and-add across
+every worker: two sessions cannot both take the last bytes.
 Rows are never freed: a configuration's homes come back after a reload, and the table holds
-:data:`ROWS` of them.
+:data:`ROWS` of them; the answers' homes take at most ``auth_hook_quota_homes`` of them (at
+most :data:`HOOK_ROWS`, so that the file's homes always have room), counted in the header:
+once they are taken, a login whose answer gives another home a quota is refused (421) until
+the master restarts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import mmap
 import os
@@ -27,17 +33,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Optional
 
-from ..config.quotas import Home, Usage
+from ..config.model import MAX_HOOK_QUOTA_HOMES
+from ..config.quotas import Home, QuotaHomesFull, Usage
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd
 from .pidfile import is_alive
 
-MAGIC = b"CFQU"
-_HEADER = struct.Struct("<4sI")  # magic, rows in use
+MAGIC = b"CFQ2"
+_HEADER = struct.Struct("<4sII")  # magic, rows in use, rows of the answers' homes
 _HEADER_SIZE = 64
 ROWS = 16384
+HOOK_ROWS = MAX_HOOK_QUOTA_HOMES  # half of ROWS: the file's homes keep the other half
 # home id, scanner pid (0: none), used bytes, used files, reserved bytes, reserved files,
-# last scan, scan started, scan asked for
-_ROW = struct.Struct("<16siqqqqddd")
+# last scan, scan started, scan asked for; an answer's size and files limits, its time
+_ROW = struct.Struct("<16siqqqqdddqqd")
 FILE_SIZE = _HEADER_SIZE + ROWS * _ROW.size
 SCAN_STALE = 3600.0  # seconds after which a scan whose process still lives is taken over
 _EMPTY = bytes(16)
@@ -65,7 +73,7 @@ class UsageTable:
             os.ftruncate(fd, 0)
             os.ftruncate(fd, FILE_SIZE)
             mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED)
-            _HEADER.pack_into(mapping, 0, MAGIC, 0)
+            _HEADER.pack_into(mapping, 0, MAGIC, 0, 0)
             return cls(fd, mapping)
         except BaseException:
             os.close(fd)
@@ -105,9 +113,9 @@ class UsageTable:
             if found == _EMPTY:
                 if not make:
                     return None
-                _ROW.pack_into(self._map, at, ident, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
-                _, used = _HEADER.unpack_from(self._map, 0)
-                _HEADER.pack_into(self._map, 0, MAGIC, used + 1)
+                _ROW.pack_into(self._map, at, ident, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0)
+                _, used, answers = _HEADER.unpack_from(self._map, 0)
+                _HEADER.pack_into(self._map, 0, MAGIC, used + 1, answers)
                 return at
         return None
 
@@ -200,3 +208,30 @@ class UsageTable:
             row = self._row(at)
             row[8] = max(now, row[6] + 1e-6)  # after the last scan, even within its second
             self._write(at, row)
+
+    def adopt(self, home: Home, answered_at: float, most: int) -> Home:
+        with self._locked():
+            at = self._find(home.ident, make=False)
+            if at is None:
+                _, _, answers = _HEADER.unpack_from(self._map, 0)
+                if answers >= min(most, HOOK_ROWS):
+                    raise QuotaHomesFull(f"{answers} homes already have a quota from the auth "
+                                         "hook's answers (auth_hook_quota_homes)")
+                at = self._find(home.ident, make=True)
+                if at is None:
+                    raise QuotaHomesFull(f"the quota usage table is full ({ROWS} homes)")
+                _, used, _ = _HEADER.unpack_from(self._map, 0)
+                _HEADER.pack_into(self._map, 0, MAGIC, used, answers + 1)
+            row = self._row(at)
+            if answered_at >= row[11]:
+                row[9], row[10], row[11] = home.size, home.files, answered_at
+                self._write(at, row)
+            return dataclasses.replace(home, size=row[9], files=row[10])
+
+    def limits(self, home: Home) -> Home:
+        with self._locked():
+            at = self._find(home.ident, make=False)
+            row = self._row(at) if at is not None else None
+        if row is None or not row[11]:
+            return home
+        return dataclasses.replace(home, size=row[9], files=row[10])

@@ -174,7 +174,11 @@ class WorkerStats:
         return ticket, reason
 
     def log_in(self, ticket: Ticket, account: AccountConfig) -> Optional[str]:
-        """A correct password for ``account``: see ``Gate.log_in`` (its ``max_sessions``)."""
+        """A correct password for ``account``: see ``Gate.log_in`` (its ``max_sessions``),
+        and ``Quotas.admit`` (the quota an auth hook's answer gives)."""
+        refusal = self.quotas.admit(account) if self.quotas is not None else None
+        if refusal is not None:
+            return refusal
         return self.gate.log_in(ticket, account_key(account.user), account.limits.max_sessions)
 
     def account_bucket(self, account: AccountConfig,
@@ -411,16 +415,18 @@ class Worker:
         return janitor
 
     def _start_quotas(self, stats: WorkerStats, buckets: BucketRegistry) -> Optional[Periodic]:
-        """Keep the quotas (if any account has one) in the usage table the master shares
-        (and, with ``[CLUSTER]``, in Redis); worker 1 scans the homes again when due
-        (``quota_scan_interval``, ``cosftpctl quota-scan``)."""
+        """Keep the quotas (of the file's accounts, and those an auth hook's answers give)
+        in the usage table the master shares (and, with ``[CLUSTER]``, in Redis); worker 1
+        scans the file's homes again when due (``quota_scan_interval``, ``cosftpctl
+        quota-scan``)."""
         rules = QuotaRules(self.config.accounts)
-        if not rules.homes or self.state.usage is None:
+        if (not rules.homes and not self.config.auth_hook.enabled) or self.state.usage is None:
             return None
         cluster = stats.gate.cluster
         ledger = self.state.usage if cluster is None else SharedUsage(self.state.usage, cluster)
         stats.quotas = Quotas(rules, ledger, buckets.bucket,
-                              self.config.server.quota_scan_interval)
+                              self.config.server.quota_scan_interval,
+                              self.config.auth_hook.quota_homes)
         if self.index != 1:
             return None
         scans = Periodic("quota-scans", 1.0, stats.quotas.scan_due)
