@@ -13,9 +13,12 @@ import posixpath
 import re
 import subprocess
 import uuid
+from collections.abc import Iterator
+from typing import Optional
 
 import pytest
 
+from .admin_client import RO_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_cluster import LoneNode, start_redis
@@ -306,17 +309,30 @@ def test_sizes_are_1024_based():
         == [0, 512, 1024, 10 * MIB, 2 * 1024 * MIB, 1024 ** 4, 5 * MIB, 3072]
 
 
-def test_a_quota_holds_across_the_nodes_of_a_cluster(emulator, tmp_path):
-    """Two nodes sharing a Redis ([CLUSTER]) and a home with a 2 MiB quota: what one stores
-    counts on the other, and a reservation on one leaves no room for the other."""
+@contextlib.contextmanager
+def two_nodes(emulator, tmp_path, account: Account,
+              second: Optional[dict] = None) -> Iterator[list[LoneNode]]:
+    """Nodes qa and qb sharing a Redis ([CLUSTER]), both serving ``account``; qb with the
+    ``ServerProcess`` options ``second``."""
     redis = start_redis(tmp_path, free_port())
     nodes = []
     try:
-        for name in ("qa", "qb"):
-            proc = LoneNode(str(tmp_path / name), emulator.port,
-                            [quota_account("qcluster", "2M", prefix="cluster")])
+        for name, options in (("qa", {}), ("qb", second or {})):
+            proc = LoneNode(str(tmp_path / name), emulator.port, [account], **options)
             proc.redis_port, proc.name = int(redis.args[2]), name
             nodes.append(proc.start())
+        yield nodes
+    finally:
+        for proc in nodes:
+            proc.stop()
+        redis.stop()
+
+
+def test_a_quota_holds_across_the_nodes_of_a_cluster(emulator, tmp_path):
+    """Two nodes sharing a Redis ([CLUSTER]) and a home with a 2 MiB quota: what one stores
+    counts on the other, and a reservation on one leaves no room for the other."""
+    with two_nodes(emulator, tmp_path, quota_account("qcluster", "2M", prefix="cluster")) \
+            as nodes:
         first, second = (login(proc, "qcluster") for proc in nodes)
         put(first, "a.bin", b"a" * (3 * MIB // 2))
         assert used(second) == (3 * MIB // 2, 1)  # the other node's write counts here
@@ -333,10 +349,38 @@ def test_a_quota_holds_across_the_nodes_of_a_cluster(emulator, tmp_path):
         assert used(second) == (3 * MIB // 2 + 2 * MIB // 5, 2)
         for ftp in (first, second):
             ftp.quit()
-    finally:
-        for proc in nodes:
-            proc.stop()
-        redis.stop()
+
+
+def test_cosftpctl_quota_and_the_admin_api_show_the_clusters_usage(emulator, tmp_path):
+    """Two nodes sharing a Redis: what node qa stored and what an upload holds there show in
+    cosftpctl quota and GET /api/v1/quotas of node qb, whose own table never saw them (the
+    figures its quota enforcement uses)."""
+    admin_port = free_port()
+    admin = {"network": {"admin_port": str(admin_port)},
+             "sections": f"\n[ADMIN]\ntokens = viewer:{hash_token(RO_TOKEN)}:ro\n"}
+    with two_nodes(emulator, tmp_path, quota_account("qshown", "2M", prefix="shown"),
+                   admin) as nodes:
+        first, second = (login(proc, "qshown") for proc in nodes)
+        assert used(second) == (0, 0)  # qb scanned the home: its table holds 0 bytes
+        put(first, "a.bin", b"a" * (3 * MIB // 2))
+        first.sendcmd(f"ALLO {2 * MIB // 5}")
+        first.voidcmd("TYPE I")
+        holding = first.transfercmd("STOR c.bin")  # reserves 0.4 MiB on node qa
+        shown = nodes[1].ctl("quota", "qshown")
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(rf"^qshown +{3 * MIB // 2} +2 MiB +1 +- +{2 * MIB // 5} ",
+                         shown.stdout, re.M), shown.stdout
+        api = AdminClient(f"http://127.0.0.1:{admin_port}", token=RO_TOKEN)
+        answer = api.get("/quotas")
+        quota = next(q for q in answer["quotas"] if q["user"] == "qshown")
+        assert (quota["size"]["used"], quota["files"]["used"], quota["reserved_bytes"]) == \
+            (3 * MIB // 2, 1, 2 * MIB // 5)
+        assert (answer["usage_from"], answer["cluster_error"]) == ("cluster", None)
+        holding.sendall(b"c" * (2 * MIB // 5))
+        holding.close()
+        first.voidresp()
+        for ftp in (first, second):
+            ftp.quit()
 
 
 def test_renames_between_homes_are_counted_and_refused_past_a_quota(emulator, tmp_path):
@@ -390,6 +434,10 @@ def test_with_redis_gone_a_node_counts_alone_or_refuses(emulator, tmp_path, cos,
             assert put(ftp, "fits.bin", b"f" * (MIB // 2)).startswith("226")
             assert stopped(ftp, "passes.bin", b"p" * MIB).startswith("552 Quota exceeded")
             assert keys_under(cos, home) == [f"{home}fits.bin"]
+            # cosftpctl quota shows the table the node counts against, and says why
+            shown = proc.ctl("quota", "qgone")
+            assert "the cluster's usage cannot be read" in shown.stderr, shown.stderr
+            assert re.search(rf"^qgone +{MIB // 2} ", shown.stdout, re.M), shown.stdout
         else:
             with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaUnavailable"):
                 put(ftp, "refused.bin", b"r" * 10)

@@ -4,7 +4,9 @@ SecretId or SecretKey, no password or its hash); those an auth hook answers with
 sessions are, in ``sessions``); ``GET /api/v1/quotas``: each account's quota (issue 23:
 ``quota_size``, ``quota_files``) and its home's usage, as ``cosftpctl quota`` shows it.
 
-The usage is what this node's usage table holds (``server.usage``, shared with the workers):
+The usage is what this node's usage table holds (``server.usage``, shared with the workers),
+or with ``[CLUSTER]`` the cluster's in Redis (every node's writes and reservations; this
+node's table while Redis cannot be read: ``usage_from`` says which, ``cluster_error`` why):
 a home nobody used since the master started is not known yet (its first session scans it),
 and its ``used`` figures are then ``null``. Accounts rooted in one home share its usage, and
 the smallest limit of theirs holds for all of them (``config.quotas``).
@@ -34,8 +36,10 @@ def _account(account: AccountConfig) -> dict[str, Any]:
 
 
 def quotas(context: Context) -> Response:
-    rows = account_usage(context.config, context.state.usage)
+    report = account_usage(context.config, context.state.usage)
+    rows = report.rows
     return Response(200, {"enabled": any(row.size_limit or row.files_limit for row in rows),
+                          "usage_from": report.source, "cluster_error": report.trouble or None,
                           "quotas": [_quota(row) for row in rows]})
 
 

@@ -92,6 +92,10 @@ SCHEMAS: dict[str, Any] = {
                       "limit": _null("integer", description="null: none")}),
     "Quotas": _object({
         "enabled": {"type": "boolean", "description": "some account has a quota"},
+        "usage_from": {"enum": ["cluster", "node"], "description": "cluster: Redis's figures "
+                       "([CLUSTER], what every node reserves against); node: this node's"},
+        "cluster_error": _null("string", description="why Redis could not be read (then "
+                                                     "usage_from is node); null: it was"),
         "quotas": {"type": "array", "items": _object({
             "user": _STR, "unlimited": _BOOL, "size": _ref("Usage"), "files": _ref("Usage"),
             "reserved_bytes": _null("integer", description="held by uploads under way"),

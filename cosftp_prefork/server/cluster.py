@@ -652,6 +652,7 @@ class ClusterAdmin:
         self._redis = connect(config)
         self._scripts = {name: self._redis.register_script(_LIBRARY + body)
                          for name, body in (("unban", _UNBAN), ("read", _READ))}
+        self._theirs: dict[str, Any] = {}  # another module's scripts, by body
         self._checked = False
 
     def close(self) -> None:
@@ -688,6 +689,13 @@ class ClusterAdmin:
             self._unban([], "*", when)
             return bans, failures
         return self._call("unban", lift)
+
+    def evaluate(self, what: str, body: str, keys: list, args: list) -> Any:
+        """Run the script ``body`` of another module (``server.quotashare``'s usage read)
+        with this module's library; its answer as Redis gives it."""
+        if body not in self._theirs:
+            self._theirs[body] = self._redis.register_script(_LIBRARY + body)
+        return self._call(what, lambda: self._theirs[body](keys, args))
 
     def _unban(self, keys: list[str], what: str, when: int) -> tuple[int, int]:
         answer, _ = self._scripts["unban"](

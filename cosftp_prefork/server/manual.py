@@ -159,8 +159,10 @@ write the state file (the server's, or root).""",
 running server counts in it: bytes and files stored, bytes reserved by uploads
 under way, and when the home was last scanned. A home nobody has used since the
 master started shows ? (its first session scans it). Accounts sharing a home
-share its usage; the smallest limit of theirs holds. With [CLUSTER], this is
-this node's table; SITE QUOTA shows the cluster's figures.""",
+share its usage; the smallest limit of theirs holds. With [CLUSTER], the usage
+is the cluster's, read from Redis (every node's writes, every live node's
+reservations), as every node reserves against it; while Redis cannot be read,
+this node's table, and stderr says why.""",
         ((f"cosftpctl -c {CONF} quota", "every account's usage and limits"),
          (f"cosftpctl -c {CONF} quota alice", "alice's only")),
         """0  shown

@@ -2,18 +2,22 @@
 what the admin API's ``quotas`` resource reads (this module loads no COS or FTP code).
 
 The usage is the running server's (``server.usage``): a stopped server has none, and a home
-nobody used since the master started is not known yet (its first session scans it).
+nobody used since the master started is not known yet (its first session scans it). With
+``[CLUSTER]`` it is the cluster's, read from Redis (``server.quotashare``): what every node
+reserves against, the reservations of every live node included; this node's table only
+while Redis cannot be read (said so).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
 from ..config.model import Config
-from ..config.quotas import QuotaRules, Usage
+from ..config.quotas import Home, QuotaRules, Usage
 from ..config.values import size_in_words
 from .pidfile import Target, find_master
 from .scoreboard import state_path
@@ -34,16 +38,53 @@ class AccountUsage:
     usage: Optional[Usage]
 
 
-def account_usage(config: Config, table: Optional[UsageTable]) -> list[AccountUsage]:
-    """Every account of ``config`` with its home's limits and usage in ``table``."""
+CLUSTER, NODE = "cluster", "node"  # where a report's usage comes from
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """:func:`account_usage`'s answer: the rows, where their usage comes from (``CLUSTER``:
+    Redis; ``NODE``: this node's table), and why not from Redis when it should ("": it
+    is, or there is no cluster)."""
+
+    rows: list[AccountUsage]
+    source: str
+    trouble: str = ""
+
+
+def account_usage(config: Config, table: Optional[UsageTable]) -> UsageReport:
+    """Every account of ``config`` with its home's limits and usage: the cluster's with
+    ``[CLUSTER]``, else (or while Redis cannot be read) what ``table`` holds."""
     rules = QuotaRules(config.accounts)
+    usages, trouble = None, ""
+    if config.cluster.redis_url and rules.homes:
+        usages, trouble = _cluster_usages(config, rules.homes.values())
+    source = NODE if usages is None else CLUSTER
+    if usages is None:
+        usages = {home.ident: table.read(home) if table is not None else None
+                  for home in rules.homes.values()}
     found = []
     for account in config.accounts:
         home = rules.homes.get((account.bucket, account.prefix))
-        usage = table.read(home) if home is not None and table is not None else None
         found.append(AccountUsage(account.user, home.size if home else 0,
-                                  home.files if home else 0, usage))
-    return found
+                                  home.files if home else 0,
+                                  usages.get(home.ident) if home else None))
+    return UsageReport(found, source, trouble)
+
+
+def _cluster_usages(config: Config, homes: Iterable[Home]
+                    ) -> tuple[Optional[dict[bytes, Optional[Usage]]], str]:
+    """The usage of ``homes`` in the cluster's Redis, or None and why it cannot be read."""
+    from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
+    from .quotashare import cluster_usage
+
+    admin = ClusterAdmin(config.cluster)
+    try:
+        return {home.ident: cluster_usage(admin, home) for home in homes}, ""
+    except ClusterTrouble as exc:
+        return None, str(exc)
+    finally:
+        admin.close()
 
 
 def _table(config: Config, writable: bool = False) -> Optional[UsageTable]:
@@ -55,12 +96,17 @@ def _table(config: Config, writable: bool = False) -> Optional[UsageTable]:
     return UsageTable.open(usage_path(state_path(config.server.pid_file)), writable)
 
 
-def _users(config: Config, user: Optional[str]) -> Optional[list[AccountUsage]]:
+def _users(config: Config, user: Optional[str]) -> list[AccountUsage]:
+    """The rows of ``user`` (every account: None); says on stderr if the cluster's usage
+    could not be read (this node's is shown)."""
     table = _table(config)
-    rows = account_usage(config, table)
+    report = account_usage(config, table)
     if table is not None:
         table.close()
-    return [row for row in rows if user is None or row.user == user]
+    if report.trouble:
+        print(f"cosftpctl: quota: the cluster's usage cannot be read ({report.trouble}); "
+              "this node's table is shown", file=sys.stderr)
+    return [row for row in report.rows if user is None or row.user == user]
 
 
 def cmd_quota(config: Config, user: Optional[str] = None) -> int:
@@ -128,7 +174,7 @@ def cmd_quota_scan(config: Config, user: Optional[str] = None) -> int:
             return 1
         time.sleep(0.05)
     table.close()
-    print(format_usage(_users(config, user) or [], time.time()))
+    print(format_usage(_users(config, user), time.time()))
     return 0
 
 

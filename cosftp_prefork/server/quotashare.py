@@ -30,7 +30,7 @@ from typing import Optional
 
 from ..config.quotas import Home, Usage
 from ..errors import StorageError
-from .cluster import NODE_TTL, PREFIX, ClusterState
+from .cluster import NODE_TTL, PREFIX, ClusterAdmin, ClusterState
 from .usage import UsageTable
 
 USAGE_SECONDS = 30 * 86400
@@ -228,3 +228,13 @@ class SharedUsage:
                           [self._cluster.node, HELD_SECONDS,
                            *(n for _, usage in held
                              for n in (usage.reserved, usage.reserved_files))])
+
+
+def cluster_usage(admin: ClusterAdmin, home: Home) -> Usage:
+    """What the cluster's Redis holds of ``home``: its usage and the reservations of every
+    live node, the figures each node reserves against (``cosftpctl quota``, the admin API).
+    Raises ``ClusterTrouble``."""
+    answer, _ = admin.evaluate("quota read", _READ, [PREFIX + "nodes", *_keys(home)],
+                               ["", time.time() - NODE_TTL])  # no node of its own
+    used, files, reserved, reserved_files, scanned = answer
+    return Usage(int(used), int(files), int(reserved), int(reserved_files), float(scanned or 0))
