@@ -54,7 +54,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, TypeVar
@@ -690,12 +690,24 @@ class ClusterAdmin:
             return bans, failures
         return self._call("unban", lift)
 
-    def evaluate(self, what: str, body: str, keys: list, args: list) -> Any:
-        """Run the script ``body`` of another module (``server.quotashare``'s usage read)
-        with this module's library; its answer as Redis gives it."""
+    def evaluate_each(self, what: str, body: str, calls: Sequence[tuple[list, list]]
+                      ) -> list[Any]:
+        """Run the script ``body`` of another module (``server.quotashare``'s usage read),
+        with this module's library, once for each ``(keys, args)`` of ``calls``,
+        ``SCAN_PAGE`` calls to a round trip; the answers as Redis gives them."""
         if body not in self._theirs:
             self._theirs[body] = self._redis.register_script(_LIBRARY + body)
-        return self._call(what, lambda: self._theirs[body](keys, args))
+        script = self._theirs[body]
+
+        def run() -> list[Any]:
+            answers: list[Any] = []
+            for start in range(0, len(calls), SCAN_PAGE):
+                pipe = self._redis.pipeline(transaction=False)
+                for keys, args in calls[start:start + SCAN_PAGE]:
+                    script(keys, args, client=pipe)
+                answers += pipe.execute()
+            return answers
+        return self._call(what, run)
 
     def _unban(self, keys: list[str], what: str, when: int) -> tuple[int, int]:
         answer, _ = self._scripts["unban"](

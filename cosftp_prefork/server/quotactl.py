@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -73,14 +73,14 @@ def account_usage(config: Config, table: Optional[UsageTable]) -> UsageReport:
 
 
 def _cluster_usages(config: Config, homes: Iterable[Home]
-                    ) -> tuple[Optional[dict[bytes, Optional[Usage]]], str]:
+                    ) -> tuple[Optional[Mapping[bytes, Optional[Usage]]], str]:
     """The usage of ``homes`` in the cluster's Redis, or None and why it cannot be read."""
     from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
     from .quotashare import cluster_usage
 
     admin = ClusterAdmin(config.cluster)
     try:
-        return {home.ident: cluster_usage(admin, home) for home in homes}, ""
+        return cluster_usage(admin, list(homes)), ""
     except ClusterTrouble as exc:
         return None, str(exc)
     finally:

@@ -230,11 +230,16 @@ class SharedUsage:
                              for n in (usage.reserved, usage.reserved_files))])
 
 
-def cluster_usage(admin: ClusterAdmin, home: Home) -> Usage:
-    """What the cluster's Redis holds of ``home``: its usage and the reservations of every
-    live node, the figures each node reserves against (``cosftpctl quota``, the admin API).
-    Raises ``ClusterTrouble``."""
-    answer, _ = admin.evaluate("quota read", _READ, [PREFIX + "nodes", *_keys(home)],
-                               ["", time.time() - NODE_TTL])  # no node of its own
-    used, files, reserved, reserved_files, scanned = answer
-    return Usage(int(used), int(files), int(reserved), int(reserved_files), float(scanned or 0))
+def cluster_usage(admin: ClusterAdmin, homes: Sequence[Home]) -> dict[bytes, Usage]:
+    """What the cluster's Redis holds of each of ``homes``: its usage and the reservations
+    of every live node, the figures each node reserves against (``cosftpctl quota``, the
+    admin API), by home id. Raises ``ClusterTrouble``."""
+    since = time.time() - NODE_TTL
+    answers = admin.evaluate_each("quota read", _READ, [
+        ([PREFIX + "nodes", *_keys(home)], ["", since]) for home in homes])  # no node of its own
+    found = {}
+    for home, (answer, _) in zip(homes, answers):
+        used, files, reserved, reserved_files, scanned = answer
+        found[home.ident] = Usage(int(used), int(files), int(reserved), int(reserved_files),
+                                  float(scanned or 0))
+    return found
