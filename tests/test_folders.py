@@ -8,10 +8,12 @@ the emulator checks and limits to BETA, without delete permission).
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import io
 import os
 import re
+import subprocess
 import uuid
 
 import pytest
@@ -639,3 +641,221 @@ def test_an_auth_hook_account_mounts_the_files_folders(emulator, tmp_path, cos, 
         with pytest.raises(ftplib.error_perm, match=r"^530"):
             server.login("lost", "lost-pw")
         assert "'nosuch' names no [FOLDER_nosuch]" in server.log_text()
+
+
+# --- a folder's own quota (quota_size, quota_files in [FOLDER_<name>])
+
+FQ = f"{ROOT}fq/"
+QUOTA_FOLDERS = "".join(f"""
+[FOLDER_{name}]
+cos_prefix = {FQ}{name}
+authority = RW
+{limits}
+""" for name, limits in [("qshare", "quota_size = 2M\nquota_files = 3"),
+                         ("qrace", "quota_size = 2M"), ("qallo", "quota_size = 1M"),
+                         ("qresume", "quota_size = 4M"), ("qmove", "quota_size = 1M"),
+                         ("qscan", "quota_files = 5"), ("qfrom", "")])
+QUOTA_ACCOUNTS = [
+    Account("qfa", "qfa-pw", ALPHA, extra=f"cos_prefix = {FQ}a\nquota_size = 16M\n"
+            "virtual_folders = /pool=qshare, /race=qrace, /allo=qallo, /resume=qresume, "
+            "/move=qmove, /scan=qscan, /from=qfrom"),
+    Account("qfb", "qfb-pw", ALPHA, extra=f"cos_prefix = {FQ}b\n"
+            "virtual_folders = /shared=qshare, /race=qrace, /scan=qscan")]
+
+
+@pytest.fixture(scope="module")
+def fq(emulator, tmp_path_factory):
+    with ServerProcess(str(tmp_path_factory.mktemp("fq")), emulator.port, QUOTA_ACCOUNTS,
+                       optional={"quota_scan_interval": "0"},
+                       sections=QUOTA_FOLDERS) as proc:
+        yield proc
+
+
+def folder_used(ftp: ftplib.FTP, mount: str) -> tuple[int, int]:
+    """Bytes and files SITE QUOTA says the virtual folder at ``mount`` holds."""
+    reply = ftp.sendcmd("SITE QUOTA")
+    found = re.search(rf"The virtual folder {re.escape(mount)}:\s+size: (\d+) bytes used"
+                      r".*\s+files: (\d+) used", reply)
+    assert found, reply
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_two_accounts_mounting_one_folder_share_its_quota(fq, cos, tmp_path):
+    """qfa's /pool and qfb's /shared are one folder with 2 MiB and 3 files: what one
+    writes leaves the other less room; the home around it counts apart; curl gets the 552
+    too; a delete gives the room back."""
+    a, b = fq.login("qfa", "qfa-pw"), fq.login("qfb", "qfb-pw")
+    where = f"{FQ}qshare/"
+    put(a, "/home.bin", b"h" * (3 * MIB // 2))  # the home, outside the folder
+    assert folder_used(a, "/pool") == (0, 0) and used(a) == (3 * MIB // 2, 1)
+    put(a, "/pool/a.bin", b"a" * (3 * MIB // 2))
+    assert folder_used(b, "/shared") == (3 * MIB // 2, 1)
+    assert used(a) == (3 * MIB // 2, 1)  # not in qfa's home quota
+    reply = stopped(b, "/shared/b.bin", b"b" * MIB)
+    assert reply.startswith("552 Quota exceeded: the virtual folder /shared holds"), reply
+    source = tmp_path / "c.bin"
+    source.write_bytes(b"c" * MIB)
+    done = subprocess.run([require("curl"), "-sS", "-u", "qfb:qfb-pw", "-T", str(source),
+                           f"ftp://127.0.0.1:{fq.port}/shared/c.bin"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 70, done.stderr  # CURLE_REMOTE_DISK_FULL: the 552
+    assert keys_under(cos, where) == [f"{where}a.bin"]
+    assert not cos.list_multipart_uploads(Bucket=ALPHA, Prefix=where).get("Upload")
+    assert folder_used(a, "/pool") == (3 * MIB // 2, 1)  # the stopped uploads gave it back
+    b.delete("/shared/a.bin")
+    assert folder_used(a, "/pool") == (0, 0)
+    for name in ("1", "2", "3"):
+        put(b if name == "2" else a, f"/{'shared' if name == '2' else 'pool'}/{name}", b"n")
+    with pytest.raises(ftplib.error_perm, match=r"^552 .*3 of its 3 files \(quota_files\)"):
+        put(b, "/shared/4", b"n")
+    assert put(b, "/shared/1", b"again").startswith("226")  # replaces: no file more
+    assert folder_used(b, "/shared") == (len(b"again") + 2, 3)
+    for ftp in (a, b):
+        ftp.quit()
+
+
+def test_two_sessions_of_two_accounts_racing_for_a_folders_last_bytes(fq, cos):
+    """Both announce 1.5 MiB of the folder's 2 MiB from their home (where ALLO finds room):
+    the first STOR into the folder reserves it, the second is refused before its 150. Then
+    both stream 1.5 MiB without ALLO: at most one wins."""
+    a, b = fq.login("qfa", "qfa-pw"), fq.login("qfb", "qfb-pw")
+    for ftp in (a, b):
+        ftp.sendcmd(f"ALLO {3 * MIB // 2}")
+        ftp.voidcmd("TYPE I")
+    winner = a.transfercmd("STOR /race/a.bin")
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: the virtual folder"):
+        b.transfercmd("STOR /race/b.bin")
+    winner.sendall(b"a" * (3 * MIB // 2))
+    winner.close()
+    a.voidresp()
+    assert folder_used(b, "/race") == (3 * MIB // 2, 1)
+    b.delete("/race/a.bin")
+    connections = [ftp.transfercmd(f"STOR /race/{name}") for ftp, name in
+                   ((a, "c.bin"), (b, "d.bin"))]
+    for _ in range(2):  # interleaved: each holds some of the quota when the other asks
+        for conn in connections:
+            with contextlib.suppress(OSError):  # stopped: the server closed the connection
+                conn.sendall(b"r" * (3 * MIB // 4))
+    outcomes = []
+    for ftp, conn in zip((a, b), connections):
+        conn.close()
+        try:
+            outcomes.append(ftp.voidresp())
+        except ftplib.error_perm as exc:
+            outcomes.append(str(exc))
+    wins = sum(reply.startswith("226") for reply in outcomes)
+    assert wins <= 1 and all(reply.startswith(("226", "552")) for reply in outcomes), outcomes
+    assert len(keys_under(cos, f"{FQ}qrace/")) == wins
+    assert folder_used(a, "/race")[0] <= 2 * MIB
+    for ftp in (a, b):
+        ftp.quit()
+
+
+def test_allo_in_a_folder_answers_for_the_folders_quota(fq, cos):
+    """ALLO answers for the quota of the working directory's place: refused in /allo (1 MiB)
+    for 2 MiB, accepted at / (qfa's 16 MiB home); the STOR into /allo it announced is then
+    refused before its 150, and nothing is stored."""
+    a = fq.login("qfa", "qfa-pw")
+    a.cwd("/allo")
+    with pytest.raises(ftplib.error_perm,
+                       match=r"^552 Quota exceeded: the virtual folder /allo holds 0 bytes"):
+        a.sendcmd(f"ALLO {2 * MIB}")
+    a.sendcmd(f"ALLO {MIB // 2}")
+    a.cwd("/")
+    a.sendcmd(f"ALLO {2 * MIB}")
+    a.voidcmd("TYPE I")
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: the virtual folder"):
+        a.transfercmd("STOR /allo/big.bin")
+    assert keys_under(cos, f"{FQ}qallo/") == []
+    assert put(a, "/allo/fits.bin", b"f" * MIB).startswith("226")
+    assert folder_used(a, "/allo") == (MIB, 1)
+    a.quit()
+
+
+def test_a_resume_into_a_folder_is_refused_before_its_bytes(fq, cos):
+    """A parked upload of 3 MiB in /resume (4 MiB) while another file takes 3 MiB: its
+    resume is refused at once (the parked bytes count from its REST) and stays resumable."""
+    where = f"{FQ}qresume/"
+    ftp = fq.login("qfa", "qfa-pw")
+    data = b"p" * (3 * MIB)
+    park(ftp, cos, "/resume/parked.bin", f"{where}parked.bin", data[:2 * MIB + 10])
+    ftp = fq.login("qfa", "qfa-pw")
+    put(ftp, "/resume/other.bin", b"o" * (3 * MIB))
+    offset = ftp.size("/resume/parked.bin")
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: the virtual folder"):
+        ftp.storbinary("STOR /resume/parked.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert ftp.size("/resume/parked.bin") == offset  # still parked, still resumable
+    ftp.delete("/resume/other.bin")
+    ftp.storbinary("STOR /resume/parked.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert get(ftp, "/resume/parked.bin") == data
+    assert folder_used(ftp, "/resume") == (3 * MIB, 1)
+    ftp.quit()
+
+
+def test_renames_into_a_full_folder_are_refused_and_out_of_it_give_back(fq, cos):
+    """/move holds 1 MiB: a 1.5 MiB file of the home or of another folder is not copied in
+    (552, nothing in the folder's prefix); a small one is, and counts there and no more in
+    the home; renamed out again, it counts in the home and no more in the folder."""
+    a = fq.login("qfa", "qfa-pw")
+    where = f"{FQ}qmove/"
+    home_before = used(a)
+    put(a, "/big.bin", b"b" * (3 * MIB // 2))
+    put(a, "/from/big.bin", b"b" * (3 * MIB // 2))  # a folder without a quota
+    for source in ("/big.bin", "/from/big.bin"):
+        a.sendcmd(f"RNFR {source}")
+        with pytest.raises(ftplib.error_perm,
+                           match=r"^552 Quota exceeded: the virtual folder /move holds"):
+            a.sendcmd("RNTO /move/big.bin")
+        assert a.size(source) == 3 * MIB // 2
+    assert keys_under(cos, where) == []
+    put(a, "/small.bin", b"s" * 100)
+    a.rename("/small.bin", "/move/small.bin")
+    assert folder_used(a, "/move") == (100, 1)
+    assert used(a) == (home_before[0] + 3 * MIB // 2, home_before[1] + 1)
+    a.rename("/move/small.bin", "/small.bin")
+    assert folder_used(a, "/move") == (0, 0)
+    assert used(a) == (home_before[0] + 3 * MIB // 2 + 100, home_before[1] + 2)
+    a.rename("/small.bin", "/move/small.bin")
+    a.rename("/move/small.bin", "/from/small.bin")  # into another folder
+    assert folder_used(a, "/move") == (0, 0)
+    a.rename("/from/small.bin", "/move/small.bin")
+    a.delete("/move/small.bin")
+    assert folder_used(a, "/move") == (0, 0)
+    a.quit()
+
+
+def test_site_quota_cosftpctl_quota_and_quota_scan_show_a_folder(fq, cos):
+    """SITE QUOTA shows the home's and each folder's usage, in the home or in a folder;
+    cosftpctl quota lists the folder with the accounts sharing it; a file another tool wrote
+    into the folder counts after cosftpctl quota-scan of an account mounting it."""
+    b = fq.login("qfb", "qfb-pw")
+    put(b, "/scan/one.txt", b"1")
+    b.cwd("/scan")
+    inside = b.sendcmd("SITE QUOTA")
+    b.cwd("/")
+    assert b.sendcmd("SITE QUOTA") == inside
+    assert "The virtual folder /scan:" in inside and "files: 1 used of 5" in inside, inside
+    assert "The virtual folder /shared:" in inside and "of 2 MiB" in inside, inside
+    assert "This account's home" not in inside  # qfb's home has no quota
+    cos.put_object(Bucket=ALPHA, Key=f"{FQ}qscan/by-another-tool.txt", Body=b"other")
+    assert folder_used(b, "/scan") == (1, 1)  # quota_scan_interval = 0: not by itself
+    done = fq.ctl("quota-scan", "qfb")
+    assert done.returncode == 0, done.stderr
+    assert folder_used(b, "/scan") == (6, 2)
+    shown = fq.ctl("quota")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^qfb\s+no quota", shown.stdout, re.MULTILINE), shown.stdout
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("qscan "))
+    assert row.split()[1] == "6" and row.split()[-1] == "qfa,qfb", shown.stdout
+    assert re.search(r"^qshare\s.*2 MiB.*qfa,qfb$", shown.stdout, re.MULTILINE), shown.stdout
+    b.quit()
+
+
+def test_check_names_a_folders_bad_quota(emulator, tmp_path):
+    server = ServerProcess(str(tmp_path), emulator.port, [
+        Account("bad", "bad-pw", ALPHA, extra="virtual_folders = /x=q")],
+        sections="\n[FOLDER_q]\nauthority = RW\nquota_size = 10X\n")
+    server.write_config()
+    done = server.ctl("check")
+    assert done.returncode == 2 and "[FOLDER_q] quota_size" in done.stderr, done.stderr
+    assert "such as 500M or 10G" in done.stderr, done.stderr

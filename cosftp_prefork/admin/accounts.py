@@ -2,7 +2,8 @@
 SecretId or SecretKey, no password or its hash); those an auth hook answers with
 (``auth_hook_url``, ``auth_hook_command``) exist per login and are not listed (their
 sessions are, in ``sessions``); ``GET /api/v1/quotas``: each account's quota (issue 23:
-``quota_size``, ``quota_files``) and its home's usage, as ``cosftpctl quota`` shows it.
+``quota_size``, ``quota_files``) and its home's usage, and each virtual folder's with a
+quota (where the accounts mounting it have it), as ``cosftpctl quota`` shows them.
 
 The usage is what this node's usage table holds (``server.usage``, shared with the workers),
 or with ``[CLUSTER]`` the cluster's in Redis (every node's writes and reservations; this
@@ -18,7 +19,7 @@ from typing import Any, Optional
 
 from ..config.model import AccountConfig
 from ..config.quotas import Usage
-from ..server.quotactl import AccountUsage, account_usage
+from ..server.quotactl import account_usage
 from .app import Context, Response
 
 
@@ -37,18 +38,22 @@ def _account(account: AccountConfig) -> dict[str, Any]:
 
 def quotas(context: Context) -> Response:
     report = account_usage(context.config, context.state.usage)
-    rows = report.rows
-    return Response(200, {"enabled": any(row.size_limit or row.files_limit for row in rows),
-                          "usage_from": report.source, "cluster_error": report.trouble or None,
-                          "quotas": [_quota(row) for row in rows]})
+    rows, folders = report.rows, report.folders
+    return Response(200, {
+        "enabled": bool(folders) or any(row.size_limit or row.files_limit for row in rows),
+        "usage_from": report.source, "cluster_error": report.trouble or None,
+        "quotas": [{"user": row.user, "unlimited": not (row.size_limit or row.files_limit),
+                    **_figures(row.size_limit, row.files_limit, row.usage)} for row in rows],
+        "folders": [{"folder": row.folder, "bucket": row.bucket, "prefix": row.prefix or None,
+                     "users": list(row.users),
+                     **_figures(row.size_limit, row.files_limit, row.usage)}
+                    for row in folders]})
 
 
-def _quota(row: AccountUsage) -> dict[str, Any]:
+def _figures(size_limit: int, files_limit: int, usage: Optional[Usage]) -> dict[str, Any]:
     # A row made by a reservation before its home's first scan holds no usage yet.
-    usage: Optional[Usage] = row.usage if row.usage and row.usage.scanned_at else None
-    return {"user": row.user, "unlimited": not (row.size_limit or row.files_limit),
-            "size": {"used": usage.used if usage else None, "limit": row.size_limit or None},
-            "files": {"used": usage.files if usage else None,
-                      "limit": row.files_limit or None},
-            "reserved_bytes": usage.reserved if usage else None,
-            "scanned": usage.scanned_at if usage else None}
+    known = usage if usage and usage.scanned_at else None
+    return {"size": {"used": known.used if known else None, "limit": size_limit or None},
+            "files": {"used": known.files if known else None, "limit": files_limit or None},
+            "reserved_bytes": known.reserved if known else None,
+            "scanned": known.scanned_at if known else None}

@@ -91,7 +91,7 @@ SCHEMAS: dict[str, Any] = {
                                                             "not scanned yet"),
                       "limit": _null("integer", description="null: none")}),
     "Quotas": _object({
-        "enabled": {"type": "boolean", "description": "some account has a quota"},
+        "enabled": {"type": "boolean", "description": "some account or folder has a quota"},
         "usage_from": {"enum": ["cluster", "node"], "description": "cluster: Redis's figures "
                        "([CLUSTER], what every node reserves against); node: this node's"},
         "cluster_error": _null("string", description="why Redis could not be read (then "
@@ -99,7 +99,17 @@ SCHEMAS: dict[str, Any] = {
         "quotas": {"type": "array", "items": _object({
             "user": _STR, "unlimited": _BOOL, "size": _ref("Usage"), "files": _ref("Usage"),
             "reserved_bytes": _null("integer", description="held by uploads under way"),
-            "scanned": _null("number", description="time of the home's last scan")})}}),
+            "scanned": _null("number", description="time of the home's last scan")})},
+        "folders": {"type": "array", "description": "virtual folders with a quota, one per "
+                    "bucket and prefix they are mounted at", "items": _object({
+                        "folder": {"type": "string", "description": "[FOLDER_<name>]'s name"},
+                        "bucket": _STR,
+                        "prefix": _null("string", description="null: the bucket's root"),
+                        "users": {"type": "array", "items": _STR,
+                                  "description": "the accounts sharing its usage"},
+                        "size": _ref("Usage"), "files": _ref("Usage"),
+                        "reserved_bytes": _null("integer"),
+                        "scanned": _null("number")})}}),
     "Events": _object({
         "enabled": _BOOL, "queued": _INT, "spool_bytes": _INT,
         "spool_limit_bytes": _null("integer"), "dead_letters": _INT,

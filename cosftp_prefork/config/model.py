@@ -114,6 +114,13 @@ class FolderConfig:
     protocol: Optional[str] = None
     cos_ip: Optional[str] = None
     cos_port: Optional[int] = None
+    # quota_size (bytes) and quota_files of the folder's bucket and prefix; 0: no limit.
+    quota_size: int = 0
+    quota_files: int = 0
+
+    @property
+    def has_quota(self) -> bool:
+        return bool(self.quota_size or self.quota_files)
 
 
 @dataclass(frozen=True)
@@ -166,8 +173,8 @@ class AccountConfig:
     def mounted(self, folder: FolderConfig) -> AccountConfig:
         """What this account is inside ``folder``: the folder's bucket, prefix, authority
         and ``delete_enable``; its own for what the folder leaves unset (see
-        :class:`FolderConfig`). No folders of its own: folders do not nest; no quota of its
-        own either (the quotas of homes the folder's keys are in count them: ``cos.quota``)."""
+        :class:`FolderConfig`). No folders of its own: folders do not nest. Its quota is the
+        folder's (``config.quotas``: the folder's bucket and prefix are a home then)."""
         place = {}
         if folder.bucket is not None:
             place = {"bucket": folder.bucket, "region": folder.region,
@@ -177,7 +184,8 @@ class AccountConfig:
                      "cos_port": folder.cos_port}
         return dataclasses.replace(
             self, section=folder.section, prefix=folder.prefix, authority=folder.authority,
-            delete_enable=folder.delete_enable, folders=(), quota_size=0, quota_files=0,
+            delete_enable=folder.delete_enable, folders=(), quota_size=folder.quota_size,
+            quota_files=folder.quota_files,
             **place,
             **{name: value for name, value in overrides.items() if value is not None})
 

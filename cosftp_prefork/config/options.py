@@ -196,6 +196,12 @@ SETTINGS: tuple[Setting, ...] = (
             "in the folder: R = download only, W = upload only, RW = both"),
     Setting(FOLDER_PREFIX, "delete_enable", boolean, True,
             "in the folder: allow DELE, RMD and overwriting by rename"),
+    Setting(FOLDER_PREFIX, "quota_size", parse_size, 0,
+            "most bytes the folder may hold, whichever accounts mount it (its files, the "
+            "server's data not counted); an upload that would pass it is refused or stopped "
+            "with 552", "none"),
+    Setting(FOLDER_PREFIX, "quota_files", integer(0), 0,
+            "most files the folder may hold, whichever accounts mount it; 0 = none"),
     Setting("NETWORK", "masquerade_address", host, None,
             "address announced in PASV replies (behind NAT); a name is resolved when a "
             "worker starts"),

@@ -1,11 +1,12 @@
 """What a configuration's quotas are (``quota_size``, ``quota_files``), and the ledger that
 keeps their usage; the quotas themselves are kept by ``cos.quota``.
 
-A quota belongs to a *home*: a bucket, or a ``cos_prefix`` of one. Every account rooted there
-shares its usage, and the smallest limit of those accounts holds. Homes may nest (an admin
-rooted at ``tenants/`` above a tenant at ``tenants/a/``): a file written under both counts in
-both, and each limit holds. Nothing here talks to COS: ``cosftpctl`` and the admin API read
-the ledger with this alone.
+A quota belongs to a *home*: a bucket, or a ``cos_prefix`` of one, where an account is rooted
+or a virtual folder with a quota is mounted. Every account rooted or mounting a folder there
+shares its usage, and the smallest limit of those accounts and folders holds. Homes may nest
+(an admin rooted at ``tenants/`` above a tenant at ``tenants/a/``): a file written under both
+counts in both, and each limit holds. Nothing here talks to COS: ``cosftpctl`` and the admin
+API read the ledger with this alone.
 """
 
 from __future__ import annotations
@@ -97,13 +98,22 @@ class QuotaHomesFull(Exception):
     refused (421) until the master restarts (``auth_hook_quota_homes``)."""
 
 
+def places(account: AccountConfig) -> list[AccountConfig]:
+    """Where ``account`` writes: its home, and each of its virtual folders as the account is
+    in there (``AccountConfig.mounted``: the folder's bucket, prefix and quota)."""
+    return [account, *(account.mounted(folder) for _, folder in account.folders)]
+
+
 class QuotaRules:
-    """The homes with a quota in a configuration, looked up by key."""
+    """The homes with a quota in a configuration, looked up by key: the accounts' homes and
+    their virtual folders' (a folder's bucket and prefix, which every account mounting it
+    shares; a folder of no ``cos_bucket`` is in each mounting account's bucket)."""
 
     def __init__(self, accounts: Iterable[AccountConfig]) -> None:
         limits: dict[tuple[str, str], tuple[int, int]] = {}
+        # Whose credentials scan each home: an account rooted there, or one mounting it.
         self.accounts: dict[tuple[str, str], AccountConfig] = {}
-        for account in accounts:
+        for account in (place for each in accounts for place in places(each)):
             if not account.has_quota:
                 continue
             where = (account.bucket, account.prefix)

@@ -157,7 +157,8 @@ def _folder(reader: _Reader, section: str,
         prefix=values["cos_prefix"], secret_id=values["cos_secretid"],
         secret_key=values["cos_secretkey"], bucket=values["cos_bucket"],
         region=values["cos_region"], endpoint=values["cos_endpoint"],
-        protocol=values["cos_protocol"], cos_ip=values["cos_ip"], cos_port=values["cos_port"])
+        protocol=values["cos_protocol"], cos_ip=values["cos_ip"], cos_port=values["cos_port"],
+        quota_size=values["quota_size"], quota_files=values["quota_files"])
 
 
 def _mounts(reader: _Reader, section: str, listed: tuple[tuple[str, str], ...],

@@ -96,17 +96,18 @@ class Quotas:
             return "Too many homes with a quota now; try again later."
         return None
 
-    def for_account(self, account: AccountConfig) -> Optional[AccountQuota]:
-        """What a session of ``account`` needs to keep the quotas; None if none reaches it."""
+    def for_account(self, account: AccountConfig, mount: str = "") -> Optional[AccountQuota]:
+        """What a session of ``account`` needs to keep the quotas (``account`` as it is in
+        the virtual folder at ``mount``, if given); None if none reaches it."""
         answered = None
-        if account.from_hook and account.has_quota and \
+        if not mount and account.from_hook and account.has_quota and \
                 (account.bucket, account.prefix) not in self.rules.homes:
             answered = _answered(account)
             if self.ledger.claim_scan(answered, self.interval, time.time(), known_only=True):
                 self.scan(answered, account=account)
         elif not self.rules.reaches(account):
             return None
-        return AccountQuota(self, account, answered)
+        return AccountQuota(self, account, answered, mount)
 
     def ready(self, homes: Sequence[Home], account: Optional[AccountConfig] = None) -> None:
         """Make sure each of ``homes`` was scanned once: scan it here (a home of no file
@@ -161,14 +162,15 @@ def _answered(account: AccountConfig) -> Home:
 
 
 class AccountQuota:
-    """The quotas one session's writes count against (its account's home is ``area``: keys
-    are the session's, the prefix added here)."""
+    """The quotas one session's writes in its home, or in one of its virtual folders
+    (``mount``: its mount point), count against (keys are the home's or folder's, the
+    prefix added here)."""
 
     def __init__(self, quotas: Quotas, account: AccountConfig,
-                 answered: Optional[Home] = None) -> None:
+                 answered: Optional[Home] = None, mount: str = "") -> None:
         self._quotas, self._account = quotas, account
         self._answered = answered  # the home whose quota the account's hook answer gives
-        self.prefix = account.prefix
+        self.prefix, self.mount = account.prefix, mount
 
     def _covering(self, bucket: str, whole_key: str) -> list[Home]:
         """The homes with a quota that ``whole_key`` of ``bucket`` is in: the file's, and
@@ -191,7 +193,8 @@ class AccountQuota:
         return homes
 
     def own(self) -> list[Home]:
-        """The homes with a quota that the account's own home is in (SITE QUOTA)."""
+        """The homes with a quota that the account's own home (or the folder) is in (SITE
+        QUOTA, ALLO)."""
         return self.homes("")
 
     def usage(self, home: Home) -> Optional[Usage]:
@@ -206,7 +209,7 @@ class AccountQuota:
         homes = self.homes(key)
         if not homes:
             return None
-        meter = UploadQuota(self._quotas.ledger, homes, base, replaced, self._account.prefix)
+        meter = UploadQuota(self._quotas.ledger, homes, base, replaced, self.place)
         meter.open(max(base, announced or 0), new_file)
         return meter
 
@@ -216,14 +219,15 @@ class AccountQuota:
         if homes:
             self._quotas.ledger.settle(homes, 0, 0, -size, -1)
 
-    def moving(self, src: str, dst: str, size: int) -> Optional[Callable[[bool], None]]:
+    def moving(self, src: str, dst: str, size: int) -> Callable[[bool], None]:
         """A file of ``size`` bytes is renamed from ``src`` to ``dst``: reserve it in the
         homes it enters (``QuotaExceeded`` if one has no room). Returns what to call once the
-        rename is done (True) or failed (False); None if no quota sees it move."""
+        rename is done (True) or failed (False): it counts the file in the homes it entered
+        and out of those it left."""
         return self.arriving(self._account.bucket, self._account.prefix + src, dst, size)
 
     def arriving(self, bucket: str, whole_key: str, dst: str,
-                 size: int) -> Optional[Callable[[bool], None]]:
+                 size: int) -> Callable[[bool], None]:
         """:meth:`moving` of a file that is ``whole_key`` of ``bucket``: of this home, or of
         another one (a virtual folder's: ``ftp.mounts``)."""
         prefix = self._account.prefix
@@ -232,12 +236,14 @@ class AccountQuota:
         entering = [home for home in after if home not in before]
         leaving = [home for home in before if home not in after]
         if not entering and not leaving:
-            return None
+            # Counted where it was and where it goes alike (an admin's home over two
+            # folders): nothing to change, and nothing for the source's side to give back.
+            return _unchanged
         self._quotas.ready(entering + leaving, self._account)
         ledger = self._quotas.ledger
         refused = ledger.reserve(entering, size, 1)
         if refused is not None:
-            raise QuotaExceeded(_refusal(refused, prefix, ledger.read(refused)))
+            raise QuotaExceeded(_refusal(refused, self.place, ledger.read(refused)))
 
         def done(renamed: bool) -> None:
             if renamed:
@@ -248,14 +254,19 @@ class AccountQuota:
         return done
 
     def check_room(self, nbytes: int) -> None:
-        """``ALLO nbytes``: raise ``QuotaExceeded`` if a quota over the account's home has
-        no room for them now (nothing is reserved: the upload does that)."""
+        """``ALLO nbytes``: raise ``QuotaExceeded`` if a quota over the account's home (or the
+        folder) has no room for them now (nothing is reserved: the upload does that)."""
         homes = self.own()
         ledger = self._quotas.ledger
         refused = ledger.reserve(homes, nbytes, 0)
         if refused is not None:
-            raise QuotaExceeded(_refusal(refused, self._account.prefix, ledger.read(refused)))
+            raise QuotaExceeded(_refusal(refused, self.place, ledger.read(refused)))
         ledger.release(homes, nbytes, 0)
+
+    @property
+    def place(self) -> tuple[str, str]:
+        """The prefix and mount point refusals name homes from (:func:`_where`)."""
+        return self.prefix, self.mount
 
     def moved_directory(self, moved: Iterable[Moved]) -> None:
         """A directory rename moved these objects (the session's keys): each stops counting
@@ -285,9 +296,9 @@ class UploadQuota:
     (:meth:`cancel`). Used by the upload's session thread only."""
 
     def __init__(self, ledger: Ledger, homes: Sequence[Home], base: int,
-                 replaced: Callable[[], Optional[int]], prefix: str) -> None:
+                 replaced: Callable[[], Optional[int]], place: tuple[str, str]) -> None:
         self._ledger, self._homes, self._replaced = ledger, homes, replaced
-        self._prefix = prefix
+        self._place = place
         self._needed = base  # bytes the file will have counted
         self._reserved = self._files = 0
         self._open = True
@@ -300,7 +311,7 @@ class UploadQuota:
             refused = self._ledger.reserve(self._homes, nbytes, files)
         if refused is not None:
             self._open = False
-            raise QuotaExceeded(_refusal(refused, self._prefix, self._ledger.read(refused)))
+            raise QuotaExceeded(_refusal(refused, self._place, self._ledger.read(refused)))
         self._reserved, self._files = nbytes, files
 
     def take(self, nbytes: int) -> None:
@@ -315,7 +326,7 @@ class UploadQuota:
             if refused is None:
                 self._reserved += amount
                 return
-        raise QuotaExceeded(_refusal(refused, self._prefix, self._ledger.read(refused)))
+        raise QuotaExceeded(_refusal(refused, self._place, self._ledger.read(refused)))
 
     def before_commit(self) -> None:
         """The file is about to become visible: learn the size of the one it replaces now
@@ -354,34 +365,52 @@ def replaced_size(future: Future) -> Callable[[], Optional[int]]:
     return size
 
 
-def describe(quota: Optional[AccountQuota]) -> list[str]:
-    """``SITE QUOTA``: the usage and limits of each quota over the account's home."""
-    if quota is None:
-        return ["No quota counts this account's files."]
-    lines = []
-    for home in quota.own():
-        usage = quota.usage(home) or Usage(0, 0, 0, 0, 0.0)
-        size = f"{size_in_words(home.size)} = {home.size} bytes" if home.size else "no limit"
-        files = f"{home.files}" if home.files else "no limit"
-        lines += [f"{_where(home, quota.prefix).capitalize()}:",
-                  f"size: {usage.used} bytes used of {size}; {usage.reserved} reserved by "
-                  "uploads under way",
-                  f"files: {usage.files} used of {files}"]
-    return lines or ["No quota on this account's home (directories of it have theirs)."]
+def _unchanged(renamed: bool) -> None:
+    """What :meth:`AccountQuota.arriving` returns for a move no quota sees."""
 
 
-def _where(home: Home, prefix: str) -> str:
-    """A home as the account of ``prefix`` may hear of it: never by its key."""
+def describe(quotas: Sequence[AccountQuota]) -> list[str]:
+    """``SITE QUOTA``: the usage and limits of each quota over the account's home and over
+    its virtual folders (``quotas``: the home's first, then each folder's), each once."""
+    lines: list[str] = []
+    shown: set[Home] = set()
+    for quota in quotas:
+        for home in quota.own():
+            if home in shown:
+                continue
+            shown.add(home)
+            usage = quota.usage(home) or Usage(0, 0, 0, 0, 0.0)
+            size = f"{size_in_words(home.size)} = {home.size} bytes" if home.size else \
+                "no limit"
+            files = f"{home.files}" if home.files else "no limit"
+            where = _where(home, quota.place)
+            lines += [f"{where[0].upper()}{where[1:]}:",
+                      f"size: {usage.used} bytes used of {size}; {usage.reserved} reserved by "
+                      "uploads under way",
+                      f"files: {usage.files} used of {files}"]
+    if lines:
+        return lines
+    if quotas:
+        return ["No quota on this account's home (directories of it have theirs)."]
+    return ["No quota counts this account's files."]
+
+
+def _where(home: Home, place: tuple[str, str]) -> str:
+    """A home as the account whose home or folder (at mount point ``mount``) is ``prefix``
+    may hear of it: never by its key."""
+    prefix, mount = place
+    here = f"the virtual folder {mount}" if mount else "this account's home"
     if home.prefix == prefix:
-        return "this account's home"
+        return here
     if prefix.startswith(home.prefix):
-        return "a home that contains this account's"
-    return f"/{home.prefix[len(prefix):].rstrip('/')}"
+        return f"a home that contains {here}" if mount else \
+            "a home that contains this account's"
+    return f"{mount}/{home.prefix[len(prefix):].rstrip('/')}"
 
 
-def _refusal(home: Home, prefix: str, usage: Optional[Usage]) -> str:
+def _refusal(home: Home, place: tuple[str, str], usage: Optional[Usage]) -> str:
     """Why an upload is refused, naming the home as :func:`_where` does."""
-    where = _where(home, prefix)
+    where = _where(home, place)
     used = usage.used + usage.reserved if usage else 0
     files = usage.files + usage.reserved_files if usage else 0
     if home.files and files >= home.files:

@@ -218,11 +218,15 @@ class VirtualTree(AbstractedFS):
 
     def announce(self, size: int) -> None:
         """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow);
-        raises ``QuotaExceeded`` if the home's quota has no room for them now (the STOR
-        reserves them, in the quotas of wherever it goes)."""
+        raises ``QuotaExceeded`` if the quota of the working directory's home or folder has
+        no room for them now (the STOR reserves them, in the quotas of wherever it goes)."""
         if self.quota is not None:
             self.quota.check_room(size)
         self._announced = size
+
+    def quotas(self) -> list[AccountQuota]:
+        """What ``SITE QUOTA`` shows: the quotas of the home, then of each virtual folder."""
+        return [] if self.quota is None else [self.quota]
 
     @property
     def announced(self) -> Optional[int]:

@@ -26,7 +26,7 @@ from ..config.passwords import PasswordChecker
 from ..cos.digests import ALGORITHMS
 from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine
-from ..cos.quota import describe
+from ..cos.quota import AccountQuota, describe
 from ..cos.registry import BucketRegistry
 from ..cos.uploads import UploadInterrupted, UploadSession, UploadState
 from ..errors import (
@@ -487,7 +487,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         # Some clients send OPTS UTF8 ON before USER; ClientDialect refuses the rest then.
         "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
         "SITE QUOTA": {"perm": None, "auth": True, "arg": False,
-                       "help": "Syntax: SITE QUOTA (usage and limits of this account)."},
+                       "help": "Syntax: SITE QUOTA (usage and limits of this account and its "
+                                "folders)."},
     }
     hash_algorithm = ALGORITHMS[0]  # per session, set by OPTS HASH
     rates: Optional[SessionRates] = None  # the account's rate limits, from login on
@@ -717,8 +718,13 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             max_list_file=self.config.server.max_list_file,
             hooks=self.hooks.under(mount) if mount else self.hooks,
             retrier=self.retrier,
-            quota=self.stats.quotas.for_account(account) if self.stats.quotas else None,
+            quota=self.quota_for(account, mount),
         )
+
+    def quota_for(self, account: AccountConfig, mount: str = "") -> Optional[AccountQuota]:
+        """The quotas that ``account``'s writes count in (as it is in the virtual folder at
+        ``mount``, if given); None if none reaches it."""
+        return self.stats.quotas.for_account(account, mount) if self.stats.quotas else None
 
     @functools.cached_property
     def hooks(self) -> SessionHooks:
@@ -1067,7 +1073,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     def ftp_SITE_QUOTA(self, line: str) -> None:
         """The usage and limits of the quotas this account's writes count against."""
         try:
-            lines = describe(self.fs.quota)
+            lines = describe(self.fs.quotas())
         except StorageError as exc:
             raise StorageUnavailable(exc) from exc
         self.respond("\r\n".join(["200-Quota:", *(f" {line}" for line in lines), "200 End."]))

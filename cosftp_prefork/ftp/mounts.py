@@ -278,9 +278,22 @@ class MountedFS(VirtualTree):
 
     @property
     def quota(self) -> Optional[AccountQuota]:
-        """The quotas over the account's home (``SITE QUOTA``): a folder's keys count in
-        the homes they are in, whoever writes them."""
-        return self._home.quota
+        """The quotas over the working directory's place (``ALLO``): the folder's (its own,
+        and those of homes its prefix is in) inside a folder, the home's elsewhere."""
+        mount, _ = self._table.find(self.cwd)
+        return self._home.quota if mount is None else self._folder(mount).quota
+
+    def quotas(self) -> list[AccountQuota]:
+        """``SITE QUOTA``: the home's quotas, then each folder's, wherever the session is
+        (a folder's quota is asked for without making its filesystem)."""
+        found = [] if self._home.quota is None else [self._home.quota]
+        for mount in self._table.mounts:
+            fs = self._folders.get(mount.path)
+            quota = fs.quota if fs is not None else \
+                self._channel.quota_for(mount.account, mount.path)
+            if quota is not None:
+                found.append(quota)
+        return found
 
     def room_for(self, path: str) -> tuple[str, int]:
         """A mount point is a name of the home's tree (what may be done to it is answered
@@ -487,9 +500,10 @@ class MountedFS(VirtualTree):
     def _to_upload(self, path: str) -> tuple[CosFS, str]:
         """The filesystem an upload to ``path`` goes to, given ALLO's size first."""
         fs, inner = self._route(path)
-        if self._announced is not None:
-            fs.announce(self._announced)
-            self._announced = None
+        # Taken even when the folder refuses it: ALLO announces the next upload only.
+        announced, self._announced = self._announced, None
+        if announced is not None:
+            fs.announce(announced)
         return fs, inner
 
     def _opened_by(self, path: str, transfer):

@@ -159,24 +159,27 @@ write the state file (the server's, or root).""",
 running server counts in it: bytes and files stored, bytes reserved by uploads
 under way, and when the home was last scanned. A home nobody has used since the
 master started shows ? (its first session scans it). Accounts sharing a home
-share its usage; the smallest limit of theirs holds. With [CLUSTER], the usage
-is the cluster's, read from Redis (every node's writes, every live node's
-reservations), as every node reserves against it; while Redis cannot be read,
-this node's table, and stderr says why.""",
+share its usage; the smallest limit of theirs holds. Then each virtual folder
+with a quota ([FOLDER_<name>] quota_size, quota_files) and the users mounting it
+(with USER: that user's folders). With [CLUSTER], the usage is the cluster's,
+read from Redis (every node's writes, every live node's reservations), as every
+node reserves against it; while Redis cannot be read, this node's table, and
+stderr says why.""",
         ((f"cosftpctl -c {CONF} quota", "every account's usage and limits"),
          (f"cosftpctl -c {CONF} quota alice", "alice's only")),
         """0  shown
 2  no such account
 3  not running"""),
     "quota-scan": Page(
-        """Scan the homes with a quota again now (of one account, or every one), as the
-server does every quota_scan_interval: their usage becomes what COS holds under
-each prefix (the server's .cosftp/ data and directory markers not counted), so
+        """Scan the homes and virtual folders with a quota again now (of one account and
+its folders, or every one), as the server does every quota_scan_interval: their
+usage becomes what COS holds under each prefix (the server's .cosftp/ data and
+directory markers not counted), so
 that files other tools wrote or deleted are counted. Worker 1 scans; this waits
 until it did and shows the usage. Run it as the user that can write the state
 file (the server's, or root).""",
         ((f"cosftpctl -c {CONF} quota-scan", "count every home with a quota again"),
-         (f"cosftpctl -c {CONF} quota-scan alice", "alice's home only")),
+         (f"cosftpctl -c {CONF} quota-scan alice", "alice's home and folders only")),
         """0  scanned
 1  not scanned within 300 s (see cosftp.log), or the state file not writable
 2  no such account, or it has no quota

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config.model import Config
-from ..config.quotas import Home, QuotaRules, Usage
+from ..config.quotas import Home, QuotaRules, Usage, places
 from ..config.values import size_in_words
 from .pidfile import Target, find_master
 from .scoreboard import state_path
@@ -38,23 +38,39 @@ class AccountUsage:
     usage: Optional[Usage]
 
 
+@dataclass(frozen=True)
+class FolderUsage:
+    """A virtual folder with a quota, as some accounts mount it: its ``[FOLDER_<name>]``
+    name, bucket and prefix, the users sharing its usage there, its limits and usage."""
+
+    folder: str
+    bucket: str
+    prefix: str
+    users: tuple[str, ...]
+    size_limit: int
+    files_limit: int
+    usage: Optional[Usage]
+
+
 CLUSTER, NODE = "cluster", "node"  # where a report's usage comes from
 
 
 @dataclass(frozen=True)
 class UsageReport:
-    """:func:`account_usage`'s answer: the rows, where their usage comes from (``CLUSTER``:
-    Redis; ``NODE``: this node's table), and why not from Redis when it should ("": it
-    is, or there is no cluster)."""
+    """:func:`account_usage`'s answer: the accounts' rows, the virtual folders' with a quota,
+    where their usage comes from (``CLUSTER``: Redis; ``NODE``: this node's table), and why
+    not from Redis when it should ("": it is, or there is no cluster)."""
 
     rows: list[AccountUsage]
+    folders: list[FolderUsage]
     source: str
     trouble: str = ""
 
 
 def account_usage(config: Config, table: Optional[UsageTable]) -> UsageReport:
-    """Every account of ``config`` with its home's limits and usage: the cluster's with
-    ``[CLUSTER]``, else (or while Redis cannot be read) what ``table`` holds."""
+    """Every account of ``config`` with its home's limits and usage, and every virtual
+    folder with a quota: the cluster's usage with ``[CLUSTER]``, else (or while Redis cannot
+    be read) what ``table`` holds."""
     rules = QuotaRules(config.accounts)
     usages, trouble = None, ""
     if config.cluster.redis_url and rules.homes:
@@ -69,7 +85,7 @@ def account_usage(config: Config, table: Optional[UsageTable]) -> UsageReport:
         found.append(AccountUsage(account.user, home.size if home else 0,
                                   home.files if home else 0,
                                   usages.get(home.ident) if home else None))
-    return UsageReport(found, source, trouble)
+    return UsageReport(found, _folders(config, rules, usages), source, trouble)
 
 
 def _cluster_usages(config: Config, homes: Iterable[Home]
@@ -87,6 +103,26 @@ def _cluster_usages(config: Config, homes: Iterable[Home]
         admin.close()
 
 
+def _folders(config: Config, rules: QuotaRules,
+             usages: Mapping[bytes, Optional[Usage]]) -> list[FolderUsage]:
+    """Every virtual folder with a quota, once per bucket and prefix it is mounted at (a
+    folder without ``cos_bucket`` is in each mounting account's bucket), in the order of
+    the accounts mounting it."""
+    mounted: dict[tuple[str, str, str], list[str]] = {}
+    for account in config.accounts:
+        for _, folder in account.folders:
+            place = account.mounted(folder)
+            if (place.bucket, place.prefix) in rules.homes and place.has_quota:
+                users = mounted.setdefault((folder.name, place.bucket, place.prefix), [])
+                users.append(account.user)
+    found = []
+    for (name, bucket, prefix), users in mounted.items():
+        home = rules.homes[(bucket, prefix)]
+        found.append(FolderUsage(name, bucket, prefix, tuple(dict.fromkeys(users)), home.size,
+                                 home.files, usages.get(home.ident)))
+    return found
+
+
 def _table(config: Config, writable: bool = False) -> Optional[UsageTable]:
     """The running server's usage table; None if no server of ``config`` runs."""
     server, network = config.server, config.network
@@ -96,9 +132,10 @@ def _table(config: Config, writable: bool = False) -> Optional[UsageTable]:
     return UsageTable.open(usage_path(state_path(config.server.pid_file)), writable)
 
 
-def _users(config: Config, user: Optional[str]) -> list[AccountUsage]:
-    """The rows of ``user`` (every account: None); says on stderr if the cluster's usage
-    could not be read (this node's is shown)."""
+def _users(config: Config,
+           user: Optional[str]) -> tuple[list[AccountUsage], list[FolderUsage]]:
+    """The accounts' rows (``user``'s only, if given) and the rows of their folders; says on
+    stderr if the cluster's usage could not be read (this node's is shown)."""
     table = _table(config)
     report = account_usage(config, table)
     if table is not None:
@@ -106,7 +143,8 @@ def _users(config: Config, user: Optional[str]) -> list[AccountUsage]:
     if report.trouble:
         print(f"cosftpctl: quota: the cluster's usage cannot be read ({report.trouble}); "
               "this node's table is shown", file=sys.stderr)
-    return [row for row in report.rows if user is None or row.user == user]
+    return ([row for row in report.rows if user is None or row.user == user],
+            [row for row in report.folders if user is None or user in row.users])
 
 
 def cmd_quota(config: Config, user: Optional[str] = None) -> int:
@@ -114,41 +152,54 @@ def cmd_quota(config: Config, user: Optional[str] = None) -> int:
     if _table(config) is None:
         print("cosftpctl: not running: the usage is the running server's", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    rows = _users(config, user)
+    rows, folders = _users(config, user)
     if not rows:
         print(f"cosftpctl: quota: no account {user!r}", file=sys.stderr)
         return EXIT_USAGE
-    print(format_usage(rows, time.time()))
+    print(format_usage(rows, folders, time.time()))
     return 0
 
 
-def format_usage(rows: list[AccountUsage], now: float) -> str:
-    lines = [f"{'USER':<16} {'BYTES':>14} {'SIZE LIMIT':>12} {'FILES':>9} {'FILE LIMIT':>10} "
-             f"{'RESERVED':>10} {'SCANNED':>9}"]
+_COLUMNS = (f"{'BYTES':>14} {'SIZE LIMIT':>12} {'FILES':>9} {'FILE LIMIT':>10} "
+            f"{'RESERVED':>10} {'SCANNED':>9}")
+
+
+def format_usage(rows: list[AccountUsage], folders: list[FolderUsage], now: float) -> str:
+    """The accounts' table, then (if any has a quota) the virtual folders' with the users
+    mounting each."""
+    lines = [f"{'USER':<16} {_COLUMNS}"]
     for row in rows:
         if not row.size_limit and not row.files_limit:
             lines.append(f"{row.user:<16} no quota")
             continue
-        size = size_in_words(row.size_limit) if row.size_limit else "-"
-        files = str(row.files_limit) if row.files_limit else "-"
-        usage = row.usage
-        if usage is None or not usage.scanned_at:
-            lines.append(f"{row.user:<16} {'?':>14} {size:>12} {'?':>9} {files:>10} "
-                         f"{'-':>10} {'not yet':>9}")
-            continue
-        ago = f"{int(now - usage.scanned_at)}s ago"
-        lines.append(f"{row.user:<16} {usage.used:>14} {size:>12} {usage.files:>9} "
-                     f"{files:>10} {usage.reserved:>10} {ago:>9}")
+        lines.append(f"{row.user:<16} {_figures(row.size_limit, row.files_limit, row.usage, now)}")
+    if folders:
+        lines += ["", f"{'FOLDER':<16} {_COLUMNS} USERS"]
+        lines += [f"{row.folder:<16} {_figures(row.size_limit, row.files_limit, row.usage, now)} "
+                  f"{','.join(row.users)}" for row in folders]
     return "\n".join(lines)
 
 
+def _figures(size_limit: int, files_limit: int, usage: Optional[Usage], now: float) -> str:
+    """A row's columns after its name."""
+    size = size_in_words(size_limit) if size_limit else "-"
+    files = str(files_limit) if files_limit else "-"
+    if usage is None or not usage.scanned_at:
+        return f"{'?':>14} {size:>12} {'?':>9} {files:>10} {'-':>10} {'not yet':>9}"
+    ago = f"{int(now - usage.scanned_at)}s ago"
+    return (f"{usage.used:>14} {size:>12} {usage.files:>9} {files:>10} {usage.reserved:>10} "
+            f"{ago:>9}")
+
+
 def cmd_quota_scan(config: Config, user: Optional[str] = None) -> int:
-    """Ask worker 1 to scan the homes with a quota (of ``user``'s account only, if given)
+    """Ask worker 1 to scan the homes with a quota (of ``user``'s account and its virtual
+    folders only, if given)
     and wait until it did; print the usage then. 0, 1 if not all were scanned in time, 2
     for an unknown user or one without a quota, 3 if not running."""
     rules = QuotaRules(config.accounts)
-    homes = [rules.homes[(a.bucket, a.prefix)] for a in config.accounts
-             if (user is None or a.user == user) and (a.bucket, a.prefix) in rules.homes]
+    homes = [rules.homes[(place.bucket, place.prefix)] for account in config.accounts
+             if user is None or account.user == user for place in places(account)
+             if (place.bucket, place.prefix) in rules.homes]
     if not homes:
         print(f"cosftpctl: quota-scan: no account {'with a quota' if user is None else user!r}"
               f"{'' if user is None else ' with a quota'}", file=sys.stderr)
@@ -174,7 +225,7 @@ def cmd_quota_scan(config: Config, user: Optional[str] = None) -> int:
             return 1
         time.sleep(0.05)
     table.close()
-    print(format_usage(_users(config, user), time.time()))
+    print(format_usage(*_users(config, user), time.time()))
     return 0
 
 
