@@ -859,3 +859,22 @@ def test_check_names_a_folders_bad_quota(emulator, tmp_path):
     done = server.ctl("check")
     assert done.returncode == 2 and "[FOLDER_q] quota_size" in done.stderr, done.stderr
     assert "such as 500M or 10G" in done.stderr, done.stderr
+
+
+def test_a_rename_between_two_folders_inside_one_home_keeps_its_count(emulator, tmp_path):
+    """Two folders whose prefixes are in qadm's own home (10 MiB): a file renamed from one
+    to the other is copied, and stays counted once in the home that holds both."""
+    sections = "".join(f"\n[FOLDER_in{name}]\ncos_prefix = {FQ}adm/{name}\nauthority = RW\n"
+                       for name in ("x", "y"))
+    account = Account("qadm", "qadm-pw", ALPHA, extra=f"cos_prefix = {FQ}adm\n"
+                      "quota_size = 10M\nvirtual_folders = /x=inx, /y=iny")
+    with ServerProcess(str(tmp_path), emulator.port, [account], sections=sections) as server:
+        ftp = server.login("qadm", "qadm-pw")
+        put(ftp, "/x/f.bin", b"f" * 1000)
+        assert used(ftp) == (1000, 1)
+        ftp.rename("/x/f.bin", "/y/f.bin")
+        assert get(ftp, "/y/f.bin") == b"f" * 1000
+        assert used(ftp) == (1000, 1)
+        ftp.delete("/y/f.bin")
+        assert used(ftp) == (0, 0)
+        ftp.quit()
