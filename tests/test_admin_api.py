@@ -11,6 +11,7 @@ import io
 import json
 import re
 import socket
+import uuid
 
 import pytest
 import requests
@@ -31,7 +32,7 @@ from .admin_client import (
     serving_admin,
 )
 from .conftest import ALPHA
-from .server_proc import wait_until
+from .server_proc import Account, wait_until
 from .tls_clients import write_certificate
 
 MIB = 1024 * 1024
@@ -288,11 +289,39 @@ def test_quotas_show_a_tenants_usage_against_its_limits(api, admin):
     answer = api.get("/quotas")
     tenant = next(q for q in answer["quotas"] if q["user"] == "tenant")
     assert answer["enabled"] and tenant["reserved_bytes"] == 0 and tenant["scanned"] > 0
+    assert answer["folders"] == []  # no virtual folder has a quota
 
 
 def _tenant_usage(api: AdminClient) -> tuple:
     tenant = next(q for q in api.get("/quotas")["quotas"] if q["user"] == "tenant")
     return tuple((tenant[kind]["used"], tenant[kind]["limit"]) for kind in ("size", "files"))
+
+
+def test_quotas_list_a_virtual_folders_quota_with_the_users_mounting_it(emulator, tmp_path):
+    """A folder with quota_size 3M and quota_files 7 mounted by two accounts: one entry in
+    ``folders`` naming both, its usage unknown until used, then what an upload into it
+    through either account's mount point stored."""
+    proc = admin_server(str(tmp_path / "folders"), emulator.port)
+    prefix = f"admin-folder-{uuid.uuid4().hex[:8]}/"
+    proc.sections += f"\n[FOLDER_pool]\ncos_prefix = {prefix}\nauthority = RW\n" \
+                     "quota_size = 3M\nquota_files = 7\n"
+    proc.accounts = [*proc.accounts, *(
+        Account(user, f"{user}-pw", ALPHA, extra=f"cos_prefix = {prefix[:-1]}-{user}/\n"
+                "virtual_folders = /pool=pool") for user in ("fone", "ftwo"))]
+    with proc:
+        api = AdminClient(admin_url(proc))
+        answer = api.get("/quotas", token=RO_TOKEN)
+        assert answer["folders"] == [{
+            "folder": "pool", "bucket": ALPHA, "prefix": prefix, "users": ["fone", "ftwo"],
+            "size": {"used": None, "limit": 3 * MIB}, "files": {"used": None, "limit": 7},
+            "reserved_bytes": None, "scanned": None}]
+        assert {q["user"]: q["unlimited"] for q in answer["quotas"]}["fone"]
+        ftp = log_in(proc, user="ftwo", password="ftwo-pw")
+        ftp.storbinary("STOR /pool/a.bin", io.BytesIO(b"p" * MIB))
+        ftp.quit()
+        wait_until(lambda: [(f["size"]["used"], f["files"]["used"]) for f in
+                            api.get("/quotas")["folders"]] == [(MIB, 1)],
+                   what="the upload into the folder counted")
 
 
 def test_events_say_they_are_not_enabled(api):
