@@ -27,11 +27,13 @@ from .server_proc import (
     Account,
     ServerProcess,
     check_uncommented_example,
+    free_port,
     many_accounts,
     mounting,
 )
 from .test_auth_hook import definition
 from .test_clients import Peer, lftp, require, run
+from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
 from .test_prefixes import keys_under
 from .test_quotas import park, stopped, used
@@ -878,3 +880,37 @@ def test_a_rename_between_two_folders_inside_one_home_keeps_its_count(emulator, 
         ftp.delete("/y/f.bin")
         assert used(ftp) == (0, 0)
         ftp.quit()
+
+
+def test_a_folders_quota_holds_across_nodes_and_is_scanned_again(emulator, tmp_path, cos):
+    """Two nodes sharing a Redis ([CLUSTER]), qc1 logged in on one and qc2 on the other,
+    both mounting a folder of 2 MiB: what one node stores counts on the other and leaves no
+    room there; with quota_scan_interval = 1 a file another tool wrote into the folder
+    counts without anyone asking."""
+    redis = start_redis(tmp_path, free_port())
+    sections = f"\n[FOLDER_qcl]\ncos_prefix = {FQ}cluster\nauthority = RW\nquota_size = 2M\n"
+    accounts = [Account(user, f"{user}-pw", ALPHA, extra=f"cos_prefix = {FQ}{user}\n"
+                        f"virtual_folders = /{mount}=qcl")
+                for user, mount in (("qc1", "pool"), ("qc2", "shared"))]
+    nodes = []
+    try:
+        for name in ("fa", "fb"):
+            proc = LoneNode(str(tmp_path / name), emulator.port, accounts, sections=sections,
+                            optional={"quota_scan_interval": "1"})
+            proc.redis_port, proc.name = int(redis.args[2]), name
+            nodes.append(proc.start())
+        one, two = nodes[0].login("qc1", "qc1-pw"), nodes[1].login("qc2", "qc2-pw")
+        put(one, "/pool/a.bin", b"a" * (3 * MIB // 2))
+        assert folder_used(two, "/shared") == (3 * MIB // 2, 1)
+        reply = stopped(two, "/shared/b.bin", b"b" * MIB)
+        assert reply.startswith("552 Quota exceeded: the virtual folder /shared"), reply
+        cos.put_object(Bucket=ALPHA, Key=f"{FQ}cluster/other-tool.bin", Body=b"o" * 100)
+        wait_until(lambda: folder_used(one, "/pool") == (3 * MIB // 2 + 100, 2),
+                   what="the periodic scan to count the other tool's file")
+        assert folder_used(two, "/shared") == (3 * MIB // 2 + 100, 2)
+        for ftp in (one, two):
+            ftp.quit()
+    finally:
+        for proc in nodes:
+            proc.stop()
+        redis.stop()
