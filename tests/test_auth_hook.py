@@ -20,7 +20,7 @@ from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthSe
 from .conftest import ALPHA, BETA
 from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import put
-from .test_quotas import keys_under, one_takes_the_last_bytes, park, stopped, used
+from .test_quotas import announced_race, keys_under, park, stopped, used
 from .tls_clients import client_context, write_certificate
 
 MIB = 1024 * 1024
@@ -379,7 +379,7 @@ def test_sessions_of_a_hook_quota_racing_for_its_last_bytes_cannot_both_win(quot
     home = f"hookrace-{uuid.uuid4().hex[:8]}/"
     service.users["racer"] = ("racer-pw", quoted(emulator, home, quota_size="2M"))
     first, second = (quota_server.login("racer", "racer-pw") for _ in range(2))
-    one_takes_the_last_bytes(first, second, 3 * MIB // 2)
+    announced_race((first, "a.bin"), (second, "b.bin"), 3 * MIB // 2, "Quota exceeded")
     assert used(second) == (3 * MIB // 2, 1)
     for ftp in (first, second):
         ftp.quit()

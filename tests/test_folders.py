@@ -8,7 +8,6 @@ the emulator checks and limits to BETA, without delete permission).
 
 from __future__ import annotations
 
-import contextlib
 import ftplib
 import io
 import os
@@ -30,13 +29,14 @@ from .server_proc import (
     free_port,
     many_accounts,
     mounting,
+    wait_until,
 )
 from .test_auth_hook import definition
 from .test_clients import Peer, lftp, require, run
 from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
 from .test_prefixes import keys_under
-from .test_quotas import park, stopped, used
+from .test_quotas import announced_race, park, race, resume_past_a_full_quota, stopped, used
 
 MIB = 1024 * 1024
 ROOT = f"folders-{uuid.uuid4().hex[:8]}/"
@@ -364,13 +364,17 @@ def test_check_names_the_section_and_option_of_a_bad_mount(emulator, tmp_path, o
         done.stderr
 
 
-def test_check_names_a_folders_bad_option(emulator, tmp_path):
+@pytest.mark.parametrize(("options", "problem"), [
+    ("cos_bucket = beta-1250000000", "[FOLDER_broken] cos_region"),
+    ("quota_size = 10X", "[FOLDER_broken] quota_size"),  # failed before folders had quotas
+    ("quota_files = many", "[FOLDER_broken] quota_files")])
+def test_check_names_a_folders_bad_option(emulator, tmp_path, options, problem):
     server = ServerProcess(str(tmp_path), emulator.port, [
         Account("bad", "bad-pw", ALPHA, extra="virtual_folders = /x=broken")],
-        sections="\n[FOLDER_broken]\ncos_bucket = beta-1250000000\nauthority = RW\n")
+        sections=f"\n[FOLDER_broken]\n{options}\nauthority = RW\n")
     server.write_config()
     done = server.ctl("check")
-    assert done.returncode == 2 and "[FOLDER_broken] cos_region" in done.stderr, done.stderr
+    assert done.returncode == 2 and problem in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("options, problem", [
@@ -721,32 +725,11 @@ def test_two_sessions_of_two_accounts_racing_for_a_folders_last_bytes(fq, cos):
     the first STOR into the folder reserves it, the second is refused before its 150. Then
     both stream 1.5 MiB without ALLO: at most one wins."""
     a, b = fq.login("qfa", "qfa-pw"), fq.login("qfb", "qfb-pw")
-    for ftp in (a, b):
-        ftp.sendcmd(f"ALLO {3 * MIB // 2}")
-        ftp.voidcmd("TYPE I")
-    winner = a.transfercmd("STOR /race/a.bin")
-    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: the virtual folder"):
-        b.transfercmd("STOR /race/b.bin")
-    winner.sendall(b"a" * (3 * MIB // 2))
-    winner.close()
-    a.voidresp()
+    announced_race((a, "/race/a.bin"), (b, "/race/b.bin"), 3 * MIB // 2,
+                   "Quota exceeded: the virtual folder /race holds")
     assert folder_used(b, "/race") == (3 * MIB // 2, 1)
     b.delete("/race/a.bin")
-    connections = [ftp.transfercmd(f"STOR /race/{name}") for ftp, name in
-                   ((a, "c.bin"), (b, "d.bin"))]
-    for _ in range(2):  # interleaved: each holds some of the quota when the other asks
-        for conn in connections:
-            with contextlib.suppress(OSError):  # stopped: the server closed the connection
-                conn.sendall(b"r" * (3 * MIB // 4))
-    outcomes = []
-    for ftp, conn in zip((a, b), connections):
-        conn.close()
-        try:
-            outcomes.append(ftp.voidresp())
-        except ftplib.error_perm as exc:
-            outcomes.append(str(exc))
-    wins = sum(reply.startswith("226") for reply in outcomes)
-    assert wins <= 1 and all(reply.startswith(("226", "552")) for reply in outcomes), outcomes
+    wins = race([(a, "/race/c.bin"), (b, "/race/d.bin")], 3 * MIB // 2)
     assert len(keys_under(cos, f"{FQ}qrace/")) == wins
     assert folder_used(a, "/race")[0] <= 2 * MIB
     for ftp in (a, b):
@@ -777,19 +760,12 @@ def test_allo_in_a_folder_answers_for_the_folders_quota(fq, cos):
 def test_a_resume_into_a_folder_is_refused_before_its_bytes(fq, cos):
     """A parked upload of 3 MiB in /resume (4 MiB) while another file takes 3 MiB: its
     resume is refused at once (the parked bytes count from its REST) and stays resumable."""
-    where = f"{FQ}qresume/"
-    ftp = fq.login("qfa", "qfa-pw")
     data = b"p" * (3 * MIB)
-    park(ftp, cos, "/resume/parked.bin", f"{where}parked.bin", data[:2 * MIB + 10])
+    park(fq.login("qfa", "qfa-pw"), cos, "/resume/parked.bin", f"{FQ}qresume/parked.bin",
+         data[:2 * MIB + 10])
     ftp = fq.login("qfa", "qfa-pw")
-    put(ftp, "/resume/other.bin", b"o" * (3 * MIB))
-    offset = ftp.size("/resume/parked.bin")
-    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: the virtual folder"):
-        ftp.storbinary("STOR /resume/parked.bin", io.BytesIO(data[offset:]), rest=offset)
-    assert ftp.size("/resume/parked.bin") == offset  # still parked, still resumable
-    ftp.delete("/resume/other.bin")
-    ftp.storbinary("STOR /resume/parked.bin", io.BytesIO(data[offset:]), rest=offset)
-    assert get(ftp, "/resume/parked.bin") == data
+    resume_past_a_full_quota(ftp, "/resume/parked.bin", "/resume/other.bin", data,
+                             "Quota exceeded: the virtual folder /resume holds")
     assert folder_used(ftp, "/resume") == (3 * MIB, 1)
     ftp.quit()
 
@@ -851,16 +827,6 @@ def test_site_quota_cosftpctl_quota_and_quota_scan_show_a_folder(fq, cos):
     assert row.split()[1] == "6" and row.split()[-1] == "qfa,qfb", shown.stdout
     assert re.search(r"^qshare\s.*2 MiB.*qfa,qfb$", shown.stdout, re.MULTILINE), shown.stdout
     b.quit()
-
-
-def test_check_names_a_folders_bad_quota(emulator, tmp_path):
-    server = ServerProcess(str(tmp_path), emulator.port, [
-        Account("bad", "bad-pw", ALPHA, extra="virtual_folders = /x=q")],
-        sections="\n[FOLDER_q]\nauthority = RW\nquota_size = 10X\n")
-    server.write_config()
-    done = server.ctl("check")
-    assert done.returncode == 2 and "[FOLDER_q] quota_size" in done.stderr, done.stderr
-    assert "such as 500M or 10G" in done.stderr, done.stderr
 
 
 def test_a_rename_between_two_folders_inside_one_home_keeps_its_count(emulator, tmp_path):

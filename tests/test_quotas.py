@@ -76,20 +76,6 @@ def park(ftp: ftplib.FTP, cos, path: str, key: str, sent: bytes) -> None:
                what="the upload to be parked")
 
 
-def one_takes_the_last_bytes(first: ftplib.FTP, second: ftplib.FTP, nbytes: int) -> None:
-    """Both sessions announce ``nbytes`` (both ALLOs pass: nothing is stored yet); only the
-    first one's STOR (a.bin) gets the room, the second's (b.bin) gets 552."""
-    for ftp in (first, second):
-        ftp.sendcmd(f"ALLO {nbytes}")
-        ftp.voidcmd("TYPE I")
-    winner = first.transfercmd("STOR a.bin")
-    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
-        second.transfercmd("STOR b.bin")
-    winner.sendall(b"a" * nbytes)
-    winner.close()
-    first.voidresp()
-
-
 def used(ftp: ftplib.FTP) -> tuple[int, int]:
     """Bytes and files SITE QUOTA says the account's home holds."""
     reply = ftp.sendcmd("SITE QUOTA")
@@ -161,18 +147,45 @@ def test_two_sessions_racing_for_the_last_bytes_cannot_both_win(quotas, cos):
     """Both announce 1.5 MiB of the 2 MiB free; both ALLOs pass (nothing is stored yet),
     only one STOR gets the room. Then both stream 1.5 MiB without ALLO: at most one wins."""
     first, second = login(quotas, "qrace"), login(quotas, "qrace")
-    one_takes_the_last_bytes(first, second, 3 * MIB // 2)
+    announced_race((first, "a.bin"), (second, "b.bin"), 3 * MIB // 2, "Quota exceeded")
     assert used(first) == (3 * MIB // 2, 1)
     first.delete("a.bin")
 
-    connections = [ftp.transfercmd(f"STOR {name}") for ftp, name in
-                   ((first, "c.bin"), (second, "d.bin"))]
-    for _ in range(2):  # interleaved: each holds some of the quota when the other asks
+    wins = race([(first, "c.bin"), (second, "d.bin")], 3 * MIB // 2)
+    assert len(keys_under(cos, f"{ROOT}qrace/")) == wins
+    size, _ = used(first)
+    assert size <= 2 * MIB
+    for ftp in (first, second):
+        ftp.quit()
+
+
+def announced_race(first: tuple[ftplib.FTP, str], second: tuple[ftplib.FTP, str], size: int,
+                   refusal: str) -> None:
+    """Both sessions announce ``size`` bytes (``ALLO``: both pass, nothing is reserved yet);
+    the first's STOR to its path gets the room, the second's is refused before its 150 with
+    ``552 <refusal>``; the first's then stores its bytes."""
+    for ftp, _ in (first, second):
+        ftp.sendcmd(f"ALLO {size}")
+        ftp.voidcmd("TYPE I")
+    winner = first[0].transfercmd(f"STOR {first[1]}")
+    with pytest.raises(ftplib.error_perm, match=rf"^552 {refusal}"):
+        second[0].transfercmd(f"STOR {second[1]}")
+    winner.sendall(b"a" * size)
+    winner.close()
+    first[0].voidresp()
+
+
+def race(uploads: list[tuple[ftplib.FTP, str]], size: int) -> int:
+    """STOR ``size`` bytes to each (session, path) of ``uploads`` at once, half of them to
+    each in turn, then the other half (each holds some of the quota when the other asks);
+    check that at most one won and the others got 552. Returns the number of winners."""
+    connections = [ftp.transfercmd(f"STOR {path}") for ftp, path in uploads]
+    for _ in range(2):
         for conn in connections:
             with contextlib.suppress(OSError):  # stopped: the server closed the connection
-                conn.sendall(b"r" * (3 * MIB // 4))
+                conn.sendall(b"r" * (size // 2))
     outcomes = []
-    for ftp, conn in zip((first, second), connections):
+    for (ftp, _), conn in zip(uploads, connections):
         conn.close()
         try:
             outcomes.append(ftp.voidresp())
@@ -180,11 +193,7 @@ def test_two_sessions_racing_for_the_last_bytes_cannot_both_win(quotas, cos):
             outcomes.append(str(exc))
     wins = sum(reply.startswith("226") for reply in outcomes)
     assert wins <= 1 and all(reply.startswith(("226", "552")) for reply in outcomes), outcomes
-    assert len(keys_under(cos, f"{ROOT}qrace/")) == wins
-    size, _ = used(first)
-    assert size <= 2 * MIB
-    for ftp in (first, second):
-        ftp.quit()
+    return wins
 
 
 def test_a_resume_is_refused_before_its_bytes_and_the_parked_upload_kept(quotas, cos):
@@ -194,16 +203,24 @@ def test_a_resume_is_refused_before_its_bytes_and_the_parked_upload_kept(quotas,
     park(ftp, cos, "parked.bin", f"{home}parked.bin", data[:2 * MIB + 10])
     ftp = login(quotas, "qresume")
     assert used(ftp) == (0, 0)  # parked parts are no file yet
-    put(ftp, "other.bin", b"o" * (3 * MIB))
-    offset = ftp.size("parked.bin")
-    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
-        ftp.storbinary("STOR parked.bin", io.BytesIO(data[offset:]), rest=offset)
-    assert ftp.size("parked.bin") == offset  # still parked, still resumable
-    ftp.delete("other.bin")
-    ftp.storbinary("STOR parked.bin", io.BytesIO(data[offset:]), rest=offset)
-    assert get(ftp, "parked.bin") == data
+    resume_past_a_full_quota(ftp, "parked.bin", "other.bin", data, "Quota exceeded")
     assert used(ftp) == (3 * MIB, 1)
     ftp.quit()
+
+
+def resume_past_a_full_quota(ftp: ftplib.FTP, parked: str, other: str, data: bytes,
+                             refusal: str) -> None:
+    """Store 3 MiB as ``other``: the resume of ``data`` at ``parked`` is then refused
+    before its bytes (``552 <refusal>``) and stays resumable; with ``other`` deleted, it
+    completes."""
+    put(ftp, other, b"o" * (3 * MIB))
+    offset = ftp.size(parked)
+    with pytest.raises(ftplib.error_perm, match=rf"^552 {refusal}"):
+        ftp.storbinary(f"STOR {parked}", io.BytesIO(data[offset:]), rest=offset)
+    assert ftp.size(parked) == offset  # still parked, still resumable
+    ftp.delete(other)
+    ftp.storbinary(f"STOR {parked}", io.BytesIO(data[offset:]), rest=offset)
+    assert get(ftp, parked) == data
 
 
 def test_curl_and_lftp_get_552_and_nothing_is_stored(quotas, cos, tmp_path):
