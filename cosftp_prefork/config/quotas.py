@@ -99,9 +99,11 @@ class QuotaHomesFull(Exception):
 
 
 def places(account: AccountConfig) -> list[AccountConfig]:
-    """Where ``account`` writes: its home, and each of its virtual folders as the account is
-    in there (``AccountConfig.mounted``: the folder's bucket, prefix and quota)."""
-    return [account, *(account.mounted(folder) for _, folder in account.folders)]
+    """Where ``account`` writes with a quota of its own: its home, and each of its virtual
+    folders with a quota as the account is in there (``AccountConfig.mounted``: the
+    folder's bucket, prefix and quota)."""
+    return [account, *(account.mounted(folder) for _, folder in account.folders
+                       if folder.has_quota)]
 
 
 class QuotaRules:

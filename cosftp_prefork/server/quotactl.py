@@ -111,8 +111,8 @@ def _folders(config: Config, rules: QuotaRules,
     mounted: dict[tuple[str, str, str], list[str]] = {}
     for account in config.accounts:
         for _, folder in account.folders:
-            place = account.mounted(folder)
-            if (place.bucket, place.prefix) in rules.homes and place.has_quota:
+            if folder.has_quota:
+                place = account.mounted(folder)
                 users = mounted.setdefault((folder.name, place.bucket, place.prefix), [])
                 users.append(account.user)
     found = []
