@@ -58,6 +58,20 @@ def admin_server(workdir: str, cos_port: int, network: Optional[dict[str, str]] 
     return proc
 
 
+def folder_admin_server(workdir: str, cos_port: int) -> tuple[ServerProcess, str]:
+    """``admin_server`` with fone and ftwo (no quota of their own) mounting, at /pool, one
+    virtual folder of quota_size 3M and quota_files 7 (its prefix returned, new for each
+    server: it starts empty)."""
+    proc = admin_server(workdir, cos_port)
+    prefix = f"admin-folder-{uuid.uuid4().hex[:8]}/"
+    proc.sections += (f"\n[FOLDER_pool]\ncos_prefix = {prefix}\nauthority = RW\n"
+                      "quota_size = 3M\nquota_files = 7\n")
+    proc.accounts = [*proc.accounts, *(
+        Account(user, f"{user}-pw", ALPHA, extra=f"cos_prefix = {prefix[:-1]}-{user}/\n"
+                "virtual_folders = /pool=pool") for user in ("fone", "ftwo"))]
+    return proc, prefix
+
+
 def serving_admin(emulator, tmp_path_factory, name: str,
                   hooks: Optional[dict[str, str]] = None) -> Iterator[ServerProcess]:
     """For a module's fixture: ``admin_server`` running, bans after 3 failed logins, with

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import socket
-import uuid
 
 import pytest
 import requests
@@ -28,11 +27,12 @@ from .admin_client import (
     admin_server,
     admin_url,
     audit_lines,
+    folder_admin_server,
     hash_token,
     serving_admin,
 )
 from .conftest import ALPHA
-from .server_proc import Account, wait_until
+from .server_proc import wait_until
 from .tls_clients import write_certificate
 
 MIB = 1024 * 1024
@@ -301,13 +301,7 @@ def test_quotas_list_a_virtual_folders_quota_with_the_users_mounting_it(emulator
     """A folder with quota_size 3M and quota_files 7 mounted by two accounts: one entry in
     ``folders`` naming both, its usage unknown until used, then what an upload into it
     through either account's mount point stored."""
-    proc = admin_server(str(tmp_path / "folders"), emulator.port)
-    prefix = f"admin-folder-{uuid.uuid4().hex[:8]}/"
-    proc.sections += f"\n[FOLDER_pool]\ncos_prefix = {prefix}\nauthority = RW\n" \
-                     "quota_size = 3M\nquota_files = 7\n"
-    proc.accounts = [*proc.accounts, *(
-        Account(user, f"{user}-pw", ALPHA, extra=f"cos_prefix = {prefix[:-1]}-{user}/\n"
-                "virtual_folders = /pool=pool") for user in ("fone", "ftwo"))]
+    proc, prefix = folder_admin_server(str(tmp_path / "folders"), emulator.port)
     with proc:
         api = AdminClient(admin_url(proc))
         answer = api.get("/quotas", token=RO_TOKEN)

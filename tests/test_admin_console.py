@@ -31,6 +31,7 @@ from .admin_client import (
     TENANT_QUOTA,
     AdminClient,
     admin_url,
+    folder_admin_server,
     serving_admin,
     unreachable_receiver,
 )
@@ -201,6 +202,23 @@ def _fail_logins(proc, source: str, count: int) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def test_a_virtual_folders_quota_has_its_bars_under_the_accounts(emulator, browser, tmp_path):
+    proc, _ = folder_admin_server(str(tmp_path / "folders"), emulator.port)
+    with proc, screenshot_on_failure(browser, tmp_path, "folders"):
+        ftp = log_in(proc, user="fone", password="fone-pw")
+        ftp.storbinary("STOR /pool/a.bin", io.BytesIO(b"f" * MIB))
+        ftp.quit()
+        sign_in(browser, proc, RO_TOKEN)
+        bars = "return [...document.querySelectorAll('#folder-quotas progress')]" \
+               ".map((bar) => [bar.value, bar.max]);"
+        wait_for(browser, lambda: browser.execute_script(bars) == [[MIB, 3 * MIB], [1, 7]],
+                 "the folder's quota bars")
+        row = browser.find_element(By.CSS_SELECTOR, "#folder-quotas tbody tr")
+        cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+        assert cells[0] == "pool" and cells[2] == "fone, ftwo", cells
+        assert "1.0 MiB of 3.0 MiB" in cells[3] and "1 of 7 files" in cells[3], cells
 
 
 def test_lifting_a_ban_lets_the_address_log_in(console, browser, tmp_path):

@@ -178,11 +178,18 @@
     return el("span", { className: "quota" }, ...bars);
   }
 
+  // Then the virtual folders with a quota (one row per bucket and prefix they are mounted
+  // at), under the accounts, while there are any.
   function drawAccounts(accounts, quotas) {
     const usage = new Map(quotas.quotas.map((q) => [q.user, q]));
     syncRows($("accounts"), accounts.accounts, "user", (a) => a.user, (a) => [
       a.user, a.bucket + (a.prefix ? `/${a.prefix}` : ""), a.home_dir,
       a.authority + (a.delete_enable ? "" : ", no delete"), quotaBars(usage.get(a.user))]);
+    $("folder-quotas").hidden = quotas.folders.length === 0;
+    syncRows($("folder-quotas"), quotas.folders, "folder",
+      (f) => `${f.folder} ${f.bucket}/${f.prefix || ""}`, (f) => [
+        f.folder, f.bucket + (f.prefix ? `/${f.prefix}` : ""), f.users.join(", "),
+        quotaBars(f)]);
   }
 
   // The spool is shown while it holds anything, also under a configuration that stopped
