@@ -512,6 +512,33 @@ def test_a_directory_renamed_between_homes_is_counted_at_once(movers):
         ftp.quit()
 
 
+def test_a_directory_renamed_into_a_full_home_is_refused_before_any_copy(movers, cos):
+    """The admin moves a directory of ca into cb, which has room for one of its two files
+    only: 552 naming cb's quota, nothing copied, nothing counted; with room made, the same
+    rename goes through and is counted at once."""
+    admin, ca, cb = (login(movers, user) for user in ("cadmin", "ca", "cb"))
+    filler = 2 * MIB - home_used(cb)[0] - 100 * 1024  # cb keeps 100 KiB free
+    put(cb, "filler.bin", b"f" * filler)
+    ca.mkd("big")
+    for name in ("big/one.bin", "big/two.bin"):
+        put(ca, name, b"x" * (60 * 1024))
+    before_a, before_b = home_used(ca), home_used(cb)
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+        admin.rename("ca/big", "cb/big")
+    assert keys_under(cos, f"{ROOT}catch/cb/big") == []
+    assert len(keys_under(cos, f"{ROOT}catch/ca/big/")) >= 2
+    assert (home_used(ca), home_used(cb)) == (before_a, before_b)
+    cb.delete("filler.bin")
+    admin.rename("ca/big", "cb/big")
+    assert home_used(ca) == (before_a[0] - 120 * 1024, before_a[1] - 2)
+    assert home_used(cb) == (before_b[0] - filler + 120 * 1024, before_b[1] - 1 + 2)
+    for name in ("big/one.bin", "big/two.bin"):
+        cb.delete(name)
+    cb.rmd("big")
+    for ftp in (admin, ca, cb):
+        ftp.quit()
+
+
 def test_a_rename_onto_an_existing_file_stops_counting_it(movers):
     """The file a rename writes over goes: its bytes and its file stop counting, within a
     home and across homes."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..config.model import MAX_PARTS, TransferConfig, part_size_for
 from ..errors import Conflict, InvalidPath, NotFound, StorageError
@@ -22,6 +22,8 @@ from .resume import mark_live, unmark_live
 
 log = logging.getLogger(__name__)
 
+# rename_directory's ``reserve``: (key, new key, size) of each object -> settle(done).
+Reserve = Callable[[list[tuple[str, str, int]]], Callable[[bool], None]]
 DELETE_BATCH = 1000  # the most keys COS deletes in one request
 
 
@@ -87,8 +89,13 @@ def _copy_as_stored(bucket: Bucket, listed: ObjectInfo, target: str) -> str:
 
 
 def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
-                     transfer: TransferConfig, executor: Executor) -> list[Moved]:
+                     transfer: TransferConfig, executor: Executor,
+                     reserve: Optional[Reserve] = None) -> list[Moved]:
     """Move every key under ``src_prefix`` to ``dst_prefix``; return what moved.
+
+    ``reserve`` is given (key, new key, size) of every object before the first copy; it may
+    refuse the move by raising (``QuotaExceeded``: nothing copied) and returns what to call
+    with whether the move was done.
 
     Raises ``StorageError`` (the first failure) with the source untouched if a copy fails,
     ``Conflict`` if a key went away meanwhile (another session moved or deleted it),
@@ -109,6 +116,25 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
     if longest > bucket.key_room:
         raise InvalidPath(f"a name in that directory would be {longest} bytes long there, "
                           f"over the {bucket.key_room} bytes COS allows")
+    settle = reserve([(obj.key, targets[obj.key], obj.size) for obj in objects]) \
+        if reserve is not None else None
+    try:
+        copied = _copy_all(bucket, objects, targets, transfer, executor, src_prefix)
+    except BaseException:
+        if settle is not None:
+            settle(False)
+        raise
+    if settle is not None:
+        settle(True)  # the copies are there; the sources go next (a failure: a scan fixes it)
+    delete_keys(bucket, [obj.key for obj in objects])
+    log.info("renamed %s to %s (%d keys)", src_prefix, dst_prefix, len(objects))
+    return copied
+
+
+def _copy_all(bucket: Bucket, objects: list[ObjectInfo], targets: dict[str, str],
+              transfer: TransferConfig, executor: Executor, src_prefix: str) -> list[Moved]:
+    """Copy each of ``objects`` to its target; on a failure delete the copies made and
+    raise (``Conflict`` if a source went away meanwhile)."""
     small = [obj for obj in objects if obj.size <= transfer.multipart_copy_threshold]
     futures: dict[str, Future] = {obj.key: executor.submit(_copy_as_stored, bucket, obj,
                                                            targets[obj.key]) for obj in small}
@@ -140,8 +166,6 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
                            "(another session moved or deleted a file in it); nothing was "
                            "moved, try again") from failures[0]
         raise failures[0]
-    delete_keys(bucket, [obj.key for obj in objects])
-    log.info("renamed %s to %s (%d keys)", src_prefix, dst_prefix, len(objects))
     return copied
 
 

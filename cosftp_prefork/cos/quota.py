@@ -31,7 +31,6 @@ from ..config.values import size_in_words
 from ..errors import NotFound, QuotaExceeded, StorageError
 from ..paths import RESERVED_NAME
 from .bucket import Bucket
-from .copies import Moved
 from .pagination import paginate
 
 log = logging.getLogger(__name__)
@@ -268,20 +267,44 @@ class AccountQuota:
         """The prefix and mount point refusals name homes from (:func:`_where`)."""
         return self.prefix, self.mount
 
-    def moved_directory(self, moved: Iterable[Moved]) -> None:
-        """A directory rename moved these objects (the session's keys): each stops counting
-        in the homes with a quota it left and counts in those it entered, before the reply
-        (homes nested in the directory included; markers count nowhere)."""
-        change: dict[Home, tuple[int, int]] = {}
-        for obj in moved:
-            before, after = self._counting(obj.source.key), self._counting(obj.target)
-            for home, sign in [*((home, -1) for home in before - after),
-                               *((home, 1) for home in after - before)]:
-                nbytes, files = change.get(home, (0, 0))
-                change[home] = (nbytes + sign * obj.source.size, files + sign)
-        for home, (nbytes, files) in change.items():
-            if nbytes or files:
-                self._quotas.ledger.settle([home], 0, 0, nbytes, files)
+    def moving_directory(self, objects: Iterable[tuple[str, str, int]]
+                         ) -> Callable[[bool], None]:
+        """A directory rename is about to move these objects (the session's key before and
+        after, size): reserve what enters each home with a quota, before anything is copied
+        (``QuotaExceeded``, nothing reserved, if one has no room; homes nested in the
+        directory included, markers count nowhere). Returns what to call once the rename is
+        done (True: each object counts where it went and no longer where it was) or failed
+        (False: the reservations given back)."""
+        entering: dict[Home, tuple[int, int]] = {}
+        leaving: dict[Home, tuple[int, int]] = {}
+        for source, target, size in objects:
+            before, after = self._counting(source), self._counting(target)
+            for change, homes in ((entering, after - before), (leaving, before - after)):
+                for home in homes:
+                    nbytes, files = change.get(home, (0, 0))
+                    change[home] = (nbytes + size, files + 1)
+        if not entering and not leaving:
+            return _unchanged
+        self._quotas.ready([*entering, *leaving], self._account)
+        ledger = self._quotas.ledger
+        reserved: list[Home] = []
+        for home, (nbytes, files) in entering.items():
+            if ledger.reserve([home], nbytes, files) is not None:
+                for taken in reserved:
+                    ledger.release([taken], *entering[taken])
+                raise QuotaExceeded(_refusal(home, self.place, ledger.read(home)))
+            reserved.append(home)
+
+        def done(renamed: bool) -> None:
+            for home, (nbytes, files) in entering.items():
+                if renamed:
+                    ledger.settle([home], nbytes, files, nbytes, files)
+                else:
+                    ledger.release([home], nbytes, files)
+            if renamed:
+                for home, (nbytes, files) in leaving.items():
+                    ledger.settle([home], 0, 0, -nbytes, -files)
+        return done
 
     def _counting(self, key: str) -> set[Home]:
         """The homes with a quota that count the session's ``key``."""
@@ -366,7 +389,8 @@ def replaced_size(future: Future) -> Callable[[], Optional[int]]:
 
 
 def _unchanged(renamed: bool) -> None:
-    """What :meth:`AccountQuota.arriving` returns for a move no quota sees."""
+    """What :meth:`AccountQuota.arriving` and ``moving_directory`` return for a move no
+    quota sees."""
 
 
 def describe(quotas: Sequence[AccountQuota]) -> list[str]:

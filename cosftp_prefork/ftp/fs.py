@@ -864,12 +864,11 @@ class CosFS(VirtualTree):
                 raise Refusal(errno.EEXIST, "Target exists")
             self._check_parents(dst)
             try:
-                moved = rename_directory(self._bucket, source, target, self._ctx.transfer,
-                                         self._ctx.engine.copier())
+                moved = rename_directory(
+                    self._bucket, source, target, self._ctx.transfer, self._ctx.engine.copier(),
+                    None if self.quota is None else self.quota.moving_directory)
             except InvalidPath as exc:
                 raise Unstorable(exc.strerror) from exc
-        if self.quota is not None:
-            self.quota.moved_directory(moved)
         self._scope.clear()
         self._heads.clear()
         self._own_upload = None
