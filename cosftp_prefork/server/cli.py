@@ -554,7 +554,7 @@ def _check_identity(identity: Optional[Identity]) -> None:
     import the server's code (the installation, not the file: start refuses then)."""
     print(describe_workers(identity))
     if identity is not None:
-        from .master import load_worker
+        from .workers import load_worker
 
         problem = probe(identity, (), (), load_worker)
         if problem:

@@ -21,10 +21,16 @@ from typing import Optional
 import psutil
 
 from ..logfiles import escape_controls
-from ..safefiles import open_fd
+from ..safefiles import open_fd, replace_file
 
 TITLE_PREFIX = "cosftp: master ["
 WILDCARDS = ("0.0.0.0", "::")
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write ``pid`` to ``path`` atomically (a new file renamed over it: a link there is
+    replaced, not followed)."""
+    replace_file(path, f"{pid}\n".encode("ascii"), 0o644)
 
 
 def master_title(config_path: str) -> str:

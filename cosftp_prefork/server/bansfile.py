@@ -1,0 +1,63 @@
+"""The bans kept across stop/start in ``<pid file>.bans``: put back when the master starts,
+saved by it whenever the table changes and when it stops."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .scoreboard import SharedState, bans_path, load_bans, save_bans
+
+log = logging.getLogger(__name__)
+
+MAX_LOGGED_REJECTS = 10  # bad entries of a bans file logged one by one; then a count
+
+
+class BansFile:
+    """The saved bans of the master's shared state."""
+
+    def __init__(self, state: SharedState, pid_file: str) -> None:
+        self.state = state
+        self.path = bans_path(pid_file)
+        self._saved_epoch = 0
+
+    def restore(self) -> None:
+        """Put back the bans saved at the last stop: every valid entry, each bad one logged
+        (a file that is no bans file at all is kept aside as ``.invalid``, for a look)."""
+        path = self.path
+        try:
+            saved = load_bans(path)
+        except ValueError as exc:
+            try:
+                os.replace(path, f"{path}.invalid")
+                kept = f"moved it to {path}.invalid"
+            except OSError as move:
+                kept = f"could not move it aside: {move}"
+            log.error("ignoring the saved bans in %s: %s; %s", path, exc, kept)
+            return
+        for problem in saved.rejected[:MAX_LOGGED_REJECTS]:
+            log.error("bans file %s: ignored %s", path, problem)
+        if len(saved.rejected) > MAX_LOGGED_REJECTS:
+            log.error("bans file %s: ignored %d more bad entries", path,
+                      len(saved.rejected) - MAX_LOGGED_REJECTS)
+        restored = self.state.restore_bans(saved.bans, time.time())
+        self._saved_epoch = self.state.ban_epoch()
+        self.state.note_bans_saved(self._saved_epoch)
+        if restored:
+            log.info("restored %d bans from %s", restored, path)
+
+    def save(self, force: bool = False) -> None:
+        """Save the running bans when the table changed (a worker started a ban, ``cosftpctl
+        unban`` lifted one) or at exit (``force``), and say which change is saved: ``unban``
+        waits for it, so that a stop right after cannot bring a lifted ban back."""
+        epoch = self.state.ban_epoch()  # read before the table: a change after it saves again
+        if not force and epoch == self._saved_epoch:
+            return
+        self._saved_epoch = epoch
+        try:
+            save_bans(self.path, self.state.bans(time.time()))
+        except OSError as exc:
+            log.error("could not save the bans to %s: %s", self.path, exc)
+            return
+        self.state.note_bans_saved(epoch)
