@@ -26,6 +26,7 @@ import signal
 import time
 from collections import deque
 from dataclasses import replace
+from enum import Enum
 from typing import Optional
 
 from setproctitle import setproctitle
@@ -77,6 +78,23 @@ EXIT_CRASH_LOOP = 1
 EXIT_CANNOT_START = 1
 
 
+class Phase(Enum):
+    """Where the master is in its life: it moves along ``MOVES`` only, never back."""
+
+    STARTING = "starting"  # no worker served yet: one that cannot start stops the server
+    SERVING = "serving"  # a worker has served (reloads and rollbacks happen within it)
+    STOPPING_GRACEFULLY = "stopping gracefully"  # QUIT: transfers in flight finish
+    STOPPING = "stopping"  # TERM or INT, also cutting a graceful stop short
+
+
+MOVES = {
+    Phase.STARTING: {Phase.SERVING, Phase.STOPPING_GRACEFULLY, Phase.STOPPING},
+    Phase.SERVING: {Phase.STOPPING_GRACEFULLY, Phase.STOPPING},
+    Phase.STOPPING_GRACEFULLY: {Phase.STOPPING},
+    Phase.STOPPING: set(),
+}
+
+
 class Master:
     """Supervises the workers serving one config on its listening sockets."""
 
@@ -100,8 +118,7 @@ class Master:
         self.reload: Optional[PendingReload] = None
         self.reloads = 0
         self.reload_result = 0
-        self.stopping = False
-        self.served = False  # a worker has served since the master started
+        self.phase = Phase.STARTING
         self.exit_status = 0
         self.listeners: Optional[Listeners] = None
         self.state: Optional[SharedState] = None
@@ -109,12 +126,22 @@ class Master:
         self._bans: Optional[BansFile] = None
         self._reload_taken = 0  # the last reload request of the admin API run
         self._stop_deadline = 0.0
-        self._graceful = False  # stopping on QUIT: a TERM may still cut it short
         self._next_health_check = 0.0
         self._queue: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
 
     # --- life cycle
+
+    @property
+    def stopping(self) -> bool:
+        return self.phase in (Phase.STOPPING_GRACEFULLY, Phase.STOPPING)
+
+    def _move(self, phase: Phase) -> bool:
+        """Move on to ``phase`` if ``MOVES`` allows it from here; return whether it did."""
+        if phase not in MOVES[self.phase]:
+            return False
+        self.phase = phase
+        return True
 
     def run(self) -> int:
         """Serve until told to stop; return the process exit status."""
@@ -367,10 +394,9 @@ class Master:
     def _begin_stop(self, signum: int, timeout: float, graceful: bool = False) -> None:
         """Stop on ``signum``: close the listeners and tell every worker (USR2 for a graceful
         stop: finish the transfers in flight). A fast stop also cuts a graceful one short."""
-        if self.stopping and (graceful or not self._graceful):
+        if not self._move(Phase.STOPPING_GRACEFULLY if graceful else Phase.STOPPING):
             return
         log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
-        self.stopping, self._graceful = True, graceful
         now = time.monotonic()
         self._stop_deadline = min(self._stop_deadline or now + timeout, now + timeout)
         self._close_listeners()
@@ -464,10 +490,10 @@ class Master:
             return 1
 
     def _note_serving(self) -> None:
-        if not self.served:
+        if self.phase is Phase.STARTING:
             assert self.state is not None
-            self.served = any(w.state == "serving" for w in self.state.workers())
-            if self.served:
+            if any(w.state == "serving" for w in self.state.workers()):
+                self._move(Phase.SERVING)
                 log.info("master %d: workers serving", self.pid)
 
     def _reap(self) -> None:
@@ -503,7 +529,7 @@ class Master:
         boot_hang = worker.abort is not None and worker.abort.boot
         if (boot_failure or boot_hang) and self.reload is not None:
             self._roll_back("a worker of the new generation could not start")
-        elif boot_failure and not self.served:
+        elif boot_failure and self.phase is Phase.STARTING:
             # Nothing serves yet and retrying will not help: fail now, with the worker's
             # reason just above in the log, rather than after a crash loop.
             log.critical("worker %d cannot start with this configuration; stopping the server",
