@@ -366,6 +366,34 @@ def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
     uploader.close()
 
 
+def test_reload_during_a_graceful_stop_is_refused_and_the_transfer_finishes(daemon, cos, area):
+    """A HUP while a graceful stop waits for an upload (logrotate's, a configuration
+    tool's) is refused: the master keeps waiting, the upload ends with 226 and whole."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master = master_of(daemon)
+    uploader = login(daemon)
+    uploader.voidcmd("TYPE I")
+    data = os.urandom(2 * MIB)
+    upload = uploader.transfercmd(f"STOR {area}")
+    upload.sendall(data[:MIB])
+    master.send_signal(signal.SIGQUIT)
+    wait_until(lambda: _refused(daemon.port), what="listener closed")
+    master.send_signal(signal.SIGHUP)
+    stopped = f"master {master.pid} stopped"
+    wait_until(lambda: "reload failed" in daemon.log_text() or stopped in daemon.log_text(),
+               what="HUP handled")
+    assert stopped not in daemon.log_text()  # it waits for the upload
+    assert "reload failed, still serving the previous configuration: the server is " \
+        "stopping" in daemon.log_text()
+    upload.sendall(data[MIB:])
+    upload.close()
+    assert uploader.voidresp().startswith("226")
+    master.wait(60)
+    assert stopped in daemon.log_text()
+    assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
+    uploader.close()
+
+
 def _refused(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

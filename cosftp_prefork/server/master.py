@@ -583,6 +583,8 @@ class Master:
     def _start_reload(self) -> None:
         """Read the file and start the new generation beside the old one; raises
         ``ConfigError`` or ``OSError`` (nothing changed) if it cannot be used."""
+        if self.stopping:  # its listeners are closed: a new generation has none
+            raise ConfigError("the server is stopping")
         if self.reload is not None:
             raise ConfigError("a reload is already in progress", self.config.path)
         new = self._load_new_config()
