@@ -692,6 +692,36 @@ def test_a_stop_does_not_wait_for_workers_hung_in_their_set_up(emulator, tmp_pat
                    what="the master and every worker gone")
 
 
+def test_worker_hung_in_its_import_leaves_its_stacks(emulator, tmp_path):
+    """A worker that hangs while it imports the server's code (a hung mount under the
+    installation; here a pyftpdlib that opens a FIFO nobody writes) is aborted after
+    worker_boot_timeout with its stacks in the log, the import among them."""
+    stub = tmp_path / "stub"
+    (stub / "pyftpdlib").mkdir(parents=True)
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+    (stub / "pyftpdlib" / "__init__.py").write_text(f"open({str(fifo)!r}).read()\n")
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_boot_timeout": "3", "health_check_interval": "1",
+                                   "worker_processes": "1"})
+    proc.write_config()
+    master = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c", proc.config_path,
+                           "run"], cwd=proc.workdir, env={**os.environ, "PYTHONPATH": str(stub)},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: os.path.exists(os.path.join(proc.log_dir, "cosftp.log")) and
+                   re.search(r"\(pid \d+\) killed by SIGABRT", proc.log_text()),
+                   timeout=60, what="the hung worker aborted and reaped")
+        log = proc.log_text()
+        pid = int(re.search(r"\(pid (\d+)\) not serving \d+s after its start", log)[1])
+        assert "in load_worker" in stack_dump(log, pid)
+    finally:
+        for child in master.children(recursive=True):  # blocked in the import: no PDEATHSIG
+            child.kill()
+        master.kill()
+        master.wait(30)
+
+
 def test_worker_over_rss_limit_is_recycled_gracefully(emulator, tmp_path, area):
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
                          optional={"worker_max_rss": "1", "health_check_interval": "1",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import logging
 import os
 import select
@@ -462,6 +463,10 @@ class Master:
 
     def _run_worker(self, index: int, slot: int, stack_fd: int) -> int:
         """In the forked child: leave the master, become the workers' user, serve."""
+        # First, so that a worker hung anywhere in its set-up (the privilege drop, the
+        # import of its stack, its log file) leaves its stacks: the master SIGABRTs a hung
+        # worker and logs what this writes (a crash's SIGSEGV too).
+        faulthandler.enable(file=stack_fd, all_threads=True)
         self._leave_master()
         assert self.listeners is not None and self.state is not None
         if self.reload is not None and self.reload.old_listeners is not None:
@@ -477,7 +482,7 @@ class Master:
         try:
             worker = load_worker()(index, self.generation, slot, self.config,
                                    self.listeners.ftp, self.state, self.pid, self.foreground,
-                                   self.listeners.implicit_tls, stack_fd)
+                                   self.listeners.implicit_tls)
         except ImportError as exc:
             log.critical("worker %d cannot import the server's code: %r", index, exc)
             return EXIT_BOOT_FAILURE

@@ -10,15 +10,15 @@ TERM/INT stop now, QUIT drains (stop accepting, let sessions finish, at most
 ``graceful_timeout``), USR2 (the master's graceful stop) drains until no transfer is in
 flight rather than no session, USR1 reopens the log file. Sessions still open when the worker stops
 get ``426`` for a transfer in flight (an upload is parked, never half-written) and ``421``.
-The master SIGABRTs a worker that hangs: ``faulthandler``, enabled before anything else, then
-writes every thread's stack to the file the master gave the worker, and the master logs it.
+The master SIGABRTs a worker that hangs: ``faulthandler``, enabled by the master's fork
+before this module is even imported, then writes every thread's stack to the file the master
+gave the worker, and the master logs it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import faulthandler
 import functools
 import logging
 import os
@@ -342,22 +342,16 @@ class Worker:
 
     def __init__(self, index: int, generation: int, slot: int, config: Config,
                  socks: tuple[socket.socket, ...], state: SharedState, master_pid: int,
-                 foreground: bool, implicit_tls_socks: tuple[socket.socket, ...] = (),
-                 stack_fd: Optional[int] = None) -> None:
+                 foreground: bool, implicit_tls_socks: tuple[socket.socket, ...] = ()) -> None:
         self.index, self.generation, self.slot = index, generation, slot
         self.config, self.socks, self.state = config, socks, state
         self.implicit_tls_socks = implicit_tls_socks
         self.master_pid, self.foreground = master_pid, foreground
-        self.stack_fd = stack_fd
         self._stop = self._drain = self._finish = self._reopen = False
         self._title = ""
 
     def run(self) -> int:
         """Serve until told to stop or drained; return the exit status."""
-        if self.stack_fd is not None:
-            # First, so that even a worker hung in its set-up leaves its stacks: the master
-            # SIGABRTs a hung worker and logs what this wrote (a crash's SIGSEGV too).
-            faulthandler.enable(file=self.stack_fd, all_threads=True)
         self._install_signals()
         _die_with_parent()
         _share_malloc_arenas()
