@@ -415,6 +415,31 @@ def test_ttin_ttou_change_worker_count(daemon):
     _close(login(daemon))
 
 
+def test_worker_the_master_cannot_fork_is_started_later_and_the_server_serves_on(emulator,
+                                                                               tmp_path):
+    """The master out of descriptors (or of processes: fork's EAGAIN under a pids limit a
+    crowd of session threads filled) when it starts a worker: it says so, serves on with
+    the workers it has (health checks too), and starts the missing one once it can."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"health_check_interval": "1"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        master = psutil.Process(proc.proc.pid)
+        limits = master.rlimit(psutil.RLIMIT_NOFILE)
+        master.rlimit(psutil.RLIMIT_NOFILE, (3, limits[1]))  # no new descriptor past stdio
+        try:
+            master.send_signal(signal.SIGTTIN)
+            # Two attempts: seconds apart, health checks ran between them.
+            wait_until(lambda: proc.log_text().count("cannot start worker 3") == 2
+                       or f"master {master.pid} stopped" in proc.log_text(),
+                       timeout=60, what="two failed starts of worker 3 logged")
+            assert f"master {master.pid} stopped" not in proc.log_text()
+            _close(login(proc))
+        finally:
+            master.rlimit(psutil.RLIMIT_NOFILE, limits)
+        wait_until(lambda: serving(proc, 1, 3), timeout=60, what="worker 3 serving")
+
+
 def test_reload_rebinds_when_port_changes(daemon):
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     old_port, new_port = daemon.port, free_port()

@@ -73,7 +73,7 @@ def _check_resources(worker: WorkerProc, fd_limit: int, server: ServerConfig) ->
         proc = psutil.Process(worker.pid)
         rss_mib = proc.memory_info().rss / 2**20
         fds = proc.num_fds()
-    except psutil.Error:
+    except (psutil.Error, OSError):  # gone, or the master is out of descriptors: next time
         return False
     recycle = bool(server.worker_max_rss and rss_mib > server.worker_max_rss
                    and not worker.draining)

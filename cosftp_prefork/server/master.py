@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 FAST_STOP_TIMEOUT = 30.0
 LOOP_SECONDS = 1.0
 MAX_FAST_FAILURES = 5
+SPAWN_RETRY_SECONDS = 5.0  # after a fork (or its stack file) failed: no process or fd left
 EXIT_CRASH_LOOP = 1
 EXIT_CANNOT_START = 1
 
@@ -441,7 +442,12 @@ class Master:
         for index in range(1, self.num_workers + 1):
             backoff = self.backoff.setdefault(index, Backoff())
             if index not in running and now >= backoff.next_start:
-                self._spawn(index)
+                try:
+                    self._spawn(index)
+                except OSError as exc:  # the workers it has serve on meanwhile
+                    backoff.next_start = now + SPAWN_RETRY_SECONDS
+                    log.error("cannot start worker %d: %s; trying again in %.0fs", index, exc,
+                              SPAWN_RETRY_SECONDS)
 
     def _spawn(self, index: int) -> None:
         assert self.listeners is not None and self.state is not None
