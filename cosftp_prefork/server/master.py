@@ -84,7 +84,7 @@ class Phase(Enum):
     """Where the master is in its life: it moves along ``MOVES`` only, never back."""
 
     STARTING = "starting"  # no worker served yet: one that cannot start stops the server
-    SERVING = "serving"  # a worker has served (reloads and rollbacks happen within it)
+    SERVING = "serving"  # a worker has served since the start
     STOPPING_GRACEFULLY = "stopping gracefully"  # QUIT: transfers in flight finish
     STOPPING = "stopping"  # TERM or INT, also cutting a graceful stop short
 
