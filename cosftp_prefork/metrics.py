@@ -27,6 +27,11 @@ TRANSFERS = Counter("cosftp_transfers", "Finished transfers by direction (upload
 TRANSFER_BYTES = Counter("cosftp_transfer_bytes", "Bytes moved over data connections by "
                          "direction and result of the transfer", ["direction", "result"],
                          registry=None)
+DOWNLOADS_RELAYED = Counter("cosftp_downloads_relayed", "Binary downloads over a clear data "
+                            "connection by how their bytes went: splice (from the COS socket "
+                            "to the data socket in the kernel: COS over plain HTTP), copy "
+                            "(through the worker's memory: COS over HTTPS)", ["how"],
+                            registry=None)
 UPLOADS_PARKED = Counter("cosftp_uploads_parked", "Interrupted uploads kept for a resume",
                          registry=None)
 UPLOADS_RESUMED = Counter("cosftp_uploads_resumed", "Parked uploads continued", registry=None)
@@ -115,6 +120,10 @@ def transfer_done(upload: bool, ok: bool, nbytes: int) -> None:
     labels = ("upload" if upload else "download", "ok" if ok else "failed")
     TRANSFERS.labels(*labels).inc()
     TRANSFER_BYTES.labels(*labels).inc(nbytes)
+
+
+def download_relayed(how: str) -> None:
+    DOWNLOADS_RELAYED.labels(how).inc()
 
 
 def cos_request(operation: str, status: str, seconds: float) -> None:

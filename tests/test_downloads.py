@@ -1,6 +1,8 @@
 """RETR through the download pump (one thread reads COS and writes the data socket, off the
 session's IO loop): the session stays responsive, every way a download ends frees the pump's
-thread and descriptors, and what the pump does not serve (ASCII) still converts."""
+thread and descriptors, and what the pump does not serve (ASCII) still converts. Over a clear
+data connection from plain-HTTP COS the pump splices (the bytes never enter the worker's
+memory); a TLS data channel keeps pyftpdlib's path."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ import psutil
 import pytest
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS
-from .server_proc import ServerProcess, wait_until
+from .server_proc import ServerProcess, free_port, wait_until
+from .test_operating import scrape, value
 from .test_reliability import faults  # noqa: F401  (the fixture)
+from .test_tls import tls_login, tls_network
+from .tls_clients import write_certificate
 
 MIB = 1024 * 1024
 
@@ -131,3 +136,59 @@ def test_a_client_that_stops_reading_is_cut_off_after_data_connection_timeout(
         wait_until(lambda: worker.num_threads() <= threads - 2, what="both threads gone")
         conn.close()
         ftp.close()
+
+
+@pytest.fixture(scope="module")
+def relay_server(emulator, tmp_path_factory):
+    """A server with FTPS and metrics, for how downloads go (``cosftp_downloads_relayed``)."""
+    certs = write_certificate(tmp_path_factory.mktemp("certs"))
+    metrics_port = free_port()
+    proc = ServerProcess(str(tmp_path_factory.mktemp("relay")), emulator.port,
+                         STANDARD_ACCOUNTS,
+                         network={**tls_network(*certs), "metrics_port": str(metrics_port)})
+    proc.metrics_port = metrics_port
+    with proc:
+        yield proc
+
+
+def _relayed(server) -> dict[str, float]:
+    samples = scrape(server)
+    return {how: value(samples, "cosftp_downloads_relayed_total", how=how)
+            for how in ("splice", "copy")}
+
+
+def _retr(ftp: ftplib.FTP, path: str, rest: int = 0) -> bytes:
+    received = bytearray()
+    ftp.retrbinary(f"RETR {path}", received.extend, rest=rest or None)
+    return bytes(received)
+
+
+def test_a_clear_binary_download_is_spliced_whole_from_its_rest_offset(relay_server, cos,
+                                                                        area):
+    """Plain-HTTP COS to a clear data connection: the pump splices (the metric says so)
+    and the bytes are the object's, whole and from a REST offset (before: every download
+    was copied through the worker, and no such metric)."""
+    data = os.urandom(5 * MIB + 3)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    before = _relayed(relay_server)
+    ftp = relay_server.login("alice", "alice-pw")
+    assert _retr(ftp, area) == data
+    assert _retr(ftp, area, rest=MIB + 7) == data[MIB + 7:]
+    ftp.quit()
+    after = _relayed(relay_server)
+    assert after["splice"] - before["splice"] == 2 and after["copy"] == before["copy"]
+
+
+@pytest.mark.parametrize("protected", [True, False])
+def test_a_tls_data_channel_is_not_spliced(relay_server, cos, area, protected):
+    """FTPS: a protected data channel (PROT P) is sent by pyftpdlib's TLS path, never
+    spliced; with a clear data channel (PROT C) under a TLS session the pump splices."""
+    data = os.urandom(3 * MIB + 1)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    before = _relayed(relay_server)
+    ftp = tls_login(relay_server, STANDARD_ACCOUNTS[0], prot_p=protected)
+    assert _retr(ftp, area) == data
+    ftp.quit()
+    after = _relayed(relay_server)
+    assert after["splice"] - before["splice"] == (0 if protected else 1)
+    assert after["copy"] == before["copy"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 import socket
 import ssl
@@ -240,3 +241,70 @@ def test_the_emulator_accepts_the_lean_requests_signature():
         with pytest.raises(StorageError) as info:
             bad.list_page("signed/")
         assert info.value.code == "SignatureDoesNotMatch"
+
+
+def _drain_into_pipe(stream, size: int) -> tuple[bytes, list]:
+    """``stream.splice_into`` a pipe in steps of at most ``size`` bytes until it answers 0
+    (or None, which ends the list): the bytes the pipe gave, and each answer."""
+    reader, writer = os.pipe()
+    received, answers = bytearray(), []
+    try:
+        while True:
+            moved = stream.splice_into(writer, size)
+            answers.append(moved)
+            if not moved:
+                return bytes(received), answers
+            while moved:
+                piece = os.read(reader, moved)
+                received += piece
+                moved -= len(piece)
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def test_a_plain_get_is_spliced_whole_and_its_connection_serves_again(canned):
+    """Over plain HTTP a GET's body moves into a pipe (the bytes buffered with the head
+    first, then the socket's), stops at its Content-Length, and the connection goes back
+    to the pool for the next request."""
+    body = random.Random(7).randbytes(300_000)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: \"e\"\r\n\r\n" % len(body)
+    server, bucket = canned((answer + body, False), (HEAD_OK, False))
+    stream = bucket.open_read("d/a")
+    received, answers = _drain_into_pipe(stream, 65_536)
+    stream.close()
+    assert received == body and answers[-1] == 0 and len(answers) > 2
+    assert bucket.head("d/a").etag == "abc"
+    assert server.accepted == 1
+
+
+def test_a_spliced_get_cut_short_is_a_storage_error(canned):
+    """A body that ends before its Content-Length: what came is in the pipe, then a
+    StorageError (which the download reopens from), and the connection is not used again."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n" + b"x" * 100
+    server, bucket = canned((answer, True), (HEAD_OK, False))
+    stream = bucket.open_read("d/a")
+    with pytest.raises(StorageError) as info:
+        _drain_into_pipe(stream, 65_536)
+    stream.close()
+    assert info.value.code == "StreamError" and "cut short" in str(info.value)
+    assert bucket.head("d/a").size == 5
+    assert server.accepted == 2
+
+
+def test_over_https_a_get_is_read_not_spliced(canned, tmp_path):
+    """TLS: the bytes on the socket are ciphertext, so ``splice_into`` declines (None) and
+    the body is read as before."""
+    cert, key = write_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    body = b"y" * 70_000
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    _, bucket = canned((answer + body, False), tls=context, verify=cert)
+    stream = bucket.open_read("d/a")
+    assert _drain_into_pipe(stream, 65_536) == (b"", [None])
+    received = bytearray()
+    while chunk := stream.read(65_536):
+        received += chunk
+    stream.close()
+    assert received == body

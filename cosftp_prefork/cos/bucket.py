@@ -45,7 +45,7 @@ from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 from ..paths import MAX_KEY_BYTES
 from .checksum import crc64_of
 from .pagination import marker_after, paginate
-from .signed import Sender, Sent, copy_etag
+from .signed import Sender, Sent, SocketBody, copy_etag, socket_body
 
 log = logging.getLogger(__name__)
 
@@ -157,24 +157,47 @@ class ListPage:
 
 
 class ObjectStream:
-    """The body of a GET, read in chunks; ``close()`` releases the connection. ``size`` is
-    the whole object's (a ranged GET says it in Content-Range), ``length`` this body's."""
+    """The body of a GET, read in chunks, or moved into a pipe by :meth:`splice_into`;
+    ``close()`` releases the connection. ``size`` is the whole object's (a ranged GET says
+    it in Content-Range), ``length`` this body's."""
 
     def __init__(self, raw: Any, length: int, etag: str = "", size: Optional[int] = None) -> None:
         self._raw = raw
         self.length = length
         self.etag = etag
         self.size = length if size is None else size
+        self._body: Union[SocketBody, bool, None] = False  # False: not asked yet
 
     def read(self, size: int) -> bytes:
         """Return up to ``size`` bytes, ``b""`` at the end; raises ``StorageError`` on a reset."""
         try:
             return self._raw.read(size)
         except Exception as exc:  # urllib3 raises several unrelated types on a broken stream
-            raise StorageError(f"COS download stream broke: {exc}", code="StreamError") from exc
+            raise _stream_broke(exc) from exc
+
+    def splice_into(self, pipe: int, size: int) -> Optional[int]:
+        """Move up to ``size`` bytes into the pipe ``pipe`` in the kernel, never through
+        this process's memory; return how many (0 at the end), or None if this stream
+        cannot (see :func:`signed.socket_body`): then read it. Asked before any ``read``;
+        once it answered a number, the stream is read by this method only."""
+        try:
+            if self._body is False:
+                self._body = socket_body(self._raw)
+            if self._body is None:
+                return None
+            return self._body.splice_into(pipe, size)
+        except OSError as exc:
+            raise _stream_broke(exc) from exc
 
     def close(self) -> None:
-        self._raw.close()
+        if self._body:
+            self._body.close()
+        else:
+            self._raw.close()
+
+
+def _stream_broke(exc: Exception) -> StorageError:
+    return StorageError(f"COS download stream broke: {exc}", code="StreamError")
 
 
 def _translate(exc: Exception, action: str) -> StorageError:

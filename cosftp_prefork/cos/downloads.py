@@ -76,14 +76,14 @@ class _Direct:
     """Reads ``stream`` in the caller's thread, with the interface of ``_ReadAhead``."""
 
     def __init__(self, stream: ObjectStream, chunk_size: int) -> None:
-        self._stream = stream
+        self.stream = stream
         self._chunk_size = chunk_size
 
     def next_chunk(self) -> bytes:
-        return self._stream.read(self._chunk_size)
+        return self.stream.read(self._chunk_size)
 
     def close(self) -> None:
-        self._stream.close()
+        self.stream.close()
 
 
 class RangedReader(io.RawIOBase):
@@ -158,21 +158,56 @@ class RangedReader(io.RawIOBase):
         while True:
             if self._ahead is None:
                 source = _ReadAhead if self.read_ahead else _Direct
-                stream, self._opened = self._opened or self._open_stream(), None
-                self._ahead = source(stream, self._chunk_size)
+                self._ahead = source(self._stream(), self._chunk_size)
             try:
                 data = self._ahead.next_chunk()
                 if not data:
-                    raise StorageError(f"COS download of {self._key} ended at byte "
-                                       f"{self._pos} of {self._size}", code="ShortRead")
+                    raise self._short()
                 return data
             except StorageError as exc:
-                self._drop_stream()
-                if self._reopens_left <= 0:
-                    raise
-                self._reopens_left -= 1
-                log.warning("path=%s: COS stream broke at byte %d (%s); reopening", self.name,
-                            self._pos, exc)
+                self._reopen_after(exc)
+
+    def splice_into(self, pipe: int, size: int) -> Optional[int]:
+        """Move up to ``size`` bytes from the current offset into the pipe ``pipe`` in the
+        kernel (plain-HTTP COS, see ``ObjectStream.splice_into``); return how many (0 at
+        the end of the object), or None when the stream cannot, or bytes were read already
+        (then ``read`` the rest). A stream that breaks is reopened as for ``read``. Only for
+        a reader without read-ahead (``read_ahead`` False)."""
+        if self._pos >= self._size:
+            return 0
+        if self._pending or self.read_ahead:
+            return None
+        while True:
+            if self._ahead is None:
+                self._ahead = _Direct(self._stream(), self._chunk_size)
+            try:
+                moved = self._ahead.stream.splice_into(pipe, min(size, self._size - self._pos))
+                if moved == 0:
+                    raise self._short()
+                if moved is not None:
+                    self._pos += moved
+                return moved
+            except StorageError as exc:
+                self._reopen_after(exc)
+
+    def _stream(self) -> ObjectStream:
+        """The GET that found the object (from the REST offset) if unused, else a new one."""
+        stream, self._opened = self._opened or self._open_stream(), None
+        return stream
+
+    def _short(self) -> StorageError:
+        return StorageError(f"COS download of {self._key} ended at byte {self._pos} of "
+                            f"{self._size}", code="ShortRead")
+
+    def _reopen_after(self, exc: StorageError) -> None:
+        """The stream broke: drop it so that the next read reopens it from the current
+        offset, or raise ``exc`` once the reopens are spent."""
+        self._drop_stream()
+        if self._reopens_left <= 0:
+            raise exc
+        self._reopens_left -= 1
+        log.warning("path=%s: COS stream broke at byte %d (%s); reopening", self.name,
+                    self._pos, exc)
 
     def _open_stream(self) -> ObjectStream:
         """GET from the current offset, pinned to the version the download started with:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
+import socket
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -373,6 +375,85 @@ class Sent:
         if self._in_flight is not None:
             self._in_flight.drop()
             self._in_flight = None
+
+class SocketBody:
+    """The rest of a streamed answer's body, framed by Content-Length and read from a plain
+    TCP socket, for a caller that moves it in the kernel (``splice(2)`` into a pipe) instead
+    of reading it into memory. :func:`socket_body` makes one from a streamed answer.
+
+    The bytes the answer's reader had buffered with the head go into the pipe first; a body
+    that ends before its Content-Length raises ``ConnectionError``, as a short read of
+    http.client does, and no byte arrives within the answer's timeout ``TimeoutError``.
+    """
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, sock: socket.socket,
+                 buffered: bytes, remaining: int) -> None:
+        self._response = response
+        self._sock = sock
+        self._buffered = memoryview(buffered)
+        self.remaining = remaining + len(buffered)  # bytes of the body not yet in a pipe
+        self._timeout = sock.gettimeout()
+
+    def splice_into(self, pipe: int, size: int) -> int:
+        """Move up to ``size`` bytes of the body into the pipe ``pipe`` (which has room
+        for them); return how many, 0 at the end of the body."""
+        size = min(size, self.remaining)
+        if not size:
+            return 0
+        if self._buffered:
+            moved = os.write(pipe, self._buffered[:size])
+            self._buffered = self._buffered[moved:]
+        else:
+            moved = self._splice(pipe, size)
+        self.remaining -= moved
+        return moved
+
+    def _splice(self, pipe: int, size: int) -> int:
+        while True:
+            try:
+                moved = os.splice(self._sock.fileno(), pipe, size,
+                                  flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                if not wait_for_read(self._sock, timeout=self._timeout):
+                    raise TimeoutError(f"COS sent nothing for {self._timeout} s") from None
+                continue
+            if not moved:
+                raise ConnectionError(f"COS answer cut short: {self.remaining} bytes missing")
+            return moved
+
+    def close(self) -> None:
+        """Give the connection back to its pool: ready for the next request once the whole
+        body went (http.client's answer is closed, as it closes itself after a read to the
+        end), else closed."""
+        response = self._response
+        if not self.remaining:
+            response._fp.close()  # the answer, not the connection
+            response.release_conn()
+        response.close()
+        response.release_conn()  # a closed connection: the pool opens a new one for it
+
+
+SPLICEABLE = hasattr(os, "splice")  # Linux
+
+
+def socket_body(response: urllib3.BaseHTTPResponse) -> Optional[SocketBody]:
+    """The body of a streamed answer (``Sender.start(stream=True)``) not read yet, as a
+    :class:`SocketBody`; None when it cannot be spliced: TLS (the bytes on the socket are
+    ciphertext), a body not framed by Content-Length, or no ``splice`` on this system.
+    After this, the body is read only through the :class:`SocketBody`."""
+    answer = getattr(response, "_fp", None)  # http.client's response under urllib3's
+    conn = response.connection
+    sock = getattr(conn, "sock", None)
+    if not SPLICEABLE or type(sock) is not socket.socket or answer is None or \
+            getattr(answer, "chunked", True) or getattr(answer, "length", None) is None or \
+            answer.fp is None:
+        return None
+    remaining = answer.length
+    # What http.client's reader holds past the head: read1 returns it without reading the
+    # socket (or, with nothing buffered, reads once from it: bytes the body sends anyway).
+    buffered = answer.fp.read1(min(remaining, 64 * 1024)) if remaining else b""
+    return SocketBody(response, sock, buffered, remaining - len(buffered))
+
 
 def _origin(url: str) -> str:
     """``scheme://host[:port]`` of an absolute URL."""
