@@ -292,19 +292,22 @@ def test_a_spliced_get_cut_short_is_a_storage_error(canned):
     assert server.accepted == 2
 
 
-def test_over_https_a_get_is_read_not_spliced(canned, tmp_path):
-    """TLS: the bytes on the socket are ciphertext, so ``splice_into`` declines (None) and
-    the body is read as before."""
+def test_over_https_a_get_is_read_into_a_buffer_not_spliced(canned, tmp_path):
+    """TLS: the bytes on the socket are ciphertext, so ``splice_into`` declines (None); the
+    body is read into the caller's buffer, and its connection serves the next request."""
     cert, key = write_certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    body = b"y" * 70_000
+    body = random.Random(8).randbytes(200_000)
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
-    _, bucket = canned((answer + body, False), tls=context, verify=cert)
+    server, bucket = canned((answer + body, False), (HEAD_OK, False), tls=context,
+                            verify=cert)
     stream = bucket.open_read("d/a")
     assert _drain_into_pipe(stream, 65_536) == (b"", [None])
-    received = bytearray()
-    while chunk := stream.read(65_536):
-        received += chunk
+    received, buffer = bytearray(), memoryview(bytearray(65_536))
+    while count := stream.readinto(buffer):
+        received += buffer[:count]
     stream.close()
     assert received == body
+    assert bucket.head("d/a").etag == "abc"
+    assert server.accepted == 1

@@ -45,7 +45,7 @@ from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 from ..paths import MAX_KEY_BYTES
 from .checksum import crc64_of
 from .pagination import marker_after, paginate
-from .signed import Sender, Sent, SocketBody, copy_etag, socket_body
+from .signed import Sender, Sent, SocketBody, body_into, copy_etag, socket_body
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,13 @@ class ObjectStream:
         try:
             return self._raw.read(size)
         except Exception as exc:  # urllib3 raises several unrelated types on a broken stream
+            raise _stream_broke(exc) from exc
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Read up to ``len(buffer)`` bytes into ``buffer``; how many, 0 at the end."""
+        try:
+            return body_into(self._raw, buffer)
+        except Exception as exc:  # http.client, socket and TLS errors alike
             raise _stream_broke(exc) from exc
 
     def splice_into(self, pipe: int, size: int) -> Optional[int]:

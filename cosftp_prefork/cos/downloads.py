@@ -16,7 +16,7 @@ import io
 import logging
 import queue
 import threading
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from .. import logcontext
 from ..errors import ResumeRefused, StorageError
@@ -177,11 +177,29 @@ class RangedReader(io.RawIOBase):
             return 0
         if self._pending or self.read_ahead:
             return None
+        return self._from_stream(
+            lambda stream: stream.splice_into(pipe, min(size, self._size - self._pos)))
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        """``read`` into ``buffer``; without read-ahead, straight from the COS socket into
+        it (no bytes object per chunk)."""
+        if self._pos >= self._size:
+            return 0
+        if self._pending or self.read_ahead:
+            data = self.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        view = memoryview(buffer).cast("B")[: self._size - self._pos]
+        return self._from_stream(lambda stream: stream.readinto(view))
+
+    def _from_stream(self, move: Callable[[ObjectStream], Optional[int]]) -> Optional[int]:
+        """``move(stream)`` on the open stream (opened if need be): the bytes it moved, 0
+        being a stream that ended early; a stream that broke is reopened as for ``read``."""
         while True:
             if self._ahead is None:
                 self._ahead = _Direct(self._stream(), self._chunk_size)
             try:
-                moved = self._ahead.stream.splice_into(pipe, min(size, self._size - self._pos))
+                moved = move(self._ahead.stream)
                 if moved == 0:
                     raise self._short()
                 if moved is not None:
@@ -222,11 +240,6 @@ class RangedReader(io.RawIOBase):
             raise
         self._etag = self._etag or stream.etag
         return stream
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self.closed:

@@ -436,6 +436,20 @@ class SocketBody:
 SPLICEABLE = hasattr(os, "splice")  # Linux
 
 
+def body_into(response: urllib3.BaseHTTPResponse, buffer: memoryview) -> int:
+    """Read the next bytes of a streamed answer's body into ``buffer``; how many, 0 at its
+    end (or where the connection ended: the caller knows the size it expects). Through
+    http.client's ``readinto``, which fills ``buffer`` from the socket: urllib3's ``read``
+    makes a new bytes object per read, which cost a relay 10-20 % more CPU per GiB
+    (docs/performance.md). At the end the connection goes back to the pool, as urllib3's
+    ``read`` gives it back."""
+    answer = response._fp  # http.client's response under urllib3's
+    count = answer.readinto(buffer)
+    if answer.isclosed():
+        response.release_conn()
+    return count
+
+
 def socket_body(response: urllib3.BaseHTTPResponse) -> Optional[SocketBody]:
     """The body of a streamed answer (``Sender.start(stream=True)``) not read yet, as a
     :class:`SocketBody`; None when it cannot be spliced: TLS (the bytes on the socket are

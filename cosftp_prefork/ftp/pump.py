@@ -84,11 +84,13 @@ class Pump:
             metrics.download_relayed(how)
 
     def _copy(self) -> None:
+        """Read into one buffer and send from it, chunk after chunk."""
+        buffer = memoryview(bytearray(self._chunk_size))
         while not self._stopping.is_set():
-            data = self._source.read(self._chunk_size)
-            if not data:
+            count = self._source.readinto(buffer)
+            if not count:
                 break
-            self._send(memoryview(data))
+            self._send(buffer[:count])
 
     def _spliced(self) -> bool:
         """Move the file through a pipe of this pump's (closed at the end: a download holds
