@@ -30,8 +30,8 @@ TRANSFER_BYTES = Counter("cosftp_transfer_bytes", "Bytes moved over data connect
 DOWNLOADS_RELAYED = Counter("cosftp_downloads_relayed", "Binary downloads over a clear data "
                             "connection by how their bytes went: splice (from the COS socket "
                             "to the data socket in the kernel: COS over plain HTTP), copy "
-                            "(through the worker's memory: COS over HTTPS)", ["how"],
-                            registry=None)
+                            "(through the worker's memory: COS over HTTPS, or a proxy)",
+                            ["how"], registry=None)
 UPLOADS_PARKED = Counter("cosftp_uploads_parked", "Interrupted uploads kept for a resume",
                          registry=None)
 UPLOADS_RESUMED = Counter("cosftp_uploads_resumed", "Parked uploads continued", registry=None)

@@ -376,22 +376,23 @@ class Sent:
             self._in_flight.drop()
             self._in_flight = None
 
+
 class SocketBody:
     """The rest of a streamed answer's body, framed by Content-Length and read from a plain
     TCP socket, for a caller that moves it in the kernel (``splice(2)`` into a pipe) instead
     of reading it into memory. :func:`socket_body` makes one from a streamed answer.
 
-    The bytes the answer's reader had buffered with the head go into the pipe first; a body
-    that ends before its Content-Length raises ``ConnectionError``, as a short read of
-    http.client does, and no byte arrives within the answer's timeout ``TimeoutError``.
+    The bytes the answer's reader had buffered with the head go into the pipe first. A body
+    that ends before its Content-Length raises ``ConnectionError``; one from which no byte
+    arrives within the answer's timeout, ``TimeoutError``.
     """
 
     def __init__(self, response: urllib3.BaseHTTPResponse, sock: socket.socket,
                  buffered: bytes, remaining: int) -> None:
         self._response = response
         self._sock = sock
-        self._buffered = memoryview(buffered)
-        self.remaining = remaining + len(buffered)  # bytes of the body not yet in a pipe
+        self._buffered = memoryview(buffered)  # the first of the ``remaining`` bytes
+        self.remaining = remaining  # bytes of the body not yet in a pipe
         self._timeout = sock.gettimeout()
 
     def splice_into(self, pipe: int, size: int) -> int:
@@ -466,7 +467,7 @@ def socket_body(response: urllib3.BaseHTTPResponse) -> Optional[SocketBody]:
     # What http.client's reader holds past the head: read1 returns it without reading the
     # socket (or, with nothing buffered, reads once from it: bytes the body sends anyway).
     buffered = answer.fp.read1(min(remaining, 64 * 1024)) if remaining else b""
-    return SocketBody(response, sock, buffered, remaining - len(buffered))
+    return SocketBody(response, sock, buffered, remaining)
 
 
 def _origin(url: str) -> str:
