@@ -17,8 +17,9 @@ from pyftpdlib.ioloop import Acceptor, AsyncChat, IOLoop
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
 from cosftp_prefork.ftp import compat
+from cosftp_prefork.ftp.datachannel import CosDTPHandler
 from cosftp_prefork.ftp.fs import CosFS
-from cosftp_prefork.ftp.handler import CosDTPHandler, CosFTPHandler
+from cosftp_prefork.ftp.handler import CosFTPHandler
 from cosftp_prefork.ftp.passive import CosPassiveDTP
 from cosftp_prefork.ftp.tls import CosTLSDTPHandler, CosTLSFTPHandler
 from cosftp_prefork.server.worker import BalancedFTPServer

@@ -28,7 +28,7 @@ from cosftp_prefork.config.passwords import hash_password
 from cosftp_prefork.config.placeholders import find_placeholders
 from cosftp_prefork.config.settings import hook_account, load_config, parse_config
 from cosftp_prefork.errors import ConfigError
-from cosftp_prefork.ftp.handler import CosAuthorizer
+from cosftp_prefork.ftp.authorizer import CosAuthorizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,38 +1,32 @@
-"""pyftpdlib handler, data-channel handler and authorizer for COS-backed sessions."""
+"""The pyftpdlib control-connection handler of COS-backed sessions: login, commands,
+their replies and logs (the data channel: ``ftp.datachannel``; who may log in:
+``ftp.authorizer``)."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import errno
 import functools
 import ipaddress
 import logging
 import select
 import socket
 import time
-from collections import ChainMap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Optional
 
-from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.filesystems import FilesystemError
-from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
 from .. import metrics
 from ..config.model import AccountConfig, Config
-from ..config.passwords import PasswordChecker
 from ..cos.digests import ALGORITHMS
-from ..cos.downloads import CHUNK_SIZE
 from ..cos.engine import Engine
 from ..cos.quota import AccountQuota, describe
 from ..cos.registry import BucketRegistry
-from ..cos.uploads import UploadInterrupted, UploadSession, UploadState
 from ..errors import (
     Conflict,
     InvalidPath,
-    NotStorable,
     QuotaExceeded,
     ResumeRefused,
     StorageError,
@@ -42,17 +36,17 @@ from ..events.spool import SpoolError
 from ..paths import new_name_key
 from . import compat
 from .admission import Admission, raw_socket
-from .authhook import ALLOW, DENY, INVALID, AuthHook, HookRequest, Verdict
+from .authhook import DENY, AuthHook, HookRequest, Verdict
+from .authorizer import CosAuthorizer, LoginRefused, LoginUnavailable
+from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
 from .fs import FsContext, Unstorable
 from .hooks import SessionHooks, WorkerHooks
 from .logins import AddressBanned, LoginExpired
-from .mounts import mount_table, perms_for, session_fs
+from .mounts import session_fs
 from .oplog import OperatorLogs, Transfer
-from .pacing import TCP_CLOSE, DownloadPacing, UploadPacing, tcp_state
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .progress import TransferMeter
-from .pump import Pump
 from .throttle import SessionRates
 
 log = logging.getLogger(__name__)
@@ -63,392 +57,9 @@ TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
 SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
                    "NLST", "MLSD", "MLST", "SIZE", "MDTM")
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
-NOT_RECORDED = "451 Done, but the server could not record it (event spool); try again."
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
-class LoginUnavailable(Exception):
-    """The auth hook gave no answer in time (down, slow, busy): the client is told to try
-    later (421); not a failed login, so not counted towards a ban."""
-
-
-class LoginRefused(Exception):
-    """The password may be right but the login cannot be served (the auth hook's account is
-    unusable, or needs TLS): 530, logged with the reason, not counted towards a ban."""
-
-
-class CosAuthorizer:
-    """Authenticates the accounts of one config, and through the auth hook the users it
-    knows; the pyftpdlib authorizer interface."""
-
-    def __init__(self, config: Config) -> None:
-        self._accounts: Mapping[str, AccountConfig] = {
-            account.user: account for account in config.accounts}
-        self._checker = PasswordChecker(account.password for account in config.accounts)
-        self._hook_first = config.auth_hook.order == "hook_first"
-
-    def bound_to(self, account: AccountConfig) -> CosAuthorizer:
-        """This authorizer for one session logged in through the auth hook: ``account``
-        under its user name, the file's accounts under the others."""
-        bound = copy.copy(self)
-        bound._accounts = ChainMap({account.user: account}, self._accounts)
-        return bound
-
-    def account(self, username: str) -> AccountConfig:
-        return self._accounts[username]
-
-    def validate_authentication(self, username: str, password: str, handler) -> None:
-        """Raise ``AuthenticationFailed`` unless the pair matches (constant-time compare,
-        the same cost for unknown users and plain-text accounts; an ``anonymous_enable``
-        account takes any password).
-
-        The check runs on the worker's password-check threads (``handler.check_password``);
-        ``LoginExpired`` if the session's login deadline came before its turn. With an auth
-        hook, users not in the file (all users first, with ``auth_hook_order = hook_first``)
-        are the hook's to decide: ``LoginUnavailable`` or ``LoginRefused`` when it cannot.
-        """
-        account = self._accounts.get(username)
-        if account is not None and account.anonymous_enable:
-            self._from_allowed_address(account, handler)
-            return
-        hook = handler.stats.auth_hook
-        if hook is not None and (account is None or self._hook_first) and \
-                self._hook_lets_in(hook, username, password, handler, account is not None):
-            self._from_allowed_address(handler.authorizer.account(username), handler)
-            return
-        if not handler.check_password(functools.partial(self._verify, account, password)):
-            raise AuthenticationFailed("Authentication failed.")
-        self._from_allowed_address(account, handler)
-
-    @staticmethod
-    def _from_allowed_address(account: AccountConfig, handler) -> None:
-        """Raise ``AuthenticationFailed`` if the account's ``allowed_ips``/``denied_ips``
-        refuse the client's address: the reply of a wrong password, after the same check,
-        so that the client learns nothing of the account."""
-        if not account.limits.admits(handler.remote_ip):
-            log.warning("login as [%s] refused: the address is not allowed by its "
-                        "allowed_ips/denied_ips", account.section)
-            raise AuthenticationFailed("Authentication failed.")
-
-    def _hook_lets_in(self, hook: AuthHook, username: str, password: str, handler,
-                      in_file: bool) -> bool:
-        """Ask the hook: True if it let the user in (the session is bound to its account),
-        False if the file's account decides (``in_file``, the hook said anything else);
-        otherwise raise why the login fails."""
-        request = HookRequest(username, password, handler.remote_ip,
-                              compat.tls_established(handler))
-        verdict = handler.ask_hook(hook, request, final=not in_file)
-        if verdict.outcome == ALLOW:
-            if verdict.account.tls_required and not request.tls:
-                raise LoginRefused("the auth hook's account requires TLS (tls_required)")
-            handler.authorizer = self.bound_to(verdict.account)
-            return True
-        if in_file:
-            if verdict.outcome != DENY:
-                log.warning("auth hook: %s; the file's account decides", verdict.reason)
-            return False
-        if verdict.outcome == DENY:
-            raise AuthenticationFailed("Authentication failed.")
-        if verdict.outcome == INVALID:
-            raise LoginRefused(f"auth hook: {verdict.reason}")
-        raise LoginUnavailable(f"auth hook: {verdict.reason}")
-
-    def _verify(self, account: Optional[AccountConfig], password: str) -> bool:
-        """If scrypt fails (no memory), the login fails like a wrong password: it gets 530
-        and counts towards the ban instead of dropping the session."""
-        try:
-            return self._checker.verify(account.password if account else None, password)
-        except (ValueError, MemoryError) as exc:
-            log.error("password check of [%s] failed: %s", account.section if account else "-", exc)
-            return False
-
-    def get_home_dir(self, username: str) -> str:
-        return "/"
-
-    def impersonate_user(self, username: str, password: str) -> None:
-        pass
-
-    def terminate_impersonation(self, username: str) -> None:
-        pass
-
-    def has_user(self, username: str) -> bool:
-        return username in self._accounts
-
-    def has_perm(self, username: str, perm: str, path: Optional[str] = None) -> bool:
-        """Whether ``username`` may do what ``perm`` stands for at ``path``: in a virtual
-        folder, by the folder's ``authority`` and ``delete_enable``."""
-        account = self._accounts.get(username)
-        if account is None:
-            return False
-        if path is not None and account.folders:
-            account = mount_table(account).account_at(path)
-        return perm in perms_for(account)
-
-    def get_perms(self, username: str) -> str:
-        account = self._accounts.get(username)
-        return perms_for(account) if account else ""
-
-    def get_msg_login(self, username: str) -> str:
-        """The 230 reply's text: the account's ``login_message``."""
-        account = self._accounts.get(username)
-        return (account.limits.login_message if account else "") or "Login successful."
-
-    def get_msg_quit(self, username: str) -> str:
-        return "Goodbye."
-
-
-def _reply_for(exc: OSError, command: str = "STOR") -> str:
-    if isinstance(exc, NotStorable):
-        return f"550 {exc.strerror}; nothing stored."
-    if exc.errno == errno.EFBIG:
-        return f"552 {exc.strerror}; transfer aborted, nothing stored."
-    if command in ("LIST", "MLSD", "NLST"):
-        return f"451 {exc}; listing aborted."
-    return f"451 {exc}; transfer aborted, nothing stored."
-
-
-def _client_gone(error: BaseException) -> bool:
-    """The data connection broke, or the client took nothing for a whole timeout."""
-    return isinstance(error, TimeoutError) or \
-        (isinstance(error, OSError) and error.errno in compat.DISCONNECTED)
-
-
-def _expected_bytes(file, upload: bool) -> Optional[int]:
-    """The bytes a transfer of ``file`` should move, if known: an upload's size announced
-    by ``ALLO``; what a download has left from where it starts (the ``REST`` offset)."""
-    if upload:
-        return getattr(file, "announced", None)
-    size = getattr(file, "size", None)
-    return None if size is None else max(0, size - file.tell())
-
-
-class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
-    """Data channel that commits an upload only when the client finished sending.
-
-    pyftpdlib closes the file object on every way out of a transfer; our upload file aborts
-    on ``close()`` unless ``commit()`` ran first, so the only place that commits is here,
-    and 226 is sent only after COS confirmed the object.
-    """
-
-    _counted = False
-    _pump: Optional[Pump] = None  # sending a plain binary download, off the IO loop
-    _meter: Optional[TransferMeter] = None  # the figures of the transfer, from its start
-    # 1 MiB instead of pyftpdlib's 64 KiB: measured in docs/performance.md, STOR went from
-    # 0.67x to ~1x the direct SDK and RETR from 0.58x to 0.8x.
-    ac_in_buffer_size = CHUNK_SIZE
-    ac_out_buffer_size = CHUNK_SIZE
-
-    def enable_receiving(self, type: str, cmd: str) -> None:
-        self._pace(upload=True)
-        super().enable_receiving(type, cmd)
-        self._start_meter(upload=True)
-        self._count_transfer(self.file_obj, _expected_bytes(self.file_obj, upload=True))
-
-    def _pace(self, upload: bool) -> None:
-        """Take the session's rate limit for this file transfer (see ``ftp.throttle``)."""
-        rates = self.cmd_channel.rates
-        if rates is not None and self._throttle is None:
-            self._throttle = rates.throttle(upload)
-
-    def push_with_producer(self, producer) -> None:
-        # Only RETR sends a file; listings send other producers. (``cmd`` cannot tell: when
-        # the data connection opened first, as clients do, pyftpdlib sets it after this.)
-        download = isinstance(producer, compat.FileProducer)
-        self._start_meter(upload=False)
-        if download:
-            producer.buffer_size = CHUNK_SIZE
-            self._pace(upload=False)
-            # From where the file stands now (its REST offset), before the pump reads ahead.
-            expected = _expected_bytes(producer.file, upload=False)
-        if download and self._pumpable(producer):
-            self._start_pump(producer)
-        else:
-            super().push_with_producer(producer)
-        if download:
-            self._count_transfer(producer.file, expected)
-
-    def _pumpable(self, producer) -> bool:
-        """A binary download of a COS object over a clear (not TLS) data connection: ASCII
-        needs the producer's line-end conversion, TLS the IO loop's handshakes."""
-        return producer.type == "i" and hasattr(producer.file, "read_ahead") and \
-            type(self.socket) is socket.socket
-
-    def _start_pump(self, producer) -> None:
-        """Send the file from a pump thread. The producer stays queued until the pump
-        finished, so that pyftpdlib takes any earlier end (ABOR, a hang-up, a timeout) for an
-        aborted transfer; meanwhile the IO loop does not watch the socket (level-triggered
-        events would spin) until the pump's ``on_done`` asks it to."""
-        compat.start_transfer(self)
-        self.producer_fifo.append(producer)
-        self.modify_ioloop_events(0)
-        producer.file.read_ahead = False  # the pump reads on its own thread already
-        self._pump = Pump(producer.file, self.socket, CHUNK_SIZE, self.timeout,
-                          on_sent=self._sent, on_done=self._pump_done, pace=self._throttle)
-
-    def transfer_in_progress(self) -> bool:
-        """A pumped download is under way from its start: the pump's count of bytes sent may
-        lag behind what the client already has (ABOR must then answer 426, not 225)."""
-        return self._pump is not None or super().transfer_in_progress()
-
-    def _sent(self, count: int) -> None:
-        self.tot_bytes_sent += count  # read by the IO loop's data-channel timeout
-
-    def _pump_done(self) -> None:
-        """From the pump's thread: wake the IO loop (epoll_ctl is thread-safe, and the
-        descriptor stays registered until ``close`` has stopped the pump)."""
-        self.modify_ioloop_events(self.ioloop.WRITE)
-
-    def initiate_send(self) -> None:
-        """asynchat's sending, or, for a pumped download, the end the pump reported."""
-        pump = self._pump
-        if pump is None:
-            super().initiate_send()
-        elif not pump.done:
-            self.modify_ioloop_events(0)  # not from on_done: keep waiting for it
-        elif pump.error is None:
-            self.discard_buffers()  # all sent: the end of the data, 226
-            self.handle_close()
-        elif _client_gone(pump.error):
-            log.info("path=%s: the download stopped: %s", self.file_obj.name, pump.error)
-            self.handle_close()  # 426
-        else:
-            raise pump.error
-
-    def _stop_pump(self) -> None:
-        pump = self._pump
-        if pump is None:
-            return
-        if not pump.done:
-            with contextlib.suppress(OSError):
-                self.socket.shutdown(socket.SHUT_RDWR)
-        pump.stop()
-
-    def _start_meter(self, upload: bool) -> None:
-        """Measure this data connection's transfer (a listing's too), and show it as the
-        session's in ``cosftpctl sessions``."""
-        if self._meter is None:
-            self._meter = TransferMeter(upload, self._handed_over, self.socket,
-                                        time.monotonic())
-            self.cmd_channel.meter = self._meter
-
-    def _handed_over(self) -> int:
-        return self.tot_bytes_sent + self.tot_bytes_received
-
-    def get_transmitted_bytes(self) -> int:
-        """pyftpdlib's count (handed to or read from the socket) while the transfer runs,
-        for its idle timeout and ABOR; once it ended, the bytes the client had (see
-        ``progress``), for xferlog, vsftpd.log and the metrics."""
-        if self._meter is not None and self._meter.result is not None:
-            return self._meter.result
-        return self._handed_over()
-
-    def _count_transfer(self, file, expected: Optional[int]) -> None:
-        """A file transfer of ``file`` starts (STOR, APPE, RETR): count it, and say what it
-        moves (``expected`` bytes, if known)."""
-        if not self._counted:
-            self._counted = True
-            self._meter.counted = True
-            self._meter.name = getattr(file, "name", "")
-            self._meter.expected = expected
-            self.cmd_channel.stats.transfer_started(self.receive)
-
-    def close(self) -> None:
-        ending = not compat.is_closed(self)
-        self._stop_pump()
-        if not compat.is_closed(self) and self.receive and self.transfer_finished and \
-                self._was_reset():
-            # pyftpdlib (plain and TLS alike) takes a reset for the end of the data; but
-            # the kernel drops what it had received and not yet read when a reset arrives.
-            self.transfer_finished = False
-            compat.set_close_reply(
-                self, "426 Data connection reset by the client; transfer aborted.", log.debug)
-            log.warning("path=%s: the data connection was reset; the upload is not "
-                        "complete", getattr(self.file_obj, "name", "-"))
-        if not compat.is_closed(self) and self.cmd is not None and \
-                not self.transfer_finished and self.cmd_channel.stats.stopping.is_set():
-            compat.set_close_reply(self, "426 Server shutting down; transfer aborted.", log.info)
-        if not compat.is_closed(self) and self.receive and self.transfer_finished:
-            self._commit_upload()
-        if self._meter is not None and not compat.is_closed(self):
-            self._meter.finish(complete=self.transfer_finished)  # while the socket is open
-        if self._counted and not compat.is_closed(self):
-            self.cmd_channel.stats.transfer_ended(self._meter)
-        super().close()
-        if ending:
-            self._report_end()
-
-    def _report_end(self) -> None:
-        """After the reply: the event of a failed upload (parked or discarded) or of a
-        download the client had whole."""
-        transfer, channel = self.file_obj, self.cmd_channel
-        seconds = self.get_elapsed_time()
-        if isinstance(transfer, UploadSession) and transfer.committed is None:
-            channel.hooks.upload_failed(channel.fs.path_of(transfer), transfer.size,
-                                        transfer.state is UploadState.PARKED, seconds)
-        elif transfer is not None and self.cmd == "RETR" and self.transfer_finished:
-            channel.hooks.downloaded(channel.fs.path_of(transfer),
-                                     self.get_transmitted_bytes(), seconds)
-
-    def _was_reset(self) -> bool:
-        """True if the client reset the data connection rather than closing it (a FIN
-        leaves the socket in CLOSE_WAIT, a reset in CLOSE)."""
-        return tcp_state(self.socket) == TCP_CLOSE
-
-    def _commit_upload(self) -> None:
-        upload = self.file_obj
-        if upload is None or upload.closed:
-            return
-        try:
-            upload.commit(still_wanted=lambda wait: not self.cmd_channel.peer_gone(wait))
-        except UploadInterrupted:
-            self.transfer_finished = False
-            compat.set_close_reply(self, "426 Connection closed; transfer aborted.", log.debug)
-            log.warning("path=%s: the client vanished with its data connection; the "
-                        "upload is not complete", upload.name)
-        except OSError as exc:
-            self.transfer_finished = False
-            compat.set_close_reply(self, _reply_for(exc), logging.getLogger("pyftpdlib").warning)
-            log.error("path=%s: upload failed: %s", upload.name, exc)
-        else:
-            self._report_upload(upload)
-        finally:
-            self.cmd_channel.fs.upload_finished(upload)
-
-    def _report_upload(self, upload: UploadSession) -> None:
-        """The upload's event, on disk before its 226; if the spool cannot take it, 451."""
-        assert upload.committed is not None
-        try:
-            self.cmd_channel.hooks.uploaded(self.cmd_channel.fs.path_of(upload),
-                                            upload.committed, upload.resumed,
-                                            self.cmd or "STOR", self.get_elapsed_time())
-        except SpoolError:
-            compat.set_close_reply(self, NOT_RECORDED, log.error)
-
-    def handle_error(self) -> None:
-        """Reply 552/451 for storage failures instead of pyftpdlib's generic 426."""
-        try:
-            raise
-        except OSError as exc:
-            # pyftpdlib wraps file errors; the download pump hands ours over as they are
-            original = exc.__cause__ if isinstance(exc.__cause__, OSError) and \
-                not isinstance(exc, StorageError) else exc
-            if isinstance(original, (StorageError, NotStorable)) or \
-                    original.errno == errno.EFBIG:
-                log.error("path=%s: %s failed: %s", getattr(self.file_obj, "name", "-"), self.cmd,
-                          original)
-                compat.set_close_reply(self, _reply_for(original, self.cmd),
-                                       logging.getLogger("pyftpdlib").warning)
-                self.close()
-                return
-            super().handle_error()
-        except QuotaExceeded as exc:
-            log.warning("path=%s: %s stopped: %s", getattr(self.file_obj, "name", "-"),
-                        self.cmd, exc)
-            compat.set_close_reply(self, f"552 {exc}; transfer aborted, nothing stored.",
-                                   logging.getLogger("pyftpdlib").warning)
-            self.close()
-        except Exception:
-            super().handle_error()
 
 
 def _reading_command(syntax: str) -> dict:

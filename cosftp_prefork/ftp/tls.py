@@ -22,7 +22,8 @@ from ..config.tls import ServerTLS
 from ..cos.engine import Engine
 from ..cos.registry import BucketRegistry
 from . import compat
-from .handler import CosDTPHandler, CosFTPHandler, configure_handler
+from .datachannel import CosDTPHandler
+from .handler import CosFTPHandler, configure_handler
 from .hooks import WorkerHooks
 
 log = logging.getLogger(__name__)
