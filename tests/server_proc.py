@@ -166,6 +166,19 @@ class ServerProcess:
         )
 
     def start(self) -> ServerProcess:
+        # A port free_port() chose may be taken by another test file's server before this
+        # one binds it (files run in parallel): then another is chosen, at most twice.
+        chosen_here = not self.port
+        for _ in range(2):
+            try:
+                return self._start()
+            except AssertionError as exc:
+                if not (chosen_here and "Address already in use" in str(exc)):
+                    raise
+                self.port = free_port()
+        return self._start()
+
+    def _start(self) -> ServerProcess:
         self.write_config()
         out = open(os.path.join(self.workdir, "server.out"), "wb")  # noqa: SIM115
         launcher = self.launcher or [sys.executable, "-m", "cosftp_prefork"]
