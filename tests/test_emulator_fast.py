@@ -182,3 +182,43 @@ def test_the_shims_checks_come_before_a_fast_answer(emu):
         assert response.status_code == 403
     finally:
         emu.app.accounts.update({"strict": False})
+
+
+def test_pinned_copies_fail_and_pass_as_with_motos_head(emu):
+    """A copy pinned with ``x-cos-copy-source-If-Match`` reads its source's ETag from moto's
+    backend (``fast.source_etag``), not through a HEAD of moto's app: the same 200 or 412
+    with and without fast answers, over random keys, current and stale ETags, a missing
+    key, a delete marker and a versioned bucket."""
+    rng = random.Random(2121)
+    cos = sdk_client(emu)
+    plain, versioned = (f"pin{kind}-{uuid.uuid4().hex[:8]}-1250000000" for kind in "pv")
+    for bucket in (plain, versioned):
+        emu.create_bucket(bucket)
+    backend().put_bucket_versioning(versioned, "Enabled")
+    statuses = set()
+    for bucket in (plain, versioned):
+        names = [random_name(rng) for _ in range(12)]
+        for name in names:
+            cos.put_object(Bucket=bucket, Key=name, Body=name.encode())
+        cos.delete_object(Bucket=bucket, Key=names[-1])  # a delete marker where versioned
+        for index, name in enumerate([*names, random_name(rng)]):
+            current = backend().get_object(bucket, name).etag.strip('"') \
+                if index < len(names) - 1 else "0" * 32
+            for etag in (current, "f" * 32):
+                source = f"{cos_host(bucket, emu.region)}/" + urllib.parse.quote(
+                    name.encode("utf-8"), safe="/-_.~")
+                answers = []
+                for target in ("fast", "moto"):
+                    emu.app.fast_answers = target == "fast"
+                    try:
+                        response = Client(emu.app).put(
+                            f"/copied-{target}-{index}", headers={
+                                "Host": cos_host(bucket, emu.region), "Authorization": AUTH,
+                                "x-cos-copy-source": source,
+                                "x-cos-copy-source-If-Match": f'"{etag}"'})
+                    finally:
+                        emu.app.fast_answers = True
+                    answers.append(response.status_code)
+                assert answers[0] == answers[1], (bucket, name, etag, answers)
+                statuses.add(answers[0])
+    assert {200, 412} <= statuses, statuses

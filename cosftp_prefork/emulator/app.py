@@ -612,8 +612,11 @@ class CosShim:
         if not wanted or not source:
             return False
         host, _, path = source.lstrip("/").partition("/")
-        headers = {"Host": host, "Authorization": environ.get("HTTP_AUTHORIZATION", "")}
-        etag = Client(self.app).head("/" + path, headers=headers).headers.get("ETag", "")
+        authorization = environ.get("HTTP_AUTHORIZATION", "")
+        etag = fast.source_etag(host, path, authorization) if self.fast_answers else None
+        if etag is None:
+            headers = {"Host": host, "Authorization": authorization}
+            etag = Client(self.app).head("/" + path, headers=headers).headers.get("ETag", "")
         return etag.strip('"') != wanted.strip('"')
 
     def _object_crc(self, environ: dict, headers: list[tuple[str, str]],
