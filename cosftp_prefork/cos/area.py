@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import typing
 from collections.abc import Iterator, Sequence
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from ..errors import NotFound, StorageError
 from ..paths import key_bytes
@@ -38,10 +39,13 @@ from .bucket import (
     ObjectInfo,
     ObjectStream,
     PartInfo,
+    Started,
     StartedPage,
     UploadedPart,
     UploadInfo,
 )
+
+T = TypeVar("T")
 
 
 class Area(Bucket):
@@ -148,9 +152,9 @@ class Area(Bucket):
     def start_list_page(self, prefix: str, max_keys: int, delimiter: str = "/") -> StartedPage:
         """:meth:`Bucket.start_list_page` under the prefix; its page as :meth:`list_page`'s."""
         if not self._fits(prefix):
-            return _AreaPage(self, None)
-        return _AreaPage(self, self._bucket.start_list_page(self._full(prefix), max_keys,
-                                                            delimiter))
+            return _InArea(self, None, self._own_page, ListPage((), (), None))
+        return _InArea(self, self._bucket.start_list_page(self._full(prefix), max_keys,
+                                                          delimiter), self._own_page)
 
     def _own_page(self, page: ListPage) -> ListPage:
         """A bucket's page as the area shows it: its own keys, without the prefix."""
@@ -170,6 +174,11 @@ class Area(Bucket):
             if_absent: bool = False) -> Completed:
         with self._shown():
             return self._bucket.put(self._writable(key), data, like, if_absent)
+
+    def start_put(self, key: str, data: bytes) -> Started[Completed]:
+        with self._shown():
+            return _InArea(self, self._bucket.start_put(self._writable(key), data),
+                           lambda completed: completed)
 
     def create_multipart(self, key: str, like: Optional[ObjectInfo] = None,
                          client_mtime: Optional[float] = None) -> str:
@@ -221,23 +230,25 @@ class Area(Bucket):
             self._bucket.delete(self._full(key), version_id)
 
 
-class _AreaPage(StartedPage):
-    """A page of :meth:`Area.start_list_page`: the bucket's started page (None: a prefix too
-    long to hold a key, an empty page), read as :meth:`Area.list_page` reads it."""
+class _InArea(Started[T]):
+    """A request of an area's bucket started by :meth:`Area.start_list_page` or
+    :meth:`Area.start_put`, read as the area reads its answers: errors with the prefix
+    written as ``/``, the result as ``shown`` gives it (``started`` None: nothing to ask,
+    ``empty`` is the result)."""
 
-    def __init__(self, area: Area, started: Optional[StartedPage]) -> None:
-        # Not StartedPage.__init__: the bucket's page does the request.
-        self._area, self._started = area, started
+    def __init__(self, area: Area, started: Optional[Started], shown: Callable[[Any], T],
+                 empty: Optional[T] = None) -> None:
+        # Not Started.__init__: the bucket's request does the work.
+        self._area, self._started, self._shown, self._empty = area, started, shown, empty
 
     def arrived(self) -> bool:
         return self._started is None or self._started.arrived()
 
-    def page(self) -> ListPage:
+    def result(self) -> T:
         if self._started is None:
-            return ListPage((), (), None)
+            return typing.cast(T, self._empty)
         with self._area._shown():
-            page = self._started.page()
-        return self._area._own_page(page)
+            return self._shown(self._started.result())
 
     def drop(self) -> None:
         if self._started is not None:

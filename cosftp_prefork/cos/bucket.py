@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 import requests
 from qcloud_cos import CosConfig, CosS3Client
@@ -45,9 +45,10 @@ from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
 from ..paths import MAX_KEY_BYTES
 from .checksum import crc64_of
 from .pagination import marker_after, paginate
-from .signed import Sender, Sent, SocketBody, body_into, copy_etag, socket_body
+from .signed import Answer, Sender, Sent, SocketBody, body_into, copy_etag, socket_body
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchResource", "NoSuchUpload", "NoSuchBucket"}
 _DENIED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
@@ -382,6 +383,13 @@ def _parse_list_page(content: bytes) -> ListPage:
     return ListPage(objects=tuple(objects), prefixes=tuple(prefixes), next_marker=next_marker)
 
 
+def _completed(answer: Answer) -> Completed:
+    """What a PUT's answer says of the object it stored."""
+    return Completed(str(answer.headers.get("ETag", "")).strip('"'),
+                     _reported_crc64(answer.headers),
+                     _header(answer.headers, "x-cos-version-id"))
+
+
 def _following(page: tuple[list[Any], Optional[Any]]) -> Optional[Any]:
     """The next marker of a page as the ``fetch`` of :meth:`Bucket.list_uploads` and
     :meth:`Bucket.list_parts` return it."""
@@ -400,36 +408,43 @@ def _list_params(prefix: str, marker: str, max_keys: int, delimiter: str) -> dic
             "max-keys": str(max_keys), "encoding-type": "url"}
 
 
-class StartedPage:
-    """A listing page requested by :meth:`Bucket.start_list_page`. :meth:`page` reads the
-    answer with the errors, retries and counts of any COS call (an attempt that failed is
-    sent again); :meth:`drop` gives it up. One thread at a time."""
+class Started(Generic[T]):
+    """A request of :meth:`Bucket.start_list_page` or :meth:`Bucket.start_put`, sent when it
+    was made: :meth:`result` reads the answer with the errors, retries and counts of any COS
+    call (an attempt that failed is sent again by ``again``); :meth:`drop` gives it up. One
+    thread has several requests in flight at once that way, without handing them to other
+    threads (issue 21). One thread at a time."""
 
-    def __init__(self, bucket: Bucket, params: dict[str, str],
-                 sent: Union[Sent, CosClientError], sent_at: float) -> None:
-        self._bucket, self._params, self._sent = bucket, params, sent
+    def __init__(self, action: str, sent: Union[Sent, CosClientError], sent_at: float,
+                 read: Callable[[Answer], T], again: Callable[[], T]) -> None:
+        self._action, self._sent, self._read, self._again = action, sent, read, again
         self._sent_at = sent_at  # the first attempt is timed from its request
 
     def arrived(self) -> bool:
-        """Whether :meth:`page` would not wait for COS (for the first attempt's answer)."""
+        """Whether :meth:`result` would not wait for COS (for the first attempt's answer)."""
         return not isinstance(self._sent, Sent) or self._sent.arrived()
 
-    def page(self) -> ListPage:
+    def result(self) -> T:
         first, self._sent = self._sent, None
-        def attempt() -> ListPage:
+
+        def attempt() -> T:
             nonlocal first
             sent, first = first, None
             if sent is None:
-                return self._bucket._list(self._params)
+                return self._again()
             if isinstance(sent, CosClientError):
                 raise sent
-            return _parse_list_page(sent.answer().data)
-        return _call_since(self._sent_at, f"LIST {self._params['prefix'] or '/'}", attempt)
+            return self._read(sent.answer())
+        return _call_since(self._sent_at, self._action, attempt)
 
     def drop(self) -> None:
         if isinstance(self._sent, Sent):
             self._sent.drop()
         self._sent = None
+
+
+# A listing page of :meth:`Bucket.start_list_page`: its ``result()`` is the page.
+StartedPage = Started[ListPage]
 
 
 class Bucket:
@@ -521,15 +536,17 @@ class Bucket:
 
     def start_list_page(self, prefix: str, max_keys: int, delimiter: str = "/") -> StartedPage:
         """The first page of :meth:`list_page`, its request sent now and its answer read by
-        :meth:`StartedPage.page`: one thread has several listings in flight at once, without
-        handing them to other threads (issue 21: a new file's look-ups)."""
+        :meth:`StartedPage.result` (issue 21: a new file's look-ups)."""
         params = _list_params(prefix, "", max_keys, delimiter)
         sent_at = time.monotonic()
         try:
-            return StartedPage(self, params, self._sender.start("GET", self.name,
-                                                                 params=params), sent_at)
-        except CosClientError as exc:  # not sent: page() raises it, as a first attempt
-            return StartedPage(self, params, exc, sent_at)
+            sent: Union[Sent, CosClientError] = self._sender.start("GET", self.name,
+                                                                   params=params)
+        except CosClientError as exc:  # not sent: result() raises it, as a first attempt
+            sent = exc
+        return Started(f"LIST {prefix or '/'}", sent, sent_at,
+                           lambda answer: _parse_list_page(answer.data),
+                           lambda: self._list(params))
 
     def _list(self, params: dict[str, str]) -> ListPage:
         """One ListObjects request, signed as the SDK's ``list_objects`` signs it; the SDK's
@@ -578,16 +595,32 @@ class Bucket:
         With ``if_absent`` (``x-cos-forbid-overwrite``), COS refuses to replace an object
         already there: ``AlreadyExists``. COS honours that header only in a bucket whose
         versioning was never enabled (see :meth:`versioning`)."""
+        headers = self._put_headers(data, like, if_absent)
+        return _completed(_call(f"PUT {key}", self._sender.send, "PUT", self.name, key,
+                                headers=headers, body=data))
+
+    def start_put(self, key: str, data: bytes) -> Started[Completed]:
+        """:meth:`put` of ``data`` (no attributes), its request sent now and its answer read
+        by :meth:`Started.result`: an MFMT marker written beside a copy by the thread that
+        sends the copy (issue 21)."""
+        headers = self._put_headers(data, None, False)
+        sent_at = time.monotonic()
+        try:
+            sent: Union[Sent, CosClientError] = self._sender.start(
+                "PUT", self.name, key, headers=headers, body=data)
+        except CosClientError as exc:  # not sent: result() raises it, as a first attempt
+            sent = exc
+        return Started(f"PUT {key}", sent, sent_at, _completed, lambda: _completed(
+            self._sender.send("PUT", self.name, key, headers=headers, body=data)))
+
+    @staticmethod
+    def _put_headers(data: bytes, like: Optional[ObjectInfo], if_absent: bool) -> dict:
         check_object_content_length(data)
         headers = mapped(_object_headers(like, None))
         if if_absent:
             headers[FORBID_OVERWRITE] = "true"
         headers["Content-MD5"] = get_content_md5(data)
-        answer = _call(f"PUT {key}", self._sender.send, "PUT", self.name, key, headers=headers,
-                       body=data)
-        return Completed(str(answer.headers.get("ETag", "")).strip('"'),
-                         _reported_crc64(answer.headers),
-                         _header(answer.headers, "x-cos-version-id"))
+        return headers
 
     def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended", or "" if never enabled."""

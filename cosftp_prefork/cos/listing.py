@@ -149,7 +149,7 @@ def name_kind(bucket: Bucket, key: str, ignore: str = "",
     upload's own, which may be stored already) counts for nothing. One LIST in the common
     cases (``started`` by :func:`start_name_kind`, if given); a second when siblings such
     as ``key-2`` (which sort before ``key/``) fill the first."""
-    page = (started or start_name_kind(bucket, key)).page()
+    page = (started or start_name_kind(bucket, key)).result()
     found = [obj.key for obj in page.objects if obj.key != ignore]
     prefix = key + "/"
     if key in found:
@@ -171,7 +171,7 @@ def directory_exists(bucket: Bucket, prefix: str, ignore: str = "",
                      started: Optional[StartedPage] = None) -> bool:
     """Return True if any key (a marker or a file) but ``ignore`` lives under ``prefix``
     (the listing ``started`` by :func:`start_directory_exists`, if given)."""
-    page = (started or start_directory_exists(bucket, prefix, ignore)).page()
+    page = (started or start_directory_exists(bucket, prefix, ignore)).result()
     return any(obj.key != ignore for obj in page.objects)
 
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 from ..config.model import TransferConfig
 from ..errors import PermissionDenied, StorageError
 from ..paths import RESERVED_NAME, child_name, fits_as_key
-from .bucket import MTIME_HEADER, Bucket, ListPage, ObjectInfo
+from .bucket import MTIME_HEADER, Bucket, ListPage, ObjectInfo, Started
 from .copies import Moved, copy_object, delete_keys
 from .listing import Entry, all_objects, pages
 
@@ -60,12 +60,12 @@ def _parse(name: str) -> tuple[str, int, str]:
 
 
 def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
-                     transfer: TransferConfig, executor: Executor, side: Executor,
+                     transfer: TransferConfig, executor: Executor,
                      own_upload: bool = False) -> ObjectInfo:
     """Record ``mtime`` for the object ``info`` (as a HEAD found it); return what the object
     is now. Raises ``StorageError``.
 
-    Two requests at the same time: the self-copy, and on ``side`` the new marker, naming
+    Two requests at the same time: the self-copy, and the new marker, naming
     the ETag the copy is expected to keep (the source's: the same bytes). Should the copy
     answer another ETag (someone replaced the file since the HEAD), or take long enough that
     the marker may be more than ``MARKER_SLACK`` older than the copy, the marker is written
@@ -103,7 +103,7 @@ def set_client_mtime(bucket: Bucket, info: ObjectInfo, mtime: float,
     the general path's HEAD and its copy.
     """
     etag = copy_beside_marker(
-        bucket, info, info.key, [mtime], side,
+        bucket, info, info.key, [mtime],
         lambda: copy_object(bucket, info, info.key, transfer, executor, client_mtime=mtime,
                             pinned=own_upload))
     stamp = int(mtime)
@@ -122,10 +122,12 @@ def _fits(bucket: Bucket, marker: str) -> bool:
 
 
 def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
-                       stamps: Sequence[float], side: Executor, copy: Callable[[], str]) -> str:
+                       stamps: Sequence[float], copy: Callable[[], str]) -> str:
     """Run ``copy()``, a copy of ``source``'s bytes to ``target`` pinned to its ETag, with
-    the markers of the times ``stamps`` for ``target`` written at the same time on ``side``;
-    return the copy's ETag (see :func:`set_client_mtime`). The markers name the ETag the
+    the markers of the times ``stamps`` for ``target`` written at the same time; return the
+    copy's ETag (see :func:`set_client_mtime`). The markers are sent first by this thread
+    and their answers read after the copy's (a pool's thread to send them cost a sixth of
+    the worker's CPU in ``lftp mirror -R``: docs/performance.md). They name the ETag the
     copy is expected to keep, the source's; should the copy answer another one, or take long
     enough that a marker may be more than ``MARKER_SLACK`` older than the copy, they are
     written again after it. Raises what ``copy()`` raises, or ``StorageError`` (markers
@@ -135,13 +137,13 @@ def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
     # A copy keeps the ETag of the bytes it copies in one piece; a multipart ETag ("-N") may
     # not survive CopyObject (the copy's is then its MD5): those markers wait for the copy.
     beside = "-" not in source.etag
-    written = [side.submit(bucket.put, marker, b"") for marker in guessed] if beside else []
+    written = [bucket.start_put(marker, b"") for marker in guessed] if beside else []
     started = time.monotonic()
     try:
         etag = copy()
     except BaseException:
         for marker, work in zip(guessed, written):
-            if work.exception() is None:
+            if _stored(work):
                 _forget_marker(bucket, marker)  # it names bytes that did not get the time
         raise
     for work in written:
@@ -153,6 +155,15 @@ def copy_beside_marker(bucket: Bucket, source: ObjectInfo, target: str,
         if beside and etag != source.etag:
             delete_keys(bucket, guessed)
     return etag
+
+
+def _stored(work: Started) -> bool:
+    """Whether the marker PUT ``work`` stored its marker (a failure is the copy's to tell)."""
+    try:
+        work.result()
+    except StorageError:
+        return False
+    return True
 
 
 def markers_of(bucket: Bucket, key: str) -> list[tuple[float, str, str]]:

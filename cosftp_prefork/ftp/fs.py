@@ -784,7 +784,6 @@ class CosFS(VirtualTree):
         """A rename's copy of ``source`` to ``dst_key``, pinned to its ETag, with the markers
         of the MFMT times ``stamps`` beside it."""
         copy_beside_marker(self._bucket, source, dst_key, stamps,
-                           self._ctx.engine.lookups.for_owner(self),
                            lambda: copy_object(self._bucket, source, dst_key,
                                                self._ctx.transfer,
                                                self._ctx.engine.copier(), pinned=True))
@@ -826,8 +825,7 @@ class CosFS(VirtualTree):
         stamps = [source.client_mtime] if source.client_mtime is not None else []
         try:
             return self._renamed(src, dst, source, lambda: copy_beside_marker(
-                self._bucket, source, dst_key, stamps, self._ctx.engine.lookups.for_owner(self),
-                store), listed.result, False, True)
+                self._bucket, source, dst_key, stamps, store), listed.result, False, True)
         except NotStorable:
             raise Refusal(errno.EISDIR, "Target is a directory") from None
 
@@ -1007,7 +1005,7 @@ class CosFS(VirtualTree):
                 side.submit(self._reserved, [], markers_of, self._bucket, object_key(path))
             self._require_file(path)
             info = set_client_mtime(self._bucket, self._head(path), timeval,
-                                    self._ctx.transfer, self._ctx.engine.copier(), side)
+                                    self._ctx.transfer, self._ctx.engine.copier())
             new = marker_key(info.key, timeval, info.etag)
             stale = [key for _, _, key in listed.result() if key != new]
             if stale:  # the new marker, written last, wins until they are gone
@@ -1026,8 +1024,7 @@ class CosFS(VirtualTree):
             return None
         try:
             info = set_client_mtime(self._bucket, own.info, timeval, self._ctx.transfer,
-                                    self._ctx.engine.copier(),
-                                    self._ctx.engine.lookups.for_owner(self), own_upload=True)
+                                    self._ctx.engine.copier(), own_upload=True)
         except StorageError as exc:
             self._own_upload = None
             if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":
