@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 
 NOT_RECORDED = "451 Done, but the server could not record it (event spool); try again."
+# A download this small is read in the session's thread (its bytes came with the GET's
+# answer) and sent by the IO loop, as the socket's buffer takes it at once: a pump or
+# read-ahead thread per file was a quarter of the worker's CPU in lftp mirror of 4 KiB
+# files (docs/performance.md).
+SMALL_DOWNLOAD = 64 * 1024
 
 
 def reply_for(exc: OSError, command: str = "STOR") -> str:
@@ -96,9 +101,12 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self._pace(upload=False)
             # From where the file stands now (its REST offset), before the pump reads ahead.
             expected = expected_bytes(producer.file, upload=False)
-        if download and self._pumpable(producer):
+        large = download and (expected is None or expected > SMALL_DOWNLOAD)
+        if large and self._pumpable(producer):
             self._start_pump(producer)
         else:
+            if download and not large and hasattr(producer.file, "read_ahead"):
+                producer.file.read_ahead = False  # it came with the GET's answer: no thread
             super().push_with_producer(producer)
         if download:
             self._count_transfer(producer.file, expected)
