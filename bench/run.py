@@ -130,11 +130,12 @@ class ProcessCpu:
     the server's master and each worker, and this process (the bench client), measured
     around the gateway's and the baseline's runs (medians)."""
 
-    def __init__(self, bench: Bench) -> None:
+    def __init__(self, bench: Bench, **more: psutil.Process) -> None:
         master = psutil.Process(bench.server.proc.pid)
         self._procs = {"emulator": [psutil.Process(bench.emulator.proc.pid)],
                        "master": [master], "workers": master.children(),
-                       "client": [psutil.Process()]}
+                       "client": [psutil.Process()],
+                       **{name: [proc] for name, proc in more.items()}}
         self.runs: dict[str, list[dict[str, float]]] = {"gateway": [], "baseline": []}
 
     def _cpu(self) -> dict[str, float]:
@@ -146,7 +147,8 @@ class ProcessCpu:
             before = self._cpu()
             seconds = action()
             after = self._cpu()
-            self.runs[side].append({name: after[name] - before[name] for name in after})
+            self.runs.setdefault(side, []).append({name: after[name] - before[name]
+                                                   for name in after})
             return seconds
         return run
 
@@ -158,9 +160,9 @@ class ProcessCpu:
                    False)
 
     def summary(self, work: str, files: int) -> str:
-        """One line: milliseconds of CPU per file by process, gateway then baseline."""
+        """One line: milliseconds of CPU per file by process, for each side measured."""
         parts = []
-        for side, runs in self.runs.items():
+        for side, runs in ((side, runs) for side, runs in self.runs.items() if runs):
             each = ", ".join(
                 f"{name} {statistics.median(run[name] for run in runs) * 1000 / files:.2f}"
                 for name in self._procs)
@@ -386,9 +388,13 @@ class Bench:
             target = f"mirror/sdk{next(runs)}"
             return timed(lambda: self.put_files(source, target, threads=4))
 
-        ours, theirs, sdk = interleaved(self.args.runs, lambda: mirror(self.server.port, GATEWAY),
-                                        lambda: mirror(rclone.port, RCLONE_USER), direct)
+        cpu = ProcessCpu(self, rclone=psutil.Process(rclone.proc.pid))
+        ours, theirs, sdk = interleaved(
+            self.args.runs, cpu.around("gateway", lambda: mirror(self.server.port, GATEWAY)),
+            cpu.around("rclone", lambda: mirror(rclone.port, RCLONE_USER)),
+            cpu.around("SDK", direct))
         work = f"lftp mirror -R of {count} x 4 KiB, times kept, 4 parallel{self.at}"
+        self.notes.append(cpu.summary(work, count))
         return [rate_row(f"{work} (vs rclone serve ftp, no times)", "files/s", count,
                          (ours, theirs), targets[0]),
                 rate_row(f"{work} (vs SDK PUTs, 4 threads)", "files/s", count, (ours, sdk),
@@ -413,9 +419,13 @@ class Bench:
                 assert len(body.read()) == 4096
             return timed(lambda: list(ThreadPoolExecutor(4).map(get, self.list_keys(remote))))
 
-        ours, theirs, sdk = interleaved(self.args.runs, lambda: mirror(self.server.port, GATEWAY),
-                                        lambda: mirror(rclone.port, RCLONE_USER), direct)
+        cpu = ProcessCpu(self, rclone=psutil.Process(rclone.proc.pid))
+        ours, theirs, sdk = interleaved(
+            self.args.runs, cpu.around("gateway", lambda: mirror(self.server.port, GATEWAY)),
+            cpu.around("rclone", lambda: mirror(rclone.port, RCLONE_USER)),
+            cpu.around("SDK", direct))
         work = f"lftp mirror (download) of {count} x 4 KiB, 4 parallel{self.at}"
+        self.notes.append(cpu.summary(work, count))
         return [rate_row(f"{work} (vs rclone serve ftp)", "files/s", count, (ours, theirs),
                          targets[0]),
                 rate_row(f"{work} (vs SDK LIST + GETs, 4 threads)", "files/s", count,

@@ -29,9 +29,14 @@ def test_bench_runs_every_row_on_tiny_sizes():
     assert set(verdicts) <= {"PASS", "FAIL", "-"}
     assert [row for row in rows if row.split("|")[6].strip() == "-"] == \
         [row for row in rows if "at 0 ms" in row and "mirror" in row]
-    # Each small-file row says what every process spent per file, gateway and baseline.
+    # Each small-file row says what every process spent per file, gateway and baseline;
+    # each mirror row, gateway, rclone serve ftp (its process too) and the SDK.
     cpu = [line for line in done.stdout.splitlines() if "CPU ms per file" in line]
-    assert [line.split(" files")[0] for line in cpu] == ["16", "8", "4"]
+    assert [line.split(" of ")[0].split(" files")[0] for line in cpu] == \
+        ["lftp mirror -R", "lftp mirror (download)", "16", "8", "lftp mirror -R",
+         "lftp mirror (download)", "4"]
     for line in cpu:
-        for side in ("gateway: emulator", "baseline: emulator"):
-            assert side in line and "workers" in line and "client" in line
+        sides = ("gateway", "rclone", "SDK") if line.startswith("lftp") else \
+            ("gateway", "baseline")
+        for side in sides:
+            assert f"{side}: emulator" in line and "workers" in line and "client" in line
