@@ -120,7 +120,7 @@ class Kept:
 
 class KeptBodies:
     """The bytes of new small files a worker keeps after their STOR, so that a rename right
-    after it can store them under the new name (``ftp.fs.CosFS._rename_by_put``): at most
+    after it can store them under the new name (``ftp.renames.Renames._rename_by_put``): at most
     ``limit`` in all, on top of the part buffers' budget, so that no upload ever waits for
     them. A file is kept only if it fits now; its bytes count until :meth:`Kept.release`
     (the session's next upload or rename, or its end) or, failing that, until the last

@@ -236,7 +236,7 @@ def rename_checks(engine: Engine, owner: Hashable, bucket: Bucket, source: Objec
     source still that object (a HEAD: ``StorageError`` ``ObjectChanged``, or ``NotFound``,
     when another writer replaced, re-timed or deleted it since). Both at once; a PUT of the
     source's bytes under the new name goes beside them (:meth:`NameChecks.put_first`),
-    where a copy would have to wait for them: see ``ftp.fs.CosFS._rename_by_put``."""
+    where a copy would have to wait for them: see ``ftp.renames.Renames._rename_by_put``."""
     return NameChecks([engine.lookups.submit(owner, _run,
                                              functools.partial(_NotADirectory, bucket, target)),
                        engine.lookups.submit(owner, _unchanged, bucket, source)])

@@ -35,50 +35,37 @@ import stat
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Optional, TypeVar
 
-from pyftpdlib.filesystems import AbstractedFS, FilesystemError
-
-from ..config.model import AccountConfig, TransferConfig
-from ..cos.bucket import Bucket, ForeignObject, ObjectInfo
-from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
+from ..config.model import AccountConfig
+from ..cos.bucket import ObjectInfo
+from ..cos.copies import delete_keys
 from ..cos.digests import digest
 from ..cos.downloads import RangedReader, open_download
-from ..cos.engine import Engine, Kept
-from ..cos.intents import announced
 from ..cos.listing import (
-    DIRECTORY,
-    FILE,
     Entry,
     directory_exists,
     directory_is_empty,
     first_key_from,
     iter_directory,
-    name_kind,
     pages,
 )
 from ..cos.mtimes import (
     ListedMtimes,
-    carry_markers,
-    copy_beside_marker,
     marker_key,
     markers_of,
     set_client_mtime,
 )
-from ..cos.naming import may_speculate, rename_checks, start_checks
-from ..cos.quota import AccountQuota
+from ..cos.naming import start_checks
 from ..cos.resume import ResumeStore
-from ..cos.uploads import AbortRetrier, SessionUploads, UploadSession
+from ..cos.uploads import SessionUploads, UploadSession
 from ..errors import (
-    AlreadyExists,
     InvalidPath,
     NotFound,
-    NotStorable,
     PermissionDenied,
     QuotaExceeded,
     StorageError,
-    StorageUnavailable,
 )
 from ..paths import (
     RESERVED_NAME,
@@ -88,7 +75,8 @@ from ..paths import (
     parent_dir,
 )
 from .background import ONE_NAME, AfterReply
-from .hooks import SessionHooks
+from .renames import Renames
+from .tree import FsContext, OwnUpload, Refusal, VirtualTree, transient_escapes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,34 +84,6 @@ T = TypeVar("T")
 _DIR_MODE = stat.S_IFDIR | 0o755
 _FILE_MODE = stat.S_IFREG | 0o644
 _MLSX_PERMS = "adeflmrw"  # pyftpdlib's permission letters that mean the same in RFC 3659
-
-
-@dataclass(frozen=True)
-class FsContext:
-    """What a session's filesystem needs from its worker."""
-
-    account: AccountConfig
-    bucket: Bucket
-    transfer: TransferConfig
-    engine: Engine
-    max_list_file: int
-    hooks: SessionHooks  # told of every change before its reply (events)
-    retrier: Optional[AbortRetrier] = None
-    quota: Optional[AccountQuota] = None  # the quotas this account's writes count against
-
-
-class Refusal(FilesystemError):
-    """A request this filesystem refuses, with a message for the client.
-
-    Not an ``OSError`` on purpose: pyftpdlib replies to an ``OSError`` with the errno's
-    generic text ("Permission denied"), to a ``FilesystemError`` with its message ("Renaming
-    a directory deletes its old name: needs delete permission").
-    """
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = code
-        self.strerror = message
 
 
 class StreamedListing:
@@ -169,107 +129,7 @@ def _file_entry(path: str, info: ObjectInfo) -> Entry:
                  info.client_mtime)
 
 
-@dataclass(frozen=True)
-class OwnUpload:
-    """What COS answered to this session's last STOR of ``path`` (and to its MFMT since):
-    the one fact a session goes by from one command to the next (see the module doc), with
-    the bytes of a single PUT where the worker keeps them (``cos.engine.KeptBodies``),
-    which a rename right after it stores again under the new name
-    (:meth:`CosFS._rename_by_put`)."""
-
-    path: str
-    info: ObjectInfo
-    kept: Optional[Kept] = None
-
-
-class Unstorable(Exception):
-    """A name COS cannot store, found out only while a command runs (the keys a directory
-    rename would make): the handler answers 553, as for names refused up front."""
-
-
-def _transient_escapes(method: Callable) -> Callable:
-    """Let transient COS failures out as ``StorageUnavailable`` (451), not ``OSError`` (550).
-
-    Missing objects and refused permissions stay ``OSError``: those are permanent answers.
-    """
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except (NotFound, PermissionDenied):
-            raise
-        except StorageError as exc:
-            raise StorageUnavailable(exc) from exc
-    return wrapper
-
-
-class VirtualTree(AbstractedFS):
-    """What every filesystem of a session shares: the FTP path is the "real" path, and
-    what a path is comes from ``lookup`` and ``lookup_file``."""
-
-    quota: Optional[AccountQuota] = None  # the quotas this session's home writes count in
-    _announced: Optional[int] = None  # ALLO: the size of the next upload
-
-    def lookup(self, path: str) -> Optional[Entry]:
-        raise NotImplementedError
-
-    def lookup_file(self, path: str) -> Optional[Entry]:
-        raise NotImplementedError
-
-    def announce(self, size: int) -> None:
-        """ALLO: the next upload of this session is ``size`` bytes (its part sizes follow);
-        raises ``QuotaExceeded`` if the quota of the working directory's home or folder has
-        no room for them now (the STOR reserves them, in the quotas of wherever it goes)."""
-        if self.quota is not None:
-            self.quota.check_room(size)
-        self._announced = size
-
-    def quotas(self) -> list[AccountQuota]:
-        """What ``SITE QUOTA`` shows: the quotas of the home, then of each virtual folder."""
-        return [] if self.quota is None else [self.quota]
-
-    @property
-    def announced(self) -> Optional[int]:
-        """The size ALLO announced for the next upload, if any."""
-        return self._announced
-
-    def place_of(self, path: str) -> tuple[AccountConfig, str]:
-        """Where ``path`` is: the account as it is there (a virtual folder's bucket and
-        prefix) and the path as that place names it."""
-        raise NotImplementedError
-
-    def path_of(self, transfer) -> str:
-        """The FTP path of a file this tree opened (its ``name`` is its place's)."""
-        raise NotImplementedError
-
-    def ftp2fs(self, ftppath: str) -> str:
-        return self.ftpnorm(ftppath)
-
-    def fs2ftp(self, fspath: str) -> str:
-        return fspath
-
-    def validpath(self, path: str) -> bool:
-        return path.startswith("/")
-
-    def realpath(self, path: str) -> str:
-        return path
-
-    def isfile(self, path: str) -> bool:
-        entry = self.lookup_file(path)
-        return entry is not None and not entry.is_dir
-
-    def isdir(self, path: str) -> bool:
-        entry = self.lookup(path)
-        return entry is not None and entry.is_dir
-
-    def islink(self, path: str) -> bool:
-        return False
-
-    def lexists(self, path: str) -> bool:
-        return self.lookup(path) is not None
-
-
-class CosFS(VirtualTree):
+class CosFS(Renames, VirtualTree):
     """The FTP view of one bucket for one logged-in session."""
 
     def __init__(self, root: str, cmd_channel, context: Optional[FsContext] = None) -> None:
@@ -343,7 +203,7 @@ class CosFS(VirtualTree):
             self._previous_directory = self._named_directory
             self._named_directory = parent_dir(named()) if command in ONE_NAME else ""
 
-    @_transient_escapes
+    @transient_escapes
     def lookup(self, path: str) -> Optional[Entry]:
         """Return what ``path`` is (file or directory) or None; raises ``StorageError``.
         One ``LIST prefix=<key> max-keys=1`` in the common cases."""
@@ -355,7 +215,7 @@ class CosFS(VirtualTree):
         self._scope[path] = entry
         return entry
 
-    @_transient_escapes
+    @transient_escapes
     def lookup_file(self, path: str) -> Optional[Entry]:
         """Like :meth:`lookup`, for commands that expect a file (SIZE, MDTM, RETR): one HEAD
         answers for a file, with the time MFMT set; a directory or nothing costs a LIST
@@ -369,7 +229,7 @@ class CosFS(VirtualTree):
         self._learn_file(path, info)
         return self._scope[path]
 
-    @_transient_escapes
+    @transient_escapes
     def look_up_for_mlst(self, path: str) -> None:
         """MLST: find what ``path`` is for :meth:`stat`, with the time MFMT set for a file.
 
@@ -489,13 +349,13 @@ class CosFS(VirtualTree):
 
     lstat = stat
 
-    @_transient_escapes
+    @transient_escapes
     def getsize(self, path: str) -> int:
         """Return the size of the file at ``path`` (what RETR after REST checks against);
         raises ``Refusal`` or ``OSError``."""
         return self._require_file(path).size
 
-    @_transient_escapes
+    @transient_escapes
     def resumable_size(self, path: str) -> int:
         """Return the size of the file at ``path`` or, when an upload to it was interrupted
         and parked after the file was last written, the bytes REST + STOR or APPE continue
@@ -515,7 +375,7 @@ class CosFS(VirtualTree):
             raise Refusal(errno.EISDIR, "Is a directory")
         return entry
 
-    @_transient_escapes
+    @transient_escapes
     def checksum(self, path: str, algorithm: str) -> tuple[int, str]:
         """Return the size and lowercase hex ``algorithm`` digest (one of
         ``digests.ALGORITHMS``) of the file at ``path``; raises ``Refusal`` or ``OSError``."""
@@ -523,7 +383,7 @@ class CosFS(VirtualTree):
         info = self._bucket.head(object_key(path))
         return info.size, digest(self._bucket, info, algorithm)
 
-    @_transient_escapes
+    @transient_escapes
     def getmtime(self, path: str) -> float:
         """Return the modification time of ``path``: the one MFMT set, else COS's
         LastModified (one HEAD for a file); raises ``Refusal`` or ``OSError``."""
@@ -546,7 +406,7 @@ class CosFS(VirtualTree):
         self._require(path, want_dir=True)
         self.cwd = path
 
-    @_transient_escapes
+    @transient_escapes
     def listdir(self, path: str) -> StreamedListing:
         """Return the names in directory ``path`` as they arrive from COS, page by page;
         raises ``Refusal`` if ``path`` is no directory."""
@@ -556,7 +416,7 @@ class CosFS(VirtualTree):
             raise Refusal(errno.ENOTDIR, "Not a directory")  # it went away meanwhile
         return listing
 
-    @_transient_escapes
+    @transient_escapes
     def listdir_if_dir(self, path: str) -> Optional[StreamedListing]:
         """:meth:`listdir`, or None if ``path`` is no directory: the listing's first page
         is the directory's look-up (a directory has a marker or keys under it)."""
@@ -571,7 +431,7 @@ class CosFS(VirtualTree):
                                                     self._ctx.max_list_file),
                                mtimes, self._scope)
 
-    @_transient_escapes
+    @transient_escapes
     def listdir_matching(self, path: str, pattern: str) -> StreamedListing:
         """The names in directory ``path`` that the wildcard ``pattern`` matches (as on a
         Unix disk: case-sensitive), as they arrive from COS, at most ``max_list_file`` of
@@ -622,7 +482,7 @@ class CosFS(VirtualTree):
                 self._scope = current
             yield line
 
-    @_transient_escapes
+    @transient_escapes
     def mkdir(self, path: str) -> None:
         """Create the zero-byte marker ``path/``; raises ``Refusal`` if the name is taken
         (EEXIST) or its parent is no directory (ENOENT, ENOTDIR), as mkdir(2) does."""
@@ -637,7 +497,7 @@ class CosFS(VirtualTree):
         self._scope[path] = Entry(os.path.basename(path), True)
         self._ctx.hooks.changed("mkdir", path, directory=True)
 
-    @_transient_escapes
+    @transient_escapes
     def rmdir(self, path: str) -> None:
         """Remove an empty directory (its marker); raises ENOTEMPTY if anything is under it."""
         self._require(path, want_dir=True)
@@ -651,7 +511,7 @@ class CosFS(VirtualTree):
 
     # --- files
 
-    @_transient_escapes
+    @transient_escapes
     def remove(self, path: str) -> None:
         """Delete the object at ``path``; raises ENOENT / EISDIR."""
         entry = self._require(path, want_dir=False)
@@ -662,228 +522,7 @@ class CosFS(VirtualTree):
         self._keep_directory(parent_dir(path))
         self._ctx.hooks.changed("delete", path)
 
-    @_transient_escapes
-    def rename(self, src: str, dst: str) -> None:
-        """Server-side copy then delete of one object (see :meth:`_rename_file`), or of
-        every object of a directory.
-
-        Overwriting an existing file needs ``delete_enable``, and so does renaming a
-        directory (its old keys are deleted). Raises ``Refusal`` or ``OSError``.
-        """
-        directory = self._rename(src, dst)
-        self._ctx.hooks.changed("rename", dst, source=src, directory=directory)
-
-    def _rename(self, src: str, dst: str) -> bool:
-        """Rename ``src`` to ``dst``; return True if it was a directory."""
-        own = self._own_upload
-        if own is not None and own.path == src and self._rename_file(src, dst, own.info, own):
-            return False
-        side = self._ctx.engine.lookups.for_owner(self)
-        src_key, dst_key = object_key(src), object_key(dst)
-        looked_up = (side.submit(name_kind, self._bucket, dst_key, src_key),
-                     side.submit(self._reserved, [], markers_of, self._bucket, src_key))
-        try:  # a file, and what its copy keeps (storage class, MFMT time)
-            source = self._bucket.head(src_key)
-        except NotFound:
-            if not self._require(src).is_dir:
-                raise Refusal(errno.ENOENT, "No such file or directory") from None
-            if src_key != dst_key:
-                self._rename_directory(src, dst)
-            return True
-        self._rename_file(src, dst, source, looked_up=looked_up)
-        return False
-
-    def _rename_file(self, src: str, dst: str, source: ObjectInfo,
-                     own: Optional[OwnUpload] = None,
-                     looked_up: Optional[tuple[Future, Future]] = None) -> bool:
-        """Rename the file ``source`` (as a HEAD, or this session's own STOR, found it): the
-        new name is looked up (blind to the source's key: ``x.partial`` lists right after
-        ``x``) while the source's MFMT markers are listed, then the copy is made, pinned to
-        the source's ETag, with the new name's markers written beside it; the reply goes
-        out, and the source and its markers are deleted after it (:mod:`.background`).
-
-        With ``own`` (``source`` is what this session's last STOR stored: rclone's and
-        WinSCP's temporary uploads), nothing asks about the source first; if anyone replaced
-        or deleted it since, the pinned copy fails and False sends the rename the general
-        way. One stored in one PUT, renamed within its directory, goes in one round trip
-        (:meth:`_rename_by_put`) unless a file has the new name. Otherwise a source replaced
-        between the HEAD and the copy fails it (451)."""
-        dst_key = object_key(dst)
-        if dst_key == source.key:
-            return True  # as rename(2) does; a copy onto itself, then a delete, would lose it
-        side = self._ctx.engine.lookups.for_owner(self)
-        listed = looked_up[1] if looked_up else \
-            side.submit(self._reserved, [], markers_of, self._bucket, source.key)
-        moving = parent_dir(dst) != parent_dir(src)
-        if own is not None and not moving and self._may_put_renamed(own):
-            try:
-                return self._rename_by_put(src, dst, own, listed)
-            except AlreadyExists:  # a file has the new name: a copy replaces it, as below
-                kind: Optional[str] = FILE
-        else:
-            kind = (looked_up[0] if looked_up else
-                    side.submit(name_kind, self._bucket, dst_key, source.key)).result()
-        self._check_rename_target(dst, kind, moving)
-        replaced = self._replaced_size(dst_key, kind)
-        markers = listed.result()
-        return self._renamed(src, dst, source, lambda: self._copy_pinned(
-            source, dst_key, [stamp for stamp, etag, _ in markers if etag == source.etag]),
-            lambda: markers, moving, own is not None, replaced)
-
-    def _renamed(self, src: str, dst: str, source: ObjectInfo, write: Callable[[], object],
-                 markers: Callable[[], list[tuple[float, str, str]]], moving: bool,
-                 own: bool, replaced: Optional[int] = None) -> bool:
-        """Make the new name's object with ``write()``; then forget both names, and delete
-        the source and its ``markers()`` after the reply. With ``own``, a source replaced or
-        deleted since this session's STOR makes it False (the rename goes the general
-        way); other failures raise. A quota over a home the file enters or leaves counts it
-        once the write is done (``QuotaExceeded`` first if one has no room), and the file of
-        ``replaced`` bytes it wrote over stops counting."""
-        counted = None if self.quota is None else self.quota.moving(source.key,
-                                                                     object_key(dst),
-                                                                     source.size)
-        try:
-            write()
-        except BaseException as exc:
-            if counted is not None:
-                counted(False)
-            changed = isinstance(exc, NotFound) or (
-                isinstance(exc, StorageError) and not isinstance(exc, AlreadyExists) and
-                exc.code == "ObjectChanged")
-            if not own or not changed:
-                raise
-            log.info("path=%s: changed since this session stored it (%s); renaming what is "
-                     "there now", src, exc.code)
-            self._forget(src)
-            return False
-        if counted is not None:
-            counted(True)
-        self._replaced(dst, replaced)
-        self._forget(src, dst)
-        self._after_reply.start(src, self._remove_renamed, src,
-                                [source.key, *(key for _, _, key in markers())], moving)
-        return True
-
-    def _replaced_size(self, key: str, kind: Optional[str]) -> Optional[int]:
-        """The size of the file ``key`` a rename is about to write over (``kind``: what the
-        name is now), if a quota counts it; else None. A HEAD, only then."""
-        if kind != FILE or self.quota is None or not self.quota.counts(key):
-            return None
-        try:
-            return self._bucket.head(key).size
-        except NotFound:
-            return None  # gone meanwhile: nothing to stop counting
-
-    def _replaced(self, path: str, size: Optional[int]) -> None:
-        """A rename wrote over the file ``path`` of ``size`` bytes (None: over nothing a
-        quota counts): the quotas stop counting it."""
-        if size is not None and self.quota is not None:
-            self.quota.removed(object_key(path), size)
-
-    def _copy_pinned(self, source: ObjectInfo, dst_key: str, stamps: list[float]) -> None:
-        """A rename's copy of ``source`` to ``dst_key``, pinned to its ETag, with the markers
-        of the MFMT times ``stamps`` beside it."""
-        copy_beside_marker(self._bucket, source, dst_key, stamps,
-                           lambda: copy_object(self._bucket, source, dst_key,
-                                               self._ctx.transfer,
-                                               self._ctx.engine.copier(), pinned=True))
-
-    def _may_put_renamed(self, own: OwnUpload) -> bool:
-        """Whether :meth:`_rename_by_put` may store before its look-ups answered: it has the
-        bytes, COS honours ``x-cos-forbid-overwrite`` in this bucket, and the account does
-        not need existing directories (see ``cos.naming``)."""
-        return own.kept is not None and not self._ctx.account.require_existing_dir and \
-            may_speculate(self._bucket)
-
-    def _rename_by_put(self, src: str, dst: str, own: OwnUpload, listed: Future) -> bool:
-        """Rename this session's own small upload onto a new name in its directory in one
-        round trip (rclone's ``x.partial``, WinSCP's ``.filepart``): its bytes, kept since
-        the STOR (``own.kept``), are stored under the new name with
-        ``x-cos-forbid-overwrite`` (and its MFMT marker, if any) beside the look-ups
-        (``cos.naming.rename_checks``: is the new name a directory; is the source still
-        what the session stored), where a copy would have to wait for them. The same bytes
-        (Content-MD5, and the CRC64 COS reports is the STOR's) and the same MFMT time make
-        the same object.
-
-        ``AlreadyExists`` (nothing stored) when a file has the new name. The new object is
-        undone when the look-ups refuse the name (550) or fail (451), and when the source is
-        not what the session stored any more: False then sends the rename the general way
-        (what COS undoes is only what that PUT created, as for a STOR's: ``cos.naming``).
-        Attributes another tool gave the source since the STOR without writing other bytes
-        or another MFMT time are not carried, as a copy would."""
-        source, body = own.info, own.kept.body if own.kept is not None else b""
-        dst_key = object_key(dst)
-        checks = rename_checks(self._ctx.engine, self, self._bucket, source, dst_key)
-
-        def store() -> str:
-            created = checks.put_first(self._bucket, dst_key, body, source)
-            if None not in (created.crc64, source.crc64) and created.crc64 != source.crc64:
-                self._bucket.delete(dst_key)
-                raise StorageError(f"integrity check failed for {dst}: CRC64 differs from "
-                                   f"{src}'s", code="CRC64Mismatch")
-            return created.etag
-        stamps = [source.client_mtime] if source.client_mtime is not None else []
-        try:
-            return self._renamed(src, dst, source, lambda: copy_beside_marker(
-                self._bucket, source, dst_key, stamps, store), listed.result, False, True)
-        except NotStorable:
-            raise Refusal(errno.EISDIR, "Target is a directory") from None
-
-    def _check_rename_target(self, dst: str, kind: Optional[str], moving: bool) -> None:
-        """Refuse a file rename onto a directory, or onto a file without ``delete_enable``;
-        look up the new name's parents if nothing has it and it is in another directory (in
-        the same one, the source proves them)."""
-        if kind == DIRECTORY:
-            raise Refusal(errno.EISDIR, "Target is a directory")
-        if kind == FILE and not self._ctx.account.delete_enable:
-            raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
-        if kind is None and moving:
-            self._check_parents(dst)
-
-    def _remove_renamed(self, src: str, keys: list[str], moving: bool) -> None:
-        """After a rename's reply: delete its source and the source's MFMT markers, and keep
-        the directory it left if it moved to another."""
-        if len(keys) == 1:
-            self._bucket.delete(keys[0])
-        else:
-            delete_keys(self._bucket, keys)
-        if moving:
-            self._keep_directory(parent_dir(src))
-
-    def _rename_directory(self, src: str, dst: str) -> None:
-        if not self._ctx.account.delete_enable:
-            raise Refusal(errno.EACCES, "Renaming a directory deletes its old name: needs "
-                                       "delete permission")
-        if dst.startswith(src.rstrip("/") + "/"):
-            raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
-        source, target = dir_prefix(src), dir_prefix(dst)
-        with announced(self._bucket, "rename", source, target):  # or Conflict
-            if self.lookup(dst) is not None:
-                raise Refusal(errno.EEXIST, "Target exists")
-            self._check_parents(dst)
-            try:
-                moved = rename_directory(
-                    self._bucket, source, target, self._ctx.transfer, self._ctx.engine.copier(),
-                    None if self.quota is None else self.quota.moving_directory)
-            except InvalidPath as exc:
-                raise Unstorable(exc.strerror) from exc
-        self._scope.clear()
-        self._heads.clear()
-        self._own_upload = None
-        if moved:
-            self._carry_mtimes(src, moved, source)
-        self._keep_directory(parent_dir(src))
-
-    def _carry_mtimes(self, path: str, moved: list[Moved], directory: str = "") -> None:
-        """Move the MFMT times' listing markers along with a rename. The rename is done by
-        then: a failure is only logged (LIST then shows COS's time, MDTM still the MFMT
-        one)."""
-        try:
-            carry_markers(self._bucket, moved, directory)
-        except StorageError as exc:
-            log.warning("path=%s: renamed, but its MFMT times stay behind: %s", path, exc)
-
-    @_transient_escapes
+    @transient_escapes
     def open(self, filename: str, mode: str):
         """Return a ``RangedReader`` for ``"rb"``, an ``UploadSession`` for ``"wb"`` and, for
         ``"ab"`` (APPE), one that continues what SIZE reports: the parked upload or the
@@ -902,7 +541,7 @@ class CosFS(VirtualTree):
                                         self._take_announced())
         raise Refusal(errno.EOPNOTSUPP, f"Opening a file in mode {mode!r} is not supported")
 
-    @_transient_escapes
+    @transient_escapes
     def open_download(self, path: str, offset: int = 0) -> RangedReader:
         """RETR (after ``REST offset``): one GET from ``offset``, whose answer gives the size
         sent and the ETag every later GET of this download is pinned to (an overwrite
@@ -931,7 +570,7 @@ class CosFS(VirtualTree):
                 checks.cancel()
             raise
 
-    @_transient_escapes
+    @transient_escapes
     def open_resume(self, filename: str, offset: int) -> UploadSession:
         """REST ``offset`` + STOR: an upload that continues the parked upload or the file
         ending at ``offset`` (see :meth:`resumable_size`); raises ``ResumeRefused``
@@ -988,7 +627,7 @@ class CosFS(VirtualTree):
                 self._markers_listed = (path, self._ctx.engine.lookups.submit(
                     self, self._reserved, [], markers_of, self._bucket, object_key(path)))
 
-    @_transient_escapes
+    @transient_escapes
     def utime(self, path: str, timeval: float) -> None:
         """MFMT: record ``timeval`` as the file's modification time (see :mod:`.mtimes`);
         raises ``Refusal`` or ``OSError``.
@@ -1045,57 +684,6 @@ class CosFS(VirtualTree):
         on the way to a virtual folder (``ftp.mounts``), so MKD and STOR under it find their
         parent."""
         self._scope[path] = Entry(os.path.basename(path), True)
-
-    @_transient_escapes
-    def rename_source(self, path: str) -> tuple[Bucket, ObjectInfo, list[tuple[float, str, str]]]:
-        """The file ``path`` that a rename takes into another folder: this filesystem's
-        bucket, what a HEAD says of it, and its MFMT markers. Raises ``Refusal`` (ENOENT,
-        EISDIR)."""
-        self._require_file(path)
-        info = self._head(path)
-        return self._bucket, info, self._reserved([], markers_of, self._bucket, info.key)
-
-    @_transient_escapes
-    def copy_in(self, dst: str, source: ForeignObject, stamps: list[float]) -> tuple[bool, bool]:
-        """Make the file ``dst`` a copy of ``source`` (an object of another folder's
-        bucket), pinned to its ETag, with the markers of its MFMT times ``stamps`` beside
-        it; the target is checked as a rename's, and the quotas it enters as a rename's
-        (``QuotaExceeded``). Returns whether it copied (not if ``dst`` is ``source`` itself,
-        two folders over the same keys: as rename(2) onto itself) and whether this home's
-        quotas counted the source leaving its homes too (the source's side then does not).
-        Raises ``Refusal`` or ``StorageError`` (``PermissionDenied`` when these credentials
-        may not read the source)."""
-        dst_key = object_key(dst)
-        bucket, key = self._bucket.located(dst_key)
-        if source.home is None or (bucket.name, key) == (source.home.name, source.key):
-            return False, False
-        kind = name_kind(self._bucket, dst_key)
-        self._check_rename_target(dst, kind, moving=True)
-        replaced = self._replaced_size(dst_key, kind)
-        counted = None if self.quota is None else self.quota.arriving(
-            source.home.name, source.key, dst_key, source.size)
-        try:
-            self._copy_pinned(source, dst_key, stamps)
-        except BaseException:
-            if counted is not None:
-                counted(False)
-            raise
-        if counted is not None:
-            counted(True)
-        self._replaced(dst, replaced)
-        self._forget(dst)
-        return True, counted is not None
-
-    @_transient_escapes
-    def remove_renamed(self, path: str, source: ObjectInfo, keys: list[str],
-                       counted: bool) -> None:
-        """Delete the file ``path`` (``source``) renamed into another folder and its
-        markers (``keys``), keeping the directory it left; the quotas it leaves are told,
-        unless the target's ``counted`` it (see :meth:`copy_in`)."""
-        self._forget(path)
-        self._remove_renamed(path, [source.key, *keys], moving=True)
-        if self.quota is not None and not counted:
-            self.quota.removed(source.key, source.size)
 
     def _reserved(self, default: T, read: Callable[..., T], *args) -> T:
         """What ``read(*args)`` finds under ``.cosftp/``, or ``default`` when the credentials

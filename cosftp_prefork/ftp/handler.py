@@ -40,7 +40,6 @@ from .authhook import DENY, AuthHook, HookRequest, Verdict
 from .authorizer import CosAuthorizer, LoginRefused, LoginUnavailable
 from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
-from .fs import FsContext, Unstorable
 from .hooks import SessionHooks, WorkerHooks
 from .logins import AddressBanned, LoginExpired
 from .mounts import session_fs
@@ -48,6 +47,7 @@ from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .progress import TransferMeter
 from .throttle import SessionRates
+from .tree import FsContext, Unstorable
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,8 @@ from ..cos.listing import Entry
 from ..cos.quota import AccountQuota
 from ..errors import NotFound, PermissionDenied
 from ..paths import parent_dir
-from .fs import CosFS, Refusal, StreamedListing, Unstorable, VirtualTree
+from .fs import CosFS, StreamedListing
+from .tree import Refusal, Unstorable, VirtualTree
 
 log = logging.getLogger(__name__)
 
