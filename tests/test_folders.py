@@ -448,6 +448,7 @@ def test_a_folder_uses_a_credentials_section_and_follows_its_reload(emulator, tm
 def test_folders_follow_a_reload(emulator, tmp_path, cos):
     account = Account("mover", "mover-pw", ALPHA, extra=f"cos_prefix = {ROOT}mover\n"
                       "virtual_folders = /one=team")
+    cos.put_object(Bucket=ALPHA, Key=f"{ROOT}archive/old.txt", Body=b"archived")
     server = ServerProcess(str(tmp_path), emulator.port, [account], sections=FOLDERS)
     with server:
         old = server.login("mover", "mover-pw")
