@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ftplib
 import io
+import re
 import stat
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -16,6 +18,7 @@ from cosftp_prefork.config.options import SETTINGS
 from cosftp_prefork.config.settings import hook_account, parse_config
 from cosftp_prefork.cos.registry import BucketRegistry
 
+from .admin_client import RO_TOKEN, AdminClient, admin_server, admin_url
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
 from .server_proc import Account, ServerProcess, wait_until
@@ -440,3 +443,29 @@ def test_hook_quotas_fill_at_most_auth_hook_quota_homes_then_421(quota_server, s
                what="the full table logged")
     quota_server.login("h0", "pw").quit()
     quota_server.login("free", "pw").quit()
+
+
+def test_cosftpctl_quota_and_the_admin_api_list_the_homes_answers_gave_a_quota(
+        emulator, tmp_path, service):
+    """A home whose quota only an answer gives: its own rows in cosftpctl quota and in GET
+    /api/v1/quotas (hook_homes), with bucket, prefix, limits, usage and the answer's time."""
+    home = f"hooklisted-{uuid.uuid4().hex[:8]}/"
+    service.users["listed"] = ("pw", quoted(emulator, home, quota_size="4M", quota_files=7))
+    with admin_server(str(tmp_path), emulator.port, auth_hook_url=service.url,
+                      auth_hook_timeout="1000", worker_processes="1") as proc:
+        before = time.time()
+        ftp = proc.login("listed", "pw")
+        assert put(ftp, "a.bin", b"a" * 1000).startswith("226")
+        ftp.quit()
+        answer = AdminClient(admin_url(proc)).get("/quotas", token=RO_TOKEN)
+        [listed] = [row for row in answer["hook_homes"] if row["prefix"] == home]
+        assert before <= listed.pop("answered") <= time.time()
+        assert before <= listed.pop("scanned") <= time.time()
+        assert listed == {"bucket": ALPHA, "prefix": home, "reserved_bytes": 0,
+                          "size": {"used": 1000, "limit": 4 * MIB},
+                          "files": {"used": 1, "limit": 7}}
+        assert answer["enabled"]
+        shown = proc.ctl("quota")
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(rf"(?m)^{ALPHA}/{home}\n +1000 +4 MiB +1 +7 +0 ", shown.stdout), \
+            shown.stdout

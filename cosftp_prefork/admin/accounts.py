@@ -3,7 +3,9 @@ SecretId or SecretKey, no password or its hash); those an auth hook answers with
 (``auth_hook_url``, ``auth_hook_command``) exist per login and are not listed (their
 sessions are, in ``sessions``); ``GET /api/v1/quotas``: each account's quota (issue 23:
 ``quota_size``, ``quota_files``) and its home's usage, and each virtual folder's with a
-quota (where the accounts mounting it have it), as ``cosftpctl quota`` shows them.
+quota (where the accounts mounting it have it), and each home an auth hook's answers gave a
+quota (``hook_homes``: bucket, prefix, the latest answer's limits and time), as ``cosftpctl
+quota`` shows them.
 
 The usage is what this node's usage table holds (``server.usage``, shared with the workers),
 or with ``[CLUSTER]`` the cluster's in Redis (every node's writes and reservations; this
@@ -40,14 +42,19 @@ def quotas(context: Context) -> Response:
     report = account_usage(context.config, context.state.usage)
     rows, folders = report.rows, report.folders
     return Response(200, {
-        "enabled": bool(folders) or any(row.size_limit or row.files_limit for row in rows),
+        "enabled": bool(folders or report.hook_homes) or
+        any(row.size_limit or row.files_limit for row in rows),
         "usage_from": report.source, "cluster_error": report.trouble or None,
         "quotas": [{"user": row.user, "unlimited": not (row.size_limit or row.files_limit),
                     **_figures(row.size_limit, row.files_limit, row.usage)} for row in rows],
         "folders": [{"folder": row.folder, "bucket": row.bucket, "prefix": row.prefix or None,
                      "users": list(row.users),
                      **_figures(row.size_limit, row.files_limit, row.usage)}
-                    for row in folders]})
+                    for row in folders],
+        "hook_homes": [{"bucket": row.bucket, "prefix": row.prefix or None,
+                        "answered": row.answered_at,
+                        **_figures(row.size_limit, row.files_limit, row.usage)}
+                       for row in report.hook_homes]})
 
 
 def _figures(size_limit: int, files_limit: int, usage: Optional[Usage]) -> dict[str, Any]:

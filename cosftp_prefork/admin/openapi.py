@@ -109,7 +109,18 @@ SCHEMAS: dict[str, Any] = {
                                   "description": "the accounts sharing its usage"},
                         "size": _ref("Usage"), "files": _ref("Usage"),
                         "reserved_bytes": _null("integer"),
-                        "scanned": _null("number")})}}),
+                        "scanned": _null("number")})},
+        "hook_homes": {"type": "array", "description": "homes an auth hook's answers gave a "
+                       "quota (this node's answers; usage as usage_from says)",
+                       "items": _object({
+                           "bucket": _STR,
+                           "prefix": _null("string", description="null: the bucket's root"),
+                           "answered": {"type": "number",
+                                        "description": "time of the latest answer, whose "
+                                        "limits hold"},
+                           "size": _ref("Usage"), "files": _ref("Usage"),
+                           "reserved_bytes": _null("integer"),
+                           "scanned": _null("number")})}}),
     "Events": _object({
         "enabled": _BOOL, "queued": _INT, "spool_bytes": _INT,
         "spool_limit_bytes": _null("integer"), "dead_letters": _INT,

@@ -161,7 +161,9 @@ under way, and when the home was last scanned. A home nobody has used since the
 master started shows ? (its first session scans it). Accounts sharing a home
 share its usage; the smallest limit of theirs holds. Then each virtual folder
 with a quota ([FOLDER_<name>] quota_size, quota_files) and the users mounting it
-(with USER: that user's folders). With [CLUSTER], the usage is the cluster's,
+(with USER: that user's folders). Then (without USER) each home whose quota an
+auth hook's answer gave (bucket/prefix on a line of its own, the latest answer's
+limits, and how long ago it came). With [CLUSTER], the usage is the cluster's,
 read from Redis (every node's writes, every live node's reservations), as every
 node reserves against it; while Redis cannot be read, this node's table, and
 stderr says why.""",

@@ -52,40 +52,62 @@ class FolderUsage:
     usage: Optional[Usage]
 
 
+@dataclass(frozen=True)
+class HookHomeUsage:
+    """A home whose quota an auth hook's answer gave (this node's answers): its bucket and
+    prefix, the latest answer's limits and time, and its usage."""
+
+    bucket: str
+    prefix: str
+    size_limit: int
+    files_limit: int
+    answered_at: float
+    usage: Optional[Usage]
+
+
 CLUSTER, NODE = "cluster", "node"  # where a report's usage comes from
 
 
 @dataclass(frozen=True)
 class UsageReport:
     """:func:`account_usage`'s answer: the accounts' rows, the virtual folders' with a quota,
-    where their usage comes from (``CLUSTER``: Redis; ``NODE``: this node's table), and why
-    not from Redis when it should ("": it is, or there is no cluster)."""
+    the homes an auth hook's answers gave a quota, where their usage comes from
+    (``CLUSTER``: Redis; ``NODE``: this node's table), and why not from Redis when it should
+    ("": it is, or there is no cluster)."""
 
     rows: list[AccountUsage]
     folders: list[FolderUsage]
+    hook_homes: list[HookHomeUsage]
     source: str
     trouble: str = ""
 
 
 def account_usage(config: Config, table: Optional[UsageTable]) -> UsageReport:
-    """Every account of ``config`` with its home's limits and usage, and every virtual
-    folder with a quota: the cluster's usage with ``[CLUSTER]``, else (or while Redis cannot
-    be read) what ``table`` holds."""
+    """Every account of ``config`` with its home's limits and usage, every virtual folder
+    with a quota, and every home whose quota an auth hook's answer gave (``table``'s): the
+    cluster's usage with ``[CLUSTER]``, else (or while Redis cannot be read) what ``table``
+    holds."""
     rules = QuotaRules(config.accounts)
+    answered = [found for found in (table.answered() if table is not None else [])
+                if (found.home.bucket, found.home.prefix) not in rules.homes]
+    homes = [*rules.homes.values(), *(found.home for found in answered)]
     usages, trouble = None, ""
-    if config.cluster.redis_url and rules.homes:
-        usages, trouble = _cluster_usages(config, rules.homes.values())
+    if config.cluster.redis_url and homes:
+        usages, trouble = _cluster_usages(config, homes)
     source = NODE if usages is None else CLUSTER
     if usages is None:
         usages = {home.ident: table.read(home) if table is not None else None
-                  for home in rules.homes.values()}
+                  for home in homes}
+    hooked = [HookHomeUsage(found.home.bucket, found.home.prefix, found.home.size,
+                            found.home.files, found.answered_at, usages.get(found.home.ident))
+              for found in answered]
     found = []
     for account in config.accounts:
         home = rules.homes.get((account.bucket, account.prefix))
         found.append(AccountUsage(account.user, home.size if home else 0,
                                   home.files if home else 0,
                                   usages.get(home.ident) if home else None))
-    return UsageReport(found, _folders(config, rules, usages), source, trouble)
+    return UsageReport(found, _folders(config, rules, usages), hooked, source, trouble)
 
 
 def _cluster_usages(config: Config, homes: Iterable[Home]
@@ -132,10 +154,11 @@ def _table(config: Config, writable: bool = False) -> Optional[UsageTable]:
     return UsageTable.open(usage_path(state_path(config.server.pid_file)), writable)
 
 
-def _users(config: Config,
-           user: Optional[str]) -> tuple[list[AccountUsage], list[FolderUsage]]:
-    """The accounts' rows (``user``'s only, if given) and the rows of their folders; says on
-    stderr if the cluster's usage could not be read (this node's is shown)."""
+def _users(config: Config, user: Optional[str]
+           ) -> tuple[list[AccountUsage], list[FolderUsage], list[HookHomeUsage]]:
+    """The accounts' rows (``user``'s only, if given), the rows of their folders and (no
+    ``user`` given) the homes the auth hook's answers gave a quota; says on stderr if the
+    cluster's usage could not be read (this node's is shown)."""
     table = _table(config)
     report = account_usage(config, table)
     if table is not None:
@@ -144,7 +167,8 @@ def _users(config: Config,
         print(f"cosftpctl: quota: the cluster's usage cannot be read ({report.trouble}); "
               "this node's table is shown", file=sys.stderr)
     return ([row for row in report.rows if user is None or row.user == user],
-            [row for row in report.folders if user is None or user in row.users])
+            [row for row in report.folders if user is None or user in row.users],
+            report.hook_homes if user is None else [])
 
 
 def cmd_quota(config: Config, user: Optional[str] = None) -> int:
@@ -152,11 +176,11 @@ def cmd_quota(config: Config, user: Optional[str] = None) -> int:
     if _table(config) is None:
         print("cosftpctl: not running: the usage is the running server's", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    rows, folders = _users(config, user)
-    if not rows:
+    rows, folders, hooked = _users(config, user)
+    if not rows and not hooked:
         print(f"cosftpctl: quota: no account {user!r}", file=sys.stderr)
         return EXIT_USAGE
-    print(format_usage(rows, folders, time.time()))
+    print(format_usage(rows, folders, hooked, time.time()))
     return 0
 
 
@@ -164,9 +188,11 @@ _COLUMNS = (f"{'BYTES':>14} {'SIZE LIMIT':>12} {'FILES':>9} {'FILE LIMIT':>10} "
             f"{'RESERVED':>10} {'SCANNED':>9}")
 
 
-def format_usage(rows: list[AccountUsage], folders: list[FolderUsage], now: float) -> str:
+def format_usage(rows: list[AccountUsage], folders: list[FolderUsage],
+                 hooked: list[HookHomeUsage], now: float) -> str:
     """The accounts' table, then (if any has a quota) the virtual folders' with the users
-    mounting each."""
+    mounting each, then (if any) the homes the auth hook's answers gave a quota: each named
+    ``bucket/prefix`` on its own line (a prefix may be long), its figures on the next."""
     lines = [f"{'USER':<16} {_COLUMNS}"]
     for row in rows:
         if not row.size_limit and not row.files_limit:
@@ -177,6 +203,12 @@ def format_usage(rows: list[AccountUsage], folders: list[FolderUsage], now: floa
         lines += ["", f"{'FOLDER':<16} {_COLUMNS} USERS"]
         lines += [f"{row.folder:<16} {_figures(row.size_limit, row.files_limit, row.usage, now)} "
                   f"{','.join(row.users)}" for row in folders]
+    if hooked:
+        lines += ["", f"{'HOOK HOME':<16} {_COLUMNS} ANSWERED"]
+        for home in hooked:
+            figures = _figures(home.size_limit, home.files_limit, home.usage, now)
+            lines += [f"{home.bucket}/{home.prefix}",
+                      f"{'':<16} {figures} {int(now - home.answered_at)}s ago"]
     return "\n".join(lines)
 
 
@@ -225,7 +257,7 @@ def cmd_quota_scan(config: Config, user: Optional[str] = None) -> int:
             return 1
         time.sleep(0.05)
     table.close()
-    print(format_usage(*_users(config, user), time.time()))
+    print(format_usage(*_users(config, user), now=time.time()))
     return 0
 
 

@@ -10,10 +10,12 @@ One row per home (``cos.quota.home_id``: 16 bytes naming bucket and prefix), in 
 open-addressing table: used bytes and files, reserved bytes and files (uploads under way),
 the time of the last scan, the pid scanning it now and since when, the time a scan was asked
 for, and for a home whose quota an auth hook's answer gave, the limits of the latest answer
-and when it came (every worker then holds the same limits). Every change happens under a
-POSIX record lock on the file (``fcntl.lockf``, released by the kernel if its holder dies)
-and this process's thread lock, so that a reservation is one atomic check-and-add across
-every worker: two sessions cannot both take the last bytes.
+and when it came (every worker then holds the same limits), and that home's bucket and prefix
+in a region of its own after the rows (``cosftpctl quota`` and the admin API list them; only
+such rows write theirs, so the rest of the region stays a hole of the file). Every change
+happens under a POSIX record lock on the file (``fcntl.lockf``, released by the kernel if
+its holder dies) and this process's thread lock, so that a reservation is one atomic
+check-and-add across every worker: two sessions cannot both take the last bytes.
 Rows are never freed: a configuration's homes come back after a reload, and the table holds
 :data:`ROWS` of them; the answers' homes take at most ``auth_hook_quota_homes`` of them (at
 most :data:`HOOK_ROWS`, so that the file's homes always have room), counted in the header:
@@ -38,7 +40,7 @@ from ..config.quotas import Home, QuotaHomesFull, Usage
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd
 from .pidfile import is_alive
 
-MAGIC = b"CFQ2"
+MAGIC = b"CFQ3"
 _HEADER = struct.Struct("<4sII")  # magic, rows in use, rows of the answers' homes
 _HEADER_SIZE = 64
 ROWS = 16384
@@ -46,13 +48,34 @@ HOOK_ROWS = MAX_HOOK_QUOTA_HOMES  # half of ROWS: the file's homes keep the othe
 # home id, scanner pid (0: none), used bytes, used files, reserved bytes, reserved files,
 # last scan, scan started, scan asked for; an answer's size and files limits, its time
 _ROW = struct.Struct("<16siqqqqdddqqd")
-FILE_SIZE = _HEADER_SIZE + ROWS * _ROW.size
+NAME_SIZE = 1024  # bytes of an answered home's "bucket NUL prefix" (prefixes: < 850)
+_NAMES = _HEADER_SIZE + ROWS * _ROW.size  # where the answered homes' names start
+FILE_SIZE = _NAMES + ROWS * NAME_SIZE
 SCAN_STALE = 3600.0  # seconds after which a scan whose process still lives is taken over
 _EMPTY = bytes(16)
 
 
 def usage_path(state_file: str) -> str:
     return state_file + ".usage"
+
+
+@dataclasses.dataclass(frozen=True)
+class AnsweredHome:
+    """A home whose quota an auth hook's answer gave (``home``: the latest answer's limits),
+    when that answer came, and its usage as this table holds it."""
+
+    home: Home
+    answered_at: float
+    usage: Usage
+
+
+def _name_of(home: Home) -> bytes:
+    """What the names region keeps of ``home``; raises ``QuotaHomesFull`` if it cannot."""
+    name = f"{home.bucket}\0{home.prefix}".encode()
+    if len(name) > NAME_SIZE:
+        raise QuotaHomesFull(f"the bucket and prefix take {len(name)} bytes; the usage "
+                             f"table keeps {NAME_SIZE}")
+    return name.ljust(NAME_SIZE, b"\0")
 
 
 class UsageTable:
@@ -160,6 +183,25 @@ class UsageTable:
                 row[2], row[3] = max(0, row[2] + nbytes), max(0, row[3] + files)
                 self._write(at, row)
 
+    def _name_at(self, at: int) -> int:
+        return _NAMES + (at - _HEADER_SIZE) // _ROW.size * NAME_SIZE
+
+    def answered(self) -> list[AnsweredHome]:
+        """The homes whose quota an answer gave, in the table's order."""
+        found = []
+        with self._locked():
+            for index in range(ROWS):
+                at = _HEADER_SIZE + index * _ROW.size
+                row = self._row(at)
+                if row[0] == _EMPTY or not row[11]:
+                    continue
+                named = self._name_at(at)
+                bucket, _, prefix = bytes(self._map[named:named + NAME_SIZE]).rstrip(
+                    b"\0").decode().partition("\0")
+                found.append(AnsweredHome(Home(row[0], bucket, prefix, row[9], row[10]),
+                                          row[11], _usage(row)))
+        return found
+
     def read(self, home: Home) -> Optional[Usage]:
         return self.read_id(home.ident)
 
@@ -169,7 +211,7 @@ class UsageTable:
             if at is None:
                 return None
             row = self._row(at)
-        return Usage(row[2], row[3], row[4], row[5], row[6], row[8])
+        return _usage(row)
 
     def claim_scan(self, home: Home, interval: float, now: float, known_only: bool) -> bool:
         with self._locked():
@@ -211,6 +253,7 @@ class UsageTable:
 
     def adopt(self, home: Home, answered_at: float, most: int) -> Home:
         with self._locked():
+            name = _name_of(home)
             at = self._find(home.ident, make=False)
             if at is None:
                 _, _, answers = _HEADER.unpack_from(self._map, 0)
@@ -226,6 +269,8 @@ class UsageTable:
             if answered_at >= row[11]:
                 row[9], row[10], row[11] = home.size, home.files, answered_at
                 self._write(at, row)
+                named = self._name_at(at)
+                self._map[named:named + NAME_SIZE] = name
             return dataclasses.replace(home, size=row[9], files=row[10])
 
     def limits(self, home: Home) -> Home:
@@ -235,3 +280,7 @@ class UsageTable:
         if row is None or not row[11]:
             return home
         return dataclasses.replace(home, size=row[9], files=row[10])
+
+
+def _usage(row: list) -> Usage:
+    return Usage(row[2], row[3], row[4], row[5], row[6], row[8])
