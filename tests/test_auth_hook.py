@@ -160,7 +160,7 @@ def logs_in(server: ServerProcess, user: str, password: str) -> bool:
     try:
         server.login(user, password).quit()
         return True
-    except ftplib.error_perm:
+    except (ftplib.error_perm, ftplib.error_temp):  # 530, or 421: try later
         return False
 
 
@@ -428,21 +428,52 @@ def test_a_hook_quota_on_a_home_of_the_file_is_the_files(emulator, tmp_path, ser
 
 def test_hook_quotas_fill_at_most_auth_hook_quota_homes_then_421(quota_server, service,
                                                                  emulator):
-    """auth_hook_quota_homes = 3 homes of the usage table for answers' quotas: a fourth
-    home is refused with 421 and a log line; homes already kept and accounts without a
-    quota still log in."""
+    """auth_hook_quota_homes = 3 homes of the usage table for answers' quotas, each held
+    by a live session: a fourth home is refused with 421 and a log line; homes already kept
+    and accounts without a quota still log in."""
     tag = uuid.uuid4().hex[:8]
     for number in range(4):
         service.users[f"h{number}"] = ("pw", quoted(emulator, f"hookfull-{tag}/{number}/",
                                                     quota_files=9))
     service.users["free"] = ("pw", definition(emulator, cos_prefix=f"hookfull-{tag}/free/"))
-    for number in range(3):
-        quota_server.login(f"h{number}", "pw").quit()
+    held = [quota_server.login(f"h{number}", "pw") for number in range(3)]
     assert refused(quota_server, "h3", "pw").startswith("421")
     wait_until(lambda: "auth_hook_quota_homes" in quota_server.log_text(),
                what="the full table logged")
     quota_server.login("h0", "pw").quit()
     quota_server.login("free", "pw").quit()
+    for ftp in held:
+        ftp.quit()
+
+
+def test_a_hook_homes_row_is_free_again_once_no_session_holds_it(emulator, tmp_path,
+                                                                  service, cos):
+    """auth_hook_quota_homes = 2, auth_cache_ttl and quota_scan_interval 0 (a row is free
+    at once when no session of its home is logged in): while both rows have a live
+    session a third home gets 421; once one of them logs out the third gets in, in turn; a
+    freed home answered again is scanned again at its first use; a row with a live session
+    keeps its usage through it all."""
+    tag = uuid.uuid4().hex[:8]
+    for number in range(3):
+        service.users[f"r{number}"] = ("pw", quoted(emulator, f"hookreuse-{tag}/{number}/",
+                                                    quota_files=9))
+    with hooked_server(emulator, tmp_path, service.url, auth_cache_ttl="0",
+                       quota_scan_interval="0", auth_hook_quota_homes="2") as proc:
+        first = proc.login("r0", "pw")
+        assert put(first, "kept.bin", b"k").startswith("226")
+        second = proc.login("r1", "pw")
+        assert used(second) == (0, 0)
+        assert refused(proc, "r2", "pw").startswith("421")
+        second.quit()
+        wait_until(lambda: logs_in(proc, "r2", "pw"), what="r1's row free for r2")
+        # r1's home was freed: what another tool wrote meanwhile is found by a new scan.
+        cos.put_object(Bucket=ALPHA, Key=f"hookreuse-{tag}/1/by-another-tool.bin", Body=b"o")
+        wait_until(lambda: logs_in(proc, "r1", "pw"), what="r2's row free for r1")
+        again = proc.login("r1", "pw")
+        assert used(again) == (1, 1)
+        again.quit()
+        assert used(first) == (1, 1)  # r0's row, held all along, kept its usage
+        first.quit()
 
 
 def test_cosftpctl_quota_and_the_admin_api_list_the_homes_answers_gave_a_quota(

@@ -307,8 +307,10 @@ SETTINGS: tuple[Setting, ...] = (
             "hook calls one worker makes at once; the others wait their turn within "
             "auth_hook_timeout"),
     Setting("OPTIONAL", "auth_hook_quota_homes", integer(1, MAX_HOOK_QUOTA_HOMES), 1024,
-            "homes (bucket and cos_prefix) the hook's answers may give a quota, kept until "
-            "the master restarts; a login whose answer would add one more gets 421"),
+            "homes (bucket and cos_prefix) the hook's answers may give a quota; a login whose "
+            "answer would add one more takes the row of a home with no session logged in "
+            "whose answer is older than max(auth_cache_ttl, quota_scan_interval), else gets "
+            "421"),
     Setting(CREDENTIALS_PREFIX, "cos_secretid", text, REQUIRED, "API SecretId"),
     Setting(CREDENTIALS_PREFIX, "cos_secretkey", text, REQUIRED, "API SecretKey"),
     Setting("OPTIONAL", "max_password_checks", integer(1, 256), None,

@@ -83,10 +83,16 @@ class Ledger(Protocol):
     def tick(self, homes: Iterable[Home]) -> None:
         """Once a second in worker 1: publish what this node holds (a cluster's ledger)."""
 
-    def adopt(self, home: Home, answered_at: float, most: int) -> Home:
-        """An auth hook's answer at ``answered_at`` gives ``home`` its limits: keep them
-        unless a later answer's are kept; return ``home`` with the limits that hold. Raises
-        ``QuotaHomesFull`` if ``home`` is new and ``most`` answers' homes are kept already."""
+    def adopt(self, home: Home, answered_at: float, most: int, stale_before: float) -> Home:
+        """A session logs in with an auth hook's answer at ``answered_at`` that gives
+        ``home`` its limits: keep them unless a later answer's are kept, and count the
+        session (until :meth:`leave`); return ``home`` with the limits that hold. If ``home``
+        is new and ``most`` answers' homes are kept already, free the row of one whose
+        latest answer came before ``stale_before`` and that holds no session, reservation or
+        scan, else raise ``QuotaHomesFull``."""
+
+    def leave(self, home: Home) -> None:
+        """A session :meth:`adopt` counted has ended (or was refused after all)."""
 
     def limits(self, home: Home) -> Home:
         """``home`` with the limits of the latest answer that gave it some (as it is if
@@ -95,7 +101,7 @@ class Ledger(Protocol):
 
 class QuotaHomesFull(Exception):
     """No room for one more home with a quota from an auth hook's answer: the login is
-    refused (421) until the master restarts (``auth_hook_quota_homes``)."""
+    refused (421) until a row is free again (``auth_hook_quota_homes``)."""
 
 
 def places(account: AccountConfig) -> list[AccountConfig]:

@@ -70,30 +70,41 @@ class Quotas:
     such homes the ledger keeps at most). The file's quota of a home wins over an answer's;
     between answers, the latest one's limits hold for every session of the home (this node's
     latest, with ``[CLUSTER]``). Such a home is scanned at its first use and again at a
-    login once ``quota_scan_interval`` passed."""
+    login once ``quota_scan_interval`` passed. Its row in the ledger may be freed for
+    another such home once no session of it is logged in and its latest answer is
+    ``hook_home_age`` seconds old (``max(auth_cache_ttl, quota_scan_interval)``: a cached
+    yes may still bring that answer back, and a home is not scanned more often than the
+    interval would); answered again, it is scanned again at its first use."""
 
     def __init__(self, rules: QuotaRules, ledger: Ledger,
                  bucket_of: Callable[[AccountConfig], Bucket], interval: float,
-                 hook_homes: int = 0) -> None:
+                 hook_homes: int = 0, hook_home_age: float = 0.0) -> None:
         self.rules, self.ledger, self._bucket_of = rules, ledger, bucket_of
-        self.interval, self.hook_homes = interval, hook_homes
+        self.interval, self.hook_homes, self.hook_home_age = interval, hook_homes, hook_home_age
 
-    def admit(self, account: AccountConfig) -> Optional[str]:
-        """A login of ``account``: keep the quota its auth hook's answer gives its home;
-        None, or why the login is refused (421) when the ledger has no room for the home."""
+    def admit(self, account: AccountConfig) -> tuple[Optional[Home], Optional[str]]:
+        """A login of ``account``: keep the quota its auth hook's answer gives its home.
+        Returns the home kept (give it back with :meth:`leave` when the session ends), or
+        why the login is refused (421) when the ledger has no room for the home."""
         if not (account.from_hook and account.has_quota):
-            return None
+            return None, None
         if (account.bucket, account.prefix) in self.rules.homes:
             log.info("quota: the file's quota of this home holds; quota_size and quota_files "
                      "of the auth hook's answer are not used")
-            return None
+            return None, None
+        home = _answered(account)
         try:
-            self.ledger.adopt(_answered(account), account.answered_at, self.hook_homes)
+            self.ledger.adopt(home, account.answered_at, self.hook_homes,
+                              time.time() - self.hook_home_age)
         except QuotaHomesFull as exc:
             log.warning("quota: login refused: no room for the quota the auth hook's answer "
                         "gives %s of bucket %s: %s", account.prefix or "/", account.bucket, exc)
-            return "Too many homes with a quota now; try again later."
-        return None
+            return None, "Too many homes with a quota now; try again later."
+        return home, None
+
+    def leave(self, home: Home) -> None:
+        """A session :meth:`admit` kept ``home`` for has ended."""
+        self.ledger.leave(home)
 
     def for_account(self, account: AccountConfig, mount: str = "") -> Optional[AccountQuota]:
         """What a session of ``account`` needs to keep the quotas (``account`` as it is in

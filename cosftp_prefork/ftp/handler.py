@@ -162,7 +162,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         may go on, else it is told why with 421 and closed."""
         if not self.authenticated:
             return True
-        reason = self.stats.gate.log_out(self._ticket)
+        reason = self.stats.log_out(self._ticket)
         if reason is None:
             return True
         self.respond(f"421 {reason}")

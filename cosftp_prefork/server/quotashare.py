@@ -209,9 +209,12 @@ class SharedUsage:
     def request_scan(self, home: Home, now: float) -> None:
         self._table.request_scan(home, now)
 
-    def adopt(self, home: Home, answered_at: float, most: int) -> Home:
+    def adopt(self, home: Home, answered_at: float, most: int, stale_before: float) -> Home:
         """The answers' limits are this node's: each node holds the latest answer it got."""
-        return self._table.adopt(home, answered_at, most)
+        return self._table.adopt(home, answered_at, most, stale_before)
+
+    def leave(self, home: Home) -> None:
+        self._table.leave(home)
 
     def limits(self, home: Home) -> Home:
         return self._table.limits(home)

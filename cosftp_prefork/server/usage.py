@@ -16,11 +16,14 @@ such rows write theirs, so the rest of the region stays a hole of the file). Eve
 happens under a POSIX record lock on the file (``fcntl.lockf``, released by the kernel if
 its holder dies) and this process's thread lock, so that a reservation is one atomic
 check-and-add across every worker: two sessions cannot both take the last bytes.
-Rows are never freed: a configuration's homes come back after a reload, and the table holds
-:data:`ROWS` of them; the answers' homes take at most ``auth_hook_quota_homes`` of them (at
-most :data:`HOOK_ROWS`, so that the file's homes always have room), counted in the header:
-once they are taken, a login whose answer gives another home a quota is refused (421) until
-the master restarts.
+The file's homes' rows are never freed (they come back after a reload); the table holds
+:data:`ROWS` of them. The answers' homes take at most ``auth_hook_quota_homes`` rows (at most
+:data:`HOOK_ROWS`, so that the file's homes always have room), counted in the header; once
+they are taken, a login whose answer gives another home a quota frees the row of the home
+answered longest ago whose latest answer is older than ``Quotas.hook_home_age`` and that has
+no logged-in session, no reservation and no live scan (all checked under the lock that
+adopts, so two logins cannot both take one row), else it is refused (421). A worker killed
+with sessions of such a home leaves them counted: that row stays until the master restarts.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ _HEADER_SIZE = 64
 ROWS = 16384
 HOOK_ROWS = MAX_HOOK_QUOTA_HOMES  # half of ROWS: the file's homes keep the other half
 # home id, scanner pid (0: none), used bytes, used files, reserved bytes, reserved files,
-# last scan, scan started, scan asked for; an answer's size and files limits, its time
-_ROW = struct.Struct("<16siqqqqdddqqd")
+# last scan, scan started, scan asked for; an answer's size and files limits, its time, and
+# the sessions of this master logged in with such an answer (its row is kept while any is)
+_ROW = struct.Struct("<16siqqqqdddqqdq")
 NAME_SIZE = 1024  # bytes of an answered home's "bucket NUL prefix" (prefixes: < 850)
 _NAMES = _HEADER_SIZE + ROWS * _ROW.size  # where the answered homes' names start
 FILE_SIZE = _NAMES + ROWS * NAME_SIZE
@@ -136,7 +140,7 @@ class UsageTable:
             if found == _EMPTY:
                 if not make:
                     return None
-                _ROW.pack_into(self._map, at, ident, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0)
+                _ROW.pack_into(self._map, at, ident, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0, 0)
                 _, used, answers = _HEADER.unpack_from(self._map, 0)
                 _HEADER.pack_into(self._map, 0, MAGIC, used + 1, answers)
                 return at
@@ -251,12 +255,14 @@ class UsageTable:
             row[8] = max(now, row[6] + 1e-6)  # after the last scan, even within its second
             self._write(at, row)
 
-    def adopt(self, home: Home, answered_at: float, most: int) -> Home:
+    def adopt(self, home: Home, answered_at: float, most: int, stale_before: float) -> Home:
         with self._locked():
             name = _name_of(home)
             at = self._find(home.ident, make=False)
             if at is None:
                 _, _, answers = _HEADER.unpack_from(self._map, 0)
+                if answers >= min(most, HOOK_ROWS) and self._free_stale(stale_before):
+                    answers -= 1
                 if answers >= min(most, HOOK_ROWS):
                     raise QuotaHomesFull(f"{answers} homes already have a quota from the auth "
                                          "hook's answers (auth_hook_quota_homes)")
@@ -266,12 +272,65 @@ class UsageTable:
                 _, used, _ = _HEADER.unpack_from(self._map, 0)
                 _HEADER.pack_into(self._map, 0, MAGIC, used, answers + 1)
             row = self._row(at)
+            row[12] += 1
             if answered_at >= row[11]:
                 row[9], row[10], row[11] = home.size, home.files, answered_at
-                self._write(at, row)
                 named = self._name_at(at)
                 self._map[named:named + NAME_SIZE] = name
+            self._write(at, row)
             return dataclasses.replace(home, size=row[9], files=row[10])
+
+    def leave(self, home: Home) -> None:
+        with self._locked():
+            at = self._find(home.ident, make=False)
+            if at is not None:
+                row = self._row(at)
+                row[12] = max(0, row[12] - 1)
+                self._write(at, row)
+
+    def _free_stale(self, stale_before: float) -> bool:
+        """Free the row of the home answered longest ago, if its latest answer came before
+        ``stale_before`` and it holds no session, reservation or live scan (a home whose
+        rows are gone is scanned again at its next first use); whether one was freed."""
+        oldest = None
+        for index in range(ROWS):
+            at = _HEADER_SIZE + index * _ROW.size
+            row = self._row(at)
+            if row[0] == _EMPTY or not row[11] or row[11] > stale_before or row[12] or \
+                    row[4] or row[5] or (row[1] and is_alive(row[1])):
+                continue
+            if oldest is None or row[11] < oldest[1]:
+                oldest = (at, row[11])
+        if oldest is None:
+            return False
+        self._remove(oldest[0])
+        _, used, answers = _HEADER.unpack_from(self._map, 0)
+        _HEADER.pack_into(self._map, 0, MAGIC, used - 1, answers - 1)
+        return True
+
+    def _remove(self, at: int) -> None:
+        """Empty the row at ``at`` the way linear probing needs (no tombstones): each later
+        row of its run that may sit in the hole moves into it (its name with it), until the
+        run ends; then the last hole is emptied."""
+        hole = (at - _HEADER_SIZE) // _ROW.size
+        index = hole
+        while True:
+            index = (index + 1) % ROWS
+            found_at = _HEADER_SIZE + index * _ROW.size
+            ident = bytes(self._map[found_at:found_at + 16])
+            if ident == _EMPTY:
+                break
+            wanted = int.from_bytes(ident[:4], "little") % ROWS
+            if (index - wanted) % ROWS >= (index - hole) % ROWS:  # the hole is on its way
+                hole_at = _HEADER_SIZE + hole * _ROW.size
+                self._map[hole_at:hole_at + _ROW.size] = self._map[found_at:found_at + _ROW.size]
+                self._map[self._name_at(hole_at):self._name_at(hole_at) + NAME_SIZE] = \
+                    self._map[self._name_at(found_at):self._name_at(found_at) + NAME_SIZE]
+                hole = index
+        hole_at = _HEADER_SIZE + hole * _ROW.size
+        self._map[hole_at:hole_at + _ROW.size] = bytes(_ROW.size)
+        named = self._name_at(hole_at)
+        self._map[named:named + NAME_SIZE] = bytes(NAME_SIZE)
 
     def limits(self, home: Home) -> Home:
         with self._locked():

@@ -35,7 +35,7 @@ from setproctitle import setproctitle
 
 from .. import logcontext, metrics
 from ..config.model import AccountConfig, Config, mounted_folders
-from ..config.quotas import QuotaRules
+from ..config.quotas import Home, QuotaRules
 from ..config.settings import resolve_masquerade
 from ..cos.engine import Engine
 from ..cos.periodic import Periodic
@@ -152,6 +152,8 @@ class WorkerStats:
         # File transfers' bytes, those in flight included (see ``credit``).
         self.bytes_up = self.bytes_down = 0
         self._described: dict[int, Described] = {}  # by session row
+        # The home an auth hook's answer gave a quota, of each logged-in session that has one.
+        self._answered: dict[int, Home] = {}
         self._kick_epoch = state.kick_epoch()
         self.status = STARTING
 
@@ -176,10 +178,31 @@ class WorkerStats:
     def log_in(self, ticket: Ticket, account: AccountConfig) -> Optional[str]:
         """A correct password for ``account``: see ``Gate.log_in`` (its ``max_sessions``),
         and ``Quotas.admit`` (the quota an auth hook's answer gives)."""
-        refusal = self.quotas.admit(account) if self.quotas is not None else None
+        home, refusal = self.quotas.admit(account) if self.quotas is not None else (None, None)
         if refusal is not None:
             return refusal
-        return self.gate.log_in(ticket, account_key(account.user), account.limits.max_sessions)
+        reason = self.gate.log_in(ticket, account_key(account.user), account.limits.max_sessions)
+        if home is not None:
+            if reason is None:
+                with self._lock:
+                    home, self._answered[ticket.row] = self._answered.get(ticket.row), home
+            if home is not None:  # refused after all, or a new login of a logged-in session
+                self.quotas.leave(home)
+        return reason
+
+    def log_out(self, ticket: Ticket) -> Optional[str]:
+        """A logged-in session starts a new login: see ``Gate.log_out``; the home an answer
+        kept for it is given back (``Quotas.leave``)."""
+        reason = self.gate.log_out(ticket)
+        if reason is None:
+            self._leave(ticket)
+        return reason
+
+    def _leave(self, ticket: Ticket) -> None:
+        with self._lock:
+            home = self._answered.pop(ticket.row, None)
+        if home is not None:
+            self.quotas.leave(home)
 
     def account_bucket(self, account: AccountConfig,
                        upload: bool) -> Optional[tuple[Callable[[int], float], int]]:
@@ -200,6 +223,7 @@ class WorkerStats:
 
     def release(self, ticket: Ticket) -> None:
         self.gate.close(ticket)
+        self._leave(ticket)
         metrics.SESSIONS.dec()
         with self._lock:
             self.sessions -= 1
@@ -420,7 +444,9 @@ class Worker:
         ledger = self.state.usage if cluster is None else SharedUsage(self.state.usage, cluster)
         stats.quotas = Quotas(rules, ledger, buckets.bucket,
                               self.config.server.quota_scan_interval,
-                              self.config.auth_hook.quota_homes)
+                              self.config.auth_hook.quota_homes,
+                              max(self.config.auth_hook.cache_ttl,
+                                  self.config.server.quota_scan_interval))
         if self.index != 1:
             return None
         scans = Periodic("quota-scans", 1.0, stats.quotas.scan_due)

@@ -1,0 +1,63 @@
+"""The usage table's rows of the auth hook's homes (server/usage.py) freed and reused: rows
+whose home ids collide, so that freeing one moves the rest of its probe run (linear probing
+without tombstones); each home keeps its own usage, limits and name. The real mapped file
+and locks, as the master creates them."""
+
+from __future__ import annotations
+
+import pytest
+
+from cosftp_prefork.config.quotas import Home, QuotaHomesFull
+from cosftp_prefork.server.usage import ROWS, UsageTable
+
+
+def home(slot: int, tag: int) -> Home:
+    """A home whose row is wanted at ``slot`` (the id's first 4 bytes pick it)."""
+    return Home(slot.to_bytes(4, "little") + tag.to_bytes(12, "little"), "b-1250000000",
+                f"slot{slot}/tag{tag}/", 100 + tag, 10 + tag)
+
+
+@pytest.fixture
+def table(tmp_path):
+    made = UsageTable.create(str(tmp_path / "usage"))
+    yield made
+    made.close()
+
+
+def keep(table: UsageTable, homes: list[Home], most: int) -> None:
+    """Each of ``homes`` answered in turn (time 1, 2...), half its size used, its
+    session ended."""
+    for answered, kept in enumerate(homes, 1):
+        table.adopt(kept, float(answered), most, 0.0)
+        table.end_scan(kept, (kept.size // 2, 1), 1.0)
+        table.leave(kept)
+
+
+@pytest.mark.parametrize("slot", [5, ROWS - 2])  # a run in the middle, one that wraps round
+def test_a_freed_row_moves_its_run_and_every_home_keeps_its_own(table, slot):
+    # rows at slot, +1, +2 (where the third wants it), +3; the newcomer's far away
+    run = [home(slot, 1), home(slot, 2), home(slot + 2, 3), home(slot, 4)]
+    keep(table, run, most=4)
+    newcomer = home(slot + 40, 5)
+    with pytest.raises(QuotaHomesFull):  # every answer is newer than 0.5: none is stale
+        table.adopt(newcomer, 9.0, 4, 0.5)
+    table.adopt(newcomer, 9.0, 4, 10.0)  # frees run[0], answered longest ago
+    assert table.read(run[0]) is None
+    for kept in [*run[1:], newcomer]:
+        assert table.limits(kept) == kept
+    for kept in run[1:]:
+        assert (table.read(kept).used, table.read(kept).files) == (kept.size // 2, 1)
+    assert {(found.home, found.answered_at) for found in table.answered()} == \
+        {(run[1], 2.0), (run[2], 3.0), (run[3], 4.0), (newcomer, 9.0)}
+
+
+def test_a_row_with_a_session_or_a_reservation_is_not_freed(table):
+    first, second, third = home(7, 1), home(7, 2), home(8, 3)
+    keep(table, [first, second], most=2)
+    table.adopt(first, 3.0, 2, 0.0)  # a session of first logs in again
+    assert table.reserve([second], 5, 1) is None  # an upload under way to second
+    with pytest.raises(QuotaHomesFull):
+        table.adopt(third, 4.0, 2, 10.0)
+    table.release([second], 5, 1)
+    table.adopt(third, 4.0, 2, 10.0)  # second holds nothing now
+    assert table.read(second) is None and table.limits(first) == first
