@@ -500,3 +500,30 @@ def test_cosftpctl_quota_and_the_admin_api_list_the_homes_answers_gave_a_quota(
         assert shown.returncode == 0, shown.stderr
         assert re.search(rf"(?m)^{ALPHA}/{home}\n +1000 +4 MiB +1 +7 +0 ", shown.stdout), \
             shown.stdout
+
+
+def test_a_file_moved_from_a_hook_home_into_a_folder_with_a_quota_leaves_the_home(
+        emulator, tmp_path, service):
+    """A hook home with a quota, a virtual folder with the file's quota (quota_files): a
+    file renamed from the home into the folder counts in the folder and no longer in the
+    home at once (not at the home's next scan), and back again."""
+    root = f"hookmove-{uuid.uuid4().hex[:8]}/"
+    folder = f"\n[FOLDER_q]\ncos_prefix = {root}q\nauthority = RW\nquota_files = 5\n"
+    boss = Account("boss", "boss-pw", ALPHA, extra=f"cos_prefix = {root}boss\n"
+                   "virtual_folders = /q=q")
+    service.users["mover"] = ("pw", quoted(emulator, f"{root}home/", quota_files=9,
+                                           virtual_folders="/q=q"))
+    settings = {"auth_hook_url": service.url, "auth_hook_timeout": "1000",
+                "worker_processes": "1", "max_login_failures": "0"}
+    with ServerProcess(str(tmp_path), emulator.port, [boss], optional=settings,
+                       sections=folder) as proc:
+        ftp = proc.login("mover", "pw")
+        assert put(ftp, "moved.bin", b"m" * 10).startswith("226")
+        assert used(ftp) == (10, 1)
+        ftp.rename("moved.bin", "/q/moved.bin")
+        assert used(ftp) == (0, 0)
+        assert "files: 1 used of 5" in ftp.sendcmd("SITE QUOTA")  # the folder's
+        ftp.rename("/q/moved.bin", "/back.bin")
+        assert used(ftp) == (10, 1)
+        assert "files: 0 used of 5" in ftp.sendcmd("SITE QUOTA")
+        ftp.quit()

@@ -106,18 +106,27 @@ class Quotas:
         """A session :meth:`admit` kept ``home`` for has ended."""
         self.ledger.leave(home)
 
-    def for_account(self, account: AccountConfig, mount: str = "") -> Optional[AccountQuota]:
+    def for_account(self, account: AccountConfig, mount: str = "",
+                    owner: Optional[AccountConfig] = None) -> Optional[AccountQuota]:
         """What a session of ``account`` needs to keep the quotas (``account`` as it is in
-        the virtual folder at ``mount``, if given); None if none reaches it."""
-        answered = None
-        if not mount and account.from_hook and account.has_quota and \
-                (account.bucket, account.prefix) not in self.rules.homes:
-            answered = _answered(account)
+        the virtual folder at ``mount``, if given, and ``owner`` the session's own account:
+        a file the folder takes from the home whose quota ``owner``'s answer gave leaves
+        that home, and the folder's side counts it); None if none reaches it."""
+        answered = self._answered_home(owner or account)
+        if not mount and answered is not None:
             if self.ledger.claim_scan(answered, self.interval, time.time(), known_only=True):
                 self.scan(answered, account=account)
         elif not self.rules.reaches(account):
             return None
-        return AccountQuota(self, account, answered, mount)
+        return AccountQuota(self, account, answered, mount, owner)
+
+    def _answered_home(self, account: AccountConfig) -> Optional[Home]:
+        """The home whose quota ``account``'s auth hook answer gives (None: none, or the
+        file's quota of that home holds)."""
+        if account.from_hook and account.has_quota and \
+                (account.bucket, account.prefix) not in self.rules.homes:
+            return _answered(account)
+        return None
 
     def ready(self, homes: Sequence[Home], account: Optional[AccountConfig] = None) -> None:
         """Make sure each of ``homes`` was scanned once: scan it here (a home of no file
@@ -177,9 +186,13 @@ class AccountQuota:
     prefix added here)."""
 
     def __init__(self, quotas: Quotas, account: AccountConfig,
-                 answered: Optional[Home] = None, mount: str = "") -> None:
+                 answered: Optional[Home] = None, mount: str = "",
+                 owner: Optional[AccountConfig] = None) -> None:
         self._quotas, self._account = quotas, account
         self._answered = answered  # the home whose quota the account's hook answer gives
+        # Whose credentials scan a home of no file account: the answered home is the
+        # session's own, never the folder's bucket.
+        self._scanner = owner or account
         self.prefix, self.mount = account.prefix, mount
 
     def _covering(self, bucket: str, whole_key: str) -> list[Home]:
@@ -199,7 +212,7 @@ class AccountQuota:
     def homes(self, key: str) -> list[Home]:
         """The homes with a quota that the session's ``key`` is in, each scanned once."""
         homes = self._covering(self._account.bucket, self._account.prefix + key)
-        self._quotas.ready(homes, self._account)
+        self._quotas.ready(homes, self._scanner)
         return homes
 
     def own(self) -> list[Home]:
@@ -249,7 +262,7 @@ class AccountQuota:
             # Counted where it was and where it goes alike (an admin's home over two
             # folders): nothing to change, and nothing for the source's side to give back.
             return _unchanged
-        self._quotas.ready(entering + leaving, self._account)
+        self._quotas.ready(entering + leaving, self._scanner)
         ledger = self._quotas.ledger
         refused = ledger.reserve(entering, size, 1)
         if refused is not None:
@@ -296,7 +309,7 @@ class AccountQuota:
                     change[home] = (nbytes + size, files + 1)
         if not entering and not leaving:
             return _unchanged
-        self._quotas.ready([*entering, *leaving], self._account)
+        self._quotas.ready([*entering, *leaving], self._scanner)
         ledger = self._quotas.ledger
         reserved: list[Home] = []
         for home, (nbytes, files) in entering.items():

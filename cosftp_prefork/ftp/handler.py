@@ -335,7 +335,10 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     def quota_for(self, account: AccountConfig, mount: str = "") -> Optional[AccountQuota]:
         """The quotas that ``account``'s writes count in (as it is in the virtual folder at
         ``mount``, if given); None if none reaches it."""
-        return self.stats.quotas.for_account(account, mount) if self.stats.quotas else None
+        if self.stats.quotas is None:
+            return None
+        owner = self.authorizer.account(self.username) if mount else None
+        return self.stats.quotas.for_account(account, mount, owner)
 
     @functools.cached_property
     def hooks(self) -> SessionHooks:
