@@ -25,9 +25,9 @@ The shim translates what differs between COS and S3 on the wire:
   bytes never reach the XML raw;
 * listings come from a sorted index of the bucket's keys (``listing.py``), not from a scan
   of the whole bucket, so like COS their cost does not grow with the bucket;
-* HEAD Object and ListObjects are answered as moto answers them, without moto's request
-  dispatch (``fast.py``: the emulator's CPU per request is not COS's, and the gateway sends
-  more of these than its baselines);
+* HEAD Object, ListObjects and plain PUT Object - Copy are answered as moto answers them,
+  without moto's request dispatch (``fast.py``: the emulator's CPU per request is not COS's,
+  and the gateway sends more of these than its baselines);
 * a PUT Object with ``x-cos-forbid-overwrite: true`` onto an existing object gets 409
   FileAlreadyExists, checked and stored as one step, unless the bucket's versioning was
   ever enabled (COS ignores the header there too);
@@ -435,7 +435,8 @@ class CosShim:
         # Each request since the last reset (kind, key or listed prefix, times); bounded.
         self.requests: deque[_Logged] = deque(maxlen=100_000)
         self.connections_accepted = 0
-        # HEAD Object and ListObjects answered as moto answers them, without its dispatch.
+        # HEAD Object, ListObjects and plain copies answered as moto answers them, without its
+        # dispatch (fast.py).
         self.fast_answers = True
 
     def connection_accepted(self) -> None:
