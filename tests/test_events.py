@@ -105,6 +105,13 @@ def hook_server(tmp_path, emulator, hooks: dict, accounts=None, **kwargs) -> Ser
     return server
 
 
+def file_events_to(receiver, **more: str) -> dict[str, str]:
+    """[HOOKS] options sending ``receiver`` the events of files (upload, rename, delete), and
+    ``more``."""
+    return {"event_hook_url": receiver.url, "event_hook_events": "upload, rename, delete",
+            **more}
+
+
 def spool_batches(server: ServerProcess) -> list[str]:
     return glob.glob(os.path.join(server.log_dir, "events", "*.batch"))
 
@@ -283,9 +290,7 @@ def kill_everything(server: ServerProcess) -> None:
 
 def test_receiver_down_failing_slow_and_killed_loses_nothing(emulator, tmp_path, receiver,
                                                              area):
-    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
-                                              "event_hook_events": "upload, rename, delete",
-                                              "event_hook_timeout": "1"})
+    server = hook_server(tmp_path, emulator, file_events_to(receiver, event_hook_timeout="1"))
     done: list = []
     with server:
         stop = threading.Event()
@@ -314,8 +319,7 @@ def test_receiver_down_failing_slow_and_killed_loses_nothing(emulator, tmp_path,
 
 def test_kill_9_of_the_server_mid_stream_loses_nothing(emulator, tmp_path, receiver, area):
     receiver.start(delay=0.2)  # slow enough that events are still queued at the kill
-    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
-                                              "event_hook_events": "upload, rename, delete"})
+    server = hook_server(tmp_path, emulator, file_events_to(receiver))
     done: list = []
     server.start()
     try:
@@ -336,8 +340,7 @@ def test_kill_9_of_the_server_mid_stream_loses_nothing(emulator, tmp_path, recei
 
 def test_a_reload_and_a_killed_events_process_lose_nothing(emulator, tmp_path, receiver, area):
     receiver.start(delay=0.05)
-    server = hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
-                                              "event_hook_events": "upload, rename, delete"})
+    server = hook_server(tmp_path, emulator, file_events_to(receiver))
     done: list = []
     with server:
         stop = threading.Event()
@@ -693,9 +696,8 @@ def test_events_in_a_virtual_folder_name_the_folders_bucket_and_keys(emulator, c
                       "virtual_folders = /drop=drop")
     folder = f"\n[FOLDER_drop]\ncos_bucket = {BETA}\ncos_region = ap-guangzhou\n" \
              f"cos_prefix = {area}/drop\nauthority = RW\n"
-    with hook_server(tmp_path, emulator, {"event_hook_url": receiver.url,
-                                          "event_hook_events": "upload, rename, delete"},
-                     accounts=[account], sections=folder) as server:
+    with hook_server(tmp_path, emulator, file_events_to(receiver), accounts=[account],
+                     sections=folder) as server:
         ftp = server.login("ev", "ev-pw")
         put(ftp, "/drop/in.bin", b"in the folder")
         ftp.rename("/drop/in.bin", "/drop/kept.bin")
