@@ -116,19 +116,22 @@ def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
     if longest > bucket.key_room:
         raise InvalidPath(f"a name in that directory would be {longest} bytes long there, "
                           f"over the {bucket.key_room} bytes COS allows")
-    settle = reserve([(obj.key, targets[obj.key], obj.size) for obj in objects]) \
-        if reserve is not None else None
+    settle = (reserve or _nothing_reserved)(
+        [(obj.key, targets[obj.key], obj.size) for obj in objects])
     try:
         copied = _copy_all(bucket, objects, targets, transfer, executor, src_prefix)
     except BaseException:
-        if settle is not None:
-            settle(False)
+        settle(False)
         raise
-    if settle is not None:
-        settle(True)  # the copies are there; the sources go next (a failure: a scan fixes it)
+    settle(True)  # the copies are there; the sources go next (a failure: a scan fixes it)
     delete_keys(bucket, [obj.key for obj in objects])
     log.info("renamed %s to %s (%d keys)", src_prefix, dst_prefix, len(objects))
     return copied
+
+
+def _nothing_reserved(objects: list[tuple[str, str, int]]) -> Callable[[bool], None]:
+    """``reserve`` when no quota counts the move: nothing to settle either way."""
+    return lambda done: None
 
 
 def _copy_all(bucket: Bucket, objects: list[ObjectInfo], targets: dict[str, str],
