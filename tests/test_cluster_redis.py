@@ -279,7 +279,9 @@ def test_redis_restarted_mid_session(pair, redis6):
     earn_ban(a, "127.0.0.67")
     assert refused_as_banned(b, "127.0.0.67")
     redis6.restart()
-    assert redis6.direct.dbsize() == 0
+    # The ban is gone with the restart (the nodes' heartbeats may have written their counts
+    # again already: the whole database need not be empty by now).
+    assert redis6.direct.keys("cosftp:ban:*") == []
     assert session.pwd() == "/"
     for proc in (a, b):
         wait_until(lambda proc=proc: logs_in(proc, "127.0.0.68").startswith("230") and
