@@ -14,7 +14,7 @@ import mmap
 import os
 import re
 import resource
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -128,13 +128,16 @@ def _flood(port: int, source: str, count: int, timeout: float) -> list[bytes]:
         socks.append(sock)
     firsts = dict.fromkeys(socks, b"")
     deadline = time.monotonic() + timeout
-    waiting = set(socks)
-    while waiting and time.monotonic() < deadline:
-        readable, _, _ = select.select(list(waiting), [], [], 0.5)
-        for sock in readable:
-            with suppress(OSError):
-                firsts[sock] = sock.recv(200).split(b"\r\n", 1)[0]
-            waiting.discard(sock)
+    # A selector, not select.select: the test process may already hold enough descriptors
+    # that these land above FD_SETSIZE (1024), which select() cannot watch.
+    with selectors.DefaultSelector() as waiting:
+        for sock in socks:
+            waiting.register(sock, selectors.EVENT_READ)
+        while waiting.get_map() and time.monotonic() < deadline:
+            for key, _ in waiting.select(0.5):
+                with suppress(OSError):
+                    firsts[key.fileobj] = key.fileobj.recv(200).split(b"\r\n", 1)[0]
+                waiting.unregister(key.fileobj)
     close_all(socks)
     return list(firsts.values())
 
