@@ -46,6 +46,7 @@ class Account:
     secret_id: str = "test-id"
     secret_key: str = "test-key"
     cos_port: int = 0  # 0: the emulator's
+    protocol: str = "http"  # "https" needs a TLS front before the emulator (test_cos_https)
 
     def section(self, index: int, cos_port: int) -> str:
         return f"""
@@ -54,7 +55,7 @@ cos_secretid = {self.secret_id}
 cos_secretkey = {self.secret_key}
 cos_bucket = {self.bucket}
 {f"cos_region = {self.region}" if self.region else ""}
-cos_protocol = http
+cos_protocol = {self.protocol}
 cos_ip = 127.0.0.1
 cos_port = {self.cos_port or cos_port}
 home_dir = /home/{self.user}
@@ -163,6 +164,7 @@ class ServerProcess:
         return subprocess.run(
             [sys.executable, "-m", "cosftp_prefork", "-c", self.config_path, *args],
             capture_output=True, text=True, timeout=timeout, cwd=cwd or self.workdir,
+            env=self.env,
         )
 
     def start(self) -> ServerProcess:
