@@ -13,78 +13,30 @@ from __future__ import annotations
 import ftplib
 import io
 import os
-import socket
-import ssl
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import Account, ServerProcess, free_port
 from .test_clients import require
-from .test_cluster import Daemon
 from .test_downloads import _relayed, _retr
-from .tls_clients import write_certificate
+from .tls_front import TlsFront, environment
 
 MIB = 1024 * 1024
 
 
-def _tls_front_config(port: int, pem: str, emulator_port: int) -> str:
-    return f"""global
-    maxconn 512
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend cos_tls
-    bind 127.0.0.1:{port} ssl crt {pem}
-    default_backend emulator
-backend emulator
-    server emulator 127.0.0.1:{emulator_port}
-"""
-
-
-def _handshakes(port: int, ca: str) -> bool:
-    context = ssl.create_default_context(cafile=ca)
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
-                context.wrap_socket(sock, server_hostname="127.0.0.1"):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def tls_front(emulator, tmp_path_factory):
-    """haproxy on a free loopback port, TLS outside, the emulator's plain HTTP inside;
-    yields (port, CA file)."""
-    haproxy = require("haproxy")
-    tmp = tmp_path_factory.mktemp("cos-tls")
-    cert, key = write_certificate(tmp, "cos")
-    pem = tmp / "cos.pem"
-    pem.write_text(Path(cert).read_text() + Path(key).read_text())
-    port = free_port()
-    (tmp / "haproxy.cfg").write_text(_tls_front_config(port, str(pem), emulator.port))
-    front = Daemon([haproxy, "-db", "-f", str(tmp / "haproxy.cfg")], str(tmp / "haproxy.log"))
-    front.start()
-    try:
-        wait_until(lambda: _handshakes(port, cert), what=f"haproxy ({front.output()})")
-        yield port, cert
-    finally:
-        front.stop()
+    with TlsFront(tmp_path_factory.mktemp("cos-tls"), emulator.port) as front:
+        yield front
 
 
 def _https_server(tmp_path, tls_front, trusted: bool = True) -> ServerProcess:
-    port, ca = tls_front
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")}
-    if trusted:
-        env["REQUESTS_CA_BUNDLE"] = ca
-    proc = ServerProcess(str(tmp_path), 0,
-                         [Account("alice", "alice-pw", ALPHA, protocol="https", cos_port=port)],
-                         network={"metrics_port": str(free_port())}, env=env)
+    account = Account("alice", "alice-pw", ALPHA, protocol="https", cos_port=tls_front.port)
+    proc = ServerProcess(str(tmp_path), 0, [account],
+                         network={"metrics_port": str(free_port())},
+                         env=environment(tls_front.ca if trusted else ""))
     proc.metrics_port = int(proc.network["metrics_port"])
     return proc
 

@@ -34,6 +34,7 @@ from ..config.model import AccountConfig, Config
 from ..config.settings import hook_account
 from ..cos.engine import FairPool
 from ..errors import ConfigError
+from ..events.http import describe
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +158,13 @@ class AuthHook:
                 headers={"Content-Type": "application/json"},
                 timeout=urllib3.Timeout(total=timeout), preload_content=False, redirect=False)
         except urllib3.exceptions.HTTPError as exc:
-            raise HookUnavailable(f"the hook cannot be reached: {type(exc).__name__}") from None
+            # The error's own words: an operator must tell a refused certificate from a
+            # refused connection (the hook's URL is the operator's, not a client's).
+            raise HookUnavailable(f"the hook cannot be reached: {describe(exc)}") from None
         try:
             body = response.read(MAX_ANSWER_BYTES + 1)
         except urllib3.exceptions.HTTPError as exc:
-            raise HookUnavailable(f"the hook's answer broke off: {type(exc).__name__}") \
-                from None
+            raise HookUnavailable(f"the hook's answer broke off: {describe(exc)}") from None
         finally:
             response.release_conn()
         if response.status in (401, 403):
