@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import http.client
 import os
 import signal
@@ -350,6 +352,45 @@ def test_reported_crc_of_non_ascii_or_percent_keys(cos, prefix, name):
     cos.put_object(Bucket=ALPHA, Key=prefix + name, Body=data)
     assert header(cos.head_object(Bucket=ALPHA, Key=prefix + name),
                   "x-cos-hash-crc64ecma") == str(crc64(data))
+
+
+def _raw_put(emulator, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    """A PUT sent as written (the SDK computes its own Content-MD5): status and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10)
+    try:
+        conn.request("PUT", urllib.parse.quote(path), body=body, headers={
+            "Host": cos_host(ALPHA), "Authorization": "q-sign-algorithm=x", **headers})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_a_put_whose_content_md5_does_not_match_is_refused_and_changes_nothing(
+        emulator, cos, prefix):
+    """COS answers 400 BadDigest when the Content-MD5 a PUT Object or an UploadPart names
+    is not the MD5 of the body it received, and stores nothing: the gateway sends one with
+    every small PUT (its integrity check). moto ignores the header."""
+    key = prefix + "md5 é.bin"
+    cos.put_object(Bucket=ALPHA, Key=key, Body=b"first")
+    for digest in (hashlib.md5(b"other").digest(), b"not 16 bytes"):
+        status, body = _raw_put(emulator, "/" + key, b"second",
+                                {"Content-MD5": base64.b64encode(digest).decode()})
+        assert (status, b"<Code>BadDigest</Code>" in body) == (400, True), body
+        status, body = _raw_put(emulator, f"/{prefix}new", b"second",
+                                {"Content-MD5": base64.b64encode(digest).decode()})
+        assert status == 400, body
+    assert read(cos, ALPHA, key) == b"first"
+    assert service_error(cos.head_object, Bucket=ALPHA, Key=f"{prefix}new") \
+        .get_status_code() == 404
+    upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=key)["UploadId"]
+    status, body = _raw_put(emulator, f"/{key}?partNumber=1&uploadId={upload_id}",
+                            b"part", {"Content-MD5": "not base64!"})
+    assert status == 400, body
+    cos.abort_multipart_upload(Bucket=ALPHA, Key=key, UploadId=upload_id)
+    right = base64.b64encode(hashlib.md5(b"second").digest()).decode()
+    assert _raw_put(emulator, "/" + key, b"second", {"Content-MD5": right})[0] == 200
+    assert read(cos, ALPHA, key) == b"second"
 
 
 def test_chunked_put_stores_the_body(emulator, cos, prefix):
