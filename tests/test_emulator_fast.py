@@ -1,9 +1,13 @@
-"""The emulator's own answers to HEAD Object and ListObjects (cosftp_prefork/emulator/fast.py)
-equal moto's, over random buckets and requests; the requests they do not cover still go to
-moto, and the shim's checks still come first."""
+"""The emulator's own answers to HEAD Object, ListObjects, PUT Object and PUT Object - Copy
+(cosftp_prefork/emulator/fast.py) equal moto's, over random buckets, requests, copies and
+PUTs, and so do the objects they made; the requests they do not cover still go to moto, and
+the shim's checks still come first."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import random
 import re
 import urllib.parse
@@ -12,7 +16,7 @@ from collections import Counter
 
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.s3.models import s3_backends
+from moto.s3.models import get_canned_acl, s3_backends
 from werkzeug.test import Client, EnvironBuilder
 
 from cosftp_prefork.emulator.app import Emulator, cos_host
@@ -171,12 +175,14 @@ def test_the_shims_checks_come_before_a_fast_answer(emu):
     emu.app.faults.update({"deny_prefix": "checked/"})
     try:
         for method, path, query in (("HEAD", "/checked/a", ""),
-                                    ("GET", "/", "prefix=checked/")):
+                                    ("GET", "/", "prefix=checked/"), ("PUT", "/checked/b", "")):
             response = Client(emu.app).open(path, method=method, query_string=query, headers={
-                "Host": cos_host(BUCKET, emu.region), "Authorization": AUTH})
+                "Host": cos_host(BUCKET, emu.region), "Authorization": AUTH}, data=b"b")
             assert response.status_code == 403
     finally:
         emu.app.faults.update({"deny_prefix": ""})
+    assert backend().get_object(BUCKET, "checked/b") is None
+    assert [entry.kind for entry in emu.app.requests if entry.target == "checked/b"] == ["PUT"]
     emu.app.accounts.update({"strict": True})
     try:
         response = Client(emu.app).open("/checked/a", method="HEAD", headers={
@@ -226,7 +232,8 @@ def test_pinned_copies_fail_and_pass_as_with_motos_head(emu):
     assert {200, 412} <= statuses, statuses
 
 
-ROLES = ("a", "b", "v")  # two plain buckets and a versioned one, in each of two worlds
+# Two plain buckets (b with a public-read ACL) and a versioned one, in each of two worlds.
+ROLES = ("a", "b", "v")
 VERSION_HEADERS = {"x-cos-version-id", "x-cos-copy-source-version-id"}
 
 
@@ -236,6 +243,7 @@ def copy_world(emu, rng: random.Random, tag: str) -> dict[str, str]:
     for bucket in world.values():
         emu.create_bucket(bucket)
     backend().put_bucket_versioning(world["v"], "Enabled")
+    backend().put_bucket_acl(world["b"], get_canned_acl("public-read"))  # objects take it
     return world
 
 
@@ -283,8 +291,7 @@ def random_copy_headers(rng: random.Random, etag: str) -> dict:
 
 def copy_answer(emu, world: dict, fast: bool, target: tuple, source: str,
                 headers: dict) -> tuple:
-    """The copy's status, headers and body with the world's bucket names, the random ids,
-    the times and the version ids made the same in both worlds."""
+    """The copy's answer (``in_both_worlds``)."""
     role, name = target
     emu.app.fast_answers = fast
     try:
@@ -295,6 +302,15 @@ def copy_answer(emu, world: dict, fast: bool, target: tuple, source: str,
                     r: cos_host(world[r], emu.region) for r in ROLES}), **headers})
     finally:
         emu.app.fast_answers = True
+    if response.status_code == 200:  # the time it says is the new object's
+        made = backend().get_object(world[role], name)
+        assert made.last_modified_ISO8601.encode() in response.data
+    return in_both_worlds(world, response)
+
+
+def in_both_worlds(world: dict, response) -> tuple:
+    """An answer's status, headers and body with the world's bucket names, the random ids,
+    the times and the version ids made the same in both worlds."""
     kept = sorted((key, "<v>" if key.lower() in VERSION_HEADERS else value)
                   for key, value in response.headers.items()
                   if key.lower() not in RANDOM_HEADERS | {"last-modified"})
@@ -303,9 +319,6 @@ def copy_answer(emu, world: dict, fast: bool, target: tuple, source: str,
                   response.data)
     for r in ROLES:
         body = body.replace(world[r].encode(), r.encode())
-    if response.status_code == 200:  # the time it says is the new object's
-        made = backend().get_object(world[role], name)
-        assert made.last_modified_ISO8601.encode() in response.data
     return response.status_code, kept, body
 
 
@@ -316,7 +329,11 @@ def object_state(bucket: str, name: str):
     if key is None:
         return None
     return (key.value, dict(key.metadata), key.storage_class, key.etag, key.encryption,
-            key.acl.to_config_dict() if key.acl else None)
+            key.acl and [(grant.permissions, [(grantee.id, grantee.uri)
+                                              for grantee in grant.grantees])
+                         for grant in key.acl.grants], key.website_redirect_location,
+            backend().tagger.list_tags_for_resource(key.arn),
+            key.arn in backend().tagger.tags)
 
 
 def test_copies_answered_here_equal_motos_over_random_copies(emu):
@@ -384,3 +401,97 @@ def test_plain_copies_are_answered_without_motos_app(emu):
     assert cos.head_object(Bucket=BUCKET, Key="plain/é a")["x-cos-meta-b"] == "2"
     assert cos.get_object(Bucket=BUCKET, Key="plain/other")["Body"].get_raw_stream() \
         .read() == b"abc"
+
+
+def random_put_headers(rng: random.Random, body: bytes) -> dict:
+    """A PUT Object's headers: metadata, content headers, a storage class, Content-MD5
+    right or wrong, x-cos-forbid-overwrite, and sometimes what only moto handles (an ACL,
+    tagging, encryption, a condition, a form body, a storage class COS has and S3 not)."""
+    headers = random_object_headers(rng)
+    for name, values in (("Cache-Control", ["no-cache"]), ("Content-Encoding", ["gzip"]),
+                         ("Expires", ["Wed, 01 Jan 2031 00:00:00 GMT"]),
+                         ("Content-Language", ["zh"])):
+        if rng.random() < 0.1:
+            headers[name] = rng.choice(values)
+    digest = rng.choice([None, None, body, body, b"other"])
+    if digest is not None:
+        headers["Content-MD5"] = base64.b64encode(hashlib.md5(digest).digest()).decode()
+    forbid = rng.choice([None, None, "true", "true", "TRUE", "false"])
+    if forbid:
+        headers["x-cos-forbid-overwrite"] = forbid
+    extra = rng.choice([{}] * 20 + [
+        {"x-cos-acl": "private"}, {"x-cos-tagging": "a=1"},
+        {"x-cos-server-side-encryption": "AES256"}, {"If-None-Match": "*"},
+        {"x-cos-storage-class": "MAZ_STANDARD"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"x-cos-website-redirect-location": "/elsewhere"}])
+    return {**headers, **extra}
+
+
+def put_answer(emu, world: dict, fast: bool, role: str, name: str, body: bytes,
+               headers: dict) -> tuple:
+    """The PUT's answer and then a GET's of the key, each ``in_both_worlds``."""
+    path = "/" + urllib.parse.quote(name.encode("utf-8"), safe="/")
+    host = {"Host": cos_host(world[role], emu.region), "Authorization": AUTH}
+    emu.app.fast_answers = fast
+    try:
+        response = Client(emu.app).put(path, data=body, headers={**host, **headers})
+    finally:
+        emu.app.fast_answers = True
+    return in_both_worlds(world, response), in_both_worlds(world, Client(emu.app).get(
+        path, headers=host))
+
+
+def test_puts_answered_here_equal_motos_over_random_puts(emu):
+    """PUT Object answered from moto's backend (fast.py) or through moto's app: the same
+    status, headers and body, the same object read back and the same object in moto,
+    over random keys (unicode, spaces, XML and URL specials), bodies of 0..64 KiB, with
+    and without metadata and content headers, storage classes, Content-MD5 right and
+    wrong, x-cos-forbid-overwrite on new and existing keys, into a plain and a versioned
+    bucket, and what only moto answers (ACL, tagging, encryption headers, a condition, a
+    form body). Two identical worlds of buckets, one written with fast answers, one
+    without."""
+    rng = random.Random(2125)
+    worlds = {True: copy_world(emu, rng, "fput"), False: copy_world(emu, rng, "mput")}
+    names: dict[str, list[str]] = {role: [] for role in ROLES}
+    statuses: Counter = Counter()
+    for case in range(600):
+        role = rng.choices(ROLES, (6, 3, 1))[0]
+        name = rng.choice(names[role]) if names[role] and rng.random() < 0.5 \
+            else random_name(rng)
+        body = rng.randbytes(rng.choice([0, rng.randint(1, 99), rng.randint(0, 64 * 1024)]))
+        headers = random_put_headers(rng, body)
+        fast, moto = (put_answer(emu, worlds[flag], flag, role, name, body, headers)
+                      for flag in (True, False))
+        assert fast == moto, (case, role, name, len(body), headers)
+        states = [object_state(worlds[flag][role], name) for flag in worlds]
+        assert states[0] == states[1], (case, name, headers)
+        statuses[fast[0][0]] += 1
+        if fast[0][0] == 200:  # (moto stores a form body's fields, not the body)
+            assert states[0][0] == body or "form" in headers.get("Content-Type", "")
+            if name not in names[role]:
+                names[role].append(name)
+    assert statuses[200] > 300 and {400, 409} <= set(statuses), statuses
+
+
+def test_plain_puts_are_answered_without_motos_app(emu):
+    """The PUTs the gateway sends for a new small file (metadata, Content-MD5,
+    x-cos-forbid-overwrite, a storage class, a key with unicode and a space) are answered
+    from moto's backend."""
+    cos = sdk_client(emu)
+    body = b"small file"
+    environ = EnvironBuilder(  # as the shim hands it on: x-amz-*, its body in a buffer
+        "/" + urllib.parse.quote("put/é a".encode()), method="PUT", data=body,
+        headers={"Host": cos_host(BUCKET, emu.region), "Authorization": AUTH,
+                 "Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(),
+                 "x-amz-meta-mtime": "1600000000", "x-amz-forbid-overwrite": "true",
+                 "x-amz-storage-class": "STANDARD_IA"}).get_environ()
+    environ["wsgi.input"] = io.BytesIO(body)
+    made = fast_answer(environ)
+    assert made is not None and made[0] == "200 OK"
+    assert dict(made[1])["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    head = cos.head_object(Bucket=BUCKET, Key="put/é a")
+    assert (head["x-cos-meta-mtime"], head["x-cos-storage-class"]) == \
+        ("1600000000", "STANDARD_IA")
+    assert cos.get_object(Bucket=BUCKET, Key="put/é a")["Body"].get_raw_stream() \
+        .read() == body

@@ -25,9 +25,9 @@ The shim translates what differs between COS and S3 on the wire:
   bytes never reach the XML raw;
 * listings come from a sorted index of the bucket's keys (``listing.py``), not from a scan
   of the whole bucket, so like COS their cost does not grow with the bucket;
-* HEAD Object, ListObjects and plain PUT Object - Copy are answered as moto answers them,
-  without moto's request dispatch (``fast.py``: the emulator's CPU per request is not COS's,
-  and the gateway sends more of these than its baselines);
+* HEAD Object, ListObjects and plain PUT Object and PUT Object - Copy are answered as moto
+  answers them, without moto's request dispatch (``fast.py``: the emulator's CPU per
+  request is not COS's, and the gateway sends more of these than its baselines);
 * a PUT Object or UploadPart whose ``Content-MD5`` is not the MD5 of its body gets 400
   BadDigest and stores nothing, as on COS (moto ignores the header);
 * a PUT Object with ``x-cos-forbid-overwrite: true`` onto an existing object gets 409
@@ -454,8 +454,8 @@ class CosShim:
         # Each request since the last reset (kind, key or listed prefix, times); bounded.
         self.requests: deque[_Logged] = deque(maxlen=100_000)
         self.connections_accepted = 0
-        # HEAD Object, ListObjects and plain copies answered as moto answers them, without its
-        # dispatch (fast.py).
+        # HEAD Object, ListObjects and plain PUTs and copies answered as moto answers them,
+        # without its dispatch (fast.py).
         self.fast_answers = True
 
     def connection_accepted(self) -> None:

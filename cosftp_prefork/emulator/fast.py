@@ -1,5 +1,5 @@
-"""HEAD Object, ListObjects and PUT Object - Copy answered by the shim itself, as moto answers
-them, without moto's request dispatch.
+"""HEAD Object, ListObjects, PUT Object and PUT Object - Copy answered by the shim itself, as
+moto answers them, without moto's request dispatch.
 
 Why (fairness of the bench, not fidelity): the emulator shares the machine's cores with the
 gateway and the clients in every bench row, and the gateway sends more requests per file
@@ -20,12 +20,15 @@ these answers do not cover (another query parameter, a condition, a range, a ver
 bucket with a policy or logging, anonymous or presigned requests, a missing bucket or key,
 a delete marker; a copy of a version, into or out of a versioned, encrypted or locked
 bucket, with a condition moto checks or ignores, an ACL, encryption or an unknown directive)
-goes to moto. ``tests/test_emulator_fast.py`` compares both answers over random buckets,
-requests and copies (and the objects the copies made), and fails if they differ.
+goes to moto, as does a PUT Object with a query, a condition, ACL, tagging, encryption or
+checksum headers, or into such a bucket. ``tests/test_emulator_fast.py`` compares both
+answers over random buckets, requests, copies and PUTs (and the objects the copies and PUTs
+made), and fails if they differ.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import urllib.parse
@@ -59,6 +62,11 @@ _HEAD_CHANGERS = re.compile(r"HTTP_(IF_|RANGE$|X_AMZ_CHECKSUM|X_AMZ_SERVER_SIDE_
 # object lock, checksums, the copy conditions moto checks or ignores) goes to moto.
 _COPY_HEADERS = frozenset({"HTTP_X_AMZ_COPY_SOURCE", "HTTP_X_AMZ_METADATA_DIRECTIVE",
                            "HTTP_X_AMZ_STORAGE_CLASS", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH"})
+# The x-amz-* request headers a PUT Object answered here may carry besides x-amz-meta-*
+# (x-cos-forbid-overwrite is the shim's: moto ignores it).
+_PUT_HEADERS = frozenset({"HTTP_X_AMZ_STORAGE_CLASS", "HTTP_X_AMZ_FORBID_OVERWRITE"})
+# Bodies werkzeug parses as a form, whose fields moto then stores instead of the body.
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 # moto's fixed owner of every listed key.
 _OWNER = ("<Owner><DisplayName>webfile</DisplayName><ID>75aa57f09aa0c8caeab4f8c24e99d10f8e7"
           "faeebf76c078efc7c6caea54ba06a</ID></Owner>")
@@ -100,8 +108,10 @@ def answer(environ: dict) -> Optional[Answer]:
         return _list_objects(environ)
     if method == "HEAD" and len(path) > 1 and not environ.get("QUERY_STRING"):
         return _head_object(environ)
-    if method == "PUT" and len(path) > 1 and "HTTP_X_AMZ_COPY_SOURCE" in environ:
-        return _copy_object(environ)
+    if method == "PUT" and len(path) > 1:
+        if "HTTP_X_AMZ_COPY_SOURCE" in environ:
+            return _copy_object(environ)
+        return _put_object(environ)
     return None
 
 
@@ -214,9 +224,7 @@ def _copy_object(environ: dict) -> Optional[Answer]:
     Why: lftp's MFMT is a copy of the file onto itself (``mtimes.py``), and moto's Flask
     dispatch and serializer of it were a quarter of the emulator's CPU per file of ``lftp
     mirror -R`` (docs/performance.md)."""
-    if environ.get("QUERY_STRING") or "HTTP_ORIGIN" in environ or any(
-            name.startswith("HTTP_X_AMZ_") and name not in _COPY_HEADERS
-            and not name.startswith("HTTP_X_AMZ_META_") for name in environ):
+    if environ.get("QUERY_STRING") or not _only(environ, _COPY_HEADERS):
         return None
     directive = environ.get("HTTP_X_AMZ_METADATA_DIRECTIVE")
     storage = environ.get("HTTP_X_AMZ_STORAGE_CLASS")
@@ -248,6 +256,55 @@ def _copy_object(environ: dict) -> Optional[Answer]:
     headers.pop("content-length", None)
     headers["Content-Length"] = str(len(body))
     return "200 OK", _moto_headers(list(headers.items())), body
+
+
+def _only(environ: dict, known: frozenset[str]) -> bool:
+    """Whether the request carries no x-amz-* header (the shim's renaming of x-cos-*) but
+    ``known`` and x-amz-meta-*, and no Origin (moto's CORS rules answer that)."""
+    return "HTTP_ORIGIN" not in environ and not any(
+        name.startswith("HTTP_X_AMZ_") and name not in known
+        and not name.startswith("HTTP_X_AMZ_META_") for name in environ)
+
+
+def _put_object(environ: dict) -> Optional[Answer]:
+    """PUT Object as moto's ``put_object`` answers it, into a bucket that is neither
+    versioned, encrypted nor locked, with metadata, content headers and a storage class.
+    A query (ACL, tagging, a part), a condition, ACL, tagging, encryption or checksum
+    headers, a body werkzeug would read as a form, or one without a Content-Length (the
+    shim's ``_crc_of_upload`` has read it whole into a buffer, checked its Content-MD5, and
+    checks ``x-cos-forbid-overwrite`` under the object's lock) goes to moto.
+
+    Why: a new small file is this PUT, and moto's Flask dispatch of it was most of the
+    emulator's CPU per such PUT (docs/performance.md, "The emulator as an instrument")."""
+    stream = environ.get("wsgi.input")
+    body = stream.getvalue() if isinstance(stream, io.BytesIO) else None
+    storage = environ.get("HTTP_X_AMZ_STORAGE_CLASS", "STANDARD")
+    mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    if body is None or not _read_whole_by_moto(environ, body) or \
+            environ.get("QUERY_STRING") or not _only(environ, _PUT_HEADERS) or \
+            any(name.startswith("HTTP_IF_") for name in environ) or \
+            mimetype in _FORM_TYPES or storage not in STORAGE_CLASS:
+        return None
+    bucket, name = _plain_bucket(environ), _key_name(environ)
+    if bucket is None or name is None or _locked(bucket):
+        return None
+    made = _backend().put_object(bucket.name, name, body, storage=storage)
+    made.set_metadata(metadata_from_headers(EnvironHeaders(environ)))
+    made.set_acl(bucket.acl)
+    _backend().put_object_tagging(made, {})  # as moto's: an empty tag set for the key
+    headers = {**made.response_dict, "Content-Type": "text/html; charset=utf-8"}
+    headers.pop("content-length")
+    return "200 OK", _moto_headers(list(headers.items())), b""
+
+
+def _read_whole_by_moto(environ: dict, body: bytes) -> bool:
+    """Whether moto's werkzeug request would read ``body`` (the shim's buffer) whole: to
+    its Content-Length, or, without one, all of a stream the server terminates (chunked)
+    and nothing of any other."""
+    length = environ.get("CONTENT_LENGTH")
+    if length is None:
+        return bool(environ.get("wsgi.input_terminated")) or not body
+    return length == str(len(body))
 
 
 def _copy_source(environ: dict) -> Optional[tuple[str, str]]:
