@@ -83,12 +83,6 @@ def serving_admin(emulator, tmp_path_factory, name: str,
         yield proc
 
 
-def unreachable_receiver() -> dict[str, str]:
-    """[HOOKS] sending upload events to a receiver that is down: they wait in the spool."""
-    return {"event_hook_url": f"http://127.0.0.1:{free_port()}/down",
-            "event_hook_secret": "s3cret", "event_hook_events": "upload"}
-
-
 class _SourceAdapter(HTTPAdapter):
     """Connections from one local address (127.0.0.0/8 is all loopback)."""
 

@@ -34,6 +34,21 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: s
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
+def connection_refused(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on ``host:port`` any more."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def unreachable_receiver() -> dict[str, str]:
+    """[HOOKS] sending upload events to a receiver that is down: they wait in the spool."""
+    return {"event_hook_url": f"http://127.0.0.1:{free_port()}/down",
+            "event_hook_secret": "s3cret", "event_hook_events": "upload"}
+
+
 @dataclass
 class Account:
     user: str

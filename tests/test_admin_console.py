@@ -33,9 +33,8 @@ from .admin_client import (
     admin_url,
     folder_admin_server,
     serving_admin,
-    unreachable_receiver,
 )
-from .server_proc import free_port, wait_until
+from .server_proc import free_port, unreachable_receiver, wait_until
 from .test_admin_api import HeldUpload, log_in
 from .test_clients import require
 

@@ -238,6 +238,14 @@ def test_max_password_checks_defaults_to_the_cpus_shared_by_the_workers(workers,
     assert parse_config(text, "p.conf", {}).server.max_password_checks == expected
 
 
+def test_max_worker_processes_below_worker_processes_is_refused(load_error):
+    text = set_option(MINIMAL, "OPTIONAL", "worker_processes", "4")
+    assert parse_config(text, "p.conf", {}).server.max_worker_processes == 256
+    path, message = load_error(set_option(text, "OPTIONAL", "max_worker_processes", "3"))
+    assert_names(message, path, "OPTIONAL", "max_worker_processes")
+    assert "is 3, below worker_processes (4): raise it" in message
+
+
 @pytest.mark.parametrize("empty", ["", "default", "DEFAULT", "  default  # comment"])
 def test_empty_value_or_the_word_default_means_the_default(empty):
     text = set_option(MINIMAL, "NETWORK", "passive_port", empty)

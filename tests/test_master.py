@@ -21,7 +21,14 @@ import pytest
 from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA, _close
-from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .server_proc import (
+    ROOT,
+    Account,
+    ServerProcess,
+    connection_refused,
+    free_port,
+    wait_until,
+)
 from .test_auth import BAD_HASHES
 from .test_commands import get, put
 
@@ -322,11 +329,11 @@ def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon,
     stopping = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c",
                              daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
                             stdout=subprocess.PIPE, text=True)
-    wait_until(lambda: _refused(daemon.port), what="listener closed")
+    wait_until(lambda: connection_refused(daemon.port), what="listener closed")
     upload.sendall(data[MIB:])
     upload.close()
     assert uploader.voidresp().startswith("226")
-    assert master.is_running() and _refused(daemon.port)
+    assert master.is_running() and connection_refused(daemon.port)
     while chunk := download.recv(MIB):
         received += chunk
     download.close()
@@ -356,7 +363,7 @@ def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
     graceful = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c",
                              daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
                             stdout=subprocess.DEVNULL)
-    wait_until(lambda: _refused(daemon.port), what="listener closed")
+    wait_until(lambda: connection_refused(daemon.port), what="listener closed")
     assert daemon.ctl("stop").returncode == 0
     _send_until_closed(upload)
     assert [r[:4] for r in _replies_after_data_closed(uploader)] == ["426 ", "421 "]
@@ -377,7 +384,7 @@ def test_reload_during_a_graceful_stop_is_refused_and_the_transfer_finishes(daem
     upload = uploader.transfercmd(f"STOR {area}")
     upload.sendall(data[:MIB])
     master.send_signal(signal.SIGQUIT)
-    wait_until(lambda: _refused(daemon.port), what="listener closed")
+    wait_until(lambda: connection_refused(daemon.port), what="listener closed")
     master.send_signal(signal.SIGHUP)
     stopped = f"master {master.pid} stopped"
     wait_until(lambda: "reload failed" in daemon.log_text() or stopped in daemon.log_text(),
@@ -392,14 +399,6 @@ def test_reload_during_a_graceful_stop_is_refused_and_the_transfer_finishes(daem
     assert stopped in daemon.log_text()
     assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
     uploader.close()
-
-
-def _refused(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return False
-    except OSError:
-        return True
 
 
 def test_ttin_ttou_change_worker_count(daemon):
@@ -440,6 +439,30 @@ def test_worker_the_master_cannot_fork_is_started_later_and_the_server_serves_on
         wait_until(lambda: serving(proc, 1, 3), timeout=60, what="worker 3 serving")
 
 
+def test_ttin_stops_at_max_worker_processes_and_ttou_at_one(emulator, tmp_path):
+    """SIGTTIN past max_worker_processes, SIGTTOU below one worker: each refused with a
+    warning naming the limit; the master stays up and serves."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_processes": "1", "max_worker_processes": "2"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 1), what="one worker serving")
+        master = psutil.Process(proc.proc.pid)
+        master.send_signal(signal.SIGTTIN)
+        wait_until(lambda: serving(proc, 1, 2), what="2 workers")
+        master.send_signal(signal.SIGTTIN)
+        wait_until(lambda: "SIGTTIN: already 2 workers, the most max_worker_processes (2) "
+                   "allows; none added" in proc.log_text() or len(live_children(master)) > 2,
+                   what="the second SIGTTIN handled")
+        assert len(live_children(master)) == 2
+        master.send_signal(signal.SIGTTOU)
+        wait_until(lambda: len(live_children(master)) == 1, what="1 worker")
+        master.send_signal(signal.SIGTTOU)
+        wait_until(lambda: "SIGTTOU: already 1 worker, the fewest there can be; none "
+                   "removed" in proc.log_text(), what="the second SIGTTOU handled")
+        assert serving(proc, 1, 1) and len(live_children(master)) == 1
+        _close(login(proc))
+
+
 def test_reload_rebinds_when_port_changes(daemon):
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     old_port, new_port = daemon.port, free_port()
@@ -447,7 +470,7 @@ def test_reload_rebinds_when_port_changes(daemon):
     assert daemon.ctl("reload").returncode == 0
     daemon.port = new_port
     _close(login(daemon))
-    wait_until(lambda: _refused(old_port), what="old port closed")
+    wait_until(lambda: connection_refused(old_port), what="old port closed")
 
 
 def test_reload_adds_and_drops_listen_addresses(daemon):
@@ -460,7 +483,7 @@ def test_reload_adds_and_drops_listen_addresses(daemon):
     assert kept.voidcmd("NOOP").startswith("200")
     rewrite_config(daemon, listen_address="127.0.0.1")
     assert daemon.ctl("reload").returncode == 0
-    wait_until(lambda: _refused(daemon.port, "::1"), what="::1 closed")
+    wait_until(lambda: connection_refused(daemon.port, "::1"), what="::1 closed")
     _close(login(daemon))
     _close(kept)
 

@@ -20,10 +20,17 @@ from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
 from .conftest import ALPHA, _close
-from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .server_proc import (
+    ROOT,
+    Account,
+    ServerProcess,
+    connection_refused,
+    free_port,
+    wait_until,
+)
 from .test_clients import require, run
 from .test_commands import get, put
-from .test_master import _refused, master_of, sessions_by_pid, state_of
+from .test_master import master_of, sessions_by_pid, state_of
 from .test_resume import is_parked
 from .test_transfers import abort_transfer, pending_uploads, start_upload
 from .tls_clients import ImplicitFTP_TLS, client_context, write_certificate
@@ -476,7 +483,7 @@ def test_reload_moves_the_implicit_port(emulator, tmp_path, certs):
         done = proc.ctl("reload")
         assert done.returncode == 0, done.stderr
         _close(implicit_login(proc, SECURE))
-        wait_until(lambda: _refused(old_port), what="old implicit port closed")
+        wait_until(lambda: connection_refused(old_port), what="old implicit port closed")
         assert f"implicit FTPS port {new_port}" in proc.ctl("status").stdout
 
 

@@ -22,6 +22,8 @@ MIB, GIB = 1024 ** 2, 1024 ** 3
 MIN_PART_SIZE = 1 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
+# Workers of one generation at most; the master's scoreboard holds two (a reload).
+MAX_WORKER_PROCESSES = 256
 ACCOUNT_PREFIX = "COS_ACCOUNT"
 CREDENTIALS_PREFIX = "COS_CREDENTIALS"
 RATE_OPTIONS = ("max_upload_rate", "max_download_rate", "local_max_rate")
@@ -274,6 +276,7 @@ class ServerConfig:
     log_dir: str
     worker_processes: int
     pid_file: str
+    max_worker_processes: int = MAX_WORKER_PROCESSES  # what SIGTTIN grows to
     max_login_failures: int = 5
     login_failure_window: int = 60
     ban_time: int = 300

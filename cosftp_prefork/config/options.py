@@ -31,6 +31,7 @@ from .model import (
     MAX_HOOK_QUOTA_HOMES,
     MAX_PART_SIZE,
     MAX_PARTS,
+    MAX_WORKER_PROCESSES,
     MIB,
     MIN_PART_SIZE,
 )
@@ -252,9 +253,12 @@ SETTINGS: tuple[Setting, ...] = (
     # Paths (parse_path) are resolved against the file's base directory (config.locations).
     Setting("OPTIONAL", "log_dir", parse_path, DEFAULT_LOG_DIR,
             "log directory; relative: to the config file's directory (its parent for conf/)"),
-    Setting("OPTIONAL", "worker_processes", integer(1, 256), _CPUS,
+    Setting("OPTIONAL", "worker_processes", integer(1, MAX_WORKER_PROCESSES), _CPUS,
             "worker processes (forked by the master; each serves many sessions)",
             "the number of CPUs"),
+    Setting("OPTIONAL", "max_worker_processes", integer(1, MAX_WORKER_PROCESSES),
+            MAX_WORKER_PROCESSES, "most worker processes SIGTTIN adds up to (one more is "
+            "refused with a warning); at least worker_processes"),
     Setting("OPTIONAL", "pid_file", parse_path, None,
             "pid file of the master (the state and bans files go beside it)",
             "<log_dir>/cosftp.pid"),

@@ -324,6 +324,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_list_file=optional["max_list_file"], log_level=optional["log_level"],
         log_dir=log_dir, pid_file=optional["pid_file"] or default_pid_file(log_dir),
         worker_processes=optional["worker_processes"],
+        max_worker_processes=_max_workers(reader, optional),
         max_login_failures=optional["max_login_failures"],
         login_failure_window=optional["login_failure_window"],
         ban_time=optional["ban_time"],
@@ -343,6 +344,16 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         quota_scan_interval=optional["quota_scan_interval"],
         ftpd_banner=optional["ftpd_banner"],
     )
+
+
+def _max_workers(reader: _Reader, optional: dict[str, Any]) -> int:
+    """``max_worker_processes``, refused below ``worker_processes`` (the start would
+    already be past it)."""
+    most, workers = optional["max_worker_processes"], optional["worker_processes"]
+    if most < workers:
+        raise reader.error(f"is {most}, below worker_processes ({workers}): raise it, or "
+                           "lower worker_processes", "OPTIONAL", "max_worker_processes")
+    return most
 
 
 def _allowlist(reader: _Reader, networks: tuple) -> tuple:

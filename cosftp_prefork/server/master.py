@@ -376,12 +376,21 @@ class Master:
             self.helpers.events.signal(signal.SIGUSR1)
 
     def handle_ttin(self) -> None:
+        """One worker more, up to ``max_worker_processes`` (a reload starts
+        ``worker_processes`` again)."""
+        most = self.config.server.max_worker_processes
+        if self.num_workers >= most:
+            log.warning("SIGTTIN: already %d workers, the most max_worker_processes (%d) "
+                        "allows; none added", self.num_workers, most)
+            return
         self.num_workers += 1
         log.info("SIGTTIN: %d workers", self.num_workers)
         self._publish()
 
     def handle_ttou(self) -> None:
+        """One worker fewer (the last one drains first), never none."""
         if self.num_workers <= 1:
+            log.warning("SIGTTOU: already 1 worker, the fewest there can be; none removed")
             return
         self.num_workers -= 1
         log.info("SIGTTOU: %d workers", self.num_workers)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from .. import rates
+from ..config.model import MAX_WORKER_PROCESSES
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd, replace_file
 from .usage import UsageTable, usage_path
 
@@ -68,7 +69,7 @@ _HEADER_SIZE = 64
 _PATH_SIZE = 512
 _SLOT = struct.Struct("<iiIIddIIIIQQ")
 _SLOT_SIZE = 64
-MAX_WORKER_SLOTS = 512
+MAX_WORKER_SLOTS = 2 * MAX_WORKER_PROCESSES  # a reload runs two generations
 SESSION_ROWS = 8192
 _SESSION_WORDS = 6  # uint32s: pid (0: free row), PENDING or LOGGED_IN, client address (4)
 PENDING, LOGGED_IN = 1, 2
@@ -339,11 +340,14 @@ class SharedState:
     # --- worker slots
 
     def free_slot(self) -> int:
-        """Return the number of an unused worker slot (master only)."""
+        """Return the number of an unused worker slot (master only). Raises ``OSError``
+        (ENOSPC) if every slot is taken: old generations' workers still draining their
+        transfers hold theirs, and the master tries again later, as after a failed fork."""
         for slot in range(MAX_WORKER_SLOTS):
             if _SLOT.unpack_from(self._map, self._slot_at(slot))[0] == 0:
                 return slot
-        raise RuntimeError("no free worker slot")
+        raise OSError(errno.ENOSPC, f"all {MAX_WORKER_SLOTS} worker slots of the state file "
+                      "are taken (workers of older generations still draining)")
 
     def write_slot(self, slot: int, pid: int, index: int, generation: int, state: int,
                    started: float, heartbeat: float, counters: tuple[int, ...],
