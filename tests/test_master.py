@@ -27,6 +27,7 @@ from .server_proc import (
     ServerProcess,
     connection_refused,
     free_port,
+    unreachable_receiver,
     wait_until,
 )
 from .test_auth import BAD_HASHES
@@ -461,6 +462,61 @@ def test_ttin_stops_at_max_worker_processes_and_ttou_at_one(emulator, tmp_path):
                    "removed" in proc.log_text(), what="the second SIGTTOU handled")
         assert serving(proc, 1, 1) and len(live_children(master)) == 1
         _close(login(proc))
+
+
+@contextlib.contextmanager
+def forks_refused(pid: int):
+    """``pid`` moved into a pids cgroup of its own that holds what it runs now and no more:
+    its forks fail with EAGAIN, as under a systemd unit's TasksMax that a crowd of session
+    threads filled. Its children stay where they are. Skips without a writable cgroup v1
+    pids hierarchy (root)."""
+    root = "/sys/fs/cgroup/pids"
+    if not os.access(os.path.join(root, "cgroup.procs"), os.W_OK):
+        pytest.skip("needs a writable cgroup v1 pids hierarchy (root)")
+    with open(f"/proc/{pid}/cgroup", encoding="ascii") as handle:
+        home = next(line.split(":", 2)[2].strip() for line in handle
+                    if line.split(":")[1] == "pids")
+    group = os.path.join(root, f"cosftp-test-{os.getpid()}-{pid}")
+    os.mkdir(group)
+
+    def write(directory: str, name: str, value: str) -> None:
+        with open(os.path.join(directory, name), "w", encoding="ascii") as handle:
+            handle.write(value)
+
+    try:
+        write(group, "cgroup.procs", str(pid))
+        with open(os.path.join(group, "pids.current"), encoding="ascii") as handle:
+            write(group, "pids.max", handle.read().strip())
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone (the test then says why)
+            write(root + home, "cgroup.procs", str(pid))
+        os.rmdir(group)
+
+
+def test_helper_the_master_cannot_fork_is_started_later_and_the_server_serves_on(emulator,
+                                                                               tmp_path):
+    """The events process dies while the master cannot fork (EAGAIN): the master says so
+    with the errno, serves on and tries again, and starts it once it can."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         hooks=unreachable_receiver())
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2) and "started events process" in proc.log_text(),
+                   what="workers and the events process running")
+        events = int(re.search(r"started events process \(pid (\d+)\)",
+                               proc.log_text())[1])
+        master = psutil.Process(proc.proc.pid)
+        stopped = f"master {master.pid} stopped"
+        with forks_refused(master.pid):
+            os.kill(events, signal.SIGKILL)
+            wait_until(lambda: proc.log_text().count("cannot start events process") == 2
+                       or stopped in proc.log_text() or proc.proc.poll() is not None,
+                       timeout=60, what="two failed starts of the events process logged")
+            assert stopped not in proc.log_text() and proc.proc.poll() is None, proc.output()
+            assert "cannot start events process: [Errno 11] " in proc.log_text()
+            _close(login(proc))
+        wait_until(lambda: proc.log_text().count("started events process") == 2, timeout=60,
+                   what="the events process started again")
 
 
 def test_reload_rebinds_when_port_changes(daemon):

@@ -55,6 +55,11 @@ class SupervisedChild:
         self._started = time.monotonic()
         log.info("started %s (pid %d)", self.name, pid)
 
+    def not_started(self, exc: OSError, retry: float) -> None:
+        """Its fork failed (``exc``): try again in ``retry`` seconds."""
+        self._next_start = time.monotonic() + retry
+        log.error("cannot start %s: %s; trying again in %.0fs", self.name, exc, retry)
+
     def reaped(self, pid: int, how: str) -> bool:
         """Note that ``pid`` exited; True if it was this child (started again later: at
         once if it was being replaced, after the back-off if it died)."""

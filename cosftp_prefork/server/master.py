@@ -260,11 +260,15 @@ class Master:
 
     def _spawn_children(self) -> None:
         """Fork the metrics exporter, the admin API and the events process when one is due
-        (not running)."""
+        (not running); one that cannot be forked is tried again later, as a worker is."""
         for child in self.helpers.all():
             if self.stopping or not child.due():
                 continue
-            pid = fork_holding_signals()
+            try:
+                pid = fork_holding_signals()
+            except OSError as exc:  # no process left (EAGAIN) or memory: the workers serve on
+                child.not_started(exc, SPAWN_RETRY_SECONDS)
+                continue
             if pid == 0:
                 os._exit(self._run_child(child))
             child.started(pid)
