@@ -519,6 +519,33 @@ def test_helper_the_master_cannot_fork_is_started_later_and_the_server_serves_on
                    what="the events process started again")
 
 
+def test_reload_whose_new_port_is_taken_changes_nothing(daemon):
+    """A reload to a port in use that also turns events on: refused, naming the address;
+    the old configuration serves on, and no events process starts for the refused one."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master = master_of(daemon)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rewrite_config(daemon, listen_port=str(port))
+        with open(daemon.config_path, "a", encoding="utf-8") as handle:
+            handle.write("\n[HOOKS]\n" + "".join(f"{k} = {v}\n"
+                                                  for k, v in unreachable_receiver().items()))
+        done = daemon.ctl("reload")
+    assert done.returncode != 0
+    assert f"127.0.0.1 port {port}" in done.stderr
+    assert re.search(rf"reload failed, still serving the previous configuration: .*"
+                     rf"127\.0\.0\.1 port {port}", daemon.log_text())
+    # Many turns of the master's loop, where it starts a missing helper, pass while a
+    # new worker starts.
+    master.send_signal(signal.SIGTTIN)
+    wait_until(lambda: serving(daemon, 1, 3), what="3 workers")
+    assert "events process" not in daemon.log_text()
+    assert state_of(daemon).master().generation == 1
+    _close(login(daemon))
+
+
 def test_reload_rebinds_when_port_changes(daemon):
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     old_port, new_port = daemon.port, free_port()

@@ -327,8 +327,10 @@ def cmd_reload(config: Config) -> int:
     if master.reload_result == RELOAD_OK:
         print(f"cosftpctl: reloaded, generation {master.generation}")
         return 0
-    print("cosftpctl: reload failed, still serving the previous configuration; see "
-          f"{config.server.log_dir}/cosftp.log", file=sys.stderr)
+    # Why, as the master wrote it before its result (a port in use, a rollback's cause).
+    why = state.reload_error()
+    print(f"cosftpctl: reload failed{f' ({why})' if why else ''}, still serving the previous "
+          f"configuration; see {config.server.log_dir}/cosftp.log", file=sys.stderr)
     return 1
 
 

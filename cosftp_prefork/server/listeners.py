@@ -70,7 +70,8 @@ def _address(sock: socket.socket) -> str:
 
 def bind_listeners(network: NetworkConfig, current: Optional[Listeners] = None) -> Listeners:
     """Return the listeners ``network`` asks for, reusing those of ``current`` that already
-    listen where wanted. Raises ``OSError`` (having closed what it bound) if one cannot bind."""
+    listen where wanted. Raises ``OSError`` (having closed what it bound) if one cannot bind:
+    its message says where (``cannot listen on 127.0.0.1 port 21: [Errno 98] ...``)."""
     # "::" listed with IPv4 addresses must leave IPv4 to them.
     v6only = any(":" not in address for address in network.listen_addresses)
     kept = current.sockets() if current else []
@@ -81,12 +82,26 @@ def bind_listeners(network: NetworkConfig, current: Optional[Listeners] = None) 
         implicit = _bind_all(network.listen_addresses, network.implicit_tls_port,
                              current.implicit_tls if current else (), v6only, bound) \
             if network.implicit_tls_port else ()
-    except OSError:
+    except OSError as exc:
         for sock in bound:
             if not any(sock is other for other in kept):
                 sock.close()
-        raise
+        raise ListenError(network, exc) from None
     return Listeners(ftp, implicit)
+
+
+class ListenError(OSError):
+    """A listener of ``network`` that cannot be bound: the errno of the cause, a message
+    that says where (``cannot listen on 127.0.0.1 port 21: [Errno 98] ...``)."""
+
+    def __init__(self, network: NetworkConfig, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        implicit = f" or {network.implicit_tls_port}" if network.implicit_tls_port else ""
+        self.message = (f"cannot listen on {', '.join(network.listen_addresses)} port "
+                        f"{network.listen_port}{implicit}: {cause}")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _bind_all(addresses: tuple[str, ...], port: int, current: tuple[socket.socket, ...],

@@ -173,13 +173,10 @@ class Master:
         if problem:
             log.critical("cannot start: %s", problem)
             return False
-        network = self.config.network
         try:
-            self.listeners = bind_listeners(network)
-        except OSError as exc:
-            log.critical("cannot listen on %s port %d%s: %s", ", ".join(network.listen_addresses),
-                         network.listen_port, f" or {network.implicit_tls_port}"
-                         if network.implicit_tls_port else "", exc)
+            self.listeners = bind_listeners(self.config.network)
+        except OSError as exc:  # it says where
+            log.critical("%s", exc)
             return False
         if not (self.helpers.bind(self.config, lambda: self.state) and self._write_own_files()
                 and self._prepare_events()):
@@ -614,7 +611,12 @@ class Master:
         new = self._load_new_config()
         assert self.listeners is not None
         old_listeners = None
-        listeners = bind_listeners(new.network, self.listeners)
+        listeners = bind_listeners(new.network, self.listeners)  # says where it cannot
+        # Only once the sockets are there: a refused reload leaves no events process of
+        # its own behind.
+        if not self._prepare_events(new):
+            listeners.close(keep=self.listeners)
+            raise OSError(f"the event spool {new.hooks.spool_dir} cannot be used")
         if listeners != self.listeners:
             old_listeners, self.listeners = self.listeners, listeners
             log.info("reload: now listening on %s", listeners.describe())
@@ -632,13 +634,11 @@ class Master:
 
     def _load_new_config(self) -> Config:
         """The configuration file as a reload uses it (``reload.read_new_config``), once
-        its workers can run and its events process can use the spool."""
+        its workers can run."""
         new = read_new_config(self.config, self.identity)
         problem = self._probe_workers(new)
         if problem:
             raise ConfigError(problem, new.path)
-        if not self._prepare_events(new):
-            raise OSError(f"the event spool {new.hooks.spool_dir} cannot be used")
         return new
 
     def _follow_hooks(self, hooks: HooksConfig) -> None:
