@@ -10,6 +10,7 @@ import ftplib
 import io
 import json
 import re
+import signal
 import socket
 
 import pytest
@@ -32,7 +33,7 @@ from .admin_client import (
     serving_admin,
 )
 from .conftest import ALPHA
-from .server_proc import wait_until
+from .server_proc import connection_refused, wait_until
 from .tls_clients import write_certificate
 
 MIB = 1024 * 1024
@@ -487,3 +488,26 @@ def test_bans_saved_by_the_api_survive_a_restart(emulator, tmp_path):
     with open(f"{proc.log_dir}/cosftp.pid.bans", encoding="ascii") as handle:
         saved = json.load(handle)["bans"]
     assert [ban["address"] for ban in saved] == ["127.0.0.13"]
+
+
+def test_reload_while_the_server_stops_is_refused_at_once(emulator, tmp_path, area):
+    """A graceful stop waits for an upload; the admin API, still up meanwhile, answers a
+    reload 503 saying the server is stopping (not after waiting for the master to take it),
+    and the upload still ends with 226."""
+    proc = admin_server(str(tmp_path), emulator.port)
+    with proc:
+        api = AdminClient(admin_url(proc))
+        ftp = log_in(proc)
+        upload = HeldUpload(ftp, f"{area}.bin", 2 * MIB)
+        upload.send(MIB)
+        proc.proc.send_signal(signal.SIGQUIT)
+        wait_until(lambda: connection_refused(proc.port), what="the FTP listener closed")
+        refused = api.call("POST", "/reload")
+        assert (refused.status_code, refused.json()) == (503, {
+            "error": "the server is stopping; start it again to use the configuration file"})
+        assert "reload asked for by the admin API" not in proc.log_text()
+        upload.send(MIB)
+        upload.conn.close()
+        assert ftp.voidresp().startswith("226")
+        ftp.close()  # no QUIT: the stopping worker may have said 421 and closed already
+        assert proc.proc.wait(60) == 0

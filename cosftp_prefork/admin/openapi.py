@@ -135,7 +135,7 @@ _ERRORS = {
     413: "request body too large", 415: "a body not sent as application/json",
     422: "a value that cannot be used; a reload: the configuration's errors",
     429: "too many failed tokens: wait", 500: "the change failed (see the message)",
-    503: "busy (token checks), or the master did not answer",
+    503: "busy (token checks), the master did not answer, or the server is stopping",
 }
 _READ_ERRORS = (401, 403, 429, 503)
 _WRITE_ERRORS = (400, 401, 403, 413, 415, 429, 503)

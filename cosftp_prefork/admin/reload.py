@@ -4,7 +4,8 @@ The API runs as the workers' user and may not read the file; the master does. Th
 the master through the shared state; the master's loop takes the request (within a second),
 validates the file first, and either refuses it (nothing changes: 422 with its errors) or
 starts a new generation of workers. The call then waits for the reload's end: 200 once the
-new generation serves, 500 if it was rolled back, 202 if it still runs after ``RELOAD_WAIT``.
+new generation serves, 500 if it was rolled back, 202 if it still runs after ``RELOAD_WAIT``;
+503 at once once the master stops (the shared state says so: it takes no reload then).
 A reload that succeeds replaces this process too (new tokens, new accounts): it finishes the
 requests in flight first.
 """
@@ -18,6 +19,7 @@ from .app import ApiError, Context, Response, wait_for
 
 TAKE_WAIT = 10.0  # the master's loop turns every second
 RELOAD_WAIT = 45.0  # the master rolls a reload back after 30 s
+STOPPING = "the server is stopping; start it again to use the configuration file"
 _one_at_a_time = threading.Lock()
 
 
@@ -34,11 +36,18 @@ def reload(context: Context) -> Response:
 
 def _reload(context: Context) -> Response:
     state = context.state
-    if state.master().reload_result == RELOAD_RUNNING:
+    master = state.master()
+    if master.stopping:  # it would never take the request
+        raise ApiError(503, STOPPING)
+    if master.reload_result == RELOAD_RUNNING:
         raise ApiError(409, "a reload is already running")
     number = state.request_reload()
-    if not wait_for(lambda: state.reload_taken() >= number, TAKE_WAIT):
-        raise ApiError(503, "the master did not take the reload (stopping?)")
+    if not wait_for(lambda: state.reload_taken() >= number or state.master().stopping,
+                    TAKE_WAIT):
+        raise ApiError(503, "the master did not take the reload within "
+                       f"{TAKE_WAIT:.0f}s; see the server's log")
+    if state.reload_taken() < number:  # it began to stop meanwhile
+        raise ApiError(503, STOPPING)
     master = state.master()
     if master.reload_result == RELOAD_FAILED:
         raise ApiError(422, "the configuration was refused; nothing changed",

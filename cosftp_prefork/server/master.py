@@ -249,7 +249,7 @@ class Master:
         self.state.write_header(MasterStatus(
             self.pid, self.generation, self.started, self.num_workers, self.config.path,
             self.reloads, self.reload_result, ftp_port, implicit_port,
-            self.config.network.tls is not None))
+            self.config.network.tls is not None, self.stopping))
         setproctitle(f"{master_title(self.config.path)} gen={self.generation} "
                      f"workers={len(self._current())}")
 
@@ -412,6 +412,7 @@ class Master:
         now = time.monotonic()
         self._stop_deadline = min(self._stop_deadline or now + timeout, now + timeout)
         self._close_listeners()
+        self._publish()  # the admin API refuses a reload from now on
         signal_workers(signal.SIGUSR2 if graceful else signum, self.workers.values())
 
     def _close_listeners(self) -> None:
