@@ -9,7 +9,8 @@ talks to COS. Its parts, module by module:
 - ``workers``: what it knows of each worker, their back-off, SIGABRT and SIGKILL, the
   stacks a hung worker dumped; ``health``: the checks that find a hung or bloated worker;
 - ``reload``: reading the file for a reload (HUP, or the admin API's request through the
-  shared state) and the reload in progress; this class moves it on and rolls it back;
+  shared state), the reload in progress, and the steps that start it, move it on and
+  roll it back (``ReloadSequence``, which this class inherits);
 - ``helpers``: the metrics exporter (``metrics_port``), the admin API (``admin_port``, the
   API imported in its forked child only) and the events process;
 - ``bansfile``: the bans kept across a stop and a start.
@@ -26,16 +27,13 @@ import select
 import signal
 import time
 from collections import deque
-from dataclasses import replace
 from enum import Enum
 from typing import Optional
 
 from setproctitle import setproctitle
 
 from .. import metrics
-from ..config.hooks import HooksConfig
 from ..config.model import Config
-from ..errors import ConfigError
 from .bansfile import BansFile
 from .children import SupervisedChild
 from .files import hand_over_files, worker_files
@@ -46,12 +44,9 @@ from .logs import reopen_logging, setup_logging
 from .metrics_dir import metrics_dir
 from .pidfile import master_title, write_pid_file
 from .privileges import Identity, describe_workers, drop_privileges, probe
-from .reload import RELOAD_READY_TIMEOUT, PendingReload, log_new_config, read_new_config
+from .reload import PendingReload, ReloadSequence
 from .scoreboard import (
     EXIT_BOOT_FAILURE,
-    RELOAD_FAILED,
-    RELOAD_OK,
-    RELOAD_RUNNING,
     STARTING,
     MasterStatus,
     SharedState,
@@ -97,7 +92,7 @@ MOVES = {
 }
 
 
-class Master:
+class Master(ReloadSequence):
     """Supervises the workers serving one config on its listening sockets."""
 
     SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU",
@@ -339,31 +334,6 @@ class Master:
         self._begin_stop(signal.SIGQUIT, self.config.server.graceful_timeout + 10.0,
                          graceful=True)
 
-    def handle_hup(self) -> None:
-        """Reload the configuration file; keep the old one if the new one is unusable."""
-        assert self.state is not None
-        self.reloads += 1
-        try:
-            self._start_reload()
-            self.state.write_reload_error("")
-        except (ConfigError, OSError) as exc:
-            log.error("reload failed, still serving the previous configuration: %s", exc)
-            self.reload_result = RELOAD_FAILED
-            self.state.write_reload_error(str(exc))
-            metrics.RELOADS.labels("failed").inc()
-        self._publish()
-
-    def _take_reload_request(self) -> None:
-        """Run the reload the admin API asked for, if any, as a HUP; then say it was taken
-        (after ``_publish``: the API reads the outcome once it sees that)."""
-        asked = self.state.reload_asked() if self.state is not None else 0
-        if asked == self._reload_taken or self.stopping:
-            return
-        log.info("reload asked for by the admin API")
-        self._reload_taken = asked
-        self.handle_hup()
-        self.state.note_reload_taken(asked)
-
     def handle_usr1(self) -> None:
         """Reopen log files (after logrotate) here and in every worker."""
         server = self.config.server
@@ -599,118 +569,3 @@ class Master:
         assert self.state is not None
         for worker in check_workers(self.workers.values(), self.state, self.config.server):
             self._drain([worker])
-
-    # --- reload
-
-    def _start_reload(self) -> None:
-        """Read the file and start the new generation beside the old one; raises
-        ``ConfigError`` or ``OSError`` (nothing changed) if it cannot be used."""
-        if self.stopping:  # its listeners are closed: a new generation has none
-            raise ConfigError("the server is stopping")
-        if self.reload is not None:
-            raise ConfigError("a reload is already in progress", self.config.path)
-        new = self._load_new_config()
-        assert self.listeners is not None
-        old_listeners = None
-        listeners = bind_listeners(new.network, self.listeners)  # says where it cannot
-        # Only once the sockets are there: a refused reload leaves no events process of
-        # its own behind.
-        if not self._prepare_events(new):
-            listeners.close(keep=self.listeners)
-            raise OSError(f"the event spool {new.hooks.spool_dir} cannot be used")
-        if listeners != self.listeners:
-            old_listeners, self.listeners = self.listeners, listeners
-            log.info("reload: now listening on %s", listeners.describe())
-        log_new_config(self.config, new)
-        self.reload = PendingReload(self.config, self.generation, old_listeners,
-                                    time.monotonic() + RELOAD_READY_TIMEOUT)
-        self._follow_hooks(new.hooks)
-        self.config = new
-        self.generation += 1
-        self.num_workers = new.server.worker_processes
-        self.backoff = {}
-        self.reload_result = RELOAD_RUNNING
-        log.info("reload: starting generation %d with %d workers", self.generation,
-                 self.num_workers)
-
-    def _load_new_config(self) -> Config:
-        """The configuration file as a reload uses it (``reload.read_new_config``), once
-        its workers can run."""
-        new = read_new_config(self.config, self.identity)
-        problem = self._probe_workers(new)
-        if problem:
-            raise ConfigError(problem, new.path)
-        return new
-
-    def _follow_hooks(self, hooks: HooksConfig) -> None:
-        """Replace the events process if what it does changes with ``hooks`` (retry age,
-        spool bound, what a full spool does); routes are in the events themselves."""
-        events = self.helpers.events
-        if events is not None and replace(hooks, server=self.config.hooks.server) != \
-                self.config.hooks:
-            log.info("reload: [HOOKS] changed; replacing the events process")
-            events.replace()
-
-    def _advance_reload(self) -> None:
-        """Drain the old generation once every new worker serves, and call the reload done
-        once the old workers stopped accepting; roll back if the new ones never serve."""
-        pending = self.reload
-        if pending is None or self.stopping:
-            return
-        assert self.state is not None
-        states = {s.pid: s.state for s in self.state.workers() if s.heartbeat}
-        if pending.draining is not None:
-            if all(states.get(pid, "draining") == "draining" for pid in pending.draining):
-                self._finish_reload()
-            return
-        current = self._current()
-        if len(current) >= self.num_workers and all(states.get(w.pid) == "serving"
-                                                     for w in current):
-            self._drain_old_generation(pending)
-        elif time.monotonic() > pending.deadline:
-            self._roll_back(f"generation {self.generation} not serving after "
-                            f"{RELOAD_READY_TIMEOUT:.0f}s")
-
-    def _drain_old_generation(self, pending: PendingReload) -> None:
-        """The new generation serves: tell the old one to drain, close the old ports."""
-        old = [w for w in self.workers.values()
-               if w.generation != self.generation and not w.draining]
-        log.info("reload: generation %d serving; draining %d old workers", self.generation,
-                 len(old))
-        self._drain(old)
-        pending.draining = [w.pid for w in old]
-        if pending.old_listeners is not None:
-            pending.old_listeners.close(keep=self.listeners)
-            pending.old_listeners = None
-
-    def _finish_reload(self) -> None:
-        """The old generation no longer accepts: the reload is done."""
-        self.reload = None
-        self.reload_result = RELOAD_OK
-        log.info("reload: generation %d done", self.generation)
-        metrics.RELOADS.labels("ok").inc()
-        self._publish()
-        if self.helpers.admin is not None:
-            self.helpers.admin.retire()  # a new one, with the new tokens and accounts
-
-    def _roll_back(self, why: str) -> None:
-        """The new generation cannot serve: stop it and serve the old configuration again
-        (its workers never stopped)."""
-        pending = self.reload
-        assert pending is not None and self.state is not None
-        log.error("reload failed (%s); rolling back to generation %d", why,
-                  pending.old_generation)
-        failed = [w for w in self.workers.values() if w.generation == self.generation]
-        signal_workers(signal.SIGTERM, failed)
-        if pending.old_listeners is not None:
-            assert self.listeners is not None
-            self.listeners.close(keep=pending.old_listeners)
-            self.listeners = pending.old_listeners
-        self._follow_hooks(pending.old_config.hooks)
-        self.config, self.generation = pending.old_config, pending.old_generation
-        self.num_workers = self.config.server.worker_processes
-        self.reload = None
-        self.reload_result = RELOAD_FAILED
-        self.state.write_reload_error(f"rolled back: {why}")
-        metrics.RELOADS.labels("failed").inc()
-        self._publish()

@@ -4,21 +4,31 @@ The new file is validated first, and an invalid one leaves everything as it was.
 starts a new generation of workers on the same sockets (new ones for an address that
 changed); the old generation is told to drain only once every new worker serves, and if the
 new generation cannot start the master rolls back to the old configuration, whose workers
-never stopped serving. ``PendingReload`` is a reload between those steps; the master
-(``Master._advance_reload``) moves it on.
+never stopped serving. ``PendingReload`` is a reload between those steps;
+``ReloadSequence`` is the master's part: the steps it takes on a HUP (or the API's
+request) and on each turn of its loop (``_advance_reload``), kept here, apart from the
+loop, the signals and the workers' supervision (``master.Master`` inherits them).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import time
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
+from .. import metrics
+from ..config.hooks import HooksConfig
 from ..config.model import Config
 from ..config.settings import load_config
+from ..errors import ConfigError
 from .files import check_files, hand_over_files
-from .listeners import Listeners, tls_summary
+from .helpers import Helpers
+from .listeners import Listeners, bind_listeners, tls_summary
 from .privileges import Identity, describe_workers
+from .scoreboard import RELOAD_FAILED, RELOAD_OK, RELOAD_RUNNING, SharedState
+from .workers import Backoff, WorkerProc, signal_workers
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +81,166 @@ def log_new_config(running: Config, new: Config) -> None:
         log.warning("reload: admin_address and admin_port take effect at the next start; "
                     "the admin API stays where it was")
     log.info("reload: %s", tls_summary(new))
+
+
+class ReloadSequence:
+    """The master's steps of a reload: start it (``handle_hup``), move it on each turn of
+    the loop (``_advance_reload``), finish it or roll it back. What it uses of the master:"""
+
+    config: Config
+    identity: Optional[Identity]
+    state: Optional[SharedState]
+    helpers: Helpers
+    listeners: Optional[Listeners]
+    workers: dict[int, WorkerProc]
+    backoff: dict[int, Backoff]
+    generation: int
+    num_workers: int
+    reload: Optional[PendingReload]
+    reloads: int
+    reload_result: int
+    stopping: bool
+    _reload_taken: int
+    _publish: Callable[[], None]
+    _current: Callable[[], list[WorkerProc]]
+    _drain: Callable[[list[WorkerProc]], None]
+    _probe_workers: Callable[[Config], Optional[str]]
+    _prepare_events: Callable[[Optional[Config]], bool]
+
+    def handle_hup(self) -> None:
+        """Reload the configuration file; keep the old one if the new one is unusable."""
+        assert self.state is not None
+        self.reloads += 1
+        try:
+            self._start_reload()
+            self.state.write_reload_error("")
+        except (ConfigError, OSError) as exc:
+            log.error("reload failed, still serving the previous configuration: %s", exc)
+            self.reload_result = RELOAD_FAILED
+            self.state.write_reload_error(str(exc))
+            metrics.RELOADS.labels("failed").inc()
+        self._publish()
+
+    def _take_reload_request(self) -> None:
+        """Run the reload the admin API asked for, if any, as a HUP; then say it was taken
+        (after ``_publish``: the API reads the outcome once it sees that)."""
+        asked = self.state.reload_asked() if self.state is not None else 0
+        if asked == self._reload_taken or self.stopping:
+            return
+        log.info("reload asked for by the admin API")
+        self._reload_taken = asked
+        self.handle_hup()
+        self.state.note_reload_taken(asked)
+
+    def _start_reload(self) -> None:
+        """Read the file and start the new generation beside the old one; raises
+        ``ConfigError`` or ``OSError`` (nothing changed) if it cannot be used."""
+        if self.stopping:  # its listeners are closed: a new generation has none
+            raise ConfigError("the server is stopping")
+        if self.reload is not None:
+            raise ConfigError("a reload is already in progress", self.config.path)
+        new = self._load_new_config()
+        assert self.listeners is not None
+        old_listeners = None
+        listeners = bind_listeners(new.network, self.listeners)  # says where it cannot
+        # Only once the sockets are there: a refused reload leaves no events process of
+        # its own behind.
+        if not self._prepare_events(new):
+            listeners.close(keep=self.listeners)
+            raise OSError(f"the event spool {new.hooks.spool_dir} cannot be used")
+        if listeners != self.listeners:
+            old_listeners, self.listeners = self.listeners, listeners
+            log.info("reload: now listening on %s", listeners.describe())
+        log_new_config(self.config, new)
+        self.reload = PendingReload(self.config, self.generation, old_listeners,
+                                    time.monotonic() + RELOAD_READY_TIMEOUT)
+        self._follow_hooks(new.hooks)
+        self.config = new
+        self.generation += 1
+        self.num_workers = new.server.worker_processes
+        self.backoff = {}
+        self.reload_result = RELOAD_RUNNING
+        log.info("reload: starting generation %d with %d workers", self.generation,
+                 self.num_workers)
+
+    def _load_new_config(self) -> Config:
+        """The configuration file as a reload uses it (``reload.read_new_config``), once
+        its workers can run."""
+        new = read_new_config(self.config, self.identity)
+        problem = self._probe_workers(new)
+        if problem:
+            raise ConfigError(problem, new.path)
+        return new
+
+    def _follow_hooks(self, hooks: HooksConfig) -> None:
+        """Replace the events process if what it does changes with ``hooks`` (retry age,
+        spool bound, what a full spool does); routes are in the events themselves."""
+        events = self.helpers.events
+        if events is not None and replace(hooks, server=self.config.hooks.server) != \
+                self.config.hooks:
+            log.info("reload: [HOOKS] changed; replacing the events process")
+            events.replace()
+
+    def _advance_reload(self) -> None:
+        """Drain the old generation once every new worker serves, and call the reload done
+        once the old workers stopped accepting; roll back if the new ones never serve."""
+        pending = self.reload
+        if pending is None or self.stopping:
+            return
+        assert self.state is not None
+        states = {s.pid: s.state for s in self.state.workers() if s.heartbeat}
+        if pending.draining is not None:
+            if all(states.get(pid, "draining") == "draining" for pid in pending.draining):
+                self._finish_reload()
+            return
+        current = self._current()
+        if len(current) >= self.num_workers and all(states.get(w.pid) == "serving"
+                                                     for w in current):
+            self._drain_old_generation(pending)
+        elif time.monotonic() > pending.deadline:
+            self._roll_back(f"generation {self.generation} not serving after "
+                            f"{RELOAD_READY_TIMEOUT:.0f}s")
+
+    def _drain_old_generation(self, pending: PendingReload) -> None:
+        """The new generation serves: tell the old one to drain, close the old ports."""
+        old = [w for w in self.workers.values()
+               if w.generation != self.generation and not w.draining]
+        log.info("reload: generation %d serving; draining %d old workers", self.generation,
+                 len(old))
+        self._drain(old)
+        pending.draining = [w.pid for w in old]
+        if pending.old_listeners is not None:
+            pending.old_listeners.close(keep=self.listeners)
+            pending.old_listeners = None
+
+    def _finish_reload(self) -> None:
+        """The old generation no longer accepts: the reload is done."""
+        self.reload = None
+        self.reload_result = RELOAD_OK
+        log.info("reload: generation %d done", self.generation)
+        metrics.RELOADS.labels("ok").inc()
+        self._publish()
+        if self.helpers.admin is not None:
+            self.helpers.admin.retire()  # a new one, with the new tokens and accounts
+
+    def _roll_back(self, why: str) -> None:
+        """The new generation cannot serve: stop it and serve the old configuration again
+        (its workers never stopped)."""
+        pending = self.reload
+        assert pending is not None and self.state is not None
+        log.error("reload failed (%s); rolling back to generation %d", why,
+                  pending.old_generation)
+        failed = [w for w in self.workers.values() if w.generation == self.generation]
+        signal_workers(signal.SIGTERM, failed)
+        if pending.old_listeners is not None:
+            assert self.listeners is not None
+            self.listeners.close(keep=pending.old_listeners)
+            self.listeners = pending.old_listeners
+        self._follow_hooks(pending.old_config.hooks)
+        self.config, self.generation = pending.old_config, pending.old_generation
+        self.num_workers = self.config.server.worker_processes
+        self.reload = None
+        self.reload_result = RELOAD_FAILED
+        self.state.write_reload_error(f"rolled back: {why}")
+        metrics.RELOADS.labels("failed").inc()
+        self._publish()
