@@ -1,7 +1,8 @@
 """The master process: binds the listening sockets, forks workers and supervises them.
 
 Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake the loop
-through a pipe; the loop dispatches to ``handle_<signal>`` methods, reaps and respawns
+through a pipe (``signals.SignalQueue``); the loop dispatches to ``handle_<signal>``
+methods (the signal table: ``Master.SIGNALS``), reaps and respawns
 workers, moves reloads on and runs health checks. The master never serves FTP and never
 talks to COS. Its parts, module by module:
 
@@ -18,15 +19,12 @@ talks to COS. Its parts, module by module:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import faulthandler
 import logging
 import os
-import select
 import signal
 import time
-from collections import deque
 from enum import Enum
 from typing import Optional
 
@@ -52,7 +50,7 @@ from .scoreboard import (
     SharedState,
     state_path,
 )
-from .signals import fork_holding_signals
+from .signals import SignalQueue, fork_holding_signals
 from .usage import usage_path
 from .workers import (
     Backoff,
@@ -95,8 +93,10 @@ MOVES = {
 class Master(ReloadSequence):
     """Supervises the workers serving one config on its listening sockets."""
 
-    SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU",
-               "SIGCHLD")
+    # The signal table: each is queued (``signals.SignalQueue``) and handled by its
+    # ``handle_<name>`` from the loop.
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+               signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
     def __init__(self, config: Config, foreground: bool = True,
                  identity: Optional[Identity] = None) -> None:
@@ -124,8 +124,7 @@ class Master(ReloadSequence):
         self._reload_taken = 0  # the last reload request of the admin API run
         self._stop_deadline = 0.0
         self._next_health_check = 0.0
-        self._queue: deque[int] = deque()
-        self._wake_r, self._wake_w = os.pipe()
+        self._signals = SignalQueue()
 
     # --- life cycle
 
@@ -145,7 +144,7 @@ class Master(ReloadSequence):
         self._setup_logging()
         if not self._start():
             return EXIT_CANNOT_START
-        self._install_signals()
+        self._signals.install(self.SIGNALS)
         assert self.listeners is not None
         log.info("master %d listening on %s with %d workers", self.pid,
                  self.listeners.describe(), self.num_workers)
@@ -183,7 +182,7 @@ class Master(ReloadSequence):
         while not (self.stopping and not self.workers):
             self._spawn_missing()
             self._spawn_children()
-            signum = self._wait_for_signal()
+            signum = self._signals.wait(LOOP_SECONDS)
             if signum is not None:
                 name = signal.Signals(signum).name[3:].lower()
                 getattr(self, f"handle_{name}")()
@@ -291,9 +290,7 @@ class Master(ReloadSequence):
     def _leave_master(self, keep: Optional[SupervisedChild] = None) -> None:
         """In a child just forked: drop the master's signal wake-up pipe, the workers'
         stack dump files and the sockets of the helper processes but ``keep``'s."""
-        signal.set_wakeup_fd(-1)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._signals.close()
         for worker in self.workers.values():
             os.close(worker.stack_fd)
         for child in self.helpers.all():
@@ -301,25 +298,6 @@ class Master(ReloadSequence):
                 child.close()
 
     # --- signals
-
-    def _install_signals(self) -> None:
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
-        signal.set_wakeup_fd(self._wake_w)
-        for name in self.SIGNALS:
-            signal.signal(getattr(signal, name), self._queue_signal)
-
-    def _queue_signal(self, signum: int, frame) -> None:
-        self._queue.append(signum)
-
-    def _wait_for_signal(self) -> Optional[int]:
-        if not self._queue:
-            with contextlib.suppress(InterruptedError):
-                select.select([self._wake_r], [], [], LOOP_SECONDS)
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._wake_r, 4096):
-                    pass
-        return self._queue.popleft() if self._queue else None
 
     def handle_term(self) -> None:
         """Fast stop: workers end their transfers (426; uploads are parked, no partial
