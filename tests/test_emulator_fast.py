@@ -194,7 +194,7 @@ def test_the_shims_checks_come_before_a_fast_answer(emu):
 
 def test_pinned_copies_fail_and_pass_as_with_motos_head(emu):
     """A copy pinned with ``x-cos-copy-source-If-Match`` reads its source's ETag from moto's
-    backend (``fast.source_etag``), not through a HEAD of moto's app: the same 200 or 412
+    backend (``fast.source_key``), not through a HEAD of moto's app: the same 200 or 412
     with and without fast answers, over random keys, current and stale ETags, a missing
     key, a delete marker and a versioned bucket."""
     rng = random.Random(2121)

@@ -33,6 +33,10 @@ The shim translates what differs between COS and S3 on the wire:
 * a PUT Object with ``x-cos-forbid-overwrite: true`` onto an existing object gets 409
   FileAlreadyExists, checked and stored as one step, unless the bucket's versioning was
   ever enabled (COS ignores the header there too);
+* what COS refuses and moto took (or failed on with 500) is refused as COS documents it
+  (``conform.py``): copy conditions and ranges, metadata directives, copy sources naming no
+  object, missing uploads, parts out of order, ListObjects' max-keys and encoding-type,
+  DELETE Multiple Objects' limit;
 * an object replaced or deleted while a GET or a copy reads it is still read whole (moto
   closes its buffer under the reader, which then fails with 500; COS serves the version the
   read started with), and the CRC64 a CompleteMultipartUpload or a HEAD reports is that of
@@ -70,6 +74,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import email.utils
 import functools
 import hashlib
 import io
@@ -98,8 +103,8 @@ from moto.server import create_backend_app
 from werkzeug.test import Client
 
 from ..cos.checksum import crc64
-from . import fast, listing
-from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts, signer
+from . import conform, fast, listing
+from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts, Refusal, signer
 from .serving import DEFAULT_LIMITS, KeepAliveServer, Limits
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -497,10 +502,10 @@ class CosShim:
         injected = self._inject(environ, start_response, request_id)
         if injected is not None:
             return injected
-        if self._copy_source_changed(environ):
-            return _error_response(start_response, "412 Precondition Failed",
-                                   "PreconditionFailed", environ.get("PATH_INFO", ""),
-                                   request_id)
+        refused = conform.refusal(environ) or self._copy_refusal(environ)
+        if refused is not None:
+            return _error_response(start_response, refused.status, refused.code,
+                                   environ.get("PATH_INFO", ""), request_id, refused.message)
         crc = self._crc_of_upload(environ)
         if _digest_mismatch(environ):
             return _error_response(start_response, "400 Bad Request", "BadDigest",
@@ -629,20 +634,27 @@ class CosShim:
         key = environ.get("PATH_INFO", "/")[1:].encode("latin-1").decode("utf-8", "replace")
         return not bucket.versioning_status and key in bucket.keys
 
-    def _copy_source_changed(self, environ: dict) -> bool:
-        """Whether a copy's source no longer has the ETag ``x-cos-copy-source-If-Match``
-        names, which COS answers with 412 (moto ignores the header on part copies)."""
-        wanted = environ.get("HTTP_X_COS_COPY_SOURCE_IF_MATCH", "")
-        source = environ.get("HTTP_X_COS_COPY_SOURCE", "")
-        if not wanted or not source:
-            return False
-        host, _, path = source.lstrip("/").partition("/")
+    def _copy_refusal(self, environ: dict) -> Optional[Refusal]:
+        """COS's refusal of a copy whose source fails its conditions or is shorter than
+        its range (``conform.copy_precondition``; moto checks neither date, and nothing on
+        part copies); None otherwise, or if there is no such source (moto says so)."""
+        if "HTTP_X_COS_COPY_SOURCE" not in environ or not conform.has_copy_conditions(environ):
+            return None
+        host, _, path = environ["HTTP_X_COS_COPY_SOURCE"].lstrip("/").partition("/")
         authorization = environ.get("HTTP_AUTHORIZATION", "")
-        etag = fast.source_etag(host, path, authorization) if self.fast_answers else None
-        if etag is None:
-            headers = {"Host": host, "Authorization": authorization}
-            etag = Client(self.app).head("/" + path, headers=headers).headers.get("ETag", "")
-        return etag.strip('"') != wanted.strip('"')
+        key = fast.source_key(host, path, authorization) if self.fast_answers else None
+        if key is not None:
+            source = conform.SourceState(str(key.etag).strip('"'),
+                                         key.last_modified.timestamp(), key.size)
+        else:
+            headers = Client(self.app).head("/" + path, headers={
+                "Host": host, "Authorization": authorization}).headers
+            if "ETag" not in headers:
+                return None
+            modified = email.utils.parsedate_to_datetime(headers["Last-Modified"])
+            source = conform.SourceState(headers["ETag"].strip('"'), modified.timestamp(),
+                                         int(headers.get("Content-Length", 0)))
+        return conform.copy_precondition(environ, source)
 
     def _object_crc(self, environ: dict, headers: list[tuple[str, str]],
                     compute: Callable[[], int]) -> int:

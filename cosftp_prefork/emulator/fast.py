@@ -190,20 +190,19 @@ def _head_object(environ: dict) -> Optional[Answer]:
     return "200 OK", _moto_headers(list(headers.items())), b""
 
 
-def source_etag(host: str, path: str, authorization: str) -> Optional[str]:
-    """The ETag (quoted, as moto's HEAD answers it) of the copy source ``path`` (its
-    URL-encoded key) in the bucket of ``host``, for a copy's ``x-cos-copy-source-If-Match``;
-    None where moto's HEAD alone can tell (a bucket left to moto, a version, no such key, a
-    delete marker). The shim asked moto's HEAD through its Flask app: two fifths of a
-    pinned copy's emulator CPU (docs/performance.md)."""
+def source_key(host: str, path: str, authorization: str) -> Optional[FakeKey]:
+    """moto's current object for the copy source ``path`` (its URL-encoded key) in the
+    bucket of ``host``, whose ETag, time and size a copy's conditions and range are checked
+    against; None where moto's HEAD alone can tell (a bucket left to moto, a version, no
+    such key, a delete marker). The shim asked moto's HEAD through its Flask app: two
+    fifths of a pinned copy's emulator CPU (docs/performance.md)."""
     bucket = _plain_bucket({"HTTP_HOST": host, "HTTP_AUTHORIZATION": authorization})
     if bucket is None or "?" in path:
         return None
     try:
-        key = _backend().head_object(bucket.name, urllib.parse.unquote(path, errors="strict"))
+        return _backend().head_object(bucket.name, urllib.parse.unquote(path, errors="strict"))
     except (HeadOnDeleteMarker, UnicodeError):
         return None
-    return None if key is None else str(key.etag)
 
 
 def _key_name(environ: dict) -> Optional[str]:

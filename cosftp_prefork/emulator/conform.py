@@ -1,0 +1,201 @@
+"""What COS refuses that moto lets through, answers otherwise, or fails on with 500.
+
+Checked by the shim before a request reaches moto or the answers of ``fast.py``, so both
+give COS's answer. Each rule names the COS document it follows:
+
+* PUT Object - Copy and Upload Part - Copy (cloud.tencent.com/document/product/436/10881,
+  436/8287): ``x-cos-copy-source-If-Match``, ``-If-None-Match``, ``-If-Modified-Since`` and
+  ``-If-Unmodified-Since`` answer 412 PreconditionFailed when they fail (moto checks none
+  of them on part copies, and neither date on copies); ``x-cos-metadata-directive`` is
+  ``Copy`` or ``Replaced`` (any other value: 400 InvalidArgument; moto took it as Copy);
+  ``x-cos-copy-source`` names ``<bucket>.<endpoint>/<key>`` (an empty or keyless one: 400
+  InvalidCopySource, "不合法的复制源" in the error codes, 436/7730; moto failed with 500);
+  ``x-cos-copy-source-range`` is ``bytes=first-last`` inside the source (else 400
+  InvalidArgument; moto copied what there was);
+* a part copied into, or a completion of, an upload that does not exist: 404 NoSuchUpload
+  (436/7730; moto failed with 500); a completion listing its parts out of ascending order:
+  400 InvalidPartOrder (436/7730; moto joined them in the order given);
+* GET Bucket (436/7734): ``max-keys`` is at most 1000 (a larger one lists 1000; moto listed
+  them all), a number (else 400 InvalidArgument; moto failed with 500), and
+  ``encoding-type`` can only be ``url`` (else 400 InvalidArgument);
+* DELETE Multiple Objects (436/8289) deletes at most 1,000 objects a request (more: 400
+  MalformedXML).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import re
+import urllib.parse
+from dataclasses import dataclass
+from typing import Optional
+
+import moto.s3.models
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.exceptions import MissingBucket
+
+from .accounts import Refusal
+
+LIST_MAX_KEYS = 1000  # GET Bucket's most keys a page, whatever max-keys asks
+DELETE_MAX_OBJECTS = 1000  # DELETE Multiple Objects' most objects a request
+_DIRECTIVES = ("Copy", "Replaced")
+_LIST_PARAMETERS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
+_COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+_DELETED_OBJECT = re.compile(rb"<Object>")
+_PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
+PRECONDITION_FAILED = Refusal("412 Precondition Failed", "PreconditionFailed",
+                              "The precondition given in the copy source headers failed.")
+
+
+def _invalid(message: str, code: str = "InvalidArgument") -> Refusal:
+    return Refusal("400 Bad Request", code, message)
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What a copy's conditions and range are checked against: the source's ETag (no
+    quotes), its last modification (seconds since the epoch) and size."""
+
+    etag: str
+    modified: float
+    size: int
+
+
+def refusal(environ: dict) -> Optional[Refusal]:
+    """COS's refusal of this request as sent (COS-form ``x-cos-*`` headers), before any
+    object is looked at; None if COS takes it."""
+    method = environ["REQUEST_METHOD"]
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" in environ:
+        return _copy_refusal(environ, "partNumber" in query)
+    if method == "GET" and environ.get("PATH_INFO", "/") in ("", "/") and query and \
+            set(query) <= _LIST_PARAMETERS:
+        return _list_refusal(environ, query)
+    if method == "POST" and "delete" in query:
+        return _delete_refusal(environ)
+    if "uploadId" in query and (method == "POST" or "partNumber" in query):
+        return _upload_refusal(environ, query["uploadId"][0]) or (
+            _completion_refusal(environ) if method == "POST" else None)
+    return None
+
+
+def _copy_refusal(environ: dict, part: bool) -> Optional[Refusal]:
+    if copy_source_parts(environ["HTTP_X_COS_COPY_SOURCE"]) is None:
+        return _invalid("x-cos-copy-source must name <bucket>.<endpoint>/<key>",
+                        "InvalidCopySource")
+    directive = environ.get("HTTP_X_COS_METADATA_DIRECTIVE")
+    if not part and directive is not None and directive not in _DIRECTIVES:
+        return _invalid("x-cos-metadata-directive must be Copy or Replaced")
+    wanted = environ.get("HTTP_X_COS_COPY_SOURCE_RANGE")
+    if part and wanted:  # (the SDK sends it empty for a whole object)
+        found = _COPY_RANGE.fullmatch(wanted)
+        if found is None or int(found.group(1)) > int(found.group(2)):
+            return _invalid("x-cos-copy-source-range must be bytes=first-last")
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    if part and "uploadId" in query:
+        return _upload_refusal(environ, query["uploadId"][0])
+    return None
+
+
+def copy_source_parts(value: str) -> Optional[tuple[str, str]]:
+    """The host (or S3-form bucket) and URL-encoded key, without ``?versionId=…``, that a
+    copy source names; None if it names no object."""
+    host, slash, path = value.lstrip("/").partition("/")
+    key = path.partition("?")[0]
+    return (host, key) if host and slash and key else None
+
+
+def _list_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusal]:
+    max_keys = query.get("max-keys", [str(LIST_MAX_KEYS)])[-1]
+    if not max_keys.isdigit():
+        return _invalid("max-keys must be a whole number from 0 to 1000")
+    if query.get("encoding-type", ["url"])[-1] != "url":
+        return _invalid("encoding-type can only be url")
+    if int(max_keys) > LIST_MAX_KEYS:  # COS lists a page of 1000 at most
+        query["max-keys"] = [str(LIST_MAX_KEYS)]
+        environ["QUERY_STRING"] = urllib.parse.urlencode(query, doseq=True,
+                                                         quote_via=urllib.parse.quote)
+    return None
+
+
+def _body(environ: dict) -> bytes:
+    """The request's body, read whole and put back for moto."""
+    length = environ.get("CONTENT_LENGTH")
+    body = environ["wsgi.input"].read(int(length) if length else -1)
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _delete_refusal(environ: dict) -> Optional[Refusal]:
+    if len(_DELETED_OBJECT.findall(_body(environ))) > DELETE_MAX_OBJECTS:
+        return _invalid(f"one request deletes at most {DELETE_MAX_OBJECTS} objects",
+                        "MalformedXML")
+    return None
+
+
+def _upload_refusal(environ: dict, upload_id: str) -> Optional[Refusal]:
+    """404 NoSuchUpload for an upload the bucket does not have (moto fails with 500 on a
+    part copy or a completion of one); None if it has it or the bucket is missing (moto
+    says NoSuchBucket)."""
+    try:
+        bucket = moto.s3.models.s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_bucket(
+            environ.get("HTTP_HOST", "").split(".", 1)[0])
+    except MissingBucket:
+        return None
+    if upload_id in bucket.multiparts:
+        return None
+    return Refusal("404 Not Found", "NoSuchUpload", "The specified upload does not exist.")
+
+
+def _completion_refusal(environ: dict) -> Optional[Refusal]:
+    """400 InvalidPartOrder for a CompleteMultipartUpload whose part numbers do not
+    ascend (moto joined the parts in the order given)."""
+    numbers = [int(number) for number in _PART_NUMBER.findall(_body(environ))]
+    if any(later <= earlier for earlier, later in zip(numbers, numbers[1:])):
+        return _invalid("the parts must be listed by ascending part number",
+                        "InvalidPartOrder")
+    return None
+
+
+def copy_precondition(environ: dict, source: SourceState) -> Optional[Refusal]:
+    """COS's refusal of a copy of ``source`` for its conditions or range; None if it
+    passes. Dates COS cannot read are ignored, as HTTP ignores them."""
+    if not _etag_condition(environ, "HTTP_X_COS_COPY_SOURCE_IF_MATCH", source, True) or \
+            not _etag_condition(environ, "HTTP_X_COS_COPY_SOURCE_IF_NONE_MATCH", source, False):
+        return PRECONDITION_FAILED
+    modified = int(source.modified)  # HTTP dates have whole seconds
+    since = _http_date(environ.get("HTTP_X_COS_COPY_SOURCE_IF_MODIFIED_SINCE"))
+    if since is not None and modified <= since:
+        return PRECONDITION_FAILED
+    since = _http_date(environ.get("HTTP_X_COS_COPY_SOURCE_IF_UNMODIFIED_SINCE"))
+    if since is not None and modified > since:
+        return PRECONDITION_FAILED
+    found = _COPY_RANGE.fullmatch(environ.get("HTTP_X_COS_COPY_SOURCE_RANGE", ""))
+    if found is not None and int(found.group(2)) >= source.size:
+        return _invalid(f"x-cos-copy-source-range is past the source's {source.size} bytes")
+    return None
+
+
+def has_copy_conditions(environ: dict) -> bool:
+    """Whether a copy carries a condition or range that :func:`copy_precondition` checks."""
+    return any(name in environ for name in (
+        "HTTP_X_COS_COPY_SOURCE_IF_MATCH", "HTTP_X_COS_COPY_SOURCE_IF_NONE_MATCH",
+        "HTTP_X_COS_COPY_SOURCE_IF_MODIFIED_SINCE", "HTTP_X_COS_COPY_SOURCE_IF_UNMODIFIED_SINCE",
+        "HTTP_X_COS_COPY_SOURCE_RANGE"))
+
+
+def _etag_condition(environ: dict, name: str, source: SourceState, match: bool) -> bool:
+    wanted = environ.get(name)
+    if wanted is None:
+        return True
+    return (wanted.strip().strip('"') == source.etag) == match
+
+
+def _http_date(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
