@@ -24,7 +24,9 @@ The shim translates what differs between COS and S3 on the wire:
   prefixes URL-encoded like COS does (moto encodes only the keys), so keys holding control
   bytes never reach the XML raw;
 * listings come from a sorted index of the bucket's keys (``listing.py``), not from a scan
-  of the whole bucket, so like COS their cost does not grow with the bucket;
+  of the whole bucket, so like COS their cost does not grow with the bucket, and they are
+  paged as COS pages them (max-keys counts common prefixes and keys together; moto gave
+  every common prefix on every page);
 * HEAD Object, ListObjects and plain PUT Object and PUT Object - Copy are answered as moto
   answers them, without moto's request dispatch (``fast.py``: the emulator's CPU per
   request is not COS's, and the gateway sends more of these than its baselines);

@@ -1,4 +1,5 @@
-"""ListObjects from a sorted index of each bucket's key names: no scan of the bucket.
+"""ListObjects from a sorted index of each bucket's key names: no scan of the bucket, and
+COS's paging.
 
 Why this exists (fidelity): moto 5's ``S3Backend.list_objects`` copies the bucket's whole key
 dict, tests every key and sorts what matches on every request, so even ``prefix=K
@@ -8,28 +9,35 @@ index, at a cost that does not grow with the bucket. The bench measures the gate
 looks keys up by listing, against this emulator, while its baselines never list: with moto's
 scan the rows partly measured moto.
 
+And moto pages only the keys: every common prefix comes on every page, none counts against
+max-keys, and NextMarker is a token of its own. COS (GET Bucket, cloud.tencent.com/document/
+product/436/7734) returns at most max-keys entries, common prefixes and keys together, in
+name order after the marker, and NextMarker is the last of them when the page is truncated.
+A client that pages through a directory with many subdirectories, or asks for one or two
+entries, sees COS's pages here.
+
 :func:`install` makes new buckets keep their names sorted (:class:`IndexedKeyStore`, which
 follows every change moto makes to a bucket's keys) and replaces ``list_objects`` with
-:func:`list_objects`: O(log n) per key and common prefix it answers. The answer is moto's,
-quirks included: common prefixes are neither paged by the marker nor counted against
-max-keys, NextMarker is a token moto resolves, keys whose latest version is a delete marker
-are not listed but still make their common prefix. ``list_objects_v2`` asks
-``list_objects`` for every key under its prefix, so its cost now grows with the prefix, not
-the bucket. Multi-character delimiters and negative max-keys are left to moto's method.
+:func:`list_objects`: O(log n) per key and common prefix it answers. Keys whose latest
+version is a delete marker are not listed but still make their common prefix, as in moto.
+``list_objects_v2`` asks ``list_objects`` for every key under its prefix and pages them
+itself, so its cost now grows with the prefix, not the bucket. Negative max-keys (which
+the shim refuses, as COS does) are left to moto's method.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections import Counter
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import moto.s3.models
 from moto.s3.models import FakeBucket, FakeDeleteMarker, FakeKey, FakeTableStorageBucket, S3Backend
 from moto.s3.utils import _VersionedKeyStore
 
 MOTO_LIST_OBJECTS = S3Backend.list_objects
+# One entry of a listing: a key, or a common prefix.
+Entry = Union[FakeKey, str]
 
 
 def _after_all_starting_with(prefix: str) -> Optional[str]:
@@ -48,51 +56,6 @@ def _skip_past(names: list[str], prefix: str, start: int) -> int:
     return len(names) if bound is None else bisect.bisect_left(names, bound, start)
 
 
-class _Folders:
-    """Every ``name[:i + 1]`` where ``name[i]`` is the delimiter, over all names, sorted and
-    counted, so the common prefixes under a prefix are found without visiting its keys."""
-
-    def __init__(self, delimiter: str, names: list[str]) -> None:
-        self.delimiter = delimiter
-        self._counts: Counter[str] = Counter()
-        self.sorted: list[str] = []
-        for name in names:
-            self.add(name)
-
-    def _of(self, name: str) -> list[str]:
-        cut, found = name.find(self.delimiter), []
-        while cut >= 0:
-            found.append(name[:cut + 1])
-            cut = name.find(self.delimiter, cut + 1)
-        return found
-
-    def add(self, name: str) -> None:
-        for folder in self._of(name):
-            self._counts[folder] += 1
-            if self._counts[folder] == 1:
-                bisect.insort(self.sorted, folder)
-
-    def remove(self, name: str) -> None:
-        for folder in self._of(name):
-            self._counts[folder] -= 1
-            if not self._counts[folder]:
-                del self._counts[folder]
-                del self.sorted[bisect.bisect_left(self.sorted, folder)]
-
-    def under(self, prefix: str) -> list[str]:
-        """The common prefixes moto gives for ``prefix``: ``prefix``, then up to and with
-        the first delimiter after it."""
-        found, at = [], bisect.bisect_left(self.sorted, prefix)
-        while at < len(self.sorted) and self.sorted[at].startswith(prefix):
-            folder = self.sorted[at]
-            if len(folder) == len(prefix):  # ends at the prefix: not below it
-                at += 1
-                continue
-            found.append(folder)  # the shortest first: deeper ones start with it
-            at = _skip_past(self.sorted, folder, at + 1)
-        return found
-
-
 class IndexedKeyStore(_VersionedKeyStore):
     """moto's key store of a bucket, with its names kept sorted on every change.
 
@@ -106,17 +69,12 @@ class IndexedKeyStore(_VersionedKeyStore):
         super().__init__()
         self._lock = threading.RLock()
         self._names: list[str] = []
-        self._folders: dict[str, _Folders] = {}
 
     def _added(self, name: str) -> None:
         bisect.insort(self._names, name)
-        for folders in self._folders.values():
-            folders.add(name)
 
     def _removed(self, name: str) -> None:
         del self._names[bisect.bisect_left(self._names, name)]
-        for folders in self._folders.values():
-            folders.remove(name)
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._set(_VersionedKeyStore.__setitem__, key, value)
@@ -149,55 +107,56 @@ class IndexedKeyStore(_VersionedKeyStore):
 
     clear = popitem = setdefault = update = __ior__ = _unindexed  # type: ignore[assignment]
 
-    def listing(self, prefix: str, delimiter: str, after: Optional[str],
-                wanted: Optional[int]) -> tuple[list[FakeKey], list[str]]:
-        """Up to ``wanted`` (all if None) keys under ``prefix`` named after ``after`` and
-        not under a common prefix, without delete markers; and every common prefix under
-        ``prefix`` (``delimiter`` is "" or one character)."""
+    def entries(self, prefix: str, delimiter: str, after: Optional[str],
+                wanted: Optional[int]) -> list[Entry]:
+        """Up to ``wanted`` (all if None) entries under ``prefix`` named after ``after``, in
+        name order: the keys that are not delete markers, and each common prefix once (the
+        name up to and with the first ``delimiter`` after ``prefix``, if "" is not it)."""
         with self._lock:
-            folders = self._folders_of(delimiter).under(prefix) if delimiter else []
-            return self._keys(prefix, delimiter, after, wanted), folders
-
-    def _folders_of(self, delimiter: str) -> _Folders:
-        if delimiter not in self._folders:
-            self._folders[delimiter] = _Folders(delimiter, self._names)
-        return self._folders[delimiter]
-
-    def _keys(self, prefix: str, delimiter: str, after: Optional[str],
-              wanted: Optional[int]) -> list[FakeKey]:
-        names, found = self._names, []
-        at = bisect.bisect_left(names, prefix)
-        if after is not None:
-            at = max(at, bisect.bisect_right(names, after))
-        while at < len(names) and names[at].startswith(prefix) \
-                and (wanted is None or len(found) < wanted):
-            name = names[at]
-            cut = name.find(delimiter, len(prefix)) if delimiter else -1
-            if cut >= 0:  # under a common prefix: skip all of it
-                at = _skip_past(names, name[:cut + 1], at + 1)
-                continue
-            key = self[name]
-            if not isinstance(key, FakeDeleteMarker):
-                found.append(key)
-            at += 1
-        return found
+            names, found = self._names, []
+            at = bisect.bisect_left(names, prefix)
+            if after is not None:
+                at = max(at, bisect.bisect_right(names, after))
+            while at < len(names) and names[at].startswith(prefix) \
+                    and (wanted is None or len(found) < wanted):
+                name = names[at]
+                cut = name.find(delimiter, len(prefix)) if delimiter else -1
+                if cut >= 0:  # under a common prefix: it, once, then past all of it
+                    folder = name[:cut + len(delimiter)]
+                    if after is None or folder > after:
+                        found.append(folder)
+                    at = _skip_past(names, folder, at + 1)
+                    continue
+                key = self[name]
+                if not isinstance(key, FakeDeleteMarker):
+                    found.append(key)
+                at += 1
+            return found
 
 
 def list_objects(backend: S3Backend, bucket: FakeBucket, prefix: Optional[str],
                  delimiter: Optional[str], marker: Optional[str],
                  max_keys: Optional[int]) -> tuple[list[FakeKey], list[str], bool, Optional[str]]:
-    """``S3Backend.list_objects`` answered from the bucket's :class:`IndexedKeyStore`."""
+    """``S3Backend.list_objects`` answered from the bucket's :class:`IndexedKeyStore`, paged
+    as COS pages: max-keys counts keys and common prefixes together, NextMarker is the last
+    of them on a truncated page."""
     store = bucket.keys
     if not isinstance(store, IndexedKeyStore) or isinstance(bucket, FakeTableStorageBucket) \
-            or len(delimiter or "") > 1 or (max_keys is not None and max_keys < 0):
+            or (max_keys is not None and max_keys < 0):
         return MOTO_LIST_OBJECTS(backend, bucket, prefix, delimiter, marker, max_keys)
+    if max_keys == 0:
+        return [], [], False, None
     after = (backend._pagination_tokens.get(marker) or marker) if marker else None
-    wanted = None if max_keys is None else max_keys + 1
-    keys, folders = store.listing(prefix or "", delimiter or "", after, wanted)
-    if max_keys is None:
-        return keys, folders, False, None
-    keys, truncated, next_marker = backend._truncate_result(keys, max_keys)
-    return keys, folders, truncated, next_marker
+    found = store.entries(prefix or "", delimiter or "", after,
+                          None if max_keys is None else max_keys + 1)
+    truncated = max_keys is not None and len(found) > max_keys
+    if truncated:
+        found = found[:max_keys]
+    keys = [entry for entry in found if not isinstance(entry, str)]
+    folders = [entry for entry in found if isinstance(entry, str)]
+    last = found[-1] if truncated else None
+    return keys, folders, truncated, (last if isinstance(last, str) or last is None
+                                      else last.name)
 
 
 def install() -> None:
