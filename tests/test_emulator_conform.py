@@ -213,3 +213,16 @@ def test_a_listing_pages_common_prefixes_and_keys_together(cos, prefix):
             break
         marker = page["NextMarker"]
     assert pages == [["a/", "b"], ["c/", "d"], ["e/"]]
+
+
+def test_a_key_longer_than_850_bytes_is_refused(cos, source, prefix):
+    """Object keys are at most 850 bytes (Object Overview, 436/13324): 400 KeyTooLong for
+    a PUT, a copy or a multipart upload naming a longer one (moto took 1,024)."""
+    long_key = prefix + "é" * ((851 - len(prefix)) // 2) + "x" * ((851 - len(prefix)) % 2)
+    assert len(long_key.encode()) == 851
+    for call, kwargs in ((cos.put_object, {"Body": b"x"}),
+                         (cos.copy_object, {"CopySource": copy_source(source)}),
+                         (cos.create_multipart_upload, {})):
+        assert refused(call, Bucket=ALPHA, Key=long_key, **kwargs) == (400, "KeyTooLong")
+    assert refused(cos.head_object, Bucket=ALPHA, Key=long_key)[0] == 404
+    cos.put_object(Bucket=ALPHA, Key=prefix + "x" * (850 - len(prefix)), Body=b"x")

@@ -31,7 +31,8 @@ The shim translates what differs between COS and S3 on the wire:
   answers them, without moto's request dispatch (``fast.py``: the emulator's CPU per
   request is not COS's, and the gateway sends more of these than its baselines);
 * a PUT Object or UploadPart whose ``Content-MD5`` is not the MD5 of its body gets 400
-  BadDigest and stores nothing, as on COS (moto ignores the header);
+  BadDigest (InvalidDigest if it is no MD5) and stores nothing, as on COS (moto ignores
+  the header; ``conform.digest_refusal``);
 * a PUT Object with ``x-cos-forbid-overwrite: true`` onto an existing object gets 409
   FileAlreadyExists, checked and stored as one step, unless the bucket's versioning was
   ever enabled (COS ignores the header there too);
@@ -73,12 +74,9 @@ moto takes the bucket from the first label of the ``Host`` header, which the SDK
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import contextlib
 import email.utils
 import functools
-import hashlib
 import io
 import json
 import logging
@@ -294,20 +292,6 @@ def _touches(environ: dict, prefix: str) -> bool:
     return key.startswith(prefix) or (bool(listed) and listed.startswith(prefix))
 
 
-def _digest_mismatch(environ: dict) -> bool:
-    """Whether a PUT's ``Content-MD5`` is not the MD5 of the body received (read by
-    ``_crc_of_upload``), which COS refuses with 400 BadDigest before storing anything
-    (moto ignores the header); one that is no base64 of 16 bytes cannot match either."""
-    named = environ.get("HTTP_CONTENT_MD5")
-    if not named or environ["REQUEST_METHOD"] != "PUT" or "HTTP_X_COS_COPY_SOURCE" in environ:
-        return False
-    try:
-        wanted = base64.b64decode(named, validate=True)
-    except binascii.Error:
-        return True
-    return wanted != hashlib.md5(environ["wsgi.input"].getvalue()).digest()
-
-
 def _cut_short(body: bytes) -> Iterator[bytes]:
     yield body[: len(body) // 2]
     raise ConnectionResetError("injected reset")
@@ -509,11 +493,10 @@ class CosShim:
             return _error_response(start_response, refused.status, refused.code,
                                    environ.get("PATH_INFO", ""), request_id, refused.message)
         crc = self._crc_of_upload(environ)
-        if _digest_mismatch(environ):
-            return _error_response(start_response, "400 Bad Request", "BadDigest",
-                                   environ.get("PATH_INFO", ""), request_id,
-                                   "The Content-MD5 you specified did not match what was "
-                                   "received.")
+        refused = conform.digest_refusal(environ)
+        if refused is not None:
+            return _error_response(start_response, refused.status, refused.code,
+                                   environ.get("PATH_INFO", ""), request_id, refused.message)
         with self._writes.holding(environ):
             if self._overwrite_forbidden(environ):
                 return _error_response(start_response, "409 Conflict", "FileAlreadyExists",

@@ -19,12 +19,21 @@ give COS's answer. Each rule names the COS document it follows:
   them all), a number (else 400 InvalidArgument; moto failed with 500), and
   ``encoding-type`` can only be ``url`` (else 400 InvalidArgument);
 * DELETE Multiple Objects (436/8289) deletes at most 1,000 objects a request (more: 400
-  MalformedXML).
+  MalformedXML);
+* an object PUT (or part) whose Content-MD5 is not its body's: 400 BadDigest, one that is no
+  MD5 at all 400 InvalidDigest (436/7730; moto stored the body): :func:`digest_refusal`,
+  checked once the shim has read the body;
+* an object key is at most 850 bytes of UTF-8 (Object Overview, 436/13324): a longer one
+  gets 400 KeyTooLong (436/7730) from PUT Object, a copy or Initiate Multipart Upload
+  (moto took up to 1,024).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
+import hashlib
 import io
 import re
 import urllib.parse
@@ -37,6 +46,7 @@ from moto.s3.exceptions import MissingBucket
 
 from .accounts import Refusal
 
+MAX_KEY_BYTES = 850  # the longest object key, in UTF-8 bytes (Object Overview, 436/13324)
 LIST_MAX_KEYS = 1000  # GET Bucket's most keys a page, whatever max-keys asks
 DELETE_MAX_OBJECTS = 1000  # DELETE Multiple Objects' most objects a request
 _DIRECTIVES = ("Copy", "Replaced")
@@ -67,6 +77,9 @@ def refusal(environ: dict) -> Optional[Refusal]:
     object is looked at; None if COS takes it."""
     method = environ["REQUEST_METHOD"]
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if _names_a_new_object(method, environ, query) and \
+            len(environ.get("PATH_INFO", "/")[1:].encode("latin-1")) > MAX_KEY_BYTES:
+        return _invalid(f"object keys are at most {MAX_KEY_BYTES} bytes long", "KeyTooLong")
     if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" in environ:
         return _copy_refusal(environ, "partNumber" in query)
     if method == "GET" and environ.get("PATH_INFO", "/") in ("", "/") and query and \
@@ -78,6 +91,15 @@ def refusal(environ: dict) -> Optional[Refusal]:
         return _upload_refusal(environ, query["uploadId"][0]) or (
             _completion_refusal(environ) if method == "POST" else None)
     return None
+
+
+def _names_a_new_object(method: str, environ: dict, query: dict[str, list[str]]) -> bool:
+    """Whether the request makes an object (PUT Object, a copy, Initiate Multipart
+    Upload) under the key it names."""
+    if environ.get("PATH_INFO", "/") in ("", "/"):
+        return False
+    return (method == "PUT" and "partNumber" not in query) or \
+        (method == "POST" and "uploads" in query)
 
 
 def _copy_refusal(environ: dict, part: bool) -> Optional[Refusal]:
@@ -155,6 +177,26 @@ def _completion_refusal(environ: dict) -> Optional[Refusal]:
     if any(later <= earlier for earlier, later in zip(numbers, numbers[1:])):
         return _invalid("the parts must be listed by ascending part number",
                         "InvalidPartOrder")
+    return None
+
+
+def digest_refusal(environ: dict) -> Optional[Refusal]:
+    """400 BadDigest for a PUT Object or UploadPart whose ``Content-MD5`` is not the MD5 of
+    the body received (the shim has buffered it: ``wsgi.input`` is a ``BytesIO``), 400
+    InvalidDigest for one that is no base64 MD5 at all (error codes, 436/7730); moto
+    ignores the header and stores the body. None for other requests."""
+    named = environ.get("HTTP_CONTENT_MD5")
+    if not named or environ["REQUEST_METHOD"] != "PUT" or "HTTP_X_COS_COPY_SOURCE" in environ:
+        return None
+    try:
+        wanted = base64.b64decode(named, validate=True)
+    except binascii.Error:
+        wanted = b""
+    if len(wanted) != hashlib.md5().digest_size:
+        return _invalid("The Content-MD5 you specified is not valid.", "InvalidDigest")
+    if hashlib.md5(environ["wsgi.input"].getvalue()).digest() != wanted:
+        return _invalid("The Content-MD5 you specified did not match what was received.",
+                        "BadDigest")
     return None
 
 
