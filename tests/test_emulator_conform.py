@@ -226,3 +226,30 @@ def test_a_key_longer_than_850_bytes_is_refused(cos, source, prefix):
         assert refused(call, Bucket=ALPHA, Key=long_key, **kwargs) == (400, "KeyTooLong")
     assert refused(cos.head_object, Bucket=ALPHA, Key=long_key)[0] == 404
     cos.put_object(Bucket=ALPHA, Key=prefix + "x" * (850 - len(prefix)), Body=b"x")
+
+
+def test_multipart_uploads_are_listed_by_key_a_page_at_a_time(cos, prefix):
+    """List Multipart Uploads (436/7736): by key then upload ID, max-uploads a page, after
+    key-marker (and upload-id-marker for that key), with the next markers when truncated.
+    moto listed every upload in the order made and ignored all three."""
+    made = [(key, cos.create_multipart_upload(Bucket=ALPHA, Key=prefix + key)["UploadId"])
+            for key in ("b", "a", "b", "c", "a")]
+    try:
+        pages, markers = [], {}
+        while True:
+            page = cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix, MaxUploads=2,
+                                              **markers)
+            pages.append([(item["Key"][len(prefix):], item["UploadId"])
+                          for item in page.get("Upload", [])])
+            if page["IsTruncated"] != "true":
+                break
+            markers = {"KeyMarker": page["NextKeyMarker"],
+                       "UploadIdMarker": page["NextUploadIdMarker"]}
+        assert [len(listed) for listed in pages] == [2, 2, 1]
+        assert [upload for listed in pages for upload in listed] == sorted(made)
+        after_a = cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix,
+                                             KeyMarker=prefix + "a")
+        assert [item["Key"][len(prefix):] for item in after_a["Upload"]] == ["b", "b", "c"]
+    finally:
+        for key, upload in made:
+            cos.abort_multipart_upload(Bucket=ALPHA, Key=prefix + key, UploadId=upload)

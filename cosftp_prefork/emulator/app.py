@@ -39,7 +39,7 @@ The shim translates what differs between COS and S3 on the wire:
 * what COS refuses and moto took (or failed on with 500) is refused as COS documents it
   (``conform.py``): copy conditions and ranges, metadata directives, copy sources naming no
   object, missing uploads, parts out of order, ListObjects' max-keys and encoding-type,
-  DELETE Multiple Objects' limit;
+  DELETE Multiple Objects' limit, ListMultipartUploads paged by key and markers;
 * an object replaced or deleted while a GET or a copy reads it is still read whole (moto
   closes its buffer under the reader, which then fails with 500; COS serves the version the
   read started with), and the CRC64 a CompleteMultipartUpload or a HEAD reports is that of
@@ -682,7 +682,8 @@ class CosShim:
         if made is None:
             made = self._run_moto(environ)
         status, moto_headers, body = made
-        body = _url_encode_listing(environ, self._upload_times.rewrite(environ, body))
+        body = _url_encode_listing(environ, conform.page_uploads(
+            environ, self._upload_times.rewrite(environ, body)))
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
             body = _cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
         headers = _translate_headers(moto_headers, request_id)

@@ -20,6 +20,8 @@ give COS's answer. Each rule names the COS document it follows:
   ``encoding-type`` can only be ``url`` (else 400 InvalidArgument);
 * DELETE Multiple Objects (436/8289) deletes at most 1,000 objects a request (more: 400
   MalformedXML);
+* List Multipart Uploads (436/7736) is paged (:func:`page_uploads`; ``max-uploads`` that is
+  no number from 1: 400 InvalidArgument);
 * an object PUT (or part) whose Content-MD5 is not its body's: 400 BadDigest, one that is no
   MD5 at all 400 InvalidDigest (436/7730; moto stored the body): :func:`digest_refusal`,
   checked once the shim has read the body;
@@ -39,6 +41,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Optional
+from xml.sax.saxutils import escape, unescape
 
 import moto.s3.models
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -87,6 +90,10 @@ def refusal(environ: dict) -> Optional[Refusal]:
         return _list_refusal(environ, query)
     if method == "POST" and "delete" in query:
         return _delete_refusal(environ)
+    if method == "GET" and "uploads" in query and "max-uploads" in query:
+        wanted = query["max-uploads"][-1]
+        if not wanted.isdigit() or int(wanted) < 1:
+            return _invalid("max-uploads must be a whole number from 1 to 1000")
     if "uploadId" in query and (method == "POST" or "partNumber" in query):
         return _upload_refusal(environ, query["uploadId"][0]) or (
             _completion_refusal(environ) if method == "POST" else None)
@@ -241,3 +248,44 @@ def _http_date(value: Optional[str]) -> Optional[float]:
         return email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
+
+
+_UPLOAD = re.compile(rb"<Upload>.*?</Upload>", re.S)
+_UPLOADS_HEAD = re.compile(rb"<KeyMarker\s*/>|<KeyMarker>.*?</KeyMarker>|<UploadIdMarker\s*/>|"
+                           rb"<UploadIdMarker>.*?</UploadIdMarker>|<MaxUploads>.*?</MaxUploads>|"
+                           rb"<IsTruncated>.*?</IsTruncated>", re.S)
+
+
+def page_uploads(environ: dict, body: bytes) -> bytes:
+    """A ListMultipartUploads answer paged as COS pages it (List Multipart Uploads,
+    436/7736): by key, then upload ID; after ``key-marker`` (and, for that key,
+    ``upload-id-marker``); ``max-uploads`` (1000 at most) a page, with NextKeyMarker and
+    NextUploadIdMarker when truncated. moto gives every upload, in the order made, and
+    ignores all three."""
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if environ["REQUEST_METHOD"] != "GET" or "uploads" not in query or \
+            b"</ListMultipartUploadsResult>" not in body:
+        return body
+    key_marker = query.get("key-marker", [""])[-1]
+    id_marker = query.get("upload-id-marker", [""])[-1] if key_marker else ""
+    limit = min(int(query.get("max-uploads", ["1000"])[-1]), 1000)
+    uploads = sorted((unescape(_text(upload, b"Key")), _text(upload, b"UploadId"), upload)
+                     for upload in _UPLOAD.findall(body))
+    after = [upload for upload in uploads if upload[0] > key_marker or (
+        id_marker and upload[0] == key_marker and upload[1] > id_marker)]
+    shown, truncated = after[:limit], len(after) > limit
+    head = (f"<KeyMarker>{escape(key_marker)}</KeyMarker>"
+            f"<UploadIdMarker>{escape(id_marker)}</UploadIdMarker>"
+            f"<MaxUploads>{limit}</MaxUploads>"
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
+    if truncated:
+        head += (f"<NextKeyMarker>{escape(shown[-1][0])}</NextKeyMarker>"
+                 f"<NextUploadIdMarker>{escape(shown[-1][1])}</NextUploadIdMarker>")
+    rest = _UPLOAD.sub(b"", _UPLOADS_HEAD.sub(b"", body))
+    end = rest.rindex(b"</ListMultipartUploadsResult>")
+    return rest[:end] + head.encode() + b"".join(upload[2] for upload in shown) + rest[end:]
+
+
+def _text(element: bytes, tag: bytes) -> str:
+    found = re.search(rb"<%s>(.*?)</%s>" % (tag, tag), element, re.S)
+    return found.group(1).decode("utf-8") if found else ""
