@@ -253,3 +253,21 @@ def test_multipart_uploads_are_listed_by_key_a_page_at_a_time(cos, prefix):
     finally:
         for key, upload in made:
             cos.abort_multipart_upload(Bucket=ALPHA, Key=prefix + key, UploadId=upload)
+
+
+def test_a_copy_can_be_made_to_fail_once_begun_with_200_and_an_error(emulator, cos, prefix,
+                                                                     source):
+    """PUT Object - Copy (436/10881): an error during the copy comes as 200 with the error
+    as the body. The fault ``copy_errors_next`` answers that many copies so, copying
+    nothing; the SDK raises it as it would for COS."""
+    target = prefix + "copy.bin"
+    emulator.set_faults(copy_errors_next=1)
+    try:
+        with pytest.raises(CosServiceError) as info:
+            cos.copy_object(Bucket=ALPHA, Key=target, CopySource=copy_source(source))
+    finally:
+        emulator.set_faults(copy_errors_next=0)
+    assert info.value.get_status_code() == 200
+    assert info.value.get_error_code() == "InternalError"
+    assert refused(cos.head_object, Bucket=ALPHA, Key=target)[0] == 404
+    cos.copy_object(Bucket=ALPHA, Key=target, CopySource=copy_source(source))

@@ -29,7 +29,8 @@ def faults(emulator):
     """Set emulator faults for one test; always switched off afterwards."""
     yield emulator.set_faults
     emulator.set_faults(latency_ms=0, error_rate=0, reset_rate=0, reset_next=0,
-                        fail_copies_of="", corrupt_crc=False, corrupt_next_parts=0, down=False)
+                        fail_copies_of="", corrupt_crc=False, corrupt_next_parts=0, down=False,
+                        copy_errors_next=0)
 
 
 def test_transient_503s_lose_nothing(server, alice, area, faults):
@@ -79,6 +80,24 @@ def test_cos_outage_on_a_command_is_temporary_451_not_550(alice, area, faults):
         alice.delete(area)
     faults(down=False)
     assert get(alice, area) == b"x"
+
+
+def test_a_copy_cos_answers_200_with_an_error_is_retried_then_451(alice, area, cos, faults):
+    """COS answers a copy that fails once begun with 200 and an error body (PUT Object -
+    Copy, 436/10881; the emulator does it with ``copy_errors_next``). Once: the rename is
+    retried and done. Every time: 451, the file where it was, the session alive (it was
+    dropped: the error escaped the COS layer untranslated)."""
+    put(alice, f"{area}-a", b"hello")
+    put(alice, f"{area}-b", b"other")  # (right after its own STOR a rename PUTs, no copy)
+    faults(copy_errors_next=1)
+    alice.rename(f"{area}-a", f"{area}-moved")
+    assert get(alice, f"{area}-moved") == b"hello"
+    faults(copy_errors_next=100)
+    with pytest.raises(ftplib.error_temp, match=r"451 .*InternalError.*try again"):
+        alice.rename(f"{area}-moved", f"{area}-again")
+    faults(copy_errors_next=0)
+    assert get(alice, f"{area}-moved") == b"hello"
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-again") is False
 
 
 @pytest.mark.parametrize("size", [1000, 2 * PART + 3])

@@ -235,8 +235,10 @@ RETRY_CAP_SECONDS = 3.0
 
 
 def _retryable(error: StorageError) -> bool:
-    """Server errors, throttling and broken connections; never a 4xx answer."""
-    return error.status >= 500 or error.code in ("SlowDown", "ClientError")
+    """Server errors, throttling and broken connections; never a 4xx answer. A copy COS
+    answers 200 with an error body failed once begun (PUT Object - Copy): as a 5xx."""
+    return error.status >= 500 or error.status == 200 or \
+        error.code in ("SlowDown", "ClientError")
 
 
 def _call(action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -734,10 +736,11 @@ class Bucket:
         headers["x-cos-copy-source"] = gen_copy_source_url(
             self._source_of(source), conf._enable_old_domain, conf._enable_internal_domain)
         headers["x-cos-metadata-directive"] = directive
+        def send() -> str:  # COS may answer 200 with an error body: read it in the call
+            return copy_etag(self._sender.send("PUT", self.name, dst_key, headers=headers))
+
         with _source_unchanged(source):
-            answer = _call(f"COPY {source.key} -> {dst_key}", self._sender.send, "PUT",
-                           self.name, dst_key, headers=headers)
-        return copy_etag(answer)
+            return str(_call(f"COPY {source.key} -> {dst_key}", send))
 
     def delete_many(self, keys: list[str]) -> None:
         """Delete up to 1,000 keys in one request; raises ``StorageError`` naming a failure."""

@@ -238,7 +238,10 @@ class Faults:
     ``corrupt_next_parts`` flips a byte in each of the next that many uploaded parts before they
     are stored (bytes damaged on the way: COS then reports the CRC64 of what it stored);
     ``down`` fails every request with 503; requests for keys, or listings of prefixes, that
-    start with ``deny_prefix`` get 403 AccessDenied (credentials limited to some prefixes).
+    start with ``deny_prefix`` get 403 AccessDenied (credentials limited to some prefixes);
+    the next ``copy_errors_next`` PUT Object - Copy requests are answered 200 with an
+    InternalError body and copy nothing (COS: "if an error occurs during the copy, HTTP 200
+    OK is returned with the error as the response body", PUT Object - Copy, 436/10881).
     """
 
     latency_ms: float = 0.0
@@ -250,6 +253,7 @@ class Faults:
     corrupt_next_parts: int = 0
     down: bool = False
     deny_prefix: str = ""
+    copy_errors_next: int = 0
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -257,7 +261,8 @@ class Faults:
 
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
-                     "corrupt_crc", "corrupt_next_parts", "down", "deny_prefix"):
+                     "corrupt_crc", "corrupt_next_parts", "down", "deny_prefix",
+                     "copy_errors_next"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
@@ -266,7 +271,8 @@ class Faults:
                 "reset_rate": self.reset_rate, "reset_next": self.reset_next,
                 "fail_copies_of": self.fail_copies_of, "corrupt_crc": self.corrupt_crc,
                 "corrupt_next_parts": self.corrupt_next_parts,
-                "down": self.down, "deny_prefix": self.deny_prefix}
+                "down": self.down, "deny_prefix": self.deny_prefix,
+                "copy_errors_next": self.copy_errors_next}
 
 
 def _error_response(start_response: Callable, status: str, code: str, resource: str,
@@ -549,6 +555,10 @@ class CosShim:
         if self._roll("error_rate"):
             return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)
+        if copy_source and "partNumber" not in environ.get("QUERY_STRING", "") and \
+                self._count_down("copy_errors_next"):
+            return _error_response(start_response, "200 OK", "InternalError", resource,
+                                   request_id, "injected: the copy failed once begun")
         return None
 
     def _as_account(self, environ: dict, start_response: Callable,
