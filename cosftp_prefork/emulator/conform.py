@@ -79,6 +79,8 @@ def refusal(environ: dict) -> Optional[Refusal]:
     """COS's refusal of this request as sent (COS-form ``x-cos-*`` headers), before any
     object is looked at; None if COS takes it."""
     method = environ["REQUEST_METHOD"]
+    if method == "HEAD" or (method == "GET" and not environ.get("QUERY_STRING")):
+        return None  # (most requests: nothing here to check, and the emulator's CPU counts)
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     if _names_a_new_object(method, environ, query) and \
             len(environ.get("PATH_INFO", "/")[1:].encode("latin-1")) > MAX_KEY_BYTES:
