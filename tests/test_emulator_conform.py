@@ -6,6 +6,7 @@ real SDK, or signed by the SDK's own ``CosS3Auth`` where the SDK refuses to send
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 import uuid
 
@@ -13,7 +14,10 @@ import pytest
 from qcloud_cos.cos_auth import CosS3Auth
 from qcloud_cos.cos_exception import CosServiceError
 
+from cosftp_prefork.emulator.app import Emulator
+
 from .conftest import ALPHA
+from .emulator_proc import sdk_client
 
 MIB = 1024 * 1024
 FUTURE = email.utils.formatdate(time.time() + 24 * 3600, usegmt=True)
@@ -76,6 +80,43 @@ def test_a_copy_is_refused_when_its_source_condition_fails(cos, prefix, source, 
     else:
         assert refused(cos.copy_object, **kwargs) == (412, "PreconditionFailed")
         assert refused(cos.head_object, Bucket=ALPHA, Key=target)[0] == 404
+
+
+@pytest.fixture
+def local_time_west_of_utc():
+    """This process's local time 5 hours behind UTC (moto keeps times as naive UTC: read as
+    local time, they would be 5 hours off)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "EST+5"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+@pytest.mark.parametrize("argument,copies", [("CopySourceIfModifiedSince", False),
+                                             ("CopySourceIfUnmodifiedSince", True)])
+def test_a_copy_condition_on_the_very_second_of_the_change(local_time_west_of_utc, argument,
+                                                           copies):
+    """The source's own Last-Modified: not modified since then (412 for If-Modified-Since),
+    unmodified since then (copied for If-Unmodified-Since), in any time zone."""
+    bucket = "zone-1250000000"
+    with Emulator(buckets=[bucket]) as emu:
+        cos = sdk_client(emu)
+        cos.put_object(Bucket=bucket, Key="source", Body=b"s")
+        headers = cos.head_object(Bucket=bucket, Key="source")
+        stamp = {name.lower(): value for name, value in headers.items()}["last-modified"]
+        kwargs = {"Bucket": bucket, "Key": "copy", argument: stamp, "CopySource": {
+            "Bucket": bucket, "Key": "source", "Region": emu.region}}
+        if copies:
+            cos.copy_object(**kwargs)
+        else:
+            assert refused(cos.copy_object, **kwargs) == (412, "PreconditionFailed")
 
 
 @pytest.mark.parametrize("argument,value,copies", CONDITIONS)

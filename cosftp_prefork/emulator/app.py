@@ -639,17 +639,16 @@ class CosShim:
         authorization = environ.get("HTTP_AUTHORIZATION", "")
         key = fast.source_key(host, path, authorization) if self.fast_answers else None
         if key is not None:
-            source = conform.SourceState(str(key.etag).strip('"'),
-                                         key.last_modified.timestamp(), key.size)
+            etag, modified, size = str(key.etag), key.last_modified_RFC1123, key.size
         else:
             headers = Client(self.app).head("/" + path, headers={
                 "Host": host, "Authorization": authorization}).headers
             if "ETag" not in headers:
                 return None
-            modified = email.utils.parsedate_to_datetime(headers["Last-Modified"])
-            source = conform.SourceState(headers["ETag"].strip('"'), modified.timestamp(),
-                                         int(headers.get("Content-Length", 0)))
-        return conform.copy_precondition(environ, source)
+            etag, modified = headers["ETag"], headers["Last-Modified"]
+            size = int(headers.get("Content-Length", 0))
+        return conform.copy_precondition(environ, conform.SourceState(
+            etag.strip('"'), email.utils.parsedate_to_datetime(modified).timestamp(), size))
 
     def _object_crc(self, environ: dict, headers: list[tuple[str, str]],
                     compute: Callable[[], int]) -> int:
