@@ -86,7 +86,7 @@ def refusal(environ: dict) -> Optional[Refusal]:
             len(environ.get("PATH_INFO", "/")[1:].encode("latin-1")) > MAX_KEY_BYTES:
         return _invalid(f"object keys are at most {MAX_KEY_BYTES} bytes long", "KeyTooLong")
     if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" in environ:
-        return _copy_refusal(environ, "partNumber" in query)
+        return _copy_refusal(environ, query)
     if method == "GET" and environ.get("PATH_INFO", "/") in ("", "/") and query and \
             set(query) <= _LIST_PARAMETERS:
         return _list_refusal(environ, query)
@@ -111,7 +111,9 @@ def _names_a_new_object(method: str, environ: dict, query: dict[str, list[str]])
         (method == "POST" and "uploads" in query)
 
 
-def _copy_refusal(environ: dict, part: bool) -> Optional[Refusal]:
+def _copy_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusal]:
+    """What COS refuses in a copy's (or a part copy's) headers alone, or its upload."""
+    part = "partNumber" in query
     if copy_source_parts(environ["HTTP_X_COS_COPY_SOURCE"]) is None:
         return _invalid("x-cos-copy-source must name <bucket>.<endpoint>/<key>",
                         "InvalidCopySource")
@@ -123,7 +125,6 @@ def _copy_refusal(environ: dict, part: bool) -> Optional[Refusal]:
         found = _COPY_RANGE.fullmatch(wanted)
         if found is None or int(found.group(1)) > int(found.group(2)):
             return _invalid("x-cos-copy-source-range must be bytes=first-last")
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
     if part and "uploadId" in query:
         return _upload_refusal(environ, query["uploadId"][0])
     return None
