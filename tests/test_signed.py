@@ -13,6 +13,7 @@ import threading
 import types
 from collections.abc import Iterator
 from typing import Any, Optional
+from urllib.parse import urlencode
 
 import pytest
 from qcloud_cos import CosConfig, CosS3Client
@@ -21,7 +22,7 @@ from requests.structures import CaseInsensitiveDict
 
 from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS, Bucket
 from cosftp_prefork.cos.registry import BucketRegistry
-from cosftp_prefork.cos.signed import Signer
+from cosftp_prefork.cos.signed import Sender, Signer
 from cosftp_prefork.emulator.app import Emulator
 from cosftp_prefork.errors import NotFound, StorageError
 
@@ -67,6 +68,30 @@ def test_the_signature_is_the_sdks_for_the_same_window(sign_params):
         ours = signer.authorization(method, path, params, CaseInsensitiveDict(headers),
                                     key_time=key_time)
         assert ours == theirs, (method, path, params, headers)
+
+
+@pytest.mark.parametrize("where", [{"IP": "127.0.0.1", "Port": 9000, "Scheme": "http"},
+                                   {"Endpoint": "cos.example.internal"},
+                                   {"Domain": "files.example.com"}])
+def test_a_requests_url_and_host_are_the_sdks(where):
+    """The URL (key and parameters quoted) and Host header of a request are what the SDK's
+    ``CosConfig.uri``, ``urlencode`` and ``get_host`` make, for random keys and parameters
+    in several buckets, with every way of naming the endpoint (the Sender makes the
+    bucket's part once)."""
+    conf = CosConfig(Region="ap-guangzhou", SecretId="a", SecretKey="b", **where)
+    sender = Sender(CosS3Client(conf))
+    rng = random.Random(7)
+    for _ in range(500):
+        bucket = rng.choice([BUCKET, "other-1250000000"])
+        _method, path, params, _headers = _random_request(rng)
+        key = rng.choice([path, path[1:], "", "a/./b", "./x"])
+        url, headers = sender._signed("GET", bucket, key, params, {}, None)
+        expected = conf.uri(bucket=bucket, path=key) if key else conf.uri(bucket=bucket)
+        assert url == (f"{expected}?{urlencode(params)}" if params else expected), key
+        if "IP" in where:
+            assert headers["Host"] == conf.get_host(Bucket=bucket)
+        else:
+            assert "Host" not in headers
 
 
 def test_one_key_time_window_serves_many_requests_and_covers_each():

@@ -27,6 +27,7 @@ and any other failure ``CosClientError`` (``send_request`` turns every exception
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -36,7 +37,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Optional
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import urllib3
 from qcloud_cos import CosS3Client
@@ -110,14 +111,14 @@ class Signer:
         secret_id = conf._secret_id or (credential.secret_id if credential else None)
         secret_key = conf._secret_key or (credential.secret_key if credential else None)
         key_time = key_time or self.key_time(time.time())
-        signed_headers = _encoded(filter_headers(headers))
+        signed_headers = _signed_headers(headers)
         signed_params = _encoded(params if conf._sign_params else {})
         text = "\n".join((method.lower(), path, _joined(signed_params),
                           _joined(signed_headers), ""))
         digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
         string_to_sign = f"sha1\n{key_time}\n{digest}\n"
-        signature = hmac.new(self._signing_key(secret_key, key_time).encode(),
-                             string_to_sign.encode(), hashlib.sha1).hexdigest()
+        signature = hmac.digest(self._signing_key(secret_key, key_time).encode(),
+                                string_to_sign.encode(), "sha1").hex()
         return (f"q-sign-algorithm=sha1&q-ak={secret_id}&q-sign-time={key_time}"
                 f"&q-key-time={key_time}&q-header-list={';'.join(sorted(signed_headers))}"
                 f"&q-url-param-list={';'.join(sorted(signed_params))}&q-signature={signature}")
@@ -139,10 +140,45 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+# The same few header and parameter names come with every request: each name's quoting
+# (and whether the SDK's filter signs a header) is remembered rather than redone.
+@functools.lru_cache(maxsize=1024)
+def _encoded_name(name: Any) -> str:
+    return quote(_utf8(name), "-_.~").lower()
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_name(name: Any) -> Optional[str]:
+    """The name of a header as ``CosS3Auth`` signs it, None if its filter leaves that
+    header unsigned."""
+    return _encoded_name(name) if filter_headers({name: ""}) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _query_name(name: str) -> str:
+    return quote_plus(name)
+
+
+def _signed_headers(headers: Any) -> dict[str, str]:
+    """:func:`_encoded` of the headers ``CosS3Auth``'s filter signs."""
+    signed = {}
+    for name, value in headers.items():
+        signed_name = _signed_name(name)
+        if signed_name is not None:
+            signed[signed_name] = quote(_utf8(value), "-_.~")
+    return signed
+
+
 def _encoded(pairs: Any) -> dict[str, str]:
     """Names (lower case) and values URL-encoded as ``CosS3Auth`` signs them."""
-    return {quote(_utf8(name), "-_.~").lower(): quote(_utf8(value), "-_.~")
-            for name, value in pairs.items()}
+    return {_encoded_name(name): quote(_utf8(value), "-_.~") for name, value in pairs.items()}
+
+
+def _query(params: dict[str, Any]) -> str:
+    """``urlencode(params)`` (names are strings here)."""
+    return "&".join(f"{_query_name(name)}="
+                    f"{quote_plus(value if isinstance(value, bytes) else str(value))}"
+                    for name, value in params.items())
 
 
 def _joined(pairs: dict[str, str]) -> str:
@@ -171,6 +207,8 @@ class Sender:
         self._seconds = self._conf._timeout if self._conf._timeout is not None else _SDK_TIMEOUT
         self._timeout = urllib3.Timeout(connect=self._seconds, read=self._seconds)
         self._routes: dict[str, _Route] = {}
+        self._buckets: dict[str, tuple[str, Optional[str]]] = {}  # see _bucket_url
+        self._defaults: tuple[Any, dict[str, tuple[str, Any]]] = (None, {})  # _session_headers
 
     def send(self, method: str, bucket: str, key: str = "", params: Optional[dict] = None,
              headers: Optional[dict] = None, body: Optional[bytes] = None,
@@ -208,27 +246,55 @@ class Sender:
                 body: Optional[bytes]) -> tuple[str, dict[str, str]]:
         """The URL and headers the SDK's ``send_request`` would send, signed as it signs."""
         conf = self._conf
-        url = conf.uri(bucket=bucket, path=key) if key else conf.uri(bucket=bucket)
+        url, host = self._bucket_url(bucket)
+        if key:
+            url += _quoted_path(key)
         own = dict(headers)
         own["User-Agent"] = conf._ua or f"cos-python-sdk-v{SDK_VERSION}"
         if conf._token is not None:
             own["x-cos-security-token"] = conf._token
-        if conf._ip is not None:
-            own["Host"] = conf._domain or conf.get_host(Bucket=bucket)
+        if host is not None:
+            own["Host"] = host
         if not conf._keep_alive:
             own["Connection"] = "close"
         if body is not None:
             own["Content-Length"] = str(len(body))
         # Merged as the session merges them: any case, the request's name and value last.
-        merged = {name.lower(): (name, value) for name, value in
-                  (*self._client._session.headers.items(), *own.items())}
+        merged = self._session_headers()
+        for name, value in own.items():
+            merged[name.lower()] = (name, value)
         sent = dict(merged.values())
         signed = sent
         if conf._sign_host and "host" not in merged:  # CosS3Auth signs the URL's host then
             signed = {**sent, "host": urlsplit(url).hostname or ""}
         path = "/" + key if key and not key.startswith("/") else (key or "/")
         sent["Authorization"] = self._signer.authorization(method, path, params, signed)
-        return (f"{url}?{urlencode(params)}" if params else url), sent
+        return (f"{url}?{_query(params)}" if params else url), sent
+
+    def _bucket_url(self, bucket: str) -> tuple[str, Optional[str]]:
+        """The bucket's URL as ``conf.uri`` makes it, and the Host header the SDK sends with
+        it where the configuration names an IP (None otherwise): the same for every request
+        of the bucket, so made once (a few buckets per client; forgotten past 64)."""
+        known = self._buckets.get(bucket)
+        if known is None:
+            conf = self._conf
+            host = (conf._domain or conf.get_host(Bucket=bucket)) if conf._ip is not None \
+                else None
+            known = (conf.uri(bucket=bucket), host)
+            if len(self._buckets) >= 64:
+                self._buckets.clear()
+            self._buckets[bucket] = known
+        return known
+
+    def _session_headers(self) -> dict[str, tuple[str, Any]]:
+        """The session's default headers by lower-case name (a new dict each time), read once
+        per session: neither the SDK nor this server changes them after it is made."""
+        session = self._client._session
+        known_session, defaults = self._defaults
+        if known_session is not session:
+            defaults = {name.lower(): (name, value) for name, value in session.headers.items()}
+            self._defaults = (session, defaults)  # one tuple: safe across threads
+        return dict(defaults)
 
     def _route(self, url: str) -> _Route:
         """The adapter's pool for ``url``'s origin, with the environment's proxy and TLS
@@ -468,6 +534,12 @@ def socket_body(response: urllib3.BaseHTTPResponse) -> Optional[SocketBody]:
     # socket (or, with nothing buffered, reads once from it: bytes the body sends anyway).
     buffered = answer.fp.read1(min(remaining, 64 * 1024)) if remaining else b""
     return SocketBody(response, sock, buffered, remaining)
+
+
+def _quoted_path(key: str) -> str:
+    """``key`` as ``CosConfig.uri`` writes it after the bucket's URL."""
+    path = key[1:] if key.startswith("/") else key
+    return quote(path.encode("utf-8"), "/-_.~").replace("./", ".%2F")
 
 
 def _origin(url: str) -> str:
