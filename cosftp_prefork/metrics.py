@@ -13,6 +13,8 @@ a small fixed set (no user names, paths or addresses), so the number of series i
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 SESSIONS = Gauge("cosftp_sessions", "FTP sessions open now", registry=None,
@@ -115,11 +117,25 @@ def session_opened() -> None:
     SESSIONS_TOTAL.inc()
 
 
+# The children of the metrics counted for every file and COS request, by metric and labels
+# (a few dozen: the labels are literals and COS statuses): ``labels()`` costs a lock and
+# its argument checks each time. Values notice a fork themselves (prometheus_client's
+# multiprocess values check the pid at each change).
+_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    child = _CHILDREN.get((metric, labels))
+    if child is None:
+        child = _CHILDREN.setdefault((metric, labels), metric.labels(*labels))
+    return child
+
+
 def transfer_done(upload: bool, ok: bool, nbytes: int) -> None:
     """Count one finished (``ok``) or failed transfer of ``nbytes``."""
     labels = ("upload" if upload else "download", "ok" if ok else "failed")
-    TRANSFERS.labels(*labels).inc()
-    TRANSFER_BYTES.labels(*labels).inc(nbytes)
+    _child(TRANSFERS, *labels).inc()
+    _child(TRANSFER_BYTES, *labels).inc(nbytes)
 
 
 def download_relayed(how: str) -> None:
@@ -128,5 +144,5 @@ def download_relayed(how: str) -> None:
 
 def cos_request(operation: str, status: str, seconds: float) -> None:
     """Count one COS request attempt that ended with ``status`` after ``seconds``."""
-    COS_REQUESTS.labels(operation, status).inc()
-    COS_LATENCY.labels(operation).observe(seconds)
+    _child(COS_REQUESTS, operation, status).inc()
+    _child(COS_LATENCY, operation).observe(seconds)

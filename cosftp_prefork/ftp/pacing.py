@@ -47,11 +47,17 @@ TCP_CLOSE_WAIT, TCP_CLOSE = 8, 7
 
 def tcp_state(sock) -> int:
     """The kernel's TCP state of ``sock`` (0 if it cannot tell)."""
+    if type(sock) is socket.socket:  # asked twice per upload: no borrowed socket object
+        return _tcp_state(sock)
     with raw_socket(sock) as raw:
-        try:
-            return raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-        except OSError:
-            return 0
+        return _tcp_state(raw)
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return 0
 
 
 def _queued(sock: socket.socket) -> int:

@@ -97,7 +97,13 @@ MALLOC_ARENAS = 2
 def _malloc_call(name: str, *args: int) -> None:
     """Call glibc's ``name`` if the C library has it (musl has neither function)."""
     with contextlib.suppress(OSError, AttributeError):
-        getattr(ctypes.CDLL(None), name)(*args)
+        getattr(_c_library(), name)(*args)
+
+
+@functools.cache
+def _c_library() -> ctypes.CDLL:
+    """The C library, loaded once: ``_trim_malloc`` runs at every tick."""
+    return ctypes.CDLL(None)
 
 
 def _share_malloc_arenas() -> None:
