@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import threading
 import types
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from cosftp_prefork.emulator.app import Emulator
 from cosftp_prefork.errors import NotFound, StorageError
 
 from .emulator_proc import emulator_account
+from .server_proc import wait_until
 from .test_tls import write_certificate
 
 BUCKET = "signed-1250000000"
@@ -170,12 +172,12 @@ def canned() -> Iterator[callable]:
     servers: list[CannedServer] = []
 
     def start(*answers: tuple[bytes, bool], tls: Optional[ssl.SSLContext] = None,
-              verify: Any = None) -> tuple[CannedServer, Bucket]:
+              verify: Any = None, timeout: int = 5) -> tuple[CannedServer, Bucket]:
         server = CannedServer(list(answers), tls)
         servers.append(server)
         conf = CosConfig(Region="ap-guangzhou", SecretId="a", SecretKey="b",
                          Scheme="https" if tls else "http", IP="127.0.0.1", Port=server.port,
-                         Timeout=5, VerifySSL=verify)
+                         Timeout=timeout, VerifySSL=verify)
         return server, Bucket(CosS3Client(conf, retry=0), BUCKET, "ap-guangzhou")
     yield start
     for server in servers:
@@ -313,6 +315,43 @@ def test_a_spliced_get_cut_short_is_a_storage_error(canned):
         _drain_into_pipe(stream, 65_536)
     stream.close()
     assert info.value.code == "StreamError" and "cut short" in str(info.value)
+    assert bucket.head("d/a").size == 5
+    assert server.accepted == 2
+
+
+def _waiting_in_socket_read(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "readinto" and frame.f_code.co_filename.endswith("socket.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_get_closed_by_another_thread_ends_a_read_waiting_for_cos(canned):
+    """A download given up (the session ends) while its read-ahead thread waits for bytes
+    COS does not send: closing the stream ends that read at once, rather than when the COS
+    timeout (here 120 s) runs out, and the connection is not used again."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n" + b"x" * 100
+    server, bucket = canned((answer, False), (HEAD_OK, False), timeout=120)
+    stream = bucket.open_read("d/a")
+    outcome: list[Any] = []
+
+    def read() -> None:
+        assert stream.read(100) == b"x" * 100
+        try:
+            outcome.append(stream.read(800))
+        except StorageError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_until(lambda: _waiting_in_socket_read(reader), what="the read waiting for COS")
+    closer = threading.Thread(target=stream.close, daemon=True)
+    closer.start()
+    wait_until(lambda: not reader.is_alive() and not closer.is_alive(), timeout=30,
+               what="the read and the close to end")
+    assert isinstance(outcome[0], StorageError)
     assert bucket.head("d/a").size == 5
     assert server.accepted == 2
 

@@ -27,16 +27,18 @@ and any other failure ``CosClientError`` (``send_request`` turns every exception
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
 import os
 import re
 import socket
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote, quote_plus, urlsplit
 
 import urllib3
@@ -228,7 +230,7 @@ class Sender:
             url, request_headers = self._signed(method, bucket, key, params or {},
                                                 headers or {}, body)
             route = self._route(url)
-            if stream or route.proxied:
+            if route.proxied:
                 response = self._urlopen(route, method, url, request_headers, body)
                 if stream and response.status < 400:
                     return Sent(method, url, Answer(response.status, response.headers, b"",
@@ -236,7 +238,8 @@ class Sender:
                 return Sent(method, url, Answer(response.status, response.headers,
                                                 response.read()))
             return Sent(method, url, None, self._request(route, method, url, request_headers,
-                                                         body), self._conf._keep_alive)
+                                                         body, stream),
+                        self._conf._keep_alive)
         except CosClientError:
             raise
         except Exception as exc:  # send_request turns every exception into this one
@@ -336,7 +339,7 @@ class Sender:
             chunked=False)
 
     def _request(self, route: _Route, method: str, url: str, headers: dict[str, str],
-                 body: Optional[bytes]) -> _InFlight:
+                 body: Optional[bytes], stream: bool = False) -> _InFlight:
         """Write one request on a connection of the route's pool (opened, TLS included, by
         urllib3 as for any of its requests); its answer is read by the returned
         :class:`_InFlight`, here rather than by urllib3's and http.client's request and
@@ -366,7 +369,7 @@ class Sender:
             conn.close()
             route.pool._put_conn(None)
             raise
-        return _InFlight(route.pool, conn, method)
+        return _InFlight(route.pool, conn, method, stream)
 
 
 class _InFlight:
@@ -374,8 +377,10 @@ class _InFlight:
     goes back to the pool once the answer is read (or closed, if it cannot carry another
     request), and is closed by :meth:`drop`."""
 
-    def __init__(self, pool: urllib3.HTTPConnectionPool, conn: Any, method: str) -> None:
+    def __init__(self, pool: urllib3.HTTPConnectionPool, conn: Any, method: str,
+                 stream: bool = False) -> None:
         self._pool, self._conn, self._method = pool, conn, method
+        self._stream = stream  # a body below 400 is read later, as a StreamedBody
 
     def arrived(self) -> bool:
         """Whether bytes of the answer (or the connection's end) are there to read; a
@@ -385,15 +390,21 @@ class _InFlight:
 
     def read(self, keep_alive: bool) -> Answer:
         conn, self._conn = self._conn, None
+        reader = conn.sock.makefile("rb")
         try:
-            with conn.sock.makefile("rb") as reader:
-                answer, reusable = _read_answer(reader, self._method)
+            status, headers, reusable = _read_head(reader)
+            reusable = reusable and keep_alive  # not if the request said Connection: close
+            if self._stream and status < 400:
+                return Answer(status, headers, b"", StreamedBody(
+                    self._pool, conn, reader, _framed_length(headers), reusable))
+            answer, framed = _read_body(reader, self._method, status, headers)
         except BaseException:
+            reader.close()
             conn.close()
             self._pool._put_conn(None)
             raise
-        if not keep_alive:  # the request said Connection: close
-            reusable = False
+        reader.close()
+        reusable = reusable and framed
         if not reusable:
             conn.close()
         self._pool._put_conn(conn if reusable else None)
@@ -453,9 +464,9 @@ class SocketBody:
     arrives within the answer's timeout, ``TimeoutError``.
     """
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, sock: socket.socket,
+    def __init__(self, release: Callable[[bool], None], sock: socket.socket,
                  buffered: bytes, remaining: int) -> None:
-        self._response = response
+        self._release = release  # gives the connection back: True once the whole body went
         self._sock = sock
         self._buffered = memoryview(buffered)  # the first of the ``remaining`` bytes
         self.remaining = remaining  # bytes of the body not yet in a pipe
@@ -490,14 +501,82 @@ class SocketBody:
 
     def close(self) -> None:
         """Give the connection back to its pool: ready for the next request once the whole
-        body went (http.client's answer is closed, as it closes itself after a read to the
-        end), else closed."""
-        response = self._response
-        if not self.remaining:
+        body went, else closed."""
+        self._release(not self.remaining)
+
+
+def _response_release(response: urllib3.BaseHTTPResponse) -> Callable[[bool], None]:
+    """How a :class:`SocketBody` of urllib3's ``response`` gives its connection back."""
+    def release(whole: bool) -> None:
+        if whole:  # http.client's answer closed, as it closes itself after a read to the end
             response._fp.close()  # the answer, not the connection
             response.release_conn()
         response.close()
         response.release_conn()  # a closed connection: the pool opens a new one for it
+    return release
+
+
+class StreamedBody:
+    """The body of a streamed GET's answer (status below 400, ``Sender.start(stream=True)``)
+    written and read on a pooled connection here, as the small requests' answers are, not
+    through urllib3's ``urlopen`` and http.client's response (a quarter of the worker's CPU
+    per small RETR, docs/performance.md): read by :meth:`read` or :meth:`readinto`, or
+    moved into a pipe by the :class:`SocketBody` of :meth:`socket_body`. The connection goes
+    back to the pool once the whole body was read, and is closed if the body is given up
+    before (:meth:`close`, which may come from another thread while one reads: it shuts the
+    connection down first, so that a read waiting for COS returns at once)."""
+
+    def __init__(self, pool: urllib3.HTTPConnectionPool, conn: Any, reader: Any, length: int,
+                 reusable: bool) -> None:
+        self._pool, self._conn, self._reader = pool, conn, reader
+        self.remaining = length  # bytes of the body not read yet
+        self._reusable = reusable
+        self._lock = threading.Lock()  # the connection is given back once
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end), ``b""`` at the end;
+        ``ConnectionError`` if the connection ends first."""
+        data = self._reader.read(min(size, self.remaining)) if self.remaining else b""
+        self._count(len(data))
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Read into ``buffer``; how many bytes, 0 at the end."""
+        count = self._reader.readinto(buffer[:self.remaining]) if self.remaining else 0
+        self._count(count or 0)
+        return count or 0
+
+    def socket_body(self) -> Optional[SocketBody]:
+        """The rest of the body as a :class:`SocketBody`, or None (see :func:`socket_body`)."""
+        sock = self._conn.sock if self._conn is not None else None
+        if not SPLICEABLE or type(sock) is not socket.socket:
+            return None
+        buffered = self._reader.read1(min(self.remaining, 64 * 1024)) if self.remaining else b""
+        self.remaining -= len(buffered)
+        return SocketBody(self._release, sock, buffered, self.remaining + len(buffered))
+
+    def close(self) -> None:
+        self._release(not self.remaining)
+
+    def _count(self, count: int) -> None:
+        if not count and self.remaining:
+            raise ConnectionError(f"COS answer cut short: {self.remaining} bytes missing")
+        self.remaining -= count
+        if not self.remaining:
+            self._release(True)
+
+    def _release(self, whole: bool) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if not whole and conn.sock is not None:
+            with contextlib.suppress(OSError):  # a read blocked in another thread returns
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        self._reader.close()
+        if not (whole and self._reusable):
+            conn.close()
+        self._pool._put_conn(conn if whole and self._reusable else None)
 
 
 SPLICEABLE = hasattr(os, "splice")  # Linux
@@ -510,6 +589,8 @@ def body_into(response: urllib3.BaseHTTPResponse, buffer: memoryview) -> int:
     makes a new bytes object per read, which cost a relay 10-20 % more CPU per GiB
     (docs/performance.md). At the end the connection goes back to the pool, as urllib3's
     ``read`` gives it back."""
+    if isinstance(response, StreamedBody):
+        return response.readinto(buffer)
     answer = response._fp  # http.client's response under urllib3's
     count = answer.readinto(buffer)
     if answer.isclosed():
@@ -522,6 +603,8 @@ def socket_body(response: urllib3.BaseHTTPResponse) -> Optional[SocketBody]:
     :class:`SocketBody`; None when it cannot be spliced: TLS (the bytes on the socket are
     ciphertext), a body not framed by Content-Length, or no ``splice`` on this system.
     After this, the body is read only through the :class:`SocketBody`."""
+    if isinstance(response, StreamedBody):
+        return response.socket_body()
     answer = getattr(response, "_fp", None)  # http.client's response under urllib3's
     conn = response.connection
     sock = getattr(conn, "sock", None)
@@ -533,7 +616,7 @@ def socket_body(response: urllib3.BaseHTTPResponse) -> Optional[SocketBody]:
     # What http.client's reader holds past the head: read1 returns it without reading the
     # socket (or, with nothing buffered, reads once from it: bytes the body sends anyway).
     buffered = answer.fp.read1(min(remaining, 64 * 1024)) if remaining else b""
-    return SocketBody(response, sock, buffered, remaining)
+    return SocketBody(_response_release(response), sock, buffered, remaining)
 
 
 def _quoted_path(key: str) -> str:
@@ -572,17 +655,31 @@ def _request_head(lines: list[str]) -> bytes:
 def _read_answer(reader: Any, method: str) -> tuple[Answer, bool]:
     """Read one HTTP/1.1 answer (skipping interim 1xx ones); return it and whether the
     connection can carry another request."""
+    status, headers, reusable = _read_head(reader)
+    answer, framed = _read_body(reader, method, status, headers)
+    return answer, reusable and framed
+
+
+def _read_head(reader: Any) -> tuple[int, HTTPHeaderDict, bool]:
+    """The status and headers of an answer (past interim 1xx ones), and whether the
+    connection may carry another request once its body is read."""
     while True:
         version, status = _status_line(reader)
         headers = _header_lines(reader)
         if not 100 <= status < 200:
             break
     tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
-    reusable = version == "HTTP/1.1" and "close" not in tokens
+    return status, headers, version == "HTTP/1.1" and "close" not in tokens
+
+
+def _read_body(reader: Any, method: str, status: int, headers: HTTPHeaderDict
+               ) -> tuple[Answer, bool]:
+    """The answer with its whole body, and whether the body had an end of its own (else the
+    connection's end was it)."""
     if method == "HEAD" or status in (204, 304):
-        return Answer(status, headers, b""), reusable
+        return Answer(status, headers, b""), True
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return Answer(status, headers, _chunked(reader)), reusable
+        return Answer(status, headers, _chunked(reader)), True
     length = headers.get("content-length")
     if length is None:  # the body ends with the connection
         return Answer(status, headers, reader.read()), False
@@ -590,7 +687,18 @@ def _read_answer(reader: Any, method: str) -> tuple[Answer, bool]:
     data = reader.read(size)
     if len(data) != size:
         raise ConnectionError(f"COS answer cut short: {len(data)} of {size} bytes")
-    return Answer(status, headers, data), reusable
+    return Answer(status, headers, data), True
+
+
+def _framed_length(headers: HTTPHeaderDict) -> int:
+    """The Content-Length of a streamed answer's body. COS frames every GET Object answer
+    so; one in chunks or ended by the connection is refused (read whole, it could be any
+    size)."""
+    length = headers.get("content-length")
+    if length is None or "chunked" in headers.get("transfer-encoding", "").lower() or \
+            not length.strip().isdigit():
+        raise ConnectionError("COS answered a GET without a Content-Length")
+    return int(length)
 
 
 def _line(reader: Any) -> bytes:
