@@ -215,6 +215,35 @@ def test_worker_slots_count_sessions_as_they_start(daemon):
     wait_until(lambda: not any(w.sessions for w in state.workers()), what="sessions ended")
 
 
+def test_a_worker_steps_aside_before_accepting_when_a_peer_became_less_busy(daemon):
+    """A worker looks at its peers' session counts before it accepts a connection, not
+    only after: when a peer's sessions end, the next connection goes to that peer even if
+    this worker has not looked since (between accepts it looks once a second). The peer is
+    then stopped (SIGSTOP), so that only the busier worker could take the connection."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    no_sessions_left(daemon)
+    by_worker: dict[int, list[ftplib.FTP]] = {}
+    for _ in range(3):  # two on one worker, one on the other (the balance)
+        ftp = ftplib.FTP()
+        ftp.connect(daemon.host, daemon.port, timeout=30)
+        by_worker.setdefault(worker_of(daemon, ftp), []).append(ftp)
+    (busy, two), (idle, [one]) = sorted(by_worker.items(), key=lambda item: -len(item[1]))
+    _close(one)
+    state = state_of(daemon)
+    wait_until(lambda: {w.pid: w.sessions for w in state.workers()}[idle] == 0,
+               what="the idle worker's session ended")
+    os.kill(idle, signal.SIGSTOP)
+    try:
+        late = socket.create_connection((daemon.host, daemon.port), timeout=30)
+    finally:
+        os.kill(idle, signal.SIGCONT)
+    assert late.recv(100).startswith(b"220")
+    assert worker_serving(daemon, late) == idle, f"worker {busy} with {len(two)} sessions took it"
+    late.close()
+    for ftp in two:
+        _close(ftp)
+
+
 def test_kill_worker_mid_session_others_continue(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
@@ -679,7 +708,12 @@ def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
 
 def worker_of(proc: ServerProcess, ftp: ftplib.FTP) -> int:
     """The pid of the worker serving ``ftp``'s control connection."""
-    client_port = ftp.sock.getsockname()[1]
+    return worker_serving(proc, ftp.sock)
+
+
+def worker_serving(proc: ServerProcess, sock: socket.socket) -> int:
+    """The pid of the worker holding the server's end of the connection ``sock``."""
+    client_port = sock.getsockname()[1]
     for worker in state_of(proc).workers():
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(worker.pid)

@@ -14,6 +14,7 @@ from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
 from .slow_client import SlowReader
 from .test_commands import put
+from .test_master import serving
 from .test_proxy import BALANCER, proxied_ftp, raw_connect, v2_header
 from .test_tls import tls_login, tls_network, write_certificate
 
@@ -43,6 +44,9 @@ def rows_of(server: ServerProcess, command: str, least: int = 0) -> list[list[st
 
 
 def test_sessions_lists_every_live_session_across_workers(watched, area):
+    # The server answers once one worker serves; sessions opened before the other serves
+    # would all stay on the first.
+    wait_until(lambda: serving(watched, 1, 2), what="both workers serving")
     uploader = proxied_ftp(watched, v2_header("127.0.0.21"), "127.0.0.21")
     uploader.login("alice", "alice-pw")
     uploader.voidcmd("TYPE I")

@@ -318,7 +318,8 @@ class BalancedFTPServer(ThreadedFTPServer):
 
     Every worker waits on the same socket and the kernel tends to wake the same one, so
     without this one worker would take every session. A worker holding more than one
-    session above its least busy serving peer steps aside until that changes.
+    session above its least busy serving peer steps aside until that changes; it looks
+    before and after each accept, and at each tick of its loop.
     """
 
     state: SharedState
@@ -329,6 +330,14 @@ class BalancedFTPServer(ThreadedFTPServer):
         """``address:port (kind)``, for the log."""
         host, port = self.address[:2]
         return f"[{host}]:{port} ({self.kind})" if ":" in host else f"{host}:{port} ({self.kind})"
+
+    def handle_accept(self) -> None:
+        """Accept a waiting connection unless a peer is now clearly less busy. Between
+        accepts this worker looks only once a second: a peer that started serving, or whose
+        sessions ended, since then would otherwise lose this connection for its whole life."""
+        self.rebalance()
+        if not self.paused:
+            super().handle_accept()
 
     def handle_accepted(self, sock, addr):
         handler = super().handle_accepted(sock, addr)
