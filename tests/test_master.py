@@ -21,6 +21,7 @@ import pytest
 from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA, _close
+from .emulator_proc import request_log
 from .server_proc import (
     ROOT,
     Account,
@@ -380,16 +381,26 @@ def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon,
         ftp.close()
 
 
+def parkable_upload(ftp: ftplib.FTP, cos, key: str) -> socket.socket:
+    """Start a STOR of 3 MiB to ``key``; return its data connection once COS stored a part
+    (a stop parks the parts stored; one not started yet when the stop came is dropped)."""
+    from .test_resume import parts_of
+    from .test_transfers import start_upload
+
+    upload = start_upload(ftp, cos, key, 3 * MIB)
+    wait_until(lambda: parts_of(cos, key), what="a part stored")
+    return upload
+
+
 def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
     """``stop`` during a ``stop --graceful`` that waits for an upload: the upload is parked
     (426, then 421) and the server exits at once."""
     from .test_resume import is_parked
-    from .test_transfers import start_upload
 
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     master = master_of(daemon)
     uploader = login(daemon)
-    upload = start_upload(uploader, cos, area, 3 * MIB)
+    upload = parkable_upload(uploader, cos, area)
     graceful = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c",
                              daemon.config_path, "stop", "--graceful"], cwd=daemon.workdir,
                             stdout=subprocess.DEVNULL)
@@ -948,6 +959,32 @@ def _send_until_closed(conn: socket.socket) -> None:
     conn.close()
 
 
+def test_stop_parks_an_upload_whose_part_cos_takes_long_to_store(daemon, emulator, cos, area):
+    """A fast stop parks an upload once the parts COS is receiving are stored, however long
+    that takes within the stop's time (the master allows 30 s): the worker waited 5 s for
+    each session thread (pyftpdlib's join_timeout), then exited under it, and the upload
+    was lost (not parked). COS holds the parts for 8 s here (the emulator's rendezvous)."""
+    from .test_resume import is_parked
+
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    uploader = login(daemon)
+    emulator.rendezvous(contains=area, kind="PUT", parties=100, timeout=8)
+    uploader.voidcmd("TYPE I")
+    upload = uploader.transfercmd(f"STOR {area}")
+    upload.sendall(os.urandom(3 * MIB))
+    wait_until(lambda: any(entry["kind"] == "PUT" and entry["end"] is None
+                           for entry in request_log(emulator.port, area)),
+               what="a part held by COS")
+    master = master_of(daemon)
+    workers = live_children(master)
+    master.terminate()
+    _send_until_closed(upload)
+    assert [r[:4] for r in _replies_after_data_closed(uploader)] == ["426 ", "421 "]
+    assert not psutil.wait_procs([master, *workers], timeout=60)[1], "still running"
+    assert is_parked(cos, area)
+    uploader.close()
+
+
 def test_help_and_readme_say_what_term_and_quit_do():
     """TERM parks uploads (as the guarantees say), it does not abort them; QUIT lets
     transfers finish and is what stop --graceful sends."""
@@ -972,7 +1009,6 @@ def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area, how):
     upload in flight, end the download in flight with 426 and close every control
     connection with 421, logged in or not."""
     from .test_resume import is_parked
-    from .test_transfers import start_upload
 
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     cos.put_object(Bucket=ALPHA, Key=f"{area}-big", Body=os.urandom(48 * MIB))
@@ -982,7 +1018,7 @@ def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area, how):
     downloader.voidcmd("TYPE I")
     download = downloader.transfercmd(f"RETR {area}-big")
     assert download.recv(65536)  # then stops reading: the server's send buffer fills
-    upload = start_upload(uploader, cos, area, 3 * MIB)
+    upload = parkable_upload(uploader, cos, area)
     master = master_of(daemon)
     workers = live_children(master)
     if how == "stop":

@@ -50,7 +50,7 @@ from .scoreboard import (
     SharedState,
     state_path,
 )
-from .signals import SignalQueue, fork_holding_signals
+from .signals import FAST_STOP_SECONDS, SignalQueue, fork_holding_signals
 from .usage import usage_path
 from .workers import (
     Backoff,
@@ -65,7 +65,6 @@ from .workers import (
 
 log = logging.getLogger(__name__)
 
-FAST_STOP_TIMEOUT = 30.0
 LOOP_SECONDS = 1.0
 MAX_FAST_FAILURES = 5
 SPAWN_RETRY_SECONDS = 5.0  # after a fork (or its stack file) failed: no process or fd left
@@ -302,7 +301,7 @@ class Master(ReloadSequence):
     def handle_term(self) -> None:
         """Fast stop: workers end their transfers (426; uploads are parked, no partial
         objects), tell every client 421 and exit."""
-        self._begin_stop(signal.SIGTERM, FAST_STOP_TIMEOUT)
+        self._begin_stop(signal.SIGTERM, FAST_STOP_SECONDS)
 
     handle_int = handle_term
 

@@ -66,7 +66,7 @@ from .scoreboard import (
     TransferFigures,
     account_key,
 )
-from .signals import release_signals
+from .signals import FAST_STOP_SECONDS, release_signals
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,10 @@ class BalancedFTPServer(ThreadedFTPServer):
 
     state: SharedState
     kind = "FTP"  # what the listener serves, for the log
+    # How long close_all waits for each session thread. A stopping session may still wait
+    # for COS to store the parts its upload's park keeps (pyftpdlib's 5 s cut that short:
+    # the worker exited and the upload was lost); the master ends a stop that takes longer.
+    join_timeout = FAST_STOP_SECONDS - 5
     paused = False  # True while this worker leaves new connections to its peers
 
     def describe(self) -> str:
