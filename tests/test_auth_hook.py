@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -474,6 +475,61 @@ def test_a_hook_homes_row_is_free_again_once_no_session_holds_it(emulator, tmp_p
         again.quit()
         assert used(first) == (1, 1)  # r0's row, held all along, kept its usage
         first.quit()
+
+
+def crowd_logs_in(server: ServerProcess, users: list[str]) -> dict[str, object]:
+    """Log ``users`` in at once (password ``pw``); each user's session, or the reply that
+    refused it (its connection closed)."""
+    def attempt(user: str) -> object:
+        ftp = ftplib.FTP(encoding="utf-8")
+        ftp.connect(server.host, server.port, timeout=30)
+        try:
+            ftp.login(user, "pw")
+            return ftp
+        except ftplib.Error as exc:
+            ftp.close()
+            return str(exc)
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        return dict(zip(users, pool.map(attempt, users)))
+
+
+def test_crowds_of_new_hook_homes_take_the_free_rows_and_the_rest_get_421(emulator, tmp_path,
+                                                                        service, cos):
+    """auth_hook_quota_homes = 2, two workers: eight hook users, a home each, log in all at
+    once; two get in, the others get 421 and are closed. Each winner's row is its own
+    home's (each home holds a file of its own size, written by another tool, and that is
+    what its SITE QUOTA counts), and cosftpctl quota lists just those two. Once they leave,
+    the next crowd (those refused) takes the freed rows the same way, until all got in."""
+    from .test_master import state_of
+
+    tag = uuid.uuid4().hex[:8]
+    homes = {f"c{number}": f"hookcrowd-{tag}/{number}/" for number in range(8)}
+    for number, (user, home) in enumerate(homes.items()):
+        service.users[user] = ("pw", quoted(emulator, home, quota_files=9))
+        cos.put_object(Bucket=ALPHA, Key=f"{home}by-another-tool.bin", Body=b"o" * (number + 1))
+    with hooked_server(emulator, tmp_path, service.url, worker_processes="2",
+                       auth_cache_ttl="0", quota_scan_interval="0",
+                       auth_hook_quota_homes="2") as proc:
+        waiting = list(homes)
+        while waiting:
+            outcome = crowd_logs_in(proc, waiting)
+            winners = {user: ftp for user, ftp in outcome.items()
+                       if isinstance(ftp, ftplib.FTP)}
+            refusals = [reply for reply in outcome.values() if isinstance(reply, str)]
+            assert len(winners) == min(2, len(waiting)), outcome
+            assert all(reply.startswith("421 Too many homes with a quota") for reply in
+                       refusals), refusals
+            for user, ftp in winners.items():
+                assert used(ftp) == (list(homes).index(user) + 1, 1), user
+            shown = proc.ctl("quota").stdout
+            listed = set(re.findall(rf"(?m)^{ALPHA}/(hookcrowd-{tag}/\d+/)$", shown))
+            assert listed == {homes[user] for user in winners}, shown
+            for ftp in winners.values():
+                ftp.quit()
+            waiting = [user for user in waiting if user not in winners]
+            wait_until(lambda: not any(w.sessions for w in state_of(proc).workers()),
+                       what="the sessions gone, their rows free")
 
 
 def test_cosftpctl_quota_and_the_admin_api_list_the_homes_answers_gave_a_quota(

@@ -14,6 +14,7 @@ import re
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import pytest
@@ -536,6 +537,55 @@ def test_a_directory_renamed_into_a_full_home_is_refused_before_any_copy(movers,
         cb.delete(name)
     cb.rmd("big")
     for ftp in (admin, ca, cb):
+        ftp.quit()
+
+
+def test_directory_renames_racing_into_a_home_with_room_for_one(movers, cos, emulator):
+    """Three admin sessions move a directory of ca each (two files, 120 KiB) into cb, which
+    has room for one: their listings of what to move meet in COS (the emulator's rendezvous),
+    so each asks for the room while the others do. Exactly one wins (250), the others get
+    552 naming cb's quota; usage right after counts the winner once in each home; the
+    losers' directories are whole where they were, nothing of them in cb."""
+    admin, ca, cb = (login(movers, user) for user in ("cadmin", "ca", "cb"))
+    tag = uuid.uuid4().hex[:8]
+    filler = 2 * MIB - home_used(cb)[0] - 150 * 1024  # cb keeps 150 KiB free
+    put(cb, "filler.bin", b"f" * filler)
+    names = [f"{tag}-{n}" for n in range(3)]
+    for name in names:
+        ca.mkd(name)
+        for file in ("one.bin", "two.bin"):
+            put(ca, f"{name}/{file}", b"x" * (60 * 1024))
+    before_a, before_b = home_used(ca), home_used(cb)
+    movers_ = [login(movers, "cadmin") for _ in names]
+    for ftp, name in zip(movers_, names):
+        assert ftp.sendcmd(f"RNFR ca/{name}").startswith("350")
+    emulator.rendezvous(contains=f"/ca/{tag}-", kind="LIST", parties=len(names), timeout=10)
+
+    def move(ftp: ftplib.FTP, name: str) -> str:
+        try:
+            return ftp.sendcmd(f"RNTO cb/{name}")
+        except ftplib.error_perm as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        replies = list(pool.map(move, movers_, names))
+    assert emulator.rendezvous()["passed"] == len(names), "the renames did not overlap"
+    assert sorted(reply[:4] for reply in replies) == ["250 ", "552 ", "552 "], replies
+    assert all("Quota exceeded" in reply for reply in replies if reply.startswith("552"))
+    assert home_used(ca) == (before_a[0] - 120 * 1024, before_a[1] - 2)
+    assert home_used(cb) == (before_b[0] + 120 * 1024, before_b[1] + 2)
+    won = names[[reply[:3] for reply in replies].index("250")]
+    for name in names:
+        there, here = f"{ROOT}catch/cb/{name}/", f"{ROOT}catch/ca/{name}/"
+        files = [f"{there if name == won else here}{file}" for file in ("one.bin", "two.bin")]
+        assert [key for key in keys_under(cos, there) + keys_under(cos, here)
+                if not key.endswith("/")] == files
+    for ftp, name in [(cb, won)] + [(ca, name) for name in names if name != won]:
+        for file in ("one.bin", "two.bin"):
+            ftp.delete(f"{name}/{file}")
+        ftp.rmd(name)
+    cb.delete("filler.bin")
+    for ftp in (admin, ca, cb, *movers_):
         ftp.quit()
 
 
