@@ -60,9 +60,19 @@ def test_sessions_lists_every_live_session_across_workers(watched, area):
     stranger.sendall(f"USER {EVIL}\r\n".encode())
     assert stranger.recv(100).startswith(b"331")
 
-    wait_until(lambda: rows_of(watched, f"STOR {area}", 2 * MIB),
-               what="the upload's bytes in cosftpctl sessions")
-    lines = session_lines(watched)
+    def described() -> list[str]:
+        """The listing once it shows the upload's bytes, the CWD and the USER: each worker
+        writes its sessions' rows once a second (the CWD may come after the bytes)."""
+        lines = session_lines(watched)
+        rows = lines[1:-1]
+        upload = [row for row in rows if f"STOR {area}"[:40] in row]
+        if upload and int(upload[0].split()[5]) >= 2 * MIB and \
+                any("CWD" in row for row in rows) and any(row.endswith("USER") for row in rows):
+            return lines
+        return []
+
+    wait_until(described, what="the three sessions described in cosftpctl sessions")
+    lines = described()
     assert lines[-1] == "3 session(s)"
     rows = lines[1:-1]
     upload = next(row for row in rows if "STOR" in row)
