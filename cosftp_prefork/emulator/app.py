@@ -50,7 +50,8 @@ resets them; ``?contains=TEXT`` counts only requests whose key or listed prefix 
 so tests and the bench can tell how many COS round-trips an FTP command costs;
 ``GET /__emulator__/log`` (same filter; ``?signed_by=SECRETID`` only the requests signed with
 that key) lists each request with its start and end (``time.monotonic()``, shared by the
-machine's processes), a COPY's source and the SecretId it was signed with, so a test can tell
+machine's processes), a COPY's source, the SecretId it was signed with and whether ``fast.py``
+answered it (``fast``: which requests took the fast answers), so a test can tell
 every key a client of the emulator named; and ``GET
 /__emulator__/connections`` counts the TCP connections accepted (``serving.py`` keeps them
 alive between requests, as COS does).
@@ -184,6 +185,9 @@ class _Logged:
     end: Optional[float] = None
     source: str = ""  # a COPY's x-cos-copy-source, as sent
     signer: str = ""  # the SecretId it says it is signed with
+    # Answered by fast.py rather than moto's app: shows which requests of a bench row's
+    # sides took the fast answers (docs/performance.md, "The emulator as an instrument").
+    fast: bool = False
 
 
 def _contains(environ: dict) -> str:
@@ -313,7 +317,8 @@ class _ObjectCrcs:
         self._lock = threading.Lock()
         self._known: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
 
-    def get(self, place: tuple[str, str], etag: str, compute: Callable[[], int]) -> int:
+    def get(self, place: tuple[str, str], etag: str,
+            compute: Callable[[], Optional[int]]) -> Optional[int]:
         """The CRC64 of ``place`` while its ETag is ``etag``; ``compute()`` if not known."""
         with self._lock:
             known = self._known.get(place)
@@ -507,11 +512,12 @@ class CosShim:
             if self._overwrite_forbidden(environ):
                 return _error_response(start_response, "409 Conflict", "FileAlreadyExists",
                                        environ.get("PATH_INFO", ""), request_id)
-            body, status, headers = self._forward(environ, request_id)
+            body, status, headers = self._forward(environ, request_id, logged)
         headers = self.accounts.with_region(environ, headers)
-        if crc is not None and status.startswith("2"):
-            headers.append(("x-cos-hash-crc64ecma", self._reported_crc(
-                self._object_crc(environ, headers, crc))))
+        reported = self._object_crc(environ, headers, crc) \
+            if crc is not None and status.startswith("2") else None
+        if reported is not None:
+            headers.append(("x-cos-hash-crc64ecma", self._reported_crc(reported)))
         start_response(status, headers)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
@@ -651,7 +657,7 @@ class CosShim:
             etag.strip('"'), email.utils.parsedate_to_datetime(modified).timestamp(), size))
 
     def _object_crc(self, environ: dict, headers: list[tuple[str, str]],
-                    compute: Callable[[], int]) -> int:
+                    compute: Callable[[], Optional[int]]) -> Optional[int]:
         """The CRC64 a PUT or HEAD reports, remembered for the version its ETag names; a
         part's and a completed upload's are computed each time (their answers carry no ETag
         header to remember them by)."""
@@ -661,7 +667,7 @@ class CosShim:
         place = (environ.get("HTTP_HOST", ""), environ.get("PATH_INFO", ""))
         return self._crcs.get(place, etag.strip('"'), compute)
 
-    def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], int]]:
+    def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], Optional[int]]]:
         """For an object PUT, an UploadPart, a CompleteMultipartUpload or a HEAD, return what
         computes the CRC64 COS reports for the object or part (``x-cos-hash-crc64ecma``);
         else None."""
@@ -677,17 +683,19 @@ class CosShim:
         is_object = environ.get("PATH_INFO", "/") not in ("", "/")
         if (method == "POST" and "uploadId" in query) or (method == "HEAD" and is_object):
             _served.key = None
-            return lambda: crc64(_served_bytes())
+            return _served_crc
         return None
 
     def _reported_crc(self, value: int) -> str:
         return str(value ^ 1 if self.faults.corrupt_crc else value)
 
-    def _forward(self, environ: dict, request_id: str) -> tuple[bytes, str, list]:
-        """Run moto (or make its answer: ``fast.py``); return the COS-form body, status and
-        headers."""
+    def _forward(self, environ: dict, request_id: str,
+                 logged: _Logged) -> tuple[bytes, str, list]:
+        """Run moto (or make its answer: ``fast.py``, noted in ``logged``); return the
+        COS-form body, status and headers."""
         _translate_request(environ)
         made = fast.answer(environ) if self.fast_answers else None
+        logged.fast = made is not None
         if made is None:
             made = self._run_moto(environ)
         status, moto_headers, body = made
@@ -729,10 +737,11 @@ def _remembering(method: Callable) -> Callable:
     return wrapper
 
 
-def _served_bytes() -> bytes:
-    """The bytes of the object this thread's request made or found (see ``_remembering``)."""
+def _served_crc() -> Optional[int]:
+    """The CRC64 of the object this thread's request made or found (see ``_remembering``);
+    None if it found none (a path-style HEAD of the bucket itself)."""
     key, _served.key = _served.key, None
-    return key.value
+    return None if key is None else crc64(key.value)
 
 
 def _install_object_lifetimes() -> None:

@@ -24,6 +24,13 @@ goes to moto, as does a PUT Object with a query, a condition, ACL, tagging, encr
 checksum headers, or into such a bucket. ``tests/test_emulator_fast.py`` compares both
 answers over random buckets, requests, copies and PUTs (and the objects the copies and PUTs
 made), and fails if they differ.
+
+Both ways of naming the bucket are answered, read as moto reads them: the SDK's virtual-host
+``<bucket>.cos.<region>.myqcloud.com``, and the path-style ``/<bucket>/<key>`` that S3
+clients such as ``rclone serve ftp`` (the bench's baseline) send to ``127.0.0.1:<port>``,
+with the AWS SDKs' signing headers (``x-amz-date``, ``x-amz-content-sha256``) and their
+``x-id`` query. Why: a fast path one side of a bench row takes and the other does not tilts
+the row (docs/performance.md, "The emulator as an instrument").
 """
 
 from __future__ import annotations
@@ -39,10 +46,13 @@ from xml.sax.saxutils import escape
 import moto.s3.models
 from moto import settings
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.utils import extract_region_from_aws_authorization
 from moto.s3.exceptions import HeadOnDeleteMarker, MissingBucket
 from moto.s3.models import FakeBucket, FakeKey, S3Backend
+from moto.s3.responses import S3Response
 from moto.s3.utils import ARCHIVE_STORAGE_CLASSES, STORAGE_CLASS, metadata_from_headers
 from moto.utilities.aws_headers import gen_amzn_requestid_long
+from moto.utilities.utils import get_partition
 from werkzeug.datastructures import EnvironHeaders
 
 from .listing import IndexedKeyStore
@@ -51,8 +61,18 @@ Headers = list[tuple[str, str]]
 # (status line, moto's headers, body), as the shim's ``_forward`` takes them from moto.
 Answer = tuple[str, Headers, bytes]
 
-# The SDK's virtual-host form, the only one answered here (moto's bucket is its first label).
+# The SDK's virtual-host form, the one answered here where moto reads the bucket from the
+# host (moto's bucket is its first label).
 _COS_HOST = re.compile(r"([a-z0-9][a-z0-9-]*)\.cos\.[a-z0-9-]+\.myqcloud\.com(:\d+)?")
+# A path-style path: the bucket (a name werkzeug's URL leaves as it is, so moto reads the same)
+# and what follows it (moto: "/<bucket>" and "/<bucket>/" are the bucket, the rest a key).
+_PATH_STYLE = re.compile(r"/([a-z0-9][a-z0-9.-]*)(/.*)?", re.DOTALL)
+# The AWS SDKs' signing headers, which moto ignores unauthenticated (but keeps
+# x-amz-content-sha256 as an object's metadata, as the answers here do); a streaming payload
+# moto decodes goes to it.
+_SIGNING_HEADERS = frozenset({"HTTP_X_AMZ_DATE", "HTTP_X_AMZ_CONTENT_SHA256"})
+# The query parameter the AWS SDKs add to name the operation (x-id=PutObject); moto ignores it.
+_OPERATION_QUERY = frozenset({"x-id"})
 _LIST_PARAMETERS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
 # Request headers that change a HEAD's answer in moto: conditions, ranges, checksums, SSE-C.
 _HEAD_CHANGERS = re.compile(r"HTTP_(IF_|RANGE$|X_AMZ_CHECKSUM|X_AMZ_SERVER_SIDE_ENCRYPTION_"
@@ -61,10 +81,12 @@ _HEAD_CHANGERS = re.compile(r"HTTP_(IF_|RANGE$|X_AMZ_CHECKSUM|X_AMZ_SERVER_SIDE_
 # besides x-amz-meta-* and plain content headers: anything else (encryption, ACLs, tagging,
 # object lock, checksums, the copy conditions moto checks or ignores) goes to moto.
 _COPY_HEADERS = frozenset({"HTTP_X_AMZ_COPY_SOURCE", "HTTP_X_AMZ_METADATA_DIRECTIVE",
-                           "HTTP_X_AMZ_STORAGE_CLASS", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH"})
+                           "HTTP_X_AMZ_STORAGE_CLASS", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH",
+                           *_SIGNING_HEADERS})
 # The x-amz-* request headers a PUT Object answered here may carry besides x-amz-meta-*
 # (x-cos-forbid-overwrite is the shim's: moto ignores it).
-_PUT_HEADERS = frozenset({"HTTP_X_AMZ_STORAGE_CLASS", "HTTP_X_AMZ_FORBID_OVERWRITE"})
+_PUT_HEADERS = frozenset({"HTTP_X_AMZ_STORAGE_CLASS", "HTTP_X_AMZ_FORBID_OVERWRITE",
+                          *_SIGNING_HEADERS})
 # Bodies werkzeug parses as a form, whose fields moto then stores instead of the body.
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 # moto's fixed owner of every listed key.
@@ -77,16 +99,44 @@ def _backend() -> S3Backend:
     return moto.s3.models.s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
 
 
-def _plain_bucket(environ: dict) -> Optional[FakeBucket]:
-    """The bucket an SDK-signed request names, if moto keeps nothing on it that would
-    change an answer (policy, logging, its own authentication) and indexes its keys."""
-    found = _COS_HOST.fullmatch(environ.get("HTTP_HOST", ""))
+class _HostOnly:
+    """What moto's ``subdomain_based_buckets`` reads of a request: its Host."""
+
+    def __init__(self, host: str) -> None:
+        self.headers = {"host": host}
+        self.url = ""
+
+
+def _target(environ: dict) -> Optional[tuple[FakeBucket, str]]:
+    """The bucket a signed request names and the path within it ("/" for the bucket
+    itself, "/<key>" for a key, its UTF-8 decoded), read as moto reads them: from the COS
+    virtual-host name, or from the path where moto takes the host for a path-style one (an
+    IP address, localhost); None for a bucket left to moto (``_indexed_bucket``), a request
+    moto authenticates, a presigned one, or one whose region is of another partition (moto
+    keeps another backend for it)."""
     authorization = environ.get("HTTP_AUTHORIZATION", "")
-    moto_authenticates = math.isfinite(settings.INITIAL_NO_AUTH_ACTION_COUNT)
-    if found is None or not authorization or moto_authenticates or \
-            "Signature=" in environ.get("QUERY_STRING", ""):
+    region = extract_region_from_aws_authorization(authorization) or "us-east-1"
+    path = _utf8_path(environ)
+    if not authorization or math.isfinite(settings.INITIAL_NO_AUTH_ACTION_COUNT) or \
+            "Signature=" in environ.get("QUERY_STRING", "") or path is None or \
+            get_partition(region) != "aws":
         return None
-    return _indexed_bucket(found.group(1))
+    host = environ.get("HTTP_HOST", "")
+    if S3Response.subdomain_based_buckets(_HostOnly(host)):
+        found, within = _COS_HOST.fullmatch(host), path
+    else:
+        found = _PATH_STYLE.fullmatch(path)
+        within = (found.group(2) or "/") if found else ""
+    bucket = None if found is None else _indexed_bucket(found.group(1))
+    return None if bucket is None else (bucket, within)
+
+
+def _utf8_path(environ: dict) -> Optional[str]:
+    """The path a request names (PATH_INFO carries its UTF-8 bytes as latin-1, WSGI)."""
+    try:
+        return environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 def _indexed_bucket(name: str) -> Optional[FakeBucket]:
@@ -103,15 +153,19 @@ def _indexed_bucket(name: str) -> Optional[FakeBucket]:
 
 def answer(environ: dict) -> Optional[Answer]:
     """moto's answer to this request if it is one answered here; else None."""
-    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
-    if method == "GET" and path == "/":
-        return _list_objects(environ)
-    if method == "HEAD" and len(path) > 1 and not environ.get("QUERY_STRING"):
-        return _head_object(environ)
-    if method == "PUT" and len(path) > 1:
+    method = environ["REQUEST_METHOD"]
+    target = _target(environ) if method in ("GET", "HEAD", "PUT") else None
+    if target is None:
+        return None
+    bucket, path = target
+    if path == "/":
+        return _list_objects(environ, bucket) if method == "GET" else None
+    if method == "HEAD" and not environ.get("QUERY_STRING"):
+        return _head_object(environ, bucket, path[1:])
+    if method == "PUT":
         if "HTTP_X_AMZ_COPY_SOURCE" in environ:
-            return _copy_object(environ)
-        return _put_object(environ)
+            return _copy_object(environ, bucket, path[1:])
+        return _put_object(environ, bucket, path[1:])
     return None
 
 
@@ -123,16 +177,13 @@ def _single_values(query: str) -> Optional[dict[str, str]]:
     return values if len(values) == len(pairs) else None
 
 
-def _list_objects(environ: dict) -> Optional[Answer]:
+def _list_objects(environ: dict, bucket: FakeBucket) -> Optional[Answer]:
     values = _single_values(environ.get("QUERY_STRING", ""))
     if values is None or not set(values) <= _LIST_PARAMETERS:
         return None
     max_keys = values.get("max-keys", str(settings.get_s3_default_max_keys()))
     delimiter, encoding = values.get("delimiter"), values.get("encoding-type")
     if not max_keys.isdigit() or len(delimiter or "") > 1 or encoding not in (None, "url"):
-        return None
-    bucket = _plain_bucket(environ)
-    if bucket is None:
         return None
     prefix = values.get("prefix")
     keys, folders, truncated, next_marker = _backend().list_objects(
@@ -172,11 +223,8 @@ def _contents(keys: Iterable[FakeKey], encoding: Optional[str]) -> list[str]:
             for key in keys]
 
 
-def _head_object(environ: dict) -> Optional[Answer]:
-    if any(_HEAD_CHANGERS.match(name) for name in environ):
-        return None
-    bucket, name = _plain_bucket(environ), _key_name(environ)
-    if bucket is None or name is None:
+def _head_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answer]:
+    if any(_HEAD_CHANGERS.match(header) for header in environ):
         return None
     try:  # moto's own look-up (the shim's CRC64 of a HEAD is of the object it found)
         key = _backend().head_object(bucket.name, name)
@@ -196,24 +244,18 @@ def source_key(host: str, path: str, authorization: str) -> Optional[FakeKey]:
     against; None where moto's HEAD alone can tell (a bucket left to moto, a version, no
     such key, a delete marker). The shim asked moto's HEAD through its Flask app: two
     fifths of a pinned copy's emulator CPU (docs/performance.md)."""
-    bucket = _plain_bucket({"HTTP_HOST": host, "HTTP_AUTHORIZATION": authorization})
-    if bucket is None or "?" in path:
+    found = _target({"HTTP_HOST": host, "HTTP_AUTHORIZATION": authorization,
+                     "PATH_INFO": "/"}) if _COS_HOST.fullmatch(host) else None
+    if found is None or "?" in path:
         return None
     try:
-        return _backend().head_object(bucket.name, urllib.parse.unquote(path, errors="strict"))
+        return _backend().head_object(found[0].name,
+                                      urllib.parse.unquote(path, errors="strict"))
     except (HeadOnDeleteMarker, UnicodeError):
         return None
 
 
-def _key_name(environ: dict) -> Optional[str]:
-    """The key a request names (PATH_INFO carries its UTF-8 bytes as latin-1, WSGI)."""
-    try:
-        return environ["PATH_INFO"][1:].encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return None
-
-
-def _copy_object(environ: dict) -> Optional[Answer]:
+def _copy_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answer]:
     """PUT Object - Copy as moto's ``copy_object`` answers it, for a copy within or between
     buckets that are neither versioned, encrypted nor locked, of a current object, with a
     metadata directive of Copy or Replaced, a storage class, metadata and content headers.
@@ -223,14 +265,14 @@ def _copy_object(environ: dict) -> Optional[Answer]:
     Why: lftp's MFMT is a copy of the file onto itself (``mtimes.py``), and moto's Flask
     dispatch and serializer of it were a quarter of the emulator's CPU per file of ``lftp
     mirror -R`` (docs/performance.md)."""
-    if environ.get("QUERY_STRING") or not _only(environ, _COPY_HEADERS):
+    if not _no_query(environ) or not _only(environ, _COPY_HEADERS):
         return None
     directive = environ.get("HTTP_X_AMZ_METADATA_DIRECTIVE")
     storage = environ.get("HTTP_X_AMZ_STORAGE_CLASS")
     if directive not in (None, "COPY", "REPLACE") or storage not in (None, *STORAGE_CLASS):
         return None
-    bucket, name, source = _plain_bucket(environ), _key_name(environ), _copy_source(environ)
-    if bucket is None or name is None or source is None or _locked(bucket):
+    source = _copy_source(environ)
+    if source is None or _locked(bucket):
         return None
     copied = _backend().get_object(*source)
     if copied is None or copied.storage_class in ARCHIVE_STORAGE_CLASSES or \
@@ -259,13 +301,21 @@ def _copy_object(environ: dict) -> Optional[Answer]:
 
 def _only(environ: dict, known: frozenset[str]) -> bool:
     """Whether the request carries no x-amz-* header (the shim's renaming of x-cos-*) but
-    ``known`` and x-amz-meta-*, and no Origin (moto's CORS rules answer that)."""
+    ``known`` and x-amz-meta-*, no streaming payload and no Origin (moto's CORS rules
+    answer that)."""
     return "HTTP_ORIGIN" not in environ and not any(
         name.startswith("HTTP_X_AMZ_") and name not in known
-        and not name.startswith("HTTP_X_AMZ_META_") for name in environ)
+        and not name.startswith("HTTP_X_AMZ_META_") for name in environ) and \
+        not environ.get("HTTP_X_AMZ_CONTENT_SHA256", "").startswith("STREAMING")
 
 
-def _put_object(environ: dict) -> Optional[Answer]:
+def _no_query(environ: dict) -> bool:
+    """Whether a PUT's query is empty or only the AWS SDKs' ``x-id``, once."""
+    values = _single_values(environ.get("QUERY_STRING", ""))
+    return values is not None and set(values) <= _OPERATION_QUERY
+
+
+def _put_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answer]:
     """PUT Object as moto's ``put_object`` answers it, into a bucket that is neither
     versioned, encrypted nor locked, with metadata, content headers and a storage class.
     A query (ACL, tagging, a part), a condition, ACL, tagging, encryption or checksum
@@ -280,12 +330,11 @@ def _put_object(environ: dict) -> Optional[Answer]:
     storage = environ.get("HTTP_X_AMZ_STORAGE_CLASS", "STANDARD")
     mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
     if body is None or not _read_whole_by_moto(environ, body) or \
-            environ.get("QUERY_STRING") or not _only(environ, _PUT_HEADERS) or \
+            not _no_query(environ) or not _only(environ, _PUT_HEADERS) or \
             any(name.startswith("HTTP_IF_") for name in environ) or \
             mimetype in _FORM_TYPES or storage not in STORAGE_CLASS:
         return None
-    bucket, name = _plain_bucket(environ), _key_name(environ)
-    if bucket is None or name is None or _locked(bucket):
+    if _locked(bucket):
         return None
     made = _backend().put_object(bucket.name, name, body, storage=storage)
     made.set_metadata(metadata_from_headers(EnvironHeaders(environ)))
