@@ -162,10 +162,10 @@ def answer(environ: dict) -> Optional[Answer]:
     """moto's answer to this request if it is one answered here; else None."""
     method = environ["REQUEST_METHOD"]
     target = _target(environ) if method in ("GET", "HEAD", "PUT") else None
-    if target is None:
+    if target is None or not target[1].startswith("/"):  # (an empty path: moto's)
         return None
     bucket, path = target
-    if path == "/":
+    if path == "/":  # the bucket itself
         return _list_objects(environ, bucket) if method == "GET" else None
     if method == "HEAD" and not environ.get("QUERY_STRING"):
         return _head_object(environ, bucket, path[1:])
