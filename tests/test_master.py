@@ -504,34 +504,46 @@ def test_ttin_stops_at_max_worker_processes_and_ttou_at_one(emulator, tmp_path):
         _close(login(proc))
 
 
+PIDS_ROOT = "/sys/fs/cgroup/pids"
+
+
+def write_cgroup(directory: str, name: str, value: str) -> None:
+    with open(os.path.join(directory, name), "w", encoding="ascii") as handle:
+        handle.write(value)
+
+
+@contextlib.contextmanager
+def pids_cgroup(name: str):
+    """A pids cgroup of the test's own (its path), removed afterwards: a process in it can
+    fork only up to its ``pids.max``, as under a systemd unit's TasksMax. Skips without a
+    writable cgroup v1 pids hierarchy (root)."""
+    if not os.access(os.path.join(PIDS_ROOT, "cgroup.procs"), os.W_OK):
+        pytest.skip("needs a writable cgroup v1 pids hierarchy (root)")
+    group = os.path.join(PIDS_ROOT, f"cosftp-test-{os.getpid()}-{name}")
+    os.mkdir(group)
+    try:
+        yield group
+    finally:
+        os.rmdir(group)
+
+
 @contextlib.contextmanager
 def forks_refused(pid: int):
     """``pid`` moved into a pids cgroup of its own that holds what it runs now and no more:
     its forks fail with EAGAIN, as under a systemd unit's TasksMax that a crowd of session
-    threads filled. Its children stay where they are. Skips without a writable cgroup v1
-    pids hierarchy (root)."""
-    root = "/sys/fs/cgroup/pids"
-    if not os.access(os.path.join(root, "cgroup.procs"), os.W_OK):
-        pytest.skip("needs a writable cgroup v1 pids hierarchy (root)")
-    with open(f"/proc/{pid}/cgroup", encoding="ascii") as handle:
-        home = next(line.split(":", 2)[2].strip() for line in handle
-                    if line.split(":")[1] == "pids")
-    group = os.path.join(root, f"cosftp-test-{os.getpid()}-{pid}")
-    os.mkdir(group)
-
-    def write(directory: str, name: str, value: str) -> None:
-        with open(os.path.join(directory, name), "w", encoding="ascii") as handle:
-            handle.write(value)
-
-    try:
-        write(group, "cgroup.procs", str(pid))
-        with open(os.path.join(group, "pids.current"), encoding="ascii") as handle:
-            write(group, "pids.max", handle.read().strip())
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # gone (the test then says why)
-            write(root + home, "cgroup.procs", str(pid))
-        os.rmdir(group)
+    threads filled. Its children stay where they are."""
+    with pids_cgroup(str(pid)) as group:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as handle:
+            home = next(line.split(":", 2)[2].strip() for line in handle
+                        if line.split(":")[1] == "pids")
+        try:
+            write_cgroup(group, "cgroup.procs", str(pid))
+            with open(os.path.join(group, "pids.current"), encoding="ascii") as handle:
+                write_cgroup(group, "pids.max", handle.read().strip())
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # gone (the test then says why)
+                write_cgroup(PIDS_ROOT + home, "cgroup.procs", str(pid))
 
 
 def test_helper_the_master_cannot_fork_is_started_later_and_the_server_serves_on(emulator,

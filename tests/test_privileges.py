@@ -39,7 +39,7 @@ from .admin_client import RW_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_config import MINIMAL, set_option
-from .test_master import rewrite_config
+from .test_master import pids_cgroup, rewrite_config, write_cgroup
 from .test_tls import write_certificate
 
 NOBODY = pwd.getpwnam("nobody") if "nobody" in {p.pw_name for p in pwd.getpwall()} else None
@@ -464,3 +464,23 @@ def test_the_events_process_and_its_commands_run_as_nobody(emulator, workdir, no
     for path in (spool, os.path.join(spool, "state")):
         assert os.stat(path).st_uid == NOBODY.pw_uid
     assert os.stat(spool).st_mode & 0o777 == 0o700
+
+
+@as_root
+def test_a_probe_the_master_cannot_fork_stops_the_start_with_a_message(emulator, workdir,
+                                                                        nobody_python):
+    """The master's try of the workers' user is its first fork: refused (EAGAIN, a pids limit
+    of one: the master alone), the start ends naming the limit, without a traceback."""
+    python, env = nobody_python
+    proc = dropping_server(workdir, emulator.port, nobody_python, run_as_user="nobody")
+    proc.write_config()
+    with pids_cgroup("probe") as group:
+        write_cgroup(group, "pids.max", "1")
+        done = subprocess.run(
+            [python, "-m", "cosftp_prefork", "-c", proc.config_path, "run"], env=env,
+            capture_output=True, text=True, timeout=120, cwd="/",
+            preexec_fn=lambda: write_cgroup(group, "cgroup.procs", str(os.getpid())))
+    assert done.returncode == 1, done.stderr
+    assert "cannot fork a process to try the workers' user (Resource temporarily " \
+           "unavailable, errno 11): raise the limit on processes" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

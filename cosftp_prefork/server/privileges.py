@@ -205,7 +205,14 @@ def probe(identity: Identity, files: Sequence[str], directories: Sequence[str],
     ``load`` (an import of the worker); return what it could not do (None: all of it)."""
     code = code_directories()  # sysconfig imports more: before the drop, where it can
     read_end, write_end = os.pipe()
-    pid = fork_holding_signals()
+    try:
+        pid = fork_holding_signals()
+    except OSError as exc:  # EAGAIN under a TasksMax / pids limit, ENOMEM
+        os.close(read_end)
+        os.close(write_end)
+        return (f"cannot fork a process to try the workers' user ({exc.strerror}, errno "
+                f"{exc.errno}): raise the limit on processes (TasksMax, ulimit -u) or free "
+                "memory")
     if pid == 0:
         report: Optional[str] = "the probe failed"
         try:
