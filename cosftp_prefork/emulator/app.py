@@ -69,7 +69,12 @@ down) from the command line or at run time with ``PUT /__emulator__/faults`` and
 such as ``{"down": true}``; ``GET`` on the same path shows the current settings.
 
 moto takes the bucket from the first label of the ``Host`` header, which the SDK sets to
-``<bucket>.cos.<region>.myqcloud.com`` when it is pointed at an IP and port.
+``<bucket>.cos.<region>.myqcloud.com`` when it is pointed at an IP and port, or from the path
+(``/<bucket>/<key>``) where the host is an address, as S3 clients such as rclone send it. The
+shim reads both the same way, once per request (``fast.place``): its checks (conditions,
+``x-cos-forbid-overwrite``, ``deny_prefix``, COS's limits), its log and its counts see the
+same bucket and key whichever way the client named them, and a copy source may be S3's
+``x-amz-copy-source`` with S3's ``<bucket>/<key>`` (COS takes both).
 """
 
 from __future__ import annotations
@@ -206,9 +211,9 @@ def request_kind(environ: dict) -> str:
     """What COS operation a request is, as counted: ``HEAD``, ``GET``, ``PUT``, ``LIST``,
     ``COPY``, ``DELETE``, ``POST`` (multipart and batch operations) and so on."""
     method = environ["REQUEST_METHOD"]
-    if method == "GET" and environ.get("PATH_INFO", "/") in ("", "/"):
+    if method == "GET" and not fast.place(environ).is_object:
         return "LIST"
-    if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" in environ:
+    if method == "PUT" and conform.copy_source(environ) is not None:
         return "COPY"
     return method
 
@@ -290,10 +295,10 @@ def _error_response(start_response: Callable, status: str, code: str, resource: 
 
 
 def _targets(environ: dict) -> tuple[str, str]:
-    """The key a request names and the prefix it lists (either may be "")."""
-    key = urllib.parse.unquote(environ.get("PATH_INFO", "").lstrip("/"))
+    """The key a request names (as the client named it: the server has URL-decoded the
+    path) and the prefix it lists (either may be "")."""
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-    return key, query.get("prefix", [""])[0]
+    return fast.place(environ).key, query.get("prefix", [""])[0]
 
 
 def _touches(environ: dict, prefix: str) -> bool:
@@ -381,12 +386,11 @@ class _KeyLocks:
 
     @contextlib.contextmanager
     def holding(self, environ: dict) -> Iterator[None]:
-        if environ["REQUEST_METHOD"] not in ("PUT", "POST", "DELETE") or \
-                environ.get("PATH_INFO", "/") in ("", "/"):
+        where = fast.place(environ)
+        if environ["REQUEST_METHOD"] not in ("PUT", "POST", "DELETE") or not where.is_object:
             yield
             return
-        place = (environ.get("HTTP_HOST", ""), environ.get("PATH_INFO", ""))
-        with self._locks[hash(place) % self.STRIPES]:
+        with self._locks[hash(where) % self.STRIPES]:
             yield
 
 
@@ -480,7 +484,7 @@ class CosShim:
             return _json_response(start_response, {"accepted": self.connections_accepted})
         key, listed = _targets(environ)
         logged = _Logged(request_kind(environ), key or listed, time.monotonic(),
-                         source=urllib.parse.unquote(environ.get("HTTP_X_COS_COPY_SOURCE", "")),
+                         source=urllib.parse.unquote(conform.copy_source(environ) or ""),
                          signer=signer(environ))
         with self._lock:
             self.requests.append(logged)
@@ -521,8 +525,7 @@ class CosShim:
         start_response(status, headers)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
-        is_object = environ.get("PATH_INFO", "/") not in ("", "/")
-        if environ["REQUEST_METHOD"] == "GET" and is_object and len(body) > 1 \
+        if environ["REQUEST_METHOD"] == "GET" and fast.place(environ).is_object and len(body) > 1 \
                 and self._reset_download():
             return _cut_short(body)
         return [body]
@@ -554,7 +557,7 @@ class CosShim:
         if self.faults.deny_prefix and _touches(environ, self.faults.deny_prefix):
             return _error_response(start_response, "403 Forbidden", "AccessDenied", resource,
                                    request_id)
-        copy_source = environ.get("HTTP_X_COS_COPY_SOURCE", "")
+        copy_source = conform.copy_source(environ) or ""
         if self.faults.fail_copies_of and self.faults.fail_copies_of in copy_source:
             return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)
@@ -623,32 +626,35 @@ class CosShim:
         whose versioning was ever enabled (Enabled or Suspended), and so does this. Asked of
         moto's backend itself (no request more per PUT)."""
         query = environ.get("QUERY_STRING", "")
-        if environ["REQUEST_METHOD"] != "PUT" or "HTTP_X_COS_COPY_SOURCE" in environ or \
+        if environ["REQUEST_METHOD"] != "PUT" or conform.copy_source(environ) is not None or \
                 "partNumber" in query or \
                 environ.get("HTTP_X_COS_FORBID_OVERWRITE", "").lower() != "true":
             return False
+        where = fast.place(environ)
         try:
             bucket = moto.s3.models.s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_bucket(
-                environ.get("HTTP_HOST", "").split(".", 1)[0])
+                where.bucket)
         except MissingBucket:
             return False  # moto answers NoSuchBucket
-        key = environ.get("PATH_INFO", "/")[1:].encode("latin-1").decode("utf-8", "replace")
-        return not bucket.versioning_status and key in bucket.keys
+        return not bucket.versioning_status and where.key in bucket.keys
 
     def _copy_refusal(self, environ: dict) -> Optional[Refusal]:
         """COS's refusal of a copy whose source fails its conditions or is shorter than
         its range (``conform.copy_precondition``; moto checks neither date, and nothing on
         part copies); None otherwise, or if there is no such source (moto says so)."""
-        if "HTTP_X_COS_COPY_SOURCE" not in environ or not conform.has_copy_conditions(environ):
+        source = conform.copy_source(environ)
+        if source is None or not conform.has_copy_conditions(environ):
             return None
-        host, _, path = environ["HTTP_X_COS_COPY_SOURCE"].lstrip("/").partition("/")
-        authorization = environ.get("HTTP_AUTHORIZATION", "")
-        key = fast.source_key(host, path, authorization) if self.fast_answers else None
+        # <bucket>.<endpoint>/<key> or S3's <bucket>/<key>: COS bucket names hold no dots
+        host, _, path = source.lstrip("/").partition("/")
+        bucket = host.split(".", 1)[0]
+        key = fast.source_key(bucket, path, environ) if self.fast_answers else None
         if key is not None:
             etag, modified, size = str(key.etag), key.last_modified_RFC1123, key.size
-        else:
-            headers = Client(self.app).head("/" + path, headers={
-                "Host": host, "Authorization": authorization}).headers
+        else:  # (path-style: moto reads any host as a bucket but localhost's)
+            headers = Client(self.app).head(f"/{bucket}/{path}", headers={
+                "Host": "localhost",
+                "Authorization": environ.get("HTTP_AUTHORIZATION", "")}).headers
             if "ETag" not in headers:
                 return None
             etag, modified = headers["ETag"], headers["Last-Modified"]
@@ -664,15 +670,14 @@ class CosShim:
         etag = next((value for name, value in headers if name.lower() == "etag"), "")
         if not etag or "partNumber" in environ.get("QUERY_STRING", ""):
             return compute()
-        place = (environ.get("HTTP_HOST", ""), environ.get("PATH_INFO", ""))
-        return self._crcs.get(place, etag.strip('"'), compute)
+        return self._crcs.get(fast.place(environ), etag.strip('"'), compute)
 
     def _crc_of_upload(self, environ: dict) -> Optional[Callable[[], Optional[int]]]:
         """For an object PUT, an UploadPart, a CompleteMultipartUpload or a HEAD, return what
         computes the CRC64 COS reports for the object or part (``x-cos-hash-crc64ecma``);
         else None."""
         method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
-        if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" not in environ:
+        if method == "PUT" and conform.copy_source(environ) is None:
             length = environ.get("CONTENT_LENGTH")
             # Without a length (chunked), the server marks the input terminated: read to EOF.
             body = environ["wsgi.input"].read(int(length) if length else -1)
@@ -680,8 +685,8 @@ class CosShim:
                 body = bytes([body[0] ^ 1]) + body[1:]
             environ["wsgi.input"] = io.BytesIO(body)
             return lambda: crc64(body)
-        is_object = environ.get("PATH_INFO", "/") not in ("", "/")
-        if (method == "POST" and "uploadId" in query) or (method == "HEAD" and is_object):
+        if (method == "POST" and "uploadId" in query) or \
+                (method == "HEAD" and fast.place(environ).is_object):
             _served.key = None
             return _served_crc
         return None

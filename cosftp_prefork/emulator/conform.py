@@ -48,6 +48,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.exceptions import MissingBucket
 
 from .accounts import Refusal
+from .fast import Place, place
 
 MAX_KEY_BYTES = 850  # the longest object key, in UTF-8 bytes (Object Overview, 436/13324)
 LIST_MAX_KEYS = 1000  # GET Bucket's most keys a page, whatever max-keys asks
@@ -82,13 +83,13 @@ def refusal(environ: dict) -> Optional[Refusal]:
     if method == "HEAD" or (method == "GET" and not environ.get("QUERY_STRING")):
         return None  # (most requests: nothing here to check, and the emulator's CPU counts)
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    if _names_a_new_object(method, environ, query) and \
-            len(environ.get("PATH_INFO", "/")[1:].encode("latin-1")) > MAX_KEY_BYTES:
+    where = place(environ)
+    if _names_a_new_object(method, where, query) and \
+            len(where.key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
         return _invalid(f"object keys are at most {MAX_KEY_BYTES} bytes long", "KeyTooLong")
-    if method == "PUT" and "HTTP_X_COS_COPY_SOURCE" in environ:
+    if method == "PUT" and copy_source(environ) is not None:
         return _copy_refusal(environ, query)
-    if method == "GET" and environ.get("PATH_INFO", "/") in ("", "/") and query and \
-            set(query) <= _LIST_PARAMETERS:
+    if method == "GET" and not where.is_object and query and set(query) <= _LIST_PARAMETERS:
         return _list_refusal(environ, query)
     if method == "POST" and "delete" in query:
         return _delete_refusal(environ)
@@ -102,10 +103,10 @@ def refusal(environ: dict) -> Optional[Refusal]:
     return None
 
 
-def _names_a_new_object(method: str, environ: dict, query: dict[str, list[str]]) -> bool:
+def _names_a_new_object(method: str, where: Place, query: dict[str, list[str]]) -> bool:
     """Whether the request makes an object (PUT Object, a copy, Initiate Multipart
     Upload) under the key it names."""
-    if environ.get("PATH_INFO", "/") in ("", "/"):
+    if not where.is_object:
         return False
     return (method == "PUT" and "partNumber" not in query) or \
         (method == "POST" and "uploads" in query)
@@ -114,13 +115,13 @@ def _names_a_new_object(method: str, environ: dict, query: dict[str, list[str]])
 def _copy_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusal]:
     """What COS refuses in a copy's (or a part copy's) headers alone, or its upload."""
     part = "partNumber" in query
-    if copy_source_parts(environ["HTTP_X_COS_COPY_SOURCE"]) is None:
+    if copy_source_parts(copy_source(environ) or "") is None:
         return _invalid("x-cos-copy-source must name <bucket>.<endpoint>/<key>",
                         "InvalidCopySource")
     directive = environ.get("HTTP_X_COS_METADATA_DIRECTIVE")
     if not part and directive is not None and directive not in _DIRECTIVES:
         return _invalid("x-cos-metadata-directive must be Copy or Replaced")
-    wanted = environ.get("HTTP_X_COS_COPY_SOURCE_RANGE")
+    wanted = _cos_header(environ, "COPY_SOURCE_RANGE")
     if part and wanted:  # (the SDK sends it empty for a whole object)
         found = _COPY_RANGE.fullmatch(wanted)
         if found is None or int(found.group(1)) > int(found.group(2)):
@@ -128,6 +129,18 @@ def _copy_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusa
     if part and "uploadId" in query:
         return _upload_refusal(environ, query["uploadId"][0])
     return None
+
+
+def copy_source(environ: dict) -> Optional[str]:
+    """A copy's source as sent (``x-cos-copy-source`` or S3's ``x-amz-copy-source``); None
+    for a request that copies nothing."""
+    return _cos_header(environ, "COPY_SOURCE")
+
+
+def _cos_header(environ: dict, name: str) -> Optional[str]:
+    """The request header ``x-cos-<name>``, or the ``x-amz-<name>`` S3 clients send for it
+    (COS takes both; ``name`` as WSGI spells it: ``COPY_SOURCE_IF_MATCH``)."""
+    return environ.get("HTTP_X_COS_" + name, environ.get("HTTP_X_AMZ_" + name))
 
 
 def copy_source_parts(value: str) -> Optional[tuple[str, str]]:
@@ -172,7 +185,7 @@ def _upload_refusal(environ: dict, upload_id: str) -> Optional[Refusal]:
     says NoSuchBucket)."""
     try:
         bucket = moto.s3.models.s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_bucket(
-            environ.get("HTTP_HOST", "").split(".", 1)[0])
+            place(environ).bucket)
     except MissingBucket:
         return None
     if upload_id in bucket.multiparts:
@@ -196,7 +209,7 @@ def digest_refusal(environ: dict) -> Optional[Refusal]:
     InvalidDigest for one that is no base64 MD5 at all (error codes, 436/7730); moto
     ignores the header and stores the body. None for other requests."""
     named = environ.get("HTTP_CONTENT_MD5")
-    if not named or environ["REQUEST_METHOD"] != "PUT" or "HTTP_X_COS_COPY_SOURCE" in environ:
+    if not named or environ["REQUEST_METHOD"] != "PUT" or copy_source(environ) is not None:
         return None
     try:
         wanted = base64.b64decode(named, validate=True)
@@ -213,17 +226,17 @@ def digest_refusal(environ: dict) -> Optional[Refusal]:
 def copy_precondition(environ: dict, source: SourceState) -> Optional[Refusal]:
     """COS's refusal of a copy of ``source`` for its conditions or range; None if it
     passes. Dates COS cannot read are ignored, as HTTP ignores them."""
-    if not _etag_condition(environ, "HTTP_X_COS_COPY_SOURCE_IF_MATCH", source, True) or \
-            not _etag_condition(environ, "HTTP_X_COS_COPY_SOURCE_IF_NONE_MATCH", source, False):
+    if not _etag_condition(environ, "COPY_SOURCE_IF_MATCH", source, True) or \
+            not _etag_condition(environ, "COPY_SOURCE_IF_NONE_MATCH", source, False):
         return PRECONDITION_FAILED
     modified = int(source.modified)  # HTTP dates have whole seconds
-    since = _http_date(environ.get("HTTP_X_COS_COPY_SOURCE_IF_MODIFIED_SINCE"))
+    since = _http_date(_cos_header(environ, "COPY_SOURCE_IF_MODIFIED_SINCE"))
     if since is not None and modified <= since:
         return PRECONDITION_FAILED
-    since = _http_date(environ.get("HTTP_X_COS_COPY_SOURCE_IF_UNMODIFIED_SINCE"))
+    since = _http_date(_cos_header(environ, "COPY_SOURCE_IF_UNMODIFIED_SINCE"))
     if since is not None and modified > since:
         return PRECONDITION_FAILED
-    found = _COPY_RANGE.fullmatch(environ.get("HTTP_X_COS_COPY_SOURCE_RANGE", ""))
+    found = _COPY_RANGE.fullmatch(_cos_header(environ, "COPY_SOURCE_RANGE") or "")
     if found is not None and int(found.group(2)) >= source.size:
         return _invalid(f"x-cos-copy-source-range is past the source's {source.size} bytes")
     return None
@@ -231,14 +244,13 @@ def copy_precondition(environ: dict, source: SourceState) -> Optional[Refusal]:
 
 def has_copy_conditions(environ: dict) -> bool:
     """Whether a copy carries a condition or range that :func:`copy_precondition` checks."""
-    return any(name in environ for name in (
-        "HTTP_X_COS_COPY_SOURCE_IF_MATCH", "HTTP_X_COS_COPY_SOURCE_IF_NONE_MATCH",
-        "HTTP_X_COS_COPY_SOURCE_IF_MODIFIED_SINCE", "HTTP_X_COS_COPY_SOURCE_IF_UNMODIFIED_SINCE",
-        "HTTP_X_COS_COPY_SOURCE_RANGE"))
+    return any(_cos_header(environ, name) is not None for name in (
+        "COPY_SOURCE_IF_MATCH", "COPY_SOURCE_IF_NONE_MATCH", "COPY_SOURCE_IF_MODIFIED_SINCE",
+        "COPY_SOURCE_IF_UNMODIFIED_SINCE", "COPY_SOURCE_RANGE"))
 
 
 def _etag_condition(environ: dict, name: str, source: SourceState, match: bool) -> bool:
-    wanted = environ.get(name)
+    wanted = _cos_header(environ, name)
     if wanted is None:
         return True
     return (wanted.strip().strip('"') == source.etag) == match

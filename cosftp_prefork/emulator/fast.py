@@ -41,7 +41,7 @@ import math
 import re
 import urllib.parse
 from collections.abc import Iterable
-from typing import Optional
+from typing import NamedTuple, Optional
 from xml.sax.saxutils import escape
 
 import moto.s3.models
@@ -114,30 +114,74 @@ def _bucket_in_host(host: str) -> bool:
     return S3Response.subdomain_based_buckets(_HostOnly(host))
 
 
-def _target(environ: dict) -> Optional[tuple[FakeBucket, str]]:
-    """The bucket a signed request names and the path within it ("/" for the bucket
-    itself, "/<key>" for a key, its UTF-8 decoded), read as moto reads them: from the COS
-    virtual-host name, or from the path where moto takes the host for a path-style one (an
-    IP address, localhost); None for a bucket left to moto (``_indexed_bucket``), a request
-    moto authenticates, a presigned one, or one whose region is of another partition (moto
-    keeps another backend for it)."""
+class Place(NamedTuple):
+    """The bucket a request names and the path within it, read as moto reads them: from the
+    virtual-host name (its first label), or from the path where moto takes the host for a
+    path-style one (an IP address, localhost). ``path`` is "/" for the bucket itself and
+    "/<key>" for a key, UTF-8 decoded (bytes that are no UTF-8 as surrogate escapes);
+    ``bucket`` is "" where the request names none (GetService)."""
+
+    bucket: str
+    path: str
+
+    @property
+    def key(self) -> str:
+        """The object key ("" for the bucket itself)."""
+        return self.path[1:]
+
+    @property
+    def is_object(self) -> bool:
+        return self.path != "/"
+
+
+_PLACE = "cosftp.emulator.place"  # where ``place`` keeps its answer in a request's environ
+
+
+def place(environ: dict) -> Place:
+    """The :class:`Place` a request names, worked out once per request (the shim's checks,
+    its log and the answers here all read it)."""
+    known = environ.get(_PLACE)
+    if known is None:
+        known = environ[_PLACE] = _parse_place(environ)
+    return known
+
+
+def _parse_place(environ: dict) -> Place:
+    path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "surrogateescape")
+    host = environ.get("HTTP_HOST", "")
+    if _bucket_in_host(host):
+        return Place(host.split(".", 1)[0], path or "/")
+    found = _PATH_STYLE.fullmatch(path)
+    return Place(found.group(1), found.group(2) or "/") if found else Place("", "/")
+
+
+def _answerable(environ: dict) -> bool:
+    """Whether a request may be answered here at all: not one moto authenticates, nor a
+    presigned one, nor one whose region is of another partition (moto keeps another
+    backend for it)."""
     authorization = environ.get("HTTP_AUTHORIZATION", "")
     # (moto's regular expression backtracks over a COS signature: 43 µs where it finds none)
     region = (extract_region_from_aws_authorization(authorization)
               if "Credential=" in authorization else None) or "us-east-1"
-    path = _utf8_path(environ)
-    if not authorization or math.isfinite(settings.INITIAL_NO_AUTH_ACTION_COUNT) or \
-            "Signature=" in environ.get("QUERY_STRING", "") or path is None or \
-            get_partition(region) != "aws":
+    return bool(authorization) and not math.isfinite(settings.INITIAL_NO_AUTH_ACTION_COUNT) \
+        and "Signature=" not in environ.get("QUERY_STRING", "") and \
+        get_partition(region) == "aws"
+
+
+def _target(environ: dict) -> Optional[tuple[FakeBucket, str]]:
+    """The bucket a signed request names and the path within it (:func:`place`), for a
+    request answered here: from the COS virtual-host name or a path-style path; None for a
+    bucket left to moto (``_indexed_bucket``), a path that is no UTF-8, an empty one, or a
+    request not ``_answerable``."""
+    where = place(environ)
+    if not _answerable(environ) or not where.bucket or \
+            not environ.get("PATH_INFO", "").startswith("/") or _utf8_path(environ) is None:
         return None
     host = environ.get("HTTP_HOST", "")
-    if _bucket_in_host(host):
-        found, within = _COS_HOST.fullmatch(host), path
-    else:
-        found = _PATH_STYLE.fullmatch(path)
-        within = (found.group(2) or "/") if found else ""
-    bucket = None if found is None else _indexed_bucket(found.group(1))
-    return None if bucket is None else (bucket, within)
+    if _bucket_in_host(host) and _COS_HOST.fullmatch(host) is None:
+        return None
+    bucket = _indexed_bucket(where.bucket)
+    return None if bucket is None else (bucket, where.path)
 
 
 def _utf8_path(environ: dict) -> Optional[str]:
@@ -247,19 +291,18 @@ def _head_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answe
     return "200 OK", _moto_headers(list(headers.items())), b""
 
 
-def source_key(host: str, path: str, authorization: str) -> Optional[FakeKey]:
-    """moto's current object for the copy source ``path`` (its URL-encoded key) in the
-    bucket of ``host``, whose ETag, time and size a copy's conditions and range are checked
-    against; None where moto's HEAD alone can tell (a bucket left to moto, a version, no
-    such key, a delete marker). The shim asked moto's HEAD through its Flask app: two
-    fifths of a pinned copy's emulator CPU (docs/performance.md)."""
-    found = _target({"HTTP_HOST": host, "HTTP_AUTHORIZATION": authorization,
-                     "PATH_INFO": "/"}) if _COS_HOST.fullmatch(host) else None
+def source_key(bucket: str, path: str, environ: dict) -> Optional[FakeKey]:
+    """moto's current object for the copy source ``path`` (its URL-encoded key) in
+    ``bucket``, named by the copy ``environ``, whose ETag, time and size a copy's conditions
+    and range are checked against; None where moto's HEAD alone can tell (a request or a
+    bucket left to moto, a version, no such key, a delete marker). The shim asked moto's
+    HEAD through its Flask app: two fifths of a pinned copy's emulator CPU
+    (docs/performance.md)."""
+    found = _indexed_bucket(bucket) if _answerable(environ) else None
     if found is None or "?" in path:
         return None
     try:
-        return _backend().head_object(found[0].name,
-                                      urllib.parse.unquote(path, errors="strict"))
+        return _backend().head_object(found.name, urllib.parse.unquote(path, errors="strict"))
     except (HeadOnDeleteMarker, UnicodeError):
         return None
 
