@@ -11,10 +11,12 @@ import uuid
 
 import boto3
 import pytest
+import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
+from qcloud_cos import CosConfig
 from qcloud_cos.cos_auth import CosS3Auth
 from qcloud_cos.cos_exception import CosServiceError
 
@@ -154,3 +156,23 @@ def test_the_key_length_limit_holds_path_style(s3, prefix):
     assert status(s3.put_object, Bucket=BUCKET, Key=longest + "k", Body=b"x") == \
         (400, "KeyTooLong")
     assert status(s3.head_object, Bucket=BUCKET, Key=longest + "k")[0] == 404
+
+
+def test_a_keys_actions_and_buckets_hold_path_style(emu, prefix):
+    """A registered key allowed only ``BUCKET`` and denied GetObject, signing path-style
+    requests as the COS SDK signs: its bucket is the path's (not the address's first
+    label), and a GET of the bucket is GetBucket, not GetObject."""
+    emu.app.accounts.update({"keys": {"AKIDpaths": {"secret": "paths-key", "buckets": [BUCKET],
+                                                    "deny": ["GetObject"]}}})
+    conf = CosConfig(Region=emu.region, SecretId="AKIDpaths", SecretKey="paths-key")
+    sdk_client(emu).put_object(Bucket=BUCKET, Key=prefix + "a", Body=b"x")
+
+    def sent(method: str, path: str) -> int:
+        return requests.request(method, emu.url + path, timeout=30, auth=CosS3Auth(
+            conf, path, {}, sign_host=False)).status_code
+
+    assert sent("HEAD", f"/{BUCKET}/{prefix}a") == 200
+    assert sent("GET", f"/{BUCKET}") == 200
+    assert sent("GET", f"/{BUCKET}/{prefix}a") == 403
+    emu.create_bucket("elsewhere-1250000000")
+    assert sent("GET", "/elsewhere-1250000000") == 403

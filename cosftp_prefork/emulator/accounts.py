@@ -50,6 +50,8 @@ from qcloud_cos import CosConfig
 from qcloud_cos.cos_auth import CosS3Auth
 from werkzeug.test import Client
 
+from .fast import copy_source, place
+
 ACCOUNTS_PATH = "/__emulator__/accounts"
 SERVICE_HOSTS = ("service.cos.myqcloud.com", "service.cos.tencentcos.cn")
 # <bucket>.cos.<region>.myqcloud.com; "accelerate" serves every region.
@@ -76,7 +78,7 @@ def cos_action(environ: dict) -> str:
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     if environ.get("HTTP_HOST", "") in SERVICE_HOSTS:
         return "GetService"
-    if environ.get("PATH_INFO", "/") in ("", "/"):
+    if not place(environ).is_object:
         if method == "GET":
             return "ListMultipartUploads" if "uploads" in query else "GetBucket"
         if method == "POST" and "delete" in query:
@@ -92,7 +94,7 @@ def cos_action(environ: dict) -> str:
     if method == "DELETE":
         return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
     if "partNumber" in query:
-        return "UploadPartCopy" if "HTTP_X_COS_COPY_SOURCE" in environ else "UploadPart"
+        return "UploadPartCopy" if copy_source(environ) is not None else "UploadPart"
     return "PutObject"  # a copy too: COS asks for PutObject on the destination
 
 
@@ -110,15 +112,13 @@ class Key:
 
     def reaches(self, environ: dict) -> bool:
         """Whether the request's bucket, and its copy source's, are among ``buckets``."""
-        if self.buckets is None:
+        if self.buckets is None or environ.get("HTTP_HOST", "") in SERVICE_HOSTS:
             return True
-        hosts = [environ.get("HTTP_HOST", "")]
-        source = urllib.parse.unquote(environ.get("HTTP_X_COS_COPY_SOURCE", ""))
-        if source:
-            hosts.append(source.lstrip("/").split("/", 1)[0])
-        # <bucket>.<any endpoint>: COS bucket names hold no dots.
-        return all(host in SERVICE_HOSTS or host.split(".", 1)[0] in self.buckets
-                   for host in hosts)
+        buckets = [place(environ).bucket]
+        source = urllib.parse.unquote(copy_source(environ) or "")
+        if source:  # <bucket>.<any endpoint>/<key> or <bucket>/<key>: no dots in a bucket
+            buckets.append(source.lstrip("/").split("/", 1)[0].split(".", 1)[0])
+        return all(bucket in self.buckets for bucket in buckets)
 
 
 class _SigningClock:

@@ -213,7 +213,7 @@ def request_kind(environ: dict) -> str:
     method = environ["REQUEST_METHOD"]
     if method == "GET" and not fast.place(environ).is_object:
         return "LIST"
-    if method == "PUT" and conform.copy_source(environ) is not None:
+    if method == "PUT" and fast.copy_source(environ) is not None:
         return "COPY"
     return method
 
@@ -484,7 +484,7 @@ class CosShim:
             return _json_response(start_response, {"accepted": self.connections_accepted})
         key, listed = _targets(environ)
         logged = _Logged(request_kind(environ), key or listed, time.monotonic(),
-                         source=urllib.parse.unquote(conform.copy_source(environ) or ""),
+                         source=urllib.parse.unquote(fast.copy_source(environ) or ""),
                          signer=signer(environ))
         with self._lock:
             self.requests.append(logged)
@@ -557,7 +557,7 @@ class CosShim:
         if self.faults.deny_prefix and _touches(environ, self.faults.deny_prefix):
             return _error_response(start_response, "403 Forbidden", "AccessDenied", resource,
                                    request_id)
-        copy_source = conform.copy_source(environ) or ""
+        copy_source = fast.copy_source(environ) or ""
         if self.faults.fail_copies_of and self.faults.fail_copies_of in copy_source:
             return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)
@@ -626,7 +626,7 @@ class CosShim:
         whose versioning was ever enabled (Enabled or Suspended), and so does this. Asked of
         moto's backend itself (no request more per PUT)."""
         query = environ.get("QUERY_STRING", "")
-        if environ["REQUEST_METHOD"] != "PUT" or conform.copy_source(environ) is not None or \
+        if environ["REQUEST_METHOD"] != "PUT" or fast.copy_source(environ) is not None or \
                 "partNumber" in query or \
                 environ.get("HTTP_X_COS_FORBID_OVERWRITE", "").lower() != "true":
             return False
@@ -642,7 +642,7 @@ class CosShim:
         """COS's refusal of a copy whose source fails its conditions or is shorter than
         its range (``conform.copy_precondition``; moto checks neither date, and nothing on
         part copies); None otherwise, or if there is no such source (moto says so)."""
-        source = conform.copy_source(environ)
+        source = fast.copy_source(environ)
         if source is None or not conform.has_copy_conditions(environ):
             return None
         # <bucket>.<endpoint>/<key> or S3's <bucket>/<key>: COS bucket names hold no dots
@@ -677,7 +677,7 @@ class CosShim:
         computes the CRC64 COS reports for the object or part (``x-cos-hash-crc64ecma``);
         else None."""
         method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
-        if method == "PUT" and conform.copy_source(environ) is None:
+        if method == "PUT" and fast.copy_source(environ) is None:
             length = environ.get("CONTENT_LENGTH")
             # Without a length (chunked), the server marks the input terminated: read to EOF.
             body = environ["wsgi.input"].read(int(length) if length else -1)

@@ -48,7 +48,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.exceptions import MissingBucket
 
 from .accounts import Refusal
-from .fast import Place, place
+from .fast import Place, copy_source, cos_header, place
 
 MAX_KEY_BYTES = 850  # the longest object key, in UTF-8 bytes (Object Overview, 436/13324)
 LIST_MAX_KEYS = 1000  # GET Bucket's most keys a page, whatever max-keys asks
@@ -121,7 +121,7 @@ def _copy_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusa
     directive = environ.get("HTTP_X_COS_METADATA_DIRECTIVE")
     if not part and directive is not None and directive not in _DIRECTIVES:
         return _invalid("x-cos-metadata-directive must be Copy or Replaced")
-    wanted = _cos_header(environ, "COPY_SOURCE_RANGE")
+    wanted = cos_header(environ, "COPY_SOURCE_RANGE")
     if part and wanted:  # (the SDK sends it empty for a whole object)
         found = _COPY_RANGE.fullmatch(wanted)
         if found is None or int(found.group(1)) > int(found.group(2)):
@@ -129,18 +129,6 @@ def _copy_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusa
     if part and "uploadId" in query:
         return _upload_refusal(environ, query["uploadId"][0])
     return None
-
-
-def copy_source(environ: dict) -> Optional[str]:
-    """A copy's source as sent (``x-cos-copy-source`` or S3's ``x-amz-copy-source``); None
-    for a request that copies nothing."""
-    return _cos_header(environ, "COPY_SOURCE")
-
-
-def _cos_header(environ: dict, name: str) -> Optional[str]:
-    """The request header ``x-cos-<name>``, or the ``x-amz-<name>`` S3 clients send for it
-    (COS takes both; ``name`` as WSGI spells it: ``COPY_SOURCE_IF_MATCH``)."""
-    return environ.get("HTTP_X_COS_" + name, environ.get("HTTP_X_AMZ_" + name))
 
 
 def copy_source_parts(value: str) -> Optional[tuple[str, str]]:
@@ -230,13 +218,13 @@ def copy_precondition(environ: dict, source: SourceState) -> Optional[Refusal]:
             not _etag_condition(environ, "COPY_SOURCE_IF_NONE_MATCH", source, False):
         return PRECONDITION_FAILED
     modified = int(source.modified)  # HTTP dates have whole seconds
-    since = _http_date(_cos_header(environ, "COPY_SOURCE_IF_MODIFIED_SINCE"))
+    since = _http_date(cos_header(environ, "COPY_SOURCE_IF_MODIFIED_SINCE"))
     if since is not None and modified <= since:
         return PRECONDITION_FAILED
-    since = _http_date(_cos_header(environ, "COPY_SOURCE_IF_UNMODIFIED_SINCE"))
+    since = _http_date(cos_header(environ, "COPY_SOURCE_IF_UNMODIFIED_SINCE"))
     if since is not None and modified > since:
         return PRECONDITION_FAILED
-    found = _COPY_RANGE.fullmatch(_cos_header(environ, "COPY_SOURCE_RANGE") or "")
+    found = _COPY_RANGE.fullmatch(cos_header(environ, "COPY_SOURCE_RANGE") or "")
     if found is not None and int(found.group(2)) >= source.size:
         return _invalid(f"x-cos-copy-source-range is past the source's {source.size} bytes")
     return None
@@ -244,13 +232,13 @@ def copy_precondition(environ: dict, source: SourceState) -> Optional[Refusal]:
 
 def has_copy_conditions(environ: dict) -> bool:
     """Whether a copy carries a condition or range that :func:`copy_precondition` checks."""
-    return any(_cos_header(environ, name) is not None for name in (
+    return any(cos_header(environ, name) is not None for name in (
         "COPY_SOURCE_IF_MATCH", "COPY_SOURCE_IF_NONE_MATCH", "COPY_SOURCE_IF_MODIFIED_SINCE",
         "COPY_SOURCE_IF_UNMODIFIED_SINCE", "COPY_SOURCE_RANGE"))
 
 
 def _etag_condition(environ: dict, name: str, source: SourceState, match: bool) -> bool:
-    wanted = _cos_header(environ, name)
+    wanted = cos_header(environ, name)
     if wanted is None:
         return True
     return (wanted.strip().strip('"') == source.etag) == match

@@ -155,6 +155,18 @@ def _parse_place(environ: dict) -> Place:
     return Place(found.group(1), found.group(2) or "/") if found else Place("", "/")
 
 
+def copy_source(environ: dict) -> Optional[str]:
+    """A copy's source as sent (``x-cos-copy-source`` or S3's ``x-amz-copy-source``); None
+    for a request that copies nothing."""
+    return cos_header(environ, "COPY_SOURCE")
+
+
+def cos_header(environ: dict, name: str) -> Optional[str]:
+    """The request header ``x-cos-<name>``, or the ``x-amz-<name>`` S3 clients send for it
+    (COS takes both; ``name`` as WSGI spells it: ``COPY_SOURCE_IF_MATCH``)."""
+    return environ.get("HTTP_X_COS_" + name, environ.get("HTTP_X_AMZ_" + name))
+
+
 def _answerable(environ: dict) -> bool:
     """Whether a request may be answered here at all: not one moto authenticates, nor a
     presigned one, nor one whose region is of another partition (moto keeps another
