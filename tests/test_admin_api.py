@@ -490,18 +490,26 @@ def test_bans_saved_by_the_api_survive_a_restart(emulator, tmp_path):
     assert [ban["address"] for ban in saved] == ["127.0.0.13"]
 
 
-def test_reload_while_the_server_stops_is_refused_at_once(emulator, tmp_path, area):
-    """A graceful stop waits for an upload; the admin API, still up meanwhile, answers a
-    reload 503 saying the server is stopping (not after waiting for the master to take it),
-    and the upload still ends with 226."""
+def test_a_graceful_stop_shows_in_status_and_refuses_a_reload(emulator, tmp_path, area):
+    """A graceful stop waits for an upload; meanwhile ``GET /status`` and ``cosftpctl
+    status`` say the server is stopping gracefully (not running), the admin API, still up,
+    answers a reload 503 saying the server is stopping (not after waiting for the master to
+    take it), and the upload still ends with 226."""
     proc = admin_server(str(tmp_path), emulator.port)
     with proc:
         api = AdminClient(admin_url(proc))
+        assert api.get("/status")["master"]["state"] == "running"
         ftp = log_in(proc)
         upload = HeldUpload(ftp, f"{area}.bin", 2 * MIB)
         upload.send(MIB)
         proc.proc.send_signal(signal.SIGQUIT)
         wait_until(lambda: connection_refused(proc.port), what="the FTP listener closed")
+        assert api.get("/status")["master"]["state"] == "stopping gracefully"
+        shown = proc.ctl("status")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[1] == (
+            "state: stopping gracefully: new connections refused; the transfers in flight "
+            "finish (graceful_timeout), then the workers exit")
         refused = api.call("POST", "/reload")
         assert (refused.status_code, refused.json()) == (503, {
             "error": "the server is stopping; start it again to use the configuration file"})
@@ -511,3 +519,4 @@ def test_reload_while_the_server_stops_is_refused_at_once(emulator, tmp_path, ar
         assert ftp.voidresp().startswith("226")
         ftp.close()  # no QUIT: the stopping worker may have said 421 and closed already
         assert proc.proc.wait(60) == 0
+

@@ -12,6 +12,7 @@ import ftplib
 import http.server
 import io
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Callable, Optional
@@ -30,6 +31,7 @@ from .admin_client import (
     RW_TOKEN,
     TENANT_QUOTA,
     AdminClient,
+    admin_server,
     admin_url,
     folder_admin_server,
     serving_admin,
@@ -218,6 +220,35 @@ def test_a_virtual_folders_quota_has_its_bars_under_the_accounts(emulator, brows
         cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
         assert cells[0] == "pool" and cells[2] == "fone, ftwo", cells
         assert "1.0 MiB of 3.0 MiB" in cells[3] and "1 of 7 files" in cells[3], cells
+
+
+def server_fact(driver: WebDriver, name: str) -> Optional[str]:
+    """What the server panel says after ``name`` ("Master", "State", ...)."""
+    return driver.execute_script(
+        "const term = [...document.querySelectorAll('#server dt')]"
+        ".find((dt) => dt.textContent === arguments[0]);"
+        "return term ? term.nextElementSibling.textContent : null;", name)
+
+
+def test_a_graceful_stop_shows_as_the_servers_state(emulator, browser, tmp_path, area):
+    """While a graceful stop waits for an upload, the console's server panel says the server
+    is stopping gracefully, not running."""
+    proc = admin_server(str(tmp_path / "stopping"), emulator.port)
+    with proc, screenshot_on_failure(browser, tmp_path, "stopping"):
+        sign_in(browser, proc, RO_TOKEN)
+        assert server_fact(browser, "State") == "running"
+        ftp = log_in(proc)
+        upload = HeldUpload(ftp, f"{area}.bin", 2 * MIB)
+        upload.send(MIB)
+        proc.proc.send_signal(signal.SIGQUIT)
+        wait_for(browser, lambda: server_fact(browser, "State") == (
+            "stopping gracefully: new connections refused, then the server exits"),
+            "the state shown as stopping gracefully")
+        upload.send(MIB)
+        upload.conn.close()
+        assert ftp.voidresp().startswith("226")
+        ftp.close()
+        assert proc.proc.wait(60) == 0
 
 
 def test_lifting_a_ban_lets_the_address_log_in(console, browser, tmp_path):

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from .. import __version__
+from ..server.scoreboard import MASTER_STATES
 
 
 def _null(kind: str, **more: Any) -> dict[str, Any]:
@@ -33,7 +34,12 @@ SCHEMAS: dict[str, Any] = {
         "error": _STR, "errors": {"type": "array", "items": _STR}}},
     "Status": _object({
         "master": _object({
-            "pid": _INT, "generation": _INT, "started": _NUM, "uptime_seconds": _NUM,
+            "pid": _INT,
+            "state": {"enum": [*MASTER_STATES, "?"],
+                      "description": "running, or stopping: new connections refused, "
+                                     "transfers in flight end (a graceful stop lets them "
+                                     "finish), then the server exits"},
+            "generation": _INT, "started": _NUM, "uptime_seconds": _NUM,
             "workers": _INT, "config_path": _STR, "ftp_port": _INT,
             "implicit_tls_port": _null("integer"), "auth_tls": _BOOL,
             "rss_bytes": _null("integer")}),

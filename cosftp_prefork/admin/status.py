@@ -32,7 +32,8 @@ def status(context: Context) -> Response:
     counts = state.login_counts()
     return Response(200, {
         "master": {
-            "pid": master.pid, "generation": master.generation, "started": master.started,
+            "pid": master.pid, "state": master.state, "generation": master.generation,
+            "started": master.started,
             "uptime_seconds": max(0.0, now - master.started), "workers": master.worker_count,
             "config_path": master.config_path, "ftp_port": master.ftp_port,
             "implicit_tls_port": master.implicit_tls_port or None, "auth_tls": master.auth_tls,

@@ -436,6 +436,23 @@ _CLUSTER_TROUBLE = {
 }
 
 
+# What each stopping state means (as docs/operations.md's Signals table says).
+_STOPPING = {
+    "stopping gracefully": "new connections refused; the transfers in flight finish "
+                           "(graceful_timeout), then the workers exit",
+    "stopping": "new connections refused; the transfers in flight end with 426 (uploads "
+                "parked), then the workers exit",
+}
+
+
+def _stopping_line(master: MasterStatus) -> list[str]:
+    """``state: ...`` once the master stops: an operator watching a slow graceful stop must
+    not read the server as running."""
+    if not master.stopping:
+        return []
+    return [f"state: {master.state}: {_STOPPING.get(master.state, 'stopping')}"]
+
+
 def _cluster_line(workers: list[WorkerStatus]) -> list[str]:
     """``cluster: ...`` when [CLUSTER] redis_url is set: can the workers use Redis?"""
     if not {worker.cluster for worker in workers} - {CLUSTER_NONE}:
@@ -470,6 +487,7 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
     lines = [f"master pid {master.pid}  up {_duration(now - master.started)}  "
              f"generation {master.generation}  workers {master.worker_count}  "
              f"config {master.config_path}  {_ports(master)}",
+             *_stopping_line(master),
              *_cluster_line(state.workers()),
              f"{'PID':>7} {'GEN':>4} {'WORKER':>6} {'STATE':<9} {'SESS':>5} {'UP':>3} "
              f"{'DOWN':>4} {'BYTES_UP':>12} {'BYTES_DOWN':>12} {'RSS_MIB':>8} {'CPU%':>5} "

@@ -82,7 +82,8 @@ start, the master keeps the old ones serving.""",
 2  the configuration file is invalid (nothing was sent)
 3  not running"""),
     "status": Page(
-        """Show the master (pid, uptime, generation, configuration file, ports) and one
+        """Show the master (pid, uptime, generation, configuration file, ports), a
+"state: stopping ..." line once it stops (exit status still 0), and one
 row per worker: pid, generation, state, sessions, uploads and downloads in
 flight, bytes up and down, RSS, CPU %, open files and heartbeat age; with
 [CLUSTER], whether the workers reach Redis. Works from any directory, and while

@@ -45,6 +45,7 @@ from .privileges import Identity, describe_workers, drop_privileges, probe
 from .reload import PendingReload, ReloadSequence
 from .scoreboard import (
     EXIT_BOOT_FAILURE,
+    RUNNING,
     STARTING,
     MasterStatus,
     SharedState,
@@ -73,7 +74,8 @@ EXIT_CANNOT_START = 1
 
 
 class Phase(Enum):
-    """Where the master is in its life: it moves along ``MOVES`` only, never back."""
+    """Where the master is in its life: it moves along ``MOVES`` only, never back. The
+    stopping phases' values are what the shared state shows (``scoreboard.MASTER_STATES``)."""
 
     STARTING = "starting"  # no worker served yet: one that cannot start stops the server
     SERVING = "serving"  # a worker has served since the start
@@ -242,7 +244,8 @@ class Master(ReloadSequence):
         self.state.write_header(MasterStatus(
             self.pid, self.generation, self.started, self.num_workers, self.config.path,
             self.reloads, self.reload_result, ftp_port, implicit_port,
-            self.config.network.tls is not None, self.stopping))
+            self.config.network.tls is not None,
+            self.phase.value if self.stopping else RUNNING))
         setproctitle(f"{master_title(self.config.path)} gen={self.generation} "
                      f"workers={len(self._current())}")
 

@@ -63,9 +63,12 @@ LISTEN_BACKLOG = 1024
 MAGIC = b"CFTP"
 # magic, version, master pid, generation, started, workers, reload count, last reload result
 _HEADER = struct.Struct("<4sIiIdIII")
-# after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1), stopping (0/1:
-# the master stops and takes no reload)
+# after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1), the master's
+# state (its index in MASTER_STATES; not running: it stops and takes no reload)
 _PORTS = struct.Struct("<HHBB")
+RUNNING = "running"
+# What ``cosftpctl status`` and the admin API show; the names of the master's stopping phases.
+MASTER_STATES = (RUNNING, "stopping", "stopping gracefully")
 _HEADER_SIZE = 64
 _PATH_SIZE = 512
 _SLOT = struct.Struct("<iiIIddIIIIQQ")
@@ -207,7 +210,11 @@ class MasterStatus:
     ftp_port: int = 0
     implicit_tls_port: int = 0
     auth_tls: bool = False
-    stopping: bool = False
+    state: str = RUNNING  # one of MASTER_STATES
+
+    @property
+    def stopping(self) -> bool:
+        return self.state != RUNNING
 
 
 def state_path(pid_file: str) -> str:
@@ -327,7 +334,7 @@ class SharedState:
             MAGIC, 1, status.pid, status.generation, status.started, status.worker_count,
             status.reloads, status.reload_result)
         _PORTS.pack_into(self._map, _HEADER.size, status.ftp_port, status.implicit_tls_port,
-                         status.auth_tls, status.stopping)
+                         status.auth_tls, MASTER_STATES.index(status.state))
         path = status.config_path.encode("utf-8")[: _PATH_SIZE - 1]
         self._map[_HEADER_SIZE:_SLOTS_AT] = path.ljust(_PATH_SIZE, b"\0")
 
@@ -335,10 +342,10 @@ class SharedState:
         _, _, pid, generation, started, workers, reloads, result = _HEADER.unpack_from(
             self._map, 0)
         path = bytes(self._map[_HEADER_SIZE:_SLOTS_AT]).split(b"\0", 1)[0].decode("utf-8")
-        ftp_port, implicit_port, auth_tls, stopping = _PORTS.unpack_from(self._map,
-                                                                         _HEADER.size)
+        ftp_port, implicit_port, auth_tls, state = _PORTS.unpack_from(self._map, _HEADER.size)
         return MasterStatus(pid, generation, started, workers, path, reloads, result, ftp_port,
-                            implicit_port, bool(auth_tls), bool(stopping))
+                            implicit_port, bool(auth_tls),
+                            MASTER_STATES[state] if state < len(MASTER_STATES) else "?")
 
     # --- worker slots
 
