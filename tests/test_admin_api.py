@@ -5,18 +5,24 @@ are ftplib sessions from their own loopback addresses (127.0.0.0/8)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ftplib
 import io
 import json
 import re
+import select
 import signal
 import socket
+import threading
+from typing import Any
 
+import psutil
 import pytest
 import requests
 from openapi_spec_validator import validate
 
+from cosftp_prefork.admin.process import MAX_CONNECTIONS, MAX_PER_SOURCE
 from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
@@ -520,3 +526,81 @@ def test_a_graceful_stop_shows_in_status_and_refuses_a_reload(emulator, tmp_path
         ftp.close()  # no QUIT: the stopping worker may have said 421 and closed already
         assert proc.proc.wait(60) == 0
 
+
+def _admin_process(proc) -> psutil.Process:
+    """The admin API's process: the master's child titled ``cosftp: admin API``."""
+    for child in psutil.Process(proc.proc.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "admin API" in " ".join(child.cmdline()):
+                return child
+    raise AssertionError("no admin API process")
+
+
+def _answered(client: AdminClient, token: str) -> tuple[int, Any, int]:
+    """``GET /status`` with ``token`` until it is answered: (status, its JSON, connections
+    closed unanswered before). A connection over a limit (8 from one address, 32 at once) is
+    closed at once without an answer, and a client tries again, as browsers do."""
+    refused = 0
+    while True:
+        try:
+            response = client.call("GET", "/status", token=token)
+        except requests.ConnectionError:
+            refused += 1
+            assert refused < 10_000, "never answered"
+            continue
+        return response.status_code, response.json(), refused
+
+
+def test_a_crowd_is_answered_within_the_connection_limits(emulator, tmp_path):
+    """A slowloris holding its address's 8 connections with half a request (a 9th from it
+    is closed unanswered at once), then 30 clients with valid tokens at once (12 of them
+    from one address, over its 8), and 5 with wrong tokens, on a new server (the token not
+    yet remembered: every check is an scrypt, 2 at once): every valid client gets its
+    status as its token's owner, every wrong token 401, nothing hangs, and the admin API's
+    threads stay within its connection cap."""
+    proc = admin_server(str(tmp_path), emulator.port)
+    with proc:
+        url, admin = admin_url(proc), _admin_process(proc)
+        AdminClient(url).document()  # the OpenAPI document, fetched once for all
+        idle_threads = admin.num_threads()
+        held = [socket.create_connection(("127.0.0.1", proc.admin_port), timeout=30,
+                                         source_address=("127.0.0.50", 0))
+                for _ in range(MAX_PER_SOURCE)]
+        for sock in held:
+            sock.sendall(b"GET /api/v1/status HTTP/1.1\r\n")  # and nothing more
+        with socket.create_connection(("127.0.0.1", proc.admin_port), timeout=30,
+                                      source_address=("127.0.0.50", 0)) as extra:
+            assert extra.recv(4096) == b""
+        # Closed at once, not at the request deadline: the 8 before it are still open.
+        assert select.select(held, [], [], 0)[0] == []
+        peak = [idle_threads]
+        crowd_done = threading.Event()
+
+        def watch_threads() -> None:
+            while not crowd_done.wait(0.01):
+                with contextlib.suppress(psutil.Error):
+                    peak.append(admin.num_threads())
+
+        watcher = threading.Thread(target=watch_threads)
+        watcher.start()
+        sources = ["127.0.0.30"] * 12 + [f"127.0.0.{n}" for n in range(60, 78)]
+        wrong = [f"127.0.0.{n}" for n in range(90, 95)]
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(sources) + len(wrong)) as pool:
+                valid = [pool.submit(_answered, AdminClient(url, source=s), RW_TOKEN)
+                         for s in sources]
+                guessed = [pool.submit(_answered, AdminClient(url, source=s), "guessed")
+                           for s in wrong]
+                answers = [f.result(timeout=120) for f in valid]
+                failures = [f.result(timeout=120) for f in guessed]
+        finally:
+            crowd_done.set()
+            watcher.join()
+            for sock in held:
+                sock.close()
+        assert [(status, body["you"]) for status, body, _ in answers] == \
+            [(200, {"token": "ops", "writable": True})] * len(sources)
+        assert [(status, body) for status, body, _ in failures] == \
+            [(401, {"error": "invalid token"})] * len(wrong)
+        assert max(peak) <= idle_threads + MAX_CONNECTIONS, max(peak)
+        wait_until(lambda: admin.num_threads() == idle_threads, what="the threads ended")
