@@ -729,6 +729,20 @@ def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
     state.close()
 
 
+def test_status_says_a_fast_stop_cuts_the_transfers(tmp_path):
+    """The master's state goes through the state file's header; status explains it."""
+    from cosftp_prefork.server.cli import format_status
+    from cosftp_prefork.server.scoreboard import MasterStatus
+
+    state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
+    state.write_header(MasterStatus(os.getpid(), 1, 0.0, 2, "vsftpd.conf", state="stopping"))
+    assert state.master().state == "stopping" and state.master().stopping
+    assert format_status(state).splitlines()[1] == (
+        "state: stopping: new connections refused; the transfers in flight end with 426 "
+        "(uploads parked), then the workers exit")
+    state.close()
+
+
 def worker_of(proc: ServerProcess, ftp: ftplib.FTP) -> int:
     """The pid of the worker serving ``ftp``'s control connection."""
     return worker_serving(proc, ftp.sock)
