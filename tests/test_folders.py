@@ -233,13 +233,16 @@ def test_a_file_renamed_across_folders_is_copied_with_its_time(fa, cos):
     fa.rename("/move-me.txt", "/shared/moved.txt")  # same bucket, another prefix
     assert get(fa, "/shared/moved.txt") == b"moving"
     assert cos.object_exists(Bucket=ALPHA, Key=f"{ROOT}team/moved.txt")
+    # The source goes after the reply; a listing that could show it waits for that.
+    assert "move-me.txt" not in fa.nlst("/")
     assert not cos.object_exists(Bucket=ALPHA, Key=f"{ROOT}home/move-me.txt")
     assert fa.sendcmd("MDTM /shared/moved.txt") == "213 20190101000000"
     assert dict(fa.mlsd("/shared"))["moved.txt"]["modify"] == "20190101000000"
-    assert "move-me.txt" not in fa.nlst("/")
     put(fa, "/far/away/from-beta.txt", b"beta bytes")
     fa.rename("/far/away/from-beta.txt", "/shared/from-beta.txt")  # another bucket
     assert get(fa, "/shared/from-beta.txt") == b"beta bytes"
+    with pytest.raises(ftplib.error_perm, match="550"):
+        fa.size("/far/away/from-beta.txt")
     assert not cos.object_exists(Bucket=BETA, Key=f"{ROOT}beta/from-beta.txt")
 
 
