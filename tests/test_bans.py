@@ -218,7 +218,10 @@ def test_unban_needs_to_write_the_audit_line_first(emulator, tmp_path):
         fail_logins(proc, "127.0.0.2", 1)
         log_file = os.path.join(proc.log_dir, "cosftp.log")
         os.rename(log_file, log_file + ".1")
-        os.symlink(log_file + ".1", log_file)  # a planted link: never written through
+        # A planted link: never written through. Put in place by a rename, since the server
+        # may have made a new log file meanwhile (it reopens a moved one).
+        os.symlink(log_file + ".1", log_file + ".link")
+        os.replace(log_file + ".link", log_file)
         try:
             result = proc.ctl("unban", "127.0.0.2")
         finally:

@@ -97,7 +97,10 @@ def park(ftp: ftplib.FTP, cos, home: str, path: str, data: bytes, parts: int) ->
     ftp.sock.close()
     ftp.close()
     conn.close()
-    wait_until(lambda: keys_under(cos, f"{home}.cosftp/parked/{path}/"),
+    # Parked: its record written, then its live marker deleted (cos/resume.py); a test that
+    # takes a snapshot of the bucket afterwards must not list the marker and HEAD it gone.
+    wait_until(lambda: keys_under(cos, f"{home}.cosftp/parked/{path}/")
+               and not keys_under(cos, f"{home}.cosftp/live/{path}/"),
                what="the upload to be parked")
 
 
