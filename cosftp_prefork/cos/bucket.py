@@ -540,15 +540,20 @@ class Bucket:
         """The first page of :meth:`list_page`, its request sent now and its answer read by
         :meth:`StartedPage.result` (issue 21: a new file's look-ups)."""
         params = _list_params(prefix, "", max_keys, delimiter)
+        return self._start(f"LIST {prefix or '/'}", lambda answer: _parse_list_page(answer.data),
+                           lambda: self._list(params), "GET", params=params)
+
+    def _start(self, action: str, read: Callable[[Answer], T], again: Callable[[], T],
+               method: str, key: str = "", **request: Any) -> Started[T]:
+        """``method`` on ``key`` sent now, as :class:`Started` reads it (``read`` its answer,
+        ``again`` for each further attempt)."""
         sent_at = time.monotonic()
         try:
-            sent: Union[Sent, CosClientError] = self._sender.start("GET", self.name,
-                                                                   params=params)
+            sent: Union[Sent, CosClientError] = self._sender.start(method, self.name, key,
+                                                                   **request)
         except CosClientError as exc:  # not sent: result() raises it, as a first attempt
             sent = exc
-        return Started(f"LIST {prefix or '/'}", sent, sent_at,
-                           lambda answer: _parse_list_page(answer.data),
-                           lambda: self._list(params))
+        return Started(action, sent, sent_at, read, again)
 
     def _list(self, params: dict[str, str]) -> ListPage:
         """One ListObjects request, signed as the SDK's ``list_objects`` signs it; the SDK's
@@ -606,14 +611,9 @@ class Bucket:
         by :meth:`Started.result`: an MFMT marker written beside a copy by the thread that
         sends the copy (issue 21)."""
         headers = self._put_headers(data, None, False)
-        sent_at = time.monotonic()
-        try:
-            sent: Union[Sent, CosClientError] = self._sender.start(
-                "PUT", self.name, key, headers=headers, body=data)
-        except CosClientError as exc:  # not sent: result() raises it, as a first attempt
-            sent = exc
-        return Started(f"PUT {key}", sent, sent_at, _completed, lambda: _completed(
-            self._sender.send("PUT", self.name, key, headers=headers, body=data)))
+        return self._start(f"PUT {key}", _completed, lambda: _completed(
+            self._sender.send("PUT", self.name, key, headers=headers, body=data)),
+            "PUT", key, headers=headers, body=data)
 
     @staticmethod
     def _put_headers(data: bytes, like: Optional[ObjectInfo], if_absent: bool) -> dict:

@@ -652,14 +652,6 @@ def _request_head(lines: list[str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
-def _read_answer(reader: Any, method: str) -> tuple[Answer, bool]:
-    """Read one HTTP/1.1 answer (skipping interim 1xx ones); return it and whether the
-    connection can carry another request."""
-    status, headers, reusable = _read_head(reader)
-    answer, framed = _read_body(reader, method, status, headers)
-    return answer, reusable and framed
-
-
 def _read_head(reader: Any) -> tuple[int, HTTPHeaderDict, bool]:
     """The status and headers of an answer (past interim 1xx ones), and whether the
     connection may carry another request once its body is read."""

@@ -294,6 +294,13 @@ def _error_response(start_response: Callable, status: str, code: str, resource: 
     return [body]
 
 
+def _refused(start_response: Callable, refused: Refusal, environ: dict,
+             request_id: str) -> list[bytes]:
+    """COS's error answer for a request refused (by ``conform`` or the accounts)."""
+    return _error_response(start_response, refused.status, refused.code,
+                           environ.get("PATH_INFO", ""), request_id, refused.message)
+
+
 def _targets(environ: dict) -> tuple[str, str]:
     """The key a request names (as the client named it: the server has URL-decoded the
     path) and the prefix it lists (either may be "")."""
@@ -505,13 +512,11 @@ class CosShim:
             return injected
         refused = conform.refusal(environ) or self._copy_refusal(environ)
         if refused is not None:
-            return _error_response(start_response, refused.status, refused.code,
-                                   environ.get("PATH_INFO", ""), request_id, refused.message)
+            return _refused(start_response, refused, environ, request_id)
         crc = self._crc_of_upload(environ)
         refused = conform.digest_refusal(environ)
         if refused is not None:
-            return _error_response(start_response, refused.status, refused.code,
-                                   environ.get("PATH_INFO", ""), request_id, refused.message)
+            return _refused(start_response, refused, environ, request_id)
         with self._writes.holding(environ):
             if self._overwrite_forbidden(environ):
                 return _error_response(start_response, "409 Conflict", "FileAlreadyExists",
@@ -576,8 +581,7 @@ class CosShim:
         the credentials or of a bucket of another region, or GetService; else None."""
         refusal = self.accounts.refuse(environ)
         if refusal is not None:
-            return _error_response(start_response, refusal.status, refusal.code,
-                                   environ.get("PATH_INFO", ""), request_id, refusal.message)
+            return _refused(start_response, refusal, environ, request_id)
         if environ.get("HTTP_HOST") not in SERVICE_HOSTS:
             return None
         body = self.accounts.list_buckets(self.app)
@@ -678,12 +682,10 @@ class CosShim:
         else None."""
         method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
         if method == "PUT" and fast.copy_source(environ) is None:
-            length = environ.get("CONTENT_LENGTH")
-            # Without a length (chunked), the server marks the input terminated: read to EOF.
-            body = environ["wsgi.input"].read(int(length) if length else -1)
+            body = conform.buffered_body(environ)
             if "partNumber" in query and body and self._count_down("corrupt_next_parts"):
                 body = bytes([body[0] ^ 1]) + body[1:]
-            environ["wsgi.input"] = io.BytesIO(body)
+                environ["wsgi.input"] = io.BytesIO(body)
             return lambda: crc64(body)
         if (method == "POST" and "uploadId" in query) or \
                 (method == "HEAD" and fast.place(environ).is_object):

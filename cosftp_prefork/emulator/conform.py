@@ -48,13 +48,12 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.exceptions import MissingBucket
 
 from .accounts import Refusal
-from .fast import Place, copy_source, cos_header, place
+from .fast import LIST_PARAMETERS, Place, copy_source, cos_header, place
 
 MAX_KEY_BYTES = 850  # the longest object key, in UTF-8 bytes (Object Overview, 436/13324)
 LIST_MAX_KEYS = 1000  # GET Bucket's most keys a page, whatever max-keys asks
 DELETE_MAX_OBJECTS = 1000  # DELETE Multiple Objects' most objects a request
 _DIRECTIVES = ("Copy", "Replaced")
-_LIST_PARAMETERS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
 _COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 _DELETED_OBJECT = re.compile(rb"<Object>")
 _PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
@@ -89,7 +88,7 @@ def refusal(environ: dict) -> Optional[Refusal]:
         return _invalid(f"object keys are at most {MAX_KEY_BYTES} bytes long", "KeyTooLong")
     if method == "PUT" and copy_source(environ) is not None:
         return _copy_refusal(environ, query)
-    if method == "GET" and not where.is_object and query and set(query) <= _LIST_PARAMETERS:
+    if method == "GET" and not where.is_object and query and set(query) <= LIST_PARAMETERS:
         return _list_refusal(environ, query)
     if method == "POST" and "delete" in query:
         return _delete_refusal(environ)
@@ -152,8 +151,9 @@ def _list_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusa
     return None
 
 
-def _body(environ: dict) -> bytes:
-    """The request's body, read whole and put back for moto."""
+def buffered_body(environ: dict) -> bytes:
+    """The request's body, read whole (without a Content-Length, a chunked one the server
+    marks terminated: to its end) and put back for moto."""
     length = environ.get("CONTENT_LENGTH")
     body = environ["wsgi.input"].read(int(length) if length else -1)
     environ["wsgi.input"] = io.BytesIO(body)
@@ -161,7 +161,7 @@ def _body(environ: dict) -> bytes:
 
 
 def _delete_refusal(environ: dict) -> Optional[Refusal]:
-    if len(_DELETED_OBJECT.findall(_body(environ))) > DELETE_MAX_OBJECTS:
+    if len(_DELETED_OBJECT.findall(buffered_body(environ))) > DELETE_MAX_OBJECTS:
         return _invalid(f"one request deletes at most {DELETE_MAX_OBJECTS} objects",
                         "MalformedXML")
     return None
@@ -184,7 +184,7 @@ def _upload_refusal(environ: dict, upload_id: str) -> Optional[Refusal]:
 def _completion_refusal(environ: dict) -> Optional[Refusal]:
     """400 InvalidPartOrder for a CompleteMultipartUpload whose part numbers do not
     ascend (moto joined the parts in the order given)."""
-    numbers = [int(number) for number in _PART_NUMBER.findall(_body(environ))]
+    numbers = [int(number) for number in _PART_NUMBER.findall(buffered_body(environ))]
     if any(later <= earlier for earlier, later in zip(numbers, numbers[1:])):
         return _invalid("the parts must be listed by ascending part number",
                         "InvalidPartOrder")

@@ -74,7 +74,7 @@ _PATH_STYLE = re.compile(r"/([a-z0-9][a-z0-9.-]*)(/.*)?", re.DOTALL)
 _SIGNING_HEADERS = frozenset({"HTTP_X_AMZ_DATE", "HTTP_X_AMZ_CONTENT_SHA256"})
 # The query parameter the AWS SDKs add to name the operation (x-id=PutObject); moto ignores it.
 _OPERATION_QUERY = frozenset({"x-id"})
-_LIST_PARAMETERS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
+LIST_PARAMETERS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
 # Request headers that change a HEAD's answer in moto: conditions, ranges, checksums, SSE-C.
 _HEAD_CHANGERS = re.compile(r"HTTP_(IF_|RANGE$|X_AMZ_CHECKSUM|X_AMZ_SERVER_SIDE_ENCRYPTION_"
                             r"CUSTOMER|X_COS_CHECKSUM|X_COS_SERVER_SIDE_ENCRYPTION_CUSTOMER)")
@@ -220,7 +220,7 @@ def answer(environ: dict) -> Optional[Answer]:
     """moto's answer to this request if it is one answered here; else None."""
     method = environ["REQUEST_METHOD"]
     target = _target(environ) if method in ("GET", "HEAD", "PUT") else None
-    if target is None or not target[1].startswith("/"):  # (an empty path: moto's)
+    if target is None:
         return None
     bucket, path = target
     if path == "/":  # the bucket itself
@@ -244,7 +244,7 @@ def _single_values(query: str) -> Optional[dict[str, str]]:
 
 def _list_objects(environ: dict, bucket: FakeBucket) -> Optional[Answer]:
     values = _single_values(environ.get("QUERY_STRING", ""))
-    if values is None or not set(values) <= _LIST_PARAMETERS:
+    if values is None or not set(values) <= LIST_PARAMETERS:
         return None
     max_keys = values.get("max-keys", str(settings.get_s3_default_max_keys()))
     delimiter, encoding = values.get("delimiter"), values.get("encoding-type")
