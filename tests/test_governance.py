@@ -27,7 +27,6 @@ import pytest
 
 from cosftp_prefork.server.gate import BurstLog
 from cosftp_prefork.server.scoreboard import (
-    _BANS_AT,
     FILE_SIZE,
     SharedState,
     address_key,
@@ -35,6 +34,7 @@ from cosftp_prefork.server.scoreboard import (
     load_bans,
     save_bans,
 )
+from cosftp_prefork.server.scoreboard.layout import BANS_AT
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, free_port, wait_until
@@ -322,7 +322,7 @@ def _ban_quietly(proc: ServerProcess, ip: str) -> None:
     state = SharedState(path, fd, mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED))
     epoch = state.ban_epoch()
     state.restore_bans([(ip, int(time.time()) + 300)], time.time())
-    struct.pack_into("<I", state._map, _BANS_AT, epoch)
+    struct.pack_into("<I", state._map, BANS_AT, epoch)
     state.close()
 
 

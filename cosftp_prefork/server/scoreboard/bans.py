@@ -1,0 +1,216 @@
+"""The table of failed logins and bans per client address, shared by every worker (and
+``cosftpctl ban``/``unban``, the admin API), and the bans file that keeps the bans across a
+stop and a start (``<pid file>.bans``, written by the master)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ...safefiles import open_fd, replace_file
+from .layout import BAN_HEADER_WORDS, BAN_WORDS, BANS_AT, DETAILS_AT
+from .mapped import MappedFile
+from .records import Address, BanRow, address_key, address_text
+
+
+class BanTable(MappedFile):
+    """The ban table of the state file: at most ``BAN_ROWS`` addresses, each with its failed
+    logins in the current window and the end of its ban, and a counter of the table's
+    changes that the workers and the master watch."""
+
+    def _bans_locked(self):
+        return self._locked(BANS_AT, DETAILS_AT)
+
+    def ban_epoch(self) -> int:
+        """How many times the ban table changed so far: bans started and lifted (read
+        without the lock: a change is what counts)."""
+        return struct.unpack_from("<I", self._map, BANS_AT)[0]
+
+    def saved_ban_epoch(self) -> int:
+        """The :meth:`ban_epoch` the master last saved to the bans file."""
+        return struct.unpack_from("<I", self._map, BANS_AT + 4)[0]
+
+    def note_bans_saved(self, epoch: int) -> None:
+        """The master saved the bans of ``epoch`` (it alone writes this word)."""
+        struct.pack_into("<I", self._map, BANS_AT + 4, epoch)
+
+    def ban_rows(self) -> list[BanRow]:
+        """Every address the ban table holds (read without the lock: a display)."""
+        with memoryview(self._map) as whole, \
+                whole[BANS_AT:DETAILS_AT].cast("I") as words:
+            flat = words[BAN_HEADER_WORDS:].tolist()
+        return [_ban_row_of(flat, at) for at in range(0, len(flat), BAN_WORDS) if flat[at]]
+
+    def lift(self, which: Callable[[BanRow], bool]) -> list[BanRow]:
+        """Forget the ban and the failed logins of every address for which ``which`` is
+        true; return what was forgotten. Moves the epoch, so each worker reads its copy of
+        the table again (at its next accept) and the master saves the bans file."""
+        lifted = []
+        with self._bans_locked() as words:
+            flat = words[BAN_HEADER_WORDS:].tolist()
+            for at in range(0, len(flat), BAN_WORDS):
+                row = _ban_row_of(flat, at) if flat[at] else None
+                if row is not None and which(row):
+                    start = BAN_HEADER_WORDS + at
+                    words[start:start + BAN_WORDS] = array("I", bytes(BAN_WORDS * 4))
+                    lifted.append(row)
+            if lifted:
+                words[0] += 1
+        return lifted
+
+    def is_banned(self, ip: str, now: float) -> bool:
+        """True while ``ip`` is serving a ban."""
+        wanted = address_key(ip)
+        return any(key == wanted for key, _ in self._active_bans(now))
+
+    def bans(self, now: float) -> list[tuple[str, int]]:
+        """``(address, banned until)`` of every ban still running."""
+        return [(address_text(key), until) for key, until in self._active_bans(now)]
+
+    def banned_keys(self, now: float) -> set[Address]:
+        return {key for key, _ in self._active_bans(now)}
+
+    def banned(self, now: float) -> list[tuple[Address, int]]:
+        """``(address key, banned until)`` of every ban still running."""
+        return self._active_bans(now)
+
+    def _active_bans(self, now: float) -> list[tuple[Address, int]]:
+        with self._bans_locked() as words:
+            flat = words[BAN_HEADER_WORDS:].tolist()
+        return [(tuple(flat[at + 1:at + 5]), flat[at + 7])
+                for at in range(0, len(flat), BAN_WORDS)
+                if flat[at] and flat[at + 7] > now]
+
+    def record_failure(self, ip: str, now: float, limit: int, window: int, ban: int) -> bool:
+        """Count a failed login from ``ip``; return True if that earns it a ban."""
+        wanted, stamp = address_key(ip), int(now)
+        with self._bans_locked() as words:
+            flat = words[BAN_HEADER_WORDS:].tolist()
+            at = self._ban_row(flat, wanted) * BAN_WORDS
+            ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == wanted
+            failures, started, previous_ban = flat[at + 5:at + 8] if ours else (0, stamp, 0)
+            if stamp - started > window:
+                failures, started = 0, stamp
+            failures += 1
+            banned = failures >= limit
+            until = stamp + ban if banned else previous_ban
+            self._write_ban(words, at, wanted, failures, started, until)
+            if banned and previous_ban <= stamp:
+                words[0] += 1
+            return banned
+
+    def ban(self, ip: str, until: int) -> None:
+        """Ban ``ip`` until ``until`` (the admin API), keeping the failed logins its row
+        counts; moves the epoch as a ban earned by failed logins does."""
+        key = address_key(ip)
+        with self._bans_locked() as words:
+            flat = words[BAN_HEADER_WORDS:].tolist()
+            at = self._ban_row(flat, key) * BAN_WORDS
+            ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == key
+            failures, since = flat[at + 5:at + 7] if ours else (0, 0)
+            self._write_ban(words, at, key, failures, since, until)
+            words[0] += 1
+
+    def restore_bans(self, bans: Iterable[tuple[str, int]], now: float) -> int:
+        """Put saved bans back (master, at start); return how many still run. They carry
+        no failure window: what a row holds that is newer than an unban made elsewhere
+        in the cluster meanwhile is its ban only (``Gate``)."""
+        restored = 0
+        with self._bans_locked() as words:
+            for ip, until in bans:
+                if until <= now:
+                    continue
+                flat = words[BAN_HEADER_WORDS:].tolist()
+                key = address_key(ip)
+                self._write_ban(words, self._ban_row(flat, key) * BAN_WORDS, key, 0, 0,
+                                int(until))
+                restored += 1
+            words[0] += 1 if restored else 0
+        return restored
+
+    @staticmethod
+    def _write_ban(words, at: int, key: Address, failures: int, started: int,
+                   until: int) -> None:
+        at += BAN_HEADER_WORDS
+        words[at:at + BAN_WORDS] = array("I", [1, *key, failures, started, until])
+
+    @staticmethod
+    def _ban_row(flat: list[int], wanted: Address) -> int:
+        """The row of ``wanted``, else a free row, else the one with the oldest news."""
+        rows = range(len(flat) // BAN_WORDS)
+        for row in rows:
+            at = row * BAN_WORDS
+            if flat[at] and tuple(flat[at + 1:at + 5]) == wanted:
+                return row
+        return min(rows, key=lambda r: flat[r * BAN_WORDS] and
+                   max(flat[r * BAN_WORDS + 6], flat[r * BAN_WORDS + 7]))
+
+
+def _ban_row_of(flat: list[int], at: int) -> BanRow:
+    return BanRow(address_text(tuple(flat[at + 1:at + 5])), *flat[at + 5:at + 8])
+
+
+def save_bans(path: str, bans: list[tuple[str, int]]) -> None:
+    """Write ``bans`` to ``path`` atomically, readable by the owner only."""
+    entries = [{"address": ip, "until": until} for ip, until in bans]
+    replace_file(path, json.dumps({"bans": entries}).encode("ascii"), 0o600)
+
+
+@dataclass(frozen=True)
+class SavedBans:
+    """What a bans file held: the valid bans, and a description of each entry that was not
+    one (its position and why, the value quoted and cut short)."""
+
+    bans: list[tuple[str, int]]
+    rejected: list[str]
+
+
+def load_bans(path: str) -> SavedBans:
+    """The bans saved at ``path`` (none if it is absent). A malformed entry is skipped and
+    described, the others kept; raises ``ValueError`` if the file is not one ``save_bans``
+    wrote at all, ``UnsafeFileError`` for a link at ``path``."""
+    try:
+        fd = open_fd(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return SavedBans([], [])
+    try:
+        with open(fd, encoding="ascii") as handle:
+            entries = json.load(handle)["bans"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a bans file ({type(exc).__name__})") from None
+    if not isinstance(entries, list):
+        raise ValueError("not a bans file (no list of bans)")
+    saved = SavedBans([], [])
+    for number, entry in enumerate(entries, 1):
+        try:
+            saved.bans.append(_saved_ban(entry))
+        except ValueError as exc:
+            saved.rejected.append(f"entry {number} {_quoted(entry)}: {exc}")
+    return saved
+
+
+def _saved_ban(entry: object) -> tuple[str, int]:
+    """``(address, until)`` from one entry of a bans file; ``ValueError`` saying what is
+    wrong with it."""
+    if not isinstance(entry, dict):
+        raise ValueError("not an object with an address and an expiry")
+    address, until = entry.get("address"), entry.get("until")
+    if not isinstance(address, str):
+        raise ValueError("no address")
+    try:
+        address_key(address)
+    except ValueError:
+        raise ValueError("the address is not an IP address") from None
+    if not isinstance(until, int) or isinstance(until, bool):
+        raise ValueError("the expiry ('until') is not a whole number of seconds")
+    return address, until
+
+
+def _quoted(value: object, limit: int = 80) -> str:
+    """``value`` as JSON, ASCII only (every control character escaped), cut to ``limit``."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[:limit] + "..."

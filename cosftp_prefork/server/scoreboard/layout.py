@@ -1,0 +1,106 @@
+"""Where everything lives in the state file: sizes, offsets and record formats, shared by
+the tables of ``state``, ``sessions`` and ``bans`` (see the package's docstring for what
+each part holds)."""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+from ... import rates
+from ...config.model import MAX_WORKER_PROCESSES
+
+# Exit status for "this worker cannot start with this config": not a crash to retry blindly.
+EXIT_BOOT_FAILURE = 3
+# Connections the kernel queues until a worker accepts them (capped by net.core.somaxconn);
+# pyftpdlib listens again on the inherited socket, so the workers set it too. pyftpdlib's 100
+# was too few for a burst: of 1,000 sockets one address opened at once, 635 were dropped by
+# the kernel and never answered.
+LISTEN_BACKLOG = 1024
+
+MAGIC = b"CFTP"
+# magic, version, master pid, generation, started, workers, reload count, last reload result
+HEADER = struct.Struct("<4sIiIdIII")
+# after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1), the master's
+# state (its index in MASTER_STATES; not running: it stops and takes no reload)
+PORTS = struct.Struct("<HHBB")
+RUNNING = "running"
+# What ``cosftpctl status`` and the admin API show; the names of the master's stopping phases.
+MASTER_STATES = (RUNNING, "stopping", "stopping gracefully")
+HEADER_SIZE = 64
+PATH_SIZE = 512
+SLOT = struct.Struct("<iiIIddIIIIQQ")
+SLOT_SIZE = 64
+MAX_WORKER_SLOTS = 2 * MAX_WORKER_PROCESSES  # a reload runs two generations
+SESSION_ROWS = 8192
+SESSION_WORDS = 6  # uint32s: pid (0: free row), PENDING or LOGGED_IN, client address (4)
+PENDING, LOGGED_IN = 1, 2
+
+BAN_ROWS = 1024
+BAN_WORDS = 8  # in use (1/0), client address (4), failures, window start, banned until
+# Changes of the table (bans started or lifted) so far, the change last saved to the bans file
+# (the master), then unused.
+BAN_HEADER_WORDS = 4
+
+SLOTS_AT = HEADER_SIZE + PATH_SIZE
+SESSIONS_AT = SLOTS_AT + MAX_WORKER_SLOTS * SLOT_SIZE
+BANS_AT = SESSIONS_AT + SESSION_ROWS * SESSION_WORDS * 4
+DETAILS_AT = BANS_AT + (BAN_HEADER_WORDS + BAN_ROWS * BAN_WORDS) * 4
+# Per session row, for ``cosftpctl sessions`` and the admin API: user, last command, bytes of
+# the current (or last) transfer, its rate (bytes/s), time of the last command, time of the
+# connection; the file transfer (0 none, else UPLOAD or DOWNLOAD, plus IN_FLIGHT while it
+# runs), the bytes it should move (ALLO, the object's size; -1: not known) and its file name.
+# Written by the session's worker (at admission and once a second), read without a lock: a
+# display.
+DETAIL = struct.Struct("<32s48sQddqdB128s")
+USER_SIZE, COMMAND_SIZE, NAME_SIZE = 32, 48, 128
+UPLOAD, DOWNLOAD, IN_FLIGHT = 1, 2, 4
+INDEX_AT = DETAILS_AT + SESSION_ROWS * DETAIL.size
+# The session table's index, so that admitting a connection costs the same whatever the
+# table's size: counts (rows in use, logged in, pending; rows ever used; free rows on the
+# stack; the last session serial given; kick requests so far), the stack of freed rows, an
+# open-addressing table of the addresses that have rows (in use (1/0), address (4), its rows,
+# its pending rows), at most half full.
+COUNT_WORDS = 7
+ADDRESS_SLOTS = 2 * SESSION_ROWS
+ADDRESS_WORDS = 7
+# Then, per session row, the account it logged in as (4 words, 0: none), the number of
+# account slots kept with no session, and an open-addressing table of the accounts logged in
+# here (in use, account (4), logged-in sessions, then the upload and the download rate
+# buckets: level and stamp as int64 each).
+ACCOUNT_SLOTS = 2 * SESSION_ROWS
+ACCOUNT_WORDS = 14
+# Last, per session row, its session's serial and the serial a kick request names (0:
+# none).
+INDEX_WORDS = COUNT_WORDS + SESSION_ROWS + ADDRESS_SLOTS * ADDRESS_WORDS + \
+    SESSION_ROWS * 4 + 1 + ACCOUNT_SLOTS * ACCOUNT_WORDS + SESSION_ROWS * 2
+KEEP_BUCKETS = 10 * rates.NS  # how long an account's buckets outlive its last session
+CONTROL_AT = INDEX_AT + INDEX_WORDS * 4
+# Reloads asked for by the admin API, and the last one the master took; then the errors of
+# the last reload (UTF-8, NUL-padded), written by the master.
+CONTROL = struct.Struct("<II")
+RELOAD_ERROR_SIZE = 2048
+FILE_SIZE = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
+
+STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
+STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
+STATE_AT = struct.calcsize("<iiI")  # a slot's state follows its pid, index and generation
+SESSIONS_COUNT_AT = struct.calcsize("<iiIIdd")  # then started and heartbeat, then sessions
+RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
+# A worker's view of [CLUSTER] redis_url: none configured (or not asked yet), reachable,
+# unreachable and serving on the local scoreboard, unreachable and refusing new connections,
+# reachable but answering errors lately, too old (or its version unreadable) and serving on
+# the local scoreboard or refusing new connections.
+CLUSTER_NONE, CLUSTER_UP, CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED = 0, 1, 2, 3
+CLUSTER_ERRORS, CLUSTER_UNSUPPORTED_OPEN, CLUSTER_UNSUPPORTED_CLOSED = 4, 5, 6
+
+# The session index's regions, in words from INDEX_AT (see above).
+ADDRESS_BASE = COUNT_WORDS + SESSION_ROWS
+ROW_ACCOUNT_BASE = ADDRESS_BASE + ADDRESS_SLOTS * ADDRESS_WORDS
+KEPT = ROW_ACCOUNT_BASE + SESSION_ROWS * 4  # slots of accounts with no session
+ACCOUNT_BASE = KEPT + 1
+# An account slot's two buckets, upload then download: level, stamp (int64 each).
+INT64 = struct.Struct("<qq")
+BUCKETS_UNUSED = array("I", INT64.pack(rates.EMPTY, 0) * 2)
+SERIALS_BASE = ACCOUNT_BASE + ACCOUNT_SLOTS * ACCOUNT_WORDS
+KICKS_BASE = SERIALS_BASE + SESSION_ROWS
