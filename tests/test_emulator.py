@@ -613,3 +613,68 @@ def test_latency_is_per_request_on_a_kept_connection():
         assert all(entry["end"] - entry["start"] >= 0.05 for entry in logged), logged
         # The SDK's connection, and one each for this test's two requests to the control API.
         assert connections(emu.port)["accepted"] == 3
+
+
+def _raw_exchange(port: int, request: bytes) -> tuple[bytes, bool]:
+    """Send ``request`` as is on a new connection; return what came back before the
+    emulator closed it (or within a second), and whether it closed it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.settimeout(1)
+        answer = b""
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return answer, True
+                answer += data
+        except socket.timeout:
+            return answer, False
+
+
+def _signed_head(extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
+    return (b"HEAD /missing " + version + b"\r\nHost: " + cos_host(ALPHA).encode() +
+            b"\r\nAuthorization: q-sign-algorithm=sha1\r\n" + extra + b"\r\n")
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"NONSENSE\r\n\r\n", b"400"),
+    (b"HEAD / HTTP/2.0\r\n\r\n", b"505"),
+    (_signed_head(b"no colon here\r\n"), b"400"),
+    (_signed_head(b"x-cos-meta-a: 1\r\n folded: on\r\n"), b"400"),
+    (_signed_head(b"".join(b"x-cos-meta-%d: 1\r\n" % n for n in range(101))), b"431"),
+    (_signed_head(b"x-cos-meta-a: " + b"a" * 70000 + b"\r\n"), b"431"),
+], ids=["request line", "HTTP/2", "field without colon", "folded field", "101 fields",
+        "field line too long"])
+def test_malformed_requests_are_answered_and_closed(emulator, request_bytes, status):
+    """A request the emulator cannot read is answered 4xx/5xx (as COS's front answers it)
+    and its connection closed, never taken for a request with fewer header fields."""
+    answer, closed = _raw_exchange(emulator.port, request_bytes)
+    assert answer.split(b" ", 2)[1] == status, answer[:200]
+    assert closed
+
+
+def test_connection_and_expect_fields_are_honoured(emulator):
+    """HTTP/1.0 closes after the answer unless it asks to keep the connection; HTTP/1.1
+    keeps it unless it says close; ``Expect: 100-continue`` gets its interim answer first."""
+    answer, closed = _raw_exchange(emulator.port, _signed_head(version=b"HTTP/1.0"))
+    assert answer.startswith(b"HTTP/1.1 404") and b"Connection: close" in answer and closed
+    answer, closed = _raw_exchange(emulator.port, _signed_head(
+        b"Connection: keep-alive\r\n", version=b"HTTP/1.0"))
+    assert answer.startswith(b"HTTP/1.1 404") and not closed
+    answer, closed = _raw_exchange(emulator.port, _signed_head(b"Connection: close\r\n"))
+    assert answer.startswith(b"HTTP/1.1 404") and closed
+    answer, closed = _raw_exchange(emulator.port, _signed_head())
+    assert answer.startswith(b"HTTP/1.1 404") and not closed
+    body = b"expected"
+    put = (b"PUT /expect-100 HTTP/1.1\r\nHost: " + cos_host(ALPHA).encode() +
+           b"\r\nAuthorization: q-sign-algorithm=sha1\r\nExpect: 100-continue\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=10) as sock:
+        sock.sendall(put)
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        sock.sendall(body)
+        final = interim.split(b"\r\n\r\n", 1)[1] or sock.recv(65536)
+        assert final.startswith(b"HTTP/1.1 200"), final
+    assert read(sdk_client(emulator), ALPHA, "expect-100") == body
