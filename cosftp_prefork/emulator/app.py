@@ -3,6 +3,13 @@
 Not storage: everything lives in memory and disappears with the process. The server never
 imports this module.
 
+This module is the shim (``CosShim``) and its runner (``Emulator``, ``main``); its parts
+live beside it: ``translate`` (COS's headers, copy source, error bodies and listing
+encoding), ``faults`` (injected faults, the rendezvous), ``objects`` (CRC64 per object
+version, one write of an object at a time, object lifetimes), ``conform`` (what COS
+refuses), ``fast`` (answers without moto's dispatch), ``accounts``, ``listing`` and
+``serving`` (the HTTP/1.1 server).
+
 The shim translates what differs between COS and S3 on the wire:
 
 * request headers ``x-cos-*`` become ``x-amz-*`` (copy source, metadata directive and its
@@ -80,27 +87,21 @@ same bucket and key whichever way the client named them, and a copy source may b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email.utils
-import functools
 import io
 import json
 import logging
 import os
-import random
-import re
 import signal
 import sys
 import threading
 import time
 import urllib.parse
 import uuid
-import xml.etree.ElementTree as ElementTree
-from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
-from xml.sax.saxutils import escape, unescape
 
 import moto.s3.models
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -111,64 +112,23 @@ from werkzeug.test import Client
 from ..cos.checksum import crc64
 from . import conform, fast, listing
 from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts, Refusal, signer
+from .faults import Faults, Rendezvous, cut_short
+from .objects import KeyLocks, ObjectCrcs, forget_served, install_object_lifetimes, served_crc
 from .serving import DEFAULT_LIMITS, KeepAliveServer, Limits
+from .translate import (
+    UploadTimes,
+    cos_error_body,
+    error_response,
+    refusal_response,
+    translate_headers,
+    translate_request,
+    url_encode_listing,
+)
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 DEFAULT_REGION = "ap-guangzhou"
 # COS accepts parts of 1 MiB (all but the last); S3, and so moto, insists on 5 MiB.
 COS_MIN_PART_SIZE = 1024 * 1024
-
-
-def _cos_copy_source_to_s3(value: str) -> str:
-    """``b-1.cos.ap-x.myqcloud.com/k`` (or ``b-1.<any endpoint>/k``) -> ``b-1/k``; an
-    S3-form value passes unchanged (COS bucket names hold no dots)."""
-    value = value.lstrip("/")
-    host, _, key = value.partition("/")
-    if "." in host:
-        return f"{host.split('.', 1)[0]}/{key}"
-    return value
-
-
-_METADATA_DIRECTIVES = {"Copy": "COPY", "Replaced": "REPLACE"}
-
-
-def _translate_request(environ: dict) -> None:
-    for name in [n for n in environ if n.startswith("HTTP_X_COS_")]:
-        environ["HTTP_X_AMZ_" + name[len("HTTP_X_COS_"):]] = environ.pop(name)
-    if "HTTP_X_AMZ_COPY_SOURCE" in environ:
-        environ["HTTP_X_AMZ_COPY_SOURCE"] = _cos_copy_source_to_s3(
-            environ["HTTP_X_AMZ_COPY_SOURCE"])
-    directive = environ.get("HTTP_X_AMZ_METADATA_DIRECTIVE")
-    if directive is not None:  # COS says Copy / Replaced, S3 COPY / REPLACE
-        environ["HTTP_X_AMZ_METADATA_DIRECTIVE"] = _METADATA_DIRECTIVES.get(directive, directive)
-
-
-def _translate_headers(headers: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
-    out = []
-    for name, value in headers:
-        if name.lower().startswith("x-amz-"):
-            name = "x-cos-" + name[len("x-amz-"):]
-        if name.lower() in ("x-cos-request-id", "content-length"):
-            continue
-        out.append((name, value))
-    out.append(("x-cos-request-id", request_id))
-    return out
-
-
-def _cos_error_body(body: bytes, resource: str, request_id: str) -> bytes:
-    code, message = "InternalError", ""
-    try:
-        root = ElementTree.fromstring(body)
-        code = root.findtext(".//Code") or code
-        message = root.findtext(".//Message") or ""
-    except ElementTree.ParseError:
-        message = body.decode("utf-8", "replace")[:200]
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
-        f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
-        f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId>"
-        f"<TraceId>{request_id}</TraceId></Error>"
-    ).encode()
 
 
 CONTROL_PATH = "/__emulator__/faults"
@@ -218,89 +178,6 @@ def request_kind(environ: dict) -> str:
     return method
 
 
-_ENCODED_LIST_FIELDS = re.compile(rb"<(Prefix|Marker|NextMarker|Delimiter)>([^<]*)</\1>")
-
-
-def _url_encode_listing(environ: dict, body: bytes) -> bytes:
-    """URL-encode what moto leaves raw in a listing asked for with ``encoding-type=url``
-    (COS encodes every key, prefix and marker there; moto only the keys)."""
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-    if environ["REQUEST_METHOD"] != "GET" or query.get("encoding-type") != ["url"]:
-        return body
-
-    def encode(match: re.Match) -> bytes:
-        raw = unescape(match.group(2).decode("utf-8"))
-        value = urllib.parse.quote(raw, safe="/")
-        return b"<%s>%s</%s>" % (match.group(1), value.encode(), match.group(1))
-
-    return _ENCODED_LIST_FIELDS.sub(encode, body)
-
-
-@dataclass
-class Faults:
-    """What the emulator does wrong on purpose, changeable at run time.
-
-    ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
-    503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
-    ``reset_next`` the next that many downloads; copies whose source contains
-    ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects and parts;
-    ``corrupt_next_parts`` flips a byte in each of the next that many uploaded parts before they
-    are stored (bytes damaged on the way: COS then reports the CRC64 of what it stored);
-    ``down`` fails every request with 503; requests for keys, or listings of prefixes, that
-    start with ``deny_prefix`` get 403 AccessDenied (credentials limited to some prefixes);
-    the next ``copy_errors_next`` PUT Object - Copy requests are answered 200 with an
-    InternalError body and copy nothing (COS: "if an error occurs during the copy, HTTP 200
-    OK is returned with the error as the response body", PUT Object - Copy, 436/10881).
-    """
-
-    latency_ms: float = 0.0
-    error_rate: float = 0.0
-    reset_rate: float = 0.0
-    reset_next: int = 0
-    fail_copies_of: str = ""
-    corrupt_crc: bool = False
-    corrupt_next_parts: int = 0
-    down: bool = False
-    deny_prefix: str = ""
-    copy_errors_next: int = 0
-    seed: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        self.random = random.Random(self.seed)
-
-    def update(self, changes: dict) -> None:
-        for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
-                     "corrupt_crc", "corrupt_next_parts", "down", "deny_prefix",
-                     "copy_errors_next"):
-            if name in changes:
-                setattr(self, name, type(getattr(self, name))(changes[name]))
-
-    def as_dict(self) -> dict:
-        return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
-                "reset_rate": self.reset_rate, "reset_next": self.reset_next,
-                "fail_copies_of": self.fail_copies_of, "corrupt_crc": self.corrupt_crc,
-                "corrupt_next_parts": self.corrupt_next_parts,
-                "down": self.down, "deny_prefix": self.deny_prefix,
-                "copy_errors_next": self.copy_errors_next}
-
-
-def _error_response(start_response: Callable, status: str, code: str, resource: str,
-                    request_id: str, message: str = "injected fault") -> list[bytes]:
-    body = _cos_error_body(f"<Error><Code>{code}</Code><Message>{escape(message)}"
-                           "</Message></Error>".encode(), resource, request_id)
-    start_response(status, [("Content-Type", "application/xml"),
-                            ("Content-Length", str(len(body))),
-                            ("x-cos-request-id", request_id)])
-    return [body]
-
-
-def _refused(start_response: Callable, refused: Refusal, environ: dict,
-             request_id: str) -> list[bytes]:
-    """COS's error answer for a request refused (by ``conform`` or the accounts)."""
-    return _error_response(start_response, refused.status, refused.code,
-                           environ.get("PATH_INFO", ""), request_id, refused.message)
-
-
 def _targets(environ: dict) -> tuple[str, str]:
     """The key a request names (as the client named it: the server has URL-decoded the
     path) and the prefix it lists (either may be "")."""
@@ -314,144 +191,6 @@ def _touches(environ: dict, prefix: str) -> bool:
     return key.startswith(prefix) or (bool(listed) and listed.startswith(prefix))
 
 
-def _cut_short(body: bytes) -> Iterator[bytes]:
-    yield body[: len(body) // 2]
-    raise ConnectionResetError("injected reset")
-
-
-class _ObjectCrcs:
-    """The CRC64 of each object version, by place (host, path) and ETag: computed from the
-    bytes once, like COS keeps it with the object. Bounded: the oldest places go first."""
-
-    LIMIT = 65_536
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._known: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
-
-    def get(self, place: tuple[str, str], etag: str,
-            compute: Callable[[], Optional[int]]) -> Optional[int]:
-        """The CRC64 of ``place`` while its ETag is ``etag``; ``compute()`` if not known."""
-        with self._lock:
-            known = self._known.get(place)
-        if known is not None and known[0] == etag:
-            return known[1]
-        value = compute()
-        with self._lock:
-            self._known[place] = (etag, value)
-            self._known.move_to_end(place)
-            while len(self._known) > self.LIMIT:
-                self._known.popitem(last=False)
-        return value
-
-
-class _UploadTimes:
-    """Real ``Initiated`` times in ListMultipartUploads.
-
-    moto answers with one fixed date (2010) for every upload; COS gives the real one, and
-    the janitor goes by it. The shim notes when each upload was initiated and puts that
-    time in the listing (same length, so Content-Length holds).
-    """
-
-    _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
-
-    def __init__(self) -> None:
-        self._started: dict[bytes, float] = {}
-
-    def rewrite(self, environ: dict, body: bytes) -> bytes:
-        """Return ``body`` with real times in an upload listing; note initiations."""
-        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        if "uploads" not in query:
-            return body
-        if environ["REQUEST_METHOD"] == "POST":
-            found = self._UPLOAD_ID.search(body)
-            if found:
-                self._started[found.group(1)] = time.time()
-            return body
-        return re.sub(rb"<Upload>.*?</Upload>", self._real_time, body, flags=re.S)
-
-    def _real_time(self, match: re.Match) -> bytes:
-        upload = match.group(0)
-        found = self._UPLOAD_ID.search(upload)
-        started = self._started.get(found.group(1)) if found else None
-        if started is None:
-            return upload
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(started)).encode()
-        return re.sub(rb"<Initiated>[^<]*</Initiated>",
-                      b"<Initiated>" + stamp + b"</Initiated>", upload)
-
-
-class _KeyLocks:
-    """One lock per object (striped): a write with a condition on the object (PUT with
-    ``x-cos-forbid-overwrite``) is checked and done as one step against every other write
-    of that object, as COS does."""
-
-    STRIPES = 64
-
-    def __init__(self) -> None:
-        self._locks = [threading.Lock() for _ in range(self.STRIPES)]
-
-    @contextlib.contextmanager
-    def holding(self, environ: dict) -> Iterator[None]:
-        where = fast.place(environ)
-        if environ["REQUEST_METHOD"] not in ("PUT", "POST", "DELETE") or not where.is_object:
-            yield
-            return
-        with self._locks[hash(where) % self.STRIPES]:
-            yield
-
-
-class Rendezvous:
-    """Holds the requests whose key or listed prefix holds a text (and, if given, of one
-    kind: ``DELETE``, ``LIST``...) until ``parties`` of them are in flight at once, then lets
-    them all go: a test proves that the gateway sends them concurrently without measuring
-    time (sent one after another, the first waits for the others in vain and the rendezvous
-    breaks after ``timeout`` seconds), or holds one request for that long. One use per
-    arming; ``PUT /__emulator__/rendezvous`` with ``{"contains", "parties", "timeout",
-    "kind"}`` arms it, ``GET`` tells how many requests met (``passed``) and how many waited
-    in vain (``broken``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._barrier: Optional[threading.Barrier] = None
-        self._contains = self._kind = ""
-        self._left = 0  # requests the armed rendezvous still takes
-        self.passed = 0
-        self.broken = 0
-
-    def arm(self, contains: str, parties: int, timeout: float, kind: str = "") -> None:
-        with self._lock:
-            self._barrier = threading.Barrier(parties, timeout=timeout)
-            self._contains, self._kind, self._left = contains, kind, parties
-            self.passed = self.broken = 0
-
-    def meet(self, kind: str, target: str) -> None:
-        """Wait, if the request (``kind``, ``target``) is one the rendezvous is armed for."""
-        with self._lock:
-            barrier = self._barrier
-            if barrier is None or self._contains not in target or \
-                    self._kind not in ("", kind):
-                return
-            self._left -= 1
-            if self._left == 0:
-                self._barrier = None  # later requests go their way
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            with self._lock:
-                self.broken += 1
-                if self._barrier is barrier:
-                    self._barrier = None
-            return
-        with self._lock:
-            self.passed += 1
-
-    def as_dict(self) -> dict:
-        with self._lock:
-            return {"armed": self._barrier is not None, "passed": self.passed,
-                    "broken": self.broken}
-
-
 class CosShim:
     """WSGI middleware that makes moto's S3 app speak COS, with optional injected faults."""
 
@@ -460,9 +199,9 @@ class CosShim:
         self.faults = faults or Faults()
         self.accounts = Accounts(DEFAULT_REGION)
         self._lock = threading.Lock()
-        self._upload_times = _UploadTimes()
-        self._crcs = _ObjectCrcs()
-        self._writes = _KeyLocks()
+        self._upload_times = UploadTimes()
+        self._crcs = ObjectCrcs()
+        self._writes = KeyLocks()
         self.rendezvous = Rendezvous()
         # Each request since the last reset (kind, key or listed prefix, times); bounded.
         self.requests: deque[_Logged] = deque(maxlen=100_000)
@@ -512,14 +251,14 @@ class CosShim:
             return injected
         refused = conform.refusal(environ) or self._copy_refusal(environ)
         if refused is not None:
-            return _refused(start_response, refused, environ, request_id)
+            return refusal_response(start_response, refused, environ, request_id)
         crc = self._crc_of_upload(environ)
         refused = conform.digest_refusal(environ)
         if refused is not None:
-            return _refused(start_response, refused, environ, request_id)
+            return refusal_response(start_response, refused, environ, request_id)
         with self._writes.holding(environ):
             if self._overwrite_forbidden(environ):
-                return _error_response(start_response, "409 Conflict", "FileAlreadyExists",
+                return error_response(start_response, "409 Conflict", "FileAlreadyExists",
                                        environ.get("PATH_INFO", ""), request_id)
             body, status, headers = self._forward(environ, request_id, logged)
         headers = self.accounts.with_region(environ, headers)
@@ -532,7 +271,7 @@ class CosShim:
             return []
         if environ["REQUEST_METHOD"] == "GET" and fast.place(environ).is_object and len(body) > 1 \
                 and self._reset_download():
-            return _cut_short(body)
+            return cut_short(body)
         return [body]
 
     def _reset_download(self) -> bool:
@@ -557,21 +296,21 @@ class CosShim:
             time.sleep(self.faults.latency_ms / 1000)
         resource = environ.get("PATH_INFO", "")
         if self.faults.down:
-            return _error_response(start_response, "503 Service Unavailable",
+            return error_response(start_response, "503 Service Unavailable",
                                    "ServiceUnavailable", resource, request_id)
         if self.faults.deny_prefix and _touches(environ, self.faults.deny_prefix):
-            return _error_response(start_response, "403 Forbidden", "AccessDenied", resource,
+            return error_response(start_response, "403 Forbidden", "AccessDenied", resource,
                                    request_id)
         copy_source = fast.copy_source(environ) or ""
         if self.faults.fail_copies_of and self.faults.fail_copies_of in copy_source:
-            return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
+            return error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)
         if self._roll("error_rate"):
-            return _error_response(start_response, "503 Slow Down", "SlowDown", resource,
+            return error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)
         if copy_source and "partNumber" not in environ.get("QUERY_STRING", "") and \
                 self._count_down("copy_errors_next"):
-            return _error_response(start_response, "200 OK", "InternalError", resource,
+            return error_response(start_response, "200 OK", "InternalError", resource,
                                    request_id, "injected: the copy failed once begun")
         return None
 
@@ -581,7 +320,7 @@ class CosShim:
         the credentials or of a bucket of another region, or GetService; else None."""
         refusal = self.accounts.refuse(environ)
         if refusal is not None:
-            return _refused(start_response, refusal, environ, request_id)
+            return refusal_response(start_response, refusal, environ, request_id)
         if environ.get("HTTP_HOST") not in SERVICE_HOSTS:
             return None
         body = self.accounts.list_buckets(self.app)
@@ -689,8 +428,8 @@ class CosShim:
             return lambda: crc64(body)
         if (method == "POST" and "uploadId" in query) or \
                 (method == "HEAD" and fast.place(environ).is_object):
-            _served.key = None
-            return _served_crc
+            forget_served()
+            return served_crc
         return None
 
     def _reported_crc(self, value: int) -> str:
@@ -700,17 +439,17 @@ class CosShim:
                  logged: _Logged) -> tuple[bytes, str, list]:
         """Run moto (or make its answer: ``fast.py``, noted in ``logged``); return the
         COS-form body, status and headers."""
-        _translate_request(environ)
+        translate_request(environ)
         made = fast.answer(environ) if self.fast_answers else None
         logged.fast = made is not None
         if made is None:
             made = self._run_moto(environ)
         status, moto_headers, body = made
-        body = _url_encode_listing(environ, conform.page_uploads(
+        body = url_encode_listing(environ, conform.page_uploads(
             environ, self._upload_times.rewrite(environ, body)))
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
-            body = _cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
-        headers = _translate_headers(moto_headers, request_id)
+            body = cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
+        headers = translate_headers(moto_headers, request_id)
         if environ["REQUEST_METHOD"] != "HEAD" or not any(
                 n.lower() == "content-length" for n, _ in moto_headers):
             headers.append(("Content-Length", str(len(body))))
@@ -730,61 +469,11 @@ class CosShim:
         return captured["status"], captured["headers"], body
 
 
-_served = threading.local()  # .key: the object moto made or found for this thread's request
-
-
-def _remembering(method: Callable) -> Callable:
-    """Wrap a moto backend method that returns an object: keep it in ``_served``."""
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        found = method(*args, **kwargs)
-        _served.key = found
-        return found
-    wrapper.remembers = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _served_crc() -> Optional[int]:
-    """The CRC64 of the object this thread's request made or found (see ``_remembering``);
-    None if it found none (a path-style HEAD of the bucket itself)."""
-    key, _served.key = _served.key, None
-    return None if key is None else crc64(key.value)
-
-
-def _install_object_lifetimes() -> None:
-    """Objects live as long as something reads them, as in COS.
-
-    moto closes an object's buffer as soon as another object replaces it or it is deleted,
-    so a GET or a part copy reading it at that moment fails with 500; here the buffer is
-    closed once nothing refers to the object any more. Parts are still freed when their
-    upload completes or is aborted. The object a CompleteMultipartUpload made and the one a
-    HEAD found are remembered, so that the CRC64 reported is theirs.
-    """
-    models = moto.s3.models
-    if getattr(models.S3Backend.head_object, "remembers", False):
-        return
-    close = models.FakeKey.dispose
-
-    def dispose(key: Any, garbage: bool = False) -> None:
-        if garbage:  # from __del__: nothing refers to it any more
-            close(key)
-
-    def dispose_parts(multipart: Any) -> None:
-        for part in multipart.parts.values():
-            close(part)
-
-    models.FakeKey.dispose = dispose
-    models.FakeMultipart.dispose = dispose_parts
-    models.S3Backend.complete_multipart_upload = _remembering(
-        models.S3Backend.complete_multipart_upload)
-    models.S3Backend.head_object = _remembering(models.S3Backend.head_object)
-
-
 def make_app(faults: Optional[Faults] = None) -> CosShim:
     """Return the COS-speaking WSGI app (moto's S3 backend behind :class:`CosShim`)."""
     moto.s3.models.S3_UPLOAD_PART_MIN_SIZE = COS_MIN_PART_SIZE
     listing.install()
-    _install_object_lifetimes()
+    install_object_lifetimes()
     return CosShim(create_backend_app("s3"), faults)
 
 

@@ -1,0 +1,115 @@
+"""What the emulator does wrong or holds on purpose: injected faults (latency, errors,
+downloads cut short, copies failing) and the rendezvous that proves requests were sent at
+once."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class Faults:
+    """What the emulator does wrong on purpose, changeable at run time.
+
+    ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
+    503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
+    ``reset_next`` the next that many downloads; copies whose source contains
+    ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects and parts;
+    ``corrupt_next_parts`` flips a byte in each of the next that many uploaded parts before they
+    are stored (bytes damaged on the way: COS then reports the CRC64 of what it stored);
+    ``down`` fails every request with 503; requests for keys, or listings of prefixes, that
+    start with ``deny_prefix`` get 403 AccessDenied (credentials limited to some prefixes);
+    the next ``copy_errors_next`` PUT Object - Copy requests are answered 200 with an
+    InternalError body and copy nothing (COS: "if an error occurs during the copy, HTTP 200
+    OK is returned with the error as the response body", PUT Object - Copy, 436/10881).
+    """
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    reset_rate: float = 0.0
+    reset_next: int = 0
+    fail_copies_of: str = ""
+    corrupt_crc: bool = False
+    corrupt_next_parts: int = 0
+    down: bool = False
+    deny_prefix: str = ""
+    copy_errors_next: int = 0
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+
+    def update(self, changes: dict) -> None:
+        for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
+                     "corrupt_crc", "corrupt_next_parts", "down", "deny_prefix",
+                     "copy_errors_next"):
+            if name in changes:
+                setattr(self, name, type(getattr(self, name))(changes[name]))
+
+    def as_dict(self) -> dict:
+        return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
+                "reset_rate": self.reset_rate, "reset_next": self.reset_next,
+                "fail_copies_of": self.fail_copies_of, "corrupt_crc": self.corrupt_crc,
+                "corrupt_next_parts": self.corrupt_next_parts,
+                "down": self.down, "deny_prefix": self.deny_prefix,
+                "copy_errors_next": self.copy_errors_next}
+
+
+def cut_short(body: bytes) -> Iterator[bytes]:
+    yield body[: len(body) // 2]
+    raise ConnectionResetError("injected reset")
+
+
+class Rendezvous:
+    """Holds the requests whose key or listed prefix holds a text (and, if given, of one
+    kind: ``DELETE``, ``LIST``...) until ``parties`` of them are in flight at once, then lets
+    them all go: a test proves that the gateway sends them concurrently without measuring
+    time (sent one after another, the first waits for the others in vain and the rendezvous
+    breaks after ``timeout`` seconds), or holds one request for that long. One use per
+    arming; ``PUT /__emulator__/rendezvous`` with ``{"contains", "parties", "timeout",
+    "kind"}`` arms it, ``GET`` tells how many requests met (``passed``) and how many waited
+    in vain (``broken``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._barrier: Optional[threading.Barrier] = None
+        self._contains = self._kind = ""
+        self._left = 0  # requests the armed rendezvous still takes
+        self.passed = 0
+        self.broken = 0
+
+    def arm(self, contains: str, parties: int, timeout: float, kind: str = "") -> None:
+        with self._lock:
+            self._barrier = threading.Barrier(parties, timeout=timeout)
+            self._contains, self._kind, self._left = contains, kind, parties
+            self.passed = self.broken = 0
+
+    def meet(self, kind: str, target: str) -> None:
+        """Wait, if the request (``kind``, ``target``) is one the rendezvous is armed for."""
+        with self._lock:
+            barrier = self._barrier
+            if barrier is None or self._contains not in target or \
+                    self._kind not in ("", kind):
+                return
+            self._left -= 1
+            if self._left == 0:
+                self._barrier = None  # later requests go their way
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            with self._lock:
+                self.broken += 1
+                if self._barrier is barrier:
+                    self._barrier = None
+            return
+        with self._lock:
+            self.passed += 1
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {"armed": self._barrier is not None, "passed": self.passed,
+                    "broken": self.broken}

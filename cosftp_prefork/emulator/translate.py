@@ -1,0 +1,136 @@
+"""COS's wire form of moto's S3: ``x-cos-*`` headers and COS's copy source in, S3's out;
+COS's error body, listing encoding and multipart upload times in the answers."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+import xml.etree.ElementTree as ElementTree
+from typing import Callable
+from xml.sax.saxutils import escape, unescape
+
+from .accounts import Refusal
+
+
+def _cos_copy_source_to_s3(value: str) -> str:
+    """``b-1.cos.ap-x.myqcloud.com/k`` (or ``b-1.<any endpoint>/k``) -> ``b-1/k``; an
+    S3-form value passes unchanged (COS bucket names hold no dots)."""
+    value = value.lstrip("/")
+    host, _, key = value.partition("/")
+    if "." in host:
+        return f"{host.split('.', 1)[0]}/{key}"
+    return value
+
+
+_METADATA_DIRECTIVES = {"Copy": "COPY", "Replaced": "REPLACE"}
+
+
+def translate_request(environ: dict) -> None:
+    for name in [n for n in environ if n.startswith("HTTP_X_COS_")]:
+        environ["HTTP_X_AMZ_" + name[len("HTTP_X_COS_"):]] = environ.pop(name)
+    if "HTTP_X_AMZ_COPY_SOURCE" in environ:
+        environ["HTTP_X_AMZ_COPY_SOURCE"] = _cos_copy_source_to_s3(
+            environ["HTTP_X_AMZ_COPY_SOURCE"])
+    directive = environ.get("HTTP_X_AMZ_METADATA_DIRECTIVE")
+    if directive is not None:  # COS says Copy / Replaced, S3 COPY / REPLACE
+        environ["HTTP_X_AMZ_METADATA_DIRECTIVE"] = _METADATA_DIRECTIVES.get(directive, directive)
+
+
+def translate_headers(headers: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
+    out = []
+    for name, value in headers:
+        if name.lower().startswith("x-amz-"):
+            name = "x-cos-" + name[len("x-amz-"):]
+        if name.lower() in ("x-cos-request-id", "content-length"):
+            continue
+        out.append((name, value))
+    out.append(("x-cos-request-id", request_id))
+    return out
+
+
+def cos_error_body(body: bytes, resource: str, request_id: str) -> bytes:
+    code, message = "InternalError", ""
+    try:
+        root = ElementTree.fromstring(body)
+        code = root.findtext(".//Code") or code
+        message = root.findtext(".//Message") or ""
+    except ElementTree.ParseError:
+        message = body.decode("utf-8", "replace")[:200]
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
+        f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+        f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId>"
+        f"<TraceId>{request_id}</TraceId></Error>"
+    ).encode()
+
+
+_ENCODED_LIST_FIELDS = re.compile(rb"<(Prefix|Marker|NextMarker|Delimiter)>([^<]*)</\1>")
+
+
+def url_encode_listing(environ: dict, body: bytes) -> bytes:
+    """URL-encode what moto leaves raw in a listing asked for with ``encoding-type=url``
+    (COS encodes every key, prefix and marker there; moto only the keys)."""
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    if environ["REQUEST_METHOD"] != "GET" or query.get("encoding-type") != ["url"]:
+        return body
+
+    def encode(match: re.Match) -> bytes:
+        raw = unescape(match.group(2).decode("utf-8"))
+        value = urllib.parse.quote(raw, safe="/")
+        return b"<%s>%s</%s>" % (match.group(1), value.encode(), match.group(1))
+
+    return _ENCODED_LIST_FIELDS.sub(encode, body)
+
+
+def error_response(start_response: Callable, status: str, code: str, resource: str,
+                    request_id: str, message: str = "injected fault") -> list[bytes]:
+    body = cos_error_body(f"<Error><Code>{code}</Code><Message>{escape(message)}"
+                           "</Message></Error>".encode(), resource, request_id)
+    start_response(status, [("Content-Type", "application/xml"),
+                            ("Content-Length", str(len(body))),
+                            ("x-cos-request-id", request_id)])
+    return [body]
+
+
+def refusal_response(start_response: Callable, refused: Refusal, environ: dict,
+             request_id: str) -> list[bytes]:
+    """COS's error answer for a request refused (by ``conform`` or the accounts)."""
+    return error_response(start_response, refused.status, refused.code,
+                           environ.get("PATH_INFO", ""), request_id, refused.message)
+
+
+class UploadTimes:
+    """Real ``Initiated`` times in ListMultipartUploads.
+
+    moto answers with one fixed date (2010) for every upload; COS gives the real one, and
+    the janitor goes by it. The shim notes when each upload was initiated and puts that
+    time in the listing (same length, so Content-Length holds).
+    """
+
+    _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
+
+    def __init__(self) -> None:
+        self._started: dict[bytes, float] = {}
+
+    def rewrite(self, environ: dict, body: bytes) -> bytes:
+        """Return ``body`` with real times in an upload listing; note initiations."""
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if "uploads" not in query:
+            return body
+        if environ["REQUEST_METHOD"] == "POST":
+            found = self._UPLOAD_ID.search(body)
+            if found:
+                self._started[found.group(1)] = time.time()
+            return body
+        return re.sub(rb"<Upload>.*?</Upload>", self._real_time, body, flags=re.S)
+
+    def _real_time(self, match: re.Match) -> bytes:
+        upload = match.group(0)
+        found = self._UPLOAD_ID.search(upload)
+        started = self._started.get(found.group(1)) if found else None
+        if started is None:
+            return upload
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(started)).encode()
+        return re.sub(rb"<Initiated>[^<]*</Initiated>",
+                      b"<Initiated>" + stamp + b"</Initiated>", upload)
