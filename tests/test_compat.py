@@ -127,6 +127,47 @@ def test_helpers_read_and_write_real_state(channels):
     assert compat.is_closed(tls_dtp)
 
 
+class _Reader:
+    """What ``compat.watch_readable`` watches: counts its read events and closes."""
+
+    events = 0
+    closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read_event(self) -> None:
+        self.events += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_watched_reader_is_called_and_closed_with_the_channels():
+    """pyftpdlib's IO loop calls a watched reader when its socket turns readable, and closes
+    it beside the channels it holds (sorting them all by ``_fileno``)."""
+    ioloop, reader = IOLoop(), _Reader()
+    left, right = socket.socketpair()
+    other_left, other_right = socket.socketpair()
+    try:
+        compat.watch_readable(ioloop, right.fileno(), reader)
+        channel = AsyncChat(other_right, ioloop)
+        channel.add_channel()
+        ioloop.poll(0)
+        assert reader.events == 0
+        left.send(b"x")
+        ioloop.poll(1)
+        assert reader.events == 1
+        ioloop.close()
+        assert reader.closed and compat.is_closed(channel)
+    finally:
+        for sock in (left, right, other_left, other_right):
+            sock.close()
+
+
 def _touches(text: str, names: set[str]) -> list[str]:
     found = re.findall(r"\.(_[A-Za-z]\w*)\b", text)
     return sorted({name for name in found if name in names})

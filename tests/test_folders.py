@@ -37,6 +37,7 @@ from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
 from .test_prefixes import keys_under
 from .test_quotas import announced_race, park, race, resume_past_a_full_quota, stopped, used
+from .test_transfers import curl_put
 
 MIB = 1024 * 1024
 ROOT = f"folders-{uuid.uuid4().hex[:8]}/"
@@ -693,9 +694,9 @@ def folder_used(ftp: ftplib.FTP, mount: str) -> tuple[int, int]:
 def test_two_accounts_mounting_one_folder_share_its_quota(fq, cos, tmp_path):
     """qfa's /pool and qfb's /shared are one folder with 2 MiB and 3 files: what one
     writes leaves the other less room; the home around it counts apart; a delete gives the
-    room back; curl gets the 552 of a full folder too. (An upload stopped as it crosses
-    the quota gets its data connection reset: curl, still sending then, may say 55, Send
-    failure, rather than read the 552; so curl is refused before its bytes here.)"""
+    room back; curl gets the 552 of a full folder too, both where it crosses the quota
+    while sending (its data connection is drained after the reply, so curl, still sending,
+    reads the 552 instead of a reset: 70, not 55) and where it is refused before its bytes."""
     a, b = fq.login("qfa", "qfa-pw"), fq.login("qfb", "qfb-pw")
     where = f"{FQ}qshare/"
     put(a, "/home.bin", b"h" * (3 * MIB // 2))  # the home, outside the folder
@@ -705,6 +706,11 @@ def test_two_accounts_mounting_one_folder_share_its_quota(fq, cos, tmp_path):
     assert used(a) == (3 * MIB // 2, 1)  # not in qfa's home quota
     reply = stopped(b, "/shared/b.bin", b"b" * MIB)
     assert reply.startswith("552 Quota exceeded: the virtual folder /shared holds"), reply
+    crossing = tmp_path / "crossing.bin"
+    crossing.write_bytes(b"x" * (8 * MIB))
+    done = curl_put(fq.port, "qfb", "qfb-pw", crossing, "shared/crossing.bin")
+    assert done.returncode == 70, done.stderr[-2000:]  # the 552 after its data
+    assert "< 552 Quota exceeded: the virtual folder /shared holds" in done.stderr
     assert [key for key in keys_under(cos, where) if "/.cosftp/" not in key] == [
         f"{where}a.bin"]
     assert not keys_under(cos, f"{where}.cosftp/parked/")  # undone, not parked

@@ -11,7 +11,9 @@ import ftplib
 import io
 import posixpath
 import re
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
 from .test_prefixes import parts_of
+from .test_transfers import curl_put
 
 MIB = 1024 * 1024
 ROOT = f"quotas-{uuid.uuid4().hex[:8]}/"
@@ -50,8 +53,8 @@ def pending_uploads(cos, prefix: str) -> list[str]:
 
 
 def stopped(ftp: ftplib.FTP, path: str, data: bytes) -> str:
-    """STOR ``data`` to ``path`` expecting the server to stop it (it then resets the data
-    connection); return its reply."""
+    """STOR ``data`` to ``path`` expecting the server to stop it (it then drains the data
+    connection for a while, see ``ftp.drain``); return its reply."""
     ftp.voidcmd("TYPE I")
     conn = ftp.transfercmd(f"STOR {path}")
     with contextlib.suppress(OSError):
@@ -90,9 +93,13 @@ def used(ftp: ftplib.FTP) -> tuple[int, int]:
 def quotas(emulator, tmp_path_factory):
     accounts = [quota_account("qsize", "3M"), quota_account("qfiles", files=2),
                 quota_account("qrace", "2M"), quota_account("qresume", "4m"),
-                quota_account("qcurl", "1536K"), quota_account("qfree")]
+                quota_account("qcurl", "1536K"), quota_account("qfree"),
+                quota_account("qdrain", "1M"), quota_account("qcrowd", "1M"),
+                quota_account("qbeside")]
     with ServerProcess(str(tmp_path_factory.mktemp("quotas")), emulator.port, accounts,
-                       optional={"quota_scan_interval": "0"}) as proc:
+                       # the crowd of test_a_crowd_crossing_the_quota_at_once... logs in at once
+                       optional={"quota_scan_interval": "0",
+                                 "max_prelogin_connections_per_ip": "0"}) as proc:
         yield proc
 
 
@@ -242,6 +249,101 @@ def test_curl_and_lftp_get_552_and_nothing_is_stored(quotas, cos, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert keys_under(cos, f"{ROOT}qcurl/") == [f"{ROOT}qcurl/big.bin"]
+
+
+def test_curl_still_sending_when_the_quota_stops_it_reads_the_552(quotas, cos, tmp_path):
+    """A 16 MiB file into 1 MiB of room: stopped at the quota while curl still sends (its
+    socket buffers cannot hold the rest), the data connection is drained after the 552
+    instead of reset, so curl finishes sending and reads the refusal (70, Exceeded storage
+    allocation: curl's code for a 552 after the data) rather than failing with 55 (Send
+    failure: the reset); nothing stored, usage unchanged, the drain logged once."""
+    home = f"{ROOT}qdrain/"
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"d" * (16 * MIB))
+    done = curl_put(quotas.port, "qdrain", "qdrain-pw", big, "crossing.bin")
+    assert done.returncode == 70, done.stderr[-2000:]
+    assert "< 552 Quota exceeded: this account's home" in done.stderr, done.stderr[-2000:]
+    assert keys_under(cos, home) == [] and not pending_uploads(cos, home)
+    ftp = login(quotas, "qdrain")
+    assert used(ftp) == (0, 0)
+    ftp.quit()
+    lines = drain_lines(quotas, "/crossing.bin")
+    assert len(lines) == 1 and "user=qdrain" in lines[0], lines
+
+
+def drain_lines(server: ServerProcess, path: str) -> list[str]:
+    """The log lines saying how the drain of the refused upload of ``path`` ended (once one
+    was written)."""
+    marker = f"path={path}: the refused upload's data connection"
+    wait_until(lambda: marker in server.log_text(), what="the drain's log line")
+    return [line for line in server.log_text().splitlines() if marker in line]
+
+
+TICK = 0.05  # seconds between two sends of a client trickling bytes: its own pace
+
+
+def test_a_client_that_keeps_sending_after_the_refusal_is_cut_off(quotas, cos):
+    """A client that crosses the quota and then trickles bytes forever reads the 552 while
+    its data connection is still open (the drain reads what it sends), and the server
+    closes that connection at the drain's bound: the client's sends fail in the end. What
+    it sent is stored nowhere and counted nowhere."""
+    home = f"{ROOT}qdrain/"
+    ftp = login(quotas, "qdrain")
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR trickle.bin")
+    with contextlib.suppress(OSError):
+        conn.sendall(b"t" * (2 * MIB))
+    with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded"):
+        ftp.getresp()
+    conn.setblocking(False)
+    with pytest.raises(BlockingIOError):  # neither closed (b"") nor reset: drained
+        conn.recv(1, socket.MSG_PEEK)
+    conn.setblocking(True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            conn.send(b"t" * 1024)
+            time.sleep(TICK)
+    except OSError:
+        pass  # the server closed the data connection
+    finally:
+        conn.close()
+    assert time.monotonic() < deadline, "the data connection was never closed"
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert used(ftp) == (0, 0)
+    assert keys_under(cos, home) == [] and not pending_uploads(cos, home)
+    ftp.quit()
+    [line] = drain_lines(quotas, "/trickle.bin")
+    assert "(the drain's time bound)" in line, line
+
+
+def test_a_crowd_crossing_the_quota_at_once_all_read_552_and_others_go_on(quotas, cos,
+                                                                          tmp_path):
+    """20 curl sessions send 8 MiB each into 1 MiB of room at once: each reads its 552
+    (70), none stores anything, usage stays 0; meanwhile another account's session keeps
+    storing and reading files."""
+    home = f"{ROOT}qcrowd/"
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"c" * (8 * MIB))
+    other = login(quotas, "qbeside")
+    with ThreadPoolExecutor(20) as pool:
+        crowd = [pool.submit(curl_put, quotas.port, "qcrowd", "qcrowd-pw", big, f"c{i}.bin")
+                 for i in range(20)]
+        rounds = 0
+        while not all(job.done() for job in crowd) or rounds < 3:
+            data = uuid.uuid4().bytes * 1000
+            assert put(other, "beside.bin", data).startswith("226")
+            assert get(other, "beside.bin") == data
+            rounds += 1
+        outcomes = [job.result() for job in crowd]
+    for done in outcomes:
+        assert done.returncode == 70 and "< 552 Quota exceeded" in done.stderr, \
+            done.stderr[-2000:]
+    assert keys_under(cos, home) == [] and not pending_uploads(cos, home)
+    crowded = login(quotas, "qcrowd")
+    assert used(crowded) == (0, 0)
+    for ftp in (crowded, other):
+        ftp.quit()
 
 
 def test_site_quota_and_cosftpctl_quota_and_quota_scan(quotas, cos):

@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import ssl
+import uuid
 from typing import Optional
 
 import pytest
@@ -32,7 +33,7 @@ from .test_clients import require, run
 from .test_commands import get, put
 from .test_master import master_of, sessions_by_pid, state_of
 from .test_resume import is_parked
-from .test_transfers import abort_transfer, pending_uploads, start_upload
+from .test_transfers import abort_transfer, curl_put, pending_uploads, start_upload
 from .tls_clients import ImplicitFTP_TLS, client_context, write_certificate
 
 MIB = 1024 * 1024
@@ -95,6 +96,24 @@ def curl(server: ServerProcess, url_path: str, *args: str, scheme: str = "ftp",
     url = f"{scheme}://127.0.0.1:{port or server.port}/{url_path}"
     return run([require("curl"), "--user", f"{SECURE.user}:{SECURE.password}", "--silent",
                 "--show-error", "--ssl-reqd", "--insecure", "--ftp-pasv", *args, url])
+
+
+def test_curl_over_tls_crossing_a_quota_reads_the_552(emulator, tmp_path, certs, cos):
+    """An encrypted upload stopped at its quota while curl still sends is drained after the
+    552 as a clear one is (``ftp.drain``: the TLS records are discarded unread): curl reads
+    the refusal (70), not a reset (55); nothing is stored."""
+    home = f"tlsquota-{uuid.uuid4().hex[:8]}/"
+    account = Account("tlsquota", "tlsquota-pw", ALPHA,
+                      extra=f"tls_required = true\ncos_prefix = {home}\nquota_size = 1M")
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"q" * (8 * MIB))
+    with ServerProcess(str(tmp_path / "srv"), emulator.port, [account],
+                       network=tls_network(*certs)) as server:
+        done = curl_put(server.port, "tlsquota", "tlsquota-pw", big, "big.bin", "--ssl-reqd",
+                        "--insecure")
+    assert done.returncode == 70, done.stderr[-2000:]
+    assert "< 552 Quota exceeded" in done.stderr, done.stderr[-2000:]
+    assert not cos.list_objects(Bucket=ALPHA, Prefix=home).get("Contents")
 
 
 # --- explicit TLS (AUTH TLS) with three clients

@@ -9,11 +9,13 @@ import os
 import random
 import socket
 import struct
+import subprocess
 
 import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
+from .test_clients import require
 from .test_commands import get, put
 
 MIB = 1024 * 1024
@@ -121,7 +123,17 @@ def test_failed_upload_keeps_previous_version(alice, area, cos):
     assert get(alice, area) == b"precious"
 
 
+def curl_put(port: int, user: str, password: str, source, path: str,
+             *options: str) -> subprocess.CompletedProcess:
+    """``curl -v -T source`` to ``path``, its verbose log (the replies) in ``stderr``."""
+    return subprocess.run([require("curl"), "-v", "-sS", *options, "-u", f"{user}:{password}",
+                           "-T", str(source), f"ftp://127.0.0.1:{port}/{path}"],
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_file_over_single_file_max_size_is_refused(emulator, tmp_path, cos):
+    """552 once the bytes pass the limit; curl, still sending 10 MiB more then, reads it
+    (70: the 552 after its data; its data connection is drained, not reset: 55)."""
     limit = 2 * PART
     account = Account("small", "small-pw", ALPHA)
     with ServerProcess(str(tmp_path), emulator.port, [account],
@@ -132,6 +144,11 @@ def test_file_over_single_file_max_size_is_refused(emulator, tmp_path, cos):
             put(ftp, key, os.urandom(limit + 1))
         put(ftp, "fits", os.urandom(limit))
         ftp.quit()
+        big = tmp_path / "big.bin"
+        big.write_bytes(b"b" * (limit + 10 * MIB))
+        done = curl_put(srv.port, "small", "small-pw", big, key)
+        assert done.returncode == 70, done.stderr[-2000:]
+        assert "< 552 upload exceeds single_file_max_size" in done.stderr, done.stderr[-2000:]
     assert cos.object_exists(Bucket=ALPHA, Key=key) is False
     assert pending_uploads(cos, key) == []
 

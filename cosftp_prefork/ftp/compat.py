@@ -159,6 +159,16 @@ def set_close_reply(dtp: Any, text: str, logfun: Callable[[str], Any]) -> None:
     dtp._resp = (text, logfun)
 
 
+# --- the IO loop
+
+def watch_readable(ioloop: Any, fileno: int, member: Any) -> None:
+    """Have ``ioloop`` call ``member.handle_read_event()`` whenever ``fileno`` is readable
+    (``member`` is no pyftpdlib channel: ``ftp.drain``). The loop, when it closes, sorts what
+    it holds by their ``_fileno``, which channels have: give ``member`` one."""
+    member._fileno = fileno
+    ioloop.register(fileno, member, ioloop.READ)
+
+
 # --- TLS (both channels)
 
 def skip_tls_shutdown(channel: Any) -> None:

@@ -280,16 +280,14 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
                     original.errno == errno.EFBIG:
                 log.error("path=%s: %s failed: %s", getattr(self.file_obj, "name", "-"), self.cmd,
                           original)
-                compat.set_close_reply(self, reply_for(original, self.cmd),
-                                       logging.getLogger("pyftpdlib").warning)
-                self.close()
+                self.refuse_upload(reply_for(original, self.cmd),
+                                   logging.getLogger("pyftpdlib").warning)
                 return
             super().handle_error()
         except QuotaExceeded as exc:
             log.warning("path=%s: %s stopped: %s", getattr(self.file_obj, "name", "-"),
                         self.cmd, exc)
-            compat.set_close_reply(self, f"552 {exc}; transfer aborted, nothing stored.",
-                                   logging.getLogger("pyftpdlib").warning)
-            self.close()
+            self.refuse_upload(f"552 {exc}; transfer aborted, nothing stored.",
+                               logging.getLogger("pyftpdlib").warning)
         except Exception:
             super().handle_error()

@@ -40,6 +40,7 @@ from .authhook import DENY, AuthHook, HookRequest, Verdict
 from .authorizer import CosAuthorizer, LoginRefused, LoginUnavailable
 from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
+from .drain import Drain, DrainEnd
 from .hooks import SessionHooks, WorkerHooks
 from .logins import AddressBanned, LoginExpired
 from .mounts import session_fs
@@ -103,6 +104,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     }
     hash_algorithm = ALGORITHMS[0]  # per session, set by OPTS HASH
     rates: Optional[SessionRates] = None  # the account's rate limits, from login on
+    _drain: Optional[Drain] = None  # the data connection of the last refused upload
 
     # Set per worker by ``configure_handler``.
     config: Config
@@ -124,6 +126,15 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             if self.fs is not None:
                 self.fs.end()
         super().close()
+        if self._drain is not None:
+            self._drain.close(DrainEnd.SESSION)  # nobody reads the reply any more
+
+    def drain_refused_upload(self, drain: Drain) -> None:
+        """Keep ``drain`` (see ``ftp.drain``) until it ends, or until the session ends or
+        has another refused upload drained: one per session."""
+        if self._drain is not None:
+            self._drain.close(DrainEnd.REPLACED)
+        self._drain = drain
 
     def _say_goodbye(self) -> None:
         """The worker is stopping: end a transfer in flight first (426; an upload is

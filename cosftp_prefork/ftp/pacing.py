@@ -12,6 +12,10 @@ scheduling"; the budget and the part buffers are in ``cos.engine`` and ``cos.upl
   it, ``data_connection_timeout`` cuts it off like any stalled transfer. (Plain data
   connections only: a TLS layer may hold decrypted bytes the socket no longer shows.)
 * **Waiting is not stalling.** A transfer the server holds back is not timed out.
+* **A refusal is read.** An upload the server stops while the client sends (``refuse``: a
+  quota crossed, ``single_file_max_size``, a refused name, COS failing, a buffer not filled)
+  hands its data connection to a bounded drain (``ftp.drain``) after the reply, instead of
+  closing it on unread bytes: a reset would keep a client still sending from reading why.
 * **Buffers are lent.** While other uploads wait for memory, an upload that has held a part
   buffer for ``data_connection_timeout`` seconds without filling it is cut off (426; what
   reached COS is parked for REST + STOR), so clients trickling bytes cannot keep the budget
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import socket
 import struct
 import termios
@@ -35,6 +40,7 @@ from typing import Optional
 from ..cos.downloads import CHUNK_SIZE
 from . import compat
 from .admission import raw_socket
+from .drain import Drain
 from .throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,7 @@ class UploadPacing:
     _hold_check = None
     _throttle: Optional[Throttle] = None  # the session's rate limit for this transfer
     _rate_wait = 0.0  # seconds until the throttle lets bytes go again
+    _refused = False  # the server ended the upload while the client sent: drain on close
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
@@ -104,13 +111,37 @@ class UploadPacing:
         if not self._held_back:
             super().handle_timeout()
 
+    def refuse_upload(self, reply: str, logfun) -> None:
+        """End the upload with ``reply`` (sent as the channel closes) while the client may
+        still be sending: its data connection is drained after the reply, not reset."""
+        self._refused = True
+        compat.set_close_reply(self, reply, logfun)
+        self.close()
+
     def close(self) -> None:
+        kept = self._socket_to_drain()
         for call in (self._hold_check, self._resume_call):
             if call is not None and not call.cancelled:
                 call.cancel()
         if self._throttle is not None:
             self._throttle.close()
-        super().close()
+        super().close()  # the reply goes out
+        if kept is not None:
+            self.cmd_channel.drain_refused_upload(
+                Drain(kept, self.ioloop, getattr(self.file_obj, "name", "-")))
+
+    def _socket_to_drain(self) -> Optional[socket.socket]:
+        """A duplicate of the data socket of a refused upload, which keeps the connection
+        open once pyftpdlib closed its own (None: nothing to drain, the client reset it)."""
+        if not self._refused or not self.receive or compat.is_closed(self) or \
+                compat.is_closed(self.cmd_channel) or tcp_state(self.socket) == TCP_CLOSE:
+            return None
+        try:
+            return socket.socket(fileno=os.dup(self.socket.fileno()))
+        except OSError as exc:  # out of descriptors: close it as before, with a reset
+            log.warning("path=%s: the refused upload's data connection is closed at once: %s",
+                        getattr(self.file_obj, "name", "-"), exc)
+            return None
 
     def _receiving_upload(self) -> bool:
         return self.receive and hasattr(self.file_obj, "room")
@@ -195,10 +226,9 @@ class UploadPacing:
             return
         log.warning("path=%s: upload cut off: its part buffer was not filled in %ds while "
                     "other uploads waited for memory", upload.name, self.timeout)
-        compat.set_close_reply(
-            self, f"426 Upload too slow: its buffer was not filled in {self.timeout} s while "
-                  "other uploads waited for memory; transfer aborted.", log.info)
-        self.close()
+        self.refuse_upload(f"426 Upload too slow: its buffer was not filled in {self.timeout} "
+                           "s while other uploads waited for memory; transfer aborted.",
+                           log.info)
 
 
 class DownloadPacing:
