@@ -135,6 +135,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         if self._drain is not None:
             self._drain.close(DrainEnd.REPLACED)
         self._drain = drain
+        if compat.is_closed(self):
+            drain.close(DrainEnd.SESSION)
 
     def _say_goodbye(self) -> None:
         """The worker is stopping: end a transfer in flight first (426; an upload is

@@ -127,8 +127,12 @@ class UploadPacing:
             self._throttle.close()
         super().close()  # the reply goes out
         if kept is not None:
-            self.cmd_channel.drain_refused_upload(
-                Drain(kept, self.ioloop, getattr(self.file_obj, "name", "-")))
+            try:
+                drain = Drain(kept, self.ioloop, getattr(self.file_obj, "name", "-"))
+            except OSError:
+                kept.close()  # the connection broke meanwhile: nothing to drain
+            else:
+                self.cmd_channel.drain_refused_upload(drain)
 
     def _socket_to_drain(self) -> Optional[socket.socket]:
         """A duplicate of the data socket of a refused upload, which keeps the connection
