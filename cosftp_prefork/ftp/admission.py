@@ -14,6 +14,11 @@ A connection from a balancer (``proxy_protocol``) is counted twice: at accept un
 balancer's address, against the server-wide limits only (that address is every client's),
 then, once its header named the client, under the client's address against all of them
 (bans, per-address caps), keeping the deadline it got at accept.
+
+With a cluster (``[CLUSTER]``), every connection is counted twice too: at accept by this
+node's bans and limits, then in its session's thread, before its greeting, by the cluster's
+(Redis). Asked in the accept loop, a Redis slow to answer (up to redis_timeout) held every new
+connection of the worker behind the one before, and the worker's heartbeat with them.
 """
 
 from __future__ import annotations
@@ -40,8 +45,14 @@ class Arrival(enum.Enum):
     AWAITING_HEADER = ("from a balancer: counted server-wide; its PROXY header is read in the "
                        "session thread")
     HEADER_READ = "header read: counted under the client's address once the session thread runs it"
+    COUNTED_HERE = ("counted by this node's bans and limits; the cluster's are asked in the "
+                    "session thread")
     ADMITTED = "counted under the client's address; greeted (after the TLS handshake if implicit)"
     REFUSED = "refused or closed before it was admitted"
+
+
+# Counted again (``Admission._recounted``) once the session thread registers the connection.
+RECOUNTED = (Arrival.HEADER_READ, Arrival.COUNTED_HERE)
 
 
 @contextlib.contextmanager
@@ -68,12 +79,13 @@ class Admission:
 
     def handle(self) -> None:
         """Count the connection: called by pyftpdlib at accept (in the server's thread),
-        and by ``add_channel`` once a balancer's header was read (in the session's)."""
+        and by ``add_channel`` once a balancer's header was read, or to ask the cluster (in
+        the session's)."""
         with logcontext.bound(self.log_label):
             if self.arrival is Arrival.ACCEPTED:
                 self._accepted()
-            elif self.arrival is Arrival.HEADER_READ:
-                self._proxied()
+            elif self.arrival in RECOUNTED:
+                self._recounted()
 
     def _accepted(self) -> None:
         self._last_active = time.time()  # what cosftpctl sessions shows as idle until a command
@@ -88,12 +100,17 @@ class Admission:
                                           "proxy_allowed (proxy_protocol = required)")
             self.close()
             return
-        if self._count():
+        if not self._count():
+            return
+        if self.stats.gate.shared:
+            self.arrival = Arrival.COUNTED_HERE
+        else:
             self._admitted()
 
-    def _proxied(self) -> None:
-        """The header named the client: count the connection under the client's address
-        instead of the balancer's (it keeps its place server-wide and its deadline)."""
+    def _recounted(self) -> None:
+        """The header named the client, or the cluster is to be asked: count the
+        connection under the client's address (instead of the balancer's) by every ban and
+        limit, the cluster's included (it keeps its place server-wide and its deadline)."""
         reason = self.stats.recount(self._ticket, self.remote_ip)
         if reason is None:
             self._admitted()
@@ -159,9 +176,10 @@ class Admission:
 
     def add_channel(self, *args, **kwargs) -> None:
         """The session thread registers the connection: count and greet one whose PROXY
-        header was read (pyftpdlib greets in ``handle``, run at accept)."""
+        header was read, or which the cluster is to admit (pyftpdlib greets in ``handle``,
+        run at accept)."""
         super().add_channel(*args, **kwargs)
-        if self.arrival is Arrival.HEADER_READ:
+        if self.arrival in RECOUNTED:
             try:
                 self.handle()
             except Exception:

@@ -30,6 +30,11 @@ outage (below it: treated as unreachable, and said so). ``cosftpctl bans`` and `
 --all`` (``ClusterAdmin``) find the ban and failure keys with ``SCAN`` (a page at a time,
 so Redis is never held by the walk), then read or delete each page with one script.
 
+A worker asks Redis from its session threads and its cluster thread (``Gate.share``), never
+from its accept loop, over at most ``REDIS_CONNECTIONS`` connections: a call that finds them
+all busy waits for one up to ``redis_timeout`` (the log says so), then gives up as if Redis
+had not answered.
+
 Three kinds of trouble, kept apart:
 
 * Redis unreachable (refused, closed, no answer within ``redis_timeout``): the call gives
@@ -103,6 +108,13 @@ UNBANS_SECONDS = 7 * 86400  # and for how long after the last one
 UNBANS_PER_TICK = 100  # the most one heartbeat brings (the script's LIMIT)
 SCAN_PAGE = 500  # keys per SCAN page, each page read or deleted by one script
 UNAVAILABLE = "Service temporarily unavailable (shared state unreachable); try again later."
+# Connections one process keeps to Redis at most. A call takes one for a round trip (well
+# under a millisecond on a healthy Redis), so a few serve thousands of calls a second; more
+# would only pile more waiting calls on a slow Redis, and hundreds of sessions each holding
+# one (redis-py's pool grows with the threads that call at once) multiplied by workers and
+# nodes would run into Redis's maxclients. A call that finds them all busy waits up to
+# redis_timeout for one, then counts as unanswered (``NoConnectionFree``).
+REDIS_CONNECTIONS = 8
 
 # Helpers every script starts with. A count is an integer of at most 15 digits (what
 # INCR/HINCRBY accept without overflow); a ban is a string with an expiry: anything else
@@ -366,16 +378,28 @@ def public_url(url: str) -> str:
     return url.split("@")[-1]
 
 
+class NoConnectionFree(redis.TimeoutError):
+    """Every connection of this process to Redis stayed busy for ``redis_timeout``: to the
+    caller, Redis did not answer in time."""
+
+
 def connect(config: ClusterConfig) -> redis.Redis:
     """A client whose every call gives up after ``redis_timeout``: one retry on a fresh
     connection if the one it had broke (Redis restarted under it), none after a timeout, no
     back-off. Said here rather than left to redis-py, whose defaults differ between its
     versions and constructors (``redis.Redis()`` of 6.x and later retries ten times with
-    back-off: a slow Redis would hold each call ~5 s)."""
-    return redis.Redis.from_url(
-        config.redis_url, socket_timeout=config.redis_timeout,
-        socket_connect_timeout=config.redis_timeout, decode_responses=True,
+    back-off: a slow Redis would hold each call ~5 s). Its pool holds ``REDIS_CONNECTIONS``
+    at most, and a call waits ``redis_timeout`` at most for one of them (redis-py's own
+    pool either grows without bound, 5.x, or fails the call at once past 100, 8.x: taken
+    for an outage)."""
+    pool = redis.BlockingConnectionPool.from_url(
+        config.redis_url, max_connections=REDIS_CONNECTIONS, timeout=config.redis_timeout,
+        socket_timeout=config.redis_timeout, socket_connect_timeout=config.redis_timeout,
+        decode_responses=True,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # close() closes its connections
+    return client
 
 
 def server_version(client: redis.Redis, url: str) -> str:
@@ -426,6 +450,10 @@ class ClusterState:
         self._errors_until = 0.0  # status reports reply errors until then
         self._errors = BurstLog(log, ERROR_SECONDS, level=logging.ERROR)
         self._repairs = BurstLog(log, ERROR_SECONDS)
+        self._busy = BurstLog(log, ERROR_SECONDS)
+        # The pool's connections, counted here to say when they run out (and how often).
+        self._free = threading.BoundedSemaphore(REDIS_CONNECTIONS)
+        self._timeout = config.redis_timeout
 
     def verify(self) -> None:
         """At worker start: raise ``ConfigError`` if Redis answers but cannot be used. An
@@ -460,7 +488,8 @@ class ClusterState:
     def _check(self) -> Optional[ConfigError]:
         """Ask Redis its version and move to UP, UNSUPPORTED (returned) or DOWN."""
         try:
-            version = server_version(self._redis, self._url)
+            with self._connection():
+                version = server_version(self._redis, self._url)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._went_down("version check", exc)
             return None
@@ -493,6 +522,23 @@ class ClusterState:
         with self._lock:
             return self._link is Link.UP
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[None]:
+        """Hold one of this worker's ``REDIS_CONNECTIONS`` for a call: at once if one is
+        free, else (said in the log, then counted a minute) within ``redis_timeout``, or
+        raise ``NoConnectionFree``."""
+        if not self._free.acquire(blocking=False):
+            self._busy.note("cluster", f"all {REDIS_CONNECTIONS} connections of this worker "
+                            f"to Redis at {self._url} busy (Redis slow?); calls wait up to "
+                            f"redis_timeout for one")
+            if not self._free.acquire(timeout=self._timeout):
+                raise NoConnectionFree(f"none of this worker's {REDIS_CONNECTIONS} "
+                                       f"connections came free within redis_timeout")
+        try:
+            yield
+        finally:
+            self._free.release()
+
     def _mode(self) -> str:
         return ("refusing new connections (redis_down = closed)" if self.fail_closed else
                 "serving on this node's own scoreboard (redis_down = open)")
@@ -510,7 +556,8 @@ class ClusterState:
         if not self._usable():
             return None
         try:
-            answer, repaired = self._scripts[script](keys, args)
+            with self._connection():
+                answer, repaired = self._scripts[script](keys, args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._went_down(what, exc)
             return None
@@ -611,8 +658,8 @@ class ClusterState:
                            [key, PREFIX + "nodes", PREFIX + "unbans", PREFIX + "unban-count"],
                            [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,
                             SEQUENCE_FIELD, sequence, *counts])
-        self._errors.flush()
-        self._repairs.flush()
+        for burst_log in (self._errors, self._repairs, self._busy):
+            burst_log.flush()
         if not answer:
             return []
         self._unbans_seen, members = int(answer[0]), answer[1]

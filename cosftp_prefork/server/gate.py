@@ -15,10 +15,14 @@ A login also takes a seat of its account (``max_sessions``, counted in the score
 the rate buckets of the account).
 
 With ``[CLUSTER] redis_url`` the bans, failed logins, per-address, logged-in and per-account
-counts are also those of the other nodes (``cluster``): what they hold is taken off the
-limits before the local admission, and this node's counts are published on every change and
-tick; the tick also brings the unbans made on any node (``cosftpctl unban``), which this
-node's own table then forgets too (what it learnt after the unban stays).
+counts are also those of the other nodes (``cluster``). Nothing in the worker's main thread
+(its accept loop) asks Redis, which may take up to ``redis_timeout`` a call: a connection is
+admitted at accept by this node's bans and limits, then counted again (``recount``) in its
+session's thread, before its greeting, with what the other nodes hold taken off the limits.
+This node's counts are published on every change and, with the bans of other nodes for the
+pending connections, once a second by ``share`` on a thread of its own, which also brings
+the unbans made on any node (``cosftpctl unban``); this node's own table then forgets those
+addresses too (what it learnt after the unban stays).
 
 Addresses in ``ban_allowlist`` are never banned, here or by the cluster: their failed logins
 are not counted, and a ban they hold (made before they were listed, or by a node without the
@@ -90,6 +94,7 @@ class Ticket:
     account: Optional[AccountKey] = None  # logged in as (the scoreboard's key)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     kicked_logged_in: bool = False  # KICKED from LOGGED_IN: it still counts as logged in
+    shared: bool = False  # counted in the cluster's Redis (by ``recount``)
 
     def move(self, to: SessionState) -> bool:
         """Go to state ``to`` if allowed from here (caller holds ``lock``)."""
@@ -125,19 +130,28 @@ class Gate:
         self._bans_read = -1
         self._bans_lock = threading.Lock()
 
+    @property
+    def shared(self) -> bool:
+        """True if the limits and bans are the cluster's: each connection is then counted
+        again by ``recount`` before it is greeted."""
+        return self.cluster is not None
+
     def admit(self, ip: str, kick: Callable[[str], None],
               per_address: bool = True) -> tuple[Optional[Ticket], Optional[str]]:
-        """Admit a new connection from ``ip``: return its ticket, or why it is refused (the
-        refusal is logged here, once per burst). Its login deadline starts now.
+        """Admit a new connection from ``ip`` by this node's bans and limits: return its
+        ticket, or why it is refused (the refusal is logged here, once per burst). Its login
+        deadline starts now. Runs in the accept loop, so nothing here asks Redis, which may
+        take up to redis_timeout to answer: each new connection would wait behind the one
+        before. With a cluster, ``recount`` then asks it, in the session's thread.
 
         ``per_address`` False admits a balancer's connection before its PROXY header said
-        whose it is, against the server-wide limits only: no bans, per-address caps (the
-        balancer's address is every client's) or cluster look-up; ``recount`` then applies
-        them to the client's address.
+        whose it is, against the server-wide limits only: no bans or per-address caps (the
+        balancer's address is every client's); ``recount`` then applies them to the
+        client's address.
         """
         row = None
         if per_address:
-            limits, reason = self._address_limits(ip)
+            limits, reason = self.limits, BANNED if self._banned_at_accept(ip) else None
         else:
             limits, reason = replace(self.limits, per_ip=0, prelogin_per_ip=0), None
         if reason is None:
@@ -148,14 +162,13 @@ class Gate:
         ticket = Ticket(ip, row, time.monotonic() + self.login_timeout, kick)
         with self._lock:
             self._pending.add(ticket)
-        if self.cluster is not None:
-            self.cluster.counted(ip, 1)
         return ticket, None
 
     def recount(self, ticket: Ticket, ip: str) -> Optional[str]:
-        """Count the connection of ``ticket`` (admitted without ``per_address``) under the
-        client address ``ip`` its PROXY header named, against the bans and per-address
-        limits; it keeps its place server-wide and its login deadline. Return why it may
+        """Count the connection of ``ticket`` under the client address ``ip`` (the one its
+        PROXY header named, or its own) against the bans and per-address limits, and those
+        of the whole cluster (asking Redis: runs in the session's thread, before the
+        greeting); it keeps its place server-wide and its login deadline. Return why it may
         not stay (a refusal is logged here, once per burst)."""
         limits, reason = self._address_limits(ip)
         with ticket.lock:
@@ -164,12 +177,11 @@ class Gate:
             if reason is None:
                 reason = self.state.move(ticket.row, self.pid, ip, limits)
             if reason is None:
-                balancer, ticket.ip = ticket.ip, ip
+                ticket.ip, ticket.shared = ip, self.shared
         if reason is not None:
             self.refusals.note(ip, f"connection refused: {reason}")
             return reason
         if self.cluster is not None:
-            self.cluster.counted(balancer, -1)
             self.cluster.counted(ip, 1)
         return None
 
@@ -272,7 +284,7 @@ class Gate:
         with self._lock:
             self._pending.discard(ticket)
         self.state.release(ticket.row, self.pid)
-        if self.cluster is not None:
+        if ticket.shared:
             self.cluster.counted(ticket.ip, -1, -1 if was_logged_in else 0, ticket.account)
 
     def _may_ban(self, ip: str) -> bool:
@@ -331,36 +343,51 @@ class Gate:
         return (*self.state.node_counts(), accounts)
 
     def police(self) -> None:
-        """Close pending connections past their login deadline or of a banned address, and
-        write the counts of refusal bursts, forget the rate buckets of accounts logged out
-        long enough, publish this node's counts to the cluster. Runs in the worker's main
-        thread, once a second."""
+        """Close pending connections past their login deadline or of an address banned on
+        this node, and write the counts of refusal bursts, forget the rate buckets of
+        accounts logged out long enough. Runs in the worker's main thread (its accept
+        loop), once a second; what the cluster says is ``share``'s, on a thread of its
+        own."""
         self.state.sweep_accounts()
-        if self.cluster is not None:
-            self._forget_unbanned(self.cluster.publish(self._node_counts))
         now = time.monotonic()
-        with self._lock:
-            pending = list(self._pending)
-        banned = self._new_bans(pending)
-        for ticket in pending:
-            if banned and address_key(ticket.ip) in banned and self._may_ban(ticket.ip):
-                self.kick(ticket, BANNED, "closed: its address was banned")
-            elif now >= ticket.deadline:
-                self.kick(ticket, LOGIN_TIMED_OUT,
-                           f"closed: no login within login_timeout={self.login_timeout}s")
-        self.refusals.flush(now)
-
-    def _new_bans(self, pending: list[Ticket]) -> set:
-        """The addresses banned since the last look (here or, for the pending ones, by
-        another node of the cluster: one Redis round trip)."""
+        pending = self._pending_now()
         epoch = self.state.ban_epoch()
         banned = set()
         if epoch != self._ban_epoch:
             self._ban_epoch = epoch
             banned = self.state.banned_keys(time.time())
-        if self._bans_on and self.cluster is not None and pending:
-            banned |= {address_key(ip) for ip in self.cluster.banned({t.ip for t in pending})}
-        return banned
+        for ticket in self._kick_banned(pending, banned):
+            if now >= ticket.deadline:
+                self.kick(ticket, LOGIN_TIMED_OUT,
+                           f"closed: no login within login_timeout={self.login_timeout}s")
+        self.refusals.flush(now)
+
+    def share(self) -> None:
+        """Publish this node's counts to the cluster, forget what was unbanned on any node
+        and close the pending connections of an address banned by another node (one Redis
+        round trip each). Runs once a second on the worker's cluster thread: Redis may take
+        up to redis_timeout a call, which must not hold the accept loop."""
+        self._forget_unbanned(self.cluster.publish(self._node_counts))
+        pending = self._pending_now()
+        if not self._bans_on or not pending:
+            return
+        banned = {address_key(ip) for ip in self.cluster.banned({t.ip for t in pending})}
+        self._kick_banned(pending, banned)
+
+    def _pending_now(self) -> list[Ticket]:
+        with self._lock:
+            return list(self._pending)
+
+    def _kick_banned(self, pending: list[Ticket], banned: set) -> list[Ticket]:
+        """Close those of ``pending`` whose address (key) is in ``banned``; return the
+        others."""
+        left = []
+        for ticket in pending:
+            if banned and address_key(ticket.ip) in banned and self._may_ban(ticket.ip):
+                self.kick(ticket, BANNED, "closed: its address was banned")
+            else:
+                left.append(ticket)
+        return left
 
     def _forget_unbanned(self, unbans: list[Unban]) -> None:
         """Forget in this node's table the addresses unbanned on any node of the cluster

@@ -419,6 +419,7 @@ class Worker:
         retrier.start()
         janitor = self._start_janitor(buckets)
         scans = self._start_quotas(stats, buckets)
+        sharing = self._start_sharing(stats)
         hooks = WorkerHooks.start(self.config)
         try:
             servers = self._servers(buckets, engine, retrier, stats, masquerade, hooks)
@@ -433,8 +434,9 @@ class Worker:
             retrier.stop()
             if janitor is not None:
                 janitor.stop()
-            if scans is not None:
-                scans.stop()
+            for periodic in (scans, sharing):
+                if periodic is not None:
+                    periodic.stop()
             buckets.close()
             log.info("worker %d gen %d stopped", self.index, self.generation)
         return 0
@@ -471,6 +473,19 @@ class Worker:
         scans = Periodic("quota-scans", 1.0, stats.quotas.scan_due)
         scans.start()
         return scans
+
+    def _start_sharing(self, stats: WorkerStats) -> Optional[Periodic]:
+        """With ``[CLUSTER]``, publish the node's counts and read the cluster's bans and
+        unbans once a second on a thread of its own (``Gate.share``): a Redis slow to answer
+        must not hold the accept loop, nor the heartbeat the master checks. The first time
+        before serving: until then the other nodes do not count this one as alive (and so
+        not its connections)."""
+        if stats.gate.cluster is None:
+            return None
+        stats.gate.share()
+        sharing = Periodic("cluster", TICK_SECONDS, stats.gate.share)
+        sharing.start()
+        return sharing
 
     def _install_signals(self) -> None:
         """Until it serves, a worker told to stop (or drain, or finish: the master's stop,

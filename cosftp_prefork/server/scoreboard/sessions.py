@@ -97,17 +97,25 @@ class SessionTable(MappedFile):
 
     def move(self, row: int, pid: int, ip: str, limits: Limits) -> Optional[str]:
         """Count the pending connection of ``row`` under ``ip`` instead of its address now
-        (a balancer's, until its PROXY header named the client); return why not if ``ip`` is
-        over its per-address limits (the row stays as it was). The server-wide counts do
-        not change: it is the same connection. A row no longer pending is left alone."""
+        (a balancer's, until its PROXY header named the client), or check it again under
+        its own (against the cluster's limits, once Redis answered); return why not if
+        ``ip`` is over its per-address limits, or the logged-in limit is reached (the row
+        stays as it was). The server-wide counts do not change: it is the same connection.
+        A row no longer pending is left alone."""
         wanted = address_key(ip)
         with self._sessions_and_index() as (rows, index):
             at = row * SESSION_WORDS
             if rows[at] != pid or rows[at + 1] != PENDING:
                 return None
-            reason = _address_refusal(limits, index.counts_of(wanted))
-            if reason is None:
-                index.remove(tuple(rows[at + 2:at + SESSION_WORDS]), PENDING)
+            current = tuple(rows[at + 2:at + SESSION_WORDS])
+            rows_of, pending_of = index.counts_of(wanted)
+            if current == wanted:  # the row itself is not one more
+                rows_of, pending_of = rows_of - 1, pending_of - 1
+            if limits.logged_in and index.logged_in >= limits.logged_in:
+                return TOO_MANY
+            reason = _address_refusal(limits, (rows_of, pending_of))
+            if reason is None and current != wanted:
+                index.remove(current, PENDING)
                 rows[at + 2:at + SESSION_WORDS] = array("I", wanted)
                 index.add(wanted, PENDING)
             return reason
