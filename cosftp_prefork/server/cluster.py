@@ -32,8 +32,9 @@ so Redis is never held by the walk), then read or delete each page with one scri
 
 A worker asks Redis from its session threads and its cluster thread (``Gate.share``), never
 from its accept loop, over at most ``REDIS_CONNECTIONS`` connections: a call that finds them
-all busy waits for one up to ``redis_timeout`` (the log says so), then gives up as if Redis
-had not answered.
+all busy waits for one up to ``redis_timeout`` (the log says so), then goes on with this
+node's own figures, as for an error Redis answered (Redis is slow, not gone: a burst of calls
+must not make an outage, which ``redis_down = closed`` turns into refusals for 5 s).
 
 Three kinds of trouble, kept apart:
 
@@ -113,7 +114,7 @@ UNAVAILABLE = "Service temporarily unavailable (shared state unreachable); try a
 # would only pile more waiting calls on a slow Redis, and hundreds of sessions each holding
 # one (redis-py's pool grows with the threads that call at once) multiplied by workers and
 # nodes would run into Redis's maxclients. A call that finds them all busy waits up to
-# redis_timeout for one, then counts as unanswered (``NoConnectionFree``).
+# redis_timeout for one, then goes on without Redis (``NoConnectionFree``).
 REDIS_CONNECTIONS = 8
 
 # Helpers every script starts with. A count is an integer of at most 15 digits (what
@@ -526,11 +527,12 @@ class ClusterState:
     def _connection(self) -> Iterator[None]:
         """Hold one of this worker's ``REDIS_CONNECTIONS`` for a call: at once if one is
         free, else (said in the log, then counted a minute) within ``redis_timeout``, or
-        raise ``NoConnectionFree``."""
+        raise ``NoConnectionFree``: a burst of calls queues here, not on Redis."""
         if not self._free.acquire(blocking=False):
             self._busy.note("cluster", f"all {REDIS_CONNECTIONS} connections of this worker "
                             f"to Redis at {self._url} busy (Redis slow?); calls wait up to "
-                            f"redis_timeout for one")
+                            f"redis_timeout for one, then go on with this node's own "
+                            f"figures")
             if not self._free.acquire(timeout=self._timeout):
                 raise NoConnectionFree(f"none of this worker's {REDIS_CONNECTIONS} "
                                        f"connections came free within redis_timeout")
@@ -538,6 +540,10 @@ class ClusterState:
             yield
         finally:
             self._free.release()
+
+    def _up(self) -> bool:
+        with self._lock:
+            return self._link is Link.UP
 
     def _mode(self) -> str:
         return ("refusing new connections (redis_down = closed)" if self.fail_closed else
@@ -552,12 +558,17 @@ class ClusterState:
 
     def _run(self, what: str, script: str, keys: list, args: list, failed: Any = None):
         """Run one of the scripts; return its answer, None if Redis is unreachable, or
-        ``failed`` if Redis answered with an error (logged, shown by status)."""
+        ``failed`` if Redis answered with an error (logged, shown by status) or every
+        connection stayed busy with other calls (Redis answers, slowly: not an outage)."""
         if not self._usable():
             return None
         try:
             with self._connection():
+                if not self._up():  # found unreachable while this call waited
+                    return None
                 answer, repaired = self._scripts[script](keys, args)
+        except NoConnectionFree:  # (logged when they all turned busy)
+            return failed if self._up() else None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._went_down(what, exc)
             return None
