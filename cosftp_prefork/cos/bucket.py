@@ -204,6 +204,20 @@ class ObjectStream:
             self._raw.close()
 
 
+def _read_exactly(stream: ObjectStream, key: str, size: int) -> bytes:
+    """The first ``size`` bytes of ``stream`` (of ``key``); ``ShortRead`` if it has fewer,
+    ``StreamError`` if it breaks."""
+    chunks, got = [], 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            raise StorageError(f"COS GET {key} ended after {got} of {size} bytes",
+                               code="ShortRead")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def _stream_broke(exc: Exception) -> StorageError:
     return StorageError(f"COS download stream broke: {exc}", code="StreamError")
 
@@ -272,14 +286,20 @@ def _call_since(sent_at: Optional[float], action: str, method: Callable[..., Any
                                 time.monotonic() - started)
             if attempt == RETRY_ATTEMPTS - 1 or not _retryable(error):
                 raise error from exc
-            delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt))
-            log.info("%s: %s; retry %d in %.2fs", action, error, attempt + 1, delay)
-            metrics.COS_RETRIES.labels(operation).inc()
-            time.sleep(delay)
+            _back_off(action, error, attempt)
         else:
             metrics.cos_request(operation, "ok", time.monotonic() - started)
             return result
     raise AssertionError("unreachable")
+
+
+def _back_off(action: str, error: StorageError, attempt: int) -> None:
+    """Wait before attempt ``attempt`` + 1 of ``action`` after ``error``: exponential
+    back-off with full jitter; logged and counted as a retry of its operation."""
+    delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt))
+    log.info("%s: %s; retry %d in %.2fs", action, error, attempt + 1, delay)
+    metrics.COS_RETRIES.labels(action.split(" ", 1)[0]).inc()
+    time.sleep(delay)
 
 
 def _reported_crc64(headers: dict) -> Optional[int]:
@@ -578,20 +598,20 @@ class Bucket:
 
     def read_small(self, key: str, size: int) -> bytes:
         """Return the first ``size`` bytes of ``key`` (meant for small objects); raises
-        ``StorageError`` if fewer arrive."""
-        stream = self.open_read(key)
-        try:
-            chunks, got = [], 0
-            while got < size:
-                chunk = stream.read(size - got)
-                if not chunk:
-                    raise StorageError(f"COS GET {key} ended after {got} of {size} bytes",
-                                       code="ShortRead")
-                chunks.append(chunk)
-                got += len(chunk)
-            return b"".join(chunks)
-        finally:
-            stream.close()
+        ``StorageError`` if fewer arrive. A body cut short on the way (a reset: a
+        ``StreamError``) is asked for again, as :func:`_call` retries a failed request: a
+        resume or an append must not fail on what a second GET delivers."""
+        for attempt in range(RETRY_ATTEMPTS):
+            stream = self.open_read(key)
+            try:
+                return _read_exactly(stream, key, size)
+            except StorageError as error:
+                if error.code != "StreamError" or attempt == RETRY_ATTEMPTS - 1:
+                    raise
+                _back_off(f"GET {key}", error, attempt)
+            finally:
+                stream.close()
+        raise AssertionError("unreachable")
 
     def put(self, key: str, data: bytes, like: Optional[ObjectInfo] = None,
             if_absent: bool = False) -> Completed:
