@@ -437,3 +437,24 @@ def test_a_resume_whose_park_record_is_cut_short_goes_on(crowd_server, cos, area
     assert faults()["reset_next"] == 0  # the cuts were spent on the record
     assert Crowd.get(ftp, area) == data
     ftp.quit()
+
+
+def test_a_download_aborted_before_its_data_connection_is_given_up(crowd_server, cos, area):
+    """PASV, RETR (its GET answered, the body unread on a pooled TLS connection), then ABOR
+    before connecting: the download is closed there, not left queued for the session's
+    next data connection (before: the next listing's data connection got the file first),
+    and its half-read connection is not reused."""
+    data = os.urandom(40_000)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/file", Body=data)
+    ftp = crowd_server.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    before = _errors(scrape(crowd_server))
+    for _ in range(3):
+        ftp.makepasv()
+        assert ftp.sendcmd(f"RETR {area}/file").startswith("150")
+        assert ftp.sendcmd("ABOR").startswith("225")
+        assert ftp.nlst(area) == ["file"]
+        assert ftp.size(f"{area}/file") == len(data)
+    assert Crowd.get(ftp, f"{area}/file") == data
+    ftp.quit()
+    assert _errors(scrape(crowd_server)) == before

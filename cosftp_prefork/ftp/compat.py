@@ -104,6 +104,13 @@ def take_queued_transfer(handler: Any) -> Optional[tuple[Any, str]]:
     return queued
 
 
+def take_queued_sending(handler: Any) -> Optional[tuple[Any, bool, Any, str]]:
+    """Remove and return the ``(data, isproducer, file, cmd)`` a RETR or a listing left
+    waiting for a data connection, if any."""
+    queued, handler._out_dtp_queue = handler._out_dtp_queue, None
+    return queued
+
+
 def transfer_type(handler: Any) -> str:
     """``"a"`` (TYPE A) or ``"i"`` (TYPE I)."""
     return handler._current_type

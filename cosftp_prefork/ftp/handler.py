@@ -120,7 +120,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         like on ABOR (pyftpdlib would close it as broken and park what it copied), and the
         bytes its filesystem keeps go back to the worker at once (``CosFS.end``)."""
         if not compat.is_closed(self):
-            self._drop_queued_upload()
+            self._drop_queued_transfers()
             if self.stats.stopping.is_set() and not compat.is_closing(self):
                 self._say_goodbye()
             if self.fs is not None:
@@ -446,7 +446,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         return None
 
     def _make_epasv(self, extmode: bool = False) -> None:
-        self._drop_queued_upload()
+        self._drop_queued_transfers()
         local_ip = self.socket.getsockname()[0]
         if not extmode and ":" in local_ip and not local_ip.startswith("::ffff:"):
             self.respond("425 PASV can only announce an IPv4 address; use EPSV.")
@@ -462,7 +462,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         """STOR and APPE; after ``REST n``, continue the parked upload or the stored file
         that ends at byte n (``CosFS.open_resume``), or refuse with 554. An upload still
         waiting for its data connection is given up first: pyftpdlib would drop it."""
-        self._drop_queued_upload()
+        self._drop_queued_transfers()
         offset = compat.take_restart_position(self)
         refusal = self.hooks.check_upload(file, offset, "a" in mode, self.fs.announced)
         if refusal is not None:
@@ -487,6 +487,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         """RETR in one GET, from the offset REST set (``CosFS.open_download``): its answer
         carries what a HEAD would have told (size, ETag). 554 for an offset past the end, as
         pyftpdlib answers; 550 for a directory or nothing there."""
+        self._drop_queued_transfers()
         reader = self._open_at(self.fs.open_download, file,
                                compat.take_restart_position(self))
         if reader is None:
@@ -511,12 +512,12 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         upload = getattr(self.data_channel, "file_obj", None)
         if self.data_channel is not None and self.data_channel.receive and upload is not None:
             upload.cancel()
-        self._drop_queued_upload()
+        self._drop_queued_transfers()
         super().ftp_ABOR(line)
 
     def _make_eport(self, ip: str, port: int) -> None:
         """EPRT may spell an IPv6 address in any of its forms: compare the canonical one."""
-        self._drop_queued_upload()
+        self._drop_queued_transfers()
         with contextlib.suppress(ValueError):
             address = ipaddress.ip_address(ip)
             if address.version == 6 and address.ipv4_mapped is None:
@@ -527,25 +528,33 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         """REIN and a new USER: also give up an upload still waiting for its data
         connection, an account the auth hook gave, its rates, and what the old login's
         filesystem keeps (``CosFS.end``)."""
-        self._drop_queued_upload()
+        self._drop_queued_transfers()
         vars(self).pop("authorizer", None)
         self.rates = None
         if self.fs is not None:
             self.fs.end()
         super().flush_account()
 
-    def _drop_queued_upload(self) -> None:
-        """Close the upload a STOR/APPE left waiting for a data connection that never came,
-        before the client's next data connection or ABOR makes it unreachable.
+    def _drop_queued_transfers(self) -> None:
+        """Close the upload a STOR/APPE, and the download a RETR, left waiting for a data
+        connection that never came, before the client's next data connection or ABOR makes
+        it unreachable.
 
-        pyftpdlib only closes a queued file when the session ends; replacing it would leak
-        its multipart upload, or lose a claimed parked one.
+        pyftpdlib only closes a queued file when the session ends: replacing an upload
+        would leak its multipart upload, or lose a claimed parked one; a download kept its
+        GET's connection half-read, and the next data connection (a listing's) got its
+        bytes first.
         """
         queued = compat.take_queued_transfer(self)
         if queued is not None:
             log.info("path=%s: upload given up before its data connection opened",
                      queued[0].name)
             queued[0].abandon()
+        sending = compat.take_queued_sending(self)
+        if sending is not None and sending[2] is not None:
+            log.info("path=%s: download given up before its data connection opened",
+                     sending[2].name)
+            sending[2].close()
 
     def peer_gone(self, wait: float = 0.0) -> bool:
         """True if the client closes or resets the control connection within ``wait``
