@@ -110,6 +110,10 @@ def test_helpers_read_and_write_real_state(channels):
     compat.queue_transfer(control, "upload", "STOR")
     assert compat.take_queued_transfer(control) == ("upload", "STOR")
     assert compat.take_queued_transfer(control) is None
+    assert compat.take_queued_sending(control) is None
+    control.push_dtp_data(b"listing", cmd="LIST")  # no data connection: pyftpdlib queues it
+    assert compat.take_queued_sending(control) == (b"listing", False, None, "LIST")
+    assert compat.take_queued_sending(control) is None
     assert compat.passive_listener(control) is None
     assert not compat.connecting_actively(control)
     assert compat.buffered_input_len(control) == 0 and compat.buffered_input(control) == b""

@@ -25,8 +25,9 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
     # ioloop.AsyncChat, the base of the control and data channels
     "AsyncChat": ("_closed", "_closing"),
     "FTPHandler": ("_in_buffer", "_in_buffer_len", "_quit_pending", "_restart_position",
-                   "_in_dtp_queue", "_current_type", "_current_facts", "_extra_feats",
-                   "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection", "_rnfr"),
+                   "_in_dtp_queue", "_out_dtp_queue", "_current_type", "_current_facts",
+                   "_extra_feats", "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection",
+                   "_rnfr"),
     "DTPHandler": ("_resp", "_initialized", "_wanted_io_events"),
     # handlers.ftps.ssl.SSLConnectionMixin, mixed into both TLS channels
     "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established"),
