@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import ftplib
 import hashlib
 import io
@@ -41,7 +42,9 @@ from .test_cos_https import tls_front  # noqa: F401  (the fixture)
 from .test_operating import scrape
 from .test_reliability import faults  # noqa: F401  (the fixture)
 from .test_resume import break_upload, park_records, parts_of, rest_stor
+from .test_tls import tls_login, tls_network
 from .test_transfers import abort_transfer
+from .tls_clients import write_certificate
 from .tls_front import environment
 
 MIB = 1024 * 1024
@@ -54,18 +57,21 @@ HUGE = 24 * MIB + 3
 # An object whose GET's answer fits one TLS record (see the last test).
 TINY = 12_000
 POOL = 4 + 2 * 8 + 16  # worker.py: upload threads + copy and look-up threads + 16
+ACCOUNT = Account("alice", "alice-pw", ALPHA, protocol="https")  # cos_port: the TLS front's
 
 
 @pytest.fixture(scope="module")
 def crowd_server(tls_front, cos, tmp_path_factory):  # noqa: F811
-    """Two workers on HTTPS COS, no per-address caps (the crowd comes from one address),
+    """Two workers on HTTPS COS, FTPS offered, no per-address caps (the crowd comes from
+    one address),
     ``copy_thread_num`` fixed so the pool's bound is known; warmed up by a session of each
     kind first, so that what a worker starts once (pools, clients, metric files) is in the
     baseline."""
-    account = Account("alice", "alice-pw", ALPHA, protocol="https", cos_port=tls_front.port)
+    account = dataclasses.replace(ACCOUNT, cos_port=tls_front.port)
     proc = ServerProcess(
         str(tmp_path_factory.mktemp("https-crowd")), 0, [account],
-        network={"metrics_port": str(free_port())},
+        network={"metrics_port": str(free_port()),
+                 **tls_network(*write_certificate(tmp_path_factory.mktemp("ftps")))},
         optional={"max_login_failures": "0", "max_connections_per_ip": "0",
                   "max_prelogin_connections_per_ip": "0", "copy_thread_num": "8",
                   "upload_thread_num": "4"},
@@ -182,6 +188,33 @@ class Crowd:
         assert self.get(ftp, f"{self.area}/big", rest=offset) == self.big[offset:]
         ftp.quit()
 
+    def ftps(self, index: int, rng: random.Random) -> None:
+        """AUTH TLS and PROT P: a download goes through pyftpdlib's TLS path, COS read by a
+        read-ahead thread of its own, which a cut (the client's close, or ABOR) stops
+        while it may be reading the COS connection; a multipart upload over TLS both ways."""
+        ftp = tls_login(self.server, ACCOUNT)
+        ftp.voidcmd("TYPE I")
+        conn = _cut_later(ftp.transfercmd(f"RETR {self.area}/huge"))
+        received = bytearray()
+        while len(received) < rng.randrange(64 * 1024, MIB):
+            chunk = conn.recv(256 * 1024)
+            assert chunk, "the download ended early"
+            received += chunk
+        conn.close()
+        assert self.huge.startswith(bytes(received))
+        with pytest.raises(ftplib.error_temp, match=r"^426"):
+            ftp.voidresp()
+        conn = _cut_later(ftp.transfercmd(f"RETR {self.area}/huge"))
+        assert conn.recv(64 * 1024)
+        replies = abort_transfer(ftp, conn)
+        assert replies[0].startswith("426") and replies[-1].startswith("226"), replies
+        key = f"{self.area}/ftps{index}"
+        data = os.urandom(2 * MIB + rng.randrange(MIB))
+        self.put(ftp, key, data)
+        assert self.get(ftp, key) == data
+        assert self.get(ftp, f"{self.area}/big") == self.big
+        ftp.quit()
+
     def aborted_upload(self, index: int, rng: random.Random) -> None:
         """ABOR during a multipart upload: nothing stored, no upload left open."""
         ftp = self.login()
@@ -255,13 +288,14 @@ class Crowd:
 
     def lftp_pget(self, index: int, rng: random.Random) -> None:
         """lftp's segmented download: each segment a REST download that lftp gives up at
-        the next segment's start."""
+        the next segment's start (over AUTH TLS, which lftp uses where offered)."""
         target = self.tmp_path / f"pget{index}"
-        _ran(lftp_command(self.server, f"pget -n 4 {self.area}/big -o {target}"))
+        _ran(lftp_command(self.server, "set ssl:verify-certificate no; "
+                          f"pget -n 4 {self.area}/big -o {target}"))
         assert target.read_bytes() == self.big
 
     KINDS = ("small_files", "multipart", "cut_download", "abor_download", "aborted_upload",
-             "parked_upload", "renames", "curl", "lftp_pget")
+             "parked_upload", "renames", "curl", "lftp_pget", "ftps")
 
     def run(self, sessions: int, seed: int) -> None:
         """``sessions`` sessions at once, of each kind in turn; fail with every session's
@@ -480,6 +514,25 @@ def test_a_download_aborted_before_its_data_connection_is_given_up(crowd_server,
     assert Crowd.get(ftp, f"{area}/file") == data
     ftp.quit()
     assert _errors(crowd_server) == before
+
+
+def test_a_tls_data_connection_closed_in_its_handshake_gets_its_transfer_a_reply(
+        crowd_server, cos, area):
+    """PROT P, a data connection that closes before its TLS handshake is done, after the
+    RETR on it was answered 125: 426, and the session goes on (before: no reply at all,
+    and the client waited for one until it gave up; seen as lftp's ``pget`` hanging in the
+    crowd: it had dropped one of its segments' connections that early)."""
+    cos.put_object(Bucket=ALPHA, Key=area, Body=b"x" * 100_000)
+    ftp = tls_login(crowd_server, ACCOUNT)
+    ftp.voidcmd("TYPE I")
+    host, port = ftp.makepasv()
+    with socket.create_connection((host, port), timeout=TIMEOUT):  # no TLS handshake
+        assert ftp.sendcmd(f"RETR {area}").startswith("125")
+    with pytest.raises(ftplib.error_temp, match=r"^426 The data connection closed before"):
+        ftp.getresp()
+    assert ftp.voidcmd("NOOP").startswith("200")
+    assert Crowd.get(ftp, area) == b"x" * 100_000
+    ftp.quit()
 
 
 def test_a_crowd_over_https_under_faults_loses_nothing(crowd_server, tls_front, cos,  # noqa: F811

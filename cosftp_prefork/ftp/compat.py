@@ -161,6 +161,11 @@ def start_transfer(dtp: Any) -> None:
     dtp._wanted_io_events = 0
 
 
+def close_reply(dtp: Any) -> str:
+    """The reply the data channel will send when it closes, "" if none."""
+    return dtp._resp[0] if dtp._resp else ""
+
+
 def set_close_reply(dtp: Any, text: str, logfun: Callable[[str], Any]) -> None:
     """Make ``text`` the reply the data channel sends on the control channel when it
     closes (pyftpdlib's own is 226 or 426), logged with ``logfun``."""

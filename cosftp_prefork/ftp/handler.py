@@ -510,8 +510,10 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     def ftp_ABOR(self, line: str) -> None:
         """An upload the client aborts is discarded; only a broken one is parked."""
         upload = getattr(self.data_channel, "file_obj", None)
-        if self.data_channel is not None and self.data_channel.receive and upload is not None:
-            upload.cancel()
+        if self.data_channel is not None:
+            self.data_channel.client_aborted = True
+            if self.data_channel.receive and upload is not None:
+                upload.cancel()
         self._drop_queued_transfers()
         super().ftp_ABOR(line)
 

@@ -32,6 +32,8 @@ DATA_SETUP_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
 REFUSE_PLAIN_LOGIN = "530 This account requires TLS: send AUTH TLS before USER."
 REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send PROT P first."
 REFUSE_PROT_C = "534 This account may not use clear data connections."
+HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
+                       "transfer aborted.")
 REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
                         "connection (require_ssl_reuse); transfer aborted.")
 
@@ -101,6 +103,13 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
             DTPHandler.close(self)
             return
         self._close_started = True
+        if compat.tls_handshake_pending(self) and self.cmd is not None and \
+                not self.client_aborted and not compat.close_reply(self) and \
+                not compat.is_closed(self.cmd_channel):
+            # Ended before its handshake was done (the client closed it), the transfer's
+            # 125 already sent: pyftpdlib closes it without a reply, and the client would
+            # wait for one. ABOR is answered by pyftpdlib itself.
+            compat.set_close_reply(self, HANDSHAKE_CUT_SHORT, log.info)
         super().close()
 
 
