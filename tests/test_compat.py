@@ -124,8 +124,10 @@ def test_helpers_read_and_write_real_state(channels):
     assert compat.mlst_facts(control) == control._current_facts
     assert not compat.tls_established(tls_control) and not compat.data_protected(tls_control)
     assert not compat.tls_handshake_pending(tls_dtp)
+    assert compat.close_reply(dtp) == ""
     compat.set_close_reply(dtp, "426 Test reply.", print)
     assert dtp._resp == ("426 Test reply.", print)
+    assert compat.close_reply(dtp) == "426 Test reply."
     compat.skip_tls_shutdown(tls_dtp)
     tls_dtp.close()
     assert compat.is_closed(tls_dtp)
