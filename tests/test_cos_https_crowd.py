@@ -3,11 +3,12 @@ TLS), as real deployments reach it: two workers, a couple of dozen sessions at o
 session's thread and the workers' pools sharing the pooled TLS connections of
 ``cos.signed``. Small files and multipart uploads, whole and REST downloads, downloads the
 client cuts off half-way (the half-read TLS connection must be dropped, never pooled),
-uploads aborted or broken off (parked, then resumed), renames and listings, curl and lftp
-among them; then every byte is compared with what was sent, nothing half-written is left in
-COS, and the workers are back to the threads and descriptors they had, their COS
-connections bounded by the pool. The same crowd again under faults (503s, downloads cut
-half-way, latency) loses nothing either.
+uploads aborted or broken off (parked, then resumed), renames and listings, FTPS sessions
+(their downloads read ahead by a thread), curl and lftp among them; then every byte is
+compared with what was sent, nothing half-written is left in COS, and the workers are back
+to the threads and descriptors they had, their COS connections bounded by the pool and
+none half-read. The same crowd again under faults (503s, downloads cut half-way, latency)
+loses nothing either.
 """
 
 from __future__ import annotations
