@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 import psutil
 import pytest
 from fastcrc import crc64
+from qcloud_cos.cos_exception import CosServiceError
 
 from cosftp_prefork.cos.registry import BucketRegistry
 from cosftp_prefork.cos.resume import Janitor, live_key
@@ -42,8 +43,16 @@ def parts_of(cos, key: str) -> list[int]:
 def park_records(cos, key: str) -> list[dict]:
     """The park records of ``key`` (what the server wrote when it parked an upload)."""
     listing = cos.list_objects(Bucket=ALPHA, Prefix=f"{RECORDS}{key}/")
-    return [json.loads(cos.get_object(Bucket=ALPHA, Key=item["Key"])["Body"].get_raw_stream()
-                       .read()) for item in listing.get("Contents", [])]
+    records = []
+    for item in listing.get("Contents", []):
+        try:
+            body = cos.get_object(Bucket=ALPHA, Key=item["Key"])["Body"].get_raw_stream().read()
+        except CosServiceError as exc:
+            if exc.get_error_code() != "NoSuchKey":
+                raise
+            continue  # deleted since the listing (by the janitor, or a resume)
+        records.append(json.loads(body))
+    return records
 
 
 def upload_ids(cos, key: str) -> list[str]:
