@@ -112,6 +112,17 @@ def take_queued_sending(handler: Any) -> Optional[tuple[Any, bool, Any, str]]:
     return queued
 
 
+def transfer_waiting(handler: Any) -> bool:
+    """True while a transfer command (RETR, a listing, STOR...) waits for its data
+    connection."""
+    return handler._in_dtp_queue is not None or handler._out_dtp_queue is not None
+
+
+def restart_position(handler: Any) -> int:
+    """The offset the last REST set (0: none), left in place."""
+    return handler._restart_position
+
+
 def transfer_type(handler: Any) -> str:
     """``"a"`` (TYPE A) or ``"i"`` (TYPE I)."""
     return handler._current_type
@@ -153,6 +164,11 @@ def data_channel_opened(handler: Any) -> None:
 
 
 # --- data channel
+
+def transfer_started(dtp: Any) -> bool:
+    """True once a transfer command took the data channel (it is no longer idle)."""
+    return dtp._initialized
+
 
 def start_transfer(dtp: Any) -> None:
     """What ``DTPHandler.push_with_producer`` notes before sending: the channel is in use

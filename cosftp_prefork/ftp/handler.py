@@ -58,6 +58,8 @@ TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
 SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
                    "NLST", "MLSD", "MLST", "SIZE", "MDTM")
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
+TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
+                 "wait for its reply or send ABOR.")
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
@@ -412,7 +414,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
                 self.respond(f"553 {exc.strerror}.")
                 return
         if cmd in TRANSFER_COMMANDS:
-            refusal = self._claim_data_connection()
+            refusal = TRANSFER_BUSY if self._transfer_busy() else \
+                self._claim_data_connection()
             if refusal is not None:
                 self.respond(refusal)
                 return
@@ -431,6 +434,15 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
                          f"({exc.cause.code or 'COS'}); try again.")
+
+    def _transfer_busy(self) -> bool:
+        """True while a transfer runs or waits for its data connection. pyftpdlib would
+        start a second one anyway: queued, it replaced the first (whose 150 never got its
+        final reply); on a data channel in use, it answered 125 and queued the second
+        file's bytes behind the first's on the same connection."""
+        channel = self.data_channel
+        return compat.transfer_waiting(self) or \
+            (channel is not None and compat.transfer_started(channel))
 
     def _claim_data_connection(self) -> Optional[str]:
         """Return the reply refusing a transfer command for want of a trustworthy data
@@ -483,6 +495,15 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             compat.queue_transfer(self, upload, "STOR")
         return file
 
+    def ftp_APPE(self, file: str):
+        """APPE after REST is refused, as pyftpdlib does, and uses the REST up as any
+        transfer command does: pyftpdlib kept it, and the session's next STOR became a
+        resume at that offset (554 for a new file)."""
+        if compat.take_restart_position(self):
+            self.respond("450 Can't APPE while REST request is pending.")
+            return None
+        return self.ftp_STOR(file, mode="a")
+
     def ftp_RETR(self, file: str):
         """RETR in one GET, from the offset REST set (``CosFS.open_download``): its answer
         carries what a HEAD would have told (size, ETag). 554 for an offset past the end, as
@@ -498,7 +519,12 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def _open_at(self, open_file, file: str, offset: int):
         """``open_file(file, offset)``, or None once the refusal is answered: 554 for an
-        offset REST cannot go to, 550 otherwise."""
+        offset REST cannot go to (in TYPE A too: REST is refused there, but a TYPE A after
+        it resumed at a byte offset the client counted on converted line ends, as vsftpd
+        refuses), 550 otherwise."""
+        if offset and compat.transfer_type(self) == "a":
+            self.respond("554 Cannot resume in ASCII mode (TYPE A); send TYPE I, then REST.")
+            return None
         try:
             return self.run_as_current_user(open_file, file, offset)
         except ResumeRefused as exc:
