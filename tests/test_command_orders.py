@@ -10,10 +10,12 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import os
+import random
 import re
 import socket
 from typing import Optional
 
+import psutil
 import pytest
 
 from .conftest import ALPHA, _close
@@ -23,6 +25,10 @@ from .test_transfers import pending_uploads
 
 REPLY = re.compile(r"^[1-5][0-5]\d[ -]")
 MIB = 1024 * 1024
+# What the worker may keep after the walk's sessions closed: its pools' idle threads (a
+# walk runs up to three transfers at once) and their pooled COS connections.
+SPARE_THREADS = 4
+SPARE_FDS = 8
 
 
 class Session:
@@ -326,4 +332,312 @@ def test_a_transfer_while_an_upload_runs(session, area, cos, second):
     assert session.reply().startswith("226")
     assert session.cmd("NOOP").startswith("200")
     assert sha(stored(cos, f"{area}/w")) == sha(data) and stored(cos, f"{area}/w2") is None
+    still_works(session, area)
+
+
+# --- the random walk
+
+class Walk:
+    """Sessions taking seeded random steps over a few keys of one area; what each key may
+    hold is every payload whose STOR got 226 (and, after a rename, what the source could
+    hold). A step may leave a transfer half done for a later step (ABOR, QUIT, a hang-up,
+    another transfer command) to meet."""
+
+    BIG = 4 * MIB
+
+    def __init__(self, server, cos, area: str, seed: int, sessions: int = 3) -> None:
+        self.server, self.cos, self.area = server, cos, area
+        self.rng = random.Random(seed)
+        self.keys = [f"{area}/k{i}" for i in range(3)]
+        self.big = os.urandom(self.BIG)
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/big", Body=self.big)
+        self.allowed: dict[str, set[bytes]] = {key: set() for key in self.keys}
+        self.sessions = [Session(server) for _ in range(sessions)]
+        self.trace: list[str] = []
+
+    def payload(self) -> bytes:
+        return os.urandom(self.rng.choice([0, 1, 1000, 70_000, MIB + 17]))
+
+    def step(self) -> None:
+        index = self.rng.randrange(len(self.sessions))
+        name = self.rng.choice(STEPS)
+        self.trace.append(f"s{index} {name}")
+        STEP_FUNCTIONS[name](self, self.sessions[index])
+        self.sessions[index].ftp.voidcmd("NOOP")  # no reply left over, the session goes on
+        self.check_stored()
+
+    def check_stored(self) -> None:
+        for key in self.keys:
+            data = stored(self.cos, key)
+            assert data is None or data in self.allowed[key], \
+                f"{key} holds {len(data)} bytes no STOR sent whole"
+
+    def retr(self, s: Session, key: str, offset: int = 0) -> None:
+        conn = s.connect(s.pasv())
+        if offset:
+            assert s.cmd(f"REST {offset}").startswith("350")
+        first = s.cmd(f"RETR {key}")
+        if first[0] != "1":
+            conn.close()
+            assert first[:3] in ("550", "554"), first
+            return
+        data, final = drain(conn), s.reply()
+        candidates = self.allowed.get(key) or {self.big}
+        if final.startswith("226"):
+            assert any(data == c[offset:] for c in candidates), f"RETR {key}: foreign bytes"
+        else:
+            assert final[:3] in ("426", "451"), final
+            assert any(c[offset:].startswith(data) for c in candidates)
+
+    def restart(self, s: Session) -> None:
+        s.close()
+        s.__init__(self.server)
+
+
+def _stor(walk: Walk, s: Session) -> None:
+    key, data = walk.rng.choice(walk.keys), walk.payload()
+    conn = s.connect(s.pasv())
+    assert s.cmd(f"STOR {key}")[:3] in ("125", "150")
+    conn.sendall(data)
+    conn.close()
+    reply = s.reply()
+    assert reply[:3] in ("226", "426", "451"), reply
+    if reply.startswith("226"):
+        walk.allowed[key].add(data)
+
+
+def _retr(walk: Walk, s: Session) -> None:
+    walk.retr(s, walk.rng.choice([*walk.keys, f"{walk.area}/big"]))
+
+
+def _rest_retr(walk: Walk, s: Session) -> None:
+    walk.retr(s, f"{walk.area}/big", walk.rng.randrange(walk.BIG))
+
+
+def _list(walk: Walk, s: Session) -> None:
+    conn = s.connect(s.pasv())
+    assert s.cmd(f"{walk.rng.choice(['NLST', 'LIST', 'MLSD'])} {walk.area}")[0] == "1"
+    listing = drain(conn).decode("utf-8")
+    assert s.reply().startswith("226")
+    names = {line.split()[-1].rsplit("/", 1)[-1].split(";")[-1].strip()
+             for line in listing.splitlines() if line.strip()}
+    assert names <= {"k0", "k1", "k2", "big"}, f"listing with foreign lines: {listing[:200]!r}"
+
+
+def _no_data_connection(walk: Walk, s: Session) -> None:
+    command = walk.rng.choice(["RETR", "STOR", "LIST", "MLSD"])
+    assert s.cmd(f"{command} {walk.rng.choice(walk.keys)}").startswith("425")
+
+
+def _unused_data_setup(walk: Walk, s: Session) -> None:
+    """PASV, EPSV or PORT never used: the next transfer sets up its own."""
+    kind = walk.rng.choice(["PASV", "EPSV", "PORT"])
+    if kind == "PORT":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            assert s.cmd(f"PORT 127,0,0,1,{port >> 8},{port & 255}").startswith("200")
+    else:
+        assert s.cmd(kind)[:3] in ("227", "229")
+
+
+def _abor_download(walk: Walk, s: Session) -> None:
+    conn = s.connect(s.pasv())
+    assert s.cmd(f"RETR {walk.area}/big")[0] == "1"
+    head = conn.recv(walk.rng.choice([1, 1000, MIB]))
+    assert walk.big.startswith(head)
+    s.send("ABOR")
+    replies = [s.reply()]
+    if replies[0].startswith("426"):
+        replies.append(s.reply())
+    assert replies[-1][:3] in ("225", "226"), replies
+    conn.close()
+
+
+def _abor_upload(walk: Walk, s: Session) -> None:
+    conn = s.connect(s.pasv())
+    assert s.cmd(f"STOR {walk.rng.choice(walk.keys)}")[0] == "1"
+    conn.sendall(os.urandom(walk.rng.choice([0, 1000, MIB + 5])))
+    s.send("ABOR")
+    replies = [s.reply()]
+    if replies[0].startswith("426"):
+        replies.append(s.reply())
+    assert replies[-1][:3] in ("225", "226"), replies
+    conn.close()
+
+
+def _busy(walk: Walk, s: Session) -> None:
+    """A transfer waits for its connection; another transfer command is refused; the
+    first then runs."""
+    key, data = walk.rng.choice(walk.keys), walk.payload()
+    address = s.pasv()
+    assert s.cmd(f"STOR {key}").startswith("150")
+    second = walk.rng.choice(["RETR", "STOR", "NLST", "APPE"])
+    assert s.cmd(f"{second} {walk.rng.choice(walk.keys)}").startswith("450")
+    conn = s.connect(address)
+    conn.sendall(data)
+    conn.close()
+    if s.reply().startswith("226"):
+        walk.allowed[key].add(data)
+
+
+def _rest_then_other(walk: Walk, s: Session) -> None:
+    assert s.cmd(f"REST {walk.rng.randrange(1, 100)}").startswith("350")
+    walk.rng.choice([_list, _unused_data_setup, _type_a_rest])(walk, s)
+    assert s.cmd("REST 0").startswith("350")  # the walk's next transfer starts at 0
+
+
+def _type_a_rest(walk: Walk, s: Session) -> None:
+    assert s.cmd("TYPE A").startswith("200")
+    assert s.cmd("REST 5").startswith("501")  # pyftpdlib refuses REST in ASCII mode
+    assert s.cmd("TYPE I").startswith("200")
+
+
+def _rename(walk: Walk, s: Session) -> None:
+    source, target = walk.rng.sample(walk.keys, 2)
+    reply = s.cmd(f"RNFR {source}")
+    if not reply.startswith("350"):
+        assert reply.startswith("550"), reply
+        return
+    if walk.rng.random() < 0.5:
+        s.cmd(walk.rng.choice(["NOOP", "PWD", f"SIZE {target}", "TYPE I"]))
+    reply = s.cmd(f"RNTO {target}")
+    assert reply[:3] in ("250", "503", "550"), reply
+    if reply.startswith("250"):
+        walk.allowed[target] |= walk.allowed[source]
+
+
+def _dele(walk: Walk, s: Session) -> None:
+    assert s.cmd(f"DELE {walk.rng.choice(walk.keys)}")[:3] in ("250", "550")
+
+
+def _user_again(walk: Walk, s: Session) -> None:
+    assert s.cmd("USER alice").startswith("331")
+    assert s.cmd("PASS alice-pw").startswith("230")
+    assert s.cmd("TYPE I").startswith("200")
+
+
+def _odd_arguments(walk: Walk, s: Session) -> None:
+    line = walk.rng.choice(["RETR", "STOR", "CWD", "RNFR", "DELE", "SIZE", "REST", "PORT",
+                            "MLST", "MDTM"])
+    argument = walk.rng.choice(["", " ", "x" * 5000, "-1", "9" * 40, "../" * 200, "\t"])
+    reply = s.cmd(f"{line} {argument}".rstrip() if argument != " " else f"{line}  ")
+    assert reply[0] in "2345", reply
+    if line == "REST" and reply.startswith("350"):
+        assert s.cmd("REST 0").startswith("350")
+
+
+def _quit_mid_transfer(walk: Walk, s: Session) -> None:
+    """QUIT, or the control connection dropped, while a STOR or RETR is half done; a
+    fresh session replaces this one. A hang-up stores nothing (the data connection's end
+    is no end of file then); after QUIT the STOR may end normally (RFC 959: the transfer
+    finishes first)."""
+    quit_first = walk.rng.random() < 0.5
+    walk.trace[-1] += " after QUIT" if quit_first else " hanging up"
+    conn = s.connect(s.pasv())
+    if walk.rng.random() < 0.5:
+        key, data = walk.rng.choice(walk.keys), os.urandom(1000)
+        assert s.cmd(f"STOR {key}")[0] == "1"
+        conn.sendall(data)
+        if quit_first:
+            walk.allowed[key].add(data)
+    else:
+        assert s.cmd(f"RETR {walk.area}/big")[0] == "1"
+        conn.recv(1000)
+    if quit_first:
+        s.send("QUIT")
+    s.ftp.sock.shutdown(socket.SHUT_RDWR)  # ftplib's file keeps the descriptor open
+    conn.close()
+    walk.restart(s)
+
+
+STEP_FUNCTIONS = {f.__name__.lstrip("_"): f for f in (
+    _stor, _retr, _rest_retr, _list, _no_data_connection, _unused_data_setup,
+    _abor_download, _abor_upload, _busy, _rest_then_other, _rename, _dele, _user_again,
+    _odd_arguments, _quit_mid_transfer)}
+STEPS = [name for name in STEP_FUNCTIONS for _ in range(3 if name in ("stor", "retr") else 1)]
+
+
+@pytest.fixture
+def lone_worker(emulator, tmp_path):
+    """A server with one worker, whose threads and descriptors the walk watches."""
+    from .conftest import STANDARD_ACCOUNTS
+    from .server_proc import ServerProcess
+    with ServerProcess(str(tmp_path), emulator.port, STANDARD_ACCOUNTS,
+                       optional={"worker_processes": "1", "max_login_failures": "0",
+                                 "max_connections_per_ip": "0"}) as proc:
+        yield proc
+
+
+def _worker(server) -> psutil.Process:
+    [worker] = psutil.Process(server.proc.pid).children()
+    return worker
+
+
+def _sessions_of(worker: psutil.Process, port: int) -> list:
+    return [c for c in worker.net_connections() if c.laddr and c.laddr.port == port and
+            c.status == psutil.CONN_ESTABLISHED]
+
+
+@pytest.mark.parametrize("seed", [11, 2027, 4242])
+def test_random_walk(lone_worker, cos, area, seed):
+    server = lone_worker
+    warm = Session(server)
+    still_works(warm, area)  # the worker's pools exist before the baseline
+    warm.close()
+    worker = _worker(server)
+    wait_until(lambda: not _sessions_of(worker, server.port), what="the warm-up to end")
+    threads, fds = worker.num_threads(), worker.num_fds()
+    log_start = len(server.log_text())
+    walk = Walk(server, cos, area, seed)
+    try:
+        for _ in range(150):
+            walk.step()
+    except BaseException as exc:
+        raise AssertionError(f"seed {seed}, steps {walk.trace[-8:]}: {exc!r}") from exc
+    finally:
+        for s in walk.sessions:
+            s.close()
+    log = server.log_text()[log_start:]
+    assert "Traceback" not in log and "unhandled exception" not in log, f"seed {seed}"
+    wait_until(lambda: worker.num_threads() <= threads + SPARE_THREADS,
+               what=f"seed {seed}: threads back near {threads}")
+    wait_until(lambda: worker.num_fds() <= fds + SPARE_FDS,
+               what=f"seed {seed}: descriptors back near {fds}")
+
+
+def _port(session: Session, listener: socket.socket) -> str:
+    port = listener.getsockname()[1]
+    return session.cmd(f"PORT 127,0,0,1,{port >> 8},{port & 255}")
+
+
+def test_port_answered_once_when_its_connection_closes_at_once(session, area, cos):
+    """The client closes its listener right after PORT's 200: the data connection's end
+    is no second answer to PORT (pyftpdlib sent 425 too, and every later reply was one
+    behind), and a transfer then ends (425, or 426 if the server had not yet seen the
+    connection close), not left waiting."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=b"f")
+    for _ in range(3):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            reply = _port(session, listener)
+        assert reply[:3] in ("200", "425"), reply
+        assert session.cmd("NOOP").startswith("200")
+        reply = session.cmd(f"NLST {area}")
+        if reply[0] == "1":
+            reply = session.reply()
+        assert reply[:3] in ("425", "426", "226"), reply
+        assert session.cmd("NOOP").startswith("200")
+    still_works(session, area)
+
+
+def test_retr_after_a_port_transfer_needs_a_new_port(session, area, cos):
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=b"f" * 100)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(20)
+        assert _port(session, listener).startswith("200")
+        assert session.cmd(f"RETR {area}/f")[:3] in ("125", "150")
+        conn, _ = listener.accept()
+        conn.settimeout(20)
+        assert drain(conn) == b"f" * 100
+        assert session.reply().startswith("226")
+    assert session.cmd(f"RETR {area}/f").startswith("425")
     still_works(session, area)

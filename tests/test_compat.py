@@ -17,6 +17,7 @@ from pyftpdlib.ioloop import Acceptor, AsyncChat, IOLoop
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
 from cosftp_prefork.ftp import compat
+from cosftp_prefork.ftp.active import CosActiveDTP
 from cosftp_prefork.ftp.datachannel import CosDTPHandler
 from cosftp_prefork.ftp.fs import CosFS
 from cosftp_prefork.ftp.handler import CosFTPHandler
@@ -30,7 +31,7 @@ CLASSES = {cls.__name__: cls for cls in (
     ThreadedFTPServer)}
 # Our subclasses of pyftpdlib classes, whose private overrides must be listed in compat.
 OURS = (CosFTPHandler, CosDTPHandler, CosTLSFTPHandler, CosTLSDTPHandler, CosPassiveDTP,
-        BalancedFTPServer, CosFS)
+        CosActiveDTP, BalancedFTPServer, CosFS)
 PACKAGE = pathlib.Path(compat.__file__).resolve().parent.parent
 
 

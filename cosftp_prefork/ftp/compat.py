@@ -14,11 +14,12 @@ with the names those overrides rely on.
 from typing import Any, Callable, Optional
 
 # Re-exported: these live in pyftpdlib's internal modules, not in ``pyftpdlib.handlers``.
-from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
+from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer, FileProducer
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED as DISCONNECTED
 
-__all__ = ["DISCONNECTED", "BufferedIteratorProducer", "FileProducer", "PassiveDTP"]
+__all__ = ["DISCONNECTED", "ActiveDTP", "BufferedIteratorProducer", "FileProducer",
+           "PassiveDTP"]
 
 # pyftpdlib class -> the private attributes and methods the helpers below use.
 RELIED_ON: dict[str, tuple[str, ...]] = {
@@ -156,6 +157,13 @@ def forget_passive_listener(handler: Any) -> None:
 def connecting_actively(handler: Any) -> bool:
     """True while an active (PORT/EPRT) data connection is being made."""
     return handler._dtp_connector is not None
+
+
+def forget_active_connector(handler: Any, connector: Any) -> None:
+    """Drop the session's reference to ``connector`` (PORT/EPRT's), if it is still the
+    session's: its connection was handed over, or failed."""
+    if handler._dtp_connector is connector:
+        handler._dtp_connector = None
 
 
 def data_channel_opened(handler: Any) -> None:

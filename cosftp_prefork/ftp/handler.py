@@ -35,6 +35,7 @@ from ..errors import (
 from ..events.spool import SpoolError
 from ..paths import new_name_key
 from . import compat
+from .active import CosActiveDTP
 from .admission import Admission, raw_socket
 from .authhook import DENY, AuthHook, HookRequest, Verdict
 from .authorizer import CosAuthorizer, LoginRefused, LoginUnavailable
@@ -89,6 +90,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     dtp_handler = CosDTPHandler
     passive_dtp = CosPassiveDTP
+    active_dtp = CosActiveDTP
     abstracted_fs = staticmethod(session_fs)  # a CosFS, or a MountedFS with folders
     use_sendfile = False
     banner = "cosftp-prefork ready."  # [OPTIONAL] ftpd_banner, set by configure_handler
