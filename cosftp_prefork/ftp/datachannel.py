@@ -218,21 +218,23 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self._meter.finish(complete=self.transfer_finished)  # while the socket is open
         if self._counted and not compat.is_closed(self):
             self.cmd_channel.stats.transfer_ended(self._meter)
+        # Taken now: after a QUIT during the transfer, pyftpdlib closes the session (and
+        # drops its filesystem) inside the close below (see ``_last_fs``).
+        fs = self.cmd_channel.fs
         super().close()
-        if ending:
-            self._report_end()
+        if ending and fs is not None:
+            self._report_end(fs)
 
-    def _report_end(self) -> None:
+    def _report_end(self, fs) -> None:
         """After the reply: the event of a failed upload (parked or discarded) or of a
-        download the client had whole."""
-        transfer, channel = self.file_obj, self.cmd_channel
+        download the client had whole (paths placed by the session's filesystem ``fs``)."""
+        transfer, hooks = self.file_obj, self.cmd_channel.hooks
         seconds = self.get_elapsed_time()
         if isinstance(transfer, UploadSession) and transfer.committed is None:
-            channel.hooks.upload_failed(channel.fs.path_of(transfer), transfer.size,
-                                        transfer.state is UploadState.PARKED, seconds)
+            hooks.upload_failed(fs.path_of(transfer), transfer.size,
+                                transfer.state is UploadState.PARKED, seconds)
         elif transfer is not None and self.cmd == "RETR" and self.transfer_finished:
-            channel.hooks.downloaded(channel.fs.path_of(transfer),
-                                     self.get_transmitted_bytes(), seconds)
+            hooks.downloaded(fs.path_of(transfer), self.get_transmitted_bytes(), seconds)
 
     def _was_reset(self) -> bool:
         """True if the client reset the data connection rather than closing it (a FIN

@@ -129,6 +129,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
                 self._say_goodbye()
             if self.fs is not None:
                 self.fs.end()
+                self._last_fs = self.fs
         super().close()
         if self._drain is not None:
             self._drain.close(DrainEnd.SESSION)  # nobody reads the reply any more
@@ -357,13 +358,18 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         owner = self.authorizer.account(self.username) if mount else None
         return self.stats.quotas.for_account(account, mount, owner)
 
+    # The filesystem the session had when it closed: after a QUIT during a transfer,
+    # pyftpdlib closes the session (and drops ``fs``) inside the data channel's close,
+    # before the channel reports the transfer's event, whose path it places.
+    _last_fs = None
+
     @functools.cached_property
     def hooks(self) -> SessionHooks:
         """This session's events and pre-checks; its filesystem places their paths (a
         virtual folder's are of the folder's bucket)."""
         return self.worker_hooks.session(f"{id(self):x}",
                                          lambda: (self.username or None, self.remote_ip),
-                                         lambda path: self.fs.place_of(path))
+                                         lambda path: (self.fs or self._last_fs).place_of(path))
 
     @functools.cached_property
     def log_label(self) -> SessionLabel:
