@@ -370,6 +370,66 @@ def test_quit_during_a_transfer_lets_it_finish(server, session, area, cos, direc
     assert "Traceback" not in log and "unhandled exception" not in log
 
 
+@pytest.mark.parametrize("change", ["DELE", "STOR", "RNFR"])
+def test_a_file_changed_by_another_session_while_read(session, rival, area, cos, change):
+    """A second session deletes, overwrites or renames the file a first one is reading:
+    the reader gets the old file whole (226) or a prefix of it with 426/451, never bytes
+    of the new one."""
+    old, new = os.urandom(8 * MIB), os.urandom(8 * MIB)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=old)
+    conn = session.connect(session.pasv())
+    assert session.cmd(f"RETR {area}/f")[0] == "1"
+    head = conn.recv(1000)
+    if change == "DELE":
+        assert rival.cmd(f"DELE {area}/f").startswith("250")
+    elif change == "STOR":
+        assert put(rival.ftp, f"{area}/f", new).startswith("226")
+    else:
+        assert rival.cmd(f"RNFR {area}/f").startswith("350")
+        assert rival.cmd(f"RNTO {area}/g").startswith("250")
+    data, final = head + drain(conn), session.reply()
+    if final.startswith("226"):
+        assert data == old
+    else:
+        assert final[:3] in ("426", "451") and old.startswith(data), final
+    still_works(session, area)
+    still_works(rival, area)
+
+
+def test_appe_to_a_file_another_session_writes(session, rival, area, cos):
+    """APPE to a file whose STOR another session has under way: each ends with its own
+    reply, and the object is one writer's whole result."""
+    first = os.urandom(2 * MIB + 3)
+    conn = rival.connect(rival.pasv())
+    assert rival.cmd(f"STOR {area}/w")[0] == "1"
+    conn.sendall(first[:MIB])
+    appended = session.connect(session.pasv())
+    reply = session.cmd(f"APPE {area}/w")
+    if reply[0] == "1":
+        appended.sendall(b"tail")
+        appended.close()
+        reply = session.reply()
+    assert reply[:3] in ("226", "450", "451", "550"), reply
+    conn.sendall(first[MIB:])
+    conn.close()
+    assert rival.reply()[:3] in ("226", "450", "451")
+    assert stored(cos, f"{area}/w") in (first, b"tail", first + b"tail")
+    still_works(session, area)
+    still_works(rival, area)
+
+
+def test_user_again_mid_session(session, area, cos):
+    """USER while logged in starts a new login (RFC 959; vsftpd and proftpd refuse it):
+    a wrong password leaves the session logged out, a right one logged in anew."""
+    assert session.cmd("USER alice").startswith("331")
+    assert session.cmd("PASS wrong").startswith("530")
+    assert session.cmd(f"NLST {area}").startswith("530")
+    assert session.cmd("USER alice").startswith("331")
+    assert session.cmd("PASS alice-pw").startswith("230")
+    session.cmd("TYPE I")
+    still_works(session, area)
+
+
 # --- the random walk
 
 class Walk:
