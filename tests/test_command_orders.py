@@ -430,6 +430,30 @@ def test_user_again_mid_session(session, area, cos):
     still_works(session, area)
 
 
+@pytest.mark.parametrize("setup", ["PASV", "EPSV", "PORT"])
+@pytest.mark.parametrize("waiting", ["STOR", "RETR", "NLST"])
+def test_a_new_data_connection_while_a_transfer_waits(session, area, cos, setup, waiting):
+    """PASV, STOR/RETR/NLST (150), then PASV/EPSV/PORT before connecting: the waiting
+    command is given up with its final reply (425) before the new command's; on main it
+    was dropped silently, its 150 never answered. Nothing is stored, and the next data
+    connection carries the next command's bytes only."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/r", Body=b"r" * 100)
+    session.pasv()
+    argument = {"STOR": f"{area}/w", "RETR": f"{area}/r", "NLST": area}[waiting]
+    assert session.cmd(f"{waiting} {argument}").startswith("150")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        if setup == "PORT":
+            port = listener.getsockname()[1]
+            session.send(f"PORT 127,0,0,1,{port >> 8},{port & 255}")
+        else:
+            session.send(setup)
+        assert session.reply().startswith("425")
+        assert session.reply()[:3] in ("200", "227", "229")
+    assert session.cmd("NOOP").startswith("200")
+    assert stored(cos, f"{area}/w") is None
+    still_works(session, area)
+
+
 # --- the random walk
 
 class Walk:

@@ -59,6 +59,8 @@ TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
 SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
                    "NLST", "MLSD", "MLST", "SIZE", "MDTM")
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
+GIVEN_UP = ("425 No data connection came; the transfer was given up for the new PASV, "
+            "EPSV, PORT or EPRT.")
 TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
                  "wait for its reply or send ABOR.")
 # The de-facto checksum commands and the algorithm each one answers with.
@@ -466,7 +468,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         return None
 
     def _make_epasv(self, extmode: bool = False) -> None:
-        self._drop_queued_transfers()
+        self._drop_queued_transfers(answer=GIVEN_UP)
         local_ip = self.socket.getsockname()[0]
         if not extmode and ":" in local_ip and not local_ip.startswith("::ffff:"):
             self.respond("425 PASV can only announce an IPv4 address; use EPSV.")
@@ -553,7 +555,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def _make_eport(self, ip: str, port: int) -> None:
         """EPRT may spell an IPv6 address in any of its forms: compare the canonical one."""
-        self._drop_queued_transfers()
+        self._drop_queued_transfers(answer=GIVEN_UP)
         with contextlib.suppress(ValueError):
             address = ipaddress.ip_address(ip)
             if address.version == 6 and address.ipv4_mapped is None:
@@ -571,10 +573,11 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             self.fs.end()
         super().flush_account()
 
-    def _drop_queued_transfers(self) -> None:
+    def _drop_queued_transfers(self, answer: Optional[str] = None) -> None:
         """Close the upload a STOR/APPE, and the download a RETR, left waiting for a data
         connection that never came, before the client's next data connection or ABOR makes
-        it unreachable.
+        it unreachable; ``answer`` is then the given-up command's final reply (PASV, EPSV,
+        PORT, EPRT: its 150 was never answered).
 
         pyftpdlib only closes a queued file when the session ends: replacing an upload
         would leak its multipart upload, or lose a claimed parked one; a download kept its
@@ -591,6 +594,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             log.info("path=%s: download given up before its data connection opened",
                      sending[2].name)
             sending[2].close()
+        if answer is not None and (queued is not None or sending is not None):
+            self.respond(answer)
 
     def peer_gone(self, wait: float = 0.0) -> bool:
         """True if the client closes or resets the control connection within ``wait``
