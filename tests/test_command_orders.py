@@ -53,6 +53,14 @@ class Session:
         self.send(line)
         return self.reply()
 
+    def abort(self) -> None:
+        """ABOR: 426 for a transfer it cut, then 225/226."""
+        self.send("ABOR")
+        replies = [self.reply()]
+        if replies[0].startswith("426"):
+            replies.append(self.reply())
+        assert replies[-1][:3] in ("225", "226"), replies
+
     def pasv(self) -> tuple[str, int]:
         reply = self.cmd("PASV")
         assert reply.startswith("227"), reply
@@ -273,11 +281,7 @@ def test_abor_during_an_upload_stores_nothing(session, area, cos):
     conn = session.connect(session.pasv())
     assert session.cmd(f"STOR {area}/f")[:3] in ("125", "150")
     conn.sendall(os.urandom(3 * MIB))
-    session.send("ABOR")
-    replies = [session.reply()]
-    if replies[0].startswith("426"):
-        replies.append(session.reply())
-    assert replies[-1][:3] in ("225", "226"), replies
+    session.abort()
     conn.close()
     assert stored(cos, f"{area}/f") is None
     wait_until(lambda: not pending_uploads(cos, f"{area}/f"), what="the upload aborted")
@@ -569,11 +573,7 @@ def _abor_download(walk: Walk, s: Session) -> None:
     assert s.cmd(f"RETR {walk.area}/big")[0] == "1"
     head = conn.recv(walk.rng.choice([1, 1000, MIB]))
     assert walk.big.startswith(head)
-    s.send("ABOR")
-    replies = [s.reply()]
-    if replies[0].startswith("426"):
-        replies.append(s.reply())
-    assert replies[-1][:3] in ("225", "226"), replies
+    s.abort()
     conn.close()
 
 
@@ -581,11 +581,7 @@ def _abor_upload(walk: Walk, s: Session) -> None:
     conn = s.connect(s.pasv())
     assert s.cmd(f"STOR {walk.rng.choice(walk.keys)}")[0] == "1"
     conn.sendall(os.urandom(walk.rng.choice([0, 1000, MIB + 5])))
-    s.send("ABOR")
-    replies = [s.reply()]
-    if replies[0].startswith("426"):
-        replies.append(s.reply())
-    assert replies[-1][:3] in ("225", "226"), replies
+    s.abort()
     conn.close()
 
 
