@@ -19,8 +19,8 @@ import psutil
 import pytest
 from qcloud_cos.cos_exception import CosServiceError
 
-from .conftest import ALPHA, _close
-from .server_proc import wait_until
+from .conftest import ALPHA, STANDARD_ACCOUNTS, _close
+from .server_proc import ServerProcess, wait_until
 from .test_commands import get, put
 from .test_transfers import pending_uploads
 
@@ -521,15 +521,7 @@ class Walk:
 
 
 def _stor(walk: Walk, s: Session) -> None:
-    key, data = walk.rng.choice(walk.keys), walk.payload()
-    conn = s.connect(s.pasv())
-    assert s.cmd(f"STOR {key}")[:3] in ("125", "150")
-    conn.sendall(data)
-    conn.close()
-    reply = s.reply()
-    assert reply[:3] in ("226", "426", "451"), reply
-    if reply.startswith("226"):
-        walk.allowed[key].add(data)
+    _stor_into(walk, s, walk.rng.choice(walk.keys), walk.payload())
 
 
 def _retr(walk: Walk, s: Session) -> None:
@@ -673,7 +665,62 @@ def _quit_mid_transfer(walk: Walk, s: Session) -> None:
     walk.restart(s)
 
 
+def _overlapping_stors(walk: Walk, s: Session) -> None:
+    """Two sessions STOR one key at once, the first finishing last: the object is one
+    of the two payloads, whole."""
+    other = walk.rng.choice([o for o in walk.sessions if o is not s])
+    key, first, second = walk.rng.choice(walk.keys), walk.payload(), walk.payload()
+    conn = s.connect(s.pasv())
+    assert s.cmd(f"STOR {key}")[0] == "1"
+    conn.sendall(first[:len(first) // 2])
+    _stor_into(walk, other, key, second)
+    conn.sendall(first[len(first) // 2:])
+    conn.close()
+    reply = s.reply()
+    assert reply[:3] in ("226", "450", "451"), reply
+    if reply.startswith("226"):
+        walk.allowed[key].add(first)
+    other.ftp.voidcmd("NOOP")
+
+
+def _stor_into(walk: Walk, s: Session, key: str, data: bytes) -> None:
+    conn = s.connect(s.pasv())
+    reply = s.cmd(f"STOR {key}")
+    if reply[0] == "1":
+        conn.sendall(data)
+        conn.close()
+        reply = s.reply()
+    assert reply[:3] in ("226", "450", "451"), reply
+    if reply.startswith("226"):
+        walk.allowed[key].add(data)
+
+
+def _read_while_replaced(walk: Walk, s: Session) -> None:
+    """A RETR under way while another session overwrites or deletes the file: the reader
+    gets one whole payload (226) or a prefix of one (426/451)."""
+    key = walk.rng.choice(walk.keys)
+    other = walk.rng.choice([o for o in walk.sessions if o is not s])
+    before = set(walk.allowed[key])
+    conn = s.connect(s.pasv())
+    first = s.cmd(f"RETR {key}")
+    if first[0] != "1":
+        conn.close()
+        assert first[:3] == "550", first
+        return
+    head = conn.recv(1000)
+    if walk.rng.random() < 0.5:
+        assert other.cmd(f"DELE {key}")[:3] in ("250", "550")
+    else:
+        _stor_into(walk, other, key, walk.payload())
+    data, final = head + drain(conn), s.reply()
+    if final.startswith("226"):
+        assert data in before, f"RETR {key} under a rival write: foreign bytes"
+    else:
+        assert final[:3] in ("426", "451") and any(c.startswith(data) for c in before), final
+
+
 STEP_FUNCTIONS = {f.__name__.lstrip("_"): f for f in (
+    _overlapping_stors, _read_while_replaced,
     _stor, _retr, _rest_retr, _list, _no_data_connection, _unused_data_setup,
     _abor_download, _abor_upload, _busy, _rest_then_other, _rename, _dele, _user_again,
     _odd_arguments, _quit_mid_transfer)}
@@ -681,13 +728,16 @@ STEPS = [name for name in STEP_FUNCTIONS for _ in range(3 if name in ("stor", "r
 
 
 @pytest.fixture
-def lone_worker(emulator, tmp_path):
-    """A server with one worker, whose threads and descriptors the walk watches."""
-    from .conftest import STANDARD_ACCOUNTS
-    from .server_proc import ServerProcess
+def lone_worker(emulator, tmp_path, request):
+    """A server with one worker, whose threads and descriptors the walk watches. Odd
+    seeds walk with ``resume_ttl = 0``: a broken upload is aborted, not parked, so any
+    multipart upload left behind is a leak."""
+    optional = {"worker_processes": "1", "max_login_failures": "0",
+                "max_connections_per_ip": "0"}
+    if request.node.callspec.params["seed"] % 2:
+        optional["resume_ttl"] = "0"
     with ServerProcess(str(tmp_path), emulator.port, STANDARD_ACCOUNTS,
-                       optional={"worker_processes": "1", "max_login_failures": "0",
-                                 "max_connections_per_ip": "0"}) as proc:
+                       optional=optional) as proc:
         yield proc
 
 
@@ -726,6 +776,10 @@ def test_random_walk(lone_worker, cos, area, seed):
             s.close()
     log = server.log_text()[log_start:]
     assert "Traceback" not in log and "unhandled exception" not in log, f"seed {seed}"
+    if seed % 2:
+        wait_until(lambda: not cos.list_multipart_uploads(
+            Bucket=ALPHA, Prefix=f"{area}/").get("Upload"),
+            what=f"seed {seed}: no multipart upload left")
     wait_until(lambda: worker.num_threads() <= threads + SPARE_THREADS,
                what=f"seed {seed}: threads back near {threads}")
     wait_until(lambda: worker.num_fds() <= fds + SPARE_FDS,
