@@ -13,6 +13,7 @@ import os
 import random
 import re
 import socket
+import subprocess
 from typing import Optional
 
 import psutil
@@ -459,6 +460,21 @@ def test_a_new_data_connection_while_a_transfer_waits(session, area, cos, setup,
     assert session.cmd("NOOP").startswith("200")
     assert stored(cos, f"{area}/w") is None
     still_works(session, area)
+
+
+def test_active_mode_round_trips_with_ftplib_and_curl(server, session, area, cos):
+    """Active mode as clients use it, after the connector's changes: ftplib's PORT and
+    curl's EPRT/PORT (``-P``), an upload and downloads, one after another."""
+    data = os.urandom(3 * MIB + 7)
+    session.ftp.set_pasv(False)
+    assert put(session.ftp, f"{area}/a", data).startswith("226")
+    assert get(session.ftp, f"{area}/a") == data
+    assert get(session.ftp, f"{area}/a", rest=MIB) == data[MIB:]
+    assert session.ftp.nlst(area) == ["a"]
+    done = subprocess.run(["curl", "-s", "-S", "-P", "127.0.0.1", "--user", "alice:alice-pw",
+                           f"ftp://127.0.0.1:{server.port}/{area}/a"],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == data, done.stderr
 
 
 # --- the random walk
