@@ -508,6 +508,10 @@ def test_a_graceful_stop_shows_in_status_and_refuses_a_reload(emulator, tmp_path
         ftp = log_in(proc)
         upload = HeldUpload(ftp, f"{area}.bin", 2 * MIB)
         upload.send(MIB)
+        # The worker counts the upload in the session's thread just after the 150: a
+        # graceful stop before that finds no transfer in flight to wait for.
+        wait_until(lambda: sum(w["uploads"] for w in api.get("/status")["workers"]) == 1,
+                   what="the upload counted")
         proc.proc.send_signal(signal.SIGQUIT)
         wait_until(lambda: connection_refused(proc.port), what="the FTP listener closed")
         assert api.get("/status")["master"]["state"] == "stopping gracefully"
