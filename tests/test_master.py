@@ -442,6 +442,29 @@ def test_reload_during_a_graceful_stop_is_refused_and_the_transfer_finishes(daem
     uploader.close()
 
 
+def test_a_graceful_stop_waits_for_an_upload_whose_data_connection_is_to_come(daemon, cos,
+                                                                              area):
+    """A STOR answered 150 whose data connection the client has not opened yet is a
+    transfer in flight: a graceful stop waits for it and it ends with 226 (the worker took
+    the session for idle: 421, and the data connection was refused)."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master = master_of(daemon)
+    uploader = login(daemon)
+    uploader.voidcmd("TYPE I")
+    host, port = ftplib.parse227(uploader.sendcmd("PASV"))
+    uploader.putcmd(f"STOR {area}")
+    assert uploader.getresp().startswith("150")
+    master.send_signal(signal.SIGQUIT)
+    wait_until(lambda: connection_refused(daemon.port), what="listener closed")
+    data = os.urandom(MIB)
+    with socket.create_connection((host, port), timeout=30) as upload:
+        upload.sendall(data)
+    assert uploader.voidresp().startswith("226")
+    master.wait(60)
+    assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
+    uploader.close()
+
+
 def test_ttin_ttou_change_worker_count(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")

@@ -119,6 +119,13 @@ def transfer_waiting(handler: Any) -> bool:
     return handler._in_dtp_queue is not None or handler._out_dtp_queue is not None
 
 
+def file_transfer_waiting(handler: Any) -> bool:
+    """True while a file transfer (STOR, APPE, RETR; not a listing) waits for its data
+    connection."""
+    sending = handler._out_dtp_queue
+    return handler._in_dtp_queue is not None or (sending is not None and bool(sending[2]))
+
+
 def restart_position(handler: Any) -> int:
     """The offset the last REST set (0: none), left in place."""
     return handler._restart_position

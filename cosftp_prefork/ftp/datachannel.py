@@ -196,6 +196,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self._meter.name = getattr(file, "name", "")
             self._meter.expected = expected
             self.cmd_channel.stats.transfer_started(self.receive)
+            self.cmd_channel.stats.transfer_unqueued(self.cmd_channel)  # counted from now
 
     def close(self) -> None:
         ending = not compat.is_closed(self)

@@ -431,6 +431,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
                 return
         try:
             super().process_command(cmd, *args, **kwargs)
+            if cmd in TRANSFER_COMMANDS and compat.file_transfer_waiting(self):
+                self.stats.transfer_queued(self)  # its 150 is out: in flight for a stop
         except Unstorable as exc:
             self.respond(f"553 {exc}.")
         except Conflict as exc:
@@ -585,6 +587,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         bytes first.
         """
         queued = compat.take_queued_transfer(self)
+        self.stats.transfer_unqueued(self)
         if queued is not None:
             log.info("path=%s: upload given up before its data connection opened",
                      queued[0].name)

@@ -155,6 +155,9 @@ class WorkerStats:
         # Set when the worker closes its remaining sessions: each then tells its client.
         self.stopping = threading.Event()
         self.sessions = self.uploads = self.downloads = 0
+        # Sessions whose file transfer was answered 150 and waits for its data connection:
+        # in flight for a graceful stop, though not counted in uploads/downloads yet.
+        self._queued: set[object] = set()
         # File transfers' bytes, those in flight included (see ``credit``).
         self.bytes_up = self.bytes_down = 0
         self._described: dict[int, Described] = {}  # by session row
@@ -283,6 +286,23 @@ class WorkerStats:
                 self.bytes_up += moved
             else:
                 self.bytes_down += moved
+
+    def transfer_queued(self, session: object) -> None:
+        """``session``'s file transfer waits for its data connection (after its 150)."""
+        with self._lock:
+            self._queued.add(session)
+
+    def transfer_unqueued(self, session: object) -> None:
+        """``session`` has no file transfer waiting any more: it started (and is counted),
+        was given up, or the session ended."""
+        with self._lock:
+            self._queued.discard(session)
+
+    @property
+    def transfers_in_flight(self) -> int:
+        """File transfers running, and those answered 150 that wait for their connection."""
+        with self._lock:
+            return self.uploads + self.downloads + len(self._queued)
 
     def transfer_started(self, upload: bool) -> None:
         with self._lock:
@@ -557,10 +577,11 @@ class Worker:
 
     def _drained(self, stats: WorkerStats) -> bool:
         """Draining for a reload ends with the last session (it keeps its old config to the
-        end); a graceful stop ends with the last transfer in flight (the 226 is sent before
-        the count drops), and the idle sessions then get 421."""
+        end); a graceful stop ends with the last transfer in flight, one answered 150 and
+        waiting for its data connection included (the 226 is sent before the count drops),
+        and the idle sessions then get 421."""
         if self._finish:
-            return stats.uploads + stats.downloads <= 0
+            return stats.transfers_in_flight <= 0
         return stats.sessions <= 0
 
     def _start_draining(self, servers: list[BalancedFTPServer], stats: WorkerStats) -> None:
