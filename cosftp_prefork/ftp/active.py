@@ -10,7 +10,7 @@ from . import compat
 
 class CosActiveDTP(compat.ActiveDTP):
     """pyftpdlib answers PORT when its connection to the client is made (200) or failed
-    (425). Two flaws are mended here:
+    (425). Three flaws are mended here:
 
     - once connected and answered 200, a failure of the data connection before any
       transfer (the client closed its listener) was answered 425 as well: two replies to

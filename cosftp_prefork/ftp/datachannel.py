@@ -219,10 +219,8 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self._meter.finish(complete=self.transfer_finished)  # while the socket is open
         if self._counted and not compat.is_closed(self):
             self.cmd_channel.stats.transfer_ended(self._meter)
-        # Taken now: after a QUIT during the transfer, pyftpdlib closes the session (and
-        # drops its filesystem) inside the close below (see ``_last_fs``).
-        fs = self.cmd_channel.fs
         super().close()
+        fs = self.cmd_channel.placing_fs  # the session may have closed inside the close
         if ending and fs is not None:
             self._report_end(fs)
 

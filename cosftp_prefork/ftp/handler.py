@@ -365,13 +365,19 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     # before the channel reports the transfer's event, whose path it places.
     _last_fs = None
 
+    @property
+    def placing_fs(self):
+        """The filesystem that places this session's paths in COS: its own, or once the
+        session closed, the one it had (None if it never logged in)."""
+        return self.fs or self._last_fs
+
     @functools.cached_property
     def hooks(self) -> SessionHooks:
         """This session's events and pre-checks; its filesystem places their paths (a
         virtual folder's are of the folder's bucket)."""
         return self.worker_hooks.session(f"{id(self):x}",
                                          lambda: (self.username or None, self.remote_ip),
-                                         lambda path: (self.fs or self._last_fs).place_of(path))
+                                         lambda path: self.placing_fs.place_of(path))
 
     @functools.cached_property
     def log_label(self) -> SessionLabel:

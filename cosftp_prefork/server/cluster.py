@@ -520,8 +520,7 @@ class ClusterState:
                 return False
             self._retry_at = time.monotonic() + RETRY_SECONDS
         self._check()
-        with self._lock:
-            return self._link is Link.UP
+        return self._up()
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[None]:
@@ -542,6 +541,7 @@ class ClusterState:
             self._free.release()
 
     def _up(self) -> bool:
+        """True if the last call found Redis up."""
         with self._lock:
             return self._link is Link.UP
 
