@@ -91,8 +91,8 @@ class EmulatorProcess:
                 for entry in request_log(self.port, signed_by=secret_id)]
 
     def rendezvous(self, **arm) -> dict:
-        """Arm the rendezvous (``contains``, ``parties``, ``timeout``, optionally ``kind``) if
-        given; return its state (``armed``, ``passed``, ``broken``)."""
+        """Arm the rendezvous (``contains``, ``parties``, ``timeout``, optionally ``kind`` and
+        ``exact``) if given; return its state (``armed``, ``passed``, ``broken``)."""
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/__emulator__/rendezvous",
             method="PUT" if arm else "GET", data=json.dumps(arm).encode() if arm else None)

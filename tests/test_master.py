@@ -1012,7 +1012,9 @@ def test_stop_parks_an_upload_whose_part_cos_takes_long_to_store(daemon, emulato
     """A fast stop parks an upload once the parts COS is receiving are stored, however long
     that takes within the stop's time (the master allows 30 s): the worker waited 5 s for
     each session thread (pyftpdlib's join_timeout), then exited under it, and the upload
-    was lost (not parked). COS holds the parts for 8 s here (the emulator's rendezvous)."""
+    was lost (not parked). COS holds the upload's first requests for 8 s here (the
+    emulator's rendezvous): its live marker, so its first part waits for a pool thread when
+    the stop comes (which the park cancelled, under load, then aborted the upload)."""
     from .test_resume import is_parked
 
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import ftplib
 import io
 import json
 import os
 import signal
+import struct
 import subprocess
+import termios
 import time
 from email.utils import parsedate_to_datetime
 
@@ -20,7 +23,7 @@ from cosftp_prefork.cos.registry import BucketRegistry
 from cosftp_prefork.cos.resume import Janitor, live_key
 
 from .conftest import ALPHA
-from .emulator_proc import emulator_account
+from .emulator_proc import emulator_account, request_log
 from .server_proc import Account, ServerProcess, wait_until
 from .test_clients import lftp_command, require, run
 from .test_commands import get, put
@@ -335,6 +338,56 @@ def test_parked_upload_survives_a_reload(resumable, area, cos):
     assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
     assert get(ftp, area) == data
     ftp.quit()
+
+
+def _unread(conn) -> int:
+    """The bytes sent on the data connection ``conn`` that the server has not read: those in
+    the client's send queue and in the server's receive queue (``/proc/net/tcp``)."""
+    unsent = struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    server, client = conn.getpeername()[1], conn.getsockname()[1]
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            if (int(fields[1].rpartition(":")[2], 16), int(fields[2].rpartition(":")[2], 16)) \
+                    == (server, client):
+                return unsent + int(fields[4].partition(":")[2], 16)
+    raise AssertionError(f"no connection from port {client} to {server}")
+
+
+def test_a_part_waiting_for_the_part_pool_is_stored_when_the_upload_breaks(emulator, tmp_path,
+                                                                           area, cos):
+    """A part handed to the worker's part pool is stored before the upload is parked, even
+    when the pool has not started it yet: the park cancelled it, and an upload whose only
+    part waited behind other uploads' parts (a busy worker; under load, the moment between
+    handing a part over and a pool thread taking it) was aborted and its bytes lost."""
+    busy, broken = f"{area}-busy", f"{area}-broken"
+    one_thread = {"worker_processes": "1", "upload_thread_num": "1"}
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                       optional=one_thread) as srv:
+        # COS holds the busy upload's first part (the pool's one thread) for 3 s.
+        emulator.rendezvous(contains=busy, exact=True, kind="PUT", parties=2, timeout=3)
+        first = srv.login("alice", "alice-pw")
+        first.voidcmd("TYPE I")
+        holding = first.transfercmd(f"STOR {busy}")
+        holding.sendall(os.urandom(MIB + 1))
+        wait_until(lambda: any(entry["target"] == busy and entry["end"] is None
+                               for entry in request_log(emulator.port, busy)),
+                   what="the busy upload's part held by COS")
+        second = srv.login("alice", "alice-pw")
+        second.voidcmd("TYPE I")
+        conn = second.transfercmd(f"STOR {broken}")
+        conn.sendall(os.urandom(2 * MIB + 1))
+        # Part 2's bytes are read once part 1 is handed to the pool (the busy one's thread).
+        wait_until(lambda: _unread(conn) < MIB, what="the server to read part 2")
+        second.sock.close()
+        second.close()
+        conn.close()
+        wait_until(lambda: is_parked(cos, broken), what="the upload to be parked")
+        assert park_records(cos, broken)[0]["size"] == MIB
+        holding.close()
+        assert first.voidresp().startswith("226")
+        assert cos.head_object(Bucket=ALPHA, Key=busy)["Content-Length"] == str(MIB + 1)
+        first.quit()
 
 
 def test_abor_discards_instead_of_parking(resumable, area, cos):

@@ -305,12 +305,14 @@ class PartStream:
         if self.failure is not None:
             raise self.failure
 
-    def settle(self) -> None:
-        """Cancel parts not started, wait for those uploading (an abort issued before they
-        finish would not remove them, and a park wants them stored), free the buffers."""
-        for future in self._futures:
-            future.cancel()
-        wait(self._futures)
+    def settle(self, keep: bool) -> None:
+        """Wait for the parts handed to the pool, then free the buffers. With ``keep`` (a
+        park) every one is stored, started or not: its bytes were received, and a part that
+        was still waiting for a pool thread was lost to the park by the luck of a thread's
+        turn. Without it (an abort) those not started are cancelled and those uploading
+        waited for: an abort issued before they finish would not remove them."""
+        wait(self._futures if keep else [future for future in self._futures
+                                         if not future.cancel()])
         self.drop_buffer()
 
     def drop_buffer(self) -> None:
@@ -595,7 +597,7 @@ class UploadSession:
     def _park(self) -> bool:
         """Keep the parts that reached COS for a later REST + STOR; False if none did or the
         record cannot be written (the caller then aborts)."""
-        self._parts.settle()
+        self._parts.settle(keep=True)
         stored = self._parts.stored_parts()
         if not stored:
             return False
@@ -666,7 +668,7 @@ class UploadSession:
             self._move(UploadState.ABORTED)
         if self._checks is not None:
             self._checks.cancel()
-        self._parts.settle()
+        self._parts.settle(keep=False)
         upload_id = self._parts.upload_id
         if upload_id is None:
             return

@@ -357,7 +357,8 @@ class CosShim:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             wanted = json.loads(environ["wsgi.input"].read(length) or b"{}")
             self.rendezvous.arm(str(wanted["contains"]), int(wanted["parties"]),
-                                float(wanted.get("timeout", 10.0)), str(wanted.get("kind", "")))
+                                float(wanted.get("timeout", 10.0)), str(wanted.get("kind", "")),
+                                bool(wanted.get("exact", False)))
         body = json.dumps(self.rendezvous.as_dict()).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])

@@ -72,28 +72,32 @@ class Rendezvous:
     breaks after ``timeout`` seconds), or holds one request for that long. One use per
     arming; ``PUT /__emulator__/rendezvous`` with ``{"contains", "parties", "timeout",
     "kind"}`` arms it, ``GET`` tells how many requests met (``passed``) and how many waited
-    in vain (``broken``)."""
+    in vain (``broken``). With ``exact``, only requests naming the key ``contains`` itself meet
+    (not the server's bookkeeping objects whose keys hold it)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._barrier: Optional[threading.Barrier] = None
         self._contains = self._kind = ""
+        self._exact = False
         self._left = 0  # requests the armed rendezvous still takes
         self.passed = 0
         self.broken = 0
 
-    def arm(self, contains: str, parties: int, timeout: float, kind: str = "") -> None:
+    def arm(self, contains: str, parties: int, timeout: float, kind: str = "",
+            exact: bool = False) -> None:
         with self._lock:
             self._barrier = threading.Barrier(parties, timeout=timeout)
             self._contains, self._kind, self._left = contains, kind, parties
+            self._exact = exact
             self.passed = self.broken = 0
 
     def meet(self, kind: str, target: str) -> None:
         """Wait, if the request (``kind``, ``target``) is one the rendezvous is armed for."""
         with self._lock:
             barrier = self._barrier
-            if barrier is None or self._contains not in target or \
-                    self._kind not in ("", kind):
+            named = target == self._contains if self._exact else self._contains in target
+            if barrier is None or not named or self._kind not in ("", kind):
                 return
             self._left -= 1
             if self._left == 0:
