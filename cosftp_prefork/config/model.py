@@ -224,7 +224,7 @@ class ProxyConfig:
         return self.mode == "required"
 
 
-# The oldest Redis the cluster state supports (server/cluster.py): what Debian 11 and Ubuntu
+# The oldest Redis the cluster state supports (server/cluster/): what Debian 11 and Ubuntu
 # 22.04 ship, and what tests/redis6.py answers as.
 REDIS_MINIMUM = (6, 0)
 

@@ -1,0 +1,170 @@
+"""What ``cosftpctl`` asks of the cluster's Redis itself: the bans and failure counts of every
+node (``bans``), lifting them (``unban``), other modules' reads, and the check of its
+version (``check``)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+import redis
+
+from ...config.model import ClusterConfig
+from ...errors import ConfigError
+from .keys import PREFIX, SCAN_PAGE, UNBANS_KEPT, UNBANS_SECONDS, ban_key, client_key
+from .link import connect, describe, public_url, server_version
+from .scripts import LIBRARY, READ, UNBAN
+
+T = TypeVar("T")
+
+
+class ClusterTrouble(Exception):
+    """Redis could not do what ``cosftpctl`` asked (unreachable, too old, or it answered
+    with an error); the message says which."""
+
+
+@dataclass(frozen=True)
+class ClusterEntry:
+    """One address the cluster's Redis holds a ban or failed logins for."""
+
+    address: str
+    failures: int  # failed logins counted in the window, cluster-wide
+    until: float  # when its ban ends; 0: not banned
+
+
+class ClusterAdmin:
+    """What ``cosftpctl bans`` and ``unban`` ask of the cluster's Redis (not a worker's
+    view: no link state, no fallback). Every method raises ``ClusterTrouble``."""
+
+    MAX_LISTED = 10000  # addresses listed per kind (bans, failure counts)
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self._url = config.redis_url
+        self._redis = connect(config)
+        self._scripts = {name: self._redis.register_script(LIBRARY + body)
+                         for name, body in (("unban", UNBAN), ("read", READ))}
+        self._theirs: dict[str, Any] = {}  # another module's scripts, by body
+        self._checked = False
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def entries(self) -> tuple[list[ClusterEntry], bool]:
+        """Every address banned or with failed logins in the cluster, and whether the list
+        was cut at ``MAX_LISTED``."""
+        def read() -> tuple[list[ClusterEntry], bool]:
+            bans, cut_bans = self._values(PREFIX + "ban:")
+            failures, cut_failures = self._values(PREFIX + "fail:")
+            now = time.time()
+            found = []
+            for address in sorted(set(bans) | set(failures)):
+                left = bans.get(address, (None, 0))[1]
+                count = _count(failures.get(address, ("0", 0))[0])
+                found.append(ClusterEntry(address, count, now + left / 1000 if left > 0 else 0))
+            return found, cut_bans or cut_failures
+        return self._call("ban listing", read)
+
+    def unban(self, ip: Optional[str], when: int) -> tuple[int, int]:
+        """Delete the ban and failure count of ``ip`` (every address: None) and note the
+        unban for the nodes' workers; return how many bans ran and the failed logins that
+        were counted."""
+        def lift() -> tuple[int, int]:
+            if ip is not None:
+                return self._unban([ban_key(ip), PREFIX + "fail:" + client_key(ip)],
+                                   client_key(ip), when)
+            bans = failures = 0
+            for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
+                for page in self._pages(prefix):
+                    counted = self._unban(page, "", when)
+                    bans, failures = bans + counted[0], failures + counted[1]
+            self._unban([], "*", when)
+            return bans, failures
+        return self._call("unban", lift)
+
+    def evaluate_each(self, what: str, body: str, calls: Sequence[tuple[list, list]]
+                      ) -> list[Any]:
+        """Run the script ``body`` of another module (``server.quotashare``'s usage read),
+        with this module's library, once for each ``(keys, args)`` of ``calls``,
+        ``SCAN_PAGE`` calls to a round trip; the answers as Redis gives them."""
+        if body not in self._theirs:
+            self._theirs[body] = self._redis.register_script(LIBRARY + body)
+        script = self._theirs[body]
+
+        def run() -> list[Any]:
+            answers: list[Any] = []
+            for start in range(0, len(calls), SCAN_PAGE):
+                pipe = self._redis.pipeline(transaction=False)
+                for keys, args in calls[start:start + SCAN_PAGE]:
+                    script(keys, args, client=pipe)
+                answers += pipe.execute()
+            return answers
+        return self._call(what, run)
+
+    def _unban(self, keys: list[str], what: str, when: int) -> tuple[int, int]:
+        answer, _ = self._scripts["unban"](
+            [PREFIX + "unbans", PREFIX + "unban-count", *keys],
+            [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:"])
+        return int(answer[0]), int(answer[1])
+
+    def _values(self, prefix: str) -> tuple[dict[str, tuple[str, int]], bool]:
+        """``{address: (value, milliseconds left)}`` of the string keys under ``prefix``
+        (others, and names that are no address, skipped); True if cut at ``MAX_LISTED``."""
+        found: dict[str, tuple[str, int]] = {}
+        for page in self._pages(prefix):
+            answer, _ = self._scripts["read"](page, [])
+            for key, value in zip(page, answer):
+                with contextlib.suppress(ValueError):
+                    if value:
+                        found[client_key(key[len(prefix):])] = (value[0], int(value[1]))
+            if len(found) >= self.MAX_LISTED:
+                return found, True
+        return found, False
+
+    def _pages(self, prefix: str) -> Iterator[list[str]]:
+        """The keys under ``prefix``, a ``SCAN`` page at a time."""
+        page: list[str] = []
+        for key in self._redis.scan_iter(match=prefix + "*", count=SCAN_PAGE):
+            page.append(key)
+            if len(page) >= SCAN_PAGE:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        where = f"Redis at {public_url(self._url)}"
+        try:
+            if not self._checked:
+                server_version(self._redis, self._url)
+                self._checked = True
+            return call()
+        except ConfigError as exc:
+            raise ClusterTrouble(exc.problem) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ClusterTrouble(f"{where} unreachable ({describe(exc)})") from exc
+        except redis.RedisError as exc:
+            raise ClusterTrouble(f"{where} answered the {what} with an error "
+                                 f"({describe(exc)})") from exc
+
+
+def _count(value: str) -> int:
+    """A failure count as Redis holds it; 0 for what is not one."""
+    return int(value) if value.isdigit() and len(value) < 16 else 0
+
+
+def check_config(config: ClusterConfig) -> str:
+    """For ``cosftpctl check``: what Redis says of itself. Raises ``ConfigError`` if it
+    answers but cannot be used; reports (does not raise) if it is unreachable."""
+    client = connect(config)
+    try:
+        version = server_version(client, config.redis_url)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        return (f"warning: [CLUSTER] Redis at {public_url(config.redis_url)} unreachable "
+                f"({describe(exc)}): its version is checked when it answers; until then "
+                f"the node runs as redis_down = {config.redis_down} says")
+    finally:
+        client.close()
+    return f"cluster: Redis {version} at {public_url(config.redis_url)}"

@@ -1,0 +1,98 @@
+"""The connection of one process to the cluster's Redis: the client with its bounds, the
+version check, and the states of a worker's link."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ...config.model import REDIS_MINIMUM, ClusterConfig
+from ...errors import ConfigError
+
+RETRY_SECONDS = 5.0  # after a failed call, Redis is not asked again for this long
+ERROR_SECONDS = 60.0  # a reply error shows in status this long; repeats are logged this often
+# Connections one process keeps to Redis at most. A call takes one for a round trip (well
+# under a millisecond on a healthy Redis), so a few serve thousands of calls a second; more
+# would only pile more waiting calls on a slow Redis, and hundreds of sessions each holding
+# one (redis-py's pool grows with the threads that call at once) multiplied by workers and
+# nodes would run into Redis's maxclients. A call that finds them all busy waits up to
+# redis_timeout for one, then goes on without Redis (``NoConnectionFree``).
+REDIS_CONNECTIONS = 8
+
+
+class Link(Enum):
+    """What this worker knows of Redis."""
+
+    UNCHECKED = "not asked yet"  # until the version check at worker start
+    UP = "reachable"
+    DOWN = "unreachable"  # not asked again before the retry time
+    UNSUPPORTED = "unsupported"  # answers, but too old (or will not say): as DOWN
+
+
+MOVES = {
+    Link.UNCHECKED: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
+    Link.UP: {Link.DOWN},
+    Link.DOWN: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
+    Link.UNSUPPORTED: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
+}
+
+
+
+def public_url(url: str) -> str:
+    """The URL without its password, for the log."""
+    return url.split("@")[-1]
+
+
+class NoConnectionFree(redis.TimeoutError):
+    """Every connection of this process to Redis stayed busy for ``redis_timeout``: to the
+    caller, Redis did not answer in time."""
+
+
+def connect(config: ClusterConfig) -> redis.Redis:
+    """A client whose every call gives up after ``redis_timeout``: one retry on a fresh
+    connection if the one it had broke (Redis restarted under it), none after a timeout, no
+    back-off. Said here rather than left to redis-py, whose defaults differ between its
+    versions and constructors (``redis.Redis()`` of 6.x and later retries ten times with
+    back-off: a slow Redis would hold each call ~5 s). Its pool holds ``REDIS_CONNECTIONS``
+    at most, and a call waits ``redis_timeout`` at most for one of them (redis-py's own
+    pool either grows without bound, 5.x, or fails the call at once past 100, 8.x: taken
+    for an outage)."""
+    pool = redis.BlockingConnectionPool.from_url(
+        config.redis_url, max_connections=REDIS_CONNECTIONS, timeout=config.redis_timeout,
+        socket_timeout=config.redis_timeout, socket_connect_timeout=config.redis_timeout,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # close() closes its connections
+    return client
+
+
+def server_version(client: redis.Redis, url: str) -> str:
+    """Redis's version (``INFO server``). Raises ``ConfigError`` if it is older than
+    ``REDIS_MINIMUM`` or Redis will not say; redis-py's ConnectionError or TimeoutError if
+    it cannot be reached."""
+    minimum = ".".join(map(str, REDIS_MINIMUM))
+    where = f"Redis at {public_url(url)}"
+    try:
+        version = str(client.info("server").get("redis_version", ""))
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise
+    except redis.RedisError as exc:
+        raise ConfigError(f"{where} will not tell its version ({describe(exc)}); this "
+                          f"server needs INFO to check it is {minimum} or newer",
+                          section="CLUSTER", option="redis_url") from exc
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None or tuple(map(int, found.groups())) < REDIS_MINIMUM:
+        raise ConfigError(f"{where} is version {version or 'unknown'}; this server needs "
+                          f"Redis {minimum} or newer (bans and connection counts would not "
+                          f"be shared)", section="CLUSTER", option="redis_url")
+    return version
+
+
+def describe(exc: Exception) -> str:
+    """An error for the log: its class and the start of its message."""
+    return f"{type(exc).__name__}: {str(exc)[:160]}"

@@ -1,0 +1,200 @@
+"""The Lua scripts every call to the cluster's Redis runs (``EVALSHA``, one round trip,
+atomic), each with ``LIBRARY`` in front; only commands and arguments that every Redis since
+2.6 accepts."""
+
+# Helpers every script starts with. A count is an integer of at most 15 digits (what
+# INCR/HINCRBY accept without overflow); a ban is a string with an expiry: anything else
+# under a ban's name is not ours and is deleted.
+LIBRARY = """
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local function integer(value)
+  if value and #value < 16 and string.match(value, '^%-?%d+$') then
+    return tonumber(value)
+  end
+end
+local function counter_of(key)
+  local found = kind(key)
+  if found == 'none' then return 0, false end
+  local value = found == 'string' and integer(redis.call('GET', key))
+  if value and value >= 0 then return value, false end
+  redis.call('DEL', key)
+  return 0, true
+end
+local function ban_of(key)
+  local found = kind(key)
+  if found == 'none' then return 0, false end
+  if found == 'string' and redis.call('PTTL', key) > 0 then return 1, false end
+  redis.call('DEL', key)
+  return 0, true
+end
+"""
+
+# Admission: is the address banned, and how many connections of it, logged-in sessions
+# and sessions of the account do the other live nodes hold. KEYS: nodes, the ban; ARGV: live
+# since, this node, the address, the prefix of the nodes' hashes, the logged-in field, the
+# account's field (or the logged-in field again when there is no account yet).
+ADMIT = """
+local banned, repaired = ban_of(KEYS[2])
+local per_ip, logged_in, account = 0, 0, 0
+if kind(KEYS[1]) == 'zset' then
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+    local key = ARGV[4] .. node
+    if node ~= ARGV[2] and kind(key) == 'hash' then
+      local counts = redis.call('HMGET', key, ARGV[3], ARGV[5], ARGV[6])
+      per_ip = per_ip + math.max(0, integer(counts[1]) or 0)
+      logged_in = logged_in + math.max(0, integer(counts[2]) or 0)
+      account = account + math.max(0, integer(counts[3]) or 0)
+    end
+  end
+end
+return {{banned, per_ip, logged_in, account}, repaired and {'ban:*'} or {}}
+"""
+
+# Which of the bans KEYS exist.
+BANS = """
+local found, repaired = {}, {}
+for i, key in ipairs(KEYS) do
+  local banned, bad = ban_of(key)
+  found[i] = banned
+  if bad then repaired = {'ban:*'} end
+end
+return {found, repaired}
+"""
+
+# A failed login: count it in the window that began with the first (INCR, then EXPIRE
+# only if the count has none: what EXPIRE ... NX does on Redis 7); at the limit, ban.
+# KEYS: the failures, the ban; ARGV: limit, window, ban seconds, when the ban ends.
+FAIL = """
+local repaired = {}
+local found = kind(KEYS[1])
+if found ~= 'none' then
+  local failures = found == 'string' and integer(redis.call('GET', KEYS[1]))
+  if not failures or failures < 0 then
+    redis.call('DEL', KEYS[1])
+    repaired = {'fail:*'}
+  end
+end
+local failures = redis.call('INCR', KEYS[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if failures < tonumber(ARGV[1]) then return {0, repaired} end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
+redis.call('DEL', KEYS[1])
+return {1, repaired}
+"""
+
+# This node gained or lost connections. KEYS: its hash; ARGV: expiry, then field, change.
+COUNTED = """
+local repaired = {}
+local found = kind(KEYS[1])
+if found ~= 'none' and found ~= 'hash' then
+  redis.call('DEL', KEYS[1])
+  repaired = {'conn:*'}
+end
+for i = 2, #ARGV, 2 do
+  local count = redis.call('HGET', KEYS[1], ARGV[i])
+  if count and not integer(count) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    repaired = {'conn:*'}
+  end
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {0, repaired}
+"""
+
+# The sequence of this node's counted changes (empty if none yet), read by a heartbeat
+# before it reads the session table. KEYS: the node's hash; ARGV: the sequence field.
+SEQUENCE = """
+if kind(KEYS[1]) ~= 'hash' then return {'', {}} end
+return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
+"""
+
+# The heartbeat: rewrite this node's hash whole, unless a counted change landed since the
+# heartbeat read the sequence (its table may predate that change: the rewrite would lose it;
+# the hash keeps the counts HINCRBY made and the next heartbeat rewrites), and mark the node
+# alive; bring the unbans after the last one this worker saw (all of them if the counter
+# started again: Redis restarted, or the keys expired), and the number of the last one
+# brought. KEYS: its hash, nodes, unbans, the unban counter; ARGV: node, now, expiry, forget
+# nodes silent since, the last unban seen, the sequence field, the sequence read ('*':
+# rewrite anyway), then field, count pairs. Answers whether it rewrote.
+HEARTBEAT = """
+local repaired = {}
+local counter, bad = counter_of(KEYS[4])
+if bad then table.insert(repaired, 'unban-count') end
+local seen = tonumber(ARGV[5])
+if counter < seen then seen = 0 end
+local unbans = {}
+local found = kind(KEYS[3])
+if found == 'zset' then
+  unbans = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. seen, '+inf', 'LIMIT', 0, 100)
+  if #unbans > 0 then seen = tonumber(redis.call('ZSCORE', KEYS[3], unbans[#unbans])) end
+elseif found ~= 'none' then
+  redis.call('DEL', KEYS[3])
+  table.insert(repaired, 'unbans')
+end
+found = kind(KEYS[1])
+if found ~= 'none' and found ~= 'hash' then table.insert(repaired, 'conn:*') end
+local sequence = found == 'hash' and redis.call('HGET', KEYS[1], ARGV[6]) or ''
+local rewrite = ARGV[7] == '*' or sequence == ARGV[7]
+if rewrite then
+  redis.call('DEL', KEYS[1])
+  for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if sequence ~= '' then redis.call('HSET', KEYS[1], ARGV[6], sequence) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+found = kind(KEYS[2])
+if found ~= 'none' and found ~= 'zset' then
+  redis.call('DEL', KEYS[2])
+  table.insert(repaired, 'nodes')
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
+return {{seen, unbans, rewrite and 1 or 0}, repaired}
+"""
+
+# cosftpctl unban: delete KEYS[3..] (bans and failure counts; return how many bans ran and
+# the failed logins counted) and, unless ARGV[2] is empty, note the unban of ARGV[2] (an
+# address, or * for every one) made at ARGV[1] for the nodes' workers. KEYS: unbans, the
+# unban counter, then the keys; ARGV: when, what, unbans kept, their expiry, the bans' prefix.
+UNBAN = """
+local repaired, bans, failures = {}, 0, 0
+for i = 3, #KEYS do
+  local key = KEYS[i]
+  if string.sub(key, 1, #ARGV[5]) == ARGV[5] then
+    local banned, bad = ban_of(key)
+    bans = bans + banned
+    if bad then repaired = {'ban:*'} end
+  elseif kind(key) == 'string' then
+    failures = failures + math.max(0, integer(redis.call('GET', key)) or 0)
+  end
+  redis.call('DEL', key)
+end
+if ARGV[2] ~= '' then
+  local found = kind(KEYS[1])
+  if found ~= 'none' and found ~= 'zset' then
+    redis.call('DEL', KEYS[1])
+    table.insert(repaired, 'unbans')
+  end
+  local _, bad = counter_of(KEYS[2])
+  if bad then table.insert(repaired, 'unban-count') end
+  local number = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[1], number, number .. ':' .. ARGV[1] .. ':' .. ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[3]))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return {{bans, failures}, repaired}
+"""
+
+# cosftpctl bans: the value and milliseconds left of each of KEYS that holds a string.
+READ = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  if kind(key) == 'string' then
+    found[i] = {redis.call('GET', key), redis.call('PTTL', key)}
+  else
+    found[i] = false
+  end
+end
+return {found, {}}
+"""

@@ -1,0 +1,343 @@
+"""A worker's view of the state the cluster's nodes share (see the package's doc): admission,
+bans, failed logins and the heartbeat, each one script call, answered from this node's own
+figures while Redis cannot be asked."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import redis
+
+from ...config.model import ClusterConfig
+from ...errors import ConfigError
+from ..burst import BurstLog
+from ..scoreboard import (
+    CLUSTER_DOWN_CLOSED,
+    CLUSTER_DOWN_OPEN,
+    CLUSTER_ERRORS,
+    CLUSTER_NONE,
+    CLUSTER_UNSUPPORTED_CLOSED,
+    CLUSTER_UNSUPPORTED_OPEN,
+    CLUSTER_UP,
+    AccountKey,
+)
+from .keys import (
+    KEEP_HASH,
+    LOGGED_IN_FIELD,
+    NODE_TTL,
+    PREFIX,
+    SEQUENCE_FIELD,
+    SKIPS_BEFORE_REWRITE,
+    account_field,
+    ban_key,
+    client_key,
+)
+from .link import (
+    ERROR_SECONDS,
+    MOVES,
+    REDIS_CONNECTIONS,
+    RETRY_SECONDS,
+    Link,
+    NoConnectionFree,
+    connect,
+    describe,
+    public_url,
+    server_version,
+)
+from .scripts import ADMIT, BANS, COUNTED, FAIL, HEARTBEAT, LIBRARY, SEQUENCE
+
+log = logging.getLogger(__name__)
+# A node's session table as a heartbeat sends it: connections per address, logged-in
+# sessions, logged-in sessions per account.
+NodeCounts = tuple[Counter, int, dict[AccountKey, int]]
+UNAVAILABLE = "Service temporarily unavailable (shared state unreachable); try again later."
+
+
+@dataclass(frozen=True)
+class Unban:
+    """An unban made on some node: ``address`` (None: every address) at ``when``."""
+
+    address: Optional[str]
+    when: int
+
+
+def _unbans(members: list) -> list[Unban]:
+    """The unbans noted in Redis (``<number>:<time>:<address or *>``); what is not one is
+    skipped (nothing of it is logged)."""
+    found = []
+    for member in members:
+        _, _, rest = str(member).partition(":")
+        when, _, address = rest.partition(":")
+        try:
+            found.append(Unban(None if address == "*" else client_key(address), int(when)))
+        except ValueError:
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """What the other nodes hold for one client address."""
+
+    banned: bool
+    per_ip: int
+    logged_in: int
+    account: int = 0  # logged-in sessions of the account asked about
+
+
+class ClusterState:
+    """This node's view of the shared state. Every public method is safe from any thread;
+    while Redis is unreachable (or unsupported) each returns None (or False, or nothing)
+    without asking it."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.node, self.fail_closed = config.node_id, config.redis_down == "closed"
+        self._redis = connect(config)
+        self._scripts = {name: self._redis.register_script(LIBRARY + body) for name, body in
+                         (("admit", ADMIT), ("bans", BANS), ("fail", FAIL),
+                          ("counted", COUNTED), ("sequence", SEQUENCE),
+                          ("heartbeat", HEARTBEAT))}
+        self._unbans_seen = 0  # the number of the last unban the heartbeat brought
+        self._skipped = 0  # heartbeats in a row that did not rewrite the node's hash
+        self._url = public_url(config.redis_url)
+        self._lock = threading.Lock()
+        self._link = Link.UNCHECKED
+        self._retry_at = 0.0  # time.monotonic() from which a DOWN or UNSUPPORTED link is tried
+        self._errors_until = 0.0  # status reports reply errors until then
+        self._errors = BurstLog(log, ERROR_SECONDS, level=logging.ERROR)
+        self._repairs = BurstLog(log, ERROR_SECONDS)
+        self._busy = BurstLog(log, ERROR_SECONDS)
+        # The pool's connections, counted here to say when they run out (and how often).
+        self._free = threading.BoundedSemaphore(REDIS_CONNECTIONS)
+        self._timeout = config.redis_timeout
+
+    def verify(self) -> None:
+        """At worker start: raise ``ConfigError`` if Redis answers but cannot be used. An
+        unreachable Redis is an outage (logged, asked again later), as ``redis_down``
+        says."""
+        problem = self._check()
+        if problem is not None:
+            raise problem
+
+    def view(self) -> int:
+        """``scoreboard.CLUSTER_*``: this worker's view, for ``cosftpctl status``."""
+        with self._lock:
+            link, errors = self._link, time.monotonic() < self._errors_until
+        if link is Link.DOWN:
+            return CLUSTER_DOWN_CLOSED if self.fail_closed else CLUSTER_DOWN_OPEN
+        if link is Link.UNSUPPORTED:
+            return CLUSTER_UNSUPPORTED_CLOSED if self.fail_closed else CLUSTER_UNSUPPORTED_OPEN
+        if link is Link.UNCHECKED:
+            return CLUSTER_NONE
+        return CLUSTER_ERRORS if errors else CLUSTER_UP
+
+    def _move(self, to: Link) -> Link:
+        """Go to ``to`` (caller holds ``_lock``); return the state left."""
+        was = self._link
+        if to not in MOVES[was]:
+            raise RuntimeError(f"cluster link cannot go from {was.value} to {to.value}")
+        self._link = to
+        if to is not Link.UP:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+        return was
+
+    def _check(self) -> Optional[ConfigError]:
+        """Ask Redis its version and move to UP, UNSUPPORTED (returned) or DOWN."""
+        try:
+            with self._connection():
+                version = server_version(self._redis, self._url)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._went_down("version check", exc)
+            return None
+        except ConfigError as exc:
+            with self._lock:
+                was = self._move(Link.UNSUPPORTED)
+            if was not in (Link.UNCHECKED, Link.UNSUPPORTED):  # at start, the worker says it
+                log.error("cluster: %s; %s", exc.problem, self._mode())
+            return exc
+        with self._lock:
+            was = self._move(Link.UP)
+        if was is Link.UNCHECKED:
+            log.info("cluster: Redis %s at %s; bans and connection counts shared", version,
+                     self._url)
+        else:
+            log.warning("cluster: Redis %s at %s reachable again; bans and connection "
+                        "counts are shared again", version, self._url)
+        return None
+
+    def _usable(self) -> bool:
+        """True if Redis may be asked now: up, or due for another try and found fit (one
+        thread tries; the others go on without Redis until it has)."""
+        with self._lock:
+            if self._link is Link.UP:
+                return True
+            if time.monotonic() < self._retry_at:
+                return False
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+        self._check()
+        return self._up()
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[None]:
+        """Hold one of this worker's ``REDIS_CONNECTIONS`` for a call: at once if one is
+        free, else (said in the log, then counted a minute) within ``redis_timeout``, or
+        raise ``NoConnectionFree``: a burst of calls queues here, not on Redis."""
+        if not self._free.acquire(blocking=False):
+            self._busy.note("cluster", f"all {REDIS_CONNECTIONS} connections of this worker "
+                            f"to Redis at {self._url} busy (Redis slow?); calls wait up to "
+                            f"redis_timeout for one, then go on with this node's own "
+                            f"figures")
+            if not self._free.acquire(timeout=self._timeout):
+                raise NoConnectionFree(f"none of this worker's {REDIS_CONNECTIONS} "
+                                       f"connections came free within redis_timeout")
+        try:
+            yield
+        finally:
+            self._free.release()
+
+    def _up(self) -> bool:
+        """True if the last call found Redis up."""
+        with self._lock:
+            return self._link is Link.UP
+
+    def _mode(self) -> str:
+        return ("refusing new connections (redis_down = closed)" if self.fail_closed else
+                "serving on this node's own scoreboard (redis_down = open)")
+
+    def _went_down(self, what: str, exc: Exception) -> None:
+        with self._lock:
+            was = self._move(Link.DOWN)
+        if was is not Link.DOWN:
+            log.error("cluster: Redis at %s unreachable (%s: %s); %s", self._url, what,
+                      describe(exc), self._mode())
+
+    def _run(self, what: str, script: str, keys: list, args: list, failed: Any = None):
+        """Run one of the scripts; return its answer, None if Redis is unreachable, or
+        ``failed`` if Redis answered with an error (logged, shown by status) or every
+        connection stayed busy with other calls (Redis answers, slowly: not an outage)."""
+        if not self._usable():
+            return None
+        try:
+            with self._connection():
+                if not self._up():  # found unreachable while this call waited
+                    return None
+                answer, repaired = self._scripts[script](keys, args)
+        except NoConnectionFree:  # (logged when they all turned busy)
+            return failed if self._up() else None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._went_down(what, exc)
+            return None
+        except redis.RedisError as exc:
+            with self._lock:
+                self._errors_until = time.monotonic() + ERROR_SECONDS
+            self._errors.note("cluster", f"Redis at {self._url} answered the {what} with an "
+                              f"error; this node went on with its own figures for it",
+                              describe(exc))
+            return failed
+        for key_class in repaired:
+            self._repairs.note("cluster", f"{PREFIX}{key_class} held what this server does "
+                               f"not write there (another type, a bad count, a ban without "
+                               f"expiry); deleted and written anew")
+        return answer
+
+    def add_scripts(self, scripts: dict[str, str]) -> None:
+        """Scripts of another module keeping state here (``server.quotashare``), each run
+        with :meth:`run` as this module's own are: same library, same error handling."""
+        for name, body in scripts.items():
+            self._scripts[name] = self._redis.register_script(LIBRARY + body)
+
+    def run(self, what: str, script: str, keys: list, args: list, failed: Any = None) -> Any:
+        """Run a script added by :meth:`add_scripts`: its answer, None if Redis is
+        unreachable, ``failed`` if it answered with an error."""
+        return self._run(what, script, keys, args, failed)
+
+    def usable(self) -> bool:
+        """Whether Redis may be asked now (see ``_usable``)."""
+        return self._usable()
+
+    def elsewhere(self, ip: str, account: Optional[AccountKey] = None) -> Optional[Elsewhere]:
+        """The other live nodes' figures for ``ip`` (and the sessions of ``account``), or
+        None if Redis is unreachable."""
+        field = LOGGED_IN_FIELD if account is None else account_field(account)
+        found = self._run("admission", "admit", [PREFIX + "nodes", ban_key(ip)],
+                          [time.time() - NODE_TTL, self.node, client_key(ip),
+                           PREFIX + "conn:", LOGGED_IN_FIELD, field], failed=[0, 0, 0, 0])
+        if found is None:
+            return None
+        return Elsewhere(bool(found[0]), int(found[1]), int(found[2]),
+                         int(found[3]) if account is not None else 0)
+
+    def is_banned(self, ip: str) -> bool:
+        return bool(self.banned({ip}))
+
+    def banned(self, ips: set[str]) -> set[str]:
+        """Those of ``ips`` serving a ban (none while Redis is unreachable)."""
+        wanted = sorted(ips)
+        found = self._run("ban check", "bans", [ban_key(ip) for ip in wanted], [])
+        return {ip for ip, banned in zip(wanted, found or ()) if banned}
+
+    def record_failure(self, ip: str, limit: int, window: int, ban: int) -> bool:
+        """Count a failed login from ``ip`` cluster-wide; True if that earns it a ban."""
+        key = client_key(ip)
+        return bool(self._run("failed-login count", "fail", [PREFIX + "fail:" + key, ban_key(ip)],
+                              [limit, window, ban, int(time.time()) + ban]))
+
+    def counted(self, ip: str, connections: int, logged_in: int = 0,
+                account: Optional[AccountKey] = None) -> None:
+        """This node gained (or lost, negative) connections of ``ip`` and logged-in
+        sessions (of ``account``): tell the others now rather than at the next rewrite."""
+        changes = [client_key(ip), connections, SEQUENCE_FIELD, 1]
+        if logged_in:
+            changes += [LOGGED_IN_FIELD, logged_in]
+        if logged_in and account is not None:
+            changes += [account_field(account), logged_in]
+        self._run("connection count", "counted", [PREFIX + "conn:" + self.node],
+                  [NODE_TTL, *changes])
+
+    def publish(self, table: Callable[[], Optional[NodeCounts]]) -> list[Unban]:
+        """Rewrite this node's counts from ``table()`` (its session table: per address,
+        logged in, per account; None if it cannot be read now) and mark it alive; log the
+        counts of repeated errors; return the unbans made since the last call (on any node).
+        Runs from the worker's tick.
+
+        The table is read after the hash's sequence: a change counted between the two
+        (another worker's) may be missing from the table, and the heartbeat then keeps the
+        hash as the changes left it rather than lose it; so it does without a table."""
+        key = PREFIX + "conn:" + self.node
+        sequence = "*" if self._skipped >= SKIPS_BEFORE_REWRITE else \
+            self._run("heartbeat", "sequence", [key], [SEQUENCE_FIELD], failed="*")
+        if sequence is None:
+            return []
+        read = table()
+        counts: list = []
+        if read is None:
+            sequence = KEEP_HASH
+        else:
+            per_ip, logged_in, accounts = read
+            counts = [LOGGED_IN_FIELD, logged_in]
+            for ip, n in per_ip.items():
+                counts += [client_key(ip), n]
+            for account, n in accounts.items():
+                counts += [account_field(account), n]
+        now = time.time()
+        answer = self._run("heartbeat", "heartbeat",
+                           [key, PREFIX + "nodes", PREFIX + "unbans", PREFIX + "unban-count"],
+                           [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,
+                            SEQUENCE_FIELD, sequence, *counts])
+        for burst_log in (self._errors, self._repairs, self._busy):
+            burst_log.flush()
+        if not answer:
+            return []
+        self._unbans_seen, members = int(answer[0]), answer[1]
+        self._skipped = 0 if int(answer[2]) else self._skipped + 1
+        return _unbans(members)
+
+    def close(self) -> None:
+        self._redis.close()
