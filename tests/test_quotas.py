@@ -23,6 +23,7 @@ import pytest
 
 from .admin_client import RO_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
+from .crowds import workers_of
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
@@ -409,6 +410,47 @@ def test_quotas_follow_a_reload_and_the_interval_rescans(emulator, tmp_path, cos
                    what="the periodic scan to count the other tool's file")
         for session in (ftp, again):
             session.quit()
+
+
+def reserved(ftp: ftplib.FTP) -> int:
+    """Bytes SITE QUOTA says uploads under way hold in the account's home."""
+    reply = ftp.sendcmd("SITE QUOTA")
+    found = re.search(r"(\d+) reserved by uploads under way", reply)
+    assert found, reply
+    return int(found.group(1))
+
+
+def test_a_killed_workers_reservation_is_given_back_when_it_is_reaped(emulator, tmp_path,
+                                                                       cos):
+    """A worker killed (SIGKILL: no settle, no abort) while an upload holds 2 MiB of a
+    3 MiB quota: the master drops what the dead worker held when it reaps it, so that an
+    upload needing that room passes at once (not only after the master's restart), and
+    SITE QUOTA and cosftpctl quota show nothing reserved."""
+    server = ServerProcess(str(tmp_path), emulator.port,
+                           [quota_account("qkill", "3M", prefix="kill")],
+                           optional={"worker_processes": "1"})
+    with server:
+        ftp = login(server, "qkill")
+        ftp.sendcmd(f"ALLO {2 * MIB}")
+        ftp.voidcmd("TYPE I")
+        held = ftp.transfercmd("STOR held.bin")  # its 2 MiB are reserved before the 150
+        held.sendall(b"h" * 1000)
+        assert reserved(login(server, "qkill")) == 2 * MIB
+        [victim] = workers_of(server.proc.pid)
+        victim.kill()
+        victim.wait(timeout=10)
+        held.close()
+        wait_until(lambda: len(workers_of(server.proc.pid)) == 1, what="the new worker")
+        again = login(server, "qkill")
+        assert reserved(again) == 0
+        row = next(line for line in server.ctl("quota").stdout.splitlines()
+                   if line.startswith("qkill "))
+        assert re.search(r" 0\s+\d+s ago$", row), row  # the reserved column
+        again.sendcmd(f"ALLO {5 * MIB // 2}")
+        assert put(again, "fits.bin", b"f" * (5 * MIB // 2)).startswith("226")
+        assert used(again) == (5 * MIB // 2, 1)
+        assert f"{ROOT}kill/held.bin" not in keys_under(cos, f"{ROOT}kill/")
+        again.quit()
 
 
 @pytest.mark.parametrize(("option", "value", "problem"), [

@@ -5,10 +5,14 @@ and locks, as the master creates them."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+
 import pytest
 
 from cosftp_prefork.config.quotas import Home, QuotaHomesFull
-from cosftp_prefork.server.usage import ROWS, UsageTable
+from cosftp_prefork.server.usage import ROWS, SLOT_HOLDINGS, Dropped, UsageTable
 
 
 def home(slot: int, tag: int) -> Home:
@@ -61,3 +65,55 @@ def test_a_row_with_a_session_or_a_reservation_is_not_freed(table):
     table.release([second], 5, 1)
     table.adopt(third, 4.0, 2, 10.0)  # second holds nothing now
     assert table.read(second) is None and table.limits(first) == first
+
+
+def killed_holding(table: UsageTable, slot: int, homes: list[Home]) -> int:
+    """A forked worker of ``slot`` reserves 5 bytes and 1 file in each of ``homes``, keeps a
+    session of each, and is SIGKILLed before it settles anything; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        table.attach(slot)
+        for kept in homes:
+            table.adopt(kept, 1.0, 8, 0.0)
+            table.reserve([kept], 5, 1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    return pid
+
+
+def test_a_killed_workers_holdings_are_dropped_by_the_master_or_the_slots_next_worker(
+        table, tmp_path):
+    homes = [home(11, 1), home(12, 2)]
+    pid = killed_holding(table, 3, homes)
+    assert (table.read(homes[0]).reserved, table.read(homes[0]).reserved_files) == (5, 1)
+    assert table.drop_holdings(3, pid + 1) == Dropped()  # not that slot's worker: nothing
+    with open(tmp_path / "usage", "r+b") as other:  # another process holds the lock
+        fcntl.lockf(other, fcntl.LOCK_EX)
+        blocked = os.fork()
+        if blocked == 0:
+            os._exit(0 if table.drop_holdings(3, pid) is None else 1)
+        assert os.waitpid(blocked, 0)[1] == 0  # busy: the master tries again later
+    assert table.drop_holdings(3, pid) == Dropped(10, 2, 2, 2)
+    for kept in homes:
+        usage = table.read(kept)
+        assert (usage.reserved, usage.reserved_files) == (0, 0)
+    assert {found.home for found in table.answered()} == set(homes)
+    table.adopt(home(13, 3), 2.0, 2, 10.0)  # no session left: a stale row can be freed
+    assert table.drop_holdings(3, pid) == Dropped()  # once only
+
+    again = killed_holding(table, 3, homes[:1])
+    assert table.attach(3) == Dropped(5, 1, 1, 1)  # the slot's next worker drops them
+    assert table.read(homes[0]).reserved == 0
+    assert table.drop_holdings(3, again) == Dropped()
+
+
+def test_a_worker_holding_in_more_homes_than_its_region_keeps_still_counts_them(table):
+    table.attach(0)
+    many = [home(100 + n, n) for n in range(SLOT_HOLDINGS + 1)]
+    for kept in many:
+        assert table.reserve([kept], 1, 0) is None
+    assert table.read(many[-1]).reserved == 1  # counted, not tracked: it would stay
+    table.release(many[:1], 1, 0)  # the first holds nothing now: its place is taken
+    assert table.reserve([many[-1]], 1, 0) is None
+    assert table.drop_holdings(0, os.getpid()) == Dropped(SLOT_HOLDINGS, 0, 0, SLOT_HOLDINGS)
+    assert table.read(many[-1]).reserved == 1  # the untracked byte stays

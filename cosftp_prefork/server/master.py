@@ -58,6 +58,7 @@ from .workers import (
     WorkerProc,
     abort_worker,
     describe_status,
+    give_back_holdings,
     kill_overdue,
     load_worker,
     report_stacks,
@@ -112,6 +113,7 @@ class Master(ReloadSequence):
         self.generation = 1
         self.num_workers = config.server.worker_processes
         self.workers: dict[int, WorkerProc] = {}
+        self._holders: list[WorkerProc] = []  # reaped, what they held in quotas not given back
         self.backoff: dict[int, Backoff] = {}
         self.reload: Optional[PendingReload] = None
         self.reloads = 0
@@ -190,6 +192,8 @@ class Master(ReloadSequence):
             self._take_reload_request()
             self._note_serving()
             self._reap()
+            self._holders = give_back_holdings(
+                self._holders, self.state.usage if self.state is not None else None)
             self._advance_reload()
             self._health_check()
             self._save_bans()
@@ -489,6 +493,7 @@ class Master(ReloadSequence):
         assert self.state is not None
         self.state.clear_slot(worker.slot)
         self.state.release_all(worker.pid)
+        self._holders.append(worker)
         self.helpers.process_exited(worker.pid)
         self._publish()
         how = describe_status(status)

@@ -22,14 +22,32 @@ The file's homes' rows are never freed (they come back after a reload); the tabl
 they are taken, a login whose answer gives another home a quota frees the row of the home
 answered longest ago whose latest answer is older than ``Quotas.hook_home_age`` and that has
 no logged-in session, no reservation and no live scan (all checked under the lock that
-adopts, so two logins cannot both take one row), else it is refused (421). A worker killed
-with sessions of such a home leaves them counted: that row stays until the master restarts.
+adopts, so two logins cannot both take one row), else it is refused (421).
+
+What each worker holds (bytes and files reserved, sessions of an answered home) is counted in
+the homes' rows, and also in that worker's region of the file (one per state-file worker
+slot, :meth:`UsageTable.attach`; at most :data:`SLOT_HOLDINGS` homes, one entry each), so
+that a worker that dies without settling (SIGKILL, the OOM killer, the master's abort of a
+hung worker) leaves nothing held: the master takes its region's holdings out of the rows
+when it reaps it (:meth:`UsageTable.drop_holdings`; if a worker holds the lock then, it
+tries again on its next turn rather than wait, and the slot's next worker does it anyway
+when it attaches). A worker whose region is full (a holding in :data:`SLOT_HOLDINGS` other
+homes at once) still counts the change in the row, untracked, with one warning in its log:
+such an amount stays counted until the master restarts if the worker dies. The lock is the
+kernel's and goes with a dead holder, so a process killed between the two writes of one
+change (row, holding) leaves that change half done; an increase is therefore written to the
+row first and a decrease (a settle, a leave, a dead worker's drop: the holding emptied first)
+to the holding first, so that a row never counts less than its holdings say: what can stay
+counted until the restart is at most that one change (one slice of an upload, an ``ALLO``'s
+size, a rename's bytes, one session; for a drop, one home's holding), refused early, never
+a quota passed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import logging
 import mmap
 import os
 import struct
@@ -38,12 +56,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Optional
 
-from ..config.model import MAX_HOOK_QUOTA_HOMES
+from ..config.model import MAX_HOOK_QUOTA_HOMES, MAX_WORKER_PROCESSES
 from ..config.quotas import Home, QuotaHomesFull, Usage
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd
 from .pidfile import is_alive
 
-MAGIC = b"CFQ3"
+log = logging.getLogger(__name__)
+
+MAGIC = b"CFQ4"
 _HEADER = struct.Struct("<4sII")  # magic, rows in use, rows of the answers' homes
 _HEADER_SIZE = 64
 ROWS = 16384
@@ -54,13 +74,31 @@ HOOK_ROWS = MAX_HOOK_QUOTA_HOMES  # half of ROWS: the file's homes keep the othe
 _ROW = struct.Struct("<16siqqqqdddqqdq")
 NAME_SIZE = 1024  # bytes of an answered home's "bucket NUL prefix" (prefixes: < 850)
 _NAMES = _HEADER_SIZE + ROWS * _ROW.size  # where the answered homes' names start
-FILE_SIZE = _NAMES + ROWS * NAME_SIZE
+# What one worker holds in one home: reserved bytes and files, sessions kept (``adopt``).
+_HOLDING = struct.Struct("<16sqqq")
+SLOT_HOLDINGS = 1024  # homes one worker's holdings name at once (a full region: untracked)
+_SLOT_HEADER = struct.Struct("<qq")  # the worker's pid, holdings in use (the region's top)
+SLOTS = 2 * MAX_WORKER_PROCESSES  # the state file's worker slots (a reload runs two)
+_SLOT_SIZE = _SLOT_HEADER.size + SLOT_HOLDINGS * _HOLDING.size
+_HOLDINGS = _NAMES + ROWS * NAME_SIZE  # where the worker slots' holdings start
+FILE_SIZE = _HOLDINGS + SLOTS * _SLOT_SIZE
 SCAN_STALE = 3600.0  # seconds after which a scan whose process still lives is taken over
 _EMPTY = bytes(16)
 
 
 def usage_path(state_file: str) -> str:
     return state_file + ".usage"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """What a dead worker's holdings gave back: reserved bytes and files, sessions, in how
+    many homes."""
+
+    nbytes: int = 0
+    files: int = 0
+    sessions: int = 0
+    homes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +126,8 @@ class UsageTable:
     def __init__(self, fd: int, mapping: mmap.mmap, writable: bool = True) -> None:
         self._fd, self._map = fd, mapping
         self._thread_lock = threading.Lock()
+        self._slot: Optional[int] = None  # this worker's slot (:meth:`attach`)
+        self._untracked = False  # whether a full holdings region was logged
         # A read-only file takes a shared lock (a write lock needs a writable descriptor).
         self._lock_kind = fcntl.LOCK_EX if writable else fcntl.LOCK_SH
 
@@ -125,6 +165,25 @@ class UsageTable:
                 yield
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _locked_now(self) -> Iterator[bool]:
+        """:meth:`_locked` if the lock is free now (True), else nothing (False)."""
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            try:
+                fcntl.lockf(self._fd, self._lock_kind | fcntl.LOCK_NB)
+            except OSError:  # EAGAIN or EACCES: another process holds it
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
     # --- rows
 
@@ -168,11 +227,12 @@ class UsageTable:
                 if (home.size and row[2] + row[4] + nbytes > home.size) or \
                         (home.files and files and row[3] + row[5] + files > home.files):
                     return home
-            for at in rows:
+            for home, at in zip(homes, rows):
                 row = self._row(at)
                 row[4] += nbytes
                 row[5] += files
                 self._write(at, row)
+                self._hold(home.ident, nbytes, files, 0)  # an increase: after the row's
         return None
 
     def release(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
@@ -181,7 +241,8 @@ class UsageTable:
     def settle(self, homes: Sequence[Home], reserved: int, reserved_files: int,
                nbytes: int, files: int) -> None:
         with self._locked():
-            for at in self._rows(homes):
+            for home, at in zip(homes, self._rows(homes)):
+                self._hold(home.ident, -reserved, -reserved_files, 0)  # a decrease: before
                 row = self._row(at)
                 row[4], row[5] = max(0, row[4] - reserved), max(0, row[5] - reserved_files)
                 row[2], row[3] = max(0, row[2] + nbytes), max(0, row[3] + files)
@@ -278,12 +339,14 @@ class UsageTable:
                 named = self._name_at(at)
                 self._map[named:named + NAME_SIZE] = name
             self._write(at, row)
+            self._hold(home.ident, 0, 0, 1)
             return dataclasses.replace(home, size=row[9], files=row[10])
 
     def leave(self, home: Home) -> None:
         with self._locked():
             at = self._find(home.ident, make=False)
             if at is not None:
+                self._hold(home.ident, 0, 0, -1)
                 row = self._row(at)
                 row[12] = max(0, row[12] - 1)
                 self._write(at, row)
@@ -331,6 +394,99 @@ class UsageTable:
         self._map[hole_at:hole_at + _ROW.size] = bytes(_ROW.size)
         named = self._name_at(hole_at)
         self._map[named:named + NAME_SIZE] = bytes(NAME_SIZE)
+
+    # --- each worker's holdings
+
+    def attach(self, slot: int) -> Dropped:
+        """This process is the worker of state-file slot ``slot``: from now on it records
+        what it holds in the homes (reservations, sessions) in that slot's region, so that
+        they can be dropped once it is dead. What a previous worker of the slot left there
+        (its master could not take the lock when it reaped it) is dropped first and
+        returned."""
+        with self._locked():
+            dropped = self._drop(slot, None)
+            _SLOT_HEADER.pack_into(self._map, self._slot_at(slot), os.getpid(), 0)
+        self._slot = slot
+        return dropped
+
+    def drop_holdings(self, slot: int, pid: int) -> Optional[Dropped]:
+        """The master reaped ``pid``, the worker of ``slot``: take what it still held out of
+        the homes' usage (nothing if another process is now the slot's). None if the lock
+        is busy now: the master must not wait on a worker; it tries again later, and the
+        slot's next worker drops them anyway (:meth:`attach`)."""
+        with self._locked_now() as locked:
+            return self._drop(slot, pid) if locked else None
+
+    @staticmethod
+    def _slot_at(slot: int) -> int:
+        return _HOLDINGS + slot * _SLOT_SIZE
+
+    def _hold(self, ident: bytes, nbytes: int, files: int, sessions: int) -> None:
+        """Add to what this worker holds in home ``ident`` (under the lock; nothing outside
+        a worker). Callers write an increase after the home's row and a decrease before it:
+        see the module doc."""
+        if self._slot is None or not (nbytes or files or sessions):
+            return
+        at = self._holding(ident, make=nbytes > 0 or files > 0 or sessions > 0)
+        if at is not None:
+            _, held_bytes, held_files, held = _HOLDING.unpack_from(self._map, at)
+            _HOLDING.pack_into(self._map, at, ident, max(0, held_bytes + nbytes),
+                               max(0, held_files + files), max(0, held + sessions))
+
+    def _holding(self, ident: bytes, make: bool) -> Optional[int]:
+        """Where this worker's holding in home ``ident`` is (made if ``make``: at the top of
+        the region, else in place of one that holds nothing); None if it has none, or the
+        region is full (that change then goes untracked)."""
+        base = self._slot_at(self._slot or 0)
+        pid, top = _SLOT_HEADER.unpack_from(self._map, base)
+        first = base + _SLOT_HEADER.size
+        end = first + top * _HOLDING.size
+        at = self._map.find(ident, first, end)
+        while at >= 0:
+            if (at - first) % _HOLDING.size == 0:
+                return at
+            at = self._map.find(ident, at + 1, end)
+        if not make:
+            return None
+        if top < SLOT_HOLDINGS:
+            _HOLDING.pack_into(self._map, end, ident, 0, 0, 0)
+            _SLOT_HEADER.pack_into(self._map, base, pid, top + 1)
+            return end
+        for at in range(first, end, _HOLDING.size):
+            if not any(_HOLDING.unpack_from(self._map, at)[1:]):
+                _HOLDING.pack_into(self._map, at, ident, 0, 0, 0)
+                return at
+        if not self._untracked:
+            self._untracked = True
+            log.warning("quota: this worker holds something in %d homes at once; what it "
+                        "takes in more is counted but would stay counted if it died",
+                        SLOT_HOLDINGS)
+        return None
+
+    def _drop(self, slot: int, pid: Optional[int]) -> Dropped:
+        """Take the holdings of ``slot`` (if its worker is ``pid``; any if None) out of the
+        homes' rows, and empty the region (under the lock). Each holding is emptied before
+        its row is lowered: killed in between, the row stays higher, never lower."""
+        base = self._slot_at(slot)
+        owner, top = _SLOT_HEADER.unpack_from(self._map, base)
+        if pid is not None and owner != pid:
+            return Dropped()
+        total = [0, 0, 0, 0]
+        first = base + _SLOT_HEADER.size
+        for at in range(first, first + top * _HOLDING.size, _HOLDING.size):
+            ident, nbytes, files, sessions = _HOLDING.unpack_from(self._map, at)
+            if not (nbytes or files or sessions):
+                continue
+            _HOLDING.pack_into(self._map, at, ident, 0, 0, 0)
+            row_at = self._find(ident, make=False)
+            if row_at is not None:
+                row = self._row(row_at)
+                row[4], row[5] = max(0, row[4] - nbytes), max(0, row[5] - files)
+                row[12] = max(0, row[12] - sessions)
+                self._write(row_at, row)
+            total = [total[0] + nbytes, total[1] + files, total[2] + sessions, total[3] + 1]
+        _SLOT_HEADER.pack_into(self._map, base, 0, 0)
+        return Dropped(*total)
 
     def limits(self, home: Home) -> Home:
         with self._locked():

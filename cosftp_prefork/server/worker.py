@@ -481,6 +481,11 @@ class Worker:
         rules = QuotaRules(self.config.accounts)
         if (not rules.homes and not self.config.auth_hook.enabled) or self.state.usage is None:
             return None
+        left = self.state.usage.attach(self.slot)
+        if left.homes:
+            log.warning("quota: gave back what the previous worker of slot %d held: %d bytes "
+                        "and %d files reserved, %d sessions, in %d homes", self.slot,
+                        left.nbytes, left.files, left.sessions, left.homes)
         cluster = stats.gate.cluster
         ledger = self.state.usage if cluster is None else SharedUsage(self.state.usage, cluster)
         stats.quotas = Quotas(rules, ledger, buckets.bucket,

@@ -4,6 +4,10 @@ position whose workers keep dying young, and how it signals them.
 A worker that hangs is aborted as gunicorn does: SIGABRT, on which its faulthandler dumps
 every thread's stack into a memfd the master made for it, then SIGKILL if it is still alive
 after a grace period. The master logs the dump when it reaps the worker.
+
+A worker that did not settle what it held in the quotas' usage (killed in an upload, or with
+sessions of an auth hook's home logged in) has it given back once it is reaped
+(:func:`give_back_holdings`, ``server.usage``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Optional
 
 from .logs import log_block
 from .scoreboard import ABORTING, SharedState
+from .usage import UsageTable
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,26 @@ class Backoff:
             else 0.0
         self.next_start = now + delay
         return delay
+
+
+def give_back_holdings(dead: list[WorkerProc], usage: Optional[UsageTable]) -> list[WorkerProc]:
+    """Take what each of the ``dead`` workers still held out of the quotas' usage (reserved
+    bytes and files, sessions of auth hook homes), and log it; return those whose turn
+    must wait because a worker holds the usage table's lock now (the master never waits on
+    it: it tries again on its next turn)."""
+    if usage is None:
+        return []
+    waiting = []
+    for worker in dead:
+        dropped = usage.drop_holdings(worker.slot, worker.pid)
+        if dropped is None:
+            waiting.append(worker)
+        elif dropped.homes:
+            log.warning("worker %d (pid %d) died holding %d bytes and %d files reserved and "
+                        "%d sessions in %d homes with a quota; given back", worker.index,
+                        worker.pid, dropped.nbytes, dropped.files, dropped.sessions,
+                        dropped.homes)
+    return waiting
 
 
 def signal_workers(signum: int, workers: Iterable[WorkerProc]) -> None:
