@@ -22,6 +22,7 @@ from cosftp_prefork.cos.registry import BucketRegistry
 from .admin_client import RO_TOKEN, AdminClient, admin_server, admin_url
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
+from .crowds import workers_of
 from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import put
 from .test_quotas import announced_race, keys_under, park, stopped, used
@@ -492,6 +493,27 @@ def crowd_logs_in(server: ServerProcess, users: list[str]) -> dict[str, object]:
 
     with ThreadPoolExecutor(len(users)) as pool:
         return dict(zip(users, pool.map(attempt, users)))
+
+
+def test_a_hook_homes_row_held_by_a_killed_workers_session_is_free_again(emulator, tmp_path,
+                                                                         service):
+    """auth_hook_quota_homes = 1, one worker: a session of the one home is logged in, so a
+    second home gets 421; the worker is SIGKILLed (its session never leaves): the master
+    gives back its session count when it reaps it, and the second home gets in."""
+    tag = uuid.uuid4().hex[:8]
+    for number in range(2):
+        service.users[f"k{number}"] = ("pw", quoted(emulator, f"hookkill-{tag}/{number}/",
+                                                    quota_files=9))
+    with hooked_server(emulator, tmp_path, service.url, auth_cache_ttl="0",
+                       quota_scan_interval="0", auth_hook_quota_homes="1") as proc:
+        first = proc.login("k0", "pw")
+        assert refused(proc, "k1", "pw").startswith("421")
+        [victim] = workers_of(proc.proc.pid)
+        victim.kill()
+        victim.wait(timeout=10)
+        first.close()
+        wait_until(lambda: len(workers_of(proc.proc.pid)) == 1, what="the new worker")
+        proc.login("k1", "pw").quit()
 
 
 def test_crowds_of_new_hook_homes_take_the_free_rows_and_the_rest_get_421(emulator, tmp_path,
