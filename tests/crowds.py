@@ -18,6 +18,8 @@ from typing import Optional
 
 import psutil
 
+from .server_proc import wait_until
+
 REPLY_TIMEOUT = 120.0
 
 
@@ -45,6 +47,15 @@ def workers_of(master_pid: int) -> list[psutil.Process]:
             if " ".join(child.cmdline()).startswith("cosftp: worker"):
                 found.append(child)
     return found
+
+
+def kill_the_worker(master_pid: int) -> None:
+    """SIGKILL the one worker of a server (no settle, no clean-up: as the OOM killer does)
+    and wait until the master started its replacement."""
+    [victim] = workers_of(master_pid)
+    victim.kill()
+    victim.wait(timeout=10)
+    wait_until(lambda: len(workers_of(master_pid)) == 1, what="the new worker")
 
 
 def sources(count: int, first: int = 20) -> list[str]:

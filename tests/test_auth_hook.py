@@ -22,7 +22,7 @@ from cosftp_prefork.cos.registry import BucketRegistry
 from .admin_client import RO_TOKEN, AdminClient, admin_server, admin_url
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
-from .crowds import workers_of
+from .crowds import kill_the_worker
 from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import put
 from .test_quotas import announced_race, keys_under, park, stopped, used
@@ -448,6 +448,19 @@ def test_hook_quotas_fill_at_most_auth_hook_quota_homes_then_421(quota_server, s
         ftp.quit()
 
 
+def few_hook_homes(emulator, tmp_path, service, root: str, user: str, users: int,
+                   homes: int) -> ServerProcess:
+    """A server keeping ``homes`` rows for the answers' quotas (auth_cache_ttl and
+    quota_scan_interval 0: a row is free at once when no session of its home is logged in),
+    and ``users`` hook accounts ``<user>0``... (password ``pw``), each its own home under
+    ``root`` with a quota of 9 files."""
+    for number in range(users):
+        service.users[f"{user}{number}"] = ("pw", quoted(emulator, f"{root}/{number}/",
+                                                         quota_files=9))
+    return hooked_server(emulator, tmp_path, service.url, auth_cache_ttl="0",
+                         quota_scan_interval="0", auth_hook_quota_homes=str(homes))
+
+
 def test_a_hook_homes_row_is_free_again_once_no_session_holds_it(emulator, tmp_path,
                                                                   service, cos):
     """auth_hook_quota_homes = 2, auth_cache_ttl and quota_scan_interval 0 (a row is free
@@ -456,11 +469,7 @@ def test_a_hook_homes_row_is_free_again_once_no_session_holds_it(emulator, tmp_p
     freed home answered again is scanned again at its first use; a row with a live session
     keeps its usage through it all."""
     tag = uuid.uuid4().hex[:8]
-    for number in range(3):
-        service.users[f"r{number}"] = ("pw", quoted(emulator, f"hookreuse-{tag}/{number}/",
-                                                    quota_files=9))
-    with hooked_server(emulator, tmp_path, service.url, auth_cache_ttl="0",
-                       quota_scan_interval="0", auth_hook_quota_homes="2") as proc:
+    with few_hook_homes(emulator, tmp_path, service, f"hookreuse-{tag}", "r", 3, 2) as proc:
         first = proc.login("r0", "pw")
         assert put(first, "kept.bin", b"k").startswith("226")
         second = proc.login("r1", "pw")
@@ -501,18 +510,11 @@ def test_a_hook_homes_row_held_by_a_killed_workers_session_is_free_again(emulato
     second home gets 421; the worker is SIGKILLed (its session never leaves): the master
     gives back its session count when it reaps it, and the second home gets in."""
     tag = uuid.uuid4().hex[:8]
-    for number in range(2):
-        service.users[f"k{number}"] = ("pw", quoted(emulator, f"hookkill-{tag}/{number}/",
-                                                    quota_files=9))
-    with hooked_server(emulator, tmp_path, service.url, auth_cache_ttl="0",
-                       quota_scan_interval="0", auth_hook_quota_homes="1") as proc:
+    with few_hook_homes(emulator, tmp_path, service, f"hookkill-{tag}", "k", 2, 1) as proc:
         first = proc.login("k0", "pw")
         assert refused(proc, "k1", "pw").startswith("421")
-        [victim] = workers_of(proc.proc.pid)
-        victim.kill()
-        victim.wait(timeout=10)
+        kill_the_worker(proc.proc.pid)
         first.close()
-        wait_until(lambda: len(workers_of(proc.proc.pid)) == 1, what="the new worker")
         proc.login("k1", "pw").quit()
 
 

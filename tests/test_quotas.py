@@ -23,7 +23,7 @@ import pytest
 
 from .admin_client import RO_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
-from .crowds import workers_of
+from .crowds import kill_the_worker
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
@@ -436,11 +436,8 @@ def test_a_killed_workers_reservation_is_given_back_when_it_is_reaped(emulator, 
         held = ftp.transfercmd("STOR held.bin")  # its 2 MiB are reserved before the 150
         held.sendall(b"h" * 1000)
         assert reserved(login(server, "qkill")) == 2 * MIB
-        [victim] = workers_of(server.proc.pid)
-        victim.kill()
-        victim.wait(timeout=10)
+        kill_the_worker(server.proc.pid)
         held.close()
-        wait_until(lambda: len(workers_of(server.proc.pid)) == 1, what="the new worker")
         again = login(server, "qkill")
         assert reserved(again) == 0
         row = next(line for line in server.ctl("quota").stdout.splitlines()
