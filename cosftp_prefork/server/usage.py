@@ -427,17 +427,17 @@ class UsageTable:
         see the module doc."""
         if self._slot is None or not (nbytes or files or sessions):
             return
-        at = self._holding(ident, make=nbytes > 0 or files > 0 or sessions > 0)
+        at = self._holding(self._slot, ident, make=nbytes > 0 or files > 0 or sessions > 0)
         if at is not None:
             _, held_bytes, held_files, held = _HOLDING.unpack_from(self._map, at)
             _HOLDING.pack_into(self._map, at, ident, max(0, held_bytes + nbytes),
                                max(0, held_files + files), max(0, held + sessions))
 
-    def _holding(self, ident: bytes, make: bool) -> Optional[int]:
-        """Where this worker's holding in home ``ident`` is (made if ``make``: at the top of
-        the region, else in place of one that holds nothing); None if it has none, or the
-        region is full (that change then goes untracked)."""
-        base = self._slot_at(self._slot or 0)
+    def _holding(self, slot: int, ident: bytes, make: bool) -> Optional[int]:
+        """Where the holding in home ``ident`` of ``slot``'s worker is (made if ``make``: at
+        the top of the region, else in place of one that holds nothing); None if it has
+        none, or the region is full (that change then goes untracked)."""
+        base = self._slot_at(slot)
         pid, top = _SLOT_HEADER.unpack_from(self._map, base)
         first = base + _SLOT_HEADER.size
         end = first + top * _HOLDING.size
