@@ -27,7 +27,7 @@ from .emulator_proc import emulator_account, request_log
 from .server_proc import Account, ServerProcess, wait_until
 from .test_clients import lftp_command, require, run
 from .test_commands import get, put
-from .test_transfers import abort_transfer, pending_uploads
+from .test_transfers import abort_transfer, abort_waiting, pending_uploads
 
 MIB = 1024 * 1024
 RECORDS = ".cosftp/parked/"
@@ -221,6 +221,8 @@ def test_a_resume_given_up_before_its_data_connection_stays_parked(resumable, ar
             with pytest.raises(ftplib.error_temp, match="425"):
                 ftp.sendcmd(give_up)
             assert ftp.getresp().startswith("227")
+        elif give_up == "ABOR":
+            abort_waiting(ftp)
         else:
             ftp.sendcmd(give_up)
         if give_up == "REIN":
@@ -244,6 +246,8 @@ def test_an_appe_given_up_before_its_data_connection_leaves_no_upload(resumable,
     assert len(pending_uploads(cos, area)) == 1
     if give_up == "disconnect":
         ftp.close()
+    elif give_up == "ABOR":
+        abort_waiting(ftp)
     else:
         ftp.sendcmd(give_up)
     wait_until(lambda: not pending_uploads(cos, area), what=f"the upload to be aborted "

@@ -279,6 +279,25 @@ def test_aborted_tls_upload_leaves_no_object(tls_server, area, cos):
     _close(ftp)
 
 
+def test_abor_before_the_data_handshake_answers_the_download_then_itself(tls_server, area,
+                                                                         cos):
+    """ABOR of a RETR answered 125 whose data connection has not done its TLS handshake (no
+    byte sent yet): 426 is the RETR's final reply, then 226 the ABOR's. Only 225 came before,
+    and lftp's ``pget``, aborting a segment so under load, waited for the RETR's reply until
+    its ``net:timeout``."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=os.urandom(100_000))
+    ftp = tls_login(tls_server, PLAIN)
+    ftp.voidcmd("TYPE I")
+    with socket.create_connection(ftp.makepasv()):  # never starts its TLS handshake
+        assert ftp.sendcmd(f"RETR {area}/f")[:3] in ("125", "150")
+        ftp.sock.sendall(b"ABOR\r\n")
+        first = ftp.getline()
+        assert first.startswith("426"), first
+        assert ftp.getline().startswith("226")
+    assert ftp.voidcmd("NOOP").startswith("200")  # no reply left over
+    _close(ftp)
+
+
 def inject_garbage(tls_sock: ssl.SSLSocket) -> None:
     """Write bytes that are no TLS record under the TLS layer: the server's next read fails."""
     with socket.socket(fileno=os.dup(tls_sock.fileno())) as raw:

@@ -95,6 +95,15 @@ def abort_transfer(ftp: ftplib.FTP, conn) -> list[str]:
     return replies
 
 
+def abort_waiting(ftp: ftplib.FTP) -> None:
+    """ABOR a transfer answered 150 whose data connection never came: 426 is that
+    command's final reply, then 225/226 ABOR's own."""
+    ftp.sock.sendall(b"ABOR\r\n")
+    first = ftp.getline()
+    assert first.startswith("426"), first
+    assert ftp.getline()[:3] in ("225", "226")
+
+
 def test_abor_mid_upload_leaves_no_object(alice, area, cos):
     conn = start_upload(alice, cos, area, 3 * PART)
     replies = abort_transfer(alice, conn)

@@ -131,9 +131,15 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
                           on_sent=self._sent, on_done=self._pump_done, pace=self._throttle)
 
     def transfer_in_progress(self) -> bool:
-        """A pumped download is under way from its start: the pump's count of bytes sent may
-        lag behind what the client already has (ABOR must then answer 426, not 225)."""
-        return self._pump is not None or super().transfer_in_progress()
+        """True from the transfer command's 125/150 on, for ABOR: its 426 is that command's
+        final reply, then 226 ABOR's own; 225 alone would leave the client waiting for one.
+
+        pyftpdlib counts bytes instead, and a transfer can have sent none yet (the TLS
+        handshake of its data connection under way, COS yet to answer; a pumped download's
+        count lags behind what the client has): lftp's pget, aborting a segment then,
+        waited for the missing reply until its ``net:timeout``."""
+        return (self.cmd is not None and not self.transfer_finished) or \
+            self._pump is not None or super().transfer_in_progress()
 
     def _sent(self, count: int) -> None:
         self.tot_bytes_sent += count  # read by the IO loop's data-channel timeout

@@ -61,6 +61,9 @@ SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", 
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
 GIVEN_UP = ("425 No data connection came; the transfer was given up for the new PASV, "
             "EPSV, PORT or EPRT.")
+# ABOR of a transfer still waiting for its data connection: its 150 gets this final reply
+# before ABOR's own (a client waits for both).
+ABORTED_WAITING = "426 Transfer aborted (ABOR) before its data connection opened."
 TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
                  "wait for its reply or send ABOR.")
 # The de-facto checksum commands and the algorithm each one answers with.
@@ -552,13 +555,15 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         return None
 
     def ftp_ABOR(self, line: str) -> None:
-        """An upload the client aborts is discarded; only a broken one is parked."""
+        """An upload the client aborts is discarded; only a broken one is parked. A transfer
+        answered 150 gets its 426 whether or not its data connection came (see
+        ``CosDTPHandler.transfer_in_progress``)."""
         upload = getattr(self.data_channel, "file_obj", None)
         if self.data_channel is not None:
             self.data_channel.client_aborted = True
             if self.data_channel.receive and upload is not None:
                 upload.cancel()
-        self._drop_queued_transfers()
+        self._drop_queued_transfers(answer=ABORTED_WAITING)
         super().ftp_ABOR(line)
 
     def _make_eport(self, ip: str, port: int) -> None:
