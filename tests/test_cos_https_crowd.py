@@ -300,12 +300,12 @@ class Crowd:
     KINDS = ("small_files", "multipart", "cut_download", "abor_download", "aborted_upload",
              "parked_upload", "renames", "curl", "lftp_pget", "ftps")
 
-    def run(self, sessions: int, seed: int, kinds: tuple[str, ...] = KINDS) -> None:
-        """``sessions`` sessions at once, of each of ``kinds`` in turn; fail with every
-        session's failure if any failed."""
+    def run(self, sessions: int, seed: int) -> None:
+        """``sessions`` sessions at once, of each kind in turn; fail with every session's
+        failure if any failed."""
         jobs: list[tuple[str, Callable[[], None]]] = []
         for index in range(sessions):
-            kind = kinds[index % len(kinds)]
+            kind = self.KINDS[index % len(self.KINDS)]
             rng = random.Random(seed * 1000 + index)
             jobs.append((f"{kind}#{index}", lambda k=kind, i=index, r=rng:
                          getattr(self, k)(i, r)))
@@ -419,15 +419,14 @@ def _errors(server: ServerProcess) -> dict[str, float]:
 
 
 def _crowd(server: ServerProcess, cos, area: str, tmp_path, port: int, seed: int,
-           set_faults: Callable[..., object] = lambda **_: None,
-           kinds: tuple[str, ...] = Crowd.KINDS, **injected: float) -> Crowd:
+           set_faults: Callable[..., object] = lambda **_: None, **injected: float) -> Crowd:
     """Run the crowd (with the ``injected`` faults meanwhile), and check COS and the
     workers after it; the crowd."""
     baseline = Footprint(server, port)
     crowd = Crowd(server, cos, area, tmp_path)
     set_faults(**injected)
     try:
-        crowd.run(SESSIONS, seed, kinds)
+        crowd.run(SESSIONS, seed)
     finally:
         set_faults(**dict.fromkeys(injected, 0))
     crowd.check_cos()
@@ -545,13 +544,8 @@ def test_a_crowd_over_https_under_faults_loses_nothing(crowd_server, tls_front, 
     latency over TLS: retried, reopened, and still every byte is right and nothing is left
     behind. (Three cuts of one download would fail it with 451: a client's to retry.)"""
     before = _errors(crowd_server)
-    # Without lftp's pget: once, under load, lftp stayed 60 s after the server had sent
-    # the whole file on its first connection, answered its QUIT and closed the segments'
-    # connections lftp dropped before they logged in (not understood on lftp's side; the
-    # quiet crowd keeps pget).
-    kinds = tuple(kind for kind in Crowd.KINDS if kind != "lftp_pget")
     _crowd(crowd_server, cos, area, tmp_path, tls_front.port, seed=2, set_faults=faults,
-           kinds=kinds, error_rate=0.03, reset_next=2, reset_rate=0.01, latency_ms=10)
+           error_rate=0.03, reset_next=2, reset_rate=0.01, latency_ms=10)
     after = _errors(crowd_server)
     assert after["retries"] > before["retries"], (before, after)  # the 503s reached it
     # The two cuts were spent (on whichever downloads came first: some of those are cut by
