@@ -323,6 +323,9 @@ SETTINGS: tuple[Setting, ...] = (
     # Data connections: how long one may stall before it is cut off (421).
     Setting("OPTIONAL", "data_connection_timeout", integer(1, 86400), 300,
             "seconds a transfer may go without moving a byte before it is cut off (421)"),
+    Setting("OPTIONAL", "accept_timeout", integer(1, 3600), 30,
+            "seconds a PASV/EPSV port waits for the client's data connection; a transfer "
+            "command waiting for it then gets 425, an unused port is closed quietly"),
     # Quotas (quota_size, quota_files): what the server keeps as it writes is caught up with
     # what other tools wrote by scanning the home again.
     Setting("OPTIONAL", "quota_scan_interval", integer(0, 30 * 86400), 3600,

@@ -28,7 +28,7 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
     "FTPHandler": ("_in_buffer", "_in_buffer_len", "_quit_pending", "_restart_position",
                    "_in_dtp_queue", "_out_dtp_queue", "_current_type", "_current_facts",
                    "_extra_feats", "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection",
-                   "_rnfr"),
+                   "_rnfr", "_shutdown_connecting_dtp"),
     "DTPHandler": ("_resp", "_initialized", "_wanted_io_events"),
     # handlers.ftps.ssl.SSLConnectionMixin, mixed into both TLS channels
     "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established"),
@@ -38,7 +38,7 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
 
 # pyftpdlib class -> private methods our subclasses override (and call through super()).
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
-    "FTPHandler": ("_make_epasv", "_make_eport"),  # ftp/handler.py CosFTPHandler
+    "FTPHandler": ("_make_epasv", "_make_eport", "_on_dtp_close"),  # ftp/handler.py
     "ThreadedFTPServer": ("_loop",),  # server/worker.py: serves one session in its thread
 }
 
@@ -77,6 +77,19 @@ def discard_input(handler: Any) -> None:
 def is_quitting(handler: Any) -> bool:
     """True once QUIT was answered or the session is closing: nothing more runs."""
     return handler._closed or handler._closing or handler._quit_pending
+
+
+def wait_to_quit(handler: Any) -> None:
+    """QUIT came during a transfer: run no more commands and read nothing more; the session
+    is answered once the data channel closed (see ``end_wait_to_quit``)."""
+    handler._quit_pending = True
+    handler.del_channel()
+
+
+def end_wait_to_quit(handler: Any) -> None:
+    """The transfer a QUIT waited for ended: watch the connection again, for the 221."""
+    handler._quit_pending = False
+    handler.add_channel()
 
 
 def take_restart_position(handler: Any) -> int:
@@ -162,8 +175,15 @@ def forget_passive_listener(handler: Any) -> None:
 
 
 def connecting_actively(handler: Any) -> bool:
-    """True while an active (PORT/EPRT) data connection is being made."""
-    return handler._dtp_connector is not None
+    """True while an active (PORT/EPRT) data connection is being made (a connector that
+    failed inside its constructor is the session's, closed, until the next data command)."""
+    connector = handler._dtp_connector
+    return connector is not None and not connector._closed
+
+
+def shut_down_connecting(handler: Any) -> None:
+    """Close the passive listener or the active connector the session has, if any."""
+    handler._shutdown_connecting_dtp()
 
 
 def forget_active_connector(handler: Any, connector: Any) -> None:

@@ -61,9 +61,10 @@ SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", 
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
 GIVEN_UP = ("425 No data connection came; the transfer was given up for the new PASV, "
             "EPSV, PORT or EPRT.")
-# ABOR of a transfer still waiting for its data connection: its 150 gets this final reply
-# before ABOR's own (a client waits for both).
+# The final replies of a transfer command answered 150 whose data connection never came
+# (a client waits for it before the reply of the command that ended it).
 ABORTED_WAITING = "426 Transfer aborted (ABOR) before its data connection opened."
+QUIT_WAITING = "425 No data connection came before QUIT; the transfer was given up."
 TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
                  "wait for its reply or send ABOR.")
 # The de-facto checksum commands and the algorithm each one answers with.
@@ -129,6 +130,7 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         like on ABOR (pyftpdlib would close it as broken and park what it copied), and the
         bytes its filesystem keeps go back to the worker at once (``CosFS.end``)."""
         if not compat.is_closed(self):
+            self._quit_line = None  # the session ends now: no 221 after the transfer's reply
             self._drop_queued_transfers()
             if self.stats.stopping.is_set() and not compat.is_closing(self):
                 self._say_goodbye()
@@ -556,14 +558,19 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
 
     def ftp_ABOR(self, line: str) -> None:
         """An upload the client aborts is discarded; only a broken one is parked. A transfer
-        answered 150 gets its 426 whether or not its data connection came (see
-        ``CosDTPHandler.transfer_in_progress``)."""
+        command answered 125/150 is in progress for RFC 959 from that reply on: 426 ends it,
+        then 226 (pyftpdlib answered 225 alone, the 125/150 never got its final reply).
+        With a data channel, ``CosDTPHandler.transfer_in_progress`` tells pyftpdlib so; a
+        command still waiting for its data connection is answered here."""
+        if self._drop_queued_transfers(answer=ABORTED_WAITING):
+            compat.shut_down_connecting(self)
+            self.respond("226 ABOR command successful.")
+            return
         upload = getattr(self.data_channel, "file_obj", None)
         if self.data_channel is not None:
             self.data_channel.client_aborted = True
             if self.data_channel.receive and upload is not None:
                 upload.cancel()
-        self._drop_queued_transfers(answer=ABORTED_WAITING)
         super().ftp_ABOR(line)
 
     def _make_eport(self, ip: str, port: int) -> None:
@@ -586,11 +593,19 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             self.fs.end()
         super().flush_account()
 
-    def _drop_queued_transfers(self, answer: Optional[str] = None) -> None:
+    def data_connection_missed(self, reply: str) -> None:
+        """The data connection the session waits for will not come (its passive port timed
+        out, PORT's connection failed): a transfer command waiting for it is given up with
+        ``reply``, its final reply. With none waiting nothing is said; the next transfer
+        command gets 425."""
+        if not compat.is_closed(self):
+            self._drop_queued_transfers(answer=reply)
+
+    def _drop_queued_transfers(self, answer: Optional[str] = None) -> bool:
         """Close the upload a STOR/APPE, and the download a RETR, left waiting for a data
         connection that never came, before the client's next data connection or ABOR makes
         it unreachable; ``answer`` is then the given-up command's final reply (PASV, EPSV,
-        PORT, EPRT: its 150 was never answered).
+        PORT, EPRT: its 150 was never answered). True if a command was given up.
 
         pyftpdlib only closes a queued file when the session ends: replacing an upload
         would leak its multipart upload, or lose a claimed parked one; a download kept its
@@ -608,8 +623,39 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             log.info("path=%s: download given up before its data connection opened",
                      sending[2].name)
             sending[2].close()
-        if answer is not None and (queued is not None or sending is not None):
+        dropped = queued is not None or sending is not None
+        if answer is not None and dropped:
             self.respond(answer)
+        return dropped
+
+    _quit_line: Optional[str] = None  # a QUIT waiting for the transfer under way to end
+
+    def ftp_QUIT(self, line: str) -> None:
+        """RFC 959: QUIT during a transfer lets it end; its reply goes out, then 221 and
+        the close (pyftpdlib answered 221 at once, the transfer's reply after it). A
+        transfer command still waiting for its data connection gets its final reply (425)
+        first; an idle data connection is closed (pyftpdlib waited for it to close: the
+        session stayed until data_connection_timeout)."""
+        channel = self.data_channel
+        if channel is not None and compat.transfer_started(channel):
+            self._quit_line = line
+            compat.wait_to_quit(self)
+            return
+        self._drop_queued_transfers(answer=QUIT_WAITING)
+        if channel is not None:
+            channel.close()
+        super().ftp_QUIT(line)
+
+    def _on_dtp_close(self) -> None:
+        """The data channel closed and sent its reply: a QUIT that waited for it is
+        answered now."""
+        line, self._quit_line = self._quit_line, None
+        if line is None or compat.is_closed(self):
+            super()._on_dtp_close()
+            return
+        self.data_channel = None
+        compat.end_wait_to_quit(self)
+        super().ftp_QUIT(line)
 
     def peer_gone(self, wait: float = 0.0) -> bool:
         """True if the client closes or resets the control connection within ``wait``
@@ -782,8 +828,11 @@ def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, r
     low, high = config.network.passive_ports
     dtp_handler = type(f"Bound{base.dtp_handler.__name__}", (base.dtp_handler,),
                        {"timeout": config.server.data_connection_timeout})
+    passive_dtp = type(f"Bound{base.passive_dtp.__name__}", (base.passive_dtp,),
+                       {"timeout": config.server.accept_timeout})
     attrs = {
         "dtp_handler": dtp_handler,
+        "passive_dtp": passive_dtp,
         "config": config,
         "buckets": buckets,
         "engine": engine,

@@ -192,10 +192,20 @@ class CosPassiveDTP(compat.PassiveDTP):
             compat.data_channel_opened(channel)
 
     def handle_timeout(self) -> None:
-        """A held connection waits for its transfer command as long as the session lives
-        (the session's idle timeout ends both)."""
-        if self.state is not Passive.HOLDING:
-            super().handle_timeout()
+        """``accept_timeout`` after PASV/EPSV: a held connection waits for its transfer
+        command as long as the session lives (the session's idle timeout ends both).
+        Otherwise the port closes and the session forgets it; a transfer command waiting
+        for it gets 425 (pyftpdlib answered ``421 Passive data channel timed out.``, kept the
+        command waiting, and said 421 unasked when none waited: read by the client as the
+        reply to its next command)."""
+        if self.state is Passive.HOLDING:
+            return
+        channel = self.cmd_channel
+        self.close()
+        if compat.passive_listener(channel) is self:
+            compat.forget_passive_listener(channel)
+        channel.data_connection_missed(
+            f"425 No data connection came within {self.timeout} s; the transfer was given up.")
 
     def close(self) -> None:
         if self.foreign > 1:

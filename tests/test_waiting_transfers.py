@@ -1,0 +1,155 @@
+"""The replies of a transfer command answered 150 whose data connection has yet to come,
+and of the commands that meet it (ABOR, QUIT, the passive port's timeout, a graceful
+stop): every 1xx gets exactly one final reply, in the order RFC 959 gives, so that a
+client reading replies one by one never falls out of step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import psutil
+import pytest
+
+from .conftest import ALPHA, STANDARD_ACCOUNTS
+from .server_proc import ServerProcess, connection_refused, wait_until
+from .test_command_orders import MIB, Session, drain, sha, still_works, stored
+
+WAITING = {"STOR": "STOR {area}/w", "RETR": "RETR {area}/r", "NLST": "NLST {area}"}
+
+
+@pytest.fixture
+def session(server):
+    s = Session(server)
+    yield s
+    s.close()
+
+
+def _wait(session: Session, area: str, cos, command: str) -> tuple[str, int]:
+    """PASV, then ``command`` answered 150 with no data connection: the address of the
+    passive port it waits on."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/r", Body=b"r" * 100)
+    address = session.pasv()
+    assert session.cmd(WAITING[command].format(area=area)).startswith("150")
+    return address
+
+
+@pytest.mark.parametrize("command", sorted(WAITING))
+def test_abor_of_a_transfer_waiting_for_its_connection(session, area, cos, command):
+    """RFC 959: ABOR while the service command is in progress closes it with 426, then
+    answers 226 (pyftpdlib answered 225 alone, as if nothing had been under way: the 150
+    never got its final reply; then 426 and 225). The port is closed, nothing is stored."""
+    address = _wait(session, area, cos, command)
+    session.send("ABOR")
+    assert session.reply().startswith("426")
+    assert session.reply().startswith("226")
+    assert session.cmd("NOOP").startswith("200")  # no reply left over
+    assert connection_refused(address[1])
+    assert stored(cos, f"{area}/w") is None
+    still_works(session, area)
+
+
+@pytest.fixture
+def quick_accept(emulator, tmp_path):
+    """A server whose passive ports wait one second for their data connection."""
+    with ServerProcess(str(tmp_path), emulator.port, STANDARD_ACCOUNTS,
+                       optional={"accept_timeout": "1", "worker_processes": "1"}) as proc:
+        yield proc
+
+
+def test_a_transfer_whose_passive_port_times_out_gets_425_and_a_stop_proceeds(
+        quick_accept, area, cos):
+    """The passive port times out (accept_timeout) while a STOR waits for it: the STOR is
+    given up with 425 and no longer counts as a transfer in flight, so a graceful stop
+    (SIGQUIT) ends the session with 421 at once. pyftpdlib answered
+    ``421 Passive data channel timed out.`` and kept the STOR waiting: the stop waited for
+    it until graceful_timeout (600 s)."""
+    s = Session(quick_accept)
+    try:
+        _wait(s, area, cos, "STOR")
+        assert s.reply().startswith("425")
+        assert s.cmd("NOOP").startswith("200")
+        quick_accept.proc.send_signal(signal.SIGQUIT)
+        assert s.reply().startswith("421")
+        quick_accept.proc.wait(60)
+    finally:
+        s.close()
+    assert stored(cos, f"{area}/w") is None
+
+
+def _listening(server: ServerProcess, port: int) -> bool:
+    """True while a worker of ``server`` listens on ``port`` (looked up without connecting:
+    a connection from the client's address would be held as its data connection)."""
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+               for worker in psutil.Process(server.proc.pid).children()
+               for c in worker.net_connections())
+
+
+def test_an_unused_passive_port_times_out_quietly(quick_accept, area, cos):
+    """A PASV port nobody used closes at accept_timeout without a reply (pyftpdlib sent an
+    unsolicited 421, read by the client as the next command's reply); the next transfer
+    command gets 425 at once, not 150 and a wait for a port that is gone."""
+    s = Session(quick_accept)
+    try:
+        address = s.pasv()
+        assert _listening(quick_accept, address[1])
+        wait_until(lambda: not _listening(quick_accept, address[1]),
+                   what="the passive port closed")
+        assert s.cmd("NOOP").startswith("200")
+        assert s.cmd(f"NLST {area}").startswith("425")
+        assert s.cmd("NOOP").startswith("200")
+        still_works(s, area)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("direction", ["RETR", "STOR"])
+def test_quit_during_a_transfer_answers_226_then_221(session, area, cos, direction):
+    """RFC 959: QUIT during a transfer lets it end, its reply goes out, then 221 and the
+    close (pyftpdlib answered 221 at once and 226 after it)."""
+    data = os.urandom(3 * MIB)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=data)
+    conn = session.connect(session.pasv())
+    assert session.cmd(f"{direction} {area}/{'f' if direction == 'RETR' else 'g'}")[0] == "1"
+    if direction == "RETR":
+        head = conn.recv(1000)
+        session.send("QUIT")
+        assert head + drain(conn) == data
+    else:
+        conn.sendall(data[:MIB])
+        session.send("QUIT")
+        conn.sendall(data[MIB:])
+        conn.close()
+    assert [session.reply()[:3] for _ in range(2)] == ["226", "221"]
+    assert session.ftp.sock.recv(1) == b""
+    if direction == "STOR":
+        assert sha(stored(cos, f"{area}/g")) == sha(data)
+
+
+def test_quit_with_an_idle_active_data_connection_closes_at_once(session, area):
+    """QUIT after PORT's connection was made but before any transfer: 221 and the session
+    closes (pyftpdlib waited for the idle data connection to close: the session stayed
+    open until data_connection_timeout)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(20)
+        port = listener.getsockname()[1]
+        assert session.cmd(f"PORT 127,0,0,1,{port >> 8},{port & 255}").startswith("200")
+        conn, _ = listener.accept()
+        with conn:
+            assert session.cmd("QUIT").startswith("221")
+            session.ftp.sock.settimeout(20)
+            assert session.ftp.sock.recv(1) == b""
+            conn.settimeout(20)
+            assert conn.recv(1) == b""
+
+
+def test_quit_while_a_transfer_waits_for_its_connection(session, area, cos):
+    """QUIT while a STOR waits for its data connection: the STOR gets its final reply
+    (425) before 221 (pyftpdlib answered 221 alone), nothing is stored."""
+    _wait(session, area, cos, "STOR")
+    session.send("QUIT")
+    assert session.reply().startswith("425")
+    assert session.reply().startswith("221")
+    assert session.ftp.sock.recv(1) == b""
+    assert stored(cos, f"{area}/w") is None
