@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 
 import psutil
 import pytest
@@ -153,3 +154,66 @@ def test_quit_while_a_transfer_waits_for_its_connection(session, area, cos):
     assert session.reply().startswith("221")
     assert session.ftp.sock.recv(1) == b""
     assert stored(cos, f"{area}/w") is None
+
+
+def _port_command(kind: str, port: int) -> str:
+    if kind == "PORT":
+        return f"PORT 127,0,0,1,{port >> 8},{port & 255}"
+    return f"EPRT |1|127.0.0.1|{port}|"
+
+
+@pytest.mark.parametrize("kind", ["PORT", "EPRT"])
+def test_pipelined_port_and_retr_are_answered_in_order(session, area, cos, kind):
+    """PORT and RETR sent together (no wait for PORT's reply): 200, then the RETR's 1xx
+    and 226, as vsftpd and proftpd answer (PORT answered at once, the connection used by the
+    transfer). pyftpdlib answered PORT only once connected: the 150 came first, read by
+    the client as PORT's reply, and every later reply one behind."""
+    data = os.urandom(5000)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=data)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(20)
+        port = listener.getsockname()[1]
+        session.send(f"{_port_command(kind, port)}\r\nRETR {area}/f")
+        assert session.reply().startswith("200")
+        assert session.reply()[:3] in ("125", "150")
+        conn, _ = listener.accept()
+        conn.settimeout(20)
+        assert drain(conn) == data
+    assert session.reply().startswith("226")
+    assert session.cmd("NOOP").startswith("200")
+    still_works(session, area)
+
+
+def test_pipelined_port_to_a_closed_port_and_stor(session, area, cos):
+    """PORT to a port nobody listens on, STOR sent with it: 200 for PORT, then the STOR's
+    own refusal (425, or 150 and 425 once the connection failed); nothing stored, nothing
+    left over, and the next PASV transfer works."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    session.send(f"PORT 127,0,0,1,{port >> 8},{port & 255}\r\nSTOR {area}/w")
+    assert session.reply().startswith("200")
+    reply = session.reply()
+    if reply.startswith("150"):
+        reply = session.reply()
+    assert reply.startswith("425"), reply
+    assert session.cmd("NOOP").startswith("200")
+    assert stored(cos, f"{area}/w") is None
+    still_works(session, area)
+
+
+@pytest.mark.parametrize("sync", ["on", "off"])
+def test_lftp_active_mode_with_and_without_sync_mode(server, area, cos, tmp_path, sync):
+    """lftp in active mode; with ``ftp:sync-mode off`` it sends PORT and the transfer
+    command together. Before, it read the 150 as PORT's reply, waited, timed out and
+    reconnected over and over (listing, download and upload never done)."""
+    data = os.urandom(300_000)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=data)
+    script = (f"set ftp:sync-mode {sync}; set ftp:passive-mode off; set net:max-retries 1; "
+              f"set net:timeout 15; set cmd:fail-exit true; cd {area}; cls -1; "
+              f"get f -o {tmp_path}/f; put {tmp_path}/f -o g; bye")
+    done = subprocess.run(["lftp", "-u", "alice,alice-pw", "-p", str(server.port), "-e",
+                           script, "127.0.0.1"], capture_output=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [b"f"]
+    assert (tmp_path / "f").read_bytes() == data
+    assert sha(stored(cos, f"{area}/g")) == sha(data)

@@ -1,5 +1,5 @@
-"""The active data connector (PORT/EPRT): pyftpdlib's, answering its command once and
-forgotten by the session once its connection is made or has failed."""
+"""The active data connector (PORT/EPRT): PORT is answered at once, as vsftpd and proftpd
+answer it, and the connection the transfer command then uses is made meanwhile."""
 
 from __future__ import annotations
 
@@ -7,46 +7,81 @@ import socket
 
 from . import compat
 
+PORT_ACCEPTED = "200 Active data connection requested; the transfer command will use it."
+CONNECT_FAILED = "425 Can't open the data connection to the address PORT or EPRT gave."
+CONNECT_TIMED_OUT = "425 The data connection to the address PORT or EPRT gave timed out."
+
 
 class CosActiveDTP(compat.ActiveDTP):
-    """pyftpdlib answers PORT when its connection to the client is made (200) or failed
-    (425). Three flaws are mended here:
+    """pyftpdlib answers PORT/EPRT only once its connection to the client is made (200) or
+    has failed (425): a client that sends the transfer command without waiting for that
+    reply (lftp with ``ftp:sync-mode off``) read the transfer's 150 as PORT's reply and
+    every later reply one behind (lftp hung, reconnecting). Here the command is answered
+    200 as soon as the connection is under way (the bounce checks, foreign address and
+    privileged port, still refuse it first with 501); a connection that fails or times
+    out then ends a transfer command waiting for it with 425, and an idle session hears
+    nothing (its next transfer command gets 425).
 
-    - once connected and answered 200, a failure of the data connection before any
-      transfer (the client closed its listener) was answered 425 as well: two replies to
-      one PORT, and every later reply one behind;
-    - the session kept the connector after it connected or failed, so a transfer command
-      with no data connection left (a second RETR after the first's, or after a failed
-      PORT) was taken as waiting for an active connection: 150, then nothing, until the
-      session's timeout. It now gets 425;
-    - a data connection that failed as it was handed over (the client closed its
-      listener at once) was kept as the session's data channel, closed: the next transfer
-      answered 125 and then nothing.
+    The session forgets the connector once its connection is made or has failed, so a
+    transfer command with no data connection left (a second RETR after the first's) gets
+    425 rather than 150 and a wait; a connection that failed as it was handed over (the
+    client closed its listener at once) is no data channel.
     """
 
+    timeout = 0  # pyftpdlib's timer answered 421 to PORT: ``connect_timeout`` instead
+    connect_timeout = 30  # seconds, as pyftpdlib's
     _answered = False
+    _timer = None
+
+    def __init__(self, ip: str, port: int, cmd_channel) -> None:
+        super().__init__(ip, port, cmd_channel)
+        if compat.is_closed(self):
+            return  # refused at once: pyftpdlib answered 425
+        self._timer = self.ioloop.call_later(self.connect_timeout, self.handle_timeout,
+                                             _errback=self.handle_error)
+        self._answered = True
+        cmd_channel.respond(PORT_ACCEPTED)
 
     def handle_connect(self) -> None:
-        # Read (and so clear) the connection's error here, where pyftpdlib would: once it
-        # passes, pyftpdlib answers 200, and a later failure is the data channel's.
+        self._stop_timer()
         error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, "connecting the active data connection failed")
-        self._answered = self.cmd_channel.connected
-        try:
-            super().handle_connect()
-        finally:
-            compat.forget_active_connector(self.cmd_channel, self)
-            channel = self.cmd_channel.data_channel
-            if channel is not None and compat.is_closed(channel):
-                self.cmd_channel.data_channel = None
+        channel = self.cmd_channel
+        compat.forget_active_connector(channel, self)
+        self.del_channel()  # the socket is the data channel's from here on
+        if not channel.connected:
+            self.close()
+            return
+        handler = channel.dtp_handler(self.socket, channel)
+        if compat.is_closed(handler):
+            channel.data_connection_missed(CONNECT_FAILED)
+            return
+        channel.data_channel = handler
+        compat.data_channel_opened(channel)
+
+    def handle_write(self) -> None:
+        """Nothing: asyncore calls this right after ``handle_connect``, when the descriptor
+        is the data channel's; asynchat's version set its IO events to READ, and a transfer
+        that had waited for the connection (started inside ``handle_connect``) then sent no
+        more than the socket took at once and never ended."""
 
     def handle_close(self) -> None:
-        if self._answered:
-            self.close()
-        else:
+        if not self._answered:
             super().handle_close()
+        elif not compat.is_closed(self):
+            self.close()
+            self.cmd_channel.data_connection_missed(CONNECT_FAILED)
+
+    def handle_timeout(self) -> None:
+        self.close()
+        self.cmd_channel.data_connection_missed(CONNECT_TIMED_OUT)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and not self._timer.cancelled:
+            self._timer.cancel()
 
     def close(self) -> None:
+        self._stop_timer()
         compat.forget_active_connector(self.cmd_channel, self)
         super().close()
