@@ -217,3 +217,24 @@ def test_lftp_active_mode_with_and_without_sync_mode(server, area, cos, tmp_path
     assert done.stdout.split() == [b"f"]
     assert (tmp_path / "f").read_bytes() == data
     assert sha(stored(cos, f"{area}/g")) == sha(data)
+
+
+def test_curl_active_mode_upload_listing_and_download(server, area, cos, tmp_path):
+    """curl ``--ftp-port`` (EPRT, and PORT with ``--disable-eprt``): it waits for the 200,
+    sends the transfer command, and accepts the connection the server made meanwhile."""
+    data = os.urandom(2 * MIB + 3)
+    source = tmp_path / "up"
+    source.write_bytes(data)
+    base = ["curl", "-s", "-S", "--ftp-create-dirs", "--ftp-port", "127.0.0.1", "--user",
+            "alice:alice-pw"]
+    url = f"ftp://127.0.0.1:{server.port}/{area}/"
+    for extra, name in (([], "a"), (["--disable-eprt"], "b")):
+        done = subprocess.run([*base, *extra, "-T", str(source), url + name],
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert sha(stored(cos, f"{area}/{name}")) == sha(data)
+        done = subprocess.run([*base, *extra, "-l", url], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert name.encode() in done.stdout.split()
+        done = subprocess.run([*base, *extra, url + name], capture_output=True, timeout=60)
+        assert done.returncode == 0 and done.stdout == data, done.stderr
