@@ -105,29 +105,6 @@ def test_an_unused_passive_port_times_out_quietly(quick_accept, area, cos):
         s.close()
 
 
-@pytest.mark.parametrize("direction", ["RETR", "STOR"])
-def test_quit_during_a_transfer_answers_226_then_221(session, area, cos, direction):
-    """RFC 959: QUIT during a transfer lets it end, its reply goes out, then 221 and the
-    close (pyftpdlib answered 221 at once and 226 after it)."""
-    data = os.urandom(3 * MIB)
-    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=data)
-    conn = session.connect(session.pasv())
-    assert session.cmd(f"{direction} {area}/{'f' if direction == 'RETR' else 'g'}")[0] == "1"
-    if direction == "RETR":
-        head = conn.recv(1000)
-        session.send("QUIT")
-        assert head + drain(conn) == data
-    else:
-        conn.sendall(data[:MIB])
-        session.send("QUIT")
-        conn.sendall(data[MIB:])
-        conn.close()
-    assert [session.reply()[:3] for _ in range(2)] == ["226", "221"]
-    assert session.ftp.sock.recv(1) == b""
-    if direction == "STOR":
-        assert sha(stored(cos, f"{area}/g")) == sha(data)
-
-
 def test_quit_with_an_idle_active_data_connection_closes_at_once(session, area):
     """QUIT after PORT's connection was made but before any transfer: 221 and the session
     closes (pyftpdlib waited for the idle data connection to close: the session stayed
