@@ -15,6 +15,7 @@ import pytest
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS
 from .server_proc import ServerProcess, connection_refused, wait_until
+from .test_clients import require
 from .test_command_orders import MIB, Session, drain, sha, still_works, stored
 
 WAITING = {"STOR": "STOR {area}/w", "RETR": "RETR {area}/r", "NLST": "NLST {area}"}
@@ -188,7 +189,7 @@ def test_lftp_active_mode_with_and_without_sync_mode(server, area, cos, tmp_path
     script = (f"set ftp:sync-mode {sync}; set ftp:passive-mode off; set net:max-retries 1; "
               f"set net:timeout 15; set cmd:fail-exit true; cd {area}; cls -1; "
               f"get f -o {tmp_path}/f; put {tmp_path}/f -o g; bye")
-    done = subprocess.run(["lftp", "-u", "alice,alice-pw", "-p", str(server.port), "-e",
+    done = subprocess.run([require("lftp"), "-u", "alice,alice-pw", "-p", str(server.port), "-e",
                            script, "127.0.0.1"], capture_output=True, timeout=90)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [b"f"]
@@ -202,7 +203,7 @@ def test_curl_active_mode_upload_listing_and_download(server, area, cos, tmp_pat
     data = os.urandom(2 * MIB + 3)
     source = tmp_path / "up"
     source.write_bytes(data)
-    base = ["curl", "-s", "-S", "--ftp-create-dirs", "--ftp-port", "127.0.0.1", "--user",
+    base = [require("curl"), "-s", "-S", "--ftp-create-dirs", "--ftp-port", "127.0.0.1", "--user",
             "alice:alice-pw"]
     url = f"ftp://127.0.0.1:{server.port}/{area}/"
     for extra, name in (([], "a"), (["--disable-eprt"], "b")):
