@@ -92,7 +92,8 @@ class EmulatorProcess:
 
     def rendezvous(self, **arm) -> dict:
         """Arm the rendezvous (``contains``, ``parties``, ``timeout``, optionally ``kind`` and
-        ``exact``) if given; return its state (``armed``, ``passed``, ``broken``)."""
+        ``exact``, ``part``: only that UploadPart) if given; return its state (``armed``,
+        ``passed``, ``broken``)."""
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/__emulator__/rendezvous",
             method="PUT" if arm else "GET", data=json.dumps(arm).encode() if arm else None)

@@ -557,6 +557,21 @@ def test_a_rendezvous_of_one_kind_lets_the_other_kinds_through(emulator, cos, pr
     assert emulator.rendezvous() == {"armed": True, "passed": 0, "broken": 0}
     cos.delete_object(Bucket=ALPHA, Key=prefix + "k")  # held in vain
     assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
+
+
+def test_a_rendezvous_of_one_part_lets_the_other_parts_through(emulator, cos, prefix):
+    """A key's parts, its live marker and its park record all hold the key: a test that
+    holds one part of an upload names its number."""
+    key = prefix + "parts"
+    upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=key)["UploadId"]
+    emulator.rendezvous(contains=key, kind="PUT", part=2, parties=2, timeout=0.5)
+    cos.put_object(Bucket=ALPHA, Key=f".cosftp/live/{key}/{upload_id}", Body=b"")  # not held
+    cos.upload_part(Bucket=ALPHA, Key=key, Body=b"1" * MIB, PartNumber=1, UploadId=upload_id)
+    assert emulator.rendezvous() == {"armed": True, "passed": 0, "broken": 0}
+    cos.upload_part(Bucket=ALPHA, Key=key, Body=b"2", PartNumber=2, UploadId=upload_id)
+    assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
+    cos.abort_multipart_upload(Bucket=ALPHA, Key=key, UploadId=upload_id)
+    cos.delete_object(Bucket=ALPHA, Key=f".cosftp/live/{key}/{upload_id}")
 # --- connections
 
 

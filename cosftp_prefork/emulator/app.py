@@ -185,6 +185,14 @@ def _targets(environ: dict) -> tuple[str, str]:
     return fast.place(environ).key, query.get("prefix", [""])[0]
 
 
+def _part_number(environ: dict) -> int:
+    """The part number of an UploadPart (or UploadPartCopy), 0 for any other request."""
+    if "partNumber" not in environ.get("QUERY_STRING", ""):
+        return 0
+    number = urllib.parse.parse_qs(environ["QUERY_STRING"]).get("partNumber", [""])[0]
+    return int(number) if number.isdigit() else 0
+
+
 def _touches(environ: dict, prefix: str) -> bool:
     """Whether a request names a key, or lists a prefix, that starts with ``prefix``."""
     key, listed = _targets(environ)
@@ -242,7 +250,7 @@ class CosShim:
     def _serve(self, environ: dict, start_response: Callable,
                logged: _Logged) -> Iterable[bytes]:
         request_id = uuid.uuid4().hex
-        self.rendezvous.meet(logged.kind, logged.target)
+        self.rendezvous.meet(logged.kind, logged.target, _part_number(environ))
         answered = self._as_account(environ, start_response, request_id)
         if answered is not None:
             return answered
@@ -358,7 +366,7 @@ class CosShim:
             wanted = json.loads(environ["wsgi.input"].read(length) or b"{}")
             self.rendezvous.arm(str(wanted["contains"]), int(wanted["parties"]),
                                 float(wanted.get("timeout", 10.0)), str(wanted.get("kind", "")),
-                                bool(wanted.get("exact", False)))
+                                bool(wanted.get("exact", False)), int(wanted.get("part", 0)))
         body = json.dumps(self.rendezvous.as_dict()).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])

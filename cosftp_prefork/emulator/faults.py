@@ -71,33 +71,37 @@ class Rendezvous:
     time (sent one after another, the first waits for the others in vain and the rendezvous
     breaks after ``timeout`` seconds), or holds one request for that long. One use per
     arming; ``PUT /__emulator__/rendezvous`` with ``{"contains", "parties", "timeout",
-    "kind"}`` arms it, ``GET`` tells how many requests met (``passed``) and how many waited
-    in vain (``broken``). With ``exact``, only requests naming the key ``contains`` itself meet
-    (not the server's bookkeeping objects whose keys hold it)."""
+    "kind", "exact", "part"}`` arms it, ``GET`` tells how many requests met (``passed``) and
+    how many waited in vain (``broken``). With ``exact``, only requests naming the key
+    ``contains`` itself meet (not the server's bookkeeping objects whose keys hold it); with
+    ``part``, only that part number's UploadPart (of every key holding ``contains``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._barrier: Optional[threading.Barrier] = None
         self._contains = self._kind = ""
         self._exact = False
+        self._part = 0  # 0: any request, else only the UploadPart of that number
         self._left = 0  # requests the armed rendezvous still takes
         self.passed = 0
         self.broken = 0
 
     def arm(self, contains: str, parties: int, timeout: float, kind: str = "",
-            exact: bool = False) -> None:
+            exact: bool = False, part: int = 0) -> None:
         with self._lock:
             self._barrier = threading.Barrier(parties, timeout=timeout)
             self._contains, self._kind, self._left = contains, kind, parties
-            self._exact = exact
+            self._exact, self._part = exact, part
             self.passed = self.broken = 0
 
-    def meet(self, kind: str, target: str) -> None:
-        """Wait, if the request (``kind``, ``target``) is one the rendezvous is armed for."""
+    def meet(self, kind: str, target: str, part: int = 0) -> None:
+        """Wait, if the request (``kind``, ``target``, ``part``: its part number, 0 if it is
+        no UploadPart) is one the rendezvous is armed for."""
         with self._lock:
             barrier = self._barrier
             named = target == self._contains if self._exact else self._contains in target
-            if barrier is None or not named or self._kind not in ("", kind):
+            if barrier is None or not named or self._kind not in ("", kind) or \
+                    self._part not in (0, part):
                 return
             self._left -= 1
             if self._left == 0:
