@@ -1036,6 +1036,38 @@ def test_stop_parks_an_upload_whose_part_cos_takes_long_to_store(daemon, emulato
     uploader.close()
 
 
+def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, emulator,
+                                                                        cos, area):
+    """A fast stop has one deadline for all its sessions (the master allows 30 s): uploads
+    whose part 2 COS holds longer than that are parked with part 1 (what COS stored) before
+    it. The worker waited for each session thread in turn (25 s each) and each park waited
+    for its part without end: the master SIGABRTed the worker and no upload was parked."""
+    from .test_resume import park_records, parts_of
+
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    keys = [f"{area}-{n}" for n in range(4)]  # two sessions at least in one worker
+    emulator.rendezvous(contains=area, kind="PUT", part=2, parties=100, timeout=90)
+    sessions, uploads = [login(daemon) for _ in keys], []
+    for ftp, key in zip(sessions, keys):
+        ftp.voidcmd("TYPE I")
+        uploads.append(ftp.transfercmd(f"STOR {key}"))
+        uploads[-1].sendall(os.urandom(3 * MIB))
+    wait_until(lambda: all(parts_of(cos, key) for key in keys), what="part 1 of each stored")
+    held = lambda: {entry["target"] for entry in request_log(emulator.port, area)  # noqa: E731
+                    if entry["kind"] == "PUT" and entry["end"] is None}
+    wait_until(lambda: held() == set(keys), what="part 2 of each held by COS")
+    master = master_of(daemon)
+    workers = live_children(master)
+    master.terminate()
+    for ftp, upload in zip(sessions, uploads):
+        _send_until_closed(upload)
+        assert [r[:4] for r in _replies_after_data_closed(ftp)] == ["426 ", "421 "]
+        ftp.close()
+    assert not psutil.wait_procs([master, *workers], timeout=60)[1], "still running"
+    assert "SIGABRT" not in daemon.log_text()
+    assert [[r["size"] for r in park_records(cos, key)] for key in keys] == [[MIB]] * len(keys)
+
+
 def test_help_and_readme_say_what_term_and_quit_do():
     """TERM parks uploads (as the guarantees say), it does not abort them; QUIT lets
     transfers finish and is what stop --graceful sends."""

@@ -272,13 +272,15 @@ class FairPool:
         with self._lock:
             return sum(len(queue) for queue in self._queues.values())
 
-    def shutdown(self) -> None:
-        """Run what is queued, then stop the threads."""
+    def shutdown(self, deadline: Optional[float] = None) -> None:
+        """Run what is queued, then stop the threads; wait for them until ``deadline``
+        (``time.monotonic()``) at most, if given: a stopping worker exits then, and its
+        daemon threads with it, whatever COS still holds."""
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
         for thread in self._threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _next(self) -> Optional[tuple[Hashable, _Task]]:
         """The first task of the first owner in turn that may run one more; moves that
@@ -356,12 +358,25 @@ class Engine:
         # Look-ups a session's own thread has in flight (``cos.naming``), each on a pooled
         # COS connection until its thread reads the answer: as many as the pool's threads.
         self.lookup_slots = threading.BoundedSemaphore(self.lookup_threads)
+        self._settle_deadline: Optional[float] = None  # set by ``hurry``
 
     def copier(self, owner: Optional[Hashable] = None) -> OwnerExecutor:
         """An executor for the copies of one job (a rename, an MFMT, an APPE)."""
         return self.copies.for_owner(owner if owner is not None else object())
 
-    def shutdown(self) -> None:
-        self.parts.shutdown()
-        self.copies.shutdown()
-        self.lookups.shutdown()
+    def hurry(self, deadline: float) -> None:
+        """The worker is stopping: an upload that ends from now on (parked or aborted) waits
+        for its parts COS is receiving until ``deadline`` (``time.monotonic()``) at most, and
+        keeps what was stored by then (see ``PartStream.settle``)."""
+        self._settle_deadline = deadline
+
+    def settle_timeout(self) -> Optional[float]:
+        """How long an ending upload may still wait for its parts; None: as long as COS
+        takes (the worker is not stopping)."""
+        deadline = self._settle_deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def shutdown(self, deadline: Optional[float] = None) -> None:
+        """Stop the pools (see ``FairPool.shutdown``)."""
+        for pool in (self.parts, self.copies, self.lookups):
+            pool.shutdown(deadline)

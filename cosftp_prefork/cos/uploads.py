@@ -310,9 +310,19 @@ class PartStream:
         park) every one is stored, started or not: its bytes were received, and a part that
         was still waiting for a pool thread was lost to the park by the luck of a thread's
         turn. Without it (an abort) those not started are cancelled and those uploading
-        waited for: an abort issued before they finish would not remove them."""
-        wait(self._futures if keep else [future for future in self._futures
-                                         if not future.cancel()])
+        waited for: an abort issued before they finish would not remove them.
+
+        In a stopping worker the wait ends at the stop's deadline (``Engine.hurry``): the
+        parts COS has not stored by then are left out (those not started are cancelled), so
+        that the upload is still parked with those it did store before the worker exits."""
+        futures = self._futures if keep else [future for future in self._futures
+                                              if not future.cancel()]
+        unsettled = wait(futures, timeout=self._engine.settle_timeout()).not_done
+        if unsettled:
+            for future in unsettled:
+                future.cancel()
+            log.warning("key=%s: %d parts not stored by the stop's deadline; going on "
+                        "without them", self._key, len(unsettled))
         self.drop_buffer()
 
     def drop_buffer(self) -> None:
@@ -322,8 +332,9 @@ class PartStream:
         self._claim = None
 
     def stored_parts(self) -> list[PartInfo]:
+        # A copy first: after a settle cut short, a part thread may still add its part.
         return leading_parts(PartInfo(number, etag, self.part_sizes[number], 0.0)
-                             for number, etag in self.etags.items())
+                             for number, etag in dict(self.etags).items())
 
     def _buffer_claim(self) -> Claim:
         """The granted claim of the part being filled, waiting for it if need be."""

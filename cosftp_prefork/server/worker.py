@@ -73,6 +73,11 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 TICK_SECONDS = 1.0
 BALANCE_SECONDS = 0.1
+# A stopping worker closes its sessions within this, well inside the master's allowance
+# (it notices the signal within a tick); their uploads' parks are written in the last
+# PARK_RECORD_SECONDS of it, with the parts COS stored before.
+CLOSE_SECONDS = FAST_STOP_SECONDS - 5
+PARK_RECORD_SECONDS = 5.0
 # What the master's signals ask of a serving worker: the flag its serve loop reads.
 STOP_SIGNALS = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",
                 signal.SIGUSR2: "_finish"}
@@ -344,11 +349,18 @@ class BalancedFTPServer(ThreadedFTPServer):
 
     state: SharedState
     kind = "FTP"  # what the listener serves, for the log
-    # How long close_all waits for each session thread. A stopping session may still wait
-    # for COS to store the parts its upload's park keeps (pyftpdlib's 5 s cut that short:
-    # the worker exited and the upload was lost); the master ends a stop that takes longer.
-    join_timeout = FAST_STOP_SECONDS - 5
     paused = False  # True while this worker leaves new connections to its peers
+    # When (``time.monotonic()``) the worker stops waiting for its session threads; set
+    # before ``close_all``.
+    stop_deadline = 0.0
+
+    @property
+    def join_timeout(self) -> float:
+        """How long ``close_all`` waits for the next session thread: what is left until the
+        stop's deadline. One deadline for them all: a timeout per thread (pyftpdlib's)
+        added up past the master's allowance when several sessions waited on COS, and the
+        master aborted the worker with their uploads unparked."""
+        return max(0.0, self.stop_deadline - time.monotonic())
 
     def describe(self) -> str:
         """``address:port (kind)``, for the log."""
@@ -441,6 +453,7 @@ class Worker:
         scans = self._start_quotas(stats, buckets)
         sharing = self._start_sharing(stats)
         hooks = WorkerHooks.start(self.config)
+        deadline: Optional[float] = None  # the stop's, once the sessions are being closed
         try:
             servers = self._servers(buckets, engine, retrier, stats, masquerade, hooks)
             self._serving_signals()
@@ -448,9 +461,10 @@ class Worker:
             log.info("worker %d gen %d serving on %s", self.index, self.generation,
                      ", ".join(server.describe() for server in servers))
             self._serve(servers, stats)
+            deadline = self._close_sessions(servers, stats, engine)
         finally:
             hooks.close()
-            engine.shutdown()
+            engine.shutdown(deadline)
             retrier.stop()
             if janitor is not None:
                 janitor.stop()
@@ -574,11 +588,26 @@ class Worker:
             else:
                 time.sleep(BALANCE_SECONDS)
             ioloop.sched.poll()
+
+    def _close_sessions(self, servers: list[BalancedFTPServer], stats: WorkerStats,
+                        engine: Engine) -> float:
+        """End the sessions still open (426 for a transfer, 421; uploads parked) within the
+        master's allowance, and return the deadline the worker exits by. An upload's park
+        waits for the parts COS is receiving until ``PARK_RECORD_SECONDS`` before it, then
+        records those stored; the session threads are joined until the deadline."""
+        deadline = time.monotonic() + CLOSE_SECONDS
         if stats.sessions > 0:
-            log.warning("worker %d closing %d sessions", self.index, stats.sessions)
+            log.warning("worker %d closing %d sessions, for %.0fs at most", self.index,
+                        stats.sessions, CLOSE_SECONDS)
+        engine.hurry(deadline - PARK_RECORD_SECONDS)
         stats.stopping.set()
         for server in servers:
+            server.stop_deadline = deadline
             server.close_all()  # each joins its own session threads
+        if stats.sessions > 0:
+            log.error("worker %d exits with %d sessions still closing at the stop's deadline",
+                      self.index, stats.sessions)
+        return deadline
 
     def _drained(self, stats: WorkerStats) -> bool:
         """Draining for a reload ends with the last session (it keeps its old config to the
