@@ -38,8 +38,10 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def daemon(emulator, tmp_path):
-    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+def daemon(emulator, tmp_path, request):
+    """A daemonised server; a test may give it [OPTIONAL] settings (indirect parameter)."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional=getattr(request, "param", {}))
     proc.write_config()
     started = proc.ctl("start")
     assert started.returncode == 0, started.stderr
@@ -1036,12 +1038,18 @@ def test_stop_parks_an_upload_whose_part_cos_takes_long_to_store(daemon, emulato
     uploader.close()
 
 
-def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, emulator,
-                                                                        cos, area):
+@pytest.mark.parametrize("daemon, signum", [({}, signal.SIGTERM),
+                                            ({"graceful_timeout": "1"}, signal.SIGQUIT)],
+                         ids=["stop", "graceful stop past graceful_timeout"],
+                         indirect=["daemon"])
+def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, signum,
+                                                                        emulator, cos, area):
     """A fast stop has one deadline for all its sessions (the master allows 30 s): uploads
     whose part 2 COS holds longer than that are parked with part 1 (what COS stored) before
     it. The worker waited for each session thread in turn (25 s each) and each park waited
-    for its part without end: the master SIGABRTed the worker and no upload was parked."""
+    for its part without end: the master SIGABRTed the worker and no upload was parked. A
+    graceful stop whose transfers outlast graceful_timeout ends the same way, and the
+    master allows it the fast stop's time after graceful_timeout (it allowed 10 s)."""
     from .test_resume import park_records, parts_of
 
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
@@ -1058,7 +1066,7 @@ def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, 
     wait_until(lambda: held() == set(keys), what="part 2 of each held by COS")
     master = master_of(daemon)
     workers = live_children(master)
-    master.terminate()
+    master.send_signal(signum)
     for ftp, upload in zip(sessions, uploads):
         _send_until_closed(upload)
         assert [r[:4] for r in _replies_after_data_closed(ftp)] == ["426 ", "421 "]

@@ -53,10 +53,10 @@ from .scoreboard import (
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
 START_TIMEOUT = 60.0  # the server stops itself sooner when its workers cannot start
-# The master gives workers 30s after TERM (graceful_timeout + 10s after QUIT), then SIGABRT
-# and, 5s later, SIGKILL.
+# The master gives workers 30s after TERM (graceful_timeout + 30s after QUIT: what is left
+# then ends as after TERM), then SIGABRT and, 5s later, SIGKILL.
 STOP_TIMEOUT = 45.0
-GRACEFUL_STOP_MARGIN = 25.0
+GRACEFUL_STOP_MARGIN = STOP_TIMEOUT
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 EXIT_UNKNOWN = 4  # LSB status code for "program status is unknown"
 

@@ -314,8 +314,10 @@ class Master(ReloadSequence):
 
     def handle_quit(self) -> None:
         """Graceful stop: stop accepting, let transfers in flight finish (each worker stops
-        once it has none, at most graceful_timeout), tell idle sessions 421."""
-        self._begin_stop(signal.SIGQUIT, self.config.server.graceful_timeout + 10.0,
+        once it has none, at most graceful_timeout), tell idle sessions 421. What is left
+        after graceful_timeout ends as in a fast stop, with the fast stop's time."""
+        self._begin_stop(signal.SIGQUIT,
+                         self.config.server.graceful_timeout + FAST_STOP_SECONDS,
                          graceful=True)
 
     def handle_usr1(self) -> None:
