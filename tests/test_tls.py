@@ -304,23 +304,40 @@ def inject_garbage(tls_sock: ssl.SSLSocket) -> None:
         raw.sendall(b"\x17\x03\x03\x00\x10" + b"not a tls record")
 
 
+def unhandled(server: ServerProcess) -> int:
+    """How many errors pyftpdlib logged as unhandled (with a traceback) so far."""
+    return server.log_text().count("unhandled exception")
+
+
 def test_broken_tls_control_connection_releases_the_session(tls_server):
+    """A TLS record that does not decrypt is the client's (or the network's) doing: one
+    warning line, not an "unhandled exception" and its traceback."""
     ftp = tls_login(tls_server, PLAIN)
     wait_until(lambda: sessions_by_pid(tls_server), what="session counted")
+    errors = unhandled(tls_server)
     inject_garbage(ftp.sock)
     wait_until(lambda: not sessions_by_pid(tls_server), what="session released")
     ftp.close()
+    assert "the TLS control connection broke: decryption failed or bad record mac" in \
+        tls_server.log_text()
+    assert unhandled(tls_server) == errors
 
 
 def test_broken_tls_upload_is_answered_and_parked(tls_server, area, cos):
+    """The reply and the log say what broke (pyftpdlib's was "426 Internal error" and an
+    "unhandled exception" with its traceback)."""
     ftp = tls_login(tls_server, SECURE)
     conn = start_upload(ftp, cos, area, 2 * MIB)
+    errors = unhandled(tls_server)
     inject_garbage(conn)
-    with pytest.raises(ftplib.error_temp, match="426"):
+    with pytest.raises(ftplib.error_temp, match="426 The TLS data connection broke"):
         ftp.voidresp()
     conn.close()
     # A broken connection is not a cancel: the part that arrived is kept for REST + STOR.
     wait_until(lambda: is_parked(cos, area), what="the upload to be parked")
+    assert f"path=/{area}: the TLS data connection broke: decryption failed or bad record " \
+        "mac" in tls_server.log_text()
+    assert unhandled(tls_server) == errors
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
     assert ftp.voidcmd("NOOP").startswith("200")
     _close(ftp)

@@ -12,6 +12,7 @@ the policy is enforced here once the account is known: from USER on.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Optional
 
 from OpenSSL import SSL
@@ -34,8 +35,19 @@ REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send 
 REFUSE_PROT_C = "534 This account may not use clear data connections."
 HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
                        "transfer aborted.")
+BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
 REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
                         "connection (require_ssl_reuse); transfer aborted.")
+
+
+def broken_tls(error: Optional[BaseException]) -> Optional[str]:
+    """What broke, if ``error`` is OpenSSL failing on what the peer sent (a record that does
+    not decrypt, an alert): OpenSSL's own reasons, never the peer's bytes. None otherwise."""
+    if not isinstance(error, SSL.Error):
+        return None
+    reasons = [entry[2] for entry in (error.args[0] if error.args else ())
+               if isinstance(entry, tuple) and len(entry) == 3 and entry[2]]
+    return ", ".join(reasons) or "TLS error"
 
 
 class _TLSData(TLS_DTPHandler):
@@ -45,10 +57,20 @@ class _TLSData(TLS_DTPHandler):
         """Reply 426 and close through every ``close()`` of the class.
 
         pyftpdlib's TLS mixin logs the error and calls ``DTPHandler.close`` directly: no
-        reply, and the subclasses' ``close()`` (our counters) never runs.
+        reply, and the subclasses' ``close()`` (our counters) never runs. A connection the
+        client's side broke (bytes that are no TLS record) is no server fault: one warning
+        line and a 426 that says so, where pyftpdlib logged an "unhandled exception" with
+        its traceback and answered "426 Internal error". A broken upload is parked.
         """
         compat.skip_tls_shutdown(self)  # a connection that failed gets no TLS shutdown
-        DTPHandler.handle_error(self)
+        reason = broken_tls(sys.exc_info()[1])
+        if reason is None:
+            DTPHandler.handle_error(self)
+            return
+        log.warning("path=%s: the TLS data connection broke: %s; the transfer is not "
+                    "complete", getattr(self.file_obj, "name", "-"), reason)
+        compat.set_close_reply(self, BROKEN_DATA_TLS, log.debug)
+        self.close()
 
     def close(self) -> None:
         # A transfer that did not finish is closed at once, without a TLS shutdown that
@@ -119,9 +141,15 @@ class _TLSControl(TLS_FTPHandler):
 
         pyftpdlib's TLS mixin calls ``FTPHandler.close`` directly, so the subclasses'
         ``close()`` (ours releases the session's place in the server-wide limits) never runs.
+        A connection the client's side broke is logged in one line (see ``_TLSData``).
         """
         compat.skip_tls_shutdown(self)  # a connection that failed gets no TLS shutdown
-        FTPHandler.handle_error(self)
+        reason = broken_tls(sys.exc_info()[1])
+        if reason is None:
+            FTPHandler.handle_error(self)
+            return
+        log.warning("the TLS control connection broke: %s; closing the session", reason)
+        self.close()
 
 
 class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
