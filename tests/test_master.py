@@ -1076,6 +1076,25 @@ def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, 
     assert [[r["size"] for r in park_records(cos, key)] for key in keys] == [[MIB]] * len(keys)
 
 
+@pytest.mark.parametrize("daemon", [{"resume_ttl": "4"}], indirect=True)  # a sweep a second
+def test_stop_does_not_wait_for_a_janitor_sweep_cos_holds(daemon, emulator):
+    """A stopping worker exits by its deadline even while its janitor's sweep waits on COS:
+    it waited for the sweep to end, and the master SIGABRTed it 30 s after the TERM."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    emulator.rendezvous(contains=".cosftp/", kind="LIST", parties=100, timeout=45)
+    try:
+        wait_until(lambda: any(entry["kind"] == "LIST" and entry["end"] is None
+                               for entry in request_log(emulator.port, ".cosftp/")),
+                   what="a janitor sweep held by COS")
+        master = master_of(daemon)
+        workers = live_children(master)
+        master.terminate()
+        assert not psutil.wait_procs([master, *workers], timeout=60)[1], "still running"
+    finally:  # the held sweep is the stopped worker's; later listings go their way
+        emulator.rendezvous(contains="\0none", parties=1, timeout=1)
+    assert "SIGABRT" not in daemon.log_text()
+
+
 def test_help_and_readme_say_what_term_and_quit_do():
     """TERM parks uploads (as the guarantees say), it does not abort them; QUIT lets
     transfers finish and is what stop --graceful sends."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+import time
+from typing import Callable, Optional
 
 
 class Periodic:
@@ -19,11 +20,14 @@ class Periodic:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop, waiting for a run under way to end."""
+    def stop(self, deadline: Optional[float] = None) -> None:
+        """Stop, waiting for a run under way to end; until ``deadline``
+        (``time.monotonic()``) at most, if given: a stopping worker exits then, and this
+        daemon thread with it, whatever COS still holds."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(None if deadline is None else
+                              max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -240,8 +240,9 @@ class Janitor:
     def start(self) -> None:
         self._periodic.start()
 
-    def stop(self) -> None:
-        self._periodic.stop()
+    def stop(self, deadline: Optional[float] = None) -> None:
+        """Stop sweeping (see ``Periodic.stop``)."""
+        self._periodic.stop(deadline)
 
     def _sweep_all(self) -> None:
         for bucket in self._buckets:

@@ -121,9 +121,10 @@ class AbortRetrier:
         with self._lock:
             self._pending[(key, upload_id)] = bucket
 
-    def stop(self) -> None:
-        """Stop retrying; log what is still pending so an operator can clean it up."""
-        self._periodic.stop()
+    def stop(self, deadline: Optional[float] = None) -> None:
+        """Stop retrying (see ``Periodic.stop``); log what is still pending so an operator
+        can clean it up."""
+        self._periodic.stop(deadline)
         for key, upload_id in self._pending:
             log.error("multipart upload %s of %r is still pending in COS; abort it by hand",
                       upload_id, key)

@@ -465,12 +465,12 @@ class Worker:
         finally:
             hooks.close()
             engine.shutdown(deadline)
-            retrier.stop()
+            retrier.stop(deadline)
             if janitor is not None:
-                janitor.stop()
+                janitor.stop(deadline)
             for periodic in (scans, sharing):
                 if periodic is not None:
-                    periodic.stop()
+                    periodic.stop(deadline)
             buckets.close()
             log.info("worker %d gen %d stopped", self.index, self.generation)
         return 0
