@@ -1,8 +1,9 @@
-"""The emulator's own answers to HEAD Object, ListObjects, PUT Object and PUT Object - Copy
-(cosftp_prefork/emulator/fast.py) equal moto's, over random buckets, requests, copies and
-PUTs, and so do the objects they made; the requests they do not cover still go to moto, and
-the shim's checks still come first. Each in both ways of naming the bucket: the COS SDK's
-virtual host, and the path-style requests of S3 clients (rclone, the bench's baseline)."""
+"""The emulator's own answers to HEAD Object, GET Object, ListObjects, PUT Object and PUT
+Object - Copy (cosftp_prefork/emulator/fast.py) equal moto's, over random buckets,
+requests, copies and PUTs, and so do the objects they made; the requests they do not
+cover still go to moto, and the shim's checks still come first. Each in both ways of naming
+the bucket: the COS SDK's virtual host, and the path-style requests of S3 clients (rclone,
+the bench's baseline)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,9 @@ def answers_of(emu, method: str, url: str, sent: dict, query: str = "",
                       if name.lower() not in RANDOM_HEADERS)
         body = re.sub(rb"<NextMarker>([^<]*)</NextMarker>", _resolved, response.data)
         body = re.sub(rb"<(RequestId|TraceId)>[^<]*<", rb"<\1><", body)
+        # (moto's error body held raw in the Message where a control byte in the key makes
+        # it no XML: its id escaped)
+        body = re.sub(rb"&lt;RequestId&gt;[A-Za-z0-9]*", rb"&lt;RequestId&gt;", body)
         answers.append((response.status, kept, body))
     return tuple(answers)
 
@@ -245,7 +249,7 @@ def test_rclones_path_style_requests_take_the_fast_answers(emu, tmp_path):
     """rclone (the bench's ``rclone serve ftp``: S3 path-style to 127.0.0.1, AWS signing
     headers, ``x-id`` queries) uploading, listing and copying on the emulator: every
     request the emulator answers for the gateway's SDK without moto's app is answered so for
-    rclone too (its PUTs, its copy, its listings, its HEADs of keys that exist), as the
+    rclone too (its PUTs, its copy, its GET, its listings, its HEADs of keys that exist), as the
     emulator's log says; what is left to moto is rclone's creation of the bucket and its
     HEADs of keys not there yet. Else the rows against rclone are tilted."""
     rclone = shutil.which("rclone", path=os.path.dirname(sys.executable)) or require("rclone")
@@ -256,10 +260,11 @@ def test_rclones_path_style_requests_take_the_fast_answers(emu, tmp_path):
     for command in (["copyto", str(tmp_path / "é a"), f":s3:{BUCKET}/rc/é a"],
                     ["lsf", f":s3:{BUCKET}/rc/"],
                     ["copyto", f":s3:{BUCKET}/rc/é a", f":s3:{BUCKET}/rc/b"],
-                    ["lsf", "-R", f":s3:{BUCKET}/rc/"]):
+                    ["lsf", "-R", f":s3:{BUCKET}/rc/"], ["cat", f":s3:{BUCKET}/rc/b"]):
         done = subprocess.run([rclone, *command, *flags], capture_output=True, text=True,
                               timeout=60, env={**os.environ, "RCLONE_CONFIG": os.devnull})
         assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello"
     assert backend().get_object(BUCKET, "rc/b").value == b"hello"
     sent = list(emu.app.requests)[first:]
     written: set[str] = set()
@@ -275,8 +280,8 @@ def test_rclones_path_style_requests_take_the_fast_answers(emu, tmp_path):
     # path-style listings and copies as the SDK's.
     assert written == {"rc/é a", "rc/b"}, written
     kinds = Counter(entry.kind for entry in sent if entry.fast)
-    assert kinds["PUT"] == 1 and kinds["COPY"] == 1 and kinds["HEAD"] >= 2 and \
-        kinds["LIST"] >= 2, kinds
+    assert kinds["PUT"] == 1 and kinds["COPY"] == 1 and kinds["GET"] == 1 and \
+        kinds["HEAD"] >= 2 and kinds["LIST"] >= 2, kinds
 
 
 def test_the_shims_checks_come_before_a_fast_answer(emu):
@@ -630,3 +635,79 @@ def test_plain_puts_are_answered_without_motos_app(emu):
         ("1600000000", "STANDARD_IA")
     assert cos.get_object(Bucket=BUCKET, Key="put/é a")["Body"].get_raw_stream() \
         .read() == body
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("versioned", [False, True], ids=["plain", "versioned"])
+def test_gets_answered_here_equal_motos_over_random_buckets(emu, versioned, style):
+    """GET Object of random keys (some put straight into moto, with metadata, content
+    headers, a storage class, encryption; overwritten, deleted: a 404 body, a delete
+    marker), in a plain and a versioned bucket: the same status, headers and bytes with
+    and without fast answers, and a plain bucket's current objects answered here."""
+    rng = random.Random(61 + versioned)
+    bucket = f"get{'v' if versioned else ''}-{uuid.uuid4().hex[:8]}-1250000000"
+    emu.create_bucket(bucket)
+    if versioned:
+        backend().put_bucket_versioning(bucket, "Enabled")
+    names: list[str] = []
+    checked, taken, statuses = 0, Counter(), Counter()
+    for _ in range(8):
+        fill(emu, rng, bucket, names, versioned)
+        for name in [*rng.sample(names, k=min(len(names), 20)), random_name(rng)]:
+            path = "/" + urllib.parse.quote(name.encode("utf-8"), safe="/")
+            fast, moto = both(emu, "GET", bucket, path, style=style, taken=taken)
+            assert fast == moto, name
+            statuses[fast[0]] += 1
+            checked += 1
+    assert statuses["200 OK"] > checked / 2 and statuses["404 NOT FOUND"], statuses
+    if versioned:  # every object has a version: moto's
+        assert not taken[True], taken
+    else:
+        assert taken[True] == statuses["200 OK"], taken
+
+
+def test_gets_the_fast_answers_do_not_cover_are_motos(emu):
+    """A GET with a range, a condition, a query (a version, a part, a response header
+    override), checksum mode or an Origin, and a GET of an archived object, go to moto:
+    the same answers with and without fast answers, and moto's verdicts are COS's (206,
+    304, 412)."""
+    cos = sdk_client(emu)
+    cos.put_object(Bucket=BUCKET, Key="gcover/a", Body=b"abcdef",
+                   Metadata={"x-cos-meta-mtime": "1600000000"})
+    backend().put_object(BUCKET, "gcover/cold", b"z", storage="GLACIER")  # (COS: ARCHIVE)
+    etag = cos.head_object(Bucket=BUCKET, Key="gcover/a")["ETag"]
+    statuses = {}
+    for query, headers in (
+            ("", {"Range": "bytes=1-2"}), ("", {"Range": "bytes=9-"}),
+            ("", {"If-Match": etag}), ("", {"If-Match": '"0"'}),
+            ("", {"If-None-Match": etag}), ("", {"If-None-Match": '"0"'}),
+            ("", {"If-Modified-Since": "Wed, 01 Jan 2031 00:00:00 GMT"}),
+            ("", {"If-Unmodified-Since": "Wed, 01 Jan 2020 00:00:00 GMT"}),
+            ("", {"x-cos-checksum-mode": "ENABLED"}), ("", {"Origin": "http://x"}),
+            ("versionId=null", {}), ("partNumber=1", {}),
+            ("response-content-type=text%2Fx", {}), ("acl", {})):
+        fast, moto = both(emu, "GET", BUCKET, "/gcover/a", query, headers=headers)
+        assert fast == moto, (query, headers)
+        statuses[query or next(iter(headers.items()))] = fast[0].split()[0]
+    assert statuses[("Range", "bytes=1-2")] == "206"
+    assert statuses[("If-Match", '"0"')] == "412"
+    assert statuses[("If-None-Match", etag)] == "304"
+    fast, moto = both(emu, "GET", BUCKET, "/gcover/cold")
+    assert fast == moto and fast[0].startswith("403"), fast  # InvalidObjectState
+
+
+def test_plain_gets_are_answered_without_motos_app(emu):
+    """The GET a RETR sends (and the SDK's and rclone's): a key with unicode and a space,
+    metadata; answered from moto's backend with the object's bytes, ETag and headers."""
+    cos = sdk_client(emu)
+    body = os.urandom(70_000)
+    cos.put_object(Bucket=BUCKET, Key="get/é a", Body=body, ContentType="text/x",
+                   Metadata={"x-cos-meta-mtime": "1600000000"})
+    before = len(emu.app.requests)
+    response = cos.get_object(Bucket=BUCKET, Key="get/é a")
+    assert response["Body"].get_raw_stream().read() == body
+    assert (response["ETag"], response["Content-Length"], response["content-type"],
+            response["x-cos-meta-mtime"]) == \
+        (f'"{hashlib.md5(body).hexdigest()}"', str(len(body)), "text/x", "1600000000")
+    assert [(entry.kind, entry.fast) for entry in list(emu.app.requests)[before:]] == \
+        [("GET", True)]

@@ -34,9 +34,10 @@ The shim translates what differs between COS and S3 on the wire:
   of the whole bucket, so like COS their cost does not grow with the bucket, and they are
   paged as COS pages them (max-keys counts common prefixes and keys together; moto gave
   every common prefix on every page);
-* HEAD Object, ListObjects and plain PUT Object and PUT Object - Copy are answered as moto
-  answers them, without moto's request dispatch (``fast.py``: the emulator's CPU per
-  request is not COS's, and the gateway sends more of these than its baselines);
+* HEAD Object, ListObjects and plain GET Object, PUT Object and PUT Object - Copy are
+  answered as moto answers them, without moto's request dispatch (``fast.py``: the
+  emulator's CPU per request is not COS's, and the gateway sends more of these than its
+  baselines);
 * a PUT Object or UploadPart whose ``Content-MD5`` is not the MD5 of its body gets 400
   BadDigest (InvalidDigest if it is no MD5) and stores nothing, as on COS (moto ignores
   the header; ``conform.digest_refusal``);
@@ -214,7 +215,7 @@ class CosShim:
         # Each request since the last reset (kind, key or listed prefix, times); bounded.
         self.requests: deque[_Logged] = deque(maxlen=100_000)
         self.connections_accepted = 0
-        # HEAD Object, ListObjects and plain PUTs and copies answered as moto answers them,
+        # HEAD Object, ListObjects and plain GETs, PUTs and copies answered as moto answers them,
         # without its dispatch (fast.py).
         self.fast_answers = True
 
