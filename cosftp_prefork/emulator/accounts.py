@@ -51,6 +51,7 @@ from qcloud_cos.cos_auth import CosS3Auth
 from werkzeug.test import Client
 
 from .fast import copy_source, place
+from .fast import query as parsed_query
 
 ACCOUNTS_PATH = "/__emulator__/accounts"
 SERVICE_HOSTS = ("service.cos.myqcloud.com", "service.cos.tencentcos.cn")
@@ -75,7 +76,7 @@ def cos_action(environ: dict) -> str:
     """The CAM action name of a request (``GetBucket``, ``PutObject``…), as a policy
     grants it."""
     method = environ["REQUEST_METHOD"]
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    query = parsed_query(environ)
     if environ.get("HTTP_HOST", "") in SERVICE_HOSTS:
         return "GetService"
     if not place(environ).is_object:
@@ -148,9 +149,18 @@ _CLOCK = _SigningClock()
 qcloud_cos.cos_auth.time = _CLOCK
 
 
+_FIELDS = "cosftp.emulator.authorization"  # the fields parsed, and the header they came from
+
+
 def _authorization_fields(environ: dict) -> dict[str, str]:
+    """The Authorization header's fields, parsed once per request (the log's ``signer``
+    and the credentials' check both read them). Not to be changed by the caller."""
     value = environ.get("HTTP_AUTHORIZATION", "")
-    return dict(urllib.parse.parse_qsl(value, keep_blank_values=True))
+    known = environ.get(_FIELDS)
+    if known is None or known[0] != value:
+        known = environ[_FIELDS] = (value, dict(urllib.parse.parse_qsl(
+            value, keep_blank_values=True)))
+    return known[1]
 
 
 def signer(environ: dict) -> str:
@@ -183,8 +193,8 @@ def expected_signature(environ: dict, secret_id: str, secret_key: str,
     if headers is None or fields.get("q-key-time") != fields["q-sign-time"]:
         return None
     param_names = {n for n in fields.get("q-url-param-list", "").split(";") if n}
-    params = {name: value for name, value in urllib.parse.parse_qsl(
-        environ.get("QUERY_STRING", ""), keep_blank_values=True) if name.lower() in param_names}
+    params = {name: values[-1] for name, values in parsed_query(environ).items()
+              if name.lower() in param_names}
     # PATH_INFO holds the decoded key as latin-1 (WSGI); the SDK signs the key itself.
     path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8", "surrogateescape")
     conf = CosConfig(Region="ap-guangzhou", SecretId=secret_id, SecretKey=secret_key)

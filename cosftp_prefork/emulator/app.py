@@ -182,8 +182,7 @@ def request_kind(environ: dict) -> str:
 def _targets(environ: dict) -> tuple[str, str]:
     """The key a request names (as the client named it: the server has URL-decoded the
     path) and the prefix it lists (either may be "")."""
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-    return fast.place(environ).key, query.get("prefix", [""])[0]
+    return fast.place(environ).key, fast.query(environ, blanks=False).get("prefix", [""])[0]
 
 
 def _part_number(environ: dict) -> int:

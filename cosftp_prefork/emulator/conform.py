@@ -49,6 +49,7 @@ from moto.s3.exceptions import MissingBucket
 
 from .accounts import Refusal
 from .fast import LIST_PARAMETERS, Place, copy_source, cos_header, place
+from .fast import query as parsed_query
 
 MAX_KEY_BYTES = 850  # the longest object key, in UTF-8 bytes (Object Overview, 436/13324)
 LIST_MAX_KEYS = 1000  # GET Bucket's most keys a page, whatever max-keys asks
@@ -81,7 +82,7 @@ def refusal(environ: dict) -> Optional[Refusal]:
     method = environ["REQUEST_METHOD"]
     if method == "HEAD" or (method == "GET" and not environ.get("QUERY_STRING")):
         return None  # (most requests: nothing here to check, and the emulator's CPU counts)
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    query = parsed_query(environ)
     where = place(environ)
     if _names_a_new_object(method, where, query) and \
             len(where.key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
@@ -145,9 +146,9 @@ def _list_refusal(environ: dict, query: dict[str, list[str]]) -> Optional[Refusa
     if query.get("encoding-type", ["url"])[-1] != "url":
         return _invalid("encoding-type can only be url")
     if int(max_keys) > LIST_MAX_KEYS:  # COS lists a page of 1000 at most
-        query["max-keys"] = [str(LIST_MAX_KEYS)]
-        environ["QUERY_STRING"] = urllib.parse.urlencode(query, doseq=True,
-                                                         quote_via=urllib.parse.quote)
+        environ["QUERY_STRING"] = urllib.parse.urlencode(
+            {**query, "max-keys": [str(LIST_MAX_KEYS)]}, doseq=True,
+            quote_via=urllib.parse.quote)
     return None
 
 
@@ -265,7 +266,7 @@ def page_uploads(environ: dict, body: bytes) -> bytes:
     ``upload-id-marker``); ``max-uploads`` (1000 at most) a page, with NextKeyMarker and
     NextUploadIdMarker when truncated. moto gives every upload, in the order made, and
     ignores all three."""
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    query = parsed_query(environ)
     if environ["REQUEST_METHOD"] != "GET" or "uploads" not in query or \
             b"</ListMultipartUploadsResult>" not in body:
         return body

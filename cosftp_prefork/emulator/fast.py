@@ -148,6 +148,27 @@ def place(environ: dict) -> Place:
     return known
 
 
+_QUERY = "cosftp.emulator.query"  # where ``query`` keeps the query it parsed, and its text
+
+
+def query(environ: dict, blanks: bool = True) -> dict[str, list[str]]:
+    """The request's query as ``urllib.parse.parse_qs`` reads it (``blanks``: with
+    ``keep_blank_values``), parsed once per request: the shim's checks, its log and the
+    answers here each read it, and parsing it again in each was a fifth of the emulator's
+    CPU per small request (docs/performance.md). Not to be changed by the caller."""
+    text = environ.get("QUERY_STRING", "")
+    known = environ.get(_QUERY)
+    if known is None or known[0] != text:
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True)
+        parsed: dict[str, list[str]] = {}
+        for name, value in pairs:
+            parsed.setdefault(name, []).append(value)
+        known = environ[_QUERY] = (text, pairs, parsed, {
+            name: kept for name, kept in ((name, [value for value in values if value])
+                                          for name, values in parsed.items()) if kept})
+    return known[2] if blanks else known[3]
+
+
 def _parse_place(environ: dict) -> Place:
     path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "surrogateescape")
     host = environ.get("HTTP_HOST", "")
@@ -238,16 +259,17 @@ def answer(environ: dict) -> Optional[Answer]:
     return None
 
 
-def _single_values(query: str) -> Optional[dict[str, str]]:
+def _single_values(environ: dict) -> Optional[dict[str, str]]:
     """The query's parameters as moto reads them ("+" a space, blanks kept); None if one
     is given twice."""
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    values = dict(pairs)
-    return values if len(values) == len(pairs) else None
+    parsed = query(environ)
+    if any(len(values) > 1 for values in parsed.values()):
+        return None
+    return {name: values[0] for name, values in parsed.items()}
 
 
 def _list_objects(environ: dict, bucket: FakeBucket) -> Optional[Answer]:
-    values = _single_values(environ.get("QUERY_STRING", ""))
+    values = _single_values(environ)
     if values is None or not set(values) <= LIST_PARAMETERS:
         return None
     max_keys = values.get("max-keys", str(settings.get_s3_default_max_keys()))
@@ -401,7 +423,7 @@ def _only(environ: dict, known: frozenset[str]) -> bool:
 
 def _no_query(environ: dict) -> bool:
     """Whether a PUT's query is empty or only the AWS SDKs' ``x-id``, once."""
-    values = _single_values(environ.get("QUERY_STRING", ""))
+    values = _single_values(environ)
     return values is not None and set(values) <= _OPERATION_QUERY
 
 

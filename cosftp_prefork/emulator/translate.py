@@ -11,6 +11,7 @@ from typing import Callable
 from xml.sax.saxutils import escape, unescape
 
 from .accounts import Refusal
+from .fast import query as parsed_query
 
 
 def _cos_copy_source_to_s3(value: str) -> str:
@@ -71,7 +72,7 @@ _ENCODED_LIST_FIELDS = re.compile(rb"<(Prefix|Marker|NextMarker|Delimiter)>([^<]
 def url_encode_listing(environ: dict, body: bytes) -> bytes:
     """URL-encode what moto leaves raw in a listing asked for with ``encoding-type=url``
     (COS encodes every key, prefix and marker there; moto only the keys)."""
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    query = parsed_query(environ, blanks=False)
     if environ["REQUEST_METHOD"] != "GET" or query.get("encoding-type") != ["url"]:
         return body
 
@@ -115,7 +116,7 @@ class UploadTimes:
 
     def rewrite(self, environ: dict, body: bytes) -> bytes:
         """Return ``body`` with real times in an upload listing; note initiations."""
-        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        query = parsed_query(environ)
         if "uploads" not in query:
             return body
         if environ["REQUEST_METHOD"] == "POST":
