@@ -143,6 +143,15 @@ def fill(emu, rng: random.Random, bucket: str, names: list[str], versioned: bool
         cos.delete_object(Bucket=bucket, Key=name)
 
 
+def new_bucket(emu, tag: str, versioned: bool) -> str:
+    """A new bucket of its own (``tag`` and a random part), versioned or not."""
+    bucket = f"{tag}{'v' if versioned else ''}-{uuid.uuid4().hex[:8]}-1250000000"
+    emu.create_bucket(bucket)
+    if versioned:
+        backend().put_bucket_versioning(bucket, "Enabled")
+    return bucket
+
+
 def random_list_query(rng: random.Random, names: list[str]) -> str:
     name = rng.choice(names) if names else random_name(rng)
     pairs = []
@@ -163,10 +172,7 @@ def random_list_query(rng: random.Random, names: list[str]) -> str:
 @pytest.mark.parametrize("versioned", [False, True], ids=["plain", "versioned"])
 def test_fast_answers_equal_motos_over_random_buckets(emu, versioned, style):
     rng = random.Random(21 + versioned)
-    bucket = f"cmp{'v' if versioned else ''}-{uuid.uuid4().hex[:8]}-1250000000"
-    emu.create_bucket(bucket)
-    if versioned:
-        backend().put_bucket_versioning(bucket, "Enabled")
+    bucket = new_bucket(emu, "cmp", versioned)
     names: list[str] = []
     checked, taken = 0, Counter()
     for _ in range(12):
@@ -655,10 +661,7 @@ def test_gets_answered_here_equal_motos_over_random_buckets(emu, versioned, styl
     status, headers and bytes with and without fast answers, and a plain bucket's current
     objects answered here but for moto's 416."""
     rng = random.Random(61 + versioned)
-    bucket = f"get{'v' if versioned else ''}-{uuid.uuid4().hex[:8]}-1250000000"
-    emu.create_bucket(bucket)
-    if versioned:
-        backend().put_bucket_versioning(bucket, "Enabled")
+    bucket = new_bucket(emu, "get", versioned)
     names: list[str] = []
     checked, taken, statuses = 0, Counter(), Counter()
     for _ in range(8):
