@@ -120,6 +120,7 @@ from .translate import (
     UploadTimes,
     cos_error_body,
     error_response,
+    error_xml,
     refusal_response,
     translate_headers,
     translate_request,
@@ -454,6 +455,10 @@ class CosShim:
         if made is None:
             made = self._run_moto(environ)
         status, moto_headers, body = made
+        unrouted = conform.unrouted_get(environ, status, body)
+        if unrouted is not None:
+            status, body = unrouted.status, error_xml(unrouted.code, unrouted.message)
+            moto_headers = [("Content-Type", "application/xml")]
         body = url_encode_listing(environ, conform.page_uploads(
             environ, self._upload_times.rewrite(environ, body)))
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":

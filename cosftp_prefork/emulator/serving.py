@@ -236,7 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": self.server.errors,
             "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
             "SERVER_SOFTWARE": "tencent-cos", "REQUEST_METHOD": self.command,
-            "SCRIPT_NAME": "", "PATH_INFO": _latin1(unquote(url.path)),
+            # The path's bytes (PEP 3333): an escape that is no UTF-8 stays its byte.
+            "SCRIPT_NAME": "", "PATH_INFO": _latin1(unquote(url.path, errors="surrogateescape")),
             "QUERY_STRING": _latin1(url.query),
             # The path as it arrived, which moto matches keys against (werkzeug sets both).
             "REQUEST_URI": _latin1(self.path), "RAW_URI": _latin1(self.path),

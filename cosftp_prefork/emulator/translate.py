@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import time
 import urllib.parse
-import xml.etree.ElementTree as ElementTree
 from typing import Callable
 from xml.sax.saxutils import escape, unescape
 
@@ -50,18 +49,44 @@ def translate_headers(headers: list[tuple[str, str]], request_id: str) -> list[t
     return out
 
 
+_ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]*)</\1>")
+# What an error body gives percent-encoded: C0 controls and DEL (XML 1.0 cannot carry most of
+# them; a log or a terminal should not get them raw) and the bytes of a path that are no UTF-8.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
+
+
+def _percent_encoded(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"%{code - 0xDC00 if code >= 0xDC00 else code:02X}"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and undecodable bytes (surrogate escapes) as %XX."""
+    return _UNPRINTABLE.sub(_percent_encoded, text)
+
+
+def path_text(path: str) -> str:
+    """A WSGI ``PATH_INFO`` (its bytes as latin-1) as the text COS names the resource by: the
+    UTF-8 it holds, with what ``printable`` encodes percent-encoded again."""
+    return printable(path.encode("latin-1").decode("utf-8", "surrogateescape"))
+
+
 def cos_error_body(body: bytes, resource: str, request_id: str) -> bytes:
-    code, message = "InternalError", ""
-    try:
-        root = ElementTree.fromstring(body)
-        code = root.findtext(".//Code") or code
-        message = root.findtext(".//Message") or ""
-    except ElementTree.ParseError:
-        message = body.decode("utf-8", "replace")[:200]
+    """COS's error body (Code, Message, Resource, RequestId, TraceId; 436/7730) for moto's
+    (or the shim's) ``<Error>`` ``body`` about the request path ``resource``.
+
+    Code and Message are read by pattern, not by an XML parser: moto writes the key raw into
+    its body, and a key with a control byte makes that body no XML (a missing one then came
+    out as InternalError where COS says NoSuchKey)."""
+    fields = {name.decode(): unescape(value.decode("utf-8", "replace"))
+              for name, value in _ERROR_FIELD.findall(body)}
+    code = fields.get("Code") or "InternalError"
+    message = fields.get("Message", "") if "Code" in fields \
+        else body.decode("utf-8", "replace")[:200]
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
-        f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
-        f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId>"
+        f"<Code>{escape(printable(code))}</Code><Message>{escape(printable(message))}</Message>"
+        f"<Resource>{escape(path_text(resource))}</Resource><RequestId>{request_id}</RequestId>"
         f"<TraceId>{request_id}</TraceId></Error>"
     ).encode()
 
@@ -84,10 +109,14 @@ def url_encode_listing(environ: dict, body: bytes) -> bytes:
     return _ENCODED_LIST_FIELDS.sub(encode, body)
 
 
+def error_xml(code: str, message: str) -> bytes:
+    """An ``<Error>`` as moto writes it, for ``cos_error_body`` to make COS's of."""
+    return f"<Error><Code>{code}</Code><Message>{escape(message)}</Message></Error>".encode()
+
+
 def error_response(start_response: Callable, status: str, code: str, resource: str,
                     request_id: str, message: str = "injected fault") -> list[bytes]:
-    body = cos_error_body(f"<Error><Code>{code}</Code><Message>{escape(message)}"
-                           "</Message></Error>".encode(), resource, request_id)
+    body = cos_error_body(error_xml(code, message), resource, request_id)
     start_response(status, [("Content-Type", "application/xml"),
                             ("Content-Length", str(len(body))),
                             ("x-cos-request-id", request_id)])
