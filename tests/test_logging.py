@@ -79,6 +79,29 @@ def test_ansi_escapes_in_names_are_escaped(logged):
     assert "\\x9b31mc1" in text and "\\x1b[1mbold" in text
 
 
+def test_a_missing_name_with_control_bytes_is_550_and_logged_escaped(logged, area, cos):
+    """SIZE, MDTM and RETR of a missing name holding control bytes (such names from other
+    tools stay reachable, so the server lets them through to COS) answer 550 as for any
+    missing file, and the log gets the name escaped (at DEBUG, where commands are logged)."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/kept", Body=b"x")
+    closed = log_bytes(logged).count(b"FTP session closed")
+    ftp = logged.login("alice", "alice-pw")
+    name = f"{area}/gone\x01\x1b[2Jctl"
+    for command in ("SIZE", "MDTM"):
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
+            ftp.sendcmd(f"{command} {name}")
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.retrbinary(f"RETR {name}", lambda data: None)
+    ftp.quit()
+    wait_until(lambda: log_bytes(logged).count(b"FTP session closed") > closed,
+               what="the session's end logged")
+    data = log_bytes(logged)
+    assert b"\x01" not in data and b"\x1b" not in data
+    if logged.optional["log_level"] == "DEBUG":
+        assert "RETR " + name.replace("\x01", "\\x01").replace("\x1b", "\\x1b") \
+            in data.decode("utf-8")
+
+
 def test_pool_threads_log_the_session_they_work_for(logged, area, emulator):
     """A directory rename copies its keys on the worker's copy pool; the COS retries logged
     there name the session, user and address like the lines of the session's own thread."""
