@@ -226,6 +226,7 @@ def test_defaults_for_every_missing_option(tmp_path, monkeypatch):
     assert server.worker_processes >= 1
     assert (server.max_login_failures, server.login_failure_window, server.ban_time) == \
         (5, 60, 300)
+    assert (server.accept_timeout, server.connect_timeout) == (30, 60)  # connect: vsftpd's
 
 
 @pytest.mark.parametrize(("workers", "checks"), [("1", None), ("256", None), ("2", "3")])
@@ -434,6 +435,8 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("OPTIONAL", "min_part_size", str(6 * GIB), "between"),
     _bad("OPTIONAL", "upload_thread_num", "0", "between"),
     _bad("OPTIONAL", "login_timeout", "0", "between 1 and 3600"),
+    _bad("OPTIONAL", "connect_timeout", "0", "between 1 and 3600"),
+    _bad("OPTIONAL", "connect_timeout", "30s", "integer"),
     _bad("OPTIONAL", "max_password_checks", "0", "between 1 and 256"),
     _bad("OPTIONAL", "max_prelogin_connections_per_ip", "-1", "at least 0"),
     _bad("OPTIONAL", "max_connection_num", "-1", "at least 0"),
@@ -487,6 +490,8 @@ def test_bad_values_name_file_section_and_option(load_error, section, option, va
     ("NETWORK", "listen_port", "65535"),
     ("NETWORK", "passive_port", "1,1"),
     ("NETWORK", "passive_port", "65535,65535"),
+    ("OPTIONAL", "connect_timeout", "1"),
+    ("OPTIONAL", "connect_timeout", "3600"),
 ])
 def test_boundary_values_are_accepted(section, option, value):
     parse_config(set_option(MINIMAL, section, option, value), "ok.conf", {})

@@ -54,9 +54,11 @@ def test_abor_of_a_transfer_waiting_for_its_connection(session, area, cos, comma
 
 @pytest.fixture
 def quick_accept(emulator, tmp_path):
-    """A server whose passive ports wait one second for their data connection."""
+    """A server whose passive ports wait one second for their data connection, and whose
+    active data connections may take one second to connect."""
     with ServerProcess(str(tmp_path), emulator.port, STANDARD_ACCOUNTS,
-                       optional={"accept_timeout": "1", "worker_processes": "1"}) as proc:
+                       optional={"accept_timeout": "1", "connect_timeout": "1",
+                                 "worker_processes": "1"}) as proc:
         yield proc
 
 
@@ -77,6 +79,29 @@ def test_a_transfer_whose_passive_port_times_out_gets_425_and_a_stop_proceeds(
         quick_accept.proc.wait(60)
     finally:
         s.close()
+    assert stored(cos, f"{area}/w") is None
+
+
+def test_an_active_connection_never_answered_times_out_at_connect_timeout(
+        quick_accept, area, cos):
+    """PORT to a listener whose accept queue is full (backlog 0 and one connection never
+    accepted: Linux drops further SYNs, so the server's connect is never answered), STOR
+    sent with it: 200, then the STOR's 425 "timed out" after connect_timeout (1 s here; it
+    was a fixed 30 s, past this client's 20 s wait for a reply); nothing stored."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10):  # fills the queue
+            s = Session(quick_accept)
+            try:
+                s.send(f"PORT 127,0,0,1,{port >> 8},{port & 255}\r\nSTOR {area}/w")
+                assert s.reply().startswith("200")
+                reply = s.reply()
+                if reply.startswith("150"):
+                    reply = s.reply()
+                assert reply.startswith("425") and "timed out" in reply, reply
+                assert s.cmd("NOOP").startswith("200")
+            finally:
+                s.close()
     assert stored(cos, f"{area}/w") is None
 
 

@@ -294,6 +294,7 @@ class ServerConfig:
     ftp_encoding: str = "utf-8"
     data_connection_timeout: int = 300
     accept_timeout: int = 30  # seconds a passive port waits for its data connection
+    connect_timeout: int = 60  # seconds an active (PORT/EPRT) data connection may take
     max_password_checks: int = 1
     quota_scan_interval: int = 3600  # seconds between scans of a home with a quota; 0: never
     ftpd_banner: str = "cosftp-prefork ready."  # the 220 greeting's text

@@ -326,6 +326,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "accept_timeout", integer(1, 3600), 30,
             "seconds a PASV/EPSV port waits for the client's data connection; a transfer "
             "command waiting for it then gets 425, an unused port is closed quietly"),
+    Setting("OPTIONAL", "connect_timeout", integer(1, 3600), 60,
+            "seconds the data connection PORT/EPRT asked for may take to connect (vsftpd's "
+            "name and default); a transfer command waiting for it then gets 425"),
     # Quotas (quota_size, quota_files): what the server keeps as it writes is caught up with
     # what other tools wrote by scanning the home again.
     Setting("OPTIONAL", "quota_scan_interval", integer(0, 30 * 86400), 3600,

@@ -340,6 +340,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         ftp_encoding=optional["ftp_encoding"],
         data_connection_timeout=optional["data_connection_timeout"],
         accept_timeout=optional["accept_timeout"],
+        connect_timeout=optional["connect_timeout"],
         max_password_checks=optional["max_password_checks"] or
         default_password_checks(optional["worker_processes"]),
         quota_scan_interval=optional["quota_scan_interval"],

@@ -29,7 +29,7 @@ class CosActiveDTP(compat.ActiveDTP):
     """
 
     timeout = 0  # pyftpdlib's timer answered 421 to PORT: ``connect_timeout`` instead
-    connect_timeout = 30  # seconds, as pyftpdlib's
+    connect_timeout = 60  # seconds (the ``connect_timeout`` option: configure_handler)
     _answered = False
     _timer = None
 

@@ -830,9 +830,12 @@ def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, r
                        {"timeout": config.server.data_connection_timeout})
     passive_dtp = type(f"Bound{base.passive_dtp.__name__}", (base.passive_dtp,),
                        {"timeout": config.server.accept_timeout})
+    active_dtp = type(f"Bound{base.active_dtp.__name__}", (base.active_dtp,),
+                      {"connect_timeout": config.server.connect_timeout})
     attrs = {
         "dtp_handler": dtp_handler,
         "passive_dtp": passive_dtp,
+        "active_dtp": active_dtp,
         "config": config,
         "buckets": buckets,
         "engine": engine,
