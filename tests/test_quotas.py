@@ -430,24 +430,49 @@ def test_a_killed_workers_reservation_is_given_back_when_it_is_reaped(emulator, 
                            [quota_account("qkill", "3M", prefix="kill")],
                            optional={"worker_processes": "1"})
     with server:
-        ftp = login(server, "qkill")
-        ftp.sendcmd(f"ALLO {2 * MIB}")
-        ftp.voidcmd("TYPE I")
-        held = ftp.transfercmd("STOR held.bin")  # its 2 MiB are reserved before the 150
-        held.sendall(b"h" * 1000)
-        assert reserved(login(server, "qkill")) == 2 * MIB
-        kill_the_worker(server.proc.pid)
-        held.close()
-        again = login(server, "qkill")
-        assert reserved(again) == 0
-        row = next(line for line in server.ctl("quota").stdout.splitlines()
-                   if line.startswith("qkill "))
-        assert re.search(r" 0\s+\d+s ago$", row), row  # the reserved column
-        again.sendcmd(f"ALLO {5 * MIB // 2}")
-        assert put(again, "fits.bin", b"f" * (5 * MIB // 2)).startswith("226")
-        assert used(again) == (5 * MIB // 2, 1)
-        assert f"{ROOT}kill/held.bin" not in keys_under(cos, f"{ROOT}kill/")
-        again.quit()
+        kill_while_holding(server, "qkill", cos, f"{ROOT}kill/")
+
+
+def test_a_killed_workers_reservation_is_given_back_on_a_cluster_node(emulator, tmp_path,
+                                                                      cos):
+    """The same on a node of a cluster ([CLUSTER]): the node's reservations in Redis, which
+    every node's quota counts, lose the dead worker's 2 MiB as its own table does, so that
+    the upload needing that room passes at once and cosftpctl quota (Redis's figures) shows
+    nothing reserved."""
+    redis = start_redis(tmp_path, free_port())
+    node = LoneNode(str(tmp_path / "node"), emulator.port,
+                    [quota_account("qkilled", "3M", prefix="killed")],
+                    optional={"worker_processes": "1"})
+    node.redis_port, node.name = int(redis.args[2]), "killed"
+    try:
+        node.start()
+        kill_while_holding(node, "qkilled", cos, f"{ROOT}killed/")
+    finally:
+        node.stop()
+        redis.stop()
+
+
+def kill_while_holding(server: ServerProcess, user: str, cos, home: str) -> None:
+    """Kill the one worker of ``server`` while an upload of ``user`` (3 MiB quota, ``home``
+    its keys) holds 2 MiB; then nothing is reserved and 2.5 MiB fit at once."""
+    ftp = login(server, user)
+    ftp.sendcmd(f"ALLO {2 * MIB}")
+    ftp.voidcmd("TYPE I")
+    held = ftp.transfercmd("STOR held.bin")  # its 2 MiB are reserved before the 150
+    held.sendall(b"h" * 1000)
+    assert reserved(login(server, user)) == 2 * MIB
+    kill_the_worker(server.proc.pid)
+    held.close()
+    again = login(server, user)
+    assert reserved(again) == 0
+    row = next(line for line in server.ctl("quota").stdout.splitlines()
+               if line.startswith(f"{user} "))
+    assert re.search(r" 0\s+\d+s ago$", row), row  # the reserved column
+    again.sendcmd(f"ALLO {5 * MIB // 2}")
+    assert put(again, "fits.bin", b"f" * (5 * MIB // 2)).startswith("226")
+    assert used(again) == (5 * MIB // 2, 1)
+    assert f"{home}held.bin" not in keys_under(cos, home)
+    again.quit()
 
 
 @pytest.mark.parametrize(("option", "value", "problem"), [

@@ -165,10 +165,14 @@ class Quotas:
         finally:
             self.ledger.end_scan(home, found, time.time())
 
+    def publish(self) -> None:
+        """Publish what this node holds (a cluster's ledger; nothing without one)."""
+        self.ledger.tick(self.rules.homes.values())
+
     def scan_due(self) -> None:
         """Scan the homes that are due again (worker 1, every second): those asked for by
         ``cosftpctl quota-scan`` and, every ``quota_scan_interval``, those in use."""
-        self.ledger.tick(self.rules.homes.values())
+        self.publish()
         for home in self.rules.homes.values():
             if self.ledger.claim_scan(home, self.interval, time.time(), known_only=True):
                 self.scan(home)

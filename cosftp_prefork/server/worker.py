@@ -507,6 +507,10 @@ class Worker:
                               self.config.auth_hook.quota_homes,
                               max(self.config.auth_hook.cache_ttl,
                                   self.config.server.quota_scan_interval))
+        # Before serving: the master gave back a dead predecessor's holdings in the table
+        # when it reaped it, and the node's figures in Redis (what every node reserves
+        # against) must not keep them until worker 1's next second.
+        stats.quotas.publish()
         if self.index != 1:
             return None
         scans = Periodic("quota-scans", 1.0, stats.quotas.scan_due)
