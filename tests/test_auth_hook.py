@@ -23,9 +23,10 @@ from .admin_client import RO_TOKEN, AdminClient, admin_server, admin_url
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
 from .crowds import kill_the_worker
-from .server_proc import Account, ServerProcess, wait_until
+from .server_proc import Account, ServerProcess, free_port, wait_until
+from .test_cluster import LoneNode, start_redis
 from .test_commands import put
-from .test_quotas import announced_race, keys_under, park, stopped, used
+from .test_quotas import announced_race, keys_under, kill_while_holding, park, stopped, used
 from .tls_clients import client_context, write_certificate
 
 MIB = 1024 * 1024
@@ -49,11 +50,12 @@ def service():
     hook.stop()
 
 
-def hooked_server(emulator, tmp_path, url: str, **optional: str) -> ServerProcess:
+def hooked_server(emulator, tmp_path, url: str, kind: type[ServerProcess] = ServerProcess,
+                  **optional: str) -> ServerProcess:
     # One worker: the cache of yeses is per worker, and the tests count the hook's calls.
     settings = {"auth_hook_url": url, "auth_hook_timeout": "1000", "worker_processes": "1",
                 "max_login_failures": "0", **optional}
-    return ServerProcess(str(tmp_path), emulator.port, FILE_ACCOUNTS, optional=settings)
+    return kind(str(tmp_path), emulator.port, FILE_ACCOUNTS, optional=settings)
 
 
 @pytest.fixture
@@ -516,6 +518,26 @@ def test_a_hook_homes_row_held_by_a_killed_workers_session_is_free_again(emulato
         kill_the_worker(proc.proc.pid)
         first.close()
         proc.login("k1", "pw").quit()
+
+
+def test_a_killed_workers_reservation_in_a_hook_home_is_given_back_on_a_cluster_node(
+        emulator, tmp_path, service, cos):
+    """A node of a cluster ([CLUSTER]), an auth hook's answer giving the home its 3 MiB
+    quota: the worker is SIGKILLed while an upload holds 2 MiB there. The node's
+    reservations in Redis lose them with the master's reap, as for a file account's home
+    (test_quotas), though worker 1's second-by-second rewrite covers the file's homes only."""
+    home = f"hookkilled-{uuid.uuid4().hex[:8]}/"
+    service.users["hk"] = ("hk-pw", quoted(emulator, home, quota_size="3M"))
+    redis = start_redis(tmp_path, free_port())
+    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
+                         auth_cache_ttl="0", quota_scan_interval="0")
+    node.redis_port, node.name = int(redis.args[2]), "hookkilled"
+    try:
+        node.start()
+        kill_while_holding(node, "hk", cos, home, hook_home=f"{ALPHA}/{home}")
+    finally:
+        node.stop()
+        redis.stop()
 
 
 def test_crowds_of_new_hook_homes_take_the_free_rows_and_the_rest_get_421(emulator, tmp_path,

@@ -452,9 +452,12 @@ def test_a_killed_workers_reservation_is_given_back_on_a_cluster_node(emulator, 
         redis.stop()
 
 
-def kill_while_holding(server: ServerProcess, user: str, cos, home: str) -> None:
-    """Kill the one worker of ``server`` while an upload of ``user`` (3 MiB quota, ``home``
-    its keys) holds 2 MiB; then nothing is reserved and 2.5 MiB fit at once."""
+def kill_while_holding(server: ServerProcess, user: str, cos, home: str,
+                       hook_home: str = "") -> None:
+    """Kill the one worker of ``server`` while an upload of ``user`` (password
+    ``<user>-pw``, 3 MiB quota, ``home`` its keys) holds 2 MiB; then nothing is reserved and
+    2.5 MiB fit at once. ``hook_home``: the ``bucket/prefix`` naming the home in cosftpctl
+    quota (its figures on the next line), when an auth hook's answer gave the quota."""
     ftp = login(server, user)
     ftp.sendcmd(f"ALLO {2 * MIB}")
     ftp.voidcmd("TYPE I")
@@ -465,9 +468,11 @@ def kill_while_holding(server: ServerProcess, user: str, cos, home: str) -> None
     held.close()
     again = login(server, user)
     assert reserved(again) == 0
-    row = next(line for line in server.ctl("quota").stdout.splitlines()
-               if line.startswith(f"{user} "))
-    assert re.search(r" 0\s+\d+s ago$", row), row  # the reserved column
+    lines = server.ctl("quota").stdout.splitlines()
+    named = next(at for at, line in enumerate(lines)
+                 if line.startswith(hook_home or f"{user} "))
+    row = lines[named + 1 if hook_home else named]
+    assert re.search(r" 0\s+\d+s ago( \d+s ago)?$", row), row  # the reserved column
     again.sendcmd(f"ALLO {5 * MIB // 2}")
     assert put(again, "fits.bin", b"f" * (5 * MIB // 2)).startswith("226")
     assert used(again) == (5 * MIB // 2, 1)

@@ -80,8 +80,10 @@ class Ledger(Protocol):
     def request_scan(self, home: Home, now: float) -> None:
         """Ask for a scan of ``home`` (``cosftpctl quota-scan``)."""
 
-    def tick(self, homes: Iterable[Home]) -> None:
-        """Once a second in worker 1: publish what this node holds (a cluster's ledger)."""
+    def tick(self, homes: Iterable[Home], answered: bool = False) -> None:
+        """Publish what this node holds in ``homes`` (a cluster's ledger): once a second in
+        worker 1, and before a worker serves with ``answered``, every home an auth hook's
+        answer gave a quota too (a look through the whole table)."""
 
     def adopt(self, home: Home, answered_at: float, most: int, stale_before: float) -> Home:
         """A session logs in with an auth hook's answer at ``answered_at`` that gives

@@ -165,9 +165,10 @@ class Quotas:
         finally:
             self.ledger.end_scan(home, found, time.time())
 
-    def publish(self) -> None:
-        """Publish what this node holds (a cluster's ledger; nothing without one)."""
-        self.ledger.tick(self.rules.homes.values())
+    def publish(self, answered: bool = False) -> None:
+        """Publish what this node holds (a cluster's ledger; nothing without one) in the
+        file's homes, and with ``answered`` in those an auth hook's answers gave a quota."""
+        self.ledger.tick(self.rules.homes.values(), answered)
 
     def scan_due(self) -> None:
         """Scan the homes that are due again (worker 1, every second): those asked for by

@@ -219,9 +219,11 @@ class SharedUsage:
     def limits(self, home: Home) -> Home:
         return self._table.limits(home)
 
-    def tick(self, homes: Iterable[Home]) -> None:
+    def tick(self, homes: Iterable[Home], answered: bool = False) -> None:
         """Rewrite this node's reservations in Redis from its own table (worker 1, every
-        second)."""
+        second; with ``answered``, those of the homes an auth hook's answers gave too)."""
+        homes = [*homes, *(found.home for found in self._table.answered())] if answered \
+            else homes
         held = [(home, self._table.read(home)) for home in homes]
         held = [(home, usage) for home, usage in held if usage is not None]
         if not held:

@@ -301,7 +301,7 @@ class UsageTable:
                 row[2], row[3], row[6] = found[0], found[1], now
             self._write(at, row)
 
-    def tick(self, homes: Iterable[Home]) -> None:
+    def tick(self, homes: Iterable[Home], answered: bool = False) -> None:
         """Nothing to publish: this table is the whole server's."""
 
     def request_scan(self, home: Home, now: float) -> None:

@@ -509,8 +509,9 @@ class Worker:
                                   self.config.server.quota_scan_interval))
         # Before serving: the master gave back a dead predecessor's holdings in the table
         # when it reaped it, and the node's figures in Redis (what every node reserves
-        # against) must not keep them until worker 1's next second.
-        stats.quotas.publish()
+        # against) must not keep them: not until worker 1's next second (the file's
+        # homes), nor for good (an auth hook's homes, which that rewrite does not cover).
+        stats.quotas.publish(answered=True)
         if self.index != 1:
             return None
         scans = Periodic("quota-scans", 1.0, stats.quotas.scan_due)
