@@ -11,8 +11,10 @@ Keys (under ``cosftp:``, beside ``server.cluster``'s):
 * ``quota-held:<home>`` — a hash of each node's reservations, ``<node>#b`` bytes and
   ``<node>#f`` files. A reservation counts while its node is alive (``cosftp:nodes``, which
   every worker's heartbeat scores): those of a node that died stop counting within
-  ``NODE_TTL``. Worker 1 of each node rewrites its node's fields every second from the
-  node's own table, so a release lost in an outage does not hold bytes for ever.
+  ``NODE_TTL``. Worker 1 of each node rewrites its node's fields in the file's homes every
+  second from the node's own table, so a release lost in an outage does not hold bytes for
+  ever; every worker rewrites them before it serves, in the homes an auth hook's answers
+  gave too, so what the master gave back of a dead worker's holdings leaves Redis then.
 
 Every call is one script (atomic: a reservation checks every node's usage and reservations
 and adds its own in one step). The node's own table (``server.usage``) keeps its reservations
