@@ -592,27 +592,49 @@ def docs_receiver() -> str:
     return text[start + len("```python\n"):text.index("```", start + 3)]
 
 
+def _forged(url: str) -> int:
+    """POST an event with a wrong signature to ``url``; the HTTP status answered."""
+    request = urllib.request.Request(url, data=b'{"event_id": "x"}', headers={
+        "X-Cosftp-Signature": "sha256=" + "0" * 64}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _start_example(script, out) -> tuple[subprocess.Popen, str]:
+    """The docs' example receiver listening, and its URL. A port free_port() chose may be
+    taken (by another test file's passive listener) before the example binds it: then it
+    exits and another port is tried, at most three."""
+    errors = out.with_suffix(".err")
+    for _ in range(3):
+        example, url = _example_on(script, out, errors, free_port())
+        if example.poll() is None:
+            return example, url
+        problem = errors.read_text(errors="replace")
+        assert "Address already in use" in problem, problem
+    raise AssertionError("the example receiver found no free port in three tries")
+
+
+def _example_on(script, out, errors, port: int) -> tuple[subprocess.Popen, str]:
+    """The example receiver started on ``port``, once it answers or has exited."""
+    with open(out, "wb") as stdout, open(errors, "wb") as stderr:
+        example = subprocess.Popen([sys.executable, str(script)], stdout=stdout, stderr=stderr,
+                                   env={**os.environ, "HOOK_SECRET": SECRET,
+                                        "PORT": str(port)})
+    url = f"http://127.0.0.1:{port}/"
+    wait_until(lambda: example.poll() is not None or _answers(lambda: _forged(url)),
+               what="the example receiver listening")
+    return example, url
+
+
 def test_the_example_receiver_in_the_docs_verifies_and_takes_events(emulator, tmp_path, area):
     script, out = tmp_path / "receiver.py", tmp_path / "receiver.out"
     script.write_text(docs_receiver())
-    port = free_port()
-    with open(out, "wb") as stdout:
-        example = subprocess.Popen([sys.executable, str(script)], stdout=stdout,
-                                   env={**os.environ, "HOOK_SECRET": SECRET,
-                                        "PORT": str(port)})
+    example, url = _start_example(script, out)
     try:
-        url = f"http://127.0.0.1:{port}/"
-
-        def forged() -> int:
-            request = urllib.request.Request(url, data=b'{"event_id": "x"}', headers={
-                "X-Cosftp-Signature": "sha256=" + "0" * 64}, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=5) as answer:
-                    return answer.status
-            except urllib.error.HTTPError as exc:
-                return exc.code
-        wait_until(lambda: _answers(forged), what="the example receiver listening")
-        assert forged() == 401
+        assert _forged(url) == 401
         with hook_server(tmp_path, emulator, {"event_hook_url": url,
                                               "event_hook_events": "upload"}) as server:
             ftp = server.login("ev", "ev-pw")
