@@ -893,7 +893,10 @@ def test_worker_hung_before_its_first_heartbeat_is_timed_out(emulator, tmp_path,
                          r"SIGABRT", log)
         new = {int(pid) for pid in re.findall(r"\(pid (\d+)\) not serving", log)}
         for pid in new:
-            assert "in setup_logging" in stack_dump(log, pid)
+            # Gone from the children is not yet reaped: the master logs the dump when it reaps.
+            wait_until(lambda pid=pid: f"(pid {pid}) killed by SIGABRT" in proc.log_text(),
+                       what=f"the stack dump of pid {pid}")
+            assert "in setup_logging" in stack_dump(proc.log_text(), pid)
         put(client, area, b"old generation serving")
         assert get(client, area) == b"old generation serving"
         _close(client)
