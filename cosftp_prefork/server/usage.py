@@ -158,24 +158,19 @@ class UsageTable:
         os.close(self._fd)
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._thread_lock:
-            fcntl.lockf(self._fd, self._lock_kind)
-            try:
-                yield
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-
-    @contextmanager
-    def _locked_now(self) -> Iterator[bool]:
-        """:meth:`_locked` if the lock is free now (True), else nothing (False)."""
-        if not self._thread_lock.acquire(blocking=False):
+    def _locked(self, wait: bool = True) -> Iterator[bool]:
+        """Hold this process's thread lock and the file's record lock (True). Without
+        ``wait``, hold nothing (False) if either is taken now: the master never waits on a
+        worker."""
+        if not self._thread_lock.acquire(blocking=wait):
             yield False
             return
         try:
             try:
-                fcntl.lockf(self._fd, self._lock_kind | fcntl.LOCK_NB)
-            except OSError:  # EAGAIN or EACCES: another process holds it
+                fcntl.lockf(self._fd, self._lock_kind | (0 if wait else fcntl.LOCK_NB))
+            except OSError:  # without wait: EAGAIN or EACCES, another process holds it
+                if wait:
+                    raise
                 yield False
                 return
             try:
@@ -414,7 +409,7 @@ class UsageTable:
         the homes' usage (nothing if another process is now the slot's). None if the lock
         is busy now: the master must not wait on a worker; it tries again later, and the
         slot's next worker drops them anyway (:meth:`attach`)."""
-        with self._locked_now() as locked:
+        with self._locked(wait=False) as locked:
             return self._drop(slot, pid) if locked else None
 
     @staticmethod
