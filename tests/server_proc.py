@@ -195,7 +195,8 @@ class ServerProcess:
                 self.port = free_port()
         return self._start()
 
-    def _start(self) -> ServerProcess:
+    def launch(self) -> ServerProcess:
+        """Run the server in the background, not waiting for it to serve."""
         self.write_config()
         out = open(os.path.join(self.workdir, "server.out"), "wb")  # noqa: SIM115
         launcher = self.launcher or [sys.executable, "-m", "cosftp_prefork"]
@@ -204,6 +205,10 @@ class ServerProcess:
             stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env,
         )
         out.close()
+        return self
+
+    def _start(self) -> ServerProcess:
+        self.launch()
         try:
             # A deadline, not a timing: a loaded machine may take long to start a big table.
             wait_until(self._serving, timeout=60, what=f"server on port {self.port}")

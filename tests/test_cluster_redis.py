@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ftplib
 import re
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -468,3 +469,60 @@ def test_a_busy_node_still_drops_the_counts_of_a_dead_worker(redis6):
         redis6.direct.delete(key)
         publisher.close()
         admitter.close()
+
+
+class HungRedis:
+    """A Redis that never finishes its first reply (hung mid-answer: a byte a second, so no
+    read times out), until ``release``: then it closes its connections and refuses more."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._released = threading.Event()
+        self._asked = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._hang, args=(client,), daemon=True).start()
+
+    def _hang(self, client: socket.socket) -> None:
+        with client:
+            try:
+                client.recv(4096)  # the first command, whatever it is
+                self._asked.set()
+                client.sendall(b"$1048576\r\n")
+                while not self._released.wait(1.0):  # a slow server, not a synchronisation
+                    client.sendall(b"x")
+            except OSError:
+                pass
+
+    def asked(self) -> bool:
+        return self._asked.is_set()
+
+    def release(self) -> None:
+        self._released.set()
+        self._listener.close()
+
+
+def test_status_says_starting_until_a_worker_serves(emulator, tmp_path):
+    """A worker asks Redis its version before it serves: while the master waits for its
+    first serving worker, status says the server is starting (it said "running", and the
+    admin API and console read the same state), then nothing once a worker serves."""
+    hung = HungRedis()
+    proc = node(emulator, tmp_path, "hung", hung.port, worker_processes="1")
+    try:
+        proc.launch()
+        wait_until(hung.asked, what="the worker to ask Redis")
+        assert "state: starting: no worker serves yet; connections wait in the listen " \
+               "queue" in status(proc)
+        hung.release()  # down: the worker serves on its own (redis_down = open)
+        wait_until(proc._serving, what="the worker to serve")
+        wait_until(lambda: "state:" not in status(proc), what="status to drop the state line")
+    finally:
+        hung.release()
+        proc.stop()

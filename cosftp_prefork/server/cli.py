@@ -41,8 +41,10 @@ from .scoreboard import (
     CLUSTER_NONE,
     CLUSTER_UNSUPPORTED_CLOSED,
     CLUSTER_UNSUPPORTED_OPEN,
+    MASTER_STARTING,
     RELOAD_FAILED,
     RELOAD_OK,
+    RUNNING,
     MasterStatus,
     SessionDetail,
     SharedState,
@@ -437,7 +439,9 @@ _CLUSTER_TROUBLE = {
 
 
 # What each stopping state means (as docs/operations.md's Signals table says).
-_STOPPING = {
+# What the master's state means to a client, when it is not "running".
+_STATE_MEANINGS = {
+    MASTER_STARTING: "no worker serves yet; connections wait in the listen queue",
     "stopping gracefully": "new connections refused; the transfers in flight finish "
                            "(graceful_timeout), then the workers exit",
     "stopping": "new connections refused; the transfers in flight end with 426 (uploads "
@@ -445,12 +449,12 @@ _STOPPING = {
 }
 
 
-def _stopping_line(master: MasterStatus) -> list[str]:
-    """``state: ...`` once the master stops: an operator watching a slow graceful stop must
-    not read the server as running."""
-    if not master.stopping:
+def _state_line(master: MasterStatus) -> list[str]:
+    """``state: ...`` unless the master runs: an operator watching a slow start or graceful
+    stop must not read the server as serving."""
+    if master.state == RUNNING:
         return []
-    return [f"state: {master.state}: {_STOPPING.get(master.state, 'stopping')}"]
+    return [f"state: {master.state}: {_STATE_MEANINGS.get(master.state, 'stopping')}"]
 
 
 def _cluster_line(workers: list[WorkerStatus]) -> list[str]:
@@ -487,7 +491,7 @@ def format_status(state: SharedState, log_file: str = LOG_FILE_NAME) -> str:
     lines = [f"master pid {master.pid}  up {_duration(now - master.started)}  "
              f"generation {master.generation}  workers {master.worker_count}  "
              f"config {master.config_path}  {_ports(master)}",
-             *_stopping_line(master),
+             *_state_line(master),
              *_cluster_line(state.workers()),
              f"{'PID':>7} {'GEN':>4} {'WORKER':>6} {'STATE':<9} {'SESS':>5} {'UP':>3} "
              f"{'DOWN':>4} {'BYTES_UP':>12} {'BYTES_DOWN':>12} {'RSS_MIB':>8} {'CPU%':>5} "

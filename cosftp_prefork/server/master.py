@@ -76,7 +76,8 @@ EXIT_CANNOT_START = 1
 
 class Phase(Enum):
     """Where the master is in its life: it moves along ``MOVES`` only, never back. The
-    stopping phases' values are what the shared state shows (``scoreboard.MASTER_STATES``)."""
+    values are what the shared state shows (``scoreboard.MASTER_STATES``), but SERVING's,
+    which shows as "running"."""
 
     STARTING = "starting"  # no worker served yet: one that cannot start stops the server
     SERVING = "serving"  # a worker has served since the start
@@ -249,7 +250,7 @@ class Master(ReloadSequence):
             self.pid, self.generation, self.started, self.num_workers, self.config.path,
             self.reloads, self.reload_result, ftp_port, implicit_port,
             self.config.network.tls is not None,
-            self.phase.value if self.stopping else RUNNING))
+            RUNNING if self.phase is Phase.SERVING else self.phase.value))
         setproctitle(f"{master_title(self.config.path)} gen={self.generation} "
                      f"workers={len(self._current())}")
 
@@ -472,6 +473,7 @@ class Master(ReloadSequence):
             assert self.state is not None
             if any(w.state == "serving" for w in self.state.workers()):
                 self._move(Phase.SERVING)
+                self._publish()  # status and the admin API stop saying "starting"
                 log.info("master %d: workers serving", self.pid)
 
     def _reap(self) -> None:

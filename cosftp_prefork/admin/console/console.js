@@ -113,8 +113,8 @@
     const m = status.master, r = status.reload;
     const facts = [
       ["Master", `pid ${m.pid}, up ${duration(m.uptime_seconds)}`],
-      ["State", m.state === "running" ? "running"
-        : `${m.state}: new connections refused, then the server exits`],
+      ["State", {running: "running", starting: "starting: no worker serves yet"}[m.state]
+        ?? `${m.state}: new connections refused, then the server exits`],
       ["Generation", `${m.generation} (${m.workers} workers)`],
       ["FTP port", `${m.ftp_port}${m.auth_tls ? " (AUTH TLS)" : ""}` +
         (m.implicit_tls_port ? `, implicit FTPS ${m.implicit_tls_port}` : "")],

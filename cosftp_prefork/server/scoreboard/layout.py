@@ -25,8 +25,11 @@ HEADER = struct.Struct("<4sIiIdIII")
 # state (its index in MASTER_STATES; not running: it stops and takes no reload)
 PORTS = struct.Struct("<HHBB")
 RUNNING = "running"
-# What ``cosftpctl status`` and the admin API show; the names of the master's stopping phases.
-MASTER_STATES = (RUNNING, "stopping", "stopping gracefully")
+MASTER_STARTING = "starting"  # no worker has served yet
+MASTER_STOPPING = ("stopping", "stopping gracefully")
+# What ``cosftpctl status`` and the admin API show: the names of the master's phases
+# (``server.master.Phase``), "running" for serving. Indices are stored: add at the end.
+MASTER_STATES = (RUNNING, *MASTER_STOPPING, MASTER_STARTING)
 HEADER_SIZE = 64
 PATH_SIZE = 512
 SLOT = struct.Struct("<iiIIddIIIIQQ")

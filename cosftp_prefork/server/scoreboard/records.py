@@ -10,7 +10,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Optional
 
-from .layout import CLUSTER_NONE, RELOAD_NONE, RUNNING
+from .layout import CLUSTER_NONE, MASTER_STOPPING, RELOAD_NONE, RUNNING
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class MasterStatus:
 
     @property
     def stopping(self) -> bool:
-        return self.state != RUNNING
+        return self.state in MASTER_STOPPING
 
 
 def state_path(pid_file: str) -> str:
