@@ -132,12 +132,14 @@ def test_an_objects_crc64_is_computed_once_per_version():
             assert head_crc("a") == str(crc64(second))
 
 
-def _raw_request(emulator, method: str, path: str) -> tuple[http.client.HTTPResponse, bytes]:
-    """``method`` of ``path`` sent as written (already percent-encoded): answer and body."""
+def _raw_request(emulator, method: str, path: str, bucket: str = ALPHA, body: bytes = b"",
+                 ) -> tuple[http.client.HTTPResponse, bytes]:
+    """``method`` of ``path`` in ``bucket`` sent as written (already percent-encoded):
+    answer and body."""
     conn = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10)
     try:
-        conn.request(method, path,
-                     headers={"Host": cos_host(ALPHA), "Authorization": "q-sign-algorithm=x"})
+        conn.request(method, path, body=body or None,
+                     headers={"Host": cos_host(bucket), "Authorization": "q-sign-algorithm=x"})
         response = conn.getresponse()
         return response, response.read()
     finally:
@@ -150,6 +152,37 @@ def test_error_responses_carry_the_request_id_header(emulator, prefix):
     request_id = response.getheader("x-cos-request-id")
     assert request_id and f"<RequestId>{request_id}</RequestId>".encode() in body
     assert b"<Code>NoSuchKey</Code>" in body
+
+
+@pytest.mark.parametrize(("method", "path", "bucket", "status"), [
+    ("GET", "missing", ALPHA, 404), ("HEAD", "missing", ALPHA, 404),
+    ("HEAD", "missing", "nothere-1250000000", 404), ("GET", "", "nothere-1250000000", 404),
+    ("GET", "?max-keys=many", ALPHA, 400), ("POST", "missing?uploadId=x", ALPHA, 404),
+    ("PUT", "object", ALPHA, 200), ("HEAD", "object", ALPHA, 200), ("GET", "object", ALPHA, 200),
+    ("GET", "", ALPHA, 200), ("DELETE", "object", ALPHA, 204)])
+def test_every_answer_carries_coss_headers_and_no_awss(emulator, prefix, method, path, bucket,
+                                                        status):
+    """COS's common response headers (436/7729): ``Server: tencent-cos`` (once),
+    ``x-cos-request-id`` on every answer and ``x-cos-trace-id`` on a failed one, whose
+    ``Content-Type`` is application/xml (error codes, 436/7730), a HEAD's too; none of
+    moto's own (its AWS request id, ``server: amazon.com``, a ``status`` header, a CORS
+    grant to any origin when the request has no Origin)."""
+    if path == "object" and method != "PUT":
+        _raw_request(emulator, "PUT", f"/{prefix}object", body=b"abc")
+    target = f"/{prefix}{path}" if not path.startswith("?") else f"/{path}&prefix={prefix}"
+    response, _ = _raw_request(emulator, method, target if path else "/", bucket,
+                               b"abc" if method == "PUT" else b"")
+    assert response.status == status
+    names = [name.lower() for name, _ in response.getheaders()]
+    assert not [name for name in names if name.startswith(("x-amz", "access-control-"))
+                or name == "status"], response.getheaders()
+    assert response.getheader("Server") == "tencent-cos" and names.count("server") == 1
+    assert response.getheader("x-cos-request-id")
+    if status >= 400:
+        assert response.getheader("Content-Type") == "application/xml"
+        assert response.getheader("x-cos-trace-id")
+    else:
+        assert response.getheader("x-cos-trace-id") is None
 
 
 @pytest.mark.parametrize(("sent", "resource"), [

@@ -40,7 +40,7 @@ SIGV4 = ("AWS4-HMAC-SHA256 Credential=fast/20261206/us-east-1/s3/aws4_request, "
          "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=" + "0" * 64)
 STYLES = ("virtual", "path")
 # Headers that differ between any two answers: random ids.
-RANDOM_HEADERS = {"x-amzn-requestid", "x-cos-request-id"}
+RANDOM_HEADERS = {"x-cos-request-id", "x-cos-trace-id"}
 
 
 @pytest.fixture(scope="module")

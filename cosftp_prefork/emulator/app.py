@@ -15,7 +15,9 @@ The shim translates what differs between COS and S3 on the wire:
 * request headers ``x-cos-*`` become ``x-amz-*`` (copy source, metadata directive and its
   ``Copy``/``Replaced`` values, meta-*),
   and response headers ``x-amz-*`` become ``x-cos-*``; every response carries
-  ``x-cos-request-id``;
+  ``x-cos-request-id`` and none of the headers moto's app adds (its AWS request id,
+  ``server: amazon.com``, ``status``, a CORS grant to any origin); a failed one, a HEAD's
+  too, is ``application/xml`` with ``x-cos-trace-id`` (436/7729, 436/7730);
 * the COS copy source ``<bucket>.cos.<region>.myqcloud.com/<key>`` becomes ``<bucket>/<key>``;
 * parts may be as small as COS allows (1 MiB), not S3's 5 MiB;
 * object PUTs, uploaded parts and completed multipart uploads report
@@ -463,7 +465,7 @@ class CosShim:
             environ, self._upload_times.rewrite(environ, body)))
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
             body = cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
-        headers = translate_headers(moto_headers, request_id)
+        headers = translate_headers(moto_headers, request_id, status, environ)
         if environ["REQUEST_METHOD"] != "HEAD" or not any(
                 n.lower() == "content-length" for n, _ in moto_headers):
             headers.append(("Content-Length", str(len(body))))

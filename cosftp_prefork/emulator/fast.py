@@ -10,7 +10,9 @@ again): 1.3 ms of emulator CPU per small listing against 0.3 ms for the answer m
 (docs/performance.md, "Issue 21: CPU per small file"), and a copy (lftp's MFMT is a copy of
 the file onto itself) as much. That cost is not COS's, and it counted against the gateway.
 
-The answers are moto's own, byte for byte but the random request ids: the keys, versions,
+The answers are moto's own as the shim passes them on (it drops the headers moto's app adds
+to every answer: its AWS request id, server name, status header and CORS grant; see
+``translate.translate_headers``), byte for byte but the random request ids: the keys, versions,
 delete markers and the listing's truncation come from moto's backend (its
 ``list_objects``, indexed by ``listing.py``, and ``head_object``), the headers from its
 key's ``metadata`` and ``response_dict``, and the shim treats them as it treats moto's (URL
@@ -36,11 +38,9 @@ the row (docs/performance.md, "The emulator as an instrument").
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import math
-import os
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -296,9 +296,8 @@ def _list_objects(environ: dict, bucket: FakeBucket) -> Optional[Answer]:
     if encoding:
         parts.append(_element("EncodingType", encoding))
     parts.append("</ListBucketResult>")
-    headers = [("Content-Type", "application/xml"), ("server", "amazon.com"),
-               ("status", "200")]
-    return "200 OK", _moto_headers(headers), "".join(parts).encode("utf-8")
+    headers = [("Content-Type", "application/xml")]
+    return "200 OK", headers, "".join(parts).encode("utf-8")
 
 
 def _element(tag: str, text: str) -> str:
@@ -326,7 +325,7 @@ def _head_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answe
     headers = {**key.metadata, **key.response_dict, "Accept-Ranges": "bytes"}
     # werkzeug writes moto's length under its own name
     headers["Content-Length"] = headers.pop("content-length")
-    return "200 OK", _moto_headers(list(headers.items())), b""
+    return "200 OK", list(headers.items()), b""
 
 
 def _get_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answer]:
@@ -355,13 +354,13 @@ def _get_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answer
     except _LeftToMoto:
         return None
     if wanted is None:
-        return "200 OK", _moto_headers(list(headers.items())), body
+        return "200 OK", list(headers.items()), body
     first, last = wanted
     if first or last < len(body) - 1:  # (moto: a range carries no checksum)
         headers = {name: value for name, value in headers.items()
                    if not name.startswith("x-amz-checksum-")}
     headers["content-range"] = f"bytes {first}-{last}/{len(body)}"
-    return "206 PARTIAL CONTENT", _moto_headers(list(headers.items())), body[first:last + 1]
+    return "206 PARTIAL CONTENT", list(headers.items()), body[first:last + 1]
 
 
 class _LeftToMoto(Exception):
@@ -449,11 +448,10 @@ def _copy_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answe
             f"{_element('ETag', made.etag)}"
             f"<LastModified>{made.last_modified_ISO8601}</LastModified>"
             "</CopyObjectResult>").encode()
-    headers = {"Content-Type": "application/xml", "server": "amazon.com", "status": "200",
-               **made.response_dict}
+    headers = {"Content-Type": "application/xml", **made.response_dict}
     headers.pop("content-length", None)
     headers["Content-Length"] = str(len(body))
-    return "200 OK", _moto_headers(list(headers.items())), body
+    return "200 OK", list(headers.items()), body
 
 
 def _only(environ: dict, known: frozenset[str]) -> bool:
@@ -499,7 +497,7 @@ def _put_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answer
     _backend().put_object_tagging(made, {})  # as moto's: an empty tag set for the key
     headers = {**made.response_dict, "Content-Type": "text/html; charset=utf-8"}
     headers.pop("content-length")
-    return "200 OK", _moto_headers(list(headers.items())), b""
+    return "200 OK", list(headers.items()), b""
 
 
 def _read_whole_by_moto(environ: dict, body: bytes) -> bool:
@@ -528,17 +526,3 @@ def _locked(bucket: FakeBucket) -> bool:
     """Whether moto's copy into or out of ``bucket`` depends on more than its keys:
     versions, default encryption, object lock."""
     return bool(bucket.versioning_status or bucket.encryption or bucket.object_lock_enabled)
-
-
-def _moto_headers(headers: Headers) -> Headers:
-    """What moto's response layer adds to every answer: its request id, and the CORS
-    header of its Flask app."""
-    return [*headers, ("x-amzn-requestid", _request_id()),
-            ("Access-Control-Allow-Origin", "*")]
-
-
-def _request_id() -> str:
-    """A request id as moto's ``gen_amzn_requestid_long`` makes it (52 random letters and
-    digits), from 39 random bytes at once: moto draws each character apart, 20 µs of every
-    answer made here."""
-    return base64.b64encode(os.urandom(39), altchars=b"Ab").decode()

@@ -37,16 +37,43 @@ def translate_request(environ: dict) -> None:
         environ["HTTP_X_AMZ_METADATA_DIRECTIVE"] = _METADATA_DIRECTIVES.get(directive, directive)
 
 
-def translate_headers(headers: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
+# What moto's app adds to every answer and COS never sends: its AWS request id, its server
+# name (serving.py writes COS's, which two Server headers would contradict) and a ``status``
+# header; and the shim's own (the request id, the body's length), written once after.
+_NOT_COS = frozenset({"x-amzn-requestid", "server", "status", "x-cos-request-id",
+                      "content-length"})
+# moto's Flask app grants every origin (Access-Control-Allow-Origin: *) on every answer; COS
+# answers CORS headers only to a request with an Origin, by the bucket's rules (moto's S3
+# answers those itself, fast.py leaves them to it).
+_CORS_GRANT = ("access-control-allow-origin", "*")
+
+
+def translate_headers(headers: list[tuple[str, str]], request_id: str, status: str,
+                      environ: dict) -> list[tuple[str, str]]:
+    """COS's headers for moto's (or fast.py's) answer: ``x-amz-*`` as ``x-cos-*``, none of
+    moto's own, the request id; a failed answer's as :func:`error_headers` makes them."""
+    failed = status >= "400"  # (a three-digit status line)
+    cors = "HTTP_ORIGIN" in environ
     out = []
     for name, value in headers:
-        if name.lower().startswith("x-amz-"):
+        lower = name.lower()
+        if lower.startswith("x-amz-"):
             name = "x-cos-" + name[len("x-amz-"):]
-        if name.lower() in ("x-cos-request-id", "content-length"):
+            lower = name.lower()
+        if lower in _NOT_COS or (failed and lower == "content-type") or \
+                (not cors and (lower, value) == _CORS_GRANT):
             continue
         out.append((name, value))
-    out.append(("x-cos-request-id", request_id))
-    return out
+    return [*out, *error_headers(request_id)] if failed else \
+        [*out, ("x-cos-request-id", request_id)]
+
+
+def error_headers(request_id: str) -> list[tuple[str, str]]:
+    """What COS writes on every failed answer, a HEAD's too (it has no body): its error
+    body's type (error codes, 436/7730), the request id and the trace id (common response
+    headers, 436/7729: ``x-cos-trace-id`` only when a request fails; the body's TraceId)."""
+    return [("Content-Type", "application/xml"), ("x-cos-request-id", request_id),
+            ("x-cos-trace-id", request_id)]
 
 
 _ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]*)</\1>")
@@ -117,9 +144,9 @@ def error_xml(code: str, message: str) -> bytes:
 def error_response(start_response: Callable, status: str, code: str, resource: str,
                     request_id: str, message: str = "injected fault") -> list[bytes]:
     body = cos_error_body(error_xml(code, message), resource, request_id)
-    start_response(status, [("Content-Type", "application/xml"),
-                            ("Content-Length", str(len(body))),
-                            ("x-cos-request-id", request_id)])
+    headers = error_headers(request_id) if status >= "400" else [
+        ("Content-Type", "application/xml"), ("x-cos-request-id", request_id)]
+    start_response(status, [*headers, ("Content-Length", str(len(body)))])
     return [body]
 
 
