@@ -5,7 +5,9 @@ real SDK, or signed by the SDK's own ``CosS3Auth`` where the SDK refuses to send
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import hashlib
 import os
 import time
 import uuid
@@ -235,6 +237,42 @@ def test_one_delete_request_takes_at_most_1000_objects(cos, prefix):
     assert cos.head_object(Bucket=ALPHA, Key=prefix + "kept")
     cos.delete_objects(Bucket=ALPHA, Delete={"Object": objects[:1000], "Quiet": "true"})
     assert refused(cos.head_object, Bucket=ALPHA, Key=prefix + "kept")[0] == 404
+
+
+def _delete_body(keys: list[str], quiet: str) -> bytes:
+    objects = "".join(f"<Object><Key>{key}</Key></Object>" for key in keys)
+    return f"<Delete><Quiet>{quiet}</Quiet>{objects}</Delete>".encode()
+
+
+@pytest.mark.parametrize(("md5", "error"), [
+    (None, "MissingContentMD5"), ("not an md5", "InvalidDigest"),
+    (base64.b64encode(hashlib.md5(b"another body").digest()).decode(), "BadDigest")])
+def test_a_delete_request_without_its_bodys_content_md5_is_refused(cos, prefix, md5, error):
+    """DELETE Multiple Objects must carry the Content-MD5 of its body (436/8289: "此请求必须
+    携带 Content-MD5 用来校验 Body 的完整性"; common request headers, 436/7728): without it, or
+    with one that is no MD5 or not the body's, nothing is deleted (400; InvalidDigest and
+    BadDigest as in the error codes, 436/7730). moto took it without any."""
+    cos.put_object(Bucket=ALPHA, Key=prefix + "kept", Body=b"x")
+    body = _delete_body([prefix + "kept"], "false")
+    headers = {"Content-Type": "application/xml"} | ({"Content-MD5": md5} if md5 else {})
+    assert refused(signed, cos=cos, method="POST", key="", headers=headers, query="delete",
+                   body=body) == (400, error)
+    assert cos.head_object(Bucket=ALPHA, Key=prefix + "kept")
+
+
+@pytest.mark.parametrize("quiet", ["true", "false"])
+def test_a_quiet_delete_answers_only_its_failures(cos, prefix, quiet):
+    """DELETE Multiple Objects (436/8289): in Quiet mode the answer holds only the objects
+    that failed (none here: a missing key is deleted too); Verbose lists every one. moto
+    answered every request verbosely."""
+    cos.put_object(Bucket=ALPHA, Key=prefix + "a", Body=b"x")
+    keys = [prefix + "a", prefix + "missing"]
+    result = cos.delete_objects(Bucket=ALPHA, Delete={
+        "Object": [{"Key": key} for key in keys], "Quiet": quiet})
+    deleted = result.get("Deleted") or []
+    assert [item["Key"] for item in deleted] == ([] if quiet == "true" else keys)
+    assert not result.get("Error")
+    assert refused(cos.head_object, Bucket=ALPHA, Key=prefix + "a")[0] == 404
 
 
 def test_a_listing_pages_common_prefixes_and_keys_together(cos, prefix):

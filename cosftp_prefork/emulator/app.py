@@ -463,6 +463,7 @@ class CosShim:
             moto_headers = [("Content-Type", "application/xml")]
         body = url_encode_listing(environ, conform.page_uploads(
             environ, self._upload_times.rewrite(environ, body)))
+        body = conform.quiet_deletes(environ, status, body)
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
             body = cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
         headers = translate_headers(moto_headers, request_id, status, environ)

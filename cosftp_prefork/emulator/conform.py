@@ -19,7 +19,10 @@ give COS's answer. Each rule names the COS document it follows:
   them all), a number (else 400 InvalidArgument; moto failed with 500), and
   ``encoding-type`` can only be ``url`` (else 400 InvalidArgument);
 * DELETE Multiple Objects (436/8289) deletes at most 1,000 objects a request (more: 400
-  MalformedXML);
+  MalformedXML), must carry its body's Content-MD5 (none: 400 MissingContentMD5, S3's code:
+  COS's list names none for it; else InvalidDigest or BadDigest as for a PUT; moto took any
+  or none), and answers only the failures in Quiet mode (:func:`quiet_deletes`; moto listed
+  every object);
 * List Multipart Uploads (436/7736) is paged (:func:`page_uploads`; ``max-uploads`` that is
   no number from 1: 400 InvalidArgument);
 * an object PUT (or part) whose Content-MD5 is not its body's: 400 BadDigest, one that is no
@@ -59,6 +62,8 @@ DELETE_MAX_OBJECTS = 1000  # DELETE Multiple Objects' most objects a request
 _DIRECTIVES = ("Copy", "Replaced")
 _COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 _DELETED_OBJECT = re.compile(rb"<Object>")
+_QUIET = re.compile(rb"<Quiet>\s*true\s*</Quiet>", re.I)
+_DELETED = re.compile(rb"<Deleted>.*?</Deleted>", re.S)
 _PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
 PRECONDITION_FAILED = Refusal("412 Precondition Failed", "PreconditionFailed",
                               "The precondition given in the copy source headers failed.")
@@ -179,10 +184,29 @@ def buffered_body(environ: dict) -> bytes:
 
 
 def _delete_refusal(environ: dict) -> Optional[Refusal]:
-    if len(_DELETED_OBJECT.findall(buffered_body(environ))) > DELETE_MAX_OBJECTS:
+    """DELETE Multiple Objects' Content-MD5 (which it must carry: 436/8289) and limit."""
+    body = buffered_body(environ)
+    named = environ.get("HTTP_CONTENT_MD5")
+    if not named:
+        return _invalid("Missing required header for this request: Content-MD5.",
+                        "MissingContentMD5")
+    refused = _digest_refusal(named, body)
+    if refused is not None:
+        return refused
+    if len(_DELETED_OBJECT.findall(body)) > DELETE_MAX_OBJECTS:
         return _invalid(f"one request deletes at most {DELETE_MAX_OBJECTS} objects",
                         "MalformedXML")
     return None
+
+
+def quiet_deletes(environ: dict, status: str, body: bytes) -> bytes:
+    """A DELETE Multiple Objects answer in the mode asked for: in Quiet mode only the
+    objects that failed (436/8289; moto lists every one whatever the mode)."""
+    if environ["REQUEST_METHOD"] != "POST" or not status.startswith("200") or \
+            "delete" not in parsed_query(environ) or b"<Deleted>" not in body or \
+            not _QUIET.search(environ["wsgi.input"].getvalue()):
+        return body
+    return _DELETED.sub(b"", body)
 
 
 def _upload_refusal(environ: dict, upload_id: str) -> Optional[Refusal]:
@@ -217,13 +241,19 @@ def digest_refusal(environ: dict) -> Optional[Refusal]:
     named = environ.get("HTTP_CONTENT_MD5")
     if not named or environ["REQUEST_METHOD"] != "PUT" or copy_source(environ) is not None:
         return None
+    return _digest_refusal(named, environ["wsgi.input"].getvalue())
+
+
+def _digest_refusal(named: str, body: bytes) -> Optional[Refusal]:
+    """InvalidDigest if the Content-MD5 ``named`` is no base64 MD5, BadDigest if it is not
+    the MD5 of ``body``; else None."""
     try:
         wanted = base64.b64decode(named, validate=True)
     except binascii.Error:
         wanted = b""
     if len(wanted) != hashlib.md5().digest_size:
         return _invalid("The Content-MD5 you specified is not valid.", "InvalidDigest")
-    if hashlib.md5(environ["wsgi.input"].getvalue()).digest() != wanted:
+    if hashlib.md5(body).digest() != wanted:
         return _invalid("The Content-MD5 you specified did not match what was received.",
                         "BadDigest")
     return None
