@@ -260,6 +260,19 @@ def test_a_delete_request_without_its_bodys_content_md5_is_refused(cos, prefix, 
     assert cos.head_object(Bucket=ALPHA, Key=prefix + "kept")
 
 
+@pytest.mark.parametrize("body", [b"<Delete><Object><Key>a</Key></Object>", b"not xml",
+                                  b"<Delete><Object><Key>\x01</Key></Object></Delete>",
+                                  b"<Delete></Delete>", b"<Delete><Quiet>true</Quiet></Delete>"])
+def test_a_delete_request_whose_body_is_no_xml_is_malformed(cos, body):
+    """A DELETE Multiple Objects body that is no XML (cut short, or holding a byte XML 1.0
+    cannot carry) or names no object is 400 MalformedXML (error codes, 436/7730; 436/8289:
+    an Object is required); moto failed with 500."""
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    assert refused(signed, cos=cos, method="POST", key="", query="delete", body=body,
+                   headers={"Content-Type": "application/xml", "Content-MD5": md5}) == \
+        (400, "MalformedXML")
+
+
 @pytest.mark.parametrize("quiet", ["true", "false"])
 def test_a_quiet_delete_answers_only_its_failures(cos, prefix, quiet):
     """DELETE Multiple Objects (436/8289): in Quiet mode the answer holds only the objects

@@ -19,6 +19,7 @@ import sys
 import urllib.parse
 import uuid
 from collections import Counter
+from xml.sax.saxutils import escape
 
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -378,6 +379,16 @@ def copy_world(emu, rng: random.Random, tag: str) -> dict[str, str]:
     return world
 
 
+def two_worlds(emu, seed: int, tag: str) -> tuple[random.Random, dict, dict, Counter]:
+    """A test's random source, its two identical worlds (``copy_world``: fast answers in
+    True's, moto's app in False's), the names it made in each role and a count of the
+    statuses it met; ``TAKEN`` cleared."""
+    rng = random.Random(seed)
+    TAKEN.clear()
+    worlds = {True: copy_world(emu, rng, f"f{tag}"), False: copy_world(emu, rng, f"m{tag}")}
+    return rng, worlds, {role: [] for role in ROLES}, Counter()
+
+
 def put(emu, bucket: str, name: str, body: bytes, headers: dict) -> None:
     response = Client(emu.app).put(
         "/" + urllib.parse.quote(name.encode("utf-8"), safe="/"), data=body, headers={
@@ -592,11 +603,7 @@ def test_puts_answered_here_equal_motos_over_random_puts(emu, style):
     bucket, and what only moto answers (ACL, tagging, encryption headers, a condition, a
     form body), the AWS SDKs' x-id query and signing headers (path-style). Two identical
     worlds of buckets, one written with fast answers, one without."""
-    rng = random.Random(2125)
-    TAKEN.clear()
-    worlds = {True: copy_world(emu, rng, "fput"), False: copy_world(emu, rng, "mput")}
-    names: dict[str, list[str]] = {role: [] for role in ROLES}
-    statuses: Counter = Counter()
+    rng, worlds, names, statuses = two_worlds(emu, 2125, "put")
     for case in range(600):
         role = rng.choices(ROLES, (6, 3, 1))[0]
         name = rng.choice(names[role]) if names[role] and rng.random() < 0.5 \
@@ -729,3 +736,122 @@ def test_plain_gets_are_answered_without_motos_app(emu):
         (f'"{hashlib.md5(body).hexdigest()}"', str(len(body)), "text/x", "1600000000")
     assert [(entry.kind, entry.fast) for entry in list(emu.app.requests)[before:]] == \
         [("GET", True)]
+
+
+def random_delete_body(rng: random.Random, names: list[str]) -> bytes:
+    """A DELETE Multiple Objects body: keys there and not (some twice), Quiet or not, the
+    AWS SDKs' namespace, whitespace; and one time in four what only moto answers (a
+    VersionId, an ETag, an empty key, no object, a control byte XML cannot carry, XML cut
+    short)."""
+    space = rng.choice(["", "", "\n  "])
+    keys = [rng.choice(names) if names and rng.random() < 0.6 else random_name(rng)
+            for _ in range(rng.randint(1, 5))]
+    objects = [f"<Key>{escape(name)}</Key>" for name in keys if "\x01" not in name] or \
+        ["<Key>a</Key>"]
+    objects += objects[:1] if rng.random() < 0.1 else []
+    odd = rng.choice([None] * 18 + ["version", "etag", "empty", "short", "none", "control"])
+    if odd in ("version", "etag", "empty"):
+        spot = rng.randrange(len(objects))
+        objects[spot] = {"version": objects[spot] + "<VersionId>null</VersionId>",
+                         "etag": objects[spot] + '<ETag>"x"</ETag>',
+                         "empty": rng.choice(["<Key></Key>", "<Key/>"])}[odd]
+    elif odd == "control":
+        objects.append("<Key>a\x01</Key>")
+    elif odd == "none":
+        objects = []
+    quiet = rng.choice(["", "<Quiet>true</Quiet>", "<Quiet>false</Quiet>", "<Quiet>True</Quiet>"])
+    xmlns = rng.choice(["", ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'])
+    head = rng.choice(["", '<?xml version="1.0" encoding="UTF-8"?>\n'])
+    listed = "".join(f"{space}<Object>{space}{item}{space}</Object>" for item in objects)
+    body = f"{head}<Delete{xmlns}>{quiet}{listed}{space}</Delete>".encode()
+    return body[:rng.randint(1, len(body) - 1)] if odd == "short" else body
+
+
+def delete_answer(emu, world: dict, fast: bool, role: str, method: str, path: str,
+                  query: str, headers: dict, body: bytes, style: str) -> tuple:
+    """A DELETE's or a POST ?delete's answer (``in_both_worlds``, versions made alike)."""
+    url, sent = address(emu, style, world[role], path, headers)
+    emu.app.fast_answers = fast
+    try:
+        response = Client(emu.app).open(url, method=method, query_string=query, headers=sent,
+                                         data=body)
+        TAKEN[fast and emu.app.requests[-1].fast] += fast
+    finally:
+        emu.app.fast_answers = True
+    status, kept, answered = in_both_worlds(world, response)
+    return status, kept, re.sub(rb"(VersionId>)[^<]*", rb"\1", answered)
+
+
+def bucket_state(bucket: str) -> list:
+    """Each key of ``bucket`` with the kinds and bytes of its versions (delete markers)."""
+    keys = backend().get_bucket(bucket).keys
+    return sorted((name, [(type(key).__name__, getattr(key, "value", None))
+                          for key in keys.getlist(name)]) for name in keys)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_deletes_answered_here_equal_motos_over_random_deletes(emu, style):
+    """DELETE Object and DELETE Multiple Objects answered from moto's backend (fast.py) or
+    through moto's app: the same answers (Quiet or Verbose, Content-MD5 right, wrong and
+    missing) and the same keys left, in a plain and a versioned bucket, over random bodies
+    and what only moto answers (versions, ETags, empty keys, malformed XML, a governance
+    bypass, a condition). Two identical worlds, one with fast answers, one without."""
+    rng, worlds, names, statuses = two_worlds(emu, 2127, "del")
+    for case in range(400):
+        role = rng.choices(ROLES, (6, 3, 1))[0]
+        for _ in range(rng.randint(0, 3)):
+            name = random_name(rng)
+            for world in worlds.values():
+                backend().put_object(world[role], name, name.encode())
+            names[role].append(name)
+        headers = rng.choice([{}] * 10 + [{"x-cos-bypass-governance-retention": "true"}])
+        if rng.random() < 0.5:
+            method, path = "DELETE", "/" + urllib.parse.quote(
+                (rng.choice(names[role]) if names[role] else random_name(rng)).encode(),
+                safe="/")
+            query = rng.choice(["", "", "", "versionId=null", "x-id=DeleteObject"])
+            body = b""
+            if rng.random() < 0.1:
+                headers["If-Match"] = '"x"'
+        else:
+            method, path, body = "POST", "/", random_delete_body(rng, names[role])
+            query = rng.choice(["delete", "delete", "delete=", "delete&x-id=DeleteObjects",
+                                "delete&delete", "delete&versionId=null"])
+            digest = base64.b64encode(hashlib.md5(body).digest()).decode()
+            md5 = rng.choice([digest] * 18 + [None, digest[::-1]])
+            headers = {**headers, "Content-Type": "application/xml",
+                       **({"Content-MD5": md5} if md5 else {})}
+        fast, moto = (delete_answer(emu, worlds[flag], flag, role, method, path, query,
+                                    headers, body, style) for flag in (True, False))
+        assert fast == moto, (case, role, method, path, query, headers, body)
+        assert bucket_state(worlds[True][role]) == bucket_state(worlds[False][role]), case
+        statuses[fast[0]] += 1
+    assert statuses[200] > 80 and statuses[204] > 80 and statuses[400] > 5, statuses
+    assert TAKEN[True] > 200, TAKEN  # answered here, not only equal
+
+
+def test_plain_deletes_are_answered_without_motos_app(emu, tmp_path):
+    """The gateway's deletes (the SDK's DELETE Multiple Objects in Quiet mode, its DELETE
+    Object) and rclone's (path-style DELETE Object, with its x-id) are answered from moto's
+    backend, and delete what they name: both sides of a bench row alike."""
+    cos = sdk_client(emu)
+    for name in ("del/é a", "del/b", "del/c"):
+        cos.put_object(Bucket=BUCKET, Key=name, Body=b"x")
+    first = len(emu.app.requests)
+    result = cos.delete_objects(Bucket=BUCKET, Delete={
+        "Object": [{"Key": "del/é a"}, {"Key": "del/missing"}], "Quiet": "true"})
+    assert not result.get("Deleted") and not result.get("Error")
+    cos.delete_object(Bucket=BUCKET, Key="del/b")
+    rclone = shutil.which("rclone", path=os.path.dirname(sys.executable)) or require("rclone")
+    done = subprocess.run(
+        [rclone, "deletefile", f":s3:{BUCKET}/del/c", "--s3-provider", "Other",
+         "--s3-endpoint", f"http://127.0.0.1:{emu.port}", "--s3-access-key-id", "x",
+         "--s3-secret-access-key", "y"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "RCLONE_CONFIG": os.devnull})
+    assert done.returncode == 0, done.stderr
+    assert [backend().get_object(BUCKET, name) for name in ("del/é a", "del/b", "del/c")] == \
+        [None] * 3
+    deletes = [(entry.kind, entry.target, entry.fast) for entry in emu.app.requests
+               if entry.kind in ("POST", "DELETE")][-3:]
+    assert len(emu.app.requests) > first and deletes == [
+        ("POST", "", True), ("DELETE", "del/b", True), ("DELETE", "del/c", True)], deletes

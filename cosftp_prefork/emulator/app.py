@@ -36,7 +36,8 @@ The shim translates what differs between COS and S3 on the wire:
   of the whole bucket, so like COS their cost does not grow with the bucket, and they are
   paged as COS pages them (max-keys counts common prefixes and keys together; moto gave
   every common prefix on every page);
-* HEAD Object, ListObjects and plain GET Object, PUT Object and PUT Object - Copy are
+* HEAD Object, ListObjects and plain GET Object, PUT Object, PUT Object - Copy, DELETE
+  Object and DELETE Multiple Objects are
   answered as moto answers them, without moto's request dispatch (``fast.py``: the
   emulator's CPU per request is not COS's, and the gateway sends more of these than its
   baselines);

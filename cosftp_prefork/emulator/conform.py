@@ -19,7 +19,9 @@ give COS's answer. Each rule names the COS document it follows:
   them all), a number (else 400 InvalidArgument; moto failed with 500), and
   ``encoding-type`` can only be ``url`` (else 400 InvalidArgument);
 * DELETE Multiple Objects (436/8289) deletes at most 1,000 objects a request (more: 400
-  MalformedXML), must carry its body's Content-MD5 (none: 400 MissingContentMD5, S3's code:
+  MalformedXML, as is a body that is no XML or names no object: moto failed with 500),
+  must carry its body's
+  Content-MD5 (none: 400 MissingContentMD5, S3's code:
   COS's list names none for it; else InvalidDigest or BadDigest as for a PUT; moto took any
   or none), and answers only the failures in Quiet mode (:func:`quiet_deletes`; moto listed
   every object);
@@ -44,6 +46,7 @@ import hashlib
 import io
 import re
 import urllib.parse
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Optional
 from xml.sax.saxutils import escape, unescape
@@ -193,6 +196,14 @@ def _delete_refusal(environ: dict) -> Optional[Refusal]:
     refused = _digest_refusal(named, body)
     if refused is not None:
         return refused
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:  # (moto's parser raised, a 500)
+        root = None
+    if root is None or root.tag.rpartition("}")[2] != "Delete" or \
+            not any(child.tag.rpartition("}")[2] == "Object" for child in root):
+        return _invalid("The XML you provided was not well-formed or named no object.",
+                        "MalformedXML")
     if len(_DELETED_OBJECT.findall(body)) > DELETE_MAX_OBJECTS:
         return _invalid(f"one request deletes at most {DELETE_MAX_OBJECTS} objects",
                         "MalformedXML")

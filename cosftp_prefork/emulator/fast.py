@@ -1,5 +1,6 @@
-"""HEAD Object, GET Object, ListObjects, PUT Object and PUT Object - Copy answered by the shim
-itself, as moto answers them, without moto's request dispatch.
+"""HEAD Object, GET Object, ListObjects, PUT Object, PUT Object - Copy, DELETE Object and
+DELETE Multiple Objects answered by the shim itself, as moto answers them, without moto's
+request dispatch.
 
 Why (fairness of the bench, not fidelity): the emulator shares the machine's cores with the
 gateway and the clients in every bench row, and the gateway sends more requests per file
@@ -24,9 +25,11 @@ a delete marker, a GET of a version or of an archived object; a copy of a versio
 out of a versioned, encrypted or locked bucket, with a condition moto checks or ignores, an
 ACL, encryption or an unknown directive)
 goes to moto, as does a PUT Object with a query, a condition, ACL, tagging, encryption or
-checksum headers, or into such a bucket. ``tests/test_emulator_fast.py`` compares both
-answers over random buckets, requests, copies and PUTs (and the objects the copies and PUTs
-made), and fails if they differ.
+checksum headers, or into such a bucket, and a delete in a versioned or locked bucket, of a
+version, with a condition or an ETag (``_delete_object``, ``_delete_objects``).
+``tests/test_emulator_fast.py`` compares both answers over random buckets, requests, copies,
+PUTs and deletes (and the objects the copies, PUTs and deletes made or left), and fails if
+they differ.
 
 Both ways of naming the bucket are answered, read as moto reads them: the SDK's virtual-host
 ``<bucket>.cos.<region>.myqcloud.com``, and the path-style ``/<bucket>/<key>`` that S3
@@ -45,9 +48,11 @@ import re
 import urllib.parse
 from collections.abc import Iterable
 from typing import NamedTuple, Optional
+from xml.parsers.expat import ExpatError
 from xml.sax.saxutils import escape
 
 import moto.s3.models
+import xmltodict
 from moto import settings
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.utils import extract_region_from_aws_authorization
@@ -76,6 +81,7 @@ _PATH_STYLE = re.compile(r"/([a-z0-9][a-z0-9.-]*)(/.*)?", re.DOTALL)
 _SIGNING_HEADERS = frozenset({"HTTP_X_AMZ_DATE", "HTTP_X_AMZ_CONTENT_SHA256"})
 # The query parameter the AWS SDKs add to name the operation (x-id=PutObject); moto ignores it.
 _OPERATION_QUERY = frozenset({"x-id"})
+_ANSWERED_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 LIST_PARAMETERS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
 # Request headers that change a HEAD's answer in moto: conditions, ranges, checksums, SSE-C.
 _HEAD_CHANGERS = re.compile(r"HTTP_(IF_|RANGE$|X_AMZ_CHECKSUM|X_AMZ_SERVER_SIDE_ENCRYPTION_"
@@ -242,12 +248,16 @@ def _indexed_bucket(name: str) -> Optional[FakeBucket]:
 def answer(environ: dict) -> Optional[Answer]:
     """moto's answer to this request if it is one answered here; else None."""
     method = environ["REQUEST_METHOD"]
-    target = _target(environ) if method in ("GET", "HEAD", "PUT") else None
+    target = _target(environ) if method in _ANSWERED_METHODS else None
     if target is None:
         return None
     bucket, path = target
     if path == "/":  # the bucket itself
+        if method == "POST":
+            return _delete_objects(environ, bucket)
         return _list_objects(environ, bucket) if method == "GET" else None
+    if method == "DELETE":
+        return _delete_object(environ, bucket, path[1:])
     if method == "HEAD" and not environ.get("QUERY_STRING"):
         return _head_object(environ, bucket, path[1:])
     if method == "GET":
@@ -257,6 +267,70 @@ def answer(environ: dict) -> Optional[Answer]:
             return _copy_object(environ, bucket, path[1:])
         return _put_object(environ, bucket, path[1:])
     return None
+
+
+def _delete_object(environ: dict, bucket: FakeBucket, name: str) -> Optional[Answer]:
+    """DELETE Object as moto's ``delete_object`` answers it in a bucket without versions
+    or object lock (204, whether the key was there or not). A query (a version), a
+    condition, any x-amz-* header or a body goes to moto.
+
+    Why: rclone deletes each file it moves or removes with this request, where the
+    gateway sends DELETE Multiple Objects (``_delete_objects``): both sides of a bench row
+    are answered here (docs/performance.md, "The emulator as an instrument")."""
+    if not _no_query(environ) or _locked(bucket) or not _only(environ, _SIGNING_HEADERS) or \
+            any(header.startswith("HTTP_IF_") for header in environ) or \
+            environ.get("CONTENT_LENGTH", "0") not in ("", "0"):
+        return None
+    _backend().delete_object(bucket.name, name)
+    return "204 NO CONTENT", [("Content-Type", "text/html; charset=utf-8")], b""
+
+
+def _delete_objects(environ: dict, bucket: FakeBucket) -> Optional[Answer]:
+    """DELETE Multiple Objects (POST ?delete) as moto's ``_bucket_response_delete_keys``
+    answers it, in a bucket without versions or object lock, for a body moto reads the same
+    (xmltodict, as moto parses it) that names each object by a key alone; the shim has
+    checked its Content-MD5 and its 1,000 objects, and answers Quiet mode
+    (``conform.quiet_deletes``). A version or ETag of an object, an empty key, no object,
+    XML moto refuses, any x-amz-* header (governance bypass, checksums), another query or a
+    body without a Content-Length goes to moto.
+
+    Why: the gateway's renames and recursive deletes end with this request, 2.8 ms of
+    emulator CPU each through moto's dispatch."""
+    values = _single_values(environ)
+    stream = environ.get("wsgi.input")
+    body = stream.getvalue() if isinstance(stream, io.BytesIO) else None
+    mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    if values is None or values.get("delete") != "" or \
+            not set(values) <= {"delete", *_OPERATION_QUERY} or body is None or \
+            not environ.get("CONTENT_LENGTH") or not _read_whole_by_moto(environ, body) or \
+            not _only(environ, _SIGNING_HEADERS) or mimetype in _FORM_TYPES or _locked(bucket):
+        return None
+    keys = _keys_to_delete(body)
+    if not keys:
+        return None
+    deleted, _ = _backend().delete_objects(bucket.name, [{"Key": key} for key in keys])
+    body = (f'<?xml version="1.0" encoding="utf-8"?>\n<DeleteResult xmlns="{_XMLNS}">'
+            + "".join(f"<Deleted>{_element('Key', key)}</Deleted>" for key, _, _ in deleted)
+            + "</DeleteResult>").encode()
+    return "200 OK", [("Content-Type", "application/xml")], body
+
+
+def _keys_to_delete(body: bytes) -> Optional[list[str]]:
+    """The keys a DELETE Multiple Objects body names, read as moto reads them; None if it
+    names none, or an object by more than a non-empty key, or is no XML moto reads."""
+    try:
+        parsed = xmltodict.parse(body, strip_whitespace=False)
+    except (ExpatError, ValueError):  # moto answers it
+        return None
+    delete = parsed.get("Delete") if isinstance(parsed, dict) else None
+    objects = delete.get("Object", []) if isinstance(delete, dict) else None
+    if not isinstance(objects, list):
+        objects = [objects]
+    keys = [item.get("Key") for item in objects
+            if isinstance(item, dict) and set(item) <= {"Key", "#text"}]
+    if len(keys) != len(objects) or not all(isinstance(key, str) and key for key in keys):
+        return None
+    return keys
 
 
 def _single_values(environ: dict) -> Optional[dict[str, str]]:
