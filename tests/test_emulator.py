@@ -304,6 +304,30 @@ def test_multipart_with_1_mib_parts_completes(cos, prefix):
                   "x-cos-hash-crc64ecma") == str(crc64(data))
 
 
+@pytest.mark.parametrize("name", ["a\nb", "line\r\nend/x", "dir\n/", "\n"])
+def test_a_key_holding_a_newline_is_served_by_every_request(cos, prefix, name):
+    """A key with a newline after its first "/" (the SDK can name it, FTP cannot) answers
+    every request as any other key, those moto's routes serve too (whose patterns stopped at
+    a newline: Flask's HTML 404, or a 500): multipart uploads, conditions, ACLs, versions,
+    listings, DELETE Multiple Objects."""
+    key = prefix + name
+    parts = [os.urandom(MIB), b"tail"]
+    _multipart(cos, key, parts)
+    assert read(cos, ALPHA, key) == b"".join(parts)
+    etag = cos.head_object(Bucket=ALPHA, Key=key)["ETag"]
+    assert service_error(cos.head_object, Bucket=ALPHA, Key=key,
+                         IfMatch='"0123"').get_status_code() == 412
+    assert read(cos, ALPHA, key, IfMatch=etag) == b"".join(parts)
+    cos.put_object_acl(Bucket=ALPHA, Key=key, ACL="private")
+    assert cos.get_object_acl(Bucket=ALPHA, Key=key)["Owner"]
+    cos.put_object(Bucket=ALPHA, Key=key, Body=b"again", ACL="private")
+    assert read(cos, ALPHA, key, VersionId="null") == b"again"
+    listed = cos.list_objects(Bucket=ALPHA, Prefix=prefix, EncodingType="url")
+    assert [urllib.parse.unquote(item["Key"]) for item in listed["Contents"]] == [key]
+    cos.delete_object(Bucket=ALPHA, Key=key, VersionId="null")
+    assert service_error(cos.head_object, Bucket=ALPHA, Key=key).get_status_code() == 404
+
+
 def test_part_copy_is_refused_once_the_source_has_another_etag(cos, prefix):
     source, target = prefix + "source.bin", prefix + "target.bin"
     first = cos.put_object(Bucket=ALPHA, Key=source, Body=os.urandom(MIB))["ETag"]

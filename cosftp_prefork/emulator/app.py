@@ -7,8 +7,8 @@ This module is the shim (``CosShim``) and its runner (``Emulator``, ``main``); i
 live beside it: ``translate`` (COS's headers, copy source, error bodies and listing
 encoding), ``faults`` (injected faults, the rendezvous), ``objects`` (CRC64 per object
 version, one write of an object at a time, object lifetimes), ``conform`` (what COS
-refuses), ``fast`` (answers without moto's dispatch), ``accounts``, ``listing`` and
-``serving`` (the HTTP/1.1 server).
+refuses), ``fast`` (answers without moto's dispatch), ``accounts``, ``listing``,
+``routes`` (moto's routes for keys holding a newline) and ``serving`` (the HTTP/1.1 server).
 
 The shim translates what differs between COS and S3 on the wire:
 
@@ -32,6 +32,8 @@ The shim translates what differs between COS and S3 on the wire:
 * listings asked for with ``encoding-type=url`` have their prefixes, markers and common
   prefixes URL-encoded like COS does (moto encodes only the keys), so keys holding control
   bytes never reach the XML raw;
+* a key holding a newline is served by every request as any other (moto's routes stopped at
+  it: ``routes.py``);
 * listings come from a sorted index of the bucket's keys (``listing.py``), not from a scan
   of the whole bucket, so like COS their cost does not grow with the bucket, and they are
   paged as COS pages them (max-keys counts common prefixes and keys together; moto gave
@@ -114,7 +116,7 @@ from moto.server import create_backend_app
 from werkzeug.test import Client
 
 from ..cos.checksum import crc64
-from . import conform, fast, listing
+from . import conform, fast, listing, routes
 from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts, Refusal, signer
 from .faults import Faults, Rendezvous, cut_short
 from .objects import KeyLocks, ObjectCrcs, forget_served, install_object_lifetimes, served_crc
@@ -123,7 +125,6 @@ from .translate import (
     UploadTimes,
     cos_error_body,
     error_response,
-    error_xml,
     refusal_response,
     translate_headers,
     translate_request,
@@ -458,10 +459,6 @@ class CosShim:
         if made is None:
             made = self._run_moto(environ)
         status, moto_headers, body = made
-        unrouted = conform.unrouted_get(environ, status, body)
-        if unrouted is not None:
-            status, body = unrouted.status, error_xml(unrouted.code, unrouted.message)
-            moto_headers = [("Content-Type", "application/xml")]
         body = url_encode_listing(environ, conform.page_uploads(
             environ, self._upload_times.rewrite(environ, body)))
         body = conform.quiet_deletes(environ, status, body)
@@ -491,6 +488,7 @@ def make_app(faults: Optional[Faults] = None) -> CosShim:
     """Return the COS-speaking WSGI app (moto's S3 backend behind :class:`CosShim`)."""
     moto.s3.models.S3_UPLOAD_PART_MIN_SIZE = COS_MIN_PART_SIZE
     listing.install()
+    routes.install()
     install_object_lifetimes()
     return CosShim(create_backend_app("s3"), faults)
 

@@ -30,8 +30,6 @@ give COS's answer. Each rule names the COS document it follows:
 * an object PUT (or part) whose Content-MD5 is not its body's: 400 BadDigest, one that is no
   MD5 at all 400 InvalidDigest (436/7730; moto stored the body): :func:`digest_refusal`,
   checked once the shim has read the body;
-* a GET of a missing key that moto's routes do not match (a newline after its first "/")
-  is 404 NoSuchKey as any other (moto: Flask's HTML page): :func:`unrouted_get`;
 * an object key is at most 850 bytes of UTF-8 (Object Overview, 436/13324): a longer one
   gets 400 KeyTooLong (436/7730) from PUT Object, a copy or Initiate Multipart Upload
   (moto took up to 1,024).
@@ -70,21 +68,6 @@ _DELETED = re.compile(rb"<Deleted>.*?</Deleted>", re.S)
 _PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
 PRECONDITION_FAILED = Refusal("412 Precondition Failed", "PreconditionFailed",
                               "The precondition given in the copy source headers failed.")
-
-
-def unrouted_get(environ: dict, status: str, body: bytes) -> Optional[Refusal]:
-    """COS's answer to a GET of an object that moto's Flask routes never reached: their key
-    pattern (``.+``) stops at a newline, so a missing key holding one after its first "/"
-    got Flask's HTML 404 page where COS answers NoSuchKey (or NoSuchBucket) as for any
-    missing key. (A HEAD's 404 carries no body either way.) None for any other answer."""
-    if environ["REQUEST_METHOD"] != "GET" or not status.startswith("404") or \
-            b"<Error>" in body or not place(environ).is_object:
-        return None
-    try:
-        moto.s3.models.s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_bucket(place(environ).bucket)
-    except MissingBucket:
-        return Refusal("404 Not Found", "NoSuchBucket", "The specified bucket does not exist.")
-    return Refusal("404 Not Found", "NoSuchKey", "The specified key does not exist.")
 
 
 def _invalid(message: str, code: str = "InvalidArgument") -> Refusal:
