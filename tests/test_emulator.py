@@ -283,6 +283,17 @@ def _multipart(cos, key: str, parts: list[bytes]) -> dict:
                                          MultipartUpload={"Part": etags})
 
 
+def test_a_completed_upload_names_its_object_as_cos_does(cos, prefix):
+    """Complete Multipart Upload (436/7742) gives the object's Location at COS's endpoint
+    (``<bucket>.cos.<region>.myqcloud.com/<key>``, moto's was ``http://<bucket>.s3.amazonaws
+    .com/<key>``), and ``x-cos-version-id`` only in a bucket whose versioning was ever
+    enabled (moto said ``null`` in every bucket)."""
+    result = _multipart(cos, prefix + "done.bin", [b"only part"])
+    assert result["Location"] == f"{ALPHA}.cos.ap-guangzhou.myqcloud.com/{prefix}done.bin"
+    assert header(result, "x-cos-version-id") is None
+    assert (result["Bucket"], result["Key"]) == (ALPHA, prefix + "done.bin")
+
+
 def test_every_uploaded_part_reports_its_crc64(cos, prefix):
     key = prefix + "parts.bin"
     upload_id = cos.create_multipart_upload(Bucket=ALPHA, Key=key)["UploadId"]

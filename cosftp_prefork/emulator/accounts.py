@@ -296,9 +296,12 @@ class Accounts:
         found = _BUCKET_HOST.match(environ.get("HTTP_HOST", ""))
         if found is None or environ.get("PATH_INFO", "/") not in ("", "/"):
             return headers
+        return [*headers, ("x-cos-bucket-region", self.region(found.group(1)))]
+
+    def region(self, bucket: str) -> str:
+        """The region ``bucket`` was registered in (else the emulator's)."""
         with self._lock:
-            region = self.regions.get(found.group(1), self.default_region)
-        return [*headers, ("x-cos-bucket-region", region)]
+            return self.regions.get(bucket, self.default_region)
 
     def list_buckets(self, moto: Callable) -> bytes:
         """GetService: every bucket moto holds, with its region, in COS's form."""

@@ -465,6 +465,8 @@ class CosShim:
         if int(status.split()[0]) >= 400 and body and environ["REQUEST_METHOD"] != "HEAD":
             body = cos_error_body(body, environ.get("PATH_INFO", ""), request_id)
         headers = translate_headers(moto_headers, request_id, status, environ)
+        headers, body = conform.completed_upload(environ, status, headers, body,
+                                                 self.accounts.region)
         if environ["REQUEST_METHOD"] != "HEAD" or not any(
                 n.lower() == "content-length" for n, _ in moto_headers):
             headers.append(("Content-Length", str(len(body))))

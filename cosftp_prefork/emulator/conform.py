@@ -25,6 +25,8 @@ give COS's answer. Each rule names the COS document it follows:
   COS's list names none for it; else InvalidDigest or BadDigest as for a PUT; moto took any
   or none), and answers only the failures in Quiet mode (:func:`quiet_deletes`; moto listed
   every object);
+* Complete Multipart Upload (436/7742) names the object at COS's endpoint and gives no
+  version id where the bucket never had versions (:func:`completed_upload`);
 * List Multipart Uploads (436/7736) is paged (:func:`page_uploads`; ``max-uploads`` that is
   no number from 1: 400 InvalidArgument);
 * an object PUT (or part) whose Content-MD5 is not its body's: 400 BadDigest, one that is no
@@ -46,7 +48,7 @@ import re
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 from xml.sax.saxutils import escape, unescape
 
 import moto.s3.models
@@ -65,6 +67,7 @@ _COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 _DELETED_OBJECT = re.compile(rb"<Object>")
 _QUIET = re.compile(rb"<Quiet>\s*true\s*</Quiet>", re.I)
 _DELETED = re.compile(rb"<Deleted>.*?</Deleted>", re.S)
+_S3_LOCATION = re.compile(rb"<Location>https?://[^/<]*/")
 _PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
 PRECONDITION_FAILED = Refusal("412 Precondition Failed", "PreconditionFailed",
                               "The precondition given in the copy source headers failed.")
@@ -201,6 +204,30 @@ def quiet_deletes(environ: dict, status: str, body: bytes) -> bytes:
             not _QUIET.search(environ["wsgi.input"].getvalue()):
         return body
     return _DELETED.sub(b"", body)
+
+
+def completed_upload(environ: dict, status: str, headers: list[tuple[str, str]], body: bytes,
+                     region: Callable[[str], str]) -> tuple[list[tuple[str, str]], bytes]:
+    """A Complete Multipart Upload answer as COS gives it (436/7742): the object's Location
+    at COS's endpoint, ``<bucket>.cos.<region>.myqcloud.com/<key>`` (moto names S3's), and
+    ``x-cos-version-id`` only where the bucket's versioning was ever enabled (moto says
+    ``null`` in any bucket). ``region`` tells a bucket's region."""
+    if environ["REQUEST_METHOD"] != "POST" or not status.startswith("200") or \
+            b"<CompleteMultipartUploadResult" not in body:
+        return headers, body
+    bucket = place(environ).bucket
+    body = _S3_LOCATION.sub(
+        b"<Location>%s.cos.%s.myqcloud.com/" % (escape(bucket).encode(), region(bucket).encode()),
+        body, count=1)
+    try:
+        versioned = bool(moto.s3.models.s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_bucket(
+            bucket).versioning_status)
+    except MissingBucket:
+        versioned = False
+    if not versioned:
+        headers = [(name, value) for name, value in headers
+                   if name.lower() != "x-cos-version-id"]
+    return headers, body
 
 
 def _upload_refusal(environ: dict, upload_id: str) -> Optional[Refusal]:
