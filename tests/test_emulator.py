@@ -447,6 +447,16 @@ def test_upload_listing_gives_the_real_initiation_time(cos, prefix):
     assert before - 1 <= started.timestamp() <= time.time()
 
 
+def test_an_uploads_initiator_is_its_owner_not_an_aws_user(cos, prefix):
+    """List Multipart Uploads (436/7736) names who initiated each upload; for uploads the
+    bucket's owner started, as every one here, that is the Owner. moto named an AWS IAM user
+    (``arn:aws:iam::123456789012:user/...``) that no COS account is."""
+    cos.create_multipart_upload(Bucket=ALPHA, Key=prefix + "who.bin")
+    [upload] = cos.list_multipart_uploads(Bucket=ALPHA, Prefix=prefix)["Upload"]
+    assert upload["Initiator"] == upload["Owner"]
+    assert "arn:" not in str(upload)
+
+
 # --- CRC64 of unusual keys and chunked bodies (bugs found and fixed)
 
 

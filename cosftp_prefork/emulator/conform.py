@@ -28,7 +28,8 @@ give COS's answer. Each rule names the COS document it follows:
 * Complete Multipart Upload (436/7742) names the object at COS's endpoint and gives no
   version id where the bucket never had versions (:func:`completed_upload`);
 * List Multipart Uploads (436/7736) is paged (:func:`page_uploads`; ``max-uploads`` that is
-  no number from 1: 400 InvalidArgument);
+  no number from 1: 400 InvalidArgument), each upload initiated by its Owner (moto named an
+  AWS IAM user);
 * an object PUT (or part) whose Content-MD5 is not its body's: 400 BadDigest, one that is no
   MD5 at all 400 InvalidDigest (436/7730; moto stored the body): :func:`digest_refusal`,
   checked once the shim has read the body;
@@ -323,6 +324,8 @@ def _http_date(value: Optional[str]) -> Optional[float]:
 
 
 _UPLOAD = re.compile(rb"<Upload>.*?</Upload>", re.S)
+_OWNER = re.compile(rb"<Owner>(.*?)</Owner>", re.S)
+_INITIATOR = re.compile(rb"<Initiator>.*?</Initiator>", re.S)
 _UPLOADS_HEAD = re.compile(rb"<KeyMarker\s*/>|<KeyMarker>.*?</KeyMarker>|<UploadIdMarker\s*/>|"
                            rb"<UploadIdMarker>.*?</UploadIdMarker>|<MaxUploads>.*?</MaxUploads>|"
                            rb"<IsTruncated>.*?</IsTruncated>", re.S)
@@ -341,8 +344,8 @@ def page_uploads(environ: dict, body: bytes) -> bytes:
     key_marker = query.get("key-marker", [""])[-1]
     id_marker = query.get("upload-id-marker", [""])[-1] if key_marker else ""
     limit = min(int(query.get("max-uploads", ["1000"])[-1]), 1000)
-    uploads = sorted((unescape(_text(upload, b"Key")), _text(upload, b"UploadId"), upload)
-                     for upload in _UPLOAD.findall(body))
+    uploads = sorted((unescape(_text(upload, b"Key")), _text(upload, b"UploadId"),
+                      _initiated_by_owner(upload)) for upload in _UPLOAD.findall(body))
     after = [upload for upload in uploads if upload[0] > key_marker or (
         id_marker and upload[0] == key_marker and upload[1] > id_marker)]
     shown, truncated = after[:limit], len(after) > limit
@@ -356,6 +359,16 @@ def page_uploads(environ: dict, body: bytes) -> bytes:
     rest = _UPLOAD.sub(b"", _UPLOADS_HEAD.sub(b"", body))
     end = rest.rindex(b"</ListMultipartUploadsResult>")
     return rest[:end] + head.encode() + b"".join(upload[2] for upload in shown) + rest[end:]
+
+
+def _initiated_by_owner(upload: bytes) -> bytes:
+    """An ``<Upload>`` whose Initiator is its Owner, as for any upload the bucket's owner
+    started (moto names an AWS IAM user, ``arn:aws:iam::…``, no COS account is)."""
+    owner = _OWNER.search(upload)
+    if owner is None:
+        return upload
+    return _INITIATOR.sub(lambda _: b"<Initiator>%s</Initiator>" % owner.group(1), upload,
+                          count=1)
 
 
 def _text(element: bytes, tag: bytes) -> str:
