@@ -3,16 +3,22 @@ program) about users that are not in its file, and serves the accounts it answer
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import io
+import os
 import re
+import signal
+import socket
 import stat
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from cosftp_prefork.config.options import SETTINGS
@@ -22,11 +28,21 @@ from cosftp_prefork.cos.registry import BucketRegistry
 from .admin_client import RO_TOKEN, AdminClient, admin_server, admin_url
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
-from .crowds import kill_the_worker
+from .crowds import kill_the_worker, workers_of
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_cluster import LoneNode, start_redis
+from .test_cluster_redis import RedisUnderTest
 from .test_commands import put
-from .test_quotas import announced_race, keys_under, kill_while_holding, park, stopped, used
+from .test_master import sessions_by_pid
+from .test_quotas import (
+    announced_race,
+    keys_under,
+    kill_while_holding,
+    park,
+    reserved,
+    stopped,
+    used,
+)
 from .tls_clients import client_context, write_certificate
 
 MIB = 1024 * 1024
@@ -535,6 +551,144 @@ def test_a_killed_workers_reservation_in_a_hook_home_is_given_back_on_a_cluster_
     try:
         node.start()
         kill_while_holding(node, "hk", cos, home, hook_home=f"{ALPHA}/{home}")
+    finally:
+        node.stop()
+        redis.stop()
+
+
+@contextlib.contextmanager
+def hung(redis_server) -> Iterator[None]:
+    """Redis hung (SIGSTOP: its data kept, every call times out), resumed on leaving."""
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+
+def holding(server: ServerProcess, user: str) -> tuple[ftplib.FTP, socket.socket]:
+    """A session of ``user`` (password ``<user>-pw``) whose upload holds 2 MiB of its home's
+    quota (ALLO), its data connection open; and that data connection."""
+    ftp = server.login(user, f"{user}-pw")
+    ftp.sendcmd(f"ALLO {2 * MIB}")
+    ftp.voidcmd("TYPE I")
+    held = ftp.transfercmd("STOR held.bin")  # its 2 MiB are reserved before the 150
+    held.sendall(b"h" * 1000)
+    return ftp, held
+
+
+def fits_again(ftp: ftplib.FTP) -> None:
+    """Nothing is held in the session's 3 MiB home any more (SITE QUOTA, the figures every
+    node reserves against): 2.5 MiB fit."""
+    wait_until(lambda: reserved(ftp) == 0, what="the reservation gone from the cluster's "
+               "figures")
+    ftp.sendcmd(f"ALLO {5 * MIB // 2}")
+    assert put(ftp, "fits.bin", b"f" * (5 * MIB // 2)).startswith("226")
+
+
+def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_after_it(
+        emulator, tmp_path, service):
+    """A node of a cluster, an auth hook's answer giving the home a 3 MiB quota: an upload
+    holding 2 MiB there ends while the node finds Redis unreachable, so its release does not
+    reach Redis. Once Redis answers again, the node's reservations in Redis are rewritten
+    from its own table: nothing is reserved and 2.5 MiB fit. Found: Redis kept the 2 MiB
+    for good (a day after the home's last reservation; worker 1's rewrite covers the
+    file's homes only), and every upload needing that room got 552."""
+    home = f"hookoutage-{uuid.uuid4().hex[:8]}/"
+    service.users["ho"] = ("ho-pw", quoted(emulator, home, quota_size="3M"))
+    redis = start_redis(tmp_path, free_port())
+    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
+                         auth_cache_ttl="0", quota_scan_interval="0")
+    node.redis_port, node.name = int(redis.args[2]), "hookoutage"
+    try:
+        node.start()
+        ftp, held = holding(node, "ho")
+        assert reserved(node.login("ho", "ho-pw")) == 2 * MIB
+        with hung(redis):
+            # The heartbeat finds it out (the node then does not ask Redis for 5 s: the
+            # release is not even sent, where a timed-out call would land at the resume).
+            wait_until(lambda: "unreachable" in node.log_text(), what="the outage seen")
+            held.close()  # the end of the file: committed, its reservation given back
+            ftp.voidresp()
+        wait_until(lambda: "reachable again" in node.log_text(), what="Redis back")
+        fits_again(node.login("ho", "ho-pw"))
+        ftp.quit()
+    finally:
+        node.stop()
+        redis.stop()
+
+
+def test_a_dead_workers_reservation_in_a_hook_home_leaves_redis_before_its_replacement(
+        emulator, tmp_path, service):
+    """Two workers on a node of a cluster, an auth hook's answer giving the home a 3 MiB
+    quota: the worker whose upload holds 2 MiB there is SIGKILLed, and its replacement
+    cannot start (Redis now says it is too old: the worker refuses to start, the master
+    tries again later). The master gives the dead worker's holdings back in the node's
+    table at the reap; the surviving worker rewrites the node's reservations in Redis from
+    it, so a session there sees nothing reserved and 2.5 MiB fit. Found: Redis kept them
+    until a replacement started (the master does not talk to Redis)."""
+    home = f"hookdead-{uuid.uuid4().hex[:8]}/"
+    service.users["hd"] = ("hd-pw", quoted(emulator, home, quota_size="3M"))
+    redis = RedisUnderTest(tmp_path)
+    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
+                         auth_cache_ttl="0", quota_scan_interval="0", worker_processes="2")
+    node.redis_port, node.name = redis.proxy.port, "hookdead"
+    try:
+        node.start()
+        wait_until(lambda: len(workers_of(node.proc.pid)) == 2, what="both workers")
+        ftp, held = holding(node, "hd")
+        [holder] = sessions_by_pid(node)
+        observer = None
+        while observer is None:  # a session on the other worker
+            session = node.login("hd", "hd-pw")
+            if sessions_by_pid(node)[holder] == 1:
+                observer = session
+            else:
+                session.close()
+                wait_until(lambda: sessions_by_pid(node)[holder] == 1, what="closed")
+        assert reserved(observer) == 2 * MIB
+        redis.proxy.version = "5.0.14"
+        os.kill(holder, signal.SIGKILL)
+        wait_until(lambda: "given back" in node.log_text(), what="the master's reap")
+        wait_until(lambda: "cannot start" in node.log_text(), what="the replacement refused")
+        fits_again(observer)
+        redis.proxy.version = "6.0.16"
+        held.close()
+        ftp.close()
+        observer.quit()
+    finally:
+        node.stop()
+        redis.stop()
+
+
+def test_a_node_restarted_after_a_crash_drops_its_old_reservations_in_a_hook_home(
+        emulator, tmp_path, service):
+    """A node of a cluster killed whole (SIGKILL to its master and its workers) while
+    an upload holds 2 MiB of a 3 MiB quota an auth hook's answer gave, then started again
+    under its node_id before the other nodes stopped counting it (NODE_TTL): its new usage
+    table holds nothing, and the first worker rewrites the node's reservations in Redis from
+    it before it serves, so nothing is reserved and 2.5 MiB fit. Found: the 2 MiB stayed
+    counted for good (the rewrite at start covered the homes the new table knew: none)."""
+    home = f"hookcrash-{uuid.uuid4().hex[:8]}/"
+    service.users["hc"] = ("hc-pw", quoted(emulator, home, quota_size="3M"))
+    redis = start_redis(tmp_path, free_port())
+    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
+                         auth_cache_ttl="0", quota_scan_interval="0")
+    node.redis_port, node.name = int(redis.args[2]), "hookcrash"
+    try:
+        node.start()
+        ftp, held = holding(node, "hc")
+        workers = workers_of(node.proc.pid)
+        node.proc.send_signal(signal.SIGSTOP)  # no reap, no drop: all die at once
+        for worker in workers:
+            worker.kill()
+        psutil.wait_procs(workers, timeout=10)
+        node.proc.kill()
+        node.proc.wait()
+        held.close()
+        ftp.close()
+        node.start()
+        fits_again(node.login("hc", "hc-pw"))
     finally:
         node.stop()
         redis.stop()

@@ -80,10 +80,14 @@ class Ledger(Protocol):
     def request_scan(self, home: Home, now: float) -> None:
         """Ask for a scan of ``home`` (``cosftpctl quota-scan``)."""
 
-    def tick(self, homes: Iterable[Home], answered: bool = False) -> None:
-        """Publish what this node holds in ``homes`` (a cluster's ledger): once a second in
-        worker 1, and before a worker serves with ``answered``, every home an auth hook's
-        answer gave a quota too (a look through the whole table)."""
+    def tick(self, homes: Iterable[Home]) -> None:
+        """Publish what this node holds in ``homes`` and wherever it published holdings
+        before (a cluster's ledger; worker 1, once a second)."""
+
+    def catch_up(self) -> bool:
+        """Publish everything this node holds if what was published may be wrong (a
+        change that did not reach it, a dead worker's holdings dropped); whether it did.
+        Every worker, once a second and before it serves."""
 
     def adopt(self, home: Home, answered_at: float, most: int, stale_before: float) -> Home:
         """A session logs in with an auth hook's answer at ``answered_at`` that gives

@@ -165,10 +165,16 @@ class Quotas:
         finally:
             self.ledger.end_scan(home, found, time.time())
 
-    def publish(self, answered: bool = False) -> None:
+    def publish(self) -> None:
         """Publish what this node holds (a cluster's ledger; nothing without one) in the
-        file's homes, and with ``answered`` in those an auth hook's answers gave a quota."""
-        self.ledger.tick(self.rules.homes.values(), answered)
+        file's homes and wherever it published holdings before (worker 1, every second)."""
+        self.ledger.tick(self.rules.homes.values())
+
+    def catch_up(self) -> None:
+        """Publish everything this node holds if a change did not reach the cluster's
+        ledger or a dead worker's holdings were dropped (every worker, every second, and
+        before it serves)."""
+        self.ledger.catch_up()
 
     def scan_due(self) -> None:
         """Scan the homes that are due again (worker 1, every second): those asked for by

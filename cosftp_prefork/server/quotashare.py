@@ -11,16 +11,41 @@ Keys (under ``cosftp:``, beside ``server.cluster``'s):
 * ``quota-held:<home>`` — a hash of each node's reservations, ``<node>#b`` bytes and
   ``<node>#f`` files. A reservation counts while its node is alive (``cosftp:nodes``, which
   every worker's heartbeat scores): those of a node that died stop counting within
-  ``NODE_TTL``. Worker 1 of each node rewrites its node's fields in the file's homes every
-  second from the node's own table, so a release lost in an outage does not hold bytes for
-  ever; every worker rewrites them before it serves, in the homes an auth hook's answers
-  gave too, so what the master gave back of a dead worker's holdings leaves Redis then.
+  ``NODE_TTL``;
+* ``quota-node:<node>`` — the node's index: the ``quota-held:`` keys where it may hold
+  something (added by each reservation, taken out when a rewrite finds nothing held there).
 
 Every call is one script (atomic: a reservation checks every node's usage and reservations
 and adds its own in one step). The node's own table (``server.usage``) keeps its reservations
-and scans as without a cluster; while Redis is unreachable, the node reserves against its
-own figures (``redis_down = open``) or refuses uploads that a quota counts (``closed``), and
-what it settles meanwhile reaches Redis only with the next scan.
+and scans as without a cluster, and is the truth Redis's fields of the node are rewritten
+from (``UsageTable.publish``, under the table's lock):
+
+* worker 1, every second (:meth:`SharedUsage.tick`): the file's homes and those the index
+  names (the homes the node reserved in, an auth hook's included; never a look through
+  the table's 16,384 rows);
+* every worker, every second and before it serves (:meth:`SharedUsage.catch_up`), once
+  Redis answers, when the table says the rewrite is wanted: a change that did not reach
+  Redis (unreachable, an error answered, or no connection free: a release lost in an
+  outage would otherwise stay counted until the home's key expires, a day after its last
+  reservation), a dead worker's holdings dropped by the master (which does not talk to
+  Redis: the surviving workers rewrite within a second of the reap, not its replacement
+  once it starts), a new table (a previous master's reservations). That rewrite looks
+  through the whole table, and drops the node's fields in the homes the index names that
+  the table holds nothing in.
+
+Redis never counts less than the node holds, so a quota is never passed for it: an increase
+goes into the table before Redis, a decrease into Redis before the table, and a rewrite holds
+the table's lock from its read until Redis took it (no change lands in the table meanwhile).
+A change racing with a rewrite can then only leave Redis counting more than the node holds
+(an increase counted twice, a decrease undone), which worker 1's next second sets right: a
+refusal too early for up to a second, never a quota passed. The price is the table's lock
+held for a Redis round trip once a second (and up to ``redis_timeout`` if Redis hangs,
+before the outage is known); reservations of the node's other sessions wait for it.
+
+While Redis is unreachable the node reserves against its own table (``redis_down = open``)
+or refuses uploads that a quota counts (``closed``); its reservations reach Redis with the
+rewrite once it answers again, and what it settled meanwhile into the usage (bytes and files
+written) only with the next scan.
 """
 
 from __future__ import annotations
@@ -38,9 +63,20 @@ from .usage import UsageTable
 USAGE_SECONDS = 30 * 86400
 HELD_SECONDS = 86400
 
+# A node's index of the homes it holds something in: the class of key repaired (a key of
+# another type there is deleted), if any.
+_INDEX = """
+local function index_of(key)
+  local found = kind(key)
+  if found == 'none' or found == 'set' then return {} end
+  redis.call('DEL', key)
+  return {'quota-node:*'}
+end
+"""
+
 # A node's reservations in one home (KEYS: the node set, then each home's hash of holdings),
 # counting the live nodes only.
-_HELD = """
+_HELD = _INDEX + """
 local function count(value) return integer(value) or 0 end
 local function held(key, node, since)
   local bytes, files = 0, 0
@@ -64,16 +100,17 @@ local function add(key, field, by, floor)
 end
 """
 
-# KEYS: nodes, then (usage, holdings) per home. ARGV: node, alive since, bytes, files, then
-# (size limit, files limit) per home. Answers 0, or the number of the home without room.
+# KEYS: nodes, the node's index, then (usage, holdings) per home. ARGV: node, alive since,
+# bytes, files, then (size limit, files limit) per home, the lifetime. Answers 0, or the
+# number of the home without room.
 _RESERVE = _HELD + """
 local node, since = ARGV[1], tonumber(ARGV[2])
 local nbytes, nfiles = tonumber(ARGV[3]), tonumber(ARGV[4])
-local homes = (#KEYS - 1) / 2
+local homes = (#KEYS - 2) / 2
 for i = 0, homes - 1 do
-  local usage = KEYS[2 + 2 * i]
+  local usage = KEYS[3 + 2 * i]
   local size, files = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
-  local bytes, held_files = held(KEYS[3 + 2 * i], node, since)
+  local bytes, held_files = held(KEYS[4 + 2 * i], node, since)
   local used = count(redis.call('HGET', usage, 'used'))
   local stored = count(redis.call('HGET', usage, 'files'))
   if (size > 0 and used + bytes + nbytes > size) or
@@ -81,13 +118,16 @@ for i = 0, homes - 1 do
     return {i + 1, {}}
   end
 end
+local repaired = index_of(KEYS[2])
 for i = 0, homes - 1 do
-  local holdings = KEYS[3 + 2 * i]
+  local holdings = KEYS[4 + 2 * i]
   add(holdings, node .. '#b', nbytes)
   add(holdings, node .. '#f', nfiles)
   redis.call('EXPIRE', holdings, ARGV[#ARGV])
+  redis.call('SADD', KEYS[2], holdings)
 end
-return {0, {}}
+redis.call('EXPIRE', KEYS[2], ARGV[#ARGV])
+return {0, repaired}
 """
 
 # KEYS: nodes, then (usage, holdings) per home. ARGV: node, reserved bytes and files to give
@@ -123,23 +163,58 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {0, {}}
 """
 
-# KEYS: holdings per home. ARGV: node, lifetime, then (bytes, files) per home.
-_HOLDING = """
-for i = 1, #KEYS do
-  local bytes, files = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+# KEYS: the node's index. Answers the holdings it names.
+_INDEXED = _INDEX + """
+local repaired = index_of(KEYS[1])
+return {redis.call('SMEMBERS', KEYS[1]), repaired}
+"""
+
+# KEYS: the node's index. ARGV: node, lifetime, '1' if every holding of the node not named
+# is to go, then (holdings, bytes, files) per home: the node's fields there become those.
+_HOLDING = _INDEX + """
+local node, listed = ARGV[1], {}
+local repaired = index_of(KEYS[1])
+for i = 4, #ARGV, 3 do
+  local holdings, bytes, files = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  listed[holdings] = true
   if bytes == '0' and files == '0' then
-    redis.call('HDEL', KEYS[i], ARGV[1] .. '#b', ARGV[1] .. '#f')
+    redis.call('HDEL', holdings, node .. '#b', node .. '#f')
+    redis.call('SREM', KEYS[1], holdings)
   else
-    redis.call('HSET', KEYS[i], ARGV[1] .. '#b', bytes, ARGV[1] .. '#f', files)
-    redis.call('EXPIRE', KEYS[i], ARGV[2])
+    redis.call('HSET', holdings, node .. '#b', bytes, node .. '#f', files)
+    redis.call('EXPIRE', holdings, ARGV[2])
+    redis.call('SADD', KEYS[1], holdings)
   end
 end
-return {0, {}}
+if ARGV[3] == '1' then
+  for _, holdings in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if not listed[holdings] then
+      redis.call('HDEL', holdings, node .. '#b', node .. '#f')
+      redis.call('SREM', KEYS[1], holdings)
+    end
+  end
+end
+if redis.call('SCARD', KEYS[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return {0, repaired}
 """
 
 
+HOLDINGS = PREFIX + "quota-held:"
+
+
 def _keys(home: Home) -> list[str]:
-    return [f"{PREFIX}quota:{home.ident.hex()}", f"{PREFIX}quota-held:{home.ident.hex()}"]
+    return [f"{PREFIX}quota:{home.ident.hex()}", HOLDINGS + home.ident.hex()]
+
+
+def _ident(holdings: str) -> Optional[bytes]:
+    """The home id of a holdings key an index names (None: not one of ours)."""
+    if not holdings.startswith(HOLDINGS):
+        return None
+    try:
+        ident = bytes.fromhex(holdings[len(HOLDINGS):])
+    except ValueError:
+        return None
+    return ident if len(ident) == 16 else None
 
 
 def _unlimited(homes: Sequence[Home]) -> list[Home]:
@@ -152,9 +227,10 @@ class SharedUsage:
 
     def __init__(self, table: UsageTable, cluster: ClusterState) -> None:
         self._table, self._cluster = table, cluster
+        self._index = f"{PREFIX}quota-node:{cluster.node}"
         cluster.add_scripts({"quota-reserve": _RESERVE, "quota-settle": _SETTLE,
                              "quota-read": _READ, "quota-scanned": _SCANNED,
-                             "quota-holding": _HOLDING})
+                             "quota-indexed": _INDEXED, "quota-holding": _HOLDING})
 
     def _homes_keys(self, homes: Sequence[Home]) -> list[str]:
         return [PREFIX + "nodes", *(key for home in homes for key in _keys(home))]
@@ -162,32 +238,41 @@ class SharedUsage:
     def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
         if not homes:
             return None
+        # Into the table first: a rewrite from it (under its lock) then never publishes
+        # less than what Redis is about to count (see the module doc).
+        self._table.reserve(_unlimited(homes), nbytes, files)
         limits = [limit for home in homes for limit in (home.size, home.files)]
+        keys = self._homes_keys(homes)
         answer = self._cluster.run(
-            "quota reservation", "quota-reserve", self._homes_keys(homes),
+            "quota reservation", "quota-reserve", [keys[0], self._index, *keys[1:]],
             [self._cluster.node, time.time() - NODE_TTL, nbytes, files, *limits,
              HELD_SECONDS])
-        if answer is None:  # unreachable, or it answered with an error
-            if self._cluster.fail_closed:
-                raise StorageError("the quotas' usage shared by the cluster cannot be read "
-                                   "now (redis_down = closed); try again later",
-                                   code="QuotaUnavailable")
-            return self._table.reserve(homes, nbytes, files)
-        if int(answer):
+        if answer is not None and not int(answer):
+            return None
+        self._table.release(homes, nbytes, files)
+        if answer is not None:
             return homes[int(answer) - 1]
-        self._table.reserve(_unlimited(homes), nbytes, files)
-        return None
+        # Unreachable, or it answered with an error: what Redis holds of this node may
+        # differ from its table now (the reservation may have landed after all).
+        self._table.want_publish()
+        if self._cluster.fail_closed:
+            raise StorageError("the quotas' usage shared by the cluster cannot be read "
+                               "now (redis_down = closed); try again later",
+                               code="QuotaUnavailable")
+        return self._table.reserve(homes, nbytes, files)
 
     def release(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
         self.settle(homes, nbytes, files, 0, 0)
 
     def settle(self, homes: Sequence[Home], reserved: int, reserved_files: int,
                nbytes: int, files: int) -> None:
+        # Out of Redis first, then the table: see reserve.
+        if homes and self._cluster.run(
+                "quota usage", "quota-settle", self._homes_keys(homes),
+                [self._cluster.node, reserved, reserved_files, nbytes, files,
+                 USAGE_SECONDS, HELD_SECONDS]) is None and (reserved or reserved_files):
+            self._table.want_publish()
         self._table.settle(homes, reserved, reserved_files, nbytes, files)
-        if homes:
-            self._cluster.run("quota usage", "quota-settle", self._homes_keys(homes),
-                              [self._cluster.node, reserved, reserved_files, nbytes, files,
-                               USAGE_SECONDS, HELD_SECONDS])
 
     def read(self, home: Home) -> Optional[Usage]:
         found = self._cluster.run("quota read", "quota-read", self._homes_keys([home]),
@@ -221,20 +306,38 @@ class SharedUsage:
     def limits(self, home: Home) -> Home:
         return self._table.limits(home)
 
-    def tick(self, homes: Iterable[Home], answered: bool = False) -> None:
-        """Rewrite this node's reservations in Redis from its own table (worker 1, every
-        second; with ``answered``, those of the homes an auth hook's answers gave too)."""
-        homes = [*homes, *(found.home for found in self._table.answered())] if answered \
-            else homes
-        held = [(home, self._table.read(home)) for home in homes]
-        held = [(home, usage) for home, usage in held if usage is not None]
-        if not held:
+    def tick(self, homes: Iterable[Home]) -> None:
+        """Worker 1, every second: rewrite this node's reservations in Redis from its table
+        in ``homes`` (the file's) and in every home Redis says it holds some (its index):
+        whatever a rewrite raced with is set right the next second. All of them instead
+        when that is wanted (:meth:`catch_up`)."""
+        if self.catch_up():
             return
-        self._cluster.run("quota reservations", "quota-holding",
-                          [_keys(home)[1] for home, _ in held],
-                          [self._cluster.node, HELD_SECONDS,
-                           *(n for _, usage in held
-                             for n in (usage.reserved, usage.reserved_files))])
+        indexed = self._cluster.run("quota reservations", "quota-indexed", [self._index], [])
+        if indexed is None:
+            return
+        named = (_ident(holdings) for holdings in indexed)
+        idents = {*(home.ident for home in homes), *(ident for ident in named if ident)}
+        self._table.publish(idents, False, self._write)
+
+    def catch_up(self) -> bool:
+        """Every worker, every second, and before it serves: if a change of this node did
+        not reach Redis, or a dead worker's holdings were dropped from the table (or the
+        table is new: a previous master's), rewrite all of the node's reservations in Redis
+        (a look through the table's rows) and drop those it no longer holds. True if it
+        did."""
+        if not self._table.publish_wanted() or not self._cluster.usable():
+            return False
+        return self._table.publish((), True, self._write)
+
+    def _write(self, held: list[tuple[bytes, int, int]], everything: bool) -> bool:
+        """The node's reservations in Redis become ``held`` (and nothing else, with
+        ``everything``); True if Redis took it."""
+        figures = [value for ident, nbytes, files in held
+                   for value in (HOLDINGS + ident.hex(), nbytes, files)]
+        return self._cluster.run("quota reservations", "quota-holding", [self._index],
+                                 [self._cluster.node, HELD_SECONDS, int(everything),
+                                  *figures]) is not None
 
 
 def cluster_usage(admin: ClusterAdmin, homes: Sequence[Home]) -> dict[bytes, Usage]:

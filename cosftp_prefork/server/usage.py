@@ -41,6 +41,11 @@ to the holding first, so that a row never counts less than its holdings say: wha
 counted until the restart is at most that one change (one slice of an upload, an ``ALLO``'s
 size, a rename's bytes, one session; for a drop, one home's holding), refused early, never
 a quota passed.
+
+With ``[CLUSTER]`` the node's reservations are published in Redis (``server.quotashare``)
+from the rows; a flag in the header says when all of them are to be rewritten there (a new
+file, a dead worker's holdings dropped, a change that did not reach Redis), and
+:meth:`UsageTable.publish` hands them over under the lock.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Optional
 
@@ -65,6 +70,12 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"CFQ4"
 _HEADER = struct.Struct("<4sII")  # magic, rows in use, rows of the answers' homes
+# Then whether the node's reservations are to be rewritten wherever they are published
+# (Redis, ``server.quotashare``) from the rows: 1 from the file's creation (what a previous
+# master of the node left there), after a dead worker's holdings were dropped and after a
+# change that did not reach Redis; 0 once a process rewrote them.
+_WANTED = struct.Struct("<I")
+_WANTED_AT = _HEADER.size
 _HEADER_SIZE = 64
 ROWS = 16384
 HOOK_ROWS = MAX_HOOK_QUOTA_HOMES  # half of ROWS: the file's homes keep the other half
@@ -141,6 +152,7 @@ class UsageTable:
             os.ftruncate(fd, FILE_SIZE)
             mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED)
             _HEADER.pack_into(mapping, 0, MAGIC, 0, 0)
+            _WANTED.pack_into(mapping, _WANTED_AT, 1)
             return cls(fd, mapping)
         except BaseException:
             os.close(fd)
@@ -296,8 +308,52 @@ class UsageTable:
                 row[2], row[3], row[6] = found[0], found[1], now
             self._write(at, row)
 
-    def tick(self, homes: Iterable[Home], answered: bool = False) -> None:
+    def tick(self, homes: Iterable[Home]) -> None:
         """Nothing to publish: this table is the whole server's."""
+
+    def catch_up(self) -> bool:
+        """Nothing to publish: this table is the whole server's."""
+        return False
+
+    # --- what a cluster's ledger publishes of the rows (``server.quotashare``)
+
+    def want_publish(self) -> None:
+        """The node's reservations elsewhere (Redis) may differ from the rows now (a change
+        did not reach it): have the next :meth:`publish` with ``everything`` rewrite them."""
+        with self._locked():
+            _WANTED.pack_into(self._map, _WANTED_AT, 1)
+
+    def publish_wanted(self) -> bool:
+        """Whether :meth:`want_publish` (or a dead worker's drop) asked for a rewrite; read
+        without the lock: a hint, :meth:`publish` checks again."""
+        return bool(_WANTED.unpack_from(self._map, _WANTED_AT)[0])
+
+    def publish(self, idents: Iterable[bytes], everything: bool,
+                write: Callable[[list[tuple[bytes, int, int]], bool], bool]) -> bool:
+        """Hand ``write`` the reservations (home id, bytes, files) of the homes ``idents``
+        (0 for a home without a row) and, with ``everything``, of every row that holds some,
+        if a rewrite is wanted (else do nothing, False). ``write`` runs under the table's
+        lock: no change of this node lands in the rows while it publishes them, so that what
+        it writes is never less than what the node holds (see ``server.quotashare``). If
+        it returns True (written), an ``everything`` rewrite is no longer wanted. Returns
+        whether ``write`` ran."""
+        with self._locked():
+            if everything and not self.publish_wanted():
+                return False
+            held: dict[bytes, tuple[int, int]] = dict.fromkeys(idents, (0, 0))
+            if everything:
+                for row in _ROW.iter_unpack(self._map[_HEADER_SIZE:_NAMES]):
+                    if row[4] or row[5]:
+                        held[row[0]] = (row[4], row[5])
+            else:
+                for ident in held:
+                    at = self._find(ident, make=False)
+                    if at is not None:
+                        held[ident] = tuple(self._row(at)[4:6])
+            if write([(ident, *amounts) for ident, amounts in held.items()], everything) \
+                    and everything:
+                _WANTED.pack_into(self._map, _WANTED_AT, 0)
+        return True
 
     def request_scan(self, home: Home, now: float) -> None:
         self.request_id(home.ident, now)
@@ -481,6 +537,8 @@ class UsageTable:
                 self._write(row_at, row)
             total = [total[0] + nbytes, total[1] + files, total[2] + sessions, total[3] + 1]
         _SLOT_HEADER.pack_into(self._map, base, 0, 0)
+        if total[3]:
+            _WANTED.pack_into(self._map, _WANTED_AT, 1)  # what it held is still published
         return Dropped(*total)
 
     def limits(self, home: Home) -> Home:

@@ -228,6 +228,14 @@ class WorkerStats:
             return None
         return functools.partial(self.state.take, account_key(account.user), upload, rate), rate
 
+    def share(self) -> None:
+        """The cluster thread's tick: publish the node's counts (``Gate.share``), and all
+        its quota reservations if they may be wrong in Redis (a change lost in an outage, a
+        dead worker's dropped by the master, which does not talk to Redis)."""
+        self.gate.share()
+        if self.quotas is not None:
+            self.quotas.catch_up()
+
     def recount(self, ticket: Ticket, ip: str) -> Optional[str]:
         """Count a balancer's session under its client's address (see ``Gate.recount``)."""
         reason = self.gate.recount(ticket, ip)
@@ -509,9 +517,9 @@ class Worker:
                                   self.config.server.quota_scan_interval))
         # Before serving: the master gave back a dead predecessor's holdings in the table
         # when it reaped it, and the node's figures in Redis (what every node reserves
-        # against) must not keep them: not until worker 1's next second (the file's
-        # homes), nor for good (an auth hook's homes, which that rewrite does not cover).
-        stats.quotas.publish(answered=True)
+        # against) must not keep them (the other workers' cluster ticks may have done it
+        # already; a Redis found unreachable is not asked again here).
+        stats.quotas.catch_up()
         if self.index != 1:
             return None
         scans = Periodic("quota-scans", 1.0, stats.quotas.scan_due)
@@ -526,8 +534,8 @@ class Worker:
         not its connections)."""
         if stats.gate.cluster is None:
             return None
-        stats.gate.share()
-        sharing = Periodic("cluster", TICK_SECONDS, stats.gate.share)
+        stats.share()
+        sharing = Periodic("cluster", TICK_SECONDS, stats.share)
         sharing.start()
         return sharing
 
