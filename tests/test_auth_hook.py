@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import psutil
 import pytest
@@ -30,7 +31,7 @@ from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthSe
 from .conftest import ALPHA, BETA
 from .crowds import kill_the_worker, workers_of
 from .server_proc import Account, ServerProcess, free_port, wait_until
-from .test_cluster import LoneNode, start_redis
+from .test_cluster import Daemon, LoneNode, start_redis
 from .test_cluster_redis import RedisUnderTest
 from .test_commands import put
 from .test_master import sessions_by_pid
@@ -536,24 +537,35 @@ def test_a_hook_homes_row_held_by_a_killed_workers_session_is_free_again(emulato
         proc.login("k1", "pw").quit()
 
 
+@contextlib.contextmanager
+def hook_node(emulator, tmp_path, service, name: str, user: str, redis_port: int = 0,
+              workers: int = 1) -> Iterator[tuple[LoneNode, Optional[Daemon], str]]:
+    """A node of a cluster with ``workers``, started on its own Redis (or ``redis_port``'s),
+    an auth hook's answer giving ``user`` (password ``<user>-pw``) a home with a 3 MiB
+    quota; the node, its Redis (None with ``redis_port``) and the home's prefix."""
+    home = f"{name}-{uuid.uuid4().hex[:8]}/"
+    service.users[user] = (f"{user}-pw", quoted(emulator, home, quota_size="3M"))
+    redis = None if redis_port else start_redis(tmp_path, free_port())
+    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
+                         auth_cache_ttl="0", quota_scan_interval="0",
+                         worker_processes=str(workers))
+    node.redis_port, node.name = redis_port or int(redis.args[2]), name
+    try:
+        yield node.start(), redis, home
+    finally:
+        node.stop()
+        if redis is not None:
+            redis.stop()
+
+
 def test_a_killed_workers_reservation_in_a_hook_home_is_given_back_on_a_cluster_node(
         emulator, tmp_path, service, cos):
     """A node of a cluster ([CLUSTER]), an auth hook's answer giving the home its 3 MiB
     quota: the worker is SIGKILLed while an upload holds 2 MiB there. The node's
     reservations in Redis lose them with the master's reap, as for a file account's home
     (test_quotas), though worker 1's second-by-second rewrite covers the file's homes only."""
-    home = f"hookkilled-{uuid.uuid4().hex[:8]}/"
-    service.users["hk"] = ("hk-pw", quoted(emulator, home, quota_size="3M"))
-    redis = start_redis(tmp_path, free_port())
-    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
-                         auth_cache_ttl="0", quota_scan_interval="0")
-    node.redis_port, node.name = int(redis.args[2]), "hookkilled"
-    try:
-        node.start()
+    with hook_node(emulator, tmp_path, service, "hookkilled", "hk") as (node, _, home):
         kill_while_holding(node, "hk", cos, home, hook_home=f"{ALPHA}/{home}")
-    finally:
-        node.stop()
-        redis.stop()
 
 
 @contextlib.contextmanager
@@ -594,14 +606,7 @@ def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_af
     from its own table: nothing is reserved and 2.5 MiB fit. Found: Redis kept the 2 MiB
     for good (a day after the home's last reservation; worker 1's rewrite covers the
     file's homes only), and every upload needing that room got 552."""
-    home = f"hookoutage-{uuid.uuid4().hex[:8]}/"
-    service.users["ho"] = ("ho-pw", quoted(emulator, home, quota_size="3M"))
-    redis = start_redis(tmp_path, free_port())
-    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
-                         auth_cache_ttl="0", quota_scan_interval="0")
-    node.redis_port, node.name = int(redis.args[2]), "hookoutage"
-    try:
-        node.start()
+    with hook_node(emulator, tmp_path, service, "hookoutage", "ho") as (node, redis, _):
         ftp, held = holding(node, "ho")
         assert reserved(node.login("ho", "ho-pw")) == 2 * MIB
         with hung(redis):
@@ -613,9 +618,6 @@ def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_af
         wait_until(lambda: "reachable again" in node.log_text(), what="Redis back")
         fits_again(node.login("ho", "ho-pw"))
         ftp.quit()
-    finally:
-        node.stop()
-        redis.stop()
 
 
 def test_a_dead_workers_reservation_in_a_hook_home_leaves_redis_before_its_replacement(
@@ -627,37 +629,33 @@ def test_a_dead_workers_reservation_in_a_hook_home_leaves_redis_before_its_repla
     table at the reap; the surviving worker rewrites the node's reservations in Redis from
     it, so a session there sees nothing reserved and 2.5 MiB fit. Found: Redis kept them
     until a replacement started (the master does not talk to Redis)."""
-    home = f"hookdead-{uuid.uuid4().hex[:8]}/"
-    service.users["hd"] = ("hd-pw", quoted(emulator, home, quota_size="3M"))
     redis = RedisUnderTest(tmp_path)
-    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
-                         auth_cache_ttl="0", quota_scan_interval="0", worker_processes="2")
-    node.redis_port, node.name = redis.proxy.port, "hookdead"
     try:
-        node.start()
-        wait_until(lambda: len(workers_of(node.proc.pid)) == 2, what="both workers")
-        ftp, held = holding(node, "hd")
-        [holder] = sessions_by_pid(node)
-        observer = None
-        while observer is None:  # a session on the other worker
-            session = node.login("hd", "hd-pw")
-            if sessions_by_pid(node)[holder] == 1:
-                observer = session
-            else:
+        with hook_node(emulator, tmp_path, service, "hookdead", "hd", redis.proxy.port,
+                       workers=2) as (node, _, _):
+            wait_until(lambda: len(workers_of(node.proc.pid)) == 2, what="both workers")
+            ftp, held = holding(node, "hd")
+            [holder] = sessions_by_pid(node)
+            observer = None
+            while observer is None:  # a session on the other worker
+                session = node.login("hd", "hd-pw")
+                if sessions_by_pid(node)[holder] == 1:
+                    observer = session
+                else:
+                    session.close()
+                    wait_until(lambda: sessions_by_pid(node)[holder] == 1, what="closed")
+            assert reserved(observer) == 2 * MIB
+            redis.proxy.version = "5.0.14"
+            os.kill(holder, signal.SIGKILL)
+            wait_until(lambda: "given back" in node.log_text(), what="the master's reap")
+            wait_until(lambda: "cannot start" in node.log_text(),
+                       what="the replacement refused")
+            fits_again(observer)
+            redis.proxy.version = "6.0.16"
+            for session in (ftp, observer):
                 session.close()
-                wait_until(lambda: sessions_by_pid(node)[holder] == 1, what="closed")
-        assert reserved(observer) == 2 * MIB
-        redis.proxy.version = "5.0.14"
-        os.kill(holder, signal.SIGKILL)
-        wait_until(lambda: "given back" in node.log_text(), what="the master's reap")
-        wait_until(lambda: "cannot start" in node.log_text(), what="the replacement refused")
-        fits_again(observer)
-        redis.proxy.version = "6.0.16"
-        held.close()
-        ftp.close()
-        observer.quit()
+            held.close()
     finally:
-        node.stop()
         redis.stop()
 
 
@@ -669,14 +667,7 @@ def test_a_node_restarted_after_a_crash_drops_its_old_reservations_in_a_hook_hom
     table holds nothing, and the first worker rewrites the node's reservations in Redis from
     it before it serves, so nothing is reserved and 2.5 MiB fit. Found: the 2 MiB stayed
     counted for good (the rewrite at start covered the homes the new table knew: none)."""
-    home = f"hookcrash-{uuid.uuid4().hex[:8]}/"
-    service.users["hc"] = ("hc-pw", quoted(emulator, home, quota_size="3M"))
-    redis = start_redis(tmp_path, free_port())
-    node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
-                         auth_cache_ttl="0", quota_scan_interval="0")
-    node.redis_port, node.name = int(redis.args[2]), "hookcrash"
-    try:
-        node.start()
+    with hook_node(emulator, tmp_path, service, "hookcrash", "hc") as (node, _, _):
         ftp, held = holding(node, "hc")
         workers = workers_of(node.proc.pid)
         node.proc.send_signal(signal.SIGSTOP)  # no reap, no drop: all die at once
@@ -689,9 +680,6 @@ def test_a_node_restarted_after_a_crash_drops_its_old_reservations_in_a_hook_hom
         ftp.close()
         node.start()
         fits_again(node.login("hc", "hc-pw"))
-    finally:
-        node.stop()
-        redis.stop()
 
 
 def test_crowds_of_new_hook_homes_take_the_free_rows_and_the_rest_get_421(emulator, tmp_path,
