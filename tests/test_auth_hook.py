@@ -636,14 +636,14 @@ def test_a_dead_workers_reservation_in_a_hook_home_leaves_redis_before_its_repla
             wait_until(lambda: len(workers_of(node.proc.pid)) == 2, what="both workers")
             ftp, held = holding(node, "hd")
             [holder] = sessions_by_pid(node)
-            observer = None
-            while observer is None:  # a session on the other worker
-                session = node.login("hd", "hd-pw")
+            for _ in range(50):  # a session on the other worker
+                observer = node.login("hd", "hd-pw")
                 if sessions_by_pid(node)[holder] == 1:
-                    observer = session
-                else:
-                    session.close()
-                    wait_until(lambda: sessions_by_pid(node)[holder] == 1, what="closed")
+                    break
+                observer.close()
+                wait_until(lambda: sessions_by_pid(node)[holder] == 1, what="closed")
+            else:
+                pytest.fail("50 logins in a row went to the worker holding the upload")
             assert reserved(observer) == 2 * MIB
             redis.proxy.version = "5.0.14"
             os.kill(holder, signal.SIGKILL)
