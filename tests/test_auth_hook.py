@@ -603,9 +603,11 @@ def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_af
     """A node of a cluster, an auth hook's answer giving the home a 3 MiB quota: an upload
     holding 2 MiB there ends while the node finds Redis unreachable, so its release does not
     reach Redis. Once Redis answers again, the node's reservations in Redis are rewritten
-    from its own table: nothing is reserved and 2.5 MiB fit. Found: Redis kept the 2 MiB
+    from its own table: nothing is reserved and 2.5 MiB fit; the file's 1000 bytes, which
+    the usage in Redis could not count then, are counted now. Found: Redis kept the 2 MiB
     for good (a day after the home's last reservation; worker 1's rewrite covers the
-    file's homes only), and every upload needing that room got 552."""
+    file's homes only), and every upload needing that room got 552; the file was not
+    counted until the home's next scan (never, with quota_scan_interval = 0)."""
     with hook_node(emulator, tmp_path, service, "hookoutage", "ho") as (node, redis, _):
         ftp, held = holding(node, "ho")
         assert reserved(node.login("ho", "ho-pw")) == 2 * MIB
@@ -616,7 +618,9 @@ def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_af
             held.close()  # the end of the file: committed, its reservation given back
             ftp.voidresp()
         wait_until(lambda: "reachable again" in node.log_text(), what="Redis back")
-        fits_again(node.login("ho", "ho-pw"))
+        again = node.login("ho", "ho-pw")
+        wait_until(lambda: used(again) == (1000, 1), what="the file written meanwhile counted")
+        fits_again(again)
         ftp.quit()
 
 

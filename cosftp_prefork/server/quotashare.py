@@ -44,13 +44,15 @@ before the outage is known); reservations of the node's other sessions wait for 
 
 While Redis is unreachable the node reserves against its own table (``redis_down = open``)
 or refuses uploads that a quota counts (``closed``); its reservations reach Redis with the
-rewrite once it answers again, and what it settled meanwhile into the usage (bytes and files
-written) only with the next scan.
+rewrite once it answers again, and the bytes and files each worker wrote or deleted
+meanwhile are added to the usage then (a worker that dies before that loses them: the
+home's next scan counts them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Optional
@@ -228,6 +230,10 @@ class SharedUsage:
     def __init__(self, table: UsageTable, cluster: ClusterState) -> None:
         self._table, self._cluster = table, cluster
         self._index = f"{PREFIX}quota-node:{cluster.node}"
+        # Bytes and files this worker wrote or deleted in a home while Redis could not be
+        # told, sent by :meth:`catch_up` once it answers (at most one entry per home).
+        self._unsent: dict[Home, tuple[int, int]] = {}
+        self._unsent_lock = threading.Lock()
         cluster.add_scripts({"quota-reserve": _RESERVE, "quota-settle": _SETTLE,
                              "quota-read": _READ, "quota-scanned": _SCANNED,
                              "quota-indexed": _INDEXED, "quota-holding": _HOLDING})
@@ -267,12 +273,36 @@ class SharedUsage:
     def settle(self, homes: Sequence[Home], reserved: int, reserved_files: int,
                nbytes: int, files: int) -> None:
         # Out of Redis first, then the table: see reserve.
-        if homes and self._cluster.run(
-                "quota usage", "quota-settle", self._homes_keys(homes),
-                [self._cluster.node, reserved, reserved_files, nbytes, files,
-                 USAGE_SECONDS, HELD_SECONDS]) is None and (reserved or reserved_files):
-            self._table.want_publish()
+        if homes and not self._settle(homes, reserved, reserved_files, nbytes, files):
+            if reserved or reserved_files:
+                self._table.want_publish()
+            if nbytes or files:
+                self._keep_unsent(homes, nbytes, files)
         self._table.settle(homes, reserved, reserved_files, nbytes, files)
+
+    def _settle(self, homes: Sequence[Home], reserved: int, reserved_files: int,
+                nbytes: int, files: int) -> bool:
+        """Give back a reservation and count the usage in Redis; whether it was sent."""
+        return self._cluster.run(
+            "quota usage", "quota-settle", self._homes_keys(homes),
+            [self._cluster.node, reserved, reserved_files, nbytes, files, USAGE_SECONDS,
+             HELD_SECONDS]) is not None
+
+    def _keep_unsent(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
+        with self._unsent_lock:
+            for home in homes:
+                kept = self._unsent.get(home, (0, 0))
+                self._unsent[home] = (kept[0] + nbytes, kept[1] + files)
+
+    def _send_unsent(self) -> None:
+        """Count in Redis's usage what this worker wrote while it could not (a call that
+        timed out may have landed after all: then it counts twice until the home's next
+        scan, an over-count rather than a quota passed); what fails again is kept."""
+        with self._unsent_lock:
+            unsent, self._unsent = self._unsent, {}
+        for home, (nbytes, files) in unsent.items():
+            if not self._settle([home], 0, 0, nbytes, files):
+                self._keep_unsent([home], nbytes, files)
 
     def read(self, home: Home) -> Optional[Usage]:
         found = self._cluster.run("quota read", "quota-read", self._homes_keys([home]),
@@ -321,11 +351,13 @@ class SharedUsage:
         self._table.publish(idents, False, self._write)
 
     def catch_up(self) -> bool:
-        """Every worker, every second, and before it serves: if a change of this node did
-        not reach Redis, or a dead worker's holdings were dropped from the table (or the
-        table is new: a previous master's), rewrite all of the node's reservations in Redis
-        (a look through the table's rows) and drop those it no longer holds. True if it
-        did."""
+        """Every worker, every second, and before it serves: send the usage this worker
+        could not; if a change of this node did not reach Redis, or a dead worker's
+        holdings were dropped from the table (or the table is new: a previous master's),
+        rewrite all of the node's reservations in Redis (a look through the table's rows)
+        and drop those it no longer holds. True if it did."""
+        if self._unsent and self._cluster.usable():
+            self._send_unsent()
         if not self._table.publish_wanted() or not self._cluster.usable():
             return False
         return self._table.publish((), True, self._write)
