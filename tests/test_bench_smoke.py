@@ -40,3 +40,14 @@ def test_bench_runs_every_row_on_tiny_sizes():
             ("gateway", "baseline")
         for side in sides:
             assert f"{side}: emulator" in line and "workers" in line and "client" in line
+
+
+def test_the_hops_script_times_every_hop_of_a_few_files():
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "hops.py"), "--files", "8",
+         "--latency-ms", "5"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines()
+            if line.startswith("| ")][1:]
+    assert rows[0] == "PASV to 227" and rows[-1] == "a file (PASV to the next PASV)"
+    assert len(rows) == 10

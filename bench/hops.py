@@ -1,0 +1,188 @@
+"""Where a mirrored file's time goes: the hops around ``lftp mirror -R``'s round trips.
+
+Run by hand: ``.venv/bin/python bench/hops.py`` does per file what ``lftp mirror -R
+--no-perms`` does (``PASV``, ``STOR`` of 4 KiB once the ``150`` came, ``MFMT``) in 4 sessions
+at ``--latency-ms`` per COS request, times each step on this side of the control connection
+and matches it with the emulator's request log (``GET /__emulator__/log``, on the
+``time.monotonic()`` clock every process shares): how long after ``STOR`` its first look-up
+reached the emulator, how long after the last byte the PUT did, how long each request took
+past the emulator's latency, how long after the last answer the reply came. Prints the
+median and quartiles of each hop (docs/performance.md, "The hops around a mirrored file's
+two round trips"). ``--server-tree DIR`` runs the server from another checkout, for a
+before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.emulator_proc import EmulatorProcess, request_log  # noqa: E402
+from tests.server_proc import Account, ServerProcess  # noqa: E402
+
+BUCKET = "hops-1250000000"
+SESSIONS = 4
+STAMP = "20200101000000"
+clock = time.monotonic
+
+
+class Control:
+    """A control connection read and written directly, so that each reply is timed when
+    its line arrives."""
+
+    def __init__(self, port: int, directory: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.lines = self.sock.makefile("rb")
+        self.reply()
+        for command in ("USER bench", "PASS bench-pw", "TYPE I", f"MKD {directory}",
+                        f"CWD {directory}"):
+            self.command(command)
+
+    def reply(self) -> str:
+        line = self.lines.readline().decode()
+        if line[3:4] == "-":  # a multi-line reply ends with its code and a space
+            while not self.lines.readline().decode().startswith(line[:3] + " "):
+                pass
+        return line
+
+    def command(self, text: str, expect: tuple[str, ...] = ()) -> str:
+        self.sock.sendall(text.encode() + b"\r\n")
+        return self.expect(expect)
+
+    def expect(self, codes: tuple[str, ...]) -> str:
+        line = self.reply()
+        if codes and line[:3] not in codes:
+            raise RuntimeError(f"unexpected reply: {line.strip()}")
+        return line
+
+    def close(self) -> None:
+        self.command("QUIT")
+        self.sock.close()
+
+
+def one_file(control: Control, name: str, payload: bytes) -> dict[str, float]:
+    """``PASV``, ``STOR`` and ``MFMT`` of one file, as lftp sends them; when each step
+    began and ended."""
+    times = {"pasv": clock()}
+    answer = control.command("PASV", ("227",))
+    times["227"] = clock()
+    numbers = answer[answer.index("(") + 1:answer.index(")")].split(",")
+    data = socket.create_connection(("127.0.0.1", int(numbers[4]) * 256 + int(numbers[5])))
+    times["stor"] = clock()
+    control.command(f"STOR {name}", ("125", "150"))
+    times["150"] = clock()
+    data.sendall(payload)
+    data.close()
+    times["last"] = clock()
+    control.expect(("226",))
+    times["226"] = clock()
+    times["mfmt"] = clock()
+    control.command(f"MFMT {STAMP} {name}", ("213",))
+    times["213"] = clock()
+    return times
+
+
+def hops(files: list[dict[str, float]], log: list[dict], latency: float
+         ) -> dict[str, list[float]]:
+    """Each hop of each file of one session (``log``: the emulator's requests naming that
+    session's directory), in seconds."""
+    found: dict[str, list[float]] = {}
+
+    def note(hop: str, seconds: float) -> None:
+        found.setdefault(hop, []).append(seconds)
+
+    for number, times in enumerate(files):
+        stor = [entry for entry in log if times["stor"] <= entry["start"] < times["226"]]
+        mfmt = [entry for entry in log if times["mfmt"] <= entry["start"] < times["213"]]
+        puts = [entry["start"] for entry in stor if entry["kind"] == "PUT"]
+        if len(stor) < 3 or len(mfmt) < 2 or not puts:
+            continue  # not the common case (a look-up that walked up, say)
+        note("PASV to 227", times["227"] - times["pasv"])
+        note("STOR to its first look-up at the emulator",
+             min(entry["start"] for entry in stor) - times["stor"])
+        note("STOR to 150", times["150"] - times["stor"])
+        note("last byte to the PUT at the emulator", min(puts) - times["last"])
+        note("STOR's requests past the latency",
+             statistics.mean(entry["end"] - entry["start"] - latency for entry in stor))
+        note("the last answer to 226", times["226"] - max(entry["end"] for entry in stor))
+        note("MFMT to its first request at the emulator",
+             min(entry["start"] for entry in mfmt) - times["mfmt"])
+        note("MFMT's requests past the latency",
+             statistics.mean(entry["end"] - entry["start"] - latency for entry in mfmt))
+        note("the last answer to 213", times["213"] - max(entry["end"] for entry in mfmt))
+        if number + 1 < len(files):
+            note("a file (PASV to the next PASV)", files[number + 1]["pasv"] - times["pasv"])
+    return found
+
+
+def measure(server: ServerProcess, emulator: EmulatorProcess, count: int,
+            latency: float) -> dict[str, list[float]]:
+    tag = f"hops{os.getpid()}"
+    controls = []
+    for number in range(SESSIONS):
+        controls.append(Control(server.port, f"{tag}-s{number}"))
+        time.sleep(0.3)  # the worker publishes its sessions: lftp's land two on each worker
+    start, timed = threading.Event(), [[] for _ in controls]
+
+    def run(number: int) -> None:
+        start.wait()
+        payload = os.urandom(4096)
+        for index in range(number, count, SESSIONS):
+            timed[number].append(one_file(controls[number], f"f{index:05d}", payload))
+    threads = [threading.Thread(target=run, args=(number,)) for number in range(SESSIONS)]
+    for thread in threads:
+        thread.start()
+    began = clock()
+    start.set()
+    for thread in threads:
+        thread.join()
+    print(f"{count} files in {clock() - began:.2f} s, {SESSIONS} sessions")
+    for control in controls:
+        control.close()
+    found: dict[str, list[float]] = {}
+    for number, files in enumerate(timed):
+        for hop, seconds in hops(files, request_log(emulator.port, f"{tag}-s{number}"),
+                                 latency).items():
+            found.setdefault(hop, []).extend(seconds)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=400)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--server-tree", help="run the server from this checkout")
+    args = parser.parse_args(argv)
+    if args.server_tree:
+        os.environ["PYTHONPATH"] = os.path.abspath(args.server_tree)
+    emulator = EmulatorProcess([BUCKET], extra_args=["--latency-ms", str(args.latency_ms)])
+    emulator.start()
+    try:
+        with tempfile.TemporaryDirectory() as workdir, ServerProcess(
+                workdir, emulator.port, [Account("bench", "bench-pw", BUCKET)],
+                optional={"worker_processes": str(args.workers),
+                          "log_level": "WARNING"}) as server:
+            found = measure(server, emulator, args.files, args.latency_ms / 1000)
+    finally:
+        emulator.stop()
+    print("| hop | median ms | p25 | p75 |\n|---|---|---|---|")
+    for hop, seconds in found.items():
+        quartiles = statistics.quantiles(seconds, n=4)
+        print(f"| {hop} | {statistics.median(seconds) * 1000:.2f} | "
+              f"{quartiles[0] * 1000:.2f} | {quartiles[2] * 1000:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
