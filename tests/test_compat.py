@@ -99,7 +99,6 @@ def test_helpers_read_and_write_real_state(channels):
     server, control, tls_control, dtp, tls_dtp = channels
     assert compat.listen_fileno(server) == server.socket.fileno()
     assert not compat.is_closed(control) and not compat.is_closing(control)
-    assert not compat.is_quitting(control)
     assert compat.transfer_type(control) == "a"
     assert compat.take_restart_position(control) == 0
     assert compat.rename_source(control) is None

@@ -58,7 +58,7 @@ class CosActiveDTP(compat.ActiveDTP):
             channel.data_connection_missed(CONNECT_FAILED)
             return
         channel.data_channel = handler
-        compat.data_channel_opened(channel)
+        channel.data_connection_opened()
 
     def handle_write(self) -> None:
         """Nothing: asyncore calls this right after ``handle_connect``, when the descriptor

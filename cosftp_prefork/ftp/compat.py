@@ -25,7 +25,7 @@ __all__ = ["DISCONNECTED", "ActiveDTP", "BufferedIteratorProducer", "FileProduce
 RELIED_ON: dict[str, tuple[str, ...]] = {
     # ioloop.AsyncChat, the base of the control and data channels
     "AsyncChat": ("_closed", "_closing"),
-    "FTPHandler": ("_in_buffer", "_in_buffer_len", "_quit_pending", "_restart_position",
+    "FTPHandler": ("_in_buffer", "_in_buffer_len", "_restart_position",
                    "_in_dtp_queue", "_out_dtp_queue", "_current_type", "_current_facts",
                    "_extra_feats", "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection",
                    "_rnfr", "_shutdown_connecting_dtp"),
@@ -38,7 +38,8 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
 
 # pyftpdlib class -> private methods our subclasses override (and call through super()).
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
-    "FTPHandler": ("_make_epasv", "_make_eport", "_on_dtp_close"),  # ftp/handler.py
+    "FTPHandler": ("_make_epasv", "_make_eport",  # ftp/handler.py
+                    "_on_dtp_close"),  # ftp/lifecycle.py
     "ThreadedFTPServer": ("_loop",),  # server/worker.py: serves one session in its thread
 }
 
@@ -73,24 +74,6 @@ def discard_input(handler: Any) -> None:
 
 
 # --- control channel: session state
-
-def is_quitting(handler: Any) -> bool:
-    """True once QUIT was answered or the session is closing: nothing more runs."""
-    return handler._closed or handler._closing or handler._quit_pending
-
-
-def wait_to_quit(handler: Any) -> None:
-    """QUIT came during a transfer: run no more commands and read nothing more; the session
-    is answered once the data channel closed (see ``end_wait_to_quit``)."""
-    handler._quit_pending = True
-    handler.del_channel()
-
-
-def end_wait_to_quit(handler: Any) -> None:
-    """The transfer a QUIT waited for ended: watch the connection again, for the 221."""
-    handler._quit_pending = False
-    handler.add_channel()
-
 
 def take_restart_position(handler: Any) -> int:
     """Return the offset the last REST set and reset it, as a transfer command does."""

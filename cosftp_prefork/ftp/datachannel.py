@@ -72,7 +72,6 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     """
 
     _counted = False
-    client_aborted = False  # ABOR came: pyftpdlib answers it, not the channel's close
     _pump: Optional[Pump] = None  # sending a plain binary download, off the IO loop
     _meter: Optional[TransferMeter] = None  # the figures of the transfer, from its start
     # 1 MiB instead of pyftpdlib's 64 KiB: measured in docs/performance.md, STOR went from

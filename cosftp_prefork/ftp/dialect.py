@@ -132,8 +132,9 @@ class ClientDialect:
         return False
 
     def _quitting(self) -> bool:
-        """True once QUIT was answered or the session is closing: nothing more runs."""
-        return compat.is_quitting(self)
+        """True once the session is closing: nothing more runs (``ftp.lifecycle`` adds a
+        QUIT that waits for a transfer)."""
+        return compat.is_closed(self) or compat.is_closing(self)
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if cmd in ("LIST", "NLST") and arg.startswith("-"):

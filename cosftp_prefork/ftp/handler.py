@@ -43,6 +43,7 @@ from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
 from .drain import Drain, DrainEnd
 from .hooks import SessionHooks, WorkerHooks
+from .lifecycle import GIVEN_UP, TRANSFER_BUSY, TransferLifecycle
 from .logins import AddressBanned, LoginExpired
 from .mounts import session_fs
 from .oplog import OperatorLogs, Transfer
@@ -59,14 +60,6 @@ TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
 SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
                    "NLST", "MLSD", "MLST", "SIZE", "MDTM")
 NO_DATA_CONNECTION = "425 Use PASV, EPSV, PORT or EPRT first."
-GIVEN_UP = ("425 No data connection came; the transfer was given up for the new PASV, "
-            "EPSV, PORT or EPRT.")
-# The final replies of a transfer command answered 150 whose data connection never came
-# (a client waits for it before the reply of the command that ended it).
-ABORTED_WAITING = "426 Transfer aborted (ABOR) before its data connection opened."
-QUIT_WAITING = "425 No data connection came before QUIT; the transfer was given up."
-TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
-                 "wait for its reply or send ABOR.")
 # The de-facto checksum commands and the algorithm each one answers with.
 X_DIGEST_COMMANDS = {"XCRC": "CRC32", "XMD5": "MD5", "XSHA1": "SHA-1", "XSHA256": "SHA-256",
                      "XSHA512": "SHA-512"}
@@ -91,7 +84,7 @@ class SessionLabel:
         return f"session={id(handler):x} user={handler.username or '-'} ip={handler.remote_ip}"
 
 
-class CosFTPHandler(Admission, ClientDialect, FTPHandler):
+class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
@@ -126,14 +119,11 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
     worker_hooks: WorkerHooks  # the worker's event spool and pre-check client
 
     def close(self) -> None:
-        """End the session; an upload still waiting for its data connection is given up
-        like on ABOR (pyftpdlib would close it as broken and park what it copied), and the
-        bytes its filesystem keeps go back to the worker at once (``CosFS.end``)."""
+        """End the session: its transfer first (``end_transfers``), and the bytes its
+        filesystem keeps go back to the worker at once (``CosFS.end``)."""
         if not compat.is_closed(self):
-            self._quit_line = None  # the session ends now: no 221 after the transfer's reply
-            self._drop_queued_transfers()
-            if self.stats.stopping.is_set() and not compat.is_closing(self):
-                self._say_goodbye()
+            self.end_transfers(stopping=self.stats.stopping.is_set() and
+                               not compat.is_closing(self))
             if self.fs is not None:
                 self.fs.end()
                 self._last_fs = self.fs
@@ -149,14 +139,6 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         self._drain = drain
         if compat.is_closed(self):
             drain.close(DrainEnd.SESSION)
-
-    def _say_goodbye(self) -> None:
-        """The worker is stopping: end a transfer in flight first (426; an upload is
-        parked) while this connection can still carry the reply, then send 421. Sent
-        without waiting: a client that does not read gets what fits in the socket."""
-        if self.data_channel is not None:
-            self.data_channel.close()
-        self.respond("421 Server shutting down; closing control connection.", logfun=log.info)
 
     def _refused_before_login(self) -> bool:
         """Close the session with 421 if its address is banned (checked at USER and PASS:
@@ -442,8 +424,8 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
                 return
         try:
             super().process_command(cmd, *args, **kwargs)
-            if cmd in TRANSFER_COMMANDS and compat.file_transfer_waiting(self):
-                self.stats.transfer_queued(self)  # its 150 is out: in flight for a stop
+            if cmd in TRANSFER_COMMANDS:
+                self.transfer_command_ran()
         except Unstorable as exc:
             self.respond(f"553 {exc}.")
         except Conflict as exc:
@@ -457,15 +439,6 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
                          f"({exc.cause.code or 'COS'}); try again.")
-
-    def _transfer_busy(self) -> bool:
-        """True while a transfer runs or waits for its data connection. pyftpdlib would
-        start a second one anyway: queued, it replaced the first (whose 150 never got its
-        final reply); on a data channel in use, it answered 125 and queued the second
-        file's bytes behind the first's on the same connection."""
-        channel = self.data_channel
-        return compat.transfer_waiting(self) or \
-            (channel is not None and compat.transfer_started(channel))
 
     def _claim_data_connection(self) -> Optional[str]:
         """Return the reply refusing a transfer command for want of a trustworthy data
@@ -556,23 +529,6 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
             self.respond(f"550 {strerror(exc)}.")
         return None
 
-    def ftp_ABOR(self, line: str) -> None:
-        """An upload the client aborts is discarded; only a broken one is parked. A transfer
-        command answered 125/150 is in progress for RFC 959 from that reply on: 426 ends it,
-        then 226 (pyftpdlib answered 225 alone, the 125/150 never got its final reply).
-        With a data channel, ``CosDTPHandler.transfer_in_progress`` tells pyftpdlib so; a
-        command still waiting for its data connection is answered here."""
-        if self._drop_queued_transfers(answer=ABORTED_WAITING):
-            compat.shut_down_connecting(self)
-            self.respond("226 ABOR command successful.")
-            return
-        upload = getattr(self.data_channel, "file_obj", None)
-        if self.data_channel is not None:
-            self.data_channel.client_aborted = True
-            if self.data_channel.receive and upload is not None:
-                upload.cancel()
-        super().ftp_ABOR(line)
-
     def _make_eport(self, ip: str, port: int) -> None:
         """EPRT may spell an IPv6 address in any of its forms: compare the canonical one."""
         self._drop_queued_transfers(answer=GIVEN_UP)
@@ -592,70 +548,6 @@ class CosFTPHandler(Admission, ClientDialect, FTPHandler):
         if self.fs is not None:
             self.fs.end()
         super().flush_account()
-
-    def data_connection_missed(self, reply: str) -> None:
-        """The data connection the session waits for will not come (its passive port timed
-        out, PORT's connection failed): a transfer command waiting for it is given up with
-        ``reply``, its final reply. With none waiting nothing is said; the next transfer
-        command gets 425."""
-        if not compat.is_closed(self):
-            self._drop_queued_transfers(answer=reply)
-
-    def _drop_queued_transfers(self, answer: Optional[str] = None) -> bool:
-        """Close the upload a STOR/APPE, and the download a RETR, left waiting for a data
-        connection that never came, before the client's next data connection or ABOR makes
-        it unreachable; ``answer`` is then the given-up command's final reply (PASV, EPSV,
-        PORT, EPRT: its 150 was never answered). True if a command was given up.
-
-        pyftpdlib only closes a queued file when the session ends: replacing an upload
-        would leak its multipart upload, or lose a claimed parked one; a download kept its
-        GET's connection half-read, and the next data connection (a listing's) got its
-        bytes first.
-        """
-        queued = compat.take_queued_transfer(self)
-        self.stats.transfer_unqueued(self)
-        if queued is not None:
-            log.info("path=%s: upload given up before its data connection opened",
-                     queued[0].name)
-            queued[0].abandon()
-        sending = compat.take_queued_sending(self)
-        if sending is not None and sending[2] is not None:
-            log.info("path=%s: download given up before its data connection opened",
-                     sending[2].name)
-            sending[2].close()
-        dropped = queued is not None or sending is not None
-        if answer is not None and dropped:
-            self.respond(answer)
-        return dropped
-
-    _quit_line: Optional[str] = None  # a QUIT waiting for the transfer under way to end
-
-    def ftp_QUIT(self, line: str) -> None:
-        """RFC 959: QUIT during a transfer lets it end; its reply goes out, then 221 and
-        the close (pyftpdlib answered 221 at once, the transfer's reply after it). A
-        transfer command still waiting for its data connection gets its final reply (425)
-        first; an idle data connection is closed (pyftpdlib waited for it to close: the
-        session stayed until data_connection_timeout)."""
-        channel = self.data_channel
-        if channel is not None and compat.transfer_started(channel):
-            self._quit_line = line
-            compat.wait_to_quit(self)
-            return
-        self._drop_queued_transfers(answer=QUIT_WAITING)
-        if channel is not None:
-            channel.close()
-        super().ftp_QUIT(line)
-
-    def _on_dtp_close(self) -> None:
-        """The data channel closed and sent its reply: a QUIT that waited for it is
-        answered now."""
-        line, self._quit_line = self._quit_line, None
-        if line is None or compat.is_closed(self):
-            super()._on_dtp_close()
-            return
-        self.data_channel = None
-        compat.end_wait_to_quit(self)
-        super().ftp_QUIT(line)
 
     def peer_gone(self, wait: float = 0.0) -> bool:
         """True if the client closes or resets the control connection within ``wait``

@@ -189,7 +189,7 @@ class CosPassiveDTP(compat.PassiveDTP):
         handler = channel.dtp_handler(sock, channel)
         if handler.connected:
             channel.data_channel = handler
-            compat.data_channel_opened(channel)
+            channel.data_connection_opened()
 
     def handle_timeout(self) -> None:
         """``accept_timeout`` after PASV/EPSV: a held connection waits for its transfer

@@ -126,7 +126,7 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
             return
         self._close_started = True
         if compat.tls_handshake_pending(self) and self.cmd is not None and \
-                not self.client_aborted and not compat.close_reply(self) and \
+                not self.cmd_channel.abort_answers and not compat.close_reply(self) and \
                 not compat.is_closed(self.cmd_channel):
             # Ended before its handshake was done (the client closed it), the transfer's
             # 125 already sent: pyftpdlib closes it without a reply, and the client would
