@@ -241,3 +241,61 @@ def test_curl_active_mode_upload_listing_and_download(server, area, cos, tmp_pat
         assert name.encode() in done.stdout.split()
         done = subprocess.run([*base, *extra, url + name], capture_output=True, timeout=60)
         assert done.returncode == 0 and done.stdout == data, done.stderr
+
+
+@pytest.fixture
+def lone(emulator, tmp_path):
+    """A server of one worker, for a test to stop."""
+    with ServerProcess(str(tmp_path), emulator.port, STANDARD_ACCOUNTS,
+                       optional={"worker_processes": "1"}) as proc:
+        yield proc
+
+
+def _replies_until_closed(session: Session) -> list[str]:
+    """The reply codes the server sends until it closes the control connection."""
+    codes = []
+    try:
+        while line := session.ftp.getline():
+            codes.append(line[:3])
+    except EOFError:
+        pass
+    return codes
+
+
+def test_a_stop_answers_a_quit_that_waits_for_a_transfer(lone, area, cos):
+    """QUIT during an upload waits for the upload to end; a stop (TERM) that ends it first
+    answers the upload 426 and the QUIT 221, as when the transfer ends otherwise (the
+    client asked to go; 421 said the service went away under a command it had not sent).
+    Before, the QUIT's answer was 421; nothing is stored."""
+    s = Session(lone)
+    try:
+        conn = s.connect(s.pasv())
+        assert s.cmd(f"STOR {area}/w")[0] == "1"
+        conn.sendall(os.urandom(MIB))
+        start = len(lone.log_text())
+        s.send("QUIT")
+        wait_until(lambda: "<- QUIT" in lone.log_text()[start:], what="the QUIT read")
+        lone.proc.send_signal(signal.SIGTERM)
+        assert _replies_until_closed(s) == ["426", "221"]
+        conn.close()
+        lone.proc.wait(60)
+    finally:
+        s.close()
+    assert stored(cos, f"{area}/w") is None
+
+
+@pytest.mark.parametrize("command", sorted(WAITING))
+def test_a_stop_answers_a_transfer_waiting_for_its_connection(lone, area, cos, command):
+    """A stop (TERM) while a transfer command waits for its data connection gives it its
+    own final reply, 426 as a running transfer the stop cuts gets, before the 421 that
+    closes the session; ABOR, QUIT and a port that timed out answer a waiting command so
+    too. Before, its 150 got the 421 alone. Nothing is stored."""
+    s = Session(lone)
+    try:
+        _wait(s, area, cos, command)
+        lone.proc.send_signal(signal.SIGTERM)
+        assert _replies_until_closed(s) == ["426", "421"]
+        lone.proc.wait(60)
+    finally:
+        s.close()
+    assert stored(cos, f"{area}/w") is None

@@ -16,7 +16,8 @@ WAITING        its data connection opened                           TRANSFERRING
 WAITING        given up with its final reply: ABOR (426, 226),      IDLE
                PASV/EPSV/PORT/EPRT (425), the connection timed out
                or failed (425), QUIT (425, then 221 and closed)
-WAITING        REIN, USER (given up, no reply: 421 or a login's)    IDLE
+WAITING        a stop (426, then 421)                               IDLE
+WAITING        REIN, USER, the session closes (given up, no reply)  IDLE
 TRANSFERRING   the data channel closed (an upload committed or      IDLE
                not), its reply sent
 TRANSFERRING   ABOR: pyftpdlib closes the data channel and answers  ABORTING
@@ -24,8 +25,8 @@ TRANSFERRING   ABOR: pyftpdlib closes the data channel and answers  ABORTING
 ABORTING       the data channel closed, without a reply of its own  IDLE
 TRANSFERRING   QUIT: nothing more is read                           QUITTING
 QUITTING       the data channel closed, its reply sent: 221         CLOSED
-any            the session closes (a worker's stop first ends the   CLOSED
-               transfer: 426, and 421 unless a QUIT is answered)
+QUITTING       a stop: the data channel closes (426), then 221      CLOSED
+any other      the session closes (a stop: the transfer's 426, 421) CLOSED
 =============  ===================================================  ============
 
 A transfer command in WAITING or TRANSFERRING is refused (450) before it changes anything.
@@ -50,6 +51,7 @@ GIVEN_UP = ("425 No data connection came; the transfer was given up for the new 
 # (a client waits for it before the reply of the command that ended it).
 ABORTED_WAITING = "426 Transfer aborted (ABOR) before its data connection opened."
 QUIT_WAITING = "425 No data connection came before QUIT; the transfer was given up."
+STOPPED = "426 Server shutting down; transfer aborted."
 TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
                  "wait for its reply or send ABOR.")
 SHUTTING_DOWN = "421 Server shutting down; closing control connection."
@@ -219,12 +221,18 @@ class TransferLifecycle:
         """The session closes (its socket is still open). An upload still waiting for its
         data connection is given up like on ABOR (pyftpdlib would close it as broken and
         park what it copied); a QUIT that waited for the transfer gets no 221. If the
-        worker is ``stopping``, a running transfer is ended with 426 while the connection
-        can still carry it (an upload is parked), then 421. Sent without waiting: a client
-        that does not read gets what fits in the socket."""
-        self._drop_queued_transfers()
-        self._move(TransferState.CLOSED)
-        if stopping:
-            if self.data_channel is not None:
-                self.data_channel.close()
-            self.respond(SHUTTING_DOWN, logfun=log.info)
+        worker is ``stopping``, a transfer waiting or running gets its final reply (426; an
+        upload is parked) while the connection can still carry it, then 421, or 221 for a
+        QUIT that waited for it (``_on_dtp_close``). Sent without waiting: a client that
+        does not read gets what fits in the socket."""
+        if self.transfer_state is TransferState.CLOSED:
+            return  # QUIT was answered
+        self._drop_queued_transfers(answer=STOPPED if stopping else None)
+        if self.transfer_state is TransferState.QUITTING and not stopping:
+            self._move(TransferState.CLOSED)  # the client is gone, or was told to go
+        if stopping and self.data_channel is not None:
+            self.data_channel.close()
+        if self.transfer_state is not TransferState.CLOSED:
+            if stopping:
+                self.respond(SHUTTING_DOWN, logfun=log.info)
+            self._move(TransferState.CLOSED)
