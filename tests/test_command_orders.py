@@ -347,6 +347,37 @@ def test_a_transfer_while_an_upload_runs(session, area, cos, second):
     still_works(session, area)
 
 
+@pytest.mark.parametrize("setup", ["PASV", "EPSV", "PORT", "EPRT"])
+@pytest.mark.parametrize("direction", ["RETR", "STOR"])
+def test_a_new_data_connection_while_a_transfer_runs(session, area, cos, direction, setup):
+    """PASV/EPSV/PORT/EPRT while a transfer runs is refused (450, as another transfer
+    command is) and the transfer goes on to its 226, whole. pyftpdlib closed the running
+    data channel for the new one: the transfer's 125/150 never got its final reply (the
+    new command's 227/229/200 came instead), the upload was cut short."""
+    data = os.urandom(3 * MIB)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=data)
+    conn = session.connect(session.pasv())
+    assert session.cmd(f"{direction} {area}/{'f' if direction == 'RETR' else 'g'}")[0] == "1"
+    head = conn.recv(1000) if direction == "RETR" else b""
+    if direction == "STOR":
+        conn.sendall(data[:MIB])
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        line = {"PORT": f"PORT 127,0,0,1,{port >> 8},{port & 255}",
+                "EPRT": f"EPRT |1|127.0.0.1|{port}|"}.get(setup, setup)
+        assert session.cmd(line).startswith(BUSY)
+    if direction == "RETR":
+        assert head + drain(conn) == data
+    else:
+        conn.sendall(data[MIB:])
+        conn.close()
+    assert session.reply().startswith("226")
+    assert session.cmd("NOOP").startswith("200")  # no reply left over
+    if direction == "STOR":
+        assert sha(stored(cos, f"{area}/g")) == sha(data)
+    still_works(session, area)
+
+
 @pytest.mark.parametrize("direction", ["RETR", "STOR"])
 def test_quit_during_a_transfer_lets_it_finish(server, session, area, cos, direction):
     """RFC 959: QUIT during a transfer closes the session once the transfer ended and its

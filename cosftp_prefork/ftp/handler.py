@@ -43,7 +43,7 @@ from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
 from .drain import Drain, DrainEnd
 from .hooks import SessionHooks, WorkerHooks
-from .lifecycle import GIVEN_UP, TRANSFER_BUSY, TransferLifecycle
+from .lifecycle import TRANSFER_BUSY, TransferLifecycle
 from .logins import AddressBanned, LoginExpired
 from .mounts import session_fs
 from .oplog import OperatorLogs, Transfer
@@ -454,7 +454,8 @@ class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
         return None
 
     def _make_epasv(self, extmode: bool = False) -> None:
-        self._drop_queued_transfers(answer=GIVEN_UP)
+        if not self.new_data_connection():
+            return
         local_ip = self.socket.getsockname()[0]
         if not extmode and ":" in local_ip and not local_ip.startswith("::ffff:"):
             self.respond("425 PASV can only announce an IPv4 address; use EPSV.")
@@ -531,7 +532,8 @@ class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
 
     def _make_eport(self, ip: str, port: int) -> None:
         """EPRT may spell an IPv6 address in any of its forms: compare the canonical one."""
-        self._drop_queued_transfers(answer=GIVEN_UP)
+        if not self.new_data_connection():
+            return
         with contextlib.suppress(ValueError):
             address = ipaddress.ip_address(ip)
             if address.version == 6 and address.ipv4_mapped is None:

@@ -29,7 +29,8 @@ QUITTING       a stop: the data channel closes (426), then 221      CLOSED
 any other      the session closes (a stop: the transfer's 426, 421) CLOSED
 =============  ===================================================  ============
 
-A transfer command in WAITING or TRANSFERRING is refused (450) before it changes anything.
+A transfer command in WAITING or TRANSFERRING, and PASV, EPSV, PORT or EPRT in
+TRANSFERRING, are refused (450) before they change anything.
 An upload commits inside the data channel's close, on the session's own thread: no command
 is read meanwhile, so nothing can meet a commit (an ABOR read after it finds the session
 IDLE and gets 225, as vsftpd answers).
@@ -54,6 +55,8 @@ QUIT_WAITING = "425 No data connection came before QUIT; the transfer was given 
 STOPPED = "426 Server shutting down; transfer aborted."
 TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
                  "wait for its reply or send ABOR.")
+DATA_CONNECTION_BUSY = ("450 A transfer is under way on the data connection; wait for its "
+                        "reply or send ABOR.")
 SHUTTING_DOWN = "421 Server shutting down; closing control connection."
 
 
@@ -87,15 +90,14 @@ class TransferLifecycle:
 
     transfer_state = TransferState.IDLE
 
-    def _move(self, to: TransferState) -> bool:
-        """Go to ``to`` if the table allows it from here; otherwise stay, log the refused
-        move as the bug it is, and return False."""
+    def _move(self, to: TransferState) -> None:
+        """Go to ``to`` if the table allows it from here; otherwise stay and log the refused
+        move as the bug it is (raising would end the session)."""
         if to not in _MOVES[self.transfer_state]:
             log.error("transfer lifecycle: no move from %s to %s; staying %s",
                       self.transfer_state.name, to.name, self.transfer_state.name)
-            return False
+            return
         self.transfer_state = to
-        return True
 
     def _quitting(self) -> bool:
         """True once QUIT was taken or the session is closing: nothing more runs."""
@@ -127,6 +129,17 @@ class TransferLifecycle:
         if self.transfer_state is TransferState.WAITING:
             self._move(TransferState.TRANSFERRING)
         compat.data_channel_opened(self)
+
+    def new_data_connection(self) -> bool:
+        """PASV, EPSV, PORT or EPRT: False once refused (450) while a transfer runs, as a
+        transfer command then is; pyftpdlib closed the running data channel for the new
+        one, and the transfer's 125/150 never got its final reply (an upload was cut
+        short). A transfer command waiting for its data connection is given up (425)."""
+        if self.transfer_state is TransferState.TRANSFERRING:
+            self.respond(DATA_CONNECTION_BUSY)
+            return False
+        self._drop_queued_transfers(answer=GIVEN_UP)
+        return True
 
     def data_connection_missed(self, reply: str) -> None:
         """The data connection the session waits for will not come (its passive port timed
