@@ -189,6 +189,33 @@ def test_kick_closes_the_session_with_421_and_parks_its_upload(api, admin, area)
                for line in lines), lines
 
 
+def test_kick_closes_a_session_whose_quit_waits_for_its_upload(api, admin, area):
+    """QUIT during an upload waits for the upload to end (RFC 959); a kick meanwhile closes
+    the session at once with 421 and parks the upload, as without the QUIT. Before, the
+    session read nothing once QUIT came, so it never saw the kick (its control connection
+    shut for reading) until the transfer ended: a client holding its upload kept the
+    session as long as it liked."""
+    ftp = log_in(admin, "127.0.0.4")
+    upload = HeldUpload(ftp, f"{area}.bin", 4 * MIB)
+    upload.send(3 * MIB)
+    wait_until(lambda: _transfer_at(api, upload.sent, []), what="the upload's bytes shown")
+    start = len(admin.log_text())
+    ftp.putcmd("QUIT")
+    wait_until(lambda: "<- QUIT" in admin.log_text()[start:], what="the QUIT read")
+    kicked = api.call("DELETE", f"/sessions/{api.session_of('alice')['id']}")
+    assert kicked.status_code == 200
+    ftp.sock.settimeout(20)
+    replies = []
+    with contextlib.suppress(EOFError):
+        while True:
+            replies.append(ftp.getline())
+    assert replies == ["421 Session closed by the server's administrator."]
+    wait_until(lambda: f"path=/{area}.bin: upload interrupted after" in admin.log_text(),
+               what="the upload parked")
+    upload.conn.close()
+    ftp.close()
+
+
 def _admin_pid(lines: list[str]) -> str:
     return re.search(r"\[(\d+) admin\]", lines[-1]).group(1)
 

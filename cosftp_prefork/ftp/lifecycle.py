@@ -23,7 +23,7 @@ TRANSFERRING   the data channel closed (an upload committed or      IDLE
 TRANSFERRING   ABOR: pyftpdlib closes the data channel and answers  ABORTING
                426, 226 (225 if it had ended)
 ABORTING       the data channel closed, without a reply of its own  IDLE
-TRANSFERRING   QUIT: nothing more is read                           QUITTING
+TRANSFERRING   QUIT (later commands are ignored)                    QUITTING
 QUITTING       the data channel closed, its reply sent: 221         CLOSED
 QUITTING       a stop: the data channel closes (426), then 221      CLOSED
 any other      the session closes (a stop: the transfer's 426, 421) CLOSED
@@ -208,8 +208,10 @@ class TransferLifecycle:
         first; an idle data connection is closed (pyftpdlib waited for it to close: the
         session stayed until data_connection_timeout)."""
         if self.transfer_state is TransferState.TRANSFERRING:
+            # Commands read from here on are ignored (``_quitting``), but the connection is
+            # still watched: a kick or the client's hang-up closes the session at once
+            # (pyftpdlib stopped reading, and a kick went unseen until the transfer ended).
             self._move(TransferState.QUITTING)
-            self.del_channel()  # read nothing more; watched again for the 221
             return
         self._drop_queued_transfers(answer=QUIT_WAITING)
         if self.data_channel is not None:
@@ -223,7 +225,6 @@ class TransferLifecycle:
         if state is TransferState.QUITTING and not compat.is_closed(self):
             self.data_channel = None
             self._move(TransferState.CLOSED)
-            self.add_channel()
             super().ftp_QUIT("")
             return
         if state in (TransferState.TRANSFERRING, TransferState.ABORTING):
