@@ -247,6 +247,8 @@ class TransferLifecycle:
         if stopping and self.data_channel is not None:
             self.data_channel.close()
         if self.transfer_state is not TransferState.CLOSED:
+            # CLOSED first: a 421 the client's broken connection refuses closes the
+            # session again from inside respond(), and that close must not say it again.
+            self._move(TransferState.CLOSED)
             if stopping:
                 self.respond(SHUTTING_DOWN, logfun=log.info)
-            self._move(TransferState.CLOSED)
