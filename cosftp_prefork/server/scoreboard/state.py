@@ -20,11 +20,13 @@ from .layout import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    MASTER_STARTING,
     MASTER_STATES,
     MAX_WORKER_SLOTS,
     PATH_SIZE,
     PORTS,
     RELOAD_ERROR_SIZE,
+    RUNNING,
     SESSIONS_COUNT_AT,
     SLOT,
     SLOT_SIZE,
@@ -86,9 +88,14 @@ class SharedState(SessionTable, BanTable):
             self._map, 0)
         path = bytes(self._map[HEADER_SIZE:SLOTS_AT]).split(b"\0", 1)[0].decode("utf-8")
         ftp_port, implicit_port, auth_tls, state = PORTS.unpack_from(self._map, HEADER.size)
+        shown = MASTER_STATES[state] if state < len(MASTER_STATES) else "?"
+        if shown == MASTER_STARTING and any(w.generation == generation and w.state == "serving"
+                                            for w in self.workers()):
+            # The master notices at its next tick (up to a second later); clients are
+            # served from the moment a worker is.
+            shown = RUNNING
         return MasterStatus(pid, generation, started, workers, path, reloads, result, ftp_port,
-                            implicit_port, bool(auth_tls),
-                            MASTER_STATES[state] if state < len(MASTER_STATES) else "?")
+                            implicit_port, bool(auth_tls), shown)
 
     # --- worker slots
 
