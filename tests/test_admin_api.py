@@ -14,6 +14,7 @@ import re
 import select
 import signal
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -22,7 +23,9 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
+from cosftp_prefork.admin.auth import TokenVerifier
 from cosftp_prefork.admin.process import MAX_CONNECTIONS, MAX_PER_SOURCE
+from cosftp_prefork.config.model import AdminToken
 from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
@@ -586,7 +589,8 @@ def test_a_crowd_is_answered_within_the_connection_limits(emulator, tmp_path):
     """A slowloris holding its address's 8 connections with half a request (a 9th from it
     is closed unanswered at once), then 30 clients with valid tokens at once (12 of them
     from one address, over its 8), and 5 with wrong tokens, on a new server (the token not
-    yet remembered: every check is an scrypt, 2 at once): every valid client gets its
+    yet remembered: the requests bringing it while it is checked share that scrypt, two
+    checks at once at most): every valid client gets its
     status as its token's owner, every wrong token 401, nothing hangs, and the admin API's
     threads stay within its connection cap."""
     proc = admin_server(str(tmp_path), emulator.port)
@@ -635,3 +639,53 @@ def test_a_crowd_is_answered_within_the_connection_limits(emulator, tmp_path):
             [(401, {"error": "invalid token"})] * len(wrong)
         assert max(peak) <= idle_threads + MAX_CONNECTIONS, max(peak)
         wait_until(lambda: admin.num_threads() == idle_threads, what="the threads ended")
+
+
+class _HeldFirstCheck:
+    """A stored token hash whose first check waits for ``release``; counts its checks."""
+
+    def __init__(self, stored: Any) -> None:
+        self.stored, self.calls, self.release = stored, 0, threading.Event()
+        self._lock = threading.Lock()
+
+    def matches(self, token: str) -> bool:
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first:
+            self.release.wait(60)
+        return self.stored.matches(token)
+
+
+def _waiting_in(thread: threading.Thread, function: str) -> bool:
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_requests_bringing_a_token_being_checked_share_its_check():
+    """Eight requests with one token before it is remembered (a crowd of console tabs after
+    a reload): one scrypt answers them all. Each ran its own, two at a time, and a crowd on
+    a loaded machine queued past CHECK_WAIT into 503s (test_a_crowd_is_answered... did)."""
+    verifier = TokenVerifier((AdminToken("ops", hash_token(RW_TOKEN), True),))
+    caller, stored = verifier._tokens[0]
+    held = _HeldFirstCheck(stored)
+    verifier._tokens[0] = (caller, held)
+    answers: list[Any] = []
+    threads = [threading.Thread(target=lambda n=n: answers.append(
+        verifier.verify(RW_TOKEN, f"127.0.0.{n}"))) for n in range(1, 9)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: held.calls >= 1, what="the first check")
+    first = next(t for t in threads if _waiting_in(t, "matches"))
+    wait_until(lambda: held.calls >= 2 or all(_waiting_in(t, "_wait") for t in threads
+                                              if t is not first),
+               what="a second check, or every other request waiting for the first")
+    held.release.set()
+    for thread in threads:
+        thread.join(60)
+    assert held.calls == 1
+    assert answers == [caller] * 8

@@ -8,6 +8,10 @@ workers' password checks are bounded (``ftp.logins``). A source whose last check
 less than ``FAILURE_INTERVAL`` ago is answered 429 without one, and every failure counts
 towards its address's ban (``app``).
 
+Requests that bring the same token while it is being checked wait for that check's answer
+instead of running scrypt again: thirty console tabs opened at once
+after a reload cost one check, not thirty queued two at a time into 503s.
+
 A token that matched is remembered for ``CACHE_SECONDS``, keyed by an HMAC-SHA256 of it under
 a key this process drew at random, so that a console polling every second costs one HMAC
 per call, not one scrypt. The trade-off: for that minute, what stands between a copy of this
@@ -39,6 +43,7 @@ CHECK_WAIT = 5.0  # seconds a check may wait for its turn
 FAILURE_INTERVAL = 1.0  # seconds after a failed check before its source may try again
 MAX_SOURCES = 4096  # sources whose last failure is remembered; the oldest are forgotten
 MAX_TOKEN_LENGTH = 256
+BUSY = "too many token checks at once; try again"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,16 @@ class TokenRefused(Exception):
         self.checked = checked  # a failed check: counts towards the address's ban
 
 
+class _Check:
+    """One token's check in progress: what it found once ``done`` is set (a ``Caller``, or
+    None: no hash matched), or ``unchecked`` if it got no turn."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.caller: Optional[Caller] = None
+        self.unchecked = False
+
+
 class TokenVerifier:
     """Checks bearer tokens against the configured hashes (thread-safe)."""
 
@@ -71,6 +86,7 @@ class TokenVerifier:
         self._cache: dict[bytes, tuple[Caller, float]] = {}  # at most one per token
         self._failed: OrderedDict[str, float] = OrderedDict()  # source -> last failure
         self._checks = threading.BoundedSemaphore(MAX_CHECKS)
+        self._running: dict[bytes, _Check] = {}  # the checks under way, by token key
 
     def verify(self, token: str, client: str) -> Caller:
         """Who ``token`` (from ``client``'s address) belongs to; ``TokenRefused`` if
@@ -87,7 +103,11 @@ class TokenVerifier:
             if last is not None and now - last < FAILURE_INTERVAL:
                 raise TokenRefused(429, "too many failed tokens from this address; wait a "
                                    "second", checked=False)
-        caller = self._check(token) if len(token) <= MAX_TOKEN_LENGTH else None
+            check = self._running.get(key)
+            mine = check is None
+            if mine:
+                check = self._running[key] = _Check()
+        caller = self._run(check, key, token) if mine else self._wait(check)
         with self._lock:
             if caller is None:
                 self._failed[source] = time.monotonic()
@@ -95,15 +115,39 @@ class TokenVerifier:
                 while len(self._failed) > MAX_SOURCES:
                     self._failed.popitem(last=False)
                 raise TokenRefused(401, "invalid token")
-            self._cache[key] = (caller, time.monotonic() + CACHE_SECONDS)
             self._failed.pop(source, None)
         return caller
+
+    def _run(self, check: _Check, key: bytes, token: str) -> Optional[Caller]:
+        """Check ``token`` for every request that brings it meanwhile; raises
+        ``TokenRefused`` (503) if no turn came."""
+        try:
+            check.caller = self._check(token) if len(token) <= MAX_TOKEN_LENGTH else None
+        except TokenRefused:
+            check.unchecked = True
+            raise
+        finally:
+            with self._lock:  # remembered before it is no longer running: no second check
+                if check.caller is not None:
+                    self._cache[key] = (check.caller, time.monotonic() + CACHE_SECONDS)
+                del self._running[key]
+            check.done.set()
+        return check.caller
+
+    @staticmethod
+    def _wait(check: _Check) -> Optional[Caller]:
+        """The answer of the same token's check another request runs (which ends within
+        ``CHECK_WAIT`` and its scrypts)."""
+        check.done.wait()
+        if check.unchecked:
+            raise TokenRefused(503, BUSY, checked=False)
+        return check.caller
 
     def _check(self, token: str) -> Optional[Caller]:
         """The caller whose hash ``token`` matches, one scrypt per token tried, on one of
         ``MAX_CHECKS`` turns."""
         if not self._checks.acquire(timeout=CHECK_WAIT):
-            raise TokenRefused(503, "too many token checks at once; try again", checked=False)
+            raise TokenRefused(503, BUSY, checked=False)
         try:
             for caller, stored in self._tokens:
                 if stored.matches(token):
