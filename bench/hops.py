@@ -129,9 +129,10 @@ def measure(server: ServerProcess, emulator: EmulatorProcess, count: int,
             latency: float) -> dict[str, list[float]]:
     tag = f"hops{os.getpid()}"
     controls = []
+    # Two on each worker, as lftp's land: the workers share them even while the second
+    # still sets up (BalancedFTPServer.rebalance).
     for number in range(SESSIONS):
         controls.append(Control(server.port, f"{tag}-s{number}"))
-        time.sleep(0.3)  # the worker publishes its sessions: lftp's land two on each worker
     start, timed = threading.Event(), [[] for _ in controls]
 
     def run(number: int) -> None:

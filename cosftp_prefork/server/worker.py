@@ -73,6 +73,11 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 TICK_SECONDS = 1.0
 BALANCE_SECONDS = 0.1
+# How long after a peer's start (its fork, then the start of its set-up) the workers leave it
+# its share of new connections: a worker's set-up takes 1-2 s on a loaded machine; one that
+# hangs in it must not hold new connections in the backlog for long (worker_boot_timeout
+# kills it only after a minute by default).
+STARTING_PEER_WAIT = 10.0
 # A stopping worker closes its sessions within this, well inside the master's allowance
 # (it notices the signal within a tick); their uploads' parks are written in the last
 # PARK_RECORD_SECONDS of it, with the parts COS stored before.
@@ -403,14 +408,23 @@ class BalancedFTPServer(ThreadedFTPServer):
             super()._loop(handler)
 
     def rebalance(self) -> None:
-        """Pause or resume accepting, depending on the load of the other workers."""
+        """Pause or resume accepting, depending on the load of the other workers.
+
+        A peer still setting up (``starting``, for at most ``STARTING_PEER_WAIT``) counts
+        as one holding no session: a burst that comes while it boots (the server's start,
+        a reload, the replacement of a dead worker, whose clients all reconnect at once)
+        waits in the listen backlog for it past this worker's share, instead of all landing
+        here for the sessions' whole life (a 2-worker server's fresh start: 4 sessions at
+        once went 4/0 in 2 starts of 5)."""
         if compat.listen_fileno(self) is None:
             return
-        me, mine, peers = os.getpid(), 0, []
+        me, mine, peers, now = os.getpid(), 0, [], time.time()
         for worker in self.state.workers():
             if worker.pid == me:
                 mine = worker.sessions
-            elif worker.state == "serving":
+            elif worker.state == "serving" or (
+                    worker.state == "starting" and
+                    0 <= now - worker.started < STARTING_PEER_WAIT):
                 peers.append(worker.sessions)
         busy = bool(peers) and mine > min(peers) + 1
         if busy and not self.paused:
