@@ -1041,18 +1041,24 @@ def test_stop_parks_an_upload_whose_part_cos_takes_long_to_store(daemon, emulato
     uploader.close()
 
 
-@pytest.mark.parametrize("daemon, signum", [({}, signal.SIGTERM),
-                                            ({"graceful_timeout": "1"}, signal.SIGQUIT)],
+# A fast stop's time here, stop_timeout (30 s by default): its workers close their sessions
+# 5 s before it, and write their parks in the last 5 s of that.
+SHORT_STOP = {"stop_timeout": "15"}
+
+
+@pytest.mark.parametrize("daemon, signum, allowed",
+                         [(SHORT_STOP, signal.SIGTERM, 15),
+                          ({**SHORT_STOP, "graceful_timeout": "1"}, signal.SIGQUIT, 16)],
                          ids=["stop", "graceful stop past graceful_timeout"],
                          indirect=["daemon"])
-def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, signum,
+def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, signum, allowed,
                                                                         emulator, cos, area):
-    """A fast stop has one deadline for all its sessions (the master allows 30 s): uploads
-    whose part 2 COS holds longer than that are parked with part 1 (what COS stored) before
-    it. The worker waited for each session thread in turn (25 s each) and each park waited
-    for its part without end: the master SIGABRTed the worker and no upload was parked. A
-    graceful stop whose transfers outlast graceful_timeout ends the same way, and the
-    master allows it the fast stop's time after graceful_timeout (it allowed 10 s)."""
+    """A fast stop has one deadline for all its sessions (the master allows stop_timeout):
+    uploads whose part 2 COS holds longer than that are parked with part 1 (what COS stored)
+    before it. The worker waited for each session thread in turn (25 s each) and each park
+    waited for its part without end: the master SIGABRTed the worker and no upload was
+    parked. A graceful stop whose transfers outlast graceful_timeout ends the same way, and
+    the master allows it the fast stop's time after graceful_timeout (it allowed 10 s)."""
     from .test_resume import park_records, parts_of
 
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
@@ -1075,14 +1081,19 @@ def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, 
         assert [r[:4] for r in _replies_after_data_closed(ftp)] == ["426 ", "421 "]
         ftp.close()
     assert not psutil.wait_procs([master, *workers], timeout=60)[1], "still running"
-    assert "SIGABRT" not in daemon.log_text()
+    log = daemon.log_text()
+    assert "SIGABRT" not in log
+    assert f"stopping 2 workers; those still running in {allowed}s are aborted" in log
+    assert re.search(r"worker \d closing \d sessions, for 10s at most", log)
     assert [[r["size"] for r in park_records(cos, key)] for key in keys] == [[MIB]] * len(keys)
 
 
-@pytest.mark.parametrize("daemon", [{"resume_ttl": "4"}], indirect=True)  # a sweep a second
+@pytest.mark.parametrize("daemon", [{"resume_ttl": "4", **SHORT_STOP}],  # a sweep a second
+                         indirect=True)
 def test_stop_does_not_wait_for_a_janitor_sweep_cos_holds(daemon, emulator):
     """A stopping worker exits by its deadline even while its janitor's sweep waits on COS:
-    it waited for the sweep to end, and the master SIGABRTed it 30 s after the TERM."""
+    it waited for the sweep to end, and the master SIGABRTed it stop_timeout after the
+    TERM."""
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     emulator.rendezvous(contains=".cosftp/", kind="LIST", parties=100, timeout=45)
     try:

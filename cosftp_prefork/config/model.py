@@ -24,6 +24,9 @@ MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10000
 # Workers of one generation at most; the master's scoreboard holds two (a reload).
 MAX_WORKER_PROCESSES = 256
+# The fewest seconds stop_timeout allows: a stopping worker closes its sessions 5 s before
+# the master's deadline and writes its uploads' parks in the last 5 s of that.
+MIN_STOP_TIMEOUT = 10
 ACCOUNT_PREFIX = "COS_ACCOUNT"
 CREDENTIALS_PREFIX = "COS_CREDENTIALS"
 RATE_OPTIONS = ("max_upload_rate", "max_download_rate", "local_max_rate")
@@ -284,6 +287,7 @@ class ServerConfig:
     # and login_timeout still hold).
     ban_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     graceful_timeout: int = 600
+    stop_timeout: int = 30  # what a fast stop may take (the master then aborts a worker)
     worker_timeout: int = 60
     worker_boot_timeout: int = 60
     worker_max_rss: int = 2048

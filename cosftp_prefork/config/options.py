@@ -34,6 +34,7 @@ from .model import (
     MAX_WORKER_PROCESSES,
     MIB,
     MIN_PART_SIZE,
+    MIN_STOP_TIMEOUT,
 )
 from .sizes import parse_size
 from .values import (
@@ -276,6 +277,9 @@ SETTINGS: tuple[Setting, ...] = (
             "counted); connection limits still apply"),
     Setting("OPTIONAL", "graceful_timeout", integer(0), 600,
             "seconds a stopping worker waits for sessions"),
+    Setting("OPTIONAL", "stop_timeout", integer(MIN_STOP_TIMEOUT, 3600), 30,
+            "seconds a fast stop (TERM, INT; graceful_timeout's end) allows the workers to end "
+            "their transfers (426, uploads parked) and exit; then SIGABRT, SIGKILL 5 s later"),
     Setting("OPTIONAL", "worker_timeout", integer(0), 60,
             "seconds without heartbeat before a worker is killed; 0 = never"),
     Setting("OPTIONAL", "worker_boot_timeout", integer(0), 60,

@@ -330,6 +330,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         ban_time=optional["ban_time"],
         ban_allowlist=_allowlist(reader, optional["ban_allowlist"]),
         graceful_timeout=optional["graceful_timeout"],
+        stop_timeout=optional["stop_timeout"],
         worker_timeout=optional["worker_timeout"],
         worker_boot_timeout=optional["worker_boot_timeout"],
         worker_max_rss=optional["worker_max_rss"],

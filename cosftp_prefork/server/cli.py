@@ -55,10 +55,11 @@ from .scoreboard import (
 
 DEFAULT_CONFIG = os.path.join("conf", "vsftpd.conf")
 START_TIMEOUT = 60.0  # the server stops itself sooner when its workers cannot start
-# The master gives workers 30s after TERM (graceful_timeout + 30s after QUIT: what is left
-# then ends as after TERM), then SIGABRT and, 5s later, SIGKILL.
-STOP_TIMEOUT = 45.0
-GRACEFUL_STOP_MARGIN = STOP_TIMEOUT
+# The master gives workers stop_timeout after TERM (graceful_timeout + stop_timeout after
+# QUIT: what is left then ends as after TERM), then SIGABRT and, 5s later, SIGKILL; stop
+# waits that long and this margin more for it to be gone.
+STOP_MARGIN = 15
+STOP_TIMEOUT = ServerConfig.stop_timeout + STOP_MARGIN
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 EXIT_UNKNOWN = 4  # LSB status code for "program status is unknown"
 
@@ -279,11 +280,13 @@ def _read_from(path: str, offset: int) -> list[str]:
 
 
 def cmd_stop(config: Config, graceful: bool = False) -> int:
-    return stop(target_of(config), graceful, config.server.graceful_timeout)
+    server = config.server
+    return stop(target_of(config), graceful, server.graceful_timeout, server.stop_timeout)
 
 
 def stop(target: Target, graceful: bool = False,
-         graceful_timeout: int = ServerConfig.graceful_timeout) -> int:
+         graceful_timeout: int = ServerConfig.graceful_timeout,
+         stop_timeout: int = ServerConfig.stop_timeout) -> int:
     """Signal the master of ``target`` to stop (TERM, or QUIT if ``graceful``) and wait until
     it is gone. It is the one in the pid file, else a master of this file holding the port
     (one whose pid file is elsewhere). No server found: 3 (not running, as ``status``), or
@@ -298,7 +301,7 @@ def stop(target: Target, graceful: bool = False,
         print(f"cosftpctl: {describe_pid_file(target)}; stopping pid {pid}, the master of "
               f"{target.config_path} listening on port {target.port}", flush=True)
     os.kill(pid, signal.SIGQUIT if graceful else signal.SIGTERM)
-    timeout = graceful_timeout + GRACEFUL_STOP_MARGIN if graceful else STOP_TIMEOUT
+    timeout = (graceful_timeout if graceful else 0) + stop_timeout + STOP_MARGIN
     if graceful:
         print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, transfers "
               f"in flight have up to {graceful_timeout}s to finish", flush=True)

@@ -57,11 +57,12 @@ file follow the file, so the directory you run it from does not matter.""",
     "stop": Page(
         """Stop the server of this configuration file and wait until it is gone. Fast
 stop (TERM): transfers in flight end with 426 (an upload is parked for resume,
-nothing half-written), every client gets 421. --graceful (QUIT): new connections
-are refused and transfers in flight end normally, for at most graceful_timeout
-seconds. Works from any directory, and while the file does not validate. When
-the pid file leads to no server, it stops a master of this file found listening
-on listen_port, and names any other program holding that port.""",
+nothing half-written), every client gets 421, within stop_timeout seconds.
+--graceful (QUIT): new connections are refused and transfers in flight end
+normally, for at most graceful_timeout seconds, then as a fast stop. Works from
+any directory, and while the file does not validate. When the pid file leads to
+no server, it stops a master of this file found listening on listen_port, and
+names any other program holding that port.""",
         ((f"cosftpctl -c {CONF} stop", "fast stop"),
          (f"cosftpctl -c {CONF} stop --graceful", "let the transfers in flight finish first")),
         """0  stopped

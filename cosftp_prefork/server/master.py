@@ -51,7 +51,7 @@ from .scoreboard import (
     SharedState,
     state_path,
 )
-from .signals import FAST_STOP_SECONDS, SignalQueue, fork_holding_signals
+from .signals import SignalQueue, fork_holding_signals
 from .usage import usage_path
 from .workers import (
     Backoff,
@@ -308,8 +308,8 @@ class Master(ReloadSequence):
 
     def handle_term(self) -> None:
         """Fast stop: workers end their transfers (426; uploads are parked, no partial
-        objects), tell every client 421 and exit."""
-        self._begin_stop(signal.SIGTERM, FAST_STOP_SECONDS)
+        objects), tell every client 421 and exit, within stop_timeout (then SIGABRT)."""
+        self._begin_stop(signal.SIGTERM, self.config.server.stop_timeout)
 
     handle_int = handle_term
 
@@ -317,8 +317,8 @@ class Master(ReloadSequence):
         """Graceful stop: stop accepting, let transfers in flight finish (each worker stops
         once it has none, at most graceful_timeout), tell idle sessions 421. What is left
         after graceful_timeout ends as in a fast stop, with the fast stop's time."""
-        self._begin_stop(signal.SIGQUIT,
-                         self.config.server.graceful_timeout + FAST_STOP_SECONDS,
+        server = self.config.server
+        self._begin_stop(signal.SIGQUIT, server.graceful_timeout + server.stop_timeout,
                          graceful=True)
 
     def handle_usr1(self) -> None:
@@ -360,12 +360,13 @@ class Master(ReloadSequence):
 
     # --- stopping
 
-    def _begin_stop(self, signum: int, timeout: float, graceful: bool = False) -> None:
+    def _begin_stop(self, signum: int, timeout: int, graceful: bool = False) -> None:
         """Stop on ``signum``: close the listeners and tell every worker (USR2 for a graceful
         stop: finish the transfers in flight). A fast stop also cuts a graceful one short."""
         if not self._move(Phase.STOPPING_GRACEFULLY if graceful else Phase.STOPPING):
             return
-        log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
+        log.info("%s: stopping %d workers; those still running in %ds are aborted",
+                 signal.Signals(signum).name, len(self.workers), timeout)
         now = time.monotonic()
         self._stop_deadline = min(self._stop_deadline or now + timeout, now + timeout)
         self._close_listeners()

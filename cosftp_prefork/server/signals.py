@@ -19,10 +19,6 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Optional
 
-# What a fast stop (TERM, INT) may take: the master aborts a worker still running after it,
-# and a worker waits for its sessions' threads (parking their uploads) up to nearly that.
-FAST_STOP_SECONDS = 30.0
-
 HELD = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
                   signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD})
 

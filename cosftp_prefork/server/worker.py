@@ -66,7 +66,7 @@ from .scoreboard import (
     TransferFigures,
     account_key,
 )
-from .signals import FAST_STOP_SECONDS, release_signals
+from .signals import release_signals
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,11 @@ BALANCE_SECONDS = 0.1
 # hangs in it must not hold new connections in the backlog for long (worker_boot_timeout
 # kills it only after a minute by default).
 STARTING_PEER_WAIT = 10.0
-# A stopping worker closes its sessions within this, well inside the master's allowance
-# (it notices the signal within a tick); their uploads' parks are written in the last
-# PARK_RECORD_SECONDS of it, with the parts COS stored before.
-CLOSE_SECONDS = FAST_STOP_SECONDS - 5
+# A stopping worker closes its sessions by CLOSE_MARGIN_SECONDS before the master's deadline
+# (stop_timeout; it notices the signal within a tick); their uploads' parks are written in
+# the last PARK_RECORD_SECONDS of that, with the parts COS stored before (MIN_STOP_TIMEOUT
+# leaves room for both).
+CLOSE_MARGIN_SECONDS = 5
 PARK_RECORD_SECONDS = 5.0
 # What the master's signals ask of a serving worker: the flag its serve loop reads.
 STOP_SIGNALS = {signal.SIGTERM: "_stop", signal.SIGINT: "_stop", signal.SIGQUIT: "_drain",
@@ -622,10 +623,11 @@ class Worker:
         master's allowance, and return the deadline the worker exits by. An upload's park
         waits for the parts COS is receiving until ``PARK_RECORD_SECONDS`` before it, then
         records those stored; the session threads are joined until the deadline."""
-        deadline = time.monotonic() + CLOSE_SECONDS
+        allowed = self.config.server.stop_timeout - CLOSE_MARGIN_SECONDS
+        deadline = time.monotonic() + allowed
         if stats.sessions > 0:
-            log.warning("worker %d closing %d sessions, for %.0fs at most", self.index,
-                        stats.sessions, CLOSE_SECONDS)
+            log.warning("worker %d closing %d sessions, for %ds at most", self.index,
+                        stats.sessions, allowed)
         engine.hurry(deadline - PARK_RECORD_SECONDS)
         stats.stopping.set()
         for server in servers:
