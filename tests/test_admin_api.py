@@ -573,16 +573,19 @@ def _admin_process(proc) -> psutil.Process:
 def _answered(client: AdminClient, token: str) -> tuple[int, Any, int]:
     """``GET /status`` with ``token`` until it is answered: (status, its JSON, connections
     closed unanswered before). A connection over a limit (8 from one address, 32 at once) is
-    closed at once without an answer, and a client tries again, as browsers do."""
+    closed at once without an answer, and a token whose check waited its turn past
+    CHECK_WAIT (a loaded machine) is answered 503 "try again": a client tries again, as
+    browsers do."""
     refused = 0
     while True:
         try:
             response = client.call("GET", "/status", token=token)
         except requests.ConnectionError:
-            refused += 1
-            assert refused < 10_000, "never answered"
-            continue
-        return response.status_code, response.json(), refused
+            response = None
+        if response is not None and response.status_code != 503:
+            return response.status_code, response.json(), refused
+        refused += 1
+        assert refused < 10_000, "never answered"
 
 
 def test_a_crowd_is_answered_within_the_connection_limits(emulator, tmp_path):
@@ -633,7 +636,7 @@ def test_a_crowd_is_answered_within_the_connection_limits(emulator, tmp_path):
             watcher.join()
             for sock in held:
                 sock.close()
-        assert [(status, body["you"]) for status, body, _ in answers] == \
+        assert [(status, body.get("you", body)) for status, body, _ in answers] == \
             [(200, {"token": "ops", "writable": True})] * len(sources)
         assert [(status, body) for status, body, _ in failures] == \
             [(401, {"error": "invalid token"})] * len(wrong)
