@@ -441,8 +441,8 @@ _CLUSTER_TROUBLE = {
 }
 
 
-# What each stopping state means (as docs/operations.md's Signals table says).
-# What the master's state means to a client, when it is not "running".
+# What the master's state means to a client when it is not "running" (the stopping states
+# as docs/operations.md's Signals table says).
 _STATE_MEANINGS = {
     MASTER_STARTING: "no worker serves yet; connections wait in the listen queue",
     "stopping gracefully": "new connections refused; the transfers in flight finish "
