@@ -471,26 +471,16 @@ def test_a_busy_node_still_drops_the_counts_of_a_dead_worker(redis6):
         admitter.close()
 
 
-class HungRedis:
+class HungRedis(Redis6Proxy):
     """A Redis that never finishes its first reply (hung mid-answer: a byte a second, so no
-    read times out), until ``release``: then it closes its connections and refuses more."""
+    read times out), until ``release``: then it closes its connections and refuses more.
+    The proxy's listener and accept loop, with nothing relayed."""
 
     def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._released = threading.Event()
-        self._asked = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._released, self._asked = threading.Event(), threading.Event()
+        super().__init__(upstream=0)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._hang, args=(client,), daemon=True).start()
-
-    def _hang(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket) -> None:
         with client:
             try:
                 client.recv(4096)  # the first command, whatever it is
@@ -506,7 +496,7 @@ class HungRedis:
 
     def release(self) -> None:
         self._released.set()
-        self._listener.close()
+        self.stop()
 
 
 def test_status_says_starting_until_a_worker_serves(emulator, tmp_path):
