@@ -122,11 +122,6 @@ def file_transfer_waiting(handler: Any) -> bool:
     return handler._in_dtp_queue is not None or (sending is not None and bool(sending[2]))
 
 
-def restart_position(handler: Any) -> int:
-    """The offset the last REST set (0: none), left in place."""
-    return handler._restart_position
-
-
 def transfer_type(handler: Any) -> str:
     """``"a"`` (TYPE A) or ``"i"`` (TYPE I)."""
     return handler._current_type
