@@ -603,7 +603,7 @@ def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_af
     """A node of a cluster, an auth hook's answer giving the home a 3 MiB quota: an upload
     holding 2 MiB there ends while the node finds Redis unreachable, so its release does not
     reach Redis. Once Redis answers again, the node's reservations in Redis are rewritten
-    from its own table: nothing is reserved and 2.5 MiB fit; the file's 1000 bytes, which
+    from its own table: nothing is reserved and the 1 MiB left fits; the file's 2 MiB, which
     the usage in Redis could not count then, are counted now. Found: Redis kept the 2 MiB
     for good (a day after the home's last reservation; worker 1's rewrite covers the
     file's homes only), and every upload needing that room got 552; the file was not
@@ -615,12 +615,17 @@ def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_af
             # The heartbeat finds it out (the node then does not ask Redis for 5 s: the
             # release is not even sent, where a timed-out call would land at the resume).
             wait_until(lambda: "unreachable" in node.log_text(), what="the outage seen")
+            held.sendall(b"h" * (2 * MIB - 1000))  # the rest of the size ALLO announced
             held.close()  # the end of the file: committed, its reservation given back
             ftp.voidresp()
         wait_until(lambda: "reachable again" in node.log_text(), what="Redis back")
         again = node.login("ho", "ho-pw")
-        wait_until(lambda: used(again) == (1000, 1), what="the file written meanwhile counted")
-        fits_again(again)
+        wait_until(lambda: used(again) == (2 * MIB, 1), what="the file written meanwhile "
+                   "counted")
+        wait_until(lambda: reserved(again) == 0, what="the reservation gone from the "
+                   "cluster's figures")
+        again.sendcmd(f"ALLO {MIB}")
+        assert put(again, "fits.bin", b"f" * MIB).startswith("226")
         ftp.quit()
 
 

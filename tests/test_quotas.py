@@ -117,6 +117,7 @@ def test_size_quota_refuses_before_the_bytes_and_stops_an_upload_that_crosses_it
     with pytest.raises(ftplib.error_perm, match=r"^552 Quota exceeded: this account's home"):
         ftp.sendcmd(f"ALLO {3 * MIB}")
     ftp.sendcmd(f"ALLO {2 * MIB}")
+    ftp.sendcmd(f"ALLO {3 * MIB // 2}")  # the file's size: fewer bytes would be a cut upload
     assert put(ftp, "fits.bin", b"f" * (3 * MIB // 2)).startswith("226")
     assert used(ftp) == (5 * MIB // 2, 2)
 

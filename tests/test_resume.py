@@ -114,6 +114,19 @@ def test_broken_upload_is_parked_and_rest_stor_resumes_it(resumable, area, cos):
     assert "resuming parked upload" in resumable.log_text()
 
 
+def test_allo_before_rest_stor_announces_the_whole_file(resumable, area, cos):
+    """lftp (``ftp:use-allo``) announces the whole file's size before REST + STOR: the
+    bytes after the offset complete it, and are no upload cut short."""
+    data = os.urandom(3 * MIB + 7)
+    break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:2 * MIB + 5], 1)
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    ftp.voidcmd(f"ALLO {len(data)}")
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    ftp.quit()
+
+
 def test_rest_at_another_offset_is_refused_and_keeps_the_parked_upload(resumable, area, cos):
     data = os.urandom(4 * MIB)
     break_upload(resumable.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)

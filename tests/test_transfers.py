@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess, wait_until
-from .test_clients import require
+from .test_clients import lftp_command, require
 from .test_commands import get, put
 
 MIB = 1024 * 1024
@@ -122,6 +122,61 @@ def test_reset_data_connection_is_not_a_complete_upload(alice, area, cos):
         alice.voidresp()
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
     assert alice.voidcmd("NOOP").startswith("200")
+
+
+@pytest.mark.parametrize("size", [1000, 2 * PART + 7])
+def test_data_ending_short_of_its_allo_size_is_no_complete_upload(alice, area, cos, size):
+    """A client that announced the file's size (ALLO) and closed its data connection
+    before sending it all was cut short (lftp 4.9.2's retry after a 451 sends 192 KiB of
+    its file, then closes): 426, nothing stored; the whole file then stores."""
+    data = os.urandom(size)
+    alice.voidcmd("TYPE I")
+    alice.voidcmd(f"ALLO {size}")
+    conn = alice.transfercmd(f"STOR {area}")
+    conn.sendall(data[:-1])
+    conn.close()
+    with pytest.raises(ftplib.error_temp, match=f"426 .*{size - 1} of the {size} bytes"):
+        alice.voidresp()
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    alice.voidcmd(f"ALLO {size}")
+    assert put(alice, area, data).startswith("226")
+    assert get(alice, area) == data
+
+
+def test_lftp_retrying_a_refused_upload_stores_the_whole_file(server, alice, tmp_path, area,
+                                                              emulator):
+    """lftp 4.9.2 retries a STOR refused (451) after it had sent all of a file by sending
+    its first 192 KiB and closing ("copy: put rolled back to 0"), then waits for ever.
+    With ``ftp:use-allo`` the server knows the size: that retry gets 426, lftp reconnects
+    and sends it all; exit 0 and the object whole, never the 192 KiB. (The 451: COS reports
+    another CRC64 than the bytes sent, found at the commit, after the last byte.)"""
+    data = os.urandom(300_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    log = os.path.join(server.log_dir, "cosftp.log")
+    start = os.path.getsize(log)
+
+    def refused() -> bool:
+        with open(log, "rb") as handle:
+            handle.seek(start)
+            return any(b"-> 451" in line and area.encode() in line for line in handle)
+
+    alice.mkd(area)
+    emulator.set_faults(corrupt_crc=True)
+    command = lftp_command(server, f"set ftp:use-allo yes; set net:max-retries 3; "
+                                   f"set net:reconnect-interval-base 1; "
+                                   f"put {tmp_path / 'f.bin'} -o {area}/f.bin")
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        wait_until(refused, timeout=60, what="the 451")
+        emulator.set_faults(corrupt_crc=False)
+        _, errors = client.communicate(timeout=60)
+    finally:
+        emulator.set_faults(corrupt_crc=False)
+        client.kill()
+        client.wait()
+    assert client.returncode == 0, errors
+    assert get(alice, f"{area}/f.bin") == data
 
 
 def test_failed_upload_keeps_previous_version(alice, area, cos):

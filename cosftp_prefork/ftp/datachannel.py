@@ -206,15 +206,13 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     def close(self) -> None:
         ending = not compat.is_closed(self)
         self._stop_pump()
-        if not compat.is_closed(self) and self.receive and self.transfer_finished and \
-                self._was_reset():
-            # pyftpdlib (plain and TLS alike) takes a reset for the end of the data; but
-            # the kernel drops what it had received and not yet read when a reset arrives.
+        cut = self._cut_short() if not compat.is_closed(self) and self.receive and \
+            self.transfer_finished else None
+        if cut:
             self.transfer_finished = False
-            compat.set_close_reply(
-                self, "426 Data connection reset by the client; transfer aborted.", log.debug)
-            log.warning("path=%s: the data connection was reset; the upload is not "
-                        "complete", getattr(self.file_obj, "name", "-"))
+            compat.set_close_reply(self, f"426 {cut}; transfer aborted.", log.debug)
+            log.warning("path=%s: %s; the upload is not complete",
+                        getattr(self.file_obj, "name", "-"), cut)
         if not compat.is_closed(self) and self.cmd is not None and \
                 not self.transfer_finished and self.cmd_channel.stats.stopping.is_set():
             compat.set_close_reply(self, "426 Server shutting down; transfer aborted.", log.info)
@@ -240,10 +238,23 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         elif transfer is not None and self.cmd == "RETR" and self.transfer_finished:
             hooks.downloaded(fs.path_of(transfer), self.get_transmitted_bytes(), seconds)
 
-    def _was_reset(self) -> bool:
-        """True if the client reset the data connection rather than closing it (a FIN
-        leaves the socket in CLOSE_WAIT, a reset in CLOSE)."""
-        return tcp_state(self.socket) == TCP_CLOSE
+    def _cut_short(self) -> Optional[str]:
+        """Why an upload's data that ended is not the whole file, or None.
+
+        pyftpdlib (plain and TLS alike) takes a reset for the end of the data; but the
+        kernel drops what it had received and not yet read when a reset arrives (a FIN
+        leaves the socket in CLOSE_WAIT, a reset in CLOSE). And a client that announced
+        the file's size (ALLO) and closed before sending it all was cut short: lftp
+        announces the whole file before a REST + STOR too, so the object's size counts."""
+        if tcp_state(self.socket) == TCP_CLOSE:
+            return "Data connection reset by the client"
+        upload = self.file_obj
+        announced = getattr(upload, "announced", None)
+        if announced is not None and \
+                max(upload.size, self.tot_bytes_received) < announced:
+            return (f"Data connection closed after {self.tot_bytes_received} of the "
+                    f"{announced} bytes ALLO announced")
+        return None
 
     def _commit_upload(self) -> None:
         upload = self.file_obj
