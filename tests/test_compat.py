@@ -123,6 +123,10 @@ def test_helpers_read_and_write_real_state(channels):
     assert "HASH MD5*" in feats and "HASH SHA-1*" not in feats and "AUTH TLS" in feats
     assert compat.mlst_facts(control) == control._current_facts
     assert not compat.tls_established(tls_control) and not compat.data_protected(tls_control)
+    assert not compat.protection_negotiated(tls_control)
+    assert not compat.epsv_only(control)
+    compat.set_epsv_only(control)
+    assert compat.epsv_only(control) and control._epsvall
     assert not compat.tls_handshake_pending(tls_dtp)
     assert compat.close_reply(dtp) == ""
     compat.set_close_reply(dtp, "426 Test reply.", print)

@@ -153,7 +153,7 @@ def test_new_logins_in_logged_in_sessions_count_against_the_prelogin_limits(emul
     with server(emulator, tmp_path, max_prelogin_connections_per_ip="2") as proc:
         sessions = [log_in(proc, "127.0.0.30") for _ in range(4)]
         assert sessions[0].sendcmd("USER ops").startswith("331")
-        assert sessions[1].sendcmd("REIN").startswith("230")  # "Ready for new user."
+        assert sessions[1].sendcmd("REIN").startswith("220")  # "Ready for a new user"
         for ftp, command in zip(sessions[2:], ("USER ops", "REIN")):
             try:
                 reply = ftp.sendcmd(command)

@@ -347,3 +347,54 @@ def test_a_key_the_session_encoding_lacks_is_listed_with_a_placeholder(legacy, a
     assert ftp.nlst(area) == ["snow?.txt"]
     assert ftp.voidcmd("NOOP").startswith("200")
     _close(ftp)
+
+
+# --- reply codes the standards list (docs/replies.md)
+
+
+def test_rein_answers_220_as_rfc_959_lists_it(alice):
+    """RFC 959 5.4 gives REIN 120, 220, 421, 500, 502 (pyftpdlib answered 230, "logged
+    in", to the command that logs out); before a login it is the state asked for."""
+    assert alice.sendcmd("REIN").startswith("220 ")
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
+        alice.sendcmd("PWD")
+    assert alice.sendcmd("REIN").startswith("220 ")
+    assert alice.login("alice", "alice-pw").startswith("230")
+    assert alice.pwd() == "/"
+
+
+def test_epsv_all_is_200_then_only_epsv_sets_up_data_connections(alice):
+    """RFC 2428 4: EPSV ALL succeeds with a 2xx (vsftpd and proftpd answer 200; pyftpdlib
+    answered 220, the greeting's code), and PORT, EPRT and PASV are refused after it."""
+    assert alice.sendcmd("EPSV ALL").startswith("200 ")
+    for command in ("PASV", "PORT 127,0,0,1,4,1", "EPRT |1|127.0.0.1|1025|"):
+        with pytest.raises(ftplib.error_perm, match=r"^501"):
+            alice.sendcmd(command)
+    assert alice.sendcmd("EPSV").startswith("229 ")
+
+
+@pytest.mark.parametrize("command", ["EPSV 2", "EPSV 3", "EPSV 99", "EPRT |2|::1|5000|",
+                                     "EPRT |3|1.2.3.4|5000|"])
+def test_an_unsupported_network_protocol_is_522_with_the_one_to_use(alice, command):
+    """RFC 2428 2 and 3: 522 and the protocols the server takes, in the form clients parse
+    ("use (1)": squid, for one, reads what follows the parenthesis)."""
+    with pytest.raises(ftplib.error_perm,
+                       match=r"^522 Network protocol not supported, use \(1\)"):
+        alice.sendcmd(command)
+    with pytest.raises(ftplib.error_perm, match=r"^501"):
+        alice.sendcmd("EPSV x")
+    assert alice.sendcmd("EPSV 1").startswith("229 ")
+
+
+@pytest.mark.parametrize("stamp", ["2020", "2020010203040x", "20201301000000",
+                                   "202001020304050"])
+def test_mfmt_with_a_malformed_time_is_501_and_asks_cos_nothing(alice, area, emulator,
+                                                                 stamp):
+    """A time that is not YYYYMMDDHHMMSS is a syntax error in the argument (501, as for
+    MDTM's siblings in RFC 3659), not "file unavailable" (pyftpdlib's 550)."""
+    put(alice, f"{area}.txt", b"t")
+    emulator.requests(reset=True)
+    with pytest.raises(ftplib.error_perm, match=r"^501 "):
+        alice.sendcmd(f"MFMT {stamp} {area}.txt")
+    assert emulator.requests(contains=area) == {}
+    assert alice.sendcmd(f"MFMT {STAMP} {area}.txt").startswith("213 Modify=")

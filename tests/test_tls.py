@@ -259,6 +259,28 @@ def test_tls_required_account_needs_prot_p(tls_server, area):
     _close(ftp)
 
 
+def test_security_replies_are_those_rfc_2228_lists(tls_server):
+    """AUTH of a mechanism the server does not know: 504; PROT of a level TLS has not (S,
+    E): 536; of no level at all: 504 (pyftpdlib answered 502, 521 and 502: 502 means the
+    command is not implemented, and 521 is no PROT reply)."""
+    ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.connect("127.0.0.1", tls_server.port, timeout=30)
+    with pytest.raises(ftplib.error_perm, match=r"^504 "):
+        ftp.sendcmd("AUTH KERBEROS_V4")
+    ftp.auth()
+    ftp.login(PLAIN.user, PLAIN.password)
+    ftp.sendcmd("PBSZ 0")
+    for level in ("S", "E"):
+        with pytest.raises(ftplib.error_perm, match=r"^536 "):
+            ftp.sendcmd(f"PROT {level}")
+    with pytest.raises(ftplib.error_perm, match=r"^504 "):
+        ftp.sendcmd("PROT X")
+    with pytest.raises(ftplib.error_perm, match=r"^503 "):  # TLS is on already
+        ftp.sendcmd("AUTH TLS")
+    assert ftp.sendcmd("PROT P").startswith("200")
+    _close(ftp)
+
+
 def test_other_accounts_keep_plain_ftp_on_the_same_port(tls_server, area):
     ftp = tls_server.login(PLAIN.user, PLAIN.password)
     assert put(ftp, area, b"in the clear").startswith("226")

@@ -28,11 +28,11 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
     "FTPHandler": ("_in_buffer", "_in_buffer_len", "_restart_position",
                    "_in_dtp_queue", "_out_dtp_queue", "_current_type", "_current_facts",
                    "_extra_feats", "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection",
-                   "_rnfr", "_shutdown_connecting_dtp"),
+                   "_rnfr", "_shutdown_connecting_dtp", "_epsvall"),
     "DTPHandler": ("_resp", "_initialized", "_wanted_io_events"),
     # handlers.ftps.ssl.SSLConnectionMixin, mixed into both TLS channels
     "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established"),
-    "TLS_FTPHandler": ("_prot",),
+    "TLS_FTPHandler": ("_prot", "_pbsz"),
     "Acceptor": ("_fileno",),  # the listening server
 }
 
@@ -142,6 +142,16 @@ def set_feature(handler: Any, feature: str, replacing: Optional[str] = None) -> 
 
 # --- control channel: the data connection being set up
 
+def epsv_only(handler: Any) -> bool:
+    """True after ``EPSV ALL``: PASV, PORT and EPRT are refused (RFC 2428)."""
+    return handler._epsvall
+
+
+def set_epsv_only(handler: Any) -> None:
+    """``EPSV ALL``: from now on data connections are set up with EPSV alone."""
+    handler._epsvall = True
+
+
 def passive_listener(handler: Any) -> Any:
     """The passive data listener (PASV/EPSV) of the session, or None."""
     return handler._dtp_acceptor
@@ -227,6 +237,11 @@ def tls_established(handler: Any) -> bool:
     """True once the control connection is encrypted (AUTH TLS done); False on a handler
     without FTPS (the auth hook asks every session)."""
     return getattr(handler, "_ssl_established", False)
+
+
+def protection_negotiated(handler: Any) -> bool:
+    """True once PROT may set a level: TLS is on and PBSZ came (RFC 2228)."""
+    return tls_established(handler) and handler._pbsz
 
 
 def data_protected(handler: Any) -> bool:

@@ -5,6 +5,7 @@ their replies and logs (the data channel: ``ftp.datachannel``; who may log in:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import ipaddress
 import logging
@@ -70,6 +71,17 @@ def _reading_command(syntax: str) -> dict:
     return {"perm": "r", "auth": True, "arg": True, "help": f"Syntax: {syntax}."}
 
 
+def _mfmt_time(timeval: str) -> bool:
+    """True if ``timeval`` is a time MFMT takes: YYYYMMDDHHMMSS, a real date."""
+    if len(timeval) != 14 or not timeval.isdigit():
+        return False
+    try:
+        datetime.datetime.strptime(timeval, "%Y%m%d%H%M%S")
+    except ValueError:
+        return False
+    return True
+
+
 class SessionLabel:
     """``session=… user=… ip=…`` of a session, read when a line is written: the user is
     known from USER on, the client's address from its PROXY header."""
@@ -101,6 +113,8 @@ class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
            for name, algorithm in X_DIGEST_COMMANDS.items()},
         # Some clients send OPTS UTF8 ON before USER; ClientDialect refuses the rest then.
         "OPTS": {**FTPHandler.proto_cmds["OPTS"], "auth": False},
+        # Before a login REIN asks for the state the session is in: 220, not 530.
+        "REIN": {**FTPHandler.proto_cmds["REIN"], "auth": False},
         "SITE QUOTA": {"perm": None, "auth": True, "arg": False,
                        "help": "Syntax: SITE QUOTA (usage and limits of this account and its "
                                 "folders)."},
@@ -159,8 +173,12 @@ class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
             super().ftp_USER(line)
 
     def ftp_REIN(self, line: str) -> None:
+        """RFC 959 5.4 lists 120, 220, 421, 500 and 502 for REIN: 220, the greeting's
+        code, as the session is now as a new connection is (pyftpdlib answered 230, "user
+        logged in", to the command that logs out)."""
         if self._may_log_in_anew():
-            super().ftp_REIN(line)
+            self.flush_account()
+            self.respond("220 Ready for a new user: send USER.")
 
     def _may_log_in_anew(self) -> bool:
         """A logged-in session that starts a new login (USER, REIN; RFC 959 allows both,
@@ -530,6 +548,37 @@ class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
             self.respond(f"550 {strerror(exc)}.")
         return None
 
+    def ftp_EPSV(self, line: str) -> None:
+        """RFC 2428: ``EPSV ALL`` is answered 200 (pyftpdlib answered 220, the greeting's
+        code), and a network protocol this connection cannot use 522 with the ones it can."""
+        protocol = line.strip().upper()
+        if protocol == "ALL":
+            compat.set_epsv_only(self)
+            self.respond("200 EPSV ALL ok: data connections are set up with EPSV only.")
+        elif not self._protocol_refused(protocol, extended_passive=True):
+            super().ftp_EPSV(line)
+
+    def ftp_EPRT(self, line: str) -> None:
+        """A network protocol this connection cannot use: 522 with the ones it can."""
+        fields = line.split(line[0]) if line else []
+        if len(fields) == 5 and not compat.epsv_only(self) and \
+                self._protocol_refused(fields[1], extended_passive=False):
+            return
+        super().ftp_EPRT(line)
+
+    def _protocol_refused(self, protocol: str, extended_passive: bool) -> bool:
+        """Answer 522 and return True if RFC 2428's network ``protocol`` (1: IPv4, 2:
+        IPv6) is one data connections of this session cannot use; the reply lists those
+        they can, in the RFC's form ("use (1)"), which clients parse. Anything else than
+        a number is left to pyftpdlib (501)."""
+        usable = ["2" if self.socket.family == socket.AF_INET6 else "1"]
+        if not extended_passive and usable == ["2"] and socket.has_dualstack_ipv6():
+            usable.insert(0, "1")  # EPRT to an IPv4 address over an IPv6 connection
+        if not protocol.isdigit() or protocol in usable:
+            return False
+        self.respond(f"522 Network protocol not supported, use ({','.join(usable)}).")
+        return True
+
     def _make_eport(self, ip: str, port: int) -> None:
         """EPRT may spell an IPv6 address in any of its forms: compare the canonical one."""
         if not self.new_data_connection():
@@ -607,7 +656,12 @@ class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
     def ftp_MFMT(self, path: str, timeval: str):
         """MFMT right after the session's own STOR of ``path`` asks COS nothing before its
         copy, which is pinned to what that STOR stored (``CosFS.utime``); any other starts
-        the listing of the file's markers beside pyftpdlib's look-up (``CosFS.begin_mfmt``)."""
+        the listing of the file's markers beside pyftpdlib's look-up (``CosFS.begin_mfmt``).
+        A time that is not YYYYMMDDHHMMSS is a syntax error (501), found before COS is
+        asked anything (pyftpdlib answered 550, "file unavailable")."""
+        if not _mfmt_time(timeval):
+            self.respond("501 Invalid time: expected YYYYMMDDHHMMSS (UTC).")
+            return None
         self.fs.begin_mfmt(path)
         return super().ftp_MFMT(path, timeval)
 

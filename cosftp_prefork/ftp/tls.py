@@ -36,6 +36,8 @@ REFUSE_PROT_C = "534 This account may not use clear data connections."
 HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
                        "transfer aborted.")
 BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
+# What pyftpdlib's AUTH takes (RFC 4217: TLS and SSL negotiate alike).
+AUTH_MECHANISMS = ("TLS", "TLS-C", "SSL", "TLS-P")
 REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
                         "connection (require_ssl_reuse); transfer aborted.")
 
@@ -179,6 +181,25 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
             self.respond(refusal)
             return
         super().process_command(cmd, *args, **kwargs)
+
+    def ftp_AUTH(self, line: str) -> None:
+        """RFC 2228: a security mechanism the server does not know is 504 (pyftpdlib
+        answered 502, which says AUTH itself is not implemented)."""
+        if compat.tls_established(self) or line.strip().upper() in AUTH_MECHANISMS:
+            super().ftp_AUTH(line)
+        else:
+            self.respond("504 Unknown security mechanism: use AUTH TLS.")
+
+    def ftp_PROT(self, line: str) -> None:
+        """RFC 2228: a level the mechanism lacks (TLS has no S or E) is 536, an unknown
+        level 504 (pyftpdlib answered 521 and 502, which RFC 2228 does not list for PROT)."""
+        level = line.strip().upper()
+        if level in ("C", "P") or not compat.protection_negotiated(self):
+            super().ftp_PROT(line)
+        elif level in ("S", "E"):
+            self.respond(f"536 PROT {level} is not supported by TLS: use PROT P.")
+        else:
+            self.respond("504 Unknown protection level: use PROT P.")
 
     def _tls_refusal(self, cmd: str, arg: str) -> Optional[str]:
         """Return the reply refusing ``cmd`` under ``tls_required``, or None to run it."""
