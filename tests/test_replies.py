@@ -398,3 +398,19 @@ def test_mfmt_with_a_malformed_time_is_501_and_asks_cos_nothing(alice, area, emu
         alice.sendcmd(f"MFMT {stamp} {area}.txt")
     assert emulator.requests(contains=area) == {}
     assert alice.sendcmd(f"MFMT {STAMP} {area}.txt").startswith("213 Modify=")
+
+
+@pytest.mark.parametrize("command, reply", [("REIN", "220"), ("USER alice", "331")])
+def test_a_new_login_gives_a_waiting_transfer_its_final_reply_first(alice, area, cos, command,
+                                                                   reply):
+    """A STOR answered 150 and still waiting for its data connection when REIN or USER
+    starts a new login is given up: its 150 gets its final reply (425) before the new
+    login's, as for QUIT and PASV (the client reads one final reply per 150); it got none."""
+    alice.sendcmd("PASV")
+    assert alice.sendcmd(f"STOR {area}").startswith("150")
+    with pytest.raises(ftplib.error_temp, match=r"^425 "):
+        alice.sendcmd(command)
+    assert alice.getresp().startswith(reply)
+    alice.login("alice", "alice-pw")
+    assert alice.sendcmd("NOOP").startswith("200")
+    assert not cos.object_exists(Bucket=ALPHA, Key=area)

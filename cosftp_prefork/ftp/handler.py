@@ -44,7 +44,7 @@ from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
 from .drain import Drain, DrainEnd
 from .hooks import SessionHooks, WorkerHooks
-from .lifecycle import TRANSFER_BUSY, TransferLifecycle
+from .lifecycle import LOGIN_ANEW, TRANSFER_BUSY, TransferLifecycle
 from .logins import AddressBanned, LoginExpired
 from .mounts import session_fs
 from .oplog import OperatorLogs, Transfer
@@ -590,10 +590,10 @@ class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
         super()._make_eport(ip, port)
 
     def flush_account(self) -> None:
-        """REIN and a new USER: also give up an upload still waiting for its data
-        connection, an account the auth hook gave, its rates, and what the old login's
-        filesystem keeps (``CosFS.end``)."""
-        self._drop_queued_transfers()
+        """REIN and a new USER: also give up a transfer still waiting for its data
+        connection (its final reply, 425, before the new login's), an account the auth hook
+        gave, its rates, and what the old login's filesystem keeps (``CosFS.end``)."""
+        self._drop_queued_transfers(answer=LOGIN_ANEW)
         vars(self).pop("authorizer", None)
         self.rates = None
         if self.fs is not None:

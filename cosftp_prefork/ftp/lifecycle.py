@@ -17,7 +17,8 @@ WAITING        given up with its final reply: ABOR (426, 226),      IDLE
                PASV/EPSV/PORT/EPRT (425), the connection timed out
                or failed (425), QUIT (425, then 221 and closed)
 WAITING        a stop (426, then 421)                               IDLE
-WAITING        REIN, USER, the session closes (given up, no reply)  IDLE
+WAITING        given up by REIN or USER (425, then 220 / 331)       IDLE
+WAITING        the session closes (given up, no reply)              IDLE
 TRANSFERRING   the data channel closed (an upload committed or      IDLE
                not), its reply sent
 TRANSFERRING   ABOR: pyftpdlib closes the data channel and answers  ABORTING
@@ -52,6 +53,8 @@ GIVEN_UP = ("425 No data connection came; the transfer was given up for the new 
 # (a client waits for it before the reply of the command that ended it).
 ABORTED_WAITING = "426 Transfer aborted (ABOR) before its data connection opened."
 QUIT_WAITING = "425 No data connection came before QUIT; the transfer was given up."
+LOGIN_ANEW = ("425 No data connection came before the new login (REIN or USER); the transfer "
+              "was given up.")
 STOPPED = "426 Server shutting down; transfer aborted."
 TRANSFER_BUSY = ("450 Another transfer is under way or waiting for its data connection; "
                  "wait for its reply or send ABOR.")
