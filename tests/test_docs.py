@@ -37,7 +37,7 @@ READMES = ["README.md", "README.zh-CN.md"]
 DOCS = [os.path.join("docs", name) for name in ("configuration.md", "operations.md",
                                                  "security.md", "clients.md", "cluster.md",
                                                  "features.md", "architecture.md", "events.md",
-                                                 "migration.md")]
+                                                 "migration.md", "replies.md")]
 GENERATOR = [sys.executable, "-m", "cosftp_prefork.config.docs"]
 
 
