@@ -37,6 +37,7 @@ from cosftp_prefork.server.scoreboard import (
 from cosftp_prefork.server.scoreboard.layout import BANS_AT
 
 from .conftest import ALPHA
+from .crowds import peak_rss, reset_peak_rss, workers_of
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_master import no_sessions_left
 from .test_proxy import closed_by_server
@@ -213,6 +214,73 @@ def test_login_timeout_is_not_reset_by_commands_before_login(emulator, tmp_path)
                    what="the timeout logged")
         user.quit()
         ftp.close()
+
+
+def _unread_session(port: int, source: str, login: bool = False) -> socket.socket:
+    """A control connection from ``source`` with a small receive buffer, logged in as ops
+    if ``login``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    replies = sock.makefile("rb")
+    assert replies.readline().startswith(b"220")
+    if login:
+        sock.sendall(b"USER ops\r\nPASS ops-pw\r\n")
+        assert replies.readline().startswith(b"331")
+        assert replies.readline().startswith(b"230")
+    return sock
+
+
+def _send_unread(sock: socket.socket, line: bytes) -> None:
+    """Send ``line`` over and over, as much as the server takes at once (8 MiB at most),
+    reading nothing."""
+    sock.setblocking(False)
+    block, sent = line * (65536 // len(line)), 0
+    with suppress(BlockingIOError):
+        while sent < 8 * 1024 * 1024:
+            sent += sock.send(block)
+
+
+def _connected_from(worker: psutil.Process, sock: socket.socket) -> bool:
+    port = sock.getsockname()[1]
+    return any(conn.raddr and conn.raddr.port == port
+               for conn in worker.net_connections("tcp"))
+
+
+def test_a_client_that_reads_no_replies_is_not_read_and_is_closed_in_time(emulator,
+                                                                          tmp_path):
+    """Before: pyftpdlib read every command and queued in the worker every reply the client
+    left unread. A client pipelining HELP (437 bytes answered to 6 sent) and reading nothing
+    grew the worker by ~5 MiB a second: until its login_timeout (30 s by default, 128 such
+    connections allowed at once) before login, for good after it."""
+    with server(emulator, tmp_path, login_timeout="8", worker_processes="1") as proc:
+        [worker] = workers_of(proc.proc.pid)
+        polite = log_in(proc)
+        polite.nlst()
+        # logins and the worker's COS client cost what they cost before the peak is reset
+        logged_in = _unread_session(proc.port, "127.0.0.2", login=True)
+        not_logged_in = _unread_session(proc.port, "127.0.0.3")
+        reset_peak_rss(worker.pid)
+        before = peak_rss(worker.pid)
+        _send_unread(logged_in, b"HELP\r\n")
+        _send_unread(not_logged_in, b"HELP\r\n")
+        try:
+            wait_until(lambda: proc.log_text().count("the client reads no replies") == 2 or
+                       peak_rss(worker.pid) - before > 16 * 1024 * 1024, timeout=90,
+                       what="the worker to stop reading both clients, or grow")
+            # the replies the kernel's buffers did not take: about 64 each, not every one
+            assert peak_rss(worker.pid) - before < 8 * 1024 * 1024
+            polite.nlst()  # the bucket is shared with other tests: what it holds varies
+            assert polite.voidcmd("NOOP").startswith("200")
+            polite.quit()
+            # not reading it, the worker still hears its login_timeout (a kick)
+            wait_until(lambda: not _connected_from(worker, not_logged_in), timeout=30,
+                       what="the session not logged in closed at login_timeout")
+            assert _connected_from(worker, logged_in)
+        finally:
+            logged_in.close()
+            not_logged_in.close()
 
 
 # The start of a ClientHello (a record of 512 bytes announced), then nothing more.

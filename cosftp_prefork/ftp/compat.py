@@ -24,7 +24,7 @@ __all__ = ["DISCONNECTED", "ActiveDTP", "BufferedIteratorProducer", "FileProduce
 # pyftpdlib class -> the private attributes and methods the helpers below use.
 RELIED_ON: dict[str, tuple[str, ...]] = {
     # ioloop.AsyncChat, the base of the control and data channels
-    "AsyncChat": ("_closed", "_closing"),
+    "AsyncChat": ("_closed", "_closing", "_fileno", "_wanted_io_events"),
     "FTPHandler": ("_in_buffer", "_in_buffer_len", "_restart_position",
                    "_in_dtp_queue", "_out_dtp_queue", "_current_type", "_current_facts",
                    "_extra_feats", "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection",
@@ -219,6 +219,14 @@ def watch_readable(ioloop: Any, fileno: int, member: Any) -> None:
     it holds by their ``_fileno``, which channels have: give ``member`` one."""
     member._fileno = fileno
     ioloop.register(fileno, member, ioloop.READ)
+
+
+def stop_reading(channel: Any) -> None:
+    """Have the IO loop wake ``channel`` only to send, until its next send wants reading
+    again (``AsyncChat.initiate_send`` asks for reading whenever it ran)."""
+    if not channel._closed and channel._wanted_io_events != channel.ioloop.WRITE:
+        channel.ioloop.modify(channel._fileno, channel.ioloop.WRITE)
+        channel._wanted_io_events = channel.ioloop.WRITE
 
 
 # --- TLS (both channels)

@@ -40,6 +40,7 @@ from .active import CosActiveDTP
 from .admission import Admission, raw_socket
 from .authhook import DENY, AuthHook, HookRequest, Verdict
 from .authorizer import CosAuthorizer, LoginRefused, LoginUnavailable
+from .backpressure import ReplyBackPressure
 from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
 from .drain import Drain, DrainEnd
@@ -96,7 +97,7 @@ class SessionLabel:
         return f"session={id(handler):x} user={handler.username or '-'} ip={handler.remote_ip}"
 
 
-class CosFTPHandler(TransferLifecycle, Admission, ClientDialect, FTPHandler):
+class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDialect, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler

@@ -1,0 +1,85 @@
+"""A client that sends commands and reads no replies: what it makes the worker queue is bounded.
+
+pyftpdlib reads a control connection whenever it is readable, replies to every command it
+finds, and queues in the worker whatever reply the kernel's socket buffer cannot take. A
+client that pipelines ``HELP`` (437 bytes answered to 6 sent, before any login) and never
+reads grew a worker by about 5 MiB a second for as long as it was connected; a logged-in
+one, whose commands keep resetting its idle timer, for good.
+
+Here the session stops reading its control connection while ``MAX_QUEUED_REPLIES``
+replies wait in the worker, and reads again once the client took them. One read brings at
+most ``PLAIN_READ_SIZE`` bytes of commands in clear (a TLS read brings one record, 16 KiB
+at most), so the replies of one read are bounded too.
+
+A paused session hears no read event, and a kick (``ftp.admission``: a ban, a
+``login_timeout``, the admin API) arrives as one: while paused, ``handle_read`` runs once a
+second all the same, so that ``Admission`` sees the kick (this mixin comes after it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import compat
+
+log = logging.getLogger(__name__)
+
+# Replies a session may hold in the worker beyond the kernel's socket buffer (which takes
+# the first few MiB) before it stops reading commands; a polite client that pipelines a few
+# commands never comes near.
+MAX_QUEUED_REPLIES = 64
+# What one read of a clear-text control connection takes: at most 682 six-byte commands,
+# and their replies, before the pause is seen. A TLS read returns one record whatever this
+# is, so this stays at pyftpdlib's size there (a smaller read would leave decrypted bytes in
+# the TLS object that no readiness event announces).
+PLAIN_READ_SIZE = 4096
+TLS_READ_SIZE = 65536
+# How often a paused session looks for a kick.
+KICK_CHECK_INTERVAL = 1.0
+
+
+class ReplyBackPressure:
+    """Mixin for the control handler: see the module docstring."""
+
+    _reading_paused_once = False
+    _kick_check = None  # while reading is paused
+
+    @property
+    def ac_in_buffer_size(self) -> int:
+        return TLS_READ_SIZE if compat.tls_established(self) else PLAIN_READ_SIZE
+
+    def initiate_send(self) -> None:
+        super().initiate_send()
+        if compat.is_closed(self):
+            return
+        if len(self.producer_fifo) >= MAX_QUEUED_REPLIES:
+            self._pause_reading()
+        elif self._kick_check is not None:
+            self._stop_kick_check()  # AsyncChat.initiate_send asked for reading again
+
+    def handle_read(self) -> None:
+        """Read nothing while replies wait (a TLS read may be asked for by the TLS layer
+        itself, with the replies still unsent)."""
+        if len(self.producer_fifo) >= MAX_QUEUED_REPLIES:
+            self._pause_reading()
+            return
+        super().handle_read()
+
+    def _pause_reading(self) -> None:
+        compat.stop_reading(self)
+        if self._kick_check is None:
+            self._kick_check = self.ioloop.call_every(KICK_CHECK_INTERVAL, self.handle_read,
+                                                      _errback=self.handle_error)
+        if not self._reading_paused_once:
+            self._reading_paused_once = True
+            log.info("the client reads no replies: %d wait; its commands are not read until "
+                     "it takes them", len(self.producer_fifo))
+
+    def _stop_kick_check(self) -> None:
+        check, self._kick_check = self._kick_check, None
+        if check is not None and not check.cancelled:
+            check.cancel()
+
+    def close(self) -> None:
+        self._stop_kick_check()
+        super().close()
