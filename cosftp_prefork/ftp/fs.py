@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -438,8 +439,11 @@ class CosFS(Renames, VirtualTree):
         them; raises ``Refusal`` if ``path`` is no directory or nothing matches. Reads the
         directory's pages until enough names match (all of them if fewer do)."""
         prefix = dir_prefix(path)
+        # Not fnmatch's cache: it keeps 32,768 compiled patterns for the process, whatever
+        # clients send (34 KiB each for 1,900 bytes: 1.1 GiB); re's keeps 512 at most.
+        matches = re.compile(fnmatch.translate(pattern)).match
         entries = iter_directory(prefix, pages(self._bucket, prefix), self._ctx.max_list_file,
-                                 lambda name: fnmatch.fnmatchcase(name, pattern))
+                                 lambda name: matches(name) is not None)
         first = next(entries, None)
         if first is None:
             self._require(path, want_dir=True)
