@@ -224,6 +224,20 @@ def test_port_to_a_foreign_host_is_refused(alice):
         alice.sendcmd("PORT 8,8,8,8,0,21")
 
 
+@pytest.mark.parametrize("command", [
+    "EPRT |1|8.8.8.8|2121|", "EPRT |2|::ffff:127.0.0.1|2121|", "EPRT |1|127.000.000.001|2121|",
+    "PORT 127,0,0,1,0,25", "EPRT |1|127.0.0.1|25|"])
+def test_no_bounce_to_a_foreign_host_or_a_privileged_port(alice, command):
+    """RFC 2577: EPRT to another host, in any spelling, and PORT/EPRT to a port below 1024
+    of the client's own host (its mail server) are refused (an IPv6 EPRT on an IPv4
+    connection with 522); the session goes on."""
+    with pytest.raises(ftplib.error_perm, match=r"^(501 (Rejected data connection to foreign "
+                                                r"address|PORT against the privileged port)|"
+                                                r"522 Network protocol not supported)"):
+        alice.sendcmd(command)
+    assert alice.voidcmd("NOOP").startswith("200")
+
+
 def test_cos_errors_are_logged_once_with_their_session_not_by_the_sdk(emulator, tmp_path,
                                                                       area, faults):
     with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
