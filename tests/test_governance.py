@@ -253,12 +253,13 @@ def test_a_client_that_reads_no_replies_is_not_read_and_is_closed_in_time(emulat
     """Before: pyftpdlib read every command and queued in the worker every reply the client
     left unread. A client pipelining HELP (437 bytes answered to 6 sent) and reading nothing
     grew the worker by ~5 MiB a second: until its login_timeout (30 s by default, 128 such
-    connections allowed at once) before login, for good after it."""
-    with server(emulator, tmp_path, login_timeout="8", worker_processes="1") as proc:
+    connections allowed at once) before login, for good after it. And once logged in it was
+    never closed: the idle timeout's 421 waited behind the unread replies."""
+    with server(emulator, tmp_path, login_timeout="8", idle_session_timeout="3",
+                worker_processes="1") as proc:
         [worker] = workers_of(proc.proc.pid)
-        polite = log_in(proc)
-        polite.nlst()
         # logins and the worker's COS client cost what they cost before the peak is reset
+        log_in(proc).quit()
         logged_in = _unread_session(proc.port, "127.0.0.2", login=True)
         not_logged_in = _unread_session(proc.port, "127.0.0.3")
         reset_peak_rss(worker.pid)
@@ -271,16 +272,27 @@ def test_a_client_that_reads_no_replies_is_not_read_and_is_closed_in_time(emulat
                        what="the worker to stop reading both clients, or grow")
             # the replies the kernel's buffers did not take: about 64 each, not every one
             assert peak_rss(worker.pid) - before < 8 * 1024 * 1024
+            polite = log_in(proc)
             polite.nlst()  # the bucket is shared with other tests: what it holds varies
-            assert polite.voidcmd("NOOP").startswith("200")
             polite.quit()
-            # not reading it, the worker still hears its login_timeout (a kick)
-            wait_until(lambda: not _connected_from(worker, not_logged_in), timeout=30,
+            # not reading them, the worker still hears its login_timeout (a kick) and ends
+            # the idle session, whose 421 the client does not read either
+            wait_until(lambda: not _connected_from(worker, not_logged_in), timeout=60,
                        what="the session not logged in closed at login_timeout")
-            assert _connected_from(worker, logged_in)
+            wait_until(lambda: not _connected_from(worker, logged_in), timeout=60,
+                       what="the logged-in session closed after idle_session_timeout")
+            assert "closed with" in proc.log_text()
         finally:
             logged_in.close()
             not_logged_in.close()
+
+
+def test_idle_session_timeout_closes_a_session_that_sends_no_command(emulator, tmp_path):
+    """Before: pyftpdlib's fixed 300 s, no option."""
+    with server(emulator, tmp_path, idle_session_timeout="2") as proc:
+        idle = log_in(proc)
+        assert next_reply(idle) == "421 Control connection timed out."
+        assert next_reply(idle) == ""  # closed
 
 
 # The start of a ClientHello (a record of 512 bytes announced), then nothing more.

@@ -297,6 +297,7 @@ class ServerConfig:
     max_prelogin_connections_per_ip: int = 16
     ftp_encoding: str = "utf-8"
     data_connection_timeout: int = 300
+    idle_session_timeout: int = 300  # seconds a logged-in session may send no command
     accept_timeout: int = 30  # seconds a passive port waits for its data connection
     connect_timeout: int = 60  # seconds an active (PORT/EPRT) data connection may take
     max_password_checks: int = 1

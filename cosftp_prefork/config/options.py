@@ -327,6 +327,9 @@ SETTINGS: tuple[Setting, ...] = (
     # Data connections: how long one may stall before it is cut off (421).
     Setting("OPTIONAL", "data_connection_timeout", integer(1, 86400), 300,
             "seconds a transfer may go without moving a byte before it is cut off (421)"),
+    Setting("OPTIONAL", "idle_session_timeout", integer(1, 86400), 300,
+            "seconds a logged-in session may send no command before it is closed (421; "
+            "vsftpd's name and default); a transfer under way keeps it open"),
     Setting("OPTIONAL", "accept_timeout", integer(1, 3600), 30,
             "seconds a PASV/EPSV port waits for the client's data connection; a transfer "
             "command waiting for it then gets 425, an unused port is closed quietly"),

@@ -340,6 +340,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_prelogin_connections_per_ip=optional["max_prelogin_connections_per_ip"],
         ftp_encoding=optional["ftp_encoding"],
         data_connection_timeout=optional["data_connection_timeout"],
+        idle_session_timeout=optional["idle_session_timeout"],
         accept_timeout=optional["accept_timeout"],
         connect_timeout=optional["connect_timeout"],
         max_password_checks=optional["max_password_checks"] or

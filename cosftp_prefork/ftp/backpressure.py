@@ -9,7 +9,9 @@ one, whose commands keep resetting its idle timer, for good.
 Here the session stops reading its control connection while ``MAX_QUEUED_REPLIES``
 replies wait in the worker, and reads again once the client took them. One read brings at
 most ``PLAIN_READ_SIZE`` bytes of commands in clear (a TLS read brings one record, 16 KiB
-at most), so the replies of one read are bounded too.
+at most), so the replies of one read are bounded too. A session that closes with replies
+unread (its idle timeout's ``421`` among them) is closed ``CLOSE_GRACE`` seconds later
+whether they were sent or not: pyftpdlib's ``close_when_done`` waits for the client.
 
 A paused session hears no read event, and a kick (``ftp.admission``: a ban, a
 ``login_timeout``, the admin API) arrives as one: while paused, ``handle_read`` runs once a
@@ -34,6 +36,8 @@ MAX_QUEUED_REPLIES = 64
 # the TLS object that no readiness event announces).
 PLAIN_READ_SIZE = 4096
 TLS_READ_SIZE = 65536
+# A session closing with replies still unread is given this long to send them.
+CLOSE_GRACE = 10.0
 # How often a paused session looks for a kick.
 KICK_CHECK_INTERVAL = 1.0
 
@@ -43,6 +47,7 @@ class ReplyBackPressure:
 
     _reading_paused_once = False
     _kick_check = None  # while reading is paused
+    _close_deadline = None  # once closing with replies unread
 
     @property
     def ac_in_buffer_size(self) -> int:
@@ -75,6 +80,21 @@ class ReplyBackPressure:
             log.info("the client reads no replies: %d wait; its commands are not read until "
                      "it takes them", len(self.producer_fifo))
 
+    def close_when_done(self) -> None:
+        """Close once the replies are sent, or ``CLOSE_GRACE`` seconds from now."""
+        if self.producer_fifo and self._close_deadline is None and \
+                not compat.is_closed(self):
+            self._close_deadline = self.ioloop.call_later(CLOSE_GRACE, self._close_unread,
+                                                          _errback=self.handle_error)
+        super().close_when_done()
+
+    def _close_unread(self) -> None:
+        if not compat.is_closed(self):
+            log.info("closed with %d replies the client did not read",
+                     len(self.producer_fifo))
+            compat.skip_tls_shutdown(self)  # its closing handshake could not be sent either
+            self.close()
+
     def _stop_kick_check(self) -> None:
         check, self._kick_check = self._kick_check, None
         if check is not None and not check.cancelled:
@@ -82,4 +102,6 @@ class ReplyBackPressure:
 
     def close(self) -> None:
         self._stop_kick_check()
+        if self._close_deadline is not None and not self._close_deadline.cancelled:
+            self._close_deadline.cancel()
         super().close()

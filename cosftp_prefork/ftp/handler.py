@@ -797,5 +797,6 @@ def configure_handler(config: Config, buckets: BucketRegistry, engine: Engine, r
         "encoding": config.server.ftp_encoding,
         "passive_ports": range(low, high + 1),
         "banner": config.server.ftpd_banner,
+        "timeout": config.server.idle_session_timeout,
     }
     return type(f"Bound{base.__name__}", (base,), attrs)
