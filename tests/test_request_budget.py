@@ -134,10 +134,11 @@ def test_retr_of_a_directory_or_of_nothing(alice, emulator, area):
 def test_list_of_a_directory(alice, emulator, area):
     for i in range(20):
         put(alice, f"{area}/{i}", DATA)
-    # Its listing (whose first page tells that it is a directory), the listing of its MFMT
-    # markers (was 3: a look-up first).
-    for command in ("LIST", "MLSD"):
-        counts = count(emulator, area, lambda c=command: listed(alice, f"{c} {area}"))
+    # Its listing (whose first page tells that it is a directory) beside the listing of its
+    # MFMT markers: one round trip (was 3 requests, a look-up first; then 2 in sequence).
+    for command in ("LIST", "MLSD", "NLST"):
+        counts = count(emulator, area, lambda c=command: at_once(
+            emulator, area, 2, lambda: listed(alice, f"{c} {area}")))
         assert counts == {"LIST": 2}, (command, counts)
 
 

@@ -31,12 +31,19 @@ def paginate(fetch: Callable[[Marker], Page], following: Callable[[Page], Option
     """The pages ``fetch(marker)`` returns, from ``start`` on, each asked for with the
     marker ``following`` gives of the one before, until that is None.
 
-    With ``ahead``, each page is requested on a thread of its own as soon as the one before
-    it arrived, while the caller works on that one (two pages in memory at most); the
-    thread is the listing's own, so no other session can hold it up.
+    With ``ahead``, the first page is requested now, on a thread of its own (so that a
+    caller can have two listings on their way at once: a directory's and its markers'),
+    and each further one as soon as the one before it arrived, while the caller works on
+    that one (two pages in memory at most); the thread is the listing's own, so no other
+    session can hold it up. Without, each page is asked for when the caller wants it.
     """
     request = _in_thread if ahead else _when_wanted
-    pending = request(fetch, start)
+    return _pages(request, fetch, following, request(fetch, start))
+
+
+def _pages(request: Callable[[Callable[[Marker], Page], Marker], Callable[[], Page]],
+           fetch: Callable[[Marker], Page], following: Callable[[Page], Optional[Marker]],
+           pending: Callable[[], Page]) -> Iterator[Page]:
     while True:
         page = pending()
         marker = following(page)

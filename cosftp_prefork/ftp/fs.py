@@ -423,10 +423,12 @@ class CosFS(Renames, VirtualTree):
         is the directory's look-up (a directory has a marker or keys under it)."""
         prefix = dir_prefix(path)
         listed = pages(self._bucket, prefix)
+        # The markers' first page on its way beside the directory's: one round trip (a
+        # LIST of no directory pays a request for nothing, not a wait).
+        mtimes = ListedMtimes(self._bucket, prefix)
         first = next(listed)
         if path != "/" and not (first.objects or first.prefixes):
             return None
-        mtimes = ListedMtimes(self._bucket, prefix)
         self._scope.setdefault(path, Entry(os.path.basename(path), True))
         return StreamedListing(path, iter_directory(prefix, itertools.chain([first], listed),
                                                     self._ctx.max_list_file),
