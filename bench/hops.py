@@ -1,4 +1,4 @@
-"""Where a mirrored file's time goes: the hops around ``lftp mirror -R``'s round trips.
+"""Where a mirrored file's time goes: the hops around ``lftp mirror``'s round trips.
 
 Run by hand: ``.venv/bin/python bench/hops.py`` does per file what ``lftp mirror -R
 --no-perms`` does (``PASV``, ``STOR`` of 4 KiB once the ``150`` came, ``MFMT``) in 4 sessions
@@ -6,10 +6,12 @@ at ``--latency-ms`` per COS request, times each step on this side of the control
 and matches it with the emulator's request log (``GET /__emulator__/log``, on the
 ``time.monotonic()`` clock every process shares): how long after ``STOR`` its first look-up
 reached the emulator, how long after the last byte the PUT did, how long each request took
-past the emulator's latency, how long after the last answer the reply came. Prints the
-median and quartiles of each hop (docs/performance.md, "The hops around a mirrored file's
-two round trips"). ``--server-tree DIR`` runs the server from another checkout, for a
-before/after.
+past the emulator's latency, how long after the last answer the reply came. ``--download``
+does what ``lftp mirror`` (download) does instead: one ``MLSD`` of the session's directory,
+then per file ``PASV``, the data connection, ``RETR`` (``125``), the bytes and the ``226``.
+Prints the median and quartiles of each hop (docs/performance.md, "The hops around a
+mirrored file's two round trips" and "... a downloaded file's round trip").
+``--server-tree DIR`` runs the server from another checkout, for a before/after.
 """
 
 from __future__ import annotations
@@ -76,8 +78,7 @@ def one_file(control: Control, name: str, payload: bytes) -> dict[str, float]:
     times = {"pasv": clock()}
     answer = control.command("PASV", ("227",))
     times["227"] = clock()
-    numbers = answer[answer.index("(") + 1:answer.index(")")].split(",")
-    data = socket.create_connection(("127.0.0.1", int(numbers[4]) * 256 + int(numbers[5])))
+    data = data_connection(answer)
     times["stor"] = clock()
     control.command(f"STOR {name}", ("125", "150"))
     times["150"] = clock()
@@ -92,14 +93,95 @@ def one_file(control: Control, name: str, payload: bytes) -> dict[str, float]:
     return times
 
 
-def hops(files: list[dict[str, float]], log: list[dict], latency: float
-         ) -> dict[str, list[float]]:
+def data_connection(answer: str) -> socket.socket:
+    """The data connection a ``227`` reply announced."""
+    numbers = answer[answer.index("(") + 1:answer.index(")")].split(",")
+    return socket.create_connection(("127.0.0.1", int(numbers[4]) * 256 + int(numbers[5])))
+
+
+def read_all(data: socket.socket, times: dict[str, float]) -> None:
+    """Read ``data`` to its end: when the first byte came (``first``) and the end (``last``)."""
+    while True:
+        chunk = data.recv(65536)
+        times.setdefault("first", clock())
+        if not chunk:
+            break
+    times["last"] = clock()
+    data.close()
+
+
+def listing(control: Control) -> dict[str, float]:
+    """``PASV`` and ``MLSD`` of the session's directory, as ``lftp mirror`` lists it."""
+    times = {"pasv": clock()}
+    data = data_connection(control.command("PASV", ("227",)))
+    times["list"] = clock()
+    control.command("MLSD", ("125", "150"))
+    times["150"] = clock()
+    read_all(data, times)
+    control.expect(("226",))
+    times["226"] = clock()
+    return times
+
+
+def download(control: Control, name: str) -> dict[str, float]:
+    """``PASV``, the data connection, then ``RETR``, as ``lftp mirror`` (download) sends them;
+    when each step began and ended."""
+    times = {"pasv": clock()}
+    answer = control.command("PASV", ("227",))
+    times["227"] = clock()
+    data = data_connection(answer)
+    times["retr"] = clock()
+    control.command(f"RETR {name}", ("125", "150"))
+    times["150"] = clock()
+    read_all(data, times)
+    control.expect(("226",))
+    times["226"] = clock()
+    return times
+
+
+class Hops(dict):
+    """Hop name -> the seconds each file spent in it."""
+
+    def note(self, hop: str, seconds: float) -> None:
+        self.setdefault(hop, []).append(seconds)
+
+
+def download_hops(files: list[dict[str, float]], log: list[dict], latency: float) -> Hops:
+    """Each hop of each downloaded file of one session, and of its listing (the first of
+    ``files``), in seconds."""
+    found = Hops()
+    first, files = files[0], files[1:]
+    requests = [entry for entry in log if first["list"] <= entry["start"] < first["226"]]
+    if requests:
+        found.note("MLSD to 226 (its requests: " + ", ".join(
+            entry["kind"] for entry in requests) + ")", first["226"] - first["list"])
+        found.note("MLSD to its first request at the emulator",
+                   min(entry["start"] for entry in requests) - first["list"])
+        found.note("MLSD's last answer to 226",
+                   first["226"] - max(entry["end"] for entry in requests))
+    for number, times in enumerate(files):
+        gets = [entry for entry in log if times["retr"] <= entry["start"] < times["226"]]
+        if len(gets) != 1 or gets[0]["kind"] != "GET":
+            continue
+        get = gets[0]
+        found.note("PASV to 227", times["227"] - times["pasv"])
+        found.note("227 to the data connection made", times["retr"] - times["227"])
+        found.note("RETR to its GET at the emulator", get["start"] - times["retr"])
+        found.note("the GET past the latency", get["end"] - get["start"] - latency)
+        found.note("the GET's answer to 125", times["150"] - get["end"])
+        found.note("125 to the last byte", times["last"] - times["150"])
+        found.note("the last byte to 226", times["226"] - times["last"])
+        found.note("RETR to 226", times["226"] - times["retr"])
+        if number + 1 < len(files):
+            found.note("a file (PASV to the next PASV)", files[number + 1]["pasv"] - times["pasv"])
+    return found
+
+
+def hops(files: list[dict[str, float]], log: list[dict], latency: float) -> Hops:
     """Each hop of each file of one session (``log``: the emulator's requests naming that
     session's directory), in seconds."""
-    found: dict[str, list[float]] = {}
-
-    def note(hop: str, seconds: float) -> None:
-        found.setdefault(hop, []).append(seconds)
+    found = Hops()
+    note = found.note
 
     for number, times in enumerate(files):
         stor = [entry for entry in log if times["stor"] <= entry["start"] < times["226"]]
@@ -126,20 +208,29 @@ def hops(files: list[dict[str, float]], log: list[dict], latency: float
 
 
 def measure(server: ServerProcess, emulator: EmulatorProcess, count: int,
-            latency: float) -> dict[str, list[float]]:
+            latency: float, downloads: bool = False) -> dict[str, list[float]]:
     tag = f"hops{os.getpid()}"
     controls = []
     # Two on each worker, as lftp's land: the workers share them even while the second
     # still sets up (BalancedFTPServer.rebalance).
     for number in range(SESSIONS):
         controls.append(Control(server.port, f"{tag}-s{number}"))
+    if downloads:
+        cos = emulator.client()
+        for index in range(count):
+            cos.put_object(Bucket=BUCKET, Key=f"{tag}-s{index % SESSIONS}/f{index:05d}",
+                           Body=os.urandom(4096))
     start, timed = threading.Event(), [[] for _ in controls]
 
     def run(number: int) -> None:
         start.wait()
         payload = os.urandom(4096)
+        if downloads:
+            timed[number].append(listing(controls[number]))
         for index in range(number, count, SESSIONS):
-            timed[number].append(one_file(controls[number], f"f{index:05d}", payload))
+            name = f"f{index:05d}"
+            timed[number].append(download(controls[number], name) if downloads
+                                 else one_file(controls[number], name, payload))
     threads = [threading.Thread(target=run, args=(number,)) for number in range(SESSIONS)]
     for thread in threads:
         thread.start()
@@ -152,8 +243,9 @@ def measure(server: ServerProcess, emulator: EmulatorProcess, count: int,
         control.close()
     found: dict[str, list[float]] = {}
     for number, files in enumerate(timed):
-        for hop, seconds in hops(files, request_log(emulator.port, f"{tag}-s{number}"),
-                                 latency).items():
+        log = request_log(emulator.port, f"{tag}-s{number}")
+        for hop, seconds in (download_hops if downloads else hops)(files, log,
+                                                                     latency).items():
             found.setdefault(hop, []).extend(seconds)
     return found
 
@@ -164,6 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--server-tree", help="run the server from this checkout")
+    parser.add_argument("--download", action="store_true",
+                        help="lftp mirror's download (MLSD, then PASV and RETR per file)")
     args = parser.parse_args(argv)
     if args.server_tree:
         os.environ["PYTHONPATH"] = os.path.abspath(args.server_tree)
@@ -174,12 +268,13 @@ def main(argv=None) -> int:
                 workdir, emulator.port, [Account("bench", "bench-pw", BUCKET)],
                 optional={"worker_processes": str(args.workers),
                           "log_level": "WARNING"}) as server:
-            found = measure(server, emulator, args.files, args.latency_ms / 1000)
+            found = measure(server, emulator, args.files, args.latency_ms / 1000,
+                            args.download)
     finally:
         emulator.stop()
     print("| hop | median ms | p25 | p75 |\n|---|---|---|---|")
     for hop, seconds in found.items():
-        quartiles = statistics.quantiles(seconds, n=4)
+        quartiles = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else seconds * 3
         print(f"| {hop} | {statistics.median(seconds) * 1000:.2f} | "
               f"{quartiles[0] * 1000:.2f} | {quartiles[2] * 1000:.2f} |")
     return 0

@@ -51,3 +51,14 @@ def test_the_hops_script_times_every_hop_of_a_few_files():
             if line.startswith("| ")][1:]
     assert rows[0] == "PASV to 227" and rows[-1] == "a file (PASV to the next PASV)"
     assert len(rows) == 10
+
+
+def test_the_hops_script_times_a_few_downloads():
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "hops.py"), "--files", "8",
+         "--latency-ms", "5", "--download"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines()
+            if line.startswith("| ")][1:]
+    assert rows[0] == "MLSD to 226 (its requests: LIST, LIST)", rows
+    assert rows[-1] == "a file (PASV to the next PASV)" and "RETR to its GET at the emulator" in rows
