@@ -61,4 +61,13 @@ def test_the_hops_script_times_a_few_downloads():
     rows = [line.split("|")[1].strip() for line in done.stdout.splitlines()
             if line.startswith("| ")][1:]
     assert rows[0] == "MLSD to 226 (its requests: LIST, LIST)", rows
-    assert rows[-1] == "a file (PASV to the next PASV)" and "RETR to its GET at the emulator" in rows
+    assert rows[-1] == "a file (PASV to the next PASV)"
+    assert "RETR to its GET at the emulator" in rows
+
+
+def test_the_splice_relay_script_prints_the_relays_cpu_per_gib():
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "splice_relay.py"), "--gib", "0.01",
+         "--rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("round 1 host default: user ") and "s/GiB" in done.stdout
