@@ -72,13 +72,21 @@ class Control:
         self.sock.close()
 
 
-def one_file(control: Control, name: str, payload: bytes) -> dict[str, float]:
-    """``PASV``, ``STOR`` and ``MFMT`` of one file, as lftp sends them; when each step
-    began and ended."""
+def passive(control: Control) -> tuple[dict[str, float], socket.socket]:
+    """``PASV`` and the data connection its ``227`` announced; when ``PASV`` began and the
+    ``227`` came."""
     times = {"pasv": clock()}
     answer = control.command("PASV", ("227",))
     times["227"] = clock()
-    data = data_connection(answer)
+    numbers = answer[answer.index("(") + 1:answer.index(")")].split(",")
+    port = int(numbers[4]) * 256 + int(numbers[5])
+    return times, socket.create_connection(("127.0.0.1", port))
+
+
+def one_file(control: Control, name: str, payload: bytes) -> dict[str, float]:
+    """``PASV``, ``STOR`` and ``MFMT`` of one file, as lftp sends them; when each step
+    began and ended."""
+    times, data = passive(control)
     times["stor"] = clock()
     control.command(f"STOR {name}", ("125", "150"))
     times["150"] = clock()
@@ -93,14 +101,14 @@ def one_file(control: Control, name: str, payload: bytes) -> dict[str, float]:
     return times
 
 
-def data_connection(answer: str) -> socket.socket:
-    """The data connection a ``227`` reply announced."""
-    numbers = answer[answer.index("(") + 1:answer.index(")")].split(",")
-    return socket.create_connection(("127.0.0.1", int(numbers[4]) * 256 + int(numbers[5])))
-
-
-def read_all(data: socket.socket, times: dict[str, float]) -> None:
-    """Read ``data`` to its end: when the first byte came (``first``) and the end (``last``)."""
+def received(control: Control, command: str, step: str) -> dict[str, float]:
+    """``PASV``, the data connection, then ``command`` (``MLSD``, ``RETR name``) read to its
+    ``226``, as ``lftp mirror`` (download) sends them; when each step began and ended
+    (``step``: when ``command`` was sent; ``first`` and ``last``: the data's bytes)."""
+    times, data = passive(control)
+    times[step] = clock()
+    control.command(command, ("125", "150"))
+    times["150"] = clock()
     while True:
         chunk = data.recv(65536)
         times.setdefault("first", clock())
@@ -108,32 +116,6 @@ def read_all(data: socket.socket, times: dict[str, float]) -> None:
             break
     times["last"] = clock()
     data.close()
-
-
-def listing(control: Control) -> dict[str, float]:
-    """``PASV`` and ``MLSD`` of the session's directory, as ``lftp mirror`` lists it."""
-    times = {"pasv": clock()}
-    data = data_connection(control.command("PASV", ("227",)))
-    times["list"] = clock()
-    control.command("MLSD", ("125", "150"))
-    times["150"] = clock()
-    read_all(data, times)
-    control.expect(("226",))
-    times["226"] = clock()
-    return times
-
-
-def download(control: Control, name: str) -> dict[str, float]:
-    """``PASV``, the data connection, then ``RETR``, as ``lftp mirror`` (download) sends them;
-    when each step began and ended."""
-    times = {"pasv": clock()}
-    answer = control.command("PASV", ("227",))
-    times["227"] = clock()
-    data = data_connection(answer)
-    times["retr"] = clock()
-    control.command(f"RETR {name}", ("125", "150"))
-    times["150"] = clock()
-    read_all(data, times)
     control.expect(("226",))
     times["226"] = clock()
     return times
@@ -226,11 +208,11 @@ def measure(server: ServerProcess, emulator: EmulatorProcess, count: int,
         start.wait()
         payload = os.urandom(4096)
         if downloads:
-            timed[number].append(listing(controls[number]))
+            timed[number].append(received(controls[number], "MLSD", "list"))
         for index in range(number, count, SESSIONS):
             name = f"f{index:05d}"
-            timed[number].append(download(controls[number], name) if downloads
-                                 else one_file(controls[number], name, payload))
+            timed[number].append(received(controls[number], f"RETR {name}", "retr")
+                                 if downloads else one_file(controls[number], name, payload))
     threads = [threading.Thread(target=run, args=(number,)) for number in range(SESSIONS)]
     for thread in threads:
         thread.start()
