@@ -142,6 +142,17 @@ def test_list_of_a_directory(alice, emulator, area):
         assert counts == {"LIST": 2}, (command, counts)
 
 
+def test_a_list_of_no_directory_answers_once_its_markers_listing_did(alice, emulator, area):
+    """The markers' listing goes beside the directory's first page; when that page finds no
+    directory, the 550 still waits for the markers' answer: no request of a command is in
+    flight after its reply (the next command's requests are its own). The rendezvous holds
+    the markers' LIST alone for 2 s."""
+    emulator.rendezvous(contains=f".cosftp/mtime/{area}/nothing/", parties=2, timeout=2)
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        listed(alice, f"LIST {area}/nothing")
+    assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
+
+
 def test_dele(alice, emulator, area):
     put(alice, f"{area}/a", DATA)
     put(alice, f"{area}/b", DATA)

@@ -19,6 +19,7 @@ written no more than ``MARKER_SLACK`` before the object (see :func:`set_client_m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -27,7 +28,7 @@ from concurrent.futures import Executor
 from typing import Callable, Optional
 
 from ..config.model import TransferConfig
-from ..errors import PermissionDenied, StorageError
+from ..errors import PermissionDenied, StorageError, StorageUnavailable
 from ..paths import RESERVED_NAME, child_name, fits_as_key
 from .bucket import MTIME_HEADER, Bucket, ListPage, ObjectInfo, Started
 from .copies import Moved, copy_object, delete_keys
@@ -223,6 +224,14 @@ class ListedMtimes:
         self._pages: Optional[Iterator[ListPage]] = pages(bucket, self._root)
         self._last = ""  # the last marker read (NextMarker need not be a key)
         self._found: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def settle(self) -> None:
+        """Wait for the page on its way, if any, and ask for none more: a command that
+        found no directory to list replies once every request it sent was answered."""
+        if self._pages is not None:
+            with contextlib.suppress(StorageError, StorageUnavailable):
+                next(self._pages, None)
+            self._pages = None
 
     def apply(self, entry: Entry) -> Entry:
         """``entry`` with its MFMT time if a current marker names it; raises

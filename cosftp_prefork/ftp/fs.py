@@ -426,8 +426,13 @@ class CosFS(Renames, VirtualTree):
         # The markers' first page on its way beside the directory's: one round trip (a
         # LIST of no directory pays a request for nothing, not a wait).
         mtimes = ListedMtimes(self._bucket, prefix)
-        first = next(listed)
+        try:
+            first = next(listed)
+        except BaseException:
+            mtimes.settle()  # no request of the command left in flight after its reply
+            raise
         if path != "/" and not (first.objects or first.prefixes):
+            mtimes.settle()
             return None
         self._scope.setdefault(path, Entry(os.path.basename(path), True))
         return StreamedListing(path, iter_directory(prefix, itertools.chain([first], listed),
