@@ -12,7 +12,11 @@ that answers what Redis 6.0.16 (Debian 11, Ubuntu 22.04) answers where 7.x would
   (a real 6.0 fails inside the script; the proxy cannot see into 7.x running it, so it
   reads the script's text when it is loaded or evaluated);
 * ``delay``: seconds to wait before forwarding each command (a slow Redis);
-* ``commands``: how many commands it received, to count what a client sends.
+* ``commands``: how many commands it received, to count what a client sends; ``runs``:
+  how many times each script ran (``EVALSHA``, by SHA1) and answered;
+* :meth:`Redis6Proxy.hold`: the next run of a script waits, before Redis runs it or after
+  (its answer kept), until the test releases it: an interleaving of two clients' calls
+  made on purpose, not hoped for.
 
 A closed upstream (Redis restarted) closes the client's connection, as a restart would.
 """
@@ -25,6 +29,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from typing import BinaryIO, Optional
 
 # Commands a 6.0 server does not know (6.2 and 7.x), lower case.
@@ -125,6 +130,23 @@ def read_reply(stream: BinaryIO) -> bytes:
     return header  # simple strings, errors, integers, nulls, doubles, booleans, big numbers
 
 
+class Held:
+    """The next run of the script ``sha`` (``EVALSHA``; one that fails, such as a
+    ``NOSCRIPT``, does not count), held before Redis runs it or, with ``reply``, after:
+    ``arrived`` is set once it waits, :meth:`release` lets it go on."""
+
+    def __init__(self, sha: str, reply: bool) -> None:
+        self.sha, self.reply, self.taken = sha, reply, False
+        self.arrived, self._released = threading.Event(), threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait(self) -> None:
+        self.arrived.set()
+        self._released.wait()
+
+
 def encode(args: list[bytes]) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
@@ -136,6 +158,8 @@ class Redis6Proxy:
         self.upstream, self.version = upstream, version
         self.delay = 0.0
         self.commands = 0
+        self.runs: Counter[str] = Counter()
+        self._held: list[Held] = []
         self._lock = threading.Lock()
         self._refused_scripts: dict[str, bytes] = {}  # sha1 -> why 6.0 fails running it
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -147,7 +171,38 @@ class Redis6Proxy:
     def stop(self) -> None:
         self._stopped = True
         self._listener.close()
+        self.release_holds()
         self.drop_connections()
+
+    def release_holds(self) -> None:
+        """Let every held run go on, and hold nothing more (a test's cleanup)."""
+        with self._lock:
+            held, self._held = self._held, []
+        for one in held:
+            one.release()
+
+    def hold(self, sha: str, reply: bool = False) -> Held:
+        """Hold the next run of the script ``sha`` (see :class:`Held`)."""
+        held = Held(sha, reply)
+        with self._lock:
+            self._held.append(held)
+        return held
+
+    def _pause(self, args: list[bytes], reply: Optional[bytes]) -> None:
+        """Wait here if a hold takes this ``EVALSHA`` now (before Redis if ``reply`` is
+        None); a run that answered counts in ``runs``."""
+        if args[0].lower() != b"evalsha" or len(args) < 2 or (reply or b"+")[:1] == b"-":
+            return
+        sha, taken = args[1].decode(errors="replace").lower(), None
+        with self._lock:
+            if reply is not None:
+                self.runs[sha] += 1
+            for held in self._held:
+                if not held.taken and held.sha == sha and held.reply == (reply is not None):
+                    held.taken, taken = True, held
+                    break
+        if taken is not None:
+            taken.wait()
 
     def drop_connections(self) -> None:
         with self._lock:
@@ -204,8 +259,10 @@ class Redis6Proxy:
                 in_multi = failed_multi = False
                 continue
             in_multi = (in_multi or name == b"multi") and name not in (b"exec", b"discard")
+            self._pause(args, None)
             upstream.sendall(encode(args))
             reply = read_reply(replies)
+            self._pause(args, reply)
             client.sendall(self._as_60(reply) if name in (b"info", b"hello") else reply)
 
     def _script_refusal(self, name: bytes, args: list[bytes]) -> Optional[bytes]:

@@ -7,21 +7,29 @@ connect straight to the nodes, each from an address of its own (127.0.0.x)."""
 from __future__ import annotations
 
 import ftplib
+import hashlib
 import re
 import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 
 from cosftp_prefork.config.model import ClusterConfig
+from cosftp_prefork.config.quotas import home_id
 from cosftp_prefork.server.cluster import SKIPS_BEFORE_REWRITE, ClusterState
+from cosftp_prefork.server.cluster.scripts import HEARTBEAT, LIBRARY
+from cosftp_prefork.server.quotashare import SCRIPTS
 
-from .redis6 import Redis6Proxy
+from .conftest import ALPHA
+from .redis6 import Held, Redis6Proxy
 from .server_proc import free_port, wait_until
 from .test_cluster import ACCOUNT, Daemon, LoneNode, start_redis
+from .test_commands import put
+from .test_quotas import MIB, ROOT, quota_account
 
 BANS = {"max_login_failures": "2", "ban_time": "600"}
 LOGIN_ERRORS = (ftplib.error_perm, ftplib.error_temp, ConnectionResetError, EOFError)
@@ -515,4 +523,73 @@ def test_status_says_starting_until_a_worker_serves(emulator, tmp_path):
         wait_until(lambda: "state:" not in status(proc), what="status to drop the state line")
     finally:
         hung.release()
+        proc.stop()
+
+
+
+def script_sha(body: str) -> str:
+    """The SHA1 a node runs one of its scripts by (``EVALSHA``)."""
+    return hashlib.sha1((LIBRARY + body).encode()).hexdigest()
+
+
+def through_a_rewrite(proxy: Redis6Proxy, held: Held) -> None:
+    """Wait until ``held`` (a change of the node's quota reservations) waits in the proxy
+    and worker 1's tick came round to its rewrite of the node's reservations meanwhile: it
+    ran, or the node's cluster thread beat twice (the tick's rewrite, once a second, then
+    waits for the change; the node's ``redis_timeout`` must be well above that)."""
+    assert held.arrived.wait(60), "the change never reached Redis"
+    rewrite, heartbeat = script_sha(SCRIPTS["quota-holding"]), script_sha(HEARTBEAT)
+    rewrites, beats = proxy.runs[rewrite], proxy.runs[heartbeat]
+    wait_until(lambda: proxy.runs[rewrite] > rewrites or proxy.runs[heartbeat] >= beats + 2,
+               timeout=60, what="worker 1's tick to come round to the rewrite")
+
+
+@pytest.mark.parametrize("change", ["settle", "reserve"])
+def test_a_rewrite_of_the_nodes_reservations_never_counts_a_change_twice(emulator, tmp_path,
+                                                                          redis6, change):
+    """Worker 1 rewrites the node's reservations in Redis from its usage table every second.
+    A rewrite that read the table while an upload's change was between its table step and
+    its Redis step wrote the change back (found in CI: a 1.5 MiB upload's settled
+    reservation counted again beside its usage, and the ALLO after it refused, 552, "holds
+    3145728 bytes of its 2 MiB", until the next second). The proxy holds the change there
+    (the settle's answer: Redis gave the bytes back, the table not yet; or the reserve
+    before Redis runs it: the table counts it already) across worker 1's rewrite: Redis
+    then holds the upload's reservation once, or nothing once it settled."""
+    user, size = f"qrewrite{change}", 3 * MIB // 2
+    proc = LoneNode(str(tmp_path / "node"), emulator.port,
+                    [quota_account(user, "2M", prefix=f"rewrite-{change}")],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name = redis6.proxy.port, f"rewrite-{change}"
+    proc.redis_timeout = 10000  # the change's call waits in the proxy, never that long
+    proxy, direct, field = redis6.proxy, redis6.direct, f"node-{proc.name}#b"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        put(ftp, "warm.bin", b"w" * 1000)  # the quota scripts are loaded: no hold meets a NOSCRIPT
+        ident = home_id(ALPHA, f"{ROOT}rewrite-{change}/").hex()
+        usage, holdings = f"cosftp:quota:{ident}", f"cosftp:quota-held:{ident}"
+        ftp.sendcmd(f"ALLO {size}")  # the upload's first reservation
+        ftp.voidcmd("TYPE I")
+        with ThreadPoolExecutor(1) as pool:
+            if change == "reserve":
+                held = proxy.hold(script_sha(SCRIPTS["quota-reserve"]))
+                opening = pool.submit(ftp.transfercmd, "STOR big.bin")
+                through_a_rewrite(proxy, held)
+                held.release()
+                data = opening.result(timeout=60)
+                reserved = int(direct.hget(holdings, field))
+                data.sendall(b"b" * size)
+                data.close()
+                ftp.voidresp()
+                assert reserved == size
+            else:
+                held = proxy.hold(script_sha(SCRIPTS["quota-settle"]), reply=True)
+                upload = pool.submit(put, ftp, "big.bin", b"b" * size)
+                through_a_rewrite(proxy, held)
+                counted = (int(direct.hget(usage, "used")), int(direct.hget(holdings, field)))
+                held.release()
+                assert upload.result(timeout=60).startswith("226")
+                assert counted == (1000 + size, 0)
+        ftp.quit()
+    finally:
+        proxy.release_holds()
         proc.stop()

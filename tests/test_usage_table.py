@@ -117,3 +117,26 @@ def test_a_worker_holding_in_more_homes_than_its_region_keeps_still_counts_them(
     assert table.reserve([many[-1]], 1, 0) is None
     assert table.drop_holdings(0, os.getpid()) == Dropped(SLOT_HOLDINGS, 0, 0, SLOT_HOLDINGS)
     assert table.read(many[-1]).reserved == 1  # the untracked byte stays
+
+
+def test_a_change_holding_the_table_keeps_other_processes_out_until_it_ends(table, tmp_path):
+    """A cluster's change of the node's reservations holds the table's lock across its
+    Redis call (``UsageTable.holding``), and its table steps take the lock again inside:
+    the file's record lock, the process's and not counted by the kernel, must stay held
+    until the outermost holder ends, not go with the first inner step's end."""
+    def taken() -> bool:
+        """Whether another process (as the master does: without waiting) finds it held."""
+        child = os.fork()
+        if child == 0:
+            other = UsageTable.open(str(tmp_path / "usage"), writable=True)
+            os._exit(0 if other is not None and other.drop_holdings(0, 1) is None else 1)
+        return os.waitpid(child, 0)[1] == 0
+
+    kept = home(21, 1)
+    with table.holding():
+        table.reserve([kept], 5, 1)
+        assert taken()
+        table.settle([kept], 5, 1, 5, 1)
+        assert taken()
+    assert not taken()
+    assert (table.read(kept).used, table.read(kept).reserved) == (5, 0)

@@ -33,14 +33,20 @@ from (``UsageTable.publish``, under the table's lock):
   through the whole table, and drops the node's fields in the homes the index names that
   the table holds nothing in.
 
-Redis never counts less than the node holds, so a quota is never passed for it: an increase
-goes into the table before Redis, a decrease into Redis before the table, and a rewrite holds
-the table's lock from its read until Redis took it (no change lands in the table meanwhile).
-A change racing with a rewrite can then only leave Redis counting more than the node holds
-(an increase counted twice, a decrease undone), which worker 1's next second sets right: a
-refusal too early for up to a second, never a quota passed. The price is the table's lock
-held for a Redis round trip once a second (and up to ``redis_timeout`` if Redis hangs,
-before the outage is known); reservations of the node's other sessions wait for it.
+Redis counts what the node holds, never less (a quota passed) nor more (a refusal too
+early): a change of the node's reservations (a reserve, a settle or release that gives some
+back) holds the table's lock from its table step through its Redis call, and a rewrite holds
+it from its read of the table until Redis took it, so that no rewrite reads the table between
+a change's two steps. (It did: a rewrite between a settle's Redis call and its table step
+wrote the settled reservation back beside the usage it had become, a reserve's table step
+and its call counted it twice, until worker 1's next second; a user near the quota got 552.)
+An increase still goes into the table before Redis and a decrease into Redis before the
+table: a worker killed between the two steps leaves an over-count until the rewrite after
+its reap, never an under-count. The price: the node's changes of reservations take turns,
+each for one Redis round trip (``bench/quota_cluster.py``, ``docs/performance.md``), and
+while Redis hangs the first of them waits up to ``redis_timeout``, once per worker (its link
+is then down, and the others skip Redis). A change of the usage alone (a delete, a rename's
+source) never holds the lock across Redis: no rewrite writes the usage.
 
 While Redis is unreachable the node reserves against its own table (``redis_down = open``)
 or refuses uploads that a quota counts (``closed``); its reservations reach Redis with the
@@ -200,6 +206,9 @@ if redis.call('SCARD', KEYS[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) 
 return {0, repaired}
 """
 
+# The scripts by the names ``ClusterState.run`` knows them by.
+SCRIPTS = {"quota-reserve": _RESERVE, "quota-settle": _SETTLE, "quota-read": _READ,
+           "quota-scanned": _SCANNED, "quota-indexed": _INDEXED, "quota-holding": _HOLDING}
 
 HOLDINGS = PREFIX + "quota-held:"
 
@@ -234,9 +243,7 @@ class SharedUsage:
         # told, sent by :meth:`catch_up` once it answers (at most one entry per home).
         self._unsent: dict[Home, tuple[int, int]] = {}
         self._unsent_lock = threading.Lock()
-        cluster.add_scripts({"quota-reserve": _RESERVE, "quota-settle": _SETTLE,
-                             "quota-read": _READ, "quota-scanned": _SCANNED,
-                             "quota-indexed": _INDEXED, "quota-holding": _HOLDING})
+        cluster.add_scripts(SCRIPTS)
 
     def _homes_keys(self, homes: Sequence[Home]) -> list[str]:
         return [PREFIX + "nodes", *(key for home in homes for key in _keys(home))]
@@ -244,8 +251,13 @@ class SharedUsage:
     def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
         if not homes:
             return None
-        # Into the table first: a rewrite from it (under its lock) then never publishes
-        # less than what Redis is about to count (see the module doc).
+        self._cluster.usable()  # a due retry of an unreachable Redis: outside the lock
+        # Into the table, then Redis, under the table's lock: no rewrite (which holds it
+        # too) reads the table between the two (see the module doc).
+        with self._table.holding():
+            return self._reserve(homes, nbytes, files)
+
+    def _reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
         self._table.reserve(_unlimited(homes), nbytes, files)
         limits = [limit for home in homes for limit in (home.size, home.files)]
         keys = self._homes_keys(homes)
@@ -272,8 +284,19 @@ class SharedUsage:
 
     def settle(self, homes: Sequence[Home], reserved: int, reserved_files: int,
                nbytes: int, files: int) -> None:
-        # Out of Redis first, then the table: see reserve.
-        if homes and not self._settle(homes, reserved, reserved_files, nbytes, files):
+        if not homes:
+            return
+        if not (reserved or reserved_files):  # the usage only, which no rewrite writes
+            self._settle_now(homes, reserved, reserved_files, nbytes, files)
+            return
+        self._cluster.usable()  # as in reserve
+        with self._table.holding():
+            self._settle_now(homes, reserved, reserved_files, nbytes, files)
+
+    def _settle_now(self, homes: Sequence[Home], reserved: int, reserved_files: int,
+                    nbytes: int, files: int) -> None:
+        # Out of Redis, then the table (see the module doc).
+        if not self._settle(homes, reserved, reserved_files, nbytes, files):
             if reserved or reserved_files:
                 self._table.want_publish()
             if nbytes or files:
@@ -339,8 +362,8 @@ class SharedUsage:
     def tick(self, homes: Iterable[Home]) -> None:
         """Worker 1, every second: rewrite this node's reservations in Redis from its table
         in ``homes`` (the file's) and in every home Redis says it holds some (its index):
-        whatever a rewrite raced with is set right the next second. All of them instead
-        when that is wanted (:meth:`catch_up`)."""
+        whatever Redis holds of the node there that its table does not say is set right
+        within a second. All of them instead when that is wanted (:meth:`catch_up`)."""
         if self.catch_up():
             return
         indexed = self._cluster.run("quota reservations", "quota-indexed", [self._index], [])

@@ -45,7 +45,9 @@ a quota passed.
 With ``[CLUSTER]`` the node's reservations are published in Redis (``server.quotashare``)
 from the rows; a flag in the header says when all of them are to be rewritten there (a new
 file, a dead worker's holdings dropped, a change that did not reach Redis), and
-:meth:`UsageTable.publish` hands them over under the lock.
+:meth:`UsageTable.publish` hands them over under the lock. A change of them holds the lock
+across its own Redis call too (:meth:`UsageTable.holding`: the lock is re-entrant for its
+holder's thread), so that no rewrite reads the rows between the change's two steps.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ class UsageTable:
 
     def __init__(self, fd: int, mapping: mmap.mmap, writable: bool = True) -> None:
         self._fd, self._map = fd, mapping
-        self._thread_lock = threading.Lock()
+        self._thread_lock = threading.RLock()
+        self._depth = 0  # how deep this process's holder of the lock is in (:meth:`holding`)
         self._slot: Optional[int] = None  # this worker's slot (:meth:`attach`)
         self._untracked = False  # whether a full holdings region was logged
         # A read-only file takes a shared lock (a write lock needs a writable descriptor).
@@ -171,26 +174,39 @@ class UsageTable:
 
     @contextmanager
     def _locked(self, wait: bool = True) -> Iterator[bool]:
-        """Hold this process's thread lock and the file's record lock (True). Without
-        ``wait``, hold nothing (False) if either is taken now: the master never waits on a
-        worker."""
+        """Hold this process's thread lock and the file's record lock (True); a thread that
+        holds them already goes on holding them (:meth:`holding`). Without ``wait``, hold
+        nothing (False) if either is taken now: the master never waits on a worker."""
         if not self._thread_lock.acquire(blocking=wait):
             yield False
             return
         try:
-            try:
-                fcntl.lockf(self._fd, self._lock_kind | (0 if wait else fcntl.LOCK_NB))
-            except OSError:  # without wait: EAGAIN or EACCES, another process holds it
-                if wait:
-                    raise
-                yield False
-                return
+            if not self._depth:
+                try:
+                    fcntl.lockf(self._fd, self._lock_kind | (0 if wait else fcntl.LOCK_NB))
+                except OSError:  # without wait: EAGAIN or EACCES, another process holds it
+                    if wait:
+                        raise
+                    yield False
+                    return
+            # A record lock is the process's, not counted: the outermost holder unlocks.
+            self._depth += 1
             try:
                 yield True
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                self._depth -= 1
+                if not self._depth:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold the table's lock across several calls of this thread, each of which takes
+        it again: a cluster's change of the node's reservations holds it across its Redis
+        call, as :meth:`publish` does (see ``server.quotashare``)."""
+        with self._locked():
+            yield
 
     # --- rows
 
