@@ -119,24 +119,41 @@ def test_a_worker_holding_in_more_homes_than_its_region_keeps_still_counts_them(
     assert table.read(many[-1]).reserved == 1  # the untracked byte stays
 
 
-def test_a_change_holding_the_table_keeps_other_processes_out_until_it_ends(table, tmp_path):
-    """A cluster's change of the node's reservations holds the table's lock across its
-    Redis call (``UsageTable.holding``), and its table steps take the lock again inside:
-    the file's record lock, the process's and not counted by the kernel, must stay held
-    until the outermost holder ends, not go with the first inner step's end."""
-    def taken() -> bool:
-        """Whether another process (as the master does: without waiting) finds it held."""
-        child = os.fork()
-        if child == 0:
-            other = UsageTable.open(str(tmp_path / "usage"), writable=True)
-            os._exit(0 if other is not None and other.drop_holdings(0, 1) is None else 1)
-        return os.waitpid(child, 0)[1] == 0
 
-    kept = home(21, 1)
-    with table.holding():
+def in_another_process(path: str, action) -> bool:
+    """Whether ``action`` on the usage file mapped anew in a forked process (another
+    worker) returned True."""
+    child = os.fork()
+    if child == 0:
+        other = UsageTable.open(path, writable=True)
+        os._exit(0 if other is not None and action(other) else 1)
+    return os.waitpid(child, 0)[1] == 0
+
+
+def test_a_rewrite_skips_its_turn_while_a_change_of_any_process_is_under_way(table, tmp_path):
+    """A cluster's change of the node's reservations holds the gate between its two steps
+    (``UsageTable.changing``): a rewrite of this process or another (``publish``) then
+    writes nothing rather than the change back, while changes of two processes go on side
+    by side; the last change out lets the rewrite in. Each change's table steps take the
+    table's lock as they go."""
+    path, kept = str(tmp_path / "usage"), home(21, 1)
+    written: list = []
+
+    def rewrite(usage: UsageTable) -> bool:
+        return usage.publish([kept.ident], False, lambda held, _: written.append(held) or True)
+
+    def side_by_side(usage: UsageTable) -> bool:
+        with usage.changing():
+            return not rewrite(usage)
+
+    with table.changing():
         table.reserve([kept], 5, 1)
-        assert taken()
-        table.settle([kept], 5, 1, 5, 1)
-        assert taken()
-    assert not taken()
-    assert (table.read(kept).used, table.read(kept).reserved) == (5, 0)
+        assert not rewrite(table) and not written
+        assert in_another_process(path, lambda usage: not rewrite(usage))
+        assert in_another_process(path, side_by_side)
+        with table.changing():  # a second change of this process, ended first
+            pass
+        assert not rewrite(table)
+        assert in_another_process(path, lambda usage: not rewrite(usage))
+    assert rewrite(table) and written == [[(kept.ident, 5, 1)]]
+    assert in_another_process(path, rewrite)

@@ -34,19 +34,23 @@ from (``UsageTable.publish``, under the table's lock):
   the table holds nothing in.
 
 Redis counts what the node holds, never less (a quota passed) nor more (a refusal too
-early): a change of the node's reservations (a reserve, a settle or release that gives some
-back) holds the table's lock from its table step through its Redis call, and a rewrite holds
-it from its read of the table until Redis took it, so that no rewrite reads the table between
-a change's two steps. (It did: a rewrite between a settle's Redis call and its table step
-wrote the settled reservation back beside the usage it had become, a reserve's table step
-and its call counted it twice, until worker 1's next second; a user near the quota got 552.)
-An increase still goes into the table before Redis and a decrease into Redis before the
-table: a worker killed between the two steps leaves an over-count until the rewrite after
-its reap, never an under-count. The price: the node's changes of reservations take turns,
-each for one Redis round trip (``bench/quota_cluster.py``, ``docs/performance.md``), and
-while Redis hangs the first of them waits up to ``redis_timeout``, once per worker (its link
-is then down, and the others skip Redis). A change of the usage alone (a delete, a rename's
-source) never holds the lock across Redis: no rewrite writes the usage.
+early). A change of the node's reservations (a reserve; a settle or release that gives some
+back) is two steps, the table and Redis, and a rewrite reading the table between them would
+write it back (found: a rewrite between a settle's Redis call and its table step put the
+settled reservation back beside the usage it had become, one between a reserve's table step
+and its call counted it twice, until worker 1's next second: a user near the quota got
+552). So each change holds the table's gate, shared, across both steps
+(``UsageTable.changing``: the changes of every worker go on side by side), and a rewrite
+holds the table's lock from its read until Redis took it and, within it, takes the gate
+exclusive without waiting: while a change is between its steps the rewrite skips its turn,
+and a change waits for a rewrite's Redis call at most. An increase still goes into the
+table before Redis and a decrease into Redis before the table: a worker killed between the
+two steps leaves an over-count until the rewrite after its reap, never an under-count. A
+change of the usage alone (a delete, a rename's source) takes no gate: no rewrite writes
+the usage. The price is the table's lock and the gate held for a Redis round trip once a
+second (and up to ``redis_timeout`` if Redis hangs, before the outage is known), and a
+rewrite put off while changes are under way: under a steady crowd of uploads, until a
+moment when none is between its steps.
 
 While Redis is unreachable the node reserves against its own table (``redis_down = open``)
 or refuses uploads that a quota counts (``closed``); its reservations reach Redis with the
@@ -251,10 +255,9 @@ class SharedUsage:
     def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
         if not homes:
             return None
-        self._cluster.usable()  # a due retry of an unreachable Redis: outside the lock
-        # Into the table, then Redis, under the table's lock: no rewrite (which holds it
-        # too) reads the table between the two (see the module doc).
-        with self._table.holding():
+        # Into the table, then Redis, inside the gate: no rewrite reads the table between
+        # the two (see the module doc).
+        with self._table.changing():
             return self._reserve(homes, nbytes, files)
 
     def _reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
@@ -289,8 +292,7 @@ class SharedUsage:
         if not (reserved or reserved_files):  # the usage only, which no rewrite writes
             self._settle_now(homes, reserved, reserved_files, nbytes, files)
             return
-        self._cluster.usable()  # as in reserve
-        with self._table.holding():
+        with self._table.changing():  # as in reserve
             self._settle_now(homes, reserved, reserved_files, nbytes, files)
 
     def _settle_now(self, homes: Sequence[Home], reserved: int, reserved_files: int,
@@ -362,8 +364,9 @@ class SharedUsage:
     def tick(self, homes: Iterable[Home]) -> None:
         """Worker 1, every second: rewrite this node's reservations in Redis from its table
         in ``homes`` (the file's) and in every home Redis says it holds some (its index):
-        whatever Redis holds of the node there that its table does not say is set right
-        within a second. All of them instead when that is wanted (:meth:`catch_up`)."""
+        whatever Redis holds of the node there that its table does not say is set right at
+        the next rewrite that finds no change under way. All of them instead when that is
+        wanted (:meth:`catch_up`)."""
         if self.catch_up():
             return
         indexed = self._cluster.run("quota reservations", "quota-indexed", [self._index], [])

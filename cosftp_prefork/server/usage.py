@@ -45,9 +45,12 @@ a quota passed.
 With ``[CLUSTER]`` the node's reservations are published in Redis (``server.quotashare``)
 from the rows; a flag in the header says when all of them are to be rewritten there (a new
 file, a dead worker's holdings dropped, a change that did not reach Redis), and
-:meth:`UsageTable.publish` hands them over under the lock. A change of them holds the lock
-across its own Redis call too (:meth:`UsageTable.holding`: the lock is re-entrant for its
-holder's thread), so that no rewrite reads the rows between the change's two steps.
+:meth:`UsageTable.publish` hands them over under the lock. A change of them there is two
+steps (the rows, then Redis, or the other way round), and a rewrite reading the rows between
+the two would write the change back: each change holds a second lock, the gate (another
+byte of the file), shared across both steps (:meth:`UsageTable.changing`: the changes of
+every worker go on side by side), and a rewrite takes it exclusive, without waiting: while a
+change is between its steps the rewrite skips its turn (the next second's tries again).
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ _HEADER = struct.Struct("<4sII")  # magic, rows in use, rows of the answers' hom
 _WANTED = struct.Struct("<I")
 _WANTED_AT = _HEADER.size
 _HEADER_SIZE = 64
+# The record locks (length, start): the table's (every change of the file) and the gate's
+# (a cluster's change of the node's reservations, shared, against a rewrite, exclusive).
+_TABLE_LOCK = (1, 0)
+_GATE = (1, 1)
 ROWS = 16384
 HOOK_ROWS = MAX_HOOK_QUOTA_HOMES  # half of ROWS: the file's homes keep the other half
 # home id, scanner pid (0: none), used bytes, used files, reserved bytes, reserved files,
@@ -138,8 +145,14 @@ class UsageTable:
 
     def __init__(self, fd: int, mapping: mmap.mmap, writable: bool = True) -> None:
         self._fd, self._map = fd, mapping
-        self._thread_lock = threading.RLock()
-        self._depth = 0  # how deep this process's holder of the lock is in (:meth:`holding`)
+        self._thread_lock = threading.Lock()
+        # This process's side of the gate: its changes between their two steps (the first
+        # takes the gate's shared lock, the last gives it back: the kernel counts one lock a
+        # process) and whether it rewrites now (its changes then wait: a lock of the process
+        # that a change took would turn the rewrite's exclusive one into a shared one).
+        self._gate = threading.Condition()
+        self._changes = 0
+        self._rewriting = False
         self._slot: Optional[int] = None  # this worker's slot (:meth:`attach`)
         self._untracked = False  # whether a full holdings region was logged
         # A read-only file takes a shared lock (a write lock needs a writable descriptor).
@@ -174,39 +187,74 @@ class UsageTable:
 
     @contextmanager
     def _locked(self, wait: bool = True) -> Iterator[bool]:
-        """Hold this process's thread lock and the file's record lock (True); a thread that
-        holds them already goes on holding them (:meth:`holding`). Without ``wait``, hold
-        nothing (False) if either is taken now: the master never waits on a worker."""
+        """Hold this process's thread lock and the file's record lock (True). Without
+        ``wait``, hold nothing (False) if either is taken now: the master never waits on a
+        worker."""
         if not self._thread_lock.acquire(blocking=wait):
             yield False
             return
         try:
-            if not self._depth:
-                try:
-                    fcntl.lockf(self._fd, self._lock_kind | (0 if wait else fcntl.LOCK_NB))
-                except OSError:  # without wait: EAGAIN or EACCES, another process holds it
-                    if wait:
-                        raise
-                    yield False
-                    return
-            # A record lock is the process's, not counted: the outermost holder unlocks.
-            self._depth += 1
-            try:
-                yield True
-            finally:
-                self._depth -= 1
-                if not self._depth:
-                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            with self._record_lock(self._lock_kind, _TABLE_LOCK, wait) as locked:
+                yield locked
         finally:
             self._thread_lock.release()
 
     @contextmanager
-    def holding(self) -> Iterator[None]:
-        """Hold the table's lock across several calls of this thread, each of which takes
-        it again: a cluster's change of the node's reservations holds it across its Redis
-        call, as :meth:`publish` does (see ``server.quotashare``)."""
-        with self._locked():
+    def _record_lock(self, kind: int, region: tuple[int, int], wait: bool) -> Iterator[bool]:
+        """Hold the file's record lock ``kind`` over ``region`` (True); without ``wait``,
+        nothing (False) if another process holds it now."""
+        try:
+            fcntl.lockf(self._fd, kind | (0 if wait else fcntl.LOCK_NB), *region)
+        except OSError:  # without wait: EAGAIN or EACCES, another process holds it
+            if wait:
+                raise
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, *region)
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """Hold the gate, shared, across a change of the node's reservations in the rows
+        and where they are published (a cluster's Redis): no :meth:`publish` reads the rows
+        between the two steps. Waits while a rewrite runs (this process's, or another's:
+        at most the rewrite's Redis call)."""
+        with self._gate:
+            while self._rewriting:
+                self._gate.wait()
+            if not self._changes:
+                fcntl.lockf(self._fd, fcntl.LOCK_SH, *_GATE)
+            self._changes += 1
+        try:
             yield
+        finally:
+            with self._gate:
+                self._changes -= 1
+                if not self._changes:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN, *_GATE)
+                    self._gate.notify_all()
+
+    @contextmanager
+    def _rewrite_turn(self) -> Iterator[bool]:
+        """Hold the gate, exclusive, if no change of any process is between its two steps
+        now (True); else hold nothing (False): the rewrite skips its turn rather than wait
+        (changes of the node's other sessions would queue behind it)."""
+        with self._gate:
+            turn = not (self._changes or self._rewriting)
+            if turn:
+                self._rewriting = True
+        if not turn:
+            yield False
+            return
+        try:
+            with self._record_lock(fcntl.LOCK_EX, _GATE, wait=False) as locked:
+                yield locked  # not locked: another process's change holds the gate
+        finally:
+            with self._gate:
+                self._rewriting = False
+                self._gate.notify_all()
 
     # --- rows
 
@@ -348,13 +396,18 @@ class UsageTable:
                 write: Callable[[list[tuple[bytes, int, int]], bool], bool]) -> bool:
         """Hand ``write`` the reservations (home id, bytes, files) of the homes ``idents``
         (0 for a home without a row) and, with ``everything``, of every row that holds some,
-        if a rewrite is wanted (else do nothing, False). ``write`` runs under the table's
-        lock: no change of this node lands in the rows while it publishes them, so that what
-        it writes is never less than what the node holds (see ``server.quotashare``). If
-        it returns True (written), an ``everything`` rewrite is no longer wanted. Returns
+        if a rewrite is wanted (else do nothing, False). Nothing either (False) while a
+        change of any process is between its two steps (:meth:`changing`): the rewrite would
+        write it back or count it twice. ``write`` runs under the table's lock and the gate:
+        no change of this node lands in the rows or in Redis while it publishes them, so
+        that what it writes is what the node holds (see ``server.quotashare``). If it
+        returns True (written), an ``everything`` rewrite is no longer wanted. Returns
         whether ``write`` ran."""
-        with self._locked():
-            if everything and not self.publish_wanted():
+        # The table's lock first, then the gate without waiting: a process holding the
+        # gate exclusive never waits for a lock, so the kernel never finds a cycle between
+        # the two (EDEADLK; it counts the locks per process, not per thread).
+        with self._locked(), self._rewrite_turn() as turn:
+            if not turn or (everything and not self.publish_wanted()):
                 return False
             held: dict[bytes, tuple[int, int]] = dict.fromkeys(idents, (0, 0))
             if everything:
@@ -366,8 +419,8 @@ class UsageTable:
                     at = self._find(ident, make=False)
                     if at is not None:
                         held[ident] = tuple(self._row(at)[4:6])
-            if write([(ident, *amounts) for ident, amounts in held.items()], everything) \
-                    and everything:
+            if write([(ident, *amounts) for ident, amounts in held.items()],
+                     everything) and everything:
                 _WANTED.pack_into(self._map, _WANTED_AT, 0)
         return True
 
