@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ftplib
+import hashlib
 import io
 import itertools
 import os
@@ -30,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cosftp_prefork.server.cluster.scripts import LIBRARY  # noqa: E402
+from cosftp_prefork.server.quotashare import SCRIPTS  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.redis6 import Redis6Proxy  # noqa: E402
 from tests.server_proc import Account, free_port  # noqa: E402
@@ -84,13 +87,22 @@ def rows(args: argparse.Namespace, node: LoneNode, proxy: Redis6Proxy,
     runs = itertools.count()
     proxy.delay = delay_ms / 1000  # after the start: the workers' set-up is not measured
     rates: dict[str, list[float]] = {"quota": [], "free": []}
+    rewrite = hashlib.sha1((LIBRARY + SCRIPTS["quota-holding"]).encode()).hexdigest()
+    rewrites = 0
     for _ in range(args.runs):
         for user, found in rates.items():
             names = [f"{user}-{next(runs)}-{i:05d}" for i in range(args.files)]
+            before = proxy.runs[rewrite]
             found.append(args.files / uploads(node, user, names, args.sessions))
+            rewrites += proxy.runs[rewrite] - before if user == "quota" else 0
     for user, found in rates.items():
         print(f"redis delay {delay_ms:g} ms, {user:5}: {statistics.median(found):7.1f} "
               f"files/s median ({', '.join(f'{rate:.1f}' for rate in found)})")
+    # Worker 1's rewrite skips its turn while a change is under way: how often it ran
+    # while the quota's uploads went on (once a second when none is).
+    seconds = sum(args.files / rate for rate in rates["quota"])
+    print(f"redis delay {delay_ms:g} ms: {rewrites} rewrites of the node's reservations "
+          f"in the {seconds:.0f} s of uploads into the home with a quota")
 
 
 def main() -> int:
