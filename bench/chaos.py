@@ -1,0 +1,265 @@
+"""Chaos soak: the storage guarantees under reloads, killed workers and COS faults.
+
+Real clients work side by side on a 2-worker server — ``lftp mirror -R`` (times kept),
+``rclone sync`` with its defaults (``.partial`` names, then a rename) and ``lftp mirror``
+downloads — while the server is reloaded, a worker is SIGKILLed (as the OOM killer does) and
+the emulator answers errors (``SlowDown``) and resets connections. Clients may fail during
+the chaos; what must hold:
+
+- at every moment, every object under an upload's tree is one of the files sent, whole
+  (a checker reads them all again and again): nothing half-written, ever;
+- every download that exits 0 is byte-exact;
+- after a clean pass (no faults) every client exits 0 and each tree in COS holds exactly its
+  source's files at their sizes (uploads a killed worker parked stay until ``resume_ttl``).
+
+Run by hand: ``.venv/bin/python bench/chaos.py [--rounds 8] [--fault-rate 0.15]``; exit status
+0 when every guarantee held. A client that fails the clean pass gets a second try, for
+rclone's own race: a ``.partial`` a killed sync left behind has the name its next sync
+uploads under and renames away before deleting the leftover (``Couldn't delete: object not
+found``, exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.crowds import workers_of  # noqa: E402
+from tests.emulator_proc import EmulatorProcess  # noqa: E402
+from tests.server_proc import Account, ServerProcess  # noqa: E402
+
+BUCKET = "chaos-1250000000"
+# Empty, one byte, small, one part, a part and a bit (multipart at 1 MiB parts), three parts.
+SIZES = (0, 1, 4096, 65536, 1 << 20, (1 << 20) + 17, 3 * (1 << 20) + 5)
+RCLONE = shutil.which("rclone", path=os.path.dirname(sys.executable)) or "rclone"
+
+
+def make_tree(path: str, count: int, rng: random.Random) -> dict[str, tuple[str, int]]:
+    """Write ``count`` files of mixed sizes under ``path``; return their MD5s and sizes by
+    path."""
+    files = {}
+    for i in range(count):
+        rel = f"d{i % 4}/f{i}.bin"
+        data = rng.randbytes(rng.choice(SIZES))
+        os.makedirs(os.path.dirname(os.path.join(path, rel)), exist_ok=True)
+        with open(os.path.join(path, rel), "wb") as handle:
+            handle.write(data)
+        files[rel] = (hashlib.md5(data).hexdigest(), len(data))
+    return files
+
+
+class Soak:
+    """One server, its emulator and the clients' work; ``failures`` collects what broke a
+    guarantee, ``results`` every client run's (name, exit status, stderr tail)."""
+
+    def __init__(self, workdir: str, rounds: int, files: int, fault_rate: float,
+                 log_level: str) -> None:
+        self.workdir, self.rounds, self.fault_rate = workdir, rounds, fault_rate
+        rng = random.Random(7)
+        self.sources = {name: make_tree(os.path.join(workdir, "src", name), files, rng)
+                        for name in ("up0", "up1", "up2", "rc0", "rc1", "seed")}
+        self.failures: list[str] = []
+        self.results: list[tuple[str, int, str]] = []
+        self.done = threading.Event()
+        self.emulator = EmulatorProcess(buckets=[BUCKET]).start()
+        self.cos = self.emulator.client()
+        self.server = ServerProcess(
+            os.path.join(workdir, "server"), self.emulator.port,
+            [Account("chaos", "chaos-pw", BUCKET, "RW")],
+            optional={"max_login_failures": "0", "max_connections_per_ip": "0",
+                      "log_level": log_level}).start()
+        obscured = subprocess.run([RCLONE, "obscure", "chaos-pw"], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        self.rclone_env = {**os.environ, "RCLONE_CONFIG": os.path.join(workdir, "none.conf"),
+                           "RCLONE_FTP_HOST": "127.0.0.1",
+                           "RCLONE_FTP_PORT": str(self.server.port),
+                           "RCLONE_FTP_USER": "chaos", "RCLONE_FTP_PASS": obscured}
+
+    def close(self) -> None:
+        self.server.stop()
+        self.emulator.stop()
+
+    def lftp(self, command: str) -> subprocess.CompletedProcess:
+        # ftp:use-allo as docs/clients.md advises: lftp 4.9.2's retry of an upload refused
+        # after its last byte sends 192 KiB of it, and only ALLO lets the server see that.
+        settings = ("set net:max-retries 2; set net:reconnect-interval-base 1; "
+                    "set net:timeout 20; set cmd:fail-exit yes; set ftp:use-allo yes")
+        return subprocess.run(
+            ["lftp", "-u", "chaos,chaos-pw", "-p", str(self.server.port), "-e",
+             f"{settings}; {command}; exit", "127.0.0.1"],
+            capture_output=True, text=True, timeout=600)
+
+    def upload(self, kind: str, name: str, target: str) -> subprocess.CompletedProcess:
+        source = os.path.join(self.workdir, "src", name)
+        if kind == "lftp":
+            return self.lftp(f"mirror -R --parallel=2 {source} /{target}")
+        return subprocess.run([RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
+                               "--low-level-retries", "2"], capture_output=True, text=True,
+                              timeout=600, env=self.rclone_env)
+
+    def targets(self) -> Iterator[tuple[str, str, str]]:
+        """(client, source, target) of every upload: one new tree per client and round."""
+        for k in range(self.rounds):
+            for name in ("up0", "up1", "up2", "rc0", "rc1"):
+                yield ("lftp" if name.startswith("up") else "rclone"), name, f"{name}r{k}"
+
+    def uploads(self, name: str) -> None:
+        for kind, source, target in self.targets():
+            if source == name:
+                done = self.upload(kind, source, target)
+                self.results.append((f"{kind} {target}", done.returncode, done.stderr[-300:]))
+
+    def downloads(self, index: int) -> None:
+        for k in range(self.rounds):
+            dest = os.path.join(self.workdir, f"down{index}-{k}")
+            done = self.lftp(f"mirror --parallel=3 /seed {dest}")
+            self.results.append((f"lftp download {dest}", done.returncode, done.stderr[-300:]))
+            if done.returncode == 0:
+                for rel, (md5, _) in self.sources["seed"].items():
+                    with open(os.path.join(dest, rel), "rb") as handle:
+                        if hashlib.md5(handle.read()).hexdigest() != md5:
+                            self.failures.append(f"download {dest}/{rel} differs")
+
+    def listing(self, prefix: str) -> dict[str, int]:
+        """The data objects under ``prefix`` (no directory markers nor the server's own
+        ``.cosftp`` keys), by path below it, with their sizes."""
+        found, marker = {}, ""
+        while True:
+            page = self.cos.list_objects(Bucket=BUCKET, Prefix=prefix, Marker=marker)
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix):]
+                if rel and not rel.endswith("/"):
+                    found[rel] = int(obj["Size"])
+            if page.get("IsTruncated") != "true":
+                return found
+            marker = page.get("NextMarker") or page["Contents"][-1]["Key"]
+
+    def read(self, key: str) -> bytes:
+        return self.cos.get_object(Bucket=BUCKET, Key=key)["Body"].get_raw_stream().read()
+
+    def check_whole(self) -> None:
+        """Read every object of every upload tree until the clients are done: each must be
+        one of the source's files, whole (a rename's ``.partial`` source included)."""
+        while not self.done.is_set():
+            for _, source, target in self.targets():
+                files = self.sources[source]
+                try:
+                    listed = self.listing(f"{target}/")
+                except Exception:  # an injected fault: the next sweep reads it
+                    continue
+                for rel in listed:
+                    name = rel.rsplit(".", 2)[0] if rel.endswith(".partial") else rel
+                    if name not in files:
+                        self.failures.append(f"unexpected object {target}/{rel}")
+                        continue
+                    try:
+                        body = self.read(f"{target}/{rel}")
+                    except Exception:  # gone meanwhile, an injected fault or a reset
+                        continue
+                    if hashlib.md5(body).hexdigest() != files[name][0]:
+                        self.failures.append(f"{time.strftime('%T')} {target}/{rel}: "
+                                             f"{len(body)} bytes, not whole")
+
+    def chaos(self, every: float) -> None:
+        """Faults on and off, a reload every fourth beat, a killed worker every seventh."""
+        beat = 0
+        while not self.done.wait(every):
+            beat += 1
+            rate = self.fault_rate if beat % 2 else 0.0
+            self.emulator.set_faults(error_rate=rate, reset_rate=rate / 2)
+            if beat % 4 == 0:
+                done = self.server.ctl("reload")
+                print(time.strftime("%T"), "reload:", done.returncode, flush=True)
+            if beat % 7 == 0:
+                victim = workers_of(self.server.proc.pid)[0]
+                print(time.strftime("%T"), "SIGKILL worker", victim.pid, flush=True)
+                victim.kill()
+
+    def run(self, every: float) -> None:
+        seeded = self.lftp(f"mirror -R {os.path.join(self.workdir, 'src', 'seed')} /seed")
+        if seeded.returncode:
+            raise SystemExit(f"could not seed the download tree: {seeded.stderr}")
+        clients = [threading.Thread(target=self.uploads, args=(name,))
+                   for name in ("up0", "up1", "up2", "rc0", "rc1")]
+        clients += [threading.Thread(target=self.downloads, args=(i,)) for i in range(2)]
+        helpers = [threading.Thread(target=self.check_whole),
+                   threading.Thread(target=self.chaos, args=(every,))]
+        for thread in clients + helpers:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        self.done.set()
+        for thread in helpers:
+            thread.join()
+        self.emulator.set_faults(error_rate=0.0, reset_rate=0.0)
+
+    def clean_pass(self) -> None:
+        """Every upload again without faults: each exits 0 (at its second try: see rclone's
+        race above) and leaves its tree exact."""
+        for kind, source, target in self.targets():
+            done = self.upload(kind, source, target)
+            if done.returncode:
+                print(f"clean pass: {kind} {target} exited {done.returncode}, again: "
+                      f"{done.stderr.strip().splitlines()[-1:]}")
+                done = self.upload(kind, source, target)
+            if done.returncode:
+                self.failures.append(f"clean pass: {kind} {target} exited "
+                                     f"{done.returncode}: {done.stderr[-400:]}")
+            stored = self.listing(f"{target}/")
+            wanted = {rel: size for rel, (_, size) in self.sources[source].items()}
+            if stored != wanted:
+                wrong = sorted(set(stored.items()) ^ set(wanted.items()))[:6]
+                self.failures.append(f"{target}: objects and sizes differ from the source's: "
+                                     f"{wrong}")
+        # Parked, not lost: the uploads a killed worker left are kept for REST + STOR until
+        # resume_ttl, then the janitor aborts them.
+        left = self.cos.list_multipart_uploads(Bucket=BUCKET).get("Upload", [])
+        print(f"clean pass done; {len(left)} parked multipart uploads")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=8, help="trees per client (8)")
+    parser.add_argument("--files", type=int, default=24, help="files per tree (24)")
+    parser.add_argument("--fault-rate", type=float, default=0.15,
+                        help="share of COS requests answered SlowDown while faults are on; "
+                             "half as many are reset (0.15)")
+    parser.add_argument("--beat", type=float, default=2.5,
+                        help="seconds between chaos steps (2.5)")
+    parser.add_argument("--log-level", default="INFO", help="the server's (INFO)")
+    args = parser.parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix="cosftp-chaos-")
+    soak = Soak(workdir, args.rounds, args.files, args.fault_rate, args.log_level)
+    started = time.monotonic()
+    try:
+        soak.run(args.beat)
+        failed = [r for r in soak.results if r[1]]
+        print(f"chaos: {len(soak.results)} client runs in {time.monotonic() - started:.0f} s, "
+              f"{len(failed)} failed while faults, reloads and kills went on")
+        for name, status, tail in failed:
+            print(f"  {name}: exit {status}: {tail.strip().splitlines()[-1:]}")
+        soak.clean_pass()
+    finally:
+        soak.close()
+    for failure in soak.failures:
+        print("BROKEN:", failure)
+    print("every guarantee held" if not soak.failures else f"{len(soak.failures)} broken")
+    if not soak.failures:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if soak.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
