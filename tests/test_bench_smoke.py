@@ -71,3 +71,15 @@ def test_the_splice_relay_script_prints_the_relays_cpu_per_gib():
          "--rounds", "1"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("round 1 host default: user ") and "s/GiB" in done.stdout
+
+
+def test_the_rates_bench_measures_every_row():
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "rates.py"), "--rate-kib", "64",
+         "--size-kib", "96", "--runs", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row[1].split(",")[0].split(" (")[0].strip() for row in rows] == \
+        ["RETR", "STOR", "RETR over TLS", "STOR over TLS", "RETR in ASCII mode", "RETR"]
+    assert {row[3].strip() for row in rows} == {"64.00 KiB/s"}
+    assert {row[6].strip() for row in rows} <= {"PASS", "FAIL"}

