@@ -15,14 +15,19 @@ import time
 import psutil
 import pytest
 
+from cosftp_prefork.config.options import SETTINGS
+from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS
 from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA, _close
+from .emulator_proc import request_log
 from .server_proc import Account, ServerProcess, free_port, wait_until
 from .test_commands import get, put
 from .test_transfers import PART, pending_uploads
 
 MIB = 1024 * 1024
+# Parts of one upload in flight at once, at the default the server fixture runs with.
+UPLOAD_THREADS = next(s.default for s in SETTINGS if s.name == "upload_thread_num")
 
 
 @pytest.fixture
@@ -45,14 +50,14 @@ def test_transient_503s_lose_nothing(server, alice, area, faults):
         assert get(alice, path) == data
 
 
-def test_cos_down_gives_a_reply_and_leaves_nothing(server, area, cos, faults):
+def test_cos_down_gives_a_reply_and_leaves_nothing(server, emulator, area, cos, faults):
     ftp = server.login("alice", "alice-pw", timeout=120)
     ftp.voidcmd("TYPE I")
     conn = ftp.transfercmd(f"STOR {area}")
     conn.sendall(os.urandom(2 * PART + 1))
     wait_until(lambda: pending_uploads(cos, area), what="multipart upload to start")
     faults(down=True)
-    started = time.monotonic()
+    down_since = time.monotonic()  # the emulator's request log reads the same clock
     with pytest.raises(ftplib.error_temp, match="451"):
         try:
             while True:
@@ -62,7 +67,11 @@ def test_cos_down_gives_a_reply_and_leaves_nothing(server, area, cos, faults):
         finally:
             conn.close()
         ftp.voidresp()
-    assert time.monotonic() - started < 60
+    # The 451 came because the upload gave up: each part in flight tried RETRY_ATTEMPTS
+    # times, and no part after the failure (a count, where a time bound failed under load).
+    parts = [entry for entry in request_log(emulator.port, area)
+             if entry["kind"] == "PUT" and entry["start"] >= down_since]
+    assert parts and len(parts) <= RETRY_ATTEMPTS * UPLOAD_THREADS, len(parts)
     faults(down=False)
     wait_until(lambda: not pending_uploads(cos, area), timeout=30,
                what="the abort to be retried once COS is back")
