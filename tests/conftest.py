@@ -55,6 +55,21 @@ def no_leaked_servers(tmp_path_factory):
     assert not leaked, f"tests left servers running: {leaked}"
 
 
+@pytest.fixture
+def daemon(emulator, tmp_path, request):
+    """A daemonised server (``cosftpctl start``), as test_master.py, test_master_stops.py and
+    test_worker_health.py use it; a test may give it [OPTIONAL] settings (indirect
+    parameter)."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional=getattr(request, "param", {}))
+    proc.write_config()
+    started = proc.ctl("start")
+    assert started.returncode == 0, started.stderr
+    master_pid = proc.daemon_pid()
+    yield proc
+    proc.ensure_stopped(master_pid)
+
+
 @pytest.fixture(scope="session")
 def emulator():
     emu = EmulatorProcess(buckets=[ALPHA, BETA, "gamma-1250000000"])

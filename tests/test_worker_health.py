@@ -1,0 +1,373 @@
+"""Workers the master supervises: TTIN/TTOU, forks the kernel refuses, crash loops, hung
+or over-limit workers and their stacks, with real processes (split from test_master.py:
+each file runs on one test worker, and the one file was the suite's longest)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from cosftp_prefork.server.scoreboard import SharedState
+
+from .conftest import ALPHA, _close
+from .server_proc import (
+    Account,
+    ServerProcess,
+    unreachable_receiver,
+    wait_until,
+)
+from .test_commands import get, put
+from .test_master import (
+    add_unresolvable_masquerade,
+    forks_refused,
+    live_children,
+    login,
+    master_of,
+    one_session_per_worker,
+    rewrite_config,
+    serving,
+    state_file_locked,
+    state_of,
+)
+
+
+def test_ttin_ttou_change_worker_count(daemon):
+    master = master_of(daemon)
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master.send_signal(signal.SIGTTIN)
+    wait_until(lambda: len(live_children(master)) == 3 and serving(daemon, 1, 3),
+               what="3 workers")
+    master.send_signal(signal.SIGTTOU)
+    wait_until(lambda: len(live_children(master)) == 2, what="2 workers")
+    master.send_signal(signal.SIGTTOU)  # one at a time: identical pending signals merge
+    wait_until(lambda: len(live_children(master)) == 1, what="1 worker")
+    _close(login(daemon))
+
+
+def test_worker_the_master_cannot_fork_is_started_later_and_the_server_serves_on(emulator,
+                                                                               tmp_path):
+    """The master out of descriptors (or of processes: fork's EAGAIN under a pids limit a
+    crowd of session threads filled) when it starts a worker: it says so, serves on with
+    the workers it has (health checks too), and starts the missing one once it can."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"health_check_interval": "1"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        master = psutil.Process(proc.proc.pid)
+        limits = master.rlimit(psutil.RLIMIT_NOFILE)
+        master.rlimit(psutil.RLIMIT_NOFILE, (3, limits[1]))  # no new descriptor past stdio
+        try:
+            master.send_signal(signal.SIGTTIN)
+            # Two attempts: seconds apart, health checks ran between them.
+            wait_until(lambda: proc.log_text().count("cannot start worker 3") == 2
+                       or f"master {master.pid} stopped" in proc.log_text(),
+                       timeout=60, what="two failed starts of worker 3 logged")
+            assert f"master {master.pid} stopped" not in proc.log_text()
+            _close(login(proc))
+        finally:
+            master.rlimit(psutil.RLIMIT_NOFILE, limits)
+        wait_until(lambda: serving(proc, 1, 3), timeout=60, what="worker 3 serving")
+
+
+def test_ttin_stops_at_max_worker_processes_and_ttou_at_one(emulator, tmp_path):
+    """SIGTTIN past max_worker_processes, SIGTTOU below one worker: each refused with a
+    warning naming the limit; the master stays up and serves."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_processes": "1", "max_worker_processes": "2"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 1), what="one worker serving")
+        master = psutil.Process(proc.proc.pid)
+        master.send_signal(signal.SIGTTIN)
+        wait_until(lambda: serving(proc, 1, 2), what="2 workers")
+        master.send_signal(signal.SIGTTIN)
+        wait_until(lambda: "SIGTTIN: already 2 workers, the most max_worker_processes (2) "
+                   "allows; none added" in proc.log_text() or len(live_children(master)) > 2,
+                   what="the second SIGTTIN handled")
+        assert len(live_children(master)) == 2
+        master.send_signal(signal.SIGTTOU)
+        wait_until(lambda: len(live_children(master)) == 1, what="1 worker")
+        master.send_signal(signal.SIGTTOU)
+        wait_until(lambda: "SIGTTOU: already 1 worker, the fewest there can be; none "
+                   "removed" in proc.log_text(), what="the second SIGTTOU handled")
+        assert serving(proc, 1, 1) and len(live_children(master)) == 1
+        _close(login(proc))
+
+
+def test_helper_the_master_cannot_fork_is_started_later_and_the_server_serves_on(emulator,
+                                                                               tmp_path):
+    """The events process dies while the master cannot fork (EAGAIN): the master says so
+    with the errno, serves on and tries again, and starts it once it can."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         hooks=unreachable_receiver())
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2) and "started events process" in proc.log_text(),
+                   what="workers and the events process running")
+        events = int(re.search(r"started events process \(pid (\d+)\)",
+                               proc.log_text())[1])
+        master = psutil.Process(proc.proc.pid)
+        stopped = f"master {master.pid} stopped"
+        with forks_refused(master.pid):
+            os.kill(events, signal.SIGKILL)
+            wait_until(lambda: proc.log_text().count("cannot start events process") == 2
+                       or stopped in proc.log_text() or proc.proc.poll() is not None,
+                       timeout=60, what="two failed starts of the events process logged")
+            assert stopped not in proc.log_text() and proc.proc.poll() is None, proc.output()
+            assert "cannot start events process: [Errno 11] " in proc.log_text()
+            _close(login(proc))
+        wait_until(lambda: proc.log_text().count("started events process") == 2, timeout=60,
+                   what="the events process started again")
+
+
+def test_crash_looping_workers_back_off_then_master_stops(emulator, tmp_path):
+    """Here every worker is killed as soon as it appears."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+    with proc:
+        master = psutil.Process(proc.proc.pid)
+
+        def kill_workers() -> bool:
+            if proc.proc.poll() is not None:
+                return True
+            for child in live_children(master):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            return False
+
+        wait_until(kill_workers, timeout=120, what="the master to give up")
+    assert proc.proc.returncode == 1
+    log = proc.log_text()
+    assert "failed 5 times in a row" in log
+    assert log.count("started worker") <= 2 * 5 + 2  # backed off instead of spinning
+    assert re.search(r"restarting in [1-9]", log)
+
+
+def test_worker_that_cannot_start_stops_the_master_at_once(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
+    proc.write_config()
+    add_unresolvable_masquerade(proc)
+    assert proc.ctl("run", timeout=120).returncode == 1
+    log = proc.log_text()
+    assert "'nowhere.invalid' does not resolve" in log
+    assert "cannot start with this configuration; stopping the server" in log
+    assert "restarting in" not in log
+
+
+@pytest.fixture
+def strict_health(emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_timeout": "2", "health_check_interval": "1"})
+    with proc:
+        yield proc
+
+
+def test_stopped_worker_is_sigkilled_after_the_abort_grace(strict_health):
+    """A SIGSTOPped worker cannot run its SIGABRT handler: SIGKILL follows, and the log says
+    why there is no stack dump."""
+    proc = strict_health
+    wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+    master = psutil.Process(proc.proc.pid)
+    stuck = live_children(master)[0]
+    stuck.suspend()  # SIGSTOP: alive, but its heartbeat stops
+    wait_until(lambda: not stuck.is_running() or stuck.status() == psutil.STATUS_ZOMBIE,
+               timeout=30, what="stuck worker killed")
+    wait_until(lambda: len(live_children(master)) == 2, what="replacement")
+    log = proc.log_text()
+    assert re.search(rf"pid {stuck.pid}\) sent no heartbeat for \d+s \(worker_timeout=2\); "
+                     "sent SIGABRT", log)
+    assert f"(pid {stuck.pid}) still running 5s after SIGABRT; sending SIGKILL" in log
+    assert f"(pid {stuck.pid}) killed by SIGKILL without a stack dump" in log
+    _close(login(proc))
+
+
+def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
+    """The master marks a worker it sent SIGABRT as ``aborting``; status names the log."""
+    from cosftp_prefork.server.cli import format_status
+    from cosftp_prefork.server.scoreboard import ABORTING, SERVING, MasterStatus
+
+    state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
+    state.write_header(MasterStatus(os.getpid(), 1, 0.0, 2, "vsftpd.conf"))
+    for slot, state_now in enumerate((SERVING, SERVING)):
+        state.write_slot(slot, 1000 + slot, slot + 1, 1, state_now, 0.0, 1.0, (0, 0, 0, 0, 0))
+    state.set_state(1, ABORTING)
+    shown = format_status(state, "/var/log/cosftp/cosftp.log").splitlines()
+    assert re.match(r"\s*1001\s+1\s+2\s+aborting\s", shown[3])
+    assert shown[-1] == ("aborting: sent SIGABRT to hung worker(s) 1001; the stacks of their "
+                        "threads go to /var/log/cosftp/cosftp.log, then SIGKILL")
+    state.close()
+
+
+def test_status_says_a_fast_stop_cuts_the_transfers(tmp_path):
+    """The master's state goes through the state file's header; status explains it."""
+    from cosftp_prefork.server.cli import format_status
+    from cosftp_prefork.server.scoreboard import MasterStatus
+
+    state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
+    state.write_header(MasterStatus(os.getpid(), 1, 0.0, 2, "vsftpd.conf", state="stopping"))
+    assert state.master().state == "stopping" and state.master().stopping
+    assert format_status(state).splitlines()[1] == (
+        "state: stopping: new connections refused; the transfers in flight end with 426 "
+        "(uploads parked), then the workers exit")
+    state.close()
+
+
+def stack_dump(log: str, pid: int) -> str:
+    """The stack dump the master logged for worker ``pid`` (its first line, then the
+    tab-indented rest)."""
+    match = re.search(rf"\(pid {pid}\) killed by SIGABRT; the stacks of its threads when it "
+                      r"died:\n(.*\n(?:\t.*\n)+)", log)
+    assert match, f"no stack dump of pid {pid} in the log"
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def test_hung_worker_dumps_its_stacks_and_is_replaced(strict_health, area):
+    """A worker blocked for real (its main thread waits on a lock someone else holds) is
+    sent SIGABRT: its faulthandler stack dump lands in the log, it is replaced, and the
+    client on the other worker never notices."""
+    proc = strict_health
+    wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+    sessions = one_session_per_worker(proc)
+    with state_file_locked(proc):
+        # The worker that accepts this connection blocks admitting it, before the 220.
+        victim = socket.create_connection((proc.host, proc.port), timeout=30)
+        wait_until(lambda: re.search(r"\(pid (\d+)\) sent no heartbeat for \d+s "
+                                     r"\(worker_timeout=2\); sent SIGABRT", proc.log_text()),
+                   timeout=30, what="hung worker aborted")
+        hung = int(re.search(r"\(pid (\d+)\) sent no heartbeat", proc.log_text()).group(1))
+        survivor_pid = next(pid for pid in sessions if pid != hung)
+        survivor = sessions[survivor_pid]
+        assert survivor.voidcmd("NOOP").startswith("200")
+    # Logged right after the dump, so the dump is whole.
+    wait_until(lambda: f"(pid {hung}) exited unexpectedly" in proc.log_text(),
+               what="hung worker reaped")
+    dump = stack_dump(proc.log_text(), hung)
+    assert "Current thread" in dump and dump.count("Thread 0x") >= 1  # every thread
+    assert "in handle_accepted" in dump and "in lockf" not in dump  # Python frames only
+    master = psutil.Process(proc.proc.pid)
+    wait_until(lambda: len(live_children(master)) == 2 and hung not in
+               {c.pid for c in live_children(master)}, what="replacement")
+    assert survivor_pid in {c.pid for c in live_children(master)}
+    put(survivor, area, b"the other worker never noticed")
+    assert get(survivor, area) == b"the other worker never noticed"
+    _close(survivor)
+    victim.close()
+    fresh = login(proc)
+    assert get(fresh, area) == b"the other worker never noticed"
+    _close(fresh)
+
+
+def test_worker_hung_before_its_first_heartbeat_is_timed_out(emulator, tmp_path, area):
+    """A reload whose new workers block before their first heartbeat (their new log_dir's
+    log file is a FIFO nobody reads, like a hung mount): one is aborted with a stack dump
+    after worker_boot_timeout, the reload rolls back, the other new one is stopped, and the
+    old workers serve on."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         # 20 s: on a loaded machine a new worker's imports alone took
+                         # over 3 s (and over 10 s at load 20 on 2 cores), and it was
+                         # aborted before it reached the log file.
+                         optional={"worker_boot_timeout": "20", "health_check_interval": "1"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        master = psutil.Process(proc.proc.pid)
+        old = {c.pid for c in live_children(master)}
+        client = login(proc)
+        hung_dir = os.path.join(str(tmp_path), "hung-log")
+        os.makedirs(hung_dir)
+        os.mkfifo(os.path.join(hung_dir, "cosftp.log"))
+        rewrite_config(proc, log_dir=hung_dir)
+        master.send_signal(signal.SIGHUP)
+        # The first hung worker aborted rolls the reload back (or, on a loaded machine, the
+        # reload's deadline does); a worker told to stop while it still sets up exits at once.
+        wait_until(lambda: re.search(r"reload failed \(.*\); rolling back to generation 1",
+                                     proc.log_text()), timeout=60, what="the roll-back")
+        wait_until(lambda: {c.pid for c in live_children(master)} == old, timeout=30,
+                   what="only the old workers left")
+        log = proc.log_text()
+        assert re.search(r"not serving \d+s after its start \(worker_boot_timeout=20\); sent "
+                         r"SIGABRT", log)
+        new = {int(pid) for pid in re.findall(r"\(pid (\d+)\) not serving", log)}
+        for pid in new:
+            # Gone from the children is not yet reaped: the master logs the dump when it reaps.
+            wait_until(lambda pid=pid: f"(pid {pid}) killed by SIGABRT" in proc.log_text(),
+                       what=f"the stack dump of pid {pid}")
+            assert "in setup_logging" in stack_dump(proc.log_text(), pid)
+        put(client, area, b"old generation serving")
+        assert get(client, area) == b"old generation serving"
+        _close(client)
+
+
+def test_a_stop_does_not_wait_for_workers_hung_in_their_set_up(emulator, tmp_path):
+    """A reload's new workers blocked before they serve (their log file a FIFO nobody reads)
+    hold no session: a stop (SIGTERM) ends them at once, and with them the master, rather
+    than waiting for a set-up that never ends or worker_boot_timeout; nothing is left."""
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_boot_timeout": "600"})
+    with proc:
+        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        master = psutil.Process(proc.proc.pid)
+        hung_dir = os.path.join(str(tmp_path), "hung-log")
+        os.makedirs(hung_dir)
+        os.mkfifo(os.path.join(hung_dir, "cosftp.log"))
+        rewrite_config(proc, log_dir=hung_dir)
+        master.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(live_children(master)) == 4, what="the new workers forked")
+        everyone = [master, *live_children(master)]
+        master.send_signal(signal.SIGTERM)
+        wait_until(lambda: not [p for p in everyone if p.is_running() and
+                                p.status() != psutil.STATUS_ZOMBIE],
+                   what="the master and every worker gone")
+
+
+def test_worker_hung_in_its_import_leaves_its_stacks(emulator, tmp_path):
+    """A worker that hangs while it imports the server's code (a hung mount under the
+    installation; here a pyftpdlib that opens a FIFO nobody writes) is aborted after
+    worker_boot_timeout with its stacks in the log, the import among them."""
+    stub = tmp_path / "stub"
+    (stub / "pyftpdlib").mkdir(parents=True)
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+    (stub / "pyftpdlib" / "__init__.py").write_text(f"open({str(fifo)!r}).read()\n")
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_boot_timeout": "3", "health_check_interval": "1",
+                                   "worker_processes": "1"})
+    proc.write_config()
+    master = psutil.Popen([sys.executable, "-m", "cosftp_prefork", "-c", proc.config_path,
+                           "run"], cwd=proc.workdir, env={**os.environ, "PYTHONPATH": str(stub)},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: os.path.exists(os.path.join(proc.log_dir, "cosftp.log")) and
+                   re.search(r"\(pid \d+\) killed by SIGABRT", proc.log_text()),
+                   timeout=60, what="the hung worker aborted and reaped")
+        log = proc.log_text()
+        pid = int(re.search(r"\(pid (\d+)\) not serving \d+s after its start", log)[1])
+        assert "in load_worker" in stack_dump(log, pid)
+    finally:
+        for child in master.children(recursive=True):  # blocked in the import: no PDEATHSIG
+            child.kill()
+        master.kill()
+        master.wait(30)
+
+
+def test_worker_over_rss_limit_is_recycled_gracefully(emulator, tmp_path, area):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
+                         optional={"worker_max_rss": "1", "health_check_interval": "1",
+                                   "worker_processes": "1"})
+    with proc:
+        ftp = login(proc)
+        first = state_of(proc).workers()[0].pid
+        wait_until(lambda: f"(pid {first}) uses" in proc.log_text(), what="recycle logged")
+        assert re.search(rf"pid {first}\) uses \d+ MiB RSS \(worker_max_rss=1\)",
+                         proc.log_text())
+        put(ftp, area, b"the draining worker still serves its session")
+        assert get(ftp, area) == b"the draining worker still serves its session"
+        _close(ftp)
+        fresh = login(proc)
+        assert get(fresh, area) == b"the draining worker still serves its session"
+        _close(fresh)
