@@ -81,6 +81,21 @@ def server(emulator, tmp_path, service):
         yield proc
 
 
+@pytest.fixture(scope="module")
+def hook():
+    """The hook of the tests that only add users of their own to it (none changes its mode
+    or stops it): they share it and ``hooked``, one server start for all of them."""
+    shared = AuthService().start()
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture(scope="module")
+def hooked(emulator, tmp_path_factory, hook):
+    with hooked_server(emulator, tmp_path_factory.mktemp("hooked"), hook.url) as proc:
+        yield proc
+
+
 def refused(server: ServerProcess, user: str, password: str) -> str:
     """The reply to a login that must fail."""
     with pytest.raises(ftplib.Error) as failure:
@@ -88,27 +103,27 @@ def refused(server: ServerProcess, user: str, password: str) -> str:
     return str(failure.value)
 
 
-def test_a_hook_account_logs_in_and_reaches_its_bucket_beside_the_files(server, service,
+def test_a_hook_account_logs_in_and_reaches_its_bucket_beside_the_files(hooked, hook,
                                                                         emulator, cos):
     keys = {"cos_secretid": None, "cos_secretkey": None, "cos_credentials": "shared"}
-    service.users["hooky"] = ("hooky-pw", definition(emulator, BETA, **keys))
+    hook.users["hooky"] = ("hooky-pw", definition(emulator, BETA, **keys))
     name = f"hook-{uuid.uuid4().hex}.txt"
-    with server.login("hooky", "hooky-pw") as ftp:
+    with hooked.login("hooky", "hooky-pw") as ftp:
         ftp.storbinary(f"STOR {name}", io.BytesIO(b"from a hook account"))
     stored = cos.get_object(Bucket=BETA, Key=name)["Body"].get_raw_stream().read()
     assert stored == b"from a hook account"
-    assert service.asked[-1] == {"user": "hooky", "password": "hooky-pw",
+    assert hook.asked[-1] == {"user": "hooky", "password": "hooky-pw",
                                  "client_address": "127.0.0.1", "tls": False}
     # Beside it, the file's accounts are the file's: never sent to the hook.
-    server.login("filer", "filer-pw").quit()
-    assert refused(server, "filer", "wrong").startswith("530")
-    assert service.asked_for("filer") == 0
+    hooked.login("filer", "filer-pw").quit()
+    assert refused(hooked, "filer", "wrong").startswith("530")
+    assert hook.asked_for("filer") == 0
 
 
-def test_the_hooks_authority_holds(server, service, emulator):
-    service.users["looker"] = ("looker-pw", definition(emulator, authority="R",
+def test_the_hooks_authority_holds(hooked, hook, emulator):
+    hook.users["looker"] = ("looker-pw", definition(emulator, authority="R",
                                                        delete_enable=False))
-    with server.login("looker", "looker-pw") as ftp, pytest.raises(ftplib.error_perm,
+    with hooked.login("looker", "looker-pw") as ftp, pytest.raises(ftplib.error_perm,
                                                                    match=r"^550"):
         ftp.storbinary("STOR refused.txt", io.BytesIO(b"x"))
 
@@ -129,12 +144,12 @@ def test_a_no_is_530_and_never_cached(server, service, emulator, mode):
     ({"quota": 5}, "quota: is not an account option"),
     ({"cos_secretkey": "${HOME}"}, "environment variable HOME is not set"),
 ])
-def test_an_invalid_account_is_refused_with_its_reason_logged(server, service, emulator,
+def test_an_invalid_account_is_refused_with_its_reason_logged(hooked, hook, emulator,
                                                                bad, reason):
     user = f"bad{uuid.uuid4().hex[:8]}"
-    service.users[user] = ("pw", {**definition(emulator), **bad})
-    assert refused(server, user, "pw").startswith("530")
-    wait_until(lambda: reason in server.log_text(), what=f"the reason {reason!r} logged")
+    hook.users[user] = ("pw", {**definition(emulator), **bad})
+    assert refused(hooked, user, "pw").startswith("530")
+    wait_until(lambda: reason in hooked.log_text(), what=f"the reason {reason!r} logged")
 
 
 def test_an_answer_that_is_not_json_is_refused(server, service):
@@ -264,10 +279,10 @@ def test_the_hook_is_told_about_tls_and_its_tls_required_holds(emulator, tmp_pat
 
 @pytest.mark.skipif(not any(s.name == "cos_prefix" for s in SETTINGS),
                     reason="cos_prefix is not an account option yet (the prefixes branch)")
-def test_a_hook_account_with_a_prefix_stays_inside_it(server, service, emulator, cos):
+def test_a_hook_account_with_a_prefix_stays_inside_it(hooked, hook, emulator, cos):
     prefix = f"tenants/{uuid.uuid4().hex}"
-    service.users["tenant"] = ("tenant-pw", definition(emulator, cos_prefix=prefix))
-    with server.login("tenant", "tenant-pw") as ftp:
+    hook.users["tenant"] = ("tenant-pw", definition(emulator, cos_prefix=prefix))
+    with hooked.login("tenant", "tenant-pw") as ftp:
         ftp.storbinary("STOR inside.txt", io.BytesIO(b"tenant data"))
         assert ftp.nlst() == ["inside.txt"]
     stored = cos.get_object(Bucket=ALPHA, Key=f"{prefix}/inside.txt")
@@ -311,12 +326,12 @@ def test_a_quota_of_the_file_counts_the_hook_accounts_under_it(emulator, tmp_pat
             ftp.storbinary("STOR two.txt", io.BytesIO(b"2"))
 
 
-def test_a_hook_accounts_encoding_applies_once_logged_in(server, service, emulator, cos):
-    service.users["camera"] = ("camera-pw", definition(emulator, ftp_encoding="gbk"))
+def test_a_hook_accounts_encoding_applies_once_logged_in(hooked, hook, emulator, cos):
+    hook.users["camera"] = ("camera-pw", definition(emulator, ftp_encoding="gbk"))
     name = f"照片-{uuid.uuid4().hex[:8]}.jpg"
     ftp = ftplib.FTP(encoding="gbk")
     with ftp:
-        ftp.connect("127.0.0.1", server.port, timeout=30)
+        ftp.connect("127.0.0.1", hooked.port, timeout=30)
         ftp.login("camera", "camera-pw")
         ftp.storbinary(f"STOR {name}", io.BytesIO(b"jpeg"))
         assert name in ftp.nlst()
