@@ -177,6 +177,7 @@ def one_session_per_worker(proc: ServerProcess, log_in: Callable[[ServerProcess]
     return sessions
 
 
+@contextlib.contextmanager
 def state_file_locked(proc: ServerProcess):
     """Hold a POSIX lock on the whole state file, as a process hung while holding it would:
     a worker admitting a new connection then blocks in the kernel, for real."""

@@ -226,7 +226,6 @@ def stack_dump(log: str, pid: int) -> str:
     return match.group(1)
 
 
-@contextlib.contextmanager
 def test_hung_worker_dumps_its_stacks_and_is_replaced(strict_health, area):
     """A worker blocked for real (its main thread waits on a lock someone else holds) is
     sent SIGABRT: its faulthandler stack dump lands in the log, it is replaced, and the
