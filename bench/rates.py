@@ -34,28 +34,30 @@ from tests.tls_clients import client_context, write_certificate  # noqa: E402
 
 BUCKET = "rates-1250000000"
 KIB = 1024
-# Each row: the account's rate option, whether its sessions log in with TLS, and what each
-# of its sessions does with (ftp, key, data) -- all of a row's sessions at once.
 Transfer = Callable[[ftplib.FTP, str, bytes], object]
+
+
+def _retr(ftp: ftplib.FTP, key: str, _data: bytes) -> object:
+    return ftp.retrbinary(f"RETR {key}", lambda _chunk: None)
+
+
+def _stor(ftp: ftplib.FTP, key: str, data: bytes) -> object:
+    return ftp.storbinary(f"STOR {key}.up", io.BytesIO(data))
+
+
+def _retr_ascii(ftp: ftplib.FTP, key: str, _data: bytes) -> object:
+    return ftp.retrlines(f"RETR {key}", lambda _line: None)
+
+
+# Each row: the account's rate option, whether its sessions log in with TLS, how many
+# sessions, and what each does with (ftp, key, data) -- all of a row's sessions at once.
 ROWS: dict[str, tuple[str, bool, int, Transfer]] = {
-    "RETR, 3 sessions of an account (max_download_rate)":
-        ("max_download_rate", False, 3, lambda ftp, key, _: ftp.retrbinary(
-            f"RETR {key}", lambda _data: None)),
-    "STOR, 3 sessions of an account (max_upload_rate)":
-        ("max_upload_rate", False, 3, lambda ftp, key, data: ftp.storbinary(
-            f"STOR {key}.up", io.BytesIO(data))),
-    "RETR over TLS (max_download_rate)":
-        ("max_download_rate", True, 1, lambda ftp, key, _: ftp.retrbinary(
-            f"RETR {key}", lambda _data: None)),
-    "STOR over TLS (max_upload_rate)":
-        ("max_upload_rate", True, 1, lambda ftp, key, data: ftp.storbinary(
-            f"STOR {key}.up", io.BytesIO(data))),
-    "RETR in ASCII mode (max_download_rate)":
-        ("max_download_rate", False, 1, lambda ftp, key, _: ftp.retrlines(
-            f"RETR {key}", lambda _line: None)),
-    "RETR, 2 sessions each at its local_max_rate":
-        ("local_max_rate", False, 2, lambda ftp, key, _: ftp.retrbinary(
-            f"RETR {key}", lambda _data: None)),
+    "RETR, 3 sessions of an account (max_download_rate)": ("max_download_rate", False, 3, _retr),
+    "STOR, 3 sessions of an account (max_upload_rate)": ("max_upload_rate", False, 3, _stor),
+    "RETR over TLS (max_download_rate)": ("max_download_rate", True, 1, _retr),
+    "STOR over TLS (max_upload_rate)": ("max_upload_rate", True, 1, _stor),
+    "RETR in ASCII mode (max_download_rate)": ("max_download_rate", False, 1, _retr_ascii),
+    "RETR, 2 sessions each at its local_max_rate": ("local_max_rate", False, 2, _retr),
 }
 
 
