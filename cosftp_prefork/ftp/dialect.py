@@ -251,7 +251,9 @@ class ClientDialect:
         MFMT set (one HEAD more, as for MLST); or, when no such name exists, the entries a
         wildcard in the last component matches. Raises ``NothingToList``, ``OSError`` or
         ``FilesystemError``."""
-        streamed = self.run_as_current_user(self.fs.listdir_if_dir, path)
+        # A name with a wildcard is looked up as written first, rarely a directory.
+        likely = not glob.has_magic(posixpath.basename(path))
+        streamed = self.run_as_current_user(self.fs.listdir_if_dir, path, likely)
         if streamed is not None:  # its first page told it is a directory: no look-up first
             return Listing(path, streamed)
         entry = self.fs.lookup(path)

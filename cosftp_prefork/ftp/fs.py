@@ -418,22 +418,27 @@ class CosFS(Renames, VirtualTree):
         return listing
 
     @transient_escapes
-    def listdir_if_dir(self, path: str) -> Optional[StreamedListing]:
+    def listdir_if_dir(self, path: str, likely: bool = True) -> Optional[StreamedListing]:
         """:meth:`listdir`, or None if ``path`` is no directory: the listing's first page
-        is the directory's look-up (a directory has a marker or keys under it)."""
+        is the directory's look-up (a directory has a marker or keys under it).
+
+        When ``path`` is ``likely`` a directory, its markers' first page is asked for beside
+        the directory's: one round trip (no directory: a request for nothing, not a wait);
+        else (a wildcard's name as written) only once the directory's page found one."""
         prefix = dir_prefix(path)
         listed = pages(self._bucket, prefix)
-        # The markers' first page on its way beside the directory's: one round trip (a
-        # LIST of no directory pays a request for nothing, not a wait).
-        mtimes = ListedMtimes(self._bucket, prefix)
+        ahead = ListedMtimes(self._bucket, prefix) if likely else None
         try:
             first = next(listed)
         except BaseException:
-            mtimes.settle()  # no request of the command left in flight after its reply
+            if ahead is not None:
+                ahead.settle()  # no request of the command left in flight after its reply
             raise
         if path != "/" and not (first.objects or first.prefixes):
-            mtimes.settle()
+            if ahead is not None:
+                ahead.settle()
             return None
+        mtimes = ahead or ListedMtimes(self._bucket, prefix)
         self._scope.setdefault(path, Entry(os.path.basename(path), True))
         return StreamedListing(path, iter_directory(prefix, itertools.chain([first], listed),
                                                     self._ctx.max_list_file),

@@ -420,10 +420,10 @@ class MountedFS(VirtualTree):
             return fs.listdir(inner)  # raises: no directory
         return listing
 
-    def listdir_if_dir(self, path: str) -> Optional[StreamedListing]:
+    def listdir_if_dir(self, path: str, likely: bool = True) -> Optional[StreamedListing]:
         fs, inner = self._route(path)
         leading = self._table.leading(path) if fs is self._home else []
-        listed = fs.listdir_if_dir(inner)
+        listed = fs.listdir_if_dir(inner, likely)
         if not leading:
             return listed
         return MountedListing(path, listed, leading)
