@@ -11,8 +11,10 @@ prefix leaves of the COS limit.
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
+from typing import Callable
 
 from .errors import InvalidPath
 
@@ -113,6 +115,15 @@ def child_name(prefix: str, key: str) -> str:
 def parent_dir(ftp_path: str) -> str:
     """Return the FTP path of the directory holding ``ftp_path``."""
     return posixpath.dirname(ftp_path.rstrip("/")) or "/"
+
+
+def wildcard_matcher(pattern: str) -> Callable[[str], bool]:
+    """Whether a name matches the shell-style ``pattern`` (case-sensitive, as on a Unix
+    disk), compiled for the caller alone: not fnmatch's cache, which keeps 32,768 compiled
+    patterns for the process whatever clients send (34 KiB each for 1,900 bytes: 1.1 GiB);
+    re's keeps 512 at most."""
+    match = re.compile(fnmatch.translate(pattern)).match
+    return lambda name: match(name) is not None
 
 
 def is_reserved(key: str) -> bool:

@@ -25,7 +25,6 @@ which one governs a path.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import functools
 import logging
 import os
@@ -44,7 +43,7 @@ from ..cos.bucket import foreign
 from ..cos.listing import Entry
 from ..cos.quota import AccountQuota
 from ..errors import NotFound, PermissionDenied
-from ..paths import parent_dir
+from ..paths import parent_dir, wildcard_matcher
 from .fs import CosFS, StreamedListing
 from .tree import Refusal, Unstorable, VirtualTree
 
@@ -430,8 +429,8 @@ class MountedFS(VirtualTree):
 
     def listdir_matching(self, path: str, pattern: str) -> StreamedListing:
         fs, inner = self._route(path)
-        leading = [name for name in self._table.leading(path)
-                   if fnmatch.fnmatchcase(name, pattern)] if fs is self._home else []
+        leading = list(filter(wildcard_matcher(pattern), self._table.leading(path))) \
+            if fs is self._home else []
         if not leading:
             return fs.listdir_matching(inner, pattern)
         try:
