@@ -152,13 +152,11 @@ def test_lftp_retrying_a_refused_upload_stores_the_whole_file(server, alice, tmp
     another CRC64 than the bytes sent, found at the commit, after the last byte.)"""
     data = os.urandom(300_000)
     (tmp_path / "f.bin").write_bytes(data)
-    log = os.path.join(server.log_dir, "cosftp.log")
-    start = os.path.getsize(log)
+    start = len(server.log_text())
 
     def refused() -> bool:
-        with open(log, "rb") as handle:
-            handle.seek(start)
-            return any(b"-> 451" in line and area.encode() in line for line in handle)
+        return any("-> 451" in line and area in line
+                   for line in server.log_text()[start:].splitlines())
 
     alice.mkd(area)
     emulator.set_faults(corrupt_crc=True)
