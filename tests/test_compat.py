@@ -200,3 +200,9 @@ def test_no_module_but_compat_touches_pyftpdlib_internals():
         if touched:
             offenders[str(path.relative_to(PACKAGE))] = touched
     assert not offenders, f"touch pyftpdlib internals outside ftp/compat.py: {offenders}"
+
+
+def test_the_default_mlst_facts_are_those_a_new_session_starts_with(channels):
+    """REIN puts back ``compat.DEFAULT_MLST_FACTS``: what pyftpdlib starts a session with."""
+    control = next(channel for channel in channels if type(channel) is FTPHandler)
+    assert tuple(compat.mlst_facts(control)) == compat.DEFAULT_MLST_FACTS

@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import ALPHA, _close
 from .server_proc import Account, ServerProcess, wait_until
-from .test_commands import put
+from .test_commands import get, put
 from .test_master import state_of
 
 STAMP = "20200102030405"
@@ -373,6 +373,33 @@ def test_rein_answers_220_as_rfc_959_lists_it(alice):
     assert alice.sendcmd("REIN").startswith("220 ")
     assert alice.login("alice", "alice-pw").startswith("230")
     assert alice.pwd() == "/"
+
+
+def test_rein_resets_every_parameter_to_its_default(alice, area):
+    """RFC 959 4.1.1: REIN flushes "all I/O and account information" and resets "all
+    parameters ... to the default settings", as on a new connection. pyftpdlib forgot the
+    account, TYPE, REST and RNFR, but kept EPSV ALL (PASV then 501 for the next login) and
+    the OPTS choices (MLST facts, HASH algorithm)."""
+    put(alice, f"{area}.txt", b"rein")
+    alice.sendcmd("TYPE I")
+    alice.sendcmd("EPSV ALL")
+    alice.sendcmd("OPTS MLST size;")
+    alice.sendcmd("OPTS HASH MD5")
+    alice.sendcmd("ALLO 1000000")
+    alice.sendcmd("REST 2")
+    alice.sendcmd(f"RNFR {area}.txt")
+    assert alice.sendcmd("REIN").startswith("220 ")
+    alice.login("alice", "alice-pw")
+    assert "TYPE: ASCII" in alice.sendcmd("STAT")
+    assert alice.sendcmd("PASV").startswith("227 ")
+    facts = alice.sendcmd(f"MLST {area}.txt")
+    assert "modify=" in facts and "type=file;" in facts
+    assert alice.sendcmd(f"HASH {area}.txt").startswith("213 SHA-256 ")
+    with pytest.raises(ftplib.error_perm, match=r"^503 "):
+        alice.sendcmd(f"RNTO {area}-renamed.txt")
+    assert get(alice, f"{area}.txt") == b"rein"  # from byte 0: REST 2 is gone
+    # An upload shorter than the ALLO of the old login is not cut short.
+    assert put(alice, f"{area}-2.txt", b"short").startswith("226")
 
 
 def test_epsv_all_is_200_then_only_epsv_sets_up_data_connections(alice):

@@ -259,6 +259,23 @@ def test_tls_required_account_needs_prot_p(tls_server, area):
     _close(ftp)
 
 
+def test_rein_keeps_the_control_connection_encrypted_and_resets_pbsz_and_prot(tls_server,
+                                                                              area):
+    """REIN resets the parameters (RFC 959 4.1.1), PBSZ and PROT among them (RFC 2228), but
+    the control connection stays TLS: going back to clear text would put the next USER and
+    PASS on the wire. The next login negotiates protection again."""
+    ftp = tls_login(tls_server, SECURE)
+    assert ftp.sendcmd("REIN").startswith("220 ")
+    ftp.login(SECURE.user, SECURE.password)  # over the same TLS session: no AUTH again
+    with pytest.raises(ftplib.error_perm, match=r"^522 "):
+        ftp.sendcmd("PASV")
+    with pytest.raises(ftplib.error_perm, match=r"^503 "):
+        ftp.sendcmd("PROT P")  # PBSZ first, as after AUTH
+    ftp.prot_p()
+    assert put(ftp, area, b"after rein").startswith("226")
+    _close(ftp)
+
+
 def test_security_replies_are_those_rfc_2228_lists(tls_server):
     """AUTH of a mechanism the server does not know: 504; PROT of a level TLS has not (S,
     E): 536; of no level at all: 504 (pyftpdlib answered 502, 521 and 502: 502 means the

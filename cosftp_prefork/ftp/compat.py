@@ -132,6 +132,19 @@ def mlst_facts(handler: Any) -> list:
     return handler._current_facts
 
 
+# What pyftpdlib's FTPHandler starts a session with on POSIX (checked by test_compat).
+DEFAULT_MLST_FACTS = ("type", "perm", "size", "modify", "unique")
+
+
+def reset_transfer_parameters(handler: Any) -> None:
+    """Put back what a new connection starts with: TYPE A, no REST offset, the default MLST
+    facts, and PASV/PORT/EPRT allowed again after ``EPSV ALL`` (REIN, RFC 959 4.1.1)."""
+    handler._current_type = "a"
+    handler._restart_position = 0
+    handler._current_facts = list(DEFAULT_MLST_FACTS)
+    handler._epsvall = False
+
+
 def set_feature(handler: Any, feature: str, replacing: Optional[str] = None) -> None:
     """Have this session's FEAT list ``feature``, instead of any line starting with
     ``replacing``. Assigned, not appended: pyftpdlib's list may be shared by the class."""

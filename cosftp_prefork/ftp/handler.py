@@ -176,9 +176,17 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
     def ftp_REIN(self, line: str) -> None:
         """RFC 959 5.4 lists 120, 220, 421, 500 and 502 for REIN: 220, the greeting's
         code, as the session is now as a new connection is (pyftpdlib answered 230, "user
-        logged in", to the command that logs out)."""
+        logged in", to the command that logs out).
+
+        RFC 959 4.1.1: REIN also resets "all parameters ... to the default settings"; a new
+        USER leaves the transfer parameters as they are, so these are reset here alone:
+        EPSV ALL and the OPTS choices, which pyftpdlib's ``flush_account`` keeps (it resets
+        TYPE, REST and RNFR; the new login's filesystem forgets ALLO's size; the TLS
+        handler's resets PBSZ and PROT while the control connection stays encrypted)."""
         if self._may_log_in_anew():
             self.flush_account()
+            compat.reset_transfer_parameters(self)
+            self.hash_algorithm = type(self).hash_algorithm
             self.respond("220 Ready for a new user: send USER.")
 
     def _may_log_in_anew(self) -> bool:
