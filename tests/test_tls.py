@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
 import uuid
 from typing import Optional
 
@@ -234,14 +235,62 @@ def test_plain_ftp_on_implicit_port_is_dropped(tls_server):
 # --- tls_required
 
 
+def clear_user_replies(server: ServerProcess, *names: str) -> list[str]:
+    """The reply to ``USER name`` of each name on a clear control connection of its own,
+    checking that a PASS after a refusal is out of sequence (the password never counts)."""
+    replies = []
+    for name in names:
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", server.port, timeout=30)
+        try:
+            replies.append(ftp.sendcmd(f"USER {name}"))
+        except ftplib.error_perm as refused:
+            replies.append(str(refused))
+            with pytest.raises(ftplib.error_perm, match=r"^503 "):
+                ftp.sendcmd("PASS whatever")
+        _close(ftp)
+    return replies
+
+
 def test_tls_required_account_refused_on_plain_control(tls_server):
-    ftp = ftplib.FTP()
-    ftp.connect("127.0.0.1", tls_server.port, timeout=30)
-    with pytest.raises(ftplib.error_perm, match="530 This account requires TLS"):
-        ftp.sendcmd(f"USER {SECURE.user}")
-    with pytest.raises(ftplib.error_perm, match="503"):  # the password never counts
-        ftp.sendcmd(f"PASS {SECURE.password}")
-    _close(ftp)
+    """The USER of a tls_required account is refused before its password can follow in
+    clear text; other names, existing or not, get 331. The price: the 530 tells a scanner
+    that the name exists (force_local_logins_ssl answers every name alike)."""
+    refused, plain, unknown = clear_user_replies(tls_server, SECURE.user, PLAIN.user,
+                                                 "nosuchuser")
+    assert refused == "530 TLS is required: send AUTH TLS before USER."
+    assert plain.startswith("331 ") and unknown.startswith("331 ")
+
+
+def test_force_local_logins_ssl_answers_every_clear_user_alike(emulator, tmp_path, certs,
+                                                                area):
+    """[NETWORK] force_local_logins_ssl (vsftpd's name): every USER without TLS, of a
+    tls_required account, of another account or of no account, gets the same 530, so the
+    replies tell no name from another and no password is sent in clear text; over AUTH TLS
+    every account logs in (its data connections as its own tls_required says). As with
+    vsftpd's option, an anonymous account, whose password is no secret, still logs in."""
+    network = {**tls_network(*certs), "force_local_logins_ssl": "true"}
+    anonymous = Account("anonymous", "unused", ALPHA, authority="R",
+                        extra="anonymous_enable = true")
+    with ServerProcess(str(tmp_path), emulator.port, [PLAIN, SECURE, anonymous],
+                       network=network) as proc:
+        replies = clear_user_replies(proc, SECURE.user, PLAIN.user, "nosuchuser")
+        assert replies == ["530 TLS is required: send AUTH TLS before USER."] * 3
+        guest = proc.login("anonymous", "guest@example.com")
+        assert guest.sendcmd("PWD").startswith("257")
+        _close(guest)
+        url = f"ftp://127.0.0.1:{proc.port}/"
+        done = subprocess.run([require("curl"), "--user", f"{PLAIN.user}:{PLAIN.password}",
+                               "--silent", "--show-error", url],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 67 and "530" in done.stderr  # curl: login denied
+        ftp = tls_login(proc, PLAIN, prot_p=False)
+        assert put(ftp, area, b"clear data after a TLS login").startswith("226")
+        _close(ftp)
+        listing = run([require("curl"), "--user", f"{PLAIN.user}:{PLAIN.password}",
+                       "--silent", "--show-error", "--ssl-reqd", "--insecure", "--list-only",
+                       url])
+        assert area in listing.split()
 
 
 def test_tls_required_account_needs_prot_p(tls_server, area):
@@ -493,6 +542,8 @@ def test_file_without_key_is_refused(certs):
     ("implicit_tls_port = 990", "", "[NETWORK] implicit_tls_port: needs tls_certfile"),
     ("tls_keyfile = /k.pem", "", "[NETWORK] tls_keyfile: needs tls_certfile"),
     ("require_ssl_reuse = true", "", "[NETWORK] require_ssl_reuse: needs tls_certfile"),
+    ("force_local_logins_ssl = true", "",
+     "[NETWORK] force_local_logins_ssl: needs tls_certfile"),
 ])
 def test_tls_options_need_a_certificate(network, account, where):
     assert where in config_error(network, account)

@@ -221,6 +221,10 @@ SETTINGS: tuple[Setting, ...] = (
             "implicit FTPS port (TLS from the first byte); 0 = none"),
     Setting("NETWORK", "require_ssl_reuse", boolean, False,
             "TLS data connections must resume the control connection's TLS session"),
+    Setting("NETWORK", "force_local_logins_ssl", boolean, False,
+            "every USER without TLS gets the same 530, whatever the name (but an "
+            "anonymous_enable account's): no password in clear text, and no name told apart "
+            "from another, where per-account tls_required tells its names"),
     # Behind a load balancer (see docs/cluster.md).
     Setting("NETWORK", "proxy_protocol",
             choice("off", "optional", "required", fold=str.lower), "off",

@@ -378,8 +378,9 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
                       net["require_ssl_reuse"])
     implicit_port = net["implicit_tls_port"]
     if tls is None:
-        if net["require_ssl_reuse"]:
-            raise reader.error("needs tls_certfile", "NETWORK", "require_ssl_reuse")
+        for option in ("require_ssl_reuse", "force_local_logins_ssl"):
+            if net[option]:
+                raise reader.error("needs tls_certfile", "NETWORK", option)
         needing = next((a.section for a in accounts if a.tls_required), None)
         if needing is not None:
             raise reader.error("needs [NETWORK] tls_certfile", needing, "tls_required")
@@ -388,6 +389,8 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
     elif implicit_port and implicit_port == net["listen_port"]:
         raise reader.error(f"{implicit_port} is already listen_port", "NETWORK",
                            "implicit_tls_port")
+    else:
+        tls = dataclasses.replace(tls, force_logins=net["force_local_logins_ssl"])
     if net["proxy_protocol"] != "off" and not net["proxy_allowed"]:
         raise reader.error("needs proxy_allowed (the balancers' addresses)", "NETWORK",
                            "proxy_protocol")

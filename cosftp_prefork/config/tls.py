@@ -40,13 +40,15 @@ class ServerTLS:
     """A loaded certificate chain and its private key, and what to log about them.
 
     ``require_reuse``: data connections must resume the control connection's TLS session
-    (``[NETWORK] require_ssl_reuse``).
+    (``[NETWORK] require_ssl_reuse``). ``force_logins``: every login needs TLS on the
+    control connection (``[NETWORK] force_local_logins_ssl``).
     """
 
     certfile: str
     chain: tuple[x509.Certificate, ...] = field(compare=False)
     key: PrivateKeyTypes = field(compare=False, repr=False)
     require_reuse: bool = False
+    force_logins: bool = False
 
     @property
     def certificate(self) -> x509.Certificate:

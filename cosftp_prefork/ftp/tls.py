@@ -30,7 +30,7 @@ from .hooks import WorkerHooks
 log = logging.getLogger(__name__)
 
 DATA_SETUP_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
-REFUSE_PLAIN_LOGIN = "530 This account requires TLS: send AUTH TLS before USER."
+REFUSE_PLAIN_LOGIN = "530 TLS is required: send AUTH TLS before USER."
 REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send PROT P first."
 REFUSE_PROT_C = "534 This account may not use clear data connections."
 HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
@@ -202,17 +202,38 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
             self.respond("504 Unknown protection level: use PROT P.")
 
     def _tls_refusal(self, cmd: str, arg: str) -> Optional[str]:
-        """Return the reply refusing ``cmd`` under ``tls_required``, or None to run it."""
-        user = arg if cmd == "USER" else self.username
-        if not (self.authorizer.has_user(user) and self.authorizer.account(user).tls_required):
-            return None
-        if cmd == "USER" and not compat.tls_established(self):
+        """Return the reply refusing ``cmd`` under ``force_local_logins_ssl`` or the
+        account's ``tls_required``, or None to run it.
+
+        A USER without TLS is refused before the password can follow it in clear text. Under
+        ``force_local_logins_ssl`` every name gets that one reply but an ``anonymous_enable``
+        account's (its password is no secret: vsftpd's option spares anonymous too); a
+        ``tls_required`` account alone gets it where other names (existing or not) get 331,
+        which tells a scanner that the name exists (docs/security.md, "FTPS")."""
+        if cmd == "USER":
+            if compat.tls_established(self) or not (
+                    self._needs_tls(arg) or self._forced_to_tls(arg)):
+                return None
             return REFUSE_PLAIN_LOGIN
+        if not self._needs_tls(self.username):
+            return None
         if cmd in DATA_SETUP_COMMANDS and not compat.data_protected(self):
             return REFUSE_CLEAR_DATA
         if cmd == "PROT" and arg.upper() == "C":
             return REFUSE_PROT_C
         return None
+
+    def _needs_tls(self, user: str) -> bool:
+        """True if ``user`` is a file account with ``tls_required``."""
+        return self.authorizer.has_user(user) and self.authorizer.account(user).tls_required
+
+    def _forced_to_tls(self, user: str) -> bool:
+        """True if ``force_local_logins_ssl`` holds for ``user``: anyone but an anonymous
+        account."""
+        if not self.config.network.tls.force_logins:
+            return False
+        return not (self.authorizer.has_user(user) and
+                    self.authorizer.account(user).anonymous_enable)
 
 
 class ImplicitTLS:
