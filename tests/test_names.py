@@ -10,6 +10,8 @@ import pytest
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS, _close
 from .server_proc import Account, ServerProcess
+from .test_clients import require, run
+from .test_transfers import curl_put
 
 
 def put(ftp: ftplib.FTP, path: str, data: bytes) -> str:
@@ -310,3 +312,69 @@ def test_endpoint_account_renames_appends_and_sets_times(endpoint_server, area, 
     finally:
         _close(ftp)
     assert not exists(cos, f"{area}/a.txt")
+
+
+# --- STOR into a directory nobody made (kept: devices upload to dated paths without MKD)
+
+
+def test_stor_into_missing_directories_makes_each_of_them_a_directory_everywhere(
+        alice, second, area, cos):
+    """A STOR into directories nobody made is stored (the old server did; cameras and
+    scanners upload to a dated path, many without MKD). Each directory on the way then is
+    one for every command of every session: listed as a directory by LIST, NLST, MLSD and
+    MLST, entered by CWD, refused by SIZE, MKD (it exists) and RMD (not empty); and it stays
+    when its last file goes, as on a disk."""
+    path = f"{area}/2026/12/07"
+    assert put(alice, f"{path}/cam.jpg", b"jpeg").startswith("226")
+    assert not exists(cos, f"{area}/2026/")  # no markers: one PUT per upload
+    parent = ""
+    for name in (area, "2026", "12", "07"):
+        listed = parent or "/"
+        lines = []
+        second.retrlines(f"LIST {listed}", lines.append)
+        assert next(line for line in lines if line.split()[-1] == name).startswith("d")
+        assert name in [entry.rsplit("/", 1)[-1] for entry in second.nlst(listed)]
+        assert mlsd_types(second, listed)[name] == "dir"
+        directory = f"{parent}/{name}"
+        assert "type=dir;" in second.sendcmd(f"MLST {directory}")
+        second.cwd(directory)
+        assert second.pwd() == directory
+        with pytest.raises(ftplib.error_perm, match=r"^550 "):
+            second.size(directory)
+        with pytest.raises(ftplib.error_perm, match=r"^550 "):
+            second.mkd(directory)
+        with pytest.raises(ftplib.error_perm, match=r"^550 "):
+            second.rmd(directory)
+        parent = directory
+    second.cwd("/")
+    alice.rename(f"{path}/cam.jpg", f"{area}/moved/cam.jpg")  # RNTO and APPE alike
+    alice.storbinary(f"APPE {area}/appended/log.txt", io.BytesIO(b"line"))
+    assert mlsd_types(second, area) == {"2026": "dir", "moved": "dir", "appended": "dir"}
+    assert mlsd_types(second, f"{area}/2026/12") == {"07": "dir"}  # kept without its file
+    second.cwd(path)
+    second.cwd("/")
+
+
+def mlsd_types(ftp: ftplib.FTP, path: str) -> dict[str, str]:
+    return {name: facts["type"] for name, facts in ftp.mlsd(path, ["type"])}
+
+
+def test_curl_stores_into_a_missing_path_and_walks_it_back_with_cwd(server, area, tmp_path):
+    """curl, as devices do: STOR of the whole path (--ftp-method nocwd) into directories
+    nobody made is stored; curl's default method then reads it back with a CWD into each
+    directory, so every one of them must be a directory for CWD too. curl's default upload
+    CWDs first and fails on the missing directory unless --ftp-create-dirs (MKD each)."""
+    source = tmp_path / "scan.pdf"
+    source.write_bytes(b"%PDF scan")
+    done = curl_put(server.port, "alice", "alice-pw", source, f"{area}/2026/12/scan.pdf",
+                    "--ftp-method", "nocwd")
+    assert done.returncode == 0, done.stderr
+    url = f"ftp://127.0.0.1:{server.port}/{area}/2026/12/scan.pdf"
+    fetched = run([require("curl"), "-sS", "-u", "alice:alice-pw", "--ftp-method",
+                   "multicwd", url])
+    assert fetched == "%PDF scan"
+    refused = curl_put(server.port, "alice", "alice-pw", source, f"{area}/other/scan.pdf")
+    assert refused.returncode == 9 and "CWD" in refused.stderr  # 550 on the missing CWD
+    made = curl_put(server.port, "alice", "alice-pw", source, f"{area}/other/scan.pdf",
+                    "--ftp-create-dirs")
+    assert made.returncode == 0, made.stderr
