@@ -447,7 +447,8 @@ class CosShim:
         return None
 
     def _reported_crc(self, value: int) -> str:
-        return str(value ^ 1 if self.faults.corrupt_crc else value)
+        wrong = self.faults.corrupt_crc or self._count_down("corrupt_crc_next")
+        return str(value ^ 1 if wrong else value)
 
     def _forward(self, environ: dict, request_id: str,
                  logged: _Logged) -> tuple[bytes, str, list]:

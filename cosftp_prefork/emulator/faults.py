@@ -18,7 +18,8 @@ class Faults:
     ``latency_ms`` delays every request; ``error_rate`` answers that share of requests with
     503 SlowDown; ``reset_rate`` cuts that share of object downloads off half-way, and
     ``reset_next`` the next that many downloads; copies whose source contains
-    ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects and parts;
+    ``fail_copies_of`` get 503; ``corrupt_crc`` reports wrong CRC64s for new objects and parts,
+    ``corrupt_crc_next`` in the next that many answers that carry one;
     ``corrupt_next_parts`` flips a byte in each of the next that many uploaded parts before they
     are stored (bytes damaged on the way: COS then reports the CRC64 of what it stored);
     ``down`` fails every request with 503; requests for keys, or listings of prefixes, that
@@ -34,6 +35,7 @@ class Faults:
     reset_next: int = 0
     fail_copies_of: str = ""
     corrupt_crc: bool = False
+    corrupt_crc_next: int = 0
     corrupt_next_parts: int = 0
     down: bool = False
     deny_prefix: str = ""
@@ -45,7 +47,7 @@ class Faults:
 
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
-                     "corrupt_crc", "corrupt_next_parts", "down", "deny_prefix",
+                     "corrupt_crc", "corrupt_crc_next", "corrupt_next_parts", "down", "deny_prefix",
                      "copy_errors_next"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
@@ -54,6 +56,7 @@ class Faults:
         return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
                 "reset_rate": self.reset_rate, "reset_next": self.reset_next,
                 "fail_copies_of": self.fail_copies_of, "corrupt_crc": self.corrupt_crc,
+                "corrupt_crc_next": self.corrupt_crc_next,
                 "corrupt_next_parts": self.corrupt_next_parts,
                 "down": self.down, "deny_prefix": self.deny_prefix,
                 "copy_errors_next": self.copy_errors_next}
