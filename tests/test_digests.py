@@ -11,7 +11,7 @@ import pytest
 from fastcrc import crc64
 
 from cosftp_prefork.cos.bucket import ObjectInfo
-from cosftp_prefork.cos.checksum import crc64_combine
+from cosftp_prefork.cos.checksum import PrefixCrcs, crc64_combine
 from cosftp_prefork.cos.digests import stored_digest
 
 from .test_commands import put
@@ -104,3 +104,19 @@ def test_crc64_combine_equals_the_crc64_of_the_joined_bytes(first, second):
     """Uploads combine their parts' CRC64s into the object's: the same value as hashing it."""
     a, b = os.urandom(first), os.urandom(second)
     assert crc64_combine(crc64.xz(a), crc64.xz(b), second) == crc64.xz(a + b)
+
+
+@pytest.mark.parametrize("pieces",
+                         [[100_000], [1] * 5000 + [95_000], [4096, 4095, 1, 9000, 82_808]])
+def test_prefix_crcs_are_the_crc64_of_each_4_kib_prefix(pieces):
+    """An upload's first bytes, told apart from a retry's (ftp.retries): the CRC64 of the
+    first n bytes for every n a multiple of 4 KiB within the limit, however the bytes came."""
+    data = os.urandom(sum(pieces))
+    prefix, at = PrefixCrcs(limit=64 * 1024), 0
+    for size in pieces:
+        prefix.update(data[at:at + size])
+        at += size
+    assert prefix.length == len(data)
+    assert [prefix.at(n) for n in range(4096, 64 * 1024 + 1, 4096)] == \
+        [crc64.xz(data[:n]) for n in range(4096, 64 * 1024 + 1, 4096)]
+    assert [prefix.at(n) for n in (0, 4095, 4097, 68 * 1024)] == [None] * 4

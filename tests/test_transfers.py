@@ -143,38 +143,59 @@ def test_data_ending_short_of_its_allo_size_is_no_complete_upload(alice, area, c
     assert get(alice, area) == data
 
 
+@pytest.mark.parametrize("use_allo", ["yes", "no"])
 def test_lftp_retrying_a_refused_upload_stores_the_whole_file(server, alice, tmp_path, area,
-                                                              emulator):
+                                                              emulator, use_allo):
     """lftp 4.9.2 retries a STOR refused (451) after it had sent all of a file by sending
     its first 192 KiB and closing ("copy: put rolled back to 0"), then waits for ever.
-    With ``ftp:use-allo`` the server knows the size: that retry gets 426, lftp reconnects
-    and sends it all; exit 0 and the object whole, never the 192 KiB. (The 451: COS reports
+    With ``ftp:use-allo`` the server knows the size; without (lftp's default) it knows the
+    bytes of the upload that failed: either way that retry gets 426, lftp reconnects and
+    sends it all; exit 0 and the object whole, never the 192 KiB. (The 451: COS reports
     another CRC64 than the bytes sent, found at the commit, after the last byte.)"""
-    data = os.urandom(300_000)
+    data = os.urandom(PART - 48_576)  # one PUT; more than lftp's retry sends before it closes
     (tmp_path / "f.bin").write_bytes(data)
     start = len(server.log_text())
-
-    def refused() -> bool:
-        return any("-> 451" in line and area in line
-                   for line in server.log_text()[start:].splitlines())
-
     alice.mkd(area)
-    emulator.set_faults(corrupt_crc=True)
-    command = lftp_command(server, f"set ftp:use-allo yes; set net:max-retries 3; "
+    emulator.set_faults(corrupt_crc_next=1)  # the STOR's PUT: COS's answer, not its retry's
+    command = lftp_command(server, f"set ftp:use-allo {use_allo}; set net:max-retries 3; "
                                    f"set net:reconnect-interval-base 1; "
                                    f"put {tmp_path / 'f.bin'} -o {area}/f.bin")
     client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
-        wait_until(refused, timeout=60, what="the 451")
-        emulator.set_faults(corrupt_crc=False)
         _, errors = client.communicate(timeout=60)
     finally:
-        emulator.set_faults(corrupt_crc=False)
+        emulator.set_faults(corrupt_crc_next=0)
         client.kill()
         client.wait()
+    replies = [line for line in server.log_text()[start:].splitlines() if area in line]
+    assert any("-> 451 integrity check failed" in line for line in replies)
     assert client.returncode == 0, errors
     assert get(alice, f"{area}/f.bin") == data
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["its-first-bytes", "other-bytes"])
+def test_a_stor_sending_the_start_of_the_one_that_failed_before_it_is_cut_short(
+        alice, area, cos, emulator, first):
+    """The STOR after one that failed once all its bytes had arrived (a 451 at the commit),
+    to the same name, with only that file's first 192 KiB, is lftp's retry cut short (see
+    test_lftp_retrying_a_refused_upload_stores_the_whole_file): 426, nothing stored. Sent
+    again, or another file of that size (a camera's latest.jpg after a failure), it stores."""
+    data = os.urandom(300_000)
+    again = data[:192 * 1024] if first else os.urandom(192 * 1024)
+    emulator.set_faults(corrupt_crc_next=1)
+    try:
+        with pytest.raises(ftplib.error_temp, match="451 integrity check failed"):
+            put(alice, area, data)
+    finally:
+        emulator.set_faults(corrupt_crc_next=0)
+    if first:
+        with pytest.raises(ftplib.error_temp,
+                           match=r"426 .* the first 196608 of the 300000 bytes of the upload"):
+            put(alice, area, again)
+        assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert put(alice, area, again).startswith("226")
+    assert get(alice, area) == again
 
 
 def test_failed_upload_keeps_previous_version(alice, area, cos):

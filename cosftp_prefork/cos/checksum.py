@@ -7,6 +7,7 @@ for crcmod's C extension, which on the upload path cost a quarter of a core.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from typing import Optional
 
@@ -78,3 +79,37 @@ class Crc64:
     @property
     def value(self) -> int:
         return _crc64.xz(b"") if self._value is None else self._value
+
+
+class PrefixCrcs:
+    """The CRC64 of a stream's first bytes at every ``step`` bytes, up to ``limit`` bytes:
+    enough to tell whether a later, shorter stream is a prefix of this one (two sets of
+    these compared at the shorter one's length) without keeping the bytes. 8 bytes per step:
+    16 KiB for the default 8 MiB."""
+
+    def __init__(self, step: int = 4096, limit: int = 8 * 1024 * 1024) -> None:
+        self.length = 0  # every byte fed, also those past ``limit``
+        self._step, self._limit = step, limit
+        self._crc: Optional[int] = None
+        self._marks = array("Q")
+
+    def update(self, data: bytes) -> None:
+        start = self.length
+        self.length += len(data)
+        end, step, crc = min(self.length, self._limit), self._step, self._crc
+        at = start
+        while at < end:
+            stop = min(end, (at // step + 1) * step)
+            piece = data[at - start:stop - start]  # all of a small ``data``: no copy
+            crc = _crc64.xz(piece) if crc is None else _crc64.xz(piece, crc)
+            if stop % step == 0:
+                self._marks.append(crc)
+            at = stop
+        self._crc = crc
+
+    def at(self, length: int) -> Optional[int]:
+        """The CRC64 of the first ``length`` bytes; None unless ``length`` is a positive
+        multiple of the step within the bytes fed and the limit."""
+        if length <= 0 or length % self._step or length // self._step > len(self._marks):
+            return None
+        return self._marks[length // self._step - 1]

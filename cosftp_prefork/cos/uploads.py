@@ -61,7 +61,7 @@ from ..errors import (
     StorageError,
 )
 from .bucket import Bucket, Completed, ObjectInfo, PartInfo
-from .checksum import Crc64, crc64_combine
+from .checksum import Crc64, PrefixCrcs, crc64_combine
 from .engine import Claim, Engine, Kept, PartPlan
 from .intents import Announcement, announce
 from .listing import Entry
@@ -413,6 +413,9 @@ class UploadSession:
         self._announcement: Optional[Announcement] = None  # APPE: no other one meanwhile
         # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
+        # Such an upload's first bytes, for the FTP layer to tell a retry of it that a
+        # client cut short (see ftp.retries).
+        self.prefix: Optional[PrefixCrcs] = PrefixCrcs() if self._from_nothing else None
         self.stored: Optional[ObjectInfo] = None
         self.stored_body: Optional[Kept] = None  # a single PUT's bytes, see KeptBodies
         # Once committed, whatever the upload was: the key, size, ETag and CRC64 COS has.
@@ -480,6 +483,8 @@ class UploadSession:
                 self._discard = True  # undone, never parked
                 raise
         self._parts.write(data)
+        if self.prefix is not None:
+            self.prefix.update(data)
         return len(data)
 
     def _name_allowed(self) -> None:

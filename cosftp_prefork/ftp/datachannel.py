@@ -25,6 +25,7 @@ from . import compat
 from .pacing import TCP_CLOSE, DownloadPacing, UploadPacing, tcp_state
 from .progress import TransferMeter
 from .pump import Pump
+from .retries import FailedUpload, failed_upload
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,16 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     _counted = False
     _pump: Optional[Pump] = None  # sending a plain binary download, off the IO loop
     _meter: Optional[TransferMeter] = None  # the figures of the transfer, from its start
+    _retry_of: Optional[FailedUpload] = None  # an upload's: the STOR that failed before it
     # 1 MiB instead of pyftpdlib's 64 KiB: measured in docs/performance.md, STOR went from
     # 0.67x to ~1x the direct SDK and RETR from 0.58x to 0.8x.
     ac_in_buffer_size = CHUNK_SIZE
     ac_out_buffer_size = CHUNK_SIZE
 
     def enable_receiving(self, type: str, cmd: str) -> None:
+        if cmd == "STOR":  # a retry of it cut short is refused (see ftp.retries)
+            self._retry_of = self.cmd_channel.failed_upload
+        self.cmd_channel.failed_upload = None  # any upload ends the wait for a retry
         self._pace(upload=True)
         super().enable_receiving(type, cmd)
         self._start_meter(upload=True)
@@ -245,7 +250,9 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         kernel drops what it had received and not yet read when a reset arrives (a FIN
         leaves the socket in CLOSE_WAIT, a reset in CLOSE). And a client that announced
         the file's size (ALLO) and closed before sending it all was cut short: lftp
-        announces the whole file before a REST + STOR too, so the object's size counts."""
+        announces the whole file before a REST + STOR too, so the object's size counts.
+        Without ALLO, a STOR that sent only the first bytes of the STOR that failed before
+        it on this session is lftp's retry cut short (see ``ftp.retries``)."""
         if tcp_state(self.socket) == TCP_CLOSE:
             return "Data connection reset by the client"
         upload = self.file_obj
@@ -254,7 +261,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
                 max(upload.size, self.tot_bytes_received) < announced:
             return (f"Data connection closed after {self.tot_bytes_received} of the "
                     f"{announced} bytes ALLO announced")
-        return None
+        return None if self._retry_of is None else self._retry_of.cut_retry(upload)
 
     def _commit_upload(self) -> None:
         upload = self.file_obj
@@ -271,6 +278,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self.transfer_finished = False
             compat.set_close_reply(self, reply_for(exc), logging.getLogger("pyftpdlib").warning)
             log.error("path=%s: upload failed: %s", upload.name, exc)
+            self.cmd_channel.failed_upload = failed_upload(self.cmd or "STOR", upload)
         else:
             self._report_upload(upload)
         finally:

@@ -51,6 +51,7 @@ from .mounts import session_fs
 from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .progress import TransferMeter
+from .retries import FailedUpload
 from .throttle import SessionRates
 from .tree import FsContext, Unstorable
 
@@ -123,6 +124,8 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
     hash_algorithm = ALGORITHMS[0]  # per session, set by OPTS HASH
     rates: Optional[SessionRates] = None  # the account's rate limits, from login on
     _drain: Optional[Drain] = None  # the data connection of the last refused upload
+    # The last STOR whose data all arrived before it failed, until the next upload starts.
+    failed_upload: Optional[FailedUpload] = None
 
     # Set per worker by ``configure_handler``.
     config: Config

@@ -1,0 +1,61 @@
+"""A client's retry of a failed upload that it cut short: the first bytes of the upload that
+failed, sent again and closed.
+
+lftp (4.9.2; the code is unchanged in its master) retries a STOR refused with a 4xx after
+it had sent the whole file (COS failing at the commit, an integrity check) by asking SIZE,
+then sending the file from where SIZE says, but its copy of the file still carries the end
+of data it had reached: it closes the data connection after its first buffers (192 KiB here)
+and then waits for ever (docs/clients.md has the code path and the report for lftp). In
+stream mode that close is the end of the file; a client that announced the size (``ALLO``,
+lftp's ``ftp:use-allo``, off by default) is told apart by that size (``datachannel``),
+others here.
+
+The retry is recognised by its bytes, never by its size or name alone: the next STOR of the
+same session to the same name, from byte 0, whose data ends cleanly after ``n`` bytes, with
+``n`` less than the failed upload's size and its ``n`` bytes those the failed upload began
+with (the CRC64s of both uploads' first ``n`` bytes, kept at every 4 KiB of their first
+8 MiB; lftp reads its file in 64 KiB steps). A new file of that name is stored as ever,
+smaller or not (a camera's latest.jpg after a failure: another picture has other bytes). It
+is refused as a cut transfer (426; the parts that reached COS are parked), once: the record
+is taken by the next upload of the session, whatever it is, so a client that meant to store
+that prefix gets it stored when it tries again. lftp, refused, goes the way of any broken
+transfer: it reconnects and sends the whole file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..cos.checksum import PrefixCrcs
+from ..cos.uploads import UploadSession
+
+
+@dataclass(frozen=True)
+class FailedUpload:
+    """A STOR from byte 0 whose data all arrived and that failed after it."""
+
+    path: str
+    prefix: PrefixCrcs
+
+    def cut_retry(self, upload: UploadSession) -> Optional[str]:
+        """Why ``upload``, whose data just ended, is this upload's retry cut short, or None."""
+        prefix = upload.prefix
+        if prefix is None or upload.name != self.path:
+            return None
+        length, whole = prefix.length, self.prefix.length
+        if not 0 < length < whole:
+            return None
+        sent = prefix.at(length)
+        if sent is None or sent != self.prefix.at(length):
+            return None
+        return (f"Data connection closed after {length} bytes, the first {length} of the "
+                f"{whole} bytes of the upload of this name that failed before")
+
+
+def failed_upload(command: str, upload: UploadSession) -> Optional[FailedUpload]:
+    """What to remember of ``upload``, whose data all arrived before it failed: a STOR from
+    byte 0, or nothing."""
+    if command != "STOR" or upload.prefix is None:
+        return None
+    return FailedUpload(upload.name, upload.prefix)
