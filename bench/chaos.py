@@ -65,8 +65,9 @@ class Soak:
     guarantee, ``results`` every client run's (name, exit status, stderr tail)."""
 
     def __init__(self, workdir: str, rounds: int, files: int, fault_rate: float,
-                 log_level: str) -> None:
+                 log_level: str, lftp_allo: bool = True) -> None:
         self.workdir, self.rounds, self.fault_rate = workdir, rounds, fault_rate
+        self.lftp_allo = lftp_allo
         rng = random.Random(7)
         self.sources = {name: make_tree(os.path.join(workdir, "src", name), files, rng)
                         for name in ("up0", "up1", "up2", "rc0", "rc1", "seed")}
@@ -92,10 +93,12 @@ class Soak:
         self.emulator.stop()
 
     def lftp(self, command: str) -> subprocess.CompletedProcess:
-        # ftp:use-allo as docs/clients.md advises: lftp 4.9.2's retry of an upload refused
-        # after its last byte sends 192 KiB of it, and only ALLO lets the server see that.
+        # ftp:use-allo as docs/clients.md advises, unless --lftp-defaults: lftp 4.9.2's retry
+        # of an upload refused after its last byte sends 192 KiB of it, which the server
+        # tells by ALLO's size, or without it by the bytes (ftp.retries).
         settings = ("set net:max-retries 2; set net:reconnect-interval-base 1; "
-                    "set net:timeout 20; set cmd:fail-exit yes; set ftp:use-allo yes")
+                    "set net:timeout 20; set cmd:fail-exit yes; "
+                    f"set ftp:use-allo {'yes' if self.lftp_allo else 'no'}")
         return subprocess.run(
             ["lftp", "-u", "chaos,chaos-pw", "-p", str(self.server.port), "-e",
              f"{settings}; {command}; exit", "127.0.0.1"],
@@ -239,9 +242,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--beat", type=float, default=2.5,
                         help="seconds between chaos steps (2.5)")
     parser.add_argument("--log-level", default="INFO", help="the server's (INFO)")
+    parser.add_argument("--lftp-defaults", action="store_true",
+                        help="lftp without ftp:use-allo (its default)")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="cosftp-chaos-")
-    soak = Soak(workdir, args.rounds, args.files, args.fault_rate, args.log_level)
+    soak = Soak(workdir, args.rounds, args.files, args.fault_rate, args.log_level,
+                lftp_allo=not args.lftp_defaults)
     started = time.monotonic()
     try:
         soak.run(args.beat)
