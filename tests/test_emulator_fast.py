@@ -24,10 +24,13 @@ from xml.sax.saxutils import escape
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import get_canned_acl, s3_backends
+from moto.s3.utils import metadata_from_headers
+from werkzeug.datastructures import EnvironHeaders
 from werkzeug.test import Client, EnvironBuilder
 
 from cosftp_prefork.emulator.app import Emulator, cos_host
 from cosftp_prefork.emulator.fast import answer as fast_answer
+from cosftp_prefork.emulator.fast import object_metadata
 
 from .emulator_proc import sdk_client
 from .test_clients import require
@@ -855,3 +858,25 @@ def test_plain_deletes_are_answered_without_motos_app(emu, tmp_path):
                if entry.kind in ("POST", "DELETE")][-3:]
     assert len(emu.app.requests) > first and deletes == [
         ("POST", "", True), ("DELETE", "del/b", True), ("DELETE", "del/c", True)], deletes
+
+
+def test_an_objects_metadata_is_what_moto_reads_of_the_same_headers():
+    """The metadata and content headers a PUT or a metadata-replacing copy answered here
+    stores (``fast.object_metadata``, which reads only the headers that can count) are
+    what moto's ``metadata_from_headers`` reads through werkzeug's ``EnvironHeaders``: the
+    same names, values and order, over random environs (empty Content-Type, Content-Type
+    also sent as HTTP_CONTENT_TYPE, metadata names with dots, an empty one, checksum and
+    content headers, headers moto keeps nothing of)."""
+    rng = random.Random(2107)
+    names = ["HTTP_X_AMZ_META_MTIME", "HTTP_X_AMZ_META_", "HTTP_X_AMZ_META_A.B",
+             "HTTP_X_AMZ_META_\xe9", "CONTENT_TYPE", "HTTP_CONTENT_TYPE", "CONTENT_LENGTH",
+             "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_MD5", "HTTP_CACHE_CONTROL", "HTTP_EXPIRES",
+             "HTTP_CONTENT_DISPOSITION", "HTTP_CONTENT_ENCODING", "HTTP_CONTENT_LANGUAGE",
+             "HTTP_X_ROBOTS_TAG", "HTTP_X_AMZ_CHECKSUM_ALGORITHM", "HTTP_X_AMZ_CONTENT_SHA256",
+             "HTTP_HOST", "HTTP_AUTHORIZATION", "HTTP_X_AMZ_STORAGE_CLASS",
+             "HTTP_X_AMZ_METADATA_DIRECTIVE", "REQUEST_METHOD", "PATH_INFO"]
+    for _ in range(3000):
+        environ = {name: rng.choice(["", "v", "a b", "1"])
+                   for name in rng.sample(names, rng.randint(0, len(names)))}
+        assert list(object_metadata(environ).items()) == \
+            list(metadata_from_headers(EnvironHeaders(environ)).items()), environ

@@ -93,6 +93,7 @@ same bucket and key whichever way the client named them, and a copy source may b
 from __future__ import annotations
 
 import argparse
+import calendar
 import email.utils
 import io
 import json
@@ -406,18 +407,19 @@ class CosShim:
         host, _, path = source.lstrip("/").partition("/")
         bucket = host.split(".", 1)[0]
         key = fast.source_key(bucket, path, environ) if self.fast_answers else None
-        if key is not None:
-            etag, modified, size = str(key.etag), key.last_modified_RFC1123, key.size
+        if key is not None:  # (the time in whole seconds, as its Last-Modified says it)
+            etag, size = str(key.etag), key.size
+            modified = float(calendar.timegm(key.last_modified.timetuple()))
         else:  # (path-style: moto reads any host as a bucket but localhost's)
             headers = Client(self.app).head(f"/{bucket}/{path}", headers={
                 "Host": "localhost",
                 "Authorization": environ.get("HTTP_AUTHORIZATION", "")}).headers
             if "ETag" not in headers:
                 return None
-            etag, modified = headers["ETag"], headers["Last-Modified"]
-            size = int(headers.get("Content-Length", 0))
+            etag, size = headers["ETag"], int(headers.get("Content-Length", 0))
+            modified = email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp()
         return conform.copy_precondition(environ, conform.SourceState(
-            etag.strip('"'), email.utils.parsedate_to_datetime(modified).timestamp(), size))
+            etag.strip('"'), modified, size))
 
     def _object_crc(self, environ: dict, headers: list[tuple[str, str]],
                     compute: Callable[[], Optional[int]]) -> Optional[int]:
