@@ -54,6 +54,12 @@ UPLOAD_BUFFERS = Gauge("cosftp_upload_buffer_bytes", "Bytes of the upload memory
                        registry=None, multiprocess_mode="livesum")
 UPLOAD_BUFFER_LIMIT = Gauge("cosftp_upload_buffer_limit_bytes", "The upload memory budget, "
                             "summed over workers", registry=None, multiprocess_mode="livesum")
+UPLOAD_BUFFER_WAITS = Gauge("cosftp_upload_buffer_waits", "Uploads waiting for a part buffer "
+                             "now (upload_memory_limit is taken), summed over workers",
+                             registry=None, multiprocess_mode="livesum")
+UPLOAD_PARTS_WAITING = Gauge("cosftp_upload_parts_waiting", "Parts whose buffers are full, "
+                             "waiting for a part thread (upload_thread_num), summed over "
+                             "workers", registry=None, multiprocess_mode="livesum")
 KEPT_UPLOADS = Gauge("cosftp_kept_upload_bytes", "Bytes of new files stored in one PUT that "
                      "sessions keep for a rename right after the STOR (at most an eighth of "
                      "upload_memory_limit per worker), summed over workers", registry=None,

@@ -13,6 +13,7 @@ Copies run on a pool of their own, so no copy storm delays a part upload.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import threading
@@ -24,6 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from prometheus_client import Gauge
+
 from .. import logcontext, metrics
 from ..config.model import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
 
@@ -31,12 +34,18 @@ log = logging.getLogger(__name__)
 
 
 class Claim:
-    """A request for ``size`` bytes of a :class:`TransferBudget`, granted in arrival order."""
+    """A request for ``size`` bytes of a :class:`TransferBudget` by an upload of
+    ``account``."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, account: Hashable) -> None:
         self.size = size
+        self.account = account
+        self.asked_at = time.monotonic()
+        self.waited = False  # not granted when asked
         self.granted_at = 0.0  # time.monotonic() of the grant
         self._granted = threading.Event()
+        # The asking session's log context: a grant after a wait is logged in its name.
+        self._context = contextvars.copy_context()
 
     @property
     def granted(self) -> bool:
@@ -72,15 +81,17 @@ class TransferBudget:
         with self._lock:
             return bool(self._waiting)
 
-    def claim(self, size: int) -> Claim:
-        """Ask for ``size`` bytes (at most ``limit``); the claim is granted now or later."""
+    def claim(self, size: int, account: Hashable = None) -> Claim:
+        """Ask for ``size`` bytes (at most ``limit``) for an upload of ``account``; the
+        claim is granted now or later."""
         if size > self.limit:
             raise ValueError(f"a buffer of {size} bytes exceeds the budget of {self.limit}")
-        claim = Claim(size)
+        claim = Claim(size, account)
         with self._lock:
             self._waiting.append(claim)
             self._grant()
-            metrics.UPLOAD_BUFFERS.set(self.limit - self._free)
+            claim.waited = not claim.granted
+            self._gauge()
         return claim
 
     def release(self, claim: Claim) -> None:
@@ -92,7 +103,7 @@ class TransferBudget:
             elif claim in self._waiting:
                 self._waiting.remove(claim)
             self._grant()
-            metrics.UPLOAD_BUFFERS.set(self.limit - self._free)
+            self._gauge()
 
     def _grant(self) -> None:
         while self._waiting and self._waiting[0].size <= self._free:
@@ -100,6 +111,14 @@ class TransferBudget:
             self._free -= claim.size
             claim.granted_at = time.monotonic()
             claim._granted.set()
+            if claim.waited and log.isEnabledFor(logging.DEBUG):
+                claim._context.run(log.debug, "a part buffer of %d bytes granted after "
+                                   "waiting %.3fs", claim.size,
+                                   claim.granted_at - claim.asked_at)
+
+    def _gauge(self) -> None:
+        metrics.UPLOAD_BUFFERS.set(self.limit - self._free)
+        metrics.UPLOAD_BUFFER_WAITS.set(len(self._waiting))
 
 
 class Kept:
@@ -238,8 +257,11 @@ class FairPool:
     """``threads`` threads serving one FIFO queue per owner, the owners in turn, with at
     most ``per_owner`` tasks of one owner running at once."""
 
-    def __init__(self, threads: int, name: str, per_owner: Optional[int] = None) -> None:
+    def __init__(self, threads: int, name: str, per_owner: Optional[int] = None,
+                 waiting: Optional[Gauge] = None) -> None:
         self._per_owner = per_owner or threads
+        self._waiting = waiting  # set to the number of queued tasks
+        self._queued = 0
         self._queues: dict[Hashable, deque[_Task]] = {}
         self._running: dict[Hashable, int] = {}
         self._turns: deque[Hashable] = deque()  # owners with queued tasks, next first
@@ -261,6 +283,7 @@ class FairPool:
             if not queue:
                 self._turns.append(owner)
             queue.append(task)
+            self._count(1)
             self._lock.notify()
         return task.future
 
@@ -270,7 +293,12 @@ class FairPool:
 
     def queued(self) -> int:
         with self._lock:
-            return sum(len(queue) for queue in self._queues.values())
+            return self._queued
+
+    def _count(self, change: int) -> None:
+        self._queued += change
+        if self._waiting is not None:
+            self._waiting.set(self._queued)
 
     def shutdown(self, deadline: Optional[float] = None) -> None:
         """Run what is queued, then stop the threads; wait for them until ``deadline``
@@ -297,6 +325,7 @@ class FairPool:
             else:
                 del self._queues[owner]
             self._running[owner] = self._running.get(owner, 0) + 1
+            self._count(-1)
             return owner, task
         return None
 
@@ -349,7 +378,7 @@ class Engine:
     def __init__(self, memory_limit: int, part_threads: int, copy_threads: int) -> None:
         self.budget = TransferBudget(memory_limit)
         self.kept = KeptBodies(memory_limit // 8)
-        self.parts = FairPool(part_threads, "cos-part")
+        self.parts = FairPool(part_threads, "cos-part", waiting=metrics.UPLOAD_PARTS_WAITING)
         # Half the copy threads at most for one rename: a second one starts at once.
         self.copies = FairPool(copy_threads, "cos-copy", per_owner=max(1, copy_threads // 2))
         self.lookup_threads = max(self.LOOKUPS_PER_OWNER, copy_threads)

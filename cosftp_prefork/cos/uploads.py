@@ -166,8 +166,10 @@ class PartStream:
     """
 
     def __init__(self, bucket: Bucket, key: str, plan: PartPlan, engine: Engine,
-                 max_in_flight: int, start: Callable[[], str]) -> None:
+                 max_in_flight: int, start: Callable[[], str],
+                 account: Hashable = None) -> None:
         self._bucket, self._key, self._plan, self._engine = bucket, key, plan, engine
+        self.account = account  # whose share of the engine's turns and budget it takes
         self._max_in_flight = max_in_flight
         self._start = start  # begins the multipart upload, returns its id
         self.upload_id: Optional[str] = None
@@ -216,7 +218,7 @@ class PartStream:
             size = self._plan.size(self.next_part)
             if not ready(size):
                 return 0
-            self._claim = self._engine.budget.claim(size)
+            self._claim = self._engine.budget.claim(size, self.account)
         return self._claim.size - self._filled if self._claim.granted else 0
 
     def hoarding(self, limit: float) -> bool:
@@ -340,7 +342,7 @@ class PartStream:
     def _buffer_claim(self) -> Claim:
         """The granted claim of the part being filled, waiting for it if need be."""
         if self._claim is None:
-            self._claim = self._engine.budget.claim(self._plan.size(self.next_part))
+            self._claim = self._engine.budget.claim(self._plan.size(self.next_part), self.account)
         while not self._claim.wait(WAIT_SLICE):
             self.raise_failure()
         return self._claim
@@ -397,7 +399,7 @@ class UploadSession:
                  transfer: TransferConfig, engine: Engine, store: ResumeStore,
                  retrier: Optional[AbortRetrier] = None,
                  announced: Optional[int] = None, checks: Optional[NameChecks] = None,
-                 quota: Optional[UploadQuota] = None) -> None:
+                 quota: Optional[UploadQuota] = None, account: Hashable = None) -> None:
         self.name = name
         self.state = state
         self.announced = announced  # ALLO's size, if the client sent one
@@ -425,7 +427,7 @@ class UploadSession:
         plan = PartPlan.for_upload(transfer.min_part_size, transfer.single_file_max_size,
                                    transfer.max_part_size, announced)
         self._parts = PartStream(bucket, key, plan, engine, transfer.upload_thread_num,
-                                 self._start_multipart)
+                                 self._start_multipart, account)
 
     @property
     def closed(self) -> bool:
@@ -709,9 +711,10 @@ class SessionUploads:
 
     def __init__(self, bucket: Bucket, transfer: TransferConfig, engine: Engine,
                  store: ResumeStore, retrier: Optional[AbortRetrier] = None,
-                 quota: Optional[AccountQuota] = None) -> None:
+                 quota: Optional[AccountQuota] = None, account: Hashable = None) -> None:
         self._bucket, self._transfer, self._engine = bucket, transfer, engine
         self._store, self._retrier, self._quota = store, retrier, quota
+        self._account = account  # the FTP user: its uploads share one share of the engine
         self._offered: Optional[tuple[str, str]] = None  # (path, upload id) SIZE reported
 
     def source(self, path: str, key: str, entry: Optional[Entry]) -> Optional[Source]:
@@ -794,7 +797,7 @@ class SessionUploads:
         return UploadSession(self._bucket, key, name=path, state=state,
                              transfer=self._transfer, engine=self._engine, store=self._store,
                              retrier=self._retrier, announced=announced, checks=checks,
-                             quota=quota)
+                             quota=quota, account=self._account)
 
     def _resumed(self, path: str, key: str, parked: ParkedUpload,
                  announced: Optional[int]) -> UploadSession:

@@ -145,7 +145,7 @@ class CosFS(Renames, VirtualTree):
         self._uploads = SessionUploads(
             self._bucket, ctx.transfer, ctx.engine,
             ResumeStore(self._bucket, ctx.transfer.resume_ttl, ctx.account.user), ctx.retrier,
-            ctx.quota)
+            ctx.quota, ctx.account.user)
         self.quota = ctx.quota
         self._announced = None
         # This session's last STOR (and its MFMT), for an MFMT or a rename right after it.
