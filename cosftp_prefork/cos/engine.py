@@ -6,15 +6,21 @@ from the :class:`TransferBudget` and ships parts through an :class:`Engine`'s po
 
 Why fair pools: every session of a worker shares the same threads. A plain FIFO pool lets
 one upload queue dozens of parts, or one directory rename hundreds of copies, in front of
-everyone else's work. :class:`FairPool` keeps one queue per *owner* (an upload, a rename)
-and serves the owners in turn, with at most ``per_owner`` tasks of one owner running at once.
-Copies run on a pool of their own, so no copy storm delays a part upload.
+everyone else's work. :class:`FairPool` keeps one queue per *owner* (an upload, a rename),
+groups the owners by *account* (the FTP user), and serves the accounts in turn, then the
+owners of the account whose turn it is in turn, with at most ``per_owner`` tasks of one owner
+running at once: an account's thirty uploads share one account's turns, so another user's one
+upload gets every other turn. The budget shares the same way: a buffer given back goes to the
+waiting account that holds least. Copies run on a pool of their own, so no copy storm delays
+a part upload. Both keep state only for the accounts and owners with work queued, running
+or holding bytes: an account leaves when its last task ends or its last bytes are given back.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -42,6 +48,7 @@ class Claim:
         self.account = account
         self.asked_at = time.monotonic()
         self.waited = False  # not granted when asked
+        self.arrival = 0  # its place among the budget's claims
         self.granted_at = 0.0  # time.monotonic() of the grant
         self._granted = threading.Event()
         # The asking session's log context: a grant after a wait is logged in its name.
@@ -56,17 +63,27 @@ class Claim:
 
 
 class TransferBudget:
-    """The bytes a worker may hold in part buffers, ``limit`` in all.
+    """The bytes a worker may hold in part buffers, ``limit`` in all, shared fairly between
+    accounts.
 
-    Claims are granted first come, first served: once a claim waits, later ones wait behind
-    it even if they are smaller, so a session with many uploads in flight cannot starve one
-    that asks for its first buffer. A claim is never refused; the caller waits (back-pressure).
+    Bytes given back go to the waiting account that holds least now (ties: the one whose
+    claim is oldest), each account's claims in arrival order: one user's crowd of uploads
+    holding the whole budget cannot keep another user's first buffer waiting for more than
+    the next buffer given back, and while both wait, each grant evens out what they hold
+    (max-min fairness; an account alone takes the whole budget). The chosen claim is never
+    overtaken by a smaller one that would fit, so a large claim is not starved. A claim is
+    never refused; the caller waits (back-pressure).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._free = limit
-        self._waiting: deque[Claim] = deque()
+        # Only the accounts holding bytes, and those with claims waiting: bounded by the
+        # uploads in flight, an account leaves when it holds and asks nothing.
+        self._held: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, deque[Claim]] = {}
+        self._waiters = 0
+        self._arrivals = itertools.count()
         self._lock = threading.Lock()
         metrics.UPLOAD_BUFFER_LIMIT.set(limit)
 
@@ -88,7 +105,9 @@ class TransferBudget:
             raise ValueError(f"a buffer of {size} bytes exceeds the budget of {self.limit}")
         claim = Claim(size, account)
         with self._lock:
-            self._waiting.append(claim)
+            claim.arrival = next(self._arrivals)
+            self._waiting.setdefault(account, deque()).append(claim)
+            self._waiters += 1
             self._grant()
             claim.waited = not claim.granted
             self._gauge()
@@ -99,26 +118,51 @@ class TransferBudget:
         with self._lock:
             if claim.granted:
                 self._free += claim.size
+                self._hold(claim.account, -claim.size)
                 claim.size = 0
-            elif claim in self._waiting:
-                self._waiting.remove(claim)
+            elif claim in self._waiting.get(claim.account, ()):
+                self._dequeue(claim)
             self._grant()
             self._gauge()
 
     def _grant(self) -> None:
-        while self._waiting and self._waiting[0].size <= self._free:
-            claim = self._waiting.popleft()
+        while self._waiting:
+            account = min(self._waiting, key=self._rank)
+            claim = self._waiting[account][0]
+            if claim.size > self._free:
+                return
+            self._dequeue(claim)
             self._free -= claim.size
+            self._hold(account, claim.size)
             claim.granted_at = time.monotonic()
             claim._granted.set()
             if claim.waited and log.isEnabledFor(logging.DEBUG):
+                # Under the lock: the lines come in the order of the grants.
                 claim._context.run(log.debug, "a part buffer of %d bytes granted after "
                                    "waiting %.3fs", claim.size,
                                    claim.granted_at - claim.asked_at)
 
+    def _rank(self, account: Hashable) -> tuple[int, int]:
+        """Who is served first: least held, then the oldest claim."""
+        return self._held.get(account, 0), self._waiting[account][0].arrival
+
+    def _dequeue(self, claim: Claim) -> None:
+        queue = self._waiting[claim.account]
+        queue.remove(claim)
+        if not queue:
+            del self._waiting[claim.account]
+        self._waiters -= 1
+
+    def _hold(self, account: Hashable, change: int) -> None:
+        held = self._held.get(account, 0) + change
+        if held:
+            self._held[account] = held
+        else:
+            del self._held[account]
+
     def _gauge(self) -> None:
         metrics.UPLOAD_BUFFERS.set(self.limit - self._free)
-        metrics.UPLOAD_BUFFER_WAITS.set(len(self._waiting))
+        metrics.UPLOAD_BUFFER_WAITS.set(self._waiters)
 
 
 class Kept:
@@ -253,18 +297,65 @@ class _Task:
         self.fn, self.args = fn, args
 
 
+class _Owners:
+    """The queued tasks of one account's owners: a FIFO queue per owner, the owners in turn.
+    Holds only the owners with tasks queued."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Hashable, deque[_Task]] = {}
+        self._turns: deque[Hashable] = deque()  # owners with queued tasks, next first
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def add(self, owner: Hashable, task: _Task) -> None:
+        queue = self._queues.setdefault(owner, deque())
+        if not queue:
+            self._turns.append(owner)
+        queue.append(task)
+
+    def take(self, may_run: Callable[[Hashable], bool]) -> Optional[tuple[Hashable, _Task]]:
+        """The first task of the first owner in turn that ``may_run`` one more; moves that
+        owner to the back of the line."""
+        for _ in range(len(self._turns)):
+            owner = self._turns.popleft()
+            if not may_run(owner):
+                self._turns.append(owner)
+                continue
+            queue = self._queues[owner]
+            task = queue.popleft()
+            if queue:
+                self._turns.append(owner)
+            else:
+                del self._queues[owner]
+            return owner, task
+        return None
+
+
 class FairPool:
-    """``threads`` threads serving one FIFO queue per owner, the owners in turn, with at
-    most ``per_owner`` tasks of one owner running at once."""
+    """``threads`` threads serving queued tasks in two rounds of turns: the accounts in
+    turn, and in the account whose turn it is its owners in turn (one FIFO queue each), with
+    at most ``per_owner`` tasks of one owner running at once. An owner given no account is
+    an account of its own.
+
+    The next turn is the queued account's whose last turn is oldest (one that had none, or
+    none since its work ended, first), rather than a line it joins at the back: an upload
+    with one part in flight queues its next part only once the last is stored, after the
+    turn of an account with many queued, and in a line it would then wait for two of that
+    account's turns for each of its own."""
 
     def __init__(self, threads: int, name: str, per_owner: Optional[int] = None,
                  waiting: Optional[Gauge] = None) -> None:
         self._per_owner = per_owner or threads
         self._waiting = waiting  # set to the number of queued tasks
         self._queued = 0
-        self._queues: dict[Hashable, deque[_Task]] = {}
-        self._running: dict[Hashable, int] = {}
-        self._turns: deque[Hashable] = deque()  # owners with queued tasks, next first
+        self._accounts: dict[Hashable, _Owners] = {}  # those with tasks queued
+        # Those with tasks queued or running: when each last had a turn (0: never), and how
+        # many tasks each has; an account is forgotten when its last task ends.
+        self._last_turn: dict[Hashable, int] = {}
+        self._tasks: dict[Hashable, int] = {}
+        self._turn_count = itertools.count(1)
+        self._running: dict[Hashable, int] = {}  # by owner
         self._lock = threading.Condition()
         self._stopping = False
         self._threads = [threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
@@ -272,24 +363,26 @@ class FairPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, owner: Hashable, fn: Callable, *args: Any) -> Future:
-        """Queue ``fn(*args)`` for ``owner``; return its future. It runs in the log context
-        of the caller: its lines name the session that asked for it."""
+    def submit(self, owner: Hashable, fn: Callable, *args: Any,
+               account: Hashable = None) -> Future:
+        """Queue ``fn(*args)`` for ``owner`` of ``account`` (None: the owner alone); return
+        its future. It runs in the log context of the caller: its lines name the session
+        that asked for it."""
         task = _Task(logcontext.carried(fn), args)
+        account = owner if account is None else account
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the pool is shut down")
-            queue = self._queues.setdefault(owner, deque())
-            if not queue:
-                self._turns.append(owner)
-            queue.append(task)
+            self._accounts.setdefault(account, _Owners()).add(owner, task)
+            self._last_turn.setdefault(account, 0)
+            self._tasks[account] = self._tasks.get(account, 0) + 1
             self._count(1)
             self._lock.notify()
         return task.future
 
-    def for_owner(self, owner: Hashable) -> OwnerExecutor:
-        """An executor-like view that submits every task for ``owner``."""
-        return OwnerExecutor(self, owner)
+    def for_owner(self, owner: Hashable, account: Hashable = None) -> OwnerExecutor:
+        """An executor-like view that submits every task for ``owner`` of ``account``."""
+        return OwnerExecutor(self, owner, account)
 
     def queued(self) -> int:
         with self._lock:
@@ -310,35 +403,56 @@ class FairPool:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _next(self) -> Optional[tuple[Hashable, _Task]]:
-        """The first task of the first owner in turn that may run one more; moves that
-        owner to the back of the line. Called with the lock held."""
-        for _ in range(len(self._turns)):
-            owner = self._turns.popleft()
-            if self._running.get(owner, 0) >= self._per_owner:
-                self._turns.append(owner)
-                continue
-            queue = self._queues[owner]
-            task = queue.popleft()
-            if queue:
-                self._turns.append(owner)
-            else:
-                del self._queues[owner]
-            self._running[owner] = self._running.get(owner, 0) + 1
-            self._count(-1)
-            return owner, task
+    def _may_run(self, owner: Hashable) -> bool:
+        return self._running.get(owner, 0) < self._per_owner
+
+    def _next(self) -> Optional[tuple[Hashable, Hashable, _Task]]:
+        """The next task of the account whose last turn is oldest among those with an
+        owner that may run one more. Called with the lock held."""
+        first = min(self._accounts, key=self._last_turn.__getitem__, default=None)
+        if first is None:
+            return None
+        found = self._take(first)
+        if found is not None:
+            return found
+        # Its owners all run as many as they may: the others by age of their last turn.
+        for account in sorted(self._accounts, key=self._last_turn.__getitem__)[1:]:
+            found = self._take(account)
+            if found is not None:
+                return found
         return None
+
+    def _take(self, account: Hashable) -> Optional[tuple[Hashable, Hashable, _Task]]:
+        owners = self._accounts[account]
+        found = owners.take(self._may_run)
+        if found is None:
+            return None
+        if not owners:
+            del self._accounts[account]
+        owner, task = found
+        self._last_turn[account] = next(self._turn_count)
+        self._running[owner] = self._running.get(owner, 0) + 1
+        self._count(-1)
+        return account, owner, task
+
+    def _done(self, account: Hashable, owner: Hashable) -> None:
+        self._running[owner] -= 1
+        if not self._running[owner]:
+            del self._running[owner]
+        self._tasks[account] -= 1
+        if not self._tasks[account]:
+            del self._tasks[account], self._last_turn[account]
 
     def _serve(self) -> None:
         while True:
             with self._lock:
                 found = self._next()
                 while found is None:
-                    if self._stopping and not self._queues:
+                    if self._stopping and not self._accounts:
                         return
                     self._lock.wait()
                     found = self._next()
-            owner, task = found
+            account, owner, task = found
             try:
                 if task.future.set_running_or_notify_cancel():
                     try:
@@ -347,21 +461,19 @@ class FairPool:
                         task.future.set_exception(exc)
             finally:
                 with self._lock:
-                    self._running[owner] -= 1
-                    if not self._running[owner]:
-                        del self._running[owner]
+                    self._done(account, owner)
                     self._lock.notify_all()
 
 
 class OwnerExecutor:
-    """The ``submit`` of a :class:`FairPool` for one owner (what copy code expects of an
-    ``Executor``)."""
+    """The ``submit`` of a :class:`FairPool` for one owner of one account (what copy code
+    expects of an ``Executor``)."""
 
-    def __init__(self, pool: FairPool, owner: Hashable) -> None:
-        self._pool, self._owner = pool, owner
+    def __init__(self, pool: FairPool, owner: Hashable, account: Hashable = None) -> None:
+        self._pool, self._owner, self._account = pool, owner, account
 
     def submit(self, fn: Callable, *args: Any) -> Future:
-        return self._pool.submit(self._owner, fn, *args)
+        return self._pool.submit(self._owner, fn, *args, account=self._account)
 
 
 class Engine:
@@ -389,9 +501,11 @@ class Engine:
         self.lookup_slots = threading.BoundedSemaphore(self.lookup_threads)
         self._settle_deadline: Optional[float] = None  # set by ``hurry``
 
-    def copier(self, owner: Optional[Hashable] = None) -> OwnerExecutor:
-        """An executor for the copies of one job (a rename, an MFMT, an APPE)."""
-        return self.copies.for_owner(owner if owner is not None else object())
+    def copier(self, owner: Optional[Hashable] = None,
+               account: Hashable = None) -> OwnerExecutor:
+        """An executor for the copies of one job (a rename, an MFMT, an APPE) of
+        ``account``'s (the FTP user: its jobs share its turns)."""
+        return self.copies.for_owner(owner if owner is not None else object(), account)
 
     def hurry(self, deadline: float) -> None:
         """The worker is stopping: an upload that ends from now on (parked or aborted) waits

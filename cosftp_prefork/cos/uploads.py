@@ -192,7 +192,7 @@ class PartStream:
 
     @property
     def owner(self) -> Hashable:
-        """Whose turn the engine's pools serve: this upload."""
+        """Whose turn the engine's pools serve within its account's: this upload."""
         return self
 
     def room(self, more_coming: Callable[[], bool],
@@ -364,7 +364,8 @@ class PartStream:
         self._claim = None
         chunks, self._chunks, self._filled = self._chunks, [], 0
         self.part_sizes[number] = sum(len(chunk) for chunk in chunks)
-        future = self._engine.parts.submit(self.owner, self._upload_part, number, chunks)
+        future = self._engine.parts.submit(self.owner, self._upload_part, number, chunks,
+                                           account=self.account)
         future.add_done_callback(lambda _f: self._part_done(claim))
         self._futures.append(future)
 
@@ -510,7 +511,8 @@ class UploadSession:
         self._like = source.for_new_bytes()
         self._continues = source
         if source.size >= MIN_PART_SIZE:
-            self._parts.copy_first(source, self._engine.copier(self._parts.owner))
+            self._parts.copy_first(source, self._engine.copier(self._parts.owner,
+                                                               self._parts.account))
         elif source.size:
             self._parts.write(self._bucket.read_small(source.key, source.size))
 

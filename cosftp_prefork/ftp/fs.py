@@ -656,7 +656,7 @@ class CosFS(Renames, VirtualTree):
                 side.submit(self._reserved, [], markers_of, self._bucket, object_key(path))
             self._require_file(path)
             info = set_client_mtime(self._bucket, self._head(path), timeval,
-                                    self._ctx.transfer, self._ctx.engine.copier())
+                                    self._ctx.transfer, self._ctx.copier())
             new = marker_key(info.key, timeval, info.etag)
             stale = [key for _, _, key in listed.result() if key != new]
             if stale:  # the new marker, written last, wins until they are gone
@@ -675,7 +675,7 @@ class CosFS(Renames, VirtualTree):
             return None
         try:
             info = set_client_mtime(self._bucket, own.info, timeval, self._ctx.transfer,
-                                    self._ctx.engine.copier(), own_upload=True)
+                                    self._ctx.copier(), own_upload=True)
         except StorageError as exc:
             self._own_upload = None
             if not isinstance(exc, NotFound) and exc.code != "ObjectChanged":

@@ -170,7 +170,7 @@ class Renames:
         copy_beside_marker(self._bucket, source, dst_key, stamps,
                            lambda: copy_object(self._bucket, source, dst_key,
                                                self._ctx.transfer,
-                                               self._ctx.engine.copier(), pinned=True))
+                                               self._ctx.copier(), pinned=True))
 
     def _may_put_renamed(self, own: OwnUpload) -> bool:
         """Whether :meth:`_rename_by_put` may store before its look-ups answered: it has the
@@ -247,7 +247,7 @@ class Renames:
             self._check_parents(dst)
             try:
                 moved = rename_directory(
-                    self._bucket, source, target, self._ctx.transfer, self._ctx.engine.copier(),
+                    self._bucket, source, target, self._ctx.transfer, self._ctx.copier(),
                     None if self.quota is None else self.quota.moving_directory)
             except InvalidPath as exc:
                 raise Unstorable(exc.strerror) from exc

@@ -14,7 +14,7 @@ from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from ..config.model import AccountConfig, TransferConfig
 from ..cos.bucket import Bucket, ObjectInfo
-from ..cos.engine import Engine, Kept
+from ..cos.engine import Engine, Kept, OwnerExecutor
 from ..cos.listing import (
     Entry,
 )
@@ -43,6 +43,10 @@ class FsContext:
     hooks: SessionHooks  # told of every change before its reply (events)
     retrier: Optional[AbortRetrier] = None
     quota: Optional[AccountQuota] = None  # the quotas this account's writes count against
+
+    def copier(self) -> OwnerExecutor:
+        """An executor for the copies of one job of this session, in its user's turns."""
+        return self.engine.copier(account=self.account.user)
 
 
 class Refusal(FilesystemError):
