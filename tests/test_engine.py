@@ -80,6 +80,20 @@ def test_budget_withdrawn_claim_lets_the_next_one_in():
     assert behind.granted and budget.in_use == 1
 
 
+def test_budget_goes_to_the_account_holding_least_and_forgets_it():
+    budget = TransferBudget(3)
+    crowd = [budget.claim(1, "crowd") for _ in range(3)]
+    waiting = [budget.claim(1, "crowd"), budget.claim(1, "crowd")]
+    lone = budget.claim(1, "lone")  # asked last, holds nothing
+    budget.release(crowd[0])
+    assert lone.granted and not any(claim.granted for claim in waiting)
+    budget.release(crowd[1])
+    assert waiting[0].granted and not waiting[1].granted
+    for claim in [lone, lone, *crowd, *waiting]:  # given back twice: changes nothing
+        budget.release(claim)
+    assert budget.in_use == 0 and not budget.contended
+
+
 def test_budget_refuses_a_claim_it_can_never_grant():
     with pytest.raises(ValueError):
         TransferBudget(1).claim(2)

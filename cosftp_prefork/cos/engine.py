@@ -82,7 +82,7 @@ class TransferBudget:
         # uploads in flight, an account leaves when it holds and asks nothing.
         self._held: dict[Hashable, int] = {}
         self._waiting: dict[Hashable, deque[Claim]] = {}
-        self._waiters = 0
+        self._waiters = self._waiters_shown = 0
         self._arrivals = itertools.count()
         self._lock = threading.Lock()
         metrics.UPLOAD_BUFFER_LIMIT.set(limit)
@@ -157,12 +157,14 @@ class TransferBudget:
         held = self._held.get(account, 0) + change
         if held:
             self._held[account] = held
-        else:
-            del self._held[account]
+        else:  # nothing held (a claim given back twice changes nothing)
+            self._held.pop(account, None)
 
     def _gauge(self) -> None:
         metrics.UPLOAD_BUFFERS.set(self.limit - self._free)
-        metrics.UPLOAD_BUFFER_WAITS.set(self._waiters)
+        if self._waiters != self._waiters_shown:  # mostly 0: one write of the map less
+            metrics.UPLOAD_BUFFER_WAITS.set(self._waiters)
+            self._waiters_shown = self._waiters
 
 
 class Kept:
