@@ -15,6 +15,7 @@ the same uploads by an account without a quota (no quota call at all) on the sam
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import ftplib
 import hashlib
@@ -87,14 +88,18 @@ def rows(args: argparse.Namespace, node: LoneNode, proxy: Redis6Proxy,
     runs = itertools.count()
     proxy.delay = delay_ms / 1000  # after the start: the workers' set-up is not measured
     rates: dict[str, list[float]] = {"quota": [], "free": []}
-    rewrite = hashlib.sha1((LIBRARY + SCRIPTS["quota-holding"]).encode()).hexdigest()
-    rewrites = 0
+    shas = {name: hashlib.sha1((LIBRARY + body).encode()).hexdigest()
+            for name, body in SCRIPTS.items()}
+    calls: collections.Counter[str] = collections.Counter()  # quota scripts run, by name
     for _ in range(args.runs):
         for user, found in rates.items():
             names = [f"{user}-{next(runs)}-{i:05d}" for i in range(args.files)]
-            before = proxy.runs[rewrite]
+            before = {name: proxy.runs[sha] for name, sha in shas.items()}
             found.append(args.files / uploads(node, user, names, args.sessions))
-            rewrites += proxy.runs[rewrite] - before if user == "quota" else 0
+            if user == "quota":
+                calls.update({name: proxy.runs[sha] - before[name]
+                              for name, sha in shas.items()})
+    rewrites = calls.pop("quota-holding", 0)
     for user, found in rates.items():
         print(f"redis delay {delay_ms:g} ms, {user:5}: {statistics.median(found):7.1f} "
               f"files/s median ({', '.join(f'{rate:.1f}' for rate in found)})")
@@ -103,6 +108,12 @@ def rows(args: argparse.Namespace, node: LoneNode, proxy: Redis6Proxy,
     seconds = sum(args.files / rate for rate in rates["quota"])
     print(f"redis delay {delay_ms:g} ms: {rewrites} rewrites of the node's reservations "
           f"in the {seconds:.0f} s of uploads into the home with a quota")
+    # The quota's Redis calls an upload makes (the rewrites and the sessions' logins
+    # included, a few in thousands).
+    uploaded = args.runs * args.files
+    print(f"redis delay {delay_ms:g} ms: {sum(calls.values()) / uploaded:.2f} quota calls "
+          f"per upload (" + ", ".join(f"{name} {count / uploaded:.2f}"
+                                      for name, count in sorted(calls.items()) if count) + ")")
 
 
 def main() -> int:
