@@ -593,3 +593,29 @@ def test_a_rewrite_of_the_nodes_reservations_never_counts_a_change_twice(emulato
     finally:
         proxy.release_holds()
         proc.stop()
+
+
+def test_a_small_upload_into_a_home_with_a_quota_asks_redis_twice(emulator, tmp_path, redis6):
+    """Each quota call is a round trip to Redis that the upload waits for. A small upload
+    made four (found by bench/quota_cluster.py: the home's usage read before it, the
+    reservation of its first bytes, that of its first slice on its first write, the
+    settlement): its reservation now takes a slice ahead in the same call, and tells a home
+    whose usage is not known yet rather than have it read beforehand. Worker 1's rewrites
+    (once a second, not per upload) are not counted."""
+    user, uploads = "qcalls", 5
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [quota_account(user, "1G")],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name = redis6.proxy.port, "calls"
+    per_upload = [script_sha(SCRIPTS[name])
+                  for name in ("quota-read", "quota-reserve", "quota-settle")]
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        put(ftp, "first.bin", b"f" * 1000)  # the home's scan, the scripts loaded
+        before = sum(redis6.proxy.runs[sha] for sha in per_upload)
+        for number in range(uploads):
+            assert put(ftp, f"small-{number}.bin", b"s" * 1000).startswith("226")
+        calls = sum(redis6.proxy.runs[sha] for sha in per_upload) - before
+        ftp.quit()
+        assert calls == 2 * uploads
+    finally:
+        proc.stop()

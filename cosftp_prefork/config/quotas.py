@@ -48,6 +48,37 @@ class Usage:
     requested_at: float = 0.0  # a scan asked for (cosftpctl quota-scan) at this time
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """What :meth:`Ledger.reserve_ahead` did: nothing, ``refused`` naming the first home
+    without room for the bytes and files needed, or ``unscanned`` the first home whose
+    usage is not known yet (scan it, then ask again); else it reserved them and ``ahead``
+    bytes more (0, or all that were asked for)."""
+
+    refused: Optional[Home] = None
+    unscanned: Optional[Home] = None
+    ahead: int = 0
+
+
+class Reserving:
+    """:meth:`Ledger.reserve` and :meth:`Ledger.reserve_ahead` of a ledger, over its one
+    ``_reserve``."""
+
+    def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
+        return self._reserve(homes, nbytes, files, 0, scanned_only=False).refused
+
+    def reserve_ahead(self, homes: Sequence[Home], nbytes: int, files: int,
+                      ahead: int) -> Reservation:
+        return self._reserve(homes, nbytes, files, ahead, scanned_only=True)
+
+    def _reserve(self, homes: Sequence[Home], nbytes: int, files: int, ahead: int,
+                 scanned_only: bool) -> Reservation:
+        """Reserve ``nbytes`` and ``files`` in every home and ``ahead`` bytes more if each
+        has room for them too; with ``scanned_only``, nothing in a home whose usage is not
+        known yet."""
+        raise NotImplementedError
+
+
 class Ledger(Protocol):
     """The usage of every home with a quota, shared by the processes that write to them.
     Each method changes every home of ``homes`` at once, or none."""
@@ -55,6 +86,12 @@ class Ledger(Protocol):
     def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
         """Reserve ``nbytes`` and ``files`` in each of ``homes``, or nothing and return the
         first one without room."""
+
+    def reserve_ahead(self, homes: Sequence[Home], nbytes: int, files: int,
+                      ahead: int) -> Reservation:
+        """:meth:`reserve`, and ``ahead`` bytes more if every home has room for those too
+        (an upload's next slice: one call where two were), in homes whose usage is known
+        only."""
 
     def release(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
         """Give back a reservation."""

@@ -6,8 +6,8 @@ in a ``Ledger`` that every worker of the server shares (the master's mapped stat
 racing for the last bytes of a quota cannot both win: an upload *reserves* its bytes before
 it takes them, under the ledger's lock, and turns the reservation into usage when it commits
 (or gives it back when it ends otherwise). The bytes are reserved a slice at a time, so a
-ledger is asked about once per :data:`SLICE` bytes, and a refused slice is retried with
-exactly what the write needs.
+ledger is asked about once per :data:`SLICE` bytes: each reservation asks for what the write
+needs and the slice ahead in one call, granted only if there is room for both.
 
 The usage starts from a scan of the home (every object under the prefix, the server's own
 data in ``.cosftp/`` and directory markers not counted), made when a session first needs it
@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from typing import Callable, Optional
 
 from ..config.model import AccountConfig
-from ..config.quotas import Home, Ledger, QuotaHomesFull, QuotaRules, Usage, home_id
+from ..config.quotas import Home, Ledger, QuotaHomesFull, QuotaRules, Reservation, Usage, home_id
 from ..config.values import size_in_words
 from ..errors import NotFound, QuotaExceeded, StorageError
 from ..paths import RESERVED_NAME
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SLICE = 4 * 1024 * 1024  # bytes an upload reserves at a time, when the quota has room
 SCAN_WAIT = 0.05  # seconds between looks while another process scans a home
 SCAN_PATIENCE = 600.0  # seconds a session waits for another process's scan of its home
+UNSCANNED_TRIES = 3  # scans an upload waits for before it gives up on a home's usage
 
 
 def scan_home(bucket: Bucket, prefix: str) -> tuple[int, int]:
@@ -240,10 +241,13 @@ class AccountQuota:
         bytes reserved: ``base`` (a parked upload's, already in COS but not counted) or the
         size ``ALLO`` announced, and one file if it makes a ``new_file``. ``replaced()``
         gives the size of the file it replaces (None: none). Raises ``QuotaExceeded``."""
-        homes = self.homes(key)
+        homes = self._covering(self._account.bucket, self._account.prefix + key)
         if not homes:
             return None
-        meter = UploadQuota(self._quotas.ledger, homes, base, replaced, self.place)
+        # Each home is scanned when the ledger says its usage is not known yet, rather
+        # than asked beforehand (:meth:`homes`): one call less per upload.
+        meter = UploadQuota(self._quotas.ledger, homes, base, replaced, self.place,
+                            lambda unscanned: self._quotas.ready(unscanned, self._scanner))
         meter.open(max(base, announced or 0), new_file)
         return meter
 
@@ -351,26 +355,34 @@ class AccountQuota:
 class UploadQuota:
     """The reservation of one upload: ``base`` bytes and what :meth:`take` was given, in
     every home the file is in; settled at the commit (:meth:`finish`), else given back
-    (:meth:`cancel`). Used by the upload's session thread only."""
+    (:meth:`cancel`). ``ready`` scans homes whose usage the ledger does not know yet. Used
+    by the upload's session thread only.
+
+    Each reservation asks for a slice ahead (:data:`SLICE`) in the same call, granted when
+    every home has room for it too: a small upload asks the ledger twice, its reservation
+    and its settlement."""
 
     def __init__(self, ledger: Ledger, homes: Sequence[Home], base: int,
-                 replaced: Callable[[], Optional[int]], place: tuple[str, str]) -> None:
+                 replaced: Callable[[], Optional[int]], place: tuple[str, str],
+                 ready: Callable[[list[Home]], None]) -> None:
         self._ledger, self._homes, self._replaced = ledger, homes, replaced
-        self._place = place
+        self._place, self._ready = place, ready
         self._needed = base  # bytes the file will have counted
         self._reserved = self._files = 0
         self._open = True
 
     def open(self, nbytes: int, new_file: bool) -> None:
         files = 1 if new_file else 0
-        refused = self._ledger.reserve(self._homes, nbytes, files)
+        taken = self._reserve(nbytes, files, SLICE)
+        refused = taken.refused
         if refused is not None and files and refused.files and self._replaced() is not None:
             files = 0  # a file of that name is replaced: no file more
-            refused = self._ledger.reserve(self._homes, nbytes, files)
+            taken = self._reserve(nbytes, files, SLICE)
+            refused = taken.refused
         if refused is not None:
             self._open = False
             raise QuotaExceeded(_refusal(refused, self._place, self._ledger.read(refused)))
-        self._reserved, self._files = nbytes, files
+        self._reserved, self._files = nbytes + taken.ahead, files
 
     def take(self, nbytes: int) -> None:
         """``nbytes`` more arrive: reserve them (a slice ahead when there is room); raises
@@ -379,12 +391,23 @@ class UploadQuota:
         short = self._needed - self._reserved
         if short <= 0:
             return
-        for amount in (max(short, SLICE), short):
-            refused = self._ledger.reserve(self._homes, amount, 0)
-            if refused is None:
-                self._reserved += amount
-                return
-        raise QuotaExceeded(_refusal(refused, self._place, self._ledger.read(refused)))
+        taken = self._reserve(short, 0, max(SLICE - short, 0))
+        if taken.refused is not None:
+            raise QuotaExceeded(_refusal(taken.refused, self._place,
+                                         self._ledger.read(taken.refused)))
+        self._reserved += short + taken.ahead
+
+    def _reserve(self, nbytes: int, files: int, ahead: int) -> Reservation:
+        """Reserve in every home, each scanned first if the ledger does not know its usage
+        (the first upload into it, or its usage lost with a Redis restarted); raises
+        ``StorageError`` if a scan fails or the usage stays unknown."""
+        for _ in range(UNSCANNED_TRIES):
+            taken = self._ledger.reserve_ahead(self._homes, nbytes, files, ahead)
+            if taken.unscanned is None:
+                return taken
+            self._ready([taken.unscanned])
+        raise StorageError(f"the usage of a quota is still not known after {UNSCANNED_TRIES} "
+                           "scans; try again", code="QuotaScan")
 
     def before_commit(self) -> None:
         """The file is about to become visible: learn the size of the one it replaces now

@@ -52,6 +52,12 @@ second (and up to ``redis_timeout`` if Redis hangs, before the outage is known),
 rewrite put off while changes are under way: under a steady crowd of uploads, until a
 moment when none is between its steps.
 
+An upload's reservation asks for its first slice ahead in the same script, granted when
+every home has room for it too, and answers for a home whose usage Redis does not know (not
+scanned yet, or lost with a Redis restarted) rather than have it read beforehand: a small
+upload makes two calls, its reservation and its settlement (it made four: the read, the
+reservation, the first slice's, the settlement).
+
 While Redis is unreachable the node reserves against its own table (``redis_down = open``)
 or refuses uploads that a quota counts (``closed``); its reservations reach Redis with the
 rewrite once it answers again, and the bytes and files each worker wrote or deleted
@@ -67,7 +73,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Optional
 
-from ..config.quotas import Home, Usage
+from ..config.quotas import Home, Reservation, Reserving, Usage
 from ..errors import StorageError
 from .cluster import NODE_TTL, PREFIX, ClusterAdmin, ClusterState
 from .usage import UsageTable
@@ -113,33 +119,49 @@ end
 """
 
 # KEYS: nodes, the node's index, then (usage, holdings) per home. ARGV: node, alive since,
-# bytes, files, then (size limit, files limit) per home, the lifetime. Answers 0, or the
-# number of the home without room.
+# bytes, files, bytes ahead, '1' if only homes whose usage is known (scanned) may reserve,
+# then (size limit, files limit) per home, the lifetime. Answers {0, the bytes ahead
+# reserved (all or none)}, {the number of the home without room for the bytes and files
+# needed, 0}, or {minus the number of a home whose usage is not known, 0}.
 _RESERVE = _HELD + """
 local node, since = ARGV[1], tonumber(ARGV[2])
-local nbytes, nfiles = tonumber(ARGV[3]), tonumber(ARGV[4])
+local nbytes, nfiles, ahead = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local homes = (#KEYS - 2) / 2
+local taken = {}
 for i = 0, homes - 1 do
   local usage = KEYS[3 + 2 * i]
-  local size, files = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
-  local bytes, held_files = held(KEYS[4 + 2 * i], node, since)
-  local used = count(redis.call('HGET', usage, 'used'))
-  local stored = count(redis.call('HGET', usage, 'files'))
-  if (size > 0 and used + bytes + nbytes > size) or
-     (files > 0 and nfiles > 0 and stored + held_files + nfiles > files) then
-    return {i + 1, {}}
+  if ARGV[6] == '1' and redis.call('HEXISTS', usage, 'scanned') == 0 then
+    return {{-(i + 1), 0}, {}}
   end
+  local bytes, held_files = held(KEYS[4 + 2 * i], node, since)
+  taken[i] = {count(redis.call('HGET', usage, 'used')) + bytes,
+              count(redis.call('HGET', usage, 'files')) + held_files}
+end
+local function short(extra)
+  for i = 0, homes - 1 do
+    local size, files = tonumber(ARGV[7 + 2 * i]), tonumber(ARGV[8 + 2 * i])
+    if (size > 0 and taken[i][1] + nbytes + extra > size) or
+       (files > 0 and nfiles > 0 and taken[i][2] + nfiles > files) then
+      return i + 1
+    end
+  end
+  return 0
+end
+if ahead == 0 or short(ahead) > 0 then
+  ahead = 0
+  local refused = short(0)
+  if refused > 0 then return {{refused, 0}, {}} end
 end
 local repaired = index_of(KEYS[2])
 for i = 0, homes - 1 do
   local holdings = KEYS[4 + 2 * i]
-  add(holdings, node .. '#b', nbytes)
+  add(holdings, node .. '#b', nbytes + ahead)
   add(holdings, node .. '#f', nfiles)
   redis.call('EXPIRE', holdings, ARGV[#ARGV])
   redis.call('SADD', KEYS[2], holdings)
 end
 redis.call('EXPIRE', KEYS[2], ARGV[#ARGV])
-return {0, repaired}
+return {{0, ahead}, repaired}
 """
 
 # KEYS: nodes, then (usage, holdings) per home. ARGV: node, reserved bytes and files to give
@@ -237,7 +259,7 @@ def _unlimited(homes: Sequence[Home]) -> list[Home]:
     return [dataclasses.replace(home, size=0, files=0) for home in homes]
 
 
-class SharedUsage:
+class SharedUsage(Reserving):
     """A ``config.quotas.Ledger`` over Redis, this node's ``UsageTable`` beside it."""
 
     def __init__(self, table: UsageTable, cluster: ClusterState) -> None:
@@ -252,27 +274,35 @@ class SharedUsage:
     def _homes_keys(self, homes: Sequence[Home]) -> list[str]:
         return [PREFIX + "nodes", *(key for home in homes for key in _keys(home))]
 
-    def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
+    def _reserve(self, homes: Sequence[Home], nbytes: int, files: int, ahead: int,
+                 scanned_only: bool) -> Reservation:
         if not homes:
-            return None
+            return Reservation()
         # Into the table, then Redis, inside the gate: no rewrite reads the table between
         # the two (see the module doc).
         with self._table.changing():
-            return self._reserve(homes, nbytes, files)
+            return self._reserve_now(homes, nbytes, files, ahead, scanned_only)
 
-    def _reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
-        self._table.reserve(_unlimited(homes), nbytes, files)
+    def _reserve_now(self, homes: Sequence[Home], nbytes: int, files: int, ahead: int,
+                     scanned_only: bool) -> Reservation:
+        # The bytes ahead too: what Redis may grant is in the table before it does.
+        self._table.reserve(_unlimited(homes), nbytes + ahead, files)
         limits = [limit for home in homes for limit in (home.size, home.files)]
         keys = self._homes_keys(homes)
         answer = self._cluster.run(
             "quota reservation", "quota-reserve", [keys[0], self._index, *keys[1:]],
-            [self._cluster.node, time.time() - NODE_TTL, nbytes, files, *limits,
-             HELD_SECONDS])
-        if answer is not None and not int(answer):
-            return None
-        self._table.release(homes, nbytes, files)
+            [self._cluster.node, time.time() - NODE_TTL, nbytes, files, ahead,
+             int(scanned_only), *limits, HELD_SECONDS])
         if answer is not None:
-            return homes[int(answer) - 1]
+            code, granted = int(answer[0]), int(answer[1])
+            if code:  # nothing reserved
+                self._table.release(homes, nbytes + ahead, files)
+                return Reservation(refused=homes[code - 1]) if code > 0 else \
+                    Reservation(unscanned=homes[-code - 1])
+            if granted < ahead:  # Redis holds less than the table: a decrease, after it
+                self._table.release(homes, ahead - granted, 0)
+            return Reservation(ahead=granted)
+        self._table.release(homes, nbytes + ahead, files)
         # Unreachable, or it answered with an error: what Redis holds of this node may
         # differ from its table now (the reservation may have landed after all).
         self._table.want_publish()
@@ -280,7 +310,9 @@ class SharedUsage:
             raise StorageError("the quotas' usage shared by the cluster cannot be read "
                                "now (redis_down = closed); try again later",
                                code="QuotaUnavailable")
-        return self._table.reserve(homes, nbytes, files)
+        if scanned_only:
+            return self._table.reserve_ahead(homes, nbytes, files, ahead)
+        return Reservation(refused=self._table.reserve(homes, nbytes, files))  # none ahead
 
     def release(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
         self.settle(homes, nbytes, files, 0, 0)

@@ -67,7 +67,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 from ..config.model import MAX_HOOK_QUOTA_HOMES, MAX_WORKER_PROCESSES
-from ..config.quotas import Home, QuotaHomesFull, Usage
+from ..config.quotas import Home, QuotaHomesFull, Reservation, Reserving, Usage
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd
 from .pidfile import is_alive
 
@@ -140,7 +140,7 @@ def _name_of(home: Home) -> bytes:
     return name.ljust(NAME_SIZE, b"\0")
 
 
-class UsageTable:
+class UsageTable(Reserving):
     """The mapped usage file (see the module doc); a ``cos.quota.Ledger``."""
 
     def __init__(self, fd: int, mapping: mmap.mmap, writable: bool = True) -> None:
@@ -290,21 +290,34 @@ class UsageTable:
 
     # --- cos.quota.Ledger
 
-    def reserve(self, homes: Sequence[Home], nbytes: int, files: int) -> Optional[Home]:
+    def _reserve(self, homes: Sequence[Home], nbytes: int, files: int, ahead: int,
+                 scanned_only: bool) -> Reservation:
         with self._locked():
             rows = self._rows(homes)
-            for home, at in zip(homes, rows):
-                row = self._row(at)
-                if (home.size and row[2] + row[4] + nbytes > home.size) or \
-                        (home.files and files and row[3] + row[5] + files > home.files):
-                    return home
-            for home, at in zip(homes, rows):
-                row = self._row(at)
-                row[4] += nbytes
+            found = [self._row(at) for at in rows]
+            if scanned_only:
+                for home, row in zip(homes, found):
+                    if not row[6]:
+                        return Reservation(unscanned=home)
+
+            def short(extra: int) -> Optional[Home]:
+                """The first home without room for ``extra`` bytes beyond those needed."""
+                for home, row in zip(homes, found):
+                    if (home.size and row[2] + row[4] + nbytes + extra > home.size) or \
+                            (home.files and files and row[3] + row[5] + files > home.files):
+                        return home
+                return None
+            if not ahead or short(ahead) is not None:
+                ahead = 0
+                refused = short(0)
+                if refused is not None:
+                    return Reservation(refused=refused)
+            for home, at, row in zip(homes, rows, found):
+                row[4] += nbytes + ahead
                 row[5] += files
                 self._write(at, row)
-                self._hold(home.ident, nbytes, files, 0)  # an increase: after the row's
-        return None
+                self._hold(home.ident, nbytes + ahead, files, 0)  # an increase: after the row's
+        return Reservation(ahead=ahead)
 
     def release(self, homes: Sequence[Home], nbytes: int, files: int) -> None:
         self.settle(homes, nbytes, files, 0, 0)
