@@ -41,16 +41,16 @@ settled reservation back beside the usage it had become, one between a reserve's
 and its call counted it twice, until worker 1's next second: a user near the quota got
 552). So each change holds the table's gate, shared, across both steps
 (``UsageTable.changing``: the changes of every worker go on side by side), and a rewrite
-holds the table's lock from its read until Redis took it and, within it, takes the gate
-exclusive without waiting: while a change is between its steps the rewrite skips its turn,
-and a change waits for a rewrite's Redis call at most. An increase still goes into the
-table before Redis and a decrease into Redis before the table: a worker killed between the
-two steps leaves an over-count until the rewrite after its reap, never an under-count. A
-change of the usage alone (a delete, a rename's source) takes no gate: no rewrite writes
-the usage. The price is the table's lock and the gate held for a Redis round trip once a
-second (and up to ``redis_timeout`` if Redis hangs, before the outage is known), and a
-rewrite put off while changes are under way: under a steady crowd of uploads, until a
-moment when none is between its steps.
+holds it exclusive, then the table's lock, until Redis took what it read: it waits for the
+changes under way and holds off those that start meanwhile (``server.usagegate``; it used to
+take the gate without waiting and skip its turn, which under a steady crowd of uploads came
+4 times in 12 s, so a reservation a dead worker lost stayed counted until the crowd paused).
+An increase still goes into the table before Redis and a decrease into Redis before the
+table: a worker killed between the two steps leaves an over-count until the rewrite after
+its reap, never an under-count. A change of the usage alone (a delete, a rename's source)
+takes no gate: no rewrite writes the usage. The price is a change's wait for a rewrite once
+a second: the changes under way when it came and its Redis call (up to ``redis_timeout`` if
+Redis hangs, before the outage is known).
 
 An upload's reservation asks for its first slice ahead in the same script, granted when
 every home has room for it too, and answers for a home whose usage Redis does not know (not
@@ -396,9 +396,9 @@ class SharedUsage(Reserving):
     def tick(self, homes: Iterable[Home]) -> None:
         """Worker 1, every second: rewrite this node's reservations in Redis from its table
         in ``homes`` (the file's) and in every home Redis says it holds some (its index):
-        whatever Redis holds of the node there that its table does not say is set right at
-        the next rewrite that finds no change under way. All of them instead when that is
-        wanted (:meth:`catch_up`)."""
+        whatever Redis holds of the node there that its table does not say is set right
+        (after the changes under way end). All of them instead when that is wanted
+        (:meth:`catch_up`)."""
         if self.catch_up():
             return
         indexed = self._cluster.run("quota reservations", "quota-indexed", [self._index], [])

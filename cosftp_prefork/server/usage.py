@@ -47,10 +47,11 @@ from the rows; a flag in the header says when all of them are to be rewritten th
 file, a dead worker's holdings dropped, a change that did not reach Redis), and
 :meth:`UsageTable.publish` hands them over under the lock. A change of them there is two
 steps (the rows, then Redis, or the other way round), and a rewrite reading the rows between
-the two would write the change back: each change holds a second lock, the gate (another
-byte of the file), shared across both steps (:meth:`UsageTable.changing`: the changes of
-every worker go on side by side), and a rewrite takes it exclusive, without waiting: while a
-change is between its steps the rewrite skips its turn (the next second's tries again).
+the two would write the change back: each change holds a gate (two more bytes of the file,
+``server.usagegate``), shared, across both steps (:meth:`UsageTable.changing`: the changes of
+every worker go on side by side), and a rewrite holds it exclusive: it waits for the changes
+under way and holds off those that start meanwhile, so that it gets its turn under a steady
+crowd of them (it used to skip its turn while any change was under way).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from ..config.model import MAX_HOOK_QUOTA_HOMES, MAX_WORKER_PROCESSES
 from ..config.quotas import Home, QuotaHomesFull, Reservation, Reserving, Usage
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd
 from .pidfile import is_alive
+from .usagegate import ChangeGate, lock_record
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +84,9 @@ _HEADER = struct.Struct("<4sII")  # magic, rows in use, rows of the answers' hom
 _WANTED = struct.Struct("<I")
 _WANTED_AT = _HEADER.size
 _HEADER_SIZE = 64
-# The record locks (length, start): the table's (every change of the file) and the gate's
-# (a cluster's change of the node's reservations, shared, against a rewrite, exclusive).
+# The table's record lock (length, start): every change of the file (the next two bytes
+# are ``server.usagegate``'s).
 _TABLE_LOCK = (1, 0)
-_GATE = (1, 1)
 ROWS = 16384
 HOOK_ROWS = MAX_HOOK_QUOTA_HOMES  # half of ROWS: the file's homes keep the other half
 # home id, scanner pid (0: none), used bytes, used files, reserved bytes, reserved files,
@@ -146,13 +147,7 @@ class UsageTable(Reserving):
     def __init__(self, fd: int, mapping: mmap.mmap, writable: bool = True) -> None:
         self._fd, self._map = fd, mapping
         self._thread_lock = threading.Lock()
-        # This process's side of the gate: its changes between their two steps (the first
-        # takes the gate's shared lock, the last gives it back: the kernel counts one lock a
-        # process) and whether it rewrites now (its changes then wait: a lock of the process
-        # that a change took would turn the rewrite's exclusive one into a shared one).
-        self._gate = threading.Condition()
-        self._changes = 0
-        self._rewriting = False
+        self._gate = ChangeGate(fd, self._thread_lock)
         self._slot: Optional[int] = None  # this worker's slot (:meth:`attach`)
         self._untracked = False  # whether a full holdings region was logged
         # A read-only file takes a shared lock (a write lock needs a writable descriptor).
@@ -203,11 +198,7 @@ class UsageTable(Reserving):
     def _record_lock(self, kind: int, region: tuple[int, int], wait: bool) -> Iterator[bool]:
         """Hold the file's record lock ``kind`` over ``region`` (True); without ``wait``,
         nothing (False) if another process holds it now."""
-        try:
-            fcntl.lockf(self._fd, kind | (0 if wait else fcntl.LOCK_NB), *region)
-        except OSError:  # without wait: EAGAIN or EACCES, another process holds it
-            if wait:
-                raise
+        if not lock_record(self._fd, kind, region, wait):
             yield False
             return
         try:
@@ -219,42 +210,10 @@ class UsageTable(Reserving):
     def changing(self) -> Iterator[None]:
         """Hold the gate, shared, across a change of the node's reservations in the rows
         and where they are published (a cluster's Redis): no :meth:`publish` reads the rows
-        between the two steps. Waits while a rewrite runs (this process's, or another's:
-        at most the rewrite's Redis call)."""
-        with self._gate:
-            while self._rewriting:
-                self._gate.wait()
-            if not self._changes:
-                fcntl.lockf(self._fd, fcntl.LOCK_SH, *_GATE)
-            self._changes += 1
-        try:
+        between the two steps. Waits while a rewrite runs or waits for its turn (at most
+        the changes under way then and the rewrite's Redis call)."""
+        with self._gate.changing():
             yield
-        finally:
-            with self._gate:
-                self._changes -= 1
-                if not self._changes:
-                    fcntl.lockf(self._fd, fcntl.LOCK_UN, *_GATE)
-                    self._gate.notify_all()
-
-    @contextmanager
-    def _rewrite_turn(self) -> Iterator[bool]:
-        """Hold the gate, exclusive, if no change of any process is between its two steps
-        now (True); else hold nothing (False): the rewrite skips its turn rather than wait
-        (changes of the node's other sessions would queue behind it)."""
-        with self._gate:
-            turn = not (self._changes or self._rewriting)
-            if turn:
-                self._rewriting = True
-        if not turn:
-            yield False
-            return
-        try:
-            with self._record_lock(fcntl.LOCK_EX, _GATE, wait=False) as locked:
-                yield locked  # not locked: another process's change holds the gate
-        finally:
-            with self._gate:
-                self._rewriting = False
-                self._gate.notify_all()
 
     # --- rows
 
@@ -409,18 +368,17 @@ class UsageTable(Reserving):
                 write: Callable[[list[tuple[bytes, int, int]], bool], bool]) -> bool:
         """Hand ``write`` the reservations (home id, bytes, files) of the homes ``idents``
         (0 for a home without a row) and, with ``everything``, of every row that holds some,
-        if a rewrite is wanted (else do nothing, False). Nothing either (False) while a
-        change of any process is between its two steps (:meth:`changing`): the rewrite would
-        write it back or count it twice. ``write`` runs under the table's lock and the gate:
-        no change of this node lands in the rows or in Redis while it publishes them, so
-        that what it writes is what the node holds (see ``server.quotashare``). If it
-        returns True (written), an ``everything`` rewrite is no longer wanted. Returns
-        whether ``write`` ran."""
-        # The table's lock first, then the gate without waiting: a process holding the
-        # gate exclusive never waits for a lock, so the kernel never finds a cycle between
-        # the two (EDEADLK; it counts the locks per process, not per thread).
-        with self._locked(), self._rewrite_turn() as turn:
-            if not turn or (everything and not self.publish_wanted()):
+        if a rewrite is wanted (else do nothing, False). Waits for the changes of every
+        process between their two steps (:meth:`changing`) to end, and holds off those that
+        start meanwhile: the rewrite would write them back or count them twice. ``write``
+        runs under the gate and the table's lock: no change of this node lands in the rows
+        or in Redis while it publishes them, so that what it writes is what the node holds
+        (see ``server.quotashare``). If it returns True (written), an ``everything``
+        rewrite is no longer wanted. Returns whether ``write`` ran."""
+        # The gate first, then the table's lock (``server.usagegate``: the order that
+        # keeps the kernel from finding a cycle of processes, EDEADLK).
+        with self._gate.rewriting(), self._record_lock(self._lock_kind, _TABLE_LOCK, True):
+            if everything and not self.publish_wanted():
                 return False
             held: dict[bytes, tuple[int, int]] = dict.fromkeys(idents, (0, 0))
             if everything:
