@@ -1,7 +1,7 @@
 """Small uploads into one home with a quota on a cluster node ([CLUSTER], a real Redis):
-what the node's reservations cost when every change of them (an upload's reserve and
-settle) holds the node's usage table across its Redis call (``server.quotashare``): all
-the workers' uploads of the node take turns there.
+what the node's reservations cost (``server.quotashare``): each upload's Redis calls, and
+worker 1's rewrite of the node's reservations, which must get its turn between the
+changes of a steady crowd (``server.usagegate``).
 
 ``--files`` new 1 KiB files in ``--sessions`` ftplib sessions on ``--workers`` workers, the
 sessions' home under a quota they never reach, COS (the emulator) answering at once;
