@@ -18,7 +18,7 @@ from qcloud_cos import CosConfig, CosS3Client
 
 from cosftp_prefork.config.model import AccountConfig
 
-from .server_proc import wait_until
+from .server_proc import wait_until, within
 
 
 class EmulatorProcess:
@@ -110,7 +110,7 @@ class EmulatorProcess:
             return None
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=30)
+            within(lambda seconds: self.proc.wait(timeout=seconds), 30)
         return self.proc.returncode
 
 
