@@ -96,23 +96,25 @@ class _Reader:
     def section(self, section: str, kind: str) -> dict[str, Any]:
         """Return ``{option: value}`` for every setting of ``kind`` in ``section``."""
         known = BY_SECTION[kind]
-        present = self.parser.has_section(section)
-        if present:
-            for option in self.parser.options(section):
-                if option not in known:
-                    self.warnings.append(f"{self.path} [{section}] {option}: unknown option, "
-                                         "ignored")
-        return {name: self._value(section, setting, present) for name, setting in known.items()}
+        # The section's text read once: a get() per setting cost 40 % of a 5,000-account
+        # file's parse (a chain of the section and the defaults built for each of ~37).
+        written = dict(self.parser.items(section, raw=True)) \
+            if self.parser.has_section(section) else {}
+        for option in written:
+            if option not in known:
+                self.warnings.append(f"{self.path} [{section}] {option}: unknown option, "
+                                     "ignored")
+        return {name: self._value(section, setting, written.get(name, ""))
+                for name, setting in known.items()}
 
-    def _value(self, section: str, setting: Setting, present: bool) -> Any:
-        value = self._parsed(section, setting, present)
+    def _value(self, section: str, setting: Setting, written: str) -> Any:
+        value = self._parsed(section, setting, written)
         if setting.parse is parse_path and value is not None:
             return resolve(value, self.base)  # never the working directory's
         return value
 
-    def _parsed(self, section: str, setting: Setting, present: bool) -> Any:
-        raw = self.parser.get(section, setting.name, fallback="") if present else ""
-        raw = self._substitute(raw.strip(), section, setting.name)
+    def _parsed(self, section: str, setting: Setting, written: str) -> Any:
+        raw = self._substitute(written.strip(), section, setting.name)
         if raw == "" or raw.lower() == "default":
             if setting.default is REQUIRED:
                 raise self.error("is required", section, setting.name)
