@@ -25,6 +25,7 @@ from contextlib import suppress
 import psutil
 import pytest
 
+from cosftp_prefork.server.burst import BURST_SECONDS
 from cosftp_prefork.server.gate import BurstLog
 from cosftp_prefork.server.scoreboard import (
     FILE_SIZE,
@@ -267,7 +268,7 @@ def test_a_client_that_reads_no_replies_is_not_read_and_is_closed_in_time(emulat
         _send_unread(logged_in, b"HELP\r\n")
         _send_unread(not_logged_in, b"HELP\r\n")
         try:
-            wait_until(lambda: proc.log_text().count("the client reads no replies") == 2 or
+            wait_until(lambda: _stopped_reading(proc.log_text()) or
                        peak_rss(worker.pid) - before > 16 * 1024 * 1024, timeout=90,
                        what="the worker to stop reading both clients, or grow")
             # the replies the kernel's buffers did not take: about 64 each, not every one
@@ -285,6 +286,15 @@ def test_a_client_that_reads_no_replies_is_not_read_and_is_closed_in_time(emulat
         finally:
             logged_in.close()
             not_logged_in.close()
+
+
+def _stopped_reading(log: str) -> bool:
+    """Whether the worker stopped reading the logged-in client (127.0.0.2) and the other
+    (127.0.0.3), or closed the other at its login_timeout first: under load (37) its 8 s
+    ran out before the worker had answered the HELPs that fill the kernel's buffers."""
+    paused = set(re.findall(r"ip=([\d.]+)\] \S+: the client reads no replies", log))
+    return "127.0.0.2" in paused and (
+        "127.0.0.3" in paused or "127.0.0.3: closed: no login within login_timeout" in log)
 
 
 def test_idle_session_timeout_closes_a_session_that_sends_no_command(emulator, tmp_path):
@@ -342,12 +352,14 @@ def test_stalled_tls_handshakes_are_capped_and_cut_at_login_timeout(emulator, tm
         worker = psutil.Process(proc.proc.pid).children()[0]
         threads, fds = worker.num_threads(), worker.num_fds()
         port = proc.port if auth_tls else int(proc.network["implicit_tls_port"])
+        started = time.monotonic()
         socks = stall_handshakes(port, "127.0.0.9", 200, auth_tls)
         try:
             # the default max_prelogin_connections_per_ip (16) stay, the others are closed
             # before login_timeout cuts the 16
             wait_until(lambda: sum(map(closed_by_server, socks)) >= 200 - 16,
                        timeout=STALL_LOGIN_TIMEOUT - 5, what="the connections over the cap closed")
+            refused_by = time.monotonic()  # every refusal was made by now
             assert sum(map(closed_by_server, socks)) == 200 - 16  # not cut by the deadline yet
             wait_until(lambda: all(map(closed_by_server, socks)), timeout=60,
                        what="the stalled handshakes cut at login_timeout")
@@ -361,7 +373,11 @@ def test_stalled_tls_handshakes_are_capped_and_cut_at_login_timeout(emulator, tm
         refusals = [line for line in text.splitlines()
                     if "127.0.0.9: connection refused: Too many connections from your "
                        "address waiting to log in" in line]
-        assert 1 <= len(refusals) <= 2, refusals  # once per burst (then a count), not 184
+        # Once per burst (then a count), not 184. A burst lasts BURST_SECONDS (the worker's
+        # clock is the same CLOCK_MONOTONIC): a loaded machine may take longer than one to
+        # make the 200 connections (4 lines, two bursts, at load 37).
+        bursts = 1 + int((refused_by - started) // BURST_SECONDS)
+        assert 1 <= len(refusals) <= 2 * bursts, refusals
         assert log_in(proc).voidcmd("NOOP").startswith("200")
 
 
