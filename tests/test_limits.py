@@ -489,6 +489,9 @@ def test_paced_uploads_leave_the_memory_budget_to_the_others(emulator, cos, area
                 "data_connection_timeout": "60"}
     with ServerProcess(str(tmp_path), emulator.port, accounts, optional=optional) as server:
         sessions = [server.login("slow", "slow-pw") for _ in range(4)]
+        # Logged in before the paced uploads start: the fast upload must go within
+        # SAVE_UP_SECONDS of their start, and a login (scrypt) takes seconds under load.
+        fast_session = server.login("alice", "alice-pw")
         replies: list = []
 
         def slow_upload(ftp: ftplib.FTP, n: int) -> None:
@@ -501,10 +504,13 @@ def test_paced_uploads_leave_the_memory_budget_to_the_others(emulator, cos, area
                 for n, ftp in enumerate(sessions)]
         for thread in slow:
             thread.start()
-        wait_until(lambda: server.ctl("sessions").stdout.count("STOR") == 4,
-                   what="the paced uploads under way")
+        # Their 125s (or 150s) in the log, not `cosftpctl sessions`: a process started for
+        # each look took more than SAVE_UP_SECONDS under load (the fast upload's client then
+        # timed out behind four paced uploads holding the budget, at load 37).
         fast = os.urandom(3 * MIB)
-        with server.login("alice", "alice-pw") as ftp:
+        wait_until(lambda: len(re.findall(r"-\[slow\] -> 1(?:25|50) ", server.log_text())) == 4,
+                   what="the paced uploads under way")
+        with fast_session as ftp:
             assert ftp.storbinary(f"STOR {area}/fast", io.BytesIO(fast)).startswith("226")
         assert all(thread.is_alive() for thread in slow), replies  # none was cut off
         for ftp in sessions:
