@@ -21,7 +21,7 @@ from cosftp_prefork.server.scoreboard import SharedState, state_path
 
 from .conftest import ALPHA, _close
 from .emulator_proc import request_log
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import get, put
 from .test_transfers import PART, pending_uploads
 
@@ -325,13 +325,20 @@ def test_brute_force_is_banned_across_workers(guarded):
             guarded.login("hashy", "s3cret hashed")
 
 
+# Passive ports no other socket of the machine is given by chance: below the ephemeral
+# range (ip_local_port_range, 32768-60999 by default), where every connecting client's port
+# and free_port()'s come from, and below the 30000-60000 the tests' other servers use for
+# PASV; above test_cluster's 20000-28999.
+QUIET_PORTS = range(29000, 29999)
+
+
 def two_free_ports() -> int:
-    """The lower of two adjacent free ports."""
-    for _ in range(50):
-        low = free_port()
-        with socket.socket() as probe:
+    """The lower of two adjacent ports free now, which no client socket can take later."""
+    for low in random.sample(QUIET_PORTS, 50):
+        with socket.socket() as first, socket.socket() as second:
             try:
-                probe.bind(("127.0.0.1", low + 1))
+                first.bind(("127.0.0.1", low))
+                second.bind(("127.0.0.1", low + 1))
                 return low
             except OSError:
                 continue
