@@ -619,3 +619,110 @@ def test_a_small_upload_into_a_home_with_a_quota_asks_redis_twice(emulator, tmp_
         assert calls == 2 * uploads
     finally:
         proc.stop()
+
+
+def finish_upload(ftp: ftplib.FTP, data: socket.socket, rest: bytes) -> str:
+    data.sendall(rest)
+    data.close()
+    return ftp.voidresp()
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart"])
+def test_a_home_whose_usage_redis_lost_is_scanned_again_at_its_next_reservation(emulator,
+                                                                               tmp_path, loss):
+    """Redis restarted without persistence (or flushed, or failed over to an empty replica)
+    loses the homes' usage and the nodes' reservations. Found: the node that had scanned the
+    home still had it scanned in its own usage table, so the next reservation, told the
+    usage is not known, waited for a scan nobody was due to make (``SCAN_PATIENCE``, 600 s):
+    an upload under way got no reply. Now that node scans the home again at once, the
+    upload's reservation (written back by worker 1's rewrite) counts once, and the other
+    node, which never scanned the home, uses that scan."""
+    server = RedisUnderTest(tmp_path)
+    user = f"qlost{loss}"
+    ident = home_id(ALPHA, f"{ROOT}{user}/").hex()
+    usage, holdings = f"cosftp:quota:{ident}", f"cosftp:quota-held:{ident}"
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            proc = LoneNode(str(tmp_path / name), emulator.port, [quota_account(user, "64M")],
+                            optional={"worker_processes": "1"})
+            proc.redis_port, proc.name = server.proxy.port, f"lost-{loss}-{name}"
+            nodes.append(proc.start())
+        a, b = nodes
+        first = a.login(user, f"{user}-pw")
+        assert put(first, "one.bin", b"1" * 1000).startswith("226")
+        assert server.direct.hmget(usage, "used", "files") == ["1000", "1"]
+        scans = a.log_text().count("holds 1000 bytes in 1 files")
+        first.voidcmd("TYPE I")
+        data = first.transfercmd("STOR two.bin")  # its first slice reserved: 4 MiB, a file
+        data.sendall(b"2" * MIB)
+        if loss == "flushall":
+            server.direct.flushall()
+        else:
+            server.restart()
+        field = f"node-{a.name}"
+        wait_until(lambda: server.direct.hmget(holdings, f"{field}#b", f"{field}#f") ==
+                   [str(4 * MIB), "1"], what="worker 1 to write the reservation back")
+        assert not server.direct.exists(usage)
+        with ThreadPoolExecutor(1) as pool:  # its next slice finds the usage unknown
+            upload = pool.submit(finish_upload, first, data, b"2" * (4 * MIB))
+            wait_until(upload.done, timeout=60, what="the upload after Redis lost its keys")
+            assert upload.result().startswith("226")
+        assert "quota: the cluster's Redis no longer knows the usage of " in a.log_text()
+        assert a.log_text().count("holds 1000 bytes in 1 files") == scans + 1
+        assert server.direct.hmget(usage, "used", "files") == [str(1000 + 5 * MIB), "2"]
+        assert server.direct.hmget(holdings, f"{field}#b", f"{field}#f") == ["0", "0"]
+        second = b.login(user, f"{user}-pw")
+        assert put(second, "three.bin", b"3" * 3000).startswith("226")
+        assert not re.search(r"quota: .* holds \d+ bytes", b.log_text())  # a's scan served b
+        total = 4000 + 5 * MIB
+        assert server.direct.hmget(usage, "used", "files") == [str(total), "3"]
+        assert f"size: {total} bytes used of" in second.sendcmd("SITE QUOTA")
+        for ftp in (first, second):
+            ftp.quit()
+        for proc in nodes:
+            nothing_crashed(proc)
+    finally:
+        for proc in nodes:
+            proc.stop()
+        server.stop()
+
+
+def test_a_scan_that_redis_refuses_to_keep_is_not_made_again_and_again(emulator, tmp_path):
+    """Redis lost the home's usage and refuses writes (a read-only replica: READONLY): the
+    scan its next upload makes cannot be kept there. That upload fails (451) after that one
+    scan and the next one tries again, rather than scan the home again and again while the
+    client waits."""
+    server = RedisUnderTest(tmp_path)
+    user = "qlostreadonly"
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [quota_account(user, "64M")],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name = server.proxy.port, "lost-readonly"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
+        scans = len(re.findall(f"user={user} .* holds 1000 bytes in 1 files", proc.log_text()))
+        server.direct.flushall()
+        server.direct.replicaof("127.0.0.1", free_port())  # a master that never answers
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                upload = pool.submit(put, ftp, "two.bin", b"2" * 2000)
+                wait_until(upload.done, timeout=60, what="the upload's reply")
+                with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaScan"):
+                    upload.result()
+            log = proc.log_text()
+            assert "STOR failed: the usage of a quota was scanned but could not be recorded" \
+                in log
+            # (worker 1 may scan it again by itself meanwhile: it was asked for)
+            assert len(re.findall(f"user={user} .* holds 1000 bytes in 1 files", log)) == \
+                scans + 1
+        finally:
+            server.direct.replicaof("no", "one")
+        assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
+        assert server.direct.hmget(f"cosftp:quota:{home_id(ALPHA, f'{ROOT}{user}/').hex()}",
+                                   "used", "files") == ["3000", "2"]
+        ftp.quit()
+        nothing_crashed(proc)
+    finally:
+        proc.stop()
+        server.stop()

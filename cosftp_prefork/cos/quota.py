@@ -135,12 +135,18 @@ class Quotas:
         Raises ``StorageError`` if the scan fails."""
         for home in homes:
             deadline = time.monotonic() + SCAN_PATIENCE
+            scanned = False
             while True:
                 usage = self.ledger.read(home)
                 if usage is not None and usage.scanned_at:
                     break
                 if self.ledger.claim_scan(home, 0, time.time(), known_only=False):
+                    if scanned:  # the ledger did not keep this call's scan (a Redis error)
+                        self.ledger.end_scan(home, None, time.time())
+                        raise StorageError("the usage of a quota was scanned but could not "
+                                           "be recorded; try again", code="QuotaScan")
                     self.scan(home, raising=True, account=account)
+                    scanned = True
                 elif time.monotonic() > deadline:
                     raise StorageError(f"the usage of a quota is not known yet (scanning "
                                        f"for {SCAN_PATIENCE:.0f}s); try again",

@@ -68,6 +68,7 @@ home's next scan counts them).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -77,6 +78,8 @@ from ..config.quotas import Home, Reservation, Reserving, Usage
 from ..errors import StorageError
 from .cluster import NODE_TTL, PREFIX, ClusterAdmin, ClusterState
 from .usage import UsageTable
+
+log = logging.getLogger(__name__)
 
 USAGE_SECONDS = 30 * 86400
 HELD_SECONDS = 86400
@@ -368,6 +371,11 @@ class SharedUsage(Reserving):
             return self._table.read(home)
         used, files, reserved, reserved_files, scanned = found
         mine = self._table.read(home)
+        if not scanned and mine is not None and mine.scanned_at and \
+                self._table.forgotten(home, time.time()):
+            log.warning("quota: the cluster's Redis no longer knows the usage of %s of bucket "
+                        "%s (restarted or flushed, or unused for %d days): scanning it again",
+                        home.prefix or "/", home.bucket, USAGE_SECONDS // 86400)
         return Usage(int(used), int(files), int(reserved), int(reserved_files),
                      float(scanned or 0), mine.requested_at if mine else 0.0)
 
@@ -375,10 +383,12 @@ class SharedUsage(Reserving):
         return self._table.claim_scan(home, interval, now, known_only)
 
     def end_scan(self, home: Home, found: Optional[tuple[int, int]], now: float) -> None:
-        self._table.end_scan(home, found, now)
+        # Redis first: a worker of this node reading the usage in between would find the
+        # table scanned and Redis not, and ask for another scan (:meth:`read`).
         if found is not None:
             self._cluster.run("quota scan", "quota-scanned", _keys(home)[:1],
                               [found[0], found[1], now, USAGE_SECONDS])
+        self._table.end_scan(home, found, now)
 
     def request_scan(self, home: Home, now: float) -> None:
         self._table.request_scan(home, now)

@@ -335,6 +335,23 @@ class UsageTable(Reserving):
             self._write(at, row)
             return True
 
+    def forgotten(self, home: Home, now: float) -> bool:
+        """Where the usage is published (a cluster's Redis), ``home``'s is not known though
+        this table scanned it (Redis restarted empty, flushed, failed over to an empty
+        replica, or the key expired): ask for a scan (as :meth:`request_scan`) unless one was
+        asked for since the last. Whether this call asked: the waiters of a scan under way
+        ask nothing more."""
+        with self._locked():
+            at = self._find(home.ident, make=False)
+            if at is None:
+                return False
+            row = self._row(at)
+            if not row[6] or row[8] > row[6]:
+                return False
+            row[8] = max(now, row[6] + 1e-6)
+            self._write(at, row)
+            return True
+
     def end_scan(self, home: Home, found: Optional[tuple[int, int]], now: float) -> None:
         with self._locked():
             [at] = self._rows([home])
