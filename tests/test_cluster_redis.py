@@ -12,8 +12,9 @@ import re
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ from cosftp_prefork.server.quotashare import SCRIPTS
 
 from .conftest import ALPHA
 from .redis6 import Held, Redis6Proxy
-from .server_proc import free_port, wait_until
+from .server_proc import Account, free_port, wait_until
 from .test_cluster import ACCOUNT, Daemon, LoneNode, start_redis
 from .test_commands import put
 from .test_quotas import MIB, ROOT, quota_account
@@ -295,6 +296,8 @@ def test_redis_restarted_mid_session(pair, redis6):
     for proc in (a, b):
         wait_until(lambda proc=proc: logs_in(proc, "127.0.0.68").startswith("230") and
                    "Redis reachable" in status(proc), timeout=30, what="Redis back")
+    # Node a made the ban by its own count too: its own table still holds it; b forgot it.
+    assert refused_as_banned(a, "127.0.0.67") and not refused_as_banned(b, "127.0.0.67")
     earn_ban(b, "127.0.0.69")
     assert refused_as_banned(a, "127.0.0.69")
     assert session.pwd() == "/"
@@ -621,6 +624,27 @@ def test_a_small_upload_into_a_home_with_a_quota_asks_redis_twice(emulator, tmp_
         proc.stop()
 
 
+@contextmanager
+def two_nodes(emulator, tmp_path, account: Account, prefix: str,
+              **optional: str) -> Iterator[tuple[RedisUnderTest, LoneNode, LoneNode]]:
+    """A Redis of the test's own and two nodes of ``account`` on it (``<prefix>-a``, ``-b``),
+    checked for crashes and stopped afterwards."""
+    server = RedisUnderTest(tmp_path)
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            proc = LoneNode(str(tmp_path / name), emulator.port, [account], optional=optional)
+            proc.redis_port, proc.name = server.proxy.port, f"{prefix}-{name}"
+            nodes.append(proc.start())
+        yield server, nodes[0], nodes[1]
+        for proc in nodes:
+            nothing_crashed(proc)
+    finally:
+        for proc in nodes:
+            proc.stop()
+        server.stop()
+
+
 def finish_upload(ftp: ftplib.FTP, data: socket.socket, rest: bytes) -> str:
     data.sendall(rest)
     data.close()
@@ -637,18 +661,11 @@ def test_a_home_whose_usage_redis_lost_is_scanned_again_at_its_next_reservation(
     an upload under way got no reply. Now that node scans the home again at once, the
     upload's reservation (written back by worker 1's rewrite) counts once, and the other
     node, which never scanned the home, uses that scan."""
-    server = RedisUnderTest(tmp_path)
     user = f"qlost{loss}"
     ident = home_id(ALPHA, f"{ROOT}{user}/").hex()
     usage, holdings = f"cosftp:quota:{ident}", f"cosftp:quota-held:{ident}"
-    nodes = []
-    try:
-        for name in ("a", "b"):
-            proc = LoneNode(str(tmp_path / name), emulator.port, [quota_account(user, "64M")],
-                            optional={"worker_processes": "1"})
-            proc.redis_port, proc.name = server.proxy.port, f"lost-{loss}-{name}"
-            nodes.append(proc.start())
-        a, b = nodes
+    with two_nodes(emulator, tmp_path, quota_account(user, "64M"), f"lost-{loss}",
+                   worker_processes="1") as (server, a, b):
         first = a.login(user, f"{user}-pw")
         assert put(first, "one.bin", b"1" * 1000).startswith("226")
         assert server.direct.hmget(usage, "used", "files") == ["1000", "1"]
@@ -680,12 +697,6 @@ def test_a_home_whose_usage_redis_lost_is_scanned_again_at_its_next_reservation(
         assert f"size: {total} bytes used of" in second.sendcmd("SITE QUOTA")
         for ftp in (first, second):
             ftp.quit()
-        for proc in nodes:
-            nothing_crashed(proc)
-    finally:
-        for proc in nodes:
-            proc.stop()
-        server.stop()
 
 
 def test_a_scan_that_redis_refuses_to_keep_is_not_made_again_and_again(emulator, tmp_path):
@@ -726,3 +737,31 @@ def test_a_scan_that_redis_refuses_to_keep_is_not_made_again_and_again(emulator,
     finally:
         proc.stop()
         server.stop()
+
+
+def test_the_sessions_of_an_account_count_again_soon_after_redis_lost_them(emulator, tmp_path):
+    """max_sessions = 1 across two nodes; Redis restarted (every node's counts gone). Not a
+    bug: each node's counts are its session table, rewritten whole by its heartbeat once a
+    second, so within a second the session on node a refuses a second one on node b again
+    (in that second b may admit one: as when a's counts expire after a crash)."""
+    account = Account("fewlost", "fewlost-pw", ALPHA, extra="max_sessions = 1")
+    with two_nodes(emulator, tmp_path, account, "seats") as (server, a, b):
+        session = a.login(account.user, account.password)
+
+        def refused_on_b() -> bool:
+            try:
+                b.login(account.user, account.password).quit()
+            except ftplib.error_temp as exc:
+                assert "421 Too many sessions of this account" in str(exc)
+                return True
+            return False
+        assert refused_on_b()
+        server.restart()
+        counts = f"cosftp:conn:node-{a.name}"
+        wait_until(lambda: any(field.startswith("@u:") and value == "1"
+                               for field, value in server.direct.hgetall(counts).items()),
+                   timeout=30, what="node a's heartbeat to write its counts again")
+        assert refused_on_b()
+        assert session.pwd() == "/"
+        session.quit()
+        wait_until(lambda: not refused_on_b(), what="the seat freed on node b")

@@ -56,7 +56,11 @@ An upload's reservation asks for its first slice ahead in the same script, grant
 every home has room for it too, and answers for a home whose usage Redis does not know (not
 scanned yet, or lost with a Redis restarted) rather than have it read beforehand: a small
 upload makes two calls, its reservation and its settlement (it made four: the read, the
-reservation, the first slice's, the settlement).
+reservation, the first slice's, the settlement). Such a home is then scanned
+(``cos.quota.Quotas.ready``): a read that finds Redis without the usage of a home the
+node's table says it scanned (Redis restarted empty or flushed, or the key expired) asks
+the table for a scan again (:meth:`SharedUsage.read`; found: nobody was due to scan it, and
+the upload waited ``SCAN_PATIENCE`` for a scan, then failed).
 
 While Redis is unreachable the node reserves against its own table (``redis_down = open``)
 or refuses uploads that a quota counts (``closed``); its reservations reach Redis with the
