@@ -16,13 +16,15 @@ from typing import Any, Optional
 
 from ..server.banctl import (
     Outcome,
+    allowlisted,
     describe,
     lift_in_cluster,
     lift_running,
     parse_address,
+    shown_as,
     wait_saved,
 )
-from ..server.scoreboard import BanRow, address_key, address_text
+from ..server.scoreboard import BanRow, address_group
 from .app import ApiError, Context, Response
 
 MAX_BAN_SECONDS = 366 * 86400
@@ -44,43 +46,39 @@ def bans(context: Context) -> Response:
 
 def _ban(row: BanRow, now: float, context: Context) -> dict[str, Any]:
     banned = row.until > now
-    return {"address": row.address, "banned": banned,
+    return {"address": shown_as(row.address, context.config), "banned": banned,
             "failures": row.failures if now - row.since <=
             context.config.server.login_failure_window else 0,
             "banned_until": row.until if banned else None,
             "seconds_left": max(0, int(row.until - now)) if banned else None,
-            "allowlisted": _allowlisted(row.address, context)}
+            "allowlisted": allowlisted(row.address, context.config)}
 
 
-def _allowlisted(address: str, context: Context) -> bool:
-    ip = ipaddress.ip_address(address)
-    return any(ip in network for network in context.config.server.ban_allowlist)
-
-
-def _address(text: str) -> str:
-    if "/" in text:
-        raise ApiError(422, "give one address, not a network")
+def _address(text: str, context: Context) -> str:
+    """What ``text`` is banned as (an IPv6 address: its network of ipv6_prefix_length)."""
     try:
-        return parse_address(text)
+        return parse_address(text, context.config.server.ipv6_prefix_length)
     except ValueError as exc:
-        raise ApiError(422, str(exc)) from None
+        raise ApiError(422, "give one address, not a network" if "/" in text
+                       else str(exc)) from None
 
 
 def add(context: Context) -> Response:
     body = context.request.json()
     if not isinstance(body, dict) or not isinstance(body.get("address"), str):
         raise ApiError(422, 'send {"address": "192.0.2.7"} (and "seconds", if not ban_time)')
-    address = _address(body["address"])
+    group = _address(body["address"], context)
+    address = shown_as(group, context.config)
     seconds = _seconds(body.get("seconds"), context.config.server.ban_time)
     if not context.config.server.max_login_failures:
         raise ApiError(409, "bans are off (max_login_failures = 0): a ban would not be "
                        "enforced")
-    if _allowlisted(address, context):
+    if allowlisted(group, context.config):
         raise ApiError(422, f"{address} is in ban_allowlist: a ban would not be enforced")
-    if address_key(address) == address_key(context.request.client):
+    if group == address_group(context.request.client, context.config.server.ipv6_prefix_length):
         raise ApiError(422, f"{address} is your own address: the ban would lock you out")
     until = int(time.time()) + seconds
-    context.state.ban(address, until)
+    context.state.ban(group, until)
     saved = wait_saved(context.state, context.master_alive)
     what = f"banned {address} for {seconds}s" + ("" if saved else
                                                 "; the master did not save the bans file yet")
@@ -98,15 +96,15 @@ def _seconds(value: Optional[Any], default: int) -> int:
 
 
 def lift(context: Context, address: str) -> Response:
-    wanted = _address(address)
+    wanted = _address(address, context)
     outcome, config = Outcome(), context.config
     lift_running(context.state, wanted, context.master_alive, outcome, config.server.pid_file)
     if config.cluster.redis_url:
         lift_in_cluster(config, wanted, int(time.time()), outcome)
     now = time.time()
     report = describe(wanted, outcome, now, bool(config.cluster.redis_url))
-    body = {"address": address_text(address_key(wanted)), "lifted": bool(outcome.lifted(now)),
+    body = {"address": shown_as(wanted, config), "lifted": bool(outcome.lifted(now)),
             "failures_forgotten": outcome.failures(), "message": report}
     if outcome.problems:
         raise ApiError(500, report, **{k: v for k, v in body.items() if k != "message"})
-    return Response(200, body, audit=f"unban {wanted}: {report}")
+    return Response(200, body, audit=f"unban {body['address']}: {report}")

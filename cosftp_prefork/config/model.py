@@ -286,6 +286,9 @@ class ServerConfig:
     # Client addresses never banned: their failed logins are not counted (connection limits
     # and login_timeout still hold).
     ban_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # An IPv6 client is its network of this length for the per-address limits and the bans
+    # (one client usually owns a whole /64); 128: each address. IPv4 is always exact.
+    ipv6_prefix_length: int = 64
     graceful_timeout: int = 600
     stop_timeout: int = 30  # what a fast stop may take (the master then aborts a worker)
     worker_timeout: int = 60

@@ -276,6 +276,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "login_failure_window", integer(1), 60,
             "seconds over which failed logins are counted"),
     Setting("OPTIONAL", "ban_time", integer(1), 300, "seconds a banned IP is refused"),
+    Setting("OPTIONAL", "ipv6_prefix_length", integer(48, 128), 64,
+            "an IPv6 client counts as its network of this length for max_connections_per_ip, "
+            "max_prelogin_connections_per_ip and bans (one client owns a whole /64); 128 = "
+            "each address; IPv4 is always exact"),
     Setting("OPTIONAL", "ban_allowlist", networks, (),
             "client addresses/CIDR blocks never banned (their failed logins are not "
             "counted); connection limits still apply"),

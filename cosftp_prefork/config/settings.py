@@ -331,6 +331,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         login_failure_window=optional["login_failure_window"],
         ban_time=optional["ban_time"],
         ban_allowlist=_allowlist(reader, optional["ban_allowlist"]),
+        ipv6_prefix_length=optional["ipv6_prefix_length"],
         graceful_timeout=optional["graceful_timeout"],
         stop_timeout=optional["stop_timeout"],
         worker_timeout=optional["worker_timeout"],

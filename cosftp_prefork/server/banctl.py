@@ -38,9 +38,9 @@ from .logs import LOG_FILE_NAME, setup_logging
 from .scoreboard import (
     BanRow,
     SharedState,
-    address_key,
-    address_text,
+    address_group,
     bans_path,
+    group_label,
     load_bans,
     save_bans,
     state_path,
@@ -56,17 +56,34 @@ EXIT_USAGE = 2
 MasterPid = Callable[[], Optional[int]]
 
 
-def parse_address(text: str) -> str:
-    """The address ``text`` names, as the ban table writes it (IPv4-mapped IPv6 as IPv4);
-    ``ValueError`` saying what is wrong, the text shown escaped and cut short."""
+def parse_address(text: str, prefix: int) -> str:
+    """What the address ``text`` is banned as, as the ban table writes it (IPv4-mapped IPv6
+    as IPv4; an IPv6 address as its network of ``ipv6_prefix_length`` = ``prefix`` bits, which
+    ``text`` may also name: ``2001:db8::/64``); ``ValueError`` saying what is wrong, the
+    text shown escaped and cut short."""
     shown = f"'{escape_controls(text[:64])}'" + ("..." if len(text) > 64 else "")
-    if "/" in text:
-        raise ValueError(f"{shown} is a network; unban takes one address (or --all)")
+    address, slash, length = text.partition("/")
     try:
-        return address_text(address_key(str(ipaddress.ip_address(text))))
+        group = address_group(str(ipaddress.ip_address(address)), prefix)
     except ValueError:
         raise ValueError(f"{shown} is not an IP address (like 192.0.2.7 or "
                          f"2001:db8::7)") from None
+    if slash and group_label(group, prefix) != f"{group}/{length}":
+        raise ValueError(f"{shown} is a network; unban takes one address (or --all), or "
+                         f"the network of ipv6_prefix_length = {prefix} of an IPv6 one")
+    return group
+
+
+def shown_as(group: str, config: Config) -> str:
+    """A group of the ban table as the operator reads it: ``2001:db8::/64``, ``192.0.2.7``."""
+    return group_label(group, config.server.ipv6_prefix_length)
+
+
+def allowlisted(group: str, config: Config) -> bool:
+    """True if every address of ``group`` is in ``ban_allowlist`` (its ban is not enforced)."""
+    network = ipaddress.ip_network(shown_as(group, config), strict=False)
+    return any(network.version == allowed.version and network.subnet_of(allowed)
+               for allowed in config.server.ban_allowlist)
 
 
 # --- bans
@@ -113,15 +130,15 @@ def cmd_bans(config: Config, master_pid: MasterPid) -> int:
             saved = []
         for address, until in saved:
             if until > now:
-                listed.setdefault(_spelt(address), Listed()).add(0, until, "saved")
+                listed.setdefault(_spelt(address, config), Listed()).add(0, until, "saved")
     if config.cluster.redis_url and not _add_cluster(config, listed):
         status = status or 1
     print(format_bans(listed, now, config))
     return status
 
 
-def _spelt(address: str) -> str:
-    return address_text(address_key(address))
+def _spelt(address: str, config: Config) -> str:
+    return address_group(address, config.server.ipv6_prefix_length)
 
 
 def _add_cluster(config: Config, listed: dict[str, Listed]) -> bool:
@@ -154,19 +171,15 @@ def format_bans(listed: dict[str, Listed], now: float, config: Config) -> str:
             if banned else "-"
         left = str(timedelta(seconds=int(entry.until - now))) if banned else "-"
         where = ",".join(sorted(entry.where))
-        if banned and _allowlisted(address, config):
+        if banned and allowlisted(address, config):
             where += " (in ban_allowlist: not enforced)"
-        lines.append(f"{address:<39} {entry.failures:>8} {until:<19} {left:>8}  {where}")
+        lines.append(f"{shown_as(address, config):<39} {entry.failures:>8} {until:<19} "
+                     f"{left:>8}  {where}")
     banned = sum(1 for entry in listed.values() if entry.until > now)
     lines.append(f"{banned} banned, {len(listed) - banned} with failed logins in the last "
                  f"{server.login_failure_window}s (max_login_failures = "
                  f"{server.max_login_failures} make a ban of {server.ban_time}s)")
     return "\n".join(lines)
-
-
-def _allowlisted(address: str, config: Config) -> bool:
-    ip = ipaddress.ip_address(address)
-    return any(ip in network for network in config.server.ban_allowlist)
 
 
 # --- unban
@@ -199,7 +212,7 @@ def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> 
     2 for an argument that is not an address, 1 if some place could not be changed."""
     if address is not None:
         try:
-            address = parse_address(address)
+            address = parse_address(address, config.server.ipv6_prefix_length)
         except ValueError as exc:
             print(f"cosftpctl: unban: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -216,8 +229,9 @@ def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> 
     if config.cluster.redis_url:
         lift_in_cluster(config, address, int(now), outcome)
     report = describe(address, outcome, now, bool(config.cluster.redis_url))
-    log.info("unban %s by %s: %s", address or "--all", _who(), report)
-    print(f"cosftpctl: {address or 'every address'}: {report}",
+    named = address and shown_as(address, config)
+    log.info("unban %s by %s: %s", named or "--all", _who(), report)
+    print(f"cosftpctl: {named or 'every address'}: {report}",
           file=sys.stderr if outcome.problems else sys.stdout)
     return 1 if outcome.problems else 0
 
@@ -247,7 +261,7 @@ def _lift_here(config: Config, address: Optional[str], master_pid: MasterPid,
         if master_pid():
             return
     try:
-        outcome.saved = _lift_saved(bans_path(pid_file), address)
+        outcome.saved = _lift_saved(bans_path(pid_file), address, config)
     except (OSError, ValueError) as exc:
         outcome.problems.append(f"cannot change {bans_path(pid_file)}: {exc}")
 
@@ -281,12 +295,13 @@ def wait_saved(state: SharedState, master_pid: MasterPid) -> bool:
     return False
 
 
-def _lift_saved(path: str, address: Optional[str]) -> list[tuple[str, int]]:
+def _lift_saved(path: str, address: Optional[str],
+                config: Config) -> list[tuple[str, int]]:
     """Drop ``address`` (every one: None) from the bans file; return the entries dropped.
     The file keeps its owner: root editing it must not lock out a server that runs as
     another user."""
     saved = load_bans(path)
-    dropped = [(a, u) for a, u in saved.bans if address in (None, _spelt(a))]
+    dropped = [(a, u) for a, u in saved.bans if address in (None, _spelt(a, config))]
     if dropped:
         owner = os.lstat(path)
         save_bans(path, [entry for entry in saved.bans if entry not in dropped])

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from .scoreboard import SharedState, bans_path, load_bans, save_bans
+from .scoreboard import SharedState, address_group, bans_path, load_bans, save_bans
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,9 @@ MAX_LOGGED_REJECTS = 10  # bad entries of a bans file logged one by one; then a 
 class BansFile:
     """The saved bans of the master's shared state."""
 
-    def __init__(self, state: SharedState, pid_file: str) -> None:
+    def __init__(self, state: SharedState, pid_file: str, ipv6_prefix_length: int) -> None:
         self.state = state
+        self.prefix = ipv6_prefix_length
         self.path = bans_path(pid_file)
         self._saved_epoch = 0
 
@@ -41,11 +42,20 @@ class BansFile:
         if len(saved.rejected) > MAX_LOGGED_REJECTS:
             log.error("bans file %s: ignored %d more bad entries", path,
                       len(saved.rejected) - MAX_LOGGED_REJECTS)
-        restored = self.state.restore_bans(saved.bans, time.time())
+        restored = self.state.restore_bans(self._grouped(saved.bans), time.time())
         self._saved_epoch = self.state.ban_epoch()
         self.state.note_bans_saved(self._saved_epoch)
         if restored:
             log.info("restored %d bans from %s", restored, path)
+
+    def _grouped(self, bans: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The saved bans as what their addresses are banned as now (``ipv6_prefix_length``
+        may have changed since they were saved): the longest ban of each network."""
+        until: dict[str, int] = {}
+        for address, ends in bans:
+            group = address_group(address, self.prefix)
+            until[group] = max(ends, until.get(group, 0))
+        return list(until.items())
 
     def save(self, force: bool = False) -> None:
         """Save the running bans when the table changed (a worker started a ban, ``cosftpctl

@@ -56,6 +56,7 @@ from .scoreboard import (
     Limits,
     Seat,
     SharedState,
+    address_group,
     address_key,
     address_text,
 )
@@ -120,6 +121,7 @@ class Gate:
         self.login_timeout = server.login_timeout
         self._bans_on = bool(server.max_login_failures)
         self._allowlist = server.ban_allowlist
+        self._prefix = server.ipv6_prefix_length
         self._failures = (server.max_login_failures, server.login_failure_window,
                           server.ban_time)
         self.refusals = BurstLog(log)
@@ -155,7 +157,7 @@ class Gate:
         else:
             limits, reason = replace(self.limits, per_ip=0, prelogin_per_ip=0), None
         if reason is None:
-            row, reason = self.state.admit(self.pid, ip, limits)
+            row, reason = self.state.admit(self.pid, self.client(ip), limits, ip)
         if row is None:
             self.refusals.note(ip, f"connection refused: {reason}")
             return None, reason
@@ -175,14 +177,14 @@ class Gate:
             if ticket.state is not SessionState.PENDING:  # kicked meanwhile: logged then
                 return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
             if reason is None:
-                reason = self.state.move(ticket.row, self.pid, ip, limits)
+                reason = self.state.move(ticket.row, self.pid, self.client(ip), limits, ip)
             if reason is None:
                 ticket.ip, ticket.shared = ip, self.shared
         if reason is not None:
             self.refusals.note(ip, f"connection refused: {reason}")
             return reason
         if self.cluster is not None:
-            self.cluster.counted(ip, 1)
+            self.cluster.counted(self.client(ip), 1)
         return None
 
     def _address_limits(self, ip: str) -> tuple[Limits, Optional[str]]:
@@ -197,7 +199,7 @@ class Gate:
     def _cluster_limits(self, ip: str) -> tuple[Limits, Optional[str]]:
         """The limits left for this node once the other nodes' connections are counted,
         or why ``ip`` is refused cluster-wide."""
-        found = self.cluster.elsewhere(ip)
+        found = self.cluster.elsewhere(self.client(ip))
         if found is None:
             return self.limits, UNAVAILABLE if self.cluster.fail_closed else None
         if found.banned and self._may_ban(ip):
@@ -222,7 +224,7 @@ class Gate:
         limit, seats = self.limits.logged_in, max_sessions
         if (limit or seats) and self.cluster is not None:
             # not under the lock the tick takes
-            found = self.cluster.elsewhere(ticket.ip, account if seats else None)
+            found = self.cluster.elsewhere(self.client(ticket.ip), account if seats else None)
             limit = _left(limit, found.logged_in if found else 0)
             seats = _left(seats, found.account if found else 0)
         with ticket.lock:
@@ -237,7 +239,7 @@ class Gate:
                 ticket.move(SessionState.LOGGED_IN)
                 ticket.account = account
                 if self.cluster is not None:
-                    self.cluster.counted(ticket.ip, 0, 1, account)
+                    self.cluster.counted(self.client(ticket.ip), 0, 1, account)
         with self._lock:
             self._pending.discard(ticket)
         return reason
@@ -267,7 +269,7 @@ class Gate:
         with self._lock:
             self._pending.add(ticket)
         if self.cluster is not None:
-            self.cluster.counted(ticket.ip, 0, -1, account)
+            self.cluster.counted(self.client(ticket.ip), 0, -1, account)
         return None
 
     def expire(self, ticket: Ticket) -> None:
@@ -285,7 +287,13 @@ class Gate:
             self._pending.discard(ticket)
         self.state.release(ticket.row, self.pid)
         if ticket.shared:
-            self.cluster.counted(ticket.ip, -1, -1 if was_logged_in else 0, ticket.account)
+            self.cluster.counted(self.client(ticket.ip), -1, -1 if was_logged_in else 0,
+                                 ticket.account)
+
+    def client(self, ip: str) -> str:
+        """What ``ip`` is counted and banned as: ``scoreboard.address_group`` by
+        ``ipv6_prefix_length``."""
+        return address_group(ip, self._prefix)
 
     def _may_ban(self, ip: str) -> bool:
         """False if bans are off or ``ip`` is in ``ban_allowlist``."""
@@ -300,8 +308,9 @@ class Gate:
         """True while ``ip`` serves a ban made by this node or (cluster) any other."""
         if not self._may_ban(ip):
             return False
-        return self.state.is_banned(ip, time.time()) or (self.cluster is not None and
-                                                         self.cluster.is_banned(ip))
+        client = self.client(ip)
+        return self.state.is_banned(client, time.time()) or (
+            self.cluster is not None and self.cluster.is_banned(client))
 
     def _banned_at_accept(self, ip: str) -> bool:
         """:meth:`is_banned` by this node's table, from this worker's copy of it, read again
@@ -310,7 +319,7 @@ class Gate:
         costs no scan of the table. USER and PASS still read it."""
         if not self._may_ban(ip):
             return False
-        now, key = time.time(), address_key(ip)
+        now, key = time.time(), address_key(self.client(ip))
         with self._bans_lock:
             epoch = self.state.ban_epoch()
             until = self._bans.get(key, 0) if epoch == self._bans_read else None
@@ -328,9 +337,10 @@ class Gate:
                 self.refusals.note(ip, "failed login not counted: the address is in "
                                    "ban_allowlist")
             return False
-        banned = self.state.record_failure(ip, time.time(), *self._failures)
+        client = self.client(ip)
+        banned = self.state.record_failure(client, time.time(), *self._failures)
         if self.cluster is not None:
-            banned = self.cluster.record_failure(ip, *self._failures) or banned
+            banned = self.cluster.record_failure(client, *self._failures) or banned
         return banned
 
     def _node_counts(self) -> Optional[NodeCounts]:
@@ -371,7 +381,8 @@ class Gate:
         pending = self._pending_now()
         if not self._bans_on or not pending:
             return
-        banned = {address_key(ip) for ip in self.cluster.banned({t.ip for t in pending})}
+        banned = {address_key(ip) for ip in
+                  self.cluster.banned({self.client(t.ip) for t in pending})}
         self._kick_banned(pending, banned)
 
     def _pending_now(self) -> list[Ticket]:
@@ -383,7 +394,8 @@ class Gate:
         others."""
         left = []
         for ticket in pending:
-            if banned and address_key(ticket.ip) in banned and self._may_ban(ticket.ip):
+            if banned and address_key(self.client(ticket.ip)) in banned and \
+                    self._may_ban(ticket.ip):
                 self.kick(ticket, BANNED, "closed: its address was banned")
             else:
                 left.append(ticket)

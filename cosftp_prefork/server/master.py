@@ -220,7 +220,7 @@ class Master(ReloadSequence):
         pid_file = self.config.server.pid_file
         try:
             self.state = SharedState.create(state_path(pid_file))
-            self._bans = BansFile(self.state, pid_file)
+            self._bans = BansFile(self.state, pid_file, self.config.server.ipv6_prefix_length)
             self._bans.restore()
             self._publish()  # cosftpctl knows its master by the title: set before the pid file
             write_pid_file(pid_file, self.pid)

@@ -77,9 +77,11 @@ from .records import (
     WorkerStatus,
     account_key,
     account_text,
+    address_group,
     address_key,
     address_text,
     bans_path,
+    group_label,
     heartbeat_age,
     state_path,
 )
@@ -93,6 +95,7 @@ __all__ = [
     "RUNNING", "SERVING", "STARTING", "TOO_MANY", "TOO_MANY_LOGGED_IN", "TOO_MANY_PER_IP",
     "TOO_MANY_PRELOGIN", "TOO_MANY_PRELOGIN_PER_IP", "TOO_MANY_SESSIONS", "AccountKey", "Address",
     "BanRow", "Limits", "MasterStatus", "SavedBans", "Seat", "SessionDetail", "SharedState",
-    "TransferFigures", "WorkerStatus", "account_key", "account_text", "address_key",
-    "address_text", "bans_path", "heartbeat_age", "load_bans", "save_bans", "state_path",
+    "TransferFigures", "WorkerStatus", "account_key", "account_text", "address_group",
+    "address_key", "address_text", "bans_path", "group_label", "heartbeat_age", "load_bans",
+    "save_bans", "state_path",
 ]

@@ -83,7 +83,11 @@ CONTROL_AT = INDEX_AT + INDEX_WORDS * 4
 # the last reload (UTF-8, NUL-padded), written by the master.
 CONTROL = struct.Struct("<II")
 RELOAD_ERROR_SIZE = 2048
-FILE_SIZE = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
+# Per session row, the client's own address (4 words, as ``records.address_key``; 0: the
+# row's), for display: the row holds what it is counted under (``ipv6_prefix_length``'s
+# network of an IPv6 client).
+CLIENTS_AT = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
+FILE_SIZE = CLIENTS_AT + SESSION_ROWS * 4 * 4
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4

@@ -134,6 +134,26 @@ def address_text(key: Address) -> str:
     return str(address.ipv4_mapped or address)
 
 
+def address_group(ip: str, prefix: int) -> str:
+    """The client ``ip`` counts as for the per-address limits and the bans: an IPv6 address
+    as the first address of its network of ``prefix`` bits (one client usually owns a whole
+    /64, and could hop across it to escape them), IPv4 and IPv4-mapped IPv6 as the IPv4
+    address (masking ::ffff:a.b.c.d to a /64 would make every IPv4 client one)."""
+    text = address_text(address_key(ip))
+    address = ipaddress.ip_address(text)
+    if address.version == 4 or prefix >= 128:
+        return text
+    return str(ipaddress.IPv6Network((address, prefix), strict=False).network_address)
+
+
+def group_label(group: str, prefix: int) -> str:
+    """How a group of :func:`address_group` is shown: ``2001:db8::/64`` for an IPv6
+    network, the address itself when each address is its own group."""
+    if prefix >= 128 or ipaddress.ip_address(group).version == 4:
+        return group
+    return f"{group}/{prefix}"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Connection limits, each 0 for none; all hold for the whole server."""

@@ -24,6 +24,7 @@ from .layout import (
     ADDRESS_WORDS,
     BANS_AT,
     BUCKETS_UNUSED,
+    CLIENTS_AT,
     COMMAND_SIZE,
     CONTROL_AT,
     COUNT_WORDS,
@@ -80,9 +81,11 @@ class SessionTable(MappedFile):
                 whole[INDEX_AT:CONTROL_AT].cast("I") as index:
             yield rows, _SessionIndex(index)
 
-    def admit(self, pid: int, ip: str, limits: Limits) -> tuple[Optional[int], Optional[str]]:
+    def admit(self, pid: int, ip: str, limits: Limits,
+              client: str = "") -> tuple[Optional[int], Optional[str]]:
         """Record a connection from ``ip`` not logged in yet: return its row, or why it must
-        be refused. Costs the same however many rows the table has."""
+        be refused. Costs the same however many rows the table has. ``client``: its own
+        address, shown for it where ``ip`` is the network it counts under."""
         wanted = address_key(ip)
         with self._sessions_and_index() as (rows, index):
             reason = _refusal(limits, index, index.counts_of(wanted))
@@ -91,17 +94,24 @@ class SessionTable(MappedFile):
             row = index.take_row()
             at = row * SESSION_WORDS
             rows[at:at + SESSION_WORDS] = array("I", [pid, PENDING, *wanted])
+            self._show_client(row, client)
             index.add(wanted, PENDING)
             index.give_serial(row)
             return row, None
 
-    def move(self, row: int, pid: int, ip: str, limits: Limits) -> Optional[str]:
+    def _show_client(self, row: int, client: str) -> None:
+        at = CLIENTS_AT + row * 16
+        self._map[at:at + 16] = array("I", address_key(client)).tobytes() if client \
+            else bytes(16)
+
+    def move(self, row: int, pid: int, ip: str, limits: Limits,
+             client: str = "") -> Optional[str]:
         """Count the pending connection of ``row`` under ``ip`` instead of its address now
         (a balancer's, until its PROXY header named the client), or check it again under
         its own (against the cluster's limits, once Redis answered); return why not if
         ``ip`` is over its per-address limits, or the logged-in limit is reached (the row
         stays as it was). The server-wide counts do not change: it is the same connection.
-        A row no longer pending is left alone."""
+        A row no longer pending is left alone. ``client`` as for :meth:`admit`."""
         wanted = address_key(ip)
         with self._sessions_and_index() as (rows, index):
             at = row * SESSION_WORDS
@@ -118,6 +128,8 @@ class SessionTable(MappedFile):
                 index.remove(current, PENDING)
                 rows[at + 2:at + SESSION_WORDS] = array("I", wanted)
                 index.add(wanted, PENDING)
+            if reason is None:
+                self._show_client(row, client)
             return reason
 
     def log_in(self, row: int, pid: int, max_logged_in: int,
@@ -236,18 +248,24 @@ class SessionTable(MappedFile):
             flat = rows.tolist()
         with memoryview(self._map) as whole, whole[INDEX_AT:CONTROL_AT].cast("I") as index:
             serials = index[SERIALS_BASE:SERIALS_BASE + SESSION_ROWS].tolist()
+        with memoryview(self._map) as whole, \
+                whole[CLIENTS_AT:CLIENTS_AT + SESSION_ROWS * 16].cast("I") as shown:
+            clients = shown.tolist()
         found = []
         for row in range(SESSION_ROWS):
             at = row * SESSION_WORDS
             if not flat[at]:
                 continue
+            client = tuple(clients[row * 4:row * 4 + 4])
+            if not any(client):
+                client = tuple(flat[at + 2:at + 6])
             user, command, nbytes, rate, active, expected, connected, kind, name = \
                 DETAIL.unpack_from(self._map, DETAILS_AT + row * DETAIL.size)
             transfer = TransferFigures(bool(kind & UPLOAD), bool(kind & IN_FLIGHT),
                                        unclip(name), None if expected < 0 else expected) \
                 if kind else None
             found.append(SessionDetail(
-                flat[at], flat[at + 1] == LOGGED_IN, address_text(tuple(flat[at + 2:at + 6])),
+                flat[at], flat[at + 1] == LOGGED_IN, address_text(client),
                 unclip(user), unclip(command), nbytes, rate, active, serials[row], connected,
                 transfer))
         return found
