@@ -90,22 +90,21 @@ class PrefixCrcs:
     def __init__(self, step: int = 4096, limit: int = 8 * 1024 * 1024) -> None:
         self.length = 0  # every byte fed, also those past ``limit``
         self._step, self._limit = step, limit
-        self._crc: Optional[int] = None
+        self._crc = Crc64()  # of the bytes fed up to ``limit``
         self._marks = array("Q")
 
     def update(self, data: bytes) -> None:
         start = self.length
         self.length += len(data)
-        end, step, crc = min(self.length, self._limit), self._step, self._crc
+        end, step = min(self.length, self._limit), self._step
         at = start
-        while at < end:
-            stop = min(end, (at // step + 1) * step)
-            piece = data[at - start:stop - start]  # all of a small ``data``: no copy
-            crc = _crc64.xz(piece) if crc is None else _crc64.xz(piece, crc)
-            if stop % step == 0:
-                self._marks.append(crc)
-            at = stop
-        self._crc = crc
+        with memoryview(data) as view:  # the pieces are not copied
+            while at < end:
+                stop = min(end, (at // step + 1) * step)
+                self._crc.update(view[at - start:stop - start])
+                if stop % step == 0:
+                    self._marks.append(self._crc.value)
+                at = stop
 
     def at(self, length: int) -> Optional[int]:
         """The CRC64 of the first ``length`` bytes; None unless ``length`` is a positive
