@@ -86,8 +86,9 @@ RELOAD_ERROR_SIZE = 2048
 # Per session row, the client's own address (4 words, as ``records.address_key``; 0: the
 # row's), for display: the row holds what it is counted under (``ipv6_prefix_length``'s
 # network of an IPv6 client).
+CLIENT_SIZE = 4 * 4
 CLIENTS_AT = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
-FILE_SIZE = CLIENTS_AT + SESSION_ROWS * 4 * 4
+FILE_SIZE = CLIENTS_AT + SESSION_ROWS * CLIENT_SIZE
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4

@@ -24,6 +24,7 @@ from .layout import (
     ADDRESS_WORDS,
     BANS_AT,
     BUCKETS_UNUSED,
+    CLIENT_SIZE,
     CLIENTS_AT,
     COMMAND_SIZE,
     CONTROL_AT,
@@ -100,9 +101,9 @@ class SessionTable(MappedFile):
             return row, None
 
     def _show_client(self, row: int, client: str) -> None:
-        at = CLIENTS_AT + row * 16
-        self._map[at:at + 16] = array("I", address_key(client)).tobytes() if client \
-            else bytes(16)
+        at = CLIENTS_AT + row * CLIENT_SIZE
+        self._map[at:at + CLIENT_SIZE] = array("I", address_key(client)).tobytes() if client \
+            else bytes(CLIENT_SIZE)
 
     def move(self, row: int, pid: int, ip: str, limits: Limits,
              client: str = "") -> Optional[str]:
@@ -249,7 +250,7 @@ class SessionTable(MappedFile):
         with memoryview(self._map) as whole, whole[INDEX_AT:CONTROL_AT].cast("I") as index:
             serials = index[SERIALS_BASE:SERIALS_BASE + SESSION_ROWS].tolist()
         with memoryview(self._map) as whole, \
-                whole[CLIENTS_AT:CLIENTS_AT + SESSION_ROWS * 16].cast("I") as shown:
+                whole[CLIENTS_AT:CLIENTS_AT + SESSION_ROWS * CLIENT_SIZE].cast("I") as shown:
             clients = shown.tolist()
         found = []
         for row in range(SESSION_ROWS):
