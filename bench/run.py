@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.emulator_proc import EmulatorProcess, request_log  # noqa: E402
-from tests.server_proc import Account, ServerProcess, free_port, wait_until  # noqa: E402
+from tests.server_proc import Account, ServerProcess, free_port, listens, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 BUCKET = "bench-1250000000"
@@ -668,25 +668,30 @@ class RcloneFtp:
     """``rclone serve ftp`` of one bucket of the emulator (user ``u``, password ``p``)."""
 
     def __init__(self, cos_port: int, bucket: str) -> None:
-        self.port = free_port()
-        rclone = os.path.join(os.path.dirname(sys.executable), "rclone")
-        first = 30000 + self.port % 20000
-        self.proc = subprocess.Popen(
-            [rclone, "serve", "ftp", f":s3:{bucket}", "--s3-provider", "Other",
-             "--s3-endpoint", f"http://127.0.0.1:{cos_port}", "--s3-access-key-id", "x",
-             "--s3-secret-access-key", "y", "--addr", f"127.0.0.1:{self.port}",
-             "--user", "u", "--pass", "p", "--passive-port", f"{first}-{first + 200}"],
-            env={**os.environ, "RCLONE_CONFIG": os.devnull},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._command = [
+            os.path.join(os.path.dirname(sys.executable), "rclone"), "serve", "ftp",
+            f":s3:{bucket}", "--s3-provider", "Other", "--s3-endpoint",
+            f"http://127.0.0.1:{cos_port}", "--s3-access-key-id", "x",
+            "--s3-secret-access-key", "y", "--user", "u", "--pass", "p"]
+        self.port = 0
+        self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> RcloneFtp:
-        def answers() -> bool:
-            with contextlib.suppress(OSError), ftplib.FTP() as ftp:
-                ftp.connect("127.0.0.1", self.port, timeout=2)
-                return True
-            return False
-        wait_until(answers, timeout=30, what="rclone serve ftp")
-        return self
+        # The port free_port() chose may be taken before rclone binds it (the suite runs the
+        # bench beside other servers): then rclone exits and another port is tried.
+        for _ in range(3):
+            self.port = free_port()
+            first = 30000 + self.port % 20000
+            self.proc = subprocess.Popen(
+                [*self._command, "--addr", f"127.0.0.1:{self.port}",
+                 "--passive-port", f"{first}-{first + 200}"],
+                env={**os.environ, "RCLONE_CONFIG": os.devnull},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_until(lambda: self.proc.poll() is not None or listens(self.proc.pid, self.port),
+                       timeout=30, what="rclone serve ftp")
+            if self.proc.poll() is None:
+                return self
+        raise RuntimeError(f"rclone serve ftp exited with {self.proc.returncode} three times")
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
@@ -742,6 +747,11 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Row]:
 def _closing(bench: Bench, notes: Optional[list[str]] = None):
     try:
         yield bench
+    except BaseException:
+        # What the server said explains a failed row (a refused login, a COS error).
+        sys.stderr.write(f"--- the server's log, last lines ---\n"
+                         f"{bench.server.log_text()[-4000:]}\n")
+        raise
     finally:
         bench.close()
         if notes is not None:

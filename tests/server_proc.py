@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar
 
+import psutil
+
 T = TypeVar("T")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +26,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def listens(pid: int, port: int) -> bool:
+    """True if process ``pid`` or one of its descendants listens on TCP ``port``."""
+    try:
+        launched = psutil.Process(pid)
+        processes = [launched, *launched.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if any(conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+                   for conn in process.net_connections("tcp")):
+                return True
+    return False
 
 
 # Deadlines stretch with the machine's load, up to this many times: the suite shares 2 cores
@@ -265,6 +282,13 @@ class ServerProcess:
             raise AssertionError(f"{exc} ({output})") from None
         return self
 
+    def listening(self) -> bool:
+        """True once this server's own processes listen on its port. Test files run in
+        parallel: the port free_port() chose may be taken by another file's server before
+        this one binds it, and that server answers the same 220 (a bench's first login once
+        got its 530)."""
+        return self.proc is None or listens(self.proc.pid, self.port)
+
     @property
     def host(self) -> str:
         """The address to reach the server at: the first ``listen_address`` (loopback for
@@ -275,6 +299,8 @@ class ServerProcess:
     def _serving(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"server exited early: {self.output()}")
+        if not self.listening():
+            return False
         try:
             with ftplib.FTP() as ftp:
                 ftp.connect(self.host, self.port, timeout=2)

@@ -311,6 +311,8 @@ class LoneNode(ClusterNode):
         """Answering at all, a refusal (redis_down = closed) too."""
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"server exited early: {self.output()}")
+        if not self.listening():
+            return False
         try:
             with socket.create_connection((self.host, self.port), timeout=2) as sock:
                 return sock.recv(3) in (b"220", b"421")
