@@ -11,8 +11,14 @@ that answers what Redis 6.0.16 (Debian 11, Ubuntu 22.04) answers where 7.x would
 * a Lua script that calls such a command or ``EXPIRE`` with an option fails when it runs
   (a real 6.0 fails inside the script; the proxy cannot see into 7.x running it, so it
   reads the script's text when it is loaded or evaluated);
+* an error a script meets (a write refused by a read-only replica, say) comes as 6.0 wraps
+  it: ``ERR Error running script (call to f_<sha>): @user_script:<line>: @user_script:
+  <line>: -READONLY ...`` where 7.x answers ``READONLY ... script: <sha>, on
+  @user_script:<line>.`` (redis-py then raises a plain ``ResponseError``, not
+  ``ReadOnlyError``);
 * ``delay``: seconds to wait before forwarding each command (a slow Redis);
-* ``commands``: how many commands it received, to count what a client sends; ``runs``:
+* ``commands``: how many commands it received, to count what a client sends, ``names``
+  how many of each command (lower case); ``runs``:
   how many times each script ran (``EVALSHA``, by SHA1) and answered;
 * :meth:`Redis6Proxy.hold`: the next run of a script waits, before Redis runs it or after
   (its answer kept), until the test releases it: an interleaving of two clients' calls
@@ -44,6 +50,8 @@ NEWER_COMMANDS = frozenset({
 EXPIRES = frozenset({"expire", "pexpire", "expireat", "pexpireat"})
 SET_OPTIONS_60 = frozenset({b"ex", b"px", b"nx", b"xx", b"keepttl"})
 _CALL = re.compile(rb"""redis\.p?call\(\s*['"]([A-Za-z_]+)['"]""")
+# A script's error as Redis 7 answers it: the error, then where in which script.
+_SCRIPT_ERROR_7 = re.compile(rb"^-(.*) script: ([0-9a-f]{40}), on @user_script:(\d+)\.\r\n$")
 
 
 def refusal(args: list[bytes]) -> Optional[bytes]:
@@ -95,6 +103,17 @@ def _arguments(body: bytes, start: int) -> int:
         elif char == ord(",") and depth == 0:
             count += 1
     return count
+
+
+def as_60_script_error(reply: bytes) -> bytes:
+    """A Redis 7 reply to ``EVALSHA``/``EVAL`` whose script met an error, as 6.0 words it
+    (the call's error after ``ERR Error running script``); any other reply as it is."""
+    found = _SCRIPT_ERROR_7.match(reply)
+    if found is None:
+        return reply
+    error, sha, line = found.groups()
+    return b"-ERR Error running script (call to f_%s): @user_script:%s: @user_script: %s: " \
+           b"-%s\r\n" % (sha, line, line, error)
 
 
 def read_command(stream: BinaryIO) -> Optional[list[bytes]]:
@@ -158,6 +177,7 @@ class Redis6Proxy:
         self.upstream, self.version = upstream, version
         self.delay = 0.0
         self.commands = 0
+        self.names: Counter[str] = Counter()
         self.runs: Counter[str] = Counter()
         self._held: list[Held] = []
         self._lock = threading.Lock()
@@ -241,11 +261,12 @@ class Redis6Proxy:
                upstream: socket.socket) -> None:
         in_multi = failed_multi = False
         while (args := read_command(requests)) is not None:
+            name = args[0].lower()
             with self._lock:
                 self.commands += 1
+                self.names[name.decode(errors="replace")] += 1
             if self.delay:
                 time.sleep(self.delay)  # a slow server, not a synchronisation
-            name = args[0].lower()
             error = refusal(args) or self._script_refusal(name, args)
             if error is not None:
                 failed_multi = failed_multi or in_multi
@@ -263,7 +284,11 @@ class Redis6Proxy:
             upstream.sendall(encode(args))
             reply = read_reply(replies)
             self._pause(args, reply)
-            client.sendall(self._as_60(reply) if name in (b"info", b"hello") else reply)
+            if name in (b"info", b"hello"):
+                reply = self._as_60(reply)
+            elif name in (b"evalsha", b"eval"):
+                reply = as_60_script_error(reply)
+            client.sendall(reply)
 
     def _script_refusal(self, name: bytes, args: list[bytes]) -> Optional[bytes]:
         """Remember the scripts 6.0 would fail; refuse running them."""

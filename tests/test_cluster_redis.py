@@ -79,6 +79,11 @@ def as_redis_6(proxy: Redis6Proxy) -> None:
             client.set("cosftp:probe", "1", nx=True, get=True)
         with pytest.raises(redis.ResponseError, match="Wrong number of args"):
             client.eval("return redis.call('EXPIRE', KEYS[1], 10, 'NX')", 1, "cosftp:probe")
+        client.set("cosftp:probe-text", "text")
+        with pytest.raises(redis.ResponseError,
+                           match=r"^Error running script .*: @user_script: 1: -WRONGTYPE"):
+            client.eval("return redis.call('LPUSH', KEYS[1], 'x')", 1, "cosftp:probe-text")
+        client.delete("cosftp:probe-text")
     finally:
         client.close()
 
@@ -122,11 +127,11 @@ def connect(proc: LoneNode, client: str) -> ftplib.FTP:
     return ftp
 
 
-def logs_in(proc: LoneNode, client: str) -> str:
+def logs_in(proc: LoneNode, client: str, account: Account = ACCOUNT) -> str:
     """Log in from ``client`` and out; the reply to PASS (or the refusal)."""
     try:
         ftp = connect(proc, client)
-        reply = ftp.login(ACCOUNT.user, ACCOUNT.password)
+        reply = ftp.login(account.user, account.password)
         ftp.quit()
         return reply
     except ftplib.Error as exc:
@@ -420,7 +425,8 @@ def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path)
             redis6.direct.config_set("maxmemory", "0")
         log = proc.log_text()
         assert "answered the failed-login count with an error; this node went on with its " \
-            "own figures for it (OutOfMemoryError: command not allowed" in log
+            "own figures for it (ResponseError: Error running script" in log
+        assert ": -OOM command not allowed" in log  # (the log keeps 160 characters)
         assert "unreachable" not in log
         earn_ban(proc, "127.0.0.77")  # (status says ERRORS for a minute after the last)
         assert redis6.direct.pttl("cosftp:ban:127.0.0.77") > 0
@@ -700,21 +706,22 @@ def test_a_home_whose_usage_redis_lost_is_scanned_again_at_its_next_reservation(
 
 
 def test_a_scan_that_redis_refuses_to_keep_is_not_made_again_and_again(emulator, tmp_path):
-    """Redis lost the home's usage and refuses writes (a read-only replica: READONLY): the
-    scan its next upload makes cannot be kept there. That upload fails (451) after that one
-    scan and the next one tries again, rather than scan the home again and again while the
-    client waits."""
+    """Redis lost the home's usage and refuses the node's writes by ACL (NOPERM: an error
+    answered, not an outage): the scan its next upload makes cannot be kept there.
+    That upload fails (451) after that one scan and the next one tries again, rather than
+    scan the home again and again while the client waits. (A Redis that refuses every
+    write, a read-only replica, is an outage instead: see the test below.)"""
     server = RedisUnderTest(tmp_path)
-    user = "qlostreadonly"
+    user = "qlostacl"
     proc = LoneNode(str(tmp_path / "node"), emulator.port, [quota_account(user, "64M")],
                     optional={"worker_processes": "1"})
-    proc.redis_port, proc.name = server.proxy.port, "lost-readonly"
+    proc.redis_port, proc.name = server.proxy.port, "lost-acl"
     try:
         ftp = proc.start().login(user, f"{user}-pw")
         assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
         scans = len(re.findall(f"user={user} .* holds 1000 bytes in 1 files", proc.log_text()))
         server.direct.flushall()
-        server.direct.replicaof("127.0.0.1", free_port())  # a master that never answers
+        server.direct.execute_command("ACL", "SETUSER", "default", "-@write")
         try:
             with ThreadPoolExecutor(1) as pool:
                 upload = pool.submit(put, ftp, "two.bin", b"2" * 2000)
@@ -728,10 +735,113 @@ def test_a_scan_that_redis_refuses_to_keep_is_not_made_again_and_again(emulator,
             assert len(re.findall(f"user={user} .* holds 1000 bytes in 1 files", log)) == \
                 scans + 1
         finally:
-            server.direct.replicaof("no", "one")
+            server.direct.execute_command("ACL", "SETUSER", "default", "+@all")
         assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
         assert server.direct.hmget(f"cosftp:quota:{home_id(ALPHA, f'{ROOT}{user}/').hex()}",
                                    "used", "files") == ["3000", "2"]
+        ftp.quit()
+        nothing_crashed(proc)
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def beats_after(server: RedisUnderTest, node_id: str, since: float, beats: int = 2) -> None:
+    """Wait until the node's cluster thread beat ``beats`` times after ``since`` (its score
+    in ``cosftp:nodes`` is its last heartbeat's time): what the tick of the first of them
+    did after its heartbeat (the quota usage a worker could not send) is done then."""
+    seen = [since]
+
+    def beat() -> bool:
+        score = server.direct.zscore("cosftp:nodes", node_id) or 0.0
+        if score > seen[-1]:
+            seen.append(score)
+        return len(seen) > beats
+    wait_until(beat, timeout=30, what=f"{beats} heartbeats of {node_id}")
+
+
+def test_a_redis_that_refuses_writes_is_down_and_an_open_node_serves_on_its_own(emulator,
+                                                                                tmp_path):
+    """Redis turned into a read-only replica (REPLICAOF a master that never answers) after
+    it lost its keys. Found: every write was an error answered, so the upload's scan of
+    its home could not be kept, and the upload failed (451 QuotaScan) after that one scan.
+    Now a Redis refusing writes is down (redis_down = open: the node serves on its own
+    table), said once in the log (not per request, not at each retry while it lasts) and
+    by status; the node's own ban holds; with writes taken again, sharing resumes and the
+    home is scanned again."""
+    server = RedisUnderTest(tmp_path)
+    user, account = "qreadonly", quota_account("qreadonly", "64M")
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [account],
+                    optional={"worker_processes": "1", **BANS})
+    proc.redis_port, proc.name = server.proxy.port, "read-only"
+    usage = f"cosftp:quota:{home_id(ALPHA, f'{ROOT}{user}/').hex()}"
+    refusal = "refuses writes"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
+        server.direct.flushall()
+        server.direct.replicaof("127.0.0.1", free_port())  # a master that never answers
+        try:
+            assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
+            assert put(ftp, "three.bin", b"3" * 3000).startswith("226")
+            wait_until(lambda: "Redis REFUSING WRITES" in status(proc), what="status")
+            assert "serving on the local scoreboard" in status(proc)
+            earn_ban(proc, "127.0.0.91")
+            assert refused_as_banned(proc, "127.0.0.91")  # this node's own ban
+            checks = server.proxy.names["info"]
+            wait_until(lambda: server.proxy.names["info"] >= checks + 2, timeout=30,
+                       what="two checks whether Redis takes writes again")
+            assert logs_in(proc, "127.0.0.92", account).startswith("230")
+            assert proc.log_text().count(refusal) == 1
+            assert f"Redis at redis://127.0.0.1:{server.proxy.port}/0 {refusal} (" in \
+                proc.log_text()
+            assert "ReadOnlyError" not in proc.log_text()  # Redis 6 words it ERR ... -READONLY
+            assert not server.direct.exists(usage)
+        finally:
+            server.direct.replicaof("no", "one")
+        wait_until(lambda: "takes writes again" in proc.log_text(), timeout=30,
+                   what="the node to find Redis writable")
+        beats_after(server, f"node-{proc.name}", server.direct.time()[0] - 1.0)
+        assert put(ftp, "four.bin", b"4" * 4000).startswith("226")
+        # scanned again (one, two, three), then four counted
+        assert server.direct.hmget(usage, "used", "files") == ["10000", "4"]
+        wait_until(lambda: "Redis reachable" in status(proc), what="status")
+        earn_ban(proc, "127.0.0.93")
+        assert server.direct.pttl("cosftp:ban:127.0.0.93") > 0
+        ftp.quit()
+        nothing_crashed(proc)
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def test_a_redis_that_refuses_writes_is_down_and_a_closed_node_refuses(emulator, tmp_path):
+    """A master short of replicas (min-replicas-to-write 1, none attached: every write is
+    refused with NOREPLICAS, reads are served): redis_down = closed refuses new
+    connections (421) and uploads a quota counts, as when Redis is unreachable; with
+    writes taken again, it serves."""
+    server = RedisUnderTest(tmp_path)
+    user, account = "qnoreplicas", quota_account("qnoreplicas", "64M")
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [account],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name, proc.redis_down = server.proxy.port, "no-replicas", "closed"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
+        server.direct.config_set("min-replicas-to-write", "1")
+        try:
+            wait_until(lambda: "shared state unreachable" in logs_in(proc, "127.0.0.94"),
+                       timeout=30, what="new connections refused")
+            assert "Redis REFUSING WRITES" in status(proc)
+            assert "refusing new connections" in status(proc)
+            with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaUnavailable"):
+                put(ftp, "two.bin", b"2" * 2000)
+            assert "NOREPLICAS" in proc.log_text()
+        finally:
+            server.direct.config_set("min-replicas-to-write", "0")
+        wait_until(lambda: logs_in(proc, "127.0.0.94", account).startswith("230"), timeout=30,
+                   what="the node to serve again")
+        assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
         ftp.quit()
         nothing_crashed(proc)
     finally:

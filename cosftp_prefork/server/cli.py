@@ -39,6 +39,8 @@ from .scoreboard import (
     CLUSTER_DOWN_OPEN,
     CLUSTER_ERRORS,
     CLUSTER_NONE,
+    CLUSTER_READ_ONLY_CLOSED,
+    CLUSTER_READ_ONLY_OPEN,
     CLUSTER_UNSUPPORTED_CLOSED,
     CLUSTER_UNSUPPORTED_OPEN,
     MASTER_STARTING,
@@ -429,6 +431,8 @@ def _ports(master: MasterStatus) -> str:
 
 _UNSUPPORTED = (f"Redis NOT SUPPORTED (older than {'.'.join(map(str, REDIS_MINIMUM))}, or "
                 f"will not tell its version; see the log) by")
+_READ_ONLY = ("Redis REFUSING WRITES (a read-only replica, too few replicas, a failed save; "
+              "see the log) to")
 # A worker view that is not "reachable": what the status line says of it, and what the
 # node does meanwhile.
 _CLUSTER_TROUBLE = {
@@ -436,6 +440,8 @@ _CLUSTER_TROUBLE = {
     CLUSTER_DOWN_CLOSED: ("Redis UNREACHABLE from", "refusing new connections"),
     CLUSTER_UNSUPPORTED_OPEN: (_UNSUPPORTED, "serving on the local scoreboard"),
     CLUSTER_UNSUPPORTED_CLOSED: (_UNSUPPORTED, "refusing new connections"),
+    CLUSTER_READ_ONLY_OPEN: (_READ_ONLY, "serving on the local scoreboard"),
+    CLUSTER_READ_ONLY_CLOSED: (_READ_ONLY, "refusing new connections"),
     CLUSTER_ERRORS: ("Redis ANSWERING ERRORS (see the log) to",
                      "those calls use the node's own figures; the others are shared"),
 }

@@ -62,11 +62,11 @@ node's table says it scanned (Redis restarted empty or flushed, or the key expir
 the table for a scan again (:meth:`SharedUsage.read`; found: nobody was due to scan it, and
 the upload waited ``SCAN_PATIENCE`` for a scan, then failed).
 
-While Redis is unreachable the node reserves against its own table (``redis_down = open``)
-or refuses uploads that a quota counts (``closed``); its reservations reach Redis with the
-rewrite once it answers again, and the bytes and files each worker wrote or deleted
-meanwhile are added to the usage then (a worker that dies before that loses them: the
-home's next scan counts them).
+While Redis is unreachable or refuses writes (``cluster.link.refuses_writes``) the node
+reserves against its own table (``redis_down = open``) or refuses uploads that a quota
+counts (``closed``); its reservations reach Redis with the rewrite once it answers again,
+and the bytes and files each worker wrote or deleted meanwhile are added to the usage then
+(a worker that dies before that loses them: the home's next scan counts them).
 """
 
 from __future__ import annotations

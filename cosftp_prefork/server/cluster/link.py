@@ -31,14 +31,27 @@ class Link(Enum):
     UP = "reachable"
     DOWN = "unreachable"  # not asked again before the retry time
     UNSUPPORTED = "unsupported"  # answers, but too old (or will not say): as DOWN
+    READ_ONLY = "refusing writes"  # answers, but keeps nothing (``refuses_writes``): as DOWN
 
 
 MOVES = {
-    Link.UNCHECKED: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
-    Link.UP: {Link.DOWN},
-    Link.DOWN: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
-    Link.UNSUPPORTED: {Link.UP, Link.DOWN, Link.UNSUPPORTED},
+    Link.UNCHECKED: {Link.UP, Link.DOWN, Link.UNSUPPORTED, Link.READ_ONLY},
+    Link.UP: {Link.DOWN, Link.READ_ONLY},
+    Link.DOWN: {Link.UP, Link.DOWN, Link.UNSUPPORTED, Link.READ_ONLY},
+    Link.UNSUPPORTED: {Link.UP, Link.DOWN, Link.UNSUPPORTED, Link.READ_ONLY},
+    Link.READ_ONLY: {Link.UP, Link.DOWN, Link.UNSUPPORTED, Link.READ_ONLY},
 }
+
+# The errors of a Redis that refuses every write for now, whatever the command and key,
+# until its operator acts: a replica (READONLY; MASTERDOWN, which refuses reads too, with
+# replica-serve-stale-data no), a master with fewer good replicas than min-replicas-to-write
+# (NOREPLICAS), one whose last save failed (MISCONF, stop-writes-on-bgsave-error). A node
+# then shares nothing (no ban, count or reservation lands), so they are an outage. Redis
+# 7 answers a script's as the command's own error; 6.0 wraps it (``ERR Error running
+# script (call to f_...): @user_script:9: @user_script: 9: -READONLY ...``). Not these:
+# OOM (only writes that add memory, and it passes as keys expire or are evicted), NOPERM
+# (an ACL's choice of commands or keys), a script's own error: those are errors answered.
+_REFUSES_WRITES = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|NOREPLICAS|MISCONF) ")
 
 
 
@@ -91,6 +104,14 @@ def server_version(client: redis.Redis, url: str) -> str:
                           f"Redis {minimum} or newer (bans and connection counts would not "
                           f"be shared)", section="CLUSTER", option="redis_url")
     return version
+
+
+def refuses_writes(exc: redis.RedisError) -> bool:
+    """Whether ``exc``, an error Redis answered, says it refuses every write for now (see
+    ``_REFUSES_WRITES``)."""
+    if isinstance(exc, (redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)):
+        return True  # (redis-py takes the code off their message)
+    return _REFUSES_WRITES.search(str(exc)) is not None
 
 
 def describe(exc: Exception) -> str:

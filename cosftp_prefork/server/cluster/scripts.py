@@ -152,6 +152,14 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
 return {{seen, unbans, rewrite and 1 or 0}, repaired}
 """
 
+# Whether Redis takes writes: a write that changes nothing (the key is never written), which
+# a replica, a master short of replicas and one whose save failed refuse all the same.
+# KEYS: that key.
+WRITABLE = """
+redis.call('DEL', KEYS[1])
+return {0, {}}
+"""
+
 # cosftpctl unban: delete KEYS[3..] (bans and failure counts; return how many bans ran and
 # the failed logins counted) and, unless ARGV[2] is empty, note the unban of ARGV[2] (an
 # address, or * for every one) made at ARGV[1] for the nodes' workers. KEYS: unbans, the

@@ -23,6 +23,8 @@ from ..scoreboard import (
     CLUSTER_DOWN_OPEN,
     CLUSTER_ERRORS,
     CLUSTER_NONE,
+    CLUSTER_READ_ONLY_CLOSED,
+    CLUSTER_READ_ONLY_OPEN,
     CLUSTER_UNSUPPORTED_CLOSED,
     CLUSTER_UNSUPPORTED_OPEN,
     CLUSTER_UP,
@@ -35,6 +37,7 @@ from .keys import (
     PREFIX,
     SEQUENCE_FIELD,
     SKIPS_BEFORE_REWRITE,
+    WRITE_PROBE,
     account_field,
     ban_key,
     client_key,
@@ -49,9 +52,10 @@ from .link import (
     connect,
     describe,
     public_url,
+    refuses_writes,
     server_version,
 )
-from .scripts import ADMIT, BANS, COUNTED, FAIL, HEARTBEAT, LIBRARY, SEQUENCE
+from .scripts import ADMIT, BANS, COUNTED, FAIL, HEARTBEAT, LIBRARY, SEQUENCE, WRITABLE
 
 log = logging.getLogger(__name__)
 # A node's session table as a heartbeat sends it: connections per address, logged-in
@@ -103,7 +107,7 @@ class ClusterState:
         self._scripts = {name: self._redis.register_script(LIBRARY + body) for name, body in
                          (("admit", ADMIT), ("bans", BANS), ("fail", FAIL),
                           ("counted", COUNTED), ("sequence", SEQUENCE),
-                          ("heartbeat", HEARTBEAT))}
+                          ("heartbeat", HEARTBEAT), ("writable", WRITABLE))}
         self._unbans_seen = 0  # the number of the last unban the heartbeat brought
         self._skipped = 0  # heartbeats in a row that did not rewrite the node's hash
         self._url = public_url(config.redis_url)
@@ -134,6 +138,8 @@ class ClusterState:
             return CLUSTER_DOWN_CLOSED if self.fail_closed else CLUSTER_DOWN_OPEN
         if link is Link.UNSUPPORTED:
             return CLUSTER_UNSUPPORTED_CLOSED if self.fail_closed else CLUSTER_UNSUPPORTED_OPEN
+        if link is Link.READ_ONLY:
+            return CLUSTER_READ_ONLY_CLOSED if self.fail_closed else CLUSTER_READ_ONLY_OPEN
         if link is Link.UNCHECKED:
             return CLUSTER_NONE
         return CLUSTER_ERRORS if errors else CLUSTER_UP
@@ -149,10 +155,13 @@ class ClusterState:
         return was
 
     def _check(self) -> Optional[ConfigError]:
-        """Ask Redis its version and move to UP, UNSUPPORTED (returned) or DOWN."""
+        """Ask Redis its version and whether it takes writes; move to UP, UNSUPPORTED
+        (returned), READ_ONLY or DOWN. Another error answered to the write is left to the
+        calls (logged by them): Redis is usable."""
         try:
             with self._connection():
                 version = server_version(self._redis, self._url)
+                refusal = self._write_refusal()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._went_down("version check", exc)
             return None
@@ -162,14 +171,31 @@ class ClusterState:
             if was not in (Link.UNCHECKED, Link.UNSUPPORTED):  # at start, the worker says it
                 log.error("cluster: %s; %s", exc.problem, self._mode())
             return exc
+        if refusal is not None:
+            self._went_down("write check", refusal, Link.READ_ONLY)
+            return None
         with self._lock:
             was = self._move(Link.UP)
         if was is Link.UNCHECKED:
             log.info("cluster: Redis %s at %s; bans and connection counts shared", version,
                      self._url)
         else:
-            log.warning("cluster: Redis %s at %s reachable again; bans and connection "
-                        "counts are shared again", version, self._url)
+            log.warning("cluster: Redis %s at %s %s again; bans and connection counts are "
+                        "shared again", version, self._url,
+                        "takes writes" if was is Link.READ_ONLY else "reachable")
+        return None
+
+    def _write_refusal(self) -> Optional[redis.RedisError]:
+        """Delete a key never written (under a connection held): the error Redis answered
+        if it refuses every write now (``link.refuses_writes``), else None (another error
+        is left to the calls, which log it). Raises redis-py's ConnectionError or
+        TimeoutError if Redis cannot be reached."""
+        try:
+            self._scripts["writable"]([WRITE_PROBE], [])
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except redis.RedisError as exc:
+            return exc if refuses_writes(exc) else None
         return None
 
     def _usable(self) -> bool:
@@ -211,16 +237,20 @@ class ClusterState:
         return ("refusing new connections (redis_down = closed)" if self.fail_closed else
                 "serving on this node's own scoreboard (redis_down = open)")
 
-    def _went_down(self, what: str, exc: Exception) -> None:
+    def _went_down(self, what: str, exc: Exception, to: Link = Link.DOWN) -> None:
+        """Redis could not be reached (``to`` DOWN) or refuses writes (READ_ONLY) in the
+        call ``what``: logged once, as it starts, not at each retry while it lasts."""
         with self._lock:
-            was = self._move(Link.DOWN)
-        if was is not Link.DOWN:
-            log.error("cluster: Redis at %s unreachable (%s: %s); %s", self._url, what,
+            was = self._move(to)
+        if was is not to:
+            log.error("cluster: Redis at %s %s (%s: %s); %s", self._url,
+                      "refuses writes" if to is Link.READ_ONLY else "unreachable", what,
                       describe(exc), self._mode())
 
     def _run(self, what: str, script: str, keys: list, args: list, failed: Any = None):
-        """Run one of the scripts; return its answer, None if Redis is unreachable, or
-        ``failed`` if Redis answered with an error (logged, shown by status) or every
+        """Run one of the scripts; return its answer, None if Redis is unreachable or
+        refuses writes (``link.refuses_writes``), or ``failed`` if Redis answered with
+        another error (logged, shown by status) or every
         connection stayed busy with other calls (Redis answers, slowly: not an outage)."""
         if not self._usable():
             return None
@@ -235,6 +265,9 @@ class ClusterState:
             self._went_down(what, exc)
             return None
         except redis.RedisError as exc:
+            if refuses_writes(exc):  # nothing this node writes lands: an outage
+                self._went_down(what, exc, Link.READ_ONLY)
+                return None
             with self._lock:
                 self._errors_until = time.monotonic() + ERROR_SECONDS
             self._errors.note("cluster", f"Redis at {self._url} answered the {what} with an "
