@@ -297,22 +297,52 @@ def test_redis_restarted_mid_session(pair, redis6):
     redis6.direct.script_flush()
     earn_ban(a, "127.0.0.67")
     assert refused_as_banned(b, "127.0.0.67")
-    redis6.restart()
-    # The ban is gone with the restart (the nodes' heartbeats may have written their counts
-    # again already: the whole database need not be empty by now).
-    assert redis6.direct.keys("cosftp:ban:*") == []
+    redis6.restart()  # every key gone (the nodes' heartbeats write theirs again at once)
     assert session.pwd() == "/"
     for proc in (a, b):
         wait_until(lambda proc=proc: logs_in(proc, "127.0.0.68").startswith("230") and
                    "Redis reachable" in status(proc), timeout=30, what="Redis back")
-    # Node a made the ban by its own count too: its own table still holds it; b forgot it.
-    assert refused_as_banned(a, "127.0.0.67") and not refused_as_banned(b, "127.0.0.67")
+    # Node a made the ban by its own count too: its own table still holds it, and a
+    # published it again in Redis (found: b forgot it, and let the attacker in).
+    wait_until(lambda: redis6.direct.exists("cosftp:ban:127.0.0.67"),
+               what="node a to publish its ban again")
+    assert refused_as_banned(a, "127.0.0.67") and refused_as_banned(b, "127.0.0.67")
     earn_ban(b, "127.0.0.69")
     assert refused_as_banned(a, "127.0.0.69")
     assert session.pwd() == "/"
     session.quit()
     for proc in (a, b):
         nothing_crashed(proc)
+
+
+def test_bans_outlive_redis_losing_its_keys(emulator, tmp_path):
+    """Redis flushed (restarted empty, failed over to an empty replica): the bans it held
+    are gone. Found: a ban made by the cluster's count of failures spread over two nodes
+    was then lifted on both (neither node's own count had reached max_login_failures), and
+    one made by a node's own count on every other node. Now the node at whose failed login
+    the cluster's count earned a ban holds it in its own table until it ends, and a node
+    whose heartbeat finds that Redis no longer knows it publishes the bans it holds again:
+    both nodes refuse both addresses again, and the bans end when they did."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "bans-lost", **BANS) as (server, a, b):
+        earn_ban(a, "127.0.0.121")  # a's own count
+        earn_ban(a, "127.0.0.122", failures=1)
+        earn_ban(b, "127.0.0.122", failures=1)  # the cluster's count, at b's failed login
+        for proc in (a, b):
+            for client in ("127.0.0.121", "127.0.0.122"):
+                assert refused_as_banned(proc, client)
+        ends = [server.direct.get(f"cosftp:ban:127.0.0.12{i}") for i in (1, 2)]
+        server.direct.flushall()
+        wait_until(lambda: server.direct.exists("cosftp:ban:127.0.0.121",
+                                                "cosftp:ban:127.0.0.122") == 2,
+                   timeout=30, what="the bans published again")
+        assert [server.direct.get(f"cosftp:ban:127.0.0.12{i}") for i in (1, 2)] == ends
+        assert 0 < server.direct.pttl("cosftp:ban:127.0.0.122") <= 600_000
+        for proc in (a, b):
+            for client in ("127.0.0.121", "127.0.0.122"):
+                assert refused_as_banned(proc, client)
+        assert "published again the 1 ban(s) this node holds" in a.log_text()
+        assert "published again the 1 ban(s) this node holds" in b.log_text()
+        assert logs_in(a, "127.0.0.123").startswith("230")
 
 
 def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, redis6,

@@ -22,7 +22,10 @@ session's thread, before its greeting, with what the other nodes hold taken off 
 This node's counts are published on every change and, with the bans of other nodes for the
 pending connections, once a second by ``share`` on a thread of its own, which also brings
 the unbans made on any node (``cosftpctl unban``); this node's own table then forgets those
-addresses too (what it learnt after the unban stays).
+addresses too (what it learnt after the unban stays). A ban earned at a failed login here,
+by this node's count or the cluster's, is in this node's table until it ends; when Redis
+did not know the node (it lost its keys, or an outage), ``share`` publishes those bans
+there again.
 
 Addresses in ``ban_allowlist`` are never banned, here or by the cluster: their failed logins
 are not counted, and a ban they hold (made before they were listed, or by a node without the
@@ -44,7 +47,7 @@ from typing import Callable, Optional
 
 from ..config.model import ServerConfig
 from .burst import BurstLog
-from .cluster import UNAVAILABLE, ClusterState, NodeCounts, Unban
+from .cluster import NODE_TTL, UNAVAILABLE, ClusterState, NodeCounts, Unban
 from .scoreboard import (
     CLUSTER_NONE,
     TOO_MANY,
@@ -339,8 +342,13 @@ class Gate:
             return False
         client = self.client(ip)
         banned = self.state.record_failure(client, time.time(), *self._failures)
-        if self.cluster is not None:
-            banned = self.cluster.record_failure(client, *self._failures) or banned
+        if self.cluster is not None and self.cluster.record_failure(client, *self._failures) \
+                and not banned:
+            # The cluster's count earned it (failures spread over nodes): this node holds
+            # it too, so that it stays applied here until it ends, and is published again
+            # if Redis loses it (``share``).
+            self.state.ban(client, int(time.time()) + self._failures[2])
+            banned = True
         return banned
 
     def _node_counts(self) -> Optional[NodeCounts]:
@@ -372,18 +380,37 @@ class Gate:
                            f"closed: no login within login_timeout={self.login_timeout}s")
         self.refusals.flush(now)
 
-    def share(self) -> None:
-        """Publish this node's counts to the cluster, forget what was unbanned on any node
-        and close the pending connections of an address banned by another node (one Redis
-        round trip each). Runs once a second on the worker's cluster thread: Redis may take
-        up to redis_timeout a call, which must not hold the accept loop."""
-        self._forget_unbanned(self.cluster.publish(self._node_counts))
+    def share(self) -> bool:
+        """Publish this node's counts to the cluster, forget what was unbanned on any node,
+        publish again the bans this node holds if Redis did not know the node, and close
+        the pending connections of an address banned by another node (one Redis round trip
+        each). Return whether Redis did not know the node (what else it holds is to be
+        published again too). Runs once a second on the worker's cluster thread: Redis may
+        take up to redis_timeout a call, which must not hold the accept loop."""
+        beat = self.cluster.publish(self._node_counts)
+        self._forget_unbanned(beat.unbans)
+        if beat.unknown and self._bans_on:
+            self._republish_bans()
         pending = self._pending_now()
-        if not self._bans_on or not pending:
-            return
-        banned = {address_key(ip) for ip in
-                  self.cluster.banned({self.client(t.ip) for t in pending})}
-        self._kick_banned(pending, banned)
+        if self._bans_on and pending:
+            banned = {address_key(ip) for ip in
+                      self.cluster.banned({self.client(t.ip) for t in pending})}
+            self._kick_banned(pending, banned)
+        return beat.unknown
+
+    def _republish_bans(self) -> None:
+        """Redis did not know this node: it lost its keys (restarted without persistence,
+        flushed, failed over to an empty replica), or no worker of the node reached it for
+        ``NODE_TTL`` (an outage, the node's start). Publish again the bans this node holds
+        (made here, by its own count or the cluster's at a failed login here, or restored
+        at start), after the unbans this heartbeat brought: each holds on every node again
+        until it ends. Failed logins are not: each node's own count goes on."""
+        bans = [(ip, until) for ip, until in self.state.bans(time.time()) if self._may_ban(ip)]
+        written = self.cluster.republish(bans)
+        if written:
+            log.warning("cluster: Redis did not know this node (restarted empty or flushed, "
+                        "or not reached for %d s): published again the %d ban(s) this node "
+                        "holds", NODE_TTL, written)
 
     def _pending_now(self) -> list[Ticket]:
         with self._lock:

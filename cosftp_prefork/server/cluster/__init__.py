@@ -12,7 +12,11 @@ Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
   short expiry, so the counts of a node that dies vanish, and those of a dead worker are
   gone at the next rewrite; ``@seq`` counts the changes workers add between rewrites
   (HINCRBY), so that a rewrite from a table read before one of them does not erase it;
-* ``nodes`` — node names scored by their last rewrite; admission sums the live ones;
+* ``nodes`` — node names scored by their last rewrite; admission sums the live ones. Only
+  heartbeats write it: one that finds its node missing there or silent for ``NODE_TTL``
+  (Redis lost its keys, an outage, the node's start) says so, and the node publishes
+  again what it holds (its bans, ``Gate.share``; its quota reservations,
+  ``server.quotashare``);
 * ``unbans`` — the last ``UNBANS_KEPT`` unbans (``cosftpctl unban`` on any node), each
   ``<number>:<time>:<address or *>`` scored by its number from the counter ``unban-count``;
   both expire ``UNBANS_SECONDS`` after the last unban. Every worker's heartbeat brings the
@@ -63,10 +67,10 @@ bounds, the version check), ``state`` (a worker's view: ``ClusterState``), ``adm
 from .admin import ClusterAdmin, ClusterEntry, ClusterTrouble, check_config
 from .keys import NODE_TTL, PREFIX, SKIPS_BEFORE_REWRITE
 from .link import REDIS_CONNECTIONS
-from .state import UNAVAILABLE, ClusterState, Elsewhere, NodeCounts, Unban
+from .state import UNAVAILABLE, Beat, ClusterState, Elsewhere, NodeCounts, Unban
 
 __all__ = [
     "NODE_TTL", "PREFIX", "REDIS_CONNECTIONS", "SKIPS_BEFORE_REWRITE", "UNAVAILABLE",
-    "ClusterAdmin", "ClusterEntry", "ClusterState", "ClusterTrouble", "Elsewhere",
+    "Beat", "ClusterAdmin", "ClusterEntry", "ClusterState", "ClusterTrouble", "Elsewhere",
     "NodeCounts", "Unban", "check_config",
 ]

@@ -116,7 +116,10 @@ return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
 # started again: Redis restarted, or the keys expired), and the number of the last one
 # brought. KEYS: its hash, nodes, unbans, the unban counter; ARGV: node, now, expiry, forget
 # nodes silent since, the last unban seen, the sequence field, the sequence read ('*':
-# rewrite anyway), then field, count pairs. Answers whether it rewrote.
+# rewrite anyway), then field, count pairs. Answers whether it rewrote, and whether the
+# node was unknown: not among the nodes, or silent for longer than the expiry (Redis lost
+# its keys, or no worker of the node reached it for that long; only this script writes
+# the nodes, so a count or a reservation of the node since does not hide it).
 HEARTBEAT = """
 local repaired = {}
 local counter, bad = counter_of(KEYS[4])
@@ -147,9 +150,11 @@ if found ~= 'none' and found ~= 'zset' then
   redis.call('DEL', KEYS[2])
   table.insert(repaired, 'nodes')
 end
+local last = found == 'zset' and redis.call('ZSCORE', KEYS[2], ARGV[1])
+local known = last and tonumber(last) >= tonumber(ARGV[2]) - tonumber(ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
-return {{seen, unbans, rewrite and 1 or 0}, repaired}
+return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1}, repaired}
 """
 
 # Whether Redis takes writes: a write that changes nothing (the key is never written), which
@@ -158,6 +163,21 @@ return {{seen, unbans, rewrite and 1 or 0}, repaired}
 WRITABLE = """
 redis.call('DEL', KEYS[1])
 return {0, {}}
+"""
+
+# The bans a node holds, published again where Redis holds none (it lost them). KEYS: the
+# bans; ARGV: per ban, when it ends and the seconds left. Answers how many it wrote.
+REPUBLISH = """
+local written, repaired = 0, {}
+for i, key in ipairs(KEYS) do
+  local banned, bad = ban_of(key)
+  if bad then repaired = {'ban:*'} end
+  if banned == 0 then
+    redis.call('SET', key, ARGV[2 * i - 1], 'EX', ARGV[2 * i])
+    written = written + 1
+  end
+end
+return {written, repaired}
 """
 
 # cosftpctl unban: delete KEYS[3..] (bans and failure counts; return how many bans ran and

@@ -55,7 +55,17 @@ from .link import (
     refuses_writes,
     server_version,
 )
-from .scripts import ADMIT, BANS, COUNTED, FAIL, HEARTBEAT, LIBRARY, SEQUENCE, WRITABLE
+from .scripts import (
+    ADMIT,
+    BANS,
+    COUNTED,
+    FAIL,
+    HEARTBEAT,
+    LIBRARY,
+    REPUBLISH,
+    SEQUENCE,
+    WRITABLE,
+)
 
 log = logging.getLogger(__name__)
 # A node's session table as a heartbeat sends it: connections per address, logged-in
@@ -87,6 +97,16 @@ def _unbans(members: list) -> list[Unban]:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """What a heartbeat brought: the unbans made since the last one (on any node), and
+    whether Redis did not know this node (``scripts.HEARTBEAT``): what the node holds
+    (bans, quota reservations) is to be published there again."""
+
+    unbans: list[Unban]
+    unknown: bool = False
+
+
+@dataclass(frozen=True)
 class Elsewhere:
     """What the other nodes hold for one client address."""
 
@@ -107,7 +127,8 @@ class ClusterState:
         self._scripts = {name: self._redis.register_script(LIBRARY + body) for name, body in
                          (("admit", ADMIT), ("bans", BANS), ("fail", FAIL),
                           ("counted", COUNTED), ("sequence", SEQUENCE),
-                          ("heartbeat", HEARTBEAT), ("writable", WRITABLE))}
+                          ("heartbeat", HEARTBEAT), ("writable", WRITABLE),
+                          ("republish", REPUBLISH))}
         self._unbans_seen = 0  # the number of the last unban the heartbeat brought
         self._skipped = 0  # heartbeats in a row that did not rewrite the node's hash
         self._url = public_url(config.redis_url)
@@ -322,6 +343,19 @@ class ClusterState:
         return bool(self._run("failed-login count", "fail", [PREFIX + "fail:" + key, ban_key(ip)],
                               [limit, window, ban, int(time.time()) + ban]))
 
+    def republish(self, bans: list[tuple[str, int]]) -> int:
+        """Publish again ``bans`` (address, when it ends) that this node holds, each where
+        Redis holds no ban of that address; how many it wrote (0 if Redis could not be
+        asked)."""
+        now = int(time.time())
+        live = [(ip, until) for ip, until in bans if until > now]
+        if not live:
+            return 0
+        return int(self._run("bans published again", "republish",
+                             [ban_key(ip) for ip, _ in live],
+                             [value for _, until in live for value in (until, until - now)],
+                             failed=0) or 0)
+
     def counted(self, ip: str, connections: int, logged_in: int = 0,
                 account: Optional[AccountKey] = None) -> None:
         """This node gained (or lost, negative) connections of ``ip`` and logged-in
@@ -334,11 +368,11 @@ class ClusterState:
         self._run("connection count", "counted", [PREFIX + "conn:" + self.node],
                   [NODE_TTL, *changes])
 
-    def publish(self, table: Callable[[], Optional[NodeCounts]]) -> list[Unban]:
+    def publish(self, table: Callable[[], Optional[NodeCounts]]) -> Beat:
         """Rewrite this node's counts from ``table()`` (its session table: per address,
         logged in, per account; None if it cannot be read now) and mark it alive; log the
-        counts of repeated errors; return the unbans made since the last call (on any node).
-        Runs from the worker's tick.
+        counts of repeated errors; return the unbans made since the last call (on any node)
+        and whether Redis did not know the node. Runs from the worker's tick.
 
         The table is read after the hash's sequence: a change counted between the two
         (another worker's) may be missing from the table, and the heartbeat then keeps the
@@ -347,7 +381,7 @@ class ClusterState:
         sequence = "*" if self._skipped >= SKIPS_BEFORE_REWRITE else \
             self._run("heartbeat", "sequence", [key], [SEQUENCE_FIELD], failed="*")
         if sequence is None:
-            return []
+            return Beat([])
         read = table()
         counts: list = []
         if read is None:
@@ -367,10 +401,10 @@ class ClusterState:
         for burst_log in (self._errors, self._repairs, self._busy):
             burst_log.flush()
         if not answer:
-            return []
+            return Beat([])
         self._unbans_seen, members = int(answer[0]), answer[1]
         self._skipped = 0 if int(answer[2]) else self._skipped + 1
-        return _unbans(members)
+        return Beat(_unbans(members), bool(int(answer[3])))
 
     def close(self) -> None:
         self._redis.close()
