@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from cosftp_prefork.config.options import SETTINGS
+from cosftp_prefork.config.quotas import home_id
 from cosftp_prefork.config.settings import hook_account, parse_config
 from cosftp_prefork.cos.registry import BucketRegistry
 
@@ -642,6 +643,35 @@ def test_a_hook_homes_reservation_released_during_a_redis_outage_leaves_redis_af
         again.sendcmd(f"ALLO {MIB}")
         assert put(again, "fits.bin", b"f" * MIB).startswith("226")
         ftp.quit()
+
+
+def test_a_hook_homes_reservation_is_written_back_soon_after_redis_lost_its_keys(
+        emulator, tmp_path, service):
+    """A node of a cluster, an auth hook's answer giving the home a 3 MiB quota, an upload
+    holding 2 MiB there; Redis flushed (restarted empty, failed over to an empty replica):
+    the node's reservations and its index of the homes it holds some in are gone. Found:
+    worker 1's rewrite covers the file's homes and those the index names, so the other
+    nodes did not count the 2 MiB until the upload ended. Now the node's heartbeat finds
+    that Redis no longer knows the node, and the node rewrites all its reservations."""
+    redis = RedisUnderTest(tmp_path)
+    try:
+        with hook_node(emulator, tmp_path, service, "hooklost", "hl", redis.proxy.port) as \
+                (node, _, home):
+            ftp, held = holding(node, "hl")
+            holdings = f"cosftp:quota-held:{home_id(ALPHA, home).hex()}"
+            field = f"node-{node.name}#b"
+            assert redis.direct.hget(holdings, field) == str(2 * MIB)
+            redis.direct.flushall()
+            wait_until(lambda: redis.direct.hget(holdings, field) == str(2 * MIB),
+                       timeout=30, what="the node's reservation written back")
+            held.sendall(b"h" * (2 * MIB - 1000))  # the rest of the size ALLO announced
+            held.close()
+            ftp.voidresp()
+            wait_until(lambda: redis.direct.hget(holdings, field) in (None, "0"),
+                       what="the reservation given back")
+            ftp.quit()
+    finally:
+        redis.stop()
 
 
 def test_a_dead_workers_reservation_in_a_hook_home_leaves_redis_before_its_replacement(

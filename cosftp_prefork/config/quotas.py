@@ -126,6 +126,10 @@ class Ledger(Protocol):
         change that did not reach it, a dead worker's holdings dropped); whether it did.
         Every worker, once a second and before it serves."""
 
+    def want_publish(self) -> None:
+        """What was published of this node's reservations may be wrong (lost where it was
+        kept): have the next :meth:`catch_up` publish everything."""
+
     def adopt(self, home: Home, answered_at: float, most: int, stale_before: float) -> Home:
         """A session logs in with an auth hook's answer at ``answered_at`` that gives
         ``home`` its limits: keep them unless a later answer's are kept, and count the

@@ -177,6 +177,11 @@ class Quotas:
         file's homes and wherever it published holdings before (worker 1, every second)."""
         self.ledger.tick(self.rules.homes.values())
 
+    def want_publish(self) -> None:
+        """Where this node's reservations are published (a cluster's Redis) lost them:
+        have the next :meth:`catch_up` publish all of them."""
+        self.ledger.want_publish()
+
     def catch_up(self) -> None:
         """Publish everything this node holds if a change did not reach the cluster's
         ledger or a dead worker's holdings were dropped (every worker, every second, and

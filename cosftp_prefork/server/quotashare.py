@@ -422,6 +422,11 @@ class SharedUsage(Reserving):
         idents = {*(home.ident for home in homes), *(ident for ident in named if ident)}
         self._table.publish(idents, False, self._write)
 
+    def want_publish(self) -> None:
+        """Redis lost what this node published (its reservations, and its index of the
+        homes they are in, an auth hook's homes among them): rewrite all of them."""
+        self._table.want_publish()
+
     def catch_up(self) -> bool:
         """Every worker, every second, and before it serves: send the usage this worker
         could not; if a change of this node did not reach Redis, or a dead worker's

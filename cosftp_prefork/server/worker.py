@@ -238,8 +238,10 @@ class WorkerStats:
         """The cluster thread's tick: publish the node's counts (``Gate.share``), and all
         its quota reservations if they may be wrong in Redis (a change lost in an outage, a
         dead worker's dropped by the master, which does not talk to Redis)."""
-        self.gate.share()
+        unknown = self.gate.share()
         if self.quotas is not None:
+            if unknown:  # Redis lost the node's reservations and its index of their homes
+                self.quotas.want_publish()
             self.quotas.catch_up()
 
     def recount(self, ticket: Ticket, ip: str) -> Optional[str]:
