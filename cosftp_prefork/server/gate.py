@@ -23,9 +23,10 @@ This node's counts are published on every change and, with the bans of other nod
 pending connections, once a second by ``share`` on a thread of its own, which also brings
 the unbans made on any node (``cosftpctl unban``); this node's own table then forgets those
 addresses too (what it learnt after the unban stays). A ban earned at a failed login here,
-by this node's count or the cluster's, is in this node's table until it ends; when Redis
-did not know the node (it lost its keys, or an outage), ``share`` publishes those bans
-there again.
+by this node's count or the cluster's, and one the cluster holds that this node enforced
+(refused a connection or a login for it), is in this node's table until it ends; when
+Redis did not know the node (it lost its keys, or an outage), ``share`` publishes those
+bans there again.
 
 Addresses in ``ban_allowlist`` are never banned, here or by the cluster: their failed logins
 are not counted, and a ban they hold (made before they were listed, or by a node without the
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -205,7 +207,8 @@ class Gate:
         found = self.cluster.elsewhere(self.client(ip))
         if found is None:
             return self.limits, UNAVAILABLE if self.cluster.fail_closed else None
-        if found.banned and self._may_ban(ip):
+        if found.banned_until and self._may_ban(ip):
+            self._adopt(self.client(ip), found.banned_until)
             return self.limits, BANNED
         per_ip, logged_in = (_left(self.limits.per_ip, found.per_ip),
                              _left(self.limits.logged_in, found.logged_in))
@@ -312,8 +315,20 @@ class Gate:
         if not self._may_ban(ip):
             return False
         client = self.client(ip)
-        return self.state.is_banned(client, time.time()) or (
-            self.cluster is not None and self.cluster.is_banned(client))
+        if self.state.is_banned(client, time.time()):
+            return True
+        until = self.cluster.ban_end(client) if self.cluster is not None else 0.0
+        if until:
+            self._adopt(client, until)
+        return bool(until)
+
+    def _adopt(self, client: str, until: float) -> None:
+        """The cluster bans ``client`` until ``until`` and this node enforces it: hold it in
+        this node's own table too (unless that holds a ban of it already), so that it stays
+        applied here until it ends whatever becomes of Redis (its keys lost, an outage),
+        and is published again from here (``share``)."""
+        if not self.state.is_banned(client, time.time()):
+            self.state.ban(client, math.ceil(until))
 
     def _banned_at_accept(self, ip: str) -> bool:
         """:meth:`is_banned` by this node's table, from this worker's copy of it, read again
@@ -393,9 +408,11 @@ class Gate:
             self._republish_bans()
         pending = self._pending_now()
         if self._bans_on and pending:
-            banned = {address_key(ip) for ip in
-                      self.cluster.banned({self.client(t.ip) for t in pending})}
-            self._kick_banned(pending, banned)
+            ends = self.cluster.ban_ends({self.client(t.ip) for t in pending})
+            for client, until in ends.items():
+                if self._may_ban(client):
+                    self._adopt(client, until)
+            self._kick_banned(pending, {address_key(ip) for ip in ends})
         return beat.unknown
 
     def _republish_bans(self) -> None:

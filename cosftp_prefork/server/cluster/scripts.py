@@ -4,7 +4,8 @@ atomic), each with ``LIBRARY`` in front; only commands and arguments that every 
 
 # Helpers every script starts with. A count is an integer of at most 15 digits (what
 # INCR/HINCRBY accept without overflow); a ban is a string with an expiry: anything else
-# under a ban's name is not ours and is deleted.
+# under a ban's name is not ours and is deleted. ``ban_of`` answers the milliseconds a ban
+# has left (0: none).
 LIBRARY = """
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local function integer(value)
@@ -23,13 +24,16 @@ end
 local function ban_of(key)
   local found = kind(key)
   if found == 'none' then return 0, false end
-  if found == 'string' and redis.call('PTTL', key) > 0 then return 1, false end
+  if found == 'string' then
+    local left = redis.call('PTTL', key)
+    if left > 0 then return left, false end
+  end
   redis.call('DEL', key)
   return 0, true
 end
 """
 
-# Admission: is the address banned, and how many connections of it, logged-in sessions
+# Admission: how long is the address banned, and how many connections of it, logged-in sessions
 # and sessions of the account do the other live nodes hold. KEYS: nodes, the ban; ARGV: live
 # since, this node, the address, the prefix of the nodes' hashes, the logged-in field, the
 # account's field (or the logged-in field again when there is no account yet).
@@ -50,7 +54,7 @@ end
 return {{banned, per_ip, logged_in, account}, repaired and {'ban:*'} or {}}
 """
 
-# Which of the bans KEYS exist.
+# The milliseconds each of the bans KEYS has left (0: none).
 BANS = """
 local found, repaired = {}, {}
 for i, key in ipairs(KEYS) do
@@ -190,7 +194,7 @@ for i = 3, #KEYS do
   local key = KEYS[i]
   if string.sub(key, 1, #ARGV[5]) == ARGV[5] then
     local banned, bad = ban_of(key)
-    bans = bans + banned
+    if banned > 0 then bans = bans + 1 end
     if bad then repaired = {'ban:*'} end
   elseif kind(key) == 'string' then
     failures = failures + math.max(0, integer(redis.call('GET', key)) or 0)

@@ -106,11 +106,16 @@ class Beat:
     unknown: bool = False
 
 
+def _ends(left_ms: Any) -> float:
+    """When a ban with ``left_ms`` milliseconds left ends (``time.time()``), 0 if none."""
+    return time.time() + int(left_ms) / 1000 if int(left_ms) > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class Elsewhere:
-    """What the other nodes hold for one client address."""
+    """What the other nodes hold for one client address: when its ban ends (0: none)."""
 
-    banned: bool
+    banned_until: float
     per_ip: int
     logged_in: int
     account: int = 0  # logged-in sessions of the account asked about
@@ -325,17 +330,20 @@ class ClusterState:
                            PREFIX + "conn:", LOGGED_IN_FIELD, field], failed=[0, 0, 0, 0])
         if found is None:
             return None
-        return Elsewhere(bool(found[0]), int(found[1]), int(found[2]),
+        return Elsewhere(_ends(found[0]), int(found[1]), int(found[2]),
                          int(found[3]) if account is not None else 0)
 
-    def is_banned(self, ip: str) -> bool:
-        return bool(self.banned({ip}))
+    def ban_end(self, ip: str) -> float:
+        """When the ban of ``ip`` ends (``time.time()``); 0 if it serves none (or Redis
+        cannot be asked)."""
+        return self.ban_ends({ip}).get(ip, 0.0)
 
-    def banned(self, ips: set[str]) -> set[str]:
-        """Those of ``ips`` serving a ban (none while Redis is unreachable)."""
+    def ban_ends(self, ips: set[str]) -> dict[str, float]:
+        """Those of ``ips`` serving a ban, with when it ends (none while Redis is
+        unreachable)."""
         wanted = sorted(ips)
         found = self._run("ban check", "bans", [ban_key(ip) for ip in wanted], [])
-        return {ip for ip, banned in zip(wanted, found or ()) if banned}
+        return {ip: _ends(left) for ip, left in zip(wanted, found or ()) if int(left) > 0}
 
     def record_failure(self, ip: str, limit: int, window: int, ban: int) -> bool:
         """Count a failed login from ``ip`` cluster-wide; True if that earns it a ban."""
