@@ -237,7 +237,8 @@ class ClusterConfig:
     """``[CLUSTER]``: state shared by every node of a cluster, in Redis (or Valkey)."""
 
     redis_url: Optional[str] = None  # None: this node keeps its state to itself
-    redis_down: str = "open"  # Redis unreachable: "open" serves on local state, "closed" refuses
+    redis_down: str = "open"  # Redis unreachable or refusing writes: "open" serves on local
+    # state, "closed" refuses
     redis_timeout: float = 0.5  # seconds one Redis call may take
     node_id: str = ""  # this node's name in Redis; default host name and listen port
 

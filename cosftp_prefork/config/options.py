@@ -234,7 +234,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLUSTER", "redis_url", redis_url, None,
             "Redis/Valkey shared by every node for bans and connection counts"),
     Setting("CLUSTER", "redis_down", choice("open", "closed", fold=str.lower), "open",
-            "Redis unreachable: open = serve on this node's own state, closed = refuse"),
+            "Redis unreachable or refusing writes (a read-only replica): open = serve on "
+            "this node's own state, closed = refuse"),
     Setting("CLUSTER", "redis_timeout", integer(1, 10000), 500,
             "milliseconds one Redis call may take"),
     Setting("CLUSTER", "node_id", text, "", "this node's name in Redis",
