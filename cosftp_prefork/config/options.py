@@ -225,6 +225,10 @@ SETTINGS: tuple[Setting, ...] = (
             "every USER without TLS gets the same 530, whatever the name (but an "
             "anonymous_enable account's): no password in clear text, and no name told apart "
             "from another, where per-account tls_required tells its names"),
+    Setting("NETWORK", "force_local_data_ssl", boolean, False,
+            "every login but an anonymous_enable account's must encrypt its data connections "
+            "(PROT P): a transfer or listing without it gets 522 before anything is opened, "
+            "as vsftpd answers; per account: tls_required"),
     # Behind a load balancer (see docs/cluster.md).
     Setting("NETWORK", "proxy_protocol",
             choice("off", "optional", "required", fold=str.lower), "off",

@@ -447,8 +447,7 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
                 self.respond(f"553 {exc.strerror}.")
                 return
         if cmd in TRANSFER_COMMANDS:
-            refusal = TRANSFER_BUSY if self._transfer_busy() else \
-                self._claim_data_connection()
+            refusal = self.transfer_refusal()
             if refusal is not None:
                 self.respond(refusal)
                 return
@@ -469,6 +468,23 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
                          f"({exc.cause.code or 'COS'}); try again.")
+
+    def transfer_refusal(self) -> Optional[str]:
+        """Return the reply refusing a transfer command before it opens a file or asks COS
+        anything (450 while another transfer is under way, 425 without a trustworthy data
+        connection), or None to run it; the data connection is then the command's."""
+        if self._transfer_busy():
+            return TRANSFER_BUSY
+        return self._claim_data_connection()
+
+    def release_data_connection(self) -> None:
+        """Close the data connection a refused transfer command would have used, opened or
+        coming (the passive listener and what it holds, PORT's connector, an idle data
+        channel): the refusal leaves nothing behind, and the next transfer needs a new
+        PASV, EPSV, PORT or EPRT."""
+        compat.shut_down_connecting(self)
+        if self.data_channel is not None:
+            self.data_channel.close()
 
     def _claim_data_connection(self) -> Optional[str]:
         """Return the reply refusing a transfer command for want of a trustworthy data

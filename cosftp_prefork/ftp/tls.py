@@ -33,6 +33,9 @@ DATA_SETUP_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
 REFUSE_PLAIN_LOGIN = "530 TLS is required: send AUTH TLS before USER."
 REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send PROT P first."
 REFUSE_PROT_C = "534 This account may not use clear data connections."
+# vsftpd's words for force_local_data_ssl, which operators and their clients know; lftp
+# reads a 522 to a transfer command under PROT C as "send PROT P and try again".
+REFUSE_CLEAR_TRANSFER = "522 Data connections must be encrypted: use FTPS (AUTH TLS) and PROT P."
 HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
                        "transfer aborted.")
 BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
@@ -181,6 +184,22 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
             self.respond(refusal)
             return
         super().process_command(cmd, *args, **kwargs)
+
+    def transfer_refusal(self) -> Optional[str]:
+        """Under ``force_local_data_ssl``, refuse a transfer or listing without PROT P of any
+        login but an anonymous one with 522, as vsftpd does, at the transfer command: the
+        data connection it already opened is closed unread, no file is opened and COS is
+        not asked. Refused at PASV, lftp would not know to send PROT P (it does on a 522 to
+        RETR, STOR or LIST), curl would report a bad PASV reply. A transfer under way is
+        answered 450 first (``CosFTPHandler.transfer_refusal``): its connection is its own."""
+        if self._transfer_busy() or compat.data_protected(self) or \
+                not self.config.network.tls.force_data or \
+                self.authorizer.account(self.username).anonymous_enable:
+            return super().transfer_refusal()
+        self.release_data_connection()
+        log.warning("transfer refused: data connections must be encrypted "
+                    "(force_local_data_ssl)")
+        return REFUSE_CLEAR_TRANSFER
 
     def ftp_AUTH(self, line: str) -> None:
         """RFC 2228: a security mechanism the server does not know is 504 (pyftpdlib
