@@ -466,6 +466,45 @@ def test_rein_keeps_the_control_connection_encrypted_and_resets_pbsz_and_prot(tl
     _close(ftp)
 
 
+def test_a_new_user_keeps_type_pbsz_and_prot(tls_server, area, cos):
+    """A USER in a logged-in session starts a new login and nothing else: RFC 959 4.1.1,
+    "All transfer parameters are unchanged" (TYPE), and the security state is the
+    connection's (RFC 2228: AUTH resets it and then asks for USER again; a login does
+    not reset it, and clients send PBSZ and PROT before USER as often as after). The new
+    login, of a tls_required account, transfers at once under the PROT P and TYPE I its
+    predecessor set; only REIN resets them (the test above)."""
+    data = b"two\nlines\r\n\x00"  # TYPE A would send \r\n for the \n
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    ftp = tls_login(tls_server, PLAIN)
+    ftp.voidcmd("TYPE I")
+    ftp.login(SECURE.user, SECURE.password)  # USER and PASS on the same TLS session
+    received = b""
+    with ftp.transfercmd(f"RETR {area}") as conn:  # no TYPE, PBSZ or PROT again
+        while chunk := conn.recv(65536):
+            received += chunk
+        conn.unwrap()
+    assert ftp.voidresp().startswith("226")
+    assert received == data
+    _close(ftp)
+
+
+def test_curl_logs_in_anew_and_keeps_its_protection(tls_server, tmp_path, area, cos):
+    """curl -Q sends USER and PASS of a tls_required account after its own login, PBSZ
+    and PROT P: the download then runs as that account under the same PROT P (before,
+    PROT was reset and the tls_required account's EPSV and PASV got 522)."""
+    data = os.urandom(MIB + 3)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/q.bin", Body=data)
+    out = tmp_path / "q.bin"
+    done = subprocess.run(
+        [require("curl"), "-v", "--user", f"{PLAIN.user}:{PLAIN.password}", "--ssl-reqd",
+         "--insecure", "-Q", f"USER {SECURE.user}", "-Q", f"PASS {SECURE.password}",
+         "-o", str(out), f"ftp://127.0.0.1:{tls_server.port}/{area}/q.bin"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("> PROT P") == 1 and "< 230" in done.stderr
+    assert out.read_bytes() == data
+
+
 def test_security_replies_are_those_rfc_2228_lists(tls_server):
     """AUTH of a mechanism the server does not know: 504; PROT of a level TLS has not (S,
     E): 536; of no level at all: 504 (pyftpdlib answered 502, 521 and 502: 502 means the

@@ -127,6 +127,11 @@ def transfer_type(handler: Any) -> str:
     return handler._current_type
 
 
+def set_transfer_type(handler: Any, kind: str) -> None:
+    """Set TYPE: ``"a"`` or ``"i"``."""
+    handler._current_type = kind
+
+
 def mlst_facts(handler: Any) -> list:
     """The MLST facts the session chose with ``OPTS MLST``."""
     return handler._current_facts
@@ -268,6 +273,16 @@ def protection_negotiated(handler: Any) -> bool:
 def data_protected(handler: Any) -> bool:
     """True after PROT P: data connections are encrypted."""
     return handler._prot
+
+
+def protection_state(handler: Any) -> tuple[bool, bool]:
+    """What PBSZ and PROT set, (PBSZ came, PROT P), for ``restore_protection``."""
+    return handler._pbsz, handler._prot
+
+
+def restore_protection(handler: Any, state: tuple[bool, bool]) -> None:
+    """Put back a ``protection_state``; (False, False) is the state right after AUTH TLS."""
+    handler._pbsz, handler._prot = state
 
 
 # --- the listening server

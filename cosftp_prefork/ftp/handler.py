@@ -182,15 +182,19 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         logged in", to the command that logs out).
 
         RFC 959 4.1.1: REIN also resets "all parameters ... to the default settings"; a new
-        USER leaves the transfer parameters as they are, so these are reset here alone:
-        EPSV ALL and the OPTS choices, which pyftpdlib's ``flush_account`` keeps (it resets
-        TYPE, REST and RNFR; the new login's filesystem forgets ALLO's size; the TLS
-        handler's resets PBSZ and PROT while the control connection stays encrypted)."""
+        USER leaves them as they are (``flush_account``), so they are reset here alone
+        (``reset_parameters``)."""
         if self._may_log_in_anew():
             self.flush_account()
-            compat.reset_transfer_parameters(self)
-            self.hash_algorithm = type(self).hash_algorithm
+            self.reset_parameters()
             self.respond("220 Ready for a new user: send USER.")
+
+    def reset_parameters(self) -> None:
+        """REIN: put back what a new connection starts with, which a new USER keeps: TYPE,
+        the MLST facts and HASH algorithm of OPTS, EPSV ALL (and REST, which
+        ``flush_account`` already dropped)."""
+        compat.reset_transfer_parameters(self)
+        self.hash_algorithm = type(self).hash_algorithm
 
     def _may_log_in_anew(self) -> bool:
         """A logged-in session that starts a new login (USER, REIN; RFC 959 allows both,
@@ -618,15 +622,22 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         super()._make_eport(ip, port)
 
     def flush_account(self) -> None:
-        """REIN and a new USER: also give up a transfer still waiting for its data
-        connection (its final reply, 425, before the new login's), an account the auth hook
-        gave, its rates, and what the old login's filesystem keeps (``CosFS.end``)."""
+        """REIN and a new USER: forget the login and what it had pending (pyftpdlib: the
+        user, REST, RNFR, an idle data connection), and also give up a transfer still
+        waiting for its data connection (its final reply, 425, before the new login's), an
+        account the auth hook gave, its rates, and what the old login's filesystem keeps
+        (``CosFS.end``; ALLO's size goes with it).
+
+        TYPE is kept, which pyftpdlib reset: RFC 959 4.1.1 says of a new USER "All transfer
+        parameters are unchanged"; REIN resets it (``reset_parameters``)."""
         self._drop_queued_transfers(answer=LOGIN_ANEW)
         vars(self).pop("authorizer", None)
         self.rates = None
         if self.fs is not None:
             self.fs.end()
+        kept = compat.transfer_type(self)
         super().flush_account()
+        compat.set_transfer_type(self, kept)
 
     def peer_gone(self, wait: float = 0.0) -> bool:
         """True if the client closes or resets the control connection within ``wait``

@@ -201,6 +201,24 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
                     "(force_local_data_ssl)")
         return REFUSE_CLEAR_TRANSFER
 
+    def flush_account(self) -> None:
+        """A new USER keeps PBSZ and PROT, which pyftpdlib reset: they are the connection's
+        security state, not the login's. RFC 2228 ties logins to the security state the
+        other way round (a new AUTH resets it, then USER must come again), and clients send
+        PBSZ and PROT before USER as often as after it; the new login then gets the
+        protection its client asked for, not clear data. REIN resets them
+        (``reset_parameters``)."""
+        kept = compat.protection_state(self)
+        super().flush_account()
+        compat.restore_protection(self, kept)
+
+    def reset_parameters(self) -> None:
+        """REIN: PBSZ and PROT go too; the control connection stays encrypted (going back
+        to clear text would put the next USER and PASS on the wire), so the session is as
+        right after AUTH TLS."""
+        super().reset_parameters()
+        compat.restore_protection(self, (False, False))
+
     def ftp_AUTH(self, line: str) -> None:
         """RFC 2228: a security mechanism the server does not know is 504 (pyftpdlib
         answered 502, which says AUTH itself is not implemented)."""
