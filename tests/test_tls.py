@@ -371,6 +371,7 @@ def test_force_local_data_ssl_refuses_clear_transfers_before_anything_opens(
         assert put(ftp, f"{area}/up", b"protected").startswith("226")
         assert get(ftp, f"{area}/secret") == b"not for clear text"
     _close(ftp)
+    assert "Traceback" not in data_ssl_server.log_text()
 
 
 def test_force_local_data_ssl_spares_anonymous(data_ssl_server, area, cos):
@@ -758,13 +759,15 @@ def test_tls_lines_of_the_shipped_example_load(certs, monkeypatch):
     monkeypatch.chdir(ROOT)
     with open("conf/vsftpd.conf.example", encoding="utf-8") as handle:
         text = handle.read()
-    values = {"tls_certfile": certs[0], "tls_keyfile": certs[1], "tls_required": "true"}
+    values = {"tls_certfile": certs[0], "tls_keyfile": certs[1], "tls_required": "true",
+              "force_local_data_ssl": "true"}
     for option, value in values.items():
         text, count = re.subn(rf"(?m)^# {option} = \S+", f"{option} = {value}", text)
         assert count == 1, option
     text = re.sub(r"(?m)^# (implicit_tls_port = )", r"\1", text)
     config = parse_config(text, "example", {})
     assert config.network.tls is not None and config.network.implicit_tls_port == 990
+    assert config.network.tls.force_data
     assert config.accounts[0].tls_required and not config.accounts[1].tls_required
 
 
