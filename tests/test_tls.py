@@ -471,7 +471,7 @@ def test_a_new_user_keeps_type_pbsz_and_prot(tls_server, area, cos):
     """A USER in a logged-in session starts a new login and nothing else: RFC 959 4.1.1,
     "All transfer parameters are unchanged" (TYPE), and the security state is the
     connection's (RFC 2228: AUTH resets it and then asks for USER again; a login does
-    not reset it, and clients send PBSZ and PROT before USER as often as after). The new
+    not reset it, and some clients send PBSZ and PROT before USER). The new
     login, of a tls_required account, transfers at once under the PROT P and TYPE I its
     predecessor set; only REIN resets them (the test above)."""
     data = b"two\nlines\r\n\x00"  # TYPE A would send \r\n for the \n

@@ -158,7 +158,8 @@ class _TLSControl(TLS_FTPHandler):
 
 
 class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
-    """Control channel accepting AUTH TLS, enforcing each account's ``tls_required``."""
+    """Control channel accepting AUTH TLS, enforcing each account's ``tls_required`` and
+    the server's ``force_local_logins_ssl`` and ``force_local_data_ssl``."""
 
     dtp_handler = CosTLSDTPHandler
     # Merged, not inherited: CosFTPHandler's own table (HASH, XCRC…) would hide AUTH,
@@ -203,11 +204,11 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
 
     def flush_account(self) -> None:
         """A new USER keeps PBSZ and PROT, which pyftpdlib reset: they are the connection's
-        security state, not the login's. RFC 2228 ties logins to the security state the
-        other way round (a new AUTH resets it, then USER must come again), and clients send
-        PBSZ and PROT before USER as often as after it; the new login then gets the
-        protection its client asked for, not clear data. REIN resets them
-        (``reset_parameters``)."""
+        security state, not the login's. RFC 2228 ties them the other way round (a new AUTH
+        resets the security state, then USER must come again), and some clients send PBSZ
+        and PROT before USER (IBM's z/OS client, PHP's, FlashFXP); the new login gets the
+        protection its client asked for, where pyftpdlib went back to clear data connections
+        the client did not expect. REIN resets them (``reset_parameters``)."""
         kept = compat.protection_state(self)
         super().flush_account()
         compat.restore_protection(self, kept)
