@@ -298,7 +298,7 @@ def test_tls_required_account_needs_prot_p(tls_server, area):
     with pytest.raises(ftplib.error_perm, match="522"):
         ftp.nlst()
     with pytest.raises(ftplib.error_perm, match="522"):
-        ftp.sendcmd("EPSV")
+        put(ftp, area, b"clear")
     ftp.sendcmd("PBSZ 0")
     with pytest.raises(ftplib.error_perm, match="534"):
         ftp.sendcmd("PROT C")
@@ -424,11 +424,9 @@ def test_force_local_data_ssl_with_curl(data_ssl_server, tmp_path, area, cos):
     assert pending_uploads(cos, f"{area}/clear.bin") == []
 
 
-@pytest.mark.parametrize("protect", ["yes", "no"])
-def test_force_local_data_ssl_with_lftp(data_ssl_server, tmp_path, area, protect):
-    """lftp with ftp:ssl-protect-data and -list yes transfers at once; with no, it reads the
-    522 of its clear RETR, STOR or LIST (vsftpd's refusal, at the transfer command), sets
-    them to yes and tries again with PROT P: both exit 0 with the same bytes."""
+def lftp_round_trip(server, account, tmp_path, area: str, protect: str) -> str:
+    """lftp over AUTH TLS with ``ftp:ssl-protect-data`` and ``-list`` set to ``protect``:
+    put, get and list a file; assert it exits 0 with the same bytes; return its debug log."""
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(2 * MIB + 5))
     back = tmp_path / "back.bin"
@@ -436,18 +434,37 @@ def test_force_local_data_ssl_with_lftp(data_ssl_server, tmp_path, area, protect
                 "set ftp:passive-mode true; set ftp:ssl-force true; set ssl:verify-certificate no; "
                 f"set ftp:ssl-protect-data {protect}; set ftp:ssl-protect-list {protect};")
     done = subprocess.run(
-        [require("lftp"), "-d", "-u", f"{PLAIN.user},{PLAIN.password}", "-p",
-         str(data_ssl_server.port), "-e",
+        [require("lftp"), "-d", "-u", f"{account.user},{account.password}", "-p",
+         str(server.port), "-e",
          f'{settings} mkdir {area}; cd {area}; put "{src}" -o l.bin; get l.bin -o "{back}"; '
          "cls -1; bye", "127.0.0.1"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert back.read_bytes() == src.read_bytes()
     assert done.stdout.split() == ["l.bin"]
-    refused = done.stderr.count(f"<--- {CLEAR_DATA_REFUSED}")
+    return done.stderr
+
+
+@pytest.mark.parametrize("protect", ["yes", "no"])
+def test_force_local_data_ssl_with_lftp(data_ssl_server, tmp_path, area, protect):
+    """lftp with ftp:ssl-protect-data and -list yes transfers at once; with no, it reads the
+    522 of its clear RETR, STOR or LIST (vsftpd's refusal, at the transfer command), sets
+    them to yes and tries again with PROT P: both exit 0 with the same bytes."""
+    log = lftp_round_trip(data_ssl_server, PLAIN, tmp_path, area, protect)
+    refused = log.count(f"<--- {CLEAR_DATA_REFUSED}")
     if protect == "yes":
-        assert refused == 0, done.stderr[-3000:]
+        assert refused == 0, log[-3000:]
     else:  # the upload's and the listing's first tries (the download inherits PROT P)
-        assert refused == 2 and "---> PROT P" in done.stderr, done.stderr[-3000:]
+        assert refused == 2 and "---> PROT P" in log, log[-3000:]
+
+
+def test_tls_required_account_with_lftp_not_protecting_data(tls_server, tmp_path, area):
+    """A tls_required account's clear transfer is refused at the transfer command, as
+    force_local_data_ssl's: lftp with ftp:ssl-protect-data no then sends PROT P and tries
+    again, and exits 0 (refused at PASV, it gave up: exit 1)."""
+    log = lftp_round_trip(tls_server, SECURE, tmp_path, area, "no")
+    # Its PROT C gets 534 (ignored), its clear STOR 522; then PROT P for the rest.
+    assert "<--- 522 This account requires protected data connections" in log, log[-3000:]
+    assert "---> PROT P" in log, log[-3000:]
 
 
 def test_rein_keeps_the_control_connection_encrypted_and_resets_pbsz_and_prot(tls_server,
@@ -459,7 +476,7 @@ def test_rein_keeps_the_control_connection_encrypted_and_resets_pbsz_and_prot(tl
     assert ftp.sendcmd("REIN").startswith("220 ")
     ftp.login(SECURE.user, SECURE.password)  # over the same TLS session: no AUTH again
     with pytest.raises(ftplib.error_perm, match=r"^522 "):
-        ftp.sendcmd("PASV")
+        ftp.nlst()
     with pytest.raises(ftplib.error_perm, match=r"^503 "):
         ftp.sendcmd("PROT P")  # PBSZ first, as after AUTH
     ftp.prot_p()

@@ -29,7 +29,6 @@ from .hooks import WorkerHooks
 
 log = logging.getLogger(__name__)
 
-DATA_SETUP_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
 REFUSE_PLAIN_LOGIN = "530 TLS is required: send AUTH TLS before USER."
 REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send PROT P first."
 REFUSE_PROT_C = "534 This account may not use clear data connections."
@@ -187,20 +186,30 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         super().process_command(cmd, *args, **kwargs)
 
     def transfer_refusal(self) -> Optional[str]:
-        """Under ``force_local_data_ssl``, refuse a transfer or listing without PROT P of any
-        login but an anonymous one with 522, as vsftpd does, at the transfer command: the
-        data connection it already opened is closed unread, no file is opened and COS is
-        not asked. Refused at PASV, lftp would not know to send PROT P (it does on a 522 to
-        RETR, STOR or LIST), curl would report a bad PASV reply. A transfer under way is
-        answered 450 first (``CosFTPHandler.transfer_refusal``): its connection is its own."""
-        if self._transfer_busy() or compat.data_protected(self) or \
-                not self.config.network.tls.force_data or \
-                self.authorizer.account(self.username).anonymous_enable:
+        """Refuse a transfer or listing without PROT P with 522 at the transfer command, of
+        a ``tls_required`` account, and under ``force_local_data_ssl`` of any login but an
+        anonymous one, as vsftpd does: the data connection it already opened is closed
+        unread, no file is opened and COS is not asked. Refused at PASV, lftp would not know
+        to send PROT P (it does on a 522 to RETR, STOR or LIST), curl would report a bad
+        PASV reply. A transfer under way is answered 450 first
+        (``CosFTPHandler.transfer_refusal``): its connection is its own."""
+        refusal = None
+        if not self._transfer_busy() and not compat.data_protected(self):
+            refusal = self._clear_data_refusal()
+        if refusal is None:
             return super().transfer_refusal()
         self.release_data_connection()
-        log.warning("transfer refused: data connections must be encrypted "
-                    "(force_local_data_ssl)")
-        return REFUSE_CLEAR_TRANSFER
+        log.warning("transfer refused: %s", refusal[4:])
+        return refusal
+
+    def _clear_data_refusal(self) -> Optional[str]:
+        """The 522 a clear data connection of this login gets, or None if it may have one."""
+        account = self.authorizer.account(self.username)
+        if account.tls_required:
+            return REFUSE_CLEAR_DATA
+        if self.config.network.tls.force_data and not account.anonymous_enable:
+            return REFUSE_CLEAR_TRANSFER
+        return None
 
     def flush_account(self) -> None:
         """A new USER keeps PBSZ and PROT, which pyftpdlib reset: they are the connection's
@@ -255,8 +264,6 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
             return REFUSE_PLAIN_LOGIN
         if not self._needs_tls(self.username):
             return None
-        if cmd in DATA_SETUP_COMMANDS and not compat.data_protected(self):
-            return REFUSE_CLEAR_DATA
         if cmd == "PROT" and arg.upper() == "C":
             return REFUSE_PROT_C
         return None
