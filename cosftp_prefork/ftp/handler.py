@@ -160,8 +160,12 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
 
     def _refused_before_login(self) -> bool:
         """Close the session with 421 if its address is banned (checked at USER and PASS:
-        connections opened before the ban must not go on guessing)."""
-        if self.authenticated or not self.stats.gate.is_banned(self.remote_ip):
+        connections opened before the ban must not go on guessing). True, and nothing
+        answered, for one the gate refused (no ``gate_client``): it is closing after its
+        421."""
+        if self.gate_client is None:
+            return True
+        if self.authenticated or not self.stats.gate.is_banned(self.gate_client):
             return False
         self._refuse_banned()
         return True
@@ -241,10 +245,10 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         deadline = min(self._pass_started + self.config.auth_hook.timeout,
                        self._ticket.deadline)
         verdict = hook.ask(request, deadline)
-        if self.stats.gate.is_banned(self.remote_ip):
+        if self.stats.gate.is_banned(self.gate_client):
             raise AddressBanned
         if verdict.outcome == DENY and final:
-            self._banned_now = self.stats.gate.login_failed(self.remote_ip)
+            self._banned_now = self.stats.gate.login_failed(self.gate_client)
         return verdict
 
     def _failure_delay(self) -> float:
@@ -290,13 +294,13 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         check started before the failure was counted. Across threads and workers, the checks
         already running when a ban comes still get their answer."""
         gate = self.stats.gate
-        if gate.is_banned(self.remote_ip):
+        if gate.is_banned(self.gate_client):
             raise AddressBanned
         matched = check()
-        if gate.is_banned(self.remote_ip):
+        if gate.is_banned(self.gate_client):
             raise AddressBanned
         if not matched:
-            self._banned_now = gate.login_failed(self.remote_ip)
+            self._banned_now = gate.login_failed(self.gate_client)
         return matched
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
