@@ -283,7 +283,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "ipv6_prefix_length", integer(48, 128), 64,
             "an IPv6 client counts as its network of this length for max_connections_per_ip, "
             "max_prelogin_connections_per_ip and bans (one client owns a whole /64); 128 = "
-            "each address; IPv4 is always exact"),
+            "each address; IPv4 is always exact; read at start (a reload keeps it)"),
     Setting("OPTIONAL", "ban_allowlist", networks, (),
             "client addresses/CIDR blocks never banned (their failed logins are not "
             "counted); connection limits still apply"),

@@ -58,10 +58,18 @@ def read_new_config(running: Config, identity: Optional[Identity]) -> Config:
     if new.hooks.spool_dir != spool:
         log.warning("reload: event_spool_dir takes effect at the next start; events still "
                     "go to %s", spool)
+    prefix = running.server.ipv6_prefix_length
+    if new.server.ipv6_prefix_length != prefix:
+        log.warning("reload: [OPTIONAL] ipv6_prefix_length takes effect at the next start "
+                    "(stop, start: the saved bans are regrouped then); IPv6 clients are "
+                    "still counted and banned by their /%d", prefix)
     # The pid and state files stay where cosftpctl found them at start, the workers'
     # user stays the one their files and metrics directory were given to, and the spool
-    # stays where the events process reads it.
-    new = replace(new, server=replace(new.server, pid_file=running.server.pid_file),
+    # stays where the events process reads it. The prefix length stays the one the live
+    # bans and per-address counts are keyed by: the old generation counts by it until its
+    # last session ends, and two lengths at once would count a network twice.
+    new = replace(new, server=replace(new.server, pid_file=running.server.pid_file,
+                                      ipv6_prefix_length=prefix),
                   run_as=running.run_as, hooks=replace(new.hooks, spool_dir=spool))
     check_files(new, identity.gid if identity else None)  # a planted link:
     hand_over_files(new, identity.uid if identity else None)  # refused, nothing changed

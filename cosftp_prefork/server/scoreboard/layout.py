@@ -22,8 +22,9 @@ MAGIC = b"CFTP"
 # magic, version, master pid, generation, started, workers, reload count, last reload result
 HEADER = struct.Struct("<4sIiIdIII")
 # after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1), the master's
-# state (its index in MASTER_STATES; not running: it stops and takes no reload)
-PORTS = struct.Struct("<HHBB")
+# state (its index in MASTER_STATES; not running: it stops and takes no reload), the
+# ipv6_prefix_length its bans and counts are keyed by (a reload keeps it; 0: not said)
+PORTS = struct.Struct("<HHBBB")
 RUNNING = "running"
 MASTER_STARTING = "starting"  # no worker has served yet
 MASTER_STOPPING = ("stopping", "stopping gracefully")
