@@ -4,9 +4,11 @@ module but compat touches them."""
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import re
 import socket
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -206,3 +208,38 @@ def test_the_default_mlst_facts_are_those_a_new_session_starts_with(channels):
     """REIN puts back ``compat.DEFAULT_MLST_FACTS``: what pyftpdlib starts a session with."""
     control = next(channel for channel in channels if type(channel) is FTPHandler)
     assert tuple(compat.mlst_facts(control)) == compat.DEFAULT_MLST_FACTS
+
+
+class _ReprCounter:
+    """A channel stand-in that counts how often its ``repr`` is made."""
+
+    made = 0
+
+    def __repr__(self) -> str:
+        type(self).made += 1
+        return "<probe>"
+
+
+def test_pyftpdlib_debug_lines_make_no_repr_unless_logged(caplog):
+    """pyftpdlib's ``debug(msg, channel)`` (at every data channel's close, every transfer's
+    start, every passive listener's close) formats ``repr(channel)``, the session's user,
+    addresses and directory, before the logger decides to drop the line: the worker makes
+    every pyftpdlib module's ``debug`` format only a line DEBUG logs, and that line as
+    before."""
+    compat.debug_only_when_logged()  # as the worker does at its start
+    callers = [module for name, module in sorted(sys.modules.items())
+               if name.startswith("pyftpdlib.") and name != "pyftpdlib.log" and
+               callable(getattr(module, "debug", None))]
+    assert {module.__name__ for module in callers} >= {
+        "pyftpdlib.ioloop", "pyftpdlib.handlers.ftp.control", "pyftpdlib.handlers.ftp.data",
+        "pyftpdlib.handlers.ftp.dispatchers"}
+    for module in callers:
+        with caplog.at_level(logging.INFO, logger="pyftpdlib"):
+            module.debug("call: close()", _ReprCounter())
+        assert _ReprCounter.made == 0, module.__name__
+        with caplog.at_level(logging.DEBUG, logger="pyftpdlib"):
+            module.debug("call: close()", _ReprCounter())
+        assert "[debug] call: close() (<probe>)" in caplog.text, module.__name__
+        assert _ReprCounter.made == 1, module.__name__
+        _ReprCounter.made = 0
+        caplog.clear()

@@ -143,3 +143,37 @@ def test_what_an_address_counts_as():
     for network in ("2001:db8::/48", "192.0.2.0/24", "2001:db8::/64x"):
         with pytest.raises(ValueError, match="is a network"):
             parse_address(network, 64)
+
+
+def test_a_reload_keeps_the_prefix_length_until_a_restart(emulator, tmp_path_factory):
+    """A reload that changes ``ipv6_prefix_length`` keeps the length the server started
+    with, says so (section, option, the value kept) and reloads the rest: the bans and
+    per-address counts of the running server stay those of its networks, and ``cosftpctl
+    bans``/``unban`` name them by that length, not by the file's new one."""
+    with server(emulator, tmp_path_factory, "reloaded") as proc:
+        fail_logins(proc, "2001:db8:8::1", 2)
+        with open(proc.config_path, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(proc.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text.replace("[OPTIONAL]\n", "[OPTIONAL]\nipv6_prefix_length = 128\n"
+                                      "ftpd_banner = reloaded.\n"))
+        done = proc.ctl("reload")
+        assert done.returncode == 0, done
+        neighbour = arrive(proc, "2001:db8:8::9")
+        assert neighbour.welcome.startswith("421") and "failed logins" in neighbour.welcome
+        neighbour.close()
+        warned = log_lines(proc, "[OPTIONAL] ipv6_prefix_length")
+        assert warned and "next start" in warned[-1] and "64" in warned[-1], warned
+        first, second = arrive(proc, "2001:db8:9::1"), arrive(proc, "2001:db8:9::2")
+        assert first.welcome == second.welcome == "220 reloaded."  # the rest did reload
+        third = arrive(proc, "2001:db8:9::3")
+        assert third.welcome.startswith("421") and "same IP" in third.welcome
+        for ftp in (first, second, third):
+            ftp.close()
+        listing = proc.ctl("bans")
+        assert "2001:db8:8::/64" in listing.stdout, listing
+        lifted = proc.ctl("unban", "2001:db8:8::7")
+        assert lifted.returncode == 0 and "was not banned" not in lifted.stdout, lifted
+        back = arrive(proc, "2001:db8:8::1")
+        assert back.welcome.startswith("220")
+        back.close()

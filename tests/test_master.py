@@ -378,6 +378,55 @@ def test_reload_with_broken_config_keeps_serving(daemon):
     _close(login(daemon))
 
 
+def test_reload_prints_the_masters_own_verdict_on_a_broken_file(daemon):
+    """``cosftpctl reload`` leaves the file to the master, which reads and refuses it: the
+    command prints the master's message (file, section, option, problem), the one its log
+    has, and exits 2, as for any invalid file."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    before = state_of(daemon).master().reloads
+    rewrite_config(daemon, authority="XYZ")
+    done = daemon.ctl("reload")
+    assert done.returncode == 2, done
+    logged = re.search(r"reload failed, still serving the previous configuration: (.*)",
+                       daemon.log_text())
+    assert logged, done
+    assert "[COS_ACCOUNT_0] authority: must be one of" in logged.group(1)
+    assert f"cosftpctl: configuration error: {logged.group(1)}; the server still serves " \
+        "the previous configuration" in done.stderr, done
+    master = state_of(daemon).master()
+    assert (master.reloads, master.generation) == (before + 1, 1)
+
+
+def test_reload_waits_for_the_verdict_as_long_as_told(daemon):
+    """``reload --timeout``: a master that cannot answer (stopped) gives no verdict within
+    it, exit 1, saying it may still run; the HUP it finds when it goes on still reloads."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    master = master_of(daemon)
+    master.suspend()
+    try:
+        done = daemon.ctl("reload", "--timeout", "0.5")
+    finally:
+        master.resume()
+    assert done.returncode == 1, done
+    assert "no reload verdict within 0.5s; it may still be running" in done.stderr, done
+    wait_until(lambda: serving(daemon, 2, 2), what="the reload the HUP asked for")
+
+
+def test_reload_from_a_shell_without_the_servers_environment(emulator, tmp_path):
+    """A secret the file takes from the server's environment (``${NAME}``, as systemd's
+    EnvironmentFile gives it) need not be in the shell of whoever runs ``cosftpctl
+    reload``: the master reads the file, with its own environment."""
+    proc = ServerProcess(str(tmp_path), emulator.port,
+                         [Account("ops", "ops-pw", ALPHA, secret_key="${COSFTP_TEST_SECRET}")],
+                         env={**os.environ, "COSFTP_TEST_SECRET": "test-key"})
+    with proc:
+        rewrite_config(proc, ftp_login_user_password="new-pw")
+        proc.env = {k: v for k, v in os.environ.items() if k != "COSFTP_TEST_SECRET"}
+        done = proc.ctl("reload")
+        assert done.returncode == 0, done
+        _close(proc.login("ops", "new-pw"))
+
+
 def test_reload_refuses_unusable_hashes_and_keeps_the_old_password(daemon):
     for name in ("n-not-power-of-two", "over-64-mib"):
         with open(daemon.config_path, encoding="utf-8") as handle:

@@ -402,6 +402,24 @@ def test_rein_resets_every_parameter_to_its_default(alice, area):
     assert put(alice, f"{area}-2.txt", b"short").startswith("226")
 
 
+def test_a_new_user_keeps_the_transfer_parameters(alice, area):
+    """RFC 959 4.1.1: a USER while logged in flushes "any user, password, and account
+    information" and "All transfer parameters are unchanged" (pyftpdlib put TYPE back to
+    A; over TLS, PBSZ and PROT are kept too: test_tls). What the old login had pending
+    goes with it: REST and RNFR. REIN resets everything (the test above)."""
+    put(alice, f"{area}.txt", b"user")
+    alice.sendcmd("TYPE I")
+    alice.sendcmd("OPTS HASH MD5")
+    alice.sendcmd("REST 2")
+    alice.sendcmd(f"RNFR {area}.txt")
+    alice.login("alice", "alice-pw")
+    assert "TYPE: Binary" in alice.sendcmd("STAT")
+    assert alice.sendcmd(f"HASH {area}.txt").startswith("213 MD5 ")
+    with pytest.raises(ftplib.error_perm, match=r"^503 "):
+        alice.sendcmd(f"RNTO {area}-renamed.txt")
+    assert get(alice, f"{area}.txt") == b"user"  # from byte 0: REST 2 is gone
+
+
 def test_epsv_all_is_200_then_only_epsv_sets_up_data_connections(alice):
     """RFC 2428 4: EPSV ALL succeeds with a 2xx (vsftpd and proftpd answer 200; pyftpdlib
     answered 220, the greeting's code), and PORT, EPRT and PASV are refused after it."""

@@ -21,7 +21,7 @@ from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
 from requests.structures import CaseInsensitiveDict
 
-from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS, Bucket
+from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS, Bucket, ObjectInfo
 from cosftp_prefork.cos.registry import BucketRegistry
 from cosftp_prefork.cos.signed import Sender, Signer
 from cosftp_prefork.emulator.app import Emulator
@@ -237,6 +237,23 @@ def test_https_goes_through_urllib3s_tls_with_the_accounts_verification(canned, 
     assert info.value.code == "ClientError" and server.requests == []
     _, unverified = canned((HEAD_OK, False), tls=context, verify=False)
     assert unverified.head("d/a").etag == "abc"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("content-type", "text/plain\r\nX-Injected: 1"), ("content-type", "text/plain\nX: 1"),
+    ("content-type", "a\rb"), ("content-type", "a\x00b"), ("x-cos-meta-a b", "v"),
+    ("x-cos-meta-a\nX-Injected", "v")])
+def test_a_header_that_could_forge_another_is_refused_before_anything_is_sent(
+        canned, name, value):
+    """A header value holding CR, LF or NUL (one line break alone too), or a name that is no
+    token, as a stored attribute could carry them into a PUT, refuses the request as
+    http.client does: nothing reaches COS."""
+    server, bucket = canned(*[(HEAD_OK, False)] * RETRY_ATTEMPTS)
+    odd = ObjectInfo(key="x", size=0, mtime=0.0, attributes=((name, value),))
+    with pytest.raises(StorageError) as info:
+        bucket.put("d/a", b"data", like=odd)
+    assert info.value.code == "ClientError"
+    assert server.requests == []
 
 
 def test_a_garbled_answer_is_a_storage_error(canned):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import unquote, urlsplit
 
 from ..config.model import Config
-from ..server.gate import Gate
+from ..server.gate import Client, Gate
 from ..server.scoreboard import SharedState
 from .auth import Caller, TokenRefused, TokenVerifier
 
@@ -187,7 +187,8 @@ class AdminApp:
     def _caller(self, request: Request) -> Caller:
         """Who sent ``request``: its bearer token's owner. Refused (ApiError) from a banned
         address, without a token, with a wrong one (counted towards the address's ban)."""
-        if self.gate.is_banned(request.client):
+        client = self.gate.client(request.client)
+        if self.gate.is_banned(client):
             error = ApiError(403, "your address is banned (too many failed logins or tokens)")
             error.headers["Retry-After"] = str(self.config.server.ban_time)
             raise error
@@ -200,7 +201,7 @@ class AdminApp:
             return self.tokens.verify(token.strip(), request.client)
         except TokenRefused as exc:
             if exc.checked:
-                self._failed_token(request.client)
+                self._failed_token(client)
             error = ApiError(exc.status, exc.message)
             if exc.status == 401:
                 error.headers["WWW-Authenticate"] = 'Bearer realm="cosftp admin", ' \
@@ -209,11 +210,12 @@ class AdminApp:
                 error.headers["Retry-After"] = "1"
             raise error from None
 
-    def _failed_token(self, client: str) -> None:
+    def _failed_token(self, client: Client) -> None:
         """Count a failed token as a failed login of ``client``'s address."""
-        self.gate.refusals.note(client, "admin API: invalid token")
+        self.gate.refusals.note(client.ip, "admin API: invalid token")
         if self.gate.login_failed(client):
-            log.warning("banning %s after repeated failed logins and admin API tokens", client)
+            log.warning("banning %s after repeated failed logins and admin API tokens",
+                        client.ip)
 
 
 def wait_for(done: Callable[[], bool], seconds: float) -> bool:

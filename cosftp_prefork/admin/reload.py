@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-from ..server.scoreboard import RELOAD_FAILED, RELOAD_OK, RELOAD_RUNNING
+from ..server.scoreboard import RELOAD_FAILED, RELOAD_OK, RELOAD_REFUSED, RELOAD_RUNNING
 from .app import ApiError, Context, Response, wait_for
 
 TAKE_WAIT = 10.0  # the master's loop turns every second
@@ -49,7 +49,7 @@ def _reload(context: Context) -> Response:
     if state.reload_taken() < number:  # it began to stop meanwhile
         raise ApiError(503, STOPPING)
     master = state.master()
-    if master.reload_result == RELOAD_FAILED:
+    if master.reload_result in (RELOAD_REFUSED, RELOAD_FAILED):
         raise ApiError(422, "the configuration was refused; nothing changed",
                        errors=[state.reload_error()])
     wait_for(lambda: state.master().reload_result != RELOAD_RUNNING, RELOAD_WAIT)

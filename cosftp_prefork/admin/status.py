@@ -12,6 +12,7 @@ import psutil
 from ..server.scoreboard import (
     RELOAD_FAILED,
     RELOAD_OK,
+    RELOAD_REFUSED,
     RELOAD_RUNNING,
     WorkerStatus,
     heartbeat_age,
@@ -21,7 +22,9 @@ from .app import Context, Response
 # A serving worker's heartbeat older than this is late (it beats every second; the master
 # aborts it after worker_timeout).
 LATE_HEARTBEAT = 5.0
-RELOAD_STATES = {RELOAD_RUNNING: "running", RELOAD_OK: "ok", RELOAD_FAILED: "failed"}
+# A refused file is a failed reload here, as before the master told them apart.
+RELOAD_STATES = {RELOAD_RUNNING: "running", RELOAD_OK: "ok", RELOAD_FAILED: "failed",
+                 RELOAD_REFUSED: "failed"}
 
 
 def status(context: Context) -> Response:

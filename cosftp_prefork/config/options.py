@@ -225,6 +225,10 @@ SETTINGS: tuple[Setting, ...] = (
             "every USER without TLS gets the same 530, whatever the name (but an "
             "anonymous_enable account's): no password in clear text, and no name told apart "
             "from another, where per-account tls_required tells its names"),
+    Setting("NETWORK", "force_local_data_ssl", boolean, False,
+            "every login but an anonymous_enable account's must encrypt its data connections "
+            "(PROT P): a transfer or listing without it gets 522 before anything is opened, "
+            "as vsftpd answers; per account: tls_required"),
     # Behind a load balancer (see docs/cluster.md).
     Setting("NETWORK", "proxy_protocol",
             choice("off", "optional", "required", fold=str.lower), "off",
@@ -280,7 +284,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "ipv6_prefix_length", integer(48, 128), 64,
             "an IPv6 client counts as its network of this length for max_connections_per_ip, "
             "max_prelogin_connections_per_ip and bans (one client owns a whole /64); 128 = "
-            "each address; IPv4 is always exact"),
+            "each address; IPv4 is always exact; read at start (a reload keeps it)"),
     Setting("OPTIONAL", "ban_allowlist", networks, (),
             "client addresses/CIDR blocks never banned (their failed logins are not "
             "counted); connection limits still apply"),

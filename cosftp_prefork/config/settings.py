@@ -381,7 +381,7 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
                       net["require_ssl_reuse"])
     implicit_port = net["implicit_tls_port"]
     if tls is None:
-        for option in ("require_ssl_reuse", "force_local_logins_ssl"):
+        for option in ("require_ssl_reuse", "force_local_logins_ssl", "force_local_data_ssl"):
             if net[option]:
                 raise reader.error("needs tls_certfile", "NETWORK", option)
         needing = next((a.section for a in accounts if a.tls_required), None)
@@ -393,7 +393,8 @@ def _network(reader: _Reader, net: dict[str, Any], accounts: list[AccountConfig]
         raise reader.error(f"{implicit_port} is already listen_port", "NETWORK",
                            "implicit_tls_port")
     else:
-        tls = dataclasses.replace(tls, force_logins=net["force_local_logins_ssl"])
+        tls = dataclasses.replace(tls, force_logins=net["force_local_logins_ssl"],
+                                  force_data=net["force_local_data_ssl"])
     if net["proxy_protocol"] != "off" and not net["proxy_allowed"]:
         raise reader.error("needs proxy_allowed (the balancers' addresses)", "NETWORK",
                            "proxy_protocol")

@@ -41,7 +41,9 @@ class ServerTLS:
 
     ``require_reuse``: data connections must resume the control connection's TLS session
     (``[NETWORK] require_ssl_reuse``). ``force_logins``: every login needs TLS on the
-    control connection (``[NETWORK] force_local_logins_ssl``).
+    control connection (``[NETWORK] force_local_logins_ssl``). ``force_data``: every login's
+    data connections need TLS (``[NETWORK] force_local_data_ssl``). Anonymous logins are
+    spared by both.
     """
 
     certfile: str
@@ -49,6 +51,7 @@ class ServerTLS:
     key: PrivateKeyTypes = field(compare=False, repr=False)
     require_reuse: bool = False
     force_logins: bool = False
+    force_data: bool = False
 
     @property
     def certificate(self) -> x509.Certificate:

@@ -38,6 +38,7 @@ from qcloud_cos.cos_comm import (
     path_simplify_check,
 )
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
+from urllib3 import HTTPHeaderDict
 
 from .. import metrics
 from ..config.model import AccountConfig
@@ -302,19 +303,29 @@ def _back_off(action: str, error: StorageError, attempt: int) -> None:
     time.sleep(delay)
 
 
-def _reported_crc64(headers: dict) -> Optional[int]:
-    for name, value in headers.items():
-        if name.lower() == "x-cos-hash-crc64ecma" and str(value).isdigit():
+def _reported_crc64(headers: Mapping[str, Any]) -> Optional[int]:
+    """The first ``x-cos-hash-crc64ecma`` of ``headers`` that is a number, None if none."""
+    for value in _values(headers, "x-cos-hash-crc64ecma"):
+        if str(value).isdigit():
             return int(value)
     return None
 
 
-def _header(headers: dict, wanted: str) -> str:
+def _header(headers: Mapping[str, Any], wanted: str) -> str:
     """The value of the header ``wanted`` (lower case) in ``headers``, "" if absent."""
-    for name, value in headers.items():
-        if name.lower() == wanted:
-            return str(value)
-    return ""
+    values = _values(headers, wanted)
+    return str(values[0]) if values else ""
+
+
+def _values(headers: Mapping[str, Any], wanted: str) -> list[Any]:
+    """The values of the header ``wanted`` (lower case) in ``headers``, in order. An
+    ``HTTPHeaderDict`` (every answer of ``Sender``) is asked, as it keeps its names in lower
+    case: going through its items joined each header's values again, 10-13 us per answer
+    read, 20-25 us per PUT's (docs/performance.md); the SDK's plain dicts, whose names come
+    in any case, are searched."""
+    if isinstance(headers, HTTPHeaderDict):
+        return headers.getlist(wanted)
+    return [value for name, value in headers.items() if name.lower() == wanted]
 
 
 def _whole_size(content_range: str, fallback: int) -> int:

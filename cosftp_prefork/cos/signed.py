@@ -642,14 +642,25 @@ def _host_header(parts: Any) -> str:
 def _request_head(lines: list[str]) -> bytes:
     """The request line and headers, refused if a header could be forged (a name that is
     no token, a line break anywhere), as http.client refuses them."""
-    for line in lines:
-        if _BREAKS.search(line):
-            raise ValueError(f"Invalid header: it holds a line break: {line[:80]!r}")
+    head = "\r\n".join(lines)
+    # The joins are the head's only CR and LF unless a line holds one: counted in the whole
+    # head rather than searched line by line (4 us less per request, docs/performance.md).
+    breaks = len(lines) - 1
+    if head.count("\r") != breaks or head.count("\n") != breaks or "\0" in head:
+        for line in lines:
+            if _BREAKS.search(line):
+                raise ValueError(f"Invalid header: it holds a line break: {line[:80]!r}")
     for line in lines[1:]:
         name = line.partition(":")[0]
-        if not _TOKEN.fullmatch(name):
+        if not _is_token(name):
             raise ValueError(f"Invalid header name {name[:80]!r}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    return (head + "\r\n\r\n").encode("utf-8")
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_token(name: str) -> bool:
+    """Whether a header name is a token (the same few names come with every request)."""
+    return _TOKEN.fullmatch(name) is not None
 
 
 def _read_head(reader: Any) -> tuple[int, HTTPHeaderDict, bool]:

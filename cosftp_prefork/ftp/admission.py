@@ -75,6 +75,9 @@ class Admission:
 
     arrival = Arrival.ACCEPTED
     _ticket = None  # our place in the server-wide limits (gate.Ticket), while counted
+    # Who the gate counts us as (gate.Client), from our greeting on: what USER and PASS ask
+    # it about; kept after close, which a password check on another thread may outlive.
+    gate_client = None
     _kicked: Optional[str] = None  # why the worker's main thread told us to go
 
     def handle(self) -> None:
@@ -131,6 +134,7 @@ class Admission:
 
     def _admitted(self) -> None:
         self.arrival = Arrival.ADMITTED
+        self.gate_client = self._ticket.client
         self.greet()
 
     def greet(self) -> None:

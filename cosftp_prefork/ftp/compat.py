@@ -11,12 +11,16 @@ Private methods our subclasses override stay in the subclass; ``OVERRIDDEN`` lis
 with the names those overrides rely on.
 """
 
+import logging
+import sys
 from typing import Any, Callable, Optional
 
 # Re-exported: these live in pyftpdlib's internal modules, not in ``pyftpdlib.handlers``.
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer, FileProducer
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED as DISCONNECTED
+from pyftpdlib.log import debug as _pyftpdlib_debug
+from pyftpdlib.log import logger as _pyftpdlib_logger
 
 __all__ = ["DISCONNECTED", "ActiveDTP", "BufferedIteratorProducer", "FileProducer",
            "PassiveDTP"]
@@ -125,6 +129,11 @@ def file_transfer_waiting(handler: Any) -> bool:
 def transfer_type(handler: Any) -> str:
     """``"a"`` (TYPE A) or ``"i"`` (TYPE I)."""
     return handler._current_type
+
+
+def set_transfer_type(handler: Any, kind: str) -> None:
+    """Set TYPE: ``"a"`` or ``"i"``."""
+    handler._current_type = kind
 
 
 def mlst_facts(handler: Any) -> list:
@@ -270,8 +279,39 @@ def data_protected(handler: Any) -> bool:
     return handler._prot
 
 
+def protection_state(handler: Any) -> tuple[bool, bool]:
+    """What PBSZ and PROT set, (PBSZ came, PROT P), for ``restore_protection``."""
+    return handler._pbsz, handler._prot
+
+
+def restore_protection(handler: Any, state: tuple[bool, bool]) -> None:
+    """Put back a ``protection_state``; (False, False) is the state right after AUTH TLS."""
+    handler._pbsz, handler._prot = state
+
+
 # --- the listening server
 
 def listen_fileno(server: Any) -> Optional[int]:
     """File number of the listening socket, None once it is closed."""
     return server._fileno
+
+
+# --- pyftpdlib's debug lines
+
+def debug_only_when_logged() -> None:
+    """Make every loaded pyftpdlib module's ``debug`` format its line only if the
+    ``pyftpdlib`` logger logs DEBUG (it may change at a reload: asked at each call).
+
+    pyftpdlib's ``log.debug(msg, inst)`` formats ``repr(inst)`` (the session's user,
+    addresses and directory: ``get_repr_info``) before the logger drops the line, at every
+    data channel's close, transfer's start and passive listener's close: 2-3 % of a
+    worker's CPU per small file (docs/performance.md). Each module imported the function
+    by name, so each module's name is replaced; the line DEBUG logs is the same."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("pyftpdlib.") and getattr(module, "debug", None) is _pyftpdlib_debug:
+            module.debug = _debug
+
+
+def _debug(msg: str, inst: Any = None) -> None:
+    if _pyftpdlib_logger.isEnabledFor(logging.DEBUG):
+        _pyftpdlib_debug(msg, inst)

@@ -160,8 +160,12 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
 
     def _refused_before_login(self) -> bool:
         """Close the session with 421 if its address is banned (checked at USER and PASS:
-        connections opened before the ban must not go on guessing)."""
-        if self.authenticated or not self.stats.gate.is_banned(self.remote_ip):
+        connections opened before the ban must not go on guessing). True, and nothing
+        answered, for one the gate refused (no ``gate_client``): it is closing after its
+        421."""
+        if self.gate_client is None:
+            return True
+        if self.authenticated or not self.stats.gate.is_banned(self.gate_client):
             return False
         self._refuse_banned()
         return True
@@ -182,15 +186,19 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         logged in", to the command that logs out).
 
         RFC 959 4.1.1: REIN also resets "all parameters ... to the default settings"; a new
-        USER leaves the transfer parameters as they are, so these are reset here alone:
-        EPSV ALL and the OPTS choices, which pyftpdlib's ``flush_account`` keeps (it resets
-        TYPE, REST and RNFR; the new login's filesystem forgets ALLO's size; the TLS
-        handler's resets PBSZ and PROT while the control connection stays encrypted)."""
+        USER leaves them as they are (``flush_account``), so they are reset here alone
+        (``reset_parameters``)."""
         if self._may_log_in_anew():
             self.flush_account()
-            compat.reset_transfer_parameters(self)
-            self.hash_algorithm = type(self).hash_algorithm
+            self.reset_parameters()
             self.respond("220 Ready for a new user: send USER.")
+
+    def reset_parameters(self) -> None:
+        """REIN: put back what a new connection starts with, which a new USER keeps: TYPE,
+        the MLST facts and HASH algorithm of OPTS, EPSV ALL (and REST, which
+        ``flush_account`` already dropped)."""
+        compat.reset_transfer_parameters(self)
+        self.hash_algorithm = type(self).hash_algorithm
 
     def _may_log_in_anew(self) -> bool:
         """A logged-in session that starts a new login (USER, REIN; RFC 959 allows both,
@@ -237,10 +245,10 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         deadline = min(self._pass_started + self.config.auth_hook.timeout,
                        self._ticket.deadline)
         verdict = hook.ask(request, deadline)
-        if self.stats.gate.is_banned(self.remote_ip):
+        if self.stats.gate.is_banned(self.gate_client):
             raise AddressBanned
         if verdict.outcome == DENY and final:
-            self._banned_now = self.stats.gate.login_failed(self.remote_ip)
+            self._banned_now = self.stats.gate.login_failed(self.gate_client)
         return verdict
 
     def _failure_delay(self) -> float:
@@ -286,13 +294,13 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         check started before the failure was counted. Across threads and workers, the checks
         already running when a ban comes still get their answer."""
         gate = self.stats.gate
-        if gate.is_banned(self.remote_ip):
+        if gate.is_banned(self.gate_client):
             raise AddressBanned
         matched = check()
-        if gate.is_banned(self.remote_ip):
+        if gate.is_banned(self.gate_client):
             raise AddressBanned
         if not matched:
-            self._banned_now = gate.login_failed(self.remote_ip)
+            self._banned_now = gate.login_failed(self.gate_client)
         return matched
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
@@ -447,8 +455,7 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
                 self.respond(f"553 {exc.strerror}.")
                 return
         if cmd in TRANSFER_COMMANDS:
-            refusal = TRANSFER_BUSY if self._transfer_busy() else \
-                self._claim_data_connection()
+            refusal = self.transfer_refusal()
             if refusal is not None:
                 self.respond(refusal)
                 return
@@ -469,6 +476,23 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
             self.respond("451 Requested action aborted: storage error "
                          f"({exc.cause.code or 'COS'}); try again.")
+
+    def transfer_refusal(self) -> Optional[str]:
+        """Return the reply refusing a transfer command before it opens a file or asks COS
+        anything (450 while another transfer is under way, 425 without a trustworthy data
+        connection), or None to run it; the data connection is then the command's."""
+        if self._transfer_busy():
+            return TRANSFER_BUSY
+        return self._claim_data_connection()
+
+    def release_data_connection(self) -> None:
+        """Close the data connection a refused transfer command would have used, opened or
+        coming (the passive listener and what it holds, PORT's connector, an idle data
+        channel): the refusal leaves nothing behind, and the next transfer needs a new
+        PASV, EPSV, PORT or EPRT."""
+        compat.shut_down_connecting(self)
+        if self.data_channel is not None:
+            self.data_channel.close()
 
     def _claim_data_connection(self) -> Optional[str]:
         """Return the reply refusing a transfer command for want of a trustworthy data
@@ -602,15 +626,22 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         super()._make_eport(ip, port)
 
     def flush_account(self) -> None:
-        """REIN and a new USER: also give up a transfer still waiting for its data
-        connection (its final reply, 425, before the new login's), an account the auth hook
-        gave, its rates, and what the old login's filesystem keeps (``CosFS.end``)."""
+        """REIN and a new USER: forget the login and what it had pending (pyftpdlib: the
+        user, REST, RNFR, an idle data connection), and also give up a transfer still
+        waiting for its data connection (its final reply, 425, before the new login's), an
+        account the auth hook gave, its rates, and what the old login's filesystem keeps
+        (``CosFS.end``; ALLO's size goes with it).
+
+        TYPE is kept, which pyftpdlib reset: RFC 959 4.1.1 says of a new USER "All transfer
+        parameters are unchanged"; REIN resets it (``reset_parameters``)."""
         self._drop_queued_transfers(answer=LOGIN_ANEW)
         vars(self).pop("authorizer", None)
         self.rates = None
         if self.fs is not None:
             self.fs.end()
+        kept = compat.transfer_type(self)
         super().flush_account()
+        compat.set_transfer_type(self, kept)
 
     def peer_gone(self, wait: float = 0.0) -> bool:
         """True if the client closes or resets the control connection within ``wait``

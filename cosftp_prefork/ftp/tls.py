@@ -29,10 +29,12 @@ from .hooks import WorkerHooks
 
 log = logging.getLogger(__name__)
 
-DATA_SETUP_COMMANDS = ("PASV", "EPSV", "PORT", "EPRT")
 REFUSE_PLAIN_LOGIN = "530 TLS is required: send AUTH TLS before USER."
 REFUSE_CLEAR_DATA = "522 This account requires protected data connections: send PROT P first."
 REFUSE_PROT_C = "534 This account may not use clear data connections."
+# vsftpd's words for force_local_data_ssl, which operators and their clients know; lftp
+# reads a 522 to a transfer command under PROT C as "send PROT P and try again".
+REFUSE_CLEAR_TRANSFER = "522 Data connections must be encrypted: use FTPS (AUTH TLS) and PROT P."
 HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
                        "transfer aborted.")
 BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
@@ -155,7 +157,8 @@ class _TLSControl(TLS_FTPHandler):
 
 
 class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
-    """Control channel accepting AUTH TLS, enforcing each account's ``tls_required``."""
+    """Control channel accepting AUTH TLS, enforcing each account's ``tls_required`` and
+    the server's ``force_local_logins_ssl`` and ``force_local_data_ssl``."""
 
     dtp_handler = CosTLSDTPHandler
     # Merged, not inherited: CosFTPHandler's own table (HASH, XCRC…) would hide AUTH,
@@ -181,6 +184,50 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
             self.respond(refusal)
             return
         super().process_command(cmd, *args, **kwargs)
+
+    def transfer_refusal(self) -> Optional[str]:
+        """Refuse a transfer or listing without PROT P with 522 at the transfer command, of
+        a ``tls_required`` account, and under ``force_local_data_ssl`` of any login but an
+        anonymous one, as vsftpd does: the data connection it already opened is closed
+        unread, no file is opened and COS is not asked. Refused at PASV, lftp would not know
+        to send PROT P (it does on a 522 to RETR, STOR or LIST), curl would report a bad
+        PASV reply. A transfer under way is answered 450 first
+        (``CosFTPHandler.transfer_refusal``): its connection is its own."""
+        refusal = None
+        if not self._transfer_busy() and not compat.data_protected(self):
+            refusal = self._clear_data_refusal()
+        if refusal is None:
+            return super().transfer_refusal()
+        self.release_data_connection()
+        log.warning("transfer refused: %s", refusal[4:])
+        return refusal
+
+    def _clear_data_refusal(self) -> Optional[str]:
+        """The 522 a clear data connection of this login gets, or None if it may have one."""
+        account = self.authorizer.account(self.username)
+        if account.tls_required:
+            return REFUSE_CLEAR_DATA
+        if self.config.network.tls.force_data and not account.anonymous_enable:
+            return REFUSE_CLEAR_TRANSFER
+        return None
+
+    def flush_account(self) -> None:
+        """A new USER keeps PBSZ and PROT, which pyftpdlib reset: they are the connection's
+        security state, not the login's. RFC 2228 ties them the other way round (a new AUTH
+        resets the security state, then USER must come again), and some clients send PBSZ
+        and PROT before USER (IBM's z/OS client, PHP's, FlashFXP); the new login gets the
+        protection its client asked for, where pyftpdlib went back to clear data connections
+        the client did not expect. REIN resets them (``reset_parameters``)."""
+        kept = compat.protection_state(self)
+        super().flush_account()
+        compat.restore_protection(self, kept)
+
+    def reset_parameters(self) -> None:
+        """REIN: PBSZ and PROT go too; the control connection stays encrypted (going back
+        to clear text would put the next USER and PASS on the wire), so the session is as
+        right after AUTH TLS."""
+        super().reset_parameters()
+        compat.restore_protection(self, (False, False))
 
     def ftp_AUTH(self, line: str) -> None:
         """RFC 2228: a security mechanism the server does not know is 504 (pyftpdlib
@@ -217,8 +264,6 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
             return REFUSE_PLAIN_LOGIN
         if not self._needs_tls(self.username):
             return None
-        if cmd in DATA_SETUP_COMMANDS and not compat.data_protected(self):
-            return REFUSE_CLEAR_DATA
         if cmd == "PROT" and arg.upper() == "C":
             return REFUSE_PROT_C
         return None

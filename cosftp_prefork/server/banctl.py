@@ -28,7 +28,7 @@ import os
 import pwd
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Callable, Optional
 
@@ -74,6 +74,22 @@ def parse_address(text: str, prefix: int) -> str:
     return group
 
 
+def as_running(config: Config, master_pid: MasterPid) -> Config:
+    """``config`` with the ``ipv6_prefix_length`` its running server counts and bans by:
+    a reload keeps the one the server started with (``reload.read_new_config``), so the
+    file may say another until the next start. ``config`` itself if none runs."""
+    state = SharedState.open(state_path(config.server.pid_file)) if master_pid() else None
+    if state is None:
+        return config
+    try:
+        prefix = state.master().ipv6_prefix_length
+    finally:
+        state.close()
+    if not prefix or prefix == config.server.ipv6_prefix_length:
+        return config
+    return replace(config, server=replace(config.server, ipv6_prefix_length=prefix))
+
+
 def shown_as(group: str, config: Config) -> str:
     """A group of the ban table as the operator reads it: ``2001:db8::/64``, ``192.0.2.7``."""
     return group_label(group, config.server.ipv6_prefix_length)
@@ -106,6 +122,7 @@ def cmd_bans(config: Config, master_pid: MasterPid) -> int:
     """Print every address banned, or with failed logins in the window, on this node (the
     running server's table, else the bans a stopped one saved) and in the cluster; return
     0, 3 if the server is not running, 1 if Redis could not be asked."""
+    config = as_running(config, master_pid)
     now, server = time.time(), config.server
     listed: dict[str, Listed] = {}
     state = SharedState.open(state_path(server.pid_file)) if master_pid() else None
@@ -210,6 +227,7 @@ class Outcome:
 def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> int:
     """Lift the ban of ``address`` (every address: None) everywhere it is held; return 0,
     2 for an argument that is not an address, 1 if some place could not be changed."""
+    config = as_running(config, master_pid)
     if address is not None:
         try:
             address = parse_address(address, config.server.ipv6_prefix_length)

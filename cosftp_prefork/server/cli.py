@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
 from ..config.locations import base_dir, locate_server
 from ..config.model import REDIS_MINIMUM, Config, ServerConfig
@@ -29,11 +29,13 @@ from .pidfile import (
     describe_pid_file,
     find_master,
     is_alive,
+    poll,
     port_holders,
     whereabouts,
 )
 from .privileges import Identity, describe_workers, probe, workers_identity
 from .quotactl import cmd_quota, cmd_quota_scan
+from .reloadctl import RELOAD_TIMEOUT, cmd_reload
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
@@ -44,8 +46,6 @@ from .scoreboard import (
     CLUSTER_UNSUPPORTED_CLOSED,
     CLUSTER_UNSUPPORTED_OPEN,
     MASTER_STARTING,
-    RELOAD_FAILED,
-    RELOAD_OK,
     RUNNING,
     MasterStatus,
     SessionDetail,
@@ -77,11 +77,9 @@ SIGNAL_HELP = """signals understood by the master:
   TTIN/TTOU  one worker more / less
 each command's exit status and examples: cosftpctl COMMAND --help
 """
-RELOAD_TIMEOUT = 60.0
 ONLINE_TIMEOUT = 10.0
 ONLINE_THREADS = 64  # accounts tried at once by check --online
 ONLINE_START_MARGIN = 60.0  # for the probe process to start (it imports the SDK)
-T = TypeVar("T")
 
 
 def _seconds(text: str) -> float:
@@ -112,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop_cmd.add_argument("--graceful", action="store_true",
                           help="QUIT: refuse new connections, let the transfers in flight "
                                "finish (at most graceful_timeout), then stop")
-    sub.add_parser("reload", help="validate the config and reload it without dropping sessions")
+    reload = sub.add_parser("reload", help="have the master validate the config and reload it "
+                            "without dropping sessions")
+    reload.add_argument("--timeout", type=_seconds, default=RELOAD_TIMEOUT,
+                        help="seconds to wait for the master's verdict (default %(default)g)")
     sub.add_parser("status", help="show master and workers (exit 0), or exit 3 if not running")
     sub.add_parser("sessions", help="one line per live session (like ftpwho): user, client, "
                    "command, bytes, rate, idle time")
@@ -225,8 +226,8 @@ def cmd_start(config: Config) -> int:
 
 def _wait_until_serving(target: Target, child: subprocess.Popen) -> Optional[str]:
     """Wait until every worker of ``child`` serves; return what went wrong, or None."""
-    if _poll(lambda: child.poll() is not None or _all_serving(target, child.pid),
-             START_TIMEOUT):
+    if poll(lambda: child.poll() is not None or _all_serving(target, child.pid),
+            START_TIMEOUT):
         return None if child.returncode is None else \
             f"server exited with status {child.returncode}"
     child.terminate()
@@ -307,50 +308,11 @@ def stop(target: Target, graceful: bool = False,
     if graceful:
         print(f"cosftpctl: stopping pid {pid} gracefully: new connections refused, transfers "
               f"in flight have up to {graceful_timeout}s to finish", flush=True)
-    if _poll(lambda: not is_alive(pid), timeout):
+    if poll(lambda: not is_alive(pid), timeout):
         print(f"cosftpctl: stopped pid {pid}")
         return 0
     print(f"cosftpctl: pid {pid} did not stop within {timeout:.0f}s", file=sys.stderr)
     return 1
-
-
-def cmd_reload(config: Config) -> int:
-    pid = find_master(target_of(config))
-    state = SharedState.open(state_path(config.server.pid_file)) if pid else None
-    if pid is None or state is None:
-        print("cosftpctl: not running", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    before = state.master().reloads
-    os.kill(pid, signal.SIGHUP)
-
-    def reloaded() -> Optional[MasterStatus]:
-        master = state.master()
-        done = master.reloads > before and master.reload_result in (RELOAD_OK, RELOAD_FAILED)
-        return master if done else None
-    master = _poll(reloaded, RELOAD_TIMEOUT)
-    if master is None:
-        print(f"cosftpctl: no reload result within {RELOAD_TIMEOUT:.0f}s", file=sys.stderr)
-        return 1
-    if master.reload_result == RELOAD_OK:
-        print(f"cosftpctl: reloaded, generation {master.generation}")
-        return 0
-    # Why, as the master wrote it before its result (a port in use, a rollback's cause).
-    why = state.reload_error()
-    print(f"cosftpctl: reload failed{f' ({why})' if why else ''}, still serving the previous "
-          f"configuration; see {config.server.log_dir}/cosftp.log", file=sys.stderr)
-    return 1
-
-
-def _poll(check: Callable[[], T], timeout: float) -> Optional[T]:
-    """The first true answer of ``check``, asked every 50 ms; None after ``timeout``
-    seconds without one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    return None
 
 
 def cmd_status(config: Config) -> int:
@@ -607,8 +569,7 @@ def _check_cluster(config: Config) -> Optional[str]:
         raise ConfigError(exc.problem, config.path, exc.section, exc.option) from exc
 
 
-COMMANDS = {"start": cmd_start, "status": cmd_status, "sessions": cmd_sessions,
-            "reload": cmd_reload}
+COMMANDS = {"start": cmd_start, "status": cmd_status, "sessions": cmd_sessions}
 PID_ONLY_COMMANDS = {"status": status, "sessions": sessions}  # and stop
 
 
@@ -628,17 +589,25 @@ def cmd_hash_password() -> int:
     return 0
 
 
+def _located(config_path: str) -> Target:
+    """The server of the file at ``config_path`` as found without validating the file
+    (``locate_server``)."""
+    return Target(os.path.abspath(config_path), *locate_server(config_path))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         return cmd_hash_password()
+    if args.command == "reload":  # the master reads the file and gives its verdict
+        return cmd_reload(_located(args.config), args.timeout)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         if args.command == "stop" or args.command in PID_ONLY_COMMANDS:
             # Stopping or inspecting a running server must not depend on the file being valid.
-            target = Target(os.path.abspath(args.config), *locate_server(args.config))
+            target = _located(args.config)
             if args.command == "stop":
                 return stop(target, args.graceful)
             return PID_ONLY_COMMANDS[args.command](target)

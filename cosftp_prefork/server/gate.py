@@ -88,11 +88,22 @@ _MOVES = {
 }
 
 
+@dataclass(frozen=True)
+class Client:
+    """Who a connection comes from, as the gate counts it; made once per connection
+    (``Gate.client``), not again at each check of a limit or a ban."""
+
+    ip: str  # its own address: the logs, ban_allowlist
+    group: str  # what it is counted and banned as (``ipv6_prefix_length``'s network)
+    key: tuple  # ``group`` as the ban table's keys are written (``address_key``)
+    bannable: bool  # bans are on and ``ip`` is not in ban_allowlist
+
+
 @dataclass(eq=False)
 class Ticket:
     """One admitted connection: its row in the shared session table and its state."""
 
-    ip: str
+    client: Client
     row: int
     deadline: float  # time.monotonic() by which it must have logged in (again)
     kick: Callable[[str], None]  # asks the session to reply 421 and close (any thread)
@@ -156,17 +167,17 @@ class Gate:
         balancer's address is every client's); ``recount`` then applies them to the
         client's address.
         """
-        row = None
+        row, client = None, self.client(ip)
         if per_address:
-            limits, reason = self.limits, BANNED if self._banned_at_accept(ip) else None
+            limits, reason = self.limits, BANNED if self._banned_at_accept(client) else None
         else:
             limits, reason = replace(self.limits, per_ip=0, prelogin_per_ip=0), None
         if reason is None:
-            row, reason = self.state.admit(self.pid, self.client(ip), limits, ip)
+            row, reason = self.state.admit(self.pid, client.group, limits, ip)
         if row is None:
             self.refusals.note(ip, f"connection refused: {reason}")
             return None, reason
-        ticket = Ticket(ip, row, time.monotonic() + self.login_timeout, kick)
+        ticket = Ticket(client, row, time.monotonic() + self.login_timeout, kick)
         with self._lock:
             self._pending.add(ticket)
         return ticket, None
@@ -177,38 +188,39 @@ class Gate:
         of the whole cluster (asking Redis: runs in the session's thread, before the
         greeting); it keeps its place server-wide and its login deadline. Return why it may
         not stay (a refusal is logged here, once per burst)."""
-        limits, reason = self._address_limits(ip)
+        client = self.client(ip)
+        limits, reason = self._address_limits(client)
         with ticket.lock:
             if ticket.state is not SessionState.PENDING:  # kicked meanwhile: logged then
-                return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
+                return BANNED if self.is_banned(ticket.client) else LOGIN_TIMED_OUT
             if reason is None:
-                reason = self.state.move(ticket.row, self.pid, self.client(ip), limits, ip)
+                reason = self.state.move(ticket.row, self.pid, client.group, limits, ip)
             if reason is None:
-                ticket.ip, ticket.shared = ip, self.shared
+                ticket.client, ticket.shared = client, self.shared
         if reason is not None:
             self.refusals.note(ip, f"connection refused: {reason}")
             return reason
         if self.cluster is not None:
-            self.cluster.counted(self.client(ip), 1)
+            self.cluster.counted(client.group, 1)
         return None
 
-    def _address_limits(self, ip: str) -> tuple[Limits, Optional[str]]:
-        """The limits for a connection from ``ip``, or why it is refused (banned here or,
-        with a cluster, anywhere)."""
-        if self._banned_at_accept(ip):
+    def _address_limits(self, client: Client) -> tuple[Limits, Optional[str]]:
+        """The limits for a connection from ``client``, or why it is refused (banned here
+        or, with a cluster, anywhere)."""
+        if self._banned_at_accept(client):
             return self.limits, BANNED
         if self.cluster is not None:
-            return self._cluster_limits(ip)
+            return self._cluster_limits(client)
         return self.limits, None
 
-    def _cluster_limits(self, ip: str) -> tuple[Limits, Optional[str]]:
+    def _cluster_limits(self, client: Client) -> tuple[Limits, Optional[str]]:
         """The limits left for this node once the other nodes' connections are counted,
-        or why ``ip`` is refused cluster-wide."""
-        found = self.cluster.elsewhere(self.client(ip))
+        or why ``client`` is refused cluster-wide."""
+        found = self.cluster.elsewhere(client.group)
         if found is None:
             return self.limits, UNAVAILABLE if self.cluster.fail_closed else None
-        if found.banned_until and self._may_ban(ip):
-            self._adopt(self.client(ip), found.banned_until)
+        if found.banned_until and client.bannable:
+            self._adopt(client.group, found.banned_until)
             return self.limits, BANNED
         per_ip, logged_in = (_left(self.limits.per_ip, found.per_ip),
                              _left(self.limits.logged_in, found.logged_in))
@@ -230,12 +242,12 @@ class Gate:
         limit, seats = self.limits.logged_in, max_sessions
         if (limit or seats) and self.cluster is not None:
             # not under the lock the tick takes
-            found = self.cluster.elsewhere(self.client(ticket.ip), account if seats else None)
+            found = self.cluster.elsewhere(ticket.client.group, account if seats else None)
             limit = _left(limit, found.logged_in if found else 0)
             seats = _left(seats, found.account if found else 0)
         with ticket.lock:
             if ticket.state is not SessionState.PENDING:
-                return BANNED if self.is_banned(ticket.ip) else LOGIN_TIMED_OUT
+                return BANNED if self.is_banned(ticket.client) else LOGIN_TIMED_OUT
             if limit is None or seats is None:
                 reason = TOO_MANY_LOGGED_IN if limit is None else TOO_MANY_SESSIONS
             else:
@@ -245,7 +257,7 @@ class Gate:
                 ticket.move(SessionState.LOGGED_IN)
                 ticket.account = account
                 if self.cluster is not None:
-                    self.cluster.counted(self.client(ticket.ip), 0, 1, account)
+                    self.cluster.counted(ticket.client.group, 0, 1, account)
         with self._lock:
             self._pending.discard(ticket)
         return reason
@@ -259,7 +271,7 @@ class Gate:
         Without this, a logged-in session could send passwords for ever, none of them
         counted against the pre-login limits or timed: 256 of them re-sending USER and PASS
         at once ran 256 password checks at once (docs/reliability.md, "Login cost")."""
-        reason = BANNED if self.is_banned(ticket.ip) else None
+        reason = BANNED if self.is_banned(ticket.client) else None
         with ticket.lock:
             if ticket.state is not SessionState.LOGGED_IN:
                 return None
@@ -270,12 +282,12 @@ class Gate:
                 ticket.deadline = time.monotonic() + self.login_timeout
                 account, ticket.account = ticket.account, None
         if reason is not None:
-            self.refusals.note(ticket.ip, f"new login refused: {reason}")
+            self.refusals.note(ticket.client.ip, f"new login refused: {reason}")
             return reason
         with self._lock:
             self._pending.add(ticket)
         if self.cluster is not None:
-            self.cluster.counted(self.client(ticket.ip), 0, -1, account)
+            self.cluster.counted(ticket.client.group, 0, -1, account)
         return None
 
     def expire(self, ticket: Ticket) -> None:
@@ -293,13 +305,14 @@ class Gate:
             self._pending.discard(ticket)
         self.state.release(ticket.row, self.pid)
         if ticket.shared:
-            self.cluster.counted(self.client(ticket.ip), -1, -1 if was_logged_in else 0,
+            self.cluster.counted(ticket.client.group, -1, -1 if was_logged_in else 0,
                                  ticket.account)
 
-    def client(self, ip: str) -> str:
-        """What ``ip`` is counted and banned as: ``scoreboard.address_group`` by
-        ``ipv6_prefix_length``."""
-        return address_group(ip, self._prefix)
+    def client(self, ip: str) -> Client:
+        """Who ``ip`` is for the limits and bans: its group (``scoreboard.address_group``
+        by ``ipv6_prefix_length``), and whether it may be banned (``ban_allowlist``)."""
+        group = address_group(ip, self._prefix)
+        return Client(ip, group, address_key(group), self._may_ban(ip))
 
     def _may_ban(self, ip: str) -> bool:
         """False if bans are off or ``ip`` is in ``ban_allowlist``."""
@@ -310,34 +323,33 @@ class Gate:
         address = ipaddress.ip_address(address_text(address_key(ip)))  # IPv4-mapped as IPv4
         return not any(address in network for network in self._allowlist)
 
-    def is_banned(self, ip: str) -> bool:
-        """True while ``ip`` serves a ban made by this node or (cluster) any other."""
-        if not self._may_ban(ip):
+    def is_banned(self, client: Client) -> bool:
+        """True while ``client`` serves a ban made by this node or (cluster) any other."""
+        if not client.bannable:
             return False
-        client = self.client(ip)
-        if self.state.is_banned(client, time.time()):
+        if self.state.is_banned(client.group, time.time()):
             return True
-        until = self.cluster.ban_end(client) if self.cluster is not None else 0.0
+        until = self.cluster.ban_end(client.group) if self.cluster is not None else 0.0
         if until:
-            self._adopt(client, until)
+            self._adopt(client.group, until)
         return bool(until)
 
-    def _adopt(self, client: str, until: float) -> None:
-        """The cluster bans ``client`` until ``until`` and this node enforces it: hold it in
+    def _adopt(self, group: str, until: float) -> None:
+        """The cluster bans ``group`` until ``until`` and this node enforces it: hold it in
         this node's own table too (unless that holds a ban of it already), so that it stays
         applied here until it ends whatever becomes of Redis (its keys lost, an outage),
         and is published again from here (``share``)."""
-        if not self.state.is_banned(client, time.time()):
-            self.state.ban(client, math.ceil(until))
+        if not self.state.is_banned(group, time.time()):
+            self.state.ban(group, math.ceil(until))
 
-    def _banned_at_accept(self, ip: str) -> bool:
+    def _banned_at_accept(self, client: Client) -> bool:
         """:meth:`is_banned` by this node's table, from this worker's copy of it, read again
         only when the table changed (the epoch moved: a ban started, or ``cosftpctl unban``
         lifted one) or a ban the copy holds ran out (it may have been extended): an accept
         costs no scan of the table. USER and PASS still read it."""
-        if not self._may_ban(ip):
+        if not client.bannable:
             return False
-        now, key = time.time(), address_key(self.client(ip))
+        now, key = time.time(), client.key
         with self._bans_lock:
             epoch = self.state.ban_epoch()
             until = self._bans.get(key, 0) if epoch == self._bans_read else None
@@ -347,22 +359,21 @@ class Gate:
                 until = self._bans.get(key, 0)
         return until > now
 
-    def login_failed(self, ip: str) -> bool:
-        """Record a failed login from ``ip`` (here and cluster-wide); return True if the
-        address is now banned. One of ``ban_allowlist`` is not counted."""
-        if not self._may_ban(ip):
+    def login_failed(self, client: Client) -> bool:
+        """Record a failed login from ``client`` (here and cluster-wide); return True if
+        its group is now banned. One of ``ban_allowlist`` is not counted."""
+        if not client.bannable:
             if self._bans_on:
-                self.refusals.note(ip, "failed login not counted: the address is in "
+                self.refusals.note(client.ip, "failed login not counted: the address is in "
                                    "ban_allowlist")
             return False
-        client = self.client(ip)
-        banned = self.state.record_failure(client, time.time(), *self._failures)
-        if self.cluster is not None and self.cluster.record_failure(client, *self._failures) \
-                and not banned:
+        banned = self.state.record_failure(client.group, time.time(), *self._failures)
+        if self.cluster is not None and \
+                self.cluster.record_failure(client.group, *self._failures) and not banned:
             # The cluster's count earned it (failures spread over nodes): this node holds
             # it too, so that it stays applied here until it ends, and is published again
             # if Redis loses it (``share``).
-            self.state.ban(client, int(time.time()) + self._failures[2])
+            self.state.ban(client.group, int(time.time()) + self._failures[2])
             banned = True
         return banned
 
@@ -408,11 +419,11 @@ class Gate:
             self._republish_bans()
         pending = self._pending_now()
         if self._bans_on and pending:
-            ends = self.cluster.ban_ends({self.client(t.ip) for t in pending})
-            for client, until in ends.items():
-                if self._may_ban(client):
-                    self._adopt(client, until)
-            self._kick_banned(pending, {address_key(ip) for ip in ends})
+            ends = self.cluster.ban_ends({t.client.group for t in pending})
+            for group, until in ends.items():
+                if self._may_ban(group):
+                    self._adopt(group, until)
+            self._kick_banned(pending, {address_key(group) for group in ends})
         return beat.unknown
 
     def _republish_bans(self) -> None:
@@ -422,7 +433,8 @@ class Gate:
         (made here, by its own count or the cluster's at a failed login here, or restored
         at start), after the unbans this heartbeat brought: each holds on every node again
         until it ends. Failed logins are not: each node's own count goes on."""
-        bans = [(ip, until) for ip, until in self.state.bans(time.time()) if self._may_ban(ip)]
+        bans = [(group, until) for group, until in self.state.bans(time.time())
+                if self._may_ban(group)]
         written = self.cluster.republish(bans)
         if written:
             log.warning("cluster: Redis did not know this node (restarted empty or flushed, "
@@ -438,8 +450,7 @@ class Gate:
         others."""
         left = []
         for ticket in pending:
-            if banned and address_key(self.client(ticket.ip)) in banned and \
-                    self._may_ban(ticket.ip):
+            if banned and ticket.client.key in banned and ticket.client.bannable:
                 self.kick(ticket, BANNED, "closed: its address was banned")
             else:
                 left.append(ticket)
@@ -476,7 +487,7 @@ class Gate:
             ticket.kick(reason)
         with self._lock:
             self._pending.discard(ticket)
-        self.refusals.note(ticket.ip, what)
+        self.refusals.note(ticket.client.ip, what)
 
 
 def _left(limit: int, used_elsewhere: int) -> Optional[int]:

@@ -70,17 +70,24 @@ names any other program holding that port.""",
    the server did not stop in time
 3  not running"""),
     "reload": Page(
-        """Validate the configuration file, then have the master reload it (HUP): a new
-generation of workers starts on the same sockets and the old ones drain, so
-sessions in flight, even a long upload, finish untouched on the old
-configuration. An invalid file changes nothing. If the new workers cannot
-start, the master keeps the old ones serving.""",
+        """Have the master reload the configuration file (HUP) and print its verdict. The
+master reads and validates the file (this command does not read it beyond
+finding the pid file): an invalid one changes nothing, and the master's message
+is printed. A valid one starts a new generation of workers on the same sockets
+and the old ones drain, so sessions in flight, even a long upload, finish
+untouched on the old configuration. If the new workers cannot start, the
+master keeps the old ones serving. --timeout bounds the wait for the verdict
+(default 60 s; the master rolls back a generation not serving after 30 s).""",
         ((f"cosftpctl -c {CONF} reload", "apply an edited file to new sessions"),
+         (f"cosftpctl -c {CONF} reload --timeout 120", "the same, on a slow machine"),
          ("systemctl reload cosftp-prefork", "the same through the unit's ExecReload")),
         """0  reloaded
-1  the reload failed (still serving the previous configuration; see cosftp.log),
-   or no answer within 60 s
-2  the configuration file is invalid (nothing was sent)
+1  the reload failed (a port in use, or the new workers could not start and
+   it rolled back: still serving the previous configuration; see cosftp.log),
+   or no verdict within --timeout (it may still be running)
+2  the master refused the file: its message names the file, section, option
+   and problem (or why the workers could not run it); nothing changed. Also
+   when there is no such file
 3  not running"""),
     "status": Page(
         """Show the master (pid, uptime, generation, configuration file, ports), a

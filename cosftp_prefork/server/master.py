@@ -250,7 +250,8 @@ class Master(ReloadSequence):
             self.pid, self.generation, self.started, self.num_workers, self.config.path,
             self.reloads, self.reload_result, ftp_port, implicit_port,
             self.config.network.tls is not None,
-            RUNNING if self.phase is Phase.SERVING else self.phase.value))
+            RUNNING if self.phase is Phase.SERVING else self.phase.value,
+            self.config.server.ipv6_prefix_length))
         setproctitle(f"{master_title(self.config.path)} gen={self.generation} "
                      f"workers={len(self._current())}")
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import psutil
 
 from ..logfiles import escape_controls
 from ..safefiles import open_fd, replace_file
+
+T = TypeVar("T")
 
 TITLE_PREFIX = "cosftp: master ["
 WILDCARDS = ("0.0.0.0", "::")
@@ -170,3 +173,16 @@ def port_holders(target: Target) -> list[Holder]:
             and conn.laddr.port == target.port and _listens_on(conn.laddr.ip, target.addresses)}
     holders = {_holder(pid, target.config_path) for pid in pids}
     return sorted((h for h in holders if h is not None), key=lambda h: (not h.ours, h.pid or 0))
+
+
+def poll(check: Callable[[], T], timeout: float) -> Optional[T]:
+    """The first true answer of ``check`` (what ``cosftpctl`` waits for of a server: it
+    serves, it is gone, its reload's verdict), asked every 50 ms; None after ``timeout``
+    seconds without one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    return None

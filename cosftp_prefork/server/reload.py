@@ -27,12 +27,17 @@ from .files import check_files, hand_over_files
 from .helpers import Helpers
 from .listeners import Listeners, bind_listeners, tls_summary
 from .privileges import Identity, describe_workers
-from .scoreboard import RELOAD_FAILED, RELOAD_OK, RELOAD_RUNNING, SharedState
+from .scoreboard import RELOAD_FAILED, RELOAD_OK, RELOAD_REFUSED, RELOAD_RUNNING, SharedState
 from .workers import Backoff, WorkerProc, signal_workers
 
 log = logging.getLogger(__name__)
 
 RELOAD_READY_TIMEOUT = 30.0
+
+
+class NotNow(Exception):
+    """A reload the master cannot start now, whatever the file says (it is stopping, or
+    another reload runs)."""
 
 
 @dataclass
@@ -58,10 +63,18 @@ def read_new_config(running: Config, identity: Optional[Identity]) -> Config:
     if new.hooks.spool_dir != spool:
         log.warning("reload: event_spool_dir takes effect at the next start; events still "
                     "go to %s", spool)
+    prefix = running.server.ipv6_prefix_length
+    if new.server.ipv6_prefix_length != prefix:
+        log.warning("reload: [OPTIONAL] ipv6_prefix_length takes effect at the next start "
+                    "(stop, start: the saved bans are regrouped then); IPv6 clients are "
+                    "still counted and banned by their /%d", prefix)
     # The pid and state files stay where cosftpctl found them at start, the workers'
     # user stays the one their files and metrics directory were given to, and the spool
-    # stays where the events process reads it.
-    new = replace(new, server=replace(new.server, pid_file=running.server.pid_file),
+    # stays where the events process reads it. The prefix length stays the one the live
+    # bans and per-address counts are keyed by: the old generation counts by it until its
+    # last session ends, and two lengths at once would count a network twice.
+    new = replace(new, server=replace(new.server, pid_file=running.server.pid_file,
+                                      ipv6_prefix_length=prefix),
                   run_as=running.run_as, hooks=replace(new.hooks, spool_dir=spool))
     check_files(new, identity.gid if identity else None)  # a planted link:
     hand_over_files(new, identity.uid if identity else None)  # refused, nothing changed
@@ -108,15 +121,20 @@ class ReloadSequence:
     _prepare_events: Callable[[Optional[Config]], bool]
 
     def handle_hup(self) -> None:
-        """Reload the configuration file; keep the old one if the new one is unusable."""
+        """Reload the configuration file; keep the old one if the new one is unusable. The
+        verdict goes to the shared state for ``cosftpctl reload`` and the admin API: the
+        file refused (``RELOAD_REFUSED``: invalid, or its workers could not run it) or the
+        reload failed (``RELOAD_FAILED``: not now, a port or the spool unusable), with
+        why (``reload_error``), else running."""
         assert self.state is not None
         self.reloads += 1
         try:
             self._start_reload()
             self.state.write_reload_error("")
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, NotNow) as exc:
             log.error("reload failed, still serving the previous configuration: %s", exc)
-            self.reload_result = RELOAD_FAILED
+            self.reload_result = RELOAD_REFUSED if isinstance(exc, ConfigError) else \
+                RELOAD_FAILED
             self.state.write_reload_error(str(exc))
             metrics.RELOADS.labels("failed").inc()
         self._publish()
@@ -134,11 +152,12 @@ class ReloadSequence:
 
     def _start_reload(self) -> None:
         """Read the file and start the new generation beside the old one; raises
-        ``ConfigError`` or ``OSError`` (nothing changed) if it cannot be used."""
+        ``ConfigError`` (the file) or ``OSError`` (what it names) if it cannot be used,
+        ``NotNow`` if no reload can start now: nothing changed."""
         if self.stopping:  # its listeners are closed: a new generation has none
-            raise ConfigError("the server is stopping")
+            raise NotNow("the server is stopping")
         if self.reload is not None:
-            raise ConfigError("a reload is already in progress", self.config.path)
+            raise NotNow(f"{self.config.path}: a reload is already in progress")
         new = self._load_new_config()
         assert self.listeners is not None
         old_listeners = None

@@ -458,6 +458,7 @@ class Worker:
         server_cfg = self.config.server
         setup_logging(server_cfg.log_level, server_cfg.log_dir, f"worker {self.index}",
                       self.foreground)
+        compat.debug_only_when_logged()
         stats = WorkerStats(self.state, self.slot, self.index, self.generation, self.config)
         self._set_title(stats.publish())
         try:

@@ -22,8 +22,9 @@ MAGIC = b"CFTP"
 # magic, version, master pid, generation, started, workers, reload count, last reload result
 HEADER = struct.Struct("<4sIiIdIII")
 # after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1), the master's
-# state (its index in MASTER_STATES; not running: it stops and takes no reload)
-PORTS = struct.Struct("<HHBB")
+# state (its index in MASTER_STATES; not running: it stops and takes no reload), the
+# ipv6_prefix_length its bans and counts are keyed by (a reload keeps it; 0: not said)
+PORTS = struct.Struct("<HHBBB")
 RUNNING = "running"
 MASTER_STARTING = "starting"  # no worker has served yet
 MASTER_STOPPING = ("stopping", "stopping gracefully")
@@ -94,7 +95,10 @@ STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4
 STATE_AT = struct.calcsize("<iiI")  # a slot's state follows its pid, index and generation
 SESSIONS_COUNT_AT = struct.calcsize("<iiIIdd")  # then started and heartbeat, then sessions
-RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED = 0, 1, 2, 3
+# The last reload's outcome: none yet, running, done, failed (could not run now, could not
+# bind or prepare what the file names, or rolled back), refused (the file is invalid, or
+# its workers could not run it: ``reload_error`` says why, as ``check`` would).
+RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED, RELOAD_REFUSED = 0, 1, 2, 3, 4
 # A worker's view of [CLUSTER] redis_url: none configured (or not asked yet), reachable,
 # unreachable and serving on the local scoreboard, unreachable and refusing new connections,
 # reachable but answering errors lately, too old (or its version unreadable) and serving on

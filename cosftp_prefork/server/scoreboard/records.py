@@ -87,6 +87,7 @@ class MasterStatus:
     implicit_tls_port: int = 0
     auth_tls: bool = False
     state: str = RUNNING  # one of MASTER_STATES
+    ipv6_prefix_length: int = 0  # what its bans and per-address counts are keyed by
 
     @property
     def stopping(self) -> bool:

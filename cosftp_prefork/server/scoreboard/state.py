@@ -79,7 +79,8 @@ class SharedState(SessionTable, BanTable):
             MAGIC, 1, status.pid, status.generation, status.started, status.worker_count,
             status.reloads, status.reload_result)
         PORTS.pack_into(self._map, HEADER.size, status.ftp_port, status.implicit_tls_port,
-                         status.auth_tls, MASTER_STATES.index(status.state))
+                         status.auth_tls, MASTER_STATES.index(status.state),
+                         status.ipv6_prefix_length)
         path = status.config_path.encode("utf-8")[: PATH_SIZE - 1]
         self._map[HEADER_SIZE:SLOTS_AT] = path.ljust(PATH_SIZE, b"\0")
 
@@ -87,7 +88,8 @@ class SharedState(SessionTable, BanTable):
         _, _, pid, generation, started, workers, reloads, result = HEADER.unpack_from(
             self._map, 0)
         path = bytes(self._map[HEADER_SIZE:SLOTS_AT]).split(b"\0", 1)[0].decode("utf-8")
-        ftp_port, implicit_port, auth_tls, state = PORTS.unpack_from(self._map, HEADER.size)
+        ftp_port, implicit_port, auth_tls, state, prefix = PORTS.unpack_from(self._map,
+                                                                             HEADER.size)
         shown = MASTER_STATES[state] if state < len(MASTER_STATES) else "?"
         if shown == MASTER_STARTING and any(w.generation == generation and w.state == "serving"
                                             for w in self.workers()):
@@ -95,7 +97,7 @@ class SharedState(SessionTable, BanTable):
             # served from the moment a worker is.
             shown = RUNNING
         return MasterStatus(pid, generation, started, workers, path, reloads, result, ftp_port,
-                            implicit_port, bool(auth_tls), shown)
+                            implicit_port, bool(auth_tls), shown, prefix)
 
     # --- worker slots
 
