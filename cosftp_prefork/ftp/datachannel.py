@@ -25,7 +25,7 @@ from . import compat
 from .pacing import TCP_CLOSE, DownloadPacing, UploadPacing, tcp_state
 from .progress import TransferMeter
 from .pump import Pump
-from .retries import FailedUpload, failed_upload
+from .retries import FailedUpload, UploadWatch, failed_upload, lost_retry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     _pump: Optional[Pump] = None  # sending a plain binary download, off the IO loop
     _meter: Optional[TransferMeter] = None  # the figures of the transfer, from its start
     _retry_of: Optional[FailedUpload] = None  # an upload's: the STOR that failed before it
+    # A STOR from byte 0's: what it received, shown to the master until its final reply.
+    _watch: Optional[UploadWatch] = None
     # 1 MiB instead of pyftpdlib's 64 KiB: measured in docs/performance.md, STOR went from
     # 0.67x to ~1x the direct SDK and RETR from 0.58x to 0.8x.
     ac_in_buffer_size = CHUNK_SIZE
@@ -84,11 +86,32 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     def enable_receiving(self, type: str, cmd: str) -> None:
         if cmd == "STOR":  # a retry of it cut short is refused (see ftp.retries)
             self._retry_of = self.cmd_channel.failed_upload
+            self._watch_upload()
         self.cmd_channel.failed_upload = None  # any upload ends the wait for a retry
         self._pace(upload=True)
         super().enable_receiving(type, cmd)
         self._start_meter(upload=True)
         self._count_transfer(self.file_obj, expected_bytes(self.file_obj, upload=True))
+
+    def _watch_upload(self) -> None:
+        """Show this STOR, if from byte 0, to the master as each chunk arrives: should the
+        worker die before its final reply, a retry of it cut short is told apart on a new
+        session (see ``ftp.retries``)."""
+        upload = self.file_obj
+        if getattr(upload, "prefix", None) is None:
+            return
+        watch = self.cmd_channel.upload_watch()
+        if watch is not None:
+            watch.started(self.cmd_channel.username, upload.name)
+            self._watch = watch
+
+    def handle_read_event(self) -> None:
+        super().handle_read_event()
+        self._show_received()
+
+    def _show_received(self) -> None:
+        if self._watch is not None:
+            self._watch.received(self.file_obj.prefix)
 
     def _pace(self, upload: bool) -> None:
         """Take the session's rate limit for this file transfer (see ``ftp.throttle``)."""
@@ -211,6 +234,7 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
     def close(self) -> None:
         ending = not compat.is_closed(self)
         self._stop_pump()
+        self._show_received()  # the last chunk, had its read found the end of data too
         cut = self._cut_short() if not compat.is_closed(self) and self.receive and \
             self.transfer_finished else None
         if cut:
@@ -228,6 +252,9 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         if self._counted and not compat.is_closed(self):
             self.cmd_channel.stats.transfer_ended(self._meter)
         super().close()
+        if self._watch is not None:  # the final reply went out
+            self._watch.ended()
+            self._watch = None
         fs = self.cmd_channel.placing_fs  # the session may have closed inside the close
         if ending and fs is not None:
             self._report_end(fs)
@@ -252,7 +279,8 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
         the file's size (ALLO) and closed before sending it all was cut short: lftp
         announces the whole file before a REST + STOR too, so the object's size counts.
         Without ALLO, a STOR that sent only the first bytes of the STOR that failed before
-        it on this session is lftp's retry cut short (see ``ftp.retries``)."""
+        it on this session, or of one a dead worker had in flight, is lftp's retry cut short
+        (see ``ftp.retries``)."""
         if tcp_state(self.socket) == TCP_CLOSE:
             return "Data connection reset by the client"
         upload = self.file_obj
@@ -261,7 +289,10 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
                 max(upload.size, self.tot_bytes_received) < announced:
             return (f"Data connection closed after {self.tot_bytes_received} of the "
                     f"{announced} bytes ALLO announced")
-        return None if self._retry_of is None else self._retry_of.cut_retry(upload)
+        cut = None if self._retry_of is None else self._retry_of.cut_retry(upload)
+        if cut is None and self._watch is not None:
+            cut = lost_retry(self._watch, self.cmd_channel.username, upload)
+        return cut
 
     def _commit_upload(self) -> None:
         upload = self.file_obj

@@ -51,7 +51,7 @@ from .mounts import session_fs
 from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
 from .progress import TransferMeter
-from .retries import FailedUpload
+from .retries import FailedUpload, UploadWatch
 from .throttle import SessionRates
 from .tree import FsContext, Unstorable
 
@@ -148,6 +148,12 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         super().close()
         if self._drain is not None:
             self._drain.close(DrainEnd.SESSION)  # nobody reads the reply any more
+
+    def upload_watch(self) -> Optional[UploadWatch]:
+        """This session's in-flight row, for a STOR from byte 0 (``ftp.retries``); None
+        once the session is no longer counted."""
+        ticket = self._ticket
+        return None if ticket is None else self.stats.upload_watch(ticket)
 
     def drain_refused_upload(self, drain: Drain) -> None:
         """Keep ``drain`` (see ``ftp.drain``) until it ends, or until the session ends or

@@ -20,12 +20,20 @@ is refused as a cut transfer (426; the parts that reached COS are parked), once:
 is taken by the next upload of the session, whatever it is, so a client that meant to store
 that prefix gets it stored when it tries again. lftp, refused, goes the way of any broken
 transfer: it reconnects and sends the whole file.
+
+lftp takes the same path when its session is lost after the last byte and before the final
+reply (its worker killed): it reconnects, and the retry comes on a new session, maybe of
+another worker. The master keeps what a dead worker's uploads from byte 0 had received
+(``server.scoreboard.uploads``: the bytes, the CRC64s at every 64 KiB of the first 1 MiB),
+for minutes; a STOR from byte 0 of the same account and path ending cleanly after ``n``
+bytes, fewer than such an upload received, that are its first ``n`` bytes, is refused the
+same way, once (:func:`lost_retry`). Any other upload is stored as ever.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 from ..cos.checksum import PrefixCrcs
 from ..cos.uploads import UploadSession
@@ -59,3 +67,35 @@ def failed_upload(command: str, upload: UploadSession) -> Optional[FailedUpload]
     if command != "STOR" or upload.prefix is None:
         return None
     return FailedUpload(upload.name, upload.prefix)
+
+
+class UploadWatch(Protocol):
+    """A session's STOR from byte 0 as the master sees it while it has no final reply, and
+    the uploads the master kept of dead workers (the worker's ``server.inflight``)."""
+
+    def started(self, user: str, path: str) -> None:
+        """``user``'s upload to ``path`` receives its first bytes."""
+
+    def received(self, prefix: PrefixCrcs) -> None:
+        """The upload received the bytes of ``prefix`` so far."""
+
+    def ended(self) -> None:
+        """The upload's final reply went out."""
+
+    def lost_upload(self, user: str, path: str, prefix: PrefixCrcs) -> Optional[int]:
+        """The bytes a dead worker's upload of ``path`` by ``user`` had received, if more
+        than ``prefix`` holds and they began with them (taken: once); else None."""
+
+
+def lost_retry(watch: UploadWatch, user: str, upload: UploadSession) -> Optional[str]:
+    """Why ``upload`` (``user``'s STOR), whose data just ended, is the retry cut short of an
+    upload a dead worker had received more of, or None."""
+    prefix = upload.prefix
+    if prefix is None:
+        return None
+    whole = watch.lost_upload(user, upload.name, prefix)
+    if whole is None:
+        return None
+    length = prefix.length
+    return (f"Data connection closed after {length} bytes, the first {length} of the "
+            f"{whole} bytes of the upload of this name that a server failure cut off")

@@ -45,6 +45,7 @@ from .privileges import Identity, describe_workers, drop_privileges, probe
 from .reload import PendingReload, ReloadSequence
 from .scoreboard import (
     EXIT_BOOT_FAILURE,
+    KEEP_LOST_SECONDS,
     RUNNING,
     STARTING,
     MasterStatus,
@@ -193,6 +194,8 @@ class Master(ReloadSequence):
             self._take_reload_request()
             self._note_serving()
             self._reap()
+            if self.state is not None:
+                self.state.expire_kept(time.monotonic())
             self._holders = give_back_holdings(
                 self._holders, self.state.usage if self.state is not None else None)
             self._advance_reload()
@@ -497,6 +500,7 @@ class Master(ReloadSequence):
         (it was told to go), a failed reload, a server that cannot start, or a worker to
         start again after its back-off."""
         assert self.state is not None
+        self._keep_uploads(worker)
         self.state.clear_slot(worker.slot)
         self.state.release_all(worker.pid)
         self._holders.append(worker)
@@ -521,6 +525,17 @@ class Master(ReloadSequence):
             self.handle_term()
         else:
             self._restart_later(worker, how, boot_hang)
+
+    def _keep_uploads(self, worker: WorkerProc) -> None:
+        """Keep the uploads ``worker`` had in flight (it died before their final reply):
+        a client's retry of one, cut short, is refused for a while (``scoreboard.uploads``).
+        Before its session rows are freed."""
+        assert self.state is not None
+        for upload in self.state.keep_uploads(worker.pid, time.monotonic()):
+            log.warning("worker %d (pid %d) ended with an upload in flight: user=%s "
+                        "path=%s, %d bytes received; a retry of it cut short is refused "
+                        "for %d s", worker.index, worker.pid, upload.user or "-",
+                        upload.name or "-", upload.nbytes, KEEP_LOST_SECONDS)
 
     def _restart_later(self, worker: WorkerProc, how: str, boot_hang: bool) -> None:
         """Start the worker's position again after its back-off; stop the server if its

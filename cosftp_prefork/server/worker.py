@@ -54,6 +54,7 @@ from ..ftp.progress import TransferMeter
 from ..ftp.tls import configure_tls_handlers
 from .cluster import ClusterState
 from .gate import BANNED, KICKED, Gate, Ticket
+from .inflight import UploadWatch
 from .logs import reopen_logging, setup_logging
 from .quotashare import SharedUsage
 from .scoreboard import (
@@ -194,6 +195,11 @@ class WorkerStats:
                 if session is not None:
                     self._described[ticket.row] = Described(session, ticket, now)
         return ticket, reason
+
+    def upload_watch(self, ticket: Ticket) -> UploadWatch:
+        """The in-flight row of ``ticket``'s session, for its uploads from byte 0 (see
+        ``inflight``)."""
+        return UploadWatch(self.state, ticket.row)
 
     def log_in(self, ticket: Ticket, account: AccountConfig) -> Optional[str]:
         """A correct password for ``account``: see ``Gate.log_in`` (its ``max_sessions``),

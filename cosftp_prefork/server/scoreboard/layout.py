@@ -89,7 +89,26 @@ RELOAD_ERROR_SIZE = 2048
 # network of an IPv6 client).
 CLIENT_SIZE = 4 * 4
 CLIENTS_AT = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
-FILE_SIZE = CLIENTS_AT + SESSION_ROWS * CLIENT_SIZE
+# Per session row, its upload from byte 0 (STOR) until its final reply went out, written by
+# its worker as each chunk arrives and read by the master once that worker died
+# (``uploads``): its state (``uploads.InFlight``), unused, the bytes received, the key of
+# its account and path (``records.upload_key``), then the CRC64 of its first MARK_STEP,
+# 2 * MARK_STEP... bytes, up to MARKS of them (those its bytes reached). 160 bytes a row.
+MARK_STEP = 64 * 1024  # lftp reads its file 64 KiB at a time: its cut retries end there
+MARKS = 16  # the first 1 MiB
+IN_FLIGHT_ROW = struct.Struct(f"<IIQ16s{MARKS}Q")
+IN_FLIGHT_AT = CLIENTS_AT + SESSION_ROWS * CLIENT_SIZE
+# Then the uploads the master kept of dead workers' rows: a header (rows kept; unused), then
+# KEPT_ROWS rows, each its state (``uploads.Kept``), unused, when it was kept
+# (``time.monotonic()``), then the bytes, key and marks of its in-flight row. Kept for
+# KEEP_LOST_SECONDS at most; a full table drops its oldest row.
+KEPT_HEADER = struct.Struct("<II")
+KEPT_ROW = struct.Struct(f"<IId{IN_FLIGHT_ROW.size - 8}s")
+KEPT_ROWS = 1024
+KEEP_LOST_SECONDS = 600.0
+KEPT_AT = IN_FLIGHT_AT + SESSION_ROWS * IN_FLIGHT_ROW.size
+KEPT_ROWS_AT = KEPT_AT + KEPT_HEADER.size
+FILE_SIZE = KEPT_ROWS_AT + KEPT_ROWS * KEPT_ROW.size
 
 STATES = {0: "free", 1: "starting", 2: "serving", 3: "draining", 4: "aborting"}
 STARTING, SERVING, DRAINING, ABORTING = 1, 2, 3, 4

@@ -115,6 +115,13 @@ def account_key(user: str) -> AccountKey:
     return tuple(array("I", digest.digest()))  # type: ignore[return-value]
 
 
+def upload_key(user: str, path: str) -> bytes:
+    """An upload's account (login name) and path as 16 bytes (BLAKE2b), as the in-flight
+    uploads and those kept of dead workers name it: two never share one in practice."""
+    named = f"{user}\0{path}".encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(named, digest_size=16).digest()
+
+
 def account_text(key: AccountKey) -> str:
     """The digest as hex: how the nodes of a cluster name the account to each other."""
     return array("I", key).tobytes().hex()

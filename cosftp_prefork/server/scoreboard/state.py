@@ -1,5 +1,6 @@
 """The state file as a whole: the master's header, one slot per worker, the admin API's
-reload requests, and the session and ban tables (``sessions``, ``bans``)."""
+reload requests, the session and ban tables (``sessions``, ``bans``) and the in-flight
+uploads with those kept of dead workers (``uploads``)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ from .layout import (
 from .mapped import clip, unclip
 from .records import MasterStatus, WorkerStatus
 from .sessions import SessionTable
+from .uploads import UploadTable
 
 
-class SharedState(SessionTable, BanTable):
+class SharedState(SessionTable, BanTable, UploadTable):
     """The mapped state file. Create it with :meth:`create`, read it with :meth:`open`.
 
     ``usage``: the quotas' usage (``server.usage``), a second mapped file made with this one
