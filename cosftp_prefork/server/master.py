@@ -532,10 +532,10 @@ class Master(ReloadSequence):
         Before its session rows are freed."""
         assert self.state is not None
         for upload in self.state.keep_uploads(worker.pid, time.monotonic()):
-            log.warning("worker %d (pid %d) ended with an upload in flight: user=%s "
-                        "path=%s, %d bytes received; a retry of it cut short is refused "
+            log.warning("worker %d (pid %d) ended with an upload from byte 0 in flight "
+                        "(user=%s, %d bytes received); a retry of it cut short is refused "
                         "for %d s", worker.index, worker.pid, upload.user or "-",
-                        upload.name or "-", upload.nbytes, KEEP_LOST_SECONDS)
+                        upload.nbytes, KEEP_LOST_SECONDS)
 
     def _restart_later(self, worker: WorkerProc, how: str, boot_hang: bool) -> None:
         """Start the worker's position again after its back-off; stop the server if its

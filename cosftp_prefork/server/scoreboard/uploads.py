@@ -75,12 +75,12 @@ class Kept(enum.IntEnum):
 
 @dataclass(frozen=True)
 class KeptUpload:
-    """An upload in flight on a worker that died, as the master kept it: the user and file
-    name its session last showed (for the log; up to a second old, "" if none yet), and the
+    """An upload in flight on a worker that died, as the master kept it: the user its
+    session showed (for the log: "" in its first second, before the worker's tick wrote it;
+    the file name shown then may be an earlier transfer's, so it is not given), and the
     bytes it had received."""
 
     user: str
-    name: str
     nbytes: int
 
 
@@ -153,8 +153,8 @@ class UploadTable(MappedFile):
                 KEPT_ROW.pack_into(self._map, KEPT_ROWS_AT + slot * KEPT_ROW.size, Kept.KEPT,
                                    0, now, figures)
                 count += not dropped
-                user, name = _shown(self._map, row)
-                kept.append(KeptUpload(user, name, _COUNT.unpack_from(figures)[0]))
+                kept.append(KeptUpload(_shown_user(self._map, row),
+                                       _COUNT.unpack_from(figures)[0]))
             self._set_kept_count(count)
         return kept
 
@@ -222,7 +222,6 @@ class UploadTable(MappedFile):
             return best[2]
 
 
-def _shown(mapping, row: int) -> tuple[str, str]:
-    """The user and the transfer's file name the session of ``row`` last showed."""
-    values = DETAIL.unpack_from(mapping, DETAILS_AT + row * DETAIL.size)
-    return unclip(values[0]), unclip(values[-1])
+def _shown_user(mapping, row: int) -> str:
+    """The user the session of ``row`` showed."""
+    return unclip(DETAIL.unpack_from(mapping, DETAILS_AT + row * DETAIL.size)[0])
