@@ -189,6 +189,9 @@ class WorkerStats:
             metrics.session_opened()
             now = time.time()
             self.state.write_detail(ticket.row, "", "", 0, 0.0, now, now)
+            # Idle whatever the row's last session left there (one whose data channel never
+            # closed): the master keeps only this session's own uploads if this worker dies.
+            self.state.in_flight(ticket.row).end()
             with self._lock:
                 self.sessions += 1
                 self.state.set_sessions(self.slot, self.sessions)
