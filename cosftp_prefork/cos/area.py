@@ -30,20 +30,10 @@ from typing import Any, Callable, Optional, TypeVar
 
 from ..errors import NotFound, StorageError
 from ..paths import key_bytes
-from .bucket import (
-    LIST_PAGE_MAX,
-    Bucket,
-    Completed,
-    ForeignObject,
-    ListPage,
-    ObjectInfo,
-    ObjectStream,
-    PartInfo,
-    Started,
-    StartedPage,
-    UploadedPart,
-    UploadInfo,
-)
+from .bodies import ObjectStream
+from .bucket import LIST_PAGE_MAX, Bucket, ForeignObject, StartedPage
+from .calls import Started
+from .objects import Completed, ListPage, ObjectInfo, PartInfo, UploadedPart, UploadInfo
 
 T = TypeVar("T")
 

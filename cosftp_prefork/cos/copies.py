@@ -16,8 +16,9 @@ from typing import Callable, Optional
 from ..config.model import MAX_PARTS, TransferConfig, part_size_for
 from ..errors import Conflict, InvalidPath, NotFound, StorageError
 from ..paths import RESERVED_NAME, ftp_path_for_key, is_reserved, key_bytes
-from .bucket import Bucket, ObjectInfo
+from .bucket import Bucket
 from .listing import all_objects
+from .objects import ObjectInfo
 from .resume import mark_live, unmark_live
 
 log = logging.getLogger(__name__)

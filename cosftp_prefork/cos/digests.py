@@ -12,9 +12,10 @@ import re
 import zlib
 from typing import Protocol
 
-from .bucket import Bucket, ObjectInfo
+from .bucket import Bucket
 from .checksum import Crc64
 from .downloads import CHUNK_SIZE, RangedReader
+from .objects import ObjectInfo
 
 # Names as in draft-bryan-ftpext-hash (IANA hash names) plus COS's own CRC64.
 ALGORITHMS = ("SHA-256", "SHA-1", "SHA-512", "MD5", "CRC32", "CRC64")

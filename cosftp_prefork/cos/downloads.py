@@ -20,7 +20,8 @@ from typing import Callable, Optional, Union
 
 from .. import logcontext
 from ..errors import ResumeRefused, StorageError
-from .bucket import Bucket, ObjectStream
+from .bodies import ObjectStream
+from .bucket import Bucket
 
 log = logging.getLogger(__name__)
 

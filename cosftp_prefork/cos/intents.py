@@ -36,8 +36,9 @@ from typing import Optional
 
 from ..errors import Conflict, NotFound, PermissionDenied, StorageError
 from ..paths import RESERVED_NAME, ftp_path_for_key
-from .bucket import Bucket, ObjectInfo
+from .bucket import Bucket
 from .listing import all_objects
+from .objects import ObjectInfo
 from .periodic import Periodic
 
 log = logging.getLogger(__name__)

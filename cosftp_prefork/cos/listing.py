@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..paths import RESERVED_NAME, child_name
-from .bucket import Bucket, ListPage, ObjectInfo, StartedPage
+from .bucket import Bucket, StartedPage
+from .objects import ListPage, ObjectInfo
 from .pagination import paginate
 
 log = logging.getLogger(__name__)

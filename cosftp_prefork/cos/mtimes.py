@@ -30,9 +30,11 @@ from typing import Callable, Optional
 from ..config.model import TransferConfig
 from ..errors import PermissionDenied, StorageError, StorageUnavailable
 from ..paths import RESERVED_NAME, child_name, fits_as_key
-from .bucket import MTIME_HEADER, Bucket, ListPage, ObjectInfo, Started
+from .bucket import Bucket
+from .calls import Started
 from .copies import Moved, copy_object, delete_keys
 from .listing import Entry, all_objects, pages
+from .objects import MTIME_HEADER, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
 

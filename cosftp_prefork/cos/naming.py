@@ -66,7 +66,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import AlreadyExists, NotStorable, PermissionDenied, StorageError
 from ..paths import fits_as_key
-from .bucket import Bucket, Completed, ObjectInfo, StartedPage
+from .bucket import Bucket, StartedPage
 from .engine import Engine
 from .listing import (
     DIRECTORY,
@@ -76,6 +76,7 @@ from .listing import (
     start_directory_exists,
     start_name_kind,
 )
+from .objects import Completed, ObjectInfo
 
 log = logging.getLogger(__name__)
 

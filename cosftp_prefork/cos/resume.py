@@ -31,8 +31,9 @@ from typing import Optional
 from ..config.model import MIN_PART_SIZE
 from ..errors import NotFound, PermissionDenied, StorageError
 from ..paths import RESERVED_NAME
-from .bucket import Bucket, ObjectInfo, PartInfo, UploadInfo
+from .bucket import Bucket
 from .listing import all_objects
+from .objects import ObjectInfo, PartInfo, UploadInfo
 from .periodic import Periodic
 
 log = logging.getLogger(__name__)

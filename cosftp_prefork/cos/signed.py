@@ -22,7 +22,7 @@ a listing page now costs about 0.2 ms (docs/performance.md, "Issue 21: CPU per s
 
 An answer of 400 or more raises the SDK's ``CosServiceError`` as ``send_request`` makes it,
 and any other failure ``CosClientError`` (``send_request`` turns every exception of
-``requests`` into one): ``bucket._call`` retries, counts and translates them as before.
+``requests`` into one): ``calls.call`` retries, counts and translates them as before.
 """
 
 from __future__ import annotations

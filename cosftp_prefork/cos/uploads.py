@@ -60,12 +60,13 @@ from ..errors import (
     ResumeRefused,
     StorageError,
 )
-from .bucket import Bucket, Completed, ObjectInfo, PartInfo
+from .bucket import Bucket
 from .checksum import Crc64, PrefixCrcs, crc64_combine
 from .engine import Claim, Engine, Kept, PartPlan
 from .intents import Announcement, announce
 from .listing import Entry
 from .naming import NameChecks
+from .objects import Completed, ObjectInfo, PartInfo
 from .periodic import Periodic
 from .quota import AccountQuota, UploadQuota, replaced_size
 from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
