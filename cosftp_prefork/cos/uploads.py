@@ -1,9 +1,9 @@
 """The upload lifecycle: one :class:`UploadSession` per STOR/APPE, streaming to COS.
 
 An upload is a single PUT when it ends within its first part, else a multipart upload whose
-parts stream through the worker's :class:`~.engine.Engine` (a :class:`PartStream`: bounded
-buffers from the memory budget, explicit part bookkeeping, abort on failure). It never
-touches local disk.
+parts stream through the worker's :class:`~.engine.Engine` (a :class:`~.parts.PartStream`:
+bounded buffers from the memory budget, explicit part bookkeeping, abort on failure). It
+never touches local disk; an abort COS refused is retried by :class:`~.aborts.AbortRetrier`.
 
 pyftpdlib closes the upload file on every way out of a transfer (ABOR, disconnect, timeout,
 shutdown) and only afterwards says whether it finished, so the rule is: **``close()``
@@ -44,10 +44,8 @@ import contextlib
 import dataclasses
 import enum
 import logging
-import threading
 import time
 from collections.abc import Hashable, Iterator
-from concurrent.futures import Future, wait
 from typing import Callable, Optional, Union
 
 from .. import metrics
@@ -60,22 +58,21 @@ from ..errors import (
     ResumeRefused,
     StorageError,
 )
+from .aborts import AbortRetrier
 from .bucket import Bucket
-from .checksum import Crc64, PrefixCrcs, crc64_combine
-from .engine import Claim, Engine, Kept, PartPlan
+from .checksum import PrefixCrcs
+from .engine import Engine, Kept, PartPlan
 from .intents import Announcement, announce
 from .listing import Entry
 from .naming import NameChecks
-from .objects import Completed, ObjectInfo, PartInfo
-from .periodic import Periodic
+from .objects import Completed, ObjectInfo
+from .parts import PartStream
 from .quota import AccountQuota, UploadQuota, replaced_size
-from .resume import ParkedUpload, ParkRecord, ResumeStore, leading_parts
+from .resume import ParkedUpload, ParkRecord, ResumeStore
 
 log = logging.getLogger(__name__)
 
-MAX_COPY_PART = 5 * 1024 ** 3  # COS's largest part
 CLIENT_GONE_GRACE = 0.05  # seconds; see UploadSession._finish_multipart
-WAIT_SLICE = 0.05  # seconds between checks while write() waits for a buffer
 
 
 class UploadState(enum.Enum):
@@ -104,287 +101,6 @@ TRANSITIONS: dict[UploadState, set[UploadState]] = {
 
 class UploadInterrupted(Exception):
     """The client vanished before the upload could be committed."""
-
-
-class AbortRetrier:
-    """Retries multipart-upload aborts that failed (COS unreachable) until they succeed, so
-    an interrupted upload never stays behind costing storage. One thread per worker."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self._pending: dict[tuple[str, str], Bucket] = {}
-        self._lock = threading.Lock()
-        self._periodic = Periodic("abort-retrier", interval, self._retry_all)
-
-    def start(self) -> None:
-        self._periodic.start()
-
-    def add(self, bucket: Bucket, key: str, upload_id: str) -> None:
-        with self._lock:
-            self._pending[(key, upload_id)] = bucket
-
-    def stop(self, deadline: Optional[float] = None) -> None:
-        """Stop retrying (see ``Periodic.stop``); log what is still pending so an operator
-        can clean it up."""
-        self._periodic.stop(deadline)
-        for key, upload_id in self._pending:
-            log.error("multipart upload %s of %r is still pending in COS; abort it by hand",
-                      upload_id, key)
-
-    def _retry_all(self) -> None:
-        with self._lock:
-            pending = list(self._pending.items())
-        for (key, upload_id), bucket in pending:
-            self._retry(bucket, key, upload_id)
-
-    def _retry(self, bucket: Bucket, key: str, upload_id: str) -> None:
-        try:
-            bucket.abort_multipart(key, upload_id)
-        except NotFound:
-            pass
-        except StorageError as exc:
-            log.debug("abort of %s still failing: %s", upload_id, exc)
-            return
-        log.info("aborted multipart upload %s of %r on retry", upload_id, key)
-        with self._lock:
-            self._pending.pop((key, upload_id), None)
-
-
-class PartStream:
-    """The bytes of one upload on their way to COS, part by part.
-
-    A part is the list of data-channel reads that filled it, sent as they are (no copy).
-
-    The part being filled is held in a buffer claimed from the worker's budget before its
-    first byte is taken; a full part is shipped to the engine's part pool when more bytes
-    follow, and its claim is given back once COS acknowledged it (or it failed). At most
-    ``max_in_flight`` parts of one upload are queued or uploading at once.
-
-    No upload ever waits for a claim while it holds a buffer (a full one is shipped first):
-    with every waiter holding nothing, the parts in flight always free the budget again.
-
-    :meth:`room` says, without blocking, how many bytes can be taken now (the data channel
-    stops reading its socket while it is 0); :meth:`write` waits instead.
-    """
-
-    def __init__(self, bucket: Bucket, key: str, plan: PartPlan, engine: Engine,
-                 max_in_flight: int, start: Callable[[], str],
-                 account: Hashable = None) -> None:
-        self._bucket, self._key, self._plan, self._engine = bucket, key, plan, engine
-        self.account = account  # whose share of the engine's turns and budget it takes
-        self._max_in_flight = max_in_flight
-        self._start = start  # begins the multipart upload, returns its id
-        self.upload_id: Optional[str] = None
-        self.next_part = 1  # the number the part being filled will have
-        self.etags: dict[int, str] = {}
-        self.part_sizes: dict[int, int] = {}
-        # The CRC64 of the bytes up to and including part ``_base_part`` (None: unknown, no
-        # integrity check), then each later part's own CRC64, checked against COS's.
-        self._base_crc: Optional[int] = 0
-        self._base_part = 0
-        self.part_crcs: dict[int, int] = {}
-        self.size = 0
-        self._chunks: list[bytes] = []
-        self._filled = 0
-        self._claim: Optional[Claim] = None  # the buffer of the part being filled
-        self._futures: list[Future] = []
-        self._in_flight = 0
-        self._changed = threading.Condition()
-        self.failure: Optional[BaseException] = None
-
-    @property
-    def owner(self) -> Hashable:
-        """Whose turn the engine's pools serve within its account's: this upload."""
-        return self
-
-    def room(self, more_coming: Callable[[], bool],
-             ready: Callable[[int], bool] = lambda _size: True) -> int:
-        """How many bytes :meth:`write` takes now without waiting (0: wait for a buffer).
-        ``more_coming()`` tells a full part from the last one: only when bytes follow it
-        is it shipped, so that a file of exactly one part stays a single PUT. ``ready(size)``
-        says whether the bytes that would claim a buffer of ``size`` for the next part are
-        there; if not, nothing is claimed yet (0)."""
-        if self.failure is not None:
-            return 1  # write() raises it
-        claim = self._claim
-        if claim is not None and claim.granted:
-            if claim.size > self._filled:
-                return claim.size - self._filled
-            if not more_coming():
-                return 1  # the end of the file
-            with self._changed:
-                if self._in_flight >= self._max_in_flight:
-                    return 0
-            self._ship()
-        if self._claim is None:
-            size = self._plan.size(self.next_part)
-            if not ready(size):
-                return 0
-            self._claim = self._engine.budget.claim(size, self.account)
-        return self._claim.size - self._filled if self._claim.granted else 0
-
-    def hoarding(self, limit: float) -> bool:
-        """Whether the buffer of the part being filled has been held, not yet full, for
-        more than ``limit`` seconds while other uploads wait for one."""
-        claim = self._claim
-        return claim is not None and claim.granted and self._filled < claim.size and \
-            time.monotonic() - claim.granted_at > limit and self._engine.budget.contended
-
-    def write(self, data: bytes) -> None:
-        """Take ``data``, shipping each part once bytes follow it; waits for buffers."""
-        view, taken = memoryview(data), 0
-        while taken < len(data):
-            self.raise_failure()
-            claim = self._buffer_claim()
-            room = claim.size - self._filled
-            if room == 0:
-                self._ship()
-                continue
-            whole = taken == 0 and len(data) <= room and isinstance(data, bytes)
-            piece = data if whole else bytes(view[taken:taken + room])
-            self._chunks.append(piece)
-            self._filled += len(piece)
-            self.size += len(piece)
-            taken += len(piece)
-
-    def adopt(self, parts: tuple[PartInfo, ...], size: int, crc64: Optional[int]) -> None:
-        """Continue after ``parts`` already in COS (a parked upload)."""
-        for part in parts:
-            self.etags[part.number] = part.etag
-            self.part_sizes[part.number] = part.size
-        self.next_part = len(parts) + 1
-        self.size = size
-        self.continue_crc(crc64)
-
-    def copy_first(self, source: ObjectInfo, copier) -> None:
-        """Start with the bytes of ``source`` as parts copied inside COS, on ``copier``."""
-        self._ensure_started()
-        ranges = []
-        for first in range(0, source.size, MAX_COPY_PART):
-            ranges.append((self.next_part, first, min(source.size, first + MAX_COPY_PART) - 1))
-            self.next_part += 1
-        futures = [copier.submit(self._bucket.upload_part_copy, self._key, self.upload_id,
-                                 number, source, first, last) for number, first, last in ranges]
-        for (number, first, last), future in zip(ranges, futures):
-            self.etags[number] = future.result()
-            self.part_sizes[number] = last - first + 1
-        self.size = source.size
-        self.continue_crc(source.crc64)
-
-    def continue_crc(self, crc64: Optional[int]) -> None:
-        """Go on from the CRC64 of the bytes already in place; without it (an object stored
-        by something that reports none) the integrity check is skipped for this upload."""
-        self._base_crc, self._base_part = crc64, self.next_part - 1
-
-    def crc_through(self, last_part: int) -> Optional[int]:
-        """The CRC64 of the bytes up to and including part ``last_part``, combined from the
-        parts' own CRC64s; None if the bytes before this upload's parts have none."""
-        value = self._base_crc
-        for number in range(self._base_part + 1, last_part + 1):
-            if value is None:
-                return None
-            value = crc64_combine(value, self.part_crcs[number], self.part_sizes[number])
-        return value
-
-    def take_body(self) -> tuple[bytes, Optional[int]]:
-        """The buffered bytes as one body (for a single PUT) and their CRC64 (None: no
-        integrity check)."""
-        chunks, self._chunks, self._filled = self._chunks, [], 0
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        base = self._base_crc
-        if base is None:
-            return body, None
-        crc = Crc64(base)  # continued over the body in C: combining costs 12 us in Python
-        crc.update(body)
-        return body, crc.value
-
-    def finish(self) -> None:
-        """Ship what is buffered as the last part and wait for every part; raises the
-        first part failure."""
-        if self._filled or not self.etags:
-            self._ship()
-        wait(self._futures)
-        self.raise_failure()
-
-    def raise_failure(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def settle(self, keep: bool) -> None:
-        """Wait for the parts handed to the pool, then free the buffers. With ``keep`` (a
-        park) every one is stored, started or not: its bytes were received, and a part that
-        was still waiting for a pool thread was lost to the park by the luck of a thread's
-        turn. Without it (an abort) those not started are cancelled and those uploading
-        waited for: an abort issued before they finish would not remove them.
-
-        In a stopping worker the wait ends at the stop's deadline (``Engine.hurry``): the
-        parts COS has not stored by then are left out (those not started are cancelled), so
-        that the upload is still parked with those it did store before the worker exits."""
-        futures = self._futures if keep else [future for future in self._futures
-                                              if not future.cancel()]
-        unsettled = wait(futures, timeout=self._engine.settle_timeout()).not_done
-        if unsettled:
-            for future in unsettled:
-                future.cancel()
-            log.warning("key=%s: %d parts not stored by the stop's deadline; going on "
-                        "without them", self._key, len(unsettled))
-        self.drop_buffer()
-
-    def drop_buffer(self) -> None:
-        self._chunks, self._filled = [], 0
-        if self._claim is not None:
-            self._engine.budget.release(self._claim)
-        self._claim = None
-
-    def stored_parts(self) -> list[PartInfo]:
-        # A copy first: after a settle cut short, a part thread may still add its part.
-        return leading_parts(PartInfo(number, etag, self.part_sizes[number], 0.0)
-                             for number, etag in dict(self.etags).items())
-
-    def _buffer_claim(self) -> Claim:
-        """The granted claim of the part being filled, waiting for it if need be."""
-        if self._claim is None:
-            self._claim = self._engine.budget.claim(self._plan.size(self.next_part), self.account)
-        while not self._claim.wait(WAIT_SLICE):
-            self.raise_failure()
-        return self._claim
-
-    def _ensure_started(self) -> None:
-        if self.upload_id is None:
-            self.upload_id = self._start()
-
-    def _ship(self) -> None:
-        """Hand the buffered part to the part pool; its claim goes with it."""
-        self._ensure_started()
-        with self._changed:
-            while self._in_flight >= self._max_in_flight and self.failure is None:
-                self._changed.wait(WAIT_SLICE)
-            self.raise_failure()
-            self._in_flight += 1
-        number, claim = self.next_part, self._claim
-        self.next_part += 1
-        self._claim = None
-        chunks, self._chunks, self._filled = self._chunks, [], 0
-        self.part_sizes[number] = sum(len(chunk) for chunk in chunks)
-        future = self._engine.parts.submit(self.owner, self._upload_part, number, chunks,
-                                           account=self.account)
-        future.add_done_callback(lambda _f: self._part_done(claim))
-        self._futures.append(future)
-
-    def _upload_part(self, number: int, chunks: list[bytes]) -> None:
-        try:
-            part = self._bucket.upload_part(self._key, self.upload_id or "", number, chunks)
-            self.part_crcs[number] = part.crc64
-            self.etags[number] = part.etag
-        except BaseException as exc:
-            self.failure = self.failure or exc
-            raise
-
-    def _part_done(self, claim: Optional[Claim]) -> None:
-        if claim is not None:
-            self._engine.budget.release(claim)
-        with self._changed:
-            self._in_flight -= 1
-            self._changed.notify_all()
 
 
 Source = Union[Entry, ParkedUpload]
