@@ -1,5 +1,5 @@
 """How an upload's data channel reads under the worker's memory budget (README "Memory and
-scheduling"; the budget and the part buffers are in ``cos.engine`` and ``cos.uploads``).
+scheduling"; the budget and the part buffers are in ``cos.engine`` and ``cos.parts``).
 
 * **Back-pressure.** While the upload cannot take bytes (its part buffer is not granted yet,
   or as many of its parts are on their way to COS as it may have), the channel stops

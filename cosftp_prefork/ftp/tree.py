@@ -13,13 +13,13 @@ from typing import Callable, Optional
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from ..config.model import AccountConfig, TransferConfig
+from ..cos.aborts import AbortRetrier
 from ..cos.bucket import Bucket, ObjectInfo
 from ..cos.engine import Engine, Kept, OwnerExecutor
 from ..cos.listing import (
     Entry,
 )
 from ..cos.quota import AccountQuota
-from ..cos.uploads import AbortRetrier
 from ..errors import (
     NotFound,
     PermissionDenied,

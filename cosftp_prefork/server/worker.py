@@ -37,12 +37,12 @@ from .. import logcontext, metrics
 from ..config.model import AccountConfig, Config, mounted_folders
 from ..config.quotas import Home, QuotaRules
 from ..config.settings import resolve_masquerade
+from ..cos.aborts import AbortRetrier
 from ..cos.engine import Engine
 from ..cos.periodic import Periodic
 from ..cos.quota import Quotas
 from ..cos.registry import BucketRegistry
 from ..cos.resume import Janitor
-from ..cos.uploads import AbortRetrier
 from ..errors import ConfigError
 from ..ftp import compat
 from ..ftp.admission import Arrival
