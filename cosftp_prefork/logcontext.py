@@ -53,9 +53,11 @@ def carried(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 class SessionFilter(logging.Filter):
     """Stamp each record with ``session`` (`` session=… user=… ip=…``, escaped: the user
-    name is what the client sent; empty outside a session)."""
+    name is what the client sent; empty outside a session), once: a record that another
+    handler's filter stamped already keeps its stamp (both run in the thread that logged)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = current()
-        record.session = " " + escape_controls(context) if context else ""
+        if "session" not in record.__dict__:
+            context = current()
+            record.session = " " + escape_controls(context) if context else ""
         return True

@@ -40,7 +40,21 @@ def _escape_one(match: re.Match) -> str:
 
 class EscapingFormatter(logging.Formatter):
     """Escapes control characters in the message; a traceback keeps its lines, each
-    continuation indented by a tab so it cannot pass for a log line of its own."""
+    continuation indented by a tab so it cannot pass for a log line of its own.
+
+    A record goes through every handler of the root logger (``cosftp.log``, and stderr under
+    ``cosftpctl run``, which is how systemd runs the server); when they share this formatter,
+    the line is formatted once and the other handlers write the same text.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The escaped line of ``record`` (made once per record and formatter)."""
+        made = record.__dict__.get("_escaped_line")
+        if made is not None and made[0] is self:
+            return made[1]
+        line = super().format(record)
+        record._escaped_line = (self, line)
+        return line
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
