@@ -31,6 +31,7 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cosftp_prefork.config.options import BY_SECTION  # noqa: E402
 from tests.emulator_proc import EmulatorProcess, request_log  # noqa: E402
 from tests.server_proc import Account, ServerProcess, free_port, listens, wait_until  # noqa: E402
 
@@ -211,7 +212,7 @@ class Bench:
         self.emulator = EmulatorProcess([BUCKET], extra_args=extra).start()
         self.cos = self.emulator.client()
         optional = {"min_part_size": str(args.part_mib * MIB),
-                    "upload_thread_num": str(args.threads), "log_level": "WARNING",
+                    "upload_thread_num": str(args.threads), "log_level": args.log_level,
                     "worker_processes": str(args.workers), **options}
         self.server = ServerProcess(workdir, self.emulator.port,
                                     [Account("bench", "bench-pw", BUCKET)], optional=optional,
@@ -784,6 +785,12 @@ def main(argv=None) -> int:
                         help="upload_memory_limit of the budget row")
     parser.add_argument("--budget-latency-ms", type=float, default=200)
     parser.add_argument("--only", nargs="*", choices=ROWS, help="run only these rows")
+    # What a user's gateway pays per file includes its log lines (docs/performance.md).
+    log_level = BY_SECTION["OPTIONAL"]["log_level"]
+    default_level = log_level.default
+    parser.add_argument("--log-level", default=default_level, type=log_level.parse,
+                        help=f"log_level of the gateway's servers (default: {default_level}, "
+                             "the product's)")
     args = parser.parse_args(argv)
     notes: list[str] = []
     rows = run(args, notes)
@@ -793,6 +800,8 @@ def main(argv=None) -> int:
         print(row.line())
     for note in notes:
         print(f"\n{note}")
+    default = " (the product's default)" if args.log_level == default_level else ""
+    print(f"\nThe gateway's servers log at {args.log_level}{default}.")
     return 0
 
 

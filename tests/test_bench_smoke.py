@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from cosftp_prefork.config.options import BY_SECTION
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -19,6 +21,9 @@ def test_bench_runs_every_row_on_tiny_sizes():
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-8000:]
+    # The servers log at the product's default level: what a user's gateway pays per file.
+    default = BY_SECTION["OPTIONAL"]["log_level"].default
+    assert f"The gateway's servers log at {default} (the product's default)" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].split()[0] for row in rows] == \
         ["lftp", "lftp", "lftp", "lftp", "rclone", "16", "COS", "STOR", "STOR", "RETR", "RETR",
