@@ -58,6 +58,28 @@ def test_a_bare_lf_in_user_cannot_forge_a_log_line(logged):
     assert "mallory\\n" + FORGED in text  # the attempt is still there, escaped
 
 
+def test_stderr_gets_the_escaped_lines_the_file_gets(logged):
+    """Under ``cosftpctl run`` each line goes to cosftp.log and to stderr (server.out
+    here); the two handlers share the line made once: the same text, escaped, with its
+    session stamp."""
+    marker = b"twice\x1b[2J"
+    raw_session(logged, [b"USER reader", b"PASS reader-pw", b"DELE " + marker, b"QUIT"])
+
+    def lines_of(data: bytes) -> list[str]:
+        return [line for line in data.decode("utf-8").splitlines() if "twice\\x1b[2J" in line]
+
+    def stderr_bytes() -> bytes:
+        with open(os.path.join(logged.workdir, "server.out"), "rb") as handle:
+            return handle.read()
+
+    wait_until(lambda: lines_of(log_bytes(logged)) and lines_of(stderr_bytes()),
+               what="the refused DELE logged in both")
+    in_file = lines_of(log_bytes(logged))
+    assert in_file == lines_of(stderr_bytes())
+    assert all(" user=reader ip=127.0.0.1]" in line for line in in_file), in_file
+    assert b"\x1b" not in stderr_bytes()
+
+
 def test_ansi_escapes_in_names_are_escaped(logged):
     replies = raw_session(logged, [b"USER \x1b[31mred\x1b[0m", b"PASS guess"])
     assert replies[-1].startswith(b"530"), replies
