@@ -69,7 +69,7 @@ from cosftp_prefork.config.settings import parse_config  # noqa: E402
 from tests.crowds import peak_rss, reset_peak_rss, workers_of  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.hook_receiver import Receiver  # noqa: E402
-from tests.server_proc import Account, ServerProcess, free_port  # noqa: E402
+from tests.server_proc import FREE_PORT, Account, ServerProcess  # noqa: E402
 from tests.tls_clients import ImplicitFTP_TLS, client_context, write_certificate  # noqa: E402
 
 BUCKET = "load-1250000000"
@@ -382,9 +382,9 @@ def _server(workdir: str, emulator: EmulatorProcess, args: argparse.Namespace,
             accounts: list[Account], tls: tuple[str, str],
             hooks: Optional[dict] = None) -> ServerProcess:
     network = {"tls_certfile": tls[0], "tls_keyfile": tls[1],
-               "implicit_tls_port": str(free_port())}
+               "implicit_tls_port": FREE_PORT}
     if args.webhook:  # the spool's wait is read from the metrics: both runs pay for them
-        network["metrics_port"] = str(free_port())
+        network["metrics_port"] = FREE_PORT
     return ServerProcess(workdir, emulator.port, accounts,
                          optional={"worker_processes": str(args.workers),
                                    "max_connection_num": "0",
@@ -399,7 +399,7 @@ def hooked(args: argparse.Namespace, workdir: str, tls: tuple[str, str]) -> dict
     receiver; then wait until the receiver has the event of every operation a client was
     told succeeded."""
     emulator = EmulatorProcess([HOOKED_BUCKET]).start()
-    receiver = Receiver(free_port(), os.path.join(os.path.dirname(workdir), "received.jsonl"),
+    receiver = Receiver(os.path.join(os.path.dirname(workdir), "received.jsonl"),
                         HOOK_SECRET).start()
     server = _server(workdir, emulator, args,
                      [Account("hooked", hash_password("hooked-pw"), HOOKED_BUCKET)], tls,

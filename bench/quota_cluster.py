@@ -36,7 +36,7 @@ from cosftp_prefork.server.cluster.scripts import LIBRARY  # noqa: E402
 from cosftp_prefork.server.quotashare import SCRIPTS  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.redis6 import Redis6Proxy  # noqa: E402
-from tests.server_proc import Account, free_port  # noqa: E402
+from tests.server_proc import Account  # noqa: E402
 from tests.test_cluster import LoneNode, start_redis  # noqa: E402
 
 BUCKET = "bench-1250000000"
@@ -65,9 +65,9 @@ def measure(args: argparse.Namespace, delay_ms: float, workdir: str) -> None:
     with contextlib.ExitStack() as stack:
         emulator = EmulatorProcess([BUCKET]).start()
         stack.callback(emulator.stop)
-        redis = start_redis(pathlib.Path(workdir), free_port())
+        redis = start_redis(pathlib.Path(workdir))
         stack.callback(redis.stop)
-        proxy = Redis6Proxy(int(redis.args[2]))
+        proxy = Redis6Proxy(redis.port)
         stack.callback(proxy.stop)
         node = LoneNode(os.path.join(workdir, "node"), emulator.port, ACCOUNTS,
                         optional={"worker_processes": str(args.workers),

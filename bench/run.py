@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 
 from cosftp_prefork.config.options import BY_SECTION  # noqa: E402
 from tests.emulator_proc import EmulatorProcess, request_log  # noqa: E402
-from tests.server_proc import Account, ServerProcess, free_port, listens, wait_until  # noqa: E402
+from tests.server_proc import Account, ServerProcess, start_listening  # noqa: E402
 
 MIB = 1024 * 1024
 BUCKET = "bench-1250000000"
@@ -678,21 +678,17 @@ class RcloneFtp:
         self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> RcloneFtp:
-        # The port free_port() chose may be taken before rclone binds it (the suite runs the
-        # bench beside other servers): then rclone exits and another port is tried.
-        for _ in range(3):
-            self.port = free_port()
-            first = 30000 + self.port % 20000
-            self.proc = subprocess.Popen(
-                [*self._command, "--addr", f"127.0.0.1:{self.port}",
+        # The bench runs beside other servers (the suite's test files): start_listening takes
+        # another port if the one chosen was bound before rclone bound it.
+        def launch(port: int) -> subprocess.Popen:
+            first = 30000 + port % 20000
+            return subprocess.Popen(
+                [*self._command, "--addr", f"127.0.0.1:{port}",
                  "--passive-port", f"{first}-{first + 200}"],
                 env={**os.environ, "RCLONE_CONFIG": os.devnull},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_until(lambda: self.proc.poll() is not None or listens(self.proc.pid, self.port),
-                       timeout=30, what="rclone serve ftp")
-            if self.proc.poll() is None:
-                return self
-        raise RuntimeError(f"rclone serve ftp exited with {self.proc.returncode} three times")
+        self.proc, (self.port,) = start_listening(launch, "rclone serve ftp")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

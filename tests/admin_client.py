@@ -18,7 +18,7 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAP
 from requests.adapters import HTTPAdapter
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, free_port
+from .server_proc import FREE_PORT, Account, ServerProcess
 
 RW_TOKEN = "rw-0b7f1c9e6d2a4f3e8c5b"  # what an operator hands out; the config has its hash
 RO_TOKEN = "ro-5e2d8a7c1b9f4e6d3a0c"
@@ -47,14 +47,12 @@ def admin_server(workdir: str, cos_port: int, network: Optional[dict[str, str]] 
                  tokens: Optional[str] = None, **optional: str) -> ServerProcess:
     """A server (not started) with the admin API on a free port, the tokens ``ops`` (rw,
     ``RW_TOKEN``) and ``viewer`` (ro, ``RO_TOKEN``) unless ``tokens`` says otherwise."""
-    port = free_port()
     if tokens is None:
         tokens = f"ops:{hash_token(RW_TOKEN)}:rw, viewer:{hash_token(RO_TOKEN)}:ro"
     proc = ServerProcess(workdir, cos_port, admin_accounts(),
-                         network={"admin_port": str(port), **(network or {})},
+                         network={"admin_port": FREE_PORT, **(network or {})},
                          optional={"max_connections_per_ip": "0", **optional},
                          sections=f"\n[ADMIN]\ntokens = {tokens}\n")
-    proc.admin_port = port
     return proc
 
 

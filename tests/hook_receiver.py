@@ -31,6 +31,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
+from .server_proc import closed_port, start_listening
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -105,10 +107,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class Receiver:
-    """The receiver process, from a test."""
+    """The receiver process, from a test. Its port is chosen at once (a server's config
+    names it before the receiver runs) and held closed (``closed_port``) until it first
+    runs: another test file's receiver cannot take the events meant for it. Once killed,
+    the port is not held again (a bind without SO_REUSEADDR, which holding needs, fails on
+    the connections it left in TIME_WAIT); those keep ``free_port`` from choosing it for
+    a minute, and ``start`` checks that the receiver itself listens there again."""
 
-    def __init__(self, port: int, record: str, secret: str) -> None:
-        self.port, self.record, self.secret = port, record, secret
+    def __init__(self, record: str, secret: str) -> None:
+        self.port, self.record, self.secret = closed_port(), record, secret
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -120,18 +127,16 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/pre"
 
     def start(self, **settings: Any) -> Receiver:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.hook_receiver", "--port", str(self.port),
-             "--record", self.record, "--secret", self.secret], cwd=ROOT)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.control(**settings)
-                return self
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
+        """Run the receiver on its port, wait until it listens there (``start_listening``)
+        and give it ``settings`` (see the module's doc). Returns self; raises
+        AssertionError if it does not listen."""
+        self.proc, _ = start_listening(
+            lambda port: subprocess.Popen(
+                [sys.executable, "-m", "tests.hook_receiver", "--port", str(port),
+                 "--record", self.record, "--secret", self.secret], cwd=ROOT),
+            "the hook receiver", (self.port,))
+        self.control(**settings)
+        return self
 
     def control(self, **settings: Any) -> None:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/__control__",

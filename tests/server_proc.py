@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar
 
@@ -23,24 +24,104 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port() -> int:
+    """A loopback TCP port nothing was bound to a moment ago. Nothing keeps it free: test
+    files run in parallel, and another file's process may bind it before the process this
+    test meant it for. A process that must listen there starts through
+    ``start_listening``; a port that must stay closed is ``closed_port``'s."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def listens(pid: int, port: int) -> bool:
-    """True if process ``pid`` or one of its descendants listens on TCP ``port``."""
+# Sockets bound to a port and never listening, by port (closed_port): kept for as long as
+# this process runs unless released.
+_HELD: dict[int, socket.socket] = {}
+
+
+def closed_port(port: int = 0) -> int:
+    """Hold loopback TCP ``port`` (0: one the kernel picks) closed until ``release_port``:
+    a socket is bound there and never listens, so connections are refused and no other
+    process can bind the port (the socket does not set SO_REUSEADDR, which a listener's
+    bind would need to share it). A port left free (``free_port``) as "nothing listens
+    here" can be taken meanwhile by another test file's server, which then answers: a
+    receiver "that is down" takes the events, a Redis "that is down" is up. Returns the
+    port; raises OSError if ``port`` is taken."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    port = sock.getsockname()[1]
+    _HELD[port] = sock
+    return port
+
+
+def release_port(port: int) -> None:
+    """Let go of ``port`` if ``closed_port`` holds it, so that a process can bind it."""
+    held = _HELD.pop(port, None)
+    if held is not None:
+        held.close()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` and its descendants listen on (none if it is gone)."""
     try:
         launched = psutil.Process(pid)
         processes = [launched, *launched.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return False
+        return set()
+    ports = set()
     for process in processes:
         with contextlib.suppress(psutil.Error):
-            if any(conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
-                   for conn in process.net_connections("tcp")):
-                return True
-    return False
+            ports.update(conn.laddr.port for conn in process.net_connections("tcp")
+                         if conn.status == psutil.CONN_LISTEN)
+    return ports
+
+
+def listens(pid: int, port: int) -> bool:
+    """True if process ``pid`` or one of its descendants listens on TCP ``port``."""
+    return port in listening_ports(pid)
+
+
+def start_listening(launch: Callable[..., subprocess.Popen], what: str,
+                    ports: Sequence[int] = (0,), *, tries: int = 3, timeout: float = 30,
+                    lost_port: Optional[Callable[[subprocess.Popen], bool]] = None,
+                    ) -> tuple[subprocess.Popen, tuple[int, ...]]:
+    """Start a process that listens on TCP ports of its own and wait until it does:
+    ``launch(*ports)`` starts it, each 0 of ``ports`` replaced by a port ``free_port``
+    chose (a port ``closed_port`` holds is released first).
+
+    Test files run in parallel: a port chosen free may be bound by another file's process
+    before this one binds it, and that process would answer in its place (another file's
+    redis-server answers PING, its receiver takes the events). So this waits for the
+    launched process or a descendant to listen on every port (``listening_ports``), never
+    for an answer. If it exits first, and ``lost_port(proc)`` says that is why (default:
+    whatever made it exit), the ports chosen here are chosen again, ``tries`` times in
+    all; ports given are kept.
+
+    Returns the running process and its ports. Raises AssertionError if it exited for good,
+    or did not listen within ``timeout`` seconds (stretched with the load, as
+    ``wait_until``'s): it is killed then."""
+    for _ in range(tries):
+        chosen = tuple(port or free_port() for port in ports)
+        for port in chosen:
+            release_port(port)
+        proc = launch(*chosen)
+        try:
+            wait_until(lambda proc=proc, chosen=chosen: proc.poll() is not None
+                       or set(chosen) <= listening_ports(proc.pid),
+                       timeout=timeout, what=f"{what} to listen on {chosen}")
+        except AssertionError:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.poll() is None:
+            return proc, chosen
+        if all(ports) or not (lost_port is None or lost_port(proc)):
+            break
+    raise AssertionError(f"{what} exited with {proc.returncode} before it listened on "
+                         f"{chosen}")
 
 
 # Deadlines stretch with the machine's load, up to this many times: the suite shares 2 cores
@@ -103,8 +184,10 @@ def connection_refused(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def unreachable_receiver() -> dict[str, str]:
-    """[HOOKS] sending upload events to a receiver that is down: they wait in the spool."""
-    return {"event_hook_url": f"http://127.0.0.1:{free_port()}/down",
+    """[HOOKS] sending upload events to a receiver that is down: they wait in the spool.
+    Its port stays closed for as long as this process runs (``closed_port``): no other test
+    file's receiver takes the events."""
+    return {"event_hook_url": f"http://127.0.0.1:{closed_port()}/down",
             "event_hook_secret": "s3cret", "event_hook_events": "upload"}
 
 
@@ -179,6 +262,13 @@ def mounting(accounts: list[Account], every: int, mount: str) -> list[Account]:
             if every and i % every == 0 else account for i, account in enumerate(accounts)]
 
 
+# [NETWORK] options of another port the server listens on: ServerProcess.start waits for
+# them too.
+PORT_OPTIONS = ("implicit_tls_port", "metrics_port", "admin_port")
+# The value of such an option (in ServerProcess.network) that has start choose the port.
+FREE_PORT = "free"
+
+
 @dataclass
 class ServerProcess:
     """A ``cosftpctl run`` process with a generated config in ``workdir``."""
@@ -247,17 +337,32 @@ class ServerProcess:
         return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
     def start(self) -> ServerProcess:
-        # A port free_port() chose may be taken by another test file's server before this
-        # one binds it (files run in parallel): then another is chosen, at most twice.
-        chosen_here = not self.port
-        for _ in range(2):
-            try:
-                return self._start()
-            except AssertionError as exc:
-                if not (chosen_here and "Address already in use" in str(exc)):
-                    raise
-                self.port = free_port()
-        return self._start()
+        """Run the server and wait until it serves: its own processes listen on its port
+        and on the ports of ``PORT_OPTIONS`` it has (``start_listening``), and it greets.
+        ``port`` 0 and an option set to ``FREE_PORT`` get a port chosen here, chosen again
+        if another test file's process took it first (the server then exits: "Address
+        already in use"), three times in all; they keep it when the server starts again.
+        Returns self; raises AssertionError with the server's output if it does not come
+        up (it is stopped then)."""
+        names = [name for name in PORT_OPTIONS if self.network.get(name)]
+        given = [self.port, *(0 if self.network[name] == FREE_PORT else int(self.network[name])
+                              for name in names)]
+
+        def launch(port: int, *others: int) -> subprocess.Popen:
+            self.port = port
+            self.network.update(zip(names, map(str, others)))
+            return self.launch().proc
+
+        try:
+            start_listening(launch, "the server", given, timeout=60,
+                            lost_port=lambda _: "Address already in use" in self.output())
+            # A deadline, not a timing: a loaded machine may take long to start a big table.
+            wait_until(self._serving, timeout=60, what=f"server on port {self.port}")
+        except AssertionError as exc:
+            output = self.output()
+            self.stop()  # a server that did not come up is not left running
+            raise AssertionError(f"{exc} ({output})") from None
+        return self
 
     def launch(self) -> ServerProcess:
         """Run the server in the background, not waiting for it to serve."""
@@ -271,23 +376,22 @@ class ServerProcess:
         out.close()
         return self
 
-    def _start(self) -> ServerProcess:
-        self.launch()
-        try:
-            # A deadline, not a timing: a loaded machine may take long to start a big table.
-            wait_until(self._serving, timeout=60, what=f"server on port {self.port}")
-        except AssertionError as exc:
-            output = self.output()
-            self.stop()  # a server that did not come up is not left running
-            raise AssertionError(f"{exc} ({output})") from None
-        return self
-
     def listening(self) -> bool:
         """True once this server's own processes listen on its port. Test files run in
         parallel: the port free_port() chose may be taken by another file's server before
         this one binds it, and that server answers the same 220 (a bench's first login once
         got its 530)."""
         return self.proc is None or listens(self.proc.pid, self.port)
+
+    @property
+    def metrics_port(self) -> int:
+        """The port of the metrics exporter (0: none), once ``start`` chose it."""
+        return int(self.network.get("metrics_port", 0))
+
+    @property
+    def admin_port(self) -> int:
+        """The port of the admin API (0: none), once ``start`` chose it."""
+        return int(self.network.get("admin_port", 0))
 
     @property
     def host(self) -> str:

@@ -31,7 +31,7 @@ from .admin_client import RO_TOKEN, AdminClient, admin_server, admin_url
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
 from .crowds import kill_the_worker, workers_of
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import Account, ServerProcess, wait_until
 from .test_cluster import Daemon, LoneNode, start_redis
 from .test_cluster_redis import RedisUnderTest
 from .test_commands import put
@@ -561,11 +561,11 @@ def hook_node(emulator, tmp_path, service, name: str, user: str, redis_port: int
     quota; the node, its Redis (None with ``redis_port``) and the home's prefix."""
     home = f"{name}-{uuid.uuid4().hex[:8]}/"
     service.users[user] = (f"{user}-pw", quoted(emulator, home, quota_size="3M"))
-    redis = None if redis_port else start_redis(tmp_path, free_port())
+    redis = None if redis_port else start_redis(tmp_path)
     node = hooked_server(emulator, tmp_path / "node", service.url, LoneNode,
                          auth_cache_ttl="0", quota_scan_interval="0",
                          worker_processes=str(workers))
-    node.redis_port, node.name = redis_port or int(redis.args[2]), name
+    node.redis_port, node.name = redis_port or redis.port, name
     try:
         yield node.start(), redis, home
     finally:

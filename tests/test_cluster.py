@@ -12,12 +12,20 @@ import re
 import signal
 import socket
 import subprocess
+from typing import Callable, Optional
 
 import psutil
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .server_proc import (
+    ROOT,
+    Account,
+    ServerProcess,
+    closed_port,
+    start_listening,
+    wait_until,
+)
 from .test_clients import require
 from .test_master import one_session_per_worker, serving, state_file_locked, state_of
 from .test_proxy import BALANCER, RequiredProxyServer, proxied_ftp, v2_header
@@ -29,15 +37,26 @@ ACCOUNT = Account("alice", "alice-pw", ALPHA)
 
 
 class Daemon:
-    """A foreground program (redis-server, haproxy) whose output goes to a file."""
+    """A foreground program (redis-server, haproxy) listening on a port of its own, its
+    output in a file: ``command(port)`` is how it is run on ``port``."""
 
-    def __init__(self, args: list[str], log_path: str) -> None:
-        self.args, self.log_path = args, log_path
-        self.proc = None
+    def __init__(self, command: Callable[[int], list[str]], log_path: str, what: str,
+                 port: int = 0) -> None:
+        self.command, self.log_path, self.what, self.port = command, log_path, what, port
+        self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> Daemon:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
+        """Run it and wait until it listens on ``port`` (0: a free one, chosen again if
+        another test file's process binds it first: ``start_listening``). Returns self;
+        raises AssertionError, with its output, if it does not listen."""
+        def launch(port: int) -> subprocess.Popen:
+            with open(self.log_path, "ab") as out:
+                return subprocess.Popen(self.command(port), stdout=out,
+                                        stderr=subprocess.STDOUT)
+        try:
+            self.proc, (self.port,) = start_listening(launch, self.what, (self.port,))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.output()[-3000:]}") from None
         return self
 
     def stop(self) -> None:
@@ -54,12 +73,13 @@ class Daemon:
             return handle.read()
 
 
-def start_redis(tmp_path, port: int) -> Daemon:
-    redis = Daemon([require("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                   str(tmp_path / "redis.log")).start()
-    wait_until(lambda: "Ready to accept connections" in redis.output(), what="redis-server")
-    return redis
+def start_redis(tmp_path, port: int = 0) -> Daemon:
+    """A redis-server listening on loopback ``port`` (0: a free one; see ``Daemon.start``),
+    keeping nothing on disk. Returns it started."""
+    redis = require("redis-server")
+    return Daemon(lambda port: [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path)],
+                  str(tmp_path / "redis.log"), "redis-server", port).start()
 
 
 PASSIVE_BASE = 20000 + 100 * random.randrange(90)  # 100 ports per node, unlikely taken
@@ -98,9 +118,9 @@ class ClusterNode(RequiredProxyServer):
                          f"node_id = node-{self.name}\n")
 
 
-def cluster_node(emulator, tmp, name: str, redis_port: int, port: int) -> ClusterNode:
+def cluster_node(emulator, tmp, name: str, redis_port: int) -> ClusterNode:
     proc = ClusterNode(
-        str(tmp / f"node-{name}"), emulator.port, [ACCOUNT], port=port,
+        str(tmp / f"node-{name}"), emulator.port, [ACCOUNT],
         network={"listen_address": NODES[name], "masquerade_address": FRONT,
                  "passive_port": ",".join(map(str, passive_range(name))),
                  "proxy_protocol": "required",
@@ -114,18 +134,19 @@ def cluster_node(emulator, tmp, name: str, redis_port: int, port: int) -> Cluste
 def cluster(emulator, tmp_path_factory):
     require("haproxy")
     tmp = tmp_path_factory.mktemp("cluster")
-    redis = start_redis(tmp, free_port())
-    redis_port = int(redis.args[2])
-    ports = {name: free_port() for name in NODES}
+    redis = start_redis(tmp)
     nodes = {}
     haproxy = None
     try:
         for name in NODES:
-            nodes[name] = cluster_node(emulator, tmp, name, redis_port, ports[name]).start()
-        front = free_port()
-        (tmp / "haproxy.cfg").write_text(haproxy_config(front, ports))
-        haproxy = Daemon([require("haproxy"), "-db", "-f", str(tmp / "haproxy.cfg")],
-                         str(tmp / "haproxy.log")).start()
+            nodes[name] = cluster_node(emulator, tmp, name, redis.port).start()
+        ports = {name: node.port for name, node in nodes.items()}
+
+        def balancer(front: int) -> list[str]:
+            (tmp / "haproxy.cfg").write_text(haproxy_config(front, ports))
+            return [require("haproxy"), "-db", "-f", str(tmp / "haproxy.cfg")]
+        haproxy = Daemon(balancer, str(tmp / "haproxy.log"), "haproxy").start()
+        front = haproxy.port
         wait_until(lambda: _front_answers(front), what=f"haproxy ({haproxy.output()})")
         yield {"nodes": nodes, "front": front, "redis": redis, "haproxy": haproxy}
     finally:
@@ -327,7 +348,7 @@ def lone_node(emulator, tmp_path, redis_port: int, redis_down: str) -> LoneNode:
 
 
 def test_redis_unreachable_fail_open_serves_and_says_so(emulator, tmp_path):
-    redis_port = free_port()  # nothing listens there yet
+    redis_port = closed_port()  # nothing listens there until start_redis
     with lone_node(emulator, tmp_path, redis_port, "open") as proc:
         ftp = proc.login(ACCOUNT.user, ACCOUNT.password)
         outage = f"Redis at redis://127.0.0.1:{redis_port}/0 unreachable"
@@ -348,7 +369,7 @@ def test_redis_unreachable_fail_open_serves_and_says_so(emulator, tmp_path):
 
 
 def test_redis_unreachable_fail_closed_refuses_new_connections(emulator, tmp_path):
-    with lone_node(emulator, tmp_path, free_port(), "closed") as proc:
+    with lone_node(emulator, tmp_path, closed_port(), "closed") as proc:
         with pytest.raises(ftplib.error_temp, match="shared state unreachable"):
             proc.login(ACCOUNT.user, ACCOUNT.password)
         assert "refusing new connections (redis_down = closed)" in proc.log_text()
@@ -358,8 +379,8 @@ def test_redis_unreachable_fail_closed_refuses_new_connections(emulator, tmp_pat
 def test_logged_in_limit_counts_across_nodes(emulator, tmp_path):
     """max_connection_num = 1 on each of two nodes sharing Redis: one user logged in on
     the first leaves no place on the second until they leave."""
-    redis_port = free_port()
-    redis = start_redis(tmp_path, redis_port)
+    redis = start_redis(tmp_path)
+    redis_port = redis.port
     nodes = []
     try:
         for name in ("one", "two"):
@@ -390,8 +411,8 @@ def test_a_worker_hung_holding_the_session_table_stops_no_other_heartbeat(emulat
     """As test_master's hung worker, on a cluster node: the other worker's tick, which
     publishes the node's counts to Redis, must not wait for the held table either, or the
     master would abort the healthy worker and its client with it."""
-    redis_port = free_port()
-    redis = start_redis(tmp_path, redis_port)
+    redis = start_redis(tmp_path)
+    redis_port = redis.port
     proc = LoneNode(str(tmp_path / "node"), emulator.port, [ACCOUNT],
                     optional={"worker_timeout": "2", "health_check_interval": "1"})
     proc.redis_port, proc.name = redis_port, "held"

@@ -19,7 +19,7 @@ import redis
 
 from cosftp_prefork.server.cluster import REDIS_CONNECTIONS
 
-from .server_proc import free_port, wait_until
+from .server_proc import wait_until
 from .test_cluster import ACCOUNT, Daemon, LoneNode, start_redis
 from .test_master import sessions_by_pid, state_of
 
@@ -38,10 +38,9 @@ def stopped(server: Daemon) -> Iterator[None]:
 
 @pytest.fixture
 def redis_server(tmp_path):
-    port = free_port()
-    server = start_redis(tmp_path, port)
+    server = start_redis(tmp_path)
     try:
-        yield server, port
+        yield server, server.port
     finally:
         server.stop()
 

@@ -27,7 +27,7 @@ from cosftp_prefork.server.quotashare import SCRIPTS
 
 from .conftest import ALPHA
 from .redis6 import Held, Redis6Proxy
-from .server_proc import Account, free_port, wait_until
+from .server_proc import Account, closed_port, wait_until
 from .test_cluster import ACCOUNT, Daemon, LoneNode, start_redis
 from .test_commands import put
 from .test_quotas import MIB, ROOT, quota_account
@@ -41,8 +41,9 @@ class RedisUnderTest:
     straight to the server (to see and plant what the nodes find)."""
 
     def __init__(self, tmp_path, version: str = "6.0.16") -> None:
-        self.tmp_path, self.port, self.runs = tmp_path, free_port(), 0
+        self.tmp_path, self.port, self.runs = tmp_path, 0, 0
         self.server = self._start()
+        self.port = self.server.port
         self.proxy = Redis6Proxy(self.port, version)
         self.direct = redis.Redis(port=self.port, decode_responses=True)
 
@@ -436,7 +437,7 @@ def test_a_redis_found_too_old_after_start_is_not_used_and_status_says_so(emulat
                                                                           tmp_path):
     """Redis down when the node starts (redis_down = closed: it refuses), then up but
     5.0: still refused, with status and log saying why; 6.0 then: served."""
-    port = free_port()
+    port = closed_port()  # nothing listens there until start_redis
     proxy = Redis6Proxy(port, version="5.0.14")
     server = None
     try:
@@ -833,7 +834,7 @@ def test_a_redis_that_refuses_writes_is_down_and_an_open_node_serves_on_its_own(
         ftp = proc.start().login(user, f"{user}-pw")
         assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
         server.direct.flushall()
-        server.direct.replicaof("127.0.0.1", free_port())  # a master that never answers
+        server.direct.replicaof("127.0.0.1", closed_port())  # a master that never answers
         try:
             assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
             assert put(ftp, "three.bin", b"3" * 3000).startswith("226")

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, free_port
+from .server_proc import FREE_PORT, Account, ServerProcess
 from .test_clients import require
 from .test_downloads import _relayed, _retr
 from .tls_front import TlsFront, environment
@@ -35,9 +35,8 @@ def tls_front(emulator, tmp_path_factory):
 def _https_server(tmp_path, tls_front, trusted: bool = True) -> ServerProcess:
     account = Account("alice", "alice-pw", ALPHA, protocol="https", cos_port=tls_front.port)
     proc = ServerProcess(str(tmp_path), 0, [account],
-                         network={"metrics_port": str(free_port())},
+                         network={"metrics_port": FREE_PORT},
                          env=environment(tls_front.ca if trusted else ""))
-    proc.metrics_port = int(proc.network["metrics_port"])
     return proc
 
 

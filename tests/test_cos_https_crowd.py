@@ -37,7 +37,7 @@ from requests import RequestException
 from .conftest import ALPHA
 from .crowds import workers_of
 from .emulator_proc import all_keys
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_clients import lftp_command, require
 from .test_cos_https import tls_front  # noqa: F401  (the fixture)
 from .test_operating import scrape
@@ -71,13 +71,12 @@ def crowd_server(tls_front, cos, tmp_path_factory):  # noqa: F811
     account = dataclasses.replace(ACCOUNT, cos_port=tls_front.port)
     proc = ServerProcess(
         str(tmp_path_factory.mktemp("https-crowd")), 0, [account],
-        network={"metrics_port": str(free_port()),
+        network={"metrics_port": FREE_PORT,
                  **tls_network(*write_certificate(tmp_path_factory.mktemp("ftps")))},
         optional={"max_login_failures": "0", "max_connections_per_ip": "0",
                   "max_prelogin_connections_per_ip": "0", "copy_thread_num": "8",
                   "upload_thread_num": "4"},
         env=environment(tls_front.ca))
-    proc.metrics_port = int(proc.network["metrics_port"])
     with proc:
         wait_until(lambda: len(workers_of(proc.proc.pid)) == 2, what="both workers")
         Crowd(proc, cos, f"warm-up-{uuid.uuid4().hex[:6]}",

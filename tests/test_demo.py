@@ -17,13 +17,13 @@ import subprocess
 import sys
 import threading
 import types
-import urllib.request
+from typing import Optional
 
 import psutil
 
 from .conftest import _close
 from .emulator_proc import sdk_client
-from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .server_proc import ROOT, Account, ServerProcess, start_listening, wait_until
 
 DEMO = os.path.join(ROOT, "scripts", "demo")
 
@@ -46,17 +46,25 @@ def _ours(tag: str) -> list[psutil.Process]:
 
 
 def test_demo_serves_on_the_given_ports_and_stops_on_ctrl_c(tmp_path):
-    port, low, cos_port = free_port(), 47100, free_port()
-    demo_dir = str(tmp_path / "demo")
-    proc = subprocess.Popen(
-        ["bash", DEMO, "--port", str(port), "--passive-ports", f"{low},{low + 20}",
-         "--cos-port", str(cos_port), "--dir", demo_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
-                     daemon=True).start()
+    low, demo_dir = 47100, str(tmp_path / "demo")
+    outputs: list[queue.Queue] = []  # the lines of each demo started
+
+    def launch(port: int, cos_port: int) -> subprocess.Popen:
+        demo = subprocess.Popen(
+            ["bash", DEMO, "--port", str(port), "--passive-ports", f"{low},{low + 20}",
+             "--cos-port", str(cos_port), "--dir", demo_dir],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        outputs.append(queue.Queue())
+        threading.Thread(target=lambda lines=outputs[-1]: [lines.put(line)
+                                                           for line in demo.stdout],
+                         daemon=True).start()
+        return demo
     out: list[str] = []
+    proc: Optional[subprocess.Popen] = None
     try:
+        # Its server and emulator, not another test file's, on the ports: start_listening.
+        proc, (port, cos_port) = start_listening(launch, "the demo", (0, 0), timeout=180)
+        lines = outputs[-1]
         wait_until(lambda: "Press Ctrl-C to stop." in _collect(lines, out)
                    or proc.poll() is not None, timeout=180, what="the demo banner")
         text = _collect(lines, out)
@@ -84,7 +92,7 @@ def test_demo_serves_on_the_given_ports_and_stops_on_ctrl_c(tmp_path):
         assert proc.wait(60) == 0
         wait_until(lambda: not _ours(demo_dir), what="the demo's server and emulator to exit")
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for leftover in _ours(demo_dir):
@@ -123,20 +131,15 @@ def _documented_emulator_command() -> list[str]:
 def test_the_documented_command_runs_the_emulator_alone_for_a_server(tmp_path):
     args = _documented_emulator_command()
     args[0] = sys.executable  # the docs' .venv/bin/python
-    cos_port = free_port()
-    args[args.index("--port") + 1] = str(cos_port)
     bucket = args[args.index("--bucket") + 1]
-    emulator = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    at = args.index("--port") + 1
+
+    def launch(port: int) -> subprocess.Popen:
+        args[at] = str(port)
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    # This emulator, not another test file's, on the port: start_listening.
+    emulator, (cos_port,) = start_listening(launch, "the emulator the docs start", timeout=60)
     try:
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(
-                        f"http://127.0.0.1:{cos_port}/__emulator__/requests", timeout=5):
-                    return True
-            except OSError:
-                return emulator.poll() is not None
-        wait_until(answers, timeout=60, what="the emulator the docs start")
-        assert emulator.poll() is None, emulator.returncode
         with ServerProcess(str(tmp_path), cos_port, [Account("demo", "demo", bucket)]) as server:
             ftp = server.login("demo", "demo")
             ftp.storbinary("STOR kept.txt", io.BytesIO(b"in the emulator alone"))

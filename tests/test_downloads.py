@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS
-from .server_proc import ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, ServerProcess, wait_until
 from .test_operating import scrape, value
 from .test_reliability import faults  # noqa: F401  (the fixture)
 from .test_tls import tls_login, tls_network
@@ -142,11 +142,9 @@ def test_a_client_that_stops_reading_is_cut_off_after_data_connection_timeout(
 def relay_server(emulator, tmp_path_factory):
     """A server with FTPS and metrics, for how downloads go (``cosftp_downloads_relayed``)."""
     certs = write_certificate(tmp_path_factory.mktemp("certs"))
-    metrics_port = free_port()
     proc = ServerProcess(str(tmp_path_factory.mktemp("relay")), emulator.port,
                          STANDARD_ACCOUNTS,
-                         network={**tls_network(*certs), "metrics_port": str(metrics_port)})
-    proc.metrics_port = metrics_port
+                         network={**tls_network(*certs), "metrics_port": FREE_PORT})
     with proc:
         yield proc
 

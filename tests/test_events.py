@@ -42,7 +42,15 @@ from cosftp_prefork.events.spool import (
 from .admin_client import AdminClient, admin_server, admin_url
 from .conftest import ALPHA, BETA
 from .hook_receiver import Receiver
-from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .server_proc import (
+    FREE_PORT,
+    ROOT,
+    Account,
+    ServerProcess,
+    closed_port,
+    start_listening,
+    wait_until,
+)
 from .test_commands import get, put
 from .test_operating import scrape, value
 from .test_transfers import abort_transfer, start_upload
@@ -65,7 +73,7 @@ with open(out, "a") as handle:
 
 @pytest.fixture
 def receiver(tmp_path):
-    rec = Receiver(free_port(), str(tmp_path / "received.jsonl"), SECRET)
+    rec = Receiver(str(tmp_path / "received.jsonl"), SECRET)
     yield rec
     rec.kill()
 
@@ -96,12 +104,10 @@ def command_events(command: dict) -> list[dict]:
 
 
 def hook_server(tmp_path, emulator, hooks: dict, accounts=None, **kwargs) -> ServerProcess:
-    metrics_port = free_port()
     server = ServerProcess(str(tmp_path / "server"), emulator.port,
                            accounts or [Account("ev", "ev-pw", ALPHA)],
                            hooks={"event_hook_secret": SECRET, **hooks},
-                           network={"metrics_port": str(metrics_port)}, **kwargs)
-    server.metrics_port = metrics_port
+                           network={"metrics_port": FREE_PORT}, **kwargs)
     return server
 
 
@@ -199,7 +205,7 @@ def test_every_event_kind_reaches_the_receiver_and_the_command(emulator, cos, tm
 
 def test_an_accounts_destination_takes_its_events_and_paths_only(emulator, tmp_path,
                                                                  receiver, area):
-    own = Receiver(free_port(), str(tmp_path / "own.jsonl"), "account-secret").start()
+    own = Receiver(str(tmp_path / "own.jsonl"), "account-secret").start()
     try:
         account = Account("ev", "ev-pw", ALPHA, extra=f"event_hook_url = {own.url}\n"
                           "event_hook_secret = account-secret\n"
@@ -604,29 +610,23 @@ def _forged(url: str) -> int:
 
 
 def _start_example(script, out) -> tuple[subprocess.Popen, str]:
-    """The docs' example receiver listening, and its URL. A port free_port() chose may be
-    taken (by another test file's passive listener) before the example binds it: then it
-    exits and another port is tried, at most three."""
+    """The docs' example receiver listening on a port of its own (``start_listening``: on
+    another port if one chosen was taken before it bound it), and its URL. Raises
+    AssertionError, with what it wrote on stderr, if it does not listen."""
     errors = out.with_suffix(".err")
-    for _ in range(3):
-        example, url = _example_on(script, out, errors, free_port())
-        if example.poll() is None:
-            return example, url
-        problem = errors.read_text(errors="replace")
-        assert "Address already in use" in problem, problem
-    raise AssertionError("the example receiver found no free port in three tries")
 
-
-def _example_on(script, out, errors, port: int) -> tuple[subprocess.Popen, str]:
-    """The example receiver started on ``port``, once it answers or has exited."""
-    with open(out, "wb") as stdout, open(errors, "wb") as stderr:
-        example = subprocess.Popen([sys.executable, str(script)], stdout=stdout, stderr=stderr,
-                                   env={**os.environ, "HOOK_SECRET": SECRET,
-                                        "PORT": str(port)})
-    url = f"http://127.0.0.1:{port}/"
-    wait_until(lambda: example.poll() is not None or _answers(lambda: _forged(url)),
-               what="the example receiver listening")
-    return example, url
+    def launch(port: int) -> subprocess.Popen:
+        with open(out, "wb") as stdout, open(errors, "wb") as stderr:
+            return subprocess.Popen([sys.executable, str(script)], stdout=stdout,
+                                    stderr=stderr, env={**os.environ, "HOOK_SECRET": SECRET,
+                                                        "PORT": str(port)})
+    try:
+        example, (port,) = start_listening(
+            launch, "the example receiver",
+            lost_port=lambda _: "Address already in use" in errors.read_text(errors="replace"))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {errors.read_text(errors='replace')}") from None
+    return example, f"http://127.0.0.1:{port}/"
 
 
 def test_the_example_receiver_in_the_docs_verifies_and_takes_events(emulator, tmp_path, area):
@@ -645,14 +645,6 @@ def test_the_example_receiver_in_the_docs_verifies_and_takes_events(emulator, tm
     finally:
         example.kill()
         example.wait()
-
-
-def _answers(call) -> bool:
-    try:
-        call()
-    except OSError:
-        return False
-    return True
 
 
 def test_a_full_window_does_not_list_a_large_spool_again_and_again(tmp_path):
@@ -745,7 +737,7 @@ def test_the_admin_api_shows_the_event_queue(emulator, tmp_path, area):
     there while its receiver is down."""
     proc = admin_server(str(tmp_path / "admin"), emulator.port)
     proc.hooks = {"event_hook_secret": SECRET, "event_hook_events": "upload",
-                  "event_hook_url": f"http://127.0.0.1:{free_port()}/down"}
+                  "event_hook_url": f"http://127.0.0.1:{closed_port()}/down"}
     with proc:
         ftp = proc.login("alice", "alice-pw")
         put(ftp, f"{area}.bin", b"waiting")

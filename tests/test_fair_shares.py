@@ -21,7 +21,7 @@ from qcloud_cos.cos_exception import CosServiceError
 
 from .conftest import ALPHA, BETA
 from .emulator_proc import request_log
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_operating import scrape, value
 
 MIB = 1024 * 1024
@@ -56,13 +56,11 @@ def one_part_thread(emulator, tmp_path, area: str, memory_mib: int) -> Iterator[
     """One worker with one part thread (so one part in flight per upload) and a budget of
     ``memory_mib``, metrics on, and the emulator holding the first part 1 of alice's uploads
     until :func:`release` (at the latest when the block ends)."""
-    metrics_port = free_port()
     optional = {"worker_processes": "1", "upload_thread_num": "1",
                 "upload_memory_limit": str(memory_mib), "log_level": "DEBUG"}
     emulator.rendezvous(contains=f"{area}/alice", part=1, parties=2, timeout=600)
     with ServerProcess(str(tmp_path), emulator.port, ACCOUNTS, optional=optional,
-                       network={"metrics_port": str(metrics_port)}) as server:
-        server.metrics_port = metrics_port
+                       network={"metrics_port": FREE_PORT}) as server:
         try:
             yield server
         finally:

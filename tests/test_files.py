@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 
 VICTIM = b"a file the server must never write\n"
 
@@ -26,7 +26,7 @@ def operated(emulator, workdir: str, **optional: str) -> ServerProcess:
     settings = {"log_level": "INFO", "xferlog_enable": "true",
                 "vsftpd_log_file": os.path.join(log_dir, "vsftpd.log"), **optional}
     return ServerProcess(workdir, emulator.port, [Account("ops", "ops-pw", ALPHA)],
-                         optional=settings, network={"metrics_port": str(free_port())})
+                         optional=settings, network={"metrics_port": FREE_PORT})
 
 
 def victim(tmp_path, name: str = "victim") -> str:

@@ -26,7 +26,6 @@ from .server_proc import (
     Account,
     ServerProcess,
     check_uncommented_example,
-    free_port,
     many_accounts,
     mounting,
     wait_until,
@@ -870,7 +869,7 @@ def test_a_folders_quota_holds_across_nodes_and_is_scanned_again(emulator, tmp_p
     both mounting a folder of 2 MiB: what one node stores counts on the other and leaves no
     room there; with quota_scan_interval = 1 a file another tool wrote into the folder
     counts without anyone asking."""
-    redis = start_redis(tmp_path, free_port())
+    redis = start_redis(tmp_path)
     sections = f"\n[FOLDER_qcl]\ncos_prefix = {FQ}cluster\nauthority = RW\nquota_size = 2M\n"
     accounts = [Account(user, f"{user}-pw", ALPHA, extra=f"cos_prefix = {FQ}{user}\n"
                         f"virtual_folders = /{mount}=qcl")
@@ -880,7 +879,7 @@ def test_a_folders_quota_holds_across_nodes_and_is_scanned_again(emulator, tmp_p
         for name in ("fa", "fb"):
             proc = LoneNode(str(tmp_path / name), emulator.port, accounts, sections=sections,
                             optional={"quota_scan_interval": "1"})
-            proc.redis_port, proc.name = int(redis.args[2]), name
+            proc.redis_port, proc.name = redis.port, name
             nodes.append(proc.start())
         one, two = nodes[0].login("qc1", "qc1-pw"), nodes[1].login("qc2", "qc2-pw")
         put(one, "/pool/a.bin", b"a" * (3 * MIB // 2))

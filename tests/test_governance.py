@@ -39,7 +39,7 @@ from cosftp_prefork.server.scoreboard.layout import BANS_AT
 
 from .conftest import ALPHA
 from .crowds import peak_rss, reset_peak_rss, workers_of
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import Account, ServerProcess, wait_until
 from .test_master import no_sessions_left
 from .test_proxy import closed_by_server
 from .test_tls import tls_network, write_certificate
@@ -344,7 +344,7 @@ def test_stalled_tls_handshakes_are_capped_and_cut_at_login_timeout(emulator, tm
     port the same holds (the over-cap ones get their 421 in clear text)."""
     cert, key = write_certificate(tmp_path)
     proc = ServerProcess(str(tmp_path / "srv"), emulator.port, OPS,
-                         network=tls_network(cert, key, implicit_port=free_port()),
+                         network=tls_network(cert, key, implicit=True),
                          optional={"log_level": "INFO", "worker_processes": "1",
                                    "login_timeout": str(STALL_LOGIN_TIMEOUT)})
     with proc:

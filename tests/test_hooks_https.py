@@ -16,7 +16,7 @@ import pytest
 from .auth_service import AuthService
 from .conftest import ALPHA
 from .hook_receiver import Receiver
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import Account, ServerProcess, wait_until
 from .test_auth_hook import FILE_ACCOUNTS, definition
 from .test_commands import put
 from .test_events import SECRET, spool_batches
@@ -27,7 +27,7 @@ UNTRUSTED = "CERTIFICATE_VERIFY_FAILED"
 
 @pytest.fixture
 def receiver(tmp_path):
-    rec = Receiver(free_port(), str(tmp_path / "received.jsonl"), SECRET).start()
+    rec = Receiver(str(tmp_path / "received.jsonl"), SECRET).start()
     front = TlsFront(tmp_path, rec.port)
     try:
         with front:

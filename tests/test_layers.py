@@ -19,7 +19,7 @@ import pytest
 
 from .admin_client import RW_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
-from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, ROOT, Account, ServerProcess, wait_until
 from .test_tls import tls_network, write_certificate
 
 FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "urllib3", "requests", "cosftp_prefork.ftp",
@@ -54,10 +54,9 @@ def test_the_master_never_loads_pyftpdlib_the_cos_sdk_or_openssl(emulator, tmp_p
     modules = tmp_path / "master-modules.json"
     launcher = tmp_path / "launcher.py"
     launcher.write_text(LAUNCHER)
-    admin_port = free_port()
     server = ServerProcess(str(tmp_path / "server"), emulator.port,
                            [Account("mods", "mods-pw", ALPHA)],
-                           network={**tls_network(cert, key), "admin_port": str(admin_port)},
+                           network={**tls_network(cert, key), "admin_port": FREE_PORT},
                            sections=f"\n[ADMIN]\ntokens = ops:{hash_token(RW_TOKEN)}:rw\n",
                            launcher=[sys.executable, str(launcher), str(modules)],
                            hooks={"event_hook_command": f"{shutil.which('true')}"})
@@ -71,7 +70,7 @@ def test_the_master_never_loads_pyftpdlib_the_cos_sdk_or_openssl(emulator, tmp_p
         assert "started events process" in server.log_text()
         reload = server.ctl("reload")
         assert reload.returncode == 0, reload.stderr
-        api = AdminClient(f"https://127.0.0.1:{admin_port}", verify=cert)
+        api = AdminClient(f"https://127.0.0.1:{server.admin_port}", verify=cert)
         assert api.call("POST", "/reload").json()["result"] == "ok"
         assert _banner(server).startswith("220")
     loaded = json.loads(modules.read_text())

@@ -36,7 +36,7 @@ from cosftp_prefork.server.scoreboard import (
 )
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import Account, ServerProcess, wait_until
 from .test_auth_hook import definition, hooked_server, service  # noqa: F401 (a fixture)
 from .test_cluster import LoneNode, start_redis
 from .tls_clients import client_context, write_certificate
@@ -213,8 +213,8 @@ def test_max_sessions_holds_across_workers_and_reload(emulator, tmp_path):
 
 
 def test_max_sessions_holds_across_nodes(emulator, tmp_path):
-    redis_port = free_port()
-    redis = start_redis(tmp_path, redis_port)
+    redis = start_redis(tmp_path)
+    redis_port = redis.port
     account = Account("few", "few-pw", ALPHA, extra="max_sessions = 2")
     nodes = []
     try:

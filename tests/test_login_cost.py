@@ -15,7 +15,7 @@ from collections import Counter
 
 from .conftest import ALPHA
 from .crowds import Crowd, legitimate_login, peak_rss, reset_peak_rss, sources, workers_of
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_auth import heavy_value, scrypt_value
 from .test_governance import connect, log_in, next_reply, server
 from .test_master import no_sessions_left
@@ -38,10 +38,9 @@ def logins_server(emulator, tmp_path, password_hash: str = "", **optional: str) 
                 Account("legit", scrypt_value("legit-pw", 2 ** 14, 8, 1, salt=b"t" * 16),
                         ALPHA)]
     proc = ServerProcess(str(tmp_path), emulator.port, accounts,
-                         network={"metrics_port": str(free_port())},
+                         network={"metrics_port": FREE_PORT},
                          optional={"log_level": "INFO", "max_password_checks": str(CHECKS),
                                    **optional})
-    proc.metrics_port = int(proc.network["metrics_port"])
     return proc
 
 

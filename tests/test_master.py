@@ -22,8 +22,9 @@ from .conftest import ALPHA, _close
 from .server_proc import (
     Account,
     ServerProcess,
+    closed_port,
     connection_refused,
-    free_port,
+    release_port,
     unreachable_receiver,
     wait_until,
 )
@@ -497,8 +498,9 @@ def test_reload_whose_new_port_is_taken_changes_nothing(daemon):
 
 def test_reload_rebinds_when_port_changes(daemon):
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
-    old_port, new_port = daemon.port, free_port()
+    old_port, new_port = daemon.port, closed_port()
     rewrite_config(daemon, listen_port=str(new_port))
+    release_port(new_port)  # held until now: no other test file's server takes it
     assert daemon.ctl("reload").returncode == 0
     daemon.port = new_port
     _close(login(daemon))

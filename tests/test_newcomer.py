@@ -16,7 +16,7 @@ import pytest
 from .conftest import _close
 from .docs_text import block_after, read
 from .emulator_proc import EmulatorProcess
-from .server_proc import ROOT, free_port, wait_until
+from .server_proc import ROOT, closed_port, listens, release_port, wait_until
 from .test_config import set_option
 
 PREFIX = "/opt/cosftp-prefork"
@@ -135,7 +135,8 @@ def test_the_newcomer_path_works_as_the_readme_says(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}  # this checkout's code, whatever the venv has
     emulator = EmulatorProcess([BUCKET]).start()
     stop, = (line.replace(PREFIX, prefix) for line in commands if "stop" in line.split())
-    ftp_port, cwd, upload = free_port(), ROOT, None
+    # Held closed until the server starts: no other test file's server takes it meanwhile.
+    ftp_port, cwd, upload = closed_port(), ROOT, None
     try:
         for line in commands:
             if line in LEFT_TO_OTHER_TESTS:
@@ -155,8 +156,13 @@ def test_the_newcomer_path_works_as_the_readme_says(tmp_path):
                 def shown(line: str = line, cwd: str = cwd) -> bool:
                     return "STOR newcomer.bin" in run(line, cwd, env).stdout
                 wait_until(shown, what="the upload in cosftpctl sessions (once a second)")
+            if "start" in words:
+                release_port(ftp_port)
             done = run(line, cwd, env)
             check_output(words, done)
+            if "start" in words:  # what answers on the port below is this server
+                with open(os.path.join(prefix, "log", "cosftp.pid"), encoding="ascii") as pid:
+                    assert listens(int(pid.read()), ftp_port)
             if line.startswith("cp "):
                 assert os.path.exists(config)
                 edit_example(config, emulator.port, ftp_port)

@@ -13,7 +13,7 @@ import pytest
 from cosftp_prefork.server.cli import ONLINE_THREADS
 
 from .emulator_proc import EmulatorProcess, sdk_client, strict_emulator
-from .server_proc import Account, ServerProcess, free_port
+from .server_proc import Account, ServerProcess, closed_port
 
 HOME = "home-1250000000"
 EAST = "east-1250000000"  # lives in ap-shanghai; the accounts say ap-guangzhou
@@ -92,7 +92,6 @@ def check_online(workdir, emu: EmulatorProcess, accounts: list[Account], timeout
 
 
 def test_each_account_gets_its_verdict(cos_accounts, tmp_path):
-    closed_port = free_port()
     silent = SilentEndpoint()
     try:
         done, lines = check_online(tmp_path, cos_accounts, [
@@ -107,7 +106,7 @@ def test_each_account_gets_its_verdict(cos_accounts, tmp_path):
             account("nolist", "AKIDnolist"),
             account("noread", "AKIDnoread"),
             account("noabort", "AKIDnoabort"),
-            account("refused", "AKIDowner", cos_port=closed_port),
+            account("refused", "AKIDowner", cos_port=closed_port()),
             account("silent", "AKIDowner", cos_port=silent.port),
         ])
     finally:

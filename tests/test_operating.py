@@ -24,7 +24,7 @@ from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS, _close
-from .server_proc import ROOT, Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, ROOT, Account, ServerProcess, wait_until
 from .slow_client import SlowReader
 from .test_clients import require
 from .test_commands import get, put, rename_whose_copy_fails
@@ -36,13 +36,11 @@ F2B_VSFTPD_FILTER = "/etc/fail2ban/filter.d/vsftpd.conf"
 
 
 def _operated(workdir: str, cos_port: int, accounts: list[Account], **optional: str):
-    metrics_port = free_port()
     proc = ServerProcess(workdir, cos_port, accounts,
-                         network={"metrics_port": str(metrics_port)},
+                         network={"metrics_port": FREE_PORT},
                          optional={"xferlog_enable": "true",
                                    "vsftpd_log_file": os.path.join(workdir, "log", "vsftpd.log"),
                                    **optional})
-    proc.metrics_port = metrics_port
     return proc
 
 

@@ -37,7 +37,7 @@ from cosftp_prefork.errors import ConfigError
 
 from .admin_client import RW_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_config import MINIMAL, set_option
 from .test_master import pids_cgroup, rewrite_config, write_cgroup
 from .test_tls import write_certificate
@@ -124,7 +124,7 @@ def dropping_server(workdir: str, cos_port: int, python_env, **optional: str) ->
     return ServerProcess(workdir, cos_port, [ACCOUNT],
                          optional={"run_as_root": "false", "xferlog_enable": "true",
                                    **optional},
-                         network={"metrics_port": str(free_port())},
+                         network={"metrics_port": FREE_PORT},
                          launcher=[python, "-m", "cosftp_prefork"], env=env)
 
 
@@ -208,13 +208,12 @@ def test_the_admin_api_runs_as_nobody_and_serves_https(emulator, workdir, nobody
     cert, key = write_certificate(pathlib.Path(workdir))
     os.chmod(key, 0o600)
     proc = dropping_server(workdir, emulator.port, nobody_python)
-    port = free_port()
-    proc.network.update(admin_port=str(port), tls_certfile=cert, tls_keyfile=key)
+    proc.network.update(admin_port=FREE_PORT, tls_certfile=cert, tls_keyfile=key)
     proc.sections = f"\n[ADMIN]\ntokens = ops:{hash_token(RW_TOKEN)}:rw\n"
     with proc:
         wait_until(lambda: "admin" in children(proc.proc.pid), what="the admin API")
         assert_unprivileged(children(proc.proc.pid)["admin"], NOBODY.pw_uid, NOBODY.pw_gid)
-        status = AdminClient(f"https://127.0.0.1:{port}", verify=cert).get("/status")
+        status = AdminClient(f"https://127.0.0.1:{proc.admin_port}", verify=cert).get("/status")
         assert status["master"]["pid"] == proc.proc.pid
 
 
@@ -410,7 +409,7 @@ def test_master_without_root_binds_a_privileged_port_with_the_capability(emulato
     port = free_privileged_port()
     proc = ServerProcess(workdir, emulator.port, [ACCOUNT], port=port,
                          optional={"run_as_root": "false"},
-                         network={"metrics_port": str(free_port())}, env=env)
+                         network={"metrics_port": FREE_PORT}, env=env)
     # What the unit does, with nobody standing in for cosftp.
     proc.launcher = [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                      f"--inh-caps={caps}", f"--ambient-caps={caps}", "--no-new-privs", "--",

@@ -19,7 +19,7 @@ import pytest
 from cosftp_prefork.ftp.proxy import Origin, ProxyHeaderError, read_header
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import Account, ServerProcess, wait_until
 from .test_master import no_sessions_left, state_of
 from .test_tls import client_context, implicit_port, tls_network, write_certificate
 
@@ -272,7 +272,7 @@ def test_implicit_tls_port_reads_the_header_before_the_handshake(emulator, tmp_p
     """On the implicit-FTPS port the header comes before the TLS ClientHello."""
     cert, key = write_certificate(tmp_path)
     proc = ServerProcess(str(tmp_path / "srv"), emulator.port, [Account("alice", "pw", ALPHA)],
-                         network={**tls_network(cert, key, implicit_port=free_port()),
+                         network={**tls_network(cert, key, implicit=True),
                                   "proxy_protocol": "optional", "proxy_allowed": BALANCER})
     with proc:
         sock = socket.create_connection((proc.host, implicit_port(proc)), timeout=15,

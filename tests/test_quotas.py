@@ -24,7 +24,7 @@ import pytest
 from .admin_client import RO_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
 from .crowds import kill_the_worker
-from .server_proc import Account, ServerProcess, free_port, wait_until
+from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put
 from .test_prefixes import parts_of
@@ -440,11 +440,11 @@ def test_a_killed_workers_reservation_is_given_back_on_a_cluster_node(emulator, 
     every node's quota counts, lose the dead worker's 2 MiB as its own table does, so that
     the upload needing that room passes at once and cosftpctl quota (Redis's figures) shows
     nothing reserved."""
-    redis = start_redis(tmp_path, free_port())
+    redis = start_redis(tmp_path)
     node = LoneNode(str(tmp_path / "node"), emulator.port,
                     [quota_account("qkilled", "3M", prefix="killed")],
                     optional={"worker_processes": "1"})
-    node.redis_port, node.name = int(redis.args[2]), "killed"
+    node.redis_port, node.name = redis.port, "killed"
     try:
         node.start()
         kill_while_holding(node, "qkilled", cos, f"{ROOT}killed/")
@@ -504,12 +504,12 @@ def two_nodes(emulator, tmp_path, account: Account,
               second: Optional[dict] = None) -> Iterator[list[LoneNode]]:
     """Nodes qa and qb sharing a Redis ([CLUSTER]), both serving ``account``; qb with the
     ``ServerProcess`` options ``second``."""
-    redis = start_redis(tmp_path, free_port())
+    redis = start_redis(tmp_path)
     nodes = []
     try:
         for name, options in (("qa", {}), ("qb", second or {})):
             proc = LoneNode(str(tmp_path / name), emulator.port, [account], **options)
-            proc.redis_port, proc.name = int(redis.args[2]), name
+            proc.redis_port, proc.name = redis.port, name
             nodes.append(proc.start())
         yield nodes
     finally:
@@ -545,8 +545,7 @@ def test_cosftpctl_quota_and_the_admin_api_show_the_clusters_usage(emulator, tmp
     """Two nodes sharing a Redis: what node qa stored and what an upload holds there show in
     cosftpctl quota and GET /api/v1/quotas of node qb, whose own table never saw them (the
     figures its quota enforcement uses)."""
-    admin_port = free_port()
-    admin = {"network": {"admin_port": str(admin_port)},
+    admin = {"network": {"admin_port": FREE_PORT},
              "sections": f"\n[ADMIN]\ntokens = viewer:{hash_token(RO_TOKEN)}:ro\n"}
     with two_nodes(emulator, tmp_path, quota_account("qshown", "2M", prefix="shown"),
                    admin) as nodes:
@@ -560,7 +559,7 @@ def test_cosftpctl_quota_and_the_admin_api_show_the_clusters_usage(emulator, tmp
         assert shown.returncode == 0, shown.stderr
         assert re.search(rf"^qshown +{3 * MIB // 2} +2 MiB +1 +- +{2 * MIB // 5} ",
                          shown.stdout, re.M), shown.stdout
-        api = AdminClient(f"http://127.0.0.1:{admin_port}", token=RO_TOKEN)
+        api = AdminClient(f"http://127.0.0.1:{nodes[1].admin_port}", token=RO_TOKEN)
         answer = api.get("/quotas")
         quota = next(q for q in answer["quotas"] if q["user"] == "qshown")
         assert (quota["size"]["used"], quota["files"]["used"], quota["reserved_bytes"]) == \
@@ -610,11 +609,11 @@ def test_with_redis_gone_a_node_counts_alone_or_refuses(emulator, tmp_path, cos,
     """Redis stops under a logged-in session: with redis_down = open the node reserves
     against its own table (the quota still holds there), with closed it answers 451 to an
     upload a quota counts and stores nothing."""
-    redis = start_redis(tmp_path, free_port())
+    redis = start_redis(tmp_path)
     home = f"{ROOT}gone-{redis_down}/"
     proc = LoneNode(str(tmp_path / "node"), emulator.port,
                     [quota_account("qgone", "1M", prefix=f"gone-{redis_down}")])
-    proc.redis_port, proc.name, proc.redis_down = int(redis.args[2]), "gone", redis_down
+    proc.redis_port, proc.name, proc.redis_down = redis.port, "gone", redis_down
     try:
         proc.start()
         ftp = login(proc, "qgone")

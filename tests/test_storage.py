@@ -17,7 +17,7 @@ from cosftp_prefork.errors import AlreadyExists, NotFound, PermissionDenied, Sto
 
 from .conftest import ALPHA
 from .emulator_proc import connections, emulator_account
-from .server_proc import free_port
+from .server_proc import closed_port
 
 MIB = 1024 * 1024
 
@@ -170,7 +170,7 @@ def test_the_workers_requests_take_the_proxy_the_environment_names(monkeypatch):
     with Emulator(buckets=[ALPHA]) as emu:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{emu.port}")
         monkeypatch.setenv("NO_PROXY", "")
-        unreachable = dataclasses.replace(emulator_account(emu, ALPHA), cos_port=free_port())
+        unreachable = dataclasses.replace(emulator_account(emu, ALPHA), cos_port=closed_port())
         bucket = BucketRegistry().bucket(unreachable)
         bucket.put("p/f", b"through the proxy")
         assert bucket.head("p/f").size == 17

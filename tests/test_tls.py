@@ -23,11 +23,13 @@ from cosftp_prefork.errors import ConfigError
 
 from .conftest import ALPHA, _close
 from .server_proc import (
+    FREE_PORT,
     ROOT,
     Account,
     ServerProcess,
+    closed_port,
     connection_refused,
-    free_port,
+    release_port,
     wait_until,
 )
 from .test_clients import require, run
@@ -51,17 +53,19 @@ def certs(tmp_path_factory) -> tuple[str, str]:
     return write_certificate(tmp_path_factory.mktemp("certs"))
 
 
-def tls_network(cert: str, key: str, implicit_port: Optional[int] = None) -> dict[str, str]:
+def tls_network(cert: str, key: str, implicit: bool = False) -> dict[str, str]:
+    """[NETWORK] options for FTPS with ``cert`` and ``key``; with ``implicit``, an implicit
+    FTPS port too (ServerProcess.start chooses it: FREE_PORT)."""
     network = {"tls_certfile": cert, "tls_keyfile": key}
-    if implicit_port:
-        network["implicit_tls_port"] = str(implicit_port)
+    if implicit:
+        network["implicit_tls_port"] = FREE_PORT
     return network
 
 
 @pytest.fixture(scope="module")
 def tls_server(emulator, tmp_path_factory, certs):
     proc = ServerProcess(str(tmp_path_factory.mktemp("tls")), emulator.port, [PLAIN, SECURE],
-                         network=tls_network(*certs, implicit_port=free_port()))
+                         network=tls_network(*certs, implicit=True))
     with proc:
         yield proc
 
@@ -828,12 +832,13 @@ def test_reload_with_broken_certificate_keeps_serving_tls(emulator, tmp_path, ar
 
 
 def test_reload_moves_the_implicit_port(emulator, tmp_path, certs):
-    old_port, new_port = free_port(), free_port()
     with ServerProcess(str(tmp_path), emulator.port, [SECURE],
-                       network=tls_network(*certs, implicit_port=old_port)) as proc:
+                       network=tls_network(*certs, implicit=True)) as proc:
         _close(implicit_login(proc, SECURE))
+        old_port, new_port = implicit_port(proc), closed_port()
         proc.network["implicit_tls_port"] = str(new_port)
         proc.write_config()
+        release_port(new_port)  # held until now: no other test file's server takes it
         done = proc.ctl("reload")
         assert done.returncode == 0, done.stderr
         _close(implicit_login(proc, SECURE))

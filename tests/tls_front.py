@@ -10,7 +10,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from .server_proc import free_port, wait_until
+from .server_proc import wait_until
 from .test_clients import require
 from .test_cluster import Daemon
 from .tls_clients import write_certificate
@@ -46,7 +46,7 @@ class TlsFront:
 
     def __init__(self, directory: Path, backend_port: int) -> None:
         self.directory, self.backend_port = directory, backend_port
-        self.port = free_port()
+        self.port = 0  # chosen when it starts
         self.ca = ""
         self._daemon: Daemon | None = None
 
@@ -56,11 +56,13 @@ class TlsFront:
         pem = self.directory / "front.pem"
         pem.write_text(Path(cert).read_text() + Path(key).read_text())
         config = self.directory / "haproxy.cfg"
-        config.write_text(CONFIG.format(port=self.port, pem=pem,
-                                        backend_port=self.backend_port))
+
+        def command(port: int) -> list[str]:
+            config.write_text(CONFIG.format(port=port, pem=pem, backend_port=self.backend_port))
+            return [haproxy, "-db", "-f", str(config)]
         self.ca = cert
-        self._daemon = Daemon([haproxy, "-db", "-f", str(config)],
-                              str(self.directory / "haproxy.log")).start()
+        self._daemon = Daemon(command, str(self.directory / "haproxy.log"), "haproxy").start()
+        self.port = self._daemon.port
         try:
             wait_until(lambda: _handshakes(self.port, cert),
                        what=f"haproxy ({self._daemon.output()})")
