@@ -297,7 +297,12 @@ class ServerProcess:
         return os.path.join(self.workdir, "log")
 
     def write_config(self) -> None:
+        """Write the config file; a port not chosen yet (``port`` 0, ``FREE_PORT``) gets
+        one from ``free_port`` (``start`` chooses them itself, and again if lost)."""
         self.port = self.port or free_port()
+        for name in PORT_OPTIONS:
+            if self.network.get(name) == FREE_PORT:
+                self.network[name] = str(free_port())
         optional = {"worker_processes": "2", "min_part_size": str(1024 * 1024),
                     "upload_thread_num": "4", "log_level": "DEBUG", "log_dir": self.log_dir}
         if os.geteuid() == 0:
