@@ -9,6 +9,7 @@ import http.client
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -809,3 +810,19 @@ def test_connection_and_expect_fields_are_honoured(emulator):
         final = interim.split(b"\r\n\r\n", 1)[1] or sock.recv(65536)
         assert final.startswith(b"HTTP/1.1 200"), final
     assert read(sdk_client(emulator), ALPHA, "expect-100") == body
+
+
+def test_a_client_reset_mid_request_leaves_nothing_on_stderr(capfd):
+    """A client that resets its connection before its header ends (a COS client giving up)
+    is no error of the emulator. socketserver printed one (a line of dashes, then the
+    traceback) to stderr, and the line reached pytest's progress output when it came
+    while pytest was between tests."""
+    with Emulator(buckets=[ALPHA]) as emu:
+        with socket.create_connection(("127.0.0.1", emu.port), timeout=30) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # its header not ended
+            wait_until(lambda: emu._server._open, what="the connection accepted")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # The handler has returned once the connection is released (_open: private, but
+        # the one sign that its thread is done).
+        wait_until(lambda: not emu._server._open, what="the connection's thread done")
+    assert capfd.readouterr().err == ""

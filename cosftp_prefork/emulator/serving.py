@@ -24,6 +24,7 @@ import email.utils
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -359,6 +360,17 @@ class KeepAliveServer(socketserver.ThreadingTCPServer):
         with self._lock:
             self._open.discard(request)
         self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """What a connection's thread raised: a client that reset or let time out its
+        connection mid-request (a COS client giving up) is no error of the emulator; the
+        rest goes to this module's log. socketserver printed both to stderr, where a test
+        run shows them between its results."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("connection from %s ended mid-request: %r", client_address, error)
+            return
+        log.exception("connection from %s failed", client_address)
 
     def close_connections(self) -> None:
         """End every open connection (their threads then finish): on stop, kept
