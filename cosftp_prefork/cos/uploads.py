@@ -186,7 +186,7 @@ class UploadSession:
     def write(self, data: bytes) -> int:
         """Stream ``data``; return ``len(data)``."""
         self._check_open()
-        self._parts.raise_failure()
+        self._raise_part_failure()
         if self._parts.size + len(data) > self._max_size:
             self._discard = True
             raise FileTooLarge(
@@ -206,6 +206,18 @@ class UploadSession:
         if self.prefix is not None:
             self.prefix.update(data)
         return len(data)
+
+    def _raise_part_failure(self) -> None:
+        """Raise what a part that failed raised. COS storing other bytes than were sent
+        (``CRC64Mismatch``) discards the upload: the parts stored whole before it are not
+        parked either, as when it is found at the commit (the abort docs/reliability.md
+        promises); a part COS failed to store leaves them parked for a resume."""
+        try:
+            self._parts.raise_failure()
+        except StorageError as exc:
+            if exc.code == "CRC64Mismatch":
+                self._discard = True
+            raise
 
     def _name_allowed(self) -> None:
         """Wait for the verdict on a new name; ``NotStorable`` if refused (never parked)."""
