@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -99,18 +100,15 @@ class Soak:
         settings = ("set net:max-retries 2; set net:reconnect-interval-base 1; "
                     "set net:timeout 20; set cmd:fail-exit yes; "
                     f"set ftp:use-allo {'yes' if self.lftp_allo else 'no'}")
-        return subprocess.run(
-            ["lftp", "-u", "chaos,chaos-pw", "-p", str(self.server.port), "-e",
-             f"{settings}; {command}; exit", "127.0.0.1"],
-            capture_output=True, text=True, timeout=600)
+        return client_run(["lftp", "-u", "chaos,chaos-pw", "-p", str(self.server.port), "-e",
+                           f"{settings}; {command}; exit", "127.0.0.1"])
 
     def upload(self, kind: str, name: str, target: str) -> subprocess.CompletedProcess:
         source = os.path.join(self.workdir, "src", name)
         if kind == "lftp":
             return self.lftp(f"mirror -R --parallel=2 {source} /{target}")
-        return subprocess.run([RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
-                               "--low-level-retries", "2"], capture_output=True, text=True,
-                              timeout=600, env=self.rclone_env)
+        return client_run([RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
+                           "--low-level-retries", "2"], env=self.rclone_env)
 
     def targets(self) -> Iterator[tuple[str, str, str]]:
         """(client, source, target) of every upload: one new tree per client and round."""
@@ -230,6 +228,23 @@ class Soak:
         # resume_ttl, then the janitor aborts them.
         left = self.cos.list_multipart_uploads(Bucket=BUCKET).get("Upload", [])
         print(f"clean pass done; {len(left)} parked multipart uploads")
+
+
+CLIENT_TIMEOUT = 600  # seconds: a client still running then has hung
+
+
+def client_run(command: list[str], env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run a client to its end; one that hangs is killed after ``CLIENT_TIMEOUT`` and counted
+    as a failed run (exit -9, said in its stderr) instead of ending its thread's rounds
+    unseen."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
+                              env=env)
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else \
+            exc.stderr or ""
+        return subprocess.CompletedProcess(
+            command, -9, "", f"{err}\nhung: no exit within {CLIENT_TIMEOUT} s (killed)")
 
 
 def main(argv: list[str]) -> int:
