@@ -4,6 +4,7 @@ the files holding it are not world-readable."""
 from __future__ import annotations
 
 import ftplib
+import io
 import os
 import re
 import socket
@@ -137,6 +138,27 @@ def test_pool_threads_log_the_session_they_work_for(logged, area, emulator):
     assert retries, "no retry of the failing copy logged"
     assert all(re.search(r"\[\d+ worker \d+ session=[0-9a-f]+ user=alice ip=127\.0\.0\.1\] ",
                          line) for line in retries), retries
+
+
+def test_a_new_file_is_one_line_at_info_an_append_says_the_whole_size(logged, area):
+    """At INFO a STOR from byte 0 writes one line, pyftpdlib's transfer line (written after
+    COS confirmed the object: its bytes are the object's), as vsftpd writes one per
+    transfer; an APPE (or a resumed STOR) also says the stored object's whole size, which
+    its transfer line, the bytes of this transfer, does not."""
+    ftp = logged.login("alice", "alice-pw")
+    ftp.voidcmd("TYPE I")
+    ftp.storbinary(f"STOR {area}/one", io.BytesIO(b"12345"))
+    ftp.storbinary(f"APPE {area}/one", io.BytesIO(b"678"))
+    ftp.quit()
+    wait_until(lambda: f"APPE /{area}/one completed=1" in log_bytes(logged).decode(),
+               what="the APPE's transfer line")
+    lines = [line for line in log_bytes(logged).decode().splitlines() if f"/{area}/one" in line]
+    stored = [line.split("] ", 1)[1] for line in lines if ": stored " in line]
+    if logged.optional["log_level"] == "INFO":
+        assert stored == [f"cosftp_prefork.cos.uploads: path=/{area}/one: stored 8 bytes"], lines
+        assert len([line for line in lines if " STOR " in line]) == 1, lines
+    else:  # DEBUG says both
+        assert [line.rsplit(" ", 2)[-2] for line in stored] == ["5", "8"], lines
 
 
 def mode(path: str) -> int:

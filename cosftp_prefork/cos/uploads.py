@@ -314,7 +314,10 @@ class UploadSession:
                                     reported.crc64)
         if self._from_nothing and reported.etag:  # no ETag: nothing to pin a copy to
             self.stored = self.committed
-        log.info("path=%s: stored %d bytes", self.name, self._parts.size)
+        # A new file's transfer line (written after this) says its path and bytes already;
+        # an APPE or a resume says here the whole object's size, which its line does not.
+        log.log(logging.DEBUG if self._from_nothing else logging.INFO,
+                "path=%s: stored %d bytes", self.name, self._parts.size)
 
     def _verify(self, sent: Optional[int], reported: Optional[int]) -> None:
         """Compare the CRC64 of what the client sent with what COS stored (each part was
