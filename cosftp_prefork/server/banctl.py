@@ -35,6 +35,7 @@ from typing import Callable, Optional
 from ..config.model import Config
 from ..logfiles import escape_controls
 from .logs import LOG_FILE_NAME, setup_logging
+from .pidfile import EXIT_NOT_RUNNING
 from .scoreboard import (
     BanRow,
     SharedState,
@@ -49,7 +50,6 @@ from .scoreboard import (
 log = logging.getLogger(__name__)
 
 SAVE_TIMEOUT = 10.0  # the master saves the bans file within a second of a change
-EXIT_NOT_RUNNING = 3
 EXIT_USAGE = 2
 
 # Asks whether the server of the config runs: its master's pid, or None.

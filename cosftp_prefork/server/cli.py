@@ -25,6 +25,7 @@ from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .manual import describe
 from .metrics_dir import use_metrics_dir
 from .pidfile import (
+    EXIT_NOT_RUNNING,
     Target,
     describe_pid_file,
     find_master,
@@ -62,7 +63,6 @@ START_TIMEOUT = 60.0  # the server stops itself sooner when its workers cannot s
 # waits that long and this margin more for it to be gone.
 STOP_MARGIN = 15
 STOP_TIMEOUT = ServerConfig.stop_timeout + STOP_MARGIN
-EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"
 EXIT_UNKNOWN = 4  # LSB status code for "program status is unknown"
 
 SIGNAL_HELP = """signals understood by the master:

@@ -26,6 +26,9 @@ from ..safefiles import open_fd, replace_file
 
 T = TypeVar("T")
 
+# What every cosftpctl command that needs a running server exits with when none runs: the
+# LSB status code for "program is not running".
+EXIT_NOT_RUNNING = 3
 TITLE_PREFIX = "cosftp: master ["
 WILDCARDS = ("0.0.0.0", "::")
 

@@ -19,11 +19,11 @@ from typing import Optional
 from ..config.model import Config
 from ..config.quotas import Home, QuotaRules, Usage, places
 from ..config.values import size_in_words
-from .pidfile import Target, find_master
+from .pidfile import EXIT_NOT_RUNNING, Target, find_master
 from .scoreboard import state_path
 from .usage import UsageTable, usage_path
 
-EXIT_USAGE, EXIT_NOT_RUNNING = 2, 3
+EXIT_USAGE = 2
 SCAN_TIMEOUT = 300.0  # seconds quota-scan waits for worker 1 to scan what it asked for
 
 

@@ -17,7 +17,14 @@ import sys
 from typing import Optional
 
 from .logs import LOG_FILE_NAME
-from .pidfile import Target, find_master, poll, port_holders, whereabouts
+from .pidfile import (
+    EXIT_NOT_RUNNING,
+    Target,
+    find_master,
+    poll,
+    port_holders,
+    whereabouts,
+)
 from .scoreboard import (
     RELOAD_FAILED,
     RELOAD_OK,
@@ -30,7 +37,6 @@ from .scoreboard import (
 RELOAD_TIMEOUT = 60.0  # the master rolls back a new generation not serving after 30 s
 RELOAD_VERDICTS = (RELOAD_OK, RELOAD_FAILED, RELOAD_REFUSED)
 EXIT_REFUSED = 2  # as for any invalid file (check, start, run)
-EXIT_NOT_RUNNING = 3
 
 
 def cmd_reload(target: Target, timeout: float = RELOAD_TIMEOUT) -> int:
