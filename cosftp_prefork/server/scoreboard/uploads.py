@@ -54,6 +54,10 @@ _MARKS_AT = 32
 _FIGURES = IN_FLIGHT_ROW.size - _BYTES_AT  # bytes, key and marks: what a kept row keeps
 _KEPT_FIGURES_AT = 16  # in a kept row: after its state, an unused word and when it was kept
 _MARK = struct.Struct("<Q")
+# The head of a kept row (state, unused, when it was kept) and of an in-flight row (state,
+# unused, bytes received): what the scans read of each row.
+_KEPT_HEAD = struct.Struct("<IId")
+_IN_FLIGHT_HEAD = struct.Struct("<IIQ")
 _FIGURES_OF = struct.Struct(f"<Q16s{MARKS}Q")
 
 
@@ -137,7 +141,7 @@ class UploadTable(MappedFile):
         found = []
         for row in (r for r, owner in enumerate(pids) if owner == pid):
             at = IN_FLIGHT_AT + row * IN_FLIGHT_ROW.size
-            state, _, nbytes = struct.unpack_from("<IIQ", self._map, at)
+            state, _, nbytes = _IN_FLIGHT_HEAD.unpack_from(self._map, at)
             if state != InFlight.RECEIVING:
                 continue
             _WORD.pack_into(self._map, at, InFlight.IDLE)
@@ -163,8 +167,8 @@ class UploadTable(MappedFile):
         oldest; and whether it held a row kept until now."""
         oldest, oldest_at = 0, float("inf")
         for slot in range(KEPT_ROWS):
-            state, _, kept_at = struct.unpack_from("<IId", self._map,
-                                                   KEPT_ROWS_AT + slot * KEPT_ROW.size)
+            state, _, kept_at = _KEPT_HEAD.unpack_from(self._map,
+                                                       KEPT_ROWS_AT + slot * KEPT_ROW.size)
             if state == Kept.FREE:
                 return slot, False
             if now - kept_at > KEEP_LOST_SECONDS:
@@ -182,7 +186,7 @@ class UploadTable(MappedFile):
         with self._kept_locked():
             for slot in range(KEPT_ROWS):
                 at = KEPT_ROWS_AT + slot * KEPT_ROW.size
-                state, _, kept_at = struct.unpack_from("<IId", self._map, at)
+                state, _, kept_at = _KEPT_HEAD.unpack_from(self._map, at)
                 if state == Kept.KEPT and now - kept_at > KEEP_LOST_SECONDS:
                     _WORD.pack_into(self._map, at, Kept.FREE)
                     expired += 1
@@ -208,7 +212,7 @@ class UploadTable(MappedFile):
                 if offset != _KEPT_FIGURES_AT + _KEY_AT - _BYTES_AT:
                     continue
                 row_at = KEPT_ROWS_AT + slot * KEPT_ROW.size
-                state, _, kept_at = struct.unpack_from("<IId", self._map, row_at)
+                state, _, kept_at = _KEPT_HEAD.unpack_from(self._map, row_at)
                 nbytes, _, *marks = _FIGURES_OF.unpack_from(self._map,
                                                             row_at + _KEPT_FIGURES_AT)
                 if state == Kept.KEPT and now - kept_at <= KEEP_LOST_SECONDS and \
