@@ -74,8 +74,7 @@ def daemon(emulator, tmp_path, request):
     parameter)."""
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
                          optional=getattr(request, "param", {}))
-    proc.write_config()
-    started = proc.ctl("start")
+    started = proc.start_daemon()  # on another port if its port was taken meanwhile
     assert started.returncode == 0, started.stderr
     master_pid = proc.daemon_pid()
     yield proc

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar, Union
 
 import psutil
 
@@ -31,6 +31,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# Passive ports of the tests' servers: below the kernel's ephemeral ports
+# (ip_local_port_range, 32768-60999 by default), where free_port()'s bind(0) and every
+# client's connect() get theirs. With passive ports inside that range (30000-60000 before)
+# a passive listener could take the port free_port() had just chosen for another test
+# file's process, which then lost it (test_events' example receiver once did), and client
+# connections took passive ports (43 of 305 passive binds of one run met EADDRINUSE and
+# tried another). The other areas below it: test_cluster's nodes 20000-28999,
+# test_reliability's exhaustion test 29000-29999; test_data_connections' scanned server
+# sits above it (61000-61127).
+TEST_PASSIVE_PORTS = range(30000, 32768)
+# The fewest ports of a worker's share; with more workers than shares of this size, the
+# shares of neighbouring workers overlap (a port taken is skipped, not an error).
+MIN_PASSIVE_SHARE = 50
+
+
+def passive_ports() -> tuple[int, int]:
+    """The passive range (low, high) of this pytest-xdist worker's servers: its own share
+    of ``TEST_PASSIVE_PORTS`` (a worker runs one test file at a time), so servers of test
+    files running in parallel do not pick each other's ports; the whole of it outside
+    xdist."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = len(TEST_PASSIVE_PORTS)
+    share = max(MIN_PASSIVE_SHARE, size // workers)
+    low = TEST_PASSIVE_PORTS.start + index * share % (size - share + 1)
+    return low, low + share - 1
 
 
 # Sockets bound to a port and never listening, by port (closed_port): kept for as long as
@@ -84,13 +112,20 @@ def listens(pid: int, port: int) -> bool:
     return port in listening_ports(pid)
 
 
+# A port of ``start_listening`` to choose: an int is that port (0: one ``free_port``
+# chooses), a callable chooses one each time it is called (say, a port below 1024).
+PortChoice = Union[int, Callable[[], int]]
+
+
 def start_listening(launch: Callable[..., subprocess.Popen], what: str,
-                    ports: Sequence[int] = (0,), *, tries: int = 3, timeout: float = 30,
+                    ports: Sequence[PortChoice] = (0,), *, tries: int = 3,
+                    timeout: float = 30,
                     lost_port: Optional[Callable[[subprocess.Popen], bool]] = None,
                     ) -> tuple[subprocess.Popen, tuple[int, ...]]:
     """Start a process that listens on TCP ports of its own and wait until it does:
     ``launch(*ports)`` starts it, each 0 of ``ports`` replaced by a port ``free_port``
-    chose (a port ``closed_port`` holds is released first).
+    chose and each callable by the port it returns (a port ``closed_port`` holds is
+    released first).
 
     Test files run in parallel: a port chosen free may be bound by another file's process
     before this one binds it, and that process would answer in its place (another file's
@@ -98,13 +133,13 @@ def start_listening(launch: Callable[..., subprocess.Popen], what: str,
     launched process or a descendant to listen on every port (``listening_ports``), never
     for an answer. If it exits first, and ``lost_port(proc)`` says that is why (default:
     whatever made it exit), the ports chosen here are chosen again, ``tries`` times in
-    all; ports given are kept.
+    all; ports given (ints other than 0) are kept.
 
     Returns the running process and its ports. Raises AssertionError if it exited for good,
     or did not listen within ``timeout`` seconds (stretched with the load, as
     ``wait_until``'s): it is killed then."""
     for _ in range(tries):
-        chosen = tuple(port or free_port() for port in ports)
+        chosen = tuple(_choose(port) for port in ports)
         for port in chosen:
             release_port(port)
         proc = launch(*chosen)
@@ -118,10 +153,23 @@ def start_listening(launch: Callable[..., subprocess.Popen], what: str,
             raise
         if proc.poll() is None:
             return proc, chosen
-        if all(ports) or not (lost_port is None or lost_port(proc)):
+        if not any(_chosen_here(port) for port in ports) or \
+                not (lost_port is None or lost_port(proc)):
             break
     raise AssertionError(f"{what} exited with {proc.returncode} before it listened on "
                          f"{chosen}")
+
+
+def _chosen_here(port: PortChoice) -> bool:
+    """True if ``start_listening`` chooses ``port`` (0 or a chooser), not the caller."""
+    return callable(port) or port == 0
+
+
+def _choose(port: PortChoice) -> int:
+    """The port to try for ``port``: itself, ``free_port``'s for 0, a chooser's answer."""
+    if callable(port):
+        return port()
+    return port or free_port()
 
 
 # Deadlines stretch with the machine's load, up to this many times: the suite shares 2 cores
@@ -287,6 +335,12 @@ class ServerProcess:
     # which environment (default: this process's).
     launcher: Optional[list[str]] = None
     env: Optional[dict[str, str]] = None
+    # How a ``port`` of 0 is chosen (default ``free_port``): a chooser of ports below 1024,
+    # say. Called again when the port chosen was lost.
+    choose_port: Optional[Callable[[], int]] = None
+    # The ports ``write_config`` chose, by option name (listen_port and PORT_OPTIONS):
+    # ``start_daemon`` chooses them again if they were taken.
+    _chosen: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def config_path(self) -> str:
@@ -299,10 +353,12 @@ class ServerProcess:
     def write_config(self) -> None:
         """Write the config file; a port not chosen yet (``port`` 0, ``FREE_PORT``) gets
         one from ``free_port`` (``start`` chooses them itself, and again if lost)."""
-        self.port = self.port or free_port()
+        if not self.port:
+            self.port = self._chosen["listen_port"] = (self.choose_port or free_port)()
         for name in PORT_OPTIONS:
             if self.network.get(name) == FREE_PORT:
-                self.network[name] = str(free_port())
+                self._chosen[name] = free_port()
+                self.network[name] = str(self._chosen[name])
         optional = {"worker_processes": "2", "min_part_size": str(1024 * 1024),
                     "upload_thread_num": "4", "log_level": "DEBUG", "log_dir": self.log_dir}
         if os.geteuid() == 0:
@@ -314,7 +370,7 @@ class ServerProcess:
         text = "".join(a.section(i, self.cos_port) for i, a in enumerate(self.accounts))
         text += self.sections
         network = {"listen_address": "127.0.0.1", "listen_port": str(self.port),
-                   "passive_port": "30000,60000", **self.network}
+                   "passive_port": "{},{}".format(*passive_ports()), **self.network}
         text += "\n[NETWORK]\n" + "".join(f"{k} = {v}\n" for k, v in network.items())
         # 1 GiB keeps the part size at min_part_size (1 MiB): 1 GiB fits in 10,000 parts.
         file_option = {"single_file_max_size": str(1024 ** 3), **self.file_option}
@@ -341,17 +397,71 @@ class ServerProcess:
                 raise
         return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
+    def start_daemon(self, cwd: Optional[str] = None,
+                     tries: int = 3) -> subprocess.CompletedProcess:
+        """``cosftpctl start`` (from ``cwd``, as ``ctl``) with the config file as it is now,
+        written first if it is not yet. A port ``write_config`` chose may be bound by
+        another test file's process before the master binds it; the master then exits
+        ("Address already in use" among the errors start prints) and the start fails. Such
+        ports are then chosen again (``choose_ports_again``), ``tries`` starts in all, as
+        ``start`` does; ports a test gave are kept. Returns the last start's completed
+        process: a test asserts its status."""
+        if not os.path.exists(self.config_path):
+            self.write_config()
+        for _ in range(tries):
+            started = self.ctl("start", cwd=cwd)
+            if started.returncode == 0 or "Address already in use" not in started.stderr \
+                    or not self.choose_ports_again():
+                break
+        return started
+
+    def choose_ports_again(self) -> bool:
+        """Give every port ``write_config`` chose, and the test left as it was, another port
+        chosen as it was (``choose_port``, ``free_port``), here and in the config file as it
+        is now (``move_port``). Returns False if there was none."""
+        again = [name for name, port in self._chosen.items() if self._port_of(name) == port]
+        for name in again:
+            chooser = (self.choose_port or free_port) if name == "listen_port" else free_port
+            self._chosen[name] = chooser()
+            self.move_port(self._chosen[name], name)
+        return bool(again)
+
+    def move_port(self, port: int, option: str = "listen_port") -> None:
+        """Set [NETWORK] ``option`` (listen_port or one of ``PORT_OPTIONS``) to ``port`` here
+        and on its line of the config file, keeping whatever a test added to the file since
+        ``write_config``. Raises AssertionError if the file has not exactly one such line."""
+        with open(self.config_path, encoding="utf-8") as handle:
+            text = handle.read()
+        text, lines = re.subn(rf"^{option} = \d+$", f"{option} = {port}", text,
+                              flags=re.MULTILINE)
+        assert lines == 1, f"{lines} '{option} =' lines in {self.config_path}"
+        with open(self.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        if option == "listen_port":
+            self.port = port
+        else:
+            self.network[option] = str(port)
+
+    def _port_of(self, option: str) -> int:
+        """The port of [NETWORK] ``option`` now (listen_port or one of PORT_OPTIONS)."""
+        if option == "listen_port":
+            return self.port
+        return int(self.network.get(option, 0))
+
     def start(self) -> ServerProcess:
         """Run the server and wait until it serves: its own processes listen on its port
         and on the ports of ``PORT_OPTIONS`` it has (``start_listening``), and it greets.
-        ``port`` 0 and an option set to ``FREE_PORT`` get a port chosen here, chosen again
-        if another test file's process took it first (the server then exits: "Address
-        already in use"), three times in all; they keep it when the server starts again.
+        ``port`` 0 (by ``choose_port`` if set) and an option set to ``FREE_PORT`` get a
+        port chosen here, chosen again if another test file's process took it first (the
+        server then exits: "Address already in use"), three times in all; they keep it when
+        the server starts again.
         Returns self; raises AssertionError with the server's output if it does not come
         up (it is stopped then)."""
         names = [name for name in PORT_OPTIONS if self.network.get(name)]
-        given = [self.port, *(0 if self.network[name] == FREE_PORT else int(self.network[name])
-                              for name in names)]
+        given: list[PortChoice] = [
+            self.port or self.choose_port or 0,
+            *(0 if self.network[name] == FREE_PORT else int(self.network[name])
+              for name in names)]
 
         def launch(port: int, *others: int) -> subprocess.Popen:
             self.port = port

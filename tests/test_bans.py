@@ -135,8 +135,7 @@ def test_unban_refuses_what_is_not_one_address_and_logs_none_of_it(emulator, tmp
 
 def test_an_unbanned_address_does_not_come_back_after_stop_and_start(emulator, tmp_path):
     proc = server(emulator, tmp_path, max_login_failures="1", ban_time="600")
-    proc.write_config()
-    assert proc.ctl("start").returncode == 0
+    assert proc.start_daemon().returncode == 0
     master = proc.daemon_pid()
     try:
         for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
@@ -156,7 +155,7 @@ def test_an_unbanned_address_does_not_come_back_after_stop_and_start(emulator, t
         assert listing.returncode == 3 and "not running" in listing.stdout
         assert re.search(r"^127\.0\.0\.4 +0 .* saved$", listing.stdout, re.M), listing.stdout
         assert "127.0.0.3" not in listing.stdout
-        assert proc.ctl("start").returncode == 0
+        assert proc.start_daemon().returncode == 0
         master = proc.daemon_pid()
         for source in ("127.0.0.2", "127.0.0.3"):
             log_in(proc, source).quit()

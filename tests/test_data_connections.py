@@ -17,7 +17,7 @@ from .test_commands import get, put
 
 # The scanner below must only ever reach this test server's ports: it listens on an address
 # of its own (passive ports are bound to the address the client reached), in a range
-# outside the kernel's ephemeral ports and the other tests' passive range (30000-60000).
+# outside the kernel's ephemeral ports and the other tests' passive range (30000-32767).
 HOST = "127.0.0.3"
 SCAN_LOW, SCAN_HIGH = 61000, 61127
 EVIL, GOOD = b"EVIL bytes from the attacker", b"the victim's own upload"

@@ -23,7 +23,14 @@ import psutil
 
 from .conftest import _close
 from .emulator_proc import sdk_client
-from .server_proc import ROOT, Account, ServerProcess, start_listening, wait_until
+from .server_proc import (
+    ROOT,
+    Account,
+    ServerProcess,
+    passive_ports,
+    start_listening,
+    wait_until,
+)
 
 DEMO = os.path.join(ROOT, "scripts", "demo")
 
@@ -46,7 +53,8 @@ def _ours(tag: str) -> list[psutil.Process]:
 
 
 def test_demo_serves_on_the_given_ports_and_stops_on_ctrl_c(tmp_path):
-    low, demo_dir = 47100, str(tmp_path / "demo")
+    # The worker's passive ports (20 of them), clear of the ports other processes are given.
+    (low, _), demo_dir = passive_ports(), str(tmp_path / "demo")
     outputs: list[queue.Queue] = []  # the lines of each demo started
 
     def launch(port: int, cos_port: int) -> subprocess.Popen:

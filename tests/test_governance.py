@@ -468,8 +468,7 @@ def test_bans_and_per_address_counts_are_keyed_by_the_exact_address(emulator, tm
 
 def test_bans_survive_stop_and_start(emulator, tmp_path):
     proc = server(emulator, tmp_path, max_login_failures="1", ban_time="600")
-    proc.write_config()
-    assert proc.ctl("start").returncode == 0
+    assert proc.start_daemon().returncode == 0
     master = proc.daemon_pid()
     try:
         with pytest.raises(ftplib.error_perm, match="530"):
@@ -484,7 +483,7 @@ def test_bans_survive_stop_and_start(emulator, tmp_path):
         saved.append({"address": "127.0.0.3", "until": int(time.time()) - 1})  # expired
         with open(bans_file, "w", encoding="ascii") as handle:
             json.dump({"bans": saved}, handle)
-        assert proc.ctl("start").returncode == 0
+        assert proc.start_daemon().returncode == 0
         master = proc.daemon_pid()
         with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
             connect(proc, "127.0.0.2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -15,11 +16,13 @@ from .conftest import ALPHA
 from .hook_receiver import Receiver
 from .server_proc import (
     FREE_PORT,
+    TEST_PASSIVE_PORTS,
     Account,
     ServerProcess,
     closed_port,
     connection_refused,
     listens,
+    passive_ports,
     release_port,
     start_listening,
 )
@@ -132,3 +135,81 @@ def test_a_hook_receiver_keeps_its_port_closed_until_it_runs(tmp_path):
         assert listens(receiver.proc.pid, receiver.port)
     finally:
         receiver.kill()
+
+
+def test_a_daemon_whose_port_was_taken_starts_on_another(taken_first, daemon):
+    """The ``daemon`` fixture (``cosftpctl start``): its master found the port its config
+    names taken and exited, "Address already in use"; the start chose another."""
+    assert daemon.port != taken_first
+    assert listens(daemon.daemon_pid(), daemon.port)
+
+
+def test_a_daemon_started_again_on_another_port_keeps_what_the_test_added_to_its_config(
+        taken_first, emulator, tmp_path):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("u", "p", ALPHA)])
+    proc.write_config()
+    with open(proc.config_path, "a", encoding="utf-8") as handle:
+        handle.write(Account("late", "late-pw", ALPHA).section(1, emulator.port))
+    started = proc.start_daemon()
+    try:
+        assert started.returncode == 0, started.stderr
+        assert proc.port != taken_first and listens(proc.daemon_pid(), proc.port)
+        proc.login("late", "late-pw").quit()
+    finally:
+        proc.ensure_stopped(proc.daemon_pid())
+
+
+def test_a_daemon_whose_given_port_is_taken_fails_to_start(emulator, tmp_path,
+                                                            foreign_listener):
+    proc = ServerProcess(str(tmp_path), emulator.port, [Account("u", "p", ALPHA)],
+                         port=foreign_listener)
+    started = proc.start_daemon()
+    assert started.returncode == 1 and "Address already in use" in started.stderr
+    assert proc.port == foreign_listener
+
+
+def test_a_port_its_chooser_gave_is_chosen_again_by_it_if_it_was_taken(emulator, tmp_path,
+                                                                       foreign_listener):
+    """As a test of a privileged port chooses one below 1024 (test_privileges)."""
+    answers = iter([foreign_listener])
+    server = ServerProcess(str(tmp_path), emulator.port, [Account("u", "p", ALPHA)],
+                           choose_port=lambda: next(answers, 0) or server_proc.free_port())
+    with server:
+        assert server.port != foreign_listener and listens(server.proc.pid, server.port)
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives to connect() and bind(0) (ip_local_port_range)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+        low, high = map(int, handle.read().split())
+    return range(low, high + 1)
+
+
+def test_passive_ports_are_none_the_kernel_gives_a_client_or_free_port(server):
+    """A passive listener in the ephemeral range takes the port free_port() has just chosen
+    for another test file's process (which then loses it), and a client's connection the
+    passive port a server would pick."""
+    with open(server.config_path, encoding="utf-8") as handle:
+        low, high = map(int, re.search(r"^passive_port = (\d+),(\d+)$", handle.read(),
+                                       re.MULTILINE).groups())
+    ephemeral = _ephemeral_ports()
+    assert high < ephemeral.start or low > ephemeral.stop - 1, (low, high, ephemeral)
+    ftp = server.login("alice", "alice-pw")
+    try:
+        assert low <= ftp.makepasv()[1] <= high
+    finally:
+        ftp.quit()
+
+
+def test_each_xdist_worker_has_passive_ports_of_its_own(monkeypatch):
+    """Six workers (3 per core on the 2-core CI machine): test files running at once never
+    pick each other's passive ports."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "6")
+    shares = []
+    for index in range(6):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{index}")
+        low, high = passive_ports()
+        shares.append(set(range(low, high + 1)))
+    assert all(share <= set(TEST_PASSIVE_PORTS) for share in shares)
+    assert sum(map(len, shares)) == len(set().union(*shares))  # no port in two shares
+

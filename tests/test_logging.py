@@ -169,8 +169,7 @@ def test_log_files_are_not_world_readable(emulator, tmp_path):
     old_umask = os.umask(0o022)  # what most systems use: files would be 0644
     try:
         proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)])
-        proc.write_config()
-        started = proc.ctl("start")
+        started = proc.start_daemon()
     finally:
         os.umask(old_umask)
     master_pid = proc.daemon_pid()

@@ -16,7 +16,14 @@ import pytest
 from .conftest import _close
 from .docs_text import block_after, read
 from .emulator_proc import EmulatorProcess
-from .server_proc import ROOT, closed_port, listens, release_port, wait_until
+from .server_proc import (
+    ROOT,
+    closed_port,
+    listens,
+    passive_ports,
+    release_port,
+    wait_until,
+)
 from .test_config import set_option
 
 PREFIX = "/opt/cosftp-prefork"
@@ -57,7 +64,7 @@ def edit_example(path: str, cos_port: int, ftp_port: int) -> None:
                               ("cos_port", str(cos_port))):
             text = set_option(text, section, option, value)
     for option, value in (("listen_address", "127.0.0.1"), ("listen_port", str(ftp_port)),
-                          ("passive_port", "30000,60000")):
+                          ("passive_port", "{},{}".format(*passive_ports()))):
         text = set_option(text, "NETWORK", option, value)
     text = set_option(text, "OPTIONAL", "worker_processes", "2")
     if os.geteuid() == 0:

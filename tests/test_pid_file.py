@@ -14,17 +14,20 @@ import shlex
 import signal
 import subprocess
 import sys
+from typing import Callable
 
 import psutil
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import ROOT, Account, ServerProcess, wait_until
+from .server_proc import ROOT, Account, ServerProcess, start_listening, wait_until
 
 ACCOUNTS = [Account("ops", "ops-pw", ALPHA)]
 
-# Starts `cosftpctl run` as its child and never waits for it: a child that dies stays a
-# zombie, as under a container init that does not reap.
+# Starts `cosftpctl run` as its child and never reaps it once killed: a killed child stays
+# a zombie, as under a container init that does not reap. A child that exits by itself (it
+# could not listen: its port was taken) ends this parent too, a failed start that
+# start_listening sees; waitid's WNOWAIT leaves the child unreaped while it looks.
 NON_REAPING_PARENT = """
 import os, signal, sys
 pid = os.fork()
@@ -34,6 +37,9 @@ if pid == 0:
     os.dup2(out, 2)
     os.execv(sys.executable, [sys.executable, "-m", "cosftp_prefork", *sys.argv[2:]])
 print(pid, flush=True)
+ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+if ended.si_code == os.CLD_EXITED:
+    sys.exit(ended.si_status or 1)
 while True:
     signal.pause()
 """
@@ -76,6 +82,27 @@ def absolute(make_server):
     return make_server()
 
 
+def _start_run(proc: ServerProcess, what: str, out: str,
+               popen: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+    """Start ``proc``'s ``cosftpctl run`` through ``popen()`` (its output in the file
+    ``out``) on a port chosen for it (``move_port``), and wait until its own processes
+    listen there (``start_listening``): another test file's server on a port chosen free
+    would answer the same 220. Chosen again if it was taken first ("Address already in
+    use" in ``out``). Returns the process ``popen`` started."""
+    def launch(port: int) -> subprocess.Popen:
+        proc.move_port(port)
+        with open(out, "w", encoding="utf-8"):
+            pass  # the last start's output only: a lost port is read from it
+        return popen()
+
+    def lost_port(_: subprocess.Popen) -> bool:
+        with open(out, encoding="utf-8", errors="replace") as handle:
+            return "Address already in use" in handle.read()
+
+    started, _ = start_listening(launch, what, lost_port=lost_port)
+    return started
+
+
 def _directory(tmp_path, name: str) -> str:
     """A working directory that is not the config file's."""
     (tmp_path / name).mkdir(exist_ok=True)
@@ -96,7 +123,7 @@ def _write_pid(proc: ServerProcess, pid: int) -> None:
 
 
 def test_paths_follow_the_config_file_from_any_working_directory(relative, tmp_path):
-    started = relative.ctl("start", cwd=_directory(tmp_path, "a"))
+    started = relative.start_daemon(cwd=_directory(tmp_path, "a"))
     assert started.returncode == 0, started.stderr
     master = relative.daemon_pid()  # in <tmp>/etc/cosftp/log, beside the config file
     assert master is not None and not os.path.exists(tmp_path / "a" / "log")
@@ -130,9 +157,13 @@ def test_the_systemd_unit_as_shipped_keeps_its_log_directory(make_server, tmp_pa
     config = args[args.index("-c") + 1]
     proc = make_server(str(root / os.path.dirname(config)), log_dir="log")
     assert proc.config_path == str(root / config)
-    with open(tmp_path / "run.out", "wb") as out:
-        run = subprocess.Popen([sys.executable, "-m", "cosftp_prefork", *args], cwd=root,
-                               stdout=out, stderr=subprocess.STDOUT)
+    out = str(tmp_path / "run.out")
+
+    def popen() -> subprocess.Popen:
+        with open(out, "wb") as output:
+            return subprocess.Popen([sys.executable, "-m", "cosftp_prefork", *args],
+                                    cwd=root, stdout=output, stderr=subprocess.STDOUT)
+    run = _start_run(proc, "the server the unit runs", out, popen)
     try:
         wait_until(proc._serving, what=f"the server on port {proc.port}")
         with open(root / "log" / "cosftp.pid", encoding="ascii") as handle:
@@ -149,7 +180,7 @@ def test_the_systemd_unit_as_shipped_keeps_its_log_directory(make_server, tmp_pa
 
 def test_stop_fails_and_says_what_holds_the_port_when_it_finds_no_server(relative,
                                                                          make_server):
-    assert relative.ctl("start").returncode == 0
+    assert relative.start_daemon().returncode == 0
     master = relative.daemon_pid()
     other = make_server("other", port=relative.port)  # another log_dir: no pid file
     holder = f"port {relative.port} is held by pid {master} (cosftp: master " \
@@ -165,7 +196,7 @@ def test_stop_fails_and_says_what_holds_the_port_when_it_finds_no_server(relativ
 def test_stop_finds_its_master_by_the_port_when_the_pid_file_is_elsewhere(relative, tmp_path):
     """A master started while relative paths followed the working directory wrote its pid
     file elsewhere: status says so (4), stop finds it by the port it holds."""
-    assert relative.ctl("start").returncode == 0
+    assert relative.start_daemon().returncode == 0
     master = relative.daemon_pid()
     os.rename(os.path.join(relative.log_dir, "cosftp.pid"), tmp_path / "elsewhere.pid")
     status = relative.ctl("status", cwd="/")
@@ -178,9 +209,12 @@ def test_stop_finds_its_master_by_the_port_when_the_pid_file_is_elsewhere(relati
 
 
 def test_a_zombie_master_is_not_a_running_server(absolute, tmp_path):
-    parent = subprocess.Popen(
-        [sys.executable, "-c", NON_REAPING_PARENT, str(tmp_path / "run.out"),
-         "-c", absolute.config_path, "run"], stdout=subprocess.PIPE, text=True)
+    out = str(tmp_path / "run.out")
+    parent = _start_run(absolute, "the server run by the non-reaping parent", out,
+                        lambda: subprocess.Popen(
+                            [sys.executable, "-c", NON_REAPING_PARENT, out,
+                             "-c", absolute.config_path, "run"],
+                            stdout=subprocess.PIPE, text=True))
     try:
         master = int(parent.stdout.readline())
         wait_until(lambda: absolute.daemon_pid() == master and absolute._serving(),
@@ -192,7 +226,7 @@ def test_a_zombie_master_is_not_a_running_server(absolute, tmp_path):
         wait_until(lambda: all(_gone(worker.pid) for worker in workers),
                    what="the workers to follow their master")
         status = absolute.ctl("status", cwd="/")
-        started = absolute.ctl("start", cwd=_directory(tmp_path, "a"))
+        started = absolute.start_daemon(cwd=_directory(tmp_path, "a"))
         assert started.returncode == 0, started.stderr
         assert psutil.Process(master).status() == psutil.STATUS_ZOMBIE  # still unreaped
         assert status.returncode == 3 and f"names pid {master}, a zombie" in status.stdout
@@ -207,7 +241,7 @@ def test_a_pid_file_naming_another_program_is_not_a_running_server(absolute, tmp
     with subprocess.Popen(["sleep", "600"]) as sleeper:
         try:
             _write_pid(absolute, sleeper.pid)
-            started = absolute.ctl("start", cwd=_directory(tmp_path, "a"))
+            started = absolute.start_daemon(cwd=_directory(tmp_path, "a"))
             assert started.returncode == 0, started.stderr
             assert absolute.daemon_pid() != sleeper.pid
             assert absolute.ctl("stop", cwd="/").returncode == 0

@@ -19,6 +19,7 @@ import io
 import os
 import pathlib
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -380,9 +381,16 @@ def unit_service(path: str) -> dict[str, str]:
                 if "=" in line and not line.startswith("#"))
 
 
+# Where free_privileged_port looks: below 1024, clear of the well-known ports of the
+# services a machine may run (ftp 21, ssh 22, http 80, https 443, ftps 989-990...).
+PRIVILEGED_PORTS = range(600, 989)
+
+
 def free_privileged_port() -> int:
-    """A port below 1024 free on loopback (found as root)."""
-    for port in range(990, 600, -1):
+    """A port below 1024 free on loopback now (found as root), at random: a port found by a
+    scan in order is the one another test scanning at the same time finds, and nothing
+    keeps it free, so the server's start chooses again if it lost it (``choose_port``)."""
+    for port in random.sample(PRIVILEGED_PORTS, len(PRIVILEGED_PORTS)):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -406,8 +414,7 @@ def test_master_without_root_binds_a_privileged_port_with_the_capability(emulato
     caps = ",".join("+" + cap.lower().removeprefix("cap_")
                     for cap in service["AmbientCapabilities"].split())
     os.chown(workdir, NOBODY.pw_uid, NOBODY.pw_gid)
-    port = free_privileged_port()
-    proc = ServerProcess(workdir, emulator.port, [ACCOUNT], port=port,
+    proc = ServerProcess(workdir, emulator.port, [ACCOUNT], choose_port=free_privileged_port,
                          optional={"run_as_root": "false"},
                          network={"metrics_port": FREE_PORT}, env=env)
     # What the unit does, with nobody standing in for cosftp.
@@ -434,7 +441,7 @@ def test_master_without_root_binds_a_privileged_port_with_the_capability(emulato
                                        "run"), env=env, capture_output=True, text=True,
                              timeout=120, cwd=workdir)
     assert without.returncode == 1
-    assert f"cannot listen on 127.0.0.1 port {port}: [Errno 13] Permission denied" \
+    assert f"cannot listen on 127.0.0.1 port {proc.port}: [Errno 13] Permission denied" \
         in without.stderr
 
 

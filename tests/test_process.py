@@ -38,7 +38,7 @@ def master_process(proc: ServerProcess) -> psutil.Process:
 
 def test_start_status_stop(daemon):
     assert daemon.ctl("status").returncode == 3
-    started = daemon.ctl("start")
+    started = daemon.start_daemon()
     assert started.returncode == 0, started.stderr
     status = daemon.ctl("status")
     assert status.returncode == 0 and "master pid" in status.stdout
@@ -58,7 +58,7 @@ def test_start_status_stop(daemon):
 
 
 def test_start_returns_once_every_worker_serves(daemon):
-    assert daemon.ctl("start").returncode == 0
+    assert daemon.start_daemon().returncode == 0
     state = SharedState.open(state_path(pid_file(daemon)))
     assert state is not None
     assert [w.state for w in state.workers()] == ["serving", "serving"]
@@ -92,7 +92,7 @@ def test_start_on_a_port_in_use_fails_with_the_reason(daemon):
 
 
 def test_start_logs_each_line_once(daemon):
-    assert daemon.ctl("start").returncode == 0
+    assert daemon.start_daemon().returncode == 0
     master = master_process(daemon)
     with ftplib.FTP() as ftp:
         ftp.connect("127.0.0.1", daemon.port, timeout=10)
@@ -111,12 +111,12 @@ def test_stale_pid_file_does_not_block_start(daemon):
     dead.wait()
     with open(pid_file(daemon), "w") as handle:
         handle.write(f"{dead.pid}\n")
-    assert daemon.ctl("start").returncode == 0
+    assert daemon.start_daemon().returncode == 0
     assert daemon.ctl("status").returncode == 0
 
 
 def test_killed_worker_is_replaced_and_master_death_stops_workers(daemon):
-    daemon.ctl("start")
+    assert daemon.start_daemon().returncode == 0
     master = master_process(daemon)
     victim = master.children()[0]
     victim.send_signal(signal.SIGKILL)

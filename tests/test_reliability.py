@@ -359,8 +359,8 @@ def test_brute_force_is_banned_across_workers(guarded):
 
 # Passive ports no other socket of the machine is given by chance: below the ephemeral
 # range (ip_local_port_range, 32768-60999 by default), where every connecting client's port
-# and free_port()'s come from, and below the 30000-60000 the tests' other servers use for
-# PASV; above test_cluster's 20000-28999.
+# and free_port()'s come from, and below the 30000-32767 the tests' other servers use for
+# PASV (server_proc.TEST_PASSIVE_PORTS); above test_cluster's 20000-28999.
 QUIET_PORTS = range(29000, 29999)
 
 
