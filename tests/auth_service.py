@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Optional
+
+from .quiet_http import QuietHTTPServer
 
 # How the service answers every request (besides NORMAL: look the user up).
 # HELD: each answer waits for its turn (``let_one_answer``), then answers as NORMAL;
@@ -27,7 +29,7 @@ class AuthService:
         self.release = threading.Event()  # ends the SLOW answers still waiting
         self._turns = threading.Semaphore(0)  # HELD answers allowed to go
         self._lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
+        self._server: Optional[QuietHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self.port = 0
 
@@ -64,8 +66,7 @@ class AuthService:
                 pass
 
         self.release.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = QuietHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -36,6 +36,7 @@ from .admin_client import (
     folder_admin_server,
     serving_admin,
 )
+from .quiet_http import QuietHTTPServer
 from .server_proc import unreachable_receiver, wait_until
 from .test_admin_api import HeldUpload, log_in
 from .test_clients import require
@@ -333,7 +334,7 @@ def attacker_site(admin: str) -> Iterator[str]:
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    server = QuietHTTPServer(("127.0.0.1", 0), Page)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

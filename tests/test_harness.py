@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import urllib.request
 import pytest
 
 from . import server_proc
+from .auth_service import AuthService
 from .conftest import ALPHA
 from .hook_receiver import Receiver
 from .server_proc import (
@@ -25,6 +27,7 @@ from .server_proc import (
     passive_ports,
     release_port,
     start_listening,
+    wait_until,
 )
 
 
@@ -213,3 +216,18 @@ def test_each_xdist_worker_has_passive_ports_of_its_own(monkeypatch):
     assert all(share <= set(TEST_PASSIVE_PORTS) for share in shares)
     assert sum(map(len, shares)) == len(set().union(*shares))  # no port in two shares
 
+
+def test_a_client_reset_at_a_fake_service_leaves_nothing_on_stderr(capfd):
+    """The auth hook's service (and the admin console tests' page) saw clients reset: the
+    server under test giving up on a slow hook. socketserver printed a line of dashes and
+    a traceback to stderr, between the run's results."""
+    service = AuthService().start()
+    try:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+            sock.sendall(b"POST /auth HTTP/1.1\r\nHost: x\r\n")  # its header not ended
+            wait_until(lambda: service._server.handling, what="the connection accepted")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(lambda: not service._server.handling, what="the connection's thread done")
+    finally:
+        service.stop()
+    assert capfd.readouterr().err == ""
