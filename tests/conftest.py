@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from .auth_service import AuthService
 from .emulator_proc import EmulatorProcess
 from .server_proc import Account, ServerProcess, deadline_scale
 
@@ -106,6 +108,15 @@ def server(emulator, tmp_path_factory):
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def service() -> Iterator[AuthService]:
+    """An auth hook (tests/auth_service.py) that a test's servers ask about users not in
+    their file (tests/hooked.py); stopped after the test."""
+    hook = AuthService().start()
+    yield hook
+    hook.stop()
 
 
 @pytest.fixture

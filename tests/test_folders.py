@@ -22,6 +22,7 @@ from cosftp_prefork.config.settings import load_config
 from .auth_service import AuthService
 from .conftest import ALPHA, BETA
 from .emulator_proc import EmulatorProcess
+from .hooked import definition
 from .server_proc import (
     Account,
     ServerProcess,
@@ -30,7 +31,6 @@ from .server_proc import (
     mounting,
     wait_until,
 )
-from .test_auth_hook import definition
 from .test_clients import Peer, lftp, require, run
 from .test_cluster import LoneNode, start_redis
 from .test_commands import get, put

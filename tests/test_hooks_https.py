@@ -16,8 +16,8 @@ import pytest
 from .auth_service import AuthService
 from .conftest import ALPHA
 from .hook_receiver import Receiver
+from .hooked import FILE_ACCOUNTS, definition
 from .server_proc import Account, ServerProcess, wait_until
-from .test_auth_hook import FILE_ACCOUNTS, definition
 from .test_commands import put
 from .test_events import SECRET, spool_batches
 from .tls_front import TlsFront, environment

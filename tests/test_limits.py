@@ -36,8 +36,8 @@ from cosftp_prefork.server.scoreboard import (
 )
 
 from .conftest import ALPHA
+from .hooked import definition, hooked_server
 from .server_proc import Account, ServerProcess, wait_until
-from .test_auth_hook import definition, hooked_server, service  # noqa: F401 (a fixture)
 from .test_cluster import LoneNode, start_redis
 from .tls_clients import client_context, write_certificate
 
@@ -242,7 +242,7 @@ def test_max_sessions_holds_across_nodes(emulator, tmp_path):
         redis.stop()
 
 
-def test_accounts_from_the_auth_hook_carry_their_limits(emulator, tmp_path, service):  # noqa: F811
+def test_accounts_from_the_auth_hook_carry_their_limits(emulator, tmp_path, service):
     service.users["roamer"] = ("roamer-pw", definition(emulator, allowed_ips="10.0.0.0/8"))
     service.users["greeted"] = ("greeted-pw", definition(
         emulator, max_sessions="1", login_message="Hello from the hook."))
