@@ -1,0 +1,658 @@
+"""The cluster's shared state through what else Redis does to it (the nodes, the Redis 6.0
+stand-in and the helpers are test_cluster_redis.py's): a Redis that loses its keys, is
+slow, hung, older than supported, answers errors or refuses writes; a node rewriting its
+counts and reservations while its workers change them; the usage of homes with a quota
+that Redis lost; sessions counted again after Redis lost them."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import re
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+from cosftp_prefork.config.model import ClusterConfig
+from cosftp_prefork.config.quotas import home_id
+from cosftp_prefork.server.cluster import SKIPS_BEFORE_REWRITE, ClusterState
+from cosftp_prefork.server.cluster.scripts import HEARTBEAT, LIBRARY
+from cosftp_prefork.server.quotashare import SCRIPTS
+
+from .conftest import ALPHA
+from .redis6 import Held, Redis6Proxy
+from .server_proc import Account, closed_port, wait_until
+from .test_cluster import ACCOUNT, LoneNode, start_redis
+from .test_cluster_redis import (
+    BANS,
+    RedisUnderTest,
+    earn_ban,
+    logs_in,
+    node,
+    nothing_crashed,
+    redis6,  # noqa: F401 (the fixture)
+    refused_as_banned,
+    status,
+)
+from .test_commands import put
+from .test_quotas import MIB, ROOT, quota_account
+
+
+def test_bans_outlive_redis_losing_its_keys(emulator, tmp_path):
+    """Redis flushed (restarted empty, failed over to an empty replica): the bans it held
+    are gone. Found: a ban made by the cluster's count of failures spread over two nodes
+    was then lifted on both (neither node's own count had reached max_login_failures), and
+    one made by a node's own count on every other node. Now the node at whose failed login
+    the cluster's count earned a ban, and every node that refused an address for a ban the
+    cluster holds, hold it in their own table until it ends, and a node whose heartbeat
+    finds that Redis no longer knows it publishes the bans it holds again: both nodes
+    refuse both addresses again, the bans end when they did; and with the node that earned
+    one gone, the other still holds it and publishes it."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "bans-lost", **BANS) as (server, a, b):
+        earn_ban(a, "127.0.0.121")  # a's own count
+        earn_ban(a, "127.0.0.122", failures=1)
+        earn_ban(b, "127.0.0.122", failures=1)  # the cluster's count, at b's failed login
+        for proc in (a, b):
+            for client in ("127.0.0.121", "127.0.0.122"):
+                assert refused_as_banned(proc, client)
+        bans = [f"cosftp:ban:127.0.0.12{i}" for i in (1, 2)]
+        ends = [int(server.direct.get(ban)) for ban in bans]
+
+        def published_again() -> None:
+            wait_until(lambda: server.direct.exists(*bans) == 2, timeout=30,
+                       what="the bans published again")
+            # (a node holds the end it knew to the second: 1 s later at most)
+            assert all(0 <= int(server.direct.get(ban)) - end <= 1
+                       for ban, end in zip(bans, ends))
+            assert 0 < server.direct.pttl(bans[1]) <= 600_000
+        server.direct.flushall()
+        published_again()
+        for proc in (a, b):
+            for client in ("127.0.0.121", "127.0.0.122"):
+                assert refused_as_banned(proc, client)
+        wait_until(lambda: "published again the" in a.log_text() + b.log_text(),
+                   what="the nodes' logs")
+        assert logs_in(a, "127.0.0.123").startswith("230")
+        line = "published again the 2 ban(s) this node holds"
+        before = a.log_text().count(line)
+        b.stop()  # where the cluster's count earned 122
+        server.direct.flushall()
+        published_again()
+        wait_until(lambda: a.log_text().count(line) == before + 1, what="node a's log")
+        for client in ("127.0.0.121", "127.0.0.122"):
+            assert refused_as_banned(a, client)
+
+
+def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, redis6,  # noqa: F811
+                                                                     tmp_path):
+    """Redis answering each command after 1 s: with redis_timeout = 500 ms every call gives
+    up once (found: redis-py's default retried each ten times, with back-off) and the node
+    serves on its own (redis_down = open), saying so; with 5000 ms it is slow, not down:
+    failures are counted and bans shared, and status says reachable."""
+    strict_proxy, patient_proxy = Redis6Proxy(redis6.port), Redis6Proxy(redis6.port)
+    strict = node(emulator, tmp_path, "strict", strict_proxy.port, redis_timeout=500)
+    patient = node(emulator, tmp_path, "patient", patient_proxy.port, redis_timeout=5000,
+                   worker_processes="1", **BANS)
+    try:
+        strict.start()  # Redis fast: each worker connects, then it turns slow
+        wait_until(lambda: "Redis reachable" in status(strict), timeout=30, what="status")
+        strict_proxy.delay, strict_proxy.commands = 1.0, 0
+        assert logs_in(strict, "127.0.0.71").startswith("230")  # served on its own
+        wait_until(lambda: strict.log_text().count("unreachable") >= 2,
+                   what="both workers to give up on Redis")
+        # One command per call (two calls of a worker at most at once), then none for 5 s:
+        # no retry after a timeout (redis-py's Redis() of 6.x+ retries ten times, 5.6 s).
+        assert strict_proxy.commands <= 2 * 2
+        assert "Timeout" in strict.log_text()
+        wait_until(lambda: "Redis UNREACHABLE" in status(strict), what="status")
+        strict_proxy.delay = 0.0
+        wait_until(lambda: "Redis reachable" in status(strict), timeout=30,
+                   what="the strict node to find Redis back")
+        patient.start()  # then Redis turns slow: 1 s a command, under its 5 s
+        patient_proxy.delay = 1.0
+        assert logs_in(patient, "127.0.0.72").startswith("230")
+        earn_ban(patient, "127.0.0.73")
+        assert redis6.direct.pttl("cosftp:ban:127.0.0.73") > 0
+        assert refused_as_banned(strict, "127.0.0.73")
+        assert "Redis reachable" in status(patient)
+        assert "unreachable" not in patient.log_text()
+        for proc in (strict, patient):
+            nothing_crashed(proc)
+    finally:
+        strict.stop()
+        patient.stop()
+        strict_proxy.stop()
+        patient_proxy.stop()
+
+
+def test_a_redis_older_than_6_is_refused_by_check_and_start(
+        emulator, redis6, tmp_path):  # noqa: F811
+    old = Redis6Proxy(redis6.port, version="5.0.14")
+    try:
+        proc = node(emulator, tmp_path, "old", old.port)
+        proc.write_config()
+        checked = proc.ctl("check")
+        assert checked.returncode == 2
+        assert "is version 5.0.14; this server needs Redis 6.0 or newer" in checked.stderr
+        started = proc.ctl("start")
+        assert started.returncode == 1
+        assert "is version 5.0.14; this server needs Redis 6.0 or newer" in started.stderr
+        assert proc.ctl("status").returncode != 0  # nothing left running
+        current = Redis6Proxy(redis6.port, version="7.0.15")
+        try:
+            fine = node(emulator, tmp_path, "fine", current.port)
+            fine.write_config()
+            checked = fine.ctl("check")
+            assert checked.returncode == 0, checked.stderr
+            assert "cluster: Redis 7.0.15 at" in checked.stdout
+        finally:
+            current.stop()
+    finally:
+        proc.ensure_stopped(proc.daemon_pid())
+        old.stop()
+
+
+def test_a_redis_found_too_old_after_start_is_not_used_and_status_says_so(emulator,
+                                                                          tmp_path):
+    """Redis down when the node starts (redis_down = closed: it refuses), then up but
+    5.0: still refused, with status and log saying why; 6.0 then: served."""
+    port = closed_port()  # nothing listens there until start_redis
+    proxy = Redis6Proxy(port, version="5.0.14")
+    server = None
+    try:
+        with node(emulator, tmp_path, "late", proxy.port, "closed") as proc:
+            wait_until(lambda: "Redis UNREACHABLE" in status(proc), what="the outage")
+            server = start_redis(tmp_path, port)
+            wait_until(lambda: "Redis NOT SUPPORTED" in status(proc), timeout=30,
+                       what="the old version in status")
+            assert "refusing new connections" in status(proc)
+            assert "is version 5.0.14; this server needs Redis 6.0 or newer" in \
+                proc.log_text()
+            assert "shared state unreachable" in logs_in(proc, "127.0.0.74")
+            proxy.version = "6.0.16"
+            wait_until(lambda: "Redis reachable" in status(proc), timeout=30,
+                       what="both workers to use Redis 6.0")
+            assert logs_in(proc, "127.0.0.74").startswith("230")
+            nothing_crashed(proc)
+    finally:
+        proxy.stop()
+        if server is not None:
+            server.stop()
+
+
+def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path):  # noqa: F811
+    """Redis out of memory (maxmemory reached, noeviction) refuses every write with OOM: not
+    an outage, even with redis_down = closed. Logins are served on the node's own figures
+    (its own ban still holds), log and status say Redis answers errors; with memory again,
+    bans are shared again."""
+    with node(emulator, tmp_path, "oom", redis6.proxy.port, "closed", **BANS) as proc:
+        redis6.direct.config_set("maxmemory-policy", "noeviction")
+        redis6.direct.config_set("maxmemory", "1")
+        try:
+            assert logs_in(proc, "127.0.0.75").startswith("230")  # its count was refused
+            wait_until(lambda: "Redis ANSWERING ERRORS" in status(proc), what="status")
+            earn_ban(proc, "127.0.0.76")
+            assert refused_as_banned(proc, "127.0.0.76")  # this node's own ban
+            assert not redis6.direct.exists("cosftp:ban:127.0.0.76")
+        finally:
+            redis6.direct.config_set("maxmemory", "0")
+        log = proc.log_text()
+        assert "answered the failed-login count with an error; this node went on with its " \
+            "own figures for it (ResponseError: Error running script" in log
+        assert ": -OOM command not allowed" in log  # (the log keeps 160 characters)
+        assert "unreachable" not in log
+        earn_ban(proc, "127.0.0.77")  # (status says ERRORS for a minute after the last)
+        assert redis6.direct.pttl("cosftp:ban:127.0.0.77") > 0
+        nothing_crashed(proc)
+
+
+def test_a_connection_counted_while_another_worker_rewrites_the_node_is_not_lost(
+        redis6):  # noqa: F811
+    """Worker A reads the node's session table for its heartbeat; worker B admits a
+    connection (its table row, then its count in Redis) before A's rewrite reaches Redis.
+    A's rewrite from the older table must not erase B's count: the other nodes would
+    admit one connection past the per-address cap until the next heartbeat."""
+    config = ClusterConfig(f"redis://127.0.0.1:{redis6.port}/0", node_id="race")
+    publisher, admitter = ClusterState(config), ClusterState(config)
+    ip, key = "127.0.0.31", "cosftp:conn:race"
+    def table(counts: int) -> Callable[[], tuple]:
+        return lambda: (Counter({ip: counts}), 0, {})
+
+    def read_then_admitted() -> tuple:
+        read = table(1)()  # A's read: B's row is not in it yet
+        admitter.counted(ip, 1)  # B's row, then its count
+        return read
+    try:
+        publisher.publish(table(1))  # one connection, counted and published
+        publisher.publish(read_then_admitted)
+        assert redis6.direct.hget(key, ip) == "2"
+        publisher.publish(table(2))  # the next read has B's row
+        assert redis6.direct.hget(key, ip) == "2"
+        admitter.counted(ip, -1)
+        publisher.publish(table(1))
+        assert redis6.direct.hget(key, ip) == "1"
+    finally:
+        redis6.direct.delete(key)
+        publisher.close()
+        admitter.close()
+
+
+def test_a_busy_node_still_drops_the_counts_of_a_dead_worker(redis6):  # noqa: F811
+    """Every heartbeat of worker A sees a change counted meanwhile (a busy node) and keeps
+    the hash; after SKIPS_BEFORE_REWRITE of them it rewrites anyway, so the connections of
+    a worker that died (counted, never uncounted) do not stay counted for ever."""
+    config = ClusterConfig(f"redis://127.0.0.1:{redis6.port}/0", node_id="busy")
+    publisher, admitter = ClusterState(config), ClusterState(config)
+    ip, key = "127.0.0.32", "cosftp:conn:busy"
+
+    def churned() -> tuple:
+        admitter.counted(ip, 1)  # a connection that comes and goes during the read
+        admitter.counted(ip, -1)
+        return Counter({ip: 1}), 0, {}
+    try:
+        admitter.counted(ip, 3)  # one live connection, two of a worker since killed
+        rewrites = []
+        for _ in range(SKIPS_BEFORE_REWRITE + 1):
+            publisher.publish(churned)
+            rewrites.append(redis6.direct.hget(key, ip))
+        assert rewrites == ["3"] * SKIPS_BEFORE_REWRITE + ["1"]
+    finally:
+        redis6.direct.delete(key)
+        publisher.close()
+        admitter.close()
+
+
+class HungRedis(Redis6Proxy):
+    """A Redis that never finishes its first reply (hung mid-answer: a byte a second, so no
+    read times out), until ``release``: then it closes its connections and refuses more.
+    The proxy's listener and accept loop, with nothing relayed."""
+
+    def __init__(self) -> None:
+        self._released, self._asked = threading.Event(), threading.Event()
+        super().__init__(upstream=0)
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            try:
+                client.recv(4096)  # the first command, whatever it is
+                self._asked.set()
+                client.sendall(b"$1048576\r\n")
+                while not self._released.wait(1.0):  # a slow server, not a synchronisation
+                    client.sendall(b"x")
+            except OSError:
+                pass
+
+    def asked(self) -> bool:
+        return self._asked.is_set()
+
+    def release(self) -> None:
+        self._released.set()
+        self.stop()
+
+
+def test_status_says_starting_until_a_worker_serves(emulator, tmp_path):
+    """A worker asks Redis its version before it serves: while the master waits for its
+    first serving worker, status says the server is starting (it said "running", and the
+    admin API and console read the same state), then nothing once a worker serves."""
+    hung = HungRedis()
+    proc = node(emulator, tmp_path, "hung", hung.port, worker_processes="1")
+    try:
+        proc.launch()
+        wait_until(hung.asked, what="the worker to ask Redis")
+        assert "state: starting: no worker serves yet; connections wait in the listen " \
+               "queue" in status(proc)
+        hung.release()  # down: the worker serves on its own (redis_down = open)
+        wait_until(proc._serving, what="the worker to serve")
+        wait_until(lambda: "state:" not in status(proc), what="status to drop the state line")
+    finally:
+        hung.release()
+        proc.stop()
+
+
+
+def script_sha(body: str) -> str:
+    """The SHA1 a node runs one of its scripts by (``EVALSHA``)."""
+    return hashlib.sha1((LIBRARY + body).encode()).hexdigest()
+
+
+def through_a_rewrite(proxy: Redis6Proxy, held: Held) -> None:
+    """Wait until ``held`` (a change of the node's quota reservations) waits in the proxy
+    and worker 1's tick came round to its rewrite of the node's reservations meanwhile: it
+    ran, or the node's cluster thread beat twice (the tick's rewrite, once a second, then
+    waits for the change; the node's ``redis_timeout`` must be well above that)."""
+    assert held.arrived.wait(60), "the change never reached Redis"
+    rewrite, heartbeat = script_sha(SCRIPTS["quota-holding"]), script_sha(HEARTBEAT)
+    rewrites, beats = proxy.runs[rewrite], proxy.runs[heartbeat]
+    wait_until(lambda: proxy.runs[rewrite] > rewrites or proxy.runs[heartbeat] >= beats + 2,
+               timeout=60, what="worker 1's tick to come round to the rewrite")
+
+
+@pytest.mark.parametrize("change", ["settle", "reserve"])
+def test_a_rewrite_of_the_nodes_reservations_never_counts_a_change_twice(emulator, tmp_path,
+                                                                          redis6,  # noqa: F811
+                                                                          change):
+    """Worker 1 rewrites the node's reservations in Redis from its usage table every second.
+    A rewrite that read the table while an upload's change was between its table step and
+    its Redis step wrote the change back (found in CI: a 1.5 MiB upload's settled
+    reservation counted again beside its usage, and the ALLO after it refused, 552, "holds
+    3145728 bytes of its 2 MiB", until the next second). The proxy holds the change there
+    (the settle's answer: Redis gave the bytes back, the table not yet; or the reserve
+    before Redis runs it: the table counts it already) across worker 1's rewrite: Redis
+    then holds the upload's reservation once, or nothing once it settled."""
+    user, size = f"qrewrite{change}", 3 * MIB // 2
+    proc = LoneNode(str(tmp_path / "node"), emulator.port,
+                    [quota_account(user, "2M", prefix=f"rewrite-{change}")],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name = redis6.proxy.port, f"rewrite-{change}"
+    proc.redis_timeout = 10000  # the change's call waits in the proxy, never that long
+    proxy, direct, field = redis6.proxy, redis6.direct, f"node-{proc.name}#b"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        put(ftp, "warm.bin", b"w" * 1000)  # the quota scripts are loaded: no hold meets a NOSCRIPT
+        ident = home_id(ALPHA, f"{ROOT}rewrite-{change}/").hex()
+        usage, holdings = f"cosftp:quota:{ident}", f"cosftp:quota-held:{ident}"
+        ftp.sendcmd(f"ALLO {size}")  # the upload's first reservation
+        ftp.voidcmd("TYPE I")
+        with ThreadPoolExecutor(1) as pool:
+            if change == "reserve":
+                held = proxy.hold(script_sha(SCRIPTS["quota-reserve"]))
+                opening = pool.submit(ftp.transfercmd, "STOR big.bin")
+                through_a_rewrite(proxy, held)
+                held.release()
+                data = opening.result(timeout=60)
+                reserved = int(direct.hget(holdings, field))
+                data.sendall(b"b" * size)
+                data.close()
+                ftp.voidresp()
+                assert reserved == size
+            else:
+                held = proxy.hold(script_sha(SCRIPTS["quota-settle"]), reply=True)
+                upload = pool.submit(put, ftp, "big.bin", b"b" * size)
+                through_a_rewrite(proxy, held)
+                counted = (int(direct.hget(usage, "used")), int(direct.hget(holdings, field)))
+                held.release()
+                assert upload.result(timeout=60).startswith("226")
+                assert counted == (1000 + size, 0)
+        ftp.quit()
+    finally:
+        proxy.release_holds()
+        proc.stop()
+
+
+def test_a_small_upload_into_a_home_with_a_quota_asks_redis_twice(
+        emulator, tmp_path, redis6):  # noqa: F811
+    """Each quota call is a round trip to Redis that the upload waits for. A small upload
+    made four (found by bench/quota_cluster.py: the home's usage read before it, the
+    reservation of its first bytes, that of its first slice on its first write, the
+    settlement): its reservation now takes a slice ahead in the same call, and tells a home
+    whose usage is not known yet rather than have it read beforehand. Worker 1's rewrites
+    (once a second, not per upload) are not counted."""
+    user, uploads = "qcalls", 5
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [quota_account(user, "1G")],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name = redis6.proxy.port, "calls"
+    per_upload = [script_sha(SCRIPTS[name])
+                  for name in ("quota-read", "quota-reserve", "quota-settle")]
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        put(ftp, "first.bin", b"f" * 1000)  # the home's scan, the scripts loaded
+        before = sum(redis6.proxy.runs[sha] for sha in per_upload)
+        for number in range(uploads):
+            assert put(ftp, f"small-{number}.bin", b"s" * 1000).startswith("226")
+        calls = sum(redis6.proxy.runs[sha] for sha in per_upload) - before
+        ftp.quit()
+        assert calls == 2 * uploads
+    finally:
+        proc.stop()
+
+
+@contextmanager
+def two_nodes(emulator, tmp_path, account: Account, prefix: str,
+              **optional: str) -> Iterator[tuple[RedisUnderTest, LoneNode, LoneNode]]:
+    """A Redis of the test's own and two nodes of ``account`` on it (``<prefix>-a``, ``-b``),
+    checked for crashes and stopped afterwards."""
+    server = RedisUnderTest(tmp_path)
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            proc = LoneNode(str(tmp_path / name), emulator.port, [account], optional=optional)
+            proc.redis_port, proc.name = server.proxy.port, f"{prefix}-{name}"
+            nodes.append(proc.start())
+        yield server, nodes[0], nodes[1]
+        for proc in nodes:
+            nothing_crashed(proc)
+    finally:
+        for proc in nodes:
+            proc.stop()
+        server.stop()
+
+
+def finish_upload(ftp: ftplib.FTP, data: socket.socket, rest: bytes) -> str:
+    data.sendall(rest)
+    data.close()
+    return ftp.voidresp()
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart"])
+def test_a_home_whose_usage_redis_lost_is_scanned_again_at_its_next_reservation(emulator,
+                                                                               tmp_path, loss):
+    """Redis restarted without persistence (or flushed, or failed over to an empty replica)
+    loses the homes' usage and the nodes' reservations. Found: the node that had scanned the
+    home still had it scanned in its own usage table, so the next reservation, told the
+    usage is not known, waited for a scan nobody was due to make (``SCAN_PATIENCE``, 600 s):
+    an upload under way got no reply. Now that node scans the home again at once, the
+    upload's reservation (written back by worker 1's rewrite) counts once, and the other
+    node, which never scanned the home, uses that scan."""
+    user = f"qlost{loss}"
+    ident = home_id(ALPHA, f"{ROOT}{user}/").hex()
+    usage, holdings = f"cosftp:quota:{ident}", f"cosftp:quota-held:{ident}"
+    with two_nodes(emulator, tmp_path, quota_account(user, "64M"), f"lost-{loss}",
+                   worker_processes="1") as (server, a, b):
+        first = a.login(user, f"{user}-pw")
+        assert put(first, "one.bin", b"1" * 1000).startswith("226")
+        assert server.direct.hmget(usage, "used", "files") == ["1000", "1"]
+        scans = a.log_text().count("holds 1000 bytes in 1 files")
+        first.voidcmd("TYPE I")
+        data = first.transfercmd("STOR two.bin")  # its first slice reserved: 4 MiB, a file
+        data.sendall(b"2" * MIB)
+        if loss == "flushall":
+            server.direct.flushall()
+        else:
+            server.restart()
+        field = f"node-{a.name}"
+        wait_until(lambda: server.direct.hmget(holdings, f"{field}#b", f"{field}#f") ==
+                   [str(4 * MIB), "1"], what="worker 1 to write the reservation back")
+        assert not server.direct.exists(usage)
+        with ThreadPoolExecutor(1) as pool:  # its next slice finds the usage unknown
+            upload = pool.submit(finish_upload, first, data, b"2" * (4 * MIB))
+            wait_until(upload.done, timeout=60, what="the upload after Redis lost its keys")
+            assert upload.result().startswith("226")
+        assert "quota: the cluster's Redis no longer knows the usage of " in a.log_text()
+        assert a.log_text().count("holds 1000 bytes in 1 files") == scans + 1
+        assert server.direct.hmget(usage, "used", "files") == [str(1000 + 5 * MIB), "2"]
+        assert server.direct.hmget(holdings, f"{field}#b", f"{field}#f") == ["0", "0"]
+        second = b.login(user, f"{user}-pw")
+        assert put(second, "three.bin", b"3" * 3000).startswith("226")
+        assert not re.search(r"quota: .* holds \d+ bytes", b.log_text())  # a's scan served b
+        total = 4000 + 5 * MIB
+        assert server.direct.hmget(usage, "used", "files") == [str(total), "3"]
+        assert f"size: {total} bytes used of" in second.sendcmd("SITE QUOTA")
+        for ftp in (first, second):
+            ftp.quit()
+
+
+def test_a_scan_that_redis_refuses_to_keep_is_not_made_again_and_again(emulator, tmp_path):
+    """Redis lost the home's usage and refuses the node's writes by ACL (NOPERM: an error
+    answered, not an outage): the scan its next upload makes cannot be kept there.
+    That upload fails (451) after that one scan and the next one tries again, rather than
+    scan the home again and again while the client waits. (A Redis that refuses every
+    write, a read-only replica, is an outage instead: see the test below.)"""
+    server = RedisUnderTest(tmp_path)
+    user = "qlostacl"
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [quota_account(user, "64M")],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name = server.proxy.port, "lost-acl"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
+        scans = len(re.findall(f"user={user} .* holds 1000 bytes in 1 files", proc.log_text()))
+        server.direct.flushall()
+        server.direct.execute_command("ACL", "SETUSER", "default", "-@write")
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                upload = pool.submit(put, ftp, "two.bin", b"2" * 2000)
+                wait_until(upload.done, timeout=60, what="the upload's reply")
+                with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaScan"):
+                    upload.result()
+            log = proc.log_text()
+            assert "STOR failed: the usage of a quota was scanned but could not be recorded" \
+                in log
+            # (worker 1 may scan it again by itself meanwhile: it was asked for)
+            assert len(re.findall(f"user={user} .* holds 1000 bytes in 1 files", log)) == \
+                scans + 1
+        finally:
+            server.direct.execute_command("ACL", "SETUSER", "default", "+@all")
+        assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
+        assert server.direct.hmget(f"cosftp:quota:{home_id(ALPHA, f'{ROOT}{user}/').hex()}",
+                                   "used", "files") == ["3000", "2"]
+        ftp.quit()
+        nothing_crashed(proc)
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def beats_after(server: RedisUnderTest, node_id: str, since: float, beats: int = 2) -> None:
+    """Wait until the node's cluster thread beat ``beats`` times after ``since`` (its score
+    in ``cosftp:nodes`` is its last heartbeat's time): what the tick of the first of them
+    did after its heartbeat (the quota usage a worker could not send) is done then."""
+    seen = [since]
+
+    def beat() -> bool:
+        score = server.direct.zscore("cosftp:nodes", node_id) or 0.0
+        if score > seen[-1]:
+            seen.append(score)
+        return len(seen) > beats
+    wait_until(beat, timeout=30, what=f"{beats} heartbeats of {node_id}")
+
+
+def test_a_redis_that_refuses_writes_is_down_and_an_open_node_serves_on_its_own(emulator,
+                                                                                tmp_path):
+    """Redis turned into a read-only replica (REPLICAOF a master that never answers) after
+    it lost its keys. Found: every write was an error answered, so the upload's scan of
+    its home could not be kept, and the upload failed (451 QuotaScan) after that one scan.
+    Now a Redis refusing writes is down (redis_down = open: the node serves on its own
+    table), said once in the log (not per request, not at each retry while it lasts) and
+    by status; the node's own ban holds; with writes taken again, sharing resumes and the
+    home is scanned again."""
+    server = RedisUnderTest(tmp_path)
+    user, account = "qreadonly", quota_account("qreadonly", "64M")
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [account],
+                    optional={"worker_processes": "1", **BANS})
+    proc.redis_port, proc.name = server.proxy.port, "read-only"
+    usage = f"cosftp:quota:{home_id(ALPHA, f'{ROOT}{user}/').hex()}"
+    refusal = "refuses writes"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
+        server.direct.flushall()
+        server.direct.replicaof("127.0.0.1", closed_port())  # a master that never answers
+        try:
+            assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
+            assert put(ftp, "three.bin", b"3" * 3000).startswith("226")
+            wait_until(lambda: "Redis REFUSING WRITES" in status(proc), what="status")
+            assert "serving on the local scoreboard" in status(proc)
+            earn_ban(proc, "127.0.0.91")
+            assert refused_as_banned(proc, "127.0.0.91")  # this node's own ban
+            checks = server.proxy.names["info"]
+            wait_until(lambda: server.proxy.names["info"] >= checks + 2, timeout=30,
+                       what="two checks whether Redis takes writes again")
+            assert logs_in(proc, "127.0.0.92", account).startswith("230")
+            assert proc.log_text().count(refusal) == 1
+            assert f"Redis at redis://127.0.0.1:{server.proxy.port}/0 {refusal} (" in \
+                proc.log_text()
+            assert "ReadOnlyError" not in proc.log_text()  # Redis 6 words it ERR ... -READONLY
+            assert not server.direct.exists(usage)
+        finally:
+            server.direct.replicaof("no", "one")
+        wait_until(lambda: "takes writes again" in proc.log_text(), timeout=30,
+                   what="the node to find Redis writable")
+        beats_after(server, f"node-{proc.name}", server.direct.time()[0] - 1.0)
+        assert put(ftp, "four.bin", b"4" * 4000).startswith("226")
+        # scanned again (one, two, three), then four counted
+        assert server.direct.hmget(usage, "used", "files") == ["10000", "4"]
+        wait_until(lambda: "Redis reachable" in status(proc), what="status")
+        earn_ban(proc, "127.0.0.93")
+        assert server.direct.pttl("cosftp:ban:127.0.0.93") > 0
+        ftp.quit()
+        nothing_crashed(proc)
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def test_a_redis_that_refuses_writes_is_down_and_a_closed_node_refuses(emulator, tmp_path):
+    """A master short of replicas (min-replicas-to-write 1, none attached: every write is
+    refused with NOREPLICAS, reads are served): redis_down = closed refuses new
+    connections (421) and uploads a quota counts, as when Redis is unreachable; with
+    writes taken again, it serves."""
+    server = RedisUnderTest(tmp_path)
+    user, account = "qnoreplicas", quota_account("qnoreplicas", "64M")
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [account],
+                    optional={"worker_processes": "1"})
+    proc.redis_port, proc.name, proc.redis_down = server.proxy.port, "no-replicas", "closed"
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
+        server.direct.config_set("min-replicas-to-write", "1")
+        try:
+            wait_until(lambda: "shared state unreachable" in logs_in(proc, "127.0.0.94"),
+                       timeout=30, what="new connections refused")
+            assert "Redis REFUSING WRITES" in status(proc)
+            assert "refusing new connections" in status(proc)
+            with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaUnavailable"):
+                put(ftp, "two.bin", b"2" * 2000)
+            assert "NOREPLICAS" in proc.log_text()
+        finally:
+            server.direct.config_set("min-replicas-to-write", "0")
+        wait_until(lambda: logs_in(proc, "127.0.0.94", account).startswith("230"), timeout=30,
+                   what="the node to serve again")
+        assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
+        ftp.quit()
+        nothing_crashed(proc)
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def test_the_sessions_of_an_account_count_again_soon_after_redis_lost_them(emulator, tmp_path):
+    """max_sessions = 1 across two nodes; Redis restarted (every node's counts gone). Not a
+    bug: each node's counts are its session table, rewritten whole by its heartbeat once a
+    second, so within a second the session on node a refuses a second one on node b again
+    (in that second b may admit one: as when a's counts expire after a crash)."""
+    account = Account("fewlost", "fewlost-pw", ALPHA, extra="max_sessions = 1")
+    with two_nodes(emulator, tmp_path, account, "seats") as (server, a, b):
+        session = a.login(account.user, account.password)
+
+        def refused_on_b() -> bool:
+            try:
+                b.login(account.user, account.password).quit()
+            except ftplib.error_temp as exc:
+                assert "421 Too many sessions of this account" in str(exc)
+                return True
+            return False
+        assert refused_on_b()
+        server.restart()
+        counts = f"cosftp:conn:node-{a.name}"
+        wait_until(lambda: any(field.startswith("@u:") and value == "1"
+                               for field, value in server.direct.hgetall(counts).items()),
+                   timeout=30, what="node a's heartbeat to write its counts again")
+        assert refused_on_b()
+        assert session.pwd() == "/"
+        session.quit()
+        wait_until(lambda: not refused_on_b(), what="the seat freed on node b")
