@@ -428,6 +428,20 @@ def test_reload_from_a_shell_without_the_servers_environment(emulator, tmp_path)
         _close(proc.login("ops", "new-pw"))
 
 
+def test_reload_of_a_file_it_cannot_read_says_so(tmp_path):
+    """cosftpctl reload reads the file to find the pid file: one it cannot read (not
+    UTF-8 here; missing, or no permission) is said as load_config says it, exit 2, not
+    taken for a file of defaults whose pid file leads nowhere ("not running", 3)."""
+    proc = ServerProcess(str(tmp_path), closed_port(), [Account("ops", "ops-pw", ALPHA)])
+    proc.write_config()
+    with open(proc.config_path, "ab") as handle:
+        handle.write(b"ftpd_banner = caf\xe9\n")
+    done = proc.ctl("reload")
+    assert done.returncode == 2, done
+    assert f"cosftpctl: configuration error: {proc.config_path}: cannot read configuration " \
+        "file: 'utf-8' codec can't decode byte 0xe9" in done.stderr, done
+
+
 def test_reload_refuses_unusable_hashes_and_keeps_the_old_password(daemon):
     for name in ("n-not-power-of-two", "over-64-mib"):
         with open(daemon.config_path, encoding="utf-8") as handle:

@@ -87,7 +87,7 @@ master keeps the old ones serving. --timeout bounds the wait for the verdict
    or no verdict within --timeout (it may still be running)
 2  the master refused the file: its message names the file, section, option
    and problem (or why the workers could not run it); nothing changed. Also
-   when there is no such file
+   when this command cannot read the file (no such file, no permission)
 3  not running"""),
     "status": Page(
         """Show the master (pid, uptime, generation, configuration file, ports), a

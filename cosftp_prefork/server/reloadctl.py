@@ -40,14 +40,10 @@ EXIT_REFUSED = 2  # as for any invalid file (check, start, run)
 
 
 def cmd_reload(target: Target, timeout: float = RELOAD_TIMEOUT) -> int:
-    """Send HUP to the master of ``target`` (found by ``locate_server``, the file not
-    validated) and report its verdict. Return 0 once the new generation serves, 2 if the
-    master refused the file (or there is no such file), 1 if the reload failed, rolled
+    """Send HUP to the master of ``target`` (found by ``locate_server``, which read the
+    file but did not validate it) and report its verdict. Return 0 once the new
+    generation serves, 2 if the master refused the file, 1 if the reload failed, rolled
     back or gave no verdict within ``timeout`` seconds, 3 if no master runs."""
-    if not os.path.isfile(target.config_path):
-        print(f"cosftpctl: configuration error: {target.config_path}: no such file",
-              file=sys.stderr)
-        return EXIT_REFUSED
     pid = find_master(target)
     state = SharedState.open(state_path(target.pid_file)) if pid else None
     if pid is None or state is None:
