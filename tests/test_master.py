@@ -428,6 +428,62 @@ def test_reload_from_a_shell_without_the_servers_environment(emulator, tmp_path)
         _close(proc.login("ops", "new-pw"))
 
 
+def add_to_optional(proc: ServerProcess, lines: str) -> None:
+    with open(proc.config_path, encoding="utf-8") as handle:
+        text = handle.read()
+    with open(proc.config_path, "w", encoding="utf-8") as handle:
+        handle.write(text.replace("[OPTIONAL]\n", f"[OPTIONAL]\n{lines}"))
+
+
+def printed_warnings(done) -> list[str]:
+    return [line[len("warning: "):] for line in done.stderr.splitlines()
+            if line.startswith("warning: ")]
+
+
+def test_reload_prints_the_warnings_the_master_logged_for_it(daemon):
+    """A reload that changes what takes effect only at the next start (here
+    ipv6_prefix_length) is applied, and the master's warning says what is kept: the
+    operator running cosftpctl reload reads it there, as the log has it, not only in
+    the log."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    add_to_optional(daemon, "ipv6_prefix_length = 56\n")
+    done = daemon.ctl("reload")
+    assert done.returncode == 0, done
+    assert "cosftpctl: reloaded, generation 2" in done.stdout, done
+    warned = printed_warnings(done)
+    assert warned == ["reload: [OPTIONAL] ipv6_prefix_length takes effect at the next start "
+                      "(stop, start: the saved bans are regrouped then); IPv6 clients are "
+                      "still counted and banned by their /64"], done
+    assert f"WARNING [{master_of(daemon).pid} master] cosftp_prefork.server.reload: " \
+        f"{warned[0]}\n" in daemon.log_text()
+    rewrite_config(daemon, ipv6_prefix_length="64")  # the running length: nothing to say
+    again = daemon.ctl("reload")
+    assert again.returncode == 0 and printed_warnings(again) == [], again
+
+
+def test_reload_warnings_reach_the_terminal_escaped_and_bounded(daemon):
+    """The warnings quote the file: an unknown option named with an escape sequence
+    reaches the terminal escaped, as the log has it; 60 long ones are printed as far as
+    the shared state holds them, then counted."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    hostile = "red\x1b[31mtext\u202egnp"
+    long_names = [f"unknown_{i:02d}_{'x' * 200}" for i in range(60)]
+    add_to_optional(daemon, f"{hostile} = 1\n" + "".join(f"{n} = 1\n" for n in long_names))
+    done = daemon.ctl("reload")
+    assert done.returncode == 0, done
+    assert "\x1b" not in done.stderr and "\u202e" not in done.stderr, done
+    warned = printed_warnings(done)
+    assert warned[0] == f"config: {daemon.config_path} [OPTIONAL] red\\x1b[31mtext" \
+        "\\u202egnp: unknown option, ignored", done
+    shown = len(warned) - 2  # the hostile one, the count
+    assert 10 < shown < 60, done
+    assert warned[-1] == f"{60 - shown} more in the server's cosftp.log", done
+    for warning, name in zip(warned[1:-1], long_names):
+        assert warning == f"config: {daemon.config_path} [OPTIONAL] {name}: unknown " \
+            "option, ignored"
+        assert warning in daemon.log_text()
+
+
 def test_reload_of_a_file_it_cannot_read_says_so(tmp_path):
     """cosftpctl reload reads the file to find the pid file: one it cannot read (not
     UTF-8 here; missing, or no permission) is said as load_config says it, exit 2, not

@@ -76,8 +76,11 @@ finding the pid file): an invalid one changes nothing, and the master's message
 is printed. A valid one starts a new generation of workers on the same sockets
 and the old ones drain, so sessions in flight, even a long upload, finish
 untouched on the old configuration. If the new workers cannot start, the
-master keeps the old ones serving. --timeout bounds the wait for the verdict
-(default 60 s; the master rolls back a generation not serving after 30 s).""",
+master keeps the old ones serving. The warnings the master logged for a reload
+it applied are printed on stderr (a setting that takes effect only at the next
+start, such as ipv6_prefix_length or run_as_user; an unknown option). --timeout
+bounds the wait for the verdict (default 60 s; the master rolls back a
+generation not serving after 30 s).""",
         ((f"cosftpctl -c {CONF} reload", "apply an edited file to new sessions"),
          (f"cosftpctl -c {CONF} reload --timeout 120", "the same, on a slow machine"),
          ("systemctl reload cosftp-prefork", "the same through the unit's ExecReload")),

@@ -81,14 +81,21 @@ INDEX_WORDS = COUNT_WORDS + SESSION_ROWS + ADDRESS_SLOTS * ADDRESS_WORDS + \
 KEEP_BUCKETS = 10 * rates.NS  # how long an account's buckets outlive its last session
 CONTROL_AT = INDEX_AT + INDEX_WORDS * 4
 # Reloads asked for by the admin API, and the last one the master took; then the errors of
-# the last reload (UTF-8, NUL-padded), written by the master.
+# the last reload (UTF-8, NUL-padded), written by the master; then the warnings it logged
+# for the last reload, for ``cosftpctl reload`` to print: how many there were, then as
+# many as fit, escaped (no control character) and each cut at RELOAD_WARNING_CHARS, one a
+# line (UTF-8, NUL-padded).
 CONTROL = struct.Struct("<II")
 RELOAD_ERROR_SIZE = 2048
+RELOAD_WARNINGS_HEAD = struct.Struct("<I")
+RELOAD_WARNINGS_SIZE = 4096
+RELOAD_WARNING_CHARS = 600
 # Per session row, the client's own address (4 words, as ``records.address_key``; 0: the
 # row's), for display: the row holds what it is counted under (``ipv6_prefix_length``'s
 # network of an IPv6 client).
 CLIENT_SIZE = 4 * 4
-CLIENTS_AT = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
+RELOAD_WARNINGS_AT = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
+CLIENTS_AT = RELOAD_WARNINGS_AT + RELOAD_WARNINGS_SIZE
 # Per session row, its upload from byte 0 (STOR) until its final reply went out, written by
 # its worker as each chunk arrives and read by the master once that worker died
 # (``uploads``): its state (``uploads.InFlight``), unused, the bytes received, the key of

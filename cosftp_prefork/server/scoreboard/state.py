@@ -10,6 +10,7 @@ import os
 import struct
 from typing import Optional
 
+from ...logfiles import escape_controls
 from ...safefiles import PRIVATE_MODE, map_existing, open_fd
 from ..usage import UsageTable, usage_path
 from .bans import BanTable
@@ -27,6 +28,10 @@ from .layout import (
     PATH_SIZE,
     PORTS,
     RELOAD_ERROR_SIZE,
+    RELOAD_WARNING_CHARS,
+    RELOAD_WARNINGS_AT,
+    RELOAD_WARNINGS_HEAD,
+    RELOAD_WARNINGS_SIZE,
     RUNNING,
     SESSIONS_COUNT_AT,
     SLOT,
@@ -179,3 +184,30 @@ class SharedState(SessionTable, BanTable, UploadTable):
     def reload_error(self) -> str:
         at = CONTROL_AT + CONTROL.size
         return unclip(bytes(self._map[at:at + RELOAD_ERROR_SIZE]))
+
+    def write_reload_warnings(self, warnings: list[str]) -> None:
+        """The warnings the master logged for the last reload ([]: none, or none yet), for
+        ``cosftpctl reload`` (the master). Each is escaped as the log escapes it and cut at
+        ``RELOAD_WARNING_CHARS``; those that do not fit are counted, not kept."""
+        kept, room = [], RELOAD_WARNINGS_SIZE - RELOAD_WARNINGS_HEAD.size
+        for warning in warnings:
+            line = escape_controls(warning)
+            if len(line) > RELOAD_WARNING_CHARS:
+                line = line[:RELOAD_WARNING_CHARS - 3] + "..."
+            encoded = line.encode("utf-8")
+            if len(encoded) + 1 > room:
+                break
+            kept.append(encoded)
+            room -= len(encoded) + 1
+        at = RELOAD_WARNINGS_AT
+        RELOAD_WARNINGS_HEAD.pack_into(self._map, at, len(warnings))
+        text = b"\n".join(kept).ljust(RELOAD_WARNINGS_SIZE - RELOAD_WARNINGS_HEAD.size, b"\0")
+        self._map[at + RELOAD_WARNINGS_HEAD.size:at + RELOAD_WARNINGS_SIZE] = text
+
+    def reload_warnings(self) -> tuple[list[str], int]:
+        """The warnings of the last reload as kept (``write_reload_warnings``), and how
+        many there were in all."""
+        at = RELOAD_WARNINGS_AT
+        (count,) = RELOAD_WARNINGS_HEAD.unpack_from(self._map, at)
+        text = unclip(bytes(self._map[at + RELOAD_WARNINGS_HEAD.size:at + RELOAD_WARNINGS_SIZE]))
+        return (text.split("\n") if text else []), count
