@@ -9,6 +9,7 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import re
+import shutil
 import socket
 import threading
 from collections import Counter
@@ -431,6 +432,84 @@ def test_a_redis_older_than_6_is_refused_by_check_and_start(emulator, redis6, tm
     finally:
         proc.ensure_stopped(proc.daemon_pid())
         old.stop()
+
+
+def refused_write(checked, port: int, refusal: str, remedy: str, meanwhile: str) -> None:
+    """``check``'s verdict on a Redis that refuses writes: a warning naming the option,
+    Redis's own error and what to do; exit 0, as for an unreachable Redis (the node runs
+    on as redis_down says, and the unit's ExecStartPre is check)."""
+    assert checked.returncode == 0, checked
+    assert f"warning: [CLUSTER] redis_url: Redis 7.0.15 at redis://127.0.0.1:{port}/0 refuses " \
+        f"writes: a probe key under cosftp: could not be written ({refusal}): {remedy}; " \
+        f"{meanwhile}\n" in checked.stderr, checked
+    assert "takes writes" not in checked.stdout, checked
+
+
+DOWN_MEANWHILE = "until it takes writes, the node takes it for down and runs as " \
+    "redis_down = open says"
+
+
+def test_check_writes_to_redis_and_says_why_it_cannot(emulator, tmp_path):
+    """cosftpctl check asked Redis only its version: a read-only replica, a Redis whose
+    last save failed (MISCONF) or one full at maxmemory with noeviction passed, and the
+    node then took Redis for down (or had its writes refused). Now check writes a key
+    under cosftp: (expiring in 10 s) and deletes it, and says what Redis answered; no key
+    is left behind."""
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    server = start_redis(redis_dir)
+    direct = redis.Redis(port=server.port, decode_responses=True)
+    proc = node(emulator, tmp_path, "checked", server.port)
+    proc.write_config()
+    try:
+        fine = proc.ctl("check")
+        assert fine.returncode == 0, fine
+        assert f"cluster: Redis 7.0.15 at redis://127.0.0.1:{server.port}/0, takes writes\n" in \
+            fine.stdout, fine
+
+        direct.replicaof("127.0.0.1", closed_port())  # a master that never answers
+        try:
+            refused_write(proc.ctl("check"), server.port,
+                          "READONLY You can't write against a read only replica.",
+                          "it is a read-only replica: point redis_url at its master",
+                          DOWN_MEANWHILE)
+        finally:
+            direct.replicaof("no", "one")
+
+        direct.config_set("maxmemory-policy", "noeviction")
+        direct.config_set("maxmemory", "1")
+        try:
+            refused_write(proc.ctl("check"), server.port,
+                          "OOM command not allowed when used memory > 'maxmemory'.",
+                          "it is at maxmemory and evicts nothing (maxmemory-policy "
+                          "noeviction): raise maxmemory, or choose an eviction policy (every "
+                          "key this server writes expires: volatile-ttl will do)",
+                          "until it takes writes, the node's calls that write are answered "
+                          "from its own figures: bans and counts are not shared")
+        finally:
+            direct.config_set("maxmemory", "0")
+
+        # A save that fails (Redis's dir removed; Redis 7 will not change dir) with a save
+        # point set: MISCONF.
+        direct.config_set("save", "3600 1")
+        shutil.rmtree(redis_dir)
+        direct.bgsave()
+        wait_until(lambda: direct.info("persistence")["rdb_last_bgsave_status"] == "err",
+                   what="the save to fail")
+        try:
+            checked = proc.ctl("check")
+            assert "(MISCONF Redis is configured to save RDB snapshots, but it's currently " \
+                "unable to persist to disk." in checked.stderr, checked
+            assert "): its last save to disk failed and stop-writes-on-bgsave-error is yes: " \
+                f"see Redis's log (its dir, disk space, permissions); {DOWN_MEANWHILE}\n" in \
+                checked.stderr, checked
+            assert checked.returncode == 0, checked
+        finally:
+            direct.config_set("save", "")  # no save point: writes taken again
+        assert direct.keys("cosftp:*") == []
+    finally:
+        direct.close()
+        server.stop()
 
 
 def test_a_redis_found_too_old_after_start_is_not_used_and_status_says_so(emulator,

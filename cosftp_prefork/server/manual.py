@@ -120,9 +120,12 @@ a second.""",
     "check": Page(
         """Validate the configuration file without starting anything: every option, the
 TLS certificate and key, that masquerade_address resolves, and the version of
-the [CLUSTER] Redis. Credentials left as the example's XXXXXX are an error; the
-example's bucket and passwords are warnings, as are unknown options and an
-expired certificate (all on stderr). It prints where log_dir and pid_file are.
+the [CLUSTER] Redis and that it takes writes (a key under cosftp: written and
+deleted; a refusal, such as a read-only replica, MISCONF or OOM, is a warning
+naming Redis's error, as an unreachable Redis is). Credentials left as the
+example's XXXXXX are an error; the example's bucket and passwords are warnings,
+as are unknown options and an expired certificate (all on stderr). It prints
+where log_dir and pid_file are.
 --online then tries every account on COS with its own credentials (HEAD Bucket,
 a listing of one key, and for write authority an upload started and aborted
 under .cosftp/check/, so nothing is stored) and prints one verdict per account:
