@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -17,6 +18,14 @@ import psutil
 import pytest
 
 from cosftp_prefork.server.scoreboard import SharedState, state_path
+from cosftp_prefork.server.scoreboard.layout import (
+    BANS_AT,
+    DETAILS_AT,
+    HEADER,
+    MASTER_STATES,
+    PORTS,
+    RUNNING,
+)
 
 from .conftest import ALPHA, _close
 from .server_proc import (
@@ -127,6 +136,36 @@ def test_status_matches_reality(daemon):
     assert all(r[3] == "serving" for r in rows)
     for ftp in sessions:
         _close(ftp)
+
+
+def test_a_master_of_another_version_is_found_but_its_state_file_left_alone(daemon):
+    """After an upgrade, the master still running was started by the version before, whose
+    state file has another layout: cosftpctl must not read it with this one's offsets (nor
+    write into it: unban), and must say which process runs and what to do."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    path = state_path(pid_file(daemon))
+    # The master rewrites its header only when something changes: wait until it has
+    # published "running" (its last write at start), then write what the versions before
+    # the layout's fingerprint wrote: version 1.
+    running = MASTER_STATES.index(RUNNING)
+    wait_until(lambda: _raw_master_state(path) == running, what="the master's 'running'")
+    with open(path, "r+b") as handle:
+        os.pwrite(handle.fileno(), struct.pack("<I", 1), 4)
+        bans = os.pread(handle.fileno(), DETAILS_AT - BANS_AT, BANS_AT)
+    pid = master_of(daemon).pid
+    for command in (("status",), ("sessions",), ("reload",), ("unban", "--all")):
+        out = daemon.ctl(*command)
+        assert out.returncode == 4, (command, out.stdout, out.stderr)
+        assert f"pid {pid} runs another version of cosftp-prefork" in out.stderr, command
+    with open(path, "rb") as handle:  # the workers write their slots all the time
+        assert os.pread(handle.fileno(), DETAILS_AT - BANS_AT, BANS_AT) == bans
+    assert daemon.ctl("stop").returncode == 0  # stop needs only the pid file
+
+
+def _raw_master_state(path: str) -> int:
+    """The master's state as its header stores it (``status`` shows "running" sooner)."""
+    with open(path, "rb") as handle:
+        return PORTS.unpack(os.pread(handle.fileno(), PORTS.size, HEADER.size))[3]
 
 
 def worker_rows(status: str) -> list[list[str]]:

@@ -49,6 +49,7 @@ from .scoreboard import (
     MASTER_STARTING,
     RUNNING,
     MasterStatus,
+    OtherLayoutError,
     SessionDetail,
     SharedState,
     WorkerStatus,
@@ -607,6 +608,15 @@ def _located_anyway(config_path: str) -> Target:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except OtherLayoutError as exc:  # the master of the version before an upgrade
+        print(f"cosftpctl: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` name; return its exit status."""
     if args.command == "hash-password":
         return cmd_hash_password()
     if args.command == "reload":  # the master reads the file and gives its verdict

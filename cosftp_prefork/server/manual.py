@@ -91,7 +91,9 @@ generation not serving after 30 s).""",
 2  the master refused the file: its message names the file, section, option
    and problem (or why the workers could not run it); nothing changed. Also
    when this command cannot read the file (no such file, no permission)
-3  not running"""),
+3  not running
+4  the master that runs is of another version (an upgrade since it started):
+   its state file is not read; restart it to run this version"""),
     "status": Page(
         """Show the master (pid, uptime, generation, configuration file, ports), a
 "state: stopping ..." line once it stops (exit status still 0), and one
@@ -105,7 +107,8 @@ the file does not validate.""",
         """0  running
 3  not running
 4  a master of this file holds the port but its pid file is elsewhere (started
-   before relative paths followed the file?): stop it, then start it again"""),
+   before relative paths followed the file?): stop it, then start it again; or
+   the master runs another version (an upgrade since it started): restart it"""),
     "sessions": Page(
         """One line per live session of every worker, like ftpwho: the worker's pid, the
 user once logged in, the client's address (the real one behind a balancer),
@@ -155,7 +158,9 @@ saved in <pid_file>.bans, restored at start.""",
         ((f"cosftpctl -c {CONF} bans", "who is banned, until when"),),
         """0  listed
 1  Redis could not be asked (this node's bans are listed)
-3  not running (the saved bans are listed)"""),
+3  not running (the saved bans are listed)
+4  the master that runs is of another version (an upgrade since it started):
+   its state file is not read; restart it to run this version"""),
     "unban": Page(
         """Lift the ban of one address, or of every address with --all, and forget its
 failed logins: at once on every worker and, with [CLUSTER], on every node. The
@@ -168,7 +173,9 @@ write the state file (the server's, or root).""",
          (f"cosftpctl -c {CONF} unban --all", "lift every ban")),
         """0  lifted, or it was not banned
 1  a place could not be changed (Redis unreachable, the bans file not saved)
-2  not one IPv4 or IPv6 address (a network is refused too)"""),
+2  not one IPv4 or IPv6 address (a network is refused too)
+4  the master that runs is of another version (an upgrade since it started):
+   its state file is not changed; restart it to run this version"""),
     "quota": Page(
         """Show each account's quota (quota_size, quota_files of its home) and what the
 running server counts in it: bytes and files stored, bytes reserved by uploads
