@@ -37,7 +37,12 @@ from .test_commands import get, put
 from .test_master import master_of, sessions_by_pid, state_of
 from .test_resume import is_parked
 from .test_transfers import abort_transfer, curl_put, pending_uploads, start_upload
-from .tls_clients import ImplicitFTP_TLS, client_context, write_certificate
+from .tls_clients import (
+    AssumingImplicitFTP_TLS,
+    ImplicitFTP_TLS,
+    client_context,
+    write_certificate,
+)
 
 MIB = 1024 * 1024
 
@@ -223,6 +228,74 @@ def test_curl_implicit_ftps(tls_server, tmp_path, area):
     out = tmp_path / "out.bin"
     curl(tls_server, f"{area}/i.bin", "-o", str(out), scheme="ftps", port=port)
     assert out.read_bytes() == src.read_bytes()
+
+
+def lftp_implicit(server: ServerProcess, account: Account, settings: str,
+                  commands: str) -> subprocess.CompletedProcess:
+    """Run lftp on the implicit port (``ftps://``) as ``account`` with ``-d``: its debug log,
+    every command and reply, is its stderr."""
+    return subprocess.run(
+        [require("lftp"), "-d", "-u", f"{account.user},{account.password}", "-e",
+         "set cmd:fail-exit true; set net:max-retries 1; set net:timeout 20; "
+         f"set ssl:verify-certificate no; {settings} {commands}; bye", f"ftps://127.0.0.1:{implicit_port(server)}"],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_implicit_session_starts_with_protected_data(tls_server, tmp_path, area, cos):
+    """A session on the implicit port starts as if the client had sent PBSZ 0 and PROT P
+    (MS-FTPS 3.2.5.1, proftpd's UseImplicitSSL). lftp with ``ftps:initial-prot P`` (what
+    MS-FTPS asks of a client) sends no PROT and encrypts its data connections at once; at
+    PROT C it failed ("gnutls_handshake: An unexpected TLS packet was received", exit 1)
+    while the server's 226 said the download was complete."""
+    data = os.urandom(MIB + 17)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/i.bin", Body=data)
+    back, src = tmp_path / "back.bin", tmp_path / "src.bin"
+    src.write_bytes(os.urandom(MIB + 5))
+    done = lftp_implicit(tls_server, PLAIN, "set ftps:initial-prot P;",
+                         f'cd {area}; get i.bin -o "{back}"; put "{src}" -o up.bin; cls -1')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert back.read_bytes() == data
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/up.bin")["Body"].get_raw_stream().read() \
+        == src.read_bytes()
+    assert sorted(done.stdout.split()) == ["i.bin", "up.bin"]
+    assert "---> PROT" not in done.stderr  # it sends PBSZ 0 all the same
+
+
+def test_implicit_ftplib_that_assumes_prot_p(tls_server, area, cos):
+    """An ftplib client that encrypts data without sending PBSZ or PROT, as MS-FTPS has
+    implicit clients do: a tls_required account transfers at once (it got 522 at PROT C),
+    after REIN too (a new connection's state is PROT P on this port), and PROT C needs no
+    PBSZ (it is implied as well)."""
+    data = os.urandom(MIB + 3)
+    ftp = AssumingImplicitFTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.connect("127.0.0.1", implicit_port(tls_server), timeout=30)
+    ftp.login(SECURE.user, SECURE.password)
+    assert put(ftp, area, data).startswith("226")
+    assert get(ftp, area) == data
+    assert ftp.sendcmd("REIN").startswith("220 ")
+    ftp.login(SECURE.user, SECURE.password)
+    assert get(ftp, area) == data
+    ftp.login(PLAIN.user, PLAIN.password)
+    ftp.prot_c()  # PROT C alone: ftplib sends no PBSZ with it
+    assert get(ftp, area) == data
+    _close(ftp)
+
+
+def test_curl_ftps_with_clear_data_sends_prot_c(tls_server, tmp_path, area, cos):
+    """curl ``ftps://`` with ``--ftp-ssl-control`` sends PBSZ 0 and PROT C and gets clear
+    data, as before protected data became the implicit port's start (a guard: it passes
+    at PROT C too)."""
+    data = os.urandom(MIB + 1)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/c.bin", Body=data)
+    out = tmp_path / "c.bin"
+    done = subprocess.run(
+        [require("curl"), "-v", "--user", f"{PLAIN.user}:{PLAIN.password}", "--insecure",
+         "--ftp-ssl-control", "-o", str(out),
+         f"ftps://127.0.0.1:{implicit_port(tls_server)}/{area}/c.bin"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "> PROT C" in done.stderr and "< 200 Protection set to Clear" in done.stderr
+    assert out.read_bytes() == data
 
 
 def test_plain_ftp_on_implicit_port_is_dropped(tls_server):

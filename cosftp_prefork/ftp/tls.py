@@ -168,6 +168,9 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     # Set per worker by ``configure_tls_handlers``: see ``server_contexts``.
     ssl_context: SSL.Context
     data_ssl_context: SSL.Context
+    # (PBSZ came, PROT P) of a connection once encrypted, before any PBSZ or PROT: on the
+    # FTP port, clear data until the client asks (RFC 4217); ``ImplicitTLS`` changes it.
+    protection_at_start: tuple[bool, bool] = (False, False)
 
     @classmethod
     def get_ssl_context(cls) -> SSL.Context:
@@ -223,11 +226,12 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         compat.restore_protection(self, kept)
 
     def reset_parameters(self) -> None:
-        """REIN: PBSZ and PROT go too; the control connection stays encrypted (going back
-        to clear text would put the next USER and PASS on the wire), so the session is as
-        right after AUTH TLS."""
+        """REIN: PBSZ and PROT go back to what a new connection on this port has
+        (``protection_at_start``); the control connection stays encrypted (going back to
+        clear text would put the next USER and PASS on the wire), so the session is as right
+        after AUTH TLS, or as right after the handshake on the implicit port."""
         super().reset_parameters()
-        compat.restore_protection(self, (False, False))
+        compat.restore_protection(self, self.protection_at_start)
 
     def ftp_AUTH(self, line: str) -> None:
         """RFC 2228: a security mechanism the server does not know is 504 (pyftpdlib
@@ -286,11 +290,22 @@ class ImplicitTLS:
 
     The connection is counted (``admission``) before its handshake starts, and its login
     deadline covers the handshake: a stalled ClientHello is cut at ``login_timeout``.
+
+    Its data connections are encrypted from the start, as if the client had sent PBSZ 0
+    and PROT P: MS-FTPS (3.2.5.1) tells the server to assume both and the client not to
+    send them, and proftpd (``UseImplicitSSL``) and IIS do so. A client that wants clear
+    data sends PROT C, which needs no PBSZ here (curl ``--ftp-ssl-control``, lftp
+    ``ftp:ssl-protect-data no``). vsftpd (``implicit_ssl``) starts at PROT C: a client that
+    counted on that and sends no PROT gets an encrypted data connection here
+    (docs/security.md).
     """
+
+    protection_at_start = (True, True)
 
     def greet(self) -> None:
         """Start the TLS handshake before the greeting, which is then sent encrypted (after
         the PROXY header, if one is expected)."""
+        compat.restore_protection(self, self.protection_at_start)
         self.secure_connection(self.ssl_context)
         if not compat.is_closed(self):  # secure_connection() closes if the client is already gone
             super().greet()
