@@ -661,6 +661,29 @@ def test_abor_before_the_data_handshake_answers_the_download_then_itself(tls_ser
     _close(ftp)
 
 
+@pytest.mark.parametrize("command", ["RETR", "STOR"])
+def test_failed_data_handshake_gets_one_522(tls_server, area, cos, command):
+    """A data connection whose TLS handshake fails (here: bytes that are no ClientHello;
+    lftp with ftp:ssl-auth SSL offers a protocol version the data connections do not take)
+    gets one final reply, RFC 4217's 522, and the log says why. pyftpdlib sent its 522 on
+    the control connection and then closed the data connection, which found its handshake
+    pending with no reply set and sent a 426 too: two final replies to one command (lftp:
+    "extra server response"), the second read as the next command's."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=b"data")
+    ftp = tls_login(tls_server, PLAIN)
+    ftp.voidcmd("TYPE I")
+    with socket.create_connection(ftp.makepasv(), timeout=10) as conn:
+        assert ftp.sendcmd(f"{command} {area}/f")[:3] in ("125", "150")
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not a TLS record: the handshake fails
+        reply = ftp.getline()
+        assert reply.startswith("522 "), reply
+    assert ftp.sendcmd("NOOP").startswith("200"), "a second reply was left over"
+    assert "the TLS handshake of a data connection failed: " in tls_server.log_text()
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/f")["Body"].get_raw_stream().read() \
+        == b"data"  # the STOR stored nothing over it
+    _close(ftp)
+
+
 def inject_garbage(tls_sock: ssl.SSLSocket) -> None:
     """Write bytes that are no TLS record under the TLS layer: the server's next read fails."""
     with socket.socket(fileno=os.dup(tls_sock.fileno())) as raw:

@@ -38,6 +38,8 @@ REFUSE_CLEAR_TRANSFER = "522 Data connections must be encrypted: use FTPS (AUTH 
 HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
                        "transfer aborted.")
 BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
+# RFC 4217 10.2: a data connection that cannot negotiate TLS is answered 522.
+FAILED_DATA_HANDSHAKE = "522 The TLS handshake of the data connection failed; transfer aborted."
 # What pyftpdlib's AUTH takes (RFC 4217: TLS and SSL negotiate alike).
 AUTH_MECHANISMS = ("TLS", "TLS-C", "SSL", "TLS-P")
 REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
@@ -74,6 +76,21 @@ class _TLSData(TLS_DTPHandler):
         log.warning("path=%s: the TLS data connection broke: %s; the transfer is not "
                     "complete", getattr(self.file_obj, "name", "-"), reason)
         compat.set_close_reply(self, BROKEN_DATA_TLS, log.debug)
+        self.close()
+
+    def handle_failed_ssl_handshake(self) -> None:
+        """Reply 522 once, as the transfer's final reply, and log OpenSSL's reason.
+
+        pyftpdlib sent its 522 on the control connection itself and then closed, and
+        ``close()`` found the handshake pending with no reply set and sent a 426 as well:
+        two final replies to one command, the second read as the next command's.
+        """
+        compat.skip_tls_shutdown(self)
+        log.warning("path=%s: the TLS handshake of a data connection failed: %s",
+                    getattr(self.file_obj, "name", "-"),
+                    broken_tls(sys.exc_info()[1]) or "TLS error")
+        self.transfer_finished = False
+        compat.set_close_reply(self, FAILED_DATA_HANDSHAKE, log.debug)
         self.close()
 
     def close(self) -> None:
