@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import uuid
 from typing import Optional
@@ -41,6 +42,7 @@ from .tls_clients import (
     AssumingImplicitFTP_TLS,
     ImplicitFTP_TLS,
     client_context,
+    client_hello,
     write_certificate,
 )
 
@@ -296,6 +298,50 @@ def test_curl_ftps_with_clear_data_sends_prot_c(tls_server, tmp_path, area, cos)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "> PROT C" in done.stderr and "< 200 Protection set to Clear" in done.stderr
     assert out.read_bytes() == data
+
+
+def worker_fds(server: ServerProcess) -> int:
+    """Descriptors open in the server's workers together."""
+    return sum(worker.num_fds() for worker in master_of(server).children())
+
+
+def leave_during_handshake(server: ServerProcess, implicit: bool, hello: bytes,
+                           reset: bool) -> None:
+    """Connect, start a TLS handshake with ``hello`` (on the FTP port after AUTH TLS) and
+    go: a FIN, or with ``reset`` a RST, once the server's first flight came (if any)."""
+    sock = socket.create_connection(
+        ("127.0.0.1", implicit_port(server) if implicit else server.port), timeout=10)
+    with sock:
+        if not implicit:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"220")
+            sock.sendall(b"AUTH TLS\r\n")
+            assert reader.readline().startswith(b"234")
+        sock.sendall(hello)
+        if len(hello) > 100:  # a whole ClientHello: wait for the ServerHello
+            assert sock.recv(100)
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_client_leaving_during_the_tls_handshake(tls_server):
+    """A client that closes or resets its control connection in the middle of the TLS
+    handshake, on either port: no traceback and no ERROR in the log, its place in the limits
+    given back once (every worker's session count back to 0, not below), its descriptor
+    closed. A guard: it holds before this change too."""
+    wait_until(lambda: not sessions_by_pid(tls_server), what="earlier sessions gone")
+    fds, log_size = worker_fds(tls_server), len(tls_server.log_text())
+    hello = client_hello()
+    for implicit in (True, False):
+        for part, reset in ((hello[:20], False), (hello, False), (hello, True)):
+            leave_during_handshake(tls_server, implicit, part, reset)
+    wait_until(lambda: not sessions_by_pid(tls_server), what="the sessions released")
+    wait_until(lambda: all(worker.sessions == 0 for worker in state_of(tls_server).workers()),
+               what="every worker's session count back to 0")
+    wait_until(lambda: worker_fds(tls_server) <= fds, what=f"descriptors back to {fds}")
+    added = tls_server.log_text()[log_size:]
+    assert "Traceback" not in added and " ERROR " not in added, added[-3000:]
+    assert unhandled(tls_server) == 0
 
 
 def test_plain_ftp_on_implicit_port_is_dropped(tls_server):
