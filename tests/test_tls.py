@@ -730,6 +730,37 @@ def test_failed_data_handshake_gets_one_522(tls_server, area, cos, command):
     _close(ftp)
 
 
+def test_download_waiting_for_its_data_handshake_does_not_spin(tls_server, area, cos):
+    """A RETR's data connection whose client has not sent its ClientHello yet (lftp connects
+    first and starts TLS once the 150 came: a round trip) is watched for reading only.
+    pyftpdlib kept the write interest the download had asked for and added reading: the
+    socket, always writable, woke the session's IO loop again and again, each turn a
+    handshake attempt that wanted to read (and a DEBUG line): a core spun until the client
+    spoke (0.67 s of CPU in a 2 s wait, 36,602 lines, 13 MiB of log). Counted here: the
+    attempts made while the client does 100 NOOP round trips: 539 in 200 of them (0.11 s)
+    before, at most 2 now."""
+    data = os.urandom(100_000)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    ftp = tls_login(tls_server, PLAIN)
+    ftp.voidcmd("TYPE I")
+    with socket.create_connection(ftp.makepasv(), timeout=10) as raw:
+        assert ftp.sendcmd(f"RETR {area}")[:3] in ("125", "150")
+        log_size = len(tls_server.log_text())
+        for _ in range(100):
+            assert ftp.sendcmd("NOOP").startswith("200")
+        attempts = [line for line in tls_server.log_text()[log_size:].splitlines()
+                    if "_do_ssl_handshake, err: ssl-want-read" in line
+                    and "TLSDTPHandler" in line]
+        assert len(attempts) <= 2, f"{len(attempts)} handshake attempts while waiting"
+        with client_context().wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+    assert ftp.voidresp().startswith("226")
+    assert received == data
+    _close(ftp)
+
+
 def inject_garbage(tls_sock: ssl.SSLSocket) -> None:
     """Write bytes that are no TLS record under the TLS layer: the server's next read fails."""
     with socket.socket(fileno=os.dup(tls_sock.fileno())) as raw:

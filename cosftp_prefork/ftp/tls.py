@@ -120,6 +120,18 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
             return 0
         return super().send(data)
 
+    def modify_ioloop_events(self, events: int, logdebug: bool = False) -> None:
+        """Watch for reading only while the TLS handshake waits for the client's bytes.
+
+        pyftpdlib adds reading to the events the channel wants, and a download wants to
+        write from the start: its socket, always writable, woke the session's IO loop at
+        once, each turn a handshake attempt that wanted to read, until the client spoke (a
+        core spinning for the client's round trip). The events it wants are asked for again
+        once the handshake is done (pyftpdlib's ``_handle_ssl_want_rw``)."""
+        if compat.tls_handshake_awaits_peer(self):
+            events = self.ioloop.READ
+        super().modify_ioloop_events(events, logdebug)
+
     def handle_ssl_established(self) -> None:
         """Under ``require_ssl_reuse``, end a data connection that did not resume the
         control connection's session: another program on the client's address (or a
