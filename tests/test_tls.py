@@ -221,15 +221,41 @@ def test_ftplib_implicit_round_trip(tls_server, area):
     _close(ftp)
 
 
-def test_curl_implicit_ftps(tls_server, tmp_path, area):
+def test_curl_implicit_ftps(ftps_server, tmp_path, area):
     src = tmp_path / "implicit.bin"
     src.write_bytes(os.urandom(MIB // 2 + 11))
-    port = implicit_port(tls_server)
-    curl(tls_server, f"{area}/i.bin", "--ftp-create-dirs", "-T", str(src), scheme="ftps",
+    port = implicit_port(ftps_server)
+    curl(ftps_server, f"{area}/i.bin", "--ftp-create-dirs", "-T", str(src), scheme="ftps",
          port=port)
     out = tmp_path / "out.bin"
-    curl(tls_server, f"{area}/i.bin", "-o", str(out), scheme="ftps", port=port)
+    curl(ftps_server, f"{area}/i.bin", "-o", str(out), scheme="ftps", port=port)
     assert out.read_bytes() == src.read_bytes()
+
+
+def test_reuse_required_on_the_implicit_port(reuse_server, area, cos):
+    """Under require_ssl_reuse the implicit port's data connections, encrypted from the
+    start, must resume the control connection's session too: a client that does gets its
+    bytes, ftplib's fresh session gets 522 and nothing."""
+    data = os.urandom(MIB + 7)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+
+    class Resuming(AssumingImplicitFTP_TLS, ReusingFTP_TLS):
+        pass
+
+    for cls, resumes in ((Resuming, True), (AssumingImplicitFTP_TLS, False)):
+        ftp = cls(context=client_context(), encoding="utf-8")
+        ftp.connect("127.0.0.1", implicit_port(reuse_server), timeout=30)
+        ftp.login(PLAIN.user, PLAIN.password)
+        if resumes:
+            assert get(ftp, area) == data
+        else:
+            ftp.voidcmd("TYPE I")
+            with contextlib.suppress(OSError, ssl.SSLError), \
+                    ftp.transfercmd(f"RETR {area}") as conn:
+                assert conn.recv(65536) == b""
+            with pytest.raises(ftplib.error_perm, match=r"522 .*require_ssl_reuse"):
+                ftp.voidresp()
+        _close(ftp)
 
 
 def lftp_implicit(server: ServerProcess, account: Account, settings: str,
@@ -649,21 +675,33 @@ def test_curl_logs_in_anew_and_keeps_its_protection(tls_server, tmp_path, area, 
 def test_security_replies_are_those_rfc_2228_lists(tls_server):
     """AUTH of a mechanism the server does not know: 504; PROT of a level TLS has not (S,
     E): 536; of no level at all: 504 (pyftpdlib answered 502, 521 and 502: 502 means the
-    command is not implemented, and 521 is no PROT reply)."""
+    command is not implemented, and 521 is no PROT reply). Kept as pyftpdlib has them:
+    PBSZ and PROT before AUTH, PROT before PBSZ and a second AUTH are 503, PBSZ of another
+    size is 200 "PBSZ=0" (RFC 4217: the server says 0), CCC is 500 (RFC 4217 lists it)."""
     ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
     ftp.connect("127.0.0.1", tls_server.port, timeout=30)
     with pytest.raises(ftplib.error_perm, match=r"^504 "):
         ftp.sendcmd("AUTH KERBEROS_V4")
+    for command in ("PBSZ 0", "PROT P"):  # RFC 2228: 503 before a security exchange
+        with pytest.raises(ftplib.error_perm, match=r"^503 "):
+            ftp.sendcmd(command)
+    with pytest.raises(ftplib.error_perm, match=r"^500 "):  # not implemented (docs/replies.md)
+        ftp.sendcmd("CCC")
     ftp.auth()
+    with pytest.raises(ftplib.error_perm, match=r"^503 "):  # RFC 4217: PBSZ before PROT
+        ftp.sendcmd("PROT P")
     ftp.login(PLAIN.user, PLAIN.password)
-    ftp.sendcmd("PBSZ 0")
+    assert ftp.sendcmd("PBSZ 1024").startswith("200 PBSZ=0")  # RFC 4217: 0 for TLS
     for level in ("S", "E"):
         with pytest.raises(ftplib.error_perm, match=r"^536 "):
             ftp.sendcmd(f"PROT {level}")
     with pytest.raises(ftplib.error_perm, match=r"^504 "):
         ftp.sendcmd("PROT X")
-    with pytest.raises(ftplib.error_perm, match=r"^503 "):  # TLS is on already
-        ftp.sendcmd("AUTH TLS")
+    for mechanism in ("TLS", "SSL"):  # TLS is on already
+        with pytest.raises(ftplib.error_perm, match=r"^503 "):
+            ftp.sendcmd(f"AUTH {mechanism}")
+    with pytest.raises(ftplib.error_perm, match=r"^500 "):  # the control connection stays TLS
+        ftp.sendcmd("CCC")
     assert ftp.sendcmd("PROT P").startswith("200")
     _close(ftp)
 
@@ -1038,7 +1076,8 @@ class ReusingFTP_TLS(ftplib.FTP_TLS):
 @pytest.fixture(scope="module")
 def reuse_server(emulator, tmp_path_factory, certs):
     proc = ServerProcess(str(tmp_path_factory.mktemp("reuse")), emulator.port, [PLAIN, SECURE],
-                         network={**tls_network(*certs), "require_ssl_reuse": "true"})
+                         network={**tls_network(*certs, implicit=True),
+                                  "require_ssl_reuse": "true"})
     with proc:
         yield proc
 
