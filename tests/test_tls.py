@@ -706,6 +706,40 @@ def test_security_replies_are_those_rfc_2228_lists(tls_server):
     _close(ftp)
 
 
+class LegacyAuthFTP_TLS(ftplib.FTP_TLS):
+    """A client of the drafts before RFC 4217: ``AUTH SSL`` (or ``TLS-P``) protects the
+    data connections too, so it sends no PBSZ or PROT."""
+
+    mechanism = "SSL"
+
+    def auth(self) -> str:
+        reply = self.voidcmd(f"AUTH {self.mechanism}")
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+        self.file = self.sock.makefile(mode="r", encoding=self.encoding)
+        self._prot_p = True  # ftplib's flag of PROT P
+        return reply
+
+
+@pytest.mark.parametrize("mechanism", ["SSL", "TLS-P"])
+def test_auth_ssl_and_tls_p_protect_data_connections(tls_server, area, cos, mechanism):
+    """AUTH SSL and AUTH TLS-P imply PBSZ 0 and PROT P, as in vsftpd and proftpd (and the
+    drafts before RFC 4217, where TLS-P meant a protected data channel); AUTH TLS and TLS-C
+    leave data clear until PROT P (RFC 4217). REIN goes back to what the AUTH gave. Clients
+    that send PROT anyway are served as they ask (curl, which sends AUTH SSL first, sends
+    PBSZ and PROT after it)."""
+    data = os.urandom(MIB + 11)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    ftp = LegacyAuthFTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.mechanism = mechanism
+    ftp.connect("127.0.0.1", tls_server.port, timeout=30)
+    ftp.login(SECURE.user, SECURE.password)
+    assert get(ftp, area) == data
+    assert ftp.sendcmd("REIN").startswith("220 ")
+    ftp.login(SECURE.user, SECURE.password)
+    assert get(ftp, area) == data
+    _close(ftp)
+
+
 def test_other_accounts_keep_plain_ftp_on_the_same_port(tls_server, area):
     ftp = tls_server.login(PLAIN.user, PLAIN.password)
     assert put(ftp, area, b"in the clear").startswith("226")

@@ -42,6 +42,9 @@ BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
 FAILED_DATA_HANDSHAKE = "522 The TLS handshake of the data connection failed; transfer aborted."
 # What pyftpdlib's AUTH takes (RFC 4217: TLS and SSL negotiate alike).
 AUTH_MECHANISMS = ("TLS", "TLS-C", "SSL", "TLS-P")
+# Those that protect the data connections too, as if PBSZ 0 and PROT P came: the drafts
+# before RFC 4217 (TLS-P: "protected"; SSL, the oldest), and vsftpd and proftpd to this day.
+PROTECTING_MECHANISMS = ("SSL", "TLS-P")
 REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
                         "connection (require_ssl_reuse); transfer aborted.")
 
@@ -198,7 +201,8 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     ssl_context: SSL.Context
     data_ssl_context: SSL.Context
     # (PBSZ came, PROT P) of a connection once encrypted, before any PBSZ or PROT: on the
-    # FTP port, clear data until the client asks (RFC 4217); ``ImplicitTLS`` changes it.
+    # FTP port, clear data until the client asks (RFC 4217); ``ImplicitTLS`` and AUTH SSL
+    # or TLS-P (``ftp_AUTH``) change it.
     protection_at_start: tuple[bool, bool] = (False, False)
 
     @classmethod
@@ -264,11 +268,20 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
 
     def ftp_AUTH(self, line: str) -> None:
         """RFC 2228: a security mechanism the server does not know is 504 (pyftpdlib
-        answered 502, which says AUTH itself is not implemented)."""
-        if compat.tls_established(self) or line.strip().upper() in AUTH_MECHANISMS:
-            super().ftp_AUTH(line)
-        else:
+        answered 502, which says AUTH itself is not implemented).
+
+        AUTH SSL and AUTH TLS-P also set PBSZ 0 and PROT P, for this connection's life
+        (REIN goes back to them): a client of the older drafts sends no PROT after them and
+        encrypts its data connections, which vsftpd and proftpd serve; clients that send
+        PROT anyway (curl tries AUTH SSL first) get what they ask for."""
+        mechanism = line.strip().upper()
+        if not compat.tls_established(self) and mechanism not in AUTH_MECHANISMS:
             self.respond("504 Unknown security mechanism: use AUTH TLS.")
+            return
+        super().ftp_AUTH(line)
+        if mechanism in PROTECTING_MECHANISMS and compat.tls_handshake_pending(self):
+            self.protection_at_start = (True, True)  # this session's, for REIN too
+            compat.restore_protection(self, self.protection_at_start)
 
     def ftp_PROT(self, line: str) -> None:
         """RFC 2228: a level the mechanism lacks (TLS has no S or E) is 536, an unknown
