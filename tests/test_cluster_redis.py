@@ -48,16 +48,21 @@ class RedisUnderTest:
         self.proxy = Redis6Proxy(self.port, version)
         self.direct = redis.Redis(port=self.port, decode_responses=True)
 
-    def _start(self) -> Daemon:
-        self.runs += 1  # each run logs to a file of its own: readiness is read from it
-        run_dir = self.tmp_path / f"run-{self.runs}"
-        run_dir.mkdir()
-        return start_redis(run_dir, self.port)
+    @property
+    def run_dir(self):
+        """The directory of the running server: its log, and its dump if it saved one."""
+        return self.tmp_path / f"run-{self.runs}"
 
-    def restart(self) -> None:
-        """Stop and start again on the same port: every key and script is gone."""
+    def _start(self, *options: str) -> Daemon:
+        self.runs += 1  # each run logs to a file of its own: readiness is read from it
+        self.run_dir.mkdir()
+        return start_redis(self.run_dir, self.port, *options)
+
+    def restart(self, *options: str) -> None:
+        """Stop and start again on the same port, with ``options`` (redis-server's): every
+        key and script is gone, unless ``options`` load a dump."""
         self.server.stop()
-        self.server = self._start()
+        self.server = self._start(*options)
 
     def stop(self) -> None:
         self.proxy.stop()
@@ -541,13 +546,13 @@ def test_a_redis_found_too_old_after_start_is_not_used_and_status_says_so(emulat
 
 
 def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path):
-    """Redis out of memory (maxmemory reached, noeviction) refuses every write with OOM: not
-    an outage, even with redis_down = closed. Logins are served on the node's own figures
-    (its own ban still holds), log and status say Redis answers errors; with memory again,
-    bans are shared again."""
-    with node(emulator, tmp_path, "oom", redis6.proxy.port, "closed", **BANS) as proc:
-        redis6.direct.config_set("maxmemory-policy", "noeviction")
-        redis6.direct.config_set("maxmemory", "1")
+    """Redis refusing the node's writes by ACL (NOPERM: what the ACL allows still works; the
+    operator's choice, not a state that passes by itself): not an outage, even with
+    redis_down = closed. Logins are served on the node's own figures (its own ban still
+    holds), log and status say Redis answers errors; with writes allowed again, bans are
+    shared again. (A Redis out of memory is an outage: tests/test_redis_refusals.py.)"""
+    with node(emulator, tmp_path, "acl", redis6.proxy.port, "closed", **BANS) as proc:
+        redis6.direct.execute_command("ACL", "SETUSER", "default", "-@write")
         try:
             assert logs_in(proc, "127.0.0.75").startswith("230")  # its count was refused
             wait_until(lambda: "Redis ANSWERING ERRORS" in status(proc), what="status")
@@ -555,12 +560,14 @@ def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path)
             assert refused_as_banned(proc, "127.0.0.76")  # this node's own ban
             assert not redis6.direct.exists("cosftp:ban:127.0.0.76")
         finally:
-            redis6.direct.config_set("maxmemory", "0")
+            redis6.direct.execute_command("ACL", "SETUSER", "default", "+@all")
         log = proc.log_text()
         assert "answered the failed-login count with an error; this node went on with its " \
             "own figures for it (ResponseError: Error running script" in log
-        assert ": -OOM command not allowed" in log  # (the log keeps 160 characters)
-        assert "unreachable" not in log
+        # (Redis 7.0 words a script's ACL refusal so, where a command gets NOPERM; the log
+        # keeps 160 characters)
+        assert ": -ERR The user executing the script" in log
+        assert "unreachable" not in log and "refuses writes" not in log
         earn_ban(proc, "127.0.0.77")  # (status says ERRORS for a minute after the last)
         assert redis6.direct.pttl("cosftp:ban:127.0.0.77") > 0
         nothing_crashed(proc)

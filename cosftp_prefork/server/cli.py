@@ -394,8 +394,8 @@ def _ports(master: MasterStatus) -> str:
 
 _UNSUPPORTED = (f"Redis NOT SUPPORTED (older than {'.'.join(map(str, REDIS_MINIMUM))}, or "
                 f"will not tell its version; see the log) by")
-_READ_ONLY = ("Redis REFUSING WRITES (a read-only replica, too few replicas, a failed save; "
-              "see the log) to")
+_READ_ONLY = ("Redis REFUSING WRITES (a read-only replica, too few replicas, a failed save, "
+              "out of memory; see the log) to")
 # A worker view that is not "reachable": what the status line says of it, and what the
 # node does meanwhile.
 _CLUSTER_TROUBLE = {
