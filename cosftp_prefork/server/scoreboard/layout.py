@@ -47,7 +47,8 @@ PENDING, LOGGED_IN = 1, 2
 BAN_ROWS = 1024
 BAN_WORDS = 8  # in use (1/0), client address (4), failures, window start, banned until
 # Changes of the table (bans started or lifted) so far, the change last saved to the bans file
-# (the master), then unused.
+# (the master), running bans dropped so far to make room for new rows (a full table), then
+# unused.
 BAN_HEADER_WORDS = 4
 
 SLOTS_AT = HEADER_SIZE + PATH_SIZE
