@@ -105,7 +105,8 @@ def test_a_redis_out_of_memory_or_busy_is_down_and_a_closed_node_refuses(emulato
                        what=f"Redis to answer {trouble.code}")
             wait_until(lambda: "shared state unreachable" in logs_in(proc, "127.0.0.94"),
                        timeout=30, what="new connections refused")
-            assert f"Redis {trouble.link}" in status(proc)
+            # (a worker's view reaches status at its next tick: a second at most)
+            wait_until(lambda: f"Redis {trouble.link}" in status(proc), what="status")
             assert "refusing new connections" in status(proc)
             with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaUnavailable"):
                 put(ftp, "two.bin", b"2" * 2000)
