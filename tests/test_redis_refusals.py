@@ -120,3 +120,34 @@ def test_a_redis_out_of_memory_or_busy_is_down_and_a_closed_node_refuses(emulato
     finally:
         proc.stop()
         server.stop()
+
+
+def test_a_node_starts_on_a_busy_redis_and_check_only_warns(emulator, tmp_path):
+    """Redis busy with a script when the node starts: BUSY refuses INFO too. Found: that
+    was taken for a Redis that will not tell its version, so `cosftpctl check` failed
+    (exit 2) and the worker would not start. Now it is unreachable: check warns (exit 0),
+    the node starts and serves on its own (redis_down = open), and shares once the script
+    ended."""
+    server = RedisUnderTest(tmp_path)
+    trouble = next(t for t in troubles() if t.name == "busy")
+    proc, user = troubled_node(emulator, tmp_path, trouble, "open", server)
+    try:
+        trouble.make(server)
+        try:
+            wait_until(lambda: refused(server.direct, trouble.code), timeout=30,
+                       what="Redis to answer BUSY")
+            proc.write_config()
+            checked = proc.ctl("check")
+            assert checked.returncode == 0, checked.stderr
+            assert "unreachable (Busy: BUSY Redis is busy running a script" in \
+                checked.stdout + checked.stderr
+            assert logs_in(proc.start(), "127.0.0.98", quota_account(user)).startswith("230")
+            wait_until(lambda: "Redis UNREACHABLE" in status(proc), what="status")
+        finally:
+            trouble.undo(server)
+        wait_until(lambda: "Redis reachable" in status(proc), timeout=30,
+                   what="the node to find Redis back")
+        nothing_crashed(proc)
+    finally:
+        proc.stop()
+        server.stop()
