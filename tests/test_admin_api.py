@@ -451,19 +451,42 @@ def test_reload_refuses_a_bad_file_and_takes_a_good_one(api, admin):
                                 good))
         reloaded = api.call("POST", "/reload")
         assert (reloaded.status_code, reloaded.json()) == (200, {
-            "result": "ok", "generation": generation + 1})
+            "result": "ok", "generation": generation + 1, "warnings": [],
+            "warnings_not_shown": 0})
         # The admin API was replaced with the new file's tokens: the old one is refused.
         wait_until(lambda: AdminClient(admin_url(admin), token=RW_TOKEN, source="127.0.0.12")
                    .call("GET", "/status").status_code == 401, what="the old token refused")
         renewed = AdminClient(admin_url(admin), token=new_token).get("/status")
         assert renewed["you"]["token"] == "next" and renewed["reload"] == {
-            "state": "ok", "count": renewed["reload"]["count"], "errors": []}
+            "state": "ok", "count": renewed["reload"]["count"], "errors": [], "warnings": [],
+            "warnings_not_shown": 0}
     finally:
         with open(admin.config_path, "w", encoding="utf-8") as handle:
             handle.write(good)
         AdminClient(admin_url(admin), token="rw-after-reload-7c1d").call("POST", "/reload")
     assert any(line.endswith(f"POST /api/v1/reload: reloaded: generation {generation + 1}")
                for line in audit_lines(admin))
+
+
+def test_a_reload_answers_the_warnings_the_master_logged_for_it(api, admin):
+    """As ``cosftpctl reload`` prints them: a setting that waits for the next start is
+    something the caller must hear of, not only the log."""
+    with open(admin.config_path, encoding="utf-8") as handle:
+        good = handle.read()
+    try:
+        with open(admin.config_path, "w", encoding="utf-8") as handle:
+            handle.write(good.replace("\n[OPTIONAL]\n", "\n[OPTIONAL]\nipv6_prefix_length = 56\n"))
+        reloaded = api.call("POST", "/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        warnings = reloaded.json()["warnings"]
+        assert len(warnings) == 1 and warnings[0].startswith(
+            "reload: [OPTIONAL] ipv6_prefix_length takes effect at the next start"), warnings
+        assert reloaded.json()["warnings_not_shown"] == 0
+        assert api.get("/status")["reload"]["warnings"] == warnings
+    finally:
+        with open(admin.config_path, "w", encoding="utf-8") as handle:
+            handle.write(good)
+    assert api.call("POST", "/reload").json()["warnings"] == []
 
 
 def test_https_with_the_servers_certificate(emulator, tmp_path):

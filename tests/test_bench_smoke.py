@@ -88,3 +88,13 @@ def test_the_rates_bench_measures_every_row():
         ["RETR", "STOR", "RETR over TLS", "STOR over TLS", "RETR in ASCII mode", "RETR"]
     assert {row[3].strip() for row in rows} == {"64.00 KiB/s"}
     assert {row[6].strip() for row in rows} <= {"PASS", "FAIL"}
+
+
+def test_the_emulator_cpu_script_measures_every_request_kind():
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "emulator_cpu.py"), "--count", "5",
+         "--rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-8000:]
+    summary = done.stdout.split("emulator CPU per request", 1)[1].splitlines()[1:]
+    assert [line.split()[0] for line in summary] == \
+        ["LIST", "PUT", "COPY", "MARKER", "HEAD", "GET", "DELETE", "DELETEMANY"]

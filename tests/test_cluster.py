@@ -73,12 +73,13 @@ class Daemon:
             return handle.read()
 
 
-def start_redis(tmp_path, port: int = 0) -> Daemon:
+def start_redis(tmp_path, port: int = 0, *options: str) -> Daemon:
     """A redis-server listening on loopback ``port`` (0: a free one; see ``Daemon.start``),
-    keeping nothing on disk. Returns it started."""
+    keeping nothing on disk, with ``options`` after those (a later one wins). Returns it
+    started."""
     redis = require("redis-server")
     return Daemon(lambda port: [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path)],
+                                "--appendonly", "no", "--dir", str(tmp_path), *options],
                   str(tmp_path / "redis.log"), "redis-server", port).start()
 
 

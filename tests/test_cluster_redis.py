@@ -33,16 +33,21 @@ class RedisUnderTest:
         self.proxy = Redis6Proxy(self.port, version)
         self.direct = redis.Redis(port=self.port, decode_responses=True)
 
-    def _start(self) -> Daemon:
-        self.runs += 1  # each run logs to a file of its own: readiness is read from it
-        run_dir = self.tmp_path / f"run-{self.runs}"
-        run_dir.mkdir()
-        return start_redis(run_dir, self.port)
+    @property
+    def run_dir(self):
+        """The directory of the running server: its log, and its dump if it saved one."""
+        return self.tmp_path / f"run-{self.runs}"
 
-    def restart(self) -> None:
-        """Stop and start again on the same port: every key and script is gone."""
+    def _start(self, *options: str) -> Daemon:
+        self.runs += 1  # each run logs to a file of its own: readiness is read from it
+        self.run_dir.mkdir()
+        return start_redis(self.run_dir, self.port, *options)
+
+    def restart(self, *options: str) -> None:
+        """Stop and start again on the same port, with ``options`` (redis-server's): every
+        key and script is gone, unless ``options`` load a dump."""
         self.server.stop()
-        self.server = self._start()
+        self.server = self._start(*options)
 
     def stop(self) -> None:
         self.proxy.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import re
+import shutil
 import socket
 import threading
 from collections import Counter
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+import redis
 
 from cosftp_prefork.config.model import ClusterConfig
 from cosftp_prefork.config.quotas import home_id
@@ -186,13 +188,13 @@ def test_a_redis_found_too_old_after_start_is_not_used_and_status_says_so(emulat
 
 
 def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path):  # noqa: F811
-    """Redis out of memory (maxmemory reached, noeviction) refuses every write with OOM: not
-    an outage, even with redis_down = closed. Logins are served on the node's own figures
-    (its own ban still holds), log and status say Redis answers errors; with memory again,
-    bans are shared again."""
-    with node(emulator, tmp_path, "oom", redis6.proxy.port, "closed", **BANS) as proc:
-        redis6.direct.config_set("maxmemory-policy", "noeviction")
-        redis6.direct.config_set("maxmemory", "1")
+    """Redis refusing the node's writes by ACL (NOPERM: what the ACL allows still works; the
+    operator's choice, not a state that passes by itself): not an outage, even with
+    redis_down = closed. Logins are served on the node's own figures (its own ban still
+    holds), log and status say Redis answers errors; with writes allowed again, bans are
+    shared again. (A Redis out of memory is an outage: tests/test_redis_refusals.py.)"""
+    with node(emulator, tmp_path, "acl", redis6.proxy.port, "closed", **BANS) as proc:
+        redis6.direct.execute_command("ACL", "SETUSER", "default", "-@write")
         try:
             assert logs_in(proc, "127.0.0.75").startswith("230")  # its count was refused
             wait_until(lambda: "Redis ANSWERING ERRORS" in status(proc), what="status")
@@ -200,12 +202,14 @@ def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path)
             assert refused_as_banned(proc, "127.0.0.76")  # this node's own ban
             assert not redis6.direct.exists("cosftp:ban:127.0.0.76")
         finally:
-            redis6.direct.config_set("maxmemory", "0")
+            redis6.direct.execute_command("ACL", "SETUSER", "default", "+@all")
         log = proc.log_text()
         assert "answered the failed-login count with an error; this node went on with its " \
             "own figures for it (ResponseError: Error running script" in log
-        assert ": -OOM command not allowed" in log  # (the log keeps 160 characters)
-        assert "unreachable" not in log
+        # (Redis 7.0 words a script's ACL refusal so, where a command gets NOPERM; the log
+        # keeps 160 characters)
+        assert ": -ERR The user executing the script" in log
+        assert "unreachable" not in log and "refuses writes" not in log
         earn_ban(proc, "127.0.0.77")  # (status says ERRORS for a minute after the last)
         assert redis6.direct.pttl("cosftp:ban:127.0.0.77") > 0
         nothing_crashed(proc)
@@ -656,3 +660,81 @@ def test_the_sessions_of_an_account_count_again_soon_after_redis_lost_them(emula
         assert session.pwd() == "/"
         session.quit()
         wait_until(lambda: not refused_on_b(), what="the seat freed on node b")
+
+
+DOWN_MEANWHILE = "until it takes writes, the node takes it for down and runs as " \
+    "redis_down = open says"
+
+
+def refused_write(checked, port: int, refusal: str, remedy: str, meanwhile: str) -> None:
+    """``check``'s verdict on a Redis that refuses writes: a warning naming the option,
+    Redis's own error and what to do; exit 0, as for an unreachable Redis (the node runs
+    on as redis_down says, and the unit's ExecStartPre is check)."""
+    assert checked.returncode == 0, checked
+    assert f"warning: [CLUSTER] redis_url: Redis 7.0.15 at redis://127.0.0.1:{port}/0 refuses " \
+        f"writes: a probe key under cosftp: could not be written ({refusal}): {remedy}; " \
+        f"{meanwhile}\n" in checked.stderr, checked
+    assert "takes writes" not in checked.stdout, checked
+
+
+def test_check_writes_to_redis_and_says_why_it_cannot(emulator, tmp_path):
+    """cosftpctl check asked Redis only its version: a read-only replica, a Redis whose
+    last save failed (MISCONF) or one full at maxmemory with noeviction passed, and the
+    node then took Redis for down (or had its writes refused). Now check writes a key
+    under cosftp: (expiring in 10 s) and deletes it, and says what Redis answered; no key
+    is left behind."""
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    server = start_redis(redis_dir)
+    direct = redis.Redis(port=server.port, decode_responses=True)
+    proc = node(emulator, tmp_path, "checked", server.port)
+    proc.write_config()
+    try:
+        fine = proc.ctl("check")
+        assert fine.returncode == 0, fine
+        assert f"cluster: Redis 7.0.15 at redis://127.0.0.1:{server.port}/0, takes writes\n" in \
+            fine.stdout, fine
+
+        direct.replicaof("127.0.0.1", closed_port())  # a master that never answers
+        try:
+            refused_write(proc.ctl("check"), server.port,
+                          "READONLY You can't write against a read only replica.",
+                          "it is a read-only replica: point redis_url at its master",
+                          DOWN_MEANWHILE)
+        finally:
+            direct.replicaof("no", "one")
+
+        direct.config_set("maxmemory-policy", "noeviction")
+        direct.config_set("maxmemory", "1")
+        try:
+            refused_write(proc.ctl("check"), server.port,
+                          "OOM command not allowed when used memory > 'maxmemory'.",
+                          "it is at maxmemory and evicts nothing (maxmemory-policy "
+                          "noeviction): raise maxmemory, or choose an eviction policy (every "
+                          "key this server writes expires: volatile-ttl will do)",
+                          "until it takes writes, the node's calls that write are answered "
+                          "from its own figures: bans and counts are not shared")
+        finally:
+            direct.config_set("maxmemory", "0")
+
+        # A save that fails (Redis's dir removed; Redis 7 will not change dir) with a save
+        # point set: MISCONF.
+        direct.config_set("save", "3600 1")
+        shutil.rmtree(redis_dir)
+        direct.bgsave()
+        wait_until(lambda: direct.info("persistence")["rdb_last_bgsave_status"] == "err",
+                   what="the save to fail")
+        try:
+            checked = proc.ctl("check")
+            assert "(MISCONF Redis is configured to save RDB snapshots, but it's currently " \
+                "unable to persist to disk." in checked.stderr, checked
+            assert "): its last save to disk failed and stop-writes-on-bgsave-error is yes: " \
+                f"see Redis's log (its dir, disk space, permissions); {DOWN_MEANWHILE}\n" in \
+                checked.stderr, checked
+            assert checked.returncode == 0, checked
+        finally:
+            direct.config_set("save", "")  # no save point: writes taken again
+        assert direct.keys("cosftp:*") == []
+    finally:
+        direct.close()
+        server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ftplib
 import json
+import logging
 import mmap
 import os
 import re
@@ -25,6 +26,7 @@ from contextlib import suppress
 import psutil
 import pytest
 
+from cosftp_prefork.server.bansfile import BansFile
 from cosftp_prefork.server.burst import BURST_SECONDS
 from cosftp_prefork.server.gate import BurstLog
 from cosftp_prefork.server.scoreboard import (
@@ -35,7 +37,7 @@ from cosftp_prefork.server.scoreboard import (
     load_bans,
     save_bans,
 )
-from cosftp_prefork.server.scoreboard.layout import BANS_AT
+from cosftp_prefork.server.scoreboard.layout import BAN_ROWS, BANS_AT
 
 from .conftest import ALPHA
 from .crowds import peak_rss, reset_peak_rss, workers_of
@@ -559,6 +561,32 @@ def test_ipv6_bans_are_per_address_and_saved_with_their_expiry(tmp_path):
     (tmp_path / "bad").write_text("{not json")
     with pytest.raises(ValueError, match="not a bans file"):
         load_bans(str(tmp_path / "bad"))
+
+
+def test_a_crowd_that_fills_the_ban_table_drops_the_bans_ending_soonest_and_says_so(tmp_path,
+                                                                                   caplog):
+    """The node's ban table holds BAN_ROWS addresses, the bans it keeps for the cluster
+    among them. A crowd of banned addresses (1,124 here, each banned at its first failure)
+    takes no row more: each new ban past that takes the row of the ban ending soonest,
+    never one ending later (the operator's day-long ban stays), and the master's log says
+    how many were dropped (it said nothing: on a node without a cluster a dropped ban lets
+    its address in again). Its bans file, saved then, holds what the table holds."""
+    state = SharedState.create(str(tmp_path / "state"))
+    bans = BansFile(state, str(tmp_path / "cosftp.pid"), 64)
+    now = int(time.time())
+    state.ban("192.0.2.1", now + 86400)
+    crowd = [f"10.0.{number // 250}.{number % 250 + 1}" for number in range(BAN_ROWS + 100)]
+    for number, ip in enumerate(crowd):
+        assert state.record_failure(ip, now, 1, 60, 600 + number)  # ending one after another
+    assert len(state.ban_rows()) == BAN_ROWS
+    assert state.is_banned("192.0.2.1", now)
+    dropped = len(crowd) + 1 - BAN_ROWS
+    assert [ip for ip in crowd if not state.is_banned(ip, now)] == crowd[:dropped]
+    with caplog.at_level(logging.WARNING, logger="cosftp_prefork.server.bansfile"):
+        bans.save()
+    assert f"the ban table ({BAN_ROWS} rows) was full of running bans: {dropped} of them, " \
+           f"those ending soonest, were dropped for new ones" in caplog.text
+    assert len(load_bans(bans.path).bans) == BAN_ROWS
 
 
 def test_burst_log_writes_the_first_event_then_a_count(caplog):

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -17,6 +18,14 @@ import psutil
 import pytest
 
 from cosftp_prefork.server.scoreboard import SharedState, state_path
+from cosftp_prefork.server.scoreboard.layout import (
+    BANS_AT,
+    DETAILS_AT,
+    HEADER,
+    MASTER_STATES,
+    PORTS,
+    RUNNING,
+)
 
 from .conftest import ALPHA, _close
 from .server_proc import (
@@ -127,6 +136,36 @@ def test_status_matches_reality(daemon):
     assert all(r[3] == "serving" for r in rows)
     for ftp in sessions:
         _close(ftp)
+
+
+def test_a_master_of_another_version_is_found_but_its_state_file_left_alone(daemon):
+    """After an upgrade, the master still running was started by the version before, whose
+    state file has another layout: cosftpctl must not read it with this one's offsets (nor
+    write into it: unban), and must say which process runs and what to do."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    path = state_path(pid_file(daemon))
+    # The master rewrites its header only when something changes: wait until it has
+    # published "running" (its last write at start), then write what the versions before
+    # the layout's fingerprint wrote: version 1.
+    running = MASTER_STATES.index(RUNNING)
+    wait_until(lambda: _raw_master_state(path) == running, what="the master's 'running'")
+    with open(path, "r+b") as handle:
+        os.pwrite(handle.fileno(), struct.pack("<I", 1), 4)
+        bans = os.pread(handle.fileno(), DETAILS_AT - BANS_AT, BANS_AT)
+    pid = master_of(daemon).pid
+    for command in (("status",), ("sessions",), ("reload",), ("unban", "--all")):
+        out = daemon.ctl(*command)
+        assert out.returncode == 4, (command, out.stdout, out.stderr)
+        assert f"pid {pid} runs another version of cosftp-prefork" in out.stderr, command
+    with open(path, "rb") as handle:  # the workers write their slots all the time
+        assert os.pread(handle.fileno(), DETAILS_AT - BANS_AT, BANS_AT) == bans
+    assert daemon.ctl("stop").returncode == 0  # stop needs only the pid file
+
+
+def _raw_master_state(path: str) -> int:
+    """The master's state as its header stores it (``status`` shows "running" sooner)."""
+    with open(path, "rb") as handle:
+        return PORTS.unpack(os.pread(handle.fileno(), PORTS.size, HEADER.size))[3]
 
 
 def worker_rows(status: str) -> list[list[str]]:
@@ -426,6 +465,76 @@ def test_reload_from_a_shell_without_the_servers_environment(emulator, tmp_path)
         done = proc.ctl("reload")
         assert done.returncode == 0, done
         _close(proc.login("ops", "new-pw"))
+
+
+def add_to_optional(proc: ServerProcess, lines: str) -> None:
+    with open(proc.config_path, encoding="utf-8") as handle:
+        text = handle.read()
+    with open(proc.config_path, "w", encoding="utf-8") as handle:
+        handle.write(text.replace("[OPTIONAL]\n", f"[OPTIONAL]\n{lines}"))
+
+
+def printed_warnings(done) -> list[str]:
+    return [line[len("warning: "):] for line in done.stderr.splitlines()
+            if line.startswith("warning: ")]
+
+
+def test_reload_prints_the_warnings_the_master_logged_for_it(daemon):
+    """A reload that changes what takes effect only at the next start (here
+    ipv6_prefix_length) is applied, and the master's warning says what is kept: the
+    operator running cosftpctl reload reads it there, as the log has it, not only in
+    the log."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    add_to_optional(daemon, "ipv6_prefix_length = 56\n")
+    done = daemon.ctl("reload")
+    assert done.returncode == 0, done
+    assert "cosftpctl: reloaded, generation 2" in done.stdout, done
+    warned = printed_warnings(done)
+    assert warned == ["reload: [OPTIONAL] ipv6_prefix_length takes effect at the next start "
+                      "(stop, start: the saved bans are regrouped then); IPv6 clients are "
+                      "still counted and banned by their /64"], done
+    assert f"WARNING [{master_of(daemon).pid} master] cosftp_prefork.server.reload: " \
+        f"{warned[0]}\n" in daemon.log_text()
+    rewrite_config(daemon, ipv6_prefix_length="64")  # the running length: nothing to say
+    again = daemon.ctl("reload")
+    assert again.returncode == 0 and printed_warnings(again) == [], again
+
+
+def test_reload_warnings_reach_the_terminal_escaped_and_bounded(daemon):
+    """The warnings quote the file: an unknown option named with an escape sequence
+    reaches the terminal escaped, as the log has it; 60 long ones are printed as far as
+    the shared state holds them, then counted."""
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    hostile = "red\x1b[31mtext\u202egnp"
+    long_names = [f"unknown_{i:02d}_{'x' * 200}" for i in range(60)]
+    add_to_optional(daemon, f"{hostile} = 1\n" + "".join(f"{n} = 1\n" for n in long_names))
+    done = daemon.ctl("reload")
+    assert done.returncode == 0, done
+    assert "\x1b" not in done.stderr and "\u202e" not in done.stderr, done
+    warned = printed_warnings(done)
+    assert warned[0] == f"config: {daemon.config_path} [OPTIONAL] red\\x1b[31mtext" \
+        "\\u202egnp: unknown option, ignored", done
+    shown = len(warned) - 2  # the hostile one, the count
+    assert 10 < shown < 60, done
+    assert warned[-1] == f"{60 - shown} more in the server's cosftp.log", done
+    for warning, name in zip(warned[1:-1], long_names):
+        assert warning == f"config: {daemon.config_path} [OPTIONAL] {name}: unknown " \
+            "option, ignored"
+        assert warning in daemon.log_text()
+
+
+def test_reload_of_a_file_it_cannot_read_says_so(tmp_path):
+    """cosftpctl reload reads the file to find the pid file: one it cannot read (not
+    UTF-8 here; missing, or no permission) is said as load_config says it, exit 2, not
+    taken for a file of defaults whose pid file leads nowhere ("not running", 3)."""
+    proc = ServerProcess(str(tmp_path), closed_port(), [Account("ops", "ops-pw", ALPHA)])
+    proc.write_config()
+    with open(proc.config_path, "ab") as handle:
+        handle.write(b"ftpd_banner = caf\xe9\n")
+    done = proc.ctl("reload")
+    assert done.returncode == 2, done
+    assert f"cosftpctl: configuration error: {proc.config_path}: cannot read configuration " \
+        "file: 'utf-8' codec can't decode byte 0xe9" in done.stderr, done
 
 
 def test_reload_refuses_unusable_hashes_and_keeps_the_old_password(daemon):

@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import uuid
 from typing import Optional
@@ -37,7 +38,13 @@ from .test_commands import get, put
 from .test_master import master_of, sessions_by_pid, state_of
 from .test_resume import is_parked
 from .test_transfers import abort_transfer, curl_put, pending_uploads, start_upload
-from .tls_clients import ImplicitFTP_TLS, client_context, write_certificate
+from .tls_clients import (
+    AssumingImplicitFTP_TLS,
+    ImplicitFTP_TLS,
+    client_context,
+    client_hello,
+    write_certificate,
+)
 
 MIB = 1024 * 1024
 
@@ -214,15 +221,153 @@ def test_ftplib_implicit_round_trip(tls_server, area):
     _close(ftp)
 
 
-def test_curl_implicit_ftps(tls_server, tmp_path, area):
+def test_curl_implicit_ftps(ftps_server, tmp_path, area):
     src = tmp_path / "implicit.bin"
     src.write_bytes(os.urandom(MIB // 2 + 11))
-    port = implicit_port(tls_server)
-    curl(tls_server, f"{area}/i.bin", "--ftp-create-dirs", "-T", str(src), scheme="ftps",
+    port = implicit_port(ftps_server)
+    curl(ftps_server, f"{area}/i.bin", "--ftp-create-dirs", "-T", str(src), scheme="ftps",
          port=port)
     out = tmp_path / "out.bin"
-    curl(tls_server, f"{area}/i.bin", "-o", str(out), scheme="ftps", port=port)
+    curl(ftps_server, f"{area}/i.bin", "-o", str(out), scheme="ftps", port=port)
     assert out.read_bytes() == src.read_bytes()
+
+
+def test_reuse_required_on_the_implicit_port(reuse_server, area, cos):
+    """Under require_ssl_reuse the implicit port's data connections, encrypted from the
+    start, must resume the control connection's session too: a client that does gets its
+    bytes, ftplib's fresh session gets 522 and nothing."""
+    data = os.urandom(MIB + 7)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+
+    class Resuming(AssumingImplicitFTP_TLS, ReusingFTP_TLS):
+        pass
+
+    for cls, resumes in ((Resuming, True), (AssumingImplicitFTP_TLS, False)):
+        ftp = cls(context=client_context(), encoding="utf-8")
+        ftp.connect("127.0.0.1", implicit_port(reuse_server), timeout=30)
+        ftp.login(PLAIN.user, PLAIN.password)
+        if resumes:
+            assert get(ftp, area) == data
+        else:
+            ftp.voidcmd("TYPE I")
+            with contextlib.suppress(OSError, ssl.SSLError), \
+                    ftp.transfercmd(f"RETR {area}") as conn:
+                assert conn.recv(65536) == b""
+            with pytest.raises(ftplib.error_perm, match=r"522 .*require_ssl_reuse"):
+                ftp.voidresp()
+        _close(ftp)
+
+
+def lftp_implicit(server: ServerProcess, account: Account, settings: str,
+                  commands: str) -> subprocess.CompletedProcess:
+    """Run lftp on the implicit port (``ftps://``) as ``account`` with ``-d``: its debug log,
+    every command and reply, is its stderr."""
+    return subprocess.run(
+        [require("lftp"), "-d", "-u", f"{account.user},{account.password}", "-e",
+         "set cmd:fail-exit true; set net:max-retries 1; set net:timeout 20; "
+         f"set ssl:verify-certificate no; {settings} {commands}; bye", f"ftps://127.0.0.1:{implicit_port(server)}"],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_implicit_session_starts_with_protected_data(tls_server, tmp_path, area, cos):
+    """A session on the implicit port starts as if the client had sent PBSZ 0 and PROT P
+    (MS-FTPS 3.2.5.1, proftpd's UseImplicitSSL). lftp with ``ftps:initial-prot P`` (what
+    MS-FTPS asks of a client) sends no PROT and encrypts its data connections at once; at
+    PROT C it failed ("gnutls_handshake: An unexpected TLS packet was received", exit 1)
+    while the server's 226 said the download was complete."""
+    data = os.urandom(MIB + 17)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/i.bin", Body=data)
+    back, src = tmp_path / "back.bin", tmp_path / "src.bin"
+    src.write_bytes(os.urandom(MIB + 5))
+    done = lftp_implicit(tls_server, PLAIN, "set ftps:initial-prot P;",
+                         f'cd {area}; get i.bin -o "{back}"; put "{src}" -o up.bin; cls -1')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert back.read_bytes() == data
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/up.bin")["Body"].get_raw_stream().read() \
+        == src.read_bytes()
+    assert sorted(done.stdout.split()) == ["i.bin", "up.bin"]
+    assert "---> PROT" not in done.stderr  # it sends PBSZ 0 all the same
+
+
+def test_implicit_ftplib_that_assumes_prot_p(tls_server, area, cos):
+    """An ftplib client that encrypts data without sending PBSZ or PROT, as MS-FTPS has
+    implicit clients do: a tls_required account transfers at once (it got 522 at PROT C),
+    after REIN too (a new connection's state is PROT P on this port), and PROT C needs no
+    PBSZ (it is implied as well)."""
+    data = os.urandom(MIB + 3)
+    ftp = AssumingImplicitFTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.connect("127.0.0.1", implicit_port(tls_server), timeout=30)
+    ftp.login(SECURE.user, SECURE.password)
+    assert put(ftp, area, data).startswith("226")
+    assert get(ftp, area) == data
+    assert ftp.sendcmd("REIN").startswith("220 ")
+    ftp.login(SECURE.user, SECURE.password)
+    assert get(ftp, area) == data
+    ftp.login(PLAIN.user, PLAIN.password)
+    ftp.prot_c()  # PROT C alone: ftplib sends no PBSZ with it
+    assert get(ftp, area) == data
+    _close(ftp)
+
+
+def test_curl_ftps_with_clear_data_sends_prot_c(tls_server, tmp_path, area, cos):
+    """curl ``ftps://`` with ``--ftp-ssl-control`` sends PBSZ 0 and PROT C and gets clear
+    data, as before protected data became the implicit port's start (a guard: it passes
+    at PROT C too)."""
+    data = os.urandom(MIB + 1)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/c.bin", Body=data)
+    out = tmp_path / "c.bin"
+    done = subprocess.run(
+        [require("curl"), "-v", "--user", f"{PLAIN.user}:{PLAIN.password}", "--insecure",
+         "--ftp-ssl-control", "-o", str(out),
+         f"ftps://127.0.0.1:{implicit_port(tls_server)}/{area}/c.bin"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "> PROT C" in done.stderr and "< 200 Protection set to Clear" in done.stderr
+    assert out.read_bytes() == data
+
+
+def worker_fds(server: ServerProcess) -> int:
+    """Descriptors open in the server's workers together."""
+    return sum(worker.num_fds() for worker in master_of(server).children())
+
+
+def leave_during_handshake(server: ServerProcess, implicit: bool, hello: bytes,
+                           reset: bool) -> None:
+    """Connect, start a TLS handshake with ``hello`` (on the FTP port after AUTH TLS) and
+    go: a FIN, or with ``reset`` a RST, once the server's first flight came (if any)."""
+    sock = socket.create_connection(
+        ("127.0.0.1", implicit_port(server) if implicit else server.port), timeout=10)
+    with sock:
+        if not implicit:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"220")
+            sock.sendall(b"AUTH TLS\r\n")
+            assert reader.readline().startswith(b"234")
+        sock.sendall(hello)
+        if len(hello) > 100:  # a whole ClientHello: wait for the ServerHello
+            assert sock.recv(100)
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_client_leaving_during_the_tls_handshake(tls_server):
+    """A client that closes or resets its control connection in the middle of the TLS
+    handshake, on either port: no traceback and no ERROR in the log, its place in the limits
+    given back once (every worker's session count back to 0, not below), its descriptor
+    closed. A guard: it holds before this change too."""
+    wait_until(lambda: not sessions_by_pid(tls_server), what="earlier sessions gone")
+    fds, log_size = worker_fds(tls_server), len(tls_server.log_text())
+    hello = client_hello()
+    for implicit in (True, False):
+        for part, reset in ((hello[:20], False), (hello, False), (hello, True)):
+            leave_during_handshake(tls_server, implicit, part, reset)
+    wait_until(lambda: not sessions_by_pid(tls_server), what="the sessions released")
+    wait_until(lambda: all(worker.sessions == 0 for worker in state_of(tls_server).workers()),
+               what="every worker's session count back to 0")
+    wait_until(lambda: worker_fds(tls_server) <= fds, what=f"descriptors back to {fds}")
+    added = tls_server.log_text()[log_size:]
+    assert "Traceback" not in added and " ERROR " not in added, added[-3000:]
+    assert unhandled(tls_server) == 0
 
 
 def test_plain_ftp_on_implicit_port_is_dropped(tls_server):
@@ -530,22 +675,68 @@ def test_curl_logs_in_anew_and_keeps_its_protection(tls_server, tmp_path, area, 
 def test_security_replies_are_those_rfc_2228_lists(tls_server):
     """AUTH of a mechanism the server does not know: 504; PROT of a level TLS has not (S,
     E): 536; of no level at all: 504 (pyftpdlib answered 502, 521 and 502: 502 means the
-    command is not implemented, and 521 is no PROT reply)."""
+    command is not implemented, and 521 is no PROT reply). Kept as pyftpdlib has them:
+    PBSZ and PROT before AUTH, PROT before PBSZ and a second AUTH are 503, PBSZ of another
+    size is 200 "PBSZ=0" (RFC 4217: the server says 0), CCC is 500 (RFC 4217 lists it)."""
     ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
     ftp.connect("127.0.0.1", tls_server.port, timeout=30)
     with pytest.raises(ftplib.error_perm, match=r"^504 "):
         ftp.sendcmd("AUTH KERBEROS_V4")
+    for command in ("PBSZ 0", "PROT P"):  # RFC 2228: 503 before a security exchange
+        with pytest.raises(ftplib.error_perm, match=r"^503 "):
+            ftp.sendcmd(command)
+    with pytest.raises(ftplib.error_perm, match=r"^500 "):  # not implemented (docs/replies.md)
+        ftp.sendcmd("CCC")
     ftp.auth()
+    with pytest.raises(ftplib.error_perm, match=r"^503 "):  # RFC 4217: PBSZ before PROT
+        ftp.sendcmd("PROT P")
     ftp.login(PLAIN.user, PLAIN.password)
-    ftp.sendcmd("PBSZ 0")
+    assert ftp.sendcmd("PBSZ 1024").startswith("200 PBSZ=0")  # RFC 4217: 0 for TLS
     for level in ("S", "E"):
         with pytest.raises(ftplib.error_perm, match=r"^536 "):
             ftp.sendcmd(f"PROT {level}")
     with pytest.raises(ftplib.error_perm, match=r"^504 "):
         ftp.sendcmd("PROT X")
-    with pytest.raises(ftplib.error_perm, match=r"^503 "):  # TLS is on already
-        ftp.sendcmd("AUTH TLS")
+    for mechanism in ("TLS", "SSL"):  # TLS is on already
+        with pytest.raises(ftplib.error_perm, match=r"^503 "):
+            ftp.sendcmd(f"AUTH {mechanism}")
+    with pytest.raises(ftplib.error_perm, match=r"^500 "):  # the control connection stays TLS
+        ftp.sendcmd("CCC")
     assert ftp.sendcmd("PROT P").startswith("200")
+    _close(ftp)
+
+
+class LegacyAuthFTP_TLS(ftplib.FTP_TLS):
+    """A client of the drafts before RFC 4217: ``AUTH SSL`` (or ``TLS-P``) protects the
+    data connections too, so it sends no PBSZ or PROT."""
+
+    mechanism = "SSL"
+
+    def auth(self) -> str:
+        reply = self.voidcmd(f"AUTH {self.mechanism}")
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+        self.file = self.sock.makefile(mode="r", encoding=self.encoding)
+        self._prot_p = True  # ftplib's flag of PROT P
+        return reply
+
+
+@pytest.mark.parametrize("mechanism", ["SSL", "TLS-P"])
+def test_auth_ssl_and_tls_p_protect_data_connections(tls_server, area, cos, mechanism):
+    """AUTH SSL and AUTH TLS-P imply PBSZ 0 and PROT P, as in vsftpd and proftpd (and the
+    drafts before RFC 4217, where TLS-P meant a protected data channel); AUTH TLS and TLS-C
+    leave data clear until PROT P (RFC 4217). REIN goes back to what the AUTH gave. Clients
+    that send PROT anyway are served as they ask (curl, which sends AUTH SSL first, sends
+    PBSZ and PROT after it)."""
+    data = os.urandom(MIB + 11)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    ftp = LegacyAuthFTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.mechanism = mechanism
+    ftp.connect("127.0.0.1", tls_server.port, timeout=30)
+    ftp.login(SECURE.user, SECURE.password)
+    assert get(ftp, area) == data
+    assert ftp.sendcmd("REIN").startswith("220 ")
+    ftp.login(SECURE.user, SECURE.password)
+    assert get(ftp, area) == data
     _close(ftp)
 
 
@@ -585,6 +776,60 @@ def test_abor_before_the_data_handshake_answers_the_download_then_itself(tls_ser
         assert first.startswith("426"), first
         assert ftp.getline().startswith("226")
     assert ftp.voidcmd("NOOP").startswith("200")  # no reply left over
+    _close(ftp)
+
+
+@pytest.mark.parametrize("command", ["RETR", "STOR"])
+def test_failed_data_handshake_gets_one_522(tls_server, area, cos, command):
+    """A data connection whose TLS handshake fails (here: bytes that are no ClientHello;
+    lftp with ftp:ssl-auth SSL offers a protocol version the data connections do not take)
+    gets one final reply, RFC 4217's 522, and the log says why. pyftpdlib sent its 522 on
+    the control connection and then closed the data connection, which found its handshake
+    pending with no reply set and sent a 426 too: two final replies to one command (lftp:
+    "extra server response"), the second read as the next command's."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f", Body=b"data")
+    ftp = tls_login(tls_server, PLAIN)
+    ftp.voidcmd("TYPE I")
+    with socket.create_connection(ftp.makepasv(), timeout=10) as conn:
+        assert ftp.sendcmd(f"{command} {area}/f")[:3] in ("125", "150")
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not a TLS record: the handshake fails
+        reply = ftp.getline()
+        assert reply.startswith("522 "), reply
+    assert ftp.sendcmd("NOOP").startswith("200"), "a second reply was left over"
+    assert "the TLS handshake of a data connection failed: " in tls_server.log_text()
+    assert cos.get_object(Bucket=ALPHA, Key=f"{area}/f")["Body"].get_raw_stream().read() \
+        == b"data"  # the STOR stored nothing over it
+    _close(ftp)
+
+
+def test_download_waiting_for_its_data_handshake_does_not_spin(tls_server, area, cos):
+    """A RETR's data connection whose client has not sent its ClientHello yet (lftp connects
+    first and starts TLS once the 150 came: a round trip) is watched for reading only.
+    pyftpdlib kept the write interest the download had asked for and added reading: the
+    socket, always writable, woke the session's IO loop again and again, each turn a
+    handshake attempt that wanted to read (and a DEBUG line): a core spun until the client
+    spoke (0.67 s of CPU in a 2 s wait, 36,602 lines, 13 MiB of log). Counted here: the
+    attempts made while the client does 100 NOOP round trips: 539 in 200 of them (0.11 s)
+    before, at most 2 now."""
+    data = os.urandom(100_000)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    ftp = tls_login(tls_server, PLAIN)
+    ftp.voidcmd("TYPE I")
+    with socket.create_connection(ftp.makepasv(), timeout=10) as raw:
+        assert ftp.sendcmd(f"RETR {area}")[:3] in ("125", "150")
+        log_size = len(tls_server.log_text())
+        for _ in range(100):
+            assert ftp.sendcmd("NOOP").startswith("200")
+        attempts = [line for line in tls_server.log_text()[log_size:].splitlines()
+                    if "_do_ssl_handshake, err: ssl-want-read" in line
+                    and "TLSDTPHandler" in line]
+        assert len(attempts) <= 2, f"{len(attempts)} handshake attempts while waiting"
+        with client_context().wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+    assert ftp.voidresp().startswith("226")
+    assert received == data
     _close(ftp)
 
 
@@ -865,7 +1110,8 @@ class ReusingFTP_TLS(ftplib.FTP_TLS):
 @pytest.fixture(scope="module")
 def reuse_server(emulator, tmp_path_factory, certs):
     proc = ServerProcess(str(tmp_path_factory.mktemp("reuse")), emulator.port, [PLAIN, SECURE],
-                         network={**tls_network(*certs), "require_ssl_reuse": "true"})
+                         network={**tls_network(*certs, implicit=True),
+                                  "require_ssl_reuse": "true"})
     with proc:
         yield proc
 

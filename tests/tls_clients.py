@@ -76,6 +76,17 @@ class ImplicitFTP_TLS(ftplib.FTP_TLS):
         return self.welcome
 
 
+class AssumingImplicitFTP_TLS(ImplicitFTP_TLS):
+    """An implicit FTPS client as MS-FTPS (3.2.4.1) has it: it sends no PBSZ or PROT and
+    encrypts its data connections from the start (FileZilla's and lftp's
+    ``ftps:initial-prot P`` do the same)."""
+
+    def connect(self, *args, **kwargs) -> str:
+        welcome = super().connect(*args, **kwargs)
+        self._prot_p = True  # ftplib's own flag of PROT P, which prot_p() would set
+        return welcome
+
+
 def client_hello() -> bytes:
     """The bytes a TLS client sends first (its ClientHello record), as ``client_context``
     makes them; a part of it is what a stalled handshake leaves the server waiting on."""

@@ -28,6 +28,8 @@ def _ref(name: str) -> dict[str, str]:
 
 
 _INT, _NUM, _STR, _BOOL = ({"type": t} for t in ("integer", "number", "string", "boolean"))
+# What the master logged for the last reload, kept up to 4 KiB, and how many more it logged.
+_WARNINGS = {"warnings": {"type": "array", "items": _STR}, "warnings_not_shown": _INT}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {
@@ -44,7 +46,8 @@ SCHEMAS: dict[str, Any] = {
             "implicit_tls_port": _null("integer"), "auth_tls": _BOOL,
             "rss_bytes": _null("integer")}),
         "reload": _object({"state": {"enum": ["none", "running", "ok", "failed"]},
-                           "count": _INT, "errors": {"type": "array", "items": _STR}}),
+                           "count": _INT, "errors": {"type": "array", "items": _STR},
+                           **_WARNINGS}),
         "workers": {"type": "array", "items": _ref("Worker")},
         "logins": _object({"logged_in": _INT, "waiting": _INT}),
         "bans": _INT, "time": _NUM,
@@ -131,7 +134,9 @@ SCHEMAS: dict[str, Any] = {
         "enabled": _BOOL, "queued": _INT, "spool_bytes": _INT,
         "spool_limit_bytes": _null("integer"), "dead_letters": _INT,
         "oldest_queued_seconds": _null("number")}),
-    "Reloaded": _object({"result": {"enum": ["ok", "running"]}, "generation": _INT}),
+    # The warnings come with "ok" only: the master writes them with its verdict.
+    "Reloaded": {**_object({"result": {"enum": ["ok", "running"]}, "generation": _INT,
+                            **_WARNINGS}), "required": ["result", "generation"]},
 }
 
 _ERRORS = {

@@ -18,6 +18,7 @@ from ..server.scoreboard import (
     heartbeat_age,
 )
 from .app import Context, Response
+from .reload import warnings_of
 
 # A serving worker's heartbeat older than this is late (it beats every second; the master
 # aborts it after worker_timeout).
@@ -43,7 +44,8 @@ def status(context: Context) -> Response:
             "rss_bytes": _memory(master.pid)},
         "reload": {"state": RELOAD_STATES.get(master.reload_result, "none"),
                    "count": master.reloads,
-                   "errors": [reload_error] if reload_error else []},
+                   "errors": [reload_error] if reload_error else [],
+                   **warnings_of(state)},
         "workers": [_worker(worker, server.worker_max_rss) for worker in
                     sorted(state.workers(), key=lambda w: (w.generation, w.index))],
         "logins": {"logged_in": sum(c[0] for c in counts.values()),

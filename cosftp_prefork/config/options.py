@@ -218,7 +218,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETWORK", "tls_keyfile", parse_path, None, "PEM private key",
             "read from tls_certfile"),
     Setting("NETWORK", "implicit_tls_port", integer(0, 65535), 0,
-            "implicit FTPS port (TLS from the first byte); 0 = none"),
+            "implicit FTPS port (TLS from the first byte, data connections encrypted until "
+            "PROT C, as if PBSZ 0 and PROT P came first); 0 = none"),
     Setting("NETWORK", "require_ssl_reuse", boolean, False,
             "TLS data connections must resume the control connection's TLS session"),
     Setting("NETWORK", "force_local_logins_ssl", boolean, False,

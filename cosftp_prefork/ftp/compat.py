@@ -35,7 +35,8 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
                    "_rnfr", "_shutdown_connecting_dtp", "_epsvall"),
     "DTPHandler": ("_resp", "_initialized", "_wanted_io_events"),
     # handlers.ftps.ssl.SSLConnectionMixin, mixed into both TLS channels
-    "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established"),
+    "SSLConnectionMixin": ("_error", "_ssl_accepting", "_ssl_established", "_ssl_want_read",
+                           "_ssl_want_write"),
     "TLS_FTPHandler": ("_prot", "_pbsz"),
     "Acceptor": ("_fileno",),  # the listening server
 }
@@ -261,6 +262,12 @@ def skip_tls_shutdown(channel: Any) -> None:
 def tls_handshake_pending(channel: Any) -> bool:
     """True while the TLS handshake of the connection is under way."""
     return channel._ssl_accepting
+
+
+def tls_handshake_awaits_peer(channel: Any) -> bool:
+    """True while the TLS handshake is under way and can go on only once the peer's next
+    bytes come (it has nothing to write)."""
+    return channel._ssl_accepting and channel._ssl_want_read and not channel._ssl_want_write
 
 
 def tls_established(handler: Any) -> bool:

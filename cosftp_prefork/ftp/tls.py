@@ -38,8 +38,13 @@ REFUSE_CLEAR_TRANSFER = "522 Data connections must be encrypted: use FTPS (AUTH 
 HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake was done; "
                        "transfer aborted.")
 BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
+# RFC 4217 10.2: a data connection that cannot negotiate TLS is answered 522.
+FAILED_DATA_HANDSHAKE = "522 The TLS handshake of the data connection failed; transfer aborted."
 # What pyftpdlib's AUTH takes (RFC 4217: TLS and SSL negotiate alike).
 AUTH_MECHANISMS = ("TLS", "TLS-C", "SSL", "TLS-P")
+# Those that protect the data connections too, as if PBSZ 0 and PROT P came: the drafts
+# before RFC 4217 (TLS-P: "protected"; SSL, the oldest), and vsftpd and proftpd to this day.
+PROTECTING_MECHANISMS = ("SSL", "TLS-P")
 REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
                         "connection (require_ssl_reuse); transfer aborted.")
 
@@ -76,6 +81,21 @@ class _TLSData(TLS_DTPHandler):
         compat.set_close_reply(self, BROKEN_DATA_TLS, log.debug)
         self.close()
 
+    def handle_failed_ssl_handshake(self) -> None:
+        """Reply 522 once, as the transfer's final reply, and log OpenSSL's reason.
+
+        pyftpdlib sent its 522 on the control connection itself and then closed, and
+        ``close()`` found the handshake pending with no reply set and sent a 426 as well:
+        two final replies to one command, the second read as the next command's.
+        """
+        compat.skip_tls_shutdown(self)
+        log.warning("path=%s: the TLS handshake of a data connection failed: %s",
+                    getattr(self.file_obj, "name", "-"),
+                    broken_tls(sys.exc_info()[1]) or "TLS error")
+        self.transfer_finished = False
+        compat.set_close_reply(self, FAILED_DATA_HANDSHAKE, log.debug)
+        self.close()
+
     def close(self) -> None:
         # A transfer that did not finish is closed at once, without a TLS shutdown that
         # could take more IO turns: during those, a hang-up would make pyftpdlib's
@@ -102,6 +122,18 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
         if compat.tls_handshake_pending(self):
             return 0
         return super().send(data)
+
+    def modify_ioloop_events(self, events: int, logdebug: bool = False) -> None:
+        """Watch for reading only while the TLS handshake waits for the client's bytes.
+
+        pyftpdlib adds reading to the events the channel wants, and a download wants to
+        write from the start: its socket, always writable, woke the session's IO loop at
+        once, each turn a handshake attempt that wanted to read, until the client spoke (a
+        core spinning for the client's round trip). The events it wants are asked for again
+        once the handshake is done (pyftpdlib's ``_handle_ssl_want_rw``)."""
+        if compat.tls_handshake_awaits_peer(self):
+            events = self.ioloop.READ
+        super().modify_ioloop_events(events, logdebug)
 
     def handle_ssl_established(self) -> None:
         """Under ``require_ssl_reuse``, end a data connection that did not resume the
@@ -168,6 +200,10 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     # Set per worker by ``configure_tls_handlers``: see ``server_contexts``.
     ssl_context: SSL.Context
     data_ssl_context: SSL.Context
+    # (PBSZ came, PROT P) of a connection once encrypted, before any PBSZ or PROT: on the
+    # FTP port, clear data until the client asks (RFC 4217); ``ImplicitTLS`` and AUTH SSL
+    # or TLS-P (``ftp_AUTH``) change it.
+    protection_at_start: tuple[bool, bool] = (False, False)
 
     @classmethod
     def get_ssl_context(cls) -> SSL.Context:
@@ -223,19 +259,29 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         compat.restore_protection(self, kept)
 
     def reset_parameters(self) -> None:
-        """REIN: PBSZ and PROT go too; the control connection stays encrypted (going back
-        to clear text would put the next USER and PASS on the wire), so the session is as
-        right after AUTH TLS."""
+        """REIN: PBSZ and PROT go back to what a new connection on this port has
+        (``protection_at_start``); the control connection stays encrypted (going back to
+        clear text would put the next USER and PASS on the wire), so the session is as right
+        after AUTH TLS, or as right after the handshake on the implicit port."""
         super().reset_parameters()
-        compat.restore_protection(self, (False, False))
+        compat.restore_protection(self, self.protection_at_start)
 
     def ftp_AUTH(self, line: str) -> None:
         """RFC 2228: a security mechanism the server does not know is 504 (pyftpdlib
-        answered 502, which says AUTH itself is not implemented)."""
-        if compat.tls_established(self) or line.strip().upper() in AUTH_MECHANISMS:
-            super().ftp_AUTH(line)
-        else:
+        answered 502, which says AUTH itself is not implemented).
+
+        AUTH SSL and AUTH TLS-P also set PBSZ 0 and PROT P, for this connection's life
+        (REIN goes back to them): a client of the older drafts sends no PROT after them and
+        encrypts its data connections, which vsftpd and proftpd serve; clients that send
+        PROT anyway (curl tries AUTH SSL first) get what they ask for."""
+        mechanism = line.strip().upper()
+        if not compat.tls_established(self) and mechanism not in AUTH_MECHANISMS:
             self.respond("504 Unknown security mechanism: use AUTH TLS.")
+            return
+        super().ftp_AUTH(line)
+        if mechanism in PROTECTING_MECHANISMS and compat.tls_handshake_pending(self):
+            self.protection_at_start = (True, True)  # this session's, for REIN too
+            compat.restore_protection(self, self.protection_at_start)
 
     def ftp_PROT(self, line: str) -> None:
         """RFC 2228: a level the mechanism lacks (TLS has no S or E) is 536, an unknown
@@ -286,11 +332,22 @@ class ImplicitTLS:
 
     The connection is counted (``admission``) before its handshake starts, and its login
     deadline covers the handshake: a stalled ClientHello is cut at ``login_timeout``.
+
+    Its data connections are encrypted from the start, as if the client had sent PBSZ 0
+    and PROT P: MS-FTPS (3.2.5.1) tells the server to assume both and the client not to
+    send them, and proftpd (``UseImplicitSSL``) and IIS do so. A client that wants clear
+    data sends PROT C, which needs no PBSZ here (curl ``--ftp-ssl-control``, lftp
+    ``ftp:ssl-protect-data no``). vsftpd (``implicit_ssl``) starts at PROT C: a client that
+    counted on that and sends no PROT gets an encrypted data connection here
+    (docs/security.md).
     """
+
+    protection_at_start = (True, True)
 
     def greet(self) -> None:
         """Start the TLS handshake before the greeting, which is then sent encrypted (after
         the PROXY header, if one is expected)."""
+        compat.restore_protection(self, self.protection_at_start)
         self.secure_connection(self.ssl_context)
         if not compat.is_closed(self):  # secure_connection() closes if the client is already gone
             super().greet()

@@ -8,10 +8,12 @@ import os
 import time
 
 from .scoreboard import SharedState, address_group, bans_path, load_bans, save_bans
+from .scoreboard.layout import BAN_ROWS
 
 log = logging.getLogger(__name__)
 
 MAX_LOGGED_REJECTS = 10  # bad entries of a bans file logged one by one; then a count
+DROPS_LOGGED_EVERY = 60.0  # seconds: running bans dropped by a full table, a line at most
 
 
 class BansFile:
@@ -22,6 +24,8 @@ class BansFile:
         self.prefix = ipv6_prefix_length
         self.path = bans_path(pid_file)
         self._saved_epoch = 0
+        self._drops_seen = state.dropped_bans()  # 0 (a new table), or a reload's master
+        self._drops_logged_at = -DROPS_LOGGED_EVERY  # time.monotonic(): the first goes at once
 
     def restore(self) -> None:
         """Put back the bans saved at the last stop: every valid entry, each bad one logged
@@ -60,7 +64,10 @@ class BansFile:
     def save(self, force: bool = False) -> None:
         """Save the running bans when the table changed (a worker started a ban, ``cosftpctl
         unban`` lifted one) or at exit (``force``), and say which change is saved: ``unban``
-        waits for it, so that a stop right after cannot bring a lifted ban back."""
+        waits for it, so that a stop right after cannot bring a lifted ban back. Say in the
+        log when running bans were dropped from a full table since the last line (at once,
+        then at most a line a minute with how many)."""
+        self._note_drops()
         epoch = self.state.ban_epoch()  # read before the table: a change after it saves again
         if not force and epoch == self._saved_epoch:
             return
@@ -71,3 +78,13 @@ class BansFile:
             log.error("could not save the bans to %s: %s", self.path, exc)
             return
         self.state.note_bans_saved(epoch)
+
+    def _note_drops(self) -> None:
+        dropped, now = self.state.dropped_bans(), time.monotonic()
+        if dropped == self._drops_seen or now - self._drops_logged_at < DROPS_LOGGED_EVERY:
+            return
+        log.warning("the ban table (%d rows) was full of running bans: %d of them, those "
+                    "ending soonest, were dropped for new ones (a crowd of banned "
+                    "addresses?); they no longer hold on this node (a cluster's Redis still "
+                    "holds those it had)", BAN_ROWS, dropped - self._drops_seen)
+        self._drops_seen, self._drops_logged_at = dropped, now

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional
 
-from ..config.locations import base_dir, locate_server
+from ..config.locations import base_dir, locate_in_text, locate_server
 from ..config.model import REDIS_MINIMUM, Config, ServerConfig
 from ..config.passwords import hash_password
 from ..config.placeholders import find_placeholders
@@ -36,7 +36,7 @@ from .pidfile import (
 )
 from .privileges import Identity, describe_workers, probe, workers_identity
 from .quotactl import cmd_quota, cmd_quota_scan
-from .reloadctl import RELOAD_TIMEOUT, cmd_reload
+from .reloadctl import EXIT_REFUSED, RELOAD_TIMEOUT, cmd_reload
 from .scoreboard import (
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
@@ -49,6 +49,7 @@ from .scoreboard import (
     MASTER_STARTING,
     RUNNING,
     MasterStatus,
+    OtherLayoutError,
     SessionDetail,
     SharedState,
     WorkerStatus,
@@ -393,8 +394,8 @@ def _ports(master: MasterStatus) -> str:
 
 _UNSUPPORTED = (f"Redis NOT SUPPORTED (older than {'.'.join(map(str, REDIS_MINIMUM))}, or "
                 f"will not tell its version; see the log) by")
-_READ_ONLY = ("Redis REFUSING WRITES (a read-only replica, too few replicas, a failed save; "
-              "see the log) to")
+_READ_ONLY = ("Redis REFUSING WRITES (a read-only replica, too few replicas, a failed save, "
+              "out of memory; see the log) to")
 # A worker view that is not "reachable": what the status line says of it, and what the
 # node does meanwhile.
 _CLUSTER_TROUBLE = {
@@ -591,23 +592,47 @@ def cmd_hash_password() -> int:
 
 def _located(config_path: str) -> Target:
     """The server of the file at ``config_path`` as found without validating the file
-    (``locate_server``)."""
+    (``locate_server``). Raises ``ConfigError`` if the file cannot be read."""
     return Target(os.path.abspath(config_path), *locate_server(config_path))
+
+
+def _located_anyway(config_path: str) -> Target:
+    """``_located``, or where the defaults put the server of a file that cannot be read
+    (the caller said why already)."""
+    try:
+        return _located(config_path)
+    except ConfigError:
+        absolute = os.path.abspath(config_path)
+        return Target(absolute, *locate_in_text("", absolute))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except OtherLayoutError as exc:  # the master of the version before an upgrade
+        print(f"cosftpctl: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` name; return its exit status."""
     if args.command == "hash-password":
         return cmd_hash_password()
     if args.command == "reload":  # the master reads the file and gives its verdict
-        return cmd_reload(_located(args.config), args.timeout)
+        try:
+            target = _located(args.config)
+        except ConfigError as exc:
+            print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        return cmd_reload(target, args.timeout)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
         if args.command == "stop" or args.command in PID_ONLY_COMMANDS:
             # Stopping or inspecting a running server must not depend on the file being valid.
-            target = _located(args.config)
+            target = _located_anyway(args.config)
             if args.command == "stop":
                 return stop(target, args.graceful)
             return PID_ONLY_COMMANDS[args.command](target)

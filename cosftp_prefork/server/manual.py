@@ -76,8 +76,11 @@ finding the pid file): an invalid one changes nothing, and the master's message
 is printed. A valid one starts a new generation of workers on the same sockets
 and the old ones drain, so sessions in flight, even a long upload, finish
 untouched on the old configuration. If the new workers cannot start, the
-master keeps the old ones serving. --timeout bounds the wait for the verdict
-(default 60 s; the master rolls back a generation not serving after 30 s).""",
+master keeps the old ones serving. The warnings the master logged for a reload
+it applied are printed on stderr (a setting that takes effect only at the next
+start, such as ipv6_prefix_length or run_as_user; an unknown option). --timeout
+bounds the wait for the verdict (default 60 s; the master rolls back a
+generation not serving after 30 s).""",
         ((f"cosftpctl -c {CONF} reload", "apply an edited file to new sessions"),
          (f"cosftpctl -c {CONF} reload --timeout 120", "the same, on a slow machine"),
          ("systemctl reload cosftp-prefork", "the same through the unit's ExecReload")),
@@ -87,8 +90,10 @@ master keeps the old ones serving. --timeout bounds the wait for the verdict
    or no verdict within --timeout (it may still be running)
 2  the master refused the file: its message names the file, section, option
    and problem (or why the workers could not run it); nothing changed. Also
-   when there is no such file
-3  not running"""),
+   when this command cannot read the file (no such file, no permission)
+3  not running
+4  the master that runs is of another version (an upgrade since it started):
+   its state file is not read; restart it to run this version"""),
     "status": Page(
         """Show the master (pid, uptime, generation, configuration file, ports), a
 "state: stopping ..." line once it stops (exit status still 0), and one
@@ -102,7 +107,8 @@ the file does not validate.""",
         """0  running
 3  not running
 4  a master of this file holds the port but its pid file is elsewhere (started
-   before relative paths followed the file?): stop it, then start it again"""),
+   before relative paths followed the file?): stop it, then start it again; or
+   the master runs another version (an upgrade since it started): restart it"""),
     "sessions": Page(
         """One line per live session of every worker, like ftpwho: the worker's pid, the
 user once logged in, the client's address (the real one behind a balancer),
@@ -117,9 +123,12 @@ a second.""",
     "check": Page(
         """Validate the configuration file without starting anything: every option, the
 TLS certificate and key, that masquerade_address resolves, and the version of
-the [CLUSTER] Redis. Credentials left as the example's XXXXXX are an error; the
-example's bucket and passwords are warnings, as are unknown options and an
-expired certificate (all on stderr). It prints where log_dir and pid_file are.
+the [CLUSTER] Redis and that it takes writes (a key under cosftp: written and
+deleted; a refusal, such as a read-only replica, MISCONF or OOM, is a warning
+naming Redis's error, as an unreachable Redis is). Credentials left as the
+example's XXXXXX are an error; the example's bucket and passwords are warnings,
+as are unknown options and an expired certificate (all on stderr). It prints
+where log_dir and pid_file are.
 --online then tries every account on COS with its own credentials (HEAD Bucket,
 a listing of one key, and for write authority an upload started and aborted
 under .cosftp/check/, so nothing is stored) and prints one verdict per account:
@@ -149,7 +158,9 @@ saved in <pid_file>.bans, restored at start.""",
         ((f"cosftpctl -c {CONF} bans", "who is banned, until when"),),
         """0  listed
 1  Redis could not be asked (this node's bans are listed)
-3  not running (the saved bans are listed)"""),
+3  not running (the saved bans are listed)
+4  the master that runs is of another version (an upgrade since it started):
+   its state file is not read; restart it to run this version"""),
     "unban": Page(
         """Lift the ban of one address, or of every address with --all, and forget its
 failed logins: at once on every worker and, with [CLUSTER], on every node. The
@@ -162,7 +173,9 @@ write the state file (the server's, or root).""",
          (f"cosftpctl -c {CONF} unban --all", "lift every ban")),
         """0  lifted, or it was not banned
 1  a place could not be changed (Redis unreachable, the bans file not saved)
-2  not one IPv4 or IPv6 address (a network is refused too)"""),
+2  not one IPv4 or IPv6 address (a network is refused too)
+4  the master that runs is of another version (an upgrade since it started):
+   its state file is not changed; restart it to run this version"""),
     "quota": Page(
         """Show each account's quota (quota_size, quota_files of its home) and what the
 running server counts in it: bytes and files stored, bytes reserved by uploads

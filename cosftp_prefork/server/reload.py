@@ -51,23 +51,15 @@ class PendingReload:
     draining: Optional[list[int]] = None  # old pids told to drain, once the new ones serve
 
 
-def read_new_config(running: Config, identity: Optional[Identity]) -> Config:
+def read_new_config(running: Config, identity: Optional[Identity]
+                    ) -> tuple[Config, list[str]]:
     """The configuration file of ``running`` as a reload uses it, its files ready for the
-    workers (``identity``'s); raises ``ConfigError`` or ``OSError`` (nothing changed) if it
-    cannot be used. What takes effect only at the next start keeps its running value."""
+    workers (``identity``'s), and the reload's warnings (``reload_warnings``); raises
+    ``ConfigError`` or ``OSError`` (nothing changed) if it cannot be used. What takes
+    effect only at the next start keeps its running value."""
     new = load_config(running.path)
-    if new.run_as != running.run_as:
-        log.warning("reload: run_as_user, run_as_group and run_as_root take effect at the "
-                    "next start; still: %s", describe_workers(identity))
-    spool = running.hooks.spool_dir
-    if new.hooks.spool_dir != spool:
-        log.warning("reload: event_spool_dir takes effect at the next start; events still "
-                    "go to %s", spool)
-    prefix = running.server.ipv6_prefix_length
-    if new.server.ipv6_prefix_length != prefix:
-        log.warning("reload: [OPTIONAL] ipv6_prefix_length takes effect at the next start "
-                    "(stop, start: the saved bans are regrouped then); IPv6 clients are "
-                    "still counted and banned by their /%d", prefix)
+    warnings = reload_warnings(running, new, identity)
+    spool, prefix = running.hooks.spool_dir, running.server.ipv6_prefix_length
     # The pid and state files stay where cosftpctl found them at start, the workers'
     # user stays the one their files and metrics directory were given to, and the spool
     # stays where the events process reads it. The prefix length stays the one the live
@@ -78,21 +70,39 @@ def read_new_config(running: Config, identity: Optional[Identity]) -> Config:
                   run_as=running.run_as, hooks=replace(new.hooks, spool_dir=spool))
     check_files(new, identity.gid if identity else None)  # a planted link:
     hand_over_files(new, identity.uid if identity else None)  # refused, nothing changed
-    return new
+    return new, warnings
 
 
-def log_new_config(running: Config, new: Config) -> None:
-    """Log what a reload to ``new`` says: its warnings, the helper ports it cannot move,
-    and its TLS."""
-    for warning in new.warnings:
-        log.warning("config: %s", warning)
+def reload_warnings(running: Config, new: Config, identity: Optional[Identity]) -> list[str]:
+    """What a reload from ``running`` to the file's ``new`` settings warns of, as the log
+    says it: the file's own warnings, then each setting that keeps its running value until
+    the next start."""
+    warnings = [f"config: {warning}" for warning in new.warnings]
+    if new.run_as != running.run_as:
+        warnings.append("reload: run_as_user, run_as_group and run_as_root take effect at "
+                        f"the next start; still: {describe_workers(identity)}")
+    if new.hooks.spool_dir != running.hooks.spool_dir:
+        warnings.append("reload: event_spool_dir takes effect at the next start; events "
+                        f"still go to {running.hooks.spool_dir}")
+    prefix = running.server.ipv6_prefix_length
+    if new.server.ipv6_prefix_length != prefix:
+        warnings.append("reload: [OPTIONAL] ipv6_prefix_length takes effect at the next "
+                        "start (stop, start: the saved bans are regrouped then); IPv6 "
+                        f"clients are still counted and banned by their /{prefix}")
     if (new.operator.metrics_address, new.operator.metrics_port) != \
             (running.operator.metrics_address, running.operator.metrics_port):
-        log.warning("reload: metrics_address and metrics_port take effect at the next "
-                    "start; the metrics endpoint stays as it was")
+        warnings.append("reload: metrics_address and metrics_port take effect at the next "
+                        "start; the metrics endpoint stays as it was")
     if (new.admin.address, new.admin.port) != (running.admin.address, running.admin.port):
-        log.warning("reload: admin_address and admin_port take effect at the next start; "
-                    "the admin API stays where it was")
+        warnings.append("reload: admin_address and admin_port take effect at the next "
+                        "start; the admin API stays where it was")
+    return warnings
+
+
+def log_new_config(new: Config, warnings: list[str]) -> None:
+    """Log what a reload to ``new`` says: its ``warnings`` and its TLS."""
+    for warning in warnings:
+        log.warning("%s", warning)
     log.info("reload: %s", tls_summary(new))
 
 
@@ -128,9 +138,12 @@ class ReloadSequence:
         why (``reload_error``), else running."""
         assert self.state is not None
         self.reloads += 1
+        self.state.write_reload_warnings([])
         try:
-            self._start_reload()
+            warnings = self._start_reload()
             self.state.write_reload_error("")
+            # Before the verdict is published: cosftpctl reload prints them with it.
+            self.state.write_reload_warnings(warnings)
         except (ConfigError, OSError, NotNow) as exc:
             log.error("reload failed, still serving the previous configuration: %s", exc)
             self.reload_result = RELOAD_REFUSED if isinstance(exc, ConfigError) else \
@@ -150,15 +163,16 @@ class ReloadSequence:
         self.handle_hup()
         self.state.note_reload_taken(asked)
 
-    def _start_reload(self) -> None:
-        """Read the file and start the new generation beside the old one; raises
-        ``ConfigError`` (the file) or ``OSError`` (what it names) if it cannot be used,
-        ``NotNow`` if no reload can start now: nothing changed."""
+    def _start_reload(self) -> list[str]:
+        """Read the file and start the new generation beside the old one; return the
+        warnings it logged. Raises ``ConfigError`` (the file) or ``OSError`` (what it
+        names) if it cannot be used, ``NotNow`` if no reload can start now: nothing
+        changed."""
         if self.stopping:  # its listeners are closed: a new generation has none
             raise NotNow("the server is stopping")
         if self.reload is not None:
             raise NotNow(f"{self.config.path}: a reload is already in progress")
-        new = self._load_new_config()
+        new, warnings = self._load_new_config()
         assert self.listeners is not None
         old_listeners = None
         listeners = bind_listeners(new.network, self.listeners)  # says where it cannot
@@ -170,7 +184,7 @@ class ReloadSequence:
         if listeners != self.listeners:
             old_listeners, self.listeners = self.listeners, listeners
             log.info("reload: now listening on %s", listeners.describe())
-        log_new_config(self.config, new)
+        log_new_config(new, warnings)
         self.reload = PendingReload(self.config, self.generation, old_listeners,
                                     time.monotonic() + RELOAD_READY_TIMEOUT)
         self._follow_hooks(new.hooks)
@@ -181,15 +195,16 @@ class ReloadSequence:
         self.reload_result = RELOAD_RUNNING
         log.info("reload: starting generation %d with %d workers", self.generation,
                  self.num_workers)
+        return warnings
 
-    def _load_new_config(self) -> Config:
-        """The configuration file as a reload uses it (``reload.read_new_config``), once
-        its workers can run."""
-        new = read_new_config(self.config, self.identity)
+    def _load_new_config(self) -> tuple[Config, list[str]]:
+        """The configuration file as a reload uses it, and its warnings
+        (``reload.read_new_config``), once its workers can run."""
+        new, warnings = read_new_config(self.config, self.identity)
         problem = self._probe_workers(new)
         if problem:
             raise ConfigError(problem, new.path)
-        return new
+        return new, warnings
 
     def _follow_hooks(self, hooks: HooksConfig) -> None:
         """Replace the events process if what it does changes with ``hooks`` (retry age,

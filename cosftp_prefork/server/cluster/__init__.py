@@ -43,15 +43,16 @@ must not make an outage, which ``redis_down = closed`` turns into refusals for 5
 
 Three kinds of trouble, kept apart:
 
-* Redis unreachable (refused, closed, no answer within ``redis_timeout``), or refusing
-  every write (a read-only replica, too few replicas for ``min-replicas-to-write``, a
-  failed save: ``link.refuses_writes``; nothing the node writes would land): the call
+* Redis unreachable (refused, closed, no answer within ``redis_timeout``, serving no
+  command now: ``link.busy``, loading its data), or refusing every write (a read-only
+  replica, too few replicas for ``min-replicas-to-write``, a failed save, out of memory:
+  ``link.refuses_writes``; nothing the node writes would land): the call
   gives up (one retry on a fresh connection if the one it had was broken, never on a
   timeout) and the node stops asking for ``RETRY_SECONDS``, then checks again (its
   version, and a write that changes nothing); meanwhile it serves on its own scoreboard
   (``redis_down = open``) or refuses new connections (``closed``). Logged once per outage
   and shown by ``cosftpctl status``.
-* Redis answers with another error (out of memory, an ACL refusal, a script error): not
+* Redis answers with another error (an ACL refusal, a script error): not
   an outage, whatever ``redis_down`` says. That call is answered from
   this node's own figures, the next one asks again; logged (the first at once, then a
   count a minute) and shown by ``status`` for a minute after the last one.

@@ -1,10 +1,11 @@
 """What ``cosftpctl`` asks of the cluster's Redis itself: the bans and failure counts of every
 node (``bans``), lifting them (``unban``), other modules' reads, and the check of its
-version (``check``)."""
+version and that it takes writes (``check``)."""
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import redis
 
 from ...config.model import ClusterConfig
 from ...errors import ConfigError
+from ...logfiles import escape_controls
 from .keys import PREFIX, SCAN_PAGE, UNBANS_KEPT, UNBANS_SECONDS, ban_key, client_key
 from .link import connect, describe, public_url, server_version
 from .scripts import LIBRARY, READ, UNBAN
@@ -156,15 +158,94 @@ def _count(value: str) -> int:
 
 
 def check_config(config: ClusterConfig) -> str:
-    """For ``cosftpctl check``: what Redis says of itself. Raises ``ConfigError`` if it
-    answers but cannot be used; reports (does not raise) if it is unreachable."""
+    """For ``cosftpctl check``: what Redis says of itself, and whether it takes writes.
+    Raises ``ConfigError`` if it answers but is too old; reports (does not raise) if it is
+    unreachable or refuses writes, as the node then runs on (``redis_down``)."""
+    where = public_url(config.redis_url)
     client = connect(config)
     try:
         version = server_version(client, config.redis_url)
+        refusal = write_refusal(client)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        return (f"warning: [CLUSTER] Redis at {public_url(config.redis_url)} unreachable "
-                f"({describe(exc)}): its version is checked when it answers; until then "
-                f"the node runs as redis_down = {config.redis_down} says")
+        return (f"warning: [CLUSTER] Redis at {where} unreachable ({describe(exc)}): its "
+                f"version is checked when it answers; until then the node runs as "
+                f"redis_down = {config.redis_down} says")
     finally:
         client.close()
-    return f"cluster: Redis {version} at {public_url(config.redis_url)}"
+    if refusal is not None:
+        return (f"warning: [CLUSTER] redis_url: Redis {version} at {where} refuses "
+                f"writes: a probe key under {PREFIX} could not be written "
+                f"({_shown(refusal)}): {_remedy(refusal)}; {_meanwhile(refusal, config)}")
+    return f"cluster: Redis {version} at {where}, takes writes"
+
+
+# How long the probe key of ``write_refusal`` lives if the check is cut short before it
+# deletes it.
+PROBE_MILLISECONDS = 10000
+
+
+def write_refusal(client: redis.Redis) -> Optional[redis.ResponseError]:
+    """Write a probe key under ``PREFIX`` (expiring after ``PROBE_MILLISECONDS``) and
+    delete it: None if Redis took both, else the error it answered (a read-only replica,
+    MISCONF, OOM at maxmemory with noeviction, an ACL...). Raises redis-py's
+    ConnectionError or TimeoutError if it cannot be reached."""
+    key = f"{PREFIX}check-probe:{secrets.token_hex(8)}"
+    try:
+        client.set(key, "cosftpctl check", px=PROBE_MILLISECONDS)
+        client.delete(key)
+    except redis.ResponseError as exc:  # not ConnectionError or TimeoutError: raised
+        return exc
+    return None
+
+
+# The error codes of ``write_refusal``'s refusals that redis-py takes off the message and
+# tells by the exception's class instead.
+_CODES = ((redis.exceptions.ReadOnlyError, "READONLY"),
+          (redis.exceptions.MasterDownError, "MASTERDOWN"),
+          (redis.exceptions.OutOfMemoryError, "OOM"),
+          (redis.exceptions.NoPermissionError, "NOPERM"))
+# What to do about each refusal, by Redis's error code.
+_REMEDIES = {
+    "READONLY": "it is a read-only replica: point redis_url at its master",
+    "MASTERDOWN": "it is a replica that lost its master: point redis_url at the master",
+    "NOREPLICAS": "it has fewer good replicas than its min-replicas-to-write: bring them "
+                  "back, or lower min-replicas-to-write",
+    "MISCONF": "its last save to disk failed and stop-writes-on-bgsave-error is yes: see "
+               "Redis's log (its dir, disk space, permissions)",
+    "OOM": "it is at maxmemory and evicts nothing (maxmemory-policy noeviction): raise "
+           "maxmemory, or choose an eviction policy (every key this server writes "
+           "expires: volatile-ttl will do)",
+    "NOPERM": "its ACL user may not write there: grant +@write on ~cosftp:*",
+}
+# The refusals after which the node takes Redis for down (``link.refuses_writes``).
+_DOWN_CODES = ("READONLY", "MASTERDOWN", "NOREPLICAS", "MISCONF")
+
+
+def _code(exc: redis.ResponseError) -> str:
+    """Redis's error code of ``exc`` (READONLY, OOM...; "" if it gave none)."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    first = str(exc).split(" ", 1)[0]
+    return first if first.isupper() and first.isalpha() else ""
+
+
+def _shown(exc: redis.ResponseError) -> str:
+    """Redis's error as it answered it, code first, cut for a line."""
+    code, text = _code(exc), str(exc)
+    if code and not text.startswith(code):
+        text = f"{code} {text}"
+    return escape_controls(text[:200])
+
+
+def _remedy(exc: redis.ResponseError) -> str:
+    return _REMEDIES.get(_code(exc), "see Redis's log")
+
+
+def _meanwhile(exc: redis.ResponseError, config: ClusterConfig) -> str:
+    """What a node does while Redis refuses so."""
+    if _code(exc) in _DOWN_CODES:
+        return (f"until it takes writes, the node takes it for down and runs as redis_down "
+                f"= {config.redis_down} says")
+    return ("until it takes writes, the node's calls that write are answered from its own "
+            "figures: bans and counts are not shared")

@@ -18,7 +18,7 @@ KEEP_HASH = "-"  # a sequence the hash never holds: the heartbeat keeps the hash
 UNBANS_KEPT = 1000  # the last unbans kept for the workers to read
 UNBANS_SECONDS = 7 * 86400  # and for how long after the last one
 UNBANS_PER_TICK = 100  # the most one heartbeat brings (the script's LIMIT)
-WRITE_PROBE = PREFIX + "write-probe"  # never written: deleted to see whether Redis takes writes
+WRITE_PROBE = PREFIX + "write-probe"  # written and deleted at once: does Redis take writes?
 SCAN_PAGE = 500  # keys per SCAN page, each page read or deleted by one script
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import Optional
 
 import redis
 from redis.backoff import NoBackoff
@@ -43,16 +44,22 @@ MOVES = {
 }
 
 # The errors of a Redis that refuses every write for now, whatever the command and key,
-# until its operator acts: a replica (READONLY; MASTERDOWN, which refuses reads too, with
-# replica-serve-stale-data no), a master with fewer good replicas than min-replicas-to-write
-# (NOREPLICAS), one whose last save failed (MISCONF, stop-writes-on-bgsave-error). A node
-# then shares nothing (no ban, count or reservation lands), so they are an outage. Redis
-# 7 answers a script's as the command's own error; 6.0 wraps it (``ERR Error running
-# script (call to f_...): @user_script:9: @user_script: 9: -READONLY ...``). Not these:
-# OOM (only writes that add memory, and it passes as keys expire or are evicted), NOPERM
-# (an ACL's choice of commands or keys), a script's own error: those are errors answered.
-_REFUSES_WRITES = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|NOREPLICAS|MISCONF) ")
-
+# until its operator acts or it recovers by itself: a replica (READONLY; MASTERDOWN, which
+# refuses reads too, with replica-serve-stale-data no), a master with fewer good replicas
+# than min-replicas-to-write (NOREPLICAS), one whose last save failed (MISCONF,
+# stop-writes-on-bgsave-error), one out of memory (OOM: maxmemory reached and nothing
+# evictable; what it refuses is what may add memory, which every call of a node but a read
+# does, its heartbeat first). A node then shares nothing (no ban, count or reservation
+# lands), so they are an outage. Redis 7 answers a script's as the command's own error; 6.0
+# wraps it (``ERR Error running script (call to f_...): @user_script:9: @user_script: 9:
+# -READONLY ...``). Not these: NOPERM (an ACL's choice of commands or keys), a script's
+# own error: those are errors answered.
+_REFUSES_WRITES = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|NOREPLICAS|MISCONF|OOM) ")
+# And that of a Redis that serves no command now: one running a script past
+# busy-reply-threshold (BUSY, until it ends or SCRIPT KILL). Unreachable, for the node: it
+# is asked again after ``RETRY_SECONDS``, as when it does not answer; so is one loading its
+# data at start (LOADING), for which redis-py raises ``BusyLoadingError``, a ConnectionError.
+_BUSY = re.compile(r"^BUSY ")
 
 
 def public_url(url: str) -> str:
@@ -95,6 +102,8 @@ def server_version(client: redis.Redis, url: str) -> str:
     except (redis.ConnectionError, redis.TimeoutError):
         raise
     except redis.RedisError as exc:
+        if (found := busy(exc)) is not None:  # BUSY refuses INFO too: not an answer
+            raise found from exc
         raise ConfigError(f"{where} will not tell its version ({describe(exc)}); this "
                           f"server needs INFO to check it is {minimum} or newer",
                           section="CLUSTER", option="redis_url") from exc
@@ -109,9 +118,21 @@ def server_version(client: redis.Redis, url: str) -> str:
 def refuses_writes(exc: redis.RedisError) -> bool:
     """Whether ``exc``, an error Redis answered, says it refuses every write for now (see
     ``_REFUSES_WRITES``)."""
-    if isinstance(exc, (redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)):
+    if isinstance(exc, (redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError,
+                        redis.exceptions.OutOfMemoryError)):
         return True  # (redis-py takes the code off their message)
     return _REFUSES_WRITES.search(str(exc)) is not None
+
+
+class Busy(redis.ConnectionError):
+    """Redis answered that it serves no command now (``_BUSY``): to the caller, as if it
+    could not be reached."""
+
+
+def busy(exc: redis.RedisError) -> Optional[Busy]:
+    """``exc``, an error Redis answered, as ``Busy`` if it says Redis serves no command
+    now (``_BUSY``), else None."""
+    return Busy(str(exc)) if _BUSY.match(str(exc)) else None
 
 
 def describe(exc: Exception) -> str:

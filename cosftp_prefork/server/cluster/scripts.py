@@ -161,10 +161,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
 return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1}, repaired}
 """
 
-# Whether Redis takes writes: a write that changes nothing (the key is never written), which
-# a replica, a master short of replicas and one whose save failed refuse all the same.
-# KEYS: that key.
+# Whether Redis takes writes: a write that changes nothing in the end (the key is written,
+# then deleted at once; no other script uses it), which a replica, a master short of
+# replicas and one whose save failed refuse all the same. A write that adds memory first:
+# one out of memory serves a DEL (redis-server 7.0.15 with maxmemory 1 ran the DEL alone
+# and refused the SET). KEYS: that key.
 WRITABLE = """
+redis.call('SET', KEYS[1], '', 'PX', 1000)
 redis.call('DEL', KEYS[1])
 return {0, {}}
 """

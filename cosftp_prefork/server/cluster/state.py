@@ -49,6 +49,7 @@ from .link import (
     RETRY_SECONDS,
     Link,
     NoConnectionFree,
+    busy,
     connect,
     describe,
     public_url,
@@ -212,15 +213,17 @@ class ClusterState:
         return None
 
     def _write_refusal(self) -> Optional[redis.RedisError]:
-        """Delete a key never written (under a connection held): the error Redis answered
+        """Write a key and delete it (under a connection held): the error Redis answered
         if it refuses every write now (``link.refuses_writes``), else None (another error
         is left to the calls, which log it). Raises redis-py's ConnectionError or
-        TimeoutError if Redis cannot be reached."""
+        TimeoutError if Redis cannot be reached, ``link.Busy`` if it serves nothing now."""
         try:
             self._scripts["writable"]([WRITE_PROBE], [])
         except (redis.ConnectionError, redis.TimeoutError):
             raise
         except redis.RedisError as exc:
+            if (found := busy(exc)) is not None:
+                raise found from exc
             return exc if refuses_writes(exc) else None
         return None
 
@@ -291,6 +294,9 @@ class ClusterState:
             self._went_down(what, exc)
             return None
         except redis.RedisError as exc:
+            if (found := busy(exc)) is not None:  # it serves nothing now: an outage
+                self._went_down(what, found)
+                return None
             if refuses_writes(exc):  # nothing this node writes lands: an outage
                 self._went_down(what, exc, Link.READ_ONLY)
                 return None

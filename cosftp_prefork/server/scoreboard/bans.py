@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ class BanTable(MappedFile):
     def saved_ban_epoch(self) -> int:
         """The :meth:`ban_epoch` the master last saved to the bans file."""
         return struct.unpack_from("<I", self._map, BANS_AT + 4)[0]
+
+    def dropped_bans(self) -> int:
+        """How many running bans were dropped so far to make room for another address in a
+        full table (read without the lock: a count)."""
+        return struct.unpack_from("<I", self._map, BANS_AT + 8)[0]
 
     def note_bans_saved(self, epoch: int) -> None:
         """The master saved the bans of ``epoch`` (it alone writes this word)."""
@@ -90,7 +96,7 @@ class BanTable(MappedFile):
         wanted, stamp = address_key(ip), int(now)
         with self._bans_locked() as words:
             flat = words[BAN_HEADER_WORDS:].tolist()
-            at = self._ban_row(flat, wanted) * BAN_WORDS
+            at = self._take_row(words, flat, wanted, now)
             ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == wanted
             failures, started, previous_ban = flat[at + 5:at + 8] if ours else (0, stamp, 0)
             if stamp - started > window:
@@ -109,7 +115,7 @@ class BanTable(MappedFile):
         key = address_key(ip)
         with self._bans_locked() as words:
             flat = words[BAN_HEADER_WORDS:].tolist()
-            at = self._ban_row(flat, key) * BAN_WORDS
+            at = self._take_row(words, flat, key, time.time())
             ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == key
             failures, since = flat[at + 5:at + 7] if ours else (0, 0)
             self._write_ban(words, at, key, failures, since, until)
@@ -126,7 +132,7 @@ class BanTable(MappedFile):
                     continue
                 flat = words[BAN_HEADER_WORDS:].tolist()
                 key = address_key(ip)
-                self._write_ban(words, self._ban_row(flat, key) * BAN_WORDS, key, 0, 0,
+                self._write_ban(words, self._take_row(words, flat, key, now), key, 0, 0,
                                 int(until))
                 restored += 1
             words[0] += 1 if restored else 0
@@ -137,6 +143,18 @@ class BanTable(MappedFile):
                    until: int) -> None:
         at += BAN_HEADER_WORDS
         words[at:at + BAN_WORDS] = array("I", [1, *key, failures, started, until])
+
+    def _take_row(self, words, flat: list[int], wanted: Address, now: float) -> int:
+        """Where in ``flat`` (the rows, caller holds the lock) the row of ``wanted`` is or
+        goes (``_ban_row``). A full table gives up the row with the oldest news, a running
+        ban only when every row holds one (the one ending soonest): that is counted
+        (``dropped_bans``, for the master to log) and moves the epoch, so that no worker's
+        copy of the table enforces it still."""
+        at = self._ban_row(flat, wanted) * BAN_WORDS
+        if flat[at] and tuple(flat[at + 1:at + 5]) != wanted and flat[at + 7] > now:
+            words[2] += 1
+            words[0] += 1
+        return at
 
     @staticmethod
     def _ban_row(flat: list[int], wanted: Address) -> int:

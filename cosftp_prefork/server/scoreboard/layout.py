@@ -5,6 +5,7 @@ each part holds)."""
 from __future__ import annotations
 
 import struct
+import zlib
 from array import array
 
 from ... import rates
@@ -19,7 +20,10 @@ EXIT_BOOT_FAILURE = 3
 LISTEN_BACKLOG = 1024
 
 MAGIC = b"CFTP"
-# magic, version, master pid, generation, started, workers, reload count, last reload result
+# Every version of the file starts with its magic, its layout (LAYOUT_VERSION) and the
+# master's pid: what ``cosftpctl`` reads of a file of another layout to name its master.
+HEADER_START = struct.Struct("<4sIi")
+# magic, layout, master pid, generation, started, workers, reload count, last reload result
 HEADER = struct.Struct("<4sIiIdIII")
 # after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1), the master's
 # state (its index in MASTER_STATES; not running: it stops and takes no reload), the
@@ -43,7 +47,8 @@ PENDING, LOGGED_IN = 1, 2
 BAN_ROWS = 1024
 BAN_WORDS = 8  # in use (1/0), client address (4), failures, window start, banned until
 # Changes of the table (bans started or lifted) so far, the change last saved to the bans file
-# (the master), then unused.
+# (the master), running bans dropped so far to make room for new rows (a full table), then
+# unused.
 BAN_HEADER_WORDS = 4
 
 SLOTS_AT = HEADER_SIZE + PATH_SIZE
@@ -81,14 +86,21 @@ INDEX_WORDS = COUNT_WORDS + SESSION_ROWS + ADDRESS_SLOTS * ADDRESS_WORDS + \
 KEEP_BUCKETS = 10 * rates.NS  # how long an account's buckets outlive its last session
 CONTROL_AT = INDEX_AT + INDEX_WORDS * 4
 # Reloads asked for by the admin API, and the last one the master took; then the errors of
-# the last reload (UTF-8, NUL-padded), written by the master.
+# the last reload (UTF-8, NUL-padded), written by the master; then the warnings it logged
+# for the last reload, for ``cosftpctl reload`` to print: how many there were, then as
+# many as fit, escaped (no control character) and each cut at RELOAD_WARNING_CHARS, one a
+# line (UTF-8, NUL-padded).
 CONTROL = struct.Struct("<II")
 RELOAD_ERROR_SIZE = 2048
+RELOAD_WARNINGS_HEAD = struct.Struct("<I")
+RELOAD_WARNINGS_SIZE = 4096
+RELOAD_WARNING_CHARS = 600
 # Per session row, the client's own address (4 words, as ``records.address_key``; 0: the
 # row's), for display: the row holds what it is counted under (``ipv6_prefix_length``'s
 # network of an IPv6 client).
 CLIENT_SIZE = 4 * 4
-CLIENTS_AT = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
+RELOAD_WARNINGS_AT = CONTROL_AT + CONTROL.size + RELOAD_ERROR_SIZE
+CLIENTS_AT = RELOAD_WARNINGS_AT + RELOAD_WARNINGS_SIZE
 # Per session row, its upload from byte 0 (STOR) until its final reply went out, written by
 # its worker as each chunk arrives and read by the master once that worker died
 # (``uploads``): its state (``uploads.InFlight``), unused, the bytes received, the key of
@@ -137,3 +149,19 @@ INT64 = struct.Struct("<qq")
 BUCKETS_UNUSED = array("I", INT64.pack(rates.EMPTY, 0) * 2)
 SERIALS_BASE = ACCOUNT_BASE + ACCOUNT_SLOTS * ACCOUNT_WORDS
 KICKS_BASE = SERIALS_BASE + SESSION_ROWS
+
+
+def _fingerprint() -> int:
+    """A CRC32 of every number, text and record format this module defines, with the high
+    bit set: two versions whose files are laid out alike (and whose tables mean the same)
+    share it, and it is never 1, which every version before it wrote."""
+    shape = sorted((name, value.format if isinstance(value, struct.Struct) else value)
+                   for name, value in globals().items()
+                   if name.isupper() and
+                   isinstance(value, (int, float, bytes, str, tuple, dict, struct.Struct)))
+    return zlib.crc32(repr(shape).encode()) | 1 << 31
+
+
+# What the header says of the file's layout: ``cosftpctl`` of another version (an upgrade
+# while the master runs) must neither read nor write the file with its own offsets.
+LAYOUT_VERSION = _fingerprint()

@@ -10,6 +10,7 @@ import os
 import struct
 from typing import Optional
 
+from ...logfiles import escape_controls
 from ...safefiles import PRIVATE_MODE, map_existing, open_fd
 from ..usage import UsageTable, usage_path
 from .bans import BanTable
@@ -20,6 +21,8 @@ from .layout import (
     FILE_SIZE,
     HEADER,
     HEADER_SIZE,
+    HEADER_START,
+    LAYOUT_VERSION,
     MAGIC,
     MASTER_STARTING,
     MASTER_STATES,
@@ -27,6 +30,10 @@ from .layout import (
     PATH_SIZE,
     PORTS,
     RELOAD_ERROR_SIZE,
+    RELOAD_WARNING_CHARS,
+    RELOAD_WARNINGS_AT,
+    RELOAD_WARNINGS_HEAD,
+    RELOAD_WARNINGS_SIZE,
     RUNNING,
     SESSIONS_COUNT_AT,
     SLOT,
@@ -39,6 +46,20 @@ from .mapped import clip, unclip
 from .records import MasterStatus, WorkerStatus
 from .sessions import SessionTable
 from .uploads import UploadTable
+
+
+class OtherLayoutError(Exception):
+    """The state file was laid out by another version of cosftp-prefork (the master still
+    running after an upgrade): this one may neither read nor write it."""
+
+    def __init__(self, path: str, pid: int) -> None:
+        self.path, self.pid = path, pid
+        super().__init__(
+            f"pid {pid} runs another version of cosftp-prefork: its state file {path} is "
+            f"laid out otherwise, so this cosftpctl neither reads nor changes it. "
+            f"'cosftpctl stop' then 'cosftpctl start' runs this version (stop works "
+            f"across versions); meanwhile 'kill -HUP {pid}' reloads the running one, its "
+            f"verdict in its log")
 
 
 class SharedState(SessionTable, BanTable, UploadTable):
@@ -69,8 +90,9 @@ class SharedState(SessionTable, BanTable, UploadTable):
     @classmethod
     def open(cls, path: str, writable: bool = False) -> Optional[SharedState]:
         """Map an existing state file, read-only unless ``writable`` (``cosftpctl unban``);
-        None if it is absent or not ours. ``writable`` raises ``PermissionError`` if this
-        user may not write it."""
+        None if it is absent or not ours. Raises ``OtherLayoutError`` if another version
+        laid it out, and (``writable``) ``PermissionError`` if this user may not write it."""
+        _check_layout(path)
         found = map_existing(path, FILE_SIZE, MAGIC, writable)
         return None if found is None else cls(path, *found)
 
@@ -78,8 +100,8 @@ class SharedState(SessionTable, BanTable, UploadTable):
 
     def write_header(self, status: MasterStatus) -> None:
         self._map[:HEADER.size] = HEADER.pack(
-            MAGIC, 1, status.pid, status.generation, status.started, status.worker_count,
-            status.reloads, status.reload_result)
+            MAGIC, LAYOUT_VERSION, status.pid, status.generation, status.started,
+            status.worker_count, status.reloads, status.reload_result)
         PORTS.pack_into(self._map, HEADER.size, status.ftp_port, status.implicit_tls_port,
                          status.auth_tls, MASTER_STATES.index(status.state),
                          status.ipv6_prefix_length)
@@ -179,3 +201,47 @@ class SharedState(SessionTable, BanTable, UploadTable):
     def reload_error(self) -> str:
         at = CONTROL_AT + CONTROL.size
         return unclip(bytes(self._map[at:at + RELOAD_ERROR_SIZE]))
+
+    def write_reload_warnings(self, warnings: list[str]) -> None:
+        """The warnings the master logged for the last reload ([]: none, or none yet), for
+        ``cosftpctl reload`` (the master). Each is escaped as the log escapes it and cut at
+        ``RELOAD_WARNING_CHARS``; those that do not fit are counted, not kept."""
+        kept, room = [], RELOAD_WARNINGS_SIZE - RELOAD_WARNINGS_HEAD.size
+        for warning in warnings:
+            line = escape_controls(warning)
+            if len(line) > RELOAD_WARNING_CHARS:
+                line = line[:RELOAD_WARNING_CHARS - 3] + "..."
+            encoded = line.encode("utf-8")
+            if len(encoded) + 1 > room:
+                break
+            kept.append(encoded)
+            room -= len(encoded) + 1
+        at = RELOAD_WARNINGS_AT
+        RELOAD_WARNINGS_HEAD.pack_into(self._map, at, len(warnings))
+        text = b"\n".join(kept).ljust(RELOAD_WARNINGS_SIZE - RELOAD_WARNINGS_HEAD.size, b"\0")
+        self._map[at + RELOAD_WARNINGS_HEAD.size:at + RELOAD_WARNINGS_SIZE] = text
+
+    def reload_warnings(self) -> tuple[list[str], int]:
+        """The warnings of the last reload as kept (``write_reload_warnings``), and how
+        many there were in all."""
+        at = RELOAD_WARNINGS_AT
+        (count,) = RELOAD_WARNINGS_HEAD.unpack_from(self._map, at)
+        text = unclip(bytes(self._map[at + RELOAD_WARNINGS_HEAD.size:at + RELOAD_WARNINGS_SIZE]))
+        return (text.split("\n") if text else []), count
+
+
+def _check_layout(path: str) -> None:
+    """Raise ``OtherLayoutError`` if the file at ``path`` is a state file (through no
+    link) of another layout; anything else is left to the mapping."""
+    try:
+        fd = open_fd(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        start = os.pread(fd, HEADER_START.size, 0)
+    finally:
+        os.close(fd)
+    if len(start) == HEADER_START.size:
+        magic, layout, pid = HEADER_START.unpack(start)
+        if magic == MAGIC and layout != LAYOUT_VERSION:
+            raise OtherLayoutError(path, pid)
