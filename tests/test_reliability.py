@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from cosftp_prefork.config.options import SETTINGS
+from cosftp_prefork.cos.aborts import AbortRetrier
 from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS
 from cosftp_prefork.server.scoreboard import SharedState, state_path
 
@@ -401,3 +402,49 @@ def _pasv_ok(ftp: ftplib.FTP) -> bool:
         return ftp.sendcmd("PASV").startswith("227")
     except ftplib.error_temp:
         return False
+
+
+def test_aborts_cos_refuses_are_retried_for_a_bounded_number(emulator, tmp_path, cos, area):
+    """A key that may not abort multipart uploads (a CAM policy without
+    AbortMultipartUpload): a client looping APPE + ABOR on a 1 MiB file costs it no bytes
+    (the old bytes are copied inside COS), and each loop is an abort COS refuses. The worker
+    keeps at most MAX_PENDING of them to retry (each retried every few seconds for ever);
+    the rest are left to the janitor, whose live markers stay. At the stop, the worker logs
+    every abort it still held: that count is the retrier's size."""
+    secret_id = f"AKIDnoabort{os.getpid()}"
+    emulator.set_accounts(keys={secret_id: {"secret": "noabort-key",
+                                            "deny": ["AbortMultipartUpload"]}})
+    proc = ServerProcess(str(tmp_path), emulator.port,
+                         [Account("alice", "alice-pw", ALPHA, secret_id=secret_id,
+                                  secret_key="noabort-key")],
+                         optional={"worker_processes": "1", "log_level": "INFO"})
+    loops = AbortRetrier.MAX_PENDING + 20
+    with proc:
+        ftp = proc.login("alice", "alice-pw")
+        name = f"{area}/appended"
+        ftp.mkd(area)
+        put(ftp, name, b"a" * MIB)
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=60) as control:
+            reader = control.makefile("rb")
+
+            def command(line: str) -> bytes:
+                control.sendall(line.encode() + b"\r\n")
+                return reader.readline()
+
+            reader.readline()
+            assert command("USER alice").startswith(b"331")
+            assert command("PASS alice-pw").startswith(b"230")
+            assert command("TYPE I").startswith(b"200")
+            for _ in range(loops):
+                reply = command("EPSV").decode()
+                port = int(re.search(r"\(\|\|\|(\d+)\|\)", reply).group(1))
+                with socket.create_connection(("127.0.0.1", port), timeout=60):
+                    reply = command(f"APPE /{name}")
+                    assert reply.startswith(b"125"), reply  # connected before APPE
+                    assert command("ABOR").startswith(b"426")
+                    assert reader.readline().startswith(b"226")
+        _close(ftp)
+        uploads = cos.list_multipart_uploads(Bucket=ALPHA, Prefix=name).get("Upload", [])
+        assert len(uploads) >= loops  # every loop left an upload COS would not abort
+    held = proc.log_text().count("is still pending in COS; abort it by hand")
+    assert 0 < held <= AbortRetrier.MAX_PENDING, held

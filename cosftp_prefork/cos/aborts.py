@@ -18,6 +18,12 @@ class AbortRetrier:
     """Retries multipart-upload aborts that failed (COS unreachable) until they succeed, so
     an interrupted upload never stays behind costing storage. One thread per worker."""
 
+    # Each pending abort is retried every interval for as long as COS refuses it (a key
+    # without AbortMultipartUpload refuses it for ever), and a client can make one per
+    # APPE + ABOR without sending a byte: past this many, the janitor is left to abort them
+    # (their live markers stay), so the worker's memory and the retry passes stay bounded.
+    MAX_PENDING = 256
+
     def __init__(self, interval: float = 5.0) -> None:
         self._pending: dict[tuple[str, str], Bucket] = {}
         self._lock = threading.Lock()
@@ -26,9 +32,14 @@ class AbortRetrier:
     def start(self) -> None:
         self._periodic.start()
 
-    def add(self, bucket: Bucket, key: str, upload_id: str) -> None:
+    def add(self, bucket: Bucket, key: str, upload_id: str) -> bool:
+        """Retry the abort of ``upload_id`` of ``key``; return False if ``MAX_PENDING``
+        aborts are pending already (then it is not kept)."""
         with self._lock:
+            if len(self._pending) >= self.MAX_PENDING and (key, upload_id) not in self._pending:
+                return False
             self._pending[(key, upload_id)] = bucket
+            return True
 
     def stop(self, deadline: Optional[float] = None) -> None:
         """Stop retrying (see ``Periodic.stop``); log what is still pending so an operator

@@ -430,10 +430,11 @@ class UploadSession:
         except NotFound:
             pass
         except StorageError as exc:
-            log.error("path=%s: could not abort multipart upload %s: %s; will retry", self.name,
-                      upload_id, exc)
-            if self._retrier is not None:
+            retried = self._retrier is not None and \
                 self._retrier.add(self._bucket, self._key, upload_id)
+            log.error("path=%s: could not abort multipart upload %s: %s; %s", self.name,
+                      upload_id, exc, "will retry" if retried else
+                      "left to the janitor (too many aborts pending)")
             return  # the live marker stays, for the janitor should the retries not succeed
         self._unmark()
 
