@@ -18,10 +18,11 @@ from typing import Optional
 from .safefiles import open_append
 
 _log = logging.getLogger(__name__)
-# C0 and C1 controls, DEL, line/paragraph separators, bidirectional overrides and lone
-# surrogates (undecodable bytes): nothing a log line needs raw.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-                     "\ud800-\udfff]")
+# C0 and C1 controls, DEL, line/paragraph separators, every Bidi_Control character (the
+# embeddings, overrides and isolates, and the marks ALM, LRM and RLM, which reorder what is
+# around them too) and lone surrogates (undecodable bytes): nothing a log line needs raw.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

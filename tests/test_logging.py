@@ -102,6 +102,23 @@ def test_ansi_escapes_in_names_are_escaped(logged):
     assert "\\x9b31mc1" in text and "\\x1b[1mbold" in text
 
 
+# Unicode's Bidi_Control characters: the embeddings and overrides, the isolates, and the
+# three implicit marks (ALM, LRM, RLM), which reorder the text around them as well.
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_every_bidi_control_in_a_user_name_is_escaped(logged):
+    """A name cannot reorder how its log line reads: a right-to-left mark before the
+    address a line ends with displays it, and what follows, in another order."""
+    replies = raw_session(logged, [f"USER bidi{BIDI_CONTROLS}end".encode(), b"PASS guess"])
+    assert replies[-1].startswith(b"530"), replies
+    wait_until(lambda: b"bidi" in log_bytes(logged), what="the failed login logged")
+    text = log_bytes(logged).decode("utf-8")
+    assert not [char for char in BIDI_CONTROLS if char in text], \
+        [f"U+{ord(char):04X}" for char in BIDI_CONTROLS if char in text]
+    assert "bidi" + "".join(f"\\u{ord(char):04x}" for char in BIDI_CONTROLS) + "end" in text
+
+
 def test_a_missing_name_with_control_bytes_is_550_and_logged_escaped(logged, area, cos):
     """SIZE, MDTM and RETR of a missing name holding control bytes (such names from other
     tools stay reachable, so the server lets them through to COS) answer 550 as for any
