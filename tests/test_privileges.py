@@ -202,6 +202,42 @@ def test_started_as_root_workers_and_exporter_run_as_nobody(emulator, workdir, n
         proc.stop()
 
 
+# Installed through PYTHONPATH in the master: when a root process imports prometheus_client
+# (which opens that process's metric files at once, following links), it notes who owns the
+# metrics directory then.
+OWNER_AT_IMPORT = """import os, sys
+
+def _note(event, args):
+    where = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if event == "import" and args[0] == "prometheus_client" and where and os.geteuid() == 0:
+        with open({seen!r}, "a", encoding="ascii") as handle:
+            handle.write(f"{{os.stat(where).st_uid}}\\n")
+
+sys.addaudithook(_note)
+"""
+
+
+@as_root
+def test_the_masters_metric_files_are_made_before_the_workers_user_owns_their_directory(
+        emulator, workdir, nobody_python):
+    """The metrics directory is the workers' user's (they make their files in it), and
+    prometheus_client opens the master's files as root, following links: were the
+    directory given away first, another process of that user could plant a link where root
+    then writes."""
+    python, env = nobody_python
+    hook = os.path.join(workdir, "hook")
+    os.mkdir(hook, 0o755)
+    seen = os.path.join(workdir, "owners")
+    with open(os.path.join(hook, "sitecustomize.py"), "w", encoding="utf-8") as handle:
+        handle.write(OWNER_AT_IMPORT.format(seen=seen))
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, (hook, env.get("PYTHONPATH"))))}
+    with dropping_server(workdir, emulator.port, (python, env)) as proc:
+        wait_until(lambda: len(children(proc.proc.pid)) == 3, what="two workers and the exporter")
+        assert read(seen).split() == ["0"]  # the master's one import, root's directory then
+        metrics_dir = os.path.join(proc.log_dir, "cosftp.pid.metrics")
+        assert os.stat(metrics_dir).st_uid == NOBODY.pw_uid  # and the workers' since
+
+
 @as_root
 def test_the_admin_api_runs_as_nobody_and_serves_https(emulator, workdir, nobody_python):
     """The admin API drops root as the workers do, and still serves HTTPS with a key only

@@ -23,7 +23,7 @@ from .banctl import cmd_bans, cmd_unban
 from .files import check_files, hand_over_files
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .manual import describe
-from .metrics_dir import use_metrics_dir
+from .metrics_dir import give_to, use_metrics_dir
 from .pidfile import (
     EXIT_NOT_RUNNING,
     Target,
@@ -169,11 +169,12 @@ def cmd_run(config: Config, log_file_only: bool = False) -> int:
         print(f"cosftpctl: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
-        use_metrics_dir(config, identity)  # before anything imports prometheus_client
+        metrics = use_metrics_dir(config, identity)  # before anything imports prometheus_client
+        from .master import Master  # which opens the master's metric files
+        give_to(metrics, identity)
     except OSError as exc:
         print(f"cosftpctl: cannot prepare the metrics directory: {exc}", file=sys.stderr)
         return 1
-    from .master import Master
 
     return Master(config, foreground=not log_file_only, identity=identity).run()
 
