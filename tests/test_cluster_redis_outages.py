@@ -712,8 +712,7 @@ def test_check_writes_to_redis_and_says_why_it_cannot(emulator, tmp_path):
                           "it is at maxmemory and evicts nothing (maxmemory-policy "
                           "noeviction): raise maxmemory, or choose an eviction policy (every "
                           "key this server writes expires: volatile-ttl will do)",
-                          "until it takes writes, the node's calls that write are answered "
-                          "from its own figures: bans and counts are not shared")
+                          DOWN_MEANWHILE)  # an outage, as for the node (link.refuses_writes)
         finally:
             direct.config_set("maxmemory", "0")
 

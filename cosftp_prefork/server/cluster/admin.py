@@ -17,7 +17,7 @@ from ...config.model import ClusterConfig
 from ...errors import ConfigError
 from ...logfiles import escape_controls
 from .keys import PREFIX, SCAN_PAGE, UNBANS_KEPT, UNBANS_SECONDS, ban_key, client_key
-from .link import connect, describe, public_url, server_version
+from .link import connect, describe, public_url, refuses_writes, server_version
 from .scripts import LIBRARY, READ, UNBAN
 
 T = TypeVar("T")
@@ -217,8 +217,6 @@ _REMEDIES = {
            "expires: volatile-ttl will do)",
     "NOPERM": "its ACL user may not write there: grant +@write on ~cosftp:*",
 }
-# The refusals after which the node takes Redis for down (``link.refuses_writes``).
-_DOWN_CODES = ("READONLY", "MASTERDOWN", "NOREPLICAS", "MISCONF")
 
 
 def _code(exc: redis.ResponseError) -> str:
@@ -244,7 +242,7 @@ def _remedy(exc: redis.ResponseError) -> str:
 
 def _meanwhile(exc: redis.ResponseError, config: ClusterConfig) -> str:
     """What a node does while Redis refuses so."""
-    if _code(exc) in _DOWN_CODES:
+    if refuses_writes(exc):  # as the node takes it
         return (f"until it takes writes, the node takes it for down and runs as redis_down "
                 f"= {config.redis_down} says")
     return ("until it takes writes, the node's calls that write are answered from its own "
