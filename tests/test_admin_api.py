@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -428,41 +429,55 @@ def test_slow_and_oversized_requests_are_cut_off(api, admin):
     assert "admin connection closed: request head not complete within 5s" in admin.log_text()
 
 
-def test_reload_refuses_a_bad_file_and_takes_a_good_one(api, admin):
-    generation = api.get("/status")["master"]["generation"]
-    with open(admin.config_path, encoding="utf-8") as handle:
+@contextlib.contextmanager
+def restored_config(proc) -> Iterator[str]:
+    """The text of ``proc``'s configuration file, written back when the block ends."""
+    with open(proc.config_path, encoding="utf-8") as handle:
         good = handle.read()
     try:
-        with open(admin.config_path, "w", encoding="utf-8") as handle:
-            handle.write(good.replace("worker_processes = 2", "worker_processes = many"))
-        refused = api.call("POST", "/reload")
-        assert (refused.status_code, refused.json()) == (422, {
-            "error": "the configuration was refused; nothing changed",
-            "errors": [f"{admin.config_path} [OPTIONAL] worker_processes: must be an integer, "
-                       "got 'many'"]})
-        assert api.call("POST", "/reload", token=RO_TOKEN).status_code == 403
-        status = api.get("/status")
-        assert status["master"]["generation"] == generation
-        assert status["reload"]["state"] == "failed" and "'many'" in status["reload"]["errors"][0]
-        log_in(admin).quit()  # still serving
-        new_token = "rw-after-reload-7c1d"
-        with open(admin.config_path, "w", encoding="utf-8") as handle:
-            handle.write(re.sub(r"tokens = .*", f"tokens = next:{hash_token(new_token)}:rw",
-                                good))
-        reloaded = api.call("POST", "/reload")
-        assert (reloaded.status_code, reloaded.json()) == (200, {
-            "result": "ok", "generation": generation + 1, "warnings": [],
-            "warnings_not_shown": 0})
-        # The admin API was replaced with the new file's tokens: the old one is refused.
-        wait_until(lambda: AdminClient(admin_url(admin), token=RW_TOKEN, source="127.0.0.12")
-                   .call("GET", "/status").status_code == 401, what="the old token refused")
-        renewed = AdminClient(admin_url(admin), token=new_token).get("/status")
-        assert renewed["you"]["token"] == "next" and renewed["reload"] == {
-            "state": "ok", "count": renewed["reload"]["count"], "errors": [], "warnings": [],
-            "warnings_not_shown": 0}
+        yield good
     finally:
-        with open(admin.config_path, "w", encoding="utf-8") as handle:
-            handle.write(good)
+        write_config_text(proc, good)
+
+
+def write_config_text(proc, text: str) -> None:
+    with open(proc.config_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def test_reload_refuses_a_bad_file_and_takes_a_good_one(api, admin):
+    generation = api.get("/status")["master"]["generation"]
+    try:
+        with restored_config(admin) as good:
+            write_config_text(admin, good.replace("worker_processes = 2",
+                                                  "worker_processes = many"))
+            refused = api.call("POST", "/reload")
+            assert (refused.status_code, refused.json()) == (422, {
+                "error": "the configuration was refused; nothing changed",
+                "errors": [f"{admin.config_path} [OPTIONAL] worker_processes: must be an "
+                           "integer, got 'many'"]})
+            assert api.call("POST", "/reload", token=RO_TOKEN).status_code == 403
+            status = api.get("/status")
+            assert status["master"]["generation"] == generation
+            assert status["reload"]["state"] == "failed"
+            assert "'many'" in status["reload"]["errors"][0]
+            log_in(admin).quit()  # still serving
+            new_token = "rw-after-reload-7c1d"
+            write_config_text(admin, re.sub(r"tokens = .*",
+                                            f"tokens = next:{hash_token(new_token)}:rw", good))
+            reloaded = api.call("POST", "/reload")
+            assert (reloaded.status_code, reloaded.json()) == (200, {
+                "result": "ok", "generation": generation + 1, "warnings": [],
+                "warnings_not_shown": 0})
+            # The admin API was replaced with the new file's tokens: the old one is refused.
+            old = AdminClient(admin_url(admin), token=RW_TOKEN, source="127.0.0.12")
+            wait_until(lambda: old.call("GET", "/status").status_code == 401,
+                       what="the old token refused")
+            renewed = AdminClient(admin_url(admin), token=new_token).get("/status")
+            assert renewed["you"]["token"] == "next" and renewed["reload"] == {
+                "state": "ok", "count": renewed["reload"]["count"], "errors": [], "warnings": [],
+                "warnings_not_shown": 0}
+    finally:  # the new token's server back to the file's
         AdminClient(admin_url(admin), token="rw-after-reload-7c1d").call("POST", "/reload")
     assert any(line.endswith(f"POST /api/v1/reload: reloaded: generation {generation + 1}")
                for line in audit_lines(admin))
@@ -471,11 +486,9 @@ def test_reload_refuses_a_bad_file_and_takes_a_good_one(api, admin):
 def test_a_reload_answers_the_warnings_the_master_logged_for_it(api, admin):
     """As ``cosftpctl reload`` prints them: a setting that waits for the next start is
     something the caller must hear of, not only the log."""
-    with open(admin.config_path, encoding="utf-8") as handle:
-        good = handle.read()
-    try:
-        with open(admin.config_path, "w", encoding="utf-8") as handle:
-            handle.write(good.replace("\n[OPTIONAL]\n", "\n[OPTIONAL]\nipv6_prefix_length = 56\n"))
+    with restored_config(admin) as good:
+        write_config_text(admin, good.replace("\n[OPTIONAL]\n",
+                                              "\n[OPTIONAL]\nipv6_prefix_length = 56\n"))
         reloaded = api.call("POST", "/reload")
         assert reloaded.status_code == 200, reloaded.text
         warnings = reloaded.json()["warnings"]
@@ -483,9 +496,6 @@ def test_a_reload_answers_the_warnings_the_master_logged_for_it(api, admin):
             "reload: [OPTIONAL] ipv6_prefix_length takes effect at the next start"), warnings
         assert reloaded.json()["warnings_not_shown"] == 0
         assert api.get("/status")["reload"]["warnings"] == warnings
-    finally:
-        with open(admin.config_path, "w", encoding="utf-8") as handle:
-            handle.write(good)
     assert api.call("POST", "/reload").json()["warnings"] == []
 
 

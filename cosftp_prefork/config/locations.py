@@ -66,13 +66,19 @@ def locate_server(config_path: str) -> tuple[str, int]:
     what configparser reads there (its defaults for what it does not find; an invalid
     section, option or line elsewhere is skipped as it skips it). Raises ``ConfigError``,
     worded as ``load_config``'s, if the file cannot be read."""
-    absolute = os.path.abspath(config_path)
+    absolute, text = read_config_file(config_path)
+    return locate_in_text(text, absolute)
+
+
+def read_config_file(path: str) -> tuple[str, str]:
+    """The absolute path and the text of the configuration file at ``path``. Raises
+    ``ConfigError`` if it cannot be read (or is not UTF-8)."""
+    absolute = os.path.abspath(path)
     try:
         with open(absolute, encoding="utf-8") as handle:
-            text = handle.read()
+            return absolute, handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read configuration file: {exc}", absolute) from None
-    return locate_in_text(text, absolute)
 
 
 def locate_in_text(text: str, config_path: str) -> tuple[str, int]:

@@ -35,6 +35,7 @@ from .locations import (
     base_dir,
     default_pid_file,
     parse_path,
+    read_config_file,
     resolve,
 )
 from .model import (
@@ -627,12 +628,7 @@ def parse_config(text: str, path: str = "<string>",
 
 def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
     """Read and validate the file at ``path``. Raises ``ConfigError``."""
-    absolute = os.path.abspath(path)
-    try:
-        with open(absolute, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read configuration file: {exc}", absolute) from None
+    absolute, text = read_config_file(path)
     return parse_config(text, absolute, environ)
 
 
