@@ -152,6 +152,14 @@ def status(proc: LoneNode) -> str:
     return proc.ctl("status").stdout
 
 
+def two_checks_later(server: RedisUnderTest) -> None:
+    """Return once the node has checked twice more whether Redis writes again (each check
+    asks its version through the proxy): an outage is logged once, not at each check."""
+    checks = server.proxy.names["info"]
+    wait_until(lambda: server.proxy.names["info"] >= checks + 2, timeout=30,
+               what="two checks whether Redis writes again")
+
+
 def nothing_crashed(proc: LoneNode) -> None:
     log = proc.log_text()
     assert "Traceback" not in log and "exited unexpectedly" not in log

@@ -40,6 +40,7 @@ from .test_cluster_redis import (
     redis6,  # noqa: F401 (the fixture)
     refused_as_banned,
     status,
+    two_checks_later,
 )
 from .test_commands import put
 from .test_quotas import MIB, ROOT, quota_account
@@ -573,9 +574,7 @@ def test_a_redis_that_refuses_writes_is_down_and_an_open_node_serves_on_its_own(
             assert "serving on the local scoreboard" in status(proc)
             earn_ban(proc, "127.0.0.91")
             assert refused_as_banned(proc, "127.0.0.91")  # this node's own ban
-            checks = server.proxy.names["info"]
-            wait_until(lambda: server.proxy.names["info"] >= checks + 2, timeout=30,
-                       what="two checks whether Redis takes writes again")
+            two_checks_later(server)
             assert logs_in(proc, "127.0.0.92", account).startswith("230")
             assert proc.log_text().count(refusal) == 1
             assert f"Redis at redis://127.0.0.1:{server.proxy.port}/0 {refusal} (" in \

@@ -7,6 +7,8 @@ error that is not one of these (an ACL's refusal) is not."""
 from __future__ import annotations
 
 import ftplib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -21,6 +23,7 @@ from .test_cluster_redis import (
     nothing_crashed,
     refused_as_banned,
     status,
+    two_checks_later,
 )
 from .test_commands import put
 from .test_quotas import quota_account
@@ -40,6 +43,26 @@ def troubled_node(emulator, tmp_path, trouble: Trouble, redis_down: str,
     return proc, user
 
 
+@contextmanager
+def in_trouble(emulator, tmp_path, trouble: Trouble, redis_down: str
+               ) -> Iterator[tuple[LoneNode, RedisUnderTest, ftplib.FTP, str]]:
+    """A node on a Redis of its own (``troubled_node``), started, its account logged in with
+    one upload stored; then Redis put in ``trouble`` (``make``, until it answers its
+    code). Yields the node, Redis, the session and the user; both stopped at the end."""
+    server = RedisUnderTest(tmp_path)
+    proc, user = troubled_node(emulator, tmp_path, trouble, redis_down, server)
+    try:
+        ftp = proc.start().login(user, f"{user}-pw")
+        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
+        trouble.make(server)
+        wait_until(lambda: refused(server.direct, trouble.code), timeout=30,
+                   what=f"Redis to answer {trouble.code}")
+        yield proc, server, ftp, user
+    finally:
+        proc.stop()
+        server.stop()
+
+
 @pytest.mark.parametrize("trouble", troubles(), ids=repr)
 def test_a_redis_that_cannot_write_now_is_down_and_an_open_node_serves_on_its_own(
         emulator, tmp_path, trouble):
@@ -47,24 +70,15 @@ def test_a_redis_that_cannot_write_now_is_down_and_an_open_node_serves_on_its_ow
     table (226, nothing lost), the node's own ban holds, logins are served; the log says
     it once (not per command, nor at each check while it lasts: every 5 s), status says
     it; when Redis writes again the node says so and shares its bans again."""
-    server = RedisUnderTest(tmp_path)
-    proc, user = troubled_node(emulator, tmp_path, trouble, "open", server)
-    try:
-        ftp = proc.start().login(user, f"{user}-pw")
-        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
-        trouble.make(server)
+    with in_trouble(emulator, tmp_path, trouble, "open") as (proc, server, ftp, user):
         try:
-            wait_until(lambda: refused(server.direct, trouble.code), timeout=30,
-                       what=f"Redis to answer {trouble.code}")
             assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
             wait_until(lambda: f"Redis {trouble.link}" in status(proc), timeout=30,
                        what="status")
             assert "serving on the local scoreboard" in status(proc)
             earn_ban(proc, "127.0.0.95")
             assert refused_as_banned(proc, "127.0.0.95")  # this node's own ban
-            checks = server.proxy.names["info"]
-            wait_until(lambda: server.proxy.names["info"] >= checks + 2, timeout=30,
-                       what="two checks whether Redis writes again")
+            two_checks_later(server)
             assert logs_in(proc, "127.0.0.96", quota_account(user)).startswith("230")
             log = proc.log_text()
             line = OUTAGE_LINE[trouble.link]
@@ -81,9 +95,6 @@ def test_a_redis_that_cannot_write_now_is_down_and_an_open_node_serves_on_its_ow
         assert put(ftp, "three.bin", b"3" * 3000).startswith("226")
         ftp.quit()
         nothing_crashed(proc)
-    finally:
-        proc.stop()
-        server.stop()
 
 
 @pytest.mark.parametrize("trouble", [t for t in troubles() if t.name in ("oom", "busy")],
@@ -94,15 +105,8 @@ def test_a_redis_out_of_memory_or_busy_is_down_and_a_closed_node_refuses(emulato
     (451 QuotaUnavailable), as when Redis is unreachable (found: OOM and BUSY were errors
     answered, and a closed node served on its own figures, its counts gone from Redis:
     the cluster's limits no longer held); once Redis writes again, it serves."""
-    server = RedisUnderTest(tmp_path)
-    proc, user = troubled_node(emulator, tmp_path, trouble, "closed", server)
-    try:
-        ftp = proc.start().login(user, f"{user}-pw")
-        assert put(ftp, "one.bin", b"1" * 1000).startswith("226")
-        trouble.make(server)
+    with in_trouble(emulator, tmp_path, trouble, "closed") as (proc, server, ftp, user):
         try:
-            wait_until(lambda: refused(server.direct, trouble.code), timeout=30,
-                       what=f"Redis to answer {trouble.code}")
             wait_until(lambda: "shared state unreachable" in logs_in(proc, "127.0.0.94"),
                        timeout=30, what="new connections refused")
             # (a worker's view reaches status at its next tick: a second at most)
@@ -117,9 +121,6 @@ def test_a_redis_out_of_memory_or_busy_is_down_and_a_closed_node_refuses(emulato
         assert put(ftp, "two.bin", b"2" * 2000).startswith("226")
         ftp.quit()
         nothing_crashed(proc)
-    finally:
-        proc.stop()
-        server.stop()
 
 
 def test_a_node_starts_on_a_busy_redis_and_check_only_warns(emulator, tmp_path):
