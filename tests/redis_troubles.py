@@ -23,7 +23,8 @@ PROBE = "cosftp:trouble-probe"  # what the test's own client reads and writes
 class Trouble:
     """How ``make`` puts the server of a ``RedisUnderTest`` in the state where a write is
     answered ``code`` and ``undo`` takes it out; ``link`` is how ``cosftpctl status`` then
-    words the cluster's Redis."""
+    words the cluster's Redis (``Redis <link>``: BUSY and LOADING by name, not UNREACHABLE,
+    which says nothing of why)."""
 
     name: str
     code: str
@@ -154,7 +155,7 @@ def _loading_undo(server) -> None:
 
 def troubles() -> list[Trouble]:
     """One of each state, new for each test (``busy`` holds its thread)."""
-    busy = Trouble("busy", "BUSY", "UNREACHABLE", lambda s: None, lambda s: None)
+    busy = Trouble("busy", "BUSY", "BUSY", lambda s: None, lambda s: None)
     busy.make, busy.undo = (lambda s: _busy(s, busy)), (lambda s: _busy_undo(s, busy))
     return [
         Trouble("misconf", "MISCONF", "REFUSING WRITES", _misconf, _misconf_undo),
@@ -162,5 +163,5 @@ def troubles() -> list[Trouble]:
                 _masterdown_undo),
         Trouble("oom", "OOM", "REFUSING WRITES", _oom, _oom_undo),
         busy,
-        Trouble("loading", "LOADING", "UNREACHABLE", _loading, _loading_undo),
+        Trouble("loading", "LOADING", "LOADING", _loading, _loading_undo),
     ]

@@ -29,7 +29,8 @@ from .test_commands import put
 from .test_quotas import quota_account
 
 # How a node's log says an outage began, by what status says of it.
-OUTAGE_LINE = {"REFUSING WRITES": "refuses writes (", "UNREACHABLE": "unreachable ("}
+OUTAGE_LINE = {"REFUSING WRITES": "refuses writes (", "BUSY": "unreachable (",
+               "LOADING": "unreachable ("}
 
 
 def troubled_node(emulator, tmp_path, trouble: Trouble, redis_down: str,
@@ -143,7 +144,7 @@ def test_a_node_starts_on_a_busy_redis_and_check_only_warns(emulator, tmp_path):
             assert "unreachable (Busy: BUSY Redis is busy running a script" in \
                 checked.stdout + checked.stderr
             assert logs_in(proc.start(), "127.0.0.98", quota_account(user)).startswith("230")
-            wait_until(lambda: "Redis UNREACHABLE" in status(proc), what="status")
+            wait_until(lambda: "Redis BUSY" in status(proc), what="status")
         finally:
             trouble.undo(server)
         wait_until(lambda: "Redis reachable" in status(proc), timeout=30,

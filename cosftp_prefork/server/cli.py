@@ -38,9 +38,13 @@ from .privileges import Identity, describe_workers, probe, workers_identity
 from .quotactl import cmd_quota, cmd_quota_scan
 from .reloadctl import EXIT_REFUSED, RELOAD_TIMEOUT, cmd_reload
 from .scoreboard import (
+    CLUSTER_BUSY_CLOSED,
+    CLUSTER_BUSY_OPEN,
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
     CLUSTER_ERRORS,
+    CLUSTER_LOADING_CLOSED,
+    CLUSTER_LOADING_OPEN,
     CLUSTER_NONE,
     CLUSTER_READ_ONLY_CLOSED,
     CLUSTER_READ_ONLY_OPEN,
@@ -397,11 +401,19 @@ _UNSUPPORTED = (f"Redis NOT SUPPORTED (older than {'.'.join(map(str, REDIS_MINIM
                 f"will not tell its version; see the log) by")
 _READ_ONLY = ("Redis REFUSING WRITES (a read-only replica, too few replicas, a failed save, "
               "out of memory; see the log) to")
+# Redis up but serving no command: unreachable to the node, but its answer says why.
+_BUSY = ("Redis BUSY (running a script past busy-reply-threshold until it ends or SCRIPT "
+         "KILL; see the log) to")
+_LOADING = "Redis LOADING (its dataset, after a restart; see the log) to"
 # A worker view that is not "reachable": what the status line says of it, and what the
 # node does meanwhile.
 _CLUSTER_TROUBLE = {
     CLUSTER_DOWN_OPEN: ("Redis UNREACHABLE from", "serving on the local scoreboard"),
     CLUSTER_DOWN_CLOSED: ("Redis UNREACHABLE from", "refusing new connections"),
+    CLUSTER_BUSY_OPEN: (_BUSY, "serving on the local scoreboard"),
+    CLUSTER_BUSY_CLOSED: (_BUSY, "refusing new connections"),
+    CLUSTER_LOADING_OPEN: (_LOADING, "serving on the local scoreboard"),
+    CLUSTER_LOADING_CLOSED: (_LOADING, "refusing new connections"),
     CLUSTER_UNSUPPORTED_OPEN: (_UNSUPPORTED, "serving on the local scoreboard"),
     CLUSTER_UNSUPPORTED_CLOSED: (_UNSUPPORTED, "refusing new connections"),
     CLUSTER_READ_ONLY_OPEN: (_READ_ONLY, "serving on the local scoreboard"),

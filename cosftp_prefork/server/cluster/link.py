@@ -135,6 +135,24 @@ def busy(exc: redis.RedisError) -> Optional[Busy]:
     return Busy(str(exc)) if _BUSY.match(str(exc)) else None
 
 
+class Silence(Enum):
+    """Why a DOWN Redis serves nothing, as far as it said: ``cosftpctl status`` names it."""
+
+    UNREACHABLE = "unreachable"  # no answer (refused, reset, timed out)
+    BUSY = "busy"  # a script past busy-reply-threshold (``Busy``)
+    LOADING = "loading"  # loading its dataset (redis-py's ``BusyLoadingError``)
+
+
+def silence(exc: Exception) -> Silence:
+    """Why ``exc``, raised by a call that found Redis down, says it serves nothing: BUSY
+    and LOADING by their errors, else UNREACHABLE."""
+    if isinstance(exc, Busy):
+        return Silence.BUSY
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return Silence.LOADING
+    return Silence.UNREACHABLE
+
+
 def describe(exc: Exception) -> str:
     """An error for the log: its class and the start of its message."""
     return f"{type(exc).__name__}: {str(exc)[:160]}"

@@ -19,9 +19,13 @@ from ...config.model import ClusterConfig
 from ...errors import ConfigError
 from ..burst import BurstLog
 from ..scoreboard import (
+    CLUSTER_BUSY_CLOSED,
+    CLUSTER_BUSY_OPEN,
     CLUSTER_DOWN_CLOSED,
     CLUSTER_DOWN_OPEN,
     CLUSTER_ERRORS,
+    CLUSTER_LOADING_CLOSED,
+    CLUSTER_LOADING_OPEN,
     CLUSTER_NONE,
     CLUSTER_READ_ONLY_CLOSED,
     CLUSTER_READ_ONLY_OPEN,
@@ -49,12 +53,14 @@ from .link import (
     RETRY_SECONDS,
     Link,
     NoConnectionFree,
+    Silence,
     busy,
     connect,
     describe,
     public_url,
     refuses_writes,
     server_version,
+    silence,
 )
 from .scripts import (
     ADMIT,
@@ -73,6 +79,15 @@ log = logging.getLogger(__name__)
 # sessions, logged-in sessions per account.
 NodeCounts = tuple[Counter, int, dict[AccountKey, int]]
 UNAVAILABLE = "Service temporarily unavailable (shared state unreachable); try again later."
+# A DOWN link's view for status, by why Redis serves nothing and redis_down (closed?).
+_DOWN_VIEWS = {
+    (Silence.UNREACHABLE, False): CLUSTER_DOWN_OPEN,
+    (Silence.UNREACHABLE, True): CLUSTER_DOWN_CLOSED,
+    (Silence.BUSY, False): CLUSTER_BUSY_OPEN,
+    (Silence.BUSY, True): CLUSTER_BUSY_CLOSED,
+    (Silence.LOADING, False): CLUSTER_LOADING_OPEN,
+    (Silence.LOADING, True): CLUSTER_LOADING_CLOSED,
+}
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,7 @@ class ClusterState:
         self._url = public_url(config.redis_url)
         self._lock = threading.Lock()
         self._link = Link.UNCHECKED
+        self._silence = Silence.UNREACHABLE  # why, while the link is DOWN
         self._retry_at = 0.0  # time.monotonic() from which a DOWN or UNSUPPORTED link is tried
         self._errors_until = 0.0  # status reports reply errors until then
         self._errors = BurstLog(log, ERROR_SECONDS, level=logging.ERROR)
@@ -161,8 +177,9 @@ class ClusterState:
         """``scoreboard.CLUSTER_*``: this worker's view, for ``cosftpctl status``."""
         with self._lock:
             link, errors = self._link, time.monotonic() < self._errors_until
+            why = self._silence
         if link is Link.DOWN:
-            return CLUSTER_DOWN_CLOSED if self.fail_closed else CLUSTER_DOWN_OPEN
+            return _DOWN_VIEWS[why, self.fail_closed]
         if link is Link.UNSUPPORTED:
             return CLUSTER_UNSUPPORTED_CLOSED if self.fail_closed else CLUSTER_UNSUPPORTED_OPEN
         if link is Link.READ_ONLY:
@@ -268,9 +285,12 @@ class ClusterState:
 
     def _went_down(self, what: str, exc: Exception, to: Link = Link.DOWN) -> None:
         """Redis could not be reached (``to`` DOWN) or refuses writes (READ_ONLY) in the
-        call ``what``: logged once, as it starts, not at each retry while it lasts."""
+        call ``what``: logged once, as it starts, not at each retry while it lasts. Why a
+        DOWN Redis serves nothing is kept at each call (a BUSY one may turn unreachable),
+        for status."""
         with self._lock:
             was = self._move(to)
+            self._silence = silence(exc)
         if was is not to:
             log.error("cluster: Redis at %s %s (%s: %s); %s", self._url,
                       "refuses writes" if to is Link.READ_ONLY else "unreachable", what,

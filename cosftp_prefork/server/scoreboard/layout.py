@@ -134,10 +134,14 @@ RELOAD_NONE, RELOAD_RUNNING, RELOAD_OK, RELOAD_FAILED, RELOAD_REFUSED = 0, 1, 2,
 # unreachable and serving on the local scoreboard, unreachable and refusing new connections,
 # reachable but answering errors lately, too old (or its version unreadable) and serving on
 # the local scoreboard or refusing new connections, refusing writes (a read-only replica...)
-# and serving on the local scoreboard or refusing new connections.
+# and serving on the local scoreboard or refusing new connections; serving no command now
+# (as unreachable, but its cause known: a script past busy-reply-threshold, BUSY; loading
+# its dataset, LOADING) and serving on the local scoreboard or refusing new connections.
 CLUSTER_NONE, CLUSTER_UP, CLUSTER_DOWN_OPEN, CLUSTER_DOWN_CLOSED = 0, 1, 2, 3
 CLUSTER_ERRORS, CLUSTER_UNSUPPORTED_OPEN, CLUSTER_UNSUPPORTED_CLOSED = 4, 5, 6
 CLUSTER_READ_ONLY_OPEN, CLUSTER_READ_ONLY_CLOSED = 7, 8
+CLUSTER_BUSY_OPEN, CLUSTER_BUSY_CLOSED, CLUSTER_LOADING_OPEN, CLUSTER_LOADING_CLOSED = \
+    9, 10, 11, 12
 
 # The session index's regions, in words from INDEX_AT (see above).
 ADDRESS_BASE = COUNT_WORDS + SESSION_ROWS
