@@ -33,7 +33,12 @@ sys.path.insert(0, ROOT)
 
 from cosftp_prefork.config.options import BY_SECTION  # noqa: E402
 from tests.emulator_proc import EmulatorProcess, request_log  # noqa: E402
-from tests.server_proc import Account, ServerProcess, start_listening  # noqa: E402
+from tests.server_proc import (  # noqa: E402
+    Account,
+    ServerProcess,
+    passive_ports,
+    start_listening,
+)
 
 MIB = 1024 * 1024
 BUCKET = "bench-1250000000"
@@ -216,7 +221,8 @@ class Bench:
                     "worker_processes": str(args.workers), **options}
         self.server = ServerProcess(workdir, self.emulator.port,
                                     [Account("bench", "bench-pw", BUCKET)], optional=optional,
-                                    file_option={"single_file_max_size": str(8 * 1024 ** 3)})
+                                    file_option={"single_file_max_size": str(8 * 1024 ** 3)},
+                                    network={"passive_port": "{},{}".format(*passive_range(0))})
         self.server.start()
         self.data = os.urandom(args.size_mib * MIB)
         self.notes: list[str] = []  # printed after the table
@@ -665,6 +671,15 @@ def lftp_mirror(port: int, user: str, remote: str, local: str, upload: bool) -> 
                    check=True, stdout=subprocess.DEVNULL, timeout=600)
 
 
+def passive_range(server: int) -> tuple[int, int]:
+    """The passive range (low, high) of the gateway (``server`` 0) or of ``rclone serve
+    ftp`` (1): half each of the harness's ``passive_ports()``, below the kernel's ephemeral
+    ports (a client's connect() takes no passive port) and apart from the tests' shares
+    when the bench runs by hand. Both servers skip a port taken there and listen on
+    another of their range."""
+    return passive_ports(server, 2)
+
+
 class RcloneFtp:
     """``rclone serve ftp`` of one bucket of the emulator (user ``u``, password ``p``)."""
 
@@ -680,11 +695,12 @@ class RcloneFtp:
     def __enter__(self) -> RcloneFtp:
         # The bench runs beside other servers (the suite's test files): start_listening takes
         # another port if the one chosen was bound before rclone bound it.
+        low, high = passive_range(1)
+
         def launch(port: int) -> subprocess.Popen:
-            first = 30000 + port % 20000
             return subprocess.Popen(
                 [*self._command, "--addr", f"127.0.0.1:{port}",
-                 "--passive-port", f"{first}-{first + 200}"],
+                 "--passive-port", f"{low}-{high}"],
                 env={**os.environ, "RCLONE_CONFIG": os.devnull},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.proc, (self.port,) = start_listening(launch, "rclone serve ftp")

@@ -43,21 +43,32 @@ def free_port() -> int:
 # test_reliability's exhaustion test 29000-29999; test_data_connections' scanned server
 # sits above it (61000-61127).
 TEST_PASSIVE_PORTS = range(30000, 32768)
+# Passive ports of the servers the harness starts outside pytest: the bench scripts run by
+# hand, perhaps beside a test run. Below the kernel's too, and below every area of the
+# tests (the lowest, test_cluster's, starts at 20000), so that neither takes the other's.
+BENCH_PASSIVE_PORTS = range(12000, 20000)
 # The fewest ports of a worker's share; with more workers than shares of this size, the
 # shares of neighbouring workers overlap (a port taken is skipped, not an error).
 MIN_PASSIVE_SHARE = 50
 
 
-def passive_ports() -> tuple[int, int]:
-    """The passive range (low, high) of this pytest-xdist worker's servers: its own share
-    of ``TEST_PASSIVE_PORTS`` (a worker runs one test file at a time), so servers of test
-    files running in parallel do not pick each other's ports; the whole of it outside
-    xdist."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-    size = len(TEST_PASSIVE_PORTS)
-    share = max(MIN_PASSIVE_SHARE, size // workers)
-    low = TEST_PASSIVE_PORTS.start + index * share % (size - share + 1)
+def passive_ports(part: int = 0, parts: int = 1) -> tuple[int, int]:
+    """The passive range (low, high) of this process's servers: under pytest (a bench
+    script a test runs too: the variables are inherited), this pytest-xdist worker's own
+    share of ``TEST_PASSIVE_PORTS`` (a worker runs one test file at a time), so servers of
+    test files running in parallel do not pick each other's ports, the whole of it outside
+    xdist; outside pytest, ``BENCH_PASSIVE_PORTS``. Of that, the ``part``-th of ``parts``
+    equal slices: a process that starts two servers at once gives each a slice (the
+    bench's gateway and ``rclone serve ftp``)."""
+    if "PYTEST_XDIST_WORKER" in os.environ or "PYTEST_CURRENT_TEST" in os.environ:
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+        size = len(TEST_PASSIVE_PORTS)
+        share = max(MIN_PASSIVE_SHARE, size // workers)
+        low = TEST_PASSIVE_PORTS.start + index * share % (size - share + 1)
+    else:
+        low, share = BENCH_PASSIVE_PORTS.start, len(BENCH_PASSIVE_PORTS)
+    low, share = low + part * (share // parts), share // parts
     return low, low + share - 1
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ftplib
+import importlib.util
 import os
 import subprocess
 import sys
 
 from cosftp_prefork.config.options import BY_SECTION
+
+from .server_proc import TEST_PASSIVE_PORTS, passive_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,3 +102,52 @@ def test_the_emulator_cpu_script_measures_every_request_kind():
     summary = done.stdout.split("emulator CPU per request", 1)[1].splitlines()[1:]
     assert [line.split()[0] for line in summary] == \
         ["LIST", "PUT", "COPY", "MARKER", "HEAD", "GET", "DELETE", "DELETEMANY"]
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives to connect() and bind(0) (ip_local_port_range)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+        low, high = map(int, handle.read().split())
+    return range(low, high + 1)
+
+
+def by_hand(monkeypatch) -> None:
+    """This process as a bench script run by hand: no pytest in its environment (called
+    in the test's body: pytest sets PYTEST_CURRENT_TEST again as each phase begins)."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_CURRENT_TEST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_bench_run_by_hand_takes_passive_ports_of_neither_the_kernel_nor_the_tests(
+        monkeypatch):
+    """The bench's servers (ServerProcess's default) took the whole of the tests' area
+    outside pytest: a bench run beside the suite picked the ports of its servers."""
+    by_hand(monkeypatch)
+    low, high = passive_ports()
+    ephemeral = _ephemeral_ports()
+    assert high < ephemeral.start, (low, high)
+    assert not set(range(low, high + 1)) & set(TEST_PASSIVE_PORTS), (low, high)
+
+
+def test_rclone_of_the_bench_answers_pasv_below_the_kernels_ports_and_beside_ours(
+        emulator, monkeypatch):
+    """``rclone serve ftp`` took ``30000 + port % 20000`` and 200 more: in the kernel's
+    ephemeral range (a client's connect() could take one) or in the tests' area. Now the
+    second half of the bench's range; the gateway's server has the first."""
+    by_hand(monkeypatch)
+    spec = importlib.util.spec_from_file_location("bench_run",
+                                                  os.path.join(ROOT, "bench", "run.py"))
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_run", bench)  # (its dataclasses look it up)
+    spec.loader.exec_module(bench)
+    with bench.RcloneFtp(emulator.port, emulator.buckets[0]) as rclone:
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", rclone.port, timeout=30)
+        try:
+            ftp.login("u", "p")
+            port = ftp.makepasv()[1]
+        finally:
+            ftp.close()
+    assert port < _ephemeral_ports().start and port not in TEST_PASSIVE_PORTS, port
+    low, high = bench.passive_range(0)
+    assert not low <= port <= high, (port, low, high)
