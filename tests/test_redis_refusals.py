@@ -153,3 +153,48 @@ def test_a_node_starts_on_a_busy_redis_and_check_only_warns(emulator, tmp_path):
     finally:
         proc.stop()
         server.stop()
+
+
+# cosftpctl unban on a stopped node while Redis refuses: the trouble, the arguments, what
+# stderr must say (what Redis answered; what was done, and not) and the exit status.
+UNBAN_REFUSED = [
+    ("misconf", ("unban", "127.0.0.5"),
+     ["was not banned on this node; the cluster's ban(s) NOT lifted: Redis at ",
+      "refuses writes (MISCONF "], 1),
+    ("busy", ("unban", "127.0.0.5"),
+     ["was not banned on this node; the cluster's ban(s) NOT lifted: Redis at ",
+      "is BUSY running a script"], 1),
+    ("oom", ("unban", "--all"),
+     ["lifted 1 ban(s) in the cluster; 2 failed login(s) forgotten; the cluster's ban(s) "
+      "NOT ALL lifted: Redis at ", "refuses writes (OOM ",
+      "the other nodes were not told to drop their own copies"], 1),
+]
+
+
+@pytest.mark.parametrize("case", UNBAN_REFUSED, ids=lambda case: f"{case[0]}-{case[1][1]}")
+def test_unban_says_what_redis_answered_and_what_it_did_and_did_not(emulator, tmp_path,
+                                                                     case):
+    """Found: with the cluster's ban left in Redis (MISCONF, BUSY) unban said the address
+    `was not banned on this node or in the cluster`; with OOM, unban --all deleted the
+    cluster's ban, then said `lifted no ban`. Now it names Redis's answer and says what
+    was lifted where, and what was not."""
+    name, args, said, status_expected = case
+    trouble = next(t for t in troubles() if t.name == name)
+    server = RedisUnderTest(tmp_path)
+    proc, _ = troubled_node(emulator, tmp_path, trouble, "open", server)
+    try:
+        proc.write_config()
+        server.direct.set("cosftp:ban:127.0.0.5", "1", px=300_000)
+        server.direct.set("cosftp:fail:127.0.0.5", "2", px=300_000)
+        trouble.make(server)
+        try:
+            wait_until(lambda: refused(server.direct, trouble.code), timeout=30,
+                       what=f"Redis to answer {trouble.code}")
+            done = proc.ctl(*args)
+        finally:
+            trouble.undo(server)
+        for words in said:
+            assert words in done.stderr, done.stderr
+        assert done.returncode == status_expected, done.stderr
+    finally:
+        server.stop()

@@ -166,7 +166,8 @@ def _add_cluster(config: Config, listed: dict[str, Listed]) -> bool:
     try:
         entries, cut = admin.entries()
     except ClusterTrouble as exc:
-        print(f"cosftpctl: the cluster's bans are not listed: {exc}", file=sys.stderr)
+        print(f"cosftpctl: the cluster's bans are not listed (only this node's): {exc}",
+              file=sys.stderr)
         return False
     finally:
         admin.close()
@@ -338,14 +339,22 @@ def lift_in_cluster(config: Config, address: Optional[str], now: int,
     try:
         outcome.cluster = admin.unban(address, now)
     except ClusterTrouble as exc:
-        outcome.problems.append(f"{exc}: the other nodes still hold the ban until it expires "
-                                f"or unban is run again")
+        outcome.cluster = exc.done
+        if exc.done is None:
+            outcome.problems.append(f"the cluster's ban(s) NOT lifted: {exc}: the other "
+                                    f"nodes still hold them until they expire or unban is "
+                                    f"run again")
+        else:  # (--all, part way: the counts of what was deleted are in the report)
+            outcome.problems.append(f"the cluster's ban(s) NOT ALL lifted: {exc}: the other "
+                                    f"nodes were not told to drop their own copies, which "
+                                    f"hold until they expire or unban --all is run again")
     finally:
         admin.close()
 
 
 def describe(address: Optional[str], outcome: Outcome, now: float, cluster: bool) -> str:
-    """What an unban did, in one line."""
+    """What an unban did, in one line: where bans were lifted (``cluster``: Redis was
+    asked), then ``outcome``'s problems (what could not be done, and why)."""
     lifted, failures = outcome.lifted(now), outcome.failures()
     if address is None:
         what = "lifted " + (", ".join(f"{count} ban(s) {where}" for where, count in
@@ -353,7 +362,10 @@ def describe(address: Optional[str], outcome: Outcome, now: float, cluster: bool
     elif lifted:
         what = f"ban lifted {' and '.join(lifted)}"
     else:
-        what = "was not banned" + (" on this node or in the cluster" if cluster else "")
+        # (the cluster is named only if Redis answered: a refusal says nothing of a ban)
+        asked = cluster and outcome.cluster is not None
+        what = "was not banned" + (" on this node or in the cluster" if asked else
+                                   " on this node" if cluster else "")
     if failures:
         what += f"; {failures} failed login(s) forgotten"
     return "; ".join([what, *outcome.problems])

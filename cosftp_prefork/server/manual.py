@@ -157,7 +157,8 @@ node, the cluster with [CLUSTER] redis_url). For a stopped server, the bans it
 saved in <pid_file>.bans, restored at start.""",
         ((f"cosftpctl -c {CONF} bans", "who is banned, until when"),),
         """0  listed
-1  Redis could not be asked (this node's bans are listed)
+1  Redis could not be asked, or refused (unreachable, BUSY, LOADING, MASTERDOWN:
+   stderr says what it answered; this node's bans are listed)
 3  not running (the saved bans are listed)
 4  the master that runs is of another version (an upgrade since it started):
    its state file is not read; restart it to run this version"""),
@@ -172,7 +173,9 @@ write the state file (the server's, or root).""",
         ((f"cosftpctl -c {CONF} unban 203.0.113.9", "let that address log in again"),
          (f"cosftpctl -c {CONF} unban --all", "lift every ban")),
         """0  lifted, or it was not banned
-1  a place could not be changed (Redis unreachable, the bans file not saved)
+1  a place could not be changed (Redis unreachable, BUSY, LOADING or refusing
+   writes: OOM, READONLY, MISCONF...; the bans file not saved): stderr says what
+   Redis answered, what was lifted where, and what was not
 2  not one IPv4 or IPv6 address (a network is refused too)
 4  the master that runs is of another version (an upgrade since it started):
    its state file is not changed; restart it to run this version"""),

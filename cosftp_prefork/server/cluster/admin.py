@@ -17,15 +17,31 @@ from ...config.model import ClusterConfig
 from ...errors import ConfigError
 from ...logfiles import escape_controls
 from .keys import PREFIX, SCAN_PAGE, UNBANS_KEPT, UNBANS_SECONDS, ban_key, client_key
-from .link import connect, describe, public_url, refuses_writes, server_version
+from .link import (
+    Busy,
+    busy,
+    connect,
+    describe,
+    public_url,
+    refusal,
+    refuses_writes,
+    server_version,
+)
 from .scripts import LIBRARY, READ, UNBAN
 
 T = TypeVar("T")
 
 
 class ClusterTrouble(Exception):
-    """Redis could not do what ``cosftpctl`` asked (unreachable, too old, or it answered
-    with an error); the message says which."""
+    """Redis could not do what ``cosftpctl`` asked (unreachable, busy, loading, too old,
+    refusing writes, or it answered with another error); the message says which.
+    ``done``: what an ``unban --all`` did before it (bans and failed logins deleted in
+    Redis; None if nothing); the nodes were not told to drop their own copies, which is
+    its last call."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.done: Optional[tuple[int, int]] = None
 
 
 @dataclass(frozen=True)
@@ -73,18 +89,25 @@ class ClusterAdmin:
         """Delete the ban and failure count of ``ip`` (every address: None) and note the
         unban for the nodes' workers; return how many bans ran and the failed logins that
         were counted."""
+        done: list[int] = []  # bans, failed logins deleted by the pages done (--all)
+
         def lift() -> tuple[int, int]:
             if ip is not None:
                 return self._unban([ban_key(ip), PREFIX + "fail:" + client_key(ip)],
                                    client_key(ip), when)
-            bans = failures = 0
+            done[:] = [0, 0]
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
                     counted = self._unban(page, "", when)
-                    bans, failures = bans + counted[0], failures + counted[1]
-            self._unban([], "*", when)
-            return bans, failures
-        return self._call("unban", lift)
+                    done[:] = [done[0] + counted[0], done[1] + counted[1]]
+            self._unban([], "*", when)  # the nodes' workers drop their own copies
+            return done[0], done[1]
+        try:
+            return self._call("unban", lift)
+        except ClusterTrouble as exc:
+            # (a page's script is one call; one refused part way is not counted)
+            exc.done = (done[0], done[1]) if done and any(done) else None
+            raise
 
     def evaluate_each(self, what: str, body: str, calls: Sequence[tuple[list, list]]
                       ) -> list[Any]:
@@ -145,11 +168,25 @@ class ClusterAdmin:
             return call()
         except ConfigError as exc:
             raise ClusterTrouble(exc.problem) from exc
+        except Busy as exc:
+            raise ClusterTrouble(_busy_words(where, exc)) from exc
+        except redis.exceptions.BusyLoadingError as exc:
+            raise ClusterTrouble(f"{where} is LOADING its dataset ({str(exc)[:160]})") \
+                from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ClusterTrouble(f"{where} unreachable ({describe(exc)})") from exc
         except redis.RedisError as exc:
+            if (found := busy(exc)) is not None:  # BUSY answered to a script's call
+                raise ClusterTrouble(_busy_words(where, found)) from exc
+            if refuses_writes(exc):
+                raise ClusterTrouble(f"{where} refuses writes ({refusal(exc)})") from exc
             raise ClusterTrouble(f"{where} answered the {what} with an error "
                                  f"({describe(exc)})") from exc
+
+
+def _busy_words(where: str, exc: Busy) -> str:
+    """What ``cosftpctl`` says of a Redis (``where``) that answered ``exc``, BUSY."""
+    return f"{where} is BUSY running a script past busy-reply-threshold ({str(exc)[:160]})"
 
 
 def _count(value: str) -> int:

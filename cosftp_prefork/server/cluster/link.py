@@ -124,6 +124,23 @@ def refuses_writes(exc: redis.RedisError) -> bool:
     return _REFUSES_WRITES.search(str(exc)) is not None
 
 
+# The codes redis-py takes off the messages of the errors it has a class for.
+_CODES = ((redis.exceptions.ReadOnlyError, "READONLY"),
+          (redis.exceptions.MasterDownError, "MASTERDOWN"),
+          (redis.exceptions.OutOfMemoryError, "OOM"))
+
+
+def refusal(exc: redis.RedisError) -> str:
+    """What Redis answered in ``exc``, an error ``refuses_writes`` matches, code first
+    (``MISCONF Redis is configured to save RDB snapshots...``) and cut for one line: a
+    script's error of Redis 6 without its wrapping."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return f"{code} {exc}"[:160]
+    found = _REFUSES_WRITES.search(str(exc))
+    return str(exc)[found.start(1) if found else 0:][:160]
+
+
 class Busy(redis.ConnectionError):
     """Redis answered that it serves no command now (``_BUSY``): to the caller, as if it
     could not be reached."""
