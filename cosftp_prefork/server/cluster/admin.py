@@ -22,6 +22,7 @@ from .link import (
     busy,
     connect,
     describe,
+    error_code,
     public_url,
     refusal,
     refuses_writes,
@@ -235,12 +236,6 @@ def write_refusal(client: redis.Redis) -> Optional[redis.ResponseError]:
     return None
 
 
-# The error codes of ``write_refusal``'s refusals that redis-py takes off the message and
-# tells by the exception's class instead.
-_CODES = ((redis.exceptions.ReadOnlyError, "READONLY"),
-          (redis.exceptions.MasterDownError, "MASTERDOWN"),
-          (redis.exceptions.OutOfMemoryError, "OOM"),
-          (redis.exceptions.NoPermissionError, "NOPERM"))
 # What to do about each refusal, by Redis's error code.
 _REMEDIES = {
     "READONLY": "it is a read-only replica: point redis_url at its master",
@@ -256,25 +251,16 @@ _REMEDIES = {
 }
 
 
-def _code(exc: redis.ResponseError) -> str:
-    """Redis's error code of ``exc`` (READONLY, OOM...; "" if it gave none)."""
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code
-    first = str(exc).split(" ", 1)[0]
-    return first if first.isupper() and first.isalpha() else ""
-
-
 def _shown(exc: redis.ResponseError) -> str:
     """Redis's error as it answered it, code first, cut for a line."""
-    code, text = _code(exc), str(exc)
+    code, text = error_code(exc), str(exc)
     if code and not text.startswith(code):
         text = f"{code} {text}"
     return escape_controls(text[:200])
 
 
 def _remedy(exc: redis.ResponseError) -> str:
-    return _REMEDIES.get(_code(exc), "see Redis's log")
+    return _REMEDIES.get(error_code(exc), "see Redis's log")
 
 
 def _meanwhile(exc: redis.ResponseError, config: ClusterConfig) -> str:

@@ -127,18 +127,28 @@ def refuses_writes(exc: redis.RedisError) -> bool:
 # The codes redis-py takes off the messages of the errors it has a class for.
 _CODES = ((redis.exceptions.ReadOnlyError, "READONLY"),
           (redis.exceptions.MasterDownError, "MASTERDOWN"),
-          (redis.exceptions.OutOfMemoryError, "OOM"))
+          (redis.exceptions.OutOfMemoryError, "OOM"),
+          (redis.exceptions.NoPermissionError, "NOPERM"))
+
+
+def error_code(exc: redis.RedisError) -> str:
+    """Redis's error code of ``exc`` (READONLY, OOM, MISCONF...; "" if it gave none)."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    first = str(exc).split(" ", 1)[0]
+    return first if first.isupper() and first.isalpha() else ""
 
 
 def refusal(exc: redis.RedisError) -> str:
     """What Redis answered in ``exc``, an error ``refuses_writes`` matches, code first
     (``MISCONF Redis is configured to save RDB snapshots...``) and cut for one line: a
     script's error of Redis 6 without its wrapping."""
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return f"{code} {exc}"[:160]
     found = _REFUSES_WRITES.search(str(exc))
-    return str(exc)[found.start(1) if found else 0:][:160]
+    if found:
+        return str(exc)[found.start(1):][:160]
+    code, text = error_code(exc), str(exc)
+    return (text if not code or text.startswith(code) else f"{code} {text}")[:160]
 
 
 class Busy(redis.ConnectionError):
