@@ -23,6 +23,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.utils import strerror
 
 from . import compat
+from .replytext import reply_lines
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,15 @@ class ClientDialect:
         super().pre_process_command(line, cmd, arg)
 
     def push(self, data: str) -> None:
-        """Send ``data`` in the session's encoding; a character it lacks becomes ``?``
-        (a key written by another tool may hold one)."""
-        super().push(data.encode(self.encoding, "replace").decode(self.encoding))
+        """Send reply lines ``data`` in the session's encoding, control characters escaped
+        (``replytext``: what a client sent or another tool named a key cannot split a reply
+        or reach a terminal); a character the encoding lacks becomes ``?``."""
+        super().push(reply_lines(data).encode(self.encoding, "replace").decode(self.encoding))
+
+    def push_with_producer(self, producer) -> None:
+        """Send the reply lines ``producer`` makes (pyftpdlib's ``STAT path`` listing,
+        names in it) escaped as ``push`` does."""
+        super().push_with_producer(_EscapedLines(producer, self.encoding))
 
     # --- the session's encoding
 
@@ -275,3 +282,20 @@ class ClientDialect:
         directory, wildcard = pattern
         names = self.run_as_current_user(self.fs.listdir_matching, directory, wildcard)
         return Listing(directory, names, expanded=True)
+
+
+class _EscapedLines:
+    """A producer of reply lines (bytes in ``encoding``, whole lines per chunk, as
+    pyftpdlib's ``BufferedIteratorProducer`` gives them) with control characters escaped."""
+
+    def __init__(self, producer, encoding: str) -> None:
+        self._producer = producer
+        self._encoding = encoding
+
+    def more(self) -> bytes:
+        """The next chunk, escaped; ``b""`` once the producer is done."""
+        chunk = self._producer.more()
+        if not chunk:
+            return chunk
+        text = chunk.decode(self._encoding, "surrogateescape")
+        return reply_lines(text).encode(self._encoding, "surrogateescape")

@@ -1,0 +1,121 @@
+"""Every reply is lines: what a client sent, or a name from COS, never splits a reply or
+puts raw control characters on the control connection (docs/replies.md, docs/security.md)."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from .conftest import ALPHA
+
+# A line of a reply: CRLF at its end and nowhere else, no other C0 control, no DEL, no C1
+# control and no bidirectional control (those reorder how a terminal shows the line).
+CLEAN_LINE = re.compile("[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                        "\u2066-\u2069]*\r\n")
+
+
+def escaped(name: str) -> str:
+    """``name`` as replies show it: control characters as the log writes them."""
+    return name.encode("unicode_escape").decode("ascii")
+
+
+class RawSession:
+    """A logged-in control connection driven byte by byte, read as ftplib reads it (a line
+    ends at LF, so a bare LF in a reply would split it)."""
+
+    def __init__(self, port: int, user: str, password: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.lines = self.sock.makefile("rb")
+        assert self.reply()[0].startswith("220")
+        self.send(f"USER {user}".encode())
+        assert self.reply()[0].startswith("331")
+        self.send(f"PASS {password}".encode())
+        assert self.reply()[0].startswith("230")
+
+    def send(self, line: bytes) -> None:
+        self.sock.sendall(line + b"\r\n")
+
+    def reply(self) -> list[str]:
+        """The lines of one reply, each with its line end, multi-line replies whole."""
+        first = self.lines.readline().decode("utf-8")
+        lines = [first]
+        if re.match(r"\d{3}-", first):
+            while not lines[-1].startswith(first[:3] + " "):
+                lines.append(self.lines.readline().decode("utf-8"))
+        return lines
+
+    def one_line_reply(self, command: bytes) -> str:
+        """The reply to ``command``, checked to be one clean line and the session to be in
+        step: the NOOP sent right after it gets its own 200."""
+        self.send(command)
+        self.send(b"NOOP")
+        lines = self.reply()
+        assert len(lines) == 1 and CLEAN_LINE.fullmatch(lines[0]), lines
+        noop = self.reply()
+        assert noop[0].startswith("200 "), (lines, noop)
+        return lines[0]
+
+    def close(self) -> None:
+        self.lines.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(server):
+    session = RawSession(server.port, "alice", "alice-pw")
+    yield session
+    session.close()
+
+
+NASTY = ["\n", "\r", "\x1b[31m", "\x00", "\u202e", "\x07", "\x9b"]
+
+
+@pytest.mark.parametrize("char", NASTY, ids=repr)
+@pytest.mark.parametrize("template", [
+    "FOO{c}BAR x",             # 500 Command "..." not understood
+    "SITE FOO{c}BAR",          # 501 Unsupported SITE command
+    "CWD /{area}/no{c}such",   # 550 with the path
+    "SIZE /{area}/no{c}such",
+    "MDTM /{area}/no{c}such",
+    "DELE /{area}/no{c}such",
+    "RNFR /{area}/no{c}such",
+    "RMD /{area}/no{c}such",
+    "MKD /{area}/bad{c}name",  # 553: a name COS cannot store
+    "RETR /{area}/no{c}such",
+    "MLST /{area}/no{c}such",
+    "OPTS MLST size{c};type;",
+    "TYPE {c}",
+    "MODE {c}",
+])
+def test_a_command_with_control_characters_gets_one_clean_reply_line(raw, area, template,
+                                                                     char):
+    reply = raw.one_line_reply(template.format(c=char, area=area).encode("utf-8"))
+    assert re.match(r"\d{3} ", reply)
+
+
+def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alice, area,
+                                                                     cos):
+    """Another tool stored these keys; the control connection quotes them escaped, in
+    replies of one line and of several."""
+    names = ["osc\x1b]2;title\x07", "rlo\u202etxt.exe", "tab\there", "csi\x9bx"]
+    for name in names:
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}/inner", Body=b"x")
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}.txt", Body=b"x")
+    for name in names:
+        path = f"/{area}/{name}".encode()
+        assert raw.one_line_reply(b"CWD " + path).startswith("250 ")
+        shown = raw.one_line_reply(b"PWD")
+        assert shown == f'257 "/{area}/{escaped(name)}" is the current directory.\r\n'
+        assert raw.one_line_reply(b"CWD /").startswith("250 ")
+        for command in (b"MLST ", b"STAT "):
+            raw.send(command + path + b".txt")
+            lines = raw.reply()
+            assert lines[0][:4] in ("250-", "213-"), lines
+            assert all(CLEAN_LINE.fullmatch(line) for line in lines), lines
+            assert escaped(name) in "".join(lines)
+        raw.send(b"STAT " + f"/{area}".encode())
+        lines = raw.reply()
+        assert all(CLEAN_LINE.fullmatch(line) for line in lines), lines
+        assert raw.one_line_reply(b"NOOP").startswith("200 ")
