@@ -320,6 +320,20 @@ def test_a_key_longer_than_850_bytes_is_refused(cos, source, prefix):
     cos.put_object(Bucket=ALPHA, Key=prefix + "x" * (850 - len(prefix)), Body=b"x")
 
 
+@pytest.mark.parametrize("char", ["\x18", "\x19", "\x1a", "\x1b"], ids=repr)
+def test_a_key_holding_can_em_sub_or_esc_is_refused(cos, source, prefix, char):
+    """COS does not take CAN, EM, SUB or ESC (0x18-0x1B) in an object key (Object Overview,
+    436/13324; its error code is not documented: InvalidArgument here) from a PUT, a copy
+    or a multipart upload; other control characters it stores (moto took all of them)."""
+    key = f"{prefix}bad{char}[2J"
+    for call, kwargs in ((cos.put_object, {"Body": b"x"}),
+                         (cos.copy_object, {"CopySource": copy_source(source)}),
+                         (cos.create_multipart_upload, {})):
+        assert refused(call, Bucket=ALPHA, Key=key, **kwargs) == (400, "InvalidArgument")
+    assert refused(cos.head_object, Bucket=ALPHA, Key=key)[0] == 404
+    cos.put_object(Bucket=ALPHA, Key=f"{prefix}kept\x07\x1c\x7f", Body=b"x")
+
+
 def test_multipart_uploads_are_listed_by_key_a_page_at_a_time(cos, prefix):
     """List Multipart Uploads (436/7736): by key then upload ID, max-uploads a page, after
     key-marker (and upload-id-marker for that key), with the next markers when truncated.

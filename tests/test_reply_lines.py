@@ -99,7 +99,7 @@ def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alic
                                                                      cos):
     """Another tool stored these keys; the control connection quotes them escaped, in
     replies of one line and of several."""
-    names = ["osc\x1b]2;title\x07", "rlo\u202etxt.exe", "tab\there", "csi\x9bx"]
+    names = ["osc\x9d2;title\x07", "rlo\u202etxt.exe", "tab\there", "csi\x9bx"]
     for name in names:
         cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}/inner", Body=b"x")
         cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}.txt", Body=b"x")

@@ -35,7 +35,9 @@ give COS's answer. Each rule names the COS document it follows:
   checked once the shim has read the body;
 * an object key is at most 850 bytes of UTF-8 (Object Overview, 436/13324): a longer one
   gets 400 KeyTooLong (436/7730) from PUT Object, a copy or Initiate Multipart Upload
-  (moto took up to 1,024).
+  (moto took up to 1,024); one holding CAN, EM, SUB or ESC (0x18-0x1B, "not supported" in
+  the same page, which names no error code) gets 400 InvalidArgument from the same requests
+  (moto stored it).
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def refusal(environ: dict) -> Optional[Refusal]:
     if _names_a_new_object(method, where, query) and \
             len(where.key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
         return _invalid(f"object keys are at most {MAX_KEY_BYTES} bytes long", "KeyTooLong")
+    if _names_a_new_object(method, where, query) and _REFUSED_IN_KEYS.search(where.key):
+        return _invalid("object keys may not hold CAN, EM, SUB or ESC (0x18-0x1B)")
     if method == "PUT" and copy_source(environ) is not None:
         return _copy_refusal(environ, query)
     if method == "GET" and not where.is_object and query and set(query) <= LIST_PARAMETERS:
@@ -113,6 +117,10 @@ def refusal(environ: dict) -> Optional[Refusal]:
         return _upload_refusal(environ, query["uploadId"][0]) or (
             _completion_refusal(environ) if method == "POST" else None)
     return None
+
+
+# What COS does not take in an object key (Object Overview, 436/13324).
+_REFUSED_IN_KEYS = re.compile("[\x18-\x1b]")
 
 
 def _names_a_new_object(method: str, where: Place, query: dict[str, list[str]]) -> bool:
