@@ -3,12 +3,15 @@ puts raw control characters on the control connection (docs/replies.md, docs/sec
 
 from __future__ import annotations
 
+import ftplib
 import re
 import socket
+import subprocess
 
 import pytest
 
 from .conftest import ALPHA
+from .test_clients import UTF8_LOCALE, lftp_command
 
 # A line of a reply: CRLF at its end and nowhere else, no other C0 control, no DEL, no C1
 # control and no bidirectional control (those reorder how a terminal shows the line).
@@ -119,3 +122,43 @@ def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alic
         lines = raw.reply()
         assert all(CLEAN_LINE.fullmatch(line) for line in lines), lines
         assert raw.one_line_reply(b"NOOP").startswith("200 ")
+
+
+def test_names_with_cr_lf_or_nul_from_cos_inject_nothing_and_are_left_out(
+        server, raw, alice, area, cos):
+    """Keys another tool stored with CR, LF or NUL: no FTP command line can name them, and
+    in a listing or a reply they would forge entries or reply lines. Every listing leaves
+    them out (and logs it); the other names of the directory list as ever, for ftplib and
+    for lftp (exit 0)."""
+    forged = "-rw-r--r-- 1 owner group 1 Jan 01 00:00 forged"
+    hidden = [f"crlf\r\n{forged}", f"lf\n{forged}", "cr\rname", "nul\x00name",
+              f"dir\r\n{forged}/inner"]
+    for name in [*hidden, "plain.txt", "sub/inner"]:
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}", Body=b"x")
+    assert sorted(alice.nlst(area)) == ["plain.txt", "sub"]
+    lines: list[str] = []
+    alice.retrlines(f"LIST {area}", lines.append)
+    assert sorted(line.split()[-1] for line in lines) == ["plain.txt", "sub"]
+    assert sorted(name for name, _ in alice.mlsd(area)) == ["plain.txt", "sub"]
+    raw.send(f"STAT /{area}".encode())
+    status = raw.reply()
+    assert all(CLEAN_LINE.fullmatch(line) for line in status), status
+    assert len(status) == 4 and "forged" not in "".join(status), status
+    assert raw.one_line_reply(b"NOOP").startswith("200 ")
+    result = subprocess.run(
+        lftp_command(server, f"cd /{area}; cls -1; ls"), env=UTF8_LOCALE,
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout.splitlines()
+    assert shown[:2] == ["plain.txt", "sub/"] and len(shown) == 4, shown
+    assert "forged" not in result.stdout
+    for name in hidden:  # left out of listings, not lost: COS tools still reach them
+        assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/{name}"), name
+    # A directory holding only such names lists empty, yet is not removed with them; a
+    # rename takes them along (docs/security.md says how to delete them).
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/only/x\ny", Body=b"x")
+    assert alice.nlst(f"{area}/only") == []
+    with pytest.raises(ftplib.error_perm, match=r"^550 Directory not empty"):
+        alice.rmd(f"{area}/only")
+    alice.rename(f"{area}/only", f"{area}/moved")
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/moved/x\ny")
