@@ -20,15 +20,19 @@ from .safefiles import open_append
 _log = logging.getLogger(__name__)
 # C0 and C1 controls, DEL, line/paragraph separators, every Bidi_Control character (the
 # embeddings, overrides and isolates, and the marks ALM, LRM and RLM, which reorder what is
-# around them too) and lone surrogates (undecodable bytes): nothing a log line needs raw.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                     "\u2066-\u2069\ud800-\udfff]")
+# around them too): nothing a line of the log or a reply needs raw. The log escapes lone
+# surrogates (undecodable bytes) too.
+_CONTROLS = ("\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+             "\u2066-\u2069")
+_UNSAFE = re.compile(f"[{_CONTROLS}\ud800-\udfff]")
+_CONTROL = re.compile(f"[{_CONTROLS}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def escape_controls(text: str) -> str:
-    """``text`` with every unsafe character written as ``\\n``, ``\\x1b``, ``\\u202e``..."""
-    return _UNSAFE.sub(_escape_one, text)
+def escape_controls(text: str, surrogates: bool = True) -> str:
+    """``text`` with every unsafe character written as ``\\n``, ``\\x1b``, ``\\u202e``...
+    (lone surrogates too unless not ``surrogates``)."""
+    return (_UNSAFE if surrogates else _CONTROL).sub(_escape_one, text)
 
 
 def _escape_one(match: re.Match) -> str:

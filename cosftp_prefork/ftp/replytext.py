@@ -10,28 +10,17 @@ Every such character is written escaped, as the log writes it (``\\n``, ``\\x1b`
 
 from __future__ import annotations
 
-import re
+from ..logfiles import escape_controls
 
 # The reply's own line end; anything else that ends or changes a line is escaped.
 LINE_END = "\r\n"
-# C0 and C1 controls, DEL, the line/paragraph separators and every Bidi_Control character
-# (as ``logfiles``). Lone surrogates are not here: the session's encoding turns an
-# undecodable byte of a legacy name into ``?`` already (``dialect.push``).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                     "\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def reply_lines(text: str) -> str:
     """Return ``text`` (one or more reply lines, each ended by CRLF, the last one perhaps
-    not ended yet) with every control character inside a line written escaped; the CRLFs
-    that end lines are kept. Raises nothing."""
-    return LINE_END.join(_UNSAFE.sub(_escape_one, line) for line in text.split(LINE_END))
-
-
-def _escape_one(match: re.Match) -> str:
-    char = match.group()
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    not ended yet) with every control character inside a line written escaped, as the log
+    writes it; the CRLFs that end lines are kept. Lone surrogates are left: the session's
+    encoding turns an undecodable byte of a legacy name into ``?`` (``dialect.push``).
+    Raises nothing."""
+    return LINE_END.join(escape_controls(line, surrogates=False)
+                         for line in text.split(LINE_END))
