@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -97,13 +99,32 @@ def cos(emulator):
     return emulator.client()
 
 
+def cheapest_hash(password: str) -> str:
+    """The ``scrypt$`` form of ``password`` with the cheapest parameters the server takes
+    (N=2^10, r=1, p=1: ~2 ms where ``hash-password``'s take ~45 ms of a core)."""
+    salt = b"cheap-salt-16byt"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 10, r=1, p=1, dklen=32)
+    return "scrypt$1024$1$1${}${}".format(*(base64.b64encode(part).decode()
+                                            for part in (salt, digest)))
+
+
+# An account with the cheapest hash. Every login to an account with a plain-text password
+# also runs a dummy scrypt with the parameters of the costliest configured hash, or
+# hash-password's without one (config/passwords.PasswordChecker), so that timing tells no
+# one which accounts have plain-text passwords: with this account that is a 2 ms scrypt
+# per login to the standard server, not ~45 ms of one of the suite's two cores. The
+# standard server's tests are not about that cost (test_auth.py and test_login_cost.py
+# have their own servers with hash-password's parameters).
+CHEAP_HASH = Account("cheaphash", cheapest_hash("cheaphash-pw"), ALPHA, "R")
+
+
 @pytest.fixture(scope="session")
 def server(emulator, tmp_path_factory):
     # No ban on failed logins: tests that send bad logins or garbage commands would ban the
     # one address every test connects from (the ban has its own tests and server). For the
     # same reason no per-address limit on connections (test_governance.py tests those).
     proc = ServerProcess(str(tmp_path_factory.mktemp("server")), emulator.port,
-                         [*STANDARD_ACCOUNTS, MOUNTER], sections=PEER_FOLDER,
+                         [*STANDARD_ACCOUNTS, MOUNTER, CHEAP_HASH], sections=PEER_FOLDER,
                          optional={"max_login_failures": "0", "max_connections_per_ip": "0"})
     proc.start()
     yield proc
