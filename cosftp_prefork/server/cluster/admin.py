@@ -252,11 +252,8 @@ _REMEDIES = {
 
 
 def _shown(exc: redis.ResponseError) -> str:
-    """Redis's error as it answered it, code first, cut for a line."""
-    code, text = error_code(exc), str(exc)
-    if code and not text.startswith(code):
-        text = f"{code} {text}"
-    return escape_controls(text[:200])
+    """Redis's error as it answered it, code first, cut for a line, escaped."""
+    return escape_controls(refusal(exc, 200))
 
 
 def _remedy(exc: redis.ResponseError) -> str:

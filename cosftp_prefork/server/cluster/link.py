@@ -140,15 +140,15 @@ def error_code(exc: redis.RedisError) -> str:
     return first if first.isupper() and first.isalpha() else ""
 
 
-def refusal(exc: redis.RedisError) -> str:
-    """What Redis answered in ``exc``, an error ``refuses_writes`` matches, code first
-    (``MISCONF Redis is configured to save RDB snapshots...``) and cut for one line: a
-    script's error of Redis 6 without its wrapping."""
+def refusal(exc: redis.RedisError, width: int = 160) -> str:
+    """What Redis answered in ``exc``, code first (``MISCONF Redis is configured to save RDB
+    snapshots...``), cut to ``width`` characters for one line: a script's error of Redis 6
+    that ``refuses_writes`` matches without its wrapping."""
     found = _REFUSES_WRITES.search(str(exc))
     if found:
-        return str(exc)[found.start(1):][:160]
+        return str(exc)[found.start(1):][:width]
     code, text = error_code(exc), str(exc)
-    return (text if not code or text.startswith(code) else f"{code} {text}")[:160]
+    return (text if not code or text.startswith(code) else f"{code} {text}")[:width]
 
 
 class Busy(redis.ConnectionError):
