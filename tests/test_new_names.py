@@ -335,6 +335,9 @@ def test_a_source_replaced_before_the_rename_is_renamed_as_it_is_now(alice, othe
     counts = emulator.requests(contains=f"{area}/x")
     assert {kind: counts.get(kind, 0) for kind in expected} == expected, counts
     assert content(cos, f"{area}/x") == b"the other session's"
+    # The source goes after the reply; the session's next listing waits for it (as in
+    # test_a_temporary_upload_renamed_into_place), COS read at once did not.
+    assert alice.nlst(area) == ["x"]
     assert not exists(cos, f"{area}/x.partial")
 
 
