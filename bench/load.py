@@ -47,6 +47,7 @@ import os
 import pathlib
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
@@ -147,6 +148,7 @@ class Client:
         self.rng = random.Random(number)
         self.max_size = max_size
         self.stored: dict[str, str] = {}
+        self.doing = "login"  # what an error interrupted
 
     def run(self) -> None:
         try:
@@ -154,7 +156,7 @@ class Client:
                 start = time.perf_counter()
                 ftp = log_in(self.server, self.user, self.kind)
         except (OSError, EOFError, ftplib.Error) as exc:
-            self._error(f"login: {exc}")
+            self._error(exc)
             return
         with self.tally.lock:
             self.tally.logins.append(time.perf_counter() - start)
@@ -166,7 +168,7 @@ class Client:
             while time.monotonic() < self.deadline:
                 self._one_operation(ftp)
         except (OSError, EOFError, ftplib.Error) as exc:
-            self._error(str(exc))
+            self._error(exc)
         finally:
             with contextlib.suppress(OSError, EOFError, ftplib.Error):
                 ftp.quit()
@@ -210,6 +212,7 @@ class Client:
                 self.tally.mismatches += 1
 
     def _timed(self, func, *args, nbytes: int = 0):
+        self.doing = " ".join([func.__name__, *(a for a in args if isinstance(a, str))])
         start = time.perf_counter()
         result = func(*args)
         self.tally.command(time.perf_counter() - start, nbytes)
@@ -220,7 +223,11 @@ class Client:
         with self.tally.lock:
             self.tally.acked.append((event, f"/{self.dir}/{name}".rstrip("/")))
 
-    def _error(self, text: str) -> None:
+    def _error(self, error: Union[str, BaseException]) -> None:
+        """Count ``error``: a text, or an exception (named with its type, as an EOFError's
+        text is empty, and with the command it interrupted)."""
+        text = error if isinstance(error, str) else \
+            f"{type(error).__name__} in {self.doing}: {error}"
         with self.tally.lock:
             self.tally.errors.append(f"{self.dir} ({self.kind}): {text}")
 
@@ -376,6 +383,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         server.stop()
         emulator.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _server(workdir: str, emulator: EmulatorProcess, args: argparse.Namespace,
@@ -498,7 +506,18 @@ def workload(server: ServerProcess, args: argparse.Namespace, user: str,
         "worker_peak_rss_mib": peaks, "max_worker_rss_mib": max(peaks.values(), default=0),
         "load_average": [round(x, 1) for x in (*load_before, *os.getloadavg())],
         "first_errors": tally.errors[:5],
+        "server_log_of_errors": _log_of(server, tally.errors) if tally.errors else [],
     }
+
+
+def _log_of(server: ServerProcess, errors: list[str]) -> list[str]:
+    """The server log's lines that may explain ``errors``: those of the erring clients'
+    directories, errors and tracebacks, and the output of the master (last 60)."""
+    dirs = {error.split(" ", 1)[0] for error in errors}
+    lines = [line for line in server.log_text().splitlines()
+             if any(f"/{name}" in line for name in dirs) or
+             any(word in line for word in ("ERROR", "CRITICAL", "Traceback", "master"))]
+    return lines[-60:] + server.output().splitlines()[-20:]
 
 
 def _raise_open_files(needed: int) -> None:
