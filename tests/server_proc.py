@@ -568,8 +568,12 @@ class ServerProcess:
         self.ctl("stop")
         if master_pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master_pid, signal.SIGKILL)  # its workers follow it (PDEATHSIG)
+        # Only if that pid is still this server's master: once it stopped, the kernel may
+        # have given its pid to any process of the machine (another test's server worker).
+        with contextlib.suppress(psutil.Error):
+            master = psutil.Process(master_pid)
+            if f"[{self.config_path}]" in " ".join(master.cmdline()):
+                master.kill()  # its workers follow it (PDEATHSIG)
 
     def daemon_pid(self) -> Optional[int]:
         try:

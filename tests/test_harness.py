@@ -231,3 +231,18 @@ def test_a_client_reset_at_a_fake_service_leaves_nothing_on_stderr(capfd):
     finally:
         service.stop()
     assert capfd.readouterr().err == ""
+
+
+def test_stopping_a_daemon_kills_no_process_that_took_its_old_pid(emulator, tmp_path):
+    # A master's pid read before it stopped may be another process's a minute later (the
+    # kernel's pid_max is often 32768, and the suite starts hundreds of processes a second)
+    stranger = subprocess.Popen([sys.executable, "-c", "print(input(), flush=True)"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ServerProcess(str(tmp_path), emulator.port, []).ensure_stopped(stranger.pid)
+        stranger.stdin.write("still here\n")
+        stranger.stdin.flush()
+        assert stranger.stdout.readline() == "still here\n"
+    finally:
+        stranger.kill()
+        stranger.communicate()
