@@ -802,6 +802,46 @@ def test_failed_data_handshake_gets_one_522(tls_server, area, cos, command):
     _close(ftp)
 
 
+def lftp_explicit(server: ServerProcess, account: Account, settings: str,
+                  commands: str) -> subprocess.CompletedProcess:
+    """Run lftp with ``-d`` over AUTH on the FTP port as ``account``: its stderr is its debug
+    log, every command and reply."""
+    return subprocess.run(
+        [require("lftp"), "-d", "-u", f"{account.user},{account.password}", "-p",
+         str(server.port), "-e",
+         "set cmd:fail-exit true; set net:max-retries 1; set net:timeout 20; "
+         f"set ssl:verify-certificate no; {settings} {commands}; bye", "127.0.0.1"],
+        capture_output=True, text=True, timeout=120)
+
+
+NO_SHARED_DATA_VERSION = "522 Data connections take TLS 1.2, which the client did not offer"
+
+
+def test_lftp_with_ssl_auth_ssl_is_told_the_data_connections_tls_version(tls_server,
+                                                                          tmp_path, area, cos):
+    """lftp (GnuTLS) with ``ftp:ssl-auth SSL`` sets the priority
+    ``NORMAL:+VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1:-VERS-TLS1.2`` on every connection (its
+    "hack for some ftp servers" meant SSL 3.0, which GnuTLS no longer builds): its ClientHello
+    offers TLS 1.3 alone. The control connection takes it; data connections take TLS 1.2
+    only (``server_contexts``), so the download fails. The reply and the log now say so,
+    where both said only that the handshake failed ("unsupported protocol" in the log);
+    ``ssl:priority NORMAL`` (which lftp's hack leaves alone) makes the same AUTH SSL work."""
+    data = os.urandom(100_003)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/f.bin", Body=data)
+    back = tmp_path / "back.bin"
+    get_file = f'cd {area}; get f.bin -o "{back}"'
+    done = lftp_explicit(tls_server, PLAIN, "set ftp:ssl-auth SSL;", get_file)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "---> AUTH SSL" in done.stderr
+    assert f"<--- {NO_SHARED_DATA_VERSION}" in done.stderr, done.stderr[-3000:]
+    assert "the client offers no TLS version data connections take (TLS 1.2)" in \
+        tls_server.log_text()
+    done = lftp_explicit(tls_server, PLAIN, "set ftp:ssl-auth SSL; set ssl:priority NORMAL;",
+                         get_file)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert back.read_bytes() == data
+
+
 def test_download_waiting_for_its_data_handshake_does_not_spin(tls_server, area, cos):
     """A RETR's data connection whose client has not sent its ClientHello yet (lftp connects
     first and starts TLS once the 150 came: a round trip) is watched for reading only.

@@ -40,6 +40,12 @@ HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake 
 BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
 # RFC 4217 10.2: a data connection that cannot negotiate TLS is answered 522.
 FAILED_DATA_HANDSHAKE = "522 The TLS handshake of the data connection failed; transfer aborted."
+# The same, when the client offered no version the data context takes (``server_contexts``):
+# a client limited to TLS 1.3 (lftp with ftp:ssl-auth SSL, curl --tlsv1.3) reads why.
+NO_SHARED_DATA_VERSION = ("522 Data connections take TLS 1.2, which the client did not offer; "
+                          "transfer aborted.")
+# OpenSSL's reason when the ClientHello offers no version the context allows.
+NO_SHARED_VERSION_REASON = "unsupported protocol"
 # What pyftpdlib's AUTH takes (RFC 4217: TLS and SSL negotiate alike).
 AUTH_MECHANISMS = ("TLS", "TLS-C", "SSL", "TLS-P")
 # Those that protect the data connections too, as if PBSZ 0 and PROT P came: the drafts
@@ -82,18 +88,29 @@ class _TLSData(TLS_DTPHandler):
         self.close()
 
     def handle_failed_ssl_handshake(self) -> None:
-        """Reply 522 once, as the transfer's final reply, and log OpenSSL's reason.
+        """Reply 522 once, as the transfer's final reply, and log OpenSSL's reason; when
+        the client offered no TLS version the data connections take, the reply and the log
+        say which one they take.
 
         pyftpdlib sent its 522 on the control connection itself and then closed, and
         ``close()`` found the handshake pending with no reply set and sent a 426 as well:
         two final replies to one command, the second read as the next command's.
         """
         compat.skip_tls_shutdown(self)
-        log.warning("path=%s: the TLS handshake of a data connection failed: %s",
-                    getattr(self.file_obj, "name", "-"),
-                    broken_tls(sys.exc_info()[1]) or "TLS error")
+        reason = broken_tls(sys.exc_info()[1]) or "TLS error"
+        path = getattr(self.file_obj, "name", "-")
+        reply = FAILED_DATA_HANDSHAKE
+        if NO_SHARED_VERSION_REASON in reason:
+            log.warning("path=%s: the TLS handshake of a data connection failed: %s: the "
+                        "client offers no TLS version data connections take (TLS 1.2); a "
+                        "client limited to TLS 1.3 (lftp with ftp:ssl-auth SSL, curl "
+                        "--tlsv1.3) cannot transfer (docs/clients.md)", path, reason)
+            reply = NO_SHARED_DATA_VERSION
+        else:
+            log.warning("path=%s: the TLS handshake of a data connection failed: %s", path,
+                        reason)
         self.transfer_finished = False
-        compat.set_close_reply(self, FAILED_DATA_HANDSHAKE, log.debug)
+        compat.set_close_reply(self, reply, log.debug)
         self.close()
 
     def close(self) -> None:
