@@ -677,7 +677,9 @@ def test_security_replies_are_those_rfc_2228_lists(tls_server):
     E): 536; of no level at all: 504 (pyftpdlib answered 502, 521 and 502: 502 means the
     command is not implemented, and 521 is no PROT reply). Kept as pyftpdlib has them:
     PBSZ and PROT before AUTH, PROT before PBSZ and a second AUTH are 503, PBSZ of another
-    size is 200 "PBSZ=0" (RFC 4217: the server says 0), CCC is 500 (RFC 4217 lists it)."""
+    size is 200 "PBSZ=0" (RFC 4217: the server says 0). CCC is refused, as policy: 533 on a
+    clear control connection (there is nothing to clear), 534 on a TLS one (it stays
+    encrypted), the codes proftpd gives; it was 500 "not understood"."""
     ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
     ftp.connect("127.0.0.1", tls_server.port, timeout=30)
     with pytest.raises(ftplib.error_perm, match=r"^504 "):
@@ -685,9 +687,11 @@ def test_security_replies_are_those_rfc_2228_lists(tls_server):
     for command in ("PBSZ 0", "PROT P"):  # RFC 2228: 503 before a security exchange
         with pytest.raises(ftplib.error_perm, match=r"^503 "):
             ftp.sendcmd(command)
-    with pytest.raises(ftplib.error_perm, match=r"^500 "):  # not implemented (docs/replies.md)
+    with pytest.raises(ftplib.error_perm, match=r"^533 "):
         ftp.sendcmd("CCC")
     ftp.auth()
+    with pytest.raises(ftplib.error_perm, match=r"^534 .*stays encrypted"):  # before login too
+        ftp.sendcmd("CCC")
     with pytest.raises(ftplib.error_perm, match=r"^503 "):  # RFC 4217: PBSZ before PROT
         ftp.sendcmd("PROT P")
     ftp.login(PLAIN.user, PLAIN.password)
@@ -700,10 +704,47 @@ def test_security_replies_are_those_rfc_2228_lists(tls_server):
     for mechanism in ("TLS", "SSL"):  # TLS is on already
         with pytest.raises(ftplib.error_perm, match=r"^503 "):
             ftp.sendcmd(f"AUTH {mechanism}")
-    with pytest.raises(ftplib.error_perm, match=r"^500 "):  # the control connection stays TLS
+    with pytest.raises(ftplib.error_perm, match=r"^534 .*stays encrypted"):
         ftp.sendcmd("CCC")
-    assert ftp.sendcmd("PROT P").startswith("200")
+    assert ftp.sendcmd("PROT P").startswith("200")  # and the session goes on over TLS
     _close(ftp)
+
+
+def test_feat_and_help_name_what_ftps_supports(tls_server):
+    """FEAT lists the FTPS features a client may use (AUTH TLS and SSL, PBSZ, PROT) and not
+    CCC, which is refused; HELP lists CCC among the commands it recognises, and HELP CCC
+    says it is refused (it was "501 Unrecognized command.")."""
+    ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
+    ftp.connect("127.0.0.1", tls_server.port, timeout=30)
+    features = [line.strip() for line in ftp.sendcmd("FEAT").splitlines()[1:-1]]
+    assert {"AUTH TLS", "AUTH SSL", "PBSZ", "PROT"} <= set(features)
+    assert not [feature for feature in features if feature.startswith("CCC")]
+    assert "CCC" in ftp.sendcmd("HELP").split()
+    assert re.match(r"214 Syntax: CCC \(refused", ftp.sendcmd("HELP CCC"))
+    _close(ftp)
+
+
+def test_clients_asking_for_ccc_go_on_over_tls(tls_server, tmp_path, area, cos):
+    """curl --ftp-ssl-ccc and lftp with ftp:ssl-use-ccc yes send CCC after the login; the
+    534 leaves the control connection encrypted and both go on to download (curl clears
+    TLS only on a reply below 500, lftp only on a 2xx)."""
+    data = os.urandom(50_001)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/c.bin", Body=data)
+    out = tmp_path / "curl.bin"
+    done = subprocess.run(
+        [require("curl"), "-v", "--user", f"{PLAIN.user}:{PLAIN.password}", "--ssl-reqd",
+         "--insecure", "--ftp-ssl-ccc", "-o", str(out),
+         f"ftp://127.0.0.1:{tls_server.port}/{area}/c.bin"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "> CCC" in done.stderr and "< 534 " in done.stderr, done.stderr[-2000:]
+    assert out.read_bytes() == data
+    back = tmp_path / "lftp.bin"
+    done = lftp_explicit(tls_server, PLAIN, "set ftp:ssl-use-ccc yes;",
+                         f'get {area}/c.bin -o "{back}"')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "---> CCC" in done.stderr and "<--- 534 " in done.stderr, done.stderr[-3000:]
+    assert back.read_bytes() == data
 
 
 class LegacyAuthFTP_TLS(ftplib.FTP_TLS):

@@ -51,6 +51,12 @@ AUTH_MECHANISMS = ("TLS", "TLS-C", "SSL", "TLS-P")
 # Those that protect the data connections too, as if PBSZ 0 and PROT P came: the drafts
 # before RFC 4217 (TLS-P: "protected"; SSL, the oldest), and vsftpd and proftpd to this day.
 PROTECTING_MECHANISMS = ("SSL", "TLS-P")
+# CCC (RFC 2228, RFC 4217) would put every later command in clear text, open to forging by
+# anything on the path; refused as policy, with proftpd's codes (533 on a clear connection,
+# 534 under its TLSRequired). vsftpd answers 500, SFTPGo 502.
+REFUSE_CCC_ON_CLEAR = "533 CCC needs a TLS control connection; this one is not encrypted."
+REFUSE_CCC = ("534 CCC refused: the control connection stays encrypted (commands in clear "
+              "text could be forged on the way).")
 REFUSE_FRESH_SESSION = ("522 The data connection must resume the TLS session of the control "
                         "connection (require_ssl_reuse); transfer aborted.")
 
@@ -212,7 +218,11 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     dtp_handler = CosTLSDTPHandler
     # Merged, not inherited: CosFTPHandler's own table (HASH, XCRC…) would hide AUTH,
     # PBSZ and PROT, which only pyftpdlib's TLS handler lists.
-    proto_cmds = {**TLS_FTPHandler.proto_cmds, **CosFTPHandler.proto_cmds}
+    proto_cmds = {**TLS_FTPHandler.proto_cmds, **CosFTPHandler.proto_cmds,
+                  # Known, so HELP explains it, and refused (``ftp_CCC``); FEAT omits it.
+                  "CCC": {"perm": None, "auth": False, "arg": False,
+                          "help": "Syntax: CCC (refused: the control connection stays "
+                                  "encrypted)."}}
 
     # Set per worker by ``configure_tls_handlers``: see ``server_contexts``.
     ssl_context: SSL.Context
@@ -299,6 +309,20 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         if mechanism in PROTECTING_MECHANISMS and compat.tls_handshake_pending(self):
             self.protection_at_start = (True, True)  # this session's, for REIN too
             compat.restore_protection(self, self.protection_at_start)
+
+    def ftp_CCC(self, line: str) -> None:
+        """Refuse to clear the control connection: 533 when it is not encrypted, else 534.
+
+        Cleared, it would carry every later command in clear text, which anything on the path
+        could then forge (a DELE, an RNTO) in the logged-in session; what CCC is for, letting
+        a NAT helper read PASV replies, ``masquerade_address`` and ``passive_port`` do here.
+        Clients asking for it (curl ``--ftp-ssl-ccc``, lftp ``ftp:ssl-use-ccc``) go on over
+        TLS after the refusal."""
+        if not compat.tls_established(self):
+            self.respond(REFUSE_CCC_ON_CLEAR)
+            return
+        log.info("CCC refused: the control connection stays encrypted")
+        self.respond(REFUSE_CCC)
 
     def ftp_PROT(self, line: str) -> None:
         """RFC 2228: a level the mechanism lacks (TLS has no S or E) is 536, an unknown
