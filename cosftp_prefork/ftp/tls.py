@@ -211,6 +211,22 @@ class _TLSControl(TLS_FTPHandler):
         self.close()
 
 
+    def handle_failed_ssl_handshake(self) -> None:
+        """Log OpenSSL's reason, and when the client offered no TLS version control
+        connections take, which ones they take; then close (no reply can be sent: the
+        client expects TLS). pyftpdlib logged only "SSL handshake failed."."""
+        compat.skip_tls_shutdown(self)
+        reason = broken_tls(sys.exc_info()[1]) or "TLS error"
+        if NO_SHARED_VERSION_REASON in reason:
+            taken = ("TLS 1.2, require_ssl_reuse" if self.config.network.tls.require_reuse
+                     else "TLS 1.2 and 1.3")
+            reason = f"{reason}: the client offers no TLS version control connections take " \
+                     f"({taken})"
+        # INFO, as pyftpdlib's line: anyone can fail a handshake before logging in.
+        log.info("the TLS handshake of a control connection failed: %s", reason)
+        self.close()
+
+
 class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
     """Control channel accepting AUTH TLS, enforcing each account's ``tls_required`` and
     the server's ``force_local_logins_ssl`` and ``force_local_data_ssl``."""
