@@ -210,7 +210,6 @@ class _TLSControl(TLS_FTPHandler):
         log.warning("the TLS control connection broke: %s; closing the session", reason)
         self.close()
 
-
     def handle_failed_ssl_handshake(self) -> None:
         """Log OpenSSL's reason, and when the client offered no TLS version control
         connections take, which ones they take; then close (no reply can be sent: the
