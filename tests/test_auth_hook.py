@@ -15,9 +15,11 @@ import pytest
 from cosftp_prefork.config.options import SETTINGS
 from cosftp_prefork.config.settings import hook_account, parse_config
 from cosftp_prefork.cos.registry import BucketRegistry
+from cosftp_prefork.ftp.authhook import MAX_ANSWER_BYTES
 
 from .auth_service import ERROR, FORBIDDEN, HELD, NORMAL, NOT_JSON, SLOW, AuthService
 from .conftest import ALPHA, BETA
+from .crowds import peak_rss, reset_peak_rss, workers_of
 from .hooked import FILE_ACCOUNTS, definition, hooked_server, logs_in, refused
 from .server_proc import ServerProcess, wait_until
 from .tls_clients import client_context, write_certificate
@@ -162,6 +164,48 @@ json.dump({{"allow": ok, "account": {definition(emulator)!r}}}, sys.stdout)
                        optional=settings) as server:
         server.login("cmd", "cmd-pw").quit()
         assert refused(server, "cmd", "wrong").startswith("530")
+
+
+# What the hook program of the next test prints: far past MAX_ANSWER_BYTES.
+FLOOD = 50 * 1024 * 1024
+
+
+def test_a_hook_command_printing_too_much_is_stopped_at_the_limit(emulator, tmp_path):
+    """Before: the worker read the program's whole output (and its stderr) into memory, and
+    only then found it over MAX_ANSWER_BYTES: 50 MiB printed cost the worker 50 MiB and
+    more. Now it reads one byte past the limit, refuses the answer, and kills and reaps
+    the program, which never gets to write the rest."""
+    finished = tmp_path / "finished"
+    program = tmp_path / "flood.py"
+    program.write_text(f"""#!{sys.executable}
+import sys
+sys.stdin.buffer.read()
+chunk = b" " * 1024 * 1024
+for _ in range({FLOOD} // len(chunk)):
+    sys.stdout.buffer.write(chunk)
+sys.stdout.buffer.flush()
+open({str(finished)!r}, "w").close()
+""")
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    # A refusal is answered auth_hook_timeout after PASS (handler.ask_hook): 5 s, not
+    # more. The old worker could take longer than that to read 50 MiB on a loaded machine
+    # (and then said 421): its peak RSS is asked first.
+    settings = {"auth_hook_command": str(program), "auth_hook_timeout": "5000",
+                "worker_processes": "1", "max_login_failures": "0"}
+    with ServerProcess(str(tmp_path / "srv"), emulator.port, FILE_ACCOUNTS,
+                       optional=settings) as server:
+        [worker] = workers_of(server.proc.pid)
+        reset_peak_rss(worker.pid)
+        before = peak_rss(worker.pid)
+        with pytest.raises(ftplib.Error) as refusal:
+            server.login("flooder", "pw", timeout=60)
+        grown = peak_rss(worker.pid) - before
+        assert grown < MAX_ANSWER_BYTES + 8 * 1024 * 1024, f"{grown / 1024 ** 2:.1f} MiB"
+        assert str(refusal.value).startswith("530")
+        wait_until(lambda: not worker.children(), what="the hook program reaped")
+        assert not finished.exists()
+        assert f"the answer is over {MAX_ANSWER_BYTES} bytes" in server.log_text()
+        server.login("filer", "filer-pw").quit()
 
 
 def test_a_reload_changes_the_hook(emulator, tmp_path, service):

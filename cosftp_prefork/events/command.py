@@ -56,7 +56,7 @@ def run(argv: list[str], body: str, timeout: float) -> CommandResult:
     except subprocess.TimeoutExpired:
         stderr = b""
     finally:
-        _end(proc, killed=status is None)
+        reap(proc, killed=status is None)
     return CommandResult(status, stderr)
 
 
@@ -75,7 +75,7 @@ def _exchange(proc: subprocess.Popen, data: bytes, deadline: float) -> bytes:
                 raise subprocess.TimeoutExpired(proc.args, 0)
             for key, _ in selector.select(remaining):
                 if key.fileobj is proc.stdin:
-                    pending = _feed(proc, selector, pending)
+                    pending = feed(proc, selector, pending)
                     continue
                 chunk = os.read(proc.stderr.fileno(), 65536)
                 if not chunk:
@@ -84,10 +84,12 @@ def _exchange(proc: subprocess.Popen, data: bytes, deadline: float) -> bytes:
     return bytes(kept)
 
 
-def _feed(proc: subprocess.Popen, selector: selectors.BaseSelector,
-          pending: memoryview) -> memoryview:
-    """Write what stdin takes now; close it once all is written (or the program closed
-    it: an event it does not read is still delivered if it exits 0)."""
+def feed(proc: subprocess.Popen, selector: selectors.BaseSelector,
+         pending: memoryview) -> memoryview:
+    """Write what the program's stdin takes now; close it once all is written, or once
+    the program closed it (an event program that exits 0 without reading its event
+    delivered it; an auth hook may answer without reading the question). Returns what
+    is left to write."""
     assert proc.stdin is not None
     try:
         pending = pending[os.write(proc.stdin.fileno(), pending):]
@@ -100,12 +102,13 @@ def _feed(proc: subprocess.Popen, selector: selectors.BaseSelector,
     return pending
 
 
-def _end(proc: subprocess.Popen, killed: bool) -> None:
-    """Close the pipes and reap the program; ``killed``: kill its process group first."""
+def reap(proc: subprocess.Popen, killed: bool) -> None:
+    """Close the program's pipes and reap it; ``killed``: kill its process group (it runs
+    in a session of its own) first."""
     if killed:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-    for stream in (proc.stdin, proc.stderr):
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()

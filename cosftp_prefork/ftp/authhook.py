@@ -35,6 +35,7 @@ from ..config.settings import hook_account
 from ..cos.engine import FairPool
 from ..errors import ConfigError
 from ..events.http import describe
+from . import hookcommand
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +175,23 @@ class AuthHook:
         return body
 
     def _run(self, request: HookRequest, timeout: float) -> bytes:
-        """The program's stdout; ``HookUnavailable`` if it fails or takes too long."""
+        """The program's stdout, or its first ``MAX_ANSWER_BYTES`` and one more if it
+        wrote more (it was stopped there: ``_read`` refuses that answer);
+        ``HookUnavailable`` if it fails or takes too long."""
         try:
-            done = subprocess.run(self._settings.command, input=request.body(),
-                                  capture_output=True, timeout=timeout, check=False,
-                                  env={"PATH": os.defpath}, close_fds=True)
+            answer = hookcommand.ask(self._settings.command, request.body(),
+                                     MAX_ANSWER_BYTES, timeout)
         except subprocess.TimeoutExpired:
             raise HookUnavailable("the hook command took longer than auth_hook_timeout") \
                 from None
         except OSError as exc:
             raise HookUnavailable(f"the hook command cannot run: {exc.strerror}") from None
-        if done.returncode != 0:
-            raise HookUnavailable(f"the hook command exited with status {done.returncode}")
-        return done.stdout
+        if answer.too_long:
+            log.warning("the auth hook command wrote more than %d bytes: stopped there, "
+                        "its answer refused", MAX_ANSWER_BYTES)
+        elif answer.status != 0:
+            raise HookUnavailable(f"the hook command exited with status {answer.status}")
+        return answer.output
 
     def _read(self, raw: bytes, user: str) -> Verdict:
         """Parse and check an answer: a no, or a yes with an account the config accepts."""
