@@ -318,3 +318,39 @@ def test_pipelined_noops_unread_stop_being_read_and_are_all_answered(server, wor
     assert replies == [reply] * count
     assert hostile.command("PWD").startswith("257")
     hostile.close()
+
+
+def test_a_line_that_never_ends_does_not_keep_its_session(emulator, tmp_path):
+    """The bytes of a line past MAX_LINE are read and dropped, and they are no command:
+    they do not reset the idle timer, so a client streaming one endless line is closed at
+    idle_session_timeout like any silent one."""
+    with ServerProcess(str(tmp_path), emulator.port, [HOSTILE],
+                       optional={"worker_processes": "1", "idle_session_timeout": "2",
+                                 "log_level": "INFO"}) as server:
+        [worker] = workers_of(server.proc.pid)
+        hostile = Raw(server)
+        port = hostile.sock.getsockname()[1]
+        ended = []
+
+        def endless() -> None:
+            chunk = b"A" * 65536
+            try:
+                while True:
+                    hostile.sock.sendall(chunk)
+            except OSError as exc:  # the worker closed the connection
+                ended.append(exc)
+
+        sender = threading.Thread(target=endless, daemon=True)
+        sender.start()
+        try:
+            wait_until(lambda: not any(conn.raddr and conn.raddr.port == port
+                                       for conn in worker.net_connections("tcp")),
+                       timeout=30, what="the worker to close the endless line's session")
+            sender.join(timeout=60)
+            assert ended, "the client could still send"
+        finally:
+            with contextlib.suppress(OSError):  # ends the sender if the worker did not
+                hostile.sock.shutdown(socket.SHUT_RDWR)
+            hostile.close()
+        assert "Command too long." in server.log_text()
+        assert "Control connection timed out." in server.log_text()
