@@ -51,7 +51,7 @@ def run(argv: list[str], body: str, timeout: float) -> CommandResult:
                             close_fds=True, start_new_session=True)
     status: Optional[int] = None
     try:
-        stderr = _exchange(proc, body.encode(), deadline)
+        stderr = exchange(proc, body.encode(), proc.stderr, MAX_STDERR, deadline)
         status = proc.wait(max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         stderr = b""
@@ -60,15 +60,20 @@ def run(argv: list[str], body: str, timeout: float) -> CommandResult:
     return CommandResult(status, stderr)
 
 
-def _exchange(proc: subprocess.Popen, data: bytes, deadline: float) -> bytes:
-    """Write ``data`` to the program's stdin and keep the start of its stderr, until it
-    closes stderr; ``subprocess.TimeoutExpired`` at ``deadline``."""
-    assert proc.stdin is not None and proc.stderr is not None
+def exchange(proc: subprocess.Popen, data: bytes, stream, keep: int, deadline: float,
+             stop: bool = False) -> bytes:
+    """Write all of ``data`` to the program's stdin (unless it closes it) while reading
+    ``stream`` (its stdout or stderr) until it closes that; return the first ``keep`` bytes
+    read. The rest is
+    read and dropped (a pipe nobody drains would stall the program), or, with ``stop``, not
+    read at all: reading ends once ``keep`` bytes came. ``subprocess.TimeoutExpired`` at
+    ``deadline``."""
+    assert proc.stdin is not None
     kept, pending = bytearray(), memoryview(data)
     with selectors.DefaultSelector() as selector:
         os.set_blocking(proc.stdin.fileno(), False)
         selector.register(proc.stdin, selectors.EVENT_WRITE)
-        selector.register(proc.stderr, selectors.EVENT_READ)
+        selector.register(stream, selectors.EVENT_READ)
         while selector.get_map():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -77,10 +82,10 @@ def _exchange(proc: subprocess.Popen, data: bytes, deadline: float) -> bytes:
                 if key.fileobj is proc.stdin:
                     pending = feed(proc, selector, pending)
                     continue
-                chunk = os.read(proc.stderr.fileno(), 65536)
-                if not chunk:
-                    selector.unregister(proc.stderr)
-                kept += chunk[:MAX_STDERR - len(kept)]
+                chunk = os.read(stream.fileno(), 65536)
+                kept += chunk[:keep - len(kept)]
+                if not chunk or (stop and len(kept) == keep):
+                    selector.unregister(stream)
     return bytes(kept)
 
 

@@ -11,16 +11,12 @@ whatever the program prints. Its standard error is not read at all (it goes to
 from __future__ import annotations
 
 import os
-import selectors
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..events.command import feed, reap
-
-# What one read takes of the answer: a pipe's default capacity (pipe(7)).
-READ_SIZE = 65536
+from ..events.command import exchange, reap
 
 
 @dataclass(frozen=True)
@@ -52,34 +48,9 @@ def ask(argv: tuple[str, ...], question: bytes, limit: int, timeout: float) -> A
                             close_fds=True, start_new_session=True)
     status: Optional[int] = None
     try:
-        output = _exchange(proc, question, limit + 1, deadline)
+        output = exchange(proc, question, proc.stdout, limit + 1, deadline, stop=True)
         if len(output) <= limit:
             status = proc.wait(max(0.0, deadline - time.monotonic()))
     finally:
         reap(proc, killed=status is None)
     return Answer(status, output)
-
-
-def _exchange(proc: subprocess.Popen, question: bytes, most: int, deadline: float) -> bytes:
-    """Write ``question`` to the program's stdin while reading its stdout, until it closes
-    stdout or ``most`` bytes came; ``subprocess.TimeoutExpired`` at ``deadline``."""
-    assert proc.stdin is not None and proc.stdout is not None
-    output, pending = bytearray(), memoryview(question)
-    with selectors.DefaultSelector() as selector:
-        os.set_blocking(proc.stdin.fileno(), False)
-        selector.register(proc.stdin, selectors.EVENT_WRITE)
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        reading = True
-        while reading:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise subprocess.TimeoutExpired(proc.args, 0)
-            for key, _ in selector.select(remaining):
-                if key.fileobj is proc.stdin:
-                    pending = feed(proc, selector, pending)
-                    continue
-                chunk = os.read(proc.stdout.fileno(), min(READ_SIZE, most - len(output)))
-                output += chunk
-                reading = bool(chunk) and len(output) < most
-    return bytes(output)
-
