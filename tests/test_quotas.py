@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import io
+import os
 import posixpath
 import re
 import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -20,6 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import pytest
+
+from cosftp_prefork.server.scoreboard import state_path
+from cosftp_prefork.server.usage import usage_path
 
 from .admin_client import RO_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
@@ -367,6 +372,36 @@ def test_site_quota_and_cosftpctl_quota_and_quota_scan(quotas, cos):
     assert re.search(r"^qfree\s.*no quota", shown.stdout, re.MULTILINE), shown.stdout
     assert not keys_under(cos, home)
     ftp.quit()
+
+
+def test_a_master_of_another_version_keeps_its_usage_table_from_quota_and_quota_scan(
+        emulator, tmp_path):
+    """After an upgrade, the master still running was started by the version before, whose
+    usage table has another layout: ``quota`` must not read it with this one's offsets, nor
+    ``quota-scan`` write into it, and both say which process runs and what to do."""
+    server = ServerProcess(str(tmp_path), emulator.port,
+                           [quota_account("qlayout", "1M", prefix="layout")],
+                           optional={"quota_scan_interval": "0"})
+    with server:
+        ftp = login(server, "qlayout")
+        assert used(ftp) == (0, 0)  # its home scanned: its row written, then left alone
+        ftp.quit()
+        pid_file = os.path.join(server.log_dir, "cosftp.pid")
+        path = usage_path(state_path(pid_file))
+        with open(path, "r+b") as handle:
+            # What the versions before the layout word kept there: the rows in use.
+            os.pwrite(handle.fileno(), struct.pack("<I", 1), 4)
+            rows = os.pread(handle.fileno(), 2 * MIB, 64)  # the rows (1.7 MiB), and on
+        with open(pid_file, encoding="ascii") as handle:
+            pid = int(handle.read())
+        for command in (("quota",), ("quota-scan", "qlayout")):
+            out = server.ctl(*command)
+            assert out.returncode == 4, (command, out.stdout, out.stderr)
+            assert f"pid {pid} runs another version of cosftp-prefork: its quota usage " \
+                   f"table {path}" in out.stderr, (command, out.stderr)
+        with open(path, "rb") as handle:  # quota-scan asked for no scan in it
+            assert os.pread(handle.fileno(), 2 * MIB, 64) == rows
+        assert server.ctl("stop").returncode == 0  # stop needs only the pid file
 
 
 def test_an_admin_quota_above_the_tenants_counts_their_files_and_names_no_key(emulator,

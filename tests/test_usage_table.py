@@ -131,7 +131,7 @@ def in_another_process(path: str, action) -> bool:
     worker) returned True."""
     child = os.fork()
     if child == 0:
-        other = UsageTable.open(path, writable=True)
+        other = UsageTable.open(path, os.getppid(), writable=True)
         os._exit(0 if other is not None and action(other) else 1)
     return os.waitpid(child, 0)[1] == 0
 

@@ -20,6 +20,7 @@ from ..config.settings import load_config, resolve_masquerade
 from ..errors import ConfigError
 from ..safefiles import check_directory, open_append
 from .banctl import cmd_bans, cmd_unban
+from .filelayout import OtherLayoutError
 from .files import check_files, hand_over_files
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
 from .manual import describe
@@ -53,7 +54,6 @@ from .scoreboard import (
     MASTER_STARTING,
     RUNNING,
     MasterStatus,
-    OtherLayoutError,
     SessionDetail,
     SharedState,
     WorkerStatus,

@@ -196,7 +196,9 @@ stderr says why.""",
          (f"cosftpctl -c {CONF} quota alice", "alice's only")),
         """0  shown
 2  no such account
-3  not running"""),
+3  not running
+4  the master that runs is of another version (an upgrade since it started):
+   its usage table is not read; restart it to run this version"""),
     "quota-scan": Page(
         """Scan the homes and virtual folders with a quota again now (of one account and
 its folders, or every one), as the server does every quota_scan_interval: their
@@ -210,7 +212,9 @@ file (the server's, or root).""",
         """0  scanned
 1  not scanned within 300 s (see cosftp.log), or the state file not writable
 2  no such account, or it has no quota
-3  not running"""),
+3  not running
+4  the master that runs is of another version (an upgrade since it started):
+   its usage table is not changed; restart it to run this version"""),
 }
 
 

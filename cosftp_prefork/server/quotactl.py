@@ -146,12 +146,14 @@ def _folders(config: Config, rules: QuotaRules,
 
 
 def _table(config: Config, writable: bool = False) -> Optional[UsageTable]:
-    """The running server's usage table; None if no server of ``config`` runs."""
+    """The running server's usage table; None if no server of ``config`` runs. Raises
+    ``OtherLayoutError`` if that server is of another version (``cosftpctl`` exits 4)."""
     server, network = config.server, config.network
-    if not find_master(Target(config.path, server.pid_file, network.listen_port,
-                              network.listen_addresses)):
+    master = find_master(Target(config.path, server.pid_file, network.listen_port,
+                                network.listen_addresses))
+    if not master:
         return None
-    return UsageTable.open(usage_path(state_path(config.server.pid_file)), writable)
+    return UsageTable.open(usage_path(state_path(server.pid_file)), master, writable)
 
 
 def _users(config: Config, user: Optional[str]

@@ -5,6 +5,8 @@ the workers inherit the mapping as they inherit the scoreboard's (``SharedState.
 ``cosftpctl quota`` and the admin API read it, ``cosftpctl quota-scan`` asks for scans in it.
 It outlives reloads (the usage of a home does not change with the configuration) and not the
 master: a new master scans each home again at its first use.
+Its header names its layout (``filelayout``: a fingerprint of this module's sizes, offsets and
+record formats): ``cosftpctl`` of another version neither reads nor writes it.
 
 One row per home (``cos.quota.home_id``: 16 bytes naming bucket and prefix), in an
 open-addressing table: used bytes and files, reserved bytes and files (uploads under way),
@@ -70,13 +72,19 @@ from typing import Optional
 from ..config.model import MAX_HOOK_QUOTA_HOMES, MAX_WORKER_PROCESSES
 from ..config.quotas import Home, QuotaHomesFull, Reservation, Reserving, Usage
 from ..safefiles import PRIVATE_MODE, map_existing, open_fd
+from .filelayout import check_layout, fingerprint
 from .pidfile import is_alive
 from .usagegate import ChangeGate, lock_record
 
 log = logging.getLogger(__name__)
 
+# The magic stays: a new layout changes the layout word (LAYOUT_VERSION), no longer this.
 MAGIC = b"CFQ4"
-_HEADER = struct.Struct("<4sII")  # magic, rows in use, rows of the answers' homes
+# magic, layout (LAYOUT_VERSION; the versions before it kept the rows in use there, a count
+# that never has the high bit set), rows in use, rows of the answers' homes
+_HEADER = struct.Struct("<4sIII")
+_COUNTS = struct.Struct("<II")  # the header's two counts
+_COUNTS_AT = _HEADER.size - _COUNTS.size
 # Then whether the node's reservations are to be rewritten wherever they are published
 # (Redis, ``server.quotashare``) from the rows: 1 from the file's creation (what a previous
 # master of the node left there), after a dead worker's holdings were dropped and after a
@@ -105,6 +113,10 @@ _HOLDINGS = _NAMES + ROWS * NAME_SIZE  # where the worker slots' holdings start
 FILE_SIZE = _HOLDINGS + SLOTS * _SLOT_SIZE
 SCAN_STALE = 3600.0  # seconds after which a scan whose process still lives is taken over
 _EMPTY = bytes(16)
+# What the header says of the file's layout: ``cosftpctl quota`` and ``quota-scan`` of another
+# version (an upgrade while the master runs) must neither read nor write the file with their
+# own offsets.
+LAYOUT_VERSION = fingerprint(globals())
 
 
 def usage_path(state_file: str) -> str:
@@ -162,7 +174,7 @@ class UsageTable(Reserving):
             os.ftruncate(fd, 0)
             os.ftruncate(fd, FILE_SIZE)
             mapping = mmap.mmap(fd, FILE_SIZE, mmap.MAP_SHARED)
-            _HEADER.pack_into(mapping, 0, MAGIC, 0, 0)
+            _HEADER.pack_into(mapping, 0, MAGIC, LAYOUT_VERSION, 0, 0)
             _WANTED.pack_into(mapping, _WANTED_AT, 1)
             return cls(fd, mapping)
         except BaseException:
@@ -170,9 +182,12 @@ class UsageTable(Reserving):
             raise
 
     @classmethod
-    def open(cls, path: str, writable: bool = False) -> Optional[UsageTable]:
-        """Map an existing file (None if absent or not ours); ``writable`` for
-        ``cosftpctl quota-scan`` (raises ``PermissionError`` if this user may not)."""
+    def open(cls, path: str, master: int, writable: bool = False) -> Optional[UsageTable]:
+        """Map an existing file made by the master ``master`` (None if absent or not ours);
+        ``writable`` for ``cosftpctl quota-scan`` (raises ``PermissionError`` if this user
+        may not). Raises ``OtherLayoutError``, naming ``master``, if another version laid
+        it out."""
+        check_layout(path, MAGIC, LAYOUT_VERSION, "quota usage table", master)
         found = map_existing(path, FILE_SIZE, MAGIC, writable)
         return None if found is None else cls(*found, writable)
 
@@ -230,8 +245,8 @@ class UsageTable(Reserving):
                 if not make:
                     return None
                 _ROW.pack_into(self._map, at, ident, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0, 0)
-                _, used, answers = _HEADER.unpack_from(self._map, 0)
-                _HEADER.pack_into(self._map, 0, MAGIC, used + 1, answers)
+                used, answers = _COUNTS.unpack_from(self._map, _COUNTS_AT)
+                _COUNTS.pack_into(self._map, _COUNTS_AT, used + 1, answers)
                 return at
         return None
 
@@ -429,7 +444,7 @@ class UsageTable(Reserving):
             name = _name_of(home)
             at = self._find(home.ident, make=False)
             if at is None:
-                _, _, answers = _HEADER.unpack_from(self._map, 0)
+                _, answers = _COUNTS.unpack_from(self._map, _COUNTS_AT)
                 if answers >= min(most, HOOK_ROWS) and self._free_stale(stale_before):
                     answers -= 1
                 if answers >= min(most, HOOK_ROWS):
@@ -438,8 +453,8 @@ class UsageTable(Reserving):
                 at = self._find(home.ident, make=True)
                 if at is None:
                     raise QuotaHomesFull(f"the quota usage table is full ({ROWS} homes)")
-                _, used, _ = _HEADER.unpack_from(self._map, 0)
-                _HEADER.pack_into(self._map, 0, MAGIC, used, answers + 1)
+                used, _ = _COUNTS.unpack_from(self._map, _COUNTS_AT)
+                _COUNTS.pack_into(self._map, _COUNTS_AT, used, answers + 1)
             row = self._row(at)
             row[12] += 1
             if answered_at >= row[11]:
@@ -475,8 +490,8 @@ class UsageTable(Reserving):
         if oldest is None:
             return False
         self._remove(oldest[0])
-        _, used, answers = _HEADER.unpack_from(self._map, 0)
-        _HEADER.pack_into(self._map, 0, MAGIC, used - 1, answers - 1)
+        used, answers = _COUNTS.unpack_from(self._map, _COUNTS_AT)
+        _COUNTS.pack_into(self._map, _COUNTS_AT, used - 1, answers - 1)
         return True
 
     def _remove(self, at: int) -> None:

@@ -101,7 +101,7 @@ from .records import (
     state_path,
     upload_key,
 )
-from .state import OtherLayoutError, SharedState
+from .state import SharedState
 from .uploads import InFlightRow, KeptUpload
 
 __all__ = [
@@ -114,7 +114,7 @@ __all__ = [
     "RELOAD_OK", "RELOAD_REFUSED", "RELOAD_RUNNING", "RUNNING", "SERVING", "STARTING",
     "TOO_MANY", "TOO_MANY_LOGGED_IN", "TOO_MANY_PER_IP", "TOO_MANY_PRELOGIN",
     "TOO_MANY_PRELOGIN_PER_IP", "TOO_MANY_SESSIONS", "AccountKey", "Address", "BanRow",
-    "InFlightRow", "KeptUpload", "Limits", "MasterStatus", "OtherLayoutError", "SavedBans", "Seat",
+    "InFlightRow", "KeptUpload", "Limits", "MasterStatus", "SavedBans", "Seat",
     "SessionDetail", "SharedState", "TransferFigures", "WorkerStatus", "account_key",
     "account_text", "address_group", "address_key", "address_text", "bans_path", "group_label",
     "heartbeat_age", "load_bans", "save_bans", "state_path", "upload_key",

@@ -5,11 +5,11 @@ each part holds)."""
 from __future__ import annotations
 
 import struct
-import zlib
 from array import array
 
 from ... import rates
 from ...config.model import MAX_WORKER_PROCESSES
+from ..filelayout import HEADER_START, fingerprint
 
 # Exit status for "this worker cannot start with this config": not a crash to retry blindly.
 EXIT_BOOT_FAILURE = 3
@@ -21,10 +21,10 @@ LISTEN_BACKLOG = 1024
 
 MAGIC = b"CFTP"
 # Every version of the file starts with its magic, its layout (LAYOUT_VERSION) and the
-# master's pid: what ``cosftpctl`` reads of a file of another layout to name its master.
-HEADER_START = struct.Struct("<4sIi")
-# magic, layout, master pid, generation, started, workers, reload count, last reload result
-HEADER = struct.Struct("<4sIiIdIII")
+# master's pid (``filelayout.HEADER_START``): what ``cosftpctl`` reads of a file of another
+# layout to name its master. Then the generation, the start, workers, reload count and the
+# last reload's result.
+HEADER = struct.Struct(HEADER_START.format + "IdIII")
 # after it: FTP port, implicit FTPS port (0: none), AUTH TLS offered (0/1), the master's
 # state (its index in MASTER_STATES; not running: it stops and takes no reload), the
 # ipv6_prefix_length its bans and counts are keyed by (a reload keeps it; 0: not said)
@@ -154,18 +154,6 @@ BUCKETS_UNUSED = array("I", INT64.pack(rates.EMPTY, 0) * 2)
 SERIALS_BASE = ACCOUNT_BASE + ACCOUNT_SLOTS * ACCOUNT_WORDS
 KICKS_BASE = SERIALS_BASE + SESSION_ROWS
 
-
-def _fingerprint() -> int:
-    """A CRC32 of every number, text and record format this module defines, with the high
-    bit set: two versions whose files are laid out alike (and whose tables mean the same)
-    share it, and it is never 1, which every version before it wrote."""
-    shape = sorted((name, value.format if isinstance(value, struct.Struct) else value)
-                   for name, value in globals().items()
-                   if name.isupper() and
-                   isinstance(value, (int, float, bytes, str, tuple, dict, struct.Struct)))
-    return zlib.crc32(repr(shape).encode()) | 1 << 31
-
-
 # What the header says of the file's layout: ``cosftpctl`` of another version (an upgrade
 # while the master runs) must neither read nor write the file with its own offsets.
-LAYOUT_VERSION = _fingerprint()
+LAYOUT_VERSION = fingerprint(globals())

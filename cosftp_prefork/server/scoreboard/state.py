@@ -12,6 +12,7 @@ from typing import Optional
 
 from ...logfiles import escape_controls
 from ...safefiles import PRIVATE_MODE, map_existing, open_fd
+from ..filelayout import check_layout
 from ..usage import UsageTable, usage_path
 from .bans import BanTable
 from .layout import (
@@ -21,7 +22,6 @@ from .layout import (
     FILE_SIZE,
     HEADER,
     HEADER_SIZE,
-    HEADER_START,
     LAYOUT_VERSION,
     MAGIC,
     MASTER_STARTING,
@@ -46,20 +46,6 @@ from .mapped import clip, unclip
 from .records import MasterStatus, WorkerStatus
 from .sessions import SessionTable
 from .uploads import UploadTable
-
-
-class OtherLayoutError(Exception):
-    """The state file was laid out by another version of cosftp-prefork (the master still
-    running after an upgrade): this one may neither read nor write it."""
-
-    def __init__(self, path: str, pid: int) -> None:
-        self.path, self.pid = path, pid
-        super().__init__(
-            f"pid {pid} runs another version of cosftp-prefork: its state file {path} is "
-            f"laid out otherwise, so this cosftpctl neither reads nor changes it. "
-            f"'cosftpctl stop' then 'cosftpctl start' runs this version (stop works "
-            f"across versions); meanwhile 'kill -HUP {pid}' reloads the running one, its "
-            f"verdict in its log")
 
 
 class SharedState(SessionTable, BanTable, UploadTable):
@@ -92,7 +78,7 @@ class SharedState(SessionTable, BanTable, UploadTable):
         """Map an existing state file, read-only unless ``writable`` (``cosftpctl unban``);
         None if it is absent or not ours. Raises ``OtherLayoutError`` if another version
         laid it out, and (``writable``) ``PermissionError`` if this user may not write it."""
-        _check_layout(path)
+        check_layout(path, MAGIC, LAYOUT_VERSION, "state file")
         found = map_existing(path, FILE_SIZE, MAGIC, writable)
         return None if found is None else cls(path, *found)
 
@@ -229,19 +215,3 @@ class SharedState(SessionTable, BanTable, UploadTable):
         text = unclip(bytes(self._map[at + RELOAD_WARNINGS_HEAD.size:at + RELOAD_WARNINGS_SIZE]))
         return (text.split("\n") if text else []), count
 
-
-def _check_layout(path: str) -> None:
-    """Raise ``OtherLayoutError`` if the file at ``path`` is a state file (through no
-    link) of another layout; anything else is left to the mapping."""
-    try:
-        fd = open_fd(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        start = os.pread(fd, HEADER_START.size, 0)
-    finally:
-        os.close(fd)
-    if len(start) == HEADER_START.size:
-        magic, layout, pid = HEADER_START.unpack(start)
-        if magic == MAGIC and layout != LAYOUT_VERSION:
-            raise OtherLayoutError(path, pid)
