@@ -11,7 +11,7 @@ from typing import Optional
 
 import pytest
 
-from cosftp_prefork.config.locations import base_dir, locate_server, parse_path
+from cosftp_prefork.config.locations import base_dir, parse_path
 from cosftp_prefork.config.model import (
     GIB,
     MAX_PART_SIZE,
@@ -20,6 +20,7 @@ from cosftp_prefork.config.model import (
     SECRET_OPTIONS,
     AccountConfig,
     Config,
+    Located,
     NetworkConfig,
     ServerConfig,
     TransferConfig,
@@ -28,7 +29,12 @@ from cosftp_prefork.config.model import (
 from cosftp_prefork.config.options import SETTINGS
 from cosftp_prefork.config.passwords import hash_password
 from cosftp_prefork.config.placeholders import find_placeholders
-from cosftp_prefork.config.settings import hook_account, load_config, parse_config
+from cosftp_prefork.config.settings import (
+    hook_account,
+    load_config,
+    locate_server,
+    parse_config,
+)
 from cosftp_prefork.errors import ConfigError
 from cosftp_prefork.ftp.authorizer import CosAuthorizer
 
@@ -765,14 +771,44 @@ def test_values_that_only_look_like_placeholders_are_not(section, option, value)
 def test_pid_file_is_found_even_when_the_file_is_broken(tmp_path, monkeypatch):
     broken = tmp_path / "broken.conf"
     broken.write_text("[OPTIONAL]\npid_file = /run/x.pid\n[COS_ACCOUNT_0]\nauthority = ?\n")
-    assert locate_server(str(broken)) == ("/run/x.pid", 2121)
+    found = locate_server(str(broken))
+    assert (found.pid_file, found.port, found.problems) == ("/run/x.pid", 2121, ())
     with pytest.raises(ConfigError):
         load_config(str(broken), {})
     (tmp_path / "conf").mkdir()
     in_conf = tmp_path / "conf" / "broken.conf"
     in_conf.write_text("[NETWORK]\nlisten_port = 2200\n[OPTIONAL]\nlog_dir = var\n")
     monkeypatch.chdir("/")
-    assert locate_server(str(in_conf)) == (str(tmp_path / "var" / "cosftp.pid"), 2200)
+    found = locate_server(str(in_conf))
+    assert (found.pid_file, found.port) == (str(tmp_path / "var" / "cosftp.pid"), 2200)
+
+
+def test_locating_takes_each_option_as_loading_does_and_names_what_it_cannot_use(tmp_path):
+    """What status, sessions and stop read of the file is what load_config reads there
+    (${NAME} from the environment, paths following the file, the timeouts stop waits
+    for); an option whose value cannot be used is named as load_config names it and its
+    default taken (the port: unknown), while the rest of the file is not judged."""
+    path = tmp_path / "vsftpd.conf"
+    text = set_option(MINIMAL, "OPTIONAL", "log_dir", "${RUN_DIR}/log")
+    for option, value in (("graceful_timeout", "900"), ("stop_timeout", "45")):
+        text = set_option(text, "OPTIONAL", option, value)
+    text = set_option(text, "NETWORK", "listen_address", "127.0.0.1, ::1")
+    path.write_text(text)
+    config = load_config(str(path), {"RUN_DIR": "/srv/ftp"})
+    found = locate_server(str(path), {"RUN_DIR": "/srv/ftp"})
+    assert found == Located(config.server.pid_file, config.network.listen_port,
+                            config.network.listen_addresses, config.server.log_dir, 900, 45)
+    assert found.pid_file == "/srv/ftp/log/cosftp.pid"
+    path.write_text(set_option(set_option(text, "NETWORK", "listen_port", "ftp"),
+                               "OPTIONAL", "stop_timeout", "1") +
+                    "[COS_ACCOUNT_late]\nauthority = X\n")
+    found = locate_server(str(path), {})
+    assert (found.pid_file, found.port, found.stop_timeout) == \
+        (str(tmp_path / "log" / "cosftp.pid"), 0, 30)
+    assert found.problems == (
+        f"{path} [OPTIONAL] log_dir: environment variable RUN_DIR is not set",
+        f"{path} [NETWORK] listen_port: must be an integer, got 'ftp'",
+        f"{path} [OPTIONAL] stop_timeout: must be between 10 and 3600, got 1")
 
 
 def whole_file_location(path: str) -> tuple[str, int]:
@@ -835,7 +871,8 @@ def test_locating_the_server_reads_what_configparser_reads_in_the_whole_file(tmp
     (tmp_path / "conf").mkdir()
     path = tmp_path / "conf" / "vsftpd.conf"
     path.write_bytes(text.encode("utf-8"))
-    assert locate_server(str(path)) == whole_file_location(str(path))
+    found = locate_server(str(path))
+    assert (found.pid_file, found.port) == whole_file_location(str(path))
 
 
 def test_proxy_and_cluster_settings():

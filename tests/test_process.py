@@ -57,6 +57,45 @@ def test_start_status_stop(daemon):
         assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
 
 
+def test_status_sessions_and_stop_read_only_where_the_server_is(daemon):
+    """status, sessions and stop read only the options that say where the server is
+    ([OPTIONAL], [NETWORK]), not the accounts, whose validity is check's and reload's to
+    judge: a server started with its secrets in its environment (systemd's
+    EnvironmentFile) is inspected and stopped from a shell without them, and after an
+    account section was broken further down, with no error about either."""
+    daemon.accounts = [Account("ops", "ops-pw", ALPHA, secret_key="${OPS_SECRET_KEY}")]
+    daemon.env = {**os.environ, "OPS_SECRET_KEY": "test-key"}
+    daemon.write_config()
+    assert daemon.start_daemon().returncode == 0
+    daemon.env = {name: value for name, value in os.environ.items()
+                  if name != "OPS_SECRET_KEY"}  # the operator's shell
+    with open(daemon.config_path, "a", encoding="utf-8") as handle:
+        handle.write("\n[COS_ACCOUNT_late]\nauthority = X\n")
+    status = daemon.ctl("status")
+    assert status.returncode == 0 and "master pid" in status.stdout, status
+    assert status.stderr == "", status
+    sessions = daemon.ctl("sessions")
+    assert sessions.returncode == 0 and sessions.stderr == "", sessions
+    checked = daemon.ctl("check")
+    assert checked.returncode == 2, checked
+    assert "environment variable OPS_SECRET_KEY is not set" in checked.stderr, checked
+    stopped = daemon.ctl("stop")
+    assert stopped.returncode == 0 and stopped.stderr == "", stopped
+    assert "stopped pid" in stopped.stdout, stopped
+
+
+def test_reload_finds_a_server_whose_log_dir_comes_from_the_environment(daemon):
+    """reload, status, sessions and stop read where the pid file is as load_config reads
+    it, ${NAME} from the environment included (reload took the name for a directory)."""
+    daemon.optional = {"log_dir": "${OPS_LOG_DIR}"}
+    daemon.env = {**os.environ, "OPS_LOG_DIR": daemon.log_dir}
+    daemon.write_config()
+    assert daemon.start_daemon().returncode == 0
+    for command in ("reload", "status", "sessions", "stop"):
+        done = daemon.ctl(command)
+        assert done.returncode == 0, (command, done)
+
+
 def test_start_returns_once_every_worker_serves(daemon):
     assert daemon.start_daemon().returncode == 0
     state = SharedState.open(state_path(pid_file(daemon)))

@@ -21,7 +21,7 @@ from typing import Optional
 
 from ..errors import ConfigError
 
-DEFAULT_LOG_DIR = "log"  # the settings table's defaults, shared with locate_server
+DEFAULT_LOG_DIR = "log"  # the settings table's defaults
 DEFAULT_LISTEN_PORT = 2121
 PID_FILE_NAME = "cosftp.pid"
 CONF_DIR_NAME = "conf"
@@ -51,23 +51,14 @@ def default_pid_file(log_dir: str) -> str:
     return os.path.join(log_dir, PID_FILE_NAME)
 
 
-# The sections ``locate_server`` reads: where the pid file, the log directory and the port are
-# written, and configparser's DEFAULT section, whose options every section inherits.
+# The sections ``settings.locate_server`` reads: where the pid file, the log directory, the
+# listening address and port and the stop's timeouts are written, and configparser's DEFAULT
+# section, whose options every section inherits.
 LOCATING_SECTIONS = ("OPTIONAL", "NETWORK", configparser.DEFAULTSECT)
 # A line whose first character that is not white space is "[": a section header, unless
 # configparser takes it for the continuation of a value (then it is indented).
 _BRACKET_LINE = re.compile(r"^[^\S\n]*\[.*$", re.M)
 _COMMENT_PREFIXES = ("#", ";")  # configparser's full-line comments
-
-
-def locate_server(config_path: str) -> tuple[str, int]:
-    """Best-effort pid file and listen port (0: unknown) of a file that may not validate, so
-    that ``stop``, ``status`` and ``reload`` find the server while the file is being edited:
-    what configparser reads there (its defaults for what it does not find; an invalid
-    section, option or line elsewhere is skipped as it skips it). Raises ``ConfigError``,
-    worded as ``load_config``'s, if the file cannot be read."""
-    absolute, text = read_config_file(config_path)
-    return locate_in_text(text, absolute)
 
 
 def read_config_file(path: str) -> tuple[str, str]:
@@ -81,23 +72,16 @@ def read_config_file(path: str) -> tuple[str, str]:
         raise ConfigError(f"cannot read configuration file: {exc}", absolute) from None
 
 
-def locate_in_text(text: str, config_path: str) -> tuple[str, int]:
-    """``locate_server`` of the file at ``config_path`` whose text is ``text``."""
+def locating_parser(text: str, config_path: str) -> configparser.RawConfigParser:
+    """What configparser reads of ``LOCATING_SECTIONS`` in ``text``, the file at
+    ``config_path``, as it reads a file that may not validate: its defaults for what it
+    does not find, an invalid section, option or line elsewhere skipped as it skips it
+    (``settings.locate_server`` judges the options it takes from it)."""
     parser = configparser.RawConfigParser(inline_comment_prefixes=("#",), strict=False)
     wanted = _locating_sections(text)
     with contextlib.suppress(configparser.Error):
         parser.read_string(text if wanted is None else wanted, source=config_path)
-
-    def option(section: str, name: str) -> str:
-        value = parser.get(section, name, fallback="").strip()
-        return "" if value.lower() == "default" else value
-
-    base = base_dir(config_path)
-    log_dir = resolve(option("OPTIONAL", "log_dir") or DEFAULT_LOG_DIR, base)
-    pid_file = option("OPTIONAL", "pid_file")
-    port = option("NETWORK", "listen_port") or str(DEFAULT_LISTEN_PORT)
-    return (resolve(pid_file, base) if pid_file else default_pid_file(log_dir),
-            int(port) if port.isdigit() and int(port) <= 65535 else 0)
+    return parser
 
 
 def _locating_sections(text: str) -> Optional[str]:

@@ -366,6 +366,23 @@ class AuthHookConfig:
 
 
 @dataclass(frozen=True)
+class Located:
+    """Where the server of a configuration file is, and how long its stop may take: what
+    ``cosftpctl`` status, sessions, stop and reload read of a file they do not validate
+    (``settings.locate_server``). ``port`` 0: unknown. ``problems``: the options read whose
+    value could not be used (their defaults taken instead; port 0), each worded as
+    ``load_config`` words it."""
+
+    pid_file: str
+    port: int
+    addresses: tuple[str, ...]
+    log_dir: str
+    graceful_timeout: int
+    stop_timeout: int
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     accounts: tuple[AccountConfig, ...]

@@ -34,6 +34,7 @@ from .hooks import (
 from .locations import (
     base_dir,
     default_pid_file,
+    locating_parser,
     parse_path,
     read_config_file,
     resolve,
@@ -55,6 +56,7 @@ from .model import (
     ClusterConfig,
     Config,
     FolderConfig,
+    Located,
     NetworkConfig,
     OperatorConfig,
     ProxyConfig,
@@ -630,6 +632,43 @@ def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Confi
     """Read and validate the file at ``path``. Raises ``ConfigError``."""
     absolute, text = read_config_file(path)
     return parse_config(text, absolute, environ)
+
+
+def locate_server(config_path: str, environ: Optional[Mapping[str, str]] = None) -> Located:
+    """Where the server of the file at ``config_path`` is, read without validating the file
+    (``Located``), so that ``stop``, ``status``, ``sessions`` and ``reload`` find the server
+    while the file is being edited, and fast: only ``config.locations.LOCATING_SECTIONS``
+    are parsed (5,000 accounts cost nothing here), and of them only the options it takes,
+    each as ``load_config`` takes it (``${NAME}``, paths following the file); one whose
+    value cannot be used gets its default and is named in ``problems``. Raises
+    ``ConfigError``, worded as ``load_config``'s, if the file cannot be read."""
+    absolute, text = read_config_file(config_path)
+    return locate_in_text(text, absolute, environ)
+
+
+def locate_in_text(text: str, config_path: str,
+                   environ: Optional[Mapping[str, str]] = None) -> Located:
+    """``locate_server`` of the file at ``config_path`` whose text is ``text``."""
+    reader = _Reader(locating_parser(text, config_path), config_path,
+                     os.environ if environ is None else environ)
+    problems = []
+
+    def value(section: str, name: str, unusable: Any = None) -> Any:
+        """The option's value, else (named in ``problems``) ``unusable``, or its default."""
+        setting = BY_SECTION[section][name]
+        try:
+            return reader._value(section, setting, reader.parser.get(section, name,
+                                                                      fallback=""))
+        except ConfigError as exc:
+            problems.append(str(exc))
+            return reader._value(section, setting, "") if unusable is None else unusable
+
+    log_dir = value("OPTIONAL", "log_dir")
+    return Located(value("OPTIONAL", "pid_file") or default_pid_file(log_dir),
+                   value("NETWORK", "listen_port", unusable=0),
+                   value("NETWORK", "listen_address"), log_dir,
+                   value("OPTIONAL", "graceful_timeout"), value("OPTIONAL", "stop_timeout"),
+                   tuple(problems))
 
 
 def resolve_masquerade(config: Config) -> Optional[str]:

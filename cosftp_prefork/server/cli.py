@@ -12,11 +12,11 @@ import sys
 import time
 from typing import Optional
 
-from ..config.locations import base_dir, locate_in_text, locate_server
-from ..config.model import REDIS_MINIMUM, Config, ServerConfig
+from ..config.locations import base_dir
+from ..config.model import REDIS_MINIMUM, Config, Located, ServerConfig
 from ..config.passwords import hash_password
 from ..config.placeholders import find_placeholders
-from ..config.settings import load_config, resolve_masquerade
+from ..config.settings import load_config, locate_in_text, locate_server, resolve_masquerade
 from ..errors import ConfigError
 from ..safefiles import check_directory, open_append
 from .banctl import cmd_bans, cmd_unban
@@ -288,11 +288,6 @@ def _read_from(path: str, offset: int) -> list[str]:
         return []
 
 
-def cmd_stop(config: Config, graceful: bool = False) -> int:
-    server = config.server
-    return stop(target_of(config), graceful, server.graceful_timeout, server.stop_timeout)
-
-
 def stop(target: Target, graceful: bool = False,
          graceful_timeout: int = ServerConfig.graceful_timeout,
          stop_timeout: int = ServerConfig.stop_timeout) -> int:
@@ -321,10 +316,6 @@ def stop(target: Target, graceful: bool = False,
     return 1
 
 
-def cmd_status(config: Config) -> int:
-    return status(target_of(config), os.path.join(config.server.log_dir, LOG_FILE_NAME))
-
-
 def _state_of(target: Target) -> Optional[SharedState]:
     """The shared state of the running master of ``target``; None if none was found."""
     pid = find_master(target)
@@ -351,10 +342,6 @@ def status(target: Target, log_file: str = f"the server's {LOG_FILE_NAME}") -> i
         return _not_running(target)
     print(format_status(state, log_file))
     return 0
-
-
-def cmd_sessions(config: Config) -> int:
-    return sessions(target_of(config))
 
 
 def sessions(target: Target) -> int:
@@ -583,8 +570,9 @@ def _check_cluster(config: Config) -> Optional[str]:
         raise ConfigError(exc.problem, config.path, exc.section, exc.option) from exc
 
 
-COMMANDS = {"start": cmd_start, "status": cmd_status, "sessions": cmd_sessions}
-PID_ONLY_COMMANDS = {"status": status, "sessions": sessions}  # and stop
+# The commands that read of the file only where its server is (``locate_server``): they
+# work whatever else is wrong in it, and fast with thousands of accounts.
+LOCATING_COMMANDS = ("stop", "status", "sessions", "reload")
 
 
 def cmd_hash_password() -> int:
@@ -603,20 +591,43 @@ def cmd_hash_password() -> int:
     return 0
 
 
-def _located(config_path: str) -> Target:
-    """The server of the file at ``config_path`` as found without validating the file
-    (``locate_server``). Raises ``ConfigError`` if the file cannot be read."""
-    return Target(os.path.abspath(config_path), *locate_server(config_path))
+def _target(config_path: str, located: Located) -> Target:
+    """What ``cosftpctl`` looks for: the server ``located`` in the file at ``config_path``."""
+    return Target(os.path.abspath(config_path), located.pid_file, located.port,
+                  located.addresses)
 
 
-def _located_anyway(config_path: str) -> Target:
-    """``_located``, or where the defaults put the server of a file that cannot be read
-    (the caller said why already)."""
+def _located_anyway(config_path: str) -> Located:
+    """``locate_server`` of the file at ``config_path``, each option it could not use
+    printed as a configuration error; where the defaults put the server of a file that
+    cannot be read (said too). Stopping or inspecting a running server must not depend on
+    the file being valid: the command goes on."""
     try:
-        return _located(config_path)
-    except ConfigError:
-        absolute = os.path.abspath(config_path)
-        return Target(absolute, *locate_in_text("", absolute))
+        located = locate_server(config_path)
+    except ConfigError as exc:
+        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+        return locate_in_text("", os.path.abspath(config_path))
+    for problem in located.problems:
+        print(f"cosftpctl: configuration error: {problem}", file=sys.stderr)
+    return located
+
+
+def _run_located(args: argparse.Namespace) -> int:
+    """Run one of ``LOCATING_COMMANDS``; return its exit status."""
+    if args.command == "reload":  # the master reads the file and gives its verdict
+        try:
+            located = locate_server(args.config)
+        except ConfigError as exc:
+            print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        return cmd_reload(_target(args.config, located), args.timeout)
+    located = _located_anyway(args.config)
+    target = _target(args.config, located)
+    if args.command == "stop":
+        return stop(target, args.graceful, located.graceful_timeout, located.stop_timeout)
+    if args.command == "status":
+        return status(target, os.path.join(located.log_dir, LOG_FILE_NAME))
+    return sessions(target)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -632,41 +643,29 @@ def _run(args: argparse.Namespace) -> int:
     """Run the command ``args`` name; return its exit status."""
     if args.command == "hash-password":
         return cmd_hash_password()
-    if args.command == "reload":  # the master reads the file and gives its verdict
-        try:
-            target = _located(args.config)
-        except ConfigError as exc:
-            print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
-        return cmd_reload(target, args.timeout)
+    if args.command in LOCATING_COMMANDS:
+        return _run_located(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
-        if args.command == "stop" or args.command in PID_ONLY_COMMANDS:
-            # Stopping or inspecting a running server must not depend on the file being valid.
-            target = _located_anyway(args.config)
-            if args.command == "stop":
-                return stop(target, args.graceful)
-            return PID_ONLY_COMMANDS[args.command](target)
         return 2
     if args.command == "run":
         return cmd_run(config, args.log_file_only)
-    if args.command == "stop":
-        return cmd_stop(config, args.graceful)
+    if args.command == "start":
+        return cmd_start(config)
     if args.command == "check":
         return cmd_check(config, args.online, args.timeout)
     if args.command == "quota":
         return cmd_quota(config, args.user)
     if args.command == "quota-scan":
         return cmd_quota_scan(config, args.user)
-    if args.command in ("bans", "unban"):
-        def master_pid() -> Optional[int]:
-            return find_master(target_of(config))
-        if args.command == "bans":
-            return cmd_bans(config, master_pid)
-        return cmd_unban(config, None if args.all else args.address, master_pid)
-    return COMMANDS[args.command](config)
+
+    def master_pid() -> Optional[int]:
+        return find_master(target_of(config))
+    if args.command == "bans":
+        return cmd_bans(config, master_pid)
+    return cmd_unban(config, None if args.all else args.address, master_pid)  # the last one
 
 
 if __name__ == "__main__":

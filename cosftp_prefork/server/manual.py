@@ -60,9 +60,11 @@ stop (TERM): transfers in flight end with 426 (an upload is parked for resume,
 nothing half-written), every client gets 421, within stop_timeout seconds.
 --graceful (QUIT): new connections are refused and transfers in flight end
 normally, for at most graceful_timeout seconds, then as a fast stop. Works from
-any directory, and while the file does not validate. When the pid file leads to
-no server, it stops a master of this file found listening on listen_port, and
-names any other program holding that port.""",
+any directory, and while the file does not validate: of it, this reads only
+[OPTIONAL] pid_file, log_dir, graceful_timeout, stop_timeout and [NETWORK]
+listen_address, listen_port (one it cannot use is named and its default taken).
+When the pid file leads to no server, it stops a master of this file found
+listening on listen_port, and names any other program holding that port.""",
         ((f"cosftpctl -c {CONF} stop", "fast stop"),
          (f"cosftpctl -c {CONF} stop --graceful", "let the transfers in flight finish first")),
         """0  stopped
@@ -100,7 +102,10 @@ generation not serving after 30 s).""",
 row per worker: pid, generation, state, sessions, uploads and downloads in
 flight, bytes up and down, RSS, CPU %, open files and heartbeat age; with
 [CLUSTER], whether the workers reach Redis. Works from any directory, and while
-the file does not validate.""",
+the file does not validate: of it, this reads only where the server is
+([OPTIONAL] pid_file, log_dir, [NETWORK] listen_address, listen_port; one it
+cannot use is named and its default taken), not the accounts: check judges the
+file, reload has the master judge it.""",
         ((f"cosftpctl -c {CONF} status", "is it running, and how are its workers"),
          (f"cosftpctl -c {CONF} status >/dev/null || echo down", "for scripts: exit 0 "
           "only when running")),
@@ -114,7 +119,7 @@ the file does not validate.""",
 user once logged in, the client's address (the real one behind a balancer),
 the state, the bytes and rate of the transfer in flight or of the last one, the
 time since the last command, and that command (never a password). Updated once
-a second.""",
+a second. Reads of the file only where the server is, as status does.""",
         ((f"cosftpctl -c {CONF} sessions", "who is connected, doing what"),
          (f"watch -n 1 cosftpctl -c {CONF} sessions", "follow transfers as they run")),
         """0  running
