@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -102,6 +103,19 @@ def test_the_emulator_cpu_script_measures_every_request_kind():
     summary = done.stdout.split("emulator CPU per request", 1)[1].splitlines()[1:]
     assert [line.split()[0] for line in summary] == \
         ["LIST", "PUT", "COPY", "MARKER", "HEAD", "GET", "DELETE", "DELETEMANY"]
+
+
+def test_the_ctl_cost_script_times_stop_status_and_sessions_against_another_tree():
+    """Compared with a tree of this very checkout: both versions run each command."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "ctl_cost.py"), "--accounts", "2",
+         "--runs", "1", "--before", ROOT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-8000:]
+    results = json.loads(done.stdout)["results"]
+    assert {label: {name: found["exits"] for name, found in by.items()}
+            for label, by in results.items()} == \
+        {"stop, none running": {"this": [3], "before": [3]},
+         "status": {"this": [0], "before": [0]}, "sessions": {"this": [0], "before": [0]}}
 
 
 def _ephemeral_ports() -> range:
