@@ -91,6 +91,30 @@ def test_bans_outlive_redis_losing_its_keys(emulator, tmp_path):
             assert refused_as_banned(a, client)
 
 
+def test_a_ban_outlives_redis_losing_its_keys_with_every_node_that_met_the_address_gone(
+        emulator, tmp_path):
+    """A ban earned through node a, whose address never tried node b; then a stopped and
+    Redis flushed (a node taken out for maintenance or scaled in, Redis restarted without
+    persistence). Found: b did not hold the ban (a node held only the bans made or refused
+    there), so it let the address in to guess again with ban_time far from over. Now
+    every node holds every ban the cluster makes (its heartbeat brings them), so b
+    publishes it again, with the end it had, and refuses the address."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "bans-held", **BANS) as (server, a, b):
+        earn_ban(a, "127.0.0.131")
+        ban = "cosftp:ban:127.0.0.131"
+        end = int(server.direct.get(ban))
+        wait_until(lambda: re.search(r"^127\.0\.0\.131 .* cluster,node$",
+                                     b.ctl("bans").stdout, re.M),
+                   timeout=10, what="node b to hold the ban node a earned")
+        a.stop()
+        server.direct.flushall()
+        wait_until(lambda: server.direct.exists(ban), timeout=30,
+                   what="the ban published again")
+        assert 0 <= int(server.direct.get(ban)) - end <= 1  # (to the second, as b knew it)
+        assert refused_as_banned(b, "127.0.0.131")
+        assert "published again the 1 ban(s) this node holds" in b.log_text()
+
+
 def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, redis6,  # noqa: F811
                                                                      tmp_path):
     """Redis answering each command after 1 s: with redis_timeout = 500 ms every call gives

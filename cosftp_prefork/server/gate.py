@@ -335,10 +335,10 @@ class Gate:
         return bool(until)
 
     def _adopt(self, group: str, until: float) -> None:
-        """The cluster bans ``group`` until ``until`` and this node enforces it: hold it in
-        this node's own table too (unless that holds a ban of it already), so that it stays
-        applied here until it ends whatever becomes of Redis (its keys lost, an outage),
-        and is published again from here (``share``)."""
+        """The cluster bans ``group`` until ``until`` (found at a refusal, or brought by
+        the heartbeat): hold it in this node's own table too (unless that holds a ban of it
+        already), so that it stays applied here until it ends whatever becomes of Redis
+        (its keys lost, an outage), and is published again from here (``share``)."""
         if not self.state.is_banned(group, time.time()):
             self.state.ban(group, math.ceil(until))
 
@@ -408,13 +408,20 @@ class Gate:
 
     def share(self) -> bool:
         """Publish this node's counts to the cluster, forget what was unbanned on any node,
-        publish again the bans this node holds if Redis did not know the node, and close
-        the pending connections of an address banned by another node (one Redis round trip
-        each). Return whether Redis did not know the node (what else it holds is to be
-        published again too). Runs once a second on the worker's cluster thread: Redis may
-        take up to redis_timeout a call, which must not hold the accept loop."""
+        hold the bans made on any node, publish again the bans this node holds if Redis
+        did not know the node, and close the pending connections of an address banned by
+        another node (one Redis round trip each). Return whether Redis did not know the
+        node (what else it holds is to be published again too). Runs once a second on the
+        worker's cluster thread: Redis may take up to redis_timeout a call, which must not
+        hold the accept loop."""
         beat = self.cluster.publish(self._node_counts)
         self._forget_unbanned(beat.unbans)
+        # Every node holds every ban (after the unbans: those the heartbeat brings are
+        # still in Redis, so none of them was lifted since), so that a ban outlives Redis
+        # losing its keys while any node runs, not only one the address met.
+        for group, until in beat.bans:
+            if self._may_ban(group):
+                self._adopt(group, until)
         if beat.unknown and self._bans_on:
             self._republish_bans()
         pending = self._pending_now()
@@ -430,8 +437,9 @@ class Gate:
         """Redis did not know this node: it lost its keys (restarted without persistence,
         flushed, failed over to an empty replica), or no worker of the node reached it for
         ``NODE_TTL`` (an outage, the node's start). Publish again the bans this node holds
-        (made here, by its own count or the cluster's at a failed login here, or restored
-        at start), after the unbans this heartbeat brought: each holds on every node again
+        (made here, by its own count or the cluster's at a failed login here; made on
+        another node, which a heartbeat brought or a refusal found; or restored at start),
+        after the unbans this heartbeat brought: each holds on every node again
         until it ends. Failed logins are not: each node's own count goes on."""
         bans = [(group, until) for group, until in self.state.bans(time.time())
                 if self._may_ban(group)]

@@ -18,6 +18,12 @@ KEEP_HASH = "-"  # a sequence the hash never holds: the heartbeat keeps the hash
 UNBANS_KEPT = 1000  # the last unbans kept for the workers to read
 UNBANS_SECONDS = 7 * 86400  # and for how long after the last one
 UNBANS_PER_TICK = 100  # the most one heartbeat brings (the script's LIMIT)
+# The bans made (and published again), by address, kept for every node's workers to hold
+# them too (``scripts.HEARTBEAT``): as many as a node's ban table has rows, near enough.
+BANS_MADE = PREFIX + "bans-made"
+BANS_MADE_COUNT = PREFIX + "ban-count"
+BANS_KEPT = 1000
+BANS_SECONDS = 7 * 86400  # the log's life after the last ban noted (a ban's key ends its own)
 WRITE_PROBE = PREFIX + "write-probe"  # written and deleted at once: does Redis take writes?
 SCAN_PAGE = 500  # keys per SCAN page, each page read or deleted by one script
 

@@ -5,7 +5,9 @@ atomic), each with ``LIBRARY`` in front; only commands and arguments that every 
 # Helpers every script starts with. A count is an integer of at most 15 digits (what
 # INCR/HINCRBY accept without overflow); a ban is a string with an expiry: anything else
 # under a ban's name is not ours and is deleted. ``ban_of`` answers the milliseconds a ban
-# has left (0: none).
+# has left (0: none). ``note_ban`` adds an address to the bans made (a sorted set scored by
+# a counter, as the unbans are), which every node's heartbeat brings to the node; it answers
+# the classes of keys it repaired.
 LIBRARY = """
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local function integer(value)
@@ -30,6 +32,21 @@ local function ban_of(key)
   end
   redis.call('DEL', key)
   return 0, true
+end
+local function note_ban(made, count, address, kept, expiry)
+  local repaired = {}
+  local found = kind(made)
+  if found ~= 'none' and found ~= 'zset' then
+    redis.call('DEL', made)
+    table.insert(repaired, 'bans-made')
+  end
+  local _, bad = counter_of(count)
+  if bad then table.insert(repaired, 'ban-count') end
+  redis.call('ZADD', made, redis.call('INCR', count), address)
+  redis.call('ZREMRANGEBYRANK', made, 0, -1 - tonumber(kept))
+  redis.call('EXPIRE', made, expiry)
+  redis.call('EXPIRE', count, expiry)
+  return repaired
 end
 """
 
@@ -66,8 +83,9 @@ return {found, repaired}
 """
 
 # A failed login: count it in the window that began with the first (INCR, then EXPIRE
-# only if the count has none: what EXPIRE ... NX does on Redis 7); at the limit, ban.
-# KEYS: the failures, the ban; ARGV: limit, window, ban seconds, when the ban ends.
+# only if the count has none: what EXPIRE ... NX does on Redis 7); at the limit, ban, and
+# note the ban for every node. KEYS: the failures, the ban, the bans made, their counter;
+# ARGV: limit, window, ban seconds, when the ban ends, the address, bans kept, their expiry.
 FAIL = """
 local repaired = {}
 local found = kind(KEYS[1])
@@ -83,6 +101,9 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) en
 if failures < tonumber(ARGV[1]) then return {0, repaired} end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
 redis.call('DEL', KEYS[1])
+for _, key_class in ipairs(note_ban(KEYS[3], KEYS[4], ARGV[5], ARGV[6], ARGV[7])) do
+  table.insert(repaired, key_class)
+end
 return {1, repaired}
 """
 
@@ -120,10 +141,13 @@ return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
 # started again: Redis restarted, or the keys expired), and the number of the last one
 # brought. KEYS: its hash, nodes, unbans, the unban counter; ARGV: node, now, expiry, forget
 # nodes silent since, the last unban seen, the sequence field, the sequence read ('*':
-# rewrite anyway), then field, count pairs. Answers whether it rewrote, and whether the
-# node was unknown: not among the nodes, or silent for longer than the expiry (Redis lost
-# its keys, or no worker of the node reached it for that long; only this script writes
-# the nodes, so a count or a reservation of the node since does not hide it).
+# rewrite anyway), the last ban made seen, the bans' prefix, then field, count pairs.
+# Answers whether it rewrote, whether the node was unknown: not among the nodes, or silent
+# for longer than the expiry (Redis lost its keys, or no worker of the node reached it for
+# that long; only this script writes the nodes, so a count or a reservation of the node
+# since does not hide it), and the bans made after the last one this worker saw (all of
+# them if their counter started again) that Redis still holds, address then milliseconds
+# left, with the number of the last one brought. KEYS: then the bans made, their counter.
 HEARTBEAT = """
 local repaired = {}
 local counter, bad = counter_of(KEYS[4])
@@ -145,7 +169,7 @@ local sequence = found == 'hash' and redis.call('HGET', KEYS[1], ARGV[6]) or ''
 local rewrite = ARGV[7] == '*' or sequence == ARGV[7]
 if rewrite then
   redis.call('DEL', KEYS[1])
-  for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
   if sequence ~= '' then redis.call('HSET', KEYS[1], ARGV[6], sequence) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -158,7 +182,29 @@ local last = found == 'zset' and redis.call('ZSCORE', KEYS[2], ARGV[1])
 local known = last and tonumber(last) >= tonumber(ARGV[2]) - tonumber(ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
-return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1}, repaired}
+local made, made_seen, garbage = {}, tonumber(ARGV[8]), false
+local made_count, bad_count = counter_of(KEYS[6])
+if bad_count then table.insert(repaired, 'ban-count') end
+if made_count < made_seen then made_seen = 0 end
+found = kind(KEYS[5])
+if found == 'zset' then
+  local entries = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. made_seen, '+inf', 'WITHSCORES',
+                             'LIMIT', 0, 100)
+  for i = 1, #entries, 2 do
+    local left, bad = ban_of(ARGV[9] .. entries[i])
+    garbage = garbage or bad
+    if left > 0 then
+      table.insert(made, entries[i])
+      table.insert(made, left)
+    end
+    made_seen = tonumber(entries[i + 1])
+  end
+elseif found ~= 'none' then
+  redis.call('DEL', KEYS[5])
+  table.insert(repaired, 'bans-made')
+end
+if garbage then table.insert(repaired, 'ban:*') end
+return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1, made_seen, made}, repaired}
 """
 
 # Whether Redis takes writes: a write that changes nothing in the end (the key is written,
@@ -172,18 +218,25 @@ redis.call('DEL', KEYS[1])
 return {0, {}}
 """
 
-# The bans a node holds, published again where Redis holds none (it lost them). KEYS: the
-# bans; ARGV: per ban, when it ends and the seconds left. Answers how many it wrote.
+# The bans a node holds, published again where Redis holds none (it lost them), and noted
+# among the bans made (a node started since holds them too). KEYS: the bans made, their
+# counter, then the bans; ARGV: bans kept, their expiry, then per ban its address, when it
+# ends and the seconds left. Answers how many it wrote.
 REPUBLISH = """
-local written, repaired = 0, {}
-for i, key in ipairs(KEYS) do
+local written, repaired, garbage = 0, {}, false
+for i = 3, #KEYS do
+  local key, at = KEYS[i], 3 * (i - 3) + 3
   local banned, bad = ban_of(key)
-  if bad then repaired = {'ban:*'} end
+  garbage = garbage or bad
   if banned == 0 then
-    redis.call('SET', key, ARGV[2 * i - 1], 'EX', ARGV[2 * i])
+    redis.call('SET', key, ARGV[at + 1], 'EX', ARGV[at + 2])
+    for _, key_class in ipairs(note_ban(KEYS[1], KEYS[2], ARGV[at], ARGV[1], ARGV[2])) do
+      table.insert(repaired, key_class)
+    end
     written = written + 1
   end
 end
+if garbage then table.insert(repaired, 'ban:*') end
 return {written, repaired}
 """
 

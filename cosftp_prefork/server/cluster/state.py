@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import redis
@@ -35,6 +35,10 @@ from ..scoreboard import (
     AccountKey,
 )
 from .keys import (
+    BANS_KEPT,
+    BANS_MADE,
+    BANS_MADE_COUNT,
+    BANS_SECONDS,
     KEEP_HASH,
     LOGGED_IN_FIELD,
     NODE_TTL,
@@ -114,12 +118,27 @@ def _unbans(members: list) -> list[Unban]:
 
 @dataclass(frozen=True)
 class Beat:
-    """What a heartbeat brought: the unbans made since the last one (on any node), and
-    whether Redis did not know this node (``scripts.HEARTBEAT``): what the node holds
-    (bans, quota reservations) is to be published there again."""
+    """What a heartbeat brought: the unbans made since the last one (on any node), whether
+    Redis did not know this node (``scripts.HEARTBEAT``): what the node holds (bans, quota
+    reservations) is to be published there again; and the bans made since the last one
+    (on any node, or published again) that Redis still holds, each an address and when it
+    ends (``time.time()``)."""
 
     unbans: list[Unban]
     unknown: bool = False
+    bans: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _bans_made(flat: list) -> list[tuple[str, float]]:
+    """The bans a heartbeat brought (address, milliseconds left, ...) as (address, when it
+    ends); what is not an address is skipped (nothing of it is logged)."""
+    found = []
+    for address, left in zip(flat[::2], flat[1::2]):
+        try:
+            found.append((client_key(str(address)), _ends(left)))
+        except ValueError:
+            continue
+    return found
 
 
 def _ends(left_ms: Any) -> float:
@@ -151,6 +170,7 @@ class ClusterState:
                           ("heartbeat", HEARTBEAT), ("writable", WRITABLE),
                           ("republish", REPUBLISH))}
         self._unbans_seen = 0  # the number of the last unban the heartbeat brought
+        self._bans_seen = 0  # and of the last ban made
         self._skipped = 0  # heartbeats in a row that did not rewrite the node's hash
         self._url = public_url(config.redis_url)
         self._lock = threading.Lock()
@@ -374,20 +394,24 @@ class ClusterState:
     def record_failure(self, ip: str, limit: int, window: int, ban: int) -> bool:
         """Count a failed login from ``ip`` cluster-wide; True if that earns it a ban."""
         key = client_key(ip)
-        return bool(self._run("failed-login count", "fail", [PREFIX + "fail:" + key, ban_key(ip)],
-                              [limit, window, ban, int(time.time()) + ban]))
+        return bool(self._run("failed-login count", "fail",
+                              [PREFIX + "fail:" + key, ban_key(ip), BANS_MADE, BANS_MADE_COUNT],
+                              [limit, window, ban, int(time.time()) + ban, key, BANS_KEPT,
+                               BANS_SECONDS]))
 
     def republish(self, bans: list[tuple[str, int]]) -> int:
         """Publish again ``bans`` (address, when it ends) that this node holds, each where
-        Redis holds no ban of that address; how many it wrote (0 if Redis could not be
-        asked)."""
+        Redis holds no ban of that address, and note them among the bans made (every node
+        then holds them); how many it wrote (0 if Redis could not be asked)."""
         now = int(time.time())
         live = [(ip, until) for ip, until in bans if until > now]
         if not live:
             return 0
         return int(self._run("bans published again", "republish",
-                             [ban_key(ip) for ip, _ in live],
-                             [value for _, until in live for value in (until, until - now)],
+                             [BANS_MADE, BANS_MADE_COUNT, *(ban_key(ip) for ip, _ in live)],
+                             [BANS_KEPT, BANS_SECONDS,
+                              *(value for ip, until in live
+                                for value in (client_key(ip), until, until - now))],
                              failed=0) or 0)
 
     def counted(self, ip: str, connections: int, logged_in: int = 0,
@@ -405,8 +429,8 @@ class ClusterState:
     def publish(self, table: Callable[[], Optional[NodeCounts]]) -> Beat:
         """Rewrite this node's counts from ``table()`` (its session table: per address,
         logged in, per account; None if it cannot be read now) and mark it alive; log the
-        counts of repeated errors; return the unbans made since the last call (on any node)
-        and whether Redis did not know the node. Runs from the worker's tick.
+        counts of repeated errors; return the unbans and the bans made since the last call
+        (on any node) and whether Redis did not know the node. Runs from the worker's tick.
 
         The table is read after the hash's sequence: a change counted between the two
         (another worker's) may be missing from the table, and the heartbeat then keeps the
@@ -429,16 +453,19 @@ class ClusterState:
                 counts += [account_field(account), n]
         now = time.time()
         answer = self._run("heartbeat", "heartbeat",
-                           [key, PREFIX + "nodes", PREFIX + "unbans", PREFIX + "unban-count"],
+                           [key, PREFIX + "nodes", PREFIX + "unbans", PREFIX + "unban-count",
+                            BANS_MADE, BANS_MADE_COUNT],
                            [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,
-                            SEQUENCE_FIELD, sequence, *counts])
+                            SEQUENCE_FIELD, sequence, self._bans_seen, PREFIX + "ban:",
+                            *counts])
         for burst_log in (self._errors, self._repairs, self._busy):
             burst_log.flush()
         if not answer:
             return Beat([])
         self._unbans_seen, members = int(answer[0]), answer[1]
         self._skipped = 0 if int(answer[2]) else self._skipped + 1
-        return Beat(_unbans(members), bool(int(answer[3])))
+        self._bans_seen = int(answer[4])
+        return Beat(_unbans(members), bool(int(answer[3])), _bans_made(answer[5]))
 
     def close(self) -> None:
         self._redis.close()
