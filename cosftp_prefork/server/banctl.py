@@ -211,14 +211,20 @@ class Outcome:
     saved: list[tuple[str, int]] = field(default_factory=list)  # dropped from the bans file
     cluster: Optional[tuple[int, int]] = None  # bans and failed logins deleted in Redis
     problems: list[str] = field(default_factory=list)
+    # Whether the nodes were told to drop their own copies: a ban deleted in Redis without
+    # that is lifted "in Redis", not "in the cluster" (the nodes holding it still enforce it).
+    noted: bool = True
 
     def lifted(self, now: float) -> dict[str, int]:
         """Bans lifted per place (``on this node``, ``from the saved bans``, ``in the
-        cluster``), the places that had some."""
+        cluster``, or ``in Redis`` if the nodes were not told), the places that had some."""
         counts = {"on this node": sum(1 for row in self.node if row.until > now),
                   "from the saved bans": sum(1 for _, until in self.saved if until > now),
-                  "in the cluster": self.cluster[0] if self.cluster else 0}
+                  self.redis_place(): self.cluster[0] if self.cluster else 0}
         return {where: count for where, count in counts.items() if count}
+
+    def redis_place(self) -> str:
+        return "in the cluster" if self.noted else "in Redis"
 
     def failures(self) -> int:
         return sum(row.failures for row in self.node) + (self.cluster[1] if self.cluster
@@ -340,11 +346,17 @@ def lift_in_cluster(config: Config, address: Optional[str], now: int,
         outcome.cluster = admin.unban(address, now)
     except ClusterTrouble as exc:
         outcome.cluster = exc.done
-        if exc.done is None:
+        if exc.at_note:  # (what Redis held is gone; the nodes' copies are not)
+            outcome.noted = False
+            again = "unban --all" if address is None else "unban"
+            outcome.problems.append(f"the other nodes NOT told to drop their own copies: "
+                                    f"{exc}: each holds its copy until it ends or {again} "
+                                    f"is run again")
+        elif exc.done is None:
             outcome.problems.append(f"the cluster's ban(s) NOT lifted: {exc}: the other "
                                     f"nodes still hold them until they expire or unban is "
                                     f"run again")
-        else:  # (--all, part way: the counts of what was deleted are in the report)
+        else:  # (--all, cut among its pages: the counts of what was deleted are reported)
             outcome.problems.append(f"the cluster's ban(s) NOT ALL lifted: {exc}: the other "
                                     f"nodes were not told to drop their own copies, which "
                                     f"hold until they expire or unban --all is run again")
@@ -364,7 +376,7 @@ def describe(address: Optional[str], outcome: Outcome, now: float, cluster: bool
     else:
         # (the cluster is named only if Redis answered: a refusal says nothing of a ban)
         asked = cluster and outcome.cluster is not None
-        what = "was not banned" + (" on this node or in the cluster" if asked else
+        what = "was not banned" + (f" on this node or {outcome.redis_place()}" if asked else
                                    " on this node" if cluster else "")
     if failures:
         what += f"; {failures} failed login(s) forgotten"

@@ -36,13 +36,14 @@ T = TypeVar("T")
 class ClusterTrouble(Exception):
     """Redis could not do what ``cosftpctl`` asked (unreachable, busy, loading, too old,
     refusing writes, or it answered with another error); the message says which.
-    ``done``: what an ``unban --all`` did before it (bans and failed logins deleted in
-    Redis; None if nothing); the nodes were not told to drop their own copies, which is
-    its last call."""
+    ``done``: what an unban did before it (bans and failed logins deleted in Redis; None
+    if nothing); the nodes were not told to drop their own copies, which is its last
+    write. ``at_note``: every delete landed, only that note was refused."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.done: Optional[tuple[int, int]] = None
+        self.at_note = False
 
 
 @dataclass(frozen=True)
@@ -89,25 +90,29 @@ class ClusterAdmin:
     def unban(self, ip: Optional[str], when: int) -> tuple[int, int]:
         """Delete the ban and failure count of ``ip`` (every address: None) and note the
         unban for the nodes' workers; return how many bans ran and the failed logins that
-        were counted."""
-        done: list[int] = []  # bans, failed logins deleted by the pages done (--all)
+        were counted. Raises ``ClusterTrouble``, with what was deleted before (``done``)
+        and whether only the note was refused (``at_note``)."""
+        done: list[int] = []  # bans, failed logins deleted by the calls done
+        at_note: list[bool] = []
 
         def lift() -> tuple[int, int]:
             if ip is not None:
-                return self._unban([ban_key(ip), PREFIX + "fail:" + client_key(ip)],
-                                   client_key(ip), when)
+                done[:] = [0, 0]
+                self._unban([ban_key(ip), PREFIX + "fail:" + client_key(ip)],
+                            client_key(ip), when, done, at_note)
+                return done[0], done[1]
             done[:] = [0, 0]
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
-                    counted = self._unban(page, "", when)
-                    done[:] = [done[0] + counted[0], done[1] + counted[1]]
-            self._unban([], "*", when)  # the nodes' workers drop their own copies
+                    self._unban(page, "", when, done, at_note)
+            self._unban([], "*", when, done, at_note)  # the nodes' workers drop their copies
             return done[0], done[1]
         try:
             return self._call("unban", lift)
         except ClusterTrouble as exc:
-            # (a page's script is one call; one refused part way is not counted)
-            exc.done = (done[0], done[1]) if done and any(done) else None
+            # (a page's script is one call; one refused before its deletes is not counted)
+            exc.at_note = bool(at_note)
+            exc.done = (done[0], done[1]) if done and (any(done) or at_note) else None
             raise
 
     def evaluate_each(self, what: str, body: str, calls: Sequence[tuple[list, list]]
@@ -129,11 +134,18 @@ class ClusterAdmin:
             return answers
         return self._call(what, run)
 
-    def _unban(self, keys: list[str], what: str, when: int) -> tuple[int, int]:
+    def _unban(self, keys: list[str], what: str, when: int, done: list[int],
+               at_note: list[bool]) -> None:
+        """Run the unban script (``scripts.UNBAN``) once, adding the bans and failed logins
+        it deleted to ``done``; raise redis-py's ``ResponseError`` with what Redis answered
+        its note, if it refused that after the deletes (``at_note`` then holds True)."""
         answer, _ = self._scripts["unban"](
             [PREFIX + "unbans", PREFIX + "unban-count", *keys],
             [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:"])
-        return int(answer[0]), int(answer[1])
+        done[:] = [done[0] + int(answer[0]), done[1] + int(answer[1])]
+        if answer[2]:
+            at_note.append(True)
+            raise redis.ResponseError(str(answer[2]))
 
     def _values(self, prefix: str) -> tuple[dict[str, tuple[str, int]], bool]:
         """``{address: (value, milliseconds left)}`` of the string keys under ``prefix``

@@ -244,6 +244,9 @@ return {written, repaired}
 # the failed logins counted) and, unless ARGV[2] is empty, note the unban of ARGV[2] (an
 # address, or * for every one) made at ARGV[1] for the nodes' workers. KEYS: unbans, the
 # unban counter, then the keys; ARGV: when, what, unbans kept, their expiry, the bans' prefix.
+# Also answers the error Redis gave the note ('' if none): once a script wrote, Redis
+# refuses it nothing for its state (OOM, READONLY...), but an ACL may refuse the note
+# after the deletes, which stay; the caller says so rather than that nothing was done.
 UNBAN = """
 local repaired, bans, failures = {}, 0, 0
 for i = 3, #KEYS do
@@ -265,13 +268,15 @@ if ARGV[2] ~= '' then
   end
   local _, bad = counter_of(KEYS[2])
   if bad then table.insert(repaired, 'unban-count') end
-  local number = redis.call('INCR', KEYS[2])
-  redis.call('ZADD', KEYS[1], number, number .. ':' .. ARGV[1] .. ':' .. ARGV[2])
+  local number = redis.pcall('INCR', KEYS[2])
+  if type(number) == 'table' then return {{bans, failures, number.err}, repaired} end
+  local added = redis.pcall('ZADD', KEYS[1], number, number .. ':' .. ARGV[1] .. ':' .. ARGV[2])
+  if type(added) == 'table' then return {{bans, failures, added.err}, repaired} end
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[3]))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
-return {{bans, failures}, repaired}
+return {{bans, failures, ''}, repaired}
 """
 
 # cosftpctl bans: the value and milliseconds left of each of KEYS that holds a string.
