@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,35 @@ def test_a_ban_outlives_redis_losing_its_keys_with_every_node_that_met_the_addre
         assert 0 <= int(server.direct.get(ban)) - end <= 1  # (to the second, as b knew it)
         assert refused_as_banned(b, "127.0.0.131")
         assert "published again the 1 ban(s) this node holds" in b.log_text()
+
+
+def test_a_ban_earned_in_a_short_outage_reaches_the_other_nodes_when_redis_answers_again(
+        emulator, tmp_path):
+    """Redis unreachable for less than NODE_TTL (10 s: a restart that keeps its data, a
+    network blip; a node asks again 5 s after a failed call): node a bans an address by its
+    own count meanwhile. Found: Redis still knew a when it answered again (a beat within
+    10 s; the test's own ZADD of the nodes' beats stands for that, whatever the machine's
+    pace), so nothing published the ban, and node b let the address guess on for all of
+    ban_time. Now a worker whose Redis answers again publishes the bans its node holds."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "blip", **BANS) as (server, a, b):
+        upstream = server.proxy.upstream
+        server.proxy.upstream = closed_port()  # Redis unreachable through the proxy
+        server.proxy.drop_connections()
+        earn_ban(a, "127.0.0.141")
+        assert refused_as_banned(a, "127.0.0.141")
+        assert "unreachable" in a.log_text()
+        beats = server.direct.zrange("cosftp:nodes", 0, -1)
+        assert sorted(beats) == ["node-blip-a", "node-blip-b"]
+        server.direct.zadd("cosftp:nodes", {node: time.time() for node in beats})
+        server.proxy.upstream = upstream
+        for proc in (a, b):
+            wait_until(lambda proc=proc: "reachable again" in proc.log_text(), timeout=30,
+                       what=f"node {proc.name} to find Redis again")
+        wait_until(lambda: server.direct.exists("cosftp:ban:127.0.0.141"), timeout=30,
+                   what="the ban node a earned in the outage published")
+        assert refused_as_banned(b, "127.0.0.141")
+        assert "cluster: Redis answers again and did not hold 1 ban(s) this node holds " \
+               "(made or brought while it could not be asked): published them" in a.log_text()
 
 
 def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, redis6,  # noqa: F811

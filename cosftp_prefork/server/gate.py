@@ -422,8 +422,8 @@ class Gate:
         for group, until in beat.bans:
             if self._may_ban(group):
                 self._adopt(group, until)
-        if beat.unknown and self._bans_on:
-            self._republish_bans()
+        if (beat.unknown or beat.rejoined) and self._bans_on:
+            self._republish_bans(beat.unknown)
         pending = self._pending_now()
         if self._bans_on and pending:
             ends = self.cluster.ban_ends({t.client.group for t in pending})
@@ -433,10 +433,12 @@ class Gate:
             self._kick_banned(pending, {address_key(group) for group in ends})
         return beat.unknown
 
-    def _republish_bans(self) -> None:
-        """Redis did not know this node: it lost its keys (restarted without persistence,
-        flushed, failed over to an empty replica), or no worker of the node reached it for
-        ``NODE_TTL`` (an outage, the node's start). Publish again the bans this node holds
+    def _republish_bans(self, unknown: bool) -> None:
+        """Redis did not know this node (``unknown``): it lost its keys (restarted without
+        persistence, flushed, failed over to an empty replica), or no worker of the node
+        reached it for ``NODE_TTL`` (an outage, the node's start); or this worker found it
+        again after an outage, however short (found: one shorter than ``NODE_TTL`` left the
+        bans made meanwhile on this node only). Publish again the bans this node holds
         (made here, by its own count or the cluster's at a failed login here; made on
         another node, which a heartbeat brought or a refusal found; or restored at start),
         after the unbans this heartbeat brought: each holds on every node again
@@ -444,10 +446,14 @@ class Gate:
         bans = [(group, until) for group, until in self.state.bans(time.time())
                 if self._may_ban(group)]
         written = self.cluster.republish(bans)
-        if written:
+        if written and unknown:
             log.warning("cluster: Redis did not know this node (restarted empty or flushed, "
                         "or not reached for %d s): published again the %d ban(s) this node "
                         "holds", NODE_TTL, written)
+        elif written:
+            log.warning("cluster: Redis answers again and did not hold %d ban(s) this node "
+                        "holds (made or brought while it could not be asked): published "
+                        "them", written)
 
     def _pending_now(self) -> list[Ticket]:
         with self._lock:

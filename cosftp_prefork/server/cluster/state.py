@@ -127,6 +127,9 @@ class Beat:
     unbans: list[Unban]
     unknown: bool = False
     bans: list[tuple[str, float]] = field(default_factory=list)
+    # The first beat since this worker found Redis again (unreachable, refusing writes, too
+    # old): what the node made meanwhile reached only its own table.
+    rejoined: bool = False
 
 
 def _bans_made(flat: list) -> list[tuple[str, float]]:
@@ -171,6 +174,7 @@ class ClusterState:
                           ("republish", REPUBLISH))}
         self._unbans_seen = 0  # the number of the last unban the heartbeat brought
         self._bans_seen = 0  # and of the last ban made
+        self._rejoined = False  # Redis found again since the last heartbeat that landed
         self._skipped = 0  # heartbeats in a row that did not rewrite the node's hash
         self._url = public_url(config.redis_url)
         self._lock = threading.Lock()
@@ -240,6 +244,7 @@ class ClusterState:
             return None
         with self._lock:
             was = self._move(Link.UP)
+            self._rejoined = self._rejoined or was is not Link.UNCHECKED
         if was is Link.UNCHECKED:
             log.info("cluster: Redis %s at %s; bans and connection counts shared", version,
                      self._url)
@@ -430,7 +435,8 @@ class ClusterState:
         """Rewrite this node's counts from ``table()`` (its session table: per address,
         logged in, per account; None if it cannot be read now) and mark it alive; log the
         counts of repeated errors; return the unbans and the bans made since the last call
-        (on any node) and whether Redis did not know the node. Runs from the worker's tick.
+        (on any node), whether Redis did not know the node, and whether this worker found
+        Redis again since the last heartbeat that landed. Runs from the worker's tick.
 
         The table is read after the hash's sequence: a change counted between the two
         (another worker's) may be missing from the table, and the heartbeat then keeps the
@@ -465,7 +471,9 @@ class ClusterState:
         self._unbans_seen, members = int(answer[0]), answer[1]
         self._skipped = 0 if int(answer[2]) else self._skipped + 1
         self._bans_seen = int(answer[4])
-        return Beat(_unbans(members), bool(int(answer[3])), _bans_made(answer[5]))
+        with self._lock:
+            rejoined, self._rejoined = self._rejoined, False
+        return Beat(_unbans(members), bool(int(answer[3])), _bans_made(answer[5]), rejoined)
 
     def close(self) -> None:
         self._redis.close()
