@@ -7,10 +7,13 @@ error that is not one of these (an ACL's refusal) is not."""
 from __future__ import annotations
 
 import ftplib
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+
+from cosftp_prefork.server.cluster.scripts import LIBRARY, UNBAN
 
 from .redis_troubles import Trouble, refused, troubles
 from .server_proc import wait_until
@@ -226,6 +229,36 @@ def test_an_unban_refused_after_its_deletes_says_the_ban_went_from_redis_only(em
                "nodes NOT told to drop their own copies: Redis at " in done.stderr, done.stderr
         assert "The user executing the script can't run this" in done.stderr, done.stderr
         assert "each holds its copy until it ends or unban is run again" in done.stderr, \
+            done.stderr
+        assert done.returncode == 1, done.stderr
+    finally:
+        server.stop()
+
+
+def test_an_unban_answered_too_late_says_it_may_have_run(emulator, tmp_path):
+    """Redis ran a single address's unban but its answer came after redis_timeout (held
+    by the proxy after Redis answered). Found: unban said `was not banned on this node;
+    the cluster's ban(s) NOT lifted: ... unreachable (TimeoutError ...)` while Redis no
+    longer held the ban. Now it says the unban was sent and may have run, and how to
+    tell."""
+    server = RedisUnderTest(tmp_path)
+    proc, _ = troubled_node(emulator, tmp_path, troubles()[0], "open", server)
+    try:
+        proc.write_config()
+        server.direct.set("cosftp:ban:127.0.0.5", "1", px=300_000)
+        held = server.proxy.hold(hashlib.sha1((LIBRARY + UNBAN).encode()).hexdigest(),
+                                 reply=True)
+        try:
+            done = proc.ctl("unban", "127.0.0.5")
+        finally:
+            held.release()
+        assert held.arrived.is_set()
+        assert not server.direct.exists("cosftp:ban:127.0.0.5")
+        assert "127.0.0.5: was not banned on this node; the cluster's ban(s) perhaps NOT " \
+               "lifted: Redis at " in done.stderr, done.stderr
+        assert "unreachable (TimeoutError: " in done.stderr, done.stderr
+        assert "the unban was sent, its answer did not come within redis_timeout: " \
+               "cosftpctl bans says whether Redis still holds the ban" in done.stderr, \
             done.stderr
         assert done.returncode == 1, done.stderr
     finally:

@@ -346,12 +346,17 @@ def lift_in_cluster(config: Config, address: Optional[str], now: int,
         outcome.cluster = admin.unban(address, now)
     except ClusterTrouble as exc:
         outcome.cluster = exc.done
+        again = "unban --all" if address is None else "unban"
         if exc.at_note:  # (what Redis held is gone; the nodes' copies are not)
             outcome.noted = False
-            again = "unban --all" if address is None else "unban"
             outcome.problems.append(f"the other nodes NOT told to drop their own copies: "
                                     f"{exc}: each holds its copy until it ends or {again} "
                                     f"is run again")
+        elif exc.unsure:  # (Redis may have run it, or not: say how to tell)
+            outcome.problems.append(f"the cluster's ban(s) perhaps NOT lifted: {exc}: the "
+                                    f"{again} was sent, its answer did not come within "
+                                    f"redis_timeout: cosftpctl bans says whether Redis still "
+                                    f"holds the ban; if it does, run {again} again")
         elif exc.done is None:
             outcome.problems.append(f"the cluster's ban(s) NOT lifted: {exc}: the other "
                                     f"nodes still hold them until they expire or unban is "

@@ -38,12 +38,14 @@ class ClusterTrouble(Exception):
     refusing writes, or it answered with another error); the message says which.
     ``done``: what an unban did before it (bans and failed logins deleted in Redis; None
     if nothing); the nodes were not told to drop their own copies, which is its last
-    write. ``at_note``: every delete landed, only that note was refused."""
+    write. ``at_note``: every delete landed, only that note was refused. ``unsure``: the
+    call that failed was sent and its answer did not come in time: it may have run."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.done: Optional[tuple[int, int]] = None
         self.at_note = False
+        self.unsure = False
 
 
 @dataclass(frozen=True)
@@ -94,24 +96,26 @@ class ClusterAdmin:
         and whether only the note was refused (``at_note``)."""
         done: list[int] = []  # bans, failed logins deleted by the calls done
         at_note: list[bool] = []
+        sent: list[bool] = []  # an unban script sent, its answer not read yet
 
         def lift() -> tuple[int, int]:
             if ip is not None:
                 done[:] = [0, 0]
                 self._unban([ban_key(ip), PREFIX + "fail:" + client_key(ip)],
-                            client_key(ip), when, done, at_note)
+                            client_key(ip), when, done, at_note, sent)
                 return done[0], done[1]
             done[:] = [0, 0]
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
-                    self._unban(page, "", when, done, at_note)
-            self._unban([], "*", when, done, at_note)  # the nodes' workers drop their copies
+                    self._unban(page, "", when, done, at_note, sent)
+            self._unban([], "*", when, done, at_note, sent)  # the nodes drop their copies
             return done[0], done[1]
         try:
             return self._call("unban", lift)
         except ClusterTrouble as exc:
             # (a page's script is one call; one refused before its deletes is not counted)
             exc.at_note = bool(at_note)
+            exc.unsure = bool(sent) and isinstance(exc.__cause__, redis.TimeoutError)
             exc.done = (done[0], done[1]) if done and (any(done) or at_note) else None
             raise
 
@@ -135,13 +139,17 @@ class ClusterAdmin:
         return self._call(what, run)
 
     def _unban(self, keys: list[str], what: str, when: int, done: list[int],
-               at_note: list[bool]) -> None:
+               at_note: list[bool], sent: list[bool]) -> None:
         """Run the unban script (``scripts.UNBAN``) once, adding the bans and failed logins
         it deleted to ``done``; raise redis-py's ``ResponseError`` with what Redis answered
-        its note, if it refused that after the deletes (``at_note`` then holds True)."""
+        its note, if it refused that after the deletes (``at_note`` then holds True).
+        ``sent`` holds True while the call waits for its answer (one that never comes in
+        time leaves it so: the script may have run)."""
+        sent[:] = [True]
         answer, _ = self._scripts["unban"](
             [PREFIX + "unbans", PREFIX + "unban-count", *keys],
             [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:"])
+        sent.clear()
         done[:] = [done[0] + int(answer[0]), done[1] + int(answer[1])]
         if answer[2]:
             at_note.append(True)
