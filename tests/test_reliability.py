@@ -406,11 +406,12 @@ def _pasv_ok(ftp: ftplib.FTP) -> bool:
 
 def test_aborts_cos_refuses_are_retried_for_a_bounded_number(emulator, tmp_path, cos, area):
     """A key that may not abort multipart uploads (a CAM policy without
-    AbortMultipartUpload): a client looping APPE + ABOR on a 1 MiB file costs it no bytes
-    (the old bytes are copied inside COS), and each loop is an abort COS refuses. The worker
-    keeps at most MAX_PENDING of them to retry (each retried every few seconds for ever);
-    the rest are left to the janitor, whose live markers stay. At the stop, the worker logs
-    every abort it still held: that count is the retrier's size."""
+    AbortMultipartUpload): a client looping APPE + ABOR on a 1 MiB file, sending a few bytes
+    each time (an APPE given up before a byte starts no upload), costs it few bytes (the old
+    bytes are copied inside COS), and each loop is an abort COS refuses. The worker keeps at
+    most MAX_PENDING of them to retry (each retried every few seconds for ever); the rest
+    are left to the janitor, whose live markers stay. At the stop, the worker logs every
+    abort it still held: that count is the retrier's size."""
     secret_id = f"AKIDnoabort{os.getpid()}"
     emulator.set_accounts(keys={secret_id: {"secret": "noabort-key",
                                             "deny": ["AbortMultipartUpload"]}})
@@ -424,6 +425,10 @@ def test_aborts_cos_refuses_are_retried_for_a_bounded_number(emulator, tmp_path,
         name = f"{area}/appended"
         ftp.mkd(area)
         put(ftp, name, b"a" * MIB)
+
+        def started() -> int:  # multipart uploads started (the test's, none completed)
+            return emulator.requests(contains=name).get("POST", 0)
+
         with socket.create_connection(("127.0.0.1", proc.port), timeout=60) as control:
             reader = control.makefile("rb")
 
@@ -435,12 +440,14 @@ def test_aborts_cos_refuses_are_retried_for_a_bounded_number(emulator, tmp_path,
             assert command("USER alice").startswith(b"331")
             assert command("PASS alice-pw").startswith(b"230")
             assert command("TYPE I").startswith(b"200")
-            for _ in range(loops):
+            for loop in range(loops):
                 reply = command("EPSV").decode()
                 port = int(re.search(r"\(\|\|\|(\d+)\|\)", reply).group(1))
-                with socket.create_connection(("127.0.0.1", port), timeout=60):
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as data:
                     reply = command(f"APPE /{name}")
                     assert reply.startswith(b"125"), reply  # connected before APPE
+                    data.sendall(b"x" * 64 * 1024)  # a part's first bytes: read at once
+                    wait_until(lambda n=loop: started() > n, what=f"upload {loop + 1} to start")
                     assert command("ABOR").startswith(b"426")
                     assert reader.readline().startswith(b"226")
         _close(ftp)

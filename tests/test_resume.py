@@ -27,7 +27,13 @@ from .emulator_proc import emulator_account, request_log
 from .server_proc import Account, ServerProcess, wait_until
 from .test_clients import lftp_command, require, run
 from .test_commands import get, put
-from .test_transfers import abort_transfer, abort_waiting, pending_uploads
+from .test_transfers import (
+    abort_transfer,
+    abort_waiting,
+    copies,
+    pending_uploads,
+    release_copy,
+)
 
 MIB = 1024 * 1024
 RECORDS = ".cosftp/parked/"
@@ -56,10 +62,6 @@ def park_records(cos, key: str) -> list[dict]:
             continue  # deleted since the listing (by the janitor, or a resume)
         records.append(json.loads(body))
     return records
-
-
-def upload_ids(cos, key: str) -> list[str]:
-    return [upload["UploadId"] for upload in pending_uploads(cos, key)]
 
 
 def is_parked(cos, key: str) -> bool:
@@ -192,6 +194,39 @@ def test_appe_without_size_appends_to_the_file_and_leaves_the_parked_upload(resu
     ftp.quit()
 
 
+def test_a_broken_appe_is_parked_with_its_copy_once_cos_made_it(resumable, emulator, area,
+                                                                 cos):
+    """An APPE's copy of the old bytes runs while the new ones arrive (it waited before the
+    150): a client gone while COS still copies leaves the upload parked once the copy is
+    made, with it as part 1 (a record naming a part COS had not made would resume into a
+    failed completion), and REST + STOR completes the file."""
+    old, data = os.urandom(2 * MIB + 7), os.urandom(3 * MIB + 5)
+    ftp = resumable.login("alice", "alice-pw")
+    put(ftp, area, old)
+    after_stored_second(cos, area)  # the parked upload is then newer than the file
+    emulator.rendezvous(contains=area, kind="COPY", parties=2, timeout=15)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"APPE {area}")
+    assert copies(emulator, area) == 0
+    conn.sendall(data)
+    wait_until(lambda: copies(emulator, area) == 1 and parts_of(cos, area) == [2, 3, 4],
+               what="parts 2-4 in COS while the copy is held")
+    ftp.sock.close()  # gone as a killed client goes: control first, then data
+    ftp.close()
+    conn.close()
+    release_copy(emulator, cos, area)
+    wait_until(lambda: is_parked(cos, area), what="the upload to be parked")
+    [record] = park_records(cos, area)
+    assert (record["parts"], record["size"]) == (4, len(old) + 3 * MIB)
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    assert offset == len(old) + 3 * MIB
+    assert rest_stor(ftp, area, offset, data[3 * MIB:]).startswith("226")
+    assert get(ftp, area) == old + data
+    assert pending_uploads(cos, area) == [] and not is_parked(cos, area)
+    ftp.quit()
+
+
 def test_curl_continue_resumes_a_broken_upload(resumable, tmp_path, area, cos):
     curl = require("curl")
     src = tmp_path / "big.bin"
@@ -248,13 +283,16 @@ def test_a_resume_given_up_before_its_data_connection_stays_parked(resumable, ar
 
 @pytest.mark.parametrize("give_up", ["ABOR", "QUIT", "disconnect"])
 def test_an_appe_given_up_before_its_data_connection_leaves_no_upload(resumable, area, cos,
-                                                                      give_up):
-    put(resumable.login("alice", "alice-pw"), area, os.urandom(2 * MIB))
+                                                                      emulator, give_up):
+    """Its multipart upload and copy would start with its first bytes: none are."""
+    old = os.urandom(2 * MIB)
+    put(resumable.login("alice", "alice-pw"), area, old)
+    before = emulator.requests(contains=area)
     ftp = resumable.login("alice", "alice-pw")
     ftp.voidcmd("TYPE I")
     ftp.sendcmd("PASV")
-    assert ftp.sendcmd(f"APPE {area}").startswith("150")  # copies the old bytes first
-    assert len(pending_uploads(cos, area)) == 1
+    assert ftp.sendcmd(f"APPE {area}").startswith("150")
+    assert pending_uploads(cos, area) == []
     if give_up == "disconnect":
         ftp.close()
     elif give_up == "ABOR":
@@ -263,10 +301,13 @@ def test_an_appe_given_up_before_its_data_connection_leaves_no_upload(resumable,
         with pytest.raises(ftplib.error_temp, match="425"):
             ftp.sendcmd(give_up)
         assert ftp.getresp().startswith("221")
-    wait_until(lambda: not pending_uploads(cos, area), what=f"the upload to be aborted "
-                                                            f"after {give_up}")
+    after = emulator.requests(contains=area)
+    assert (after.get("POST", 0), after.get("COPY", 0)) == \
+        (before.get("POST", 0), before.get("COPY", 0))
+    assert pending_uploads(cos, area) == []
     assert not is_parked(cos, area)
     ftp.close()
+    assert get(resumable.login("alice", "alice-pw"), area) == old
 
 
 def test_a_second_upload_while_a_first_waits_is_refused(resumable, area, cos):
@@ -277,13 +318,22 @@ def test_a_second_upload_while_a_first_waits_is_refused(resumable, area, cos):
     ftp = resumable.login("alice", "alice-pw")
     ftp.voidcmd("TYPE I")
     ftp.sendcmd("PASV")
-    assert ftp.sendcmd(f"APPE {area}").startswith("150")  # copies the old bytes first
-    [first] = upload_ids(cos, area)
+    assert ftp.sendcmd(f"APPE {area}").startswith("150")  # holds the file's intent
     with pytest.raises(ftplib.error_temp, match="450"):
         ftp.sendcmd(f"APPE {area}")
-    assert upload_ids(cos, area) == [first]
     ftp.close()
-    wait_until(lambda: not pending_uploads(cos, area), what="the waiting APPE to be aborted")
+    # Closing the session gave the first up: the file may be appended to again.
+    other = resumable.login("alice", "alice-pw")
+
+    def appended() -> bool:
+        try:
+            return other.storbinary(f"APPE {area}", io.BytesIO(b"t")).startswith("226")
+        except ftplib.error_temp as exc:
+            assert str(exc).startswith("450"), exc
+            return False
+    wait_until(appended, what="an APPE once the waiting one is given up")
+    other.quit()
+    assert pending_uploads(cos, area) == []
     assert not is_parked(cos, area)
 
 

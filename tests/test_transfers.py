@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from .conftest import ALPHA
+from .emulator_proc import request_log
 from .server_proc import Account, ServerProcess, wait_until
 from .test_clients import lftp_command, require
 from .test_commands import get, put
@@ -274,22 +275,48 @@ def test_a_second_appe_of_a_file_gets_450_until_the_first_is_done(server, alice,
 
 @pytest.mark.parametrize("old_size", [10, 2 * PART + 7])  # bytes sent again, copied parts
 def test_an_appe_does_not_commit_over_a_file_replaced_since_it_began(server, alice, area, cos,
-                                                                      old_size):
+                                                                      emulator, old_size):
     """A STOR replacing the file while an APPE ran was lost: the APPE completed the old
     bytes plus its own over it, with 226. It gets 451 instead, and the file is the STOR's."""
     old, mine, theirs = os.urandom(old_size), os.urandom(PART + 3), os.urandom(PART + 5)
     put(alice, area, old)
     alice.voidcmd("TYPE I")
-    conn = alice.transfercmd(f"APPE {area}")  # the old bytes are taken now
-    conn.sendall(mine[:100])
+    conn = alice.transfercmd(f"APPE {area}")  # a small file's old bytes are read now
+    # A big one's are copied from the first bytes the server reads (pacing reads none
+    # before a part's first 32 KiB are there).
+    conn.sendall(mine[:64 * 1024])
+    if old_size >= PART:
+        wait_until(lambda: copy_ended(emulator, area), what="the old bytes' copy")
     other = server.login("alice", "alice-pw")
     try:
         assert put(other, area, theirs).startswith("226")
     finally:
         other.quit()
-    conn.sendall(mine[100:])
+    conn.sendall(mine[64 * 1024:])
     conn.close()
     with pytest.raises(ftplib.error_temp, match=r"^451 .*changed by another session"):
+        alice.voidresp()
+    assert get(alice, area) == theirs
+    assert pending_uploads(cos, area) == []
+
+
+def test_an_appe_whose_file_is_replaced_before_its_copy_says_so(server, alice, area, cos):
+    """The old bytes of a big file are copied once the APPE's first bytes arrive, pinned to
+    the version the APPE found: a STOR replacing the file between the 150 and them makes the
+    copy fail, 451 says why, and the file is the STOR's."""
+    old, mine, theirs = os.urandom(2 * PART + 7), os.urandom(PART + 3), os.urandom(PART + 5)
+    put(alice, area, old)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"APPE {area}")
+    other = server.login("alice", "alice-pw")
+    try:
+        assert put(other, area, theirs).startswith("226")
+    finally:
+        other.quit()
+    conn.sendall(mine)
+    conn.close()
+    with pytest.raises(ftplib.error_temp, match=r"^451 .* was replaced while it was being "
+                                                r"copied; nothing was changed, try again"):
         alice.voidresp()
     assert get(alice, area) == theirs
     assert pending_uploads(cos, area) == []
@@ -310,6 +337,106 @@ def test_aborted_appe_leaves_the_original(alice, area, cos):
     abort_transfer(alice, conn)
     wait_until(lambda: not pending_uploads(cos, area), what="append aborted")
     assert get(alice, area) == old
+
+
+def copies(emulator, key: str) -> int:
+    """The copies naming ``key`` (or a key holding it) that reached COS so far."""
+    return emulator.requests(contains=key).get("COPY", 0)
+
+
+def part_uploads(emulator, key: str) -> int:
+    """The PUTs naming ``key`` itself (its parts and single PUTs) that reached COS so far."""
+    return sum(1 for entry in request_log(emulator.port, contains=key)
+               if entry["kind"] == "PUT" and entry["target"] == key)
+
+
+def copy_ended(emulator, key: str) -> bool:
+    """Whether COS has answered a copy into ``key``."""
+    return any(entry["kind"] == "COPY" and entry["target"] == key and entry["end"]
+               for entry in request_log(emulator.port, contains=key))
+
+
+def release_copy(emulator, cos, key: str) -> None:
+    """Let go of the server's copy held at the rendezvous armed for copies naming ``key``:
+    a copy of ``key`` of the test's own meets it (both go on)."""
+    cos.copy_object(Bucket=ALPHA, Key=f"{key}.release",
+                    CopySource={"Bucket": ALPHA, "Key": key, "Region": emulator.region})
+    cos.delete_object(Bucket=ALPHA, Key=f"{key}.release")
+
+
+def test_an_appe_is_answered_before_the_old_bytes_are_copied(alice, area, cos, emulator):
+    """APPE onto a file of 1 MiB or more copied the old bytes inside COS and waited for the
+    copy before its 150: a client appending to a file of many GiB waited minutes for its
+    first reply. Now the copy goes out with the first bytes and runs while the others
+    arrive: held in COS, it keeps only the 226 waiting, and the parts after it go on."""
+    old, tail = os.urandom(2 * PART + 7), os.urandom(2 * PART + 3)
+    put(alice, area, old)
+    parts_before = part_uploads(emulator, area)
+    # Held for at most 15 s (the client waits 30 for a reply): before, the 150 came then.
+    emulator.rendezvous(contains=area, kind="COPY", parties=2, timeout=15)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"APPE {area}")
+    assert copies(emulator, area) == 0
+    conn.sendall(tail)
+    conn.close()
+    wait_until(lambda: copies(emulator, area) == 1, what="the copy to reach COS")
+    wait_until(lambda: part_uploads(emulator, area) == parts_before + 3,
+               what="the 3 parts after the copy to reach COS while it is held")
+    release_copy(emulator, cos, area)
+    assert alice.voidresp().startswith("226")
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+    assert get(alice, area) == old + tail
+    assert pending_uploads(cos, area) == []
+
+
+def test_an_appe_aborted_while_cos_copies_is_aborted_after_the_copy(alice, area, cos,
+                                                                      emulator):
+    """ABOR of an APPE whose copy of the old bytes COS is still making: the multipart
+    upload is aborted only once the copy is answered (a copy landing after the abort
+    would leave a part behind), and the file stays as it was."""
+    old = os.urandom(2 * PART + 7)
+    put(alice, area, old)
+    emulator.rendezvous(contains=area, kind="COPY", parties=2, timeout=15)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"APPE {area}")
+    assert copies(emulator, area) == 0
+    conn.sendall(os.urandom(PART // 2))
+    wait_until(lambda: copies(emulator, area) == 1, what="the copy to reach COS")
+    alice.sock.sendall(b"ABOR\r\n")
+    release_copy(emulator, cos, area)
+    replies = [alice.getline()]
+    while not replies[-1].startswith(("225", "226")):
+        replies.append(alice.getline())
+    conn.close()
+    wait_until(lambda: not pending_uploads(cos, area), what="the APPE's upload aborted")
+    log = [entry for entry in request_log(emulator.port, contains=area)
+           if entry["target"] == area]
+    [copy] = [entry for entry in log if entry["kind"] == "COPY"]
+    [abort] = [entry for entry in log if entry["kind"] == "DELETE"]
+    assert copy["end"] <= abort["start"]
+    assert get(alice, area) == old
+
+
+def test_an_appe_aborted_before_a_byte_copies_nothing(alice, area, cos, emulator):
+    """APPE + ABOR with no byte sent made COS copy the whole old object each time, and
+    started and aborted a multipart upload: a client looping so kept COS copying for
+    nothing. Now nothing is copied or started, and the file stays as it was; an APPE of
+    no byte that ends cleanly sends its copy at its end."""
+    old = os.urandom(2 * PART + 7)
+    put(alice, area, old)
+    before = emulator.requests(contains=area)
+    alice.voidcmd("TYPE I")
+    conn = alice.transfercmd(f"APPE {area}")
+    abort_transfer(alice, conn)
+    after = emulator.requests(contains=area)
+    assert after.get("COPY", 0) == before.get("COPY", 0)
+    assert after.get("POST", 0) == before.get("POST", 0)  # no multipart upload started
+    assert pending_uploads(cos, area) == []
+    assert get(alice, area) == old
+    assert appe(alice, area, b"").startswith("226")
+    assert copies(emulator, area) == 1
+    assert get(alice, area) == old
+    assert pending_uploads(cos, area) == []
 
 
 @pytest.mark.parametrize("name", ["ünïcødé 大.bin", "per%41cent%25.bin"])

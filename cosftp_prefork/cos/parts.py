@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from .bucket import Bucket
 from .checksum import Crc64, crc64_combine
-from .engine import Claim, Engine, PartPlan
+from .engine import Claim, Engine, OwnerExecutor, PartPlan
 from .objects import ObjectInfo, PartInfo
 from .resume import leading_parts
 
@@ -59,7 +59,11 @@ class PartStream:
         self._chunks: list[bytes] = []
         self._filled = 0
         self._claim: Optional[Claim] = None  # the buffer of the part being filled
-        self._futures: list[Future] = []
+        self._futures: list[Future] = []  # the parts shipped and the copies sent
+        # copy_first's source, copier and (number, first byte, last byte) of each copy,
+        # until the upload starts.
+        self._to_copy: Optional[tuple[ObjectInfo, OwnerExecutor, list[tuple[int, int, int]]]] \
+            = None
         self._in_flight = 0
         self._changed = threading.Condition()
         self.failure: Optional[BaseException] = None
@@ -104,6 +108,8 @@ class PartStream:
 
     def write(self, data: bytes) -> None:
         """Take ``data``, shipping each part once bytes follow it; waits for buffers."""
+        if self._to_copy is not None:
+            self._ensure_started()
         view, taken = memoryview(data), 0
         while taken < len(data):
             self.raise_failure()
@@ -128,20 +134,28 @@ class PartStream:
         self.size = size
         self.continue_crc(crc64)
 
-    def copy_first(self, source: ObjectInfo, copier) -> None:
-        """Start with the bytes of ``source`` as parts copied inside COS, on ``copier``."""
-        self._ensure_started()
+    def copy_first(self, source: ObjectInfo, copier: OwnerExecutor) -> None:
+        """Start with the bytes of ``source`` as parts copied inside COS, on ``copier``.
+
+        Only their numbers, sizes and CRC64 are taken now: the copies are sent when the
+        upload starts (its first bytes, or :meth:`finish` for none), so that an APPE is
+        answered without waiting for them and one given up before a byte costs no copy.
+        They then run while the bytes arrive; :meth:`finish` and :meth:`settle` wait for
+        them as for the parts."""
         ranges = []
         for first in range(0, source.size, MAX_COPY_PART):
-            ranges.append((self.next_part, first, min(source.size, first + MAX_COPY_PART) - 1))
+            last = min(source.size, first + MAX_COPY_PART) - 1
+            ranges.append((self.next_part, first, last))
+            self.part_sizes[self.next_part] = last - first + 1
             self.next_part += 1
-        futures = [copier.submit(self._bucket.upload_part_copy, self._key, self.upload_id,
-                                 number, source, first, last) for number, first, last in ranges]
-        for (number, first, last), future in zip(ranges, futures):
-            self.etags[number] = future.result()
-            self.part_sizes[number] = last - first + 1
         self.size = source.size
         self.continue_crc(source.crc64)
+        self._to_copy = (source, copier, ranges)
+
+    @property
+    def multipart(self) -> bool:
+        """Whether the upload is a multipart one: started, or to start with copied parts."""
+        return self.upload_id is not None or self._to_copy is not None
 
     def continue_crc(self, crc64: Optional[int]) -> None:
         """Go on from the CRC64 of the bytes already in place; without it (an object stored
@@ -173,8 +187,9 @@ class PartStream:
     def finish(self) -> None:
         """Ship what is buffered as the last part and wait for every part; raises the
         first part failure."""
-        if self._filled or not self.etags:
+        if self._filled or self.next_part == 1:
             self._ship()
+        self._ensure_started()  # the copies of an APPE that got no byte
         wait(self._futures)
         self.raise_failure()
 
@@ -183,11 +198,12 @@ class PartStream:
             raise self.failure
 
     def settle(self, keep: bool) -> None:
-        """Wait for the parts handed to the pool, then free the buffers. With ``keep`` (a
-        park) every one is stored, started or not: its bytes were received, and a part that
-        was still waiting for a pool thread was lost to the park by the luck of a thread's
-        turn. Without it (an abort) those not started are cancelled and those uploading
-        waited for: an abort issued before they finish would not remove them.
+        """Wait for the parts handed to the pool and the copies sent, then free the
+        buffers. With ``keep`` (a park) every one is stored, started or not: its bytes were
+        received, and a part that was still waiting for a pool thread was lost to the park
+        by the luck of a thread's turn. Without it (an abort) those not started are
+        cancelled and those running waited for: an abort issued before they finish would
+        not remove them.
 
         In a stopping worker the wait ends at the stop's deadline (``Engine.hurry``): the
         parts COS has not stored by then are left out (those not started are cancelled), so
@@ -209,9 +225,13 @@ class PartStream:
         self._claim = None
 
     def stored_parts(self) -> list[PartInfo]:
+        """Parts 1..k that COS holds (see ``leading_parts``), for a park; none unless they
+        hold every byte this upload continues (an APPE's copied parts, a parked upload's):
+        the CRC64 those bytes came with is that of all of them."""
         # A copy first: after a settle cut short, a part thread may still add its part.
-        return leading_parts(PartInfo(number, etag, self.part_sizes[number], 0.0)
-                             for number, etag in dict(self.etags).items())
+        run = leading_parts(PartInfo(number, etag, self.part_sizes[number], 0.0)
+                            for number, etag in dict(self.etags).items())
+        return run if len(run) >= self._base_part else []
 
     def _buffer_claim(self) -> Claim:
         """The granted claim of the part being filled, waiting for it if need be."""
@@ -222,8 +242,15 @@ class PartStream:
         return self._claim
 
     def _ensure_started(self) -> None:
+        """Begin the multipart upload if need be, then send the copies of :meth:`copy_first`
+        (not waited for: their futures join the parts')."""
         if self.upload_id is None:
             self.upload_id = self._start()
+        if self._to_copy is not None:
+            source, copier, ranges = self._to_copy
+            self._to_copy = None
+            self._futures.extend(copier.submit(self._copy_part, number, source, first, last)
+                                 for number, first, last in ranges)
 
     def _ship(self) -> None:
         """Hand the buffered part to the part pool; its claim goes with it."""
@@ -248,6 +275,14 @@ class PartStream:
             part = self._bucket.upload_part(self._key, self.upload_id or "", number, chunks)
             self.part_crcs[number] = part.crc64
             self.etags[number] = part.etag
+        except BaseException as exc:
+            self.failure = self.failure or exc
+            raise
+
+    def _copy_part(self, number: int, source: ObjectInfo, first: int, last: int) -> None:
+        try:
+            self.etags[number] = self._bucket.upload_part_copy(
+                self._key, self.upload_id or "", number, source, first, last)
         except BaseException as exc:
             self.failure = self.failure or exc
             raise

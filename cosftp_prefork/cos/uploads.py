@@ -234,9 +234,11 @@ class UploadSession:
 
     def continue_object(self, source: ObjectInfo) -> None:
         """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
-        end). From 1 MiB on they are copied inside COS; a smaller one cannot be a copied part
-        (COS's smallest non-last part), so its few bytes are read and sent again. The new
-        object keeps the storage class, encryption, headers and metadata of ``source``."""
+        end). From 1 MiB on they are copied inside COS once the first bytes arrive, while
+        the client sends the rest (see ``PartStream.copy_first``); a smaller one cannot be a
+        copied part (COS's smallest non-last part), so its few bytes are read now and sent
+        again. The new object keeps the storage class, encryption, headers and metadata of
+        ``source``."""
         self._like = source.for_new_bytes()
         self._continues = source
         if source.size >= MIN_PART_SIZE:
@@ -286,7 +288,7 @@ class UploadSession:
         if self._quota is not None:
             self._quota.before_commit()
         try:
-            if self._parts.upload_id is None:
+            if not self._parts.multipart:
                 if not still_wanted(0.0):
                     raise UploadInterrupted(self.name)
                 self._check_unchanged()
