@@ -7,6 +7,7 @@ or from many sessions at once, and prints what the server answered and what it h
 
     .venv/bin/python bench/probes.py pasv      # PASV without transfers
     .venv/bin/python bench/probes.py appe      # APPE onto a big file by many sessions
+    .venv/bin/python bench/probes.py appe-abor # APPE + ABOR before a byte, looped
     .venv/bin/python bench/probes.py rename    # directory renames by several users at once
     .venv/bin/python bench/probes.py listing   # wildcard listings of a big directory
     .venv/bin/python bench/probes.py drip      # uploads that drip one byte a second
@@ -234,13 +235,14 @@ def probe_appe(args: argparse.Namespace) -> dict:
     """``--appenders`` sessions APPE ``--tail`` bytes each (a letter of their own) onto one
     file of ``--size`` bytes at once; with ``--retry`` each tries again after a refusal
     (450) until its APPE is done. What COS ends with must be the file plus the bytes of
-    every APPE that got 226, each once, whole."""
+    every APPE that got 226, each once, whole; each APPE's wait for its 150 is shown."""
     rig = Rig(args)
     try:
         original = _big_object(rig, "big.bin", args.size)
+        waits: list[float] = []  # list.append is atomic: the appenders share it
         with Watch(rig.server) as watch:
             started = time.monotonic()
-            outcomes = in_threads(args.appenders, lambda n: _append(rig, n, args))
+            outcomes = in_threads(args.appenders, lambda n: _append(rig, n, args, waits))
             seconds = time.monotonic() - started
         size = int(rig.cos.head_object(Bucket=BUCKET, Key="big.bin")["Content-Length"])
         added = rig.cos.get_object(Bucket=BUCKET, Key="big.bin", Range=f"bytes={args.size}-"
@@ -250,12 +252,44 @@ def probe_appe(args: argparse.Namespace) -> dict:
                 "replies": dict(Counter(reply for outcome in outcomes
                                         for reply in outcome)),
                 "seconds": round(seconds, 1),
+                "seconds_to_150": sorted(round(wait, 2) for wait in waits),
                 "appended_blocks": ["".join(sorted(set(block.decode()))) if len(block) ==
                                     args.tail else f"partial {len(block)}" for block in blocks],
                 "file_starts_as_before": _starts_as(rig, args.size, original),
                 "emulator_rss_mib": round(psutil.Process(rig.emulator.proc.pid)
                                           .memory_info().rss / MIB),
                 "peak": dict(watch.peak)}
+    finally:
+        rig.close()
+
+
+def probe_appe_abor(args: argparse.Namespace) -> dict:
+    """One session sends ``--repeat`` times APPE onto a file of ``--size`` bytes and ABOR
+    before a byte: the seconds, and the COS requests naming the file per loop once every
+    upload it started is aborted and its live marker gone (no worker figures: the loop
+    asks nothing of the worker's memory or threads)."""
+    rig = Rig(args)
+    try:
+        _big_object(rig, "big.bin", args.size)
+        ftp = rig.login()
+        ftp.voidcmd("TYPE I")
+        rig.emulator.requests(reset=True)
+        started = time.monotonic()
+        for _ in range(args.repeat):
+            conn = ftp.transfercmd("APPE big.bin")
+            ftp.sock.sendall(b"ABOR\r\n")
+            while not ftp.getline().startswith(("225", "226")):
+                pass
+            conn.close()
+        seconds = time.monotonic() - started
+        ftp.quit()
+        while rig.cos.list_multipart_uploads(Bucket=BUCKET).get("Upload") or \
+                rig.cos.list_objects(Bucket=BUCKET, Prefix=".cosftp/live/").get("Contents"):
+            time.sleep(0.1)  # the last aborts, sent after their replies
+        counts = rig.emulator.requests(contains="big.bin")
+        return {"size": args.size, "loops": args.repeat, "seconds": round(seconds, 2),
+                "requests_per_loop": {kind: round(count / args.repeat, 2)
+                                      for kind, count in sorted(counts.items())}}
     finally:
         rig.close()
 
@@ -290,15 +324,22 @@ def _big_object(rig: Rig, key: str, size: int) -> int:
     return int(rig.cos.head_object(Bucket=BUCKET, Key=key)["x-cos-hash-crc64ecma"])
 
 
-def _append(rig: Rig, number: int, args: argparse.Namespace) -> list[str]:
-    """One appender's replies: its APPE's, and with ``--retry`` those of its tries again."""
+def _append(rig: Rig, number: int, args: argparse.Namespace,
+            waits: list[float]) -> list[str]:
+    """One appender's replies: its APPE's, and with ``--retry`` those of its tries again;
+    the seconds each APPE answered 150 after, added to ``waits``."""
     tail = bytes([65 + number % 26]) * args.tail
     replies: list[str] = []
     ftp = rig.login(USERS[number % len(USERS)])
     try:
+        ftp.voidcmd("TYPE I")
         while True:
             try:
-                replies.append(ftp.storbinary("APPE big.bin", io.BytesIO(tail))[:3])
+                asked = time.monotonic()
+                with ftp.transfercmd("APPE big.bin") as conn:
+                    waits.append(time.monotonic() - asked)
+                    conn.sendall(tail)
+                replies.append(ftp.voidresp()[:3])
                 return replies
             except ftplib.error_temp as exc:
                 replies.append(reply_of(exc))
@@ -486,7 +527,8 @@ def _upload(rig: Rig, number: int, args: argparse.Namespace) -> str:
             ftp.quit()
 
 
-PROBES = {"pasv": probe_pasv, "appe": probe_appe, "rename": probe_rename,
+PROBES = {"pasv": probe_pasv, "appe": probe_appe, "appe-abor": probe_appe_abor,
+          "rename": probe_rename,
           "listing": probe_listing, "drip": probe_drip}
 
 
@@ -495,11 +537,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("probe", choices=sorted(PROBES))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=1000, help="pasv: PASV of one session")
+    parser.add_argument("--repeat", type=int, default=1000,
+                        help="pasv: PASV of one session; appe-abor: APPE + ABOR")
     parser.add_argument("--sessions", type=int, default=400, help="pasv: sessions")
     parser.add_argument("--each", type=int, default=3, help="pasv: PASV per session")
     parser.add_argument("--passive", default="60000,65535", help="pasv: passive_port")
-    parser.add_argument("--size", type=int, default=GIB, help="appe: the file; drip: uploads")
+    parser.add_argument("--size", type=int, default=GIB,
+                        help="appe, appe-abor: the file; drip: uploads")
     parser.add_argument("--appenders", type=int, default=4, help="appe: sessions")
     parser.add_argument("--tail", type=int, default=3 * MIB, help="appe: bytes each appends")
     parser.add_argument("--retry", action="store_true", help="appe: try again after 450")
