@@ -14,6 +14,7 @@ import pytest
 from cosftp_prefork.config.model import GIB, MAX_PARTS, MIB, TransferConfig
 from cosftp_prefork.cos.bucket import Bucket, ChunkedBody
 from cosftp_prefork.cos.engine import Engine, FairPool, PartPlan, TransferBudget
+from cosftp_prefork.cos.parts import MAX_COPY_PART, copy_ranges
 from cosftp_prefork.cos.resume import ResumeStore, find_parked
 from cosftp_prefork.cos.uploads import SessionUploads, UploadSession, UploadState
 from cosftp_prefork.emulator.app import Emulator
@@ -334,3 +335,15 @@ def test_kept_bodies_are_bounded_and_given_back_when_dropped():
     second.release()
     del second
     assert kept.in_use == 0  # once only
+
+
+@pytest.mark.parametrize("size", [MIB, 5 * GIB, 5 * GIB + 100, 10 * GIB + MIB - 1, 48 * GIB + 7])
+def test_an_appes_copied_ranges_make_parts_cos_takes(size):
+    """An APPE onto a file just over a multiple of 5 GiB copied it in ranges of 5 GiB: the
+    tail became a part under COS's 1 MiB smallest, which no completion takes."""
+    ranges = copy_ranges(size)
+    assert ranges[0][0] == 0 and ranges[-1][1] == size - 1
+    assert all(last + 1 == first for (_, last), (first, _) in zip(ranges, ranges[1:]))
+    assert all(last - first + 1 <= MAX_COPY_PART for first, last in ranges)
+    assert all(last - first + 1 >= MIB for first, last in ranges)
+    assert len(ranges) == -(-size // MAX_COPY_PART)

@@ -22,6 +22,16 @@ MAX_COPY_PART = 5 * 1024 ** 3  # COS's largest part
 WAIT_SLICE = 0.05  # seconds between checks while write() waits for a buffer
 
 
+def copy_ranges(size: int) -> list[tuple[int, int]]:
+    """The (first, last) byte ranges, as few and as even as COS allows, in which the ``size``
+    bytes of an object are copied as parts: each at most ``MAX_COPY_PART``, and none a tail
+    under COS's 1 MiB smallest part (5 GiB + 100 bytes in ranges of 5 GiB left a 100-byte
+    part that CompleteMultipartUpload would refuse)."""
+    count = -(-size // MAX_COPY_PART)
+    step = -(-size // count) if count else 0
+    return [(first, min(size, first + step) - 1) for first in range(0, size, step or 1)]
+
+
 class PartStream:
     """The bytes of one upload on their way to COS, part by part.
 
@@ -143,8 +153,7 @@ class PartStream:
         They then run while the bytes arrive; :meth:`finish` and :meth:`settle` wait for
         them as for the parts."""
         ranges = []
-        for first in range(0, source.size, MAX_COPY_PART):
-            last = min(source.size, first + MAX_COPY_PART) - 1
+        for first, last in copy_ranges(source.size):
             ranges.append((self.next_part, first, last))
             self.part_sizes[self.next_part] = last - first + 1
             self.next_part += 1
