@@ -255,6 +255,39 @@ def test_max_worker_processes_below_worker_processes_is_refused(load_error):
     assert "is 3, below worker_processes (4): raise it" in message
 
 
+def test_delay_failed_login_keeps_the_3_s_of_files_without_it():
+    """A file written before the option (cos-ftp-server-V5's, whose pyftpdlib waited 3 s)
+    keeps that wait, not vsftpd's default of 1 s."""
+    assert parse_config(OLD_EXAMPLE, "old.conf", {}).server.delay_failed_login == 3
+    text = set_option(MINIMAL, "OPTIONAL", "delay_failed_login", "0")
+    assert parse_config(text, "d.conf", {}).server.delay_failed_login == 0
+
+
+def test_delay_failed_login_not_below_login_timeout_is_warned_of():
+    """A delay that outlasts the login time leaves nobody a second try on the connection."""
+    text = set_option(MINIMAL, "OPTIONAL", "login_timeout", "20")
+    assert parse_config(set_option(text, "OPTIONAL", "delay_failed_login", "19"), "d.conf",
+                        {}).warnings == ()
+    warned = parse_config(set_option(text, "OPTIONAL", "delay_failed_login", "20"), "d.conf",
+                          {}).warnings
+    assert warned == ("d.conf [OPTIONAL] delay_failed_login: 20 s is not below login_timeout "
+                      "(20 s): a client that fails a login is closed (421 Login timed out) "
+                      "right after its 530, with no second try on that connection",), warned
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("-1", "must be between 0 and 60, got -1"),
+    ("61", "must be between 0 and 60, got 61"),
+    ("3600", "must be between 0 and 60, got 3600"),
+    ("1.5", "must be an integer, got '1.5'"),
+    ("3s", "must be an integer, got '3s'"),
+])
+def test_delay_failed_login_out_of_bounds_is_refused(load_error, value, problem):
+    path, message = load_error(set_option(MINIMAL, "OPTIONAL", "delay_failed_login", value))
+    assert_names(message, path, "OPTIONAL", "delay_failed_login")
+    assert message.endswith(problem), message
+
+
 @pytest.mark.parametrize("empty", ["", "default", "DEFAULT", "  default  # comment"])
 def test_empty_value_or_the_word_default_means_the_default(empty):
     text = set_option(MINIMAL, "NETWORK", "passive_port", empty)

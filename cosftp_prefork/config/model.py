@@ -27,6 +27,10 @@ MAX_WORKER_PROCESSES = 256
 # The fewest seconds stop_timeout allows: a stopping worker closes its sessions 5 s before
 # the master's deadline and writes its uploads' parks in the last 5 s of that.
 MIN_STOP_TIMEOUT = 10
+# The longest delay_failed_login: each failed login holds its connection (a thread, a place
+# in the pre-login limits) that long; past a minute the wait only costs users who mistyped,
+# and the bans (max_login_failures) are what bound guessing.
+MAX_FAILED_LOGIN_DELAY = 60
 ACCOUNT_PREFIX = "COS_ACCOUNT"
 CREDENTIALS_PREFIX = "COS_CREDENTIALS"
 RATE_OPTIONS = ("max_upload_rate", "max_download_rate", "local_max_rate")
@@ -284,6 +288,9 @@ class ServerConfig:
     max_login_failures: int = 5
     login_failure_window: int = 60
     ban_time: int = 300
+    # Seconds before a failed login is answered (vsftpd's delay_failed_login). 3, not
+    # vsftpd's 1: what cos-ftp-server-V5 (pyftpdlib) waited, so files without it keep it.
+    delay_failed_login: int = 3
     # Client addresses never banned: their failed logins are not counted (connection limits
     # and login_timeout still hold).
     ban_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()

@@ -28,6 +28,7 @@ from .model import (
     FOLDER_PREFIX,
     GIB,
     HOOKS_SECTION,
+    MAX_FAILED_LOGIN_DELAY,
     MAX_HOOK_QUOTA_HOMES,
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -282,6 +283,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPTIONAL", "login_failure_window", integer(1), 60,
             "seconds over which failed logins are counted"),
     Setting("OPTIONAL", "ban_time", integer(1), 300, "seconds a banned IP is refused"),
+    Setting("OPTIONAL", "delay_failed_login", integer(0, MAX_FAILED_LOGIN_DELAY), 3,
+            "seconds before a failed login is answered (530), the same for every user, known "
+            "or not (vsftpd's name; its default is 1, 3 is what cos-ftp-server-V5 waited); "
+            "0 = at once"),
     Setting("OPTIONAL", "ipv6_prefix_length", integer(48, 128), 64,
             "an IPv6 client counts as its network of this length for max_connections_per_ip, "
             "max_prelogin_connections_per_ip and bans (one client owns a whole /64); 128 = "

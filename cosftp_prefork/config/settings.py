@@ -333,6 +333,7 @@ def _server(reader: _Reader, optional: dict[str, Any]) -> ServerConfig:
         max_login_failures=optional["max_login_failures"],
         login_failure_window=optional["login_failure_window"],
         ban_time=optional["ban_time"],
+        delay_failed_login=_failed_login_delay(reader, optional),
         ban_allowlist=_allowlist(reader, optional["ban_allowlist"]),
         ipv6_prefix_length=optional["ipv6_prefix_length"],
         graceful_timeout=optional["graceful_timeout"],
@@ -364,6 +365,19 @@ def _max_workers(reader: _Reader, optional: dict[str, Any]) -> int:
         raise reader.error(f"is {most}, below worker_processes ({workers}): raise it, or "
                            "lower worker_processes", "OPTIONAL", "max_worker_processes")
     return most
+
+
+def _failed_login_delay(reader: _Reader, optional: dict[str, Any]) -> int:
+    """``delay_failed_login``, with a warning when it is not below ``login_timeout``: the
+    connection's login time is then over before its 530, so nobody who mistyped can try
+    again on it (421 Login timed out right after the 530)."""
+    delay, timeout = optional["delay_failed_login"], optional["login_timeout"]
+    if delay >= timeout:
+        reader.warnings.append(f"{reader.path} [OPTIONAL] delay_failed_login: {delay} s is not "
+                               f"below login_timeout ({timeout} s): a client that fails a "
+                               "login is closed (421 Login timed out) right after its 530, "
+                               "with no second try on that connection")
+    return delay
 
 
 def _allowlist(reader: _Reader, networks: tuple) -> tuple:

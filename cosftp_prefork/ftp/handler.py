@@ -258,10 +258,10 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
         return verdict
 
     def _failure_delay(self) -> float:
-        """Seconds before a failed login is answered: pyftpdlib's delay, after the auth
+        """Seconds before a failed login is answered: ``delay_failed_login``, after the auth
         hook's timeout if there is a hook, so that no failure tells by its time whether the
         user is the file's or the hook's, or whether and how the hook failed."""
-        delay = type(self).auth_failed_timeout
+        delay = float(self.config.server.delay_failed_login)
         if self.config.auth_hook.enabled:
             delay += max(0.0, self._pass_started + self.config.auth_hook.timeout -
                          time.monotonic())
