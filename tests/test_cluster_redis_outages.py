@@ -73,7 +73,10 @@ def test_bans_outlive_redis_losing_its_keys(emulator, tmp_path):
             # (a node holds the end it knew to the second: 1 s later at most)
             assert all(0 <= int(server.direct.get(ban)) - end <= 1
                        for ban, end in zip(bans, ends))
-            assert 0 < server.direct.pttl(bans[1]) <= 600_000
+            # ban_time, and the second the end may have been rounded up by (gate's
+            # math.ceil): read within a second of the ban, as when failed logins are
+            # answered at once, the PTTL is up to 600_999.
+            assert 0 < server.direct.pttl(bans[1]) <= 601_000
         server.direct.flushall()
         published_again()
         for proc in (a, b):
