@@ -47,9 +47,18 @@ TEST_PASSIVE_PORTS = range(30000, 32768)
 # hand, perhaps beside a test run. Below the kernel's too, and below every area of the
 # tests (the lowest, test_cluster's, starts at 20000), so that neither takes the other's.
 BENCH_PASSIVE_PORTS = range(12000, 20000)
+# delay_failed_login of the tests' servers; bench scripts run by hand keep the server's
+# default, so that what they measure of failed logins is what a deployment gets.
+TEST_FAILED_LOGIN_DELAY = "0"
 # The fewest ports of a worker's share; with more workers than shares of this size, the
 # shares of neighbouring workers overlap (a port taken is skipped, not an error).
 MIN_PASSIVE_SHARE = 50
+
+
+def under_pytest() -> bool:
+    """True in a test run (a bench script a test runs too: the variables are inherited),
+    False in a bench script run by hand."""
+    return "PYTEST_XDIST_WORKER" in os.environ or "PYTEST_CURRENT_TEST" in os.environ
 
 
 def passive_ports(part: int = 0, parts: int = 1) -> tuple[int, int]:
@@ -60,7 +69,7 @@ def passive_ports(part: int = 0, parts: int = 1) -> tuple[int, int]:
     xdist; outside pytest, ``BENCH_PASSIVE_PORTS``. Of that, the ``part``-th of ``parts``
     equal slices: a process that starts two servers at once gives each a slice (the
     bench's gateway and ``rclone serve ftp``)."""
-    if "PYTEST_XDIST_WORKER" in os.environ or "PYTEST_CURRENT_TEST" in os.environ:
+    if under_pytest():
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
         size = len(TEST_PASSIVE_PORTS)
@@ -372,6 +381,11 @@ class ServerProcess:
                 self.network[name] = str(self._chosen[name])
         optional = {"worker_processes": "2", "min_part_size": str(1024 * 1024),
                     "upload_thread_num": "4", "log_level": "DEBUG", "log_dir": self.log_dir}
+        if under_pytest():
+            # No wait before a failed login's 530 (3 s by default): tests that earn bans or
+            # send wrong passwords would spend it asleep. The tests of the delay itself
+            # (test_login_delay.py) set it.
+            optional["delay_failed_login"] = TEST_FAILED_LOGIN_DELAY
         if os.geteuid() == 0:
             # The tests' interpreter and directories are root's (pyenv under /root, 0700):
             # workers that dropped to nobody could not import them. The tests of the drop
