@@ -322,12 +322,16 @@ class LoneNode(ClusterNode):
     # milliseconds; well above what a loaded test machine takes (at 200 ms, heartbeats timed
     # out under load and the node served on its own for 5 s: the shared limits went unseen)
     redis_timeout = 2000
+    # seconds; the server's default. A test of an outage sets OUTAGE_CHECKS: it would only
+    # wait longer for each check whether Redis serves again.
+    redis_check_interval = 5
 
     def write_config(self) -> None:
         super().write_config()
         with open(self.config_path, "a", encoding="utf-8") as handle:
             handle.write(f"redis_down = {self.redis_down}\n"
-                         f"redis_timeout = {self.redis_timeout}\n")
+                         f"redis_timeout = {self.redis_timeout}\n"
+                         f"redis_check_interval = {self.redis_check_interval}\n")
 
     def _serving(self) -> bool:
         """Answering at all, a refusal (redis_down = closed) too."""
@@ -342,9 +346,14 @@ class LoneNode(ClusterNode):
             return False
 
 
+# redis_check_interval of the nodes whose test makes Redis unreachable or refuse writes.
+OUTAGE_CHECKS = 1
+
+
 def lone_node(emulator, tmp_path, redis_port: int, redis_down: str) -> LoneNode:
     proc = LoneNode(str(tmp_path / redis_down), emulator.port, [ACCOUNT])
     proc.redis_port, proc.name, proc.redis_down = redis_port, "lone", redis_down
+    proc.redis_check_interval = OUTAGE_CHECKS
     return proc
 
 

@@ -16,7 +16,7 @@ import redis
 
 from .redis6 import Redis6Proxy
 from .server_proc import Account, wait_until
-from .test_cluster import ACCOUNT, Daemon, LoneNode, start_redis
+from .test_cluster import ACCOUNT, OUTAGE_CHECKS, Daemon, LoneNode, start_redis
 
 BANS = {"max_login_failures": "2", "ban_time": "600"}
 LOGIN_ERRORS = (ftplib.error_perm, ftplib.error_temp, ConnectionResetError, EOFError)
@@ -91,10 +91,12 @@ def redis6(tmp_path_factory):
 
 
 def node(emulator, tmp, name: str, redis_port: int, redis_down: str = "open",
-         redis_timeout: int = LoneNode.redis_timeout, **optional: str) -> LoneNode:
+         redis_timeout: int = LoneNode.redis_timeout,
+         redis_check_interval: int = OUTAGE_CHECKS, **optional: str) -> LoneNode:
     proc = LoneNode(str(tmp / name), emulator.port, [ACCOUNT], optional=optional)
     proc.redis_port, proc.name = redis_port, name
     proc.redis_down, proc.redis_timeout = redis_down, redis_timeout
+    proc.redis_check_interval = redis_check_interval
     return proc
 
 

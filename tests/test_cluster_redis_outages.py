@@ -30,7 +30,7 @@ from cosftp_prefork.server.quotashare import SCRIPTS
 from .conftest import ALPHA
 from .redis6 import Held, Redis6Proxy
 from .server_proc import Account, closed_port, wait_until
-from .test_cluster import ACCOUNT, LoneNode, start_redis
+from .test_cluster import ACCOUNT, OUTAGE_CHECKS, LoneNode, start_redis
 from .test_cluster_redis import (
     BANS,
     RedisUnderTest,
@@ -122,11 +122,12 @@ def test_a_ban_outlives_redis_losing_its_keys_with_every_node_that_met_the_addre
 def test_a_ban_earned_in_a_short_outage_reaches_the_other_nodes_when_redis_answers_again(
         emulator, tmp_path):
     """Redis unreachable for less than NODE_TTL (10 s: a restart that keeps its data, a
-    network blip; a node asks again 5 s after a failed call): node a bans an address by its
-    own count meanwhile. Found: Redis still knew a when it answered again (a beat within
-    10 s; the test's own ZADD of the nodes' beats stands for that, whatever the machine's
-    pace), so nothing published the ban, and node b let the address guess on for all of
-    ban_time. Now a worker whose Redis answers again publishes the bans its node holds."""
+    network blip; a node asks again redis_check_interval after a failed call): node a bans
+    an address by its own count meanwhile. Found: Redis still knew a when it answered again
+    (a beat within 10 s; the test's own ZADD of the nodes' beats stands for that, whatever
+    the machine's pace), so nothing published the ban, and node b let the address guess on
+    for all of ban_time. Now a worker whose Redis answers again publishes the bans its node
+    holds."""
     with two_nodes(emulator, tmp_path, ACCOUNT, "blip", **BANS) as (server, a, b):
         upstream = server.proxy.upstream
         server.proxy.upstream = closed_port()  # Redis unreachable through the proxy
@@ -155,7 +156,10 @@ def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, r
     serves on its own (redis_down = open), saying so; with 5000 ms it is slow, not down:
     failures are counted and bans shared, and status says reachable."""
     strict_proxy, patient_proxy = Redis6Proxy(redis6.port), Redis6Proxy(redis6.port)
-    strict = node(emulator, tmp_path, "strict", strict_proxy.port, redis_timeout=500)
+    # The strict node checks Redis at the server's default interval: the commands it sends
+    # are counted below before its next check.
+    strict = node(emulator, tmp_path, "strict", strict_proxy.port, redis_timeout=500,
+                  redis_check_interval=LoneNode.redis_check_interval)
     patient = node(emulator, tmp_path, "patient", patient_proxy.port, redis_timeout=5000,
                    worker_processes="1", **BANS)
     try:
@@ -484,6 +488,7 @@ def two_nodes(emulator, tmp_path, account: Account, prefix: str,
         for name in ("a", "b"):
             proc = LoneNode(str(tmp_path / name), emulator.port, [account], optional=optional)
             proc.redis_port, proc.name = server.proxy.port, f"{prefix}-{name}"
+            proc.redis_check_interval = OUTAGE_CHECKS
             nodes.append(proc.start())
         yield server, nodes[0], nodes[1]
         for proc in nodes:
@@ -622,6 +627,7 @@ def test_a_redis_that_refuses_writes_is_down_and_an_open_node_serves_on_its_own(
     proc = LoneNode(str(tmp_path / "node"), emulator.port, [account],
                     optional={"worker_processes": "1", **BANS})
     proc.redis_port, proc.name = server.proxy.port, "read-only"
+    proc.redis_check_interval = OUTAGE_CHECKS
     usage = f"cosftp:quota:{home_id(ALPHA, f'{ROOT}{user}/').hex()}"
     refusal = "refuses writes"
     try:
@@ -671,6 +677,7 @@ def test_a_redis_that_refuses_writes_is_down_and_a_closed_node_refuses(emulator,
     proc = LoneNode(str(tmp_path / "node"), emulator.port, [account],
                     optional={"worker_processes": "1"})
     proc.redis_port, proc.name, proc.redis_down = server.proxy.port, "no-replicas", "closed"
+    proc.redis_check_interval = OUTAGE_CHECKS
     try:
         ftp = proc.start().login(user, f"{user}-pw")
         assert put(ftp, "one.bin", b"1" * 1000).startswith("226")

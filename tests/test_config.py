@@ -490,6 +490,7 @@ def _bad(section: str, option: str, value: Optional[str], fragment: str = ""):
     _bad("CLUSTER", "redis_url", "10.0.0.20:6379", "redis://"),
     _bad("CLUSTER", "redis_down", "maybe", "open, closed"),
     _bad("CLUSTER", "redis_timeout", "0", "between 1 and 10000"),
+    _bad("CLUSTER", "redis_check_interval", "0", "between 1 and 3600"),
     _bad("OPTIONAL", "auth_hook_url", "ftp://auth.example.com/", "http:// or https://"),
     _bad("OPTIONAL", "auth_hook_url", "https:///login", "with a host"),
     _bad("OPTIONAL", "auth_hook_command", "ftp-auth --check", "absolute path"),
@@ -913,6 +914,7 @@ def test_proxy_and_cluster_settings():
     text = set_option(text, "NETWORK", "proxy_allowed", "10.0.0.5, 10.1.0.0/16, ::1")
     text = set_option(text, "CLUSTER", "redis_url", "redis://:secret@10.0.0.20:6379/0")
     text = set_option(text, "CLUSTER", "redis_down", "closed")
+    text = set_option(text, "CLUSTER", "redis_check_interval", "2")
     config = parse_config(text, "c.conf", {})
     proxy = config.network.proxy
     assert proxy.mode == "optional" and not proxy.refuses_direct()
@@ -920,9 +922,10 @@ def test_proxy_and_cluster_settings():
     assert proxy.expects_header("::1") and not proxy.expects_header("10.0.0.6")
     assert config.cluster.redis_url == "redis://:secret@10.0.0.20:6379/0"
     assert config.cluster.redis_down == "closed" and config.cluster.redis_timeout == 0.5
-    assert config.cluster.node_id.endswith(":2121")
+    assert config.cluster.node_id.endswith(":2121") and config.cluster.redis_check_interval == 2
     default = parse_config(MINIMAL, "m.conf", {})
     assert default.network.proxy.mode == "off" and default.cluster.redis_url is None
+    assert default.cluster.redis_check_interval == 5
     assert not default.network.proxy.expects_header("10.0.0.5")
 
 

@@ -17,7 +17,7 @@ from cosftp_prefork.server.cluster.scripts import LIBRARY, UNBAN
 
 from .redis_troubles import Trouble, refused, troubles
 from .server_proc import wait_until
-from .test_cluster import LoneNode
+from .test_cluster import OUTAGE_CHECKS, LoneNode
 from .test_cluster_redis import (
     BANS,
     RedisUnderTest,
@@ -44,6 +44,7 @@ def troubled_node(emulator, tmp_path, trouble: Trouble, redis_down: str,
     proc = LoneNode(str(tmp_path / "node"), emulator.port, [quota_account(user, "64M")],
                     optional={"worker_processes": "1", **BANS})
     proc.redis_port, proc.name, proc.redis_down = server.proxy.port, user, redis_down
+    proc.redis_check_interval = OUTAGE_CHECKS
     return proc, user
 
 
@@ -72,8 +73,8 @@ def test_a_redis_that_cannot_write_now_is_down_and_an_open_node_serves_on_its_ow
         emulator, tmp_path, trouble):
     """redis_down = open: an upload into a home with a quota goes on against the node's own
     table (226, nothing lost), the node's own ban holds, logins are served; the log says
-    it once (not per command, nor at each check while it lasts: every 5 s), status says
-    it; when Redis writes again the node says so and shares its bans again."""
+    it once (not per command, nor at each check while it lasts: redis_check_interval),
+    status says it; when Redis writes again the node says so and shares its bans again."""
     with in_trouble(emulator, tmp_path, trouble, "open") as (proc, server, ftp, user):
         try:
             assert put(ftp, "two.bin", b"2" * 2000).startswith("226")

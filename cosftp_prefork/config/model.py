@@ -245,6 +245,8 @@ class ClusterConfig:
     # state, "closed" refuses
     redis_timeout: float = 0.5  # seconds one Redis call may take
     node_id: str = ""  # this node's name in Redis; default host name and listen port
+    # seconds between checks whether an unreachable (or write-refusing) Redis serves again
+    redis_check_interval: int = 5
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,9 @@ SETTINGS: tuple[Setting, ...] = (
             "this node's own state, closed = refuse"),
     Setting("CLUSTER", "redis_timeout", integer(1, 10000), 500,
             "milliseconds one Redis call may take"),
+    Setting("CLUSTER", "redis_check_interval", integer(1, 3600), 5,
+            "seconds between checks whether Redis serves again, while it is unreachable or "
+            "refusing writes (redis_down then holds)"),
     Setting("CLUSTER", "node_id", text, "", "this node's name in Redis",
             "<host name>:<listen_port>"),
     Setting("FILE_OPTION", "single_file_max_size",

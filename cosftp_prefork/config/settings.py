@@ -443,7 +443,8 @@ def _admin(reader: _Reader, net: dict[str, Any], values: dict[str, Any],
 def _cluster(values: dict[str, Any], port: int) -> ClusterConfig:
     node = values["node_id"] or f"{socket.gethostname()}:{port}"
     return ClusterConfig(values["redis_url"], values["redis_down"],
-                         values["redis_timeout"] / 1000, node)
+                         values["redis_timeout"] / 1000, node,
+                         values["redis_check_interval"])
 
 
 def _operator(reader: _Reader, net: dict[str, Any], optional: dict[str, Any]) -> OperatorConfig:

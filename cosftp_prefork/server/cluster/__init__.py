@@ -39,7 +39,8 @@ A worker asks Redis from its session threads and its cluster thread (``Gate.shar
 from its accept loop, over at most ``REDIS_CONNECTIONS`` connections: a call that finds them
 all busy waits for one up to ``redis_timeout`` (the log says so), then goes on with this
 node's own figures, as for an error Redis answered (Redis is slow, not gone: a burst of calls
-must not make an outage, which ``redis_down = closed`` turns into refusals for 5 s).
+must not make an outage, which ``redis_down = closed`` turns into refusals until the next
+check, ``redis_check_interval``).
 
 Three kinds of trouble, kept apart:
 
@@ -48,7 +49,7 @@ Three kinds of trouble, kept apart:
   replica, too few replicas for ``min-replicas-to-write``, a failed save, out of memory:
   ``link.refuses_writes``; nothing the node writes would land): the call
   gives up (one retry on a fresh connection if the one it had was broken, never on a
-  timeout) and the node stops asking for ``RETRY_SECONDS``, then checks again (its
+  timeout) and the node stops asking for ``redis_check_interval``, then checks again (its
   version, and a write that changes nothing); meanwhile it serves on its own scoreboard
   (``redis_down = open``) or refuses new connections (``closed``). Logged once per outage
   and shown by ``cosftpctl status``.

@@ -14,7 +14,6 @@ from redis.retry import Retry
 from ...config.model import REDIS_MINIMUM, ClusterConfig
 from ...errors import ConfigError
 
-RETRY_SECONDS = 5.0  # after a failed call, Redis is not asked again for this long
 ERROR_SECONDS = 60.0  # a reply error shows in status this long; repeats are logged this often
 # Connections one process keeps to Redis at most. A call takes one for a round trip (well
 # under a millisecond on a healthy Redis), so a few serve thousands of calls a second; more
@@ -57,8 +56,9 @@ MOVES = {
 _REFUSES_WRITES = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|NOREPLICAS|MISCONF|OOM) ")
 # And that of a Redis that serves no command now: one running a script past
 # busy-reply-threshold (BUSY, until it ends or SCRIPT KILL). Unreachable, for the node: it
-# is asked again after ``RETRY_SECONDS``, as when it does not answer; so is one loading its
-# data at start (LOADING), for which redis-py raises ``BusyLoadingError``, a ConnectionError.
+# is asked again after ``redis_check_interval``, as when it does not answer; so is one
+# loading its data at start (LOADING), for which redis-py raises ``BusyLoadingError``, a
+# ConnectionError.
 _BUSY = re.compile(r"^BUSY ")
 
 

@@ -54,7 +54,6 @@ from .link import (
     ERROR_SECONDS,
     MOVES,
     REDIS_CONNECTIONS,
-    RETRY_SECONDS,
     Link,
     NoConnectionFree,
     Silence,
@@ -188,6 +187,7 @@ class ClusterState:
         # The pool's connections, counted here to say when they run out (and how often).
         self._free = threading.BoundedSemaphore(REDIS_CONNECTIONS)
         self._timeout = config.redis_timeout
+        self._check_interval = config.redis_check_interval
 
     def verify(self) -> None:
         """At worker start: raise ``ConfigError`` if Redis answers but cannot be used. An
@@ -219,7 +219,7 @@ class ClusterState:
             raise RuntimeError(f"cluster link cannot go from {was.value} to {to.value}")
         self._link = to
         if to is not Link.UP:
-            self._retry_at = time.monotonic() + RETRY_SECONDS
+            self._retry_at = time.monotonic() + self._check_interval
         return was
 
     def _check(self) -> Optional[ConfigError]:
@@ -277,7 +277,7 @@ class ClusterState:
                 return True
             if time.monotonic() < self._retry_at:
                 return False
-            self._retry_at = time.monotonic() + RETRY_SECONDS
+            self._retry_at = time.monotonic() + self._check_interval
         self._check()
         return self._up()
 
