@@ -73,9 +73,9 @@ def no_leaked_servers(tmp_path_factory):
 
 @pytest.fixture
 def daemon(emulator, tmp_path, request):
-    """A daemonised server (``cosftpctl start``), as test_master.py, test_master_stops.py and
-    test_worker_health.py use it; a test may give it [OPTIONAL] settings (indirect
-    parameter)."""
+    """A daemonised server (``cosftpctl start``), as test_master.py, test_master_reload.py,
+    test_master_stops.py and test_worker_starts.py use it; a test may give it [OPTIONAL]
+    settings (indirect parameter)."""
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
                          optional=getattr(request, "param", {}))
     started = proc.start_daemon()  # on another port if its port was taken meanwhile
