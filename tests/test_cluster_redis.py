@@ -3,7 +3,8 @@ sharing bans and counts on a real ``redis-server`` (7.x here) seen through
 ``tests/redis6.py``, which answers as Redis 6.0.16 does (Debian 11, Ubuntu 22.04), through
 a Redis that is down, restarted or holds garbage in our keys. Clients connect straight to
 the nodes, each from an address of its own (127.0.0.x). test_cluster_redis_outages.py:
-what else Redis does to the shared state."""
+what else Redis does to the shared state; test_cluster_redis_counts.py: the counts and
+quota reservations kept there."""
 
 from __future__ import annotations
 
