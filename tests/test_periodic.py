@@ -1,5 +1,5 @@
 """The background loop of the abort retrier and the janitor (pure logic; the janitor's
-sweeps are tested against the emulator in test_resume)."""
+sweeps are tested against the emulator in test_parked_uploads)."""
 
 from __future__ import annotations
 
