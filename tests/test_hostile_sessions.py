@@ -231,9 +231,13 @@ def test_repeated_rest_rnfr_allo_and_mlst_keep_one_pending_state(server, worker,
     assert worker.num_fds() <= fds + SPARE_FDS
     assert worker.num_threads() <= threads + SPARE_THREADS
     assert hostile.command(f"RNTO {area}/renamed").startswith("250")
-    names = {item["Key"] for item in
-             cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/").get("Contents", [])}
-    assert names == {f"{area}/first", f"{area}/renamed"}  # the last RNFR named "second"
+
+    def names() -> set[str]:
+        return {item["Key"] for item in
+                cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/").get("Contents", [])}
+    # the last RNFR named "second"; its old name's DELETE is sent after the 250
+    wait_until(lambda: names() == {f"{area}/first", f"{area}/renamed"},
+               what="only the last RNFR's file renamed")
     # RNFR dropped no REST: every command but RNTO keeps the offset (RFC 959), and the
     # last REST's is the one RETR starts at
     reply = hostile.command("PASV")
