@@ -424,8 +424,9 @@ def test_a_redis_that_refuses_writes_is_down_and_a_closed_node_refuses(emulator,
         try:
             wait_until(lambda: "shared state unreachable" in logs_in(proc, "127.0.0.94"),
                        timeout=30, what="new connections refused")
-            assert "Redis REFUSING WRITES" in status(proc)
-            assert "refusing new connections" in status(proc)
+            # the worker writes what status shows once a second
+            wait_until(lambda: "Redis REFUSING WRITES" in (shown := status(proc)) and
+                       "refusing new connections" in shown, what="status to say so")
             with pytest.raises(ftplib.error_temp, match=r"^451 .*QuotaUnavailable"):
                 put(ftp, "two.bin", b"2" * 2000)
             assert "NOREPLICAS" in proc.log_text()
