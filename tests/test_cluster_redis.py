@@ -15,8 +15,9 @@ import threading
 import pytest
 import redis
 
+from .admin_client import RW_TOKEN, AdminClient, admin_url, hash_token
 from .redis6 import Redis6Proxy
-from .server_proc import Account, wait_until
+from .server_proc import FREE_PORT, Account, wait_until
 from .test_cluster import ACCOUNT, OUTAGE_CHECKS, Daemon, LoneNode, start_redis
 
 BANS = {"max_login_failures": "2", "ban_time": "600"}
@@ -103,12 +104,16 @@ def node(emulator, tmp, name: str, redis_port: int, redis_down: str = "open",
 
 @pytest.fixture(scope="module")
 def pair(emulator, redis6, tmp_path_factory):
-    """Two nodes sharing the Redis 6, two failed logins earning a ban."""
+    """Two nodes sharing the Redis 6, two failed logins earning a ban; each with the admin
+    API (token ``RW_TOKEN``)."""
     tmp = tmp_path_factory.mktemp("pair")
+    tokens = f"\n[ADMIN]\ntokens = ops:{hash_token(RW_TOKEN)}:rw\n"
     nodes = {}
     try:
         for name in ("a", "b"):
-            nodes[name] = node(emulator, tmp, name, redis6.proxy.port, **BANS).start()
+            proc = node(emulator, tmp, name, redis6.proxy.port, **BANS)
+            proc.network["admin_port"], proc.sections = FREE_PORT, tokens
+            nodes[name] = proc.start()
         yield nodes
     finally:
         for proc in nodes.values():
@@ -218,6 +223,26 @@ def test_unban_on_one_node_lets_the_address_into_the_other(pair, redis6):
             wait_until(lambda proc=proc, client=client: logs_in(proc, client).startswith("230"),
                        timeout=10, what=f"{client} let into {proc.name}")
     assert "127.0.0.8" not in a.ctl("bans").stdout
+    for proc in (a, b):
+        nothing_crashed(proc)
+
+
+def test_a_ban_made_through_one_nodes_admin_api_refuses_the_address_on_the_other(
+        pair, redis6):
+    """Found: ``POST /bans`` banned the address in its node's own table only; the other
+    nodes let it in (and guess passwords) for all of the ban. Now the node's workers
+    publish it within a heartbeat, and the other node refuses it at connect, then holds it
+    in its own table too."""
+    a, b = pair["a"], pair["b"]
+    assert logs_in(b, "127.0.0.91").startswith("230")
+    made = AdminClient(admin_url(a)).call("POST", "/bans", json={"address": "127.0.0.91"})
+    assert made.status_code == 201, made.text
+    wait_until(lambda: redis6.direct.exists("cosftp:ban:127.0.0.91"), timeout=10,
+               what="node a to publish the ban")
+    assert 590 <= redis6.direct.ttl("cosftp:ban:127.0.0.91") <= 600
+    assert refused_as_banned(b, "127.0.0.91")
+    wait_until(lambda: re.search(r"^127\.0\.0\.91 .* cluster,node$", b.ctl("bans").stdout,
+                                 re.M), timeout=10, what="node b to hold the ban")
     for proc in (a, b):
         nothing_crashed(proc)
 

@@ -11,13 +11,16 @@ import shutil
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import redis
 
+from cosftp_prefork.config.model import ClusterConfig
 from cosftp_prefork.config.quotas import home_id
+from cosftp_prefork.server.cluster import ClusterAdmin, ClusterState
 
 from .conftest import ALPHA
 from .redis6 import Redis6Proxy
@@ -267,6 +270,31 @@ def test_an_error_answered_by_redis_is_not_an_outage(emulator, redis6, tmp_path)
         earn_ban(proc, "127.0.0.77")  # (status says ERRORS for a minute after the last)
         assert redis6.direct.pttl("cosftp:ban:127.0.0.77") > 0
         nothing_crashed(proc)
+
+
+def test_a_ban_is_not_published_over_an_unban_its_worker_has_not_brought(
+        redis6):  # noqa: F811
+    """A worker's heartbeat brought the unbans so far; then an unban on another node lifts
+    an address in Redis before this worker's next heartbeat, while this node still holds
+    the ban. Publishing the node's bans then (its ban table changed: a ban made through the
+    admin API) must not write that ban again: noted among the bans made, every node would
+    hold it again, the unban undone. Nothing is written until the heartbeat brought it."""
+    config = ClusterConfig(f"redis://127.0.0.1:{redis6.port}/0", node_id="unban-race")
+    worker, other_node = ClusterState(config), ClusterAdmin(config)
+    until = int(time.time()) + 600
+    try:
+        worker.publish(lambda: (Counter(), 0, {}))
+        other_node.unban("127.0.0.33", int(time.time()))
+        assert worker.republish([("127.0.0.33", until), ("127.0.0.34", until)]) is None
+        assert not redis6.direct.exists("cosftp:ban:127.0.0.33", "cosftp:ban:127.0.0.34")
+        beat = worker.publish(lambda: (Counter(), 0, {}))
+        assert [unban.address for unban in beat.unbans] == ["127.0.0.33"]
+        assert worker.republish([("127.0.0.34", until)]) == 1  # its node forgot .33
+        assert 590 <= redis6.direct.ttl("cosftp:ban:127.0.0.34") <= 600
+    finally:
+        redis6.direct.delete("cosftp:conn:unban-race", "cosftp:ban:127.0.0.34")
+        worker.close()
+        other_node.close()
 
 
 class HungRedis(Redis6Proxy):

@@ -49,7 +49,7 @@ from typing import Callable, Optional
 
 from ..config.model import ServerConfig
 from .burst import BurstLog
-from .cluster import NODE_TTL, UNAVAILABLE, ClusterState, NodeCounts, Unban
+from .cluster import NODE_TTL, UNAVAILABLE, Beat, ClusterState, NodeCounts, Unban
 from .scoreboard import (
     CLUSTER_NONE,
     TOO_MANY,
@@ -144,6 +144,8 @@ class Gate:
         self._lock = threading.Lock()
         self._pending: set[Ticket] = set()
         self._ban_epoch = state.ban_epoch()
+        # The ban epoch whose bans this worker's cluster thread published (None: due).
+        self._published_epoch: Optional[int] = None
         self._bans: dict = {}  # address key -> banned until, as of epoch _bans_read
         self._bans_read = -1
         self._bans_lock = threading.Lock()
@@ -408,9 +410,10 @@ class Gate:
 
     def share(self) -> bool:
         """Publish this node's counts to the cluster, forget what was unbanned on any node,
-        hold the bans made on any node, publish again the bans this node holds if Redis
-        did not know the node, and close the pending connections of an address banned by
-        another node (one Redis round trip each). Return whether Redis did not know the
+        hold the bans made on any node, publish the bans this node holds where Redis has
+        none if Redis did not know the node or the node's ban table changed, and close the
+        pending connections of an address banned by another node (one Redis round trip
+        each). Return whether Redis did not know the
         node (what else it holds is to be published again too). Runs once a second on the
         worker's cluster thread: Redis may take up to redis_timeout a call, which must not
         hold the accept loop."""
@@ -422,8 +425,8 @@ class Gate:
         for group, until in beat.bans:
             if self._may_ban(group):
                 self._adopt(group, until)
-        if (beat.unknown or beat.rejoined) and self._bans_on:
-            self._republish_bans(beat.unknown)
+        if self._bans_on:
+            self._publish_bans(beat)
         pending = self._pending_now()
         if self._bans_on and pending:
             ends = self.cluster.ban_ends({t.client.group for t in pending})
@@ -433,27 +436,40 @@ class Gate:
             self._kick_banned(pending, {address_key(group) for group in ends})
         return beat.unknown
 
-    def _republish_bans(self, unknown: bool) -> None:
-        """Redis did not know this node (``unknown``): it lost its keys (restarted without
+    def _publish_bans(self, beat: Beat) -> None:
+        """Publish the bans this node holds, each where Redis holds none, when Redis did
+        not know this node (``beat.unknown``): it lost its keys (restarted without
         persistence, flushed, failed over to an empty replica), or no worker of the node
-        reached it for ``NODE_TTL`` (an outage, the node's start); or this worker found it
-        again after an outage, however short (found: one shorter than ``NODE_TTL`` left the
-        bans made meanwhile on this node only). Publish again the bans this node holds
-        (made here, by its own count or the cluster's at a failed login here; made on
-        another node, which a heartbeat brought or a refusal found; or restored at start),
-        after the unbans this heartbeat brought: each holds on every node again
-        until it ends. Failed logins are not: each node's own count goes on."""
+        reached it for ``NODE_TTL`` (an outage, the node's start); when this worker found
+        it again after an outage, however short (``beat.rejoined``; found: one shorter than
+        ``NODE_TTL`` left the bans made meanwhile on this node only); and when the node's
+        ban table changed since this worker last published it (its epoch moved: a ban
+        made through the admin API, or by this node's own count of failed logins; found:
+        an API ban stayed on its node, and the others let the address in). Runs after the
+        unbans this heartbeat brought; a Redis that noted another unban since writes
+        nothing (``ClusterState.republish``), and this worker tries again at its next
+        tick, after its heartbeat brought that unban: a ban lifted on another node is not
+        made again from here. Each ban published holds on every node until it ends.
+        Failed logins are not: each node's own count goes on."""
+        epoch = self.state.ban_epoch()  # before the table: a change after it comes next tick
+        if not (beat.unknown or beat.rejoined or epoch != self._published_epoch):
+            return
         bans = [(group, until) for group, until in self.state.bans(time.time())
                 if self._may_ban(group)]
         written = self.cluster.republish(bans)
-        if written and unknown:
+        self._published_epoch = None if written is None else epoch
+        if written and beat.unknown:
             log.warning("cluster: Redis did not know this node (restarted empty or flushed, "
                         "or not reached for %d s): published again the %d ban(s) this node "
                         "holds", NODE_TTL, written)
-        elif written:
+        elif written and beat.rejoined:
             log.warning("cluster: Redis answers again and did not hold %d ban(s) this node "
                         "holds (made or brought while it could not be asked): published "
                         "them", written)
+        elif written:
+            log.info("cluster: published %d ban(s) this node holds that Redis did not "
+                     "(made through the admin API, or by this node's own count of failed "
+                     "logins): every node holds them now", written)
 
     def _pending_now(self) -> list[Ticket]:
         with self._lock:

@@ -218,16 +218,24 @@ redis.call('DEL', KEYS[1])
 return {0, {}}
 """
 
-# The bans a node holds, published again where Redis holds none (it lost them), and noted
-# among the bans made (a node started since holds them too). KEYS: the bans made, their
-# counter, then the bans; ARGV: bans kept, their expiry, then per ban its address, when it
-# ends and the seconds left. Answers how many it wrote.
+# The bans a node holds, published again where Redis holds none (it lost them, or never had
+# them: a ban made through the admin API, or by the node's own count), and noted among the
+# bans made (every node, one started since too, holds them). Nothing is written if an unban
+# was noted since the worker's last heartbeat (the counter passed the last one it brought):
+# its node may still hold a ban that unban lifted, which this would make again everywhere;
+# the worker tries again after its next heartbeat has brought the unban. KEYS: the bans
+# made, their counter, the unban counter, then the bans; ARGV: bans kept, their expiry, the
+# last unban the worker brought, then per ban its address, when it ends and the seconds
+# left. Answers how many it wrote, -1 for none because of an unban.
 REPUBLISH = """
+local unbans, bad = counter_of(KEYS[3])
+if unbans > tonumber(ARGV[3]) then return {-1, bad and {'unban-count'} or {}} end
 local written, repaired, garbage = 0, {}, false
-for i = 3, #KEYS do
-  local key, at = KEYS[i], 3 * (i - 3) + 3
-  local banned, bad = ban_of(key)
-  garbage = garbage or bad
+if bad then table.insert(repaired, 'unban-count') end
+for i = 4, #KEYS do
+  local key, at = KEYS[i], 3 * (i - 4) + 4
+  local banned, bad_ban = ban_of(key)
+  garbage = garbage or bad_ban
   if banned == 0 then
     redis.call('SET', key, ARGV[at + 1], 'EX', ARGV[at + 2])
     for _, key_class in ipairs(note_ban(KEYS[1], KEYS[2], ARGV[at], ARGV[1], ARGV[2])) do

@@ -404,20 +404,24 @@ class ClusterState:
                               [limit, window, ban, int(time.time()) + ban, key, BANS_KEPT,
                                BANS_SECONDS]))
 
-    def republish(self, bans: list[tuple[str, int]]) -> int:
+    def republish(self, bans: list[tuple[str, int]]) -> Optional[int]:
         """Publish again ``bans`` (address, when it ends) that this node holds, each where
         Redis holds no ban of that address, and note them among the bans made (every node
-        then holds them); how many it wrote (0 if Redis could not be asked)."""
+        then holds them); how many it wrote (0 too if Redis answered an error). None if
+        nothing was done and it is to be tried again: Redis could not be asked, or an
+        unban was noted since this worker's last heartbeat (``scripts.REPUBLISH``)."""
         now = int(time.time())
         live = [(ip, until) for ip, until in bans if until > now]
         if not live:
             return 0
-        return int(self._run("bans published again", "republish",
-                             [BANS_MADE, BANS_MADE_COUNT, *(ban_key(ip) for ip, _ in live)],
-                             [BANS_KEPT, BANS_SECONDS,
-                              *(value for ip, until in live
-                                for value in (client_key(ip), until, until - now))],
-                             failed=0) or 0)
+        written = self._run("bans published again", "republish",
+                            [BANS_MADE, BANS_MADE_COUNT, PREFIX + "unban-count",
+                             *(ban_key(ip) for ip, _ in live)],
+                            [BANS_KEPT, BANS_SECONDS, self._unbans_seen,
+                             *(value for ip, until in live
+                               for value in (client_key(ip), until, until - now))],
+                            failed=0)
+        return None if written is None or int(written) < 0 else int(written)
 
     def counted(self, ip: str, connections: int, logged_in: int = 0,
                 account: Optional[AccountKey] = None) -> None:
