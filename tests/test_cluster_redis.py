@@ -247,6 +247,28 @@ def test_a_ban_made_through_one_nodes_admin_api_refuses_the_address_on_the_other
         nothing_crashed(proc)
 
 
+def test_a_ban_longer_than_ban_time_made_through_the_admin_api_is_lifted_on_every_node(
+        pair, redis6):
+    """An hour's ban (ban_time 600 s) made through node a's admin API, held by node b too,
+    lifted through a's API. Found: b judged the unban older than the ban by the ban's end
+    less ban_time (what a ban earned by failed logins lasts), kept its copy and refused the
+    address for the rest of the hour."""
+    a, b = pair["a"], pair["b"]
+    api = AdminClient(admin_url(a))
+    made = api.call("POST", "/bans", json={"address": "127.0.0.92", "seconds": 3600})
+    assert made.status_code == 201, made.text
+    wait_until(lambda: re.search(r"^127\.0\.0\.92 .* cluster,node$", b.ctl("bans").stdout,
+                                 re.M), timeout=10, what="node b to hold the ban")
+    lifted = api.call("DELETE", "/bans/127.0.0.92")
+    assert lifted.json()["message"] == "ban lifted on this node and in the cluster"
+    assert logs_in(a, "127.0.0.92").startswith("230")
+    wait_until(lambda: logs_in(b, "127.0.0.92").startswith("230"), timeout=10,
+               what="node b to forget its copy of the ban")
+    assert not redis6.direct.exists("cosftp:ban:127.0.0.92")
+    for proc in (a, b):
+        nothing_crashed(proc)
+
+
 def test_wrong_passwords_do_not_refuse_legitimate_logins_with_redis_down_closed(
         emulator, redis6, tmp_path):
     """The issue's measurement: one wrong password a second from an attacker with no account

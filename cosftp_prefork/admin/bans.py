@@ -5,7 +5,8 @@ cluster's Redis when ``[CLUSTER]`` is set).
 A ban or unban changes the shared ban table and waits, as ``cosftpctl unban`` does, until
 the master saved the bans file, so that a stop right after cannot undo it. Each worker reads
 the table again at its next accept; the workers' tick closes the connections of a newly
-banned address that are not logged in yet.
+banned address that are not logged in yet. With ``[CLUSTER]``, the workers' cluster thread
+publishes a ban in Redis within a second, for every node (``Gate.share``).
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def add(context: Context) -> Response:
         raise ApiError(422, f"{address} is in ban_allowlist: a ban would not be enforced")
     if group == address_group(context.request.client, context.config.server.ipv6_prefix_length):
         raise ApiError(422, f"{address} is your own address: the ban would lock you out")
-    until = int(time.time()) + seconds
-    context.state.ban(group, until)
+    now = int(time.time())
+    until = now + seconds
+    context.state.ban(group, until, started=now)
     saved = wait_saved(context.state, context.master_alive)
     what = f"banned {address} for {seconds}s" + ("" if saved else
                                                 "; the master did not save the bans file yet")

@@ -497,13 +497,13 @@ class Gate:
         for unban in unbans:
             if unban.address is not None:
                 latest[unban.address] = max(latest.get(unban.address, 0), unban.when)
-        ban_time = self._failures[2]
+        ban_time, now = self._failures[2], time.time()
 
         def older(row: BanRow) -> bool:
+            # ``since``: where its failures started counting, or when the admin API here
+            # made its ban (``BanTable.ban``)
             unbanned = max(everyone, latest.get(row.address, 0))
-            newest = max(row.since if row.failures else 0,
-                         row.until - ban_time if row.until else 0)
-            return unbanned > 0 and newest <= unbanned
+            return unbanned > 0 and max(row.since, _earned(row, ban_time, now)) <= unbanned
         for row in self.state.lift(older):
             log.info("cluster: %s unbanned (cosftpctl unban on a node): this node forgot its "
                      "%s", row.address, "ban" if row.until > time.time() else "failed logins")
@@ -518,6 +518,19 @@ class Gate:
         with self._lock:
             self._pending.discard(ticket)
         self.refusals.note(ticket.client.ip, what)
+
+
+def _earned(row: BanRow, ban_time: int, now: float) -> int:
+    """When the ban of ``row`` started if failed logins earned it (such a ban lasts
+    ``ban_time``); 0 if the row holds none, or more than ``ban_time`` is left of it: a ban
+    made through another node's admin API for longer, whose start this node does not know
+    (found: judged by its end less ``ban_time``, an unban of it was taken for older than
+    the ban, and the node kept its copy). Taken as older than an unban brought now: one
+    made after the unban was noted after it, so the heartbeat that brings the unban, or a
+    later one, brings that ban again, after the unban is forgotten (``Gate.share``)."""
+    if not row.until or row.until - now > ban_time:
+        return 0
+    return row.until - ban_time
 
 
 def _left(limit: int, used_elsewhere: int) -> Optional[int]:

@@ -109,15 +109,18 @@ class BanTable(MappedFile):
                 words[0] += 1
             return banned
 
-    def ban(self, ip: str, until: int) -> None:
-        """Ban ``ip`` until ``until`` (the admin API), keeping the failed logins its row
-        counts; moves the epoch as a ban earned by failed logins does."""
+    def ban(self, ip: str, until: int, started: int = 0) -> None:
+        """Ban ``ip`` until ``until`` (the admin API; a ban the cluster holds), keeping the
+        failed logins its row counts; moves the epoch as a ban earned by failed logins
+        does. A row that counts none keeps ``started`` (when the admin API made the ban)
+        where a window of failures starts: an unban made elsewhere in the cluster is
+        judged against it (``Gate``), a ban of any length."""
         key = address_key(ip)
         with self._bans_locked() as words:
             flat = words[BAN_HEADER_WORDS:].tolist()
             at = self._take_row(words, flat, key, time.time())
-            ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == key
-            failures, since = flat[at + 5:at + 7] if ours else (0, 0)
+            ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == key and flat[at + 5] > 0
+            failures, since = flat[at + 5:at + 7] if ours else (0, started)
             self._write_ban(words, at, key, failures, since, until)
             words[0] += 1
 
