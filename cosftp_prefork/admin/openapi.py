@@ -203,7 +203,8 @@ def document() -> dict[str, Any]:
             "/bans": {
                 "get": _operation("this node's bans and failed logins", {
                     200: ("Bans", "the ban table")}, read),
-                "post": _operation("ban an address", {201: ("Banned", "banned")},
+                "post": _operation("ban an address (with [CLUSTER], on every node within "
+                                   "about a second)", {201: ("Banned", "banned")},
                                    (*write, 409, 422), requestBody={
                                        "required": True, "content": {"application/json": {
                                            "schema": _ref("NewBan")}}})},

@@ -25,8 +25,8 @@ the unbans made on any node (``cosftpctl unban``); this node's own table then fo
 addresses too (what it learnt after the unban stays). A ban earned at a failed login here,
 by this node's count or the cluster's, and one the cluster holds that this node enforced
 (refused a connection or a login for it), is in this node's table until it ends; when
-Redis did not know the node (it lost its keys, or an outage), ``share`` publishes those
-bans there again.
+Redis did not know the node (it lost its keys, or an outage), or the table changed (a ban
+made through the admin API), ``share`` publishes those bans where Redis holds none.
 
 Addresses in ``ban_allowlist`` are never banned, here or by the cluster: their failed logins
 are not counted, and a ban they hold (made before they were listed, or by a node without the
