@@ -139,6 +139,21 @@ def test_helpers_read_and_write_real_state(channels):
     assert compat.is_closed(tls_dtp)
 
 
+def test_input_set_aside_runs_later_as_if_just_read(channels):
+    """What a read brought beyond the line being run is taken out of asynchat's buffer, and
+    run later line by line through the handler's own parsing; an unfinished line (here cut
+    inside its terminator) waits for the rest, and the handler's ``recv`` is its own again."""
+    control = channels[1]
+    control.ac_in_buffer = b"NOOP\r\nNOOP\r"
+    held = compat.take_unread_input(control)
+    assert held == b"NOOP\r\nNOOP\r" and control.ac_in_buffer == b""
+    compat.run_input(control, held)
+    assert control._last_response.startswith("200 ")
+    assert compat.buffered_input(control) == b"NOOP"
+    assert compat.take_unread_input(control) == b"\r"
+    assert "recv" not in vars(control)
+
+
 class _Reader:
     """What ``compat.watch_readable`` watches: counts its read events and closes."""
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer, FileProducer
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED as DISCONNECTED
+from pyftpdlib.ioloop import AsyncChat
 from pyftpdlib.log import debug as _pyftpdlib_debug
 from pyftpdlib.log import logger as _pyftpdlib_logger
 
@@ -27,8 +28,8 @@ __all__ = ["DISCONNECTED", "ActiveDTP", "BufferedIteratorProducer", "FileProduce
 
 # pyftpdlib class -> the private attributes and methods the helpers below use.
 RELIED_ON: dict[str, tuple[str, ...]] = {
-    # ioloop.AsyncChat, the base of the control and data channels
-    "AsyncChat": ("_closed", "_closing", "_fileno", "_wanted_io_events"),
+    # ioloop.AsyncChat, the base of the control and data channels (ac_in_buffer: asynchat's)
+    "AsyncChat": ("_closed", "_closing", "_fileno", "_wanted_io_events", "ac_in_buffer"),
     "FTPHandler": ("_in_buffer", "_in_buffer_len", "_restart_position",
                    "_in_dtp_queue", "_out_dtp_queue", "_current_type", "_current_facts",
                    "_extra_feats", "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection",
@@ -76,6 +77,34 @@ def buffered_input(handler: Any) -> bytes:
 def discard_input(handler: Any) -> None:
     """Forget the command line received so far."""
     handler._in_buffer, handler._in_buffer_len = [], 0
+
+
+def take_unread_input(handler: Any) -> bytes:
+    """Remove and return what the client sent after the command line being run: the rest of
+    the last read (asynchat's ``ac_in_buffer``), lines and the start of one. The read loop
+    running that line (asynchat's ``handle_read`` goes on while its buffer holds bytes) then
+    stops after it, where it would run the rest."""
+    unread, handler.ac_in_buffer = handler.ac_in_buffer, b""
+    return unread
+
+
+def run_input(handler: Any, data: bytes) -> None:
+    """Run the command lines in ``data`` (``take_unread_input``'s) as if the client had just
+    sent them; an unfinished last line waits for the rest, as one read would leave it.
+
+    asynchat reads commands only from ``recv``: its read loop (``AsyncChat.handle_read``,
+    below the TLS layer and our mixins, which are about the socket) is run over ``data`` put
+    back in its buffer, with a ``recv`` of this handler that brings nothing more."""
+    handler.ac_in_buffer = data
+    handler.recv = _nothing_more
+    try:
+        AsyncChat.handle_read(handler)
+    finally:
+        del handler.recv
+
+
+def _nothing_more(buffer_size: int) -> bytes:
+    return b""
 
 
 # --- control channel: session state
