@@ -22,6 +22,7 @@ from .conftest import ALPHA, BETA
 from .crowds import peak_rss, reset_peak_rss, workers_of
 from .hooked import FILE_ACCOUNTS, definition, hooked_server, logs_in, refused
 from .server_proc import ServerProcess, wait_until
+from .test_login_delay import pipelined
 from .tls_clients import client_context, write_certificate
 
 
@@ -93,6 +94,29 @@ def test_an_invalid_account_is_refused_with_its_reason_logged(hooked, hook, emul
     hook.users[user] = ("pw", {**definition(emulator), **bad})
     assert refused(hooked, user, "pw").startswith("530")
     wait_until(lambda: reason in hooked.log_text(), what=f"the reason {reason!r} logged")
+
+
+def test_commands_sent_ahead_of_a_refused_accounts_530_run_after_it(hooked, hook, emulator):
+    """The 530 of an account the hook defines wrongly waits as a wrong password's does; the
+    file account's login, PWD and QUIT sent ahead in the same packet run after it, in order.
+    Before: they ran during the wait (331 230 257 221), and the 530 was never sent."""
+    user = f"bad{uuid.uuid4().hex[:8]}"
+    hook.users[user] = ("pw", {**definition(emulator), "quota": 5})
+    codes = pipelined(hooked, f"USER {user}\r\nPASS pw\r\nUSER filer\r\nPASS filer-pw\r\n"
+                              "PWD\r\nQUIT\r\n".encode())
+    assert codes == [b"331", b"530", b"331", b"230", b"257", b"221"]
+
+
+def test_a_hook_that_is_down_drops_the_commands_sent_ahead_of_its_421(server, service,
+                                                                      emulator):
+    """The hook's try-later 421 closes the session: the login sent ahead of it is not run.
+    Before: it ran during the wait, and the 421 was never sent."""
+    service.users["patient"] = ("patient-pw", definition(emulator))
+    service.stop()
+    codes = pipelined(server, b"USER patient\r\nPASS patient-pw\r\nUSER filer\r\n"
+                              b"PASS filer-pw\r\nQUIT\r\n")
+    assert codes == [b"331", b"421"]
+    assert "USER 'filer' logged in." not in server.log_text()
 
 
 def test_an_answer_that_is_not_json_is_refused(server, service):

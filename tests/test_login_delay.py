@@ -12,6 +12,8 @@ from __future__ import annotations
 import select
 import socket
 
+import pytest
+
 from .conftest import CHEAP_HASH
 from .server_proc import ServerProcess, wait_until
 from .test_governance import OPS, connect, next_reply
@@ -20,12 +22,24 @@ from .test_governance import OPS, connect, next_reply
 LONG = "30"
 
 
-def delay_server(emulator, tmp_path, delay: str, log_level: str = "INFO") -> ServerProcess:
-    """One worker with ``delay_failed_login = delay``; no bans (these tests fail logins on
-    purpose). ``CHEAP_HASH`` makes each password check a 2 ms scrypt."""
+def delay_server(emulator, tmp_path, delay: str, log_level: str = "INFO",
+                 max_failures: str = "0") -> ServerProcess:
+    """One worker with ``delay_failed_login = delay``; no bans unless ``max_failures`` says
+    (these tests fail logins on purpose). ``CHEAP_HASH`` makes each password check a 2 ms
+    scrypt."""
     return ServerProcess(str(tmp_path), emulator.port, [*OPS, CHEAP_HASH],
-                         optional={"worker_processes": "1", "max_login_failures": "0",
+                         optional={"worker_processes": "1", "max_login_failures": max_failures,
                                    "log_level": log_level, "delay_failed_login": delay})
+
+
+def pipelined(proc: ServerProcess, commands: bytes) -> list[bytes]:
+    """Send ``commands`` in one packet once the greeting came; return the code of each reply
+    (the last line of a multi-line one) the server sent until it closed the connection."""
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
+        replies = sock.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        sock.sendall(commands)
+        return [line[:3] for line in replies.read().split(b"\r\n") if line[3:4] == b" "]
 
 
 def failed_logins(proc: ServerProcess) -> int:
@@ -57,20 +71,49 @@ def test_a_reload_changes_the_delay_and_both_hold(emulator, tmp_path):
         waiting.close()
 
 
+@pytest.mark.parametrize("delay", ["0", "1"])
+def test_commands_sent_ahead_of_a_530_are_answered_after_it_in_order(emulator, tmp_path,
+                                                                      delay):
+    """USER, a wrong PASS, USER, the right PASS, PWD and QUIT in one packet: one reply each,
+    in the order of the commands (RFC 959), the commands after the wrong PASS run once its 530
+    was sent. Delay 0 takes the same delayed path (the 530 is sent from the event loop's next
+    turn). Before: pyftpdlib ran the lines read with the wrong PASS while its 530 waited, so
+    the QUIT closed the session and the 530 was never sent."""
+    with delay_server(emulator, tmp_path, delay) as proc:
+        codes = pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
+                                b"PASS ops-pw\r\nPWD\r\nQUIT\r\n")
+    assert codes == [b"331", b"530", b"331", b"230", b"257", b"221"]
+
+
+def test_a_ban_at_the_530_drops_the_commands_sent_ahead(emulator, tmp_path):
+    """With a ban at the first failure, the wrong PASS gets its 530, then the ban's 421, and
+    the session closes: the USER and the right PASS sent ahead are not run (no login).
+    Before: the USER sent ahead ran during the delay and got the ban's 421 first; the 530
+    was never sent."""
+    with delay_server(emulator, tmp_path, "0", max_failures="1") as proc:
+        codes = pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
+                                b"PASS ops-pw\r\n")
+        assert codes == [b"331", b"530", b"421"]
+        assert failed_logins(proc) == 1
+        assert "USER 'ops' logged in." not in proc.log_text()
+
+
 def test_a_quit_sent_ahead_of_the_530_closes_the_session_cleanly(emulator, tmp_path):
-    """USER, a wrong PASS and QUIT in one packet: pyftpdlib reads on while the 530 waits, so
-    the QUIT closes the session (221) first. The delayed 530 then finds it closed and must not
-    register its socket again: that raised EBADF, an unhandled exception in the log (what
-    test_reliability's fuzzing met once the tests' servers answered failed logins at once).
-    The session's event loop ending (pyftpdlib's "closing IOLoop", DEBUG) says the delayed
-    call ran: it is the loop's last task."""
+    """USER, a wrong PASS and QUIT in one packet: the QUIT, read with the PASS, runs once
+    the 530 was sent, and closes the session (221). Before, it ran during the delay: 221
+    first, and no 530 (the delayed answer found the session closed; registering its socket
+    again had raised EBADF, an unhandled exception in the log, what test_reliability's
+    fuzzing met once the tests' servers answered failed logins at once). The session's event
+    loop ending (pyftpdlib's "closing IOLoop", DEBUG) says the delayed call ran: it is the
+    loop's last task."""
     with delay_server(emulator, tmp_path, "0", log_level="DEBUG") as proc:
         ended_before = proc.log_text().count("closing IOLoop")
         with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
             replies = sock.makefile("rb")
             assert replies.readline().startswith(b"220")
             sock.sendall(b"USER ops\r\nPASS a-wrong-guess\r\nQUIT\r\n")
-            assert replies.read() == b"331 Username ok, send password.\r\n221 Goodbye.\r\n"
+            assert replies.read() == (b"331 Username ok, send password.\r\n"
+                                      b"530 Authentication failed.\r\n221 Goodbye.\r\n")
         wait_until(lambda: proc.log_text().count("closing IOLoop") > ended_before,
                    what="the session's event loop to end")
         assert "unhandled exception" not in proc.log_text()

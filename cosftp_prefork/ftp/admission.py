@@ -181,9 +181,9 @@ class Admission:
     def add_channel(self, *args, **kwargs) -> None:
         """The session thread registers the connection: count and greet one whose PROXY
         header was read, or which the cluster is to admit (pyftpdlib greets in ``handle``,
-        run at accept). A connection closed while it was off the loop is not registered:
-        a failed login's delayed 530 puts it back, and pyftpdlib reads on during the delay,
-        so a QUIT the client sent ahead has closed it by then (its socket: EBADF)."""
+        run at accept). A connection closed while it was off the loop is not registered
+        (its socket: EBADF): a failed login's delayed answer puts it back, and its idle
+        timeout, say, may have closed it meanwhile."""
         if compat.is_closed(self):
             return
         super().add_channel(*args, **kwargs)

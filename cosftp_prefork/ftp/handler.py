@@ -47,6 +47,7 @@ from .drain import Drain, DrainEnd
 from .hooks import SessionHooks, WorkerHooks
 from .lifecycle import LOGIN_ANEW, TRANSFER_BUSY, TransferLifecycle
 from .logins import AddressBanned, LoginExpired
+from .loginwait import HeldCommands
 from .mounts import session_fs
 from .oplog import OperatorLogs, Transfer
 from .passive import CosPassiveDTP, PassiveRangeExhausted
@@ -98,7 +99,8 @@ class SessionLabel:
         return f"session={id(handler):x} user={handler.username or '-'} ip={handler.remote_ip}"
 
 
-class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDialect, FTPHandler):
+class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommands, ClientDialect,
+                    FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
@@ -269,16 +271,18 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
 
     def _answer_login_later(self, reply: str, close: bool) -> None:
         """Answer a login that failed for another reason than its password as late as a
-        wrong password is answered, reading nothing from the client meanwhile (as
-        pyftpdlib's delayed 530)."""
+        wrong password is answered, reading nothing from the client meanwhile and running
+        the commands it sent ahead after the answer (as pyftpdlib's delayed 530)."""
         def answer() -> None:
             self.add_channel()
             if not compat.is_closed(self):
                 self.respond(reply)
                 if close:
                     self.close_when_done()
+            self.run_held_commands()
 
         self.del_channel()
+        self.hold_commands()
         self.ioloop.call_later(self._failure_delay(), answer, _errback=self.handle_error)
         self.username = ""
 
@@ -337,6 +341,7 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
             self.hooks.banned(self.config.server.ban_time)
         self.auth_failed_timeout = self._failure_delay()  # read by pyftpdlib's delayed 530
         super().handle_auth_failed(msg, password)
+        self.hold_commands()  # until on_login_failed
 
     def on_login(self, username: str) -> None:
         self._report_login(ok=True)
@@ -361,10 +366,12 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, ClientDiale
             user=self.username, anonymous=anonymous, ok=completed))
 
     def on_login_failed(self, username: str, password: str) -> None:
-        """Called after the delayed 530; a banned address is also disconnected."""
+        """Called after the delayed 530; a banned address is also disconnected. Then the
+        commands sent ahead of the 530 run (``ftp.loginwait``)."""
         if self._banned_now:
             self.respond("421 Too many failed logins; try again later.")
             self.close_when_done()
+        self.run_held_commands()
 
     def fs_context(self, account: Optional[AccountConfig] = None,
                    mount: str = "") -> FsContext:

@@ -1,0 +1,59 @@
+"""Commands a client sends ahead of a failed login's answer wait for that answer.
+
+A failed login is answered late (``delay_failed_login``; after the auth hook's timeout too):
+pyftpdlib's delayed 530 and ``CosFTPHandler._answer_login_later`` take the connection off the
+event loop (``del_channel``) and answer from a timer. That stops reading the socket, not
+running the lines already read: asynchat's ``handle_read`` goes on handing over every line
+of the read that brought the PASS. A client that pipelined ``USER / PASS wrong / USER / PASS
+/ PWD / QUIT`` had its next password checked during the delay and got ``331 331 230 257
+221``, the QUIT's 221 before the 530, which then was never sent. RFC 959 answers commands in
+the order they came; vsftpd sleeps and reads nothing meanwhile.
+
+Here the bytes of that read not yet run are set aside when the answer is put off, and run
+once it was sent, as if just read; they are dropped if the answer closed the session (the
+last try, a ban's 421, the auth hook's 421). They are what one read brought, no more
+(``ftp.backpressure``: 4 KiB in clear, one TLS record), as nothing is read while the answer
+waits; ``MAX_HELD`` bounds them all the same: past it the session is closed after the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import compat
+from .backpressure import TLS_READ_SIZE
+
+log = logging.getLogger(__name__)
+
+# The most one read of the control connection brings.
+MAX_HELD = TLS_READ_SIZE
+TOO_MUCH_AHEAD = "421 Too many commands sent ahead of the login's answer."
+
+
+class HeldCommands:
+    """Mixin for the control handler: see the module docstring."""
+
+    _held = b""  # sent after the PASS whose answer waits
+    _held_too_long = False
+
+    def hold_commands(self) -> None:
+        """Set aside what the client sent after the command being run (a PASS whose answer
+        was just put off), until ``run_held_commands``."""
+        held = compat.take_unread_input(self)
+        if len(held) > MAX_HELD:
+            log.warning("%d bytes of commands sent ahead of a login's answer: the session is "
+                        "closed after it", len(held))
+            self._held_too_long, held = True, b""
+        self._held = held
+
+    def run_held_commands(self) -> None:
+        """The login's answer was sent: run the commands set aside, in order, unless the
+        session is closing (they are dropped) or they were too long (421 and close)."""
+        held, self._held = self._held, b""
+        if compat.is_closed(self) or compat.is_closing(self):
+            return
+        if self._held_too_long:
+            self.respond(TOO_MUCH_AHEAD)
+            self.close_when_done()
+        elif held:
+            compat.run_input(self, held)
