@@ -17,27 +17,35 @@ import pytest
 from .conftest import CHEAP_HASH
 from .server_proc import ServerProcess, wait_until
 from .test_governance import OPS, connect, next_reply
+from .tls_clients import client_context, write_certificate
 
 # Long enough that nothing the test does after the first wrong password takes as long.
 LONG = "30"
 
 
 def delay_server(emulator, tmp_path, delay: str, log_level: str = "INFO",
-                 max_failures: str = "0") -> ServerProcess:
+                 max_failures: str = "0", network: dict | None = None) -> ServerProcess:
     """One worker with ``delay_failed_login = delay``; no bans unless ``max_failures`` says
     (these tests fail logins on purpose). ``CHEAP_HASH`` makes each password check a 2 ms
     scrypt."""
     return ServerProcess(str(tmp_path), emulator.port, [*OPS, CHEAP_HASH],
                          optional={"worker_processes": "1", "max_login_failures": max_failures,
-                                   "log_level": log_level, "delay_failed_login": delay})
+                                   "log_level": log_level, "delay_failed_login": delay},
+                         network=network or {})
 
 
-def pipelined(proc: ServerProcess, commands: bytes) -> list[bytes]:
-    """Send ``commands`` in one packet once the greeting came; return the code of each reply
-    (the last line of a multi-line one) the server sent until it closed the connection."""
-    with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
-        replies = sock.makefile("rb")
+def pipelined(proc: ServerProcess, commands: bytes, tls: bool = False) -> list[bytes]:
+    """Send ``commands`` in one packet (one TLS record after AUTH TLS if ``tls``) once the
+    greeting came; return the code of each reply (the last line of a multi-line one) the
+    server sent until it closed the connection."""
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as plain:
+        sock, replies = plain, plain.makefile("rb")
         assert replies.readline().startswith(b"220")
+        if tls:
+            plain.sendall(b"AUTH TLS\r\n")
+            assert replies.readline().startswith(b"234")
+            sock = client_context().wrap_socket(plain, server_hostname="127.0.0.1")
+            replies = sock.makefile("rb")
         sock.sendall(commands)
         return [line[:3] for line in replies.read().split(b"\r\n") if line[3:4] == b" "]
 
@@ -82,6 +90,16 @@ def test_commands_sent_ahead_of_a_530_are_answered_after_it_in_order(emulator, t
     with delay_server(emulator, tmp_path, delay) as proc:
         codes = pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
                                 b"PASS ops-pw\r\nPWD\r\nQUIT\r\n")
+    assert codes == [b"331", b"530", b"331", b"230", b"257", b"221"]
+
+
+def test_commands_sent_ahead_of_a_530_over_tls_are_answered_after_it(emulator, tmp_path):
+    """The same in one TLS record: what one TLS read decrypted waits for the 530 too."""
+    cert, key = write_certificate(tmp_path)
+    with delay_server(emulator, tmp_path / "srv", "0",
+                      network={"tls_certfile": cert, "tls_keyfile": key}) as proc:
+        codes = pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
+                                b"PASS ops-pw\r\nPWD\r\nQUIT\r\n", tls=True)
     assert codes == [b"331", b"530", b"331", b"230", b"257", b"221"]
 
 
