@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -340,9 +339,15 @@ class Gate:
         """The cluster bans ``group`` until ``until`` (found at a refusal, or brought by
         the heartbeat): hold it in this node's own table too (unless that holds a ban of it
         already), so that it stays applied here until it ends whatever becomes of Redis
-        (its keys lost, an outage), and is published again from here (``share``)."""
+        (its keys lost, an outage), and is published again from here (``share``).
+
+        Held to the whole second ``until`` falls in, as the node that earned it holds it
+        (Redis's key ends a fraction later): an unban is judged against a ban's end less
+        ``ban_time`` (``_forget_unbanned``), and a copy rounded up was a second younger than
+        the ban, so an unban in the second the ban began left every copy (found: ``unban
+        --all`` right after a ban; the copy was then published again)."""
         if not self.state.is_banned(group, time.time()):
-            self.state.ban(group, math.ceil(until))
+            self.state.ban(group, int(until))
 
     def _banned_at_accept(self, client: Client) -> bool:
         """:meth:`is_banned` by this node's table, from this worker's copy of it, read again
