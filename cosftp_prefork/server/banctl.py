@@ -250,9 +250,11 @@ def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> 
         return 1
     now = time.time()
     outcome = Outcome()
-    _lift_here(config, address, master_pid, outcome)
+    # Redis first: a worker's heartbeat brings every ban Redis holds to its node's table,
+    # and one that ran between a lift here and the lift in Redis put the ban back here
     if config.cluster.redis_url:
         lift_in_cluster(config, address, int(now), outcome)
+    _lift_here(config, address, master_pid, outcome)
     report = describe(address, outcome, now, bool(config.cluster.redis_url))
     named = address and shown_as(address, config)
     log.info("unban %s by %s: %s", named or "--all", _who(), report)
