@@ -146,8 +146,10 @@ def test_a_ban_earned_in_a_short_outage_reaches_the_other_nodes_when_redis_answe
         wait_until(lambda: "UNREACHABLE" not in status(b), timeout=30,
                    what="every worker of node b to find Redis again")
         assert refused_as_banned(b, "127.0.0.141")
-        assert "cluster: Redis answers again and did not hold 1 ban(s) this node holds " \
-               "(made or brought while it could not be asked): published them" in a.log_text()
+        # Published by the worker that met the outage once Redis answers it again, or by
+        # one that never asked Redis meanwhile, as its node's ban table changed (b0404a8)
+        assert re.search(r"cluster: (Redis answers again and did not hold|published) 1 "
+                         r"ban\(s\) this node holds", a.log_text())
 
 
 def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, redis6,  # noqa: F811
