@@ -48,6 +48,17 @@ class ClusterTrouble(Exception):
         self.unsure = False
 
 
+@dataclass
+class _Unbanning:
+    """What an unban did so far, for the report of one Redis refused part way."""
+
+    started: bool = False  # its first call was made
+    bans: int = 0  # deleted by the calls that answered
+    failures: int = 0  # the failed logins those counted
+    at_note: bool = False  # every delete landed; Redis refused only the note to the nodes
+    sent: bool = False  # a call sent, its answer not read yet (it may have run)
+
+
 @dataclass(frozen=True)
 class ClusterEntry:
     """One address the cluster's Redis holds a ban or failed logins for."""
@@ -94,29 +105,28 @@ class ClusterAdmin:
         unban for the nodes' workers; return how many bans ran and the failed logins that
         were counted. Raises ``ClusterTrouble``, with what was deleted before (``done``)
         and whether only the note was refused (``at_note``)."""
-        done: list[int] = []  # bans, failed logins deleted by the calls done
-        at_note: list[bool] = []
-        sent: list[bool] = []  # an unban script sent, its answer not read yet
+        progress = _Unbanning()
 
         def lift() -> tuple[int, int]:
+            progress.started = True
             if ip is not None:
-                done[:] = [0, 0]
                 self._unban([ban_key(ip), PREFIX + "fail:" + client_key(ip)],
-                            client_key(ip), when, done, at_note, sent)
-                return done[0], done[1]
-            done[:] = [0, 0]
+                            client_key(ip), when, progress)
+                return progress.bans, progress.failures
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
-                    self._unban(page, "", when, done, at_note, sent)
-            self._unban([], "*", when, done, at_note, sent)  # the nodes drop their copies
-            return done[0], done[1]
+                    self._unban(page, "", when, progress)
+            self._unban([], "*", when, progress)  # the nodes drop their copies
+            return progress.bans, progress.failures
         try:
             return self._call("unban", lift)
         except ClusterTrouble as exc:
             # (a page's script is one call; one refused before its deletes is not counted)
-            exc.at_note = bool(at_note)
-            exc.unsure = bool(sent) and isinstance(exc.__cause__, redis.TimeoutError)
-            exc.done = (done[0], done[1]) if done and (any(done) or at_note) else None
+            exc.at_note = progress.at_note
+            exc.unsure = progress.sent and isinstance(exc.__cause__, redis.TimeoutError)
+            deleted = progress.bans or progress.failures or progress.at_note
+            exc.done = (progress.bans, progress.failures) if progress.started and deleted \
+                else None
             raise
 
     def evaluate_each(self, what: str, body: str, calls: Sequence[tuple[list, list]]
@@ -138,21 +148,21 @@ class ClusterAdmin:
             return answers
         return self._call(what, run)
 
-    def _unban(self, keys: list[str], what: str, when: int, done: list[int],
-               at_note: list[bool], sent: list[bool]) -> None:
+    def _unban(self, keys: list[str], what: str, when: int, progress: _Unbanning) -> None:
         """Run the unban script (``scripts.UNBAN``) once, adding the bans and failed logins
-        it deleted to ``done``; raise redis-py's ``ResponseError`` with what Redis answered
-        its note, if it refused that after the deletes (``at_note`` then holds True).
-        ``sent`` holds True while the call waits for its answer (one that never comes in
-        time leaves it so: the script may have run)."""
-        sent[:] = [True]
+        it deleted to ``progress``; raise redis-py's ``ResponseError`` with what Redis
+        answered its note, if it refused that after the deletes (``progress.at_note``).
+        ``progress.sent`` is True while the call waits for its answer (one that never comes
+        in time leaves it so: the script may have run)."""
+        progress.sent = True
         answer, _ = self._scripts["unban"](
             [PREFIX + "unbans", PREFIX + "unban-count", *keys],
             [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:"])
-        sent.clear()
-        done[:] = [done[0] + int(answer[0]), done[1] + int(answer[1])]
+        progress.sent = False
+        progress.bans += int(answer[0])
+        progress.failures += int(answer[1])
         if answer[2]:
-            at_note.append(True)
+            progress.at_note = True
             raise redis.ResponseError(str(answer[2]))
 
     def _values(self, prefix: str) -> tuple[dict[str, tuple[str, int]], bool]:
