@@ -19,7 +19,7 @@ from ..server.banctl import (
     Outcome,
     allowlisted,
     describe,
-    lift_in_cluster,
+    lift_everywhere,
     lift_running,
     parse_address,
     shown_as,
@@ -100,9 +100,9 @@ def _seconds(value: Optional[Any], default: int) -> int:
 def lift(context: Context, address: str) -> Response:
     wanted = _address(address, context)
     outcome, config = Outcome(), context.config
-    lift_running(context.state, wanted, context.master_alive, outcome, config.server.pid_file)
-    if config.cluster.redis_url:
-        lift_in_cluster(config, wanted, int(time.time()), outcome)
+    lift_everywhere(config, wanted, time.time(), outcome,
+                    lambda: lift_running(context.state, wanted, context.master_alive, outcome,
+                                         config.server.pid_file))
     now = time.time()
     report = describe(wanted, outcome, now, bool(config.cluster.redis_url))
     body = {"address": shown_as(wanted, config), "lifted": bool(outcome.lifted(now)),

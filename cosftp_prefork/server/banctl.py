@@ -250,17 +250,26 @@ def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> 
         return 1
     now = time.time()
     outcome = Outcome()
-    # Redis first: a worker's heartbeat brings every ban Redis holds to its node's table,
-    # and one that ran between a lift here and the lift in Redis put the ban back here
-    if config.cluster.redis_url:
-        lift_in_cluster(config, address, int(now), outcome)
-    _lift_here(config, address, master_pid, outcome)
+    lift_everywhere(config, address, now, outcome,
+                    lambda: _lift_here(config, address, master_pid, outcome))
     report = describe(address, outcome, now, bool(config.cluster.redis_url))
     named = address and shown_as(address, config)
     log.info("unban %s by %s: %s", named or "--all", _who(), report)
     print(f"cosftpctl: {named or 'every address'}: {report}",
           file=sys.stderr if outcome.problems else sys.stdout)
     return 1 if outcome.problems else 0
+
+
+def lift_everywhere(config: Config, address: Optional[str], now: float, outcome: Outcome,
+                    lift_here: Callable[[], object]) -> None:
+    """Lift the ban of ``address`` (every address: None) in the cluster's Redis, if there is
+    one, then on this node (``lift_here``, which adds to ``outcome`` as the Redis lift does).
+    Redis first: a worker's heartbeat brings every ban Redis holds to its node's table, and
+    one that ran between a lift here and the lift in Redis put the ban back here until the
+    next heartbeat brought the unban."""
+    if config.cluster.redis_url:
+        lift_in_cluster(config, address, int(now), outcome)
+    lift_here()
 
 
 def _lift_here(config: Config, address: Optional[str], master_pid: MasterPid,
