@@ -166,8 +166,9 @@ def _add_cluster(config: Config, listed: dict[str, Listed]) -> bool:
     try:
         entries, cut = admin.entries()
     except ClusterTrouble as exc:
-        print(f"cosftpctl: the cluster's bans are not listed (only this node's): {exc}",
-              file=sys.stderr)
+        # (Redis's answer may quote what others wrote there: a key's name)
+        print(f"cosftpctl: the cluster's bans are not listed (only this node's): "
+              f"{escape_controls(str(exc))}", file=sys.stderr)
         return False
     finally:
         admin.close()
@@ -255,7 +256,9 @@ def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> 
     report = describe(address, outcome, now, bool(config.cluster.redis_url))
     named = address and shown_as(address, config)
     log.info("unban %s by %s: %s", named or "--all", _who(), report)
-    print(f"cosftpctl: {named or 'every address'}: {report}",
+    # (the log's formatter escapes the line; the terminal needs it as much: the problems
+    # quote what Redis answered)
+    print(f"cosftpctl: {named or 'every address'}: {escape_controls(report)}",
           file=sys.stderr if outcome.problems else sys.stdout)
     return 1 if outcome.problems else 0
 

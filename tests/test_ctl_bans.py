@@ -1,0 +1,52 @@
+"""``cosftpctl bans`` and ``unban`` as commands: what they read of the configuration file,
+and what they print of what Redis answers. What they do to bans is in test_bans (this node)
+and test_cluster_redis / test_redis_refusals (the cluster)."""
+
+from __future__ import annotations
+
+import redis
+
+from .server_proc import Account, ServerProcess
+from .test_cluster import start_redis
+
+ACCOUNT = Account("alice", "alice-pw", "alpha-1250000000")
+# A key under the bans' prefix whose name is no address: anyone who may write to the
+# cluster's Redis can plant one. Its name carries a terminal's escape sequences (clear the
+# screen, set the window title) and a right-to-left override.
+PLANTED = "cosftp:ban:\x1b[2J\x1b]0;owned\x07\u202e"
+
+
+def stopped_node(tmp_path, redis_port: int, cluster: str = "") -> ServerProcess:
+    """The configuration of a node of the cluster whose Redis listens on ``redis_port``
+    (``cluster``: more [CLUSTER] lines), written; no server runs: ``bans`` and ``unban``
+    read the bans it saved, and Redis's."""
+    proc = ServerProcess(str(tmp_path / "node"), 1, [ACCOUNT])
+    proc.write_config()
+    with open(proc.config_path, "a", encoding="utf-8") as handle:
+        handle.write(f"\n[CLUSTER]\nredis_url = redis://127.0.0.1:{redis_port}/0\n{cluster}")
+    return proc
+
+
+def test_what_redis_answers_is_printed_escaped(tmp_path):
+    """A Redis that answers the scripts' EVALSHA with an error quoting the call (here: the
+    command renamed away, which Redis answers ``unknown command 'EVALSHA', with args
+    beginning with: ...``, the keys included) writes the name of a key it holds to
+    cosftpctl's stderr. Found: written raw, escape sequences and all, to the operator's
+    terminal. Now escaped as the log escapes what clients send (``\\x1b``)."""
+    server = start_redis(tmp_path, 0, "--rename-command", "EVALSHA", "")
+    direct = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        direct.set(PLANTED, "1", px=300_000)
+        proc = stopped_node(tmp_path, server.port)
+        for args, words in ((("bans",), "the cluster's bans are not listed"),
+                            (("unban", "--all"), "the cluster's ban(s) NOT lifted")):
+            done = proc.ctl(*args)
+            assert words in done.stderr, done.stderr
+            assert "unknown command 'EVALSHA'" in done.stderr, done.stderr
+            assert "cosftp:ban:\\x1b[2J" in done.stderr, done.stderr
+            assert not {"\x1b", "\x07", "\u202e"} & set(done.stdout + done.stderr), \
+                done.stderr
+            assert done.returncode in (1, 3), done.stderr
+    finally:
+        direct.close()
+        server.stop()
