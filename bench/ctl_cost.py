@@ -1,9 +1,12 @@
-"""What ``cosftpctl stop``, ``status`` and ``sessions`` cost with thousands of accounts.
+"""What ``cosftpctl stop``, ``status``, ``sessions``, ``bans`` and ``unban`` cost with
+thousands of accounts.
 
 A configuration of ``--accounts`` accounts (``tests/server_proc.py`` ``many_accounts``) is
 written; ``stop`` is run while no server runs (exit 3: what it reads of the file and its look
-for a server, without the wait for one to end), then a server is started and ``status`` and
-``sessions`` are run against it. Each command is its own process, run from ``/``; what it
+for a server, without the wait for one to end), then a server is started and ``status``,
+``sessions``, ``bans`` and ``unban 192.0.2.7`` (an address not banned: the command still
+changes the ban table, waits for the master to save it and writes its audit line) are run
+against it; no ``[CLUSTER]``. Each command is its own process, run from ``/``; what it
 costs is its CPU (user + sys, from ``wait4``: steadier than wall time on a loaded machine)
 and its wall time. With ``--before TREE`` (a source tree of another version, e.g.
 ``git archive <commit> | tar -x -C TREE``), each run of a command under that tree's package
@@ -35,14 +38,14 @@ from tests.server_proc import ServerProcess, many_accounts  # noqa: E402
 BUCKET, SHARED = "tenants-1250000000", "shared-1250000000"
 
 
-def run(config: str, command: str, tree: Optional[str]) -> dict[str, float]:
-    """One ``cosftpctl -c config command`` (under ``tree``'s package if given): its wall
+def run(config: str, command: list[str], tree: Optional[str]) -> dict[str, float]:
+    """One ``cosftpctl -c config COMMAND...`` (under ``tree``'s package if given): its wall
     seconds, CPU seconds and exit status."""
     env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = tree
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cosftp_prefork", "-c", config, command],
+    proc = subprocess.Popen([sys.executable, "-m", "cosftp_prefork", "-c", config, *command],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             cwd="/")
     _, status, usage = os.wait4(proc.pid, 0)
@@ -71,7 +74,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     load = os.getloadavg()[0]
     runs: dict[str, dict[str, list]] = {}
 
-    def measure(config: str, command: str, label: str) -> None:
+    def measure(config: str, command: list[str], label: str) -> None:
         for _ in range(args.runs):
             for name, tree in trees.items():
                 runs.setdefault(label, {}).setdefault(name, []).append(
@@ -81,14 +84,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         server = ServerProcess(tmp, emulator.port,
                                many_accounts(args.accounts, BUCKET, "t/", SHARED))
         server.write_config()
-        measure(server.config_path, "stop", "stop, none running")
+        measure(server.config_path, ["stop"], "stop, none running")
         started = server.start_daemon()
         if started.returncode:
             print(started.stderr, file=sys.stderr)
             return 1
         try:
-            measure(server.config_path, "status", "status")
-            measure(server.config_path, "sessions", "sessions")
+            measure(server.config_path, ["status"], "status")
+            measure(server.config_path, ["sessions"], "sessions")
+            measure(server.config_path, ["bans"], "bans")
+            measure(server.config_path, ["unban", "192.0.2.7"], "unban, not banned")
         finally:
             server.ctl("stop")
     print(json.dumps({"accounts": args.accounts, "runs": args.runs,

@@ -19,6 +19,7 @@ from cosftp_prefork.config.model import (
     MIB,
     SECRET_OPTIONS,
     AccountConfig,
+    BanOptions,
     Config,
     Located,
     NetworkConfig,
@@ -32,6 +33,7 @@ from cosftp_prefork.config.placeholders import find_placeholders
 from cosftp_prefork.config.settings import (
     hook_account,
     load_config,
+    locate_bans,
     locate_server,
     parse_config,
 )
@@ -843,6 +845,62 @@ def test_locating_takes_each_option_as_loading_does_and_names_what_it_cannot_use
         f"{path} [OPTIONAL] log_dir: environment variable RUN_DIR is not set",
         f"{path} [NETWORK] listen_port: must be an integer, got 'ftp'",
         f"{path} [OPTIONAL] stop_timeout: must be between 10 and 3600, got 1")
+
+
+def test_bans_read_of_the_file_what_loading_reads_there(tmp_path):
+    """What cosftpctl bans and unban read of the file (locate_bans: where the server is,
+    the options of the bans, [CLUSTER]) is what load_config reads there: ${NAME}, paths
+    following the file, the node's name made of the host's and listen_port."""
+    path = tmp_path / "vsftpd.conf"
+    text = set_option(MINIMAL, "OPTIONAL", "log_dir", "${RUN_DIR}/log")
+    for option, value in (("max_login_failures", "3"), ("login_failure_window", "90"),
+                          ("ban_time", "1200"), ("ban_allowlist", "192.0.2.0/24, 2001:db8::/48"),
+                          ("ipv6_prefix_length", "56")):
+        text = set_option(text, "OPTIONAL", option, value)
+    text = set_option(text, "NETWORK", "listen_port", "2200")
+    for option, value in (("redis_url", "redis://:${REDIS_PASSWORD}@10.0.0.20:6379/0"),
+                          ("redis_down", "Closed"), ("redis_timeout", "250"),
+                          ("redis_check_interval", "2")):
+        text = set_option(text, "CLUSTER", option, value)
+    path.write_text(text)
+    environ = {"RUN_DIR": "/srv/ftp", "REDIS_PASSWORD": "s3cret"}
+    config = load_config(str(path), environ)
+    found = locate_bans(str(path), environ)
+    server = config.server
+    assert found.server == BanOptions(
+        server.pid_file, server.log_dir, server.max_login_failures,
+        server.login_failure_window, server.ban_time, server.ban_allowlist,
+        server.ipv6_prefix_length)
+    assert found.server.pid_file == "/srv/ftp/log/cosftp.pid"
+    assert found.server.ipv6_prefix_length == 56 and found.server.ban_time == 1200
+    assert found.cluster == config.cluster
+    assert found.cluster.node_id.endswith(":2200") and found.cluster.redis_timeout == 0.25
+    assert found.located == locate_server(str(path), environ)
+    assert found.problems == ()
+
+
+@pytest.mark.parametrize(("section", "option", "value"), [
+    ("CLUSTER", "redis_url", "http://10.0.0.20:6379"),
+    ("CLUSTER", "redis_url", "redis://:${REDIS_PASSWORD}@10.0.0.20:6379/0"),
+    ("CLUSTER", "redis_down", "maybe"),
+    ("CLUSTER", "redis_timeout", "0"),
+    ("CLUSTER", "redis_check_interval", "often"),
+    ("OPTIONAL", "ipv6_prefix_length", "32"),
+    ("OPTIONAL", "ban_allowlist", "192.0.2.0/33"),
+    ("OPTIONAL", "pid_file", "${PID_DIR}/x.pid"),
+])
+def test_bans_name_an_option_they_cannot_use_as_loading_does(tmp_path, section, option,
+                                                              value):
+    """An option bans and unban read but cannot use is named (section, option, problem)
+    in the words load_config refuses the file with, whatever else is wrong in the file."""
+    path = tmp_path / "vsftpd.conf"
+    path.write_text(set_option(MINIMAL, section, option, value))
+    with pytest.raises(ConfigError) as refused:
+        load_config(str(path), {})
+    path.write_text(set_option(MINIMAL, section, option, value) +
+                    "[COS_ACCOUNT_late]\nauthority = X\n")
+    assert locate_bans(str(path), {}).problems == (str(refused.value),)
+    assert f"[{section}] {option}: " in str(refused.value)
 
 
 def whole_file_location(path: str) -> tuple[str, int]:

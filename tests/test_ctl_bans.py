@@ -4,6 +4,8 @@ and test_cluster_redis / test_redis_refusals (the cluster)."""
 
 from __future__ import annotations
 
+import re
+
 import redis
 
 from .server_proc import Account, ServerProcess
@@ -16,11 +18,12 @@ ACCOUNT = Account("alice", "alice-pw", "alpha-1250000000")
 PLANTED = "cosftp:ban:\x1b[2J\x1b]0;owned\x07\u202e"
 
 
-def stopped_node(tmp_path, redis_port: int, cluster: str = "") -> ServerProcess:
+def stopped_node(tmp_path, redis_port: int, cluster: str = "",
+                 name: str = "node") -> ServerProcess:
     """The configuration of a node of the cluster whose Redis listens on ``redis_port``
-    (``cluster``: more [CLUSTER] lines), written; no server runs: ``bans`` and ``unban``
-    read the bans it saved, and Redis's."""
-    proc = ServerProcess(str(tmp_path / "node"), 1, [ACCOUNT])
+    (``cluster``: more [CLUSTER] lines), written in ``tmp_path / name``; no server runs:
+    ``bans`` and ``unban`` read the bans it saved, and Redis's."""
+    proc = ServerProcess(str(tmp_path / name), 1, [ACCOUNT])
     proc.write_config()
     with open(proc.config_path, "a", encoding="utf-8") as handle:
         handle.write(f"\n[CLUSTER]\nredis_url = redis://127.0.0.1:{redis_port}/0\n{cluster}")
@@ -47,6 +50,43 @@ def test_what_redis_answers_is_printed_escaped(tmp_path):
             assert not {"\x1b", "\x07", "\u202e"} & set(done.stdout + done.stderr), \
                 done.stderr
             assert done.returncode in (1, 3), done.stderr
+    finally:
+        direct.close()
+        server.stop()
+
+
+def test_bans_and_unban_do_not_need_the_accounts_to_be_valid(tmp_path):
+    """bans and unban read where the server is, the options of the bans and [CLUSTER]
+    (settings.locate_bans), not the accounts: with 5,000 of them the whole file took
+    0.75 s of CPU to validate, and a ban must be liftable while an account is being
+    edited. Found: both refused such a file (`configuration error: ... [COS_ACCOUNT_late]
+    ...`, exit 2). An option they read that cannot be used is refused as before, in
+    load_config's words (the section, the option, the problem)."""
+    server = start_redis(tmp_path)
+    direct = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        direct.set("cosftp:ban:192.0.2.7", "1", px=300_000)
+        direct.set("cosftp:fail:192.0.2.7", "2", px=300_000)
+        proc = stopped_node(tmp_path, server.port)
+        with open(proc.config_path, "a", encoding="utf-8") as handle:
+            handle.write("\n[COS_ACCOUNT_late]\nauthority = X\n")
+        assert "[COS_ACCOUNT_late]" in proc.ctl("check").stderr
+        listed = proc.ctl("bans")
+        assert re.search(r"^192\.0\.2\.7 +2 .* cluster$", listed.stdout, re.M), listed.stdout
+        assert listed.returncode == 3, listed.stderr  # (not running: the saved bans)
+        lifted = proc.ctl("unban", "192.0.2.7")
+        assert "192.0.2.7: ban lifted in the cluster; 2 failed login(s) forgotten" in \
+            lifted.stdout, lifted.stdout + lifted.stderr
+        assert lifted.returncode == 0, lifted.stderr
+        assert not direct.exists("cosftp:ban:192.0.2.7", "cosftp:fail:192.0.2.7")
+
+        bad = stopped_node(tmp_path, server.port, "redis_timeout = 0\n", name="bad")
+        refused = bad.ctl("check").stderr
+        assert refused == f"cosftpctl: configuration error: {bad.config_path} [CLUSTER] " \
+                          f"redis_timeout: must be between 1 and 10000, got 0\n", refused
+        for args in (("bans",), ("unban", "192.0.2.7"), ("unban", "--all")):
+            done = bad.ctl(*args)
+            assert (done.returncode, done.stdout, done.stderr) == (2, "", refused)
     finally:
         direct.close()
         server.stop()

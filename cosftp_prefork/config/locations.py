@@ -55,6 +55,8 @@ def default_pid_file(log_dir: str) -> str:
 # listening address and port and the stop's timeouts are written, and configparser's DEFAULT
 # section, whose options every section inherits.
 LOCATING_SECTIONS = ("OPTIONAL", "NETWORK", configparser.DEFAULTSECT)
+# And ``settings.locate_bans``'s: those, and how to reach the cluster's Redis.
+BANS_SECTIONS = (*LOCATING_SECTIONS, "CLUSTER")
 # A line whose first character that is not white space is "[": a section header, unless
 # configparser takes it for the continuation of a value (then it is indented).
 _BRACKET_LINE = re.compile(r"^[^\S\n]*\[.*$", re.M)
@@ -72,24 +74,26 @@ def read_config_file(path: str) -> tuple[str, str]:
         raise ConfigError(f"cannot read configuration file: {exc}", absolute) from None
 
 
-def locating_parser(text: str, config_path: str) -> configparser.RawConfigParser:
-    """What configparser reads of ``LOCATING_SECTIONS`` in ``text``, the file at
-    ``config_path``, as it reads a file that may not validate: its defaults for what it
-    does not find, an invalid section, option or line elsewhere skipped as it skips it
-    (``settings.locate_server`` judges the options it takes from it)."""
+def locating_parser(text: str, config_path: str,
+                    sections: tuple[str, ...] = LOCATING_SECTIONS
+                    ) -> configparser.RawConfigParser:
+    """What configparser reads of ``sections`` (they include ``DEFAULTSECT``) in ``text``,
+    the file at ``config_path``, as it reads a file that may not validate: its defaults
+    for what it does not find, an invalid section, option or line elsewhere skipped as it
+    skips it (``settings.locate_server`` judges the options it takes from it)."""
     parser = configparser.RawConfigParser(inline_comment_prefixes=("#",), strict=False)
-    wanted = _locating_sections(text)
+    wanted = _locating_sections(text, sections)
     with contextlib.suppress(configparser.Error):
         parser.read_string(text if wanted is None else wanted, source=config_path)
     return parser
 
 
-def _locating_sections(text: str) -> Optional[str]:
-    """The parts of ``text`` configparser would read as ``LOCATING_SECTIONS``, in their
-    order: what it reads there is what it reads in the whole text, found without its
-    per-line work over thousands of account sections (0.4-0.55 s for 5,000). None when
-    only configparser can tell: a bracket line that is indented may be the continuation of
-    a value rather than a header."""
+def _locating_sections(text: str, sections: tuple[str, ...]) -> Optional[str]:
+    """The parts of ``text`` configparser would read as ``sections``, in their order:
+    what it reads there is what it reads in the whole text, found without its per-line
+    work over thousands of account sections (0.4-0.55 s for 5,000). None when only
+    configparser can tell: a bracket line that is indented may be the continuation of a
+    value rather than a header."""
     headers = []  # (offset, section) of each line configparser takes for a header
     for line in _BRACKET_LINE.finditer(text):
         if not line.group().startswith("["):
@@ -101,7 +105,7 @@ def _locating_sections(text: str) -> Optional[str]:
         return ""  # configparser stops at a line before any header: it reads nothing
     ends = [offset for offset, _ in headers[1:]] + [len(text)]
     return "".join(text[start:end] for (start, name), end in zip(headers, ends)
-                   if name in LOCATING_SECTIONS)
+                   if name in sections)
 
 
 def _without_comment(line: str) -> str:

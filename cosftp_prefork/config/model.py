@@ -10,7 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from .hooks import (
     HooksConfig,
@@ -392,6 +392,35 @@ class Located:
 
 
 @dataclass(frozen=True)
+class BanOptions:
+    """The options of the bans, as ``ServerConfig`` holds them too (the same names): what
+    ``cosftpctl bans`` and ``unban`` read of ``[OPTIONAL]`` besides where the server is."""
+
+    pid_file: str
+    log_dir: str
+    max_login_failures: int
+    login_failure_window: int
+    ban_time: int
+    ban_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    ipv6_prefix_length: int
+
+
+@dataclass(frozen=True)
+class LocatedBans:
+    """What ``cosftpctl bans`` and ``unban`` read of a file they do not validate whole
+    (``settings.locate_bans``): where its server is, its ban options and ``[CLUSTER]``,
+    under the names ``Config`` gives them (``server``, ``cluster``), so that the code of
+    the bans takes either (``BanScope``). ``problems``: the options read whose value could
+    not be used, each worded as ``load_config`` words it; the commands refuse the file
+    then, as ``load_config`` would."""
+
+    located: Located
+    server: BanOptions
+    cluster: ClusterConfig
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     accounts: tuple[AccountConfig, ...]
@@ -424,3 +453,7 @@ class Config:
         scopes = [self.hooks.server, *(a.hooks for a in self.accounts)]
         return any(scope.pre_upload or scope.pre_delete for scope in scopes)
 
+
+# What the code of the bans (``server.banctl``) reads a configuration as: the whole of it
+# (the server, its admin API), or what ``cosftpctl bans`` and ``unban`` read of the file.
+BanScope = Union[Config, LocatedBans]

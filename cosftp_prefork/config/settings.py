@@ -32,6 +32,8 @@ from .hooks import (
     ScopeHooks,
 )
 from .locations import (
+    BANS_SECTIONS,
+    LOCATING_SECTIONS,
     base_dir,
     default_pid_file,
     locating_parser,
@@ -53,10 +55,12 @@ from .model import (
     AccountLimits,
     AdminConfig,
     AuthHookConfig,
+    BanOptions,
     ClusterConfig,
     Config,
     FolderConfig,
     Located,
+    LocatedBans,
     NetworkConfig,
     OperatorConfig,
     ProxyConfig,
@@ -664,26 +668,61 @@ def locate_server(config_path: str, environ: Optional[Mapping[str, str]] = None)
 def locate_in_text(text: str, config_path: str,
                    environ: Optional[Mapping[str, str]] = None) -> Located:
     """``locate_server`` of the file at ``config_path`` whose text is ``text``."""
-    reader = _Reader(locating_parser(text, config_path), config_path,
-                     os.environ if environ is None else environ)
-    problems = []
+    return _located(_Picker(text, config_path, LOCATING_SECTIONS, environ))
 
-    def value(section: str, name: str, unusable: Any = None) -> Any:
+
+def locate_bans(config_path: str, environ: Optional[Mapping[str, str]] = None) -> LocatedBans:
+    """What ``cosftpctl bans`` and ``unban`` need of the file at ``config_path``: where its
+    server is, the options of the bans and ``[CLUSTER]`` (``LocatedBans``), read as
+    ``locate_server`` reads (only ``config.locations.BANS_SECTIONS``, each option as
+    ``load_config`` takes it), so that they neither wait for thousands of accounts to be
+    parsed nor depend on them being valid. Every option whose value cannot be used is
+    named in ``problems`` as ``load_config`` names it. Raises ``ConfigError``, worded as
+    ``load_config``'s, if the file cannot be read."""
+    absolute, text = read_config_file(config_path)
+    picker = _Picker(text, absolute, BANS_SECTIONS, environ)
+    located = _located(picker)
+    bans = BanOptions(located.pid_file, located.log_dir,
+                      **{name: picker.value("OPTIONAL", name) for name in _BAN_OPTIONS})
+    cluster = {name: picker.value("CLUSTER", name) for name in BY_SECTION["CLUSTER"]}
+    return LocatedBans(located, bans, _cluster(cluster, located.port), tuple(picker.problems))
+
+
+# The options of [OPTIONAL] ``BanOptions`` holds besides where the server is.
+_BAN_OPTIONS = ("max_login_failures", "login_failure_window", "ban_time", "ban_allowlist",
+                "ipv6_prefix_length")
+
+
+class _Picker:
+    """Single options of a file read without validating the rest (``locate_server``,
+    ``locate_bans``): of ``sections`` only, each as ``load_config`` reads it."""
+
+    def __init__(self, text: str, config_path: str, sections: tuple[str, ...],
+                 environ: Optional[Mapping[str, str]]) -> None:
+        self.reader = _Reader(locating_parser(text, config_path, sections), config_path,
+                              os.environ if environ is None else environ)
+        self.problems: list[str] = []  # the options whose value could not be used
+
+    def value(self, section: str, name: str, unusable: Any = None) -> Any:
         """The option's value, else (named in ``problems``) ``unusable``, or its default."""
         setting = BY_SECTION[section][name]
+        reader = self.reader
         try:
             return reader._value(section, setting, reader.parser.get(section, name,
                                                                       fallback=""))
         except ConfigError as exc:
-            problems.append(str(exc))
+            self.problems.append(str(exc))
             return reader._value(section, setting, "") if unusable is None else unusable
 
-    log_dir = value("OPTIONAL", "log_dir")
-    return Located(value("OPTIONAL", "pid_file") or default_pid_file(log_dir),
-                   value("NETWORK", "listen_port", unusable=0),
-                   value("NETWORK", "listen_address"), log_dir,
-                   value("OPTIONAL", "graceful_timeout"), value("OPTIONAL", "stop_timeout"),
-                   tuple(problems))
+
+def _located(picker: _Picker) -> Located:
+    """Where the server is, as ``picker`` reads it; ``problems``: those it met so far."""
+    log_dir = picker.value("OPTIONAL", "log_dir")
+    return Located(picker.value("OPTIONAL", "pid_file") or default_pid_file(log_dir),
+                   picker.value("NETWORK", "listen_port", unusable=0),
+                   picker.value("NETWORK", "listen_address"), log_dir,
+                   picker.value("OPTIONAL", "graceful_timeout"),
+                   picker.value("OPTIONAL", "stop_timeout"), tuple(picker.problems))
 
 
 def resolve_masquerade(config: Config) -> Optional[str]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Callable, Optional
 
-from ..config.model import Config
+from ..config.model import BanScope
 from ..logfiles import escape_controls
 from .logs import LOG_FILE_NAME, setup_logging
 from .pidfile import EXIT_NOT_RUNNING
@@ -74,7 +74,7 @@ def parse_address(text: str, prefix: int) -> str:
     return group
 
 
-def as_running(config: Config, master_pid: MasterPid) -> Config:
+def as_running(config: BanScope, master_pid: MasterPid) -> BanScope:
     """``config`` with the ``ipv6_prefix_length`` its running server counts and bans by:
     a reload keeps the one the server started with (``reload.read_new_config``), so the
     file may say another until the next start. ``config`` itself if none runs."""
@@ -90,12 +90,12 @@ def as_running(config: Config, master_pid: MasterPid) -> Config:
     return replace(config, server=replace(config.server, ipv6_prefix_length=prefix))
 
 
-def shown_as(group: str, config: Config) -> str:
+def shown_as(group: str, config: BanScope) -> str:
     """A group of the ban table as the operator reads it: ``2001:db8::/64``, ``192.0.2.7``."""
     return group_label(group, config.server.ipv6_prefix_length)
 
 
-def allowlisted(group: str, config: Config) -> bool:
+def allowlisted(group: str, config: BanScope) -> bool:
     """True if every address of ``group`` is in ``ban_allowlist`` (its ban is not enforced)."""
     network = ipaddress.ip_network(shown_as(group, config), strict=False)
     return any(network.version == allowed.version and network.subnet_of(allowed)
@@ -118,7 +118,7 @@ class Listed:
         self.where.add(where)
 
 
-def cmd_bans(config: Config, master_pid: MasterPid) -> int:
+def cmd_bans(config: BanScope, master_pid: MasterPid) -> int:
     """Print every address banned, or with failed logins in the window, on this node (the
     running server's table, else the bans a stopped one saved) and in the cluster; return
     0, 3 if the server is not running, 1 if Redis could not be asked."""
@@ -154,11 +154,11 @@ def cmd_bans(config: Config, master_pid: MasterPid) -> int:
     return status
 
 
-def _spelt(address: str, config: Config) -> str:
+def _spelt(address: str, config: BanScope) -> str:
     return address_group(address, config.server.ipv6_prefix_length)
 
 
-def _add_cluster(config: Config, listed: dict[str, Listed]) -> bool:
+def _add_cluster(config: BanScope, listed: dict[str, Listed]) -> bool:
     """Add what Redis holds to ``listed``; False (said on stderr) if it could not be asked."""
     from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
 
@@ -180,7 +180,7 @@ def _add_cluster(config: Config, listed: dict[str, Listed]) -> bool:
     return True
 
 
-def format_bans(listed: dict[str, Listed], now: float, config: Config) -> str:
+def format_bans(listed: dict[str, Listed], now: float, config: BanScope) -> str:
     server = config.server
     lines = [f"{'ADDRESS':<39} {'FAILURES':>8} {'BANNED UNTIL':<19} {'LEFT':>8}  WHERE"]
     for address in sorted(listed, key=lambda a: ipaddress.ip_address(a).packed):
@@ -232,7 +232,7 @@ class Outcome:
                                                           else 0)
 
 
-def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> int:
+def cmd_unban(config: BanScope, address: Optional[str], master_pid: MasterPid) -> int:
     """Lift the ban of ``address`` (every address: None) everywhere it is held; return 0,
     2 for an argument that is not an address, 1 if some place could not be changed."""
     config = as_running(config, master_pid)
@@ -263,7 +263,7 @@ def cmd_unban(config: Config, address: Optional[str], master_pid: MasterPid) -> 
     return 1 if outcome.problems else 0
 
 
-def lift_everywhere(config: Config, address: Optional[str], now: float, outcome: Outcome,
+def lift_everywhere(config: BanScope, address: Optional[str], now: float, outcome: Outcome,
                     lift_here: Callable[[], object]) -> None:
     """Lift the ban of ``address`` (every address: None) in the cluster's Redis, if there is
     one, then on this node (``lift_here``, which adds to ``outcome`` as the Redis lift does).
@@ -275,7 +275,7 @@ def lift_everywhere(config: Config, address: Optional[str], now: float, outcome:
     lift_here()
 
 
-def _lift_here(config: Config, address: Optional[str], master_pid: MasterPid,
+def _lift_here(config: BanScope, address: Optional[str], master_pid: MasterPid,
                outcome: Outcome) -> None:
     """Forget ``address`` in the running server's table (and wait until its master saved
     the bans file), else in the bans file."""
@@ -335,7 +335,7 @@ def wait_saved(state: SharedState, master_pid: MasterPid) -> bool:
 
 
 def _lift_saved(path: str, address: Optional[str],
-                config: Config) -> list[tuple[str, int]]:
+                config: BanScope) -> list[tuple[str, int]]:
     """Drop ``address`` (every one: None) from the bans file; return the entries dropped.
     The file keeps its owner: root editing it must not lock out a server that runs as
     another user."""
@@ -349,7 +349,7 @@ def _lift_saved(path: str, address: Optional[str],
     return dropped
 
 
-def lift_in_cluster(config: Config, address: Optional[str], now: int,
+def lift_in_cluster(config: BanScope, address: Optional[str], now: int,
                     outcome: Outcome) -> None:
     """Forget ``address`` (every one: None) in the cluster's Redis; a failure goes to
     ``outcome``."""

@@ -19,7 +19,7 @@ from ..config.placeholders import find_placeholders
 from ..config.settings import load_config, locate_in_text, locate_server, resolve_masquerade
 from ..errors import ConfigError
 from ..safefiles import check_directory, open_append
-from .banctl import cmd_bans, cmd_unban
+from .ctl.bans import run_bans
 from .filelayout import OtherLayoutError
 from .files import check_files, hand_over_files
 from .logs import LOG_FILE_NAME, OUT_FILE_NAME
@@ -591,12 +591,6 @@ def cmd_hash_password() -> int:
     return 0
 
 
-def _target(config_path: str, located: Located) -> Target:
-    """What ``cosftpctl`` looks for: the server ``located`` in the file at ``config_path``."""
-    return Target(os.path.abspath(config_path), located.pid_file, located.port,
-                  located.addresses)
-
-
 def _located_anyway(config_path: str) -> Located:
     """``locate_server`` of the file at ``config_path``, each option it could not use
     printed as a configuration error; where the defaults put the server of a file that
@@ -620,9 +614,9 @@ def _run_located(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
-        return cmd_reload(_target(args.config, located), args.timeout)
+        return cmd_reload(Target.located(args.config, located), args.timeout)
     located = _located_anyway(args.config)
-    target = _target(args.config, located)
+    target = Target.located(args.config, located)
     if args.command == "stop":
         return stop(target, args.graceful, located.graceful_timeout, located.stop_timeout)
     if args.command == "status":
@@ -645,6 +639,9 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_hash_password()
     if args.command in LOCATING_COMMANDS:
         return _run_located(args)
+    if args.command in ("bans", "unban"):  # what they read of the file: ctl.bans
+        return run_bans(args.config, args.command == "unban",
+                        None if args.command == "bans" or args.all else args.address)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -658,14 +655,7 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_check(config, args.online, args.timeout)
     if args.command == "quota":
         return cmd_quota(config, args.user)
-    if args.command == "quota-scan":
-        return cmd_quota_scan(config, args.user)
-
-    def master_pid() -> Optional[int]:
-        return find_master(target_of(config))
-    if args.command == "bans":
-        return cmd_bans(config, master_pid)
-    return cmd_unban(config, None if args.all else args.address, master_pid)  # the last one
+    return cmd_quota_scan(config, args.user)  # the last one
 
 
 if __name__ == "__main__":

@@ -164,6 +164,8 @@ saved in <pid_file>.bans, restored at start.""",
         """0  listed
 1  Redis could not be asked, or refused (unreachable, BUSY, LOADING, MASTERDOWN:
    stderr says what it answered; this node's bans are listed)
+2  the file cannot be read, or an option bans reads cannot be used (where the
+   server is, the options of the bans, [CLUSTER]; the accounts are not read)
 3  not running (the saved bans are listed)
 4  the master that runs is of another version (an upgrade since it started):
    its state file is not read; restart it to run this version"""),
@@ -181,7 +183,8 @@ write the state file (the server's, or root).""",
 1  a place could not be changed (Redis unreachable, BUSY, LOADING or refusing
    writes: OOM, READONLY, MISCONF...; the bans file not saved): stderr says what
    Redis answered, what was lifted where, and what was not
-2  not one IPv4 or IPv6 address (a network is refused too)
+2  not one IPv4 or IPv6 address (a network is refused too); or the file cannot
+   be read, or an option unban reads cannot be used (as for bans)
 4  the master that runs is of another version (an upgrade since it started):
    its state file is not changed; restart it to run this version"""),
     "quota": Page(

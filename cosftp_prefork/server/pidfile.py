@@ -21,6 +21,7 @@ from typing import Callable, Optional, TypeVar
 
 import psutil
 
+from ..config.model import Located
 from ..logfiles import escape_controls
 from ..safefiles import open_fd, replace_file
 
@@ -53,6 +54,11 @@ class Target:
     pid_file: str
     port: int = 0
     addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def located(cls, config_path: str, found: Located) -> Target:
+        """The server ``found`` in the file at ``config_path`` (``settings.locate_server``)."""
+        return cls(os.path.abspath(config_path), found.pid_file, found.port, found.addresses)
 
 
 @dataclass(frozen=True)
