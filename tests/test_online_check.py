@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from cosftp_prefork.server.cli import ONLINE_THREADS
+from cosftp_prefork.server.ctl.check import ONLINE_THREADS
 
 from .emulator_proc import EmulatorProcess, sdk_client, strict_emulator
 from .server_proc import Account, ServerProcess, closed_port

@@ -63,7 +63,7 @@ def test_stopped_worker_is_sigkilled_after_the_abort_grace(strict_health):
 
 def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
     """The master marks a worker it sent SIGABRT as ``aborting``; status names the log."""
-    from cosftp_prefork.server.cli import format_status
+    from cosftp_prefork.server.ctl.status import format_status
     from cosftp_prefork.server.scoreboard import ABORTING, SERVING, MasterStatus
 
     state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
@@ -80,7 +80,7 @@ def test_status_points_to_where_an_aborting_workers_stacks_go(tmp_path):
 
 def test_status_says_a_fast_stop_cuts_the_transfers(tmp_path):
     """The master's state goes through the state file's header; status explains it."""
-    from cosftp_prefork.server.cli import format_status
+    from cosftp_prefork.server.ctl.status import format_status
     from cosftp_prefork.server.scoreboard import MasterStatus
 
     state = SharedState.create(str(tmp_path / "cosftp.pid.state"))
