@@ -107,6 +107,15 @@ def _nothing_more(buffer_size: int) -> bytes:
     return b""
 
 
+# --- control channel: replies
+
+def push_bytes(handler: Any, data: bytes) -> None:
+    """Queue ``data`` on the control connection as it is. pyftpdlib's ``FTPHandler.push``
+    takes text and encodes it, which leaves no place to double Telnet's IAC (0xFF) in the
+    encoded bytes; asynchat's own ``push`` takes bytes."""
+    AsyncChat.push(handler, data)
+
+
 # --- control channel: session state
 
 def take_restart_position(handler: Any) -> int:

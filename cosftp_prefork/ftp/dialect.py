@@ -7,6 +7,8 @@
   ``NLST g*.txt``), over one directory listing.
 - Pipelined input: an overlong line is one ``500`` and is discarded up to its end, and
   nothing sent after ``QUIT`` runs.
+- Telnet on the control connection (``telnet``): ``IAC IAC`` in a command is one 0xFF,
+  and a 0xFF of a reply is sent doubled.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Optional
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.utils import strerror
 
-from . import compat
+from . import compat, telnet
 from .replytext import reply_lines
 
 log = logging.getLogger(__name__)
@@ -118,14 +120,16 @@ class ClientDialect:
         compat.discard_input(self)
 
     def decode(self, data: bytes) -> str:
-        """Strict: ``errors="replace"`` would store two different names as one key."""
-        return data.decode(self.encoding)
+        """The command line ``data`` as text, Telnet's sequences undone (``telnet``).
+        Strict: ``errors="replace"`` would store two different names as one key. Raises
+        ``UnicodeDecodeError``."""
+        return telnet.command_bytes(data).decode(self.encoding)
 
     def _decodable(self, line: bytes) -> bool:
         """True if ``line`` is text in the session's encoding, else reply 553 (a name) or
         501 and log what was refused, without the bytes themselves."""
         try:
-            line.decode(self.encoding)
+            self.decode(line)
         except UnicodeDecodeError:
             pass
         else:
@@ -155,12 +159,14 @@ class ClientDialect:
     def push(self, data: str) -> None:
         """Send reply lines ``data`` in the session's encoding, control characters escaped
         (``replytext``: what a client sent or another tool named a key cannot split a reply
-        or reach a terminal); a character the encoding lacks becomes ``?``."""
-        super().push(reply_lines(data).encode(self.encoding, "replace").decode(self.encoding))
+        or reach a terminal), 0xFF doubled (``telnet``); a character the encoding lacks
+        becomes ``?``."""
+        encoded = reply_lines(data).encode(self.encoding, "replace")
+        compat.push_bytes(self, telnet.reply_bytes(encoded))
 
     def push_with_producer(self, producer) -> None:
         """Send the reply lines ``producer`` makes (pyftpdlib's ``STAT path`` listing,
-        names in it) escaped as ``push`` does."""
+        names in it) escaped and Telnet-encoded as ``push`` does."""
         super().push_with_producer(_EscapedLines(producer, self.encoding))
 
     # --- the session's encoding
@@ -286,7 +292,8 @@ class ClientDialect:
 
 class _EscapedLines:
     """A producer of reply lines (bytes in ``encoding``, whole lines per chunk, as
-    pyftpdlib's ``BufferedIteratorProducer`` gives them) with control characters escaped."""
+    pyftpdlib's ``BufferedIteratorProducer`` gives them) with control characters escaped
+    and 0xFF doubled."""
 
     def __init__(self, producer, encoding: str) -> None:
         self._producer = producer
@@ -298,4 +305,4 @@ class _EscapedLines:
         if not chunk:
             return chunk
         text = chunk.decode(self._encoding, "surrogateescape")
-        return reply_lines(text).encode(self._encoding, "surrogateescape")
+        return telnet.reply_bytes(reply_lines(text).encode(self._encoding, "surrogateescape"))
