@@ -101,7 +101,7 @@ def test_a_command_with_control_characters_gets_one_clean_reply_line(raw, area, 
 def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alice, area,
                                                                      cos):
     """Another tool stored these keys; the control connection quotes them escaped, in
-    replies of one line and of several."""
+    replies of one line and of several (but 257: the next test)."""
     names = ["osc\x9d2;title\x07", "rlo\u202etxt.exe", "tab\there", "csi\x9bx"]
     for name in names:
         cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}/inner", Body=b"x")
@@ -109,8 +109,6 @@ def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alic
     for name in names:
         path = f"/{area}/{name}".encode()
         assert raw.one_line_reply(b"CWD " + path).startswith("250 ")
-        shown = raw.one_line_reply(b"PWD")
-        assert shown == f'257 "/{area}/{escaped(name)}" is the current directory.\r\n'
         assert raw.one_line_reply(b"CWD /").startswith("250 ")
         for command in (b"MLST ", b"STAT "):
             raw.send(command + path + b".txt")
@@ -122,6 +120,33 @@ def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alic
         lines = raw.reply()
         assert all(CLEAN_LINE.fullmatch(line) for line in lines), lines
         assert raw.one_line_reply(b"NOOP").startswith("200 ")
+
+
+def test_pwd_and_mkd_give_the_name_a_client_can_cwd_back_to(raw, alice, area, cos):
+    """RFC 959's 257 is the reply a client reads a pathname from (Appendix II), to send it
+    back: it gives the name as stored, quotes doubled, on one line. An escaped ``\\t`` named
+    another directory, or none."""
+    names = ["tab\there", "bel\x07", "csi\x9bx", "osc\x9d2;t\x07", "rlo\u202etxt",
+             'quo"te', "nel\x85x", "ls\u2028x", "back\\tslash"]
+    for name in names:
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}/inner", Body=b"x")
+    for name in names:
+        alice.cwd(f"/{area}/{name}")
+        shown = alice.pwd()  # ftplib's parse257: the text between the quotes, undoubled
+        assert shown == f"/{area}/{name}"
+        alice.cwd("/")
+        alice.cwd(shown)
+        assert alice.nlst() == ["inner"], name
+        raw.send(b"CWD " + shown.encode())
+        assert raw.reply()[0].startswith("250 ")
+        raw.send(b"PWD")
+        reply = raw.reply()
+        quoted = f"/{area}/{name}".replace('"', '""')
+        assert reply == [f'257 "{quoted}" is the current directory.\r\n'], reply
+        assert raw.one_line_reply(b"NOOP").startswith("200 ")  # still in step
+    made = alice.mkd(f"/{area}/new\u202ename\x9b")
+    assert made == f"/{area}/new\u202ename\x9b"
+    alice.cwd(made)
 
 
 def test_names_with_cr_lf_or_nul_from_cos_inject_nothing_and_are_left_out(
