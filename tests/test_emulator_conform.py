@@ -334,6 +334,19 @@ def test_a_key_holding_can_em_sub_or_esc_is_refused(cos, source, prefix, char):
     cos.put_object(Bucket=ALPHA, Key=f"{prefix}kept\x07\x1c\x7f", Body=b"x")
 
 
+def test_a_key_starting_with_a_backslash_is_refused(cos, source, prefix):
+    """An object key cannot start with ``\\`` (Object Overview, 436/13324, which names no
+    error code: InvalidArgument here) in a PUT, a copy or a multipart upload; elsewhere in
+    the key it is kept (moto stored it anywhere)."""
+    key = f"\\{prefix}bad"
+    for call, kwargs in ((cos.put_object, {"Body": b"x"}),
+                         (cos.copy_object, {"CopySource": copy_source(source)}),
+                         (cos.create_multipart_upload, {})):
+        assert refused(call, Bucket=ALPHA, Key=key, **kwargs) == (400, "InvalidArgument")
+    cos.put_object(Bucket=ALPHA, Key=f"{prefix}kept\\back/", Body=b"")
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{prefix}kept\\back/")
+
+
 def test_multipart_uploads_are_listed_by_key_a_page_at_a_time(cos, prefix):
     """List Multipart Uploads (436/7736): by key then upload ID, max-uploads a page, after
     key-marker (and upload-id-marker for that key), with the next markers when truncated.

@@ -36,8 +36,11 @@ give COS's answer. Each rule names the COS document it follows:
 * an object key is at most 850 bytes of UTF-8 (Object Overview, 436/13324): a longer one
   gets 400 KeyTooLong (436/7730) from PUT Object, a copy or Initiate Multipart Upload
   (moto took up to 1,024); one holding CAN, EM, SUB or ESC (0x18-0x1B, "not supported" in
-  the same page, which names no error code) gets 400 InvalidArgument from the same requests
-  (moto stored it).
+  the same page, which names no error code), or starting with ``\\`` (the same page),
+  gets 400 InvalidArgument from the same requests (moto stored it). Every other character
+  is "any UTF-8 character" there: NUL, CR, LF and the other controls are stored. (A key
+  starting with ``/``, which COS refuses too, never arrives as one: werkzeug reads the
+  request path ``//a/b`` as host ``a``, path ``/b``.)
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ def refusal(environ: dict) -> Optional[Refusal]:
         return _invalid(f"object keys are at most {MAX_KEY_BYTES} bytes long", "KeyTooLong")
     if _names_a_new_object(method, where, query) and _REFUSED_IN_KEYS.search(where.key):
         return _invalid("object keys may not hold CAN, EM, SUB or ESC (0x18-0x1B)")
+    if _names_a_new_object(method, where, query) and where.key.startswith("\\"):
+        return _invalid("object keys may not start with \\")
     if method == "PUT" and copy_source(environ) is not None:
         return _copy_refusal(environ, query)
     if method == "GET" and not where.is_object and query and set(query) <= LIST_PARAMETERS:
