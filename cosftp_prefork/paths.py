@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .errors import InvalidPath
 
@@ -54,13 +54,29 @@ def dir_prefix(ftp_path: str, room: int = MAX_KEY_BYTES) -> str:
     return prefix
 
 
-def new_name_key(ftp_path: str, directory: bool = False, room: int = MAX_KEY_BYTES) -> str:
+class NameRoom(NamedTuple):
+    """Where a new name goes: ``path`` as its filesystem stores it, the bytes its key may
+    have (``room``), and whether that key is the bucket's whole key (``at_bucket_root``: no
+    ``cos_prefix`` before it)."""
+
+    path: str
+    room: int
+    at_bucket_root: bool
+
+
+def new_name_key(ftp_path: str, directory: bool = False, room: int = MAX_KEY_BYTES,
+                 at_bucket_root: bool = True) -> str:
     """Return the key a new file (or, with ``directory``, the marker a new directory) at
     ``ftp_path`` gets; raises ``InvalidPath`` for what ``object_key`` refuses, for control
-    characters, and for keys over ``room`` bytes."""
+    characters, for keys over ``room`` bytes, and, where the key is the bucket's whole key
+    (``at_bucket_root``), for one starting with a backslash, which COS refuses (Object
+    Overview, cloud.tencent.com/document/product/436/13324)."""
     key = dir_prefix(ftp_path, room) if directory else object_key(ftp_path, room)
     if _CONTROL.search(key):
         raise InvalidPath("file names may not contain control characters")
+    if at_bucket_root and key.startswith("\\"):
+        raise InvalidPath("names at the top of a bucket may not start with a backslash "
+                          "(COS refuses such keys)")
     return key
 
 

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from .conftest import ALPHA, STANDARD_ACCOUNTS, _close
+from .conftest import ALPHA, STANDARD_ACCOUNTS, TENANT_PREFIX, _close
 from .server_proc import Account, ServerProcess
 from .test_clients import require, run
 from .test_transfers import curl_put
@@ -269,6 +269,32 @@ def test_control_characters_in_new_names_get_553(alice, area, cos, char):
     with pytest.raises(ftplib.error_perm, match="553"):
         alice.sendcmd(f"RNTO {name}")
     assert not exists(cos, name)
+
+
+def test_a_name_starting_with_a_backslash_at_a_bucket_root_gets_553(server, alice, area, cos):
+    """COS refuses a key starting with ``\\`` (Object Overview, 436/13324; the emulator
+    too). A name at the root of a bucket is such a key: 553 before anything runs, not a
+    COS error. Deeper, or under a ``cos_prefix``, it is a name like any other."""
+    put(alice, f"{area}/src", b"s")
+    at_root = f"/\\{area}.txt"
+    for command in ("STOR", "APPE"):
+        with pytest.raises(ftplib.error_perm, match=r"^553 "):
+            alice.storbinary(f"{command} {at_root}", io.BytesIO(b"x"))
+    with pytest.raises(ftplib.error_perm, match=r"^553 "):
+        alice.mkd(f"/\\{area}")
+    alice.sendcmd(f"RNFR {area}/src")
+    with pytest.raises(ftplib.error_perm, match=r"^553 "):
+        alice.sendcmd(f"RNTO {at_root}")
+    assert get(alice, f"{area}/src") == b"s"
+    put(alice, f"{area}/\\deeper", b"d")
+    assert exists(cos, f"{area}/\\deeper")
+    tenant = server.login("tenant", "tenant-pw")
+    try:
+        put(tenant, at_root, b"t")
+        assert get(tenant, at_root) == b"t"
+    finally:
+        _close(tenant)
+    assert exists(cos, f"{TENANT_PREFIX}\\{area}.txt")
 
 
 def test_keys_with_control_bytes_from_other_tools_list_and_stay_reachable(alice, area, cos):

@@ -65,6 +65,17 @@ def test_new_names_refuse_every_control_character(char):
         new_name_key(f"/d{char}", directory=True)
 
 
+def test_a_new_key_of_a_bucket_may_not_start_with_a_backslash():
+    """COS refuses such keys (Object Overview, 436/13324); under a prefix, or deeper, the
+    name is an ordinary one."""
+    with pytest.raises(InvalidPath, match="backslash"):
+        new_name_key("/\\a")
+    with pytest.raises(InvalidPath, match="backslash"):
+        new_name_key("/\\d", directory=True)
+    assert new_name_key("/\\a", at_bucket_root=False) == "\\a"
+    assert new_name_key("/d/\\a") == "d/\\a"
+
+
 def test_existing_names_with_control_characters_stay_addressable():
     assert object_key("/a\x01b") == "a\x01b"
 

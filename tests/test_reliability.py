@@ -221,7 +221,7 @@ def test_download_that_keeps_breaking_is_reported(alice, area, faults):
     assert len(received) < 3 * MIB
 
 
-@pytest.mark.parametrize("name", ["x" * 900, "ctrl\x01ok" + "y" * 850])
+@pytest.mark.parametrize("name", ["x" * 900, "ctrl\x01ok" + "y" * 850, "/\\top"])
 def test_names_cos_cannot_store_get_553(alice, name):
     with pytest.raises(ftplib.error_perm, match="553"):
         alice.mkd(name)

@@ -68,6 +68,7 @@ from ..errors import (
 )
 from ..paths import (
     RESERVED_NAME,
+    NameRoom,
     dir_prefix,
     fits_as_directory,
     object_key,
@@ -182,10 +183,11 @@ class CosFS(Renames, VirtualTree):
     def path_of(self, transfer) -> str:
         return transfer.name
 
-    def room_for(self, path: str) -> tuple[str, int]:
-        """``path`` as this filesystem stores it, and the bytes its key may have (what the
-        handler checks a new name against; ``ftp.mounts`` answers for its folders)."""
-        return path, self.key_room
+    def room_for(self, path: str) -> NameRoom:
+        """``path`` as this filesystem stores it, the bytes its key may have, and whether
+        that key is the bucket's whole key (what the handler checks a new name against;
+        ``ftp.mounts`` answers for its folders)."""
+        return NameRoom(path, self.key_room, self._bucket.located("")[1] == "")
 
     # --- lookups
 

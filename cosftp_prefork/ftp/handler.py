@@ -462,8 +462,9 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommand
         """
         if cmd in NAMING_COMMANDS and args:
             try:
-                stored, room = self.fs.room_for(args[0])
-                new_name_key(stored, directory=cmd in ("MKD", "XMKD"), room=room)
+                place = self.fs.room_for(args[0])
+                new_name_key(place.path, directory=cmd in ("MKD", "XMKD"), room=place.room,
+                             at_bucket_root=place.at_bucket_root)
             except InvalidPath as exc:
                 self.respond(f"553 {exc.strerror}.")
                 return

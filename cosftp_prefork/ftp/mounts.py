@@ -43,7 +43,7 @@ from ..cos.bucket import foreign
 from ..cos.listing import Entry
 from ..cos.quota import AccountQuota
 from ..errors import NotFound, PermissionDenied
-from ..paths import parent_dir, wildcard_matcher
+from ..paths import NameRoom, parent_dir, wildcard_matcher
 from .fs import CosFS, StreamedListing
 from .tree import Refusal, Unstorable, VirtualTree
 
@@ -295,7 +295,7 @@ class MountedFS(VirtualTree):
                 found.append(quota)
         return found
 
-    def room_for(self, path: str) -> tuple[str, int]:
+    def room_for(self, path: str) -> NameRoom:
         """A mount point is a name of the home's tree (what may be done to it is answered
         later: nothing)."""
         if self._table.is_virtual(path):
