@@ -220,6 +220,97 @@ def test_a_broken_appe_is_parked_with_its_copy_once_cos_made_it(resumable, emula
     ftp.quit()
 
 
+def stored_second(cos, key: str) -> int:
+    """The whole second COS gives as ``key``'s LastModified."""
+    headers = {name.lower(): value for name, value in
+               cos.head_object(Bucket=ALPHA, Key=key).items()}
+    return int(parsedate_to_datetime(headers["last-modified"]).timestamp())
+
+
+def break_appe(ftp: ftplib.FTP, cos, key: str, data: bytes) -> None:
+    """Send ``data`` in an APPE of ``key`` until COS holds part 1, then drop both
+    connections the way a killed client does and wait for the park."""
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"APPE {key}")
+    conn.sendall(data)
+    wait_until(lambda: parts_of(cos, key), what="part 1 in COS")
+    ftp.sock.close()
+    ftp.close()
+    conn.close()
+    wait_until(lambda: is_parked(cos, key), what="the APPE to be parked")
+
+
+def test_an_appe_parked_in_the_second_its_file_was_stored_is_resumed(resumable, area, cos):
+    """A client stores a file, appends to it, loses the connection and asks SIZE to resume,
+    all in one second: the park is what the file became, not older than it. COS times have
+    whole seconds, and the park was taken for older than a file stored in its second
+    ("the file wins"): it was discarded and SIZE said the file's size, so the client sent
+    the appended bytes again. The file is still the version the APPE started from (its
+    ETag): the park continues it."""
+    old, data = os.urandom(1000), os.urandom(2 * MIB + 3)
+    for attempt in range(10):  # until the park falls in the file's second
+        key = f"{area}-{attempt}"
+        ftp = resumable.login("alice", "alice-pw")
+        # Start early in a second, so the three steps fit in it.
+        wait_until(lambda: time.time() % 1 < 0.2, what="a new second")
+        put(ftp, key, old)
+        break_appe(ftp, cos, key, data)
+        [record] = cos.list_objects(Bucket=ALPHA, Prefix=f"{RECORDS}{key}/")["Contents"]
+        if stored_second(cos, record["Key"]) == stored_second(cos, key):
+            break
+    else:
+        pytest.fail("no park in the second of its file in 10 tries")
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(key)
+    assert offset in (MIB, 2 * MIB)  # whole parts: the old bytes, then the appended ones
+    assert rest_stor(ftp, key, offset, (old + data)[offset:]).startswith("226")
+    assert get(ftp, key) == old + data
+    assert pending_uploads(cos, key) == [] and not is_parked(cos, key)
+    ftp.quit()
+
+
+def test_a_file_stored_after_an_appe_was_parked_wins_over_it(resumable, area, cos):
+    """Another session's STOR after the park replaces the version the APPE continued: the
+    file wins, whatever the seconds say, and the park is discarded."""
+    ftp = resumable.login("alice", "alice-pw")
+    put(ftp, area, b"old")
+    break_appe(ftp, cos, area, os.urandom(2 * MIB))
+    other = resumable.login("carol", "carol-pw")
+    assert put(other, area, b"newer").startswith("226")
+    other.quit()
+    ftp = resumable.login("alice", "alice-pw")
+    assert ftp.size(area) == 5
+    assert not is_parked(cos, area) and pending_uploads(cos, area) == []
+    ftp.quit()
+
+
+def test_an_appe_whose_file_was_replaced_before_it_broke_is_not_resumed(resumable, area,
+                                                                        cos):
+    """Another session's STOR while the APPE ran, in a second before the park: the park,
+    newer than the file, was offered, and REST + STOR wrote the old version and the
+    appended bytes over that STOR's file. The park continues a version the file no longer
+    is (its ETag): the file wins, and the park is discarded."""
+    ftp = resumable.login("alice", "alice-pw")
+    put(ftp, area, b"old")
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"APPE {area}")
+    conn.sendall(os.urandom(2 * MIB))
+    wait_until(lambda: parts_of(cos, area), what="part 1 in COS")
+    other = resumable.login("carol", "carol-pw")
+    assert put(other, area, b"replaced").startswith("226")
+    other.quit()
+    after_stored_second(cos, area)
+    ftp.sock.close()
+    ftp.close()
+    conn.close()
+    wait_until(lambda: is_parked(cos, area), what="the APPE to be parked")
+    ftp = resumable.login("alice", "alice-pw")
+    assert ftp.size(area) == len(b"replaced")
+    assert not is_parked(cos, area) and pending_uploads(cos, area) == []
+    assert get(ftp, area) == b"replaced"
+    ftp.quit()
+
+
 def test_curl_continue_resumes_a_broken_upload(resumable, tmp_path, area, cos):
     curl = require("curl")
     src = tmp_path / "big.bin"

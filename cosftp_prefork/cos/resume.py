@@ -3,8 +3,9 @@
 A parked upload is an ordinary multipart upload plus a small JSON *record*,
 ``.cosftp/parked/<key>/<upload id>``, naming the user, the FTP path, the bytes stored in parts
 1..k (the run without a gap) and their CRC64, so the resumed object is checked end to end like
-any other. The state lives in COS only: a parked upload survives worker restarts, reloads and
-a move to another worker.
+any other, and, for an upload that began with the bytes of the stored file (APPE), the ETag
+of the version it continues. The state lives in COS only: a parked upload survives worker
+restarts, reloads and a move to another worker.
 
 Every multipart upload this server starts (uploads, and copies in parts) while parking is on
 has a *live marker*, ``.cosftp/live/<key>/<upload id>``, from its start until it completes, is
@@ -50,7 +51,9 @@ STALE_MARK_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class ParkRecord:
-    """What is known of a parked upload: who, where, and what part of the file COS holds."""
+    """What is known of a parked upload: who, where, what part of the file COS holds, and
+    the ETag of the stored version whose bytes it begins with ("" for an upload that began
+    from nothing, and in records written before it was kept)."""
 
     user: str
     path: str
@@ -59,6 +62,7 @@ class ParkRecord:
     size: int
     parts: int
     crc64: Optional[int]
+    continues: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False).encode()

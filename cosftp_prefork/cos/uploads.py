@@ -129,7 +129,8 @@ class UploadSession:
         self._retrier = retrier
         self._quota = quota  # the bytes reserved in the quotas that count this file
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
-        self._continues: Optional[ObjectInfo] = None  # APPE: the version its bytes came from
+        # APPE, and a resumed park of one: the ETag of the version its first bytes came from.
+        self._continues = ""
         self._announcement: Optional[Announcement] = None  # APPE: no other one meanwhile
         # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
@@ -240,7 +241,7 @@ class UploadSession:
         again. The new object keeps the storage class, encryption, headers and metadata of
         ``source``."""
         self._like = source.for_new_bytes()
-        self._continues = source
+        self._continues = source.etag
         if source.size >= MIN_PART_SIZE:
             self._parts.copy_first(source, self._engine.copier(self._parts.owner,
                                                                self._parts.account))
@@ -248,8 +249,11 @@ class UploadSession:
             self._parts.write(self._bucket.read_small(source.key, source.size))
 
     def resume(self, parked: ParkedUpload) -> None:
-        """Continue ``parked``: its parts stay, the bytes written next follow them."""
+        """Continue ``parked``: its parts stay, the bytes written next follow them. One that
+        continues a stored version (a parked APPE) commits only over that version, and is
+        parked again as continuing it."""
         self._parts.upload_id = parked.record.upload_id
+        self._continues = parked.record.continues
         self._parts.adopt(parked.parts, parked.size, parked.record.crc64)
         self.resumed = True
         metrics.UPLOADS_RESUMED.inc()
@@ -360,7 +364,8 @@ class UploadSession:
         upload_id = self._parts.upload_id or ""
         record = ParkRecord(user=self._store.user, path=self.name, key=self._key,
                             upload_id=upload_id, size=resumable, parts=len(stored),
-                            crc64=self._parts.crc_through(len(stored)))
+                            crc64=self._parts.crc_through(len(stored)),
+                            continues=self._continues)
         try:
             self._store.park(record)
         except StorageError as exc:
@@ -402,19 +407,19 @@ class UploadSession:
                                                parts)
 
     def _check_unchanged(self) -> None:
-        """Before an upload that continues a stored object (APPE) replaces it: raise
-        ``StorageError`` (``ObjectChanged``) if the object is no longer the version whose
-        bytes it took. Two APPEs of one file at once would otherwise both succeed, and the
-        file keep only the last one's bytes. COS has no conditional completion: a write in
-        the moment between this HEAD and the completion still goes unnoticed."""
-        source = self._continues
-        if source is None or not source.etag:
+        """Before an upload that continues a stored object (APPE, or a resumed park of one)
+        replaces it: raise ``StorageError`` (``ObjectChanged``) if the object is no longer
+        the version whose bytes it took. Two APPEs of one file at once would otherwise both
+        succeed, and the file keep only the last one's bytes. COS has no conditional
+        completion: a write in the moment between this HEAD and the completion still goes
+        unnoticed."""
+        if not self._continues:
             return
         try:
             now = self._bucket.head(self._key).etag
         except NotFound:
             now = ""
-        if now != source.etag:
+        if now != self._continues:
             raise StorageError(f"{self.name} was changed by another session while this append "
                                "ran; nothing was appended, try again", code="ObjectChanged")
 
@@ -455,14 +460,12 @@ class SessionUploads:
         self._offered: Optional[tuple[str, str]] = None  # (path, upload id) SIZE reported
 
     def source(self, path: str, key: str, entry: Optional[Entry]) -> Optional[Source]:
-        """What an upload to ``path`` would continue: the parked upload if it is newer than
-        the file ``entry``, else the file, else None. A parked upload not newer than the
-        file is discarded: the file was written since."""
+        """What an upload to ``path`` would continue: the parked upload unless the file
+        ``entry`` was written since it began (see :func:`outdated`), else the file, else
+        None. A parked upload the file outdates is discarded."""
         parked = self._store.find(key)
-        if parked is None or entry is None or parked.parked_at > entry.mtime:
+        if parked is None or not outdated(parked, entry):
             return parked or entry
-        # COS times have whole seconds: in a tie, the file is what the client last saw, and
-        # the parked upload can no longer be reached either way.
         self._store.discard(parked)
         return entry
 
@@ -559,6 +562,22 @@ class SessionUploads:
                 raise ResumeRefused(f"{path} changed while resuming; try again")
             upload.continue_object(existing)
         return upload
+
+
+def outdated(parked: ParkedUpload, entry: Optional[Entry]) -> bool:
+    """Whether the file ``entry`` (None: no file) makes ``parked`` obsolete: written by
+    someone else since the upload began.
+
+    A park that continues a stored version (APPE) is obsolete once the file is another
+    version (its ETag), or gone: whatever the times say, which have whole seconds, so that
+    a park made in the second of the version it continues is kept, and a version stored
+    while the APPE ran, before the park, is not overwritten by its resume. An upload that
+    began from nothing, or a file whose ETag is not known, goes by the times: the park must
+    be newer, and in a tie the file is what the client last saw."""
+    continues = parked.record.continues
+    if continues and (entry is None or entry.etag):
+        return entry is None or entry.etag != continues
+    return entry is not None and parked.parked_at <= entry.mtime
 
 
 @dataclasses.dataclass(frozen=True)
