@@ -20,6 +20,8 @@ from .conftest import ALPHA
 from .emulator_proc import request_log
 from .server_proc import (
     ROOT,
+    Account,
+    ServerProcess,
     connection_refused,
     wait_until,
 )
@@ -261,6 +263,51 @@ def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, 
     assert f"stopping 2 workers; those still running in {allowed}s are aborted" in log
     assert re.search(r"worker \d closing \d sessions, for 10s at most", log)
     assert [[r["size"] for r in park_records(cos, key)] for key in keys] == [[MIB]] * len(keys)
+
+
+@pytest.mark.parametrize("daemon", [SHORT_STOP], indirect=True)
+def test_stop_parks_an_appe_whose_copy_cos_holds_past_its_time(daemon, emulator, cos, area,
+                                                              tmp_path):
+    """A fast stop while COS still copies an APPE's old bytes (its part 1) past the stop's
+    deadline: the upload is parked with the parts after the copy that COS stored, and the
+    copy is made again by the resume if COS has not made it by then (pinned to the version
+    the APPE continues). The park left the copy out, found no part 1, and aborted the
+    upload: the client had to send everything again."""
+    from .test_resume import park_records, parts_of, rest_stor
+    from .test_transfers import copies
+
+    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    old, data = os.urandom(2 * MIB + 7), os.urandom(3 * MIB + 5)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=old)
+    # The copy is held until a second one meets it: the resume's, after the restart.
+    emulator.rendezvous(contains=area, kind="COPY", parties=2, timeout=90)
+    ftp = login(daemon)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"APPE {area}")
+    conn.sendall(data)
+    wait_until(lambda: copies(emulator, area) == 1 and parts_of(cos, area) == [2, 3, 4],
+               what="parts 2-4 in COS while the copy is held")
+    master = master_of(daemon)
+    workers = live_children(master)
+    master.terminate()
+    conn.settimeout(60)
+    _drain(conn)  # the server closes it; the client sends nothing more
+    assert [r[:4] for r in _replies_after_data_closed(ftp)] == ["426 ", "421 "]
+    ftp.close()
+    assert not psutil.wait_procs([master, *workers], timeout=60)[1], "still running"
+    [record] = park_records(cos, area)
+    assert (record["parts"], record["size"]) == (4, len(old) + 3 * MIB)
+    with ServerProcess(str(tmp_path / "again"), emulator.port,
+                       [Account("ops", "ops-pw", ALPHA)]) as again:
+        ftp = again.login("ops", "ops-pw")
+        offset = ftp.size(area)
+        assert offset == len(old) + 3 * MIB
+        assert rest_stor(ftp, area, offset, data[3 * MIB:]).startswith("226")
+        assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+        assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == \
+            old + data
+        ftp.quit()
+    assert not park_records(cos, area)
 
 
 @pytest.mark.parametrize("daemon", [{"resume_ttl": "4", **SHORT_STOP}],  # a sweep a second

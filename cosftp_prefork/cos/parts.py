@@ -74,6 +74,9 @@ class PartStream:
         # until the upload starts.
         self._to_copy: Optional[tuple[ObjectInfo, OwnerExecutor, list[tuple[int, int, int]]]] \
             = None
+        # The sizes of parts 1..c, copies of the version this upload continues: a park keeps
+        # them whether COS made them or not (a stop may cut a copy short).
+        self.copied: tuple[int, ...] = ()
         self._in_flight = 0
         self._changed = threading.Condition()
         self.failure: Optional[BaseException] = None
@@ -136,9 +139,11 @@ class PartStream:
             taken += len(piece)
 
     def adopt(self, parts: tuple[PartInfo, ...], size: int, crc64: Optional[int]) -> None:
-        """Continue after ``parts`` already in COS (a parked upload)."""
+        """Continue after ``parts`` (a parked upload's): those with an ETag are in COS, the
+        others copies still to be made (:meth:`copy_again`)."""
         for part in parts:
-            self.etags[part.number] = part.etag
+            if part.etag:
+                self.etags[part.number] = part.etag
             self.part_sizes[part.number] = part.size
         self.next_part = len(parts) + 1
         self.size = size
@@ -159,7 +164,23 @@ class PartStream:
             self.next_part += 1
         self.size = source.size
         self.continue_crc(source.crc64)
+        self.copied = tuple(last - first + 1 for _, first, last in ranges)
         self._to_copy = (source, copier, ranges)
+
+    def copy_again(self, source: ObjectInfo, sizes: tuple[int, ...],
+                   copier: OwnerExecutor) -> None:
+        """A parked upload adopted (:meth:`adopt`) begins with parts of ``sizes``, copies of
+        ``source`` (the version it continues): those COS does not hold (a stop cut their
+        copy short) are copied again, pinned to its ETag, once the upload goes on, as
+        :meth:`copy_first` sends its copies."""
+        ranges, first = [], 0
+        for number, size in enumerate(sizes, start=1):
+            ranges.append((number, first, first + size - 1))
+            first += size
+        self.copied = sizes
+        missing = [item for item in ranges if item[0] not in self.etags]
+        if missing:
+            self._to_copy = (source, copier, missing)
 
     @property
     def multipart(self) -> bool:
@@ -234,12 +255,16 @@ class PartStream:
         self._claim = None
 
     def stored_parts(self) -> list[PartInfo]:
-        """Parts 1..k that COS holds (see ``leading_parts``), for a park; none unless they
-        hold every byte this upload continues (an APPE's copied parts, a parked upload's):
-        the CRC64 those bytes came with is that of all of them."""
+        """Parts 1..k for a park (see ``leading_parts``): those COS holds, and the copies of
+        the version this upload continues whether COS made them or not (ETag "": a stop's
+        deadline cut them short; a resume copies them again); none unless they hold every
+        byte this upload continues (an APPE's copied parts, a parked upload's): the CRC64
+        those bytes came with is that of all of them."""
         # A copy first: after a settle cut short, a part thread may still add its part.
-        run = leading_parts(PartInfo(number, etag, self.part_sizes[number], 0.0)
-                            for number, etag in dict(self.etags).items())
+        etags = dict(self.etags)
+        numbers = set(etags) | set(range(1, len(self.copied) + 1))
+        run = leading_parts(PartInfo(number, etags.get(number, ""), self.part_sizes[number],
+                                     0.0) for number in numbers)
         return run if len(run) >= self._base_part else []
 
     def _buffer_claim(self) -> Claim:

@@ -4,8 +4,9 @@ A parked upload is an ordinary multipart upload plus a small JSON *record*,
 ``.cosftp/parked/<key>/<upload id>``, naming the user, the FTP path, the bytes stored in parts
 1..k (the run without a gap) and their CRC64, so the resumed object is checked end to end like
 any other, and, for an upload that began with the bytes of the stored file (APPE), the ETag
-of the version it continues. The state lives in COS only: a parked upload survives worker
-restarts, reloads and a move to another worker.
+of the version it continues and the sizes of its parts copied from it (COS may not hold
+those yet: a stop can cut a copy short, and a resume makes it again). The state lives in
+COS only: a parked upload survives worker restarts, reloads and a move to another worker.
 
 Every multipart upload this server starts (uploads, and copies in parts) while parking is on
 has a *live marker*, ``.cosftp/live/<key>/<upload id>``, from its start until it completes, is
@@ -63,6 +64,9 @@ class ParkRecord:
     parts: int
     crc64: Optional[int]
     continues: str = ""
+    # The sizes of parts 1..c, copies of that version, which COS may not hold (a stop cut
+    # their copy short): a resume copies those again.
+    copies: tuple[int, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False).encode()
@@ -71,8 +75,9 @@ class ParkRecord:
     def from_json(cls, data: bytes) -> ParkRecord:
         """Raises ``ValueError`` for anything but a record this module wrote."""
         try:
-            return cls(**json.loads(data))
-        except (TypeError, UnicodeDecodeError) as exc:
+            fields = json.loads(data)
+            return cls(**{**fields, "copies": tuple(fields.get("copies", ()))})
+        except (TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not a park record: {exc}") from exc
 
 
@@ -193,7 +198,8 @@ def _check(bucket: Bucket, stored: ObjectInfo) -> Optional[ParkedUpload]:
     """The parked upload ``stored`` records, if its record reads and its parts are there."""
     try:
         record = ParkRecord.from_json(bucket.read_small(stored.key, stored.size))
-        parts = leading_parts(bucket.list_parts(record.key, record.upload_id))[:record.parts]
+        listed = bucket.list_parts(record.key, record.upload_id)
+        parts = leading_parts([*listed, *copies_to_make(record, listed)])[:record.parts]
     except (ValueError, NotFound) as exc:
         log.info("ignoring park record %s: %s", stored.key, exc)
         return None
@@ -202,6 +208,14 @@ def _check(bucket: Bucket, stored: ObjectInfo) -> Optional[ParkedUpload]:
                     stored.key)
         return None
     return ParkedUpload(record, tuple(parts), stored.mtime)
+
+
+def copies_to_make(record: ParkRecord, listed: Iterable[PartInfo]) -> list[PartInfo]:
+    """The copied parts of ``record`` that COS does not hold (of the parts ``listed``), with
+    no ETag: a resume makes them again."""
+    held = {part.number for part in listed}
+    return [PartInfo(number, "", size, 0.0)
+            for number, size in enumerate(record.copies, start=1) if number not in held]
 
 
 def last_activity(upload: UploadInfo, parts: Iterable[PartInfo]) -> float:

@@ -299,9 +299,14 @@ class UploadSession:
         """Continue ``parked``: its parts stay, the bytes written next follow them. One that
         continues a stored version (a parked APPE) commits only over that version, and is
         parked again as continuing it."""
-        self._parts.upload_id = parked.record.upload_id
-        self._continues = parked.record.continues
-        self._parts.adopt(parked.parts, parked.size, parked.record.crc64)
+        record = parked.record
+        self._parts.upload_id = record.upload_id
+        self._continues = record.continues
+        self._parts.adopt(parked.parts, parked.size, record.crc64)
+        if record.copies:
+            version = ObjectInfo(record.key, sum(record.copies), 0.0, record.continues)
+            self._parts.copy_again(version, record.copies,
+                                   self._engine.copier(self._parts.owner, self._parts.account))
         self.resumed = True
         metrics.UPLOADS_RESUMED.inc()
         log.info("path=%s: resuming parked upload %s of %s at byte %d", self.name,
@@ -404,18 +409,22 @@ class UploadSession:
         self._abort()
 
     def _park(self) -> bool:
-        """Keep the parts that reached COS for a later REST + STOR; False if none did or the
+        """Keep the parts that reached COS for a later REST + STOR (and the copies of the
+        version it continues that a stop cut short, which a resume makes again); False if
+        no part did, a copy found that version replaced (nothing left to continue), or the
         record cannot be written (the caller then aborts)."""
         self._parts.settle(keep=True)
         stored = self._parts.stored_parts()
-        if not stored:
+        failure = self._parts.failure
+        if not any(part.etag for part in stored) or \
+                (isinstance(failure, StorageError) and failure.code == "ObjectChanged"):
             return False
         resumable = sum(part.size for part in stored)
         upload_id = self._parts.upload_id or ""
         record = ParkRecord(user=self._store.user, path=self.name, key=self._key,
                             upload_id=upload_id, size=resumable, parts=len(stored),
                             crc64=self._parts.crc_through(len(stored)),
-                            continues=self._continues)
+                            continues=self._continues, copies=self._parts.copied)
         try:
             self._store.park(record)
         except StorageError as exc:
