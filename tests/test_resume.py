@@ -240,30 +240,50 @@ def break_appe(ftp: ftplib.FTP, cos, key: str, data: bytes) -> None:
     wait_until(lambda: is_parked(cos, key), what="the APPE to be parked")
 
 
-def test_an_appe_parked_in_the_second_its_file_was_stored_is_resumed(resumable, area, cos):
-    """A client stores a file, appends to it, loses the connection and asks SIZE to resume,
-    all in one second: the park is what the file became, not older than it. COS times have
-    whole seconds, and the park was taken for older than a file stored in its second
-    ("the file wins"): it was discarded and SIZE said the file's size, so the client sent
-    the appended bytes again. The file is still the version the APPE started from (its
-    ETag): the park continues it."""
-    old, data = os.urandom(1000), os.urandom(2 * MIB + 3)
-    for attempt in range(10):  # until the park falls in the file's second
+def appe_parked_in_the_second_of_its_file(server, cos, area: str, old: bytes,
+                                          data: bytes) -> str:
+    """Store ``old``, APPE ``data`` to it and break the APPE once COS holds a part, in one
+    second of COS's clock (tried again on new keys until it is); return the key."""
+    for attempt in range(10):
         key = f"{area}-{attempt}"
-        ftp = resumable.login("alice", "alice-pw")
+        ftp = server.login("alice", "alice-pw")
         # Start early in a second, so the three steps fit in it.
         wait_until(lambda: time.time() % 1 < 0.2, what="a new second")
         put(ftp, key, old)
         break_appe(ftp, cos, key, data)
         [record] = cos.list_objects(Bucket=ALPHA, Prefix=f"{RECORDS}{key}/")["Contents"]
         if stored_second(cos, record["Key"]) == stored_second(cos, key):
-            break
+            return key
+    pytest.fail("no park in the second of its file in 10 tries")
+
+
+@pytest.mark.parametrize("client", ["ftplib", "curl -C -", "lftp put -c"])
+def test_an_appe_parked_in_the_second_its_file_was_stored_is_resumed(resumable, area, cos,
+                                                                     tmp_path, client):
+    """A client stores a file, appends to it, loses the connection and asks SIZE to resume,
+    all in one second: the park is what the file became, not older than it. COS times have
+    whole seconds, and the park was taken for older than a file stored in its second
+    ("the file wins"): it was discarded and SIZE said the file's size, so the client sent
+    the appended bytes again. The file is still the version the APPE started from (its
+    ETag): the park continues it (ftplib and lftp: REST + STOR; curl: APPE)."""
+    old, data = os.urandom(1000), os.urandom(2 * MIB + 3)
+    key = appe_parked_in_the_second_of_its_file(resumable, cos, area, old, data)
+    if client == "ftplib":
+        ftp = resumable.login("alice", "alice-pw")
+        offset = ftp.size(key)
+        assert offset in (MIB, 2 * MIB)  # whole parts: the old bytes, then the appended ones
+        assert rest_stor(ftp, key, offset, (old + data)[offset:]).startswith("226")
+        ftp.quit()
     else:
-        pytest.fail("no park in the second of its file in 10 tries")
+        src = tmp_path / "whole.bin"
+        src.write_bytes(old + data)
+        if client == "curl -C -":
+            run([require("curl"), "--user", "alice:alice-pw", "--silent", "--show-error",
+                 "-C", "-", "-T", str(src), f"ftp://127.0.0.1:{resumable.port}/{key}"])
+        else:
+            run(lftp_command(resumable, f"put -c {src} -o {key}"))
+        assert f"path=/{key}: resuming parked upload" in resumable.log_text()
     ftp = resumable.login("alice", "alice-pw")
-    offset = ftp.size(key)
-    assert offset in (MIB, 2 * MIB)  # whole parts: the old bytes, then the appended ones
-    assert rest_stor(ftp, key, offset, (old + data)[offset:]).startswith("226")
     assert get(ftp, key) == old + data
     assert pending_uploads(cos, key) == [] and not is_parked(cos, key)
     ftp.quit()
