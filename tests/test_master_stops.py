@@ -266,15 +266,16 @@ def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, 
 
 
 @pytest.mark.parametrize("daemon", [SHORT_STOP], indirect=True)
+@pytest.mark.parametrize("copy_made", ["by the resume", "before the resume"])
 def test_stop_parks_an_appe_whose_copy_cos_holds_past_its_time(daemon, emulator, cos, area,
-                                                              tmp_path):
+                                                              tmp_path, copy_made):
     """A fast stop while COS still copies an APPE's old bytes (its part 1) past the stop's
     deadline: the upload is parked with the parts after the copy that COS stored, and the
     copy is made again by the resume if COS has not made it by then (pinned to the version
-    the APPE continues). The park left the copy out, found no part 1, and aborted the
-    upload: the client had to send everything again."""
+    the APPE continues); one COS made after the stop is used. The park left the copy out,
+    found no part 1, and aborted the upload: the client had to send everything again."""
     from .test_resume import park_records, parts_of, rest_stor
-    from .test_transfers import copies
+    from .test_transfers import copies, release_copy
 
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     old, data = os.urandom(2 * MIB + 7), os.urandom(3 * MIB + 5)
@@ -297,6 +298,10 @@ def test_stop_parks_an_appe_whose_copy_cos_holds_past_its_time(daemon, emulator,
     assert not psutil.wait_procs([master, *workers], timeout=60)[1], "still running"
     [record] = park_records(cos, area)
     assert (record["parts"], record["size"]) == (4, len(old) + 3 * MIB)
+    if copy_made == "before the resume":
+        release_copy(emulator, cos, area)
+        wait_until(lambda: parts_of(cos, area) == [1, 2, 3, 4], what="the copy in COS")
+    made = copies(emulator, area)
     with ServerProcess(str(tmp_path / "again"), emulator.port,
                        [Account("ops", "ops-pw", ALPHA)]) as again:
         ftp = again.login("ops", "ops-pw")
@@ -304,6 +309,7 @@ def test_stop_parks_an_appe_whose_copy_cos_holds_past_its_time(daemon, emulator,
         assert offset == len(old) + 3 * MIB
         assert rest_stor(ftp, area, offset, data[3 * MIB:]).startswith("226")
         assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+        assert copies(emulator, area) == made + (copy_made == "by the resume")
         assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == \
             old + data
         ftp.quit()
