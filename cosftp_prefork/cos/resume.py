@@ -54,7 +54,8 @@ STALE_MARK_SECONDS = 60.0
 class ParkRecord:
     """What is known of a parked upload: who, where, what part of the file COS holds, and
     the ETag of the stored version whose bytes it begins with ("" for an upload that began
-    from nothing, and in records written before it was kept)."""
+    from nothing, and in records written before it was kept) with the sizes of the parts
+    copied from that version."""
 
     user: str
     path: str
