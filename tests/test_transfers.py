@@ -389,57 +389,6 @@ def test_an_appe_is_answered_before_the_old_bytes_are_copied(alice, area, cos, e
     assert pending_uploads(cos, area) == []
 
 
-def read_ended(emulator, key: str) -> bool:
-    """Whether COS has answered a GET of ``key`` itself."""
-    return any(entry["kind"] == "GET" and entry["target"] == key and entry["end"]
-               for entry in request_log(emulator.port, contains=key))
-
-
-def release_read(cos, key: str) -> None:
-    """Let go of the server's GET held at the rendezvous armed for GETs of ``key``: a GET
-    of the test's own meets it (both go on)."""
-    cos.get_object(Bucket=ALPHA, Key=key)["Body"].get_raw_stream().read()
-
-
-def test_an_appe_onto_a_small_file_is_answered_before_it_is_read(alice, area, cos, emulator):
-    """APPE onto a file under 1 MiB (too few bytes for a copied part: they are read and sent
-    again) read the file before its 150. Now the read goes out beside the 150: held in COS,
-    it keeps only the 226 waiting."""
-    old, tail = os.urandom(PART // 2), os.urandom(PART + 5)
-    put(alice, area, old)
-    # Held for at most 15 s (the client waits 30 for a reply): before, the 150 came then.
-    emulator.rendezvous(contains=area, exact=True, kind="GET", parties=2, timeout=15)
-    alice.voidcmd("TYPE I")
-    conn = alice.transfercmd(f"APPE {area}")
-    assert not read_ended(emulator, area)
-    conn.sendall(tail)
-    conn.close()
-    release_read(cos, area)
-    assert alice.voidresp().startswith("226")
-    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
-    assert get(alice, area) == old + tail
-    assert pending_uploads(cos, area) == []
-
-
-def test_an_appe_onto_a_small_file_replaced_before_it_is_read_changes_nothing(alice, area, cos,
-                                                                             emulator):
-    """The file is replaced between the APPE's 150 and its read of the old bytes: the read
-    is of the version the APPE found (its ETag), so the APPE fails and the replacement
-    stays, with no upload left behind."""
-    put(alice, area, b"old bytes")
-    emulator.rendezvous(contains=area, exact=True, kind="GET", parties=2, timeout=15)
-    alice.voidcmd("TYPE I")
-    conn = alice.transfercmd(f"APPE {area}")
-    cos.put_object(Bucket=ALPHA, Key=area, Body=b"replaced")
-    conn.sendall(b" and more")
-    conn.close()
-    release_read(cos, area)
-    with pytest.raises(ftplib.error_temp, match="451"):
-        alice.voidresp()
-    assert get(alice, area) == b"replaced"
-    assert pending_uploads(cos, area) == []
-
-
 def test_an_appe_aborted_while_cos_copies_is_aborted_after_the_copy(alice, area, cos,
                                                                       emulator):
     """ABOR of an APPE whose copy of the old bytes COS is still making: the multipart

@@ -156,9 +156,9 @@ class Area(Bucket):
         with self._shown():
             return self._bucket.open_read(self._readable(key), offset, etag)
 
-    def read_small(self, key: str, size: int, etag: str = "") -> bytes:
+    def read_small(self, key: str, size: int) -> bytes:
         with self._shown():
-            return self._bucket.read_small(self._readable(key), size, etag)
+            return self._bucket.read_small(self._readable(key), size)
 
     def put(self, key: str, data: bytes, like: Optional[ObjectInfo] = None,
             if_absent: bool = False) -> Completed:

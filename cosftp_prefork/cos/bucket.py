@@ -273,14 +273,13 @@ class Bucket:
                             whole_size(header(answer.headers, "content-range"),
                                        offset + length))
 
-    def read_small(self, key: str, size: int, etag: str = "") -> bytes:
-        """Return the first ``size`` bytes of ``key`` (meant for small objects), of the
-        version with ``etag`` if given; raises ``StorageError`` if fewer arrive (code
-        ``PreconditionFailed``: the object has another ETag). A body cut short on the way
-        (a reset: a ``StreamError``) is asked for again, as :func:`call` retries a failed
-        request: a resume or an append must not fail on what a second GET delivers."""
+    def read_small(self, key: str, size: int) -> bytes:
+        """Return the first ``size`` bytes of ``key`` (meant for small objects); raises
+        ``StorageError`` if fewer arrive. A body cut short on the way (a reset: a
+        ``StreamError``) is asked for again, as :func:`call` retries a failed request: a
+        resume or an append must not fail on what a second GET delivers."""
         for attempt in range(RETRY_ATTEMPTS):
-            stream = self.open_read(key, etag=etag)
+            stream = self.open_read(key)
             try:
                 return read_exactly(stream, key, size)
             except StorageError as error:

@@ -46,7 +46,6 @@ import enum
 import logging
 import time
 from collections.abc import Hashable, Iterator
-from concurrent.futures import Future
 from typing import Callable, Optional, Union
 
 from .. import metrics
@@ -132,9 +131,6 @@ class UploadSession:
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
         # APPE, and a resumed park of one: the ETag of the version its first bytes came from.
         self._continues = ""
-        # APPE onto a file under 1 MiB: the read of its bytes, sent beside the 150 and written
-        # ahead of the client's (see continue_object).
-        self._old_bytes: Optional[Future] = None
         self._announcement: Optional[Announcement] = None  # APPE: no other one meanwhile
         # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
@@ -181,20 +177,8 @@ class UploadSession:
              ready: Callable[[int], bool] = lambda _size: True) -> int:
         """How many bytes ``write`` takes now without waiting for a buffer (back-pressure:
         while it is 0 the data channel leaves the bytes in its socket); see
-        :meth:`PartStream.room`. An APPE's read of the old bytes must be answered first."""
-        if self.closed:
-            return 1
-        read = self._old_bytes
-        if read is not None:
-            if not read.done():
-                return 0
-            if read.cancelled() or read.exception() is not None:
-                return 1  # write() raises it
-            if not self._parts.room(more_coming, ready):
-                return 0
-            # The first part's buffer (1 MiB at least) is granted: the old bytes fit in it.
-            self._write_old_bytes()
-        return self._parts.room(more_coming, ready)
+        :meth:`PartStream.room`."""
+        return 1 if self.closed else self._parts.room(more_coming, ready)
 
     def hoarding(self, limit: float) -> bool:
         """See :meth:`PartStream.hoarding`."""
@@ -203,7 +187,6 @@ class UploadSession:
     def write(self, data: bytes) -> int:
         """Stream ``data``; return ``len(data)``."""
         self._check_open()
-        self._write_old_bytes()
         self._raise_part_failure()
         if self._parts.size + len(data) > self._max_size:
             self._discard = True
@@ -254,46 +237,16 @@ class UploadSession:
         """Start with the bytes of the stored object ``source`` (APPE, or REST + STOR at its
         end). From 1 MiB on they are copied inside COS once the first bytes arrive, while
         the client sends the rest (see ``PartStream.copy_first``); a smaller one cannot be a
-        copied part (COS's smallest non-last part), so its few bytes are read, of the
-        version ``source`` is, and sent again: the read goes out now, on the engine's
-        look-up pool, so that the 150 does not wait for it, and its bytes are written ahead
-        of the client's (:meth:`room`, :meth:`write`, :meth:`commit`). The new object keeps
-        the storage class, encryption, headers and metadata of ``source``."""
+        copied part (COS's smallest non-last part), so its few bytes are read now and sent
+        again. The new object keeps the storage class, encryption, headers and metadata of
+        ``source``."""
         self._like = source.for_new_bytes()
         self._continues = source.etag
         if source.size >= MIN_PART_SIZE:
             self._parts.copy_first(source, self._engine.copier(self._parts.owner,
                                                                self._parts.account))
         elif source.size:
-            lookups = self._engine.lookups.for_owner(self._parts.owner, self._parts.account)
-            self._old_bytes = lookups.submit(self._read_old_bytes, source)
-
-    def _read_old_bytes(self, source: ObjectInfo) -> bytes:
-        """The bytes of ``source``; ``StorageError`` (``ObjectChanged``) once the file is
-        another version."""
-        try:
-            return self._bucket.read_small(source.key, source.size, source.etag)
-        except StorageError as exc:
-            if exc.code != "PreconditionFailed":
-                raise
-            raise StorageError(f"{self.name} was changed by another session while this "
-                               "append ran; nothing was appended, try again",
-                               code="ObjectChanged") from exc
-
-    def _write_old_bytes(self) -> None:
-        """Write the old bytes :meth:`continue_object` read ahead of the client's, waiting
-        for the read if need be; raise what it raised (for good: nothing of this upload is
-        kept then)."""
-        read = self._old_bytes
-        if read is None:
-            return
-        try:
-            old = read.result()
-        except BaseException:
-            self._discard = True
-            raise
-        self._old_bytes = None
-        self._parts.write(old)
+            self._parts.write(self._bucket.read_small(source.key, source.size))
 
     def resume(self, parked: ParkedUpload) -> None:
         """Continue ``parked``: its parts stay, the bytes written next follow them. One that
@@ -344,7 +297,6 @@ class UploadSession:
         if self._quota is not None:
             self._quota.before_commit()
         try:
-            self._write_old_bytes()  # an APPE of no byte
             if not self._parts.multipart:
                 if not still_wanted(0.0):
                     raise UploadInterrupted(self.name)
@@ -398,8 +350,6 @@ class UploadSession:
         """Park or abort unless :meth:`commit` succeeded; idempotent."""
         if self.closed:
             return
-        if self._old_bytes is not None:  # not needed any more (a read under way finishes)
-            self._old_bytes.cancel()
         if self._checks is not None:  # a parked upload needs no verdict: its look-ups end
             self._checks.cancel()
         if self._store.enabled and not self._discard and self._parts.upload_id and self._park():
