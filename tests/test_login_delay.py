@@ -14,6 +14,7 @@ import socket
 
 import pytest
 
+from .admin_client import AdminClient, admin_server, admin_url
 from .conftest import CHEAP_HASH
 from .server_proc import ServerProcess, wait_until
 from .test_governance import OPS, connect, next_reply
@@ -24,13 +25,15 @@ LONG = "30"
 
 
 def delay_server(emulator, tmp_path, delay: str, log_level: str = "INFO",
-                 max_failures: str = "0", network: dict | None = None) -> ServerProcess:
-    """One worker with ``delay_failed_login = delay``; no bans unless ``max_failures`` says
-    (these tests fail logins on purpose). ``CHEAP_HASH`` makes each password check a 2 ms
-    scrypt."""
+                 max_failures: str = "0", network: dict | None = None,
+                 **optional: str) -> ServerProcess:
+    """One worker with ``delay_failed_login = delay`` and the other ``optional`` settings
+    given; no bans unless ``max_failures`` says (these tests fail logins on purpose).
+    ``CHEAP_HASH`` makes each password check a 2 ms scrypt."""
     return ServerProcess(str(tmp_path), emulator.port, [*OPS, CHEAP_HASH],
                          optional={"worker_processes": "1", "max_login_failures": max_failures,
-                                   "log_level": log_level, "delay_failed_login": delay},
+                                   "log_level": log_level, "delay_failed_login": delay,
+                                   **optional},
                          network=network or {})
 
 
@@ -135,3 +138,43 @@ def test_a_quit_sent_ahead_of_the_530_closes_the_session_cleanly(emulator, tmp_p
         wait_until(lambda: proc.log_text().count("closing IOLoop") > ended_before,
                    what="the session's event loop to end")
         assert "unhandled exception" not in proc.log_text()
+
+
+def test_a_login_timeout_during_the_delay_closes_the_session_at_once(emulator, tmp_path):
+    """USER, a wrong PASS, then USER, another wrong PASS, PWD and QUIT in one packet; the
+    530 waits 20 s and login_timeout (2 s) passes meanwhile: the kick wins. The session gets
+    the kick's 421 and closes then, without waiting out the delay, and nothing it sent ahead
+    runs: one password checked, one failure counted. Before: the kick was seen only after
+    the 530, once the commands sent ahead had run: 331 530 331 530 221, the second password
+    sent to the password checks (left unanswered, its deadline past), PWD and QUIT answered
+    and the kick's 421 never sent."""
+    # 20 s, not LONG: the client reads each reply within 30 s
+    with delay_server(emulator, tmp_path, "20", login_timeout="2") as proc:
+        codes = pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
+                                b"PASS another-guess\r\nPWD\r\nQUIT\r\n")
+        assert codes == [b"331", b"421"]
+        assert failed_logins(proc) == 1
+        assert "closed: no login within login_timeout" in proc.log_text()
+
+
+def test_an_admin_kick_during_the_delay_closes_the_session_at_once(emulator, tmp_path):
+    """A wrong password, then USER, the right one and PWD in one packet; once the failure
+    is logged (its 530 waits 30 s), the admin API closes the session: the API says closed
+    (200), and the client gets 331 and the kick's 421, not the 530; the right password sent
+    ahead is not checked (no login). Before: the session was closed only after the delay,
+    so the API answered 202 (not closed within its 5 s)."""
+    with admin_server(str(tmp_path), emulator.port, worker_processes="1",
+                      max_login_failures="0", delay_failed_login=LONG) as proc, \
+            socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
+        replies = sock.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        sock.sendall(b"USER alice\r\nPASS a-wrong-guess\r\nUSER alice\r\nPASS alice-pw\r\n"
+                     b"PWD\r\n")
+        wait_until(lambda: failed_logins(proc) == 1, what="the wrong password checked")
+        api = AdminClient(admin_url(proc))
+        [session] = api.get("/sessions")["sessions"]
+        kicked = api.call("DELETE", f"/sessions/{session['id']}")
+        assert (kicked.status_code, kicked.json()) == (200, {"id": session["id"], "closed": True})
+        assert replies.read() == (b"331 Username ok, send password.\r\n"
+                                  b"421 Session closed by the server's administrator.\r\n")
+        assert "USER 'alice' logged in." not in proc.log_text()

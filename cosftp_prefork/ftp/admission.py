@@ -212,12 +212,18 @@ class Admission:
         with contextlib.suppress(OSError), raw_socket(self.socket) as raw:
             raw.shutdown(socket.SHUT_RD)
 
+    def obey_kick(self) -> bool:
+        """If the gate told this session to go (``_kick``): reply its 421 and close, in the
+        session's thread, and return True; else False."""
+        if self._kicked is None or compat.is_closed(self):
+            return False
+        self.respond(f"421 {self._kicked}")
+        self.close()
+        return True
+
     def handle_read(self) -> None:
-        if self._kicked is not None and not compat.is_closed(self):
-            self.respond(f"421 {self._kicked}")
-            self.close()
-            return
-        super().handle_read()
+        if not self.obey_kick():
+            super().handle_read()
 
     def close(self) -> None:
         """Free the connection's place in the limits before its socket closes: no kick

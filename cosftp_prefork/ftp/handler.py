@@ -367,8 +367,9 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommand
 
     def on_login_failed(self, username: str, password: str) -> None:
         """Called after the delayed 530; a banned address is also disconnected. Then the
-        commands sent ahead of the 530 run (``ftp.loginwait``)."""
-        if self._banned_now:
+        commands sent ahead of the 530 run (``ftp.loginwait``). Nothing is sent to a session
+        closed meanwhile (a kick during the delay)."""
+        if self._banned_now and not compat.is_closed(self):
             self.respond("421 Too many failed logins; try again later.")
             self.close_when_done()
         self.run_held_commands()

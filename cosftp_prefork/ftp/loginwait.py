@@ -14,6 +14,12 @@ once it was sent, as if just read; they are dropped if the answer closed the ses
 last try, a ban's 421, the auth hook's 421). They are what one read brought, no more
 (``ftp.backpressure``: 4 KiB in clear, one TLS record), as nothing is read while the answer
 waits; ``MAX_HELD`` bounds them all the same: past it the session is closed after the answer.
+
+A kick (``ftp.admission``: ``login_timeout``, a ban, the admin API) wins over the wait: the
+session gets the kick's 421 and closes within ``KICK_CHECK_INTERVAL``, and nothing it sent
+ahead runs. Off the event loop, the session does not see the end of file a kick makes; the
+kick was seen only after the answer, once the commands sent ahead had run: a password among
+them was checked, its failure counted towards a ban.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import logging
 
 from . import compat
-from .backpressure import TLS_READ_SIZE
+from .backpressure import KICK_CHECK_INTERVAL, TLS_READ_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +37,45 @@ TOO_MUCH_AHEAD = "421 Too many commands sent ahead of the login's answer."
 
 
 class HeldCommands:
-    """Mixin for the control handler: see the module docstring."""
+    """Mixin for the control handler, after ``Admission`` (its ``obey_kick``): see the
+    module docstring."""
 
     _held = b""  # sent after the PASS whose answer waits
     _held_too_long = False
+    _kick_watch = None  # while the answer waits
 
     def hold_commands(self) -> None:
         """Set aside what the client sent after the command being run (a PASS whose answer
-        was just put off), until ``run_held_commands``."""
+        was just put off), until ``run_held_commands``; look for a kick meanwhile."""
         held = compat.take_unread_input(self)
         if len(held) > MAX_HELD:
             log.warning("%d bytes of commands sent ahead of a login's answer: the session is "
                         "closed after it", len(held))
             self._held_too_long, held = True, b""
         self._held = held
+        if self._kick_watch is None:
+            self._kick_watch = self.ioloop.call_every(KICK_CHECK_INTERVAL, self.obey_kick,
+                                                      _errback=self.handle_error)
 
     def run_held_commands(self) -> None:
         """The login's answer was sent: run the commands set aside, in order, unless the
-        session is closing (they are dropped) or they were too long (421 and close)."""
+        session is closing or was kicked (they are dropped; a kick's 421 is sent) or they
+        were too long (421 and close)."""
+        self._stop_kick_watch()
         held, self._held = self._held, b""
-        if compat.is_closed(self) or compat.is_closing(self):
+        if compat.is_closed(self) or compat.is_closing(self) or self.obey_kick():
             return
         if self._held_too_long:
             self.respond(TOO_MUCH_AHEAD)
             self.close_when_done()
         elif held:
             compat.run_input(self, held)
+
+    def _stop_kick_watch(self) -> None:
+        watch, self._kick_watch = self._kick_watch, None
+        if watch is not None and not watch.cancelled:
+            watch.cancel()
+
+    def close(self) -> None:
+        self._stop_kick_watch()
+        super().close()
