@@ -30,7 +30,7 @@ __all__ = ["DISCONNECTED", "ActiveDTP", "BufferedIteratorProducer", "FileProduce
 RELIED_ON: dict[str, tuple[str, ...]] = {
     # ioloop.AsyncChat, the base of the control and data channels (ac_in_buffer: asynchat's)
     "AsyncChat": ("_closed", "_closing", "_fileno", "_wanted_io_events", "ac_in_buffer"),
-    "FTPHandler": ("_in_buffer", "_in_buffer_len", "_restart_position",
+    "FTPHandler": ("_idler", "_in_buffer", "_in_buffer_len", "_restart_position",
                    "_in_dtp_queue", "_out_dtp_queue", "_current_type", "_current_facts",
                    "_extra_feats", "_dtp_acceptor", "_dtp_connector", "_on_dtp_connection",
                    "_rnfr", "_shutdown_connecting_dtp", "_epsvall"),
@@ -114,6 +114,33 @@ def push_bytes(handler: Any, data: bytes) -> None:
     takes text and encodes it, which leaves no place to double Telnet's IAC (0xFF) in the
     encoded bytes; asynchat's own ``push`` takes bytes."""
     AsyncChat.push(handler, data)
+
+
+# --- control channel: the idle timer (``timeout``, ``handle_timeout``)
+
+def stop_idle_timer(handler: Any) -> bool:
+    """Cancel the session's idle timer; True if one was running. pyftpdlib starts it in
+    ``FTPHandler.__init__``, on the event loop of the thread that accepted the connection."""
+    idler, handler._idler = handler._idler, None
+    if idler is None or idler.cancelled:
+        return False
+    idler.cancel()
+    return True
+
+
+def start_idle_timer(handler: Any) -> None:
+    """Start the idle timer on the session's event loop (``handler.ioloop``), as pyftpdlib
+    starts it: ``handle_timeout`` once ``timeout`` seconds pass without a command."""
+    handler._idler = handler.ioloop.call_later(handler.timeout, handler.handle_timeout,
+                                               _errback=handler.handle_error)
+
+
+def restart_idle_timer(handler: Any) -> None:
+    """Count the idle time from now, if the timer runs (pyftpdlib stops it while a data
+    connection is open, and when the session closes)."""
+    idler = handler._idler
+    if idler is not None and not idler.cancelled:
+        idler.reset()
 
 
 # --- control channel: session state

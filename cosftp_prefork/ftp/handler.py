@@ -45,6 +45,7 @@ from .datachannel import NOT_RECORDED, CosDTPHandler
 from .dialect import ClientDialect
 from .drain import Drain, DrainEnd
 from .hooks import SessionHooks, WorkerHooks
+from .idletimer import SessionIdleTimer
 from .lifecycle import LOGIN_ANEW, TRANSFER_BUSY, TransferLifecycle
 from .logins import AddressBanned, LoginExpired
 from .loginwait import HeldCommands
@@ -100,7 +101,7 @@ class SessionLabel:
 
 
 class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommands, ClientDialect,
-                    FTPHandler):
+                    SessionIdleTimer, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
