@@ -10,12 +10,17 @@ one, is answered while the long one still waits.
 from __future__ import annotations
 
 import select
+import selectors
 import socket
+import ssl
 
 import pytest
 
+from cosftp_prefork.ftp.backpressure import TLS_READ_SIZE
+
 from .admin_client import AdminClient, admin_server, admin_url
 from .conftest import CHEAP_HASH
+from .crowds import peak_rss, reset_peak_rss, workers_of
 from .server_proc import ServerProcess, wait_until
 from .test_governance import OPS, connect, next_reply
 from .tls_clients import client_context, write_certificate
@@ -178,3 +183,61 @@ def test_an_admin_kick_during_the_delay_closes_the_session_at_once(emulator, tmp
         assert replies.read() == (b"331 Username ok, send password.\r\n"
                                   b"421 Session closed by the server's administrator.\r\n")
         assert "USER 'alice' logged in." not in proc.log_text()
+
+@pytest.mark.parametrize("tls", [False, True], ids=["clear", "tls"])
+def test_a_flood_sent_ahead_of_a_530_is_answered_in_order(emulator, tmp_path, tls):
+    """USER, a wrong PASS, then NOOPs filling three times the most one read asks for
+    (TLS_READ_SIZE), and QUIT, sent in one go while the test reads: the 530, a 200 for every
+    NOOP in order, 221. What waits for the 530 is what one read of the connection brought
+    (4,066 bytes in clear, 16,354 over TLS), never more; the rest waits in the kernel until
+    the session reads again, a read at a time. The worker's peak RSS grows less than 8 MiB
+    (1.5 MiB here). Passed before this test was written: the 64 KiB bound of its own that
+    loginwait had (a 421, the session closed) could not be reached, and was dropped."""
+    noops = 3 * TLS_READ_SIZE // len(b"NOOP\r\n")
+    cert, key = write_certificate(tmp_path)
+    with delay_server(emulator, tmp_path / "srv", "0",
+                      network={"tls_certfile": cert, "tls_keyfile": key}) as proc, \
+            socket.create_connection(("127.0.0.1", proc.port), timeout=30) as plain:
+        [worker] = workers_of(proc.proc.pid)
+        sock, replies = plain, plain.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        if tls:
+            plain.sendall(b"AUTH TLS\r\n")
+            assert replies.readline().startswith(b"234")
+            sock = client_context().wrap_socket(plain, server_hostname="127.0.0.1")
+        reset_peak_rss(worker.pid)
+        before = peak_rss(worker.pid)
+        answered = send_while_reading(sock, b"USER ops\r\nPASS a-wrong-guess\r\n" +
+                                      b"NOOP\r\n" * noops + b"QUIT\r\n")
+        codes = [line[:3] for line in answered.split(b"\r\n") if line[3:4] == b" "]
+        grown = peak_rss(worker.pid) - before
+    assert codes == [b"331", b"530", *[b"200"] * noops, b"221"]
+    assert grown < 8 * 1024 * 1024
+
+
+def send_while_reading(sock: socket.socket, data: bytes) -> bytes:
+    """Send ``data`` while reading what the server sends, until it closes the connection,
+    in this thread (a TLS connection cannot be read and written from two); return what was
+    read. The server stops reading while its replies wait unread: sending all first could
+    wait for ever."""
+    sock.setblocking(False)
+    received, unsent = [], memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while True:
+            assert selector.select(timeout=30), "the server neither read nor wrote for 30 s"
+            while True:  # a TLS read may leave decrypted bytes no readiness event announces
+                try:
+                    chunk = sock.recv(65536)
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                if not chunk:
+                    return b"".join(received)
+                received.append(chunk)
+            if unsent:
+                try:
+                    unsent = unsent[sock.send(unsent[:65536]):]
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
+                if not unsent:
+                    selector.modify(sock, selectors.EVENT_READ)
