@@ -212,6 +212,11 @@ class Admission:
         with contextlib.suppress(OSError), raw_socket(self.socket) as raw:
             raw.shutdown(socket.SHUT_RD)
 
+    @property
+    def kicked(self) -> bool:
+        """True once the gate told this session to go (``_kick``)."""
+        return self._kicked is not None
+
     def obey_kick(self) -> bool:
         """If the gate told this session to go (``_kick``): reply its 421 and close, in the
         session's thread, and return True; else False."""

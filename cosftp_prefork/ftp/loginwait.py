@@ -32,8 +32,8 @@ from .backpressure import KICK_CHECK_INTERVAL
 
 
 class HeldCommands:
-    """Mixin for the control handler, after ``Admission`` (its ``obey_kick``): see the
-    module docstring."""
+    """Mixin for the control handler, after ``Admission`` (its ``kicked`` and
+    ``obey_kick``): see the module docstring."""
 
     _held = b""  # sent after the PASS whose answer waits
     _kick_watch = None  # while the answer waits
@@ -43,8 +43,17 @@ class HeldCommands:
         was just put off), until ``run_held_commands``; look for a kick meanwhile."""
         self._held = compat.take_unread_input(self)
         if self._kick_watch is None:
-            self._kick_watch = self.ioloop.call_every(KICK_CHECK_INTERVAL, self.obey_kick,
+            self._kick_watch = self.ioloop.call_every(KICK_CHECK_INTERVAL, self._watch_kick,
                                                       _errback=self.handle_error)
+
+    def _watch_kick(self) -> None:
+        """While the answer waits: a kicked session is put back on its event loop, then
+        answered 421 and closed (``obey_kick``). Off the loop, a 421 the socket could not
+        take at once (a client that reads no replies) would have its send asked of a loop
+        that no longer knows the connection: an error, not the reply."""
+        if self.kicked:
+            self.add_channel()
+            self.obey_kick()
 
     def run_held_commands(self) -> None:
         """The login's answer was sent: run the commands set aside, in order, unless the
