@@ -724,6 +724,23 @@ def test_feat_and_help_name_what_ftps_supports(tls_server):
     _close(ftp)
 
 
+def test_commands_sent_in_clear_with_auth_tls_are_dropped(tls_server):
+    """AUTH TLS and USER in one clear-text packet, then PASS over TLS: the USER, which
+    anything on the path could have added, is dropped (logged); over TLS the session is as a
+    new connection is, and the PASS gets 503 (USER first). Before: the USER ran inside the
+    TLS session, its 331 sent over TLS, and the PASS logged in (plain-text command
+    injection: CVE-2011-0411 in Postfix, CVE-2011-1575 in Pure-FTPd)."""
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=30) as plain:
+        replies = plain.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        plain.sendall(f"AUTH TLS\r\nUSER {PLAIN.user}\r\n".encode())
+        assert replies.readline().startswith(b"234")
+        with client_context().wrap_socket(plain, server_hostname="127.0.0.1") as secure:
+            secure.sendall(f"PASS {PLAIN.password}\r\n".encode())
+            assert secure.makefile("rb").readline().startswith(b"503")
+    assert "sent in clear text with AUTH TLS, dropped" in tls_server.log_text()
+
+
 def test_clients_asking_for_ccc_go_on_over_tls(tls_server, tmp_path, area, cos):
     """curl --ftp-ssl-ccc and lftp with ftp:ssl-use-ccc yes send CCC after the login; the
     534 leaves the control connection encrypted and both go on to download (curl clears

@@ -315,12 +315,21 @@ class CosTLSFTPHandler(CosFTPHandler, _TLSControl):
         AUTH SSL and AUTH TLS-P also set PBSZ 0 and PROT P, for this connection's life
         (REIN goes back to them): a client of the older drafts sends no PROT after them and
         encrypts its data connections, which vsftpd and proftpd serve; clients that send
-        PROT anyway (curl tries AUTH SSL first) get what they ask for."""
+        PROT anyway (curl tries AUTH SSL first) get what they ask for.
+
+        What the client sent in clear text after AUTH, in the same read, is dropped: anything
+        on the path could have added it, and run inside the TLS session it would be taken
+        for the client's (plain-text command injection, CVE-2011-0411)."""
         mechanism = line.strip().upper()
         if not compat.tls_established(self) and mechanism not in AUTH_MECHANISMS:
             self.respond("504 Unknown security mechanism: use AUTH TLS.")
             return
         super().ftp_AUTH(line)
+        if compat.tls_handshake_pending(self):
+            injected = compat.take_unread_input(self)
+            if injected:
+                log.warning("%d bytes sent in clear text with AUTH TLS, dropped: they may not "
+                            "be the client's", len(injected))
         if mechanism in PROTECTING_MECHANISMS and compat.tls_handshake_pending(self):
             self.protection_at_start = (True, True)  # this session's, for REIN too
             compat.restore_protection(self, self.protection_at_start)
