@@ -220,6 +220,36 @@ def test_kick_closes_a_session_whose_quit_waits_for_its_upload(api, admin, area)
     ftp.close()
 
 
+def test_a_kick_during_a_command_wins_over_the_commands_sent_with_it(api, admin, emulator,
+                                                                     area):
+    """SIZE, NOOP and NOOP in one packet; COS holds the SIZE's look-up (the emulator's
+    rendezvous) while the admin API kicks the session: the SIZE gets its answer, then the
+    kick's 421, and the NOOPs read with it are not run. Before: they ran after the kick
+    (213 200 200, then the 421)."""
+    key = f"{area}.bin"
+    cos = emulator.client()
+    cos.put_object(Bucket=ALPHA, Key=key, Body=b"12345")
+    ftp = log_in(admin, "127.0.0.5")
+    lists = emulator.requests(contains=key).get("LIST", 0)
+    emulator.rendezvous(contains=key, exact=True, kind="LIST", parties=2, timeout=120)
+    ftp.sock.sendall(f"SIZE {key}\r\nNOOP\r\nNOOP\r\n".encode())
+    wait_until(lambda: emulator.requests(contains=key).get("LIST", 0) > lists,
+               what="the SIZE's LIST held in COS")
+    wait_until(lambda: api.session_of("alice") is not None, what="the session listed")
+    session_id = api.session_of("alice")["id"]
+    assert api.call("DELETE", f"/sessions/{session_id}").status_code in (200, 202)
+    wait_until(lambda: f"admin API asked to close session {session_id}" in admin.log_text(),
+               what="the kick carried out")
+    cos.list_objects(Bucket=ALPHA, Prefix=key)  # the rendezvous' second party: both go on
+    ftp.sock.settimeout(20)
+    replies = []
+    with contextlib.suppress(EOFError):
+        while True:
+            replies.append(ftp.getline())
+    assert replies == ["213 5", "421 Session closed by the server's administrator."]
+    ftp.close()
+
+
 def _admin_pid(lines: list[str]) -> str:
     return re.search(r"\[(\d+) admin\]", lines[-1]).group(1)
 

@@ -425,13 +425,15 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommand
         return SessionLabel(self)
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
-        """Ignore commands still buffered after the session closed.
+        """Ignore commands still buffered after the session closed, or was kicked (its 421
+        goes out instead).
 
         asynchat keeps handing over pipelined lines that arrived with the one that closed
         the session; pyftpdlib would run them against a filesystem it already dropped, and
-        those after a QUIT that waits for a transfer to end.
+        those after a QUIT that waits for a transfer to end. A kick that came while an
+        earlier line ran was seen only once they all had.
         """
-        if self._quitting() or self.refused_proxy_header(line, cmd):
+        if self._quitting() or self.obey_kick() or self.refused_proxy_header(line, cmd):
             return
         self._note_command(cmd, arg)
         if self.fs is not None:

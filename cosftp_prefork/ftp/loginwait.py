@@ -22,7 +22,8 @@ A kick (``ftp.admission``: ``login_timeout``, a ban, the admin API) wins over th
 session gets the kick's 421 and closes within ``KICK_CHECK_INTERVAL``, and nothing it sent
 ahead runs. Off the event loop, the session does not see the end of file a kick makes; the
 kick was seen only after the answer, once the commands sent ahead had run: a password among
-them was checked, its failure counted towards a ban.
+them went to the password checks (and, its deadline not past, was checked and its failure
+counted towards a ban), and a QUIT among them answered 221 with the kick's 421 never sent.
 """
 
 from __future__ import annotations
