@@ -70,7 +70,7 @@ def part_size_for(min_part_size: int, max_file_size: int) -> int:
     return min(MAX_PART_SIZE, -(-needed // MIB) * MIB)
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:

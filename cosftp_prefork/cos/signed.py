@@ -579,7 +579,8 @@ class StreamedBody:
         self._pool._put_conn(conn if whole and self._reusable else None)
 
 
-SPLICEABLE = hasattr(os, "splice")  # Linux
+# Linux, Python 3.10 and later (os.splice, fcntl.F_SETPIPE_SZ came together): else copied.
+SPLICEABLE = hasattr(os, "splice")
 
 
 def body_into(response: urllib3.BaseHTTPResponse, buffer: memoryview) -> int:

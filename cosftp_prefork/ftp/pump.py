@@ -28,6 +28,7 @@ import threading
 from typing import BinaryIO, Callable, Optional
 
 from .. import logcontext, metrics
+from ..cos.signed import SPLICEABLE
 from .throttle import Throttle
 
 SPLICE = "splice"
@@ -66,7 +67,7 @@ class Pump:
 
     def _run(self) -> None:
         try:
-            if not (hasattr(self._source, "splice_into") and self._spliced()):
+            if not (SPLICEABLE and hasattr(self._source, "splice_into") and self._spliced()):
                 self._relaying(COPY)
                 self._copy()
         except BaseException as exc:  # handed to the data channel's thread by on_done
