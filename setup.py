@@ -39,6 +39,9 @@ setup(
         # [CLUSTER] redis_url: the reference Python client of Redis (and Valkey); no other
         # maintained client speaks the protocol synchronously with timeouts and pooling.
         "redis>=5.0",
+        # COS requests are signed, written and read on urllib3's connections (cos/signed.py,
+        # its 2.0 API: HTTPHeaderDict, BaseHTTPResponse); requests alone would allow 1.x.
+        "urllib3>=2",
     ],
     extras_require={
         # The local COS emulator used by the demo and the test suite.
