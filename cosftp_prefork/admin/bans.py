@@ -5,8 +5,10 @@ cluster's Redis when ``[CLUSTER]`` is set).
 A ban or unban changes the shared ban table and waits, as ``cosftpctl unban`` does, until
 the master saved the bans file, so that a stop right after cannot undo it. Each worker reads
 the table again at its next accept; the workers' tick closes the connections of a newly
-banned address that are not logged in yet. With ``[CLUSTER]``, the workers' cluster thread
-publishes a ban in Redis within a second, for every node (``Gate.share``).
+banned address that are not logged in yet. With ``[CLUSTER]``, a ban is written in Redis
+before the answer (``banctl.ban_in_cluster``), in its place after the unbans made so far,
+and every node holds it within a second; if Redis cannot be asked, the workers' cluster
+thread publishes it when it answers (``Gate.share``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Optional
 from ..server.banctl import (
     Outcome,
     allowlisted,
+    ban_in_cluster,
     describe,
     lift_everywhere,
     lift_running,
@@ -80,10 +83,18 @@ def add(context: Context) -> Response:
         raise ApiError(422, f"{address} is your own address: the ban would lock you out")
     now = int(time.time())
     until = now + seconds
+    # Redis first: a heartbeat of this node between the two then finds the ban there, made
+    # after any unban it brings, and keeps the row this writes (the other way round, the
+    # row made here could be forgotten for an unban made before it, until the next beat).
+    problem = ban_in_cluster(context.config, group, until, seconds) \
+        if context.config.cluster.redis_url else None
     context.state.ban(group, until, started=now)
     saved = wait_saved(context.state, context.master_alive)
     what = f"banned {address} for {seconds}s" + ("" if saved else
                                                 "; the master did not save the bans file yet")
+    if problem is not None:
+        what += f"; not in the cluster's Redis yet ({problem}): this node's workers publish " \
+                f"it when Redis answers"
     return Response(201, {"address": address, "banned_until": until, "saved": saved},
                     audit=what)
 

@@ -383,6 +383,24 @@ def lift_in_cluster(config: BanScope, address: Optional[str], now: int,
         admin.close()
 
 
+def ban_in_cluster(config: BanScope, address: str, until: int,
+                   seconds: int) -> Optional[str]:
+    """Ban ``address`` in the cluster's Redis (a ban just made on this node, through the
+    admin API), in its place after the unbans so far: an unban made before it cannot lift
+    it on any node. None if done, else what went wrong (the node's workers publish the
+    ban when Redis answers)."""
+    from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
+
+    admin = ClusterAdmin(config.cluster)
+    try:
+        admin.ban(address, until, seconds)
+    except ClusterTrouble as exc:
+        return str(exc)
+    finally:
+        admin.close()
+    return None
+
+
 def describe(address: Optional[str], outcome: Outcome, now: float, cluster: bool) -> str:
     """What an unban did, in one line: where bans were lifted (``cluster``: Redis was
     asked), then ``outcome``'s problems (what could not be done, and why)."""

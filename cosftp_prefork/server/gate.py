@@ -22,7 +22,8 @@ session's thread, before its greeting, with what the other nodes hold taken off 
 This node's counts are published on every change and, with the bans of other nodes for the
 pending connections, once a second by ``share`` on a thread of its own, which also brings
 the unbans made on any node (``cosftpctl unban``); this node's own table then forgets those
-addresses too (what it learnt after the unban stays). A ban earned at a failed login here,
+addresses too, unless Redis holds a ban of the address made after the unban (Redis orders
+bans and unbans: ``_forget_unbanned``). A ban earned at a failed login here,
 by this node's count or the cluster's, and one the cluster holds that this node enforced
 (refused a connection or a login for it), is in this node's table until it ends; when
 Redis did not know the node (it lost its keys, or an outage), or the table changed (a ban
@@ -48,7 +49,7 @@ from typing import Callable, Optional
 
 from ..config.model import ServerConfig
 from .burst import BurstLog
-from .cluster import NODE_TTL, UNAVAILABLE, Beat, ClusterState, NodeCounts, Unban
+from .cluster import NODE_TTL, UNAVAILABLE, Beat, ClusterState, NodeCounts
 from .scoreboard import (
     CLUSTER_NONE,
     TOO_MANY,
@@ -335,18 +336,14 @@ class Gate:
             self._adopt(client.group, until)
         return bool(until)
 
-    def _adopt(self, group: str, until: float) -> None:
+    def _adopt(self, group: str, until: float, again: bool = False) -> None:
         """The cluster bans ``group`` until ``until`` (found at a refusal, or brought by
         the heartbeat): hold it in this node's own table too (unless that holds a ban of it
         already), so that it stays applied here until it ends whatever becomes of Redis
         (its keys lost, an outage), and is published again from here (``share``).
-
-        Held to the whole second ``until`` falls in, as the node that earned it holds it
-        (Redis's key ends a fraction later): an unban is judged against a ban's end less
-        ``ban_time`` (``_forget_unbanned``), and a copy rounded up was a second younger than
-        the ban, so an unban in the second the ban began left every copy (found: ``unban
-        --all`` right after a ban; the copy was then published again)."""
-        if not self.state.is_banned(group, time.time()):
+        ``again``: the address was unbanned in this heartbeat and Redis holds a ban of it
+        made since: that ban's end replaces what the row held."""
+        if again or not self.state.is_banned(group, time.time()):
             self.state.ban(group, int(until))
 
     def _banned_at_accept(self, client: Client) -> bool:
@@ -376,7 +373,8 @@ class Gate:
             return False
         banned = self.state.record_failure(client.group, time.time(), *self._failures)
         if self.cluster is not None and \
-                self.cluster.record_failure(client.group, *self._failures) and not banned:
+                self.cluster.record_failure(client.group, *self._failures,
+                                            earned_here=banned) and not banned:
             # The cluster's count earned it (failures spread over nodes): this node holds
             # it too, so that it stays applied here until it ends, and is published again
             # if Redis loses it (``share``).
@@ -423,13 +421,14 @@ class Gate:
         worker's cluster thread: Redis may take up to redis_timeout a call, which must not
         hold the accept loop."""
         beat = self.cluster.publish(self._node_counts)
-        self._forget_unbanned(beat.unbans)
+        unbanned = self._forget_unbanned(beat)
         # Every node holds every ban (after the unbans: those the heartbeat brings are
         # still in Redis, so none of them was lifted since), so that a ban outlives Redis
-        # losing its keys while any node runs, not only one the address met.
+        # losing its keys while any node runs, not only one the address met. One of an
+        # address unbanned now is the ban made after that unban: held as Redis has it.
         for group, until in beat.bans:
             if self._may_ban(group):
-                self._adopt(group, until)
+                self._adopt(group, until, again=group in unbanned)
         if self._bans_on:
             self._publish_bans(beat)
         pending = self._pending_now()
@@ -449,10 +448,12 @@ class Gate:
         it again after an outage, however short (``beat.rejoined``; found: one shorter than
         ``NODE_TTL`` left the bans made meanwhile on this node only); and when the node's
         ban table changed since this worker last published it (its epoch moved: a ban
-        made through the admin API, or by this node's own count of failed logins; found:
-        an API ban stayed on its node, and the others let the address in). Runs after the
-        unbans this heartbeat brought; a Redis that noted another unban since writes
-        nothing (``ClusterState.republish``), and this worker tries again at its next
+        made through the admin API, or by this node's own count of failed logins, is
+        written in Redis when it is made: this catches one Redis did not take then;
+        found: an API ban stayed on its node, and the others let the address in). Runs
+        after the unbans this heartbeat brought; a Redis that noted another unban since,
+        or runs an ``unban --all``, writes nothing (``ClusterState.republish``), and this
+        worker tries again at its next
         tick, after its heartbeat brought that unban: a ban lifted on another node is not
         made again from here. Each ban published holds on every node until it ends.
         Failed logins are not: each node's own count goes on."""
@@ -473,8 +474,8 @@ class Gate:
                         "them", written)
         elif written:
             log.info("cluster: published %d ban(s) this node holds that Redis did not "
-                     "(made through the admin API, or by this node's own count of failed "
-                     "logins): every node holds them now", written)
+                     "(made here when Redis did not take them): every node holds them now",
+                     written)
 
     def _pending_now(self) -> list[Ticket]:
         with self._lock:
@@ -491,27 +492,28 @@ class Gate:
                 left.append(ticket)
         return left
 
-    def _forget_unbanned(self, unbans: list[Unban]) -> None:
+    def _forget_unbanned(self, beat: Beat) -> set[str]:
         """Forget in this node's table the addresses unbanned on any node of the cluster
-        (all of them for an ``unban --all``), unless what the row holds is newer than the
-        unban: a ban that started after it, failures counted since."""
-        if not unbans:
-            return
-        everyone = max((u.when for u in unbans if u.address is None), default=0)
-        latest: dict[str, int] = {}
-        for unban in unbans:
-            if unban.address is not None:
-                latest[unban.address] = max(latest.get(unban.address, 0), unban.when)
-        ban_time, now = self._failures[2], time.time()
+        (all of them for an ``unban --all``), their bans and failed logins, unless Redis
+        holds a ban of the address now (brought by this heartbeat, ``beat.bans``): that
+        ban was made after the unban, which deleted what Redis held before it, so it is
+        kept. Redis's order of bans and unbans decides, not their times (found: judged by
+        whole seconds, a ban made through the admin API or earned in the second after an
+        unban was taken for older, dropped by its node and never published). A ban is in
+        that order once its node wrote it there (at once when it is made, if Redis can be
+        asked). Return the addresses forgotten or kept so."""
+        if not beat.unbans:
+            return set()
+        everyone = any(unban.address is None for unban in beat.unbans)
+        named = {unban.address for unban in beat.unbans}
+        held = {group for group, _ in beat.bans}
 
         def older(row: BanRow) -> bool:
-            # ``since``: where its failures started counting, or when the admin API here
-            # made its ban (``BanTable.ban``)
-            unbanned = max(everyone, latest.get(row.address, 0))
-            return unbanned > 0 and max(row.since, _earned(row, ban_time, now)) <= unbanned
+            return (everyone or row.address in named) and row.address not in held
         for row in self.state.lift(older):
             log.info("cluster: %s unbanned (cosftpctl unban on a node): this node forgot its "
                      "%s", row.address, "ban" if row.until > time.time() else "failed logins")
+        return {group for group in held if everyone or group in named}
 
     def kick(self, ticket: Ticket, reason: str, what: str) -> None:
         """Tell the session of ``ticket`` to go (421 ``reason``) unless it is closing
@@ -523,19 +525,6 @@ class Gate:
         with self._lock:
             self._pending.discard(ticket)
         self.refusals.note(ticket.client.ip, what)
-
-
-def _earned(row: BanRow, ban_time: int, now: float) -> int:
-    """When the ban of ``row`` started if failed logins earned it (such a ban lasts
-    ``ban_time``); 0 if the row holds none, or more than ``ban_time`` is left of it: a ban
-    made through another node's admin API for longer, whose start this node does not know
-    (found: judged by its end less ``ban_time``, an unban of it was taken for older than
-    the ban, and the node kept its copy). Taken as older than an unban brought now: one
-    made after the unban was noted after it, so the heartbeat that brings the unban, or a
-    later one, brings that ban again, after the unban is forgotten (``Gate.share``)."""
-    if not row.until or row.until - now > ban_time:
-        return 0
-    return row.until - ban_time
 
 
 def _left(limit: int, used_elsewhere: int) -> Optional[int]:

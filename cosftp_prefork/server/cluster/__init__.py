@@ -4,8 +4,9 @@ client on every node and the per-address and logged-in limits hold for the whole
 
 Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
 
-* ``ban:<ip>`` — the ban (a string, the time it ends), expiring with it; ``fail:<ip>`` —
-  failed logins in the window (a count, expiring at the end of the window);
+* ``ban:<ip>`` — the ban (a string, ``<the time it ends>:<the unban counter when it was
+  written>``), expiring with it; ``fail:<ip>`` — failed logins in the window (a count,
+  expiring at the end of the window);
 * ``conn:<node>`` — a hash of this node's connections per client address, ``@in`` its
   logged-in sessions, and ``@u:<digest>`` those of each account logged in there. Every
   worker rewrites it once a second from the node's own session table (``shared``) with a
@@ -20,8 +21,14 @@ Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
 * ``unbans`` — the last ``UNBANS_KEPT`` unbans (``cosftpctl unban`` on any node), each
   ``<number>:<time>:<address or *>`` scored by its number from the counter ``unban-count``;
   both expire ``UNBANS_SECONDS`` after the last unban. Every worker's heartbeat brings the
-  ones it has not seen, and its node forgets those addresses in its own table too: a ban a
-  node made by itself (its own failed-login count) is lifted on every node, within a second.
+  ones it has not seen, and its node forgets those addresses in its own table too (a ban a
+  node made by itself, by its own failed-login count, is lifted on every node within a
+  second), unless Redis holds a ban of the address made after the unban: Redis's order of
+  scripts orders bans and unbans, never the nodes' clocks. ``unbanning`` — set while an
+  ``unban --all`` runs (its number, taken first: it deletes only the bans written before
+  it), so that no node publishes its bans again meanwhile;
+* ``bans-made`` — the last ``BANS_KEPT`` bans made or published again, scored by the
+  counter ``ban-count``, which every worker's heartbeat brings to its node.
 
 Every call of a worker is one Lua script (``scripts``) run with ``EVALSHA`` (redis-py loads
 it again when Redis answers ``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``): one round

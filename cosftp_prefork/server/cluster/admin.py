@@ -16,7 +16,22 @@ import redis
 from ...config.model import ClusterConfig
 from ...errors import ConfigError
 from ...logfiles import escape_controls
-from .keys import PREFIX, SCAN_PAGE, UNBANS_KEPT, UNBANS_SECONDS, ban_key, client_key
+from .keys import (
+    BANS_KEPT,
+    BANS_MADE,
+    BANS_MADE_COUNT,
+    BANS_SECONDS,
+    PREFIX,
+    SCAN_PAGE,
+    UNBAN_COUNT,
+    UNBANNING,
+    UNBANNING_SECONDS,
+    UNBANS,
+    UNBANS_KEPT,
+    UNBANS_SECONDS,
+    ban_key,
+    client_key,
+)
 from .link import (
     Busy,
     busy,
@@ -28,7 +43,7 @@ from .link import (
     refuses_writes,
     server_version,
 )
-from .scripts import LIBRARY, READ, UNBAN
+from .scripts import BAN, LIBRARY, READ, RESERVE, UNBAN
 
 T = TypeVar("T")
 
@@ -78,7 +93,8 @@ class ClusterAdmin:
         self._url = config.redis_url
         self._redis = connect(config)
         self._scripts = {name: self._redis.register_script(LIBRARY + body)
-                         for name, body in (("unban", UNBAN), ("read", READ))}
+                         for name, body in (("unban", UNBAN), ("read", READ),
+                                            ("reserve", RESERVE), ("ban", BAN))}
         self._theirs: dict[str, Any] = {}  # another module's scripts, by body
         self._checked = False
 
@@ -113,10 +129,14 @@ class ClusterAdmin:
                 self._unban([ban_key(ip), PREFIX + "fail:" + client_key(ip)],
                             client_key(ip), when, progress)
                 return progress.bans, progress.failures
+            # Its number first: the bans made while the pages are deleted come after it,
+            # and are kept (the page script compares), here and on the nodes.
+            number, _ = self._scripts["reserve"]([UNBAN_COUNT, UNBANNING],
+                                                 [UNBANS_SECONDS, UNBANNING_SECONDS])
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
-                    self._unban(page, "", when, progress)
-            self._unban([], "*", when, progress)  # the nodes drop their copies
+                    self._unban(page, "", when, progress, number)
+            self._unban([], "*", when, progress, number)  # the nodes drop their copies
             return progress.bans, progress.failures
         try:
             return self._call("unban", lift)
@@ -148,16 +168,26 @@ class ClusterAdmin:
             return answers
         return self._call(what, run)
 
-    def _unban(self, keys: list[str], what: str, when: int, progress: _Unbanning) -> None:
+    def ban(self, ip: str, until: int, seconds: int) -> None:
+        """Ban ``ip`` for ``seconds`` (until ``until``) in Redis, after every unban so far,
+        and note it for every node (``scripts.BAN``); a longer ban Redis holds is kept."""
+        self._call("ban", lambda: self._scripts["ban"](
+            [ban_key(ip), BANS_MADE, BANS_MADE_COUNT, UNBAN_COUNT],
+            [client_key(ip), until, seconds, BANS_KEPT, BANS_SECONDS]))
+
+    def _unban(self, keys: list[str], what: str, when: int, progress: _Unbanning,
+               number: Optional[int] = None) -> None:
         """Run the unban script (``scripts.UNBAN``) once, adding the bans and failed logins
-        it deleted to ``progress``; raise redis-py's ``ResponseError`` with what Redis
+        it deleted to ``progress`` (``number``: the ``unban --all``'s, which keeps the bans
+        made since it began); raise redis-py's ``ResponseError`` with what Redis
         answered its note, if it refused that after the deletes (``progress.at_note``).
         ``progress.sent`` is True while the call waits for its answer (one that never comes
         in time leaves it so: the script may have run)."""
         progress.sent = True
         answer, _ = self._scripts["unban"](
-            [PREFIX + "unbans", PREFIX + "unban-count", *keys],
-            [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:"])
+            [UNBANS, UNBAN_COUNT, UNBANNING, *keys],
+            [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:",
+             "" if number is None else number, UNBANNING_SECONDS])
         progress.sent = False
         progress.bans += int(answer[0])
         progress.failures += int(answer[1])

@@ -24,6 +24,12 @@ BANS_MADE = PREFIX + "bans-made"
 BANS_MADE_COUNT = PREFIX + "ban-count"
 BANS_KEPT = 1000
 BANS_SECONDS = 7 * 86400  # the log's life after the last ban noted (a ban's key ends its own)
+UNBANS = PREFIX + "unbans"
+UNBAN_COUNT = PREFIX + "unban-count"
+# Set while an ``unban --all`` runs (its number; ``scripts.RESERVE``): no node publishes its
+# bans again meanwhile. Each of its pages renews it; one cut short leaves it this long.
+UNBANNING = PREFIX + "unbanning"
+UNBANNING_SECONDS = 60
 WRITE_PROBE = PREFIX + "write-probe"  # written and deleted at once: does Redis take writes?
 SCAN_PAGE = 500  # keys per SCAN page, each page read or deleted by one script
 

@@ -7,7 +7,10 @@ atomic), each with ``LIBRARY`` in front; only commands and arguments that every 
 # under a ban's name is not ours and is deleted. ``ban_of`` answers the milliseconds a ban
 # has left (0: none). ``note_ban`` adds an address to the bans made (a sorted set scored by
 # a counter, as the unbans are), which every node's heartbeat brings to the node; it answers
-# the classes of keys it repaired.
+# the classes of keys it repaired. A ban's value is ``<when it ends>:<order>``, its order
+# the unban counter when it was written (``write_ban``): an ``unban --all`` deletes only the
+# bans older than itself (``ban_order``), so a ban made while it runs holds (a value
+# without an order, written before there was one, is older than every unban).
 LIBRARY = """
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local function integer(value)
@@ -32,6 +35,15 @@ local function ban_of(key)
   end
   redis.call('DEL', key)
   return 0, true
+end
+local function ban_order(key)
+  local value = redis.call('GET', key)
+  return integer(value and string.match(value, ':(%d+)$')) or 0
+end
+local function write_ban(key, ends, seconds, unbans)
+  local order, bad = counter_of(unbans)
+  redis.call('SET', key, ends .. ':' .. order, 'EX', seconds)
+  return bad and {'unban-count'} or {}
 end
 local function note_ban(made, count, address, kept, expiry)
   local repaired = {}
@@ -83,9 +95,12 @@ return {found, repaired}
 """
 
 # A failed login: count it in the window that began with the first (INCR, then EXPIRE
-# only if the count has none: what EXPIRE ... NX does on Redis 7); at the limit, ban, and
-# note the ban for every node. KEYS: the failures, the ban, the bans made, their counter;
-# ARGV: limit, window, ban seconds, when the ban ends, the address, bans kept, their expiry.
+# only if the count has none: what EXPIRE ... NX does on Redis 7); at the limit, or when
+# the node's own count earned a ban (ARGV[8] is 1), ban, and note the ban for every node,
+# in this same call: the ban takes its place in Redis's order of bans and unbans now, not
+# at the node's next heartbeat, after an unban it followed. KEYS: the failures, the ban,
+# the bans made, their counter, the unban counter; ARGV: limit, window, ban seconds, when
+# the ban ends, the address, bans kept, their expiry, earned by the node's count (1/0).
 FAIL = """
 local repaired = {}
 local found = kind(KEYS[1])
@@ -98,8 +113,10 @@ if found ~= 'none' then
 end
 local failures = redis.call('INCR', KEYS[1])
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if failures < tonumber(ARGV[1]) then return {0, repaired} end
-redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
+if failures < tonumber(ARGV[1]) and ARGV[8] ~= '1' then return {0, repaired} end
+for _, key_class in ipairs(write_ban(KEYS[2], ARGV[4], ARGV[3], KEYS[5])) do
+  table.insert(repaired, key_class)
+end
 redis.call('DEL', KEYS[1])
 for _, key_class in ipairs(note_ban(KEYS[3], KEYS[4], ARGV[5], ARGV[6], ARGV[7])) do
   table.insert(repaired, key_class)
@@ -141,13 +158,16 @@ return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
 # started again: Redis restarted, or the keys expired), and the number of the last one
 # brought. KEYS: its hash, nodes, unbans, the unban counter; ARGV: node, now, expiry, forget
 # nodes silent since, the last unban seen, the sequence field, the sequence read ('*':
-# rewrite anyway), the last ban made seen, the bans' prefix, then field, count pairs.
-# Answers whether it rewrote, whether the node was unknown: not among the nodes, or silent
-# for longer than the expiry (Redis lost its keys, or no worker of the node reached it for
-# that long; only this script writes the nodes, so a count or a reservation of the node
-# since does not hide it), and the bans made after the last one this worker saw (all of
-# them if their counter started again) that Redis still holds, address then milliseconds
-# left, with the number of the last one brought. KEYS: then the bans made, their counter.
+# rewrite anyway), the last ban made seen, the bans' prefix, the bans kept, then field,
+# count pairs. Answers whether it rewrote, whether the node was unknown: not among the
+# nodes, or silent for longer than the expiry (Redis lost its keys, or no worker of the
+# node reached it for that long; only this script writes the nodes, so a count or a
+# reservation of the node since does not hide it), and the bans made after the last one
+# this worker saw (all of them if their counter started again) that Redis still holds,
+# address then milliseconds left, with the number of the last one brought; if an ``unban
+# --all`` was among the unbans brought, all those noted that Redis still holds, not only
+# the new ones (a ban made while that unban ran holds, and this worker may have brought it
+# before the unban was noted). KEYS: then the bans made, their counter.
 HEARTBEAT = """
 local repaired = {}
 local counter, bad = counter_of(KEYS[4])
@@ -163,13 +183,16 @@ elseif found ~= 'none' then
   redis.call('DEL', KEYS[3])
   table.insert(repaired, 'unbans')
 end
+if #unbans < 100 then
+  seen = counter  -- every unban noted is brought; the numbers left are those RESERVE took
+end
 found = kind(KEYS[1])
 if found ~= 'none' and found ~= 'hash' then table.insert(repaired, 'conn:*') end
 local sequence = found == 'hash' and redis.call('HGET', KEYS[1], ARGV[6]) or ''
 local rewrite = ARGV[7] == '*' or sequence == ARGV[7]
 if rewrite then
   redis.call('DEL', KEYS[1])
-  for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
   if sequence ~= '' then redis.call('HSET', KEYS[1], ARGV[6], sequence) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -186,10 +209,16 @@ local made, made_seen, garbage = {}, tonumber(ARGV[8]), false
 local made_count, bad_count = counter_of(KEYS[6])
 if bad_count then table.insert(repaired, 'ban-count') end
 if made_count < made_seen then made_seen = 0 end
+local everything = false
+for _, member in ipairs(unbans) do
+  if string.sub(member, -2) == ':*' then everything = true end
+end
 found = kind(KEYS[5])
 if found == 'zset' then
-  local entries = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. made_seen, '+inf', 'WITHSCORES',
-                             'LIMIT', 0, 100)
+  local from, most = made_seen, 100
+  if everything then from, most = 0, tonumber(ARGV[10]) end
+  local entries = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. from, '+inf', 'WITHSCORES',
+                             'LIMIT', 0, most)
   for i = 1, #entries, 2 do
     local left, bad = ban_of(ARGV[9] .. entries[i])
     garbage = garbage or bad
@@ -197,7 +226,7 @@ if found == 'zset' then
       table.insert(made, entries[i])
       table.insert(made, left)
     end
-    made_seen = tonumber(entries[i + 1])
+    made_seen = math.max(made_seen, tonumber(entries[i + 1]))
   end
 elseif found ~= 'none' then
   redis.call('DEL', KEYS[5])
@@ -219,25 +248,29 @@ return {0, {}}
 """
 
 # The bans a node holds, published again where Redis holds none (it lost them, or never had
-# them: a ban made through the admin API, or by the node's own count), and noted among the
-# bans made (every node, one started since too, holds them). Nothing is written if an unban
-# was noted since the worker's last heartbeat (the counter passed the last one it brought):
+# them: a ban made while Redis could not be asked), and noted among the bans made (every
+# node, one started since too, holds them), each ordered after the unbans so far. Nothing
+# is written if an unban was noted, or an ``unban --all`` began (``RESERVE``), since the
+# worker's last heartbeat (the counter passed the last one it brought):
 # its node may still hold a ban that unban lifted, which this would make again everywhere;
-# the worker tries again after its next heartbeat has brought the unban. KEYS: the bans
-# made, their counter, the unban counter, then the bans; ARGV: bans kept, their expiry, the
-# last unban the worker brought, then per ban its address, when it ends and the seconds
-# left. Answers how many it wrote, -1 for none because of an unban.
+# the worker tries again after its next heartbeat has brought the unban (or once that
+# ``unban --all`` ended: its mark gone). KEYS: the bans made, their counter, the unban
+# counter, the mark of an ``unban --all`` running, then the bans; ARGV: bans kept, their
+# expiry, the last unban the worker brought, then per ban its address, when it ends and
+# the seconds left. Answers how many it wrote, -1 for none because of an unban.
 REPUBLISH = """
 local unbans, bad = counter_of(KEYS[3])
-if unbans > tonumber(ARGV[3]) then return {-1, bad and {'unban-count'} or {}} end
+if unbans > tonumber(ARGV[3]) or kind(KEYS[4]) ~= 'none' then
+  return {-1, bad and {'unban-count'} or {}}
+end
 local written, repaired, garbage = 0, {}, false
 if bad then table.insert(repaired, 'unban-count') end
-for i = 4, #KEYS do
-  local key, at = KEYS[i], 3 * (i - 4) + 4
+for i = 5, #KEYS do
+  local key, at = KEYS[i], 3 * (i - 5) + 4
   local banned, bad_ban = ban_of(key)
   garbage = garbage or bad_ban
   if banned == 0 then
-    redis.call('SET', key, ARGV[at + 1], 'EX', ARGV[at + 2])
+    redis.call('SET', key, ARGV[at + 1] .. ':' .. unbans, 'EX', ARGV[at + 2])
     for _, key_class in ipairs(note_ban(KEYS[1], KEYS[2], ARGV[at], ARGV[1], ARGV[2])) do
       table.insert(repaired, key_class)
     end
@@ -248,25 +281,38 @@ if garbage then table.insert(repaired, 'ban:*') end
 return {written, repaired}
 """
 
-# cosftpctl unban: delete KEYS[3..] (bans and failure counts; return how many bans ran and
+# cosftpctl unban: delete KEYS[4..] (bans and failure counts; return how many bans ran and
 # the failed logins counted) and, unless ARGV[2] is empty, note the unban of ARGV[2] (an
-# address, or * for every one) made at ARGV[1] for the nodes' workers. KEYS: unbans, the
-# unban counter, then the keys; ARGV: when, what, unbans kept, their expiry, the bans' prefix.
+# address, or * for every one) made at ARGV[1] for the nodes' workers. An ``unban --all``
+# (ARGV[6], the number ``RESERVE`` gave it) deletes only the bans ordered before it: one
+# made while it runs (written with that number or a later one) holds; each page keeps its
+# mark alive, its note deletes it. KEYS: unbans, the unban counter, the mark of an ``unban
+# --all`` running, then the keys; ARGV: when, what, unbans kept, their expiry, the bans'
+# prefix, the number of the ``unban --all`` ('' for one address), the mark's seconds.
 # Also answers the error Redis gave the note ('' if none): once a script wrote, Redis
 # refuses it nothing for its state (OOM, READONLY...), but an ACL may refuse the note
 # after the deletes, which stay; the caller says so rather than that nothing was done.
 UNBAN = """
 local repaired, bans, failures = {}, 0, 0
-for i = 3, #KEYS do
-  local key = KEYS[i]
+local before = integer(ARGV[6])
+for i = 4, #KEYS do
+  local key, keep = KEYS[i], false
   if string.sub(key, 1, #ARGV[5]) == ARGV[5] then
     local banned, bad = ban_of(key)
-    if banned > 0 then bans = bans + 1 end
+    keep = banned > 0 and before ~= nil and ban_order(key) >= before
+    if banned > 0 and not keep then bans = bans + 1 end
     if bad then repaired = {'ban:*'} end
   elseif kind(key) == 'string' then
     failures = failures + math.max(0, integer(redis.call('GET', key)) or 0)
   end
-  redis.call('DEL', key)
+  if not keep then redis.call('DEL', key) end
+end
+if before then
+  if ARGV[2] == '' then
+    redis.call('EXPIRE', KEYS[3], ARGV[7])
+  elseif redis.call('GET', KEYS[3]) == ARGV[6] then
+    redis.call('DEL', KEYS[3])
+  end
 end
 if ARGV[2] ~= '' then
   local found = kind(KEYS[1])
@@ -285,6 +331,41 @@ if ARGV[2] ~= '' then
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 return {{bans, failures, ''}, repaired}
+"""
+
+# The start of an ``unban --all``: its number, from the unban counter, which orders the
+# bans before it (deleted) and those made while it runs (kept, ``UNBAN``), and its mark,
+# which holds every node's bans published again (``REPUBLISH``) until its note: they would
+# be written after its number, and kept. KEYS: the unban counter, the mark; ARGV: the
+# counter's expiry, the mark's seconds (each page renews it: an unban cut short leaves
+# none for longer). Answers the number.
+RESERVE = """
+local _, bad = counter_of(KEYS[1])
+local number = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], number, 'EX', ARGV[2])
+return {number, bad and {'unban-count'} or {}}
+"""
+
+# A ban made through a node's admin API, in Redis at once (ordered after the unbans so
+# far, noted among the bans made), so that an unban before it cannot lift it: the longer
+# of it and a ban Redis holds. KEYS: the ban, the bans made, their counter, the unban
+# counter; ARGV: the address, when it ends, its seconds, bans kept, their expiry.
+BAN = """
+local left, bad = ban_of(KEYS[1])
+local repaired = bad and {'ban:*'} or {}
+local order, bad_count = counter_of(KEYS[4])
+if bad_count then table.insert(repaired, 'unban-count') end
+if left > tonumber(ARGV[3]) * 1000 then
+  local ends = string.match(redis.call('GET', KEYS[1]), '^(%d+)') or ARGV[2]
+  redis.call('SET', KEYS[1], ends .. ':' .. order, 'PX', left)
+else
+  redis.call('SET', KEYS[1], ARGV[2] .. ':' .. order, 'EX', ARGV[3])
+end
+for _, key_class in ipairs(note_ban(KEYS[2], KEYS[3], ARGV[1], ARGV[4], ARGV[5])) do
+  table.insert(repaired, key_class)
+end
+return {1, repaired}
 """
 
 # cosftpctl bans: the value and milliseconds left of each of KEYS that holds a string.

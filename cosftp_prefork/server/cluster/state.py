@@ -45,6 +45,9 @@ from .keys import (
     PREFIX,
     SEQUENCE_FIELD,
     SKIPS_BEFORE_REWRITE,
+    UNBAN_COUNT,
+    UNBANNING,
+    UNBANS,
     WRITE_PROBE,
     account_field,
     ban_key,
@@ -95,21 +98,21 @@ _DOWN_VIEWS = {
 
 @dataclass(frozen=True)
 class Unban:
-    """An unban made on some node: ``address`` (None: every address) at ``when``."""
+    """An unban made on some node: of ``address`` (None: every address)."""
 
     address: Optional[str]
-    when: int
 
 
 def _unbans(members: list) -> list[Unban]:
-    """The unbans noted in Redis (``<number>:<time>:<address or *>``); what is not one is
-    skipped (nothing of it is logged)."""
+    """The unbans noted in Redis (``<number>:<time>:<address or *>``; the time is for the
+    eye: Redis's order of bans and unbans is what counts); what is not one is skipped
+    (nothing of it is logged)."""
     found = []
     for member in members:
         _, _, rest = str(member).partition(":")
-        when, _, address = rest.partition(":")
+        _, _, address = rest.partition(":")
         try:
-            found.append(Unban(None if address == "*" else client_key(address), int(when)))
+            found.append(Unban(None if address == "*" else client_key(address)))
         except ValueError:
             continue
     return found
@@ -120,8 +123,8 @@ class Beat:
     """What a heartbeat brought: the unbans made since the last one (on any node), whether
     Redis did not know this node (``scripts.HEARTBEAT``): what the node holds (bans, quota
     reservations) is to be published there again; and the bans made since the last one
-    (on any node, or published again) that Redis still holds, each an address and when it
-    ends (``time.time()``)."""
+    (on any node, or published again; every one noted if an ``unban --all`` came) that
+    Redis still holds, each an address and when it ends (``time.time()``)."""
 
     unbans: list[Unban]
     unknown: bool = False
@@ -396,26 +399,31 @@ class ClusterState:
         found = self._run("ban check", "bans", [ban_key(ip) for ip in wanted], [])
         return {ip: _ends(left) for ip, left in zip(wanted, found or ()) if int(left) > 0}
 
-    def record_failure(self, ip: str, limit: int, window: int, ban: int) -> bool:
-        """Count a failed login from ``ip`` cluster-wide; True if that earns it a ban."""
+    def record_failure(self, ip: str, limit: int, window: int, ban: int,
+                       earned_here: bool = False) -> bool:
+        """Count a failed login from ``ip`` cluster-wide; True if that earns it a ban, or
+        if ``earned_here`` (this node's own count earned it): the ban is then made in Redis
+        by this same call (``scripts.FAIL``), in its place among the unbans."""
         key = client_key(ip)
         return bool(self._run("failed-login count", "fail",
-                              [PREFIX + "fail:" + key, ban_key(ip), BANS_MADE, BANS_MADE_COUNT],
+                              [PREFIX + "fail:" + key, ban_key(ip), BANS_MADE, BANS_MADE_COUNT,
+                               UNBAN_COUNT],
                               [limit, window, ban, int(time.time()) + ban, key, BANS_KEPT,
-                               BANS_SECONDS]))
+                               BANS_SECONDS, int(earned_here)]))
 
     def republish(self, bans: list[tuple[str, int]]) -> Optional[int]:
         """Publish again ``bans`` (address, when it ends) that this node holds, each where
         Redis holds no ban of that address, and note them among the bans made (every node
         then holds them); how many it wrote (0 too if Redis answered an error). None if
-        nothing was done and it is to be tried again: Redis could not be asked, or an
-        unban was noted since this worker's last heartbeat (``scripts.REPUBLISH``)."""
+        nothing was done and it is to be tried again: Redis could not be asked, an unban
+        was noted since this worker's last heartbeat, or an ``unban --all`` runs
+        (``scripts.REPUBLISH``)."""
         now = int(time.time())
         live = [(ip, until) for ip, until in bans if until > now]
         if not live:
             return 0
         written = self._run("bans published again", "republish",
-                            [BANS_MADE, BANS_MADE_COUNT, PREFIX + "unban-count",
+                            [BANS_MADE, BANS_MADE_COUNT, UNBAN_COUNT, UNBANNING,
                              *(ban_key(ip) for ip, _ in live)],
                             [BANS_KEPT, BANS_SECONDS, self._unbans_seen,
                              *(value for ip, until in live
@@ -463,11 +471,11 @@ class ClusterState:
                 counts += [account_field(account), n]
         now = time.time()
         answer = self._run("heartbeat", "heartbeat",
-                           [key, PREFIX + "nodes", PREFIX + "unbans", PREFIX + "unban-count",
-                            BANS_MADE, BANS_MADE_COUNT],
+                           [key, PREFIX + "nodes", UNBANS, UNBAN_COUNT, BANS_MADE,
+                            BANS_MADE_COUNT],
                            [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,
                             SEQUENCE_FIELD, sequence, self._bans_seen, PREFIX + "ban:",
-                            *counts])
+                            BANS_KEPT, *counts])
         for burst_log in (self._errors, self._repairs, self._busy):
             burst_log.flush()
         if not answer:
