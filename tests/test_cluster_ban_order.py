@@ -1,6 +1,7 @@
 """Bans and unbans across a cluster's nodes in Redis's order, not their clocks' (a ban made in
-the second after an unban, one made while ``unban --all`` runs). Two nodes on a real
-``redis-server`` through ``tests/redis6.py`` (the helpers are test_cluster_redis.py's)."""
+the second after an unban, one made while ``unban --all`` runs), and a node's ban table
+filled by the cluster's bans. Two nodes on a real ``redis-server`` through
+``tests/redis6.py`` (the helpers are test_cluster_redis.py's)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import re
 import threading
 import time
 
+from cosftp_prefork.config.model import ClusterConfig
+from cosftp_prefork.server.cluster import ClusterState
 from cosftp_prefork.server.cluster.scripts import LIBRARY, UNBAN
+from cosftp_prefork.server.scoreboard.layout import BAN_ROWS
 
 from .admin_client import AdminClient, admin_url
 from .server_proc import wait_until
+from .test_cluster import ACCOUNT
 from .test_cluster_redis import (
+    BANS,
     RedisUnderTest,
     earn_ban,
     logs_in,
@@ -22,7 +28,7 @@ from .test_cluster_redis import (
     redis6,  # noqa: F401 (the fixture)
     refused_as_banned,
 )
-from .test_cluster_redis_outages import beats_after
+from .test_cluster_redis_outages import beats_after, two_nodes
 
 
 def held_by_node(proc, address: str) -> bool:
@@ -123,3 +129,44 @@ def test_a_ban_made_while_unban_all_runs_holds_on_every_node(pair, redis6):  # n
         assert refused_as_banned(proc, "127.0.0.112"), proc.name
         assert logs_in(proc, "127.0.0.111").startswith("230"), proc.name
         nothing_crashed(proc)
+
+
+def crowd(redis_port: int, first: int, count: int) -> None:
+    """Ban ``count`` addresses (10.7.x.y from the ``first``-th) as another node of the
+    cluster does: each earned by a failed login there, noted for every node."""
+    elsewhere = ClusterState(ClusterConfig(f"redis://127.0.0.1:{redis_port}/0",
+                                           node_id="crowd"))
+    try:
+        for n in range(first, first + count):
+            assert elsewhere.record_failure(f"10.7.{n // 250}.{n % 250 + 1}", 1, 60, 600)
+    finally:
+        elsewhere.close()
+
+
+def node_bans(proc) -> int:
+    """How many bans the node's own table holds."""
+    return len(re.findall(r"\bnode$", proc.ctl("bans").stdout, re.M))
+
+
+def test_a_crowd_of_the_clusters_bans_leaves_a_nodes_own_ban_in_its_table(emulator,
+                                                                          tmp_path):
+    """Node a earned a ban itself; then 1,100 addresses are banned elsewhere in the cluster,
+    more than a's ban table holds (1,024 rows), and every node holds each. Then Redis loses
+    its keys: node a publishes again what its table holds. Found: the crowd's copies took
+    the place of a's own ban (ending soonest), and after the loss the address got in on
+    every node with most of its ban left."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "crowd", **BANS) as (server, a, b):
+        earn_ban(a, "127.0.0.121")
+        for first in (0, 500, 1000):
+            count = 500 if first < 1000 else 100
+            crowd(server.proxy.port, first, count)
+            wait_until(lambda total=first + count: node_bans(a) >= min(total, BAN_ROWS),
+                       timeout=60, interval=1, what=f"node a to hold {first + count} bans")
+        assert node_bans(a) == BAN_ROWS
+        assert held_by_node(a, "127.0.0.121")
+        assert "the ban table (1024 rows) was full of running bans" in a.log_text()
+        server.direct.flushall()
+        wait_until(lambda: server.direct.exists("cosftp:ban:127.0.0.121"), timeout=30,
+                   what="node a to publish its own ban again")
+        assert refused_as_banned(b, "127.0.0.121")
+        nothing_crashed(a)

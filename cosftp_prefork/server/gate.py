@@ -342,9 +342,10 @@ class Gate:
         already), so that it stays applied here until it ends whatever becomes of Redis
         (its keys lost, an outage), and is published again from here (``share``).
         ``again``: the address was unbanned in this heartbeat and Redis holds a ban of it
-        made since: that ban's end replaces what the row held."""
+        made since: that ban's end replaces what the row held. Held as a copy: it never
+        takes the place of a ban this node made (``BanTable.ban``)."""
         if again or not self.state.is_banned(group, time.time()):
-            self.state.ban(group, int(until))
+            self.state.ban(group, int(until), copy=True)
 
     def _banned_at_accept(self, client: Client) -> bool:
         """:meth:`is_banned` by this node's table, from this worker's copy of it, read again

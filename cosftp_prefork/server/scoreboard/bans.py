@@ -11,11 +11,17 @@ import time
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Optional
 
 from ...safefiles import open_fd, replace_file
 from .layout import BAN_HEADER_WORDS, BAN_WORDS, BANS_AT, DETAILS_AT
 from .mapped import MappedFile
 from .records import Address, BanRow, address_key, address_text
+
+# What a row in use holds (its first word; 0: free): this node's own failed logins and
+# bans (earned here, made through its admin API, restored from its bans file), or a copy of
+# a ban made elsewhere in the cluster.
+OWN, COPY = 1, 2
 
 
 class BanTable(MappedFile):
@@ -96,7 +102,7 @@ class BanTable(MappedFile):
         wanted, stamp = address_key(ip), int(now)
         with self._bans_locked() as words:
             flat = words[BAN_HEADER_WORDS:].tolist()
-            at = self._take_row(words, flat, wanted, now)
+            at = self._take_row(words, flat, wanted, now, OWN)
             ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == wanted
             failures, started, previous_ban = flat[at + 5:at + 8] if ours else (0, stamp, 0)
             if stamp - started > window:
@@ -104,25 +110,33 @@ class BanTable(MappedFile):
             failures += 1
             banned = failures >= limit
             until = stamp + ban if banned else previous_ban
-            self._write_ban(words, at, wanted, failures, started, until)
+            kind = flat[at] if ours and not banned else OWN
+            self._write_ban(words, at, wanted, failures, started, until, kind)
             if banned and previous_ban <= stamp:
                 words[0] += 1
             return banned
 
-    def ban(self, ip: str, until: int, started: int = 0) -> None:
-        """Ban ``ip`` until ``until`` (the admin API; a ban the cluster holds), keeping the
-        failed logins its row counts; moves the epoch as a ban earned by failed logins
-        does. A row that counts none keeps ``started`` (when the admin API made the ban)
-        where a window of failures starts: an unban made elsewhere in the cluster is
-        judged against it (``Gate``), a ban of any length."""
-        key = address_key(ip)
+    def ban(self, ip: str, until: int, started: int = 0, copy: bool = False) -> bool:
+        """Ban ``ip`` until ``until`` (the admin API; ``copy``: a ban the cluster holds,
+        made elsewhere), keeping the failed logins its row counts; moves the epoch as a ban
+        earned by failed logins does. A row that counts none keeps ``started`` (when the
+        admin API made the ban) where a window of failures starts. Return False if a full
+        table had no room for a copy (``_ban_row``: every row holds a running ban of this
+        node's own); it then holds on this node through Redis only."""
+        key, now = address_key(ip), time.time()
         with self._bans_locked() as words:
             flat = words[BAN_HEADER_WORDS:].tolist()
-            at = self._take_row(words, flat, key, time.time())
-            ours = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == key and flat[at + 5] > 0
+            at = self._take_row(words, flat, key, now, COPY if copy else OWN)
+            if at is None:
+                return False
+            same = bool(flat[at]) and tuple(flat[at + 1:at + 5]) == key
+            ours = same and flat[at + 5] > 0
             failures, since = flat[at + 5:at + 7] if ours else (0, started)
-            self._write_ban(words, at, key, failures, since, until)
+            # a copy of a ban does not make this node's own running ban of it a copy
+            own = not copy or (same and flat[at] == OWN and flat[at + 7] > now)
+            self._write_ban(words, at, key, failures, since, until, OWN if own else COPY)
             words[0] += 1
+        return True
 
     def restore_bans(self, bans: Iterable[tuple[str, int]], now: float) -> int:
         """Put saved bans back (master, at start); return how many still run. They carry
@@ -135,40 +149,58 @@ class BanTable(MappedFile):
                     continue
                 flat = words[BAN_HEADER_WORDS:].tolist()
                 key = address_key(ip)
-                self._write_ban(words, self._take_row(words, flat, key, now), key, 0, 0,
-                                int(until))
+                # (the file does not say whose a ban was: each is held as this node's own)
+                self._write_ban(words, self._take_row(words, flat, key, now, OWN), key, 0, 0,
+                                int(until), OWN)
                 restored += 1
             words[0] += 1 if restored else 0
         return restored
 
     @staticmethod
     def _write_ban(words, at: int, key: Address, failures: int, started: int,
-                   until: int) -> None:
+                   until: int, kind: int) -> None:
         at += BAN_HEADER_WORDS
-        words[at:at + BAN_WORDS] = array("I", [1, *key, failures, started, until])
+        words[at:at + BAN_WORDS] = array("I", [kind, *key, failures, started, until])
 
-    def _take_row(self, words, flat: list[int], wanted: Address, now: float) -> int:
+    def _take_row(self, words, flat: list[int], wanted: Address, now: float,
+                  kind: int) -> Optional[int]:
         """Where in ``flat`` (the rows, caller holds the lock) the row of ``wanted`` is or
-        goes (``_ban_row``). A full table gives up the row with the oldest news, a running
-        ban only when every row holds one (the one ending soonest): that is counted
-        (``dropped_bans``, for the master to log) and moves the epoch, so that no worker's
-        copy of the table enforces it still."""
-        at = self._ban_row(flat, wanted) * BAN_WORDS
+        goes (``_ban_row``), None if nowhere (a copy, in a table full of this node's own
+        running bans). A running ban given up for it is counted (``dropped_bans``, for the
+        master to log) and moves the epoch, so that no worker's copy of the table enforces
+        it still."""
+        row = self._ban_row(flat, wanted, now, kind)
+        if row is None:
+            return None
+        at = row * BAN_WORDS
         if flat[at] and tuple(flat[at + 1:at + 5]) != wanted and flat[at + 7] > now:
             words[2] += 1
             words[0] += 1
         return at
 
     @staticmethod
-    def _ban_row(flat: list[int], wanted: Address) -> int:
-        """The row of ``wanted``, else a free row, else the one with the oldest news."""
+    def _ban_row(flat: list[int], wanted: Address, now: float, kind: int) -> Optional[int]:
+        """The row of ``wanted``, else a free row, else the one with the oldest news among
+        those serving no ban, else the copy of another node's ban ending soonest, else (not
+        for a copy: None) this node's own ban ending soonest. A ban this node earned, made
+        through its admin API or restored from its bans file gives way only to another of
+        its own: a crowd of bans made elsewhere in the cluster (each node holds them all)
+        cannot push it out (found: 1,100 bans made on other nodes took the place of the
+        ban a node had earned itself, ending soonest; Redis then lost its keys and the
+        address got in everywhere)."""
         rows = range(len(flat) // BAN_WORDS)
         for row in rows:
             at = row * BAN_WORDS
             if flat[at] and tuple(flat[at + 1:at + 5]) == wanted:
                 return row
-        return min(rows, key=lambda r: flat[r * BAN_WORDS] and
-                   max(flat[r * BAN_WORDS + 6], flat[r * BAN_WORDS + 7]))
+
+        def rank(row: int) -> tuple[int, int]:
+            at = row * BAN_WORDS
+            if not flat[at] or flat[at + 7] <= now:
+                return 0, flat[at] and max(flat[at + 6], flat[at + 7])
+            return (2 if flat[at] == OWN else 1), flat[at + 7]
+        chosen = min(rows, key=rank)
+        return None if kind == COPY and rank(chosen)[0] == 2 else chosen
 
 
 def _ban_row_of(flat: list[int], at: int) -> BanRow:

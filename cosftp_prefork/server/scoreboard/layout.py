@@ -45,7 +45,8 @@ SESSION_WORDS = 6  # uint32s: pid (0: free row), PENDING or LOGGED_IN, client ad
 PENDING, LOGGED_IN = 1, 2
 
 BAN_ROWS = 1024
-BAN_WORDS = 8  # in use (1/0), client address (4), failures, window start, banned until
+BAN_WORDS = 8  # kind (0 free, bans.OWN, bans.COPY), client address (4), failures, window
+# start, banned until
 # Changes of the table (bans started or lifted) so far, the change last saved to the bans file
 # (the master), running bans dropped so far to make room for new rows (a full table), then
 # unused.
