@@ -41,12 +41,15 @@ def test_what_redis_answers_is_printed_escaped(tmp_path):
     try:
         direct.set(PLANTED, "1", px=300_000)
         proc = stopped_node(tmp_path, server.port)
-        for args, words in ((("bans",), "the cluster's bans are not listed"),
-                            (("unban", "--all"), "the cluster's ban(s) NOT lifted")):
+        # (unban --all's first call takes its number in Redis's order: its arguments hold
+        # no key of the bans, so only bans quotes the planted one)
+        for args, words, quoted in ((("bans",), "the cluster's bans are not listed", True),
+                                    (("unban", "--all"), "the cluster's ban(s) NOT lifted",
+                                     False)):
             done = proc.ctl(*args)
             assert words in done.stderr, done.stderr
             assert "unknown command 'EVALSHA'" in done.stderr, done.stderr
-            assert "cosftp:ban:\\x1b[2J" in done.stderr, done.stderr
+            assert not quoted or "cosftp:ban:\\x1b[2J" in done.stderr, done.stderr
             assert not {"\x1b", "\x07", "\u202e"} & set(done.stdout + done.stderr), \
                 done.stderr
             assert done.returncode in (1, 3), done.stderr
