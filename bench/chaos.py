@@ -12,6 +12,11 @@ the chaos; what must hold:
 - after a clean pass (no faults) every client exits 0 and each tree in COS holds exactly its
   source's files at their sizes (uploads a killed worker parked stay until ``resume_ttl``).
 
+A client that does not exit within ``--client-timeout`` seconds broke one too: it is killed
+and reported with its command line, its state and CPU time then, its last output (lftp's and
+rclone's debug logs, kept per run under the work directory's ``debug/``) and the server's log
+lines of its sessions (each client thread logs in as a user of its own, ``chaos-up0``...).
+
 Run by hand: ``.venv/bin/python bench/chaos.py [--rounds 8] [--fault-rate 0.15]``; exit status
 0 when every guarantee held. A client that fails the clean pass gets a second try, for
 rclone's own race: a ``.partial`` a killed sync left behind has the name its next sync
@@ -37,6 +42,7 @@ from typing import Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.client_runs import ClientRun, hang_report, run_client  # noqa: E402
 from tests.crowds import workers_of  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.server_proc import Account, ServerProcess  # noqa: E402
@@ -45,6 +51,9 @@ BUCKET = "chaos-1250000000"
 # Empty, one byte, small, one part, a part and a bit (multipart at 1 MiB parts), three parts.
 SIZES = (0, 1, 4096, 65536, 1 << 20, (1 << 20) + 17, 3 * (1 << 20) + 5)
 RCLONE = shutil.which("rclone", path=os.path.dirname(sys.executable)) or "rclone"
+PASSWORD = "chaos-pw"
+# Who logs in: a user per client thread, so that the server log tells its sessions apart.
+USERS = ("seed", "up0", "up1", "up2", "rc0", "rc1", "dl0", "dl1")
 
 
 def make_tree(path: str, count: int, rng: random.Random) -> dict[str, tuple[str, int]]:
@@ -61,54 +70,95 @@ def make_tree(path: str, count: int, rng: random.Random) -> dict[str, tuple[str,
     return files
 
 
+def open_bytes(path: str) -> bytes:
+    """The contents of the file at ``path``."""
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 class Soak:
     """One server, its emulator and the clients' work; ``failures`` collects what broke a
-    guarantee, ``results`` every client run's (name, exit status, stderr tail)."""
+    guarantee (a client that hung included), ``runs`` every client run, ``figures`` what
+    was done and checked."""
 
     def __init__(self, workdir: str, rounds: int, files: int, fault_rate: float,
-                 log_level: str, lftp_allo: bool = True) -> None:
+                 log_level: str, lftp_allo: bool = True,
+                 client_timeout: float = 600) -> None:
         self.workdir, self.rounds, self.fault_rate = workdir, rounds, fault_rate
-        self.lftp_allo = lftp_allo
+        self.lftp_allo, self.client_timeout = lftp_allo, client_timeout
         rng = random.Random(7)
         self.sources = {name: make_tree(os.path.join(workdir, "src", name), files, rng)
                         for name in ("up0", "up1", "up2", "rc0", "rc1", "seed")}
+        os.makedirs(os.path.join(workdir, "debug"))
         self.failures: list[str] = []
-        self.results: list[tuple[str, int, str]] = []
+        self.runs: list[ClientRun] = []
+        self.figures = dict.fromkeys(("kills", "reloads", "objects read whole",
+                                      "downloads byte-exact", "trees exact"), 0)
         self.done = threading.Event()
         self.emulator = EmulatorProcess(buckets=[BUCKET]).start()
         self.cos = self.emulator.client()
         self.server = ServerProcess(
             os.path.join(workdir, "server"), self.emulator.port,
-            [Account("chaos", "chaos-pw", BUCKET, "RW")],
+            [Account(f"chaos-{user}", PASSWORD, BUCKET, "RW") for user in USERS],
             optional={"max_login_failures": "0", "max_connections_per_ip": "0",
                       "log_level": log_level}).start()
-        obscured = subprocess.run([RCLONE, "obscure", "chaos-pw"], capture_output=True,
+        obscured = subprocess.run([RCLONE, "obscure", PASSWORD], capture_output=True,
                                   text=True, check=True).stdout.strip()
         self.rclone_env = {**os.environ, "RCLONE_CONFIG": os.path.join(workdir, "none.conf"),
                            "RCLONE_FTP_HOST": "127.0.0.1",
                            "RCLONE_FTP_PORT": str(self.server.port),
-                           "RCLONE_FTP_USER": "chaos", "RCLONE_FTP_PASS": obscured}
+                           "RCLONE_FTP_PASS": obscured}
 
     def close(self) -> None:
         self.server.stop()
         self.emulator.stop()
 
-    def lftp(self, command: str) -> subprocess.CompletedProcess:
+    def lftp(self, name: str, user: str, command: str) -> ClientRun:
+        """Run ``command`` in lftp as ``chaos-<user>``; the run is called ``name``."""
         # ftp:use-allo as docs/clients.md advises, unless --lftp-defaults: lftp 4.9.2's retry
         # of an upload refused after its last byte sends 192 KiB of it, which the server
         # tells by ALLO's size, or without it by the bytes (ftp.retries).
-        settings = ("set net:max-retries 2; set net:reconnect-interval-base 1; "
+        debug = self.debug_log(name)
+        settings = (f"debug -t -o {debug} 9; "
+                    "set net:max-retries 2; set net:reconnect-interval-base 1; "
                     "set net:timeout 20; set cmd:fail-exit yes; "
                     f"set ftp:use-allo {'yes' if self.lftp_allo else 'no'}")
-        return client_run(["lftp", "-u", "chaos,chaos-pw", "-p", str(self.server.port), "-e",
-                           f"{settings}; {command}; exit", "127.0.0.1"])
+        return self.client(name, user, [
+            "lftp", "-u", f"chaos-{user},{PASSWORD}", "-p", str(self.server.port), "-e",
+            f"{settings}; {command}; exit", "127.0.0.1"], debug_log=debug)
 
-    def upload(self, kind: str, name: str, target: str) -> subprocess.CompletedProcess:
+    def debug_log(self, name: str) -> str:
+        """A new file for run ``name``'s client debug log."""
+        stem = os.path.join(self.workdir, "debug", name.replace(" ", "-").replace("/", "_"))
+        path, again = f"{stem}.log", 1
+        while os.path.exists(path):  # the clean pass runs each upload again
+            again += 1
+            path = f"{stem}.{again}.log"
+        open(path, "w").close()
+        return path
+
+    def client(self, name: str, user: str, command: list[str], env: Optional[dict] = None,
+               debug_log: Optional[str] = None) -> ClientRun:
+        """Run a client to its end and keep its run; one that hung broke a guarantee and is
+        reported with what it was doing."""
+        run = run_client(name, f"chaos-{user}", command, self.client_timeout, env, debug_log)
+        self.runs.append(run)
+        if run.hang is not None:
+            keep = os.path.join(self.workdir, f"hung-{len(self.runs)}.txt")
+            self.failures.append(hang_report(run, os.path.join(self.server.log_dir,
+                                                               "cosftp.log"), keep))
+        return run
+
+    def upload(self, kind: str, name: str, target: str) -> ClientRun:
         source = os.path.join(self.workdir, "src", name)
         if kind == "lftp":
-            return self.lftp(f"mirror -R --parallel=2 {source} /{target}")
-        return client_run([RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
-                           "--low-level-retries", "2"], env=self.rclone_env)
+            return self.lftp(f"lftp {target}", name,
+                             f"mirror -R --parallel=2 {source} /{target}")
+        debug = self.debug_log(f"rclone {target}")
+        return self.client(f"rclone {target}", name, [
+            RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
+            "--low-level-retries", "2", "--log-level", "DEBUG", "--log-file", debug],
+            env={**self.rclone_env, "RCLONE_FTP_USER": f"chaos-{name}"}, debug_log=debug)
 
     def targets(self) -> Iterator[tuple[str, str, str]]:
         """(client, source, target) of every upload: one new tree per client and round."""
@@ -119,19 +169,18 @@ class Soak:
     def uploads(self, name: str) -> None:
         for kind, source, target in self.targets():
             if source == name:
-                done = self.upload(kind, source, target)
-                self.results.append((f"{kind} {target}", done.returncode, done.stderr[-300:]))
+                self.upload(kind, source, target)
 
     def downloads(self, index: int) -> None:
         for k in range(self.rounds):
             dest = os.path.join(self.workdir, f"down{index}-{k}")
-            done = self.lftp(f"mirror --parallel=3 /seed {dest}")
-            self.results.append((f"lftp download {dest}", done.returncode, done.stderr[-300:]))
+            done = self.lftp(f"lftp download {index}-{k}", f"dl{index}",
+                             f"mirror --parallel=3 /seed {dest}")
             if done.returncode == 0:
-                for rel, (md5, _) in self.sources["seed"].items():
-                    with open(os.path.join(dest, rel), "rb") as handle:
-                        if hashlib.md5(handle.read()).hexdigest() != md5:
-                            self.failures.append(f"download {dest}/{rel} differs")
+                differ = [rel for rel, (md5, _) in self.sources["seed"].items()
+                          if md5 != hashlib.md5(open_bytes(os.path.join(dest, rel))).hexdigest()]
+                self.failures += [f"download {dest}/{rel} differs" for rel in differ]
+                self.figures["downloads byte-exact"] += not differ
 
     def listing(self, prefix: str) -> dict[str, int]:
         """The data objects under ``prefix`` (no directory markers nor the server's own
@@ -172,6 +221,8 @@ class Soak:
                     if hashlib.md5(body).hexdigest() != files[name][0]:
                         self.failures.append(f"{time.strftime('%T')} {target}/{rel}: "
                                              f"{len(body)} bytes, not whole")
+                    else:
+                        self.figures["objects read whole"] += 1
 
     def chaos(self, every: float) -> None:
         """Faults on and off, a reload every fourth beat, a killed worker every seventh."""
@@ -182,16 +233,20 @@ class Soak:
             self.emulator.set_faults(error_rate=rate, reset_rate=rate / 2)
             if beat % 4 == 0:
                 done = self.server.ctl("reload")
+                self.figures["reloads"] += 1
                 print(time.strftime("%T"), "reload:", done.returncode, flush=True)
             if beat % 7 == 0:
                 victim = workers_of(self.server.proc.pid)[0]
                 print(time.strftime("%T"), "SIGKILL worker", victim.pid, flush=True)
                 victim.kill()
+                self.figures["kills"] += 1
 
     def run(self, every: float) -> None:
-        seeded = self.lftp(f"mirror -R {os.path.join(self.workdir, 'src', 'seed')} /seed")
+        seeded = self.lftp("lftp seed", "seed",
+                           f"mirror -R {os.path.join(self.workdir, 'src', 'seed')} /seed")
         if seeded.returncode:
             raise SystemExit(f"could not seed the download tree: {seeded.stderr}")
+        self.runs.remove(seeded)  # set-up, not a run of the chaos
         clients = [threading.Thread(target=self.uploads, args=(name,))
                    for name in ("up0", "up1", "up2", "rc0", "rc1")]
         clients += [threading.Thread(target=self.downloads, args=(i,)) for i in range(2)]
@@ -213,38 +268,23 @@ class Soak:
             done = self.upload(kind, source, target)
             if done.returncode:
                 print(f"clean pass: {kind} {target} exited {done.returncode}, again: "
-                      f"{done.stderr.strip().splitlines()[-1:]}")
+                      f"{done.tail()}")
                 done = self.upload(kind, source, target)
             if done.returncode:
                 self.failures.append(f"clean pass: {kind} {target} exited "
-                                     f"{done.returncode}: {done.stderr[-400:]}")
+                                     f"{done.returncode}: {done.tail(4)}")
             stored = self.listing(f"{target}/")
             wanted = {rel: size for rel, (_, size) in self.sources[source].items()}
             if stored != wanted:
                 wrong = sorted(set(stored.items()) ^ set(wanted.items()))[:6]
                 self.failures.append(f"{target}: objects and sizes differ from the source's: "
                                      f"{wrong}")
+            else:
+                self.figures["trees exact"] += 1
         # Parked, not lost: the uploads a killed worker left are kept for REST + STOR until
         # resume_ttl, then the janitor aborts them.
         left = self.cos.list_multipart_uploads(Bucket=BUCKET).get("Upload", [])
         print(f"clean pass done; {len(left)} parked multipart uploads")
-
-
-CLIENT_TIMEOUT = 600  # seconds: a client still running then has hung
-
-
-def client_run(command: list[str], env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """Run a client to its end; one that hangs is killed after ``CLIENT_TIMEOUT`` and counted
-    as a failed run (exit -9, said in its stderr) instead of ending its thread's rounds
-    unseen."""
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
-                              env=env)
-    except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else \
-            exc.stderr or ""
-        return subprocess.CompletedProcess(
-            command, -9, "", f"{err}\nhung: no exit within {CLIENT_TIMEOUT} s (killed)")
 
 
 def main(argv: list[str]) -> int:
@@ -259,21 +299,30 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="INFO", help="the server's (INFO)")
     parser.add_argument("--lftp-defaults", action="store_true",
                         help="lftp without ftp:use-allo (its default)")
+    parser.add_argument("--client-timeout", type=float, default=600,
+                        help="seconds after which a client that has not exited hung: it is "
+                             "killed and reported (600; stretched by the load)")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="cosftp-chaos-")
+    print(f"work directory {workdir}", flush=True)
     soak = Soak(workdir, args.rounds, args.files, args.fault_rate, args.log_level,
-                lftp_allo=not args.lftp_defaults)
+                lftp_allo=not args.lftp_defaults, client_timeout=args.client_timeout)
     started = time.monotonic()
     try:
         soak.run(args.beat)
-        failed = [r for r in soak.results if r[1]]
-        print(f"chaos: {len(soak.results)} client runs in {time.monotonic() - started:.0f} s, "
+        chaos_runs = len(soak.runs)
+        failed = [run for run in soak.runs if run.returncode]
+        print(f"chaos: {chaos_runs} client runs in {time.monotonic() - started:.0f} s, "
               f"{len(failed)} failed while faults, reloads and kills went on")
-        for name, status, tail in failed:
-            print(f"  {name}: exit {status}: {tail.strip().splitlines()[-1:]}")
+        for run in failed:
+            print(f"  {run.name}: exit {run.returncode}: {run.tail()}")
         soak.clean_pass()
     finally:
         soak.close()
+    hung = sum(run.hang is not None for run in soak.runs)
+    print(f"figures: {chaos_runs} client runs in the chaos, {len(soak.runs) - chaos_runs} in "
+          f"the clean pass, {hung} hung; " +
+          ", ".join(f"{count} {what}" for what, count in soak.figures.items()))
     for failure in soak.failures:
         print("BROKEN:", failure)
     print("every guarantee held" if not soak.failures else f"{len(soak.failures)} broken")
