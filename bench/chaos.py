@@ -104,10 +104,11 @@ class Soak:
                       "log_level": log_level}).start()
         obscured = subprocess.run([RCLONE, "obscure", PASSWORD], capture_output=True,
                                   text=True, check=True).stdout.strip()
-        self.rclone_env = {**os.environ, "RCLONE_CONFIG": os.path.join(workdir, "none.conf"),
-                           "RCLONE_FTP_HOST": "127.0.0.1",
-                           "RCLONE_FTP_PORT": str(self.server.port),
-                           "RCLONE_FTP_PASS": obscured}
+        self.rclone_env = {**os.environ, "RCLONE_CONFIG": os.path.join(workdir, "none.conf")}
+        # As flags: rclone logs the settings it takes from its environment to stderr before
+        # it opens its log file, which would hide its errors.
+        self.rclone_flags = ["--ftp-host", "127.0.0.1", "--ftp-port", str(self.server.port),
+                             "--ftp-pass", obscured]
 
     def close(self) -> None:
         self.server.stop()
@@ -157,8 +158,9 @@ class Soak:
         debug = self.debug_log(f"rclone {target}")
         return self.client(f"rclone {target}", name, [
             RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
-            "--low-level-retries", "2", "--log-level", "DEBUG", "--log-file", debug],
-            env={**self.rclone_env, "RCLONE_FTP_USER": f"chaos-{name}"}, debug_log=debug)
+            "--low-level-retries", "2", "--log-level", "DEBUG", "--log-file", debug,
+            *self.rclone_flags, "--ftp-user", f"chaos-{name}"],
+            env=self.rclone_env, debug_log=debug)
 
     def targets(self) -> Iterator[tuple[str, str, str]]:
         """(client, source, target) of every upload: one new tree per client and round."""

@@ -44,8 +44,13 @@ class ClientRun:
     hang: Optional[str] = None
 
     def tail(self, lines: int = 1) -> list[str]:
-        """The last ``lines`` lines of the client's stderr (else stdout)."""
-        return (self.stderr.strip() or self.stdout.strip()).splitlines()[-lines:]
+        """The last ``lines`` lines of the client's stderr, else of its stdout, else the
+        errors of its debug log (rclone writes its errors only there once given one)."""
+        said = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        if not said and self.debug_log:
+            said = [line for line in _tail_of(self.debug_log, 2000)
+                    if " ERROR : " in line or " NOTICE: " in line]
+        return said[-lines:]
 
 
 def run_client(name: str, user: str, command: list[str], timeout: float,
@@ -112,7 +117,7 @@ def hang_report(run: ClientRun, log_path: str, keep: str, lines: int = 25) -> st
     its sessions; all of them, and the whole debug log's tail, are written to ``keep``."""
     server = session_lines(log_path, run)
     debug = _tail_of(run.debug_log, 200) if run.debug_log else []
-    output = (run.stderr.strip() or run.stdout.strip()).splitlines()[-10:]
+    output = run.tail(10)
     with open(keep, "w", encoding="utf-8") as handle:
         handle.write(f"{shlex.join(run.command)}\n{run.hang}\n\n--- output\n")
         handle.write("\n".join(output) + "\n\n--- debug log (tail)\n")
