@@ -106,6 +106,18 @@ class PrefixCrcs:
                     self._marks.append(self._crc.value)
                 at = stop
 
+    @property
+    def full(self) -> bool:
+        """Whether ``limit`` bytes were fed: later bytes count by their number alone
+        (``skip``)."""
+        return self.length >= self._limit
+
+    def skip(self, count: int) -> None:
+        """Count ``count`` more bytes, unseen; raises ``ValueError`` unless ``full``."""
+        if not self.full:
+            raise ValueError("the bytes within the limit must be fed, not skipped")
+        self.length += count
+
     def at(self, length: int) -> Optional[int]:
         """The CRC64 of the first ``length`` bytes; None unless ``length`` is a positive
         multiple of the step within the bytes fed and the limit."""

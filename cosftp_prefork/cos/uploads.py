@@ -186,6 +186,10 @@ class UploadSession:
 
     def write(self, data: bytes) -> int:
         """Stream ``data``; return ``len(data)``."""
+        if self.prefix is not None:
+            # Before anything may refuse them: the prefix is what the client sent, also a
+            # chunk refused here (the FTP layer reads on what follows it: ftp.retries).
+            self.prefix.update(data)
         self._check_open()
         self._raise_part_failure()
         if self._parts.size + len(data) > self._max_size:
@@ -204,8 +208,6 @@ class UploadSession:
                 self._discard = True  # undone, never parked
                 raise
         self._parts.write(data)
-        if self.prefix is not None:
-            self.prefix.update(data)
         return len(data)
 
     def _raise_part_failure(self) -> None:

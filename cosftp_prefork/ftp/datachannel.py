@@ -13,6 +13,7 @@ from typing import Optional
 
 from pyftpdlib.handlers import DTPHandler
 
+from ..cos.checksum import PrefixCrcs
 from ..cos.downloads import CHUNK_SIZE
 from ..cos.uploads import UploadInterrupted, UploadSession, UploadState
 from ..errors import (
@@ -324,6 +325,24 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
                                             self.cmd or "STOR", self.get_elapsed_time())
         except SpoolError:
             compat.set_close_reply(self, NOT_RECORDED, log.error)
+
+    def refuse_upload(self, reply: str, logfun, prefix: Optional[PrefixCrcs] = None) -> None:
+        """End the upload with ``reply`` while the client may still be sending (see
+        ``UploadPacing``). A STOR from byte 0 is remembered as failed, as one that fails once
+        its data all arrived (``_commit_upload``): a client that wrote the whole file before
+        it read the reply (lftp) may send its first bytes again and close (``ftp.retries``).
+        So that its first bytes are all the client sent, the drain reads on into them when
+        they hold every byte received so far, unchanged: a binary transfer on a plain
+        socket (a TLS drain reads records, an ASCII transfer's bytes were converted)."""
+        upload = self.file_obj
+        failed = failed_upload(self.cmd or "STOR", upload) \
+            if isinstance(upload, UploadSession) else None
+        self.cmd_channel.failed_upload = failed
+        if failed is not None and self._data_wrapper is None and \
+                type(self.socket) is socket.socket and \
+                failed.prefix.length == self.tot_bytes_received:
+            prefix = failed.prefix
+        super().refuse_upload(reply, logfun, prefix)
 
     def handle_error(self) -> None:
         """Reply 552/451 for storage failures instead of pyftpdlib's generic 426."""

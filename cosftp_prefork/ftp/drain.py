@@ -14,6 +14,11 @@ The drain is bounded: it ends at the client's end of file, after ``DRAIN_SECONDS
 runs on the session's own IO loop (no thread of its own), holds one descriptor, and a session
 has at most one: a new one, or the end of the session, closes the previous one (nobody would
 read a reply any more).
+
+A refused STOR from byte 0 hands over its first bytes (``PrefixCrcs``): what the drain reads
+is fed on into them, read for real while they want bytes (8 MiB) and discarded unseen
+after, so that they tell what the client sent in all (its retry of the first bytes alone is
+refused: ``ftp.retries``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import socket
 import time
 from typing import Optional
 
+from ..cos.checksum import PrefixCrcs
 from . import compat
 
 log = logging.getLogger(__name__)
@@ -53,11 +59,14 @@ class DrainEnd(enum.Enum):
 class Drain:
     """Read and discard what the client still sends on ``sock`` (a duplicate of the refused
     upload's data socket; the drain closes it), registered on ``ioloop``. ``path`` names the
-    upload in the log line that ends the drain."""
+    upload in the log line that ends the drain; ``prefix``, if given, takes every byte read
+    after those it holds (see the module docstring)."""
 
     def __init__(self, sock: socket.socket, ioloop, path: str,
-                 seconds: float = DRAIN_SECONDS, limit: int = DRAIN_BYTES) -> None:
+                 seconds: float = DRAIN_SECONDS, limit: int = DRAIN_BYTES,
+                 prefix: Optional[PrefixCrcs] = None) -> None:
         self.socket, self.ioloop, self.path, self.limit = sock, ioloop, path, limit
+        self.prefix = prefix
         self.discarded = 0
         self.end: Optional[DrainEnd] = None
         self._started = time.monotonic()
@@ -79,8 +88,9 @@ class Drain:
 
     def handle_read_event(self) -> None:
         wanted = min(len(_SCRATCH), self.limit - self.discarded)
+        seen = self.prefix is not None and not self.prefix.full
         try:
-            count = self.socket.recv_into(_SCRATCH, wanted, socket.MSG_TRUNC)
+            count = self.socket.recv_into(_SCRATCH, wanted, 0 if seen else socket.MSG_TRUNC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -92,6 +102,10 @@ class Drain:
             self.close(DrainEnd.EOF)
             return
         self.discarded += count
+        if seen:
+            self.prefix.update(memoryview(_SCRATCH)[:count])
+        elif self.prefix is not None:
+            self.prefix.skip(count)
         if self.discarded >= self.limit:
             self.close(DrainEnd.BYTES)
 

@@ -37,6 +37,7 @@ import struct
 import termios
 from typing import Optional
 
+from ..cos.checksum import PrefixCrcs
 from ..cos.downloads import CHUNK_SIZE
 from . import compat
 from .admission import raw_socket
@@ -83,6 +84,7 @@ class UploadPacing:
     _throttle: Optional[Throttle] = None  # the session's rate limit for this transfer
     _rate_wait = 0.0  # seconds until the throttle lets bytes go again
     _refused = False  # the server ended the upload while the client sent: drain on close
+    _drained_into: Optional[PrefixCrcs] = None  # what the drain feeds what it reads into
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
@@ -111,10 +113,13 @@ class UploadPacing:
         if not self._held_back:
             super().handle_timeout()
 
-    def refuse_upload(self, reply: str, logfun) -> None:
+    def refuse_upload(self, reply: str, logfun, prefix: Optional[PrefixCrcs] = None) -> None:
         """End the upload with ``reply`` (sent as the channel closes) while the client may
-        still be sending: its data connection is drained after the reply, not reset."""
+        still be sending: its data connection is drained after the reply, not reset, and
+        what the drain reads is fed on into ``prefix``, the upload's first bytes so far, if
+        given (``ftp.drain``)."""
         self._refused = True
+        self._drained_into = prefix
         compat.set_close_reply(self, reply, logfun)
         self.close()
 
@@ -128,7 +133,8 @@ class UploadPacing:
         super().close()  # the reply goes out
         if kept is not None:
             try:
-                drain = Drain(kept, self.ioloop, getattr(self.file_obj, "name", "-"))
+                drain = Drain(kept, self.ioloop, getattr(self.file_obj, "name", "-"),
+                              prefix=self._drained_into)
             except OSError:
                 kept.close()  # the connection broke meanwhile: nothing to drain
             else:

@@ -21,6 +21,12 @@ is taken by the next upload of the session, whatever it is, so a client that mea
 that prefix gets it stored when it tries again. lftp, refused, goes the way of any broken
 transfer: it reconnects and sends the whole file.
 
+A refusal while the data still arrives (the name's look-ups or a part failing in COS, a
+quota crossed) takes lftp down the same path when it had written its last byte by then: it
+writes the whole file into its socket before it reads the reply, and the server drains
+what follows the refusal (``ftp.drain``). Such a STOR is remembered too, and the drain reads
+on into its first bytes, so that they are all the client sent.
+
 lftp takes the same path when its session is lost after the last byte and before the final
 reply (its worker killed): it reconnects, and the retry comes on a new session, maybe of
 another worker. The master keeps what a dead worker's uploads from byte 0 had received
@@ -41,7 +47,8 @@ from ..cos.uploads import UploadSession
 
 @dataclass(frozen=True)
 class FailedUpload:
-    """A STOR from byte 0 whose data all arrived and that failed after it."""
+    """A STOR from byte 0 that failed after its data all arrived, or was refused while it
+    arrived (``prefix`` then grows with what the refusal's drain reads)."""
 
     path: str
     prefix: PrefixCrcs
@@ -62,8 +69,7 @@ class FailedUpload:
 
 
 def failed_upload(command: str, upload: UploadSession) -> Optional[FailedUpload]:
-    """What to remember of ``upload``, whose data all arrived before it failed: a STOR from
-    byte 0, or nothing."""
+    """What to remember of ``upload``, which failed: a STOR from byte 0, or nothing."""
     if command != "STOR" or upload.prefix is None:
         return None
     return FailedUpload(upload.name, upload.prefix)
