@@ -104,10 +104,10 @@ class Soak:
                       "log_level": log_level}).start()
         obscured = subprocess.run([RCLONE, "obscure", PASSWORD], capture_output=True,
                                   text=True, check=True).stdout.strip()
-        self.rclone_env = {**os.environ, "RCLONE_CONFIG": os.path.join(workdir, "none.conf")}
-        # As flags: rclone logs the settings it takes from its environment to stderr before
-        # it opens its log file, which would hide its errors.
-        self.rclone_flags = ["--ftp-host", "127.0.0.1", "--ftp-port", str(self.server.port),
+        # Flags, not RCLONE_* variables: rclone logs the settings it takes from its
+        # environment to stderr before it opens its log file, which would hide its errors.
+        self.rclone_flags = ["--config", os.path.join(workdir, "none.conf"),
+                             "--ftp-host", "127.0.0.1", "--ftp-port", str(self.server.port),
                              "--ftp-pass", obscured]
 
     def close(self) -> None:
@@ -159,8 +159,7 @@ class Soak:
         return self.client(f"rclone {target}", name, [
             RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
             "--low-level-retries", "2", "--log-level", "DEBUG", "--log-file", debug,
-            *self.rclone_flags, "--ftp-user", f"chaos-{name}"],
-            env=self.rclone_env, debug_log=debug)
+            *self.rclone_flags, "--ftp-user", f"chaos-{name}"], debug_log=debug)
 
     def targets(self) -> Iterator[tuple[str, str, str]]:
         """(client, source, target) of every upload: one new tree per client and round."""
@@ -304,6 +303,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--client-timeout", type=float, default=600,
                         help="seconds after which a client that has not exited hung: it is "
                              "killed and reported (600; stretched by the load)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (the server log, each client's debug "
+                             "log) also when every guarantee held")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="cosftp-chaos-")
     print(f"work directory {workdir}", flush=True)
@@ -317,7 +319,7 @@ def main(argv: list[str]) -> int:
         print(f"chaos: {chaos_runs} client runs in {time.monotonic() - started:.0f} s, "
               f"{len(failed)} failed while faults, reloads and kills went on")
         for run in failed:
-            print(f"  {run.name}: exit {run.returncode}: {run.tail()}")
+            print(f"  {run.name}: exit {run.returncode}: {run.tail(2)}")
         soak.clean_pass()
     finally:
         soak.close()
@@ -328,7 +330,7 @@ def main(argv: list[str]) -> int:
     for failure in soak.failures:
         print("BROKEN:", failure)
     print("every guarantee held" if not soak.failures else f"{len(soak.failures)} broken")
-    if not soak.failures:
+    if not soak.failures and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if soak.failures else 0
 
