@@ -43,6 +43,8 @@ DRAIN_SECONDS = 5.0
 DRAIN_BYTES = 64 * 1024 * 1024
 # The kernel discards into it (MSG_TRUNC): shared by every drain of the process, never read.
 _SCRATCH = bytearray(256 * 1024)
+# What one read takes of the bytes a refused STOR's first bytes want (see above).
+SEEN_READ = 64 * 1024
 
 
 class DrainEnd(enum.Enum):
@@ -90,7 +92,11 @@ class Drain:
         wanted = min(len(_SCRATCH), self.limit - self.discarded)
         seen = self.prefix is not None and not self.prefix.full
         try:
-            count = self.socket.recv_into(_SCRATCH, wanted, 0 if seen else socket.MSG_TRUNC)
+            if seen:  # bytes of its own: _SCRATCH is shared by the sessions' threads
+                data = self.socket.recv(min(wanted, SEEN_READ))
+                count = len(data)
+            else:
+                count = self.socket.recv_into(_SCRATCH, wanted, socket.MSG_TRUNC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -103,7 +109,7 @@ class Drain:
             return
         self.discarded += count
         if seen:
-            self.prefix.update(memoryview(_SCRATCH)[:count])
+            self.prefix.update(data)
         elif self.prefix is not None:
             self.prefix.skip(count)
         if self.discarded >= self.limit:
