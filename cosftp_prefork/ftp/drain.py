@@ -16,9 +16,9 @@ has at most one: a new one, or the end of the session, closes the previous one (
 read a reply any more).
 
 A refused STOR from byte 0 hands over its first bytes (``PrefixCrcs``): what the drain reads
-is fed on into them, read for real while they want bytes (8 MiB) and discarded unseen
-after, so that they tell what the client sent in all (its retry of the first bytes alone is
-refused: ``ftp.retries``).
+is fed on into them, so that they tell what the client sent in all (its retry of the first
+bytes alone is refused: ``ftp.retries``). While they want bytes (the first 8 MiB) those are
+read for real, 64 KiB at a time into bytes freed with each read; after, discarded unseen.
 """
 
 from __future__ import annotations
