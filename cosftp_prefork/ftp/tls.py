@@ -25,6 +25,7 @@ from ..cos.registry import BucketRegistry
 from . import compat
 from .datachannel import CosDTPHandler
 from .handler import CosFTPHandler, configure_handler
+from .heldtickets import HeldTicketsConnection
 from .hooks import WorkerHooks
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ HANDSHAKE_CUT_SHORT = ("426 The data connection closed before its TLS handshake 
 BROKEN_DATA_TLS = "426 The TLS data connection broke; transfer aborted."
 # RFC 4217 10.2: a data connection that cannot negotiate TLS is answered 522.
 FAILED_DATA_HANDSHAKE = "522 The TLS handshake of the data connection failed; transfer aborted."
-# The same, when the client offered no version the data context takes (``server_contexts``):
-# a client limited to TLS 1.3 (lftp with ftp:ssl-auth SSL, curl --tlsv1.3) reads why.
-NO_SHARED_DATA_VERSION = ("522 Data connections take TLS 1.2, which the client did not offer; "
-                          "transfer aborted.")
 # OpenSSL's reason when the ClientHello offers no version the context allows.
 NO_SHARED_VERSION_REASON = "unsupported protocol"
 # What pyftpdlib's AUTH takes (RFC 4217: TLS and SSL negotiate alike).
@@ -94,9 +91,7 @@ class _TLSData(TLS_DTPHandler):
         self.close()
 
     def handle_failed_ssl_handshake(self) -> None:
-        """Reply 522 once, as the transfer's final reply, and log OpenSSL's reason; when
-        the client offered no TLS version the data connections take, the reply and the log
-        say which one they take.
+        """Reply 522 once, as the transfer's final reply, and log OpenSSL's reason.
 
         pyftpdlib sent its 522 on the control connection itself and then closed, and
         ``close()`` found the handshake pending with no reply set and sent a 426 as well:
@@ -104,19 +99,10 @@ class _TLSData(TLS_DTPHandler):
         """
         compat.skip_tls_shutdown(self)
         reason = broken_tls(sys.exc_info()[1]) or "TLS error"
-        path = getattr(self.file_obj, "name", "-")
-        reply = FAILED_DATA_HANDSHAKE
-        if NO_SHARED_VERSION_REASON in reason:
-            log.warning("path=%s: the TLS handshake of a data connection failed: %s: the "
-                        "client offers no TLS version data connections take (TLS 1.2); a "
-                        "client limited to TLS 1.3 (lftp with ftp:ssl-auth SSL, curl "
-                        "--tlsv1.3) cannot transfer (docs/clients.md)", path, reason)
-            reply = NO_SHARED_DATA_VERSION
-        else:
-            log.warning("path=%s: the TLS handshake of a data connection failed: %s", path,
-                        reason)
+        log.warning("path=%s: the TLS handshake of a data connection failed: %s",
+                    getattr(self.file_obj, "name", "-"), reason)
         self.transfer_finished = False
-        compat.set_close_reply(self, reply, log.debug)
+        compat.set_close_reply(self, FAILED_DATA_HANDSHAKE, log.debug)
         self.close()
 
     def close(self) -> None:
@@ -135,8 +121,13 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
     _close_started = False
 
     def secure_connection(self, ssl_context: SSL.Context) -> None:
-        """Use the data connections' context (TLS 1.2, see ``server_contexts``)."""
+        """Use the data connections' context (``server_contexts``), through a connection
+        that keeps TLS 1.3 session tickets off the wire until the server writes again
+        (``HeldTicketsConnection``): an uploading client would close on them unread."""
+        raw = self.socket
         super().secure_connection(self.cmd_channel.data_ssl_context)
+        if compat.tls_handshake_pending(self):  # else closed: the client is already gone
+            self.socket = HeldTicketsConnection(self.cmd_channel.data_ssl_context, raw)
 
     def send(self, data) -> int:
         """Write nothing before ``handle_ssl_established`` has seen the handshake: OpenSSL
@@ -449,20 +440,18 @@ def server_contexts(tls: ServerTLS) -> tuple[SSL.Context, SSL.Context]:
     """Return the OpenSSL contexts of control and data connections for ``tls`` (checked
     when the configuration was loaded); built in each worker, after fork.
 
-    Control connections take TLS 1.2 and up; data connections TLS 1.2 only: a TLS 1.3 server
-    sends session tickets *after* the handshake, which an uploading client never reads;
-    closing its socket with them unread makes the kernel send a reset instead of a FIN, and a
-    reset throws away the end of the upload still in the server's receive buffer (lftp issue
-    666, curl issue 6149). TLS 1.2 tickets are part of the handshake. With ``require_reuse``
-    both share one TLS 1.2 context, so that a data connection can resume the control
-    connection's session.
+    Both take TLS 1.2 and up; a data connection's TLS 1.3 session tickets wait until the
+    server writes on it (``HeldTicketsConnection``). With ``require_reuse`` both share one
+    TLS 1.2 context, so that a data connection can resume the control connection's session
+    and prove it by the master secret the resumption keeps (a TLS 1.3 resumption derives a
+    new secret for each ticket).
     """
-    data = _context(tls)
-    data.set_max_proto_version(SSL.TLS1_2_VERSION)
     if tls.require_reuse:
-        data.set_session_id(b"cosftp-prefork")
-        return data, data
-    return _context(tls), data
+        shared = _context(tls)
+        shared.set_max_proto_version(SSL.TLS1_2_VERSION)
+        shared.set_session_id(b"cosftp-prefork")
+        return shared, shared
+    return _context(tls), _context(tls)
 
 
 def _context(tls: ServerTLS) -> SSL.Context:

@@ -1,0 +1,198 @@
+"""A server-side TLS connection that keeps TLS 1.3 session tickets off the wire until the
+server next writes on it.
+
+A TLS 1.3 server sends its session tickets right after the handshake, outside it. A client
+that only uploads may never read them, and a socket closed on unread bytes is reset, not
+closed: the client's kernel sends a RST and drops the part of the upload it had not sent
+yet (lftp lost the end of every upload of a full handshake, measured; curl issue 6149,
+lftp issue 666). The OpenSSL that pyOpenSSL runs on sends them whatever its contexts say
+(``SSL_CTX_set_num_tickets`` is not exposed): two after a full handshake, one after a
+resumed one.
+
+So OpenSSL writes into memory here, and this class moves its records to the socket: the
+records written when a TLS 1.3 handshake completes (the tickets, nothing else: the server's
+flight went out before the client's Finished came) wait until the server writes again, a
+download's first bytes or the closing alert, and are dropped if the client ended its side
+first. trio holds them back the same way (trio issue 819). It reads the socket as OpenSSL
+would, a record at a time: the records not read yet stay in the socket, which stays
+readable and so wakes the IO loop again.
+
+The object stands where pyftpdlib's TLS channel keeps its ``SSL.Connection`` over the socket
+and behaves as one: the same methods raise the same pyOpenSSL errors (``WantReadError``,
+``WantWriteError``, ``SysCallError`` with the socket's errno); what it does not define is
+the ``SSL.Connection``'s, or else the socket's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from typing import Any, Optional
+
+from OpenSSL import SSL
+
+BIO_CHUNK = 65536
+RECORD_HEADER = 5  # content type, version, length (2 bytes)
+TLS_1_3 = "TLSv1.3"
+
+
+def _syscall_error(error: OSError) -> SSL.SysCallError:
+    """The error pyOpenSSL raises when the socket under it fails with ``error``."""
+    return SSL.SysCallError(error.errno, errno.errorcode.get(error.errno, str(error)))
+
+
+class HeldTicketsConnection:
+    """Server side of a TLS connection on ``sock`` with ``context``, in accept state."""
+
+    def __init__(self, context: SSL.Context, sock: socket.socket) -> None:
+        self._tls = SSL.Connection(context, None)  # None: OpenSSL reads and writes memory
+        self._tls.set_accept_state()
+        self._sock = sock
+        self._unsent = b""  # records for the socket, in order
+        self._held = b""  # the tickets, until something else goes out
+        self._peer_ended = False
+        self._header = b""  # of the record being read from the socket
+        self._record_left = 0  # bytes of that record's body still in the socket
+        # How reading ended, raised again: OpenSSL answers a read after a fatal error with
+        # an empty error queue, which pyOpenSSL raises as a bare ``SSL.Error``.
+        self._read_end: Optional[SSL.Error] = None
+        self._shutdown_result: Optional[bool] = None
+
+    def __getattr__(self, name: str) -> Any:
+        if hasattr(SSL.Connection, name):
+            return getattr(self._tls, name)
+        return getattr(self._sock, name)
+
+    def do_handshake(self) -> None:
+        """Go on with the handshake as far as the bytes received allow.
+
+        Raises ``SSL.WantReadError`` when it needs the client's next bytes,
+        ``SSL.WantWriteError`` when the socket did not take what the client waits for, and
+        what ``SSL.Connection.do_handshake`` raises."""
+        while True:
+            try:
+                self._tls.do_handshake()
+            except SSL.WantReadError:
+                if not self._flush():
+                    raise SSL.WantWriteError() from None
+                if self._receive():
+                    continue
+                raise
+            except SSL.Error:
+                with contextlib.suppress(SSL.SysCallError):
+                    self._flush()  # the alert, if the socket takes it: the error is OpenSSL's
+                raise
+            break
+        last = self._take()
+        if self._tls.get_protocol_version_name() == TLS_1_3:
+            self._held = last
+        else:
+            self._unsent += last  # TLS 1.2: the server's Finished, which the client awaits
+        self._flush()
+
+    def recv(self, bufsiz: int) -> bytes:
+        """Return up to ``bufsiz`` bytes of plaintext, at most one record's, as
+        ``SSL.Connection.recv``; once the stream ended, raise what ended it
+        (``SSL.ZeroReturnError``, ``SSL.SysCallError``) at every call."""
+        if self._read_end is not None:
+            raise self._read_end
+        while True:
+            try:
+                return self._tls.recv(bufsiz)
+            except SSL.WantReadError:
+                self._flush()  # what reading made OpenSSL write (a key update's answer)
+                if not self._receive():
+                    raise
+            except (SSL.ZeroReturnError, SSL.SysCallError) as end:
+                self._read_end = end
+                raise
+
+    def send(self, buf: bytes) -> int:
+        """Encrypt ``buf`` and return its length, the tickets going out first; raises
+        ``SSL.WantWriteError`` (nothing of ``buf`` taken) while the socket has not taken
+        what an earlier call encrypted."""
+        self._release_held()
+        if not self._flush():
+            raise SSL.WantWriteError()
+        sent = self._tls.send(buf)
+        self._flush()
+        return sent
+
+    def shutdown(self) -> bool:
+        """Send the closing alert, as ``SSL.Connection.shutdown``, and return its result;
+        raises ``SSL.WantWriteError`` until the socket took it. Tickets still held go out
+        before it, unless the client already ended its side: nobody would read them.
+
+        After a stream that ended without the client's closing alert, return True at once:
+        OpenSSL refuses the shutdown of a connection it failed (an empty ``SSL.Error``,
+        again at every call: pyftpdlib called it again and again, a core spinning)."""
+        if self._shutdown_result is None:
+            if self._peer_ended:
+                self._held = b""
+            if isinstance(self._read_end, SSL.SysCallError):
+                return True
+            self._shutdown_result = self._tls.shutdown()
+        if not self._flush():
+            raise SSL.WantWriteError()
+        return self._shutdown_result
+
+    def _release_held(self) -> None:
+        self._unsent += self._held
+        self._held = b""
+
+    def _take(self) -> bytes:
+        """Remove and return what OpenSSL wrote since the last call."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._tls.bio_read(BIO_CHUNK))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    def _flush(self) -> bool:
+        """Send what OpenSSL wrote, after the held tickets if it wrote anything; return True
+        once the socket took everything."""
+        written = self._take()
+        if written:
+            self._release_held()
+            self._unsent += written
+        while self._unsent:
+            try:
+                sent = self._sock.send(self._unsent)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as error:
+                raise _syscall_error(error) from None
+            self._unsent = self._unsent[sent:]
+        return True
+
+    def _receive(self) -> bool:
+        """Give OpenSSL the socket's next bytes of the record being read, or the end of the
+        stream; return False if there was nothing to give.
+
+        Never more than that record: the records after it stay in the socket, which stays
+        readable and wakes the IO loop, as with OpenSSL reading the socket itself (a record
+        waiting in memory would wake nobody)."""
+        if self._peer_ended:
+            return False
+        size = self._record_left or RECORD_HEADER - len(self._header)
+        try:
+            data = self._sock.recv(min(size, BIO_CHUNK))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as error:
+            raise _syscall_error(error) from None
+        if data:
+            self._tls.bio_write(data)
+            if self._record_left:
+                self._record_left -= len(data)
+            else:
+                self._header += data
+                if len(self._header) == RECORD_HEADER:
+                    self._record_left = int.from_bytes(self._header[3:], "big")
+                    self._header = b""
+        else:
+            self._peer_ended = True
+            self._tls.bio_shutdown()
+        return True
