@@ -47,15 +47,22 @@ def pipelined(proc: ServerProcess, commands: bytes, tls: bool = False) -> list[b
     greeting came; return the code of each reply (the last line of a multi-line one) the
     server sent until it closed the connection."""
     with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as plain:
-        sock, replies = plain, plain.makefile("rb")
-        assert replies.readline().startswith(b"220")
-        if tls:
-            plain.sendall(b"AUTH TLS\r\n")
-            assert replies.readline().startswith(b"234")
-            sock = client_context().wrap_socket(plain, server_hostname="127.0.0.1")
-            replies = sock.makefile("rb")
+        sock = greeted(plain, tls)
         sock.sendall(commands)
+        replies = sock.makefile("rb")
         return [line[:3] for line in replies.read().split(b"\r\n") if line[3:4] == b" "]
+
+
+def greeted(plain: socket.socket, tls: bool) -> socket.socket:
+    """``plain`` once the greeting came, after AUTH TLS and its handshake if ``tls`` (the
+    TLS socket over it then)."""
+    replies = plain.makefile("rb")  # (the server sends nothing more before a command)
+    assert replies.readline().startswith(b"220")
+    if not tls:
+        return plain
+    plain.sendall(b"AUTH TLS\r\n")
+    assert replies.readline().startswith(b"234")
+    return client_context().wrap_socket(plain, server_hostname="127.0.0.1")
 
 
 def failed_logins(proc: ServerProcess) -> int:
@@ -199,12 +206,7 @@ def test_a_flood_sent_ahead_of_a_530_is_answered_in_order(emulator, tmp_path, tl
                       network={"tls_certfile": cert, "tls_keyfile": key}) as proc, \
             socket.create_connection(("127.0.0.1", proc.port), timeout=30) as plain:
         [worker] = workers_of(proc.proc.pid)
-        sock, replies = plain, plain.makefile("rb")
-        assert replies.readline().startswith(b"220")
-        if tls:
-            plain.sendall(b"AUTH TLS\r\n")
-            assert replies.readline().startswith(b"234")
-            sock = client_context().wrap_socket(plain, server_hostname="127.0.0.1")
+        sock = greeted(plain, tls)
         reset_peak_rss(worker.pid)
         before = peak_rss(worker.pid)
         answered = send_while_reading(sock, b"USER ops\r\nPASS a-wrong-guess\r\n" +
