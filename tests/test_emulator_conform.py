@@ -347,6 +347,61 @@ def test_a_key_starting_with_a_backslash_is_refused(cos, source, prefix):
     assert cos.object_exists(Bucket=ALPHA, Key=f"{prefix}kept\\back/")
 
 
+
+def raw_path(cos, method: str, path: str, key: str, body: bytes = b""):
+    """Send ``path`` (already URL-encoded, after the endpoint's ``/``) as it is, signed
+    for ``key`` as the SDK signs it; return the response (``CosServiceError`` for an error
+    status). The SDK's own URLs cannot carry a ``%2F`` it did not encode."""
+    return cos.send_request(method=method, url=cos._conf.uri(bucket=ALPHA) + path,
+                            bucket=ALPHA, data=body, auth=CosS3Auth(cos._conf, key),
+                            headers={})
+
+
+@pytest.mark.parametrize("key", ["//{prefix}bad", "//"], ids=["//a/b", "//"])
+def test_a_key_starting_with_a_slash_is_refused(cos, source, prefix, key):
+    """An object key cannot start with ``/`` (Object Overview, 436/13324, which names no
+    error code: InvalidArgument here, as for ``\\``) in a PUT, a copy or a multipart
+    upload. The SDK drops one leading ``/`` of its Key (``CosConfig.uri``): Key ``//a/b`` is
+    the URL path ``//a/b``, the key ``/a/b``. The emulator read that path as host ``a``,
+    path ``/b``, and stored ``b``; and ``//`` (the key ``/``) as the bucket (500)."""
+    key = key.format(prefix=prefix)
+    for call, kwargs in ((cos.put_object, {"Body": b"x"}),
+                         (cos.copy_object, {"CopySource": copy_source(source)}),
+                         (cos.create_multipart_upload, {})):
+        assert refused(call, Bucket=ALPHA, Key=key, **kwargs) == (400, "InvalidArgument")
+    assert refused(cos.head_object, Bucket=ALPHA, Key=key)[0] == 404
+
+
+def test_a_percent_encoded_slash_is_a_slash_of_the_key(cos, prefix):
+    """``%2F`` in the path is ``/`` in the key, as COS reads it (the SDK sends ``./`` of a
+    key as ``.%2F``): ``a%2Fb`` is the key ``a/b``, and ``%2Fa`` the key ``/a``, refused as
+    any key starting with ``/``."""
+    raw_path(cos, "PUT", f"{prefix}a%2Fb", f"{prefix}a/b", b"x")
+    assert cos.head_object(Bucket=ALPHA, Key=f"{prefix}a/b")["Content-Length"] == "1"
+    with pytest.raises(CosServiceError) as info:
+        raw_path(cos, "PUT", f"%2F{prefix}c", f"/{prefix}c", b"x")
+    assert (info.value.get_status_code(), info.value.get_error_code()) == \
+        (400, "InvalidArgument")
+
+
+@pytest.mark.parametrize("how", ["HEAD", "GET", "DELETE"])
+def test_a_request_naming_a_key_that_starts_with_a_slash_names_that_key(cos, prefix, how):
+    """A GET, HEAD or DELETE of ``//a/b`` names the key ``/a/b``, which cannot exist (404;
+    a DELETE of a missing key is 204, 436/7743): not the key ``b`` (the emulator read the
+    path as host ``a``, path ``/b``), nor, for ``//``, the bucket (it listed it)."""
+    name = f"slashed-{uuid.uuid4().hex}"
+    cos.put_object(Bucket=ALPHA, Key=name, Body=b"x")
+    for key in (f"//{prefix}{name}", "//"):
+        if how == "HEAD":
+            assert refused(cos.head_object, Bucket=ALPHA, Key=key) == (404, "NoSuchResource")
+        elif how == "GET":
+            assert refused(cos.get_object, Bucket=ALPHA, Key=key,
+                           KeySimplifyCheck=False) == (404, "NoSuchKey")
+        else:
+            cos.delete_object(Bucket=ALPHA, Key=key)
+    assert cos.head_object(Bucket=ALPHA, Key=name)["Content-Length"] == "1"
+
+
 def test_multipart_uploads_are_listed_by_key_a_page_at_a_time(cos, prefix):
     """List Multipart Uploads (436/7736): by key then upload ID, max-uploads a page, after
     key-marker (and upload-id-marker for that key), with the next markers when truncated.

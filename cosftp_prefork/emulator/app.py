@@ -485,7 +485,7 @@ class CosShim:
             captured["status"], captured["headers"] = status, headers
             return lambda data: None
 
-        body = b"".join(self.app(environ, capture))
+        body = b"".join(self.app(routes.routed(environ), capture))
         return captured["status"], captured["headers"], body
 
 

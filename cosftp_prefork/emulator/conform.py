@@ -37,10 +37,12 @@ give COS's answer. Each rule names the COS document it follows:
   gets 400 KeyTooLong (436/7730) from PUT Object, a copy or Initiate Multipart Upload
   (moto took up to 1,024); one holding CAN, EM, SUB or ESC (0x18-0x1B, "not supported" in
   the same page, which names no error code), or starting with ``\\`` (the same page),
-  gets 400 InvalidArgument from the same requests (moto stored it). Every other character
-  is "any UTF-8 character" there: NUL, CR, LF and the other controls are stored. (A key
-  starting with ``/``, which COS refuses too, never arrives as one: werkzeug reads the
-  request path ``//a/b`` as host ``a``, path ``/b``.)
+  gets 400 InvalidArgument from the same requests (moto stored it). So does one starting
+  with ``/``, refused by the same page: the path ``//a/b`` names the key ``/a/b`` (the SDK
+  sends a Key ``//a/b`` so), and ``%2F`` in a path is a ``/`` of the key (moto stored
+  ``/a/b``; ``serving.py`` had read the path as host ``a``, path ``/b``, and the emulator
+  stored ``b``). Every other character is "any UTF-8 character" there: NUL, CR, LF and the
+  other controls are stored.
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ def refusal(environ: dict) -> Optional[Refusal]:
         return _invalid(f"object keys are at most {MAX_KEY_BYTES} bytes long", "KeyTooLong")
     if _names_a_new_object(method, where, query) and _REFUSED_IN_KEYS.search(where.key):
         return _invalid("object keys may not hold CAN, EM, SUB or ESC (0x18-0x1B)")
-    if _names_a_new_object(method, where, query) and where.key.startswith("\\"):
-        return _invalid("object keys may not start with \\")
+    if _names_a_new_object(method, where, query) and where.key.startswith(("\\", "/")):
+        return _invalid(f"object keys may not start with {where.key[0]}")
     if method == "PUT" and copy_source(environ) is not None:
         return _copy_refusal(environ, query)
     if method == "GET" and not where.is_object and query and set(query) <= LIST_PARAMETERS:

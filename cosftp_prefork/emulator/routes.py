@@ -9,6 +9,12 @@ key holding a newline after its first "/" then got Flask's HTML 404, or a 500, f
 request ``fast.py`` does not answer, where COS serves it as any other key (the SDK can name
 such a key; FTP cannot). Both converters match it once their patterns let ``.`` match a
 newline (``(?s:...)``), which changes nothing for any other path.
+
+A key made of ``/`` alone (the path ``//``, ``///``, ...) has a route of its own: werkzeug's
+routing strips the leading slashes of the path, so moto routed it as the bucket's ``/``
+(a GET of the key ``/`` listed the bucket, a DELETE deleted the bucket, a PUT made one).
+:func:`routed` gives moto such a request with a path its key route matches; moto reads the
+key itself from the raw path (``RAW_URI``), as for every key.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 import moto.moto_server.werkzeug_app
 from moto.core import routing
 from moto.moto_server.utilities import RegexConverter
+
+from . import fast
 
 
 def _dot_all(pattern: str) -> str:
@@ -38,3 +46,13 @@ def install() -> None:
     moto.moto_server.werkzeug_app.RegexConverter = _DotAllRegexConverter  # type: ignore[misc]
     for converter in (routing.GreedyLabelConverter, routing.ImplicitGreedyLabelConverter):
         converter.regex = _dot_all(converter.regex)
+
+
+def routed(environ: dict) -> dict:
+    """The environ to give moto's app for this request: itself, or, for a key made of
+    ``/`` alone named on the bucket's host, a copy whose ``PATH_INFO`` moto's key route
+    matches (its ``RAW_URI``, which moto reads the key from, unchanged)."""
+    path = environ.get("PATH_INFO", "")
+    if len(path) < 2 or path.strip("/") or not fast.place(environ).bucket:
+        return environ
+    return {**environ, "PATH_INFO": "/%2F"}

@@ -252,14 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
             _drain(environ["wsgi.input"])
 
     def _environ(self) -> dict:
-        url = urlsplit(self.path)
+        path, query = _target(self.path)
         environ: dict[str, Any] = {
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": self.server.errors,
             "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
             "SERVER_SOFTWARE": "tencent-cos", "REQUEST_METHOD": self.command,
             # The path's bytes (PEP 3333): an escape that is no UTF-8 stays its byte.
-            "SCRIPT_NAME": "", "PATH_INFO": _latin1(unquote(url.path, errors="surrogateescape")),
-            "QUERY_STRING": _latin1(url.query),
+            "SCRIPT_NAME": "", "PATH_INFO": _latin1(unquote(path, errors="surrogateescape")),
+            "QUERY_STRING": _latin1(query),
             # The path as it arrived, which moto matches keys against (werkzeug sets both).
             "REQUEST_URI": _latin1(self.path), "RAW_URI": _latin1(self.path),
             "REMOTE_ADDR": self.client_address[0], "REMOTE_PORT": self.client_address[1],
@@ -284,6 +284,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s: " + format, self.client_address[0], *args)
+
+
+def _target(target: str) -> tuple[str, str]:
+    """The path and query of a request line's target, the path exactly as sent (still
+    URL-encoded). Why not ``urlsplit``: it reads a path starting with ``//`` as a host
+    (``//a/b``: host ``a``, path ``/b``), where COS reads the key ``/a/b`` (the SDK sends a
+    Key ``//a/b`` so, dropping one ``/``). Only a target with a scheme (the absolute form
+    of RFC 9112 3.2.2, which proxies send) names a host."""
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+        return path, query
+    url = urlsplit(target)
+    return url.path, url.query
 
 
 class _RequestHeaders:
