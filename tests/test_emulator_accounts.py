@@ -64,6 +64,19 @@ def test_signatures_are_checked_over_headers_parameters_and_key(registered):
     cos.delete_object(Bucket=HOME, Key=key + ".copy")
 
 
+
+def test_a_key_starting_with_a_slash_is_signed_as_the_sdk_signs_it(registered):
+    """The SDK signs a Key ``//a/b`` over the path ``//a/b`` (the key ``/a/b``): the
+    signature matches, and COS's answer is about the key (404 for a HEAD, 400
+    InvalidArgument for a PUT: Object Overview, 436/13324), not 403 SignatureDoesNotMatch
+    (the emulator checked it over ``/b``, having read ``a`` as a host)."""
+    cos = owner(registered)
+    key = f"//sig-{uuid.uuid4().hex}/b"
+    assert refusal(cos.head_object, Bucket=HOME, Key=key)[:2] == (404, "NoSuchResource")
+    assert refusal(cos.put_object, Bucket=HOME, Key=key, Body=b"x")[:2] == \
+        (400, "InvalidArgument")
+
+
 def test_a_wrong_secret_key_gets_signature_does_not_match(registered):
     status, code, _ = refusal(client(registered, "AKIDowner", "not-the-key").list_objects,
                               Bucket=HOME)
