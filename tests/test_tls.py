@@ -1409,12 +1409,12 @@ QUIET_CPU = 2.0
 @pytest.mark.parametrize("how", ["fin", "half"])
 def test_control_connection_ended_without_close_notify_goes_quiet(ftps_server, cos, area,
                                                                   moment, how):
-    """A control connection the client ends without close_notify (a close, a half-close
-    keeping the socket open) in the middle of a session or while an upload runs: the
-    session closes after at most one TLS shutdown attempt and the worker goes quiet. When the socket still takes writes (the client
-    half-closed it) OpenSSL refuses that shutdown with an empty ``SSL.Error``, as on data
-    connections, but pyftpdlib's control channel closes its socket after the attempt
-    whatever came of it (``TLS_FTPHandler.close``)."""
+    """A control connection the client ends without close_notify (a close, a half-close keeping
+    the socket open) in the middle of a session or while an upload runs: the session closes
+    after at most one TLS shutdown attempt and the worker goes quiet. When the socket still
+    takes writes (the client half-closed it) OpenSSL refuses that shutdown with an empty
+    ``SSL.Error``, as on data connections, but pyftpdlib's control channel closes its socket
+    after the attempt whatever came of it (``TLS_FTPHandler.close``)."""
     server = ftps_server
     clock = reuse_login(server, PLAIN)
     ftp = reuse_login(server, PLAIN)
