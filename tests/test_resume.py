@@ -239,21 +239,45 @@ def break_appe(ftp: ftplib.FTP, cos, key: str, data: bytes) -> None:
     wait_until(lambda: is_parked(cos, key), what="the APPE to be parked")
 
 
-def appe_parked_in_the_second_of_its_file(server, cos, area: str, old: bytes,
-                                          data: bytes) -> str:
-    """Store ``old``, APPE ``data`` to it and break the APPE once COS holds a part, in one
-    second of COS's clock (tried again on new keys until it is); return the key."""
+def parked_in_the_second_of_its_file(server, cos, area: str, old: bytes, data: bytes,
+                                     command: str = "APPE") -> str:
+    """Store ``old``, then send ``data`` in an APPE to it (or a STOR over it) and break
+    that once COS holds a part, in one second of COS's clock (tried again on new keys
+    until it is); return the key."""
     for attempt in range(10):
         key = f"{area}-{attempt}"
         ftp = server.login("alice", "alice-pw")
         # Start early in a second, so the three steps fit in it.
         wait_until(lambda: time.time() % 1 < 0.2, what="a new second")
         put(ftp, key, old)
-        break_appe(ftp, cos, key, data)
+        if command == "APPE":
+            break_appe(ftp, cos, key, data)
+        else:
+            break_upload(ftp, cos, key, data, 1)
         [record] = cos.list_objects(Bucket=ALPHA, Prefix=f"{RECORDS}{key}/")["Contents"]
         if stored_second(cos, record["Key"]) == stored_second(cos, key):
             return key
     pytest.fail("no park in the second of its file in 10 tries")
+
+
+def resume_with(client: str, server, key: str, data: bytes, tmp_path) -> None:
+    """Upload ``data`` to ``key`` again the way ``client`` resumes: ftplib asks SIZE and
+    sends REST + STOR of what follows; ``curl -C -`` SIZE, then APPE; ``lftp put -c``
+    SIZE, then REST + STOR."""
+    if client == "ftplib":
+        ftp = server.login("alice", "alice-pw")
+        offset = ftp.size(key)
+        assert offset in (MIB, 2 * MIB)  # whole parts of the new file: its first bytes kept
+        assert rest_stor(ftp, key, offset, data[offset:]).startswith("226")
+        ftp.quit()
+        return
+    src = tmp_path / "whole.bin"
+    src.write_bytes(data)
+    if client == "curl -C -":
+        run([require("curl"), "--user", "alice:alice-pw", "--silent", "--show-error",
+             "-C", "-", "-T", str(src), f"ftp://127.0.0.1:{server.port}/{key}"])
+    else:
+        run(lftp_command(server, f"put -c {src} -o {key}"))
 
 
 @pytest.mark.parametrize("client", ["ftplib", "curl -C -", "lftp put -c"])
@@ -266,22 +290,9 @@ def test_an_appe_parked_in_the_second_its_file_was_stored_is_resumed(resumable, 
     the appended bytes again. The file is still the version the APPE started from (its
     ETag): the park continues it (ftplib and lftp: REST + STOR; curl: APPE)."""
     old, data = os.urandom(1000), os.urandom(2 * MIB + 3)
-    key = appe_parked_in_the_second_of_its_file(resumable, cos, area, old, data)
-    if client == "ftplib":
-        ftp = resumable.login("alice", "alice-pw")
-        offset = ftp.size(key)
-        assert offset in (MIB, 2 * MIB)  # whole parts: the old bytes, then the appended ones
-        assert rest_stor(ftp, key, offset, (old + data)[offset:]).startswith("226")
-        ftp.quit()
-    else:
-        src = tmp_path / "whole.bin"
-        src.write_bytes(old + data)
-        if client == "curl -C -":
-            run([require("curl"), "--user", "alice:alice-pw", "--silent", "--show-error",
-                 "-C", "-", "-T", str(src), f"ftp://127.0.0.1:{resumable.port}/{key}"])
-        else:
-            run(lftp_command(resumable, f"put -c {src} -o {key}"))
-        assert f"path=/{key}: resuming parked upload" in resumable.log_text()
+    key = parked_in_the_second_of_its_file(resumable, cos, area, old, data)
+    resume_with(client, resumable, key, old + data, tmp_path)
+    assert f"path=/{key}: resuming parked upload" in resumable.log_text()
     ftp = resumable.login("alice", "alice-pw")
     assert get(ftp, key) == old + data
     assert pending_uploads(cos, key) == [] and not is_parked(cos, key)
@@ -323,6 +334,76 @@ def test_an_appe_whose_file_was_replaced_before_it_broke_is_not_resumed(resumabl
     ftp.close()
     conn.close()
     wait_until(lambda: is_parked(cos, area), what="the APPE to be parked")
+    ftp = resumable.login("alice", "alice-pw")
+    assert ftp.size(area) == len(b"replaced")
+    assert not is_parked(cos, area) and pending_uploads(cos, area) == []
+    assert get(ftp, area) == b"replaced"
+    ftp.quit()
+
+
+@pytest.mark.parametrize("client", ["ftplib", "curl -C -", "lftp put -c"])
+def test_a_stor_parked_in_the_second_of_the_file_it_replaces_is_resumed(resumable, area, cos,
+                                                                        tmp_path, client):
+    """A client stores a file, overwrites it with a bigger one at once, loses the
+    connection and asks SIZE to resume, all in one second: COS times have whole seconds,
+    and the park was taken for older than the file it was to replace ("the file wins"). It
+    was discarded and SIZE said the old file's size: ftplib's REST + STOR was refused,
+    curl's APPE and lftp's REST + STOR wrote the old file and the rest of the new one. The
+    name still holds the file the STOR started over (its ETag, which the park records):
+    the park is resumed."""
+    old, data = os.urandom(1000), os.urandom(3 * MIB + 3)
+    key = parked_in_the_second_of_its_file(resumable, cos, area, old, data[:2 * MIB + 5],
+                                           "STOR")
+    resume_with(client, resumable, key, data, tmp_path)
+    ftp = resumable.login("alice", "alice-pw")
+    stored = get(ftp, key)
+    ftp.quit()
+    assert stored[:len(old)] != old and stored == data
+    assert f"path=/{key}: resuming parked upload" in resumable.log_text()
+    assert pending_uploads(cos, key) == [] and not is_parked(cos, key)
+
+
+def test_a_park_record_without_what_its_stor_replaces_goes_by_the_times(resumable, area, cos):
+    """Records written before they named the file their STOR replaces are read as then: the
+    park is kept only while it is newer than the file. The same bytes stored again after
+    the record (the same ETag, for which a record naming it keeps the park) win over it."""
+    old = os.urandom(1000)
+    ftp = resumable.login("alice", "alice-pw")
+    put(ftp, area, old)
+    break_upload(ftp, cos, area, os.urandom(2 * MIB + 5), 1)
+    [listed] = cos.list_objects(Bucket=ALPHA, Prefix=f"{RECORDS}{area}/")["Contents"]
+    [record] = park_records(cos, area)
+    record.pop("replaces", None)  # as written before it was kept
+    cos.put_object(Bucket=ALPHA, Key=listed["Key"], Body=json.dumps(record).encode())
+    cos.put_object(Bucket=ALPHA, Key=area, Body=old)  # not older than the record
+    ftp = resumable.login("alice", "alice-pw")
+    assert ftp.size(area) == len(old)
+    assert not is_parked(cos, area) and pending_uploads(cos, area) == []
+    ftp.quit()
+
+
+@pytest.mark.parametrize("before", [b"", b"old"], ids=["a new name", "over a file"])
+def test_a_stor_whose_name_another_session_stored_before_it_broke_is_not_resumed(
+        resumable, area, cos, tmp_path, before):
+    """Another session's STOR of the name while this STOR ran, in a second before the
+    park: the park, newer than that file, was offered, and its resume wrote over the other
+    session's file. The name no longer holds what the STOR started over (no file, or the
+    old one's ETag): the file wins, and the park is discarded."""
+    ftp = resumable.login("alice", "alice-pw")
+    if before:
+        put(ftp, area, before)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {area}")
+    conn.sendall(os.urandom(2 * MIB))
+    wait_until(lambda: parts_of(cos, area), what="part 1 in COS")
+    other = resumable.login("carol", "carol-pw")
+    assert put(other, area, b"replaced").startswith("226")
+    other.quit()
+    after_stored_second(cos, area)
+    ftp.sock.close()
+    ftp.close()
+    conn.close()
+    wait_until(lambda: is_parked(cos, area), what="the STOR to be parked")
     ftp = resumable.login("alice", "alice-pw")
     assert ftp.size(area) == len(b"replaced")
     assert not is_parked(cos, area) and pending_uploads(cos, area) == []
@@ -529,7 +610,8 @@ def test_lftp_put_continue_resumes_a_killed_upload(resumable, tmp_path, area, co
     assert "resuming parked upload" in resumable.log_text()
 
 
-def test_the_park_record_names_user_path_bytes_and_their_crc(resumable, area, cos):
+def test_the_park_record_names_user_path_bytes_their_crc_and_what_it_replaces(resumable, area,
+                                                                             cos):
     data = os.urandom(3 * MIB)
     break_upload(resumable.login("alice", "alice-pw"), cos, area, data, 2)
     [record] = park_records(cos, area)
@@ -539,6 +621,7 @@ def test_the_park_record_names_user_path_bytes_and_their_crc(resumable, area, co
     assert (record["user"], record["path"], record["key"]) == ("alice", f"/{area}", area)
     assert record["size"] == record["parts"] * MIB
     assert record["crc64"] == crc64.xz(data[:record["size"]])
+    assert record["replaces"] == ""  # the name held no file: the park is kept while it holds none
 
 
 def test_only_the_user_who_parked_an_upload_can_resume_it(resumable, area, cos):

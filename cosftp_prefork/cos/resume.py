@@ -5,8 +5,9 @@ A parked upload is an ordinary multipart upload plus a small JSON *record*,
 1..k (the run without a gap) and their CRC64, so the resumed object is checked end to end like
 any other, and, for an upload that began with the bytes of the stored file (APPE), the ETag
 of the version it continues and the sizes of its parts copied from it (COS may not hold
-those yet: a stop can cut a copy short, and a resume makes it again). The state lives in
-COS only: a parked upload survives worker restarts, reloads and a move to another worker.
+those yet: a stop can cut a copy short, and a resume makes it again), or, for one that began
+from nothing (STOR), the ETag of the file it replaces (or that there was none). The state
+lives in COS only: a parked upload survives worker restarts, reloads and a move to another worker.
 
 Every multipart upload this server starts (uploads, and copies in parts) while parking is on
 has a *live marker*, ``.cosftp/live/<key>/<upload id>``, from its start until it completes, is
@@ -55,7 +56,9 @@ class ParkRecord:
     """What is known of a parked upload: who, where, what part of the file COS holds, and
     the ETag of the stored version whose bytes it begins with ("" for an upload that began
     from nothing, and in records written before it was kept) with the sizes of the parts
-    copied from that version."""
+    copied from that version; or, for an upload that began from nothing, the ETag of the
+    file it replaces (``replaces``: "" where the name held none; None where that is not
+    known: its HEAD failed, an APPE's, and records written before it was kept)."""
 
     user: str
     path: str
@@ -68,6 +71,7 @@ class ParkRecord:
     # The sizes of parts 1..c, copies of that version, which COS may not hold (a stop cut
     # their copy short): a resume copies those again.
     copies: tuple[int, ...] = ()
+    replaces: Optional[str] = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False).encode()

@@ -117,7 +117,8 @@ class UploadSession:
                  transfer: TransferConfig, engine: Engine, store: ResumeStore,
                  retrier: Optional[AbortRetrier] = None,
                  announced: Optional[int] = None, checks: Optional[NameChecks] = None,
-                 quota: Optional[UploadQuota] = None, account: Hashable = None) -> None:
+                 quota: Optional[UploadQuota] = None, account: Hashable = None,
+                 replaces: Optional[Callable[[], Optional[str]]] = None) -> None:
         self.name = name
         self.state = state
         self.announced = announced  # ALLO's size, if the client sent one
@@ -131,6 +132,10 @@ class UploadSession:
         self._like: Optional[ObjectInfo] = None  # APPE: the object whose attributes to keep
         # APPE, and a resumed park of one: the ETag of the version its first bytes came from.
         self._continues = ""
+        # An upload from nothing, and a resumed park of one: the ETag of the file it replaces
+        # ("" none, None not known), asked when it is parked. None: not asked yet, a HEAD
+        # is sent when its multipart upload starts (see _start_multipart).
+        self._replaces = replaces
         self._announcement: Optional[Announcement] = None  # APPE: no other one meanwhile
         # A STOR's bytes alone make the object: once committed, ``stored`` tells all of it.
         self._from_nothing = state in (UploadState.NEW, UploadState.OVERWRITE)
@@ -257,6 +262,7 @@ class UploadSession:
         record = parked.record
         self._parts.upload_id = record.upload_id
         self._continues = record.continues
+        self._replaces = lambda: record.replaces
         self._parts.adopt(parked.parts, parked.size, record.crc64)
         if record.copies:
             version = ObjectInfo(record.key, sum(record.copies), 0.0, record.continues)
@@ -376,7 +382,8 @@ class UploadSession:
         record = ParkRecord(user=self._store.user, path=self.name, key=self._key,
                             upload_id=upload_id, size=resumable, parts=len(stored),
                             crc64=self._parts.crc_through(len(stored)),
-                            continues=self._continues, copies=self._parts.copied)
+                            continues=self._continues, copies=self._parts.copied,
+                            replaces=self._replaces() if self._replaces else None)
         try:
             self._store.park(record)
         except StorageError as exc:
@@ -394,6 +401,12 @@ class UploadSession:
             raise ValueError("I/O operation on closed upload")
 
     def _start_multipart(self) -> str:
+        if self._replaces is None and self._from_nothing and self._store.enabled:
+            # What the name holds, for a park of this upload: asked before its first part
+            # is sent, not at its start (a request more for every small file, which is
+            # never parked). A file stored meanwhile counts as the one it started over.
+            replaced = found_etag(lambda: self._bucket.head(self._key))
+            self._replaces = lambda: replaced
         upload_id = self._bucket.create_multipart(self._key, self._like)
         self._store.started(self._key, upload_id, self.name)
         return upload_id
@@ -485,16 +498,21 @@ class SessionUploads:
         if isinstance(source, ParkedUpload):
             self._offered = (path, source.record.upload_id)
 
-    def new(self, path: str, key: str, overwrite: bool = False,
-            announced: Optional[int] = None,
+    def new(self, path: str, key: str, announced: Optional[int] = None,
             checks: Optional[NameChecks] = None) -> UploadSession:
         """An upload that starts from nothing (STOR); with ``checks``, of a name whose
-        look-ups run while its bytes arrive (whether a file has it is not known yet)."""
-        if overwrite:  # APPE to an empty file: it stays one file
-            return self._session(path, key, UploadState.OVERWRITE, announced, checks,
-                                 Counted(new_file=False, replaced=lambda: 0))
+        look-ups run while its bytes arrive (whether a file has it is not known yet). Where
+        a quota counts it, a HEAD of ``key`` is sent beside them: the file it replaces, whose
+        size the quota gives back and whose ETag a park of it records (see
+        :func:`outdated`); elsewhere that is asked when it turns out to need parts (see
+        ``UploadSession._start_multipart``)."""
+        if self._quota is None or not self._quota.counts(key):
+            return self._session(path, key, UploadState.NEW, announced, checks,
+                                 Counted(new_file=True))
+        found = self._engine.lookups.for_owner(self).submit(self._bucket.head, key)
         return self._session(path, key, UploadState.NEW, announced, checks,
-                             Counted(new_file=True))
+                             Counted(new_file=True, replaced=replaced_size(found)),
+                             lambda: found_etag(found.result))
 
     def append(self, path: str, key: str, existing: Optional[Entry],
                announced: Optional[int] = None) -> UploadSession:
@@ -504,8 +522,13 @@ class SessionUploads:
         parked = self._offered_parked(path, key, existing)
         if parked is not None:
             return self._resumed(path, key, parked, announced)
-        if existing is None or existing.size == 0:
-            return self.new(path, key, existing is not None, announced)
+        if existing is None:  # a new file: there is nothing it replaces
+            return self._session(path, key, UploadState.NEW, announced, None,
+                                 Counted(new_file=True), lambda: "")
+        if existing.size == 0:  # it starts over an empty file, and stays one file
+            return self._session(path, key, UploadState.OVERWRITE, announced, None,
+                                 Counted(new_file=False, replaced=lambda: 0),
+                                 lambda: existing.etag or None)
         return self._continued(path, key, existing.size, announced, checked=False)
 
     def at_offset(self, path: str, key: str, entry: Optional[Entry], offset: int,
@@ -534,9 +557,12 @@ class SessionUploads:
 
     def _session(self, path: str, key: str, state: UploadState,
                  announced: Optional[int], checks: Optional[NameChecks],
-                 counted: Counted) -> UploadSession:
+                 counted: Counted,
+                 replaces: Optional[Callable[[], Optional[str]]] = None) -> UploadSession:
         """The upload, its first bytes reserved in the quotas that count it (raises
-        ``QuotaExceeded`` before anything is stored or claimed)."""
+        ``QuotaExceeded`` before anything is stored or claimed); ``replaces`` tells the ETag
+        of the file an upload from nothing replaces, if known at its start (see
+        :class:`UploadSession`)."""
         quota = None
         if self._quota is not None and self._quota.counts(key):
             replaced = counted.replaced
@@ -548,7 +574,7 @@ class SessionUploads:
         return UploadSession(self._bucket, key, name=path, state=state,
                              transfer=self._transfer, engine=self._engine, store=self._store,
                              retrier=self._retrier, announced=announced, checks=checks,
-                             quota=quota, account=self._account)
+                             quota=quota, account=self._account, replaces=replaces)
 
     def _resumed(self, path: str, key: str, parked: ParkedUpload,
                  announced: Optional[int]) -> UploadSession:
@@ -580,15 +606,36 @@ def outdated(parked: ParkedUpload, entry: Optional[Entry]) -> bool:
     someone else since the upload began.
 
     A park that continues a stored version (APPE) is obsolete once the file is another
-    version (its ETag), or gone: whatever the times say, which have whole seconds, so that
-    a park made in the second of the version it continues is kept, and a version stored
-    while the APPE ran, before the park, is not overwritten by its resume. An upload that
-    began from nothing, or a file whose ETag is not known, goes by the times: the park must
-    be newer, and in a tie the file is what the client last saw."""
-    continues = parked.record.continues
-    if continues and (entry is None or entry.etag):
-        return entry is None or entry.etag != continues
+    version (its ETag), or gone; one of an upload from nothing (STOR) once the name holds
+    other than what the upload started over (that file's ETag, or still no file). Whatever
+    the times say, which have whole seconds: a park made in the second of the file it
+    continues or replaces is kept, and a file stored while the upload ran, before the park,
+    is not overwritten by its resume. A record that names neither (written before they were
+    kept, or the HEAD at the upload's start failed), or a file whose ETag is not known, goes
+    by the times: the park must be newer, and in a tie the file is what the client last
+    saw."""
+    record = parked.record
+    if entry is None or entry.etag:
+        now = entry.etag if entry is not None else ""
+        if record.continues:
+            return now != record.continues
+        if record.replaces is not None:
+            return now != record.replaces
     return entry is not None and parked.parked_at <= entry.mtime
+
+
+def found_etag(head: Callable[[], ObjectInfo]) -> Optional[str]:
+    """What a park of an upload from nothing records as the file it replaces, from
+    ``head()``, a HEAD of its key: that file's ETag, "" if there was none, None if the HEAD
+    failed or gave no ETag (the park then goes by the times, see :func:`outdated`)."""
+    try:
+        return head().etag or None
+    except NotFound:
+        return ""
+    except StorageError as exc:
+        log.warning("cannot tell which file an upload replaces (%s): a park of it goes by "
+                    "the times", exc)
+        return None
 
 
 @dataclasses.dataclass(frozen=True)

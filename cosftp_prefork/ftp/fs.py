@@ -360,9 +360,9 @@ class CosFS(Renames, VirtualTree):
     @transient_escapes
     def resumable_size(self, path: str) -> int:
         """Return the size of the file at ``path`` or, when an upload to it was interrupted
-        and parked after the file was last written, the bytes REST + STOR or APPE continue
-        from (what ``lftp put -c`` and ``curl -C -`` ask with SIZE). Raises ``Refusal`` or
-        ``OSError``."""
+        and parked and the file was not written since it began (``uploads.outdated``), the
+        bytes REST + STOR or APPE continue from (what ``lftp put -c`` and ``curl -C -`` ask
+        with SIZE). Raises ``Refusal`` or ``OSError``."""
         source = self._uploads.source(path, object_key(path), self._upload_target(path))
         if source is None:
             raise Refusal(errno.ENOENT, "No such file or directory")
