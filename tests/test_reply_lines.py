@@ -101,7 +101,8 @@ def test_a_command_with_control_characters_gets_one_clean_reply_line(raw, area, 
 def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alice, area,
                                                                      cos):
     """Another tool stored these keys; the control connection quotes them escaped, in
-    replies of one line and of several (but 257: the next test)."""
+    replies of one line and of several (but the pathnames of 257 and of MLST's entry: the
+    next tests)."""
     names = ["osc\x9d2;title\x07", "rlo\u202etxt.exe", "tab\there", "csi\x9bx"]
     for name in names:
         cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}/inner", Body=b"x")
@@ -114,8 +115,9 @@ def test_names_from_cos_with_control_characters_stay_on_one_clean_line(raw, alic
             raw.send(command + path + b".txt")
             lines = raw.reply()
             assert lines[0][:4] in ("250-", "213-"), lines
-            assert all(CLEAN_LINE.fullmatch(line) for line in lines), lines
-            assert escaped(name) in "".join(lines)
+            quotes = lines if command == b"STAT " else [lines[0], lines[2]]
+            assert all(CLEAN_LINE.fullmatch(line) for line in quotes), lines
+            assert escaped(name) in lines[0]
         raw.send(b"STAT " + f"/{area}".encode())
         lines = raw.reply()
         assert all(CLEAN_LINE.fullmatch(line) for line in lines), lines
@@ -147,6 +149,30 @@ def test_pwd_and_mkd_give_the_name_a_client_can_cwd_back_to(raw, alice, area, co
     made = alice.mkd(f"/{area}/new\u202ename\x9b")
     assert made == f"/{area}/new\u202ename\x9b"
     alice.cwd(made)
+
+
+def test_mlst_gives_the_pathname_a_client_can_act_on(raw, alice, area, cos):
+    """RFC 3659 7.2: MLST's entry is its facts, a space and the object's pathname, which a
+    client reads (to the line's end) and may send back. Like 257's, it is the name as
+    stored: only CR, LF and NUL would be escaped. The ``250-`` line above it, a quote for a
+    human, stays escaped. An escaped ``\\t`` named another file, or none."""
+    names = ["tab\there", "bel\x07", "csi\x9bx", "rlo\u202etxt", "nel\x85x", "ls\u2028x",
+             "back\\tslash", "semi; colon"]
+    for name in names:
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/{name}.txt", Body=name.encode())
+    for name in names:
+        path = f"/{area}/{name}.txt"
+        raw.send(b"MLST " + path.encode())
+        lines = raw.reply()
+        assert len(lines) == 3 and lines[2].startswith("250 "), lines
+        assert CLEAN_LINE.fullmatch(lines[0]), lines
+        facts, pathname = lines[1][1:-2].split(" ", 1)  # SP facts SP pathname CRLF
+        assert "type=file;" in facts and pathname == path, lines
+        assert raw.one_line_reply(b"SIZE " + pathname.encode()) == \
+            f"213 {len(name.encode())}\r\n"
+        got: list[bytes] = []
+        alice.retrbinary(f"RETR {pathname}", got.append)
+        assert b"".join(got) == name.encode(), name
 
 
 def test_names_with_cr_lf_or_nul_from_cos_inject_nothing_and_are_left_out(

@@ -7,10 +7,11 @@ next command), and ESC or a bidirectional override would reach the user's termin
 such character is written escaped, as the log writes it (``\\n``, ``\\x1b``, ``\\u202e``),
 so the reply keeps its meaning for a human and one line for a client.
 
-RFC 959's ``257`` (PWD, MKD) is the one reply whose text a client reads a pathname from, to
-send it back (Appendix II): it gives the name as it is, and only what would end its line
-(CR, LF, NUL, which no name the server shows holds) is escaped. An escaped ``\\t`` there
-named another directory, or none, when the client sent it back in a ``CWD``.
+Two replies carry a pathname a client reads to send it back: RFC 959's ``257`` (PWD, MKD;
+Appendix II) and the entry line of RFC 3659's ``MLST`` (7.2: a space, the facts, a space and
+the pathname, up to the line's end). They give the name as it is, and only what would end
+their line (CR, LF, NUL, which no name the server shows holds) is escaped. An escaped
+``\\t`` there named another file, or none, when the client sent it back.
 """
 
 from __future__ import annotations
@@ -21,21 +22,25 @@ from ..logfiles import escape_controls
 
 # The reply's own line end; anything else that ends or changes a line is escaped.
 LINE_END = "\r\n"
-# The lines of a 257 reply, and what they escape.
+# The lines that carry a pathname (a 257 reply's; MLST's entry, its facts ``name=value;``
+# before the pathname, which is absolute), and what they escape. No other line starts with a
+# space and a fact: a STAT listing line starts with the permissions, FEAT's with a command.
 _PATHNAME_REPLY = ("257 ", "257-")
+_MLST_ENTRY = re.compile(r" (?:[^=; ]+=[^;]*;)* /")
 _LINE_BREAKS = re.compile("[\r\n\x00]")
 
 
 def reply_lines(text: str) -> str:
     """Return ``text`` (one or more reply lines, each ended by CRLF, the last one perhaps
     not ended yet) with every control character inside a line written escaped, as the log
-    writes it, but in a ``257`` line only CR, LF and NUL; the CRLFs that end lines are
-    kept. Lone surrogates are left: the session's encoding turns an undecodable byte of a
-    legacy name into ``?`` (``dialect.push``). Raises nothing."""
+    writes it, but in a ``257`` line and in MLST's entry line (pathnames a client sends
+    back) only CR, LF and NUL; the CRLFs that end lines are kept. Lone surrogates are left:
+    the session's encoding turns an undecodable byte of a legacy name into ``?``
+    (``dialect.push``). Raises nothing."""
     return LINE_END.join(_escaped(line) for line in text.split(LINE_END))
 
 
 def _escaped(line: str) -> str:
-    if line.startswith(_PATHNAME_REPLY):
+    if line.startswith(_PATHNAME_REPLY) or _MLST_ENTRY.match(line):
         return _LINE_BREAKS.sub(lambda match: escape_controls(match.group()), line)
     return escape_controls(line, surrogates=False)
