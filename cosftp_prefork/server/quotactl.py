@@ -19,6 +19,7 @@ from typing import Optional
 from ..config.model import Config
 from ..config.quotas import Home, QuotaRules, Usage, places
 from ..config.values import size_in_words
+from ..logfiles import escape_controls
 from .pidfile import EXIT_NOT_RUNNING, Target, find_master
 from .scoreboard import state_path
 from .usage import UsageTable, usage_path
@@ -166,7 +167,9 @@ def _users(config: Config, user: Optional[str]
     if table is not None:
         table.close()
     if report.trouble:
-        print(f"cosftpctl: quota: the cluster's usage cannot be read ({report.trouble}); "
+        # (what Redis, or whatever answers at its address, said: escaped)
+        print(f"cosftpctl: quota: the cluster's usage cannot be read "
+              f"({escape_controls(report.trouble)}); "
               "this node's table is shown", file=sys.stderr)
     return ([row for row in report.rows if user is None or row.user == user],
             [row for row in report.folders if user is None or user in row.users],

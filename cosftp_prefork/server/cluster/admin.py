@@ -15,7 +15,6 @@ import redis
 
 from ...config.model import ClusterConfig
 from ...errors import ConfigError
-from ...logfiles import escape_controls
 from .keys import (
     BANS_KEPT,
     BANS_MADE,
@@ -312,8 +311,9 @@ _REMEDIES = {
 
 
 def _shown(exc: redis.ResponseError) -> str:
-    """Redis's error as it answered it, code first, cut for a line, escaped."""
-    return escape_controls(refusal(exc, 200))
+    """Redis's error as it answered it, code first, cut for a line (``cosftpctl check``
+    escapes the line it is in)."""
+    return refusal(exc, 200)
 
 
 def _remedy(exc: redis.ResponseError) -> str:

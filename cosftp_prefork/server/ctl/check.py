@@ -13,6 +13,7 @@ from ...config.model import Config
 from ...config.placeholders import find_placeholders
 from ...config.settings import resolve_masquerade
 from ...errors import ConfigError
+from ...logfiles import escape_controls
 from ..privileges import Identity, describe_workers, probe, workers_identity
 
 ONLINE_TIMEOUT = 10.0
@@ -34,8 +35,8 @@ def cmd_check(config: Config, online: bool = False,
         resolve_masquerade(config)
         cluster = _check_cluster(config)
         identity = workers_identity(config)
-    except ConfigError as exc:
-        print(f"cosftpctl: configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # (Redis's version may be quoted: whatever answered wrote it)
+        print(f"cosftpctl: configuration error: {escape_controls(str(exc))}", file=sys.stderr)
         return 2
     fatal = [found for found in placeholders if found.fatal]
     for found in fatal:
@@ -48,8 +49,9 @@ def cmd_check(config: Config, online: bool = False,
     print(f"relative paths from {base_dir(config.path)}: log_dir {config.server.log_dir}, "
           f"pid_file {config.server.pid_file}")
     _check_identity(identity)
-    if cluster:
-        print(cluster, file=sys.stderr if cluster.startswith("warning") else sys.stdout)
+    if cluster:  # what Redis said of itself (its version, its errors): escaped
+        print(escape_controls(cluster),
+              file=sys.stderr if cluster.startswith("warning") else sys.stdout)
     return _check_online(config, timeout) if online else 0
 
 

@@ -8,6 +8,7 @@ import time
 from typing import Optional
 
 from ...config.model import REDIS_MINIMUM
+from ...logfiles import escape_controls
 from ..logs import LOG_FILE_NAME
 from ..pidfile import EXIT_NOT_RUNNING, Target, find_master, port_holders, whereabouts
 from ..scoreboard import (
@@ -73,20 +74,16 @@ def sessions(target: Target) -> int:
     return 0
 
 
-def _printable(text: str) -> str:
-    """``text`` with every character that is not printable (control bytes, bidi marks)
-    escaped: a client-supplied name must not write to the operator's terminal."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
 def format_sessions(details: list[SessionDetail], now: float) -> str:
+    """The sessions' table; the user names and commands, which clients sent, escaped as the
+    log escapes them: they must not write to the operator's terminal."""
     lines = [f"{'PID':>7} {'USER':<16} {'CLIENT':<39} {'STATE':<9} {'BYTES':>12} "
              f"{'RATE/S':>10} {'IDLE':>8}  COMMAND"]
     for d in details:
         lines.append(
-            f"{d.pid:>7} {_printable(d.user) or '-':<16} {d.client:<39} "
+            f"{d.pid:>7} {escape_controls(d.user) or '-':<16} {d.client:<39} "
             f"{'logged in' if d.logged_in else 'login':<9} {d.nbytes:>12} {d.rate:>10.0f} "
-            f"{_duration(max(0.0, now - d.last_active)):>8}  {_printable(d.command) or '-'}")
+            f"{_duration(max(0.0, now - d.last_active)):>8}  {escape_controls(d.command) or '-'}")
     lines.append(f"{len(details)} session(s)")
     return "\n".join(lines)
 
