@@ -194,6 +194,35 @@ def test_upload_progress_moves_and_kick_closes_it_with_421(console, browser, tmp
     api.call("DELETE", "/bans/192.0.2.7")
 
 
+def test_what_a_client_sent_is_shown_as_text_its_control_characters_escaped(
+        console, browser, tmp_path):
+    """A command whose path is HTML, a right-to-left override and a terminal's escape
+    sequence: the sessions table shows it as text (no element made, nothing run), the
+    override and the escape written as the log writes them (``\\u202e``, ``\\x1b``), so
+    that it cannot reorder what the operator reads. Found: the override and the escape were
+    put on the page raw (the HTML was already text)."""
+    api = AdminClient(admin_url(console))
+    hostile = "/<img src=x onerror=alert(1)>\u202egpj\x1b[2J"  # (48 bytes are kept)
+    ftp = log_in(console, "127.0.0.25")
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.sendcmd(f"SIZE {hostile}")
+
+    def listed() -> Optional[dict]:
+        return next((s for s in api.get("/sessions")["sessions"] if s["client"] ==
+                     "127.0.0.25" and (s["command"] or "").startswith("SIZE")), None)
+    wait_until(listed, what="the command listed")
+    session_id, command = listed()["id"], listed()["command"]
+    assert command == f"SIZE {hostile}", command
+    shown = command.replace("\u202e", "\\u202e").replace("\x1b", "\\x1b")
+    with screenshot_on_failure(browser, tmp_path, "escaped"):
+        sign_in(browser, console, RO_TOKEN)
+        row = wait_for(browser, lambda: session_row(browser, session_id), "the session listed")
+        cell = row.find_elements(By.TAG_NAME, "td")[3]
+        assert browser.execute_script("return arguments[0].textContent", cell) == shown
+        assert row.find_elements(By.TAG_NAME, "img") == [] and no_alert(browser)
+    ftp.quit()
+
+
 def _fail_logins(proc, source: str, count: int) -> None:
     """``count`` wrong passwords from ``source`` at once (each 530 comes after a delay)."""
     def once() -> None:

@@ -1,6 +1,7 @@
 // The cosftp-prefork web console: polls the admin API (/api/v1/) and draws what it answers.
 // No build step, no library. Everything that came from a client (user names, file names,
-// commands) is set as text, never as HTML. The token lives in this tab's sessionStorage and
+// commands), from Redis or from COS is set as text, never as HTML, its control characters
+// escaped (shown()). The token lives in this tab's sessionStorage and
 // goes out only in the Authorization header of requests to this origin.
 "use strict";
 
@@ -18,6 +19,22 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // What no text on the page shows raw: C0 and C1 controls, DEL, the line and paragraph
+  // separators, every bidirectional control (a right-to-left override in a file name would
+  // reorder what the operator reads) and lone surrogates; the set and the spelling of the
+  // server's log (logfiles.escape_controls): \n, \x1b, \u202e.
+  const UNSAFE = new RegExp("[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e\\u200f\\u2028\\u2029" +
+                            "\\u202a-\\u202e\\u2066-\\u2069\\ud800-\\udfff]", "gu");
+  const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+  function shown(text) {
+    return String(text).replace(UNSAFE, (char) => {
+      const code = char.charCodeAt(0);
+      return NAMED[char] ?? (code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}`
+        : `\\u${code.toString(16).padStart(4, "0")}`);
+    });
+  }
+
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(props || {})) {
@@ -27,7 +44,7 @@
     }
     for (const child of children) {
       if (child !== null && child !== undefined) {
-        node.append(child instanceof Node ? child : String(child));
+        node.append(child instanceof Node ? child : shown(child));
       }
     }
     return node;
@@ -61,10 +78,9 @@
   // Rows are kept across polls, keyed by the item's id, and only their cells change: a
   // button the operator is about to click stays the same element.
   function setCell(td, content) {
-    if (content instanceof Node) td.replaceChildren(content);
-    else if (td.children.length || td.textContent !== String(content)) {
-      td.textContent = String(content);
-    }
+    const text = content instanceof Node ? null : shown(content);
+    if (text === null) td.replaceChildren(content);
+    else if (td.children.length || td.textContent !== text) td.textContent = text;
   }
 
   function syncRows(table, items, keyName, key, cells, action) {
@@ -103,7 +119,7 @@
 
   function say(text, bad) {
     const message = $("message");
-    message.textContent = text;
+    message.textContent = shown(text);
     message.className = bad ? "bad" : "";
   }
 
@@ -124,7 +140,7 @@
     ];
     $("server").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     $("reload-errors").replaceChildren(...r.errors.map((e) => el("li", {}, e)));
-    $("whoami").textContent = `token ${status.you.token} (${status.you.writable ? "read-write" : "read-only"})`;
+    $("whoami").textContent = shown(`token ${status.you.token} (${status.you.writable ? "read-write" : "read-only"})`);
     writable = status.you.writable;
     document.body.classList.toggle("read-only", !writable);
   }
@@ -255,7 +271,7 @@
     $("signout").hidden = true;
     $("signin").hidden = false;
     $("whoami").textContent = "";
-    $("signin-error").textContent = why || "";
+    $("signin-error").textContent = shown(why || "");
     for (const table of document.querySelectorAll("main table")) table.tBodies[0].replaceChildren();
   }
 
