@@ -182,3 +182,16 @@ def test_accounts_are_tried_at_once_each_within_the_timeout(cos_accounts, tmp_pa
     assert all(": unreachable: no answer within 2 s" in line for line in lines.values())
     assert silent.accepted >= count
     assert silent.most_open >= ONLINE_THREADS
+
+
+def test_what_cos_says_of_a_buckets_region_is_printed_safe(tmp_path):
+    """GetService's answer names the region a bucket lives in, and the verdict quotes it;
+    whatever answers at the account's endpoint writes it. Found: a region holding a
+    right-to-left override and a C1 CSI (both valid in COS's XML) was printed raw, as COS's
+    error codes and request ids never were (``_safe``: only the characters they are made
+    of)."""
+    odd = "odd-1250000000"
+    with strict_emulator([odd], KEYS, {odd: "ap-x\u202e\x9b2J"}) as emu:
+        done, lines = check_online(tmp_path, emu, [account("odd", "AKIDowner", bucket=odd)])
+    assert "the bucket is in ap-x??2J: set cos_region = ap-x??2J" in lines["odd"], lines
+    assert not {"\u202e", "\x9b"} & set(done.stdout + done.stderr), done.stdout

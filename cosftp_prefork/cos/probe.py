@@ -137,7 +137,8 @@ def _refusal(error: StorageError, denied: str, action: str) -> Finding:
 def _missing(bucket: Bucket, account: AccountConfig, error: StorageError) -> Finding:
     """A 404 for the bucket: another region's (GetService lists it there) or none."""
     try:
-        region = bucket.listed_region()
+        listed = bucket.listed_region()  # COS's answer: printed, so only _safe's characters
+        region = _safe(listed, 64) if listed else None
         unknown = ""
     except StorageError:
         region = None
