@@ -37,9 +37,11 @@ from .admin_client import (
     serving_admin,
 )
 from .quiet_http import QuietHTTPServer
+from .redis6 import Redis6Proxy
 from .server_proc import unreachable_receiver, wait_until
 from .test_admin_api import HeldUpload, log_in
 from .test_clients import require
+from .test_cluster import start_redis
 
 MIB = 1024 * 1024
 # What works here (machine notes): no sandbox as root, no GPU, nothing fetched in the
@@ -221,6 +223,37 @@ def test_what_a_client_sent_is_shown_as_text_its_control_characters_escaped(
         assert browser.execute_script("return arguments[0].textContent", cell) == shown
         assert row.find_elements(By.TAG_NAME, "img") == [] and no_alert(browser)
     ftp.quit()
+
+
+def test_a_lifts_problem_from_redis_is_shown_as_text_escaped(emulator, browser, tmp_path):
+    """A node of a cluster whose "Redis" (a program answering on redis_url's address) turns
+    to say its version is ``5.0`` followed by HTML, a terminal's escapes and a right-to-left
+    override: the lift's answer quotes it (``the cluster's ban(s) NOT lifted: ... is version
+    ...``) and the console's message line shows it as text, escaped. Found: the override and
+    the escapes were put on the page raw (the HTML was already text)."""
+    server = start_redis(tmp_path)
+    proxy = Redis6Proxy(server.port, "7.0.15")
+    proc = admin_server(str(tmp_path / "cluster"), emulator.port, max_login_failures="3")
+    proc.sections += f"\n[CLUSTER]\nredis_url = redis://127.0.0.1:{proxy.port}/0\n"
+    # (no "=": redis-py reads an INFO value holding one as a dict)
+    hostile = "<script>alert(1)</script>\x1b]0;owned\x07\u202e"
+    try:
+        with proc, screenshot_on_failure(browser, tmp_path, "lift-problem"):
+            api = AdminClient(admin_url(proc))
+            api.call("POST", "/bans", json={"address": "127.0.0.26"})
+            sign_in(browser, proc, RW_TOKEN)
+            row = wait_for(browser, lambda: ban_row(browser, "127.0.0.26"), "the ban listed")
+            proxy.version = "5.0" + hostile
+            row.find_element(By.CSS_SELECTOR, "button.lift").click()
+            message = browser.find_element(By.ID, "message")
+            wait_for(browser, lambda: "NOT lifted" in message.text, "the lift's problem")
+            text = browser.execute_script("return arguments[0].textContent", message)
+            assert "is version 5.0<script>alert(1)</script>\\x1b]0;owned\\x07\\u202e;" \
+                in text, text
+            assert message.find_elements(By.TAG_NAME, "script") == [] and no_alert(browser)
+    finally:
+        proxy.stop()
+        server.stop()
 
 
 def _fail_logins(proc, source: str, count: int) -> None:
