@@ -167,7 +167,12 @@ return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
 # address then milliseconds left, with the number of the last one brought; if an ``unban
 # --all`` was among the unbans brought, all those noted that Redis still holds, not only
 # the new ones (a ban made while that unban ran holds, and this worker may have brought it
-# before the unban was noted). KEYS: then the bans made, their counter.
+# before the unban was noted); and the bans Redis holds now of the addresses the unbans
+# brought name, address then milliseconds left: each was made after its unban (which
+# deleted the ban before it), though the bans made may have brought it in an earlier
+# heartbeat (found: with more than 100 unbans to bring, the 101st came a heartbeat after
+# the ban made after it, and the node forgot that ban). KEYS: then the bans made, their
+# counter.
 HEARTBEAT = """
 local repaired = {}
 local counter, bad = counter_of(KEYS[4])
@@ -232,8 +237,21 @@ elseif found ~= 'none' then
   redis.call('DEL', KEYS[5])
   table.insert(repaired, 'bans-made')
 end
+local standing = {}
+for _, member in ipairs(unbans) do
+  local address = string.match(member, '^[^:]*:[^:]*:(.+)$')
+  if address and address ~= '*' then
+    local left, bad = ban_of(ARGV[9] .. address)
+    garbage = garbage or bad
+    if left > 0 then
+      table.insert(standing, address)
+      table.insert(standing, left)
+    end
+  end
+end
 if garbage then table.insert(repaired, 'ban:*') end
-return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1, made_seen, made}, repaired}
+return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1, made_seen, made, standing},
+        repaired}
 """
 
 # Whether Redis takes writes: a write that changes nothing in the end (the key is written,

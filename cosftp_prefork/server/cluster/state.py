@@ -124,7 +124,8 @@ class Beat:
     Redis did not know this node (``scripts.HEARTBEAT``): what the node holds (bans, quota
     reservations) is to be published there again; and the bans made since the last one
     (on any node, or published again; every one noted if an ``unban --all`` came) that
-    Redis still holds, each an address and when it ends (``time.time()``)."""
+    Redis still holds, with those it holds of the addresses the unbans name (made after
+    them), each an address and when it ends (``time.time()``)."""
 
     unbans: list[Unban]
     unknown: bool = False
@@ -485,7 +486,8 @@ class ClusterState:
         self._bans_seen = int(answer[4])
         with self._lock:
             rejoined, self._rejoined = self._rejoined, False
-        return Beat(_unbans(members), bool(int(answer[3])), _bans_made(answer[5]), rejoined)
+        return Beat(_unbans(members), bool(int(answer[3])),
+                    _bans_made(answer[5]) + _bans_made(answer[6]), rejoined)
 
     def close(self) -> None:
         self._redis.close()

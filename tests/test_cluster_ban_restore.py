@@ -1,0 +1,71 @@
+"""Bans and unbans in Redis's order across what a node forgets: more unbans than one
+heartbeat brings. Nodes on a real ``redis-server`` through ``tests/redis6.py`` (the helpers
+are test_cluster_redis.py's)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cosftp_prefork.config.model import ClusterConfig
+from cosftp_prefork.server.cluster import ClusterAdmin
+from cosftp_prefork.server.cluster.keys import UNBANS_PER_TICK
+
+from .server_proc import closed_port, wait_until
+from .test_cluster import ACCOUNT
+from .test_cluster_ban_order import every_node_beat, held_by_node
+from .test_cluster_redis import (
+    BANS,
+    RedisUnderTest,
+    status,
+)
+from .test_cluster_redis_outages import two_nodes
+
+
+@contextmanager
+def admin_of(server: RedisUnderTest) -> Iterator[ClusterAdmin]:
+    """What ``cosftpctl ban``/``unban`` on another node does, straight to Redis."""
+    admin = ClusterAdmin(ClusterConfig(f"redis://127.0.0.1:{server.port}/0"))
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+@contextmanager
+def redis_unreachable(server: RedisUnderTest) -> Iterator[None]:
+    """Redis unreachable through the nodes' proxy while the block runs (the test's own
+    client still reaches it)."""
+    upstream = server.proxy.upstream
+    server.proxy.upstream = closed_port()
+    server.proxy.drop_connections()
+    try:
+        yield
+    finally:
+        server.proxy.upstream = upstream
+
+
+def test_a_ban_made_after_the_unbans_one_heartbeat_brings_holds_on_the_node(emulator,
+                                                                            tmp_path):
+    """More unbans than one heartbeat brings (100) between two of node a's heartbeats (it
+    could not reach Redis meanwhile): the 101st unbans an address a holds, and a ban of
+    it is made after that unban. The first heartbeat brings the new ban, the second the
+    unban. Found: the second made a forget the ban, which Redis still held."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "hundred", **BANS) as (server, a, b):
+        client = "127.0.0.161"
+        with admin_of(server) as admin:
+            admin.ban(client, int(time.time()) + 600, 600)
+            wait_until(lambda: held_by_node(a, client), timeout=10, what="a to hold it")
+            with redis_unreachable(server):
+                for n in range(UNBANS_PER_TICK):
+                    admin.unban(f"10.8.0.{n + 1}", int(time.time()))
+                admin.unban(client, int(time.time()))
+                admin.ban(client, int(time.time()) + 600, 600)
+        for proc in (a, b):
+            wait_until(lambda proc=proc: "UNREACHABLE" not in status(proc), timeout=30,
+                       what=f"every worker of {proc.name} to find Redis again")
+        every_node_beat(server, a, b)
+        assert server.direct.exists(f"cosftp:ban:{client}")
+        for proc in (a, b):
+            assert held_by_node(proc, client), proc.name
