@@ -1,9 +1,11 @@
 """Bans and unbans in Redis's order across what a node forgets: more unbans than one
-heartbeat brings. Nodes on a real ``redis-server`` through ``tests/redis6.py`` (the helpers
-are test_cluster_redis.py's)."""
+heartbeat brings, and whose ban a restored row is (own or a copy). Nodes on a real
+``redis-server`` through ``tests/redis6.py`` (the helpers are test_cluster_redis.py's)."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from .test_cluster_ban_order import every_node_beat, held_by_node
 from .test_cluster_redis import (
     BANS,
     RedisUnderTest,
+    earn_ban,
+    refused_as_banned,
     status,
 )
 from .test_cluster_redis_outages import two_nodes
@@ -46,6 +50,12 @@ def redis_unreachable(server: RedisUnderTest) -> Iterator[None]:
         server.proxy.upstream = upstream
 
 
+def bans_file(proc) -> dict:
+    """What the node's bans file holds (``<pid file>.bans``)."""
+    with open(os.path.join(proc.log_dir, "cosftp.pid.bans"), encoding="ascii") as handle:
+        return json.load(handle)
+
+
 def test_a_ban_made_after_the_unbans_one_heartbeat_brings_holds_on_the_node(emulator,
                                                                             tmp_path):
     """More unbans than one heartbeat brings (100) between two of node a's heartbeats (it
@@ -69,3 +79,32 @@ def test_a_ban_made_after_the_unbans_one_heartbeat_brings_holds_on_the_node(emul
         assert server.direct.exists(f"cosftp:ban:{client}")
         for proc in (a, b):
             assert held_by_node(proc, client), proc.name
+
+
+def test_the_bans_file_says_whose_each_ban_is(emulator, tmp_path):
+    """Node a holds a ban of its own (earned there) and a copy of one made elsewhere; its
+    bans file must say which is which, through a stop and a start, so that a copy restored
+    is still a copy (it gives way first in a full table). A file of the version before,
+    which does not say, is read as before: every ban the node's own."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "whose", **BANS) as (server, a, _b):
+        own, copy = "127.0.0.171", "127.0.0.172"
+        earn_ban(a, own)
+        with admin_of(server) as admin:
+            admin.ban(copy, int(time.time()) + 600, 600)
+        wait_until(lambda: held_by_node(a, copy), timeout=10, what="a to hold the copy")
+        for _ in range(2):  # saved, restored, saved again: still a copy
+            a.stop()
+            saved = {entry["address"]: entry for entry in bans_file(a)["bans"]}
+            assert saved[copy].get("copy") is True
+            assert "copy" not in saved[own]
+            a.start()
+        a.stop()
+        old = {"bans": [{"address": entry["address"], "until": entry["until"]}
+                        for entry in bans_file(a)["bans"]]}
+        with open(os.path.join(a.log_dir, "cosftp.pid.bans"), "w", encoding="ascii") as handle:
+            json.dump(old, handle)
+        a.start()
+        a.stop()
+        assert all("copy" not in entry for entry in bans_file(a)["bans"])
+        a.start()
+        assert refused_as_banned(a, own) and refused_as_banned(a, copy)

@@ -563,6 +563,34 @@ def test_ipv6_bans_are_per_address_and_saved_with_their_expiry(tmp_path):
         load_bans(str(tmp_path / "bad"))
 
 
+def test_saved_copies_are_restored_as_copies_after_the_nodes_own_bans(tmp_path):
+    """A bans file says which bans were copies of other nodes' (``"copy": true``): they come
+    back as copies, after the node's own, so that a full table restores every own ban and
+    drops a copy, never the other way round. An entry whose ``copy`` is not true or false
+    costs only itself."""
+    now = int(time.time())
+    copies = [f"10.1.{number // 250}.{number % 250 + 1}" for number in range(BAN_ROWS)]
+    own = "192.0.2.1"
+    path = str(tmp_path / "bans")
+    # (the copies first in the file, ending later: neither may put them before the own ban)
+    save_bans(path, [*((ip, now + 900) for ip in copies), (own, now + 600)], copies)
+    saved = load_bans(path)
+    assert saved.copies == set(copies)
+    state = SharedState.create(str(tmp_path / "state"))
+    assert state.restore_bans(saved.bans, now, saved.copies) == BAN_ROWS
+    assert state.is_banned(own, now)
+    bans, restored_copies = state.saved_bans(now)
+    assert len(bans) == BAN_ROWS and restored_copies == set(copies) - {
+        ip for ip in copies if not state.is_banned(ip, now)}
+    assert own not in restored_copies and len(restored_copies) == BAN_ROWS - 1
+    (tmp_path / "odd").write_text(json.dumps({"bans": [
+        {"address": "192.0.2.2", "until": now + 60, "copy": "yes"},
+        {"address": "192.0.2.3", "until": now + 60}]}))
+    odd = load_bans(str(tmp_path / "odd"))
+    assert odd.bans == [("192.0.2.3", now + 60)] and odd.copies == set()
+    assert "'copy' is neither true nor false" in odd.rejected[0]
+
+
 def test_a_crowd_that_fills_the_ban_table_drops_the_bans_ending_soonest_and_says_so(tmp_path,
                                                                                    caplog):
     """The node's ban table holds BAN_ROWS addresses, the bans it keeps for the cluster
@@ -584,8 +612,10 @@ def test_a_crowd_that_fills_the_ban_table_drops_the_bans_ending_soonest_and_says
     assert [ip for ip in crowd if not state.is_banned(ip, now)] == crowd[:dropped]
     with caplog.at_level(logging.WARNING, logger="cosftp_prefork.server.bansfile"):
         bans.save()
-    assert f"the ban table ({BAN_ROWS} rows) was full of running bans: {dropped} of them, " \
-           f"those ending soonest, were dropped for new ones" in caplog.text
+    assert f"the ban table ({BAN_ROWS} rows) was full of running bans: {dropped} of them " \
+           f"were dropped for new ones (a crowd of banned addresses?), those ending soonest " \
+           f"among the copies of other nodes' bans first, this node's own only when every " \
+           f"row held one" in caplog.text
     assert len(load_bans(bans.path).bans) == BAN_ROWS
 
 

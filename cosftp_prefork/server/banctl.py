@@ -343,7 +343,8 @@ def _lift_saved(path: str, address: Optional[str],
     dropped = [(a, u) for a, u in saved.bans if address in (None, _spelt(a, config))]
     if dropped:
         owner = os.lstat(path)
-        save_bans(path, [entry for entry in saved.bans if entry not in dropped])
+        save_bans(path, [entry for entry in saved.bans if entry not in dropped],
+                  saved.copies)
         if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
     return dropped

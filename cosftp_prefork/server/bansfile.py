@@ -1,5 +1,7 @@
 """The bans kept across stop/start in ``<pid file>.bans``: put back when the master starts,
-saved by it whenever the table changes and when it stops."""
+saved by it whenever the table changes and when it stops. With a cluster, the file also
+says which bans are copies of other nodes' (they give way first in a full table, as they
+did before the stop)."""
 
 from __future__ import annotations
 
@@ -46,20 +48,26 @@ class BansFile:
         if len(saved.rejected) > MAX_LOGGED_REJECTS:
             log.error("bans file %s: ignored %d more bad entries", path,
                       len(saved.rejected) - MAX_LOGGED_REJECTS)
-        restored = self.state.restore_bans(self._grouped(saved.bans), time.time())
+        bans, copies = self._grouped(saved.bans, saved.copies)
+        restored = self.state.restore_bans(bans, time.time(), copies)
         self._saved_epoch = self.state.ban_epoch()
         self.state.note_bans_saved(self._saved_epoch)
         if restored:
             log.info("restored %d bans from %s", restored, path)
 
-    def _grouped(self, bans: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    def _grouped(self, bans: list[tuple[str, int]],
+                 copies: set[str]) -> tuple[list[tuple[str, int]], set[str]]:
         """The saved bans as what their addresses are banned as now (``ipv6_prefix_length``
-        may have changed since they were saved): the longest ban of each network."""
+        may have changed since they were saved): the longest ban of each network; and the
+        networks of which every ban saved was a copy of another node's."""
         until: dict[str, int] = {}
+        own: set[str] = set()
         for address, ends in bans:
             group = address_group(address, self.prefix)
             until[group] = max(ends, until.get(group, 0))
-        return list(until.items())
+            if address not in copies:
+                own.add(group)
+        return list(until.items()), set(until) - own
 
     def save(self, force: bool = False) -> None:
         """Save the running bans when the table changed (a worker started a ban, ``cosftpctl
@@ -73,7 +81,7 @@ class BansFile:
             return
         self._saved_epoch = epoch
         try:
-            save_bans(self.path, self.state.bans(time.time()))
+            save_bans(self.path, *self.state.saved_bans(time.time()))
         except OSError as exc:
             log.error("could not save the bans to %s: %s", self.path, exc)
             return
@@ -83,8 +91,10 @@ class BansFile:
         dropped, now = self.state.dropped_bans(), time.monotonic()
         if dropped == self._drops_seen or now - self._drops_logged_at < DROPS_LOGGED_EVERY:
             return
-        log.warning("the ban table (%d rows) was full of running bans: %d of them, those "
-                    "ending soonest, were dropped for new ones (a crowd of banned "
-                    "addresses?); they no longer hold on this node (a cluster's Redis still "
-                    "holds those it had)", BAN_ROWS, dropped - self._drops_seen)
+        log.warning("the ban table (%d rows) was full of running bans: %d of them were "
+                    "dropped for new ones (a crowd of banned addresses?), those ending "
+                    "soonest among the copies of other nodes' bans first, this node's own "
+                    "only when every row held one; they no longer hold on this node (a "
+                    "cluster's Redis still holds those it had)", BAN_ROWS,
+                    dropped - self._drops_seen)
         self._drops_seen, self._drops_logged_at = dropped, now

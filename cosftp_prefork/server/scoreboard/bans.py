@@ -10,7 +10,7 @@ import struct
 import time
 from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from ...safefiles import open_fd, replace_file
@@ -91,9 +91,13 @@ class BanTable(MappedFile):
         return self._active_bans(now)
 
     def _active_bans(self, now: float) -> list[tuple[Address, int]]:
+        return [(key, until) for key, until, _ in self._active_rows(now)]
+
+    def _active_rows(self, now: float) -> list[tuple[Address, int, int]]:
+        """``(address key, banned until, OWN or COPY)`` of every ban still running."""
         with self._bans_locked() as words:
             flat = words[BAN_HEADER_WORDS:].tolist()
-        return [(tuple(flat[at + 1:at + 5]), flat[at + 7])
+        return [(tuple(flat[at + 1:at + 5]), flat[at + 7], flat[at])
                 for at in range(0, len(flat), BAN_WORDS)
                 if flat[at] and flat[at + 7] > now]
 
@@ -138,23 +142,43 @@ class BanTable(MappedFile):
             words[0] += 1
         return True
 
-    def restore_bans(self, bans: Iterable[tuple[str, int]], now: float) -> int:
-        """Put saved bans back (master, at start); return how many still run. They carry
-        no failure window: what a row holds that is newer than an unban made elsewhere
-        in the cluster meanwhile is its ban only (``Gate``)."""
+    def saved_bans(self, now: float) -> tuple[list[tuple[str, int]], set[str]]:
+        """What the bans file keeps: ``(address, banned until)`` of every ban still running,
+        and the addresses among them whose row is a copy of another node's ban."""
+        bans, copies = [], set()
+        for key, until, kind in self._active_rows(now):
+            bans.append((address_text(key), until))
+            if kind == COPY:
+                copies.add(address_text(key))
+        return bans, copies
+
+    def restore_bans(self, bans: Iterable[tuple[str, int]], now: float,
+                     copies: Iterable[str] = ()) -> int:
+        """Put saved bans back (master, at start), those of ``copies`` as copies of other
+        nodes' bans, the others as this node's own; return how many still run. This
+        node's own go first, and a copy takes only a row serving no running ban: one that
+        finds none is not restored. They carry no failure window."""
+        copied = {address_key(ip) for ip in copies}
+        running = sorted(((ip, until) for ip, until in bans if until > now),
+                         key=lambda ban: address_key(ban[0]) in copied)
         restored = 0
         with self._bans_locked() as words:
-            for ip, until in bans:
-                if until <= now:
-                    continue
+            for ip, until in running:
                 flat = words[BAN_HEADER_WORDS:].tolist()
                 key = address_key(ip)
-                # (the file does not say whose a ban was: each is held as this node's own)
-                self._write_ban(words, self._take_row(words, flat, key, now, OWN), key, 0, 0,
-                                int(until), OWN)
+                kind = COPY if key in copied else OWN
+                if kind == COPY and self._full(flat, now):
+                    continue
+                at = self._take_row(words, flat, key, now, kind)
+                self._write_ban(words, at, key, 0, 0, int(until), kind)
                 restored += 1
             words[0] += 1 if restored else 0
         return restored
+
+    @staticmethod
+    def _full(flat: list[int], now: float) -> bool:
+        """True if every row of ``flat`` serves a running ban."""
+        return all(flat[at] and flat[at + 7] > now for at in range(0, len(flat), BAN_WORDS))
 
     @staticmethod
     def _write_ban(words, at: int, key: Address, failures: int, started: int,
@@ -207,19 +231,25 @@ def _ban_row_of(flat: list[int], at: int) -> BanRow:
     return BanRow(address_text(tuple(flat[at + 1:at + 5])), *flat[at + 5:at + 8])
 
 
-def save_bans(path: str, bans: list[tuple[str, int]]) -> None:
-    """Write ``bans`` to ``path`` atomically, readable by the owner only."""
-    entries = [{"address": ip, "until": until} for ip, until in bans]
+def save_bans(path: str, bans: list[tuple[str, int]], copies: Iterable[str] = ()) -> None:
+    """Write ``bans`` to ``path`` atomically, readable by the owner only: those of
+    ``copies`` marked ``"copy": true`` (copies of other nodes' bans)."""
+    copied = set(copies)
+    entries = [{"address": ip, "until": until, **({"copy": True} if ip in copied else {})}
+               for ip, until in bans]
     replace_file(path, json.dumps({"bans": entries}).encode("ascii"), 0o600)
 
 
 @dataclass(frozen=True)
 class SavedBans:
     """What a bans file held: the valid bans, and a description of each entry that was not
-    one (its position and why, the value quoted and cut short)."""
+    one (its position and why, the value quoted and cut short); the addresses of those
+    saved as copies of other nodes' bans (a file of a version before says none: every
+    ban is the node's own)."""
 
     bans: list[tuple[str, int]]
     rejected: list[str]
+    copies: set[str] = field(default_factory=set)
 
 
 def load_bans(path: str) -> SavedBans:
@@ -232,7 +262,8 @@ def load_bans(path: str) -> SavedBans:
         return SavedBans([], [])
     try:
         with open(fd, encoding="ascii") as handle:
-            entries = json.load(handle)["bans"]
+            whole = json.load(handle)
+        entries = whole["bans"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not a bans file ({type(exc).__name__})") from None
     if not isinstance(entries, list):
@@ -243,12 +274,15 @@ def load_bans(path: str) -> SavedBans:
             saved.bans.append(_saved_ban(entry))
         except ValueError as exc:
             saved.rejected.append(f"entry {number} {_quoted(entry)}: {exc}")
+            continue
+        if entry.get("copy") is True:
+            saved.copies.add(entry["address"])
     return saved
 
 
 def _saved_ban(entry: object) -> tuple[str, int]:
-    """``(address, until)`` from one entry of a bans file; ``ValueError`` saying what is
-    wrong with it."""
+    """``(address, until)`` from one entry of a bans file (``copy``, if there, true or
+    false); ``ValueError`` saying what is wrong with it."""
     if not isinstance(entry, dict):
         raise ValueError("not an object with an address and an expiry")
     address, until = entry.get("address"), entry.get("until")
@@ -260,6 +294,8 @@ def _saved_ban(entry: object) -> tuple[str, int]:
         raise ValueError("the address is not an IP address") from None
     if not isinstance(until, int) or isinstance(until, bool):
         raise ValueError("the expiry ('until') is not a whole number of seconds")
+    if not isinstance(entry.get("copy", False), bool):
+        raise ValueError("'copy' is neither true nor false")
     return address, until
 
 
