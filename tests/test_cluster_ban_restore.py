@@ -1,4 +1,5 @@
-"""Bans and unbans in Redis's order across what a node forgets: more unbans than one
+"""Bans and unbans in Redis's order across what a node forgets: its own restart (a ban made
+while Redis could not be asked, restored from its bans file), more unbans than one
 heartbeat brings, and whose ban a restored row is (own or a copy). Nodes on a real
 ``redis-server`` through ``tests/redis6.py`` (the helpers are test_cluster_redis.py's)."""
 
@@ -21,6 +22,7 @@ from .test_cluster_redis import (
     BANS,
     RedisUnderTest,
     earn_ban,
+    logs_in,
     refused_as_banned,
     status,
 )
@@ -54,6 +56,38 @@ def bans_file(proc) -> dict:
     """What the node's bans file holds (``<pid file>.bans``)."""
     with open(os.path.join(proc.log_dir, "cosftp.pid.bans"), encoding="ascii") as handle:
         return json.load(handle)
+
+
+def test_a_ban_made_in_an_outage_survives_a_restart_over_older_unbans_only(emulator,
+                                                                           tmp_path):
+    """Node a earns bans of two addresses while Redis cannot be asked, and stops: its bans
+    file keeps them. One address was unbanned (and an ``unban --all`` made) before the
+    ban, the other is unbanned while a is stopped, after the ban. At a's start the older
+    unbans must not lift the ban (it is published, and refused on every node); the later
+    one must. Found: a starting worker read the last 1,000 unbans again, and forgot every
+    ban restored that one of them named (or all of them, for the ``--all``)."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "restore", **BANS) as (server, a, b):
+        before, after = "127.0.0.151", "127.0.0.152"
+        with admin_of(server) as admin:
+            admin.unban(before, int(time.time()))
+            admin.unban(None, int(time.time()))
+            every_node_beat(server, a, b)  # a's workers brought both unbans
+            with redis_unreachable(server):
+                for client in (before, after):
+                    earn_ban(a, client)
+                    assert refused_as_banned(a, client)
+                assert "unreachable" in a.log_text()
+                a.stop()
+            admin.unban(after, int(time.time()))
+        a.start()
+        wait_until(lambda: "Redis reachable" in status(a), timeout=30, what="a to find Redis")
+        every_node_beat(server, a)
+        assert held_by_node(a, before)
+        assert server.direct.exists(f"cosftp:ban:{before}")
+        assert refused_as_banned(a, before) and refused_as_banned(b, before)
+        assert not held_by_node(a, after)
+        assert not server.direct.exists(f"cosftp:ban:{after}")
+        assert logs_in(a, after).startswith("230")
 
 
 def test_a_ban_made_after_the_unbans_one_heartbeat_brings_holds_on_the_node(emulator,

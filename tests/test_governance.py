@@ -573,9 +573,9 @@ def test_saved_copies_are_restored_as_copies_after_the_nodes_own_bans(tmp_path):
     own = "192.0.2.1"
     path = str(tmp_path / "bans")
     # (the copies first in the file, ending later: neither may put them before the own ban)
-    save_bans(path, [*((ip, now + 900) for ip in copies), (own, now + 600)], copies)
+    save_bans(path, [*((ip, now + 900) for ip in copies), (own, now + 600)], copies, 42)
     saved = load_bans(path)
-    assert saved.copies == set(copies)
+    assert saved.copies == set(copies) and saved.unbans_applied == 42
     state = SharedState.create(str(tmp_path / "state"))
     assert state.restore_bans(saved.bans, now, saved.copies) == BAN_ROWS
     assert state.is_banned(own, now)
@@ -588,6 +588,7 @@ def test_saved_copies_are_restored_as_copies_after_the_nodes_own_bans(tmp_path):
         {"address": "192.0.2.3", "until": now + 60}]}))
     odd = load_bans(str(tmp_path / "odd"))
     assert odd.bans == [("192.0.2.3", now + 60)] and odd.copies == set()
+    assert odd.unbans_applied == 0
     assert "'copy' is neither true nor false" in odd.rejected[0]
 
 

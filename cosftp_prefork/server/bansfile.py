@@ -1,7 +1,9 @@
 """The bans kept across stop/start in ``<pid file>.bans``: put back when the master starts,
 saved by it whenever the table changes and when it stops. With a cluster, the file also
 says which bans are copies of other nodes' (they give way first in a full table, as they
-did before the stop)."""
+did before the stop), and the last of the cluster's unbans the node judged its bans by:
+its workers, starting, bring only the unbans after it (one made before a ban must not lift
+it, even a ban Redis never held: made while it could not be asked)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class BansFile:
                       len(saved.rejected) - MAX_LOGGED_REJECTS)
         bans, copies = self._grouped(saved.bans, saved.copies)
         restored = self.state.restore_bans(bans, time.time(), copies)
+        self.state.note_unbans_applied(saved.unbans_applied, restarted=True)
         self._saved_epoch = self.state.ban_epoch()
         self.state.note_bans_saved(self._saved_epoch)
         if restored:
@@ -81,7 +84,8 @@ class BansFile:
             return
         self._saved_epoch = epoch
         try:
-            save_bans(self.path, *self.state.saved_bans(time.time()))
+            save_bans(self.path, *self.state.saved_bans(time.time()),
+                      unbans_applied=self.state.unbans_applied())
         except OSError as exc:
             log.error("could not save the bans to %s: %s", self.path, exc)
             return

@@ -149,6 +149,9 @@ class Gate:
         self._bans: dict = {}  # address key -> banned until, as of epoch _bans_read
         self._bans_read = -1
         self._bans_lock = threading.Lock()
+        self._unbans_noted = state.unbans_applied()  # the last unban judged by, as noted
+        if cluster is not None:
+            cluster.resume_unbans(self._unbans_noted)
 
     @property
     def shared(self) -> bool:
@@ -430,6 +433,10 @@ class Gate:
         for group, until in beat.bans:
             if self._may_ban(group):
                 self._adopt(group, until, again=group in unbanned)
+        if beat.seen is not None and beat.seen != self._unbans_noted:
+            # a worker starting next (a reload, the node's start) brings only those after it
+            self.state.note_unbans_applied(beat.seen, beat.restarted)
+            self._unbans_noted = beat.seen
         if self._bans_on:
             self._publish_bans(beat)
         pending = self._pending_now()

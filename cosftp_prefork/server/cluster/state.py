@@ -133,6 +133,10 @@ class Beat:
     # The first beat since this worker found Redis again (unreachable, refusing writes, too
     # old): what the node made meanwhile reached only its own table.
     rejoined: bool = False
+    # The number of the last unban brought by now (None: the beat did not land), and
+    # whether it is lower than the one before (Redis's counter started again).
+    seen: Optional[int] = None
+    restarted: bool = False
 
 
 def _bans_made(flat: list) -> list[tuple[str, float]]:
@@ -481,13 +485,23 @@ class ClusterState:
             burst_log.flush()
         if not answer:
             return Beat([])
-        self._unbans_seen, members = int(answer[0]), answer[1]
+        before, self._unbans_seen, members = self._unbans_seen, int(answer[0]), answer[1]
         self._skipped = 0 if int(answer[2]) else self._skipped + 1
         self._bans_seen = int(answer[4])
         with self._lock:
             rejoined, self._rejoined = self._rejoined, False
         return Beat(_unbans(members), bool(int(answer[3])),
-                    _bans_made(answer[5]) + _bans_made(answer[6]), rejoined)
+                    _bans_made(answer[5]) + _bans_made(answer[6]), rejoined,
+                    self._unbans_seen, self._unbans_seen < before)
+
+    def resume_unbans(self, number: int) -> None:
+        """Bring only the unbans after ``number`` (its node's table was judged by those up
+        to it: ``BanTable.unbans_applied``), at this worker's start, before any heartbeat:
+        one made before a ban this node holds must not lift it (found: a ban made while
+        Redis could not be asked, restored from the bans file, was lifted by an older unban
+        of its address, or any ``unban --all``, among the last 1,000 read again). A counter
+        that started again since (Redis lost its keys) is below it: all are brought then."""
+        self._unbans_seen = number
 
     def close(self) -> None:
         self._redis.close()

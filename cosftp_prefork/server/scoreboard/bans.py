@@ -50,6 +50,20 @@ class BanTable(MappedFile):
         """The master saved the bans of ``epoch`` (it alone writes this word)."""
         struct.pack_into("<I", self._map, BANS_AT + 4, epoch)
 
+    def unbans_applied(self) -> int:
+        """The number of the last of the cluster's unbans (its Redis's counter) by which
+        this table's rows were judged (0: none): a worker starting brings only those after
+        it (read without the lock: one word)."""
+        return struct.unpack_from("<I", self._map, BANS_AT + 12)[0]
+
+    def note_unbans_applied(self, number: int, restarted: bool = False) -> None:
+        """A worker judged the table's rows by the unbans up to ``number``: keep the
+        highest so far (workers beat one after another, one may lag behind), or ``number``
+        itself if ``restarted`` (Redis's counter started again: lower numbers are newer
+        unbans; the master restoring its bans file says so too)."""
+        with self._bans_locked() as words:
+            words[3] = number if restarted else max(words[3], number)
+
     def ban_rows(self) -> list[BanRow]:
         """Every address the ban table holds (read without the lock: a display)."""
         with memoryview(self._map) as whole, \
@@ -231,25 +245,32 @@ def _ban_row_of(flat: list[int], at: int) -> BanRow:
     return BanRow(address_text(tuple(flat[at + 1:at + 5])), *flat[at + 5:at + 8])
 
 
-def save_bans(path: str, bans: list[tuple[str, int]], copies: Iterable[str] = ()) -> None:
+def save_bans(path: str, bans: list[tuple[str, int]], copies: Iterable[str] = (),
+              unbans_applied: int = 0) -> None:
     """Write ``bans`` to ``path`` atomically, readable by the owner only: those of
-    ``copies`` marked ``"copy": true`` (copies of other nodes' bans)."""
+    ``copies`` marked ``"copy": true`` (copies of other nodes' bans), and the number of the
+    last of the cluster's unbans the node judged its bans by, when there is one."""
     copied = set(copies)
     entries = [{"address": ip, "until": until, **({"copy": True} if ip in copied else {})}
                for ip, until in bans]
-    replace_file(path, json.dumps({"bans": entries}).encode("ascii"), 0o600)
+    whole: dict = {"bans": entries}
+    if unbans_applied:
+        whole["unbans_applied"] = unbans_applied
+    replace_file(path, json.dumps(whole).encode("ascii"), 0o600)
 
 
 @dataclass(frozen=True)
 class SavedBans:
     """What a bans file held: the valid bans, and a description of each entry that was not
     one (its position and why, the value quoted and cut short); the addresses of those
-    saved as copies of other nodes' bans (a file of a version before says none: every
-    ban is the node's own)."""
+    saved as copies of other nodes' bans, and the number of the last of the cluster's
+    unbans the node had judged them by (0: not said; a file of a version before says
+    neither: every ban is the node's own, and every unban Redis keeps is brought again)."""
 
     bans: list[tuple[str, int]]
     rejected: list[str]
     copies: set[str] = field(default_factory=set)
+    unbans_applied: int = 0
 
 
 def load_bans(path: str) -> SavedBans:
@@ -268,7 +289,10 @@ def load_bans(path: str) -> SavedBans:
         raise ValueError(f"not a bans file ({type(exc).__name__})") from None
     if not isinstance(entries, list):
         raise ValueError("not a bans file (no list of bans)")
-    saved = SavedBans([], [])
+    applied = whole.get("unbans_applied", 0)
+    # (one not a count is not kept: every unban Redis keeps is brought again, as before)
+    valid = isinstance(applied, int) and not isinstance(applied, bool) and applied >= 0
+    saved = SavedBans([], [], unbans_applied=applied if valid else 0)
     for number, entry in enumerate(entries, 1):
         try:
             saved.bans.append(_saved_ban(entry))

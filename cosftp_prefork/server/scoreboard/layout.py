@@ -48,8 +48,9 @@ BAN_ROWS = 1024
 BAN_WORDS = 8  # kind (0 free, bans.OWN, bans.COPY), client address (4), failures, window
 # start, banned until
 # Changes of the table (bans started or lifted) so far, the change last saved to the bans file
-# (the master), running bans dropped so far to make room for new rows (a full table), then
-# unused.
+# (the master), running bans dropped so far to make room for new rows (a full table), and the
+# number of the last of the cluster's unbans this table's rows were judged by (the workers';
+# saved in the bans file: a starting worker brings only the unbans after it).
 BAN_HEADER_WORDS = 4
 
 SLOTS_AT = HEADER_SIZE + PATH_SIZE
