@@ -243,3 +243,14 @@ def send_while_reading(sock: socket.socket, data: bytes) -> bytes:
                     continue
                 if not unsent:
                     selector.modify(sock, selectors.EVENT_READ)
+
+
+def test_the_failed_login_that_earns_a_ban_gets_its_530_then_the_bans_421(emulator, tmp_path):
+    """max_login_failures = 1, a 2 s delay: the wrong password's session earned the ban,
+    so the gate kicks it as a pending session of a banned address while its 530 waits.
+    It gets the 530, then the ban's 421 (as before kicks won over the wait), not the
+    kick's 421 in place of its 530: a client must read that its password was wrong.
+    Found by test_newcomer (README's defaults: the 3 s delay), where the 530 never came."""
+    with delay_server(emulator, tmp_path, "2", max_failures="1") as proc:
+        assert pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\n") == \
+            [b"331", b"530", b"421"]

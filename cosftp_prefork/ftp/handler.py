@@ -366,6 +366,11 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommand
             path=filename, upload=receive, ascii=compat.transfer_type(self) == "a",
             user=self.username, anonymous=anonymous, ok=completed))
 
+    def closes_after_answer(self) -> bool:
+        """See ``HeldCommands``: the failed login that got its address banned closes with
+        the ban's 421 after its 530 (``on_login_failed``)."""
+        return self._banned_now
+
     def on_login_failed(self, username: str, password: str) -> None:
         """Called after the delayed 530; a banned address is also disconnected. Then the
         commands sent ahead of the 530 run (``ftp.loginwait``). Nothing is sent to a session

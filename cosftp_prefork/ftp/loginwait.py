@@ -52,9 +52,16 @@ class HeldCommands:
         answered 421 and closed (``obey_kick``). Off the loop, a 421 the socket could not
         take at once (a client that reads no replies) would have its send asked of a loop
         that no longer knows the connection: an error, not the reply."""
-        if self.kicked:
+        if self.kicked and not self.closes_after_answer():
             self.add_channel()
             self.obey_kick()
+
+    def closes_after_answer(self) -> bool:
+        """True if the answer that waits closes the session itself: then a kick does not
+        take its place (the session that earned a ban is a pending session of a banned
+        address, and the gate kicks those: its client must still read its 530, then the
+        ban's 421). Overridden by the control handler."""
+        return False
 
     def run_held_commands(self) -> None:
         """The login's answer was sent: run the commands set aside, in order, unless the
