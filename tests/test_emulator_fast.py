@@ -251,8 +251,16 @@ def test_path_style_requests_the_fast_answers_do_not_cover_are_motos(emu):
     for method, url, query, headers in cases:
         fast, moto = answers_of(emu, method, url, {"Host": host, **signing, **headers},
                                 query)
+        if method == "PUT":  # each way wrote the object anew: seconds apart under load
+            fast, moto = (without_header(answer, "last-modified") for answer in (fast, moto))
         assert fast == moto, (method, url, query, headers)
     assert backend().get_object(BUCKET, "pcover/b") is not None  # (moto stored it)
+
+
+def without_header(answer: tuple, name: str) -> tuple:
+    """``answers_of``'s ``answer`` without the header ``name``."""
+    status, headers, body = answer
+    return status, [(key, value) for key, value in headers if key.lower() != name], body
 
 
 def test_rclones_path_style_requests_take_the_fast_answers(emu, tmp_path):
