@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
+from cosftp_prefork.config.hookanswer import hook_account
 from cosftp_prefork.config.options import SETTINGS
-from cosftp_prefork.config.settings import hook_account, parse_config
+from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.cos.registry import BucketRegistry
 from cosftp_prefork.ftp.authhook import MAX_ANSWER_BYTES
 

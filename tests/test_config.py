@@ -11,6 +11,8 @@ from typing import Optional
 
 import pytest
 
+from cosftp_prefork.config.hookanswer import hook_account
+from cosftp_prefork.config.locate import locate_bans, locate_server
 from cosftp_prefork.config.locations import base_dir, parse_path
 from cosftp_prefork.config.model import (
     GIB,
@@ -30,13 +32,7 @@ from cosftp_prefork.config.model import (
 from cosftp_prefork.config.options import SETTINGS
 from cosftp_prefork.config.passwords import hash_password
 from cosftp_prefork.config.placeholders import find_placeholders
-from cosftp_prefork.config.settings import (
-    hook_account,
-    load_config,
-    locate_bans,
-    locate_server,
-    parse_config,
-)
+from cosftp_prefork.config.settings import load_config, parse_config
 from cosftp_prefork.errors import ConfigError
 from cosftp_prefork.ftp.authorizer import CosAuthorizer
 

@@ -51,11 +51,11 @@ def default_pid_file(log_dir: str) -> str:
     return os.path.join(log_dir, PID_FILE_NAME)
 
 
-# The sections ``settings.locate_server`` reads: where the pid file, the log directory, the
+# The sections ``locate.locate_server`` reads: where the pid file, the log directory, the
 # listening address and port and the stop's timeouts are written, and configparser's DEFAULT
 # section, whose options every section inherits.
 LOCATING_SECTIONS = ("OPTIONAL", "NETWORK", configparser.DEFAULTSECT)
-# And ``settings.locate_bans``'s: those, and how to reach the cluster's Redis.
+# And ``locate.locate_bans``'s: those, and how to reach the cluster's Redis.
 BANS_SECTIONS = (*LOCATING_SECTIONS, "CLUSTER")
 # A line whose first character that is not white space is "[": a section header, unless
 # configparser takes it for the continuation of a value (then it is indented).
@@ -80,7 +80,7 @@ def locating_parser(text: str, config_path: str,
     """What configparser reads of ``sections`` (they include ``DEFAULTSECT``) in ``text``,
     the file at ``config_path``, as it reads a file that may not validate: its defaults
     for what it does not find, an invalid section, option or line elsewhere skipped as it
-    skips it (``settings.locate_server`` judges the options it takes from it)."""
+    skips it (``locate.locate_server`` judges the options it takes from it)."""
     parser = configparser.RawConfigParser(inline_comment_prefixes=("#",), strict=False)
     wanted = _locating_sections(text, sections)
     with contextlib.suppress(configparser.Error):

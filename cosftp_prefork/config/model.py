@@ -378,7 +378,7 @@ class AuthHookConfig:
 class Located:
     """Where the server of a configuration file is, and how long its stop may take: what
     ``cosftpctl`` status, sessions, stop and reload read of a file they do not validate
-    (``settings.locate_server``). ``port`` 0: unknown. ``problems``: the options read whose
+    (``locate.locate_server``). ``port`` 0: unknown. ``problems``: the options read whose
     value could not be used (their defaults taken instead; port 0), each worded as
     ``load_config`` words it."""
 
@@ -408,7 +408,7 @@ class BanOptions:
 @dataclass(frozen=True)
 class LocatedBans:
     """What ``cosftpctl bans`` and ``unban`` read of a file they do not validate whole
-    (``settings.locate_bans``): where its server is, its ban options and ``[CLUSTER]``,
+    (``locate.locate_bans``): where its server is, its ban options and ``[CLUSTER]``,
     under the names ``Config`` gives them (``server``, ``cluster``), so that the code of
     the bans takes either (``BanScope``). ``problems``: the options read whose value could
     not be used, each worded as ``load_config`` words it; the commands refuse the file

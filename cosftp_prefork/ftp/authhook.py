@@ -30,8 +30,8 @@ from typing import Any, Optional
 import urllib3
 
 from .. import metrics
+from ..config.hookanswer import hook_account
 from ..config.model import AccountConfig, Config
-from ..config.settings import hook_account
 from ..cos.engine import FairPool
 from ..errors import ConfigError
 from ..events.http import describe

@@ -10,8 +10,9 @@ import os
 import sys
 from typing import Optional
 
+from ..config.locate import locate_in_text, locate_server
 from ..config.model import Located
-from ..config.settings import load_config, locate_in_text, locate_server
+from ..config.settings import load_config
 from ..errors import ConfigError
 from .ctl.bans import run_bans
 from .ctl.check import ONLINE_TIMEOUT, cmd_check

@@ -34,9 +34,9 @@ from pyftpdlib.servers import ThreadedFTPServer
 from setproctitle import setproctitle
 
 from .. import logcontext, metrics
+from ..config.masquerade import resolve_masquerade
 from ..config.model import AccountConfig, Config, mounted_folders
 from ..config.quotas import Home, QuotaRules
-from ..config.settings import resolve_masquerade
 from ..cos.aborts import AbortRetrier
 from ..cos.engine import Engine
 from ..cos.periodic import Periodic

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from ...config.settings import locate_bans
+from ...config.locate import locate_bans
 from ...errors import ConfigError
 from ..banctl import cmd_bans, cmd_unban
 from ..pidfile import Target, find_master

@@ -9,9 +9,9 @@ import sys
 from typing import Optional
 
 from ...config.locations import base_dir
+from ...config.masquerade import resolve_masquerade
 from ...config.model import Config
 from ...config.placeholders import find_placeholders
-from ...config.settings import resolve_masquerade
 from ...errors import ConfigError
 from ...logfiles import escape_controls
 from ..privileges import Identity, describe_workers, probe, workers_identity
