@@ -29,6 +29,8 @@ from .values import CREDENTIALS_SECTION_RE
 
 def read_folder(reader: Reader, section: str,
                 credentials: Mapping[str, tuple[str, str]]) -> FolderConfig:
+    """Return the ``FolderConfig`` of the ``[COS_FOLDER_<name>]`` ``section``, with its own
+    keys or those it names in ``credentials``. Raises ``ConfigError``."""
     values = reader.section(section, FOLDER_PREFIX)
     named = _named_keys(reader, section, values, credentials)
     if named is not None:
@@ -69,6 +71,9 @@ def read_account(reader: Reader, section: str, default_encoding: str,
                  credentials: Mapping[str, tuple[str, str]],
                  folders: Mapping[str, FolderConfig],
                  server_hooks: Mapping[str, Any]) -> AccountConfig:
+    """Return the ``AccountConfig`` of ``section`` (a ``[COS_ACCOUNT_N]``, or an auth hook's
+    answer): its keys (or those it names in ``credentials``), the ``folders`` it mounts, its
+    hooks (taking ``server_hooks``' secret and timeout). Raises ``ConfigError``."""
     values = reader.section(section, ACCOUNT_PREFIX)
     secret_id, secret_key = _keys(reader, section, values, credentials)
     if not values["cos_region"] and not values["cos_endpoint"]:

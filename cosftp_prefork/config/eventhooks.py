@@ -48,6 +48,8 @@ def scope_hooks(reader: Reader, values: dict[str, Any], section: str,
 
 
 def read_hooks(reader: Reader, values: dict[str, Any], log_dir: str) -> HooksConfig:
+    """Return the server's ``HooksConfig``: ``[HOOKS]``'s ``values`` and the spool, by
+    default ``<log_dir>/events``. Raises ``ConfigError``."""
     return HooksConfig(
         server=scope_hooks(reader, values, HOOKS_SECTION),
         spool_dir=values["event_spool_dir"] or os.path.join(log_dir, "events"),

@@ -66,6 +66,7 @@ def hook_account(definition: Mapping[str, Any], user: str, config: Config) -> Ac
 
 
 def _hook_error(problem: str, option: str) -> ConfigError:
+    """The ``ConfigError`` of an answer's ``option``, returned for the caller to raise."""
     return ConfigError(problem, HOOK_ANSWER, _HOOK_SECTION, option)
 
 

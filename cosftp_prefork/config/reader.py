@@ -35,6 +35,8 @@ class Reader:
         self.warnings: list[str] = []
 
     def error(self, problem: str, section: str, option: Optional[str] = None) -> ConfigError:
+        """The ``ConfigError`` of ``problem`` at ``section`` (and ``option``) of this file,
+        returned for the caller to raise."""
         return ConfigError(problem, self.path, section, option)
 
     def section(self, section: str, kind: str) -> dict[str, Any]:
@@ -52,6 +54,9 @@ class Reader:
                 for name, setting in known.items()}
 
     def value(self, section: str, setting: Setting, written: str) -> Any:
+        """The value of ``setting`` written ``written`` in ``section``: ``${NAME}`` replaced,
+        parsed, its default when empty or ``default``, a path resolved against the file's
+        base directory. Raises ``ConfigError``."""
         value = self._parsed(section, setting, written)
         if setting.parse is parse_path and value is not None:
             return resolve(value, self.base)  # never the working directory's

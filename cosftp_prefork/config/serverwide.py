@@ -38,6 +38,8 @@ from .tls import ServerTLS, TLSFileError, load_server_tls
 
 
 def read_server(reader: Reader, optional: dict[str, Any]) -> ServerConfig:
+    """Return ``[OPTIONAL]``'s ``ServerConfig`` (with the warnings its checks add). Raises
+    ``ConfigError``."""
     log_dir = optional["log_dir"]
     return ServerConfig(
         max_connection_num=optional["max_connection_num"],
@@ -158,6 +160,8 @@ def read_admin(reader: Reader, net: dict[str, Any], values: dict[str, Any],
 
 
 def read_cluster(values: dict[str, Any], port: int) -> ClusterConfig:
+    """Return ``[CLUSTER]``'s ``ClusterConfig``; the node is ``<hostname>:<port>`` unless
+    ``node_id`` names it."""
     node = values["node_id"] or f"{socket.gethostname()}:{port}"
     return ClusterConfig(values["redis_url"], values["redis_down"],
                          values["redis_timeout"] / 1000, node,
@@ -165,6 +169,8 @@ def read_cluster(values: dict[str, Any], port: int) -> ClusterConfig:
 
 
 def read_operator(reader: Reader, net: dict[str, Any], optional: dict[str, Any]) -> OperatorConfig:
+    """Return the metrics endpoint and the operator's logs (``OperatorConfig``). Raises
+    ``ConfigError`` when ``metrics_port`` is an FTP port."""
     port = net["metrics_port"]
     if port and port in (net["listen_port"], net["implicit_tls_port"]):
         raise reader.error(f"{port} is already an FTP port", "NETWORK", "metrics_port")
@@ -234,6 +240,8 @@ def read_transfer(reader: Reader, files: dict[str, Any],
 
 
 def read_auth_hook(reader: Reader, optional: dict[str, Any]) -> AuthHookConfig:
+    """Return the auth hook's settings (``AuthHookConfig``). Raises ``ConfigError`` when both
+    ``auth_hook_url`` and ``auth_hook_command`` are set."""
     url, command = optional["auth_hook_url"], optional["auth_hook_command"] or ()
     if url and command:
         raise reader.error("cannot be set with auth_hook_url: choose one", "OPTIONAL",

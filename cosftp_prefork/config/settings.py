@@ -42,6 +42,8 @@ from .values import ACCOUNT_SECTION_RE, FOLDER_SECTION_RE, section_kind
 
 
 def _check_unique(reader: Reader, accounts: list[AccountConfig], attr: str, option: str) -> None:
+    """Raise ``ConfigError`` when two accounts have the same ``attr`` (``option`` in the
+    file), naming the section that had it first."""
     seen: dict[str, str] = {}
     for account in accounts:
         value = getattr(account, attr)
@@ -63,6 +65,8 @@ def _check_hash_parameters(reader: Reader, accounts: list[AccountConfig]) -> Non
 
 
 def _build(reader: Reader) -> Config:
+    """Return the ``Config`` of the file ``reader`` reads, with the warnings the read
+    collected. Raises ``ConfigError``."""
     sections = reader.parser.sections()
     for section in sections:
         if section_kind(section) not in BY_SECTION:
