@@ -60,7 +60,7 @@ def test_what_redis_answers_is_printed_escaped(tmp_path):
 
 def test_bans_and_unban_do_not_need_the_accounts_to_be_valid(tmp_path):
     """bans and unban read where the server is, the options of the bans and [CLUSTER]
-    (settings.locate_bans), not the accounts: with 5,000 of them the whole file took
+    (locate.locate_bans), not the accounts: with 5,000 of them the whole file took
     0.75 s of CPU to validate, and a ban must be liftable while an account is being
     edited. Found: both refused such a file (`configuration error: ... [COS_ACCOUNT_late]
     ...`, exit 2). An option they read that cannot be used is refused as before, in

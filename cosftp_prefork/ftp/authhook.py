@@ -3,7 +3,7 @@
 The hook is asked with the user, the password, the client's address and whether the control
 connection is encrypted, as one JSON object (a ``POST`` body, or a program's stdin), and
 answers ``{"allow": false}`` or ``{"allow": true, "account": {...}}`` with the options of a
-``[COS_ACCOUNT_N]`` section, read by the config's own table (``settings.hook_account``).
+``[COS_ACCOUNT_N]`` section, read by the config's own table (``hookanswer.hook_account``).
 
 Calls run on ``auth_hook_parallel`` threads per worker (the client addresses in turn), never
 one thread per login; a login waits for its answer until its deadline (``auth_hook_timeout``

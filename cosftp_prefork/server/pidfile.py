@@ -57,7 +57,7 @@ class Target:
 
     @classmethod
     def located(cls, config_path: str, found: Located) -> Target:
-        """The server ``found`` in the file at ``config_path`` (``settings.locate_server``)."""
+        """The server ``found`` in the file at ``config_path`` (``locate.locate_server``)."""
         return cls(os.path.abspath(config_path), found.pid_file, found.port, found.addresses)
 
 

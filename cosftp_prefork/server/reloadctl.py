@@ -43,7 +43,7 @@ EXIT_REFUSED = 2  # as for any invalid file (check, start, run)
 
 
 def cmd_reload(target: Target, timeout: float = RELOAD_TIMEOUT) -> int:
-    """Send HUP to the master of ``target`` (found by ``settings.locate_server``, which
+    """Send HUP to the master of ``target`` (found by ``locate.locate_server``, which
     read where the server is but did not validate the file) and report its verdict.
     Return 0 once the new generation serves (the master's warnings printed too), 2 if the
     master refused the file, 1 if the reload failed, rolled back or gave no verdict within

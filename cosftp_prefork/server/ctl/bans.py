@@ -2,7 +2,7 @@
 ``server.banctl`` does the work.
 
 They read only where the server is, the options of the bans and ``[CLUSTER]``
-(``settings.locate_bans``), not the accounts: with 5,000 accounts the whole file costs
+(``locate.locate_bans``), not the accounts: with 5,000 accounts the whole file costs
 0.7 s to validate, and an account being edited must not keep an operator from lifting a
 ban. Unlike ``status`` or ``stop``, which go on with the defaults of what they cannot use,
 they refuse a file whose options they read are unusable, with ``load_config``'s words, as
