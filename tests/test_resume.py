@@ -320,25 +320,7 @@ def test_an_appe_whose_file_was_replaced_before_it_broke_is_not_resumed(resumabl
     newer than the file, was offered, and REST + STOR wrote the old version and the
     appended bytes over that STOR's file. The park continues a version the file no longer
     is (its ETag): the file wins, and the park is discarded."""
-    ftp = resumable.login("alice", "alice-pw")
-    put(ftp, area, b"old")
-    ftp.voidcmd("TYPE I")
-    conn = ftp.transfercmd(f"APPE {area}")
-    conn.sendall(os.urandom(2 * MIB))
-    wait_until(lambda: parts_of(cos, area), what="part 1 in COS")
-    other = resumable.login("carol", "carol-pw")
-    assert put(other, area, b"replaced").startswith("226")
-    other.quit()
-    after_stored_second(cos, area)
-    ftp.sock.close()
-    ftp.close()
-    conn.close()
-    wait_until(lambda: is_parked(cos, area), what="the APPE to be parked")
-    ftp = resumable.login("alice", "alice-pw")
-    assert ftp.size(area) == len(b"replaced")
-    assert not is_parked(cos, area) and pending_uploads(cos, area) == []
-    assert get(ftp, area) == b"replaced"
-    ftp.quit()
+    the_file_stored_meanwhile_wins(resumable, cos, area, "APPE", b"old")
 
 
 @pytest.mark.parametrize("client", ["ftplib", "curl -C -", "lftp put -c"])
@@ -389,11 +371,19 @@ def test_a_stor_whose_name_another_session_stored_before_it_broke_is_not_resumed
     park: the park, newer than that file, was offered, and its resume wrote over the other
     session's file. The name no longer holds what the STOR started over (no file, or the
     old one's ETag): the file wins, and the park is discarded."""
+    the_file_stored_meanwhile_wins(resumable, cos, area, "STOR", before)
+
+
+def the_file_stored_meanwhile_wins(resumable, cos, area: str, command: str,
+                                   before: bytes) -> None:
+    """``command`` (APPE or STOR) of ``area``, holding ``before`` if not empty, broken
+    once another session stored ``b"replaced"`` there, in a second before the park: SIZE
+    says that file's size, the park is discarded and the file is that session's."""
     ftp = resumable.login("alice", "alice-pw")
     if before:
         put(ftp, area, before)
     ftp.voidcmd("TYPE I")
-    conn = ftp.transfercmd(f"STOR {area}")
+    conn = ftp.transfercmd(f"{command} {area}")
     conn.sendall(os.urandom(2 * MIB))
     wait_until(lambda: parts_of(cos, area), what="part 1 in COS")
     other = resumable.login("carol", "carol-pw")
@@ -403,7 +393,7 @@ def test_a_stor_whose_name_another_session_stored_before_it_broke_is_not_resumed
     ftp.sock.close()
     ftp.close()
     conn.close()
-    wait_until(lambda: is_parked(cos, area), what="the STOR to be parked")
+    wait_until(lambda: is_parked(cos, area), what=f"the {command} to be parked")
     ftp = resumable.login("alice", "alice-pw")
     assert ftp.size(area) == len(b"replaced")
     assert not is_parked(cos, area) and pending_uploads(cos, area) == []
