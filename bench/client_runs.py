@@ -133,6 +133,44 @@ def hang_report(run: ClientRun, log_path: str, keep: str, lines: int = 25) -> st
     ])
 
 
+# lftp's debug lines (``debug -t``): a command sent, a reply read, the connection lost.
+LFTP_SENT = re.compile(r"^\S+ \S+ ---> (.*)$")
+LFTP_REPLY = re.compile(r"^\S+ \S+ <--- ([2-5]\d\d) (.*)$")
+LFTP_LOST = re.compile(r"^\S+ \S+ \*\*\*\* (Peer closed connection|.*[Rr]eset)")
+MFMT_REPLY = re.compile(r"Modify=\d+; (.*)\.$")
+
+
+def lftp_lost_mfmt(run: ClientRun) -> Optional[str]:
+    """The ``MFMT`` line of lftp's debug log that explains ``run``'s hang as lftp's own bug,
+    else None: lftp 4.9.2 waits for ever, asleep, once the connection is lost while it waits
+    for a file's ``MFMT`` reply and it has no byte of that file left to send (docs/clients.md).
+
+    Recognised only when the log leaves no doubt: the run hung asleep (not spinning), the
+    last ``MFMT`` for some file is followed by a lost connection with no reply read in
+    between (an ``MFMT`` reply naming another file, of lftp's other session, aside), and
+    lftp never sent an ``MFMT`` for that file again. Any other hang returns None."""
+    if run.hang is None or "state sleeping" not in run.hang or run.debug_log is None:
+        return None
+    lines = _tail_of(run.debug_log, 1_000_000)
+    last_mfmt: dict[str, int] = {}
+    for number, line in enumerate(lines):
+        sent = LFTP_SENT.match(line)
+        if sent and sent.group(1).startswith("MFMT "):
+            last_mfmt[sent.group(1).split(" ", 2)[-1]] = number
+    for name, number in last_mfmt.items():
+        for line in lines[number + 1:]:
+            reply = LFTP_REPLY.match(line)
+            if reply:
+                named = MFMT_REPLY.search(reply.group(2))
+                if named and not named.group(1).endswith(f"/{name}") and \
+                        named.group(1) != name:
+                    continue  # the other session's MFMT answered
+                break
+            if LFTP_LOST.match(line):
+                return lines[number]
+    return None
+
+
 def _tail_of(path: str, lines: int) -> list[str]:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
