@@ -22,8 +22,9 @@ Except one: an lftp whose debug log shows it waiting, asleep, for the reply to a
 tree is still checked by the clean pass). ``--lftp-no-times`` avoids that bug instead: lftp
 uploads then send no time command (``ftp:use-feat no``, ``ftp:use-site-utime(2) no``).
 
-Other modes: ``--tls`` (FTPS: ``AUTH TLS``, data connections ``PROT P``, for lftp and
-rclone), ``--latency-ms`` (COS answers that much later while faults are on).
+Other modes: ``--tls`` (FTPS: ``AUTH TLS``, data connections ``PROT P``, for every client),
+``--latency-ms`` (COS answers that much later while faults are on), ``--curl`` (the third
+uploader is curl, ``-T`` per directory).
 
 Run by hand: ``.venv/bin/python bench/chaos.py [--rounds 8] [--fault-rate 0.15]``; exit status
 0 when every guarantee held. A client that fails the clean pass gets a second try, for
@@ -99,10 +100,11 @@ class Soak:
     def __init__(self, workdir: str, rounds: int, files: int, fault_rate: float,
                  log_level: str, lftp_allo: bool = True,
                  client_timeout: float = 600, lftp_times: bool = True, tls: bool = False,
-                 latency_ms: float = 0.0) -> None:
+                 latency_ms: float = 0.0, curl_uploads: bool = False) -> None:
         self.workdir, self.rounds, self.fault_rate = workdir, rounds, fault_rate
         self.lftp_allo, self.client_timeout = lftp_allo, client_timeout
         self.lftp_times, self.tls, self.latency_ms = lftp_times, tls, latency_ms
+        self.curl_uploads = curl_uploads
         rng = random.Random(7)
         self.sources = {name: make_tree(os.path.join(workdir, "src", name), files, rng)
                         for name in ("up0", "up1", "up2", "rc0", "rc1", "seed")}
@@ -190,17 +192,37 @@ class Soak:
         if kind == "lftp":
             return self.lftp(f"lftp {target}", name,
                              f"mirror -R --parallel=2 {source} /{target}", uploads=True)
+        if kind == "curl":
+            return self.curl(name, source, target)
         debug = self.debug_log(f"rclone {target}")
         return self.client(f"rclone {target}", name, [
             RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
             "--low-level-retries", "2", "--log-level", "DEBUG", "--log-file", debug,
             *self.rclone_flags, "--ftp-user", f"chaos-{name}"], debug_log=debug)
 
+    def curl(self, name: str, source: str, target: str) -> ClientRun:
+        """Upload the tree at ``source`` to ``target`` with one curl: a ``-T {files}`` and
+        URL per directory, ``--ftp-create-dirs`` (curl has no retry of its own for FTP)."""
+        debug = self.debug_log(f"curl {target}")
+        uploads: list[str] = []
+        for folder in sorted({rel.split("/")[0] for rel in self.sources[name]}):
+            files = sorted(rel.split("/")[1] for rel in self.sources[name]
+                           if rel.startswith(f"{folder}/"))
+            uploads += ["-T", os.path.join(source, folder, "{" + ",".join(files) + "}"),
+                        f"ftp://127.0.0.1:{self.server.port}/{target}/{folder}/"]
+        tls = ["--ssl-reqd", "--insecure"] if self.tls else []
+        return self.client(f"curl {target}", name, [
+            "curl", "-sS", "--ftp-create-dirs", "--user", f"chaos-{name}:{PASSWORD}",
+            "--trace-time", "--trace-ascii", debug, *tls, *uploads], debug_log=debug)
+
     def targets(self) -> Iterator[tuple[str, str, str]]:
         """(client, source, target) of every upload: one new tree per client and round."""
         for k in range(self.rounds):
             for name in ("up0", "up1", "up2", "rc0", "rc1"):
-                yield ("lftp" if name.startswith("up") else "rclone"), name, f"{name}r{k}"
+                kind = "rclone" if name.startswith("rc") else "lftp"
+                if name == "up2" and self.curl_uploads:
+                    kind = "curl"
+                yield kind, name, f"{name}r{k}"
 
     def uploads(self, name: str) -> None:
         for kind, source, target in self.targets():
@@ -349,6 +371,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="COS answers every request this much later while faults are on "
                              "(0)")
+    parser.add_argument("--curl", action="store_true",
+                        help="the third uploader is curl (-T, --ftp-create-dirs), not lftp")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (the server log, each client's debug "
                              "log) also when every guarantee held")
@@ -357,7 +381,8 @@ def main(argv: list[str]) -> int:
     print(f"work directory {workdir}", flush=True)
     soak = Soak(workdir, args.rounds, args.files, args.fault_rate, args.log_level,
                 lftp_allo=not args.lftp_defaults, client_timeout=args.client_timeout,
-                lftp_times=not args.lftp_no_times, tls=args.tls, latency_ms=args.latency_ms)
+                lftp_times=not args.lftp_no_times, tls=args.tls, latency_ms=args.latency_ms,
+                curl_uploads=args.curl)
     started = time.monotonic()
     try:
         soak.run(args.beat)
