@@ -3,7 +3,7 @@
 through ``REQUESTS_CA_BUNDLE`` as the SDK's ``requests`` does.
 
 Over plain HTTP a download is spliced from the COS socket into the data socket
-(``cos.signed.SocketBody``); over HTTPS the pump reads each chunk into one kept buffer
+(``cos.streams.SocketBody``); over HTTPS the pump reads each chunk into one kept buffer
 (``ftp.pump``, ``how="copy"``): these tests are the only ones that drive that path, the
 multipart upload and the start-up probe over TLS.
 """

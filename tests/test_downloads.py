@@ -17,7 +17,7 @@ import termios
 import psutil
 import pytest
 
-from cosftp_prefork.cos.signed import SPLICEABLE
+from cosftp_prefork.cos.streams import SPLICEABLE
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS
 from .server_proc import FREE_PORT, ServerProcess, wait_until

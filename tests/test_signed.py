@@ -1,5 +1,6 @@
-"""The worker's lean COS requests (cosftp_prefork/cos/signed.py): the signature the SDK would
-write, and HTTP/1.1 answers read as urllib3 read them, over real loopback connections."""
+"""The worker's lean COS requests (cosftp_prefork/cos/ signed.py, signing.py, wire.py and
+streams.py): the signature the SDK would write, and HTTP/1.1 answers read as urllib3 read
+them, over real loopback connections."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from requests.structures import CaseInsensitiveDict
 
 from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS, Bucket, ObjectInfo
 from cosftp_prefork.cos.registry import BucketRegistry
-from cosftp_prefork.cos.signed import Sender, Signer
+from cosftp_prefork.cos.signed import Sender
+from cosftp_prefork.cos.signing import Signer
 from cosftp_prefork.emulator.app import Emulator
 from cosftp_prefork.errors import NotFound, StorageError
 

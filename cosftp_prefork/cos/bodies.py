@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from ..errors import StorageError
-from .signed import SocketBody, body_into, socket_body
+from .streams import SocketBody, body_into, socket_body
 
 
 class ObjectStream:
@@ -42,7 +42,7 @@ class ObjectStream:
     def splice_into(self, pipe: int, size: int) -> Optional[int]:
         """Move up to ``size`` bytes into the pipe ``pipe`` in the kernel, never through
         this process's memory; return how many (0 at the end), or None if this stream
-        cannot (see :func:`signed.socket_body`): then read it. Asked before any ``read``;
+        cannot (see :func:`streams.socket_body`): then read it. Asked before any ``read``;
         once it answered a number, the stream is read by this method only."""
         try:
             if self._body is False:

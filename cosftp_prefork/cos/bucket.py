@@ -1,5 +1,5 @@
 """Typed access to one COS bucket: its operations, and the client they run on; with
-``calls.py`` and ``signed.py``, the only modules that import ``qcloud_cos``.
+``calls.py``, ``signed.py`` and ``signing.py``, the only modules that import ``qcloud_cos``.
 
 Every call goes through :func:`.calls.call`, which translates each SDK exception, once, into
 :mod:`cosftp_prefork.errors` so the layers above see ``OSError`` subclasses with a real errno,
@@ -61,7 +61,8 @@ from .objects import (
     UploadInfo,
 )
 from .pagination import marker_after, paginate
-from .signed import Answer, Sender, Sent, copy_etag
+from .signed import Sender, Sent, copy_etag
+from .wire import Answer
 
 T = TypeVar("T")
 

@@ -15,7 +15,8 @@ from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from .. import metrics
 from ..errors import AlreadyExists, NotFound, PermissionDenied, StorageError
-from .signed import Answer, Sent
+from .signed import Sent
+from .wire import Answer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

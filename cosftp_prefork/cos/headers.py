@@ -11,7 +11,7 @@ from typing import Any, Optional
 from urllib3 import HTTPHeaderDict
 
 from .objects import MTIME_HEADER, Completed, ObjectInfo
-from .signed import Answer
+from .wire import Answer
 
 FORBID_OVERWRITE = "x-cos-forbid-overwrite"
 _USER_METADATA = "x-cos-meta-"

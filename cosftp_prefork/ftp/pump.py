@@ -28,7 +28,7 @@ import threading
 from typing import BinaryIO, Callable, Optional
 
 from .. import logcontext, metrics
-from ..cos.signed import SPLICEABLE
+from ..cos.streams import SPLICEABLE
 from .throttle import Throttle
 
 SPLICE = "splice"
