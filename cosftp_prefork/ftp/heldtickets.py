@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 from OpenSSL import SSL
 
+from .tlsresume import session_reused
+
 BIO_CHUNK = 65536
 RECORD_HEADER = 5  # content type, version, length (2 bytes)
 TLS_1_3 = "TLSv1.3"
@@ -90,6 +92,10 @@ class HeldTicketsConnection:
         else:
             self._unsent += last  # TLS 1.2: the server's Finished, which the client awaits
         self._flush()
+
+    def session_reused(self) -> bool:
+        """Return True if the handshake (done) resumed a session (``tlsresume``)."""
+        return session_reused(self._tls)
 
     def recv(self, bufsiz: int) -> bytes:
         """Return up to ``bufsiz`` bytes of plaintext, at most one record's, as
