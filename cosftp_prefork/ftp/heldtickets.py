@@ -52,6 +52,10 @@ class HeldTicketsConnection:
         self._tls.set_accept_state()
         self._sock = sock
         self._unsent = b""  # records for the socket, in order
+        # Whether OpenSSL may have written since ``_take`` last emptied its buffer: set at
+        # each call that can write (handshake, read, write, shutdown), so that a flush after
+        # none reads nothing (reading an empty buffer raises ``WantReadError``).
+        self._may_have_written = False
         self._held = b""  # the tickets, until something else goes out
         self._peer_ended = False
         self._header = b""  # of the record being read from the socket
@@ -74,6 +78,7 @@ class HeldTicketsConnection:
         what ``SSL.Connection.do_handshake`` raises."""
         while True:
             try:
+                self._may_have_written = True
                 self._tls.do_handshake()
             except SSL.WantReadError:
                 if not self._flush():
@@ -105,6 +110,7 @@ class HeldTicketsConnection:
             raise self._read_end
         while True:
             try:
+                self._may_have_written = True
                 return self._tls.recv(bufsiz)
             except SSL.WantReadError:
                 self._flush()  # what reading made OpenSSL write (a key update's answer)
@@ -121,6 +127,7 @@ class HeldTicketsConnection:
         self._release_held()
         if not self._flush():
             raise SSL.WantWriteError()
+        self._may_have_written = True
         sent = self._tls.send(buf)
         self._flush()
         return sent
@@ -138,6 +145,7 @@ class HeldTicketsConnection:
                 self._held = b""
             if isinstance(self._read_end, SSL.SysCallError):
                 return True
+            self._may_have_written = True
             self._shutdown_result = self._tls.shutdown()
         if not self._flush():
             raise SSL.WantWriteError()
@@ -148,13 +156,24 @@ class HeldTicketsConnection:
         self._held = b""
 
     def _take(self) -> bytes:
-        """Remove and return what OpenSSL wrote since the last call."""
+        """Remove and return what OpenSSL wrote since the last call.
+
+        A memory BIO's read gives all it holds up to the size asked, so a read shorter than
+        that emptied it: no read follows to be answered ``WantReadError``, an exception
+        raised and caught for every write of a download."""
+        if not self._may_have_written:
+            return b""
+        self._may_have_written = False
         chunks = []
         while True:
             try:
-                chunks.append(self._tls.bio_read(BIO_CHUNK))
+                chunk = self._tls.bio_read(BIO_CHUNK)
             except SSL.WantReadError:
-                return b"".join(chunks)
+                break
+            chunks.append(chunk)
+            if len(chunk) < BIO_CHUNK:
+                break
+        return b"".join(chunks)
 
     def _flush(self) -> bool:
         """Send what OpenSSL wrote, after the held tickets if it wrote anything; return True
