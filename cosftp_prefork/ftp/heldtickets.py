@@ -128,7 +128,12 @@ class HeldTicketsConnection:
         if not self._flush():
             raise SSL.WantWriteError()
         self._may_have_written = True
-        sent = self._tls.send(buf)
+        # pyOpenSSL's contexts allow partial writes: OpenSSL takes a record (16 KiB) a call.
+        # All of ``buf`` at once makes one flush, one socket send, per call, not per record.
+        data = memoryview(buf)
+        sent = 0
+        while sent < len(data):
+            sent += self._tls.send(data[sent:])
         self._flush()
         return sent
 
