@@ -137,6 +137,18 @@ def test_helpers_read_and_write_real_state(channels):
     compat.skip_tls_shutdown(tls_dtp)
     tls_dtp.close()
     assert compat.is_closed(tls_dtp)
+    ioloop = control.ioloop
+    [timer] = compat.timers_added(ioloop, lambda: ioloop.call_later(60, print))
+    assert timer in ioloop.sched._tasks and compat.timers_added(ioloop, print) == []
+    timer.cancel()
+    control.del_channel()
+    compat.rest(control)  # in the map, asking for nothing
+    assert ioloop.socket_map[control._fileno] is control and control._wanted_io_events == 0
+    compat.wake_to_read(control)
+    compat.unrest(control)
+    assert control._fileno not in ioloop.socket_map
+    control.add_channel()
+    assert ioloop.socket_map[control._fileno] is control
 
 
 def test_input_set_aside_runs_later_as_if_just_read(channels):

@@ -207,10 +207,13 @@ class Admission:
     def _kick(self, reason: str) -> None:
         """Called by the gate from the worker's main thread: wake this session's thread
         (its socket reads end of file) and have it reply 421 and close there. A TLS
-        handshake under way fails on that end of file and closes without a reply."""
+        handshake under way fails on that end of file and closes without a reply. A
+        session whose failed login's answer waits reads nothing: ``kick_arrived``
+        (``ftp.loginwait``) wakes it."""
         self._kicked = reason
         with contextlib.suppress(OSError), raw_socket(self.socket) as raw:
             raw.shutdown(socket.SHUT_RD)
+        self.kick_arrived()
 
     @property
     def kicked(self) -> bool:

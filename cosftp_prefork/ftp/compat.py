@@ -11,6 +11,7 @@ Private methods our subclasses override stay in the subclass; ``OVERRIDDEN`` lis
 with the names those overrides rely on.
 """
 
+import contextlib
 import logging
 import sys
 from typing import Any, Callable, Optional
@@ -307,6 +308,37 @@ def watch_readable(ioloop: Any, fileno: int, member: Any) -> None:
     it holds by their ``_fileno``, which channels have: give ``member`` one."""
     member._fileno = fileno
     ioloop.register(fileno, member, ioloop.READ)
+
+
+def rest(channel: Any) -> None:
+    """Keep ``channel``, just taken off its IO loop (``del_channel``), in the loop's map with
+    no event asked for: the loop then waits in ``poll`` (woken by ``wake_to_read``), not in
+    the sleep pyftpdlib's session thread takes when its map is empty (uninterruptible). Undo
+    with ``unrest`` before ``add_channel``: epoll's register of a registered descriptor is
+    ignored (EEXIST), so the channel would hear nothing."""
+    channel.ioloop.register(channel._fileno, channel, 0)
+    channel._wanted_io_events = 0
+
+
+def unrest(channel: Any) -> None:
+    """Undo ``rest``: the channel is off the loop again, for ``add_channel``."""
+    channel.ioloop.unregister(channel._fileno)
+
+
+def wake_to_read(channel: Any) -> None:
+    """From any thread: have ``channel``'s loop ask for reading it, which wakes the loop's
+    ``poll`` at once if the socket is readable (a kick's shut-down read side is). Nothing
+    happens once the channel or its loop closed."""
+    with contextlib.suppress(OSError, ValueError):
+        channel.ioloop.modify(channel._fileno, channel.ioloop.READ)
+
+
+def timers_added(ioloop: Any, run: Callable[[], Any]) -> list[Any]:
+    """Call ``run()`` and return the timers (``_CallLater``) it scheduled on ``ioloop``:
+    pyftpdlib's ``handle_auth_failed`` keeps no handle on its delayed 530's."""
+    before = {id(task) for task in ioloop.sched._tasks}
+    run()
+    return [task for task in ioloop.sched._tasks if id(task) not in before]
 
 
 def stop_reading(channel: Any) -> None:

@@ -283,8 +283,8 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommand
             self.run_held_commands()
 
         self.del_channel()
-        self.hold_commands()
-        self.ioloop.call_later(self._failure_delay(), answer, _errback=self.handle_error)
+        self.hold_commands(self.ioloop.call_later(self._failure_delay(), answer,
+                                                  _errback=self.handle_error))
         self.username = ""
 
     def check_password(self, check: Callable[[], bool]) -> bool:
@@ -341,8 +341,9 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommand
             log.warning("banning %s after repeated failed logins", self.remote_ip)
             self.hooks.banned(self.config.server.ban_time)
         self.auth_failed_timeout = self._failure_delay()  # read by pyftpdlib's delayed 530
-        super().handle_auth_failed(msg, password)
-        self.hold_commands()  # until on_login_failed
+        [answer] = compat.timers_added(
+            self.ioloop, functools.partial(super().handle_auth_failed, msg, password))
+        self.hold_commands(answer)  # until on_login_failed
 
     def on_login(self, username: str) -> None:
         self._report_login(ok=True)

@@ -19,42 +19,53 @@ was never reached: 192 KiB of NOOPs sent ahead had 4,066 bytes held in clear, 16
 TLS; it was dropped with its 421.)
 
 A kick (``ftp.admission``: ``login_timeout``, a ban, the admin API) wins over the wait: the
-session gets the kick's 421 and closes within ``KICK_CHECK_INTERVAL``, and nothing it sent
-ahead runs. Off the event loop, the session does not see the end of file a kick makes; the
-kick was seen only after the answer, once the commands sent ahead had run: a password among
-them went to the password checks (and, its deadline not past, was checked and its failure
-counted towards a ban), and a QUIT among them answered 221 with the kick's 421 never sent.
+session gets the kick's 421 and closes at once, its thread ends, and nothing it sent ahead
+runs. While the answer waits, the connection stays in its loop's map asking for no event
+(``compat.rest``): the session thread waits in ``poll``, and the kick (from the worker's main
+thread) asks for reading, which wakes it on the end of file the kick made. Taken off the loop,
+the thread slept in pyftpdlib's loop a second at a time, saw the kick only through a check
+made once a second, and outlived the closed session until the answer's timer fired (up to
+``delay_failed_login``): a crowd kicked while its 530s waited (hundreds of hostile sessions
+and their ban) kept a thread each for nothing. Closing cancels the answer's timer, the
+loop's last task. The kick of a session whose answer closes it anyway (it earned a ban) waits
+for the answer: its client must read the 530, then the ban's 421.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import compat
-from .backpressure import KICK_CHECK_INTERVAL
 
 
 class HeldCommands:
     """Mixin for the control handler, after ``Admission`` (its ``kicked`` and
-    ``obey_kick``): see the module docstring."""
+    ``obey_kick``, and its ``_kick``, which calls ``kick_arrived``): see the module
+    docstring."""
 
     _held = b""  # sent after the PASS whose answer waits
-    _kick_watch = None  # while the answer waits
+    _answer: Any = None  # the timer of the answer that waits (pyftpdlib's _CallLater)
+    _resting = False  # while the answer waits: in the loop, asking for no event
 
-    def hold_commands(self) -> None:
-        """Set aside what the client sent after the command being run (a PASS whose answer
-        was just put off), until ``run_held_commands``; look for a kick meanwhile."""
+    def hold_commands(self, answer: Any) -> None:
+        """The answer to the command being run (a PASS) was put off, on the timer
+        ``answer``, and the connection taken off its loop (``del_channel``): set aside what
+        the client sent after the command until ``run_held_commands``, and wait for the
+        answer or a kick (``kick_arrived``), whichever comes first."""
         self._held = compat.take_unread_input(self)
-        if self._kick_watch is None:
-            self._kick_watch = self.ioloop.call_every(KICK_CHECK_INTERVAL, self._watch_kick,
-                                                      _errback=self.handle_error)
+        self._answer = answer
+        compat.rest(self)
+        self._resting = True
+        if self.kicked:  # before the answer was put off: this thread had not seen it
+            self.kick_arrived()
 
-    def _watch_kick(self) -> None:
-        """While the answer waits: a kicked session is put back on its event loop, then
-        answered 421 and closed (``obey_kick``). Off the loop, a 421 the socket could not
-        take at once (a client that reads no replies) would have its send asked of a loop
-        that no longer knows the connection: an error, not the reply."""
-        if self.kicked and not self.closes_after_answer():
-            self.add_channel()
-            self.obey_kick()
+    def kick_arrived(self) -> None:
+        """Called by ``Admission._kick`` (from the worker's main thread) once the kick shut
+        the read side of the socket: a session whose answer waits is woken to read that end
+        of file, and obeys the kick (``Admission.handle_read``), unless the answer closes
+        the session itself."""
+        if self._resting and not self.closes_after_answer():
+            compat.wake_to_read(self)
 
     def closes_after_answer(self) -> bool:
         """True if the answer that waits closes the session itself: then a kick does not
@@ -63,21 +74,27 @@ class HeldCommands:
         ban's 421). Overridden by the control handler."""
         return False
 
+    def add_channel(self, *args: Any, **kwargs: Any) -> None:
+        """Back on the loop for good: the answer is being sent (its timer fired)."""
+        if self._resting:
+            self._resting, self._answer = False, None
+            compat.unrest(self)
+        super().add_channel(*args, **kwargs)
+
     def run_held_commands(self) -> None:
         """The login's answer was sent: run the commands set aside, in order, unless the
         session is closing or was kicked (they are dropped; a kick's 421 is sent)."""
-        self._stop_kick_watch()
         held, self._held = self._held, b""
         if compat.is_closed(self) or compat.is_closing(self) or self.obey_kick():
             return
         if held:
             compat.run_input(self, held)
 
-    def _stop_kick_watch(self) -> None:
-        watch, self._kick_watch = self._kick_watch, None
-        if watch is not None and not watch.cancelled:
-            watch.cancel()
-
     def close(self) -> None:
-        self._stop_kick_watch()
+        """Also cancel the answer that waits: the loop's last task, which would keep the
+        session's thread until it fired."""
+        answer, self._answer = self._answer, None
+        self._resting = False
+        if answer is not None and not answer.cancelled:
+            answer.cancel()
         super().close()
