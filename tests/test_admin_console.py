@@ -225,6 +225,30 @@ def test_what_a_client_sent_is_shown_as_text_its_control_characters_escaped(
     ftp.quit()
 
 
+def test_invisible_characters_a_client_sent_are_shown_escaped(console, browser, tmp_path):
+    """A command whose path holds a zero width space, a byte order mark, a soft hyphen, a
+    left-to-right isolate and a tag character (outside the BMP): the sessions table shows
+    each escaped as the log writes it (``\\u200b``, ``\\xad``, ``\\U000e0041``). Found:
+    all but the isolate were put on the page raw."""
+    api = AdminClient(admin_url(console))
+    ftp = log_in(console, "127.0.0.26")
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.sendcmd("SIZE /in\u200b\ufeff\u00ad\u2066\U000e0041visible")
+
+    def listed() -> Optional[dict]:
+        return next((s for s in api.get("/sessions")["sessions"] if s["client"] ==
+                     "127.0.0.26" and (s["command"] or "").startswith("SIZE")), None)
+    wait_until(listed, what="the command listed")
+    with screenshot_on_failure(browser, tmp_path, "invisible"):
+        sign_in(browser, console, RO_TOKEN)
+        row = wait_for(browser, lambda: session_row(browser, listed()["id"]),
+                       "the session listed")
+        cell = row.find_elements(By.TAG_NAME, "td")[3]
+        assert browser.execute_script("return arguments[0].textContent", cell) == \
+            "SIZE /in\\u200b\\ufeff\\xad\\u2066\\U000e0041visible"
+    ftp.quit()
+
+
 def test_a_lifts_problem_from_redis_is_shown_as_text_escaped(emulator, browser, tmp_path):
     """A node of a cluster whose "Redis" (a program answering on redis_url's address) turns
     to say its version is ``5.0`` followed by HTML, a terminal's escapes and a right-to-left

@@ -20,18 +20,25 @@
   const $ = (id) => document.getElementById(id);
 
   // What no text on the page shows raw: C0 and C1 controls, DEL, the line and paragraph
-  // separators, every bidirectional control (a right-to-left override in a file name would
-  // reorder what the operator reads) and lone surrogates; the set and the spelling of the
-  // server's log (logfiles.escape_controls): \n, \x1b, \u202e.
-  const UNSAFE = new RegExp("[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e\\u200f\\u2028\\u2029" +
-                            "\\u202a-\\u202e\\u2066-\\u2069\\ud800-\\udfff]", "gu");
+  // separators, every format character (Unicode category Cf: the bidirectional controls,
+  // whose right-to-left override in a file name would reorder what the operator reads, zero
+  // width space, the byte order mark, soft hyphen, tag characters...) and lone surrogates;
+  // the set and the spelling of the server's log (logfiles.escape_controls): \n, \x1b,
+  // \u202e, \U000e0041.
+  const UNSAFE = new RegExp(
+    "[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\xad\\u0600-\\u0605\\u061c\\u06dd\\u070f" +
+    "\\u0890\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\ufeff" +
+    "\\ufff9-\\ufffb\\u{110bd}\\u{110cd}\\u{13430}-\\u{1343f}\\u{1bca0}-\\u{1bca3}" +
+    "\\u{1d173}-\\u{1d17a}\\u{e0001}\\u{e0020}-\\u{e007f}\\ud800-\\udfff]", "gu");
   const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
 
   function shown(text) {
     return String(text).replace(UNSAFE, (char) => {
-      const code = char.charCodeAt(0);
-      return NAMED[char] ?? (code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}`
-        : `\\u${code.toString(16).padStart(4, "0")}`);
+      const code = char.codePointAt(0);
+      if (NAMED[char] !== undefined) return NAMED[char];
+      if (code < 0x100) return `\\x${code.toString(16).padStart(2, "0")}`;
+      return code < 0x10000 ? `\\u${code.toString(16).padStart(4, "0")}`
+        : `\\U${code.toString(16).padStart(8, "0")}`;
     });
   }
 
