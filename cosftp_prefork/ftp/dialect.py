@@ -25,7 +25,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.utils import strerror
 
 from . import compat, telnet
-from .replytext import reply_lines
+from .replytext import listing_lines, reply_lines
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,10 @@ class ClientDialect:
         compat.push_bytes(self, telnet.reply_bytes(encoded))
 
     def push_with_producer(self, producer) -> None:
-        """Send the reply lines ``producer`` makes (pyftpdlib's ``STAT path`` listing,
-        names in it) escaped and Telnet-encoded as ``push`` does."""
-        super().push_with_producer(_EscapedLines(producer, self.encoding))
+        """Send the reply lines ``producer`` makes (pyftpdlib's ``STAT path`` listing) with
+        the names as LIST gives them (``replytext.listing_lines``), Telnet-encoded as
+        ``push`` does."""
+        super().push_with_producer(_ListingLines(producer, self.encoding))
 
     # --- the session's encoding
 
@@ -290,19 +291,21 @@ class ClientDialect:
         return Listing(directory, names, expanded=True)
 
 
-class _EscapedLines:
-    """A producer of reply lines (bytes in ``encoding``, whole lines per chunk, as
-    pyftpdlib's ``BufferedIteratorProducer`` gives them) with control characters escaped
-    and 0xFF doubled."""
+class _ListingLines:
+    """A producer of ``STAT path`` listing lines (bytes in ``encoding``, whole lines per
+    chunk, as pyftpdlib's ``BufferedIteratorProducer`` gives them) with CR, LF and NUL
+    inside a line escaped and 0xFF doubled."""
 
     def __init__(self, producer, encoding: str) -> None:
         self._producer = producer
         self._encoding = encoding
 
     def more(self) -> bytes:
-        """The next chunk, escaped; ``b""`` once the producer is done."""
+        """The next chunk, as the control connection sends it; ``b""`` once the producer
+        is done."""
         chunk = self._producer.more()
         if not chunk:
             return chunk
         text = chunk.decode(self._encoding, "surrogateescape")
-        return telnet.reply_bytes(reply_lines(text).encode(self._encoding, "surrogateescape"))
+        return telnet.reply_bytes(listing_lines(text).encode(self._encoding,
+                                                             "surrogateescape"))

@@ -7,9 +7,12 @@ next command), and ESC or a bidirectional override would reach the user's termin
 such character is written escaped, as the log writes it (``\\n``, ``\\x1b``, ``\\u202e``),
 so the reply keeps its meaning for a human and one line for a client.
 
-Two replies carry a pathname a client reads to send it back: RFC 959's ``257`` (PWD, MKD;
-Appendix II) and the entry line of RFC 3659's ``MLST`` (7.2: a space, the facts, a space and
-the pathname, up to the line's end). They give the name as it is, and only what would end
+Three replies carry a pathname a client reads to send it back: RFC 959's ``257`` (PWD,
+MKD; Appendix II), the entry line of RFC 3659's ``MLST`` (7.2: a space, the facts, a space
+and the pathname, up to the line's end), and the lines of a ``STAT path`` listing (RFC 959
+4.1.3: "analogous to the list command except that data shall be transferred over the control
+connection"; lftp's ``ftp:use-stat-for-list`` parses them as it parses LIST, and vsftpd and
+proftpd send them as their LIST lines). They give the name as it is, and only what would end
 their line (CR, LF, NUL, which no name the server shows holds) is escaped. An escaped
 ``\\t`` there named another file, or none, when the client sent it back.
 """
@@ -40,7 +43,18 @@ def reply_lines(text: str) -> str:
     return LINE_END.join(_escaped(line) for line in text.split(LINE_END))
 
 
+def listing_lines(text: str) -> str:
+    """Return ``text``, lines of a ``STAT path`` listing each ended by CRLF (``ls -l`` lines,
+    never a reply code at their start), with only CR, LF and NUL inside a line escaped:
+    the names as LIST gives them. Raises nothing."""
+    return LINE_END.join(_ends_escaped(line) for line in text.split(LINE_END))
+
+
+def _ends_escaped(line: str) -> str:
+    return _LINE_BREAKS.sub(lambda match: escape_controls(match.group()), line)
+
+
 def _escaped(line: str) -> str:
     if line.startswith(_PATHNAME_REPLY) or _MLST_ENTRY.match(line):
-        return _LINE_BREAKS.sub(lambda match: escape_controls(match.group()), line)
+        return _ends_escaped(line)
     return escape_controls(line, surrogates=False)
