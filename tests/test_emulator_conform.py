@@ -14,9 +14,10 @@ import uuid
 
 import pytest
 from qcloud_cos.cos_auth import CosS3Auth
-from qcloud_cos.cos_exception import CosServiceError
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from cosftp_prefork.emulator.app import Emulator
+from cosftp_prefork.emulator.faults import operation
 
 from .conftest import ALPHA
 from .emulator_proc import sdk_client
@@ -445,3 +446,39 @@ def test_a_copy_can_be_made_to_fail_once_begun_with_200_and_an_error(emulator, c
     assert info.value.get_error_code() == "InternalError"
     assert refused(cos.head_object, Bucket=ALPHA, Key=target)[0] == 404
     cos.copy_object(Bucket=ALPHA, Key=target, CopySource=copy_source(source))
+
+
+def test_chosen_operations_can_fail_with_cos_5xx_or_lose_their_answer(emulator, cos, prefix):
+    """``fail_ops`` + ``fail_rate``: those COS operations answered 500 InternalError or 503
+    ServiceUnavailable (COS's 5xx codes, 436/7730) and not carried out; ``lose_ops`` +
+    ``lose_rate``: carried out, their answer cut off (the client cannot tell). Other
+    operations go their way."""
+    key = prefix + "faulty.bin"
+    emulator.set_faults(fail_ops="PutObject", fail_rate=1.0)
+    try:
+        assert refused(cos.put_object, Bucket=ALPHA, Key=key, Body=b"x") in (
+            (500, "InternalError"), (503, "ServiceUnavailable"))
+        assert cos.list_objects(Bucket=ALPHA, Prefix=key).get("Contents") is None
+        emulator.set_faults(fail_ops="", fail_rate=0, lose_ops="PutObject", lose_rate=1.0)
+        with pytest.raises(CosClientError):
+            cos.put_object(Bucket=ALPHA, Key=key, Body=b"x")
+        assert cos.list_objects(Bucket=ALPHA, Prefix=key)["Contents"][0]["Size"] == "1"
+    finally:
+        emulator.set_faults(fail_ops="", fail_rate=0, lose_ops="", lose_rate=0)
+
+
+@pytest.mark.parametrize(("method", "query", "copied", "is_object", "name"), [
+    ("PUT", "", False, True, "PutObject"), ("PUT", "partNumber=2&uploadId=u", False, True,
+                                            "UploadPart"),
+    ("PUT", "", True, True, "CopyObject"), ("PUT", "partNumber=1&uploadId=u", True, True,
+                                            "UploadPartCopy"),
+    ("POST", "uploads", False, True, "InitiateMultipartUpload"),
+    ("POST", "uploadId=u", False, True, "CompleteMultipartUpload"),
+    ("POST", "delete", False, False, "DeleteMultipleObjects"),
+    ("GET", "prefix=a", False, False, "ListObjects"), ("GET", "", False, True, "GetObject"),
+    ("GET", "uploadId=u", False, True, "ListParts"),
+    ("GET", "uploads", False, False, "ListMultipartUploads"),
+    ("DELETE", "uploadId=u", False, True, "AbortMultipartUpload"),
+    ("DELETE", "", False, True, "DeleteObject"), ("HEAD", "", False, True, "HeadObject")])
+def test_faults_name_operations_as_cos_does(method, query, copied, is_object, name):
+    assert operation(method, query, copied, is_object) == name

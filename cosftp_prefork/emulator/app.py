@@ -119,7 +119,7 @@ from werkzeug.test import Client
 from ..cos.checksum import crc64
 from . import conform, fast, listing, routes
 from .accounts import ACCOUNTS_PATH, SERVICE_HOSTS, Accounts, Refusal, signer
-from .faults import Faults, Rendezvous, cut_short
+from .faults import Faults, Rendezvous, cut_short, operation
 from .objects import KeyLocks, ObjectCrcs, forget_served, install_object_lifetimes, served_crc
 from .serving import DEFAULT_LIMITS, KeepAliveServer, Limits
 from .translate import (
@@ -183,6 +183,12 @@ def request_kind(environ: dict) -> str:
     if method == "PUT" and fast.copy_source(environ) is not None:
         return "COPY"
     return method
+
+
+def _operation(environ: dict) -> str:
+    """The COS API the request calls (``faults.operation``)."""
+    return operation(environ["REQUEST_METHOD"], environ.get("QUERY_STRING", ""),
+                     fast.copy_source(environ) is not None, fast.place(environ).is_object)
 
 
 def _targets(environ: dict) -> tuple[str, str]:
@@ -280,6 +286,10 @@ class CosShim:
             if crc is not None and status.startswith("2") else None
         if reported is not None:
             headers.append(("x-cos-hash-crc64ecma", self._reported_crc(reported)))
+        if self.faults.lose_rate and self.faults.names(self.faults.lose_ops,
+                                                       _operation(environ)) \
+                and self._roll("lose_rate"):
+            return self._lose(start_response, status, headers, body)
         start_response(status, headers)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
@@ -287,6 +297,17 @@ class CosShim:
                 and self._reset_download():
             return cut_short(body)
         return [body]
+
+    def _lose(self, start_response: Callable, status: str, headers: list,
+              body: bytes) -> Iterable[bytes]:
+        """The answer of a request carried out, lost: held ``stall_ms``, then cut off in
+        its body (half sent) or, when it has none to cut, before its status line."""
+        if self.faults.stall_ms:
+            time.sleep(self.faults.stall_ms / 1000)
+        if len(body) < 2:
+            raise ConnectionResetError("injected: the answer lost")
+        start_response(status, headers)
+        return cut_short(body)
 
     def _reset_download(self) -> bool:
         return self._count_down("reset_next") or self._roll("reset_rate")
@@ -322,6 +343,16 @@ class CosShim:
         if self._roll("error_rate"):
             return error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)
+        if self.faults.fail_rate and self.faults.names(self.faults.fail_ops,
+                                                       _operation(environ)) \
+                and self._roll("fail_rate"):
+            with self._lock:
+                internal = self.faults.random.random() < 0.5
+            if internal:
+                return error_response(start_response, "500 Internal Server Error",
+                                       "InternalError", resource, request_id)
+            return error_response(start_response, "503 Service Unavailable",
+                                   "ServiceUnavailable", resource, request_id)
         if copy_source and "partNumber" not in environ.get("QUERY_STRING", "") and \
                 self._count_down("copy_errors_next"):
             return error_response(start_response, "200 OK", "InternalError", resource,
@@ -438,7 +469,8 @@ class CosShim:
         method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
         if method == "PUT" and fast.copy_source(environ) is None:
             body = conform.buffered_body(environ)
-            if "partNumber" in query and body and self._count_down("corrupt_next_parts"):
+            if "partNumber" in query and body and (self._count_down("corrupt_next_parts") or
+                                                   self._roll("corrupt_part_rate")):
                 body = bytes([body[0] ^ 1]) + body[1:]
                 environ["wsgi.input"] = io.BytesIO(body)
             return lambda: crc64(body)

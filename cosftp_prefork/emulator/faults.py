@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
@@ -27,6 +28,16 @@ class Faults:
     the next ``copy_errors_next`` PUT Object - Copy requests are answered 200 with an
     InternalError body and copy nothing (COS: "if an error occurs during the copy, HTTP 200
     OK is returned with the error as the response body", PUT Object - Copy, 436/10881).
+
+    Faults of chosen COS operations (named as :func:`operation` names them, comma-separated):
+    ``fail_rate`` of the ``fail_ops`` requests are answered 500 InternalError or 503
+    ServiceUnavailable (either, at random; COS's 5xx codes, Error Codes 436/7730) and not
+    carried out; ``lose_rate`` of the ``lose_ops`` requests are carried out and their answer
+    lost: held ``stall_ms`` first if that is set, then cut off (half the body sent, or
+    nothing when it has none) as a connection reset in mid-answer, so the client cannot tell
+    whether COS did it (a retried CompleteMultipartUpload then finds NoSuchUpload).
+    ``corrupt_part_rate`` of the uploaded parts get a byte flipped before they are stored,
+    as ``corrupt_next_parts``.
     """
 
     latency_ms: float = 0.0
@@ -40,6 +51,12 @@ class Faults:
     down: bool = False
     deny_prefix: str = ""
     copy_errors_next: int = 0
+    fail_ops: str = ""
+    fail_rate: float = 0.0
+    lose_ops: str = ""
+    lose_rate: float = 0.0
+    stall_ms: float = 0.0
+    corrupt_part_rate: float = 0.0
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -48,7 +65,8 @@ class Faults:
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
                      "corrupt_crc", "corrupt_crc_next", "corrupt_next_parts", "down", "deny_prefix",
-                     "copy_errors_next"):
+                     "copy_errors_next", "fail_ops", "fail_rate", "lose_ops", "lose_rate",
+                     "stall_ms", "corrupt_part_rate"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
@@ -59,12 +77,45 @@ class Faults:
                 "corrupt_crc_next": self.corrupt_crc_next,
                 "corrupt_next_parts": self.corrupt_next_parts,
                 "down": self.down, "deny_prefix": self.deny_prefix,
-                "copy_errors_next": self.copy_errors_next}
+                "copy_errors_next": self.copy_errors_next, "fail_ops": self.fail_ops,
+                "fail_rate": self.fail_rate, "lose_ops": self.lose_ops,
+                "lose_rate": self.lose_rate, "stall_ms": self.stall_ms,
+                "corrupt_part_rate": self.corrupt_part_rate}
+
+    def names(self, ops: str, operation_name: str) -> bool:
+        """Whether the comma-separated operation names ``ops`` include ``operation_name``."""
+        return operation_name in {name.strip() for name in ops.split(",")}
 
 
 def cut_short(body: bytes) -> Iterator[bytes]:
     yield body[: len(body) // 2]
     raise ConnectionResetError("injected reset")
+
+
+def operation(method: str, query: str, copied: bool, is_object: bool) -> str:
+    """The COS API a request calls, named as COS's API reference names it (``PutObject``,
+    ``UploadPart``, ``CompleteMultipartUpload``, ``CopyObject`` for PUT Object - Copy,
+    ``UploadPartCopy``...), from its ``method``, its query string, whether it names a copy
+    source (``copied``) and whether it names an object (``is_object``); ``method`` itself
+    for anything else."""
+    names = {name for name, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)}
+    if method == "PUT":
+        if copied:
+            return "UploadPartCopy" if "partNumber" in names else "CopyObject"
+        return "UploadPart" if "partNumber" in names else "PutObject" if is_object else "PUT"
+    if method == "POST":
+        if "uploads" in names:
+            return "InitiateMultipartUpload"
+        if "uploadId" in names:
+            return "CompleteMultipartUpload"
+        return "DeleteMultipleObjects" if "delete" in names else "POST"
+    if method == "GET":
+        if not is_object:
+            return "ListMultipartUploads" if "uploads" in names else "ListObjects"
+        return "ListParts" if "uploadId" in names else "GetObject"
+    if method == "DELETE" and is_object:
+        return "AbortMultipartUpload" if "uploadId" in names else "DeleteObject"
+    return "HeadObject" if method == "HEAD" and is_object else method
 
 
 class Rendezvous:
