@@ -427,8 +427,35 @@ class UploadSession:
             self._name_allowed()
         self._check_unchanged()
         parts = sorted(self._parts.etags.items())
-        return self._bucket.complete_multipart(self._key, self._parts.upload_id or "",
-                                               parts)
+        try:
+            return self._bucket.complete_multipart(self._key, self._parts.upload_id or "",
+                                                   parts)
+        except StorageError as exc:
+            found = self._completed_unheard(exc)
+            if found is None:
+                raise
+            return found
+
+    def _completed_unheard(self, error: StorageError) -> Optional[Completed]:
+        """What COS stored if the completion that failed with ``error`` was carried out
+        all the same, else None. An answer lost on the way (a connection reset or cut in
+        mid-answer: ``ClientError``) leaves that open, and a retry of a completion COS did
+        carry out finds the upload gone (``NotFound``: NoSuchUpload). Only the name holding
+        exactly the bytes sent (its size, and the CRC64 COS reports, equal to theirs) counts
+        as stored: without a CRC64 nothing can tell, and the error stands."""
+        if not isinstance(error, NotFound) and error.code != "ClientError":
+            return None
+        sent = self._parts.crc_through(self._parts.next_part - 1)
+        try:
+            found = self._bucket.head(self._key)
+        except StorageError:
+            return None
+        if sent is None or found.crc64 != sent or found.size != self._parts.size:
+            return None
+        log.warning("path=%s: COS completed the upload though its answer was lost (%s): "
+                    "the object holds the %d bytes sent, CRC64 read back", self.name, error,
+                    found.size)
+        return Completed(found.etag, found.crc64)
 
     def _check_unchanged(self) -> None:
         """Before an upload that continues a stored object (APPE, or a resumed park of one)

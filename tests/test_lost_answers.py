@@ -1,0 +1,73 @@
+"""COS carries out an upload's last request and its answer is lost on the way (a connection
+reset in mid-answer, a proxy timing out): the gateway cannot tell from the error whether the
+object exists, and a retried CompleteMultipartUpload finds NoSuchUpload, because the first
+one completed it. The client must hear what COS holds: ``226`` when the name holds exactly
+the bytes sent (size and CRC64 read back), else ``451``, and never "nothing stored" for an
+object that was stored. The emulator loses the answers (``lose_ops``, ``lose_rate``) or
+refuses the requests with COS's 5xx codes (``fail_ops``, ``fail_rate``), with real sessions
+of the standard server."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+
+import pytest
+
+from .conftest import ALPHA
+from .test_commands import put
+from .test_transfers import PART, pending_uploads
+
+
+@pytest.fixture
+def faults(emulator):
+    """Set emulator faults for one test; always switched off afterwards."""
+    yield emulator.set_faults
+    emulator.set_faults(fail_ops="", fail_rate=0, lose_ops="", lose_rate=0, stall_ms=0)
+
+
+def stored(cos, key: str) -> bytes:
+    """The bytes of ``key`` in COS."""
+    return cos.get_object(Bucket=ALPHA, Key=key)["Body"].get_raw_stream().read()
+
+
+def test_an_upload_whose_completion_answer_is_lost_gets_226_for_the_object_cos_stored(
+        server, alice, area, cos, faults):
+    """The answer to CompleteMultipartUpload cut off once COS completed the upload; its
+    retries find NoSuchUpload: the object holds every byte sent, so the client gets ``226``
+    (it got ``451 … NoSuchUpload …; transfer aborted, nothing stored``), and the log says
+    why."""
+    data = os.urandom(3 * PART + 5)
+    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0)
+    assert put(alice, area, data).startswith("226")
+    faults(lose_ops="", lose_rate=0)
+    assert stored(cos, area) == data
+    assert not pending_uploads(cos, area)
+    assert f"path=/{area}: COS completed the upload though its answer was lost" in \
+        server.log_text()
+
+
+def test_a_lost_completion_answer_is_no_226_when_cos_cannot_tell_what_it_holds(
+        alice, area, faults):
+    """The completion's answer lost and the upload gone, and the read-back of the name
+    refused too (HEAD answered 500 or 503 at every try): nothing confirms the object, so
+    the error stands, ``451``."""
+    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0, fail_ops="HeadObject",
+           fail_rate=1.0)
+    with pytest.raises(ftplib.error_temp, match=r"451 .*NoSuchUpload"):
+        put(alice, area, os.urandom(3 * PART + 5))
+
+
+@pytest.mark.parametrize(("operation", "size"), [
+    ("CompleteMultipartUpload", 3 * PART + 5), ("PutObject", 4096)])
+def test_an_upload_cos_refuses_to_the_end_gets_451_and_no_object(
+        alice, area, cos, faults, operation, size):
+    """COS answers every try of the upload's last request with 500 InternalError or 503
+    ServiceUnavailable, without carrying it out: ``451``, and the name holds nothing, the
+    multipart upload aborted (no read-back may turn a refusal into a ``226``)."""
+    faults(fail_ops=operation, fail_rate=1.0)
+    with pytest.raises(ftplib.error_temp, match=r"451 .*(InternalError|ServiceUnavailable)"):
+        put(alice, area, os.urandom(size))
+    faults(fail_ops="", fail_rate=0)
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    assert not pending_uploads(cos, area)
