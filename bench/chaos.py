@@ -23,8 +23,16 @@ tree is still checked by the clean pass). ``--lftp-no-times`` avoids that bug in
 uploads then send no time command (``ftp:use-feat no``, ``ftp:use-site-utime(2) no``).
 
 Other modes: ``--tls`` (FTPS: ``AUTH TLS``, data connections ``PROT P``, for every client),
-``--latency-ms`` (COS answers that much later while faults are on), ``--curl`` (the third
-uploader is curl, ``-T`` per directory).
+``--implicit-tls`` (FTPS from the first byte, on the server's ``implicit_tls_port``: lftp
+``ftps://``, rclone ``--ftp-tls``, curl ``ftps://``), ``--latency-ms`` (COS answers that
+much later while faults are on), ``--curl`` (the third uploader is curl, ``-T`` per
+directory), ``--tnftp`` (the third uploader is the classic ``ftp``, tnftp, scripted on its
+stdin: plain FTP, it has no TLS), ``--cos-faults`` (besides SlowDown, while faults are on:
+CompleteMultipartUpload, UploadPart, PutObject and PUT Object - Copy answered 500
+InternalError or 503 ServiceUnavailable, or carried out and their answer lost, a reset in
+mid-answer; parts damaged on the way, which COS's CRC64 tells), ``--stall-ms`` (a lost
+answer is held that long first: past lftp's ``net:timeout`` of 20 s, the client gives up
+on the reply while the server still waits for COS) and ``--seed`` (the emulator's faults).
 
 Run by hand: ``.venv/bin/python bench/chaos.py [--rounds 8] [--fault-rate 0.15]``; exit status
 0 when every guarantee held. A client that fails the clean pass gets a second try, for
@@ -40,6 +48,7 @@ import hashlib
 import os
 import pathlib
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -55,7 +64,7 @@ sys.path.insert(0, ROOT)
 from bench.client_runs import ClientRun, hang_report, lftp_lost_mfmt, run_client  # noqa: E402
 from tests.crowds import workers_of  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
-from tests.server_proc import Account, ServerProcess  # noqa: E402
+from tests.server_proc import FREE_PORT, Account, ServerProcess  # noqa: E402
 from tests.tls_clients import write_certificate  # noqa: E402
 
 BUCKET = "chaos-1250000000"
@@ -68,6 +77,13 @@ PASSWORD = "chaos-pw"
 LFTP_TLS = ("set ftp:ssl-force true; set ftp:ssl-protect-data true; "
             "set ssl:verify-certificate no")
 LFTP_NO_TIMES = "set ftp:use-feat no; set ftp:use-site-utime no; set ftp:use-site-utime2 no"
+# The COS operations --cos-faults fails (500 InternalError, 503 ServiceUnavailable) or
+# carries out and loses the answer of (the emulator's fail_ops and lose_ops).
+FAULTY_OPS = "CompleteMultipartUpload,UploadPart,PutObject,CopyObject,UploadPartCopy"
+# What tnftp prints for a put the server refused or cut (its replies, with -v): an upload
+# that failed, which tnftp does not tell by its exit status.
+MKD_EXISTS = re.compile(r"^550 File exists")  # a mkdir of a directory there: no failure
+TNFTP_FAILED = re.compile(r"^(?:[45]\d\d .*|.*[Ll]ost connection.*|ftp: .*)$", re.MULTILINE)
 # Who logs in: a user per client thread, so that the server log tells its sessions apart.
 USERS = ("seed", "up0", "up1", "up2", "rc0", "rc1", "dl0", "dl1")
 
@@ -100,11 +116,14 @@ class Soak:
     def __init__(self, workdir: str, rounds: int, files: int, fault_rate: float,
                  log_level: str, lftp_allo: bool = True,
                  client_timeout: float = 600, lftp_times: bool = True, tls: bool = False,
-                 latency_ms: float = 0.0, curl_uploads: bool = False) -> None:
+                 latency_ms: float = 0.0, curl_uploads: bool = False,
+                 implicit: bool = False, tnftp_uploads: bool = False, cos_faults: bool = False,
+                 stall_ms: float = 0.0, seed: Optional[int] = None) -> None:
         self.workdir, self.rounds, self.fault_rate = workdir, rounds, fault_rate
         self.lftp_allo, self.client_timeout = lftp_allo, client_timeout
         self.lftp_times, self.tls, self.latency_ms = lftp_times, tls, latency_ms
-        self.curl_uploads = curl_uploads
+        self.curl_uploads, self.implicit, self.tnftp_uploads = curl_uploads, implicit, tnftp_uploads
+        self.cos_faults, self.stall_ms = cos_faults, stall_ms
         rng = random.Random(7)
         self.sources = {name: make_tree(os.path.join(workdir, "src", name), files, rng)
                         for name in ("up0", "up1", "up2", "rc0", "rc1", "seed")}
@@ -115,12 +134,15 @@ class Soak:
         self.figures = dict.fromkeys(("kills", "reloads", "objects read whole",
                                       "downloads byte-exact", "trees exact"), 0)
         self.done = threading.Event()
-        self.emulator = EmulatorProcess(buckets=[BUCKET]).start()
+        seeded = ["--seed", str(seed)] if seed is not None else []
+        self.emulator = EmulatorProcess(buckets=[BUCKET], extra_args=seeded).start()
         self.cos = self.emulator.client()
         network = {}
         if tls:
             cert, key = write_certificate(pathlib.Path(workdir))
             network = {"tls_certfile": cert, "tls_keyfile": key}
+            if implicit:
+                network["implicit_tls_port"] = FREE_PORT
         self.server = ServerProcess(
             os.path.join(workdir, "server"), self.emulator.port,
             [Account(f"chaos-{user}", PASSWORD, BUCKET, "RW") for user in USERS],
@@ -131,10 +153,18 @@ class Soak:
         # Flags, not RCLONE_* variables: rclone logs the settings it takes from its
         # environment to stderr before it opens its log file, which would hide its errors.
         self.rclone_flags = ["--config", os.path.join(workdir, "none.conf"),
-                             "--ftp-host", "127.0.0.1", "--ftp-port", str(self.server.port),
+                             "--ftp-host", "127.0.0.1", "--ftp-port", str(self.port()),
                              "--ftp-pass", obscured]
         if tls:
-            self.rclone_flags += ["--ftp-explicit-tls", "--ftp-no-check-certificate"]
+            self.rclone_flags += ["--ftp-tls" if implicit else "--ftp-explicit-tls",
+                                  "--ftp-no-check-certificate"]
+
+    def port(self) -> int:
+        """The port the TLS-capable clients connect to: the implicit FTPS one with
+        --implicit-tls, else the server's FTP port."""
+        if self.implicit:
+            return int(self.server.network["implicit_tls_port"])
+        return self.server.port
 
     def close(self) -> None:
         self.server.stop()
@@ -155,9 +185,11 @@ class Soak:
             settings += f"; {LFTP_TLS}"
         if uploads and not self.lftp_times:
             settings += f"; {LFTP_NO_TIMES}"
+        where = [f"ftps://127.0.0.1:{self.port()}"] if self.implicit else \
+            ["-p", str(self.server.port), "127.0.0.1"]
         return self.client(name, user, [
-            "lftp", "-u", f"chaos-{user},{PASSWORD}", "-p", str(self.server.port), "-e",
-            f"{settings}; {command}; exit", "127.0.0.1"], debug_log=debug)
+            "lftp", "-u", f"chaos-{user},{PASSWORD}", "-e", f"{settings}; {command}; exit",
+            *where], debug_log=debug)
 
     def debug_log(self, name: str) -> str:
         """A new file for run ``name``'s client debug log."""
@@ -194,6 +226,8 @@ class Soak:
                              f"mirror -R --parallel=2 {source} /{target}", uploads=True)
         if kind == "curl":
             return self.curl(name, source, target)
+        if kind == "tnftp":
+            return self.tnftp(name, source, target)
         debug = self.debug_log(f"rclone {target}")
         return self.client(f"rclone {target}", name, [
             RCLONE, "sync", source, f":ftp:/{target}", "--retries", "1",
@@ -205,15 +239,38 @@ class Soak:
         URL per directory, ``--ftp-create-dirs`` (curl has no retry of its own for FTP)."""
         debug = self.debug_log(f"curl {target}")
         uploads: list[str] = []
+        scheme = "ftps" if self.implicit else "ftp"
         for folder in sorted({rel.split("/")[0] for rel in self.sources[name]}):
             files = sorted(rel.split("/")[1] for rel in self.sources[name]
                            if rel.startswith(f"{folder}/"))
             uploads += ["-T", os.path.join(source, folder, "{" + ",".join(files) + "}"),
-                        f"ftp://127.0.0.1:{self.server.port}/{target}/{folder}/"]
+                        f"{scheme}://127.0.0.1:{self.port()}/{target}/{folder}/"]
         tls = ["--ssl-reqd", "--insecure"] if self.tls else []
         return self.client(f"curl {target}", name, [
             "curl", "-sS", "--ftp-create-dirs", "--user", f"chaos-{name}:{PASSWORD}",
             "--trace-time", "--trace-ascii", debug, *tls, *uploads], debug_log=debug)
+
+    def tnftp(self, name: str, source: str, target: str) -> ClientRun:
+        """Upload the tree at ``source`` to ``target`` with one tnftp session, its script on
+        stdin (``mkdir``, ``cd``, ``put`` per file; plain FTP: tnftp has no TLS). tnftp exits
+        0 when a ``put`` failed: a run whose output holds a failure reply, or a lost
+        connection, is given exit status 1."""
+        lines = [f"user chaos-{name} {PASSWORD}", "binary", f"mkdir /{target}"]
+        for folder in sorted({rel.split("/")[0] for rel in self.sources[name]}):
+            lines += [f"mkdir /{target}/{folder}", f"cd /{target}/{folder}"]
+            lines += [f"put {os.path.join(source, rel)} {rel.split('/')[1]}"
+                      for rel in sorted(self.sources[name]) if rel.startswith(f"{folder}/")]
+        script = os.path.join(self.workdir, "debug", f"tnftp-{target}.script")
+        with open(script, "w", encoding="utf-8") as handle:
+            handle.write("\n".join([*lines, "bye"]) + "\n")
+        run = self.client(f"tnftp {target}", name, [
+            "sh", "-c", f'exec tnftp -n -v -p 127.0.0.1 {self.server.port} < "$0"', script])
+        failed = [line for line in TNFTP_FAILED.findall(run.stdout + run.stderr)
+                  if not MKD_EXISTS.search(line)]
+        if failed and run.returncode == 0:
+            run.returncode = 1
+            run.stderr += "\n".join(["", *failed])
+        return run
 
     def targets(self) -> Iterator[tuple[str, str, str]]:
         """(client, source, target) of every upload: one new tree per client and round."""
@@ -222,6 +279,8 @@ class Soak:
                 kind = "rclone" if name.startswith("rc") else "lftp"
                 if name == "up2" and self.curl_uploads:
                     kind = "curl"
+                elif name == "up2" and self.tnftp_uploads:
+                    kind = "tnftp"
                 yield kind, name, f"{name}r{k}"
 
     def uploads(self, name: str) -> None:
@@ -290,6 +349,10 @@ class Soak:
             rate = self.fault_rate if beat % 2 else 0.0
             self.emulator.set_faults(error_rate=rate, reset_rate=rate / 2,
                                      latency_ms=self.latency_ms if beat % 2 else 0.0)
+            if self.cos_faults:
+                self.emulator.set_faults(fail_ops=FAULTY_OPS, fail_rate=rate / 2,
+                                         lose_ops=FAULTY_OPS, lose_rate=rate / 4,
+                                         stall_ms=self.stall_ms, corrupt_part_rate=rate / 4)
             if beat % 4 == 0:
                 done = self.server.ctl("reload")
                 self.figures["reloads"] += 1
@@ -319,7 +382,8 @@ class Soak:
         self.done.set()
         for thread in helpers:
             thread.join()
-        self.emulator.set_faults(error_rate=0.0, reset_rate=0.0, latency_ms=0.0)
+        self.emulator.set_faults(error_rate=0.0, reset_rate=0.0, latency_ms=0.0, fail_rate=0.0,
+                                 lose_rate=0.0, corrupt_part_rate=0.0)
 
     def clean_pass(self) -> None:
         """Every upload again without faults: each exits 0 (at its second try: see rclone's
@@ -373,16 +437,31 @@ def main(argv: list[str]) -> int:
                              "(0)")
     parser.add_argument("--curl", action="store_true",
                         help="the third uploader is curl (-T, --ftp-create-dirs), not lftp")
+    parser.add_argument("--implicit-tls", action="store_true",
+                        help="implicit FTPS (implies --tls): lftp ftps://, rclone --ftp-tls and "
+                             "curl ftps:// on the server's implicit_tls_port")
+    parser.add_argument("--tnftp", action="store_true",
+                        help="the third uploader is tnftp (put per file, plain FTP), not lftp")
+    parser.add_argument("--cos-faults", action="store_true",
+                        help="while faults are on, also: CompleteMultipartUpload, UploadPart, "
+                             "PutObject and copies answered 500/503 (half the fault rate), "
+                             "carried out with their answer lost (a quarter), parts damaged "
+                             "(a quarter)")
+    parser.add_argument("--stall-ms", type=float, default=0.0,
+                        help="with --cos-faults, a lost answer is held this long first (0)")
+    parser.add_argument("--seed", type=int, help="the emulator's fault seed (random)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (the server log, each client's debug "
                              "log) also when every guarantee held")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="cosftp-chaos-")
-    print(f"work directory {workdir}", flush=True)
+    print(f"work directory {workdir}; arguments: {' '.join(argv) or '(none)'}", flush=True)
     soak = Soak(workdir, args.rounds, args.files, args.fault_rate, args.log_level,
                 lftp_allo=not args.lftp_defaults, client_timeout=args.client_timeout,
-                lftp_times=not args.lftp_no_times, tls=args.tls, latency_ms=args.latency_ms,
-                curl_uploads=args.curl)
+                lftp_times=not args.lftp_no_times, tls=args.tls or args.implicit_tls,
+                latency_ms=args.latency_ms, curl_uploads=args.curl,
+                implicit=args.implicit_tls, tnftp_uploads=args.tnftp,
+                cos_faults=args.cos_faults, stall_ms=args.stall_ms, seed=args.seed)
     started = time.monotonic()
     try:
         soak.run(args.beat)
