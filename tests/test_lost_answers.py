@@ -71,3 +71,22 @@ def test_an_upload_cos_refuses_to_the_end_gets_451_and_no_object(
     faults(fail_ops="", fail_rate=0)
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
     assert not pending_uploads(cos, area)
+
+
+def test_a_download_cos_fails_in_mid_stream_is_not_told_nothing_stored(
+        alice, area, cos, faults):
+    """Every GET's answer cut off half-way (the stream reopened from the byte reached, cut
+    again, until the retries are spent): the RETR ends with ``451 …; transfer aborted.``
+    (it said "transfer aborted, nothing stored.", the words of a failed upload), fewer
+    bytes than the file, and the file stays as it was."""
+    data = os.urandom(3 * PART)
+    put(alice, area, data)
+    faults(lose_ops="GetObject", lose_rate=1.0)
+    received = bytearray()
+    with pytest.raises(ftplib.error_temp) as failed:
+        alice.retrbinary(f"RETR {area}", received.extend)
+    faults(lose_ops="", lose_rate=0)
+    assert str(failed.value).startswith("451 ") and \
+        str(failed.value).endswith("; transfer aborted."), failed.value
+    assert len(received) < len(data)
+    assert stored(cos, area) == data

@@ -47,6 +47,8 @@ def reply_for(exc: OSError, command: str = "STOR") -> str:
         return f"552 {exc.strerror}; transfer aborted, nothing stored."
     if command in ("LIST", "MLSD", "NLST"):
         return f"451 {exc}; listing aborted."
+    if command == "RETR":  # a download stores nothing: the file stays as it was
+        return f"451 {exc}; transfer aborted."
     return f"451 {exc}; transfer aborted, nothing stored."
 
 
