@@ -32,7 +32,10 @@ CompleteMultipartUpload, UploadPart, PutObject and PUT Object - Copy answered 50
 InternalError or 503 ServiceUnavailable, or carried out and their answer lost, a reset in
 mid-answer; parts damaged on the way, which COS's CRC64 tells), ``--stall-ms`` (a lost
 answer is held that long first: past lftp's ``net:timeout`` of 20 s, the client gives up
-on the reply while the server still waits for COS) and ``--seed`` (the emulator's faults).
+on the reply while the server still waits for COS), ``--seed`` (the emulator's faults)
+and ``--cut-mfmt N`` (the lftp uploads connect through ``tests/control_cutter.py``'s relay,
+which loses the control connection at the first N ``MFMT`` commands: lftp's hang above,
+placed on purpose inside the chaos; plain FTP only, the relay reads the commands).
 
 Run by hand: ``.venv/bin/python bench/chaos.py [--rounds 8] [--fault-rate 0.15]``; exit status
 0 when every guarantee held. A client that fails the clean pass gets a second try, for
@@ -62,6 +65,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.client_runs import ClientRun, hang_report, lftp_lost_mfmt, run_client  # noqa: E402
+from tests.control_cutter import ControlCutter  # noqa: E402
 from tests.crowds import workers_of  # noqa: E402
 from tests.emulator_proc import EmulatorProcess  # noqa: E402
 from tests.server_proc import FREE_PORT, Account, ServerProcess  # noqa: E402
@@ -118,7 +122,7 @@ class Soak:
                  client_timeout: float = 600, lftp_times: bool = True, tls: bool = False,
                  latency_ms: float = 0.0, curl_uploads: bool = False,
                  implicit: bool = False, tnftp_uploads: bool = False, cos_faults: bool = False,
-                 stall_ms: float = 0.0, seed: Optional[int] = None) -> None:
+                 stall_ms: float = 0.0, seed: Optional[int] = None, cut_mfmt: int = 0) -> None:
         self.workdir, self.rounds, self.fault_rate = workdir, rounds, fault_rate
         self.lftp_allo, self.client_timeout = lftp_allo, client_timeout
         self.lftp_times, self.tls, self.latency_ms = lftp_times, tls, latency_ms
@@ -158,6 +162,8 @@ class Soak:
         if tls:
             self.rclone_flags += ["--ftp-tls" if implicit else "--ftp-explicit-tls",
                                   "--ftp-no-check-certificate"]
+        self.cutter = ControlCutter(self.server.port, "MFMT", cuts=cut_mfmt) \
+            if cut_mfmt and not tls else None
 
     def port(self) -> int:
         """The port the TLS-capable clients connect to: the implicit FTPS one with
@@ -167,6 +173,8 @@ class Soak:
         return self.server.port
 
     def close(self) -> None:
+        if self.cutter is not None:
+            self.cutter.close()
         self.server.stop()
         self.emulator.stop()
 
@@ -185,8 +193,10 @@ class Soak:
             settings += f"; {LFTP_TLS}"
         if uploads and not self.lftp_times:
             settings += f"; {LFTP_NO_TIMES}"
+        port = self.cutter.port if uploads and self.cutter is not None and \
+            user != "seed" else self.server.port
         where = [f"ftps://127.0.0.1:{self.port()}"] if self.implicit else \
-            ["-p", str(self.server.port), "127.0.0.1"]
+            ["-p", str(port), "127.0.0.1"]
         return self.client(name, user, [
             "lftp", "-u", f"chaos-{user},{PASSWORD}", "-e", f"{settings}; {command}; exit",
             *where], debug_log=debug)
@@ -450,6 +460,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stall-ms", type=float, default=0.0,
                         help="with --cos-faults, a lost answer is held this long first (0)")
     parser.add_argument("--seed", type=int, help="the emulator's fault seed (random)")
+    parser.add_argument("--cut-mfmt", type=int, default=0,
+                        help="lftp uploads go through a relay that loses the control "
+                             "connection at the first N MFMTs (plain FTP only; 0)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (the server log, each client's debug "
                              "log) also when every guarantee held")
@@ -461,7 +474,8 @@ def main(argv: list[str]) -> int:
                 lftp_times=not args.lftp_no_times, tls=args.tls or args.implicit_tls,
                 latency_ms=args.latency_ms, curl_uploads=args.curl,
                 implicit=args.implicit_tls, tnftp_uploads=args.tnftp,
-                cos_faults=args.cos_faults, stall_ms=args.stall_ms, seed=args.seed)
+                cos_faults=args.cos_faults, stall_ms=args.stall_ms, seed=args.seed,
+                cut_mfmt=args.cut_mfmt)
     started = time.monotonic()
     try:
         soak.run(args.beat)
@@ -475,6 +489,8 @@ def main(argv: list[str]) -> int:
     finally:
         soak.close()
     hung = sum(run.hang is not None for run in soak.runs)
+    if soak.cutter is not None:
+        print(f"the relay lost {soak.cutter.cut} control connections at MFMT")
     print(f"figures: {chaos_runs} client runs in the chaos, {len(soak.runs) - chaos_runs} in "
           f"the clean pass, {hung} hung ({len(soak.known)} of them lftp's MFMT hang); " +
           ", ".join(f"{count} {what}" for what, count in soak.figures.items()))
