@@ -78,8 +78,10 @@ checks them (signature, unknown SecretId, actions a key is denied, a bucket aske
 another region's endpoint), and GetService lists the buckets with their regions.
 
 Faults can be injected (latency, 503 SlowDown, downloads cut off half-way, everything
-down) from the command line or at run time with ``PUT /__emulator__/faults`` and a JSON body
-such as ``{"down": true}``; ``GET`` on the same path shows the current settings.
+down; for chosen COS operations, 500 InternalError or 503 ServiceUnavailable, or answers lost
+once the request was carried out: see ``faults.Faults``) from the command line or at run
+time with ``PUT /__emulator__/faults`` and a JSON body such as ``{"down": true}``; ``GET`` on
+the same path shows the current settings.
 
 moto takes the bucket from the first label of the ``Host`` header, which the SDK sets to
 ``<bucket>.cos.<region>.myqcloud.com`` when it is pointed at an IP and port, or from the path
