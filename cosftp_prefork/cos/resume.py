@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 from ..config.model import MIN_PART_SIZE
@@ -49,6 +49,8 @@ ORPHAN_IDLE_SECONDS = 3600.0
 # A record or marker whose upload is gone is deleted after this long: its owner deletes it
 # itself right after the upload ends, unless COS failed it then.
 STALE_MARK_SECONDS = 60.0
+# The park record format this version writes and reads (see ParkRecord.version).
+RECORD_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,35 @@ class ParkRecord:
     # their copy short): a resume copies those again.
     copies: tuple[int, ...] = ()
     replaces: Optional[str] = None
+    # Workers of two versions share the records while a cluster is upgraded one node at a
+    # time, so a reader ignores fields it does not know: a field a version adds must be one
+    # the versions before it can do without (they resume as they did before it, and a park
+    # they make again, of a resume broken again, lacks it). A change
+    # they must not ignore, one that would make them resume wrongly, raises ``version``,
+    # and a reader leaves records of a version above its own to the workers that read them
+    # (nothing offered, nothing discarded). Version 1 is not written: the versions before
+    # this field refuse any field they do not know.
+    version: int = RECORD_VERSION
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False).encode()
+        stored = asdict(self)
+        if self.version == 1:
+            del stored["version"]
+        return json.dumps(stored, ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ParkRecord:
-        """Raises ``ValueError`` for anything but a record this module wrote."""
+        """The record ``data`` holds, without the fields this version does not know.
+        Raises ``ValueError`` for anything but a record of a version this one reads."""
         try:
-            fields = json.loads(data)
-            return cls(**{**fields, "copies": tuple(fields.get("copies", ()))})
+            stored = json.loads(data)
+            known = {field.name for field in fields(cls)}
+            given = {name: value for name, value in stored.items() if name in known}
+            record = cls(**{**given, "copies": tuple(given.get("copies", ()))})
+            if record.version > RECORD_VERSION:
+                raise ValueError(f"written by a later version of the server (record version "
+                                 f"{record.version}; this one reads up to {RECORD_VERSION})")
+            return record
         except (TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not a park record: {exc}") from exc
 

@@ -1,0 +1,67 @@
+"""Park records shared by workers of two versions (test_resume.py: parking and resuming as
+such)."""
+
+from __future__ import annotations
+
+import ftplib
+import json
+import os
+
+import pytest
+
+from .conftest import ALPHA
+from .server_proc import Account, ServerProcess
+from .test_commands import get
+from .test_resume import MIB, RECORDS, break_upload, is_parked, park_records, rest_stor
+from .test_transfers import pending_uploads
+
+
+@pytest.fixture
+def parking(emulator, tmp_path):
+    accounts = [Account("alice", "alice-pw", ALPHA), Account("carol", "carol-pw", ALPHA)]
+    with ServerProcess(str(tmp_path), emulator.port, accounts) as srv:
+        yield srv
+
+
+def rewrite_record(cos, key: str, **changes) -> None:
+    """Put the one park record of ``key`` back with ``changes``, as another version of the
+    server would have written it."""
+    [listed] = cos.list_objects(Bucket=ALPHA, Prefix=f"{RECORDS}{key}/")["Contents"]
+    [record] = park_records(cos, key)
+    cos.put_object(Bucket=ALPHA, Key=listed["Key"],
+                   Body=json.dumps({**record, **changes}).encode())
+
+
+def test_a_park_record_with_a_field_this_version_does_not_know_is_resumed(parking, area, cos):
+    """A newer worker sharing the parks (a rolling upgrade) writes records with fields this
+    one does not know: it resumes them all the same (found: such a record was refused, the
+    upload offered to nobody on this worker)."""
+    data = os.urandom(3 * MIB + 5)
+    break_upload(parking.login("alice", "alice-pw"), cos, area, data[:2 * MIB + 5], 1)
+    rewrite_record(cos, area, written_by="a later version", checks={"sha256": "…"})
+    ftp = parking.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    assert offset in (MIB, 2 * MIB)
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    ftp.quit()
+    assert pending_uploads(cos, area) == [] and not is_parked(cos, area)
+
+
+def test_a_park_record_of_a_later_version_is_left_to_the_workers_that_read_it(parking, area,
+                                                                             cos):
+    """A record whose ``version`` is above this worker's changed in a way it must not ignore:
+    it offers no resume of it, and leaves it parked for the workers that read it."""
+    data = os.urandom(2 * MIB + 5)
+    break_upload(parking.login("alice", "alice-pw"), cos, area, data, 1)
+    [written] = park_records(cos, area)
+    assert "version" not in written  # version 1: readable by the workers before it too
+    rewrite_record(cos, area, version=2)
+    ftp = parking.login("alice", "alice-pw")
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        ftp.size(area)
+    with pytest.raises(ftplib.error_perm, match=r"^554"):
+        rest_stor(ftp, area, MIB, data[MIB:])
+    ftp.quit()
+    assert is_parked(cos, area) and pending_uploads(cos, area)
+    assert "record version 2" in parking.log_text()
