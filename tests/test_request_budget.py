@@ -14,6 +14,7 @@ from .test_commands import get, put
 
 STAMP = "20200102030405"
 DATA = b"x" * 1000
+MIB = 1024 * 1024
 
 
 def count(emulator, area: str, action) -> dict:
@@ -53,6 +54,22 @@ def test_stor_over_an_existing_small_file(alice, emulator, area):
     # look-up, then the PUT), two requests more.
     assert count(emulator, area, lambda: at_once(
         emulator, area, 3, lambda: put(alice, f"{area}/old", DATA))) == {"LIST": 2, "PUT": 2}
+
+
+def test_stor_of_a_file_in_parts_asks_what_the_name_holds_beside_its_create(alice, emulator,
+                                                                          area):
+    """Parking is on: the HEAD of the name (what a park of the upload records it replaces)
+    goes out beside CreateMultipartUpload, not before it (was a round trip more before the
+    first part). The rendezvous holds the first two requests naming the file itself."""
+    alice.mkd(area)
+    emulator.requests(reset=True)
+    emulator.rendezvous(contains=f"{area}/big", exact=True, parties=2, timeout=20)
+    put(alice, f"{area}/big", b"b" * (2 * MIB + 5))
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+    # The look-ups, the HEAD and the create, the live marker, three parts, the completion,
+    # and the marker deleted.
+    assert emulator.requests(contains=area) == \
+        {"LIST": 2, "HEAD": 1, "POST": 2, "PUT": 4, "DELETE": 1}
 
 
 def test_mfmt_right_after_stor_is_one_round_trip(alice, emulator, area):

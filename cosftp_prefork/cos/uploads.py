@@ -402,11 +402,13 @@ class UploadSession:
 
     def _start_multipart(self) -> str:
         if self._replaces is None and self._from_nothing and self._store.enabled:
-            # What the name holds, for a park of this upload: asked before its first part
-            # is sent, not at its start (a request more for every small file, which is
-            # never parked). A file stored meanwhile counts as the one it started over.
-            replaced = found_etag(lambda: self._bucket.head(self._key))
-            self._replaces = lambda: replaced
+            # What the name holds, for a park of this upload: asked when its first part is
+            # sent, not at its start (a request more for every small file, which is never
+            # parked), and beside CreateMultipartUpload, whose answer the first part waits
+            # for anyway. A file stored meanwhile counts as the one it started over.
+            found = self._engine.lookups.for_owner(self._parts.owner, self._parts.account) \
+                .submit(self._bucket.head, self._key)
+            self._replaces = lambda: found_etag(found.result)
         upload_id = self._bucket.create_multipart(self._key, self._like)
         self._store.started(self._key, upload_id, self.name)
         return upload_id
