@@ -1,5 +1,5 @@
-"""Park records shared by workers of two versions (test_resume.py: parking and resuming as
-such)."""
+"""Park records shared by workers of two versions, and a resumed STOR whose name another
+session wrote meanwhile (test_resume.py: parking and resuming as such)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import ALPHA
 from .server_proc import Account, ServerProcess
-from .test_commands import get
+from .test_commands import get, put
 from .test_resume import MIB, RECORDS, break_upload, is_parked, park_records, rest_stor
 from .test_transfers import pending_uploads
 
@@ -65,3 +65,35 @@ def test_a_park_record_of_a_later_version_is_left_to_the_workers_that_read_it(pa
     ftp.quit()
     assert is_parked(cos, area) and pending_uploads(cos, area)
     assert "record version 2" in parking.log_text()
+
+
+@pytest.mark.parametrize("before", [b"", b"old"], ids=["a new name", "over a file"])
+def test_a_resume_does_not_overwrite_what_another_session_stored_while_it_ran(
+        parking, area, cos, before):
+    """A resumed STOR is the upload that began before the other session's STOR: it commits
+    only while the name holds what it started over, as its park was kept only then. Found:
+    it completed over the other session's file, which was lost. Now that file stays, the
+    resume ends with 451 and its upload is discarded (a park the name outdates is never
+    offered again)."""
+    data = os.urandom(3 * MIB + 5)
+    ftp = parking.login("alice", "alice-pw")
+    if before:
+        put(ftp, area, before)
+    break_upload(ftp, cos, area, data[:2 * MIB + 5], 1)
+    ftp = parking.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"STOR {area}", rest=offset)  # the park is claimed: the resume runs
+    other = parking.login("carol", "carol-pw")
+    assert put(other, area, b"replaced").startswith("226")
+    other.quit()
+    conn.sendall(data[offset:])
+    conn.close()
+    with pytest.raises(ftplib.error_temp,
+                       match=r"^451 .*written by another session since this upload was "
+                             r"interrupted"):
+        ftp.voidresp()
+    assert get(ftp, area) == b"replaced"
+    assert ftp.size(area) == len(b"replaced")
+    ftp.quit()
+    assert pending_uploads(cos, area) == [] and not is_parked(cos, area)

@@ -11,6 +11,7 @@ import pytest
 
 from .server_proc import wait_until
 from .test_commands import get, put
+from .test_resume import break_upload, rest_stor
 
 STAMP = "20200102030405"
 DATA = b"x" * 1000
@@ -70,6 +71,23 @@ def test_stor_of_a_file_in_parts_asks_what_the_name_holds_beside_its_create(alic
     # and the marker deleted.
     assert emulator.requests(contains=area) == \
         {"LIST": 2, "HEAD": 1, "POST": 2, "PUT": 4, "DELETE": 1}
+
+
+def test_a_resumed_stor_asks_what_the_name_holds_before_it_completes(server, emulator, cos,
+                                                                    area):
+    """REST + STOR onto a park: the look-up (LIST) and the parked uploads (their records
+    listed, the record read, its parts listed: GET ?uploadId), the claim (live marker PUT,
+    record DELETE), the rest in three parts, then a HEAD before the completion (does the
+    name still hold what the upload began with), the completion (POST), and the marker
+    deleted."""
+    data = b"r" * (3 * MIB + 5)
+    break_upload(server.login("alice", "alice-pw"), cos, area, data[:MIB + 5], 1)
+    ftp = server.login("alice", "alice-pw")
+    assert ftp.size(area) == MIB
+    counts = count(emulator, area, lambda: rest_stor(ftp, area, MIB, data[MIB:]))
+    assert counts == {"LIST": 2, "GET": 2, "PUT": 4, "DELETE": 2, "HEAD": 1, "POST": 1}
+    assert get(ftp, area) == data
+    ftp.quit()
 
 
 def test_mfmt_right_after_stor_is_one_round_trip(alice, emulator, area):

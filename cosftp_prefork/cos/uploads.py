@@ -147,6 +147,7 @@ class UploadSession:
         # Once committed, whatever the upload was: the key, size, ETag and CRC64 COS has.
         self.committed: Optional[ObjectInfo] = None
         self.resumed = False  # it continues a parked upload
+        self._parked: Optional[ParkedUpload] = None  # the park it continues, if it does
         self._discard = False  # the client gave up on it (ABOR, oversized): never park
         plan = PartPlan.for_upload(transfer.min_part_size, transfer.single_file_max_size,
                                    transfer.max_part_size, announced)
@@ -256,13 +257,15 @@ class UploadSession:
             self._parts.write(self._bucket.read_small(source.key, source.size))
 
     def resume(self, parked: ParkedUpload) -> None:
-        """Continue ``parked``: its parts stay, the bytes written next follow them. One that
-        continues a stored version (a parked APPE) commits only over that version, and is
-        parked again as continuing it."""
+        """Continue ``parked``: its parts stay, the bytes written next follow them. It
+        commits only while the name holds what its upload began with (a parked APPE: the
+        version it continues; a parked STOR: the file it replaces, or none), see
+        :meth:`_check_unchanged`, and is parked again as the same upload."""
         record = parked.record
         self._parts.upload_id = record.upload_id
         self._continues = record.continues
         self._replaces = lambda: record.replaces
+        self._parked = parked
         self._parts.adopt(parked.parts, parked.size, record.crc64)
         if record.copies:
             version = ObjectInfo(record.key, sum(record.copies), 0.0, record.continues)
@@ -460,19 +463,32 @@ class UploadSession:
         return Completed(found.etag, found.crc64)
 
     def _check_unchanged(self) -> None:
-        """Before an upload that continues a stored object (APPE, or a resumed park of one)
-        replaces it: raise ``StorageError`` (``ObjectChanged``) if the object is no longer
-        the version whose bytes it took. Two APPEs of one file at once would otherwise both
-        succeed, and the file keep only the last one's bytes. COS has no conditional
-        completion: a write in the moment between this HEAD and the completion still goes
-        unnoticed."""
-        if not self._continues:
+        """Before an upload that continues a stored object (APPE) or a parked upload
+        replaces the file: raise ``StorageError`` (``ObjectChanged``) if another session
+        wrote it meanwhile. An APPE commits only over the version whose bytes it took: two
+        APPEs of one file at once would otherwise both succeed, and the file keep only the
+        last one's bytes. A resumed park commits only while the name holds what its upload
+        began with, as the park was kept only while it did (:func:`outdated`, the rule SIZE
+        and REST went by): a file another session stored since the upload broke, or while
+        the resume ran, would otherwise be lost to an upload begun before it.
+        CompleteMultipartUpload takes no ETag condition (COS documents only
+        ``x-cos-forbid-overwrite`` there, which refuses any object), so a write in the moment
+        between this HEAD and the completion still goes unnoticed."""
+        if not self._continues and self._parked is None:
             return
         try:
-            now = self._bucket.head(self._key).etag
+            info: Optional[ObjectInfo] = self._bucket.head(self._key)
         except NotFound:
-            now = ""
-        if now != self._continues:
+            info = None
+        if self._parked is not None:
+            now = None if info is None else Entry(self._key, False, info.size, info.mtime,
+                                                  info.etag)
+            if outdated(self._parked, now):
+                raise StorageError(f"{self.name} was written by another session since this "
+                                   "upload was interrupted; the bytes stored before are "
+                                   "discarded, send the whole file again",
+                                   code="ObjectChanged")
+        elif (info.etag if info is not None else "") != self._continues:
             raise StorageError(f"{self.name} was changed by another session while this append "
                                "ran; nothing was appended, try again", code="ObjectChanged")
 
