@@ -113,6 +113,18 @@ class NotStorable(OSError):
         super().__init__(code, message)
 
 
+class ParkOutdated(NotStorable):
+    """A resumed upload whose name another session wrote since it was interrupted, found
+    before it would complete: it never completes (that session's file stays) and its parked
+    bytes are discarded. 550, as for ``NotStorable``, not 451: a retry of the resume can
+    never succeed, and ``lftp put -c`` retries a 451 at once as it continues any upload
+    (SIZE, REST at the end of the file it finds, STOR), which appends the rest of its file
+    to the other session's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ESTALE, message)
+
+
 class Conflict(Exception):
     """Another session is changing the same files right now (a rename of an overlapping
     directory, a file replaced under a rename); the message is for the client, who may try

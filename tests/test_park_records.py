@@ -6,11 +6,13 @@ from __future__ import annotations
 import ftplib
 import json
 import os
+import subprocess
 
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess
+from .server_proc import Account, ServerProcess, wait_until
+from .test_clients import require
 from .test_commands import get, put
 from .test_resume import MIB, RECORDS, break_upload, is_parked, park_records, rest_stor
 from .test_transfers import pending_uploads
@@ -73,7 +75,7 @@ def test_a_resume_does_not_overwrite_what_another_session_stored_while_it_ran(
     """A resumed STOR is the upload that began before the other session's STOR: it commits
     only while the name holds what it started over, as its park was kept only then. Found:
     it completed over the other session's file, which was lost. Now that file stays, the
-    resume ends with 451 and its upload is discarded (a park the name outdates is never
+    resume ends with 550 and its upload is discarded (a park the name outdates is never
     offered again)."""
     data = os.urandom(3 * MIB + 5)
     ftp = parking.login("alice", "alice-pw")
@@ -89,11 +91,52 @@ def test_a_resume_does_not_overwrite_what_another_session_stored_while_it_ran(
     other.quit()
     conn.sendall(data[offset:])
     conn.close()
-    with pytest.raises(ftplib.error_temp,
-                       match=r"^451 .*written by another session since this upload was "
+    with pytest.raises(ftplib.error_perm,
+                       match=r"^550 .*written by another session since this upload was "
                              r"interrupted"):
         ftp.voidresp()
     assert get(ftp, area) == b"replaced"
     assert ftp.size(area) == len(b"replaced")
     ftp.quit()
+    assert pending_uploads(cos, area) == [] and not is_parked(cos, area)
+
+
+def test_lftp_put_continue_gives_up_when_its_resume_finds_another_sessions_file(
+        parking, emulator, area, cos, tmp_path):
+    """``lftp put -c`` whose resume finds, before it completes, the file another session
+    stored meanwhile: lftp stops with the reply and that file stays. Found with 451: lftp
+    retried at once the way put -c does (SIZE: the other file's 8 bytes, REST 8, STOR), and
+    the server appended the rest of lftp's file (its first 192 KiB: lftp's cut retry) to the
+    other session's file, 226. The resume's HEAD (is the name still what the upload began
+    with) is held by the rendezvous until the other session's file is stored and the test's
+    own HEAD of it meets it."""
+    src = tmp_path / "big.bin"
+    data = os.urandom(3 * MIB + 5)
+    src.write_bytes(data)
+    break_upload(parking.login("alice", "alice-pw"), cos, area, data[:MIB + 5], 1)
+    emulator.requests(reset=True)
+    emulator.rendezvous(contains=area, exact=True, kind="HEAD", parties=2, timeout=60)
+    settings = ("set cmd:fail-exit true; set ftp:passive-mode true; set net:max-retries 3; "
+                "set net:reconnect-interval-base 1; set net:reconnect-interval-multiplier 1;")
+    lftp = subprocess.Popen(
+        [require("lftp"), "-u", "alice,alice-pw", "-p", str(parking.port), "-e",
+         f"{settings} put -c {src} -o {area}; bye", "127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: emulator.requests(contains=area).get("HEAD"), timeout=60,
+                   what="the resume's HEAD before its completion")
+        other = parking.login("carol", "carol-pw")
+        assert put(other, area, b"replaced").startswith("226")
+        other.quit()
+        cos.head_object(Bucket=ALPHA, Key=area)  # meets the resume's HEAD: both go on
+        out, err = lftp.communicate(timeout=60)
+    finally:
+        if lftp.poll() is None:
+            lftp.kill()
+            lftp.wait()
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+    assert lftp.returncode == 1, (out, err)
+    assert "written by another session since this upload was interrupted" in err
+    assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == \
+        b"replaced"
     assert pending_uploads(cos, area) == [] and not is_parked(cos, area)

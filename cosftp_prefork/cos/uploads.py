@@ -54,6 +54,7 @@ from ..errors import (
     FileTooLarge,
     NotFound,
     NotStorable,
+    ParkOutdated,
     QuotaExceeded,
     ResumeRefused,
     StorageError,
@@ -294,7 +295,8 @@ class UploadSession:
         ``still_wanted(seconds)`` is asked just before the object would become visible, with
         how long it may wait for a sign that the client is gone; if it says no,
         ``UploadInterrupted`` is raised and the upload stays open, for ``close()`` to park
-        or abort. On any other failure the upload is aborted and ``StorageError`` raised.
+        or abort. On any other failure the upload is aborted and ``StorageError`` raised
+        (``ParkOutdated`` for a resumed one whose name another session wrote meanwhile).
 
         A STOR that commits sets :attr:`stored` from COS's answer: the key, size and ETag of
         the new object, and the attributes the upload gave it (none: COS's defaults), all
@@ -464,13 +466,14 @@ class UploadSession:
 
     def _check_unchanged(self) -> None:
         """Before an upload that continues a stored object (APPE) or a parked upload
-        replaces the file: raise ``StorageError`` (``ObjectChanged``) if another session
-        wrote it meanwhile. An APPE commits only over the version whose bytes it took: two
-        APPEs of one file at once would otherwise both succeed, and the file keep only the
-        last one's bytes. A resumed park commits only while the name holds what its upload
-        began with, as the park was kept only while it did (:func:`outdated`, the rule SIZE
-        and REST went by): a file another session stored since the upload broke, or while
-        the resume ran, would otherwise be lost to an upload begun before it.
+        replaces the file: raise ``StorageError`` (``ObjectChanged``), or for a resumed
+        park ``ParkOutdated``, if another session wrote it meanwhile. An APPE commits only
+        over the version whose bytes it took: two APPEs of one file at once would otherwise
+        both succeed, and the file keep only the last one's bytes. A resumed park commits
+        only while the name holds what its upload began with, as the park was kept only
+        while it did (:func:`outdated`, the rule SIZE and REST went by): a file another
+        session stored since the upload broke, or while the resume ran, would otherwise be
+        lost to an upload begun before it.
         CompleteMultipartUpload takes no ETag condition (COS documents only
         ``x-cos-forbid-overwrite`` there, which refuses any object), so a write in the moment
         between this HEAD and the completion still goes unnoticed."""
@@ -484,10 +487,9 @@ class UploadSession:
             now = None if info is None else Entry(self._key, False, info.size, info.mtime,
                                                   info.etag)
             if outdated(self._parked, now):
-                raise StorageError(f"{self.name} was written by another session since this "
-                                   "upload was interrupted; the bytes stored before are "
-                                   "discarded, send the whole file again",
-                                   code="ObjectChanged")
+                raise ParkOutdated(f"{self.name} was written by another session since "
+                                   "this upload was interrupted; the bytes stored before are "
+                                   "discarded, send the whole file again")
         elif (info.etag if info is not None else "") != self._continues:
             raise StorageError(f"{self.name} was changed by another session while this append "
                                "ran; nothing was appended, try again", code="ObjectChanged")
