@@ -77,11 +77,11 @@ class ParkRecord:
     # Workers of two versions share the records while a cluster is upgraded one node at a
     # time, so a reader ignores fields it does not know: a field a version adds must be one
     # the versions before it can do without (they resume as they did before it, and a park
-    # they make again, of a resume broken again, lacks it). A change
-    # they must not ignore, one that would make them resume wrongly, raises ``version``,
-    # and a reader leaves records of a version above its own to the workers that read them
-    # (nothing offered, nothing discarded). Version 1 is not written: the versions before
-    # this field refuse any field they do not know.
+    # they make again, of a resume broken again, lacks it). A change they must not ignore,
+    # one that would make them resume wrongly, raises ``version``, and a reader leaves
+    # records of a version above its own to the workers that read them (nothing offered,
+    # nothing discarded). Version 1 is not written: the versions before this field refuse
+    # any field they do not know.
     version: int = RECORD_VERSION
 
     def to_json(self) -> bytes:

@@ -473,10 +473,9 @@ class UploadSession:
         only while the name holds what its upload began with, as the park was kept only
         while it did (:func:`outdated`, the rule SIZE and REST went by): a file another
         session stored since the upload broke, or while the resume ran, would otherwise be
-        lost to an upload begun before it.
-        CompleteMultipartUpload takes no ETag condition (COS documents only
-        ``x-cos-forbid-overwrite`` there, which refuses any object), so a write in the moment
-        between this HEAD and the completion still goes unnoticed."""
+        lost to an upload begun before it. CompleteMultipartUpload takes no ETag condition
+        (COS documents only ``x-cos-forbid-overwrite`` there, which refuses any object), so
+        a write in the moment between this HEAD and the completion still goes unnoticed."""
         if not self._continues and self._parked is None:
             return
         try:
