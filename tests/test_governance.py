@@ -592,6 +592,32 @@ def test_saved_copies_are_restored_as_copies_after_the_nodes_own_bans(tmp_path):
     assert "'copy' is neither true nor false" in odd.rejected[0]
 
 
+def test_the_unban_counters_epoch_is_kept_beside_its_number(tmp_path):
+    """The number of the last of the cluster's unbans a node applied means something only
+    with the epoch of the counter that gave it (Redis's counter made anew after it lost its
+    keys has another): the state keeps the highest number of one epoch (workers lagging
+    behind), takes another epoch's number as it is, and the bans file keeps both; one
+    whose epoch is not 16 hex digits keeps the number alone, as a file of the version
+    before does."""
+    state = SharedState.create(str(tmp_path / "state"))
+    first, second = "0123456789abcdef", "fedcba9876543210"
+    state.note_unbans_applied(7, first)
+    state.note_unbans_applied(5, first)  # a worker behind the others
+    assert state.unbans_applied() == (7, first)
+    state.note_unbans_applied(2, second)  # the counter made anew: lower, and newer
+    assert state.unbans_applied() == (2, second)
+    path = str(tmp_path / "bans")
+    save_bans(path, [], unbans_applied=2, unbans_epoch=second)
+    assert json.loads((tmp_path / "bans").read_text("ascii"))["unbans_epoch"] == second
+    saved = load_bans(path)
+    assert (saved.unbans_applied, saved.unbans_epoch) == (2, second)
+    for odd in ("not hex at all!", "0123", 17, "0123456789ABCDEF\n"):
+        (tmp_path / "odd").write_text(json.dumps({"bans": [], "unbans_applied": 3,
+                                                  "unbans_epoch": odd}))
+        assert (load_bans(str(tmp_path / "odd")).unbans_applied,
+                load_bans(str(tmp_path / "odd")).unbans_epoch) == (3, ""), odd
+
+
 def test_a_crowd_that_fills_the_ban_table_drops_the_bans_ending_soonest_and_says_so(tmp_path,
                                                                                    caplog):
     """The node's ban table holds BAN_ROWS addresses, the bans it keeps for the cluster

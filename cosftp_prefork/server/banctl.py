@@ -344,7 +344,7 @@ def _lift_saved(path: str, address: Optional[str],
     if dropped:
         owner = os.lstat(path)
         save_bans(path, [entry for entry in saved.bans if entry not in dropped],
-                  saved.copies, saved.unbans_applied)
+                  saved.copies, saved.unbans_applied, saved.unbans_epoch)
         if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
     return dropped

@@ -52,7 +52,8 @@ class BansFile:
                       len(saved.rejected) - MAX_LOGGED_REJECTS)
         bans, copies = self._grouped(saved.bans, saved.copies)
         restored = self.state.restore_bans(bans, time.time(), copies)
-        self.state.note_unbans_applied(saved.unbans_applied, restarted=True)
+        self.state.note_unbans_applied(saved.unbans_applied, saved.unbans_epoch,
+                                       restarted=True)
         self._saved_epoch = self.state.ban_epoch()
         self.state.note_bans_saved(self._saved_epoch)
         if restored:
@@ -83,9 +84,10 @@ class BansFile:
         if not force and epoch == self._saved_epoch:
             return
         self._saved_epoch = epoch
+        number, unbans_epoch = self.state.unbans_applied()
         try:
             save_bans(self.path, *self.state.saved_bans(time.time()),
-                      unbans_applied=self.state.unbans_applied())
+                      unbans_applied=number, unbans_epoch=unbans_epoch)
         except OSError as exc:
             log.error("could not save the bans to %s: %s", self.path, exc)
             return

@@ -149,9 +149,10 @@ class Gate:
         self._bans: dict = {}  # address key -> banned until, as of epoch _bans_read
         self._bans_read = -1
         self._bans_lock = threading.Lock()
-        self._unbans_noted = state.unbans_applied()  # the last unban judged by, as noted
+        # the last unban judged by and its counter's epoch, as noted
+        self._unbans_noted = state.unbans_applied()
         if cluster is not None:
-            cluster.resume_unbans(self._unbans_noted)
+            cluster.resume_unbans(*self._unbans_noted)
 
     @property
     def shared(self) -> bool:
@@ -433,10 +434,10 @@ class Gate:
         for group, until in beat.bans:
             if self._may_ban(group):
                 self._adopt(group, until, again=group in unbanned)
-        if beat.seen is not None and beat.seen != self._unbans_noted:
+        if beat.seen is not None and (beat.seen, beat.epoch) != self._unbans_noted:
             # a worker starting next (a reload, the node's start) brings only those after it
-            self.state.note_unbans_applied(beat.seen, beat.restarted)
-            self._unbans_noted = beat.seen
+            self.state.note_unbans_applied(beat.seen, beat.epoch, beat.restarted)
+            self._unbans_noted = (beat.seen, beat.epoch)
         if self._bans_on:
             self._publish_bans(beat)
         pending = self._pending_now()

@@ -23,6 +23,7 @@ from .keys import (
     PREFIX,
     SCAN_PAGE,
     UNBAN_COUNT,
+    UNBAN_EPOCH,
     UNBANNING,
     UNBANNING_SECONDS,
     UNBANS,
@@ -130,8 +131,9 @@ class ClusterAdmin:
                 return progress.bans, progress.failures
             # Its number first: the bans made while the pages are deleted come after it,
             # and are kept (the page script compares), here and on the nodes.
-            number, _ = self._scripts["reserve"]([UNBAN_COUNT, UNBANNING],
-                                                 [UNBANS_SECONDS, UNBANNING_SECONDS])
+            number, _ = self._scripts["reserve"]([UNBAN_COUNT, UNBANNING, UNBAN_EPOCH],
+                                                 [UNBANS_SECONDS, UNBANNING_SECONDS,
+                                                  epoch_token()])
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
                     self._unban(page, "", when, progress, number)
@@ -184,9 +186,9 @@ class ClusterAdmin:
         in time leaves it so: the script may have run)."""
         progress.sent = True
         answer, _ = self._scripts["unban"](
-            [UNBANS, UNBAN_COUNT, UNBANNING, *keys],
+            [UNBANS, UNBAN_COUNT, UNBANNING, UNBAN_EPOCH, *keys],
             [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:",
-             "" if number is None else number, UNBANNING_SECONDS])
+             "" if number is None else number, UNBANNING_SECONDS, epoch_token()])
         progress.sent = False
         progress.bans += int(answer[0])
         progress.failures += int(answer[1])
@@ -242,6 +244,13 @@ class ClusterAdmin:
                 raise ClusterTrouble(f"{where} refuses writes ({refusal(exc)})") from exc
             raise ClusterTrouble(f"{where} answered the {what} with an error "
                                  f"({describe(exc)})") from exc
+
+
+def epoch_token() -> str:
+    """A new epoch for the unban counter, should the script find none (16 hex digits,
+    ``scripts.LIBRARY``'s ``epoch_of``): drawn at random, so that no counter made anew
+    after Redis lost its keys has the epoch of the one before."""
+    return secrets.token_hex(8)
 
 
 def _busy_words(where: str, exc: Busy) -> str:

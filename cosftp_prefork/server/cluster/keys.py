@@ -26,6 +26,9 @@ BANS_KEPT = 1000
 BANS_SECONDS = 7 * 86400  # the log's life after the last ban noted (a ban's key ends its own)
 UNBANS = PREFIX + "unbans"
 UNBAN_COUNT = PREFIX + "unban-count"
+# The counter's epoch: a token written when the counter is made (``scripts.LIBRARY``,
+# ``new_epoch``); a node keeps it beside the number of the last unban it brought.
+UNBAN_EPOCH = PREFIX + "unban-epoch"
 # Set while an ``unban --all`` runs (its number; ``scripts.RESERVE``): no node publishes its
 # bans again meanwhile. Each of its pages renews it; one cut short leaves it this long.
 UNBANNING = PREFIX + "unbanning"

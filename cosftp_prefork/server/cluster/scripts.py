@@ -11,6 +11,13 @@ atomic), each with ``LIBRARY`` in front; only commands and arguments that every 
 # the unban counter when it was written (``write_ban``): an ``unban --all`` deletes only the
 # bans older than itself (``ban_order``), so a ban made while it runs holds (a value
 # without an order, written before there was one, is older than every unban).
+# ``epoch_of`` answers the unban counter's epoch: a token the caller drew, written by
+# ``new_epoch`` (before the counter's INCR) when there is no counter, or no epoch (one an
+# older version made), so that a counter made anew (Redis lost its keys, or they expired)
+# is not taken by a node for the one it counted against, whatever its number; '' if there
+# is none. ``other_epoch``: whether it is not ``seen`` (a node that saw none judges by the
+# number alone, as before there was one). ``new_epoch`` answers the error Redis gave the
+# write (nil if none: an ACL may refuse it), and whether the key held garbage.
 LIBRARY = """
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local function integer(value)
@@ -35,6 +42,24 @@ local function ban_of(key)
   end
   redis.call('DEL', key)
   return 0, true
+end
+local function epoch_of(key)
+  local found = kind(key)
+  if found == 'none' then return '', false end
+  local value = found == 'string' and redis.call('GET', key)
+  if value and #value == 16 and string.match(value, '^[0-9a-f]+$') then return value, false end
+  redis.call('DEL', key)
+  return '', true
+end
+local function other_epoch(key, seen)
+  local epoch, bad = epoch_of(key)
+  return seen ~= '' and epoch ~= seen, epoch, bad
+end
+local function new_epoch(counter, key, token)
+  local epoch, bad = epoch_of(key)
+  if kind(counter) ~= 'none' and epoch ~= '' then return nil, bad end
+  local written = redis.pcall('SET', key, token)
+  return type(written) == 'table' and written.err or nil, bad
 end
 local function ban_order(key)
   local value = redis.call('GET', key)
@@ -156,10 +181,12 @@ return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
 # the hash keeps the counts HINCRBY made and the next heartbeat rewrites), and mark the node
 # alive; bring the unbans after the last one this worker saw (all of them if the counter
 # started again: Redis restarted, or the keys expired), and the number of the last one
-# brought. KEYS: its hash, nodes, unbans, the unban counter; ARGV: node, now, expiry, forget
-# nodes silent since, the last unban seen, the sequence field, the sequence read ('*':
-# rewrite anyway), the last ban made seen, the bans' prefix, the bans kept, then field,
-# count pairs. Answers whether it rewrote, whether the node was unknown: not among the
+# brought (all of them too if the counter's epoch is not the one this worker counted
+# against: its number says nothing then; answered with the number). KEYS: its hash, nodes,
+# unbans, the unban counter; ARGV: node, now, expiry, forget nodes silent since, the last
+# unban seen, the sequence field, the sequence read ('*': rewrite anyway), the last ban made
+# seen, the bans' prefix, the bans kept, the epoch of the last unban seen ('': none), then
+# field, count pairs. Answers whether it rewrote, whether the node was unknown: not among the
 # nodes, or silent for longer than the expiry (Redis lost its keys, or no worker of the
 # node reached it for that long; only this script writes the nodes, so a count or a
 # reservation of the node since does not hide it), and the bans made after the last one
@@ -172,13 +199,15 @@ return {redis.call('HGET', KEYS[1], ARGV[1]) or '', {}}
 # deleted the ban before it), though the bans made may have brought it in an earlier
 # heartbeat (found: with more than 100 unbans to bring, the 101st came a heartbeat after
 # the ban made after it, and the node forgot that ban). KEYS: then the bans made, their
-# counter.
+# counter, the unban counter's epoch.
 HEARTBEAT = """
 local repaired = {}
 local counter, bad = counter_of(KEYS[4])
 if bad then table.insert(repaired, 'unban-count') end
+local moved, epoch, bad_epoch = other_epoch(KEYS[7], ARGV[11])
+if bad_epoch then table.insert(repaired, 'unban-epoch') end
 local seen = tonumber(ARGV[5])
-if counter < seen then seen = 0 end
+if counter < seen or moved then seen = 0 end
 local unbans = {}
 local found = kind(KEYS[3])
 if found == 'zset' then
@@ -197,7 +226,7 @@ local sequence = found == 'hash' and redis.call('HGET', KEYS[1], ARGV[6]) or ''
 local rewrite = ARGV[7] == '*' or sequence == ARGV[7]
 if rewrite then
   redis.call('DEL', KEYS[1])
-  for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  for i = 12, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
   if sequence ~= '' then redis.call('HSET', KEYS[1], ARGV[6], sequence) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -250,8 +279,8 @@ for _, member in ipairs(unbans) do
   end
 end
 if garbage then table.insert(repaired, 'ban:*') end
-return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1, made_seen, made, standing},
-        repaired}
+return {{seen, unbans, rewrite and 1 or 0, known and 0 or 1, made_seen, made, standing,
+         epoch}, repaired}
 """
 
 # Whether Redis takes writes: a write that changes nothing in the end (the key is written,
@@ -272,19 +301,23 @@ return {0, {}}
 # worker's last heartbeat (the counter passed the last one it brought):
 # its node may still hold a ban that unban lifted, which this would make again everywhere;
 # the worker tries again after its next heartbeat has brought the unban (or once that
-# ``unban --all`` ended: its mark gone). KEYS: the bans made, their counter, the unban
-# counter, the mark of an ``unban --all`` running, then the bans; ARGV: bans kept, their
-# expiry, the last unban the worker brought, then per ban its address, when it ends and
-# the seconds left. Answers how many it wrote, -1 for none because of an unban.
+# ``unban --all`` ended: its mark gone). So too if the counter's epoch is not the one the
+# worker counted against (Redis lost its keys since: its number says nothing). KEYS: the
+# bans made, their counter, the unban counter, the mark of an ``unban --all`` running, the
+# counter's epoch, then the bans; ARGV: bans kept, their expiry, the last unban the worker
+# brought, its epoch, then per ban its address, when it ends and the seconds left. Answers
+# how many it wrote, -1 for none because of an unban.
 REPUBLISH = """
 local unbans, bad = counter_of(KEYS[3])
-if unbans > tonumber(ARGV[3]) or kind(KEYS[4]) ~= 'none' then
-  return {-1, bad and {'unban-count'} or {}}
+local repaired, garbage = bad and {'unban-count'} or {}, false
+local moved, _, bad_epoch = other_epoch(KEYS[5], ARGV[4])
+if bad_epoch then table.insert(repaired, 'unban-epoch') end
+if unbans > tonumber(ARGV[3]) or moved or kind(KEYS[4]) ~= 'none' then
+  return {-1, repaired}
 end
-local written, repaired, garbage = 0, {}, false
-if bad then table.insert(repaired, 'unban-count') end
-for i = 5, #KEYS do
-  local key, at = KEYS[i], 3 * (i - 5) + 4
+local written = 0
+for i = 6, #KEYS do
+  local key, at = KEYS[i], 3 * (i - 6) + 5
   local banned, bad_ban = ban_of(key)
   garbage = garbage or bad_ban
   if banned == 0 then
@@ -305,15 +338,16 @@ return {written, repaired}
 # (ARGV[6], the number ``RESERVE`` gave it) deletes only the bans ordered before it: one
 # made while it runs (written with that number or a later one) holds; each page keeps its
 # mark alive, its note deletes it. KEYS: unbans, the unban counter, the mark of an ``unban
-# --all`` running, then the keys; ARGV: when, what, unbans kept, their expiry, the bans'
-# prefix, the number of the ``unban --all`` ('' for one address), the mark's seconds.
+# --all`` running, the counter's epoch, then the keys; ARGV: when, what, unbans kept, their
+# expiry, the bans' prefix, the number of the ``unban --all`` ('' for one address), the
+# mark's seconds, a new epoch's token (written if the counter is made anew).
 # Also answers the error Redis gave the note ('' if none): once a script wrote, Redis
 # refuses it nothing for its state (OOM, READONLY...), but an ACL may refuse the note
 # after the deletes, which stay; the caller says so rather than that nothing was done.
 UNBAN = """
 local repaired, bans, failures = {}, 0, 0
 local before = integer(ARGV[6])
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   local key, keep = KEYS[i], false
   if string.sub(key, 1, #ARGV[5]) == ARGV[5] then
     local banned, bad = ban_of(key)
@@ -340,6 +374,9 @@ if ARGV[2] ~= '' then
   end
   local _, bad = counter_of(KEYS[2])
   if bad then table.insert(repaired, 'unban-count') end
+  local refused, bad_epoch = new_epoch(KEYS[2], KEYS[4], ARGV[8])
+  if bad_epoch then table.insert(repaired, 'unban-epoch') end
+  if refused then return {{bans, failures, refused}, repaired} end
   local number = redis.pcall('INCR', KEYS[2])
   if type(number) == 'table' then return {{bans, failures, number.err}, repaired} end
   local added = redis.pcall('ZADD', KEYS[1], number, number .. ':' .. ARGV[1] .. ':' .. ARGV[2])
@@ -347,6 +384,7 @@ if ARGV[2] ~= '' then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[3]))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
 return {{bans, failures, ''}, repaired}
 """
@@ -354,15 +392,21 @@ return {{bans, failures, ''}, repaired}
 # The start of an ``unban --all``: its number, from the unban counter, which orders the
 # bans before it (deleted) and those made while it runs (kept, ``UNBAN``), and its mark,
 # which holds every node's bans published again (``REPUBLISH``) until its note: they would
-# be written after its number, and kept. KEYS: the unban counter, the mark; ARGV: the
-# counter's expiry, the mark's seconds (each page renews it: an unban cut short leaves
-# none for longer). Answers the number.
+# be written after its number, and kept. KEYS: the unban counter, the mark, the counter's
+# epoch; ARGV: the counter's expiry, the mark's seconds (each page renews it: an unban cut
+# short leaves none for longer), a new epoch's token (written if the counter is made
+# anew). Answers the number.
 RESERVE = """
 local _, bad = counter_of(KEYS[1])
+local repaired = bad and {'unban-count'} or {}
+local refused, bad_epoch = new_epoch(KEYS[1], KEYS[3], ARGV[3])
+if bad_epoch then table.insert(repaired, 'unban-epoch') end
+if refused then return redis.error_reply(refused) end
 local number = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[2], number, 'EX', ARGV[2])
-return {number, bad and {'unban-count'} or {}}
+return {number, repaired}
 """
 
 # A ban made through a node's admin API, in Redis at once (ordered after the unbans so

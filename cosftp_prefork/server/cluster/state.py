@@ -46,6 +46,7 @@ from .keys import (
     SEQUENCE_FIELD,
     SKIPS_BEFORE_REWRITE,
     UNBAN_COUNT,
+    UNBAN_EPOCH,
     UNBANNING,
     UNBANS,
     WRITE_PROBE,
@@ -133,10 +134,12 @@ class Beat:
     # The first beat since this worker found Redis again (unreachable, refusing writes, too
     # old): what the node made meanwhile reached only its own table.
     rejoined: bool = False
-    # The number of the last unban brought by now (None: the beat did not land), and
-    # whether it is lower than the one before (Redis's counter started again).
+    # The number of the last unban brought by now (None: the beat did not land), whether
+    # it is lower than the one before or of another epoch (Redis's counter started again),
+    # and the counter's epoch ('': none).
     seen: Optional[int] = None
     restarted: bool = False
+    epoch: str = ""
 
 
 def _bans_made(flat: list) -> list[tuple[str, float]]:
@@ -149,6 +152,13 @@ def _bans_made(flat: list) -> list[tuple[str, float]]:
         except ValueError:
             continue
     return found
+
+
+def _epoch(value: Any) -> str:
+    """The unban counter's epoch a heartbeat brought: 16 hex digits (the script deletes
+    anything else), or '' for none."""
+    text = str(value or "")
+    return text if len(text) == 16 and all(c in "0123456789abcdef" for c in text) else ""
 
 
 def _ends(left_ms: Any) -> float:
@@ -180,6 +190,7 @@ class ClusterState:
                           ("heartbeat", HEARTBEAT), ("writable", WRITABLE),
                           ("republish", REPUBLISH))}
         self._unbans_seen = 0  # the number of the last unban the heartbeat brought
+        self._unbans_epoch = ""  # and the epoch of the counter that gave it ('': none)
         self._bans_seen = 0  # and of the last ban made
         self._rejoined = False  # Redis found again since the last heartbeat that landed
         self._skipped = 0  # heartbeats in a row that did not rewrite the node's hash
@@ -429,8 +440,8 @@ class ClusterState:
             return 0
         written = self._run("bans published again", "republish",
                             [BANS_MADE, BANS_MADE_COUNT, UNBAN_COUNT, UNBANNING,
-                             *(ban_key(ip) for ip, _ in live)],
-                            [BANS_KEPT, BANS_SECONDS, self._unbans_seen,
+                             UNBAN_EPOCH, *(ban_key(ip) for ip, _ in live)],
+                            [BANS_KEPT, BANS_SECONDS, self._unbans_seen, self._unbans_epoch,
                              *(value for ip, until in live
                                for value in (client_key(ip), until, until - now))],
                             failed=0)
@@ -477,31 +488,37 @@ class ClusterState:
         now = time.time()
         answer = self._run("heartbeat", "heartbeat",
                            [key, PREFIX + "nodes", UNBANS, UNBAN_COUNT, BANS_MADE,
-                            BANS_MADE_COUNT],
+                            BANS_MADE_COUNT, UNBAN_EPOCH],
                            [self.node, now, NODE_TTL, now - 10 * NODE_TTL, self._unbans_seen,
                             SEQUENCE_FIELD, sequence, self._bans_seen, PREFIX + "ban:",
-                            BANS_KEPT, *counts])
+                            BANS_KEPT, self._unbans_epoch, *counts])
         for burst_log in (self._errors, self._repairs, self._busy):
             burst_log.flush()
         if not answer:
             return Beat([])
         before, self._unbans_seen, members = self._unbans_seen, int(answer[0]), answer[1]
+        epoch_before, self._unbans_epoch = self._unbans_epoch, _epoch(answer[7])
         self._skipped = 0 if int(answer[2]) else self._skipped + 1
         self._bans_seen = int(answer[4])
         with self._lock:
             rejoined, self._rejoined = self._rejoined, False
         return Beat(_unbans(members), bool(int(answer[3])),
                     _bans_made(answer[5]) + _bans_made(answer[6]), rejoined,
-                    self._unbans_seen, self._unbans_seen < before)
+                    self._unbans_seen,
+                    self._unbans_seen < before or self._unbans_epoch != epoch_before,
+                    self._unbans_epoch)
 
-    def resume_unbans(self, number: int) -> None:
-        """Bring only the unbans after ``number`` (its node's table was judged by those up
-        to it: ``BanTable.unbans_applied``), at this worker's start, before any heartbeat:
-        one made before a ban this node holds must not lift it (found: a ban made while
-        Redis could not be asked, restored from the bans file, was lifted by an older unban
-        of its address, or any ``unban --all``, among the last 1,000 read again). A counter
-        that started again since (Redis lost its keys) is below it: all are brought then."""
-        self._unbans_seen = number
+    def resume_unbans(self, number: int, epoch: str) -> None:
+        """Bring only the unbans after ``number`` of the counter of ``epoch`` (its node's
+        table was judged by those up to it: ``BanTable.unbans_applied``), at this worker's
+        start, before any heartbeat: one made before a ban this node holds must not lift it
+        (found: a ban made while Redis could not be asked, restored from the bans file, was
+        lifted by an older unban of its address, or any ``unban --all``, among the last
+        1,000 read again). A counter that started again since (Redis lost its keys) has
+        another epoch: all are brought then (found: with the number alone, as many unbans
+        made since as ``number`` were taken for those seen, and skipped). An ``epoch`` of
+        '' (a bans file of the version before) trusts the number, as then."""
+        self._unbans_seen, self._unbans_epoch = number, epoch
 
     def close(self) -> None:
         self._redis.close()

@@ -50,19 +50,25 @@ class BanTable(MappedFile):
         """The master saved the bans of ``epoch`` (it alone writes this word)."""
         struct.pack_into("<I", self._map, BANS_AT + 4, epoch)
 
-    def unbans_applied(self) -> int:
+    def unbans_applied(self) -> tuple[int, str]:
         """The number of the last of the cluster's unbans (its Redis's counter) by which
-        this table's rows were judged (0: none): a worker starting brings only those after
-        it (read without the lock: one word)."""
-        return struct.unpack_from("<I", self._map, BANS_AT + 12)[0]
-
-    def note_unbans_applied(self, number: int, restarted: bool = False) -> None:
-        """A worker judged the table's rows by the unbans up to ``number``: keep the
-        highest so far (workers beat one after another, one may lag behind), or ``number``
-        itself if ``restarted`` (Redis's counter started again: lower numbers are newer
-        unbans; the master restoring its bans file says so too)."""
+        this table's rows were judged (0: none), and the epoch of that counter ('': none):
+        a worker starting brings only those after it."""
         with self._bans_locked() as words:
-            words[3] = number if restarted else max(words[3], number)
+            number, low, high = words[3:6]
+        return number, _epoch_text(low | high << 32)
+
+    def note_unbans_applied(self, number: int, epoch: str, restarted: bool = False) -> None:
+        """A worker judged the table's rows by the unbans up to ``number`` of the counter
+        of ``epoch``: keep the highest so far (workers beat one after another, one may lag
+        behind), or ``number`` itself if ``restarted`` or of another epoch (Redis's counter
+        started again: lower numbers are newer unbans; the master restoring its bans file
+        says so too)."""
+        value = int(epoch, 16) if epoch else 0
+        with self._bans_locked() as words:
+            same = (words[4] | words[5] << 32) == value
+            words[3] = max(words[3], number) if same and not restarted else number
+            words[4], words[5] = value & 0xFFFFFFFF, value >> 32
 
     def ban_rows(self) -> list[BanRow]:
         """Every address the ban table holds (read without the lock: a display)."""
@@ -241,21 +247,29 @@ class BanTable(MappedFile):
         return None if kind == COPY and rank(chosen)[0] == 2 else chosen
 
 
+def _epoch_text(value: int) -> str:
+    """An unban counter's epoch as Redis holds it (16 hex digits), '' for 0 (none)."""
+    return f"{value:016x}" if value else ""
+
+
 def _ban_row_of(flat: list[int], at: int) -> BanRow:
     return BanRow(address_text(tuple(flat[at + 1:at + 5])), *flat[at + 5:at + 8])
 
 
 def save_bans(path: str, bans: list[tuple[str, int]], copies: Iterable[str] = (),
-              unbans_applied: int = 0) -> None:
+              unbans_applied: int = 0, unbans_epoch: str = "") -> None:
     """Write ``bans`` to ``path`` atomically, readable by the owner only: those of
     ``copies`` marked ``"copy": true`` (copies of other nodes' bans), and the number of the
-    last of the cluster's unbans the node judged its bans by, when there is one."""
+    last of the cluster's unbans the node judged its bans by, and its counter's epoch,
+    when there are."""
     copied = set(copies)
     entries = [{"address": ip, "until": until, **({"copy": True} if ip in copied else {})}
                for ip, until in bans]
     whole: dict = {"bans": entries}
     if unbans_applied:
         whole["unbans_applied"] = unbans_applied
+    if unbans_epoch:
+        whole["unbans_epoch"] = unbans_epoch
     replace_file(path, json.dumps(whole).encode("ascii"), 0o600)
 
 
@@ -265,12 +279,15 @@ class SavedBans:
     one (its position and why, the value quoted and cut short); the addresses of those
     saved as copies of other nodes' bans, and the number of the last of the cluster's
     unbans the node had judged them by (0: not said; a file of a version before says
-    neither: every ban is the node's own, and every unban Redis keeps is brought again)."""
+    neither: every ban is the node's own, and every unban Redis keeps is brought again),
+    with its counter's epoch ('': not said; a file of the version before: the number is
+    trusted alone)."""
 
     bans: list[tuple[str, int]]
     rejected: list[str]
     copies: set[str] = field(default_factory=set)
     unbans_applied: int = 0
+    unbans_epoch: str = ""
 
 
 def load_bans(path: str) -> SavedBans:
@@ -292,7 +309,13 @@ def load_bans(path: str) -> SavedBans:
     applied = whole.get("unbans_applied", 0)
     # (one not a count is not kept: every unban Redis keeps is brought again, as before)
     valid = isinstance(applied, int) and not isinstance(applied, bool) and applied >= 0
-    saved = SavedBans([], [], unbans_applied=applied if valid else 0)
+    epoch = whole.get("unbans_epoch", "")
+    # (one not an epoch is not kept: the number is trusted alone, as before there was one)
+    if not (isinstance(epoch, str) and len(epoch) == 16 and
+            all(c in "0123456789abcdef" for c in epoch)):
+        epoch = ""
+    saved = SavedBans([], [], unbans_applied=applied if valid else 0,
+                      unbans_epoch=epoch if valid else "")
     for number, entry in enumerate(entries, 1):
         try:
             saved.bans.append(_saved_ban(entry))

@@ -50,8 +50,9 @@ BAN_WORDS = 8  # kind (0 free, bans.OWN, bans.COPY), client address (4), failure
 # Changes of the table (bans started or lifted) so far, the change last saved to the bans file
 # (the master), running bans dropped so far to make room for new rows (a full table), and the
 # number of the last of the cluster's unbans this table's rows were judged by (the workers';
-# saved in the bans file: a starting worker brings only the unbans after it).
-BAN_HEADER_WORDS = 4
+# saved in the bans file: a starting worker brings only the unbans after it), and the epoch
+# of the counter that gave that number (64 bits, low word first; 0: none).
+BAN_HEADER_WORDS = 6
 
 SLOTS_AT = HEADER_SIZE + PATH_SIZE
 SESSIONS_AT = SLOTS_AT + MAX_WORKER_SLOTS * SLOT_SIZE
