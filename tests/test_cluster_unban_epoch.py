@@ -1,13 +1,17 @@
-"""The number of the last unban a node applied, across what happens while it is stopped:
-Redis losing its keys (its unban counter starts again, with a new epoch). Two nodes on a
-real ``redis-server`` through ``tests/redis6.py`` (the helpers are test_cluster_redis.py's
-and test_cluster_ban_restore.py's)."""
+"""The number of the last unban a node applied, across what happens while it is stopped or
+killed: Redis losing its keys (its unban counter starts again, with a new epoch) and a
+``kill -9`` (the bans file keeps the number as it moves, not only when the ban table
+changes). Two nodes on a real ``redis-server`` through ``tests/redis6.py`` (the helpers are
+test_cluster_redis.py's and test_cluster_ban_restore.py's)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
+
+import psutil
 
 from .server_proc import wait_until
 from .test_cluster import ACCOUNT
@@ -62,3 +66,26 @@ def test_unbans_made_after_redis_lost_its_keys_while_a_node_was_stopped_all_reac
             assert not server.direct.exists(f"cosftp:ban:{client}"), client
             for proc in (a, b):
                 assert logs_in(proc, client).startswith("230"), (proc.name, client)
+
+
+def test_the_bans_file_keeps_the_last_unban_applied_through_a_kill(emulator, tmp_path):
+    """Unbans that lift nothing on node a (it held no ban of their addresses) change no
+    row of its table. Found: only a change of the table saved the bans file, so its
+    number of the last unban applied stayed behind, and a node killed (``kill -9``) read
+    those unbans again at its start. Now the file is saved when the number moves too: it
+    says the last one, and a's start after the kill brings none again."""
+    with two_nodes(emulator, tmp_path, ACCOUNT, "killed", **BANS) as (server, a, _b):
+        with admin_of(server) as admin:
+            for n in range(3):
+                admin.unban(f"10.9.1.{n + 1}", int(time.time()))
+        every_node_beat(server, a)
+        wait_until(lambda: saved(a).get("unbans_applied") == 3, timeout=10,
+                   what="node a to save the number of the last unban it applied")
+        master = psutil.Process(a.proc.pid)
+        for proc in [*master.children(recursive=True), master]:
+            proc.send_signal(signal.SIGKILL)
+        a.proc.wait(30)
+        assert saved(a).get("unbans_applied") == 3
+        a.start()
+        every_node_beat(server, a)
+        assert logs_in(a, "127.0.0.191").startswith("230")

@@ -1,9 +1,10 @@
 """The bans kept across stop/start in ``<pid file>.bans``: put back when the master starts,
 saved by it whenever the table changes and when it stops. With a cluster, the file also
 says which bans are copies of other nodes' (they give way first in a full table, as they
-did before the stop), and the last of the cluster's unbans the node judged its bans by:
-its workers, starting, bring only the unbans after it (one made before a ban must not lift
-it, even a ban Redis never held: made while it could not be asked)."""
+did before the stop), and the last of the cluster's unbans the node judged its bans by,
+with its counter's epoch (saved when they move too): its workers, starting, bring only the
+unbans after it (one made before a ban must not lift it, even a ban Redis never held: made
+while it could not be asked)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class BansFile:
         self.prefix = ipv6_prefix_length
         self.path = bans_path(pid_file)
         self._saved_epoch = 0
+        self._saved_unbans = state.unbans_mark()
         self._drops_seen = state.dropped_bans()  # 0 (a new table), or a reload's master
         self._drops_logged_at = -DROPS_LOGGED_EVERY  # time.monotonic(): the first goes at once
 
@@ -55,6 +57,7 @@ class BansFile:
         self.state.note_unbans_applied(saved.unbans_applied, saved.unbans_epoch,
                                        restarted=True)
         self._saved_epoch = self.state.ban_epoch()
+        self._saved_unbans = self.state.unbans_mark()
         self.state.note_bans_saved(self._saved_epoch)
         if restored:
             log.info("restored %d bans from %s", restored, path)
@@ -75,15 +78,21 @@ class BansFile:
 
     def save(self, force: bool = False) -> None:
         """Save the running bans when the table changed (a worker started a ban, ``cosftpctl
-        unban`` lifted one) or at exit (``force``), and say which change is saved: ``unban``
-        waits for it, so that a stop right after cannot bring a lifted ban back. Say in the
-        log when running bans were dropped from a full table since the last line (at once,
-        then at most a line a minute with how many)."""
+        unban`` lifted one), when the number of the last of the cluster's unbans the table
+        was judged by moved, or at exit (``force``), and say which change is saved:
+        ``unban`` waits for it, so that a stop right after cannot bring a lifted ban back.
+        Say in the log when running bans were dropped from a full table since the last line
+        (at once, then at most a line a minute with how many).
+
+        The number is saved as it moves, not only with a change of the table (found: unbans
+        that lifted nothing here left the file's number behind, and a node killed with
+        ``kill -9`` brought them again at its start); a kill still loses the last second's."""
         self._note_drops()
-        epoch = self.state.ban_epoch()  # read before the table: a change after it saves again
-        if not force and epoch == self._saved_epoch:
+        # (read before the table: a change after them saves again)
+        epoch, unbans = self.state.ban_epoch(), self.state.unbans_mark()
+        if not force and epoch == self._saved_epoch and unbans == self._saved_unbans:
             return
-        self._saved_epoch = epoch
+        self._saved_epoch, self._saved_unbans = epoch, unbans
         number, unbans_epoch = self.state.unbans_applied()
         try:
             save_bans(self.path, *self.state.saved_bans(time.time()),

@@ -58,6 +58,11 @@ class BanTable(MappedFile):
             number, low, high = words[3:6]
         return number, _epoch_text(low | high << 32)
 
+    def unbans_mark(self) -> tuple[int, int, int]:
+        """The words of :meth:`unbans_applied` read without the lock: a change is what
+        counts (the master saves the bans file when they move)."""
+        return struct.unpack_from("<III", self._map, BANS_AT + 12)
+
     def note_unbans_applied(self, number: int, epoch: str, restarted: bool = False) -> None:
         """A worker judged the table's rows by the unbans up to ``number`` of the counter
         of ``epoch``: keep the highest so far (workers beat one after another, one may lag
