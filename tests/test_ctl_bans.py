@@ -5,11 +5,18 @@ and test_cluster_redis / test_redis_refusals (the cluster)."""
 from __future__ import annotations
 
 import re
+import time
 
 import redis
 
-from .server_proc import Account, ServerProcess
-from .test_cluster import start_redis
+from cosftp_prefork.config.model import ClusterConfig
+from cosftp_prefork.server.cluster import ClusterAdmin
+
+from .server_proc import Account, ServerProcess, wait_until
+from .test_cluster import ACCOUNT as CLUSTER_ACCOUNT
+from .test_cluster import LoneNode, start_redis
+from .test_cluster_ban_order import held_by_node
+from .test_cluster_redis import BANS, RedisUnderTest, earn_ban
 
 ACCOUNT = Account("alice", "alice-pw", "alpha-1250000000")
 # A key under the bans' prefix whose name is no address: anyone who may write to the
@@ -92,4 +99,41 @@ def test_bans_and_unban_do_not_need_the_accounts_to_be_valid(tmp_path):
             assert (done.returncode, done.stdout, done.stderr) == (2, "", refused)
     finally:
         direct.close()
+        server.stop()
+
+
+def test_bans_says_which_bans_are_the_nodes_own_and_which_are_copies(emulator, tmp_path):
+    """A node holds the bans it earned or made itself and copies of those made on other
+    nodes (they give way first in a full table, and a node's own restored from its bans
+    file are the ones it publishes again). Found: ``bans`` said ``node`` for both, running
+    or stopped. Now a column says whose: ``own``, ``copy``, or ``-`` where the node holds
+    none (the cluster's only)."""
+    server = RedisUnderTest(tmp_path)
+    proc = LoneNode(str(tmp_path / "node"), emulator.port, [CLUSTER_ACCOUNT],
+                    optional={"worker_processes": "1", **BANS})
+    proc.redis_port, proc.name = server.proxy.port, "whose"
+    own, copy, elsewhere = "127.0.0.201", "127.0.0.202", "192.0.2.9"
+    try:
+        proc.start()
+        earn_ban(proc, own)
+        admin = ClusterAdmin(ClusterConfig(f"redis://127.0.0.1:{server.port}/0"))
+        try:
+            admin.ban(copy, int(time.time()) + 600, 600)
+        finally:
+            admin.close()
+        wait_until(lambda: held_by_node(proc, copy), timeout=10, what="the node to hold it")
+        server.direct.set(f"cosftp:fail:{elsewhere}", "1", px=300_000)
+        for where in ("running", "stopped"):
+            listed = proc.ctl("bans").stdout
+            assert re.search(r"^ADDRESS .* WHOSE  WHERE$", listed, re.M), listed
+            node = "node" if where == "running" else "saved"
+            assert re.search(rf"^{re.escape(own)} .* own +cluster,{node}$", listed, re.M), \
+                (where, listed)
+            assert re.search(rf"^{re.escape(copy)} .* copy +cluster,{node}$", listed, re.M), \
+                (where, listed)
+            assert re.search(rf"^{re.escape(elsewhere)} .* - +cluster$", listed, re.M), \
+                (where, listed)
+            proc.stop()  # (then what its bans file says)
+    finally:
+        proc.stop()
         server.stop()

@@ -38,6 +38,7 @@ from .logs import LOG_FILE_NAME, setup_logging
 from .pidfile import EXIT_NOT_RUNNING
 from .scoreboard import (
     BanRow,
+    SavedBans,
     SharedState,
     address_group,
     bans_path,
@@ -105,6 +106,13 @@ def allowlisted(group: str, config: BanScope) -> bool:
 # --- bans
 
 
+# Whose a ban this node holds is (``bans`` prints it): one it earned or made itself, or a
+# copy of one made on another node of the cluster (it gives way first in a full table);
+# NOBODY's where the node holds no ban of the address (the cluster's only, or failed
+# logins only).
+OWN, COPY, NOBODY = "own", "copy", "-"
+
+
 @dataclass
 class Listed:
     """One address as ``bans`` shows it: what this node and the cluster hold."""
@@ -112,10 +120,14 @@ class Listed:
     failures: int = 0
     until: float = 0.0
     where: set[str] = field(default_factory=set)
+    whose: str = NOBODY
 
-    def add(self, failures: int, until: float, where: str) -> None:
+    def add(self, failures: int, until: float, where: str, whose: str = NOBODY) -> None:
         self.failures, self.until = max(self.failures, failures), max(self.until, until)
         self.where.add(where)
+        # (the saved bans of one IPv6 network: its own if any is, as the start restores it)
+        if whose == OWN or self.whose == NOBODY:
+            self.whose = whose
 
 
 def cmd_bans(config: BanScope, master_pid: MasterPid) -> int:
@@ -134,20 +146,23 @@ def cmd_bans(config: BanScope, master_pid: MasterPid) -> int:
             state.close()
         for row in rows:
             failures = row.failures if now - row.since <= server.login_failure_window else 0
+            whose = NOBODY if row.until <= now else COPY if row.copy else OWN
             if failures or row.until > now:
-                listed.setdefault(row.address, Listed()).add(failures, row.until, "node")
+                listed.setdefault(row.address, Listed()).add(failures, row.until, "node",
+                                                             whose)
     else:
         status = EXIT_NOT_RUNNING
         path = bans_path(server.pid_file)
         print(f"cosftpctl: not running; the bans saved in {path} (restored at start):")
         try:
-            saved = load_bans(path).bans
+            saved = load_bans(path)
         except (OSError, ValueError) as exc:
             print(f"cosftpctl: cannot read {path}: {exc}", file=sys.stderr)
-            saved = []
-        for address, until in saved:
+            saved = SavedBans([], [])
+        for address, until in saved.bans:
             if until > now:
-                listed.setdefault(_spelt(address, config), Listed()).add(0, until, "saved")
+                listed.setdefault(_spelt(address, config), Listed()).add(
+                    0, until, "saved", COPY if address in saved.copies else OWN)
     if config.cluster.redis_url and not _add_cluster(config, listed):
         status = status or 1
     print(format_bans(listed, now, config))
@@ -182,7 +197,8 @@ def _add_cluster(config: BanScope, listed: dict[str, Listed]) -> bool:
 
 def format_bans(listed: dict[str, Listed], now: float, config: BanScope) -> str:
     server = config.server
-    lines = [f"{'ADDRESS':<39} {'FAILURES':>8} {'BANNED UNTIL':<19} {'LEFT':>8}  WHERE"]
+    lines = [f"{'ADDRESS':<39} {'FAILURES':>8} {'BANNED UNTIL':<19} {'LEFT':>8}  "
+             f"{'WHOSE':<5}  WHERE"]
     for address in sorted(listed, key=lambda a: ipaddress.ip_address(a).packed):
         entry = listed[address]
         banned = entry.until > now
@@ -192,8 +208,9 @@ def format_bans(listed: dict[str, Listed], now: float, config: BanScope) -> str:
         where = ",".join(sorted(entry.where))
         if banned and allowlisted(address, config):
             where += " (in ban_allowlist: not enforced)"
+        whose = entry.whose if banned else NOBODY
         lines.append(f"{shown_as(address, config):<39} {entry.failures:>8} {until:<19} "
-                     f"{left:>8}  {where}")
+                     f"{left:>8}  {whose:<5}  {where}")
     banned = sum(1 for entry in listed.values() if entry.until > now)
     lines.append(f"{banned} banned, {len(listed) - banned} with failed logins in the last "
                  f"{server.login_failure_window}s (max_login_failures = "

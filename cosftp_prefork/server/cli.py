@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sessions", help="one line per live session (like ftpwho): user, client, "
                    "command, bytes, rate, idle time")
     sub.add_parser("bans", help="addresses banned, or with failed logins in the window: "
-                   "failures, end of the ban, where (this node, saved, the cluster)")
+                   "failures, end of the ban, whose (this node's own, or a copy of "
+                   "another node's), where (this node, saved, the cluster)")
     unban = sub.add_parser(
         "unban", help="lift the ban of an address at once on every worker (and, with "
         "[CLUSTER], every node) and forget its failed logins; exit 0 also if it was not "

@@ -258,7 +258,8 @@ def _epoch_text(value: int) -> str:
 
 
 def _ban_row_of(flat: list[int], at: int) -> BanRow:
-    return BanRow(address_text(tuple(flat[at + 1:at + 5])), *flat[at + 5:at + 8])
+    return BanRow(address_text(tuple(flat[at + 1:at + 5])), *flat[at + 5:at + 8],
+                  copy=flat[at] == COPY)
 
 
 def save_bans(path: str, bans: list[tuple[str, int]], copies: Iterable[str] = (),

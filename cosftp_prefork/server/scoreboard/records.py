@@ -66,12 +66,15 @@ class SessionDetail:
 @dataclass(frozen=True)
 class BanRow:
     """One address of the ban table: its failed logins in the window that began at ``since``,
-    and the end of its ban (0: none yet; in the past: ran out). Times in whole seconds."""
+    and the end of its ban (0: none yet; in the past: ran out). Times in whole seconds.
+    ``copy``: the row is a copy of a ban made on another node of the cluster, not this
+    node's own (``bans.COPY``)."""
 
     address: str
     failures: int
     since: int
     until: int
+    copy: bool = False
 
 
 @dataclass(frozen=True)
