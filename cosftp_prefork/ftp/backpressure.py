@@ -13,9 +13,13 @@ at most), so the replies of one read are bounded too. A session that closes with
 unread (its idle timeout's ``421`` among them) is closed ``CLOSE_GRACE`` seconds later
 whether they were sent or not: pyftpdlib's ``close_when_done`` waits for the client.
 
-A paused session hears no read event, and a kick (``ftp.admission``: a ban, a
-``login_timeout``, the admin API) arrives as one: while paused, ``handle_read`` runs once a
-second all the same, so that ``Admission`` sees the kick (this mixin comes after it).
+A paused session asks its loop for no read event, and a kick (``ftp.admission``: a ban, a
+``login_timeout``, the admin API) arrives as one, the end of file of the read side it shut:
+``kick_arrived`` (called by ``Admission._kick``, from the worker's main thread) has the loop
+ask for reading again (``compat.wake_to_read``), which wakes the session's thread at once, and
+``Admission.handle_read`` obeys the kick (this mixin comes after it). Before, a paused session
+looked for a kick once a second (a timer on its loop): the kicked session, its socket and its
+thread lasted up to a second more.
 """
 
 from __future__ import annotations
@@ -38,15 +42,15 @@ PLAIN_READ_SIZE = 4096
 TLS_READ_SIZE = 65536
 # A session closing with replies still unread is given this long to send them.
 CLOSE_GRACE = 10.0
-# How often a paused session looks for a kick.
-KICK_CHECK_INTERVAL = 1.0
 
 
 class ReplyBackPressure:
-    """Mixin for the control handler: see the module docstring."""
+    """Mixin for the control handler, after ``Admission`` (its ``kicked`` and
+    ``handle_read``, and its ``_kick``, which calls ``kick_arrived``) and before
+    ``HeldCommands`` (the next ``kick_arrived``): see the module docstring."""
 
     _reading_paused_once = False
-    _kick_check = None  # while reading is paused
+    _reading_paused = False  # the loop asks for no read event
     _close_deadline = None  # once closing with replies unread
 
     @property
@@ -59,8 +63,8 @@ class ReplyBackPressure:
             return
         if len(self.producer_fifo) >= MAX_QUEUED_REPLIES:
             self._pause_reading()
-        elif self._kick_check is not None:
-            self._stop_kick_check()  # AsyncChat.initiate_send asked for reading again
+        else:
+            self._reading_paused = False  # AsyncChat.initiate_send asked for reading again
 
     def handle_read(self) -> None:
         """Read nothing while replies wait (a TLS read may be asked for by the TLS layer
@@ -72,13 +76,23 @@ class ReplyBackPressure:
 
     def _pause_reading(self) -> None:
         compat.stop_reading(self)
-        if self._kick_check is None:
-            self._kick_check = self.ioloop.call_every(KICK_CHECK_INTERVAL, self.handle_read,
-                                                      _errback=self.handle_error)
+        self._reading_paused = True
+        # A kick that came before the flag was set did not wake the loop: its flag (set
+        # before ``kick_arrived`` reads ours) is seen here, after stop_reading's change.
+        if self.kicked:
+            compat.wake_to_read(self)
         if not self._reading_paused_once:
             self._reading_paused_once = True
             log.info("the client reads no replies: %d wait; its commands are not read until "
                      "it takes them", len(self.producer_fifo))
+
+    def kick_arrived(self) -> None:
+        """Called by ``Admission._kick`` (from the worker's main thread) once the kick shut
+        the read side of the socket: a paused session is woken to read that end of file, and
+        obeys the kick (``Admission.handle_read``)."""
+        if self._reading_paused:
+            compat.wake_to_read(self)
+        super().kick_arrived()
 
     def close_when_done(self) -> None:
         """Close once the replies are sent, or ``CLOSE_GRACE`` seconds from now."""
@@ -95,13 +109,7 @@ class ReplyBackPressure:
             compat.skip_tls_shutdown(self)  # its closing handshake could not be sent either
             self.close()
 
-    def _stop_kick_check(self) -> None:
-        check, self._kick_check = self._kick_check, None
-        if check is not None and not check.cancelled:
-            check.cancel()
-
     def close(self) -> None:
-        self._stop_kick_check()
         if self._close_deadline is not None and not self._close_deadline.cancelled:
             self._close_deadline.cancel()
         super().close()

@@ -1,0 +1,85 @@
+"""A session paused because its client reads no replies (``ftp.backpressure``) obeys a kick
+at once: the kick wakes its thread (``kick_arrived``), which closes the connection before it
+sends another byte, and ends.
+
+No clock is read. The client starts reading only once the server logged the kick: a session
+that saw the kick at once was closed by then (a reset, its unsent replies dropped), and the
+client gets what its own receive buffer held at the kick, nothing more. A session that had
+not seen it yet goes on sending its queued replies as the client takes them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import termios
+import threading
+from contextlib import suppress
+
+from .admin_client import AdminClient, admin_server, admin_url
+from .crowds import workers_of
+from .server_proc import wait_until
+
+SOURCE = "127.0.0.5"
+
+
+def unread_session(port: int) -> socket.socket:
+    """A control connection from ``SOURCE``, with a small receive buffer, greeted, that
+    then sent HELP over and over (as much as the server took at once, 8 MiB at most) and
+    read no reply."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((SOURCE, 0))
+    sock.connect(("127.0.0.1", port))
+    assert sock.makefile("rb").readline().startswith(b"220")
+    sock.setblocking(False)
+    block, sent = b"HELP\r\n" * (65536 // 6), 0
+    with suppress(BlockingIOError):
+        while sent < 8 * 1024 * 1024:
+            sent += sock.send(block)
+    sock.settimeout(60)
+    return sock
+
+
+def received_unread(sock: socket.socket) -> int:
+    """Bytes in the socket's receive buffer, not read yet."""
+    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def read_to_the_end(sock: socket.socket) -> int:
+    """Read until the end of file or a reset; return the bytes read."""
+    got = 0
+    with suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            got += len(chunk)
+    return got
+
+
+def test_a_kicked_session_that_reads_no_replies_closes_at_once(emulator, tmp_path):
+    """Before: a paused session looked for a kick once a second (``KICK_CHECK_INTERVAL``);
+    until then, and as its client took replies, it sent them: 1,777,637 to 2,203,621 bytes
+    after the kick, where its client's buffer held 4,069."""
+    with admin_server(str(tmp_path), emulator.port, worker_processes="1",
+                      log_level="INFO") as proc, unread_session(proc.port) as sock:
+        [worker] = workers_of(proc.proc.pid)
+        wait_until(lambda: f"ip={SOURCE}] cosftp_prefork.ftp.backpressure: the client reads "
+                   "no replies" in proc.log_text(), what="the session to stop reading")
+        threads = worker.num_threads()
+        api = AdminClient(admin_url(proc))
+        [session] = api.get("/sessions")["sessions"]
+        answers = []
+        # the API answers once the session is gone (or 5 s passed): the client must be
+        # free to read meanwhile
+        kicker = threading.Thread(target=lambda: answers.append(
+            api.call("DELETE", f"/sessions/{session['id']}")))
+        kicker.start()
+        try:
+            wait_until(lambda: f"{SOURCE}: closed: the admin API asked to close session" in
+                       proc.log_text(), what="the kick")
+            held = received_unread(sock)
+            assert read_to_the_end(sock) == held, "the kicked session sent more replies"
+        finally:
+            kicker.join()
+        assert answers[0].status_code == 200, answers[0].text
+        wait_until(lambda: worker.num_threads() < threads, what="the session's thread to end")
