@@ -464,6 +464,18 @@ def server_contexts(tls: ServerTLS) -> tuple[SSL.Context, SSL.Context]:
     return _context(tls), _context(tls)
 
 
+# How long a session of a ``session_context`` may be resumed, in seconds. A control
+# connection has no longest life (``idle_session_timeout`` counts from its last command, a
+# transfer keeps it open, and nothing else closes it), and under ``require_reuse`` each of its
+# data connections must resume its session: with OpenSSL's default of 7200 s, a client that
+# resumes only the control connection's TLS 1.2 session had every data connection refused
+# (522) from the control connection's third hour on. The context lives and dies with its
+# control connection, so a session that does not expire in it outlives nothing. 2**31 - 1
+# (68 years) fits every field OpenSSL puts it in: a TLS 1.2 ticket's 32-bit lifetime hint
+# (TLS 1.3 caps its hint at 7 days) and its time in nanoseconds.
+SESSION_LIFETIME = 2**31 - 1
+
+
 def session_context(tls: ServerTLS) -> SSL.Context:
     """Return a new context for one control connection and its data connections, under
     ``require_reuse``.
@@ -472,8 +484,13 @@ def session_context(tls: ServerTLS) -> SSL.Context:
     data connection can resume no session but one of this control connection; in one
     shared by the worker's sessions, a TLS 1.3 ticket of any of them would resume
     (measured: another control connection's ticket was served). Built in 0.2 ms, measured,
-    where a handshake takes several."""
-    return _context(tls)
+    where a handshake takes several.
+
+    Its sessions expire after ``SESSION_LIFETIME``, not OpenSSL's default of 7200 s: see
+    there."""
+    context = _context(tls)
+    context.set_timeout(SESSION_LIFETIME)
+    return context
 
 
 def _context(tls: ServerTLS) -> SSL.Context:
