@@ -11,35 +11,50 @@ not seen it yet goes on sending its queued replies as the client takes them.
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
+import ssl
 import struct
 import termios
 import threading
 from contextlib import suppress
 
+import pytest
+
 from .admin_client import AdminClient, admin_server, admin_url
 from .crowds import workers_of
 from .server_proc import wait_until
+from .test_tls import tls_network
+from .tls_clients import client_context, write_certificate
 
 SOURCE = "127.0.0.5"
 
 
-def unread_session(port: int) -> socket.socket:
-    """A control connection from ``SOURCE``, with a small receive buffer, greeted, that
-    then sent HELP over and over (as much as the server took at once, 8 MiB at most) and
-    read no reply."""
+def unread_session(port: int, tls: bool) -> socket.socket:
+    """A control connection from ``SOURCE``, with a small receive buffer, greeted (and
+    encrypted by AUTH TLS if ``tls``), that then sent HELP over and over (as much as the
+    server took at once, 8 MiB at most) and read no reply. Returned: its socket, in clear
+    (what the kernel holds, TLS records or not)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.bind((SOURCE, 0))
     sock.connect(("127.0.0.1", port))
-    assert sock.makefile("rb").readline().startswith(b"220")
-    sock.setblocking(False)
+    replies = sock.makefile("rb")
+    assert replies.readline().startswith(b"220")
+    sender = sock
+    if tls:
+        sock.sendall(b"AUTH TLS\r\n")
+        assert replies.readline().startswith(b"234")
+        sender = client_context().wrap_socket(sock, server_hostname="127.0.0.1")
+    sender.setblocking(False)
     block, sent = b"HELP\r\n" * (65536 // 6), 0
-    with suppress(BlockingIOError):
+    with suppress(BlockingIOError, ssl.SSLWantWriteError):
         while sent < 8 * 1024 * 1024:
-            sent += sock.send(block)
-    sock.settimeout(60)
-    return sock
+            sent += sender.send(block)
+    raw = socket.socket(fileno=os.dup(sender.fileno()))
+    sender.close()
+    raw.settimeout(60)
+    return raw
 
 
 def received_unread(sock: socket.socket) -> int:
@@ -56,17 +71,22 @@ def read_to_the_end(sock: socket.socket) -> int:
     return got
 
 
-def test_a_kicked_session_that_reads_no_replies_closes_at_once(emulator, tmp_path):
+@pytest.mark.parametrize("tls", [False, True], ids=["clear", "tls"])
+def test_a_kicked_session_that_reads_no_replies_closes_at_once(emulator, tmp_path, tls):
     """Before: a paused session looked for a kick once a second (``KICK_CHECK_INTERVAL``);
     until then, and as its client took replies, it sent them: 1,777,637 to 2,203,621 bytes
     after the kick, where its client's buffer held 4,069."""
-    with admin_server(str(tmp_path), emulator.port, worker_processes="1",
-                      log_level="INFO") as proc, unread_session(proc.port) as sock:
+    cert, key = write_certificate(tmp_path)
+    network = tls_network(cert, key) if tls else None
+    with admin_server(str(tmp_path), emulator.port, network=network, worker_processes="1",
+                      log_level="INFO") as proc, unread_session(proc.port, tls) as sock:
         [worker] = workers_of(proc.proc.pid)
         wait_until(lambda: f"ip={SOURCE}] cosftp_prefork.ftp.backpressure: the client reads "
                    "no replies" in proc.log_text(), what="the session to stop reading")
         threads = worker.num_threads()
-        api = AdminClient(admin_url(proc))
+        # with a certificate the admin API is HTTPS only
+        api = AdminClient(admin_url(proc, "https"), verify=cert) if tls else \
+            AdminClient(admin_url(proc))
         [session] = api.get("/sessions")["sessions"]
         answers = []
         # the API answers once the session is gone (or 5 s passed): the client must be
