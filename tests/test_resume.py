@@ -87,10 +87,15 @@ def rest_stor(ftp: ftplib.FTP, key: str, offset: int, data: bytes) -> str:
     return ftp.storbinary(f"STOR {key}", io.BytesIO(data), rest=offset)
 
 
-@pytest.fixture
-def resumable(emulator, tmp_path):
+@pytest.fixture(scope="module")
+def resumable(emulator, tmp_path_factory):
+    """One server for the tests of a file, started once rather than once per test (34 here).
+    The tests run one after another on it, each on keys of its own (``area``), each waiting
+    for the parks it made and putting back the emulator's faults it set; one that reads the
+    log looks for its own keys there, or at what was logged since it began."""
     accounts = [Account("alice", "alice-pw", ALPHA), Account("carol", "carol-pw", ALPHA)]
-    with ServerProcess(str(tmp_path), emulator.port, accounts) as srv:
+    with ServerProcess(str(tmp_path_factory.mktemp("resumable")), emulator.port,
+                       accounts) as srv:
         yield srv
 
 
@@ -106,7 +111,7 @@ def test_broken_upload_is_parked_and_rest_stor_resumes_it(resumable, area, cos):
     assert pending_uploads(cos, area) == []
     assert ftp.size(area) == len(data)
     ftp.quit()
-    assert "resuming parked upload" in resumable.log_text()
+    assert f"path=/{area}: resuming parked upload" in resumable.log_text()
 
 
 def test_allo_before_rest_stor_announces_the_whole_file(resumable, area, cos):
@@ -411,7 +416,7 @@ def test_curl_continue_resumes_a_broken_upload(resumable, tmp_path, area, cos):
     ftp = resumable.login("alice", "alice-pw")
     assert get(ftp, area) == src.read_bytes()
     ftp.quit()
-    assert "resuming parked upload" in resumable.log_text()
+    assert f"path=/{area}: resuming parked upload" in resumable.log_text()
 
 
 def test_rest_retr_reads_the_stored_file_while_a_smaller_upload_is_parked(resumable, area,
@@ -535,6 +540,7 @@ def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulato
     """Credentials limited to some prefixes may not read .cosftp/: no parking, no MFMT
     times, no intents guarding APPE and directory renames, but everything else works."""
     data = os.urandom(3 * MIB)
+    log_size = len(resumable.log_text())
     emulator.set_faults(deny_prefix=".cosftp/")
     try:
         ftp = resumable.login("alice", "alice-pw")
@@ -549,8 +555,9 @@ def test_without_access_to_cosftp_files_still_list_and_upload(resumable, emulato
         assert ftp.rename(f"{area}-d", f"{area}-e").startswith("250")
         assert get(ftp, f"{area}-e/f") == b"x"
         ftp.quit()
-        assert "cannot mark upload" in resumable.log_text()
-        assert "goes ahead unguarded" in resumable.log_text()
+        logged = resumable.log_text()[log_size:]
+        assert f"key={area}: cannot mark upload" in logged
+        assert "goes ahead unguarded" in logged
     finally:
         emulator.set_faults(deny_prefix="")
     assert pending_uploads(cos, area) == []
@@ -597,7 +604,7 @@ def test_lftp_put_continue_resumes_a_killed_upload(resumable, tmp_path, area, co
     back = tmp_path / "back.bin"
     subprocess.run(lftp_command(resumable, f"get {area} -o {back}"), check=True, timeout=60)
     assert back.read_bytes() == src.read_bytes()
-    assert "resuming parked upload" in resumable.log_text()
+    assert f"path=/{area}: resuming parked upload" in resumable.log_text()
 
 
 def test_the_park_record_names_user_path_bytes_their_crc_and_what_it_replaces(resumable, area,
