@@ -13,7 +13,8 @@ import pytest
 
 from .auth_service import AuthService
 from .emulator_proc import EmulatorProcess
-from .server_proc import Account, ServerProcess, deadline_scale
+from .server_proc import Account, ServerProcess, deadline_scale, tls_network
+from .tls_clients import write_certificate
 
 ALPHA = "alpha-1250000000"
 BETA = "beta-1250000000"
@@ -116,6 +117,46 @@ def cheapest_hash(password: str) -> str:
 # standard server's tests are not about that cost (test_auth.py and test_login_cost.py
 # have their own servers with hash-password's parameters).
 CHEAP_HASH = Account("cheaphash", cheapest_hash("cheaphash-pw"), ALPHA, "R")
+
+
+# --- FTPS: the servers the test_tls*.py files share (tests/ftps.py: their clients)
+
+PLAIN = Account("plainuser", "plain-pw", ALPHA)
+SECURE = Account("secureuser", "secure-pw", ALPHA, extra="tls_required = true")
+# What a require_ssl_reuse server logs when it refuses a data connection's fresh TLS session.
+REUSE_REFUSAL = "refused a TLS data connection"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> tuple[str, str]:
+    return write_certificate(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(emulator, tmp_path_factory, certs):
+    proc = ServerProcess(str(tmp_path_factory.mktemp("tls")), emulator.port, [PLAIN, SECURE],
+                         network=tls_network(*certs, implicit=True))
+    with proc:
+        yield proc
+
+
+@pytest.fixture(params=["tls_server", "reuse_server"])
+def ftps_server(request):
+    """Both TLS servers: curl (OpenSSL) and lftp (GnuTLS) resume the control connection's
+    session on data connections, so ``require_ssl_reuse`` must change nothing for them."""
+    server = request.getfixturevalue(request.param)
+    refusals = server.log_text().count(REUSE_REFUSAL)
+    yield server
+    assert server.log_text().count(REUSE_REFUSAL) == refusals
+
+
+@pytest.fixture(scope="module")
+def reuse_server(emulator, tmp_path_factory, certs):
+    proc = ServerProcess(str(tmp_path_factory.mktemp("reuse")), emulator.port, [PLAIN, SECURE],
+                         network={**tls_network(*certs, implicit=True),
+                                  "require_ssl_reuse": "true"})
+    with proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")

@@ -337,6 +337,15 @@ PORT_OPTIONS = ("implicit_tls_port", "metrics_port", "admin_port")
 FREE_PORT = "free"
 
 
+def tls_network(cert: str, key: str, implicit: bool = False) -> dict[str, str]:
+    """[NETWORK] options for FTPS with ``cert`` and ``key``; with ``implicit``, an implicit
+    FTPS port too (ServerProcess.start chooses it: FREE_PORT)."""
+    network = {"tls_certfile": cert, "tls_keyfile": key}
+    if implicit:
+        network["implicit_tls_port"] = FREE_PORT
+    return network
+
+
 @dataclass
 class ServerProcess:
     """A ``cosftpctl run`` process with a generated config in ``workdir``."""

@@ -37,13 +37,13 @@ from requests import RequestException
 from .conftest import ALPHA
 from .crowds import workers_of
 from .emulator_proc import all_keys
-from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
+from .ftps import tls_login
+from .server_proc import FREE_PORT, Account, ServerProcess, tls_network, wait_until
 from .test_clients import lftp_command, require
 from .test_cos_https import tls_front  # noqa: F401  (the fixture)
 from .test_operating import scrape
 from .test_reliability import faults  # noqa: F401  (the fixture)
 from .test_resume import break_upload, park_records, parts_of, rest_stor
-from .test_tls import tls_login, tls_network
 from .test_transfers import abort_transfer, abort_waiting
 from .tls_clients import write_certificate
 from .tls_front import environment

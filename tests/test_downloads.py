@@ -20,10 +20,10 @@ import pytest
 from cosftp_prefork.cos.streams import SPLICEABLE
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS
-from .server_proc import FREE_PORT, ServerProcess, wait_until
+from .ftps import tls_login
+from .server_proc import FREE_PORT, ServerProcess, tls_network, wait_until
 from .test_operating import scrape, value
 from .test_reliability import faults  # noqa: F401  (the fixture)
-from .test_tls import tls_login, tls_network
 from .tls_clients import write_certificate
 
 MIB = 1024 * 1024

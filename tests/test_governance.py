@@ -41,10 +41,10 @@ from cosftp_prefork.server.scoreboard.layout import BAN_ROWS, BANS_AT
 
 from .conftest import ALPHA
 from .crowds import peak_rss, reset_peak_rss, workers_of
-from .server_proc import Account, ServerProcess, wait_until
+from .server_proc import Account, ServerProcess, tls_network, wait_until
 from .test_master import no_sessions_left
 from .test_proxy import closed_by_server
-from .test_tls import tls_network, write_certificate
+from .tls_clients import write_certificate
 
 OPS = [Account("ops", "ops-pw", ALPHA)]
 

@@ -19,8 +19,8 @@ import pytest
 
 from .admin_client import RW_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
-from .server_proc import FREE_PORT, ROOT, Account, ServerProcess, wait_until
-from .test_tls import tls_network, write_certificate
+from .server_proc import FREE_PORT, ROOT, Account, ServerProcess, tls_network, wait_until
+from .tls_clients import write_certificate
 
 FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "urllib3", "requests", "cosftp_prefork.ftp",
              "cosftp_prefork.cos", "cosftp_prefork.events.deliver", "cosftp_prefork.events.http",

@@ -41,7 +41,7 @@ from .conftest import ALPHA
 from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_config import MINIMAL, set_option
 from .test_master import pids_cgroup, rewrite_config, write_cgroup
-from .test_tls import write_certificate
+from .tls_clients import write_certificate
 
 NOBODY = pwd.getpwnam("nobody") if "nobody" in {p.pw_name for p in pwd.getpwall()} else None
 CAP_NET_BIND_SERVICE = 1 << 10

@@ -19,9 +19,10 @@ import pytest
 from cosftp_prefork.ftp.proxy import Origin, ProxyHeaderError, read_header
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, wait_until
+from .ftps import implicit_port
+from .server_proc import Account, ServerProcess, tls_network, wait_until
 from .test_master import no_sessions_left, state_of
-from .test_tls import client_context, implicit_port, tls_network, write_certificate
+from .tls_clients import client_context, write_certificate
 
 BALANCER = "127.0.0.5"  # the address the test's "load balancer" connects from
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"

@@ -11,12 +11,13 @@ import psutil
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess, wait_until
+from .ftps import tls_login
+from .server_proc import Account, ServerProcess, tls_network, wait_until
 from .slow_client import SlowReader
 from .test_commands import put
 from .test_master import serving
 from .test_proxy import BALANCER, proxied_ftp, raw_connect, v2_header
-from .test_tls import tls_login, tls_network, write_certificate
+from .tls_clients import write_certificate
 
 MIB = 1024 * 1024
 EVIL = "x\x1b[2J\u202ey"  # clears the terminal, then reverses the text after it

@@ -31,7 +31,7 @@ from cosftp_prefork.errors import NotFound, StorageError
 
 from .emulator_proc import emulator_account
 from .server_proc import wait_until
-from .test_tls import write_certificate
+from .tls_clients import write_certificate
 
 BUCKET = "signed-1250000000"
 # Keys and values with what quoting must get right: unicode, spaces, reserved characters.

@@ -1,8 +1,8 @@
 """FTPS for the tests and the benchmarks: a self-signed test certificate, a client context
 that accepts it, ftplib for implicit FTPS, and the start of a ClientHello to stall with.
 
-Kept apart from ``test_tls.py`` so that ``bench/load.py`` can use them without importing a
-test module (and, through it, pytest and half the suite).
+Kept apart from ``ftps.py`` and the test_tls*.py files so that ``bench/load.py`` can use
+them without importing a test module (and, through it, pytest and half the suite).
 """
 
 from __future__ import annotations
