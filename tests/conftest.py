@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import re
 import uuid
@@ -56,6 +57,21 @@ def pytest_runtest_protocol(item):
         if guard:
             item.add_marker(pytest.mark.timeout(guard * deadline_scale()))
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the test files marked ``long_file`` first, then the others with
+    the most tests first (pytest-xdist's own order, which scripts/test turns off with
+    ``--no-loadscope-reorder`` for this one); each file's tests keep their order. With
+    ``--dist loadfile`` a file runs whole on one worker and the run ends with the last
+    file to end: in pytest-xdist's order a long file of few tests (test_oldest_python.py,
+    two) came 92nd of 102 and ran on alone at the end. A run in one process keeps the
+    files in the order they were collected."""
+    if not hasattr(config, "workerinput"):
+        return
+    tests = collections.Counter(item.path for item in items)
+    items.sort(key=lambda item: (item.get_closest_marker("long_file") is None,
+                                 -tests[item.path]))
 
 
 @pytest.fixture(scope="session", autouse=True)

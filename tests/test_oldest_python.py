@@ -24,6 +24,9 @@ from typing import Optional
 
 import pytest
 
+# Its nested run of the core files takes minutes in two tests: first to a worker.
+pytestmark = pytest.mark.long_file
+
 OLDEST = "3.9"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, ".venv-oldest")
