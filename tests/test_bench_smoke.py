@@ -9,9 +9,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cosftp_prefork.config.options import BY_SECTION
 
 from .server_proc import TEST_PASSIVE_PORTS, passive_ports
+
+# Nine tests, but each runs a bench script end to end: first to a worker (conftest.py).
+pytestmark = pytest.mark.long_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
