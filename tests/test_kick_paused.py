@@ -23,8 +23,7 @@ import pytest
 
 from .admin_client import AdminClient, admin_server, admin_url
 from .crowds import workers_of
-from .server_proc import wait_until
-from .test_tls import tls_network
+from .server_proc import tls_network, wait_until
 from .tls_clients import client_context, write_certificate
 
 SOURCE = "127.0.0.5"

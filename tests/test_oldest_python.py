@@ -35,7 +35,7 @@ VENV = os.path.join(ROOT, ".venv-oldest")
 # 4.5 min, which made this file the suite's longest).
 CORE_FILES = ("test_files.py", "test_downloads.py", "test_mtimes.py", "test_config.py",
               "test_tls.py", "test_tls_data_ssl.py", "test_tls_sessions.py",
-              "test_tls_config.py", "test_tls_reuse.py", "test_tls_close_notify.py")
+              "test_tls_config.py", "test_tls_reuse_basics.py", "test_tls_close_notify.py")
 IMPORT_ALL = """
 import importlib, pkgutil, cosftp_prefork
 failed = []
