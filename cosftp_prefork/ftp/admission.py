@@ -222,9 +222,15 @@ class Admission:
 
     def obey_kick(self) -> bool:
         """If the gate told this session to go (``_kick``): reply its 421 and close, in the
-        session's thread, and return True; else False."""
+        session's thread, and return True; else False.
+
+        The replies the client has not taken yet go unsent: the 421 is the last word it
+        gets. A client that reads no replies had up to ``MAX_QUEUED_REPLIES`` waiting
+        (``ftp.backpressure``), and a kick obeyed while it began to read sent them first,
+        as much as the socket took in one go (found: 528,357 bytes after the kick)."""
         if self._kicked is None or compat.is_closed(self):
             return False
+        self.producer_fifo.clear()
         self.respond(f"421 {self._kicked}")
         self.close()
         return True
