@@ -43,7 +43,10 @@ class StorageError(OSError):
     """A COS request failed.
 
     ``code`` is the COS error code (e.g. ``SlowDown``) or a short local reason, and
-    ``request_id`` the ``x-cos-request-id`` to quote to Tencent Cloud support.
+    ``request_id`` the ``x-cos-request-id`` to quote to Tencent Cloud support. ``unheard``:
+    an earlier try of the same request went unanswered (a connection reset or cut in
+    mid-answer), so COS may have carried out that one (a write refused now as the name
+    is taken, ``AlreadyExists``, may have been refused by this very request's own object).
     """
 
     default_errno = errno.EIO
@@ -59,6 +62,7 @@ class StorageError(OSError):
         self.code = code
         self.request_id = request_id
         self.status = status
+        self.unheard = False
 
     def __str__(self) -> str:
         details = [part for part in (self.code, self.request_id and f"request id {self.request_id}")
@@ -71,6 +75,11 @@ class NotFound(StorageError):
     """The object or directory does not exist."""
 
     default_errno = errno.ENOENT
+
+
+class OutcomeUnknown(StorageError):
+    """A write went unanswered and what COS holds could not be read back: the object may
+    or may not be stored. Its message says both failures."""
 
 
 class AlreadyExists(StorageError):

@@ -51,10 +51,11 @@ def test_a_lost_completion_answer_is_no_226_when_cos_cannot_tell_what_it_holds(
         alice, area, faults):
     """The completion's answer lost and the upload gone, and the read-back of the name
     refused too (HEAD answered 500 or 503 at every try): nothing confirms the object, so
-    the error stands, ``451``."""
+    no ``226``; the ``451`` says that it may have been stored (not "nothing stored")."""
     faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0, fail_ops="HeadObject",
            fail_rate=1.0)
-    with pytest.raises(ftplib.error_temp, match=r"451 .*NoSuchUpload"):
+    with pytest.raises(ftplib.error_temp,
+                       match=r"451 .*NoSuchUpload.*the file may have been stored"):
         put(alice, area, os.urandom(3 * PART + 5))
 
 
@@ -90,3 +91,44 @@ def test_a_download_cos_fails_in_mid_stream_is_not_told_nothing_stored(
         str(failed.value).endswith("; transfer aborted."), failed.value
     assert len(received) < len(data)
     assert stored(cos, area) == data
+
+
+def test_a_small_upload_whose_put_answers_are_lost_gets_226_for_the_object_cos_stored(
+        server, alice, area, cos, faults):
+    """Every answer to the small file's PutObject lost once COS stored it (the speculative
+    one, then each try of the plain one after its retry found the object): the name holds
+    every byte sent, so the client gets ``226`` (it got ``451 …; transfer aborted, nothing
+    stored``), and the log says why."""
+    data = os.urandom(4096)
+    faults(lose_ops="PutObject", lose_rate=1.0)
+    assert put(alice, area, data).startswith("226")
+    faults(lose_ops="", lose_rate=0)
+    assert stored(cos, area) == data
+    assert f"path=/{area}: COS stored the object though its answer was lost" in \
+        server.log_text()
+
+
+def test_a_lost_put_answer_that_cannot_be_read_back_is_not_told_nothing_stored(
+        alice, area, faults):
+    """The PutObject's answers lost and the read-back refused too (HEAD answered 500 or 503
+    at every try): whether COS holds the file is not known, and the ``451`` says so (it said
+    "nothing stored", while the object was there, whole)."""
+    faults(lose_ops="PutObject", lose_rate=1.0, fail_ops="HeadObject", fail_rate=1.0)
+    with pytest.raises(ftplib.error_temp) as failed:
+        put(alice, area, os.urandom(4096))
+    assert str(failed.value).startswith("451 ") and "nothing stored" not in \
+        str(failed.value) and "may have been stored" in str(failed.value), failed.value
+
+
+def test_a_refused_name_whose_speculative_put_answer_was_lost_leaves_nothing_behind(
+        alice, area, cos, faults):
+    """A small STOR onto the name of a directory: its speculative PutObject (sent beside
+    the look-ups, ``x-cos-forbid-overwrite``) stored the object, its answer lost, and the
+    retry found that object (409). The look-ups refuse the name: ``550``, and the object
+    the lost PUT made is undone like any speculative one (it stayed)."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/inside", Body=b"x")
+    faults(lose_ops="PutObject", lose_rate=1.0)
+    with pytest.raises(ftplib.error_perm, match=r"550 "):
+        put(alice, area, os.urandom(4096))
+    faults(lose_ops="", lose_rate=0)
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False

@@ -77,6 +77,7 @@ def call_since(sent_at: Optional[float], action: str, method: Callable[..., Any]
     """:func:`call`, its first attempt timed from ``sent_at`` if given (``time.monotonic()``
     when its request went out, before ``method`` reads the answer)."""
     operation = action.split(" ", 1)[0]
+    unheard = False  # a try went unanswered: COS may have carried it out
     for attempt in range(RETRY_ATTEMPTS):
         started = sent_at if sent_at is not None and not attempt else time.monotonic()
         try:
@@ -89,8 +90,10 @@ def call_since(sent_at: Optional[float], action: str, method: Callable[..., Any]
             error = _translate(exc, action)
             metrics.cos_request(operation, str(error.status or "error"),
                                 time.monotonic() - started)
+            error.unheard = unheard
             if attempt == RETRY_ATTEMPTS - 1 or not _retryable(error):
                 raise error from exc
+            unheard = unheard or error.code == "ClientError"
             back_off(action, error, attempt)
         else:
             metrics.cos_request(operation, "ok", time.monotonic() - started)

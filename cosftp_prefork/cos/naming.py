@@ -67,6 +67,7 @@ from typing import Any, Callable, Optional
 from ..errors import AlreadyExists, NotStorable, PermissionDenied, StorageError
 from ..paths import fits_as_key
 from .bucket import Bucket, StartedPage
+from .checksum import crc64
 from .engine import Engine
 from .listing import (
     DIRECTORY,
@@ -77,6 +78,7 @@ from .listing import (
     start_name_kind,
 )
 from .objects import Completed, ObjectInfo
+from .readback import holding, unheard
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,12 @@ class NameChecks:
         (``AlreadyExists``: nothing stored); then wait for them, and undo the object if they
         refuse the name (``NotStorable``) or fail (``StorageError``). Only where
         :meth:`may_store_first`."""
-        created = bucket.put(key, body, like, if_absent=True)
+        try:
+            created = bucket.put(key, body, like, if_absent=True)
+        except StorageError as exc:
+            if unheard(exc):  # a try may have stored it: not before the verdict is in
+                self._heard_of(bucket, key, body, exc)
+            raise
         if created.version_id:
             log.warning("bucket %s keeps versions now: no more stores before the look-ups",
                         bucket.name)
@@ -175,6 +182,28 @@ class NameChecks:
             raise
         self._allowed = True
         return created
+
+    def _heard_of(self, bucket: Bucket, key: str, body: bytes, error: StorageError) -> None:
+        """A speculative PUT of ``body`` failed with ``error`` after a try that went
+        unanswered, and may have stored it: wait for the verdict, and if the look-ups
+        refuse the name (or fail), undo the object if it holds ``body`` (the header kept any
+        other file from being replaced, so those bytes are this PUT's), then raise what
+        they did. If they allow the name, return (the caller raises ``error``: the name is
+        then read back, or stored again as an overwrite)."""
+        try:
+            self._verdict()
+        except BaseException:
+            try:
+                found = holding(bucket, key, len(body), crc64(body), error)
+            except StorageError as exc:
+                log.error("%s: maybe stored before its name was refused, and the read-back "
+                          "failed (%s): delete it by hand if it holds the %d bytes sent",
+                          key, exc, len(body))
+                raise
+            if found is not None:
+                _undo(bucket, key, Completed(found.etag, found.crc64))
+            raise
+        self._allowed = True
 
     def _verdict(self) -> None:
         """Wait for every look-up; a refusal wins over a failure."""

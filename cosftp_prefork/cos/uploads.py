@@ -69,6 +69,7 @@ from .naming import NameChecks
 from .objects import Completed, ObjectInfo
 from .parts import PartStream
 from .quota import AccountQuota, UploadQuota, replaced_size
+from .readback import holding, unheard
 from .resume import ParkedUpload, ParkRecord, ResumeStore
 
 log = logging.getLogger(__name__)
@@ -315,10 +316,7 @@ class UploadSession:
                     raise UploadInterrupted(self.name)
                 self._check_unchanged()
                 body, sent = self._parts.take_body()
-                if self._checks is None:
-                    reported = self._bucket.put(self._key, body, self._like)
-                else:
-                    reported = self._checks.put(self._bucket, self._key, body, self._like)
+                reported = self._put(body, sent)
                 self._parts.drop_buffer()
                 if self._from_nothing:  # an attribute, not a local: see KeptBodies
                     self.stored_body = self._engine.kept.keep(body)
@@ -423,6 +421,29 @@ class UploadSession:
         if self._parts.upload_id:
             self._store.ended(self._key, self._parts.upload_id)
 
+    def _put(self, body: bytes, sent: Optional[int]) -> Completed:
+        """Store ``body`` (CRC64 ``sent``) in one PUT, as the name's look-ups allow if they
+        run; return what COS reports. A PUT whose answers were lost is read back
+        (:func:`.readback.holding`): the name holding those bytes is the object stored.
+        Raises ``NotStorable``, ``StorageError``, or ``OutcomeUnknown`` if the read-back
+        cannot tell."""
+        try:
+            if self._checks is None:
+                return self._bucket.put(self._key, body, self._like)
+            # A speculative PUT that went unanswered waited for the verdict (see naming):
+            # the name is allowed when its error gets here.
+            return self._checks.put(self._bucket, self._key, body, self._like)
+        except StorageError as exc:
+            if not unheard(exc):
+                raise
+            found = holding(self._bucket, self._key, len(body), sent, exc)
+            if found is None:
+                raise
+            log.warning("path=%s: COS stored the object though its answer was lost (%s): "
+                        "it holds the %d bytes sent, CRC64 read back", self.name, exc,
+                        found.size)
+            return Completed(found.etag, found.crc64)
+
     def _finish_multipart(self, still_wanted: Callable[[float], bool]) -> Completed:
         # A killed client closes its data and control connections a moment apart, in either
         # order; the last parts' upload time is spent waiting for the control one to close.
@@ -445,19 +466,16 @@ class UploadSession:
 
     def _completed_unheard(self, error: StorageError) -> Optional[Completed]:
         """What COS stored if the completion that failed with ``error`` was carried out
-        all the same, else None. An answer lost on the way (a connection reset or cut in
-        mid-answer: ``ClientError``) leaves that open, and a retry of a completion COS did
-        carry out finds the upload gone (``NotFound``: NoSuchUpload). Only the name holding
-        exactly the bytes sent (its size, and the CRC64 COS reports, equal to theirs) counts
-        as stored: without a CRC64 nothing can tell, and the error stands."""
-        if not isinstance(error, NotFound) and error.code != "ClientError":
+        all the same, else None; raises ``OutcomeUnknown`` if that cannot be read back. An
+        answer lost on the way (``ClientError``) leaves that open, and a retry of a
+        completion COS did carry out finds the upload gone (``NotFound``: NoSuchUpload).
+        Only the name holding exactly the bytes sent counts as stored (see
+        :mod:`.readback`)."""
+        if not isinstance(error, NotFound) and not unheard(error):
             return None
         sent = self._parts.crc_through(self._parts.next_part - 1)
-        try:
-            found = self._bucket.head(self._key)
-        except StorageError:
-            return None
-        if sent is None or found.crc64 != sent or found.size != self._parts.size:
+        found = holding(self._bucket, self._key, self._parts.size, sent, error)
+        if found is None:
             return None
         log.warning("path=%s: COS completed the upload though its answer was lost (%s): "
                     "the object holds the %d bytes sent, CRC64 read back", self.name, error,

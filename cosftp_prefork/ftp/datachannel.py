@@ -18,6 +18,7 @@ from ..cos.downloads import CHUNK_SIZE
 from ..cos.uploads import UploadInterrupted, UploadSession, UploadState
 from ..errors import (
     NotStorable,
+    OutcomeUnknown,
     QuotaExceeded,
     StorageError,
 )
@@ -49,6 +50,8 @@ def reply_for(exc: OSError, command: str = "STOR") -> str:
         return f"451 {exc}; listing aborted."
     if command == "RETR":  # a download stores nothing: the file stays as it was
         return f"451 {exc}; transfer aborted."
+    if isinstance(exc, OutcomeUnknown):  # its answer lost: COS may hold the file
+        return f"451 {exc}; the file may have been stored: check it before sending it again."
     return f"451 {exc}; transfer aborted, nothing stored."
 
 
