@@ -23,7 +23,8 @@ from .test_transfers import PART, pending_uploads
 def faults(emulator):
     """Set emulator faults for one test; always switched off afterwards."""
     yield emulator.set_faults
-    emulator.set_faults(fail_ops="", fail_rate=0, lose_ops="", lose_rate=0, stall_ms=0)
+    emulator.set_faults(fail_ops="", fail_rate=0, lose_ops="", lose_rate=0, stall_ms=0,
+                        drop_ops="", drop_rate=0)
 
 
 def stored(cos, key: str) -> bytes:
@@ -132,3 +133,18 @@ def test_a_refused_name_whose_speculative_put_answer_was_lost_leaves_nothing_beh
         put(alice, area, os.urandom(4096))
     faults(lose_ops="", lose_rate=0)
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+
+
+def test_a_completion_lost_on_its_way_over_the_same_bytes_aborts_the_upload_it_left(
+        alice, area, cos, faults):
+    """The file is stored again with the bytes it holds, and every try of the completion
+    is lost on its way (``drop_ops``: COS completed nothing, the connection reset): the
+    read-back finds the bytes sent and answers ``226``, and the multipart upload, which
+    still holds its parts, is aborted (it stayed, its parts billed)."""
+    data = os.urandom(3 * PART + 5)
+    assert put(alice, area, data).startswith("226")
+    faults(drop_ops="CompleteMultipartUpload", drop_rate=1.0)
+    assert put(alice, area, data).startswith("226")
+    faults(drop_ops="", drop_rate=0)
+    assert stored(cos, area) == data
+    assert not pending_uploads(cos, area)

@@ -470,7 +470,8 @@ class UploadSession:
         answer lost on the way (``ClientError``) leaves that open, and a retry of a
         completion COS did carry out finds the upload gone (``NotFound``: NoSuchUpload).
         Only the name holding exactly the bytes sent counts as stored (see
-        :mod:`.readback`)."""
+        :mod:`.readback`). Those bytes may have been there before: an upload that a lost
+        request did not complete is aborted then, as it still holds its parts."""
         if not isinstance(error, NotFound) and not unheard(error):
             return None
         sent = self._parts.crc_through(self._parts.next_part - 1)
@@ -480,6 +481,8 @@ class UploadSession:
         log.warning("path=%s: COS completed the upload though its answer was lost (%s): "
                     "the object holds the %d bytes sent, CRC64 read back", self.name, error,
                     found.size)
+        if not isinstance(error, NotFound):
+            self._abort_upload()
         return Completed(found.etag, found.crc64)
 
     def _check_unchanged(self) -> None:
@@ -517,9 +520,15 @@ class UploadSession:
         if self._checks is not None:
             self._checks.cancel()
         self._parts.settle(keep=False)
+        if self._abort_upload():
+            self._unmark()
+
+    def _abort_upload(self) -> bool:
+        """Abort the multipart upload, if one was started (one gone already counts as
+        aborted); False if COS refused: the abort is retried (see :mod:`.aborts`)."""
         upload_id = self._parts.upload_id
         if upload_id is None:
-            return
+            return True
         try:
             self._bucket.abort_multipart(self._key, upload_id)
         except NotFound:
@@ -530,8 +539,8 @@ class UploadSession:
             log.error("path=%s: could not abort multipart upload %s: %s; %s", self.name,
                       upload_id, exc, "will retry" if retried else
                       "left to the janitor (too many aborts pending)")
-            return  # the live marker stays, for the janitor should the retries not succeed
-        self._unmark()
+            return False  # the live marker stays, for the janitor should the retries fail
+        return True
 
 
 class SessionUploads:

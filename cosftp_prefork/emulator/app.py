@@ -355,6 +355,10 @@ class CosShim:
                                        "InternalError", resource, request_id)
             return error_response(start_response, "503 Service Unavailable",
                                    "ServiceUnavailable", resource, request_id)
+        if self.faults.drop_rate and self.faults.names(self.faults.drop_ops,
+                                                       _operation(environ)) \
+                and self._roll("drop_rate"):
+            raise ConnectionResetError("injected: the request lost on the way")
         if copy_source and "partNumber" not in environ.get("QUERY_STRING", "") and \
                 self._count_down("copy_errors_next"):
             return error_response(start_response, "200 OK", "InternalError", resource,

@@ -36,6 +36,8 @@ class Faults:
     lost: held ``stall_ms`` first if that is set, then cut off (half the body sent, or
     nothing when it has none) as a connection reset in mid-answer, so the client cannot tell
     whether COS did it (a retried CompleteMultipartUpload then finds NoSuchUpload).
+    ``drop_rate`` of the ``drop_ops`` requests are lost on the way: not carried out, the
+    connection reset before any answer (the client cannot tell this from a lost answer).
     ``corrupt_part_rate`` of the uploaded parts get a byte flipped before they are stored,
     as ``corrupt_next_parts``.
     """
@@ -56,6 +58,8 @@ class Faults:
     lose_ops: str = ""
     lose_rate: float = 0.0
     stall_ms: float = 0.0
+    drop_ops: str = ""
+    drop_rate: float = 0.0
     corrupt_part_rate: float = 0.0
     seed: Optional[int] = None
 
@@ -66,7 +70,7 @@ class Faults:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
                      "corrupt_crc", "corrupt_crc_next", "corrupt_next_parts", "down", "deny_prefix",
                      "copy_errors_next", "fail_ops", "fail_rate", "lose_ops", "lose_rate",
-                     "stall_ms", "corrupt_part_rate"):
+                     "stall_ms", "drop_ops", "drop_rate", "corrupt_part_rate"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
@@ -80,6 +84,7 @@ class Faults:
                 "copy_errors_next": self.copy_errors_next, "fail_ops": self.fail_ops,
                 "fail_rate": self.fail_rate, "lose_ops": self.lose_ops,
                 "lose_rate": self.lose_rate, "stall_ms": self.stall_ms,
+                "drop_ops": self.drop_ops, "drop_rate": self.drop_rate,
                 "corrupt_part_rate": self.corrupt_part_rate}
 
     def names(self, ops: str, operation_name: str) -> bool:
