@@ -148,3 +148,36 @@ def test_a_completion_lost_on_its_way_over_the_same_bytes_aborts_the_upload_it_l
     faults(drop_ops="", drop_rate=0)
     assert stored(cos, area) == data
     assert not pending_uploads(cos, area)
+
+
+def test_a_rename_whose_copy_answers_are_lost_is_finished(alice, area, cos, faults):
+    """Every answer to the rename's CopyObject lost once COS made the copy: the new name
+    holds the source's bytes (its CRC64 read back), so the rename is finished, ``250``, and
+    the source is deleted (it got ``451 … storage error (ClientError)`` and left the copy
+    beside the source)."""
+    data = os.urandom(4096)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
+    faults(lose_ops="CopyObject", lose_rate=1.0)
+    assert alice.sendcmd(f"RNFR {area}-src").startswith("350")
+    assert alice.sendcmd(f"RNTO {area}-dst").startswith("250")
+    faults(lose_ops="", lose_rate=0)
+    assert stored(cos, f"{area}-dst") == data
+    with pytest.raises(ftplib.error_perm, match="550"):  # waits for the delete after the reply
+        alice.size(f"{area}-src")
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-src") is False
+
+
+def test_a_rename_cos_refuses_to_the_end_says_what_cos_answered(alice, area, cos, faults):
+    """Every try of the rename's copy answered 500 or 503 and not carried out: ``451`` with
+    COS's message, as a STOR's says it (it said only ``storage error (InternalError)``), and
+    the file stays where it was."""
+    data = os.urandom(4096)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
+    faults(fail_ops="CopyObject", fail_rate=1.0)
+    alice.sendcmd(f"RNFR {area}-src")
+    with pytest.raises(ftplib.error_temp,
+                       match=r"451 .*COS COPY .*failed.*(InternalError|ServiceUnavailable)"):
+        alice.sendcmd(f"RNTO {area}-dst")
+    faults(fail_ops="", fail_rate=0)
+    assert stored(cos, f"{area}-src") == data
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-dst") is False

@@ -498,8 +498,7 @@ class CosFTPHandler(TransferLifecycle, Admission, ReplyBackPressure, HeldCommand
             self.respond(NOT_RECORDED)
         except StorageUnavailable as exc:
             log.error("path=%s: %s failed: %s", args[0] if args else "-", cmd, exc.cause)
-            self.respond("451 Requested action aborted: storage error "
-                         f"({exc.cause.code or 'COS'}); try again.")
+            self.respond(f"451 Requested action aborted: {exc.cause}; try again.")
 
     def transfer_refusal(self) -> Optional[str]:
         """Return the reply refusing a transfer command before it opens a file or asks COS
