@@ -181,3 +181,17 @@ def test_a_rename_cos_refuses_to_the_end_says_what_cos_answered(alice, area, cos
     faults(fail_ops="", fail_rate=0)
     assert stored(cos, f"{area}-src") == data
     assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-dst") is False
+
+
+def test_multipart_uploads_started_by_lost_initiate_answers_are_aborted(
+        alice, area, cos, faults):
+    """Every answer to InitiateMultipartUpload lost once COS started the upload: the STOR
+    fails (``451``: its parts had nowhere to go), and the uploads COS started for the name
+    at those tries, which the gateway never learned of, are found and aborted (they stayed:
+    the janitor takes them for another tool's)."""
+    faults(lose_ops="InitiateMultipartUpload", lose_rate=1.0)
+    with pytest.raises(ftplib.error_temp, match=r"451 .*InitiateMultipartUpload"):
+        put(alice, area, os.urandom(3 * PART + 5))
+    faults(lose_ops="", lose_rate=0)
+    assert not pending_uploads(cos, area)
+    assert cos.object_exists(Bucket=ALPHA, Key=area) is False

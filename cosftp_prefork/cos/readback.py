@@ -8,15 +8,25 @@ fail for that very reason (NoSuchUpload for a completion, FileAlreadyExists for 
 the CRC64 COS reports equal to theirs) counts as stored; where that cannot be read (the HEAD
 fails, or COS reports no CRC64), the outcome is unknown and the client is told so, never
 "nothing stored" (docs/reliability.md, "Lost answers").
+
+A multipart upload that COS started while the answer naming it was lost is no write to
+read back but one to undo: :func:`abort_unheard_starts`.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Optional
 
 from ..errors import NotFound, OutcomeUnknown, StorageError
 from .bucket import Bucket
 from .objects import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+# COS dates an upload to the second; this much more is allowed for its clock and ours.
+CLOCK_SLACK = 1.0
 
 
 def unheard(error: StorageError) -> bool:
@@ -46,3 +56,35 @@ def holding(bucket: Bucket, key: str, size: int, crc64: Optional[int],
                              "CRC64 to tell whether they are the ones sent", code=error.code,
                              request_id=error.request_id) from error
     return found if found.crc64 == crc64 else None
+
+
+def abort_unheard_starts(bucket: Bucket, key: str, since: float,
+                         error: StorageError) -> int:
+    """Abort the multipart uploads of ``key`` that an InitiateMultipartUpload sent at
+    ``since`` (``time.time()``) and failed with ``error`` may have started unanswered; return
+    how many. COS's List Multipart Uploads tells an upload's key, id, initiator (the
+    credentials: every worker's alike) and start time, not who asked for it, so the ones
+    taken are those of exactly ``key`` started since then (within ``CLOCK_SLACK``) that hold
+    no part: the gateway never learned their ids, so it sent them none. Another session
+    starting an upload of the same name in that second, before its first part, loses it
+    (its STOR fails with ``451``, its client still holding the bytes), the price of not
+    leaving uploads the janitor takes for another tool's. A listing or abort that fails is
+    logged: the uploads stay, as before."""
+    if not unheard(error):
+        return 0
+    earliest = math.floor(since) - CLOCK_SLACK
+    aborted = 0
+    try:
+        for upload in bucket.list_uploads(key):
+            if upload.key != key or upload.initiated < earliest or \
+                    bucket.list_parts(key, upload.upload_id):
+                continue
+            bucket.abort_multipart(key, upload.upload_id)
+            aborted += 1
+    except StorageError as exc:
+        log.error("%s: multipart uploads started while COS's answers were lost (%s) could "
+                  "not all be found and aborted: %s", key, error, exc)
+    if aborted:
+        log.warning("%s: aborted %d multipart upload(s) COS started though its answer was "
+                    "lost (%s)", key, aborted, error)
+    return aborted

@@ -69,7 +69,7 @@ from .naming import NameChecks
 from .objects import Completed, ObjectInfo
 from .parts import PartStream
 from .quota import AccountQuota, UploadQuota, replaced_size
-from .readback import holding, unheard
+from .readback import abort_unheard_starts, holding, unheard
 from .resume import ParkedUpload, ParkRecord, ResumeStore
 
 log = logging.getLogger(__name__)
@@ -412,7 +412,12 @@ class UploadSession:
             found = self._engine.lookups.for_owner(self._parts.owner, self._parts.account) \
                 .submit(self._bucket.head, self._key)
             self._replaces = lambda: found_etag(found.result)
-        upload_id = self._bucket.create_multipart(self._key, self._like)
+        since = time.time()
+        try:
+            upload_id = self._bucket.create_multipart(self._key, self._like)
+        except StorageError as exc:
+            abort_unheard_starts(self._bucket, self._key, since, exc)
+            raise
         self._store.started(self._key, upload_id, self.name)
         return upload_id
 
