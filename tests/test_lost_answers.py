@@ -122,17 +122,22 @@ def test_a_lost_put_answer_that_cannot_be_read_back_is_not_told_nothing_stored(
 
 
 def test_a_refused_name_whose_speculative_put_answer_was_lost_leaves_nothing_behind(
-        alice, area, cos, faults):
+        alice, area, cos, emulator, faults):
     """A small STOR onto the name of a directory: its speculative PutObject (sent beside
-    the look-ups, ``x-cos-forbid-overwrite``) stored the object, its answer lost, and the
-    retry found that object (409). The look-ups refuse the name: ``550``, and the object
-    the lost PUT made is undone like any speculative one (it stayed)."""
-    cos.put_object(Bucket=ALPHA, Key=f"{area}/inside", Body=b"x")
+    the look-ups, ``x-cos-forbid-overwrite``: the rendezvous holds the directory's LIST
+    until the PUT is in flight too) stored the object, its answer lost, and the retry found
+    that object (409). The look-ups refuse the name: ``550``, and the object the lost PUT
+    made is undone like any speculative one (it stayed)."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/inner", Body=b"x")
     faults(lose_ops="PutObject", lose_rate=1.0)
-    with pytest.raises(ftplib.error_perm, match=r"550 "):
-        put(alice, area, os.urandom(4096))
+    emulator.rendezvous(contains=f"{area}/d", parties=2, timeout=20)
+    with pytest.raises(ftplib.error_perm, match=r"550 Is a directory"):
+        put(alice, f"{area}/d", os.urandom(4096))
     faults(lose_ops="", lose_rate=0)
-    assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+    state = emulator.rendezvous()
+    assert (state["passed"], state["broken"]) == (2, 0), state
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/d") is False
+    assert stored(cos, f"{area}/d/inner") == b"x"
 
 
 def test_a_completion_lost_on_its_way_over_the_same_bytes_aborts_the_upload_it_left(
