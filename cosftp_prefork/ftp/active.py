@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from . import compat
+from . import compat, scheduled
 
 PORT_ACCEPTED = "200 Active data connection requested; the transfer command will use it."
 CONNECT_FAILED = "425 Can't open the data connection to the address PORT or EPRT gave."
@@ -78,8 +78,7 @@ class CosActiveDTP(compat.ActiveDTP):
         self.cmd_channel.data_connection_missed(CONNECT_TIMED_OUT)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None and not self._timer.cancelled:
-            self._timer.cancel()
+        scheduled.cancel(self._timer)
 
     def close(self) -> None:
         self._stop_timer()

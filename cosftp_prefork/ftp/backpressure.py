@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 
-from . import compat
+from . import compat, scheduled
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,5 @@ class ReplyBackPressure:
             self.close()
 
     def close(self) -> None:
-        if self._close_deadline is not None and not self._close_deadline.cancelled:
-            self._close_deadline.cancel()
+        scheduled.cancel(self._close_deadline)
         super().close()

@@ -24,6 +24,8 @@ from pyftpdlib.ioloop import AsyncChat
 from pyftpdlib.log import debug as _pyftpdlib_debug
 from pyftpdlib.log import logger as _pyftpdlib_logger
 
+from . import scheduled
+
 __all__ = ["DISCONNECTED", "ActiveDTP", "BufferedIteratorProducer", "FileProducer",
            "PassiveDTP"]
 
@@ -123,10 +125,7 @@ def stop_idle_timer(handler: Any) -> bool:
     """Cancel the session's idle timer; True if one was running. pyftpdlib starts it in
     ``FTPHandler.__init__``, on the event loop of the thread that accepted the connection."""
     idler, handler._idler = handler._idler, None
-    if idler is None or idler.cancelled:
-        return False
-    idler.cancel()
-    return True
+    return scheduled.cancel(idler)
 
 
 def start_idle_timer(handler: Any) -> None:

@@ -30,7 +30,7 @@ import time
 from typing import Optional
 
 from ..cos.checksum import PrefixCrcs
-from . import compat
+from . import compat, scheduled
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ class Drain:
         if self.end is not None:
             return
         self.end = end
-        if not self._deadline.cancelled:
-            self._deadline.cancel()
+        scheduled.cancel(self._deadline)
         self.ioloop.unregister(self._fd)
         self.socket.close()
         log.info("path=%s: the refused upload's data connection: %d bytes discarded after the "

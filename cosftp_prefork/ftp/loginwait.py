@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import compat
+from . import compat, scheduled
 
 
 class HeldCommands:
@@ -95,6 +95,5 @@ class HeldCommands:
         session's thread until it fired."""
         answer, self._answer = self._answer, None
         self._resting = False
-        if answer is not None and not answer.cancelled:
-            answer.cancel()
+        scheduled.cancel(answer)
         super().close()

@@ -39,7 +39,7 @@ from typing import Optional
 
 from ..cos.checksum import PrefixCrcs
 from ..cos.downloads import CHUNK_SIZE
-from . import compat
+from . import compat, scheduled
 from .admission import raw_socket
 from .drain import Drain
 from .throttle import Throttle
@@ -125,9 +125,8 @@ class UploadPacing:
 
     def close(self) -> None:
         kept = self._socket_to_drain()
-        for call in (self._hold_check, self._resume_call):
-            if call is not None and not call.cancelled:
-                call.cancel()
+        scheduled.cancel(self._hold_check)
+        scheduled.cancel(self._resume_call)
         if self._throttle is not None:
             self._throttle.close()
         super().close()  # the reply goes out
@@ -270,6 +269,5 @@ class DownloadPacing:
             self.modify_ioloop_events(self.ioloop.WRITE)
 
     def close(self) -> None:
-        if self._send_call is not None and not self._send_call.cancelled:
-            self._send_call.cancel()
+        scheduled.cancel(self._send_call)
         super().close()
