@@ -47,7 +47,7 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
 
 # pyftpdlib class -> private methods our subclasses override (and call through super()).
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
-    "FTPHandler": ("_make_epasv", "_make_eport",  # ftp/handler.py
+    "FTPHandler": ("_make_epasv", "_make_eport",  # ftp/dataconnect.py
                     "_on_dtp_close"),  # ftp/lifecycle.py
     "ThreadedFTPServer": ("_loop",),  # server/worker.py: serves one session in its thread
 }

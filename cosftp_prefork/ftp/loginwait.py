@@ -1,13 +1,13 @@
 """Commands a client sends ahead of a failed login's answer wait for that answer.
 
 A failed login is answered late (``delay_failed_login``; after the auth hook's timeout too):
-pyftpdlib's delayed 530 and ``CosFTPHandler._answer_login_later`` take the connection off the
-event loop (``del_channel``) and answer from a timer. That stops reading the socket, not
-running the lines already read: asynchat's ``handle_read`` goes on handing over every line
-of the read that brought the PASS. A client that pipelined ``USER / PASS wrong / USER / PASS
-/ PWD / QUIT`` had its next password checked during the delay and got ``331 331 230 257
-221``, the QUIT's 221 before the 530, which then was never sent. RFC 959 answers commands in
-the order they came; vsftpd sleeps and reads nothing meanwhile.
+pyftpdlib's delayed 530 and ``ftp.loginfailures``' ``_answer_login_later`` take the
+connection off the event loop (``del_channel``) and answer from a timer. That stops reading
+the socket, not running the lines already read: asynchat's ``handle_read`` goes on handing
+over every line of the read that brought the PASS. A client that pipelined ``USER / PASS
+wrong / USER / PASS / PWD / QUIT`` had its next password checked during the delay and got
+``331 331 230 257 221``, the QUIT's 221 before the 530, which then was never sent. RFC 959
+answers commands in the order they came; vsftpd sleeps and reads nothing meanwhile.
 
 Here the bytes of that read not yet run are set aside when the answer is put off, and run
 once it was sent, as if just read; they are dropped if the answer closed the session (the
