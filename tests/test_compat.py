@@ -25,7 +25,7 @@ from cosftp_prefork.ftp.fs import CosFS
 from cosftp_prefork.ftp.handler import CosFTPHandler
 from cosftp_prefork.ftp.passive import CosPassiveDTP
 from cosftp_prefork.ftp.tls import CosTLSDTPHandler, CosTLSFTPHandler
-from cosftp_prefork.server.worker import BalancedFTPServer
+from cosftp_prefork.server.balanced import BalancedFTPServer
 
 PYFTPDLIB = version("pyftpdlib")
 CLASSES = {cls.__name__: cls for cls in (

@@ -57,7 +57,7 @@ BIG = 6 * MIB + 5  # the object the downloads read whole and from REST offsets
 HUGE = 24 * MIB + 3
 # An object whose GET's answer fits one TLS record (see the last test).
 TINY = 12_000
-POOL = 4 + 2 * 8 + 16  # worker.py: upload threads + copy and look-up threads + 16
+POOL = 4 + 2 * 8 + 16  # server/services.py: upload threads + copy and look-up threads + 16
 ACCOUNT = Account("alice", "alice-pw", ALPHA, protocol="https")  # cos_port: the TLS front's
 
 

@@ -49,7 +49,7 @@ RELIED_ON: dict[str, tuple[str, ...]] = {
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
     "FTPHandler": ("_make_epasv", "_make_eport",  # ftp/dataconnect.py
                     "_on_dtp_close"),  # ftp/lifecycle.py
-    "ThreadedFTPServer": ("_loop",),  # server/worker.py: serves one session in its thread
+    "ThreadedFTPServer": ("_loop",),  # server/balanced.py: serves one session in its thread
 }
 
 
