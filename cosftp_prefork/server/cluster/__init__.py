@@ -4,9 +4,9 @@ client on every node and the per-address and logged-in limits hold for the whole
 
 Keys (all under ``cosftp:``), each with an expiry so nothing outlives its use:
 
-* ``ban:<ip>`` — the ban (a string, ``<the time it ends>:<the unban counter when it was
-  written>``), expiring with it; ``fail:<ip>`` — failed logins in the window (a count,
-  expiring at the end of the window);
+* ``ban:<ip>`` — the ban (a string, ``<the time it ends>:<the unban counter's epoch>:<the
+  unban counter when it was written>``), expiring with it; ``fail:<ip>`` — failed logins
+  in the window (a count, expiring at the end of the window);
 * ``conn:<node>`` — a hash of this node's connections per client address, ``@in`` its
   logged-in sessions, and ``@u:<digest>`` those of each account logged in there. Every
   worker rewrites it once a second from the node's own session table (``shared``) with a

@@ -131,13 +131,15 @@ class ClusterAdmin:
                 return progress.bans, progress.failures
             # Its number first: the bans made while the pages are deleted come after it,
             # and are kept (the page script compares), here and on the nodes.
-            number, _ = self._scripts["reserve"]([UNBAN_COUNT, UNBANNING, UNBAN_EPOCH],
-                                                 [UNBANS_SECONDS, UNBANNING_SECONDS,
-                                                  epoch_token()])
+            # Its epoch too: a ban of another (of a counter that expired since) is older.
+            (number, epoch), _ = self._scripts["reserve"](
+                [UNBAN_COUNT, UNBANNING, UNBAN_EPOCH],
+                [UNBANS_SECONDS, UNBANNING_SECONDS, epoch_token()])
+            reserved = (int(number), str(epoch))
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
-                    self._unban(page, "", when, progress, number)
-            self._unban([], "*", when, progress, number)  # the nodes drop their copies
+                    self._unban(page, "", when, progress, reserved)
+            self._unban([], "*", when, progress, reserved)  # the nodes drop their copies
             return progress.bans, progress.failures
         try:
             return self._call("unban", lift)
@@ -173,22 +175,23 @@ class ClusterAdmin:
         """Ban ``ip`` for ``seconds`` (until ``until``) in Redis, after every unban so far,
         and note it for every node (``scripts.BAN``); a longer ban Redis holds is kept."""
         self._call("ban", lambda: self._scripts["ban"](
-            [ban_key(ip), BANS_MADE, BANS_MADE_COUNT, UNBAN_COUNT],
+            [ban_key(ip), BANS_MADE, BANS_MADE_COUNT, UNBAN_COUNT, UNBAN_EPOCH],
             [client_key(ip), until, seconds, BANS_KEPT, BANS_SECONDS]))
 
     def _unban(self, keys: list[str], what: str, when: int, progress: _Unbanning,
-               number: Optional[int] = None) -> None:
+               reserved: Optional[tuple[int, str]] = None) -> None:
         """Run the unban script (``scripts.UNBAN``) once, adding the bans and failed logins
-        it deleted to ``progress`` (``number``: the ``unban --all``'s, which keeps the bans
-        made since it began); raise redis-py's ``ResponseError`` with what Redis
-        answered its note, if it refused that after the deletes (``progress.at_note``).
-        ``progress.sent`` is True while the call waits for its answer (one that never comes
-        in time leaves it so: the script may have run)."""
+        it deleted to ``progress`` (``reserved``: the ``unban --all``'s number and the
+        counter's epoch, which keep the bans made since it began); raise redis-py's
+        ``ResponseError`` with what Redis answered its note, if it refused that after the
+        deletes (``progress.at_note``). ``progress.sent`` is True while the call waits for
+        its answer (one that never comes in time leaves it so: the script may have run)."""
         progress.sent = True
         answer, _ = self._scripts["unban"](
             [UNBANS, UNBAN_COUNT, UNBANNING, UNBAN_EPOCH, *keys],
             [when, what, UNBANS_KEPT, UNBANS_SECONDS, PREFIX + "ban:",
-             "" if number is None else number, UNBANNING_SECONDS, epoch_token()])
+             "" if reserved is None else reserved[0], UNBANNING_SECONDS, epoch_token(),
+             "" if reserved is None else reserved[1]])
         progress.sent = False
         progress.bans += int(answer[0])
         progress.failures += int(answer[1])

@@ -7,10 +7,16 @@ atomic), each with ``LIBRARY`` in front; only commands and arguments that every 
 # under a ban's name is not ours and is deleted. ``ban_of`` answers the milliseconds a ban
 # has left (0: none). ``note_ban`` adds an address to the bans made (a sorted set scored by
 # a counter, as the unbans are), which every node's heartbeat brings to the node; it answers
-# the classes of keys it repaired. A ban's value is ``<when it ends>:<order>``, its order
-# the unban counter when it was written (``write_ban``): an ``unban --all`` deletes only the
-# bans older than itself (``ban_order``), so a ban made while it runs holds (a value
-# without an order, written before there was one, is older than every unban).
+# the classes of keys it repaired. A ban's value is ``<when it ends>:<epoch>:<order>``, its
+# order the unban counter when it was written and its epoch that counter's ('' if none;
+# ``ban_value``, ``write_ban``): an ``unban --all`` deletes only the bans older than itself
+# (``written_since``), so a ban made while it runs holds. A ban of another epoch is older
+# than every unban of this one: the counter expires 7 days after the last unban, a ban may
+# last a year, and a counter made anew numbers from 1 again (found: an ``unban --all`` took
+# a ban ordered 57 by the counter before for one made while it ran, and kept it). A value
+# without an epoch (``<end>:<order>``, the version before) is judged by its number, kept
+# only if it is no higher than the counter now (higher: of a counter before); one without
+# an order, written before there was one, is older than every unban.
 # ``epoch_of`` answers the unban counter's epoch: a token the caller drew, written by
 # ``new_epoch`` (before the counter's INCR) when there is no counter, or no epoch (one an
 # older version made), so that a counter made anew (Redis lost its keys, or they expired)
@@ -61,14 +67,25 @@ local function new_epoch(counter, key, token)
   local written = redis.pcall('SET', key, token)
   return type(written) == 'table' and written.err or nil, bad
 end
-local function ban_order(key)
-  local value = redis.call('GET', key)
-  return integer(value and string.match(value, ':(%d+)$')) or 0
+local function ban_value(ends, counter, epoch_key)
+  local order, bad = counter_of(counter)
+  local epoch, bad_epoch = epoch_of(epoch_key)
+  local repaired = {}
+  if bad then table.insert(repaired, 'unban-count') end
+  if bad_epoch then table.insert(repaired, 'unban-epoch') end
+  return ends .. ':' .. epoch .. ':' .. order, repaired
 end
-local function write_ban(key, ends, seconds, unbans)
-  local order, bad = counter_of(unbans)
-  redis.call('SET', key, ends .. ':' .. order, 'EX', seconds)
-  return bad and {'unban-count'} or {}
+local function written_since(key, before, epoch, counter)
+  local value = redis.call('GET', key)
+  local of, order = string.match(value, '^%d+:(%x*):(%d+)$')
+  if order then return of == epoch and (integer(order) or 0) >= before end
+  order = integer(string.match(value, '^%d+:(%d+)$'))
+  return order ~= nil and order >= before and order <= counter
+end
+local function write_ban(key, ends, seconds, counter, epoch_key)
+  local value, repaired = ban_value(ends, counter, epoch_key)
+  redis.call('SET', key, value, 'EX', seconds)
+  return repaired
 end
 local function note_ban(made, count, address, kept, expiry)
   local repaired = {}
@@ -124,7 +141,7 @@ return {found, repaired}
 # the node's own count earned a ban (ARGV[8] is 1), ban, and note the ban for every node,
 # in this same call: the ban takes its place in Redis's order of bans and unbans now, not
 # at the node's next heartbeat, after an unban it followed. KEYS: the failures, the ban,
-# the bans made, their counter, the unban counter; ARGV: limit, window, ban seconds, when
+# the bans made, their counter, the unban counter, its epoch; ARGV: limit, window, ban seconds, when
 # the ban ends, the address, bans kept, their expiry, earned by the node's count (1/0).
 FAIL = """
 local repaired = {}
@@ -139,7 +156,7 @@ end
 local failures = redis.call('INCR', KEYS[1])
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if failures < tonumber(ARGV[1]) and ARGV[8] ~= '1' then return {0, repaired} end
-for _, key_class in ipairs(write_ban(KEYS[2], ARGV[4], ARGV[3], KEYS[5])) do
+for _, key_class in ipairs(write_ban(KEYS[2], ARGV[4], ARGV[3], KEYS[5], KEYS[6])) do
   table.insert(repaired, key_class)
 end
 redis.call('DEL', KEYS[1])
@@ -310,7 +327,7 @@ return {0, {}}
 REPUBLISH = """
 local unbans, bad = counter_of(KEYS[3])
 local repaired, garbage = bad and {'unban-count'} or {}, false
-local moved, _, bad_epoch = other_epoch(KEYS[5], ARGV[4])
+local moved, epoch, bad_epoch = other_epoch(KEYS[5], ARGV[4])
 if bad_epoch then table.insert(repaired, 'unban-epoch') end
 if unbans > tonumber(ARGV[3]) or moved or kind(KEYS[4]) ~= 'none' then
   return {-1, repaired}
@@ -321,7 +338,7 @@ for i = 6, #KEYS do
   local banned, bad_ban = ban_of(key)
   garbage = garbage or bad_ban
   if banned == 0 then
-    redis.call('SET', key, ARGV[at + 1] .. ':' .. unbans, 'EX', ARGV[at + 2])
+    redis.call('SET', key, ARGV[at + 1] .. ':' .. epoch .. ':' .. unbans, 'EX', ARGV[at + 2])
     for _, key_class in ipairs(note_ban(KEYS[1], KEYS[2], ARGV[at], ARGV[1], ARGV[2])) do
       table.insert(repaired, key_class)
     end
@@ -335,23 +352,27 @@ return {written, repaired}
 # cosftpctl unban: delete KEYS[4..] (bans and failure counts; return how many bans ran and
 # the failed logins counted) and, unless ARGV[2] is empty, note the unban of ARGV[2] (an
 # address, or * for every one) made at ARGV[1] for the nodes' workers. An ``unban --all``
-# (ARGV[6], the number ``RESERVE`` gave it) deletes only the bans ordered before it: one
-# made while it runs (written with that number or a later one) holds; each page keeps its
-# mark alive, its note deletes it. KEYS: unbans, the unban counter, the mark of an ``unban
-# --all`` running, the counter's epoch, then the keys; ARGV: when, what, unbans kept, their
-# expiry, the bans' prefix, the number of the ``unban --all`` ('' for one address), the
-# mark's seconds, a new epoch's token (written if the counter is made anew).
-# Also answers the error Redis gave the note ('' if none): once a script wrote, Redis
-# refuses it nothing for its state (OOM, READONLY...), but an ACL may refuse the note
-# after the deletes, which stay; the caller says so rather than that nothing was done.
+# (ARGV[6], the number ``RESERVE`` gave it, of the epoch ARGV[9]) deletes only the bans
+# ordered before it: one made while it runs (written with that number or a later one, of
+# that epoch: ``written_since``) holds; each page keeps its mark alive, its note deletes
+# it. KEYS: unbans, the unban counter, the mark of an ``unban --all`` running, the
+# counter's epoch, then the keys; ARGV: when, what, unbans kept, their expiry, the bans'
+# prefix, the number of the ``unban --all`` ('' for one address), the mark's seconds, a
+# new epoch's token (written if the counter is made anew), the epoch of the ``unban
+# --all``'s number ('' for one address). Also answers the error Redis gave the note (''
+# if none): once a script wrote, Redis refuses it nothing for its state (OOM,
+# READONLY...), but an ACL may refuse the note after the deletes, which stay; the caller
+# says so rather than that nothing was done.
 UNBAN = """
 local repaired, bans, failures = {}, 0, 0
 local before = integer(ARGV[6])
+local counter = 0  -- the counter now: a ban without an epoch ordered past it is of one before
+if before then counter = counter_of(KEYS[2]) end
 for i = 5, #KEYS do
   local key, keep = KEYS[i], false
   if string.sub(key, 1, #ARGV[5]) == ARGV[5] then
     local banned, bad = ban_of(key)
-    keep = banned > 0 and before ~= nil and ban_order(key) >= before
+    keep = banned > 0 and before ~= nil and written_since(key, before, ARGV[9], counter)
     if banned > 0 and not keep then bans = bans + 1 end
     if bad then repaired = {'ban:*'} end
   elseif kind(key) == 'string' then
@@ -395,7 +416,7 @@ return {{bans, failures, ''}, repaired}
 # be written after its number, and kept. KEYS: the unban counter, the mark, the counter's
 # epoch; ARGV: the counter's expiry, the mark's seconds (each page renews it: an unban cut
 # short leaves none for longer), a new epoch's token (written if the counter is made
-# anew). Answers the number.
+# anew). Answers the number and the counter's epoch.
 RESERVE = """
 local _, bad = counter_of(KEYS[1])
 local repaired = bad and {'unban-count'} or {}
@@ -406,23 +427,26 @@ local number = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[2], number, 'EX', ARGV[2])
-return {number, repaired}
+local epoch = epoch_of(KEYS[3])
+return {{number, epoch}, repaired}
 """
 
 # A ban made through a node's admin API, in Redis at once (ordered after the unbans so
 # far, noted among the bans made), so that an unban before it cannot lift it: the longer
 # of it and a ban Redis holds. KEYS: the ban, the bans made, their counter, the unban
-# counter; ARGV: the address, when it ends, its seconds, bans kept, their expiry.
+# counter, its epoch; ARGV: the address, when it ends, its seconds, bans kept, their expiry.
 BAN = """
 local left, bad = ban_of(KEYS[1])
 local repaired = bad and {'ban:*'} or {}
-local order, bad_count = counter_of(KEYS[4])
-if bad_count then table.insert(repaired, 'unban-count') end
 if left > tonumber(ARGV[3]) * 1000 then
   local ends = string.match(redis.call('GET', KEYS[1]), '^(%d+)') or ARGV[2]
-  redis.call('SET', KEYS[1], ends .. ':' .. order, 'PX', left)
+  local value, bad_order = ban_value(ends, KEYS[4], KEYS[5])
+  redis.call('SET', KEYS[1], value, 'PX', left)
+  for _, key_class in ipairs(bad_order) do table.insert(repaired, key_class) end
 else
-  redis.call('SET', KEYS[1], ARGV[2] .. ':' .. order, 'EX', ARGV[3])
+  for _, key_class in ipairs(write_ban(KEYS[1], ARGV[2], ARGV[3], KEYS[4], KEYS[5])) do
+    table.insert(repaired, key_class)
+  end
 end
 for _, key_class in ipairs(note_ban(KEYS[2], KEYS[3], ARGV[1], ARGV[4], ARGV[5])) do
   table.insert(repaired, key_class)

@@ -423,7 +423,7 @@ class ClusterState:
         key = client_key(ip)
         return bool(self._run("failed-login count", "fail",
                               [PREFIX + "fail:" + key, ban_key(ip), BANS_MADE, BANS_MADE_COUNT,
-                               UNBAN_COUNT],
+                               UNBAN_COUNT, UNBAN_EPOCH],
                               [limit, window, ban, int(time.time()) + ban, key, BANS_KEPT,
                                BANS_SECONDS, int(earned_here)]))
 
