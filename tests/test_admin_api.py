@@ -10,12 +10,14 @@ import contextlib
 import ftplib
 import io
 import json
+import os
 import re
 import select
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -755,3 +757,23 @@ def test_requests_bringing_a_token_being_checked_share_its_check():
         thread.join(60)
     assert held.calls == 1
     assert answers == [caller] * 8
+
+
+def test_the_ban_list_says_whose_ban_the_node_holds(emulator, tmp_path):
+    """A node holds its own bans and copies of bans made on other nodes (``BanRow.copy``;
+    here restored from its bans file, as a node's start restores both): ``GET /bans`` says
+    which in ``copy`` (null for an address with failed logins only), as ``cosftpctl
+    bans``'s WHOSE column does. Found: the list did not say."""
+    proc = admin_server(str(tmp_path), emulator.port, max_login_failures="3")
+    until = int(time.time()) + 600
+    os.makedirs(proc.log_dir, exist_ok=True)
+    with open(f"{proc.log_dir}/cosftp.pid.bans", "w", encoding="ascii") as handle:
+        json.dump({"bans": [{"address": "127.0.0.31", "until": until},
+                            {"address": "127.0.0.32", "until": until, "copy": True}]}, handle)
+    os.chmod(f"{proc.log_dir}/cosftp.pid.bans", 0o600)  # as the master writes it
+    with proc:
+        with pytest.raises(ftplib.error_perm):
+            log_in(proc, "127.0.0.33", password="wrong")
+        listed = {b["address"]: b["copy"] for b in AdminClient(admin_url(proc)).get("/bans")
+                  ["bans"]}
+    assert listed == {"127.0.0.31": False, "127.0.0.32": True, "127.0.0.33": None}

@@ -11,9 +11,11 @@ import contextlib
 import ftplib
 import http.server
 import io
+import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Callable, Optional
 
@@ -350,6 +352,29 @@ def test_lifting_a_ban_lets_the_address_log_in(console, browser, tmp_path):
         said(browser, "127.0.0.21: ban lifted")
         wait_for(browser, lambda: ban_row(browser, "127.0.0.21") is None, "the ban gone")
     log_in(console, "127.0.0.21").quit()
+
+
+def test_the_bans_panel_says_whose_ban_the_node_holds(emulator, browser, tmp_path):
+    """A node's own ban and a copy of another node's (restored from its bans file, as its
+    start restores both), and an address with a failed login only: the Whose column says
+    own, copy and -, as ``cosftpctl bans``'s WHOSE does. Found: the panel did not say."""
+    proc = admin_server(str(tmp_path / "node"), emulator.port, max_login_failures="3")
+    until = int(time.time()) + 600
+    os.makedirs(proc.log_dir, exist_ok=True)
+    saved = f"{proc.log_dir}/cosftp.pid.bans"
+    with open(saved, "w", encoding="ascii") as handle:
+        json.dump({"bans": [{"address": "127.0.0.41", "until": until},
+                            {"address": "127.0.0.42", "until": until, "copy": True}]}, handle)
+    os.chmod(saved, 0o600)  # as the master writes it
+    with proc, screenshot_on_failure(browser, tmp_path, "whose"):
+        _fail_logins(proc, "127.0.0.43", 1)
+        sign_in(browser, proc, RO_TOKEN)
+        whose = {}
+        for address in ("127.0.0.41", "127.0.0.42", "127.0.0.43"):
+            row = wait_for(browser, lambda address=address: ban_row(browser, address),
+                           f"{address} listed")
+            whose[address] = row.find_elements(By.TAG_NAME, "td")[4].text
+        assert whose == {"127.0.0.41": "own", "127.0.0.42": "copy", "127.0.0.43": "-"}
 
 
 def test_a_read_only_token_can_neither_kick_nor_lift(console, browser, tmp_path):

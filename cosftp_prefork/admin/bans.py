@@ -55,6 +55,8 @@ def _ban(row: BanRow, now: float, context: Context) -> dict[str, Any]:
             context.config.server.login_failure_window else 0,
             "banned_until": row.until if banned else None,
             "seconds_left": max(0, int(row.until - now)) if banned else None,
+            # whose ban this node holds, as ``cosftpctl bans``'s WHOSE column says it
+            "copy": row.copy if banned else None,
             "allowlisted": allowlisted(row.address, context.config)}
 
 

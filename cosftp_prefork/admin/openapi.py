@@ -78,6 +78,10 @@ SCHEMAS: dict[str, Any] = {
     "Ban": _object({
         "address": _STR, "banned": _BOOL, "failures": _INT,
         "banned_until": _null("integer"), "seconds_left": _null("integer"),
+        "copy": _null("boolean", description=(
+            "true: a copy of a ban made on another node of the cluster; false: this node's "
+            "own (earned here, made through its admin API, restored from its bans file); "
+            "null: not banned")),
         "allowlisted": _BOOL}),
     "Bans": _object({"bans": {"type": "array", "items": _ref("Ban")},
                      "max_login_failures": _INT, "login_failure_window": _INT,

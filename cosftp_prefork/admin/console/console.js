@@ -181,7 +181,7 @@
   function drawBans(answer) {
     syncRows($("bans"), answer.bans, "address", (b) => b.address, (b) => [
       b.address + (b.allowlisted ? " (allowlisted)" : ""), b.failures, when(b.banned_until),
-      duration(b.seconds_left)],
+      duration(b.seconds_left), b.copy === null ? "-" : b.copy ? "copy" : "own"],
     (b) => el("button", { type: "button", className: "lift",
       onclick: () => act(`${b.address}: ban lifted`, "DELETE",
         `/bans/${encodeURIComponent(b.address)}`) }, "Lift"));
