@@ -175,6 +175,23 @@ def reuse_server(emulator, tmp_path_factory, certs):
         yield proc
 
 
+# test_tls_reuse.py and test_tls_session_life.py: require_ssl_reuse on one worker.
+REUSE_PLAIN = Account("reuseuser", "reuse-pw", ALPHA)
+
+
+@pytest.fixture(scope="module")
+def reuse_one_worker(emulator, tmp_path_factory):
+    """require_ssl_reuse with one worker: every session shares its process, so a ticket of
+    one control connection would decrypt under another's if they shared a context."""
+    cert, key = write_certificate(tmp_path_factory.mktemp("certs"))
+    proc = ServerProcess(str(tmp_path_factory.mktemp("reuse1w")), emulator.port, [REUSE_PLAIN],
+                         optional={"worker_processes": "1"},
+                         network={"tls_certfile": cert, "tls_keyfile": key,
+                                  "require_ssl_reuse": "true"})
+    with proc:
+        yield proc
+
+
 @pytest.fixture(scope="session")
 def server(emulator, tmp_path_factory):
     # No ban on failed logins: tests that send bad logins or garbage commands would ban the

@@ -5,9 +5,13 @@ TLS. The servers are conftest.py's ``tls_server`` and ``reuse_server``, their ac
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
+import ssl
 import subprocess
 from typing import Optional
+
+import pytest
 
 from .conftest import SECURE
 from .server_proc import Account, ServerProcess
@@ -84,3 +88,19 @@ def reuse_login(server: ServerProcess, account: Account = SECURE,
 def unhandled(server: ServerProcess) -> int:
     """How many errors pyftpdlib logged as unhandled (with a traceback) so far."""
     return server.log_text().count("unhandled exception")
+
+
+def assert_fresh_sessions_refused(ftp: ftplib.FTP_TLS, commands) -> None:
+    """Under require_ssl_reuse, send each transfer command of ``commands`` on ``ftp``, whose
+    data connections (ftplib's) start fresh TLS sessions: nothing may come on them (an
+    upload sends a few bytes), and each command is answered 522."""
+    for command in commands:
+        received = b""
+        with contextlib.suppress(OSError, ssl.SSLError), ftp.transfercmd(command) as conn:
+            if command.startswith("STOR"):
+                conn.sendall(b"fresh session")
+            while chunk := conn.recv(65536):
+                received += chunk
+        assert received == b"", command
+        with pytest.raises(ftplib.error_perm, match=r"^522 .*require_ssl_reuse"):
+            ftp.voidresp()

@@ -17,28 +17,16 @@ from typing import Optional
 
 import pytest
 
-from .conftest import ALPHA, _close
-from .server_proc import Account, ServerProcess, wait_until
+from .conftest import ALPHA, REUSE_PLAIN, _close
+from .ftps import assert_fresh_sessions_refused
+from .server_proc import ServerProcess, wait_until
 from .test_clients import require
-from .tls_clients import client_context, write_certificate
+from .tls_clients import client_context
 
 MIB = 1024 * 1024
-PLAIN = Account("reuseuser", "reuse-pw", ALPHA)
+PLAIN = REUSE_PLAIN
 REFUSAL_LOGGED = "refused a TLS data connection that does not resume"
 REFUSAL_REPLY = r"522 .*require_ssl_reuse"
-
-
-@pytest.fixture(scope="module")
-def reuse_server(emulator, tmp_path_factory):
-    """require_ssl_reuse with one worker: every session shares its process, so a ticket of
-    one control connection would decrypt under another's if they shared a context."""
-    cert, key = write_certificate(tmp_path_factory.mktemp("certs"))
-    proc = ServerProcess(str(tmp_path_factory.mktemp("reuse13")), emulator.port, [PLAIN],
-                         optional={"worker_processes": "1"},
-                         network={"tls_certfile": cert, "tls_keyfile": key,
-                                  "require_ssl_reuse": "true"})
-    with proc:
-        yield proc
 
 
 class ResumingFTP_TLS(ftplib.FTP_TLS):
@@ -96,23 +84,23 @@ def curl(server: ServerProcess, version: str, url_path: str,
 CURL_VERSIONS = [("--tlsv1.3", "TLSv1.3"), ("--tlsv1.2 --tls-max 1.2", "TLSv1.2")]
 
 
-def test_curl_resumes_and_is_served_in_tls_1_3_and_1_2(reuse_server, tmp_path, area):
+def test_curl_resumes_and_is_served_in_tls_1_3_and_1_2(reuse_one_worker, tmp_path, area):
     """curl resumes the control connection's session on its data connections: in each
     version an upload, a listing and a download go through, byte-exact, nothing refused."""
-    before = refusals(reuse_server)
+    before = refusals(reuse_one_worker)
     src, back = tmp_path / "src.bin", tmp_path / "back.bin"
     src.write_bytes(os.urandom(3 * MIB + 5))
     for version, negotiated in CURL_VERSIONS:
-        done = curl(reuse_server, version, f"{area}/{negotiated}/a.bin", "--ftp-create-dirs",
+        done = curl(reuse_one_worker, version, f"{area}/{negotiated}/a.bin", "--ftp-create-dirs",
                     "-T", str(src))
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"SSL connection using {negotiated}" in done.stderr, done.stderr[-3000:]
-        done = curl(reuse_server, version, f"{area}/{negotiated}/", "--list-only")
+        done = curl(reuse_one_worker, version, f"{area}/{negotiated}/", "--list-only")
         assert done.returncode == 0 and done.stdout.split() == ["a.bin"], done.stderr[-3000:]
-        done = curl(reuse_server, version, f"{area}/{negotiated}/a.bin", "-o", str(back))
+        done = curl(reuse_one_worker, version, f"{area}/{negotiated}/a.bin", "-o", str(back))
         assert done.returncode == 0, done.stderr[-3000:]
         assert back.read_bytes() == src.read_bytes()
-    assert refusals(reuse_server) == before
+    assert refusals(reuse_one_worker) == before
 
 
 LFTP_VERSIONS = [
@@ -121,42 +109,33 @@ LFTP_VERSIONS = [
 ]
 
 
-def test_lftp_resumes_and_is_served_in_tls_1_3_and_1_2(reuse_server, tmp_path, area):
+def test_lftp_resumes_and_is_served_in_tls_1_3_and_1_2(reuse_one_worker, tmp_path, area):
     """lftp (GnuTLS) resumes the control connection's session on its data connections: in
     each version uploads, a listing and a download go through, byte-exact, nothing
     refused."""
-    before = refusals(reuse_server)
+    before = refusals(reuse_one_worker)
     src, back = tmp_path / "src.bin", tmp_path / "back.bin"
     src.write_bytes(os.urandom(3 * MIB + 1))
     for number, settings in enumerate(LFTP_VERSIONS):
-        done = lftp(reuse_server, settings,
+        done = lftp(reuse_one_worker, settings,
                     f'mkdir -p {area}/{number}; cd {area}/{number}; put "{src}" -o a.bin; '
                     f'put "{src}" -o b.bin; ls; get b.bin -o "{back}"')
         assert done.returncode == 0, done.stderr[-3000:]
         assert back.read_bytes() == src.read_bytes()
         back.unlink()
-    assert refusals(reuse_server) == before
+    assert refusals(reuse_one_worker) == before
 
 
-def test_fresh_tls_1_3_session_is_refused_and_logged(reuse_server, area, cos):
+def test_fresh_tls_1_3_session_is_refused_and_logged(reuse_one_worker, area, cos):
     """ftplib opens each data connection with a fresh session: under TLS 1.3 (the control
     connection's version) a download and an upload are refused with 522 before a byte
     moves, each refusal logged; the session goes on."""
     cos.put_object(Bucket=ALPHA, Key=f"{area}_r", Body=b"secret")
-    ftp = login(reuse_server)
+    ftp = login(reuse_one_worker)
     assert ftp.sock.version() == "TLSv1.3"
-    before = refusals(reuse_server)
-    for command in (f"RETR {area}_r", f"STOR {area}"):
-        received = b""
-        with contextlib.suppress(OSError, ssl.SSLError), ftp.transfercmd(command) as conn:
-            if command.startswith("STOR"):
-                conn.sendall(b"fresh session")
-            while chunk := conn.recv(65536):
-                received += chunk
-        assert received == b""
-        with pytest.raises(ftplib.error_perm, match=REFUSAL_REPLY):
-            ftp.voidresp()
-    assert refusals(reuse_server) == before + 2
+    before = refusals(reuse_one_worker)
+    assert_fresh_sessions_refused(ftp, (f"RETR {area}_r", f"STOR {area}"))
+    assert refusals(reuse_one_worker) == before + 2
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
     assert ftp.voidcmd("NOOP").startswith("200")
     _close(ftp)
@@ -182,25 +161,25 @@ def hijack(victim: ftplib.FTP_TLS, context: ssl.SSLContext, area: str,
     return victim.getline(), got
 
 
-def test_another_control_connections_session_is_refused(reuse_server, area, cos):
+def test_another_control_connections_session_is_refused(reuse_one_worker, area, cos):
     """An attacker on the victim's address, in the same worker, connecting first to the
     victim's passive port with a session of its own control connection (which resumes
     there): refused, 522; and so is its next try with the session its refused connection
     got. In TLS 1.3 the refused connection got no ticket at all. In each version; the victim
     then transfers as usual."""
     for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
-        victim = login(reuse_server, ResumingFTP_TLS, version)
-        attacker = login(reuse_server, ResumingFTP_TLS, version)
+        victim = login(reuse_one_worker, ResumingFTP_TLS, version)
+        attacker = login(reuse_one_worker, ResumingFTP_TLS, version)
         assert attacker.sock.version() == victim.sock.version() == \
             version.name.replace("_", ".")
-        before = refusals(reuse_server)
+        before = refusals(reuse_one_worker)
         reply, got = hijack(victim, attacker.context, area, attacker.sock.session)
         assert reply.startswith("522"), reply
         reply, _ = hijack(victim, attacker.context, area, got)
         assert reply.startswith("522"), reply
         if version == ssl.TLSVersion.TLSv1_3:
             assert got is None or not got.has_ticket
-        assert refusals(reuse_server) == before + 2
+        assert refusals(reuse_one_worker) == before + 2
         assert cos.object_exists(Bucket=ALPHA, Key=area) is False
         data = os.urandom(MIB + 3)
         assert victim.storbinary(f"STOR {area}", io.BytesIO(data)).startswith("226")
@@ -210,7 +189,7 @@ def test_another_control_connections_session_is_refused(reuse_server, area, cos)
             _close(ftp)
 
 
-def test_client_without_tls_1_2_or_1_3_is_named_in_the_log(reuse_server):
+def test_client_without_tls_1_2_or_1_3_is_named_in_the_log(reuse_one_worker):
     """Control connections take TLS 1.2 and 1.3 under require_ssl_reuse too: a client
     offering TLS 1.1 at most fails the handshake after its 234, and the log names OpenSSL's
     reason and the versions taken (pyftpdlib logged only "SSL handshake failed.")."""
@@ -219,11 +198,11 @@ def test_client_without_tls_1_2_or_1_3_is_named_in_the_log(reuse_server):
     context.minimum_version = ssl.TLSVersion.TLSv1
     context.maximum_version = ssl.TLSVersion.TLSv1_1
     ftp = ftplib.FTP_TLS(context=context)
-    ftp.connect("127.0.0.1", reuse_server.port, timeout=30)
+    ftp.connect("127.0.0.1", reuse_one_worker.port, timeout=30)
     with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
         ftp.auth()
     ftp.close()
     wait_until(lambda: "the TLS handshake of a control connection failed: unsupported "
                        "protocol: the client offers no TLS version control connections take "
-                       "(TLS 1.2 and 1.3)" in reuse_server.log_text(),
+                       "(TLS 1.2 and 1.3)" in reuse_one_worker.log_text(),
                what="the failed handshake logged")

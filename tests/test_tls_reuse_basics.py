@@ -11,10 +11,8 @@ import os
 import socket
 import ssl
 
-import pytest
-
 from .conftest import ALPHA, _close
-from .ftps import MIB, reuse_login
+from .ftps import MIB, assert_fresh_sessions_refused, reuse_login
 from .test_commands import get, put
 
 
@@ -24,16 +22,7 @@ def test_reuse_required_refuses_a_fresh_tls_session(reuse_server, area, cos):
     cos.put_object(Bucket=ALPHA, Key=f"{area}_r", Body=b"secret")
     ftp = reuse_login(reuse_server, cls=ftplib.FTP_TLS)
     ftp.voidcmd("TYPE I")
-    for command in (f"STOR {area}", f"RETR {area}_r", "NLST"):
-        received = b""
-        with contextlib.suppress(OSError, ssl.SSLError), ftp.transfercmd(command) as conn:
-            if command.startswith("STOR"):
-                conn.sendall(b"fresh session")
-            while chunk := conn.recv(65536):
-                received += chunk
-        assert received == b""
-        with pytest.raises(ftplib.error_perm, match=r"522 .*require_ssl_reuse"):
-            ftp.voidresp()
+    assert_fresh_sessions_refused(ftp, (f"STOR {area}", f"RETR {area}_r", "NLST"))
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
     assert ftp.voidcmd("NOOP").startswith("200")
     _close(ftp)

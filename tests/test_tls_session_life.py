@@ -19,8 +19,7 @@ from cosftp_prefork.config.tls import load_server_tls
 from cosftp_prefork.ftp.tls import session_context
 
 from .conftest import _close
-from .server_proc import ServerProcess
-from .test_tls_reuse import PLAIN, ResumingFTP_TLS, login
+from .test_tls_reuse import ResumingFTP_TLS, login
 from .tls_clients import write_certificate
 
 # Days a TLS 1.3 ticket may be used at most (RFC 8446 4.6.1): OpenSSL's hint stops there.
@@ -28,17 +27,6 @@ TLS13_TICKET_DAYS = 7
 # A control connection may send a command each idle_session_timeout (86400 s at most) for
 # ever: years is what "no end" can be checked as.
 YEARS = 10 * 365 * 86400
-
-
-@pytest.fixture(scope="module")
-def reuse_server(emulator, tmp_path_factory):
-    cert, key = write_certificate(tmp_path_factory.mktemp("certs"))
-    proc = ServerProcess(str(tmp_path_factory.mktemp("life")), emulator.port, [PLAIN],
-                         optional={"worker_processes": "1"},
-                         network={"tls_certfile": cert, "tls_keyfile": key,
-                                  "require_ssl_reuse": "true"})
-    with proc:
-        yield proc
 
 
 def test_a_control_connections_context_keeps_its_sessions_for_years(tmp_path):
@@ -51,11 +39,11 @@ def test_a_control_connections_context_keeps_its_sessions_for_years(tmp_path):
     (ssl.TLSVersion.TLSv1_2, YEARS),
     (ssl.TLSVersion.TLSv1_3, TLS13_TICKET_DAYS * 86400),
 ], ids=["tls1.2", "tls1.3"])
-def test_the_control_connections_session_outlives_two_hours(reuse_server, version, lifetime):
+def test_the_control_connections_session_outlives_two_hours(reuse_one_worker, version, lifetime):
     """The server's ticket says how long the session may be resumed, and a data connection
     resuming it is served (a TLS 1.2 hint: years, ``SESSION_LIFETIME``; TLS 1.3's: 7 days,
     OpenSSL's cap). Before: the hint was 7200 in both versions."""
-    ftp = login(reuse_server, ResumingFTP_TLS, version)
+    ftp = login(reuse_one_worker, ResumingFTP_TLS, version)
     try:
         assert ftp.sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
                                       ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
