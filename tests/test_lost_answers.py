@@ -15,8 +15,9 @@ import os
 import pytest
 
 from .conftest import ALPHA
+from .server_proc import Account, ServerProcess
 from .test_commands import put
-from .test_transfers import PART, pending_uploads
+from .test_transfers import MIB, PART, pending_uploads
 
 
 @pytest.fixture
@@ -200,3 +201,75 @@ def test_multipart_uploads_started_by_lost_initiate_answers_are_aborted(
     faults(lose_ops="", lose_rate=0)
     assert not pending_uploads(cos, area)
     assert cos.object_exists(Bucket=ALPHA, Key=area) is False
+
+
+@pytest.fixture
+def copier(emulator, tmp_path):
+    """A server that renames files over 1 MiB with a multipart copy (Initiate, UploadPartCopy
+    per part, Complete), and its session of alice."""
+    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+                       optional={"multipart_copy_threshold": str(MIB)}) as srv:
+        ftp = srv.login("alice", "alice-pw")
+        yield srv, ftp
+        ftp.quit()
+
+
+def test_a_big_rename_whose_completion_answers_are_lost_is_finished(copier, area, cos,
+                                                                    faults):
+    """Every answer to the multipart copy's CompleteMultipartUpload lost once COS completed
+    it (the retries find NoSuchUpload): the new name holds the source's bytes (size and
+    CRC64 read back), so the rename is finished, ``250``, the source deleted and no upload
+    left (it got ``550 No such file or directory.``, the retry and then the abort finding
+    NoSuchUpload, and left the copy beside the source)."""
+    srv, ftp = copier
+    data = os.urandom(2 * MIB + 5)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
+    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0)
+    assert ftp.sendcmd(f"RNFR {area}-src").startswith("350")
+    assert ftp.sendcmd(f"RNTO {area}-dst").startswith("250")
+    faults(lose_ops="", lose_rate=0)
+    assert stored(cos, f"{area}-dst") == data
+    with pytest.raises(ftplib.error_perm, match="550"):  # waits for the delete after the reply
+        ftp.size(f"{area}-src")
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-src") is False
+    assert not pending_uploads(cos, f"{area}-dst")
+    assert f"{area}-src: COS completed its copy to {area}-dst though the answer was lost" in \
+        srv.log_text()
+
+
+def test_a_big_rename_over_the_same_bytes_whose_completion_is_dropped_aborts_its_upload(
+        copier, area, cos, faults):
+    """The new name holds the source's bytes already, and every try of the multipart copy's
+    completion is lost on its way (COS completed nothing): the read-back finds the bytes,
+    ``250`` (it got ``451 … (ClientError); try again.``), and the multipart copy, which still
+    holds its parts, is aborted."""
+    _, ftp = copier
+    data = os.urandom(2 * MIB + 5)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-dst", Body=data)
+    faults(drop_ops="CompleteMultipartUpload", drop_rate=1.0)
+    ftp.sendcmd(f"RNFR {area}-src")
+    assert ftp.sendcmd(f"RNTO {area}-dst").startswith("250")
+    faults(drop_ops="", drop_rate=0)
+    assert stored(cos, f"{area}-dst") == data
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-src") is False
+    assert not pending_uploads(cos, f"{area}-dst")
+
+
+def test_a_big_rename_whose_initiate_answers_are_lost_leaves_no_upload(copier, area, cos,
+                                                                      faults):
+    """Every answer to the multipart copy's InitiateMultipartUpload lost once COS started
+    it: the rename fails (``451``) and the file stays where it was, and the uploads COS
+    started for the new name at those tries are found and aborted (they stayed)."""
+    _, ftp = copier
+    data = os.urandom(2 * MIB + 5)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
+    faults(lose_ops="InitiateMultipartUpload", lose_rate=1.0)
+    ftp.sendcmd(f"RNFR {area}-src")
+    with pytest.raises(ftplib.error_temp, match=r"451 .*InitiateMultipartUpload"):
+        ftp.sendcmd(f"RNTO {area}-dst")
+    faults(lose_ops="", lose_rate=0)
+    assert stored(cos, f"{area}-src") == data
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-dst") is False
+    assert not pending_uploads(cos, f"{area}-dst")
+

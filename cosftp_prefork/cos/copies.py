@@ -9,7 +9,9 @@ copies already made are removed again and the directory stays where it was.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Executor, Future, wait
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -19,7 +21,7 @@ from ..paths import RESERVED_NAME, ftp_path_for_key, is_reserved, key_bytes
 from .bucket import Bucket
 from .listing import all_objects
 from .objects import ObjectInfo
-from .readback import holding, unheard
+from .readback import abort_unheard_starts, holding, unheard
 from .resume import mark_live, unmark_live
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,10 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
 
     Part copies run on ``executor``; call this from a thread that is not one of its own.
     Return the copy's ETag. Raises ``StorageError``; a failed multipart copy is aborted.
-    A single copy to another name whose answers were lost is read back (see
-    :mod:`.readback`): ``target`` holding the bytes of ``source`` is the copy made.
+    A copy to another name whose answers were lost (a single copy, or a multipart copy's
+    completion) is read back (see :mod:`.readback`): ``target`` holding the bytes of
+    ``source`` is the copy made. Multipart uploads that an InitiateMultipartUpload whose
+    answers were lost started are aborted (:func:`.readback.abort_unheard_starts`).
     """
     if source.size <= transfer.multipart_copy_threshold:
         try:
@@ -66,21 +70,27 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
                         "holds its %d bytes, CRC64 read back", source.key, target, exc,
                         found.size)
             return found.etag
-    upload_id = bucket.create_multipart(target, source, client_mtime)
+    since = time.time()
+    try:
+        upload_id = bucket.create_multipart(target, source, client_mtime)
+    except StorageError as exc:
+        # An upload COS started unanswered would stay, billed, taken for another tool's.
+        abort_unheard_starts(bucket, target, since, exc)
+        raise
     # Like an upload, marked live so the janitor aborts it should this process die.
-    tracked = transfer.resume_ttl > 0
-    if tracked:
+    if transfer.resume_ttl > 0:
         mark_live(bucket, target, upload_id, "", f"copy of {source.key}")
-    etag = _copy_parts(bucket, source, target, upload_id, transfer, executor)
-    if tracked:
-        unmark_live(bucket, target, upload_id)
-    return etag
+    # An MFMT's copy onto itself sets metadata: its bytes prove nothing.
+    readable = client_mtime is None and target != source.key
+    return _copy_parts(bucket, source, target, upload_id, transfer, executor, readable)
 
 
 def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
-                transfer: TransferConfig, executor: Executor) -> str:
-    """Copy ``source`` into the multipart upload ``upload_id`` in parallel and complete it;
-    return the new object's ETag. Raises ``StorageError`` once the upload is aborted (if the
+                transfer: TransferConfig, executor: Executor, readable: bool) -> str:
+    """Copy ``source`` into the multipart upload ``upload_id`` in parallel and complete it,
+    dropping its live marker; return the new object's ETag. A completion whose answers were
+    lost is read back if ``readable`` (:func:`_completed_unheard`). Raises ``StorageError``
+    (``OutcomeUnknown`` if the read-back cannot tell) once the upload is aborted (if the
     abort fails too, the upload and its live marker stay for the janitor)."""
     part = max(part_size_for(transfer.min_part_size, source.size), -(-source.size // MAX_PARTS))
     ranges = [(number, first, min(source.size, first + part) - 1)
@@ -89,13 +99,60 @@ def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
                                first, last) for number, first, last in ranges]
     try:
         etags = [(number, future.result()) for (number, _, _), future in zip(ranges, futures)]
-        return bucket.complete_multipart(target, upload_id, etags).etag
+        try:
+            etag = bucket.complete_multipart(target, upload_id, etags).etag
+        except StorageError as exc:
+            found = _completed_unheard(bucket, source, target, upload_id, exc) \
+                if readable else None
+            if found is None:
+                raise
+            etag, ended = found
+            if not ended:
+                return etag  # the upload and its live marker stay for the janitor
     except StorageError:
         wait(futures)
-        bucket.abort_multipart(target, upload_id)
+        # A completion carried out unanswered ended it: the error raised says what is known.
+        with suppress(NotFound):
+            bucket.abort_multipart(target, upload_id)
         if transfer.resume_ttl > 0:
             unmark_live(bucket, target, upload_id)
         raise
+    if transfer.resume_ttl > 0:
+        unmark_live(bucket, target, upload_id)
+    return etag
+
+
+def _completed_unheard(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
+                       error: StorageError) -> Optional[tuple[str, bool]]:
+    """The ETag of ``target`` if the completion of its multipart copy ``upload_id`` that
+    failed with ``error`` was carried out all the same, with whether the upload is gone;
+    None if not. Raises ``OutcomeUnknown`` if that cannot be read back (see
+    :mod:`.readback`).
+
+    As for an upload (``uploads._completed_unheard``): an answer lost on the way
+    (``ClientError``) leaves the outcome open, and a retry of a completion COS did carry
+    out finds the upload gone (``NotFound``: NoSuchUpload). Only ``target`` holding the
+    size and CRC64 of ``source`` counts as the copy made. Those bytes may have been there
+    before: an upload that a lost request did not complete still holds its parts and is
+    aborted; an abort COS refuses is logged, the upload left to the janitor (False)."""
+    if not isinstance(error, NotFound) and not unheard(error):
+        return None
+    found = holding(bucket, target, source.size, source.crc64, error)
+    if found is None:
+        return None
+    log.warning("%s: COS completed its copy to %s though the answer was lost (%s): the copy "
+                "holds its %d bytes, CRC64 read back", source.key, target, error, found.size)
+    if isinstance(error, NotFound):
+        return found.etag, True
+    try:
+        bucket.abort_multipart(target, upload_id)
+    except NotFound:
+        pass
+    except StorageError as exc:
+        log.error("%s: could not abort multipart copy %s: %s; left to the janitor", target,
+                  upload_id, exc)
+        return found.etag, False
+    return found.etag, True
 
 
 def _copy_as_stored(bucket: Bucket, listed: ObjectInfo, target: str) -> str:
