@@ -273,3 +273,21 @@ def test_a_big_rename_whose_initiate_answers_are_lost_leaves_no_upload(copier, a
     assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-dst") is False
     assert not pending_uploads(cos, f"{area}-dst")
 
+
+
+def test_a_directory_rename_whose_big_files_completion_answers_are_lost_is_finished(
+        copier, area, cos, faults):
+    """A directory holding a file over the threshold and a small one, every answer to the
+    big file's CompleteMultipartUpload lost once COS completed it: the directory is moved,
+    ``250``, both files under the new name only and no upload left."""
+    _, ftp = copier
+    big, small = os.urandom(2 * MIB + 5), b"small"
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/big", Body=big)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/small", Body=small)
+    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0)
+    ftp.sendcmd(f"RNFR {area}/d")
+    assert ftp.sendcmd(f"RNTO {area}/e").startswith("250")
+    faults(lose_ops="", lose_rate=0)
+    assert (stored(cos, f"{area}/e/big"), stored(cos, f"{area}/e/small")) == (big, small)
+    assert not cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/d/").get("Contents")
+    assert not pending_uploads(cos, f"{area}/e/big")
