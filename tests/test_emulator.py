@@ -665,6 +665,25 @@ def test_the_rendezvous_breaks_when_requests_come_one_after_another(emulator, co
     assert read(cos, ALPHA, prefix + "a") == b"a"
 
 
+def test_requests_a_former_arming_held_count_against_it_not_the_new_one(emulator, cos,
+                                                                       prefix):
+    """Arming anew replaces the rendezvous; a request the former arming still holds breaks
+    when that one's time is up, and counts as its own, not the new arming's: a test's
+    ``broken`` took in the requests an earlier test of the same emulator left held (4
+    parts of a stopped server's uploads, 90 s later)."""
+    emulator.rendezvous(contains=prefix + "old", parties=2, timeout=1)
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(cos.put_object, Bucket=ALPHA, Key=prefix + "old", Body=b"o")
+        wait_until(lambda: [entry["end"] for entry in request_log(emulator.port, prefix + "old")]
+                   == [None], what="the request the first arming holds")
+        emulator.rendezvous(contains=prefix + "new", parties=2, timeout=30)
+        held.result()  # it waited in vain for the first arming's second party
+        assert emulator.rendezvous() == {"armed": True, "passed": 0, "broken": 0}
+        list(pool.map(lambda body: cos.put_object(Bucket=ALPHA, Key=prefix + "new",
+                                                  Body=body), [b"1", b"2"]))
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+
+
 def test_a_rendezvous_of_one_kind_lets_the_other_kinds_through(emulator, cos, prefix):
     emulator.rendezvous(contains=prefix, kind="DELETE", parties=2, timeout=0.5)
     cos.put_object(Bucket=ALPHA, Key=prefix + "k", Body=b"k")  # not held

@@ -123,6 +123,14 @@ def operation(method: str, query: str, copied: bool, is_object: bool) -> str:
     return "HeadObject" if method == "HEAD" and is_object else method
 
 
+@dataclass
+class _Tally:
+    """What became of the requests one arming of the rendezvous took."""
+
+    passed: int = 0
+    broken: int = 0
+
+
 class Rendezvous:
     """Holds the requests whose key or listed prefix holds a text (and, if given, of one
     kind: ``DELETE``, ``LIST``...) until ``parties`` of them are in flight at once, then lets
@@ -133,7 +141,9 @@ class Rendezvous:
     "kind", "exact", "part"}`` arms it, ``GET`` tells how many requests met (``passed``) and
     how many waited in vain (``broken``). With ``exact``, only requests naming the key
     ``contains`` itself meet (not the server's bookkeeping objects whose keys hold it); with
-    ``part``, only that part number's UploadPart (of every key holding ``contains``)."""
+    ``part``, only that part number's UploadPart (of every key holding ``contains``).
+    Arming anew leaves the requests a former arming holds waiting until its time is up; they
+    count as that arming's, not the new one's."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -142,8 +152,7 @@ class Rendezvous:
         self._exact = False
         self._part = 0  # 0: any request, else only the UploadPart of that number
         self._left = 0  # requests the armed rendezvous still takes
-        self.passed = 0
-        self.broken = 0
+        self._tally = _Tally()  # the latest arming's
 
     def arm(self, contains: str, parties: int, timeout: float, kind: str = "",
             exact: bool = False, part: int = 0) -> None:
@@ -151,13 +160,13 @@ class Rendezvous:
             self._barrier = threading.Barrier(parties, timeout=timeout)
             self._contains, self._kind, self._left = contains, kind, parties
             self._exact, self._part = exact, part
-            self.passed = self.broken = 0
+            self._tally = _Tally()
 
     def meet(self, kind: str, target: str, part: int = 0) -> None:
         """Wait, if the request (``kind``, ``target``, ``part``: its part number, 0 if it is
         no UploadPart) is one the rendezvous is armed for."""
         with self._lock:
-            barrier = self._barrier
+            barrier, tally = self._barrier, self._tally
             named = target == self._contains if self._exact else self._contains in target
             if barrier is None or not named or self._kind not in ("", kind) or \
                     self._part not in (0, part):
@@ -169,14 +178,16 @@ class Rendezvous:
             barrier.wait()
         except threading.BrokenBarrierError:
             with self._lock:
-                self.broken += 1
+                tally.broken += 1
                 if self._barrier is barrier:
                     self._barrier = None
             return
         with self._lock:
-            self.passed += 1
+            tally.passed += 1
 
     def as_dict(self) -> dict:
+        """The latest arming's state: ``armed`` (it still takes requests), ``passed`` and
+        ``broken`` (its requests that met, and those that waited in vain)."""
         with self._lock:
-            return {"armed": self._barrier is not None, "passed": self.passed,
-                    "broken": self.broken}
+            return {"armed": self._barrier is not None, "passed": self._tally.passed,
+                    "broken": self._tally.broken}
