@@ -9,7 +9,7 @@ import io
 import pytest
 
 from .conftest import ALPHA, STANDARD_ACCOUNTS, TENANT_PREFIX, _close
-from .server_proc import Account, ServerProcess
+from .server_proc import Account, ServerProcess, wait_until
 from .test_clients import require, run
 from .test_transfers import curl_put
 
@@ -159,6 +159,41 @@ def test_rename_of_the_last_file_keeps_its_directory(alice, area, cos):
     assert sorted(alice.nlst(area)) == ["d", "dirs", "f.txt", "from"]
     alice.cwd(f"{area}/from")
     alice.cwd(f"/{area}/dirs")
+
+
+@pytest.mark.parametrize("removed, commands, listed", [
+    ("only.txt", ["DELE {area}/d/only.txt"], {"d": "dir"}),
+    ("only.txt", ["RNFR {area}/d/only.txt", "RNTO {area}/only.txt"],
+     {"d": "dir", "only.txt": "file"}),
+    ("c/", ["RMD {area}/d/c"], {"d": "dir"}),
+    ("c/x.txt", ["RNFR {area}/d/c", "RNTO {area}/c"], {"d": "dir", "c": "dir"}),
+], ids=["DELE", "RNTO", "RMD", "RNTO-directory"])
+def test_a_directory_losing_its_last_entry_lists_for_another_session_meanwhile(
+        alice, second, area, cos, emulator, removed, commands, listed):
+    """While DELE, RNTO or RMD takes the last entry of a directory (no marker: it exists
+    through that entry only), another session listing its parent sees the directory, before,
+    during and after: its marker is written before the entry is deleted, not after (where
+    the listing found neither the entry nor the marker). The rendezvous holds the marker's
+    PUT until the test's own PUT of the same marker meets it, sent once the other session
+    has listed."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/{removed}", Body=b"1")
+    marker = f"{area}/d/"
+    *first, last = [command.format(area=area) for command in commands]
+    for command in first:
+        alice.sendcmd(command)
+    emulator.requests(reset=True)
+    emulator.rendezvous(contains=marker, exact=True, kind="PUT", parties=2, timeout=60)
+    alice.putcmd(last)
+    wait_until(lambda: emulator.requests(contains=marker).get("PUT"),
+               what="the server's PUT of the marker, held")
+    try:
+        assert mlsd_types(second, area).get("d") == "dir"
+    finally:
+        cos.put_object(Bucket=ALPHA, Key=marker, Body=b"")  # lets the held PUT go
+    assert alice.getresp().startswith("2")
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+    assert mlsd_types(second, area) == listed
+    assert mlsd_types(second, f"{area}/d") == {}
 
 
 def test_rmd_of_the_last_subdirectory_keeps_its_parent(alice, area, cos):

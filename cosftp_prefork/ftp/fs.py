@@ -38,7 +38,7 @@ from dataclasses import replace
 from typing import Callable, Optional, TypeVar
 
 from ..config.model import AccountConfig
-from ..cos.bucket import ObjectInfo
+from ..cos.bucket import ObjectInfo, StartedPage
 from ..cos.copies import delete_keys
 from ..cos.digests import digest
 from ..cos.downloads import RangedReader, open_download
@@ -47,8 +47,10 @@ from ..cos.listing import (
     directory_exists,
     directory_is_empty,
     first_key_from,
+    is_sole_entry,
     iter_directory,
     pages,
+    start_sole_entry,
 )
 from ..cos.mtimes import (
     ListedMtimes,
@@ -306,20 +308,45 @@ class CosFS(Renames, VirtualTree):
                 raise Refusal(errno.ENOENT, "No such directory")
             parent = parent_dir(parent)
 
-    def _keep_directory(self, directory: str) -> None:
-        """Write the marker of ``directory`` if nothing is left in it, so that it stays
-        after DELE, RNFR or RMD took its last entry away, as on a disk. Done after the
-        removal, so two sessions removing the last two entries at once keep it too; a
-        failure is only logged."""
+    def _start_keep(self, path: str) -> Optional[StartedPage]:
+        """Send now the listing that tells whether ``path``, about to be removed, is the last
+        entry of its directory (see :meth:`_keep_directory`), so that it travels beside the
+        command's look-ups; None at the root, which needs no marker."""
+        directory = parent_dir(path)
+        if directory == "/":
+            return None
+        return start_sole_entry(self._bucket, dir_prefix(directory))
+
+    def _keep_directory(self, path: str, entry: str,
+                        started: Optional[StartedPage] = None) -> None:
+        """Before ``path`` (its key, or its ``key/``: ``entry``) is removed: write the marker
+        of its directory if ``path`` is all it holds, so that the directory stays after DELE,
+        RNFR or RMD took its last entry away, as on a disk. Done before the removal, not
+        after: in between, another session listing the parent would see the directory gone,
+        a state that is neither before nor after the command. (Two sessions removing the last
+        two entries at once each see the other's, and the directory goes with them.)
+        ``started`` is :meth:`_start_keep`'s listing, None: listed now. A failure is only
+        logged: the removal goes on."""
+        directory = parent_dir(path)
         if directory == "/":
             return
-        prefix = dir_prefix(directory)
         try:
-            if not directory_exists(self._bucket, prefix):
-                self._bucket.put(prefix, b"")
+            sole = is_sole_entry(self._bucket, dir_prefix(directory), entry, started)
         except StorageError as exc:
-            log.warning("path=%s: its last entry is gone, and its marker could not be written "
-                        "(%s): it no longer lists", directory, exc)
+            log.warning("path=%s: could not tell whether its last entry is going (%s): no "
+                        "marker written", directory, exc)
+            return
+        if sole:
+            self._write_marker(directory)
+
+    def _write_marker(self, directory: str) -> None:
+        """Write the marker of ``directory``, whose last entry is about to go; a failure is
+        only logged."""
+        try:
+            self._bucket.put(dir_prefix(directory), b"")
+        except StorageError as exc:
+            log.warning("path=%s: its last entry is going, and its marker could not be "
+                        "written (%s): it no longer lists", directory, exc)
 
     def _require_file(self, path: str) -> Entry:
         """The file at ``path``, found with one HEAD; raises ``Refusal`` for anything else."""
@@ -514,13 +541,19 @@ class CosFS(Renames, VirtualTree):
     @transient_escapes
     def rmdir(self, path: str) -> None:
         """Remove an empty directory (its marker); raises ENOTEMPTY if anything is under it."""
-        self._require(path, want_dir=True)
-        prefix = dir_prefix(path)
-        if not directory_is_empty(self._bucket, prefix):
-            raise Refusal(errno.ENOTEMPTY, "Directory not empty")
+        started = self._start_keep(path)
+        try:
+            self._require(path, want_dir=True)
+            prefix = dir_prefix(path)
+            if not directory_is_empty(self._bucket, prefix):
+                raise Refusal(errno.ENOTEMPTY, "Directory not empty")
+        except BaseException:
+            if started is not None:
+                started.drop()
+            raise
+        self._keep_directory(path, prefix, started)
         self._bucket.delete(prefix)
         self._forget(path)
-        self._keep_directory(parent_dir(path))
         self._ctx.hooks.changed("rmdir", path, directory=True)
 
     # --- files
@@ -528,12 +561,19 @@ class CosFS(Renames, VirtualTree):
     @transient_escapes
     def remove(self, path: str) -> None:
         """Delete the object at ``path``; raises ENOENT / EISDIR."""
-        entry = self._require(path, want_dir=False)
-        self._bucket.delete(object_key(path))
+        started = self._start_keep(path)  # beside the look-up
+        try:
+            entry = self._require(path, want_dir=False)
+        except BaseException:
+            if started is not None:
+                started.drop()
+            raise
+        key = object_key(path)
+        self._keep_directory(path, key, started)
+        self._bucket.delete(key)
         if self.quota is not None:
-            self.quota.removed(object_key(path), entry.size)
+            self.quota.removed(key, entry.size)
         self._forget(path)
-        self._keep_directory(parent_dir(path))
         self._ctx.hooks.changed("delete", path)
 
     @transient_escapes

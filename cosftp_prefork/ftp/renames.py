@@ -18,6 +18,7 @@ from ..cos.intents import announced
 from ..cos.listing import (
     DIRECTORY,
     FILE,
+    is_sole_entry,
     name_kind,
 )
 from ..cos.mtimes import (
@@ -65,7 +66,8 @@ class Renames:
         side = self._ctx.engine.lookups.for_owner(self)
         src_key, dst_key = object_key(src), object_key(dst)
         looked_up = (side.submit(name_kind, self._bucket, dst_key, src_key),
-                     side.submit(self._reserved, [], markers_of, self._bucket, src_key))
+                     side.submit(self._reserved, [], markers_of, self._bucket, src_key),
+                     self._start_last(side, src, dst))
         try:  # a file, and what its copy keeps (storage class, MFMT time)
             source = self._bucket.head(src_key)
         except NotFound:
@@ -79,12 +81,15 @@ class Renames:
 
     def _rename_file(self, src: str, dst: str, source: ObjectInfo,
                      own: Optional[OwnUpload] = None,
-                     looked_up: Optional[tuple[Future, Future]] = None) -> bool:
+                     looked_up: Optional[tuple[Future, Future, Optional[Future]]] = None
+                     ) -> bool:
         """Rename the file ``source`` (as a HEAD, or this session's own STOR, found it): the
         new name is looked up (blind to the source's key: ``x.partial`` lists right after
         ``x``) while the source's MFMT markers are listed, then the copy is made, pinned to
         the source's ETag, with the new name's markers written beside it; the reply goes
-        out, and the source and its markers are deleted after it (:mod:`.background`).
+        out, and the source and its markers are deleted after it (:mod:`.background`). A
+        file moving to another directory is asked about beside those look-ups: is it the
+        last entry of the directory it leaves (whose marker then goes before the delete).
 
         With ``own`` (``source`` is what this session's last STOR stored: rclone's and
         WinSCP's temporary uploads), nothing asks about the source first; if anyone replaced
@@ -98,6 +103,7 @@ class Renames:
         side = self._ctx.engine.lookups.for_owner(self)
         listed = looked_up[1] if looked_up else \
             side.submit(self._reserved, [], markers_of, self._bucket, source.key)
+        last = looked_up[2] if looked_up else self._start_last(side, src, dst)
         moving = parent_dir(dst) != parent_dir(src)
         if own is not None and not moving and self._may_put_renamed(own):
             try:
@@ -112,17 +118,18 @@ class Renames:
         markers = listed.result()
         return self._renamed(src, dst, source, lambda: self._copy_pinned(
             source, dst_key, [stamp for stamp, etag, _ in markers if etag == source.etag]),
-            lambda: markers, moving, own is not None, replaced)
+            lambda: markers, last, own is not None, replaced)
 
     def _renamed(self, src: str, dst: str, source: ObjectInfo, write: Callable[[], object],
-                 markers: Callable[[], list[tuple[float, str, str]]], moving: bool,
+                 markers: Callable[[], list[tuple[float, str, str]]], last: Optional[Future],
                  own: bool, replaced: Optional[int] = None) -> bool:
         """Make the new name's object with ``write()``; then forget both names, and delete
-        the source and its ``markers()`` after the reply. With ``own``, a source replaced or
-        deleted since this session's STOR makes it False (the rename goes the general
-        way); other failures raise. A quota over a home the file enters or leaves counts it
-        once the write is done (``QuotaExceeded`` first if one has no room), and the file of
-        ``replaced`` bytes it wrote over stops counting."""
+        the source and its ``markers()`` after the reply (keeping the directory it left
+        first, if ``last``, :meth:`_start_last`'s look-up, finds it was its last entry).
+        With ``own``, a source replaced or deleted since this session's STOR makes it False
+        (the rename goes the general way); other failures raise. A quota over a home the
+        file enters or leaves counts it once the write is done (``QuotaExceeded`` first if
+        one has no room), and the file of ``replaced`` bytes it wrote over stops counting."""
         counted = None if self.quota is None else self.quota.moving(source.key,
                                                                      object_key(dst),
                                                                      source.size)
@@ -145,7 +152,7 @@ class Renames:
         self._replaced(dst, replaced)
         self._forget(src, dst)
         self._after_reply.start(src, self._remove_renamed, src,
-                                [source.key, *(key for _, _, key in markers())], moving)
+                                [source.key, *(key for _, _, key in markers())], last)
         return True
 
     def _replaced_size(self, key: str, kind: Optional[str]) -> Optional[int]:
@@ -209,7 +216,7 @@ class Renames:
         stamps = [source.client_mtime] if source.client_mtime is not None else []
         try:
             return self._renamed(src, dst, source, lambda: copy_beside_marker(
-                self._bucket, source, dst_key, stamps, store), listed.result, False, True)
+                self._bucket, source, dst_key, stamps, store), listed.result, None, True)
         except NotStorable:
             raise Refusal(errno.EISDIR, "Target is a directory") from None
 
@@ -224,15 +231,38 @@ class Renames:
         if kind is None and moving:
             self._check_parents(dst)
 
-    def _remove_renamed(self, src: str, keys: list[str], moving: bool) -> None:
-        """After a rename's reply: delete its source and the source's MFMT markers, and keep
-        the directory it left if it moved to another."""
+    def _start_last(self, side, src: str, dst: str) -> Optional[Future]:
+        """Whether the file ``src``, moving to ``dst``, is the last entry of the directory it
+        leaves (``fs.CosFS._keep_directory``), asked on the look-up pool ``side`` now; None
+        when it stays in its directory (nothing to keep) or leaves the root."""
+        if parent_dir(dst) == parent_dir(src) or parent_dir(src) == "/":
+            return None
+        return side.submit(is_sole_entry, self._bucket, dir_prefix(parent_dir(src)),
+                           object_key(src))
+
+    def _remove_renamed(self, src: str, keys: list[str], last: Optional[Future]) -> None:
+        """After a rename's reply: keep the directory the source leaves if ``last`` (the
+        look-up of :meth:`_start_last`, None if it stays in its directory) finds the source
+        was all it held, then delete the source and its MFMT markers."""
+        if last is not None:
+            self._keep_left_directory(src, last)
         if len(keys) == 1:
             self._bucket.delete(keys[0])
         else:
             delete_keys(self._bucket, keys)
-        if moving:
-            self._keep_directory(parent_dir(src))
+
+    def _keep_left_directory(self, src: str, last: Future) -> None:
+        """Write the marker of the directory ``src`` leaves if ``last`` says ``src`` was all
+        it held; a failed look-up is only logged, as the marker's failure is
+        (``fs.CosFS._keep_directory``)."""
+        try:
+            sole = last.result()
+        except StorageError as exc:
+            log.warning("path=%s: could not tell whether its last entry is going (%s): no "
+                        "marker written", parent_dir(src), exc)
+            return
+        if sole:
+            self._write_marker(parent_dir(src))
 
     def _rename_directory(self, src: str, dst: str) -> None:
         if not self._ctx.account.delete_enable:
@@ -242,9 +272,18 @@ class Renames:
             raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
         source, target = dir_prefix(src), dir_prefix(dst)
         with announced(self._bucket, "rename", source, target):  # or Conflict
-            if self.lookup(dst) is not None:
-                raise Refusal(errno.EEXIST, "Target exists")
-            self._check_parents(dst)
+            # Is it the last entry of the directory it leaves: asked beside the look-up.
+            started = self._start_keep(src) if parent_dir(dst) != parent_dir(src) else None
+            try:
+                if self.lookup(dst) is not None:
+                    raise Refusal(errno.EEXIST, "Target exists")
+                self._check_parents(dst)
+            except BaseException:
+                if started is not None:
+                    started.drop()
+                raise
+            if started is not None:
+                self._keep_directory(src, source, started)
             try:
                 moved = rename_directory(
                     self._bucket, source, target, self._ctx.transfer, self._ctx.copier(),
@@ -256,7 +295,6 @@ class Renames:
         self._own_upload = None
         if moved:
             self._carry_mtimes(src, moved, source)
-        self._keep_directory(parent_dir(src))
 
     def _carry_mtimes(self, path: str, moved: list[Moved], directory: str = "") -> None:
         """Move the MFMT times' listing markers along with a rename. The rename is done by
@@ -314,6 +352,7 @@ class Renames:
         markers (``keys``), keeping the directory it left; the quotas it leaves are told,
         unless the target's ``counted`` it (see :meth:`copy_in`)."""
         self._forget(path)
-        self._remove_renamed(path, [source.key, *keys], moving=True)
+        self._keep_directory(path, object_key(path))
+        self._remove_renamed(path, [source.key, *keys], None)
         if self.quota is not None and not counted:
             self.quota.removed(source.key, source.size)
