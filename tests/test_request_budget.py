@@ -188,12 +188,22 @@ def test_a_list_of_no_directory_answers_once_its_markers_listing_did(alice, emul
     assert emulator.rendezvous() == {"armed": False, "passed": 0, "broken": 1}
 
 
-def test_dele(alice, emulator, area):
-    put(alice, f"{area}/a", DATA)
-    put(alice, f"{area}/b", DATA)
-    # The look-up, the DELETE, and whether the directory still holds something.
-    assert count(emulator, area, lambda: alice.delete(f"{area}/a")) == \
-        {"LIST": 2, "DELETE": 1}
+@pytest.mark.parametrize("others, expected", [
+    # The look-up beside the listing of its directory (is the file all it holds: max-keys=2),
+    # then the DELETE: two round trips (was three: the look-up, the DELETE, then the
+    # directory's listing).
+    (["b"], {"LIST": 2, "DELETE": 1}),
+    # Its last file: the directory's marker, then the DELETE (three round trips, as before:
+    # the marker went after the DELETE, and another session could list the directory gone
+    # in between).
+    ([], {"LIST": 2, "PUT": 1, "DELETE": 1}),
+])
+def test_dele(alice, emulator, area, others, expected):
+    for name in ["a", *others]:
+        put(alice, f"{area}/d/{name}", DATA)
+    assert count(emulator, area, lambda: at_once(
+        emulator, area, 2, lambda: alice.delete(f"{area}/d/a"))) == expected
+    assert alice.nlst(f"{area}/d") == others  # the directory stays either way
 
 
 @pytest.mark.parametrize("existing, mfmt, size, parties, expected", [
@@ -246,6 +256,29 @@ def test_rnfr_rnto_of_a_file(alice, emulator, area):
                what="the source deleted after the reply")
     assert emulator.requests(contains=area) == {"LIST": 2, "HEAD": 1, "COPY": 1, "DELETE": 1}
     assert alice.nlst(area) == ["b", "c", "other"]
+
+
+@pytest.mark.parametrize("others, expected", [
+    (["b"], {"LIST": 4, "HEAD": 1, "COPY": 1, "DELETE": 1}),
+    ([], {"LIST": 4, "HEAD": 1, "COPY": 1, "PUT": 1, "DELETE": 1}),  # and the marker
+])
+def test_rnfr_rnto_of_a_file_to_another_directory(alice, emulator, area, others, expected):
+    """RNTO: at once, the HEAD of the source, the look-up of the new name, the listing of
+    the source's MFMT markers and the listing of the directory it leaves (is it all that
+    directory holds); then the copy. After the reply, the directory's marker if the file was
+    its last entry, then the DELETE (was the DELETE, the directory's listing, the marker).
+    The new name's parent is looked up between the two (``_check_rename_target``: a new name
+    in another directory), as before: three round trips before the reply."""
+    for name in ["a", *others]:
+        put(alice, f"{area}/d/{name}", DATA)
+    put(alice, f"{area}/other", DATA)  # the last STOR: RNFR of "a" looks it up
+    alice.sendcmd(f"RNFR {area}/d/a")
+    emulator.requests(reset=True)
+    at_once(emulator, area, 4, lambda: alice.sendcmd(f"RNTO {area}/a"))
+    wait_until(lambda: emulator.requests(contains=area).get("DELETE"),
+               what="the source deleted after the reply")
+    assert emulator.requests(contains=area) == expected
+    assert alice.nlst(area) == ["a", "d", "other"]
 
 
 def test_mlst_of_a_file_and_of_the_directory_rclone_asks_about(alice, emulator, area):
