@@ -181,16 +181,15 @@ def start_sole_entry(bucket: Bucket, prefix: str) -> StartedPage:
     return bucket.start_list_page(prefix, max_keys=2, delimiter="/")
 
 
-def is_sole_entry(bucket: Bucket, prefix: str, entry: str,
+def is_sole_entry(bucket: Bucket, prefix: str, key: str,
                   started: Optional[StartedPage] = None) -> bool:
-    """Return True if ``entry`` (a file's key, or a directory's ``key/``) is all the
-    directory ``prefix`` holds: no marker of its own, nothing beside it. One LIST of two
-    entries (``started`` by :func:`start_sole_entry`, if given): a second entry, or a
-    truncated page, means something else is there; an empty page (``entry`` gone already)
-    is not its last entry."""
+    """Return True if the file or the directory ``key`` is all the directory ``prefix``
+    holds: no marker of its own, nothing beside it. One LIST of two entries (``started`` by
+    :func:`start_sole_entry`, if given): a second entry, or a truncated page, means
+    something else is there; an empty page (``key`` gone already) is not its last entry."""
     page = (started or start_sole_entry(bucket, prefix)).result()
     held = [obj.key for obj in page.objects] + list(page.prefixes)
-    return held == [entry] and page.next_marker is None
+    return held in ([key], [key + "/"]) and page.next_marker is None
 
 
 def directory_is_empty(bucket: Bucket, prefix: str) -> bool:

@@ -317,9 +317,8 @@ class CosFS(Renames, VirtualTree):
             return None
         return start_sole_entry(self._bucket, dir_prefix(directory))
 
-    def _keep_directory(self, path: str, entry: str,
-                        started: Optional[StartedPage] = None) -> None:
-        """Before ``path`` (its key, or its ``key/``: ``entry``) is removed: write the marker
+    def _keep_directory(self, path: str, started: Optional[StartedPage] = None) -> None:
+        """Before the file or directory ``path`` is removed: write the marker
         of its directory if ``path`` is all it holds, so that the directory stays after DELE,
         RNFR or RMD took its last entry away, as on a disk. Done before the removal, not
         after: in between, another session listing the parent would see the directory gone,
@@ -331,7 +330,8 @@ class CosFS(Renames, VirtualTree):
         if directory == "/":
             return
         try:
-            sole = is_sole_entry(self._bucket, dir_prefix(directory), entry, started)
+            sole = is_sole_entry(self._bucket, dir_prefix(directory), object_key(path),
+                                 started)
         except StorageError as exc:
             log.warning("path=%s: could not tell whether its last entry is going (%s): no "
                         "marker written", directory, exc)
@@ -551,7 +551,7 @@ class CosFS(Renames, VirtualTree):
             if started is not None:
                 started.drop()
             raise
-        self._keep_directory(path, prefix, started)
+        self._keep_directory(path, started)
         self._bucket.delete(prefix)
         self._forget(path)
         self._ctx.hooks.changed("rmdir", path, directory=True)
@@ -569,7 +569,7 @@ class CosFS(Renames, VirtualTree):
                 started.drop()
             raise
         key = object_key(path)
-        self._keep_directory(path, key, started)
+        self._keep_directory(path, started)
         self._bucket.delete(key)
         if self.quota is not None:
             self.quota.removed(key, entry.size)

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 from ..cos.bucket import Bucket, ForeignObject, ObjectInfo
 from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
+from ..cos.engine import OwnerExecutor
 from ..cos.intents import announced
 from ..cos.listing import (
     DIRECTORY,
@@ -74,7 +75,7 @@ class Renames:
             if not self._require(src).is_dir:
                 raise Refusal(errno.ENOENT, "No such file or directory") from None
             if src_key != dst_key:
-                self._rename_directory(src, dst)
+                self._rename_directory(src, dst, looked_up[2])
             return True
         self._rename_file(src, dst, source, looked_up=looked_up)
         return False
@@ -231,10 +232,11 @@ class Renames:
         if kind is None and moving:
             self._check_parents(dst)
 
-    def _start_last(self, side, src: str, dst: str) -> Optional[Future]:
-        """Whether the file ``src``, moving to ``dst``, is the last entry of the directory it
-        leaves (``fs.CosFS._keep_directory``), asked on the look-up pool ``side`` now; None
-        when it stays in its directory (nothing to keep) or leaves the root."""
+    def _start_last(self, side: OwnerExecutor, src: str, dst: str) -> Optional[Future]:
+        """Whether the file or directory ``src``, moving to ``dst``, is the last entry of the
+        directory it leaves (``fs.CosFS._keep_directory``), asked on the look-up pool
+        ``side`` now; None when it stays in its directory (nothing to keep) or leaves the
+        root."""
         if parent_dir(dst) == parent_dir(src) or parent_dir(src) == "/":
             return None
         return side.submit(is_sole_entry, self._bucket, dir_prefix(parent_dir(src)),
@@ -264,7 +266,11 @@ class Renames:
         if sole:
             self._write_marker(parent_dir(src))
 
-    def _rename_directory(self, src: str, dst: str) -> None:
+    def _rename_directory(self, src: str, dst: str, last: Optional[Future]) -> None:
+        """Rename the directory ``src`` object by object (``cos.copies.rename_directory``);
+        ``last``, :meth:`_start_last`'s look-up (None: it stays in its directory), says
+        whether the directory it leaves then needs its marker, written first. Raises
+        ``Refusal``."""
         if not self._ctx.account.delete_enable:
             raise Refusal(errno.EACCES, "Renaming a directory deletes its old name: needs "
                                        "delete permission")
@@ -272,18 +278,11 @@ class Renames:
             raise Refusal(errno.EINVAL, "Cannot move a directory into itself")
         source, target = dir_prefix(src), dir_prefix(dst)
         with announced(self._bucket, "rename", source, target):  # or Conflict
-            # Is it the last entry of the directory it leaves: asked beside the look-up.
-            started = self._start_keep(src) if parent_dir(dst) != parent_dir(src) else None
-            try:
-                if self.lookup(dst) is not None:
-                    raise Refusal(errno.EEXIST, "Target exists")
-                self._check_parents(dst)
-            except BaseException:
-                if started is not None:
-                    started.drop()
-                raise
-            if started is not None:
-                self._keep_directory(src, source, started)
+            if self.lookup(dst) is not None:
+                raise Refusal(errno.EEXIST, "Target exists")
+            self._check_parents(dst)
+            if last is not None:
+                self._keep_left_directory(src, last)
             try:
                 moved = rename_directory(
                     self._bucket, source, target, self._ctx.transfer, self._ctx.copier(),
@@ -352,7 +351,7 @@ class Renames:
         markers (``keys``), keeping the directory it left; the quotas it leaves are told,
         unless the target's ``counted`` it (see :meth:`copy_in`)."""
         self._forget(path)
-        self._keep_directory(path, object_key(path))
+        self._keep_directory(path)
         self._remove_renamed(path, [source.key, *keys], None)
         if self.quota is not None and not counted:
             self.quota.removed(source.key, source.size)
