@@ -196,6 +196,25 @@ def test_a_directory_losing_its_last_entry_lists_for_another_session_meanwhile(
     assert mlsd_types(second, f"{area}/d") == {}
 
 
+def test_two_sessions_deleting_a_directorys_last_two_files_at_once_keep_it(
+        alice, second, area, cos, emulator):
+    """Two sessions DELE the last two files of a directory at once: each sees the other's
+    file beside its own before deleting (no marker written first), so the one that deletes
+    last must write the marker after its delete, finding the directory empty; the
+    rendezvous holds both DELETEs until both are in flight. Writing the marker only before
+    the delete lost the directory."""
+    for name in ("a.txt", "b.txt"):
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/d/{name}", Body=b"1")
+    emulator.rendezvous(contains=f"{area}/d/", kind="DELETE", parties=2, timeout=60)
+    alice.putcmd(f"DELE {area}/d/a.txt")
+    second.putcmd(f"DELE {area}/d/b.txt")
+    assert alice.getresp().startswith("250")
+    assert second.getresp().startswith("250")
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+    assert mlsd_types(second, area) == {"d": "dir"}
+    assert mlsd_types(alice, f"{area}/d") == {}
+
+
 def test_rmd_of_the_last_subdirectory_keeps_its_parent(alice, area, cos):
     cos.put_object(Bucket=ALPHA, Key=f"{area}/p/c/", Body=b"")
     alice.rmd(f"{area}/p/c")

@@ -317,36 +317,54 @@ class CosFS(Renames, VirtualTree):
             return None
         return start_sole_entry(self._bucket, dir_prefix(directory))
 
-    def _keep_directory(self, path: str, started: Optional[StartedPage] = None) -> None:
-        """Before the file or directory ``path`` is removed: write the marker
-        of its directory if ``path`` is all it holds, so that the directory stays after DELE,
-        RNFR or RMD took its last entry away, as on a disk. Done before the removal, not
-        after: in between, another session listing the parent would see the directory gone,
-        a state that is neither before nor after the command. (Two sessions removing the last
-        two entries at once each see the other's, and the directory goes with them.)
-        ``started`` is :meth:`_start_keep`'s listing, None: listed now. A failure is only
-        logged: the removal goes on."""
+    def _keep_directory(self, path: str, started: Optional[StartedPage] = None) -> bool:
+        """Before the file or directory ``path`` is removed: write the marker of its
+        directory if ``path`` is all it holds, so that the directory stays after DELE, RNFR
+        or RMD took its last entry away, as on a disk; return True if the directory is kept
+        so (or is the root), False if the removal must be followed by
+        :meth:`_keep_if_emptied`. Done before the removal: after it, another session
+        listing the parent meanwhile saw the directory gone, a state that is neither before
+        nor after the command. ``started`` is :meth:`_start_keep`'s listing, None: listed
+        now. A failure is only logged: the removal goes on."""
         directory = parent_dir(path)
         if directory == "/":
-            return
+            return True
         try:
             sole = is_sole_entry(self._bucket, dir_prefix(directory), object_key(path),
                                  started)
         except StorageError as exc:
-            log.warning("path=%s: could not tell whether its last entry is going (%s): no "
+            log.warning("path=%s: could not tell whether its last entry is going (%s)",
+                        directory, exc)
+            return False
+        return sole and self._write_marker(directory)
+
+    def _keep_if_emptied(self, directory: str) -> None:
+        """After an entry of ``directory`` was removed that was not all it held then: write
+        its marker if nothing is left, as two sessions removing its last two entries at
+        once each saw the other's (the later one writes it); a failure is only logged. A
+        request more per removal, in sequence after it, for a rule that must hold in a
+        crowd."""
+        if directory == "/":
+            return
+        try:
+            if directory_exists(self._bucket, dir_prefix(directory)):
+                return
+        except StorageError as exc:
+            log.warning("path=%s: could not tell whether its last entry is gone (%s): no "
                         "marker written", directory, exc)
             return
-        if sole:
-            self._write_marker(directory)
+        self._write_marker(directory)
 
-    def _write_marker(self, directory: str) -> None:
-        """Write the marker of ``directory``, whose last entry is about to go; a failure is
-        only logged."""
+    def _write_marker(self, directory: str) -> bool:
+        """Write the marker of ``directory``, whose last entry goes; return False (logged)
+        if it could not be written."""
         try:
             self._bucket.put(dir_prefix(directory), b"")
         except StorageError as exc:
-            log.warning("path=%s: its last entry is going, and its marker could not be "
-                        "written (%s): it no longer lists", directory, exc)
+            log.warning("path=%s: its last entry goes, and its marker could not be written "
+                        "(%s): it no longer lists", directory, exc)
+            return False
+        return True
 
     def _require_file(self, path: str) -> Entry:
         """The file at ``path``, found with one HEAD; raises ``Refusal`` for anything else."""
@@ -551,9 +569,11 @@ class CosFS(Renames, VirtualTree):
             if started is not None:
                 started.drop()
             raise
-        self._keep_directory(path, started)
+        kept = self._keep_directory(path, started)
         self._bucket.delete(prefix)
         self._forget(path)
+        if not kept:
+            self._keep_if_emptied(parent_dir(path))
         self._ctx.hooks.changed("rmdir", path, directory=True)
 
     # --- files
@@ -569,8 +589,10 @@ class CosFS(Renames, VirtualTree):
                 started.drop()
             raise
         key = object_key(path)
-        self._keep_directory(path, started)
+        kept = self._keep_directory(path, started)
         self._bucket.delete(key)
+        if not kept:
+            self._keep_if_emptied(parent_dir(path))
         if self.quota is not None:
             self.quota.removed(key, entry.size)
         self._forget(path)

@@ -245,26 +245,27 @@ class Renames:
     def _remove_renamed(self, src: str, keys: list[str], last: Optional[Future]) -> None:
         """After a rename's reply: keep the directory the source leaves if ``last`` (the
         look-up of :meth:`_start_last`, None if it stays in its directory) finds the source
-        was all it held, then delete the source and its MFMT markers."""
-        if last is not None:
-            self._keep_left_directory(src, last)
+        was all it held, then delete the source and its MFMT markers (and keep the
+        directory if it was emptied meanwhile: ``fs.CosFS._keep_if_emptied``)."""
+        kept = last is None or self._keep_left_directory(src, last)
         if len(keys) == 1:
             self._bucket.delete(keys[0])
         else:
             delete_keys(self._bucket, keys)
+        if not kept:
+            self._keep_if_emptied(parent_dir(src))
 
-    def _keep_left_directory(self, src: str, last: Future) -> None:
+    def _keep_left_directory(self, src: str, last: Future) -> bool:
         """Write the marker of the directory ``src`` leaves if ``last`` says ``src`` was all
-        it held; a failed look-up is only logged, as the marker's failure is
-        (``fs.CosFS._keep_directory``)."""
+        it held; return True if it is kept so, as ``fs.CosFS._keep_directory`` does (a
+        failed look-up is only logged)."""
         try:
             sole = last.result()
         except StorageError as exc:
-            log.warning("path=%s: could not tell whether its last entry is going (%s): no "
-                        "marker written", parent_dir(src), exc)
-            return
-        if sole:
-            self._write_marker(parent_dir(src))
+            log.warning("path=%s: could not tell whether its last entry is going (%s)",
+                        parent_dir(src), exc)
+            return False
+        return sole and self._write_marker(parent_dir(src))
 
     def _rename_directory(self, src: str, dst: str, last: Optional[Future]) -> None:
         """Rename the directory ``src`` object by object (``cos.copies.rename_directory``);
@@ -281,14 +282,15 @@ class Renames:
             if self.lookup(dst) is not None:
                 raise Refusal(errno.EEXIST, "Target exists")
             self._check_parents(dst)
-            if last is not None:
-                self._keep_left_directory(src, last)
+            kept = last is None or self._keep_left_directory(src, last)
             try:
                 moved = rename_directory(
                     self._bucket, source, target, self._ctx.transfer, self._ctx.copier(),
                     None if self.quota is None else self.quota.moving_directory)
             except InvalidPath as exc:
                 raise Unstorable(exc.strerror) from exc
+            if not kept:
+                self._keep_if_emptied(parent_dir(src))
         self._scope.clear()
         self._heads.clear()
         self._own_upload = None
@@ -351,7 +353,9 @@ class Renames:
         markers (``keys``), keeping the directory it left; the quotas it leaves are told,
         unless the target's ``counted`` it (see :meth:`copy_in`)."""
         self._forget(path)
-        self._keep_directory(path)
+        kept = self._keep_directory(path)
         self._remove_renamed(path, [source.key, *keys], None)
+        if not kept:
+            self._keep_if_emptied(parent_dir(path))
         if self.quota is not None and not counted:
             self.quota.removed(source.key, source.size)
