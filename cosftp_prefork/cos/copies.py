@@ -21,7 +21,7 @@ from ..paths import RESERVED_NAME, ftp_path_for_key, is_reserved, key_bytes
 from .bucket import Bucket
 from .listing import all_objects
 from .objects import ObjectInfo
-from .readback import abort_unheard_starts, holding, unheard
+from .readback import abort_unheard_starts, written_unheard
 from .resume import mark_live, unmark_live
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
             return bucket.copy(source, target, client_mtime, pinned)
         except StorageError as exc:
             # An MFMT's copy onto itself sets metadata: its bytes prove nothing.
-            if not unheard(exc) or client_mtime is not None or target == source.key:
+            if client_mtime is not None or target == source.key:
                 raise
-            found = holding(bucket, target, source.size, source.crc64, exc)
+            found = written_unheard(bucket, target, source.size, source.crc64, exc)
             if found is None:
                 raise
             log.warning("%s: COS copied it to %s though the answer was lost (%s): the copy "
@@ -135,9 +135,8 @@ def _completed_unheard(bucket: Bucket, source: ObjectInfo, target: str, upload_i
     size and CRC64 of ``source`` counts as the copy made. Those bytes may have been there
     before: an upload that a lost request did not complete still holds its parts and is
     aborted; an abort COS refuses is logged, the upload left to the janitor (False)."""
-    if not isinstance(error, NotFound) and not unheard(error):
-        return None
-    found = holding(bucket, target, source.size, source.crc64, error)
+    found = written_unheard(bucket, target, source.size, source.crc64, error,
+                            completion=True)
     if found is None:
         return None
     log.warning("%s: COS completed its copy to %s though the answer was lost (%s): the copy "

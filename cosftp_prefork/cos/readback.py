@@ -58,6 +58,19 @@ def holding(bucket: Bucket, key: str, size: int, crc64: Optional[int],
     return found if found.crc64 == crc64 else None
 
 
+def written_unheard(bucket: Bucket, key: str, size: int, crc64: Optional[int],
+                    error: StorageError, completion: bool = False) -> Optional[ObjectInfo]:
+    """The object ``key`` if the write that failed with ``error`` may have been carried out
+    all the same and the name holds its ``size`` bytes of CRC64 ``crc64`` (:func:`holding`);
+    None if ``error`` says it was not, or the name holds something else. An unanswered try
+    (:func:`unheard`) leaves it open; for a CompleteMultipartUpload (``completion``) so does
+    NoSuchUpload (``NotFound``), what a retry of a completion COS did carry out finds.
+    Raises ``OutcomeUnknown`` as :func:`holding` does."""
+    if not (unheard(error) or (completion and isinstance(error, NotFound))):
+        return None
+    return holding(bucket, key, size, crc64, error)
+
+
 def abort_unheard_starts(bucket: Bucket, key: str, since: float,
                          error: StorageError) -> int:
     """Abort the multipart uploads of ``key`` that an InitiateMultipartUpload sent at

@@ -69,7 +69,7 @@ from .naming import NameChecks
 from .objects import Completed, ObjectInfo
 from .parts import PartStream
 from .quota import AccountQuota, UploadQuota, replaced_size
-from .readback import abort_unheard_starts, holding, unheard
+from .readback import abort_unheard_starts, written_unheard
 from .resume import ParkedUpload, ParkRecord, ResumeStore
 
 log = logging.getLogger(__name__)
@@ -429,7 +429,7 @@ class UploadSession:
     def _put(self, body: bytes, sent: Optional[int]) -> Completed:
         """Store ``body`` (CRC64 ``sent``) in one PUT, as the name's look-ups allow if they
         run; return what COS reports. A PUT whose answers were lost is read back
-        (:func:`.readback.holding`): the name holding those bytes is the object stored.
+        (:func:`.readback.written_unheard`): the name holding those bytes is the object stored.
         Raises ``NotStorable``, ``StorageError``, or ``OutcomeUnknown`` if the read-back
         cannot tell."""
         try:
@@ -439,9 +439,7 @@ class UploadSession:
             # the name is allowed when its error gets here.
             return self._checks.put(self._bucket, self._key, body, self._like)
         except StorageError as exc:
-            if not unheard(exc):
-                raise
-            found = holding(self._bucket, self._key, len(body), sent, exc)
+            found = written_unheard(self._bucket, self._key, len(body), sent, exc)
             if found is None:
                 raise
             log.warning("path=%s: COS stored the object though its answer was lost (%s): "
@@ -477,10 +475,9 @@ class UploadSession:
         Only the name holding exactly the bytes sent counts as stored (see
         :mod:`.readback`). Those bytes may have been there before: an upload that a lost
         request did not complete is aborted then, as it still holds its parts."""
-        if not isinstance(error, NotFound) and not unheard(error):
-            return None
         sent = self._parts.crc_through(self._parts.next_part - 1)
-        found = holding(self._bucket, self._key, self._parts.size, sent, error)
+        found = written_unheard(self._bucket, self._key, self._parts.size, sent, error,
+                                completion=True)
         if found is None:
             return None
         log.warning("path=%s: COS completed the upload though its answer was lost (%s): "
