@@ -192,3 +192,19 @@ class Crowd:
     def close(self) -> None:
         for member in self.members:
             member.close()
+
+
+def unread_session(port: int, source: str, login: bool = False) -> socket.socket:
+    """A control connection from ``source`` with a small receive buffer, logged in as ops
+    if ``login``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    replies = sock.makefile("rb")
+    assert replies.readline().startswith(b"220")
+    if login:
+        sock.sendall(b"USER ops\r\nPASS ops-pw\r\n")
+        assert replies.readline().startswith(b"331")
+        assert replies.readline().startswith(b"230")
+    return sock

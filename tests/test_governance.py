@@ -40,7 +40,7 @@ from cosftp_prefork.server.scoreboard import (
 from cosftp_prefork.server.scoreboard.layout import BAN_ROWS, BANS_AT
 
 from .conftest import ALPHA
-from .crowds import peak_rss, reset_peak_rss, workers_of
+from .crowds import peak_rss, reset_peak_rss, unread_session, workers_of
 from .server_proc import Account, ServerProcess, tls_network, wait_until
 from .test_master import no_sessions_left
 from .test_proxy import closed_by_server
@@ -219,22 +219,6 @@ def test_login_timeout_is_not_reset_by_commands_before_login(emulator, tmp_path)
         ftp.close()
 
 
-def _unread_session(port: int, source: str, login: bool = False) -> socket.socket:
-    """A control connection from ``source`` with a small receive buffer, logged in as ops
-    if ``login``."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    replies = sock.makefile("rb")
-    assert replies.readline().startswith(b"220")
-    if login:
-        sock.sendall(b"USER ops\r\nPASS ops-pw\r\n")
-        assert replies.readline().startswith(b"331")
-        assert replies.readline().startswith(b"230")
-    return sock
-
-
 def _send_unread(sock: socket.socket, line: bytes) -> None:
     """Send ``line`` over and over, as much as the server takes at once (8 MiB at most),
     reading nothing."""
@@ -263,8 +247,8 @@ def test_a_client_that_reads_no_replies_is_not_read_and_is_closed_in_time(emulat
         [worker] = workers_of(proc.proc.pid)
         # logins and the worker's COS client cost what they cost before the peak is reset
         log_in(proc).quit()
-        logged_in = _unread_session(proc.port, "127.0.0.2", login=True)
-        not_logged_in = _unread_session(proc.port, "127.0.0.3")
+        logged_in = unread_session(proc.port, "127.0.0.2", login=True)
+        not_logged_in = unread_session(proc.port, "127.0.0.3")
         reset_peak_rss(worker.pid)
         before = peak_rss(worker.pid)
         _send_unread(logged_in, b"HELP\r\n")

@@ -22,24 +22,20 @@ from contextlib import suppress
 import pytest
 
 from .admin_client import AdminClient, admin_server, admin_url
-from .crowds import workers_of
+from .crowds import unread_session, workers_of
 from .server_proc import tls_network, wait_until
 from .tls_clients import client_context, write_certificate
 
 SOURCE = "127.0.0.5"
 
 
-def unread_session(port: int, tls: bool) -> socket.socket:
+def flooding_session(port: int, tls: bool) -> socket.socket:
     """A control connection from ``SOURCE``, with a small receive buffer, greeted (and
     encrypted by AUTH TLS if ``tls``), that then sent HELP over and over (as much as the
     server took at once, 8 MiB at most) and read no reply. Returned: its socket, in clear
     (what the kernel holds, TLS records or not)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.bind((SOURCE, 0))
-    sock.connect(("127.0.0.1", port))
+    sock = unread_session(port, SOURCE)
     replies = sock.makefile("rb")
-    assert replies.readline().startswith(b"220")
     sender = sock
     if tls:
         sock.sendall(b"AUTH TLS\r\n")
@@ -78,7 +74,7 @@ def test_a_kicked_session_that_reads_no_replies_closes_at_once(emulator, tmp_pat
     cert, key = write_certificate(tmp_path)
     network = tls_network(cert, key) if tls else None
     with admin_server(str(tmp_path), emulator.port, network=network, worker_processes="1",
-                      log_level="INFO") as proc, unread_session(proc.port, tls) as sock:
+                      log_level="INFO") as proc, flooding_session(proc.port, tls) as sock:
         [worker] = workers_of(proc.proc.pid)
         wait_until(lambda: f"ip={SOURCE}] cosftp_prefork.ftp.backpressure: the client reads "
                    "no replies" in proc.log_text(), what="the session to stop reading")

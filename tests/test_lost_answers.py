@@ -33,6 +33,24 @@ def stored(cos, key: str) -> bytes:
     return cos.get_object(Bucket=ALPHA, Key=key)["Body"].get_raw_stream().read()
 
 
+def renamed_though_answers_lost(ftp: ftplib.FTP, cos, faults, area: str, operation: str,
+                                size: int) -> None:
+    """RNFR ``area``-src (``size`` random bytes) and RNTO ``area``-dst while every answer to
+    COS's ``operation`` is lost once carried out: the rename is finished (``250``), the new
+    name holds the bytes, and the source is gone (the session's SIZE waits for the delete
+    after the reply)."""
+    data = os.urandom(size)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
+    faults(lose_ops=operation, lose_rate=1.0)
+    assert ftp.sendcmd(f"RNFR {area}-src").startswith("350")
+    assert ftp.sendcmd(f"RNTO {area}-dst").startswith("250")
+    faults(lose_ops="", lose_rate=0)
+    assert stored(cos, f"{area}-dst") == data
+    with pytest.raises(ftplib.error_perm, match="550"):
+        ftp.size(f"{area}-src")
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-src") is False
+
+
 def test_an_upload_whose_completion_answer_is_lost_gets_226_for_the_object_cos_stored(
         server, alice, area, cos, faults):
     """The answer to CompleteMultipartUpload cut off once COS completed the upload; its
@@ -161,16 +179,7 @@ def test_a_rename_whose_copy_answers_are_lost_is_finished(alice, area, cos, faul
     holds the source's bytes (its CRC64 read back), so the rename is finished, ``250``, and
     the source is deleted (it got ``451 … storage error (ClientError)`` and left the copy
     beside the source)."""
-    data = os.urandom(4096)
-    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
-    faults(lose_ops="CopyObject", lose_rate=1.0)
-    assert alice.sendcmd(f"RNFR {area}-src").startswith("350")
-    assert alice.sendcmd(f"RNTO {area}-dst").startswith("250")
-    faults(lose_ops="", lose_rate=0)
-    assert stored(cos, f"{area}-dst") == data
-    with pytest.raises(ftplib.error_perm, match="550"):  # waits for the delete after the reply
-        alice.size(f"{area}-src")
-    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-src") is False
+    renamed_though_answers_lost(alice, cos, faults, area, "CopyObject", 4096)
 
 
 def test_a_rename_cos_refuses_to_the_end_says_what_cos_answered(alice, area, cos, faults):
@@ -222,16 +231,8 @@ def test_a_big_rename_whose_completion_answers_are_lost_is_finished(copier, area
     left (it got ``550 No such file or directory.``, the retry and then the abort finding
     NoSuchUpload, and left the copy beside the source)."""
     srv, ftp = copier
-    data = os.urandom(2 * MIB + 5)
-    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
-    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0)
-    assert ftp.sendcmd(f"RNFR {area}-src").startswith("350")
-    assert ftp.sendcmd(f"RNTO {area}-dst").startswith("250")
-    faults(lose_ops="", lose_rate=0)
-    assert stored(cos, f"{area}-dst") == data
-    with pytest.raises(ftplib.error_perm, match="550"):  # waits for the delete after the reply
-        ftp.size(f"{area}-src")
-    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-src") is False
+    renamed_though_answers_lost(ftp, cos, faults, area, "CompleteMultipartUpload",
+                                2 * MIB + 5)
     assert not pending_uploads(cos, f"{area}-dst")
     assert f"{area}-src: COS completed its copy to {area}-dst though the answer was lost" in \
         srv.log_text()
@@ -272,7 +273,6 @@ def test_a_big_rename_whose_initiate_answers_are_lost_leaves_no_upload(copier, a
     assert stored(cos, f"{area}-src") == data
     assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-dst") is False
     assert not pending_uploads(cos, f"{area}-dst")
-
 
 
 def test_a_directory_rename_whose_big_files_completion_answers_are_lost_is_finished(
