@@ -15,7 +15,8 @@ import os
 import pytest
 
 from .conftest import ALPHA
-from .server_proc import Account, ServerProcess
+from .emulator_proc import request_log
+from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import put
 from .test_transfers import MIB, PART, pending_uploads
 
@@ -291,3 +292,82 @@ def test_a_directory_rename_whose_big_files_completion_answers_are_lost_is_finis
     assert (stored(cos, f"{area}/e/big"), stored(cos, f"{area}/e/small")) == (big, small)
     assert not cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/d/").get("Contents")
     assert not pending_uploads(cos, f"{area}/e/big")
+
+
+def test_a_big_rename_whose_target_lacks_the_copy_after_a_lost_completion_says_so(
+        copier, area, cos, emulator, faults):
+    """Every answer to the multipart copy's completion lost once COS completed it (the
+    retries find NoSuchUpload), and another writer stores the new name before the
+    read-back (its HEAD held by the rendezvous until then): the new name does not hold the
+    source's bytes, so the rename is not done: ``451`` saying so, the source kept and the
+    other writer's file left as it is (it got ``550 No such file or directory.``)."""
+    _, ftp = copier
+    data, other = os.urandom(2 * MIB + 5), b"another writer's"
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-src", Body=data)
+    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0)
+    emulator.rendezvous(contains=f"{area}-dst", exact=True, kind="HEAD", parties=2, timeout=60)
+    ftp.sendcmd(f"RNFR {area}-src")
+    ftp.putcmd(f"RNTO {area}-dst")
+    wait_until(lambda: any(entry["kind"] == "HEAD" for entry in
+                           request_log(emulator.port, contains=f"{area}-dst")),
+               what="the read-back's HEAD of the new name")
+    cos.put_object(Bucket=ALPHA, Key=f"{area}-dst", Body=other)
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}-dst")  # the rendezvous' other party
+    with pytest.raises(ftplib.error_temp,
+                       match=r"451 .*CompleteMultipartUpload.*not renamed.*kept "
+                             r"\(NoSuchUpload"):
+        ftp.getresp()
+    faults(lose_ops="", lose_rate=0)
+    assert stored(cos, f"{area}-src") == data
+    assert stored(cos, f"{area}-dst") == other
+    assert not pending_uploads(cos, f"{area}-dst")
+
+
+def test_an_mfmt_of_a_big_file_whose_completion_answers_are_lost_gets_213(
+        copier, area, cos, faults):
+    """MFMT of a file over the threshold (a multipart copy onto itself), every answer to
+    its completion lost once COS completed it (the retries find NoSuchUpload): the file's
+    bytes prove nothing (they were there before), its metadata read back holds the time
+    asked, so ``213``, MDTM gives that time and no upload is left (it got ``550 No such
+    file or directory.``)."""
+    _, ftp = copier
+    data = os.urandom(2 * MIB + 5)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0)
+    assert ftp.sendcmd(f"MFMT 20200102030405 {area}").startswith("213")
+    faults(lose_ops="", lose_rate=0)
+    assert ftp.sendcmd(f"MDTM {area}") == "213 20200102030405"
+    assert stored(cos, area) == data
+    assert not pending_uploads(cos, area)
+
+
+def test_an_mfmt_of_a_small_file_whose_copy_answers_are_lost_gets_213(alice, area, cos,
+                                                                      faults):
+    """The same for a file copied onto itself in one request: every answer to its
+    CopyObject lost once COS made the copy; the metadata read back holds the time asked,
+    ``213`` (it got ``451 … (ClientError); try again.``)."""
+    data = os.urandom(4096)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    faults(lose_ops="CopyObject", lose_rate=1.0)
+    assert alice.sendcmd(f"MFMT 20200102030405 {area}").startswith("213")
+    faults(lose_ops="", lose_rate=0)
+    assert alice.sendcmd(f"MDTM {area}") == "213 20200102030405"
+    assert stored(cos, area) == data
+
+
+def test_an_mfmt_of_a_big_file_whose_completion_is_dropped_says_the_time_was_not_set(
+        copier, area, cos, faults):
+    """Every try of the MFMT's completion lost on its way (COS completed nothing): the
+    metadata read back lacks the time asked, so ``451`` saying the time was not set, and
+    the multipart copy, which still holds its parts, is aborted."""
+    _, ftp = copier
+    data = os.urandom(2 * MIB + 5)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    faults(drop_ops="CompleteMultipartUpload", drop_rate=1.0)
+    with pytest.raises(ftplib.error_temp,
+                       match=r"451 .*CompleteMultipartUpload.*time was not set"):
+        ftp.sendcmd(f"MFMT 20200102030405 {area}")
+    faults(drop_ops="", drop_rate=0)
+    assert ftp.sendcmd(f"MDTM {area}") != "213 20200102030405"
+    assert stored(cos, area) == data
+    assert not pending_uploads(cos, area)

@@ -21,7 +21,7 @@ from ..paths import RESERVED_NAME, ftp_path_for_key, is_reserved, key_bytes
 from .bucket import Bucket
 from .listing import all_objects
 from .objects import ObjectInfo
-from .readback import abort_unheard_starts, written_unheard
+from .readback import abort_unheard_starts, copied_unheard
 from .resume import mark_live, unmark_live
 
 log = logging.getLogger(__name__)
@@ -51,24 +51,21 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
 
     Part copies run on ``executor``; call this from a thread that is not one of its own.
     Return the copy's ETag. Raises ``StorageError``; a failed multipart copy is aborted.
-    A copy to another name whose answers were lost (a single copy, or a multipart copy's
-    completion) is read back (see :mod:`.readback`): ``target`` holding the bytes of
-    ``source`` is the copy made. Multipart uploads that an InitiateMultipartUpload whose
-    answers were lost started are aborted (:func:`.readback.abort_unheard_starts`).
+    A copy whose answers were lost (a single copy, or a multipart copy's completion) is
+    read back (:func:`.readback.copied_unheard`): ``target`` holding the bytes of
+    ``source`` (and ``client_mtime``) is the copy made; holding anything else, the copy was
+    not (``StorageError``, never ``NotFound``). Multipart uploads that an
+    InitiateMultipartUpload whose answers were lost started are aborted
+    (:func:`.readback.abort_unheard_starts`).
     """
     if source.size <= transfer.multipart_copy_threshold:
         try:
             return bucket.copy(source, target, client_mtime, pinned)
         except StorageError as exc:
-            # An MFMT's copy onto itself sets metadata: its bytes prove nothing.
-            if client_mtime is not None or target == source.key:
-                raise
-            found = written_unheard(bucket, target, source.size, source.crc64, exc)
+            found = copied_unheard(bucket, source, target, exc, client_mtime)
             if found is None:
                 raise
-            log.warning("%s: COS copied it to %s though the answer was lost (%s): the copy "
-                        "holds its %d bytes, CRC64 read back", source.key, target, exc,
-                        found.size)
+            _log_unheard(source, target, exc, completion=False)
             return found.etag
     since = time.time()
     try:
@@ -80,18 +77,32 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
     # Like an upload, marked live so the janitor aborts it should this process die.
     if transfer.resume_ttl > 0:
         mark_live(bucket, target, upload_id, "", f"copy of {source.key}")
-    # An MFMT's copy onto itself sets metadata: its bytes prove nothing.
-    readable = client_mtime is None and target != source.key
-    return _copy_parts(bucket, source, target, upload_id, transfer, executor, readable)
+    return _copy_parts(bucket, source, target, upload_id, transfer, executor, client_mtime)
+
+
+def _log_unheard(source: ObjectInfo, target: str, error: StorageError,
+                 completion: bool) -> None:
+    """Log a copy (a multipart copy's ``completion``, or a single one) read back as made
+    though its answer was lost (``error``)."""
+    if target == source.key:
+        log.warning("%s: COS set its time though the answer to the %s was lost (%s): the "
+                    "time read back", target, "completion" if completion else "copy", error)
+    else:
+        log.warning("%s: COS %s to %s though the answer was lost (%s): the copy holds its %d "
+                    "bytes, CRC64 read back", source.key,
+                    "completed its copy" if completion else "copied it", target, error,
+                    source.size)
 
 
 def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
-                transfer: TransferConfig, executor: Executor, readable: bool) -> str:
-    """Copy ``source`` into the multipart upload ``upload_id`` in parallel and complete it,
-    dropping its live marker; return the new object's ETag. A completion whose answers were
-    lost is read back if ``readable`` (:func:`_completed_unheard`). Raises ``StorageError``
-    (``OutcomeUnknown`` if the read-back cannot tell) once the upload is aborted (if the
-    abort fails too, the upload and its live marker stay for the janitor)."""
+                transfer: TransferConfig, executor: Executor,
+                client_mtime: Optional[float]) -> str:
+    """Copy ``source`` into the multipart upload ``upload_id`` in parallel and complete it
+    (with ``client_mtime`` as the MFMT time it was started with), dropping its live marker;
+    return the new object's ETag. A completion whose answers were lost is read back
+    (:func:`_completed_unheard`). Raises ``StorageError`` (``OutcomeUnknown`` if the
+    read-back cannot tell) once the upload is aborted (if the abort fails too, the upload
+    and its live marker stay for the janitor)."""
     part = max(part_size_for(transfer.min_part_size, source.size), -(-source.size // MAX_PARTS))
     ranges = [(number, first, min(source.size, first + part) - 1)
               for number, first in enumerate(range(0, source.size, part), start=1)]
@@ -102,8 +113,7 @@ def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
         try:
             etag = bucket.complete_multipart(target, upload_id, etags).etag
         except StorageError as exc:
-            found = _completed_unheard(bucket, source, target, upload_id, exc) \
-                if readable else None
+            found = _completed_unheard(bucket, source, target, upload_id, exc, client_mtime)
             if found is None:
                 raise
             etag, ended = found
@@ -123,24 +133,24 @@ def _copy_parts(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
 
 
 def _completed_unheard(bucket: Bucket, source: ObjectInfo, target: str, upload_id: str,
-                       error: StorageError) -> Optional[tuple[str, bool]]:
+                       error: StorageError, client_mtime: Optional[float]
+                       ) -> Optional[tuple[str, bool]]:
     """The ETag of ``target`` if the completion of its multipart copy ``upload_id`` that
     failed with ``error`` was carried out all the same, with whether the upload is gone;
-    None if not. Raises ``OutcomeUnknown`` if that cannot be read back (see
-    :mod:`.readback`).
+    None if ``error`` says it was not. Raises ``OutcomeUnknown`` if that cannot be read
+    back, ``StorageError`` if it was not carried out (:func:`.readback.copied_unheard`).
 
     As for an upload (``uploads._completed_unheard``): an answer lost on the way
     (``ClientError``) leaves the outcome open, and a retry of a completion COS did carry
     out finds the upload gone (``NotFound``: NoSuchUpload). Only ``target`` holding the
-    size and CRC64 of ``source`` counts as the copy made. Those bytes may have been there
-    before: an upload that a lost request did not complete still holds its parts and is
-    aborted; an abort COS refuses is logged, the upload left to the janitor (False)."""
-    found = written_unheard(bucket, target, source.size, source.crc64, error,
-                            completion=True)
+    size and CRC64 of ``source`` (and ``client_mtime``, an MFMT's) counts as the copy made.
+    Those may have been there before: an upload that a lost request did not complete still
+    holds its parts and is aborted; an abort COS refuses is logged, the upload left to the
+    janitor (False)."""
+    found = copied_unheard(bucket, source, target, error, client_mtime, completion=True)
     if found is None:
         return None
-    log.warning("%s: COS completed its copy to %s though the answer was lost (%s): the copy "
-                "holds its %d bytes, CRC64 read back", source.key, target, error, found.size)
+    _log_unheard(source, target, error, completion=True)
     if isinstance(error, NotFound):
         return found.etag, True
     try:

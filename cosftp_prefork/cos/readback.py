@@ -9,6 +9,11 @@ the CRC64 COS reports equal to theirs) counts as stored; where that cannot be re
 fails, or COS reports no CRC64), the outcome is unknown and the client is told so, never
 "nothing stored" (docs/reliability.md, "Lost answers").
 
+A copy of an object onto itself (MFMT's: it sets the object's time) proves nothing by its
+bytes, which were there before: its metadata is read back instead, the time asked
+(:func:`copied_unheard`). A read-back that finds the write not carried out says so
+(:func:`not_done`): a completion's NoSuchUpload then means no missing file.
+
 A multipart upload that COS started while the answer naming it was lost is no write to
 read back but one to undo: :func:`abort_unheard_starts`.
 """
@@ -33,6 +38,22 @@ def unheard(error: StorageError) -> bool:
     """Whether the request that failed with ``error`` may have been carried out: its own
     answer was lost, or an earlier try's."""
     return error.code == "ClientError" or error.unheard
+
+
+def may_be_done(error: StorageError, completion: bool = False) -> bool:
+    """Whether the write that failed with ``error`` may have been carried out all the same:
+    an unanswered try (:func:`unheard`), or, for a CompleteMultipartUpload
+    (``completion``), NoSuchUpload (``NotFound``), what a retry of a completion COS did
+    carry out finds."""
+    return unheard(error) or (completion and isinstance(error, NotFound))
+
+
+def not_done(error: StorageError, found: str) -> StorageError:
+    """``error``, of a write that :func:`may_be_done`, once a read-back ``found`` it was
+    not: its code and request id, its message with what was found, and never ``NotFound``
+    (a completion's NoSuchUpload is no missing file: it would be answered ``550``)."""
+    return StorageError(f"{error.strerror}; {found}", code=error.code,
+                        request_id=error.request_id, status=error.status)
 
 
 def holding(bucket: Bucket, key: str, size: int, crc64: Optional[int],
@@ -66,9 +87,36 @@ def written_unheard(bucket: Bucket, key: str, size: int, crc64: Optional[int],
     (:func:`unheard`) leaves it open; for a CompleteMultipartUpload (``completion``) so does
     NoSuchUpload (``NotFound``), what a retry of a completion COS did carry out finds.
     Raises ``OutcomeUnknown`` as :func:`holding` does."""
-    if not (unheard(error) or (completion and isinstance(error, NotFound))):
+    if not may_be_done(error, completion):
         return None
     return holding(bucket, key, size, crc64, error)
+
+
+def copied_unheard(bucket: Bucket, source: ObjectInfo, target: str, error: StorageError,
+                   client_mtime: Optional[float] = None,
+                   completion: bool = False) -> Optional[ObjectInfo]:
+    """What ``target`` holds if the copy of ``source`` there (with ``client_mtime`` as its
+    MFMT time, if given) failed with ``error`` and may have been carried out all the same
+    (:func:`may_be_done`, ``completion`` for a multipart copy's); None if ``error`` says it
+    was not. The copy counts as made if ``target`` holds the bytes of ``source``
+    (:func:`holding`) and, with ``client_mtime``, that time (``x-cos-meta-mtime``, whole
+    seconds). A copy onto ``source`` itself (MFMT's) proves nothing by its bytes, which
+    were there before: only its time tells (with none to tell, None). Raises
+    ``OutcomeUnknown`` as :func:`holding` does, and :func:`not_done`'s error if ``target``
+    holds something else: the copy was not made (or was replaced since)."""
+    onto_itself = target == source.key
+    if not may_be_done(error, completion) or (onto_itself and client_mtime is None):
+        return None
+    found = holding(bucket, target, source.size, source.crc64, error)
+    timed = client_mtime is None or \
+        (found is not None and found.client_mtime == float(int(client_mtime)))
+    if found is not None and timed:
+        return found
+    if onto_itself:
+        raise not_done(error, f"{target} read back without the time asked: the time was "
+                       "not set") from error
+    raise not_done(error, f"{target} read back without the bytes of {source.key}: not "
+                   f"renamed, {source.key} kept") from error
 
 
 def abort_unheard_starts(bucket: Bucket, key: str, since: float,
