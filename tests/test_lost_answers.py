@@ -14,6 +14,8 @@ import os
 
 import pytest
 
+from cosftp_prefork.cos.calls import RETRY_ATTEMPTS
+
 from .conftest import ALPHA
 from .emulator_proc import request_log
 from .server_proc import Account, ServerProcess, wait_until
@@ -25,8 +27,8 @@ from .test_transfers import MIB, PART, pending_uploads
 def faults(emulator):
     """Set emulator faults for one test; always switched off afterwards."""
     yield emulator.set_faults
-    emulator.set_faults(fail_ops="", fail_rate=0, lose_ops="", lose_rate=0, stall_ms=0,
-                        drop_ops="", drop_rate=0)
+    emulator.set_faults(fail_ops="", fail_rate=0, fail_next=0, lose_ops="", lose_rate=0,
+                        stall_ms=0, drop_ops="", drop_rate=0)
 
 
 def stored(cos, key: str) -> bytes:
@@ -158,6 +160,23 @@ def test_a_refused_name_whose_speculative_put_answer_was_lost_leaves_nothing_beh
     assert (state["passed"], state["broken"]) == (2, 0), state
     assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/d") is False
     assert stored(cos, f"{area}/d/inner") == b"x"
+
+
+def test_a_refused_names_object_is_undone_once_cos_answers_its_read_back_again(
+        alice, area, cos, emulator, faults):
+    """As above, and the read-back of the name refused at every try of its HEAD (COS
+    failing for a moment), then answered: the read-back is tried again within bounds, finds
+    the bytes sent and undoes the object, ``550`` (it got ``226``: the upload's own
+    read-back, after the undo's had failed, took the object for the file stored, under a
+    directory's name)."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/inner", Body=b"x")
+    faults(lose_ops="PutObject", lose_rate=1.0, fail_ops="HeadObject",
+           fail_next=RETRY_ATTEMPTS)
+    emulator.rendezvous(contains=f"{area}/d", parties=2, timeout=20)
+    with pytest.raises(ftplib.error_perm, match=r"550 Is a directory"):
+        put(alice, f"{area}/d", os.urandom(4096))
+    faults(lose_ops="", lose_rate=0, fail_ops="", fail_next=0)
+    assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/d") is False
 
 
 def test_a_completion_lost_on_its_way_over_the_same_bytes_aborts_the_upload_it_left(

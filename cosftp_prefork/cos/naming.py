@@ -82,6 +82,11 @@ from .readback import holding, unheard
 
 log = logging.getLogger(__name__)
 
+# Rounds of a refused name's read-back (each a HEAD with its own retries, the pause before
+# the next up to calls.RETRY_CAP_SECONDS): what a COS failing for a few seconds costs the
+# reply, rather than an object left under a directory's name.
+UNDO_READ_BACK_ROUNDS = 3
+
 _UNVERSIONED: weakref.WeakKeyDictionary[Bucket, bool] = weakref.WeakKeyDictionary()
 _UNVERSIONED_LOCK = threading.Lock()
 
@@ -188,13 +193,18 @@ class NameChecks:
         unanswered, and may have stored it: wait for the verdict, and if the look-ups
         refuse the name (or fail), undo the object if it holds ``body`` (the header kept any
         other file from being replaced, so those bytes are this PUT's), then raise what
-        they did. If they allow the name, return (the caller raises ``error``: the name is
-        then read back, or stored again as an overwrite)."""
+        they did. The undo needs that read-back (COS has no conditional DELETE, and the
+        409 a retry found may have been a file's that had the name before): a HEAD that
+        fails is asked again, ``UNDO_READ_BACK_ROUNDS`` rounds in all; failing still, it
+        raises ``OutcomeUnknown`` and the key is logged for the operator. If they allow
+        the name, return (the caller raises ``error``: the name is then read back, or
+        stored again as an overwrite)."""
         try:
             self._verdict()
         except BaseException:
             try:
-                found = holding(bucket, key, len(body), crc64(body), error)
+                found = holding(bucket, key, len(body), crc64(body), error,
+                                rounds=UNDO_READ_BACK_ROUNDS)
             except StorageError as exc:
                 log.error("%s: maybe stored before its name was refused, and the read-back "
                           "failed (%s): delete it by hand if it holds the %d bytes sent",

@@ -26,6 +26,7 @@ from typing import Optional
 
 from ..errors import NotFound, OutcomeUnknown, StorageError
 from .bucket import Bucket
+from .calls import RETRY_ATTEMPTS, back_off
 from .objects import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,25 @@ def not_done(error: StorageError, found: str) -> StorageError:
 
 
 def holding(bucket: Bucket, key: str, size: int, crc64: Optional[int],
-            error: StorageError) -> Optional[ObjectInfo]:
+            error: StorageError, rounds: int = 1) -> Optional[ObjectInfo]:
     """The object ``key`` if it holds ``size`` bytes whose CRC64 is ``crc64`` (the write
     that failed with ``error`` stored them, or the name held them already); None if the name
-    holds nothing or other bytes. Raises ``OutcomeUnknown``, naming ``error``, if the HEAD
-    fails or no CRC64 can be compared."""
-    try:
-        found = bucket.head(key)
-    except NotFound:
-        return None
-    except StorageError as exc:
-        raise OutcomeUnknown(f"{error.strerror}; reading back what COS holds failed too "
-                             f"({exc})", code=error.code,
-                             request_id=error.request_id) from error
+    holds nothing or other bytes. The HEAD (its failures retried as any call's) is asked up
+    to ``rounds`` times, each round after a back-off that goes on growing from where the
+    HEAD's own retries left off. Raises ``OutcomeUnknown``, naming ``error``, if it fails
+    every time or no CRC64 can be compared."""
+    for round_ in range(rounds):
+        try:
+            found = bucket.head(key)
+            break
+        except NotFound:
+            return None
+        except StorageError as exc:
+            if round_ == rounds - 1:
+                raise OutcomeUnknown(f"{error.strerror}; reading back what COS holds failed "
+                                     f"too ({exc})", code=error.code,
+                                     request_id=error.request_id) from error
+            back_off(f"HEAD {key} (read-back)", exc, RETRY_ATTEMPTS + round_)
     if found.size != size:
         return None
     if crc64 is None or found.crc64 is None:

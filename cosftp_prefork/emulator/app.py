@@ -345,9 +345,9 @@ class CosShim:
         if self._roll("error_rate"):
             return error_response(start_response, "503 Slow Down", "SlowDown", resource,
                                    request_id)
-        if self.faults.fail_rate and self.faults.names(self.faults.fail_ops,
-                                                       _operation(environ)) \
-                and self._roll("fail_rate"):
+        if self.faults.fail_ops and self.faults.names(self.faults.fail_ops,
+                                                      _operation(environ)) \
+                and (self._count_down("fail_next") or self._roll("fail_rate")):
             with self._lock:
                 internal = self.faults.random.random() < 0.5
             if internal:

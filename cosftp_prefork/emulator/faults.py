@@ -32,10 +32,12 @@ class Faults:
     Faults of chosen COS operations (named as :func:`operation` names them, comma-separated):
     ``fail_rate`` of the ``fail_ops`` requests are answered 500 InternalError or 503
     ServiceUnavailable (either, at random; COS's 5xx codes, Error Codes 436/7730) and not
-    carried out; ``lose_rate`` of the ``lose_ops`` requests are carried out and their answer
-    lost: held ``stall_ms`` first if that is set, then cut off (half the body sent, or
-    nothing when it has none) as a connection reset in mid-answer, so the client cannot tell
-    whether COS did it (a retried CompleteMultipartUpload then finds NoSuchUpload).
+    carried out, and so are the next ``fail_next`` of them whatever the rate (a COS failing
+    for a moment, then answering again); ``lose_rate`` of the ``lose_ops`` requests are
+    carried out and their answer lost: held ``stall_ms`` first if that is set, then cut off
+    (half the body sent, or nothing when it has none) as a connection reset in mid-answer,
+    so the client cannot tell whether COS did it (a retried CompleteMultipartUpload then
+    finds NoSuchUpload).
     ``drop_rate`` of the ``drop_ops`` requests are lost on the way: not carried out, the
     connection reset before any answer (the client cannot tell this from a lost answer).
     ``corrupt_part_rate`` of the uploaded parts get a byte flipped before they are stored,
@@ -55,6 +57,7 @@ class Faults:
     copy_errors_next: int = 0
     fail_ops: str = ""
     fail_rate: float = 0.0
+    fail_next: int = 0
     lose_ops: str = ""
     lose_rate: float = 0.0
     stall_ms: float = 0.0
@@ -69,8 +72,8 @@ class Faults:
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
                      "corrupt_crc", "corrupt_crc_next", "corrupt_next_parts", "down", "deny_prefix",
-                     "copy_errors_next", "fail_ops", "fail_rate", "lose_ops", "lose_rate",
-                     "stall_ms", "drop_ops", "drop_rate", "corrupt_part_rate"):
+                     "copy_errors_next", "fail_ops", "fail_rate", "fail_next", "lose_ops",
+                     "lose_rate", "stall_ms", "drop_ops", "drop_rate", "corrupt_part_rate"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
@@ -82,7 +85,8 @@ class Faults:
                 "corrupt_next_parts": self.corrupt_next_parts,
                 "down": self.down, "deny_prefix": self.deny_prefix,
                 "copy_errors_next": self.copy_errors_next, "fail_ops": self.fail_ops,
-                "fail_rate": self.fail_rate, "lose_ops": self.lose_ops,
+                "fail_rate": self.fail_rate, "fail_next": self.fail_next,
+                "lose_ops": self.lose_ops,
                 "lose_rate": self.lose_rate, "stall_ms": self.stall_ms,
                 "drop_ops": self.drop_ops, "drop_rate": self.drop_rate,
                 "corrupt_part_rate": self.corrupt_part_rate}
