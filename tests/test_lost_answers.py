@@ -202,6 +202,24 @@ def test_a_rename_whose_copy_answers_are_lost_is_finished(alice, area, cos, faul
     renamed_though_answers_lost(alice, cos, faults, area, "CopyObject", 4096)
 
 
+def test_a_directory_rename_whose_copy_answers_are_lost_is_finished(alice, area, cos,
+                                                                    faults):
+    """A directory of two small files, every answer to their CopyObjects lost once COS
+    made the copies: each new name read back holds its source's bytes, so the directory is
+    moved, ``250``, both files under the new name only (it got ``451 … (ClientError); try
+    again.``, the copies removed and the directory left where it was)."""
+    first, second = os.urandom(4096), b"second"
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/first", Body=first)
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/second", Body=second)
+    faults(lose_ops="CopyObject", lose_rate=1.0)
+    alice.sendcmd(f"RNFR {area}/d")
+    assert alice.sendcmd(f"RNTO {area}/e").startswith("250")
+    faults(lose_ops="", lose_rate=0)
+    assert (stored(cos, f"{area}/e/first"), stored(cos, f"{area}/e/second")) == \
+        (first, second)
+    assert not cos.list_objects(Bucket=ALPHA, Prefix=f"{area}/d/").get("Contents")
+
+
 def test_a_rename_cos_refuses_to_the_end_says_what_cos_answered(alice, area, cos, faults):
     """Every try of the rename's copy answered 500 or 503 and not carried out: ``451`` with
     COS's message, as a STOR's says it (it said only ``storage error (InternalError)``), and

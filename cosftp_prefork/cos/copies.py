@@ -59,14 +59,7 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
     (:func:`.readback.abort_unheard_starts`).
     """
     if source.size <= transfer.multipart_copy_threshold:
-        try:
-            return bucket.copy(source, target, client_mtime, pinned)
-        except StorageError as exc:
-            found = copied_unheard(bucket, source, target, exc, client_mtime)
-            if found is None:
-                raise
-            _log_unheard(source, target, exc, completion=False)
-            return found.etag
+        return _copy_once(bucket, source, target, client_mtime, pinned)
     since = time.time()
     try:
         upload_id = bucket.create_multipart(target, source, client_mtime)
@@ -78,6 +71,21 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
     if transfer.resume_ttl > 0:
         mark_live(bucket, target, upload_id, "", f"copy of {source.key}")
     return _copy_parts(bucket, source, target, upload_id, transfer, executor, client_mtime)
+
+
+def _copy_once(bucket: Bucket, source: ObjectInfo, target: str,
+               client_mtime: Optional[float] = None, pinned: bool = False) -> str:
+    """One CopyObject of ``source`` to ``target`` (see :meth:`Bucket.copy`); return the
+    copy's ETag. One whose answers were lost is read back
+    (:func:`.readback.copied_unheard`). Raises ``StorageError``."""
+    try:
+        return bucket.copy(source, target, client_mtime, pinned)
+    except StorageError as exc:
+        found = copied_unheard(bucket, source, target, exc, client_mtime)
+        if found is None:
+            raise
+        _log_unheard(source, target, exc, completion=False)
+        return found.etag
 
 
 def _log_unheard(source: ObjectInfo, target: str, error: StorageError,
@@ -166,8 +174,8 @@ def _completed_unheard(bucket: Bucket, source: ObjectInfo, target: str, upload_i
 
 def _copy_as_stored(bucket: Bucket, listed: ObjectInfo, target: str) -> str:
     """One CopyObject of ``listed`` keeping its encryption, which only a HEAD tells (a
-    listing does not); return the copy's ETag."""
-    return bucket.copy(bucket.head(listed.key), target)
+    listing does not); return the copy's ETag (read back if its answers were lost)."""
+    return _copy_once(bucket, bucket.head(listed.key), target)
 
 
 def rename_directory(bucket: Bucket, src_prefix: str, dst_prefix: str,
