@@ -27,7 +27,7 @@ def test_a_part_copy_of_a_replaced_object_says_so(emulator, cos):
     source, target = f"storage-{uuid.uuid4().hex}", f"storage-{uuid.uuid4().hex}"
     bucket.put(source, os.urandom(MIB))
     seen = bucket.head(source)
-    upload_id = bucket.create_multipart(target)
+    upload_id = bucket.create_multipart(target).upload_id
     try:
         assert bucket.upload_part_copy(target, upload_id, 1, seen, 0, MIB - 1)
         bucket.put(source, os.urandom(MIB))

@@ -33,7 +33,15 @@ from ..paths import key_bytes
 from .bodies import ObjectStream
 from .bucket import LIST_PAGE_MAX, Bucket, ForeignObject, StartedPage
 from .calls import Started
-from .objects import Completed, ListPage, ObjectInfo, PartInfo, UploadedPart, UploadInfo
+from .objects import (
+    Completed,
+    ListPage,
+    NewUpload,
+    ObjectInfo,
+    PartInfo,
+    UploadedPart,
+    UploadInfo,
+)
 
 T = TypeVar("T")
 
@@ -171,7 +179,7 @@ class Area(Bucket):
                            lambda completed: completed)
 
     def create_multipart(self, key: str, like: Optional[ObjectInfo] = None,
-                         client_mtime: Optional[float] = None) -> str:
+                         client_mtime: Optional[float] = None) -> NewUpload:
         with self._shown():
             return self._bucket.create_multipart(self._writable(key), like, client_mtime)
 

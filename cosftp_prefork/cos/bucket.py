@@ -31,7 +31,7 @@ from qcloud_cos.cos_comm import (
     mapped,
     path_simplify_check,
 )
-from qcloud_cos.cos_exception import CosClientError
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from ..config.model import AccountConfig
 from ..errors import StorageError
@@ -55,6 +55,7 @@ from .objects import (
     MTIME_HEADER,
     Completed,
     ListPage,
+    NewUpload,
     ObjectInfo,
     PartInfo,
     UploadedPart,
@@ -328,13 +329,24 @@ class Bucket:
         return str((result or {}).get("Status") or "")
 
     def create_multipart(self, key: str, like: Optional[ObjectInfo] = None,
-                         client_mtime: Optional[float] = None) -> str:
+                         client_mtime: Optional[float] = None) -> NewUpload:
         """Start a multipart upload of an object with the storage class, content headers and
         metadata of ``like`` and ``client_mtime`` as its MFMT time, where given; return its
-        upload id."""
-        result = call(f"InitiateMultipartUpload {key}", self._client.create_multipart_upload,
-              Bucket=self.name, Key=key, **object_headers(like, client_mtime))
-        return str(result["UploadId"])
+        upload id, and whether a try went unanswered before (see ``readback``)."""
+        unheard = False
+
+        def initiate(**kwargs: Any) -> Any:
+            nonlocal unheard
+            try:
+                return self._client.create_multipart_upload(**kwargs)
+            except CosServiceError:  # COS answered: it started nothing
+                raise
+            except Exception:  # no answer (call's ClientError): it may have started one
+                unheard = True
+                raise
+        result = call(f"InitiateMultipartUpload {key}", initiate,
+                      Bucket=self.name, Key=key, **object_headers(like, client_mtime))
+        return NewUpload(str(result["UploadId"]), unheard)
 
     def upload_part(self, key: str, upload_id: str, number: int,
                     chunks: Sequence[bytes]) -> UploadedPart:

@@ -21,7 +21,7 @@ from ..paths import RESERVED_NAME, ftp_path_for_key, is_reserved, key_bytes
 from .bucket import Bucket
 from .listing import all_objects
 from .objects import ObjectInfo
-from .readback import abort_unheard_starts, copied_unheard
+from .readback import abort_other_starts, abort_unheard_starts, copied_unheard
 from .resume import mark_live, unmark_live
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,13 @@ def copy_object(bucket: Bucket, source: ObjectInfo, target: str, transfer: Trans
         return _copy_once(bucket, source, target, client_mtime, pinned)
     since = time.time()
     try:
-        upload_id = bucket.create_multipart(target, source, client_mtime)
+        started = bucket.create_multipart(target, source, client_mtime)
     except StorageError as exc:
         # An upload COS started unanswered would stay, billed, taken for another tool's.
         abort_unheard_starts(bucket, target, since, exc)
         raise
+    abort_other_starts(bucket, target, since, started)
+    upload_id = started.upload_id
     # Like an upload, marked live so the janitor aborts it should this process die.
     if transfer.resume_ttl > 0:
         mark_live(bucket, target, upload_id, "", f"copy of {source.key}")

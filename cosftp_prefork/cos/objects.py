@@ -52,6 +52,16 @@ class UploadedPart:
 
 
 @dataclass(frozen=True)
+class NewUpload:
+    """A multipart upload InitiateMultipartUpload started: its id, and whether a try before
+    the one answered went unanswered (``unheard``: COS may have started an upload then too,
+    whose id was never heard of)."""
+
+    upload_id: str
+    unheard: bool = False
+
+
+@dataclass(frozen=True)
 class UploadInfo:
     """One multipart upload in progress (or parked) in a bucket."""
 

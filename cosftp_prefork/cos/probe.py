@@ -157,7 +157,7 @@ def _missing(bucket: Bucket, account: AccountConfig, error: StorageError) -> Fin
 def _try_write(bucket: Bucket) -> Finding:
     key = PROBE_PREFIX + uuid.uuid4().hex
     try:
-        upload_id = bucket.create_multipart(key)
+        upload_id = bucket.create_multipart(key).upload_id
     except StorageError as exc:
         return _refusal(exc, NO_WRITE, "InitiateMultipartUpload (uploads)")
     try:

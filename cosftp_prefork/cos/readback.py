@@ -15,7 +15,8 @@ bytes, which were there before: its metadata is read back instead, the time aske
 (:func:`not_done`): a completion's NoSuchUpload then means no missing file.
 
 A multipart upload that COS started while the answer naming it was lost is no write to
-read back but one to undo: :func:`abort_unheard_starts`.
+read back but one to undo: :func:`abort_unheard_starts` when every try failed,
+:func:`abort_other_starts` when a later one was answered.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Optional
 from ..errors import NotFound, OutcomeUnknown, StorageError
 from .bucket import Bucket
 from .calls import RETRY_ATTEMPTS, back_off
-from .objects import ObjectInfo
+from .objects import NewUpload, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -130,29 +131,48 @@ def abort_unheard_starts(bucket: Bucket, key: str, since: float,
                          error: StorageError) -> int:
     """Abort the multipart uploads of ``key`` that an InitiateMultipartUpload sent at
     ``since`` (``time.time()``) and failed with ``error`` may have started unanswered; return
-    how many. COS's List Multipart Uploads tells an upload's key, id, initiator (the
-    credentials: every worker's alike) and start time, not who asked for it, so the ones
-    taken are those of exactly ``key`` started since then (within ``CLOCK_SLACK``) that hold
-    no part: the gateway never learned their ids, so it sent them none. Another session
-    starting an upload of the same name in that second, before its first part, loses it
-    (its STOR fails with ``451``, its client still holding the bytes), the price of not
-    leaving uploads the janitor takes for another tool's. A listing or abort that fails is
-    logged: the uploads stay, as before."""
+    how many (:func:`_abort_starts`)."""
     if not unheard(error):
         return 0
+    return _abort_starts(bucket, key, since, str(error))
+
+
+def abort_other_starts(bucket: Bucket, key: str, since: float, started: NewUpload) -> int:
+    """Abort the multipart uploads of ``key`` other than ``started`` that the tries of the
+    InitiateMultipartUpload sent at ``since`` which went unanswered before one was answered
+    (``started.unheard``) may have started; return how many (:func:`_abort_starts`). Found
+    by ``bench/chaos.py --cos-faults``: such an upload stayed, the janitor taking it for
+    another tool's."""
+    if not started.unheard:
+        return 0
+    return _abort_starts(bucket, key, since, "an earlier try's answer was lost",
+                         keep=started.upload_id)
+
+
+def _abort_starts(bucket: Bucket, key: str, since: float, why: str, keep: str = "") -> int:
+    """Abort the multipart uploads of ``key`` (but ``keep``) that InitiateMultipartUpload
+    tries sent at ``since`` (``time.time()``) whose answers were lost (``why``) may have
+    started; return how many. COS's List Multipart Uploads tells an upload's key, id,
+    initiator (the credentials: every worker's alike) and start time, not who asked for it,
+    so the ones taken are those of exactly ``key`` started since then (within
+    ``CLOCK_SLACK``) that hold no part: the gateway never learned their ids, so it sent them
+    none. Another session starting an upload of the same name in that second, before its
+    first part, loses it (its STOR fails with ``451``, its client still holding the bytes),
+    the price of not leaving uploads the janitor takes for another tool's. A listing or
+    abort that fails is logged: the uploads stay, as before."""
     earliest = math.floor(since) - CLOCK_SLACK
     aborted = 0
     try:
         for upload in bucket.list_uploads(key):
-            if upload.key != key or upload.initiated < earliest or \
-                    bucket.list_parts(key, upload.upload_id):
+            if upload.key != key or upload.upload_id == keep or \
+                    upload.initiated < earliest or bucket.list_parts(key, upload.upload_id):
                 continue
             bucket.abort_multipart(key, upload.upload_id)
             aborted += 1
     except StorageError as exc:
         log.error("%s: multipart uploads started while COS's answers were lost (%s) could "
-                  "not all be found and aborted: %s", key, error, exc)
+                  "not all be found and aborted: %s", key, why, exc)
     if aborted:
         log.warning("%s: aborted %d multipart upload(s) COS started though its answer was "
-                    "lost (%s)", key, aborted, error)
+                    "lost (%s)", key, aborted, why)
     return aborted

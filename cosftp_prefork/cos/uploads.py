@@ -69,7 +69,7 @@ from .naming import NameChecks
 from .objects import Completed, ObjectInfo
 from .parts import PartStream
 from .quota import AccountQuota, UploadQuota, replaced_size
-from .readback import abort_unheard_starts, written_unheard
+from .readback import abort_other_starts, abort_unheard_starts, written_unheard
 from .resume import ParkedUpload, ParkRecord, ResumeStore
 
 log = logging.getLogger(__name__)
@@ -414,12 +414,13 @@ class UploadSession:
             self._replaces = lambda: found_etag(found.result)
         since = time.time()
         try:
-            upload_id = self._bucket.create_multipart(self._key, self._like)
+            started = self._bucket.create_multipart(self._key, self._like)
         except StorageError as exc:
             abort_unheard_starts(self._bucket, self._key, since, exc)
             raise
-        self._store.started(self._key, upload_id, self.name)
-        return upload_id
+        abort_other_starts(self._bucket, self._key, since, started)
+        self._store.started(self._key, started.upload_id, self.name)
+        return started.upload_id
 
     def _unmark(self) -> None:
         """The multipart upload ended: drop its live marker (see :mod:`.resume`)."""

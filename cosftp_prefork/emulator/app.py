@@ -288,9 +288,9 @@ class CosShim:
             if crc is not None and status.startswith("2") else None
         if reported is not None:
             headers.append(("x-cos-hash-crc64ecma", self._reported_crc(reported)))
-        if self.faults.lose_rate and self.faults.names(self.faults.lose_ops,
-                                                       _operation(environ)) \
-                and self._roll("lose_rate"):
+        if self.faults.lose_ops and self.faults.names(self.faults.lose_ops,
+                                                      _operation(environ)) \
+                and (self._count_down("lose_next") or self._roll("lose_rate")):
             return self._lose(start_response, status, headers, body)
         start_response(status, headers)
         if environ["REQUEST_METHOD"] == "HEAD":

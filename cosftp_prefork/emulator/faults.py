@@ -34,7 +34,8 @@ class Faults:
     ServiceUnavailable (either, at random; COS's 5xx codes, Error Codes 436/7730) and not
     carried out, and so are the next ``fail_next`` of them whatever the rate (a COS failing
     for a moment, then answering again); ``lose_rate`` of the ``lose_ops`` requests are
-    carried out and their answer lost: held ``stall_ms`` first if that is set, then cut off
+    carried out and their answer lost, and so are the next ``lose_next`` of them whatever
+    the rate: held ``stall_ms`` first if that is set, then cut off
     (half the body sent, or nothing when it has none) as a connection reset in mid-answer,
     so the client cannot tell whether COS did it (a retried CompleteMultipartUpload then
     finds NoSuchUpload).
@@ -60,6 +61,7 @@ class Faults:
     fail_next: int = 0
     lose_ops: str = ""
     lose_rate: float = 0.0
+    lose_next: int = 0
     stall_ms: float = 0.0
     drop_ops: str = ""
     drop_rate: float = 0.0
@@ -73,7 +75,8 @@ class Faults:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
                      "corrupt_crc", "corrupt_crc_next", "corrupt_next_parts", "down", "deny_prefix",
                      "copy_errors_next", "fail_ops", "fail_rate", "fail_next", "lose_ops",
-                     "lose_rate", "stall_ms", "drop_ops", "drop_rate", "corrupt_part_rate"):
+                     "lose_rate", "lose_next", "stall_ms", "drop_ops", "drop_rate",
+                     "corrupt_part_rate"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
 
@@ -87,7 +90,8 @@ class Faults:
                 "copy_errors_next": self.copy_errors_next, "fail_ops": self.fail_ops,
                 "fail_rate": self.fail_rate, "fail_next": self.fail_next,
                 "lose_ops": self.lose_ops,
-                "lose_rate": self.lose_rate, "stall_ms": self.stall_ms,
+                "lose_rate": self.lose_rate, "lose_next": self.lose_next,
+                "stall_ms": self.stall_ms,
                 "drop_ops": self.drop_ops, "drop_rate": self.drop_rate,
                 "corrupt_part_rate": self.corrupt_part_rate}
 
