@@ -28,9 +28,10 @@ Other modes: ``--tls`` (FTPS: ``AUTH TLS``, data connections ``PROT P``, for eve
 much later while faults are on), ``--curl`` (the third uploader is curl, ``-T`` per
 directory), ``--tnftp`` (the third uploader is the classic ``ftp``, tnftp, scripted on its
 stdin: plain FTP, it has no TLS), ``--cos-faults`` (besides SlowDown, while faults are on:
-CompleteMultipartUpload, UploadPart, PutObject and PUT Object - Copy answered 500
-InternalError or 503 ServiceUnavailable, or carried out and their answer lost, a reset in
-mid-answer; parts damaged on the way, which COS's CRC64 tells), ``--stall-ms`` (a lost
+InitiateMultipartUpload, CompleteMultipartUpload, UploadPart, PutObject, PUT Object - Copy
+and UploadPartCopy answered 500 InternalError or 503 ServiceUnavailable, carried out and
+their answer lost (a reset in mid-answer), or lost on the way before COS saw them (a reset
+before any answer); parts damaged on the way, which COS's CRC64 tells), ``--stall-ms`` (a lost
 answer is held that long first: past lftp's ``net:timeout`` of 20 s, the client gives up
 on the reply while the server still waits for COS), ``--seed`` (the emulator's faults)
 and ``--cut-mfmt N`` (the lftp uploads connect through ``tests/control_cutter.py``'s relay,
@@ -81,9 +82,11 @@ PASSWORD = "chaos-pw"
 LFTP_TLS = ("set ftp:ssl-force true; set ftp:ssl-protect-data true; "
             "set ssl:verify-certificate no")
 LFTP_NO_TIMES = "set ftp:use-feat no; set ftp:use-site-utime no; set ftp:use-site-utime2 no"
-# The COS operations --cos-faults fails (500 InternalError, 503 ServiceUnavailable) or
-# carries out and loses the answer of (the emulator's fail_ops and lose_ops).
-FAULTY_OPS = "CompleteMultipartUpload,UploadPart,PutObject,CopyObject,UploadPartCopy"
+# The COS operations --cos-faults fails (500 InternalError, 503 ServiceUnavailable),
+# carries out and loses the answer of, or loses on the way before COS sees them (the
+# emulator's fail_ops, lose_ops and drop_ops).
+FAULTY_OPS = ("InitiateMultipartUpload,CompleteMultipartUpload,UploadPart,PutObject,"
+              "CopyObject,UploadPartCopy")
 # What tnftp prints for a put the server refused or cut (its replies, with -v): an upload
 # that failed, which tnftp does not tell by its exit status.
 MKD_EXISTS = re.compile(r"^550 File exists")  # a mkdir of a directory there: no failure
@@ -362,6 +365,7 @@ class Soak:
             if self.cos_faults:
                 self.emulator.set_faults(fail_ops=FAULTY_OPS, fail_rate=rate / 2,
                                          lose_ops=FAULTY_OPS, lose_rate=rate / 4,
+                                         drop_ops=FAULTY_OPS, drop_rate=rate / 4,
                                          stall_ms=self.stall_ms, corrupt_part_rate=rate / 4)
             if beat % 4 == 0:
                 done = self.server.ctl("reload")
@@ -393,7 +397,7 @@ class Soak:
         for thread in helpers:
             thread.join()
         self.emulator.set_faults(error_rate=0.0, reset_rate=0.0, latency_ms=0.0, fail_rate=0.0,
-                                 lose_rate=0.0, corrupt_part_rate=0.0)
+                                 lose_rate=0.0, drop_rate=0.0, corrupt_part_rate=0.0)
 
     def clean_pass(self) -> None:
         """Every upload again without faults: each exits 0 (at its second try: see rclone's
@@ -453,10 +457,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tnftp", action="store_true",
                         help="the third uploader is tnftp (put per file, plain FTP), not lftp")
     parser.add_argument("--cos-faults", action="store_true",
-                        help="while faults are on, also: CompleteMultipartUpload, UploadPart, "
-                             "PutObject and copies answered 500/503 (half the fault rate), "
-                             "carried out with their answer lost (a quarter), parts damaged "
-                             "(a quarter)")
+                        help="while faults are on, also: InitiateMultipartUpload, "
+                             "CompleteMultipartUpload, UploadPart, PutObject and copies "
+                             "answered 500/503 (half the fault rate), carried out with their "
+                             "answer lost (a quarter), lost before COS saw them (a quarter), "
+                             "parts damaged (a quarter)")
     parser.add_argument("--stall-ms", type=float, default=0.0,
                         help="with --cos-faults, a lost answer is held this long first (0)")
     parser.add_argument("--seed", type=int, help="the emulator's fault seed (random)")

@@ -145,7 +145,7 @@ def abort_other_starts(bucket: Bucket, key: str, since: float, started: NewUploa
     another tool's."""
     if not started.unheard:
         return 0
-    return _abort_starts(bucket, key, since, "an earlier try's answer was lost",
+    return _abort_starts(bucket, key, since, "a later try was answered",
                          keep=started.upload_id)
 
 
