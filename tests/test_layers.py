@@ -13,13 +13,22 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
 
 from .admin_client import RW_TOKEN, AdminClient, hash_token
 from .conftest import ALPHA
-from .server_proc import FREE_PORT, ROOT, Account, ServerProcess, tls_network, wait_until
+from .server_proc import (
+    FREE_PORT,
+    ROOT,
+    Account,
+    ServerProcess,
+    closed_port,
+    tls_network,
+    wait_until,
+)
 from .tls_clients import write_certificate
 
 FORBIDDEN = ("qcloud_cos", "pyftpdlib", "OpenSSL", "urllib3", "requests", "cosftp_prefork.ftp",
@@ -110,3 +119,37 @@ def test_a_reload_after_an_upgrade_starts_workers_on_the_new_code(emulator, tmp_
         # stopped accepting once reload returned).
         wait_until(lambda: all("(upgraded)" in _banner(server) for _ in range(4)),
                    what="the new code's banner")
+
+
+# What ``cosftpctl run`` imports of a file without [CLUSTER], metrics_port or a certificate
+# (its master), then what each worker adds after its fork; prints both lists of modules.
+STARTUP = """
+import json, sys
+from cosftp_prefork.server import cli
+from cosftp_prefork.config.settings import load_config
+from cosftp_prefork.server.metrics_dir import use_metrics_dir
+config = load_config(sys.argv[1])
+use_metrics_dir(config)
+from cosftp_prefork.server.master import Master
+master = sorted(sys.modules)
+from cosftp_prefork.server.worker import Worker
+print(json.dumps([master, sorted(sys.modules)]))
+"""
+
+
+def test_a_server_without_cluster_metrics_or_tls_loads_none_of_their_libraries(tmp_path):
+    """redis-py ([CLUSTER]), prometheus_client (metrics_port) and cryptography (a
+    certificate to check) cost its master and each worker ~130 ms of CPU to import, at
+    every start and for every worker started again: a server that uses none of them loads
+    none (cryptography comes into the workers with pyOpenSSL, which pyftpdlib imports)."""
+    server = ServerProcess(str(tmp_path), closed_port(), [Account("plain", "plain-pw", ALPHA)])
+    server.write_config()
+    env = {key: value for key, value in os.environ.items()
+           if key != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", STARTUP, server.config_path], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    master, worker = json.loads(done.stdout)
+    unused = ("redis", "prometheus_client", "cryptography")
+    assert [name for name in master if name.split(".")[0] in unused] == []
+    assert [name for name in worker if name.split(".")[0] in unused[:2]] == []

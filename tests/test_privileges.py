@@ -56,9 +56,26 @@ def as_nobody(*command: str) -> list[str]:
     return [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *command]
 
 
+# Run as nobody: fails unless it may read every directory the master's probe checks
+# (``privileges.code_directories`` as the master finds them, given in argv[1]) and imports
+# the worker. The import alone is not enough: an interpreter whose home nobody cannot enter
+# (pyenv's, under /root) falls back to another standard library (Debian's /usr/lib/python3)
+# and may import the worker from there, where the master's probe refuses to start.
+NOBODY_IMPORTS = """
+import json, os, sys
+for path in json.loads(sys.argv[1]):
+    assert os.access(path, os.R_OK | os.X_OK), path
+import cosftp_prefork.server.worker
+"""
+
+
 def nobody_imports(python: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(as_nobody(python, "-c", "import cosftp_prefork.server.worker"),
-                          env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    found = subprocess.run(
+        [python, "-c", "import json; from cosftp_prefork.server.privileges import "
+         "code_directories; print(json.dumps(code_directories()))"],
+        env=env, capture_output=True, text=True, timeout=120, cwd="/", check=True)
+    return subprocess.run(as_nobody(python, "-c", NOBODY_IMPORTS, found.stdout), env=env,
+                          capture_output=True, text=True, timeout=120, cwd="/")
 
 
 def public_dir(prefix: str) -> str:

@@ -9,21 +9,21 @@ process never does.
 
 The files are read here and parsed with ``cryptography`` rather than handed to OpenSSL by
 name: OpenSSL reports a missing file as "system lib" and would prompt on the terminal for
-the passphrase of an encrypted key.
+the passphrase of an encrypted key. ``cryptography`` is imported by ``load_server_tls``, the
+one place that parses, not with this module: its x509 package costs ~35 ms of CPU to import,
+which every ``cosftpctl`` command and master without a certificate would pay for nothing
+(the configuration model imports this module for ``ServerTLS``).
 """
 
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-
-_PUBLIC_DER = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 
 class TLSFileError(Exception):
@@ -82,12 +82,29 @@ def load_server_tls(certfile: str, keyfile: Optional[str] = None,
     Raises ``TLSFileError`` if a file cannot be read, holds no PEM certificate or unencrypted
     PEM key, or the key does not belong to the certificate.
     """
+    # Here, not at the top: see the module's docstring.
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     key_option = "tls_keyfile" if keyfile else "tls_certfile"
-    chain = _certificates(certfile)
-    key = _private_key(keyfile or certfile, key_option)
-    if key.public_key().public_bytes(*_PUBLIC_DER) != \
-            chain[0].public_key().public_bytes(*_PUBLIC_DER):
-        raise TLSFileError(key_option, f"the private key in {keyfile or certfile} does not "
+    keypath = keyfile or certfile
+    try:
+        chain = x509.load_pem_x509_certificates(_read(certfile, "tls_certfile"))
+    except ValueError:
+        raise TLSFileError("tls_certfile",
+                           f"{certfile} holds no valid PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(_read(keypath, key_option), password=None)
+    except TypeError:
+        raise TLSFileError(key_option, f"the private key in {keypath} is encrypted; store it "
+                           "without a passphrase (and readable by the server only)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSFileError(key_option, f"{keypath} holds no valid PEM private key") from None
+    public_der = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*public_der) != \
+            chain[0].public_key().public_bytes(*public_der):
+        raise TLSFileError(key_option, f"the private key in {keypath} does not "
                            f"belong to the certificate in {certfile}")
     return ServerTLS(certfile, tuple(chain), key, require_reuse)
 
@@ -98,21 +115,3 @@ def _read(path: str, option: str) -> bytes:
             return handle.read()
     except OSError as exc:
         raise TLSFileError(option, f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _certificates(path: str) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(_read(path, "tls_certfile"))
-    except ValueError:
-        raise TLSFileError("tls_certfile",
-                           f"{path} holds no valid PEM certificate") from None
-
-
-def _private_key(path: str, option: str) -> PrivateKeyTypes:
-    try:
-        return serialization.load_pem_private_key(_read(path, option), password=None)
-    except TypeError:
-        raise TLSFileError(option, f"the private key in {path} is encrypted; store it "
-                           "without a passphrase (and readable by the server only)") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise TLSFileError(option, f"{path} holds no valid PEM private key") from None

@@ -31,8 +31,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from prometheus_client import Gauge
-
 from .. import logcontext, metrics
 from ..config.model import MAX_PART_SIZE, MAX_PARTS, MIB, part_size_for
 
@@ -347,7 +345,7 @@ class FairPool:
     account's turns for each of its own."""
 
     def __init__(self, threads: int, name: str, per_owner: Optional[int] = None,
-                 waiting: Optional[Gauge] = None) -> None:
+                 waiting: Optional[metrics.Gauge] = None) -> None:
         self._per_owner = per_owner or threads
         self._waiting = waiting  # set to the number of queued tasks
         self._queued = 0

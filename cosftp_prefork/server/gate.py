@@ -45,11 +45,11 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..config.model import ServerConfig
 from .burst import BurstLog
-from .cluster import NODE_TTL, UNAVAILABLE, Beat, ClusterState, NodeCounts
+from .cluster import NODE_TTL
 from .scoreboard import (
     CLUSTER_NONE,
     TOO_MANY,
@@ -65,6 +65,9 @@ from .scoreboard import (
     address_key,
     address_text,
 )
+
+if TYPE_CHECKING:  # redis-py comes with them: only a cluster makes one (workerstats)
+    from .cluster import Beat, ClusterState, NodeCounts
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +227,7 @@ class Gate:
         or why ``client`` is refused cluster-wide."""
         found = self.cluster.elsewhere(client.group)
         if found is None:
-            return self.limits, UNAVAILABLE if self.cluster.fail_closed else None
+            return self.limits, self.cluster.refusal()
         if found.banned_until and client.bannable:
             self._adopt(client.group, found.banned_until)
             return self.limits, BANNED

@@ -76,12 +76,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..config.quotas import Home, Reservation, Reserving, Usage
 from ..errors import StorageError
-from .cluster import NODE_TTL, PREFIX, ClusterAdmin, ClusterState
+from .cluster import NODE_TTL, PREFIX
 from .usage import UsageTable
+
+if TYPE_CHECKING:  # redis-py comes with them: only a cluster makes them (workerstats, ctl)
+    from .cluster import ClusterAdmin, ClusterState
 
 log = logging.getLogger(__name__)
 

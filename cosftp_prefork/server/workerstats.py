@@ -18,7 +18,7 @@ from ..cos.quota import Quotas
 from ..ftp.authhook import AuthHook
 from ..ftp.logins import PasswordChecks
 from ..ftp.progress import TransferMeter
-from .cluster import ClusterState
+from . import cluster as shared
 from .gate import BANNED, KICKED, Gate, Ticket
 from .inflight import UploadWatch
 from .scoreboard import DRAINING, STARTING, SharedState, TransferFigures, account_key
@@ -45,7 +45,8 @@ class WorkerStats:
         self.state, self.slot, self.index, self.generation = state, slot, index, generation
         self.pid = os.getpid()
         self.started = time.time()
-        cluster = ClusterState(config.cluster) if config.cluster.redis_url else None
+        # ``shared.ClusterState``: redis-py is imported here, with [CLUSTER] only.
+        cluster = shared.ClusterState(config.cluster) if config.cluster.redis_url else None
         self.gate = Gate(state, config.server, self.pid, cluster)
         self.password_checks = PasswordChecks(config.server.max_password_checks)
         self.quotas: Optional[Quotas] = None  # set once the worker has its COS clients

@@ -73,13 +73,40 @@ bounds, the version check), ``state`` (a worker's view: ``ClusterState``), ``adm
 (``cosftpctl``'s: ``ClusterAdmin``, ``check_config``).
 """
 
-from .admin import ClusterAdmin, ClusterEntry, ClusterTrouble, check_config
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .keys import NODE_TTL, PREFIX, SKIPS_BEFORE_REWRITE
-from .link import REDIS_CONNECTIONS
-from .state import UNAVAILABLE, Beat, ClusterState, Elsewhere, NodeCounts, Unban
+
+if TYPE_CHECKING:
+    from .admin import ClusterAdmin, ClusterEntry, ClusterTrouble, check_config
+    from .link import REDIS_CONNECTIONS
+    from .state import UNAVAILABLE, Beat, ClusterState, Elsewhere, NodeCounts, Unban
+
+# The names of the modules that import redis-py, by the module that has each.
+_WITH_REDIS = {
+    **dict.fromkeys(("ClusterAdmin", "ClusterEntry", "ClusterTrouble", "check_config"),
+                    "admin"),
+    "REDIS_CONNECTIONS": "link",
+    **dict.fromkeys(("UNAVAILABLE", "Beat", "ClusterState", "Elsewhere", "NodeCounts",
+                     "Unban"), "state"),
+}
 
 __all__ = [
     "NODE_TTL", "PREFIX", "REDIS_CONNECTIONS", "SKIPS_BEFORE_REWRITE", "UNAVAILABLE",
     "Beat", "ClusterAdmin", "ClusterEntry", "ClusterState", "ClusterTrouble", "Elsewhere",
     "NodeCounts", "Unban", "check_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The names of ``admin``, ``link`` and ``state``, imported at their first use: they
+    import redis-py (~70 ms of CPU), which a server without ``[CLUSTER]`` never uses, and
+    every worker imports this package (the gate, its quota ledger). A worker makes its
+    ``ClusterState`` (``workerstats``), and ``cosftpctl`` its ``ClusterAdmin``, only when
+    ``redis_url`` is set. Raises AttributeError for a name none of them has."""
+    if name not in _WITH_REDIS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WITH_REDIS[name]}"), name)
+    globals()[name] = value
+    return value

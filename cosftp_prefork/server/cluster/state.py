@@ -391,6 +391,12 @@ class ClusterState:
         """Whether Redis may be asked now (see ``_usable``)."""
         return self._usable()
 
+    def refusal(self) -> Optional[str]:
+        """What a new connection is told when Redis could not be asked about it:
+        ``UNAVAILABLE`` with ``redis_down = closed``, None (it is let in on this node's own
+        figures) with ``open``."""
+        return UNAVAILABLE if self.fail_closed else None
+
     def elsewhere(self, ip: str, account: Optional[AccountKey] = None) -> Optional[Elsewhere]:
         """The other live nodes' figures for ``ip`` (and the sessions of ``account``), or
         None if Redis is unreachable."""
