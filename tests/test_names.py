@@ -199,10 +199,9 @@ def test_a_directory_losing_its_last_entry_lists_for_another_session_meanwhile(
 def test_two_sessions_deleting_a_directorys_last_two_files_at_once_keep_it(
         alice, second, area, cos, emulator):
     """Two sessions DELE the last two files of a directory at once: each sees the other's
-    file beside its own before deleting (no marker written first), so the one that deletes
-    last must write the marker after its delete, finding the directory empty; the
-    rendezvous holds both DELETEs until both are in flight. Writing the marker only before
-    the delete lost the directory."""
+    file beside its own, and no marker, before deleting; the rendezvous holds both DELETEs
+    until both are in flight. Writing the marker only before the delete of what was the
+    directory's last entry lost the directory (each saw the other's file)."""
     for name in ("a.txt", "b.txt"):
         cos.put_object(Bucket=ALPHA, Key=f"{area}/d/{name}", Body=b"1")
     emulator.rendezvous(contains=f"{area}/d/", kind="DELETE", parties=2, timeout=60)
@@ -212,6 +211,39 @@ def test_two_sessions_deleting_a_directorys_last_two_files_at_once_keep_it(
     assert second.getresp().startswith("250")
     assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
     assert mlsd_types(second, area) == {"d": "dir"}
+    assert mlsd_types(alice, f"{area}/d") == {}
+
+
+def test_a_directory_two_sessions_empty_at_once_lists_for_a_third_meanwhile(
+        server, alice, second, area, cos, emulator):
+    """Two sessions empty a directory (no marker: it exists through its two files) at once:
+    "second" deletes b.txt, having seen a.txt beside it, while alice deletes a.txt, seeing
+    b.txt. The rendezvous holds second's DELETE, so second has sent all it sends before
+    it; the test then deletes b.txt itself, as second's DELETE would (DeleteMultipleObjects,
+    which the rendezvous does not hold): the moment after the last DELETE, before anything
+    second sends after it. A third session listing the parent then must see the directory:
+    its marker is written before an entry of a directory without one is deleted. Written
+    after the last DELETE, by the session that then found the directory empty, the listing
+    missed it."""
+    for name in ("a.txt", "b.txt"):
+        cos.put_object(Bucket=ALPHA, Key=f"{area}/d/{name}", Body=b"1")
+    held = f"{area}/d/b.txt"
+    emulator.requests(reset=True)
+    emulator.rendezvous(contains=held, exact=True, kind="DELETE", parties=2, timeout=60)
+    second.putcmd(f"DELE {held}")
+    wait_until(lambda: emulator.requests(contains=held).get("DELETE"),
+               what="second's DELETE, held")
+    alice.delete(f"{area}/d/a.txt")
+    cos.delete_objects(Bucket=ALPHA, Delete={"Object": [{"Key": held}]})
+    third = server.login("alice", "alice-pw")
+    try:
+        assert mlsd_types(third, area).get("d") == "dir"
+    finally:
+        _close(third)
+        cos.delete_object(Bucket=ALPHA, Key=held)  # lets the held DELETE go
+    assert second.getresp().startswith("250")
+    assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
+    assert mlsd_types(alice, area) == {"d": "dir"}
     assert mlsd_types(alice, f"{area}/d") == {}
 
 

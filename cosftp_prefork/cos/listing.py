@@ -176,20 +176,18 @@ def directory_exists(bucket: Bucket, prefix: str, ignore: str = "",
     return any(obj.key != ignore for obj in page.objects)
 
 
-def start_sole_entry(bucket: Bucket, prefix: str) -> StartedPage:
-    """The request of :func:`is_sole_entry`, sent now; its page is read later."""
-    return bucket.start_list_page(prefix, max_keys=2, delimiter="/")
+def start_marker_check(bucket: Bucket, prefix: str) -> StartedPage:
+    """The request of :func:`lacks_marker`, sent now; its page is read later."""
+    return bucket.start_list_page(prefix, max_keys=1, delimiter="")
 
 
-def is_sole_entry(bucket: Bucket, prefix: str, key: str,
-                  started: Optional[StartedPage] = None) -> bool:
-    """Return True if the file or the directory ``key`` is all the directory ``prefix``
-    holds: no marker of its own, nothing beside it. One LIST of two entries (``started`` by
-    :func:`start_sole_entry`, if given): a second entry, or a truncated page, means
-    something else is there; an empty page (``key`` gone already) is not its last entry."""
-    page = (started or start_sole_entry(bucket, prefix)).result()
-    held = [obj.key for obj in page.objects] + list(page.prefixes)
-    return held in ([key], [key + "/"]) and page.next_marker is None
+def lacks_marker(bucket: Bucket, prefix: str, started: Optional[StartedPage] = None) -> bool:
+    """Return True if the directory ``prefix`` exists (a key lives under it) without a
+    marker of its own (the object ``prefix``); False if it has one, or if nothing is under
+    it any more. One LIST of one key (``started`` by :func:`start_marker_check`, if given):
+    a directory's marker sorts before every other key under it."""
+    page = (started or start_marker_check(bucket, prefix)).result()
+    return bool(page.objects) and page.objects[0].key != prefix
 
 
 def directory_is_empty(bucket: Bucket, prefix: str) -> bool:

@@ -16,9 +16,10 @@ exactly that version (the copy is pinned to its ETag) without asking COS first. 
 upload the session starts, its next MFMT, and its DELE or RNFR/RNTO of that path forget it.
 
 Names behave as on a disk: a file cannot be created where a directory is or under a file,
-MKD needs its parent, and a directory that exists only through its files gets a marker when
-DELE, RNFR or RMD takes its last entry away. STOR into a missing directory is accepted (the
-old server did, and devices depend on it) unless the account sets ``require_existing_dir``.
+MKD needs its parent, and a directory that exists only through its files gets a marker before
+DELE, RNFR or RMD takes an entry of it away, so that it stays once empty. STOR into a missing
+directory is accepted (the old server did, and devices depend on it) unless the account sets
+``require_existing_dir``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ from ..cos.listing import (
     directory_exists,
     directory_is_empty,
     first_key_from,
-    is_sole_entry,
     iter_directory,
+    lacks_marker,
     pages,
-    start_sole_entry,
+    start_marker_check,
 )
 from ..cos.mtimes import (
     ListedMtimes,
@@ -309,41 +310,46 @@ class CosFS(Renames, VirtualTree):
             parent = parent_dir(parent)
 
     def _start_keep(self, path: str) -> Optional[StartedPage]:
-        """Send now the listing that tells whether ``path``, about to be removed, is the last
-        entry of its directory (see :meth:`_keep_directory`), so that it travels beside the
-        command's look-ups; None at the root, which needs no marker."""
+        """Send now the listing that tells whether the directory of ``path``, about to be
+        removed, needs its marker (see :meth:`_keep_directory`), so that it travels beside
+        the command's look-ups; None at the root, which needs no marker."""
         directory = parent_dir(path)
         if directory == "/":
             return None
-        return start_sole_entry(self._bucket, dir_prefix(directory))
+        return start_marker_check(self._bucket, dir_prefix(directory))
 
     def _keep_directory(self, path: str, started: Optional[StartedPage] = None) -> bool:
         """Before the file or directory ``path`` is removed: write the marker of its
-        directory if ``path`` is all it holds, so that the directory stays after DELE, RNFR
-        or RMD took its last entry away, as on a disk; return True if the directory is kept
-        so (or is the root), False if the removal must be followed by
-        :meth:`_keep_if_emptied`. Done before the removal: after it, another session
-        listing the parent meanwhile saw the directory gone, a state that is neither before
-        nor after the command. ``started`` is :meth:`_start_keep`'s listing, None: listed
-        now. A failure is only logged: the removal goes on."""
+        directory if it has none, so that the directory stays after DELE, RNFR or RMD took
+        its last entry away, as on a disk; return True if the directory is kept so (it has
+        its marker, or is the root, or nothing is under it any more), False if the removal
+        must be followed by :meth:`_keep_if_emptied` (the listing or the marker failed).
+        ``started`` is :meth:`_start_keep`'s listing, None: listed now.
+
+        Before the removal: after it, another session listing the parent meanwhile saw the
+        directory gone, a state that is neither before nor after the command. And whenever
+        the directory has no marker, not only when ``path`` is all it holds: sessions
+        removing its last entries at once each see the others' beside their own, and the
+        one that found it empty after its removal wrote the marker only once every entry
+        was gone (``tests/test_names.py``
+        ``test_a_directory_two_sessions_empty_at_once_lists_for_a_third_meanwhile``). The
+        marker stays, so a directory costs that PUT once, not once per removal. A failure
+        is only logged: the removal goes on."""
         directory = parent_dir(path)
         if directory == "/":
             return True
         try:
-            sole = is_sole_entry(self._bucket, dir_prefix(directory), object_key(path),
-                                 started)
+            unmarked = lacks_marker(self._bucket, dir_prefix(directory), started)
         except StorageError as exc:
-            log.warning("path=%s: could not tell whether its last entry is going (%s)",
+            log.warning("path=%s: could not tell whether it has its marker (%s)",
                         directory, exc)
             return False
-        return sole and self._write_marker(directory)
+        return not unmarked or self._write_marker(directory)
 
     def _keep_if_emptied(self, directory: str) -> None:
-        """After an entry of ``directory`` was removed that was not all it held then: write
-        its marker if nothing is left, as two sessions removing its last two entries at
-        once each saw the other's (the later one writes it); a failure is only logged. A
-        request more per removal, in sequence after it, for a rule that must hold in a
-        crowd."""
+        """After an entry of ``directory`` was removed whose directory could not be kept
+        first (:meth:`_keep_directory` failed): write its marker if nothing is left; a
+        failure is only logged."""
         if directory == "/":
             return
         try:
@@ -356,13 +362,13 @@ class CosFS(Renames, VirtualTree):
         self._write_marker(directory)
 
     def _write_marker(self, directory: str) -> bool:
-        """Write the marker of ``directory``, whose last entry goes; return False (logged)
+        """Write the marker of ``directory``, an entry of which goes; return False (logged)
         if it could not be written."""
         try:
             self._bucket.put(dir_prefix(directory), b"")
         except StorageError as exc:
-            log.warning("path=%s: its last entry goes, and its marker could not be written "
-                        "(%s): it no longer lists", directory, exc)
+            log.warning("path=%s: an entry of it goes, and its marker could not be written "
+                        "(%s): it no longer lists once empty", directory, exc)
             return False
         return True
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 from concurrent.futures import Future
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ..cos.bucket import Bucket, ForeignObject, ObjectInfo
 from ..cos.copies import Moved, copy_object, delete_keys, rename_directory
@@ -19,7 +19,7 @@ from ..cos.intents import announced
 from ..cos.listing import (
     DIRECTORY,
     FILE,
-    is_sole_entry,
+    lacks_marker,
     name_kind,
 )
 from ..cos.mtimes import (
@@ -45,6 +45,17 @@ from .tree import OwnUpload, Refusal, Unstorable, transient_escapes
 log = logging.getLogger(__name__)
 
 
+class _LookUps(NamedTuple):
+    """A rename's look-ups, sent at once on the look-up pool beside the HEAD of its source:
+    what the new name is now (``listing.name_kind``), the source's MFMT markers, and, for a
+    new name in another directory (None otherwise), whether the directory the source leaves
+    lacks its marker (:meth:`Renames._start_unmarked`)."""
+
+    kind: Future
+    markers: Future
+    unmarked: Optional[Future]
+
+
 class Renames:
     """RNFR/RNTO for ``CosFS`` (see the module's docstring)."""
 
@@ -66,31 +77,30 @@ class Renames:
             return False
         side = self._ctx.engine.lookups.for_owner(self)
         src_key, dst_key = object_key(src), object_key(dst)
-        looked_up = (side.submit(name_kind, self._bucket, dst_key, src_key),
-                     side.submit(self._reserved, [], markers_of, self._bucket, src_key),
-                     self._start_last(side, src, dst))
+        looked_up = _LookUps(side.submit(name_kind, self._bucket, dst_key, src_key),
+                             side.submit(self._reserved, [], markers_of, self._bucket, src_key),
+                             self._start_unmarked(side, src, dst))
         try:  # a file, and what its copy keeps (storage class, MFMT time)
             source = self._bucket.head(src_key)
         except NotFound:
             if not self._require(src).is_dir:
                 raise Refusal(errno.ENOENT, "No such file or directory") from None
             if src_key != dst_key:
-                self._rename_directory(src, dst, looked_up[2])
+                self._rename_directory(src, dst, looked_up.unmarked)
             return True
         self._rename_file(src, dst, source, looked_up=looked_up)
         return False
 
     def _rename_file(self, src: str, dst: str, source: ObjectInfo,
                      own: Optional[OwnUpload] = None,
-                     looked_up: Optional[tuple[Future, Future, Optional[Future]]] = None
-                     ) -> bool:
+                     looked_up: Optional[_LookUps] = None) -> bool:
         """Rename the file ``source`` (as a HEAD, or this session's own STOR, found it): the
         new name is looked up (blind to the source's key: ``x.partial`` lists right after
         ``x``) while the source's MFMT markers are listed, then the copy is made, pinned to
         the source's ETag, with the new name's markers written beside it; the reply goes
         out, and the source and its markers are deleted after it (:mod:`.background`). A
-        file moving to another directory is asked about beside those look-ups: is it the
-        last entry of the directory it leaves (whose marker then goes before the delete).
+        file moving to another directory is asked about beside those look-ups: does the
+        directory it leaves lack its marker (written then before the delete).
 
         With ``own`` (``source`` is what this session's last STOR stored: rclone's and
         WinSCP's temporary uploads), nothing asks about the source first; if anyone replaced
@@ -102,31 +112,33 @@ class Renames:
         if dst_key == source.key:
             return True  # as rename(2) does; a copy onto itself, then a delete, would lose it
         side = self._ctx.engine.lookups.for_owner(self)
-        listed = looked_up[1] if looked_up else \
-            side.submit(self._reserved, [], markers_of, self._bucket, source.key)
-        last = looked_up[2] if looked_up else self._start_last(side, src, dst)
         moving = parent_dir(dst) != parent_dir(src)
+        if looked_up is None:  # this session's own upload: the new name's kind comes below
+            listed = side.submit(self._reserved, [], markers_of, self._bucket, source.key)
+            unmarked = self._start_unmarked(side, src, dst)
+        else:
+            listed, unmarked = looked_up.markers, looked_up.unmarked
         if own is not None and not moving and self._may_put_renamed(own):
             try:
                 return self._rename_by_put(src, dst, own, listed)
             except AlreadyExists:  # a file has the new name: a copy replaces it, as below
                 kind: Optional[str] = FILE
         else:
-            kind = (looked_up[0] if looked_up else
+            kind = (looked_up.kind if looked_up else
                     side.submit(name_kind, self._bucket, dst_key, source.key)).result()
         self._check_rename_target(dst, kind, moving)
         replaced = self._replaced_size(dst_key, kind)
         markers = listed.result()
         return self._renamed(src, dst, source, lambda: self._copy_pinned(
             source, dst_key, [stamp for stamp, etag, _ in markers if etag == source.etag]),
-            lambda: markers, last, own is not None, replaced)
+            lambda: markers, unmarked, own is not None, replaced)
 
     def _renamed(self, src: str, dst: str, source: ObjectInfo, write: Callable[[], object],
-                 markers: Callable[[], list[tuple[float, str, str]]], last: Optional[Future],
-                 own: bool, replaced: Optional[int] = None) -> bool:
+                 markers: Callable[[], list[tuple[float, str, str]]],
+                 unmarked: Optional[Future], own: bool, replaced: Optional[int] = None) -> bool:
         """Make the new name's object with ``write()``; then forget both names, and delete
-        the source and its ``markers()`` after the reply (keeping the directory it left
-        first, if ``last``, :meth:`_start_last`'s look-up, finds it was its last entry).
+        the source and its ``markers()`` after the reply (first writing the marker of the
+        directory it leaves, if ``unmarked``, :meth:`_start_unmarked`'s look-up, finds none).
         With ``own``, a source replaced or deleted since this session's STOR makes it False
         (the rename goes the general way); other failures raise. A quota over a home the
         file enters or leaves counts it once the write is done (``QuotaExceeded`` first if
@@ -153,7 +165,7 @@ class Renames:
         self._replaced(dst, replaced)
         self._forget(src, dst)
         self._after_reply.start(src, self._remove_renamed, src,
-                                [source.key, *(key for _, _, key in markers())], last)
+                                [source.key, *(key for _, _, key in markers())], unmarked)
         return True
 
     def _replaced_size(self, key: str, kind: Optional[str]) -> Optional[int]:
@@ -232,22 +244,22 @@ class Renames:
         if kind is None and moving:
             self._check_parents(dst)
 
-    def _start_last(self, side: OwnerExecutor, src: str, dst: str) -> Optional[Future]:
-        """Whether the file or directory ``src``, moving to ``dst``, is the last entry of the
-        directory it leaves (``fs.CosFS._keep_directory``), asked on the look-up pool
-        ``side`` now; None when it stays in its directory (nothing to keep) or leaves the
+    def _start_unmarked(self, side: OwnerExecutor, src: str, dst: str) -> Optional[Future]:
+        """Whether the directory that the file or directory ``src``, moving to ``dst``,
+        leaves lacks its marker (``fs.CosFS._keep_directory``), asked on the look-up pool
+        ``side`` now; None when it stays in its directory (which it keeps) or leaves the
         root."""
         if parent_dir(dst) == parent_dir(src) or parent_dir(src) == "/":
             return None
-        return side.submit(is_sole_entry, self._bucket, dir_prefix(parent_dir(src)),
-                           object_key(src))
+        return side.submit(lacks_marker, self._bucket, dir_prefix(parent_dir(src)))
 
-    def _remove_renamed(self, src: str, keys: list[str], last: Optional[Future]) -> None:
-        """After a rename's reply: keep the directory the source leaves if ``last`` (the
-        look-up of :meth:`_start_last`, None if it stays in its directory) finds the source
-        was all it held, then delete the source and its MFMT markers (and keep the
-        directory if it was emptied meanwhile: ``fs.CosFS._keep_if_emptied``)."""
-        kept = last is None or self._keep_left_directory(src, last)
+    def _remove_renamed(self, src: str, keys: list[str], unmarked: Optional[Future]) -> None:
+        """After a rename's reply: write the marker of the directory the source leaves if
+        ``unmarked`` (the look-up of :meth:`_start_unmarked`, None if it stays in its
+        directory) finds none, then delete the source and its MFMT markers (and keep the
+        directory if it is empty then and its marker could not be written first:
+        ``fs.CosFS._keep_if_emptied``)."""
+        kept = unmarked is None or self._keep_left_directory(src, unmarked)
         if len(keys) == 1:
             self._bucket.delete(keys[0])
         else:
@@ -255,22 +267,22 @@ class Renames:
         if not kept:
             self._keep_if_emptied(parent_dir(src))
 
-    def _keep_left_directory(self, src: str, last: Future) -> bool:
-        """Write the marker of the directory ``src`` leaves if ``last`` says ``src`` was all
-        it held; return True if it is kept so, as ``fs.CosFS._keep_directory`` does (a
-        failed look-up is only logged)."""
+    def _keep_left_directory(self, src: str, unmarked: Future) -> bool:
+        """Write the marker of the directory ``src`` leaves if ``unmarked`` says it has
+        none; return True if it is kept so, as ``fs.CosFS._keep_directory`` does (a failed
+        look-up is only logged)."""
         try:
-            sole = last.result()
+            lacking = unmarked.result()
         except StorageError as exc:
-            log.warning("path=%s: could not tell whether its last entry is going (%s)",
+            log.warning("path=%s: could not tell whether it has its marker (%s)",
                         parent_dir(src), exc)
             return False
-        return sole and self._write_marker(parent_dir(src))
+        return not lacking or self._write_marker(parent_dir(src))
 
-    def _rename_directory(self, src: str, dst: str, last: Optional[Future]) -> None:
+    def _rename_directory(self, src: str, dst: str, unmarked: Optional[Future]) -> None:
         """Rename the directory ``src`` object by object (``cos.copies.rename_directory``);
-        ``last``, :meth:`_start_last`'s look-up (None: it stays in its directory), says
-        whether the directory it leaves then needs its marker, written first. Raises
+        ``unmarked``, :meth:`_start_unmarked`'s look-up (None: it stays in its directory),
+        says whether the directory it leaves needs its marker, written first. Raises
         ``Refusal``."""
         if not self._ctx.account.delete_enable:
             raise Refusal(errno.EACCES, "Renaming a directory deletes its old name: needs "
@@ -282,7 +294,7 @@ class Renames:
             if self.lookup(dst) is not None:
                 raise Refusal(errno.EEXIST, "Target exists")
             self._check_parents(dst)
-            kept = last is None or self._keep_left_directory(src, last)
+            kept = unmarked is None or self._keep_left_directory(src, unmarked)
             try:
                 moved = rename_directory(
                     self._bucket, source, target, self._ctx.transfer, self._ctx.copier(),
