@@ -123,9 +123,15 @@ def test_stor_under_a_file_is_refused(alice, area, cos):
     with pytest.raises(ftplib.error_perm, match=r"55[03]"):
         alice.mkd(f"{area}/file/sub")
     put(alice, f"{area}/other", b"o")
-    alice.sendcmd(f"RNFR {area}/other")
+    alice.sendcmd(f"RNFR {area}/other")  # the session's own upload: no HEAD
     with pytest.raises(ftplib.error_perm, match=r"55[03]"):
         alice.sendcmd(f"RNTO {area}/file/other")
+    put(alice, f"{area}/last", b"l")
+    for path in ("file/other", "file/deeper/other"):  # any file: its HEAD beside the look-ups
+        alice.sendcmd(f"RNFR {area}/other")
+        with pytest.raises(ftplib.error_perm, match=r"550 Not a directory"):
+            alice.sendcmd(f"RNTO {area}/{path}")
+        assert not exists(cos, f"{area}/{path}")
     assert exists(cos, f"{area}/other")
 
 
@@ -278,7 +284,12 @@ def test_require_existing_dir_refuses_uploads_into_missing_directories(strict_se
         ftp.sendcmd(f"RNFR {area}/x.txt")
         with pytest.raises(ftplib.error_perm, match="550"):
             ftp.sendcmd(f"RNTO {area}/missing/x.txt")
+        put(ftp, f"{area}/last.txt", b"l")
+        ftp.sendcmd(f"RNFR {area}/x.txt")  # not the session's own upload: its HEAD first
+        with pytest.raises(ftplib.error_perm, match="550 No such directory"):
+            ftp.sendcmd(f"RNTO {area}/missing/x.txt")
         assert exists(cos, f"{area}/x.txt")
+        assert not exists(cos, f"{area}/missing/x.txt")
     finally:
         _close(ftp)
     other = strict_server.login("alice", "alice-pw")  # the option is per account

@@ -272,12 +272,11 @@ def test_rnfr_rnto_of_a_file(alice, emulator, area):
 def test_rnfr_rnto_of_a_file_to_another_directory(alice, emulator, area, marker, others,
                                                   expected):
     """RNTO: at once, the HEAD of the source, the look-up of the new name, the listing of
-    the source's MFMT markers and the listing of the directory it leaves (has it its
-    marker); then the copy. After the reply, that directory's marker if it has none, then
-    the DELETE (was the DELETE, then the directory's listing when the file was not its
-    last entry). The new name's parent is looked up between the two
-    (``_check_rename_target``: a new name in another directory), as before: three round
-    trips before the reply."""
+    the source's MFMT markers, the look-up of the new name's parent (was after the others,
+    a round trip more) and the listing of the directory it leaves (has it its marker);
+    then the copy: two round trips before the reply. After it, that directory's marker if
+    it has none, then the DELETE (was the DELETE, then the directory's listing when the
+    file was not its last entry)."""
     if marker:
         alice.mkd(area)
         alice.mkd(f"{area}/d")
@@ -286,11 +285,27 @@ def test_rnfr_rnto_of_a_file_to_another_directory(alice, emulator, area, marker,
     put(alice, f"{area}/other", DATA)  # the last STOR: RNFR of "a" looks it up
     alice.sendcmd(f"RNFR {area}/d/a")
     emulator.requests(reset=True)
-    at_once(emulator, area, 4, lambda: alice.sendcmd(f"RNTO {area}/a"))
+    at_once(emulator, area, 5, lambda: alice.sendcmd(f"RNTO {area}/a"))
     wait_until(lambda: emulator.requests(contains=area).get("DELETE"),
                what="the source deleted after the reply")
     assert emulator.requests(contains=area) == expected
     assert alice.nlst(area) == ["a", "d", "other"]
+
+
+def test_rename_of_the_sessions_own_upload_to_another_directory(alice, emulator, area):
+    """rclone moving what it just stored: RNFR asks COS nothing; RNTO sends at once the
+    look-up of the new name, the listing of the source's MFMT markers, the look-up of the
+    new name's parent (was after them) and the listing of the directory it leaves; then
+    the copy pinned to what the STOR stored: two round trips (were three). After the
+    reply, the marker of the directory it leaves (it had none), then the DELETE."""
+    put(alice, f"{area}/d/x.partial", DATA)
+    assert count(emulator, area, lambda: alice.sendcmd(f"RNFR {area}/d/x.partial")) == {}
+    emulator.requests(reset=True)
+    at_once(emulator, area, 4, lambda: alice.sendcmd(f"RNTO {area}/x"))
+    wait_until(lambda: emulator.requests(contains=area).get("DELETE"),
+               what="the source deleted after the reply")
+    assert emulator.requests(contains=area) == {"LIST": 4, "COPY": 1, "PUT": 1, "DELETE": 1}
+    assert alice.nlst(area) == ["d", "x"]
 
 
 def test_mlst_of_a_file_and_of_the_directory_rclone_asks_about(alice, emulator, area):

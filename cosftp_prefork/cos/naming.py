@@ -261,6 +261,15 @@ def start_checks(engine: Engine, owner: Hashable, bucket: Bucket, key: str,
     return NameChecks(futures, speculate=not require_existing_dir)
 
 
+def parents_allow(bucket: Bucket, key: str, require_existing_dir: bool) -> None:
+    """Return if the parents of ``key`` let it be a new name, as :func:`start_checks` asks
+    (no file has the name of a directory on the way up to the first one that exists; with
+    ``require_existing_dir``, its parent exists); raise ``NotStorable`` if not, or
+    ``StorageError``. Run to its verdict by the calling thread: a rename's look-up of its
+    new name's parents, on the look-up pool beside its other look-ups."""
+    _run(functools.partial(_ParentsAllow, bucket, key, require_existing_dir))
+
+
 def _run(lookup: Callable[[Callable[[], Any]], _InThread]) -> None:
     """A look-up run to its verdict by a thread of the pool."""
     error = lookup(lambda: None).exception()

@@ -27,7 +27,7 @@ from ..cos.mtimes import (
     copy_beside_marker,
     markers_of,
 )
-from ..cos.naming import may_speculate, rename_checks
+from ..cos.naming import may_speculate, parents_allow, rename_checks
 from ..errors import (
     AlreadyExists,
     InvalidPath,
@@ -49,11 +49,13 @@ class _LookUps(NamedTuple):
     """A rename's look-ups, sent at once on the look-up pool beside the HEAD of its source:
     what the new name is now (``listing.name_kind``), the source's MFMT markers, and, for a
     new name in another directory (None otherwise), whether the directory the source leaves
-    lacks its marker (:meth:`Renames._start_unmarked`)."""
+    lacks its marker (:meth:`Renames._start_unmarked`) and whether the new name's parents
+    allow it (:meth:`Renames._start_parents`)."""
 
     kind: Future
     markers: Future
     unmarked: Optional[Future]
+    parents: Optional[Future]
 
 
 class Renames:
@@ -77,9 +79,11 @@ class Renames:
             return False
         side = self._ctx.engine.lookups.for_owner(self)
         src_key, dst_key = object_key(src), object_key(dst)
+        moving = parent_dir(dst) != parent_dir(src)
         looked_up = _LookUps(side.submit(name_kind, self._bucket, dst_key, src_key),
                              side.submit(self._reserved, [], markers_of, self._bucket, src_key),
-                             self._start_unmarked(side, src, dst))
+                             self._start_unmarked(side, src, dst),
+                             self._start_parents(side, dst) if moving else None)
         try:  # a file, and what its copy keeps (storage class, MFMT time)
             source = self._bucket.head(src_key)
         except NotFound:
@@ -98,9 +102,10 @@ class Renames:
         new name is looked up (blind to the source's key: ``x.partial`` lists right after
         ``x``) while the source's MFMT markers are listed, then the copy is made, pinned to
         the source's ETag, with the new name's markers written beside it; the reply goes
-        out, and the source and its markers are deleted after it (:mod:`.background`). A
-        file moving to another directory is asked about beside those look-ups: does the
-        directory it leaves lack its marker (written then before the delete).
+        out, and the source and its markers are deleted after it (:mod:`.background`). For
+        a file moving to another directory, two more look-ups go beside those: do the new
+        name's parents allow it, and does the directory the file leaves lack its marker
+        (written then before the delete).
 
         With ``own`` (``source`` is what this session's last STOR stored: rclone's and
         WinSCP's temporary uploads), nothing asks about the source first; if anyone replaced
@@ -116,8 +121,9 @@ class Renames:
         if looked_up is None:  # this session's own upload: the new name's kind comes below
             listed = side.submit(self._reserved, [], markers_of, self._bucket, source.key)
             unmarked = self._start_unmarked(side, src, dst)
+            parents = self._start_parents(side, dst) if moving else None
         else:
-            listed, unmarked = looked_up.markers, looked_up.unmarked
+            listed, unmarked, parents = looked_up.markers, looked_up.unmarked, looked_up.parents
         if own is not None and not moving and self._may_put_renamed(own):
             try:
                 return self._rename_by_put(src, dst, own, listed)
@@ -126,7 +132,7 @@ class Renames:
         else:
             kind = (looked_up.kind if looked_up else
                     side.submit(name_kind, self._bucket, dst_key, source.key)).result()
-        self._check_rename_target(dst, kind, moving)
+        self._check_rename_target(dst, kind, parents)
         replaced = self._replaced_size(dst_key, kind)
         markers = listed.result()
         return self._renamed(src, dst, source, lambda: self._copy_pinned(
@@ -233,16 +239,31 @@ class Renames:
         except NotStorable:
             raise Refusal(errno.EISDIR, "Target is a directory") from None
 
-    def _check_rename_target(self, dst: str, kind: Optional[str], moving: bool) -> None:
+    def _check_rename_target(self, dst: str, kind: Optional[str],
+                             parents: Optional[Future]) -> None:
         """Refuse a file rename onto a directory, or onto a file without ``delete_enable``;
-        look up the new name's parents if nothing has it and it is in another directory (in
-        the same one, the source proves them)."""
+        and, if nothing has the new name, where ``parents`` (:meth:`_start_parents`'s
+        look-up, None for a new name in the source's directory, which the source proves)
+        refuses it: under a file, or (``require_existing_dir``) in a missing directory.
+        ``parents`` is waited for in every case: no request of the command is in flight
+        after its reply."""
+        failure = None if parents is None else parents.exception()
         if kind == DIRECTORY:
             raise Refusal(errno.EISDIR, "Target is a directory")
         if kind == FILE and not self._ctx.account.delete_enable:
             raise Refusal(errno.EACCES, "Overwriting by rename needs delete permission")
-        if kind is None and moving:
-            self._check_parents(dst)
+        if kind is None and isinstance(failure, NotStorable):
+            raise Refusal(failure.errno, failure.strerror) from None
+        if kind is None and failure is not None:
+            raise failure
+
+    def _start_parents(self, side: OwnerExecutor, dst: str) -> Future:
+        """Whether the parents of ``dst``, a new name in another directory, allow it
+        (``cos.naming.parents_allow``: as a new file's, which STOR asks beside its other
+        look-ups), asked on the look-up pool ``side`` now, beside the rename's other
+        look-ups (it went after them, a round trip more)."""
+        return side.submit(parents_allow, self._bucket, object_key(dst),
+                           self._ctx.account.require_existing_dir)
 
     def _start_unmarked(self, side: OwnerExecutor, src: str, dst: str) -> Optional[Future]:
         """Whether the directory that the file or directory ``src``, moving to ``dst``,
@@ -341,8 +362,9 @@ class Renames:
         bucket, key = self._bucket.located(dst_key)
         if source.home is None or (bucket.name, key) == (source.home.name, source.key):
             return False, False
-        kind = name_kind(self._bucket, dst_key)
-        self._check_rename_target(dst, kind, moving=True)
+        parents = self._start_parents(self._ctx.engine.lookups.for_owner(self), dst)
+        kind = name_kind(self._bucket, dst_key)  # beside the look-up of its parents
+        self._check_rename_target(dst, kind, parents)
         replaced = self._replaced_size(dst_key, kind)
         counted = None if self.quota is None else self.quota.arriving(
             source.home.name, source.key, dst_key, source.size)
