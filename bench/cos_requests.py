@@ -98,6 +98,9 @@ SEQUENCES: dict[str, tuple[Callable[[ftplib.FTP, str], None],
         lambda ftp, d: (_put(ftp, f"{d}/f"), ftp.sendcmd(f"MFMT 20200102030405 {d}/f"))),
     "DELE": (lambda ftp, d: (_put(ftp, f"{d}/a"), _put(ftp, f"{d}/b")),
              lambda ftp, d: ftp.delete(f"{d}/a")),
+    "DELE in a directory MKD made (its marker)": (
+        lambda ftp, d: (ftp.mkd(d), _put(ftp, f"{d}/a"), _put(ftp, f"{d}/b")),
+        lambda ftp, d: ftp.delete(f"{d}/a")),
     "MKD": (lambda ftp, d: ftp.mkd(d), lambda ftp, d: ftp.mkd(f"{d}/sub")),
     "CWD": (lambda ftp, d: ftp.mkd(d), lambda ftp, d: ftp.cwd(d)),
     "LIST of 20 files": (
@@ -106,6 +109,13 @@ SEQUENCES: dict[str, tuple[Callable[[ftplib.FTP, str], None],
     "RNFR + RNTO of a file": (
         lambda ftp, d: (_put(ftp, f"{d}/a"), _put(ftp, f"{d}/b")),
         lambda ftp, d: ftp.rename(f"{d}/a", f"{d}/c")),
+    "RNFR + RNTO of a file into another directory": (
+        lambda ftp, d: (_put(ftp, f"{d}/sub/a"), _put(ftp, f"{d}/sub/b")),
+        lambda ftp, d: ftp.rename(f"{d}/sub/a", f"{d}/a")),
+    "STOR sub/x.partial + RNFR/RNTO x (rclone moving its upload up)": (
+        lambda ftp, d: ftp.mkd(d),
+        lambda ftp, d: (_put(ftp, f"{d}/sub/x.partial"),
+                        ftp.rename(f"{d}/sub/x.partial", f"{d}/x"))),
 }
 
 
