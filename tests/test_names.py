@@ -197,6 +197,11 @@ def test_a_directory_losing_its_last_entry_lists_for_another_session_meanwhile(
     finally:
         cos.put_object(Bucket=ALPHA, Key=marker, Body=b"")  # lets the held PUT go
     assert alice.getresp().startswith("2")
+    # RNTO's marker and delete come after its reply: the held PUT's thread may count its
+    # passage, and the entry be deleted, after the test's PUT and the reply.
+    wait_until(lambda: sum(emulator.rendezvous().values()) == 2 and
+               not exists(cos, f"{area}/d/{removed}"),
+               what="the held PUT let go, then the entry deleted")
     assert emulator.rendezvous() == {"armed": False, "passed": 2, "broken": 0}
     assert mlsd_types(second, area) == listed
     assert mlsd_types(second, f"{area}/d") == {}
