@@ -45,6 +45,7 @@ from .admin_client import (
     serving_admin,
 )
 from .conftest import ALPHA
+from .crowds import unread_session
 from .server_proc import connection_refused, wait_until
 from .tls_clients import write_certificate
 
@@ -220,6 +221,70 @@ def test_kick_closes_a_session_whose_quit_waits_for_its_upload(api, admin, area)
                what="the upload parked")
     upload.conn.close()
     ftp.close()
+
+
+KICK_LINE = b"421 Session closed by the server's administrator.\r\n"
+
+
+def _server_unread(server_port: int, client_port: int) -> int:
+    """Bytes the server's end of the connection from ``client_port`` received and did not
+    read yet (its rx_queue in /proc/net/tcp)."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if int(local.split(":")[1], 16) == server_port and \
+                    int(remote.split(":")[1], 16) == client_port:
+                return int(queues.split(":")[1], 16)
+    return 0
+
+
+def _whole_replies_then_kick(stream: bytes) -> bool:
+    """True if ``stream`` is whole HELP replies, then the kick's 421 on its own line, last."""
+    reply = stream[:stream.index(b"\r\n214 ") + 2]
+    reply += stream[len(reply):].partition(b"\r\n")[0] + b"\r\n"
+    count = (len(stream) - len(KICK_LINE)) // len(reply)
+    return stream == reply * count + KICK_LINE
+
+
+def test_a_kick_finishes_the_reply_being_sent_then_says_421(api, admin):
+    """A client that reads no replies (a small receive buffer) sends HELPs a read's worth
+    (682, 298 KB of replies) at a time until the worker stops reading: the kernel took
+    a few MB of replies, the rest wait in the worker, the one being sent half-sent. The admin
+    API kicks it; only then does it read: whole HELP replies, the 421 on a line of its
+    own, the end. Before: the worker's queue was dropped whole, the reply being sent with
+    it, the 421 found no room, and the close (input unread) reset the connection: the
+    client read half a reply, then the reset."""
+    sock = unread_session(admin.port, "127.0.0.13")
+    paused = "ip=127.0.0.13] cosftp_prefork.ftp.backpressure: the client reads no replies"
+    for _ in range(100):  # a read's worth at a time, each read before the next is sent
+        sock.sendall(b"HELP\r\n" * 682)
+        wait_until(lambda: paused in admin.log_text() or
+                   not _server_unread(admin.port, sock.getsockname()[1]),
+                   what="the HELPs read, or the worker to stop reading")
+        if paused in admin.log_text():
+            break
+    [session] = [s for s in api.get("/sessions")["sessions"] if s["client"] == "127.0.0.13"]
+    answers = []
+    # the client must be free to read while the API waits for the kick
+    kicker = threading.Thread(target=lambda: answers.append(
+        api.call("DELETE", f"/sessions/{session['id']}")))
+    kicker.start()
+    try:
+        wait_until(lambda: f"admin API asked to close session {session['id']}" in
+                   admin.log_text(), what="the kick carried out")
+        sock.settimeout(30)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        stream = b"".join(chunks)
+    finally:
+        kicker.join()
+        sock.close()
+    assert stream.endswith(KICK_LINE), stream[-200:]
+    assert _whole_replies_then_kick(stream), stream[-600:]
+    assert answers[0].status_code in (200, 202), answers[0].text
 
 
 def test_a_kick_during_a_command_wins_over_the_commands_sent_with_it(api, admin, emulator,

@@ -37,6 +37,9 @@ from .proxy import ProxyHeaderError, read_header
 
 log = logging.getLogger(__name__)
 
+# What a kicked session reads of its client's input before it closes (see ``close``).
+KICK_DISCARD_BYTES = 1024 * 1024
+
 
 class Arrival(enum.Enum):
     """Where a control connection is between accept and its greeting."""
@@ -79,6 +82,7 @@ class Admission:
     # it about; kept after close, which a password check on another thread may outlive.
     gate_client = None
     _kicked: Optional[str] = None  # why the worker's main thread told us to go
+    _kick_obeyed = False  # its 421 is queued
 
     def handle(self) -> None:
         """Count the connection: called by pyftpdlib at accept (in the server's thread),
@@ -224,15 +228,32 @@ class Admission:
         """If the gate told this session to go (``_kick``): reply its 421 and close, in the
         session's thread, and return True; else False.
 
-        The replies the client has not taken yet go unsent: the 421 is the last word it
-        gets. A client that reads no replies had up to ``MAX_QUEUED_REPLIES`` waiting
+        The replies the client has not begun to receive go unsent: the 421 is the last word
+        it gets. A client that reads no replies had up to ``MAX_QUEUED_REPLIES`` waiting
         (``ftp.backpressure``), and a kick obeyed while it began to read sent them first,
-        as much as the socket took in one go (found: 528,357 bytes after the kick)."""
+        as much as the socket took in one go (found: 528,357 bytes after the kick). The one
+        it has begun to receive is finished first (``ftp.replyqueue``): the 421 then
+        starts a line of its own. If the socket cannot take them now (a client that reads
+        no replies), they go as the client takes them, the session reading nothing more
+        and its transfer ended, and it closes once they went (``CLOSE_GRACE`` at most:
+        ``ftp.backpressure``); else it closes at once."""
         if self._kicked is None or compat.is_closed(self):
             return False
-        self.producer_fifo.clear()
+        if self._kick_obeyed:  # the 421 waits for the rest of a reply: nothing is read
+            compat.stop_reading(self)
+            return True
+        self._kick_obeyed = True
+        self.drop_unsent_replies()
         self.respond(f"421 {self._kicked}")
-        self.close()
+        if self.producer_fifo:  # not all in the socket yet
+            # its transfer ends with the kick, as ``close`` would end it (an upload parked)
+            self.end_transfers(stopping=False)
+            if self.data_channel is not None:
+                self.data_channel.close()
+            compat.stop_reading(self)
+            self.close_when_done()
+        else:
+            self.close()
         return True
 
     def handle_read(self) -> None:
@@ -241,7 +262,14 @@ class Admission:
 
     def close(self) -> None:
         """Free the connection's place in the limits before its socket closes: no kick
-        comes after this."""
+        comes after this. A kicked session first reads what its client sent and nothing
+        read (``KICK_DISCARD_BYTES`` at most): closed with input unread, its socket would
+        be reset and the replies its kernel still holds, its 421 last, lost."""
+        if self._kicked is not None and not compat.is_closed(self):
+            with contextlib.suppress(OSError), raw_socket(self.socket) as raw:
+                left = KICK_DISCARD_BYTES
+                while left > 0 and (chunk := raw.recv(min(left, 65536), socket.MSG_DONTWAIT)):
+                    left -= len(chunk)
         ticket, self._ticket = self._ticket, None
         if ticket is not None:
             self.stats.release(ticket)

@@ -162,7 +162,7 @@ class ClientDialect:
         or reach a terminal), 0xFF doubled (``telnet``); a character the encoding lacks
         becomes ``?``."""
         encoded = reply_lines(data).encode(self.encoding, "replace")
-        compat.push_bytes(self, telnet.reply_bytes(encoded))
+        self.push_encoded(telnet.reply_bytes(encoded))  # ftp.replyqueue counts them
 
     def push_with_producer(self, producer) -> None:
         """Send the reply lines ``producer`` makes (pyftpdlib's ``STAT path`` listing) with

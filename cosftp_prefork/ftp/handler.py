@@ -39,6 +39,7 @@ from .loginwait import HeldCommands
 from .mounts import session_fs
 from .oplog import OperatorLogs
 from .passive import CosPassiveDTP
+from .replyqueue import ReplyQueue
 from .retries import FailedUpload
 from .session import SessionServices
 from .throttle import SessionRates
@@ -48,7 +49,7 @@ from .transfers import TransferCommands
 class CosFTPHandler(LoginCommands, LoginFailures, CommandDispatch, TransferCommands,
                     DataConnectionSetup, FileCommands, HashCommands, SessionServices,
                     TransferLifecycle, Admission, ReplyBackPressure, HeldCommands, ClientDialect,
-                    SessionIdleTimer, FTPHandler):
+                    ReplyQueue, SessionIdleTimer, FTPHandler):
     """Control channel: wires sessions to their bucket and turns COS errors into replies."""
 
     dtp_handler = CosDTPHandler
