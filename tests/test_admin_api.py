@@ -45,7 +45,7 @@ from .admin_client import (
     serving_admin,
 )
 from .conftest import ALPHA
-from .crowds import unread_session
+from .crowds import Member, unread_session
 from .server_proc import connection_refused, wait_until
 from .tls_clients import write_certificate
 
@@ -327,6 +327,37 @@ def _refused_as_banned(proc, source: str) -> bool:
     except ftplib.error_temp as exc:
         return "421 Too many failed logins" in str(exc)
     return False
+
+
+def test_a_ban_closes_the_connections_of_its_address_before_its_answer(api, admin):
+    """16 connections from 127.0.0.14 (max_prelogin_connections_per_ip), greeted, not
+    logged in; the admin API bans the address. Once the ban shows in its list (before the
+    POST's answer, which waits for the bans file), each one's next command gets no answer
+    but the ban's 421, then the end: the ban is in force from the moment it was made (each
+    session checks before a command; each worker, woken at once, closes its own). Before:
+    the workers' tick closed them, within a second: a command sent meanwhile was run (NOOP
+    answered 200)."""
+    members = [Member(admin.port, "127.0.0.14") for _ in range(16)]
+    answers: list = []
+    poster = threading.Thread(target=lambda: answers.append(api.call(
+        "POST", "/bans", json={"address": "127.0.0.14", "seconds": 600})))
+    try:
+        assert {member.reply()[:4] for member in members} == {"220 "}
+        poster.start()
+        wait_until(lambda: any(ban["address"] == "127.0.0.14" and ban["banned"]
+                               for ban in api.get("/bans")["bans"]), interval=0,
+                   what="the ban in the table")
+        for member in members:
+            member.send("NOOP")
+        replies = [(member.reply(), member.reply()) for member in members]
+        assert set(replies) == {
+            ("421 Too many failed logins from your address; try again later.", "")}, replies
+    finally:
+        poster.join()
+        for member in members:
+            member.close()
+        assert api.call("DELETE", "/bans/127.0.0.14").json()["lifted"]
+    assert answers[0].status_code == 201, answers[0].text
 
 
 def test_ban_list_and_lift(api, admin):

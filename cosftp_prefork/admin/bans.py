@@ -4,8 +4,10 @@ cluster's Redis when ``[CLUSTER]`` is set).
 
 A ban or unban changes the shared ban table and waits, as ``cosftpctl unban`` does, until
 the master saved the bans file, so that a stop right after cannot undo it. Each worker reads
-the table again at its next accept; the workers' tick closes the connections of a newly
-banned address that are not logged in yet. With ``[CLUSTER]``, a ban is written in Redis
+the table again at its next accept; the connections of a newly banned address that are not
+logged in yet close at once: each worker is woken (``server.wakeup``) and closes its own,
+and until it did, each of them is closed before it runs another command
+(``WorkerStats.kick_due``). With ``[CLUSTER]``, a ban is written in Redis
 before the answer (``banctl.ban_in_cluster``), in its place after the unbans made so far,
 and every node holds it within a second; if Redis cannot be asked, the workers' cluster
 thread publishes it when it answers (``Gate.share``).
@@ -29,6 +31,7 @@ from ..server.banctl import (
     wait_saved,
 )
 from ..server.scoreboard import BanRow, address_group
+from ..server.wakeup import wake_worker
 from .app import ApiError, Context, Response
 
 MAX_BAN_SECONDS = 366 * 86400
@@ -91,6 +94,8 @@ def add(context: Context) -> Response:
     problem = ban_in_cluster(context.config, group, until, seconds) \
         if context.config.cluster.redis_url else None
     context.state.ban(group, until, started=now)
+    for worker in context.state.workers():  # its connections not logged in close now
+        wake_worker(worker.pid)
     saved = wait_saved(context.state, context.master_alive)
     what = f"banned {address} for {seconds}s" + ("" if saved else
                                                 "; the master did not save the bans file yet")

@@ -225,8 +225,11 @@ class Admission:
         return self._kicked is not None
 
     def obey_kick(self) -> bool:
-        """If the gate told this session to go (``_kick``): reply its 421 and close, in the
-        session's thread, and return True; else False.
+        """If the gate told this session to go (``_kick``), or the shared state says it is
+        to go and the worker's main thread did not tell it yet (``WorkerStats.kick_due``):
+        reply its 421 and close, in the session's thread, and return True; else False.
+        Called before each command and each read of either connection: a kick is in force
+        from the moment it was asked for.
 
         The replies the client has not begun to receive go unsent: the 421 is the last word
         it gets. A client that reads no replies had up to ``MAX_QUEUED_REPLIES`` waiting
@@ -237,7 +240,11 @@ class Admission:
         no replies), they go as the client takes them, the session reading nothing more
         and its transfer ended, and it closes once they went (``CLOSE_GRACE`` at most:
         ``ftp.backpressure``); else it closes at once."""
-        if self._kicked is None or compat.is_closed(self):
+        if compat.is_closed(self):
+            return False
+        if self._kicked is None and self._ticket is not None:
+            self.stats.kick_due(self._ticket)  # asked for, the worker's thread not there yet
+        if self._kicked is None:
             return False
         if self._kick_obeyed:  # the 421 waits for the rest of a reply: nothing is read
             compat.stop_reading(self)

@@ -112,6 +112,10 @@ class CosDTPHandler(UploadPacing, DownloadPacing, DTPHandler):
             self._watch = watch
 
     def handle_read_event(self) -> None:
+        """Read the upload's next bytes, unless the session was kicked: it then closes,
+        this transfer with it, before taking one more byte."""
+        if self.cmd_channel.obey_kick():
+            return
         super().handle_read_event()
         self._show_received()
 

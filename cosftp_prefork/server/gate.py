@@ -9,7 +9,9 @@ changed under the ticket's lock, so a session cannot be thrown out in the very m
 in. The limits and the bans live in the shared state and hold across every worker; the
 worker's main thread calls ``Gate.police`` once a second, which closes the connections not
 logged in within ``login_timeout`` and those of an address banned meanwhile (by any worker),
-through the ``kick`` callback the FTP layer gave with the connection.
+through the ``kick`` callback the FTP layer gave with the connection; a ban made through the
+admin API wakes it to do so at once (``police_bans``, ``server.wakeup``), and until then
+each such connection is closed before it runs another command (``banned_now``).
 
 A login also takes a seat of its account (``max_sessions``, counted in the scoreboard with
 the rate buckets of the account).
@@ -407,17 +409,29 @@ class Gate:
         own."""
         self.state.sweep_accounts()
         now = time.monotonic()
+        for ticket in self.police_bans():
+            if now >= ticket.deadline:
+                self.kick(ticket, LOGIN_TIMED_OUT,
+                           f"closed: no login within login_timeout={self.login_timeout}s")
+        self.refusals.flush(now)
+
+    def police_bans(self) -> list[Ticket]:
+        """Close the pending connections of an address banned on this node since this last
+        looked (the ban epoch moved); return the pending connections left. Runs in the
+        worker's main thread: its tick, and at once when the admin API's ban wakes it
+        (``server.wakeup``)."""
         pending = self._pending_now()
         epoch = self.state.ban_epoch()
         banned = set()
         if epoch != self._ban_epoch:
             self._ban_epoch = epoch
             banned = self.state.banned_keys(time.time())
-        for ticket in self._kick_banned(pending, banned):
-            if now >= ticket.deadline:
-                self.kick(ticket, LOGIN_TIMED_OUT,
-                           f"closed: no login within login_timeout={self.login_timeout}s")
-        self.refusals.flush(now)
+        return self._kick_banned(pending, banned)
+
+    def banned_now(self, ticket: Ticket) -> bool:
+        """True if the connection of ``ticket`` is not logged in and its address is banned
+        on this node (from this worker's copy of the ban table: no scan)."""
+        return ticket.state is SessionState.PENDING and self._banned_at_accept(ticket.client)
 
     def share(self) -> bool:
         """Publish this node's counts to the cluster, forget what was unbanned on any node,

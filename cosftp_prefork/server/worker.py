@@ -6,11 +6,14 @@ services (``server.services``), the counters (``server.workerstats``) and pyftpd
 with its servers (``server.balanced``). Each session runs in its own thread
 (``ThreadedFTPServer``) so a slow COS call stalls only that session.
 
-Signals only set flags; the worker's loop acts on them within a second:
+Signals only set flags; the worker's loop acts on them at once (each wakes its ``poll``
+through ``server.wakeup``'s pipe), or at its next tick, within a second:
 TERM/INT stop now, QUIT drains (stop accepting, let sessions finish, at most
 ``graceful_timeout``), USR2 (the master's graceful stop) drains until no transfer is in
-flight rather than no session, USR1 reopens the log file. Sessions still open when the worker stops
-get ``426`` for a transfer in flight (an upload is parked, never half-written) and ``421``.
+flight rather than no session, USR1 reopens the log file, URG (``wakeup.KICK_SIGNAL``,
+from the admin API) carries out the kicks and bans waiting in the shared state. Sessions
+still open when the worker stops get ``426`` for a transfer in flight (an upload is parked,
+never half-written) and ``421``.
 The master SIGABRTs a worker that hangs: ``faulthandler``, enabled by the master's fork
 before this module is even imported, then writes every thread's stack to the file the master
 gave the worker, and the master logs it.
@@ -41,6 +44,7 @@ from .logs import reopen_logging, setup_logging
 from .scoreboard import DRAINING, EXIT_BOOT_FAILURE, LISTEN_BACKLOG, SERVING, SharedState
 from .services import WorkerServices
 from .signals import release_signals
+from .wakeup import KICK_SIGNAL, WakeUp
 from .workerstats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -86,10 +90,12 @@ class Worker:
         try:
             servers = self._servers(services, stats, masquerade)
             self._serving_signals()
+            wakeup = WakeUp(servers[0].ioloop)
             stats.status = SERVING
             log.info("worker %d gen %d serving on %s", self.index, self.generation,
                      ", ".join(server.describe() for server in servers))
-            self._serve(servers, stats)
+            self._serve(servers, stats, wakeup)
+            wakeup.close()
             deadline = self._close_sessions(servers, stats, services.engine)
         finally:
             services.stop(deadline)
@@ -154,7 +160,8 @@ class Worker:
             servers.append(server)
         return servers
 
-    def _serve(self, servers: list[BalancedFTPServer], stats: WorkerStats) -> None:
+    def _serve(self, servers: list[BalancedFTPServer], stats: WorkerStats,
+               wakeup: WakeUp) -> None:
         ioloop = servers[0].ioloop
         drain_deadline: Optional[float] = None
         next_tick = 0.0
@@ -171,11 +178,13 @@ class Worker:
             if drain_deadline is None:
                 for server in servers:
                     server.rebalance()
-            if ioloop.socket_map:
-                paused = any(server.paused for server in servers)
-                ioloop.poll(BALANCE_SECONDS if paused else TICK_SECONDS)
-            else:
-                time.sleep(BALANCE_SECONDS)
+            # The wake-up pipe is always in the loop: a signal ends the wait at once.
+            paused = any(server.paused for server in servers)
+            ioloop.poll(BALANCE_SECONDS if paused or drain_deadline is not None
+                        else TICK_SECONDS)
+            if wakeup.take(KICK_SIGNAL):  # the admin API's kick or ban: now, not at the tick
+                stats.gate.police_bans()
+                stats.apply_kicks()
             ioloop.sched.poll()
 
     def _close_sessions(self, servers: list[BalancedFTPServer], stats: WorkerStats,

@@ -178,7 +178,8 @@ class WorkerStats:
 
     def apply_kicks(self) -> None:
         """Close (421) the sessions of this worker the admin API asked to close: read the
-        requests only when the kick epoch moved (the worker's tick)."""
+        requests only when the kick epoch moved (the worker's tick, and at once when the
+        admin API wakes the worker: ``server.wakeup``)."""
         epoch = self.state.kick_epoch()
         if epoch == self._kick_epoch:
             return
@@ -189,6 +190,18 @@ class WorkerStats:
             if self.state.kick_requested(row):
                 self.gate.kick(entry.ticket, KICKED, "closed: the admin API asked to close "
                                f"session {self.state.serial_of(row)}")
+
+    def kick_due(self, ticket: Ticket) -> None:
+        """In the session's own thread, before it runs a command or takes an upload's bytes:
+        tell it to go (``Gate.kick``) if the admin API asked to close it, or if it is not
+        logged in and its address was banned, though this worker's main thread did not act
+        yet. A kick or ban is then in force from the moment the admin API wrote it to the
+        shared state, whichever thread comes to it first."""
+        if self.state.kick_requested(ticket.row):
+            self.gate.kick(ticket, KICKED, "closed: the admin API asked to close session "
+                           f"{self.state.serial_of(ticket.row)}")
+        elif self.gate.banned_now(ticket):
+            self.gate.kick(ticket, BANNED, "closed: its address was banned")
 
     def credit(self, meter: TransferMeter) -> None:
         """Add to the worker's bytes up or down what a file transfer moved since they last
