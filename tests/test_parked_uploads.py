@@ -31,17 +31,20 @@ from .test_resume import (
 from .test_transfers import pending_uploads
 
 
-def test_parked_upload_survives_a_server_restart(emulator, tmp_path, area, cos):
+def test_parked_upload_survives_a_server_restart(emulator, tmp_path, resumable,  # noqa: F811
+                                                 area, cos):
+    """Parked by a server that then stops, resumed through another: the file's shared
+    server, with the same account (a server started again has nothing more of it than
+    what COS holds)."""
     data = os.urandom(5 * MIB + 1)
     account = [Account("alice", "alice-pw", ALPHA)]
     with ServerProcess(str(tmp_path / "first"), emulator.port, account) as first:
         break_upload(first.login("alice", "alice-pw"), cos, area, data[:3 * MIB], 2)
-    with ServerProcess(str(tmp_path / "second"), emulator.port, account) as second:
-        ftp = second.login("alice", "alice-pw")
-        offset = ftp.size(area)
-        assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
-        assert get(ftp, area) == data
-        ftp.quit()
+    ftp = resumable.login("alice", "alice-pw")
+    offset = ftp.size(area)
+    assert rest_stor(ftp, area, offset, data[offset:]).startswith("226")
+    assert get(ftp, area) == data
+    ftp.quit()
 
 
 def test_parked_upload_survives_a_reload(resumable, area, cos):  # noqa: F811
@@ -155,7 +158,13 @@ def test_janitor_aborts_left_behind_uploads_only_after_their_idle_time(emulator,
 def test_a_big_rename_cut_short_by_a_crash_is_cleaned_up_by_the_janitor(emulator, tmp_path,
                                                                         area, cos):
     """A multipart copy has a live marker, like an upload: what a crash in the middle of
-    one leaves behind, the janitor knows as its own and aborts."""
+    one leaves behind, the janitor knows as its own and aborts.
+
+    COS holds the copy of part 1 (a rendezvous of two, the test's own copy of that part
+    the second) until the server is killed, so the copy cannot complete first. Before,
+    every COS request took a second and the kill came once the marker was seen: at load
+    ~30 the test saw it late, the completion was already in flight, the upload completed
+    after the test had listed it, and no sweep had anything to abort (45 s waited out)."""
     source, target = f"{area}/big.bin", f"{area}/moved.bin"
     cos.put_object(Bucket=ALPHA, Key=source, Body=os.urandom(3 * MIB))
 
@@ -163,23 +172,30 @@ def test_a_big_rename_cut_short_by_a_crash_is_cleaned_up_by_the_janitor(emulator
         return cos.list_objects(Bucket=ALPHA, Prefix=f".cosftp/live/{target}/").get(
             "Contents", [])
 
+    def held() -> bool:
+        return any(entry["kind"] == "COPY" and entry["end"] is None
+                   for entry in request_log(emulator.port, target) if entry["target"] == target)
+
+    # The timeout is a hang guard: the test's own copy of part 1 lets the held one go.
+    emulator.rendezvous(contains=target, exact=True, kind="COPY", part=1, parties=2,
+                        timeout=120)
     with ServerProcess(str(tmp_path), emulator.port, [Account("mover", "mover-pw", ALPHA)],
                        optional={"multipart_copy_threshold": str(MIB)}) as srv:
         ftp = srv.login("mover", "mover-pw")
         ftp.sendcmd(f"RNFR {source}")
-        emulator.set_faults(latency_ms=1000)  # every COS request takes a second
-        try:
-            ftp.putcmd(f"RNTO {target}")
-            wait_until(markers, timeout=30, what="the multipart copy to start")
-            master = psutil.Process(srv.proc.pid)
-            for process in [*master.children(), master]:  # a crash, not a graceful stop
-                process.kill()
-            srv.proc.wait()
-        finally:
-            emulator.set_faults(latency_ms=0)
+        ftp.putcmd(f"RNTO {target}")
+        wait_until(held, timeout=30, what="the copy of part 1 held by COS")
+        master = psutil.Process(srv.proc.pid)
+        for process in [*master.children(), master]:  # a crash, not a graceful stop
+            process.kill()
+        srv.proc.wait()
         ftp.close()
     [upload] = pending_uploads(cos, target)
     assert [item["Key"] for item in markers()] == [live_key(target, upload["UploadId"])]
+    cos.upload_part_copy(Bucket=ALPHA, Key=target, PartNumber=1, UploadId=upload["UploadId"],
+                         CopySource={"Bucket": ALPHA, "Key": source, "Region": emulator.region},
+                         CopySourceRange=f"bytes=0-{MIB - 1}")
+    assert emulator.rendezvous()["passed"] == 2
     bucket = BucketRegistry().bucket(emulator_account(emulator, ALPHA))
     eager = Janitor([bucket], ttl=2, orphan_idle=0)
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, target),
