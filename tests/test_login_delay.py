@@ -9,10 +9,12 @@ one, is answered while the long one still waits.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import selectors
 import socket
 import ssl
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,6 +42,17 @@ def delay_server(emulator, tmp_path, delay: str, log_level: str = "INFO",
                                    "log_level": log_level, "delay_failed_login": delay,
                                    **optional},
                          network=network or {})
+
+
+@pytest.fixture(scope="module")
+def prompt(emulator, tmp_path_factory) -> Iterator[ServerProcess]:
+    """The tests' server with no delay (and FTPS), shared by the tests that need no other
+    setting: what they assert is of their own sessions."""
+    workdir = tmp_path_factory.mktemp("prompt")
+    cert, key = write_certificate(workdir)
+    with delay_server(emulator, workdir / "srv", "0",
+                      network={"tls_certfile": cert, "tls_keyfile": key}) as proc:
+        yield proc
 
 
 def pipelined(proc: ServerProcess, commands: bytes, tls: bool = False) -> list[bytes]:
@@ -95,26 +108,25 @@ def test_a_reload_changes_the_delay_and_both_hold(emulator, tmp_path):
 
 
 @pytest.mark.parametrize("delay", ["0", "1"])
-def test_commands_sent_ahead_of_a_530_are_answered_after_it_in_order(emulator, tmp_path,
-                                                                      delay):
+def test_commands_sent_ahead_of_a_530_are_answered_after_it_in_order(request, emulator,
+                                                                      tmp_path, delay):
     """USER, a wrong PASS, USER, the right PASS, PWD and QUIT in one packet: one reply each,
     in the order of the commands (RFC 959), the commands after the wrong PASS run once its 530
     was sent. Delay 0 takes the same delayed path (the 530 is sent from the event loop's next
     turn). Before: pyftpdlib ran the lines read with the wrong PASS while its 530 waited, so
     the QUIT closed the session and the 530 was never sent."""
-    with delay_server(emulator, tmp_path, delay) as proc:
+    with contextlib.ExitStack() as stack:
+        proc = request.getfixturevalue("prompt") if delay == "0" else \
+            stack.enter_context(delay_server(emulator, tmp_path, delay))
         codes = pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
                                 b"PASS ops-pw\r\nPWD\r\nQUIT\r\n")
     assert codes == [b"331", b"530", b"331", b"230", b"257", b"221"]
 
 
-def test_commands_sent_ahead_of_a_530_over_tls_are_answered_after_it(emulator, tmp_path):
+def test_commands_sent_ahead_of_a_530_over_tls_are_answered_after_it(prompt):
     """The same in one TLS record: what one TLS read decrypted waits for the 530 too."""
-    cert, key = write_certificate(tmp_path)
-    with delay_server(emulator, tmp_path / "srv", "0",
-                      network={"tls_certfile": cert, "tls_keyfile": key}) as proc:
-        codes = pipelined(proc, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
-                                b"PASS ops-pw\r\nPWD\r\nQUIT\r\n", tls=True)
+    codes = pipelined(prompt, b"USER ops\r\nPASS a-wrong-guess\r\nUSER ops\r\n"
+                              b"PASS ops-pw\r\nPWD\r\nQUIT\r\n", tls=True)
     assert codes == [b"331", b"530", b"331", b"230", b"257", b"221"]
 
 
@@ -139,6 +151,7 @@ def test_a_quit_sent_ahead_of_the_530_closes_the_session_cleanly(emulator, tmp_p
     fuzzing met once the tests' servers answered failed logins at once). The session's event
     loop ending (pyftpdlib's "closing IOLoop", DEBUG) says the delayed call ran: it is the
     loop's last task."""
+    # Its own server: the others log at INFO (a flood of NOOPs at DEBUG costs more CPU).
     with delay_server(emulator, tmp_path, "0", log_level="DEBUG") as proc:
         ended_before = proc.log_text().count("closing IOLoop")
         with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
@@ -192,7 +205,7 @@ def test_an_admin_kick_during_the_delay_closes_the_session_at_once(emulator, tmp
         assert "USER 'alice' logged in." not in proc.log_text()
 
 @pytest.mark.parametrize("tls", [False, True], ids=["clear", "tls"])
-def test_a_flood_sent_ahead_of_a_530_is_answered_in_order(emulator, tmp_path, tls):
+def test_a_flood_sent_ahead_of_a_530_is_answered_in_order(prompt, tls):
     """USER, a wrong PASS, then NOOPs filling three times the most one read asks for
     (TLS_READ_SIZE), and QUIT, sent in one go while the test reads: the 530, a 200 for every
     NOOP in order, 221. What waits for the 530 is what one read of the connection brought
@@ -201,11 +214,8 @@ def test_a_flood_sent_ahead_of_a_530_is_answered_in_order(emulator, tmp_path, tl
     (1.5 MiB here). Passed before this test was written: the 64 KiB bound of its own that
     loginwait had (a 421, the session closed) could not be reached, and was dropped."""
     noops = 3 * TLS_READ_SIZE // len(b"NOOP\r\n")
-    cert, key = write_certificate(tmp_path)
-    with delay_server(emulator, tmp_path / "srv", "0",
-                      network={"tls_certfile": cert, "tls_keyfile": key}) as proc, \
-            socket.create_connection(("127.0.0.1", proc.port), timeout=30) as plain:
-        [worker] = workers_of(proc.proc.pid)
+    with socket.create_connection(("127.0.0.1", prompt.port), timeout=30) as plain:
+        [worker] = workers_of(prompt.proc.pid)
         sock = greeted(plain, tls)
         reset_peak_rss(worker.pid)
         before = peak_rss(worker.pid)
