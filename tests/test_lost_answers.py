@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ftplib
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -264,15 +265,22 @@ def test_an_upload_started_by_a_lost_initiate_answer_is_aborted_once_a_retry_is_
     assert not pending_uploads(cos, area)
 
 
-@pytest.fixture
-def copier(emulator, tmp_path):
+@pytest.fixture(scope="module")
+def copying_server(emulator, tmp_path_factory) -> Iterator[ServerProcess]:
     """A server that renames files over 1 MiB with a multipart copy (Initiate, UploadPartCopy
-    per part, Complete), and its session of alice."""
-    with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
+    per part, Complete), shared by the file's tests (each on keys of its own: ``area``)."""
+    with ServerProcess(str(tmp_path_factory.mktemp("copier")), emulator.port,
+                       [Account("alice", "alice-pw", ALPHA)],
                        optional={"multipart_copy_threshold": str(MIB)}) as srv:
-        ftp = srv.login("alice", "alice-pw")
-        yield srv, ftp
-        ftp.quit()
+        yield srv
+
+
+@pytest.fixture
+def copier(copying_server):
+    """``copying_server`` and a session of alice's on it, for one test."""
+    ftp = copying_server.login("alice", "alice-pw")
+    yield copying_server, ftp
+    ftp.quit()
 
 
 def test_a_big_rename_whose_completion_answers_are_lost_is_finished(copier, area, cos,
