@@ -17,13 +17,14 @@ import ssl
 import struct
 import termios
 import threading
+from collections.abc import Iterator
 from contextlib import suppress
 
 import pytest
 
 from .admin_client import AdminClient, admin_server, admin_url
 from .crowds import unread_session, workers_of
-from .server_proc import tls_network, wait_until
+from .server_proc import ServerProcess, tls_network, wait_until
 from .tls_clients import client_context, write_certificate
 
 SOURCE = "127.0.0.5"
@@ -82,22 +83,36 @@ def read_to_the_end(sock: socket.socket) -> int:
     return got
 
 
+@pytest.fixture(scope="module")
+def kicking(emulator, tmp_path_factory) -> Iterator[tuple[ServerProcess, str]]:
+    """The file's server, with FTPS (a session may stay in clear) and the admin API (then
+    HTTPS only), one worker; and its certificate. Each test's session is from ``SOURCE``,
+    and gone when it ends."""
+    workdir = tmp_path_factory.mktemp("kicking")
+    cert, key = write_certificate(workdir)
+    with admin_server(str(workdir / "srv"), emulator.port, network=tls_network(cert, key),
+                      worker_processes="1", log_level="INFO") as proc:
+        yield proc, cert
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["clear", "tls"])
-def test_a_kicked_session_that_reads_no_replies_closes_at_once(emulator, tmp_path, tls):
+def test_a_kicked_session_that_reads_no_replies_closes_at_once(kicking, tls):
     """Before: a paused session looked for a kick once a second (``KICK_CHECK_INTERVAL``);
     until then, and as its client took replies, it sent them: 1,777,637 to 2,203,621 bytes
     after the kick, where its client's buffer held 4,069."""
-    cert, key = write_certificate(tmp_path)
-    network = tls_network(cert, key) if tls else None
-    with admin_server(str(tmp_path), emulator.port, network=network, worker_processes="1",
-                      log_level="INFO") as proc, flooding_session(proc.port, tls) as sock:
+    proc, cert = kicking
+    logged_before = len(proc.log_text())
+
+    def logged(text: str) -> bool:
+        return text in proc.log_text()[logged_before:]
+
+    with flooding_session(proc.port, tls) as sock:
         [worker] = workers_of(proc.proc.pid)
-        wait_until(lambda: f"ip={SOURCE}] cosftp_prefork.ftp.backpressure: the client reads "
-                   "no replies" in proc.log_text(), what="the session to stop reading")
+        wait_until(lambda: logged(f"ip={SOURCE}] cosftp_prefork.ftp.backpressure: the client "
+                                  "reads no replies"), what="the session to stop reading")
         threads = worker.num_threads()
         # with a certificate the admin API is HTTPS only
-        api = AdminClient(admin_url(proc, "https"), verify=cert) if tls else \
-            AdminClient(admin_url(proc))
+        api = AdminClient(admin_url(proc, "https"), verify=cert)
         [session] = api.get("/sessions")["sessions"]
         answers = []
         # the API answers once the session is gone (or 5 s passed): the client must be
@@ -106,8 +121,8 @@ def test_a_kicked_session_that_reads_no_replies_closes_at_once(emulator, tmp_pat
             api.call("DELETE", f"/sessions/{session['id']}")))
         kicker.start()
         try:
-            wait_until(lambda: f"{SOURCE}: closed: the admin API asked to close session" in
-                       proc.log_text(), what="the kick")
+            wait_until(lambda: logged(f"{SOURCE}: closed: the admin API asked to close "
+                                      "session"), what="the kick")
             # What the server wrote before the kick: its kernel's send queue (which drains
             # into the client as it reads, whenever the session's thread closes), then what
             # the client's buffer holds; after them at most the rest of the reply it was
