@@ -95,6 +95,21 @@ class AuthService:
         with self._lock:
             return sum(1 for request in self.asked if request["user"] == user)
 
+    def reset(self) -> AuthService:
+        """Back to a new service's state, on the same port: answering (started again if it
+        was stopped), NORMAL, no users, nothing asked, no answer held or released ahead.
+        Returns self."""
+        if self._server is None:
+            self.start()
+        with self._lock:
+            self.users.clear()
+            self.asked.clear()
+            self.mode = NORMAL
+            self.most_in_flight = self.in_flight
+        self.release.clear()
+        self._turns = threading.Semaphore(0)
+        return self
+
     def stop(self) -> None:
         """Stop listening: the port then refuses connections (a service that is down); the
         same port is used by ``start`` again."""

@@ -9,6 +9,7 @@ import stat
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,10 +28,35 @@ from .test_login_delay import pipelined
 from .tls_clients import client_context, write_certificate
 
 
+@pytest.fixture(scope="module")
+def troubled_hook() -> Iterator[AuthService]:
+    """The hook of the tests that change its mode or stop it: they share it (``service``)
+    and ``server``."""
+    shared = AuthService().start()
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def server(emulator, tmp_path, service):
-    with hooked_server(emulator, tmp_path, service.url) as proc:
+def service(troubled_hook) -> AuthService:
+    """This file's tests' hook (conftest's starts one per test): ``troubled_hook``, put back
+    as new for each test (``AuthService.reset``)."""
+    return troubled_hook.reset()
+
+
+@pytest.fixture(scope="module")
+def server(emulator, tmp_path_factory, troubled_hook):
+    """A server asking ``troubled_hook``, shared by the tests of its failures. A yes is
+    cached (auth_cache_ttl): a test that logs a hook user in names one of its own
+    (``patient``)."""
+    with hooked_server(emulator, tmp_path_factory.mktemp("troubled"),
+                       troubled_hook.url) as proc:
         yield proc
+
+
+def patient() -> str:
+    """A hook user no other test named: no yes of another test is cached for it."""
+    return f"patient-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +138,14 @@ def test_a_hook_that_is_down_drops_the_commands_sent_ahead_of_its_421(server, se
                                                                       emulator):
     """The hook's try-later 421 closes the session: the login sent ahead of it is not run.
     Before: it ran during the wait, and the 421 was never sent."""
-    service.users["patient"] = ("patient-pw", definition(emulator))
+    user = patient()
+    service.users[user] = ("patient-pw", definition(emulator))
     service.stop()
-    codes = pipelined(server, b"USER patient\r\nPASS patient-pw\r\nUSER filer\r\n"
-                              b"PASS filer-pw\r\nQUIT\r\n")
+    logged_before = len(server.log_text())
+    codes = pipelined(server, f"USER {user}\r\nPASS patient-pw\r\nUSER filer\r\n"
+                              "PASS filer-pw\r\nQUIT\r\n".encode())
     assert codes == [b"331", b"421"]
-    assert "USER 'filer' logged in." not in server.log_text()
+    assert "USER 'filer' logged in." not in server.log_text()[logged_before:]
 
 
 def test_an_answer_that_is_not_json_is_refused(server, service):
@@ -128,20 +156,22 @@ def test_an_answer_that_is_not_json_is_refused(server, service):
 
 @pytest.mark.parametrize("mode", [SLOW, ERROR])
 def test_a_slow_or_failing_hook_says_try_later(server, service, emulator, mode):
-    service.users["patient"] = ("patient-pw", definition(emulator))
+    user = patient()
+    service.users[user] = ("patient-pw", definition(emulator))
     service.mode = mode
-    assert refused(server, "patient", "patient-pw").startswith("421")
+    assert refused(server, user, "patient-pw").startswith("421")
     service.release.set()
     service.mode = NORMAL
-    server.login("patient", "patient-pw").quit()
+    server.login(user, "patient-pw").quit()
 
 
 def test_a_hook_that_is_down_says_try_later(server, service, emulator):
-    service.users["patient"] = ("patient-pw", definition(emulator))
+    user = patient()
+    service.users[user] = ("patient-pw", definition(emulator))
     service.stop()
-    assert refused(server, "patient", "patient-pw").startswith("421")
+    assert refused(server, user, "patient-pw").startswith("421")
     service.start()
-    server.login("patient", "patient-pw").quit()
+    server.login(user, "patient-pw").quit()
 
 
 def test_a_yes_is_cached_for_its_password_only_until_it_expires(emulator, tmp_path, service):
