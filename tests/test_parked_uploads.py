@@ -58,6 +58,12 @@ def test_parked_upload_survives_a_reload(resumable, area, cos):  # noqa: F811
     assert get(ftp, area) == data
     ftp.quit()
 
+# The ttl of the janitors the tests run themselves (with orphan_idle 0: their idle limit
+# too). COS's times have whole seconds, so an upload is idle for this long 0 to 1 s after
+# its last part or marker: each sweep is a handful of requests, polled until then (2 s
+# took up to 2 s of polling per test).
+EAGER_TTL = 0.5
+
 
 def _unread(conn) -> int:
     """The bytes sent on the data connection ``conn`` that the server has not read: those in
@@ -147,9 +153,9 @@ def test_janitor_aborts_left_behind_uploads_only_after_their_idle_time(emulator,
     orphan = f"{area}-orphan"
     upload_id = leave_behind(cos, orphan)
     bucket = BucketRegistry().bucket(emulator_account(emulator, ALPHA))
-    Janitor([bucket], ttl=2).sweep(bucket)  # the default: an hour without a part
+    Janitor([bucket], ttl=EAGER_TTL).sweep(bucket)  # the default: an hour without a part
     assert pending_uploads(cos, orphan)
-    eager = Janitor([bucket], ttl=2, orphan_idle=0)
+    eager = Janitor([bucket], ttl=EAGER_TTL, orphan_idle=0)
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, orphan),
                what="the orphan to be aborted")
     assert cos.object_exists(Bucket=ALPHA, Key=live_key(orphan, upload_id)) is False
@@ -197,7 +203,7 @@ def test_a_big_rename_cut_short_by_a_crash_is_cleaned_up_by_the_janitor(emulator
                          CopySourceRange=f"bytes=0-{MIB - 1}")
     assert emulator.rendezvous()["passed"] == 2
     bucket = BucketRegistry().bucket(emulator_account(emulator, ALPHA))
-    eager = Janitor([bucket], ttl=2, orphan_idle=0)
+    eager = Janitor([bucket], ttl=EAGER_TTL, orphan_idle=0)
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, target),
                what="the janitor to abort the copy")
     assert markers() == []
@@ -209,7 +215,7 @@ def test_janitor_leaves_other_tools_uploads_alone(emulator, area, cos):
     cos.create_multipart_upload(Bucket=ALPHA, Key=foreign)
     bucket = BucketRegistry().bucket(emulator_account(emulator, ALPHA))
     leave_behind(cos, f"{area}-ours")
-    eager = Janitor([bucket], ttl=2, orphan_idle=0)
+    eager = Janitor([bucket], ttl=EAGER_TTL, orphan_idle=0)
     wait_until(lambda: eager.sweep(bucket) and not pending_uploads(cos, f"{area}-ours"),
                what="our own orphan to be aborted")
     assert pending_uploads(cos, foreign)
