@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from contextlib import suppress
 
 import psutil
@@ -319,52 +320,62 @@ def stall_handshakes(port: int, source: str, count: int, auth_tls: bool) -> list
 STALL_LOGIN_TIMEOUT = 30
 
 
-@pytest.mark.parametrize("auth_tls", [False, True], ids=["implicit port", "AUTH TLS"])
-def test_stalled_tls_handshakes_are_capped_and_cut_at_login_timeout(emulator, tmp_path,
-                                                                    auth_tls):
+@pytest.fixture(scope="module")
+def stall_server(emulator, tmp_path_factory) -> Iterator[ServerProcess]:
+    """FTPS with an implicit port, one worker, login_timeout ``STALL_LOGIN_TIMEOUT``: the
+    server of both stalled-handshake tests, each from an address of its own."""
+    workdir = tmp_path_factory.mktemp("stall")
+    cert, key = write_certificate(workdir)
+    with ServerProcess(str(workdir / "srv"), emulator.port, OPS,
+                       network=tls_network(cert, key, implicit=True),
+                       optional={"log_level": "INFO", "worker_processes": "1",
+                                 "login_timeout": str(STALL_LOGIN_TIMEOUT)}) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize("auth_tls, source", [(False, "127.0.0.9"), (True, "127.0.0.10")],
+                         ids=["implicit port", "AUTH TLS"])
+def test_stalled_tls_handshakes_are_capped_and_cut_at_login_timeout(stall_server, auth_tls,
+                                                                    source):
     """Before, on the implicit FTPS port: a connection over the pre-login caps waited for its
     handshake to be told 421, and a stalled one waited for the 300 s idle timeout (400 of
     them: 384 open, 788 descriptors and 413 threads in the worker). Now every connection is
     counted at accept: over the cap it is closed at once (nothing can be said in clear
     text), within the cap its handshake is cut at login_timeout. After AUTH TLS on the FTP
     port the same holds (the over-cap ones get their 421 in clear text)."""
-    cert, key = write_certificate(tmp_path)
-    proc = ServerProcess(str(tmp_path / "srv"), emulator.port, OPS,
-                         network=tls_network(cert, key, implicit=True),
-                         optional={"log_level": "INFO", "worker_processes": "1",
-                                   "login_timeout": str(STALL_LOGIN_TIMEOUT)})
-    with proc:
-        no_sessions_left(proc)
-        worker = psutil.Process(proc.proc.pid).children()[0]
-        threads, fds = worker.num_threads(), worker.num_fds()
-        port = proc.port if auth_tls else int(proc.network["implicit_tls_port"])
-        started = time.monotonic()
-        socks = stall_handshakes(port, "127.0.0.9", 200, auth_tls)
-        try:
-            # the default max_prelogin_connections_per_ip (16) stay, the others are closed
-            # before login_timeout cuts the 16
-            wait_until(lambda: sum(map(closed_by_server, socks)) >= 200 - 16,
-                       timeout=STALL_LOGIN_TIMEOUT - 5, what="the connections over the cap closed")
-            refused_by = time.monotonic()  # every refusal was made by now
-            assert sum(map(closed_by_server, socks)) == 200 - 16  # not cut by the deadline yet
-            wait_until(lambda: all(map(closed_by_server, socks)), timeout=60,
-                       what="the stalled handshakes cut at login_timeout")
-        finally:
-            close_all(socks)
-        wait_until(lambda: worker.num_threads() <= threads, what=f"threads back to {threads}")
-        wait_until(lambda: worker.num_fds() <= fds, what=f"descriptors back to {fds}")
-        no_sessions_left(proc)
-        text = proc.log_text()
-        assert f"127.0.0.9: closed: no login within login_timeout={STALL_LOGIN_TIMEOUT}s" in text
-        refusals = [line for line in text.splitlines()
-                    if "127.0.0.9: connection refused: Too many connections from your "
-                       "address waiting to log in" in line]
-        # Once per burst (then a count), not 184. A burst lasts BURST_SECONDS (the worker's
-        # clock is the same CLOCK_MONOTONIC): a loaded machine may take longer than one to
-        # make the 200 connections (4 lines, two bursts, at load 37).
-        bursts = 1 + int((refused_by - started) // BURST_SECONDS)
-        assert 1 <= len(refusals) <= 2 * bursts, refusals
-        assert log_in(proc).voidcmd("NOOP").startswith("200")
+    proc = stall_server
+    no_sessions_left(proc)
+    logged_before = len(proc.log_text())
+    worker = psutil.Process(proc.proc.pid).children()[0]
+    threads, fds = worker.num_threads(), worker.num_fds()
+    port = proc.port if auth_tls else int(proc.network["implicit_tls_port"])
+    started = time.monotonic()
+    socks = stall_handshakes(port, source, 200, auth_tls)
+    try:
+        # the default max_prelogin_connections_per_ip (16) stay, the others are closed
+        # before login_timeout cuts the 16
+        wait_until(lambda: sum(map(closed_by_server, socks)) >= 200 - 16,
+                   timeout=STALL_LOGIN_TIMEOUT - 5, what="the connections over the cap closed")
+        refused_by = time.monotonic()  # every refusal was made by now
+        assert sum(map(closed_by_server, socks)) == 200 - 16  # not cut by the deadline yet
+        wait_until(lambda: all(map(closed_by_server, socks)), timeout=60,
+                   what="the stalled handshakes cut at login_timeout")
+    finally:
+        close_all(socks)
+    wait_until(lambda: worker.num_threads() <= threads, what=f"threads back to {threads}")
+    wait_until(lambda: worker.num_fds() <= fds, what=f"descriptors back to {fds}")
+    no_sessions_left(proc)
+    text = proc.log_text()[logged_before:]
+    assert f"{source}: closed: no login within login_timeout={STALL_LOGIN_TIMEOUT}s" in text
+    refusals = [line for line in text.splitlines()
+                if f"{source}: connection refused: Too many connections from your "
+                   "address waiting to log in" in line]
+    # Once per burst (then a count), not 184. A burst lasts BURST_SECONDS (the worker's
+    # clock is the same CLOCK_MONOTONIC): a loaded machine may take longer than one to
+    # make the 200 connections (4 lines, two bursts, at load 37).
+    bursts = 1 + int((refused_by - started) // BURST_SECONDS)
+    assert 1 <= len(refusals) <= 2 * bursts, refusals
+    assert log_in(proc).voidcmd("NOOP").startswith("200")
 
 
 def test_a_ban_closes_every_open_connection_of_the_address(emulator, tmp_path):
