@@ -153,8 +153,10 @@ class Soak:
         self.server = ServerProcess(
             os.path.join(workdir, "server"), self.emulator.port,
             [Account(f"chaos-{user}", PASSWORD, BUCKET, "RW") for user in USERS],
+            # Two workers: one is killed while the other serves.
             optional={"max_login_failures": "0", "max_connections_per_ip": "0",
-                      "log_level": log_level}, network=network).start()
+                      "log_level": log_level, "worker_processes": "2"},
+            network=network).start()
         obscured = subprocess.run([RCLONE, "obscure", PASSWORD], capture_output=True,
                                   text=True, check=True).stdout.strip()
         # Flags, not RCLONE_* variables: rclone logs the settings it takes from its

@@ -73,9 +73,10 @@ def folder_admin_server(workdir: str, cos_port: int) -> tuple[ServerProcess, str
 def serving_admin(emulator, tmp_path_factory, name: str,
                   hooks: Optional[dict[str, str]] = None) -> Iterator[ServerProcess]:
     """For a module's fixture: ``admin_server`` running, bans after 3 failed logins, with
-    ``hooks`` as its [HOOKS] section if given."""
+    ``hooks`` as its [HOOKS] section if given; two workers, whose sessions and health the
+    API and the console list together."""
     proc = admin_server(str(tmp_path_factory.mktemp(name)), emulator.port,
-                        max_login_failures="3", ban_time="600")
+                        max_login_failures="3", ban_time="600", worker_processes="2")
     proc.hooks.update(hooks or {})
     with proc:
         yield proc

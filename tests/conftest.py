@@ -88,6 +88,15 @@ def no_leaked_servers(tmp_path_factory):
     assert not leaked, f"tests left servers running: {leaked}"
 
 
+# [OPTIONAL] of a test whose point needs more than one worker (balancing, one worker killed
+# or hung while another serves, limits counted across workers, a listing of several):
+# the harness starts one (tests/server_proc.py write_config).
+TWO_WORKERS = {"worker_processes": "2"}
+# The ``daemon`` of such a test.
+two_worker_daemon = pytest.mark.parametrize("daemon", [TWO_WORKERS], indirect=True,
+                                            ids=["2 workers"])
+
+
 @pytest.fixture
 def daemon(emulator, tmp_path, request):
     """A daemonised server (``cosftpctl start``), as test_master.py, test_master_reload.py,
@@ -197,9 +206,12 @@ def server(emulator, tmp_path_factory):
     # No ban on failed logins: tests that send bad logins or garbage commands would ban the
     # one address every test connects from (the ban has its own tests and server). For the
     # same reason no per-address limit on connections (test_governance.py tests those).
+    # Two workers (one start per test process): a test's sessions may land on different
+    # workers, as a user's do, so that what one worker keeps to itself shows.
     proc = ServerProcess(str(tmp_path_factory.mktemp("server")), emulator.port,
                          [*STANDARD_ACCOUNTS, MOUNTER, CHEAP_HASH], sections=PEER_FOLDER,
-                         optional={"max_login_failures": "0", "max_connections_per_ip": "0"})
+                         optional={"max_login_failures": "0", "max_connections_per_ip": "0",
+                                   **TWO_WORKERS})
     proc.start()
     yield proc
     proc.stop()

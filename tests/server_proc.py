@@ -388,7 +388,11 @@ class ServerProcess:
             if self.network.get(name) == FREE_PORT:
                 self._chosen[name] = free_port()
                 self.network[name] = str(self._chosen[name])
-        optional = {"worker_processes": "2", "min_part_size": str(1024 * 1024),
+        # One worker: a worker's start costs ~0.5 s of CPU (its imports) and the suite,
+        # CPU-bound on 2 cores, started 787 of them for 410 servers with two each. A test
+        # whose point needs several workers (balancing, one killed while another serves,
+        # limits counted across workers, reloads) sets worker_processes itself.
+        optional = {"worker_processes": "1", "min_part_size": str(1024 * 1024),
                     "upload_thread_num": "4", "log_level": "DEBUG", "log_dir": self.log_dir}
         if under_pytest():
             # No wait before a failed login's 530 (3 s by default): tests that earn bans or

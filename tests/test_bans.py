@@ -73,7 +73,8 @@ def bans_listed(proc: ServerProcess) -> dict[str, list[str]]:
 
 
 def test_unban_lets_the_address_in_at_once_on_every_worker(emulator, tmp_path):
-    with server(emulator, tmp_path, max_login_failures="2", ban_time="600") as proc:
+    with server(emulator, tmp_path, max_login_failures="2", ban_time="600",
+                worker_processes="2") as proc:
         fail_logins(proc, "127.0.0.2", 2)
         fail_logins(proc, "127.0.0.3", 1)
         listed = bans_listed(proc)
@@ -99,7 +100,9 @@ def test_unban_lets_the_address_in_at_once_on_every_worker(emulator, tmp_path):
 
 
 def test_unban_all_and_the_counts_in_status(emulator, tmp_path):
-    with server(emulator, tmp_path, max_login_failures="1", ban_time="600") as proc:
+    # Two workers: status counts the connections waiting to log in per worker.
+    with server(emulator, tmp_path, max_login_failures="1", ban_time="600",
+                worker_processes="2") as proc:
         fail_logins(proc, "127.0.0.2", 1)
         fail_logins(proc, "127.0.0.3", 1)
         waiting = [connect(proc, "127.0.0.4") for _ in range(3)]

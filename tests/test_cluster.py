@@ -18,7 +18,7 @@ import psutil
 import pytest
 import redis
 
-from .conftest import ALPHA
+from .conftest import ALPHA, TWO_WORKERS
 from .server_proc import (
     ROOT,
     Account,
@@ -430,7 +430,8 @@ def test_a_worker_hung_holding_the_session_table_stops_no_other_heartbeat(emulat
     redis = start_redis(tmp_path)
     redis_port = redis.port
     proc = LoneNode(str(tmp_path / "node"), emulator.port, [ACCOUNT],
-                    optional={"worker_timeout": "2", "health_check_interval": "1"})
+                    optional={"worker_timeout": "2", "health_check_interval": "1",
+                              **TWO_WORKERS})
     proc.redis_port, proc.name = redis_port, "held"
 
     def heartbeat(pid: int) -> float:

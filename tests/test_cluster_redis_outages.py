@@ -166,8 +166,9 @@ def test_a_slow_redis_is_an_outage_past_redis_timeout_and_not_before(emulator, r
     strict_proxy, patient_proxy = Redis6Proxy(redis6.port), Redis6Proxy(redis6.port)
     # The strict node checks Redis at the server's default interval: the commands it sends
     # are counted below before its next check.
+    # Two workers on the strict node: each gives up on Redis by itself.
     strict = node(emulator, tmp_path, "strict", strict_proxy.port, redis_timeout=500,
-                  redis_check_interval=LoneNode.redis_check_interval)
+                  redis_check_interval=LoneNode.redis_check_interval, worker_processes="2")
     patient = node(emulator, tmp_path, "patient", patient_proxy.port, redis_timeout=5000,
                    worker_processes="1", **BANS)
     try:

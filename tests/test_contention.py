@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import ALPHA
+from .conftest import ALPHA, TWO_WORKERS
 from .emulator_proc import EmulatorProcess, all_keys
 from .server_proc import Account, ServerProcess, wait_until
 
@@ -45,7 +45,9 @@ def test_a_directory_rename_overlapping_a_running_one_gets_450(slow_emulator, tm
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: cos.put_object(Bucket=ALPHA, Key=key, Body=b"k"),
                       moved + free))
-    with ServerProcess(str(tmp_path), slow_emulator.port, ACCOUNTS) as server:
+    # Two workers: the rival renames may run in different processes, as two users' do.
+    with ServerProcess(str(tmp_path), slow_emulator.port, ACCOUNTS,
+                       optional=TWO_WORKERS) as server:
         first, second = (server.login(user, f"{user}-pw", timeout=300)
                          for user in ("alice", "carol"))
         slow_emulator.set_faults(latency_ms=50)

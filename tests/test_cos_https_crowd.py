@@ -75,7 +75,7 @@ def crowd_server(tls_front, cos, tmp_path_factory):  # noqa: F811
                  **tls_network(*write_certificate(tmp_path_factory.mktemp("ftps")))},
         optional={"max_login_failures": "0", "max_connections_per_ip": "0",
                   "max_prelogin_connections_per_ip": "0", "copy_thread_num": "8",
-                  "upload_thread_num": "4"},
+                  "upload_thread_num": "4", "worker_processes": "2"},
         env=environment(tls_front.ca))
     with proc:
         wait_until(lambda: len(workers_of(proc.proc.pid)) == 2, what="both workers")

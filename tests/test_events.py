@@ -40,7 +40,7 @@ from cosftp_prefork.events.spool import (
 )
 
 from .admin_client import AdminClient, admin_server, admin_url
-from .conftest import ALPHA, BETA
+from .conftest import ALPHA, BETA, TWO_WORKERS
 from .hook_receiver import Receiver
 from .server_proc import (
     FREE_PORT,
@@ -325,7 +325,8 @@ def test_receiver_down_failing_slow_and_killed_loses_nothing(emulator, tmp_path,
 
 def test_kill_9_of_the_server_mid_stream_loses_nothing(emulator, tmp_path, receiver, area):
     receiver.start(delay=0.2)  # slow enough that events are still queued at the kill
-    server = hook_server(tmp_path, emulator, file_events_to(receiver))
+    # Two workers: the spool the restart delivers was written by both.
+    server = hook_server(tmp_path, emulator, file_events_to(receiver), optional=TWO_WORKERS)
     done: list = []
     server.start()
     try:
@@ -346,7 +347,8 @@ def test_kill_9_of_the_server_mid_stream_loses_nothing(emulator, tmp_path, recei
 
 def test_a_reload_and_a_killed_events_process_lose_nothing(emulator, tmp_path, receiver, area):
     receiver.start(delay=0.05)
-    server = hook_server(tmp_path, emulator, file_events_to(receiver))
+    # Two workers: each generation's two write the spool together.
+    server = hook_server(tmp_path, emulator, file_events_to(receiver), optional=TWO_WORKERS)
     done: list = []
     with server:
         stop = threading.Event()

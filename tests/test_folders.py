@@ -20,7 +20,7 @@ import pytest
 from cosftp_prefork.config.settings import load_config
 
 from .auth_service import AuthService
-from .conftest import ALPHA, BETA
+from .conftest import ALPHA, BETA, TWO_WORKERS
 from .emulator_proc import EmulatorProcess
 from .hooked import definition
 from .server_proc import (
@@ -677,8 +677,9 @@ QUOTA_ACCOUNTS = [
 
 @pytest.fixture(scope="module")
 def fq(emulator, tmp_path_factory):
+    # Two workers: racing sessions' reservations meet in the usage table they share.
     with ServerProcess(str(tmp_path_factory.mktemp("fq")), emulator.port, QUOTA_ACCOUNTS,
-                       optional={"quota_scan_interval": "0"},
+                       optional={"quota_scan_interval": "0", **TWO_WORKERS},
                        sections=QUOTA_FOLDERS) as proc:
         yield proc
 

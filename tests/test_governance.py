@@ -98,7 +98,8 @@ def server(emulator, tmp_path, **optional: str) -> ServerProcess:
 def test_idle_connections_of_one_address_cannot_lock_users_out(emulator, tmp_path):
     """Before: every connection counted against max_connection_num from connect, and one
     address holding that many idle sockets made everyone else's login answer 421."""
-    with server(emulator, tmp_path, max_connection_num="4") as proc:
+    # Two workers: the caps are the server's, counted across its workers.
+    with server(emulator, tmp_path, max_connection_num="4", worker_processes="2") as proc:
         attempts = [try_connect(proc, "127.0.0.2") for _ in range(30)]
         held = [ftp for ftp, _ in attempts if ftp is not None]
         refusals = [reply for ftp, reply in attempts if ftp is None]
@@ -165,7 +166,7 @@ def test_a_burst_of_connects_is_answered_not_dropped(emulator, tmp_path):
 
 def test_connections_not_logged_in_are_capped_server_wide(emulator, tmp_path):
     with server(emulator, tmp_path, max_prelogin_connections="5",
-                max_prelogin_connections_per_ip="3") as proc:
+                max_prelogin_connections_per_ip="3", worker_processes="2") as proc:
         no_sessions_left(proc)  # the start-up probe's connection is not counted any more
         user = log_in(proc)
         first = [try_connect(proc, "127.0.0.2") for _ in range(4)]
@@ -381,7 +382,8 @@ def test_stalled_tls_handshakes_are_capped_and_cut_at_login_timeout(stall_server
 def test_a_ban_closes_every_open_connection_of_the_address(emulator, tmp_path):
     """Before: only accept checked the ban; connections opened earlier went on guessing,
     and one of them logged in with 230 while banned."""
-    with server(emulator, tmp_path, max_login_failures="3", ban_time="300") as proc:
+    with server(emulator, tmp_path, max_login_failures="3", ban_time="300",
+                worker_processes="2") as proc:
         idle = [connect(proc, "127.0.0.2") for _ in range(6)]
         waiting = connect(proc, "127.0.0.2")
         waiting.sendcmd("USER ops")

@@ -17,7 +17,7 @@ import subprocess
 import psutil
 import pytest
 
-from .conftest import ALPHA
+from .conftest import ALPHA, TWO_WORKERS
 from .emulator_proc import request_log
 from .server_proc import Account, ServerProcess, wait_until
 from .test_clients import lftp_command
@@ -32,10 +32,11 @@ HOLD_SECONDS = 600
 
 @pytest.fixture(scope="module")
 def server(emulator, tmp_path_factory):
-    """A server of its own with two workers: its workers are killed."""
+    """A server of its own with two workers: its workers are killed (the other serves
+    while the master replaces one)."""
     proc = ServerProcess(str(tmp_path_factory.mktemp("lost")), emulator.port,
                          [Account("alice", "alice-pw", ALPHA, "RW")],
-                         optional={"max_login_failures": "0"})
+                         optional={"max_login_failures": "0", **TWO_WORKERS})
     proc.start()
     yield proc
     proc.stop()

@@ -28,7 +28,7 @@ from cosftp_prefork.server.scoreboard.layout import (
     RUNNING,
 )
 
-from .conftest import ALPHA, _close
+from .conftest import ALPHA, TWO_WORKERS, _close, two_worker_daemon
 from .server_proc import (
     Account,
     ServerProcess,
@@ -104,6 +104,7 @@ def login(proc: ServerProcess, password: str = "ops-pw") -> ftplib.FTP:
     return proc.login("ops", password)
 
 
+@two_worker_daemon
 def test_titles_show_generation_and_sessions(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
@@ -117,6 +118,7 @@ def test_titles_show_generation_and_sessions(daemon):
     _close(ftp)
 
 
+@two_worker_daemon
 def test_status_matches_reality(daemon):
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     sessions = [login(daemon) for _ in range(3)]
@@ -138,7 +140,7 @@ def test_a_master_of_another_version_is_found_but_its_state_file_left_alone(daem
     """After an upgrade, the master still running was started by the version before, whose
     state file has another layout: cosftpctl must not read it with this one's offsets (nor
     write into it: unban), and must say which process runs and what to do."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     path = state_path(pid_file(daemon))
     # The master rewrites its header only when something changes: wait until it has
     # published "running" (its last write at start), then write what the versions before
@@ -268,7 +270,7 @@ def forks_refused(pid: int):
 
 
 def test_status_counts_a_download_whose_data_connection_came_first(daemon, area):
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     ftp = login(daemon)
     data = os.urandom(8 * MIB)
     put(ftp, area, data)
@@ -296,7 +298,7 @@ def test_status_counts_a_download_whose_data_connection_came_first(daemon, area)
 
 
 def test_status_counts_an_append(daemon, area):
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     ftp = login(daemon)
     put(ftp, area, b"head-")
     ftp.voidcmd("TYPE I")
@@ -313,6 +315,7 @@ def test_status_counts_an_append(daemon, area):
     _close(ftp)
 
 
+@two_worker_daemon
 def test_worker_slots_count_sessions_as_they_start(daemon):
     """The workers balance their load by the session counts of their slots, which each
     worker writes as a session starts or ends (not a scan of the whole session table per
@@ -329,6 +332,7 @@ def test_worker_slots_count_sessions_as_they_start(daemon):
     wait_until(lambda: not any(w.sessions for w in state.workers()), what="sessions ended")
 
 
+@two_worker_daemon
 def test_a_worker_steps_aside_before_accepting_when_a_peer_became_less_busy(daemon):
     """A worker looks at its peers' session counts before it accepts a connection, not
     only after: when a peer's sessions end, the next connection goes to that peer even if
@@ -358,6 +362,7 @@ def test_a_worker_steps_aside_before_accepting_when_a_peer_became_less_busy(daem
         _close(ftp)
 
 
+@two_worker_daemon
 def test_kill_worker_mid_session_others_continue(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
@@ -400,7 +405,8 @@ def test_connection_limits_hold_across_workers(emulator, tmp_path):
 
 def test_per_ip_limit(emulator, tmp_path):
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
-                         optional={"max_connections_per_ip": "2"})
+                         # Counted in the master's state, across workers.
+                         optional={"max_connections_per_ip": "2", **TWO_WORKERS})
     with proc:
         no_sessions_left(proc)
         sessions = [login(proc) for _ in range(2)]

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from .conftest import ALPHA, _close
+from .conftest import ALPHA, _close, two_worker_daemon
 from .server_proc import (
     Account,
     ServerProcess,
@@ -36,6 +36,7 @@ from .test_master import (
 )
 
 
+@two_worker_daemon
 def test_sighup_password_change_keeps_sessions(daemon, area):
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     old = login(daemon)
@@ -58,7 +59,7 @@ def test_sighup_password_change_keeps_sessions(daemon, area):
 
 
 def test_reload_with_broken_config_keeps_serving(daemon):
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     rewrite_config(daemon, authority="XYZ")
     done = daemon.ctl("reload")
     assert done.returncode != 0
@@ -73,7 +74,7 @@ def test_reload_prints_the_masters_own_verdict_on_a_broken_file(daemon):
     """``cosftpctl reload`` leaves the file to the master, which reads and refuses it: the
     command prints the master's message (file, section, option, problem), the one its log
     has, and exits 2, as for any invalid file."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     before = state_of(daemon).master().reloads
     rewrite_config(daemon, authority="XYZ")
     done = daemon.ctl("reload")
@@ -91,7 +92,7 @@ def test_reload_prints_the_masters_own_verdict_on_a_broken_file(daemon):
 def test_reload_waits_for_the_verdict_as_long_as_told(daemon):
     """``reload --timeout``: a master that cannot answer (stopped) gives no verdict within
     it, exit 1, saying it may still run; the HUP it finds when it goes on still reloads."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     master = master_of(daemon)
     master.suspend()
     try:
@@ -100,7 +101,7 @@ def test_reload_waits_for_the_verdict_as_long_as_told(daemon):
         master.resume()
     assert done.returncode == 1, done
     assert "no reload verdict within 0.5s; it may still be running" in done.stderr, done
-    wait_until(lambda: serving(daemon, 2, 2), what="the reload the HUP asked for")
+    wait_until(lambda: serving(daemon, 2, 1), what="the reload the HUP asked for")
 
 
 def test_reload_from_a_shell_without_the_servers_environment(emulator, tmp_path):
@@ -135,7 +136,7 @@ def test_reload_prints_the_warnings_the_master_logged_for_it(daemon):
     ipv6_prefix_length) is applied, and the master's warning says what is kept: the
     operator running cosftpctl reload reads it there, as the log has it, not only in
     the log."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     add_to_optional(daemon, "ipv6_prefix_length = 56\n")
     done = daemon.ctl("reload")
     assert done.returncode == 0, done
@@ -155,7 +156,7 @@ def test_reload_warnings_reach_the_terminal_escaped_and_bounded(daemon):
     """The warnings quote the file: an unknown option named with an escape sequence
     reaches the terminal escaped, as the log has it; 60 long ones are printed as far as
     the shared state holds them, then counted."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     hostile = "red\x1b[31mtext\u202egnp"
     long_names = [f"unknown_{i:02d}_{'x' * 200}" for i in range(60)]
     add_to_optional(daemon, f"{hostile} = 1\n" + "".join(f"{n} = 1\n" for n in long_names))
@@ -203,6 +204,7 @@ def test_reload_refuses_unusable_hashes_and_keeps_the_old_password(daemon):
     _close(daemon.login("ops", "ops-pw"))
 
 
+@two_worker_daemon
 def test_reload_rolls_back_when_new_workers_cannot_start(daemon):
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
     add_unresolvable_masquerade(daemon)
@@ -214,7 +216,7 @@ def test_reload_rolls_back_when_new_workers_cannot_start(daemon):
 
 
 def test_upload_in_flight_survives_reload(daemon, cos, area):
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     ftp = login(daemon)
     ftp.voidcmd("TYPE I")
     data = os.urandom(6 * MIB + 3)
@@ -232,7 +234,7 @@ def test_upload_in_flight_survives_reload(daemon, cos, area):
 def test_reload_whose_new_port_is_taken_changes_nothing(daemon):
     """A reload to a port in use that also turns events on: refused, naming the address;
     the old configuration serves on, and no events process starts for the refused one."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     master = master_of(daemon)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -250,14 +252,14 @@ def test_reload_whose_new_port_is_taken_changes_nothing(daemon):
     # Many turns of the master's loop, where it starts a missing helper, pass while a
     # new worker starts.
     master.send_signal(signal.SIGTTIN)
-    wait_until(lambda: serving(daemon, 1, 3), what="3 workers")
+    wait_until(lambda: serving(daemon, 1, 2), what="2 workers")
     assert "events process" not in daemon.log_text()
     assert state_of(daemon).master().generation == 1
     _close(login(daemon))
 
 
 def test_reload_rebinds_when_port_changes(daemon):
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     old_port, new_port = daemon.port, closed_port()
     rewrite_config(daemon, listen_port=str(new_port))
     release_port(new_port)  # held until now: no other test file's server takes it
@@ -269,7 +271,7 @@ def test_reload_rebinds_when_port_changes(daemon):
 
 def test_reload_adds_and_drops_listen_addresses(daemon):
     """The IPv4 listener is kept (its session too); ::1 is opened, then closed again."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     kept = login(daemon)
     rewrite_config(daemon, listen_address="127.0.0.1, ::1")
     assert daemon.ctl("reload").returncode == 0

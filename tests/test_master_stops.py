@@ -16,7 +16,7 @@ import sys
 import psutil
 import pytest
 
-from .conftest import ALPHA
+from .conftest import ALPHA, TWO_WORKERS
 from .emulator_proc import request_log
 from .server_proc import (
     ROOT,
@@ -39,7 +39,7 @@ def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon,
     """``cosftpctl stop --graceful`` (QUIT): the listener closes at once, an upload and a
     download in flight both end with 226 and whole, then every session gets 421 (an idle
     one does not hold the stop up) and the server exits."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     master = master_of(daemon)
     cos.put_object(Bucket=ALPHA, Key=f"{area}-big", Body=os.urandom(8 * MIB))
     idle, uploader, downloader = login(daemon), login(daemon), login(daemon)
@@ -90,7 +90,7 @@ def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
     (426, then 421) and the server exits at once."""
     from .test_resume import is_parked
 
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     master = master_of(daemon)
     uploader = login(daemon)
     upload = parkable_upload(uploader, cos, area)
@@ -110,7 +110,7 @@ def test_fast_stop_cuts_a_graceful_stop_short(daemon, cos, area):
 def test_reload_during_a_graceful_stop_is_refused_and_the_transfer_finishes(daemon, cos, area):
     """A HUP while a graceful stop waits for an upload (logrotate's, a configuration
     tool's) is refused: the master keeps waiting, the upload ends with 226 and whole."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     master = master_of(daemon)
     uploader = login(daemon)
     uploader.voidcmd("TYPE I")
@@ -140,7 +140,7 @@ def test_a_graceful_stop_waits_for_an_upload_whose_data_connection_is_to_come(da
     """A STOR answered 150 whose data connection the client has not opened yet is a
     transfer in flight: a graceful stop waits for it and it ends with 226 (the worker took
     the session for idle: 421, and the data connection was refused)."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     master = master_of(daemon)
     uploader = login(daemon)
     uploader.voidcmd("TYPE I")
@@ -200,7 +200,7 @@ def test_stop_parks_an_upload_whose_part_cos_takes_long_to_store(daemon, emulato
     the stop comes (which the park cancelled, under load, then aborted the upload)."""
     from .test_resume import is_parked
 
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     uploader = login(daemon)
     emulator.rendezvous(contains=area, kind="PUT", parties=100, timeout=8)
     uploader.voidcmd("TYPE I")
@@ -225,8 +225,10 @@ SHORT_STOP = {"stop_timeout": "15"}
 
 
 @pytest.mark.parametrize("daemon, signum, allowed",
-                         [(SHORT_STOP, signal.SIGTERM, 15),
-                          ({**SHORT_STOP, "graceful_timeout": "1"}, signal.SIGQUIT, 16)],
+                         # Two workers: the master's one deadline is for both.
+                         [({**SHORT_STOP, **TWO_WORKERS}, signal.SIGTERM, 15),
+                          ({**SHORT_STOP, **TWO_WORKERS, "graceful_timeout": "1"},
+                           signal.SIGQUIT, 16)],
                          ids=["stop", "graceful stop past graceful_timeout"],
                          indirect=["daemon"])
 def test_stop_parks_the_stored_parts_of_uploads_cos_holds_past_its_time(daemon, signum, allowed,
@@ -278,7 +280,7 @@ def test_stop_parks_an_appe_whose_copy_cos_holds_past_its_time(daemon, emulator,
     from .test_resume import park_records, parts_of, rest_stor
     from .test_transfers import copies, release_copy
 
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     old, data = os.urandom(2 * MIB + 7), os.urandom(3 * MIB + 5)
     cos.put_object(Bucket=ALPHA, Key=area, Body=old)
     # The copy is held until a second one meets it: the resume's (or release_copy's), after
@@ -327,7 +329,7 @@ def test_stop_does_not_wait_for_a_janitor_sweep_cos_holds(daemon, emulator):
     """A stopping worker exits by its deadline even while its janitor's sweep waits on COS:
     it waited for the sweep to end, and the master SIGABRTed it stop_timeout after the
     TERM."""
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     emulator.rendezvous(contains=".cosftp/", kind="LIST", parties=100, timeout=45)
     try:
         wait_until(lambda: any(entry["kind"] == "LIST" and entry["end"] is None
@@ -367,7 +369,7 @@ def test_stop_tells_idle_clients_421_and_transfers_426(daemon, cos, area, how):
     connection with 421, logged in or not."""
     from .test_resume import is_parked
 
-    wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
     cos.put_object(Bucket=ALPHA, Key=f"{area}-big", Body=os.urandom(48 * MIB))
     idle, fresh = login(daemon), ftplib.FTP()
     fresh.connect("127.0.0.1", daemon.port, timeout=30)

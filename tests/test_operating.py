@@ -46,8 +46,10 @@ def _operated(workdir: str, cos_port: int, accounts: list[Account], **optional: 
 
 @pytest.fixture(scope="module")
 def ops(emulator, tmp_path_factory):
+    """Two workers: the metrics are every worker's counts folded together, a killed
+    worker's too."""
     proc = _operated(str(tmp_path_factory.mktemp("ops")), emulator.port, STANDARD_ACCOUNTS,
-                     max_login_failures="0")
+                     max_login_failures="0", worker_processes="2")
     proc.start()
     yield proc
     proc.stop()

@@ -37,7 +37,7 @@ from cosftp_prefork.config.settings import parse_config
 from cosftp_prefork.errors import ConfigError
 
 from .admin_client import RW_TOKEN, AdminClient, hash_token
-from .conftest import ALPHA
+from .conftest import ALPHA, TWO_WORKERS
 from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_config import MINIMAL, set_option
 from .test_master import pids_cgroup, rewrite_config, write_cgroup
@@ -138,10 +138,12 @@ def workdir():
 
 
 def dropping_server(workdir: str, cos_port: int, python_env, **optional: str) -> ServerProcess:
+    """A server started as root whose children drop to nobody: two workers, so that every
+    one drops, not only the first forked."""
     python, env = python_env
     return ServerProcess(workdir, cos_port, [ACCOUNT],
                          optional={"run_as_root": "false", "xferlog_enable": "true",
-                                   **optional},
+                                   **TWO_WORKERS, **optional},
                          network={"metrics_port": FREE_PORT},
                          launcher=[python, "-m", "cosftp_prefork"], env=env)
 
@@ -468,7 +470,7 @@ def test_master_without_root_binds_a_privileged_port_with_the_capability(emulato
                     for cap in service["AmbientCapabilities"].split())
     os.chown(workdir, NOBODY.pw_uid, NOBODY.pw_gid)
     proc = ServerProcess(workdir, emulator.port, [ACCOUNT], choose_port=free_privileged_port,
-                         optional={"run_as_root": "false"},
+                         optional={"run_as_root": "false", **TWO_WORKERS},
                          network={"metrics_port": FREE_PORT}, env=env)
     # What the unit does, with nobody standing in for cosftp.
     proc.launcher = [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups",

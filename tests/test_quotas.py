@@ -27,7 +27,7 @@ from cosftp_prefork.server.scoreboard import state_path
 from cosftp_prefork.server.usage import usage_path
 
 from .admin_client import RO_TOKEN, AdminClient, hash_token
-from .conftest import ALPHA
+from .conftest import ALPHA, TWO_WORKERS
 from .crowds import kill_the_worker
 from .server_proc import FREE_PORT, Account, ServerProcess, wait_until
 from .test_cluster import LoneNode, start_redis
@@ -103,9 +103,11 @@ def quotas(emulator, tmp_path_factory):
                 quota_account("qdrain", "1M"), quota_account("qcrowd", "1M"),
                 quota_account("qbeside")]
     with ServerProcess(str(tmp_path_factory.mktemp("quotas")), emulator.port, accounts,
-                       # the crowd of test_a_crowd_crossing_the_quota_at_once... logs in at once
+                       # the crowd of test_a_crowd_crossing_the_quota_at_once... logs in at once;
+                       # two workers: the racing sessions' reservations meet in the usage
+                       # table the workers share, not in one worker's memory
                        optional={"quota_scan_interval": "0",
-                                 "max_prelogin_connections_per_ip": "0"}) as proc:
+                                 "max_prelogin_connections_per_ip": "0", **TWO_WORKERS}) as proc:
         yield proc
 
 
@@ -685,12 +687,13 @@ def home_used(ftp: ftplib.FTP) -> tuple[int, int]:
 def movers(emulator, tmp_path_factory):
     """An admin (quota 8 MiB) rooted above two tenants with quotas of their own; usage is
     never scanned again by itself (quota_scan_interval = 0), so what the tests see is what
-    the server kept as it wrote."""
+    the server kept as it wrote. Two workers: the racing renames meet in the usage table
+    the workers share."""
     accounts = [quota_account("cadmin", "8M", prefix="catch"),
                 quota_account("ca", "2M", files=10, prefix="catch/ca"),
                 quota_account("cb", "2M", files=10, prefix="catch/cb")]
     with ServerProcess(str(tmp_path_factory.mktemp("movers")), emulator.port, accounts,
-                       optional={"quota_scan_interval": "0"}) as proc:
+                       optional={"quota_scan_interval": "0", **TWO_WORKERS}) as proc:
         yield proc
 
 

@@ -23,7 +23,7 @@ from cosftp_prefork.cos.aborts import log as aborts_log
 from cosftp_prefork.cos.bucket import RETRY_ATTEMPTS, Bucket
 from cosftp_prefork.server.scoreboard import SharedState, state_path
 
-from .conftest import ALPHA, _close
+from .conftest import ALPHA, TWO_WORKERS, _close
 from .emulator_proc import request_log
 from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import get, put
@@ -322,8 +322,9 @@ def guarded(emulator, tmp_path):
                             input="s3cret hashed\n", capture_output=True, text=True, check=True)
     accounts = [Account("hashy", hashed.stdout.strip(), ALPHA),
                 Account("anonymous", "unused", ALPHA, "R", extra="anonymous_enable = true")]
+    # Two workers: failed logins are counted, and the ban known, across them.
     proc = ServerProcess(str(tmp_path), emulator.port, accounts,
-                         optional={"max_login_failures": "3", "ban_time": "60"})
+                         optional={"max_login_failures": "3", "ban_time": "60", **TWO_WORKERS})
     proc.start()
     yield proc
     proc.stop()

@@ -10,7 +10,7 @@ import os
 import psutil
 import pytest
 
-from .conftest import ALPHA
+from .conftest import ALPHA, TWO_WORKERS
 from .ftps import tls_login
 from .server_proc import Account, ServerProcess, tls_network, wait_until
 from .slow_client import SlowReader
@@ -27,7 +27,7 @@ EVIL = "x\x1b[2J\u202ey"  # clears the terminal, then reverses the text after it
 def watched(emulator, tmp_path):
     with ServerProcess(str(tmp_path), emulator.port, [Account("alice", "alice-pw", ALPHA)],
                        network={"proxy_protocol": "optional", "proxy_allowed": BALANCER},
-                       optional={"max_login_failures": "0"}) as srv:
+                       optional={"max_login_failures": "0", **TWO_WORKERS}) as srv:
         yield srv
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
-from .conftest import ALPHA, BETA
+from .conftest import ALPHA, BETA, TWO_WORKERS
 from .emulator_proc import EmulatorProcess
 from .server_proc import Account, ServerProcess, wait_until
 from .test_commands import get, put
@@ -95,7 +95,7 @@ def test_sixteen_uploads_to_slow_cos_stay_inside_the_budget(slow_emulator, tmp_p
     worker, the README's bound holds. The sessions log in one by one first: each login's
     scrypt check takes 16 MiB for a moment, which glibc may keep."""
     optional = {"upload_memory_limit": "8", "min_part_size": str(2 * MIB),
-                "upload_thread_num": "4", "log_level": "INFO"}
+                "upload_thread_num": "4", "log_level": "INFO", **TWO_WORKERS}
     with ServerProcess(str(tmp_path), slow_emulator.port, ACCOUNTS, optional=optional) as server:
         for n in range(2):  # one upload per worker first: what every process allocates once
             assert _put_as(server, "alice", f"{area}/warm-{n}", os.urandom(5 * MIB))[:3] == "226"

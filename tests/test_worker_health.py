@@ -16,7 +16,7 @@ import pytest
 
 from cosftp_prefork.server.scoreboard import SharedState
 
-from .conftest import ALPHA, _close
+from .conftest import ALPHA, TWO_WORKERS, _close
 from .server_proc import (
     Account,
     ServerProcess,
@@ -36,8 +36,10 @@ from .test_master import (
 
 @pytest.fixture
 def strict_health(emulator, tmp_path):
+    """Hung workers found fast; two, so that one serves while the other hangs."""
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
-                         optional={"worker_timeout": "2", "health_check_interval": "1"})
+                         optional={"worker_timeout": "2", "health_check_interval": "1",
+                                   **TWO_WORKERS})
     with proc:
         yield proc
 
@@ -146,7 +148,8 @@ def test_worker_hung_before_its_first_heartbeat_is_timed_out(emulator, tmp_path,
                          # 20 s: on a loaded machine a new worker's imports alone took
                          # over 3 s (and over 10 s at load 20 on 2 cores), and it was
                          # aborted before it reached the log file.
-                         optional={"worker_boot_timeout": "20", "health_check_interval": "1"})
+                         optional={"worker_boot_timeout": "20", "health_check_interval": "1",
+                                   **TWO_WORKERS})
     with proc:
         wait_until(lambda: serving(proc, 1, 2), what="workers serving")
         master = psutil.Process(proc.proc.pid)
@@ -184,14 +187,14 @@ def test_a_stop_does_not_wait_for_workers_hung_in_their_set_up(emulator, tmp_pat
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
                          optional={"worker_boot_timeout": "600"})
     with proc:
-        wait_until(lambda: serving(proc, 1, 2), what="workers serving")
+        wait_until(lambda: serving(proc, 1, 1), what="workers serving")
         master = psutil.Process(proc.proc.pid)
         hung_dir = os.path.join(str(tmp_path), "hung-log")
         os.makedirs(hung_dir)
         os.mkfifo(os.path.join(hung_dir, "cosftp.log"))
         rewrite_config(proc, log_dir=hung_dir)
         master.send_signal(signal.SIGHUP)
-        wait_until(lambda: len(live_children(master)) == 4, what="the new workers forked")
+        wait_until(lambda: len(live_children(master)) == 2, what="the new worker forked")
         everyone = [master, *live_children(master)]
         master.send_signal(signal.SIGTERM)
         wait_until(lambda: not [p for p in everyone if p.is_running() and

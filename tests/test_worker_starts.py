@@ -11,7 +11,7 @@ import signal
 
 import psutil
 
-from .conftest import ALPHA, _close
+from .conftest import ALPHA, TWO_WORKERS, _close, two_worker_daemon
 from .server_proc import (
     Account,
     ServerProcess,
@@ -28,6 +28,7 @@ from .test_master import (
 )
 
 
+@two_worker_daemon
 def test_ttin_ttou_change_worker_count(daemon):
     master = master_of(daemon)
     wait_until(lambda: serving(daemon, 1, 2), what="workers serving")
@@ -47,7 +48,7 @@ def test_worker_the_master_cannot_fork_is_started_later_and_the_server_serves_on
     crowd of session threads filled) when it starts a worker: it says so, serves on with
     the workers it has (health checks too), and starts the missing one once it can."""
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
-                         optional={"health_check_interval": "1"})
+                         optional={"health_check_interval": "1", **TWO_WORKERS})
     with proc:
         wait_until(lambda: serving(proc, 1, 2), what="workers serving")
         master = psutil.Process(proc.proc.pid)
@@ -97,7 +98,7 @@ def test_helper_the_master_cannot_fork_is_started_later_and_the_server_serves_on
     proc = ServerProcess(str(tmp_path), emulator.port, [Account("ops", "ops-pw", ALPHA)],
                          hooks=unreachable_receiver())
     with proc:
-        wait_until(lambda: serving(proc, 1, 2) and "started events process" in proc.log_text(),
+        wait_until(lambda: serving(proc, 1, 1) and "started events process" in proc.log_text(),
                    what="workers and the events process running")
         events = int(re.search(r"started events process \(pid (\d+)\)",
                                proc.log_text())[1])
@@ -133,7 +134,8 @@ def test_crash_looping_workers_back_off_then_master_stops(emulator, tmp_path):
     assert proc.proc.returncode == 1
     log = proc.log_text()
     assert "failed 5 times in a row" in log
-    assert log.count("started worker") <= 2 * 5 + 2  # backed off instead of spinning
+    # Backed off instead of spinning: its one worker started once, then once per failure.
+    assert log.count("started worker") <= 5 + 1
     assert re.search(r"restarting in [1-9]", log)
 
 
