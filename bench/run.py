@@ -13,6 +13,7 @@ import ftplib
 import io
 import itertools
 import os
+import pathlib
 import shutil
 import statistics
 import subprocess
@@ -38,7 +39,9 @@ from tests.server_proc import (  # noqa: E402
     ServerProcess,
     passive_ports,
     start_listening,
+    tls_network,
 )
+from tests.tls_clients import client_context, write_certificate  # noqa: E402
 
 MIB = 1024 * 1024
 BUCKET = "bench-1250000000"
@@ -209,7 +212,7 @@ class Bench:
     """One emulator, one server, one SDK client, and the measurements between them."""
 
     def __init__(self, args: argparse.Namespace, workdir: str, latency_ms: float = 0,
-                 **options: str) -> None:
+                 tls: bool = False, **options: str) -> None:
         self.args, self.latency_ms = args, latency_ms
         self._mirror_source: Optional[str] = None
         self._rclone: Optional[RcloneFtp] = None
@@ -219,10 +222,14 @@ class Bench:
         optional = {"min_part_size": str(args.part_mib * MIB),
                     "upload_thread_num": str(args.threads), "log_level": args.log_level,
                     "worker_processes": str(args.workers), **options}
+        network = {"passive_port": "{},{}".format(*passive_range(0))}
+        if tls:  # FTPS on the FTP port (AUTH TLS); the plain rows' sessions do not ask for it
+            os.makedirs(workdir, exist_ok=True)
+            network.update(tls_network(*write_certificate(pathlib.Path(workdir))))
         self.server = ServerProcess(workdir, self.emulator.port,
                                     [Account("bench", "bench-pw", BUCKET)], optional=optional,
                                     file_option={"single_file_max_size": str(8 * 1024 ** 3)},
-                                    network={"passive_port": "{},{}".format(*passive_range(0))})
+                                    network=network)
         self.server.start()
         self.data = os.urandom(args.size_mib * MIB)
         self.notes: list[str] = []  # printed after the table
@@ -235,18 +242,28 @@ class Bench:
         self.server.stop()
         self.emulator.stop()
 
-    def ftp(self) -> ftplib.FTP:
-        ftp = self.server.login("bench", "bench-pw", timeout=600)
+    def ftp(self, tls: bool = False) -> ftplib.FTP:
+        """A session of the bench account in TYPE I; with ``tls``, ftplib's FTPS (AUTH TLS,
+        PROT P: every data connection encrypted, each with a TLS session of its own)."""
+        if tls:
+            ftp = ftplib.FTP_TLS(context=client_context(), encoding="utf-8")
+            ftp.connect(self.server.host, self.server.port, timeout=600)
+            ftp.login("bench", "bench-pw")
+            ftp.prot_p()
+        else:
+            ftp = self.server.login("bench", "bench-pw", timeout=600)
         ftp.voidcmd("TYPE I")
         return ftp
 
     # --- rows
 
-    def stor(self) -> list[Row]:
+    def stor(self, tls: bool = False) -> list[Row]:
+        """STOR of one file against the SDK's multipart upload of it; with ``tls``, over
+        FTPS (the SDK's baseline stays plain HTTP: what the gateway's TLS costs shows)."""
         meter = CpuMeter(self.server)
 
         def gateway() -> float:
-            with self.ftp() as ftp:
+            with self.ftp(tls) as ftp:
                 return timed(lambda: ftp.storbinary("STOR big.bin", io.BytesIO(self.data),
                                                     blocksize=MIB))
 
@@ -255,6 +272,10 @@ class Bench:
 
         mib = len(self.data) / MIB
         seconds = interleaved(self.args.runs, meter.gateway(gateway), meter.baseline(baseline))
+        if tls:
+            return [rate_row(f"STOR {mib:.0f} MiB over TLS", "MiB/s", mib, seconds, None),
+                    meter.row(f"STOR {mib:.0f} MiB over TLS: worker CPU vs SDK client CPU "
+                              "(with MD5)", mib / 1024, None)]
         return [rate_row(f"STOR {mib:.0f} MiB", "MiB/s", mib, seconds, 0.95),
                 meter.row(f"STOR {mib:.0f} MiB: worker CPU vs SDK client CPU (with MD5)",
                           mib / 1024, 1.0)]
@@ -274,10 +295,11 @@ class Bench:
         self.cos.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id,
                                            MultipartUpload={"Part": parts})
 
-    def retr(self) -> list[Row]:
+    def retr(self, tls: bool = False) -> list[Row]:
         """RETR of one file, read ``--retr-reads`` times in each run (the gateway in one
         session): the workers' CPU is read from psutil's 10 ms ticks, so a run of ~0.15 s
-        of worker CPU (one 256 MiB read) moved the ratio by a tick or two."""
+        of worker CPU (one 256 MiB read) moved the ratio by a tick or two. With ``tls``,
+        over FTPS (the SDK's baseline stays plain HTTP)."""
         self.cos.put_object(Bucket=BUCKET, Key="big.bin", Body=self.data)
         meter = CpuMeter(self.server)
         reads = self.args.retr_reads
@@ -288,7 +310,7 @@ class Bench:
             def retrs() -> None:
                 for _ in range(reads):
                     ftp.retrbinary("RETR big.bin", lambda _b: None, blocksize=MIB)
-            with self.ftp() as ftp:
+            with self.ftp(tls) as ftp:
                 return meter.gateway(lambda: timed(retrs))()
 
         def baseline() -> float:
@@ -302,6 +324,11 @@ class Bench:
 
         mib = len(self.data) / MIB
         seconds = interleaved(self.args.runs, gateway, meter.baseline(baseline))
+        if tls:
+            return [rate_row(f"RETR {mib:.0f} MiB over TLS", "MiB/s", mib * reads, seconds,
+                             None),
+                    meter.row(f"RETR {mib:.0f} MiB over TLS: worker CPU vs SDK client CPU "
+                              f"({reads} reads per run)", mib * reads / 1024, None)]
         return [rate_row(f"RETR {mib:.0f} MiB", "MiB/s", mib * reads, seconds, 0.90),
                 meter.row(f"RETR {mib:.0f} MiB: worker CPU vs SDK client CPU ({reads} reads "
                           "per run)", mib * reads / 1024, 2.0)]
@@ -714,7 +741,7 @@ class RcloneFtp:
 # Rows by the bench (emulator latency) they run on, in the order they run.
 SLOW_ROWS = ("mirror", "sync", "many", "trips")  # at --cos-latency-ms (issue 21)
 PLAIN_ROWS = ("stor", "retr", "small", "rss", "mirror0", "sessions")  # at 0 ms
-ROWS = (*SLOW_ROWS, *PLAIN_ROWS, "list", "latency", "budget")
+ROWS = (*SLOW_ROWS, *PLAIN_ROWS, "tlsstor", "tlsretr", "list", "latency", "budget")
 
 
 def run(args: argparse.Namespace, notes: list[str]) -> list[Row]:
@@ -735,6 +762,9 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Row]:
               files, (None, None)),
           "sessions": lambda b: [b.sessions(count) for count in (1, 4, 16)]},
          {"name": "plain"}),
+        # A server of its own: lftp (the mirror rows) would take the FTPS it offers.
+        ({"tlsstor": lambda b: b.stor(tls=True), "tlsretr": lambda b: b.retr(tls=True)},
+         {"name": "tls", "tls": True}),
         # A bucket of its own: the other rows' keys stay out of its listing.
         ({"list": Bench.listing}, {"name": "list", "max_list_file": str(args.keys)}),
         ({"latency": lambda b: b.small_files(args.latency_files, MIB, 0.80, "latency")},
@@ -750,7 +780,8 @@ def run(args: argparse.Namespace, notes: list[str]) -> list[Row]:
             if not chosen:
                 continue
             name, latency_ms = options.pop("name"), options.pop("latency_ms", 0)
-            with _closing(Bench(args, os.path.join(workdir, name), latency_ms, **options),
+            tls = options.pop("tls", False)
+            with _closing(Bench(args, os.path.join(workdir, name), latency_ms, tls, **options),
                           notes) as bench:
                 rows += [row for measure in chosen for row in measure(bench)]
     return rows
