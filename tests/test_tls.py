@@ -132,6 +132,35 @@ def test_tls_1_3_upload_gets_no_session_ticket_before_it_ends(tls_server, area, 
     _close(ftp)
 
 
+def test_upload_whose_client_awaits_the_servers_closing_alert(tls_server, area, cos):
+    """A client that sends its file and closing alert at once, then waits for the server's
+    alert before it closes (Python's ``unwrap``, which ftplib calls after a STOR): the
+    server's reads bring many records at once (``ftp.heldtickets``), and the alert that came
+    behind the last bytes waits in memory, where no readiness event announces it; the data
+    channel reads it anyway, answers with its own alert, and the 226 comes. Were it left
+    there, the client would wait out its timeout."""
+    data = os.urandom(MIB + 5)
+    ftp = tls_login(tls_server, PLAIN)
+    ftp.voidcmd("TYPE I")
+    raw, _ = ftplib.FTP.ntransfercmd(ftp, f"STOR {area}")  # the TLS layer is the test's
+    with raw:
+        tls, incoming, outgoing = handshake_over(raw)
+        tls.write(data)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # the client's alert, behind the data in ``outgoing``
+        raw.sendall(outgoing.read())
+        closed = False
+        while not closed and (chunk := raw.recv(65536)):  # a 30 s timeout fails the test
+            incoming.write(chunk)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.unwrap()
+                closed = True
+        assert closed  # the server's closing alert came before it closed the connection
+    assert ftp.voidresp().startswith("226")
+    assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
+    _close(ftp)
+
+
 def test_lftp_ssl_force_put_get(ftps_server, tmp_path, area):
     lftp = require("lftp")
     src = tmp_path / "lftp src.bin"

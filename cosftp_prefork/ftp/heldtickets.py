@@ -13,9 +13,16 @@ So OpenSSL writes into memory here, and this class moves its records to the sock
 records written when a TLS 1.3 handshake completes (the tickets, nothing else: the server's
 flight went out before the client's Finished came) wait until the server writes again, a
 download's first bytes or the closing alert, and are dropped if the client ended its side
-first. trio holds them back the same way (trio issue 819). It reads the socket as OpenSSL
-would, a record at a time: the records not read yet stay in the socket, which stays
-readable and so wakes the IO loop again.
+first. trio holds them back the same way (trio issue 819).
+
+During the handshake it reads the socket a record at a time, as OpenSSL would: records sent
+right behind the client's Finished (an upload's first bytes) stay in the socket, which stays
+readable and so wakes the IO loop once the handshake is done. Afterwards ``recv`` reads
+what the socket holds, up to ``READ_SIZE`` at a time, and decrypts every record of it: a
+Python exception per read, not four per 16 KiB record. What a read then leaves in memory
+(the rest of what was asked for, or the client's closing alert met after its last bytes)
+wakes no IO loop: ``input_held`` says so, and the data channel reads again
+(``ftp.tls.CosTLSDTPHandler``).
 
 The object stands where pyftpdlib's TLS channel keeps its ``SSL.Connection`` over the socket
 and behaves as one: the same methods raise the same pyOpenSSL errors (``WantReadError``,
@@ -28,7 +35,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from typing import Any, Optional
+from collections import deque
+from typing import Any, Optional, Union
 
 from OpenSSL import SSL
 
@@ -36,6 +44,12 @@ from .tlsresume import session_reused
 
 BIO_CHUNK = 65536
 RECORD_HEADER = 5  # content type, version, length (2 bytes)
+RECORD_PLAINTEXT = 16384  # the most a TLS record holds (2**14 bytes), what one SSL_read gives
+# The most one read of the socket takes after the handshake, whatever the caller asks for:
+# its records are decrypted before the next read, so OpenSSL's memory buffer holds no more
+# than this (and a record's plaintext). Fewer calls, and exceptions, per GiB than one read
+# a record; reads of 64 KiB to 1 MiB measured alike on a socketpair (docs/performance.md).
+READ_SIZE = 256 * 1024
 TLS_1_3 = "TLSv1.3"
 
 
@@ -51,15 +65,20 @@ class HeldTicketsConnection:
         self._tls = SSL.Connection(context, None)  # None: OpenSSL reads and writes memory
         self._tls.set_accept_state()
         self._sock = sock
-        self._unsent = b""  # records for the socket, in order
+        # Records for the socket, in order; a partial send leaves a view of the rest.
+        self._unsent: deque[Union[bytes, memoryview]] = deque()
         # Whether OpenSSL may have written since ``_take`` last emptied its buffer: set at
         # each call that can write (handshake, read, write, shutdown), so that a flush after
         # none reads nothing (reading an empty buffer raises ``WantReadError``).
         self._may_have_written = False
         self._held = b""  # the tickets, until something else goes out
         self._peer_ended = False
-        self._header = b""  # of the record being read from the socket
+        self._header = b""  # of the record being read from the socket (handshake)
         self._record_left = 0  # bytes of that record's body still in the socket
+        self._inbox: Optional[memoryview] = None  # a socket read's bytes, once reading data
+        # Whether the last ``recv`` returned with input in memory that no readiness event
+        # announces (plaintext, whole records, the end of the stream met after data).
+        self._input_held = False
         # How reading ended, raised again: OpenSSL answers a read after a fatal error with
         # an empty error queue, which pyOpenSSL raises as a bare ``SSL.Error``.
         self._read_end: Optional[SSL.Error] = None
@@ -94,8 +113,8 @@ class HeldTicketsConnection:
         last = self._take()
         if self._tls.get_protocol_version_name() == TLS_1_3:
             self._held = last
-        else:
-            self._unsent += last  # TLS 1.2: the server's Finished, which the client awaits
+        elif last:
+            self._unsent.append(last)  # TLS 1.2: the server's Finished, the client awaits it
         self._flush()
 
     def session_reused(self) -> bool:
@@ -103,22 +122,57 @@ class HeldTicketsConnection:
         return session_reused(self._tls)
 
     def recv(self, bufsiz: int) -> bytes:
-        """Return up to ``bufsiz`` bytes of plaintext, at most one record's, as
-        ``SSL.Connection.recv``; once the stream ended, raise what ended it
-        (``SSL.ZeroReturnError``, ``SSL.SysCallError``) at every call."""
+        """Return up to ``bufsiz`` bytes of plaintext: what memory holds, else what one read
+        of the socket brings (up to ``READ_SIZE`` bytes of records, decrypted up to
+        ``bufsiz``; the rest is held: ``input_held``).
+
+        Raises ``SSL.WantReadError`` when no whole record came; once the stream ended, what
+        ended it (``SSL.ZeroReturnError``, ``SSL.SysCallError``, an ``SSL.Error`` of a
+        record that fails) at every call, or from the next one on if this one returns the
+        bytes before it (``input_held``)."""
+        if self._read_end is not None:
+            self._input_held = False
+            raise self._read_end
+        chunks: list[bytes] = []
+        got = self._decrypt(bufsiz, chunks) if self._input_held else 0
+        if not got and self._read_end is None and self._receive_some():
+            got = self._decrypt(bufsiz, chunks)
+        if self._read_end is None:
+            # What reading made OpenSSL write (a key update's answer); not after the end:
+            # OpenSSL answers a hang-up with an alert, which would meet a closed socket.
+            self._flush()
+        if got:
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._input_held = False
         if self._read_end is not None:
             raise self._read_end
-        while True:
+        raise SSL.WantReadError()
+
+    def input_held(self) -> bool:
+        """Return True if the last ``recv`` left input in memory, which its next call
+        returns (or raises: the end of the stream) without the socket turning readable."""
+        return self._input_held
+
+    def _decrypt(self, bufsiz: int, chunks: list[bytes]) -> int:
+        """Append to ``chunks`` the plaintext of the records OpenSSL holds, up to
+        ``bufsiz`` bytes; return how many. The end of the stream met is kept in
+        ``_read_end``; ``_input_held`` says whether more may be left in memory."""
+        got = 0
+        self._may_have_written = True
+        while got < bufsiz:
             try:
-                self._may_have_written = True
-                return self._tls.recv(bufsiz)
+                chunk = self._tls.recv(min(bufsiz - got, RECORD_PLAINTEXT))
             except SSL.WantReadError:
-                self._flush()  # what reading made OpenSSL write (a key update's answer)
-                if not self._receive():
-                    raise
-            except (SSL.ZeroReturnError, SSL.SysCallError) as end:
+                self._input_held = False
+                return got
+            except SSL.Error as end:  # the closing alert, a hang-up, a record that fails
                 self._read_end = end
-                raise
+                self._input_held = bool(got)
+                return got
+            chunks.append(chunk)
+            got += len(chunk)
+        self._input_held = True
+        return got
 
     def send(self, buf: bytes) -> int:
         """Encrypt ``buf`` and return its length, the tickets going out first; raises
@@ -157,8 +211,9 @@ class HeldTicketsConnection:
         return self._shutdown_result
 
     def _release_held(self) -> None:
-        self._unsent += self._held
-        self._held = b""
+        if self._held:
+            self._unsent.append(self._held)
+            self._held = b""
 
     def _take(self) -> bytes:
         """Remove and return what OpenSSL wrote since the last call.
@@ -182,28 +237,35 @@ class HeldTicketsConnection:
 
     def _flush(self) -> bool:
         """Send what OpenSSL wrote, after the held tickets if it wrote anything; return True
-        once the socket took everything."""
+        once the socket took everything. What a send leaves stays queued as a view of the
+        rest, not a copy of it."""
         written = self._take()
         if written:
             self._release_held()
-            self._unsent += written
-        while self._unsent:
+            self._unsent.append(written)
+        unsent = self._unsent
+        while unsent:
+            first = unsent[0]
             try:
-                sent = self._sock.send(self._unsent)
+                sent = self._sock.send(first)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as error:
                 raise _syscall_error(error) from None
-            self._unsent = self._unsent[sent:]
+            if sent < len(first):
+                unsent[0] = memoryview(first)[sent:]
+                return False
+            unsent.popleft()
         return True
 
     def _receive(self) -> bool:
-        """Give OpenSSL the socket's next bytes of the record being read, or the end of the
-        stream; return False if there was nothing to give.
+        """During the handshake: give OpenSSL the socket's next bytes of the record being
+        read, or the end of the stream; return False if there was nothing to give.
 
-        Never more than that record: the records after it stay in the socket, which stays
-        readable and wakes the IO loop, as with OpenSSL reading the socket itself (a record
-        waiting in memory would wake nobody)."""
+        Never more than that record: the records after it (an upload's first bytes, right
+        behind the client's Finished) stay in the socket, which stays readable and wakes the
+        IO loop once the handshake is done, as with OpenSSL reading the socket itself (a
+        record waiting in memory would wake nobody)."""
         if self._peer_ended:
             return False
         size = self._record_left or RECORD_HEADER - len(self._header)
@@ -222,6 +284,27 @@ class HeldTicketsConnection:
                 if len(self._header) == RECORD_HEADER:
                     self._record_left = int.from_bytes(self._header[3:], "big")
                     self._header = b""
+        else:
+            self._peer_ended = True
+            self._tls.bio_shutdown()
+        return True
+
+    def _receive_some(self) -> bool:
+        """After the handshake: give OpenSSL what one read of the socket brings, up to
+        ``READ_SIZE`` bytes, or the end of the stream; return False if there was nothing to
+        give."""
+        if self._peer_ended:
+            return False
+        if self._inbox is None:
+            self._inbox = memoryview(bytearray(READ_SIZE))
+        try:
+            size = self._sock.recv_into(self._inbox)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as error:
+            raise _syscall_error(error) from None
+        if size:
+            self._tls.bio_write(self._inbox[:size])
         else:
             self._peer_ended = True
             self._tls.bio_shutdown()

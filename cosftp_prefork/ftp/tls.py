@@ -137,6 +137,41 @@ class CosTLSDTPHandler(CosDTPHandler, _TLSData):
             return 0
         return super().send(data)
 
+    def handle_read_event(self) -> None:
+        """Read on while the TLS layer holds input no readiness event announces.
+
+        One read of the socket brings many records (``HeldTicketsConnection``), and one
+        ``recv`` returns what the upload can take (``UploadPacing``): the rest, or the
+        client's closing alert met after its last bytes, would wait in memory for an event
+        that may never come (a client that waits for the server's closing alert sends
+        nothing more)."""
+        super().handle_read_event()
+        while self._input_held():
+            before = self.tot_bytes_received
+            super().handle_read_event()
+            if self.tot_bytes_received == before:
+                break  # nothing read: the channel closes (a refusal, its TLS shutdown)
+
+    def _resume_reading(self) -> None:
+        """An upload held back (``UploadPacing``) reads again: at once if the TLS layer holds
+        input, which no readiness event would announce."""
+        super()._resume_reading()
+        if self._input_held():
+            self.handle_read_event()
+
+    def _more_coming(self) -> bool:
+        """Input the TLS layer holds counts as more, as the closing alert still in the
+        socket does (``UploadPacing``): the socket alone may show only the client's end."""
+        return self._tls_holds_input() or super()._more_coming()
+
+    def _input_held(self) -> bool:
+        """True if an upload that may read now has input in its TLS layer's memory."""
+        return self.receive and not self._held_back and not compat.is_closed(self) and \
+            self._tls_holds_input()
+
+    def _tls_holds_input(self) -> bool:
+        return isinstance(self.socket, HeldTicketsConnection) and self.socket.input_held()
+
     def modify_ioloop_events(self, events: int, logdebug: bool = False) -> None:
         """Watch for reading only while the TLS handshake waits for the client's bytes.
 
