@@ -96,7 +96,7 @@ def kicking(emulator, tmp_path_factory) -> Iterator[tuple[ServerProcess, str]]:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["clear", "tls"])
-def test_a_kicked_session_that_reads_no_replies_closes_at_once(kicking, tls):
+def test_a_kicked_session_that_reads_no_replies_sends_only_the_reply_begun_then_421(kicking, tls):
     """Before: a paused session looked for a kick once a second (``KICK_CHECK_INTERVAL``);
     until then, and as its client took replies, it sent them: 1,777,637 to 2,203,621 bytes
     after the kick, where its client's buffer held 4,069."""
