@@ -208,3 +208,18 @@ def unread_session(port: int, source: str, login: bool = False) -> socket.socket
         assert replies.readline().startswith(b"331")
         assert replies.readline().startswith(b"230")
     return sock
+
+
+def tcp_queues(server_port: int, client_port: int) -> tuple[int, int]:
+    """The server's end of its connection from ``client_port``: the bytes it wrote that the
+    client has not acknowledged (tx_queue) and the bytes it received and has not read yet
+    (rx_queue), from /proc/net/tcp; (0, 0) once it is closed."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if int(local.split(":")[1], 16) == server_port and \
+                    int(remote.split(":")[1], 16) == client_port:
+                unsent, unread = queues.split(":")
+                return int(unsent, 16), int(unread, 16)
+    return 0, 0

@@ -45,7 +45,7 @@ from .admin_client import (
     serving_admin,
 )
 from .conftest import ALPHA
-from .crowds import Member, unread_session
+from .crowds import Member, tcp_queues, unread_session
 from .server_proc import connection_refused, wait_until
 from .tls_clients import write_certificate
 
@@ -226,19 +226,6 @@ def test_kick_closes_a_session_whose_quit_waits_for_its_upload(api, admin, area)
 KICK_LINE = b"421 Session closed by the server's administrator.\r\n"
 
 
-def _server_unread(server_port: int, client_port: int) -> int:
-    """Bytes the server's end of the connection from ``client_port`` received and did not
-    read yet (its rx_queue in /proc/net/tcp)."""
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            local, remote, queues = fields[1], fields[2], fields[4]
-            if int(local.split(":")[1], 16) == server_port and \
-                    int(remote.split(":")[1], 16) == client_port:
-                return int(queues.split(":")[1], 16)
-    return 0
-
-
 def _whole_replies_then_kick(stream: bytes) -> bool:
     """True if ``stream`` is whole HELP replies, then the kick's 421 on its own line, last."""
     reply = stream[:stream.index(b"\r\n214 ") + 2]
@@ -260,7 +247,7 @@ def test_a_kick_finishes_the_reply_being_sent_then_says_421(api, admin):
     for _ in range(100):  # a read's worth at a time, each read before the next is sent
         sock.sendall(b"HELP\r\n" * 682)
         wait_until(lambda: paused in admin.log_text() or
-                   not _server_unread(admin.port, sock.getsockname()[1]),
+                   not tcp_queues(admin.port, sock.getsockname()[1])[1],
                    what="the HELPs read, or the worker to stop reading")
         if paused in admin.log_text():
             break

@@ -17,7 +17,7 @@ from cosftp_prefork.config.tls import load_server_tls
 from cosftp_prefork.ftp.heldtickets import HeldTicketsConnection
 from cosftp_prefork.ftp.tls import server_contexts
 
-from .tls_clients import client_context, write_certificate
+from .tls_clients import client_context, handshake_over, write_certificate
 
 CHUNK = 64 * 1024  # what pyftpdlib's data channel hands send() at a time
 CHUNKS = 16
@@ -195,15 +195,7 @@ def upload(tmp_path, data: bytes, bufsiz: int) -> tuple[list[bytes], list[bool],
     written = threading.Event()
 
     def client() -> None:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                client_sock.sendall(outgoing.read())
-                incoming.write(client_sock.recv(65536))
+        tls, incoming, outgoing = handshake_over(client_sock)
         tls.write(data)
         with contextlib.suppress(ssl.SSLWantReadError):
             tls.unwrap()  # the alert goes into ``outgoing``; the server's is awaited

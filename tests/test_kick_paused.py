@@ -23,7 +23,7 @@ from contextlib import suppress
 import pytest
 
 from .admin_client import AdminClient, admin_server, admin_url
-from .crowds import unread_session, workers_of
+from .crowds import tcp_queues, unread_session, workers_of
 from .server_proc import ServerProcess, tls_network, wait_until
 from .tls_clients import client_context, write_certificate
 
@@ -59,19 +59,6 @@ def flooding_session(port: int, tls: bool) -> socket.socket:
 def received_unread(sock: socket.socket) -> int:
     """Bytes in the socket's receive buffer, not read yet."""
     return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
-
-
-def server_unsent(server_port: int, client_port: int) -> int:
-    """Bytes the server's end of the connection from ``client_port`` has written and the
-    client has not acknowledged (its tx_queue in /proc/net/tcp); 0 once it is closed."""
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            local, remote, queues = fields[1], fields[2], fields[4]
-            if int(local.split(":")[1], 16) == server_port and \
-                    int(remote.split(":")[1], 16) == client_port:
-                return int(queues.split(":")[0], 16)
-    return 0
 
 
 def read_to_the_end(sock: socket.socket) -> int:
@@ -127,7 +114,7 @@ def test_a_kicked_session_that_reads_no_replies_sends_only_the_reply_begun_then_
             # into the client as it reads, whenever the session's thread closes), then what
             # the client's buffer holds; after them at most the rest of the reply it was
             # sending and the 421 (the kick's reason, in TLS records over TLS) before the end.
-            written = server_unsent(proc.port, sock.getsockname()[1]) + received_unread(sock)
+            written = tcp_queues(proc.port, sock.getsockname()[1])[0] + received_unread(sock)
             assert read_to_the_end(sock) - written <= AFTER_KICK, \
                 "the kicked session sent more replies"
         finally:

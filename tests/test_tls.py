@@ -25,7 +25,7 @@ from .test_clients import require, run
 from .test_commands import get, put
 from .test_master import master_of, sessions_by_pid, state_of
 from .test_transfers import curl_put
-from .tls_clients import AssumingImplicitFTP_TLS, client_context, client_hello
+from .tls_clients import AssumingImplicitFTP_TLS, client_context, client_hello, handshake_over
 
 
 def test_curl_over_tls_crossing_a_quota_reads_the_552(emulator, tmp_path, certs, cos):
@@ -73,23 +73,6 @@ def test_curl_explicit_upload_download(ftps_server, tmp_path, area):
     curl(ftps_server, f"{area}/up.bin", "-o", str(out))
     assert out.read_bytes() == src.read_bytes()
     assert curl(ftps_server, f"{area}/", "--list-only").split() == ["up.bin"]
-
-
-def handshake_over(raw: socket.socket) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    """Do a client TLS handshake over ``raw`` through memory BIOs, so the test sees every
-    record the server sends and when it reads it; return the TLS object and its incoming and
-    outgoing BIOs."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            raw.sendall(outgoing.read())
-            incoming.write(raw.recv(65536))
-    raw.sendall(outgoing.read())
-    return tls, incoming, outgoing
 
 
 def test_tls_1_3_upload_gets_no_session_ticket_before_it_ends(tls_server, area, cos):
