@@ -467,6 +467,28 @@ def test_chosen_operations_can_fail_with_cos_5xx_or_lose_their_answer(emulator, 
         emulator.set_faults(fail_ops="", fail_rate=0, lose_ops="", lose_rate=0)
 
 
+def test_drop_next_drops_only_once_an_answer_was_lost(emulator, cos, prefix):
+    """``drop_next``: the next that many ``drop_ops`` requests lost on their way (not
+    carried out), counted only once a ``lose_ops`` answer was lost: a request carried out
+    and its answer lost, then its retries dropped. One try per request here (the fixture's
+    client retries once)."""
+    once = sdk_client(emulator)
+
+    def stored(name: str) -> bool:
+        return bool(cos.list_objects(Bucket=ALPHA, Prefix=prefix + name).get("Contents"))
+
+    emulator.set_faults(lose_ops="PutObject", lose_next=1, drop_ops="PutObject", drop_next=1)
+    try:
+        with pytest.raises(CosClientError):  # carried out, answer lost: not dropped first
+            once.put_object(Bucket=ALPHA, Key=prefix + "lost", Body=b"x")
+        with pytest.raises(CosClientError):  # dropped: not carried out
+            once.put_object(Bucket=ALPHA, Key=prefix + "dropped", Body=b"x")
+        once.put_object(Bucket=ALPHA, Key=prefix + "after", Body=b"x")
+        assert (stored("lost"), stored("dropped"), stored("after")) == (True, False, True)
+    finally:
+        emulator.set_faults(lose_ops="", lose_next=0, drop_ops="", drop_next=0)
+
+
 @pytest.mark.parametrize(("method", "query", "copied", "is_object", "name"), [
     ("PUT", "", False, True, "PutObject"), ("PUT", "partNumber=2&uploadId=u", False, True,
                                             "UploadPart"),

@@ -291,6 +291,8 @@ class CosShim:
         if self.faults.lose_ops and self.faults.names(self.faults.lose_ops,
                                                       _operation(environ)) \
                 and (self._count_down("lose_next") or self._roll("lose_rate")):
+            with self._lock:
+                self.faults.lost_answer()
             return self._lose(start_response, status, headers, body)
         start_response(status, headers)
         if environ["REQUEST_METHOD"] == "HEAD":
@@ -321,6 +323,14 @@ class CosShim:
             if left > 0:
                 setattr(self.faults, name, left - 1)
             return left > 0
+
+    def _drop_counted(self) -> bool:
+        """Whether ``drop_next`` drops this request: an answer was lost since it was set,
+        and it is still above 0 (one taken from it if so)."""
+        with self._lock:
+            if not self.faults.answer_lost:
+                return False
+        return self._count_down("drop_next")
 
     def _roll(self, name: str) -> bool:
         rate = getattr(self.faults, name)
@@ -355,9 +365,9 @@ class CosShim:
                                        "InternalError", resource, request_id)
             return error_response(start_response, "503 Service Unavailable",
                                    "ServiceUnavailable", resource, request_id)
-        if self.faults.drop_rate and self.faults.names(self.faults.drop_ops,
-                                                       _operation(environ)) \
-                and self._roll("drop_rate"):
+        if self.faults.drop_ops and self.faults.names(self.faults.drop_ops,
+                                                      _operation(environ)) \
+                and (self._drop_counted() or self._roll("drop_rate")):
             raise ConnectionResetError("injected: the request lost on the way")
         if copy_source and "partNumber" not in environ.get("QUERY_STRING", "") and \
                 self._count_down("copy_errors_next"):

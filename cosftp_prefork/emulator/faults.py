@@ -40,7 +40,11 @@ class Faults:
     so the client cannot tell whether COS did it (a retried CompleteMultipartUpload then
     finds NoSuchUpload).
     ``drop_rate`` of the ``drop_ops`` requests are lost on the way: not carried out, the
-    connection reset before any answer (the client cannot tell this from a lost answer).
+    connection reset before any answer (the client cannot tell this from a lost answer);
+    so are the next ``drop_next`` of them whatever the rate, counted only once an answer
+    was lost (``lose_next``, ``lose_rate``) since ``drop_next`` was set: a request carried
+    out and its answer lost, then its retries lost on the way (their last error a reset,
+    not what COS would answer a retry of a write it did carry out).
     ``corrupt_part_rate`` of the uploaded parts get a byte flipped before they are stored,
     as ``corrupt_next_parts``.
     """
@@ -65,20 +69,28 @@ class Faults:
     stall_ms: float = 0.0
     drop_ops: str = ""
     drop_rate: float = 0.0
+    drop_next: int = 0
     corrupt_part_rate: float = 0.0
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
+        self.answer_lost = False  # since drop_next was set: it counts only once one was
+
+    def lost_answer(self) -> None:
+        """An answer was lost (``lose_next``, ``lose_rate``): ``drop_next`` counts from now."""
+        self.answer_lost = True
 
     def update(self, changes: dict) -> None:
         for name in ("latency_ms", "error_rate", "reset_rate", "reset_next", "fail_copies_of",
                      "corrupt_crc", "corrupt_crc_next", "corrupt_next_parts", "down", "deny_prefix",
                      "copy_errors_next", "fail_ops", "fail_rate", "fail_next", "lose_ops",
                      "lose_rate", "lose_next", "stall_ms", "drop_ops", "drop_rate",
-                     "corrupt_part_rate"):
+                     "drop_next", "corrupt_part_rate"):
             if name in changes:
                 setattr(self, name, type(getattr(self, name))(changes[name]))
+        if "drop_next" in changes:
+            self.answer_lost = False
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "error_rate": self.error_rate,
@@ -93,6 +105,7 @@ class Faults:
                 "lose_rate": self.lose_rate, "lose_next": self.lose_next,
                 "stall_ms": self.stall_ms,
                 "drop_ops": self.drop_ops, "drop_rate": self.drop_rate,
+                "drop_next": self.drop_next,
                 "corrupt_part_rate": self.corrupt_part_rate}
 
     def names(self, ops: str, operation_name: str) -> bool:
