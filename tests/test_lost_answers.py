@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from cosftp_prefork.cos.calls import RETRY_ATTEMPTS
+from cosftp_prefork.cos.naming import UNDO_READ_BACK_ROUNDS
 
 from .conftest import ALPHA
 from .emulator_proc import request_log
@@ -29,7 +30,7 @@ def faults(emulator):
     """Set emulator faults for one test; always switched off afterwards."""
     yield emulator.set_faults
     emulator.set_faults(fail_ops="", fail_rate=0, fail_next=0, lose_ops="", lose_rate=0,
-                        lose_next=0, stall_ms=0, drop_ops="", drop_rate=0)
+                        lose_next=0, stall_ms=0, drop_ops="", drop_rate=0, drop_next=0)
 
 
 def stored(cos, key: str) -> bytes:
@@ -178,6 +179,31 @@ def test_a_refused_names_object_is_undone_once_cos_answers_its_read_back_again(
         put(alice, f"{area}/d", os.urandom(4096))
     faults(lose_ops="", lose_rate=0, fail_ops="", fail_next=0)
     assert cos.object_exists(Bucket=ALPHA, Key=f"{area}/d") is False
+
+
+def test_a_refused_names_object_whose_read_back_fails_to_the_end_is_no_226(
+        server, alice, area, cos, emulator, faults):
+    """As above, the speculative PutObject's answer lost once COS stored it, and its retries
+    lost on their way (``drop_next``: their last error a reset, not the 409 a retry that
+    reached COS gets); the undo's read-back refused at every try of every round, then
+    answered: whether the refused name holds the bytes is not known, and the ``451`` says
+    so (it got ``226``: the upload read back once more what the undo's read-back could not
+    tell, found the bytes, and took them for the file stored under a directory's name)."""
+    cos.put_object(Bucket=ALPHA, Key=f"{area}/d/inner", Body=b"x")
+    data = os.urandom(4096)
+    faults(lose_ops="PutObject", lose_next=1, drop_ops="PutObject", drop_next=RETRY_ATTEMPTS,
+           fail_ops="HeadObject", fail_next=UNDO_READ_BACK_ROUNDS * RETRY_ATTEMPTS)
+    emulator.rendezvous(contains=f"{area}/d", parties=2, timeout=20)
+    try:
+        reply = put(alice, f"{area}/d", data)
+    except ftplib.error_temp as failed:
+        reply = str(failed)
+    faults(lose_ops="", lose_next=0, drop_ops="", drop_next=0, fail_ops="", fail_next=0)
+    assert reply.startswith("451 ") and "may have been stored" in reply, reply
+    assert stored(cos, f"{area}/d") == data  # left for the operator, as the log says
+    assert f"{area}/d: maybe stored before its name was refused, and the read-back failed" \
+        in server.log_text()
+    assert stored(cos, f"{area}/d/inner") == b"x"
 
 
 def test_a_completion_lost_on_its_way_over_the_same_bytes_aborts_the_upload_it_left(

@@ -46,7 +46,11 @@ def may_be_done(error: StorageError, completion: bool = False) -> bool:
     """Whether the write that failed with ``error`` may have been carried out all the same:
     an unanswered try (:func:`unheard`), or, for a CompleteMultipartUpload
     (``completion``), NoSuchUpload (``NotFound``), what a retry of a completion COS did
-    carry out finds."""
+    carry out finds. Never an ``OutcomeUnknown``: that is a read-back's own verdict (its
+    code copied from the lost answer's), and reading back again could turn "not known" into
+    "stored" for a name a speculative PUT's look-ups refused, whose undo it was."""
+    if isinstance(error, OutcomeUnknown):
+        return False
     return unheard(error) or (completion and isinstance(error, NotFound))
 
 
