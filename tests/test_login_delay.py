@@ -179,7 +179,9 @@ def test_a_login_timeout_during_the_delay_closes_the_session_at_once(emulator, t
                                 b"PASS another-guess\r\nPWD\r\nQUIT\r\n")
         assert codes == [b"331", b"421"]
         assert failed_logins(proc) == 1
-        assert "closed: no login within login_timeout" in proc.log_text()
+        # (the worker logs the kick just after sending its 421: wait for the line)
+        wait_until(lambda: "closed: no login within login_timeout" in proc.log_text(),
+                   what="the kick's log line")
 
 
 def test_an_admin_kick_during_the_delay_closes_the_session_at_once(emulator, tmp_path):
