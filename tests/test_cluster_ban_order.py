@@ -115,8 +115,11 @@ def unban_all_held(server: RedisUnderTest, a, b, gone: str, made: str) -> Option
     load 17-34) where the retry was meant to come."""
     earn_ban(a, gone)  # what the unban lifts
     wait_until(lambda: held_by_node(b, gone), timeout=10, what=f"b to hold {gone}")
-    held = server.proxy.hold(hashlib.sha1((LIBRARY + UNBAN).encode()).hexdigest(),
-                             reply=True)
+    unban_script = hashlib.sha1((LIBRARY + UNBAN).encode()).hexdigest()
+    held = server.proxy.hold(unban_script, reply=True)
+    # The run after the page, held in turn: the note (the bans' failed logins went with
+    # them, so there is no page of them)
+    note = server.proxy.hold(unban_script, reply=True)
     unban: dict = {}
     runner = threading.Thread(target=lambda: unban.update(result=b.ctl("unban", "--all")))
     # (the unban waits for its held page's answer: not past redis_timeout, read by
@@ -135,8 +138,17 @@ def unban_all_held(server: RedisUnderTest, a, b, gone: str, made: str) -> Option
                    "during the unban, or the unban to give up")
         if runner.is_alive():
             every_node_beat(server, b)
+        held.release()
+        # The note's answer held until b's workers brought it (and kept the ban made):
+        # then cosftpctl lifts b's table. Found: it did so after the note, and dropped
+        # that ban for good on b (Redis and a held it).
+        wait_until(lambda: note.arrived.is_set() or not runner.is_alive(), timeout=10,
+                   what="the unban's note, or the unban to give up")
+        if note.arrived.is_set():
+            every_node_beat(server, b)
     finally:
         held.release()
+        note.release()
         runner.join()
         b.redis_timeout = kept
         b.write_config()
@@ -151,7 +163,9 @@ def test_a_ban_made_while_unban_all_runs_holds_on_every_node(pair, redis6):  # n
     """``unban --all`` on node b deletes Redis's bans a page at a time and tells the nodes
     last; a ban earned on node a after its first page, held by both nodes, must hold on:
     it was made after the unban began. Found: Redis kept it (its page was read before), but
-    both nodes forgot it when the unban's note came, made in the same second. Where the
+    both nodes forgot it when the unban's note came, made in the same second. And: b's
+    cosftpctl lifted b's table after the note, dropping the ban b's heartbeat had kept
+    (the note's answer is held until b brought it, so that this is met each run). Where the
     unban gave up waiting for its held page (a loaded machine), it is tried again with two
     other addresses, up to five times: only an unban that ran whole proves anything."""
     a, b = pair["a"], pair["b"]

@@ -286,10 +286,19 @@ def lift_everywhere(config: BanScope, address: Optional[str], now: float, outcom
     one, then on this node (``lift_here``, which adds to ``outcome`` as the Redis lift does).
     Redis first: a worker's heartbeat brings every ban Redis holds to its node's table, and
     one that ran between a lift here and the lift in Redis put the ban back here until the
-    next heartbeat brought the unban."""
+    next heartbeat brought the unban. For every address, this node lifts between Redis's
+    deletes and the unban's note (``ClusterAdmin.unban``), or after, if Redis failed
+    before that."""
+    lifted: list[bool] = []
+
+    def here_before_note() -> None:
+        lifted.append(True)
+        lift_here()
     if config.cluster.redis_url:
-        lift_in_cluster(config, address, int(now), outcome)
-    lift_here()
+        lift_in_cluster(config, address, int(now), outcome,
+                        here_before_note if address is None else None)
+    if not lifted:
+        lift_here()
 
 
 def _lift_here(config: BanScope, address: Optional[str], master_pid: MasterPid,
@@ -368,14 +377,16 @@ def _lift_saved(path: str, address: Optional[str],
 
 
 def lift_in_cluster(config: BanScope, address: Optional[str], now: int,
-                    outcome: Outcome) -> None:
-    """Forget ``address`` (every one: None) in the cluster's Redis; a failure goes to
-    ``outcome``."""
+                    outcome: Outcome,
+                    before_note: Optional[Callable[[], object]] = None) -> None:
+    """Forget ``address`` (every one: None) in the cluster's Redis, calling
+    ``before_note`` before an ``unban --all`` notes it (``ClusterAdmin.unban``); a
+    failure goes to ``outcome``."""
     from .cluster import ClusterAdmin, ClusterTrouble  # redis-py only when it is used
 
     admin = ClusterAdmin(config.cluster)
     try:
-        outcome.cluster = admin.unban(address, now)
+        outcome.cluster = admin.unban(address, now, before_note)
     except ClusterTrouble as exc:
         outcome.cluster = exc.done
         again = "unban --all" if address is None else "unban"

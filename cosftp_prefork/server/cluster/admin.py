@@ -116,11 +116,13 @@ class ClusterAdmin:
             return found, cut_bans or cut_failures
         return self._call("ban listing", read)
 
-    def unban(self, ip: Optional[str], when: int) -> tuple[int, int]:
+    def unban(self, ip: Optional[str], when: int,
+              before_note: Optional[Callable[[], object]] = None) -> tuple[int, int]:
         """Delete the ban and failure count of ``ip`` (every address: None) and note the
         unban for the nodes' workers; return how many bans ran and the failed logins that
-        were counted. Raises ``ClusterTrouble``, with what was deleted before (``done``)
-        and whether only the note was refused (``at_note``)."""
+        were counted. For every address, ``before_note`` (if given) is called once the
+        pages are deleted, before the note. Raises ``ClusterTrouble``, with what was
+        deleted before (``done``) and whether only the note was refused (``at_note``)."""
         progress = _Unbanning()
 
         def lift() -> tuple[int, int]:
@@ -139,6 +141,14 @@ class ClusterAdmin:
             for prefix in (PREFIX + "ban:", PREFIX + "fail:"):
                 for page in self._pages(prefix):
                     self._unban(page, "", when, progress, reserved)
+            # The caller's node lifts its own table before the note, not after: a
+            # heartbeat of its that brought the note keeps the bans made while the pages
+            # were deleted (Redis holds them), and a lift after it dropped those for good
+            # (found: a ban earned on node a meanwhile, kept by b's heartbeat, then lifted
+            # by b's cosftpctl; nothing brought it to b again). One lifted before the note
+            # comes back with it (its heartbeat brings every ban noted that Redis holds).
+            if before_note is not None:
+                before_note()
             self._unban([], "*", when, progress, reserved)  # the nodes drop their copies
             return progress.bans, progress.failures
         try:
