@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import psutil
 import pytest
@@ -72,6 +73,44 @@ def test_graceful_stop_lets_transfers_finish_and_refuses_new_connections(daemon,
     assert cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read() == data
     for ftp in (idle, uploader, downloader):
         ftp.close()
+
+
+def test_graceful_stop_waits_for_a_download_whose_command_is_still_running(
+        daemon, cos, emulator, area):
+    """A graceful stop that comes while a RETR's command runs (its GET on its way to COS,
+    no 150 yet) lets that download finish, ``226`` and whole: the transfer counted in flight
+    from its command on, not from its 150 (the worker, woken by the signal at once, found
+    no transfer and closed the session: ``421``)."""
+    wait_until(lambda: serving(daemon, 1, 1), what="workers serving")
+    master = master_of(daemon)
+    data = os.urandom(MIB + 3)
+    cos.put_object(Bucket=ALPHA, Key=area, Body=data)
+    emulator.rendezvous(contains=area, kind="GET", exact=True, parties=2, timeout=60)
+    ftp = login(daemon)
+    ftp.voidcmd("TYPE I")
+    received: list[bytes] = []
+    replies: list[str] = []
+
+    def download() -> None:
+        try:
+            replies.append(ftp.retrbinary(f"RETR {area}", received.append))
+        except ftplib.Error as exc:
+            replies.append(str(exc))
+    downloading = threading.Thread(target=download)
+    downloading.start()
+    try:
+        wait_until(lambda: any(r["kind"] == "GET" for r in request_log(emulator.port, area)),
+                   what="the RETR's GET at COS")
+        master.send_signal(signal.SIGQUIT)
+        wait_until(lambda: "draining" in daemon.log_text(), what="the worker draining")
+    finally:
+        cos.get_object(Bucket=ALPHA, Key=area)["Body"].get_raw_stream().read()  # the 2nd
+        downloading.join(60)
+    assert not downloading.is_alive()
+    assert replies[0].startswith("226"), replies
+    assert b"".join(received) == data
+    master.wait(30)
+    ftp.close()
 
 
 def parkable_upload(ftp: ftplib.FTP, cos, key: str) -> socket.socket:

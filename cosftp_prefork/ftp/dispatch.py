@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 NAMING_COMMANDS = ("STOR", "APPE", "MKD", "XMKD", "RNTO")
 TRANSFER_COMMANDS = ("RETR", "STOR", "APPE", "LIST", "NLST", "MLSD")
+# Those of them a graceful stop waits for (``ftp.lifecycle``): not the listings.
+FILE_TRANSFER_COMMANDS = ("RETR", "STOR", "APPE")
 # Commands ``cosftpctl sessions`` shows with their argument (a path).
 SHOWN_ARGUMENTS = ("RETR", "STOR", "APPE", "DELE", "CWD", "MKD", "RMD", "RNFR", "RNTO", "LIST",
                    "NLST", "MLSD", "MLST", "SIZE", "MDTM")
@@ -72,12 +74,18 @@ class CommandDispatch:
         if refusal is not None:
             self.respond(refusal)
             return
+        file_transfer = cmd in FILE_TRANSFER_COMMANDS
+        if file_transfer:
+            self.transfer_command_begins()
         try:
             super().process_command(cmd, *args, **kwargs)
             if cmd in TRANSFER_COMMANDS:
                 self.transfer_command_ran()
         except (Unstorable, Conflict, QuotaExceeded, SpoolError, StorageUnavailable) as exc:
             self.respond(_failure_reply(exc, cmd, args[0] if args else "-"))
+        finally:
+            if file_transfer:
+                self.transfer_command_ends()
 
     def _naming_refusal(self, cmd: str, args: tuple) -> Optional[str]:
         """The 553 of a command naming a new file or directory with a name COS cannot

@@ -114,6 +114,20 @@ class TransferLifecycle:
         file's bytes behind the first's on the same connection."""
         return self.transfer_state in (TransferState.WAITING, TransferState.TRANSFERRING)
 
+    def transfer_command_begins(self) -> None:
+        """A file transfer command (STOR, APPE, RETR) is about to run: it counts as in
+        flight for a graceful stop from now, not only from its 125/150. Its own work comes
+        first (a download's GET, an upload hook's answer), and a stop that came meanwhile
+        found no transfer and cut it (426)."""
+        self.stats.transfer_queued(self)
+
+    def transfer_command_ends(self) -> None:
+        """The file transfer command returned: unless it waits for its data connection
+        (counted so until it opens or is given up), the count of its running is dropped;
+        a transfer started meanwhile counts as running (``datachannel``)."""
+        if self.transfer_state is not TransferState.WAITING:
+            self.stats.transfer_unqueued(self)
+
     def transfer_command_ran(self) -> None:
         """A transfer command (not refused as busy) ran: it waits for its data connection
         (its 150 is out; a file transfer then counts as in flight for a stop), or has one,
@@ -164,7 +178,6 @@ class TransferLifecycle:
         bytes first.
         """
         queued = compat.take_queued_transfer(self)
-        self.stats.transfer_unqueued(self)
         if queued is not None:
             log.info("path=%s: upload given up before its data connection opened",
                      queued[0].name)
@@ -176,6 +189,9 @@ class TransferLifecycle:
             sending[2].close()
         dropped = queued is not None or sending is not None
         if dropped:
+            # Only then: a transfer command that gives up its predecessor first is itself
+            # counted in flight already (``transfer_command_begins``).
+            self.stats.transfer_unqueued(self)
             self._move(TransferState.IDLE)
             if answer is not None:
                 self.respond(answer)
