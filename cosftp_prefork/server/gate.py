@@ -11,7 +11,7 @@ worker's main thread calls ``Gate.police`` once a second, which closes the conne
 logged in within ``login_timeout`` and those of an address banned meanwhile (by any worker),
 through the ``kick`` callback the FTP layer gave with the connection; a ban made through the
 admin API wakes it to do so at once (``police_bans``, ``server.wakeup``), and until then
-each such connection is closed before it runs another command (``banned_now``).
+each such connection is closed before it runs another command (``kick_if_banned``).
 
 A login also takes a seat of its account (``max_sessions``, counted in the scoreboard with
 the rate buckets of the account).
@@ -428,10 +428,11 @@ class Gate:
             banned = self.state.banned_keys(time.time())
         return self._kick_banned(pending, banned)
 
-    def banned_now(self, ticket: Ticket) -> bool:
-        """True if the connection of ``ticket`` is not logged in and its address is banned
-        on this node (from this worker's copy of the ban table: no scan)."""
-        return ticket.state is SessionState.PENDING and self._banned_at_accept(ticket.client)
+    def kick_if_banned(self, ticket: Ticket) -> None:
+        """Close the connection of ``ticket`` if it is not logged in and its address is
+        banned on this node (from this worker's copy of the ban table: no scan)."""
+        if ticket.state is SessionState.PENDING and self._banned_at_accept(ticket.client):
+            self._kick_for_ban(ticket)
 
     def share(self) -> bool:
         """Publish this node's counts to the cluster, forget what was unbanned on any node,
@@ -507,13 +508,16 @@ class Gate:
         with self._lock:
             return list(self._pending)
 
+    def _kick_for_ban(self, ticket: Ticket) -> None:
+        self.kick(ticket, BANNED, "closed: its address was banned")
+
     def _kick_banned(self, pending: list[Ticket], banned: set) -> list[Ticket]:
         """Close those of ``pending`` whose address (key) is in ``banned``; return the
         others."""
         left = []
         for ticket in pending:
             if banned and ticket.client.key in banned and ticket.client.bannable:
-                self.kick(ticket, BANNED, "closed: its address was banned")
+                self._kick_for_ban(ticket)
             else:
                 left.append(ticket)
         return left

@@ -185,11 +185,9 @@ class WorkerStats:
             return
         self._kick_epoch = epoch
         with self._lock:
-            described = list(self._described.items())
-        for row, entry in described:
-            if self.state.kick_requested(row):
-                self.gate.kick(entry.ticket, KICKED, "closed: the admin API asked to close "
-                               f"session {self.state.serial_of(row)}")
+            described = list(self._described.values())
+        for entry in described:
+            self._kick_if_asked(entry.ticket)
 
     def kick_due(self, ticket: Ticket) -> None:
         """In the session's own thread, before it runs a command or takes an upload's bytes:
@@ -197,11 +195,17 @@ class WorkerStats:
         logged in and its address was banned, though this worker's main thread did not act
         yet. A kick or ban is then in force from the moment the admin API wrote it to the
         shared state, whichever thread comes to it first."""
-        if self.state.kick_requested(ticket.row):
-            self.gate.kick(ticket, KICKED, "closed: the admin API asked to close session "
-                           f"{self.state.serial_of(ticket.row)}")
-        elif self.gate.banned_now(ticket):
-            self.gate.kick(ticket, BANNED, "closed: its address was banned")
+        if not self._kick_if_asked(ticket):
+            self.gate.kick_if_banned(ticket)
+
+    def _kick_if_asked(self, ticket: Ticket) -> bool:
+        """Tell the session of ``ticket`` to go (``Gate.kick``) if the admin API asked to
+        close it; return True if it did."""
+        if not self.state.kick_requested(ticket.row):
+            return False
+        self.gate.kick(ticket, KICKED, "closed: the admin API asked to close session "
+                       f"{self.state.serial_of(ticket.row)}")
+        return True
 
     def credit(self, meter: TransferMeter) -> None:
         """Add to the worker's bytes up or down what a file transfer moved since they last
