@@ -38,6 +38,18 @@ def stored(cos, key: str) -> bytes:
     return cos.get_object(Bucket=ALPHA, Key=key)["Body"].get_raw_stream().read()
 
 
+def stored_whole_through(alice: ftplib.FTP, cos, area: str, faults, **fault) -> None:
+    """STOR three parts and five bytes to ``area`` with the emulator's ``fault`` set, and
+    assert ``226``; with the fault off again, the object holds every byte and no multipart
+    upload of it is left."""
+    data = os.urandom(3 * PART + 5)
+    faults(**fault)
+    assert put(alice, area, data).startswith("226")
+    faults(**{name: "" if isinstance(value, str) else 0 for name, value in fault.items()})
+    assert stored(cos, area) == data
+    assert not pending_uploads(cos, area)
+
+
 def renamed_though_answers_lost(ftp: ftplib.FTP, cos, faults, area: str, operation: str,
                                 size: int) -> None:
     """RNFR ``area``-src (``size`` random bytes) and RNTO ``area``-dst while every answer to
@@ -62,12 +74,8 @@ def test_an_upload_whose_completion_answer_is_lost_gets_226_for_the_object_cos_s
     retries find NoSuchUpload: the object holds every byte sent, so the client gets ``226``
     (it got ``451 … NoSuchUpload …; transfer aborted, nothing stored``), and the log says
     why."""
-    data = os.urandom(3 * PART + 5)
-    faults(lose_ops="CompleteMultipartUpload", lose_rate=1.0)
-    assert put(alice, area, data).startswith("226")
-    faults(lose_ops="", lose_rate=0)
-    assert stored(cos, area) == data
-    assert not pending_uploads(cos, area)
+    stored_whole_through(alice, cos, area, faults, lose_ops="CompleteMultipartUpload",
+                         lose_rate=1.0)
     assert f"path=/{area}: COS completed the upload though its answer was lost" in \
         server.log_text()
 
@@ -283,12 +291,8 @@ def test_an_upload_started_by_a_lost_initiate_answer_is_aborted_once_a_retry_is_
     retry answered: the file is stored, ``226``, and the upload the first try started,
     which the gateway never heard of, is aborted (it stayed, without parts, the janitor
     taking it for another tool's: 4 in one run of ``bench/chaos.py --cos-faults``)."""
-    data = os.urandom(3 * PART + 5)
-    faults(lose_ops="InitiateMultipartUpload", lose_next=1)
-    assert put(alice, area, data).startswith("226")
-    faults(lose_ops="", lose_next=0)
-    assert stored(cos, area) == data
-    assert not pending_uploads(cos, area)
+    stored_whole_through(alice, cos, area, faults, lose_ops="InitiateMultipartUpload",
+                         lose_next=1)
 
 
 @pytest.fixture(scope="module")
